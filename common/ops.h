@@ -1,0 +1,87 @@
+/*
+ * ops.h - the transformer's layer kernels (forward and backward), on OpenBLAS and OpenMP.
+ *
+ * Conventions (llm.c): `ops_layer_forward(out..., in..., weights..., sizes)` and
+ * `ops_layer_backward(dinp..., dweights..., dout, saved inputs..., sizes)`; backward kernels
+ * ACCUMULATE into every d* buffer (+=), so the caller zeroes what must start at zero. Tensors
+ * are row-major; weight matrices are [in, out] (Hugging Face Conv1D). N is the number of
+ * positions (B*T). Every matrix product goes through cblas_sgemm; element-wise loops run on the
+ * OpenMP team. Each BLAS-backed kernel has a plain-loop twin (`*_ref`) used as the test oracle.
+ */
+#ifndef RLHF_OPS_H
+#define RLHF_OPS_H
+
+#include <stddef.h>
+
+/* Sets the threads used by OpenBLAS and by the OpenMP kernels (n >= 1). */
+void ops_set_threads(int n);
+/* The current thread count. */
+int ops_get_threads(void);
+
+/* out(B,T,C) = wte[inp] + wpe[t]. */
+void ops_encoder_forward(float *out, const int *inp, const float *wte, const float *wpe, int B,
+                         int T, int C);
+/* dwte(V,C), dwpe(P,C) += scatter of dout(B,T,C). Serial (scatter-add into shared rows). */
+void ops_encoder_backward(float *dwte, float *dwpe, const float *dout, const int *inp, int B, int T,
+                          int C);
+
+/* out(N,C) = (inp - mean) * rstd * w + b per row; saves mean(N), rstd(N). */
+void ops_layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
+                           const float *b, int N, int C, float eps);
+/* dinp(N,C), dw(C), db(C) += LayerNorm backward of dout(N,C). */
+void ops_layernorm_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
+                            const float *w, const float *mean, const float *rstd, int N, int C);
+
+/* out(N,OC) = inp(N,IC) @ w(IC,OC) + bias(OC) (bias may be NULL). */
+void ops_matmul_forward(float *out, const float *inp, const float *w, const float *bias, int N,
+                        int IC, int OC);
+/* dinp(N,IC) += dout @ w^T (skipped if dinp NULL); dw(IC,OC) += inp^T @ dout;
+ * dbias(OC) += column sums of dout (skipped if NULL). */
+void ops_matmul_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
+                         const float *w, int N, int IC, int OC);
+void ops_matmul_forward_ref(float *out, const float *inp, const float *w, const float *bias, int N,
+                            int IC, int OC);
+void ops_matmul_backward_ref(float *dinp, float *dw, float *dbias, const float *dout,
+                             const float *inp, const float *w, int N, int IC, int OC);
+
+/* Tied LM head: logits(N,V) = inp(N,C) @ wte(V,C)^T. */
+void ops_lmhead_forward(float *logits, const float *inp, const float *wte, int N, int C, int V);
+/* dinp(N,C) += dlogits @ wte; dwte(V,C) += dlogits^T @ inp. */
+void ops_lmhead_backward(float *dinp, float *dwte, const float *dlogits, const float *inp,
+                         const float *wte, int N, int C, int V);
+void ops_lmhead_forward_ref(float *logits, const float *inp, const float *wte, int N, int C, int V);
+void ops_lmhead_backward_ref(float *dinp, float *dwte, const float *dlogits, const float *inp,
+                             const float *wte, int N, int C, int V);
+
+/*
+ * Causal multi-head self-attention. qkv(B,T,3C) holds q | k | v; out(B,T,C); att(B,H,T,T)
+ * receives the softmax probabilities (zero above the diagonal) that backward needs.
+ */
+void ops_attention_forward(float *out, float *att, const float *qkv, int B, int T, int C, int H);
+/* dqkv(B,T,3C) += attention backward of dout(B,T,C); datt(B,H,T,T) is scratch (overwritten). */
+void ops_attention_backward(float *dqkv, float *datt, const float *dout, const float *qkv,
+                            const float *att, int B, int T, int C, int H);
+void ops_attention_forward_ref(float *out, float *att, const float *qkv, int B, int T, int C,
+                               int H);
+void ops_attention_backward_ref(float *dqkv, float *datt, const float *dout, const float *qkv,
+                                const float *att, int B, int T, int C, int H);
+
+/* GELU, tanh approximation (GPT-2's "gelu_new"): out(N) = gelu(inp). */
+void ops_gelu_forward(float *out, const float *inp, size_t N);
+/* dinp(N) += gelu'(inp) * dout. */
+void ops_gelu_backward(float *dinp, const float *inp, const float *dout, size_t N);
+
+/* out(N) = a + b. */
+void ops_residual_forward(float *out, const float *a, const float *b, size_t N);
+
+/*
+ * Softmax cross-entropy over rows of logits(N,V) against targets(N). Row i counts with weight
+ * w_i = (targets[i] >= 0 ? (weights ? weights[i] : 1) : 0). losses[i] = w_i > 0 ? -log p : 0.
+ * Returns the weighted mean sum(w_i * loss_i) / sum(w_i) (NaN if the weights sum to 0), summed
+ * in fixed order so the result does not depend on thread count. With want_grad the logits are
+ * overwritten by d(mean)/d(logits) = (p - onehot) * w_i / sum(w).
+ */
+double ops_crossentropy(float *logits, float *losses, const int *targets, const float *weights,
+                        int N, int V, int want_grad);
+
+#endif

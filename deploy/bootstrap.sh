@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# bootstrap.sh - set up a fresh Debian 12 machine and build rlhf.c, then run something.
+#
+#   deploy/bootstrap.sh demo   install what is missing, build, run the main job (deploy/demo.sh)
+#   deploy/bootstrap.sh test   install what is missing, build, run every test
+#   deploy/bootstrap.sh build  install what is missing and build only
+#
+# The test mode builds twice: build/ (optimised, warnings are errors) runs every test, and
+# build-asan/ (AddressSanitizer + UndefinedBehaviorSanitizer) runs the unit tests again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mode=${1:-demo}
+
+PACKAGES=(
+    build-essential cmake pkg-config clang-format jq
+    libopenblas-openmp-dev libzmq3-dev libprotobuf-c-dev protobuf-c-compiler
+    libuv1-dev libjansson-dev librandom123-dev
+)
+
+install_missing() {
+    local missing=()
+    for p in "${PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
+            missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    echo "installing: ${missing[*]}"
+    local sudo=()
+    [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+    "${sudo[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends \
+        "${missing[@]}"
+}
+
+build() { # build DIR [CMAKE ARGS...]
+    local dir=$1
+    shift
+    cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=Release -DRLHF_WERROR=ON "$@" >/dev/null
+    cmake --build "$dir" -j2
+}
+
+install_missing
+case "$mode" in
+build)
+    build build
+    ;;
+demo)
+    build build
+    exec deploy/demo.sh build/rlhf
+    ;;
+test)
+    build build
+    (cd build && ctest --output-on-failure -j2)
+    build build-asan -DRLHF_SANITIZE=address,undefined
+    (cd build-asan && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j2 -L unit)
+    ;;
+*)
+    echo "usage: deploy/bootstrap.sh demo|test|build" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,168 @@
+/*
+ * cmd_bench.c - `rlhf bench train`: times full training steps (forward + backward + AdamW)
+ * and, in the same run, OpenBLAS sgemm at the model's largest GEMM shape, so the figure that
+ * matters - the fraction of the machine's GEMM speed the whole step achieves - needs no
+ * reference numbers from elsewhere.
+ */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cblas.h>
+
+#include "cli.h"
+#include "err.h"
+#include "gpt.h"
+#include "ops.h"
+#include "rng.h"
+#include "train.h"
+
+static const char bench_help[] =
+    "usage: rlhf bench train --layers L --heads H --dim C --vocab V --batch B --seq T\n"
+    "                        [--steps K] [--threads N] [--ctx N]\n\n"
+    "Times K full training steps (forward, cross-entropy, backward, clipping, AdamW) after one\n"
+    "warm-up step, and cblas_sgemm at the model's largest GEMM (the LM head: B*T x V x C).\n"
+    "Prints JSON: ms_per_step (median) and its forward/backward/optimizer parts, tokens_per_s,\n"
+    "model_gflops (matmul FLOPs of the step / median time), sgemm_gflops, and their ratio.\n"
+    "Defaults: K=5, N=2 threads, ctx = max(T, 1024).\n";
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *v, int n) {
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* Median GFLOP/s of C(M,N) = A(M,K) @ B(N,K)^T over enough repetitions to last ~1 s. */
+static double sgemm_gflops(int M, int N, int K) {
+    float *a = malloc((size_t)M * K * sizeof(float)), *b = malloc((size_t)N * K * sizeof(float));
+    float *c = malloc((size_t)M * N * sizeof(float));
+    if (!a || !b || !c) {
+        free(a), free(b), free(c);
+        return 0;
+    }
+    for (size_t i = 0; i < (size_t)M * K; i++) a[i] = rng_normal(1, 1, i);
+    for (size_t i = 0; i < (size_t)N * K; i++) b[i] = rng_normal(1, 2, i);
+    double times[64];
+    int n = 0;
+    double t_end = cli_now_ms() + 1000;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1, a, K, b, K, 0, c, N);
+    while (n < 64 && (n < 5 || cli_now_ms() < t_end)) {
+        double t0 = cli_now_ms();
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1, a, K, b, K, 0, c, N);
+        times[n++] = cli_now_ms() - t0;
+    }
+    free(a), free(b), free(c);
+    return 2.0 * M * N * K / (median(times, n) / 1e3) / 1e9;
+}
+
+static int bench_train(int argc, char **argv) {
+    static const struct option opts[] = {
+        {"layers", 1, 0, 'l'}, {"heads", 1, 0, 'H'}, {"dim", 1, 0, 'c'},   {"vocab", 1, 0, 'v'},
+        {"batch", 1, 0, 'B'},  {"seq", 1, 0, 'T'},   {"steps", 1, 0, 'k'}, {"threads", 1, 0, 'j'},
+        {"ctx", 1, 0, 'n'},    {"help", 0, 0, 'h'},  {0, 0, 0, 0}};
+    const char *cmd = "bench train";
+    gpt_config_t cfg = {0, 0, 0, 0, 0, 1e-5f, 0};
+    int B = 0, T = 0, steps = 5, threads = 2, c;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        int bad = 0;
+        switch (c) {
+        case 'l':
+            bad = cli_int(cmd, "layers", optarg, 1, 1000, &cfg.n_layer);
+            break;
+        case 'H':
+            bad = cli_int(cmd, "heads", optarg, 1, 1000, &cfg.n_head);
+            break;
+        case 'c':
+            bad = cli_int(cmd, "dim", optarg, 1, 65536, &cfg.n_embd);
+            break;
+        case 'v':
+            bad = cli_int(cmd, "vocab", optarg, 1, 10000000, &cfg.vocab_size);
+            break;
+        case 'B':
+            bad = cli_int(cmd, "batch", optarg, 1, 4096, &B);
+            break;
+        case 'T':
+            bad = cli_int(cmd, "seq", optarg, 1, 1000000, &T);
+            break;
+        case 'k':
+            bad = cli_int(cmd, "steps", optarg, 1, 1000, &steps);
+            break;
+        case 'j':
+            bad = cli_int(cmd, "threads", optarg, 1, 1024, &threads);
+            break;
+        case 'n':
+            bad = cli_int(cmd, "ctx", optarg, 1, 1000000, &cfg.n_positions);
+            break;
+        case 'h':
+            fputs(bench_help, stdout);
+            return 0;
+        default:
+            return cli_usage_error("bench");
+        }
+        if (bad) return 2;
+    }
+    if (!cfg.n_layer || !cfg.n_head || !cfg.n_embd || !cfg.vocab_size || !B || !T) {
+        fprintf(stderr, "rlhf %s: --layers, --heads, --dim, --vocab, --batch, --seq required\n",
+                cmd);
+        return 2;
+    }
+    if (!cfg.n_positions) cfg.n_positions = T > 1024 ? T : 1024;
+    ops_set_threads(threads);
+    gpt_t *m = gpt_new(&cfg);
+    if (!m) return cli_fail(cmd, "model", RL_EINVAL);
+    gpt_init_weights(m, 1);
+    int *in = malloc((size_t)B * T * sizeof(int)), *tg = malloc((size_t)B * T * sizeof(int));
+    double *ms = calloc((size_t)steps, sizeof(double)), *fw = calloc((size_t)steps, sizeof(double));
+    double *bw = calloc((size_t)steps, sizeof(double)), *op = calloc((size_t)steps, sizeof(double));
+    train_t tr = {0};
+    int rc = in && tg && ms && fw && bw && op ? 0 : rl_fail(RL_ENOMEM, "buffers");
+    for (int i = 0; rc == 0 && i < B * T; i++) {
+        in[i] = (int)(rng_uniform(7, 0, (uint64_t)i) * cfg.vocab_size) % cfg.vocab_size;
+        tg[i] = (int)(rng_uniform(7, 1, (uint64_t)i) * cfg.vocab_size) % cfg.vocab_size;
+    }
+    adamw_sched_t sched = {ADAMW_SCHED_CONSTANT, 1e-4f, 0, 0, 0};
+    if (rc == 0) rc = train_init(&tr, m, &sched, 0.1f, 1.0f);
+    train_stats_t st;
+    if (rc == 0) rc = train_lm_step(&tr, in, tg, NULL, B, T, &st); /* warm-up: allocations */
+    for (int s = 0; rc == 0 && s < steps; s++) {
+        double t0 = cli_now_ms();
+        rc = train_lm_step(&tr, in, tg, NULL, B, T, &st);
+        ms[s] = cli_now_ms() - t0;
+        fw[s] = st.ms_forward, bw[s] = st.ms_backward, op[s] = st.ms_optimizer;
+    }
+    if (rc == 0) {
+        double step_ms = median(ms, steps), flops = gpt_train_flops(&cfg, B, T);
+        double model = flops / (step_ms / 1e3) / 1e9;
+        double blas = sgemm_gflops(B * T, cfg.vocab_size, cfg.n_embd);
+        json_t *shape =
+            json_pack("{s:i,s:i,s:i}", "M", B * T, "N", cfg.vocab_size, "K", cfg.n_embd);
+        cli_print_json(json_pack(
+            "{s:s,s:i,s:i,s:i,s:i,s:i,s:i,s:I,s:i,s:i,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:o,s:f}",
+            "bench", "train", "layers", cfg.n_layer, "heads", cfg.n_head, "dim", cfg.n_embd,
+            "vocab", cfg.vocab_size, "batch", B, "seq", T, "params", (json_int_t)m->num_params,
+            "threads", threads, "steps", steps, "ms_per_step", step_ms, "ms_forward",
+            median(fw, steps), "ms_backward", median(bw, steps), "ms_optimizer", median(op, steps),
+            "tokens_per_s", B * T / (step_ms / 1e3), "gflop_per_step", flops / 1e9, "model_gflops",
+            model, "sgemm_gflops", blas, "sgemm_shape", shape, "ratio",
+            blas > 0 ? model / blas : 0.0));
+    }
+    train_free(&tr);
+    free(in), free(tg), free(ms), free(fw), free(bw), free(op);
+    gpt_destroy(&m);
+    return rc < 0 ? cli_fail(cmd, "step", rc) : 0;
+}
+
+int cmd_bench(int argc, char **argv) {
+    if (argc >= 2 && !strcmp(argv[1], "train")) return bench_train(argc - 1, argv + 1);
+    if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+        fputs(bench_help, stdout);
+        return 0;
+    }
+    fprintf(stderr, "rlhf bench: expected a benchmark name: train\n");
+    return 2;
+}

@@ -1,0 +1,106 @@
+/*
+ * rlhf_main.c - the `rlhf` command: one binary, one subcommand per task.
+ *
+ *   rlhf init-model   write a freshly initialised GPT-2 model directory
+ *   rlhf eval-lm      next-token loss / perplexity of a model on a token file
+ *   rlhf train-lm     train a model on a token file (AdamW, schedules, clipping)
+ *   rlhf bench train  time full training steps against OpenBLAS sgemm
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cli.h"
+#include "err.h"
+
+static const cli_cmd_t commands[] = {
+    {"init-model", cmd_init_model, "write a freshly initialised GPT-2 model directory"},
+    {"eval-lm", cmd_eval_lm, "mean next-token loss and perplexity on a token file"},
+    {"train-lm", cmd_train_lm, "train a language model on a token file"},
+    {"bench", cmd_bench, "benchmarks: `rlhf bench train --help`"},
+};
+#define N_COMMANDS (int)(sizeof commands / sizeof commands[0])
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: rlhf COMMAND [OPTIONS]   (rlhf COMMAND --help for its options)\n\n");
+    for (int i = 0; i < N_COMMANDS; i++)
+        fprintf(f, "  %-12s %s\n", commands[i].name, commands[i].summary);
+}
+
+int cli_long(const char *cmd, const char *opt, const char *val, long lo, long hi, long *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(val, &end, 10);
+    if (end == val || *end || errno || v < lo || v > hi) {
+        fprintf(stderr, "rlhf %s: --%s: '%s' is not an integer in [%ld, %ld]\n", cmd, opt, val, lo,
+                hi);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+int cli_int(const char *cmd, const char *opt, const char *val, long lo, long hi, int *out) {
+    long v;
+    if (cli_long(cmd, opt, val, lo, hi, &v) < 0) return -1;
+    *out = (int)v;
+    return 0;
+}
+
+int cli_float(const char *cmd, const char *opt, const char *val, double lo, double hi, float *out) {
+    char *end;
+    errno = 0;
+    double v = strtod(val, &end);
+    if (end == val || *end || errno || !isfinite(v) || v < lo || v > hi) {
+        fprintf(stderr, "rlhf %s: --%s: '%s' is not a number in [%g, %g]\n", cmd, opt, val, lo, hi);
+        return -1;
+    }
+    *out = (float)v;
+    return 0;
+}
+
+int cli_fail(const char *cmd, const char *what, int rc) {
+    const char *detail = rl_errmsg();
+    fprintf(stderr, "rlhf %s: %s: %s\n", cmd, what, detail[0] ? detail : rl_strerror(rc));
+    return 1;
+}
+
+void cli_print_json(json_t *obj) {
+    char *s = json_dumps(obj, JSON_COMPACT | JSON_REAL_PRECISION(7));
+    if (s) {
+        puts(s);
+        fflush(stdout);
+        free(s);
+    }
+    json_decref(obj);
+}
+
+double cli_now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+int cli_usage_error(const char *cmd) {
+    fprintf(stderr, "rlhf %s: see `rlhf %s --help`\n", cmd, cmd);
+    return 2;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(stdout);
+        return 0;
+    }
+    for (int i = 0; i < N_COMMANDS; i++)
+        if (!strcmp(argv[1], commands[i].name)) return commands[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "rlhf: unknown command '%s'\n\n", argv[1]);
+    usage(stderr);
+    return 2;
+}
