@@ -121,6 +121,7 @@ typedef struct {
     float step_size;          /* lr / (1 - beta1^t) */
     float inv_sqrt_bc2;       /* 1 / sqrt(1 - beta2^t) */
     float eps;
+    float grad_scale; /* clipping factor applied to each gradient as it is read */
 } step_coef_t;
 
 /*
@@ -137,8 +138,9 @@ static void step_block(float *restrict p, float *restrict m, float *restrict v,
                        const float *restrict g, size_t n, const step_coef_t *c, float wd) {
     const float b1 = c->b1, b2 = c->b2, omb1 = c->omb1, omb2 = c->omb2;
     const float step_size = c->step_size, inv_sqrt_bc2 = c->inv_sqrt_bc2, eps = c->eps;
+    const float gs = c->grad_scale;
     for (size_t i = 0; i < n; i++) {
-        const float gi = g[i];
+        const float gi = g[i] * gs;
         const float mi = b1 * m[i] + omb1 * gi;
         const float vi = b2 * v[i] + omb2 * (gi * gi);
         m[i] = mi;
@@ -159,9 +161,16 @@ static void step_block(float *restrict p, float *restrict m, float *restrict v,
  */
 int adamw_step(adamw_t *o, float *params, const float *grads, const adamw_group_t *groups,
                int n_groups, float lr) {
+    return adamw_step_scaled(o, params, grads, groups, n_groups, lr, 1.0f);
+}
+
+int adamw_step_scaled(adamw_t *o, float *params, const float *grads, const adamw_group_t *groups,
+                      int n_groups, float lr, float grad_scale) {
     if (!o || !o->moments) return rl_fail(RL_EINVAL, "adamw_step: optimizer not initialised");
     if (!params || !grads) return rl_fail(RL_EINVAL, "adamw_step: NULL params or grads");
     if (!isfinite(lr)) return rl_fail(RL_EINVAL, "adamw_step: learning rate %g", lr);
+    if (!isfinite(grad_scale))
+        return rl_fail(RL_EINVAL, "adamw_step: gradient scale %g", grad_scale);
     int rc = groups_check(groups, n_groups, o->n);
     if (rc < 0) return rc;
     if (any_nonfinite(grads, o->n))
@@ -179,6 +188,7 @@ int adamw_step(adamw_t *o, float *params, const float *grads, const adamw_group_
         .step_size = (float)((double)lr / bc1),
         .inv_sqrt_bc2 = (float)(1.0 / sqrt(bc2)),
         .eps = o->eps,
+        .grad_scale = grad_scale,
     };
     const float lr_wd = lr * o->weight_decay;
 
@@ -225,13 +235,20 @@ double adamw_grad_norm(const float *g, size_t n) {
     return sqrt(sum);
 }
 
-int adamw_clip(float *g, size_t n, float max_norm, double *norm_out) {
+int adamw_clip_scale(const float *g, size_t n, float max_norm, double *norm_out, float *scale_out) {
     double norm = adamw_grad_norm(g, n);
     if (norm_out) *norm_out = norm;
+    *scale_out = 1.0f;
     if (!isfinite(norm))
         return rl_fail(RL_ENONFINITE, "gradient norm is %g over %zu elements", norm, n);
-    if (!(max_norm > 0.0f) || norm <= (double)max_norm) return 0;
-    const float scale = (float)((double)max_norm / norm);
+    if (max_norm > 0.0f && norm > (double)max_norm) *scale_out = (float)((double)max_norm / norm);
+    return 0;
+}
+
+int adamw_clip(float *g, size_t n, float max_norm, double *norm_out) {
+    float scale;
+    int rc = adamw_clip_scale(g, n, max_norm, norm_out, &scale);
+    if (rc < 0 || scale == 1.0f) return rc;
 #pragma omp parallel for simd schedule(static) if (parallel : n >= ADAMW_PAR_MIN)
     for (size_t i = 0; i < n; i++) g[i] *= scale;
     return 0;

@@ -42,6 +42,15 @@ int adamw_step(adamw_t *o, float *params, const float *grads, const adamw_group_
                int n_groups, float lr);
 
 /*
+ * adamw_step() with every gradient multiplied by `grad_scale` on the fly (g = grads[i] *
+ * grad_scale, bit-identical to scaling the gradient first): global-norm clipping fused into the
+ * update, which saves a read and a write of the whole gradient arena. grads is not modified.
+ * RL_EINVAL if grad_scale is not finite.
+ */
+int adamw_step_scaled(adamw_t *o, float *params, const float *grads, const adamw_group_t *groups,
+                      int n_groups, float lr, float grad_scale);
+
+/*
  * The global L2 norm of g[0..n), accumulated in double. Returns it, or NaN/Inf if any element
  * is non-finite.
  */
@@ -53,6 +62,13 @@ double adamw_grad_norm(const float *g, size_t n);
  * gradient holds a NaN or Inf (g untouched).
  */
 int adamw_clip(float *g, size_t n, float max_norm, double *norm_out);
+
+/*
+ * The clipping of adamw_clip() without touching g: the norm goes to *norm_out (may be NULL) and
+ * the factor to apply, min(1, max_norm / norm) (1 when max_norm <= 0), to *scale_out, ready for
+ * adamw_step_scaled(). Returns 0 or RL_ENONFINITE.
+ */
+int adamw_clip_scale(const float *g, size_t n, float max_norm, double *norm_out, float *scale_out);
 
 typedef enum {
     ADAMW_SCHED_CONSTANT, /* lr everywhere */

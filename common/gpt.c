@@ -167,7 +167,7 @@ void gpt_init_weights(gpt_t *m, uint64_t seed) {
         }
         float std = strstr(t->name, "c_proj.weight") ? resid_std : 0.02f;
         /* stream = tensor index: each tensor's values are fixed by (seed, name order) alone */
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (t->size >= 65536)
         for (size_t j = 0; j < t->size; j++) p[j] = std * rng_normal(seed, (uint64_t)i, j);
     }
 }
@@ -186,7 +186,7 @@ void gpt_zero_grad(gpt_t *m) {
     /* a parallel memset in chunks: the arena is hundreds of MB at GPT-2 size */
     const size_t chunk = 1 << 20;
     long n_chunks = (long)((m->num_params + chunk - 1) / chunk);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n_chunks > 1)
     for (long i = 0; i < n_chunks; i++) {
         size_t lo = (size_t)i * chunk,
                len = m->num_params - lo < chunk ? m->num_params - lo : chunk;

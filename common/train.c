@@ -46,10 +46,13 @@ int train_lm_step(train_t *t, const int *inputs, const int *targets, const float
     rc = gpt_backward(m, 1, NULL);
     if (rc < 0) return rl_fail_ctx(rc, "step %ld: backward", t->step);
     double t2 = now_ms();
-    rc = adamw_clip(m->grads_mem, m->num_params, t->clip, &s.grad_norm);
+    float scale;
+    rc = adamw_clip_scale(m->grads_mem, m->num_params, t->clip, &s.grad_norm, &scale);
     if (rc < 0) return rl_fail_ctx(rc, "step %ld: gradient", t->step);
     s.lr = adamw_sched_lr(&t->sched, t->step);
-    rc = adamw_step(&t->opt, m->params_mem, m->grads_mem, t->groups, t->n_groups, s.lr);
+    /* clipping is applied inside the fused update: the gradient arena stays as computed */
+    rc = adamw_step_scaled(&t->opt, m->params_mem, m->grads_mem, t->groups, t->n_groups, s.lr,
+                           scale);
     if (rc < 0) return rl_fail_ctx(rc, "step %ld: optimizer", t->step);
     double t3 = now_ms();
     t->step++;

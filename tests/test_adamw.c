@@ -312,6 +312,42 @@ static void test_clip(void) {
     free(g0);
 }
 
+/* Clipping fused into the update equals clipping the gradient first, bit for bit. */
+static void test_scaled_step_equals_clip_then_step(void) {
+    enum { N = 70001 };
+    float *p1 = malloc(N * sizeof(float)), *p2 = malloc(N * sizeof(float));
+    float *g = malloc(N * sizeof(float)), *g0 = malloc(N * sizeof(float));
+    fill(p1, N, 1.0f);
+    memcpy(p2, p1, N * sizeof(float));
+    adamw_group_t groups[3];
+    groups3(groups, N);
+    adamw_t a, b;
+    CHECK_OK(adamw_init(&a, N, 0.9f, 0.95f, 1e-8f, 0.1f));
+    CHECK_OK(adamw_init(&b, N, 0.9f, 0.95f, 1e-8f, 0.1f));
+    for (int step = 0; step < 3; step++) {
+        fill(g, N, 2.0f);
+        memcpy(g0, g, N * sizeof(float));
+        double norm_a, norm_b;
+        float scale;
+        CHECK_OK(adamw_clip_scale(g, N, 1.0f, &norm_a, &scale));
+        CHECK(memcmp(g, g0, N * sizeof(float)) == 0); /* the gradient is left as it was */
+        CHECK_NEAR(scale, 1.0 / norm_a, 1e-6 / norm_a);
+        CHECK_OK(adamw_step_scaled(&a, p1, g, groups, 3, 1e-3f, scale));
+        CHECK_OK(adamw_clip(g0, N, 1.0f, &norm_b));
+        CHECK_OK(adamw_step(&b, p2, g0, groups, 3, 1e-3f));
+        CHECK(norm_a == norm_b);
+    }
+    CHECK(memcmp(p1, p2, N * sizeof(float)) == 0);
+    CHECK(memcmp(a.moments, b.moments, 2 * (size_t)N * sizeof(float)) == 0);
+    float scale = 0;
+    CHECK_OK(adamw_clip_scale(g, N, 0.0f, NULL, &scale)); /* clipping off */
+    CHECK(scale == 1.0f);
+    CHECK_ERR(adamw_step_scaled(&a, p1, g, groups, 3, 1e-3f, NAN), RL_EINVAL);
+    adamw_free(&a);
+    adamw_free(&b);
+    free(p1), free(p2), free(g), free(g0);
+}
+
 static void test_sched_constant_warmup(void) {
     adamw_sched_t s = {ADAMW_SCHED_CONSTANT, 1e-3f, 1e-5f, 10, 100};
     CHECK(adamw_sched_lr(&s, 0) == 1e-3f);
@@ -458,6 +494,7 @@ int main(void) {
     RUN(test_nonfinite_grad);
     RUN(test_grad_norm);
     RUN(test_clip);
+    RUN(test_scaled_step_equals_clip_then_step);
     RUN(test_sched_constant_warmup);
     RUN(test_sched_cosine);
     RUN(test_sched_parse);
