@@ -192,6 +192,29 @@ static int hf_is_skipped(const char *name) {
     return 0;
 }
 
+/*
+ * A checkpoint may carry lm_head.weight although GPT-2 ties it to wte. We compute logits with
+ * wte, so a head that differs would silently be a different model: refuse it instead.
+ */
+static int hf_check_tied_head(const gpt_t *m, const st_file_t *f) {
+    const st_tensor_t *t = st_find(f, "lm_head.weight");
+    if (!t) return 0;
+    const gpt_tensor_t *wte = gpt_tensor_find(m, "wte.weight");
+    if (t->ndim != 2 || t->shape[0] != wte->shape[0] || t->shape[1] != wte->shape[1])
+        return rl_fail(RL_EFORMAT, "%s: tensor 'lm_head.weight' does not have the shape of wte",
+                       f->path);
+    float *head = malloc(wte->size * sizeof(float));
+    if (!head) return rl_fail(RL_ENOMEM, "%s: lm_head.weight", f->path);
+    int rc = st_tensor_to_f32(f, t, head, wte->size);
+    if (rc == 0 && memcmp(head, m->params_mem + wte->offset, wte->size * sizeof(float)) != 0)
+        rc = rl_fail(RL_EUNSUPPORTED,
+                     "%s: lm_head.weight differs from wte.weight (an untied LM head is not "
+                     "supported: GPT-2 ties them)",
+                     f->path);
+    free(head);
+    return rc;
+}
+
 /* Finds, checks and converts model tensor `mt` from file `f`. */
 static int hf_load_tensor(gpt_t *m, const st_file_t *f, const gpt_tensor_t *mt) {
     char pref[96], want[64], got[256];
@@ -243,6 +266,7 @@ gpt_t *hf_load(const char *dir) {
     }
     for (int i = 0; i < m->n_tensors; i++)
         if (hf_load_tensor(m, &f, &m->tensors[i]) < 0) goto fail;
+    if (hf_check_tied_head(m, &f) < 0) goto fail;
     st_close(&f);
     return m;
 

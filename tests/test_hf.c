@@ -184,6 +184,18 @@ static void test_hf_layout(void) {
     if (!m2) fprintf(stderr, "  hf_load: %s\n", rl_errmsg());
     if (m2) check_same_model(m, m2);
     gpt_destroy(&m2);
+    /* an lm_head that is not wte would be a different model: refused, not silently tied */
+    size_t nwte = (size_t)small_cfg.vocab_size * small_cfg.n_embd;
+    float *untied = malloc(nwte * sizeof(float));
+    memcpy(untied, m->params.wte, nwte * sizeof(float));
+    untied[nwte / 2] += 0.5f;
+    all[0].data = untied;
+    CHECK_OK(st_write_f32(tfile(dir, "model.safetensors"), all, n, NULL, NULL, 0));
+    m2 = hf_load(dir);
+    CHECK(m2 == NULL);
+    CHECK(strstr(rl_errmsg(), "lm_head.weight differs from wte.weight") != NULL);
+    gpt_destroy(&m2);
+    free(untied);
     gpt_destroy(&m);
     free(all);
     free(wt);
