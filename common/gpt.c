@@ -375,6 +375,12 @@ int gpt_lm_loss(gpt_t *m, const int *targets, const float *mask, float *loss, in
     return 0;
 }
 
+/* dst(k,C) = rows idx[0..k) of src(.,C). */
+static void gather_rows(float *dst, const float *src, const int *idx, int k, int C) {
+    for (int j = 0; j < k; j++)
+        memcpy(dst + (size_t)j * C, src + (size_t)idx[j] * C, (size_t)C * sizeof(float));
+}
+
 int gpt_head_forward(gpt_t *m, const int *idx, int n, float *values) {
     if (!m->cfg.scalar_head) return rl_fail(RL_EINVAL, "head: model has no scalar head");
     if (!m->inputs || m->B == 0) return rl_fail(RL_EINVAL, "head: no forward pass to read");
@@ -387,13 +393,15 @@ int gpt_head_forward(gpt_t *m, const int *idx, int n, float *values) {
     m->head_idx = keep;
     memcpy(m->head_idx, idx, (size_t)n * sizeof(int));
     m->head_n = n;
-    for (int i = 0; i < n; i++) {
-        const float *h = m->acts.lnf + (size_t)idx[i] * C;
-        float s = m->params.headb[0];
-        for (int c = 0; c < C; c++) s += h[c] * m->params.headw[c];
-        values[i] = s;
-        if (!isfinite(s)) return rl_fail(RL_ENONFINITE, "head: value %d is %g", i, s);
+    /* the head is a matrix product (n,C) @ (C,1) on the gathered rows, chunk by chunk */
+    for (int i0 = 0; i0 < n; i0 += N) {
+        int k = n - i0 < N ? n - i0 : N;
+        gather_rows(m->acts.dbuf2, m->acts.lnf, idx + i0, k, C);
+        ops_matmul_forward(values + i0, m->acts.dbuf2, m->params.headw, m->params.headb, k, C, 1);
     }
+    for (int i = 0; i < n; i++)
+        if (!isfinite(values[i]))
+            return rl_fail(RL_ENONFINITE, "head: value %d is %g", i, values[i]);
     return 0;
 }
 
@@ -416,15 +424,16 @@ int gpt_backward(gpt_t *m, int use_dlogits, const float *dvalues) {
     memset(dlnf, 0, N * C * sizeof(float));
     if (use_dlogits) ops_lmhead_backward(dlnf, g->wte, a->logits, a->lnf, p->wte, (int)N, C, V);
     if (dvalues)
-        for (int i = 0; i < m->head_n; i++) {
-            float dv = dvalues[i];
-            const float *h = a->lnf + (size_t)m->head_idx[i] * C;
-            float *dh = dlnf + (size_t)m->head_idx[i] * C;
-            for (int c = 0; c < C; c++) {
-                dh[c] += dv * p->headw[c];
-                g->headw[c] += dv * h[c];
-            }
-            g->headb[0] += dv;
+        for (int i0 = 0; i0 < m->head_n; i0 += (int)N) {
+            int k = m->head_n - i0 < (int)N ? m->head_n - i0 : (int)N;
+            const int *idx = m->head_idx + i0;
+            gather_rows(a->dbuf2, a->lnf, idx, k, C); /* the head's input rows, again */
+            memset(a->dres, 0, (size_t)k * C * sizeof(float));
+            ops_matmul_backward(a->dres, g->headw, g->headb, dvalues + i0, a->dbuf2, p->headw, k, C,
+                                1);
+            for (int j = 0; j < k; j++) /* scatter-add: a position may be scored twice */
+                for (int c = 0; c < C; c++)
+                    dlnf[(size_t)idx[j] * C + c] += a->dres[(size_t)j * C + c];
         }
     memset(a->dres, 0, N * C * sizeof(float));
     const float *last = L > 0 ? a->residual3 + (L - 1) * N * C : a->encoded;

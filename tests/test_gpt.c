@@ -116,8 +116,8 @@ enum { B = 2, T = 5 };
 static const int inputs[B * T] = {1, 7, 3, 3, 10, 0, 2, 9, 4, 6};
 static const int targets[B * T] = {7, 3, 3, 10, 5, 2, 9, 4, 6, -1};
 static const float mask[B * T] = {0, 1, 1, 1, 1, 1, 0.5f, 1, 2, 1};
-static const int head_idx[3] = {4, 8, 2};
-static const float head_r[3] = {0.7f, -1.3f, 0.4f};
+static const int head_idx[4] = {4, 8, 2, 4}; /* position 4 scored twice */
+static const float head_r[4] = {0.7f, -1.3f, 0.4f, 0.25f};
 
 static void test_forward_matches_reference(void) {
     gpt_t *m = tiny_model(5);
@@ -155,9 +155,9 @@ static double objective(gpt_t *m, int use_lm, int use_head) {
         s += loss;
     }
     if (use_head) {
-        float v[3];
-        gpt_head_forward(m, head_idx, 3, v);
-        for (int i = 0; i < 3; i++) s += (double)head_r[i] * v[i];
+        float v[4];
+        gpt_head_forward(m, head_idx, 4, v);
+        for (int i = 0; i < 4; i++) s += (double)head_r[i] * v[i];
     }
     return s;
 }
@@ -166,9 +166,9 @@ static double objective(gpt_t *m, int use_lm, int use_head) {
 static void grad_check(int use_lm, int use_head) {
     gpt_t *m = tiny_model(11);
     CHECK_OK(gpt_forward(m, inputs, B, T, use_lm ? GPT_FWD_LOGITS : 0));
-    float loss, v[3];
+    float loss, v[4];
     if (use_lm) CHECK_OK(gpt_lm_loss(m, targets, mask, &loss, 1));
-    if (use_head) CHECK_OK(gpt_head_forward(m, head_idx, 3, v));
+    if (use_head) CHECK_OK(gpt_head_forward(m, head_idx, 4, v));
     CHECK_OK(gpt_grads_alloc(m));
     gpt_zero_grad(m);
     CHECK_OK(gpt_backward(m, use_lm, use_head ? head_r : NULL));
@@ -206,6 +206,32 @@ static void test_grad_scalar_head(void) {
 }
 static void test_grad_both(void) {
     grad_check(1, 1);
+}
+
+/* More scored positions than B*T (processed in chunks), with repeats: values are the plain dot
+ * products, and the head's gradients are the plain sums over every scored position. */
+static void test_head_many_positions(void) {
+    gpt_t *m = tiny_model(21);
+    int C = tiny.n_embd, n = 25, idx[25];
+    float v[25], dv[25];
+    for (int i = 0; i < n; i++) idx[i] = (i * 7) % (B * T), dv[i] = 0.1f * (i % 5) - 0.2f;
+    CHECK_OK(gpt_forward(m, inputs, B, T, 0));
+    CHECK_OK(gpt_head_forward(m, idx, n, v));
+    const float *w = T_(m, "score.weight"), *b = T_(m, "score.bias");
+    double dw0 = 0, db = 0;
+    for (int i = 0; i < n; i++) {
+        double s = b[0];
+        for (int c = 0; c < C; c++) s += (double)m->acts.lnf[idx[i] * C + c] * w[c];
+        CHECK_NEAR(v[i], s, 1e-5);
+        dw0 += (double)dv[i] * m->acts.lnf[idx[i] * C + 0];
+        db += dv[i];
+    }
+    CHECK_OK(gpt_grads_alloc(m));
+    gpt_zero_grad(m);
+    CHECK_OK(gpt_backward(m, 0, dv));
+    CHECK_NEAR(m->grads_mem[gpt_tensor_find(m, "score.weight")->offset], dw0, 1e-5);
+    CHECK_NEAR(m->grads_mem[gpt_tensor_find(m, "score.bias")->offset], db, 1e-5);
+    gpt_destroy(&m);
 }
 
 static void test_loss_mask(void) {
@@ -404,6 +430,7 @@ int main(void) {
     RUN(test_grad_lm_loss);
     RUN(test_grad_scalar_head);
     RUN(test_grad_both);
+    RUN(test_head_many_positions);
     RUN(test_loss_mask);
     RUN(test_adamw_lowers_loss);
     RUN(test_decay_groups);
