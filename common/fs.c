@@ -31,6 +31,10 @@ static int fs_errno_code(int e) {
 }
 
 int fs_read_all(const char *path, char **data, size_t *len) {
+    return fs_read_file(path, (size_t)-1 / 2, data, len);
+}
+
+int fs_read_file(const char *path, size_t max_len, char **data, size_t *len) {
     int fd = -1, rc;
     char *buf = NULL;
     size_t cap, n = 0;
@@ -49,6 +53,16 @@ int fs_read_all(const char *path, char **data, size_t *len) {
     }
     if (S_ISDIR(sb.st_mode)) {
         rc = rl_fail(RL_EIO, "%s: is a directory", path);
+        goto fail;
+    }
+    /* a device or pipe could stream forever: only regular files, and no larger than asked */
+    if (!S_ISREG(sb.st_mode)) {
+        rc = rl_fail(RL_EIO, "%s: not a regular file", path);
+        goto fail;
+    }
+    if ((size_t)sb.st_size > max_len) {
+        rc = rl_fail(RL_EFORMAT, "%s: %lld bytes, more than the %zu allowed", path,
+                     (long long)sb.st_size, max_len);
         goto fail;
     }
     /* st_size is only a hint (0 for /proc files): read until EOF, growing as needed. */
@@ -78,6 +92,10 @@ int fs_read_all(const char *path, char **data, size_t *len) {
         }
         if (r == 0) break;
         n += (size_t)r;
+        if (n > max_len) { /* the file grew while we read it */
+            rc = rl_fail(RL_EFORMAT, "%s: more than the %zu bytes allowed", path, max_len);
+            goto fail;
+        }
     }
     close(fd);
     buf[n] = '\0';
@@ -264,7 +282,13 @@ int fs_write_atomic(const char *path, const void *data, size_t len) {
 /* mkdir of one component; an existing directory is success. */
 static int fs_mkdir_one(const char *p, const char *full) {
     struct stat sb;
-    if (mkdir(p, 0755) == 0) return 0;
+    if (mkdir(p, 0755) == 0) {
+        /* the new entry is durable only once its parent directory is synced */
+        char *parent = fs_dirname(p);
+        int rc = parent ? fs_sync_dir(parent) : rl_fail(RL_ENOMEM, "%s: out of memory", full);
+        free(parent);
+        return rc;
+    }
     if (errno == EEXIST) {
         if (stat(p, &sb) == 0 && S_ISDIR(sb.st_mode)) return 0;
         return rl_fail(RL_EIO, "%s: cannot create directory: %s exists and is not a directory",

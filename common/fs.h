@@ -11,11 +11,17 @@
 #include <stddef.h>
 
 /*
- * Reads the whole file at `path` into a malloc'ed buffer (*data, with one extra NUL byte after
- * the end so text can be parsed in place) and its length (*len). The caller frees *data.
+ * Reads the whole regular file at `path` into a malloc'ed buffer (*data, with one extra NUL byte
+ * after the end so text can be parsed in place) and its length (*len). The caller frees *data.
  * Returns 0, or RL_EIO / RL_ENOTFOUND / RL_ENOMEM with a detail naming the path.
  */
 int fs_read_all(const char *path, char **data, size_t *len);
+
+/*
+ * fs_read_all() for regular files of at most max_len bytes: a larger file is RL_EFORMAT, a
+ * device, pipe or directory RL_EIO, each with the path in the detail.
+ */
+int fs_read_file(const char *path, size_t max_len, char **data, size_t *len);
 
 /* An atomic write in progress. Zero it or fill it with fs_atomic_open(). */
 typedef struct {

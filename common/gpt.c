@@ -23,9 +23,16 @@ int gpt_config_check(const gpt_config_t *c) {
                        c->n_embd, c->n_head);
     if (!(c->layer_norm_epsilon > 0.0f) || !isfinite(c->layer_norm_epsilon))
         return rl_fail(RL_EINVAL, "model config: layer_norm_epsilon must be positive");
-    /* all arena offsets are size_t, but kernels index rows with int */
+    /* Arena offsets are size_t, but kernels index rows and per-layer offsets with int: keep
+     * every int product (4C, V*C, P*C) and the parameter count far from overflow. */
+    if (c->n_embd > (1 << 20) || c->n_layer > (1 << 16))
+        return rl_fail(RL_EINVAL, "model config: n_embd=%d or n_layer=%d too large", c->n_embd,
+                       c->n_layer);
     if ((double)c->vocab_size * c->n_embd > 2e9 || (double)c->n_positions * c->n_embd > 2e9)
         return rl_fail(RL_EINVAL, "model config: embedding tables too large");
+    double params = 12.0 * c->n_layer * (double)c->n_embd * c->n_embd;
+    if (params > 1e12)
+        return rl_fail(RL_EINVAL, "model config: %.3g parameters is beyond any machine", params);
     return 0;
 }
 
@@ -134,9 +141,11 @@ gpt_t *gpt_new(const gpt_config_t *cfg) {
     point_params(&m->params, m->params_mem, m->param_sizes);
     if (build_tensor_table(m) < 0) goto fail;
     return m;
-fail:
+fail:;
+    size_t n = m ? m->num_params : 0;
     gpt_destroy(&m);
-    rl_fail(RL_ENOMEM, "model: cannot allocate %zu parameters", m ? m->num_params : (size_t)0);
+    rl_fail(RL_ENOMEM, "model: cannot allocate %zu parameters (%.1f GB)", n,
+            n * sizeof(float) / 1e9);
     return NULL;
 }
 
@@ -272,25 +281,33 @@ static size_t acts_floats(const gpt_config_t *cfg, size_t B, size_t T, gpt_acts_
 /* Makes the activation arena fit (B,T); the T*T attention buffers make the layout depend on
  * both, so it is re-pointed whenever the shape changes. */
 static int acts_fit(gpt_t *m, int B, int T) {
+    /* the size in double first: (L,B,H,T,T) at a large T must fail cleanly, not wrap */
+    double need_d = 0;
+    {
+        const gpt_config_t *c = &m->cfg;
+        double N = (double)B * T, L = c->n_layer, C = c->n_embd, H = c->n_head;
+        need_d = N * C * (18.0 * L + 16.0) + N * c->vocab_size + 2.0 * L * B * H * T * T +
+                 B * H * (double)T * T + N * (4.0 * L + 3.0);
+    }
+    if (need_d * sizeof(float) > 1e13)
+        return rl_fail(RL_ENOMEM, "model: activations for B=%d T=%d would take %.3g GB", B, T,
+                       need_d * sizeof(float) / 1e9);
     size_t need = acts_floats(&m->cfg, B, T, &m->acts, NULL);
     if (need > m->acts_cap) {
         free(m->acts_mem);
         m->acts_mem = malloc(need * sizeof(float));
-        free(m->inputs);
-        m->inputs = malloc((size_t)B * T * sizeof(int));
-        if (!m->acts_mem || !m->inputs) {
-            free(m->acts_mem);
-            free(m->inputs);
-            m->acts_mem = NULL;
-            m->inputs = NULL;
-            m->acts_cap = 0;
-            return rl_fail(RL_ENOMEM, "model: cannot allocate activations for B=%d T=%d", B, T);
+        m->acts_cap = m->acts_mem ? need : 0;
+        if (!m->acts_mem) {
+            memset(&m->acts, 0, sizeof m->acts); /* nothing may point into freed memory */
+            return rl_fail(RL_ENOMEM, "model: cannot allocate activations for B=%d T=%d (%.1f GB)",
+                           B, T, need * sizeof(float) / 1e9);
         }
-        m->acts_cap = need;
-    } else if ((size_t)B * T > (size_t)m->B * m->T || !m->inputs) {
+    }
+    if ((size_t)B * T > m->inputs_cap) {
         int *in = realloc(m->inputs, (size_t)B * T * sizeof(int));
         if (!in) return rl_fail(RL_ENOMEM, "model: inputs");
         m->inputs = in;
+        m->inputs_cap = (size_t)B * T;
     }
     acts_floats(&m->cfg, B, T, &m->acts, m->acts_mem);
     return 0;
@@ -299,7 +316,12 @@ static int acts_fit(gpt_t *m, int B, int T) {
 int gpt_forward(gpt_t *m, const int *inputs, int B, int T, int flags) {
     const gpt_config_t *cfg = &m->cfg;
     int L = cfg->n_layer, C = cfg->n_embd, H = cfg->n_head, V = cfg->vocab_size;
-    if (B < 1 || T < 1 || T > cfg->n_positions)
+    /* whatever happens below, the previous pass's state is gone */
+    m->B = m->T = 0;
+    m->have_logits = 0;
+    m->dlogits_ready = 0;
+    m->head_n = 0;
+    if (!inputs || B < 1 || T < 1 || T > cfg->n_positions || (long)B * T > (1L << 30))
         return rl_fail(RL_EINVAL, "forward: bad shape B=%d T=%d (n_positions=%d)", B, T,
                        cfg->n_positions);
     for (int i = 0; i < B * T; i++)
@@ -310,9 +332,6 @@ int gpt_forward(gpt_t *m, const int *inputs, int B, int T, int flags) {
     if (rc < 0) return rc;
     m->B = B;
     m->T = T;
-    m->have_logits = 0;
-    m->dlogits_ready = 0;
-    m->head_n = 0;
     memcpy(m->inputs, inputs, (size_t)B * T * sizeof(int));
 
     gpt_params_t *p = &m->params;
@@ -381,9 +400,18 @@ static void gather_rows(float *dst, const float *src, const int *idx, int k, int
         memcpy(dst + (size_t)j * C, src + (size_t)idx[j] * C, (size_t)C * sizeof(float));
 }
 
+int gpt_dlogits_set(gpt_t *m) {
+    if (!m->have_logits || m->dlogits_ready)
+        return rl_fail(RL_EINVAL, "dlogits: the last forward computed no logits to replace");
+    m->dlogits_ready = 1;
+    return 0;
+}
+
 int gpt_head_forward(gpt_t *m, const int *idx, int n, float *values) {
     if (!m->cfg.scalar_head) return rl_fail(RL_EINVAL, "head: model has no scalar head");
-    if (!m->inputs || m->B == 0) return rl_fail(RL_EINVAL, "head: no forward pass to read");
+    if (m->B == 0) return rl_fail(RL_EINVAL, "head: no forward pass to read");
+    if (n < 0 || (n > 0 && (!idx || !values)))
+        return rl_fail(RL_EINVAL, "head: bad arguments (n=%d)", n);
     int N = m->B * m->T, C = m->cfg.n_embd;
     for (int i = 0; i < n; i++)
         if (idx[i] < 0 || idx[i] >= N)
@@ -407,8 +435,10 @@ int gpt_head_forward(gpt_t *m, const int *idx, int n, float *values) {
 
 int gpt_backward(gpt_t *m, int use_dlogits, const float *dvalues) {
     const gpt_config_t *cfg = &m->cfg;
-    if (use_dlogits && !m->dlogits_ready && !m->have_logits)
-        return rl_fail(RL_EINVAL, "backward: no logits gradient (call gpt_lm_loss first)");
+    if (m->B == 0) return rl_fail(RL_EINVAL, "backward: no forward pass to differentiate");
+    if (use_dlogits && !m->dlogits_ready)
+        return rl_fail(RL_EINVAL, "backward: the logits hold no gradient (call gpt_lm_loss with "
+                                  "want_grad, or write dlogits and call gpt_dlogits_set)");
     if (!use_dlogits && !(dvalues && m->head_n > 0))
         return rl_fail(RL_EINVAL, "backward: nothing to backpropagate");
     int rc = gpt_grads_alloc(m);

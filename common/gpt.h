@@ -113,6 +113,7 @@ typedef struct {
     int have_logits;   /* the last forward computed logits */
     int dlogits_ready; /* acts.logits holds dlogits */
     int *inputs;       /* (B,T) copy of the last inputs */
+    size_t inputs_cap; /* ints allocated at `inputs` */
     int *head_idx;     /* positions of the last gpt_head_forward */
     int head_n;
 } gpt_t;
@@ -152,7 +153,9 @@ int gpt_adamw_groups(const gpt_t *m, adamw_group_t *out);
 /*
  * Forward pass on inputs (B,T) token ids: the trunk always, the LM logits if flags has
  * GPT_FWD_LOGITS. Grows the activation arena if B*T is larger than before. Returns 0,
- * RL_EINVAL (bad shape or a token id out of range, named in the detail) or RL_ENOMEM.
+ * RL_EINVAL (bad shape or a token id out of range, named in the detail) or RL_ENOMEM. On
+ * failure the model holds no forward state: loss, head and backward calls fail until the next
+ * successful forward.
  */
 int gpt_forward(gpt_t *m, const int *inputs, int B, int T, int flags);
 
@@ -166,6 +169,13 @@ int gpt_forward(gpt_t *m, const int *inputs, int B, int T, int flags);
 int gpt_lm_loss(gpt_t *m, const int *targets, const float *mask, float *loss, int want_grad);
 
 /*
+ * Declares that the caller has overwritten acts.logits (B,T,V) with d(loss)/d(logits) - for
+ * losses other than cross-entropy (PPO) - so gpt_backward(m, 1, ...) may use them. Returns 0 or
+ * RL_EINVAL if the last forward computed no logits or they already hold a gradient.
+ */
+int gpt_dlogits_set(gpt_t *m);
+
+/*
  * Scalar head on the last forward's final hidden state at `n` positions idx[i] in [0, B*T)
  * (b*T + t): values[i] = lnf[idx[i]] . w + b. Returns 0, RL_EINVAL (no head, bad index) or
  * RL_ENONFINITE.
@@ -174,9 +184,10 @@ int gpt_head_forward(gpt_t *m, const int *idx, int n, float *values);
 
 /*
  * Backward pass of the last forward. Sources of gradient: dlogits in acts.logits if use_dlogits
- * (from gpt_lm_loss or written there by the caller), and dvalues (n of the last head forward,
- * may be NULL). Gradients are accumulated into the gradient arena (allocated if needed).
- * Returns 0, RL_EINVAL (nothing to backpropagate) or RL_ENOMEM.
+ * (put there by gpt_lm_loss with want_grad, or by the caller and declared with
+ * gpt_dlogits_set - raw logits are never taken for a gradient), and dvalues (n of the last head
+ * forward, may be NULL). Gradients are accumulated into the gradient arena (allocated if
+ * needed). Returns 0, RL_EINVAL (nothing to backpropagate) or RL_ENOMEM.
  */
 int gpt_backward(gpt_t *m, int use_dlogits, const float *dvalues);
 

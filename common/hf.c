@@ -20,7 +20,8 @@
 #include "fs.h"
 #include "st.h"
 
-#define HF_PATH_MAX 4096
+#define HF_PATH_MAX    4096
+#define HF_META_CONFIG "rlhf_config" /* safetensors metadata key: the config.json text */
 
 /* DIR/FILE into buf. Returns 0 or RL_EINVAL when it does not fit. */
 static int hf_path(char *buf, size_t cap, const char *dir, const char *file) {
@@ -161,7 +162,8 @@ int hf_config_read(const char *dir, gpt_config_t *cfg) {
     if (!dir || !cfg) return rl_fail(RL_EINVAL, "hf_config_read: NULL argument");
     memset(cfg, 0, sizeof *cfg);
     if ((rc = hf_path(path, sizeof path, dir, "config.json")) < 0) return rc;
-    if ((rc = fs_read_all(path, &text, &len)) < 0) return rc;
+    /* a config.json is a few hundred bytes; anything past 16 MB is not one */
+    if ((rc = fs_read_file(path, 16u << 20, &text, &len)) < 0) return rc;
     root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
     free(text);
     if (!root)
@@ -189,6 +191,34 @@ static int hf_is_skipped(const char *name) {
         size_t sl = strlen(suffixes[i]);
         if (n >= sl && strcmp(name + n - sl, suffixes[i]) == 0) return 1;
     }
+    return 0;
+}
+
+/*
+ * Files written by hf_save carry their config in the safetensors metadata. If it disagrees with
+ * config.json, the directory is a mix of two saves (a crash between writing the weights and the
+ * config): refuse it rather than run weights under a config they were not saved with. Files
+ * from elsewhere have no such entry and are not checked.
+ */
+static int hf_check_saved_config(const char *dir, const gpt_config_t *cfg, const st_file_t *f) {
+    const char *text = st_meta_get(f, HF_META_CONFIG);
+    if (!text) return 0;
+    json_error_t jerr;
+    json_t *root = json_loads(text, 0, &jerr);
+    gpt_config_t saved;
+    int rc = root ? hf_cfg_parse(f->path, root, &saved)
+                  : rl_fail(RL_EFORMAT, "%s: metadata '%s' is not JSON: %s", f->path,
+                            HF_META_CONFIG, jerr.text);
+    json_decref(root);
+    if (rc < 0) return rc;
+    if (saved.n_layer != cfg->n_layer || saved.n_head != cfg->n_head ||
+        saved.n_embd != cfg->n_embd || saved.vocab_size != cfg->vocab_size ||
+        saved.n_positions != cfg->n_positions || saved.scalar_head != cfg->scalar_head ||
+        saved.layer_norm_epsilon != cfg->layer_norm_epsilon)
+        return rl_fail(RL_EFORMAT,
+                       "%s: config.json does not match the config model.safetensors was saved "
+                       "with (an interrupted save?)",
+                       dir);
     return 0;
 }
 
@@ -267,6 +297,7 @@ gpt_t *hf_load(const char *dir) {
     for (int i = 0; i < m->n_tensors; i++)
         if (hf_load_tensor(m, &f, &m->tensors[i]) < 0) goto fail;
     if (hf_check_tied_head(m, &f) < 0) goto fail;
+    if (hf_check_saved_config(dir, &cfg, &f) < 0) goto fail;
     st_close(&f);
     return m;
 
@@ -327,14 +358,22 @@ int hf_save(const gpt_t *m, const char *dir) {
     st_wtensor_t *wt = NULL;
     char *cfg_text = NULL;
     fs_atomic_t w = {.fd = -1};
-    static const char *const meta_keys[] = {"format"}, *const meta_vals[] = {"pt"};
     int rc;
 
     if (!m || !dir) return rl_fail(RL_EINVAL, "hf_save: NULL argument");
     if ((rc = fs_mkdir_p(dir)) < 0) return rc;
+    cfg_text = hf_config_json(&m->cfg);
+    if (!cfg_text) return rl_fail(RL_ENOMEM, "%s: out of memory", dir);
+    /* The weights file carries the config it was written for, so a load can tell a config.json
+     * left over from an earlier save (a crash between the two renames) from a matching one. */
+    const char *const meta_keys[] = {"format", HF_META_CONFIG};
+    const char *const meta_vals[] = {"pt", cfg_text};
 
     wt = calloc((size_t)(m->n_tensors ? m->n_tensors : 1), sizeof *wt);
-    if (!wt) return rl_fail(RL_ENOMEM, "%s: out of memory", dir);
+    if (!wt) {
+        rc = rl_fail(RL_ENOMEM, "%s: out of memory", dir);
+        goto fail;
+    }
     for (int i = 0; i < m->n_tensors; i++) {
         const gpt_tensor_t *t = &m->tensors[i];
         wt[i].name = t->name;
@@ -343,15 +382,10 @@ int hf_save(const gpt_t *m, const char *dir) {
         wt[i].data = m->params_mem + t->offset;
     }
     if ((rc = hf_path(path, sizeof path, dir, "model.safetensors")) < 0) goto fail;
-    if ((rc = st_write_f32(path, wt, m->n_tensors, meta_keys, meta_vals, 1)) < 0) goto fail;
+    if ((rc = st_write_f32(path, wt, m->n_tensors, meta_keys, meta_vals, 2)) < 0) goto fail;
 
     /* config.json last: a directory with a config has its weights. */
     if ((rc = hf_path(path, sizeof path, dir, "config.json")) < 0) goto fail;
-    cfg_text = hf_config_json(&m->cfg);
-    if (!cfg_text) {
-        rc = rl_fail(RL_ENOMEM, "%s: out of memory", path);
-        goto fail;
-    }
     if ((rc = fs_atomic_open(&w, path)) < 0 ||
         (rc = fs_atomic_write(&w, cfg_text, strlen(cfg_text))) < 0 ||
         (rc = fs_atomic_write(&w, "\n", 1)) < 0)

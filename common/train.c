@@ -4,6 +4,7 @@
 #include "train.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -61,4 +62,38 @@ int train_lm_step(train_t *t, const int *inputs, const int *targets, const float
     s.ms_optimizer = t3 - t2;
     if (st) *st = s;
     return 0;
+}
+
+/* Sum of per-position losses of `nw` windows of `w` tokens each, laid out back to back. */
+static int eval_windows(gpt_t *m, const int *tok, int nw, int w, int *targets, double *sum) {
+    for (int b = 0; b < nw; b++)
+        for (int t = 0; t < w; t++) targets[b * w + t] = t + 1 < w ? tok[b * w + t + 1] : -1;
+    int rc = gpt_forward(m, tok, nw, w, GPT_FWD_LOGITS);
+    if (rc == 0) rc = gpt_lm_loss(m, targets, NULL, NULL, 0);
+    if (rc < 0) return rc;
+    for (int i = 0; i < nw * w; i++) *sum += m->acts.losses[i];
+    return 0;
+}
+
+int train_eval_lm(gpt_t *m, const int *ids, size_t n, int T, int B, double *sum, size_t *count) {
+    if (T < 2 || T > m->cfg.n_positions || B < 1)
+        return rl_fail(RL_EINVAL, "eval: windows of %d tokens (need 2..%d), batch %d", T,
+                       m->cfg.n_positions, B);
+    int *targets = malloc((size_t)B * T * sizeof(int));
+    if (!targets) return rl_fail(RL_ENOMEM, "eval: targets");
+    size_t full = n / (size_t)T, done = 0;
+    int rc = 0;
+    while (rc == 0 && done < full) {
+        int nw = full - done < (size_t)B ? (int)(full - done) : B;
+        rc = eval_windows(m, ids + done * T, nw, T, targets, sum);
+        done += (size_t)nw;
+        *count += (size_t)nw * (size_t)(T - 1);
+    }
+    int rest = (int)(n - full * (size_t)T);
+    if (rc == 0 && rest >= 2) {
+        rc = eval_windows(m, ids + full * (size_t)T, 1, rest, targets, sum);
+        *count += (size_t)(rest - 1);
+    }
+    free(targets);
+    return rc;
 }

@@ -44,4 +44,13 @@ void train_free(train_t *t);
 int train_lm_step(train_t *t, const int *inputs, const int *targets, const float *mask, int B,
                   int T, train_stats_t *st);
 
+/*
+ * Next-token cross-entropy of the model over ids[0..n), cut into consecutive windows of at
+ * most T tokens (T >= 2, T <= n_positions); every position whose next token lies in the same
+ * window is scored. Full windows run B at a time, a shorter last window alone. Adds the summed
+ * loss (nats) to *sum and the number of scored positions to *count. Returns 0 or RL_E*
+ * (RL_ENONFINITE if a loss is NaN/Inf).
+ */
+int train_eval_lm(gpt_t *m, const int *ids, size_t n, int T, int B, double *sum, size_t *count);
+
 #endif

@@ -23,8 +23,9 @@ int cli_float(const char *cmd, const char *opt, const char *val, double lo, doub
 /* Prints "rlhf CMD: MESSAGE: rl_errmsg()" for a failed library call and returns 1. */
 int cli_fail(const char *cmd, const char *what, int rc);
 
-/* Prints `obj` as one line of JSON on stdout and releases it. */
-void cli_print_json(json_t *obj);
+/* Prints `obj` as one line of JSON on stdout and releases it. Returns 0, or 1 (with a message
+ * on stderr) if obj is NULL or cannot be serialised - json_pack returns NULL for NaN/Inf. */
+int cli_print_json(json_t *obj);
 
 /* Monotonic wall-clock milliseconds. */
 double cli_now_ms(void);

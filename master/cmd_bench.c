@@ -120,6 +120,7 @@ static int bench_train(int argc, char **argv) {
     double *ms = calloc((size_t)steps, sizeof(double)), *fw = calloc((size_t)steps, sizeof(double));
     double *bw = calloc((size_t)steps, sizeof(double)), *op = calloc((size_t)steps, sizeof(double));
     train_t tr = {0};
+    int print_rc = 0;
     int rc = in && tg && ms && fw && bw && op ? 0 : rl_fail(RL_ENOMEM, "buffers");
     for (int i = 0; rc == 0 && i < B * T; i++) {
         in[i] = (int)(rng_uniform(7, 0, (uint64_t)i) * cfg.vocab_size) % cfg.vocab_size;
@@ -141,7 +142,7 @@ static int bench_train(int argc, char **argv) {
         double blas = sgemm_gflops(B * T, cfg.vocab_size, cfg.n_embd);
         json_t *shape =
             json_pack("{s:i,s:i,s:i}", "M", B * T, "N", cfg.vocab_size, "K", cfg.n_embd);
-        cli_print_json(json_pack(
+        print_rc = cli_print_json(json_pack(
             "{s:s,s:i,s:i,s:i,s:i,s:i,s:i,s:I,s:i,s:i,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:o,s:f}",
             "bench", "train", "layers", cfg.n_layer, "heads", cfg.n_head, "dim", cfg.n_embd,
             "vocab", cfg.vocab_size, "batch", B, "seq", T, "params", (json_int_t)m->num_params,
@@ -154,7 +155,7 @@ static int bench_train(int argc, char **argv) {
     train_free(&tr);
     free(in), free(tg), free(ms), free(fw), free(bw), free(op);
     gpt_destroy(&m);
-    return rc < 0 ? cli_fail(cmd, "step", rc) : 0;
+    return rc < 0 ? cli_fail(cmd, "step", rc) : print_rc;
 }
 
 int cmd_bench(int argc, char **argv) {

@@ -82,8 +82,7 @@ int cmd_init_model(int argc, char **argv) {
     size_t n = m->num_params;
     gpt_destroy(&m);
     if (rc < 0) return cli_fail(cmd, "saving", rc);
-    cli_print_json(json_pack("{s:s,s:I}", "out", out, "params", (json_int_t)n));
-    return 0;
+    return cli_print_json(json_pack("{s:s,s:I}", "out", out, "params", (json_int_t)n));
 }
 
 /* ---- eval-lm --------------------------------------------------------------------------- */
@@ -94,18 +93,6 @@ static const char eval_help[] =
     "T tokens (default: the model's n_positions); every position whose next token is in the\n"
     "same window is scored. Prints {\"loss\": mean cross-entropy in nats, \"ppl\": exp(loss),\n"
     "\"tokens\": number of scored positions}.\n";
-
-/* Sum of per-position losses of `nw` windows of `w` tokens each, laid out back to back. */
-static int eval_windows(gpt_t *m, const int *tok, int nw, int w, int *targets, double *sum) {
-    for (int b = 0; b < nw; b++)
-        for (int t = 0; t < w; t++) targets[b * w + t] = t + 1 < w ? tok[b * w + t + 1] : -1;
-    int rc = gpt_forward(m, tok, nw, w, GPT_FWD_LOGITS);
-    if (rc < 0) return rc;
-    rc = gpt_lm_loss(m, targets, NULL, NULL, 0);
-    if (rc < 0) return rc;
-    for (int i = 0; i < nw * w; i++) *sum += m->acts.losses[i];
-    return 0;
-}
 
 int cmd_eval_lm(int argc, char **argv) {
     static const struct option opts[] = {
@@ -153,30 +140,18 @@ int cmd_eval_lm(int argc, char **argv) {
         gpt_destroy(&m);
         return 2;
     }
-    int *ids = NULL, *targets = NULL, rc;
-    size_t n = 0;
-    rc = data_read_tokens(tokens, m->cfg.vocab_size, &ids, &n);
-    if (rc < 0) {
+    if (T < 2) {
+        fprintf(stderr, "rlhf %s: windows of %d token(s) score nothing (need --seq >= 2)\n", cmd,
+                T);
         gpt_destroy(&m);
-        return cli_fail(cmd, "reading tokens", rc);
+        return 2;
     }
-    targets = malloc((size_t)B * T * sizeof(int));
+    int *ids = NULL, rc;
+    size_t n = 0, scored = 0;
     double sum = 0;
-    size_t full = n / T, done = 0, scored = 0;
-    rc = targets ? 0 : rl_fail(RL_ENOMEM, "targets");
-    while (rc == 0 && done < full) {
-        int nw = full - done < (size_t)B ? (int)(full - done) : B;
-        rc = eval_windows(m, ids + done * T, nw, T, targets, &sum);
-        done += nw;
-        scored += (size_t)nw * (T - 1);
-    }
-    int rest = (int)(n - full * T);
-    if (rc == 0 && rest >= 2) {
-        rc = eval_windows(m, ids + full * T, 1, rest, targets, &sum);
-        scored += rest - 1;
-    }
+    rc = data_read_tokens(tokens, m->cfg.vocab_size, &ids, &n);
+    if (rc == 0) rc = train_eval_lm(m, ids, n, T, B, &sum, &scored);
     free(ids);
-    free(targets);
     gpt_destroy(&m);
     if (rc < 0) return cli_fail(cmd, "evaluating", rc);
     if (scored == 0) {
@@ -222,7 +197,7 @@ int cmd_train_lm(int argc, char **argv) {
                                          {"help", 0, 0, 'h'},
                                          {0, 0, 0, 0}};
     const char *cmd = "train-lm", *model = NULL, *tokens = NULL, *out = NULL;
-    int steps = 200, B = 8, T = 64, threads = 2, log_every = 10, warmup = 20, c;
+    int steps = 200, B = 8, T = 64, threads = 2, log_every = 10, warmup = 20, seq_given = 0, c;
     float lr = 1e-3f, min_lr = 1e-4f, wd = 0.1f, clip = 1.0f;
     long seed = 1;
     adamw_sched_kind_t kind = ADAMW_SCHED_COSINE;
@@ -292,9 +267,10 @@ int cmd_train_lm(int argc, char **argv) {
     ops_set_threads(threads);
     gpt_t *m = hf_load(model);
     if (!m) return cli_fail(cmd, "loading model", RL_EIO);
-    int rc = 0, *ids = NULL, *in = NULL, *tg = NULL;
+    int rc = 0, print_rc = 0, *ids = NULL, *in = NULL, *tg = NULL;
     size_t n = 0;
     train_t tr = {0};
+    if (!seq_given && T > m->cfg.n_positions) T = m->cfg.n_positions; /* default fits the model */
     if (T > m->cfg.n_positions) {
         rc = rl_fail(RL_EINVAL, "--seq %d exceeds the model's n_positions %d", T,
                      m->cfg.n_positions);
@@ -324,20 +300,21 @@ int cmd_train_lm(int argc, char **argv) {
         rc = train_lm_step(&tr, in, tg, NULL, B, T, &st);
         if (rc == 0 && (s % log_every == 0 || s == steps - 1)) {
             double ms = st.ms_forward + st.ms_backward + st.ms_optimizer;
-            cli_print_json(json_pack("{s:i,s:f,s:f,s:f,s:f,s:f}", "step", s, "loss",
-                                     (double)st.loss, "lr", (double)st.lr, "grad_norm",
-                                     st.grad_norm, "ms", ms, "tokens_per_s", B * T / (ms / 1e3)));
+            print_rc |= cli_print_json(json_pack("{s:i,s:f,s:f,s:f,s:f,s:f}", "step", s, "loss",
+                                                 (double)st.loss, "lr", (double)st.lr, "grad_norm",
+                                                 st.grad_norm, "ms", ms, "tokens_per_s",
+                                                 B * T / (ms / 1e3)));
         }
     }
     if (rc == 0) rc = hf_save(m, out);
     if (rc == 0)
-        cli_print_json(json_pack("{s:s,s:i,s:f}", "saved", out, "steps", steps, "seconds",
-                                 (cli_now_ms() - t_start) / 1e3));
+        print_rc |= cli_print_json(json_pack("{s:s,s:i,s:f}", "saved", out, "steps", steps,
+                                             "seconds", (cli_now_ms() - t_start) / 1e3));
 done:
     train_free(&tr);
     free(ids);
     free(in);
     free(tg);
     gpt_destroy(&m);
-    return rc < 0 ? cli_fail(cmd, "training", rc) : 0;
+    return rc < 0 ? cli_fail(cmd, "training", rc) : print_rc;
 }

@@ -68,14 +68,18 @@ int cli_fail(const char *cmd, const char *what, int rc) {
     return 1;
 }
 
-void cli_print_json(json_t *obj) {
-    char *s = json_dumps(obj, JSON_COMPACT | JSON_REAL_PRECISION(7));
-    if (s) {
-        puts(s);
-        fflush(stdout);
-        free(s);
-    }
+int cli_print_json(json_t *obj) {
+    char *s = obj ? json_dumps(obj, JSON_COMPACT | JSON_REAL_PRECISION(7)) : NULL;
     json_decref(obj);
+    if (!s) {
+        /* json_pack refuses NaN/Inf reals: a result we cannot print is a failure, not silence */
+        fprintf(stderr, "rlhf: cannot format the result as JSON (a NaN or Inf value?)\n");
+        return 1;
+    }
+    puts(s);
+    fflush(stdout);
+    free(s);
+    return 0;
 }
 
 double cli_now_ms(void) {

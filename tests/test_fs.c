@@ -48,6 +48,23 @@ static void test_read_directory(void) {
     CHECK(strstr(rl_errmsg(), test_tmpdir()) != NULL);
 }
 
+/* Devices and pipes could stream forever; files over the cap are refused unread. */
+static void test_read_limits(void) {
+    char *data = NULL;
+    size_t len = 0;
+    CHECK_ERR(fs_read_all("/dev/zero", &data, &len), RL_EIO);
+    CHECK(strstr(rl_errmsg(), "/dev/zero: not a regular file") != NULL);
+    const char *p = tpath("big.txt");
+    CHECK_OK(fs_write_atomic(p, "0123456789", 10));
+    CHECK_ERR(fs_read_file(p, 9, &data, &len), RL_EFORMAT);
+    CHECK(strstr(rl_errmsg(), "10 bytes, more than the 9 allowed") != NULL);
+    CHECK(data == NULL);
+    CHECK_OK(fs_read_file(p, 10, &data, &len));
+    CHECK_EQ(len, 10);
+    free(data);
+    unlink(p);
+}
+
 static void test_write_read_roundtrip(void) {
     const char *p = tpath("hello.txt");
     const char msg[] = "hello, world";
@@ -217,6 +234,7 @@ static void test_relative_path(void) {
 int main(void) {
     RUN(test_read_missing);
     RUN(test_read_directory);
+    RUN(test_read_limits);
     RUN(test_write_read_roundtrip);
     RUN(test_empty_file);
     RUN(test_overwrite_and_stream);

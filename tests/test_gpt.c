@@ -234,6 +234,63 @@ static void test_head_many_positions(void) {
     gpt_destroy(&m);
 }
 
+/* A model big enough that every kernel takes its threaded path (B*T*C = 32768): gradients
+ * with 2 threads equal those with 1, and finite differences confirm a sample of them. */
+static void test_threaded_sizes(void) {
+    gpt_config_t c = {1, 4, 128, 64, 128, 1e-5f, 1};
+    enum { Bb = 2, Tt = 128, Nn = Bb * Tt };
+    gpt_t *m = gpt_new(&c);
+    gpt_init_weights(m, 3);
+    for (size_t i = 0; i < m->num_params; i++) m->params_mem[i] += 0.05f * rng_normal(4, 1, i);
+    int *in = malloc(Nn * sizeof(int)), *tg = malloc(Nn * sizeof(int)), idx[2] = {5, 200};
+    for (int i = 0; i < Nn; i++) in[i] = (i * 13) % 64, tg[i] = (i * 13 + 13) % 64;
+    float dv[2] = {1.0f, -0.5f}, *g[2];
+    double l[2];
+    for (int r = 0; r < 2; r++) {
+        ops_set_threads(r + 1);
+        float loss, v[2];
+        CHECK_OK(gpt_forward(m, in, Bb, Tt, GPT_FWD_LOGITS));
+        CHECK_OK(gpt_lm_loss(m, tg, NULL, &loss, 1));
+        CHECK_OK(gpt_head_forward(m, idx, 2, v));
+        CHECK_OK(gpt_grads_alloc(m));
+        gpt_zero_grad(m);
+        CHECK_OK(gpt_backward(m, 1, dv));
+        l[r] = loss + dv[0] * v[0] + dv[1] * v[1];
+        g[r] = malloc(m->num_params * sizeof(float));
+        memcpy(g[r], m->grads_mem, m->num_params * sizeof(float));
+    }
+    CHECK_NEAR(l[0], l[1], 1e-6);
+    double worst = 0;
+    for (size_t i = 0; i < m->num_params; i++) worst = fmax(worst, fabs(g[0][i] - g[1][i]));
+    CHECK_NEAR(worst, 0, 1e-6);
+    /* finite differences on the parameters whose gradients come from threaded reductions */
+    static const char *names[] = {"ln_f.weight",         "ln_f.bias",
+                                  "h.0.ln_1.weight",     "h.0.ln_2.bias",
+                                  "h.0.mlp.c_proj.bias", "h.0.attn.c_attn.bias",
+                                  "h.0.mlp.c_fc.weight", "score.weight"};
+    for (size_t k = 0; k < sizeof names / sizeof names[0]; k++) {
+        const gpt_tensor_t *t = gpt_tensor_find(m, names[k]);
+        for (size_t j = 0; j < t->size; j += t->size / 3) {
+            float *p = m->params_mem + t->offset + j, keep = *p;
+            double f[2];
+            for (int sgn = 0; sgn < 2; sgn++) {
+                float loss, v[2];
+                *p = keep + (sgn ? -1e-2f : 1e-2f);
+                gpt_forward(m, in, Bb, Tt, GPT_FWD_LOGITS);
+                gpt_lm_loss(m, tg, NULL, &loss, 0);
+                gpt_head_forward(m, idx, 2, v);
+                f[sgn] = loss + dv[0] * v[0] + dv[1] * v[1];
+            }
+            *p = keep;
+            double num = (f[0] - f[1]) / 2e-2, ana = g[1][t->offset + j];
+            if (!(fabs(num - ana) <= 2e-4 + 1e-2 * fabs(num)))
+                TEST__FAIL("%s[%zu]: analytic %.6g vs numeric %.6g", t->name, j, ana, num);
+        }
+    }
+    free(g[0]), free(g[1]), free(in), free(tg);
+    gpt_destroy(&m);
+}
+
 static void test_loss_mask(void) {
     gpt_t *m = tiny_model(3);
     float loss;
@@ -388,6 +445,68 @@ static void test_bad_inputs(void) {
     gpt_destroy(&m);
 }
 
+/* Raw logits are never taken for a gradient; a caller's own dlogits go through
+ * gpt_dlogits_set and give the same gradients as the built-in loss. */
+static void test_dlogits_protocol(void) {
+    gpt_t *m = tiny_model(8);
+    int N = B * T, V = tiny.vocab_size;
+    float loss;
+    CHECK_OK(gpt_forward(m, inputs, B, T, GPT_FWD_LOGITS));
+    CHECK_OK(gpt_lm_loss(m, targets, NULL, &loss, 0));
+    CHECK_ERR(gpt_backward(m, 1, NULL), RL_EINVAL);
+    /* built-in loss gradient */
+    CHECK_OK(gpt_lm_loss(m, targets, NULL, &loss, 1));
+    CHECK_OK(gpt_grads_alloc(m));
+    gpt_zero_grad(m);
+    CHECK_OK(gpt_backward(m, 1, NULL));
+    float *g1 = malloc(m->num_params * sizeof(float));
+    memcpy(g1, m->grads_mem, m->num_params * sizeof(float));
+    /* the same gradient written by hand: (softmax - onehot) / count */
+    CHECK_OK(gpt_forward(m, inputs, B, T, GPT_FWD_LOGITS));
+    int count = 0;
+    for (int i = 0; i < N; i++) count += targets[i] >= 0;
+    for (int i = 0; i < N; i++) {
+        float *x = m->acts.logits + (size_t)i * V;
+        double mx = -1e30, sum = 0;
+        for (int v = 0; v < V; v++) mx = fmax(mx, x[v]);
+        for (int v = 0; v < V; v++) sum += exp(x[v] - mx);
+        for (int v = 0; v < V; v++) {
+            double p = exp(x[v] - mx) / sum;
+            x[v] = targets[i] < 0 ? 0.0f : (float)((p - (v == targets[i])) / count);
+        }
+    }
+    CHECK_OK(gpt_dlogits_set(m));
+    CHECK_ERR(gpt_dlogits_set(m), RL_EINVAL); /* already a gradient */
+    gpt_zero_grad(m);
+    CHECK_OK(gpt_backward(m, 1, NULL));
+    double worst = 0;
+    for (size_t i = 0; i < m->num_params; i++) worst = fmax(worst, fabs(g1[i] - m->grads_mem[i]));
+    CHECK_NEAR(worst, 0, 1e-6);
+    /* a failed forward leaves nothing behind to compute a loss or gradient from */
+    int bad[2] = {1, 99};
+    CHECK_ERR(gpt_forward(m, bad, 1, 2, GPT_FWD_LOGITS), RL_EINVAL);
+    CHECK_ERR(gpt_lm_loss(m, targets, NULL, &loss, 1), RL_EINVAL);
+    CHECK_ERR(gpt_backward(m, 0, head_r), RL_EINVAL);
+    float v;
+    CHECK_ERR(gpt_head_forward(m, head_idx, 1, &v), RL_EINVAL);
+    free(g1);
+    gpt_destroy(&m);
+}
+
+static void test_config_limits(void) {
+    gpt_config_t c = {4, 1, 1 << 30, 1, 1, 1e-5f, 0};
+    CHECK(gpt_new(&c) == NULL);
+    CHECK(strstr(rl_errmsg(), "too large") != NULL);
+    c = (gpt_config_t){1000, 1, 65536, 16, 8, 1e-5f, 0};
+    CHECK(gpt_new(&c) == NULL); /* 5e13 parameters */
+    CHECK(strstr(rl_errmsg(), "parameters") != NULL);
+    gpt_t *m = gpt_new(&tiny);
+    int *in = calloc(8, sizeof(int));
+    CHECK_ERR(gpt_forward(m, in, 1 << 28, 8, 0), RL_EINVAL); /* B*T beyond int indexing */
+    free(in);
+    gpt_destroy(&m);
+}
+
 static void test_tensor_table_and_init(void) {
     gpt_t *m = gpt_new(&tiny), *m2 = gpt_new(&tiny);
     CHECK_EQ(m->n_tensors, 2 + 12 * tiny.n_layer + 2 + 2);
@@ -431,11 +550,14 @@ int main(void) {
     RUN(test_grad_scalar_head);
     RUN(test_grad_both);
     RUN(test_head_many_positions);
+    RUN(test_threaded_sizes);
     RUN(test_loss_mask);
     RUN(test_adamw_lowers_loss);
     RUN(test_decay_groups);
     RUN(test_nonfinite_detected);
     RUN(test_bad_inputs);
+    RUN(test_dlogits_protocol);
+    RUN(test_config_limits);
     RUN(test_tensor_table_and_init);
     RUN(test_flops);
     return TEST_REPORT();

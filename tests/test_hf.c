@@ -340,12 +340,14 @@ static int find_wt(const st_wtensor_t *wt, int n, const char *name) {
 }
 
 static void drop_ln2_bias(gpt_t *m, st_wtensor_t *wt, int *n) {
+    (void)m;
     int i = find_wt(wt, *n, "h.1.ln_2.bias");
     memmove(&wt[i], &wt[i + 1], (size_t)(*n - i - 1) * sizeof *wt);
     (*n)--;
 }
 
 static void transpose_qkv(gpt_t *m, st_wtensor_t *wt, int *n) {
+    (void)m;
     int i = find_wt(wt, *n, "h.0.attn.c_attn.weight");
     int64_t r = wt[i].shape[0];
     wt[i].shape[0] = wt[i].shape[1];
@@ -353,10 +355,12 @@ static void transpose_qkv(gpt_t *m, st_wtensor_t *wt, int *n) {
 }
 
 static void narrow_fc(gpt_t *m, st_wtensor_t *wt, int *n) {
+    (void)m;
     wt[find_wt(wt, *n, "h.1.mlp.c_fc.weight")].shape[1] = 24; /* only the second dim differs */
 }
 
 static void ln_as_matrix(gpt_t *m, st_wtensor_t *wt, int *n) {
+    (void)m;
     int i = find_wt(wt, *n, "ln_f.weight");
     wt[i].ndim = 2;
     wt[i].shape[0] = 1;
@@ -364,18 +368,21 @@ static void ln_as_matrix(gpt_t *m, st_wtensor_t *wt, int *n) {
 }
 
 static void add_unknown(gpt_t *m, st_wtensor_t *wt, int *n) {
+    (void)m;
     wt[*n] = wt[find_wt(wt, *n, "ln_f.bias")];
     wt[*n].name = "h.0.mlp.c_gate.weight";
     (*n)++;
 }
 
 static void add_score_without_head(gpt_t *m, st_wtensor_t *wt, int *n) {
+    (void)m;
     wt[*n] = wt[find_wt(wt, *n, "ln_f.bias")];
     wt[*n].name = "score.weight";
     (*n)++;
 }
 
 static void add_both_prefixes(gpt_t *m, st_wtensor_t *wt, int *n) {
+    (void)m;
     wt[*n] = wt[find_wt(wt, *n, "wpe.weight")];
     wt[*n].name = "transformer.wpe.weight";
     (*n)++;
@@ -555,6 +562,31 @@ static void test_bad_config(void) {
     rm_model_dir(dir);
 }
 
+/* Weights from one save beside the config.json of another (a crash between the two renames):
+ * the shapes agree, only layer_norm_epsilon differs, and the load still refuses the mix. */
+static void test_mixed_saves_refused(void) {
+    const char *a = tdir("mix-a"), *b = tdir("mix-b");
+    gpt_t *m = make_model(0);
+    CHECK_OK(hf_save(m, a));
+    m->cfg.layer_norm_epsilon = 1e-6f;
+    CHECK_OK(hf_save(m, b));
+    char *data = NULL;
+    size_t len = 0;
+    CHECK_OK(fs_read_all(tfile(b, "model.safetensors"), &data, &len));
+    CHECK_OK(fs_write_atomic(tfile(a, "model.safetensors"), data, len));
+    free(data);
+    gpt_t *m2 = hf_load(a);
+    CHECK(m2 == NULL);
+    CHECK(strstr(rl_errmsg(), "does not match the config model.safetensors was saved with"));
+    gpt_destroy(&m2);
+    m2 = hf_load(b); /* a consistent directory loads, with its own epsilon */
+    CHECK(m2 != NULL && m2->cfg.layer_norm_epsilon == 1e-6f);
+    gpt_destroy(&m2);
+    gpt_destroy(&m);
+    rm_model_dir(a);
+    rm_model_dir(b);
+}
+
 int main(void) {
     RUN(test_roundtrip_plain);
     RUN(test_roundtrip_scalar_head);
@@ -569,6 +601,7 @@ int main(void) {
     RUN(test_missing_files);
     RUN(test_real_gpt2_config);
     RUN(test_bad_config);
+    RUN(test_mixed_saves_refused);
     rmdir(test_tmpdir());
     return TEST_REPORT();
 }

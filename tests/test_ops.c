@@ -321,14 +321,17 @@ static void test_crossentropy(void) {
 /* Sizes above the parallel threshold: the threaded paths agree with the plain loops and give
  * bit-identical results for 1 and 2 threads (reductions are split by column, never by row). */
 static void test_threads_do_not_change_results(void) {
-    int B = 2, T = 32, C = 64, H = 4, N = B * T, V = 1000;
+    /* N*C = 32768 and N*OC = 65536: every kernel here takes its threaded path with 2 threads */
+    int B = 2, T = 64, C = 256, H = 4, N = B * T, V = 1000, OC = 512;
     size_t nq = (size_t)N * 3 * C, na = (size_t)B * H * T * T;
     float *qkv = rnd(nq, 1, 1), *dout = rnd((size_t)N * C, 2, 1), *lnw = rnd(C, 3, 1);
     float *lnb = rnd(C, 4, 1), *logits = rnd((size_t)N * V, 5, 1);
     int *tg = malloc(N * sizeof(int));
     for (int i = 0; i < N; i++) tg[i] = (i * 37) % V;
     float *o[2], *att[2], *dq[2], *ln[2], *mean[2], *rstd[2], *dln[2], *dw[2], *db[2], *lg[2];
-    float *ge[2], losses[64];
+    float *ge[2], *mo[2], *mdi[2], *mdw[2], *mdb[2], losses[128];
+    float *mw = rnd((size_t)C * OC, 6, 0.1f), *mb = rnd(OC, 7, 1),
+          *mdout = rnd((size_t)N * OC, 8, 1);
     double ce[2];
     for (int r = 0; r < 2; r++) {
         ops_set_threads(r + 1);
@@ -336,6 +339,8 @@ static void test_threads_do_not_change_results(void) {
         ln[r] = zeros((size_t)N * C), mean[r] = zeros(N), rstd[r] = zeros(N);
         dln[r] = zeros((size_t)N * C), dw[r] = zeros(C), db[r] = zeros(C);
         ge[r] = zeros((size_t)N * C);
+        mo[r] = zeros((size_t)N * OC), mdi[r] = zeros((size_t)N * C);
+        mdw[r] = zeros((size_t)C * OC), mdb[r] = zeros(OC);
         lg[r] = malloc((size_t)N * V * sizeof(float));
         memcpy(lg[r], logits, (size_t)N * V * sizeof(float));
         float *datt = zeros(na);
@@ -345,6 +350,8 @@ static void test_threads_do_not_change_results(void) {
         ops_layernorm_backward(dln[r], dw[r], db[r], dout, o[r], lnw, mean[r], rstd[r], N, C);
         ops_gelu_forward(ge[r], ln[r], (size_t)N * C);
         ce[r] = ops_crossentropy(lg[r], losses, tg, NULL, N, V, 1);
+        ops_matmul_forward(mo[r], ln[r], mw, mb, N, C, OC);
+        ops_matmul_backward(mdi[r], mdw[r], mdb[r], mdout, ln[r], mw, N, C, OC);
         free(datt);
     }
     CHECK_EQ(ops_get_threads(), 2);
@@ -357,6 +364,25 @@ static void test_threads_do_not_change_results(void) {
     CHECK_EQ(memcmp(ge[0], ge[1], (size_t)N * C * sizeof(float)), 0);
     CHECK_EQ(memcmp(lg[0], lg[1], (size_t)N * V * sizeof(float)), 0);
     CHECK_EQ(ce[0] == ce[1], 1);
+    CHECK_NEAR(max_abs_diff(mo[0], mo[1], (size_t)N * OC), 0, 1e-5);
+    CHECK_NEAR(max_abs_diff(mdi[0], mdi[1], (size_t)N * C), 0, 1e-5);
+    CHECK_NEAR(max_abs_diff(mdw[0], mdw[1], (size_t)C * OC), 0, 1e-5);
+    CHECK_EQ(memcmp(mdb[0], mdb[1], OC * sizeof(float)), 0);
+    /* the threaded reductions agree with the plain loops: LayerNorm and bias gradients */
+    float *rdi = zeros((size_t)N * C), *rdw = zeros((size_t)C * OC), *rdb = zeros(OC);
+    ops_matmul_backward_ref(rdi, rdw, rdb, mdout, ln[1], mw, N, C, OC);
+    CHECK_NEAR(max_abs_diff(mdb[1], rdb, OC), 0, 1e-4);
+    CHECK_NEAR(max_abs_diff(mdw[1], rdw, (size_t)C * OC), 0, 1e-4);
+    float *ldw = zeros(C), *ldb = zeros(C);
+    for (int n = 0; n < N; n++)
+        for (int c = 0; c < C; c++) {
+            float norm = (o[1][n * C + c] - mean[1][n]) * rstd[1][n];
+            ldb[c] += dout[n * C + c];
+            ldw[c] += norm * dout[n * C + c];
+        }
+    CHECK_NEAR(max_abs_diff(dw[1], ldw, C), 0, 1e-4);
+    CHECK_NEAR(max_abs_diff(db[1], ldb, C), 0, 1e-4);
+    free(rdi), free(rdw), free(rdb), free(ldw), free(ldb);
     /* and the threaded attention agrees with its plain twin at this size */
     float *oref = zeros((size_t)N * C), *aref = zeros(na), *dqref = zeros(nq), *daref = zeros(na);
     ops_attention_forward_ref(oref, aref, qkv, B, T, C, H);
@@ -366,8 +392,10 @@ static void test_threads_do_not_change_results(void) {
     for (int r = 0; r < 2; r++) {
         free(o[r]), free(att[r]), free(dq[r]), free(ln[r]), free(mean[r]), free(rstd[r]);
         free(dln[r]), free(dw[r]), free(db[r]), free(ge[r]), free(lg[r]);
+        free(mo[r]), free(mdi[r]), free(mdw[r]), free(mdb[r]);
     }
     free(qkv), free(dout), free(lnw), free(lnb), free(logits), free(tg);
+    free(mw), free(mb), free(mdout);
     free(oref), free(aref), free(dqref), free(daref);
 }
 
