@@ -280,12 +280,13 @@ gpt_t *hf_load(const char *dir) {
     }
     if (hf_config_read(dir, &cfg) < 0) goto fail;
     if (hf_path(path, sizeof path, dir, "model.safetensors") < 0) goto fail;
+    /* the weights file is validated before the arena its config asks for is allocated */
+    if (st_open(&f, path) < 0) goto fail;
     m = gpt_new(&cfg);
     if (!m) {
         rl_fail_ctx(RL_ENOMEM, "%s", dir);
         goto fail;
     }
-    if (st_open(&f, path) < 0) goto fail;
     /* Extra tensors first: a file for another config fails naming the first surprise. */
     for (int i = 0; i < f.n_tensors; i++) {
         const char *name = f.tensors[i].name;

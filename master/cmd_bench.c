@@ -22,7 +22,8 @@ static const char bench_help[] =
     "usage: rlhf bench train --layers L --heads H --dim C --vocab V --batch B --seq T\n"
     "                        [--steps K] [--threads N] [--ctx N]\n\n"
     "Times K full training steps (forward, cross-entropy, backward, clipping, AdamW) after one\n"
-    "warm-up step, and cblas_sgemm at the model's largest GEMM (the LM head: B*T x V x C).\n"
+    "warm-up step and, interleaved with them (3 after each step), cblas_sgemm at the model's\n"
+    "largest GEMM (the LM head: B*T x V x C), so both are measured under the same conditions.\n"
     "Prints JSON: ms_per_step (median) and its forward/backward/optimizer parts, tokens_per_s,\n"
     "model_gflops (matmul FLOPs of the step / median time), sgemm_gflops, and their ratio.\n"
     "Defaults: K=5, N=2 threads, ctx = max(T, 1024).\n";
@@ -37,27 +38,35 @@ static double median(double *v, int n) {
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-/* Median GFLOP/s of C(M,N) = A(M,K) @ B(N,K)^T over enough repetitions to last ~1 s. */
-static double sgemm_gflops(int M, int N, int K) {
-    float *a = malloc((size_t)M * K * sizeof(float)), *b = malloc((size_t)N * K * sizeof(float));
-    float *c = malloc((size_t)M * N * sizeof(float));
-    if (!a || !b || !c) {
-        free(a), free(b), free(c);
-        return 0;
-    }
-    for (size_t i = 0; i < (size_t)M * K; i++) a[i] = rng_normal(1, 1, i);
-    for (size_t i = 0; i < (size_t)N * K; i++) b[i] = rng_normal(1, 2, i);
-    double times[64];
-    int n = 0;
-    double t_end = cli_now_ms() + 1000;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1, a, K, b, K, 0, c, N);
-    while (n < 64 && (n < 5 || cli_now_ms() < t_end)) {
-        double t0 = cli_now_ms();
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1, a, K, b, K, 0, c, N);
-        times[n++] = cli_now_ms() - t0;
-    }
-    free(a), free(b), free(c);
-    return 2.0 * M * N * K / (median(times, n) / 1e3) / 1e9;
+/* The reference GEMM: C(M,N) = A(M,K) @ B(N,K)^T, the LM head's shape and layout. */
+typedef struct {
+    int M, N, K;
+    float *a, *b, *c;
+} ref_gemm_t;
+
+static int ref_gemm_init(ref_gemm_t *g, int M, int N, int K) {
+    *g = (ref_gemm_t){M,
+                      N,
+                      K,
+                      malloc((size_t)M * K * sizeof(float)),
+                      malloc((size_t)N * K * sizeof(float)),
+                      malloc((size_t)M * N * sizeof(float))};
+    if (!g->a || !g->b || !g->c) return rl_fail(RL_ENOMEM, "reference GEMM buffers");
+    for (size_t i = 0; i < (size_t)M * K; i++) g->a[i] = rng_normal(1, 1, i);
+    for (size_t i = 0; i < (size_t)N * K; i++) g->b[i] = rng_normal(1, 2, i);
+    return 0;
+}
+
+/* Milliseconds of one reference GEMM. */
+static double ref_gemm_ms(ref_gemm_t *g) {
+    double t0 = cli_now_ms();
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, g->M, g->N, g->K, 1, g->a, g->K, g->b,
+                g->K, 0, g->c, g->N);
+    return cli_now_ms() - t0;
+}
+
+static void ref_gemm_free(ref_gemm_t *g) {
+    free(g->a), free(g->b), free(g->c);
 }
 
 static int bench_train(int argc, char **argv) {
@@ -119,9 +128,14 @@ static int bench_train(int argc, char **argv) {
     int *in = malloc((size_t)B * T * sizeof(int)), *tg = malloc((size_t)B * T * sizeof(int));
     double *ms = calloc((size_t)steps, sizeof(double)), *fw = calloc((size_t)steps, sizeof(double));
     double *bw = calloc((size_t)steps, sizeof(double)), *op = calloc((size_t)steps, sizeof(double));
+    /* GEMM_REPS reference GEMMs after every step: both figures come from the same minutes */
+    enum { GEMM_REPS = 3 };
+    double *gm = calloc((size_t)steps * GEMM_REPS, sizeof(double));
     train_t tr = {0};
+    ref_gemm_t ref = {0};
     int print_rc = 0;
-    int rc = in && tg && ms && fw && bw && op ? 0 : rl_fail(RL_ENOMEM, "buffers");
+    int rc = in && tg && ms && fw && bw && op && gm ? 0 : rl_fail(RL_ENOMEM, "buffers");
+    if (rc == 0) rc = ref_gemm_init(&ref, B * T, cfg.vocab_size, cfg.n_embd);
     for (int i = 0; rc == 0 && i < B * T; i++) {
         in[i] = (int)(rng_uniform(7, 0, (uint64_t)i) * cfg.vocab_size) % cfg.vocab_size;
         tg[i] = (int)(rng_uniform(7, 1, (uint64_t)i) * cfg.vocab_size) % cfg.vocab_size;
@@ -130,16 +144,18 @@ static int bench_train(int argc, char **argv) {
     if (rc == 0) rc = train_init(&tr, m, &sched, 0.1f, 1.0f);
     train_stats_t st;
     if (rc == 0) rc = train_lm_step(&tr, in, tg, NULL, B, T, &st); /* warm-up: allocations */
+    if (rc == 0) ref_gemm_ms(&ref);
     for (int s = 0; rc == 0 && s < steps; s++) {
         double t0 = cli_now_ms();
         rc = train_lm_step(&tr, in, tg, NULL, B, T, &st);
         ms[s] = cli_now_ms() - t0;
         fw[s] = st.ms_forward, bw[s] = st.ms_backward, op[s] = st.ms_optimizer;
+        for (int r = 0; r < GEMM_REPS; r++) gm[s * GEMM_REPS + r] = ref_gemm_ms(&ref);
     }
     if (rc == 0) {
         double step_ms = median(ms, steps), flops = gpt_train_flops(&cfg, B, T);
         double model = flops / (step_ms / 1e3) / 1e9;
-        double blas = sgemm_gflops(B * T, cfg.vocab_size, cfg.n_embd);
+        double blas = 2.0 * ref.M * ref.N * ref.K / (median(gm, steps * GEMM_REPS) / 1e3) / 1e9;
         json_t *shape =
             json_pack("{s:i,s:i,s:i}", "M", B * T, "N", cfg.vocab_size, "K", cfg.n_embd);
         print_rc = cli_print_json(json_pack(
@@ -153,7 +169,8 @@ static int bench_train(int argc, char **argv) {
             blas > 0 ? model / blas : 0.0));
     }
     train_free(&tr);
-    free(in), free(tg), free(ms), free(fw), free(bw), free(op);
+    ref_gemm_free(&ref);
+    free(in), free(tg), free(ms), free(fw), free(bw), free(op), free(gm);
     gpt_destroy(&m);
     return rc < 0 ? cli_fail(cmd, "step", rc) : print_rc;
 }
