@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "err.h"
 #include "fs.h"
@@ -401,4 +402,30 @@ fail:
     free(cfg_text);
     free(wt);
     return rc;
+}
+
+int hf_copy_tokenizer(const char *from, const char *to) {
+    static const char *const files[] = {"vocab.json", "merges.txt"};
+    char src[HF_PATH_MAX], dst[HF_PATH_MAX];
+    int present = 0, rc;
+    for (int i = 0; i < 2; i++) {
+        if ((rc = hf_path(src, sizeof src, from, files[i])) < 0) return rc;
+        present += access(src, F_OK) == 0;
+    }
+    if (present == 0) return 0;
+    if (present == 1)
+        return rl_fail(RL_EFORMAT, "%s: has only one of vocab.json and merges.txt", from);
+    if ((rc = fs_mkdir_p(to)) < 0) return rc;
+    for (int i = 0; i < 2; i++) {
+        char *data = NULL;
+        size_t len = 0;
+        if ((rc = hf_path(src, sizeof src, from, files[i])) < 0 ||
+            (rc = hf_path(dst, sizeof dst, to, files[i])) < 0)
+            return rc;
+        rc = fs_read_all(src, &data, &len);
+        if (rc == 0) rc = fs_write_atomic(dst, data, len);
+        free(data);
+        if (rc < 0) return rc;
+    }
+    return 0;
 }

@@ -48,4 +48,12 @@ gpt_t *hf_load(const char *dir);
  */
 int hf_save(const gpt_t *m, const char *dir);
 
+/*
+ * Copies the tokenizer files (vocab.json, merges.txt) of model directory `from` into `to`
+ * (created if needed), atomically each, so a model derived from another keeps its tokenizer.
+ * A directory with neither file has no tokenizer: nothing is copied and 0 returned; one with
+ * only one of the two is RL_EFORMAT. Returns 0 or RL_E*.
+ */
+int hf_copy_tokenizer(const char *from, const char *to);
+
 #endif

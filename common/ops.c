@@ -138,6 +138,13 @@ void ops_matmul_forward(float *out, const float *inp, const float *w, const floa
         for (int n = 0; n < N; n++) memcpy(out + (size_t)n * OC, bias, sizeof(float) * OC);
         beta = 1.0f;
     }
+    if (N == 1) {
+        /* One row (single-stream decoding) is a matrix-vector product: OpenBLAS's sgemm packs
+         * the whole weight matrix for it and runs at a fraction of the memory bandwidth that
+         * sgemv streams the weights at. out = w^T inp. */
+        cblas_sgemv(CblasRowMajor, CblasTrans, IC, OC, 1.0f, w, OC, inp, 1, beta, out, 1);
+        return;
+    }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, OC, IC, 1.0f, inp, IC, w, OC, beta,
                 out, OC);
 }
@@ -192,6 +199,10 @@ void ops_matmul_backward_ref(float *dinp, float *dw, float *dbias, const float *
 /* ------------------------------------------------------------------------------------------ */
 
 void ops_lmhead_forward(float *logits, const float *inp, const float *wte, int N, int C, int V) {
+    if (N == 1) { /* matrix-vector, see ops_matmul_forward */
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, V, C, 1.0f, wte, C, inp, 1, 0.0f, logits, 1);
+        return;
+    }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, V, C, 1.0f, inp, C, wte, C, 0.0f,
                 logits, V);
 }

@@ -32,7 +32,8 @@ void ops_layernorm_forward(float *out, float *mean, float *rstd, const float *in
 void ops_layernorm_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
                             const float *w, const float *mean, const float *rstd, int N, int C);
 
-/* out(N,OC) = inp(N,IC) @ w(IC,OC) + bias(OC) (bias may be NULL). */
+/* out(N,OC) = inp(N,IC) @ w(IC,OC) + bias(OC) (bias may be NULL). N = 1 runs as a
+ * matrix-vector product (cblas_sgemv), which streams the weights at memory bandwidth. */
 void ops_matmul_forward(float *out, const float *inp, const float *w, const float *bias, int N,
                         int IC, int OC);
 /* dinp(N,IC) += dout @ w^T (skipped if dinp NULL); dw(IC,OC) += inp^T @ dout;

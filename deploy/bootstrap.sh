@@ -14,8 +14,13 @@ mode=${1:-demo}
 PACKAGES=(
     build-essential cmake pkg-config clang-format jq
     libopenblas-openmp-dev libzmq3-dev libprotobuf-c-dev protobuf-c-compiler
-    libuv1-dev libjansson-dev librandom123-dev
+    libuv1-dev libjansson-dev librandom123-dev libpcre2-dev
 )
+# The tokenizer test compares against GPT-2's reference encoder from the npm registry. A
+# machine may already have Node.js from elsewhere (with npm bundled): then keep it.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    PACKAGES+=(nodejs npm)
+fi
 
 install_missing() {
     local missing=()

@@ -37,5 +37,10 @@ int cmd_init_model(int argc, char **argv);
 int cmd_eval_lm(int argc, char **argv);
 int cmd_train_lm(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_bench_generate(int argc, char **argv);
+int cmd_sample(int argc, char **argv);
+int cmd_tokenize(int argc, char **argv);
+int cmd_detokenize(int argc, char **argv);
+int cmd_tokenizer_train(int argc, char **argv);
 
 #endif

@@ -177,10 +177,11 @@ static int bench_train(int argc, char **argv) {
 
 int cmd_bench(int argc, char **argv) {
     if (argc >= 2 && !strcmp(argv[1], "train")) return bench_train(argc - 1, argv + 1);
+    if (argc >= 2 && !strcmp(argv[1], "generate")) return cmd_bench_generate(argc - 1, argv + 1);
     if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
         fputs(bench_help, stdout);
         return 0;
     }
-    fprintf(stderr, "rlhf bench: expected a benchmark name: train\n");
+    fprintf(stderr, "rlhf bench: expected a benchmark name: train, generate\n");
     return 2;
 }

@@ -10,10 +10,12 @@
 #include "cli.h"
 #include "data.h"
 #include "err.h"
+#include "fs.h"
 #include "gpt.h"
 #include "hf.h"
 #include "ops.h"
 #include "rng.h"
+#include "tok.h"
 #include "train.h"
 
 /* ---- init-model ------------------------------------------------------------------------ */
@@ -23,15 +25,30 @@ static const char init_help[] =
     "                       [--seed S] [--scalar-head]\n\n"
     "Writes a freshly initialised GPT-2 model (GPT-2 initialisation) as a Hugging Face\n"
     "directory: DIR/config.json and DIR/model.safetensors (F32), each written atomically.\n"
-    "  --scalar-head   add a linear n_embd -> 1 head (score.weight, score.bias)\n";
+    "  --scalar-head     add a linear n_embd -> 1 head (score.weight, score.bias)\n"
+    "  --tokenizer TDIR  copy TDIR/vocab.json and TDIR/merges.txt into DIR (the tokenizer's\n"
+    "                    vocabulary must fit --vocab)\n";
+
+/* Copies a tokenizer into model directory `out` after checking that it loads and that its ids
+ * fit the model's vocabulary. */
+static int copy_tokenizer(const char *from, const char *out, int vocab) {
+    tok_t *tok = tok_load(from);
+    if (!tok) return rl_fail_ctx(RL_EIO, "tokenizer");
+    int n = tok_vocab_size(tok);
+    tok_destroy(&tok);
+    if (n > vocab)
+        return rl_fail(RL_EINVAL, "%s: the tokenizer has %d ids but --vocab is %d", from, n, vocab);
+    return hf_copy_tokenizer(from, out);
+}
 
 int cmd_init_model(int argc, char **argv) {
     static const struct option opts[] = {{"out", 1, 0, 'o'},   {"layers", 1, 0, 'l'},
                                          {"heads", 1, 0, 'H'}, {"dim", 1, 0, 'c'},
                                          {"vocab", 1, 0, 'v'}, {"ctx", 1, 0, 'n'},
                                          {"seed", 1, 0, 's'},  {"scalar-head", 0, 0, 'S'},
-                                         {"help", 0, 0, 'h'},  {0, 0, 0, 0}};
-    const char *cmd = "init-model", *out = NULL;
+                                         {"help", 0, 0, 'h'},  {"tokenizer", 1, 0, 'k'},
+                                         {0, 0, 0, 0}};
+    const char *cmd = "init-model", *out = NULL, *tokdir = NULL;
     gpt_config_t cfg = {0, 0, 0, 0, 0, 1e-5f, 0};
     long seed = 0;
     int c;
@@ -62,6 +79,9 @@ int cmd_init_model(int argc, char **argv) {
         case 'S':
             cfg.scalar_head = 1;
             break;
+        case 'k':
+            tokdir = optarg;
+            break;
         case 'h':
             fputs(init_help, stdout);
             return 0;
@@ -78,7 +98,8 @@ int cmd_init_model(int argc, char **argv) {
     gpt_t *m = gpt_new(&cfg);
     if (!m) return cli_fail(cmd, "model", RL_EINVAL);
     gpt_init_weights(m, (uint64_t)seed);
-    int rc = hf_save(m, out);
+    int rc = tokdir ? copy_tokenizer(tokdir, out, cfg.vocab_size) : 0;
+    if (rc == 0) rc = hf_save(m, out);
     size_t n = m->num_params;
     gpt_destroy(&m);
     if (rc < 0) return cli_fail(cmd, "saving", rc);
@@ -88,17 +109,36 @@ int cmd_init_model(int argc, char **argv) {
 /* ---- eval-lm --------------------------------------------------------------------------- */
 
 static const char eval_help[] =
-    "usage: rlhf eval-lm --model DIR --tokens FILE [--seq T] [--batch B] [--threads N]\n\n"
-    "FILE holds whitespace-separated token ids. They are cut into consecutive windows of at most\n"
+    "usage: rlhf eval-lm --model DIR (--tokens FILE | --text FILE) [--seq T] [--batch B]\n"
+    "                    [--threads N]\n\n"
+    "--tokens FILE holds whitespace-separated token ids; --text FILE holds text, encoded with\n"
+    "the tokenizer in DIR (<|endoftext|> in the text is the special token). The ids are cut\n"
+    "into consecutive windows of at most\n"
     "T tokens (default: the model's n_positions); every position whose next token is in the\n"
     "same window is scored. Prints {\"loss\": mean cross-entropy in nats, \"ppl\": exp(loss),\n"
     "\"tokens\": number of scored positions}.\n";
 
+/* Encodes the text file `path` with the tokenizer of model directory `dir`. */
+static int encode_text_file(const char *dir, const char *path, int vocab, int **ids, size_t *n) {
+    tok_t *tok = tok_load(dir);
+    if (!tok) return rl_fail_ctx(RL_EIO, "loading tokenizer");
+    char *buf = NULL;
+    size_t len = 0;
+    int rc = tok_vocab_size(tok) > vocab
+                 ? rl_fail(RL_EINVAL, "%s: the tokenizer has %d ids but the model only %d", dir,
+                           tok_vocab_size(tok), vocab)
+                 : fs_read_all(path, &buf, &len);
+    if (rc == 0) rc = tok_encode(tok, buf, len, 1, ids, n);
+    free(buf);
+    tok_destroy(&tok);
+    return rc;
+}
+
 int cmd_eval_lm(int argc, char **argv) {
     static const struct option opts[] = {
-        {"model", 1, 0, 'm'},   {"tokens", 1, 0, 't'}, {"seq", 1, 0, 'T'}, {"batch", 1, 0, 'B'},
-        {"threads", 1, 0, 'j'}, {"help", 0, 0, 'h'},   {0, 0, 0, 0}};
-    const char *cmd = "eval-lm", *model = NULL, *tokens = NULL;
+        {"model", 1, 0, 'm'},   {"tokens", 1, 0, 't'}, {"seq", 1, 0, 'T'},  {"batch", 1, 0, 'B'},
+        {"threads", 1, 0, 'j'}, {"help", 0, 0, 'h'},   {"text", 1, 0, 'x'}, {0, 0, 0, 0}};
+    const char *cmd = "eval-lm", *model = NULL, *tokens = NULL, *text = NULL;
     int T = 0, B = 4, threads = 2, c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         int bad = 0;
@@ -108,6 +148,9 @@ int cmd_eval_lm(int argc, char **argv) {
             break;
         case 't':
             tokens = optarg;
+            break;
+        case 'x':
+            text = optarg;
             break;
         case 'T':
             bad = cli_int(cmd, "seq", optarg, 2, 1000000, &T);
@@ -126,8 +169,8 @@ int cmd_eval_lm(int argc, char **argv) {
         }
         if (bad) return 2;
     }
-    if (!model || !tokens) {
-        fprintf(stderr, "rlhf %s: --model and --tokens are required\n", cmd);
+    if (!model || !tokens == !text) {
+        fprintf(stderr, "rlhf %s: --model and one of --tokens or --text are required\n", cmd);
         return 2;
     }
     ops_set_threads(threads);
@@ -149,13 +192,17 @@ int cmd_eval_lm(int argc, char **argv) {
     int *ids = NULL, rc;
     size_t n = 0, scored = 0;
     double sum = 0;
-    rc = data_read_tokens(tokens, m->cfg.vocab_size, &ids, &n);
+    if (tokens)
+        rc = data_read_tokens(tokens, m->cfg.vocab_size, &ids, &n);
+    else
+        rc = encode_text_file(model, text, m->cfg.vocab_size, &ids, &n);
     if (rc == 0) rc = train_eval_lm(m, ids, n, T, B, &sum, &scored);
     free(ids);
     gpt_destroy(&m);
     if (rc < 0) return cli_fail(cmd, "evaluating", rc);
     if (scored == 0) {
-        fprintf(stderr, "rlhf %s: %s: fewer than 2 tokens, nothing to score\n", cmd, tokens);
+        fprintf(stderr, "rlhf %s: %s: fewer than 2 tokens, nothing to score\n", cmd,
+                tokens ? tokens : text);
         return 1;
     }
     double loss = sum / scored;
@@ -307,6 +354,7 @@ int cmd_train_lm(int argc, char **argv) {
         }
     }
     if (rc == 0) rc = hf_save(m, out);
+    if (rc == 0) rc = hf_copy_tokenizer(model, out); /* the trained model keeps its tokenizer */
     if (rc == 0)
         print_rc |= cli_print_json(json_pack("{s:s,s:i,s:f}", "saved", out, "steps", steps,
                                              "seconds", (cli_now_ms() - t_start) / 1e3));

@@ -4,7 +4,9 @@
  *   rlhf init-model   write a freshly initialised GPT-2 model directory
  *   rlhf eval-lm      next-token loss / perplexity of a model on a token file
  *   rlhf train-lm     train a model on a token file (AdamW, schedules, clipping)
- *   rlhf bench train  time full training steps against OpenBLAS sgemm
+ *   rlhf tokenize / detokenize / tokenizer-train   GPT-2 byte-level BPE
+ *   rlhf sample       KV-cached sampling from a model directory
+ *   rlhf bench train|generate   training-step and generation benchmarks
  */
 #include <errno.h>
 #include <math.h>
@@ -20,7 +22,11 @@ static const cli_cmd_t commands[] = {
     {"init-model", cmd_init_model, "write a freshly initialised GPT-2 model directory"},
     {"eval-lm", cmd_eval_lm, "mean next-token loss and perplexity on a token file"},
     {"train-lm", cmd_train_lm, "train a language model on a token file"},
-    {"bench", cmd_bench, "benchmarks: `rlhf bench train --help`"},
+    {"tokenize", cmd_tokenize, "text on stdin -> token ids on stdout"},
+    {"detokenize", cmd_detokenize, "token ids on stdin -> text on stdout"},
+    {"tokenizer-train", cmd_tokenizer_train, "learn a byte-level BPE vocabulary from a corpus"},
+    {"sample", cmd_sample, "generate continuations of a prompt"},
+    {"bench", cmd_bench, "benchmarks: `rlhf bench train|generate --help`"},
 };
 #define N_COMMANDS (int)(sizeof commands / sizeof commands[0])
 

@@ -587,6 +587,25 @@ static void test_mixed_saves_refused(void) {
     rm_model_dir(b);
 }
 
+static void test_copy_tokenizer(void) {
+    const char *a = tdir("tok-a"), *b = tdir("tok-b");
+    CHECK_OK(fs_mkdir_p(a));
+    CHECK_OK(hf_copy_tokenizer(a, b)); /* no tokenizer: nothing to copy */
+    CHECK(access(tfile(b, "vocab.json"), F_OK) != 0);
+    CHECK_OK(fs_write_atomic(tfile(a, "vocab.json"), "{\"a\": 0}", 8));
+    CHECK_ERR(hf_copy_tokenizer(a, b), RL_EFORMAT); /* half a tokenizer */
+    CHECK(strstr(rl_errmsg(), "only one of") != NULL);
+    CHECK_OK(fs_write_atomic(tfile(a, "merges.txt"), "#version: 0.2\n", 14));
+    CHECK_OK(hf_copy_tokenizer(a, b));
+    char *data = NULL;
+    size_t len = 0;
+    CHECK_OK(fs_read_all(tfile(b, "merges.txt"), &data, &len));
+    CHECK(len == 14 && memcmp(data, "#version: 0.2\n", 14) == 0);
+    free(data);
+    rm_model_dir(a);
+    rm_model_dir(b);
+}
+
 int main(void) {
     RUN(test_roundtrip_plain);
     RUN(test_roundtrip_scalar_head);
@@ -602,6 +621,7 @@ int main(void) {
     RUN(test_real_gpt2_config);
     RUN(test_bad_config);
     RUN(test_mixed_saves_refused);
+    RUN(test_copy_tokenizer);
     rmdir(test_tmpdir());
     return TEST_REPORT();
 }

@@ -84,6 +84,10 @@ static void test_matmul_vs_ref(void) {
     ops_matmul_forward(o1, inp, w, NULL, N, IC, OC);
     ops_matmul_forward_ref(o2, inp, w, NULL, N, IC, OC);
     CHECK_NEAR(max_abs_diff(o1, o2, N * OC), 0, 1e-5);
+    /* one row takes the matrix-vector path */
+    ops_matmul_forward(o1, inp, w, b, 1, IC, OC);
+    ops_matmul_forward_ref(o2, inp, w, b, 1, IC, OC);
+    CHECK_NEAR(max_abs_diff(o1, o2, OC), 0, 1e-5);
     /* backward accumulates: start both from the same non-zero values */
     float *di1 = rnd(N * IC, 5, 1), *di2 = rnd(N * IC, 5, 1);
     float *dw1 = rnd(IC * OC, 6, 1), *dw2 = rnd(IC * OC, 6, 1);
@@ -131,6 +135,9 @@ static void test_lmhead(void) {
     ops_lmhead_forward(o1, c.inp, c.wte, N, C, V);
     ops_lmhead_forward_ref(o2, c.inp, c.wte, N, C, V);
     CHECK_NEAR(max_abs_diff(o1, o2, N * V), 0, 1e-5);
+    ops_lmhead_forward(o1, c.inp, c.wte, 1, C, V); /* one row: matrix-vector */
+    ops_lmhead_forward_ref(o2, c.inp, c.wte, 1, C, V);
+    CHECK_NEAR(max_abs_diff(o1, o2, V), 0, 1e-5);
     float *di1 = rnd(N * C, 4, 1), *di2 = rnd(N * C, 4, 1);
     float *dw1 = rnd(V * C, 5, 1), *dw2 = rnd(V * C, 5, 1);
     ops_lmhead_backward(di1, dw1, R, c.inp, c.wte, N, C, V);

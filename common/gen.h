@@ -1,0 +1,63 @@
+/*
+ * gen.h - KV-cached batched generation with the GPT-2 model.
+ *
+ * Sequences of different prompt lengths run together with no padding: every forward step works
+ * on a ragged set of rows (sequence, position, token). The linear layers are GEMMs over all rows
+ * of all sequences at once; attention runs per sequence and head against that sequence's own
+ * key/value cache. Prefill is one step with all prompt tokens; each decode step has one row per
+ * live sequence. Sampling draws come from (seed, sequence id, position), so a sequence's output
+ * is the same alone or in any batch.
+ */
+#ifndef RLHF_GEN_H
+#define RLHF_GEN_H
+
+#include <stdint.h>
+
+#include "gpt.h"
+#include "sample.h"
+
+typedef enum {
+    GEN_FINISH_LENGTH = 0, /* max_new_tokens reached, or the context is full */
+    GEN_FINISH_EOT,        /* the end-of-text token was generated (it is included) */
+    GEN_FINISH_STOP,       /* the stop callback said so */
+} gen_finish_t;
+
+/* Called after each new token of sequence `seq` (its generated tokens so far, n of them);
+ * returns 1 to stop that sequence. */
+typedef int (*gen_stop_fn)(void *ctx, int seq, const int *tokens, int n);
+
+/* Called after each forward step with the logits (V) that sequence `seq` samples its token at
+ * position `pos` from; for tests and diagnostics. */
+typedef void (*gen_logits_fn)(void *ctx, int seq, int pos, const float *logits, int V);
+
+typedef struct {
+    int max_new_tokens;
+    smp_params_t sampling;
+    uint64_t seed;
+    int eot;          /* end-of-text id, or -1 for none */
+    gen_stop_fn stop; /* may be NULL */
+    void *stop_ctx;
+    gen_logits_fn on_logits; /* may be NULL */
+    void *on_logits_ctx;
+} gen_opts_t;
+
+/* One generated sequence; arrays are malloc'ed, freed with gen_seq_free(). */
+typedef struct {
+    int *tokens;                      /* generated ids, prompt excluded */
+    float *logprobs, *logprobs_model; /* per token: sampling distribution, model distribution */
+    int n;
+    gen_finish_t finish;
+} gen_seq_t;
+
+void gen_seq_free(gen_seq_t *s);
+
+/*
+ * Generates a continuation for each of B prompts (prompts[i], prompt_lens[i] >= 1 tokens).
+ * seq_ids[i] keys sequence i's random draws (NULL: i). out[i] receives sequence i. Returns 0 or
+ * RL_E* (a prompt longer than n_positions - 1, a bad token id, NaN logits, ENOMEM); on failure
+ * nothing is left allocated in out.
+ */
+int gen_generate(gpt_t *m, const int *const *prompts, const int *prompt_lens, int B,
+                 const uint64_t *seq_ids, const gen_opts_t *o, gen_seq_t *out);
+
+#endif

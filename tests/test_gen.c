@@ -1,0 +1,209 @@
+/*
+ * test_gen.c - KV-cached batched generation against the full forward pass: cached logits equal
+ * full-forward logits at every step, batches equal sequences alone, draws keyed by
+ * (seed, sequence id, position), stop conditions, bad input.
+ */
+#include "gen.h"
+#include "ops.h"
+#include "rng.h"
+#include "test.h"
+
+static const gpt_config_t cfg = {2, 4, 32, 40, 24, 1e-5f, 0};
+
+static gpt_t *model(void) {
+    gpt_t *m = gpt_new(&cfg);
+    gpt_init_weights(m, 5);
+    /* larger weights than GPT-2's init: peaked, position-dependent predictions */
+    for (size_t i = 0; i < m->num_params; i++) m->params_mem[i] += 0.15f * rng_normal(6, 0, i);
+    return m;
+}
+
+static const int p0[] = {3, 17, 5}, p1[] = {9, 1, 1, 30, 2, 8, 11}, p2[] = {4},
+                 p3[] = {20, 21, 22, 23, 24};
+static const int *const prompts[] = {p0, p1, p2, p3};
+static const int lens[] = {3, 7, 1, 5};
+
+/* Records every step's logits: trace[seq][pos] (V floats), positions up to cfg.n_positions. */
+typedef struct {
+    float *logits; /* [4][n_positions][V] */
+    int seen;
+} trace_t;
+
+static void on_logits(void *ctx, int seq, int pos, const float *logits, int V) {
+    trace_t *t = ctx;
+    memcpy(t->logits + ((size_t)seq * cfg.n_positions + pos) * V, logits, V * sizeof(float));
+    t->seen++;
+}
+
+static void test_cached_equals_full_forward(void) {
+    gpt_t *m = model();
+    int V = cfg.vocab_size, P = cfg.n_positions;
+    trace_t tr = {calloc((size_t)4 * P * V, sizeof(float)), 0};
+    gen_opts_t o = {.max_new_tokens = 10,
+                    .sampling = {1.0f, 0, 1.0f},
+                    .seed = 42,
+                    .eot = -1,
+                    .on_logits = on_logits,
+                    .on_logits_ctx = &tr};
+    gen_seq_t out[4];
+    CHECK_OK(gen_generate(m, prompts, lens, 4, NULL, &o, out));
+    CHECK_EQ(tr.seen, 40);
+    double worst = 0;
+    for (int s = 0; s < 4; s++) {
+        CHECK_EQ(out[s].n, 10);
+        CHECK_EQ(out[s].finish, GEN_FINISH_LENGTH);
+        /* the whole sequence through the uncached forward */
+        int full[64], n = lens[s] + out[s].n;
+        memcpy(full, prompts[s], lens[s] * sizeof(int));
+        memcpy(full + lens[s], out[s].tokens, out[s].n * sizeof(int));
+        CHECK_OK(gpt_forward(m, full, 1, n, GPT_FWD_LOGITS));
+        for (int i = 0; i < out[s].n; i++) {
+            int pos = lens[s] + i; /* the token at pos was sampled from the logits at pos - 1 */
+            const float *ref = m->acts.logits + (size_t)(pos - 1) * V;
+            const float *got = tr.logits + ((size_t)s * P + pos) * V;
+            double mx = -1e30, sum = 0;
+            for (int v = 0; v < V; v++) {
+                worst = fmax(worst, fabs(ref[v] - got[v]));
+                mx = fmax(mx, ref[v]);
+            }
+            for (int v = 0; v < V; v++) sum += exp(ref[v] - mx);
+            double lp = ref[out[s].tokens[i]] - mx - log(sum);
+            CHECK_NEAR(out[s].logprobs_model[i], lp, 1e-4);
+            CHECK_NEAR(out[s].logprobs[i], lp, 1e-4); /* temperature 1, untruncated */
+        }
+        gen_seq_free(&out[s]);
+    }
+    CHECK_NEAR(worst, 0, 1e-4);
+    free(tr.logits);
+    gpt_destroy(&m);
+}
+
+static int same_seq(const gen_seq_t *a, const gen_seq_t *b) {
+    if (a->n != b->n || a->finish != b->finish) return 0;
+    for (int i = 0; i < a->n; i++)
+        if (a->tokens[i] != b->tokens[i] || fabsf(a->logprobs[i] - b->logprobs[i]) > 1e-4f ||
+            fabsf(a->logprobs_model[i] - b->logprobs_model[i]) > 1e-4f)
+            return 0;
+    return 1;
+}
+
+static void test_batch_equals_alone(void) {
+    gpt_t *m = model();
+    gen_opts_t o = {.max_new_tokens = 12, .sampling = {0.9f, 8, 0.95f}, .seed = 7, .eot = -1};
+    uint64_t ids[4] = {100, 101, 102, 103};
+    gen_seq_t batch[4], alone;
+    CHECK_OK(gen_generate(m, prompts, lens, 4, ids, &o, batch));
+    for (int s = 0; s < 4; s++) {
+        CHECK_OK(gen_generate(m, &prompts[s], &lens[s], 1, &ids[s], &o, &alone));
+        if (!same_seq(&batch[s], &alone)) TEST__FAIL("sequence %d differs alone and in batch", s);
+        gen_seq_free(&alone);
+    }
+    /* sequence id 101 in a different batch, at a different index: the same sample */
+    const int *const other[] = {p3, p1};
+    int other_lens[] = {5, 7};
+    uint64_t other_ids[] = {555, 101};
+    gen_seq_t two[2];
+    CHECK_OK(gen_generate(m, other, other_lens, 2, other_ids, &o, two));
+    CHECK(same_seq(&two[1], &batch[1]));
+    CHECK(!same_seq(&two[0], &batch[3])); /* a different id gives a different sample */
+    /* another seed changes the sample */
+    gen_opts_t o2 = o;
+    o2.seed = 8;
+    CHECK_OK(gen_generate(m, &prompts[1], &lens[1], 1, &ids[1], &o2, &alone));
+    CHECK(!same_seq(&alone, &batch[1]));
+    gen_seq_free(&alone);
+    for (int s = 0; s < 4; s++) gen_seq_free(&batch[s]);
+    for (int s = 0; s < 2; s++) gen_seq_free(&two[s]);
+    gpt_destroy(&m);
+}
+
+static void test_greedy_deterministic(void) {
+    gpt_t *m = model();
+    gen_opts_t o = {.max_new_tokens = 15, .sampling = {0.0f, 0, 1.0f}, .seed = 1, .eot = -1};
+    gen_seq_t a[4], b[4];
+    CHECK_OK(gen_generate(m, prompts, lens, 4, NULL, &o, a));
+    o.seed = 999; /* greedy ignores the seed */
+    ops_set_threads(1);
+    CHECK_OK(gen_generate(m, prompts, lens, 4, NULL, &o, b));
+    ops_set_threads(2);
+    for (int s = 0; s < 4; s++) {
+        CHECK(same_seq(&a[s], &b[s]));
+        for (int i = 0; i < a[s].n; i++) CHECK_NEAR(a[s].logprobs[i], 0, 0);
+        gen_seq_free(&a[s]);
+        gen_seq_free(&b[s]);
+    }
+    gpt_destroy(&m);
+}
+
+static int stop_after_3(void *ctx, int seq, const int *tokens, int n) {
+    (void)ctx, (void)seq, (void)tokens;
+    return n == 3;
+}
+
+static void test_stops(void) {
+    gpt_t *m = model();
+    gen_opts_t o = {.max_new_tokens = 10, .sampling = {0.0f, 0, 1.0f}, .eot = -1};
+    gen_seq_t a, b;
+    CHECK_OK(gen_generate(m, &prompts[1], &lens[1], 1, NULL, &o, &a));
+    /* end of text: make the 4th greedy token the end-of-text id */
+    o.eot = a.tokens[3];
+    int first = 0;
+    while (a.tokens[first] != o.eot) first++; /* it may already occur earlier */
+    CHECK_OK(gen_generate(m, &prompts[1], &lens[1], 1, NULL, &o, &b));
+    CHECK_EQ(b.finish, GEN_FINISH_EOT);
+    CHECK_EQ(b.n, first + 1); /* the end-of-text token is included */
+    gen_seq_free(&b);
+    o.eot = -1;
+    o.stop = stop_after_3;
+    CHECK_OK(gen_generate(m, &prompts[1], &lens[1], 1, NULL, &o, &b));
+    CHECK_EQ(b.finish, GEN_FINISH_STOP);
+    CHECK_EQ(b.n, 3);
+    gen_seq_free(&b);
+    /* the context fills up: a prompt of P-2 tokens has room for 2 more */
+    o.stop = NULL;
+    int longp[22], ll = cfg.n_positions - 2;
+    for (int i = 0; i < ll; i++) longp[i] = i % cfg.vocab_size;
+    const int *lp = longp;
+    CHECK_OK(gen_generate(m, &lp, &ll, 1, NULL, &o, &b));
+    CHECK_EQ(b.finish, GEN_FINISH_LENGTH);
+    CHECK_EQ(b.n, 2);
+    gen_seq_free(&b);
+    o.max_new_tokens = 0;
+    CHECK_OK(gen_generate(m, &prompts[0], &lens[0], 1, NULL, &o, &b));
+    CHECK_EQ(b.n, 0);
+    gen_seq_free(&b);
+    gen_seq_free(&a);
+    gpt_destroy(&m);
+}
+
+static void test_bad_input(void) {
+    gpt_t *m = model();
+    gen_opts_t o = {.max_new_tokens = 3, .sampling = {1.0f, 0, 1.0f}, .eot = -1};
+    gen_seq_t out[2];
+    int toolong[24] = {0}, n = cfg.n_positions, bad[2] = {1, 40};
+    const int *pp[2] = {p0, toolong};
+    int pl[2] = {3, n};
+    CHECK_ERR(gen_generate(m, pp, pl, 2, NULL, &o, out), RL_EINVAL);
+    CHECK(strstr(rl_errmsg(), "prompt 1") != NULL);
+    pp[1] = bad, pl[1] = 2;
+    CHECK_ERR(gen_generate(m, pp, pl, 2, NULL, &o, out), RL_EINVAL);
+    CHECK(strstr(rl_errmsg(), "40") != NULL);
+    o.sampling.top_p = 0.0f;
+    CHECK_ERR(gen_generate(m, pp, pl, 1, NULL, &o, out), RL_EINVAL);
+    o.sampling.top_p = 1.0f;
+    const gpt_tensor_t *t = gpt_tensor_find(m, "ln_f.weight");
+    m->params_mem[t->offset] = NAN;
+    CHECK_ERR(gen_generate(m, pp, pl, 1, NULL, &o, out), RL_ENONFINITE);
+    CHECK(out[0].tokens == NULL); /* nothing left allocated */
+    gpt_destroy(&m);
+}
+
+int main(void) {
+    ops_set_threads(2);
+    RUN(test_cached_equals_full_forward);
+    RUN(test_batch_equals_alone);
+    RUN(test_greedy_deterministic);
+    RUN(test_stops);
+    RUN(test_bad_input);
+    return TEST_REPORT();
+}
