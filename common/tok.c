@@ -227,10 +227,14 @@ static void pool_place(strpool_t *p, int32_t k, uint32_t h) {
 /* Appends a string known to be absent; returns its index or RL_ENOMEM. */
 static int pool_add(strpool_t *p, const void *s, size_t len) {
     int rc;
-    if ((rc = grow(&p->off, &p->cap, p->n + 1, sizeof *p->off)) < 0) return rc;
-    uint32_t *l = realloc(p->len, p->cap * sizeof *l);
-    if (!l) return rl_fail(RL_ENOMEM, "tokenizer: out of memory");
-    p->len = l;
+    if (p->n == p->cap) {
+        size_t cap = p->cap;
+        if ((rc = grow(&p->off, &cap, p->n + 1, sizeof *p->off)) < 0) return rc;
+        uint32_t *l = realloc(p->len, cap * sizeof *l);
+        if (!l) return rl_fail(RL_ENOMEM, "tokenizer: out of memory");
+        p->len = l;
+        p->cap = cap;
+    }
     if (2 * (p->n + 1) > p->nslot) {
         size_t ns = p->nslot ? 2 * p->nslot : 1024;
         int32_t *slot = malloc(ns * sizeof *slot);

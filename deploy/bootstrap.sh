@@ -6,7 +6,7 @@
 #   deploy/bootstrap.sh build  install what is missing and build only
 #
 # The test mode builds twice: build/ (optimised, warnings are errors) runs every test, and
-# build-asan/ (AddressSanitizer + UndefinedBehaviorSanitizer) runs the unit tests again.
+# build-asan/ (AddressSanitizer + UndefinedBehaviorSanitizer) runs them all again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-demo}
@@ -15,6 +15,7 @@ PACKAGES=(
     build-essential cmake pkg-config clang-format jq
     libopenblas-openmp-dev libzmq3-dev libprotobuf-c-dev protobuf-c-compiler
     libuv1-dev libjansson-dev librandom123-dev libpcre2-dev
+    libh2o-dev libyaml-dev libssl-dev prometheus curl
 )
 # The tokenizer test compares against GPT-2's reference encoder from the npm registry. A
 # machine may already have Node.js from elsewhere (with npm bundled): then keep it.
@@ -57,7 +58,7 @@ test)
     build build
     (cd build && ctest --output-on-failure -j2)
     build build-asan -DRLHF_SANITIZE=address,undefined
-    (cd build-asan && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j2 -L unit)
+    (cd build-asan && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j2 -LE lint)
     ;;
 *)
     echo "usage: deploy/bootstrap.sh demo|test|build" >&2

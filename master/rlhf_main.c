@@ -26,6 +26,9 @@ static const cli_cmd_t commands[] = {
     {"detokenize", cmd_detokenize, "token ids on stdin -> text on stdout"},
     {"tokenizer-train", cmd_tokenizer_train, "learn a byte-level BPE vocabulary from a corpus"},
     {"sample", cmd_sample, "generate continuations of a prompt"},
+    {"up", cmd_up, "start a master and workers on loopback (local mode)"},
+    {"status", cmd_status, "print the local master's /status JSON"},
+    {"down", cmd_down, "stop the local master and workers"},
     {"bench", cmd_bench, "benchmarks: `rlhf bench train|generate --help`"},
 };
 #define N_COMMANDS (int)(sizeof commands / sizeof commands[0])

@@ -1,0 +1,63 @@
+/*
+ * cfg.h - the run configuration: a YAML file plus `key=value` overrides.
+ *
+ * Keys are dotted paths into the YAML mappings ("master.heartbeat_ms"); every key has a type and
+ * a range in one table (cfg.c), so the file, `--set` overrides and the defaults go through the
+ * same check. An unknown key, a value of the wrong type or out of range, or a YAML syntax error
+ * is RL_EINVAL with a detail naming the file, line and key. Later stages add their keys to the
+ * table; `stages` is the ordered list of pipeline stages (empty until they exist).
+ *
+ * Use:
+ *   cfg_run_t c; cfg_defaults(&c);
+ *   if (cfg_load_yaml(&c, "run.yaml") < 0 || cfg_set_kv(&c, "master.liveness=5") < 0)
+ *       show(rl_errmsg());
+ *   ... cfg_free(&c);
+ */
+#ifndef RLHF_CFG_H
+#define RLHF_CFG_H
+
+#include <stdint.h>
+
+#include <jansson.h>
+
+#define CFG_MAX_STAGES 32
+
+typedef struct {
+    char run_dir[1024];           /* run_dir: where results, journal and outputs live */
+    uint64_t seed;                /* seed: the run seed (jobs derive theirs from it) */
+    char jobs[1024];              /* jobs: a JSONL file of jobs to run (tests, benchmarks) */
+    char bind[256];               /* master.bind: ZeroMQ endpoint of the ROUTER */
+    char http_host[64];           /* master.http_host: loopback unless configured otherwise */
+    int http_port;                /* master.http_port: 0 = any free port, -1 = no HTTP */
+    int heartbeat_ms;             /* master.heartbeat_ms */
+    int liveness;                 /* master.liveness: missed heartbeats before a worker is dead */
+    int lease_ms;                 /* master.lease_ms: default job lease */
+    int max_attempts;             /* master.max_attempts */
+    int64_t max_msg_bytes;        /* master.max_msg_bytes: ZMQ_MAXMSGSIZE per frame */
+    int exit_when_done;           /* master.exit_when_done: stop when every job is finished */
+    char *stages[CFG_MAX_STAGES]; /* stages: names, in order (owned) */
+    int n_stages;
+} cfg_run_t;
+
+/* Fills the defaults (loopback, 1 s heartbeats x 3, 60 s leases, 5 attempts, 64 MiB frames). */
+void cfg_defaults(cfg_run_t *c);
+
+/* Frees the stage names; safe on a zeroed or default struct. */
+void cfg_free(cfg_run_t *c);
+
+/* Sets one key from its text value (`where` names the source in errors: "run.yaml:12", "--set").
+ * Returns 0 or RL_EINVAL (unknown key, bad value), detail naming the key. */
+int cfg_set(cfg_run_t *c, const char *key, const char *value, const char *where);
+
+/* cfg_set from "key=value". */
+int cfg_set_kv(cfg_run_t *c, const char *kv);
+
+/* Reads a YAML file of nested mappings whose scalar leaves are keys of the table, plus the
+ * `stages` sequence. Returns 0, RL_ENOTFOUND/RL_EIO (file) or RL_EINVAL (syntax, unknown key,
+ * bad value) with file:line and the key in the detail. */
+int cfg_load_yaml(cfg_run_t *c, const char *path);
+
+/* The resolved configuration as JSON (written to the run directory); new reference. */
+json_t *cfg_to_json(const cfg_run_t *c);
+
+#endif

@@ -1,0 +1,370 @@
+/*
+ * cmd_local.c - local mode: `rlhf up`, `rlhf status`, `rlhf down`.
+ *
+ *   rlhf up [--run-dir DIR] [--config FILE] [--jobs FILE] [--rollout N] [--reward M] [--learner K]
+ *   rlhf status [--run-dir DIR]
+ *   rlhf down [--run-dir DIR]
+ *
+ * `up` starts a supervisor in the background (its own session) that runs rlhf-master and the
+ * workers, all on loopback, as its children, and restarts any that exits unexpectedly (the
+ * master on the same endpoint, so the workers re-register by themselves). It writes
+ * RUN_DIR/local.json (pids) and prints {"run_dir","endpoint","http_port","pid"} once the master
+ * serves. `status` prints the master's /status JSON. `down` sends the supervisor SIGTERM; it
+ * stops the workers (they hand back their jobs and say goodbye), then the master, and exits.
+ * rlhf-master and rlhf-worker are taken from the directory of the running `rlhf` binary.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <libgen.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <arpa/inet.h>
+#include <jansson.h>
+
+#include "cli.h"
+#include "err.h"
+#include "fs.h"
+
+int cmd_up(int argc, char **argv);
+int cmd_status(int argc, char **argv);
+int cmd_down(int argc, char **argv);
+
+#define MAX_WORKERS 64
+
+static volatile sig_atomic_t sup_stop;
+static void on_term(int sig) {
+    (void)sig;
+    sup_stop = 1;
+}
+
+static void nap_ms(int ms) {
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static void bin_path(char *out, size_t n, const char *name) {
+    char self[PATH_MAX];
+    ssize_t len = readlink("/proc/self/exe", self, sizeof self - 1);
+    self[len > 0 ? len : 0] = 0;
+    snprintf(out, n, "%.1000s/%s", len > 0 ? dirname(self) : ".", name);
+}
+
+static pid_t spawn(char *const *args, const char *log) {
+    pid_t p = fork();
+    if (p == 0) {
+        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+            close(fd);
+        }
+        execv(args[0], args);
+        _exit(127);
+    }
+    return p;
+}
+
+typedef struct {
+    char run_dir[1024], config[1024], jobs[1024], endpoint[256];
+    char master_bin[PATH_MAX + 32], worker_bin[PATH_MAX + 32];
+    pid_t master;
+    pid_t workers[MAX_WORKERS];
+    const char *roles[MAX_WORKERS];
+    int n_workers;
+} sup_t;
+
+static pid_t start_master(sup_t *s) {
+    char log[1100];
+    snprintf(log, sizeof log, "%.1000s/master.log", s->run_dir);
+    char *args[16];
+    int n = 0;
+    args[n++] = s->master_bin;
+    if (s->config[0]) args[n++] = "--config", args[n++] = s->config;
+    args[n++] = "--run-dir", args[n++] = s->run_dir;
+    args[n++] = "--bind", args[n++] = s->endpoint[0] ? s->endpoint : "tcp://127.0.0.1:*";
+    if (!s->config[0]) args[n++] = "--http-port", args[n++] = "0";
+    if (s->jobs[0]) args[n++] = "--jobs", args[n++] = s->jobs;
+    args[n] = NULL;
+    return spawn(args, log);
+}
+
+static pid_t start_worker(sup_t *s, int i) {
+    char log[1200], id[64];
+    snprintf(log, sizeof log, "%.1000s/worker-%s-%d.log", s->run_dir, s->roles[i], i);
+    snprintf(id, sizeof id, "local-%s-%d", s->roles[i], i);
+    char *args[] = {
+        s->worker_bin, "--role", (char *)s->roles[i], "--master", s->endpoint, "--id", id, NULL};
+    return spawn(args, log);
+}
+
+static void write_local_json(sup_t *s) {
+    json_t *w = json_array();
+    for (int i = 0; i < s->n_workers; i++) json_array_append_new(w, json_integer(s->workers[i]));
+    json_t *o = json_pack("{s:i, s:i, s:s, s:o}", "supervisor_pid", (int)getpid(), "master_pid",
+                          (int)s->master, "endpoint", s->endpoint, "worker_pids", w);
+    char *txt = json_dumps(o, JSON_COMPACT), path[1100];
+    json_decref(o);
+    snprintf(path, sizeof path, "%.1000s/local.json", s->run_dir);
+    if (txt) fs_write_atomic(path, txt, strlen(txt));
+    free(txt);
+}
+
+static json_t *read_json(const char *dir, const char *name) {
+    char path[1100];
+    snprintf(path, sizeof path, "%.1000s/%s", dir, name);
+    return json_load_file(path, 0, NULL);
+}
+
+/* Waits (up to 15 s) for the master to write master.json; copies its endpoint. */
+static int wait_master(sup_t *s) {
+    for (int i = 0; i < 300; i++) {
+        json_t *o = read_json(s->run_dir, "master.json");
+        json_t *pid = o ? json_object_get(o, "pid") : NULL;
+        if (pid && json_integer_value(pid) == s->master) {
+            snprintf(s->endpoint, sizeof s->endpoint, "%s",
+                     json_string_value(json_object_get(o, "endpoint")));
+            json_decref(o);
+            return 0;
+        }
+        json_decref(o);
+        if (waitpid(s->master, NULL, WNOHANG) == s->master) return -1;
+        nap_ms(50);
+    }
+    return -1;
+}
+
+static void supervise(sup_t *s) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_term;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    char mj[1100];
+    snprintf(mj, sizeof mj, "%.1000s/master.json", s->run_dir);
+    unlink(mj);
+    s->master = start_master(s);
+    if (wait_master(s) < 0) {
+        fprintf(stderr, "supervisor: the master did not start (see master.log)\n");
+        _exit(1);
+    }
+    for (int i = 0; i < s->n_workers; i++) s->workers[i] = start_worker(s, i);
+    write_local_json(s);
+    while (!sup_stop) {
+        int st;
+        pid_t p = waitpid(-1, &st, 0);
+        if (p < 0) {
+            if (errno == EINTR) continue;
+            break;
+        }
+        if (sup_stop) break;
+        /* a crashed child is restarted: the master on the same endpoint, a worker as before */
+        if (p == s->master) {
+            fprintf(stderr, "supervisor: master exited (status %d): restarting\n", st);
+            nap_ms(200);
+            s->master = start_master(s);
+        }
+        for (int i = 0; i < s->n_workers; i++)
+            if (p == s->workers[i]) {
+                fprintf(stderr, "supervisor: worker %d exited (status %d): restarting\n", i, st);
+                nap_ms(200);
+                s->workers[i] = start_worker(s, i);
+            }
+        write_local_json(s);
+    }
+    /* stop: workers first (they hand back and say goodbye), then the master */
+    for (int i = 0; i < s->n_workers; i++) kill(s->workers[i], SIGTERM);
+    for (int i = 0; i < s->n_workers; i++) {
+        int waited = 0;
+        while (waitpid(s->workers[i], NULL, WNOHANG) == 0 && waited < 10000) {
+            nap_ms(20);
+            waited += 20;
+        }
+        if (waited >= 10000) kill(s->workers[i], SIGKILL), waitpid(s->workers[i], NULL, 0);
+    }
+    kill(s->master, SIGTERM);
+    waitpid(s->master, NULL, 0);
+    _exit(0);
+}
+
+static const char up_help[] =
+    "usage: rlhf up [--run-dir DIR] [--config FILE] [--jobs FILE] [--rollout N] [--reward M]\n"
+    "               [--learner K]\n\n"
+    "Starts rlhf-master and N rollout, M reward and K learner workers on loopback under a\n"
+    "background supervisor that restarts any of them that crashes. Defaults: runs/local, N=1.\n";
+
+int cmd_up(int argc, char **argv) {
+    static sup_t S;
+    sup_t *s = &S;
+    snprintf(s->run_dir, sizeof s->run_dir, "runs/local");
+    int n_roll = 1, n_rew = 0, n_learn = 0, c;
+    static const struct option opts[] = {
+        {"run-dir", required_argument, 0, 'r'}, {"config", required_argument, 0, 'c'},
+        {"jobs", required_argument, 0, 'j'},    {"rollout", required_argument, 0, 'o'},
+        {"reward", required_argument, 0, 'w'},  {"learner", required_argument, 0, 'l'},
+        {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'r':
+            snprintf(s->run_dir, sizeof s->run_dir, "%s", optarg);
+            break;
+        case 'c':
+            snprintf(s->config, sizeof s->config, "%s", optarg);
+            break;
+        case 'j':
+            snprintf(s->jobs, sizeof s->jobs, "%s", optarg);
+            break;
+        case 'o':
+            if (cli_int("up", "rollout", optarg, 0, 32, &n_roll) < 0) return 2;
+            break;
+        case 'w':
+            if (cli_int("up", "reward", optarg, 0, 16, &n_rew) < 0) return 2;
+            break;
+        case 'l':
+            if (cli_int("up", "learner", optarg, 0, 16, &n_learn) < 0) return 2;
+            break;
+        case 'h':
+            fputs(up_help, stdout);
+            return 0;
+        default:
+            return cli_usage_error("up");
+        }
+    }
+    if (fs_mkdir_p(s->run_dir) < 0) return cli_fail("up", "run directory", RL_EIO);
+    for (int i = 0; i < n_roll + n_rew + n_learn; i++)
+        s->roles[s->n_workers++] = i < n_roll           ? "rollout"
+                                   : i < n_roll + n_rew ? "reward"
+                                                        : "learner";
+    bin_path(s->master_bin, sizeof s->master_bin, "rlhf-master");
+    bin_path(s->worker_bin, sizeof s->worker_bin, "rlhf-worker");
+    char lj[1100];
+    snprintf(lj, sizeof lj, "%.1000s/local.json", s->run_dir);
+    unlink(lj);
+    fflush(stdout);
+    pid_t sup = fork();
+    if (sup < 0) return cli_fail("up", "fork", RL_EIO);
+    if (sup == 0) {
+        setsid();
+        char log[1100];
+        snprintf(log, sizeof log, "%.1000s/local.log", s->run_dir);
+        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644), nul = open("/dev/null", O_RDONLY);
+        if (fd >= 0) dup2(fd, 1), dup2(fd, 2), close(fd);
+        if (nul >= 0) dup2(nul, 0), close(nul);
+        supervise(s);
+    }
+    for (int i = 0; i < 300; i++) { /* 15 s for the master to come up */
+        json_t *o = read_json(s->run_dir, "local.json");
+        if (o) {
+            json_decref(o);
+            json_t *m = read_json(s->run_dir, "master.json");
+            json_t *out = json_pack("{s:s, s:O, s:O, s:i}", "run_dir", s->run_dir, "endpoint",
+                                    json_object_get(m, "endpoint"), "http_port",
+                                    json_object_get(m, "http_port"), "pid", (int)sup);
+            json_decref(m);
+            return cli_print_json(out);
+        }
+        if (waitpid(sup, NULL, WNOHANG) == sup) break;
+        nap_ms(50);
+    }
+    fprintf(stderr, "rlhf up: the master did not start; see %s/local.log and master.log\n",
+            s->run_dir);
+    return 1;
+}
+
+static const char *run_dir_opt(int argc, char **argv, const char *cmd, int *bad) {
+    const char *dir = "runs/local";
+    *bad = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--run-dir") && i + 1 < argc)
+            dir = argv[++i];
+        else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            printf("usage: rlhf %s [--run-dir DIR]\n", cmd);
+            *bad = 1;
+        } else {
+            *bad = 2;
+            cli_usage_error(cmd);
+        }
+    }
+    return dir;
+}
+
+int cmd_status(int argc, char **argv) {
+    int bad;
+    const char *dir = run_dir_opt(argc, argv, "status", &bad);
+    if (bad) return bad == 1 ? 0 : 2;
+    json_t *m = read_json(dir, "master.json");
+    int port = m ? (int)json_integer_value(json_object_get(m, "http_port")) : 0;
+    json_decref(m);
+    if (port <= 0) {
+        fprintf(stderr, "rlhf status: no master with HTTP in %s\n", dir);
+        return 1;
+    }
+    /* a plain HTTP/1.0 GET on loopback; the body is the master's JSON */
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a) < 0) {
+        fprintf(stderr, "rlhf status: cannot reach the master on port %d: %s\n", port,
+                strerror(errno));
+        if (fd >= 0) close(fd);
+        return 1;
+    }
+    const char req[] = "GET /status HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+    if (write(fd, req, sizeof req - 1) != (ssize_t)(sizeof req - 1)) {
+        close(fd);
+        return 1;
+    }
+    size_t cap = 1 << 16, len = 0;
+    char *buf = malloc(cap);
+    ssize_t n;
+    while (buf && (n = read(fd, buf + len, cap - len - 1)) > 0) {
+        len += (size_t)n;
+        if (len + 1 == cap) {
+            char *nb = realloc(buf, cap *= 2);
+            if (!nb) break;
+            buf = nb;
+        }
+    }
+    close(fd);
+    if (!buf) return 1;
+    buf[len] = 0;
+    char *body = strstr(buf, "\r\n\r\n");
+    json_t *o = body ? json_loads(body + 4, 0, NULL) : NULL;
+    free(buf);
+    if (!o) {
+        fprintf(stderr, "rlhf status: bad answer from the master\n");
+        return 1;
+    }
+    return cli_print_json(o);
+}
+
+int cmd_down(int argc, char **argv) {
+    int bad;
+    const char *dir = run_dir_opt(argc, argv, "down", &bad);
+    if (bad) return bad == 1 ? 0 : 2;
+    json_t *o = read_json(dir, "local.json");
+    pid_t sup = o ? (pid_t)json_integer_value(json_object_get(o, "supervisor_pid")) : 0;
+    json_decref(o);
+    if (sup <= 0 || kill(sup, SIGTERM) < 0) {
+        fprintf(stderr, "rlhf down: nothing running from %s\n", dir);
+        return 1;
+    }
+    for (int i = 0; i < 400 && kill(sup, 0) == 0; i++) nap_ms(50); /* 20 s */
+    if (kill(sup, 0) == 0) {
+        fprintf(stderr, "rlhf down: supervisor %d still running\n", (int)sup);
+        return 1;
+    }
+    char path[1100];
+    snprintf(path, sizeof path, "%.1000s/local.json", dir);
+    unlink(path);
+    return cli_print_json(json_pack("{s:s, s:b}", "run_dir", dir, "stopped", 1));
+}

@@ -1,0 +1,65 @@
+/*
+ * master.h - rlhf-master's state, shared by its files: master_main.c (the libuv loop, the
+ * ROUTER socket, message handling, the cron timer, results) and master_http.c (/healthz,
+ * /status, /metrics on the same loop).
+ */
+#ifndef RLHF_MASTER_H
+#define RLHF_MASTER_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include <jansson.h>
+#include <uv.h>
+
+#include "cfg.h"
+#include "master_sched.h"
+#include "wire.h"
+
+/* Bad-input classes counted by the master: wire_bad_t, plus messages that decode fine but make
+ * no sense from this peer (a worker sending JobAssign, a result from nobody). */
+#define MASTER_BAD_UNEXPECTED WIRE_BAD_COUNT
+#define MASTER_BAD_COUNT      (WIRE_BAD_COUNT + 1)
+
+typedef struct master_http master_http_t;
+
+typedef struct {
+    cfg_run_t cfg;
+    uv_loop_t *loop;
+    void *zctx, *router;
+    uv_poll_t zpoll;    /* ZMQ_FD: readable = "ZMQ_EVENTS may have changed" (edge) */
+    uv_prepare_t zprep; /* before the loop blocks: re-check ZMQ_EVENTS, never miss an edge */
+    uv_idle_t zidle;    /* active only while a drain stopped early with messages left */
+    uv_timer_t cron;
+    uv_signal_t sigterm, sigint;
+    int draining;
+    int zhandles; /* zpoll, zprep, zidle initialised */
+    char master_id[40];
+    char endpoint[256];
+    double start_ms;
+    double start_unix;
+    sched_t sched;
+    FILE *results; /* run_dir/results.jsonl, appended and fsync'ed per record */
+    char results_path[4096];
+    /* counters */
+    uint64_t n_recv, n_sent, n_send_fail, n_bad[MASTER_BAD_COUNT], n_registrations;
+    uint64_t n_results_recorded;
+    master_http_t *http;
+    int http_port;
+    int stopping;
+} master_t;
+
+/* JSON status of the run (the /status body); new reference. */
+json_t *master_status_json(master_t *m);
+
+/* Prometheus text exposition of the master's metrics; malloc'ed, *len set. */
+char *master_metrics_text(master_t *m, size_t *len);
+
+/* Starts the HTTP server on host:port (port 0: any free port; m->http_port gets the bound
+ * one). Returns 0 or a negative RL_E* code. */
+int master_http_start(master_t *m, const char *host, int port);
+
+/* Stops listening and frees the HTTP server; safe to call when it never started. */
+void master_http_stop(master_t *m);
+
+#endif

@@ -1,0 +1,289 @@
+/*
+ * master_http.c - the master's HTTP endpoints, served by H2O on the master's own libuv loop:
+ *   GET /healthz  "ok"
+ *   GET /status   JSON: workers (role, state, last seen, current job), queue depths, jobs
+ *                 done / retried / failed, dropped results, bad messages, current stage
+ *   GET /metrics  Prometheus text exposition format 0.0.4
+ * Binds to the configured host (loopback by default). Handlers read the master's state and
+ * never touch the ZeroMQ socket.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <h2o.h>
+
+#include "err.h"
+#include "master.h"
+
+struct master_http {
+    h2o_globalconf_t config;
+    h2o_context_t ctx;
+    h2o_accept_ctx_t accept_ctx;
+    uv_tcp_t listener;
+    master_t *m;
+};
+
+/* H2O passes our handler struct; the master hangs off a larger one. */
+typedef struct {
+    h2o_handler_t super;
+    master_t *m;
+} handler_t;
+
+static const char *role_name(int r) {
+    switch (r) {
+    case RLHF__ROLE__ROLE_ROLLOUT:
+        return "rollout";
+    case RLHF__ROLE__ROLE_REWARD:
+        return "reward";
+    case RLHF__ROLE__ROLE_LEARNER:
+        return "learner";
+    case RLHF__ROLE__ROLE_TOOL:
+        return "tool";
+    default:
+        return "unknown";
+    }
+}
+
+static const char *bad_label(int i) {
+    return i == MASTER_BAD_UNEXPECTED ? "unexpected" : wire_bad_name((wire_bad_t)i);
+}
+
+json_t *master_status_json(master_t *m) {
+    double now = wire_now_ms();
+    sched_t *s = &m->sched;
+    json_t *ws = json_array();
+    for (int w = 0; w < s->n_workers; w++) {
+        sched_worker_t *wk = &s->workers[w];
+        if (wk->role == RLHF__ROLE__ROLE_TOOL) continue;
+        json_t *o =
+            json_pack("{s:s, s:s, s:s, s:i, s:f, s:I}", "id", wk->id, "role", role_name(wk->role),
+                      "state", wk->alive ? "alive" : "dead", "pid", wk->pid, "last_seen_s_ago",
+                      (now - wk->last_seen_ms) / 1e3, "jobs_done", (json_int_t)wk->jobs_done);
+        json_object_set_new(
+            o, "job", wk->job >= 0 ? json_integer((json_int_t)s->jobs[wk->job].id) : json_null());
+        json_array_append_new(ws, o);
+    }
+    json_t *bad = json_object();
+    for (int i = 1; i < MASTER_BAD_COUNT; i++)
+        json_object_set_new(bad, bad_label(i), json_integer((json_int_t)m->n_bad[i]));
+    return json_pack("{s:s, s:s, s:s, s:f, s:o, s:{s:i, s:i, s:i, s:i}, s:{s:I, s:I, s:I, s:I}, "
+                     "s:{s:I, s:I, s:I}, s:o, s:{s:I, s:I}}",
+                     "master_id", m->master_id, "endpoint", m->endpoint, "stage",
+                     m->cfg.n_stages ? m->cfg.stages[0] : "idle", "uptime_s",
+                     (now - m->start_ms) / 1e3, "workers", ws, "queue", "queued",
+                     sched_count(s, SCHED_QUEUED), "leased", sched_count(s, SCHED_LEASED), "done",
+                     sched_count(s, SCHED_DONE), "failed", sched_count(s, SCHED_FAILED), "jobs",
+                     "done", (json_int_t)s->n_done, "retried", (json_int_t)s->n_retried, "failed",
+                     (json_int_t)s->n_failed, "dispatched", (json_int_t)s->n_dispatched,
+                     "results_dropped", "stale", (json_int_t)s->n_stale, "duplicate",
+                     (json_int_t)s->n_duplicate, "unknown", (json_int_t)s->n_unknown,
+                     "bad_messages", bad, "messages", "received", (json_int_t)m->n_recv, "sent",
+                     (json_int_t)m->n_sent);
+}
+
+typedef struct {
+    char *buf;
+    size_t len, cap;
+} sbuf_t;
+
+static void sb_printf(sbuf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void sb_printf(sbuf_t *b, const char *fmt, ...) {
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(b->buf ? b->buf + b->len : NULL, b->buf ? b->cap - b->len : 0, fmt, ap);
+        va_end(ap);
+        if (n < 0) return;
+        if (b->buf && b->len + (size_t)n < b->cap) {
+            b->len += (size_t)n;
+            return;
+        }
+        size_t cap = b->cap ? b->cap * 2 : 4096;
+        while (cap < b->len + (size_t)n + 1) cap *= 2;
+        char *nb = realloc(b->buf, cap);
+        if (!nb) return;
+        b->buf = nb;
+        b->cap = cap;
+    }
+}
+
+static void metric_head(sbuf_t *b, const char *name, const char *type, const char *help) {
+    sb_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+char *master_metrics_text(master_t *m, size_t *len) {
+    sched_t *s = &m->sched;
+    sbuf_t b = {0};
+    metric_head(&b, "rlhf_up", "gauge", "1 while the master is serving.");
+    sb_printf(&b, "rlhf_up 1\n");
+    metric_head(&b, "rlhf_master_start_time_seconds", "gauge", "Start time of the master.");
+    sb_printf(&b, "rlhf_master_start_time_seconds %.0f\n", m->start_unix);
+    metric_head(&b, "rlhf_workers", "gauge", "Registered workers by role and state.");
+    static const int roles[] = {RLHF__ROLE__ROLE_ROLLOUT, RLHF__ROLE__ROLE_REWARD,
+                                RLHF__ROLE__ROLE_LEARNER};
+    for (int r = 0; r < 3; r++)
+        for (int alive = 1; alive >= 0; alive--) {
+            int n = 0;
+            for (int w = 0; w < s->n_workers; w++)
+                n += s->workers[w].role == roles[r] && s->workers[w].alive == alive;
+            sb_printf(&b, "rlhf_workers{role=\"%s\",state=\"%s\"} %d\n", role_name(roles[r]),
+                      alive ? "alive" : "dead", n);
+        }
+    metric_head(&b, "rlhf_jobs", "gauge", "Jobs by state.");
+    static const char *states[] = {"queued", "leased", "done", "failed"};
+    for (int st = 0; st < 4; st++)
+        sb_printf(&b, "rlhf_jobs{state=\"%s\"} %d\n", states[st],
+                  sched_count(s, (sched_state_t)st));
+    struct {
+        const char *name, *help;
+        uint64_t v;
+    } counters[] = {
+        {"rlhf_jobs_dispatched_total", "Leases handed out.", s->n_dispatched},
+        {"rlhf_jobs_done_total", "Results accepted (each job at most once).", s->n_done},
+        {"rlhf_jobs_retried_total", "Leases requeued (worker death, lease expiry, rejection).",
+         s->n_retried},
+        {"rlhf_jobs_failed_total", "Jobs that ran out of attempts.", s->n_failed},
+        {"rlhf_jobs_rejected_total", "Jobs rejected or handed back by workers.", s->n_rejected},
+        {"rlhf_leases_expired_total", "Leases that passed their deadline.", s->n_expired},
+        {"rlhf_worker_deaths_total", "Workers declared dead or gone.", s->n_worker_deaths},
+        {"rlhf_worker_registrations_total", "Hello messages accepted.", m->n_registrations},
+        {"rlhf_results_recorded_total", "Result records written to results.jsonl.",
+         m->n_results_recorded},
+        {"rlhf_wire_messages_received_total", "Messages received on the ROUTER socket.", m->n_recv},
+        {"rlhf_wire_messages_sent_total", "Messages sent on the ROUTER socket.", m->n_sent},
+        {"rlhf_wire_send_failures_total", "Sends refused (peer gone or its queue full).",
+         m->n_send_fail},
+    };
+    for (size_t i = 0; i < sizeof counters / sizeof counters[0]; i++) {
+        metric_head(&b, counters[i].name, "counter", counters[i].help);
+        sb_printf(&b, "%s %llu\n", counters[i].name, (unsigned long long)counters[i].v);
+    }
+    metric_head(&b, "rlhf_results_dropped_total", "counter",
+                "Results refused by fencing, by reason.");
+    sb_printf(&b, "rlhf_results_dropped_total{reason=\"stale\"} %llu\n",
+              (unsigned long long)s->n_stale);
+    sb_printf(&b, "rlhf_results_dropped_total{reason=\"duplicate\"} %llu\n",
+              (unsigned long long)s->n_duplicate);
+    sb_printf(&b, "rlhf_results_dropped_total{reason=\"unknown\"} %llu\n",
+              (unsigned long long)s->n_unknown);
+    metric_head(&b, "rlhf_wire_bad_messages_total", "counter",
+                "Messages refused and dropped, by reason.");
+    for (int i = 1; i < MASTER_BAD_COUNT; i++)
+        sb_printf(&b, "rlhf_wire_bad_messages_total{reason=\"%s\"} %llu\n", bad_label(i),
+                  (unsigned long long)m->n_bad[i]);
+    *len = b.len;
+    return b.buf;
+}
+
+static int is_get(h2o_req_t *req) {
+    return h2o_memis(req->method.base, req->method.len, H2O_STRLIT("GET"));
+}
+
+static int reply(h2o_req_t *req, const char *type, const char *body, size_t len) {
+    req->res.status = 200;
+    req->res.reason = "OK";
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, type, strlen(type));
+    /* h2o_send_inline copies the body into the request's pool */
+    h2o_send_inline(req, body, len);
+    return 0;
+}
+
+static int on_healthz(h2o_handler_t *self, h2o_req_t *req) {
+    (void)self;
+    if (!is_get(req)) return -1;
+    return reply(req, "text/plain", "ok\n", 3);
+}
+
+static int on_status(h2o_handler_t *self, h2o_req_t *req) {
+    if (!is_get(req)) return -1;
+    json_t *o = master_status_json(((handler_t *)self)->m);
+    char *s = o ? json_dumps(o, JSON_INDENT(1)) : NULL;
+    json_decref(o);
+    if (!s) {
+        h2o_send_error_generic(req, 500, "Internal Server Error", "status unavailable", 0);
+        return 0;
+    }
+    reply(req, "application/json", s, strlen(s));
+    free(s);
+    return 0;
+}
+
+static int on_metrics(h2o_handler_t *self, h2o_req_t *req) {
+    if (!is_get(req)) return -1;
+    size_t len = 0;
+    char *s = master_metrics_text(((handler_t *)self)->m, &len);
+    if (!s) {
+        h2o_send_error_generic(req, 500, "Internal Server Error", "metrics unavailable", 0);
+        return 0;
+    }
+    reply(req, "text/plain; version=0.0.4", s, len);
+    free(s);
+    return 0;
+}
+
+static void add_path(master_http_t *h, h2o_hostconf_t *host, const char *path,
+                     int (*fn)(h2o_handler_t *, h2o_req_t *)) {
+    h2o_pathconf_t *pc = h2o_config_register_path(host, path, 0);
+    handler_t *hd = (handler_t *)h2o_create_handler(pc, sizeof *hd);
+    hd->super.on_req = fn;
+    hd->m = h->m;
+}
+
+static void on_conn_close(uv_handle_t *hd) {
+    free(hd);
+}
+
+static void on_accept(uv_stream_t *listener, int status) {
+    master_http_t *h = listener->data;
+    if (status != 0) return;
+    uv_tcp_t *conn = malloc(sizeof *conn);
+    if (!conn) return;
+    uv_tcp_init(listener->loop, conn);
+    if (uv_accept(listener, (uv_stream_t *)conn) != 0) {
+        uv_close((uv_handle_t *)conn, on_conn_close);
+        return;
+    }
+    h2o_socket_t *sock = h2o_uv_socket_create((uv_stream_t *)conn, on_conn_close);
+    h2o_accept(&h->accept_ctx, sock);
+}
+
+int master_http_start(master_t *m, const char *host, int port) {
+    master_http_t *h = calloc(1, sizeof *h);
+    if (!h) return rl_fail(RL_ENOMEM, "http: out of memory");
+    h->m = m;
+    h2o_config_init(&h->config);
+    h2o_hostconf_t *hc =
+        h2o_config_register_host(&h->config, h2o_iovec_init(H2O_STRLIT("default")), 65535);
+    add_path(h, hc, "/healthz", on_healthz);
+    add_path(h, hc, "/status", on_status);
+    add_path(h, hc, "/metrics", on_metrics);
+    h2o_context_init(&h->ctx, m->loop, &h->config);
+    h->accept_ctx.ctx = &h->ctx;
+    h->accept_ctx.hosts = h->config.hosts;
+    struct sockaddr_in addr;
+    int rc = uv_ip4_addr(host, port, &addr);
+    uv_tcp_init(m->loop, &h->listener);
+    h->listener.data = h;
+    m->http = h;
+    if (rc == 0) rc = uv_tcp_bind(&h->listener, (struct sockaddr *)&addr, 0);
+    if (rc == 0) rc = uv_listen((uv_stream_t *)&h->listener, 128, on_accept);
+    if (rc != 0) return rl_fail(RL_EIO, "http %s:%d: %s", host, port, uv_strerror(rc));
+    struct sockaddr_storage sa;
+    int salen = sizeof sa;
+    uv_tcp_getsockname(&h->listener, (struct sockaddr *)&sa, &salen);
+    m->http_port = ntohs(((struct sockaddr_in *)&sa)->sin_port);
+    return 0;
+}
+
+void master_http_stop(master_t *m) {
+    master_http_t *h = m->http;
+    if (!h) return;
+    uv_close((uv_handle_t *)&h->listener, NULL);
+    uv_run(m->loop, UV_RUN_NOWAIT);
+    h2o_context_dispose(&h->ctx);
+    h2o_config_dispose(&h->config);
+    free(h);
+    m->http = NULL;
+}

@@ -1,0 +1,80 @@
+# runtime_lib.sh - shared helpers of the runtime tests (sourced): start real rlhf-master /
+# rlhf-worker processes on loopback, poll conditions with deadlines, clean up every process.
+# Usage: BIN=DIR_WITH_BINARIES; source runtime_lib.sh
+set -u
+W=$(mktemp -d "${TMPDIR:-/tmp}/rlhf-rt-XXXXXX")
+PIDS=()
+pass=0 fail=0
+cleanup() {
+    for p in "${PIDS[@]}"; do kill -CONT "$p" 2>/dev/null; kill -KILL "$p" 2>/dev/null; done
+    wait 2>/dev/null
+    if [ "$fail" -ne 0 ]; then
+        for f in "$W"/*.log; do echo "--- $f"; tail -n 40 "$f"; done
+    fi
+    [ -n "${KEEP:-}" ] || rm -rf "$W"
+}
+trap cleanup EXIT
+ok() { pass=$((pass + 1)); echo "ok   $1"; }
+bad() { fail=$((fail + 1)); echo "FAIL $1"; }
+check() { # check NAME COMMAND...
+    local name=$1; shift
+    if "$@"; then ok "$name"; else bad "$name"; fi
+}
+finish() { echo "$pass passed, $fail failed"; [ "$fail" -eq 0 ]; }
+
+# wait_for SECONDS COMMAND...: polls COMMAND every 50 ms until it succeeds or time runs out.
+wait_for() {
+    local deadline=$(($(date +%s%N) + ${1%.*} * 1000000000)); shift
+    until "$@" >/dev/null 2>&1; do
+        [ "$(date +%s%N)" -ge "$deadline" ] && return 1
+        sleep 0.05
+    done
+}
+
+# start_master NAME RUN_DIR [ARGS...]: starts rlhf-master in the background; sets MPID, EP, HTTP.
+start_master() {
+    local name=$1 run=$2; shift 2
+    rm -f "$run/master.json"
+    # a free port of the kernel's choosing unless ARGS has --bind (later options win)
+    "$BIN/rlhf-master" --bind 'tcp://127.0.0.1:*' --run-dir "$run" --http-port 0 \
+        --heartbeat-ms 100 --liveness 3 "$@" \
+        >>"$W/$name.log" 2>&1 &
+    MPID=$!
+    PIDS+=("$MPID")
+    wait_for 10 test -s "$run/master.json" || { echo "master did not start"; return 1; }
+    EP=$(jq -r .endpoint "$run/master.json")
+    HTTP="http://127.0.0.1:$(jq -r .http_port "$run/master.json")"
+}
+
+# start_worker NAME [ARGS...]: sets WPID.
+start_worker() {
+    local name=$1; shift
+    "$BIN/rlhf-worker" --id "$name" --master "$EP" --heartbeat-ms 100 --liveness 3 "$@" \
+        >>"$W/$name.log" 2>&1 &
+    WPID=$!
+    PIDS+=("$WPID")
+}
+
+# metric NAME_WITH_LABELS: the value from /metrics (empty if absent).
+metric() { curl -sf "$HTTP/metrics" | awk -v k="$1" '$1 == k { print $2 }'; }
+metric_ge() { local v; v=$(metric "$1"); [ -n "$v" ] && [ "$v" -ge "$2" ]; }
+metric_eq() { local v; v=$(metric "$1"); [ -n "$v" ] && [ "$v" -eq "$2" ]; }
+
+# results RUN_DIR: number of result lines; uniq_results: number of distinct job ids.
+results() { [ -f "$1/results.jsonl" ] && grep -c . "$1/results.jsonl" || echo 0; }
+uniq_results() { [ -f "$1/results.jsonl" ] && jq -r .job_id "$1/results.jsonl" | sort -u | grep -c . || echo 0; }
+results_ge() { [ "$(results "$1")" -ge "$2" ]; }
+
+# make_model DIR: a tiny GPT-2 directory for GENERATE jobs.
+make_model() {
+    "$BIN/rlhf" init-model --out "$1" --layers 2 --heads 2 --dim 32 --vocab 64 --ctx 64 --seed 5 \
+        >/dev/null
+}
+
+# gen_jobs N DELAY_MS MODEL: N GENERATE jobs of the same prompt (their outputs must agree).
+gen_jobs() {
+    for i in $(seq 1 "$1"); do
+        printf '{"id":%d,"kind":"generate","model":"%s","prompt":[1,2,3,4],"max_new_tokens":6,"delay_ms":%d}\n' \
+            "$i" "$3" "$2"
+    done
+}

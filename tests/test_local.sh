@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# test_local.sh - local mode: `rlhf up` starts a master and workers under a supervisor, a
+# SIGKILLed worker is restarted and re-registers, `rlhf status` reports them, `rlhf down` stops
+# every process. Usage: test_local.sh BIN_DIR
+BIN=${1:?usage: test_local.sh BIN_DIR}
+source "$(dirname "$0")/runtime_lib.sh"
+R="$W/run"
+alive() { "$BIN/rlhf" status --run-dir "$R" | jq -e "[.workers[] | select(.state == \"alive\")] | length == $1"; }
+out=$("$BIN/rlhf" up --run-dir "$R" --rollout 2)
+check "rlhf up prints the endpoint" bash -c "jq -e '.endpoint | startswith(\"tcp://127.0.0.1:\")' <<<'$out' >/dev/null"
+SUP=$(jq .pid <<<"$out")
+PIDS+=("$SUP")
+check "status: 2 workers alive" wait_for 15 alive 2
+victim=$(jq '.worker_pids[0]' "$R/local.json")
+kill -KILL "$victim"
+check "crashed worker restarted" wait_for 15 bash -c "test \"\$(jq '.worker_pids[0]' '$R/local.json')\" != $victim"
+check "status: 2 workers alive again" wait_for 15 alive 2
+mpid=$(jq .master_pid "$R/local.json")
+check "rlhf down" "$BIN/rlhf" down --run-dir "$R"
+check "supervisor gone" bash -c "! kill -0 $SUP 2>/dev/null"
+check "master gone" bash -c "! kill -0 $mpid 2>/dev/null"
+finish

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# test_runtime_fault.sh - faults with real processes on loopback: a worker SIGKILLed mid-job,
+# a worker frozen (SIGSTOP) past its liveness and resumed, a worker stopped with SIGTERM, the
+# master killed and restarted on the same port. Every job ends with exactly one result.
+# Usage: test_runtime_fault.sh BIN_DIR
+BIN=${1:?usage: test_runtime_fault.sh BIN_DIR}
+source "$(dirname "$0")/runtime_lib.sh"
+make_model "$W/model"
+
+# holder LOGPREFIX JOB ATTEMPT: prints the name of the worker whose log says it started it
+holder() {
+    grep -l "start job $2 attempt $3\$" "$W"/$1*.log 2>/dev/null | head -1 | xargs -r basename | sed 's/\.log$//'
+}
+has_holder() { [ -n "$(holder "$@")" ]; }
+pid_of() { jq -r --arg id "$1" '.workers[] | select(.id == $id and .state == "alive") | .pid' <(curl -sf "$HTTP/status"); }
+
+# --- SIGKILL mid-job: the job completes elsewhere, exactly one result
+gen_jobs 1 1500 "$W/model" >"$W/jobs1.jsonl"
+start_master m1 "$W/r1" --jobs "$W/jobs1.jsonl"
+start_worker ka --role rollout; KA=$WPID
+start_worker kb --role rollout; KB=$WPID
+check "job 1 started" wait_for 10 has_holder k 1 1
+h=$(holder k 1 1)
+if [ "$h" = ka ]; then victim=$KA survivor=kb; else victim=$KB survivor=ka; fi
+kill -KILL "$victim"
+check "killed worker's job done once" wait_for 15 results_ge "$W/r1" 1
+check "result is attempt 2 by the survivor" \
+    bash -c "jq -e 'select(.job_id == 1) | .attempt == 2 and .worker == \"$survivor\"' '$W/r1/results.jsonl' >/dev/null"
+check "a worker death was counted" metric_ge rlhf_worker_deaths_total 1
+check "exactly one result" test "$(results "$W/r1")" -eq 1
+kill -TERM "$MPID"; wait "$MPID"
+kill -KILL "$KA" "$KB" 2>/dev/null
+
+# --- SIGSTOP past liveness: same; its late result after SIGCONT is dropped
+start_master m2 "$W/r2" --jobs "$W/jobs1.jsonl"
+start_worker sa --role rollout; SA=$WPID
+start_worker sb --role rollout; SB=$WPID
+check "job 1 started (stop test)" wait_for 10 has_holder s 1 1
+h=$(holder s 1 1)
+if [ "$h" = sa ]; then victim=$SA; else victim=$SB; fi
+kill -STOP "$victim"
+check "frozen worker's job done elsewhere" wait_for 15 results_ge "$W/r2" 1
+check "done as attempt 2" bash -c "jq -e '.attempt == 2' '$W/r2/results.jsonl' >/dev/null"
+kill -CONT "$victim"
+check "late result from the resumed worker dropped" \
+    wait_for 10 bash -c "curl -sf '$HTTP/status' | jq -e '.results_dropped.duplicate + .results_dropped.stale >= 1'"
+check "still exactly one result" test "$(results "$W/r2")" -eq 1
+check "resumed worker registers again" wait_for 10 bash -c "curl -sf '$HTTP/status' | jq -e '[.workers[] | select(.state == \"alive\")] | length == 2'"
+
+# --- SIGTERM mid-job: handed back, goodbye, exit 0; the job is done by the other worker
+printf '{"id":2,"kind":"generate","model":"%s","prompt":[5,6],"max_new_tokens":4,"delay_ms":5000}\n' "$W/model" >"$W/jobs2.jsonl"
+kill -TERM "$MPID"; wait "$MPID"
+start_master m3 "$W/r3" --jobs "$W/jobs2.jsonl" --bind "$EP"
+check "both workers re-register with the new master" \
+    wait_for 10 bash -c "curl -sf '$HTTP/status' | jq -e '[.workers[] | select(.state == \"alive\")] | length == 2'"
+check "job 2 started" wait_for 10 has_holder s 2 1
+h=$(holder s 2 1)
+if [ "$h" = sa ]; then victim=$SA; else victim=$SB; fi
+kill -TERM "$victim"
+wait "$victim"
+check "SIGTERM: worker exits 0" test $? -eq 0
+check "SIGTERM: job handed back" grep -q "job 2 attempt 1 handed back" "$W/m3.log"
+check "handed-back job done by the other worker" wait_for 15 results_ge "$W/r3" 1
+check "exactly one result (handback)" test "$(results "$W/r3")" -eq 1
+kill -TERM "$MPID"; wait "$MPID"
+kill -KILL "$SA" "$SB" 2>/dev/null
+
+# --- master killed and restarted on the same port: workers re-register by themselves
+gen_jobs 8 300 "$W/model" >"$W/jobs3.jsonl"
+start_master m4 "$W/r4" --jobs "$W/jobs3.jsonl"
+EP4=$EP
+start_worker ra --role rollout; RA=$WPID
+start_worker rb --role rollout; RB=$WPID
+check "some results before the crash" wait_for 15 results_ge "$W/r4" 2
+kill -KILL "$MPID"
+wait "$MPID" 2>/dev/null
+start_master m5 "$W/r4" --jobs "$W/jobs3.jsonl" --bind "$EP4" --exit-when-done
+check "restarted on the same endpoint" test "$EP" = "$EP4"
+check "both workers registered with the new master" \
+    wait_for 15 bash -c "test \$(grep -c 'registered' '$W/m5.log') -ge 2"
+wait "$MPID"
+check "restarted master finished the run" test $? -eq 0
+check "8 jobs, each recorded exactly once" test "$(results "$W/r4")" -eq 8 -a "$(uniq_results "$W/r4")" -eq 8
+check "workers were never restarted" kill -0 "$RA" "$RB"
+finish

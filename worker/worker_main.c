@@ -1,0 +1,456 @@
+/*
+ * worker_main.c - rlhf-worker: one role, connected to one master.
+ *
+ *   rlhf-worker --role rollout|reward|learner --master tcp://HOST:PORT [--id NAME]
+ *
+ * The main thread owns the DEALER socket: it says Hello, heartbeats, receives jobs and sends
+ * results. A job runs on its own thread (the worker's heartbeats go on meanwhile) and signals
+ * its end through an eventfd the main thread polls next to the socket.
+ *
+ * The master is presumed gone when it has been silent for heartbeat_ms * liveness: the worker
+ * then opens a fresh connection and says Hello again, with exponential backoff (100 ms .. 2 s)
+ * while it hears nothing. A master that restarted on the same address answers our heartbeats
+ * with NOT_REGISTERED, or heartbeats with a new master id: both also make us say Hello again.
+ *
+ * SIGTERM / SIGINT (or a Shutdown message): the running job is cancelled and handed back (or
+ * its result sent, if it finished first), then Goodbye, and exit 0.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <zmq.h>
+
+#include "err.h"
+#include "wire.h"
+#include "worker.h"
+
+#define WORKER_VERSION "0.1"
+
+typedef struct {
+    /* set by the main thread before the job thread starts */
+    worker_job_t job;
+    worker_handler_fn fn;
+    uint64_t lease_id;
+    uint8_t *payload;
+    size_t payload_len;
+    /* set by the job thread before it signals the eventfd */
+    int rc;
+    char reason[256];
+    uint8_t *out;
+    size_t out_len;
+    double elapsed_ms;
+    pthread_t th;
+    int busy;
+} job_slot_t;
+
+typedef struct {
+    int role;
+    char id[64];
+    const char *master;
+    void *zctx, *sock;
+    int efd;
+    char master_id[40];
+    int registered;
+    double last_heard_ms, last_hb_ms, last_hello_ms;
+    int hb_ms, liveness;
+    int backoff_ms;
+    double next_reconnect_ms;
+    atomic_int cancel;
+    job_slot_t slot;
+} worker_t;
+
+static volatile sig_atomic_t stop_signal;
+
+static void on_signal(int sig) {
+    stop_signal = sig;
+}
+
+static char log_id[80] = "worker";
+
+static void wlog(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void wlog(const char *fmt, ...) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    struct tm tm;
+    localtime_r(&ts.tv_sec, &tm);
+    char t[32];
+    strftime(t, sizeof t, "%H:%M:%S", &tm);
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "%s.%03ld %s: ", t, ts.tv_nsec / 1000000, log_id);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+static int wsend(worker_t *w, Rlhf__Envelope *env) {
+    /* blocking would stall heartbeats: a DEALER with no connection queues up to its HWM */
+    return wire_send(w->sock, NULL, 0, env, NULL, NULL, 0, ZMQ_DONTWAIT);
+}
+
+static void send_hello(worker_t *w) {
+    Rlhf__Envelope env = RLHF__ENVELOPE__INIT;
+    Rlhf__Hello h = RLHF__HELLO__INIT;
+    int kinds[32];
+    int n = worker_capabilities(w->role, kinds);
+    Rlhf__JobKind caps[32];
+    for (int i = 0; i < n; i++) caps[i] = (Rlhf__JobKind)kinds[i];
+    h.role = (Rlhf__Role)w->role;
+    h.worker_id = w->id;
+    h.version = WORKER_VERSION;
+    h.capabilities = caps;
+    h.n_capabilities = (size_t)n;
+    h.max_jobs = 1;
+    h.pid = (int32_t)getpid();
+    env.body_case = RLHF__ENVELOPE__BODY_HELLO;
+    env.hello = &h;
+    wsend(w, &env);
+    w->last_hello_ms = wire_now_ms();
+}
+
+static void send_heartbeat(worker_t *w) {
+    Rlhf__Envelope env = RLHF__ENVELOPE__INIT;
+    Rlhf__Heartbeat hb = RLHF__HEARTBEAT__INIT;
+    if (w->slot.busy) {
+        hb.job_id = w->slot.job.job_id;
+        hb.job_attempt = w->slot.job.attempt;
+    }
+    env.body_case = RLHF__ENVELOPE__BODY_HEARTBEAT;
+    env.heartbeat = &hb;
+    wsend(w, &env);
+    w->last_hb_ms = wire_now_ms();
+}
+
+static int sock_open(worker_t *w) {
+    w->sock = zmq_socket(w->zctx, ZMQ_DEALER);
+    if (!w->sock) return rl_fail(RL_EIO, "zmq_socket: %s", zmq_strerror(errno));
+    /* LINGER: queued messages get 1 s at exit (the goodbye), none when we drop a dead master's
+     * connection (sock_close sets 0 first). MAXMSGSIZE: the master sends no big frames to us
+     * yet; 64 MiB bounds what a bad peer can make us allocate. */
+    int linger = 1000, rcvhwm = 10000;
+    int64_t maxmsg = 64LL << 20;
+    zmq_setsockopt(w->sock, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(w->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
+    zmq_setsockopt(w->sock, ZMQ_RCVHWM, &rcvhwm, sizeof rcvhwm);
+    if (zmq_connect(w->sock, w->master) < 0)
+        return rl_fail(RL_EIO, "connect %s: %s", w->master, zmq_strerror(errno));
+    return 0;
+}
+
+static void sock_close(worker_t *w, int linger) {
+    if (!w->sock) return;
+    zmq_setsockopt(w->sock, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_close(w->sock);
+    w->sock = NULL;
+}
+
+static void *job_thread(void *arg) {
+    worker_t *w = arg;
+    job_slot_t *s = &w->slot;
+    double t0 = wire_now_ms();
+    rl_err_clear();
+    s->rc = s->fn(&s->job, s->payload, s->payload_len, &s->out, &s->out_len);
+    if (s->rc < 0) snprintf(s->reason, sizeof s->reason, "%s", rl_errmsg());
+    s->elapsed_ms = wire_now_ms() - t0;
+    uint64_t one = 1;
+    if (write(w->efd, &one, sizeof one) != sizeof one) abort(); /* eventfd cannot fail here */
+    return NULL;
+}
+
+static void reject(worker_t *w, const Rlhf__JobAssign *a, int code, const char *reason) {
+    Rlhf__Envelope env = RLHF__ENVELOPE__INIT;
+    Rlhf__JobReject r = RLHF__JOB_REJECT__INIT;
+    r.job_id = a->job_id;
+    r.attempt = a->attempt;
+    r.lease_id = a->lease_id;
+    r.code = code;
+    r.reason = (char *)reason;
+    env.body_case = RLHF__ENVELOPE__BODY_JOB_REJECT;
+    env.job_reject = &r;
+    wsend(w, &env);
+}
+
+static void on_assign(worker_t *w, const Rlhf__JobAssign *a) {
+    worker_handler_fn fn = worker_handler(w->role, a->kind);
+    if (w->slot.busy) {
+        reject(w, a, RL_ERANGE, "busy");
+        return;
+    }
+    if (!fn) {
+        reject(w, a, RL_EUNSUPPORTED, "no handler for this job kind");
+        return;
+    }
+    job_slot_t *s = &w->slot;
+    free(s->payload);
+    s->payload = malloc(a->payload.len ? a->payload.len : 1);
+    if (!s->payload) {
+        reject(w, a, RL_ENOMEM, "out of memory");
+        return;
+    }
+    memcpy(s->payload, a->payload.data, a->payload.len);
+    s->payload_len = a->payload.len;
+    s->job.job_id = a->job_id;
+    s->job.attempt = a->attempt;
+    s->job.seed = a->seed;
+    s->job.cancel = &w->cancel;
+    s->lease_id = a->lease_id;
+    s->fn = fn;
+    s->out = NULL;
+    s->out_len = 0;
+    s->reason[0] = 0;
+    atomic_store(&w->cancel, 0);
+    if (pthread_create(&s->th, NULL, job_thread, w) != 0) {
+        reject(w, a, RL_ENOMEM, "cannot start a thread");
+        return;
+    }
+    s->busy = 1;
+    wlog("start job %" PRIu64 " attempt %u", a->job_id, a->attempt);
+}
+
+/* The job thread signalled: report its outcome (or hand the job back if it was cancelled). */
+static void on_job_done(worker_t *w, int handing_back) {
+    job_slot_t *s = &w->slot;
+    uint64_t v;
+    if (read(w->efd, &v, sizeof v) != sizeof v) return;
+    pthread_join(s->th, NULL);
+    s->busy = 0;
+    Rlhf__Envelope env = RLHF__ENVELOPE__INIT;
+    if (s->rc == 0) {
+        Rlhf__JobResult r = RLHF__JOB_RESULT__INIT;
+        r.job_id = s->job.job_id;
+        r.attempt = s->job.attempt;
+        r.lease_id = s->lease_id;
+        r.payload.data = s->out;
+        r.payload.len = s->out_len;
+        r.elapsed_ms = s->elapsed_ms;
+        env.body_case = RLHF__ENVELOPE__BODY_JOB_RESULT;
+        env.job_result = &r;
+        wsend(w, &env);
+        wlog("done job %" PRIu64 " attempt %u (%.1f ms)", s->job.job_id, s->job.attempt,
+             s->elapsed_ms);
+    } else {
+        Rlhf__JobAssign a = RLHF__JOB_ASSIGN__INIT;
+        a.job_id = s->job.job_id;
+        a.attempt = s->job.attempt;
+        a.lease_id = s->lease_id;
+        reject(w, &a, handing_back ? 0 : s->rc, handing_back ? "handed back" : s->reason);
+        wlog("%s job %" PRIu64 " attempt %u: %s", handing_back ? "handed back" : "failed",
+             s->job.job_id, s->job.attempt, s->reason);
+    }
+    free(s->out);
+    s->out = NULL;
+}
+
+static void on_message(worker_t *w, wire_msg_t *msg) {
+    Rlhf__Envelope *env = NULL;
+    wire_bad_t bad = wire_decode(msg, &env);
+    if (bad != WIRE_OK) {
+        wlog("dropped a bad message from the master (%s)", wire_bad_name(bad));
+        return;
+    }
+    w->last_heard_ms = wire_now_ms();
+    w->backoff_ms = 100;
+    switch (env->body_case) {
+    case RLHF__ENVELOPE__BODY_WELCOME:
+        snprintf(w->master_id, sizeof w->master_id, "%s", env->welcome->master_id);
+        if (env->welcome->heartbeat_ms) w->hb_ms = (int)env->welcome->heartbeat_ms;
+        if (env->welcome->liveness) w->liveness = (int)env->welcome->liveness;
+        if (!w->registered) wlog("registered with master %s", w->master_id);
+        w->registered = 1;
+        break;
+    case RLHF__ENVELOPE__BODY_HEARTBEAT:
+        if (env->heartbeat->master_id && strcmp(env->heartbeat->master_id, w->master_id)) {
+            wlog("master changed (%s): registering again", env->heartbeat->master_id);
+            w->registered = 0;
+            send_hello(w);
+        }
+        break;
+    case RLHF__ENVELOPE__BODY_ERROR:
+        if (env->error->code == RLHF__ERROR_CODE__ERROR_CODE_NOT_REGISTERED) {
+            /* at most one Hello per 100 ms: a burst of refusals needs only one answer */
+            if (wire_now_ms() - w->last_hello_ms > 100) {
+                wlog("master does not know us: registering again");
+                w->registered = 0;
+                send_hello(w);
+            }
+        } else {
+            wlog("error from master: %d %s", env->error->code, env->error->message);
+        }
+        break;
+    case RLHF__ENVELOPE__BODY_JOB_ASSIGN:
+        on_assign(w, env->job_assign);
+        break;
+    case RLHF__ENVELOPE__BODY_SHUTDOWN:
+        wlog("shutdown requested: %s", env->shutdown->reason);
+        stop_signal = SIGTERM;
+        break;
+    case RLHF__ENVELOPE__BODY_PING: {
+        Rlhf__Envelope out = RLHF__ENVELOPE__INIT;
+        Rlhf__Pong pong = RLHF__PONG__INIT;
+        pong.nonce = env->ping->nonce;
+        pong.sent_ns = env->ping->sent_ns;
+        out.body_case = RLHF__ENVELOPE__BODY_PONG;
+        out.pong = &pong;
+        wsend(w, &out);
+        break;
+    }
+    default:
+        wlog("unexpected message %d from the master", env->body_case);
+        break;
+    }
+    rlhf__envelope__free_unpacked(env, NULL);
+}
+
+static int parse_role(const char *s) {
+    if (!strcmp(s, "rollout")) return RLHF__ROLE__ROLE_ROLLOUT;
+    if (!strcmp(s, "reward")) return RLHF__ROLE__ROLE_REWARD;
+    if (!strcmp(s, "learner")) return RLHF__ROLE__ROLE_LEARNER;
+    return -1;
+}
+
+static const char usage_text[] =
+    "usage: rlhf-worker --role rollout|reward|learner --master tcp://HOST:PORT [--id NAME]\n"
+    "                   [--heartbeat-ms N] [--liveness N]\n\n"
+    "Connects to the master, registers, heartbeats and runs the jobs of its role. Heartbeat\n"
+    "settings apply until the master's Welcome gives its own. SIGTERM: hand back, goodbye, exit.\n";
+
+int main(int argc, char **argv) {
+    static worker_t W;
+    worker_t *w = &W;
+    w->role = -1;
+    w->hb_ms = 1000;
+    w->liveness = 3;
+    w->backoff_ms = 100;
+    static const struct option opts[] = {{"role", required_argument, 0, 'r'},
+                                         {"master", required_argument, 0, 'm'},
+                                         {"id", required_argument, 0, 'i'},
+                                         {"heartbeat-ms", required_argument, 0, 'H'},
+                                         {"liveness", required_argument, 0, 'L'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
+    int c;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'r':
+            if ((w->role = parse_role(optarg)) < 0) {
+                fprintf(stderr, "rlhf-worker: --role: '%s' is not rollout, reward or learner\n",
+                        optarg);
+                return 2;
+            }
+            break;
+        case 'm':
+            w->master = optarg;
+            break;
+        case 'i':
+            snprintf(w->id, sizeof w->id, "%s", optarg);
+            break;
+        case 'H':
+            w->hb_ms = atoi(optarg) > 0 ? atoi(optarg) : 1000;
+            break;
+        case 'L':
+            w->liveness = atoi(optarg) > 0 ? atoi(optarg) : 3;
+            break;
+        case 'h':
+            fputs(usage_text, stdout);
+            return 0;
+        default:
+            fputs(usage_text, stderr);
+            return 2;
+        }
+    }
+    if (w->role < 0 || !w->master || optind < argc) {
+        fputs(usage_text, stderr);
+        return 2;
+    }
+    if (!w->id[0]) {
+        char host[64] = "host";
+        gethostname(host, sizeof host - 1);
+        snprintf(w->id, sizeof w->id, "%.40s-%d", host, (int)getpid());
+    }
+    snprintf(log_id, sizeof log_id, "worker %.63s", w->id);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal; /* no SA_RESTART: zmq_poll returns EINTR at once */
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    w->efd = eventfd(0, EFD_CLOEXEC);
+    w->zctx = zmq_ctx_new();
+    if (w->efd < 0 || !w->zctx || sock_open(w) < 0) {
+        fprintf(stderr, "rlhf-worker: %s\n", rl_errmsg()[0] ? rl_errmsg() : strerror(errno));
+        return 1;
+    }
+    send_hello(w);
+    w->last_heard_ms = wire_now_ms();
+    while (!stop_signal) {
+        double now = wire_now_ms();
+        double next_hb = w->last_hb_ms + w->hb_ms;
+        int timeout = (int)(next_hb - now);
+        if (timeout < 0) timeout = 0;
+        zmq_pollitem_t items[2] = {{w->sock, 0, ZMQ_POLLIN, 0}, {NULL, w->efd, ZMQ_POLLIN, 0}};
+        int rc = zmq_poll(items, 2, timeout);
+        if (rc < 0 && errno != EINTR) {
+            wlog("zmq_poll: %s", zmq_strerror(errno));
+            break;
+        }
+        if (rc > 0 && (items[1].revents & ZMQ_POLLIN)) on_job_done(w, 0);
+        if (rc > 0 && (items[0].revents & ZMQ_POLLIN)) {
+            wire_msg_t msg;
+            /* drain everything that is queued */
+            while (!stop_signal && wire_recv(w->sock, 0, &msg, ZMQ_DONTWAIT) > 0) {
+                on_message(w, &msg);
+                wire_msg_free(&msg);
+            }
+        }
+        now = wire_now_ms();
+        if (now - w->last_heard_ms > (double)w->hb_ms * w->liveness &&
+            now >= w->next_reconnect_ms) {
+            /* the master is gone: a fresh connection and Hello again; while nothing answers,
+             * retry with exponential backoff */
+            wlog("master silent for %.0f ms: reconnecting (next try in %d ms)",
+                 now - w->last_heard_ms, w->backoff_ms);
+            sock_close(w, 0);
+            if (sock_open(w) < 0) {
+                wlog("%s", rl_errmsg());
+                break;
+            }
+            w->registered = 0;
+            send_hello(w);
+            w->next_reconnect_ms = now + w->backoff_ms;
+            w->backoff_ms = w->backoff_ms * 2 > 2000 ? 2000 : w->backoff_ms * 2;
+        }
+        if (now >= w->last_hb_ms + w->hb_ms) send_heartbeat(w);
+    }
+    wlog("stopping (signal %d)", (int)stop_signal);
+    if (w->slot.busy) { /* cancel and wait: the thread polls the flag between tokens */
+        atomic_store(&w->cancel, 1);
+        zmq_pollitem_t it = {NULL, w->efd, ZMQ_POLLIN, 0};
+        while (zmq_poll(&it, 1, -1) < 0 && errno == EINTR) {
+        }
+        on_job_done(w, 1);
+    }
+    Rlhf__Envelope env = RLHF__ENVELOPE__INIT;
+    Rlhf__Goodbye gb = RLHF__GOODBYE__INIT;
+    gb.reason = "shutting down";
+    env.body_case = RLHF__ENVELOPE__BODY_GOODBYE;
+    env.goodbye = &gb;
+    wsend(w, &env);
+    sock_close(w, 1000);
+    zmq_ctx_term(w->zctx);
+    close(w->efd);
+    free(w->slot.payload);
+    worker_generate_cleanup();
+    wlog("exit");
+    return 0;
+}
