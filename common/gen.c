@@ -151,8 +151,15 @@ static int forward_rows(gen_state_t *g, int R, int G) {
             int s = g->row_seq[r0], ctx = g->row_pos[r0 + n - 1] + 1;
             float *sc = g->scores + g->grp_scores[k] + (size_t)h * n * ctx;
             const float *K = cache_at(g, g->kc, l, s, h), *Vc = cache_at(g, g->vc, l, s, h);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, ctx, hs, scale,
-                        g->qkv + (size_t)r0 * 3 * C + h * hs, 3 * C, K, hs, 0.0f, sc, ctx);
+            const float *q = g->qkv + (size_t)r0 * 3 * C + h * hs;
+            float *o = g->atty + (size_t)r0 * C + h * hs;
+            /* a decode step has one row per sequence: matrix-vector products, which OpenBLAS
+             * runs without the packing that sgemm does for every call */
+            if (n == 1)
+                cblas_sgemv(CblasRowMajor, CblasNoTrans, ctx, hs, scale, K, hs, q, 1, 0.0f, sc, 1);
+            else
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, ctx, hs, scale, q, 3 * C, K,
+                            hs, 0.0f, sc, ctx);
             for (int i = 0; i < n; i++) {
                 float *row = sc + (size_t)i * ctx, mx = -INFINITY, sum = 0.0f;
                 int upto = g->row_pos[r0 + i]; /* causal: attends to positions 0..upto */
@@ -162,8 +169,11 @@ static int forward_rows(gen_state_t *g, int R, int G) {
                 for (int u = 0; u <= upto; u++) row[u] *= inv;
                 for (int u = upto + 1; u < ctx; u++) row[u] = 0.0f;
             }
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, hs, ctx, 1.0f, sc, ctx, Vc,
-                        hs, 0.0f, g->atty + (size_t)r0 * C + h * hs, C);
+            if (n == 1)
+                cblas_sgemv(CblasRowMajor, CblasTrans, ctx, hs, 1.0f, Vc, hs, sc, 1, 0.0f, o, 1);
+            else
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, hs, ctx, 1.0f, sc, ctx,
+                            Vc, hs, 0.0f, o, C);
         }
         ops_matmul_forward(g->tmp, g->atty, p->attprojw + (size_t)l * C * C,
                            p->attprojb + (size_t)l * C, R, C, C);

@@ -1112,13 +1112,21 @@ static int merge_word(trainer_t *tr, int w, int a, int b, int m, int stamp) {
     int *s = tr->sym + tr->woff[w];
     uint32_t n = tr->wlen[w], j = 0;
     int64_t f = tr->freq[w];
-    int found = 0, rc;
-    for (uint32_t i = 0; i + 1 < n && !found; i++) found = s[i] == a && s[i + 1] == b;
-    if (!found) return 0; /* listed earlier, but an older merge already took the pair apart */
-    for (uint32_t i = 0; i + 1 < n; i++)
-        if ((rc = pair_add(tr, s[i], s[i + 1], -f, w, m, stamp)) < 0) return rc;
+    int rc;
+    /*
+     * The word is s[0..j) (done) + s[i..n) (to do). Each merge site changes only the pairs
+     * around it, so only those counts move: cost per site, not per word length. A word listed
+     * for (a, b) that an older merge already took apart has no site and stays as it is.
+     */
     for (uint32_t i = 0; i < n;) {
         if (i + 1 < n && s[i] == a && s[i + 1] == b) {
+            if (j > 0 && ((rc = pair_add(tr, s[j - 1], a, -f, w, m, stamp)) < 0 ||
+                          (rc = pair_add(tr, s[j - 1], m, f, w, m, stamp)) < 0))
+                return rc;
+            if (i + 2 < n && ((rc = pair_add(tr, b, s[i + 2], -f, w, m, stamp)) < 0 ||
+                              (rc = pair_add(tr, m, s[i + 2], f, w, m, stamp)) < 0))
+                return rc;
+            if ((rc = pair_add(tr, a, b, -f, w, m, stamp)) < 0) return rc;
             s[j++] = m;
             i += 2;
         } else {
@@ -1126,8 +1134,6 @@ static int merge_word(trainer_t *tr, int w, int a, int b, int m, int stamp) {
         }
     }
     tr->wlen[w] = j;
-    for (uint32_t i = 0; i + 1 < j; i++)
-        if ((rc = pair_add(tr, s[i], s[i + 1], f, w, m, stamp)) < 0) return rc;
     return 0;
 }
 

@@ -52,7 +52,7 @@ build)
     ;;
 demo)
     build build
-    exec deploy/demo.sh build/rlhf
+    exec deploy/demo.sh build
     ;;
 test)
     build build

@@ -138,8 +138,12 @@ printf 'ok \xff\xfe bad \xc3( half \xe2\x82 end\x00nul' >"$WORK/bin.txt"
 if cmp -s "$WORK/bin.txt" "$WORK/bin.back"; then ok "invalid UTF-8 round trip"; else bad "invalid UTF-8 round trip"; fi
 
 # a bad id is named
-echo "15496 99999 995" | "$RLHF" detokenize --model "$MODEL" >/dev/null 2>"$WORK/err"
-if [ $? -ne 0 ] && grep -q 99999 "$WORK/err"; then ok "bad id named: $(cat "$WORK/err")"; else bad "bad id named"; fi
+if ! echo "15496 99999 995" | "$RLHF" detokenize --model "$MODEL" >/dev/null 2>"$WORK/err" &&
+    grep -q 99999 "$WORK/err"; then
+    ok "bad id named: $(cat "$WORK/err")"
+else
+    bad "bad id named"
+fi
 
 # ---- throughput on ~5 MB ----------------------------------------------------------------------
 # half the corpus repeated, half made-up words from syllables (so most pieces are new to the
