@@ -110,6 +110,14 @@ static void free_buf(void *data, void *hint) {
     free(data);
 }
 
+/* RL_EIO with the detail recorded and errno left as zmq set it: callers tell EAGAIN (full
+ * pipe) from EHOSTUNREACH (peer gone) by errno, which formatting the detail could clobber. */
+static int send_fail(int e) {
+    int rc = rl_fail(RL_EIO, "zmq_send: %s", zmq_strerror(e));
+    errno = e;
+    return rc;
+}
+
 int wire_send(void *sock, const void *rid, size_t rid_len, Rlhf__Envelope *env,
               const void *const *data, const size_t *len, int n, int flags) {
     env->protocol_version = RLHF__PROTOCOL_VERSION__PROTOCOL_VERSION_CURRENT;
@@ -121,23 +129,18 @@ int wire_send(void *sock, const void *rid, size_t rid_len, Rlhf__Envelope *env,
     if (rid_len && zmq_send(sock, rid, rid_len, flags | ZMQ_SNDMORE) < 0) {
         int e = errno;
         free(buf);
-        errno = e;
-        return rl_fail(RL_EIO, "zmq_send: %s", zmq_strerror(e));
+        return send_fail(e);
     }
     /* the routing id frame is queued: the rest of the message goes out whatever happens */
     zmq_msg_init_data(&msg, buf, sz, free_buf, NULL);
     if (zmq_msg_send(&msg, sock, (rid_len ? 0 : flags) | (n > 0 ? ZMQ_SNDMORE : 0)) < 0) {
         int e = errno;
         zmq_msg_close(&msg);
-        errno = e;
-        return rl_fail(RL_EIO, "zmq_send: %s", zmq_strerror(e));
+        return send_fail(e);
     }
     for (int i = 0; i < n; i++)
-        if (zmq_send(sock, data[i], len[i], i + 1 < n ? ZMQ_SNDMORE : 0) < 0) {
-            int e = errno;
-            errno = e;
-            return rl_fail(RL_EIO, "zmq_send: %s", zmq_strerror(e));
-        }
+        if (zmq_send(sock, data[i], len[i], i + 1 < n ? ZMQ_SNDMORE : 0) < 0)
+            return send_fail(errno);
     return 0;
 }
 

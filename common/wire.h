@@ -14,8 +14,11 @@
  *
  * Use:
  *   Rlhf__Envelope env = RLHF__ENVELOPE__INIT; ...set a body...
- *   wire_send(sock, rid, rid_len, &env, NULL, 0, ZMQ_DONTWAIT);
- *   wire_msg_t m; wire_recv(sock, 1, &m, ZMQ_DONTWAIT); wire_decode(&m, &env_out, &bad); ...
+ *   wire_send(sock, rid, rid_len, &env, NULL, NULL, 0, ZMQ_DONTWAIT);
+ *   wire_msg_t m; Rlhf__Envelope *in;
+ *   if (wire_recv(sock, 1, &m, ZMQ_DONTWAIT) > 0 && wire_decode(&m, &in) == WIRE_OK) {
+ *       ...; rlhf__envelope__free_unpacked(in, NULL);
+ *   }
  *   wire_msg_free(&m);
  */
 #ifndef RLHF_WIRE_H

@@ -5,7 +5,11 @@
 #ifndef RLHF_CLI_H
 #define RLHF_CLI_H
 
+#include <stddef.h>
+
 #include <jansson.h>
+
+#include "gpt.h"
 
 typedef struct {
     const char *name;
@@ -30,6 +34,22 @@ int cli_print_json(json_t *obj);
 /* Monotonic wall-clock milliseconds. */
 double cli_now_ms(void);
 
+/* qsort comparator for doubles, and the median of v[0..n) (sorts v in place). */
+int cli_cmp_double(const void *a, const void *b);
+double cli_median(double *v, int n);
+
+/* getopt_long entries of the model-shape options shared by init-model and the benchmarks. */
+#define CLI_SHAPE_OPTIONS                                                                          \
+    {"layers", 1, 0, 'l'}, {"heads", 1, 0, 'H'}, {"dim", 1, 0, 'c'}, {"vocab", 1, 0, 'v'}, {       \
+        "ctx", 1, 0, 'n'                                                                           \
+    }
+
+/*
+ * Parses option `c` into cfg if it is one of CLI_SHAPE_OPTIONS: returns 1 when it was (and
+ * parsed), 0 when `c` is another option, -1 (message printed) for a bad value.
+ */
+int cli_shape_opt(const char *cmd, int c, const char *arg, gpt_config_t *cfg);
+
 /* Unknown option / missing argument: prints usage hint and returns 2. */
 int cli_usage_error(const char *cmd);
 
@@ -45,5 +65,16 @@ int cmd_tokenizer_train(int argc, char **argv);
 int cmd_up(int argc, char **argv);
 int cmd_status(int argc, char **argv);
 int cmd_down(int argc, char **argv);
+int cmd_bench_wire(int argc, char **argv);
+
+/* Local-mode helpers (cmd_local.c), shared with `rlhf bench wire`. */
+
+/* out = the path of the program `name` in the directory of the running `rlhf` binary. */
+void local_bin_path(char *out, size_t n, const char *name);
+
+/* GET http://127.0.0.1:port/path (HTTP/1.0, 5 s socket timeouts). Returns 0 with *body the
+ * response body (malloc'ed, NUL-terminated, the caller frees it), or RL_EIO / RL_EPROTO (not a
+ * 200 answer) / RL_ENOMEM with the detail in rl_errmsg() and *body NULL. */
+int local_http_get(int port, const char *path, char **body);
 
 #endif

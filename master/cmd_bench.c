@@ -28,16 +28,6 @@ static const char bench_help[] =
     "model_gflops (matmul FLOPs of the step / median time), sgemm_gflops, and their ratio.\n"
     "Defaults: K=5, N=2 threads, ctx = max(T, 1024).\n";
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *v, int n) {
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 /* The reference GEMM: C(M,N) = A(M,K) @ B(N,K)^T, the LM head's shape and layout. */
 typedef struct {
     int M, N, K;
@@ -71,27 +61,17 @@ static void ref_gemm_free(ref_gemm_t *g) {
 
 static int bench_train(int argc, char **argv) {
     static const struct option opts[] = {
-        {"layers", 1, 0, 'l'}, {"heads", 1, 0, 'H'}, {"dim", 1, 0, 'c'},   {"vocab", 1, 0, 'v'},
-        {"batch", 1, 0, 'B'},  {"seq", 1, 0, 'T'},   {"steps", 1, 0, 'k'}, {"threads", 1, 0, 'j'},
-        {"ctx", 1, 0, 'n'},    {"help", 0, 0, 'h'},  {0, 0, 0, 0}};
+        CLI_SHAPE_OPTIONS,      {"batch", 1, 0, 'B'}, {"seq", 1, 0, 'T'}, {"steps", 1, 0, 'k'},
+        {"threads", 1, 0, 'j'}, {"help", 0, 0, 'h'},  {0, 0, 0, 0}};
     const char *cmd = "bench train";
     gpt_config_t cfg = {0, 0, 0, 0, 0, 1e-5f, 0};
     int B = 0, T = 0, steps = 5, threads = 2, c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        int shape = cli_shape_opt(cmd, c, optarg, &cfg);
+        if (shape < 0) return 2;
+        if (shape > 0) continue;
         int bad = 0;
         switch (c) {
-        case 'l':
-            bad = cli_int(cmd, "layers", optarg, 1, 1000, &cfg.n_layer);
-            break;
-        case 'H':
-            bad = cli_int(cmd, "heads", optarg, 1, 1000, &cfg.n_head);
-            break;
-        case 'c':
-            bad = cli_int(cmd, "dim", optarg, 1, 65536, &cfg.n_embd);
-            break;
-        case 'v':
-            bad = cli_int(cmd, "vocab", optarg, 1, 10000000, &cfg.vocab_size);
-            break;
         case 'B':
             bad = cli_int(cmd, "batch", optarg, 1, 4096, &B);
             break;
@@ -103,9 +83,6 @@ static int bench_train(int argc, char **argv) {
             break;
         case 'j':
             bad = cli_int(cmd, "threads", optarg, 1, 1024, &threads);
-            break;
-        case 'n':
-            bad = cli_int(cmd, "ctx", optarg, 1, 1000000, &cfg.n_positions);
             break;
         case 'h':
             fputs(bench_help, stdout);
@@ -153,9 +130,9 @@ static int bench_train(int argc, char **argv) {
         for (int r = 0; r < GEMM_REPS; r++) gm[s * GEMM_REPS + r] = ref_gemm_ms(&ref);
     }
     if (rc == 0) {
-        double step_ms = median(ms, steps), flops = gpt_train_flops(&cfg, B, T);
+        double step_ms = cli_median(ms, steps), flops = gpt_train_flops(&cfg, B, T);
         double model = flops / (step_ms / 1e3) / 1e9;
-        double blas = 2.0 * ref.M * ref.N * ref.K / (median(gm, steps * GEMM_REPS) / 1e3) / 1e9;
+        double blas = 2.0 * ref.M * ref.N * ref.K / (cli_median(gm, steps * GEMM_REPS) / 1e3) / 1e9;
         json_t *shape =
             json_pack("{s:i,s:i,s:i}", "M", B * T, "N", cfg.vocab_size, "K", cfg.n_embd);
         print_rc = cli_print_json(json_pack(
@@ -163,9 +140,9 @@ static int bench_train(int argc, char **argv) {
             "bench", "train", "layers", cfg.n_layer, "heads", cfg.n_head, "dim", cfg.n_embd,
             "vocab", cfg.vocab_size, "batch", B, "seq", T, "params", (json_int_t)m->num_params,
             "threads", threads, "steps", steps, "ms_per_step", step_ms, "ms_forward",
-            median(fw, steps), "ms_backward", median(bw, steps), "ms_optimizer", median(op, steps),
-            "tokens_per_s", B * T / (step_ms / 1e3), "gflop_per_step", flops / 1e9, "model_gflops",
-            model, "sgemm_gflops", blas, "sgemm_shape", shape, "ratio",
+            cli_median(fw, steps), "ms_backward", cli_median(bw, steps), "ms_optimizer",
+            cli_median(op, steps), "tokens_per_s", B * T / (step_ms / 1e3), "gflop_per_step",
+            flops / 1e9, "model_gflops", model, "sgemm_gflops", blas, "sgemm_shape", shape, "ratio",
             blas > 0 ? model / blas : 0.0));
     }
     train_free(&tr);
@@ -178,10 +155,11 @@ static int bench_train(int argc, char **argv) {
 int cmd_bench(int argc, char **argv) {
     if (argc >= 2 && !strcmp(argv[1], "train")) return bench_train(argc - 1, argv + 1);
     if (argc >= 2 && !strcmp(argv[1], "generate")) return cmd_bench_generate(argc - 1, argv + 1);
+    if (argc >= 2 && !strcmp(argv[1], "wire")) return cmd_bench_wire(argc - 1, argv + 1);
     if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
         fputs(bench_help, stdout);
         return 0;
     }
-    fprintf(stderr, "rlhf bench: expected a benchmark name: train, generate\n");
+    fprintf(stderr, "rlhf bench: expected a benchmark name: train, generate, wire\n");
     return 2;
 }

@@ -253,16 +253,6 @@ static double bw_pass(const bw_buf_t *b) {
     return b->n * sizeof(float) / (ms / 1e3) / 1e9;
 }
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median5(double *v) {
-    qsort(v, 5, sizeof *v, cmp_double);
-    return v[2];
-}
-
 /* One timed generation run: prefill and decode tokens/s. */
 static int time_run(gpt_t *m, int B, int P, int N, double *prefill_tps, double *decode_tps) {
     int V = m->cfg.vocab_size, rc;
@@ -300,30 +290,19 @@ done:
 }
 
 int cmd_bench_generate(int argc, char **argv) {
-    static const struct option opts[] = {{"layers", 1, 0, 'l'}, {"heads", 1, 0, 'H'},
-                                         {"dim", 1, 0, 'c'},    {"vocab", 1, 0, 'v'},
-                                         {"batch", 1, 0, 'B'},  {"prompt-len", 1, 0, 'P'},
-                                         {"new", 1, 0, 'N'},    {"threads", 1, 0, 'j'},
-                                         {"ctx", 1, 0, 'n'},    {"help", 0, 0, 'h'},
-                                         {0, 0, 0, 0}};
+    static const struct option opts[] = {
+        CLI_SHAPE_OPTIONS,  {"batch", 1, 0, 'B'},   {"prompt-len", 1, 0, 'P'},
+        {"new", 1, 0, 'N'}, {"threads", 1, 0, 'j'}, {"help", 0, 0, 'h'},
+        {0, 0, 0, 0}};
     const char *cmd = "bench generate";
     gpt_config_t cfg = {0, 0, 0, 0, 0, 1e-5f, 0};
     int B = 0, P = 0, N = 0, threads = 2, c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        int shape = cli_shape_opt(cmd, c, optarg, &cfg);
+        if (shape < 0) return 2;
+        if (shape > 0) continue;
         int bad = 0;
         switch (c) {
-        case 'l':
-            bad = cli_int(cmd, "layers", optarg, 1, 1000, &cfg.n_layer);
-            break;
-        case 'H':
-            bad = cli_int(cmd, "heads", optarg, 1, 1000, &cfg.n_head);
-            break;
-        case 'c':
-            bad = cli_int(cmd, "dim", optarg, 1, 65536, &cfg.n_embd);
-            break;
-        case 'v':
-            bad = cli_int(cmd, "vocab", optarg, 1, 10000000, &cfg.vocab_size);
-            break;
         case 'B':
             bad = cli_int(cmd, "batch", optarg, 1, 4096, &B);
             break;
@@ -335,9 +314,6 @@ int cmd_bench_generate(int argc, char **argv) {
             break;
         case 'j':
             bad = cli_int(cmd, "threads", optarg, 1, 1024, &threads);
-            break;
-        case 'n':
-            bad = cli_int(cmd, "ctx", optarg, 2, 1000000, &cfg.n_positions);
             break;
         case 'h':
             fputs(bench_gen_help, stdout);
@@ -373,7 +349,8 @@ int cmd_bench_generate(int argc, char **argv) {
     }
     free(bw.buf);
     double pre1 = 0, dec1 = 0, preB = 0, decB = 0, gbps = 0;
-    if (rc == 0) pre1 = median5(pre1s), dec1 = median5(dec1s), gbps = median5(bws);
+    if (rc == 0)
+        pre1 = cli_median(pre1s, 5), dec1 = cli_median(dec1s, 5), gbps = cli_median(bws, 5);
     double bound = gbps * 1e9 / weight_bytes;
     if (rc == 0 && B > 1) rc = time_run(m, B, P, N, &preB, &decB);
     if (B == 1) preB = pre1, decB = dec1;

@@ -11,6 +11,7 @@
  * RUN_DIR/local.json (pids) and prints {"run_dir","endpoint","http_port","pid"} once the master
  * serves. `status` prints the master's /status JSON. `down` sends the supervisor SIGTERM; it
  * stops the workers (they hand back their jobs and say goodbye), then the master, and exits.
+ * A master that exits with status 0 (its run finished) ends the supervisor the same way.
  * rlhf-master and rlhf-worker are taken from the directory of the running `rlhf` binary.
  */
 #include <errno.h>
@@ -24,6 +25,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -52,7 +54,7 @@ static void nap_ms(int ms) {
     nanosleep(&ts, NULL);
 }
 
-static void bin_path(char *out, size_t n, const char *name) {
+void local_bin_path(char *out, size_t n, const char *name) {
     char self[PATH_MAX];
     ssize_t len = readlink("/proc/self/exe", self, sizeof self - 1);
     self[len > 0 ? len : 0] = 0;
@@ -168,6 +170,13 @@ static void supervise(sup_t *s) {
         }
         if (sup_stop) break;
         /* a crashed child is restarted: the master on the same endpoint, a worker as before */
+        if (p == s->master && WIFEXITED(st) && WEXITSTATUS(st) == 0) {
+            /* a clean exit (exit_when_done, or stopped on purpose) ends the run; restarting it
+             * would only loop */
+            fprintf(stderr, "supervisor: master finished: stopping the workers\n");
+            s->master = 0;
+            break;
+        }
         if (p == s->master) {
             fprintf(stderr, "supervisor: master exited (status %d): restarting\n", st);
             nap_ms(200);
@@ -191,8 +200,10 @@ static void supervise(sup_t *s) {
         }
         if (waited >= 10000) kill(s->workers[i], SIGKILL), waitpid(s->workers[i], NULL, 0);
     }
-    kill(s->master, SIGTERM);
-    waitpid(s->master, NULL, 0);
+    if (s->master > 0) {
+        kill(s->master, SIGTERM);
+        waitpid(s->master, NULL, 0);
+    }
     _exit(0);
 }
 
@@ -244,8 +255,8 @@ int cmd_up(int argc, char **argv) {
         s->roles[s->n_workers++] = i < n_roll           ? "rollout"
                                    : i < n_roll + n_rew ? "reward"
                                                         : "learner";
-    bin_path(s->master_bin, sizeof s->master_bin, "rlhf-master");
-    bin_path(s->worker_bin, sizeof s->worker_bin, "rlhf-worker");
+    local_bin_path(s->master_bin, sizeof s->master_bin, "rlhf-master");
+    local_bin_path(s->worker_bin, sizeof s->worker_bin, "rlhf-worker");
     char lj[1100];
     snprintf(lj, sizeof lj, "%.1000s/local.json", s->run_dir);
     unlink(lj);
@@ -297,6 +308,49 @@ static const char *run_dir_opt(int argc, char **argv, const char *cmd, int *bad)
     return dir;
 }
 
+int local_http_get(int port, const char *path, char **body) {
+    *body = NULL;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return rl_fail(RL_EIO, "socket: %s", strerror(errno));
+    /* the master answers at once or not at all: never wait on it for long */
+    struct timeval tv = {5, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    char req[512];
+    int rn = snprintf(req, sizeof req, "GET %.400s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", path);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0 || write(fd, req, (size_t)rn) != rn) {
+        int rc = rl_fail(RL_EIO, "127.0.0.1:%d: %s", port, strerror(errno));
+        close(fd);
+        return rc;
+    }
+    size_t cap = 1 << 16, len = 0;
+    char *buf = malloc(cap);
+    ssize_t n = 0;
+    while (buf && (n = read(fd, buf + len, cap - len - 1)) > 0) {
+        len += (size_t)n;
+        if (len + 1 == cap) {
+            char *nb = realloc(buf, cap *= 2);
+            if (!nb) free(buf);
+            buf = nb;
+        }
+    }
+    close(fd);
+    if (!buf) return rl_fail(RL_ENOMEM, "http: out of memory");
+    buf[len] = 0;
+    char *sep = strstr(buf, "\r\n\r\n");
+    if (n < 0 || strncmp(buf, "HTTP/1.", 7) || !sep || atoi(buf + 9) != 200) {
+        free(buf);
+        return rl_fail(RL_EPROTO, "127.0.0.1:%d%s: %s", port, path,
+                       n < 0 ? strerror(errno) : "no 200 answer");
+    }
+    size_t body_len = len - (size_t)(sep + 4 - buf);
+    memmove(buf, sep + 4, body_len + 1);
+    *body = buf;
+    return 0;
+}
+
 int cmd_status(int argc, char **argv) {
     int bad;
     const char *dir = run_dir_opt(argc, argv, "status", &bad);
@@ -308,38 +362,13 @@ int cmd_status(int argc, char **argv) {
         fprintf(stderr, "rlhf status: no master with HTTP in %s\n", dir);
         return 1;
     }
-    /* a plain HTTP/1.0 GET on loopback; the body is the master's JSON */
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a) < 0) {
-        fprintf(stderr, "rlhf status: cannot reach the master on port %d: %s\n", port,
-                strerror(errno));
-        if (fd >= 0) close(fd);
+    char *body = NULL;
+    if (local_http_get(port, "/status", &body) < 0) {
+        fprintf(stderr, "rlhf status: cannot reach the master on port %d: %s\n", port, rl_errmsg());
         return 1;
     }
-    const char req[] = "GET /status HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
-    if (write(fd, req, sizeof req - 1) != (ssize_t)(sizeof req - 1)) {
-        close(fd);
-        return 1;
-    }
-    size_t cap = 1 << 16, len = 0;
-    char *buf = malloc(cap);
-    ssize_t n;
-    while (buf && (n = read(fd, buf + len, cap - len - 1)) > 0) {
-        len += (size_t)n;
-        if (len + 1 == cap) {
-            char *nb = realloc(buf, cap *= 2);
-            if (!nb) break;
-            buf = nb;
-        }
-    }
-    close(fd);
-    if (!buf) return 1;
-    buf[len] = 0;
-    char *body = strstr(buf, "\r\n\r\n");
-    json_t *o = body ? json_loads(body + 4, 0, NULL) : NULL;
-    free(buf);
+    json_t *o = json_loads(body, 0, NULL);
+    free(body);
     if (!o) {
         fprintf(stderr, "rlhf status: bad answer from the master\n");
         return 1;

@@ -42,36 +42,22 @@ static int copy_tokenizer(const char *from, const char *out, int vocab) {
 }
 
 int cmd_init_model(int argc, char **argv) {
-    static const struct option opts[] = {{"out", 1, 0, 'o'},   {"layers", 1, 0, 'l'},
-                                         {"heads", 1, 0, 'H'}, {"dim", 1, 0, 'c'},
-                                         {"vocab", 1, 0, 'v'}, {"ctx", 1, 0, 'n'},
-                                         {"seed", 1, 0, 's'},  {"scalar-head", 0, 0, 'S'},
-                                         {"help", 0, 0, 'h'},  {"tokenizer", 1, 0, 'k'},
+    static const struct option opts[] = {{"out", 1, 0, 'o'},  CLI_SHAPE_OPTIONS,
+                                         {"seed", 1, 0, 's'}, {"scalar-head", 0, 0, 'S'},
+                                         {"help", 0, 0, 'h'}, {"tokenizer", 1, 0, 'k'},
                                          {0, 0, 0, 0}};
     const char *cmd = "init-model", *out = NULL, *tokdir = NULL;
     gpt_config_t cfg = {0, 0, 0, 0, 0, 1e-5f, 0};
     long seed = 0;
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        int shape = cli_shape_opt(cmd, c, optarg, &cfg);
+        if (shape < 0) return 2;
+        if (shape > 0) continue;
         int bad = 0;
         switch (c) {
         case 'o':
             out = optarg;
-            break;
-        case 'l':
-            bad = cli_int(cmd, "layers", optarg, 1, 1000, &cfg.n_layer);
-            break;
-        case 'H':
-            bad = cli_int(cmd, "heads", optarg, 1, 1000, &cfg.n_head);
-            break;
-        case 'c':
-            bad = cli_int(cmd, "dim", optarg, 1, 65536, &cfg.n_embd);
-            break;
-        case 'v':
-            bad = cli_int(cmd, "vocab", optarg, 1, 10000000, &cfg.vocab_size);
-            break;
-        case 'n':
-            bad = cli_int(cmd, "ctx", optarg, 1, 1000000, &cfg.n_positions);
             break;
         case 's':
             bad = cli_long(cmd, "seed", optarg, 0, 0x7fffffffffffffffL, &seed);

@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -285,9 +286,13 @@ static void on_hello(master_t *m, const wire_msg_t *msg, const Rlhf__Hello *h) {
         if (h->capabilities[i] > 0 && h->capabilities[i] < 32) caps |= 1u << h->capabilities[i];
     if (h->role == RLHF__ROLE__ROLE_TOOL) caps = 0; /* diagnostics peers never get jobs */
     const char *id = h->worker_id && h->worker_id[0] ? h->worker_id : "anonymous";
-    int w = sched_worker_add(&m->sched, msg->rid, msg->rid_len, id, h->role, caps, h->pid,
-                             wire_now_ms());
+    double now = wire_now_ms();
+    int w = sched_worker_add(&m->sched, msg->rid, msg->rid_len, id, h->role, caps, h->pid, now);
     if (w < 0) return;
+    /* still busy with a job (of an earlier master, or one whose lease we ended): no work for it
+     * until it reports that job finished, or every assignment would come back "busy" and burn
+     * an attempt of the job */
+    sched_worker_seen(&m->sched, w, now, h->job_id, h->job_attempt);
     m->n_registrations++;
     if (h->role != RLHF__ROLE__ROLE_TOOL)
         mlog("worker %s registered (role %d, pid %d, version %s)", id, h->role, h->pid,
@@ -345,6 +350,8 @@ static void on_result(master_t *m, const wire_msg_t *msg, int w, const Rlhf__Job
         if (w < 0)
             send_error(m, msg->rid, msg->rid_len, RLHF__ERROR_CODE__ERROR_CODE_NOT_REGISTERED,
                        "register first");
+        else
+            dispatch_all(m); /* the worker is free now, whatever became of its old job */
         return;
     }
     sched_job_t *jb = &m->sched.jobs[j];
@@ -610,11 +617,15 @@ int main(int argc, char **argv) {
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     /* the config file first, whatever its position, so that every other option overrides it */
-    for (int i = 1; i + 1 < argc; i++)
-        if (!strcmp(argv[i], "--config") && cfg_load_yaml(&m->cfg, argv[i + 1]) < 0) {
+    for (int i = 1; i < argc; i++) {
+        const char *file = !strcmp(argv[i], "--config") && i + 1 < argc ? argv[++i]
+                           : !strncmp(argv[i], "--config=", 9)          ? argv[i] + 9
+                                                                        : NULL;
+        if (file && cfg_load_yaml(&m->cfg, file) < 0) {
             fprintf(stderr, "rlhf-master: %s\n", rl_errmsg());
             return 2;
         }
+    }
     int c, rc = 0;
     char kv[1400];
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -684,6 +695,13 @@ int main(int argc, char **argv) {
     m->start_unix = (double)time(NULL);
     m->loop = uv_default_loop();
     signal(SIGPIPE, SIG_IGN);
+    /* every worker is a TCP connection (and libzmq adds fds of its own): a soft limit of 1024
+     * would cap the master below the 1,000 workers it is sized for */
+    struct rlimit nofile;
+    if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
+        nofile.rlim_cur = nofile.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &nofile);
+    }
     uv_timer_init(m->loop, &m->cron);
     m->cron.data = m;
     uv_signal_init(m->loop, &m->sigterm);

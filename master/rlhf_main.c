@@ -6,7 +6,7 @@
  *   rlhf train-lm     train a model on a token file (AdamW, schedules, clipping)
  *   rlhf tokenize / detokenize / tokenizer-train   GPT-2 byte-level BPE
  *   rlhf sample       KV-cached sampling from a model directory
- *   rlhf bench train|generate   training-step and generation benchmarks
+ *   rlhf bench train|generate|wire   training-step, generation and runtime benchmarks
  */
 #include <errno.h>
 #include <math.h>
@@ -29,7 +29,7 @@ static const cli_cmd_t commands[] = {
     {"up", cmd_up, "start a master and workers on loopback (local mode)"},
     {"status", cmd_status, "print the local master's /status JSON"},
     {"down", cmd_down, "stop the local master and workers"},
-    {"bench", cmd_bench, "benchmarks: `rlhf bench train|generate --help`"},
+    {"bench", cmd_bench, "benchmarks: `rlhf bench train|generate|wire --help`"},
 };
 #define N_COMMANDS (int)(sizeof commands / sizeof commands[0])
 
@@ -95,6 +95,40 @@ double cli_now_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+int cli_cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+double cli_median(double *v, int n) {
+    qsort(v, (size_t)n, sizeof *v, cli_cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+int cli_shape_opt(const char *cmd, int c, const char *arg, gpt_config_t *cfg) {
+    int bad;
+    switch (c) {
+    case 'l':
+        bad = cli_int(cmd, "layers", arg, 1, 1000, &cfg->n_layer);
+        break;
+    case 'H':
+        bad = cli_int(cmd, "heads", arg, 1, 1000, &cfg->n_head);
+        break;
+    case 'c':
+        bad = cli_int(cmd, "dim", arg, 1, 65536, &cfg->n_embd);
+        break;
+    case 'v':
+        bad = cli_int(cmd, "vocab", arg, 1, 10000000, &cfg->vocab_size);
+        break;
+    case 'n':
+        bad = cli_int(cmd, "ctx", arg, 1, 1000000, &cfg->n_positions);
+        break;
+    default:
+        return 0;
+    }
+    return bad ? -1 : 1;
 }
 
 int cli_usage_error(const char *cmd) {

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # test_runtime.sh - rlhf-master and rlhf-worker as real processes on loopback: jobs spread over
-# several workers with every result recorded once; a 10,000-message burst fully drained; every
+# several workers with every result recorded once; a 10,000-message burst fully drained (also
+# one that queued up while the master was stopped); every
 # class of bad input counted in /metrics while the master keeps serving; /healthz, /status, and
 # /metrics valid for promtool. Usage: test_runtime.sh BIN_DIR
 BIN=${1:?usage: test_runtime.sh BIN_DIR}
@@ -42,6 +43,17 @@ out=$("$BIN/rlhf-wiretool" burst --master "$EP" --n 10000 --timeout-s 20)
 echo "  burst: $out"
 check "burst of 10000 fully answered" test "$(jq .received <<<"$out")" -eq 10000
 check "master counted the burst" metric_ge rlhf_wire_messages_received_total $((before + 10001))
+
+# --- the same burst queued up while the master's loop is blocked (SIGSTOP): on SIGCONT it
+# arrives as one edge of ZMQ_FD, and every message must still be drained
+"$BIN/rlhf-wiretool" burst --master "$EP" --n 10000 --timeout-s 20 >"$W/burst2.json" &
+BP=$!
+kill -STOP "$MPID"
+sleep 0.25 # long enough to queue the burst, shorter than the workers' 300 ms liveness
+kill -CONT "$MPID"
+wait "$BP"
+echo "  burst while stopped: $(cat "$W/burst2.json")"
+check "burst queued while stopped fully answered" test "$(jq .received "$W/burst2.json")" -eq 10000
 
 # --- bad input: each class counted, the master answers the same peer right after
 for what in garbage truncated version unknown oversized frames unexpected; do

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # test_runtime_fault.sh - faults with real processes on loopback: a worker SIGKILLed mid-job,
 # a worker frozen (SIGSTOP) past its liveness and resumed, a worker stopped with SIGTERM, the
-# master killed and restarted on the same port. Every job ends with exactly one result.
+# the master killed and restarted on the same port (also while a worker is mid-job). Every job
+# ends with exactly one result.
 # Usage: test_runtime_fault.sh BIN_DIR
 BIN=${1:?usage: test_runtime_fault.sh BIN_DIR}
 source "$(dirname "$0")/runtime_lib.sh"
@@ -81,5 +82,23 @@ check "both workers registered with the new master" \
 wait "$MPID"
 check "restarted master finished the run" test $? -eq 0
 check "8 jobs, each recorded exactly once" test "$(results "$W/r4")" -eq 8 -a "$(uniq_results "$W/r4")" -eq 8
+check "all 8 done, none failed" test "$(jq -r .status "$W/r4/results.jsonl" | grep -c '^done$')" -eq 8
 check "workers were never restarted" kill -0 "$RA" "$RB"
+kill -KILL "$RA" "$RB" 2>/dev/null
+
+# --- master restarted while a worker is mid-job: the worker says so in its Hello, so the new
+# master gives it nothing until that job ends (a "busy" refusal would burn the job's attempts)
+printf '{"id":%d,"kind":"generate","model":"%s","prompt":[1,2],"max_new_tokens":3,"delay_ms":1500}\n' 1 "$W/model" 2 "$W/model" >"$W/jobs5.jsonl"
+start_master m6 "$W/r5" --jobs "$W/jobs5.jsonl"
+EP5=$EP
+start_worker ba --role rollout; BA=$WPID
+check "job 1 started (busy test)" wait_for 10 grep -q "start job 1 attempt 1\$" "$W/ba.log"
+kill -KILL "$MPID"
+wait "$MPID" 2>/dev/null
+start_master m7 "$W/r5" --jobs "$W/jobs5.jsonl" --bind "$EP5" --set master.max_attempts=2 --exit-when-done
+wait "$MPID"
+check "restarted master finished (busy test)" test $? -eq 0
+check "both jobs done, none failed" test "$(jq -r .status "$W/r5/results.jsonl" | grep -c '^done$')" -eq 2
+check "no assignment refused as busy" bash -c "! grep -q busy '$W/m7.log'"
+check "the worker was never restarted (busy test)" kill -0 "$BA"
 finish

@@ -1,16 +1,18 @@
 /*
  * wiretool.c - rlhf-wiretool, a test and benchmark helper that talks to rlhf-master raw.
  *
- *   rlhf-wiretool send  --master EP --what
- * garbage|truncated|version|unknown|oversized|frames|unexpected rlhf-wiretool burst --master EP --n
- * N [--timeout-s S] rlhf-wiretool swarm --master EP --n N --seconds S [--heartbeat-ms MS]
+ *   rlhf-wiretool send  --master EP --what KIND
+ *       KIND: garbage|truncated|version|unknown|oversized|frames|unexpected
+ *   rlhf-wiretool burst --master EP --n N [--timeout-s S]
+ *   rlhf-wiretool swarm --master EP --n N --seconds S [--heartbeat-ms MS]
  *
  * send:  one bad message of the given kind, then a Ping that must be answered (so the master
  *        provably still serves this peer); exit 0 when the Pong arrives.
  * burst: N Pings as fast as the socket takes them, while counting the Pongs; prints
  *        {"sent","received","ms"} and exits 0 when every Ping was answered before the timeout.
  * swarm: N DEALER sockets in this one process, each registered (role tool) and heartbeating at
- *        the given interval for S seconds; prints {"sockets","heartbeats_sent","received"}.
+ *        the given interval for S seconds, their phases spread evenly over the interval (as
+ *        independent workers would be); prints {"sockets","heartbeats_sent","received"}.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -173,15 +175,16 @@ static int cmd_swarm(void *ctx, const char *ep, long n, double seconds, int hb_m
     Rlhf__Heartbeat hb = RLHF__HEARTBEAT__INIT;
     env.body_case = RLHF__ENVELOPE__BODY_HEARTBEAT;
     env.heartbeat = &hb;
-    double t0 = wire_now_ms(), next = t0;
+    double t0 = wire_now_ms(), *next = calloc((size_t)n, sizeof *next);
+    for (long i = 0; i < n; i++) next[i] = t0 + (double)hb_ms * (double)i / (double)n;
     long sent = 0, got = 0;
     while (wire_now_ms() < t0 + seconds * 1e3) {
-        if (wire_now_ms() >= next) {
-            /* spread the n heartbeats over the interval rather than in one spike */
-            for (long i = 0; i < n; i++)
+        double now = wire_now_ms();
+        for (long i = 0; i < n; i++)
+            if (now >= next[i]) {
                 sent += wire_send(socks[i], NULL, 0, &env, NULL, NULL, 0, ZMQ_DONTWAIT) == 0;
-            next += hb_ms;
-        }
+                next[i] += hb_ms;
+            }
         int rc = zmq_poll(items, (int)n, 20);
         for (long i = 0; rc > 0 && i < n; i++)
             if (items[i].revents & ZMQ_POLLIN) {
@@ -200,6 +203,7 @@ static int cmd_swarm(void *ctx, const char *ep, long n, double seconds, int hb_m
     }
     free(socks);
     free(items);
+    free(next);
     return 0;
 }
 

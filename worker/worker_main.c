@@ -113,6 +113,10 @@ static void send_hello(worker_t *w) {
     h.n_capabilities = (size_t)n;
     h.max_jobs = 1;
     h.pid = (int32_t)getpid();
+    if (w->slot.busy) { /* still running a job: the master must not hand us another */
+        h.job_id = w->slot.job.job_id;
+        h.job_attempt = w->slot.job.attempt;
+    }
     env.body_case = RLHF__ENVELOPE__BODY_HELLO;
     env.hello = &h;
     wsend(w, &env);
@@ -198,7 +202,7 @@ static void on_assign(worker_t *w, const Rlhf__JobAssign *a) {
         reject(w, a, RL_ENOMEM, "out of memory");
         return;
     }
-    memcpy(s->payload, a->payload.data, a->payload.len);
+    if (a->payload.len) memcpy(s->payload, a->payload.data, a->payload.len); /* NULL when empty */
     s->payload_len = a->payload.len;
     s->job.job_id = a->job_id;
     s->job.attempt = a->attempt;
