@@ -46,14 +46,13 @@ typedef struct {
     int *grp_start,
         *grp_n; /* rows of group g: grp_start[g] .. + grp_n[g]; group g is seq grp_seq[g] */
     int *grp_seq;
-    size_t *grp_scores; /* offset of group g's scores in `scores` */
 } gen_state_t;
 
 static void state_free(gen_state_t *g) {
     free(g->kc), free(g->vc), free(g->x), free(g->ln), free(g->qkv), free(g->atty), free(g->tmp);
     free(g->fch), free(g->fchg), free(g->mean), free(g->rstd), free(g->scores), free(g->last);
     free(g->logits), free(g->row_seq), free(g->row_pos), free(g->row_tok), free(g->grp_start);
-    free(g->grp_n), free(g->grp_seq), free(g->grp_scores);
+    free(g->grp_n), free(g->grp_seq);
 }
 
 static int state_init(gen_state_t *g, gpt_t *m, int S, int cap, int max_rows) {
@@ -81,10 +80,9 @@ static int state_init(gen_state_t *g, gpt_t *m, int S, int cap, int max_rows) {
     g->grp_start = malloc((size_t)S * sizeof(int));
     g->grp_n = malloc((size_t)S * sizeof(int));
     g->grp_seq = malloc((size_t)S * sizeof(int));
-    g->grp_scores = malloc((size_t)S * sizeof(size_t));
     if (!g->kc || !g->vc || !g->x || !g->ln || !g->qkv || !g->atty || !g->tmp || !g->fch ||
         !g->fchg || !g->mean || !g->rstd || !g->last || !g->logits || !g->row_seq || !g->row_pos ||
-        !g->row_tok || !g->grp_start || !g->grp_n || !g->grp_seq || !g->grp_scores) {
+        !g->row_tok || !g->grp_start || !g->grp_n || !g->grp_seq) {
         state_free(g);
         return rl_fail(RL_ENOMEM, "generate: cannot allocate state for %d sequences x %d positions",
                        S, cap);
@@ -110,13 +108,15 @@ static int forward_rows(gen_state_t *g, int R, int G) {
     int C = c->n_embd, L = c->n_layer, H = c->n_head, hs = C / H, V = c->vocab_size;
     float scale = 1.0f / sqrtf((float)hs), eps = c->layer_norm_epsilon;
 
-    /* attention scratch: group g needs H * n_g * ctx_g scores */
-    size_t need = 0;
+    /* attention scratch: one (n_g, ctx_g) score matrix per thread at a time */
+    size_t per = 0, total_scores = 0;
     for (int k = 0; k < G; k++) {
-        int last_pos = g->row_pos[g->grp_start[k] + g->grp_n[k] - 1];
-        g->grp_scores[k] = need;
-        need += (size_t)H * g->grp_n[k] * (size_t)(last_pos + 1);
+        size_t n_ctx =
+            (size_t)g->grp_n[k] * (size_t)(g->row_pos[g->grp_start[k] + g->grp_n[k] - 1] + 1);
+        if (n_ctx > per) per = n_ctx;
+        total_scores += n_ctx * H;
     }
+    size_t need = per * (size_t)omp_get_max_threads();
     if (need > g->scores_cap) {
         float *s = realloc(g->scores, need * sizeof(float));
         if (!s) return rl_fail(RL_ENOMEM, "generate: attention scratch");
@@ -144,12 +144,12 @@ static int forward_rows(gen_state_t *g, int R, int G) {
                        hs * sizeof(float));
             }
         /* attention per (group, head): scores = q K^T, causal softmax, out = scores V */
-        long work = (long)need * hs;
+        long work = (long)total_scores * hs;
 #pragma omp parallel for schedule(dynamic) if (work >= 32768)
         for (int gh = 0; gh < G * H; gh++) {
             int k = gh / H, h = gh % H, r0 = g->grp_start[k], n = g->grp_n[k];
             int s = g->row_seq[r0], ctx = g->row_pos[r0 + n - 1] + 1;
-            float *sc = g->scores + g->grp_scores[k] + (size_t)h * n * ctx;
+            float *sc = g->scores + per * (size_t)omp_get_thread_num();
             const float *K = cache_at(g, g->kc, l, s, h), *Vc = cache_at(g, g->vc, l, s, h);
             const float *q = g->qkv + (size_t)r0 * 3 * C + h * hs;
             float *o = g->atty + (size_t)r0 * C + h * hs;
@@ -222,14 +222,15 @@ int gen_generate(gpt_t *m, const int *const *prompts, const int *prompt_lens, in
                 return rl_fail(RL_EINVAL, "generate: prompt %d: token id %d outside [0,%d)", i,
                                prompts[i][t], V);
         total += (size_t)prompt_lens[i];
-        int want = prompt_lens[i] + o->max_new_tokens;
-        if (want > P) want = P;
-        if (want > cap) cap = want;
+        /* a sequence never grows past the context, however many tokens were asked for */
+        int room = P - prompt_lens[i], n_new = o->max_new_tokens < room ? o->max_new_tokens : room;
+        if (prompt_lens[i] + n_new > cap) cap = prompt_lens[i] + n_new;
     }
     memset(out, 0, (size_t)B * sizeof *out);
     int max_new = o->max_new_tokens;
     for (int i = 0; i < B; i++) {
-        size_t n = (size_t)(max_new > 0 ? max_new : 1);
+        int room = P - prompt_lens[i];
+        size_t n = (size_t)(max_new < room ? (max_new > 0 ? max_new : 1) : room);
         out[i].tokens = malloc(n * sizeof(int));
         out[i].logprobs = malloc(n * sizeof(float));
         out[i].logprobs_model = malloc(n * sizeof(float));
@@ -266,13 +267,16 @@ int gen_generate(gpt_t *m, const int *const *prompts, const int *prompt_lens, in
     }
     for (;;) {
         if ((rc = forward_rows(&g, R, G)) < 0) goto done;
+        if (o->vocab_limit > 0 && o->vocab_limit < V) /* ids the tokenizer cannot decode */
+            for (int k = 0; k < G; k++)
+                for (int v = o->vocab_limit; v < V; v++) g.logits[(size_t)k * V + v] = -INFINITY;
         if (o->on_logits)
             for (int k = 0; k < G; k++)
                 o->on_logits(o->on_logits_ctx, g.grp_seq[k], len[g.grp_seq[k]],
                              g.logits + (size_t)k * V, V);
         /* one pick per group, in parallel: each draw is keyed by (seed, sequence id, position) */
-        int bad = 0;
-#pragma omp parallel for schedule(static) reduction(| : bad) if (G > 1)
+        int bad = G;
+#pragma omp parallel for schedule(static) reduction(min : bad) if (G > 1)
         for (int k = 0; k < G; k++) {
             int s = g.grp_seq[k];
             smp_pick_t pk;
@@ -280,13 +284,19 @@ int gen_generate(gpt_t *m, const int *const *prompts, const int *prompt_lens, in
                                seq_ids ? seq_ids[s] : (uint64_t)s, (uint64_t)len[s],
                                scratch + scratch_sz * (size_t)omp_get_thread_num(), &pk);
             if (prc < 0) {
-                bad = 1;
+                bad = k < bad ? k : bad;
                 continue;
             }
             seq_push(&out[s], &pk);
         }
-        if (bad) {
-            rc = rl_fail(RL_ENONFINITE, "generate: NaN or Inf logits");
+        if (bad < G) {
+            /* the detail was recorded on a worker thread: pick again here to report it */
+            int s = g.grp_seq[bad];
+            smp_pick_t pk;
+            rc = smp_pick(g.logits + (size_t)bad * V, V, &o->sampling, o->seed,
+                          seq_ids ? seq_ids[s] : (uint64_t)s, (uint64_t)len[s], scratch, &pk);
+            rc = rl_fail_ctx(rc < 0 ? rc : RL_ENONFINITE, "generate: sequence %d, position %d", s,
+                             len[s]);
             goto done;
         }
         /* stop checks, then the next step's rows: the token just picked, one per live sequence */

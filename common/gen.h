@@ -6,7 +6,10 @@
  * of all sequences at once; attention runs per sequence and head against that sequence's own
  * key/value cache. Prefill is one step with all prompt tokens; each decode step has one row per
  * live sequence. Sampling draws come from (seed, sequence id, position), so a sequence's output
- * is the same alone or in any batch.
+ * is the same alone or in any batch - up to floating-point rounding: BLAS sums a row in an order
+ * that may depend on the shape of the call, so logits (and logprobs) of the same sequence differ
+ * by ~1e-6 between batch compositions, and in rare cases a draw that falls within that distance
+ * of a boundary of the cumulative distribution picks a neighbouring token.
  */
 #ifndef RLHF_GEN_H
 #define RLHF_GEN_H
@@ -35,6 +38,8 @@ typedef struct {
     smp_params_t sampling;
     uint64_t seed;
     int eot;          /* end-of-text id, or -1 for none */
+    int vocab_limit;  /* > 0: only ids below it are ever sampled (a tokenizer smaller than the
+                         model's padded vocabulary); both logprobs are then over those ids */
     gen_stop_fn stop; /* may be NULL */
     void *stop_ctx;
     gen_logits_fn on_logits; /* may be NULL */

@@ -26,6 +26,13 @@ float rng_uniform(uint64_t seed, uint64_t stream, uint64_t counter) {
     return u01(w[0]);
 }
 
+double rng_uniform53(uint64_t seed, uint64_t stream, uint64_t counter) {
+    uint32_t w[4];
+    rng_block(seed, stream, counter, w);
+    uint64_t bits = ((uint64_t)w[0] << 21) ^ (w[1] >> 11); /* 53 bits */
+    return ((double)bits + 0.5) * (1.0 / 9007199254740992.0);
+}
+
 float rng_normal(uint64_t seed, uint64_t stream, uint64_t counter) {
     uint32_t w[4];
     rng_block(seed, stream, counter, w);

@@ -17,6 +17,10 @@ void rng_block(uint64_t seed, uint64_t stream, uint64_t counter, uint32_t out[4]
 /* A uniform float in the open interval (0, 1), from the first word of the block. */
 float rng_uniform(uint64_t seed, uint64_t stream, uint64_t counter);
 
+/* A uniform double in the open interval (0, 1) with 53 random bits (two words of the block):
+ * fine enough that a token of probability 1e-12 is drawn at its true rate. */
+double rng_uniform53(uint64_t seed, uint64_t stream, uint64_t counter);
+
 /* A standard normal float (Box-Muller on the first two words of the block). */
 float rng_normal(uint64_t seed, uint64_t stream, uint64_t counter);
 

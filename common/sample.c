@@ -11,7 +11,7 @@
  *      finds the bin holding the boundary, only the few tokens in that bin are narrowed down to
  *      the exact boundary, and one more pass collects the kept set, in ascending token id.
  *      top-k counts tokens, top-p weighs them by w;
- *   4. the draw u = rng_uniform(seed, stream, counter) picks the token whose interval of the
+ *   4. the draw u = rng_uniform53(seed, stream, counter) picks the token whose interval of the
  *      cumulative mass, in ascending token id over the kept set, holds u * mass: the block sums
  *      find the block, then a walk inside it finds the token.
  *
@@ -516,7 +516,7 @@ int smp_pick(const float *logits, int V, const smp_params_t *p, uint64_t seed, u
         return 0;
     }
     const float t = p->temperature;
-    const double u = rng_uniform(seed, stream, counter);
+    const double u = rng_uniform53(seed, stream, counter);
     const int j = walk(set.w, set.n, set.bs, u * set.mass);
     const int tok = set.ids ? set.ids[j] : j;
     const double full = isnan(set.full_mass) ? sum_exp(logits, V, mx) : set.full_mass;

@@ -33,7 +33,7 @@ size_t smp_scratch_size(int V);
 
 /*
  * Picks a token from logits (V) with params p, using the uniform draw
- * rng_uniform(seed, stream, counter). `scratch` holds smp_scratch_size(V) bytes (not shared
+ * rng_uniform53(seed, stream, counter). `scratch` holds smp_scratch_size(V) bytes (not shared
  * between threads). Returns 0, RL_EINVAL (bad params) or RL_ENONFINITE (a NaN logit, or no
  * finite logit).
  */

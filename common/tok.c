@@ -1286,3 +1286,23 @@ done:
     trainer_free(&tr);
     return rc;
 }
+
+char *tok_utf8_lossy(const char *text, size_t len, size_t *out_len) {
+    char *o = malloc(len * 3 + 1); /* each byte becomes at most the 3 bytes of U+FFFD */
+    if (!o) return NULL;
+    const unsigned char *s = (const unsigned char *)text;
+    size_t w = 0;
+    for (size_t i = 0; i < len;) {
+        size_t k = utf8_char_len(s + i, len - i);
+        if (k) {
+            memcpy(o + w, s + i, k);
+            w += k, i += k;
+        } else {
+            memcpy(o + w, "\xef\xbf\xbd", 3);
+            w += 3, i++;
+        }
+    }
+    o[w] = '\0';
+    *out_len = w;
+    return o;
+}

@@ -45,4 +45,12 @@ int tok_decode(const tok_t *t, const int *ids, size_t n, char **text, size_t *le
  */
 int tok_train(const char *corpus, size_t len, int vocab_size, const char *dir);
 
+/*
+ * A malloc'ed NUL-terminated copy of len bytes of text in which every byte that is not part of
+ * a valid UTF-8 sequence is replaced by U+FFFD; valid sequences are kept as they are. For
+ * showing decoded text where UTF-8 is required (JSON): a sample may end inside a character.
+ * *out_len receives the length. NULL on ENOMEM.
+ */
+char *tok_utf8_lossy(const char *text, size_t len, size_t *out_len);
+
 #endif

@@ -27,7 +27,9 @@ static const char sample_help[] =
     "Generates N continuations of TEXT with the model and tokenizer in DIR (KV-cached, all N in\n"
     "one batch). --temperature 0 is greedy. Sample i draws its randomness from (seed, i,\n"
     "position) only, so it is the same whatever N is. A sample ends at <|endoftext|>, at the stop\n"
-    "string, at M new tokens or when the context is full. --json prints one object per sample:\n"
+    "string, at M new tokens or when the context is full. The stop string is searched in the\n"
+    "generated text only (not the prompt) after every token, and the sample keeps the token\n"
+    "that completed it. --json prints one object per sample:\n"
     "text, token ids (prompt excluded), logprobs under the sampling distribution and under the\n"
     "model (temperature 1, untruncated), and the finish reason. Defaults: N=1, M=64, T=1,\n"
     "K=0 (off), P=1 (off), seed 0, 2 threads.\n";
@@ -153,12 +155,14 @@ int cmd_sample(int argc, char **argv) {
     }
     for (int i = 0; i < n; i++) prompts[i] = ids, lens[i] = (int)nids;
     o.eot = tok_eot(tok);
+    /* a model vocabulary padded past the tokenizer's: never sample an id it cannot decode */
+    if (tok_vocab_size(tok) < m->cfg.vocab_size) o.vocab_limit = tok_vocab_size(tok);
     stop_ctx_t sc = {tok, stop};
     if (stop) o.stop = stop_on_string, o.stop_ctx = &sc;
     if ((rc = gen_generate(m, prompts, lens, n, NULL, &o, out)) < 0) goto done;
     for (int i = 0; i < n && rc == 0; i++) {
         char *text = NULL;
-        size_t len = 0;
+        size_t len = 0, vlen = 0;
         if ((rc = tok_decode(tok, out[i].tokens, (size_t)out[i].n, &text, &len)) < 0) break;
         if (!json) {
             printf("--- sample %d (%s, %d tokens)\n", i, finish_name(out[i].finish), out[i].n);
@@ -172,21 +176,17 @@ int cmd_sample(int argc, char **argv) {
                 json_array_append_new(lp, json_real(out[i].logprobs[k]));
                 json_array_append_new(lm, json_real(out[i].logprobs_model[k]));
             }
-            /* the text may hold any bytes: jansson needs valid UTF-8, so invalid bytes are
-             * printed as U+FFFD here; the token ids are exact */
-            json_t *js = json_stringn(text, len);
+            /* the text may hold any bytes (a sample can end inside a character) and JSON strings
+             * are UTF-8: invalid sequences become U+FFFD, valid ones are kept; the token ids
+             * are exact */
+            char *valid = tok_utf8_lossy(text, len, &vlen);
+            json_t *js = valid ? json_stringn(valid, vlen) : NULL;
+            free(valid);
             if (!js) {
-                char *fixed = malloc(len * 3 + 1);
-                size_t w = 0;
-                for (size_t k = 0; fixed && k < len; k++) {
-                    unsigned char ch = (unsigned char)text[k];
-                    if (ch < 0x80)
-                        fixed[w++] = (char)ch;
-                    else
-                        w += (size_t)sprintf(fixed + w, "\xef\xbf\xbd");
-                }
-                js = fixed ? json_stringn(fixed, w) : json_null();
-                free(fixed);
+                rc = rl_fail(RL_ENOMEM, "sample %d: text", i);
+                json_decref(t), json_decref(lp), json_decref(lm);
+                free(text);
+                break;
             }
             print_rc |= cli_print_json(json_pack("{s:i,s:o,s:o,s:o,s:o,s:s}", "index", i, "text",
                                                  js, "tokens", t, "logprobs", lp, "logprobs_model",

@@ -22,23 +22,22 @@
 
 static const char init_help[] =
     "usage: rlhf init-model --out DIR --layers L --heads H --dim C --vocab V --ctx N\n"
-    "                       [--seed S] [--scalar-head]\n\n"
+    "                       [--seed S] [--scalar-head] [--tokenizer TDIR]\n\n"
     "Writes a freshly initialised GPT-2 model (GPT-2 initialisation) as a Hugging Face\n"
     "directory: DIR/config.json and DIR/model.safetensors (F32), each written atomically.\n"
     "  --scalar-head     add a linear n_embd -> 1 head (score.weight, score.bias)\n"
     "  --tokenizer TDIR  copy TDIR/vocab.json and TDIR/merges.txt into DIR (the tokenizer's\n"
     "                    vocabulary must fit --vocab)\n";
 
-/* Copies a tokenizer into model directory `out` after checking that it loads and that its ids
- * fit the model's vocabulary. */
-static int copy_tokenizer(const char *from, const char *out, int vocab) {
-    tok_t *tok = tok_load(from);
+/* Checks that the tokenizer in `dir` loads and that its ids fit a vocabulary of `vocab`. */
+static int check_tokenizer(const char *dir, int vocab) {
+    tok_t *tok = tok_load(dir);
     if (!tok) return rl_fail_ctx(RL_EIO, "tokenizer");
     int n = tok_vocab_size(tok);
     tok_destroy(&tok);
     if (n > vocab)
-        return rl_fail(RL_EINVAL, "%s: the tokenizer has %d ids but --vocab is %d", from, n, vocab);
-    return hf_copy_tokenizer(from, out);
+        return rl_fail(RL_EINVAL, "%s: the tokenizer has %d ids but --vocab is %d", dir, n, vocab);
+    return 0;
 }
 
 int cmd_init_model(int argc, char **argv) {
@@ -84,8 +83,10 @@ int cmd_init_model(int argc, char **argv) {
     gpt_t *m = gpt_new(&cfg);
     if (!m) return cli_fail(cmd, "model", RL_EINVAL);
     gpt_init_weights(m, (uint64_t)seed);
-    int rc = tokdir ? copy_tokenizer(tokdir, out, cfg.vocab_size) : 0;
+    /* the tokenizer is checked before anything is written, and copied after the weights */
+    int rc = tokdir ? check_tokenizer(tokdir, cfg.vocab_size) : 0;
     if (rc == 0) rc = hf_save(m, out);
+    if (rc == 0 && tokdir) rc = hf_copy_tokenizer(tokdir, out);
     size_t n = m->num_params;
     gpt_destroy(&m);
     if (rc < 0) return cli_fail(cmd, "saving", rc);

@@ -176,6 +176,64 @@ static void test_stops(void) {
     gpt_destroy(&m);
 }
 
+/* Sequences of one batch finishing at different steps (end-of-text, length, a full context)
+ * equal the same sequences generated alone. */
+static void test_ragged_finishes(void) {
+    gpt_t *m = model();
+    gen_opts_t o = {.max_new_tokens = 12, .sampling = {0.0f, 0, 1.0f}, .eot = -1};
+    gen_seq_t probe;
+    CHECK_OK(gen_generate(m, &prompts[1], &lens[1], 1, NULL, &o, &probe));
+    o.eot = probe.tokens[2]; /* sequence 1 stops at its third token (or earlier) */
+    gen_seq_free(&probe);
+    int longp[24], ll = cfg.n_positions - 3;
+    for (int i = 0; i < ll; i++) longp[i] = (i * 7) % cfg.vocab_size;
+    const int *pp[4] = {p0, p1, p3, longp};
+    int pl[4] = {lens[0], lens[1], lens[3], ll};
+    gen_seq_t batch[4], alone;
+    CHECK_OK(gen_generate(m, pp, pl, 4, NULL, &o, batch));
+    CHECK_EQ(batch[1].finish, GEN_FINISH_EOT);
+    CHECK(batch[1].n <= 3);
+    CHECK(batch[3].n <= 3); /* the context fills after at most 3 tokens */
+    int finished_early = 0;
+    for (int s = 0; s < 4; s++) {
+        uint64_t id = (uint64_t)s;
+        CHECK_OK(gen_generate(m, &pp[s], &pl[s], 1, &id, &o, &alone));
+        if (!same_seq(&batch[s], &alone)) TEST__FAIL("sequence %d differs alone and in batch", s);
+        finished_early += batch[s].n < 12;
+        gen_seq_free(&alone);
+        gen_seq_free(&batch[s]);
+    }
+    CHECK(finished_early >= 2);
+    gpt_destroy(&m);
+}
+
+/* A request for more tokens than the context holds is cut at the context, not overflowed; a
+ * vocabulary limit keeps every sampled id below it. */
+static void test_limits(void) {
+    gpt_t *m = model();
+    gen_opts_t o = {
+        .max_new_tokens = 2147483647, .sampling = {1.0f, 0, 1.0f}, .seed = 3, .eot = -1};
+    gen_seq_t out[2];
+    const int *pp[2] = {p0, p1};
+    int pl[2] = {lens[0], lens[1]};
+    CHECK_OK(gen_generate(m, pp, pl, 2, NULL, &o, out));
+    CHECK_EQ(out[0].n, cfg.n_positions - lens[0]);
+    CHECK_EQ(out[1].n, cfg.n_positions - lens[1]);
+    CHECK_EQ(out[0].finish, GEN_FINISH_LENGTH);
+    gen_seq_free(&out[0]), gen_seq_free(&out[1]);
+    o.max_new_tokens = 20;
+    o.vocab_limit = 10;
+    CHECK_OK(gen_generate(m, pp, pl, 2, NULL, &o, out));
+    for (int s = 0; s < 2; s++) {
+        for (int i = 0; i < out[s].n; i++) {
+            CHECK(out[s].tokens[i] < 10);
+            CHECK(out[s].logprobs_model[i] <= 0 && isfinite(out[s].logprobs_model[i]));
+        }
+        gen_seq_free(&out[s]);
+    }
+    gpt_destroy(&m);
+}
+
 static void test_bad_input(void) {
     gpt_t *m = model();
     gen_opts_t o = {.max_new_tokens = 3, .sampling = {1.0f, 0, 1.0f}, .eot = -1};
@@ -204,6 +262,8 @@ int main(void) {
     RUN(test_batch_equals_alone);
     RUN(test_greedy_deterministic);
     RUN(test_stops);
+    RUN(test_ragged_finishes);
+    RUN(test_limits);
     RUN(test_bad_input);
     return TEST_REPORT();
 }

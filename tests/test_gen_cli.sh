@@ -70,6 +70,14 @@ if [ -n "$stop" ]; then
 else
     bad "greedy sample too short to pick a stop string"
 fi
+# a model vocabulary padded past the tokenizer's: samples stay within the tokenizer's ids
+"$RLHF" init-model --out "$W/padded" --layers 1 --heads 2 --dim 32 --vocab 512 --ctx 64 \
+    --tokenizer "$W/tok" >/dev/null
+"$RLHF" sample --model "$W/padded" --prompt "The model" --n 4 --max-new-tokens 30 --json \
+    >"$W/padded.jsonl"
+check "padded vocabulary: 4 samples decoded" test "$(wc -l <"$W/padded.jsonl")" -eq 4
+check "padded vocabulary: every id below the tokenizer's 400" \
+    jq -se 'all(.[].tokens[]; . < 400)' "$W/padded.jsonl"
 "$RLHF" sample --model "$W/m" --prompt "x" --top-p 0 2>"$W/err" >/dev/null
 check "bad --top-p names the option" grep -q -- "--top-p" "$W/err"
 "$RLHF" sample --model "$W/nope" --prompt "x" 2>"$W/err" >/dev/null

@@ -47,10 +47,29 @@ static void test_normal_moments(void) {
     CHECK_NEAR(s4 / n, 3.0, 0.1); /* kurtosis of a normal */
 }
 
+static void test_uniform53(void) {
+    const int n = 200000;
+    double s = 0, lo = 1, hi = 0;
+    int fine = 0;
+    for (int i = 0; i < n; i++) {
+        double u = rng_uniform53(5, 6, (uint64_t)i);
+        s += u;
+        lo = u < lo ? u : lo;
+        hi = u > hi ? u : hi;
+        /* more than 24 bits: most draws are not on the float grid */
+        fine += (double)(float)u != u;
+    }
+    CHECK_NEAR(s / n, 0.5, 0.005);
+    CHECK(lo > 0.0 && hi < 1.0);
+    CHECK(fine > n / 2);
+    CHECK(rng_uniform53(5, 6, 7) == rng_uniform53(5, 6, 7));
+}
+
 int main(void) {
     RUN(test_known_answer);
     RUN(test_pure_function);
     RUN(test_uniform_moments);
     RUN(test_normal_moments);
+    RUN(test_uniform53);
     return TEST_REPORT();
 }

@@ -801,6 +801,27 @@ static void test_train_ties_and_limits(void) {
     tok_destroy(&t);
 }
 
+static void test_utf8_lossy(void) {
+    /* "é" whole, "€" cut after two bytes, "a", a lone continuation byte, "b" */
+    const char in[] = "\xc3\xa9"
+                      "\xe2\x82"
+                      "a\x80"
+                      "b";
+    size_t n = 0;
+    char *o = tok_utf8_lossy(in, sizeof in - 1, &n);
+    CHECK(o != NULL);
+    const char want[] = "\xc3\xa9"
+                        "\xef\xbf\xbd\xef\xbf\xbd"
+                        "a\xef\xbf\xbd"
+                        "b";
+    CHECK_EQ(n, sizeof want - 1);
+    CHECK(o && memcmp(o, want, sizeof want - 1) == 0);
+    free(o);
+    o = tok_utf8_lossy("", 0, &n);
+    CHECK(o && n == 0 && o[0] == 0);
+    free(o);
+}
+
 int main(void) {
     snprintf(dir, sizeof dir, "%s", test_tmpdir());
     RUN(test_byte_map_round_trip);
@@ -814,6 +835,7 @@ int main(void) {
     RUN(test_round_trip_random_bytes);
     RUN(test_train_matches_naive_trainer);
     RUN(test_train_ties_and_limits);
+    RUN(test_utf8_lossy);
     int rc = TEST_REPORT();
     char cmd[700];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
