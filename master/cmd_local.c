@@ -104,8 +104,12 @@ static pid_t start_worker(sup_t *s, int i) {
     char log[1200], id[64];
     snprintf(log, sizeof log, "%.1000s/worker-%s-%d.log", s->run_dir, s->roles[i], i);
     snprintf(id, sizeof id, "local-%s-%d", s->roles[i], i);
-    char *args[] = {
-        s->worker_bin, "--role", (char *)s->roles[i], "--master", s->endpoint, "--id", id, NULL};
+    /* the workers split the machine's cores: OpenMP teams that share cores stall each other */
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    char threads[24];
+    snprintf(threads, sizeof threads, "%ld", cores / s->n_workers > 1 ? cores / s->n_workers : 1);
+    char *args[] = {s->worker_bin, "--role", (char *)s->roles[i], "--master", s->endpoint,
+                    "--id",        id,       "--threads",         threads,    NULL};
     return spawn(args, log);
 }
 

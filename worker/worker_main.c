@@ -32,6 +32,7 @@
 #include <zmq.h>
 
 #include "err.h"
+#include "ops.h"
 #include "wire.h"
 #include "worker.h"
 
@@ -64,6 +65,7 @@ typedef struct {
     int registered;
     double last_heard_ms, last_hb_ms, last_hello_ms;
     int hb_ms, liveness;
+    int threads; /* compute threads of each job (OpenBLAS + OpenMP) */
     int backoff_ms;
     double next_reconnect_ms;
     atomic_int cancel;
@@ -164,6 +166,8 @@ static void *job_thread(void *arg) {
     job_slot_t *s = &w->slot;
     double t0 = wire_now_ms();
     rl_err_clear();
+    /* OpenMP's thread count is per thread: set it on the thread that computes */
+    ops_set_threads(w->threads);
     s->rc = s->fn(&s->job, s->payload, s->payload_len, &s->out, &s->out_len);
     if (s->rc < 0) snprintf(s->reason, sizeof s->reason, "%s", rl_errmsg());
     s->elapsed_ms = wire_now_ms() - t0;
@@ -325,9 +329,11 @@ static int parse_role(const char *s) {
 
 static const char usage_text[] =
     "usage: rlhf-worker --role rollout|reward|learner --master tcp://HOST:PORT [--id NAME]\n"
-    "                   [--heartbeat-ms N] [--liveness N]\n\n"
+    "                   [--heartbeat-ms N] [--liveness N] [--threads N]\n\n"
     "Connects to the master, registers, heartbeats and runs the jobs of its role. Heartbeat\n"
-    "settings apply until the master's Welcome gives its own. SIGTERM: hand back, goodbye, exit.\n";
+    "settings apply until the master's Welcome gives its own. SIGTERM: hand back, goodbye, exit.\n"
+    "--threads: compute threads per job (default: all online cores); workers sharing a machine\n"
+    "should split its cores between them.\n";
 
 int main(int argc, char **argv) {
     static worker_t W;
@@ -335,14 +341,14 @@ int main(int argc, char **argv) {
     w->role = -1;
     w->hb_ms = 1000;
     w->liveness = 3;
+    w->threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    if (w->threads < 1) w->threads = 1;
     w->backoff_ms = 100;
-    static const struct option opts[] = {{"role", required_argument, 0, 'r'},
-                                         {"master", required_argument, 0, 'm'},
-                                         {"id", required_argument, 0, 'i'},
-                                         {"heartbeat-ms", required_argument, 0, 'H'},
-                                         {"liveness", required_argument, 0, 'L'},
-                                         {"help", no_argument, 0, 'h'},
-                                         {0, 0, 0, 0}};
+    static const struct option opts[] = {
+        {"role", required_argument, 0, 'r'},     {"master", required_argument, 0, 'm'},
+        {"id", required_argument, 0, 'i'},       {"heartbeat-ms", required_argument, 0, 'H'},
+        {"liveness", required_argument, 0, 'L'}, {"threads", required_argument, 0, 't'},
+        {"help", no_argument, 0, 'h'},           {0, 0, 0, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
@@ -364,6 +370,13 @@ int main(int argc, char **argv) {
             break;
         case 'L':
             w->liveness = atoi(optarg) > 0 ? atoi(optarg) : 3;
+            break;
+        case 't':
+            if (atoi(optarg) < 1 || atoi(optarg) > 1024) {
+                fprintf(stderr, "rlhf-worker: --threads: '%s' is not in [1, 1024]\n", optarg);
+                return 2;
+            }
+            w->threads = atoi(optarg);
             break;
         case 'h':
             fputs(usage_text, stdout);
