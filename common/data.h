@@ -13,4 +13,11 @@
  */
 int data_read_tokens(const char *path, int vocab, int **ids, size_t *n);
 
+/*
+ * data_read_tokens() on len bytes already in memory, followed by a NUL at buf[len] (as
+ * fs_read_all leaves them); `label` names them in errors ("LABEL:LINE: ..."), e.g. "stdin".
+ */
+int data_parse_tokens(const char *buf, size_t len, const char *label, int vocab, int **ids,
+                      size_t *n);
+
 #endif

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "data.h"
 #include "err.h"
 #include "fs.h"
 #include "tok.h"
@@ -152,36 +153,10 @@ int cmd_detokenize(int argc, char **argv) {
     tok_t *t = tok_load(model);
     if (!t) return cli_fail(cmd, "loading the tokenizer", RL_EFORMAT);
     char *text = NULL, *out = NULL;
-    size_t len = 0, n = 0, cap = 0;
+    size_t len = 0, n = 0;
     int *ids = NULL;
     if ((rc = read_stdin(&text, &len)) < 0) goto done;
-    for (char *p = text; p < text + len;) {
-        if (isspace((unsigned char)*p)) {
-            p++;
-            continue;
-        }
-        char *end;
-        errno = 0;
-        long v = strtol(p, &end, 10);
-        int w = 0;
-        while (p + w < text + len && !isspace((unsigned char)p[w]) && w < 40) w++;
-        if (end == p || (*end && !isspace((unsigned char)*end)) || errno || v < 0 ||
-            v > 2147483647L) {
-            rc = rl_fail(RL_EINVAL, "'%.*s' (entry %zu) is not a token id", w, p, n);
-            goto done;
-        }
-        if (n == cap) {
-            cap = cap ? 2 * cap : 4096;
-            int *grown = realloc(ids, cap * sizeof *ids);
-            if (!grown) {
-                rc = rl_fail(RL_ENOMEM, "out of memory");
-                goto done;
-            }
-            ids = grown;
-        }
-        ids[n++] = (int)v;
-        p = end;
-    }
+    if ((rc = data_parse_tokens(text, len, "stdin", 0, &ids, &n)) < 0) goto done;
     size_t olen = 0;
     if ((rc = tok_decode(t, ids, n, &out, &olen)) < 0) goto done;
     tok_destroy(&t);
