@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -174,6 +175,18 @@ void wire_tensor_describe(Rlhf__TensorHeader *th, const char *name, Rlhf__DType 
     th->n_shape = ndim;
     th->nbytes = nbytes;
     th->crc32c = wire_crc32c(data, nbytes);
+}
+
+void wire_logv(const char *who, const char *fmt, va_list ap) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    struct tm tm;
+    localtime_r(&ts.tv_sec, &tm);
+    char t[32];
+    strftime(t, sizeof t, "%H:%M:%S", &tm);
+    fprintf(stderr, "%s.%03ld %s: ", t, ts.tv_nsec / 1000000, who);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
 }
 
 double wire_now_ms(void) {

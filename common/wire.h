@@ -24,6 +24,7 @@
 #ifndef RLHF_WIRE_H
 #define RLHF_WIRE_H
 
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -97,6 +98,9 @@ uint32_t wire_crc32c(const void *data, size_t len);
  * shape are borrowed, not copied. */
 void wire_tensor_describe(Rlhf__TensorHeader *th, const char *name, Rlhf__DType dtype,
                           int64_t *shape, size_t ndim, const void *data, size_t nbytes);
+
+/* The daemons' log line on stderr: "HH:MM:SS.mmm WHO: message". */
+void wire_logv(const char *who, const char *fmt, va_list ap);
 
 /* Monotonic clock in milliseconds / nanoseconds. */
 double wire_now_ms(void);

@@ -41,28 +41,18 @@
 
 static void mlog(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void mlog(const char *fmt, ...) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    struct tm tm;
-    localtime_r(&ts.tv_sec, &tm);
-    char t[32];
-    strftime(t, sizeof t, "%H:%M:%S", &tm);
     va_list ap;
     va_start(ap, fmt);
-    fprintf(stderr, "%s.%03ld master: ", t, ts.tv_nsec / 1000000);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    wire_logv("master", fmt, ap);
     va_end(ap);
 }
 
 static void sched_log(void *ctx, const char *fmt, ...) {
     (void)ctx;
-    char buf[512];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
+    wire_logv("master", fmt, ap);
     va_end(ap);
-    mlog("%s", buf);
 }
 
 static const char *kind_name(int k) {

@@ -82,17 +82,9 @@ static char log_id[80] = "worker";
 
 static void wlog(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void wlog(const char *fmt, ...) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    struct tm tm;
-    localtime_r(&ts.tv_sec, &tm);
-    char t[32];
-    strftime(t, sizeof t, "%H:%M:%S", &tm);
     va_list ap;
     va_start(ap, fmt);
-    fprintf(stderr, "%s.%03ld %s: ", t, ts.tv_nsec / 1000000, log_id);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    wire_logv(log_id, fmt, ap);
     va_end(ap);
 }
 
