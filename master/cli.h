@@ -66,6 +66,16 @@ int cmd_up(int argc, char **argv);
 int cmd_status(int argc, char **argv);
 int cmd_down(int argc, char **argv);
 int cmd_bench_wire(int argc, char **argv);
+int cmd_sft(int argc, char **argv);          /* cmd_sft.c */
+int cmd_task(int argc, char **argv);         /* cmd_sft.c */
+int cmd_generate(int argc, char **argv);     /* cmd_generate.c */
+int cmd_annotate(int argc, char **argv);     /* cmd_data.c */
+int cmd_aggregate(int argc, char **argv);    /* cmd_data.c */
+int cmd_pairs(int argc, char **argv);        /* cmd_data.c */
+int cmd_import_pairs(int argc, char **argv); /* cmd_data.c */
+int cmd_train_rm(int argc, char **argv);     /* cmd_rm.c */
+int cmd_eval_rm(int argc, char **argv);      /* cmd_rm.c */
+int cmd_score(int argc, char **argv);        /* cmd_rm.c */
 
 /* Local-mode helpers (cmd_local.c), shared with `rlhf bench wire`. */
 

@@ -1,0 +1,2 @@
+/* annot.c - placeholder: being written */
+#include "annot.h"

@@ -1,0 +1,3 @@
+#ifndef RLHF_ANNOT_H
+#define RLHF_ANNOT_H
+#endif

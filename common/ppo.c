@@ -1,0 +1,2 @@
+/* ppo.c - placeholder: being written */
+#include "ppo.h"

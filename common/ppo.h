@@ -1,0 +1,3 @@
+#ifndef RLHF_PPO_H
+#define RLHF_PPO_H
+#endif

@@ -1,0 +1,2 @@
+/* rank.c - placeholder: being written */
+#include "rank.h"

@@ -1,0 +1,2 @@
+/* rm.c - placeholder: being written */
+#include "rm.h"

@@ -1,0 +1,3 @@
+#ifndef RLHF_RM_H
+#define RLHF_RM_H
+#endif

@@ -1,0 +1,2 @@
+/* task.c - placeholder: being written */
+#include "task.h"
