@@ -1,0 +1,2 @@
+/* wsync.c - placeholder: being written */
+#include "wsync.h"

@@ -1,0 +1,3 @@
+#ifndef RLHF_WSYNC_H
+#define RLHF_WSYNC_H
+#endif

@@ -1,0 +1,2 @@
+/* worker_learner.c - placeholder: being written */
+#include "worker.h"
