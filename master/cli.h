@@ -82,6 +82,15 @@ int cmd_score(int argc, char **argv);        /* cmd_rm.c */
 /* out = the path of the program `name` in the directory of the running `rlhf` binary. */
 void local_bin_path(char *out, size_t n, const char *name);
 
+/*
+ * Runs the jobs file `jobs` in the foreground: a master (exiting when every job is finished)
+ * and the given workers on loopback under a supervisor that restarts any that crashes; output
+ * in run_dir (results.jsonl, logs). Returns 0 once the supervisor has stopped cleanly - every
+ * job finished, or the run was interrupted (the caller checks results.jsonl) - or RL_EIO.
+ */
+int local_run_jobs(const char *run_dir, const char *jobs, int n_rollout, int n_reward,
+                   int n_learner);
+
 /* GET http://127.0.0.1:port/path (HTTP/1.0, 5 s socket timeouts). Returns 0 with *body the
  * response body (malloc'ed, NUL-terminated, the caller frees it), or RL_EIO / RL_EPROTO (not a
  * 200 answer) / RL_ENOMEM with the detail in rl_errmsg() and *body NULL. */

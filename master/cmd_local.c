@@ -79,6 +79,7 @@ static pid_t spawn(char *const *args, const char *log) {
 typedef struct {
     char run_dir[1024], config[1024], jobs[1024], endpoint[256];
     char master_bin[PATH_MAX + 32], worker_bin[PATH_MAX + 32];
+    int exit_when_done; /* the master stops once every job of --jobs is finished */
     pid_t master;
     pid_t workers[MAX_WORKERS];
     const char *roles[MAX_WORKERS];
@@ -96,6 +97,7 @@ static pid_t start_master(sup_t *s) {
     args[n++] = "--bind", args[n++] = s->endpoint[0] ? s->endpoint : "tcp://127.0.0.1:*";
     if (!s->config[0]) args[n++] = "--http-port", args[n++] = "0";
     if (s->jobs[0]) args[n++] = "--jobs", args[n++] = s->jobs;
+    if (s->exit_when_done) args[n++] = "--exit-when-done";
     args[n] = NULL;
     return spawn(args, log);
 }
@@ -293,6 +295,43 @@ int cmd_up(int argc, char **argv) {
     fprintf(stderr, "rlhf up: the master did not start; see %s/local.log and master.log\n",
             s->run_dir);
     return 1;
+}
+
+int local_run_jobs(const char *run_dir, const char *jobs, int n_rollout, int n_reward,
+                   int n_learner) {
+    static sup_t S;
+    sup_t *s = &S;
+    memset(s, 0, sizeof *s);
+    if (n_rollout + n_reward + n_learner > MAX_WORKERS || n_rollout + n_reward + n_learner < 1)
+        return rl_fail(RL_EINVAL, "local run: 1 to %d workers", MAX_WORKERS);
+    snprintf(s->run_dir, sizeof s->run_dir, "%s", run_dir);
+    snprintf(s->jobs, sizeof s->jobs, "%s", jobs);
+    s->exit_when_done = 1;
+    for (int i = 0; i < n_rollout + n_reward + n_learner; i++)
+        s->roles[s->n_workers++] = i < n_rollout              ? "rollout"
+                                   : i < n_rollout + n_reward ? "reward"
+                                                              : "learner";
+    local_bin_path(s->master_bin, sizeof s->master_bin, "rlhf-master");
+    local_bin_path(s->worker_bin, sizeof s->worker_bin, "rlhf-worker");
+    fflush(stdout);
+    fflush(stderr);
+    pid_t sup = fork();
+    if (sup < 0) return rl_fail(RL_EIO, "fork: %s", strerror(errno));
+    if (sup == 0) {
+        /* same process group: an interrupt on the terminal reaches the master and workers too */
+        char log[1100];
+        snprintf(log, sizeof log, "%.1000s/local.log", s->run_dir);
+        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+        if (fd >= 0) dup2(fd, 1), dup2(fd, 2), close(fd);
+        supervise(s);
+    }
+    int st;
+    while (waitpid(sup, &st, 0) < 0)
+        if (errno != EINTR) return rl_fail(RL_EIO, "waitpid: %s", strerror(errno));
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+        return rl_fail(RL_EIO, "local run in %s failed (see its local.log and master.log)",
+                       run_dir);
+    return 0;
 }
 
 static const char *run_dir_opt(int argc, char **argv, const char *cmd, int *bad) {

@@ -185,6 +185,18 @@ static int job_from_json(master_t *m, json_t *o, const char *where) {
     sp.n_prompt = n;
     sp.max_new_tokens = (uint32_t)json_integer_value(jn);
     sp.delay_ms = json_is_integer(jd) ? (uint32_t)json_integer_value(jd) : 0;
+    /* sampling (optional): K samples per prompt with their logprobs */
+    json_t *jk2 = json_object_get(o, "n_samples"), *jt = json_object_get(o, "temperature");
+    json_t *jtk = json_object_get(o, "top_k"), *jtp = json_object_get(o, "top_p");
+    json_t *je = json_object_get(o, "eot"), *jv = json_object_get(o, "vocab_limit");
+    json_t *jb = json_object_get(o, "sample_base");
+    sp.n_samples = json_is_integer(jk2) ? (uint32_t)json_integer_value(jk2) : 0;
+    sp.temperature = json_is_number(jt) ? (float)json_number_value(jt) : 1.0f;
+    sp.top_k = json_is_integer(jtk) ? (uint32_t)json_integer_value(jtk) : 0;
+    sp.top_p = json_is_number(jtp) ? (float)json_number_value(jtp) : 1.0f;
+    sp.eot = json_is_integer(je) ? (int32_t)json_integer_value(je) : -1;
+    sp.vocab_limit = json_is_integer(jv) ? (uint32_t)json_integer_value(jv) : 0;
+    sp.sample_base = json_is_integer(jb) ? (uint64_t)json_integer_value(jb) : 0;
     size_t len = rlhf__generate_spec__get_packed_size(&sp);
     uint8_t *buf = malloc(len ? len : 1);
     int rc = buf ? 0 : rl_fail(RL_ENOMEM, "out of memory");
@@ -310,6 +322,20 @@ static json_t *output_json(int kind, const ProtobufCBinaryData *payload) {
         for (size_t i = 0; i < g->n_tokens; i++)
             json_array_append_new(t, json_integer(g->tokens[i]));
         json_object_set_new(o, "tokens", t);
+        if (g->n_completions) {
+            json_t *cs = json_array();
+            for (size_t c = 0; c < g->n_completions; c++) {
+                const Rlhf__Completion *cp = g->completions[c];
+                json_t *ct = json_array(), *cl = json_array();
+                for (size_t i = 0; i < cp->n_tokens; i++)
+                    json_array_append_new(ct, json_integer(cp->tokens[i]));
+                for (size_t i = 0; i < cp->n_logprobs; i++)
+                    json_array_append_new(cl, json_real(cp->logprobs[i]));
+                json_array_append_new(cs, json_pack("{s:o, s:o, s:i}", "tokens", ct, "logprobs",
+                                                    cl, "finish", (int)cp->finish));
+            }
+            json_object_set_new(o, "completions", cs);
+        }
         rlhf__generate_output__free_unpacked(g, NULL);
     }
     return o;

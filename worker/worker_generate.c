@@ -1,7 +1,8 @@
 /*
- * worker_generate.c - the GENERATE handler of rollout workers: greedy continuation of token ids
- * with KV-cached generation (gen.h). Ties go to the lowest id, so the output is a pure function
- * of the weights and the prompt.
+ * worker_generate.c - the GENERATE handler of rollout workers: KV-cached generation (gen.h) of
+ * one greedy continuation, or of K sampled completions of a prompt with their per-token
+ * logprobs. Every draw is keyed by (job seed, sample index), so the output is a pure function
+ * of the weights and the spec, whichever worker runs it.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,8 +46,12 @@ int worker_generate(const worker_job_t *job, const uint8_t *payload, size_t len,
                     size_t *out_len) {
     Rlhf__GenerateSpec *sp = rlhf__generate_spec__unpack(NULL, len, payload);
     if (!sp) return rl_fail(RL_EFORMAT, "generate: malformed GenerateSpec");
-    int rc = 0, *toks = NULL;
+    int rc = 0, *toks = NULL, K = 0, *plens = NULL;
     int32_t *gen = NULL;
+    gen_seq_t *seqs = NULL;
+    uint64_t *ids = NULL;
+    const int **prompts = NULL;
+    Rlhf__Completion *comps = NULL, **compp = NULL;
     /* test hook: a job that takes at least delay_ms, still cancellable */
     for (uint32_t waited = 0; waited < sp->delay_ms && !atomic_load(job->cancel); waited += 10) {
         struct timespec ts = {0, 10 * 1000000L};
@@ -78,28 +83,76 @@ int worker_generate(const worker_job_t *job, const uint8_t *payload, size_t len,
         }
         toks[i] = sp->prompt[i];
     }
-    /* KV-cached generation; greedy, so the output is a pure function of weights and prompt.
-     * The stop callback doubles as the cancellation check between tokens. */
+    /* KV-cached generation. n_samples = 0: one greedy continuation (a pure function of weights
+     * and prompt). n_samples = K: K samples of the same prompt in one batch, sample i keyed by
+     * (job seed, sample_base + i) - the same draws on any worker, alone or batched. The stop
+     * callback doubles as the cancellation check between tokens. */
+    K = sp->n_samples ? (int)sp->n_samples : 1;
+    if (K > 256) {
+        rc = rl_fail(RL_EINVAL, "generate: n_samples = %d (at most 256)", K);
+        goto out;
+    }
     gen_opts_t o = {.max_new_tokens = n_new,
                     .sampling = {0.0f, 0, 1.0f},
                     .seed = 0,
-                    .eot = -1,
+                    .eot = sp->n_samples ? sp->eot : -1,
+                    .vocab_limit = (int)sp->vocab_limit,
                     .stop = stop_if_cancelled,
                     .stop_ctx = (void *)job};
-    const int *prompt = toks;
-    gen_seq_t seq = {0};
-    if ((rc = gen_generate(m, &prompt, &P, 1, NULL, &o, &seq)) < 0) goto out;
-    if (seq.finish == GEN_FINISH_STOP) {
-        gen_seq_free(&seq);
-        rc = rl_fail(RL_EIO, "generate: cancelled");
+    if (sp->n_samples) {
+        o.sampling.temperature = sp->temperature;
+        o.sampling.top_k = (int)sp->top_k;
+        o.sampling.top_p = sp->top_p > 0 ? sp->top_p : 1.0f;
+        o.seed = job->seed;
+        if (smp_params_check(&o.sampling) < 0) {
+            rc = rl_fail_ctx(RL_EINVAL, "generate: ");
+            goto out;
+        }
+        if (o.eot >= V || (o.vocab_limit && o.vocab_limit > V)) {
+            rc = rl_fail(RL_EINVAL, "generate: eot %d / vocab_limit %d outside the vocabulary %d",
+                         o.eot, o.vocab_limit, V);
+            goto out;
+        }
+    }
+    seqs = calloc((size_t)K, sizeof *seqs);
+    ids = malloc((size_t)K * sizeof *ids);
+    prompts = malloc((size_t)K * sizeof *prompts);
+    plens = malloc((size_t)K * sizeof *plens);
+    comps = calloc((size_t)K, sizeof *comps);
+    compp = malloc((size_t)K * sizeof *compp);
+    if (!seqs || !ids || !prompts || !plens || !comps || !compp) {
+        rc = rl_fail(RL_ENOMEM, "generate: out of memory");
         goto out;
     }
-    for (int k = 0; k < seq.n; k++) gen[k] = seq.tokens[k];
-    n_new = seq.n;
-    gen_seq_free(&seq);
+    for (int i = 0; i < K; i++) {
+        ids[i] = sp->sample_base + (uint64_t)i;
+        prompts[i] = toks;
+        plens[i] = P;
+    }
+    if ((rc = gen_generate(m, prompts, plens, K, ids, &o, seqs)) < 0) goto out;
+    for (int i = 0; i < K; i++)
+        if (seqs[i].finish == GEN_FINISH_STOP) {
+            rc = rl_fail(RL_EIO, "generate: cancelled");
+            goto out;
+        }
     Rlhf__GenerateOutput go = RLHF__GENERATE_OUTPUT__INIT;
-    go.tokens = gen;
-    go.n_tokens = (size_t)n_new;
+    if (!sp->n_samples) {
+        for (int k = 0; k < seqs[0].n; k++) gen[k] = seqs[0].tokens[k];
+        go.tokens = gen;
+        go.n_tokens = (size_t)seqs[0].n;
+    } else {
+        for (int i = 0; i < K; i++) {
+            rlhf__completion__init(&comps[i]);
+            comps[i].tokens = seqs[i].tokens;
+            comps[i].n_tokens = (size_t)seqs[i].n;
+            comps[i].logprobs = seqs[i].logprobs_model;
+            comps[i].n_logprobs = (size_t)seqs[i].n;
+            comps[i].finish = (uint32_t)seqs[i].finish;
+            compp[i] = &comps[i];
+        }
+        go.completions = compp;
+        go.n_completions = (size_t)K;
+    }
     *out_len = rlhf__generate_output__get_packed_size(&go);
     *out = malloc(*out_len ? *out_len : 1);
     if (!*out) {
@@ -108,6 +161,14 @@ int worker_generate(const worker_job_t *job, const uint8_t *payload, size_t len,
     }
     rlhf__generate_output__pack(&go, *out);
 out:
+    if (seqs)
+        for (int i = 0; i < K; i++) gen_seq_free(&seqs[i]);
+    free(seqs);
+    free(ids);
+    free(prompts);
+    free(plens);
+    free(comps);
+    free(compp);
     free(toks);
     free(gen);
     rlhf__generate_spec__free_unpacked(sp, NULL);
