@@ -66,6 +66,7 @@ int cfg_set(cfg_run_t *c, const char *key, const char *value, const char *where)
     const cfg_key_t *k = NULL;
     for (int i = 0; i < N_KEYS && !k; i++)
         if (!strcmp(keys[i].key, key)) k = &keys[i];
+    if (!k && c->extra_set) return c->extra_set(c->extra_ctx, key, value, where);
     if (!k) return rl_fail(RL_EINVAL, "%s: unknown key '%s'", where, key);
     char *p = (char *)c + k->off, *end;
     errno = 0;

@@ -37,6 +37,10 @@ typedef struct {
     int exit_when_done;           /* master.exit_when_done: stop when every job is finished */
     char *stages[CFG_MAX_STAGES]; /* stages: names, in order (owned) */
     int n_stages;
+    /* Keys outside the table above go here when set (the pipeline's stage options, checked by
+     * `rlhf run`'s own table); without it they are unknown keys. Same contract as cfg_set. */
+    int (*extra_set)(void *ctx, const char *key, const char *value, const char *where);
+    void *extra_ctx;
 } cfg_run_t;
 
 /* Fills the defaults (loopback, 1 s heartbeats x 3, 60 s leases, 5 attempts, 64 MiB frames). */

@@ -26,6 +26,7 @@ static const cli_cmd_t commands[] = {
     {"detokenize", cmd_detokenize, "token ids on stdin -> text on stdout"},
     {"tokenizer-train", cmd_tokenizer_train, "learn a byte-level BPE vocabulary from a corpus"},
     {"sample", cmd_sample, "generate continuations of a prompt"},
+    {"run", cmd_run, "the whole pipeline from a YAML config (resumes where it stopped)"},
     {"sft", cmd_sft, "supervised fine-tuning on prompt/completion or text JSONL"},
     {"task", cmd_task, "write the embedded task's prompts and SFT data"},
     {"generate", cmd_generate, "stage 1: K completions per prompt through the master"},
