@@ -7,7 +7,11 @@
  */
 #include "ppo.h"
 
+#include <errno.h>
+#include <limits.h>
 #include <math.h>
+#include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -772,5 +776,144 @@ done:
     free(seq_tmp);
     free(seq_tmp2);
     upd_free(&u);
+    return rc;
+}
+
+/* ---- configuration as JSON / text ------------------------------------------------------- */
+
+typedef enum { PF_FLOAT, PF_INT, PF_BOOL, PF_U64, PF_NORM } pf_kind_t;
+typedef struct {
+    const char *name;
+    pf_kind_t kind;
+    size_t off;
+} pf_t;
+#define PF(n, k)                                                                                   \
+    { #n, k, offsetof(ppo_config_t, n) }
+static const pf_t ppo_fields[] = {
+    PF(gamma, PF_FLOAT),      PF(lambda, PF_FLOAT),          PF(clip_eps, PF_FLOAT),
+    PF(value_clip, PF_FLOAT), PF(kl_coef, PF_FLOAT),         PF(kl_adaptive, PF_BOOL),
+    PF(kl_target, PF_FLOAT),  PF(kl_horizon, PF_FLOAT),      PF(epochs, PF_INT),
+    PF(minibatch, PF_INT),    PF(microbatch, PF_INT),        PF(lr_policy, PF_FLOAT),
+    PF(lr_value, PF_FLOAT),   PF(weight_decay, PF_FLOAT),    PF(max_grad_norm, PF_FLOAT),
+    PF(ent_coef, PF_FLOAT),   PF(score_norm, PF_NORM),       PF(score_clip, PF_FLOAT),
+    PF(whiten, PF_BOOL),      PF(whiten_keep_mean, PF_BOOL), PF(recompute_logprobs, PF_BOOL),
+    PF(vocab_limit, PF_INT),  PF(forward_batch, PF_INT),     PF(seed, PF_U64),
+};
+#define N_PPO_FIELDS (int)(sizeof ppo_fields / sizeof ppo_fields[0])
+static const char *const norm_names[] = {"raw", "scale", "norm"};
+
+json_t *ppo_config_to_json(const ppo_config_t *c) {
+    json_t *o = json_object();
+    for (int i = 0; o && i < N_PPO_FIELDS; i++) {
+        const char *p = (const char *)c + ppo_fields[i].off;
+        json_t *v = NULL;
+        switch (ppo_fields[i].kind) {
+        case PF_FLOAT:
+            v = json_real(*(const float *)p);
+            break;
+        case PF_INT:
+            v = json_integer(*(const int *)p);
+            break;
+        case PF_BOOL:
+            v = json_boolean(*(const int *)p);
+            break;
+        case PF_U64:
+            v = json_integer((json_int_t) * (const uint64_t *)p);
+            break;
+        case PF_NORM: {
+            int k = *(const int *)p;
+            v = json_string(k >= 0 && k < 3 ? norm_names[k] : "?");
+            break;
+        }
+        }
+        json_object_set_new(o, ppo_fields[i].name, v);
+    }
+    return o;
+}
+
+static const pf_t *pf_find(const char *name) {
+    for (int i = 0; i < N_PPO_FIELDS; i++)
+        if (!strcmp(ppo_fields[i].name, name)) return &ppo_fields[i];
+    return NULL;
+}
+
+static int pf_set_json(ppo_config_t *c, const pf_t *f, json_t *v, const char *where) {
+    char *p = (char *)c + f->off;
+    switch (f->kind) {
+    case PF_FLOAT:
+        if (!json_is_number(v)) break;
+        *(float *)p = (float)json_number_value(v);
+        return 0;
+    case PF_INT:
+        if (!json_is_integer(v) || json_integer_value(v) < INT_MIN ||
+            json_integer_value(v) > INT_MAX)
+            break;
+        *(int *)p = (int)json_integer_value(v);
+        return 0;
+    case PF_BOOL:
+        if (!json_is_boolean(v)) break;
+        *(int *)p = json_is_true(v);
+        return 0;
+    case PF_U64:
+        if (!json_is_integer(v) || json_integer_value(v) < 0) break;
+        *(uint64_t *)p = (uint64_t)json_integer_value(v);
+        return 0;
+    case PF_NORM:
+        for (int k = 0; json_is_string(v) && k < 3; k++)
+            if (!strcmp(json_string_value(v), norm_names[k])) {
+                *(int *)p = k;
+                return 0;
+            }
+        break;
+    }
+    return rl_fail(RL_EINVAL, "%s%s: a value of the wrong type%s", where, f->name,
+                   f->kind == PF_NORM ? " (raw, scale or norm)" : "");
+}
+
+int ppo_config_from_json(ppo_config_t *c, json_t *obj, const char *where) {
+    const char *key;
+    json_t *v;
+    if (!json_is_object(obj)) return rl_fail(RL_EINVAL, "%sa JSON object is expected", where);
+    json_object_foreach(obj, key, v) {
+        const pf_t *f = pf_find(key);
+        if (!f) return rl_fail(RL_EINVAL, "%sunknown PPO setting '%s'", where, key);
+        int rc = pf_set_json(c, f, v, where);
+        if (rc < 0) return rc;
+    }
+    int rc = ppo_config_check(c);
+    return rc < 0 ? rl_fail_ctx(rc, "%s", where) : 0;
+}
+
+int ppo_config_set(ppo_config_t *c, const char *name, const char *value, const char *where) {
+    const pf_t *f = pf_find(name);
+    if (!f) return rl_fail(RL_EINVAL, "%s: unknown PPO setting '%s'", where, name);
+    json_t *v = NULL;
+    char *end;
+    errno = 0;
+    switch (f->kind) {
+    case PF_FLOAT: {
+        double d = strtod(value, &end);
+        if (end != value && !*end && !errno) v = json_real(d);
+        break;
+    }
+    case PF_INT:
+    case PF_U64: {
+        long long x = strtoll(value, &end, 10);
+        if (end != value && !*end && !errno) v = json_integer(x);
+        break;
+    }
+    case PF_BOOL:
+        if (!strcmp(value, "true") || !strcmp(value, "1")) v = json_true();
+        if (!strcmp(value, "false") || !strcmp(value, "0")) v = json_false();
+        break;
+    case PF_NORM:
+        v = json_string(value);
+        break;
+    }
+    char w[512];
+    snprintf(w, sizeof w, "%s: ", where);
+    int rc = v ? pf_set_json(c, f, v, w)
+               : rl_fail(RL_EINVAL, "%s: %s: '%s' is not a valid value", where, name, value);
+    json_decref(v);
     return rc;
 }

@@ -30,6 +30,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <jansson.h>
+
 #include "adamw.h"
 #include "gpt.h"
 
@@ -210,6 +212,18 @@ void ppo_config_default(ppo_config_t *c);
 /* Checks ranges (gamma, lambda in [0,1], eps > 0, epochs, minibatch >= 1, lr >= 0, finite
  * values, known score_norm ...). Returns 0 or RL_EINVAL naming the field. */
 int ppo_config_check(const ppo_config_t *c);
+
+/* The configuration as a JSON object with one member per field, named as in the struct
+ * (score_norm as "raw" | "scale" | "norm"); new reference. */
+json_t *ppo_config_to_json(const ppo_config_t *c);
+
+/* Sets the fields named in obj (others keep their value) and checks the result. An unknown
+ * name or a value of the wrong type is RL_EINVAL naming it, prefixed by `where`. */
+int ppo_config_from_json(ppo_config_t *c, json_t *obj, const char *where);
+
+/* Sets one field from its text value ("kl_coef", "0.05"), as a config file or --set gives it.
+ * Returns 0 or RL_EINVAL. */
+int ppo_config_set(ppo_config_t *c, const char *name, const char *value, const char *where);
 
 /* One rollout: borrowed arrays. */
 typedef struct {

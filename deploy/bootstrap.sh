@@ -15,7 +15,7 @@ PACKAGES=(
     build-essential cmake pkg-config clang-format jq
     libopenblas-openmp-dev libzmq3-dev libprotobuf-c-dev protobuf-c-compiler
     libuv1-dev libjansson-dev librandom123-dev libpcre2-dev
-    libh2o-dev libyaml-dev libssl-dev prometheus curl
+    libh2o-dev libyaml-dev libssl-dev prometheus curl gnuplot-nox
 )
 # The tokenizer test compares against GPT-2's reference encoder from the npm registry. A
 # machine may already have Node.js from elsewhere (with npm bundled): then keep it.

@@ -66,7 +66,10 @@ int cmd_up(int argc, char **argv);
 int cmd_status(int argc, char **argv);
 int cmd_down(int argc, char **argv);
 int cmd_bench_wire(int argc, char **argv);
-int cmd_run(int argc, char **argv);          /* cmd_run.c */
+int cmd_run(int argc, char **argv);
+int cmd_ppo(int argc, char **argv);
+int cmd_eval_policy(int argc, char **argv);
+int cmd_report(int argc, char **argv);       /* cmd_run.c */
 int cmd_sft(int argc, char **argv);          /* cmd_sft.c */
 int cmd_task(int argc, char **argv);         /* cmd_sft.c */
 int cmd_generate(int argc, char **argv);     /* cmd_generate.c */

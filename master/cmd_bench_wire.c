@@ -2,7 +2,8 @@
  * cmd_bench_wire.c - `rlhf bench wire`: the distributed runtime measured with real processes on
  * loopback, nothing simulated on the master's side.
  *
- *   rlhf bench wire [--jobs N] [--workers K] [--swarm S] [--seconds T] [--keep]
+ *   rlhf bench wire [--jobs N] [--workers K] [--swarm S] [--seconds T] [--sync-mb M]
+ *                   [--fanout N1,N2,...] [--keep]
  *
  * Phase 1 (dispatch): rlhf-master is started with N NOOP jobs and --exit-when-done, then K
  * rollout workers. Each worker holds one lease at a time, so every job is one round trip
@@ -16,6 +17,14 @@
  * CPU time (utime + stime of /proc/PID/stat) is sampled over T seconds. /metrics also gives the
  * messages the master received and sent in that window and the workers it declared dead
  * (there should be none).
+ *
+ * Phase 3 (weight sync, skipped with --sync-mb 0): `rlhf-wiretool wsync-bench` measures, in one
+ * process and one run, raw ZeroMQ throughput of M MiB streamed in 4 MiB chunks (zero-copy, no
+ * flow control, no checks: the ceiling) against a wsync fetch of the same bytes over loopback
+ * TCP (credit window, copy into the staging buffer, CRC-32C of every chunk and of the whole),
+ * cold (fresh buffer) and warm (buffer reused, as between versions), the ratio warm / raw, and
+ * the wall time until each of N concurrent fetchers holds a verified copy (fan-out). Each side
+ * has a ZeroMQ context of its own, as separate processes would.
  *
  * rlhf-master, rlhf-worker and rlhf-wiretool are taken from the directory of the `rlhf` binary.
  * Every child gets PR_SET_PDEATHSIG, and every exit path (failure, SIGINT, SIGTERM, time limit)
@@ -46,13 +55,16 @@
 #define BW_MAX_WORKERS 64
 
 static const char bw_help[] =
-    "usage: rlhf bench wire [--jobs N] [--workers K] [--swarm S] [--seconds T] [--keep]\n\n"
+    "usage: rlhf bench wire [--jobs N] [--workers K] [--swarm S] [--seconds T] [--sync-mb M]\n"
+    "                       [--fanout N1,N2,...] [--keep]\n\n"
     "Starts rlhf-master and K rollout workers on loopback, runs N NOOP jobs through them and\n"
     "reports the dispatch round trip (JobAssign to JobResult, on the master's clock) p50 / p99.\n"
     "Then starts a fresh master, lets `rlhf-wiretool swarm` register S simulated workers that\n"
     "heartbeat at 1 Hz, and reports the master's CPU use over T seconds (100 = one core), next\n"
     "to its idle CPU use. Prints one JSON object. --keep keeps the working directory (logs).\n"
-    "Defaults: N=2000, K=1, S=1000, T=10.\n";
+    "Then weight sync: raw ZeroMQ throughput of an M MiB snapshot against a wsync fetch of the\n"
+    "same bytes (the ratio), and the time for N1, N2, ... fetchers at once (M=0 skips it).\n"
+    "Defaults: N=2000, K=1, S=1000, T=10, M=500, fan-out 1,2,4.\n";
 
 static volatile sig_atomic_t bw_stop;
 static void bw_on_signal(int sig) {
@@ -65,6 +77,8 @@ typedef struct {
     pid_t master, helper, workers[BW_MAX_WORKERS];
     int n_workers;                     /* started, to stop */
     int k, jobs, swarm, seconds, keep; /* options */
+    int sync_mb;
+    const char *fanout;
 } bw_t;
 
 static void nap_ms(int ms) {
@@ -407,6 +421,35 @@ static int phase_swarm(bw_t *b, bw_swarm_t *s) {
     return 0;
 }
 
+/* ---- phase 3: weight sync -------------------------------------------------------------------- */
+
+/* Runs `rlhf-wiretool wsync-bench` (it links the weight-sync module) and takes its JSON. */
+static int phase_sync(bw_t *b, json_t **out) {
+    char mb[32], file[PATH_MAX + 64], log[PATH_MAX + 64];
+    snprintf(mb, sizeof mb, "%d", b->sync_mb);
+    snprintf(file, sizeof file, "%s/sync.json", b->dir);
+    snprintf(log, sizeof log, "%s/sync.log", b->dir);
+    char *args[] = {b->tool_bin,       "wsync-bench", "--mb", mb,  "--fanout",
+                    (char *)b->fanout, "--out",       file,   NULL};
+    if ((b->helper = spawn(args, log)) < 0) return RL_EIO;
+    /* bounded: 60 s plus 1 s a MiB, far above what loopback needs */
+    double t0 = cli_now_ms(), deadline = t0 + 60e3 + 1e3 * b->sync_mb;
+    int st = 0, rc;
+    while (waitpid(b->helper, &st, WNOHANG) == 0) {
+        if ((rc = interrupted()) < 0) return rc;
+        if (cli_now_ms() > deadline)
+            return rl_fail(RL_EIO, "the weight-sync phase took more than %.0f s",
+                           (deadline - t0) / 1e3);
+        nap_ms(20);
+    }
+    b->helper = 0;
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+        return rl_fail(RL_EIO, "rlhf-wiretool wsync-bench exited with status %d", st);
+    json_error_t je;
+    *out = json_load_file(file, 0, &je);
+    return *out ? 0 : rl_fail(RL_EFORMAT, "%s: %s", file, je.text);
+}
+
 /* ---- command -------------------------------------------------------------------------------- */
 
 static int bw_run(bw_t *b) {
@@ -429,6 +472,8 @@ static int bw_run(bw_t *b) {
     const char *phase = "setup";
     if (rc == 0) phase = "dispatch", rc = phase_dispatch(b, &d);
     if (rc == 0) phase = "swarm", rc = phase_swarm(b, &s);
+    json_t *sync = NULL;
+    if (rc == 0 && b->sync_mb > 0) phase = "sync", rc = phase_sync(b, &sync);
     stop_all(b);
     int out = 1;
     if (rc < 0) {
@@ -436,6 +481,8 @@ static int bw_run(bw_t *b) {
         show_log_tail(b->dir, !strcmp(phase, "swarm") ? "swarm.log" : "dispatch.log");
         if (!strcmp(phase, "swarm")) show_log_tail(b->dir, "swarm-helper.log");
         if (!strcmp(phase, "dispatch")) show_log_tail(b->dir, "worker-0.log");
+        if (!strcmp(phase, "sync")) show_log_tail(b->dir, "sync.log");
+        json_decref(sync);
     } else {
         json_t *disp = json_pack("{s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f}", "p50_ms", d.p50,
                                  "p90_ms", d.p90, "p99_ms", d.p99, "mean_ms", d.mean, "max_ms",
@@ -447,8 +494,13 @@ static int bw_run(bw_t *b) {
             "register_s", s.register_s, "master_cpu_pct", s.cpu_pct, "master_cpu_idle_pct",
             s.cpu_idle_pct, "helper_cpu_pct", s.helper_cpu_pct, "master_recv_per_s", s.recv_per_s,
             "master_sent_per_s", s.sent_per_s, "worker_deaths", (json_int_t)s.deaths);
-        out = cli_print_json(json_pack("{s:s, s:i, s:i, s:o, s:o}", "bench", "wire", "jobs",
-                                       b->jobs, "workers", b->k, "dispatch", disp, "swarm", sw));
+        json_t *o = json_pack("{s:s, s:i, s:i, s:o, s:o}", "bench", "wire", "jobs", b->jobs,
+                              "workers", b->k, "dispatch", disp, "swarm", sw);
+        if (o && sync)
+            json_object_set_new(o, "sync", sync);
+        else
+            json_decref(sync);
+        out = cli_print_json(o);
     }
     if (b->keep)
         fprintf(stderr, "rlhf bench wire: logs kept in %s\n", b->dir);
@@ -459,10 +511,12 @@ static int bw_run(bw_t *b) {
 
 int cmd_bench_wire(int argc, char **argv) {
     static const struct option opts[] = {
-        {"jobs", 1, 0, 'j'}, {"workers", 1, 0, 'w'}, {"swarm", 1, 0, 's'}, {"seconds", 1, 0, 't'},
-        {"keep", 0, 0, 'k'}, {"help", 0, 0, 'h'},    {0, 0, 0, 0}};
+        {"jobs", 1, 0, 'j'},    {"workers", 1, 0, 'w'}, {"swarm", 1, 0, 's'},
+        {"seconds", 1, 0, 't'}, {"keep", 0, 0, 'k'},    {"help", 0, 0, 'h'},
+        {"sync-mb", 1, 0, 'm'}, {"fanout", 1, 0, 'f'},  {0, 0, 0, 0}};
     const char *cmd = "bench wire";
-    bw_t b = {.jobs = 2000, .k = 1, .swarm = 1000, .seconds = 10};
+    bw_t b = {
+        .jobs = 2000, .k = 1, .swarm = 1000, .seconds = 10, .sync_mb = 500, .fanout = "1,2,4"};
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         int bad = 0;
@@ -481,6 +535,18 @@ int cmd_bench_wire(int argc, char **argv) {
             break;
         case 'k':
             b.keep = 1;
+            break;
+        case 'm':
+            bad = cli_int(cmd, "sync-mb", optarg, 0, 16384, &b.sync_mb);
+            break;
+        case 'f':
+            if (strspn(optarg, "0123456789,") != strlen(optarg) || !optarg[0] ||
+                strlen(optarg) > 64) {
+                fprintf(stderr, "rlhf bench wire: --fanout: '%s' is not a list like 1,2,4\n",
+                        optarg);
+                bad = 1;
+            }
+            b.fanout = optarg;
             break;
         case 'h':
             fputs(bw_help, stdout);

@@ -79,7 +79,10 @@ static pid_t spawn(char *const *args, const char *log) {
 typedef struct {
     char run_dir[1024], config[1024], jobs[1024], endpoint[256];
     char master_bin[PATH_MAX + 32], worker_bin[PATH_MAX + 32];
-    int exit_when_done; /* the master stops once every job of --jobs is finished */
+    int exit_when_done;     /* the master stops once every job of --jobs is finished */
+    char learner_dir[1024]; /* learners' --run-dir (checkpoints); default RUN_DIR/learner */
+    int learner_shards;     /* S > 1: the learner is shard 0 of S, role "shard" the others */
+    char shard_ep[64];      /* where shard 0 binds and the other shards connect */
     pid_t master;
     pid_t workers[MAX_WORKERS];
     const char *roles[MAX_WORKERS];
@@ -110,8 +113,38 @@ static pid_t start_worker(sup_t *s, int i) {
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     char threads[24];
     snprintf(threads, sizeof threads, "%ld", cores / s->n_workers > 1 ? cores / s->n_workers : 1);
-    char *args[] = {s->worker_bin, "--role", (char *)s->roles[i], "--master", s->endpoint,
-                    "--id",        id,       "--threads",         threads,    NULL};
+    char ldir[1100];
+    snprintf(ldir, sizeof ldir, "%.1000s", s->learner_dir);
+    if (!ldir[0]) snprintf(ldir, sizeof ldir, "%.1000s/learner", s->run_dir);
+    char *args[] = {s->worker_bin,
+                    "--role",
+                    (char *)s->roles[i],
+                    "--master",
+                    s->endpoint,
+                    "--id",
+                    id,
+                    "--threads",
+                    threads,
+                    NULL,
+                    NULL,
+                    NULL,
+                    NULL,
+                    NULL,
+                    NULL};
+    char shard[32];
+    int k = 0; /* the learner shard this worker is: 0, or 1.. for role "shard" */
+    for (int j = 0; j < i; j++) k += !strcmp(s->roles[j], "shard");
+    snprintf(shard, sizeof shard, "%d/%d", k + 1, s->learner_shards);
+    if (!strcmp(s->roles[i], "shard")) { /* talks to shard 0 only, never to the master */
+        args[2] = "learner", args[3] = "--shard", args[4] = shard;
+        args[9] = "--shard-endpoint", args[10] = s->shard_ep;
+    } else if (!strcmp(s->roles[i], "learner")) {
+        args[9] = "--run-dir", args[10] = ldir;
+        snprintf(shard, sizeof shard, "0/%d", s->learner_shards);
+        if (s->learner_shards > 1)
+            args[11] = "--shard", args[12] = shard, args[13] = "--shard-endpoint",
+            args[14] = s->shard_ep;
+    }
     return spawn(args, log);
 }
 
@@ -215,20 +248,28 @@ static void supervise(sup_t *s) {
 
 static const char up_help[] =
     "usage: rlhf up [--run-dir DIR] [--config FILE] [--jobs FILE] [--rollout N] [--reward M]\n"
-    "               [--learner K]\n\n"
+    "               [--learner K] [--learner-dir DIR] [--learner-shards S]\n\n"
     "Starts rlhf-master and N rollout, M reward and K learner workers on loopback under a\n"
-    "background supervisor that restarts any of them that crashes. Defaults: runs/local, N=1.\n";
+    "background supervisor that restarts any of them that crashes. Learners keep their\n"
+    "checkpoints in --learner-dir (default RUN_DIR/learner). With --learner-shards S > 1 (and\n"
+    "K = 1) the learner computes its gradients on S shards (S - 1 more processes).\n"
+    "Defaults: runs/local, N=1.\n";
 
 int cmd_up(int argc, char **argv) {
     static sup_t S;
     sup_t *s = &S;
     snprintf(s->run_dir, sizeof s->run_dir, "runs/local");
     int n_roll = 1, n_rew = 0, n_learn = 0, c;
-    static const struct option opts[] = {
-        {"run-dir", required_argument, 0, 'r'}, {"config", required_argument, 0, 'c'},
-        {"jobs", required_argument, 0, 'j'},    {"rollout", required_argument, 0, 'o'},
-        {"reward", required_argument, 0, 'w'},  {"learner", required_argument, 0, 'l'},
-        {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
+    static const struct option opts[] = {{"run-dir", required_argument, 0, 'r'},
+                                         {"config", required_argument, 0, 'c'},
+                                         {"jobs", required_argument, 0, 'j'},
+                                         {"rollout", required_argument, 0, 'o'},
+                                         {"reward", required_argument, 0, 'w'},
+                                         {"learner", required_argument, 0, 'l'},
+                                         {"learner-dir", required_argument, 0, 'L'},
+                                         {"learner-shards", required_argument, 0, 'S'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
         case 'r':
@@ -249,6 +290,12 @@ int cmd_up(int argc, char **argv) {
         case 'l':
             if (cli_int("up", "learner", optarg, 0, 16, &n_learn) < 0) return 2;
             break;
+        case 'L':
+            snprintf(s->learner_dir, sizeof s->learner_dir, "%s", optarg);
+            break;
+        case 'S':
+            if (cli_int("up", "learner-shards", optarg, 1, 16, &s->learner_shards) < 0) return 2;
+            break;
         case 'h':
             fputs(up_help, stdout);
             return 0;
@@ -257,10 +304,28 @@ int cmd_up(int argc, char **argv) {
         }
     }
     if (fs_mkdir_p(s->run_dir) < 0) return cli_fail("up", "run directory", RL_EIO);
+    if (s->learner_shards > 1 && n_learn != 1) {
+        fprintf(stderr, "rlhf up: --learner-shards needs exactly one learner (--learner 1)\n");
+        return 2;
+    }
     for (int i = 0; i < n_roll + n_rew + n_learn; i++)
         s->roles[s->n_workers++] = i < n_roll           ? "rollout"
                                    : i < n_roll + n_rew ? "reward"
                                                         : "learner";
+    for (int i = 1; i < s->learner_shards; i++) s->roles[s->n_workers++] = "shard";
+    if (s->learner_shards > 1) { /* a free loopback port for the shards, kept across restarts */
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        struct sockaddr_in a = {.sin_family = AF_INET};
+        socklen_t al = sizeof a;
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) < 0 ||
+            getsockname(fd, (struct sockaddr *)&a, &al) < 0) {
+            if (fd >= 0) close(fd);
+            return cli_fail("up", "shard port", rl_fail(RL_EIO, "%s", strerror(errno)));
+        }
+        close(fd);
+        snprintf(s->shard_ep, sizeof s->shard_ep, "tcp://127.0.0.1:%d", (int)ntohs(a.sin_port));
+    }
     local_bin_path(s->master_bin, sizeof s->master_bin, "rlhf-master");
     local_bin_path(s->worker_bin, sizeof s->worker_bin, "rlhf-worker");
     char lj[1100];

@@ -100,6 +100,41 @@ static const run_key_t run_keys[] = {
     {"rm", "pairwise", T_BOOL, NULL, "--pairwise", "plain pairwise batches (imported pairs)"},
     {"rm", "margin", T_NUM, NULL, "--margin", "margin term weight"},
     {"rm", "center", T_NUM, NULL, "--center", "reward-centering term weight"},
+    /* evaluation against the gold judge */
+    {"eval", "prompts", T_STR, "{run}/task/prompts_heldout.jsonl", "--prompts", "held-out prompts"},
+    {"eval", "samples", T_INT, "4", "--samples", "completions per prompt and policy"},
+    {"eval", "max_new", T_INT, "24", "--max-new", "tokens per completion at most"},
+    /* PPO (stage 3) */
+    {"ppo", "policy", T_STR, "{run}/sft", "--policy", "initial policy (and KL reference)"},
+    {"ppo", "rm", T_STR, "{run}/rm", "--rm", "reward model"},
+    {"ppo", "prompts", T_STR, "{run}/task/prompts.jsonl", "--prompts", "RLHF prompts"},
+    {"ppo", "iterations", T_INT, "20", "--iterations", "PPO iterations"},
+    {"ppo", "batch", T_INT, "32", "--batch", "prompts per iteration"},
+    {"ppo", "samples", T_INT, "1", "--samples", "completions per prompt"},
+    {"ppo", "max_new", T_INT, "24", "--max-new", "tokens per completion at most"},
+    {"ppo", "temperature", T_NUM, "1.0", "--temperature", "rollout sampling temperature"},
+    {"ppo", "prompts_per_job", T_INT, "8", "--prompts-per-job", "prompts per GENERATE job"},
+    {"ppo", "rollout", T_INT, "2", "--rollout", "rollout workers"},
+    {"ppo", "reward", T_INT, "1", "--reward", "reward workers"},
+    {"ppo", "checkpoint_every", T_INT, "1", "--checkpoint-every", "learner checkpoint interval"},
+    {"ppo", "gold", T_BOOL, NULL, "--gold", "score rollouts with the embedded task's gold judge"},
+    {"ppo", "kl_coef", T_NUM, NULL, "--set", "KL penalty coefficient beta (default 0.03)"},
+    {"ppo", "kl_adaptive", T_BOOL, NULL, "--set", "adaptive KL controller (default false)"},
+    {"ppo", "kl_target", T_NUM, NULL, "--set", "adaptive: target KL per sequence (6)"},
+    {"ppo", "kl_horizon", T_NUM, NULL, "--set", "adaptive: horizon in sequences (10000)"},
+    {"ppo", "lr_policy", T_NUM, NULL, "--set", "policy learning rate (1e-5)"},
+    {"ppo", "lr_value", T_NUM, NULL, "--set", "value learning rate (1e-5)"},
+    {"ppo", "epochs", T_INT, NULL, "--set", "passes over each rollout batch (4)"},
+    {"ppo", "minibatch", T_INT, NULL, "--set", "sequences per optimizer step (8)"},
+    {"ppo", "clip_eps", T_NUM, NULL, "--set", "policy ratio clip (0.2)"},
+    {"ppo", "value_clip", T_NUM, NULL, "--set", "value clip (0.2)"},
+    {"ppo", "gamma", T_NUM, NULL, "--set", "discount (1)"},
+    {"ppo", "lambda", T_NUM, NULL, "--set", "GAE lambda (0.95)"},
+    {"ppo", "ent_coef", T_NUM, NULL, "--set", "entropy bonus (0)"},
+    {"ppo", "max_grad_norm", T_NUM, NULL, "--set", "gradient clipping (1)"},
+    {"ppo", "score_norm", T_STR, NULL, "--set", "raw, scale or norm (norm)"},
+    {"ppo", "score_clip", T_NUM, NULL, "--set", "clip of the normalised score (off)"},
+    {"ppo", "whiten", T_BOOL, NULL, "--set", "whiten advantages (true)"},
 };
 #define N_RUN_KEYS (int)(sizeof run_keys / sizeof run_keys[0])
 
@@ -192,6 +227,13 @@ static const stage_t stages[] = {
      "pairs", NULL, NULL, 1},
     {"train_rm", "stage 2: reward model (Bradley-Terry)", "train-rm",
      "--out {run}/rm --seed {seed} --ceiling-from {run}/agreement.json", "rm", NULL, NULL, 60},
+    {"ppo", "stage 3: PPO (master, rollout, reward and learner workers)", "ppo",
+     "--out {run}/ppo --seed {seed}", "ppo", NULL, NULL, 120},
+    {"evaluate", "gold judge: the PPO policy against the SFT policy on held-out prompts",
+     "eval-policy", "--policy {run}/ppo/policy --baseline {ppo.policy} --rm {ppo.rm} --seed {seed}",
+     "eval", NULL, "{run}/eval.json", 10},
+    {"report", "the report: agreement, reward model, PPO, gold judge, plots", "report",
+     "--run {run}", NULL, NULL, NULL, 1},
     {"eval_rm", "stage 2: held-out accuracy, calibration, reward statistics", "eval-rm",
      "--rm {run}/rm --pairs {rm.pairs} --ceiling-from {run}/agreement.json --write-stats", NULL,
      NULL, "{run}/rm_eval.json", 3},
@@ -291,6 +333,13 @@ static char **stage_argv(run_t *r, const stage_t *s, int *argc) {
             continue;
         const char *v = key_value(r, k);
         if (!v) continue;
+        if (!strcmp(k->opt, "--set")) { /* a setting passed through as NAME=VALUE */
+            char kv[512];
+            snprintf(kv, sizeof kv, "%s=%s", k->name, v);
+            av[n++] = strdup("--set");
+            av[n++] = strdup(kv);
+            continue;
+        }
         if (k->type == T_BOOL) {
             if (!strcmp(v, "true")) av[n++] = strdup(k->opt);
             continue;

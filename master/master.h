@@ -41,9 +41,16 @@ typedef struct {
     sched_t sched;
     FILE *results; /* run_dir/results.jsonl, appended and fsync'ed per record */
     char results_path[4096];
+    int results_rfd;          /* the same file read-only: records read back for clients */
+    int64_t results_last_off; /* offset of the line results_append wrote last */
     /* counters */
     uint64_t n_recv, n_sent, n_send_fail, n_bad[MASTER_BAD_COUNT], n_registrations;
     uint64_t n_results_recorded;
+    /* clients: jobs submitted (new), resubmitted (known, same spec), rejected; fetch requests */
+    uint64_t n_submitted, n_resubmitted, n_submit_rejected, n_fetches;
+    /* newest weights announced (WeightsAnnounce from the learner): forwarded to every worker */
+    uint64_t weights_version;
+    char weights_endpoint[256];
     master_http_t *http;
     int http_port;
     int stopping;

@@ -41,6 +41,26 @@ static const char *role_name(int r) {
         return "learner";
     case RLHF__ROLE__ROLE_TOOL:
         return "tool";
+    case RLHF__ROLE__ROLE_CLIENT:
+        return "client";
+    default:
+        return "unknown";
+    }
+}
+
+/* Job kind names as in results.jsonl (Rlhf__JobKind). */
+static const char *kind_label(int k) {
+    switch (k) {
+    case RLHF__JOB_KIND__JOB_KIND_GENERATE:
+        return "generate";
+    case RLHF__JOB_KIND__JOB_KIND_SCORE:
+        return "score";
+    case RLHF__JOB_KIND__JOB_KIND_TRAIN:
+        return "train";
+    case RLHF__JOB_KIND__JOB_KIND_EVAL:
+        return "eval";
+    case RLHF__JOB_KIND__JOB_KIND_NOOP:
+        return "noop";
     default:
         return "unknown";
     }
@@ -53,10 +73,16 @@ static const char *bad_label(int i) {
 json_t *master_status_json(master_t *m) {
     double now = wire_now_ms();
     sched_t *s = &m->sched;
-    json_t *ws = json_array();
+    json_t *ws = json_array(), *cs = json_array();
     for (int w = 0; w < s->n_workers; w++) {
         sched_worker_t *wk = &s->workers[w];
         if (wk->role == RLHF__ROLE__ROLE_TOOL) continue;
+        if (wk->role == RLHF__ROLE__ROLE_CLIENT) {
+            json_array_append_new(cs, json_pack("{s:s, s:s, s:i, s:f}", "id", wk->id, "state",
+                                                wk->alive ? "alive" : "dead", "pid", wk->pid,
+                                                "last_seen_s_ago", (now - wk->last_seen_ms) / 1e3));
+            continue;
+        }
         json_t *o =
             json_pack("{s:s, s:s, s:s, s:i, s:f, s:I}", "id", wk->id, "role", role_name(wk->role),
                       "state", wk->alive ? "alive" : "dead", "pid", wk->pid, "last_seen_s_ago",
@@ -68,19 +94,39 @@ json_t *master_status_json(master_t *m) {
     json_t *bad = json_object();
     for (int i = 1; i < MASTER_BAD_COUNT; i++)
         json_object_set_new(bad, bad_label(i), json_integer((json_int_t)m->n_bad[i]));
-    return json_pack("{s:s, s:s, s:s, s:f, s:o, s:{s:i, s:i, s:i, s:i}, s:{s:I, s:I, s:I, s:I}, "
-                     "s:{s:I, s:I, s:I}, s:o, s:{s:I, s:I}}",
-                     "master_id", m->master_id, "endpoint", m->endpoint, "stage",
-                     m->cfg.n_stages ? m->cfg.stages[0] : "idle", "uptime_s",
-                     (now - m->start_ms) / 1e3, "workers", ws, "queue", "queued",
-                     sched_count(s, SCHED_QUEUED), "leased", sched_count(s, SCHED_LEASED), "done",
-                     sched_count(s, SCHED_DONE), "failed", sched_count(s, SCHED_FAILED), "jobs",
-                     "done", (json_int_t)s->n_done, "retried", (json_int_t)s->n_retried, "failed",
-                     (json_int_t)s->n_failed, "dispatched", (json_int_t)s->n_dispatched,
-                     "results_dropped", "stale", (json_int_t)s->n_stale, "duplicate",
-                     (json_int_t)s->n_duplicate, "unknown", (json_int_t)s->n_unknown,
-                     "bad_messages", bad, "messages", "received", (json_int_t)m->n_recv, "sent",
-                     (json_int_t)m->n_sent);
+    /* jobs by kind and state: {"generate": {"queued", "leased", "done", "failed"}, ...} */
+    int by_kind[32][4] = {{0}};
+    for (int j = 0; j < s->n_jobs; j++)
+        if (s->jobs[j].kind >= 0 && s->jobs[j].kind < 32)
+            by_kind[s->jobs[j].kind][s->jobs[j].state]++;
+    json_t *kinds = json_object();
+    for (int k = 0; k < 32; k++)
+        if (by_kind[k][0] + by_kind[k][1] + by_kind[k][2] + by_kind[k][3])
+            json_object_set_new(kinds, kind_label(k),
+                                json_pack("{s:i, s:i, s:i, s:i}", "queued", by_kind[k][0], "leased",
+                                          by_kind[k][1], "done", by_kind[k][2], "failed",
+                                          by_kind[k][3]));
+    json_t *st = json_pack(
+        "{s:s, s:s, s:s, s:f, s:o, s:{s:i, s:i, s:i, s:i}, s:{s:I, s:I, s:I, s:I}, "
+        "s:{s:I, s:I, s:I}, s:o, s:{s:I, s:I}}",
+        "master_id", m->master_id, "endpoint", m->endpoint, "stage",
+        m->cfg.n_stages ? m->cfg.stages[0] : "idle", "uptime_s", (now - m->start_ms) / 1e3,
+        "workers", ws, "queue", "queued", sched_count(s, SCHED_QUEUED), "leased",
+        sched_count(s, SCHED_LEASED), "done", sched_count(s, SCHED_DONE), "failed",
+        sched_count(s, SCHED_FAILED), "jobs", "done", (json_int_t)s->n_done, "retried",
+        (json_int_t)s->n_retried, "failed", (json_int_t)s->n_failed, "dispatched",
+        (json_int_t)s->n_dispatched, "results_dropped", "stale", (json_int_t)s->n_stale,
+        "duplicate", (json_int_t)s->n_duplicate, "unknown", (json_int_t)s->n_unknown,
+        "bad_messages", bad, "messages", "received", (json_int_t)m->n_recv, "sent",
+        (json_int_t)m->n_sent);
+    json_object_set_new(st, "jobs_by_kind", kinds);
+    json_object_set_new(st, "clients", cs);
+    json_object_set_new(st, "submissions",
+                        json_pack("{s:I, s:I, s:I, s:I}", "submitted", (json_int_t)m->n_submitted,
+                                  "resubmitted", (json_int_t)m->n_resubmitted, "rejected",
+                                  (json_int_t)m->n_submit_rejected, "fetches",
+                                  (json_int_t)m->n_fetches));
+    return st;
 }
 
 typedef struct {
@@ -155,6 +201,14 @@ char *master_metrics_text(master_t *m, size_t *len) {
         {"rlhf_wire_messages_sent_total", "Messages sent on the ROUTER socket.", m->n_sent},
         {"rlhf_wire_send_failures_total", "Sends refused (peer gone or its queue full).",
          m->n_send_fail},
+        {"rlhf_client_jobs_submitted_total", "New jobs submitted by clients.", m->n_submitted},
+        {"rlhf_client_jobs_resubmitted_total", "Known jobs submitted again with the same spec.",
+         m->n_resubmitted},
+        {"rlhf_client_jobs_rejected_total",
+         "Submitted jobs rejected (invalid, or another spec "
+         "under a known id).",
+         m->n_submit_rejected},
+        {"rlhf_client_fetches_total", "FetchResults requests answered.", m->n_fetches},
     };
     for (size_t i = 0; i < sizeof counters / sizeof counters[0]; i++) {
         metric_head(&b, counters[i].name, "counter", counters[i].help);

@@ -15,8 +15,23 @@
  * Results are appended to RUN_DIR/results.jsonl (one line per job, fsync'ed before anything
  * else happens); on start the file is read back so a restarted master never runs or records a
  * finished job again. RUN_DIR/master.json gives the bound endpoint and HTTP port and the pid.
+ *
+ * Clients. Jobs come from the --jobs file at start and from clients at any time: drivers (the
+ * `rlhf ppo` loop, common/client.h) that connect like workers, say Hello with ROLE_CLIENT (they
+ * are never assigned jobs), heartbeat, and send SubmitJobs / FetchResults (proto/rlhf.proto).
+ * A submitted job is scheduled like a file job (to a live worker with its kind among its
+ * capabilities, and of its role when the spec names one) and recorded once in results.jsonl
+ * like any other; the client that last submitted or fetched it gets a JobDone with the packed
+ * output. Submission is idempotent by id: the same spec again is accepted (a finished job
+ * answers at once from its record); another spec under a known id is rejected. An invalid spec
+ * is rejected with its reason and counted as a malformed message.
+ * Every record carries "spec_hash" (the job's identity: kind, seed, policy_version, payload)
+ * and "output_b64" (the packed output, base64), so that after a restart the master still
+ * answers FetchResults and recognises resubmissions of finished jobs. Unfinished submitted jobs
+ * are lost with the master: clients submit them again when they see a new master_id.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <signal.h>
@@ -30,6 +45,7 @@
 #include <unistd.h>
 
 #include <jansson.h>
+#include <openssl/evp.h>
 #include <uv.h>
 #include <zmq.h>
 
@@ -106,20 +122,46 @@ static int results_append(master_t *m, json_t *rec) {
     json_decref(rec);
     if (!line) return rl_fail(RL_ENOMEM, "results: cannot format a record");
     int rc = 0;
-    if (fprintf(m->results, "%s\n", line) < 0 || fflush(m->results) != 0 ||
+    /* where the line starts, for reading it back (clients' FetchResults) */
+    off_t off = fflush(m->results) == 0 ? lseek(fileno(m->results), 0, SEEK_END) : -1;
+    if (off < 0 || fprintf(m->results, "%s\n", line) < 0 || fflush(m->results) != 0 ||
         fdatasync(fileno(m->results)) != 0)
         rc = rl_fail(RL_EIO, "%s: %s", m->results_path, strerror(errno));
+    m->results_last_off = rc == 0 ? (int64_t)off : -1;
     free(line);
     if (rc == 0) m->n_results_recorded++;
     return rc;
 }
 
-/* Reads back the results of an earlier master of this run: those jobs are done. A torn last
- * line (a crash mid-write) is ignored, and a newline is added so the next record starts clean. */
+/* A record's job: the jobs file's, or (submitted by a client to an earlier master) a job known
+ * only by its record, added here without a spec: its identity is the record's spec_hash. */
+static int results_job(master_t *m, json_t *o, uint64_t id) {
+    int j = sched_job_find(&m->sched, id);
+    if (j >= 0) return j;
+    json_t *jk = json_object_get(o, "kind"), *jh = json_object_get(o, "spec_hash");
+    int kind = 0;
+    for (int k = 1; k < 32 && !kind; k++)
+        if (json_is_string(jk) && strcmp(kind_name(k), "unknown") &&
+            !strcmp(kind_name(k), json_string_value(jk)))
+            kind = k;
+    unsigned long long h = 0;
+    if (!kind || (j = sched_job_add(&m->sched, id, kind, 0, NULL, 0, 0)) < 0) return -1;
+    /* a record from before spec hashes: any spec of the same kind matches it */
+    m->sched.jobs[j].spec_hash =
+        json_is_string(jh) && sscanf(json_string_value(jh), "%16llx", &h) == 1 && h ? h
+                                                                                    : UINT64_MAX;
+    return j;
+}
+
+/* Reads back the results of an earlier master of this run: those jobs are done, and each
+ * remembers where its record is (to answer clients). A torn last line (a crash mid-write) is
+ * ignored, and a newline is added so the next record starts clean. */
 static int results_open(master_t *m) {
     snprintf(m->results_path, sizeof m->results_path, "%s/results.jsonl", m->cfg.run_dir);
+    m->results_rfd = -1;
     FILE *f = fopen(m->results_path, "r");
     int last_nl = 1, n = 0;
+    int64_t off = 0;
     if (f) {
         char *line = NULL;
         size_t cap = 0;
@@ -128,16 +170,23 @@ static int results_open(master_t *m) {
             last_nl = line[len - 1] == '\n';
             json_t *o = json_loads(line, 0, NULL);
             json_t *id = o ? json_object_get(o, "job_id") : NULL;
-            if (json_is_integer(id) &&
-                sched_job_mark_done(&m->sched, (uint64_t)json_integer_value(id)) == 0)
+            int j = json_is_integer(id) && json_integer_value(id) > 0
+                        ? results_job(m, o, (uint64_t)json_integer_value(id))
+                        : -1;
+            if (j >= 0 && sched_job_mark_done(&m->sched, m->sched.jobs[j].id) == 0) {
+                m->sched.jobs[j].record_off = off;
                 n++;
+            }
             json_decref(o);
+            off += len;
         }
         free(line);
         fclose(f);
     }
     m->results = fopen(m->results_path, "a");
     if (!m->results) return rl_fail(RL_EIO, "%s: %s", m->results_path, strerror(errno));
+    m->results_rfd = open(m->results_path, O_RDONLY | O_CLOEXEC);
+    if (m->results_rfd < 0) return rl_fail(RL_EIO, "%s: %s", m->results_path, strerror(errno));
     if (!last_nl) fputc('\n', m->results);
     if (n) mlog("%d jobs already done in %s", n, m->results_path);
     return 0;
@@ -152,8 +201,96 @@ static uint64_t mix64(uint64_t x) {
     return x ^ (x >> 31);
 }
 
-/* One JSONL line: {"id", "kind": "generate"|"noop", "seed"?, "lease_ms"?, "model", "prompt",
- * "max_new_tokens", "delay_ms"?}. */
+static double json_num_or(json_t *o, const char *key, double def) {
+    json_t *v = json_object_get(o, key);
+    return json_is_number(v) ? json_number_value(v) : def;
+}
+
+/* A TRAIN job (TrainSpec): {"train": "lm" (default), "model", "tokens": FILE or "batch": [[B rows
+ * of T+1 ids]], "batch_size" and "seq" (with "tokens"), "step" (global index of its first
+ * step, 0), "steps" (1), "lr" (1e-3), "min_lr" (1e-4), "schedule" ("cosine"), "warmup" (20),
+ * "total_steps" (step + steps), "weight_decay" (0.1), "clip" (1.0), "delay_ms"}: the defaults of
+ * `rlhf train-lm`. The master only checks shapes and packs; the learner does the math. */
+static int train_job_from_json(master_t *m, json_t *o, uint64_t id, uint64_t seed, uint32_t lease,
+                               const char *where) {
+    Rlhf__TrainSpec sp = RLHF__TRAIN_SPEC__INIT;
+    json_t *jt = json_object_get(o, "train"), *jm = json_object_get(o, "model");
+    json_t *jf = json_object_get(o, "tokens"), *jb = json_object_get(o, "batch");
+    json_t *js = json_object_get(o, "schedule");
+    const char *kind = json_is_string(jt) ? json_string_value(jt) : "lm";
+    const char *sched = json_is_string(js) ? json_string_value(js) : "cosine";
+    if (strcmp(kind, "lm"))
+        return rl_fail(RL_EUNSUPPORTED, "%s: train: '%s' is not a supported kind (lm)", where,
+                       kind);
+    sp.kind = RLHF__TRAIN_KIND__TRAIN_KIND_LM;
+    if (!strcmp(sched, "constant"))
+        sp.schedule = RLHF__TRAIN_SCHEDULE__TRAIN_SCHEDULE_CONSTANT;
+    else if (!strcmp(sched, "warmup"))
+        sp.schedule = RLHF__TRAIN_SCHEDULE__TRAIN_SCHEDULE_WARMUP;
+    else if (!strcmp(sched, "cosine"))
+        sp.schedule = RLHF__TRAIN_SCHEDULE__TRAIN_SCHEDULE_COSINE;
+    else
+        return rl_fail(RL_EINVAL, "%s: schedule: '%s' is not constant, warmup or cosine", where,
+                       sched);
+    if (!json_is_string(jm) || json_is_string(jf) == json_is_array(jb))
+        return rl_fail(RL_EINVAL, "%s: train needs model and one of tokens (a file) or batch",
+                       where);
+    sp.model_dir = (char *)json_string_value(jm);
+    double B = json_num_or(o, "batch_size", 0), T = json_num_or(o, "seq", 0);
+    int32_t *ids = NULL;
+    if (json_is_array(jb)) { /* rows of T+1 ids, all the same length */
+        json_t *r0 = json_array_get(jb, 0);
+        B = (double)json_array_size(jb);
+        T = json_is_array(r0) ? (double)json_array_size(r0) - 1 : 0;
+        if (B < 1 || T < 1 || B * (T + 1) > 1 << 24)
+            return rl_fail(RL_EINVAL, "%s: batch: rows of at least 2 ids expected", where);
+        ids = malloc((size_t)(B * (T + 1)) * sizeof *ids);
+        if (!ids) return rl_fail(RL_ENOMEM, "out of memory");
+        for (size_t b = 0; b < (size_t)B; b++) {
+            json_t *row = json_array_get(jb, b);
+            if (!json_is_array(row) || json_array_size(row) != (size_t)T + 1) {
+                free(ids);
+                return rl_fail(RL_EINVAL, "%s: batch row %zu: %d ids expected", where, b,
+                               (int)T + 1);
+            }
+            for (size_t t = 0; t <= (size_t)T; t++)
+                ids[b * ((size_t)T + 1) + t] = (int32_t)json_integer_value(json_array_get(row, t));
+        }
+        sp.batch = ids;
+        sp.n_batch = (size_t)(B * (T + 1));
+    } else {
+        sp.tokens_file = (char *)json_string_value(jf);
+    }
+    double step = json_num_or(o, "step", 0), steps = json_num_or(o, "steps", 1);
+    if (B < 1 || B > 1 << 20 || T < 1 || T > 1 << 20 || step < 0 || steps < 1 || steps > 1 << 24) {
+        free(ids);
+        return rl_fail(RL_EINVAL, "%s: train: batch_size, seq, step or steps out of range", where);
+    }
+    sp.batch_size = (uint32_t)B;
+    sp.seq_len = (uint32_t)T;
+    sp.step = (uint64_t)step;
+    sp.n_steps = (uint32_t)steps;
+    sp.lr = (float)json_num_or(o, "lr", 1e-3);
+    sp.min_lr = (float)json_num_or(o, "min_lr", 1e-4);
+    sp.warmup = (uint64_t)json_num_or(o, "warmup", 20);
+    sp.total_steps = (uint64_t)json_num_or(o, "total_steps", step + steps);
+    sp.weight_decay = (float)json_num_or(o, "weight_decay", 0.1);
+    sp.clip = (float)json_num_or(o, "clip", 1.0);
+    sp.delay_ms = (uint32_t)json_num_or(o, "delay_ms", 0);
+    size_t len = rlhf__train_spec__get_packed_size(&sp);
+    uint8_t *buf = malloc(len ? len : 1);
+    int rc = buf ? 0 : rl_fail(RL_ENOMEM, "out of memory");
+    if (buf) {
+        rlhf__train_spec__pack(&sp, buf);
+        rc = sched_job_add(&m->sched, id, RLHF__JOB_KIND__JOB_KIND_TRAIN, seed, buf, len, lease);
+    }
+    free(buf);
+    free(ids);
+    return rc < 0 ? rl_fail_ctx(rc, "%s: ", where) : rc;
+}
+
+/* One JSONL line: {"id", "kind": "generate"|"train"|"noop", "seed"?, "lease_ms"?, "model",
+ * "prompt", "max_new_tokens", "delay_ms"?} (train: see train_job_from_json). */
 static int job_from_json(master_t *m, json_t *o, const char *where) {
     json_t *jid = json_object_get(o, "id"), *jk = json_object_get(o, "kind");
     if (!json_is_integer(jid) || json_integer_value(jid) <= 0)
@@ -168,8 +305,9 @@ static int job_from_json(master_t *m, json_t *o, const char *where) {
         json_is_integer(jl) ? (uint32_t)json_integer_value(jl) : (uint32_t)m->cfg.lease_ms;
     if (!strcmp(ks, "noop"))
         return sched_job_add(&m->sched, id, RLHF__JOB_KIND__JOB_KIND_NOOP, seed, NULL, 0, lease);
+    if (!strcmp(ks, "train")) return train_job_from_json(m, o, id, seed, lease, where);
     if (strcmp(ks, "generate"))
-        return rl_fail(RL_EINVAL, "%s: kind: '%s' is not generate or noop", where, ks);
+        return rl_fail(RL_EINVAL, "%s: kind: '%s' is not generate, train or noop", where, ks);
     Rlhf__GenerateSpec sp = RLHF__GENERATE_SPEC__INIT;
     json_t *jm = json_object_get(o, "model"), *jp = json_object_get(o, "prompt");
     json_t *jn = json_object_get(o, "max_new_tokens"), *jd = json_object_get(o, "delay_ms");
@@ -209,6 +347,18 @@ static int job_from_json(master_t *m, json_t *o, const char *where) {
     return rc < 0 ? rl_fail_ctx(rc, "%s: ", where) : rc;
 }
 
+/* "policy_version" (any kind, optional, default 0): the weights version the job needs. The
+ * scheduler holds the job until that version is announced; the worker fetches it first. */
+static int job_policy_version(master_t *m, json_t *o, const char *where) {
+    json_t *jv = json_object_get(o, "policy_version");
+    if (!jv) return 0;
+    if (!json_is_integer(jv) || json_integer_value(jv) < 0)
+        return rl_fail(RL_EINVAL, "%s: policy_version: a non-negative integer is required", where);
+    int j = sched_job_find(&m->sched, (uint64_t)json_integer_value(json_object_get(o, "id")));
+    if (j >= 0) m->sched.jobs[j].policy_version = (uint64_t)json_integer_value(jv);
+    return 0;
+}
+
 static int jobs_load(master_t *m, const char *path) {
     FILE *f = fopen(path, "r");
     if (!f) return rl_fail(RL_ENOTFOUND, "%s: %s", path, strerror(errno));
@@ -222,6 +372,7 @@ static int jobs_load(master_t *m, const char *path) {
         json_error_t je;
         json_t *o = json_loads(line, 0, &je);
         rc = o ? job_from_json(m, o, where) : rl_fail(RL_EFORMAT, "%s: %s", where, je.text);
+        if (rc >= 0) rc = job_policy_version(m, o, where);
         json_decref(o);
     }
     free(line);
@@ -245,6 +396,7 @@ static void dispatch_all(master_t *m) {
         a.lease_id = jb->lease_id;
         a.lease_ms = jb->lease_ms;
         a.seed = jb->seed;
+        a.policy_version = jb->policy_version;
         a.payload.data = jb->payload;
         a.payload.len = jb->payload_len;
         env.body_case = RLHF__ENVELOPE__BODY_JOB_ASSIGN;
@@ -282,11 +434,22 @@ static void count_bad(master_t *m, int cls, const wire_msg_t *msg, const char *d
              wire_frame_size(msg, 0), msg->n_frames, detail);
 }
 
+static void send_weights(master_t *m, const uint8_t *rid, size_t rid_len) {
+    Rlhf__Envelope env = RLHF__ENVELOPE__INIT;
+    Rlhf__WeightsAnnounce a = RLHF__WEIGHTS_ANNOUNCE__INIT;
+    a.version = m->weights_version;
+    a.endpoint = m->weights_endpoint;
+    env.body_case = RLHF__ENVELOPE__BODY_WEIGHTS_ANNOUNCE;
+    env.weights_announce = &a;
+    msend(m, rid, rid_len, &env);
+}
+
 static void on_hello(master_t *m, const wire_msg_t *msg, const Rlhf__Hello *h) {
     uint32_t caps = 0;
     for (size_t i = 0; i < h->n_capabilities; i++)
         if (h->capabilities[i] > 0 && h->capabilities[i] < 32) caps |= 1u << h->capabilities[i];
-    if (h->role == RLHF__ROLE__ROLE_TOOL) caps = 0; /* diagnostics peers never get jobs */
+    if (h->role == RLHF__ROLE__ROLE_TOOL || h->role == RLHF__ROLE__ROLE_CLIENT)
+        caps = 0; /* diagnostics peers and clients never get jobs */
     const char *id = h->worker_id && h->worker_id[0] ? h->worker_id : "anonymous";
     double now = wire_now_ms();
     int w = sched_worker_add(&m->sched, msg->rid, msg->rid_len, id, h->role, caps, h->pid, now);
@@ -297,7 +460,8 @@ static void on_hello(master_t *m, const wire_msg_t *msg, const Rlhf__Hello *h) {
     sched_worker_seen(&m->sched, w, now, h->job_id, h->job_attempt);
     m->n_registrations++;
     if (h->role != RLHF__ROLE__ROLE_TOOL)
-        mlog("worker %s registered (role %d, pid %d, version %s)", id, h->role, h->pid,
+        mlog("%s %s registered (role %d, pid %d, version %s)",
+             h->role == RLHF__ROLE__ROLE_CLIENT ? "client" : "worker", id, h->role, h->pid,
              h->version ? h->version : "?");
     Rlhf__Envelope env = RLHF__ENVELOPE__INIT;
     Rlhf__Welcome wl = RLHF__WELCOME__INIT;
@@ -306,8 +470,348 @@ static void on_hello(master_t *m, const wire_msg_t *msg, const Rlhf__Hello *h) {
     wl.liveness = (uint32_t)m->cfg.liveness;
     env.body_case = RLHF__ENVELOPE__BODY_WELCOME;
     env.welcome = &wl;
-    if (msend(m, msg->rid, msg->rid_len, &env) < 0) sched_worker_dead(&m->sched, w, "unreachable");
+    if (msend(m, msg->rid, msg->rid_len, &env) < 0)
+        sched_worker_dead(&m->sched, w, "unreachable");
+    else if (m->weights_version && h->role != RLHF__ROLE__ROLE_TOOL)
+        send_weights(m, msg->rid, msg->rid_len); /* joined late or reconnected: fetch the latest */
     dispatch_all(m);
+}
+
+/* The learner (or a tool) announces weights: a newer version, or the same one served at a new
+ * endpoint (a restarted learner), is forwarded to every worker, and jobs waiting for it become
+ * dispatchable. Announcers repeat themselves, so a restarted master learns the version again. */
+static void on_weights_announce(master_t *m, const Rlhf__WeightsAnnounce *a) {
+    const char *ep = a->endpoint ? a->endpoint : "";
+    if (!ep[0] || strlen(ep) >= sizeof m->weights_endpoint || a->version < m->weights_version ||
+        (a->version == m->weights_version && !strcmp(ep, m->weights_endpoint)))
+        return;
+    m->weights_version = a->version;
+    snprintf(m->weights_endpoint, sizeof m->weights_endpoint, "%s", ep);
+    m->sched.weights_version = a->version;
+    mlog("weights version %" PRIu64 " announced at %s", a->version, ep);
+    for (int w = 0; w < m->sched.n_workers; w++) {
+        sched_worker_t *wk = &m->sched.workers[w];
+        if (wk->alive && wk->role != RLHF__ROLE__ROLE_TOOL) send_weights(m, wk->rid, wk->rid_len);
+    }
+    dispatch_all(m);
+}
+
+/* ---- clients -------------------------------------------------------------------------------- */
+
+/* The identity of a job spec: FNV-1a (64 bits) over kind, seed, policy_version (little-endian)
+ * and the payload. Never 0 (0 means "hash the spec" in sched_job_t.spec_hash). */
+static uint64_t spec_hash(int kind, uint64_t seed, uint64_t policy_version, const uint8_t *p,
+                          size_t n) {
+    uint64_t h = 0xcbf29ce484222325ULL, head[3] = {(uint64_t)(uint32_t)kind, seed, policy_version};
+    for (int i = 0; i < 3; i++)
+        for (int b = 0; b < 8; b++) h = (h ^ ((head[i] >> (8 * b)) & 0xFF)) * 0x100000001b3ULL;
+    for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 0x100000001b3ULL;
+    return h ? h : 1;
+}
+
+static uint64_t job_spec_hash(const sched_job_t *jb) {
+    return jb->spec_hash
+               ? jb->spec_hash
+               : spec_hash(jb->kind, jb->seed, jb->policy_version, jb->payload, jb->payload_len);
+}
+
+/* Adds "spec_hash" and (with an output) "output_b64" to a result record. Returns 0 or RL_ENOMEM
+ * (rec is left for the caller either way). */
+static int record_output(json_t *rec, const sched_job_t *jb, const ProtobufCBinaryData *out) {
+    char hex[20];
+    snprintf(hex, sizeof hex, "%016" PRIx64, job_spec_hash(jb));
+    json_object_set_new(rec, "spec_hash", json_string(hex));
+    if (!out) return 0;
+    if (out->len > (size_t)INT32_MAX / 2) return rl_fail(RL_ERANGE, "job output too large");
+    char *b64 = malloc(4 * ((out->len + 2) / 3) + 1);
+    if (!b64) return rl_fail(RL_ENOMEM, "out of memory");
+    EVP_EncodeBlock((unsigned char *)b64, out->data ? out->data : (const uint8_t *)"",
+                    (int)out->len);
+    json_object_set_new(rec, "output_b64", json_string(b64));
+    free(b64);
+    return 0;
+}
+
+/* A job just recorded: where its record is, and its identity; its spec is never needed again
+ * (a long run would otherwise keep every spec it ever ran). */
+static void record_kept(master_t *m, sched_job_t *jb) {
+    jb->record_off = m->results_last_off;
+    jb->spec_hash = job_spec_hash(jb);
+    free(jb->payload);
+    jb->payload = NULL;
+    jb->payload_len = 0;
+}
+
+/* The record at byte `off` of results.jsonl, parsed; NULL when it cannot be read. */
+static json_t *record_read(master_t *m, int64_t off) {
+    size_t cap = 1 << 14, len = 0;
+    char *buf = malloc(cap);
+    for (int found = 0; buf && !found;) {
+        if (cap - len < 4097) {
+            char *nb = cap < (256u << 20) ? realloc(buf, 2 * cap) : NULL;
+            if (!nb) break;
+            buf = nb;
+            cap *= 2;
+        }
+        ssize_t n = pread(m->results_rfd, buf + len, 4096, (off_t)(off + (int64_t)len));
+        if (n <= 0) break;
+        char *nl = memchr(buf + len, '\n', (size_t)n);
+        len = nl ? (size_t)(nl - buf) : len + (size_t)n;
+        found = nl != NULL;
+    }
+    json_t *o = buf ? json_loadb(buf, len, 0, NULL) : NULL;
+    free(buf);
+    return o;
+}
+
+static void send_job_done(master_t *m, const uint8_t *rid, size_t rid_len, const sched_job_t *jb,
+                          int status, const char *worker, double elapsed_ms,
+                          const ProtobufCBinaryData *out) {
+    Rlhf__Envelope env = RLHF__ENVELOPE__INIT;
+    Rlhf__JobDone d = RLHF__JOB_DONE__INIT;
+    d.job_id = jb->id;
+    d.status = status;
+    d.kind = jb->kind;
+    d.attempt = jb->attempt;
+    d.worker = (char *)(worker ? worker : "");
+    d.elapsed_ms = elapsed_ms;
+    if (out) d.payload = *out;
+    env.body_case = RLHF__ENVELOPE__BODY_JOB_DONE;
+    env.job_done = &d;
+    /* a client that is gone or slow misses it; it asks again (FetchResults) */
+    msend(m, rid, rid_len, &env);
+}
+
+/* A job just recorded: tell the client that submitted it, if it is still with us. */
+static void client_notify(master_t *m, const sched_job_t *jb, int status, const char *worker,
+                          double elapsed_ms, const ProtobufCBinaryData *out) {
+    int c = jb->client;
+    if (c < 0 || c >= m->sched.n_workers) return;
+    const sched_worker_t *ck = &m->sched.workers[c];
+    if (ck->alive && ck->role == RLHF__ROLE__ROLE_CLIENT)
+        send_job_done(m, ck->rid, ck->rid_len, jb, status, worker, elapsed_ms, out);
+}
+
+/* A finished job's JobDone, rebuilt from its record (after a restart, or for a client that asks
+ * again). An unreadable record is reported as a failure rather than left unanswered. */
+static void send_job_done_recorded(master_t *m, const uint8_t *rid, size_t rid_len,
+                                   const sched_job_t *jb) {
+    json_t *o = record_read(m, jb->record_off);
+    json_t *st = json_object_get(o, "status"), *b64 = json_object_get(o, "output_b64");
+    json_t *wk = json_object_get(o, "worker"), *at = json_object_get(o, "attempt");
+    json_t *id = json_object_get(o, "job_id");
+    ProtobufCBinaryData out = {0, NULL};
+    int ok = json_is_integer(id) && (uint64_t)json_integer_value(id) == jb->id &&
+             json_is_string(st) && !strcmp(json_string_value(st), "done");
+    if (ok && json_is_string(b64)) {
+        size_t n = json_string_length(b64);
+        out.data = malloc(n / 4 * 3 + 3);
+        int len =
+            out.data && n % 4 == 0 && n < (size_t)INT32_MAX
+                ? EVP_DecodeBlock(out.data, (const unsigned char *)json_string_value(b64), (int)n)
+                : -1;
+        /* EVP_DecodeBlock counts the padding as zero bytes */
+        for (size_t i = n; len > 0 && i > 0 && json_string_value(b64)[i - 1] == '='; i--) len--;
+        ok = len >= 0;
+        out.len = ok ? (size_t)len : 0;
+    }
+    if (!ok && !(json_is_string(st) && !strcmp(json_string_value(st), "failed")))
+        mlog("job %" PRIu64 ": its record in %s cannot be read back: reported as failed", jb->id,
+             m->results_path);
+    sched_job_t copy = *jb;
+    if (json_is_integer(at)) copy.attempt = (uint32_t)json_integer_value(at);
+    send_job_done(m, rid, rid_len, &copy,
+                  ok ? RLHF__JOB_STATUS__JOB_STATUS_DONE : RLHF__JOB_STATUS__JOB_STATUS_FAILED,
+                  json_is_string(wk) ? json_string_value(wk) : "",
+                  json_number_value(json_object_get(o, "elapsed_ms")), ok ? &out : NULL);
+    free(out.data);
+    json_decref(o);
+}
+
+/* The client sending a SubmitJobs / FetchResults: its registry index, or -1 after answering
+ * (not registered: say Hello; not a client: counted as unexpected). */
+static int client_of(master_t *m, const wire_msg_t *msg, int w, const char *what) {
+    if (w < 0) {
+        send_error(m, msg->rid, msg->rid_len, RLHF__ERROR_CODE__ERROR_CODE_NOT_REGISTERED,
+                   "register first");
+        return -1;
+    }
+    if (m->sched.workers[w].role != RLHF__ROLE__ROLE_CLIENT) {
+        count_bad(m, MASTER_BAD_UNEXPECTED, msg, what);
+        send_error(m, msg->rid, msg->rid_len, RLHF__ERROR_CODE__ERROR_CODE_BAD_MESSAGE, what);
+        return -1;
+    }
+    sched_worker_seen(&m->sched, w, wire_now_ms(), 0, 0);
+    return w;
+}
+
+/* Checks a JobSpec's fields and that its payload is the kind's spec. Returns NULL or why not. */
+static const char *spec_invalid(const Rlhf__JobSpec *js) {
+    if (js->id == 0 || js->id > (uint64_t)INT64_MAX) return "id: 1 .. 2^63-1 required";
+    if (js->role != RLHF__ROLE__ROLE_UNSPECIFIED && js->role != RLHF__ROLE__ROLE_ROLLOUT &&
+        js->role != RLHF__ROLE__ROLE_REWARD && js->role != RLHF__ROLE__ROLE_LEARNER)
+        return "role: not a worker role";
+    if (js->lease_ms > 7 * 86400000u) return "lease_ms: more than a week";
+    if (js->seed > (uint64_t)INT64_MAX) return "seed: 0 .. 2^63-1 required";
+    const ProtobufCBinaryData *p = &js->payload;
+    switch (js->kind) {
+    case RLHF__JOB_KIND__JOB_KIND_GENERATE: {
+        Rlhf__GenerateSpec *g = rlhf__generate_spec__unpack(NULL, p->len, p->data);
+        int ok = g && g->model_dir && g->model_dir[0] && (g->n_prompt > 0 || g->n_prompts > 0);
+        if (g) rlhf__generate_spec__free_unpacked(g, NULL);
+        return ok ? NULL : "payload: not a GenerateSpec with a model_dir and prompts";
+    }
+    case RLHF__JOB_KIND__JOB_KIND_TRAIN: {
+        Rlhf__TrainSpec *t = rlhf__train_spec__unpack(NULL, p->len, p->data);
+        int ok = t && (t->kind == RLHF__TRAIN_KIND__TRAIN_KIND_PPO
+                           ? t->ppo != NULL
+                           : t->batch_size > 0 && t->seq_len > 0 && t->n_steps > 0);
+        if (t) rlhf__train_spec__free_unpacked(t, NULL);
+        return ok ? NULL
+                  : "payload: not a TrainSpec with batch_size, seq_len and n_steps (or a PPO "
+                    "spec)";
+    }
+    case RLHF__JOB_KIND__JOB_KIND_SCORE: /* opaque here: the worker checks its spec */
+    case RLHF__JOB_KIND__JOB_KIND_EVAL:
+    case RLHF__JOB_KIND__JOB_KIND_NOOP:
+        return NULL;
+    default:
+        return "kind: not a job kind";
+    }
+}
+
+/* One JobSpec from client c: 0 queued (or already queued / running with this spec), 1 already
+ * finished (recorded), -1 rejected with the reason in why (*malformed set when the spec itself
+ * is invalid). */
+static int submit_one(master_t *m, int c, const Rlhf__JobSpec *js, char *why, size_t why_len,
+                      int *malformed) {
+    const char *bad = spec_invalid(js);
+    if (bad) {
+        *malformed = 1;
+        snprintf(why, why_len, "%s", bad);
+        return -1;
+    }
+    uint64_t seed = js->seed ? js->seed : mix64(m->cfg.seed ^ mix64(js->id)) >> 1;
+    uint64_t h = spec_hash(js->kind, seed, js->policy_version, js->payload.data, js->payload.len);
+    int j = sched_job_find(&m->sched, js->id);
+    if (j >= 0) {
+        sched_job_t *jb = &m->sched.jobs[j];
+        uint64_t have = job_spec_hash(jb);
+        if (have == UINT64_MAX ? jb->kind != (int)js->kind : have != h) {
+            snprintf(why, why_len, "job %" PRIu64 " exists with another spec", js->id);
+            return -1;
+        }
+        jb->client = c; /* whoever asked last hears about it */
+        m->n_resubmitted++;
+        return jb->record_off >= 0 ? 1 : 0;
+    }
+    uint32_t lease = js->lease_ms ? js->lease_ms : (uint32_t)m->cfg.lease_ms;
+    j = sched_job_add(&m->sched, js->id, js->kind, seed, js->payload.data, js->payload.len, lease);
+    if (j < 0) {
+        snprintf(why, why_len, "master: %s", rl_errmsg());
+        return -1;
+    }
+    sched_job_t *jb = &m->sched.jobs[j];
+    jb->policy_version = js->policy_version;
+    jb->role = js->role;
+    jb->client = c;
+    m->n_submitted++;
+    return 0;
+}
+
+static void on_submit(master_t *m, const wire_msg_t *msg, int w, const Rlhf__SubmitJobs *sj) {
+    int c = client_of(m, msg, w, "SubmitJobs from a peer that is not a client");
+    if (c < 0) return;
+    size_t n = sj->n_jobs;
+    uint64_t *ids = malloc((n ? n : 1) * 3 * sizeof *ids);
+    char **why = calloc(n ? n : 1, sizeof *why);
+    if (!ids || !why) {
+        free(ids);
+        free(why);
+        send_error(m, msg->rid, msg->rid_len, RLHF__ERROR_CODE__ERROR_CODE_BAD_MESSAGE,
+                   "master: out of memory");
+        return;
+    }
+    uint64_t *acc = ids, *done = ids + n, *rej = ids + 2 * n;
+    size_t n_acc = 0, n_done = 0, n_rej = 0;
+    int malformed = 0, logged = 0;
+    char reason[200];
+    for (size_t i = 0; i < n; i++) {
+        const Rlhf__JobSpec *js = sj->jobs[i];
+        int rc = submit_one(m, c, js, reason, sizeof reason, &malformed);
+        if (rc == 0) acc[n_acc++] = js->id;
+        if (rc == 1) done[n_done++] = js->id;
+        if (rc < 0) {
+            m->n_submit_rejected++;
+            if (logged++ < 5)
+                mlog("client %s: job %" PRIu64 " rejected: %s", m->sched.workers[c].id, js->id,
+                     reason);
+            why[n_rej] = strdup(reason);
+            rej[n_rej++] = js->id;
+        }
+    }
+    if (malformed) count_bad(m, WIRE_BAD_MALFORMED, msg, "invalid job spec in SubmitJobs");
+    Rlhf__Envelope env = RLHF__ENVELOPE__INIT;
+    Rlhf__SubmitAck ack = RLHF__SUBMIT_ACK__INIT;
+    ack.request_id = sj->request_id;
+    ack.accepted = acc;
+    ack.n_accepted = n_acc;
+    ack.already_done = done;
+    ack.n_already_done = n_done;
+    ack.rejected = rej;
+    ack.n_rejected = n_rej;
+    for (size_t i = 0; i < n_rej; i++)
+        if (!why[i]) why[i] = strdup("?"); /* strdup failed: still one reason per id */
+    ack.reasons = why;
+    ack.n_reasons = n_rej;
+    env.body_case = RLHF__ENVELOPE__BODY_SUBMIT_ACK;
+    env.submit_ack = &ack;
+    msend(m, msg->rid, msg->rid_len, &env);
+    for (size_t i = 0; i < n_done; i++)
+        send_job_done_recorded(m, msg->rid, msg->rid_len,
+                               &m->sched.jobs[sched_job_find(&m->sched, done[i])]);
+    if (n_acc + n_done)
+        mlog("client %s submitted %zu jobs: %zu accepted, %zu already done, %zu rejected",
+             m->sched.workers[c].id, n, n_acc, n_done, n_rej);
+    for (size_t i = 0; i < n_rej; i++) free(why[i]);
+    free(why);
+    free(ids);
+    dispatch_all(m);
+}
+
+static void on_fetch(master_t *m, const wire_msg_t *msg, int w, const Rlhf__FetchResults *f) {
+    int c = client_of(m, msg, w, "FetchResults from a peer that is not a client");
+    if (c < 0) return;
+    m->n_fetches++;
+    size_t n = f->n_job_ids, n_pend = 0, n_unk = 0;
+    uint64_t *pend = malloc((n ? n : 1) * 2 * sizeof *pend), *unk = pend ? pend + n : NULL;
+    if (!pend) {
+        send_error(m, msg->rid, msg->rid_len, RLHF__ERROR_CODE__ERROR_CODE_BAD_MESSAGE,
+                   "master: out of memory");
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        int j = sched_job_find(&m->sched, f->job_ids[i]);
+        if (j < 0) {
+            unk[n_unk++] = f->job_ids[i];
+        } else if (m->sched.jobs[j].record_off >= 0) {
+            send_job_done_recorded(m, msg->rid, msg->rid_len, &m->sched.jobs[j]);
+        } else {
+            m->sched.jobs[j].client = c;
+            pend[n_pend++] = f->job_ids[i];
+        }
+    }
+    Rlhf__Envelope env = RLHF__ENVELOPE__INIT;
+    Rlhf__FetchAck ack = RLHF__FETCH_ACK__INIT;
+    ack.request_id = f->request_id;
+    ack.pending = pend;
+    ack.n_pending = n_pend;
+    ack.unknown = unk;
+    ack.n_unknown = n_unk;
+    env.body_case = RLHF__ENVELOPE__BODY_FETCH_ACK;
+    env.fetch_ack = &ack;
+    msend(m, msg->rid, msg->rid_len, &env);
+    free(pend);
 }
 
 static json_t *output_json(int kind, const ProtobufCBinaryData *payload) {
@@ -331,12 +835,53 @@ static json_t *output_json(int kind, const ProtobufCBinaryData *payload) {
                     json_array_append_new(ct, json_integer(cp->tokens[i]));
                 for (size_t i = 0; i < cp->n_logprobs; i++)
                     json_array_append_new(cl, json_real(cp->logprobs[i]));
-                json_array_append_new(cs, json_pack("{s:o, s:o, s:i}", "tokens", ct, "logprobs",
-                                                    cl, "finish", (int)cp->finish));
+                json_array_append_new(cs, json_pack("{s:o, s:o, s:i}", "tokens", ct, "logprobs", cl,
+                                                    "finish", (int)cp->finish));
             }
             json_object_set_new(o, "completions", cs);
         }
         rlhf__generate_output__free_unpacked(g, NULL);
+    } else if (kind == RLHF__JOB_KIND__JOB_KIND_SCORE) {
+        Rlhf__ScoreOutput *so = rlhf__score_output__unpack(NULL, payload->len, payload->data);
+        if (!so) {
+            json_decref(o);
+            return NULL;
+        }
+        json_t *sc = json_array(), *rl = json_array();
+        for (size_t i = 0; i < so->n_scores; i++)
+            json_array_append_new(sc, json_real(so->scores[i]));
+        for (size_t i = 0; i < so->n_ref_logprobs; i++) {
+            json_t *row = json_array();
+            for (size_t k = 0; k < so->ref_logprobs[i]->n_logprobs; k++)
+                json_array_append_new(row, json_real(so->ref_logprobs[i]->logprobs[k]));
+            json_array_append_new(rl, row);
+        }
+        json_object_set_new(o, "scores", sc);
+        json_object_set_new(o, "ref_logprobs", rl);
+        rlhf__score_output__free_unpacked(so, NULL);
+    } else if (kind == RLHF__JOB_KIND__JOB_KIND_TRAIN) {
+        Rlhf__TrainOutput *t = rlhf__train_output__unpack(NULL, payload->len, payload->data);
+        if (!t) {
+            json_decref(o);
+            return NULL;
+        }
+        json_t *l = json_array();
+        for (size_t i = 0; i < t->n_loss; i++) json_array_append_new(l, json_real(t->loss[i]));
+        json_object_set_new(o, "loss", l);
+        json_object_set_new(o, "train_step", json_integer((json_int_t)t->step));
+        json_object_set_new(o, "params_crc32c", json_integer(t->params_crc32c));
+        json_object_set_new(o, "shards", json_integer(t->shards));
+        json_object_set_new(o, "shards_in_sync", json_integer(t->shards_in_sync));
+        json_object_set_new(o, "checkpoint", json_string(t->checkpoint ? t->checkpoint : ""));
+        json_object_set_new(o, "replayed", json_boolean(t->replayed));
+        json_object_set_new(o, "step_ms", json_real(t->step_ms));
+        if (t->ppo) {
+            json_object_set_new(o, "policy_version",
+                                json_integer((json_int_t)t->ppo->policy_version));
+            json_t *st = json_loads(t->ppo->stats_json ? t->ppo->stats_json : "", 0, NULL);
+            if (st) json_object_set_new(o, "ppo", st);
+        }
+        rlhf__train_output__free_unpacked(t, NULL);
     }
     return o;
 }
@@ -379,12 +924,15 @@ static void on_result(master_t *m, const wire_msg_t *msg, int w, const Rlhf__Job
     json_object_set_new(out, "worker", json_string(m->sched.workers[w].id));
     json_object_set_new(out, "latency_ms", json_real(wire_now_ms() - jb->dispatched_ms));
     json_object_set_new(out, "elapsed_ms", json_real(r->elapsed_ms));
-    if (results_append(m, out) < 0) {
+    if (record_output(out, jb, &r->payload) < 0 || results_append(m, out) < 0) {
         /* not durable: we cannot promise exactly-once any more */
         mlog("cannot record a result: %s", rl_errmsg());
         master_stop(m, "results file not writable");
         return;
     }
+    record_kept(m, jb);
+    client_notify(m, jb, RLHF__JOB_STATUS__JOB_STATUS_DONE, m->sched.workers[w].id, r->elapsed_ms,
+                  &r->payload);
     mlog("job %" PRIu64 " attempt %u done by %s", jb->id, jb->attempt, m->sched.workers[w].id);
     dispatch_all(m);
 }
@@ -398,7 +946,12 @@ static void record_failures(master_t *m) {
         if (jb->state != SCHED_FAILED || jb->lease_ms == 0) continue;
         json_t *o = json_pack("{s:I, s:s, s:s, s:i}", "job_id", (json_int_t)jb->id, "kind",
                               kind_name(jb->kind), "status", "failed", "attempt", jb->attempt);
-        if (results_append(m, o) < 0) mlog("cannot record a failure: %s", rl_errmsg());
+        if (record_output(o, jb, NULL) < 0 || results_append(m, o) < 0) {
+            mlog("cannot record a failure: %s", rl_errmsg());
+        } else {
+            record_kept(m, jb);
+            client_notify(m, jb, RLHF__JOB_STATUS__JOB_STATUS_FAILED, "", 0, NULL);
+        }
         jb->lease_ms = 0; /* marks "failure recorded" */
     }
     recorded_failed = m->sched.n_failed;
@@ -433,6 +986,12 @@ static void handle(master_t *m, wire_msg_t *msg) {
         if (w >= 0) sched_worker_seen(&m->sched, w, now, 0, 0);
         on_result(m, msg, w, env->job_result);
         break;
+    case RLHF__ENVELOPE__BODY_SUBMIT_JOBS:
+        on_submit(m, msg, w, env->submit_jobs);
+        break;
+    case RLHF__ENVELOPE__BODY_FETCH_RESULTS:
+        on_fetch(m, msg, w, env->fetch_results);
+        break;
     case RLHF__ENVELOPE__BODY_JOB_REJECT: {
         const Rlhf__JobReject *r = env->job_reject;
         sched_verdict_t v = sched_reject(&m->sched, w, r->job_id, r->attempt, r->lease_id);
@@ -458,6 +1017,9 @@ static void handle(master_t *m, wire_msg_t *msg) {
         msend(m, msg->rid, msg->rid_len, &out);
         break;
     }
+    case RLHF__ENVELOPE__BODY_WEIGHTS_ANNOUNCE:
+        on_weights_announce(m, env->weights_announce);
+        break;
     case RLHF__ENVELOPE__BODY_ERROR:
         mlog("error from %s: %d %s", w >= 0 ? m->sched.workers[w].id : "a peer", env->error->code,
              env->error->message);
@@ -760,6 +1322,7 @@ out:
     if (m->router) zmq_close(m->router);
     if (m->zctx) zmq_ctx_term(m->zctx);
     if (m->results) fclose(m->results);
+    if (m->results && m->results_rfd >= 0) close(m->results_rfd);
     uv_loop_close(m->loop);
     sched_free(&m->sched);
     cfg_free(&m->cfg);

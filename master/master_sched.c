@@ -99,6 +99,8 @@ int sched_job_add(sched_t *s, uint64_t id, int kind, uint64_t seed, const void *
     j->lease_ms = lease_ms;
     j->state = SCHED_QUEUED;
     j->worker = -1;
+    j->client = -1;
+    j->record_off = -1;
     if (queue_push(s, s->n_jobs) < 0) {
         free(j->payload);
         return RL_ENOMEM;
@@ -227,10 +229,12 @@ int sched_dispatch(sched_t *s, double now, int *job, int *worker) {
             n--;
             continue;
         }
-        int w = -1;
-        for (int i = 0; i < s->n_workers && w < 0; i++) {
+        int w = -1, ready = jb->policy_version <= s->weights_version;
+        for (int i = 0; ready && i < s->n_workers && w < 0; i++) {
             sched_worker_t *wk = &s->workers[i];
-            if (wk->alive && wk->job < 0 && !wk->stale_job && (wk->caps >> jb->kind & 1u)) w = i;
+            if (wk->alive && wk->job < 0 && !wk->stale_job && (wk->caps >> jb->kind & 1u) &&
+                (!jb->role || wk->role == jb->role))
+                w = i;
         }
         if (w < 0) { /* nobody can run it now: rotate it to the back, try the next one */
             s->q_head = (s->q_head + 1) % s->q_cap;

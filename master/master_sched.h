@@ -42,6 +42,12 @@ typedef struct {
     int worker;         /* index of the lease holder, -1 when not leased */
     double deadline_ms; /* lease expiry */
     double dispatched_ms;
+    uint64_t policy_version; /* weights it needs: not dispatched before sched_t.weights_version */
+    int role;                /* only workers of this role run it; 0: any that has the capability */
+    /* the master's annotations (the scheduler only initialises them) */
+    int client;         /* registry index of the client to tell when it finishes; -1: none */
+    int64_t record_off; /* offset of its line in results.jsonl; -1: not recorded */
+    uint64_t spec_hash; /* identity of a job known only from its record; 0: hash the spec */
 } sched_job_t;
 
 typedef struct {
@@ -78,6 +84,7 @@ typedef struct {
     int n_workers, cap_workers;
     uint32_t max_attempts;
     uint64_t lease_base, lease_seq; /* lease ids: base (random per master start) + counter */
+    uint64_t weights_version;       /* newest weights announced: jobs needing more wait */
     /* counters */
     uint64_t n_done, n_failed, n_retried, n_dispatched, n_stale, n_duplicate, n_unknown, n_rejected,
         n_expired, n_worker_deaths;
@@ -122,9 +129,11 @@ void sched_worker_seen(sched_t *s, int w, double now, uint64_t job_id, uint32_t 
 /* Declares worker w dead (or gone): its lease is requeued. */
 void sched_worker_dead(sched_t *s, int w, const char *why);
 
-/* Pairs the oldest queued job with an idle live worker that can run it and leases it.
+/* Pairs the oldest queued job with an idle live worker that can run it (its kind among the
+ * worker's capabilities, and its role when the job names one) and leases it.
  * Returns 1 with *job and *worker set, or 0 when nothing can be dispatched now. Jobs nobody can
- * run stay queued without blocking the others behind them. */
+ * run stay queued without blocking the others behind them; so do jobs whose policy_version is
+ * newer than weights_version (no worker could have those weights yet). */
 int sched_dispatch(sched_t *s, double now, int *job, int *worker);
 
 /* A result from worker w. ACCEPTED marks the job DONE and frees the worker. */

@@ -11,7 +11,8 @@ export TMPDIR="$W" # the benchmark's working directories land here: easy to chec
 no_procs() { ! pgrep -f "$W/rlhf-bench-wire-" >/dev/null; }
 no_dirs() { ! ls -d "$W"/rlhf-bench-wire-* >/dev/null 2>&1; }
 
-out=$(timeout 100 "$BIN/rlhf" bench wire --jobs 200 --workers 2 --swarm 100 --seconds 2)
+out=$(timeout 100 "$BIN/rlhf" bench wire --jobs 200 --workers 2 --swarm 100 --seconds 2 \
+    --sync-mb 64 --fanout 1,2)
 rc=$?
 echo "  $out"
 check "bench wire exits 0" test "$rc" -eq 0
@@ -26,12 +27,19 @@ check "none of them declared dead" j '.swarm.worker_deaths == 0'
 check "master received ~100 heartbeats/s" j '.swarm.master_recv_per_s > 50 and .swarm.master_recv_per_s < 200'
 check "master sent ~100 heartbeats/s" j '.swarm.master_sent_per_s > 50 and .swarm.master_sent_per_s < 200'
 check "CPU figures in range" j '.swarm | .master_cpu_pct >= 0 and .master_cpu_pct < 200 and .master_cpu_idle_pct >= 0 and .helper_cpu_pct >= 0'
+# weight sync: 64 MiB raw and through wsync (verified copies), and fan-out to 1 and 2 fetchers
+check "sync: the snapshot size" j '.sync.bytes == 67108864 and .sync.chunk_bytes == 4194304'
+check "sync: raw and wsync figures positive" j '.sync.raw_zmq.gbps > 0 and .sync.wsync.gbps > 0 and .sync.wsync.cold_gbps > 0 and .sync.ratio > 0'
+check "sync: no chunk corrupt, credit respected" j '.sync.wsync.crc_errors == 0 and .sync.wsync.max_outstanding >= 1 and .sync.wsync.max_outstanding <= .sync.credit'
+check "sync: fan-out to 1 and 2 fetchers" j '[.sync.fanout[].n] == [1, 2] and all(.sync.fanout[]; .seconds > 0)'
 check "no process left behind" no_procs
 check "working directory removed" no_dirs
 
 # --- bad options
 "$BIN/rlhf" bench wire --jobs 0 2>/dev/null
 check "--jobs 0 refused (exit 2)" test $? -eq 2
+"$BIN/rlhf" bench wire --fanout 1,x 2>/dev/null
+check "--fanout 1,x refused (exit 2)" test $? -eq 2
 
 # --- SIGTERM midway (during the swarm's 30 s): children stopped, directory removed
 "$BIN/rlhf" bench wire --jobs 20 --swarm 20 --seconds 30 >/dev/null 2>"$W/term.err" &

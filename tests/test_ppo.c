@@ -779,7 +779,41 @@ static void test_update_learns(void) {
     gpt_destroy(&p), gpt_destroy(&v), gpt_destroy(&ref);
 }
 
+/* The configuration travels as JSON from the driver to the learner: every field survives. */
+static void test_config_json(void) {
+    ppo_config_t a, b;
+    ppo_config_default(&a);
+    a.kl_coef = 0.05f;
+    a.epochs = 3;
+    a.kl_adaptive = 1;
+    a.score_norm = PPO_SCORE_NORM;
+    a.seed = 77;
+    json_t *j = ppo_config_to_json(&a);
+    ppo_config_default(&b);
+    CHECK_OK(ppo_config_from_json(&b, j, ""));
+    json_decref(j);
+    CHECK(memcmp(&a, &b, sizeof a) == 0);
+    CHECK_OK(ppo_config_set(&b, "lr_policy", "3e-4", "--set"));
+    CHECK_NEAR(b.lr_policy, 3e-4, 1e-9);
+    CHECK_OK(ppo_config_set(&b, "score_norm", "scale", "--set"));
+    CHECK_EQ(b.score_norm, PPO_SCORE_SCALE);
+    CHECK_OK(ppo_config_set(&b, "whiten", "false", "--set"));
+    CHECK_EQ(b.whiten, 0);
+    CHECK_EQ(ppo_config_set(&b, "nonsense", "1", "--set"), RL_EINVAL);
+    CHECK(strstr(rl_errmsg(), "nonsense") != NULL);
+    CHECK_EQ(ppo_config_set(&b, "epochs", "two", "--set"), RL_EINVAL);
+    CHECK_EQ(ppo_config_set(&b, "score_norm", "zscore", "--set"), RL_EINVAL);
+    json_t *bad = json_pack("{s:s}", "gamma", "one");
+    CHECK_EQ(ppo_config_from_json(&b, bad, "spec: "), RL_EINVAL);
+    CHECK(strstr(rl_errmsg(), "spec: gamma") != NULL);
+    json_decref(bad);
+    json_t *range = json_pack("{s:f}", "gamma", 1.5); /* out of range: the check says so */
+    CHECK_EQ(ppo_config_from_json(&b, range, ""), RL_EINVAL);
+    json_decref(range);
+}
+
 int main(void) {
+    RUN(test_config_json);
     /* The models here are tiny: a second thread only adds synchronisation, which on busy cores
      * costs more than the work (results are the same with any thread count). */
     ops_set_threads(1);

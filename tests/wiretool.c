@@ -13,17 +13,35 @@
  * swarm: N DEALER sockets in this one process, each registered (role tool) and heartbeating at
  *        the given interval for S seconds, their phases spread evenly over the interval (as
  *        independent workers would be); prints {"sockets","heartbeats_sent","received"}.
+ *
+ * Weight sync (common/wsync.h):
+ *   rlhf-wiretool wsync-serve [--bind EP] [--master EP] --version V --mb N [--chunk-kb K]
+ *                             [--delay-ms D] [--ready FILE] [--seconds S]
+ *   rlhf-wiretool wsync-bench --mb N [--fanout 1,2,4] [--chunk-kb K] [--credit C]
+ *                             [--repeat R] [--out FILE]
+ * wsync-serve: publishes N MiB of deterministic bytes as version V, announces them to the master
+ *        every 500 ms, serves until SIGTERM; --ready FILE gets {"endpoint","version","bytes",
+ *        "crc32c"} once serving; --delay-ms slows every request (to catch a fetch midway).
+ * wsync-bench: raw ZeroMQ throughput of N MiB in chunks against a wsync fetch of the same bytes
+ *        (same run, same machine), and the time for 1, 2, 4... fetchers at once; one JSON object
+ *        on stdout (and in --out FILE). Used by `rlhf bench wire`.
  */
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
+#include <jansson.h>
 #include <zmq.h>
 
+#include "err.h"
 #include "wire.h"
+#include "wsync.h"
 
 static void *dealer(void *ctx, const char *ep) {
     void *s = zmq_socket(ctx, ZMQ_DEALER);
@@ -207,7 +225,414 @@ static int cmd_swarm(void *ctx, const char *ep, long n, double seconds, int hb_m
     return 0;
 }
 
+/* ---- weight sync: wsync-serve and wsync-bench ------------------------------------------------ */
+
+static volatile sig_atomic_t wt_stop;
+static void wt_on_signal(int sig) {
+    wt_stop = sig;
+}
+
+/* Deterministic bytes of a version: a fetcher's copy can be checked against its CRC. */
+static uint8_t *wt_snapshot(uint64_t version, size_t bytes) {
+    uint8_t *p = malloc(bytes);
+    if (!p) return NULL;
+    uint64_t x = 0x9E3779B97F4A7C15ULL * (version + 1);
+    for (size_t i = 0; i + 8 <= bytes; i += 8) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        memcpy(p + i, &x, 8);
+    }
+    return p;
+}
+
+static int wt_write_json(const char *path, json_t *o) {
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    int rc = json_dump_file(o, tmp, JSON_COMPACT) == 0 && rename(tmp, path) == 0 ? 0 : -1;
+    json_decref(o);
+    return rc;
+}
+
+/* Publishes one version, announces it to the master every 500 ms (a restarted master learns it
+ * again), and serves until SIGTERM / SIGINT or --seconds. */
+static int wsync_serve(const char *bind, const char *master, uint64_t version, size_t bytes,
+                       size_t chunk, int delay_ms, const char *ready, double seconds) {
+    uint8_t *data = wt_snapshot(version, bytes);
+    wsync_server_t *s = data ? wsync_server_new(NULL, bind, chunk) : NULL;
+    if (!s || wsync_server_publish(s, version, data, bytes, "params", "{}") < 0 ||
+        wsync_server_start(s) < 0) {
+        fprintf(stderr, "rlhf-wiretool wsync-serve: %s\n", rl_errmsg());
+        free(data);
+        wsync_server_destroy(&s);
+        return 1;
+    }
+    wsync_server_set_delay(s, delay_ms);
+    uint32_t crc = wsync_crc32c(0, data, bytes);
+    free(data);
+    fprintf(stderr, "wsync-serve: version %llu, %zu bytes, crc32c %08x at %s\n",
+            (unsigned long long)version, bytes, crc, wsync_server_endpoint(s));
+    if (ready) {
+        char hex[16];
+        snprintf(hex, sizeof hex, "%08x", crc);
+        wt_write_json(ready, json_pack("{s:s, s:I, s:I, s:s}", "endpoint", wsync_server_endpoint(s),
+                                       "version", (json_int_t)version, "bytes", (json_int_t)bytes,
+                                       "crc32c", hex));
+    }
+    void *ctx = zmq_ctx_new(), *d = master ? dealer(ctx, master) : NULL;
+    signal(SIGTERM, wt_on_signal);
+    signal(SIGINT, wt_on_signal);
+    double end = seconds > 0 ? wire_now_ms() + seconds * 1e3 : 1e300;
+    while (!wt_stop && wire_now_ms() < end) {
+        if (d) {
+            Rlhf__Envelope env = RLHF__ENVELOPE__INIT;
+            Rlhf__WeightsAnnounce a = RLHF__WEIGHTS_ANNOUNCE__INIT;
+            a.version = version;
+            a.endpoint = (char *)wsync_server_endpoint(s);
+            env.body_case = RLHF__ENVELOPE__BODY_WEIGHTS_ANNOUNCE;
+            env.weights_announce = &a;
+            wire_send(d, NULL, 0, &env, NULL, NULL, 0, ZMQ_DONTWAIT);
+            wire_msg_t m; /* the master's answers (none expected): drop them */
+            while (wire_recv(d, 0, &m, ZMQ_DONTWAIT) > 0) wire_msg_free(&m);
+        }
+        struct timespec ts = {0, 500 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    wsync_server_stats_t st;
+    wsync_server_stats(s, &st);
+    fprintf(stderr, "wsync-serve: %llu requests, %llu chunks, %llu bytes sent\n",
+            (unsigned long long)st.requests, (unsigned long long)st.chunks_sent,
+            (unsigned long long)st.bytes_sent);
+    if (d) {
+        int zero = 0;
+        zmq_setsockopt(d, ZMQ_LINGER, &zero, sizeof zero);
+        zmq_close(d);
+    }
+    zmq_ctx_term(ctx);
+    wsync_server_destroy(&s);
+    return 0;
+}
+
+/* The raw baseline: the same chunks, zero-copy from the same buffer, streamed ROUTER -> DEALER
+ * with nothing else (no requests per chunk, no copy, no checksum), each side with a ZeroMQ
+ * context of its own as separate processes would have. */
+typedef struct {
+    void *ctx, *sock;
+    const uint8_t *data;
+    size_t bytes, chunk;
+} wt_raw_t;
+
+static void *wt_raw_server(void *arg) {
+    wt_raw_t *r = arg;
+    for (;;) {
+        uint8_t rid[256], cmd[8];
+        int rl = zmq_recv(r->sock, rid, sizeof rid, 0);
+        int cl = zmq_recv(r->sock, cmd, sizeof cmd, 0);
+        if (rl <= 0 || cl <= 0 || cmd[0] != 'g') break;
+        for (size_t off = 0; off < r->bytes; off += r->chunk) {
+            size_t len = r->bytes - off < r->chunk ? r->bytes - off : r->chunk;
+            uint8_t hdr[64] = {0};
+            memcpy(hdr, &off, sizeof off);
+            zmq_msg_t m;
+            zmq_msg_init_data(&m, (void *)(r->data + off), len, NULL, NULL);
+            zmq_send(r->sock, rid, (size_t)rl, ZMQ_SNDMORE);
+            zmq_send(r->sock, hdr, sizeof hdr, ZMQ_SNDMORE);
+            zmq_msg_send(&m, r->sock, 0);
+        }
+    }
+    return NULL;
+}
+
+/* One stream of `bytes` from the raw server: seconds from asking to the last byte in. */
+static double wt_raw_once(void *d, size_t bytes) {
+    size_t got = 0;
+    double t0 = wire_now_ms();
+    zmq_send(d, "g", 1, 0);
+    while (got < bytes) {
+        zmq_msg_t h, m;
+        zmq_msg_init(&h);
+        zmq_msg_init(&m);
+        if (zmq_msg_recv(&h, d, 0) < 0 || zmq_msg_recv(&m, d, 0) < 0) return -1;
+        got += zmq_msg_size(&m);
+        zmq_msg_close(&h);
+        zmq_msg_close(&m);
+    }
+    return (wire_now_ms() - t0) / 1e3;
+}
+
+static int wt_cmp(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double wt_median(double *v, int n) {
+    qsort(v, (size_t)n, sizeof *v, wt_cmp);
+    return v[n / 2];
+}
+
+typedef struct {
+    const char *ep;
+    int credit;
+    wsync_snapshot_t snap;
+    wsync_stats_t st;
+    pthread_barrier_t *go;
+    double end_ms;
+    int rc;
+} wt_fetcher_t;
+
+static void *wt_fetch_thread(void *arg) {
+    wt_fetcher_t *f = arg;
+    void *ctx = zmq_ctx_new();
+    wsync_opts_t o = {.credit = f->credit};
+    pthread_barrier_wait(f->go);
+    f->rc = wsync_fetch(ctx, f->ep, 1, &o, &f->snap, &f->st);
+    f->end_ms = wire_now_ms();
+    zmq_ctx_term(ctx);
+    return NULL;
+}
+
+/* N fetchers at once, each with its own context and a buffer already faulted in; the time from
+ * the common start until the last one holds a verified copy. */
+static int wt_fanout(const char *ep, int n, size_t bytes, int credit, uint32_t crc, double *secs) {
+    wt_fetcher_t *f = calloc((size_t)n, sizeof *f);
+    pthread_t *th = calloc((size_t)n, sizeof *th);
+    pthread_barrier_t go;
+    pthread_barrier_init(&go, NULL, (unsigned)n + 1);
+    int rc = 0;
+    for (int i = 0; i < n; i++) {
+        f[i].ep = ep;
+        f[i].credit = credit;
+        f[i].go = &go;
+        /* a staging buffer as a worker has it from its previous version: faulted in */
+        f[i].snap.data = malloc(bytes);
+        f[i].snap.cap = f[i].snap.data ? bytes : 0;
+        if (f[i].snap.data) memset(f[i].snap.data, 0, bytes);
+        pthread_create(&th[i], NULL, wt_fetch_thread, &f[i]);
+    }
+    double t0 = wire_now_ms(), end = t0;
+    pthread_barrier_wait(&go);
+    t0 = wire_now_ms();
+    for (int i = 0; i < n; i++) {
+        pthread_join(th[i], NULL);
+        if (f[i].rc < 0 || f[i].snap.crc != crc) rc = -1;
+        if (f[i].end_ms > end) end = f[i].end_ms;
+        wsync_snapshot_free(&f[i].snap);
+    }
+    pthread_barrier_destroy(&go);
+    free(f);
+    free(th);
+    *secs = (end - t0) / 1e3;
+    return rc;
+}
+
+/* CPU seconds (user + system) of this process so far. */
+static double wt_cpu_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static json_t *wt_figures(const double *secs, const double *cpu, int n, size_t bytes) {
+    double t[50], c[50];
+    memcpy(t, secs, (size_t)n * sizeof *t);
+    memcpy(c, cpu, (size_t)n * sizeof *c);
+    double med = wt_median(t, n), best = t[0]; /* sorted by wt_median */
+    return json_pack("{s:f, s:f, s:f, s:f, s:f}", "seconds", med, "gbps", bytes / med / 1e9,
+                     "best_seconds", best, "best_gbps", bytes / best / 1e9, "cpu_s",
+                     wt_median(c, n));
+}
+
+/* The raw stream and the wsync fetch alternate, R times each, in the same run: a machine busy
+ * with other work slows both alike. Medians and bests are reported, and the ratio of each. */
+static int wsync_bench(double mb, const char *fanout, size_t chunk, int credit, int repeat,
+                       const char *out) {
+    size_t bytes = (size_t)(mb * 1048576.0) & ~(size_t)3;
+    if (bytes < 4 || repeat < 1 || repeat > 50) {
+        fprintf(stderr, "rlhf-wiretool wsync-bench: --mb > 0 and --repeat 1..50 required\n");
+        return 2;
+    }
+    uint8_t *data = wt_snapshot(1, bytes);
+    if (!data) {
+        fprintf(stderr, "rlhf-wiretool wsync-bench: out of memory\n");
+        return 1;
+    }
+    /* the checksum speed on this machine, for the record */
+    double t0 = wire_now_ms();
+    uint32_t crc = wsync_crc32c(0, data, bytes);
+    double crc_gbps = bytes / ((wire_now_ms() - t0) / 1e3) / 1e9;
+
+    /* the raw stream's server, and the wsync server with the same bytes published */
+    wt_raw_t raw = {.ctx = zmq_ctx_new(), .data = data, .bytes = bytes, .chunk = chunk};
+    raw.sock = zmq_socket(raw.ctx, ZMQ_ROUTER);
+    int zero = 0, one = 1, rc = 0, rcvtimeo = 30000;
+    zmq_setsockopt(raw.sock, ZMQ_LINGER, &zero, sizeof zero);
+    /* a ROUTER drops what exceeds the high-water mark unless it is "mandatory": then it blocks,
+     * and the stream runs at the pace of the receiver */
+    zmq_setsockopt(raw.sock, ZMQ_ROUTER_MANDATORY, &one, sizeof one);
+    zmq_bind(raw.sock, "tcp://127.0.0.1:*");
+    char raw_ep[256];
+    size_t sz = sizeof raw_ep;
+    zmq_getsockopt(raw.sock, ZMQ_LAST_ENDPOINT, raw_ep, &sz);
+    pthread_t raw_th;
+    pthread_create(&raw_th, NULL, wt_raw_server, &raw);
+    wsync_server_t *s = wsync_server_new(NULL, "tcp://127.0.0.1:*", chunk);
+    if (!s || wsync_server_publish(s, 1, data, bytes, "params", "{}") < 0 ||
+        wsync_server_start(s) < 0) {
+        fprintf(stderr, "rlhf-wiretool wsync-bench: %s\n", rl_errmsg());
+        rc = -1;
+    }
+    void *cctx = zmq_ctx_new(), *d = zmq_socket(cctx, ZMQ_DEALER);
+    zmq_setsockopt(d, ZMQ_LINGER, &zero, sizeof zero);
+    zmq_setsockopt(d, ZMQ_RCVTIMEO, &rcvtimeo, sizeof rcvtimeo); /* never hang the benchmark */
+    zmq_connect(d, raw_ep);
+    double raw_s[50], raw_cpu[50], sync_s[50], sync_cpu[50], cold_s = 0;
+    wsync_snapshot_t snap = {0};
+    wsync_stats_t st = {0};
+    wsync_opts_t o = {.credit = credit};
+    uint32_t crc_errors = 0, max_out = 0;
+    /* warm-up of the raw path (connection, allocator); the first fetch is the cold one: a
+     * fresh staging buffer whose pages are faulted in as the chunks land */
+    if (rc == 0 && wt_raw_once(d, bytes) < 0) rc = -1;
+    if (rc == 0 && wsync_fetch(cctx, wsync_server_endpoint(s), 1, &o, &snap, &st) < 0) rc = -1;
+    cold_s = st.seconds;
+    for (int i = 0; i < repeat && rc == 0; i++) {
+        double c0 = wt_cpu_s();
+        if ((raw_s[i] = wt_raw_once(d, bytes)) < 0) rc = -1;
+        double c1 = wt_cpu_s();
+        if (wsync_fetch(cctx, wsync_server_endpoint(s), 1, &o, &snap, &st) < 0 || snap.crc != crc)
+            rc = -1;
+        double c2 = wt_cpu_s();
+        raw_cpu[i] = c1 - c0;
+        sync_cpu[i] = c2 - c1;
+        sync_s[i] = st.seconds;
+        crc_errors += st.crc_errors;
+        if (st.max_outstanding > max_out) max_out = st.max_outstanding;
+    }
+    if (rc < 0) fprintf(stderr, "rlhf-wiretool wsync-bench: fetch: %s\n", rl_errmsg());
+    wsync_snapshot_free(&snap);
+    zmq_send(d, "q", 1, 0);
+    pthread_join(raw_th, NULL);
+    zmq_close(d);
+    zmq_close(raw.sock);
+    zmq_ctx_term(raw.ctx);
+    free(data);
+
+    /* fan-out */
+    json_t *fo = json_array();
+    char list[256];
+    snprintf(list, sizeof list, "%s", fanout ? fanout : "1,2,4");
+    for (char *tok = strtok(list, ","); tok && rc == 0; tok = strtok(NULL, ",")) {
+        int n = atoi(tok);
+        double secs = 0;
+        if (n < 1 || n > 64) continue;
+        if (wt_fanout(wsync_server_endpoint(s), n, bytes, credit, crc, &secs) < 0) {
+            fprintf(stderr, "rlhf-wiretool wsync-bench: fan-out %d: a fetch failed\n", n);
+            rc = -1;
+        }
+        json_array_append_new(fo, json_pack("{s:i, s:f, s:f}", "n", n, "seconds", secs,
+                                            "total_gbps", secs > 0 ? n * bytes / secs / 1e9 : 0.0));
+    }
+    wsync_server_destroy(&s);
+    zmq_ctx_term(cctx);
+    if (rc < 0) {
+        json_decref(fo);
+        return 1;
+    }
+    json_t *jr = wt_figures(raw_s, raw_cpu, repeat, bytes);
+    json_t *js = wt_figures(sync_s, sync_cpu, repeat, bytes);
+    double ratio = json_real_value(json_object_get(jr, "seconds")) /
+                   json_real_value(json_object_get(js, "seconds"));
+    double ratio_best = json_real_value(json_object_get(jr, "best_seconds")) /
+                        json_real_value(json_object_get(js, "best_seconds"));
+    json_object_set_new(js, "cold_seconds", json_real(cold_s));
+    json_object_set_new(js, "cold_gbps", json_real(bytes / cold_s / 1e9));
+    json_object_set_new(js, "crc_errors", json_integer(crc_errors));
+    json_object_set_new(js, "max_outstanding", json_integer(max_out));
+    json_t *res = json_pack("{s:I, s:I, s:i, s:i, s:f, s:o, s:o, s:f, s:f, s:o}", "bytes",
+                            (json_int_t)bytes, "chunk_bytes", (json_int_t)chunk, "credit", credit,
+                            "repeat", repeat, "crc32c_gbps", crc_gbps, "raw_zmq", jr, "wsync", js,
+                            "ratio", ratio, "ratio_best", ratio_best, "fanout", fo);
+    char *text = json_dumps(res, JSON_COMPACT);
+    printf("%s\n", text);
+    free(text);
+    if (out && wt_write_json(out, json_incref(res)) < 0) rc = -1;
+    json_decref(res);
+    return rc < 0 ? 1 : 0;
+}
+
+static int wsync_tool_main(int argc, char **argv) {
+    const char *cmd = argv[1], *bind = "tcp://127.0.0.1:*", *master = NULL, *ready = NULL;
+    const char *fanout = "1,2,4", *out = NULL;
+    double mb = 0, seconds = 0;
+    long version = 1, chunk_kb = WSYNC_CHUNK_BYTES / 1024;
+    int delay = 0, credit = WSYNC_CREDIT, repeat = 5, c;
+    static const struct option opts[] = {
+        {"bind", 1, 0, 'b'},   {"master", 1, 0, 'm'},   {"version", 1, 0, 'v'},
+        {"mb", 1, 0, 'M'},     {"chunk-kb", 1, 0, 'c'}, {"delay-ms", 1, 0, 'd'},
+        {"ready", 1, 0, 'r'},  {"seconds", 1, 0, 's'},  {"fanout", 1, 0, 'f'},
+        {"credit", 1, 0, 'C'}, {"repeat", 1, 0, 'R'},   {"out", 1, 0, 'o'},
+        {0, 0, 0, 0}};
+    optind = 2;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 'b':
+            bind = optarg;
+            break;
+        case 'm':
+            master = optarg;
+            break;
+        case 'v':
+            version = atol(optarg);
+            break;
+        case 'M':
+            mb = atof(optarg);
+            break;
+        case 'c':
+            chunk_kb = atol(optarg);
+            break;
+        case 'd':
+            delay = atoi(optarg);
+            break;
+        case 'r':
+            ready = optarg;
+            break;
+        case 's':
+            seconds = atof(optarg);
+            break;
+        case 'f':
+            fanout = optarg;
+            break;
+        case 'C':
+            credit = atoi(optarg);
+            break;
+        case 'R':
+            repeat = atoi(optarg);
+            break;
+        case 'o':
+            out = optarg;
+            break;
+        default:
+            return 2;
+        }
+    }
+    size_t chunk = (size_t)chunk_kb * 1024;
+    wsync_malloc_tune(); /* as rlhf-worker does: the raw stream runs with it too */
+    if (version < 1 || mb <= 0 || chunk_kb < 1 || chunk > WSYNC_MAX_CHUNK_BYTES || credit < 1 ||
+        credit > WSYNC_MAX_CREDIT) {
+        fprintf(stderr,
+                "rlhf-wiretool %s: --version >= 1, --mb > 0, --chunk-kb 1..%u and "
+                "--credit 1..%d required\n",
+                cmd, WSYNC_MAX_CHUNK_BYTES / 1024, WSYNC_MAX_CREDIT);
+        return 2;
+    }
+    if (!strcmp(cmd, "wsync-serve"))
+        return wsync_serve(bind, master, (uint64_t)version, (size_t)(mb * 1048576.0) & ~(size_t)3,
+                           chunk, delay, ready, seconds);
+    if (!strcmp(cmd, "wsync-bench")) return wsync_bench(mb, fanout, chunk, credit, repeat, out);
+    fprintf(stderr, "rlhf-wiretool: unknown command %s\n", cmd);
+    return 2;
+}
+
 int main(int argc, char **argv) {
+    if (argc >= 2 && !strncmp(argv[1], "wsync-", 6)) return wsync_tool_main(argc, argv);
     if (argc < 2) {
         fprintf(stderr, "usage: rlhf-wiretool send|burst|swarm --master EP [...]\n");
         return 2;

@@ -18,21 +18,41 @@
 
 static gpt_t *cached;
 static char cached_dir[4096];
+static uint64_t cached_version; /* weights version in `cached`: 0 = the directory's own */
 
 void worker_generate_cleanup(void) {
     gpt_destroy(&cached);
     cached_dir[0] = 0;
+    cached_version = 0;
 }
 
-static gpt_t *model_get(const char *dir) {
-    if (cached && !strcmp(cached_dir, dir)) return cached;
-    worker_generate_cleanup();
-    if (strlen(dir) >= sizeof cached_dir) {
-        rl_fail(RL_EINVAL, "model_dir too long");
-        return NULL;
+/* The model of `dir` with the job's weights: the directory gives the configuration (and the
+ * version-0 weights); a synced snapshot of another version replaces the parameters. */
+static gpt_t *model_get(const char *dir, const worker_job_t *job) {
+    if (!cached || strcmp(cached_dir, dir)) {
+        worker_generate_cleanup();
+        if (strlen(dir) >= sizeof cached_dir) {
+            rl_fail(RL_EINVAL, "model_dir too long");
+            return NULL;
+        }
+        cached = hf_load(dir);
+        if (!cached) return NULL;
+        snprintf(cached_dir, sizeof cached_dir, "%s", dir);
     }
-    cached = hf_load(dir);
-    if (cached) snprintf(cached_dir, sizeof cached_dir, "%s", dir);
+    if (job->weights_version && job->weights_version != cached_version) {
+        if (job->weights_bytes != cached->num_params * sizeof(float)) {
+            rl_fail(RL_EINVAL, "weights version %llu has %zu bytes; %s needs %zu",
+                    (unsigned long long)job->weights_version, job->weights_bytes, dir,
+                    cached->num_params * sizeof(float));
+            return NULL;
+        }
+        memcpy(cached->params_mem, job->weights, job->weights_bytes);
+        cached_version = job->weights_version;
+    } else if (!job->weights_version && cached_version) {
+        /* a job for the directory's own weights after a synced version: reload them */
+        worker_generate_cleanup();
+        return model_get(dir, job);
+    }
     return cached;
 }
 
@@ -46,7 +66,7 @@ int worker_generate(const worker_job_t *job, const uint8_t *payload, size_t len,
                     size_t *out_len) {
     Rlhf__GenerateSpec *sp = rlhf__generate_spec__unpack(NULL, len, payload);
     if (!sp) return rl_fail(RL_EFORMAT, "generate: malformed GenerateSpec");
-    int rc = 0, *toks = NULL, K = 0, *plens = NULL;
+    int rc = 0, K = 0, NP = 0, *plens = NULL;
     int32_t *gen = NULL;
     gen_seq_t *seqs = NULL;
     uint64_t *ids = NULL;
@@ -57,40 +77,57 @@ int worker_generate(const worker_job_t *job, const uint8_t *payload, size_t len,
         struct timespec ts = {0, 10 * 1000000L};
         nanosleep(&ts, NULL);
     }
-    gpt_t *m = model_get(sp->model_dir ? sp->model_dir : "");
+    gpt_t *m = model_get(sp->model_dir ? sp->model_dir : "", job);
     if (!m) {
         rc = rl_fail_ctx(RL_EINVAL, "generate: ");
         goto out;
     }
-    int P = (int)sp->n_prompt, V = m->cfg.vocab_size, ctx = m->cfg.n_positions;
-    if (P < 1 || P >= ctx) {
-        rc = rl_fail(RL_EINVAL, "generate: prompt of %d tokens (context %d)", P, ctx);
+    int V = m->cfg.vocab_size, ctx = m->cfg.n_positions;
+    /* the prompts: `prompts` when given (each gets n_samples), else the one `prompt` */
+    NP = sp->n_prompts ? (int)sp->n_prompts : 1;
+    int n_new = (int)sp->max_new_tokens; /* a full context ends a sequence earlier */
+    K = sp->n_samples ? (int)sp->n_samples : 1;
+    if (!sp->n_samples && sp->n_prompts > 1) {
+        rc = rl_fail(RL_EINVAL, "generate: several prompts need n_samples");
         goto out;
     }
-    int n_new = (int)sp->max_new_tokens;
-    if (n_new > ctx - P) n_new = ctx - P; /* the context is full: stop there */
-    toks = malloc((size_t)(P + n_new) * sizeof *toks);
+    if ((long)K * NP > 4096) {
+        rc = rl_fail(RL_EINVAL, "generate: %d prompts x %d samples (at most 4096)", NP, K);
+        goto out;
+    }
+    int NS = K * NP;
     gen = malloc((size_t)(n_new ? n_new : 1) * sizeof *gen);
-    if (!toks || !gen) {
+    if (!gen) {
         rc = rl_fail(RL_ENOMEM, "generate: out of memory");
         goto out;
     }
-    for (int i = 0; i < P; i++) {
-        if (sp->prompt[i] < 0 || sp->prompt[i] >= V) {
-            rc = rl_fail(RL_EINVAL, "generate: prompt token %d out of range [0, %d)", sp->prompt[i],
-                         V);
+    seqs = calloc((size_t)NS, sizeof *seqs);
+    ids = malloc((size_t)NS * sizeof *ids);
+    prompts = malloc((size_t)NS * sizeof *prompts);
+    plens = malloc((size_t)NS * sizeof *plens);
+    comps = calloc((size_t)NS, sizeof *comps);
+    compp = malloc((size_t)NS * sizeof *compp);
+    if (!seqs || !ids || !prompts || !plens || !comps || !compp) {
+        rc = rl_fail(RL_ENOMEM, "generate: out of memory");
+        goto out;
+    }
+    for (int p = 0; p < NP; p++) {
+        const int32_t *pt = sp->n_prompts ? sp->prompts[p]->ids : sp->prompt;
+        int P = sp->n_prompts ? (int)sp->prompts[p]->n_ids : (int)sp->n_prompt;
+        if (P < 1 || P >= ctx) {
+            rc = rl_fail(RL_EINVAL, "generate: prompt %d of %d tokens (context %d)", p, P, ctx);
             goto out;
         }
-        toks[i] = sp->prompt[i];
-    }
-    /* KV-cached generation. n_samples = 0: one greedy continuation (a pure function of weights
-     * and prompt). n_samples = K: K samples of the same prompt in one batch, sample i keyed by
-     * (job seed, sample_base + i) - the same draws on any worker, alone or batched. The stop
-     * callback doubles as the cancellation check between tokens. */
-    K = sp->n_samples ? (int)sp->n_samples : 1;
-    if (K > 256) {
-        rc = rl_fail(RL_EINVAL, "generate: n_samples = %d (at most 256)", K);
-        goto out;
+        for (int i = 0; i < P; i++)
+            if (pt[i] < 0 || pt[i] >= V) {
+                rc = rl_fail(RL_EINVAL, "generate: prompt token %d out of range [0, %d)", pt[i], V);
+                goto out;
+            }
+        for (int i = 0; i < K; i++) {
+            ids[p * K + i] = sp->sample_base + (uint64_t)(p * K + i);
+            prompts[p * K + i] = pt; /* int32_t and int: the same type on every target we build */
+            plens[p * K + i] = P;
+        }
     }
     gen_opts_t o = {.max_new_tokens = n_new,
                     .sampling = {0.0f, 0, 1.0f},
@@ -114,23 +151,8 @@ int worker_generate(const worker_job_t *job, const uint8_t *payload, size_t len,
             goto out;
         }
     }
-    seqs = calloc((size_t)K, sizeof *seqs);
-    ids = malloc((size_t)K * sizeof *ids);
-    prompts = malloc((size_t)K * sizeof *prompts);
-    plens = malloc((size_t)K * sizeof *plens);
-    comps = calloc((size_t)K, sizeof *comps);
-    compp = malloc((size_t)K * sizeof *compp);
-    if (!seqs || !ids || !prompts || !plens || !comps || !compp) {
-        rc = rl_fail(RL_ENOMEM, "generate: out of memory");
-        goto out;
-    }
-    for (int i = 0; i < K; i++) {
-        ids[i] = sp->sample_base + (uint64_t)i;
-        prompts[i] = toks;
-        plens[i] = P;
-    }
-    if ((rc = gen_generate(m, prompts, plens, K, ids, &o, seqs)) < 0) goto out;
-    for (int i = 0; i < K; i++)
+    if ((rc = gen_generate(m, prompts, plens, NS, ids, &o, seqs)) < 0) goto out;
+    for (int i = 0; i < NS; i++)
         if (seqs[i].finish == GEN_FINISH_STOP) {
             rc = rl_fail(RL_EIO, "generate: cancelled");
             goto out;
@@ -141,7 +163,7 @@ int worker_generate(const worker_job_t *job, const uint8_t *payload, size_t len,
         go.tokens = gen;
         go.n_tokens = (size_t)seqs[0].n;
     } else {
-        for (int i = 0; i < K; i++) {
+        for (int i = 0; i < K * NP; i++) {
             rlhf__completion__init(&comps[i]);
             comps[i].tokens = seqs[i].tokens;
             comps[i].n_tokens = (size_t)seqs[i].n;
@@ -151,7 +173,7 @@ int worker_generate(const worker_job_t *job, const uint8_t *payload, size_t len,
             compp[i] = &comps[i];
         }
         go.completions = compp;
-        go.n_completions = (size_t)K;
+        go.n_completions = (size_t)(K * NP);
     }
     *out_len = rlhf__generate_output__get_packed_size(&go);
     *out = malloc(*out_len ? *out_len : 1);
@@ -162,14 +184,13 @@ int worker_generate(const worker_job_t *job, const uint8_t *payload, size_t len,
     rlhf__generate_output__pack(&go, *out);
 out:
     if (seqs)
-        for (int i = 0; i < K; i++) gen_seq_free(&seqs[i]);
+        for (int i = 0; i < K * NP; i++) gen_seq_free(&seqs[i]);
     free(seqs);
     free(ids);
     free(prompts);
     free(plens);
     free(comps);
     free(compp);
-    free(toks);
     free(gen);
     rlhf__generate_spec__free_unpacked(sp, NULL);
     return rc;

@@ -23,7 +23,9 @@ static const struct {
     {RLHF__ROLE__ROLE_ROLLOUT, RLHF__JOB_KIND__JOB_KIND_GENERATE, worker_generate},
     {RLHF__ROLE__ROLE_ROLLOUT, RLHF__JOB_KIND__JOB_KIND_NOOP, job_noop},
     {RLHF__ROLE__ROLE_REWARD, RLHF__JOB_KIND__JOB_KIND_NOOP, job_noop},
+    {RLHF__ROLE__ROLE_REWARD, RLHF__JOB_KIND__JOB_KIND_SCORE, worker_score},
     {RLHF__ROLE__ROLE_LEARNER, RLHF__JOB_KIND__JOB_KIND_NOOP, job_noop},
+    {RLHF__ROLE__ROLE_LEARNER, RLHF__JOB_KIND__JOB_KIND_TRAIN, worker_train},
 };
 #define N_TABLE (int)(sizeof table / sizeof table[0])
 

@@ -35,6 +35,7 @@
 #include "ops.h"
 #include "wire.h"
 #include "worker.h"
+#include "wsync.h"
 
 #define WORKER_VERSION "0.1"
 
@@ -45,6 +46,7 @@ typedef struct {
     uint64_t lease_id;
     uint8_t *payload;
     size_t payload_len;
+    uint64_t policy_version; /* the weights the job needs: fetched first if we lack them */
     /* set by the job thread before it signals the eventfd */
     int rc;
     char reason[256];
@@ -70,6 +72,17 @@ typedef struct {
     double next_reconnect_ms;
     atomic_int cancel;
     job_slot_t slot;
+    /* weights (wsync.h): the live snapshot jobs run with, swapped only between jobs; the newest
+     * version the master announced and where it is served. A sync thread fetches it as soon as
+     * it is announced; a job needing a version we lack fetches it itself before it runs. */
+    wsync_replica_t weights;
+    pthread_mutex_t weights_mu; /* weights_ep and weights_announced (written by the main thread) */
+    char weights_ep[256];
+    uint64_t weights_announced;
+    pthread_t sync_th;
+    int sync_started;
+    atomic_int syncing, sync_cancel;
+    double next_sync_ms;
 } worker_t;
 
 static volatile sig_atomic_t stop_signal;
@@ -84,7 +97,9 @@ static void wlog(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void wlog(const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
+    flockfile(stderr); /* the job and sync threads log too: one line at a time */
     wire_logv(log_id, fmt, ap);
+    funlockfile(stderr);
     va_end(ap);
 }
 
@@ -153,6 +168,63 @@ static void sock_close(worker_t *w, int linger) {
     w->sock = NULL;
 }
 
+/* Makes the live weights at least version `need`, fetching the announced snapshot if they are
+ * not (one line logged per sync: bytes, seconds, GB/s). Job and sync threads. */
+static int weights_sync(worker_t *w, uint64_t need, atomic_int *cancel) {
+    if (wsync_replica_version(&w->weights) >= need) return 0;
+    char ep[sizeof w->weights_ep];
+    pthread_mutex_lock(&w->weights_mu);
+    memcpy(ep, w->weights_ep, sizeof ep);
+    pthread_mutex_unlock(&w->weights_mu);
+    if (!ep[0])
+        return rl_fail(RL_ENOTFOUND, "weights version %" PRIu64 " needed, none announced", need);
+    wlog("weights: fetching version >= %" PRIu64 " from %s", need, ep);
+    wsync_opts_t o = {.cancel = cancel};
+    wsync_stats_t st;
+    int rc = wsync_replica_ensure(&w->weights, w->zctx, ep, need, &o, &st);
+    if (rc < 0)
+        wlog("weights: fetching version %" PRIu64 " failed: %s", need, rl_errmsg());
+    else if (st.bytes)
+        wlog("weights: version %" PRIu64 " synced: %" PRIu64 " bytes in %.3f s (%.2f GB/s), "
+             "%u chunks, crc32c %08x, %u bad chunks fetched again, %u timeouts",
+             st.version, st.bytes, st.seconds, st.gbps, st.chunks, st.crc, st.crc_errors,
+             st.timeouts);
+    return rc;
+}
+
+static void *sync_thread(void *arg) {
+    worker_t *w = arg;
+    for (;;) {
+        pthread_mutex_lock(&w->weights_mu);
+        uint64_t v = w->weights_announced;
+        pthread_mutex_unlock(&w->weights_mu);
+        if (atomic_load(&w->sync_cancel) || wsync_replica_version(&w->weights) >= v) break;
+        if (weights_sync(w, v, &w->sync_cancel) < 0) break; /* the main thread tries again */
+    }
+    atomic_store(&w->syncing, 0);
+    return NULL;
+}
+
+/* Main thread: starts a sync when a newer version is announced than we have (and none runs);
+ * after a failed one, not before a second has passed. */
+static void weights_maybe_sync(worker_t *w) {
+    if (atomic_load(&w->syncing)) return;
+    if (w->sync_started) {
+        pthread_join(w->sync_th, NULL);
+        w->sync_started = 0;
+        w->next_sync_ms = wire_now_ms() + 1000;
+    }
+    if (!w->weights_announced || wsync_replica_version(&w->weights) >= w->weights_announced ||
+        wire_now_ms() < w->next_sync_ms)
+        return;
+    atomic_store(&w->syncing, 1);
+    if (pthread_create(&w->sync_th, NULL, sync_thread, w) != 0) {
+        atomic_store(&w->syncing, 0);
+        return;
+    }
+    w->sync_started = 1;
+}
+
 static void *job_thread(void *arg) {
     worker_t *w = arg;
     job_slot_t *s = &w->slot;
@@ -160,7 +232,28 @@ static void *job_thread(void *arg) {
     rl_err_clear();
     /* OpenMP's thread count is per thread: set it on the thread that computes */
     ops_set_threads(w->threads);
-    s->rc = s->fn(&s->job, s->payload, s->payload_len, &s->out, &s->out_len);
+    /* never run a job with older weights than it states: fetch first (failing that, the job is
+     * rejected and the master retries it), and hold the live snapshot so no swap happens
+     * while the job runs */
+    s->rc = weights_sync(w, s->policy_version, &w->cancel);
+    if (s->rc == 0) {
+        const wsync_snapshot_t *live = wsync_replica_acquire(&w->weights);
+        if (live->version < s->policy_version) {
+            s->rc = rl_fail(RL_ENOTFOUND, "weights version %" PRIu64 " not available",
+                            s->policy_version);
+        } else {
+            if (s->policy_version)
+                wlog("job %" PRIu64 " attempt %u runs with weights version %" PRIu64
+                     " (needs %" PRIu64 ")",
+                     s->job.job_id, s->job.attempt, live->version, s->policy_version);
+            /* a job stating no version runs with its model directory's own weights */
+            s->job.weights_version = s->policy_version ? live->version : 0;
+            s->job.weights = s->policy_version ? live->data : NULL;
+            s->job.weights_bytes = s->policy_version ? live->bytes : 0;
+            s->rc = s->fn(&s->job, s->payload, s->payload_len, &s->out, &s->out_len);
+        }
+        wsync_replica_release(&w->weights);
+    }
     if (s->rc < 0) snprintf(s->reason, sizeof s->reason, "%s", rl_errmsg());
     s->elapsed_ms = wire_now_ms() - t0;
     uint64_t one = 1;
@@ -205,6 +298,7 @@ static void on_assign(worker_t *w, const Rlhf__JobAssign *a) {
     s->job.seed = a->seed;
     s->job.cancel = &w->cancel;
     s->lease_id = a->lease_id;
+    s->policy_version = a->policy_version;
     s->fn = fn;
     s->out = NULL;
     s->out_len = 0;
@@ -291,6 +385,19 @@ static void on_message(worker_t *w, wire_msg_t *msg) {
     case RLHF__ENVELOPE__BODY_JOB_ASSIGN:
         on_assign(w, env->job_assign);
         break;
+    case RLHF__ENVELOPE__BODY_WEIGHTS_ANNOUNCE: {
+        const Rlhf__WeightsAnnounce *a = env->weights_announce;
+        if (a->endpoint && a->endpoint[0] && strlen(a->endpoint) < sizeof w->weights_ep &&
+            a->version >= w->weights_announced) {
+            pthread_mutex_lock(&w->weights_mu);
+            snprintf(w->weights_ep, sizeof w->weights_ep, "%s", a->endpoint);
+            w->weights_announced = a->version;
+            pthread_mutex_unlock(&w->weights_mu);
+            w->next_sync_ms = 0;
+            wlog("weights version %" PRIu64 " announced at %s", a->version, a->endpoint);
+        }
+        break;
+    }
     case RLHF__ENVELOPE__BODY_SHUTDOWN:
         wlog("shutdown requested: %s", env->shutdown->reason);
         stop_signal = SIGTERM;
@@ -325,7 +432,10 @@ static const char usage_text[] =
     "Connects to the master, registers, heartbeats and runs the jobs of its role. Heartbeat\n"
     "settings apply until the master's Welcome gives its own. SIGTERM: hand back, goodbye, exit.\n"
     "--threads: compute threads per job (default: all online cores); workers sharing a machine\n"
-    "should split its cores between them.\n";
+    "should split its cores between them.\n"
+    "Learner: --run-dir DIR (checkpoints) [--shard 0/S --shard-endpoint EP] [--shard-wait-ms N]\n"
+    "[--shard-chunk-kib N];\n"
+    "shards 1..S-1: --role learner --shard I/S --shard-endpoint EP (shard 0's; no --master).\n";
 
 int main(int argc, char **argv) {
     static worker_t W;
@@ -336,11 +446,20 @@ int main(int argc, char **argv) {
     w->threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
     if (w->threads < 1) w->threads = 1;
     w->backoff_ms = 100;
-    static const struct option opts[] = {
-        {"role", required_argument, 0, 'r'},     {"master", required_argument, 0, 'm'},
-        {"id", required_argument, 0, 'i'},       {"heartbeat-ms", required_argument, 0, 'H'},
-        {"liveness", required_argument, 0, 'L'}, {"threads", required_argument, 0, 't'},
-        {"help", no_argument, 0, 'h'},           {0, 0, 0, 0}};
+    worker_learner_opts_t lo = {.index = 0, .n_shards = 1, .wait_ms = 30000};
+    static const struct option opts[] = {{"role", required_argument, 0, 'r'},
+                                         {"master", required_argument, 0, 'm'},
+                                         {"id", required_argument, 0, 'i'},
+                                         {"heartbeat-ms", required_argument, 0, 'H'},
+                                         {"liveness", required_argument, 0, 'L'},
+                                         {"threads", required_argument, 0, 't'},
+                                         {"shard", required_argument, 0, 0x100},
+                                         {"shard-endpoint", required_argument, 0, 0x101},
+                                         {"run-dir", required_argument, 0, 0x102},
+                                         {"shard-wait-ms", required_argument, 0, 0x103},
+                                         {"shard-chunk-kib", required_argument, 0, 0x104},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
@@ -370,6 +489,32 @@ int main(int argc, char **argv) {
             }
             w->threads = atoi(optarg);
             break;
+        case 0x100: /* learner shard I/S */
+            if (sscanf(optarg, "%d/%d", &lo.index, &lo.n_shards) != 2 || lo.n_shards < 1 ||
+                lo.n_shards > WORKER_LEARNER_MAX_SHARDS || lo.index < 0 ||
+                lo.index >= lo.n_shards) {
+                fprintf(stderr, "rlhf-worker: --shard: '%s' is not I/S with 0 <= I < S <= %d\n",
+                        optarg, WORKER_LEARNER_MAX_SHARDS);
+                return 2;
+            }
+            break;
+        case 0x101:
+            lo.endpoint = optarg;
+            break;
+        case 0x102:
+            lo.run_dir = optarg;
+            break;
+        case 0x103:
+            lo.wait_ms = atoi(optarg) > 0 ? atoi(optarg) : 30000;
+            break;
+        case 0x104:
+            if (atoi(optarg) < 1 || atoi(optarg) > 16384) {
+                fprintf(stderr, "rlhf-worker: --shard-chunk-kib: '%s' is not in [1, 16384]\n",
+                        optarg);
+                return 2;
+            }
+            lo.chunk_kib = atoi(optarg);
+            break;
         case 'h':
             fputs(usage_text, stdout);
             return 0;
@@ -378,7 +523,8 @@ int main(int argc, char **argv) {
             return 2;
         }
     }
-    if (w->role < 0 || !w->master || optind < argc) {
+    if (w->role < 0 || (!w->master && lo.index == 0) || optind < argc ||
+        (w->role != RLHF__ROLE__ROLE_LEARNER && lo.n_shards > 1)) {
         fputs(usage_text, stderr);
         return 2;
     }
@@ -394,9 +540,24 @@ int main(int argc, char **argv) {
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
+    if (w->role == RLHF__ROLE__ROLE_LEARNER) {
+        lo.id = w->id;
+        lo.hb_ms = w->hb_ms;
+        lo.liveness = w->liveness;
+        lo.threads = w->threads;
+        /* shards 1..S-1 talk to shard 0 only, never to the master */
+        if (lo.index > 0) return worker_learner_shard_main(&lo, &stop_signal);
+        if (worker_learner_start(&lo) < 0) {
+            fprintf(stderr, "rlhf-worker: %s\n", rl_errmsg());
+            return 1;
+        }
+        worker_ppo_setup(w->master, lo.run_dir);
+    }
+    wsync_malloc_tune(); /* weight chunks: recycled heap blocks, not fresh pages each */
     w->efd = eventfd(0, EFD_CLOEXEC);
     w->zctx = zmq_ctx_new();
-    if (w->efd < 0 || !w->zctx || sock_open(w) < 0) {
+    pthread_mutex_init(&w->weights_mu, NULL);
+    if (w->efd < 0 || !w->zctx || wsync_replica_init(&w->weights) < 0 || sock_open(w) < 0) {
         fprintf(stderr, "rlhf-worker: %s\n", rl_errmsg()[0] ? rl_errmsg() : strerror(errno));
         return 1;
     }
@@ -440,6 +601,7 @@ int main(int argc, char **argv) {
             w->backoff_ms = w->backoff_ms * 2 > 2000 ? 2000 : w->backoff_ms * 2;
         }
         if (now >= w->last_hb_ms + w->hb_ms) send_heartbeat(w);
+        weights_maybe_sync(w);
     }
     wlog("stopping (signal %d)", (int)stop_signal);
     if (w->slot.busy) { /* cancel and wait: the thread polls the flag between tokens */
@@ -449,6 +611,8 @@ int main(int argc, char **argv) {
         }
         on_job_done(w, 1);
     }
+    atomic_store(&w->sync_cancel, 1);
+    if (w->sync_started) pthread_join(w->sync_th, NULL);
     Rlhf__Envelope env = RLHF__ENVELOPE__INIT;
     Rlhf__Goodbye gb = RLHF__GOODBYE__INIT;
     gb.reason = "shutting down";
@@ -460,6 +624,10 @@ int main(int argc, char **argv) {
     close(w->efd);
     free(w->slot.payload);
     worker_generate_cleanup();
+    worker_score_cleanup();
+    worker_ppo_cleanup();
+    worker_learner_stop();
+    wsync_replica_free(&w->weights);
     wlog("exit");
     return 0;
 }

@@ -1,0 +1,372 @@
+/*
+ * client_tool.c - rlhf-client-tool, a command-line driver around common/client.h for the
+ * runtime tests: submits jobs to a running master and prints one JSON line per finished job.
+ *
+ *   rlhf-client-tool submit --master EP [--noop N] [--generate N --model DIR] [--first-id ID]
+ *                    [--delay-ms MS] [--name NAME] [--timeout-ms MS] [--fetch-ms MS]
+ *       N NOOP jobs with ids ID.., then N GENERATE jobs after them (prompt [1 + id % 7, 2, 3],
+ *       6 new tokens, the handler taking at least --delay-ms); waits for all of them.
+ *   rlhf-client-tool fetch --master EP --first-id ID --n N
+ *       waits for jobs ID..ID+N-1 submitted earlier (by another process) without their specs.
+ *   rlhf-client-tool conflict --master EP --first-id ID
+ *       submits NOOP job ID with a seed of its own: exit 0 when the master rejects it.
+ *   rlhf-client-tool bad-submit --master EP
+ *       invalid SubmitJobs (id 0, an unknown kind, a GENERATE payload that is not a
+ *       GenerateSpec, a role that is no worker's), one from an unregistered peer and one cut
+ *       short; exit 0 when each was refused as it should be and a valid job still runs.
+ *
+ * Job lines: {"id","status","kind","attempt","worker","output_bytes","output_crc32c","tokens"?}
+ * (tokens: a GENERATE job's output). A summary goes to stderr. submit and fetch exit 0 when
+ * every job was delivered exactly once and done.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <zmq.h>
+
+#include "client.h"
+#include "err.h"
+#include "wire.h"
+
+typedef struct {
+    uint64_t first;
+    long n;
+    unsigned char *seen; /* per id: delivered already */
+    long delivered, duplicates, not_done;
+} tally_t;
+
+static const char *kind_str(int k) {
+    switch (k) {
+    case RLHF__JOB_KIND__JOB_KIND_GENERATE:
+        return "generate";
+    case RLHF__JOB_KIND__JOB_KIND_NOOP:
+        return "noop";
+    case RLHF__JOB_KIND__JOB_KIND_SCORE:
+        return "score";
+    case RLHF__JOB_KIND__JOB_KIND_TRAIN:
+        return "train";
+    default:
+        return "other";
+    }
+}
+
+static int on_result(void *ctx, const client_result_t *r) {
+    tally_t *t = ctx;
+    long i = (long)(r->id - t->first);
+    if (i >= 0 && i < t->n && t->seen[i]++) t->duplicates++;
+    t->delivered++;
+    if (r->status != CLIENT_DONE) t->not_done++;
+    printf("{\"id\":%" PRIu64 ",\"status\":\"%s\",\"kind\":\"%s\",\"attempt\":%u,\"worker\":\"%s\","
+           "\"output_bytes\":%zu,\"output_crc32c\":\"%08x\"",
+           r->id,
+           r->status == CLIENT_DONE     ? "done"
+           : r->status == CLIENT_FAILED ? "failed"
+                                        : "rejected",
+           kind_str(r->kind), r->attempt, r->worker, r->output_len,
+           wire_crc32c(r->output, r->output_len));
+    if (r->status == CLIENT_DONE && r->kind == RLHF__JOB_KIND__JOB_KIND_GENERATE) {
+        Rlhf__GenerateOutput *g = rlhf__generate_output__unpack(NULL, r->output_len, r->output);
+        printf(",\"tokens\":[");
+        for (size_t k = 0; g && k < g->n_tokens; k++) printf("%s%d", k ? "," : "", g->tokens[k]);
+        printf("]");
+        if (g) rlhf__generate_output__free_unpacked(g, NULL);
+    }
+    if (r->reason[0]) printf(",\"reason\":\"%s\"", r->reason);
+    printf("}\n");
+    fflush(stdout);
+    return 0;
+}
+
+static int finish(client_t *c, tally_t *t, int rc) {
+    client_stats_t st;
+    client_stats(c, &st);
+    fprintf(stderr,
+            "{\"delivered\":%ld,\"duplicates\":%ld,\"not_done\":%ld,\"registrations\":%" PRIu64
+            ",\"master_changes\":%" PRIu64 ",\"jobs_resubmitted\":%" PRIu64
+            ",\"duplicates_dropped\":%" PRIu64 ",\"rc\":%d%s%s%s}\n",
+            t->delivered, t->duplicates, t->not_done, st.registrations, st.master_changes,
+            st.jobs_resubmitted, st.duplicates_dropped, rc, rc ? ",\"error\":\"" : "",
+            rc ? rl_errmsg() : "", rc ? "\"" : "");
+    int ok = rc == 0 && t->delivered == t->n && !t->duplicates && !t->not_done;
+    client_close(&c);
+    free(t->seen);
+    return ok ? 0 : 1;
+}
+
+static uint8_t *pack_generate(const char *model, uint64_t id, uint32_t delay_ms, size_t *len) {
+    Rlhf__GenerateSpec sp = RLHF__GENERATE_SPEC__INIT;
+    int32_t prompt[3] = {1 + (int32_t)(id % 7), 2, 3};
+    sp.model_dir = (char *)model;
+    sp.prompt = prompt;
+    sp.n_prompt = 3;
+    sp.max_new_tokens = 6;
+    sp.delay_ms = delay_ms;
+    *len = rlhf__generate_spec__get_packed_size(&sp);
+    uint8_t *buf = malloc(*len ? *len : 1);
+    if (buf) rlhf__generate_spec__pack(&sp, buf);
+    return buf;
+}
+
+static int cmd_submit(client_t *c, long n_noop, long n_gen, const char *model, uint64_t first,
+                      uint32_t delay_ms, int timeout_ms) {
+    long n = n_noop + n_gen;
+    tally_t t = {first, n, calloc((size_t)n + 1, 1), 0, 0, 0};
+    client_job_t *jobs = calloc((size_t)n + 1, sizeof *jobs);
+    uint64_t *ids = calloc((size_t)n + 1, sizeof *ids);
+    if (!t.seen || !jobs || !ids) return 2;
+    for (long i = 0; i < n; i++) {
+        client_job_t *j = &jobs[i];
+        j->id = ids[i] = first + (uint64_t)i;
+        if (i < n_noop) {
+            j->kind = RLHF__JOB_KIND__JOB_KIND_NOOP;
+        } else {
+            j->kind = RLHF__JOB_KIND__JOB_KIND_GENERATE;
+            j->payload = pack_generate(model, j->id, delay_ms, &j->payload_len);
+        }
+    }
+    int rc = client_submit(c, jobs, (int)n);
+    fprintf(stderr, "submitted %ld jobs: %s\n", n, rc ? rl_errmsg() : "ok");
+    if (rc == 0) rc = client_wait(c, ids, (int)n, timeout_ms, on_result, &t);
+    for (long i = 0; i < n; i++) free((void *)jobs[i].payload);
+    free(jobs);
+    free(ids);
+    return finish(c, &t, rc);
+}
+
+static int cmd_fetch(client_t *c, uint64_t first, long n, int timeout_ms) {
+    tally_t t = {first, n, calloc((size_t)n + 1, 1), 0, 0, 0};
+    uint64_t *ids = calloc((size_t)n + 1, sizeof *ids);
+    if (!t.seen || !ids) return 2;
+    for (long i = 0; i < n; i++) ids[i] = first + (uint64_t)i;
+    int rc = client_fetch(c, ids, (int)n);
+    if (rc == 0) rc = client_wait(c, ids, (int)n, timeout_ms, on_result, &t);
+    free(ids);
+    return finish(c, &t, rc);
+}
+
+static int cmd_conflict(client_t *c, uint64_t id) {
+    client_job_t j = {.id = id, .kind = RLHF__JOB_KIND__JOB_KIND_NOOP, .seed = 0x5eed0ddULL};
+    int rc = client_submit(c, &j, 1);
+    printf("{\"id\":%" PRIu64 ",\"rejected\":%s,\"error\":\"%s\"}\n", id,
+           rc == RL_EINVAL ? "true" : "false", rc ? rl_errmsg() : "");
+    client_close(&c);
+    return rc == RL_EINVAL ? 0 : 1;
+}
+
+/* ---- bad-submit: raw messages --------------------------------------------------------------- */
+
+static void *raw_dealer(void *ctx, const char *ep) {
+    void *s = zmq_socket(ctx, ZMQ_DEALER);
+    int linger = 0;
+    zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
+    if (zmq_connect(s, ep) < 0) {
+        zmq_close(s);
+        return NULL;
+    }
+    return s;
+}
+
+static void raw_send(void *s, Rlhf__Envelope *env) {
+    wire_send(s, NULL, 0, env, NULL, NULL, 0, 0);
+}
+
+/* The next message with this body (others skipped), or NULL after 10 s. */
+static Rlhf__Envelope *raw_expect(void *s, Rlhf__Envelope__BodyCase body) {
+    double deadline = wire_now_ms() + 10000;
+    while (wire_now_ms() < deadline) {
+        zmq_pollitem_t it = {s, 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(&it, 1, 100) <= 0) continue;
+        wire_msg_t m;
+        Rlhf__Envelope *env = NULL;
+        while (wire_recv(s, 0, &m, ZMQ_DONTWAIT) > 0) {
+            int hit = wire_decode(&m, &env) == WIRE_OK && env->body_case == body;
+            wire_msg_free(&m);
+            if (hit) return env;
+            if (env) rlhf__envelope__free_unpacked(env, NULL);
+            env = NULL;
+        }
+    }
+    return NULL;
+}
+
+static int cmd_bad_submit(void *zctx, const char *ep) {
+    int ok = 1;
+    /* from a peer that never said Hello: NOT_REGISTERED */
+    void *s = raw_dealer(zctx, ep);
+    if (!s) return 2;
+    Rlhf__Envelope env = RLHF__ENVELOPE__INIT;
+    Rlhf__SubmitJobs sj = RLHF__SUBMIT_JOBS__INIT;
+    Rlhf__JobSpec js[4], *jp[4];
+    for (int i = 0; i < 4; i++) {
+        rlhf__job_spec__init(&js[i]);
+        jp[i] = &js[i];
+        js[i].kind = RLHF__JOB_KIND__JOB_KIND_NOOP;
+    }
+    js[0].id = 0;      /* id 0 */
+    js[1].id = 900001; /* an unknown kind */
+    js[1].kind = (Rlhf__JobKind)99;
+    static uint8_t junk[] = {0xff, 0xff, 0xff, 0x07, 0x01};
+    js[2].id = 900002; /* a GENERATE payload that is not a GenerateSpec */
+    js[2].kind = RLHF__JOB_KIND__JOB_KIND_GENERATE;
+    js[2].payload.data = junk;
+    js[2].payload.len = sizeof junk;
+    js[3].id = 900003; /* a role that is no worker's */
+    js[3].role = RLHF__ROLE__ROLE_TOOL;
+    sj.request_id = 7;
+    sj.jobs = jp;
+    sj.n_jobs = 4;
+    env.body_case = RLHF__ENVELOPE__BODY_SUBMIT_JOBS;
+    env.submit_jobs = &sj;
+    raw_send(s, &env);
+    Rlhf__Envelope *in = raw_expect(s, RLHF__ENVELOPE__BODY_ERROR);
+    int unreg = in && in->error->code == RLHF__ERROR_CODE__ERROR_CODE_NOT_REGISTERED;
+    printf("{\"check\":\"unregistered\",\"refused\":%s}\n", unreg ? "true" : "false");
+    ok &= unreg;
+    if (in) rlhf__envelope__free_unpacked(in, NULL);
+    /* registered as a client: every one of the four is rejected with a reason */
+    Rlhf__Envelope he = RLHF__ENVELOPE__INIT;
+    Rlhf__Hello h = RLHF__HELLO__INIT;
+    h.role = RLHF__ROLE__ROLE_CLIENT;
+    h.worker_id = "bad-client";
+    he.body_case = RLHF__ENVELOPE__BODY_HELLO;
+    he.hello = &h;
+    raw_send(s, &he);
+    in = raw_expect(s, RLHF__ENVELOPE__BODY_WELCOME);
+    ok &= in != NULL;
+    if (in) rlhf__envelope__free_unpacked(in, NULL);
+    raw_send(s, &env);
+    in = raw_expect(s, RLHF__ENVELOPE__BODY_SUBMIT_ACK);
+    size_t n_rej = in ? in->submit_ack->n_rejected : 0;
+    int all = in && n_rej == 4 && in->submit_ack->n_reasons == 4 && !in->submit_ack->n_accepted;
+    printf("{\"check\":\"invalid specs\",\"rejected\":%zu,\"reasons\":[", n_rej);
+    for (size_t i = 0; in && i < in->submit_ack->n_reasons; i++)
+        printf("%s\"%s\"", i ? "," : "", in->submit_ack->reasons[i]);
+    printf("]}\n");
+    ok &= all;
+    if (in) rlhf__envelope__free_unpacked(in, NULL);
+    /* a SubmitJobs cut short: not even an envelope (refused by the wire layer), then a Ping
+     * that must still be answered */
+    Rlhf__JobSpec one = RLHF__JOB_SPEC__INIT, *onep = &one;
+    one.id = 900004;
+    one.kind = RLHF__JOB_KIND__JOB_KIND_NOOP;
+    sj.jobs = &onep;
+    sj.n_jobs = 1;
+    env.protocol_version = RLHF__PROTOCOL_VERSION__PROTOCOL_VERSION_CURRENT;
+    uint8_t buf[256];
+    size_t n = rlhf__envelope__pack(&env, buf);
+    zmq_send(s, buf, n - 2, 0);
+    Rlhf__Envelope pe = RLHF__ENVELOPE__INIT;
+    Rlhf__Ping p = RLHF__PING__INIT;
+    p.nonce = 4242;
+    pe.body_case = RLHF__ENVELOPE__BODY_PING;
+    pe.ping = &p;
+    raw_send(s, &pe);
+    in = raw_expect(s, RLHF__ENVELOPE__BODY_PONG);
+    int pong = in && in->pong->nonce == 4242;
+    printf("{\"check\":\"truncated\",\"still_served\":%s}\n", pong ? "true" : "false");
+    ok &= pong;
+    if (in) rlhf__envelope__free_unpacked(in, NULL);
+    zmq_close(s);
+    /* and a valid job from a real client still runs */
+    client_t *c = client_open(ep, "good-client");
+    tally_t t = {900010, 1, calloc(2, 1), 0, 0, 0};
+    client_job_t j = {.id = 900010, .kind = RLHF__JOB_KIND__JOB_KIND_NOOP};
+    uint64_t id = 900010;
+    int rc = c ? client_submit(c, &j, 1) : RL_EIO;
+    if (rc == 0) rc = client_wait(c, &id, 1, 30000, on_result, &t);
+    ok &= c && finish(c, &t, rc) == 0;
+    return ok ? 0 : 1;
+}
+
+static const char usage[] =
+    "usage: rlhf-client-tool submit|fetch|conflict|bad-submit --master EP [--noop N]\n"
+    "       [--generate N --model DIR] [--first-id ID] [--n N] [--delay-ms MS] [--name NAME]\n"
+    "       [--timeout-ms MS] [--fetch-ms MS]\n";
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        fputs(usage, stderr);
+        return 2;
+    }
+    const char *cmd = argv[1], *ep = NULL, *model = NULL, *name = NULL;
+    long n_noop = 0, n_gen = 0, n = 0;
+    uint64_t first = 1;
+    uint32_t delay = 0;
+    int timeout = 120000;
+    client_opts_t o = {0, 0, 0, 0};
+    static const struct option opts[] = {{"master", 1, 0, 'm'},
+                                         {"noop", 1, 0, 'N'},
+                                         {"generate", 1, 0, 'G'},
+                                         {"model", 1, 0, 'M'},
+                                         {"first-id", 1, 0, 'f'},
+                                         {"n", 1, 0, 'n'},
+                                         {"delay-ms", 1, 0, 'd'},
+                                         {"name", 1, 0, 'a'},
+                                         {"timeout-ms", 1, 0, 't'},
+                                         {"fetch-ms", 1, 0, 'F'},
+                                         {0, 0, 0, 0}};
+    int c;
+    optind = 2;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm':
+            ep = optarg;
+            break;
+        case 'N':
+            n_noop = atol(optarg);
+            break;
+        case 'G':
+            n_gen = atol(optarg);
+            break;
+        case 'M':
+            model = optarg;
+            break;
+        case 'f':
+            first = strtoull(optarg, NULL, 10);
+            break;
+        case 'n':
+            n = atol(optarg);
+            break;
+        case 'd':
+            delay = (uint32_t)atol(optarg);
+            break;
+        case 'a':
+            name = optarg;
+            break;
+        case 't':
+            timeout = atoi(optarg);
+            break;
+        case 'F':
+            o.fetch_ms = atoi(optarg);
+            break;
+        default:
+            fputs(usage, stderr);
+            return 2;
+        }
+    }
+    if (!ep || n_noop < 0 || n_gen < 0 || n < 0 || (n_gen && !model) || first == 0) {
+        fputs(usage, stderr);
+        return 2;
+    }
+    if (!strcmp(cmd, "bad-submit")) {
+        void *zctx = zmq_ctx_new();
+        int rc = cmd_bad_submit(zctx, ep);
+        zmq_ctx_term(zctx);
+        return rc;
+    }
+    client_t *cl = client_open_opts(ep, name, &o);
+    if (!cl) {
+        fprintf(stderr, "rlhf-client-tool: %s\n", rl_errmsg());
+        return 2;
+    }
+    if (!strcmp(cmd, "submit")) return cmd_submit(cl, n_noop, n_gen, model, first, delay, timeout);
+    if (!strcmp(cmd, "fetch")) return cmd_fetch(cl, first, n, timeout);
+    if (!strcmp(cmd, "conflict")) return cmd_conflict(cl, first);
+    client_close(&cl);
+    fputs(usage, stderr);
+    return 2;
+}

@@ -1,0 +1,506 @@
+/*
+ * worker_ppo.c - the learner's PPO update (TRAIN jobs of kind PPO): policy and value models,
+ * their AdamW states and the PPO state (KL controller, score moments, iteration) live here
+ * between jobs; each job is one iteration's update on its rollouts (ppo.h), after which the new
+ * policy weights are published as version iteration + 1 (wsync.h) and announced to the master,
+ * so that rollout workers fetch them before their next GENERATE job.
+ *
+ * Checkpoints (RUN_DIR/ppo-ckpt-ITER/: policy/ and value/ as Hugging Face directories, state.bin
+ * with both AdamW moment arenas, the PPO state, the job id and packed result of the last update
+ * and a CRC-32C over all of it) are written after every `checkpoint_every`-th update, then
+ * RUN_DIR/ppo-latest.json is pointed at them, both atomically; the checkpoint before stays as a
+ * fallback when the newest does not verify. A learner that starts (or restarts) loads the newest
+ * checkpoint that verifies, publishes its policy as the version it stands at, and announces it.
+ *
+ * Idempotence: an update job for iteration i runs only when the learner stands at iteration i;
+ * the job that brought the learner to i + 1 (same job id) gets the recorded result back without
+ * running again; any other iteration is refused, naming where the learner stands, so that the
+ * driver can resume from there.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+#include <zmq.h>
+
+#include "err.h"
+#include "fs.h"
+#include "gpt.h"
+#include "hf.h"
+#include "ppo.h"
+#include "rlhf.pb-c.h"
+#include "wire.h"
+#include "worker.h"
+#include "wsync.h"
+
+#define PPO_MAGIC "RLHFPPO1"
+
+static struct {
+    char run_dir[4096], master[256];
+    char tok_dir[4096]; /* the initial policy's directory: its tokenizer */
+    int loaded;
+    gpt_t *policy, *value;
+    ppo_learner_t l;
+    uint64_t last_job;
+    uint8_t *last_out;
+    size_t last_out_len;
+    wsync_server_t *ws;
+    char ws_endpoint[256];
+    void *zctx; /* the announcer's */
+    pthread_t ann_th;
+    int ann_started;
+    atomic_int ann_stop;
+    pthread_mutex_t ann_mu; /* with ann_cv: wakes the announcer when a version is published */
+    pthread_cond_t ann_cv;
+    _Atomic uint64_t published; /* the newest version served (0: none) */
+} S;
+
+static int load_latest(const ppo_config_t *cfg);
+static int publish(uint64_t version);
+
+void worker_ppo_setup(const char *master, const char *run_dir) {
+    pthread_mutex_init(&S.ann_mu, NULL);
+    pthread_cond_init(&S.ann_cv, NULL);
+    snprintf(S.master, sizeof S.master, "%s", master ? master : "");
+    snprintf(S.run_dir, sizeof S.run_dir, "%s", run_dir ? run_dir : "");
+    /* a restarted learner stands at its newest checkpoint and serves those weights at once:
+     * rollout jobs of the current iteration need them before any update job comes */
+    ppo_config_t cfg;
+    ppo_config_default(&cfg);
+    if (S.run_dir[0] && load_latest(&cfg) == 0) {
+        S.loaded = 1;
+        if (publish((uint64_t)S.l.iteration) < 0)
+            fprintf(stderr, "learner: publishing iteration %ld: %s\n", S.l.iteration, rl_errmsg());
+    }
+}
+
+static void unload(void) {
+    ppo_learner_free(&S.l);
+    memset(&S.l, 0, sizeof S.l);
+    gpt_destroy(&S.policy);
+    gpt_destroy(&S.value);
+    free(S.last_out);
+    S.last_out = NULL;
+    S.last_out_len = 0;
+    S.last_job = 0;
+    S.loaded = 0;
+}
+
+void worker_ppo_cleanup(void) {
+    unload();
+    if (S.ann_started) {
+        pthread_mutex_lock(&S.ann_mu);
+        atomic_store(&S.ann_stop, 1);
+        pthread_cond_signal(&S.ann_cv);
+        pthread_mutex_unlock(&S.ann_mu);
+        pthread_join(S.ann_th, NULL);
+        S.ann_started = 0;
+    }
+    wsync_server_destroy(&S.ws);
+    if (S.zctx) zmq_ctx_term(S.zctx);
+    S.zctx = NULL;
+}
+
+/* ---- weights: publish and announce -------------------------------------------------------- */
+
+/* The announcer thread: tells the master the newest published version every second, so that a
+ * restarted master learns it again (it ignores repeats of what it knows). Its own socket. */
+static void *announcer(void *arg) {
+    (void)arg;
+    void *sock = zmq_socket(S.zctx, ZMQ_DEALER);
+    int linger = 0;
+    if (!sock || zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger) < 0 ||
+        zmq_connect(sock, S.master) < 0) {
+        fprintf(stderr, "learner: announce socket: %s\n", zmq_strerror(errno));
+        if (sock) zmq_close(sock);
+        return NULL;
+    }
+    while (!atomic_load(&S.ann_stop)) {
+        uint64_t v = atomic_load(&S.published);
+        if (v) {
+            Rlhf__Envelope env = RLHF__ENVELOPE__INIT;
+            Rlhf__WeightsAnnounce a = RLHF__WEIGHTS_ANNOUNCE__INIT;
+            a.version = v;
+            a.endpoint = S.ws_endpoint;
+            env.protocol_version = RLHF__PROTOCOL_VERSION__PROTOCOL_VERSION_CURRENT;
+            env.body_case = RLHF__ENVELOPE__BODY_WEIGHTS_ANNOUNCE;
+            env.weights_announce = &a;
+            uint8_t buf[512];
+            size_t len = rlhf__envelope__get_packed_size(&env);
+            if (len <= sizeof buf) {
+                rlhf__envelope__pack(&env, buf);
+                zmq_send(sock, buf, len, ZMQ_DONTWAIT); /* best effort: the next one follows */
+            }
+        }
+        /* until a new version is published (announced at once) or a second has passed */
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += 1;
+        pthread_mutex_lock(&S.ann_mu);
+        while (!atomic_load(&S.ann_stop) && atomic_load(&S.published) == v &&
+               pthread_cond_timedwait(&S.ann_cv, &S.ann_mu, &until) == 0) {
+        }
+        pthread_mutex_unlock(&S.ann_mu);
+    }
+    zmq_close(sock);
+    return NULL;
+}
+
+static int announce(void) {
+    if (!S.master[0] || S.ann_started) return 0;
+    if (!S.zctx && !(S.zctx = zmq_ctx_new())) return rl_fail(RL_EIO, "zmq context");
+    if (pthread_create(&S.ann_th, NULL, announcer, NULL) != 0)
+        return rl_fail(RL_EIO, "announcer thread");
+    S.ann_started = 1;
+    return 0;
+}
+
+/* Publishes the policy as `version` (once per version) and announces it. */
+static int publish(uint64_t version) {
+    if (version == 0) return 0; /* version 0 is the policy directory's own weights */
+    if (!S.ws) {
+        S.ws = wsync_server_new(NULL, "tcp://127.0.0.1:*", 0);
+        if (!S.ws || wsync_server_start(S.ws) < 0) return rl_fail_ctx(RL_EIO, "weights server: ");
+        snprintf(S.ws_endpoint, sizeof S.ws_endpoint, "%s", wsync_server_endpoint(S.ws));
+    }
+    if (version > atomic_load(&S.published)) {
+        int rc = wsync_server_publish(S.ws, version, S.policy->params_mem,
+                                      S.policy->num_params * sizeof(float), "params", NULL);
+        if (rc < 0) return rc;
+        pthread_mutex_lock(&S.ann_mu);
+        atomic_store(&S.published, version);
+        pthread_cond_signal(&S.ann_cv);
+        pthread_mutex_unlock(&S.ann_mu);
+    }
+    return announce();
+}
+
+/* ---- checkpoints -------------------------------------------------------------------------- */
+
+typedef struct {
+    uint8_t *p;
+    size_t n, cap;
+    int oom;
+} buf_t;
+
+static void put(buf_t *b, const void *d, size_t n) {
+    if (b->oom) return;
+    if (b->n + n > b->cap) {
+        size_t nc = (b->n + n) * 2;
+        uint8_t *np = realloc(b->p, nc);
+        if (!np) {
+            b->oom = 1;
+            return;
+        }
+        b->p = np, b->cap = nc;
+    }
+    memcpy(b->p + b->n, d, n);
+    b->n += n;
+}
+
+static int ckpt_write(uint64_t iteration) {
+    char dir[4200], sub[4300], tmp[4300];
+    snprintf(dir, sizeof dir, "%s/ppo-ckpt-%06" PRIu64, S.run_dir, iteration);
+    snprintf(sub, sizeof sub, "%s/policy", dir);
+    int rc = fs_mkdir_p(dir);
+    if (rc == 0) rc = hf_save(S.policy, sub);
+    /* the tokenizer travels with the policy, so the checkpoint is a usable model directory */
+    if (rc == 0 && S.tok_dir[0]) rc = hf_copy_tokenizer(S.tok_dir, sub);
+    snprintf(sub, sizeof sub, "%s/value", dir);
+    if (rc == 0) rc = hf_save(S.value, sub);
+    if (rc < 0) return rc;
+    buf_t b = {0};
+    ppo_learner_t *l = &S.l;
+    uint64_t n_p = l->opt_policy.n, n_v = l->opt_value.n, t_p = (uint64_t)l->opt_policy.t,
+             t_v = (uint64_t)l->opt_value.t, it = (uint64_t)l->iteration,
+             ol = (uint64_t)S.last_out_len;
+    put(&b, PPO_MAGIC, 8);
+    put(&b, &it, 8);
+    put(&b, &S.last_job, 8);
+    put(&b, &l->kl.beta, sizeof l->kl.beta);
+    put(&b, &l->score_stats, sizeof l->score_stats);
+    put(&b, &t_p, 8);
+    put(&b, &t_v, 8);
+    put(&b, &n_p, 8);
+    put(&b, &n_v, 8);
+    put(&b, l->opt_policy.moments, 2 * n_p * sizeof(float));
+    put(&b, l->opt_value.moments, 2 * n_v * sizeof(float));
+    put(&b, &ol, 8);
+    if (ol) put(&b, S.last_out, ol);
+    uint32_t crc = b.oom ? 0 : wire_crc32c(b.p, b.n);
+    put(&b, &crc, 4);
+    snprintf(sub, sizeof sub, "%s/state.bin", dir);
+    rc = b.oom ? rl_fail(RL_ENOMEM, "checkpoint: out of memory") : fs_write_atomic(sub, b.p, b.n);
+    free(b.p);
+    if (rc < 0) return rc;
+    /* the pointer: newest and the one before, which stays as a fallback */
+    snprintf(sub, sizeof sub, "%s/ppo-latest.json", S.run_dir);
+    json_t *old = json_load_file(sub, 0, NULL);
+    const char *prev = json_string_value(json_object_get(old, "dir"));
+    const char *prev2 = json_string_value(json_object_get(old, "previous"));
+    json_t *o = json_pack("{s:I, s:s, s:s}", "iteration", (json_int_t)iteration, "dir", dir,
+                          "previous", prev && strcmp(prev, dir) ? prev : "");
+    char *txt = json_dumps(o, JSON_INDENT(2));
+    rc = txt ? fs_write_atomic(sub, txt, strlen(txt)) : rl_fail(RL_ENOMEM, "no memory");
+    free(txt);
+    json_decref(o);
+    /* older checkpoints than the fallback go */
+    if (rc == 0 && prev2 && prev2[0] && strcmp(prev2, dir) && (!prev || strcmp(prev2, prev))) {
+        snprintf(tmp, sizeof tmp, "rm -rf '%s'", prev2);
+        if (!strchr(prev2, '\'') && system(tmp) != 0) { /* best effort: space, not correctness */
+        }
+    }
+    json_decref(old);
+    return rc;
+}
+
+static int get(const uint8_t **p, const uint8_t *end, void *d, size_t n) {
+    if ((size_t)(end - *p) < n) return -1;
+    memcpy(d, *p, n);
+    *p += n;
+    return 0;
+}
+
+/* Loads the checkpoint in dir into fresh models/learner (cfg for the optimiser settings). */
+static int ckpt_load(const char *dir, const ppo_config_t *cfg) {
+    char sub[4300];
+    snprintf(sub, sizeof sub, "%s/policy", dir);
+    S.policy = hf_load(sub);
+    snprintf(sub, sizeof sub, "%s/value", dir);
+    S.value = S.policy ? hf_load(sub) : NULL;
+    if (!S.policy || !S.value) return rl_fail_ctx(RL_EFORMAT, "checkpoint %s: ", dir);
+    int rc = ppo_learner_init(&S.l, S.policy, S.value, cfg);
+    if (rc < 0) return rc;
+    snprintf(sub, sizeof sub, "%s/state.bin", dir);
+    char *data;
+    size_t len;
+    if ((rc = fs_read_all(sub, &data, &len)) < 0) return rc;
+    const uint8_t *p = (const uint8_t *)data, *end = p + len;
+    uint32_t crc;
+    rc = len < 12 || memcmp(data, PPO_MAGIC, 8) ? -1 : 0;
+    if (rc == 0) {
+        memcpy(&crc, data + len - 4, 4);
+        rc = crc == wire_crc32c(data, len - 4) ? 0 : -1;
+        end -= 4;
+    }
+    uint64_t it = 0, n_p = 0, n_v = 0, t_p = 0, t_v = 0, ol = 0;
+    p += 8;
+    if (rc == 0)
+        rc = get(&p, end, &it, 8) | get(&p, end, &S.last_job, 8) |
+             get(&p, end, &S.l.kl.beta, sizeof S.l.kl.beta) |
+             get(&p, end, &S.l.score_stats, sizeof S.l.score_stats) | get(&p, end, &t_p, 8) |
+             get(&p, end, &t_v, 8) | get(&p, end, &n_p, 8) | get(&p, end, &n_v, 8);
+    if (rc == 0 && (n_p != S.l.opt_policy.n || n_v != S.l.opt_value.n)) rc = -1;
+    if (rc == 0)
+        rc = get(&p, end, S.l.opt_policy.moments, 2 * n_p * sizeof(float)) |
+             get(&p, end, S.l.opt_value.moments, 2 * n_v * sizeof(float)) | get(&p, end, &ol, 8);
+    if (rc == 0 && ol) {
+        S.last_out = malloc(ol);
+        rc = S.last_out ? get(&p, end, S.last_out, ol) : -1;
+        S.last_out_len = (size_t)ol;
+    }
+    free(data);
+    if (rc < 0) return rl_fail(RL_EFORMAT, "%s: corrupt or incomplete", sub);
+    S.l.iteration = (long)it;
+    S.l.opt_policy.t = (long)t_p;
+    S.l.opt_value.t = (long)t_v;
+    return 0;
+}
+
+/* Loads the newest checkpoint that verifies, else the one before. 0 or RL_ENOTFOUND/RL_E*. */
+static int load_latest(const ppo_config_t *cfg) {
+    char path[4300];
+    snprintf(path, sizeof path, "%s/ppo-latest.json", S.run_dir);
+    json_t *lat = json_load_file(path, 0, NULL);
+    const char *cands[2] = {json_string_value(json_object_get(lat, "dir")),
+                            json_string_value(json_object_get(lat, "previous"))};
+    int rc = RL_ENOTFOUND;
+    for (int i = 0; i < 2 && rc < 0; i++) {
+        if (!cands[i] || !cands[i][0]) continue;
+        rc = ckpt_load(cands[i], cfg);
+        if (rc < 0) {
+            fprintf(stderr, "learner: checkpoint %s unusable (%s)%s\n", cands[i], rl_errmsg(),
+                    i == 0 ? ": trying the one before" : "");
+            unload();
+        } else {
+            fprintf(stderr, "learner: resumed from %s at iteration %ld\n", cands[i], S.l.iteration);
+            snprintf(S.tok_dir, sizeof S.tok_dir, "%s/policy", cands[i]);
+        }
+    }
+    json_decref(lat);
+    return rc;
+}
+
+/* Makes the learner stand somewhere: the newest checkpoint that verifies (then the one before),
+ * else the initial models of the spec. */
+static int ensure_loaded(const Rlhf__PpoSpec *sp, const ppo_config_t *cfg) {
+    if (S.loaded) {
+        S.l.cfg = *cfg; /* settings may change between iterations; the state stays */
+        S.l.kl.adaptive = cfg->kl_adaptive;
+        S.l.kl.target = cfg->kl_target;
+        S.l.kl.horizon = cfg->kl_horizon;
+        return 0;
+    }
+    int rc = load_latest(cfg);
+    if (rc < 0) {
+        if (!sp->policy_dir || !sp->value_dir || !sp->policy_dir[0] || !sp->value_dir[0])
+            return rl_fail(RL_EINVAL, "ppo: policy_dir and value_dir are required");
+        S.policy = hf_load(sp->policy_dir);
+        S.value = S.policy ? hf_load(sp->value_dir) : NULL;
+        if (!S.policy || !S.value) return rl_fail_ctx(RL_EINVAL, "ppo: initial models: ");
+        if (!S.value->cfg.scalar_head)
+            return rl_fail(RL_EINVAL, "ppo: %s has no scalar head for a value model",
+                           sp->value_dir);
+        if ((rc = ppo_learner_init(&S.l, S.policy, S.value, cfg)) < 0) return rc;
+        /* the reward model's statistics seed the score normalisation */
+        if (sp->score_std > 0) {
+            S.l.score_stats.n = 1000;
+            S.l.score_stats.mean = sp->score_mean;
+            S.l.score_stats.m2 = sp->score_std * sp->score_std * 999;
+        }
+    }
+    S.loaded = 1;
+    return publish((uint64_t)S.l.iteration);
+}
+
+static int pack_output(const Rlhf__PpoOutput *po, uint8_t **out, size_t *out_len) {
+    Rlhf__TrainOutput to = RLHF__TRAIN_OUTPUT__INIT;
+    to.ppo = (Rlhf__PpoOutput *)po;
+    to.step = po->iteration;
+    *out_len = rlhf__train_output__get_packed_size(&to);
+    *out = malloc(*out_len ? *out_len : 1);
+    if (!*out) return rl_fail(RL_ENOMEM, "out of memory");
+    rlhf__train_output__pack(&to, *out);
+    return 0;
+}
+
+static json_t *stats_json(const ppo_stats_t *s) {
+    return json_pack("{s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, "
+                     "s:f, s:f, s:f, s:f, s:I, s:I, s:I}",
+                     "policy_loss", s->policy_loss, "value_loss", s->value_loss, "entropy",
+                     s->entropy, "clipfrac", s->clipfrac, "value_clipfrac", s->value_clipfrac,
+                     "approx_kl", s->approx_kl, "kl_k1", s->kl_k1, "kl_k3", s->kl_k3,
+                     "explained_var", isfinite(s->explained_var) ? s->explained_var : 0.0,
+                     "reward_mean", s->reward_mean, "reward_std", s->reward_std, "score_mean",
+                     s->score_mean, "score_std", s->score_std, "adv_mean", s->adv_mean, "adv_std",
+                     s->adv_std, "kl_coef", s->beta, "grad_norm_policy", s->grad_norm_policy,
+                     "grad_norm_value", s->grad_norm_value, "n_seqs", (json_int_t)s->n_seqs,
+                     "n_tokens", (json_int_t)s->n_tokens, "n_steps", (json_int_t)s->n_steps);
+}
+
+int worker_ppo(const worker_job_t *job, const Rlhf__TrainSpec *ts, uint8_t **out, size_t *out_len) {
+    const Rlhf__PpoSpec *sp = ts->ppo;
+    if (!sp) return rl_fail(RL_EINVAL, "ppo: TrainSpec.ppo is missing");
+    if (!S.run_dir[0]) return rl_fail(RL_EINVAL, "ppo: this learner has no --run-dir");
+    ppo_config_t cfg;
+    ppo_config_default(&cfg);
+    json_t *cj = sp->config_json && sp->config_json[0] ? json_loads(sp->config_json, 0, NULL)
+                                                       : json_object();
+    int rc = cj ? ppo_config_from_json(&cfg, cj, "ppo config: ")
+                : rl_fail(RL_EINVAL, "ppo: config_json is not JSON");
+    json_decref(cj);
+    if (rc < 0) return rc;
+    cfg.seed = sp->seed;
+    if (sp->policy_dir) snprintf(S.tok_dir, sizeof S.tok_dir, "%s", sp->policy_dir);
+    if ((rc = ensure_loaded(sp, &cfg)) < 0) {
+        unload();
+        return rc;
+    }
+    uint64_t at = (uint64_t)S.l.iteration;
+    if (at == sp->iteration + 1 && S.last_job == job->job_id && S.last_out) {
+        /* applied before (a retry after a lost result): the recorded result */
+        Rlhf__TrainOutput *to = rlhf__train_output__unpack(NULL, S.last_out_len, S.last_out);
+        if (!to || !to->ppo) {
+            if (to) rlhf__train_output__free_unpacked(to, NULL);
+            return rl_fail(RL_EFORMAT, "ppo: the recorded result does not decode");
+        }
+        to->ppo->replayed = 1;
+        rc = pack_output(to->ppo, out, out_len);
+        rlhf__train_output__free_unpacked(to, NULL);
+        return rc;
+    }
+    if (at != sp->iteration)
+        return rl_fail(RL_ERANGE,
+                       "ppo: the learner stands at iteration %" PRIu64 ", not %" PRIu64
+                       " (resume from there)",
+                       at, sp->iteration);
+    if (sp->n_rollouts == 0) { /* a "stand and publish" request (a resuming driver) */
+        Rlhf__PpoOutput po = RLHF__PPO_OUTPUT__INIT;
+        po.iteration = at;
+        po.policy_version = at;
+        po.stats_json = "{}";
+        return pack_output(&po, out, out_len);
+    }
+    ppo_seq_t *seqs = calloc(sp->n_rollouts, sizeof *seqs);
+    if (!seqs) return rl_fail(RL_ENOMEM, "out of memory");
+    for (size_t i = 0; rc == 0 && i < sp->n_rollouts; i++) {
+        const Rlhf__PpoRollout *r = sp->rollouts[i];
+        if (!r->n_prompt || !r->n_completion || r->n_logprobs != r->n_completion ||
+            r->n_ref_logprobs != r->n_completion) {
+            rc = rl_fail(RL_EINVAL, "ppo: rollout %zu: empty, or logprobs do not match", i);
+            break;
+        }
+        /* protobuf-c's repeated int32 is int32_t: the same as int on every target we build */
+        seqs[i].prompt = (const int *)r->prompt;
+        seqs[i].prompt_len = (int)r->n_prompt;
+        seqs[i].completion = (const int *)r->completion;
+        seqs[i].completion_len = (int)r->n_completion;
+        seqs[i].logprobs = r->logprobs;
+        seqs[i].ref_logprobs = r->ref_logprobs;
+        seqs[i].score = r->score;
+    }
+    ppo_stats_t st;
+    double t0 = wire_now_ms();
+    if (rc == 0) rc = ppo_update(&S.l, seqs, (int)sp->n_rollouts, &st);
+    double t_upd = wire_now_ms() - t0;
+    free(seqs);
+    if (rc < 0) {
+        /* the update may have been partly applied: drop the state, the checkpoint has it */
+        unload();
+        return rc;
+    }
+    (void)job;
+    t0 = wire_now_ms();
+    uint64_t version = (uint64_t)S.l.iteration;
+    rc = publish(version);
+    double t_pub = wire_now_ms() - t0;
+    json_t *sj = stats_json(&st);
+    char *stxt = sj ? json_dumps(sj, JSON_COMPACT) : NULL;
+    json_decref(sj);
+    Rlhf__PpoOutput po = RLHF__PPO_OUTPUT__INIT;
+    po.iteration = version;
+    po.policy_version = version;
+    po.stats_json = stxt ? stxt : "{}";
+    po.update_ms = t_upd;
+    po.publish_ms = t_pub;
+    char ck[4300] = "";
+    uint32_t every = sp->checkpoint_every ? sp->checkpoint_every : 1;
+    if (rc == 0 && (version % every == 0 || sp->last))
+        snprintf(ck, sizeof ck, "%s/ppo-ckpt-%06" PRIu64, S.run_dir, version);
+    po.checkpoint = ck;
+    if (rc == 0) rc = pack_output(&po, out, out_len);
+    if (rc == 0) {
+        free(S.last_out);
+        S.last_out = malloc(*out_len ? *out_len : 1);
+        if (S.last_out) memcpy(S.last_out, *out, *out_len);
+        S.last_out_len = S.last_out ? *out_len : 0;
+        S.last_job = job->job_id;
+        if (ck[0] && (rc = ckpt_write(version)) == 0)
+            snprintf(S.tok_dir, sizeof S.tok_dir, "%s/policy", ck); /* the tokenizer's home now */
+        if (rc < 0) {
+            free(*out);
+            *out = NULL;
+        }
+    }
+    free(stxt);
+    if (rc < 0) unload(); /* a failed publish or checkpoint: start from the last checkpoint */
+    return rc;
+}

@@ -1,0 +1,212 @@
+/*
+ * worker_score.c - the SCORE handler of reward workers: for each <prompt, completion> of a job,
+ * the reward model's score at the last token and the frozen reference model's logprob of every
+ * completion token (the KL penalty's other half).
+ *
+ * The reward model runs on padded micro-batches (right padding: attention is causal, so padding
+ * after a sequence never changes its positions) and sees prompt + completion with the
+ * end-of-text id appended when the completion does not already end with it (how the reward
+ * model was trained); a sequence longer than its context loses its first tokens. The
+ * reference logprobs come from ppo_seq_logprobs(), the learner's own function. Both
+ * models are loaded once and kept while their directories stay the same. The output is a pure
+ * function of the spec and the weights.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "err.h"
+#include "gpt.h"
+#include "hf.h"
+#include "ppo.h"
+#include "rlhf.pb-c.h"
+#include "worker.h"
+
+typedef struct {
+    gpt_t *m;
+    char dir[4096];
+} slot_t;
+
+static slot_t slots[2]; /* 0: reward model, 1: reference */
+
+void worker_score_cleanup(void) {
+    for (int i = 0; i < 2; i++) {
+        gpt_destroy(&slots[i].m);
+        slots[i].dir[0] = 0;
+    }
+}
+
+static gpt_t *slot_get(int i, const char *dir) {
+    slot_t *s = &slots[i];
+    if (s->m && !strcmp(s->dir, dir)) return s->m;
+    gpt_destroy(&s->m);
+    s->dir[0] = 0;
+    if (strlen(dir) >= sizeof s->dir) {
+        rl_fail(RL_EINVAL, "model directory name too long");
+        return NULL;
+    }
+    s->m = hf_load(dir);
+    if (s->m) snprintf(s->dir, sizeof s->dir, "%s", dir);
+    return s->m;
+}
+
+/* Sequence b of a micro-batch: prompt + completion (+ eot), its first `cut` tokens dropped. */
+typedef struct {
+    int len, cut, n_prompt;
+} seqlay_t;
+
+static int lay_out(const Rlhf__ScoreItem *it, int eot, int ctx, seqlay_t *l) {
+    int n = (int)(it->n_prompt + it->n_completion);
+    if (eot >= 0 && (it->n_completion == 0 || it->completion[it->n_completion - 1] != eot)) n++;
+    l->n_prompt = (int)it->n_prompt;
+    l->cut = n > ctx ? n - ctx : 0;
+    l->len = n - l->cut;
+    return l->len;
+}
+
+static int token_at(const Rlhf__ScoreItem *it, int eot, int i) {
+    if (i < (int)it->n_prompt) return it->prompt[i];
+    i -= (int)it->n_prompt;
+    return i < (int)it->n_completion ? it->completion[i] : eot;
+}
+
+static int check_tokens(const Rlhf__ScoreItem *it, int V, size_t k) {
+    for (size_t i = 0; i < it->n_prompt + it->n_completion; i++) {
+        int t = i < it->n_prompt ? it->prompt[i] : it->completion[i - it->n_prompt];
+        if (t < 0 || t >= V)
+            return rl_fail(RL_EINVAL, "score: item %zu: token %d outside the vocabulary %d", k, t,
+                           V);
+    }
+    if (it->n_prompt < 1) return rl_fail(RL_EINVAL, "score: item %zu: empty prompt", k);
+    return 0;
+}
+
+/* The reward model's scores of items [k0, k1). */
+static int run_batch(gpt_t *m, const Rlhf__ScoreSpec *sp, size_t k0, size_t k1, float *scores) {
+    int B = (int)(k1 - k0), T = 0, ctx = m->cfg.n_positions, eot = sp->eot;
+    seqlay_t *lay = malloc((size_t)B * sizeof *lay);
+    if (!lay) return rl_fail(RL_ENOMEM, "score: out of memory");
+    for (int b = 0; b < B; b++) {
+        int len = lay_out(sp->items[k0 + b], eot, ctx, &lay[b]);
+        if (len > T) T = len;
+    }
+    int *in = calloc((size_t)B * T, sizeof *in), *idx = malloc((size_t)B * sizeof *idx);
+    int rc = in && idx ? 0 : rl_fail(RL_ENOMEM, "score: out of memory");
+    for (int b = 0; rc == 0 && b < B; b++)
+        for (int t = 0; t < lay[b].len; t++)
+            in[(size_t)b * T + t] = token_at(sp->items[k0 + b], eot, lay[b].cut + t);
+    if (rc == 0) rc = gpt_forward(m, in, B, T, 0);
+    if (rc == 0) {
+        for (int b = 0; b < B; b++) idx[b] = b * T + lay[b].len - 1;
+        rc = gpt_head_forward(m, idx, B, scores + k0);
+    }
+    free(lay);
+    free(in);
+    free(idx);
+    return rc;
+}
+
+/* The reference model's logprob of every completion token (ppo.h computes them as the learner
+ * does, so the KL penalty compares like with like). */
+static int run_ref(gpt_t *m, const Rlhf__ScoreSpec *sp, Rlhf__TokenLogprobs *lps) {
+    size_t n = sp->n_items, total = 0;
+    ppo_seq_t *seqs = calloc(n ? n : 1, sizeof *seqs);
+    if (!seqs) return rl_fail(RL_ENOMEM, "score: out of memory");
+    int k = 0, rc = 0;
+    for (size_t i = 0; i < n; i++) {
+        const Rlhf__ScoreItem *it = sp->items[i];
+        if (!it->n_completion) continue; /* nothing to score: no logprobs */
+        seqs[k].prompt = (const int *)it->prompt;
+        seqs[k].prompt_len = (int)it->n_prompt;
+        seqs[k].completion = (const int *)it->completion;
+        seqs[k].completion_len = (int)it->n_completion;
+        total += it->n_completion;
+        k++;
+    }
+    float *lp = malloc((total ? total : 1) * sizeof *lp);
+    int V = m->cfg.vocab_size;
+    int vl = sp->vocab_limit > 0 && (int)sp->vocab_limit < V ? (int)sp->vocab_limit : 0;
+    rc = lp ? ppo_seq_logprobs(m, seqs, k, 16, vl, lp) : rl_fail(RL_ENOMEM, "out of memory");
+    size_t off = 0;
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        size_t c = sp->items[i]->n_completion;
+        lps[i].n_logprobs = c;
+        lps[i].logprobs = malloc((c ? c : 1) * sizeof(float));
+        if (!lps[i].logprobs) {
+            rc = rl_fail(RL_ENOMEM, "score: out of memory");
+            break;
+        }
+        memcpy(lps[i].logprobs, lp + off, c * sizeof(float));
+        off += c;
+    }
+    free(lp);
+    free(seqs);
+    return rc < 0 ? rl_fail_ctx(rc, "score: reference: ") : 0;
+}
+
+static int run_model(const worker_job_t *job, const char *dir, const Rlhf__ScoreSpec *sp,
+                     int reward, float *scores, Rlhf__TokenLogprobs *lps) {
+    gpt_t *m = slot_get(reward ? 0 : 1, dir);
+    if (!m) return rl_fail_ctx(RL_EINVAL, "score: %s: ", reward ? "reward model" : "reference");
+    if (reward && !m->cfg.scalar_head)
+        return rl_fail(RL_EINVAL, "score: %s has no scalar head: not a reward model", dir);
+    for (size_t k = 0; k < sp->n_items; k++) {
+        int rc = check_tokens(sp->items[k], m->cfg.vocab_size, k);
+        if (rc < 0) return rc;
+    }
+    if (!reward) return run_ref(m, sp, lps);
+    for (size_t k0 = 0; k0 < sp->n_items; k0 += 16) { /* micro-batches of 16 sequences */
+        if (atomic_load(job->cancel)) return rl_fail(RL_EIO, "score: cancelled");
+        size_t k1 = k0 + 16 < sp->n_items ? k0 + 16 : sp->n_items;
+        int rc = run_batch(m, sp, k0, k1, scores);
+        if (rc < 0) return rc;
+    }
+    return 0;
+}
+
+int worker_score(const worker_job_t *job, const uint8_t *payload, size_t len, uint8_t **out,
+                 size_t *out_len) {
+    Rlhf__ScoreSpec *sp = rlhf__score_spec__unpack(NULL, len, payload);
+    if (!sp) return rl_fail(RL_EFORMAT, "score: malformed ScoreSpec");
+    for (uint32_t waited = 0; waited < sp->delay_ms && !atomic_load(job->cancel); waited += 10) {
+        struct timespec ts = {0, 10 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    size_t n = sp->n_items;
+    int rc = 0, want_rm = sp->rm_dir && sp->rm_dir[0], want_ref = sp->ref_dir && sp->ref_dir[0];
+    float *scores = calloc(n ? n : 1, sizeof *scores);
+    Rlhf__TokenLogprobs *lps = calloc(n ? n : 1, sizeof *lps);
+    Rlhf__TokenLogprobs **lpp = calloc(n ? n : 1, sizeof *lpp);
+    if (!scores || !lps || !lpp) rc = rl_fail(RL_ENOMEM, "score: out of memory");
+    if (rc == 0 && !want_rm && !want_ref && !sp->count_reward)
+        rc = rl_fail(RL_EINVAL, "score: neither rm_dir nor ref_dir is set");
+    if (rc == 0 && want_rm && sp->count_reward)
+        rc = rl_fail(RL_EINVAL, "score: rm_dir and count_reward both set");
+    for (size_t k = 0; rc == 0 && sp->count_reward && k < n; k++) {
+        scores[k] = 0;
+        for (size_t t = 0; t < sp->items[k]->n_completion; t++)
+            scores[k] += sp->items[k]->completion[t] == sp->count_token;
+    }
+    for (size_t k = 0; k < n && lps; k++) rlhf__token_logprobs__init(&lps[k]), lpp[k] = &lps[k];
+    if (rc == 0 && want_rm) rc = run_model(job, sp->rm_dir, sp, 1, scores, lps);
+    if (rc == 0 && want_ref) rc = run_model(job, sp->ref_dir, sp, 0, scores, lps);
+    if (rc == 0) {
+        Rlhf__ScoreOutput so = RLHF__SCORE_OUTPUT__INIT;
+        if (want_rm || sp->count_reward) so.scores = scores, so.n_scores = n;
+        if (want_ref) so.ref_logprobs = lpp, so.n_ref_logprobs = n;
+        *out_len = rlhf__score_output__get_packed_size(&so);
+        *out = malloc(*out_len ? *out_len : 1);
+        if (!*out)
+            rc = rl_fail(RL_ENOMEM, "score: out of memory");
+        else
+            rlhf__score_output__pack(&so, *out);
+    }
+    for (size_t k = 0; k < n && lps; k++) free(lps[k].logprobs);
+    free(lps);
+    free(lpp);
+    free(scores);
+    rlhf__score_spec__free_unpacked(sp, NULL);
+    return rc;
+}
