@@ -51,6 +51,8 @@ typedef struct {
     /* newest weights announced (WeightsAnnounce from the learner): forwarded to every worker */
     uint64_t weights_version;
     char weights_endpoint[256];
+    json_t *ppo_stats;    /* the newest PPO update's figures (TrainOutput.ppo), or NULL */
+    uint64_t ppo_version; /* the policy version that update published */
     master_http_t *http;
     int http_port;
     int stopping;

@@ -227,6 +227,20 @@ char *master_metrics_text(master_t *m, size_t *len) {
     for (int i = 1; i < MASTER_BAD_COUNT; i++)
         sb_printf(&b, "rlhf_wire_bad_messages_total{reason=\"%s\"} %llu\n", bad_label(i),
                   (unsigned long long)m->n_bad[i]);
+    if (m->ppo_stats) { /* the newest PPO iteration, one gauge per figure */
+        metric_head(&b, "rlhf_ppo_policy_version", "gauge",
+                    "Policy version published by the newest PPO update.");
+        sb_printf(&b, "rlhf_ppo_policy_version %llu\n", (unsigned long long)m->ppo_version);
+        const char *k;
+        json_t *v;
+        json_object_foreach(m->ppo_stats, k, v) {
+            if (!json_is_number(v)) continue;
+            char name[96];
+            snprintf(name, sizeof name, "rlhf_ppo_%s", k);
+            metric_head(&b, name, "gauge", "Newest PPO update (rlhf ppo metrics.jsonl).");
+            sb_printf(&b, "%s %.9g\n", name, json_number_value(v));
+        }
+    }
     *len = b.len;
     return b.buf;
 }

@@ -924,6 +924,11 @@ static void on_result(master_t *m, const wire_msg_t *msg, int w, const Rlhf__Job
     json_object_set_new(out, "worker", json_string(m->sched.workers[w].id));
     json_object_set_new(out, "latency_ms", json_real(wire_now_ms() - jb->dispatched_ms));
     json_object_set_new(out, "elapsed_ms", json_real(r->elapsed_ms));
+    if (json_is_object(json_object_get(out, "ppo"))) { /* the newest PPO figures, for /metrics */
+        json_decref(m->ppo_stats);
+        m->ppo_stats = json_deep_copy(json_object_get(out, "ppo"));
+        m->ppo_version = (uint64_t)json_integer_value(json_object_get(out, "policy_version"));
+    }
     if (record_output(out, jb, &r->payload) < 0 || results_append(m, out) < 0) {
         /* not durable: we cannot promise exactly-once any more */
         mlog("cannot record a result: %s", rl_errmsg());
@@ -1326,5 +1331,6 @@ out:
     uv_loop_close(m->loop);
     sched_free(&m->sched);
     cfg_free(&m->cfg);
+    json_decref(m->ppo_stats);
     return rc;
 }

@@ -65,6 +65,13 @@ PIDS+=("$DPID")
 iters() { cat K/metrics.jsonl 2>/dev/null | wc -l; }
 two_done() { [ "$(iters)" -ge 2 ]; }
 check "two iterations before the kills" wait_for 60 two_done
+port=$(jq -r .http_port K/cluster/master.json)
+curl -sf "http://127.0.0.1:$port/metrics" >K.metrics
+check "/metrics has the newest PPO figures" grep -q "^rlhf_ppo_kl_k1 " K.metrics
+check "... and the policy version" grep -q "^rlhf_ppo_policy_version [1-9]" K.metrics
+if command -v promtool >/dev/null; then
+    check "... valid for promtool" bash -c "promtool check metrics <K.metrics"
+fi
 lpid=$(jq -r '.worker_pids[-1]' K/cluster/local.json)
 rpid=$(jq -r '.worker_pids[0]' K/cluster/local.json)
 kill -KILL "$lpid" "$rpid"
