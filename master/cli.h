@@ -95,6 +95,17 @@ void local_bin_path(char *out, size_t n, const char *name);
 int local_run_jobs(const char *run_dir, const char *jobs, int n_rollout, int n_reward,
                    int n_learner);
 
+/*
+ * `rlhf up` in dir with rollout and reward workers and, when shards > 0, one learner of that
+ * many shards keeping its checkpoints in ldir; *ep (n bytes) gets the master's endpoint. The
+ * cluster runs in the background until local_cluster_down(dir). Returns 0 or RL_EIO.
+ */
+int local_cluster_up(const char *dir, const char *ldir, int rollout, int reward, int shards,
+                     char *ep, size_t n);
+
+/* `rlhf down` for dir; nothing running there is fine. */
+void local_cluster_down(const char *dir);
+
 /* GET http://127.0.0.1:port/path (HTTP/1.0, 5 s socket timeouts). Returns 0 with *body the
  * response body (malloc'ed, NUL-terminated, the caller frees it), or RL_EIO / RL_EPROTO (not a
  * 200 answer) / RL_ENOMEM with the detail in rl_errmsg() and *body NULL. */

@@ -399,6 +399,80 @@ int local_run_jobs(const char *run_dir, const char *jobs, int n_rollout, int n_r
     return 0;
 }
 
+/* Starts `rlhf up` in dir (its supervisor runs in the background) and returns the master's
+ * endpoint: used by the commands that drive a cluster of their own (ppo, train-rm and sft with
+ * --learner-shards). */
+int local_cluster_up(const char *dir, const char *ldir, int rollout, int reward, int shards,
+                     char *ep, size_t n) {
+    char self[PATH_MAX], r[16], w[16], s[16];
+    local_bin_path(self, sizeof self, "rlhf");
+    snprintf(r, sizeof r, "%d", rollout);
+    snprintf(w, sizeof w, "%d", reward);
+    snprintf(s, sizeof s, "%d", shards);
+    char *args[] = {self,
+                    "up",
+                    "--run-dir",
+                    (char *)dir,
+                    "--rollout",
+                    r,
+                    "--reward",
+                    w,
+                    "--learner",
+                    shards ? "1" : "0",
+                    "--learner-dir",
+                    (char *)ldir,
+                    "--learner-shards",
+                    s,
+                    NULL};
+    if (!shards) args[10] = NULL; /* no learner: no learner options */
+    int fds[2];
+    if (pipe(fds) < 0) return rl_fail(RL_EIO, "pipe: %s", strerror(errno));
+    fflush(stdout);
+    pid_t p = fork();
+    if (p == 0) {
+        dup2(fds[1], 1);
+        close(fds[0]);
+        close(fds[1]);
+        execv(self, args);
+        _exit(127);
+    }
+    close(fds[1]);
+    char buf[4096];
+    size_t len = 0;
+    ssize_t k;
+    while (len < sizeof buf - 1 && (k = read(fds[0], buf + len, sizeof buf - 1 - len)) > 0)
+        len += (size_t)k;
+    close(fds[0]);
+    buf[len] = 0;
+    int st = 0;
+    if (p > 0) waitpid(p, &st, 0);
+    json_t *o = json_loads(buf, 0, NULL);
+    const char *e = json_string_value(json_object_get(o, "endpoint"));
+    int rc = 0;
+    if (p < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0 || !e)
+        rc = rl_fail(RL_EIO, "the local cluster did not start (see %s/local.log)", dir);
+    else
+        snprintf(ep, n, "%s", e);
+    json_decref(o);
+    return rc;
+}
+
+/* `rlhf down` for dir, quietly (nothing running there is fine). */
+void local_cluster_down(const char *dir) {
+    char self[PATH_MAX];
+    local_bin_path(self, sizeof self, "rlhf");
+    char *args[] = {self, "down", "--run-dir", (char *)dir, NULL};
+    fflush(stdout);
+    pid_t p = fork();
+    if (p == 0) {
+        int nul = open("/dev/null", O_WRONLY);
+        if (nul >= 0) dup2(nul, 1), dup2(nul, 2);
+        execv(self, args);
+        _exit(127);
+    }
+    if (p > 0) waitpid(p, NULL, 0);
+}
+
 static const char *run_dir_opt(int argc, char **argv, const char *cmd, int *bad) {
     const char *dir = "runs/local";
     *bad = 0;

@@ -228,61 +228,6 @@ static int on_trained(void *ctx, const client_result_t *r) {
 
 /* ---- the local cluster -------------------------------------------------------------------- */
 
-/* Runs `rlhf up` for the run's cluster and returns the master endpoint. */
-static int cluster_up(const char *dir, int rollout, int reward, char *ep, size_t n) {
-    char self[PATH_MAX], r[16], w[16];
-    local_bin_path(self, sizeof self, "rlhf");
-    snprintf(r, sizeof r, "%d", rollout);
-    snprintf(w, sizeof w, "%d", reward);
-    char ldir[PATH_MAX + 32];
-    snprintf(ldir, sizeof ldir, "%.4000s/../learner", dir);
-    char *args[] = {self, "up",        "--run-dir", (char *)dir,     "--rollout", r,   "--reward",
-                    w,    "--learner", "1",         "--learner-dir", ldir,        NULL};
-    int fds[2];
-    if (pipe(fds) < 0) return rl_fail(RL_EIO, "pipe: %s", strerror(errno));
-    fflush(stdout);
-    pid_t p = fork();
-    if (p == 0) {
-        dup2(fds[1], 1);
-        close(fds[0]);
-        close(fds[1]);
-        execv(self, args);
-        _exit(127);
-    }
-    close(fds[1]);
-    char buf[4096];
-    size_t len = 0;
-    ssize_t k;
-    while ((k = read(fds[0], buf + len, sizeof buf - 1 - len)) > 0) len += (size_t)k;
-    close(fds[0]);
-    buf[len] = 0;
-    int st;
-    waitpid(p, &st, 0);
-    json_t *o = json_loads(buf, 0, NULL);
-    const char *e = json_string_value(json_object_get(o, "endpoint"));
-    int rc = 0;
-    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0 || !e)
-        rc = rl_fail(RL_EIO, "the local cluster did not start (see %s/local.log)", dir);
-    else
-        snprintf(ep, n, "%s", e);
-    json_decref(o);
-    return rc;
-}
-
-static void cluster_down(const char *dir) {
-    char self[PATH_MAX];
-    local_bin_path(self, sizeof self, "rlhf");
-    char *args[] = {self, "down", "--run-dir", (char *)dir, NULL};
-    pid_t p = fork();
-    if (p == 0) {
-        int nul = open("/dev/null", O_WRONLY);
-        if (nul >= 0) dup2(nul, 1);
-        execv(self, args);
-        _exit(127);
-    }
-    if (p > 0) waitpid(p, NULL, 0);
-}
-
 /* The iteration to resume at: the learner's newest PPO checkpoint, or 0. */
 static long resume_iteration(const char *out) {
     char path[PATH_MAX + 64];
@@ -625,7 +570,7 @@ int cmd_ppo(int argc, char **argv) {
     int eot = tok_eot(ps.tok), vocab = tok_vocab_size(ps.tok);
     o.pc.vocab_limit = vocab;
     o.pc.seed = (uint64_t)o.seed;
-    char cluster[PATH_MAX + 16], metrics[PATH_MAX + 16], ep[256];
+    char cluster[PATH_MAX + 16], metrics[PATH_MAX + 16], ldir[PATH_MAX + 16], ep[256];
     client_t *cl = NULL;
     iter_t it = {0};
     long n = jsonl_read(o.prompts, load_p, &ps);
@@ -661,9 +606,10 @@ int cmd_ppo(int argc, char **argv) {
         goto done;
     }
     if (start) fprintf(stderr, "rlhf ppo: resuming at iteration %ld\n", start);
-    cluster_down(cluster); /* a cluster left behind by a driver that was killed */
+    snprintf(ldir, sizeof ldir, "%s/learner", out);
+    local_cluster_down(cluster); /* a cluster left behind by a driver that was killed */
     if ((rc = fs_mkdir_p(cluster)) < 0 ||
-        (rc = cluster_up(cluster, o.rollout, o.reward, ep, sizeof ep)) < 0) {
+        (rc = local_cluster_up(cluster, ldir, o.rollout, o.reward, 1, ep, sizeof ep)) < 0) {
         cli_fail("ppo", "cluster", rc);
         goto done;
     }
@@ -920,7 +866,7 @@ loop_done:
     free(cfg_json);
     client_close(&cl);
 down:
-    cluster_down(cluster);
+    local_cluster_down(cluster);
 done:
     for (int i = 0; i < ps.n; i++) free(ps.p[i].text), free(ps.p[i].ids);
     free(ps.p);

@@ -4,21 +4,31 @@
  * accuracy, against the annotators' agreement ceiling, calibration, reward statistics) and
  * `rlhf score` (the reward of one or two completions of a prompt).
  *
- * The standalone train-rm runs the same step the learner runs for RM jobs (rm_grad + rm_update,
- * common/rm.h), in process.
+ * train-rm runs the same step the learner runs for RM jobs (rm_grad + rm_update, common/rm.h):
+ * in process, or with --learner-shards S as TRAIN jobs on a learner of S shards behind a local
+ * master (see "train-rm on the learner").
  */
+#include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
+#include <inttypes.h>
+#include <limits.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "cli.h"
+#include "client.h"
 #include "err.h"
 #include "fs.h"
 #include "gpt.h"
 #include "hf.h"
 #include "ops.h"
+#include "rlhf.pb-c.h"
 #include "rm.h"
 #include "tok.h"
 #include "train.h"
@@ -174,7 +184,8 @@ static const char train_help[] =
     "                     [--schedule constant|warmup|cosine] [--warmup N] [--weight-decay X]\n"
     "                     [--clip X] [--seed S] [--max-len N] [--log-every N]\n"
     "                     [--save-every N] [--ceiling X | --ceiling-from FILE] [--bins N]\n"
-    "                     [--threads N]\n\n"
+    "                     [--threads N] [--learner-shards S [--steps-per-job N] [--run-dir "
+    "DIR]]\n\n"
     "Trains a reward model: the GPT-2 trunk of DIR (an instruct model or any HF GPT-2\n"
     "directory; a new scalar head is added unless DIR already has one) scored at the last token\n"
     "of prompt + completion + <|endoftext|>, on FILE, JSONL lines {\"prompt_id\"?, \"prompt\",\n"
@@ -192,12 +203,18 @@ static const char train_help[] =
     "reward_stats.json: mean and std of the rewards of every completion of FILE, for PPO's\n"
     "reward normalisation; --save-every N also saves there every N steps.\n"
     "Defaults: 1 epoch, batch 8, micro 16, lr 3e-4 cosine to 3e-5, warmup 10, weight decay\n"
-    "0.01, clip 1.0, F 0.1, split seed 0, seed 1, 10 bins, 2 threads.\n";
+    "0.01, clip 1.0, F 0.1, split seed 0, seed 1, 10 bins, 2 threads.\n"
+    "--learner-shards S: the steps run as TRAIN jobs (--steps-per-job N each, default 20) on a\n"
+    "learner of S gradient shards behind a local master (`rlhf up` in --run-dir, default\n"
+    "OUT.run; the learner's checkpoints in RUN_DIR/learner); the same command run again after\n"
+    "an interruption continues from the last finished job. With S = 1 the parameters are those\n"
+    "of the in-process run; the final model is the learner's last checkpoint, evaluated and\n"
+    "saved as in process. --save-every does not apply (the learner checkpoints every job).\n";
 
 typedef struct {
-    const char *model, *pairs, *out, *ceiling_from;
+    const char *model, *pairs, *out, *ceiling_from, *run_dir;
     int pairwise, batch, micro, steps, epochs, warmup, max_len, log_every, save_every, bins;
-    int threads;
+    int threads, shards, steps_per_job; /* shards 0: in process */
     float margin, center, frac, lr, min_lr, wd, clip, ceiling;
     long seed, split_seed;
     adamw_sched_kind_t kind;
@@ -211,6 +228,160 @@ static int save_model(gpt_t *m, const rm_data_t *d, const train_args_t *a, int p
     if (rc < 0) return rc;
     *st = all.st;
     return rm_save(m, st, a->model, a->out);
+}
+
+/* ---- train-rm on the learner -------------------------------------------------------------- */
+
+/*
+ * With --learner-shards S the steps run as TRAIN jobs of kind RM (one per --steps-per-job
+ * steps) on a learner of S gradient shards behind a local master (`rlhf up` under RUN_DIR/
+ * cluster, checkpoints in RUN_DIR/learner); jobs go through the master's client API one after
+ * the other. The learner draws each step's items exactly as the loop of train_run does (same
+ * split, same epoch orders) and takes the same step (rm_grad on slices + rm_update), so one
+ * shard gives the parameters of the in-process run. A job the master has recorded
+ * (RUN_DIR/cluster/results.jsonl) is answered from its record, so running the same command
+ * again after an interruption continues from the last finished job.
+ */
+
+/* An interrupted driver (SIGINT, SIGTERM) stops its cluster before it dies: the learner keeps
+ * the checkpoint of its last finished job and the master its records, where the same command
+ * continues. Only async-signal-safe calls; the paths are prepared before the handler is set. */
+static char stop_bin[PATH_MAX], stop_dir[PATH_MAX + 16];
+static void on_stop(int sig) {
+    char *args[] = {stop_bin, "down", "--run-dir", stop_dir, NULL};
+    pid_t p = fork();
+    if (p == 0) {
+        int nul = open("/dev/null", O_WRONLY);
+        if (nul >= 0) dup2(nul, 1), dup2(nul, 2);
+        execv(stop_bin, args);
+        _exit(127);
+    }
+    if (p > 0) waitpid(p, NULL, 0);
+    _exit(128 + sig);
+}
+
+typedef struct {
+    const train_args_t *a;
+    long steps, pairs;
+    double step_ms; /* the learner's step time, summed */
+    int print_rc, failed;
+    char why[512];
+} rm_jobs_t;
+
+static int on_rm_job(void *ctx, const client_result_t *r) {
+    rm_jobs_t *c = ctx;
+    Rlhf__TrainOutput *o = r->status == CLIENT_DONE
+                               ? rlhf__train_output__unpack(NULL, r->output_len, r->output)
+                               : NULL;
+    if (!o) {
+        c->failed = 1;
+        snprintf(c->why, sizeof c->why, "job %" PRIu64 " %s%s", r->id,
+                 r->status == CLIENT_DONE ? "returned an output that does not decode" : "failed",
+                 r->status == CLIENT_REJECTED ? r->reason : "");
+        return 0;
+    }
+    long first = (long)o->step - (long)o->n_loss;
+    for (size_t k = 0; k < o->n_loss; k++) {
+        long s = first + (long)k;
+        if (s % c->a->log_every == 0 || s == c->steps - 1)
+            c->print_rc |= cli_print_json(json_pack(
+                "{s:I,s:f,s:f,s:f,s:I,s:f,s:i}", "step", (json_int_t)s, "loss", (double)o->loss[k],
+                "accuracy", k < o->n_accuracy ? o->accuracy[k] : 0.0, "grad_norm",
+                k < o->n_grad_norm ? o->grad_norm[k] : 0.0, "job", (json_int_t)r->id, "pairs_per_s",
+                o->pairs_per_s, "shards", (int)o->shards));
+    }
+    c->pairs += (long)o->pairs;
+    c->step_ms += o->step_ms * (double)o->n_loss;
+    rlhf__train_output__free_unpacked(o, NULL);
+    return 0;
+}
+
+/* The steps on the learner; *out = the model of its last checkpoint. */
+static int learner_train(const train_args_t *a, long steps, int max_len, gpt_t **out,
+                         rm_jobs_t *c) {
+    char rdir[PATH_MAX], cluster[PATH_MAX + 16], ldir[PATH_MAX + 16], ep[256];
+    char amodel[PATH_MAX], apairs[PATH_MAX];
+    if (!realpath(a->model, amodel) || !realpath(a->pairs, apairs))
+        return rl_fail(RL_EIO, "%s: %s", realpath(a->model, amodel) ? a->pairs : a->model,
+                       strerror(errno));
+    snprintf(rdir, sizeof rdir, "%.4000s", a->run_dir ? a->run_dir : a->out);
+    if (!a->run_dir) snprintf(rdir, sizeof rdir, "%.4000s.run", a->out);
+    snprintf(cluster, sizeof cluster, "%s/cluster", rdir);
+    snprintf(ldir, sizeof ldir, "%s/learner", rdir);
+    int rc = fs_mkdir_p(cluster);
+    if (rc < 0) return rc;
+    local_cluster_down(cluster); /* one left behind by a driver that was killed */
+    if ((rc = local_cluster_up(cluster, ldir, 0, 0, a->shards, ep, sizeof ep)) < 0) return rc;
+    local_bin_path(stop_bin, sizeof stop_bin, "rlhf");
+    snprintf(stop_dir, sizeof stop_dir, "%s", cluster);
+    struct sigaction sa, old_int, old_term;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop;
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
+    client_t *cl = client_open(ep, "train-rm");
+    if (!cl) rc = RL_EIO;
+    adamw_sched_kind_t kinds[] = {ADAMW_SCHED_CONSTANT, ADAMW_SCHED_WARMUP, ADAMW_SCHED_COSINE};
+    int sched = 0;
+    for (int i = 0; i < 3; i++)
+        if (kinds[i] == a->kind) sched = i;
+    long J = a->steps_per_job;
+    for (long j = 0; rc == 0 && j * J < steps; j++) {
+        Rlhf__TrainSpec sp = RLHF__TRAIN_SPEC__INIT;
+        sp.kind = RLHF__TRAIN_KIND__TRAIN_KIND_RM;
+        sp.model_dir = amodel;
+        sp.pairs_file = apairs;
+        sp.batch_size = (uint32_t)a->batch;
+        sp.seq_len = (uint32_t)max_len;
+        sp.step = (uint64_t)(j * J);
+        sp.n_steps = (uint32_t)(steps - j * J < J ? steps - j * J : J);
+        sp.lr = a->lr;
+        sp.min_lr = a->min_lr;
+        sp.schedule = (Rlhf__TrainSchedule)sched;
+        sp.warmup = (uint64_t)a->warmup;
+        sp.total_steps = (uint64_t)steps;
+        sp.weight_decay = a->wd;
+        sp.clip = a->clip;
+        sp.rm_pairwise = a->pairwise != 0;
+        sp.rm_margin = a->margin;
+        sp.rm_center = a->center;
+        sp.heldout_frac = a->frac;
+        sp.split_seed = (uint64_t)a->split_seed;
+        sp.rm_seed = (uint64_t)a->seed;
+        sp.micro = (uint32_t)a->micro;
+        size_t len = rlhf__train_spec__get_packed_size(&sp);
+        uint8_t *buf = malloc(len ? len : 1);
+        if (!buf) {
+            rc = rl_fail(RL_ENOMEM, "out of memory");
+            break;
+        }
+        rlhf__train_spec__pack(&sp, buf);
+        uint64_t id = (uint64_t)j + 1;
+        client_job_t job = {.id = id,
+                            .kind = RLHF__JOB_KIND__JOB_KIND_TRAIN,
+                            .seed = (uint64_t)a->seed + 1,
+                            .lease_ms = 6 * 3600 * 1000,
+                            .role = RLHF__ROLE__ROLE_LEARNER,
+                            .payload = buf,
+                            .payload_len = len};
+        rc = client_submit(cl, &job, 1);
+        free(buf);
+        if (rc == 0) rc = client_wait(cl, &id, 1, -1, on_rm_job, c);
+        if (rc == 0 && c->failed) rc = rl_fail(RL_EIO, "%s (see %s)", c->why, cluster);
+    }
+    client_close(&cl);
+    local_cluster_down(cluster);
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
+    if (rc < 0) return rc;
+    char path[PATH_MAX + 64], *name = NULL;
+    size_t nl;
+    snprintf(path, sizeof path, "%s/latest", ldir);
+    if ((rc = fs_read_all(path, &name, &nl)) < 0) return rc;
+    snprintf(path, sizeof path, "%s/%.*s", ldir, (int)strcspn(name, "\n"), name);
+    free(name);
+    if (!(*out = load_rm(path))) return rl_fail_ctx(RL_EIO, "the learner's last checkpoint: ");
+    return 0;
 }
 
 static int train_run(const train_args_t *a) {
@@ -262,7 +433,7 @@ static int train_run(const train_args_t *a) {
     int bsz = a->batch < n_items ? a->batch : n_items;
     long steps = a->steps ? a->steps : ((long)a->epochs * n_items + bsz - 1) / bsz;
     adamw_sched_t sched = {a->kind, a->lr, a->min_lr, a->warmup, steps};
-    if ((rc = train_init(&tr, m, &sched, a->wd, a->clip)) < 0) goto done;
+    if (!a->shards && (rc = train_init(&tr, m, &sched, a->wd, a->clip)) < 0) goto done;
     perm = malloc((size_t)n_items * sizeof(int));
     if (!perm) {
         rc = rl_fail(RL_ENOMEM, "training state");
@@ -273,7 +444,18 @@ static int train_run(const train_args_t *a) {
     long cursor = 0, epoch = -1, total_pairs = 0;
     double t_start = cli_now_ms(), train_ms = 0;
     rm_stats_t st = {0};
-    for (long s = 0; rc == 0 && s < steps; s++) {
+    if (a->shards) {
+        rm_jobs_t c = {.a = a, .steps = steps};
+        gpt_t *fm = NULL;
+        rc = learner_train(a, steps, max_len, &fm, &c);
+        print_rc |= c.print_rc;
+        if (rc < 0) goto done;
+        gpt_destroy(&m);
+        m = fm;
+        total_pairs = c.pairs;
+        train_ms = c.step_ms;
+    }
+    for (long s = 0; rc == 0 && !a->shards && s < steps; s++) {
         for (int b = 0; b < bsz; b++, cursor++) { /* epochs follow each other seamlessly */
             if (cursor / n_items != epoch) {
                 epoch = cursor / n_items;
@@ -306,11 +488,11 @@ static int train_run(const train_args_t *a) {
     if ((rc = eval_groups(m, &d, held, a->micro, pad, a->bins, &ev)) < 0) goto done;
     print_rc |= cli_print_json(eval_json("heldout", &ev, ceiling));
     if ((rc = save_model(m, &d, a, pad, &st)) < 0) goto done;
-    print_rc |= cli_print_json(
-        json_pack("{s:s,s:I,s:I,s:f,s:f,s:f,s:f,s:I}", "saved", a->out, "steps", (json_int_t)steps,
-                  "train_pairs", (json_int_t)total_pairs, "seconds", (cli_now_ms() - t_start) / 1e3,
-                  "pairs_per_s", train_ms > 0 ? total_pairs / (train_ms / 1e3) : 0.0, "reward_mean",
-                  st.mean, "reward_std", st.std, "reward_count", (json_int_t)st.count));
+    print_rc |= cli_print_json(json_pack(
+        "{s:s,s:I,s:I,s:f,s:f,s:f,s:f,s:I,s:i}", "saved", a->out, "steps", (json_int_t)steps,
+        "train_pairs", (json_int_t)total_pairs, "seconds", (cli_now_ms() - t_start) / 1e3,
+        "pairs_per_s", train_ms > 0 ? total_pairs / (train_ms / 1e3) : 0.0, "reward_mean", st.mean,
+        "reward_std", st.std, "reward_count", (json_int_t)st.count, "learner_shards", a->shards));
 done:
     train_free(&tr);
     rm_data_free(&d);
@@ -324,25 +506,42 @@ done:
 }
 
 int cmd_train_rm(int argc, char **argv) {
-    static const struct option opts[] = {{"model", 1, 0, 'm'},        {"pairs", 1, 0, 'p'},
-                                         {"out", 1, 0, 'o'},          {"pairwise", 0, 0, 'P'},
-                                         {"margin", 1, 0, 'M'},       {"center", 1, 0, 'C'},
-                                         {"heldout-frac", 1, 0, 'f'}, {"split-seed", 1, 0, 'F'},
-                                         {"batch", 1, 0, 'B'},        {"micro", 1, 0, 'u'},
-                                         {"steps", 1, 0, 'n'},        {"epochs", 1, 0, 'E'},
-                                         {"lr", 1, 0, 'l'},           {"min-lr", 1, 0, 'L'},
-                                         {"schedule", 1, 0, 'S'},     {"warmup", 1, 0, 'w'},
-                                         {"weight-decay", 1, 0, 'd'}, {"clip", 1, 0, 'c'},
-                                         {"seed", 1, 0, 's'},         {"max-len", 1, 0, 'x'},
-                                         {"log-every", 1, 0, 'e'},    {"save-every", 1, 0, 'v'},
-                                         {"ceiling", 1, 0, 'g'},      {"ceiling-from", 1, 0, 'G'},
-                                         {"bins", 1, 0, 'b'},         {"threads", 1, 0, 'j'},
-                                         {"help", 0, 0, 'h'},         {0, 0, 0, 0}};
+    static const struct option opts[] = {{"model", 1, 0, 'm'},
+                                         {"pairs", 1, 0, 'p'},
+                                         {"out", 1, 0, 'o'},
+                                         {"pairwise", 0, 0, 'P'},
+                                         {"margin", 1, 0, 'M'},
+                                         {"center", 1, 0, 'C'},
+                                         {"heldout-frac", 1, 0, 'f'},
+                                         {"split-seed", 1, 0, 'F'},
+                                         {"batch", 1, 0, 'B'},
+                                         {"micro", 1, 0, 'u'},
+                                         {"steps", 1, 0, 'n'},
+                                         {"epochs", 1, 0, 'E'},
+                                         {"lr", 1, 0, 'l'},
+                                         {"min-lr", 1, 0, 'L'},
+                                         {"schedule", 1, 0, 'S'},
+                                         {"warmup", 1, 0, 'w'},
+                                         {"weight-decay", 1, 0, 'd'},
+                                         {"clip", 1, 0, 'c'},
+                                         {"seed", 1, 0, 's'},
+                                         {"max-len", 1, 0, 'x'},
+                                         {"log-every", 1, 0, 'e'},
+                                         {"save-every", 1, 0, 'v'},
+                                         {"ceiling", 1, 0, 'g'},
+                                         {"ceiling-from", 1, 0, 'G'},
+                                         {"bins", 1, 0, 'b'},
+                                         {"threads", 1, 0, 'j'},
+                                         {"learner-shards", 1, 0, 'R'},
+                                         {"steps-per-job", 1, 0, 'J'},
+                                         {"run-dir", 1, 0, 'D'},
+                                         {"help", 0, 0, 'h'},
+                                         {0, 0, 0, 0}};
     const char *cmd = "train-rm";
     train_args_t a = {0};
     a.batch = 8, a.micro = 16, a.epochs = 1, a.warmup = 10, a.log_every = 10, a.bins = 10;
     a.threads = 2, a.frac = 0.1f, a.lr = 3e-4f, a.min_lr = 3e-5f, a.wd = 0.01f, a.clip = 1.0f;
-    a.seed = 1, a.kind = ADAMW_SCHED_COSINE;
+    a.seed = 1, a.kind = ADAMW_SCHED_COSINE, a.steps_per_job = 20;
     int c, steps_given = 0, epochs_given = 0;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         int bad = 0;
@@ -429,6 +628,15 @@ int cmd_train_rm(int argc, char **argv) {
             break;
         case 'j':
             bad = cli_int(cmd, "threads", optarg, 1, 1024, &a.threads);
+            break;
+        case 'R':
+            bad = cli_int(cmd, "learner-shards", optarg, 1, 16, &a.shards);
+            break;
+        case 'J':
+            bad = cli_int(cmd, "steps-per-job", optarg, 1, 1 << 24, &a.steps_per_job);
+            break;
+        case 'D':
+            a.run_dir = optarg;
             break;
         case 'h':
             fputs(train_help, stdout);

@@ -71,6 +71,8 @@ static const run_key_t run_keys[] = {
     {"sft", "batch", T_INT, "16", "--batch", "sequences per step"},
     {"sft", "lr", T_NUM, "0.001", "--lr", "peak learning rate (cosine to a tenth)"},
     {"sft", "warmup", T_INT, "20", "--warmup", "warmup steps"},
+    {"sft", "learner_shards", T_INT, NULL, "--learner-shards",
+     "run the steps as TRAIN jobs on a learner of S shards (default: in-process)"},
     /* generate (stage 1) */
     {"generate", "model", T_STR, "{run}/sft", "--model", "the instruct model"},
     {"generate", "prompts", T_STR, "{run}/task/prompts.jsonl", "--prompts",
@@ -100,6 +102,8 @@ static const run_key_t run_keys[] = {
     {"rm", "pairwise", T_BOOL, NULL, "--pairwise", "plain pairwise batches (imported pairs)"},
     {"rm", "margin", T_NUM, NULL, "--margin", "margin term weight"},
     {"rm", "center", T_NUM, NULL, "--center", "reward-centering term weight"},
+    {"rm", "learner_shards", T_INT, NULL, "--learner-shards",
+     "run the steps as TRAIN jobs on a learner of S shards (default: in-process)"},
     /* evaluation against the gold judge */
     {"eval", "prompts", T_STR, "{run}/task/prompts_heldout.jsonl", "--prompts", "held-out prompts"},
     {"eval", "samples", T_INT, "4", "--samples", "completions per prompt and policy"},

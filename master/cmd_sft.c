@@ -6,15 +6,24 @@
  * SFT examples are {"prompt","completion"} (loss on the completion tokens and the appended
  * <|endoftext|> only) or {"text"} (loss on every token). Each example is one padded row of a
  * batch; rows are drawn in a seeded shuffled order, epoch after epoch, so a run is a pure
- * function of the data, the model and --seed.
+ * function of the data, the model and --seed. The steps run in process, or with
+ * --learner-shards S as TRAIN jobs on a learner of S shards (see "sft on the learner").
  */
+#include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
+#include <inttypes.h>
+#include <limits.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "cli.h"
+#include "client.h"
 #include "err.h"
 #include "fs.h"
 #include "gen.h"
@@ -22,6 +31,7 @@
 #include "hf.h"
 #include "jsonl.h"
 #include "ops.h"
+#include "rlhf.pb-c.h"
 #include "rng.h"
 #include "task.h"
 #include "tok.h"
@@ -234,7 +244,8 @@ static const char sft_help[] =
     "usage: rlhf sft --model DIR --data FILE.jsonl --out DIR [--steps N] [--batch B] [--seq T]\n"
     "                [--lr LR] [--min-lr LR] [--warmup N] [--weight-decay WD] [--clip C]\n"
     "                [--seed S] [--eval-data FILE.jsonl] [--eval-every N] [--log-every N]\n"
-    "                [--gold-prompts FILE.jsonl] [--gold-n K] [--gold-every N] [--threads N]\n\n"
+    "                [--gold-prompts FILE.jsonl] [--gold-n K] [--gold-every N] [--threads N]\n"
+    "                [--learner-shards S [--steps-per-job N] [--run-dir DIR]]\n\n"
     "Supervised fine-tuning of the HF GPT-2 model in DIR with its tokenizer (vocab.json,\n"
     "merges.txt). Each line of the data is {\"prompt\",\"completion\"} - the completion gets\n"
     "<|endoftext|> appended and only its tokens are trained on - or {\"text\"}, trained on every\n"
@@ -247,7 +258,12 @@ static const char sft_help[] =
     "gold judge, at the end (and every --gold-every steps; \"seconds\" of training exclude it).\n"
     "Saves the model and its tokenizer to --out, atomically file by file. Deterministic from\n"
     "--seed. Defaults: 300 steps, B=16, T=n_positions, lr 1e-3 cosine to 1e-4, warmup 20,\n"
-    "weight decay 0.1, clip 1, seed 1, eval every 100, log every 10, K=1, 2 threads.\n";
+    "weight decay 0.1, clip 1, seed 1, eval every 100, log every 10, K=1, 2 threads.\n"
+    "--learner-shards S: the steps run as TRAIN jobs (--steps-per-job N each, default 20, the\n"
+    "batches inline) on a learner of S gradient shards behind a local master (`rlhf up` in\n"
+    "--run-dir, default OUT.run; checkpoints in RUN_DIR/learner); the same command run again\n"
+    "after an interruption continues from the last finished job. With S = 1 the parameters are\n"
+    "those of the in-process run. The evaluations then run once, at the end.\n";
 
 /* One training row: ids[0..n), and how many leading ids are prompt (not trained on). */
 typedef struct {
@@ -526,20 +542,210 @@ done:
     return rc;
 }
 
+/* ---- sft on the learner ------------------------------------------------------------------- */
+
+/*
+ * With --learner-shards S the steps run as TRAIN jobs of kind LM on a learner of S gradient
+ * shards behind a local master (`rlhf up` under RUN_DIR/cluster, checkpoints in
+ * RUN_DIR/learner), one job per --steps-per-job steps, submitted one after the other through
+ * the master's client API. Each job carries its steps' batches, built here exactly as the
+ * in-process loop builds them (same order, same padding), with the masked positions as target
+ * -1: the masked mean loss is then the same number, so one shard gives the parameters of the
+ * in-process run. A finished job is answered from the master's record (RUN_DIR/cluster/
+ * results.jsonl): running the same command again after an interruption continues.
+ */
+
+/* An interrupted driver (SIGINT, SIGTERM) stops its cluster before it dies: the learner keeps
+ * the checkpoint of its last finished job and the master its records, where the same command
+ * continues. Only async-signal-safe calls; the paths are prepared before the handler is set. */
+static char stop_bin[PATH_MAX], stop_dir[PATH_MAX + 16];
+static void on_stop(int sig) {
+    char *args[] = {stop_bin, "down", "--run-dir", stop_dir, NULL};
+    pid_t p = fork();
+    if (p == 0) {
+        int nul = open("/dev/null", O_WRONLY);
+        if (nul >= 0) dup2(nul, 1), dup2(nul, 2);
+        execv(stop_bin, args);
+        _exit(127);
+    }
+    if (p > 0) waitpid(p, NULL, 0);
+    _exit(128 + sig);
+}
+
+typedef struct {
+    int steps, log_every, print_rc, failed;
+    double step_ms; /* the learner's step time, summed */
+    char why[512];
+} sft_jobs_t;
+
+static int on_sft_job(void *ctx, const client_result_t *r) {
+    sft_jobs_t *c = ctx;
+    Rlhf__TrainOutput *o = r->status == CLIENT_DONE
+                               ? rlhf__train_output__unpack(NULL, r->output_len, r->output)
+                               : NULL;
+    if (!o) {
+        c->failed = 1;
+        snprintf(c->why, sizeof c->why, "job %" PRIu64 " %s%s", r->id,
+                 r->status == CLIENT_DONE ? "returned an output that does not decode" : "failed",
+                 r->status == CLIENT_REJECTED ? r->reason : "");
+        return 0;
+    }
+    long first = (long)o->step - (long)o->n_loss;
+    for (size_t k = 0; k < o->n_loss; k++) {
+        long s = first + (long)k;
+        if (s % c->log_every == 0 || s == c->steps - 1)
+            c->print_rc |= cli_print_json(json_pack(
+                "{s:I,s:f,s:f,s:I,s:f,s:i}", "step", (json_int_t)s, "loss", (double)o->loss[k],
+                "grad_norm", k < o->n_grad_norm ? o->grad_norm[k] : 0.0, "job", (json_int_t)r->id,
+                "ms", o->step_ms, "shards", (int)o->shards));
+    }
+    c->step_ms += o->step_ms * (double)o->n_loss;
+    rlhf__train_output__free_unpacked(o, NULL);
+    return 0;
+}
+
+typedef struct {
+    const char *model, *out, *run_dir;
+    int shards, steps_per_job, steps, B, T, warmup, log_every;
+    float lr, min_lr, wd, clip;
+    long seed;
+} sft_learner_t;
+
+/* The rows of step s: the seeded shuffle of epoch after epoch (order[] holds the current
+ * epoch's, *epoch its number). */
+static void sft_rows(const sft_set_t *set, long seed, int s, int B, int *order, long *epoch,
+                     int *rows) {
+    for (int b = 0; b < B; b++) {
+        long k = (long)s * B + b, e = k / set->n;
+        if (e != *epoch) { /* a fresh seeded shuffle per epoch (Fisher-Yates) */
+            *epoch = e;
+            for (int i = 0; i < set->n; i++) order[i] = i;
+            for (int i = set->n - 1; i > 0; i--) {
+                int j = (int)(rng_uniform53((uint64_t)seed, 0x534654ull << 32 | (uint64_t)e,
+                                            (uint64_t)i) *
+                              (i + 1));
+                if (j > i) j = i;
+                int t = order[i];
+                order[i] = order[j], order[j] = t;
+            }
+        }
+        rows[b] = order[k % set->n];
+    }
+}
+
+/* The steps on the learner; *out = the model of its last checkpoint. */
+static int sft_learner(const sft_learner_t *a, const sft_set_t *set, int pad, gpt_t **out,
+                       sft_jobs_t *c) {
+    char rdir[PATH_MAX], cluster[PATH_MAX + 16], ldir[PATH_MAX + 16], ep[256], amodel[PATH_MAX];
+    if (!realpath(a->model, amodel)) return rl_fail(RL_EIO, "%s: %s", a->model, strerror(errno));
+    snprintf(rdir, sizeof rdir, "%.4000s", a->run_dir ? a->run_dir : a->out);
+    if (!a->run_dir) snprintf(rdir, sizeof rdir, "%.4000s.run", a->out);
+    snprintf(cluster, sizeof cluster, "%s/cluster", rdir);
+    snprintf(ldir, sizeof ldir, "%s/learner", rdir);
+    int rc = fs_mkdir_p(cluster);
+    if (rc < 0) return rc;
+    int J = a->steps_per_job, B = a->B, T = a->T;
+    size_t cap = (size_t)J * B * T;
+    int *in = malloc(cap * sizeof(int)), *tg = malloc(cap * sizeof(int));
+    float *mask = malloc((size_t)B * T * sizeof(float));
+    uint32_t *seq = malloc((size_t)J * sizeof *seq);
+    int *rows = malloc((size_t)B * sizeof(int)), *order = malloc((size_t)set->n * sizeof(int));
+    if (!in || !tg || !mask || !seq || !rows || !order) rc = rl_fail(RL_ENOMEM, "batches");
+    local_cluster_down(cluster); /* one left behind by a driver that was killed */
+    if (rc == 0) rc = local_cluster_up(cluster, ldir, 0, 0, a->shards, ep, sizeof ep);
+    local_bin_path(stop_bin, sizeof stop_bin, "rlhf");
+    snprintf(stop_dir, sizeof stop_dir, "%s", cluster);
+    struct sigaction sa, old_int, old_term;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop;
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
+    client_t *cl = rc == 0 ? client_open(ep, "sft") : NULL;
+    if (rc == 0 && !cl) rc = RL_EIO;
+    long epoch = -1;
+    for (int j = 0; rc == 0 && j * J < a->steps; j++) {
+        int n = a->steps - j * J < J ? a->steps - j * J : J;
+        size_t off = 0;
+        for (int k = 0; k < n; k++) {
+            sft_rows(set, a->seed, j * J + k, B, order, &epoch, rows);
+            int Tb = sft_batch(set, rows, B, pad, in + off, tg + off, mask);
+            for (int i = 0; i < B * Tb; i++)
+                if (mask[i] == 0.0f) tg[off + (size_t)i] = -1;
+            seq[k] = (uint32_t)Tb;
+            off += (size_t)B * Tb;
+        }
+        Rlhf__TrainSpec sp = RLHF__TRAIN_SPEC__INIT;
+        sp.kind = RLHF__TRAIN_KIND__TRAIN_KIND_LM;
+        sp.model_dir = amodel;
+        sp.batch_size = (uint32_t)B;
+        sp.seq_len = (uint32_t)T;
+        sp.step = (uint64_t)j * (uint64_t)J;
+        sp.n_steps = (uint32_t)n;
+        sp.lr = a->lr;
+        sp.min_lr = a->min_lr;
+        sp.schedule = RLHF__TRAIN_SCHEDULE__TRAIN_SCHEDULE_COSINE;
+        sp.warmup = (uint64_t)a->warmup;
+        sp.total_steps = (uint64_t)a->steps;
+        sp.weight_decay = a->wd;
+        sp.clip = a->clip;
+        sp.step_inputs = in;
+        sp.n_step_inputs = off;
+        sp.step_targets = tg;
+        sp.n_step_targets = off;
+        sp.step_seq = seq;
+        sp.n_step_seq = (size_t)n;
+        size_t len = rlhf__train_spec__get_packed_size(&sp);
+        uint8_t *buf = malloc(len ? len : 1);
+        if (!buf) {
+            rc = rl_fail(RL_ENOMEM, "out of memory");
+            break;
+        }
+        rlhf__train_spec__pack(&sp, buf);
+        uint64_t id = (uint64_t)j + 1;
+        client_job_t job = {.id = id,
+                            .kind = RLHF__JOB_KIND__JOB_KIND_TRAIN,
+                            .seed = (uint64_t)a->seed + 1,
+                            .lease_ms = 6 * 3600 * 1000,
+                            .role = RLHF__ROLE__ROLE_LEARNER,
+                            .payload = buf,
+                            .payload_len = len};
+        rc = client_submit(cl, &job, 1);
+        free(buf);
+        if (rc == 0) rc = client_wait(cl, &id, 1, -1, on_sft_job, c);
+        if (rc == 0 && c->failed) rc = rl_fail(RL_EIO, "%s (see %s)", c->why, cluster);
+    }
+    client_close(&cl);
+    local_cluster_down(cluster);
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
+    free(in), free(tg), free(mask), free(seq), free(rows), free(order);
+    if (rc < 0) return rc;
+    char path[PATH_MAX + 64], *name = NULL;
+    size_t nl;
+    snprintf(path, sizeof path, "%s/latest", ldir);
+    if ((rc = fs_read_all(path, &name, &nl)) < 0) return rc;
+    snprintf(path, sizeof path, "%s/%.*s", ldir, (int)strcspn(name, "\n"), name);
+    free(name);
+    if (!(*out = hf_load(path))) return rl_fail_ctx(RL_EIO, "the learner's last checkpoint: ");
+    return 0;
+}
+
 int cmd_sft(int argc, char **argv) {
     static const struct option opts[] = {
-        {"model", 1, 0, 'm'},        {"data", 1, 0, 'D'},       {"out", 1, 0, 'o'},
-        {"steps", 1, 0, 'n'},        {"batch", 1, 0, 'B'},      {"seq", 1, 0, 'T'},
-        {"lr", 1, 0, 'l'},           {"min-lr", 1, 0, 'L'},     {"warmup", 1, 0, 'w'},
-        {"weight-decay", 1, 0, 'd'}, {"clip", 1, 0, 'c'},       {"seed", 1, 0, 's'},
-        {"eval-data", 1, 0, 'E'},    {"eval-every", 1, 0, 'e'}, {"log-every", 1, 0, 'g'},
-        {"gold-prompts", 1, 0, 'G'}, {"gold-n", 1, 0, 'K'},     {"gold-every", 1, 0, 'Q'},
-        {"threads", 1, 0, 'j'},      {"help", 0, 0, 'h'},       {0, 0, 0, 0}};
+        {"model", 1, 0, 'm'},        {"data", 1, 0, 'D'},           {"out", 1, 0, 'o'},
+        {"steps", 1, 0, 'n'},        {"batch", 1, 0, 'B'},          {"seq", 1, 0, 'T'},
+        {"lr", 1, 0, 'l'},           {"min-lr", 1, 0, 'L'},         {"warmup", 1, 0, 'w'},
+        {"weight-decay", 1, 0, 'd'}, {"clip", 1, 0, 'c'},           {"seed", 1, 0, 's'},
+        {"eval-data", 1, 0, 'E'},    {"eval-every", 1, 0, 'e'},     {"log-every", 1, 0, 'g'},
+        {"gold-prompts", 1, 0, 'G'}, {"gold-n", 1, 0, 'K'},         {"gold-every", 1, 0, 'Q'},
+        {"threads", 1, 0, 'j'},      {"learner-shards", 1, 0, 'R'}, {"steps-per-job", 1, 0, 'J'},
+        {"run-dir", 1, 0, 'r'},      {"help", 0, 0, 'h'},           {0, 0, 0, 0}};
     const char *cmd = "sft", *model = NULL, *data = NULL, *out = NULL, *eval_data = NULL;
     sft_prompts_t gp[SFT_MAX_GOLD] = {{0}};
     int n_gold = 0;
     int steps = 300, B = 16, T = 0, warmup = 20, threads = 2, eval_every = 100, log_every = 10;
-    int gold_n = 1, gold_every = 0, c;
+    int gold_n = 1, gold_every = 0, shards = 0, steps_per_job = 20, c;
+    const char *run_dir = NULL;
     float lr = 1e-3f, min_lr = 1e-4f, wd = 0.1f, clip = 1.0f;
     long seed = 1;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -607,6 +813,15 @@ int cmd_sft(int argc, char **argv) {
         case 'j':
             bad = cli_int(cmd, "threads", optarg, 1, 1024, &threads);
             break;
+        case 'R':
+            bad = cli_int(cmd, "learner-shards", optarg, 1, 16, &shards);
+            break;
+        case 'J':
+            bad = cli_int(cmd, "steps-per-job", optarg, 1, 1 << 20, &steps_per_job);
+            break;
+        case 'r':
+            run_dir = optarg;
+            break;
         case 'h':
             fputs(sft_help, stdout);
             return 0;
@@ -666,35 +881,33 @@ int cmd_sft(int argc, char **argv) {
         "target_tokens", (json_int_t)set.target_tokens, "truncated", (json_int_t)set.truncated,
         "eval_examples", eset.n, "seq", T, "params", (json_int_t)m->num_params));
     adamw_sched_t sched = {ADAMW_SCHED_COSINE, lr, min_lr, warmup, steps};
-    if ((rc = train_init(&tr, m, &sched, wd, clip)) < 0) goto done;
+    if (!shards && (rc = train_init(&tr, m, &sched, wd, clip)) < 0) goto done;
     double t_start = cli_now_ms(), side_ms = 0; /* side_ms: evaluation, not training */
     long epoch = -1;
-    for (int s = 0; rc == 0 && s < steps; s++) {
-        for (int b = 0; b < B; b++) {
-            long k = (long)s * B + b, e = k / set.n;
-            if (e != epoch) { /* a fresh seeded shuffle per epoch (Fisher-Yates) */
-                epoch = e;
-                for (int i = 0; i < set.n; i++) order[i] = i;
-                for (int i = set.n - 1; i > 0; i--) {
-                    int j = (int)(rng_uniform53((uint64_t)seed, 0x534654ull << 32 | (uint64_t)e,
-                                                (uint64_t)i) *
-                                  (i + 1));
-                    if (j > i) j = i;
-                    int t = order[i];
-                    order[i] = order[j], order[j] = t;
-                }
+    sft_jobs_t lj = {.steps = steps, .log_every = log_every};
+    if (shards) { /* the steps on the learner, then the evaluations of the last step below */
+        sft_learner_t la = {model,     out, run_dir, shards, steps_per_job, steps, B, T, warmup,
+                            log_every, lr,  min_lr,  wd,     clip,          seed};
+        gpt_t *fm = NULL;
+        rc = sft_learner(&la, &set, pad, &fm, &lj);
+        print_rc |= lj.print_rc;
+        if (rc < 0) goto done;
+        gpt_destroy(&m);
+        m = fm;
+    }
+    for (int s = shards ? steps - 1 : 0; rc == 0 && s < steps; s++) {
+        if (!shards) {
+            sft_rows(&set, seed, s, B, order, &epoch, rows);
+            int Tb = sft_batch(&set, rows, B, pad, in, tg, mask);
+            train_stats_t st;
+            rc = train_lm_step(&tr, in, tg, mask, B, Tb, &st);
+            if (rc == 0 && (s % log_every == 0 || s == steps - 1)) {
+                double ms = st.ms_forward + st.ms_backward + st.ms_optimizer;
+                print_rc |= cli_print_json(json_pack("{s:i,s:f,s:f,s:f,s:f,s:f}", "step", s, "loss",
+                                                     (double)st.loss, "lr", (double)st.lr,
+                                                     "grad_norm", st.grad_norm, "ms", ms,
+                                                     "tokens_per_s", B * Tb / (ms / 1e3)));
             }
-            rows[b] = order[k % set.n];
-        }
-        int Tb = sft_batch(&set, rows, B, pad, in, tg, mask);
-        train_stats_t st;
-        rc = train_lm_step(&tr, in, tg, mask, B, Tb, &st);
-        if (rc == 0 && (s % log_every == 0 || s == steps - 1)) {
-            double ms = st.ms_forward + st.ms_backward + st.ms_optimizer;
-            print_rc |= cli_print_json(json_pack("{s:i,s:f,s:f,s:f,s:f,s:f}", "step", s, "loss",
-                                                 (double)st.loss, "lr", (double)st.lr, "grad_norm",
-                                                 st.grad_norm, "ms", ms, "tokens_per_s",
-                                                 B * Tb / (ms / 1e3)));
         }
         if (rc == 0 && eset.n && ((s + 1) % eval_every == 0 || s == steps - 1)) {
             double el, t0 = cli_now_ms();
@@ -715,12 +928,13 @@ int cmd_sft(int argc, char **argv) {
             side_ms += cli_now_ms() - t0;
         }
     }
-    double train_s = (cli_now_ms() - t_start - side_ms) / 1e3;
+    /* on the learner: the learner's own step time (the cluster's start-up is not training) */
+    double train_s = shards ? lj.step_ms / 1e3 : (cli_now_ms() - t_start - side_ms) / 1e3;
     if (rc == 0) rc = hf_save(m, out);
     if (rc == 0) rc = hf_copy_tokenizer(model, out);
     if (rc == 0)
-        print_rc |= cli_print_json(
-            json_pack("{s:s,s:i,s:f}", "saved", out, "steps", steps, "seconds", train_s));
+        print_rc |= cli_print_json(json_pack("{s:s,s:i,s:f,s:i}", "saved", out, "steps", steps,
+                                             "seconds", train_s, "learner_shards", shards));
 done:
     train_free(&tr);
     sft_set_free(&set);

@@ -92,6 +92,31 @@ check "the saved model samples" bash -c "'$RLHF' sample --model '$W/s1' --prompt
 check "same seed, same weights" cmp -s "$W/d1/model.safetensors" "$W/d2/model.safetensors"
 check "another seed, other weights" bash -c "! cmp -s '$W/d1/model.safetensors' '$W/d3/model.safetensors'"
 
+# on the learner (--learner-shards S): the same steps as TRAIN jobs through a local master, the
+# batches inline with the masked positions as target -1. The learner alone in `rlhf up` gets
+# every core, so the in-process reference runs with as many threads.
+SFTL=(--model "$W/m0" --data "$T/sft.jsonl" --eval-data "$W/eval.jsonl" --steps 12 --batch 8
+    --lr 3e-3 --warmup 5 --log-every 1 --seed 5)
+"$RLHF" sft "${SFTL[@]}" --out "$W/l0" --threads "$(nproc)" >"$W/l0.jsonl" 2>"$W/err"
+"$RLHF" sft "${SFTL[@]}" --out "$W/l1" --learner-shards 1 --steps-per-job 5 >"$W/l1.jsonl" \
+    2>"$W/err"
+check "sft --learner-shards 1 succeeds" test $? -eq 0
+check "S=1: 3 TRAIN jobs recorded by the master" test "$(jq -r 'select(.status == "done") |
+    .job_id' "$W/l1.run/cluster/results.jsonl" | sort -u | grep -c .)" -eq 3
+check "S=1 on the learner = in process, byte for byte" cmp -s "$W/l0/model.safetensors" \
+    "$W/l1/model.safetensors"
+check "S=1: the saved directory has the tokenizer" test -s "$W/l1/vocab.json"
+"$RLHF" sft "${SFTL[@]}" --out "$W/l2" --learner-shards 2 --steps-per-job 5 >"$W/l2.jsonl" \
+    2>"$W/err"
+check "sft --learner-shards 2 succeeds" test $? -eq 0
+a0=$(grep '"step":0,' "$W/l1.jsonl" | jq .loss) b0=$(grep '"step":0,' "$W/l2.jsonl" | jq .loss)
+a1=$(grep eval_loss "$W/l1.jsonl" | jq .eval_loss)
+b1=$(grep eval_loss "$W/l2.jsonl" | jq .eval_loss)
+echo "  S=1 / S=2: first loss $a0 / $b0, held-out loss $a1 / $b1"
+check "S=2 = S=1 within fp32 tolerance" \
+    awk_true "($b0 - $a0)^2 < 1e-12 && (($b1 - $a1) / $a1)^2 < 1e-8"
+check "S=2: two shards reported" test "$(grep '"step":0,' "$W/l2.jsonl" | jq .shards)" -eq 2
+
 # {"text"} data: every token is trained on; long texts are cut into windows
 jq -c '{text: (.prompt + .completion)}' "$T/sft.jsonl" >"$W/text.jsonl"
 "$RLHF" sft --model "$W/m0" --data "$W/text.jsonl" --out "$W/s2" --steps 30 --batch 8 \

@@ -27,6 +27,19 @@
  * shard does not come back, the job fails: shard 0 drops its unsaved progress (it reloads the
  * last checkpoint) and the master re-dispatches the job, which then starts from that state.
  *
+ * Kinds. LM: B windows of T+1 tokens per step, drawn from a token file, one inline batch used
+ * every step, or one masked batch per step (step_inputs/step_targets, target -1 untrained: what
+ * `rlhf sft --learner-shards` sends); a shard's slice is rows of the batch. RM: the reward model
+ * on a pairs file (common/rm.h): every shard loads the same file with the same tokenizer
+ * (deterministic, so a global item index means the same thing everywhere), shard 0 draws the
+ * step's items from the training split's epoch orders (rm_split, rm_epoch_order: those of
+ * `rlhf train-rm`) and sends each shard a contiguous slice of them as its "inputs" rows (T = 1)
+ * with a frame "rm" (the job's RM settings, a packed TrainSpec); every shard computes rm_grad
+ * with scale 1/(items in the step) and returns its gradient after a frame "stats" {pairs ordered
+ * correctly, pairs}. The sum, clipping and AdamW are those of LM (= rm_update), so one shard
+ * gives exactly the parameters of the in-process command at the same thread count. Without a
+ * checkpoint an RM learner starts from rm_load(model_dir): a new scalar head if it has none.
+ *
  * Jobs are idempotent at step granularity: a job starting at global step k runs only if the
  * learner is at step k; a job the learner has already applied (it is at k + n_steps and the
  * job id is that of its last job) returns the recorded result without running anything. After
@@ -296,8 +309,8 @@ static int rm_cache_get(const Rlhf__TrainSpec *sp, int vocab) {
 }
 
 static rm_opts_t rm_opts_of(const Rlhf__TrainSpec *sp) {
-    rm_opts_t o = {sp->rm_pairwise ? RM_ITEMS_PAIRS : RM_ITEMS_GROUPS, sp->rm_margin,
-                   sp->rm_center, sp->micro > 0 ? (int)sp->micro : 16, RMD.pad};
+    rm_opts_t o = {sp->rm_pairwise ? RM_ITEMS_PAIRS : RM_ITEMS_GROUPS, sp->rm_margin, sp->rm_center,
+                   sp->micro > 0 ? (int)sp->micro : 16, RMD.pad};
     return o;
 }
 
@@ -1074,8 +1087,8 @@ static int rm_job_init(rm_job_t *r, const Rlhf__TrainSpec *sp, int B) {
     if (!(r->spec = malloc(len ? len : 1))) return rl_fail(RL_ENOMEM, "train: rm: out of memory");
     rlhf__train_spec__pack(&s, r->spec);
     r->st.spec.n = 0;
-    return frames_add(&r->st.spec, "rm", RLHF__DTYPE__DTYPE_UNSPECIFIED, r->spec, len,
-                      (int64_t)len, -1);
+    return frames_add(&r->st.spec, "rm", RLHF__DTYPE__DTYPE_UNSPECIFIED, r->spec, len, (int64_t)len,
+                      -1);
 }
 
 /* The items of global step `step`: the seamless sequence of epoch orders, as `rlhf train-rm`. */
@@ -1108,8 +1121,7 @@ static int train_run(const worker_job_t *job, const Rlhf__TrainSpec *sp, uint8_t
                                sp->step_seq[k], T);
             need += (size_t)B * sp->step_seq[k];
         }
-        if (sp->n_step_seq != (size_t)n || sp->n_step_inputs != need ||
-            sp->n_step_targets != need)
+        if (sp->n_step_seq != (size_t)n || sp->n_step_inputs != need || sp->n_step_targets != need)
             return rl_fail(RL_EINVAL,
                            "train: %zu step batches of %zu/%zu ids for %d steps of %d rows "
                            "(%zu ids)",
@@ -1156,8 +1168,7 @@ static int train_run(const worker_job_t *job, const Rlhf__TrainSpec *sp, uint8_t
     double *norms = malloc((size_t)n * sizeof *norms), *accs = malloc((size_t)n * sizeof *accs);
     in = malloc((size_t)B * T * sizeof *in);
     tg = malloc((size_t)B * T * sizeof *tg);
-    rc = so && losses && norms && accs && in && tg ? 0
-                                                   : rl_fail(RL_ENOMEM, "train: out of memory");
+    rc = so && losses && norms && accs && in && tg ? 0 : rl_fail(RL_ENOMEM, "train: out of memory");
     if (rc == 0 && !is_rm && !per_step && sp->tokens_file[0]) {
         rc = data_read_tokens(sp->tokens_file, m->cfg.vocab_size, &ids, &n_ids);
         if (rc == 0 && n_ids < (size_t)T + 1)
