@@ -18,7 +18,7 @@ ok() { pass=$((pass + 1)); echo "ok   $1"; }
 bad() { fail=$((fail + 1)); echo "FAIL $1"; }
 check() { # check NAME COMMAND...
     local name=$1; shift
-    if "$@"; then ok "$name"; else bad "$name"; fi
+    if "$@" >/dev/null; then ok "$name"; else bad "$name"; fi
 }
 finish() { echo "$pass passed, $fail failed"; [ "$fail" -eq 0 ]; }
 
