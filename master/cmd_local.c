@@ -80,6 +80,7 @@ typedef struct {
     char run_dir[1024], config[1024], jobs[1024], endpoint[256];
     char master_bin[PATH_MAX + 32], worker_bin[PATH_MAX + 32];
     int exit_when_done;     /* the master stops once every job of --jobs is finished */
+    pid_t owner;            /* > 0: stop when this process is gone (a driver's own cluster) */
     char learner_dir[1024]; /* learners' --run-dir (checkpoints); default RUN_DIR/learner */
     int learner_shards;     /* S > 1: the learner is shard 0 of S, role "shard" the others */
     char shard_ep[64];      /* where shard 0 binds and the other shards connect */
@@ -130,7 +131,8 @@ static pid_t start_worker(sup_t *s, int i) {
                     NULL,
                     NULL,
                     NULL,
-                    NULL};
+                    NULL,
+                    NULL}; /* room for 6 more arguments and the terminating NULL */
     char shard[32];
     int k = 0; /* the learner shard this worker is: 0, or 1.. for role "shard" */
     for (int j = 0; j < i; j++) k += !strcmp(s->roles[j], "shard");
@@ -202,7 +204,15 @@ static void supervise(sup_t *s) {
     write_local_json(s);
     while (!sup_stop) {
         int st;
-        pid_t p = waitpid(-1, &st, 0);
+        pid_t p = waitpid(-1, &st, s->owner ? WNOHANG : 0);
+        if (p == 0) { /* --owner: the cluster lives only as long as the process it serves */
+            if (kill(s->owner, 0) < 0 && errno == ESRCH) {
+                fprintf(stderr, "supervisor: owner %d is gone: stopping\n", (int)s->owner);
+                break;
+            }
+            nap_ms(200);
+            continue;
+        }
         if (p < 0) {
             if (errno == EINTR) continue;
             break;
@@ -251,7 +261,8 @@ static const char up_help[] =
     "               [--learner K] [--learner-dir DIR] [--learner-shards S]\n\n"
     "Starts rlhf-master and N rollout, M reward and K learner workers on loopback under a\n"
     "background supervisor that restarts any of them that crashes. Learners keep their\n"
-    "checkpoints in --learner-dir (default RUN_DIR/learner). With --learner-shards S > 1 (and\n"
+    "checkpoints in --learner-dir (default RUN_DIR/learner). With --owner PID everything stops\n"
+    "when that process is gone. With --learner-shards S > 1 (and\n"
     "K = 1) the learner computes its gradients on S shards (S - 1 more processes).\n"
     "Defaults: runs/local, N=1.\n";
 
@@ -267,6 +278,7 @@ int cmd_up(int argc, char **argv) {
                                          {"reward", required_argument, 0, 'w'},
                                          {"learner", required_argument, 0, 'l'},
                                          {"learner-dir", required_argument, 0, 'L'},
+                                         {"owner", required_argument, 0, 'O'},
                                          {"learner-shards", required_argument, 0, 'S'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
@@ -293,6 +305,12 @@ int cmd_up(int argc, char **argv) {
         case 'L':
             snprintf(s->learner_dir, sizeof s->learner_dir, "%s", optarg);
             break;
+        case 'O': {
+            int op;
+            if (cli_int("up", "owner", optarg, 1, INT_MAX, &op) < 0) return 2;
+            s->owner = (pid_t)op;
+            break;
+        }
         case 'S':
             if (cli_int("up", "learner-shards", optarg, 1, 16, &s->learner_shards) < 0) return 2;
             break;
@@ -404,8 +422,9 @@ int local_run_jobs(const char *run_dir, const char *jobs, int n_rollout, int n_r
  * --learner-shards). */
 int local_cluster_up(const char *dir, const char *ldir, int rollout, int reward, int shards,
                      char *ep, size_t n) {
-    char self[PATH_MAX], r[16], w[16], s[16];
+    char self[PATH_MAX], r[16], w[16], s[16], own[16];
     local_bin_path(self, sizeof self, "rlhf");
+    snprintf(own, sizeof own, "%d", (int)getpid()); /* the cluster goes when we do */
     snprintf(r, sizeof r, "%d", rollout);
     snprintf(w, sizeof w, "%d", reward);
     snprintf(s, sizeof s, "%d", shards);
@@ -413,6 +432,8 @@ int local_cluster_up(const char *dir, const char *ldir, int rollout, int reward,
                     "up",
                     "--run-dir",
                     (char *)dir,
+                    "--owner",
+                    own,
                     "--rollout",
                     r,
                     "--reward",
@@ -424,7 +445,7 @@ int local_cluster_up(const char *dir, const char *ldir, int rollout, int reward,
                     "--learner-shards",
                     s,
                     NULL};
-    if (!shards) args[10] = NULL; /* no learner: no learner options */
+    if (!shards) args[12] = NULL; /* no learner: no learner options */
     int fds[2];
     if (pipe(fds) < 0) return rl_fail(RL_EIO, "pipe: %s", strerror(errno));
     fflush(stdout);
