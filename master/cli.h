@@ -5,10 +5,13 @@
 #ifndef RLHF_CLI_H
 #define RLHF_CLI_H
 
+#include <limits.h>
+#include <signal.h>
 #include <stddef.h>
 
 #include <jansson.h>
 
+#include "client.h"
 #include "gpt.h"
 
 typedef struct {
@@ -105,6 +108,26 @@ int local_cluster_up(const char *dir, const char *ldir, int rollout, int reward,
 
 /* `rlhf down` for dir; nothing running there is fine. */
 void local_cluster_down(const char *dir);
+
+/*
+ * A driver's own cluster in RUN_DIR/cluster (learner checkpoints in RUN_DIR/learner): started
+ * (replacing one a killed driver left behind), stopped by SIGINT/SIGTERM until closed, and a
+ * client connected to its master. local_session_close() stops it and restores the handlers.
+ */
+typedef struct {
+    char cluster[PATH_MAX + 16], learner[PATH_MAX + 16], endpoint[256];
+    client_t *client;
+    struct sigaction old_int, old_term;
+    int handlers;
+} local_session_t;
+int local_session_open(local_session_t *s, const char *run_dir, int rollout, int reward, int shards,
+                       const char *who);
+void local_session_close(local_session_t *s);
+
+/* Submits one TRAIN job (spec: a Rlhf__TrainSpec) to the session's learner and waits for it;
+ * cb gets the result. Returns 0 or RL_E* (client_submit / client_wait). */
+int local_train_job(local_session_t *s, uint64_t id, uint64_t seed, const void *spec,
+                    client_result_fn cb, void *ctx);
 
 /* GET http://127.0.0.1:port/path (HTTP/1.0, 5 s socket timeouts). Returns 0 with *body the
  * response body (malloc'ed, NUL-terminated, the caller frees it), or RL_EIO / RL_EPROTO (not a

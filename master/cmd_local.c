@@ -36,6 +36,7 @@
 #include "cli.h"
 #include "err.h"
 #include "fs.h"
+#include "rlhf.pb-c.h"
 
 int cmd_up(int argc, char **argv);
 int cmd_status(int argc, char **argv);
@@ -492,6 +493,82 @@ void local_cluster_down(const char *dir) {
         _exit(127);
     }
     if (p > 0) waitpid(p, NULL, 0);
+}
+
+/* ---- a driver's own cluster ------------------------------------------------------------ */
+
+static char sess_bin[PATH_MAX], sess_dir[PATH_MAX + 16];
+
+/* SIGINT/SIGTERM while a session is open: stop its cluster, then exit as the signal would (the
+ * learner keeps the checkpoint of its last finished job and the master its records, where the
+ * same command continues). Only async-signal-safe calls; the paths are set before the handler. */
+static void sess_on_stop(int sig) {
+    char *args[] = {sess_bin, "down", "--run-dir", sess_dir, NULL};
+    pid_t p = fork();
+    if (p == 0) {
+        int nul = open("/dev/null", O_WRONLY);
+        if (nul >= 0) dup2(nul, 1), dup2(nul, 2);
+        execv(sess_bin, args);
+        _exit(127);
+    }
+    if (p > 0) waitpid(p, NULL, 0);
+    _exit(128 + sig);
+}
+
+int local_session_open(local_session_t *s, const char *run_dir, int rollout, int reward, int shards,
+                       const char *who) {
+    memset(s, 0, sizeof *s);
+    snprintf(s->cluster, sizeof s->cluster, "%.4000s/cluster", run_dir);
+    snprintf(s->learner, sizeof s->learner, "%.4000s/learner", run_dir);
+    int rc = fs_mkdir_p(s->cluster);
+    if (rc < 0) return rc;
+    local_cluster_down(s->cluster); /* one left behind by a driver that was killed */
+    if ((rc = local_cluster_up(s->cluster, s->learner, rollout, reward, shards, s->endpoint,
+                               sizeof s->endpoint)) < 0)
+        return rc;
+    local_bin_path(sess_bin, sizeof sess_bin, "rlhf");
+    snprintf(sess_dir, sizeof sess_dir, "%s", s->cluster);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = sess_on_stop;
+    sigaction(SIGINT, &sa, &s->old_int);
+    sigaction(SIGTERM, &sa, &s->old_term);
+    s->handlers = 1;
+    if (!(s->client = client_open(s->endpoint, who))) {
+        local_session_close(s);
+        return rl_fail_ctx(RL_EIO, "connecting to the local master: ");
+    }
+    return 0;
+}
+
+void local_session_close(local_session_t *s) {
+    client_close(&s->client);
+    if (s->cluster[0]) local_cluster_down(s->cluster);
+    if (s->handlers) {
+        sigaction(SIGINT, &s->old_int, NULL);
+        sigaction(SIGTERM, &s->old_term, NULL);
+        s->handlers = 0;
+    }
+}
+
+int local_train_job(local_session_t *s, uint64_t id, uint64_t seed, const void *spec,
+                    client_result_fn cb, void *ctx) {
+    const Rlhf__TrainSpec *sp = spec;
+    size_t len = rlhf__train_spec__get_packed_size(sp);
+    uint8_t *buf = malloc(len ? len : 1);
+    if (!buf) return rl_fail(RL_ENOMEM, "out of memory");
+    rlhf__train_spec__pack(sp, buf);
+    /* a long lease: a training job is not re-dispatched while its learner lives */
+    client_job_t job = {.id = id,
+                        .kind = RLHF__JOB_KIND__JOB_KIND_TRAIN,
+                        .seed = seed,
+                        .lease_ms = 6 * 3600 * 1000,
+                        .role = RLHF__ROLE__ROLE_LEARNER,
+                        .payload = buf,
+                        .payload_len = len};
+    int rc = client_submit(s->client, &job, 1);
+    free(buf);
+    return rc < 0 ? rc : client_wait(s->client, &id, 1, -1, cb, ctx);
 }
 
 static const char *run_dir_opt(int argc, char **argv, const char *cmd, int *bad) {

@@ -226,7 +226,7 @@ static int on_trained(void *ctx, const client_result_t *r) {
     return 0;
 }
 
-/* ---- the local cluster -------------------------------------------------------------------- */
+/* ---- resuming ------------------------------------------------------------------------------ */
 
 /* The iteration to resume at: the learner's newest PPO checkpoint, or 0. */
 static long resume_iteration(const char *out) {
@@ -570,8 +570,9 @@ int cmd_ppo(int argc, char **argv) {
     int eot = tok_eot(ps.tok), vocab = tok_vocab_size(ps.tok);
     o.pc.vocab_limit = vocab;
     o.pc.seed = (uint64_t)o.seed;
-    char cluster[PATH_MAX + 16], metrics[PATH_MAX + 16], ldir[PATH_MAX + 16], ep[256];
-    client_t *cl = NULL;
+    char metrics[PATH_MAX + 16];
+    local_session_t ss = {0};
+    client_t *cl = NULL; /* the session's */
     iter_t it = {0};
     long n = jsonl_read(o.prompts, load_p, &ps);
     if (n < 0) {
@@ -593,7 +594,6 @@ int cmd_ppo(int argc, char **argv) {
         json_decref(st);
         if (count_token >= 0) s_mean = s_std = 0; /* not the reward model's scores */
     }
-    snprintf(cluster, sizeof cluster, "%s/cluster", out);
     snprintf(metrics, sizeof metrics, "%s/metrics.jsonl", out);
     long start = resume_iteration(out);
     if (start >= o.iterations) {
@@ -606,17 +606,11 @@ int cmd_ppo(int argc, char **argv) {
         goto done;
     }
     if (start) fprintf(stderr, "rlhf ppo: resuming at iteration %ld\n", start);
-    snprintf(ldir, sizeof ldir, "%s/learner", out);
-    local_cluster_down(cluster); /* a cluster left behind by a driver that was killed */
-    if ((rc = fs_mkdir_p(cluster)) < 0 ||
-        (rc = local_cluster_up(cluster, ldir, o.rollout, o.reward, 1, ep, sizeof ep)) < 0) {
+    if ((rc = local_session_open(&ss, out, o.rollout, o.reward, 1, "ppo-driver")) < 0) {
         cli_fail("ppo", "cluster", rc);
         goto done;
     }
-    if (!(cl = client_open(ep, "ppo-driver"))) {
-        cli_fail("ppo", "client", RL_EIO);
-        goto down;
-    }
+    cl = ss.client;
     json_t *cfgj = ppo_config_to_json(&o.pc);
     char *cfg_json = json_dumps(cfgj, JSON_COMPACT);
     json_decref(cfgj);
@@ -864,9 +858,7 @@ loop_done:
     free(ids);
     free(bufs);
     free(cfg_json);
-    client_close(&cl);
-down:
-    local_cluster_down(cluster);
+    local_session_close(&ss);
 done:
     for (int i = 0; i < ps.n; i++) free(ps.p[i].text), free(ps.p[i].ids);
     free(ps.p);

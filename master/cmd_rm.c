@@ -243,23 +243,6 @@ static int save_model(gpt_t *m, const rm_data_t *d, const train_args_t *a, int p
  * again after an interruption continues from the last finished job.
  */
 
-/* An interrupted driver (SIGINT, SIGTERM) stops its cluster before it dies: the learner keeps
- * the checkpoint of its last finished job and the master its records, where the same command
- * continues. Only async-signal-safe calls; the paths are prepared before the handler is set. */
-static char stop_bin[PATH_MAX], stop_dir[PATH_MAX + 16];
-static void on_stop(int sig) {
-    char *args[] = {stop_bin, "down", "--run-dir", stop_dir, NULL};
-    pid_t p = fork();
-    if (p == 0) {
-        int nul = open("/dev/null", O_WRONLY);
-        if (nul >= 0) dup2(nul, 1), dup2(nul, 2);
-        execv(stop_bin, args);
-        _exit(127);
-    }
-    if (p > 0) waitpid(p, NULL, 0);
-    _exit(128 + sig);
-}
-
 typedef struct {
     const train_args_t *a;
     long steps, pairs;
@@ -299,28 +282,16 @@ static int on_rm_job(void *ctx, const client_result_t *r) {
 /* The steps on the learner; *out = the model of its last checkpoint. */
 static int learner_train(const train_args_t *a, long steps, int max_len, gpt_t **out,
                          rm_jobs_t *c) {
-    char rdir[PATH_MAX], cluster[PATH_MAX + 16], ldir[PATH_MAX + 16], ep[256];
+    char rdir[PATH_MAX], ldir[PATH_MAX + 16];
     char amodel[PATH_MAX], apairs[PATH_MAX];
     if (!realpath(a->model, amodel) || !realpath(a->pairs, apairs))
         return rl_fail(RL_EIO, "%s: %s", realpath(a->model, amodel) ? a->pairs : a->model,
                        strerror(errno));
     snprintf(rdir, sizeof rdir, "%.4000s", a->run_dir ? a->run_dir : a->out);
     if (!a->run_dir) snprintf(rdir, sizeof rdir, "%.4000s.run", a->out);
-    snprintf(cluster, sizeof cluster, "%s/cluster", rdir);
-    snprintf(ldir, sizeof ldir, "%s/learner", rdir);
-    int rc = fs_mkdir_p(cluster);
+    local_session_t ss;
+    int rc = local_session_open(&ss, rdir, 0, 0, a->shards, "train-rm");
     if (rc < 0) return rc;
-    local_cluster_down(cluster); /* one left behind by a driver that was killed */
-    if ((rc = local_cluster_up(cluster, ldir, 0, 0, a->shards, ep, sizeof ep)) < 0) return rc;
-    local_bin_path(stop_bin, sizeof stop_bin, "rlhf");
-    snprintf(stop_dir, sizeof stop_dir, "%s", cluster);
-    struct sigaction sa, old_int, old_term;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_stop;
-    sigaction(SIGINT, &sa, &old_int);
-    sigaction(SIGTERM, &sa, &old_term);
-    client_t *cl = client_open(ep, "train-rm");
-    if (!cl) rc = RL_EIO;
     adamw_sched_kind_t kinds[] = {ADAMW_SCHED_CONSTANT, ADAMW_SCHED_WARMUP, ADAMW_SCHED_COSINE};
     int sched = 0;
     for (int i = 0; i < 3; i++)
@@ -349,30 +320,11 @@ static int learner_train(const train_args_t *a, long steps, int max_len, gpt_t *
         sp.split_seed = (uint64_t)a->split_seed;
         sp.rm_seed = (uint64_t)a->seed;
         sp.micro = (uint32_t)a->micro;
-        size_t len = rlhf__train_spec__get_packed_size(&sp);
-        uint8_t *buf = malloc(len ? len : 1);
-        if (!buf) {
-            rc = rl_fail(RL_ENOMEM, "out of memory");
-            break;
-        }
-        rlhf__train_spec__pack(&sp, buf);
-        uint64_t id = (uint64_t)j + 1;
-        client_job_t job = {.id = id,
-                            .kind = RLHF__JOB_KIND__JOB_KIND_TRAIN,
-                            .seed = (uint64_t)a->seed + 1,
-                            .lease_ms = 6 * 3600 * 1000,
-                            .role = RLHF__ROLE__ROLE_LEARNER,
-                            .payload = buf,
-                            .payload_len = len};
-        rc = client_submit(cl, &job, 1);
-        free(buf);
-        if (rc == 0) rc = client_wait(cl, &id, 1, -1, on_rm_job, c);
-        if (rc == 0 && c->failed) rc = rl_fail(RL_EIO, "%s (see %s)", c->why, cluster);
+        rc = local_train_job(&ss, (uint64_t)j + 1, (uint64_t)a->seed + 1, &sp, on_rm_job, c);
+        if (rc == 0 && c->failed) rc = rl_fail(RL_EIO, "%s (see %s)", c->why, ss.cluster);
     }
-    client_close(&cl);
-    local_cluster_down(cluster);
-    sigaction(SIGINT, &old_int, NULL);
-    sigaction(SIGTERM, &old_term, NULL);
+    local_session_close(&ss);
+    snprintf(ldir, sizeof ldir, "%s", ss.learner);
     if (rc < 0) return rc;
     char path[PATH_MAX + 64], *name = NULL;
     size_t nl;

@@ -555,23 +555,6 @@ done:
  * results.jsonl): running the same command again after an interruption continues.
  */
 
-/* An interrupted driver (SIGINT, SIGTERM) stops its cluster before it dies: the learner keeps
- * the checkpoint of its last finished job and the master its records, where the same command
- * continues. Only async-signal-safe calls; the paths are prepared before the handler is set. */
-static char stop_bin[PATH_MAX], stop_dir[PATH_MAX + 16];
-static void on_stop(int sig) {
-    char *args[] = {stop_bin, "down", "--run-dir", stop_dir, NULL};
-    pid_t p = fork();
-    if (p == 0) {
-        int nul = open("/dev/null", O_WRONLY);
-        if (nul >= 0) dup2(nul, 1), dup2(nul, 2);
-        execv(stop_bin, args);
-        _exit(127);
-    }
-    if (p > 0) waitpid(p, NULL, 0);
-    _exit(128 + sig);
-}
-
 typedef struct {
     int steps, log_every, print_rc, failed;
     double step_ms; /* the learner's step time, summed */
@@ -636,14 +619,11 @@ static void sft_rows(const sft_set_t *set, long seed, int s, int B, int *order, 
 /* The steps on the learner; *out = the model of its last checkpoint. */
 static int sft_learner(const sft_learner_t *a, const sft_set_t *set, int pad, gpt_t **out,
                        sft_jobs_t *c) {
-    char rdir[PATH_MAX], cluster[PATH_MAX + 16], ldir[PATH_MAX + 16], ep[256], amodel[PATH_MAX];
+    char rdir[PATH_MAX], ldir[PATH_MAX + 16], amodel[PATH_MAX];
     if (!realpath(a->model, amodel)) return rl_fail(RL_EIO, "%s: %s", a->model, strerror(errno));
     snprintf(rdir, sizeof rdir, "%.4000s", a->run_dir ? a->run_dir : a->out);
     if (!a->run_dir) snprintf(rdir, sizeof rdir, "%.4000s.run", a->out);
-    snprintf(cluster, sizeof cluster, "%s/cluster", rdir);
-    snprintf(ldir, sizeof ldir, "%s/learner", rdir);
-    int rc = fs_mkdir_p(cluster);
-    if (rc < 0) return rc;
+    int rc = 0;
     int J = a->steps_per_job, B = a->B, T = a->T;
     size_t cap = (size_t)J * B * T;
     int *in = malloc(cap * sizeof(int)), *tg = malloc(cap * sizeof(int));
@@ -651,17 +631,8 @@ static int sft_learner(const sft_learner_t *a, const sft_set_t *set, int pad, gp
     uint32_t *seq = malloc((size_t)J * sizeof *seq);
     int *rows = malloc((size_t)B * sizeof(int)), *order = malloc((size_t)set->n * sizeof(int));
     if (!in || !tg || !mask || !seq || !rows || !order) rc = rl_fail(RL_ENOMEM, "batches");
-    local_cluster_down(cluster); /* one left behind by a driver that was killed */
-    if (rc == 0) rc = local_cluster_up(cluster, ldir, 0, 0, a->shards, ep, sizeof ep);
-    local_bin_path(stop_bin, sizeof stop_bin, "rlhf");
-    snprintf(stop_dir, sizeof stop_dir, "%s", cluster);
-    struct sigaction sa, old_int, old_term;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_stop;
-    sigaction(SIGINT, &sa, &old_int);
-    sigaction(SIGTERM, &sa, &old_term);
-    client_t *cl = rc == 0 ? client_open(ep, "sft") : NULL;
-    if (rc == 0 && !cl) rc = RL_EIO;
+    local_session_t ss = {0};
+    if (rc == 0) rc = local_session_open(&ss, rdir, 0, 0, a->shards, "sft");
     long epoch = -1;
     for (int j = 0; rc == 0 && j * J < a->steps; j++) {
         int n = a->steps - j * J < J ? a->steps - j * J : J;
@@ -694,30 +665,11 @@ static int sft_learner(const sft_learner_t *a, const sft_set_t *set, int pad, gp
         sp.n_step_targets = off;
         sp.step_seq = seq;
         sp.n_step_seq = (size_t)n;
-        size_t len = rlhf__train_spec__get_packed_size(&sp);
-        uint8_t *buf = malloc(len ? len : 1);
-        if (!buf) {
-            rc = rl_fail(RL_ENOMEM, "out of memory");
-            break;
-        }
-        rlhf__train_spec__pack(&sp, buf);
-        uint64_t id = (uint64_t)j + 1;
-        client_job_t job = {.id = id,
-                            .kind = RLHF__JOB_KIND__JOB_KIND_TRAIN,
-                            .seed = (uint64_t)a->seed + 1,
-                            .lease_ms = 6 * 3600 * 1000,
-                            .role = RLHF__ROLE__ROLE_LEARNER,
-                            .payload = buf,
-                            .payload_len = len};
-        rc = client_submit(cl, &job, 1);
-        free(buf);
-        if (rc == 0) rc = client_wait(cl, &id, 1, -1, on_sft_job, c);
-        if (rc == 0 && c->failed) rc = rl_fail(RL_EIO, "%s (see %s)", c->why, cluster);
+        rc = local_train_job(&ss, (uint64_t)j + 1, (uint64_t)a->seed + 1, &sp, on_sft_job, c);
+        if (rc == 0 && c->failed) rc = rl_fail(RL_EIO, "%s (see %s)", c->why, ss.cluster);
     }
-    client_close(&cl);
-    local_cluster_down(cluster);
-    sigaction(SIGINT, &old_int, NULL);
-    sigaction(SIGTERM, &old_term, NULL);
+    local_session_close(&ss);
+    snprintf(ldir, sizeof ldir, "%s/learner", rdir);
     free(in), free(tg), free(mask), free(seq), free(rows), free(order);
     if (rc < 0) return rc;
     char path[PATH_MAX + 64], *name = NULL;
