@@ -13,6 +13,7 @@
 #include "fs.h"
 
 #include <errno.h>
+#include <ftw.h>
 #include <fcntl.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -313,4 +314,17 @@ int fs_mkdir_p(const char *path) {
     if (rc == 0) rc = fs_mkdir_one(p, path);
     free(p);
     return rc;
+}
+
+static int remove_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
+    (void)sb, (void)flag, (void)ftw;
+    return remove(path) == 0 || errno == ENOENT ? 0
+                                                : rl_fail(RL_EIO, "%s: %s", path, strerror(errno));
+}
+
+int fs_remove_tree(const char *path) {
+    struct stat st;
+    if (lstat(path, &st) < 0 && errno == ENOENT) return 0;
+    int rc = nftw(path, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+    return rc < 0 ? (rc == -1 ? rl_fail(RL_EIO, "%s: %s", path, strerror(errno)) : rc) : 0;
 }

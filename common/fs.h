@@ -48,6 +48,10 @@ void fs_atomic_abort(fs_atomic_t *w);
 /* fs_atomic_open + write + commit of one buffer. */
 int fs_write_atomic(const char *path, const void *data, size_t len);
 
+/* rm -r: removes the directory tree at `path` (symbolic links themselves, never what they point
+ * to). A missing path is fine. Returns 0, or RL_EIO naming the first entry that could not go. */
+int fs_remove_tree(const char *path);
+
 /* mkdir -p: creates `path` and missing parents (mode 0755). Existing directories are fine. */
 int fs_mkdir_p(const char *path);
 

@@ -670,19 +670,6 @@ gpt_t *rm_load(const char *dir, uint64_t seed) {
     return r;
 }
 
-static int rm_rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    remove(path);
-    return 0;
-}
-
-/* Removes a directory tree this module created (staging or replaced copy). */
-static void rm_remove_tree(const char *path) {
-    nftw(path, rm_rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-}
-
 static int rm_fsync_parent(const char *path) {
     char dir[4096];
     snprintf(dir, sizeof dir, "%s", path);
@@ -730,7 +717,7 @@ int rm_save(const gpt_t *m, const rm_stats_t *stats, const char *tokdir, const c
                            "%s exists and is not a model directory (no config.json): not replaced",
                            dst);
     }
-    rm_remove_tree(stage);
+    fs_remove_tree(stage);
     int rc = hf_save(m, stage);
     if (rc == 0 && tokdir) rc = hf_copy_tokenizer(tokdir, stage);
     if (rc == 0 && stats) {
@@ -751,8 +738,8 @@ int rm_save(const gpt_t *m, const rm_stats_t *stats, const char *tokdir, const c
     }
     if (rc == 0) {
         rc = rm_fsync_parent(dst);
-        if (exists) rm_remove_tree(old);
+        if (exists) fs_remove_tree(old);
     }
-    if (rc < 0) rm_remove_tree(stage);
+    if (rc < 0) fs_remove_tree(stage);
     return rc;
 }

@@ -231,7 +231,31 @@ static void test_relative_path(void) {
     CHECK_EQ(chdir(cwd), 0);
 }
 
+/* rm -r of a tree with files, subdirectories and a link to outside, which must survive */
+static void test_remove_tree(void) {
+    char root[] = "/tmp/test_fs_tree_XXXXXX", p[512], keep[512];
+    CHECK(mkdtemp(root) != NULL);
+    snprintf(p, sizeof p, "%s/a/b/c", root);
+    CHECK_OK(fs_mkdir_p(p));
+    snprintf(p, sizeof p, "%s/a/b/c/f", root);
+    CHECK_OK(fs_write_atomic(p, "x", 1));
+    snprintf(p, sizeof p, "%s/a/g", root);
+    CHECK_OK(fs_write_atomic(p, "y", 1));
+    snprintf(keep, sizeof keep, "%s/keep", root);
+    CHECK_OK(fs_write_atomic(keep, "z", 1));
+    snprintf(p, sizeof p, "%s/a/link", root);
+    CHECK(symlink(keep, p) == 0);
+    snprintf(p, sizeof p, "%s/a", root);
+    CHECK_OK(fs_remove_tree(p));
+    CHECK(access(p, F_OK) != 0);
+    CHECK(access(keep, F_OK) == 0); /* the link went, not its target */
+    CHECK_OK(fs_remove_tree(p));    /* already gone: fine */
+    CHECK_OK(fs_remove_tree(root));
+    CHECK(access(root, F_OK) != 0);
+}
+
 int main(void) {
+    RUN(test_remove_tree);
     RUN(test_read_missing);
     RUN(test_read_directory);
     RUN(test_read_limits);

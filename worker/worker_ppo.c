@@ -207,7 +207,7 @@ static void put(buf_t *b, const void *d, size_t n) {
 }
 
 static int ckpt_write(uint64_t iteration) {
-    char dir[4200], sub[4300], tmp[4300];
+    char dir[4200], sub[4300];
     snprintf(dir, sizeof dir, "%s/ppo-ckpt-%06" PRIu64, S.run_dir, iteration);
     snprintf(sub, sizeof sub, "%s/policy", dir);
     int rc = fs_mkdir_p(dir);
@@ -254,9 +254,8 @@ static int ckpt_write(uint64_t iteration) {
     json_decref(o);
     /* older checkpoints than the fallback go */
     if (rc == 0 && prev2 && prev2[0] && strcmp(prev2, dir) && (!prev || strcmp(prev2, prev))) {
-        snprintf(tmp, sizeof tmp, "rm -rf '%s'", prev2);
-        if (!strchr(prev2, '\'') && system(tmp) != 0) { /* best effort: space, not correctness */
-        }
+        if (fs_remove_tree(prev2) < 0) /* best effort: disk space, not correctness */
+            fprintf(stderr, "learner: %s\n", rl_errmsg());
     }
     json_decref(old);
     return rc;
