@@ -343,6 +343,7 @@ static int load_latest(const ppo_config_t *cfg) {
 static int ensure_loaded(const Rlhf__PpoSpec *sp, const ppo_config_t *cfg) {
     if (S.loaded) {
         S.l.cfg = *cfg; /* settings may change between iterations; the state stays */
+        S.l.opt_policy.weight_decay = S.l.opt_value.weight_decay = cfg->weight_decay;
         S.l.kl.adaptive = cfg->kl_adaptive;
         S.l.kl.target = cfg->kl_target;
         S.l.kl.horizon = cfg->kl_horizon;
