@@ -78,6 +78,11 @@ static pid_t spawn(char *const *args, const char *log) {
 }
 
 typedef struct {
+    double started_ms; /* when the child was last started */
+    int delay_ms;      /* the pause before its last restart */
+} backoff_t;
+
+typedef struct {
     char run_dir[1024], config[1024], jobs[1024], endpoint[256];
     char master_bin[PATH_MAX + 32], worker_bin[PATH_MAX + 32];
     int exit_when_done;     /* the master stops once every job of --jobs is finished */
@@ -88,6 +93,7 @@ typedef struct {
     pid_t master;
     pid_t workers[MAX_WORKERS];
     const char *roles[MAX_WORKERS];
+    backoff_t backoff[MAX_WORKERS + 1]; /* [0] the master, [i + 1] worker i */
     int n_workers;
 } sup_t;
 
@@ -187,6 +193,15 @@ static int wait_master(sup_t *s) {
     return -1;
 }
 
+/* The pause before restarting a child: 200 ms after a run of 2 s or more; doubled (up to 5 s)
+ * each time it dies sooner, so that a child that cannot start does not spin. */
+static int restart_delay(backoff_t *b) {
+    double ran = cli_now_ms() - b->started_ms;
+    b->delay_ms = ran >= 2000 || b->delay_ms == 0 ? 200 : b->delay_ms * 2;
+    if (b->delay_ms > 5000) b->delay_ms = 5000;
+    return b->delay_ms;
+}
+
 static void supervise(sup_t *s) {
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
@@ -202,6 +217,7 @@ static void supervise(sup_t *s) {
         _exit(1);
     }
     for (int i = 0; i < s->n_workers; i++) s->workers[i] = start_worker(s, i);
+    for (int i = 0; i <= s->n_workers; i++) s->backoff[i].started_ms = cli_now_ms();
     write_local_json(s);
     while (!sup_stop) {
         int st;
@@ -228,15 +244,20 @@ static void supervise(sup_t *s) {
             break;
         }
         if (p == s->master) {
-            fprintf(stderr, "supervisor: master exited (status %d): restarting\n", st);
-            nap_ms(200);
+            int d = restart_delay(&s->backoff[0]);
+            fprintf(stderr, "supervisor: master exited (status %d): restarting in %d ms\n", st, d);
+            nap_ms(d);
             s->master = start_master(s);
+            s->backoff[0].started_ms = cli_now_ms();
         }
         for (int i = 0; i < s->n_workers; i++)
             if (p == s->workers[i]) {
-                fprintf(stderr, "supervisor: worker %d exited (status %d): restarting\n", i, st);
-                nap_ms(200);
+                int d = restart_delay(&s->backoff[i + 1]);
+                fprintf(stderr, "supervisor: worker %d exited (status %d): restarting in %d ms\n",
+                        i, st, d);
+                nap_ms(d);
                 s->workers[i] = start_worker(s, i);
+                s->backoff[i + 1].started_ms = cli_now_ms();
             }
         write_local_json(s);
     }

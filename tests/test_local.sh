@@ -19,4 +19,22 @@ mpid=$(jq .master_pid "$R/local.json")
 check "rlhf down" "$BIN/rlhf" down --run-dir "$R"
 check "supervisor gone" bash -c "! kill -0 $SUP 2>/dev/null"
 check "master gone" bash -c "! kill -0 $mpid 2>/dev/null"
+
+# a worker that cannot start (its learner directory cannot be created) is restarted with a
+# growing pause, not in a tight loop; --owner stops everything when the owner is gone
+sleep 60 &
+OWNER=$!
+PIDS+=("$OWNER")
+out=$("$BIN/rlhf" up --run-dir "$W/bad" --rollout 0 --learner 1 --learner-dir /proc/no/such/dir \
+    --owner "$OWNER")
+SUP2=$(jq .pid <<<"$out")
+PIDS+=("$SUP2")
+backed_off() { grep -q "restarting in 800 ms" "$W/bad/local.log"; }
+check "a failing worker is restarted with a growing pause" wait_for 15 backed_off
+check "... starting at 200 ms and doubling" \
+    bash -c "grep -o 'restarting in [0-9]* ms' '$W/bad/local.log' | head -3 | awk '{print \$3}' | tr '\n' ' ' | grep -q '^200 400 800 '"
+kill "$OWNER"
+gone() { ! kill -0 "$SUP2" 2>/dev/null; }
+check "the cluster stops when its owner is gone" wait_for 15 gone
+check "... saying so" grep -q "owner $OWNER is gone" "$W/bad/local.log"
 finish
