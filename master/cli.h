@@ -125,9 +125,11 @@ int local_session_open(local_session_t *s, const char *run_dir, int rollout, int
 void local_session_close(local_session_t *s);
 
 /* Submits one TRAIN job (spec: a Rlhf__TrainSpec) to the session's learner and waits for it;
- * cb gets the result. Returns 0 or RL_E* (client_submit / client_wait). */
+ * *out gets its decoded output (free with rlhf__train_output__free_unpacked). Returns 0, or
+ * RL_EIO when the job failed or its output does not decode, or the client's RL_E*. */
+struct Rlhf__TrainOutput;
 int local_train_job(local_session_t *s, uint64_t id, uint64_t seed, const void *spec,
-                    client_result_fn cb, void *ctx);
+                    struct Rlhf__TrainOutput **out);
 
 /* GET http://127.0.0.1:port/path (HTTP/1.0, 5 s socket timeouts). Returns 0 with *body the
  * response body (malloc'ed, NUL-terminated, the caller frees it), or RL_EIO / RL_EPROTO (not a

@@ -18,6 +18,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <libgen.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdio.h>
@@ -572,9 +573,28 @@ void local_session_close(local_session_t *s) {
     }
 }
 
+typedef struct {
+    Rlhf__TrainOutput **out;
+    const char *cluster;
+} train_wait_t;
+
+/* local_train_job's client callback: decodes the job's output, or says why there is none. */
+static int train_job_done(void *ctx, const client_result_t *r) {
+    train_wait_t *t = ctx;
+    *t->out = r->status == CLIENT_DONE ? rlhf__train_output__unpack(NULL, r->output_len, r->output)
+                                       : NULL;
+    if (!*t->out)
+        return rl_fail(RL_EIO, "job %" PRIu64 " %s%s (see %s)", r->id,
+                       r->status == CLIENT_DONE ? "returned an output that does not decode"
+                                                : "failed",
+                       r->status == CLIENT_REJECTED ? r->reason : "", t->cluster);
+    return 0;
+}
+
 int local_train_job(local_session_t *s, uint64_t id, uint64_t seed, const void *spec,
-                    client_result_fn cb, void *ctx) {
+                    Rlhf__TrainOutput **out) {
     const Rlhf__TrainSpec *sp = spec;
+    *out = NULL;
     size_t len = rlhf__train_spec__get_packed_size(sp);
     uint8_t *buf = malloc(len ? len : 1);
     if (!buf) return rl_fail(RL_ENOMEM, "out of memory");
@@ -589,7 +609,8 @@ int local_train_job(local_session_t *s, uint64_t id, uint64_t seed, const void *
                         .payload_len = len};
     int rc = client_submit(s->client, &job, 1);
     free(buf);
-    return rc < 0 ? rc : client_wait(s->client, &id, 1, -1, cb, ctx);
+    train_wait_t t = {out, s->cluster};
+    return rc < 0 ? rc : client_wait(s->client, &id, 1, -1, train_job_done, &t);
 }
 
 static const char *run_dir_opt(int argc, char **argv, const char *cmd, int *bad) {

@@ -247,36 +247,23 @@ typedef struct {
     const train_args_t *a;
     long steps, pairs;
     double step_ms; /* the learner's step time, summed */
-    int print_rc, failed;
-    char why[512];
+    int print_rc;
 } rm_jobs_t;
 
-static int on_rm_job(void *ctx, const client_result_t *r) {
-    rm_jobs_t *c = ctx;
-    Rlhf__TrainOutput *o = r->status == CLIENT_DONE
-                               ? rlhf__train_output__unpack(NULL, r->output_len, r->output)
-                               : NULL;
-    if (!o) {
-        c->failed = 1;
-        snprintf(c->why, sizeof c->why, "job %" PRIu64 " %s%s", r->id,
-                 r->status == CLIENT_DONE ? "returned an output that does not decode" : "failed",
-                 r->status == CLIENT_REJECTED ? r->reason : "");
-        return 0;
-    }
+/* Prints the logged steps of a finished job and adds up its figures. */
+static void rm_job_done(rm_jobs_t *c, uint64_t id, const Rlhf__TrainOutput *o) {
     long first = (long)o->step - (long)o->n_loss;
     for (size_t k = 0; k < o->n_loss; k++) {
         long s = first + (long)k;
         if (s % c->a->log_every == 0 || s == c->steps - 1)
-            c->print_rc |= cli_print_json(json_pack(
-                "{s:I,s:f,s:f,s:f,s:I,s:f,s:i}", "step", (json_int_t)s, "loss", (double)o->loss[k],
-                "accuracy", k < o->n_accuracy ? o->accuracy[k] : 0.0, "grad_norm",
-                k < o->n_grad_norm ? o->grad_norm[k] : 0.0, "job", (json_int_t)r->id, "pairs_per_s",
-                o->pairs_per_s, "shards", (int)o->shards));
+            c->print_rc |= cli_print_json(
+                json_pack("{s:I,s:f,s:f,s:f,s:I,s:f,s:i}", "step", (json_int_t)s, "loss",
+                          (double)o->loss[k], "accuracy", k < o->n_accuracy ? o->accuracy[k] : 0.0,
+                          "grad_norm", k < o->n_grad_norm ? o->grad_norm[k] : 0.0, "job",
+                          (json_int_t)id, "pairs_per_s", o->pairs_per_s, "shards", (int)o->shards));
     }
     c->pairs += (long)o->pairs;
     c->step_ms += o->step_ms * (double)o->n_loss;
-    rlhf__train_output__free_unpacked(o, NULL);
-    return 0;
 }
 
 /* The steps on the learner; *out = the model of its last checkpoint. */
@@ -320,8 +307,10 @@ static int learner_train(const train_args_t *a, long steps, int max_len, gpt_t *
         sp.split_seed = (uint64_t)a->split_seed;
         sp.rm_seed = (uint64_t)a->seed;
         sp.micro = (uint32_t)a->micro;
-        rc = local_train_job(&ss, (uint64_t)j + 1, (uint64_t)a->seed + 1, &sp, on_rm_job, c);
-        if (rc == 0 && c->failed) rc = rl_fail(RL_EIO, "%s (see %s)", c->why, ss.cluster);
+        Rlhf__TrainOutput *o;
+        rc = local_train_job(&ss, (uint64_t)j + 1, (uint64_t)a->seed + 1, &sp, &o);
+        if (rc == 0) rm_job_done(c, (uint64_t)j + 1, o);
+        if (o) rlhf__train_output__free_unpacked(o, NULL);
     }
     local_session_close(&ss);
     snprintf(ldir, sizeof ldir, "%s", ss.learner);

@@ -556,35 +556,22 @@ done:
  */
 
 typedef struct {
-    int steps, log_every, print_rc, failed;
+    int steps, log_every, print_rc;
     double step_ms; /* the learner's step time, summed */
-    char why[512];
 } sft_jobs_t;
 
-static int on_sft_job(void *ctx, const client_result_t *r) {
-    sft_jobs_t *c = ctx;
-    Rlhf__TrainOutput *o = r->status == CLIENT_DONE
-                               ? rlhf__train_output__unpack(NULL, r->output_len, r->output)
-                               : NULL;
-    if (!o) {
-        c->failed = 1;
-        snprintf(c->why, sizeof c->why, "job %" PRIu64 " %s%s", r->id,
-                 r->status == CLIENT_DONE ? "returned an output that does not decode" : "failed",
-                 r->status == CLIENT_REJECTED ? r->reason : "");
-        return 0;
-    }
+/* Prints the logged steps of a finished job and adds up its step times. */
+static void sft_job_done(sft_jobs_t *c, uint64_t id, const Rlhf__TrainOutput *o) {
     long first = (long)o->step - (long)o->n_loss;
     for (size_t k = 0; k < o->n_loss; k++) {
         long s = first + (long)k;
         if (s % c->log_every == 0 || s == c->steps - 1)
             c->print_rc |= cli_print_json(json_pack(
                 "{s:I,s:f,s:f,s:I,s:f,s:i}", "step", (json_int_t)s, "loss", (double)o->loss[k],
-                "grad_norm", k < o->n_grad_norm ? o->grad_norm[k] : 0.0, "job", (json_int_t)r->id,
+                "grad_norm", k < o->n_grad_norm ? o->grad_norm[k] : 0.0, "job", (json_int_t)id,
                 "ms", o->step_ms, "shards", (int)o->shards));
     }
     c->step_ms += o->step_ms * (double)o->n_loss;
-    rlhf__train_output__free_unpacked(o, NULL);
-    return 0;
 }
 
 typedef struct {
@@ -665,8 +652,10 @@ static int sft_learner(const sft_learner_t *a, const sft_set_t *set, int pad, gp
         sp.n_step_targets = off;
         sp.step_seq = seq;
         sp.n_step_seq = (size_t)n;
-        rc = local_train_job(&ss, (uint64_t)j + 1, (uint64_t)a->seed + 1, &sp, on_sft_job, c);
-        if (rc == 0 && c->failed) rc = rl_fail(RL_EIO, "%s (see %s)", c->why, ss.cluster);
+        Rlhf__TrainOutput *o;
+        rc = local_train_job(&ss, (uint64_t)j + 1, (uint64_t)a->seed + 1, &sp, &o);
+        if (rc == 0) sft_job_done(c, (uint64_t)j + 1, o);
+        if (o) rlhf__train_output__free_unpacked(o, NULL);
     }
     local_session_close(&ss);
     snprintf(ldir, sizeof ldir, "%s/learner", rdir);
