@@ -250,6 +250,26 @@ int rm_data_finish(rm_data_t *d) {
     return 0;
 }
 
+int rm_join(const int *prompt, int n_prompt, const int *completion, int n_completion, int eot,
+            int max_len, int **ids, int *n) {
+    *ids = NULL;
+    *n = 0;
+    if (max_len < 1 || n_prompt < 0 || n_completion < 0)
+        return rl_fail(RL_EINVAL, "rm_join: lengths %d, %d, max_len %d", n_prompt, n_completion,
+                       max_len);
+    int add = eot >= 0 && (n_completion == 0 || completion[n_completion - 1] != eot);
+    int m = n_prompt + n_completion + add, cut = m > max_len ? m - max_len : 0;
+    int *w = malloc((size_t)(m > 0 ? m : 1) * sizeof *w);
+    if (!w) return rl_fail(RL_ENOMEM, "rm_join: out of memory");
+    memcpy(w, prompt, (size_t)n_prompt * sizeof *w);
+    memcpy(w + n_prompt, completion, (size_t)n_completion * sizeof *w);
+    if (add) w[m - 1] = eot;
+    if (cut) memmove(w, w + cut, (size_t)(m - cut) * sizeof *w); /* keep the end */
+    *ids = w;
+    *n = m - cut;
+    return 0;
+}
+
 int rm_encode(tok_t *tok, const char *prompt, const char *completion, int max_len, int **ids,
               int *n, int *truncated) {
     *ids = NULL;

@@ -92,6 +92,15 @@ int rm_encode(tok_t *tok, const char *prompt, const char *completion, int max_le
               int *n, int *truncated);
 
 /*
+ * rm_encode() for ids already tokenised (a prompt and a generated completion): prompt +
+ * completion with the end-of-text id eot appended unless the completion already ends with it
+ * (eot < 0: nothing appended), a sequence longer than max_len keeping its last max_len ids.
+ * *ids is malloc'ed (caller frees), *n its length. Returns 0, RL_EINVAL or RL_ENOMEM.
+ */
+int rm_join(const int *prompt, int n_prompt, const int *completion, int n_completion, int eot,
+            int max_len, int **ids, int *n);
+
+/*
  * Reads a pairs file into *d (zeroed by the call): every non-blank line an object with string
  * fields "prompt", "chosen", "rejected", an optional "prompt_id" (string or integer) and an
  * optional numeric "margin". Sequences are encoded with rm_encode(tok, ..., max_len). A

@@ -291,24 +291,11 @@ int cmd_eval_policy(int argc, char **argv) {
             side_t *s = side ? &sb : &sp;
             int **seqs = calloc((size_t)ns, sizeof *seqs), *sl = calloc((size_t)ns, sizeof *sl);
             float *r = calloc((size_t)ns, sizeof *r);
-            rc = seqs && sl && r ? 0 : RL_ENOMEM;
+            rc = seqs && sl && r ? 0 : rl_fail(RL_ENOMEM, "out of memory");
             /* the reward model reads prompt + completion + end-of-text, as it was trained */
-            for (int i = 0; rc == 0 && i < ns; i++) {
-                int P = lens[i / K], L = sp.seq[i].n;
-                gen_seq_t *q = &s->seq[i];
-                L = q->n && q->finish == GEN_FINISH_EOT ? q->n - 1 : q->n;
-                int T = P + L + 1, cut = T > mr->cfg.n_positions ? T - mr->cfg.n_positions : 0;
-                seqs[i] = malloc((size_t)T * sizeof(int));
-                if (!seqs[i]) {
-                    rc = RL_ENOMEM;
-                    break;
-                }
-                memcpy(seqs[i], ids[i / K], (size_t)P * sizeof(int));
-                memcpy(seqs[i] + P, q->tokens, (size_t)L * sizeof(int));
-                seqs[i][P + L] = tok_eot(tok);
-                if (cut) memmove(seqs[i], seqs[i] + cut, (size_t)(T - cut) * sizeof(int));
-                sl[i] = T - cut;
-            }
+            for (int i = 0; rc == 0 && i < ns; i++)
+                rc = rm_join(ids[i / K], lens[i / K], s->seq[i].tokens, s->seq[i].n, tok_eot(tok),
+                             mr->cfg.n_positions, &seqs[i], &sl[i]);
             if (rc == 0) rc = rm_rewards(mr, (const int *const *)seqs, sl, ns, 16, pad, r);
             for (int i = 0; rc == 0 && i < ns; i++) (side ? &rb : &rp)[0] += r[i];
             for (int i = 0; seqs && i < ns; i++) free(seqs[i]);

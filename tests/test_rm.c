@@ -505,7 +505,33 @@ static void test_save_load(void) {
     gpt_destroy(&base);
 }
 
+/* rm_join: end-of-text appended only when missing, the end kept when too long */
+static void test_join(void) {
+    int p[] = {5, 6, 7}, c1[] = {8, 9}, c2[] = {8, 99}, *ids;
+    int n;
+    CHECK_OK(rm_join(p, 3, c1, 2, 99, 64, &ids, &n));
+    CHECK_EQ(n, 6);
+    CHECK(n == 6 && ids[0] == 5 && ids[3] == 8 && ids[4] == 9 && ids[5] == 99);
+    free(ids);
+    CHECK_OK(rm_join(p, 3, c2, 2, 99, 64, &ids, &n)); /* already ends with it */
+    CHECK_EQ(n, 5);
+    CHECK(n == 5 && ids[4] == 99);
+    free(ids);
+    CHECK_OK(rm_join(p, 3, c1, 2, -1, 64, &ids, &n)); /* no end-of-text id: nothing added */
+    CHECK_EQ(n, 5);
+    free(ids);
+    CHECK_OK(rm_join(p, 3, c1, 2, 99, 4, &ids, &n)); /* 6 ids, the last 4 kept */
+    CHECK_EQ(n, 4);
+    CHECK(n == 4 && ids[0] == 7 && ids[1] == 8 && ids[3] == 99);
+    free(ids);
+    CHECK_OK(rm_join(p, 3, c1, 0, 99, 64, &ids, &n)); /* an empty completion */
+    CHECK(n == 4 && ids[3] == 99);
+    free(ids);
+    CHECK_EQ(rm_join(p, 3, c1, 2, 99, 0, &ids, &n), RL_EINVAL);
+}
+
 int main(void) {
+    RUN(test_join);
     ops_set_threads(1);
     RUN(test_kwise_equals_pairwise);
     RUN(test_microbatch_invariance);

@@ -3,11 +3,11 @@
  * the reward model's score at the last token and the frozen reference model's logprob of every
  * completion token (the KL penalty's other half).
  *
- * The reward model runs on padded micro-batches (right padding: attention is causal, so padding
- * after a sequence never changes its positions) and sees prompt + completion with the
- * end-of-text id appended when the completion does not already end with it (how the reward
- * model was trained); a sequence longer than its context loses its first tokens. The
- * reference logprobs come from ppo_seq_logprobs(), the learner's own function. Both
+ * The reward model sees prompt + completion with the end-of-text id appended when the completion
+ * does not already end with it (how the reward model was trained; rm_join), a sequence longer
+ * than its context losing its first tokens, and is read through rm_rewards(), as train-rm and
+ * eval-rm read it. The reference logprobs come from ppo_seq_logprobs(), the learner's own
+ * function. Both
  * models are loaded once and kept while their directories stay the same. The output is a pure
  * function of the spec and the weights.
  */
@@ -21,6 +21,7 @@
 #include "gpt.h"
 #include "hf.h"
 #include "ppo.h"
+#include "rm.h"
 #include "rlhf.pb-c.h"
 #include "worker.h"
 
@@ -52,26 +53,6 @@ static gpt_t *slot_get(int i, const char *dir) {
     return s->m;
 }
 
-/* Sequence b of a micro-batch: prompt + completion (+ eot), its first `cut` tokens dropped. */
-typedef struct {
-    int len, cut, n_prompt;
-} seqlay_t;
-
-static int lay_out(const Rlhf__ScoreItem *it, int eot, int ctx, seqlay_t *l) {
-    int n = (int)(it->n_prompt + it->n_completion);
-    if (eot >= 0 && (it->n_completion == 0 || it->completion[it->n_completion - 1] != eot)) n++;
-    l->n_prompt = (int)it->n_prompt;
-    l->cut = n > ctx ? n - ctx : 0;
-    l->len = n - l->cut;
-    return l->len;
-}
-
-static int token_at(const Rlhf__ScoreItem *it, int eot, int i) {
-    if (i < (int)it->n_prompt) return it->prompt[i];
-    i -= (int)it->n_prompt;
-    return i < (int)it->n_completion ? it->completion[i] : eot;
-}
-
 static int check_tokens(const Rlhf__ScoreItem *it, int V, size_t k) {
     for (size_t i = 0; i < it->n_prompt + it->n_completion; i++) {
         int t = i < it->n_prompt ? it->prompt[i] : it->completion[i - it->n_prompt];
@@ -83,29 +64,23 @@ static int check_tokens(const Rlhf__ScoreItem *it, int V, size_t k) {
     return 0;
 }
 
-/* The reward model's scores of items [k0, k1). */
-static int run_batch(gpt_t *m, const Rlhf__ScoreSpec *sp, size_t k0, size_t k1, float *scores) {
-    int B = (int)(k1 - k0), T = 0, ctx = m->cfg.n_positions, eot = sp->eot;
-    seqlay_t *lay = malloc((size_t)B * sizeof *lay);
-    if (!lay) return rl_fail(RL_ENOMEM, "score: out of memory");
-    for (int b = 0; b < B; b++) {
-        int len = lay_out(sp->items[k0 + b], eot, ctx, &lay[b]);
-        if (len > T) T = len;
+/* The reward model's score of every item: at the last token of prompt + completion + end-of-text
+ * (rm_join), as the reward model was trained; rm_rewards pads micro-batches of 16. */
+static int run_rm(gpt_t *m, const Rlhf__ScoreSpec *sp, float *scores) {
+    size_t n = sp->n_items;
+    int **seqs = calloc(n ? n : 1, sizeof *seqs), *lens = calloc(n ? n : 1, sizeof *lens);
+    int rc = seqs && lens ? 0 : rl_fail(RL_ENOMEM, "score: out of memory");
+    for (size_t k = 0; rc == 0 && k < n; k++) {
+        const Rlhf__ScoreItem *it = sp->items[k];
+        /* protobuf-c's repeated int32 is int32_t: the same as int on every target we build */
+        rc = rm_join((const int *)it->prompt, (int)it->n_prompt, (const int *)it->completion,
+                     (int)it->n_completion, sp->eot, m->cfg.n_positions, &seqs[k], &lens[k]);
     }
-    int *in = calloc((size_t)B * T, sizeof *in), *idx = malloc((size_t)B * sizeof *idx);
-    int rc = in && idx ? 0 : rl_fail(RL_ENOMEM, "score: out of memory");
-    for (int b = 0; rc == 0 && b < B; b++)
-        for (int t = 0; t < lay[b].len; t++)
-            in[(size_t)b * T + t] = token_at(sp->items[k0 + b], eot, lay[b].cut + t);
-    if (rc == 0) rc = gpt_forward(m, in, B, T, 0);
-    if (rc == 0) {
-        for (int b = 0; b < B; b++) idx[b] = b * T + lay[b].len - 1;
-        rc = gpt_head_forward(m, idx, B, scores + k0);
-    }
-    free(lay);
-    free(in);
-    free(idx);
-    return rc;
+    if (rc == 0) rc = rm_rewards(m, (const int *const *)seqs, lens, (int)n, 16, 0, scores);
+    for (size_t k = 0; seqs && k < n; k++) free(seqs[k]);
+    free(seqs);
+    free(lens);
+    return rc < 0 ? rl_fail_ctx(rc, "score: reward model: ") : 0;
 }
 
 /* The reference model's logprob of every completion token (ppo.h computes them as the learner
@@ -156,14 +131,8 @@ static int run_model(const worker_job_t *job, const char *dir, const Rlhf__Score
         int rc = check_tokens(sp->items[k], m->cfg.vocab_size, k);
         if (rc < 0) return rc;
     }
-    if (!reward) return run_ref(m, sp, lps);
-    for (size_t k0 = 0; k0 < sp->n_items; k0 += 16) { /* micro-batches of 16 sequences */
-        if (atomic_load(job->cancel)) return rl_fail(RL_EIO, "score: cancelled");
-        size_t k1 = k0 + 16 < sp->n_items ? k0 + 16 : sp->n_items;
-        int rc = run_batch(m, sp, k0, k1, scores);
-        if (rc < 0) return rc;
-    }
-    return 0;
+    if (atomic_load(job->cancel)) return rl_fail(RL_EIO, "score: cancelled");
+    return reward ? run_rm(m, sp, scores) : run_ref(m, sp, lps);
 }
 
 int worker_score(const worker_job_t *job, const uint8_t *payload, size_t len, uint8_t **out,
