@@ -86,7 +86,6 @@ static int sample_side(gpt_t *m, tok_t *tok, int **ids, int *lens, int np, int K
         int nb = n - b < 64 ? n - b : 64;
         rc = gen_generate(m, pp + b, pl + b, nb, sid + b, o, s->seq + b);
     }
-    int eot = o->eot;
     for (int i = 0; rc == 0 && i < n; i++) {
         gen_seq_t *q = &s->seq[i];
         size_t nd = q->n && q->finish == GEN_FINISH_EOT ? (size_t)q->n - 1 : (size_t)q->n, tl;
@@ -103,7 +102,6 @@ static int sample_side(gpt_t *m, tok_t *tok, int **ids, int *lens, int np, int K
         for (int c = 0; c < TASK_NCRIT; c++) s->crit[(size_t)i * TASK_NCRIT + c] = sc[c];
         s->gold[i] = task_gold(sc);
         for (int k = 0; k < q->n; k++) s->lp_self[i] += q->logprobs_model[k];
-        (void)eot;
     }
     free(pp);
     free(pl);

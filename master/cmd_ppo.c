@@ -103,7 +103,6 @@ typedef struct {
     roll_t *r;
     int n_per_job, K, n_jobs, n;
     uint64_t gen_base, score_base;
-    double gen_ms, score_ms;   /* handler time summed over jobs */
     json_t *gen_by, *score_by; /* handler time per worker: the phase's critical path is the max */
     json_t *train_out;
     int failed;
@@ -162,7 +161,6 @@ static int on_generated(void *ctx, const client_result_t *r) {
         }
         ro->finish = (int)cp->finish;
     }
-    it->gen_ms += r->elapsed_ms;
     per_worker(it->gen_by, r);
     rlhf__generate_output__free_unpacked(g, NULL);
     return 0;
@@ -195,7 +193,6 @@ static int on_scored(void *ctx, const client_result_t *r) {
         for (int k = 0; k < ro->n; k++)
             ro->ref_logprobs[k] = k < (int)t->n_logprobs ? t->logprobs[k] : 0;
     }
-    it->score_ms += r->elapsed_ms;
     per_worker(it->score_by, r);
     rlhf__score_output__free_unpacked(so, NULL);
     return 0;
@@ -632,7 +629,7 @@ int cmd_ppo(int argc, char **argv) {
             it.r[k].prompt = (int)(((long)i * P + k / K) % ps.n); /* the prompt cursor */
         }
         it.n_per_job = J, it.K = K, it.n_jobs = n_jobs, it.n = P * K;
-        it.gen_ms = it.score_ms = 0, it.failed = 0;
+        it.failed = 0;
         json_decref(it.gen_by), json_decref(it.score_by);
         it.gen_by = json_object(), it.score_by = json_object();
         json_decref(it.train_out);
