@@ -12,7 +12,6 @@
 #include <getopt.h>
 #include <limits.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,30 +27,6 @@
 #include "rank.h"
 #include "task.h"
 
-typedef struct {
-    char *s;
-    size_t n, cap;
-} sb_t;
-
-static void sbf(sb_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void sbf(sb_t *b, const char *fmt, ...) {
-    va_list ap;
-    for (;;) {
-        va_start(ap, fmt);
-        int k = vsnprintf(b->s ? b->s + b->n : NULL, b->s ? b->cap - b->n : 0, fmt, ap);
-        va_end(ap);
-        if (k < 0) return;
-        if (b->s && b->n + (size_t)k < b->cap) {
-            b->n += (size_t)k;
-            return;
-        }
-        size_t nc = (b->cap + (size_t)k + 1) * 2;
-        char *ns = realloc(b->s, nc);
-        if (!ns) return;
-        b->s = ns, b->cap = nc;
-    }
-}
-
 static json_t *load(const char *dir, const char *name) {
     char p[PATH_MAX + 64];
     snprintf(p, sizeof p, "%s/%s", dir, name);
@@ -64,21 +39,21 @@ static double num(json_t *o, const char *k) {
 }
 
 /* Each annotator's (and the consensus') pairwise agreement with the gold judge's ranking. */
-static void gold_agreement(const char *dir, sb_t *md) {
+static void gold_agreement(const char *dir, FILE *md) {
     char cp[PATH_MAX + 64], ap[PATH_MAX + 64];
     snprintf(cp, sizeof cp, "%s/completions.jsonl", dir);
     snprintf(ap, sizeof ap, "%s/annotations.jsonl", dir);
     annot_comp_t c = {0};
     annot_store_t s;
     if (annot_comp_load(&c, cp) < 0) {
-        sbf(md, "_(no completions to compare with the gold judge: %s)_\n\n", rl_errmsg());
+        fprintf(md, "_(no completions to compare with the gold judge: %s)_\n\n", rl_errmsg());
         return;
     }
     annot_store_init(&s, &c);
     char now[40];
     annot_time_now(now, sizeof now);
     if (annot_store_read_jsonl(&s, ap, now, task_guideline_version) < 0) {
-        sbf(md, "_(no annotations: %s)_\n\n", rl_errmsg());
+        fprintf(md, "_(no annotations: %s)_\n\n", rl_errmsg());
         annot_store_free(&s);
         annot_comp_free(&c);
         return;
@@ -135,11 +110,11 @@ static void gold_agreement(const char *dir, sb_t *md) {
         free(mean), free(rr);
     }
     free(r);
-    sbf(md, "| annotator | agreement with gold | comparisons |\n| --- | --- | --- |\n");
+    fprintf(md, "| annotator | agreement with gold | comparisons |\n| --- | --- | --- |\n");
     for (int j = 0; j < na; j++)
-        sbf(md, "| %s | %.3f | %ld |\n", a[j].id,
-            a[j].strict ? (double)a[j].agree / a[j].strict : NAN, a[j].strict);
-    sbf(md, "| consensus (mean rank) | %.3f | %ld |\n\n", cs ? (double)ca / cs : NAN, cs);
+        fprintf(md, "| %s | %.3f | %ld |\n", a[j].id,
+                a[j].strict ? (double)a[j].agree / a[j].strict : NAN, a[j].strict);
+    fprintf(md, "| consensus (mean rank) | %.3f | %ld |\n\n", cs ? (double)ca / cs : NAN, cs);
     free(a);
     for (int p = 0; gold && p < c.n; p++) free(gold[p]);
     free(gold);
@@ -184,43 +159,46 @@ int cmd_report(int argc, char **argv) {
         fprintf(stderr, "rlhf report: --run is required\n");
         return cli_usage_error("report");
     }
-    sb_t md = {0};
+    char *md_text = NULL;
+    size_t md_len = 0;
+    FILE *md = open_memstream(&md_text, &md_len);
+    if (!md) return cli_fail("report", "a memory stream", RL_ENOMEM);
     char plots[PATH_MAX + 16], path[PATH_MAX + 64];
     snprintf(plots, sizeof plots, "%s/plots", dir);
     fs_mkdir_p(plots);
-    sbf(&md, "# RLHF run report\n\nRun directory: `%s`\n\n", dir);
+    fprintf(md, "# RLHF run report\n\nRun directory: `%s`\n\n", dir);
 
     /* ---- stage 1 */
     json_t *ag = load(dir, "agreement.json");
-    sbf(&md, "## Stage 1: annotators\n\n");
+    fprintf(md, "## Stage 1: annotators\n\n");
     if (ag) {
-        sbf(&md,
-            "%d prompts, %d annotators, %.1f rankings per prompt.\n\n"
-            "| figure | value |\n| --- | --- |\n"
-            "| pairwise agreement between annotators (the ceiling) | %.3f |\n"
-            "| Krippendorff's alpha (ordinal) | %.3f |\n| mean Kendall's W | %.3f |\n\n",
-            (int)num(ag, "prompts"), (int)num(ag, "annotators"), num(ag, "overlap_mean"),
-            num(ag, "pairwise_agreement"), num(ag, "krippendorff_alpha_ordinal"),
-            num(ag, "mean_kendall_w"));
-        sbf(&md, "Each annotator against the gold judge (the criteria without noise, used only "
-                 "for evaluation):\n\n");
-        gold_agreement(dir, &md);
+        fprintf(md,
+                "%d prompts, %d annotators, %.1f rankings per prompt.\n\n"
+                "| figure | value |\n| --- | --- |\n"
+                "| pairwise agreement between annotators (the ceiling) | %.3f |\n"
+                "| Krippendorff's alpha (ordinal) | %.3f |\n| mean Kendall's W | %.3f |\n\n",
+                (int)num(ag, "prompts"), (int)num(ag, "annotators"), num(ag, "overlap_mean"),
+                num(ag, "pairwise_agreement"), num(ag, "krippendorff_alpha_ordinal"),
+                num(ag, "mean_kendall_w"));
+        fprintf(md, "Each annotator against the gold judge (the criteria without noise, used only "
+                    "for evaluation):\n\n");
+        gold_agreement(dir, md);
     } else {
-        sbf(&md, "_(no agreement.json)_\n\n");
+        fprintf(md, "_(no agreement.json)_\n\n");
     }
 
     /* ---- stage 2 */
     json_t *rm = load(dir, "rm_eval.json");
-    sbf(&md, "## Stage 2: reward model\n\n");
+    fprintf(md, "## Stage 2: reward model\n\n");
     if (rm) {
         double acc = num(rm, "accuracy"), ceil = num(rm, "ceiling");
-        sbf(&md,
-            "| figure | value |\n| --- | --- |\n| held-out pairwise accuracy | %.3f |\n"
-            "| annotator agreement ceiling | %.3f |\n| accuracy - ceiling | %+.1f points |\n"
-            "| expected calibration error | %.3f |\n| held-out prompts / pairs | %d / %d |\n"
-            "| reward mean / std | %.3f / %.3f |\n\n",
-            acc, ceil, 100 * (acc - ceil), num(rm, "ece"), (int)num(rm, "prompts"),
-            (int)num(rm, "pairs"), num(rm, "reward_mean"), num(rm, "reward_std"));
+        fprintf(md,
+                "| figure | value |\n| --- | --- |\n| held-out pairwise accuracy | %.3f |\n"
+                "| annotator agreement ceiling | %.3f |\n| accuracy - ceiling | %+.1f points |\n"
+                "| expected calibration error | %.3f |\n| held-out prompts / pairs | %d / %d |\n"
+                "| reward mean / std | %.3f / %.3f |\n\n",
+                acc, ceil, 100 * (acc - ceil), num(rm, "ece"), (int)num(rm, "prompts"),
+                (int)num(rm, "pairs"), num(rm, "reward_mean"), num(rm, "reward_std"));
         /* training accuracy per step from the stage log */
         snprintf(path, sizeof path, "%s/logs/train_rm.log", dir);
         FILE *f = fopen(path, "r");
@@ -256,17 +234,17 @@ int cmd_report(int argc, char **argv) {
                         plots, plots, acc, isfinite(ceil) ? ceil : 0);
                 fclose(g);
                 if (gnuplot(path) == 0)
-                    sbf(&md, "![reward-model accuracy](plots/rm_accuracy.svg)\n\n");
+                    fprintf(md, "![reward-model accuracy](plots/rm_accuracy.svg)\n\n");
                 else
-                    sbf(&md, "_(gnuplot is not available: plots left out)_\n\n");
+                    fprintf(md, "_(gnuplot is not available: plots left out)_\n\n");
             }
         }
     } else {
-        sbf(&md, "_(no rm_eval.json)_\n\n");
+        fprintf(md, "_(no rm_eval.json)_\n\n");
     }
 
     /* ---- stage 3 */
-    sbf(&md, "## Stage 3: PPO\n\n");
+    fprintf(md, "## Stage 3: PPO\n\n");
     snprintf(path, sizeof path, "%s/ppo/metrics.jsonl", dir);
     FILE *f = fopen(path, "r");
     snprintf(path, sizeof path, "%s/ppo.dat", plots);
@@ -292,7 +270,8 @@ int cmd_report(int argc, char **argv) {
     if (f) fclose(f);
     if (d) fclose(d);
     if (iters) {
-        sbf(&md,
+        fprintf(
+            md,
             "%d iterations. Time per iteration (mean): generate %.0f ms, score %.0f ms, update "
             "%.0f ms (of which the update's math %.0f ms and the weight publish %.1f ms), total "
             "%.0f ms.\n\n",
@@ -318,36 +297,36 @@ int cmd_report(int argc, char **argv) {
                     plots, plots, plots, plots);
             fclose(g);
             if (gnuplot(path) == 0)
-                sbf(&md, "![PPO iterations](plots/ppo_iterations.svg)\n\n"
-                         "![over-optimisation](plots/overoptimisation.svg)\n\n");
+                fprintf(md, "![PPO iterations](plots/ppo_iterations.svg)\n\n"
+                            "![over-optimisation](plots/overoptimisation.svg)\n\n");
             else
-                sbf(&md, "_(gnuplot is not available: plots left out)_\n\n");
+                fprintf(md, "_(gnuplot is not available: plots left out)_\n\n");
         }
     } else {
-        sbf(&md, "_(no ppo/metrics.jsonl)_\n\n");
+        fprintf(md, "_(no ppo/metrics.jsonl)_\n\n");
     }
 
     /* ---- evaluation */
     json_t *ev = load(dir, "eval.json");
-    sbf(&md, "## The PPO policy against the SFT policy (held-out prompts, gold judge)\n\n");
+    fprintf(md, "## The PPO policy against the SFT policy (held-out prompts, gold judge)\n\n");
     if (ev) {
-        sbf(&md,
-            "| figure | PPO | SFT |\n| --- | --- | --- |\n| gold score | %.3f | %.3f |\n"
-            "| reward-model score | %.3f | %.3f |\n| length (tokens) | %.1f | %.1f |\n",
-            num(ev, "gold_policy"), num(ev, "gold_baseline"), num(ev, "rm_policy"),
-            num(ev, "rm_baseline"), num(ev, "length_policy"), num(ev, "length_baseline"));
+        fprintf(md,
+                "| figure | PPO | SFT |\n| --- | --- | --- |\n| gold score | %.3f | %.3f |\n"
+                "| reward-model score | %.3f | %.3f |\n| length (tokens) | %.1f | %.1f |\n",
+                num(ev, "gold_policy"), num(ev, "gold_baseline"), num(ev, "rm_policy"),
+                num(ev, "rm_baseline"), num(ev, "length_policy"), num(ev, "length_baseline"));
         json_t *cp = json_object_get(ev, "criteria_policy"),
                *cb = json_object_get(ev, "criteria_baseline");
         for (int k = 0; k < TASK_NCRIT; k++)
-            sbf(&md, "| %s | %.3f | %.3f |\n", task_criteria_names[k],
-                num(cp, task_criteria_names[k]), num(cb, task_criteria_names[k]));
-        sbf(&md,
-            "\n**Gold win rate of PPO over SFT: %.1f%%** of %d held-out prompts (ties count "
-            "half; %.1f%% of single samples). KL(PPO || SFT) = %.3f nats per completion (%.4f "
-            "per token).\n\n",
-            100 * num(ev, "win_rate"), (int)num(ev, "prompts"), 100 * num(ev, "win_rate_samples"),
-            num(ev, "kl"), num(ev, "kl_per_token"));
-        sbf(&md, "### Sample completions, before (SFT) and after (PPO)\n\n");
+            fprintf(md, "| %s | %.3f | %.3f |\n", task_criteria_names[k],
+                    num(cp, task_criteria_names[k]), num(cb, task_criteria_names[k]));
+        fprintf(md,
+                "\n**Gold win rate of PPO over SFT: %.1f%%** of %d held-out prompts (ties count "
+                "half; %.1f%% of single samples). KL(PPO || SFT) = %.3f nats per completion (%.4f "
+                "per token).\n\n",
+                100 * num(ev, "win_rate"), (int)num(ev, "prompts"),
+                100 * num(ev, "win_rate_samples"), num(ev, "kl"), num(ev, "kl_per_token"));
+        fprintf(md, "### Sample completions, before (SFT) and after (PPO)\n\n");
         size_t i;
         json_t *e;
         json_array_foreach(json_object_get(ev, "examples"), i, e) {
@@ -355,22 +334,23 @@ int cmd_report(int argc, char **argv) {
             char *pr = strdup(p0 ? p0 : "");
             for (char *q = pr; q && *q; q++)
                 if (*q == '\n') *q = ' ';
-            sbf(&md, "- prompt: `%s`\n  - SFT (gold %.2f): `%s`\n  - PPO (gold %.2f): `%s`\n",
-                pr ? pr : "", num(e, "baseline_gold"),
-                json_string_value(json_object_get(e, "baseline")), num(e, "policy_gold"),
-                json_string_value(json_object_get(e, "policy")));
+            fprintf(md, "- prompt: `%s`\n  - SFT (gold %.2f): `%s`\n  - PPO (gold %.2f): `%s`\n",
+                    pr ? pr : "", num(e, "baseline_gold"),
+                    json_string_value(json_object_get(e, "baseline")), num(e, "policy_gold"),
+                    json_string_value(json_object_get(e, "policy")));
             free(pr);
         }
-        sbf(&md, "\n");
+        fprintf(md, "\n");
     } else {
-        sbf(&md, "_(no eval.json)_\n\n");
+        fprintf(md, "_(no eval.json)_\n\n");
     }
     json_decref(ag);
     json_decref(rm);
     json_decref(ev);
     snprintf(path, sizeof path, "%s/report.md", dir);
-    int rc = md.s ? fs_write_atomic(path, md.s, md.n) : rl_fail(RL_ENOMEM, "out of memory");
-    if (rc == 0) fwrite(md.s, 1, md.n, stdout);
-    free(md.s);
+    int rc = fclose(md) == 0 && md_text ? fs_write_atomic(path, md_text, md_len)
+                                        : rl_fail(RL_ENOMEM, "out of memory");
+    if (rc == 0) fwrite(md_text, 1, md_len, stdout);
+    free(md_text);
     return rc < 0 ? cli_fail("report", "writing the report", rc) : 0;
 }
