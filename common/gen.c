@@ -8,7 +8,9 @@
  * block against that sequence's cache (two GEMMs: scores and weighted values), then the rest of
  * the block over all rows again. Only each sequence's last row goes through the final LayerNorm
  * and the LM head. The cache is laid out [layer][sequence][head][position][head_size] so a
- * sequence's keys for one head are one contiguous (len, hs) matrix.
+ * sequence's keys for one head are one contiguous (len, hs) matrix. The linear layers and the LM
+ * head run on packed weights (pgemm.h): one stream reads them at memory bandwidth, a batch reuses
+ * each loaded weight for up to six rows, and a row's result never depends on the other rows.
  */
 #include "gen.h"
 
@@ -21,6 +23,97 @@
 
 #include "err.h"
 #include "ops.h"
+#include "pgemm.h"
+
+/* Weights sampled for the staleness check of a pack. */
+#define PACK_PROBES 64
+
+struct gen_packed {
+    int n_layer, n_embd, vocab_size;
+    pgemm_mat_t *qkv, *attproj, *fc, *fcproj; /* per layer */
+    pgemm_mat_t lmhead;
+    size_t num_params;
+    float probe[PACK_PROBES]; /* params_mem at PACK_PROBES evenly spread offsets */
+};
+
+static void pack_probe(const gpt_t *m, float *out) {
+    for (int i = 0; i < PACK_PROBES; i++)
+        out[i] = m->params_mem[(m->num_params - 1) * (size_t)i / (PACK_PROBES - 1)];
+}
+
+void gen_pack_free(gen_packed_t **pkp) {
+    gen_packed_t *pk = pkp ? *pkp : NULL;
+    if (!pk) return;
+    for (int l = 0; l < pk->n_layer; l++) {
+        if (pk->qkv) pgemm_free(&pk->qkv[l]);
+        if (pk->attproj) pgemm_free(&pk->attproj[l]);
+        if (pk->fc) pgemm_free(&pk->fc[l]);
+        if (pk->fcproj) pgemm_free(&pk->fcproj[l]);
+    }
+    pgemm_free(&pk->lmhead);
+    free(pk->qkv), free(pk->attproj), free(pk->fc), free(pk->fcproj);
+    free(pk);
+    *pkp = NULL;
+}
+
+int gen_pack(const gpt_t *m, gen_packed_t **out) {
+    const gpt_config_t *c = &m->cfg;
+    const gpt_params_t *p = &m->params;
+    int L = c->n_layer, C = c->n_embd;
+    size_t Ls = (size_t)L;
+    gen_packed_t *pk = *out;
+    if (pk && (pk->n_layer != L || pk->n_embd != C || pk->vocab_size != c->vocab_size))
+        gen_pack_free(out), pk = NULL;
+    if (!pk) {
+        if (!(pk = calloc(1, sizeof *pk))) return rl_fail(RL_ENOMEM, "generate: packed weights");
+        pk->n_layer = L, pk->n_embd = C, pk->vocab_size = c->vocab_size;
+        pk->qkv = calloc(Ls, sizeof *pk->qkv), pk->attproj = calloc(Ls, sizeof *pk->attproj);
+        pk->fc = calloc(Ls, sizeof *pk->fc), pk->fcproj = calloc(Ls, sizeof *pk->fcproj);
+    }
+    *out = NULL;
+    int rc = pk->qkv && pk->attproj && pk->fc && pk->fcproj
+                 ? 0
+                 : rl_fail(RL_ENOMEM, "generate: packed weights");
+    for (size_t l = 0; rc == 0 && l < Ls; l++) {
+        size_t CC = (size_t)C * C;
+        if ((rc = pgemm_pack(&pk->qkv[l], p->qkvw + l * 3 * CC, C, 3 * C, PGEMM_KN)) < 0 ||
+            (rc = pgemm_pack(&pk->attproj[l], p->attprojw + l * CC, C, C, PGEMM_KN)) < 0 ||
+            (rc = pgemm_pack(&pk->fc[l], p->fcw + l * 4 * CC, C, 4 * C, PGEMM_KN)) < 0 ||
+            (rc = pgemm_pack(&pk->fcproj[l], p->fcprojw + l * 4 * CC, 4 * C, C, PGEMM_KN)) < 0)
+            break;
+    }
+    if (rc == 0) rc = pgemm_pack(&pk->lmhead, p->wte, C, c->vocab_size, PGEMM_NK);
+    if (rc < 0) {
+        gen_pack_free(&pk);
+        return rc;
+    }
+    pk->num_params = m->num_params;
+    pack_probe(m, pk->probe);
+    *out = pk;
+    return 0;
+}
+
+size_t gen_pack_bytes(const gen_packed_t *pk) {
+    size_t b = pk->lmhead.bytes;
+    for (int l = 0; l < pk->n_layer; l++)
+        b += pk->qkv[l].bytes + pk->attproj[l].bytes + pk->fc[l].bytes + pk->fcproj[l].bytes;
+    return b;
+}
+
+/* RL_EINVAL unless pk was packed from a model of m's shape with (as far as a sample shows) m's
+ * current weights. */
+static int pack_check(const gen_packed_t *pk, const gpt_t *m) {
+    const gpt_config_t *c = &m->cfg;
+    if (pk->n_layer != c->n_layer || pk->n_embd != c->n_embd || pk->vocab_size != c->vocab_size ||
+        pk->num_params != m->num_params)
+        return rl_fail(RL_EINVAL, "generate: the packed weights are of another model shape");
+    float now[PACK_PROBES];
+    pack_probe(m, now);
+    if (memcmp(now, pk->probe, sizeof now))
+        return rl_fail(RL_EINVAL, "generate: the weights changed after they were packed "
+                                  "(pack them again with gen_pack)");
+    return 0;
+}
 
 void gen_seq_free(gen_seq_t *s) {
     if (!s) return;
@@ -33,6 +126,7 @@ void gen_seq_free(gen_seq_t *s) {
 /* The working state of one gen_generate call. */
 typedef struct {
     gpt_t *m;
+    const gen_packed_t *pk;
     int S, cap; /* sequences, cache positions per sequence */
     float *kc, *vc;
     /* per-step row buffers, sized for max_rows */
@@ -98,6 +192,39 @@ static float *cache_at(const gen_state_t *g, float *base, int l, int s, int h) {
 }
 
 /*
+ * Attention of one new row (a decode step) for one head: out(hs) = softmax(scale q K^T) V over
+ * the ctx cached positions; sc(ctx) is scratch. Written out because a BLAS call per (sequence,
+ * head) costs more than its few thousand FMAs, and cloned per instruction set because the
+ * build targets the x86-64 baseline (the same clone runs for every sequence, so a sequence's
+ * result does not depend on its batch).
+ */
+#if defined(__x86_64__)
+__attribute__((target_clones("avx512f", "arch=x86-64-v3", "default")))
+#endif
+static void
+attend_one(float *out, float *sc, const float *q, const float *K, const float *Vc, int ctx, int hs,
+           float scale) {
+    float mx = -INFINITY, sum = 0.0f;
+    for (int u = 0; u < ctx; u++) {
+        const float *kr = K + (size_t)u * hs;
+        float d = 0.0f;
+#pragma omp simd reduction(+ : d)
+        for (int i = 0; i < hs; i++) d += q[i] * kr[i];
+        sc[u] = d * scale;
+        mx = sc[u] > mx ? sc[u] : mx;
+    }
+    for (int u = 0; u < ctx; u++) sum += (sc[u] = expf(sc[u] - mx));
+    float inv = 1.0f / sum;
+    for (int i = 0; i < hs; i++) out[i] = 0.0f;
+    for (int u = 0; u < ctx; u++) {
+        const float *vr = Vc + (size_t)u * hs;
+        float pu = sc[u] * inv;
+#pragma omp simd
+        for (int i = 0; i < hs; i++) out[i] += pu * vr[i];
+    }
+}
+
+/*
  * One forward step over R rows forming G groups (one per sequence present). Leaves the logits
  * of each group's last row in g->logits (G, V), in group order.
  */
@@ -105,7 +232,8 @@ static int forward_rows(gen_state_t *g, int R, int G) {
     gpt_t *m = g->m;
     const gpt_config_t *c = &m->cfg;
     const gpt_params_t *p = &m->params;
-    int C = c->n_embd, L = c->n_layer, H = c->n_head, hs = C / H, V = c->vocab_size;
+    const gen_packed_t *pk = g->pk;
+    int C = c->n_embd, L = c->n_layer, H = c->n_head, hs = C / H;
     float scale = 1.0f / sqrtf((float)hs), eps = c->layer_norm_epsilon;
 
     /* attention scratch: one (n_g, ctx_g) score matrix per thread at a time */
@@ -132,34 +260,31 @@ static int forward_rows(gen_state_t *g, int R, int G) {
     for (int l = 0; l < L; l++) {
         ops_layernorm_forward(g->ln, g->mean, g->rstd, g->x, p->ln1w + (size_t)l * C,
                               p->ln1b + (size_t)l * C, R, C, eps);
-        ops_matmul_forward(g->qkv, g->ln, p->qkvw + (size_t)l * C * 3 * C,
-                           p->qkvb + (size_t)l * 3 * C, R, C, 3 * C);
-        /* keys and values of the new rows into the cache */
-        for (int r = 0; r < R; r++)
-            for (int h = 0; h < H; h++) {
-                size_t off = (size_t)g->row_pos[r] * hs;
-                const float *q = g->qkv + (size_t)r * 3 * C + h * hs;
-                memcpy(cache_at(g, g->kc, l, g->row_seq[r], h) + off, q + C, hs * sizeof(float));
-                memcpy(cache_at(g, g->vc, l, g->row_seq[r], h) + off, q + 2 * C,
-                       hs * sizeof(float));
-            }
-        /* attention per (group, head): scores = q K^T, causal softmax, out = scores V */
+        pgemm(g->qkv, g->ln, R, &pk->qkv[l], p->qkvb + (size_t)l * 3 * C);
+        /* attention per (group, head): the group's new keys and values into its cache block,
+         * then scores = q K^T, causal softmax, out = scores V. Each (group, head) owns its
+         * block, so the writes need no ordering, and the block is in cache when read. */
         long work = (long)total_scores * hs;
 #pragma omp parallel for schedule(dynamic) if (work >= 32768)
         for (int gh = 0; gh < G * H; gh++) {
             int k = gh / H, h = gh % H, r0 = g->grp_start[k], n = g->grp_n[k];
             int s = g->row_seq[r0], ctx = g->row_pos[r0 + n - 1] + 1;
             float *sc = g->scores + per * (size_t)omp_get_thread_num();
-            const float *K = cache_at(g, g->kc, l, s, h), *Vc = cache_at(g, g->vc, l, s, h);
+            float *K = cache_at(g, g->kc, l, s, h), *Vc = cache_at(g, g->vc, l, s, h);
             const float *q = g->qkv + (size_t)r0 * 3 * C + h * hs;
             float *o = g->atty + (size_t)r0 * C + h * hs;
-            /* a decode step has one row per sequence: matrix-vector products, which OpenBLAS
-             * runs without the packing that sgemm does for every call */
-            if (n == 1)
-                cblas_sgemv(CblasRowMajor, CblasNoTrans, ctx, hs, scale, K, hs, q, 1, 0.0f, sc, 1);
-            else
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, ctx, hs, scale, q, 3 * C, K,
-                            hs, 0.0f, sc, ctx);
+            for (int r = r0; r < r0 + n; r++) {
+                const float *src = g->qkv + (size_t)r * 3 * C + h * hs;
+                size_t off = (size_t)g->row_pos[r] * hs;
+                memcpy(K + off, src + C, (size_t)hs * sizeof(float));
+                memcpy(Vc + off, src + 2 * C, (size_t)hs * sizeof(float));
+            }
+            if (n == 1) {
+                attend_one(o, sc, q, K, Vc, ctx, hs, scale);
+                continue;
+            }
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, ctx, hs, scale, q, 3 * C, K, hs,
+                        0.0f, sc, ctx);
             for (int i = 0; i < n; i++) {
                 float *row = sc + (size_t)i * ctx, mx = -INFINITY, sum = 0.0f;
                 int upto = g->row_pos[r0 + i]; /* causal: attends to positions 0..upto */
@@ -169,22 +294,16 @@ static int forward_rows(gen_state_t *g, int R, int G) {
                 for (int u = 0; u <= upto; u++) row[u] *= inv;
                 for (int u = upto + 1; u < ctx; u++) row[u] = 0.0f;
             }
-            if (n == 1)
-                cblas_sgemv(CblasRowMajor, CblasTrans, ctx, hs, 1.0f, Vc, hs, sc, 1, 0.0f, o, 1);
-            else
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, hs, ctx, 1.0f, sc, ctx,
-                            Vc, hs, 0.0f, o, C);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, hs, ctx, 1.0f, sc, ctx, Vc,
+                        hs, 0.0f, o, C);
         }
-        ops_matmul_forward(g->tmp, g->atty, p->attprojw + (size_t)l * C * C,
-                           p->attprojb + (size_t)l * C, R, C, C);
+        pgemm(g->tmp, g->atty, R, &pk->attproj[l], p->attprojb + (size_t)l * C);
         ops_residual_forward(g->x, g->x, g->tmp, (size_t)R * C);
         ops_layernorm_forward(g->ln, g->mean, g->rstd, g->x, p->ln2w + (size_t)l * C,
                               p->ln2b + (size_t)l * C, R, C, eps);
-        ops_matmul_forward(g->fch, g->ln, p->fcw + (size_t)l * C * 4 * C,
-                           p->fcb + (size_t)l * 4 * C, R, C, 4 * C);
+        pgemm(g->fch, g->ln, R, &pk->fc[l], p->fcb + (size_t)l * 4 * C);
         ops_gelu_forward(g->fchg, g->fch, (size_t)R * 4 * C);
-        ops_matmul_forward(g->tmp, g->fchg, p->fcprojw + (size_t)l * 4 * C * C,
-                           p->fcprojb + (size_t)l * C, R, 4 * C, C);
+        pgemm(g->tmp, g->fchg, R, &pk->fcproj[l], p->fcprojb + (size_t)l * C);
         ops_residual_forward(g->x, g->x, g->tmp, (size_t)R * C);
     }
     /* final LayerNorm and LM head on each group's last row only */
@@ -192,7 +311,7 @@ static int forward_rows(gen_state_t *g, int R, int G) {
         memcpy(g->tmp + (size_t)k * C, g->x + (size_t)(g->grp_start[k] + g->grp_n[k] - 1) * C,
                (size_t)C * sizeof(float));
     ops_layernorm_forward(g->last, g->mean, g->rstd, g->tmp, p->lnfw, p->lnfb, G, C, eps);
-    ops_lmhead_forward(g->logits, g->last, p->wte, G, C, V);
+    pgemm(g->logits, g->last, G, &pk->lmhead, NULL);
     return 0;
 }
 
@@ -245,9 +364,15 @@ int gen_generate(gpt_t *m, const int *const *prompts, const int *prompt_lens, in
         goto fail;
     }
 
+    gen_packed_t *own = NULL; /* packed for this call when the caller has no pack */
+    if (o->packed ? (rc = pack_check(o->packed, m)) < 0 : (rc = gen_pack(m, &own)) < 0) goto fail;
     gen_state_t g;
     int max_rows = (int)total > B ? (int)total : B;
-    if ((rc = state_init(&g, m, B, cap, max_rows)) < 0) goto fail;
+    if ((rc = state_init(&g, m, B, cap, max_rows)) < 0) {
+        gen_pack_free(&own);
+        goto fail;
+    }
+    g.pk = o->packed ? o->packed : own;
     int *len = calloc((size_t)B, sizeof(int)), *live = calloc((size_t)B, sizeof(int));
     size_t scratch_sz = smp_scratch_size(V);
     int nthreads = omp_get_max_threads();
@@ -322,6 +447,7 @@ done:
     free(live);
     free(scratch);
     state_free(&g);
+    gen_pack_free(&own);
     if (rc == 0) return 0;
 fail:
     for (int i = 0; i < B; i++) gen_seq_free(&out[i]);

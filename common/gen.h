@@ -5,11 +5,10 @@
  * on a ragged set of rows (sequence, position, token). The linear layers are GEMMs over all rows
  * of all sequences at once; attention runs per sequence and head against that sequence's own
  * key/value cache. Prefill is one step with all prompt tokens; each decode step has one row per
- * live sequence. Sampling draws come from (seed, sequence id, position), so a sequence's output
- * is the same alone or in any batch - up to floating-point rounding: BLAS sums a row in an order
- * that may depend on the shape of the call, so logits (and logprobs) of the same sequence differ
- * by ~1e-6 between batch compositions, and in rare cases a draw that falls within that distance
- * of a boundary of the cumulative distribution picks a neighbouring token.
+ * live sequence. Sampling draws come from (seed, sequence id, position), and every sum a row's
+ * logits depend on is taken in an order that does not depend on the other rows (the linear
+ * layers run on weights packed once, see pgemm.h; attention is per sequence), so a sequence's
+ * tokens and both logprobs are bit for bit the same alone or in any batch, on any thread count.
  */
 #ifndef RLHF_GEN_H
 #define RLHF_GEN_H
@@ -33,6 +32,18 @@ typedef int (*gen_stop_fn)(void *ctx, int seq, const int *tokens, int n);
  * position `pos` from; for tests and diagnostics. */
 typedef void (*gen_logits_fn)(void *ctx, int seq, int pos, const float *logits, int V);
 
+/* The model's weight matrices packed for generation (pgemm.h): one more copy of the weights.
+ * Pack once per weights version and pass it in gen_opts_t.packed; gen_generate packs for the
+ * call when none is given. */
+typedef struct gen_packed gen_packed_t;
+
+/* Packs m's current weights into *out: a new pack when *out is NULL (or of another shape),
+ * else in place, reusing its memory (a new weights version of the same model). Returns 0 or
+ * RL_ENOMEM; on failure *out is freed and NULL. */
+int gen_pack(const gpt_t *m, gen_packed_t **out);
+void gen_pack_free(gen_packed_t **pk);
+size_t gen_pack_bytes(const gen_packed_t *pk);
+
 typedef struct {
     int max_new_tokens;
     smp_params_t sampling;
@@ -44,6 +55,10 @@ typedef struct {
     void *stop_ctx;
     gen_logits_fn on_logits; /* may be NULL */
     void *on_logits_ctx;
+    /* m's weights packed by gen_pack after their last change, or NULL. A pack that does not
+     * match the model's shape, or whose weights have visibly changed since (a sample of them is
+     * compared), is refused with RL_EINVAL. */
+    const gen_packed_t *packed;
 } gen_opts_t;
 
 /* One generated sequence; arrays are malloc'ed, freed with gen_seq_free(). */
@@ -59,7 +74,8 @@ void gen_seq_free(gen_seq_t *s);
 /*
  * Generates a continuation for each of B prompts (prompts[i], prompt_lens[i] >= 1 tokens).
  * seq_ids[i] keys sequence i's random draws (NULL: i). out[i] receives sequence i. Returns 0 or
- * RL_E* (a prompt longer than n_positions - 1, a bad token id, NaN logits, ENOMEM); on failure
+ * RL_E* (a prompt longer than n_positions - 1, a bad token id, NaN logits, a stale pack, ENOMEM);
+ * on failure
  * nothing is left allocated in out.
  */
 int gen_generate(gpt_t *m, const int *const *prompts, const int *prompt_lens, int B,

@@ -81,11 +81,16 @@ static int sample_side(gpt_t *m, tok_t *tok, int **ids, int *lens, int np, int K
         pl[i] = lens[i / K];
         sid[i] = (uint64_t)i;
     }
-    /* in batches of 64 sequences: the KV cache of all of them at once is not needed */
+    /* in batches of 64 sequences: the KV cache of all of them at once is not needed; the
+     * weights are packed once for all batches */
+    gen_opts_t ob = *o;
+    gen_packed_t *pk = NULL;
+    if (rc == 0 && (rc = gen_pack(m, &pk)) == 0) ob.packed = pk;
     for (int b = 0; rc == 0 && b < n; b += 64) {
         int nb = n - b < 64 ? n - b : 64;
-        rc = gen_generate(m, pp + b, pl + b, nb, sid + b, o, s->seq + b);
+        rc = gen_generate(m, pp + b, pl + b, nb, sid + b, &ob, s->seq + b);
     }
+    gen_pack_free(&pk);
     for (int i = 0; rc == 0 && i < n; i++) {
         gen_seq_t *q = &s->seq[i];
         size_t nd = q->n && q->finish == GEN_FINISH_EOT ? (size_t)q->n - 1 : (size_t)q->n, tl;

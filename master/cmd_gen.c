@@ -15,6 +15,7 @@
 #include "gpt.h"
 #include "hf.h"
 #include "ops.h"
+#include "pgemm.h"
 #include "rng.h"
 #include "tok.h"
 
@@ -212,11 +213,13 @@ static const char bench_gen_help[] =
     "usage: rlhf bench generate --layers L --heads H --dim C --vocab V --batch B\n"
     "                           --prompt-len P --new N [--threads T] [--ctx N]\n\n"
     "Generates N new tokens (temperature-1 sampling) after random prompts of P tokens with a\n"
-    "randomly initialised model: five single-stream (B=1) runs alternating with five DRAM\n"
-    "read-bandwidth passes (medians of each), then one run of the batch B. Prints JSON: prefill\n"
-    "and decode tokens/s for both, the batched/single decode speedup, and the memory-bandwidth\n"
-    "bound of single-stream decoding: the bytes of weights every token reads, divided by the\n"
-    "read bandwidth.\n";
+    "randomly initialised model whose weights are packed once (the time is reported): five\n"
+    "single-stream (B=1) runs alternating with five DRAM read-bandwidth passes, then three runs\n"
+    "of the batch B (medians of each). Prints JSON: prefill and decode tokens/s for both, the\n"
+    "batched/single decode speedup, the memory-bandwidth bound of single-stream decoding (the\n"
+    "bytes of weights every token reads, divided by the read bandwidth), and the compute bound\n"
+    "of batched decoding (the machine's FMA rate, measured in the same run, divided by the\n"
+    "floating-point operations of one decoded token).\n";
 
 static double now_mark; /* the time of the first logits callback of a run (end of prefill) */
 
@@ -240,13 +243,11 @@ static int bw_init(bw_buf_t *b, size_t bytes) {
     return 0;
 }
 
-/* GB/s of one pass summing the buffer on the OpenMP team (vectorised: pure DRAM reads). */
+/* GB/s of one pass summing the buffer on the OpenMP team (wide loads, independent
+ * accumulators: pure DRAM reads). */
 static double bw_pass(const bw_buf_t *b) {
     double t0 = cli_now_ms();
-    float s = 0;
-    const float *buf = b->buf;
-#pragma omp parallel for simd schedule(static) reduction(+ : s)
-    for (size_t i = 0; i < b->n; i++) s += buf[i];
+    float s = pgemm_read_sum(b->buf, b->n);
     double ms = cli_now_ms() - t0;
     volatile float sink = s; /* keep the sum alive */
     (void)sink;
@@ -254,7 +255,8 @@ static double bw_pass(const bw_buf_t *b) {
 }
 
 /* One timed generation run: prefill and decode tokens/s. */
-static int time_run(gpt_t *m, int B, int P, int N, double *prefill_tps, double *decode_tps) {
+static int time_run(gpt_t *m, const gen_packed_t *pk, int B, int P, int N, double *prefill_tps,
+                    double *decode_tps) {
     int V = m->cfg.vocab_size, rc;
     int *toks = malloc((size_t)B * P * sizeof(int)), *lens = malloc((size_t)B * sizeof(int));
     const int **prompts = malloc((size_t)B * sizeof *prompts);
@@ -271,7 +273,8 @@ static int time_run(gpt_t *m, int B, int P, int N, double *prefill_tps, double *
                     .seed = 1,
                     .eot = -1,
                     .on_logits = mark_prefill,
-                    .on_logits_ctx = &flag};
+                    .on_logits_ctx = &flag,
+                    .packed = pk};
     double t0 = cli_now_ms();
     rc = gen_generate(m, prompts, lens, B, NULL, &o, out);
     double t1 = cli_now_ms();
@@ -337,6 +340,18 @@ int cmd_bench_generate(int argc, char **argv) {
     gpt_init_weights(m, 1);
     /* every decoded token reads every weight once, except the position table (one row) */
     double weight_bytes = (double)(m->num_params - m->param_sizes[GPT_WPE]) * sizeof(float);
+    /* and does two operations per weight of the linear layers and the LM head, plus attention
+     * over its context (P + N/2 positions on average): q.k and p.v, 2C each per layer */
+    double C = cfg.n_embd, L = cfg.n_layer;
+    double flop_token =
+        2.0 * (L * 12.0 * C * C + (double)cfg.vocab_size * C) + 4.0 * L * C * (P + N / 2.0);
+    gen_packed_t *pk = NULL;
+    double pack_t0 = cli_now_ms();
+    if (gen_pack(m, &pk) < 0) {
+        gpt_destroy(&m);
+        return cli_fail(cmd, "packing the weights", RL_ENOMEM);
+    }
+    double pack_ms = cli_now_ms() - pack_t0;
     /* Five single-stream runs alternate with five read-bandwidth passes over a buffer the size
      * of the weights: medians of each, measured under the same conditions. */
     bw_buf_t bw = {0};
@@ -344,7 +359,7 @@ int cmd_bench_generate(int argc, char **argv) {
     int rc = bw_init(&bw, (size_t)weight_bytes);
     if (rc == 0) bw_pass(&bw); /* warm-up: page faults */
     for (int r = 0; rc == 0 && r < 5; r++) {
-        rc = time_run(m, 1, P, N, &pre1s[r], &dec1s[r]);
+        rc = time_run(m, pk, 1, P, N, &pre1s[r], &dec1s[r]);
         bws[r] = bw_pass(&bw);
     }
     free(bw.buf);
@@ -352,19 +367,30 @@ int cmd_bench_generate(int argc, char **argv) {
     if (rc == 0)
         pre1 = cli_median(pre1s, 5), dec1 = cli_median(dec1s, 5), gbps = cli_median(bws, 5);
     double bound = gbps * 1e9 / weight_bytes;
-    if (rc == 0 && B > 1) rc = time_run(m, B, P, N, &preB, &decB);
+    double preBs[3], decBs[3];
+    for (int r = 0; rc == 0 && B > 1 && r < 3; r++)
+        rc = time_run(m, pk, B, P, N, &preBs[r], &decBs[r]);
+    if (rc == 0 && B > 1) preB = cli_median(preBs, 3), decB = cli_median(decBs, 3);
     if (B == 1) preB = pre1, decB = dec1;
+    double peak = rc == 0 ? pgemm_fma_peak_gflops() : 0, ceiling = peak * 1e9 / flop_token;
     int print_rc = 0;
     if (rc == 0)
         print_rc = cli_print_json(json_pack(
-            "{s:s,s:i,s:i,s:i,s:i,s:I,s:i,s:i,s:i,s:i,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f}",
+            "{s:s,s:i,s:i,s:i,s:i,s:I,s:i,s:i,s:i,s:i,s:s,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,"
+            "s:"
+            "f,s:f,s:f,s:f,s:f,s:f}",
             "bench", "generate", "layers", cfg.n_layer, "heads", cfg.n_head, "dim", cfg.n_embd,
             "vocab", cfg.vocab_size, "params", (json_int_t)m->num_params, "batch", B, "prompt_len",
-            P, "new", N, "threads", threads, "single_prefill_tokens_per_s", pre1,
-            "single_decode_tokens_per_s", dec1, "batch_prefill_tokens_per_s", preB,
-            "batch_decode_tokens_per_s", decB, "batch_speedup", decB / dec1, "weight_gb",
-            weight_bytes / 1e9, "read_gbps", gbps, "bandwidth_bound_tokens_per_s", bound,
-            "single_vs_bound", dec1 / bound));
+            P, "new", N, "threads", threads, "kernel", pgemm_kernel(), "pack_ms", pack_ms,
+            "single_prefill_tokens_per_s", pre1, "single_decode_tokens_per_s", dec1,
+            "batch_prefill_tokens_per_s", preB, "batch_decode_tokens_per_s", decB, "batch_speedup",
+            decB / dec1, "weight_gb", weight_bytes / 1e9, "read_gbps", gbps,
+            "bandwidth_bound_tokens_per_s", bound, "single_vs_bound", dec1 / bound,
+            "gflop_per_token", flop_token / 1e9, "fma_peak_gflops", peak, "batch_decode_gflops",
+            decB * flop_token / 1e9, "batch_vs_fma_peak",
+            peak > 0 ? decB * flop_token / 1e9 / peak : 0.0, "compute_bound_tokens_per_s", ceiling,
+            "compute_bound_speedup", ceiling / dec1));
+    gen_pack_free(&pk);
     gpt_destroy(&m);
     return rc < 0 ? cli_fail(cmd, "generate", rc) : print_rc;
 }

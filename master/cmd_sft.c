@@ -492,11 +492,16 @@ static int sft_gold(gpt_t *m, tok_t *tok, const sft_prompts_t *gp, int K, uint64
     o.seed = seed;
     o.eot = tok_eot(tok);
     if (tok_vocab_size(tok) < m->cfg.vocab_size) o.vocab_limit = tok_vocab_size(tok);
-    /* chunks bound the KV cache; draws are keyed by the sample's index, not its chunk */
+    /* chunks bound the KV cache; draws are keyed by the sample's index, not its chunk; the
+     * weights are packed once for all chunks */
+    gen_packed_t *pk = NULL;
+    if ((rc = gen_pack(m, &pk)) < 0) goto done;
+    o.packed = pk;
     for (int i = 0; i < n && rc == 0; i += SFT_GOLD_CHUNK) {
         int nb = n - i < SFT_GOLD_CHUNK ? n - i : SFT_GOLD_CHUNK;
         rc = gen_generate(m, (const int *const *)(ids + i), lens + i, nb, sid + i, &o, seqs + i);
     }
+    gen_pack_free(&pk);
     if (rc < 0) goto done;
     for (int i = 0; i < n && rc == 0; i++) {
         int nt = seqs[i].n;

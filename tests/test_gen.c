@@ -78,13 +78,13 @@ static void test_cached_equals_full_forward(void) {
     gpt_destroy(&m);
 }
 
+/* The same tokens and bit for bit the same logprobs: a row's sums never depend on the batch. */
 static int same_seq(const gen_seq_t *a, const gen_seq_t *b) {
     if (a->n != b->n || a->finish != b->finish) return 0;
-    for (int i = 0; i < a->n; i++)
-        if (a->tokens[i] != b->tokens[i] || fabsf(a->logprobs[i] - b->logprobs[i]) > 1e-4f ||
-            fabsf(a->logprobs_model[i] - b->logprobs_model[i]) > 1e-4f)
-            return 0;
-    return 1;
+    size_t n = (size_t)a->n;
+    return !memcmp(a->tokens, b->tokens, n * sizeof(int)) &&
+           !memcmp(a->logprobs, b->logprobs, n * sizeof(float)) &&
+           !memcmp(a->logprobs_model, b->logprobs_model, n * sizeof(float));
 }
 
 static void test_batch_equals_alone(void) {
@@ -256,6 +256,54 @@ static void test_bad_input(void) {
     gpt_destroy(&m);
 }
 
+/* A pack made once serves many calls with the same result as packing per call; weights changed
+ * after packing are refused, and packing again (in place) serves the new weights. */
+static void test_packed_weights(void) {
+    gpt_t *m = model();
+    gen_opts_t o = {.max_new_tokens = 8, .sampling = {1.0f, 0, 1.0f}, .seed = 11, .eot = -1};
+    gen_seq_t own[4], packed[4];
+    CHECK_OK(gen_generate(m, prompts, lens, 4, NULL, &o, own));
+    gen_packed_t *pk = NULL;
+    CHECK_OK(gen_pack(m, &pk));
+    CHECK(pk != NULL && gen_pack_bytes(pk) >= m->num_params * sizeof(float) / 2);
+    o.packed = pk;
+    CHECK_OK(gen_generate(m, prompts, lens, 4, NULL, &o, packed));
+    for (int s = 0; s < 4; s++) {
+        CHECK(same_seq(&own[s], &packed[s]));
+        gen_seq_free(&packed[s]);
+    }
+    /* new weights (a PPO step, a synced version) without packing again: refused */
+    for (size_t i = 0; i < m->num_params; i++) m->params_mem[i] *= 1.01f;
+    CHECK_ERR(gen_generate(m, prompts, lens, 4, NULL, &o, packed), RL_EINVAL);
+    CHECK(strstr(rl_errmsg(), "changed") != NULL);
+    gen_packed_t *same = pk;
+    CHECK_OK(gen_pack(m, &pk));
+    CHECK(pk == same); /* packed in place */
+    CHECK_OK(gen_generate(m, prompts, lens, 4, NULL, &o, packed));
+    o.packed = NULL;
+    for (int s = 0; s < 4; s++) gen_seq_free(&own[s]);
+    CHECK_OK(gen_generate(m, prompts, lens, 4, NULL, &o, own));
+    for (int s = 0; s < 4; s++) CHECK(same_seq(&own[s], &packed[s]));
+    /* a pack of another model's shape is refused, and replaced when packing that model */
+    gpt_config_t c2 = cfg;
+    c2.n_layer = 1;
+    gpt_t *m2 = gpt_new(&c2);
+    gpt_init_weights(m2, 5);
+    o.packed = pk;
+    gen_seq_t one;
+    CHECK_ERR(gen_generate(m2, prompts, lens, 1, NULL, &o, &one), RL_EINVAL);
+    CHECK(strstr(rl_errmsg(), "shape") != NULL);
+    CHECK_OK(gen_pack(m2, &pk));
+    o.packed = pk;
+    CHECK_OK(gen_generate(m2, prompts, lens, 1, NULL, &o, &one));
+    gen_seq_free(&one);
+    for (int s = 0; s < 4; s++) gen_seq_free(&own[s]), gen_seq_free(&packed[s]);
+    gen_pack_free(&pk);
+    CHECK(pk == NULL);
+    gpt_destroy(&m2);
+    gpt_destroy(&m);
+}
+
 int main(void) {
     ops_set_threads(2);
     RUN(test_cached_equals_full_forward);
@@ -265,5 +313,6 @@ int main(void) {
     RUN(test_ragged_finishes);
     RUN(test_limits);
     RUN(test_bad_input);
+    RUN(test_packed_weights);
     return TEST_REPORT();
 }

@@ -86,6 +86,7 @@ check "missing model fails clearly" grep -q "nope" "$W/err"
 b=$("$RLHF" bench generate --layers 2 --heads 2 --dim 64 --vocab 400 --batch 4 --prompt-len 8 --new 8)
 echo "  bench: $b"
 check "bench generate reports decode rates and the bound" bash -c "jq -e '.single_decode_tokens_per_s > 0 and .batch_decode_tokens_per_s > 0 and .bandwidth_bound_tokens_per_s > 0 and .read_gbps > 0' <<<'$b' >/dev/null"
+check "bench generate reports the packing and the compute bound of its kernel" bash -c "jq -e '.pack_ms >= 0 and (.kernel | IN(\"c\", \"avx2\", \"avx512f\")) and (.kernel == \"c\" or (.fma_peak_gflops > 0 and .compute_bound_tokens_per_s > 0 and .batch_vs_fma_peak > 0))' <<<'$b' >/dev/null"
 
 echo "$pass passed, $fail failed"
 test "$fail" -eq 0

@@ -19,9 +19,15 @@
 static gpt_t *cached;
 static char cached_dir[4096];
 static uint64_t cached_version; /* weights version in `cached`: 0 = the directory's own */
+/* `cached`'s weights packed for generation; repacked (in place) when a job brings another
+ * version, so a weights version is packed once however many jobs use it */
+static gen_packed_t *cached_pack;
+static int pack_stale = 1;
 
 void worker_generate_cleanup(void) {
     gpt_destroy(&cached);
+    gen_pack_free(&cached_pack);
+    pack_stale = 1;
     cached_dir[0] = 0;
     cached_version = 0;
 }
@@ -48,6 +54,7 @@ static gpt_t *model_get(const char *dir, const worker_job_t *job) {
         }
         memcpy(cached->params_mem, job->weights, job->weights_bytes);
         cached_version = job->weights_version;
+        pack_stale = 1;
     } else if (!job->weights_version && cached_version) {
         /* a job for the directory's own weights after a synced version: reload them */
         worker_generate_cleanup();
@@ -151,6 +158,11 @@ int worker_generate(const worker_job_t *job, const uint8_t *payload, size_t len,
             goto out;
         }
     }
+    if (pack_stale) {
+        if ((rc = gen_pack(m, &cached_pack)) < 0) goto out;
+        pack_stale = 0;
+    }
+    o.packed = cached_pack;
     if ((rc = gen_generate(m, prompts, plens, NS, ids, &o, seqs)) < 0) goto out;
     for (int i = 0; i < NS; i++)
         if (seqs[i].finish == GEN_FINISH_STOP) {
