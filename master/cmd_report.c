@@ -196,7 +196,11 @@ int cmd_report(int argc, char **argv) {
                 "| figure | value |\n| --- | --- |\n| held-out pairwise accuracy | %.3f |\n"
                 "| annotator agreement ceiling | %.3f |\n| accuracy - ceiling | %+.1f points |\n"
                 "| expected calibration error | %.3f |\n| held-out prompts / pairs | %d / %d |\n"
-                "| reward mean / std | %.3f / %.3f |\n\n",
+                "| reward mean / std | %.3f / %.3f |\n\n"
+                "The held-out pairs carry the annotators' consensus; the ceiling is how often one "
+                "annotator agrees with another. With several rankings per prompt the consensus is "
+                "less noisy than any one annotator, and a reward model trained on it can pass "
+                "that figure.\n\n",
                 acc, ceil, 100 * (acc - ceil), num(rm, "ece"), (int)num(rm, "prompts"),
                 (int)num(rm, "pairs"), num(rm, "reward_mean"), num(rm, "reward_std"));
         /* training accuracy per step from the stage log */
