@@ -256,6 +256,27 @@ static void test_bad_input(void) {
     gpt_destroy(&m);
 }
 
+/* One thread or two: the same bits (each output of the packed products has one owner and one
+ * order; attention runs per sequence and head). A model large enough that the products and the
+ * attention loop run on the thread team. */
+static void test_thread_count(void) {
+    const gpt_config_t big = {2, 4, 128, 512, 64, 1e-5f, 0};
+    gpt_t *m = gpt_new(&big);
+    gpt_init_weights(m, 8);
+    for (size_t i = 0; i < m->num_params; i++) m->params_mem[i] += 0.05f * rng_normal(6, 1, i);
+    gen_opts_t o = {.max_new_tokens = 10, .sampling = {1.0f, 0, 1.0f}, .seed = 5, .eot = -1};
+    gen_seq_t one[4], two[4];
+    ops_set_threads(1);
+    CHECK_OK(gen_generate(m, prompts, lens, 4, NULL, &o, one));
+    ops_set_threads(2);
+    CHECK_OK(gen_generate(m, prompts, lens, 4, NULL, &o, two));
+    for (int s = 0; s < 4; s++) {
+        if (!same_seq(&one[s], &two[s])) TEST__FAIL("sequence %d differs on 1 and 2 threads", s);
+        gen_seq_free(&one[s]), gen_seq_free(&two[s]);
+    }
+    gpt_destroy(&m);
+}
+
 /* A pack made once serves many calls with the same result as packing per call; weights changed
  * after packing are refused, and packing again (in place) serves the new weights. */
 static void test_packed_weights(void) {
@@ -314,5 +335,6 @@ int main(void) {
     RUN(test_limits);
     RUN(test_bad_input);
     RUN(test_packed_weights);
+    RUN(test_thread_count);
     return TEST_REPORT();
 }
