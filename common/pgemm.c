@@ -209,26 +209,21 @@ block_avx512(const int mr, const float *X, int K, const float *Wp, float *Y, int
 __attribute__((target("avx512f"))) static void
 dispatch_avx512(int mr, const float *X, int K, const float *Wp, float *Y, int ldy, int nvalid,
                 const float *bias, const float *next, int pf_lo, int pf_hi) {
+    /* one inlined copy per row count, so that each keeps its accumulators in registers */
+#define BLOCK_CASE(n)                                                                              \
+    case n:                                                                                        \
+        block_avx512(n, X, K, Wp, Y, ldy, nvalid, bias, next, pf_lo, pf_hi);                       \
+        break
     switch (mr) {
-    case 1:
-        block_avx512(1, X, K, Wp, Y, ldy, nvalid, bias, next, pf_lo, pf_hi);
-        break;
-    case 2:
-        block_avx512(2, X, K, Wp, Y, ldy, nvalid, bias, next, pf_lo, pf_hi);
-        break;
-    case 3:
-        block_avx512(3, X, K, Wp, Y, ldy, nvalid, bias, next, pf_lo, pf_hi);
-        break;
-    case 4:
-        block_avx512(4, X, K, Wp, Y, ldy, nvalid, bias, next, pf_lo, pf_hi);
-        break;
-    case 5:
-        block_avx512(5, X, K, Wp, Y, ldy, nvalid, bias, next, pf_lo, pf_hi);
-        break;
+        BLOCK_CASE(1);
+        BLOCK_CASE(2);
+        BLOCK_CASE(3);
+        BLOCK_CASE(4);
+        BLOCK_CASE(5);
     default:
-        block_avx512(6, X, K, Wp, Y, ldy, nvalid, bias, next, pf_lo, pf_hi);
-        break;
+        block_avx512(MR, X, K, Wp, Y, ldy, nvalid, bias, next, pf_lo, pf_hi);
     }
+#undef BLOCK_CASE
 }
 #endif
 
