@@ -376,9 +376,8 @@ int cmd_bench_generate(int argc, char **argv) {
     int print_rc = 0;
     if (rc == 0)
         print_rc = cli_print_json(json_pack(
-            "{s:s,s:i,s:i,s:i,s:i,s:I,s:i,s:i,s:i,s:i,s:s,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,"
-            "s:"
-            "f,s:f,s:f,s:f,s:f,s:f}",
+            "{s:s,s:i,s:i,s:i,s:i,s:I,s:i,s:i,s:i,s:i,s:s,s:f," /* shape, kernel, pack */
+            "s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f}", /* 15 figures */
             "bench", "generate", "layers", cfg.n_layer, "heads", cfg.n_head, "dim", cfg.n_embd,
             "vocab", cfg.vocab_size, "params", (json_int_t)m->num_params, "batch", B, "prompt_len",
             P, "new", N, "threads", threads, "kernel", pgemm_kernel(), "pack_ms", pack_ms,
