@@ -80,6 +80,7 @@
 #include "train.h"
 #include "wire.h"
 #include "worker.h"
+#include "wsync.h"
 
 /* Arenas travel in frames of at most 16 MiB (--shard-chunk-kib: less); a frame size limit of
  * that plus room for envelopes. */
@@ -195,45 +196,14 @@ static uint32_t params_crc(const gpt_t *m) {
     return wire_crc32c(m->params_mem, m->num_params * sizeof(float));
 }
 
-/* CRC-32C arithmetic over GF(2) (the method of zlib's crc32_combine, with the Castagnoli
- * polynomial): the CRC of A||B from crc(A), crc(B) and len(B) in O(log len(B)), so that the
- * checksum of a whole arena comes from the CRCs its frames already carry, without another pass
- * over the data (at ~0.2-0.5 GB/s for a table CRC, a pass is most of a small step's overhead). */
-static uint32_t gf2_times(const uint32_t *mat, uint32_t vec) {
-    uint32_t sum = 0;
-    for (; vec; vec >>= 1, mat++)
-        if (vec & 1) sum ^= *mat;
-    return sum;
-}
-
-static void gf2_square(uint32_t *sq, const uint32_t *mat) {
-    for (int n = 0; n < 32; n++) sq[n] = gf2_times(mat, mat[n]);
-}
-
-static uint32_t crc_combine(uint32_t crc1, uint32_t crc2, size_t len2) {
-    uint32_t even[32], odd[32], row = 1;
-    if (len2 == 0) return crc1;
-    odd[0] = 0x82F63B78u; /* the operator for one zero bit */
-    for (int n = 1; n < 32; n++, row <<= 1) odd[n] = row;
-    gf2_square(even, odd); /* two zero bits */
-    gf2_square(odd, even); /* four */
-    for (;;) {             /* then 8, 16, ... bits: the bytes of len2, bit by bit */
-        gf2_square(even, odd);
-        if (len2 & 1) crc1 = gf2_times(even, crc1);
-        if (!(len2 >>= 1)) break;
-        gf2_square(odd, even);
-        if (len2 & 1) crc1 = gf2_times(odd, crc1);
-        if (!(len2 >>= 1)) break;
-    }
-    return crc1 ^ crc2;
-}
-
-/* The CRC-32C of the arena carried by envelope frames [first, end), from their headers. */
+/* The CRC-32C of the arena carried by envelope frames [first, end), from their headers
+ * (combined, without another pass over the data). */
 static uint32_t frames_crc(const Rlhf__Envelope *env, size_t first) {
     uint32_t crc = 0;
     for (size_t i = first; i < env->n_frames; i++)
-        crc = i == first ? env->frames[i]->crc32c
-                         : crc_combine(crc, env->frames[i]->crc32c, env->frames[i]->nbytes);
+        crc = i == first
+                  ? env->frames[i]->crc32c
+                  : wsync_crc32c_combine(crc, env->frames[i]->crc32c, env->frames[i]->nbytes);
     return crc;
 }
 
@@ -753,7 +723,7 @@ static void params_changed(void) {
     L.pf_valid = frames_add_arena(&L.pf, "params", L.model->params_mem, L.model->num_params) == 0;
     uint32_t crc = 0;
     for (int i = 0; L.pf_valid && i < L.pf.n; i++)
-        crc = i ? crc_combine(crc, L.pf.th[i].crc32c, L.pf.len[i]) : L.pf.th[i].crc32c;
+        crc = i ? wsync_crc32c_combine(crc, L.pf.th[i].crc32c, L.pf.len[i]) : L.pf.th[i].crc32c;
     L.crc = L.pf_valid ? crc : params_crc(L.model);
     L.pf_crc = L.crc;
 }
