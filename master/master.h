@@ -59,6 +59,9 @@ typedef struct {
 } master_t;
 
 /* JSON status of the run (the /status body); new reference. */
+/* A job kind's name as in results.jsonl and /metrics (Rlhf__JobKind; "unknown" otherwise). */
+const char *master_kind_name(int k);
+
 json_t *master_status_json(master_t *m);
 
 /* Prometheus text exposition of the master's metrics; malloc'ed, *len set. */

@@ -48,24 +48,6 @@ static const char *role_name(int r) {
     }
 }
 
-/* Job kind names as in results.jsonl (Rlhf__JobKind). */
-static const char *kind_label(int k) {
-    switch (k) {
-    case RLHF__JOB_KIND__JOB_KIND_GENERATE:
-        return "generate";
-    case RLHF__JOB_KIND__JOB_KIND_SCORE:
-        return "score";
-    case RLHF__JOB_KIND__JOB_KIND_TRAIN:
-        return "train";
-    case RLHF__JOB_KIND__JOB_KIND_EVAL:
-        return "eval";
-    case RLHF__JOB_KIND__JOB_KIND_NOOP:
-        return "noop";
-    default:
-        return "unknown";
-    }
-}
-
 static const char *bad_label(int i) {
     return i == MASTER_BAD_UNEXPECTED ? "unexpected" : wire_bad_name((wire_bad_t)i);
 }
@@ -102,7 +84,7 @@ json_t *master_status_json(master_t *m) {
     json_t *kinds = json_object();
     for (int k = 0; k < 32; k++)
         if (by_kind[k][0] + by_kind[k][1] + by_kind[k][2] + by_kind[k][3])
-            json_object_set_new(kinds, kind_label(k),
+            json_object_set_new(kinds, master_kind_name(k),
                                 json_pack("{s:i, s:i, s:i, s:i}", "queued", by_kind[k][0], "leased",
                                           by_kind[k][1], "done", by_kind[k][2], "failed",
                                           by_kind[k][3]));

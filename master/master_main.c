@@ -71,7 +71,7 @@ static void sched_log(void *ctx, const char *fmt, ...) {
     va_end(ap);
 }
 
-static const char *kind_name(int k) {
+const char *master_kind_name(int k) {
     switch (k) {
     case RLHF__JOB_KIND__JOB_KIND_GENERATE:
         return "generate";
@@ -141,8 +141,8 @@ static int results_job(master_t *m, json_t *o, uint64_t id) {
     json_t *jk = json_object_get(o, "kind"), *jh = json_object_get(o, "spec_hash");
     int kind = 0;
     for (int k = 1; k < 32 && !kind; k++)
-        if (json_is_string(jk) && strcmp(kind_name(k), "unknown") &&
-            !strcmp(kind_name(k), json_string_value(jk)))
+        if (json_is_string(jk) && strcmp(master_kind_name(k), "unknown") &&
+            !strcmp(master_kind_name(k), json_string_value(jk)))
             kind = k;
     unsigned long long h = 0;
     if (!kind || (j = sched_job_add(&m->sched, id, kind, 0, NULL, 0, 0)) < 0) return -1;
@@ -917,7 +917,7 @@ static void on_result(master_t *m, const wire_msg_t *msg, int w, const Rlhf__Job
     }
     sched_job_t *jb = &m->sched.jobs[j];
     json_object_set_new(out, "job_id", json_integer((json_int_t)jb->id));
-    json_object_set_new(out, "kind", json_string(kind_name(jb->kind)));
+    json_object_set_new(out, "kind", json_string(master_kind_name(jb->kind)));
     json_object_set_new(out, "status", json_string("done"));
     json_object_set_new(out, "attempt", json_integer(jb->attempt));
     json_object_set_new(out, "seed", json_integer((json_int_t)jb->seed));
@@ -949,8 +949,9 @@ static void record_failures(master_t *m) {
     for (int j = 0; j < m->sched.n_jobs; j++) {
         sched_job_t *jb = &m->sched.jobs[j];
         if (jb->state != SCHED_FAILED || jb->lease_ms == 0) continue;
-        json_t *o = json_pack("{s:I, s:s, s:s, s:i}", "job_id", (json_int_t)jb->id, "kind",
-                              kind_name(jb->kind), "status", "failed", "attempt", jb->attempt);
+        json_t *o =
+            json_pack("{s:I, s:s, s:s, s:i}", "job_id", (json_int_t)jb->id, "kind",
+                      master_kind_name(jb->kind), "status", "failed", "attempt", jb->attempt);
         if (record_output(o, jb, NULL) < 0 || results_append(m, o) < 0) {
             mlog("cannot record a failure: %s", rl_errmsg());
         } else {
