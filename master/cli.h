@@ -131,6 +131,10 @@ struct Rlhf__TrainOutput;
 int local_train_job(local_session_t *s, uint64_t id, uint64_t seed, const void *spec,
                     struct Rlhf__TrainOutput **out);
 
+/* The path of the learner's newest checkpoint in ldir (named by ldir/latest) into path (cap
+ * bytes). Returns 0 or fs_read_all's RL_E*. */
+int local_learner_latest(const char *ldir, char *path, size_t cap);
+
 /* GET http://127.0.0.1:port/path (HTTP/1.0, 5 s socket timeouts). Returns 0 with *body the
  * response body (malloc'ed, NUL-terminated, the caller frees it), or RL_EIO / RL_EPROTO (not a
  * 200 answer) / RL_ENOMEM with the detail in rl_errmsg() and *body NULL. */

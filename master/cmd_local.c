@@ -591,6 +591,17 @@ static int train_job_done(void *ctx, const client_result_t *r) {
     return 0;
 }
 
+int local_learner_latest(const char *ldir, char *path, size_t cap) {
+    char p[PATH_MAX + 64], *name = NULL;
+    size_t nl;
+    snprintf(p, sizeof p, "%s/latest", ldir);
+    int rc = fs_read_all(p, &name, &nl);
+    if (rc < 0) return rc;
+    snprintf(path, cap, "%s/%.*s", ldir, (int)strcspn(name, "\n"), name);
+    free(name);
+    return 0;
+}
+
 int local_train_job(local_session_t *s, uint64_t id, uint64_t seed, const void *spec,
                     Rlhf__TrainOutput **out) {
     const Rlhf__TrainSpec *sp = spec;

@@ -315,12 +315,8 @@ static int learner_train(const train_args_t *a, long steps, int max_len, gpt_t *
     local_session_close(&ss);
     snprintf(ldir, sizeof ldir, "%s", ss.learner);
     if (rc < 0) return rc;
-    char path[PATH_MAX + 64], *name = NULL;
-    size_t nl;
-    snprintf(path, sizeof path, "%s/latest", ldir);
-    if ((rc = fs_read_all(path, &name, &nl)) < 0) return rc;
-    snprintf(path, sizeof path, "%s/%.*s", ldir, (int)strcspn(name, "\n"), name);
-    free(name);
+    char path[PATH_MAX + 64];
+    if ((rc = local_learner_latest(ldir, path, sizeof path)) < 0) return rc;
     if (!(*out = load_rm(path))) return rl_fail_ctx(RL_EIO, "the learner's last checkpoint: ");
     return 0;
 }

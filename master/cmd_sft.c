@@ -666,12 +666,8 @@ static int sft_learner(const sft_learner_t *a, const sft_set_t *set, int pad, gp
     snprintf(ldir, sizeof ldir, "%s/learner", rdir);
     free(in), free(tg), free(mask), free(seq), free(rows), free(order);
     if (rc < 0) return rc;
-    char path[PATH_MAX + 64], *name = NULL;
-    size_t nl;
-    snprintf(path, sizeof path, "%s/latest", ldir);
-    if ((rc = fs_read_all(path, &name, &nl)) < 0) return rc;
-    snprintf(path, sizeof path, "%s/%.*s", ldir, (int)strcspn(name, "\n"), name);
-    free(name);
+    char path[PATH_MAX + 64];
+    if ((rc = local_learner_latest(ldir, path, sizeof path)) < 0) return rc;
     if (!(*out = hf_load(path))) return rl_fail_ctx(RL_EIO, "the learner's last checkpoint: ");
     return 0;
 }
