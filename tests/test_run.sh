@@ -45,9 +45,10 @@ check "the resolved config is recorded" jq -e '."ppo.iterations" == "3" and .see
 "$R" run tiny.yaml >/dev/null 2>run2.err
 check "a second run skips every stage" test "$(grep -c 'done earlier' run2.err)" -eq 13
 
-# killed in the middle of SFT, then started again
+# killed in the middle of SFT, then started again (2000 steps: several seconds here, so that
+# SFT cannot finish between the check below and the kill on a fast machine)
 rm -rf run
-setsid "$R" run tiny.yaml --set sft.steps=400 >/dev/null 2>cut.err &
+setsid "$R" run tiny.yaml --set sft.steps=2000 >/dev/null 2>cut.err &
 RPID=$!
 PIDS+=("$RPID")
 in_sft() { grep -q "sft .*running\|\[4/13\] sft" cut.err; }
@@ -57,10 +58,10 @@ kill -KILL -- -"$RPID" 2>/dev/null
 wait "$RPID" 2>/dev/null
 check "no SFT marker after the kill" test ! -e run/stages/sft.json
 check "finished stages kept their markers" test -e run/stages/task.json -a -e run/stages/init.json
-"$R" run tiny.yaml --set sft.steps=400 --set ppo.iterations=1 >/dev/null 2>resume.err
+"$R" run tiny.yaml --set sft.steps=2000 --set ppo.iterations=1 >/dev/null 2>resume.err
 check "the rerun skips what was done" grep -q "task .*done earlier" resume.err
 check "... and finishes" grep -q "all stages done" resume.err
-check "--set reached the stage" jq -e '."sft.steps" == "400" and ."ppo.iterations" == "1"' run/config.json
+check "--set reached the stage" jq -e '."sft.steps" == "2000" and ."ppo.iterations" == "1"' run/config.json
 
 # bad configs
 printf 'run_dir: x\nstages: [task]\ntask:\n  prompt: 3\n' >bad1.yaml
