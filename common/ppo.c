@@ -534,6 +534,17 @@ typedef struct {
 } mb_stats_t;
 
 /* One policy step on the minibatch seqs[idx[0..cnt)]; its tokens start at g_* + 0. */
+/* Clips m's gradient to max_norm (its norm is added to *gn) and takes one AdamW step. */
+static int clip_and_step(gpt_t *m, adamw_t *opt, const adamw_group_t *groups, int n_groups,
+                         float lr, float max_norm, const char *what, double *gn) {
+    double norm;
+    float scale;
+    int rc = adamw_clip_scale(m->grads_mem, m->num_params, max_norm, &norm, &scale);
+    if (rc < 0) return rl_fail_ctx(rc, "%s", what);
+    *gn += norm;
+    return adamw_step_scaled(opt, m->params_mem, m->grads_mem, groups, n_groups, lr, scale);
+}
+
 static int policy_step(ppo_learner_t *l, upd_t *u, const int *idx, int cnt, double denom,
                        mb_stats_t *ms) {
     gpt_t *m = l->policy;
@@ -577,13 +588,8 @@ static int policy_step(ppo_learner_t *l, upd_t *u, const int *idx, int cnt, doub
         if ((rc = gpt_dlogits_set(m)) < 0 || (rc = gpt_backward(m, 1, NULL)) < 0) return rc;
         k0 += (size_t)nk;
     }
-    double norm;
-    float scale;
-    rc = adamw_clip_scale(m->grads_mem, m->num_params, c->max_grad_norm, &norm, &scale);
-    if (rc < 0) return rl_fail_ctx(rc, "policy gradient");
-    ms->gn_policy += norm;
-    return adamw_step_scaled(&l->opt_policy, m->params_mem, m->grads_mem, l->groups_policy,
-                             l->n_groups_policy, c->lr_policy, scale);
+    return clip_and_step(m, &l->opt_policy, l->groups_policy, l->n_groups_policy, c->lr_policy,
+                         c->max_grad_norm, "policy gradient", &ms->gn_policy);
 }
 
 static int value_step(ppo_learner_t *l, upd_t *u, const int *idx, int cnt, double denom,
@@ -608,13 +614,8 @@ static int value_step(ppo_learner_t *l, upd_t *u, const int *idx, int cnt, doubl
         if ((rc = gpt_backward(m, 0, dv)) < 0) return rc;
         k0 += (size_t)nk;
     }
-    double norm;
-    float scale;
-    rc = adamw_clip_scale(m->grads_mem, m->num_params, c->max_grad_norm, &norm, &scale);
-    if (rc < 0) return rl_fail_ctx(rc, "value gradient");
-    ms->gn_value += norm;
-    return adamw_step_scaled(&l->opt_value, m->params_mem, m->grads_mem, l->groups_value,
-                             l->n_groups_value, c->lr_value, scale);
+    return clip_and_step(m, &l->opt_value, l->groups_value, l->n_groups_value, c->lr_value,
+                         c->max_grad_norm, "value gradient", &ms->gn_value);
 }
 
 /* mean and population std of x[0..n) */
