@@ -5,14 +5,16 @@
 #   deploy/bootstrap.sh test   install what is missing, build, run every test
 #   deploy/bootstrap.sh build  install what is missing and build only
 #
-# The test mode builds twice: build/ (optimised, warnings are errors) runs every test, and
-# build-asan/ (AddressSanitizer + UndefinedBehaviorSanitizer) runs them all again.
+# The test mode builds twice: build/ (optimised, warnings are errors) runs every test, then the
+# unit tests once more on another family of OpenBLAS kernels than this machine's (so both the
+# AVX-512 and the AVX2 paths, or AVX2 and AVX, run on every machine), and build-asan/
+# (AddressSanitizer + UndefinedBehaviorSanitizer) runs them all again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-demo}
 
 PACKAGES=(
-    build-essential cmake pkg-config clang-format jq
+    build-essential cmake pkg-config clang-format jq python3
     libopenblas-openmp-dev libzmq3-dev libprotobuf-c-dev protobuf-c-compiler
     libuv1-dev libjansson-dev librandom123-dev libpcre2-dev
     libh2o-dev libyaml-dev libssl-dev prometheus curl gnuplot-nox
@@ -45,6 +47,25 @@ build() { # build DIR [CMAKE ARGS...]
     cmake --build "$dir" -j2
 }
 
+# An OpenBLAS kernel family (OPENBLAS_CORETYPE) this CPU runs other than the one in use now: the
+# AVX2 kernels where AVX-512 ones run (or the reverse), the AVX ones on an AVX2-only CPU.
+other_blas_core() {
+    local cur=${OPENBLAS_CORETYPE:-}
+    if grep -qw avx512f /proc/cpuinfo; then
+        case "${cur,,}" in
+        "" | skylakex | cooperlake | sapphirerapids) echo Haswell ;;
+        *) echo SkylakeX ;;
+        esac
+    elif grep -qw avx2 /proc/cpuinfo; then
+        case "${cur,,}" in
+        sandybridge) echo Haswell ;;
+        *) echo Sandybridge ;;
+        esac
+    else
+        echo Nehalem
+    fi
+}
+
 install_missing
 case "$mode" in
 build)
@@ -57,6 +78,9 @@ demo)
 test)
     build build
     (cd build && ctest --output-on-failure -j2)
+    core=$(other_blas_core)
+    echo "unit tests again on the OpenBLAS $core kernels (this machine's: ${OPENBLAS_CORETYPE:-its own})"
+    (cd build && OPENBLAS_CORETYPE=$core ctest --output-on-failure -j2 -L unit)
     build build-asan -DRLHF_SANITIZE=address,undefined
     (cd build-asan && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j2 -LE lint)
     ;;

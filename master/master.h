@@ -1,7 +1,8 @@
 /*
  * master.h - rlhf-master's state, shared by its files: master_main.c (the libuv loop, the
  * ROUTER socket, message handling, the cron timer, results) and master_http.c (/healthz,
- * /status, /metrics on the same loop).
+ * /status, /metrics on the same loop, declared in master_http.h). Only the struct lives here:
+ * master_main.c calls into master_http.h, never the other way round.
  */
 #ifndef RLHF_MASTER_H
 #define RLHF_MASTER_H
@@ -12,9 +13,9 @@
 #include <jansson.h>
 #include <uv.h>
 
-#include "cfg.h"
+#include "base/cfg.h"
 #include "master_sched.h"
-#include "wire.h"
+#include "net/wire.h"
 
 /* Bad-input classes counted by the master: wire_bad_t, plus messages that decode fine but make
  * no sense from this peer (a worker sending JobAssign, a result from nobody). */
@@ -57,21 +58,5 @@ typedef struct {
     int http_port;
     int stopping;
 } master_t;
-
-/* JSON status of the run (the /status body); new reference. */
-/* A job kind's name as in results.jsonl and /metrics (Rlhf__JobKind; "unknown" otherwise). */
-const char *master_kind_name(int k);
-
-json_t *master_status_json(master_t *m);
-
-/* Prometheus text exposition of the master's metrics; malloc'ed, *len set. */
-char *master_metrics_text(master_t *m, size_t *len);
-
-/* Starts the HTTP server on host:port (port 0: any free port; m->http_port gets the bound
- * one). Returns 0 or a negative RL_E* code. */
-int master_http_start(master_t *m, const char *host, int port);
-
-/* Stops listening and frees the HTTP server; safe to call when it never started. */
-void master_http_stop(master_t *m);
 
 #endif

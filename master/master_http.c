@@ -14,8 +14,8 @@
 
 #include <h2o.h>
 
-#include "err.h"
-#include "master.h"
+#include "base/err.h"
+#include "master_http.h"
 
 struct master_http {
     h2o_globalconf_t config;
@@ -84,7 +84,7 @@ json_t *master_status_json(master_t *m) {
     json_t *kinds = json_object();
     for (int k = 0; k < 32; k++)
         if (by_kind[k][0] + by_kind[k][1] + by_kind[k][2] + by_kind[k][3])
-            json_object_set_new(kinds, master_kind_name(k),
+            json_object_set_new(kinds, wire_job_kind_name(k),
                                 json_pack("{s:i, s:i, s:i, s:i}", "queued", by_kind[k][0], "leased",
                                           by_kind[k][1], "done", by_kind[k][2], "failed",
                                           by_kind[k][3]));

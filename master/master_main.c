@@ -17,7 +17,7 @@
  * finished job again. RUN_DIR/master.json gives the bound endpoint and HTTP port and the pid.
  *
  * Clients. Jobs come from the --jobs file at start and from clients at any time: drivers (the
- * `rlhf ppo` loop, common/client.h) that connect like workers, say Hello with ROLE_CLIENT (they
+ * `rlhf ppo` loop, common/net/client.h) that connect like workers, say Hello with ROLE_CLIENT (they
  * are never assigned jobs), heartbeat, and send SubmitJobs / FetchResults (proto/rlhf.proto).
  * A submitted job is scheduled like a file job (to a live worker with its kind among its
  * capabilities, and of its role when the spec names one) and recorded once in results.jsonl
@@ -49,9 +49,10 @@
 #include <uv.h>
 #include <zmq.h>
 
-#include "err.h"
-#include "fs.h"
+#include "base/err.h"
+#include "base/fs.h"
 #include "master.h"
+#include "master_http.h"
 
 #define DRAIN_BATCH 512
 
@@ -69,23 +70,6 @@ static void sched_log(void *ctx, const char *fmt, ...) {
     va_start(ap, fmt);
     wire_logv("master", fmt, ap);
     va_end(ap);
-}
-
-const char *master_kind_name(int k) {
-    switch (k) {
-    case RLHF__JOB_KIND__JOB_KIND_GENERATE:
-        return "generate";
-    case RLHF__JOB_KIND__JOB_KIND_SCORE:
-        return "score";
-    case RLHF__JOB_KIND__JOB_KIND_TRAIN:
-        return "train";
-    case RLHF__JOB_KIND__JOB_KIND_EVAL:
-        return "eval";
-    case RLHF__JOB_KIND__JOB_KIND_NOOP:
-        return "noop";
-    default:
-        return "unknown";
-    }
 }
 
 /* ---- sending ------------------------------------------------------------------------------ */
@@ -141,8 +125,8 @@ static int results_job(master_t *m, json_t *o, uint64_t id) {
     json_t *jk = json_object_get(o, "kind"), *jh = json_object_get(o, "spec_hash");
     int kind = 0;
     for (int k = 1; k < 32 && !kind; k++)
-        if (json_is_string(jk) && strcmp(master_kind_name(k), "unknown") &&
-            !strcmp(master_kind_name(k), json_string_value(jk)))
+        if (json_is_string(jk) && strcmp(wire_job_kind_name(k), "unknown") &&
+            !strcmp(wire_job_kind_name(k), json_string_value(jk)))
             kind = k;
     unsigned long long h = 0;
     if (!kind || (j = sched_job_add(&m->sched, id, kind, 0, NULL, 0, 0)) < 0) return -1;
@@ -917,7 +901,7 @@ static void on_result(master_t *m, const wire_msg_t *msg, int w, const Rlhf__Job
     }
     sched_job_t *jb = &m->sched.jobs[j];
     json_object_set_new(out, "job_id", json_integer((json_int_t)jb->id));
-    json_object_set_new(out, "kind", json_string(master_kind_name(jb->kind)));
+    json_object_set_new(out, "kind", json_string(wire_job_kind_name(jb->kind)));
     json_object_set_new(out, "status", json_string("done"));
     json_object_set_new(out, "attempt", json_integer(jb->attempt));
     json_object_set_new(out, "seed", json_integer((json_int_t)jb->seed));
@@ -951,7 +935,7 @@ static void record_failures(master_t *m) {
         if (jb->state != SCHED_FAILED || jb->lease_ms == 0) continue;
         json_t *o =
             json_pack("{s:I, s:s, s:s, s:i}", "job_id", (json_int_t)jb->id, "kind",
-                      master_kind_name(jb->kind), "status", "failed", "attempt", jb->attempt);
+                      wire_job_kind_name(jb->kind), "status", "failed", "attempt", jb->attempt);
         if (record_output(o, jb, NULL) < 0 || results_append(m, o) < 0) {
             mlog("cannot record a failure: %s", rl_errmsg());
         } else {

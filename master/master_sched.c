@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "err.h"
+#include "base/err.h"
 
 #define LOG(s, ...)                                                                                \
     do {                                                                                           \

@@ -1,5 +1,5 @@
 /*
- * client_tool.c - rlhf-client-tool, a command-line driver around common/client.h for the
+ * client_tool.c - rlhf-client-tool, a command-line driver around common/net/client.h for the
  * runtime tests: submits jobs to a running master and prints one JSON line per finished job.
  *
  *   rlhf-client-tool submit --master EP [--noop N] [--generate N --model DIR] [--first-id ID]
@@ -28,9 +28,10 @@
 
 #include <zmq.h>
 
-#include "client.h"
-#include "err.h"
-#include "wire.h"
+#include "base/crc32c.h"
+#include "net/client.h"
+#include "base/err.h"
+#include "net/wire.h"
 
 typedef struct {
     uint64_t first;
@@ -67,7 +68,7 @@ static int on_result(void *ctx, const client_result_t *r) {
            : r->status == CLIENT_FAILED ? "failed"
                                         : "rejected",
            kind_str(r->kind), r->attempt, r->worker, r->output_len,
-           wire_crc32c(r->output, r->output_len));
+           crc32c(0, r->output, r->output_len));
     if (r->status == CLIENT_DONE && r->kind == RLHF__JOB_KIND__JOB_KIND_GENERATE) {
         Rlhf__GenerateOutput *g = rlhf__generate_output__unpack(NULL, r->output_len, r->output);
         printf(",\"tokens\":[");

@@ -14,7 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "err.h"
+#include "base/err.h"
 
 static int test__failed_checks;
 static int test__cur_failed;

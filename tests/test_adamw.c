@@ -13,7 +13,7 @@
 #include <omp.h>
 #endif
 
-#include "adamw.h"
+#include "nn/adamw.h"
 #include "test.h"
 
 /* A small deterministic generator (xorshift64*) so runs are reproducible. */

@@ -10,9 +10,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "annot.h"
-#include "err.h"
-#include "rng.h"
+#include "align/annot.h"
+#include "base/err.h"
+#include "base/rng.h"
 #include "test.h"
 
 static char *tmp_path(const char *name) {

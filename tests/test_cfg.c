@@ -2,8 +2,8 @@
  * test_cfg.c - the run configuration: YAML file, defaults, overrides, and errors that name the
  * file, line and key.
  */
-#include "cfg.h"
-#include "fs.h"
+#include "base/cfg.h"
+#include "base/fs.h"
 #include "test.h"
 
 static const char *write_tmp(const char *name, const char *text) {

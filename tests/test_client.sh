@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# test_client.sh - jobs submitted to a running master by a client (common/client.h, driven by
+# test_client.sh - jobs submitted to a running master by a client (common/net/client.h, driven by
 # rlhf-client-tool) instead of a jobs file: a master started without --jobs and two rollout
 # workers. Every job is delivered to the client exactly once and recorded exactly once, also
 # when the same ids are submitted again, when the master is killed (-9) mid-run and restarted

@@ -1,5 +1,5 @@
 /* test_data.c - token-id files: good input, and bad input named by file and line. */
-#include "data.h"
+#include "nn/data.h"
 #include "test.h"
 
 #include <unistd.h>

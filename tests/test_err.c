@@ -1,5 +1,5 @@
 /* test_err.c - error strings and the thread-local detail message. */
-#include "err.h"
+#include "base/err.h"
 #include "test.h"
 
 static void test_strings(void) {

@@ -8,7 +8,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "fs.h"
+#include "base/fs.h"
 #include "test.h"
 
 static char *tpath(const char *name) {

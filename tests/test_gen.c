@@ -3,9 +3,9 @@
  * full-forward logits at every step, batches equal sequences alone, draws keyed by
  * (seed, sequence id, position), stop conditions, bad input.
  */
-#include "gen.h"
-#include "ops.h"
-#include "rng.h"
+#include "nn/gen.h"
+#include "nn/ops.h"
+#include "base/rng.h"
 #include "test.h"
 
 static const gpt_config_t cfg = {2, 4, 32, 40, 24, 1e-5f, 0};

@@ -3,10 +3,10 @@
  * written from the Hugging Face tensor names, finite-difference gradients of every parameter
  * (LM loss with a mask, scalar head, both at once), AdamW on the model, NaN/Inf detection.
  */
-#include "adamw.h"
-#include "gpt.h"
-#include "ops.h"
-#include "rng.h"
+#include "nn/adamw.h"
+#include "nn/gpt.h"
+#include "nn/ops.h"
+#include "base/rng.h"
 #include "test.h"
 
 static const gpt_config_t tiny = {.n_layer = 2,

@@ -9,9 +9,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "fs.h"
-#include "hf.h"
-#include "st.h"
+#include "base/fs.h"
+#include "nn/hf.h"
+#include "nn/st.h"
 #include "test.h"
 
 static const gpt_config_t small_cfg = {.n_layer = 2,

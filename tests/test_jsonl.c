@@ -6,8 +6,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "fs.h"
-#include "jsonl.h"
+#include "base/fs.h"
+#include "base/jsonl.h"
 #include "test.h"
 
 static int sum_ids(void *ctx, json_t *o, const char *where) {

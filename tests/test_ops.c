@@ -8,8 +8,8 @@
  * ~1e-5 and the truncation error is O(eps^2), so 2e-3 absolute + 1e-2 relative is a tight bound
  * that a wrong index or a missing term exceeds by orders of magnitude.
  */
-#include "ops.h"
-#include "rng.h"
+#include "nn/ops.h"
+#include "base/rng.h"
 #include "test.h"
 
 static float *rnd(size_t n, uint64_t stream, float scale) {

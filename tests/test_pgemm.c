@@ -3,9 +3,9 @@
  * bit, the sum its contract names (one fmaf chain over k in order, then the bias), whatever the
  * number of rows, the row's neighbours or the thread count; both layouts; ragged shapes.
  */
-#include "ops.h"
-#include "pgemm.h"
-#include "rng.h"
+#include "nn/ops.h"
+#include "nn/pgemm.h"
+#include "base/rng.h"
 #include "test.h"
 
 /* The contract, written out: Y[m][n] = fmaf chain over k of X[m][k] * W(k, n), then + bias[n]. */

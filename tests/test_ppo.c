@@ -3,9 +3,9 @@
  * finite differences of an independent double-precision loss, positions against generation and
  * prefix forwards, invariants of the update, and a tiny policy that learns to emit a token.
  */
-#include "gen.h"
-#include "ops.h"
-#include "ppo.h"
+#include "nn/gen.h"
+#include "nn/ops.h"
+#include "align/ppo.h"
 #include "test.h"
 
 /* ---- pure functions ----------------------------------------------------------------------- */

@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "rank.h"
+#include "align/rank.h"
 #include "test.h"
 
 #define M NAN /* a missing value in a reliability matrix */

@@ -4,11 +4,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "fs.h"
-#include "hf.h"
-#include "ops.h"
-#include "rm.h"
-#include "rng.h"
+#include "base/fs.h"
+#include "nn/hf.h"
+#include "nn/ops.h"
+#include "align/rm.h"
+#include "base/rng.h"
 #include "test.h"
 
 enum { V = 16, EOT = 15 };

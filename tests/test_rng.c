@@ -1,5 +1,5 @@
 /* test_rng.c - the counter-based RNG: determinism, independence of streams, distributions. */
-#include "rng.h"
+#include "base/rng.h"
 #include "test.h"
 
 static void test_known_answer(void) {

@@ -13,7 +13,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "sample.h"
+#include "nn/sample.h"
 #include "test.h"
 
 #define GPT2_V 50257

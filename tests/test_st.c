@@ -6,8 +6,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "fs.h"
-#include "st.h"
+#include "base/fs.h"
+#include "nn/st.h"
 #include "test.h"
 
 /*

@@ -7,8 +7,8 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "rng.h"
-#include "task.h"
+#include "base/rng.h"
+#include "align/task.h"
 #include "test.h"
 
 static float sc(const char *prompt, const char *completion, int crit) {

@@ -4,14 +4,14 @@
  * named by file and line, lossless round trips on arbitrary bytes, and the trainer against a
  * naive trainer. The real GPT-2 vocabulary is checked by test_tok_gpt2.sh (needs the network).
  */
-#include "tok.h"
+#include "nn/tok.h"
 #include "test.h"
 
 #include <stdint.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "fs.h"
+#include "base/fs.h"
 
 static char dir[512];
 

@@ -1,6 +1,6 @@
 /* test_train.c - the shared training step: loss goes down, NaN/Inf applies nothing. */
-#include "ops.h"
-#include "train.h"
+#include "nn/ops.h"
+#include "nn/train.h"
 #include "test.h"
 
 static const gpt_config_t cfg = {2, 2, 16, 13, 16, 1e-5f, 0};

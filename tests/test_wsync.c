@@ -1,7 +1,7 @@
 /*
- * test_wsync.c - weight sync (common/wsync.h): CRC-32C against the reference table code, a
- * server thread and fetchers over loopback TCP in one process: bit-exact round trips, a
- * corrupted chunk detected and fetched again, version semantics, the credit bound, bad requests.
+ * test_wsync.c - weight sync (common/net/wsync.h): a server thread and fetchers over loopback TCP
+ * in one process: bit-exact round trips, a corrupted chunk detected and fetched again, version
+ * semantics, the credit bound, bad requests.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -13,8 +13,9 @@
 #include <zmq.h>
 
 #include "test.h"
-#include "wire.h"
-#include "wsync.h"
+#include "base/crc32c.h"
+#include "net/wire.h"
+#include "net/wsync.h"
 
 static uint64_t rng_state;
 static uint64_t next_u64(void) {
@@ -41,58 +42,6 @@ static void nap(int ms) {
     nanosleep(&ts, NULL);
 }
 
-/* CRC-32C bit by bit (reflected polynomial 0x82F63B78): the independent reference */
-static uint32_t ref_crc32c(const void *data, size_t n) {
-    const uint8_t *p = data;
-    uint32_t c = 0xFFFFFFFFu;
-    for (size_t i = 0; i < n; i++) {
-        c ^= p[i];
-        for (int k = 0; k < 8; k++) c = (c >> 1) ^ (0x82F63B78u & (0u - (c & 1)));
-    }
-    return c ^ 0xFFFFFFFFu;
-}
-
-static void test_crc32c(void) {
-    CHECK_EQ(ref_crc32c("123456789", 9), 0xE3069283u);
-    /* the standard check value of CRC-32C */
-    CHECK_EQ(wsync_crc32c(0, "123456789", 9), 0xE3069283u);
-    size_t max = 200000;
-    uint8_t *buf = make_snapshot(7, max + 16), *dst = malloc(max + 16);
-    size_t lens[] = {0, 1, 7, 8, 255, 256, 767, 768, 769, 3 * 8192, 3 * 8192 + 5, 100003, max};
-    for (size_t k = 0; k < sizeof lens / sizeof lens[0]; k++)
-        for (size_t off = 0; off < 9; off += 3) { /* unaligned starts too */
-            size_t n = lens[k];
-            uint32_t ref = ref_crc32c(buf + off, n);
-            CHECK_EQ(wire_crc32c(buf + off, n), ref);
-            CHECK_EQ(wsync_crc32c(0, buf + off, n), ref);
-            memset(dst, 0, max + 16);
-            CHECK_EQ(wsync_crc32c_copy(0, dst + off, buf + off, n), ref);
-            CHECK(memcmp(dst + off, buf + off, n) == 0);
-            /* continuing and combining */
-            size_t a = n / 3;
-            CHECK_EQ(wsync_crc32c(wsync_crc32c(0, buf + off, a), buf + off + a, n - a), ref);
-            CHECK_EQ(wsync_crc32c_combine(ref_crc32c(buf + off, a),
-                                          ref_crc32c(buf + off + a, n - a), n - a),
-                     ref);
-        }
-    /* speed, for the record (the fetcher checks every byte it copies) */
-    size_t big = 64u << 20;
-    uint8_t *b = make_snapshot(8, big), *d = malloc(big);
-    memset(d, 1, big); /* pages faulted in: the copy is measured, not the kernel */
-    double t0 = wire_now_ms();
-    uint32_t c1 = wsync_crc32c(0, b, big);
-    double t1 = wire_now_ms();
-    uint32_t c2 = wsync_crc32c_copy(0, d, b, big);
-    double t2 = wire_now_ms();
-    uint32_t c3 = wire_crc32c(b, big);
-    double t3 = wire_now_ms();
-    CHECK_EQ(c1, c3);
-    CHECK_EQ(c2, c3);
-    fprintf(stderr, "  crc32c 64 MiB: %.2f GB/s, with copy %.2f GB/s, wire_crc32c %.2f GB/s\n",
-            big / (t1 - t0) / 1e6, big / (t2 - t1) / 1e6, big / (t3 - t2) / 1e6);
-    free(b), free(d), free(buf), free(dst);
-}
-
 static void *ctx;
 
 static void test_round_trip(void) {
@@ -110,7 +59,7 @@ static void test_round_trip(void) {
     CHECK_EQ(snap.version, 1);
     CHECK_EQ(snap.bytes, bytes);
     CHECK(snap.data && memcmp(snap.data, data, bytes) == 0);
-    CHECK_EQ(snap.crc, wire_crc32c(data, bytes));
+    CHECK_EQ(snap.crc, crc32c(0, data, bytes));
     CHECK_STREQ(snap.meta, "{\"n_layer\":2}");
     CHECK_STREQ(snap.name, "params");
     CHECK_EQ(st.chunks, 24);
@@ -405,7 +354,6 @@ static void test_silence(void) {
 
 int main(void) {
     ctx = zmq_ctx_new();
-    RUN(test_crc32c);
     RUN(test_round_trip);
     RUN(test_corrupt_chunk);
     RUN(test_versions);

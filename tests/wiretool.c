@@ -14,7 +14,7 @@
  *        the given interval for S seconds, their phases spread evenly over the interval (as
  *        independent workers would be); prints {"sockets","heartbeats_sent","received"}.
  *
- * Weight sync (common/wsync.h):
+ * Weight sync (common/net/wsync.h):
  *   rlhf-wiretool wsync-serve [--bind EP] [--master EP] --version V --mb N [--chunk-kb K]
  *                             [--delay-ms D] [--ready FILE] [--seconds S]
  *   rlhf-wiretool wsync-bench --mb N [--fanout 1,2,4] [--chunk-kb K] [--credit C]
@@ -39,9 +39,10 @@
 #include <jansson.h>
 #include <zmq.h>
 
-#include "err.h"
-#include "wire.h"
-#include "wsync.h"
+#include "base/crc32c.h"
+#include "base/err.h"
+#include "net/wire.h"
+#include "net/wsync.h"
 
 static void *dealer(void *ctx, const char *ep) {
     void *s = zmq_socket(ctx, ZMQ_DEALER);
@@ -266,7 +267,7 @@ static int wsync_serve(const char *bind, const char *master, uint64_t version, s
         return 1;
     }
     wsync_server_set_delay(s, delay_ms);
-    uint32_t crc = wsync_crc32c(0, data, bytes);
+    uint32_t crc = crc32c(0, data, bytes);
     free(data);
     fprintf(stderr, "wsync-serve: version %llu, %zu bytes, crc32c %08x at %s\n",
             (unsigned long long)version, bytes, crc, wsync_server_endpoint(s));
@@ -456,7 +457,7 @@ static int wsync_bench(double mb, const char *fanout, size_t chunk, int credit, 
     }
     /* the checksum speed on this machine, for the record */
     double t0 = wire_now_ms();
-    uint32_t crc = wsync_crc32c(0, data, bytes);
+    uint32_t crc = crc32c(0, data, bytes);
     double crc_gbps = bytes / ((wire_now_ms() - t0) / 1e3) / 1e9;
 
     /* the raw stream's server, and the wsync server with the same bytes published */

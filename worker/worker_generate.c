@@ -1,18 +1,18 @@
 /*
  * worker_generate.c - the GENERATE handler of rollout workers: KV-cached generation (gen.h) of
- * one greedy continuation, or of K sampled completions of a prompt with their per-token
- * logprobs. Every draw is keyed by (job seed, sample index), so the output is a pure function
- * of the weights and the spec, whichever worker runs it.
+ * K completions of each prompt, sampled with the job's temperature / top-k / top-p (greedy at
+ * temperature 0), with their per-token logprobs. Every draw is keyed by (job seed, sample index),
+ * so the output is a pure function of the weights and the spec, whichever worker runs it.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-#include "err.h"
-#include "gen.h"
-#include "gpt.h"
-#include "hf.h"
+#include "base/err.h"
+#include "nn/gen.h"
+#include "nn/gpt.h"
+#include "nn/hf.h"
 #include "rlhf.pb-c.h"
 #include "worker.h"
 

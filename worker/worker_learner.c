@@ -30,7 +30,7 @@
  * Kinds. LM: B windows of T+1 tokens per step, drawn from a token file, one inline batch used
  * every step, or one masked batch per step (step_inputs/step_targets, target -1 untrained: what
  * `rlhf sft --learner-shards` sends); a shard's slice is rows of the batch. RM: the reward model
- * on a pairs file (common/rm.h): every shard loads the same file with the same tokenizer
+ * on a pairs file (common/align/rm.h): every shard loads the same file with the same tokenizer
  * (deterministic, so a global item index means the same thing everywhere), shard 0 draws the
  * step's items from the training split's epoch orders (rm_split, rm_epoch_order: those of
  * `rlhf train-rm`) and sends each shard a contiguous slice of them as its "inputs" rows (T = 1)
@@ -67,20 +67,21 @@
 
 #include <zmq.h>
 
-#include "adamw.h"
-#include "data.h"
-#include "err.h"
-#include "fs.h"
-#include "gpt.h"
-#include "hf.h"
-#include "ops.h"
-#include "rm.h"
-#include "rng.h"
-#include "tok.h"
-#include "train.h"
-#include "wire.h"
+#include "nn/adamw.h"
+#include "nn/data.h"
+#include "base/crc32c.h"
+#include "base/err.h"
+#include "base/fs.h"
+#include "nn/gpt.h"
+#include "nn/hf.h"
+#include "nn/ops.h"
+#include "align/rm.h"
+#include "base/rng.h"
+#include "nn/tok.h"
+#include "nn/train.h"
+#include "net/wire.h"
 #include "worker.h"
-#include "wsync.h"
+#include "net/wsync.h"
 
 /* Arenas travel in frames of at most 16 MiB (--shard-chunk-kib: less); a frame size limit of
  * that plus room for envelopes. */
@@ -193,7 +194,7 @@ static int arena_read(const wire_msg_t *m, const Rlhf__Envelope *env, size_t fir
 }
 
 static uint32_t params_crc(const gpt_t *m) {
-    return wire_crc32c(m->params_mem, m->num_params * sizeof(float));
+    return crc32c(0, m->params_mem, m->num_params * sizeof(float));
 }
 
 /* The CRC-32C of the arena carried by envelope frames [first, end), from their headers
@@ -201,9 +202,8 @@ static uint32_t params_crc(const gpt_t *m) {
 static uint32_t frames_crc(const Rlhf__Envelope *env, size_t first) {
     uint32_t crc = 0;
     for (size_t i = first; i < env->n_frames; i++)
-        crc = i == first
-                  ? env->frames[i]->crc32c
-                  : wsync_crc32c_combine(crc, env->frames[i]->crc32c, env->frames[i]->nbytes);
+        crc = i == first ? env->frames[i]->crc32c
+                         : crc32c_combine(crc, env->frames[i]->crc32c, env->frames[i]->nbytes);
     return crc;
 }
 
@@ -437,7 +437,7 @@ static int ckpt_save(void) {
     memcpy(p, w, sizeof w), p += sizeof w;
     if (L.result_len) memcpy(p, L.result, L.result_len), p += L.result_len;
     memcpy(p, L.tr.opt.moments, mom), p += mom;
-    uint32_t crc = wire_crc32c(b, (size_t)(p - b));
+    uint32_t crc = crc32c(0, b, (size_t)(p - b));
     memcpy(p, &crc, 4);
     snprintf(path, sizeof path, "%s/optim.bin", dir);
     rc = fs_write_atomic(path, b, len);
@@ -481,7 +481,7 @@ static int ckpt_load_dir(const char *name) {
         memcpy(u, b + 8, sizeof u);
         memcpy(&t, b + 8 + sizeof u, sizeof t);
         memcpy(w, b + 8 + sizeof u + sizeof t, sizeof w);
-        if (memcmp(b, CKPT_MAGIC, 8) || wire_crc32c(b, len - 4) != crc)
+        if (memcmp(b, CKPT_MAGIC, 8) || crc32c(0, b, len - 4) != crc)
             rc = rl_fail(RL_EFORMAT, "%s: bad magic or checksum", path);
         else if (u[2] != n || len != OPT_HEAD + (size_t)w[1] + mom + 4)
             rc = rl_fail(RL_EFORMAT, "%s: sized for %" PRIu64 " parameters, the model has %zu",
@@ -723,7 +723,7 @@ static void params_changed(void) {
     L.pf_valid = frames_add_arena(&L.pf, "params", L.model->params_mem, L.model->num_params) == 0;
     uint32_t crc = 0;
     for (int i = 0; L.pf_valid && i < L.pf.n; i++)
-        crc = i ? wsync_crc32c_combine(crc, L.pf.th[i].crc32c, L.pf.len[i]) : L.pf.th[i].crc32c;
+        crc = i ? crc32c_combine(crc, L.pf.th[i].crc32c, L.pf.len[i]) : L.pf.th[i].crc32c;
     L.crc = L.pf_valid ? crc : params_crc(L.model);
     L.pf_crc = L.crc;
 }

@@ -31,11 +31,11 @@
 
 #include <zmq.h>
 
-#include "err.h"
-#include "ops.h"
-#include "wire.h"
+#include "base/err.h"
+#include "nn/ops.h"
+#include "net/wire.h"
 #include "worker.h"
-#include "wsync.h"
+#include "net/wsync.h"
 
 #define WORKER_VERSION "0.1"
 

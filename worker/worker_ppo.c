@@ -31,15 +31,16 @@
 #include <jansson.h>
 #include <zmq.h>
 
-#include "err.h"
-#include "fs.h"
-#include "gpt.h"
-#include "hf.h"
-#include "ppo.h"
+#include "base/crc32c.h"
+#include "base/err.h"
+#include "base/fs.h"
+#include "nn/gpt.h"
+#include "nn/hf.h"
+#include "align/ppo.h"
 #include "rlhf.pb-c.h"
-#include "wire.h"
+#include "net/wire.h"
 #include "worker.h"
-#include "wsync.h"
+#include "net/wsync.h"
 
 #define PPO_MAGIC "RLHFPPO1"
 
@@ -235,7 +236,7 @@ static int ckpt_write(uint64_t iteration) {
     put(&b, l->opt_value.moments, 2 * n_v * sizeof(float));
     put(&b, &ol, 8);
     if (ol) put(&b, S.last_out, ol);
-    uint32_t crc = b.oom ? 0 : wire_crc32c(b.p, b.n);
+    uint32_t crc = b.oom ? 0 : crc32c(0, b.p, b.n);
     put(&b, &crc, 4);
     snprintf(sub, sizeof sub, "%s/state.bin", dir);
     rc = b.oom ? rl_fail(RL_ENOMEM, "checkpoint: out of memory") : fs_write_atomic(sub, b.p, b.n);
@@ -287,7 +288,7 @@ static int ckpt_load(const char *dir, const ppo_config_t *cfg) {
     rc = len < 12 || memcmp(data, PPO_MAGIC, 8) ? -1 : 0;
     if (rc == 0) {
         memcpy(&crc, data + len - 4, 4);
-        rc = crc == wire_crc32c(data, len - 4) ? 0 : -1;
+        rc = crc == crc32c(0, data, len - 4) ? 0 : -1;
         end -= 4;
     }
     uint64_t it = 0, n_p = 0, n_v = 0, t_p = 0, t_v = 0, ol = 0;

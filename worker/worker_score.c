@@ -17,11 +17,11 @@
 #include <string.h>
 #include <time.h>
 
-#include "err.h"
-#include "gpt.h"
-#include "hf.h"
-#include "ppo.h"
-#include "rm.h"
+#include "base/err.h"
+#include "nn/gpt.h"
+#include "nn/hf.h"
+#include "align/ppo.h"
+#include "align/rm.h"
 #include "rlhf.pb-c.h"
 #include "worker.h"
 

@@ -1,0 +1,313 @@
+/*
+ * ppo.h - the learner-side math of PPO for RLHF (Ziegler et al. 2019, InstructGPT).
+ *
+ * Two layers. The pure functions below are the pieces of the algorithm, each on plain arrays so
+ * that a test can check it against numbers worked out by hand: log-probabilities and entropy of
+ * a logits row, the KL estimators, per-token rewards, GAE, whitening, the clipped policy and
+ * value losses with their gradients, the gradient of a per-token loss with respect to a logits
+ * row, the KL-coefficient controllers, explained variance and running moments. On top of them,
+ * ppo_update() runs one PPO iteration on a rollout batch with a policy model, a separate value
+ * model (a GPT with a scalar head) and an AdamW state for each (ppo_learner_t).
+ *
+ * Positions. A sequence is a prompt p[0..P) followed by a completion c[0..n). Action t is the
+ * choice of c[t]; its state is everything before it, so both the log-probability of c[t] (the
+ * LM logits) and the value of the state (the scalar head) are read at position P - 1 + t of the
+ * model input p[0..P) c[0..n-1) - the position of the last token seen before the action. The
+ * last completion token is never an input. The episode ends after c[n-1]: V(terminal) = 0.
+ *
+ * Use (one iteration):
+ *   ppo_learner_t l;  ppo_config_t cfg;  ppo_config_default(&cfg);  ... edit cfg ...
+ *   ppo_learner_init(&l, policy, value, &cfg);
+ *   for each rollout batch:  fill ppo_seq_t seqs[n] (tokens, old and reference logprobs, scores);
+ *                            ppo_update(&l, seqs, n, &stats);
+ *   ppo_learner_free(&l);
+ * The learner's persistent state is the two models, the two AdamW states, kl.beta, score_stats
+ * and iteration: a checkpoint that restores all of them resumes bit-identically.
+ */
+#ifndef RLHF_PPO_H
+#define RLHF_PPO_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "nn/adamw.h"
+#include "nn/gpt.h"
+
+/* ---- per-token pieces ------------------------------------------------------------------ */
+
+/*
+ * log softmax(logits)[tok] over logits[0..V), computed stably in double (max subtracted). If
+ * entropy is not NULL it receives H = -sum_i p_i log p_i. tok must lie in [0, V). Entries of
+ * -inf (masked tokens) are allowed and contribute nothing; NaN logits give a NaN result.
+ */
+double ppo_logprob(const float *logits, int V, int tok, double *entropy);
+
+/*
+ * Gradient of a per-token loss with respect to one logits row: given dlogp = dloss/dlogp(tok)
+ * and dent = dloss/dH (H the row's entropy), writes
+ *   out[j] = dlogp * (1[j == tok] - p_j) - dent * p_j * (log p_j + H)
+ * for j in [0, V). out may be the logits row itself (the update is in place). tok in [0, V).
+ */
+void ppo_dlogits_row(const float *logits, int V, int tok, float dlogp, float dent, float *out);
+
+/* KL estimator k1 = logp - logp_ref (unbiased for KL(policy || ref), may be negative). */
+double ppo_kl_k1(double logp, double logp_ref);
+
+/* KL estimator k3 = (r - 1) - log r with r = exp(logp_ref - logp): unbiased and >= 0. */
+double ppo_kl_k3(double logp, double logp_ref);
+
+/*
+ * Per-token rewards of one completion of n >= 1 tokens: rewards[t] = -beta * (logp[t] -
+ * logp_ref[t]) (the k1 estimate), plus `score` (already normalised / clipped, see
+ * ppo_score_transform()) on the last token. Returns the summed k1 over the completion.
+ */
+double ppo_rewards(const float *logp, const float *logp_ref, int n, float score, float beta,
+                   float *rewards);
+
+/*
+ * Generalised advantage estimation over one completion of n tokens: values[t] is V(s_t) (the
+ * state before action t), V(s_n) = 0. delta_t = r_t + gamma V_{t+1} - V_t,
+ * adv_t = delta_t + gamma lambda adv_{t+1}, ret_t = adv_t + V_t (the value target).
+ */
+void ppo_gae(const float *rewards, const float *values, int n, float gamma, float lambda,
+             float *adv, float *ret);
+
+/*
+ * Whitens x[0..n) in place over the elements with mask != 0 (mask NULL: all):
+ * x = (x - mean) / sqrt(var + 1e-8) with the population variance (Ziegler et al.); with
+ * keep_mean the mean is added back. Elements with mask == 0 are set to 0. Returns 0 or
+ * RL_EINVAL if no element is selected, RL_ENONFINITE if a selected element is NaN/Inf.
+ */
+int ppo_whiten(float *x, const float *mask, size_t n, int keep_mean);
+
+/* Figures of a clipped policy loss over a set of tokens. */
+typedef struct {
+    double loss;      /* mean of max(-A r, -A clip(r, 1-eps, 1+eps)) */
+    double clipfrac;  /* fraction of tokens where the clipped term is the larger one */
+    double approx_kl; /* mean of (r - 1) - log r: KL(old || new) estimate */
+} ppo_pg_stats_t;
+
+/*
+ * The clipped surrogate loss over n tokens with ratio r = exp(logp - logp_old), advantages adv
+ * and mask (NULL: all ones): loss = sum_t mask_t max(-A_t r_t, -A_t clip(r_t, 1-eps, 1+eps)) /
+ * denom, where denom <= 0 means sum(mask) - pass the total of a whole minibatch when it is
+ * split into micro-batches or shards. dlogp (may be NULL) receives dloss/dlogp_t: -A_t r_t
+ * mask_t / denom where the unclipped term is the larger (or equal) one, else 0. The stats are
+ * normalised by the same denominator. Returns 0, RL_EINVAL (denominator 0), RL_ENONFINITE.
+ */
+int ppo_policy_loss(const float *logp, const float *logp_old, const float *adv, const float *mask,
+                    size_t n, float eps, double denom, float *dlogp, ppo_pg_stats_t *st);
+
+/*
+ * The clipped value loss over n tokens: v_clip = v_old + clamp(v - v_old, -clip, clip) (no
+ * clipping when clip <= 0), loss = sum_t mask_t 0.5 max((v - R)^2, (v_clip - R)^2) / denom
+ * (denom <= 0: sum(mask)). dv (may be NULL) receives dloss/dv_t: (v - R) mask_t / denom where
+ * the unclipped term is the larger (or equal) one, else 0. *clipfrac (may be NULL): fraction
+ * where the clipped term is larger. Returns 0, RL_EINVAL (denominator 0) or RL_ENONFINITE.
+ */
+int ppo_value_loss(const float *v, const float *v_old, const float *ret, const float *mask,
+                   size_t n, float clip, double denom, float *dv, double *loss, double *clipfrac);
+
+/*
+ * The entropy bonus -coef * sum_t mask_t H_t / denom (denom <= 0: sum(mask)). dent (may be
+ * NULL) receives dloss/dH_t = -coef mask_t / denom. Returns the mean entropy sum mask H / denom
+ * (the bonus is -coef times it), or NaN when the denominator is 0.
+ */
+double ppo_entropy_bonus(const float *ent, const float *mask, size_t n, float coef, double denom,
+                         float *dent);
+
+/*
+ * 1 - Var[target - pred] / Var[target] over the masked elements (population variances); 1 is a
+ * perfect predictor, 0 no better than the mean, negative worse. NaN if Var[target] is 0 or
+ * nothing is selected.
+ */
+double ppo_explained_variance(const float *pred, const float *target, const float *mask, size_t n);
+
+/* ---- KL coefficient ---------------------------------------------------------------------- */
+
+typedef struct {
+    float beta;    /* current KL coefficient */
+    int adaptive;  /* 0: fixed beta; 1: Ziegler et al.'s proportional controller */
+    float target;  /* target KL (nats per sequence, k1 summed over the completion) */
+    float horizon; /* in sequences: how fast beta moves towards the target */
+} ppo_klctl_t;
+
+/*
+ * After an update that saw `kl` (mean per-sequence KL) over n_steps sequences: a fixed
+ * controller keeps beta; the adaptive one does err = clamp(kl / target - 1, -0.2, 0.2),
+ * beta *= 1 + err * n_steps / horizon.
+ */
+void ppo_klctl_update(ppo_klctl_t *c, double kl, long n_steps);
+
+/* ---- running moments of the reward-model score ------------------------------------------- */
+
+/* Welford's running count, mean and sum of squared deviations; mergeable (Chan et al.). A
+ * zeroed struct is empty. */
+typedef struct {
+    double n, mean, m2;
+} ppo_moments_t;
+
+void ppo_moments_push(ppo_moments_t *s, double x);
+/* a += b: the moments of the union of both samples. */
+void ppo_moments_merge(ppo_moments_t *a, const ppo_moments_t *b);
+/* The sample standard deviation sqrt(m2 / (n - 1)); 0 when n < 2. */
+double ppo_moments_std(const ppo_moments_t *s);
+
+typedef enum {
+    PPO_SCORE_RAW = 0, /* the reward-model score as is */
+    PPO_SCORE_SCALE,   /* score / std */
+    PPO_SCORE_NORM,    /* (score - mean) / std */
+} ppo_score_norm_t;
+
+/*
+ * The score that enters the rewards: normalised with the running moments s per `mode` (std
+ * taken as std + 1e-8, or 1 while s holds fewer than 2 scores), then clipped to [-clip, clip]
+ * when clip > 0.
+ */
+float ppo_score_transform(float score, const ppo_moments_t *s, ppo_score_norm_t mode, float clip);
+
+/* ---- the update ------------------------------------------------------------------------ */
+
+/* Every field and its default (ppo_config_default()). */
+typedef struct {
+    float gamma;            /* discount; 1 */
+    float lambda;           /* GAE lambda; 0.95 */
+    float clip_eps;         /* policy ratio clip range [1-eps, 1+eps]; 0.2 */
+    float value_clip;       /* value clip around the old values, +-value_clip, in reward units
+                               (suits scores of unit scale: see score_norm); <= 0 off; 0.2 */
+    float kl_coef;          /* initial KL coefficient beta; 0.03 */
+    int kl_adaptive;        /* 0: beta fixed; 1: adaptive controller (ppo_klctl_update); 0 */
+    float kl_target;        /* adaptive: target KL per sequence in nats; 6 */
+    float kl_horizon;       /* adaptive: horizon in sequences; 10000 */
+    int epochs;             /* passes over each rollout batch; 4 */
+    int minibatch;          /* sequences per optimiser step (an epoch's last minibatch takes
+                               the rest); losses are means over its completion tokens; 8 */
+    int microbatch;         /* sequences per forward/backward inside a minibatch, gradients summed;
+                               0 = the whole minibatch; 0 */
+    float lr_policy;        /* AdamW learning rate of the policy; 1e-5 */
+    float lr_value;         /* AdamW learning rate of the value model; 1e-5 */
+    float weight_decay;     /* AdamW decoupled weight decay (both models, 2-D weights only); 0 */
+    float max_grad_norm;    /* global gradient-norm clip, per model; <= 0 off; 1 */
+    float ent_coef;         /* entropy bonus coefficient (loss -= ent_coef * mean entropy); 0 */
+    int score_norm;         /* ppo_score_norm_t applied to reward-model scores; PPO_SCORE_RAW */
+    float score_clip;       /* clip the (normalised) score to +-score_clip; <= 0 off; 0 */
+    int whiten;             /* whiten advantages over the rollout batch; 1 */
+    int whiten_keep_mean;   /* whitening keeps the advantages' mean (only scales); 0 */
+    int recompute_logprobs; /* recompute the old logprobs with the policy before the update
+                               instead of taking the rollout's; 0 */
+    int vocab_limit;        /* > 0: distributions over token ids below it only (a tokenizer smaller
+                               than the model's padded vocabulary, as in generation); 0 */
+    int forward_batch;      /* sequences per forward pass of the rollout-side passes (old values,
+                               recomputed logprobs); 0 = minibatch; 0 */
+    uint64_t seed;          /* key of the minibatch shuffle (Fisher-Yates, draw i of epoch e of
+                               n rollouts: rng(seed, stream = iteration, counter = e * n + i));
+                               0 */
+} ppo_config_t;
+
+/* Fills c with the defaults documented above. */
+void ppo_config_default(ppo_config_t *c);
+
+/* Checks ranges (gamma, lambda in [0,1], eps > 0, epochs, minibatch >= 1, lr >= 0, finite
+ * values, known score_norm ...). Returns 0 or RL_EINVAL naming the field. */
+int ppo_config_check(const ppo_config_t *c);
+
+/* The configuration as a JSON object with one member per field, named as in the struct
+ * (score_norm as "raw" | "scale" | "norm"); new reference. */
+json_t *ppo_config_to_json(const ppo_config_t *c);
+
+/* Sets the fields named in obj (others keep their value) and checks the result. An unknown
+ * name or a value of the wrong type is RL_EINVAL naming it, prefixed by `where`. */
+int ppo_config_from_json(ppo_config_t *c, json_t *obj, const char *where);
+
+/* Sets one field from its text value ("kl_coef", "0.05"), as a config file or --set gives it.
+ * Returns 0 or RL_EINVAL. */
+int ppo_config_set(ppo_config_t *c, const char *name, const char *value, const char *where);
+
+/* One rollout: borrowed arrays. */
+typedef struct {
+    const int *prompt; /* prompt_len >= 1 token ids */
+    int prompt_len;
+    const int *completion; /* completion_len >= 1 token ids */
+    int completion_len;
+    const float *logprobs;     /* (completion_len) old policy logprobs of the completion tokens
+                                  under the model distribution (gen's logprobs_model); may be
+                                  NULL with recompute_logprobs */
+    const float *ref_logprobs; /* (completion_len) reference-model logprobs */
+    float score;               /* reward-model score of <prompt, completion> */
+} ppo_seq_t;
+
+/* The learner: borrowed models, owned optimiser states, persistent PPO state. */
+typedef struct {
+    ppo_config_t cfg;
+    gpt_t *policy; /* LM head used; borrowed */
+    gpt_t *value;  /* cfg.scalar_head = 1; borrowed */
+    adamw_t opt_policy, opt_value;
+    adamw_group_t groups_policy[GPT_NKINDS], groups_value[GPT_NKINDS];
+    int n_groups_policy, n_groups_value;
+    ppo_klctl_t kl;            /* beta for the next batch's rewards */
+    ppo_moments_t score_stats; /* running moments of the raw scores seen so far */
+    long iteration;            /* successful ppo_update() calls; keys the minibatch shuffle */
+} ppo_learner_t;
+
+/*
+ * Prepares a learner on `policy` and `value` (borrowed, must outlive l; same vocabulary and
+ * context; the value model has a scalar head): gradients and AdamW moments (beta1 0.9, beta2
+ * 0.95, eps 1e-8, as the SFT step) allocated, kl from the config. Returns 0, RL_EINVAL (bad
+ * config or models) or RL_ENOMEM; on failure nothing is left allocated.
+ */
+int ppo_learner_init(ppo_learner_t *l, gpt_t *policy, gpt_t *value, const ppo_config_t *cfg);
+
+/* Frees the optimiser states; safe on a zeroed struct. Does not free the models. */
+void ppo_learner_free(ppo_learner_t *l);
+
+/* Figures of one ppo_update(). Loss-side figures are means over the optimiser steps. */
+typedef struct {
+    double policy_loss;    /* clipped surrogate loss (entropy bonus not included) */
+    double value_loss;     /* clipped value loss */
+    double entropy;        /* mean per-token entropy of the policy during the update */
+    double clipfrac;       /* policy ratio clip fraction */
+    double value_clipfrac; /* value clip fraction */
+    double approx_kl;      /* mean (r - 1) - log r between the rollout policy and the policy
+                              each step starts from */
+    double kl_k1, kl_k3;   /* policy vs reference at rollout, per sequence (summed over tokens),
+                              mean over sequences; kl_k1 drives the adaptive controller */
+    double explained_var;  /* of the old values as predictors of the returns */
+    double reward_mean, reward_std; /* per-sequence total reward (score term + KL penalty) */
+    double score_mean, score_std;   /* raw reward-model scores of the batch */
+    double adv_mean, adv_std;       /* advantages before whitening */
+    double beta;                    /* KL coefficient used for this batch */
+    double grad_norm_policy, grad_norm_value; /* mean pre-clip global norms */
+    long n_seqs, n_tokens, n_steps;           /* sequences, completion tokens, optimiser steps */
+} ppo_stats_t;
+
+/*
+ * Log-probabilities of every completion token of seqs[0..n) under model m (LM head), with
+ * `batch` sequences per forward pass (<= 0: all at once) and distributions over ids below
+ * vocab_limit (<= 0: the whole vocabulary). out holds sum(completion_len) floats, sequence after
+ * sequence. For the reference logprobs (reward worker) and for recomputing old logprobs. Returns 0
+ * or RL_E*.
+ */
+int ppo_seq_logprobs(gpt_t *m, const ppo_seq_t *seqs, int n, int batch, int vocab_limit,
+                     float *out);
+
+/* The value V(s_t) of every action state of seqs[0..n) under value model m (scalar head),
+ * laid out as ppo_seq_logprobs(). Returns 0 or RL_E*. */
+int ppo_seq_values(gpt_t *m, const ppo_seq_t *seqs, int n, int batch, float *out);
+
+/*
+ * One PPO iteration on n rollouts: old values (and old logprobs with recompute_logprobs),
+ * score normalisation (the running moments are updated with this batch's raw scores first),
+ * per-token rewards with the current beta, GAE, whitening, then cfg.epochs passes of shuffled
+ * minibatches, each one clipped-surrogate AdamW step of the policy and one clipped-value-loss
+ * step of the value model, each with its own gradient clipping and learning rate. Afterwards the
+ * KL controller is updated with the batch's mean k1 KL and `iteration` advances. `st` may be
+ * NULL. Returns 0 or RL_EINVAL (bad rollout: ids out of range, too long for the context,
+ * missing logprobs), RL_ENONFINITE (NaN/Inf in a logprob, score, loss or gradient), RL_ENOMEM.
+ * On failure the steps already taken stay applied, and kl, score_stats and iteration are
+ * unchanged: restore the checkpoint to retry.
+ */
+int ppo_update(ppo_learner_t *l, const ppo_seq_t *seqs, int n, ppo_stats_t *st);
+
+#endif

@@ -1,0 +1,57 @@
+/*
+ * err.c - error code strings and the thread-local detail message (see err.h).
+ */
+#include "base/err.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static _Thread_local char err_detail[1024];
+
+const char *rl_strerror(int code) {
+    switch (code) {
+#define RL__ERR_CASE(name, val, str)                                                               \
+    case name:                                                                                     \
+        return str;
+        RL_ERRORS(RL__ERR_CASE)
+#undef RL__ERR_CASE
+    }
+    return "unknown error";
+}
+
+int rl_fail(int code, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err_detail, sizeof err_detail, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+int rl_fail_ctx(int code, const char *fmt, ...) {
+    char old[sizeof err_detail];
+    memcpy(old, err_detail, sizeof old);
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(err_detail, sizeof err_detail, fmt, ap);
+    va_end(ap);
+    size_t used = n < 0 ? 0 : (size_t)n < sizeof err_detail ? (size_t)n : sizeof err_detail - 1;
+    const char *rest = old[0] ? old : rl_strerror(code);
+    /* Truncation of a long chain of context is acceptable; the start names the culprit. */
+    if (used + 2 < sizeof err_detail) {
+        memcpy(err_detail + used, ": ", 2);
+        used += 2;
+        size_t len = strlen(rest);
+        if (len > sizeof err_detail - 1 - used) len = sizeof err_detail - 1 - used;
+        memcpy(err_detail + used, rest, len);
+        err_detail[used + len] = '\0';
+    }
+    return code;
+}
+
+const char *rl_errmsg(void) {
+    return err_detail;
+}
+
+void rl_err_clear(void) {
+    err_detail[0] = '\0';
+}

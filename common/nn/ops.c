@@ -1,0 +1,479 @@
+/*
+ * ops.c - layer kernels of the transformer (see ops.h for conventions).
+ *
+ * Matrix products go to cblas_sgemm. Loops that are not matrix products are parallelised with
+ * OpenMP; OpenBLAS is the OpenMP build, so both share one thread team and a BLAS call made inside
+ * a parallel region (attention, per head) runs single-threaded instead of oversubscribing.
+ * Reductions that produce parameter gradients (LayerNorm weights, biases) are split by column,
+ * never by row, so every sum is taken in the same order whatever the thread count.
+ */
+#include "nn/ops.h"
+
+#include <math.h>
+#include <string.h>
+
+#include <cblas.h>
+#include <omp.h>
+
+/* Lets the compiler call glibc's vector expf (libmvec) from `omp simd` loops. glibc's own
+ * <math.h> makes this declaration only under -ffast-math, which we do not use (it would remove
+ * NaN checks); libmvec's expf is accurate to a few ulp and keeps IEEE special values. */
+#pragma omp declare simd notinbranch
+float expf(float);
+
+/* Below this many elements of work a loop runs on the calling thread: waking the team costs
+ * more than it saves, and far more when processes share cores (oversubscribed OpenMP teams
+ * wait for each other through the scheduler). */
+#define OPS_PAR_MIN 32768
+
+static int ops_threads = 1;
+
+void ops_set_threads(int n) {
+    if (n < 1) n = 1;
+    ops_threads = n;
+    omp_set_num_threads(n);
+    openblas_set_num_threads(n);
+}
+
+int ops_get_threads(void) {
+    return ops_threads;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+
+void ops_encoder_forward(float *out, const int *inp, const float *wte, const float *wpe, int B,
+                         int T, int C) {
+#pragma omp parallel for schedule(static) if ((long)B * T * C >= OPS_PAR_MIN)
+    for (int bt = 0; bt < B * T; bt++) {
+        int t = bt % T;
+        const float *we = wte + (size_t)inp[bt] * C, *pe = wpe + (size_t)t * C;
+        float *o = out + (size_t)bt * C;
+        for (int c = 0; c < C; c++) o[c] = we[c] + pe[c];
+    }
+}
+
+void ops_encoder_backward(float *dwte, float *dwpe, const float *dout, const int *inp, int B, int T,
+                          int C) {
+    for (int bt = 0; bt < B * T; bt++) {
+        int t = bt % T;
+        const float *d = dout + (size_t)bt * C;
+        float *dwe = dwte + (size_t)inp[bt] * C, *dpe = dwpe + (size_t)t * C;
+        for (int c = 0; c < C; c++) {
+            dwe[c] += d[c];
+            dpe[c] += d[c];
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+
+/* Element-wise and per-row kernels of the forward pass are cloned per instruction set: the build
+ * targets the x86-64 baseline, where glibc's vector expf is the 4-wide SSE one and sums run 4
+ * wide; the AVX-512 clone uses 16 lanes. Each clone sums in one fixed order, so results do not
+ * depend on the thread count. */
+#if defined(__x86_64__)
+#define OPS_CLONES __attribute__((target_clones("avx512f", "arch=x86-64-v3", "default")))
+#else
+#define OPS_CLONES
+#endif
+
+OPS_CLONES static void layernorm_row(float *o, float *mean, float *rstd, const float *x,
+                                     const float *w, const float *b, int C, float eps) {
+    float m = 0.0f;
+#pragma omp simd reduction(+ : m)
+    for (int c = 0; c < C; c++) m += x[c];
+    m /= C;
+    float v = 0.0f;
+#pragma omp simd reduction(+ : v)
+    for (int c = 0; c < C; c++) v += (x[c] - m) * (x[c] - m);
+    v /= C;
+    float s = 1.0f / sqrtf(v + eps);
+#pragma omp simd
+    for (int c = 0; c < C; c++) o[c] = (x[c] - m) * s * w[c] + b[c];
+    *mean = m;
+    *rstd = s;
+}
+
+void ops_layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
+                           const float *b, int N, int C, float eps) {
+#pragma omp parallel for schedule(static) if ((long)N * C >= OPS_PAR_MIN)
+    for (int n = 0; n < N; n++)
+        layernorm_row(out + (size_t)n * C, &mean[n], &rstd[n], inp + (size_t)n * C, w, b, C, eps);
+}
+
+void ops_layernorm_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
+                            const float *w, const float *mean, const float *rstd, int N, int C) {
+#pragma omp parallel if ((long)N * C >= OPS_PAR_MIN)
+    {
+#pragma omp for schedule(static)
+        for (int n = 0; n < N; n++) {
+            const float *d = dout + (size_t)n * C, *x = inp + (size_t)n * C;
+            float *di = dinp + (size_t)n * C;
+            float m = mean[n], s = rstd[n];
+            float dnorm_mean = 0.0f, dnorm_norm_mean = 0.0f;
+            for (int c = 0; c < C; c++) {
+                float norm = (x[c] - m) * s;
+                float dnorm = w[c] * d[c];
+                dnorm_mean += dnorm;
+                dnorm_norm_mean += dnorm * norm;
+            }
+            dnorm_mean /= C;
+            dnorm_norm_mean /= C;
+            for (int c = 0; c < C; c++) {
+                float norm = (x[c] - m) * s;
+                float dnorm = w[c] * d[c];
+                di[c] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * s;
+            }
+        }
+        /* parameter gradients: each thread owns a column range, rows summed in order */
+        int nt = omp_get_num_threads(), id = omp_get_thread_num();
+        int c0 = (int)((long)C * id / nt), c1 = (int)((long)C * (id + 1) / nt);
+        for (int n = 0; n < N; n++) {
+            const float *d = dout + (size_t)n * C, *x = inp + (size_t)n * C;
+            float m = mean[n], s = rstd[n];
+            for (int c = c0; c < c1; c++) {
+                db[c] += d[c];
+                dw[c] += (x[c] - m) * s * d[c];
+            }
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+
+void ops_matmul_forward(float *out, const float *inp, const float *w, const float *bias, int N,
+                        int IC, int OC) {
+    float beta = 0.0f;
+    if (bias) {
+        /* seed the output with the bias and let sgemm accumulate onto it: one pass fewer */
+#pragma omp parallel for schedule(static) if ((long)N * OC >= OPS_PAR_MIN)
+        for (int n = 0; n < N; n++) memcpy(out + (size_t)n * OC, bias, sizeof(float) * OC);
+        beta = 1.0f;
+    }
+    if (N == 1) {
+        /* One row (single-stream decoding) is a matrix-vector product: OpenBLAS's sgemm packs
+         * the whole weight matrix for it and runs at a fraction of the memory bandwidth that
+         * sgemv streams the weights at. out = w^T inp. */
+        cblas_sgemv(CblasRowMajor, CblasTrans, IC, OC, 1.0f, w, OC, inp, 1, beta, out, 1);
+        return;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, OC, IC, 1.0f, inp, IC, w, OC, beta,
+                out, OC);
+}
+
+/* dbias(OC) += column sums of dout(N,OC), split by column so the order never changes. */
+static void bias_backward(float *dbias, const float *dout, int N, int OC) {
+#pragma omp parallel if ((long)N * OC >= OPS_PAR_MIN)
+    {
+        int nt = omp_get_num_threads(), id = omp_get_thread_num();
+        int c0 = (int)((long)OC * id / nt), c1 = (int)((long)OC * (id + 1) / nt);
+        for (int n = 0; n < N; n++) {
+            const float *d = dout + (size_t)n * OC;
+            for (int c = c0; c < c1; c++) dbias[c] += d[c];
+        }
+    }
+}
+
+void ops_matmul_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
+                         const float *w, int N, int IC, int OC) {
+    if (dinp)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, IC, OC, 1.0f, dout, OC, w, OC, 1.0f,
+                    dinp, IC);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, IC, OC, N, 1.0f, inp, IC, dout, OC, 1.0f,
+                dw, OC);
+    if (dbias) bias_backward(dbias, dout, N, OC);
+}
+
+void ops_matmul_forward_ref(float *out, const float *inp, const float *w, const float *bias, int N,
+                            int IC, int OC) {
+    for (int n = 0; n < N; n++)
+        for (int o = 0; o < OC; o++) {
+            double s = bias ? bias[o] : 0.0;
+            for (int i = 0; i < IC; i++)
+                s += (double)inp[(size_t)n * IC + i] * w[(size_t)i * OC + o];
+            out[(size_t)n * OC + o] = (float)s;
+        }
+}
+
+void ops_matmul_backward_ref(float *dinp, float *dw, float *dbias, const float *dout,
+                             const float *inp, const float *w, int N, int IC, int OC) {
+    for (int n = 0; n < N; n++)
+        for (int o = 0; o < OC; o++) {
+            float d = dout[(size_t)n * OC + o];
+            if (dbias) dbias[o] += d;
+            for (int i = 0; i < IC; i++) {
+                if (dinp) dinp[(size_t)n * IC + i] += d * w[(size_t)i * OC + o];
+                dw[(size_t)i * OC + o] += inp[(size_t)n * IC + i] * d;
+            }
+        }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+
+void ops_lmhead_forward(float *logits, const float *inp, const float *wte, int N, int C, int V) {
+    if (N == 1) { /* matrix-vector, see ops_matmul_forward */
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, V, C, 1.0f, wte, C, inp, 1, 0.0f, logits, 1);
+        return;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, V, C, 1.0f, inp, C, wte, C, 0.0f,
+                logits, V);
+}
+
+void ops_lmhead_backward(float *dinp, float *dwte, const float *dlogits, const float *inp,
+                         const float *wte, int N, int C, int V) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, C, V, 1.0f, dlogits, V, wte, C, 1.0f,
+                dinp, C);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, V, C, N, 1.0f, dlogits, V, inp, C, 1.0f,
+                dwte, C);
+}
+
+void ops_lmhead_forward_ref(float *logits, const float *inp, const float *wte, int N, int C,
+                            int V) {
+    for (int n = 0; n < N; n++)
+        for (int v = 0; v < V; v++) {
+            double s = 0.0;
+            for (int c = 0; c < C; c++)
+                s += (double)inp[(size_t)n * C + c] * wte[(size_t)v * C + c];
+            logits[(size_t)n * V + v] = (float)s;
+        }
+}
+
+void ops_lmhead_backward_ref(float *dinp, float *dwte, const float *dlogits, const float *inp,
+                             const float *wte, int N, int C, int V) {
+    for (int n = 0; n < N; n++)
+        for (int v = 0; v < V; v++) {
+            float d = dlogits[(size_t)n * V + v];
+            for (int c = 0; c < C; c++) {
+                dinp[(size_t)n * C + c] += d * wte[(size_t)v * C + c];
+                dwte[(size_t)v * C + c] += d * inp[(size_t)n * C + c];
+            }
+        }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+
+/* Row-wise causal softmax of scores (T,T) in place: row t keeps columns 0..t, zeros the rest. */
+static void causal_softmax(float *att, int T) {
+    for (int t = 0; t < T; t++) {
+        float *row = att + (size_t)t * T;
+        float mx = -INFINITY;
+        for (int u = 0; u <= t; u++) mx = row[u] > mx ? row[u] : mx;
+        float sum = 0.0f;
+        for (int u = 0; u <= t; u++) {
+            row[u] = expf(row[u] - mx);
+            sum += row[u];
+        }
+        float inv = 1.0f / sum;
+        for (int u = 0; u <= t; u++) row[u] *= inv;
+        for (int u = t + 1; u < T; u++) row[u] = 0.0f;
+    }
+}
+
+/* In place: datt(T,T) <- d(scores) = att * (datt - rowsum(att * datt)) * scale, causal. */
+static void causal_softmax_backward(float *datt, const float *att, int T, float scale) {
+    for (int t = 0; t < T; t++) {
+        float *d = datt + (size_t)t * T;
+        const float *a = att + (size_t)t * T;
+        float dot = 0.0f;
+        for (int u = 0; u <= t; u++) dot += a[u] * d[u];
+        for (int u = 0; u <= t; u++) d[u] = a[u] * (d[u] - dot) * scale;
+        for (int u = t + 1; u < T; u++) d[u] = 0.0f;
+    }
+}
+
+void ops_attention_forward(float *out, float *att, const float *qkv, int B, int T, int C, int H) {
+    int hs = C / H, C3 = 3 * C;
+    float scale = 1.0f / sqrtf((float)hs);
+#pragma omp parallel for schedule(static) if ((long)B * T * T * C >= OPS_PAR_MIN)
+    for (int bh = 0; bh < B * H; bh++) {
+        int b = bh / H, h = bh % H;
+        const float *q = qkv + (size_t)b * T * C3 + h * hs, *k = q + C, *v = q + 2 * C;
+        float *a = att + (size_t)bh * T * T;
+        float *o = out + (size_t)b * T * C + h * hs;
+        /* the full T x T product; the upper triangle is discarded by the causal softmax */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hs, scale, q, C3, k, C3, 0.0f, a,
+                    T);
+        causal_softmax(a, T);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hs, T, 1.0f, a, T, v, C3, 0.0f, o,
+                    C);
+    }
+}
+
+void ops_attention_backward(float *dqkv, float *datt, const float *dout, const float *qkv,
+                            const float *att, int B, int T, int C, int H) {
+    int hs = C / H, C3 = 3 * C;
+    float scale = 1.0f / sqrtf((float)hs);
+#pragma omp parallel for schedule(static) if ((long)B * T * T * C >= OPS_PAR_MIN)
+    for (int bh = 0; bh < B * H; bh++) {
+        int b = bh / H, h = bh % H;
+        const float *q = qkv + (size_t)b * T * C3 + h * hs, *k = q + C, *v = q + 2 * C;
+        float *dq = dqkv + (size_t)b * T * C3 + h * hs, *dk = dq + C, *dv = dq + 2 * C;
+        const float *a = att + (size_t)bh * T * T, *d = dout + (size_t)b * T * C + h * hs;
+        float *da = datt + (size_t)bh * T * T;
+        /* out = att @ v */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hs, 1.0f, d, C, v, C3, 0.0f, da,
+                    T);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hs, T, 1.0f, a, T, d, C, 1.0f, dv,
+                    C3);
+        causal_softmax_backward(da, a, T, scale);
+        /* scores = scale * q @ k^T (scale folded into da above) */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hs, T, 1.0f, da, T, k, C3, 1.0f,
+                    dq, C3);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hs, T, 1.0f, da, T, q, C3, 1.0f, dk,
+                    C3);
+    }
+}
+
+void ops_attention_forward_ref(float *out, float *att, const float *qkv, int B, int T, int C,
+                               int H) {
+    int hs = C / H, C3 = 3 * C;
+    float scale = 1.0f / sqrtf((float)hs);
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++)
+            for (int t = 0; t < T; t++) {
+                const float *q = qkv + ((size_t)b * T + t) * C3 + h * hs;
+                float *a = att + (((size_t)b * H + h) * T + t) * T;
+                float mx = -INFINITY;
+                for (int u = 0; u <= t; u++) {
+                    const float *k = qkv + ((size_t)b * T + u) * C3 + C + h * hs;
+                    float s = 0.0f;
+                    for (int i = 0; i < hs; i++) s += q[i] * k[i];
+                    a[u] = s * scale;
+                    if (a[u] > mx) mx = a[u];
+                }
+                float sum = 0.0f;
+                for (int u = 0; u <= t; u++) {
+                    a[u] = expf(a[u] - mx);
+                    sum += a[u];
+                }
+                for (int u = 0; u <= t; u++) a[u] /= sum;
+                for (int u = t + 1; u < T; u++) a[u] = 0.0f;
+                float *o = out + ((size_t)b * T + t) * C + h * hs;
+                for (int i = 0; i < hs; i++) {
+                    float s = 0.0f;
+                    for (int u = 0; u <= t; u++)
+                        s += a[u] * qkv[((size_t)b * T + u) * C3 + 2 * C + h * hs + i];
+                    o[i] = s;
+                }
+            }
+}
+
+void ops_attention_backward_ref(float *dqkv, float *datt, const float *dout, const float *qkv,
+                                const float *att, int B, int T, int C, int H) {
+    int hs = C / H, C3 = 3 * C;
+    float scale = 1.0f / sqrtf((float)hs);
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++)
+            for (int t = 0; t < T; t++) {
+                const float *a = att + (((size_t)b * H + h) * T + t) * T;
+                float *da = datt + (((size_t)b * H + h) * T + t) * T;
+                const float *d = dout + ((size_t)b * T + t) * C + h * hs;
+                for (int u = 0; u < T; u++) da[u] = 0.0f;
+                for (int u = 0; u <= t; u++) {
+                    size_t vo = ((size_t)b * T + u) * C3 + 2 * C + h * hs;
+                    for (int i = 0; i < hs; i++) {
+                        da[u] += d[i] * qkv[vo + i];
+                        dqkv[vo + i] += a[u] * d[i];
+                    }
+                }
+                float dot = 0.0f;
+                for (int u = 0; u <= t; u++) dot += a[u] * da[u];
+                const float *q = qkv + ((size_t)b * T + t) * C3 + h * hs;
+                float *dq = dqkv + ((size_t)b * T + t) * C3 + h * hs;
+                for (int u = 0; u <= t; u++) {
+                    float ds = a[u] * (da[u] - dot) * scale;
+                    size_t ko = ((size_t)b * T + u) * C3 + C + h * hs;
+                    for (int i = 0; i < hs; i++) {
+                        dq[i] += ds * qkv[ko + i];
+                        dqkv[ko + i] += ds * q[i];
+                    }
+                }
+            }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+
+#define GELU_K 0.7978845608028654f /* sqrt(2/pi) */
+
+/* gelu(x) = 0.5 x (1 + tanh(u)) with u = k (x + 0.044715 x^3), computed as x * sigmoid(2u):
+ * the same function, one expf instead of a tanhf (five times cheaper, and vectorised below),
+ * and no cancellation in 1 + tanh(u) for very negative x. */
+static inline float gelu_sigmoid(float x) {
+    float u = GELU_K * (x + 0.044715f * x * x * x);
+    return 1.0f / (1.0f + expf(-2.0f * u));
+}
+
+/* GELU runs in chunks, each through the cloned kernel (see OPS_CLONES). */
+#define OPS_CHUNK 4096
+
+OPS_CLONES static void gelu_forward_chunk(float *out, const float *inp, size_t n) {
+#pragma omp simd
+    for (size_t i = 0; i < n; i++) out[i] = inp[i] * gelu_sigmoid(inp[i]);
+}
+
+void ops_gelu_forward(float *out, const float *inp, size_t N) {
+    size_t chunks = (N + OPS_CHUNK - 1) / OPS_CHUNK;
+#pragma omp parallel for schedule(static) if (N >= OPS_PAR_MIN)
+    for (size_t c = 0; c < chunks; c++) {
+        size_t lo = c * OPS_CHUNK, n = N - lo < OPS_CHUNK ? N - lo : OPS_CHUNK;
+        gelu_forward_chunk(out + lo, inp + lo, n);
+    }
+}
+
+void ops_gelu_backward(float *dinp, const float *inp, const float *dout, size_t N) {
+#pragma omp parallel for simd schedule(static) if (N >= OPS_PAR_MIN)
+    for (size_t i = 0; i < N; i++) {
+        float x = inp[i], s = gelu_sigmoid(x);
+        float du = GELU_K * (1.0f + 3.0f * 0.044715f * x * x);
+        dinp[i] += (s + x * s * (1.0f - s) * 2.0f * du) * dout[i];
+    }
+}
+
+void ops_residual_forward(float *out, const float *a, const float *b, size_t N) {
+#pragma omp parallel for schedule(static) if (N >= OPS_PAR_MIN)
+    for (size_t i = 0; i < N; i++) out[i] = a[i] + b[i];
+}
+
+/* ------------------------------------------------------------------------------------------ */
+
+double ops_crossentropy(float *logits, float *losses, const int *targets, const float *weights,
+                        int N, int V, int want_grad) {
+    double wsum = 0.0;
+    for (int n = 0; n < N; n++)
+        if (targets[n] >= 0) wsum += weights ? weights[n] : 1.0f;
+    float inv_w = wsum > 0 ? (float)(1.0 / wsum) : 0.0f;
+#pragma omp parallel for schedule(static) if ((long)N * V >= OPS_PAR_MIN)
+    for (int n = 0; n < N; n++) {
+        float *x = logits + (size_t)n * V;
+        float w = targets[n] >= 0 ? (weights ? weights[n] : 1.0f) : 0.0f;
+        if (w == 0.0f) {
+            losses[n] = 0.0f;
+            if (want_grad) memset(x, 0, sizeof(float) * V);
+            continue;
+        }
+        float mx = -INFINITY;
+        /* a NaN logit may be skipped by the max, but it still turns the sum below into NaN */
+#pragma omp simd reduction(max : mx)
+        for (int v = 0; v < V; v++) mx = x[v] > mx ? x[v] : mx;
+        float xt = x[targets[n]];
+        double sum = 0.0;
+        if (want_grad) {
+#pragma omp simd reduction(+ : sum)
+            for (int v = 0; v < V; v++) {
+                x[v] = expf(x[v] - mx);
+                sum += x[v];
+            }
+            float sc = (float)(1.0 / sum) * w * inv_w;
+            for (int v = 0; v < V; v++) x[v] *= sc;
+            x[targets[n]] -= w * inv_w;
+        } else {
+#pragma omp simd reduction(+ : sum)
+            for (int v = 0; v < V; v++) sum += expf(x[v] - mx);
+        }
+        losses[n] = (float)(log(sum) + mx - xt);
+    }
+    double total = 0.0;
+    for (int n = 0; n < N; n++)
+        if (targets[n] >= 0) total += (double)(weights ? weights[n] : 1.0f) * losses[n];
+    return wsum > 0 ? total / wsum : NAN;
+}

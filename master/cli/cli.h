@@ -1,0 +1,143 @@
+/*
+ * cli.h - shared pieces of the `rlhf` command line: the subcommand table entry, option-value
+ * parsing with errors that name the option, timing and JSON output.
+ */
+#ifndef RLHF_CLI_H
+#define RLHF_CLI_H
+
+#include <limits.h>
+#include <signal.h>
+#include <stddef.h>
+
+#include <jansson.h>
+
+#include "net/client.h"
+#include "nn/gpt.h"
+
+typedef struct {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *summary;
+} cli_cmd_t;
+
+/* Parses an integer option value in [lo, hi]; prints "rlhf CMD: --opt: ..." and returns -1 on
+ * error. */
+int cli_int(const char *cmd, const char *opt, const char *val, long lo, long hi, int *out);
+int cli_long(const char *cmd, const char *opt, const char *val, long lo, long hi, long *out);
+/* Parses a finite float option value in [lo, hi]. */
+int cli_float(const char *cmd, const char *opt, const char *val, double lo, double hi, float *out);
+
+/* Prints "rlhf CMD: MESSAGE: rl_errmsg()" for a failed library call and returns 1. */
+int cli_fail(const char *cmd, const char *what, int rc);
+
+/* Prints `obj` as one line of JSON on stdout and releases it. Returns 0, or 1 (with a message
+ * on stderr) if obj is NULL or cannot be serialised - json_pack returns NULL for NaN/Inf. */
+int cli_print_json(json_t *obj);
+
+/* Monotonic wall-clock milliseconds. */
+double cli_now_ms(void);
+
+/* qsort comparator for doubles, and the median of v[0..n) (sorts v in place). */
+int cli_cmp_double(const void *a, const void *b);
+double cli_median(double *v, int n);
+
+/* getopt_long entries of the model-shape options shared by init-model and the benchmarks. */
+#define CLI_SHAPE_OPTIONS                                                                          \
+    {"layers", 1, 0, 'l'}, {"heads", 1, 0, 'H'}, {"dim", 1, 0, 'c'}, {"vocab", 1, 0, 'v'}, {       \
+        "ctx", 1, 0, 'n'                                                                           \
+    }
+
+/*
+ * Parses option `c` into cfg if it is one of CLI_SHAPE_OPTIONS: returns 1 when it was (and
+ * parsed), 0 when `c` is another option, -1 (message printed) for a bad value.
+ */
+int cli_shape_opt(const char *cmd, int c, const char *arg, gpt_config_t *cfg);
+
+/* Unknown option / missing argument: prints usage hint and returns 2. */
+int cli_usage_error(const char *cmd);
+
+int cmd_init_model(int argc, char **argv);
+int cmd_eval_lm(int argc, char **argv);
+int cmd_train_lm(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
+int cmd_bench_generate(int argc, char **argv);
+int cmd_sample(int argc, char **argv);
+int cmd_tokenize(int argc, char **argv);
+int cmd_detokenize(int argc, char **argv);
+int cmd_tokenizer_train(int argc, char **argv);
+int cmd_up(int argc, char **argv);
+int cmd_status(int argc, char **argv);
+int cmd_down(int argc, char **argv);
+int cmd_bench_wire(int argc, char **argv);
+int cmd_run(int argc, char **argv);
+int cmd_ppo(int argc, char **argv);
+int cmd_eval_policy(int argc, char **argv);
+int cmd_report(int argc, char **argv);       /* cmd_report.c */
+int cmd_sft(int argc, char **argv);          /* cmd_sft.c */
+int cmd_task(int argc, char **argv);         /* cmd_task.c */
+int cmd_generate(int argc, char **argv);     /* cmd_generate.c */
+int cmd_annotate(int argc, char **argv);     /* cmd_data.c */
+int cmd_aggregate(int argc, char **argv);    /* cmd_data.c */
+int cmd_pairs(int argc, char **argv);        /* cmd_data.c */
+int cmd_import_pairs(int argc, char **argv); /* cmd_data.c */
+int cmd_train_rm(int argc, char **argv);     /* cmd_rm.c */
+int cmd_eval_rm(int argc, char **argv);      /* cmd_rm.c */
+int cmd_score(int argc, char **argv);        /* cmd_rm.c */
+
+/* Local-mode helpers (cmd_local.c), shared with `rlhf bench wire`. */
+
+/* out = the path of the program `name` in the directory of the running `rlhf` binary. */
+void local_bin_path(char *out, size_t n, const char *name);
+
+/*
+ * Runs the jobs file `jobs` in the foreground: a master (exiting when every job is finished)
+ * and the given workers on loopback under a supervisor that restarts any that crashes; output
+ * in run_dir (results.jsonl, logs). Returns 0 once the supervisor has stopped cleanly - every
+ * job finished, or the run was interrupted (the caller checks results.jsonl) - or RL_EIO.
+ */
+int local_run_jobs(const char *run_dir, const char *jobs, int n_rollout, int n_reward,
+                   int n_learner);
+
+/*
+ * `rlhf up` in dir with rollout and reward workers and, when shards > 0, one learner of that
+ * many shards keeping its checkpoints in ldir; *ep (n bytes) gets the master's endpoint. The
+ * cluster runs in the background until local_cluster_down(dir). Returns 0 or RL_EIO.
+ */
+int local_cluster_up(const char *dir, const char *ldir, int rollout, int reward, int shards,
+                     char *ep, size_t n);
+
+/* `rlhf down` for dir; nothing running there is fine. */
+void local_cluster_down(const char *dir);
+
+/*
+ * A driver's own cluster in RUN_DIR/cluster (learner checkpoints in RUN_DIR/learner): started
+ * (replacing one a killed driver left behind), stopped by SIGINT/SIGTERM until closed, and a
+ * client connected to its master. local_session_close() stops it and restores the handlers.
+ */
+typedef struct {
+    char cluster[PATH_MAX + 16], learner[PATH_MAX + 16], endpoint[256];
+    client_t *client;
+    struct sigaction old_int, old_term;
+    int handlers;
+} local_session_t;
+int local_session_open(local_session_t *s, const char *run_dir, int rollout, int reward, int shards,
+                       const char *who);
+void local_session_close(local_session_t *s);
+
+/* Submits one TRAIN job (spec: a Rlhf__TrainSpec) to the session's learner and waits for it;
+ * *out gets its decoded output (free with rlhf__train_output__free_unpacked). Returns 0, or
+ * RL_EIO when the job failed or its output does not decode, or the client's RL_E*. */
+struct Rlhf__TrainOutput;
+int local_train_job(local_session_t *s, uint64_t id, uint64_t seed, const void *spec,
+                    struct Rlhf__TrainOutput **out);
+
+/* The path of the learner's newest checkpoint in ldir (named by ldir/latest) into path (cap
+ * bytes). Returns 0 or fs_read_all's RL_E*. */
+int local_learner_latest(const char *ldir, char *path, size_t cap);
+
+/* GET http://127.0.0.1:port/path (HTTP/1.0, 5 s socket timeouts). Returns 0 with *body the
+ * response body (malloc'ed, NUL-terminated, the caller frees it), or RL_EIO / RL_EPROTO (not a
+ * 200 answer) / RL_ENOMEM with the detail in rl_errmsg() and *body NULL. */
+int local_http_get(int port, const char *path, char **body);
+
+#endif

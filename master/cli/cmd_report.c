@@ -1,0 +1,360 @@
+/*
+ * cmd_report.c - `rlhf report --run DIR`: the run's figures in one Markdown report with plots.
+ *
+ * Reads what the stages left in the run directory - agreement.json (aggregate), completions and
+ * annotations (for each annotator's agreement with the gold judge), rm_eval.json (eval-rm), the
+ * reward model's training log, ppo/metrics.jsonl (ppo --gold) and eval.json (eval-policy) - and
+ * writes DIR/report.md, linking SVG plots that gnuplot draws from data files written next to
+ * them (DIR/plots/). Missing inputs leave their section out with a note; a missing gnuplot leaves
+ * the plots out, said in the report. The Markdown is also printed.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "align/annot.h"
+#include "cli.h"
+#include "base/err.h"
+#include "base/fs.h"
+#include "align/rank.h"
+#include "align/task.h"
+
+static json_t *load(const char *dir, const char *name) {
+    char p[PATH_MAX + 64];
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    return json_load_file(p, 0, NULL);
+}
+
+static double num(json_t *o, const char *k) {
+    json_t *v = json_object_get(o, k);
+    return json_is_number(v) ? json_number_value(v) : NAN;
+}
+
+/* Each annotator's (and the consensus') pairwise agreement with the gold judge's ranking. */
+static void gold_agreement(const char *dir, FILE *md) {
+    char cp[PATH_MAX + 64], ap[PATH_MAX + 64];
+    snprintf(cp, sizeof cp, "%s/completions.jsonl", dir);
+    snprintf(ap, sizeof ap, "%s/annotations.jsonl", dir);
+    annot_comp_t c = {0};
+    annot_store_t s;
+    if (annot_comp_load(&c, cp) < 0) {
+        fprintf(md, "_(no completions to compare with the gold judge: %s)_\n\n", rl_errmsg());
+        return;
+    }
+    annot_store_init(&s, &c);
+    char now[40];
+    annot_time_now(now, sizeof now);
+    if (annot_store_read_jsonl(&s, ap, now, task_guideline_version) < 0) {
+        fprintf(md, "_(no annotations: %s)_\n\n", rl_errmsg());
+        annot_store_free(&s);
+        annot_comp_free(&c);
+        return;
+    }
+    /* the gold ranks of every prompt's completions */
+    double **gold = calloc((size_t)c.n, sizeof *gold);
+    for (int p = 0; gold && p < c.n; p++) {
+        int k = c.v[p].k, *lv = malloc((size_t)k * sizeof *lv);
+        double *g = malloc((size_t)k * sizeof *g);
+        gold[p] = malloc((size_t)k * sizeof **gold);
+        if (!lv || !g || !gold[p]) {
+            free(lv), free(g);
+            continue;
+        }
+        for (int i = 0; i < k; i++) g[i] = task_gold_text(c.v[p].prompt, c.v[p].text[i]);
+        for (int i = 0; i < k; i++) { /* level = number of strictly better completions */
+            lv[i] = 0;
+            for (int j = 0; j < k; j++) lv[i] += g[j] > g[i] + 1e-12;
+        }
+        rank_fractional(lv, k, gold[p]);
+        free(lv), free(g);
+    }
+    typedef struct {
+        const char *id;
+        long agree, strict, tied;
+    } acc_t;
+    acc_t *a = calloc((size_t)s.n + 1, sizeof *a);
+    int na = 0;
+    long ca = 0, cs = 0, ct = 0;
+    double *r = NULL;
+    for (int i = 0; a && i < s.n; i++) {
+        const annot_rec_t *rec = &s.v[i];
+        if (rec->skip || !gold || !gold[rec->prompt]) continue;
+        int j = 0;
+        while (j < na && strcmp(a[j].id, rec->annotator)) j++;
+        if (j == na) a[na++].id = rec->annotator;
+        double *nr = realloc(r, (size_t)rec->k * sizeof *r);
+        if (!nr) break;
+        r = nr;
+        rank_fractional(rec->level, rec->k, r);
+        rank_pair_agreement(r, gold[rec->prompt], rec->k, &a[j].agree, &a[j].strict, &a[j].tied);
+    }
+    /* the consensus (mean rank over a prompt's annotators) against gold */
+    for (int p = 0; gold && p < c.n; p++) {
+        int k = c.v[p].k, nr = 0;
+        double *mean = calloc((size_t)k, sizeof *mean), *rr = malloc((size_t)k * sizeof *rr);
+        for (int i = 0; mean && rr && i < s.n; i++) {
+            if (s.v[i].prompt != p || s.v[i].skip) continue;
+            rank_fractional(s.v[i].level, k, rr);
+            for (int q = 0; q < k; q++) mean[q] += rr[q];
+            nr++;
+        }
+        if (nr && gold[p]) rank_pair_agreement(mean, gold[p], k, &ca, &cs, &ct);
+        free(mean), free(rr);
+    }
+    free(r);
+    fprintf(md, "| annotator | agreement with gold | comparisons |\n| --- | --- | --- |\n");
+    for (int j = 0; j < na; j++)
+        fprintf(md, "| %s | %.3f | %ld |\n", a[j].id,
+                a[j].strict ? (double)a[j].agree / a[j].strict : NAN, a[j].strict);
+    fprintf(md, "| consensus (mean rank) | %.3f | %ld |\n\n", cs ? (double)ca / cs : NAN, cs);
+    free(a);
+    for (int p = 0; gold && p < c.n; p++) free(gold[p]);
+    free(gold);
+    annot_store_free(&s);
+    annot_comp_free(&c);
+}
+
+/* Runs gnuplot on `script`; 0 on success. */
+static int gnuplot(const char *script) {
+    pid_t p = fork();
+    if (p == 0) {
+        execlp("gnuplot", "gnuplot", script, (char *)NULL);
+        _exit(127);
+    }
+    int st;
+    if (p < 0 || waitpid(p, &st, 0) < 0) return -1;
+    return WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : -1;
+}
+
+static const char report_help[] =
+    "usage: rlhf report --run DIR\n\n"
+    "Writes DIR/report.md (and prints it) with the run's figures: annotator agreement with each\n"
+    "other and with the gold judge, reward-model accuracy against the agreement ceiling, the PPO\n"
+    "policy against the SFT policy by the gold judge with the KL between them, reward / gold /\n"
+    "KL over the PPO iterations and the over-optimisation picture (plots drawn with gnuplot into\n"
+    "DIR/plots/), and sample completions before and after.\n";
+
+int cmd_report(int argc, char **argv) {
+    static const struct option opts[] = {{"run", 1, 0, 'r'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+    const char *dir = NULL;
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        if (c == 'r')
+            dir = optarg;
+        else if (c == 'h')
+            return fputs(report_help, stdout), 0;
+        else
+            return cli_usage_error("report");
+    }
+    if (!dir) {
+        fprintf(stderr, "rlhf report: --run is required\n");
+        return cli_usage_error("report");
+    }
+    char *md_text = NULL;
+    size_t md_len = 0;
+    FILE *md = open_memstream(&md_text, &md_len);
+    if (!md) return cli_fail("report", "a memory stream", RL_ENOMEM);
+    char plots[PATH_MAX + 16], path[PATH_MAX + 64];
+    snprintf(plots, sizeof plots, "%s/plots", dir);
+    fs_mkdir_p(plots);
+    fprintf(md, "# RLHF run report\n\nRun directory: `%s`\n\n", dir);
+
+    /* ---- stage 1 */
+    json_t *ag = load(dir, "agreement.json");
+    fprintf(md, "## Stage 1: annotators\n\n");
+    if (ag) {
+        fprintf(md,
+                "%d prompts, %d annotators, %.1f rankings per prompt.\n\n"
+                "| figure | value |\n| --- | --- |\n"
+                "| pairwise agreement between annotators (the ceiling) | %.3f |\n"
+                "| Krippendorff's alpha (ordinal) | %.3f |\n| mean Kendall's W | %.3f |\n\n",
+                (int)num(ag, "prompts"), (int)num(ag, "annotators"), num(ag, "overlap_mean"),
+                num(ag, "pairwise_agreement"), num(ag, "krippendorff_alpha_ordinal"),
+                num(ag, "mean_kendall_w"));
+        fprintf(md, "Each annotator against the gold judge (the criteria without noise, used only "
+                    "for evaluation):\n\n");
+        gold_agreement(dir, md);
+    } else {
+        fprintf(md, "_(no agreement.json)_\n\n");
+    }
+
+    /* ---- stage 2 */
+    json_t *rm = load(dir, "rm_eval.json");
+    fprintf(md, "## Stage 2: reward model\n\n");
+    if (rm) {
+        double acc = num(rm, "accuracy"), ceil = num(rm, "ceiling");
+        fprintf(md,
+                "| figure | value |\n| --- | --- |\n| held-out pairwise accuracy | %.3f |\n"
+                "| annotator agreement ceiling | %.3f |\n| accuracy - ceiling | %+.1f points |\n"
+                "| expected calibration error | %.3f |\n| held-out prompts / pairs | %d / %d |\n"
+                "| reward mean / std | %.3f / %.3f |\n\n"
+                "The held-out pairs carry the annotators' consensus; the ceiling is how often one "
+                "annotator agrees with another. With several rankings per prompt the consensus is "
+                "less noisy than any one annotator, and a reward model trained on it can pass "
+                "that figure.\n\n",
+                acc, ceil, 100 * (acc - ceil), num(rm, "ece"), (int)num(rm, "prompts"),
+                (int)num(rm, "pairs"), num(rm, "reward_mean"), num(rm, "reward_std"));
+        /* training accuracy per step from the stage log */
+        snprintf(path, sizeof path, "%s/logs/train_rm.log", dir);
+        FILE *f = fopen(path, "r");
+        snprintf(path, sizeof path, "%s/rm_train.dat", plots);
+        FILE *d = f ? fopen(path, "w") : NULL;
+        char line[4096];
+        int rows = 0;
+        while (f && d && fgets(line, sizeof line, f)) {
+            json_t *o = line[0] == '{' ? json_loads(line, 0, NULL) : NULL;
+            if (json_is_integer(json_object_get(o, "step")) &&
+                json_is_number(json_object_get(o, "accuracy"))) {
+                fprintf(d, "%lld %g %g\n",
+                        (long long)json_integer_value(json_object_get(o, "step")),
+                        num(o, "accuracy"), num(o, "loss"));
+                rows++;
+            }
+            json_decref(o);
+        }
+        if (f) fclose(f);
+        if (d) fclose(d);
+        if (rows) {
+            snprintf(path, sizeof path, "%s/rm.gp", plots);
+            FILE *g = fopen(path, "w");
+            if (g) {
+                fprintf(g,
+                        "set terminal svg size 720,400 dynamic\nset output '%s/rm_accuracy.svg'\n"
+                        "set title 'Reward model: training accuracy per step'\n"
+                        "set xlabel 'step'\nset ylabel 'pairwise accuracy'\nset yrange [0:1]\n"
+                        "set key bottom right\n"
+                        "plot '%s/rm_train.dat' using 1:2 with lines title 'training batch', "
+                        "%g with lines dt 2 title 'held-out accuracy', "
+                        "%g with lines dt 3 title 'annotator agreement ceiling'\n",
+                        plots, plots, acc, isfinite(ceil) ? ceil : 0);
+                fclose(g);
+                if (gnuplot(path) == 0)
+                    fprintf(md, "![reward-model accuracy](plots/rm_accuracy.svg)\n\n");
+                else
+                    fprintf(md, "_(gnuplot is not available: plots left out)_\n\n");
+            }
+        }
+    } else {
+        fprintf(md, "_(no rm_eval.json)_\n\n");
+    }
+
+    /* ---- stage 3 */
+    fprintf(md, "## Stage 3: PPO\n\n");
+    snprintf(path, sizeof path, "%s/ppo/metrics.jsonl", dir);
+    FILE *f = fopen(path, "r");
+    snprintf(path, sizeof path, "%s/ppo.dat", plots);
+    FILE *d = f ? fopen(path, "w") : NULL;
+    char line[65536];
+    int iters = 0;
+    double t_gen = 0, t_score = 0, t_upd = 0, t_math = 0, t_pub = 0, t_all = 0;
+    while (f && d && fgets(line, sizeof line, f)) {
+        json_t *o = json_loads(line, 0, NULL), *p = json_object_get(o, "ppo");
+        if (!p) {
+            json_decref(o);
+            continue;
+        }
+        double kl = num(p, "kl_k1");
+        fprintf(d, "%d %g %g %g %g %g\n", (int)num(o, "iteration") + 1, num(p, "score_mean"),
+                num(o, "gold_mean"), kl, sqrt(fmax(kl, 0)), num(p, "kl_coef"));
+        t_gen += num(o, "ms_generate"), t_score += num(o, "ms_score");
+        t_upd += num(o, "ms_update"), t_math += num(o, "ms_update_math");
+        t_pub += num(o, "ms_weight_publish"), t_all += num(o, "ms_iteration");
+        iters++;
+        json_decref(o);
+    }
+    if (f) fclose(f);
+    if (d) fclose(d);
+    if (iters) {
+        fprintf(
+            md,
+            "%d iterations. Time per iteration (mean): generate %.0f ms, score %.0f ms, update "
+            "%.0f ms (of which the update's math %.0f ms and the weight publish %.1f ms), total "
+            "%.0f ms.\n\n",
+            iters, t_gen / iters, t_score / iters, t_upd / iters, t_math / iters, t_pub / iters,
+            t_all / iters);
+        snprintf(path, sizeof path, "%s/ppo.gp", plots);
+        FILE *g = fopen(path, "w");
+        if (g) {
+            fprintf(g,
+                    "set terminal svg size 720,400 dynamic\nset key bottom right\n"
+                    "set output '%s/ppo_iterations.svg'\n"
+                    "set title 'PPO: reward-model score, gold score and KL per iteration'\n"
+                    "set xlabel 'iteration'\nset ylabel 'score'\nset y2label 'KL to SFT (nats "
+                    "per completion)'\nset ytics nomirror\nset y2tics\n"
+                    "plot '%s/ppo.dat' using 1:2 with linespoints title 'reward model (proxy)', "
+                    "'' using 1:3 with linespoints title 'gold judge', "
+                    "'' using 1:4 axes x1y2 with lines dt 2 title 'KL (k1)'\n"
+                    "set output '%s/overoptimisation.svg'\nunset y2tics\nunset y2label\n"
+                    "set title 'Proxy and gold score against sqrt(KL) from the SFT policy'\n"
+                    "set xlabel 'sqrt(KL)'\nset ylabel 'score'\n"
+                    "plot '%s/ppo.dat' using 5:2 with points pt 7 title 'reward model (proxy)', "
+                    "'' using 5:3 with points pt 5 title 'gold judge'\n",
+                    plots, plots, plots, plots);
+            fclose(g);
+            if (gnuplot(path) == 0)
+                fprintf(md, "![PPO iterations](plots/ppo_iterations.svg)\n\n"
+                            "![over-optimisation](plots/overoptimisation.svg)\n\n");
+            else
+                fprintf(md, "_(gnuplot is not available: plots left out)_\n\n");
+        }
+    } else {
+        fprintf(md, "_(no ppo/metrics.jsonl)_\n\n");
+    }
+
+    /* ---- evaluation */
+    json_t *ev = load(dir, "eval.json");
+    fprintf(md, "## The PPO policy against the SFT policy (held-out prompts, gold judge)\n\n");
+    if (ev) {
+        fprintf(md,
+                "| figure | PPO | SFT |\n| --- | --- | --- |\n| gold score | %.3f | %.3f |\n"
+                "| reward-model score | %.3f | %.3f |\n| length (tokens) | %.1f | %.1f |\n",
+                num(ev, "gold_policy"), num(ev, "gold_baseline"), num(ev, "rm_policy"),
+                num(ev, "rm_baseline"), num(ev, "length_policy"), num(ev, "length_baseline"));
+        json_t *cp = json_object_get(ev, "criteria_policy"),
+               *cb = json_object_get(ev, "criteria_baseline");
+        for (int k = 0; k < TASK_NCRIT; k++)
+            fprintf(md, "| %s | %.3f | %.3f |\n", task_criteria_names[k],
+                    num(cp, task_criteria_names[k]), num(cb, task_criteria_names[k]));
+        fprintf(md,
+                "\n**Gold win rate of PPO over SFT: %.1f%%** of %d held-out prompts (ties count "
+                "half; %.1f%% of single samples). KL(PPO || SFT) = %.3f nats per completion (%.4f "
+                "per token).\n\n",
+                100 * num(ev, "win_rate"), (int)num(ev, "prompts"),
+                100 * num(ev, "win_rate_samples"), num(ev, "kl"), num(ev, "kl_per_token"));
+        fprintf(md, "### Sample completions, before (SFT) and after (PPO)\n\n");
+        size_t i;
+        json_t *e;
+        json_array_foreach(json_object_get(ev, "examples"), i, e) {
+            const char *p0 = json_string_value(json_object_get(e, "prompt"));
+            char *pr = strdup(p0 ? p0 : "");
+            for (char *q = pr; q && *q; q++)
+                if (*q == '\n') *q = ' ';
+            fprintf(md, "- prompt: `%s`\n  - SFT (gold %.2f): `%s`\n  - PPO (gold %.2f): `%s`\n",
+                    pr ? pr : "", num(e, "baseline_gold"),
+                    json_string_value(json_object_get(e, "baseline")), num(e, "policy_gold"),
+                    json_string_value(json_object_get(e, "policy")));
+            free(pr);
+        }
+        fprintf(md, "\n");
+    } else {
+        fprintf(md, "_(no eval.json)_\n\n");
+    }
+    json_decref(ag);
+    json_decref(rm);
+    json_decref(ev);
+    snprintf(path, sizeof path, "%s/report.md", dir);
+    int rc = fclose(md) == 0 && md_text ? fs_write_atomic(path, md_text, md_len)
+                                        : rl_fail(RL_ENOMEM, "out of memory");
+    if (rc == 0) fwrite(md_text, 1, md_len, stdout);
+    free(md_text);
+    return rc < 0 ? cli_fail("report", "writing the report", rc) : 0;
+}

@@ -1,0 +1,218 @@
+/*
+ * cmd_task.c - `rlhf task`: writes the embedded default task's data sets (prompts, held-out
+ * prompts, SFT demonstrations, a tokenizer corpus and the annotators' guidelines), each file
+ * atomically.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/err.h"
+#include "base/fs.h"
+#include "base/jsonl.h"
+#include "base/rng.h"
+#include "align/task.h"
+#include "cli.h"
+
+static const char task_help[] =
+    "usage: rlhf task --out DIR [--seed S] [--prompts N] [--heldout M] [--sft N]\n"
+    "                 [--bad-frac F] [--template STR]\n\n"
+    "Writes the embedded default task (arithmetic, naming items of a category, short replies;\n"
+    "judged on correct, polite, concise, on-topic) into DIR, each file atomically:\n"
+    "  prompts.jsonl          N prompts {\"id\",\"prompt\",\"kind\"} from the train split (RLHF)\n"
+    "  prompts_heldout.jsonl  M prompts from the disjoint held-out split (evaluation)\n"
+    "  sft.jsonl              N demonstrations {\"prompt\",\"completion\",\"style\"}: a share F "
+    "of\n"
+    "                         bad ones (wrong, rude, rambling, off-topic in equal parts)\n"
+    "  corpus.txt             text to train a tokenizer on (rlhf tokenizer-train)\n"
+    "  guidelines.md          the written criteria annotators follow\n"
+    "Prompts are rendered in STR, where {prompt} stands for the instruction and \\n, \\t are\n"
+    "newline and tab (default: the Anthropic HH form \"\\n\\nHuman: {prompt}\\n\\nAssistant:\");\n"
+    "completions start with a space.\n"
+    "Defaults: seed 1, N=256 prompts, M=48, 4000 demonstrations, F=0.5.\n";
+
+/* Turns the escapes backslash-n, backslash-t and a doubled backslash of a command-line
+ * template into the characters they stand for, in place. */
+static void task_unescape(char *s) {
+    char *o = s;
+    for (; *s; s++) {
+        if (*s == '\\' && (s[1] == 'n' || s[1] == 't' || s[1] == '\\')) {
+            s++;
+            *o++ = *s == 'n' ? '\n' : *s == 't' ? '\t' : '\\';
+        } else {
+            *o++ = *s;
+        }
+    }
+    *o = 0;
+}
+
+/* Writes the prompts i = 0..n-1 of `split` as {"id": PREFIX i+1, "prompt", "kind"}. */
+static int task_write_prompts(const char *path, uint64_t seed, int split, long n, const char *tmpl,
+                              const char *prefix) {
+    jsonl_writer_t w;
+    int rc = jsonl_open(&w, path);
+    if (rc < 0) return rc;
+    char bare[128], text[1024], id[32];
+    for (long i = 0; rc >= 0 && i < n; i++) {
+        task_prompt_t p;
+        task_prompt_at(seed, split, i, &p);
+        if ((rc = task_prompt_text(&p, bare, sizeof(bare))) < 0) break;
+        if ((rc = task_render(tmpl, bare, text, sizeof(text))) < 0) break;
+        snprintf(id, sizeof(id), "%s%ld", prefix, i + 1);
+        json_t *o =
+            json_pack("{s:s,s:s,s:s}", "id", id, "prompt", text, "kind", task_kind_names[p.kind]);
+        rc = o ? jsonl_write(&w, o) : rl_fail(RL_ENOMEM, "out of memory");
+    }
+    if (rc < 0) {
+        jsonl_abort(&w);
+        return rc;
+    }
+    return jsonl_commit(&w);
+}
+
+/* Writes sft.jsonl and corpus.txt (every demonstration, then every held-out prompt with a good
+ * response, one per line). */
+static int task_write_sft(const char *dir, uint64_t seed, long n, long n_heldout,
+                          const task_mix_t *mix, const char *tmpl, long counts[TASK_NSTYLE]) {
+    char path[4096], cpath[4096];
+    snprintf(path, sizeof(path), "%s/sft.jsonl", dir);
+    snprintf(cpath, sizeof(cpath), "%s/corpus.txt", dir);
+    jsonl_writer_t w;
+    fs_atomic_t cf = {.fd = -1};
+    int rc = jsonl_open(&w, path);
+    if (rc < 0) return rc;
+    if ((rc = fs_atomic_open(&cf, cpath)) < 0) {
+        jsonl_abort(&w);
+        return rc;
+    }
+    char prompt[1024], comp[512], line[1600];
+    for (long i = 0; rc >= 0 && i < n; i++) {
+        int st;
+        rc = task_sft_at(mix, seed, n, i, tmpl, prompt, sizeof(prompt), comp, sizeof(comp), &st);
+        if (rc < 0) break;
+        counts[st]++;
+        int len = snprintf(line, sizeof(line), "%s%s\n", prompt, comp);
+        if ((rc = fs_atomic_write(&cf, line, (size_t)len)) < 0) break;
+        json_t *o = json_pack("{s:s,s:s,s:s}", "prompt", prompt, "completion", comp, "style",
+                              task_style_names[st]);
+        rc = o ? jsonl_write(&w, o) : rl_fail(RL_ENOMEM, "out of memory");
+    }
+    for (long i = 0; rc >= 0 && i < n_heldout; i++) {
+        task_prompt_t p;
+        char bare[128];
+        task_prompt_at(seed, TASK_SPLIT_HELDOUT, i, &p);
+        if ((rc = task_prompt_text(&p, bare, sizeof(bare))) < 0 ||
+            (rc = task_render(tmpl, bare, prompt, sizeof(prompt))) < 0 ||
+            (rc = task_response(&p, TASK_GOOD, seed, (uint64_t)i, comp, sizeof(comp))) < 0)
+            break;
+        int len = snprintf(line, sizeof(line), "%s%s\n", prompt, comp);
+        rc = fs_atomic_write(&cf, line, (size_t)len);
+    }
+    if (rc < 0) {
+        jsonl_abort(&w);
+        fs_atomic_abort(&cf);
+        return rc;
+    }
+    if ((rc = jsonl_commit(&w)) < 0) {
+        fs_atomic_abort(&cf);
+        return rc;
+    }
+    return fs_atomic_commit(&cf);
+}
+
+int cmd_task(int argc, char **argv) {
+    static const struct option opts[] = {
+        {"out", 1, 0, 'o'},      {"seed", 1, 0, 's'}, {"prompts", 1, 0, 'p'},
+        {"heldout", 1, 0, 'H'},  {"sft", 1, 0, 'n'},  {"bad-frac", 1, 0, 'f'},
+        {"template", 1, 0, 't'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+    const char *cmd = "task", *out = NULL, *tmpl = TASK_TEMPLATE_HH;
+    long seed = 1, n_prompts = 256, n_heldout = 48, n_sft = 4000;
+    float bad = 0.5f;
+    int c;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        int badopt = 0;
+        switch (c) {
+        case 'o':
+            out = optarg;
+            break;
+        case 's':
+            badopt = cli_long(cmd, "seed", optarg, 0, 0x7fffffffffffffffL, &seed);
+            break;
+        case 'p':
+            badopt = cli_long(cmd, "prompts", optarg, 0, 10000000, &n_prompts);
+            break;
+        case 'H':
+            badopt = cli_long(cmd, "heldout", optarg, 0, 10000000, &n_heldout);
+            break;
+        case 'n':
+            badopt = cli_long(cmd, "sft", optarg, 0, 10000000, &n_sft);
+            break;
+        case 'f':
+            badopt = cli_float(cmd, "bad-frac", optarg, 0, 1, &bad);
+            break;
+        case 't':
+            if (!strstr(optarg, "{prompt}")) {
+                fprintf(stderr, "rlhf %s: --template must contain {prompt}\n", cmd);
+                badopt = -1;
+            }
+            task_unescape(optarg);
+            tmpl = optarg;
+            break;
+        case 'h':
+            fputs(task_help, stdout);
+            return 0;
+        default:
+            return cli_usage_error(cmd);
+        }
+        if (badopt) return 2;
+    }
+    if (!out) {
+        fprintf(stderr, "rlhf %s: --out is required\n", cmd);
+        return 2;
+    }
+    task_mix_t mix;
+    task_mix_even(&mix, bad);
+    long counts[TASK_NSTYLE] = {0};
+    char path[4096];
+    int rc = fs_mkdir_p(out);
+    if (rc < 0) return cli_fail(cmd, "creating the output directory", rc);
+    snprintf(path, sizeof(path), "%s/prompts.jsonl", out);
+    rc = task_write_prompts(path, (uint64_t)seed, TASK_SPLIT_TRAIN, n_prompts, tmpl, "p");
+    if (rc < 0) return cli_fail(cmd, "writing prompts", rc);
+    snprintf(path, sizeof(path), "%s/prompts_heldout.jsonl", out);
+    rc = task_write_prompts(path, (uint64_t)seed, TASK_SPLIT_HELDOUT, n_heldout, tmpl, "h");
+    if (rc < 0) return cli_fail(cmd, "writing held-out prompts", rc);
+    rc = task_write_sft(out, (uint64_t)seed, n_sft, n_heldout, &mix, tmpl, counts);
+    if (rc < 0) return cli_fail(cmd, "writing demonstrations", rc);
+    snprintf(path, sizeof(path), "%s/guidelines.md", out);
+    char ver[128];
+    int vl = snprintf(ver, sizeof(ver), "\nGuideline version: %s\n", task_guideline_version);
+    fs_atomic_t g = {.fd = -1};
+    if ((rc = fs_atomic_open(&g, path)) == 0 &&
+        (rc = fs_atomic_write(&g, task_guidelines, strlen(task_guidelines))) == 0 &&
+        (rc = fs_atomic_write(&g, ver, (size_t)vl)) == 0)
+        rc = fs_atomic_commit(&g);
+    if (rc < 0) {
+        fs_atomic_abort(&g);
+        return cli_fail(cmd, "writing guidelines", rc);
+    }
+    json_t *st = json_object();
+    for (int s = 0; s < TASK_NSTYLE; s++)
+        json_object_set_new(st, task_style_names[s], json_integer(counts[s]));
+    return cli_print_json(json_pack("{s:s,s:I,s:I,s:I,s:I,s:o,s:i,s:i,s:s}", "out", out, "seed",
+                                    (json_int_t)seed, "prompts", (json_int_t)n_prompts, "heldout",
+                                    (json_int_t)n_heldout, "sft", (json_int_t)n_sft, "styles", st,
+                                    "distinct_train_prompts",
+                                    task_prompt_count(TASK_SPLIT_TRAIN, TASK_ARITH) +
+                                        task_prompt_count(TASK_SPLIT_TRAIN, TASK_NAME) +
+                                        task_prompt_count(TASK_SPLIT_TRAIN, TASK_REPLY),
+                                    "distinct_heldout_prompts",
+                                    task_prompt_count(TASK_SPLIT_HELDOUT, TASK_ARITH) +
+                                        task_prompt_count(TASK_SPLIT_HELDOUT, TASK_NAME) +
+                                        task_prompt_count(TASK_SPLIT_HELDOUT, TASK_REPLY),
+                                    "guideline_version", task_guideline_version));
+}

@@ -1,0 +1,228 @@
+/*
+ * cmd_tok.c - tokenizer commands: tokenize, detokenize, tokenizer-train.
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "nn/data.h"
+#include "base/err.h"
+#include "base/fs.h"
+#include "nn/tok.h"
+
+/* Reads all of stdin (any bytes) into a malloc'ed, NUL-terminated buffer. */
+static int read_stdin(char **data, size_t *len) {
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap + 1);
+    if (!buf) return rl_fail(RL_ENOMEM, "stdin: out of memory");
+    for (;;) {
+        if (n == cap) {
+            char *grown = realloc(buf, 2 * cap + 1);
+            if (!grown) {
+                free(buf);
+                return rl_fail(RL_ENOMEM, "stdin: out of memory");
+            }
+            buf = grown;
+            cap *= 2;
+        }
+        size_t got = fread(buf + n, 1, cap - n, stdin);
+        n += got;
+        if (got == 0) break;
+    }
+    if (ferror(stdin)) {
+        free(buf);
+        return rl_fail(RL_EIO, "stdin: %s", strerror(errno));
+    }
+    buf[n] = '\0';
+    *data = buf;
+    *len = n;
+    return 0;
+}
+
+/* Writes len bytes to stdout; returns 0 or 1 after a message. */
+static int write_stdout(const char *cmd, const void *data, size_t len) {
+    if (fwrite(data, 1, len, stdout) != len || fflush(stdout) != 0) {
+        fprintf(stderr, "rlhf %s: writing stdout: %s\n", cmd, strerror(errno));
+        return 1;
+    }
+    return 0;
+}
+
+/* Parses --model DIR [--no-special] for tokenize / detokenize. */
+static int parse_model_opts(const char *cmd, const char *help, int argc, char **argv,
+                            const char **model, int *special, int *done) {
+    static const struct option opts[] = {
+        {"model", 1, 0, 'm'}, {"no-special", 0, 0, 'n'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+    int c;
+    *done = 0;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm':
+            *model = optarg;
+            break;
+        case 'n':
+            if (!special) return cli_usage_error(cmd);
+            *special = 0;
+            break;
+        case 'h':
+            fputs(help, stdout);
+            *done = 1;
+            return 0;
+        default:
+            return cli_usage_error(cmd);
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "rlhf %s: unexpected argument '%s'\n", cmd, argv[optind]);
+        return 2;
+    }
+    if (!*model) {
+        fprintf(stderr, "rlhf %s: --model is required\n", cmd);
+        return 2;
+    }
+    return 0;
+}
+
+/* ---- tokenize -------------------------------------------------------------------------- */
+
+static const char tokenize_help[] =
+    "usage: rlhf tokenize --model DIR [--no-special] < TEXT\n\n"
+    "Encodes stdin (any bytes) with the GPT-2 byte-level BPE tokenizer of DIR (vocab.json +\n"
+    "merges.txt) and prints the token ids, space-separated, on one line. The literal text\n"
+    "<|endoftext|> becomes the special token unless --no-special is given, in which case it is\n"
+    "encoded as ordinary text.\n";
+
+int cmd_tokenize(int argc, char **argv) {
+    const char *cmd = "tokenize", *model = NULL;
+    int special = 1, done,
+        rc = parse_model_opts(cmd, tokenize_help, argc, argv, &model, &special, &done);
+    if (rc || done) return rc;
+    tok_t *t = tok_load(model);
+    if (!t) return cli_fail(cmd, "loading the tokenizer", RL_EFORMAT);
+    char *text = NULL, *out = NULL;
+    size_t len = 0, n = 0;
+    int *ids = NULL;
+    if ((rc = read_stdin(&text, &len)) < 0) {
+        tok_destroy(&t);
+        return cli_fail(cmd, "reading", rc);
+    }
+    rc = tok_encode(t, text, len, special, &ids, &n);
+    free(text);
+    tok_destroy(&t);
+    if (rc < 0) return cli_fail(cmd, "encoding", rc);
+    /* at most 11 characters per id plus the newline */
+    if (!(out = malloc(n * 12 + 2))) {
+        free(ids);
+        return cli_fail(cmd, "formatting", rl_fail(RL_ENOMEM, "out of memory"));
+    }
+    size_t at = 0;
+    for (size_t i = 0; i < n; i++) {
+        char digits[12];
+        int k = 0;
+        unsigned v = (unsigned)ids[i];
+        do {
+            digits[k++] = (char)('0' + v % 10);
+            v /= 10;
+        } while (v);
+        if (i) out[at++] = ' ';
+        while (k) out[at++] = digits[--k];
+    }
+    out[at++] = '\n';
+    free(ids);
+    rc = write_stdout(cmd, out, at);
+    free(out);
+    return rc;
+}
+
+/* ---- detokenize ------------------------------------------------------------------------ */
+
+static const char detokenize_help[] =
+    "usage: rlhf detokenize --model DIR < IDS\n\n"
+    "Reads whitespace-separated token ids from stdin and writes the exact bytes they decode to\n"
+    "(no newline is added). An id that is not a number or not in the vocabulary is an error\n"
+    "naming it.\n";
+
+int cmd_detokenize(int argc, char **argv) {
+    const char *cmd = "detokenize", *model = NULL;
+    int done, rc = parse_model_opts(cmd, detokenize_help, argc, argv, &model, NULL, &done);
+    if (rc || done) return rc;
+    tok_t *t = tok_load(model);
+    if (!t) return cli_fail(cmd, "loading the tokenizer", RL_EFORMAT);
+    char *text = NULL, *out = NULL;
+    size_t len = 0, n = 0;
+    int *ids = NULL;
+    if ((rc = read_stdin(&text, &len)) < 0) goto done;
+    if ((rc = data_parse_tokens(text, len, "stdin", 0, &ids, &n)) < 0) goto done;
+    size_t olen = 0;
+    if ((rc = tok_decode(t, ids, n, &out, &olen)) < 0) goto done;
+    tok_destroy(&t);
+    free(text);
+    free(ids);
+    rc = write_stdout(cmd, out, olen);
+    free(out);
+    return rc;
+done:
+    tok_destroy(&t);
+    free(text);
+    free(ids);
+    return cli_fail(cmd, "decoding", rc);
+}
+
+/* ---- tokenizer-train ------------------------------------------------------------------- */
+
+static const char train_help[] =
+    "usage: rlhf tokenizer-train --corpus FILE --vocab-size N --out DIR\n\n"
+    "Learns a GPT-2 style byte-level BPE vocabulary of N ids from FILE: ids 0-255 are the bytes\n"
+    "(in GPT-2's order), then one id per learned merge, then <|endoftext|> as id N-1. Pairs are\n"
+    "merged most frequent first, ties broken by byte order, so the result is deterministic.\n"
+    "A literal <|endoftext|> in FILE separates documents and is not learned from. Writes\n"
+    "DIR/vocab.json and DIR/merges.txt (atomically) and prints a JSON summary.\n";
+
+int cmd_tokenizer_train(int argc, char **argv) {
+    static const struct option opts[] = {{"corpus", 1, 0, 'c'},
+                                         {"vocab-size", 1, 0, 'v'},
+                                         {"out", 1, 0, 'o'},
+                                         {"help", 0, 0, 'h'},
+                                         {0, 0, 0, 0}};
+    const char *cmd = "tokenizer-train", *corpus = NULL, *out = NULL;
+    int vocab = 0, c;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        int bad = 0;
+        switch (c) {
+        case 'c':
+            corpus = optarg;
+            break;
+        case 'v':
+            bad = cli_int(cmd, "vocab-size", optarg, 257, 1 << 24, &vocab);
+            break;
+        case 'o':
+            out = optarg;
+            break;
+        case 'h':
+            fputs(train_help, stdout);
+            return 0;
+        default:
+            return cli_usage_error(cmd);
+        }
+        if (bad) return 2;
+    }
+    if (!corpus || !vocab || !out) {
+        fprintf(stderr, "rlhf %s: --corpus, --vocab-size and --out are required\n", cmd);
+        return 2;
+    }
+    char *text = NULL;
+    size_t len = 0;
+    int rc = fs_read_all(corpus, &text, &len);
+    if (rc < 0) return cli_fail(cmd, "reading the corpus", rc);
+    double t0 = cli_now_ms();
+    rc = tok_train(text, len, vocab, out);
+    double ms = cli_now_ms() - t0;
+    free(text);
+    if (rc < 0) return cli_fail(cmd, "training", rc);
+    return cli_print_json(json_pack("{s:s,s:i,s:I,s:f}", "out", out, "vocab_size", vocab,
+                                    "corpus_bytes", (json_int_t)len, "seconds", ms / 1e3));
+}

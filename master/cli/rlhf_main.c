@@ -1,0 +1,173 @@
+/*
+ * rlhf_main.c - the `rlhf` command: one binary, one subcommand per task. The table below
+ * (`commands`) is the list `rlhf --help` prints; each entry's function lives in the cmd_*.c
+ * file of its group (cli.h says which):
+ *
+ *   models        init-model, eval-lm, train-lm, sample            cmd_model.c, cmd_gen.c
+ *   tokenizer     tokenize, detokenize, tokenizer-train            cmd_tok.c
+ *   the pipeline  run (stages from a YAML file), report            cmd_run.c, cmd_report.c
+ *   data          task, annotate, aggregate, pairs, import-pairs   cmd_task.c, cmd_data.c
+ *   training      sft, train-rm, eval-rm, score                    cmd_sft.c, cmd_rm.c
+ *   through the master   generate, ppo                             cmd_generate.c, cmd_ppo.c
+ *   evaluation    eval-policy                                      cmd_eval.c
+ *   local mode    up, status, down                                 cmd_local.c
+ *   benchmarks    bench train|generate|wire                        cmd_bench.c, cmd_gen.c,
+ *                                                                  cmd_bench_wire.c
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cli.h"
+#include "base/err.h"
+
+static const cli_cmd_t commands[] = {
+    {"init-model", cmd_init_model, "write a freshly initialised GPT-2 model directory"},
+    {"eval-lm", cmd_eval_lm, "mean next-token loss and perplexity on a token file"},
+    {"train-lm", cmd_train_lm, "train a language model on a token file"},
+    {"tokenize", cmd_tokenize, "text on stdin -> token ids on stdout"},
+    {"detokenize", cmd_detokenize, "token ids on stdin -> text on stdout"},
+    {"tokenizer-train", cmd_tokenizer_train, "learn a byte-level BPE vocabulary from a corpus"},
+    {"sample", cmd_sample, "generate continuations of a prompt"},
+    {"run", cmd_run, "the whole pipeline from a YAML config (resumes where it stopped)"},
+    {"sft", cmd_sft, "supervised fine-tuning on prompt/completion or text JSONL"},
+    {"task", cmd_task, "write the embedded task's prompts and SFT data"},
+    {"generate", cmd_generate, "stage 1: K completions per prompt through the master"},
+    {"annotate", cmd_annotate, "stage 1: rankings from simulated annotators or an import"},
+    {"aggregate", cmd_aggregate, "stage 1: consensus rankings and agreement statistics"},
+    {"pairs", cmd_pairs, "stage 1: preference pairs from aggregated rankings"},
+    {"import-pairs", cmd_import_pairs, "stage 1: existing pair datasets (JSONL, HH) in"},
+    {"train-rm", cmd_train_rm, "stage 2: train a reward model on preference pairs"},
+    {"eval-rm", cmd_eval_rm, "stage 2: accuracy and calibration of a reward model"},
+    {"score", cmd_score, "stage 2: reward of a completion (and preference of two)"},
+    {"ppo", cmd_ppo, "stage 3: PPO through the master, rollout, reward and learner workers"},
+    {"eval-policy", cmd_eval_policy, "a policy against a baseline: gold judge, reward model, KL"},
+    {"report", cmd_report, "the run's report: agreement, reward model, PPO, gold judge, plots"},
+    {"up", cmd_up, "start a master and workers on loopback (local mode)"},
+    {"status", cmd_status, "print the local master's /status JSON"},
+    {"down", cmd_down, "stop the local master and workers"},
+    {"bench", cmd_bench, "benchmarks: `rlhf bench train|generate|wire --help`"},
+};
+#define N_COMMANDS (int)(sizeof commands / sizeof commands[0])
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: rlhf COMMAND [OPTIONS]   (rlhf COMMAND --help for its options)\n\n");
+    for (int i = 0; i < N_COMMANDS; i++)
+        fprintf(f, "  %-12s %s\n", commands[i].name, commands[i].summary);
+}
+
+int cli_long(const char *cmd, const char *opt, const char *val, long lo, long hi, long *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(val, &end, 10);
+    if (end == val || *end || errno || v < lo || v > hi) {
+        fprintf(stderr, "rlhf %s: --%s: '%s' is not an integer in [%ld, %ld]\n", cmd, opt, val, lo,
+                hi);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+int cli_int(const char *cmd, const char *opt, const char *val, long lo, long hi, int *out) {
+    long v;
+    if (cli_long(cmd, opt, val, lo, hi, &v) < 0) return -1;
+    *out = (int)v;
+    return 0;
+}
+
+int cli_float(const char *cmd, const char *opt, const char *val, double lo, double hi, float *out) {
+    char *end;
+    errno = 0;
+    double v = strtod(val, &end);
+    if (end == val || *end || errno || !isfinite(v) || v < lo || v > hi) {
+        fprintf(stderr, "rlhf %s: --%s: '%s' is not a number in [%g, %g]\n", cmd, opt, val, lo, hi);
+        return -1;
+    }
+    *out = (float)v;
+    return 0;
+}
+
+int cli_fail(const char *cmd, const char *what, int rc) {
+    const char *detail = rl_errmsg();
+    fprintf(stderr, "rlhf %s: %s: %s\n", cmd, what, detail[0] ? detail : rl_strerror(rc));
+    return 1;
+}
+
+int cli_print_json(json_t *obj) {
+    char *s = obj ? json_dumps(obj, JSON_COMPACT | JSON_REAL_PRECISION(7)) : NULL;
+    json_decref(obj);
+    if (!s) {
+        /* json_pack refuses NaN/Inf reals: a result we cannot print is a failure, not silence */
+        fprintf(stderr, "rlhf: cannot format the result as JSON (a NaN or Inf value?)\n");
+        return 1;
+    }
+    puts(s);
+    fflush(stdout);
+    free(s);
+    return 0;
+}
+
+double cli_now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+int cli_cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+double cli_median(double *v, int n) {
+    qsort(v, (size_t)n, sizeof *v, cli_cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+int cli_shape_opt(const char *cmd, int c, const char *arg, gpt_config_t *cfg) {
+    int bad;
+    switch (c) {
+    case 'l':
+        bad = cli_int(cmd, "layers", arg, 1, 1000, &cfg->n_layer);
+        break;
+    case 'H':
+        bad = cli_int(cmd, "heads", arg, 1, 1000, &cfg->n_head);
+        break;
+    case 'c':
+        bad = cli_int(cmd, "dim", arg, 1, 65536, &cfg->n_embd);
+        break;
+    case 'v':
+        bad = cli_int(cmd, "vocab", arg, 1, 10000000, &cfg->vocab_size);
+        break;
+    case 'n':
+        bad = cli_int(cmd, "ctx", arg, 1, 1000000, &cfg->n_positions);
+        break;
+    default:
+        return 0;
+    }
+    return bad ? -1 : 1;
+}
+
+int cli_usage_error(const char *cmd) {
+    fprintf(stderr, "rlhf %s: see `rlhf %s --help`\n", cmd, cmd);
+    return 2;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(stdout);
+        return 0;
+    }
+    for (int i = 0; i < N_COMMANDS; i++)
+        if (!strcmp(argv[1], commands[i].name)) return commands[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "rlhf: unknown command '%s'\n\n", argv[1]);
+    usage(stderr);
+    return 2;
+}
