@@ -24,11 +24,28 @@ typedef struct {
     size_t weights_bytes;
 } worker_job_t;
 
+/* Each role's state between jobs, owned by the worker's main state (worker_main.c) and passed
+ * to the handlers that may touch it; nothing of a role lives in file-level globals. */
+typedef struct rollout_state rollout_state_t; /* worker_generate.c: the cached model and pack */
+typedef struct score_state score_state_t;     /* worker_score.c: reward and reference models */
+typedef struct learner learner_t;             /* worker_learner.c: LM/RM training state */
+typedef struct ppo_state ppo_state_t;         /* worker_ppo.c: policy, value, PPO state */
+
+/* The states of one worker process: those of its role are set, the others NULL. */
+typedef struct {
+    rollout_state_t *rollout;
+    score_state_t *score;
+    learner_t *learner;
+    ppo_state_t *ppo;
+} worker_state_t;
+
 /* A handler: returns 0 with *out (malloc'ed, packed output message) and *out_len, or a
  * negative RL_E* code with the detail in rl_errmsg(); RL_EINVAL-class errors are the job's
- * fault and are reported to the master as a rejection. */
-typedef int (*worker_handler_fn)(const worker_job_t *job, const uint8_t *payload, size_t len,
-                                 uint8_t **out, size_t *out_len);
+ * fault and are reported to the master as a rejection. It touches only the role states it is
+ * given (see the table in worker_jobs.c). */
+typedef int (*worker_handler_fn)(worker_state_t *st, const worker_job_t *job,
+                                 const uint8_t *payload, size_t len, uint8_t **out,
+                                 size_t *out_len);
 
 /* The handler for `kind` on `role` (Rlhf__Role, Rlhf__JobKind), or NULL. */
 worker_handler_fn worker_handler(int role, int kind);
@@ -36,21 +53,31 @@ worker_handler_fn worker_handler(int role, int kind);
 /* Job kinds `role` can run, written to kinds[] (room for 32); returns how many. */
 int worker_capabilities(int role, int *kinds);
 
-/* GENERATE: greedy continuation of the prompt's token ids with the model in spec.model_dir
- * (loaded once and kept while the directory stays the same). */
-int worker_generate(const worker_job_t *job, const uint8_t *payload, size_t len, uint8_t **out,
-                    size_t *out_len);
+/* ---- rollout (worker_generate.c) ---- */
 
-/* Frees the cached model. */
-void worker_generate_cleanup(void);
+/* A rollout worker's state with no model loaded yet; NULL (RL_ENOMEM) on failure. */
+rollout_state_t *rollout_state_new(void);
+
+/* Frees the cached model and its pack; accepts NULL and nulls *rp. */
+void rollout_state_destroy(rollout_state_t **rp);
+
+/* GENERATE: greedy continuation of the prompt's token ids with the model in spec.model_dir
+ * (loaded once into r and kept while the directory stays the same). */
+int worker_generate(rollout_state_t *r, const worker_job_t *job, const uint8_t *payload, size_t len,
+                    uint8_t **out, size_t *out_len);
+
+/* ---- reward (worker_score.c) ---- */
+
+/* A reward worker's state with no model loaded yet; NULL (RL_ENOMEM) on failure. */
+score_state_t *score_state_new(void);
+
+/* Frees the reward and reference models; accepts NULL and nulls *sp. */
+void score_state_destroy(score_state_t **sp);
 
 /* SCORE: reward-model scores and reference logprobs of <prompt, completion> items
- * (ScoreSpec -> ScoreOutput); both models are loaded once and kept. */
-int worker_score(const worker_job_t *job, const uint8_t *payload, size_t len, uint8_t **out,
-                 size_t *out_len);
-
-/* Frees the reward and reference models. */
-void worker_score_cleanup(void);
+ * (ScoreSpec -> ScoreOutput); both models are loaded once into s and kept. */
+int worker_score(score_state_t *s, const worker_job_t *job, const uint8_t *payload, size_t len,
+                 uint8_t **out, size_t *out_len);
 
 /* ---- learner (worker_learner.c): TRAIN jobs on S gradient shards, see the file's comment ---- */
 
@@ -69,31 +96,36 @@ typedef struct {
 
 /* Shard 0 (or an unsharded learner): remembers the options, creates the run directory and, with
  * S > 1, binds the shard socket and writes RUN_DIR/learner.json {"endpoint", "shards", "pid"}.
- * Call once, on the main thread, before any job. Returns 0 or RL_E*. */
-int worker_learner_start(const worker_learner_opts_t *o);
+ * Call once, on the main thread, before any job. Returns the state, or NULL with the reason in
+ * rl_errmsg(). */
+learner_t *learner_new(const worker_learner_opts_t *o);
 
-/* PPO updates (worker_ppo.c): where to announce new weights and keep checkpoints. Call once on
- * the learner's main thread before any job. */
-void worker_ppo_setup(const char *master, const char *run_dir);
-
-/* TRAIN of kind PPO: one iteration's update, the new weights published and announced. */
-struct Rlhf__TrainSpec;
-int worker_ppo(const worker_job_t *job, const struct Rlhf__TrainSpec *sp, uint8_t **out,
-               size_t *out_len);
-
-/* Frees the PPO learner's models, states and weights server. */
-void worker_ppo_cleanup(void);
-
-/* Closes the shard socket and frees the learner's state; safe if never started. */
-void worker_learner_stop(void);
+/* Closes the shard socket and frees the learner's state; accepts NULL and nulls *lp. */
+void learner_destroy(learner_t **lp);
 
 /* Runs shard o->index >= 1 until *stop is set: connects to shard 0, beats, computes the slices
  * it is sent. Returns the process exit status. */
 int worker_learner_shard_main(const worker_learner_opts_t *o, volatile sig_atomic_t *stop);
 
-/* TRAIN (shard 0): TrainSpec -> TrainOutput, n_steps optimizer steps from the learner's state;
- * a checkpoint is written before the result is returned. */
-int worker_train(const worker_job_t *job, const uint8_t *payload, size_t len, uint8_t **out,
-                 size_t *out_len);
+/* TRAIN (shard 0): TrainSpec -> TrainOutput. Kinds LM and RM: n_steps optimizer steps from the
+ * learner's state l, a checkpoint written before the result is returned; kind PPO: worker_ppo
+ * on ps. */
+int worker_train(learner_t *l, ppo_state_t *ps, const worker_job_t *job, const uint8_t *payload,
+                 size_t len, uint8_t **out, size_t *out_len);
+
+/* ---- PPO (worker_ppo.c) ---- */
+
+/* The PPO learner's state: where to announce new weights (the master) and keep checkpoints
+ * (run_dir). A restarted learner loads its newest checkpoint here and publishes its policy at
+ * once. Call on the learner's main thread before any job. NULL (RL_ENOMEM) on failure. */
+ppo_state_t *ppo_state_new(const char *master, const char *run_dir);
+
+/* Frees the models, states and weights server, stops the announcer; accepts NULL, nulls *pp. */
+void ppo_state_destroy(ppo_state_t **pp);
+
+/* TRAIN of kind PPO: one iteration's update, the new weights published and announced. */
+struct Rlhf__TrainSpec;
+int worker_ppo(ppo_state_t *ps, const worker_job_t *job, const struct Rlhf__TrainSpec *sp,
+               uint8_t **out, size_t *out_len);
 
 #endif

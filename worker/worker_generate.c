@@ -16,51 +16,72 @@
 #include "rlhf.pb-c.h"
 #include "worker.h"
 
-static gpt_t *cached;
-static char cached_dir[4096];
-static uint64_t cached_version; /* weights version in `cached`: 0 = the directory's own */
-/* `cached`'s weights packed for generation; repacked (in place) when a job brings another
- * version, so a weights version is packed once however many jobs use it */
-static gen_packed_t *cached_pack;
-static int pack_stale = 1;
+/* A rollout worker's state between jobs: the model of the last job's directory and its packed
+ * weights, kept while jobs name the same directory. */
+struct rollout_state {
+    gpt_t *cached;
+    char cached_dir[4096];
+    uint64_t cached_version; /* weights version in `cached`: 0 = the directory's own */
+    /* `cached`'s weights packed for generation; repacked (in place) when a job brings another
+     * version, so a weights version is packed once however many jobs use it */
+    gen_packed_t *cached_pack;
+    int pack_stale;
+};
 
-void worker_generate_cleanup(void) {
-    gpt_destroy(&cached);
-    gen_pack_free(&cached_pack);
-    pack_stale = 1;
-    cached_dir[0] = 0;
-    cached_version = 0;
+static void rollout_state_drop(rollout_state_t *r) {
+    gpt_destroy(&r->cached);
+    gen_pack_free(&r->cached_pack);
+    r->pack_stale = 1;
+    r->cached_dir[0] = 0;
+    r->cached_version = 0;
+}
+
+rollout_state_t *rollout_state_new(void) {
+    rollout_state_t *r = calloc(1, sizeof *r);
+    if (!r) {
+        rl_fail(RL_ENOMEM, "rollout state: out of memory");
+        return NULL;
+    }
+    r->pack_stale = 1;
+    return r;
+}
+
+void rollout_state_destroy(rollout_state_t **rp) {
+    if (!rp || !*rp) return;
+    rollout_state_drop(*rp);
+    free(*rp);
+    *rp = NULL;
 }
 
 /* The model of `dir` with the job's weights: the directory gives the configuration (and the
  * version-0 weights); a synced snapshot of another version replaces the parameters. */
-static gpt_t *model_get(const char *dir, const worker_job_t *job) {
-    if (!cached || strcmp(cached_dir, dir)) {
-        worker_generate_cleanup();
-        if (strlen(dir) >= sizeof cached_dir) {
+static gpt_t *model_get(rollout_state_t *r, const char *dir, const worker_job_t *job) {
+    if (!r->cached || strcmp(r->cached_dir, dir)) {
+        rollout_state_drop(r);
+        if (strlen(dir) >= sizeof r->cached_dir) {
             rl_fail(RL_EINVAL, "model_dir too long");
             return NULL;
         }
-        cached = hf_load(dir);
-        if (!cached) return NULL;
-        snprintf(cached_dir, sizeof cached_dir, "%s", dir);
+        r->cached = hf_load(dir);
+        if (!r->cached) return NULL;
+        snprintf(r->cached_dir, sizeof r->cached_dir, "%s", dir);
     }
-    if (job->weights_version && job->weights_version != cached_version) {
-        if (job->weights_bytes != cached->num_params * sizeof(float)) {
+    if (job->weights_version && job->weights_version != r->cached_version) {
+        if (job->weights_bytes != r->cached->num_params * sizeof(float)) {
             rl_fail(RL_EINVAL, "weights version %llu has %zu bytes; %s needs %zu",
                     (unsigned long long)job->weights_version, job->weights_bytes, dir,
-                    cached->num_params * sizeof(float));
+                    r->cached->num_params * sizeof(float));
             return NULL;
         }
-        memcpy(cached->params_mem, job->weights, job->weights_bytes);
-        cached_version = job->weights_version;
-        pack_stale = 1;
-    } else if (!job->weights_version && cached_version) {
+        memcpy(r->cached->params_mem, job->weights, job->weights_bytes);
+        r->cached_version = job->weights_version;
+        r->pack_stale = 1;
+    } else if (!job->weights_version && r->cached_version) {
         /* a job for the directory's own weights after a synced version: reload them */
-        worker_generate_cleanup();
-        return model_get(dir, job);
+        rollout_state_drop(r);
+        return model_get(r, dir, job);
     }
-    return cached;
+    return r->cached;
 }
 
 static int stop_if_cancelled(void *ctx, int seq, const int *tokens, int n) {
@@ -69,8 +90,8 @@ static int stop_if_cancelled(void *ctx, int seq, const int *tokens, int n) {
     return atomic_load(job->cancel) ? 1 : 0;
 }
 
-int worker_generate(const worker_job_t *job, const uint8_t *payload, size_t len, uint8_t **out,
-                    size_t *out_len) {
+int worker_generate(rollout_state_t *r, const worker_job_t *job, const uint8_t *payload, size_t len,
+                    uint8_t **out, size_t *out_len) {
     Rlhf__GenerateSpec *sp = rlhf__generate_spec__unpack(NULL, len, payload);
     if (!sp) return rl_fail(RL_EFORMAT, "generate: malformed GenerateSpec");
     int rc = 0, K = 0, NP = 0, *plens = NULL;
@@ -84,7 +105,7 @@ int worker_generate(const worker_job_t *job, const uint8_t *payload, size_t len,
         struct timespec ts = {0, 10 * 1000000L};
         nanosleep(&ts, NULL);
     }
-    gpt_t *m = model_get(sp->model_dir ? sp->model_dir : "", job);
+    gpt_t *m = model_get(r, sp->model_dir ? sp->model_dir : "", job);
     if (!m) {
         rc = rl_fail_ctx(RL_EINVAL, "generate: ");
         goto out;
@@ -158,11 +179,11 @@ int worker_generate(const worker_job_t *job, const uint8_t *payload, size_t len,
             goto out;
         }
     }
-    if (pack_stale) {
-        if ((rc = gen_pack(m, &cached_pack)) < 0) goto out;
-        pack_stale = 0;
+    if (r->pack_stale) {
+        if ((rc = gen_pack(m, &r->cached_pack)) < 0) goto out;
+        r->pack_stale = 0;
     }
-    o.packed = cached_pack;
+    o.packed = r->cached_pack;
     if ((rc = gen_generate(m, prompts, plens, NS, ids, &o, seqs)) < 0) goto out;
     for (int i = 0; i < NS; i++)
         if (seqs[i].finish == GEN_FINISH_STOP) {

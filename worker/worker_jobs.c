@@ -6,8 +6,9 @@
 #include "rlhf.pb-c.h"
 #include "worker.h"
 
-static int job_noop(const worker_job_t *job, const uint8_t *payload, size_t len, uint8_t **out,
-                    size_t *out_len) {
+static int job_noop(worker_state_t *st, const worker_job_t *job, const uint8_t *payload, size_t len,
+                    uint8_t **out, size_t *out_len) {
+    (void)st;
     (void)job;
     (void)payload;
     (void)len;
@@ -16,16 +17,32 @@ static int job_noop(const worker_job_t *job, const uint8_t *payload, size_t len,
     return 0;
 }
 
+/* Each handler gets exactly the role state it works on. */
+static int job_generate(worker_state_t *st, const worker_job_t *job, const uint8_t *payload,
+                        size_t len, uint8_t **out, size_t *out_len) {
+    return worker_generate(st->rollout, job, payload, len, out, out_len);
+}
+
+static int job_score(worker_state_t *st, const worker_job_t *job, const uint8_t *payload,
+                     size_t len, uint8_t **out, size_t *out_len) {
+    return worker_score(st->score, job, payload, len, out, out_len);
+}
+
+static int job_train(worker_state_t *st, const worker_job_t *job, const uint8_t *payload,
+                     size_t len, uint8_t **out, size_t *out_len) {
+    return worker_train(st->learner, st->ppo, job, payload, len, out, out_len);
+}
+
 static const struct {
     int role, kind;
     worker_handler_fn fn;
 } table[] = {
-    {RLHF__ROLE__ROLE_ROLLOUT, RLHF__JOB_KIND__JOB_KIND_GENERATE, worker_generate},
+    {RLHF__ROLE__ROLE_ROLLOUT, RLHF__JOB_KIND__JOB_KIND_GENERATE, job_generate},
     {RLHF__ROLE__ROLE_ROLLOUT, RLHF__JOB_KIND__JOB_KIND_NOOP, job_noop},
     {RLHF__ROLE__ROLE_REWARD, RLHF__JOB_KIND__JOB_KIND_NOOP, job_noop},
-    {RLHF__ROLE__ROLE_REWARD, RLHF__JOB_KIND__JOB_KIND_SCORE, worker_score},
+    {RLHF__ROLE__ROLE_REWARD, RLHF__JOB_KIND__JOB_KIND_SCORE, job_score},
     {RLHF__ROLE__ROLE_LEARNER, RLHF__JOB_KIND__JOB_KIND_NOOP, job_noop},
-    {RLHF__ROLE__ROLE_LEARNER, RLHF__JOB_KIND__JOB_KIND_TRAIN, worker_train},
+    {RLHF__ROLE__ROLE_LEARNER, RLHF__JOB_KIND__JOB_KIND_TRAIN, job_train},
 };
 #define N_TABLE (int)(sizeof table / sizeof table[0])
 

@@ -83,22 +83,23 @@ typedef struct {
     int sync_started;
     atomic_int syncing, sync_cancel;
     double next_sync_ms;
+    worker_state_t st; /* the role's state between jobs, handed to its handlers */
+    char log_id[80];
 } worker_t;
 
+/* The one piece of process-wide state: a signal handler can reach nothing else. */
 static volatile sig_atomic_t stop_signal;
 
 static void on_signal(int sig) {
     stop_signal = sig;
 }
 
-static char log_id[80] = "worker";
-
-static void wlog(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void wlog(const char *fmt, ...) {
+static void wlog(worker_t *w, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void wlog(worker_t *w, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     flockfile(stderr); /* the job and sync threads log too: one line at a time */
-    wire_logv(log_id, fmt, ap);
+    wire_logv(w->log_id, fmt, ap);
     funlockfile(stderr);
     va_end(ap);
 }
@@ -178,14 +179,15 @@ static int weights_sync(worker_t *w, uint64_t need, atomic_int *cancel) {
     pthread_mutex_unlock(&w->weights_mu);
     if (!ep[0])
         return rl_fail(RL_ENOTFOUND, "weights version %" PRIu64 " needed, none announced", need);
-    wlog("weights: fetching version >= %" PRIu64 " from %s", need, ep);
+    wlog(w, "weights: fetching version >= %" PRIu64 " from %s", need, ep);
     wsync_opts_t o = {.cancel = cancel};
     wsync_stats_t st;
     int rc = wsync_replica_ensure(&w->weights, w->zctx, ep, need, &o, &st);
     if (rc < 0)
-        wlog("weights: fetching version %" PRIu64 " failed: %s", need, rl_errmsg());
+        wlog(w, "weights: fetching version %" PRIu64 " failed: %s", need, rl_errmsg());
     else if (st.bytes)
-        wlog("weights: version %" PRIu64 " synced: %" PRIu64 " bytes in %.3f s (%.2f GB/s), "
+        wlog(w,
+             "weights: version %" PRIu64 " synced: %" PRIu64 " bytes in %.3f s (%.2f GB/s), "
              "%u chunks, crc32c %08x, %u bad chunks fetched again, %u timeouts",
              st.version, st.bytes, st.seconds, st.gbps, st.chunks, st.crc, st.crc_errors,
              st.timeouts);
@@ -243,14 +245,15 @@ static void *job_thread(void *arg) {
                             s->policy_version);
         } else {
             if (s->policy_version)
-                wlog("job %" PRIu64 " attempt %u runs with weights version %" PRIu64
+                wlog(w,
+                     "job %" PRIu64 " attempt %u runs with weights version %" PRIu64
                      " (needs %" PRIu64 ")",
                      s->job.job_id, s->job.attempt, live->version, s->policy_version);
             /* a job stating no version runs with its model directory's own weights */
             s->job.weights_version = s->policy_version ? live->version : 0;
             s->job.weights = s->policy_version ? live->data : NULL;
             s->job.weights_bytes = s->policy_version ? live->bytes : 0;
-            s->rc = s->fn(&s->job, s->payload, s->payload_len, &s->out, &s->out_len);
+            s->rc = s->fn(&w->st, &s->job, s->payload, s->payload_len, &s->out, &s->out_len);
         }
         wsync_replica_release(&w->weights);
     }
@@ -309,7 +312,7 @@ static void on_assign(worker_t *w, const Rlhf__JobAssign *a) {
         return;
     }
     s->busy = 1;
-    wlog("start job %" PRIu64 " attempt %u", a->job_id, a->attempt);
+    wlog(w, "start job %" PRIu64 " attempt %u", a->job_id, a->attempt);
 }
 
 /* The job thread signalled: report its outcome (or hand the job back if it was cancelled). */
@@ -331,7 +334,7 @@ static void on_job_done(worker_t *w, int handing_back) {
         env.body_case = RLHF__ENVELOPE__BODY_JOB_RESULT;
         env.job_result = &r;
         wsend(w, &env);
-        wlog("done job %" PRIu64 " attempt %u (%.1f ms)", s->job.job_id, s->job.attempt,
+        wlog(w, "done job %" PRIu64 " attempt %u (%.1f ms)", s->job.job_id, s->job.attempt,
              s->elapsed_ms);
     } else {
         Rlhf__JobAssign a = RLHF__JOB_ASSIGN__INIT;
@@ -339,7 +342,7 @@ static void on_job_done(worker_t *w, int handing_back) {
         a.attempt = s->job.attempt;
         a.lease_id = s->lease_id;
         reject(w, &a, handing_back ? 0 : s->rc, handing_back ? "handed back" : s->reason);
-        wlog("%s job %" PRIu64 " attempt %u: %s", handing_back ? "handed back" : "failed",
+        wlog(w, "%s job %" PRIu64 " attempt %u: %s", handing_back ? "handed back" : "failed",
              s->job.job_id, s->job.attempt, s->reason);
     }
     free(s->out);
@@ -350,7 +353,7 @@ static void on_message(worker_t *w, wire_msg_t *msg) {
     Rlhf__Envelope *env = NULL;
     wire_bad_t bad = wire_decode(msg, &env);
     if (bad != WIRE_OK) {
-        wlog("dropped a bad message from the master (%s)", wire_bad_name(bad));
+        wlog(w, "dropped a bad message from the master (%s)", wire_bad_name(bad));
         return;
     }
     w->last_heard_ms = wire_now_ms();
@@ -360,12 +363,12 @@ static void on_message(worker_t *w, wire_msg_t *msg) {
         snprintf(w->master_id, sizeof w->master_id, "%s", env->welcome->master_id);
         if (env->welcome->heartbeat_ms) w->hb_ms = (int)env->welcome->heartbeat_ms;
         if (env->welcome->liveness) w->liveness = (int)env->welcome->liveness;
-        if (!w->registered) wlog("registered with master %s", w->master_id);
+        if (!w->registered) wlog(w, "registered with master %s", w->master_id);
         w->registered = 1;
         break;
     case RLHF__ENVELOPE__BODY_HEARTBEAT:
         if (env->heartbeat->master_id && strcmp(env->heartbeat->master_id, w->master_id)) {
-            wlog("master changed (%s): registering again", env->heartbeat->master_id);
+            wlog(w, "master changed (%s): registering again", env->heartbeat->master_id);
             w->registered = 0;
             send_hello(w);
         }
@@ -374,12 +377,12 @@ static void on_message(worker_t *w, wire_msg_t *msg) {
         if (env->error->code == RLHF__ERROR_CODE__ERROR_CODE_NOT_REGISTERED) {
             /* at most one Hello per 100 ms: a burst of refusals needs only one answer */
             if (wire_now_ms() - w->last_hello_ms > 100) {
-                wlog("master does not know us: registering again");
+                wlog(w, "master does not know us: registering again");
                 w->registered = 0;
                 send_hello(w);
             }
         } else {
-            wlog("error from master: %d %s", env->error->code, env->error->message);
+            wlog(w, "error from master: %d %s", env->error->code, env->error->message);
         }
         break;
     case RLHF__ENVELOPE__BODY_JOB_ASSIGN:
@@ -394,12 +397,12 @@ static void on_message(worker_t *w, wire_msg_t *msg) {
             w->weights_announced = a->version;
             pthread_mutex_unlock(&w->weights_mu);
             w->next_sync_ms = 0;
-            wlog("weights version %" PRIu64 " announced at %s", a->version, a->endpoint);
+            wlog(w, "weights version %" PRIu64 " announced at %s", a->version, a->endpoint);
         }
         break;
     }
     case RLHF__ENVELOPE__BODY_SHUTDOWN:
-        wlog("shutdown requested: %s", env->shutdown->reason);
+        wlog(w, "shutdown requested: %s", env->shutdown->reason);
         stop_signal = SIGTERM;
         break;
     case RLHF__ENVELOPE__BODY_PING: {
@@ -413,7 +416,7 @@ static void on_message(worker_t *w, wire_msg_t *msg) {
         break;
     }
     default:
-        wlog("unexpected message %d from the master", env->body_case);
+        wlog(w, "unexpected message %d from the master", env->body_case);
         break;
     }
     rlhf__envelope__free_unpacked(env, NULL);
@@ -437,9 +440,31 @@ static const char usage_text[] =
     "[--shard-chunk-kib N];\n"
     "shards 1..S-1: --role learner --shard I/S --shard-endpoint EP (shard 0's; no --master).\n";
 
+/* Creates the state of w's role (the learner's after worker_learner_start). Returns 0 or RL_E*. */
+static int roles_init(worker_t *w, const worker_learner_opts_t *lo) {
+    worker_state_t *st = &w->st;
+    switch (w->role) {
+    case RLHF__ROLE__ROLE_ROLLOUT:
+        return (st->rollout = rollout_state_new()) ? 0 : RL_ENOMEM;
+    case RLHF__ROLE__ROLE_REWARD:
+        return (st->score = score_state_new()) ? 0 : RL_ENOMEM;
+    case RLHF__ROLE__ROLE_LEARNER:
+        if (!(st->learner = learner_new(lo))) return RL_EIO;
+        return (st->ppo = ppo_state_new(w->master, lo->run_dir)) ? 0 : RL_ENOMEM;
+    }
+    return 0;
+}
+
+static void roles_free(worker_t *w) {
+    rollout_state_destroy(&w->st.rollout);
+    score_state_destroy(&w->st.score);
+    ppo_state_destroy(&w->st.ppo);
+    learner_destroy(&w->st.learner);
+}
+
 int main(int argc, char **argv) {
-    static worker_t W;
-    worker_t *w = &W;
+    worker_t *w = calloc(1, sizeof *w);
+    if (!w) return 1;
     w->role = -1;
     w->hb_ms = 1000;
     w->liveness = 3;
@@ -533,7 +558,7 @@ int main(int argc, char **argv) {
         gethostname(host, sizeof host - 1);
         snprintf(w->id, sizeof w->id, "%.40s-%d", host, (int)getpid());
     }
-    snprintf(log_id, sizeof log_id, "worker %.63s", w->id);
+    snprintf(w->log_id, sizeof w->log_id, "worker %.63s", w->id);
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_signal; /* no SA_RESTART: zmq_poll returns EINTR at once */
@@ -546,12 +571,15 @@ int main(int argc, char **argv) {
         lo.liveness = w->liveness;
         lo.threads = w->threads;
         /* shards 1..S-1 talk to shard 0 only, never to the master */
-        if (lo.index > 0) return worker_learner_shard_main(&lo, &stop_signal);
-        if (worker_learner_start(&lo) < 0) {
-            fprintf(stderr, "rlhf-worker: %s\n", rl_errmsg());
-            return 1;
+        if (lo.index > 0) {
+            int status = worker_learner_shard_main(&lo, &stop_signal);
+            free(w);
+            return status;
         }
-        worker_ppo_setup(w->master, lo.run_dir);
+    }
+    if (roles_init(w, &lo) < 0) {
+        fprintf(stderr, "rlhf-worker: %s\n", rl_errmsg());
+        return 1;
     }
     wsync_malloc_tune(); /* weight chunks: recycled heap blocks, not fresh pages each */
     w->efd = eventfd(0, EFD_CLOEXEC);
@@ -571,7 +599,7 @@ int main(int argc, char **argv) {
         zmq_pollitem_t items[2] = {{w->sock, 0, ZMQ_POLLIN, 0}, {NULL, w->efd, ZMQ_POLLIN, 0}};
         int rc = zmq_poll(items, 2, timeout);
         if (rc < 0 && errno != EINTR) {
-            wlog("zmq_poll: %s", zmq_strerror(errno));
+            wlog(w, "zmq_poll: %s", zmq_strerror(errno));
             break;
         }
         if (rc > 0 && (items[1].revents & ZMQ_POLLIN)) on_job_done(w, 0);
@@ -588,11 +616,11 @@ int main(int argc, char **argv) {
             now >= w->next_reconnect_ms) {
             /* the master is gone: a fresh connection and Hello again; while nothing answers,
              * retry with exponential backoff */
-            wlog("master silent for %.0f ms: reconnecting (next try in %d ms)",
+            wlog(w, "master silent for %.0f ms: reconnecting (next try in %d ms)",
                  now - w->last_heard_ms, w->backoff_ms);
             sock_close(w, 0);
             if (sock_open(w) < 0) {
-                wlog("%s", rl_errmsg());
+                wlog(w, "%s", rl_errmsg());
                 break;
             }
             w->registered = 0;
@@ -603,7 +631,7 @@ int main(int argc, char **argv) {
         if (now >= w->last_hb_ms + w->hb_ms) send_heartbeat(w);
         weights_maybe_sync(w);
     }
-    wlog("stopping (signal %d)", (int)stop_signal);
+    wlog(w, "stopping (signal %d)", (int)stop_signal);
     if (w->slot.busy) { /* cancel and wait: the thread polls the flag between tokens */
         atomic_store(&w->cancel, 1);
         zmq_pollitem_t it = {NULL, w->efd, ZMQ_POLLIN, 0};
@@ -623,11 +651,9 @@ int main(int argc, char **argv) {
     zmq_ctx_term(w->zctx);
     close(w->efd);
     free(w->slot.payload);
-    worker_generate_cleanup();
-    worker_score_cleanup();
-    worker_ppo_cleanup();
-    worker_learner_stop();
+    roles_free(w);
     wsync_replica_free(&w->weights);
-    wlog("exit");
+    wlog(w, "exit");
+    free(w);
     return 0;
 }

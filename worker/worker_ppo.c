@@ -44,7 +44,8 @@
 
 #define PPO_MAGIC "RLHFPPO1"
 
-static struct {
+/* The PPO learner's state between jobs (owned by the worker's main state, see worker.h). */
+struct ppo_state {
     char run_dir[4096], master[256];
     char tok_dir[4096]; /* the initial policy's directory: its tokenizer */
     int loaded;
@@ -62,52 +63,64 @@ static struct {
     pthread_mutex_t ann_mu; /* with ann_cv: wakes the announcer when a version is published */
     pthread_cond_t ann_cv;
     _Atomic uint64_t published; /* the newest version served (0: none) */
-} S;
+};
 
-static int load_latest(const ppo_config_t *cfg);
-static int publish(uint64_t version);
+static int load_latest(ppo_state_t *ps, const ppo_config_t *cfg);
+static int publish(ppo_state_t *ps, uint64_t version);
 
-void worker_ppo_setup(const char *master, const char *run_dir) {
-    pthread_mutex_init(&S.ann_mu, NULL);
-    pthread_cond_init(&S.ann_cv, NULL);
-    snprintf(S.master, sizeof S.master, "%s", master ? master : "");
-    snprintf(S.run_dir, sizeof S.run_dir, "%s", run_dir ? run_dir : "");
+ppo_state_t *ppo_state_new(const char *master, const char *run_dir) {
+    ppo_state_t *ps = calloc(1, sizeof *ps);
+    if (!ps) {
+        rl_fail(RL_ENOMEM, "ppo state: out of memory");
+        return NULL;
+    }
+    pthread_mutex_init(&ps->ann_mu, NULL);
+    pthread_cond_init(&ps->ann_cv, NULL);
+    snprintf(ps->master, sizeof ps->master, "%s", master ? master : "");
+    snprintf(ps->run_dir, sizeof ps->run_dir, "%s", run_dir ? run_dir : "");
     /* a restarted learner stands at its newest checkpoint and serves those weights at once:
      * rollout jobs of the current iteration need them before any update job comes */
     ppo_config_t cfg;
     ppo_config_default(&cfg);
-    if (S.run_dir[0] && load_latest(&cfg) == 0) {
-        S.loaded = 1;
-        if (publish((uint64_t)S.l.iteration) < 0)
-            fprintf(stderr, "learner: publishing iteration %ld: %s\n", S.l.iteration, rl_errmsg());
+    if (ps->run_dir[0] && load_latest(ps, &cfg) == 0) {
+        ps->loaded = 1;
+        if (publish(ps, (uint64_t)ps->l.iteration) < 0)
+            fprintf(stderr, "learner: publishing iteration %ld: %s\n", ps->l.iteration,
+                    rl_errmsg());
     }
+    return ps;
 }
 
-static void unload(void) {
-    ppo_learner_free(&S.l);
-    memset(&S.l, 0, sizeof S.l);
-    gpt_destroy(&S.policy);
-    gpt_destroy(&S.value);
-    free(S.last_out);
-    S.last_out = NULL;
-    S.last_out_len = 0;
-    S.last_job = 0;
-    S.loaded = 0;
+static void unload(ppo_state_t *ps) {
+    ppo_learner_free(&ps->l);
+    memset(&ps->l, 0, sizeof ps->l);
+    gpt_destroy(&ps->policy);
+    gpt_destroy(&ps->value);
+    free(ps->last_out);
+    ps->last_out = NULL;
+    ps->last_out_len = 0;
+    ps->last_job = 0;
+    ps->loaded = 0;
 }
 
-void worker_ppo_cleanup(void) {
-    unload();
-    if (S.ann_started) {
-        pthread_mutex_lock(&S.ann_mu);
-        atomic_store(&S.ann_stop, 1);
-        pthread_cond_signal(&S.ann_cv);
-        pthread_mutex_unlock(&S.ann_mu);
-        pthread_join(S.ann_th, NULL);
-        S.ann_started = 0;
+void ppo_state_destroy(ppo_state_t **psp) {
+    ppo_state_t *ps = psp ? *psp : NULL;
+    if (!ps) return;
+    unload(ps);
+    if (ps->ann_started) {
+        pthread_mutex_lock(&ps->ann_mu);
+        atomic_store(&ps->ann_stop, 1);
+        pthread_cond_signal(&ps->ann_cv);
+        pthread_mutex_unlock(&ps->ann_mu);
+        pthread_join(ps->ann_th, NULL);
+        ps->ann_started = 0;
     }
-    wsync_server_destroy(&S.ws);
-    if (S.zctx) zmq_ctx_term(S.zctx);
-    S.zctx = NULL;
+    wsync_server_destroy(&ps->ws);
+    if (ps->zctx) zmq_ctx_term(ps->zctx);
+    pthread_mutex_destroy(&ps->ann_mu);
+    pthread_cond_destroy(&ps->ann_cv);
+    free(ps);
+    *psp = NULL;
 }
 
 /* ---- weights: publish and announce -------------------------------------------------------- */
@@ -115,22 +128,22 @@ void worker_ppo_cleanup(void) {
 /* The announcer thread: tells the master the newest published version every second, so that a
  * restarted master learns it again (it ignores repeats of what it knows). Its own socket. */
 static void *announcer(void *arg) {
-    (void)arg;
-    void *sock = zmq_socket(S.zctx, ZMQ_DEALER);
+    ppo_state_t *ps = arg;
+    void *sock = zmq_socket(ps->zctx, ZMQ_DEALER);
     int linger = 0;
     if (!sock || zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger) < 0 ||
-        zmq_connect(sock, S.master) < 0) {
+        zmq_connect(sock, ps->master) < 0) {
         fprintf(stderr, "learner: announce socket: %s\n", zmq_strerror(errno));
         if (sock) zmq_close(sock);
         return NULL;
     }
-    while (!atomic_load(&S.ann_stop)) {
-        uint64_t v = atomic_load(&S.published);
+    while (!atomic_load(&ps->ann_stop)) {
+        uint64_t v = atomic_load(&ps->published);
         if (v) {
             Rlhf__Envelope env = RLHF__ENVELOPE__INIT;
             Rlhf__WeightsAnnounce a = RLHF__WEIGHTS_ANNOUNCE__INIT;
             a.version = v;
-            a.endpoint = S.ws_endpoint;
+            a.endpoint = ps->ws_endpoint;
             env.protocol_version = RLHF__PROTOCOL_VERSION__PROTOCOL_VERSION_CURRENT;
             env.body_case = RLHF__ENVELOPE__BODY_WEIGHTS_ANNOUNCE;
             env.weights_announce = &a;
@@ -145,43 +158,44 @@ static void *announcer(void *arg) {
         struct timespec until;
         clock_gettime(CLOCK_REALTIME, &until);
         until.tv_sec += 1;
-        pthread_mutex_lock(&S.ann_mu);
-        while (!atomic_load(&S.ann_stop) && atomic_load(&S.published) == v &&
-               pthread_cond_timedwait(&S.ann_cv, &S.ann_mu, &until) == 0) {
+        pthread_mutex_lock(&ps->ann_mu);
+        while (!atomic_load(&ps->ann_stop) && atomic_load(&ps->published) == v &&
+               pthread_cond_timedwait(&ps->ann_cv, &ps->ann_mu, &until) == 0) {
         }
-        pthread_mutex_unlock(&S.ann_mu);
+        pthread_mutex_unlock(&ps->ann_mu);
     }
     zmq_close(sock);
     return NULL;
 }
 
-static int announce(void) {
-    if (!S.master[0] || S.ann_started) return 0;
-    if (!S.zctx && !(S.zctx = zmq_ctx_new())) return rl_fail(RL_EIO, "zmq context");
-    if (pthread_create(&S.ann_th, NULL, announcer, NULL) != 0)
+static int announce(ppo_state_t *ps) {
+    if (!ps->master[0] || ps->ann_started) return 0;
+    if (!ps->zctx && !(ps->zctx = zmq_ctx_new())) return rl_fail(RL_EIO, "zmq context");
+    if (pthread_create(&ps->ann_th, NULL, announcer, ps) != 0)
         return rl_fail(RL_EIO, "announcer thread");
-    S.ann_started = 1;
+    ps->ann_started = 1;
     return 0;
 }
 
 /* Publishes the policy as `version` (once per version) and announces it. */
-static int publish(uint64_t version) {
+static int publish(ppo_state_t *ps, uint64_t version) {
     if (version == 0) return 0; /* version 0 is the policy directory's own weights */
-    if (!S.ws) {
-        S.ws = wsync_server_new(NULL, "tcp://127.0.0.1:*", 0);
-        if (!S.ws || wsync_server_start(S.ws) < 0) return rl_fail_ctx(RL_EIO, "weights server: ");
-        snprintf(S.ws_endpoint, sizeof S.ws_endpoint, "%s", wsync_server_endpoint(S.ws));
+    if (!ps->ws) {
+        ps->ws = wsync_server_new(NULL, "tcp://127.0.0.1:*", 0);
+        if (!ps->ws || wsync_server_start(ps->ws) < 0)
+            return rl_fail_ctx(RL_EIO, "weights server: ");
+        snprintf(ps->ws_endpoint, sizeof ps->ws_endpoint, "%s", wsync_server_endpoint(ps->ws));
     }
-    if (version > atomic_load(&S.published)) {
-        int rc = wsync_server_publish(S.ws, version, S.policy->params_mem,
-                                      S.policy->num_params * sizeof(float), "params", NULL);
+    if (version > atomic_load(&ps->published)) {
+        int rc = wsync_server_publish(ps->ws, version, ps->policy->params_mem,
+                                      ps->policy->num_params * sizeof(float), "params", NULL);
         if (rc < 0) return rc;
-        pthread_mutex_lock(&S.ann_mu);
-        atomic_store(&S.published, version);
-        pthread_cond_signal(&S.ann_cv);
-        pthread_mutex_unlock(&S.ann_mu);
+        pthread_mutex_lock(&ps->ann_mu);
+        atomic_store(&ps->published, version);
+        pthread_cond_signal(&ps->ann_cv);
+        pthread_mutex_unlock(&ps->ann_mu);
     }
-    return announce();
+    return announce(ps);
 }
 
 /* ---- checkpoints -------------------------------------------------------------------------- */
@@ -207,25 +221,25 @@ static void put(buf_t *b, const void *d, size_t n) {
     b->n += n;
 }
 
-static int ckpt_write(uint64_t iteration) {
+static int ckpt_write(ppo_state_t *ps, uint64_t iteration) {
     char dir[4200], sub[4300];
-    snprintf(dir, sizeof dir, "%s/ppo-ckpt-%06" PRIu64, S.run_dir, iteration);
+    snprintf(dir, sizeof dir, "%s/ppo-ckpt-%06" PRIu64, ps->run_dir, iteration);
     snprintf(sub, sizeof sub, "%s/policy", dir);
     int rc = fs_mkdir_p(dir);
-    if (rc == 0) rc = hf_save(S.policy, sub);
+    if (rc == 0) rc = hf_save(ps->policy, sub);
     /* the tokenizer travels with the policy, so the checkpoint is a usable model directory */
-    if (rc == 0 && S.tok_dir[0]) rc = hf_copy_tokenizer(S.tok_dir, sub);
+    if (rc == 0 && ps->tok_dir[0]) rc = hf_copy_tokenizer(ps->tok_dir, sub);
     snprintf(sub, sizeof sub, "%s/value", dir);
-    if (rc == 0) rc = hf_save(S.value, sub);
+    if (rc == 0) rc = hf_save(ps->value, sub);
     if (rc < 0) return rc;
     buf_t b = {0};
-    ppo_learner_t *l = &S.l;
+    ppo_learner_t *l = &ps->l;
     uint64_t n_p = l->opt_policy.n, n_v = l->opt_value.n, t_p = (uint64_t)l->opt_policy.t,
              t_v = (uint64_t)l->opt_value.t, it = (uint64_t)l->iteration,
-             ol = (uint64_t)S.last_out_len;
+             ol = (uint64_t)ps->last_out_len;
     put(&b, PPO_MAGIC, 8);
     put(&b, &it, 8);
-    put(&b, &S.last_job, 8);
+    put(&b, &ps->last_job, 8);
     put(&b, &l->kl.beta, sizeof l->kl.beta);
     put(&b, &l->score_stats, sizeof l->score_stats);
     put(&b, &t_p, 8);
@@ -235,7 +249,7 @@ static int ckpt_write(uint64_t iteration) {
     put(&b, l->opt_policy.moments, 2 * n_p * sizeof(float));
     put(&b, l->opt_value.moments, 2 * n_v * sizeof(float));
     put(&b, &ol, 8);
-    if (ol) put(&b, S.last_out, ol);
+    if (ol) put(&b, ps->last_out, ol);
     uint32_t crc = b.oom ? 0 : crc32c(0, b.p, b.n);
     put(&b, &crc, 4);
     snprintf(sub, sizeof sub, "%s/state.bin", dir);
@@ -243,7 +257,7 @@ static int ckpt_write(uint64_t iteration) {
     free(b.p);
     if (rc < 0) return rc;
     /* the pointer: newest and the one before, which stays as a fallback */
-    snprintf(sub, sizeof sub, "%s/ppo-latest.json", S.run_dir);
+    snprintf(sub, sizeof sub, "%s/ppo-latest.json", ps->run_dir);
     json_t *old = json_load_file(sub, 0, NULL);
     const char *prev = json_string_value(json_object_get(old, "dir"));
     const char *prev2 = json_string_value(json_object_get(old, "previous"));
@@ -270,14 +284,14 @@ static int get(const uint8_t **p, const uint8_t *end, void *d, size_t n) {
 }
 
 /* Loads the checkpoint in dir into fresh models/learner (cfg for the optimiser settings). */
-static int ckpt_load(const char *dir, const ppo_config_t *cfg) {
+static int ckpt_load(ppo_state_t *ps, const char *dir, const ppo_config_t *cfg) {
     char sub[4300];
     snprintf(sub, sizeof sub, "%s/policy", dir);
-    S.policy = hf_load(sub);
+    ps->policy = hf_load(sub);
     snprintf(sub, sizeof sub, "%s/value", dir);
-    S.value = S.policy ? hf_load(sub) : NULL;
-    if (!S.policy || !S.value) return rl_fail_ctx(RL_EFORMAT, "checkpoint %s: ", dir);
-    int rc = ppo_learner_init(&S.l, S.policy, S.value, cfg);
+    ps->value = ps->policy ? hf_load(sub) : NULL;
+    if (!ps->policy || !ps->value) return rl_fail_ctx(RL_EFORMAT, "checkpoint %s: ", dir);
+    int rc = ppo_learner_init(&ps->l, ps->policy, ps->value, cfg);
     if (rc < 0) return rc;
     snprintf(sub, sizeof sub, "%s/state.bin", dir);
     char *data;
@@ -294,45 +308,46 @@ static int ckpt_load(const char *dir, const ppo_config_t *cfg) {
     uint64_t it = 0, n_p = 0, n_v = 0, t_p = 0, t_v = 0, ol = 0;
     p += 8;
     if (rc == 0)
-        rc = get(&p, end, &it, 8) | get(&p, end, &S.last_job, 8) |
-             get(&p, end, &S.l.kl.beta, sizeof S.l.kl.beta) |
-             get(&p, end, &S.l.score_stats, sizeof S.l.score_stats) | get(&p, end, &t_p, 8) |
+        rc = get(&p, end, &it, 8) | get(&p, end, &ps->last_job, 8) |
+             get(&p, end, &ps->l.kl.beta, sizeof ps->l.kl.beta) |
+             get(&p, end, &ps->l.score_stats, sizeof ps->l.score_stats) | get(&p, end, &t_p, 8) |
              get(&p, end, &t_v, 8) | get(&p, end, &n_p, 8) | get(&p, end, &n_v, 8);
-    if (rc == 0 && (n_p != S.l.opt_policy.n || n_v != S.l.opt_value.n)) rc = -1;
+    if (rc == 0 && (n_p != ps->l.opt_policy.n || n_v != ps->l.opt_value.n)) rc = -1;
     if (rc == 0)
-        rc = get(&p, end, S.l.opt_policy.moments, 2 * n_p * sizeof(float)) |
-             get(&p, end, S.l.opt_value.moments, 2 * n_v * sizeof(float)) | get(&p, end, &ol, 8);
+        rc = get(&p, end, ps->l.opt_policy.moments, 2 * n_p * sizeof(float)) |
+             get(&p, end, ps->l.opt_value.moments, 2 * n_v * sizeof(float)) | get(&p, end, &ol, 8);
     if (rc == 0 && ol) {
-        S.last_out = malloc(ol);
-        rc = S.last_out ? get(&p, end, S.last_out, ol) : -1;
-        S.last_out_len = (size_t)ol;
+        ps->last_out = malloc(ol);
+        rc = ps->last_out ? get(&p, end, ps->last_out, ol) : -1;
+        ps->last_out_len = (size_t)ol;
     }
     free(data);
     if (rc < 0) return rl_fail(RL_EFORMAT, "%s: corrupt or incomplete", sub);
-    S.l.iteration = (long)it;
-    S.l.opt_policy.t = (long)t_p;
-    S.l.opt_value.t = (long)t_v;
+    ps->l.iteration = (long)it;
+    ps->l.opt_policy.t = (long)t_p;
+    ps->l.opt_value.t = (long)t_v;
     return 0;
 }
 
 /* Loads the newest checkpoint that verifies, else the one before. 0 or RL_ENOTFOUND/RL_E*. */
-static int load_latest(const ppo_config_t *cfg) {
+static int load_latest(ppo_state_t *ps, const ppo_config_t *cfg) {
     char path[4300];
-    snprintf(path, sizeof path, "%s/ppo-latest.json", S.run_dir);
+    snprintf(path, sizeof path, "%s/ppo-latest.json", ps->run_dir);
     json_t *lat = json_load_file(path, 0, NULL);
     const char *cands[2] = {json_string_value(json_object_get(lat, "dir")),
                             json_string_value(json_object_get(lat, "previous"))};
     int rc = RL_ENOTFOUND;
     for (int i = 0; i < 2 && rc < 0; i++) {
         if (!cands[i] || !cands[i][0]) continue;
-        rc = ckpt_load(cands[i], cfg);
+        rc = ckpt_load(ps, cands[i], cfg);
         if (rc < 0) {
             fprintf(stderr, "learner: checkpoint %s unusable (%s)%s\n", cands[i], rl_errmsg(),
                     i == 0 ? ": trying the one before" : "");
-            unload();
+            unload(ps);
         } else {
-            fprintf(stderr, "learner: resumed from %s at iteration %ld\n", cands[i], S.l.iteration);
-            snprintf(S.tok_dir, sizeof S.tok_dir, "%s/policy", cands[i]);
+            fprintf(stderr, "learner: resumed from %s at iteration %ld\n", cands[i],
+                    ps->l.iteration);
+            snprintf(ps->tok_dir, sizeof ps->tok_dir, "%s/policy", cands[i]);
         }
     }
     json_decref(lat);
@@ -341,35 +356,35 @@ static int load_latest(const ppo_config_t *cfg) {
 
 /* Makes the learner stand somewhere: the newest checkpoint that verifies (then the one before),
  * else the initial models of the spec. */
-static int ensure_loaded(const Rlhf__PpoSpec *sp, const ppo_config_t *cfg) {
-    if (S.loaded) {
-        S.l.cfg = *cfg; /* settings may change between iterations; the state stays */
-        S.l.opt_policy.weight_decay = S.l.opt_value.weight_decay = cfg->weight_decay;
-        S.l.kl.adaptive = cfg->kl_adaptive;
-        S.l.kl.target = cfg->kl_target;
-        S.l.kl.horizon = cfg->kl_horizon;
+static int ensure_loaded(ppo_state_t *ps, const Rlhf__PpoSpec *sp, const ppo_config_t *cfg) {
+    if (ps->loaded) {
+        ps->l.cfg = *cfg; /* settings may change between iterations; the state stays */
+        ps->l.opt_policy.weight_decay = ps->l.opt_value.weight_decay = cfg->weight_decay;
+        ps->l.kl.adaptive = cfg->kl_adaptive;
+        ps->l.kl.target = cfg->kl_target;
+        ps->l.kl.horizon = cfg->kl_horizon;
         return 0;
     }
-    int rc = load_latest(cfg);
+    int rc = load_latest(ps, cfg);
     if (rc < 0) {
         if (!sp->policy_dir || !sp->value_dir || !sp->policy_dir[0] || !sp->value_dir[0])
             return rl_fail(RL_EINVAL, "ppo: policy_dir and value_dir are required");
-        S.policy = hf_load(sp->policy_dir);
-        S.value = S.policy ? hf_load(sp->value_dir) : NULL;
-        if (!S.policy || !S.value) return rl_fail_ctx(RL_EINVAL, "ppo: initial models: ");
-        if (!S.value->cfg.scalar_head)
+        ps->policy = hf_load(sp->policy_dir);
+        ps->value = ps->policy ? hf_load(sp->value_dir) : NULL;
+        if (!ps->policy || !ps->value) return rl_fail_ctx(RL_EINVAL, "ppo: initial models: ");
+        if (!ps->value->cfg.scalar_head)
             return rl_fail(RL_EINVAL, "ppo: %s has no scalar head for a value model",
                            sp->value_dir);
-        if ((rc = ppo_learner_init(&S.l, S.policy, S.value, cfg)) < 0) return rc;
+        if ((rc = ppo_learner_init(&ps->l, ps->policy, ps->value, cfg)) < 0) return rc;
         /* the reward model's statistics seed the score normalisation */
         if (sp->score_std > 0) {
-            S.l.score_stats.n = 1000;
-            S.l.score_stats.mean = sp->score_mean;
-            S.l.score_stats.m2 = sp->score_std * sp->score_std * 999;
+            ps->l.score_stats.n = 1000;
+            ps->l.score_stats.mean = sp->score_mean;
+            ps->l.score_stats.m2 = sp->score_std * sp->score_std * 999;
         }
     }
-    S.loaded = 1;
-    return publish((uint64_t)S.l.iteration);
+    ps->loaded = 1;
+    return publish(ps, (uint64_t)ps->l.iteration);
 }
 
 static int pack_output(const Rlhf__PpoOutput *po, uint8_t **out, size_t *out_len) {
@@ -397,10 +412,11 @@ static json_t *stats_json(const ppo_stats_t *s) {
                      "n_tokens", (json_int_t)s->n_tokens, "n_steps", (json_int_t)s->n_steps);
 }
 
-int worker_ppo(const worker_job_t *job, const Rlhf__TrainSpec *ts, uint8_t **out, size_t *out_len) {
+int worker_ppo(ppo_state_t *ps, const worker_job_t *job, const Rlhf__TrainSpec *ts, uint8_t **out,
+               size_t *out_len) {
     const Rlhf__PpoSpec *sp = ts->ppo;
     if (!sp) return rl_fail(RL_EINVAL, "ppo: TrainSpec.ppo is missing");
-    if (!S.run_dir[0]) return rl_fail(RL_EINVAL, "ppo: this learner has no --run-dir");
+    if (!ps->run_dir[0]) return rl_fail(RL_EINVAL, "ppo: this learner has no --run-dir");
     ppo_config_t cfg;
     ppo_config_default(&cfg);
     json_t *cj = sp->config_json && sp->config_json[0] ? json_loads(sp->config_json, 0, NULL)
@@ -410,15 +426,15 @@ int worker_ppo(const worker_job_t *job, const Rlhf__TrainSpec *ts, uint8_t **out
     json_decref(cj);
     if (rc < 0) return rc;
     cfg.seed = sp->seed;
-    if (sp->policy_dir) snprintf(S.tok_dir, sizeof S.tok_dir, "%s", sp->policy_dir);
-    if ((rc = ensure_loaded(sp, &cfg)) < 0) {
-        unload();
+    if (sp->policy_dir) snprintf(ps->tok_dir, sizeof ps->tok_dir, "%s", sp->policy_dir);
+    if ((rc = ensure_loaded(ps, sp, &cfg)) < 0) {
+        unload(ps);
         return rc;
     }
-    uint64_t at = (uint64_t)S.l.iteration;
-    if (at == sp->iteration + 1 && S.last_job == job->job_id && S.last_out) {
+    uint64_t at = (uint64_t)ps->l.iteration;
+    if (at == sp->iteration + 1 && ps->last_job == job->job_id && ps->last_out) {
         /* applied before (a retry after a lost result): the recorded result */
-        Rlhf__TrainOutput *to = rlhf__train_output__unpack(NULL, S.last_out_len, S.last_out);
+        Rlhf__TrainOutput *to = rlhf__train_output__unpack(NULL, ps->last_out_len, ps->last_out);
         if (!to || !to->ppo) {
             if (to) rlhf__train_output__free_unpacked(to, NULL);
             return rl_fail(RL_EFORMAT, "ppo: the recorded result does not decode");
@@ -460,18 +476,17 @@ int worker_ppo(const worker_job_t *job, const Rlhf__TrainSpec *ts, uint8_t **out
     }
     ppo_stats_t st;
     double t0 = wire_now_ms();
-    if (rc == 0) rc = ppo_update(&S.l, seqs, (int)sp->n_rollouts, &st);
+    if (rc == 0) rc = ppo_update(&ps->l, seqs, (int)sp->n_rollouts, &st);
     double t_upd = wire_now_ms() - t0;
     free(seqs);
     if (rc < 0) {
         /* the update may have been partly applied: drop the state, the checkpoint has it */
-        unload();
+        unload(ps);
         return rc;
     }
-    (void)job;
     t0 = wire_now_ms();
-    uint64_t version = (uint64_t)S.l.iteration;
-    rc = publish(version);
+    uint64_t version = (uint64_t)ps->l.iteration;
+    rc = publish(ps, version);
     double t_pub = wire_now_ms() - t0;
     json_t *sj = stats_json(&st);
     char *stxt = sj ? json_dumps(sj, JSON_COMPACT) : NULL;
@@ -485,23 +500,24 @@ int worker_ppo(const worker_job_t *job, const Rlhf__TrainSpec *ts, uint8_t **out
     char ck[4300] = "";
     uint32_t every = sp->checkpoint_every ? sp->checkpoint_every : 1;
     if (rc == 0 && (version % every == 0 || sp->last))
-        snprintf(ck, sizeof ck, "%s/ppo-ckpt-%06" PRIu64, S.run_dir, version);
+        snprintf(ck, sizeof ck, "%s/ppo-ckpt-%06" PRIu64, ps->run_dir, version);
     po.checkpoint = ck;
     if (rc == 0) rc = pack_output(&po, out, out_len);
     if (rc == 0) {
-        free(S.last_out);
-        S.last_out = malloc(*out_len ? *out_len : 1);
-        if (S.last_out) memcpy(S.last_out, *out, *out_len);
-        S.last_out_len = S.last_out ? *out_len : 0;
-        S.last_job = job->job_id;
-        if (ck[0] && (rc = ckpt_write(version)) == 0)
-            snprintf(S.tok_dir, sizeof S.tok_dir, "%s/policy", ck); /* the tokenizer's home now */
+        free(ps->last_out);
+        ps->last_out = malloc(*out_len ? *out_len : 1);
+        if (ps->last_out) memcpy(ps->last_out, *out, *out_len);
+        ps->last_out_len = ps->last_out ? *out_len : 0;
+        ps->last_job = job->job_id;
+        if (ck[0] && (rc = ckpt_write(ps, version)) == 0)
+            snprintf(ps->tok_dir, sizeof ps->tok_dir, "%s/policy",
+                     ck); /* the tokenizer's home now */
         if (rc < 0) {
             free(*out);
             *out = NULL;
         }
     }
     free(stxt);
-    if (rc < 0) unload(); /* a failed publish or checkpoint: start from the last checkpoint */
+    if (rc < 0) unload(ps); /* a failed publish or checkpoint: start from the last checkpoint */
     return rc;
 }

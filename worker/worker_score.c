@@ -30,17 +30,27 @@ typedef struct {
     char dir[4096];
 } slot_t;
 
-static slot_t slots[2]; /* 0: reward model, 1: reference */
+/* A reward worker's state between jobs: both models, kept while jobs name the same
+ * directories. */
+struct score_state {
+    slot_t slots[2]; /* 0: reward model, 1: reference */
+};
 
-void worker_score_cleanup(void) {
-    for (int i = 0; i < 2; i++) {
-        gpt_destroy(&slots[i].m);
-        slots[i].dir[0] = 0;
-    }
+score_state_t *score_state_new(void) {
+    score_state_t *s = calloc(1, sizeof *s);
+    if (!s) rl_fail(RL_ENOMEM, "score state: out of memory");
+    return s;
 }
 
-static gpt_t *slot_get(int i, const char *dir) {
-    slot_t *s = &slots[i];
+void score_state_destroy(score_state_t **sp) {
+    if (!sp || !*sp) return;
+    for (int i = 0; i < 2; i++) gpt_destroy(&(*sp)->slots[i].m);
+    free(*sp);
+    *sp = NULL;
+}
+
+static gpt_t *slot_get(score_state_t *st, int i, const char *dir) {
+    slot_t *s = &st->slots[i];
     if (s->m && !strcmp(s->dir, dir)) return s->m;
     gpt_destroy(&s->m);
     s->dir[0] = 0;
@@ -121,9 +131,10 @@ static int run_ref(gpt_t *m, const Rlhf__ScoreSpec *sp, Rlhf__TokenLogprobs *lps
     return rc < 0 ? rl_fail_ctx(rc, "score: reference: ") : 0;
 }
 
-static int run_model(const worker_job_t *job, const char *dir, const Rlhf__ScoreSpec *sp,
-                     int reward, float *scores, Rlhf__TokenLogprobs *lps) {
-    gpt_t *m = slot_get(reward ? 0 : 1, dir);
+static int run_model(score_state_t *st, const worker_job_t *job, const char *dir,
+                     const Rlhf__ScoreSpec *sp, int reward, float *scores,
+                     Rlhf__TokenLogprobs *lps) {
+    gpt_t *m = slot_get(st, reward ? 0 : 1, dir);
     if (!m) return rl_fail_ctx(RL_EINVAL, "score: %s: ", reward ? "reward model" : "reference");
     if (reward && !m->cfg.scalar_head)
         return rl_fail(RL_EINVAL, "score: %s has no scalar head: not a reward model", dir);
@@ -135,8 +146,8 @@ static int run_model(const worker_job_t *job, const char *dir, const Rlhf__Score
     return reward ? run_rm(m, sp, scores) : run_ref(m, sp, lps);
 }
 
-int worker_score(const worker_job_t *job, const uint8_t *payload, size_t len, uint8_t **out,
-                 size_t *out_len) {
+int worker_score(score_state_t *st, const worker_job_t *job, const uint8_t *payload, size_t len,
+                 uint8_t **out, size_t *out_len) {
     Rlhf__ScoreSpec *sp = rlhf__score_spec__unpack(NULL, len, payload);
     if (!sp) return rl_fail(RL_EFORMAT, "score: malformed ScoreSpec");
     for (uint32_t waited = 0; waited < sp->delay_ms && !atomic_load(job->cancel); waited += 10) {
@@ -159,8 +170,8 @@ int worker_score(const worker_job_t *job, const uint8_t *payload, size_t len, ui
             scores[k] += sp->items[k]->completion[t] == sp->count_token;
     }
     for (size_t k = 0; k < n && lps; k++) rlhf__token_logprobs__init(&lps[k]), lpp[k] = &lps[k];
-    if (rc == 0 && want_rm) rc = run_model(job, sp->rm_dir, sp, 1, scores, lps);
-    if (rc == 0 && want_ref) rc = run_model(job, sp->ref_dir, sp, 0, scores, lps);
+    if (rc == 0 && want_rm) rc = run_model(st, job, sp->rm_dir, sp, 1, scores, lps);
+    if (rc == 0 && want_ref) rc = run_model(st, job, sp->ref_dir, sp, 0, scores, lps);
     if (rc == 0) {
         Rlhf__ScoreOutput so = RLHF__SCORE_OUTPUT__INIT;
         if (want_rm || sp->count_reward) so.scores = scores, so.n_scores = n;

@@ -1,0 +1,834 @@
+/*
+ * worker_shard.c - the learner's shard protocol (see worker_shard.h): tensor frames, the math of
+ * one slice, shard 0's hub, and the main loop of shards 1..S-1.
+ *
+ * A shard k >= 1 holds a copy of the parameters and nothing else: it connects a DEALER to the
+ * ROUTER that shard 0 binds on --shard-endpoint, beats every heartbeat interval (ShardBeat:
+ * index, pid, parameter checksum, last round, busy), computes each slice it is sent on a compute
+ * thread (its main thread keeps beating) and returns the gradient (ShardGrad); a ShardUpdate
+ * brings the new parameters after each step. The master never sees it.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <zmq.h>
+
+#include "base/crc32c.h"
+#include "base/err.h"
+#include "base/fs.h"
+#include "nn/ops.h"
+#include "worker_rmdata.h"
+#include "worker_shard.h"
+
+/* A frame size limit of the largest chunk plus room for envelopes. */
+#define MAX_MSG_BYTES ((int64_t)(SHARD_CHUNK_FLOATS * sizeof(float)) + (2 << 20))
+#define PATH_LEN      4096
+
+void shard_log(const char *who, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    wire_logv(who, fmt, ap);
+    va_end(ap);
+}
+
+/* ---- tensor frames -------------------------------------------------------------------------- */
+
+int shard_frames_add(shard_frames_t *f, const char *name, Rlhf__DType dt, const void *data,
+                     size_t nbytes, int64_t d0, int64_t d1) {
+    if (f->n >= WIRE_MAX_FRAMES - 1)
+        return rl_fail(RL_EUNSUPPORTED, "more than %d tensor frames in one message",
+                       WIRE_MAX_FRAMES - 1);
+    int i = f->n++;
+    f->shape[i][0] = d0;
+    f->shape[i][1] = d1;
+    wire_tensor_describe(&f->th[i], name, dt, f->shape[i], d1 >= 0 ? 2 : 1, data, nbytes);
+    f->pth[i] = &f->th[i];
+    f->data[i] = data;
+    f->len[i] = nbytes;
+    return 0;
+}
+
+int shard_frames_add_arena(shard_frames_t *f, const char *name, const float *x, size_t n,
+                           size_t chunk_floats) {
+    for (size_t off = 0; off < n; off += chunk_floats) {
+        size_t k = n - off < chunk_floats ? n - off : chunk_floats;
+        int rc = shard_frames_add(f, name, RLHF__DTYPE__DTYPE_F32, x + off, k * sizeof(float),
+                                  (int64_t)k, -1);
+        if (rc < 0) return rc;
+    }
+    return 0;
+}
+
+/* Appends the frames of `src` (already described: their checksums are not computed again). */
+static int frames_append(shard_frames_t *f, const shard_frames_t *src) {
+    if (f->n + src->n > WIRE_MAX_FRAMES - 1)
+        return rl_fail(RL_EUNSUPPORTED, "more than %d tensor frames in one message",
+                       WIRE_MAX_FRAMES - 1);
+    for (int i = 0; i < src->n; i++, f->n++) {
+        f->th[f->n] = src->th[i]; /* its shape still points into src, which outlives the send */
+        f->pth[f->n] = &f->th[f->n];
+        f->data[f->n] = src->data[i];
+        f->len[f->n] = src->len[i];
+    }
+    return 0;
+}
+
+static int frames_send(void *sock, const void *rid, size_t rid_len, Rlhf__Envelope *env,
+                       shard_frames_t *f, int flags) {
+    env->frames = f ? f->pth : NULL;
+    env->n_frames = f ? (size_t)f->n : 0;
+    return wire_send(sock, rid, rid_len, env, f ? f->data : NULL, f ? f->len : NULL, f ? f->n : 0,
+                     flags);
+}
+
+/* Frames received without copying may be unaligned, hence the memcpy per element. */
+int shard_arena_read(const wire_msg_t *m, const Rlhf__Envelope *env, size_t first, const char *name,
+                     float *dst, size_t n, int add) {
+    size_t off = 0;
+    for (size_t i = first; i < env->n_frames; i++) {
+        const Rlhf__TensorHeader *th = env->frames[i];
+        size_t bytes = wire_frame_size(m, (int)i + 1);
+        const uint8_t *p = wire_frame_data(m, (int)i + 1);
+        if (!th->name || strcmp(th->name, name) || th->dtype != RLHF__DTYPE__DTYPE_F32 ||
+            bytes % sizeof(float) || off + bytes / sizeof(float) > n)
+            return rl_fail(RL_EPROTO, "frame %zu: not a piece of the %zu-float '%s' arena", i, n,
+                           name);
+        size_t k = bytes / sizeof(float);
+        if (add) {
+            for (size_t j = 0; j < k; j++) {
+                float v;
+                memcpy(&v, p + j * sizeof(float), sizeof v);
+                dst[off + j] += v;
+            }
+        } else if (k) {
+            memcpy(dst + off, p, bytes);
+        }
+        off += k;
+    }
+    if (off != n) return rl_fail(RL_EPROTO, "'%s': %zu of %zu floats sent", name, off, n);
+    return 0;
+}
+
+uint32_t shard_params_crc(const gpt_t *m) {
+    return crc32c(0, m->params_mem, m->num_params * sizeof(float));
+}
+
+/* The CRC-32C of the arena carried by envelope frames [first, end), from their headers
+ * (combined, without another pass over the data). */
+static uint32_t frames_crc(const Rlhf__Envelope *env, size_t first) {
+    uint32_t crc = 0;
+    for (size_t i = first; i < env->n_frames; i++)
+        crc = i == first ? env->frames[i]->crc32c
+                         : crc32c_combine(crc, env->frames[i]->crc32c, env->frames[i]->nbytes);
+    return crc;
+}
+
+/* ---- the math of one shard ------------------------------------------------------------------ */
+
+void shard_slice_of(int B, int S, int i, int *b0, int *b1) {
+    *b0 = (int)((long)B * i / S);
+    *b1 = (int)((long)B * (i + 1) / S);
+}
+
+int shard_slice_grad(gpt_t *m, const int *in, const int *tg, int rows, int T, float scale,
+                     float *loss) {
+    int rc = gpt_grads_alloc(m);
+    if (rc < 0) return rc;
+    gpt_zero_grad(m);
+    *loss = 0;
+    if (rows == 0 || scale == 0) return 0;
+    float l;
+    rc = gpt_forward(m, in, rows, T, GPT_FWD_LOGITS);
+    if (rc == 0) rc = gpt_lm_loss(m, tg, NULL, &l, 1);
+    if (rc == 0) rc = gpt_backward(m, 1, NULL);
+    if (rc < 0) return rc;
+    if (scale != 1.0f)
+        for (size_t i = 0; i < m->num_params; i++) m->grads_mem[i] *= scale;
+    *loss = l * scale;
+    return 0;
+}
+
+/* ---- shard 0: the hub ----------------------------------------------------------------------- */
+
+#define hlog(h, ...) shard_log((h)->who, __VA_ARGS__)
+
+static double live_ms(const shard_hub_t *h) {
+    return (double)h->hb_ms * h->liveness;
+}
+
+int shard_hub_open(shard_hub_t *h, const worker_learner_opts_t *o, const char *run_dir,
+                   const char *who) {
+    h->who = who;
+    h->n_shards = o->n_shards > 0 ? o->n_shards : 1;
+    h->hb_ms = o->hb_ms > 0 ? o->hb_ms : 1000;
+    h->liveness = o->liveness > 0 ? o->liveness : 3;
+    h->wait_ms = o->wait_ms > 0 ? o->wait_ms : 30000;
+    h->chunk_floats = SHARD_CHUNK_FLOATS;
+    if (o->chunk_kib > 0 && (size_t)o->chunk_kib * 256 <= SHARD_CHUNK_FLOATS)
+        h->chunk_floats = (size_t)o->chunk_kib * 256;
+    uint64_t t = wire_now_ns() ^ ((uint64_t)getpid() << 40);
+    h->round = t & ~0xFFFFFULL; /* round ids differ between incarnations */
+    if (h->n_shards == 1) return 0;
+    if (!o->endpoint) return rl_fail(RL_EINVAL, "--shard 0/%d needs --shard-endpoint", h->n_shards);
+    h->zctx = zmq_ctx_new();
+    h->sock = h->zctx ? zmq_socket(h->zctx, ZMQ_ROUTER) : NULL;
+    if (!h->sock) return rl_fail(RL_EIO, "zmq_socket: %s", zmq_strerror(errno));
+    int one = 1, linger = 1000, hwm = 1000;
+    int64_t maxmsg = MAX_MSG_BYTES;
+    /* a send to a shard that is gone fails at once (EHOSTUNREACH) instead of vanishing */
+    zmq_setsockopt(h->sock, ZMQ_ROUTER_MANDATORY, &one, sizeof one);
+    zmq_setsockopt(h->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
+    zmq_setsockopt(h->sock, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(h->sock, ZMQ_SNDHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(h->sock, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    if (zmq_bind(h->sock, o->endpoint) < 0)
+        return rl_fail(RL_EIO, "bind %s: %s", o->endpoint, zmq_strerror(errno));
+    char ep[512];
+    size_t sz = sizeof ep;
+    zmq_getsockopt(h->sock, ZMQ_LAST_ENDPOINT, ep, &sz);
+    hlog(h, "learner shard 0/%d: shards connect to %s", h->n_shards, ep);
+    if (run_dir[0]) {
+        char path[PATH_LEN + 20], js[700];
+        snprintf(path, sizeof path, "%s/learner.json", run_dir);
+        int n = snprintf(js, sizeof js, "{\"endpoint\":\"%s\",\"shards\":%d,\"pid\":%d}\n", ep,
+                         h->n_shards, (int)getpid());
+        int rc = fs_write_atomic(path, js, (size_t)n);
+        if (rc < 0) return rc;
+    }
+    return 0;
+}
+
+static void peer_round_clear(shard_peer_t *p) {
+    p->waiting = p->lost = p->stale = p->fail = p->acked = 0;
+    if (p->env) rlhf__envelope__free_unpacked(p->env, NULL);
+    p->env = NULL;
+    wire_msg_free(&p->msg);
+}
+
+void shard_hub_round_clear(shard_hub_t *h) {
+    for (int i = 1; i < h->n_shards; i++) peer_round_clear(&h->peers[i]);
+}
+
+void shard_hub_close(shard_hub_t *h) {
+    for (int i = 0; i < WORKER_LEARNER_MAX_SHARDS; i++) peer_round_clear(&h->peers[i]);
+    if (h->sock) zmq_close(h->sock);
+    if (h->zctx) zmq_ctx_term(h->zctx);
+    h->sock = h->zctx = NULL;
+    h->pf_valid = 0;
+}
+
+static shard_peer_t *peer_at(shard_hub_t *h, uint32_t index) {
+    return index >= 1 && index < (uint32_t)h->n_shards ? &h->peers[index] : NULL;
+}
+
+static int peer_is(const shard_peer_t *p, const wire_msg_t *m) {
+    return p->known && p->rid_len == m->rid_len && !memcmp(p->rid, m->rid, m->rid_len);
+}
+
+static void on_shard_message(shard_hub_t *h, wire_msg_t *m) {
+    Rlhf__Envelope *env = NULL;
+    wire_bad_t bad = wire_decode(m, &env);
+    if (bad != WIRE_OK) {
+        hlog(h, "dropped a bad message from a shard (%s)", wire_bad_name(bad));
+        return;
+    }
+    double now = wire_now_ms();
+    shard_peer_t *p = NULL;
+    switch (env->body_case) {
+    case RLHF__ENVELOPE__BODY_SHARD_BEAT: {
+        const Rlhf__ShardBeat *b = env->shard_beat;
+        if (!(p = peer_at(h, b->index)) || b->n_shards != (uint32_t)h->n_shards) {
+            hlog(h, "dropped a beat of shard %u/%u: this learner has %d shards", b->index,
+                 b->n_shards, h->n_shards);
+            break;
+        }
+        if (!peer_is(p, m) || p->pid != b->pid) {
+            if (p->known) {
+                hlog(h, "shard %u is a new process (pid %d, was %d)", b->index, b->pid, p->pid);
+                if (p->waiting && !p->env) p->lost = 1; /* its slice died with the old one */
+            } else {
+                hlog(h, "shard %u joined (pid %d)", b->index, b->pid);
+            }
+            memcpy(p->rid, m->rid, m->rid_len);
+            p->rid_len = m->rid_len;
+            p->pid = b->pid;
+            p->crc = b->params_crc32c;
+            p->known = 1;
+        }
+        p->last_seen = now;
+        if (p->waiting && !p->env && !p->lost && b->round == h->round && !b->busy) {
+            hlog(h, "shard %u is done with round %" PRIu64 " but its gradient never came", b->index,
+                 b->round);
+            p->lost = 1;
+        }
+        break;
+    }
+    case RLHF__ENVELOPE__BODY_SHARD_GRAD: {
+        const Rlhf__ShardGrad *g = env->shard_grad;
+        if (!(p = peer_at(h, g->index)) || !peer_is(p, m)) break;
+        p->last_seen = now;
+        if (!p->waiting || p->env || g->round != h->round) {
+            hlog(h, "dropped a gradient of shard %u for round %" PRIu64 " (not the current one)",
+                 g->index, g->round);
+            break;
+        }
+        if (g->code == RL_EPROTO) { /* it does not hold the parameters: send them */
+            p->crc = g->params_crc32c;
+            p->stale = 1;
+        } else if (g->code) {
+            p->fail = g->code < 0 ? g->code : RL_EIO;
+            snprintf(p->err, sizeof p->err, "%s", g->error ? g->error : "");
+        } else {
+            p->msg = *m; /* keep the frames: they are summed once every shard has answered */
+            m->n_frames = 0;
+            p->env = env;
+            env = NULL;
+        }
+        break;
+    }
+    case RLHF__ENVELOPE__BODY_SHARD_ACK: {
+        const Rlhf__ShardAck *a = env->shard_ack;
+        if (!(p = peer_at(h, a->index)) || !peer_is(p, m)) break;
+        p->last_seen = now;
+        p->crc = a->params_crc32c;
+        if (a->round == h->round) p->acked = 1;
+        break;
+    }
+    default:
+        hlog(h, "unexpected message %d from a shard", env->body_case);
+        break;
+    }
+    if (env) rlhf__envelope__free_unpacked(env, NULL);
+}
+
+/* Waits up to timeout_ms for shard messages, then handles every one queued. */
+static void shards_poll(shard_hub_t *h, int timeout_ms) {
+    zmq_pollitem_t it = {h->sock, 0, ZMQ_POLLIN, 0};
+    if (zmq_poll(&it, 1, timeout_ms) <= 0) return;
+    wire_msg_t m;
+    while (wire_recv(h->sock, 1, &m, ZMQ_DONTWAIT) > 0) {
+        on_shard_message(h, &m);
+        wire_msg_free(&m);
+    }
+}
+
+static int peer_live(const shard_hub_t *h, const shard_peer_t *p, double now) {
+    return p->known && now - p->last_seen <= live_ms(h);
+}
+
+int shard_hub_wait(shard_hub_t *h, const worker_job_t *job) {
+    double t0 = wire_now_ms();
+    int logged = 0;
+    for (;;) {
+        shards_poll(h, 0);
+        double now = wire_now_ms();
+        char missing[256] = "";
+        size_t used = 0;
+        for (int i = 1; i < h->n_shards; i++)
+            if (!peer_live(h, &h->peers[i], now) && used < sizeof missing - 8)
+                used += (size_t)snprintf(missing + used, sizeof missing - used, " %d", i);
+        if (!missing[0]) {
+            if (logged) hlog(h, "all %d shards present", h->n_shards);
+            return 0;
+        }
+        if (atomic_load(job->cancel)) return rl_fail(RL_EIO, "train: cancelled");
+        if (now - t0 > h->wait_ms)
+            return rl_fail(RL_EIO, "train: learner shard(s)%s missing for %d ms", missing,
+                           h->wait_ms);
+        if (!logged) hlog(h, "waiting for shard(s)%s", missing);
+        logged = 1;
+        shards_poll(h, h->hb_ms);
+    }
+}
+
+/* The parameter arena described as frames (once per parameter version). */
+static int params_frames(shard_hub_t *h, const gpt_t *m, uint32_t crc) {
+    if (h->pf_valid && h->pf_crc == crc) return 0;
+    h->pf.n = 0;
+    int rc =
+        shard_frames_add_arena(&h->pf, "params", m->params_mem, m->num_params, h->chunk_floats);
+    h->pf_valid = rc == 0;
+    h->pf_crc = crc;
+    return rc;
+}
+
+uint32_t shard_hub_params_changed(shard_hub_t *h, const gpt_t *m) {
+    h->pf.n = 0;
+    h->pf_valid = shard_frames_add_arena(&h->pf, "params", m->params_mem, m->num_params,
+                                         h->chunk_floats) == 0;
+    uint32_t crc = 0;
+    for (int i = 0; h->pf_valid && i < h->pf.n; i++)
+        crc = i ? crc32c_combine(crc, h->pf.th[i].crc32c, h->pf.len[i]) : h->pf.th[i].crc32c;
+    crc = h->pf_valid ? crc : shard_params_crc(m);
+    h->pf_crc = crc;
+    return crc;
+}
+
+int shard_hub_send_step(shard_hub_t *h, int i, const gpt_t *m, uint32_t crc, uint64_t job_id,
+                        uint64_t step, const int *in, const int *tg, int T, int rows, float scale,
+                        uint32_t delay_ms, const shard_frames_t *extra) {
+    shard_peer_t *p = &h->peers[i];
+    const gpt_config_t *c = &m->cfg;
+    Rlhf__ShardStep st = RLHF__SHARD_STEP__INIT;
+    st.job_id = job_id;
+    st.step = step;
+    st.round = h->round;
+    st.index = (uint32_t)i;
+    st.rows = (uint32_t)rows;
+    st.seq_len = (uint32_t)T;
+    st.grad_scale = scale;
+    st.params_crc32c = crc;
+    st.n_params = m->num_params;
+    st.n_layer = (uint32_t)c->n_layer;
+    st.n_head = (uint32_t)c->n_head;
+    st.n_embd = (uint32_t)c->n_embd;
+    st.vocab_size = (uint32_t)c->vocab_size;
+    st.n_positions = (uint32_t)c->n_positions;
+    st.layer_norm_epsilon = c->layer_norm_epsilon;
+    st.scalar_head = c->scalar_head != 0;
+    st.delay_ms = delay_ms;
+    shard_frames_t *f = &h->fr;
+    f->n = 0;
+    size_t bytes = (size_t)rows * (size_t)T * sizeof(int);
+    int rc = shard_frames_add(f, "inputs", RLHF__DTYPE__DTYPE_I32, in, bytes, rows, T);
+    if (rc == 0) rc = shard_frames_add(f, "targets", RLHF__DTYPE__DTYPE_I32, tg, bytes, rows, T);
+    if (rc == 0 && extra) rc = frames_append(f, extra);
+    if (rc == 0 && rows && p->crc != crc) {
+        rc = params_frames(h, m, crc);
+        if (rc == 0) rc = frames_append(f, &h->pf);
+    }
+    if (rc < 0) return rc;
+    Rlhf__Envelope env = RLHF__ENVELOPE__INIT;
+    env.body_case = RLHF__ENVELOPE__BODY_SHARD_STEP;
+    env.shard_step = &st;
+    p->waiting = 1;
+    if (frames_send(h->sock, p->rid, p->rid_len, &env, f, ZMQ_DONTWAIT) < 0) {
+        hlog(h, "shard %d unreachable: %s", i, rl_errmsg());
+        p->lost = 1;
+        p->known = 0; /* present again only once it beats again */
+    }
+    return 0;
+}
+
+int shard_hub_gather(shard_hub_t *h, const worker_job_t *job, uint64_t step, int *broken) {
+    *broken = 0;
+    for (;;) {
+        int pending = 0;
+        double now = wire_now_ms();
+        for (int i = 1; i < h->n_shards; i++) {
+            shard_peer_t *p = &h->peers[i];
+            if (p->fail)
+                return rl_fail(p->fail, "train: step %" PRIu64 ": shard %d: %s", step, i, p->err);
+            if (!p->lost && !p->stale && !p->env && !peer_live(h, p, now)) {
+                hlog(h, "shard %d lost mid-step %" PRIu64 " (silent for %.0f ms)", i, step,
+                     now - p->last_seen);
+                p->lost = 1;
+                p->known = 0;
+            }
+            if (p->lost || p->stale)
+                *broken = 1;
+            else if (!p->env)
+                pending++;
+        }
+        if (*broken || !pending) return 0;
+        if (atomic_load(job->cancel)) return rl_fail(RL_EIO, "train: cancelled");
+        shards_poll(h, h->hb_ms);
+    }
+}
+
+int shard_hub_sum(shard_hub_t *h, gpt_t *m, int rm, const int *has_rows, float *loss,
+                  double *correct, long *pairs) {
+    int rc;
+    for (int i = 1; i < h->n_shards; i++) {
+        shard_peer_t *p = &h->peers[i];
+        /* an RM slice's gradient comes after a frame "stats" F32 {correct, pairs} */
+        size_t first = rm ? 1 : 0;
+        if (has_rows[i] && rm) {
+            float stats[2];
+            const Rlhf__TensorHeader *th = p->env->n_frames ? p->env->frames[0] : NULL;
+            if (!th || !th->name || strcmp(th->name, "stats") ||
+                wire_frame_size(&p->msg, 1) != sizeof stats)
+                return rl_fail(RL_EPROTO, "train: shard %d's RM gradient has no stats", i);
+            memcpy(stats, wire_frame_data(&p->msg, 1), sizeof stats);
+            *correct += stats[0];
+            *pairs += (long)stats[1];
+        }
+        if (has_rows[i] && (rc = shard_arena_read(&p->msg, p->env, first, "grad", m->grads_mem,
+                                                  m->num_params, 1)) < 0)
+            return rl_fail_ctx(rc, "train: shard %d's gradient: ", i);
+        *loss += p->env->shard_grad->loss;
+    }
+    shard_hub_round_clear(h);
+    return 0;
+}
+
+int shard_hub_send_update(shard_hub_t *h, const gpt_t *m, uint32_t crc, uint64_t job_id,
+                          uint64_t step, int want_ack) {
+    if (params_frames(h, m, crc) < 0) {
+        hlog(h, "cannot describe the parameters: %s", rl_errmsg());
+        for (int i = 1; i < h->n_shards; i++) h->peers[i].crc = 0;
+        return 1;
+    }
+    Rlhf__ShardUpdate u = RLHF__SHARD_UPDATE__INIT;
+    u.job_id = job_id;
+    u.step = step;
+    u.round = h->round;
+    u.params_crc32c = crc;
+    u.want_ack = want_ack != 0;
+    Rlhf__Envelope env = RLHF__ENVELOPE__INIT;
+    env.body_case = RLHF__ENVELOPE__BODY_SHARD_UPDATE;
+    env.shard_update = &u;
+    for (int i = 1; i < h->n_shards; i++) {
+        shard_peer_t *p = &h->peers[i];
+        p->acked = 0;
+        /* assumed applied: a shard that did not gets them again with its next slice, since its
+         * ShardGrad then reports the checksum it really holds */
+        p->crc =
+            frames_send(h->sock, p->rid, p->rid_len, &env, &h->pf, ZMQ_DONTWAIT) == 0 ? crc : 0;
+    }
+    if (!want_ack) return h->n_shards;
+    double t0 = wire_now_ms();
+    for (;;) {
+        int in_sync = 1, pending = 0;
+        double now = wire_now_ms();
+        for (int i = 1; i < h->n_shards; i++) {
+            const shard_peer_t *p = &h->peers[i];
+            if (p->acked && p->crc == crc)
+                in_sync++;
+            else if (!p->acked && p->crc == crc && peer_live(h, p, now))
+                pending++;
+        }
+        if (!pending || now - t0 > live_ms(h)) return in_sync;
+        shards_poll(h, h->hb_ms);
+    }
+}
+
+/* ---- shards 1..S-1 -------------------------------------------------------------------------- */
+
+/* A shard k >= 1: its socket, parameters, the slice in progress and the RM data. */
+typedef struct {
+    int index, n_shards, hb_ms, threads;
+    size_t chunk_floats;
+    char who[96];
+    rmdata_t rmd; /* the pairs file of RM slices */
+    void *sock;
+    int efd;
+    gpt_t *model;
+    uint32_t crc;   /* of the parameters held; 0: none */
+    uint64_t round; /* of the last ShardStep read */
+    /* the slice in progress (compute thread) */
+    pthread_t th;
+    int busy, threaded;
+    atomic_int cancel;
+    wire_msg_t msg;
+    Rlhf__Envelope *env;
+    int rc;
+    char err[256];
+    float loss;
+    int rm;         /* the slice was an RM one: its gradient goes with "stats" */
+    float stats[2]; /* RM: pairs ordered correctly, pairs */
+} shard_t;
+
+#define slog(s, ...) shard_log((s)->who, __VA_ARGS__)
+
+static int shard_model_fit(shard_t *s, const Rlhf__ShardStep *st) {
+    gpt_config_t c = {(int)st->n_layer,       (int)st->n_head,      (int)st->n_embd,
+                      (int)st->vocab_size,    (int)st->n_positions, st->layer_norm_epsilon,
+                      st->scalar_head ? 1 : 0};
+    if (s->model && !memcmp(&s->model->cfg, &c, sizeof c)) return 0;
+    gpt_destroy(&s->model);
+    s->crc = 0;
+    if (gpt_config_check(&c) < 0) return rl_fail_ctx(RL_EPROTO, "shard step: ");
+    if (!(s->model = gpt_new(&c))) return rl_fail_ctx(RL_ENOMEM, "shard step: ");
+    if (s->model->num_params != st->n_params) {
+        gpt_destroy(&s->model);
+        return rl_fail(RL_EPROTO, "shard step: %" PRIu64 " parameters for a model of another size",
+                       st->n_params);
+    }
+    return 0;
+}
+
+/* An RM slice: the items of the "inputs" frame, on the pairs file the spec names. */
+static int rm_slice_run(shard_t *s, const Rlhf__TrainSpec *rs, int rows, size_t bytes) {
+    const Rlhf__ShardStep *st = s->env->shard_step;
+    if (!s->model || s->crc != st->params_crc32c)
+        return rl_fail(RL_EPROTO, "shard %d holds parameters %08x, the step is at %08x", s->index,
+                       s->crc, st->params_crc32c);
+    int rc = rmdata_get(&s->rmd, rs, s->model->cfg.vocab_size);
+    if (rc < 0) return rc;
+    int *items = malloc(bytes);
+    if (!items) return rl_fail(RL_ENOMEM, "shard step: out of memory");
+    memcpy(items, wire_frame_data(&s->msg, 1), bytes);
+    rm_opts_t o = rmdata_opts(&s->rmd, rs);
+    rc = rmdata_slice_grad(&s->rmd, s->model, &o, items, rows, st->grad_scale, &s->loss, s->stats);
+    free(items);
+    return rc;
+}
+
+/* The slice of one ShardStep: parameters (when attached), then its gradient. */
+static int shard_slice(shard_t *s) {
+    const Rlhf__Envelope *env = s->env;
+    const Rlhf__ShardStep *st = env->shard_step;
+    int rows = (int)st->rows, T = (int)st->seq_len, rc;
+    size_t bytes = (size_t)rows * (size_t)T * sizeof(int);
+    s->loss = 0;
+    if (st->index != (uint32_t)s->index)
+        return rl_fail(RL_EINVAL, "shard step for shard %u sent to shard %d", st->index, s->index);
+    s->rm = 0;
+    if (env->n_frames < 2 || wire_frame_size(&s->msg, 1) != bytes ||
+        wire_frame_size(&s->msg, 2) != bytes)
+        return rl_fail(RL_EPROTO, "shard step: inputs and targets of %d x %d ids expected", rows,
+                       T);
+    /* an RM step: frame "rm" (the job's RM settings) after the targets; the rows are items */
+    size_t pfirst = 2;
+    Rlhf__TrainSpec *rs = NULL;
+    if (env->n_frames > 2 && env->frames[2]->name && !strcmp(env->frames[2]->name, "rm")) {
+        rs = rlhf__train_spec__unpack(NULL, wire_frame_size(&s->msg, 3),
+                                      wire_frame_data(&s->msg, 3));
+        if (!rs) return rl_fail(RL_EPROTO, "shard step: a malformed RM spec");
+        s->rm = 1;
+        pfirst = 3;
+    }
+    if (env->n_frames > pfirst) {
+        rc = shard_model_fit(s, st);
+        if (rc == 0)
+            rc = shard_arena_read(&s->msg, env, pfirst, "params", s->model->params_mem,
+                                  s->model->num_params, 0);
+        s->crc = rc == 0 ? frames_crc(env, pfirst) : 0; /* wire_decode checked every frame's CRC */
+        if (rc < 0) {
+            if (rs) rlhf__train_spec__free_unpacked(rs, NULL);
+            return rc;
+        }
+    }
+    if (rs) {
+        rc = rows == 0 ? 0 : rm_slice_run(s, rs, rows, bytes);
+        rlhf__train_spec__free_unpacked(rs, NULL);
+        return rc;
+    }
+    if (rows == 0) return 0;
+    if (!s->model || s->crc != st->params_crc32c)
+        return rl_fail(RL_EPROTO, "shard %d holds parameters %08x, the step is at %08x", s->index,
+                       s->crc, st->params_crc32c);
+    /* test hook: a slice that takes at least delay_ms */
+    for (uint32_t waited = 0; waited < st->delay_ms && !atomic_load(&s->cancel); waited += 10) {
+        struct timespec ts = {0, 10 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    int *in = malloc(bytes), *tg = malloc(bytes);
+    rc = in && tg ? 0 : rl_fail(RL_ENOMEM, "shard step: out of memory");
+    if (rc == 0) {
+        memcpy(in, wire_frame_data(&s->msg, 1), bytes);
+        memcpy(tg, wire_frame_data(&s->msg, 2), bytes);
+        rc = shard_slice_grad(s->model, in, tg, rows, T, st->grad_scale, &s->loss);
+    }
+    free(in);
+    free(tg);
+    return rc;
+}
+
+static void *shard_thread(void *arg) {
+    shard_t *s = arg;
+    ops_set_threads(s->threads);
+    rl_err_clear();
+    s->rc = shard_slice(s);
+    if (s->rc < 0) snprintf(s->err, sizeof s->err, "%s", rl_errmsg());
+    uint64_t one = 1;
+    if (write(s->efd, &one, sizeof one) != sizeof one) abort(); /* eventfd cannot fail here */
+    return NULL;
+}
+
+static void shard_beat(shard_t *s) {
+    Rlhf__ShardBeat b = RLHF__SHARD_BEAT__INIT;
+    b.index = (uint32_t)s->index;
+    b.n_shards = (uint32_t)s->n_shards;
+    b.pid = (int32_t)getpid();
+    b.params_crc32c = s->crc;
+    b.round = s->round;
+    b.busy = s->busy != 0;
+    Rlhf__Envelope env = RLHF__ENVELOPE__INIT;
+    env.body_case = RLHF__ENVELOPE__BODY_SHARD_BEAT;
+    env.shard_beat = &b;
+    wire_send(s->sock, NULL, 0, &env, NULL, NULL, 0, ZMQ_DONTWAIT); /* a beat may be dropped */
+}
+
+/* The compute thread finished: send the slice's gradient (or why there is none). */
+static void shard_slice_done(shard_t *s) {
+    uint64_t v;
+    if (read(s->efd, &v, sizeof v) != sizeof v) return;
+    if (s->threaded) pthread_join(s->th, NULL);
+    s->busy = 0;
+    const Rlhf__ShardStep *st = s->env->shard_step;
+    Rlhf__ShardGrad g = RLHF__SHARD_GRAD__INIT;
+    g.job_id = st->job_id;
+    g.step = st->step;
+    g.round = st->round;
+    g.index = (uint32_t)s->index;
+    g.params_crc32c = s->crc;
+    g.loss = s->loss;
+    g.code = s->rc;
+    g.error = s->rc < 0 ? s->err : "";
+    shard_frames_t *f = malloc(sizeof *f);
+    int rc = f ? 0 : RL_ENOMEM;
+    if (f) f->n = 0;
+    if (rc == 0 && s->rc == 0 && st->rows && s->rm)
+        rc = shard_frames_add(f, "stats", RLHF__DTYPE__DTYPE_F32, s->stats, sizeof s->stats, 2, -1);
+    if (rc == 0 && s->rc == 0 && st->rows)
+        rc = shard_frames_add_arena(f, "grad", s->model->grads_mem, s->model->num_params,
+                                    s->chunk_floats);
+    Rlhf__Envelope env = RLHF__ENVELOPE__INIT;
+    env.body_case = RLHF__ENVELOPE__BODY_SHARD_GRAD;
+    env.shard_grad = &g;
+    /* blocking (up to the send timeout): a gradient must not be dropped at a full pipe */
+    if (rc == 0) rc = frames_send(s->sock, NULL, 0, &env, f, 0);
+    if (rc < 0)
+        slog(s, "cannot send the gradient of step %" PRIu64 ": %s", st->step, rl_errmsg());
+    else if (s->rc < 0)
+        slog(s, "step %" PRIu64 " round %" PRIu64 ": %s", st->step, st->round, s->err);
+    else
+        slog(s, "sent the gradient of step %" PRIu64 " round %" PRIu64 " (%u rows)", st->step,
+             st->round, st->rows);
+    free(f);
+    rlhf__envelope__free_unpacked(s->env, NULL);
+    s->env = NULL;
+    wire_msg_free(&s->msg);
+}
+
+static void shard_on_update(shard_t *s, const wire_msg_t *m, const Rlhf__ShardUpdate *u,
+                            const Rlhf__Envelope *env) {
+    int rc = s->model ? shard_arena_read(m, env, 0, "params", s->model->params_mem,
+                                         s->model->num_params, 0)
+                      : rl_fail(RL_EPROTO, "no model yet");
+    s->crc = rc == 0 ? frames_crc(env, 0) : 0;
+    if (rc < 0 || s->crc != u->params_crc32c)
+        slog(s,
+             "update after step %" PRIu64 " not applied (%s): the next step brings the "
+             "parameters",
+             u->step, rc < 0 ? rl_errmsg() : "checksum mismatch");
+    if (!u->want_ack) return;
+    Rlhf__ShardAck a = RLHF__SHARD_ACK__INIT;
+    a.round = u->round;
+    a.index = (uint32_t)s->index;
+    a.params_crc32c = s->crc;
+    Rlhf__Envelope out = RLHF__ENVELOPE__INIT;
+    out.body_case = RLHF__ENVELOPE__BODY_SHARD_ACK;
+    out.shard_ack = &a;
+    wire_send(s->sock, NULL, 0, &out, NULL, NULL, 0, 0);
+}
+
+/* One message from shard 0 (not busy). */
+static void shard_on_message(shard_t *s, wire_msg_t *m) {
+    Rlhf__Envelope *env = NULL;
+    wire_bad_t bad = wire_decode(m, &env);
+    if (bad != WIRE_OK) {
+        slog(s, "dropped a bad message from shard 0 (%s)", wire_bad_name(bad));
+        return;
+    }
+    if (env->body_case == RLHF__ENVELOPE__BODY_SHARD_STEP) {
+        s->round = env->shard_step->round;
+        s->msg = *m; /* the thread reads the frames in place */
+        m->n_frames = 0;
+        s->env = env;
+        s->rc = 0;
+        s->err[0] = 0;
+        atomic_store(&s->cancel, 0);
+        slog(s, "computing step %" PRIu64 " round %" PRIu64 " of job %" PRIu64 " (%u rows%s)",
+             env->shard_step->step, env->shard_step->round, env->shard_step->job_id,
+             env->shard_step->rows, env->n_frames > 2 ? ", with parameters" : "");
+        s->threaded = pthread_create(&s->th, NULL, shard_thread, s) == 0;
+        if (!s->threaded) shard_thread(s); /* here, then: no beats meanwhile, same answer */
+        s->busy = 1;
+        return;
+    }
+    if (env->body_case == RLHF__ENVELOPE__BODY_SHARD_UPDATE)
+        shard_on_update(s, m, env->shard_update, env);
+    else
+        slog(s, "unexpected message %d from shard 0", env->body_case);
+    rlhf__envelope__free_unpacked(env, NULL);
+}
+
+int worker_learner_shard_main(const worker_learner_opts_t *o, volatile sig_atomic_t *stop) {
+    shard_t *s = calloc(1, sizeof *s);
+    if (!s) {
+        fprintf(stderr, "rlhf-worker: out of memory\n");
+        return 1;
+    }
+    s->index = o->index;
+    s->n_shards = o->n_shards > 0 ? o->n_shards : 1;
+    s->hb_ms = o->hb_ms > 0 ? o->hb_ms : 1000;
+    s->threads = o->threads > 0 ? o->threads : 1;
+    s->chunk_floats = SHARD_CHUNK_FLOATS;
+    if (o->chunk_kib > 0 && (size_t)o->chunk_kib * 256 <= SHARD_CHUNK_FLOATS)
+        s->chunk_floats = (size_t)o->chunk_kib * 256;
+    snprintf(s->who, sizeof s->who, "worker %.60s", o->id ? o->id : "learner");
+    if (!o->endpoint) {
+        fprintf(stderr, "rlhf-worker: --shard %d/%d needs --shard-endpoint (shard 0's)\n", s->index,
+                s->n_shards);
+        free(s);
+        return 2;
+    }
+    void *zctx = zmq_ctx_new();
+    s->efd = eventfd(0, EFD_CLOEXEC);
+    s->sock = zctx ? zmq_socket(zctx, ZMQ_DEALER) : NULL;
+    if (!s->sock || s->efd < 0) {
+        fprintf(stderr, "rlhf-worker: cannot create a socket: %s\n", zmq_strerror(errno));
+        return 1;
+    }
+    int linger = 1000, sndtimeo = s->hb_ms * (o->liveness > 0 ? o->liveness : 3) * 10;
+    int64_t maxmsg = MAX_MSG_BYTES;
+    zmq_setsockopt(s->sock, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(s->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
+    zmq_setsockopt(s->sock, ZMQ_SNDTIMEO, &sndtimeo, sizeof sndtimeo);
+    if (zmq_connect(s->sock, o->endpoint) < 0) {
+        fprintf(stderr, "rlhf-worker: connect %s: %s\n", o->endpoint, zmq_strerror(errno));
+        return 1;
+    }
+    slog(s, "learner shard %d/%d connecting to %s", s->index, s->n_shards, o->endpoint);
+    double next_beat = 0;
+    while (!*stop) {
+        double now = wire_now_ms();
+        if (now >= next_beat) {
+            shard_beat(s);
+            next_beat = now + s->hb_ms;
+        }
+        zmq_pollitem_t it[2] = {{s->sock, 0, s->busy ? 0 : ZMQ_POLLIN, 0},
+                                {NULL, s->efd, ZMQ_POLLIN, 0}};
+        int rc = zmq_poll(it, 2, (long)(next_beat - now) + 1);
+        if (rc < 0 && errno != EINTR) {
+            slog(s, "zmq_poll: %s", zmq_strerror(errno));
+            break;
+        }
+        if (rc > 0 && (it[1].revents & ZMQ_POLLIN)) shard_slice_done(s);
+        wire_msg_t m;
+        /* one slice at a time: what arrives meanwhile waits in the socket */
+        while (!*stop && !s->busy && wire_recv(s->sock, 0, &m, ZMQ_DONTWAIT) > 0) {
+            shard_on_message(s, &m);
+            wire_msg_free(&m);
+        }
+    }
+    slog(s, "stopping (signal %d)", (int)*stop);
+    if (s->busy) {
+        atomic_store(&s->cancel, 1);
+        if (s->threaded) pthread_join(s->th, NULL);
+        rlhf__envelope__free_unpacked(s->env, NULL);
+        wire_msg_free(&s->msg);
+    }
+    linger = 0;
+    zmq_setsockopt(s->sock, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_close(s->sock);
+    zmq_ctx_term(zctx);
+    close(s->efd);
+    gpt_destroy(&s->model);
+    rmdata_free(&s->rmd);
+    slog(s, "exit");
+    free(s);
+    return 0;
+}

@@ -1,0 +1,151 @@
+/*
+ * worker_shard.h - the learner's shard protocol: how shard 0 and shards 1..S-1 share the work
+ * of one optimizer step (see worker_learner.c for the step, worker/README.md for the picture).
+ *
+ *   shard_frames_*   tensors as raw ZeroMQ frames after the envelope (an arena in chunks)
+ *   shard_slice_*    the math of one shard: its rows of the batch and their gradient
+ *   shard_hub_*      shard 0's side: the ROUTER the shards connect to, their liveness, one round
+ *                    of ShardStep -> ShardGrad, the sum in shard order, ShardUpdate -> ShardAck
+ *   worker_learner_shard_main (worker.h)   shards 1..S-1: a DEALER that beats and computes
+ *
+ * Each try at a step is a round with a fresh id; nothing is applied before every gradient of
+ * the round is in, and a late gradient of an old round is dropped. The hub is created on the
+ * main thread before any job and then used only by the job thread.
+ */
+#ifndef RLHF_WORKER_SHARD_H
+#define RLHF_WORKER_SHARD_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "net/wire.h"
+#include "nn/gpt.h"
+#include "rlhf.pb-c.h"
+#include "worker.h"
+
+/* Arenas travel in frames of at most 16 MiB (--shard-chunk-kib: less). */
+#define SHARD_CHUNK_FLOATS ((size_t)4 << 20)
+
+/* Logs one line as `who` (the worker's name). */
+void shard_log(const char *who, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* ---- tensor frames ---- */
+
+/* The raw frames of one outgoing message and their headers. Set n = 0 to start. */
+typedef struct {
+    Rlhf__TensorHeader th[WIRE_MAX_FRAMES];
+    Rlhf__TensorHeader *pth[WIRE_MAX_FRAMES];
+    int64_t shape[WIRE_MAX_FRAMES][2];
+    const void *data[WIRE_MAX_FRAMES];
+    size_t len[WIRE_MAX_FRAMES];
+    int n;
+} shard_frames_t;
+
+/* Appends one frame (not copied: data must outlive the send), shape (d0) or (d0, d1) with
+ * d1 >= 0. Returns 0 or RL_EUNSUPPORTED when the message is full. */
+int shard_frames_add(shard_frames_t *f, const char *name, Rlhf__DType dt, const void *data,
+                     size_t nbytes, int64_t d0, int64_t d1);
+
+/* Appends an arena of n floats as frames of at most chunk_floats, all named `name`. */
+int shard_frames_add_arena(shard_frames_t *f, const char *name, const float *x, size_t n,
+                           size_t chunk_floats);
+
+/* Reads an arena of n floats sent as frames named `name` (envelope frames [first, end)) into
+ * dst: copied (add = 0) or added element by element (add = 1). RL_EPROTO if they do not add up
+ * to n. */
+int shard_arena_read(const wire_msg_t *m, const Rlhf__Envelope *env, size_t first, const char *name,
+                     float *dst, size_t n, int add);
+
+/* The CRC-32C of the model's parameter arena. */
+uint32_t shard_params_crc(const gpt_t *m);
+
+/* ---- the math of one shard ---- */
+
+/* Rows [*b0, *b1) of a batch of B rows that shard i of S computes: contiguous, balanced. */
+void shard_slice_of(int B, int S, int i, int *b0, int *b1);
+
+/* The gradient of `scale` times the mean next-token loss of inputs/targets (rows,T) into the
+ * model's gradient arena (zeroed first); *loss gets the scaled loss. rows = 0 or scale = 0 (a
+ * slice with nothing to score) leaves a zero gradient. With scale 1 this is exactly the
+ * forward/backward of train_lm_step, so one shard computes what `rlhf train-lm` computes. */
+int shard_slice_grad(gpt_t *m, const int *in, const int *tg, int rows, int T, float scale,
+                     float *loss);
+
+/* ---- shard 0: the hub ---- */
+
+/* What shard 0 knows of shard k >= 1. */
+typedef struct {
+    uint8_t rid[WIRE_MAX_RID];
+    size_t rid_len;
+    int pid;
+    int known;        /* it has beaten at least once */
+    double last_seen; /* when we last read a message of it */
+    uint32_t crc;     /* the parameters we believe it holds; 0: unknown */
+    /* the round in progress */
+    int waiting; /* we sent it a ShardStep */
+    int lost;    /* it died, went silent or restarted: the round is void */
+    int stale;   /* it lacks the parameters: the round is re-run with them attached */
+    int fail;    /* it failed the slice with this RL_E* code: the job fails */
+    char err[256];
+    int acked;
+    wire_msg_t msg; /* its ShardGrad, kept until the sum */
+    Rlhf__Envelope *env;
+} shard_peer_t;
+
+typedef struct {
+    int n_shards, hb_ms, liveness, wait_ms;
+    size_t chunk_floats;
+    const char *who; /* for the log: the learner's */
+    void *zctx, *sock;
+    shard_peer_t peers[WORKER_LEARNER_MAX_SHARDS];
+    uint64_t round;    /* the id of the round in progress (or last) */
+    shard_frames_t fr; /* a message being built */
+    shard_frames_t pf; /* the parameter arena described, for pf_crc */
+    uint32_t pf_crc;
+    int pf_valid;
+} shard_hub_t;
+
+/* Sets up the hub of a learner with o->n_shards shards; with S > 1 binds the ROUTER on
+ * o->endpoint and writes run_dir/learner.json {"endpoint","shards","pid"} (run_dir "" : none).
+ * `who` must outlive the hub. Returns 0 or RL_E*; shard_hub_close either way. */
+int shard_hub_open(shard_hub_t *h, const worker_learner_opts_t *o, const char *run_dir,
+                   const char *who);
+
+/* Closes the socket and drops any round in progress; safe on a zeroed hub. */
+void shard_hub_close(shard_hub_t *h);
+
+/* Forgets the round in progress of every shard (their gradients included). */
+void shard_hub_round_clear(shard_hub_t *h);
+
+/* Waits until every shard has been heard within the liveness window: RL_EIO after wait_ms or
+ * when the job is cancelled. */
+int shard_hub_wait(shard_hub_t *h, const worker_job_t *job);
+
+/* Sends shard i its slice of step `step` in round h->round: rows x T inputs and targets, the
+ * gradient scale, the test delay, `extra` frames (RM: the "rm" spec) and, when the shard does not
+ * hold them, the parameters of m (checksum crc). A shard found unreachable is marked lost. */
+int shard_hub_send_step(shard_hub_t *h, int i, const gpt_t *m, uint32_t crc, uint64_t job_id,
+                        uint64_t step, const int *in, const int *tg, int T, int rows, float scale,
+                        uint32_t delay_ms, const shard_frames_t *extra);
+
+/* Waits for the gradients of the round from shards 1..S-1: 0 with
+ * *broken = 0 when all are in, *broken = 1 when a shard was lost or lacked the parameters (the
+ * round must be re-run), RL_E* when a shard failed its slice or the job was cancelled. */
+int shard_hub_gather(shard_hub_t *h, const worker_job_t *job, uint64_t step, int *broken);
+
+/* Adds the gradients of shards 1..S-1 (in that order) into m's gradient arena, their losses
+ * into *loss and (rm) their {correct, pairs} stats into *correct / *pairs; has_rows[i]: shard i
+ * had rows. Clears the round. Returns 0 or RL_EPROTO. */
+int shard_hub_sum(shard_hub_t *h, gpt_t *m, int rm, const int *has_rows, float *loss,
+                  double *correct, long *pairs);
+
+/* After an update: describes m's new arena as frames and returns its checksum (one pass). */
+uint32_t shard_hub_params_changed(shard_hub_t *h, const gpt_t *m);
+
+/* Sends m's parameters (checksum crc) to every shard; with want_ack, waits (within the liveness
+ * window) for their acknowledgements. Returns the number of shards known to hold them, shard 0
+ * too. */
+int shard_hub_send_update(shard_hub_t *h, const gpt_t *m, uint32_t crc, uint64_t job_id,
+                          uint64_t step, int want_ack);
+
+#endif
