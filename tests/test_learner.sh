@@ -67,7 +67,7 @@ moved() { # the parameters differ from the initial model's by more than 1e-5 som
     local r; r=$(max_diff "$W/model" "$1") || return 1
     awk -v a="${r% *}" 'BEGIN { exit !(a > 1e-5) }'
 }
-final() { echo "$1/$(cat "$1/latest")"; }
+final() { echo "$1/$(cat "$1/latest")/model"; }
 jqe() { jq -se "$@" >/dev/null; } # jqe FILTER FILE: the filter over all lines is true
 done_jobs() {
     [ -f "$1/results.jsonl" ] &&
@@ -155,7 +155,7 @@ wait "$RP"
 
 # --- a corrupt newest checkpoint is detected: the learner resumes from the one before it
 cp -r "$W/s1.l" "$W/c.l"
-printf 'X' | dd of="$W/c.l/ckpt-0000000005/optim.bin" bs=1 seek=100 conv=notrunc 2>/dev/null
+printf 'X' | dd of="$W/c.l/ckpt-0000000005/state.bin" bs=1 seek=100 conv=notrunc 2>/dev/null
 start_master "c-m" "$W/c.m" --jobs "$W/job2.jsonl" --exit-when-done
 start_worker "c-0" --role learner --threads 1 --run-dir "$W/c.l"
 CP=$WPID

@@ -57,7 +57,7 @@ tail -2 "$W/s1.jsonl" | sed 's/^/  /'
 check "S=1: the jobs ran on the learner (4 jobs of <= 8 steps)" \
     test "$(jq -r 'select(.status == "done") | .job_id' "$W/s1.run/cluster/results.jsonl" |
         sort -u | grep -c .)" -eq 4
-check "S=1: a checkpoint at step 30" test -f "$W/s1.run/learner/ckpt-0000000030/optim.bin"
+check "S=1: a checkpoint at step 30" test -f "$W/s1.run/learner/ckpt-0000000030/state.bin"
 check "S=1: per-step loss and accuracy logged" \
     jq_true '.loss > 0 and .accuracy >= 0 and .shards == 1' "$(grep '"step"' "$W/s1.jsonl" |
         head -1)"

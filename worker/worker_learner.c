@@ -56,7 +56,6 @@
  * the job thread (one job at a time, started and joined by the main thread). A shard k > 0 has
  * a main thread (socket, beats) and a compute thread per slice.
  */
-#include <dirent.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -76,12 +75,12 @@
 #include "nn/train.h"
 #include "align/rm.h"
 #include "worker.h"
+#include "worker_ckpt.h"
 #include "worker_rmdata.h"
 #include "worker_shard.h"
 
 /* Rounds tried for one step before the job fails (each lost shard or stale copy costs one). */
 #define MAX_ROUNDS 8
-#define CKPT_MAGIC "RLHFLRN1"
 #define PATH_LEN   4096
 
 /* Shard 0's state: the hub to the other shards, the RM data, and the training state that jobs
@@ -100,9 +99,9 @@ struct learner {
     uint64_t last_job; /* job of the checkpoint */
     uint8_t *result;   /* that job's packed TrainOutput */
     size_t result_len;
-    uint32_t crc; /* of the parameters */
-    char src_dir[PATH_LEN +
-                 100]; /* where the model came from (tokenizer files are copied from it) */
+    uint32_t crc;                     /* of the parameters */
+    char src_dir[CKPT_PATH_LEN + 32]; /* where the model came from (its tokenizer files) */
+    char ckpt_dir[CKPT_PATH_LEN];     /* the checkpoint it was loaded from */
 };
 
 #define llog(l, ...) shard_log((l)->who, __VA_ARGS__)
@@ -118,196 +117,86 @@ static void state_drop(learner_t *l) {
     l->hub.pf_valid = 0;
 }
 
-/* ---- shard 0: checkpoints ------------------------------------------------------------------- */
+/* ---- checkpoints (worker_ckpt.h: the layout, the format, atomic writes, the fallback) ----- */
 
 /*
- * optim.bin (host byte order):
- *   "RLHFLRN1" | u64 step | u64 job_id | u64 n_params | i64 adam_t | u32 params_crc32c |
- *   u32 result_len | result (packed TrainOutput) | moments (2 n_params f32) | u32 crc32c of all
- *   the bytes before it
+ * The LM/RM learner's payload (host byte order; the step is the checkpoint's position):
+ *   u64 job_id | i64 adam_t | u64 n_params | u32 result_len | result (the job's packed
+ *   TrainOutput) | AdamW moments (2 n_params f32)
  */
-#define OPT_HEAD (8 + 8 * 4 + 4 * 2)
+static const char *const ckpt_models[] = {"model"};
 
-static int ckpt_remove_dir(const char *dir) {
-    DIR *d = opendir(dir);
-    if (!d) return 0;
-    struct dirent *e;
-    char p[PATH_LEN + 700];
-    while ((e = readdir(d)))
-        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
-            snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-            unlink(p);
-        }
-    closedir(d);
-    return rmdir(dir);
-}
-
-static int name_cmp(const void *a, const void *b) {
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-/* Names of the ckpt-* directories of the run, sorted (the step is zero-padded, so by step).
- * Returns their number (*names malloc'ed, each entry too) or RL_ENOMEM. */
-static int ckpt_list(const char *run_dir, char ***names) {
-    *names = NULL;
-    DIR *d = opendir(run_dir);
-    if (!d) return 0;
-    int n = 0, cap = 0;
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        if (strncmp(e->d_name, "ckpt-", 5) || strchr(e->d_name, '.')) continue;
-        if (n == cap) {
-            cap = cap ? 2 * cap : 16;
-            char **nn = realloc(*names, (size_t)cap * sizeof *nn);
-            if (!nn) break;
-            *names = nn;
-        }
-        if (!((*names)[n] = strdup(e->d_name))) break;
-        n++;
-    }
-    closedir(d);
-    if (n) qsort(*names, (size_t)n, sizeof **names, name_cmp);
-    return n;
-}
-
-static void names_free(char **names, int n) {
-    for (int i = 0; i < n; i++) free(names[i]);
-    free(names);
-}
-
-static int ckpt_save(learner_t *l) {
-    char name[64], dir[PATH_LEN + 80], path[PATH_LEN + 200];
-    snprintf(name, sizeof name, "ckpt-%010ld", l->tr.step);
-    snprintf(dir, sizeof dir, "%s/%s", l->run_dir, name);
-    int rc = hf_save(l->model, dir);
-    if (rc == 0 && l->src_dir[0] && strcmp(l->src_dir, dir))
-        rc = hf_copy_tokenizer(l->src_dir, dir);
-    if (rc < 0) return rl_fail_ctx(rc, "checkpoint %s: ", dir);
-    size_t n = l->model->num_params, mom = 2 * n * sizeof(float);
-    size_t len = OPT_HEAD + l->result_len + mom + 4;
-    uint8_t *b = malloc(len), *p = b;
-    if (!b) return rl_fail(RL_ENOMEM, "checkpoint: out of memory");
-    uint64_t u[3] = {(uint64_t)l->tr.step, l->last_job, (uint64_t)n};
+static int ckpt_write(learner_t *l) {
+    ckpt_buf_t b = {0};
+    uint64_t job = l->last_job, n = l->model->num_params;
     int64_t t = l->tr.opt.t;
-    uint32_t w[2] = {l->crc, (uint32_t)l->result_len};
-    memcpy(p, CKPT_MAGIC, 8), p += 8;
-    memcpy(p, u, sizeof u), p += sizeof u;
-    memcpy(p, &t, sizeof t), p += sizeof t;
-    memcpy(p, w, sizeof w), p += sizeof w;
-    if (l->result_len) memcpy(p, l->result, l->result_len), p += l->result_len;
-    memcpy(p, l->tr.opt.moments, mom), p += mom;
-    uint32_t crc = crc32c(0, b, (size_t)(p - b));
-    memcpy(p, &crc, 4);
-    snprintf(path, sizeof path, "%s/optim.bin", dir);
-    rc = fs_write_atomic(path, b, len);
-    free(b);
-    /* the checkpoint is complete: only now does `latest` name it */
-    snprintf(path, sizeof path, "%s/latest", l->run_dir);
-    char line[80];
-    snprintf(line, sizeof line, "%s\n", name);
-    if (rc == 0) rc = fs_write_atomic(path, line, strlen(line));
-    if (rc < 0) return rl_fail_ctx(rc, "checkpoint %s: ", dir);
+    uint32_t rlen = (uint32_t)l->result_len;
+    ckpt_put(&b, &job, 8);
+    ckpt_put(&b, &t, 8);
+    ckpt_put(&b, &n, 8);
+    ckpt_put(&b, &rlen, 4);
+    ckpt_put(&b, l->result, l->result_len);
+    ckpt_put(&b, l->tr.opt.moments, 2 * n * sizeof(float));
+    ckpt_model_t m = {ckpt_models[0], l->model, l->src_dir};
+    char dir[CKPT_PATH_LEN];
+    int rc = b.oom ? rl_fail(RL_ENOMEM, "checkpoint: out of memory")
+                   : ckpt_save(l->run_dir, CKPT_KIND_TRAIN, (uint64_t)l->tr.step, &m, 1, b.p, b.n,
+                               l->who, dir);
+    free(b.p);
+    if (rc < 0) return rc;
     l->ckpt_step = l->tr.step;
-    /* keep this one and the one before it (the fallback should this one be found corrupt) */
-    char **names;
-    int k = ckpt_list(l->run_dir, &names), cur = -1;
-    for (int i = 0; i < k; i++)
-        if (!strcmp(names[i], name)) cur = i;
-    for (int i = 0; i < cur - 1; i++) {
-        snprintf(path, sizeof path, "%s/%s", l->run_dir, names[i]);
-        ckpt_remove_dir(path);
-    }
-    names_free(names, k);
+    /* the tokenizer's home from now on: the directory it came from may be pruned */
+    snprintf(l->src_dir, sizeof l->src_dir, "%s/%s", dir, ckpt_models[0]);
     return 0;
 }
 
-/* Loads checkpoint directory `name` of the run into the state. Returns 0 or RL_E*. */
-static int ckpt_load_dir(learner_t *l, const char *name) {
-    char dir[PATH_LEN + 80], path[PATH_LEN + 200];
-    snprintf(dir, sizeof dir, "%s/%s", l->run_dir, name);
-    gpt_t *m = hf_load(dir);
-    if (!m) return rl_fail_ctx(RL_EFORMAT, "%s: ", dir);
-    char *b = NULL;
-    size_t len = 0, n = m->num_params, mom = 2 * n * sizeof(float);
-    snprintf(path, sizeof path, "%s/optim.bin", dir);
-    int rc = fs_read_all(path, &b, &len);
-    uint64_t u[3] = {0, 0, 0};
+/* ckpt_accept_fn: the checkpoint's model and payload become the learner's state. */
+static int ckpt_take(void *ctx, ckpt_t *c) {
+    learner_t *l = ctx;
+    gpt_t *m = c->models[0];
+    uint64_t job = 0, n = 0;
     int64_t t = 0;
-    uint32_t w[2] = {0, 0}, crc = 0;
-    if (rc == 0 && len < OPT_HEAD + 4) rc = rl_fail(RL_EFORMAT, "%s: truncated", path);
-    if (rc == 0) {
-        memcpy(&crc, b + len - 4, 4);
-        memcpy(u, b + 8, sizeof u);
-        memcpy(&t, b + 8 + sizeof u, sizeof t);
-        memcpy(w, b + 8 + sizeof u + sizeof t, sizeof w);
-        if (memcmp(b, CKPT_MAGIC, 8) || crc32c(0, b, len - 4) != crc)
-            rc = rl_fail(RL_EFORMAT, "%s: bad magic or checksum", path);
-        else if (u[2] != n || len != OPT_HEAD + (size_t)w[1] + mom + 4)
-            rc = rl_fail(RL_EFORMAT, "%s: sized for %" PRIu64 " parameters, the model has %zu",
-                         path, u[2], n);
-        else if (shard_params_crc(m) != w[0])
-            rc = rl_fail(RL_EFORMAT,
-                         "%s: the model's parameters are not the ones it was saved with", path);
-    }
+    uint32_t rlen = 0;
+    ckpt_reader_t *r = &c->payload;
+    ckpt_get(r, &job, 8);
+    ckpt_get(r, &t, 8);
+    ckpt_get(r, &n, 8);
+    ckpt_get(r, &rlen, 4);
+    size_t mom = 2 * m->num_params * sizeof(float);
+    if (r->bad || n != m->num_params || (size_t)(r->end - r->p) != (size_t)rlen + mom)
+        return rl_fail(RL_EFORMAT, "%s: sized for %" PRIu64 " parameters, the model has %zu",
+                       c->dir, n, m->num_params);
     adamw_sched_t sched = {ADAMW_SCHED_CONSTANT, 1e-3f, 0, 0, 0}; /* each job sets its own */
-    if (rc == 0) rc = train_init(&l->tr, m, &sched, 0, 0);
-    if (rc == 0 && w[1] && !(l->result = malloc(w[1]))) rc = rl_fail(RL_ENOMEM, "out of memory");
+    int rc = train_init(&l->tr, m, &sched, 0, 0);
+    if (rc == 0 && rlen && !(l->result = malloc(rlen))) rc = rl_fail(RL_ENOMEM, "out of memory");
     if (rc < 0) {
         train_free(&l->tr);
         memset(&l->tr, 0, sizeof l->tr);
-        gpt_destroy(&m);
-        free(b);
         return rc;
     }
-    l->result_len = w[1];
-    if (w[1]) memcpy(l->result, b + OPT_HEAD, w[1]);
-    memcpy(l->tr.opt.moments, b + OPT_HEAD + w[1], mom);
+    l->result_len = rlen;
+    ckpt_get(r, l->result, rlen);
+    ckpt_get(r, l->tr.opt.moments, mom);
     l->tr.opt.t = (long)t;
-    l->tr.step = (long)u[0];
-    l->last_job = u[1];
-    l->ckpt_step = (long)u[0];
-    l->crc = w[0];
+    l->tr.step = (long)c->pos;
+    l->last_job = job;
+    l->ckpt_step = (long)c->pos;
+    l->crc = shard_params_crc(m);
     l->model = m;
-    snprintf(l->src_dir, sizeof l->src_dir, "%s", dir);
-    free(b);
+    c->models[0] = NULL;
+    snprintf(l->src_dir, sizeof l->src_dir, "%s/%s", c->dir, ckpt_models[0]);
+    snprintf(l->ckpt_dir, sizeof l->ckpt_dir, "%s", c->dir);
     return 0;
-}
-
-/* The newest checkpoint that verifies: the one `latest` names, else the others newest first.
- * Returns 1 (loaded), 0 (the run has none) or RL_EFORMAT (it has some, none usable). */
-static int ckpt_load(learner_t *l) {
-    char path[PATH_LEN + 20], *cur = NULL, first[80] = "";
-    size_t len;
-    snprintf(path, sizeof path, "%s/latest", l->run_dir);
-    if (fs_read_all(path, &cur, &len) == 0) {
-        snprintf(first, sizeof first, "%.*s", (int)strcspn(cur, "\n"), cur);
-        free(cur);
-        if (first[0] && ckpt_load_dir(l, first) == 0) return 1;
-        llog(l, "checkpoint %s unusable (%s): trying older ones", first, rl_errmsg());
-    }
-    char **names;
-    int n = ckpt_list(l->run_dir, &names), rc = 0;
-    for (int i = n - 1; i >= 0 && rc != 1; i--) {
-        if (!strcmp(names[i], first)) continue;
-        if (ckpt_load_dir(l, names[i]) == 0)
-            rc = 1;
-        else
-            llog(l, "checkpoint %s unusable: %s", names[i], rl_errmsg());
-    }
-    names_free(names, n);
-    if (rc == 0 && (n > 0 || first[0]))
-        return rl_fail(RL_EFORMAT, "%s: no usable checkpoint", l->run_dir);
-    return rc;
 }
 
 /* The learner's state: the newest checkpoint of the run, or else the model in `model_dir` at
  * step 0 (rm: as a reward model, rm_load: a new scalar head from head_seed when it has none). */
 static int state_ensure(learner_t *l, const char *model_dir, int rm, uint64_t head_seed) {
     if (l->loaded) return 0;
-    int rc = ckpt_load(l);
+    int rc = ckpt_load_latest(l->run_dir, CKPT_KIND_TRAIN, ckpt_models, 1, ckpt_take, l, l->who);
     if (rc < 0) return rc;
     if (rc == 1) {
-        llog(l, "resumed from checkpoint %s at step %ld", l->src_dir, l->tr.step);
+        llog(l, "resumed from checkpoint %s at step %ld", l->ckpt_dir, l->tr.step);
     } else {
         if (!model_dir || !model_dir[0])
             return rl_fail(RL_EINVAL, "train: no checkpoint in %s and no model_dir", l->run_dir);
@@ -599,9 +488,9 @@ static int train_run(learner_t *l, const worker_job_t *job, const Rlhf__TrainSpe
              so[k].ms, l->n_shards, so[k].reruns ? " (re-run)" : "");
     }
     if (rc == 0) {
-        char ck[PATH_LEN + 40];
+        char ck[CKPT_PATH_LEN];
         if (l->n_shards == 1) l->crc = shard_params_crc(m);
-        snprintf(ck, sizeof ck, "%s/ckpt-%010ld", l->run_dir, l->tr.step);
+        ckpt_path(ck, l->run_dir, (uint64_t)l->tr.step);
         Rlhf__TrainOutput o = RLHF__TRAIN_OUTPUT__INIT;
         o.step = (uint64_t)l->tr.step;
         o.loss = losses;
@@ -627,7 +516,7 @@ static int train_run(learner_t *l, const worker_job_t *job, const Rlhf__TrainSpe
         if (rc == 0) {
             rlhf__train_output__pack(&o, l->result);
             l->last_job = job->job_id;
-            rc = ckpt_save(l);
+            rc = ckpt_write(l);
         }
         if (rc == 0) rc = output_copy(l->result, l->result_len, 0, out, out_len);
         if (rc == 0) {

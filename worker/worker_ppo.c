@@ -5,12 +5,12 @@
  * policy weights are published as version iteration + 1 (wsync.h) and announced to the master,
  * so that rollout workers fetch them before their next GENERATE job.
  *
- * Checkpoints (RUN_DIR/ppo-ckpt-ITER/: policy/ and value/ as Hugging Face directories, state.bin
- * with both AdamW moment arenas, the PPO state, the job id and packed result of the last update
- * and a CRC-32C over all of it) are written after every `checkpoint_every`-th update, then
- * RUN_DIR/ppo-latest.json is pointed at them, both atomically; the checkpoint before stays as a
- * fallback when the newest does not verify. A learner that starts (or restarts) loads the newest
- * checkpoint that verifies, publishes its policy as the version it stands at, and announces it.
+ * Checkpoints (worker_ckpt.h: RUN_DIR/ckpt-ITERATION/ with policy/ and value/ as Hugging Face
+ * directories and state.bin holding both AdamW moment arenas, the PPO state, the job id and
+ * packed result of the last update; RUN_DIR/latest names the newest) are written after every
+ * `checkpoint_every`-th update; the checkpoint before stays as a fallback when the newest does
+ * not verify. A learner that starts (or restarts) loads the newest checkpoint that verifies,
+ * publishes its policy as the version it stands at, and announces it.
  *
  * Idempotence: an update job for iteration i runs only when the learner stands at iteration i;
  * the job that brought the learner to i + 1 (same job id) gets the recorded result back without
@@ -31,7 +31,6 @@
 #include <jansson.h>
 #include <zmq.h>
 
-#include "base/crc32c.h"
 #include "base/err.h"
 #include "base/fs.h"
 #include "nn/gpt.h"
@@ -40,14 +39,13 @@
 #include "rlhf.pb-c.h"
 #include "net/wire.h"
 #include "worker.h"
+#include "worker_ckpt.h"
 #include "net/wsync.h"
-
-#define PPO_MAGIC "RLHFPPO1"
 
 /* The PPO learner's state between jobs (owned by the worker's main state, see worker.h). */
 struct ppo_state {
     char run_dir[4096], master[256];
-    char tok_dir[4096]; /* the initial policy's directory: its tokenizer */
+    char tok_dir[CKPT_PATH_LEN + 32]; /* the policy's directory: its tokenizer */
     int loaded;
     gpt_t *policy, *value;
     ppo_learner_t l;
@@ -198,160 +196,104 @@ static int publish(ppo_state_t *ps, uint64_t version) {
     return announce(ps);
 }
 
-/* ---- checkpoints -------------------------------------------------------------------------- */
+/* ---- checkpoints (worker_ckpt.h: the layout, the format, atomic writes, the fallback) ----- */
 
-typedef struct {
-    uint8_t *p;
-    size_t n, cap;
-    int oom;
-} buf_t;
+/*
+ * The PPO learner's payload (host byte order; the iteration is the checkpoint's position):
+ *   u64 last_job | f64 kl.beta | score_stats (ppo_moments_t as in memory) | u64 t_policy |
+ *   u64 t_value | u64 n_policy | u64 n_value | policy moments (2 n_policy f32) | value moments
+ *   (2 n_value f32) | u64 result_len | result (the last update's packed TrainOutput)
+ */
+static const char *const ckpt_models[] = {"policy", "value"};
 
-static void put(buf_t *b, const void *d, size_t n) {
-    if (b->oom) return;
-    if (b->n + n > b->cap) {
-        size_t nc = (b->n + n) * 2;
-        uint8_t *np = realloc(b->p, nc);
-        if (!np) {
-            b->oom = 1;
-            return;
-        }
-        b->p = np, b->cap = nc;
-    }
-    memcpy(b->p + b->n, d, n);
-    b->n += n;
-}
-
-static int ckpt_write(ppo_state_t *ps, uint64_t iteration) {
-    char dir[4200], sub[4300];
-    snprintf(dir, sizeof dir, "%s/ppo-ckpt-%06" PRIu64, ps->run_dir, iteration);
-    snprintf(sub, sizeof sub, "%s/policy", dir);
-    int rc = fs_mkdir_p(dir);
-    if (rc == 0) rc = hf_save(ps->policy, sub);
-    /* the tokenizer travels with the policy, so the checkpoint is a usable model directory */
-    if (rc == 0 && ps->tok_dir[0]) rc = hf_copy_tokenizer(ps->tok_dir, sub);
-    snprintf(sub, sizeof sub, "%s/value", dir);
-    if (rc == 0) rc = hf_save(ps->value, sub);
-    if (rc < 0) return rc;
-    buf_t b = {0};
+static int ckpt_write(ppo_state_t *ps, uint64_t iteration, char *dir) {
+    ckpt_buf_t b = {0};
     ppo_learner_t *l = &ps->l;
     uint64_t n_p = l->opt_policy.n, n_v = l->opt_value.n, t_p = (uint64_t)l->opt_policy.t,
-             t_v = (uint64_t)l->opt_value.t, it = (uint64_t)l->iteration,
-             ol = (uint64_t)ps->last_out_len;
-    put(&b, PPO_MAGIC, 8);
-    put(&b, &it, 8);
-    put(&b, &ps->last_job, 8);
-    put(&b, &l->kl.beta, sizeof l->kl.beta);
-    put(&b, &l->score_stats, sizeof l->score_stats);
-    put(&b, &t_p, 8);
-    put(&b, &t_v, 8);
-    put(&b, &n_p, 8);
-    put(&b, &n_v, 8);
-    put(&b, l->opt_policy.moments, 2 * n_p * sizeof(float));
-    put(&b, l->opt_value.moments, 2 * n_v * sizeof(float));
-    put(&b, &ol, 8);
-    if (ol) put(&b, ps->last_out, ol);
-    uint32_t crc = b.oom ? 0 : crc32c(0, b.p, b.n);
-    put(&b, &crc, 4);
-    snprintf(sub, sizeof sub, "%s/state.bin", dir);
-    rc = b.oom ? rl_fail(RL_ENOMEM, "checkpoint: out of memory") : fs_write_atomic(sub, b.p, b.n);
+             t_v = (uint64_t)l->opt_value.t, ol = (uint64_t)ps->last_out_len;
+    ckpt_put(&b, &ps->last_job, 8);
+    ckpt_put(&b, &l->kl.beta, sizeof l->kl.beta);
+    ckpt_put(&b, &l->score_stats, sizeof l->score_stats);
+    ckpt_put(&b, &t_p, 8);
+    ckpt_put(&b, &t_v, 8);
+    ckpt_put(&b, &n_p, 8);
+    ckpt_put(&b, &n_v, 8);
+    ckpt_put(&b, l->opt_policy.moments, 2 * n_p * sizeof(float));
+    ckpt_put(&b, l->opt_value.moments, 2 * n_v * sizeof(float));
+    ckpt_put(&b, &ol, 8);
+    ckpt_put(&b, ps->last_out, ol);
+    /* the tokenizer travels with the policy, so the checkpoint's policy is a usable model */
+    ckpt_model_t ms[2] = {{ckpt_models[0], ps->policy, ps->tok_dir},
+                          {ckpt_models[1], ps->value, NULL}};
+    int rc =
+        b.oom ? rl_fail(RL_ENOMEM, "checkpoint: out of memory")
+              : ckpt_save(ps->run_dir, CKPT_KIND_PPO, iteration, ms, 2, b.p, b.n, "learner", dir);
     free(b.p);
-    if (rc < 0) return rc;
-    /* the pointer: newest and the one before, which stays as a fallback */
-    snprintf(sub, sizeof sub, "%s/ppo-latest.json", ps->run_dir);
-    json_t *old = json_load_file(sub, 0, NULL);
-    const char *prev = json_string_value(json_object_get(old, "dir"));
-    const char *prev2 = json_string_value(json_object_get(old, "previous"));
-    json_t *o = json_pack("{s:I, s:s, s:s}", "iteration", (json_int_t)iteration, "dir", dir,
-                          "previous", prev && strcmp(prev, dir) ? prev : "");
-    char *txt = json_dumps(o, JSON_INDENT(2));
-    rc = txt ? fs_write_atomic(sub, txt, strlen(txt)) : rl_fail(RL_ENOMEM, "no memory");
-    free(txt);
-    json_decref(o);
-    /* older checkpoints than the fallback go */
-    if (rc == 0 && prev2 && prev2[0] && strcmp(prev2, dir) && (!prev || strcmp(prev2, prev))) {
-        if (fs_remove_tree(prev2) < 0) /* best effort: disk space, not correctness */
-            fprintf(stderr, "learner: %s\n", rl_errmsg());
-    }
-    json_decref(old);
     return rc;
 }
 
-static int get(const uint8_t **p, const uint8_t *end, void *d, size_t n) {
-    if ((size_t)(end - *p) < n) return -1;
-    memcpy(d, *p, n);
-    *p += n;
+/* ckpt_accept_fn: the checkpoint's models and payload become the PPO state (ctx: a
+ * ppo_take_t, the optimiser settings in cfg). */
+typedef struct {
+    ppo_state_t *ps;
+    const ppo_config_t *cfg;
+} ppo_take_t;
+
+static int ckpt_take(void *ctx, ckpt_t *c) {
+    ppo_take_t *pt = ctx;
+    ppo_state_t *ps = pt->ps;
+    ppo_learner_t *l = &ps->l;
+    int rc = ppo_learner_init(l, c->models[0], c->models[1], pt->cfg);
+    if (rc < 0) {
+        ppo_learner_free(l);
+        memset(l, 0, sizeof *l);
+        return rc;
+    }
+    ckpt_reader_t *r = &c->payload;
+    uint64_t n_p = 0, n_v = 0, t_p = 0, t_v = 0, ol = 0, job = 0;
+    ckpt_get(r, &job, 8);
+    ckpt_get(r, &l->kl.beta, sizeof l->kl.beta);
+    ckpt_get(r, &l->score_stats, sizeof l->score_stats);
+    ckpt_get(r, &t_p, 8);
+    ckpt_get(r, &t_v, 8);
+    ckpt_get(r, &n_p, 8);
+    ckpt_get(r, &n_v, 8);
+    if (!r->bad && n_p == l->opt_policy.n && n_v == l->opt_value.n) {
+        ckpt_get(r, l->opt_policy.moments, 2 * n_p * sizeof(float));
+        ckpt_get(r, l->opt_value.moments, 2 * n_v * sizeof(float));
+        ckpt_get(r, &ol, 8);
+    } else {
+        r->bad = 1;
+    }
+    uint8_t *out = !r->bad && ol && ol == (uint64_t)(r->end - r->p) ? malloc(ol) : NULL;
+    if (out) ckpt_get(r, out, ol);
+    if (r->bad || r->p != r->end || (ol && !out)) {
+        free(out);
+        ppo_learner_free(l);
+        memset(l, 0, sizeof *l);
+        return rl_fail(RL_EFORMAT, "%s: corrupt or incomplete", c->dir);
+    }
+    l->iteration = (long)c->pos;
+    l->opt_policy.t = (long)t_p;
+    l->opt_value.t = (long)t_v;
+    ps->last_job = job;
+    ps->last_out = out;
+    ps->last_out_len = (size_t)ol;
+    ps->policy = c->models[0];
+    ps->value = c->models[1];
+    c->models[0] = c->models[1] = NULL;
+    snprintf(ps->tok_dir, sizeof ps->tok_dir, "%s/%s", c->dir, ckpt_models[0]);
+    fprintf(stderr, "learner: resumed from %s at iteration %ld\n", c->dir, l->iteration);
     return 0;
 }
 
-/* Loads the checkpoint in dir into fresh models/learner (cfg for the optimiser settings). */
-static int ckpt_load(ppo_state_t *ps, const char *dir, const ppo_config_t *cfg) {
-    char sub[4300];
-    snprintf(sub, sizeof sub, "%s/policy", dir);
-    ps->policy = hf_load(sub);
-    snprintf(sub, sizeof sub, "%s/value", dir);
-    ps->value = ps->policy ? hf_load(sub) : NULL;
-    if (!ps->policy || !ps->value) return rl_fail_ctx(RL_EFORMAT, "checkpoint %s: ", dir);
-    int rc = ppo_learner_init(&ps->l, ps->policy, ps->value, cfg);
-    if (rc < 0) return rc;
-    snprintf(sub, sizeof sub, "%s/state.bin", dir);
-    char *data;
-    size_t len;
-    if ((rc = fs_read_all(sub, &data, &len)) < 0) return rc;
-    const uint8_t *p = (const uint8_t *)data, *end = p + len;
-    uint32_t crc;
-    rc = len < 12 || memcmp(data, PPO_MAGIC, 8) ? -1 : 0;
-    if (rc == 0) {
-        memcpy(&crc, data + len - 4, 4);
-        rc = crc == crc32c(0, data, len - 4) ? 0 : -1;
-        end -= 4;
-    }
-    uint64_t it = 0, n_p = 0, n_v = 0, t_p = 0, t_v = 0, ol = 0;
-    p += 8;
-    if (rc == 0)
-        rc = get(&p, end, &it, 8) | get(&p, end, &ps->last_job, 8) |
-             get(&p, end, &ps->l.kl.beta, sizeof ps->l.kl.beta) |
-             get(&p, end, &ps->l.score_stats, sizeof ps->l.score_stats) | get(&p, end, &t_p, 8) |
-             get(&p, end, &t_v, 8) | get(&p, end, &n_p, 8) | get(&p, end, &n_v, 8);
-    if (rc == 0 && (n_p != ps->l.opt_policy.n || n_v != ps->l.opt_value.n)) rc = -1;
-    if (rc == 0)
-        rc = get(&p, end, ps->l.opt_policy.moments, 2 * n_p * sizeof(float)) |
-             get(&p, end, ps->l.opt_value.moments, 2 * n_v * sizeof(float)) | get(&p, end, &ol, 8);
-    if (rc == 0 && ol) {
-        ps->last_out = malloc(ol);
-        rc = ps->last_out ? get(&p, end, ps->last_out, ol) : -1;
-        ps->last_out_len = (size_t)ol;
-    }
-    free(data);
-    if (rc < 0) return rl_fail(RL_EFORMAT, "%s: corrupt or incomplete", sub);
-    ps->l.iteration = (long)it;
-    ps->l.opt_policy.t = (long)t_p;
-    ps->l.opt_value.t = (long)t_v;
-    return 0;
-}
-
-/* Loads the newest checkpoint that verifies, else the one before. 0 or RL_ENOTFOUND/RL_E*. */
+/* Loads the newest checkpoint that verifies, else the one before. 0, RL_ENOTFOUND (none) or
+ * RL_E*. */
 static int load_latest(ppo_state_t *ps, const ppo_config_t *cfg) {
-    char path[4300];
-    snprintf(path, sizeof path, "%s/ppo-latest.json", ps->run_dir);
-    json_t *lat = json_load_file(path, 0, NULL);
-    const char *cands[2] = {json_string_value(json_object_get(lat, "dir")),
-                            json_string_value(json_object_get(lat, "previous"))};
-    int rc = RL_ENOTFOUND;
-    for (int i = 0; i < 2 && rc < 0; i++) {
-        if (!cands[i] || !cands[i][0]) continue;
-        rc = ckpt_load(ps, cands[i], cfg);
-        if (rc < 0) {
-            fprintf(stderr, "learner: checkpoint %s unusable (%s)%s\n", cands[i], rl_errmsg(),
-                    i == 0 ? ": trying the one before" : "");
-            unload(ps);
-        } else {
-            fprintf(stderr, "learner: resumed from %s at iteration %ld\n", cands[i],
-                    ps->l.iteration);
-            snprintf(ps->tok_dir, sizeof ps->tok_dir, "%s/policy", cands[i]);
-        }
-    }
-    json_decref(lat);
-    return rc;
+    ppo_take_t pt = {ps, cfg};
+    int rc =
+        ckpt_load_latest(ps->run_dir, CKPT_KIND_PPO, ckpt_models, 2, ckpt_take, &pt, "learner");
+    return rc == 1 ? 0 : rc == 0 ? RL_ENOTFOUND : rc;
 }
 
 /* Makes the learner stand somewhere: the newest checkpoint that verifies (then the one before),
@@ -497,10 +439,9 @@ int worker_ppo(ppo_state_t *ps, const worker_job_t *job, const Rlhf__TrainSpec *
     po.stats_json = stxt ? stxt : "{}";
     po.update_ms = t_upd;
     po.publish_ms = t_pub;
-    char ck[4300] = "";
+    char ck[CKPT_PATH_LEN] = "";
     uint32_t every = sp->checkpoint_every ? sp->checkpoint_every : 1;
-    if (rc == 0 && (version % every == 0 || sp->last))
-        snprintf(ck, sizeof ck, "%s/ppo-ckpt-%06" PRIu64, ps->run_dir, version);
+    if (rc == 0 && (version % every == 0 || sp->last)) ckpt_path(ck, ps->run_dir, version);
     po.checkpoint = ck;
     if (rc == 0) rc = pack_output(&po, out, out_len);
     if (rc == 0) {
@@ -509,9 +450,8 @@ int worker_ppo(ppo_state_t *ps, const worker_job_t *job, const Rlhf__TrainSpec *
         if (ps->last_out) memcpy(ps->last_out, *out, *out_len);
         ps->last_out_len = ps->last_out ? *out_len : 0;
         ps->last_job = job->job_id;
-        if (ck[0] && (rc = ckpt_write(ps, version)) == 0)
-            snprintf(ps->tok_dir, sizeof ps->tok_dir, "%s/policy",
-                     ck); /* the tokenizer's home now */
+        if (ck[0] && (rc = ckpt_write(ps, version, ck)) == 0) /* the tokenizer's home now */
+            snprintf(ps->tok_dir, sizeof ps->tok_dir, "%s/%s", ck, ckpt_models[0]);
         if (rc < 0) {
             free(*out);
             *out = NULL;

@@ -591,13 +591,19 @@ static int train_job_done(void *ctx, const client_result_t *r) {
     return 0;
 }
 
-int local_learner_latest(const char *ldir, char *path, size_t cap) {
+int local_learner_latest(const char *ldir, const char *model, char *path, size_t cap, long *pos) {
     char p[PATH_MAX + 64], *name = NULL;
     size_t nl;
     snprintf(p, sizeof p, "%s/latest", ldir);
     int rc = fs_read_all(p, &name, &nl);
     if (rc < 0) return rc;
-    snprintf(path, cap, "%s/%.*s", ldir, (int)strcspn(name, "\n"), name);
+    int len = (int)strcspn(name, "\n");
+    if (strncmp(name, "ckpt-", 5) || len < 6 || len > 64) {
+        free(name);
+        return rl_fail(RL_EFORMAT, "%s: names no checkpoint", p);
+    }
+    if (pos) *pos = strtol(name + 5, NULL, 10);
+    snprintf(path, cap, "%s/%.*s%s%s", ldir, len, name, model ? "/" : "", model ? model : "");
     free(name);
     return 0;
 }

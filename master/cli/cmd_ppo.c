@@ -227,14 +227,10 @@ static int on_trained(void *ctx, const client_result_t *r) {
 
 /* The iteration to resume at: the learner's newest PPO checkpoint, or 0. */
 static long resume_iteration(const char *out) {
-    char path[PATH_MAX + 64];
-    snprintf(path, sizeof path, "%s/learner/ppo-latest.json", out);
-    json_t *o = json_load_file(path, 0, NULL);
-    long it = json_is_integer(json_object_get(o, "iteration"))
-                  ? (long)json_integer_value(json_object_get(o, "iteration"))
-                  : 0;
-    json_decref(o);
-    return it;
+    char ldir[PATH_MAX + 64], path[PATH_MAX + 128];
+    long it = 0;
+    snprintf(ldir, sizeof ldir, "%s/learner", out);
+    return local_learner_latest(ldir, NULL, path, sizeof path, &it) == 0 ? it : 0;
 }
 
 /* Keeps the metrics lines of iterations below `keep` (rewrites the file atomically). */
@@ -276,11 +272,10 @@ static int metrics_append(const char *path, json_t *o) {
 /* Copies the newest checkpoint's policy to OUT/policy (a plain model directory), file by file
  * atomically; OUT/policy.json names the iteration it is from. */
 static int export_policy(const char *out) {
-    char path[PATH_MAX + 64], dst[PATH_MAX + 64];
-    snprintf(path, sizeof path, "%s/learner/ppo-latest.json", out);
-    json_t *o = json_load_file(path, 0, NULL);
-    const char *dir = json_string_value(json_object_get(o, "dir"));
-    int rc = dir ? 0 : rl_fail(RL_ENOTFOUND, "%s: no checkpoint", path);
+    char path[PATH_MAX + 64], dst[PATH_MAX + 64], dir[PATH_MAX + 128];
+    long it = 0;
+    snprintf(path, sizeof path, "%s/learner", out);
+    int rc = local_learner_latest(path, NULL, dir, sizeof dir, &it);
     snprintf(dst, sizeof dst, "%s/policy", out);
     if (rc == 0) rc = fs_mkdir_p(dst);
     static const char *files[] = {"model.safetensors", "config.json", "vocab.json", "merges.txt"};
@@ -294,15 +289,13 @@ static int export_policy(const char *out) {
         free(data);
     }
     if (rc == 0) {
-        json_t *m = json_pack("{s:O, s:s}", "iteration", json_object_get(o, "iteration"),
-                              "checkpoint", dir);
+        json_t *m = json_pack("{s:I, s:s}", "iteration", (json_int_t)it, "checkpoint", dir);
         char *txt = json_dumps(m, JSON_COMPACT);
         snprintf(path, sizeof path, "%.4000s/policy.json", out);
         rc = txt ? fs_write_atomic(path, txt, strlen(txt)) : RL_ENOMEM;
         free(txt);
         json_decref(m);
     }
-    json_decref(o);
     return rc;
 }
 
