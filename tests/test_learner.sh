@@ -167,6 +167,22 @@ check "corrupt checkpoint: job 2 re-run to the same parameters" \
 kill -TERM "$CP" "$MPID" 2>/dev/null
 wait "$CP" "$MPID" 2>/dev/null
 
+# --- a partial newest checkpoint (killed while writing it: models half written, no state file
+# yet) is skipped the same way
+cp -r "$W/s1.l" "$W/p.l"
+rm "$W/p.l/ckpt-0000000005/state.bin"
+truncate -s 100 "$W/p.l/ckpt-0000000005/model/model.safetensors"
+start_master "p-m" "$W/p.m" --jobs "$W/job2.jsonl" --exit-when-done
+start_worker "p-0" --role learner --threads 1 --run-dir "$W/p.l"
+CP=$WPID
+check "partial checkpoint: job 2 done" wait_for 30 done_ge "$W/p.m" 1
+check "partial checkpoint: detected" grep -q "checkpoint ckpt-0000000005 unusable" "$W/p-0.log"
+check "partial checkpoint: resumed from step 3" grep -q "ckpt-0000000003 at step 3" "$W/p-0.log"
+check "partial checkpoint: job 2 re-run to the same parameters" \
+    same "$W/train-lm" "$(final "$W/p.l")"
+kill -TERM "$CP" "$MPID" 2>/dev/null
+wait "$CP" "$MPID" 2>/dev/null
+
 # --- shard 1 SIGKILLed mid-step (step 1 of job 1) and restarted: the step is re-run
 learner k1 2 "$W/jobs_slow.jsonl"
 check "k1: shard 1 computing step 1" wait_for 30 grep -q "computing step 1 round" "$W/k1-1.log"
