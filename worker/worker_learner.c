@@ -45,10 +45,10 @@
  * Jobs are idempotent at step granularity: a job starting at global step k runs only if the
  * learner is at step k; a job the learner has already applied (it is at k + n_steps and the
  * job id is that of its last job) returns the recorded result without running anything. After
- * each job shard 0 writes a checkpoint RUN_DIR/ckpt-STEP/ (the model, in the Hugging Face
- * layout, and optim.bin: step, job, AdamW moments, the job's result, CRC-32C) and then points
- * RUN_DIR/latest at it, both atomically; a restarted learner resumes from the newest checkpoint
- * that verifies. Per-step figures go to RUN_DIR/metrics.jsonl.
+ * each job shard 0 writes a checkpoint RUN_DIR/ckpt-STEP/ (worker_ckpt.h: the model in model/,
+ * in the Hugging Face layout, and state.bin with the job, the AdamW state and the job's result)
+ * and points RUN_DIR/latest at it; a restarted learner resumes from the newest checkpoint that
+ * verifies. Per-step figures go to RUN_DIR/metrics.jsonl.
  *
  * State: everything a job may touch is the learner_t it is given (owned by the worker's main
  * state): the hub to the other shards, the RM data and the training state.
@@ -57,14 +57,12 @@
  * a main thread (socket, beats) and a compute thread per slice.
  */
 #include <inttypes.h>
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-#include "base/crc32c.h"
 #include "base/err.h"
 #include "base/fs.h"
 #include "base/rng.h"
