@@ -395,9 +395,12 @@ static void dispatch_all(master_t *m) {
     }
 }
 
+/* exit_when_done's condition: this master has been given jobs (a jobs file, or clients: a
+ * restarted master knows the finished ones from results.jsonl before any client resubmits the
+ * rest) and none is left. */
 static int all_finished(master_t *m) {
-    return m->sched.n_jobs > 0 && sched_count(&m->sched, SCHED_QUEUED) == 0 &&
-           sched_count(&m->sched, SCHED_LEASED) == 0;
+    return (m->cfg.jobs[0] || m->n_submitted + m->n_resubmitted > 0) && m->sched.n_jobs > 0 &&
+           sched_count(&m->sched, SCHED_QUEUED) == 0 && sched_count(&m->sched, SCHED_LEASED) == 0;
 }
 
 static void master_stop(master_t *m, const char *why) {

@@ -6,6 +6,9 @@
  *                    [--delay-ms MS] [--name NAME] [--timeout-ms MS] [--fetch-ms MS]
  *       N NOOP jobs with ids ID.., then N GENERATE jobs after them (prompt [1 + id % 7, 2, 3],
  *       6 new tokens, the handler taking at least --delay-ms); waits for all of them.
+ *   rlhf-client-tool jobs --master EP --file FILE|- [--name NAME] [--timeout-ms MS]
+ *       submits the jobs of FILE (or stdin), one JSON object a line (see "Job lines in" below),
+ *       all in one client_submit, and waits for all of them.
  *   rlhf-client-tool fetch --master EP --first-id ID --n N
  *       waits for jobs ID..ID+N-1 submitted earlier (by another process) without their specs.
  *   rlhf-client-tool conflict --master EP --first-id ID
@@ -15,9 +18,21 @@
  *       GenerateSpec, a role that is no worker's), one from an unregistered peer and one cut
  *       short; exit 0 when each was refused as it should be and a valid job still runs.
  *
- * Job lines: {"id","status","kind","attempt","worker","output_bytes","output_crc32c","tokens"?}
- * (tokens: a GENERATE job's output). A summary goes to stderr. submit and fetch exit 0 when
- * every job was delivered exactly once and done.
+ * Job lines in (`jobs`), blank lines skipped; every field but id and kind optional:
+ *   {"id": 1.., "kind": "noop"|"generate"|"train", "seed" (0 or absent: the master derives
+ *    it from the run seed and the id), "lease_ms", "policy_version", "delay_ms"}, and
+ *   generate (GenerateSpec): "model", "prompt": [ids] (required), "max_new_tokens" (required),
+ *     "n_samples", "temperature" (1), "top_k", "top_p" (1), "eot" (-1), "vocab_limit",
+ *     "sample_base";
+ *   train (TrainSpec, an LM step; the defaults of `rlhf train-lm`): "train": "lm", "model",
+ *     "tokens": FILE with "batch_size" and "seq", or "batch": [[B rows of T+1 ids]], "step" (0),
+ *     "steps" (1), "lr" (1e-3), "min_lr" (1e-4), "schedule": "constant"|"warmup"|"cosine"
+ *     (cosine), "warmup" (20), "total_steps" (step + steps), "weight_decay" (0.1), "clip" (1).
+ * A bad line is refused as FILE:LINE with the field named (exit 2), before anything is sent.
+ *
+ * Job lines out: {"id","status","kind","attempt","worker","output_bytes","output_crc32c",
+ * "tokens"?} (tokens: a GENERATE job's output). A summary goes to stderr. submit, jobs and fetch
+ * exit 0 when every job was delivered exactly once and done.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -26,6 +41,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
 #include <zmq.h>
 
 #include "base/crc32c.h"
@@ -158,6 +174,223 @@ static int cmd_conflict(client_t *c, uint64_t id) {
     return rc == RL_EINVAL ? 0 : 1;
 }
 
+/* ---- jobs: job lines from a file ----------------------------------------------------------- */
+
+static double num_or(json_t *o, const char *key, double def) {
+    json_t *v = json_object_get(o, key);
+    return json_is_number(v) ? json_number_value(v) : def;
+}
+
+/* A GENERATE line's spec, packed into *buf. Returns 0 or RL_E* with the reason. */
+static int generate_from_json(json_t *o, const char *where, uint8_t **buf, size_t *len) {
+    Rlhf__GenerateSpec sp = RLHF__GENERATE_SPEC__INIT;
+    json_t *jm = json_object_get(o, "model"), *jp = json_object_get(o, "prompt");
+    json_t *jn = json_object_get(o, "max_new_tokens");
+    if (!json_is_string(jm) || !json_is_array(jp) || !json_array_size(jp) || !json_is_integer(jn))
+        return rl_fail(RL_EINVAL, "%s: generate needs model, prompt (non-empty) and max_new_tokens",
+                       where);
+    size_t n = json_array_size(jp);
+    int32_t *prompt = malloc(n * sizeof *prompt);
+    if (!prompt) return rl_fail(RL_ENOMEM, "out of memory");
+    for (size_t i = 0; i < n; i++) prompt[i] = (int32_t)json_integer_value(json_array_get(jp, i));
+    sp.model_dir = (char *)json_string_value(jm);
+    sp.prompt = prompt;
+    sp.n_prompt = n;
+    sp.max_new_tokens = (uint32_t)json_integer_value(jn);
+    sp.delay_ms = (uint32_t)num_or(o, "delay_ms", 0);
+    sp.n_samples = (uint32_t)num_or(o, "n_samples", 0);
+    sp.temperature = (float)num_or(o, "temperature", 1.0);
+    sp.top_k = (uint32_t)num_or(o, "top_k", 0);
+    sp.top_p = (float)num_or(o, "top_p", 1.0);
+    sp.eot = (int32_t)num_or(o, "eot", -1);
+    sp.vocab_limit = (uint32_t)num_or(o, "vocab_limit", 0);
+    sp.sample_base = (uint64_t)num_or(o, "sample_base", 0);
+    *len = rlhf__generate_spec__get_packed_size(&sp);
+    *buf = malloc(*len ? *len : 1);
+    if (*buf) rlhf__generate_spec__pack(&sp, *buf);
+    free(prompt);
+    return *buf ? 0 : rl_fail(RL_ENOMEM, "out of memory");
+}
+
+/* A TRAIN line's spec (an LM step), packed into *buf. Returns 0 or RL_E* with the reason. */
+static int train_from_json(json_t *o, const char *where, uint8_t **buf, size_t *len) {
+    Rlhf__TrainSpec sp = RLHF__TRAIN_SPEC__INIT;
+    json_t *jt = json_object_get(o, "train"), *jm = json_object_get(o, "model");
+    json_t *jf = json_object_get(o, "tokens"), *jb = json_object_get(o, "batch");
+    json_t *js = json_object_get(o, "schedule");
+    const char *kind = json_is_string(jt) ? json_string_value(jt) : "lm";
+    const char *sched = json_is_string(js) ? json_string_value(js) : "cosine";
+    if (strcmp(kind, "lm"))
+        return rl_fail(RL_EUNSUPPORTED, "%s: train: '%s' is not a supported kind (lm)", where,
+                       kind);
+    sp.kind = RLHF__TRAIN_KIND__TRAIN_KIND_LM;
+    if (!strcmp(sched, "constant"))
+        sp.schedule = RLHF__TRAIN_SCHEDULE__TRAIN_SCHEDULE_CONSTANT;
+    else if (!strcmp(sched, "warmup"))
+        sp.schedule = RLHF__TRAIN_SCHEDULE__TRAIN_SCHEDULE_WARMUP;
+    else if (!strcmp(sched, "cosine"))
+        sp.schedule = RLHF__TRAIN_SCHEDULE__TRAIN_SCHEDULE_COSINE;
+    else
+        return rl_fail(RL_EINVAL, "%s: schedule: '%s' is not constant, warmup or cosine", where,
+                       sched);
+    if (!json_is_string(jm) || json_is_string(jf) == json_is_array(jb))
+        return rl_fail(RL_EINVAL, "%s: train needs model and one of tokens (a file) or batch",
+                       where);
+    sp.model_dir = (char *)json_string_value(jm);
+    double B = num_or(o, "batch_size", 0), T = num_or(o, "seq", 0);
+    int32_t *ids = NULL;
+    if (json_is_array(jb)) { /* rows of T+1 ids, all the same length */
+        json_t *r0 = json_array_get(jb, 0);
+        B = (double)json_array_size(jb);
+        T = json_is_array(r0) ? (double)json_array_size(r0) - 1 : 0;
+        if (B < 1 || T < 1 || B * (T + 1) > 1 << 24)
+            return rl_fail(RL_EINVAL, "%s: batch: rows of at least 2 ids expected", where);
+        ids = malloc((size_t)(B * (T + 1)) * sizeof *ids);
+        if (!ids) return rl_fail(RL_ENOMEM, "out of memory");
+        for (size_t b = 0; b < (size_t)B; b++) {
+            json_t *row = json_array_get(jb, b);
+            if (!json_is_array(row) || json_array_size(row) != (size_t)T + 1) {
+                free(ids);
+                return rl_fail(RL_EINVAL, "%s: batch row %zu: %d ids expected", where, b,
+                               (int)T + 1);
+            }
+            for (size_t t = 0; t <= (size_t)T; t++)
+                ids[b * ((size_t)T + 1) + t] = (int32_t)json_integer_value(json_array_get(row, t));
+        }
+        sp.batch = ids;
+        sp.n_batch = (size_t)(B * (T + 1));
+    } else {
+        sp.tokens_file = (char *)json_string_value(jf);
+    }
+    double step = num_or(o, "step", 0), steps = num_or(o, "steps", 1);
+    if (B < 1 || B > 1 << 20 || T < 1 || T > 1 << 20 || step < 0 || steps < 1 || steps > 1 << 24) {
+        free(ids);
+        return rl_fail(RL_EINVAL, "%s: train: batch_size, seq, step or steps out of range", where);
+    }
+    sp.batch_size = (uint32_t)B;
+    sp.seq_len = (uint32_t)T;
+    sp.step = (uint64_t)step;
+    sp.n_steps = (uint32_t)steps;
+    sp.lr = (float)num_or(o, "lr", 1e-3);
+    sp.min_lr = (float)num_or(o, "min_lr", 1e-4);
+    sp.warmup = (uint64_t)num_or(o, "warmup", 20);
+    sp.total_steps = (uint64_t)num_or(o, "total_steps", step + steps);
+    sp.weight_decay = (float)num_or(o, "weight_decay", 0.1);
+    sp.clip = (float)num_or(o, "clip", 1.0);
+    sp.delay_ms = (uint32_t)num_or(o, "delay_ms", 0);
+    *len = rlhf__train_spec__get_packed_size(&sp);
+    *buf = malloc(*len ? *len : 1);
+    if (*buf) rlhf__train_spec__pack(&sp, *buf);
+    free(ids);
+    return *buf ? 0 : rl_fail(RL_ENOMEM, "out of memory");
+}
+
+/* One job line into *j (its payload malloc'ed). Returns 0 or RL_E* naming where and the field. */
+static int job_from_json(json_t *o, const char *where, client_job_t *j) {
+    json_t *jid = json_object_get(o, "id"), *jk = json_object_get(o, "kind");
+    json_t *js = json_object_get(o, "seed"), *jl = json_object_get(o, "lease_ms");
+    json_t *jv = json_object_get(o, "policy_version");
+    const char *ks = json_is_string(jk) ? json_string_value(jk) : "";
+    memset(j, 0, sizeof *j);
+    if (!json_is_integer(jid) || json_integer_value(jid) <= 0)
+        return rl_fail(RL_EINVAL, "%s: id: a positive integer is required", where);
+    if ((js && (!json_is_integer(js) || json_integer_value(js) < 0)) ||
+        (jl && (!json_is_integer(jl) || json_integer_value(jl) < 0)) ||
+        (jv && (!json_is_integer(jv) || json_integer_value(jv) < 0)))
+        return rl_fail(RL_EINVAL, "%s: seed, lease_ms, policy_version: non-negative integers",
+                       where);
+    j->id = (uint64_t)json_integer_value(jid);
+    j->seed = js ? (uint64_t)json_integer_value(js) : 0;
+    j->lease_ms = jl ? (uint32_t)json_integer_value(jl) : 0;
+    j->policy_version = jv ? (uint64_t)json_integer_value(jv) : 0;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    int rc = 0;
+    if (!strcmp(ks, "noop")) {
+        j->kind = RLHF__JOB_KIND__JOB_KIND_NOOP;
+    } else if (!strcmp(ks, "generate")) {
+        j->kind = RLHF__JOB_KIND__JOB_KIND_GENERATE;
+        rc = generate_from_json(o, where, &buf, &len);
+    } else if (!strcmp(ks, "train")) {
+        j->kind = RLHF__JOB_KIND__JOB_KIND_TRAIN;
+        rc = train_from_json(o, where, &buf, &len);
+    } else {
+        rc = rl_fail(RL_EINVAL, "%s: kind: '%s' is not generate, train or noop", where, ks);
+    }
+    j->payload = buf;
+    j->payload_len = len;
+    return rc;
+}
+
+/* Reads every job line of path ("-": stdin) into *jobs. Returns the count or RL_E*. */
+static long jobs_read(const char *path, client_job_t **jobs) {
+    FILE *f = strcmp(path, "-") ? fopen(path, "r") : stdin;
+    if (!f) return rl_fail(RL_ENOTFOUND, "%s: %s", path, strerror(errno));
+    char *line = NULL, where[4200];
+    size_t cap = 0;
+    long n = 0, room = 0, lineno = 0;
+    int rc = 0;
+    *jobs = NULL;
+    while (rc >= 0 && getline(&line, &cap, f) > 0) {
+        lineno++;
+        if (strspn(line, " \t\r\n") == strlen(line)) continue;
+        snprintf(where, sizeof where, "%.4000s:%ld", path, lineno);
+        if (n == room) {
+            client_job_t *nj = realloc(*jobs, (size_t)(room = room ? 2 * room : 64) * sizeof *nj);
+            if (!nj) {
+                rc = rl_fail(RL_ENOMEM, "out of memory");
+                break;
+            }
+            *jobs = nj;
+        }
+        json_error_t je;
+        json_t *o = json_loads(line, 0, &je);
+        rc = o ? job_from_json(o, where, &(*jobs)[n])
+               : rl_fail(RL_EFORMAT, "%s: %s", where, je.text);
+        if (o) n++; /* its payload (if any) is freed with the others */
+        json_decref(o);
+    }
+    free(line);
+    if (f != stdin) fclose(f);
+    if (rc < 0) { /* nothing is sent: the jobs read so far go */
+        for (long i = 0; i < n; i++) free((void *)(*jobs)[i].payload);
+        free(*jobs);
+        *jobs = NULL;
+    }
+    return rc < 0 ? rc : n;
+}
+
+/* Submits the n jobs read from path (their payloads are freed here) and waits for them. */
+static int cmd_jobs(client_t *c, client_job_t *jobs, long n, const char *path, int timeout_ms) {
+    uint64_t *ids = n > 0 ? calloc((size_t)n, sizeof *ids) : NULL;
+    uint64_t lo = UINT64_MAX;
+    for (long i = 0; i < n; i++) {
+        if (ids) ids[i] = jobs[i].id;
+        lo = jobs[i].id < lo ? jobs[i].id : lo;
+    }
+    /* repeats are told apart among ids lo .. lo + n - 1 (consecutive ids: all of them); a
+     * repeat anywhere still shows as more deliveries than jobs */
+    tally_t t = {lo, n, n > 0 ? calloc((size_t)n + 1, 1) : NULL, 0, 0, 0};
+    int rc = n == 0 ? rl_fail(RL_EINVAL, "%s: no jobs", path) : 0;
+    if (rc == 0 && (!ids || !t.seen)) rc = rl_fail(RL_ENOMEM, "out of memory");
+    if (rc < 0) {
+        fprintf(stderr, "rlhf-client-tool: %s\n", rl_errmsg());
+        for (long i = 0; i < n; i++) free((void *)jobs[i].payload);
+        free(jobs);
+        free(ids);
+        free(t.seen);
+        client_close(&c);
+        return 2;
+    }
+    rc = client_submit(c, jobs, (int)n);
+    fprintf(stderr, "submitted %ld jobs from %s: %s\n", n, path, rc ? rl_errmsg() : "ok");
+    if (rc == 0) rc = client_wait(c, ids, (int)n, timeout_ms, on_result, &t);
+    for (long i = 0; i < n; i++) free((void *)jobs[i].payload);
+    free(jobs);
+    free(ids);
+    return finish(c, &t, rc);
+}
+
 /* ---- bad-submit: raw messages --------------------------------------------------------------- */
 
 static void *raw_dealer(void *ctx, const char *ep) {
@@ -284,32 +517,26 @@ static int cmd_bad_submit(void *zctx, const char *ep) {
 }
 
 static const char usage[] =
-    "usage: rlhf-client-tool submit|fetch|conflict|bad-submit --master EP [--noop N]\n"
-    "       [--generate N --model DIR] [--first-id ID] [--n N] [--delay-ms MS] [--name NAME]\n"
-    "       [--timeout-ms MS] [--fetch-ms MS]\n";
+    "usage: rlhf-client-tool submit|jobs|fetch|conflict|bad-submit --master EP [--noop N]\n"
+    "       [--generate N --model DIR] [--file FILE|-] [--first-id ID] [--n N] [--delay-ms MS]\n"
+    "       [--name NAME] [--timeout-ms MS] [--fetch-ms MS]\n";
 
 int main(int argc, char **argv) {
     if (argc < 2) {
         fputs(usage, stderr);
         return 2;
     }
-    const char *cmd = argv[1], *ep = NULL, *model = NULL, *name = NULL;
+    const char *cmd = argv[1], *ep = NULL, *model = NULL, *name = NULL, *file = NULL;
     long n_noop = 0, n_gen = 0, n = 0;
     uint64_t first = 1;
     uint32_t delay = 0;
     int timeout = 120000;
     client_opts_t o = {0, 0, 0, 0};
-    static const struct option opts[] = {{"master", 1, 0, 'm'},
-                                         {"noop", 1, 0, 'N'},
-                                         {"generate", 1, 0, 'G'},
-                                         {"model", 1, 0, 'M'},
-                                         {"first-id", 1, 0, 'f'},
-                                         {"n", 1, 0, 'n'},
-                                         {"delay-ms", 1, 0, 'd'},
-                                         {"name", 1, 0, 'a'},
-                                         {"timeout-ms", 1, 0, 't'},
-                                         {"fetch-ms", 1, 0, 'F'},
-                                         {0, 0, 0, 0}};
+    static const struct option opts[] = {
+        {"master", 1, 0, 'm'},   {"noop", 1, 0, 'N'},     {"generate", 1, 0, 'G'},
+        {"model", 1, 0, 'M'},    {"first-id", 1, 0, 'f'}, {"n", 1, 0, 'n'},
+        {"delay-ms", 1, 0, 'd'}, {"name", 1, 0, 'a'},     {"timeout-ms", 1, 0, 't'},
+        {"fetch-ms", 1, 0, 'F'}, {"file", 1, 0, 'J'},     {0, 0, 0, 0}};
     int c;
     optind = 2;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -344,12 +571,16 @@ int main(int argc, char **argv) {
         case 'F':
             o.fetch_ms = atoi(optarg);
             break;
+        case 'J':
+            file = optarg;
+            break;
         default:
             fputs(usage, stderr);
             return 2;
         }
     }
-    if (!ep || n_noop < 0 || n_gen < 0 || n < 0 || (n_gen && !model) || first == 0) {
+    if (!ep || n_noop < 0 || n_gen < 0 || n < 0 || (n_gen && !model) || first == 0 ||
+        (!strcmp(cmd, "jobs") && !file)) {
         fputs(usage, stderr);
         return 2;
     }
@@ -359,12 +590,19 @@ int main(int argc, char **argv) {
         zmq_ctx_term(zctx);
         return rc;
     }
+    client_job_t *jobs = NULL;
+    long n_jobs = 0;
+    if (!strcmp(cmd, "jobs") && (n_jobs = jobs_read(file, &jobs)) < 0) {
+        fprintf(stderr, "rlhf-client-tool: %s\n", rl_errmsg());
+        return 2; /* nothing sent */
+    }
     client_t *cl = client_open_opts(ep, name, &o);
     if (!cl) {
         fprintf(stderr, "rlhf-client-tool: %s\n", rl_errmsg());
         return 2;
     }
     if (!strcmp(cmd, "submit")) return cmd_submit(cl, n_noop, n_gen, model, first, delay, timeout);
+    if (!strcmp(cmd, "jobs")) return cmd_jobs(cl, jobs, n_jobs, file, timeout);
     if (!strcmp(cmd, "fetch")) return cmd_fetch(cl, first, n, timeout);
     if (!strcmp(cmd, "conflict")) return cmd_conflict(cl, first);
     client_close(&cl);

@@ -55,6 +55,26 @@ start_worker() {
     PIDS+=("$WPID")
 }
 
+# submit NAME FILE [ARGS...]: rlhf-client-tool submits the job lines of FILE (the format is in
+# tests/client_tool.c) to the master at $EP as a client, in the background, and waits for them;
+# its job lines go to $W/NAME.out, its log to $W/NAME.log. Sets CPID.
+submit() {
+    local name=$1 file=$2; shift 2
+    "$BIN/rlhf-client-tool" jobs --master "$EP" --file "$file" --name "$name" "$@" \
+        >>"$W/$name.out" 2>>"$W/$name.log" &
+    CPID=$!
+    PIDS+=("$CPID")
+}
+
+# client_done [SECONDS]: waits (10 s unless told) for the client started last to exit, then
+# makes sure it is gone, so that it cannot submit its jobs again to the next master.
+client_done() {
+    wait_for "${1:-10}" bash -c "! kill -0 $CPID 2>/dev/null"
+    kill -KILL "$CPID" 2>/dev/null
+    wait "$CPID" 2>/dev/null
+    return 0
+}
+
 # metric NAME_WITH_LABELS: the value from /metrics (empty if absent).
 metric() { curl -sf "$HTTP/metrics" | awk -v k="$1" '$1 == k { print $2 }'; }
 metric_ge() { local v; v=$(metric "$1"); [ -n "$v" ] && [ "$v" -ge "$2" ]; }
@@ -71,7 +91,8 @@ make_model() {
         >/dev/null
 }
 
-# gen_jobs N DELAY_MS MODEL: N GENERATE jobs of the same prompt (their outputs must agree).
+# gen_jobs N DELAY_MS MODEL: job lines of N GENERATE jobs of the same prompt (their outputs must
+# agree), for `submit`.
 gen_jobs() {
     for i in $(seq 1 "$1"); do
         printf '{"id":%d,"kind":"generate","model":"%s","prompt":[1,2,3,4],"max_new_tokens":6,"delay_ms":%d}\n' \

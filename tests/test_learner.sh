@@ -23,7 +23,8 @@ source "$(dirname "$0")/runtime_lib.sh"
 awk 'BEGIN { srand(7); for (i = 0; i < 3000; i++)
                 printf "%d%s", int(rand() * 64), (i % 20 == 19 ? "\n" : " ") }' >"$W/tokens.txt"
 
-# jobs FILE DELAY_MS: job 1 = steps 0..2, job 2 = steps 3..4 (one cosine schedule of 5 steps)
+# jobs FILE DELAY_MS: job lines (submitted by rlhf-client-tool): job 1 = steps 0..2, job 2 =
+# steps 3..4 (one cosine schedule of 5 steps)
 jobs() {
     local f=$1 delay=$2 id first n
     for id in 1 2; do
@@ -76,11 +77,13 @@ done_jobs() {
 }
 done_ge() { [ "$(done_jobs "$1")" -ge "$2" ]; }
 
-# learner NAME S JOBS [ARGS...]: a master running JOBS, shard 0 (worker NAME-0, run dir
-# $W/NAME.l) and shards 1..S-1 (NAME-1 ..), all with ARGS; sets MPID, S0, SEP, SP[i]
+# learner NAME S JOBS [ARGS...]: a master, the job lines JOBS submitted to it by a client
+# (NAME-c), shard 0 (worker NAME-0, run dir $W/NAME.l) and shards 1..S-1 (NAME-1 ..), all with
+# ARGS; sets MPID, CPID, S0, SEP, SP[i]
 learner() {
     local name=$1 s=$2 jobsf=$3; shift 3
-    start_master "$name-m" "$W/$name.m" --jobs "$jobsf" --exit-when-done
+    start_master "$name-m" "$W/$name.m" --exit-when-done
+    submit "$name-c" "$jobsf"
     start_worker "$name-0" --role learner --threads 1 --run-dir "$W/$name.l" --shard "0/$s" \
         --shard-endpoint 'tcp://127.0.0.1:*' "$@"
     S0=$WPID
@@ -100,6 +103,7 @@ learner() {
 finish_run() {
     check "$1: both jobs done" wait_for 120 done_ge "$W/$1.m" 2
     wait_for 10 bash -c "! kill -0 $MPID 2>/dev/null"
+    client_done
     kill -TERM "$MPID" "$S0" "${SP[@]}" 2>/dev/null
     wait "$MPID" "$S0" "${SP[@]}" 2>/dev/null
 }
@@ -134,8 +138,9 @@ check "S=2 losses equal S=1 losses within 1e-5" losses_close "$W/s1.l" "$W/s2.l"
 # --- a job already applied is answered from the record; an older one is refused
 sed -n 1p "$W/jobs.jsonl" >"$W/job1.jsonl"
 sed -n 2p "$W/jobs.jsonl" >"$W/job2.jsonl"
-start_master "replay-m" "$W/replay.m" --jobs "$W/job2.jsonl" --exit-when-done
+start_master "replay-m" "$W/replay.m" --exit-when-done
 REP=$EP
+submit "replay-c" "$W/job2.jsonl"
 start_worker "s1-again" --role learner --threads 1 --run-dir "$W/s1.l"
 RP=$WPID
 check "replay: job 2 done" wait_for 30 done_ge "$W/replay.m" 1
@@ -143,12 +148,14 @@ check "replay: answered from the record" \
     grep -q "job 2 (steps 3..4) already applied" "$W/s1-again.log"
 check "replay: still at step 5, parameters unchanged" same "$W/train-lm" "$(final "$W/s1.l")"
 wait_for 10 bash -c "! kill -0 $MPID 2>/dev/null"
+client_done
 # a master on the same endpoint: the learner registers with it by itself
-start_master "older-m" "$W/older.m" --jobs "$W/job1.jsonl" --exit-when-done --bind "$REP" \
-    --set master.max_attempts=1
+start_master "older-m" "$W/older.m" --exit-when-done --bind "$REP" --set master.max_attempts=1
+submit "older-c" "$W/job1.jsonl"
 check "replay: job 1 (steps 0..2) refused by a learner at step 5" \
     wait_for 30 grep -q "the learner is at step 5, job 1 starts at step 0" "$W/s1-again.log"
 wait_for 10 bash -c "! kill -0 $MPID 2>/dev/null"
+client_done
 check "replay: nothing applied" same "$W/train-lm" "$(final "$W/s1.l")"
 kill -TERM "$RP"
 wait "$RP"
@@ -156,7 +163,8 @@ wait "$RP"
 # --- a corrupt newest checkpoint is detected: the learner resumes from the one before it
 cp -r "$W/s1.l" "$W/c.l"
 printf 'X' | dd of="$W/c.l/ckpt-0000000005/state.bin" bs=1 seek=100 conv=notrunc 2>/dev/null
-start_master "c-m" "$W/c.m" --jobs "$W/job2.jsonl" --exit-when-done
+start_master "c-m" "$W/c.m" --exit-when-done
+submit "c-c" "$W/job2.jsonl"
 start_worker "c-0" --role learner --threads 1 --run-dir "$W/c.l"
 CP=$WPID
 check "corrupt checkpoint: job 2 done" wait_for 30 done_ge "$W/c.m" 1
@@ -164,6 +172,7 @@ check "corrupt checkpoint: detected" grep -q "checkpoint ckpt-0000000005 unusabl
 check "corrupt checkpoint: resumed from step 3" grep -q "ckpt-0000000003 at step 3" "$W/c-0.log"
 check "corrupt checkpoint: job 2 re-run to the same parameters" \
     same "$W/train-lm" "$(final "$W/c.l")"
+client_done
 kill -TERM "$CP" "$MPID" 2>/dev/null
 wait "$CP" "$MPID" 2>/dev/null
 
@@ -221,12 +230,14 @@ check "k2: each step applied once" steps_once "$W/k2.l"
 learner k4 2 "$W/job1.jsonl"
 check "k4: job 1 done" wait_for 60 done_ge "$W/k4.m" 1
 wait_for 10 bash -c "! kill -0 $MPID 2>/dev/null"
+client_done
 kill -KILL "${SP[1]}"
 wait "${SP[1]}" 2>/dev/null
 waits() { [ "$(grep -c "waiting for shard(s) 1" "$W/k4-0.log")" -ge "$1" ]; }
 n_waits=$(grep -c "waiting for shard(s) 1" "$W/k4-0.log")
 # job 2 from a master on the same endpoint (the learner registers with it by itself)
-start_master "k4b-m" "$W/k4b.m" --jobs "$W/job2.jsonl" --exit-when-done --bind "$EP"
+start_master "k4b-m" "$W/k4b.m" --exit-when-done --bind "$EP"
+submit "k4b-c" "$W/job2.jsonl"
 check "k4: job 2 waits for shard 1" wait_for 30 waits $((n_waits + 1))
 start_worker "k4-1b" --role learner --threads 1 --shard 1/2 --shard-endpoint "$SEP"
 SP[2]=$WPID
@@ -234,6 +245,7 @@ check "k4: job 2 done" wait_for 60 done_ge "$W/k4b.m" 1
 check "k4: parameters equal the undisturbed S=2 run" same "$(final "$W/s2.l")" "$(final "$W/k4.l")"
 check "k4: each step applied once" steps_once "$W/k4.l"
 wait_for 10 bash -c "! kill -0 $MPID 2>/dev/null"
+client_done
 kill -TERM "$MPID" "$S0" "${SP[@]}" 2>/dev/null
 wait "$MPID" "$S0" "${SP[@]}" 2>/dev/null
 

@@ -12,9 +12,12 @@ check "tiny model created" test -f "$W/model/model.safetensors"
 
 # --- jobs spread over three workers, each result once, identical outputs
 gen_jobs 12 100 "$W/model" >"$W/jobs.jsonl"
-start_master master "$W/run" --jobs "$W/jobs.jsonl"
+start_master master "$W/run"
+submit client "$W/jobs.jsonl"
 for i in 1 2 3; do start_worker "w$i" --role rollout; done
 check "12 results recorded" wait_for 25 results_ge "$W/run" 12
+client_done
+check "the client got the 12 results" test "$(grep -c '"status":"done"' "$W/client.out")" -eq 12
 check "each job recorded exactly once" test "$(results "$W/run")" -eq 12 -a "$(uniq_results "$W/run")" -eq 12
 nw=$(jq -r .worker "$W/run/results.jsonl" | sort -u | wc -l)
 check "jobs spread over several workers ($nw)" test "$nw" -ge 2

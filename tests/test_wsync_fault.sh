@@ -51,7 +51,8 @@ wait "$MPID"
 
 # --- 2. a job requiring version 2 waits for version 2
 printf '{"id":1,"kind":"noop","policy_version":2}\n{"id":2,"kind":"noop"}\n' >"$W/jobs.jsonl"
-start_master m2 "$W/r2" --jobs "$W/jobs.jsonl"
+start_master m2 "$W/r2"
+submit c2 "$W/jobs.jsonl"
 start_worker wb --role rollout
 check "job 2 (no version needed) is done" wait_for 15 results_ge "$W/r2" 1
 check "job 1 not dispatched without weights" bash -c "! grep -q 'start job 1 ' '$W/wb.log'"
@@ -69,10 +70,10 @@ check "job 1 never ran with version 1" bash -c "! grep -q 'job 1 attempt [0-9]* 
 check "each job recorded exactly once" test "$(uniq_results "$W/r2")" -eq 2 -a "$(results "$W/r2")" -eq 2
 check "both done" test "$(jq -r .status "$W/r2/results.jsonl" | grep -c '^done$')" -eq 2
 
-# --- bad policy_version in the jobs file is refused at load
+# --- a bad policy_version in a job line is refused before anything is submitted
 printf '{"id":1,"kind":"noop","policy_version":-3}\n' >"$W/bad.jsonl"
-"$BIN/rlhf-master" --bind 'tcp://127.0.0.1:*' --run-dir "$W/r3" --http-port -1 --jobs "$W/bad.jsonl" \
-    >"$W/m3.log" 2>&1
-check "negative policy_version refused" test $? -ne 0
-check "with a message naming it" grep -q "policy_version" "$W/m3.log"
+"$BIN/rlhf-client-tool" jobs --master "$EP" --file "$W/bad.jsonl" >"$W/c3.log" 2>&1
+check "negative policy_version refused" test $? -eq 2
+check "with a message naming it" grep -q "bad.jsonl:1: .*policy_version" "$W/c3.log"
+check "nothing submitted" test "$(metric rlhf_client_jobs_submitted_total)" -eq 2
 finish
