@@ -9,14 +9,17 @@
  *
  * The prompts (JSONL {"id","prompt"}, or chat-style {"id","messages":[{"role","content"}]}
  * rendered with the templates; ids are assigned when missing) are tokenised with the model's
- * tokenizer and written as one GENERATE job per prompt to RUN_DIR/jobs.jsonl. A local master and
- * `--workers` rollout workers run them (local_run_jobs), and the results become the completions
- * JSONL, written atomically:
+ * tokenizer, and each becomes one GENERATE job (a packed GenerateSpec, id = the prompt's position)
+ * submitted as a client to a local cluster of its own: a master and `--workers` rollout workers
+ * in RUN_DIR/cluster (local_session_open). The outputs are collected as they arrive and become
+ * the completions JSONL, written atomically once every prompt is done:
  *   {"prompt_id","prompt","completions":[{"id","text","tokens","logprob","logprobs","finish"}]}
  * Sample i of a prompt is drawn with the seed derived from (--seed, prompt id) and stream i, so
  * the file does not depend on the number of workers or on which worker ran which prompt. An
  * interrupted run continues where it stopped when run again with the same arguments: the
- * master's results.jsonl records every finished prompt, and those are not generated again.
+ * master's RUN_DIR/cluster/results.jsonl records every finished prompt, and the restarted master
+ * answers those from its records instead of generating them again. Other settings on the same
+ * run directory give other specs under the same ids, which the master refuses.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -25,21 +28,19 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "cli.h"
 #include "base/err.h"
-#include "base/fs.h"
 #include "nn/hf.h"
 #include "base/jsonl.h"
 #include "nn/tok.h"
+#include "rlhf.pb-c.h"
 
 typedef struct {
     char *id, *text; /* prompt id, rendered prompt */
     int *ids;
     size_t n;
-    json_t *result; /* the master's record, once read back */
+    json_t *result; /* its completions [{"tokens","logprobs","finish"}], once its job is done */
 } gprompt_t;
 
 typedef struct {
@@ -49,7 +50,15 @@ typedef struct {
     gprompt_t *p;
     int n, cap;
     json_t *seen; /* prompt ids so far (a set) */
+    int failed;   /* jobs that came back failed or rejected */
 } gload_t;
+
+/* What every prompt's GENERATE job asks for. */
+typedef struct {
+    int k, max_new, top_k, eot, vocab_limit, delay_ms;
+    float temperature, top_p;
+    uint64_t seed; /* the run seed: prompt p's samples use prompt_seed(seed, p's id) */
+} gen_settings_t;
 
 /* Appends `tmpl` with every "{content}" replaced by `content`. */
 static int render(char **buf, size_t *len, const char *tmpl, const char *content) {
@@ -162,17 +171,97 @@ static uint64_t prompt_seed(uint64_t seed, const char *id) {
     return h >> 1; /* 63 bits: a non-negative JSON integer */
 }
 
-static int read_result(void *ctx, json_t *o, const char *where) {
-    (void)where;
+/* client_wait's callback: job id i + 1 is prompt i; its output becomes the prompt's completions
+ * (the values exactly as the master's record would give them: float logprobs widened). */
+static int on_generated(void *ctx, const client_result_t *r) {
     gload_t *g = ctx;
-    json_t *jid = json_object_get(o, "job_id");
-    if (!json_is_integer(jid)) return 0;
-    json_int_t id = json_integer_value(jid);
-    if (id < 1 || id > g->n) return 0;
-    gprompt_t *p = &g->p[id - 1];
+    if (r->id < 1 || r->id > (uint64_t)g->n) return 0;
+    if (r->status != CLIENT_DONE) {
+        g->failed++;
+        return 0;
+    }
+    Rlhf__GenerateOutput *go = rlhf__generate_output__unpack(NULL, r->output_len, r->output);
+    if (!go)
+        return rl_fail(RL_EPROTO, "job %" PRIu64 ": its output is not a GenerateOutput", r->id);
+    json_t *cs = json_array();
+    for (size_t c = 0; c < go->n_completions; c++) {
+        const Rlhf__Completion *cp = go->completions[c];
+        json_t *ct = json_array(), *cl = json_array();
+        for (size_t i = 0; i < cp->n_tokens; i++)
+            json_array_append_new(ct, json_integer(cp->tokens[i]));
+        for (size_t i = 0; i < cp->n_logprobs; i++)
+            json_array_append_new(cl, json_real(cp->logprobs[i]));
+        json_array_append_new(cs, json_pack("{s:o, s:o, s:i}", "tokens", ct, "logprobs", cl,
+                                            "finish", (int)cp->finish));
+    }
+    rlhf__generate_output__free_unpacked(go, NULL);
+    gprompt_t *p = &g->p[r->id - 1];
     json_decref(p->result);
-    p->result = json_incref(o);
+    p->result = cs;
     return 0;
+}
+
+/* The GENERATE job of prompt i (id i + 1), its GenerateSpec packed into a malloc'ed payload. */
+static int prompt_job(const gprompt_t *p, int i, const char *model, const gen_settings_t *gs,
+                      client_job_t *job) {
+    Rlhf__GenerateSpec sp = RLHF__GENERATE_SPEC__INIT;
+    int32_t *prompt = malloc(p->n * sizeof *prompt);
+    if (!prompt) return rl_fail(RL_ENOMEM, "out of memory");
+    for (size_t k = 0; k < p->n; k++) prompt[k] = p->ids[k];
+    sp.model_dir = (char *)model;
+    sp.prompt = prompt;
+    sp.n_prompt = p->n;
+    sp.max_new_tokens = (uint32_t)gs->max_new;
+    sp.n_samples = (uint32_t)gs->k;
+    sp.temperature = gs->temperature;
+    sp.top_k = (uint32_t)gs->top_k;
+    sp.top_p = gs->top_p;
+    sp.eot = gs->eot;
+    sp.vocab_limit = (uint32_t)gs->vocab_limit;
+    sp.delay_ms = (uint32_t)gs->delay_ms;
+    size_t len = rlhf__generate_spec__get_packed_size(&sp);
+    uint8_t *buf = malloc(len ? len : 1);
+    if (buf) rlhf__generate_spec__pack(&sp, buf);
+    free(prompt);
+    if (!buf) return rl_fail(RL_ENOMEM, "out of memory");
+    *job = (client_job_t){.id = (uint64_t)i + 1,
+                          .kind = RLHF__JOB_KIND__JOB_KIND_GENERATE,
+                          .seed = prompt_seed(gs->seed, p->id),
+                          .payload = buf,
+                          .payload_len = len};
+    return 0;
+}
+
+/* Generates every prompt's completions through a local cluster in rdir: submits one job per
+ * prompt and collects the outputs into g->p[i].result as they come. Returns 0 (failed jobs are
+ * counted in g->failed) or RL_E* with the reason. */
+static int generate_all(gload_t *g, const char *rdir, const char *model, const gen_settings_t *gs,
+                        int workers) {
+    client_job_t *jobs = calloc((size_t)g->n, sizeof *jobs);
+    uint64_t *ids = calloc((size_t)g->n, sizeof *ids);
+    int rc = jobs && ids ? 0 : rl_fail(RL_ENOMEM, "out of memory");
+    for (int i = 0; i < g->n && rc == 0; i++) {
+        rc = prompt_job(&g->p[i], i, model, gs, &jobs[i]);
+        ids[i] = (uint64_t)i + 1;
+    }
+    local_session_t ss = {0};
+    if (rc == 0 && (rc = local_session_open(&ss, rdir, workers, 0, 0, "generate")) == 0) {
+        rc = client_submit(ss.client, jobs, g->n);
+        if (rc == RL_EINVAL) { /* the master knows these ids with other specs */
+            char why[512];
+            snprintf(why, sizeof why, "%s", rl_errmsg());
+            rc = rl_fail(RL_EINVAL,
+                         "%s holds a different job set (other prompts, model or settings): %s; "
+                         "remove it or choose another --run-dir",
+                         rdir, why);
+        }
+        if (rc == 0) rc = client_wait(ss.client, ids, g->n, -1, on_generated, g);
+        local_session_close(&ss);
+    }
+    for (int i = 0; jobs && i < g->n; i++) free((void *)jobs[i].payload);
+    free(jobs);
+    free(ids);
+    return rc;
 }
 
 static const char generate_help[] =
@@ -301,7 +390,7 @@ int cmd_generate(int argc, char **argv) {
         return cli_usage_error("generate");
     }
     double t0 = cli_now_ms();
-    char rdir[PATH_MAX], jobs[PATH_MAX + 16], results[PATH_MAX + 16], amodel[PATH_MAX];
+    char rdir[PATH_MAX], amodel[PATH_MAX];
     snprintf(rdir, sizeof rdir, "%s", run_dir ? run_dir : "");
     if (!run_dir) snprintf(rdir, sizeof rdir, "%.4000s.run", out);
     if (!realpath(model, amodel)) {
@@ -326,82 +415,28 @@ int cmd_generate(int argc, char **argv) {
         fprintf(stderr, "rlhf generate: %s: no prompts\n", prompts);
         goto done;
     }
-    /* the job set: one GENERATE job per prompt, id = its position */
-    json_t *arr = json_array();
-    char *jtxt = NULL;
-    size_t jlen = 0;
-    for (int i = 0; i < g.n; i++) {
-        json_t *ids = json_array();
-        for (size_t k = 0; k < g.p[i].n; k++)
-            json_array_append_new(ids, json_integer(g.p[i].ids[k]));
-        json_t *job = json_pack("{s:i, s:s, s:s, s:I, s:o, s:i, s:i, s:f, s:i, s:f, s:i, s:i}",
-                                "id", i + 1, "kind", "generate", "model", amodel, "seed",
-                                (json_int_t)prompt_seed((uint64_t)seed, g.p[i].id), "prompt", ids,
-                                "max_new_tokens", max_new, "n_samples", K, "temperature",
-                                (double)temp, "top_k", top_k, "top_p", (double)top_p, "eot",
-                                tok_eot(g.tok), "vocab_limit", tok_vocab_size(g.tok));
-        if (job && delay_ms) json_object_set_new(job, "delay_ms", json_integer(delay_ms));
-        char *line = job ? json_dumps(job, JSON_COMPACT) : NULL;
-        json_decref(job);
-        char *nt = line ? realloc(jtxt, jlen + strlen(line) + 2) : NULL;
-        if (!nt) {
-            free(line);
-            free(jtxt);
-            json_decref(arr);
-            fprintf(stderr, "rlhf generate: out of memory\n");
-            goto done;
-        }
-        jtxt = nt;
-        jlen += (size_t)sprintf(jtxt + jlen, "%s\n", line);
-        free(line);
-    }
-    json_decref(arr);
-    /* a run directory from an earlier run continues only with the same job set */
-    snprintf(jobs, sizeof jobs, "%s/jobs.jsonl", rdir);
-    snprintf(results, sizeof results, "%s/results.jsonl", rdir);
-    char *old = NULL;
-    size_t old_len = 0;
-    if (fs_read_all(jobs, &old, &old_len) == 0) {
-        int same = old_len == jlen && !memcmp(old, jtxt, jlen);
-        free(old);
-        if (!same) {
-            free(jtxt);
-            fprintf(stderr,
-                    "rlhf generate: %s holds a different job set (other prompts, model or "
-                    "settings); remove it or choose another --run-dir\n",
-                    rdir);
-            goto done;
-        }
-    } else if ((rc = fs_mkdir_p(rdir)) < 0 || (rc = fs_write_atomic(jobs, jtxt, jlen)) < 0) {
-        free(jtxt);
-        cli_fail("generate", "run directory", rc);
-        goto done;
-    }
-    free(jtxt);
+    gen_settings_t gs = {.k = K,
+                         .max_new = max_new,
+                         .top_k = top_k,
+                         .eot = tok_eot(g.tok),
+                         .vocab_limit = tok_vocab_size(g.tok),
+                         .delay_ms = delay_ms,
+                         .temperature = temp,
+                         .top_p = top_p,
+                         .seed = (uint64_t)seed};
     fprintf(stderr, "rlhf generate: %d prompts x %d completions, %d rollout workers, run dir %s\n",
             g.n, K, workers, rdir);
-    if ((rc = local_run_jobs(rdir, jobs, workers, 0, 0)) < 0) {
+    if ((rc = generate_all(&g, rdir, amodel, &gs, workers)) < 0) {
         cli_fail("generate", "local run", rc);
         goto done;
     }
-    if (access(results, F_OK) == 0 && (rc = (int)jsonl_read(results, read_result, &g)) < 0) {
-        cli_fail("generate", "results", rc);
-        goto done;
-    }
-    int missing = 0, failed = 0;
-    for (int i = 0; i < g.n; i++) {
-        json_t *r = g.p[i].result;
-        if (!r)
-            missing++;
-        else if (!json_is_string(json_object_get(r, "status")) ||
-                 strcmp(json_string_value(json_object_get(r, "status")), "done"))
-            failed++;
-    }
-    if (failed || missing) {
+    int missing = 0;
+    for (int i = 0; i < g.n; i++) missing += !g.p[i].result;
+    if (g.failed || missing) {
         fprintf(stderr,
-                "rlhf generate: %d of %d prompts failed and %d are not finished (see %s); run "
-                "the same command again to continue\n",
-                failed, g.n, missing, results);
+                "rlhf generate: %d of %d prompts failed and %d are not finished (see "
+                "%s/cluster/master.log)\n",
+                g.failed, g.n, missing - g.failed, rdir);
         goto done;
     }
     if ((rc = jsonl_open(&w, out)) < 0) {
@@ -410,11 +445,11 @@ int cmd_generate(int argc, char **argv) {
     }
     long n_tok = 0, n_eot = 0;
     for (int i = 0; i < g.n && rc == 0; i++) {
-        json_t *cs = json_object_get(g.p[i].result, "completions"), *comp, *outc = json_array();
+        json_t *cs = g.p[i].result, *comp, *outc = json_array();
         size_t ci;
         if (json_array_size(cs) != (size_t)K) {
             json_decref(outc);
-            rc = rl_fail(RL_EPROTO, "%s: job %d has %zu completions, not %d", results, i + 1,
+            rc = rl_fail(RL_EPROTO, "job %d has %zu completions, not %d", i + 1,
                          json_array_size(cs), K);
             break;
         }
