@@ -5,11 +5,12 @@
  *   rlhf bench wire [--jobs N] [--workers K] [--swarm S] [--seconds T] [--sync-mb M]
  *                   [--fanout N1,N2,...] [--keep]
  *
- * Phase 1 (dispatch): rlhf-master is started with N NOOP jobs and --exit-when-done, then K
- * rollout workers. Each worker holds one lease at a time, so every job is one round trip
+ * Phase 1 (dispatch): rlhf-master is started, N NOOP jobs are submitted to it as a client
+ * (common/net/client.h), then K rollout workers are started, and the client waits for every
+ * job. Each worker holds one lease at a time, so every job is one round trip
  * JobAssign -> handler -> JobResult; the master records its latency (dispatch to result, on the
  * master's clock) as latency_ms in results.jsonl, from which p50 / p99 are taken. Every job must
- * be recorded exactly once, or the benchmark fails.
+ * be delivered and recorded exactly once, or the benchmark fails.
  *
  * Phase 2 (swarm): a fresh master with no jobs and 1 s heartbeats x 3; its CPU use is sampled
  * for 1 s idle, then `rlhf-wiretool swarm` opens S DEALER sockets in one process, each
@@ -51,6 +52,7 @@
 
 #include "cli.h"
 #include "base/err.h"
+#include "rlhf.pb-c.h"
 
 #define BW_MAX_WORKERS 64
 
@@ -247,12 +249,72 @@ typedef struct {
     double p50, p90, p99, mean, max, wall_s, handler_p50;
 } bw_dispatch_t;
 
-static int write_jobs(const bw_t *b, const char *path) {
-    FILE *f = fopen(path, "w");
-    if (!f) return rl_fail(RL_EIO, "%s: %s", path, strerror(errno));
-    for (int i = 1; i <= b->jobs; i++) fprintf(f, "{\"id\":%d,\"kind\":\"noop\"}\n", i);
-    if (fclose(f) != 0) return rl_fail(RL_EIO, "%s: %s", path, strerror(errno));
+/* The client's view of phase 1: which of jobs 1..N were delivered. */
+typedef struct {
+    int n;               /* jobs 1..n */
+    unsigned char *seen; /* [id]: delivered */
+    int delivered;
+} bw_wait_t;
+
+static int bw_on_done(void *ctx, const client_result_t *r) {
+    bw_wait_t *w = ctx;
+    if (r->id < 1 || r->id > (uint64_t)w->n) return rl_fail(RL_EPROTO, "an unexpected job id");
+    w->seen[r->id]++;
+    w->delivered++;
+    if (r->status != CLIENT_DONE)
+        return rl_fail(RL_EIO, "NOOP job %llu %s %s", (unsigned long long)r->id,
+                       r->status == CLIENT_FAILED ? "failed" : "rejected:", r->reason);
     return 0;
+}
+
+/* Submits NOOP jobs 1..N as a client, then waits for all of them while watching for signals,
+ * dead workers and the time limit. Sets *t0 to when the workers were started. */
+static int dispatch_run(bw_t *b, const char *ep, double *t0) {
+    client_t *c = client_open(ep, "bench-wire");
+    client_job_t *jobs = calloc((size_t)b->jobs, sizeof *jobs);
+    uint64_t *ids = calloc((size_t)b->jobs, sizeof *ids);
+    bw_wait_t w = {b->jobs, calloc((size_t)b->jobs + 1, 1), 0};
+    int rc = c && jobs && ids && w.seen ? 0 : rl_fail_ctx(RL_ENOMEM, "client: ");
+    for (int i = 0; rc == 0 && i < b->jobs; i++)
+        jobs[i] = (client_job_t){.id = (uint64_t)i + 1, .kind = RLHF__JOB_KIND__JOB_KIND_NOOP};
+    if (rc == 0) rc = client_submit(c, jobs, b->jobs);
+    *t0 = cli_now_ms();
+    for (int i = 0; rc == 0 && i < b->k; i++) {
+        char log[PATH_MAX + 64], id[32];
+        snprintf(log, sizeof log, "%s/worker-%d.log", b->dir, i);
+        snprintf(id, sizeof id, "bench-%d", i);
+        char *args[] = {b->worker_bin, "--role", "rollout", "--master",
+                        (char *)ep,    "--id",   id,        NULL};
+        if ((b->workers[i] = spawn(args, log)) < 0) rc = RL_EIO;
+        b->n_workers = i + 1;
+    }
+    /* bounded: 30 s plus 25 ms a job, far above what loopback and an fsync per result need */
+    double deadline = *t0 + 30e3 + 25.0 * b->jobs;
+    while (rc == 0 && w.delivered < b->jobs) {
+        int n = 0;
+        for (int i = 1; i <= b->jobs; i++)
+            if (!w.seen[i]) ids[n++] = (uint64_t)i;
+        rc = client_wait(c, ids, n, 100, bw_on_done, &w);
+        if (rc != RL_ERANGE) break;
+        rc = interrupted();
+        int st = 0;
+        for (int i = 0; rc == 0 && i < b->n_workers; i++)
+            if (b->workers[i] > 0 && waitpid(b->workers[i], &st, WNOHANG) == b->workers[i]) {
+                b->workers[i] = 0;
+                rc = rl_fail(RL_EIO, "rlhf-worker %d exited (status %d, see worker-%d.log)", i, st,
+                             i);
+            }
+        if (rc == 0 && waitpid(b->master, &st, WNOHANG) == b->master) {
+            b->master = 0;
+            rc = rl_fail(RL_EIO, "rlhf-master (dispatch) exited with status %d", st);
+        }
+        if (rc == 0 && cli_now_ms() > deadline)
+            rc =
+                rl_fail(RL_EIO, "the dispatch phase took more than %.0f s", (deadline - *t0) / 1e3);
+    }
+    client_close(&c);
+    free(jobs), free(ids), free(w.seen);
+    return rc;
 }
 
 /* Reads results.jsonl: every job 1..N exactly once, status done; fills the latency figures. */
@@ -301,45 +363,18 @@ static int read_results(const bw_t *b, const char *path, bw_dispatch_t *d) {
 }
 
 static int phase_dispatch(bw_t *b, bw_dispatch_t *d) {
-    char jobs[PATH_MAX + 64], results[PATH_MAX + 128], run[PATH_MAX + 64], ep[256];
-    snprintf(jobs, sizeof jobs, "%s/jobs.jsonl", b->dir);
+    char results[PATH_MAX + 128], run[PATH_MAX + 64], ep[256];
     snprintf(run, sizeof run, "%s/dispatch", b->dir);
     snprintf(results, sizeof results, "%s/results.jsonl", run);
-    int rc = write_jobs(b, jobs), port;
-    char *extra[] = {"--jobs", jobs, "--exit-when-done"};
-    if (rc == 0) rc = start_master(b, "dispatch", extra, 3);
+    int port, rc = start_master(b, "dispatch", NULL, 0);
     if (rc == 0) rc = wait_master(b, run, ep, sizeof ep, &port);
+    double t0 = 0;
+    if (rc == 0) rc = dispatch_run(b, ep, &t0);
     if (rc < 0) return rc;
-    double t0 = cli_now_ms();
-    for (int i = 0; i < b->k; i++) {
-        char log[PATH_MAX + 64], id[32];
-        snprintf(log, sizeof log, "%s/worker-%d.log", b->dir, i);
-        snprintf(id, sizeof id, "bench-%d", i);
-        char *args[] = {b->worker_bin, "--role", "rollout", "--master", ep, "--id", id, NULL};
-        if ((b->workers[i] = spawn(args, log)) < 0) return RL_EIO;
-        b->n_workers = i + 1;
-    }
-    /* bounded: 30 s plus 25 ms a job, far above what loopback and an fsync per result need */
-    double deadline = t0 + 30e3 + 25.0 * b->jobs;
-    int st = 0;
-    while (waitpid(b->master, &st, WNOHANG) == 0) {
-        if ((rc = interrupted()) < 0) return rc;
-        for (int i = 0; i < b->n_workers; i++)
-            if (b->workers[i] > 0 && waitpid(b->workers[i], &st, WNOHANG) == b->workers[i]) {
-                b->workers[i] = 0;
-                return rl_fail(RL_EIO, "rlhf-worker %d exited (status %d, see worker-%d.log)", i,
-                               st, i);
-            }
-        if (cli_now_ms() > deadline)
-            return rl_fail(RL_EIO, "the dispatch phase took more than %.0f s",
-                           (deadline - t0) / 1e3);
-        nap_ms(5);
-    }
     d->wall_s = (cli_now_ms() - t0) / 1e3;
-    b->master = 0;
-    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
-        return rl_fail(RL_EIO, "rlhf-master (dispatch) exited with status %d", st);
     for (int i = 0; i < b->n_workers; i++) stop_child(&b->workers[i], SIGTERM, 3000);
+    b->n_workers = 0;
+    stop_child(&b->master, SIGTERM, 3000); /* every record is on disk (fsync'ed) already */
     return read_results(b, results, d);
 }
 
