@@ -2,7 +2,7 @@
  * master_main.c - rlhf-master: owns a run, schedules its jobs over ZeroMQ, serves HTTP status.
  *
  *   rlhf-master [--config run.yaml] [--set key=value]... [--bind EP] [--run-dir DIR]
- *               [--jobs FILE] [--http-port N]
+ *               [--http-port N] [--exit-when-done]
  *
  * One single-threaded libuv loop drives everything. The ROUTER socket is integrated through
  * ZMQ_FD, which is edge-triggered: it becomes readable when ZMQ_EVENTS *may* have changed, and
@@ -16,15 +16,19 @@
  * else happens); on start the file is read back so a restarted master never runs or records a
  * finished job again. RUN_DIR/master.json gives the bound endpoint and HTTP port and the pid.
  *
- * Clients. Jobs come from the --jobs file at start and from clients at any time: drivers (the
- * `rlhf ppo` loop, common/net/client.h) that connect like workers, say Hello with ROLE_CLIENT (they
- * are never assigned jobs), heartbeat, and send SubmitJobs / FetchResults (proto/rlhf.proto).
- * A submitted job is scheduled like a file job (to a live worker with its kind among its
- * capabilities, and of its role when the spec names one) and recorded once in results.jsonl
- * like any other; the client that last submitted or fetched it gets a JobDone with the packed
- * output. Submission is idempotent by id: the same spec again is accepted (a finished job
- * answers at once from its record); another spec under a known id is rejected. An invalid spec
- * is rejected with its reason and counted as a malformed message.
+ * Clients. Every job comes from a client: a driver (`rlhf generate`, `rlhf ppo`, `rlhf bench
+ * wire`, tests/client_tool.c; common/net/client.h) that connects like a worker, says Hello with
+ * ROLE_CLIENT (it is never assigned jobs), heartbeats, and sends SubmitJobs / FetchResults
+ * (proto/rlhf.proto). A job is scheduled to a live worker with its kind among its capabilities
+ * (and of its role when the spec names one), held back until the weights version it names has
+ * been announced, and recorded once in results.jsonl; the client that last submitted or fetched
+ * it gets a JobDone with the packed output. The master schedules by the JobSpec fields (id,
+ * kind, role, seed, lease, policy_version) and treats the payload - the kind's packed spec - as
+ * opaque bytes: the worker decodes it and rejects a job whose spec is not valid, which ends,
+ * like any rejection, in a retry and after max_attempts in a "failed" record.
+ * Submission is idempotent by id: the same spec again is accepted (a finished job answers at
+ * once from its record); another spec under a known id is rejected. A JobSpec with an invalid
+ * field is rejected with its reason and counted as a malformed message.
  * Every record carries "spec_hash" (the job's identity: kind, seed, policy_version, payload)
  * and "output_b64" (the packed output, base64), so that after a restart the master still
  * answers FetchResults and recognises resubmissions of finished jobs. Unfinished submitted jobs
@@ -117,8 +121,8 @@ static int results_append(master_t *m, json_t *rec) {
     return rc;
 }
 
-/* A record's job: the jobs file's, or (submitted by a client to an earlier master) a job known
- * only by its record, added here without a spec: its identity is the record's spec_hash. */
+/* A record's job (submitted to an earlier master of this run): known here only by its record,
+ * added without a spec; its identity is the record's spec_hash. */
 static int results_job(master_t *m, json_t *o, uint64_t id) {
     int j = sched_job_find(&m->sched, id);
     if (j >= 0) return j;
@@ -176,192 +180,15 @@ static int results_open(master_t *m) {
     return 0;
 }
 
-/* ---- jobs file ------------------------------------------------------------------------------ */
+/* ---- job seeds ------------------------------------------------------------------------------ */
 
+/* splitmix64's finaliser: a job submitted without a seed gets mix64(run seed ^ mix64(id)) >> 1
+ * (63 bits: the seed stays a non-negative integer in results.jsonl). */
 static uint64_t mix64(uint64_t x) {
     x += 0x9e3779b97f4a7c15ULL;
     x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
     x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
     return x ^ (x >> 31);
-}
-
-static double json_num_or(json_t *o, const char *key, double def) {
-    json_t *v = json_object_get(o, key);
-    return json_is_number(v) ? json_number_value(v) : def;
-}
-
-/* A TRAIN job (TrainSpec): {"train": "lm" (default), "model", "tokens": FILE or "batch": [[B rows
- * of T+1 ids]], "batch_size" and "seq" (with "tokens"), "step" (global index of its first
- * step, 0), "steps" (1), "lr" (1e-3), "min_lr" (1e-4), "schedule" ("cosine"), "warmup" (20),
- * "total_steps" (step + steps), "weight_decay" (0.1), "clip" (1.0), "delay_ms"}: the defaults of
- * `rlhf train-lm`. The master only checks shapes and packs; the learner does the math. */
-static int train_job_from_json(master_t *m, json_t *o, uint64_t id, uint64_t seed, uint32_t lease,
-                               const char *where) {
-    Rlhf__TrainSpec sp = RLHF__TRAIN_SPEC__INIT;
-    json_t *jt = json_object_get(o, "train"), *jm = json_object_get(o, "model");
-    json_t *jf = json_object_get(o, "tokens"), *jb = json_object_get(o, "batch");
-    json_t *js = json_object_get(o, "schedule");
-    const char *kind = json_is_string(jt) ? json_string_value(jt) : "lm";
-    const char *sched = json_is_string(js) ? json_string_value(js) : "cosine";
-    if (strcmp(kind, "lm"))
-        return rl_fail(RL_EUNSUPPORTED, "%s: train: '%s' is not a supported kind (lm)", where,
-                       kind);
-    sp.kind = RLHF__TRAIN_KIND__TRAIN_KIND_LM;
-    if (!strcmp(sched, "constant"))
-        sp.schedule = RLHF__TRAIN_SCHEDULE__TRAIN_SCHEDULE_CONSTANT;
-    else if (!strcmp(sched, "warmup"))
-        sp.schedule = RLHF__TRAIN_SCHEDULE__TRAIN_SCHEDULE_WARMUP;
-    else if (!strcmp(sched, "cosine"))
-        sp.schedule = RLHF__TRAIN_SCHEDULE__TRAIN_SCHEDULE_COSINE;
-    else
-        return rl_fail(RL_EINVAL, "%s: schedule: '%s' is not constant, warmup or cosine", where,
-                       sched);
-    if (!json_is_string(jm) || json_is_string(jf) == json_is_array(jb))
-        return rl_fail(RL_EINVAL, "%s: train needs model and one of tokens (a file) or batch",
-                       where);
-    sp.model_dir = (char *)json_string_value(jm);
-    double B = json_num_or(o, "batch_size", 0), T = json_num_or(o, "seq", 0);
-    int32_t *ids = NULL;
-    if (json_is_array(jb)) { /* rows of T+1 ids, all the same length */
-        json_t *r0 = json_array_get(jb, 0);
-        B = (double)json_array_size(jb);
-        T = json_is_array(r0) ? (double)json_array_size(r0) - 1 : 0;
-        if (B < 1 || T < 1 || B * (T + 1) > 1 << 24)
-            return rl_fail(RL_EINVAL, "%s: batch: rows of at least 2 ids expected", where);
-        ids = malloc((size_t)(B * (T + 1)) * sizeof *ids);
-        if (!ids) return rl_fail(RL_ENOMEM, "out of memory");
-        for (size_t b = 0; b < (size_t)B; b++) {
-            json_t *row = json_array_get(jb, b);
-            if (!json_is_array(row) || json_array_size(row) != (size_t)T + 1) {
-                free(ids);
-                return rl_fail(RL_EINVAL, "%s: batch row %zu: %d ids expected", where, b,
-                               (int)T + 1);
-            }
-            for (size_t t = 0; t <= (size_t)T; t++)
-                ids[b * ((size_t)T + 1) + t] = (int32_t)json_integer_value(json_array_get(row, t));
-        }
-        sp.batch = ids;
-        sp.n_batch = (size_t)(B * (T + 1));
-    } else {
-        sp.tokens_file = (char *)json_string_value(jf);
-    }
-    double step = json_num_or(o, "step", 0), steps = json_num_or(o, "steps", 1);
-    if (B < 1 || B > 1 << 20 || T < 1 || T > 1 << 20 || step < 0 || steps < 1 || steps > 1 << 24) {
-        free(ids);
-        return rl_fail(RL_EINVAL, "%s: train: batch_size, seq, step or steps out of range", where);
-    }
-    sp.batch_size = (uint32_t)B;
-    sp.seq_len = (uint32_t)T;
-    sp.step = (uint64_t)step;
-    sp.n_steps = (uint32_t)steps;
-    sp.lr = (float)json_num_or(o, "lr", 1e-3);
-    sp.min_lr = (float)json_num_or(o, "min_lr", 1e-4);
-    sp.warmup = (uint64_t)json_num_or(o, "warmup", 20);
-    sp.total_steps = (uint64_t)json_num_or(o, "total_steps", step + steps);
-    sp.weight_decay = (float)json_num_or(o, "weight_decay", 0.1);
-    sp.clip = (float)json_num_or(o, "clip", 1.0);
-    sp.delay_ms = (uint32_t)json_num_or(o, "delay_ms", 0);
-    size_t len = rlhf__train_spec__get_packed_size(&sp);
-    uint8_t *buf = malloc(len ? len : 1);
-    int rc = buf ? 0 : rl_fail(RL_ENOMEM, "out of memory");
-    if (buf) {
-        rlhf__train_spec__pack(&sp, buf);
-        rc = sched_job_add(&m->sched, id, RLHF__JOB_KIND__JOB_KIND_TRAIN, seed, buf, len, lease);
-    }
-    free(buf);
-    free(ids);
-    return rc < 0 ? rl_fail_ctx(rc, "%s: ", where) : rc;
-}
-
-/* One JSONL line: {"id", "kind": "generate"|"train"|"noop", "seed"?, "lease_ms"?, "model",
- * "prompt", "max_new_tokens", "delay_ms"?} (train: see train_job_from_json). */
-static int job_from_json(master_t *m, json_t *o, const char *where) {
-    json_t *jid = json_object_get(o, "id"), *jk = json_object_get(o, "kind");
-    if (!json_is_integer(jid) || json_integer_value(jid) <= 0)
-        return rl_fail(RL_EINVAL, "%s: id: a positive integer is required", where);
-    uint64_t id = (uint64_t)json_integer_value(jid);
-    const char *ks = json_is_string(jk) ? json_string_value(jk) : "";
-    json_t *js = json_object_get(o, "seed"), *jl = json_object_get(o, "lease_ms");
-    /* 63 bits: the seed stays a non-negative integer in JSON */
-    uint64_t seed = json_is_integer(js) ? (uint64_t)json_integer_value(js)
-                                        : mix64(m->cfg.seed ^ mix64(id)) >> 1;
-    uint32_t lease =
-        json_is_integer(jl) ? (uint32_t)json_integer_value(jl) : (uint32_t)m->cfg.lease_ms;
-    if (!strcmp(ks, "noop"))
-        return sched_job_add(&m->sched, id, RLHF__JOB_KIND__JOB_KIND_NOOP, seed, NULL, 0, lease);
-    if (!strcmp(ks, "train")) return train_job_from_json(m, o, id, seed, lease, where);
-    if (strcmp(ks, "generate"))
-        return rl_fail(RL_EINVAL, "%s: kind: '%s' is not generate, train or noop", where, ks);
-    Rlhf__GenerateSpec sp = RLHF__GENERATE_SPEC__INIT;
-    json_t *jm = json_object_get(o, "model"), *jp = json_object_get(o, "prompt");
-    json_t *jn = json_object_get(o, "max_new_tokens"), *jd = json_object_get(o, "delay_ms");
-    if (!json_is_string(jm) || !json_is_array(jp) || !json_array_size(jp) || !json_is_integer(jn))
-        return rl_fail(RL_EINVAL, "%s: generate needs model, prompt (non-empty) and max_new_tokens",
-                       where);
-    size_t n = json_array_size(jp);
-    int32_t *prompt = malloc(n * sizeof *prompt);
-    if (!prompt) return rl_fail(RL_ENOMEM, "out of memory");
-    for (size_t i = 0; i < n; i++) prompt[i] = (int32_t)json_integer_value(json_array_get(jp, i));
-    sp.model_dir = (char *)json_string_value(jm);
-    sp.prompt = prompt;
-    sp.n_prompt = n;
-    sp.max_new_tokens = (uint32_t)json_integer_value(jn);
-    sp.delay_ms = json_is_integer(jd) ? (uint32_t)json_integer_value(jd) : 0;
-    /* sampling (optional): K samples per prompt with their logprobs */
-    json_t *jk2 = json_object_get(o, "n_samples"), *jt = json_object_get(o, "temperature");
-    json_t *jtk = json_object_get(o, "top_k"), *jtp = json_object_get(o, "top_p");
-    json_t *je = json_object_get(o, "eot"), *jv = json_object_get(o, "vocab_limit");
-    json_t *jb = json_object_get(o, "sample_base");
-    sp.n_samples = json_is_integer(jk2) ? (uint32_t)json_integer_value(jk2) : 0;
-    sp.temperature = json_is_number(jt) ? (float)json_number_value(jt) : 1.0f;
-    sp.top_k = json_is_integer(jtk) ? (uint32_t)json_integer_value(jtk) : 0;
-    sp.top_p = json_is_number(jtp) ? (float)json_number_value(jtp) : 1.0f;
-    sp.eot = json_is_integer(je) ? (int32_t)json_integer_value(je) : -1;
-    sp.vocab_limit = json_is_integer(jv) ? (uint32_t)json_integer_value(jv) : 0;
-    sp.sample_base = json_is_integer(jb) ? (uint64_t)json_integer_value(jb) : 0;
-    size_t len = rlhf__generate_spec__get_packed_size(&sp);
-    uint8_t *buf = malloc(len ? len : 1);
-    int rc = buf ? 0 : rl_fail(RL_ENOMEM, "out of memory");
-    if (buf) {
-        rlhf__generate_spec__pack(&sp, buf);
-        rc = sched_job_add(&m->sched, id, RLHF__JOB_KIND__JOB_KIND_GENERATE, seed, buf, len, lease);
-    }
-    free(buf);
-    free(prompt);
-    return rc < 0 ? rl_fail_ctx(rc, "%s: ", where) : rc;
-}
-
-/* "policy_version" (any kind, optional, default 0): the weights version the job needs. The
- * scheduler holds the job until that version is announced; the worker fetches it first. */
-static int job_policy_version(master_t *m, json_t *o, const char *where) {
-    json_t *jv = json_object_get(o, "policy_version");
-    if (!jv) return 0;
-    if (!json_is_integer(jv) || json_integer_value(jv) < 0)
-        return rl_fail(RL_EINVAL, "%s: policy_version: a non-negative integer is required", where);
-    int j = sched_job_find(&m->sched, (uint64_t)json_integer_value(json_object_get(o, "id")));
-    if (j >= 0) m->sched.jobs[j].policy_version = (uint64_t)json_integer_value(jv);
-    return 0;
-}
-
-static int jobs_load(master_t *m, const char *path) {
-    FILE *f = fopen(path, "r");
-    if (!f) return rl_fail(RL_ENOTFOUND, "%s: %s", path, strerror(errno));
-    char *line = NULL, where[8192];
-    size_t cap = 0;
-    int lineno = 0, rc = 0;
-    while (rc >= 0 && getline(&line, &cap, f) > 0) {
-        lineno++;
-        if (strspn(line, " \t\r\n") == strlen(line)) continue;
-        snprintf(where, sizeof where, "%s:%d", path, lineno);
-        json_error_t je;
-        json_t *o = json_loads(line, 0, &je);
-        rc = o ? job_from_json(m, o, where) : rl_fail(RL_EFORMAT, "%s: %s", where, je.text);
-        if (rc >= 0) rc = job_policy_version(m, o, where);
-        json_decref(o);
-    }
-    free(line);
-    fclose(f);
-    return rc < 0 ? rc : 0;
 }
 
 /* ---- dispatch ------------------------------------------------------------------------------- */
@@ -395,12 +222,11 @@ static void dispatch_all(master_t *m) {
     }
 }
 
-/* exit_when_done's condition: this master has been given jobs (a jobs file, or clients: a
- * restarted master knows the finished ones from results.jsonl before any client resubmits the
- * rest) and none is left. */
+/* exit_when_done's condition: this master has been given jobs (a restarted master knows the
+ * finished ones from results.jsonl before any client resubmits the rest) and none is left. */
 static int all_finished(master_t *m) {
-    return (m->cfg.jobs[0] || m->n_submitted + m->n_resubmitted > 0) && m->sched.n_jobs > 0 &&
-           sched_count(&m->sched, SCHED_QUEUED) == 0 && sched_count(&m->sched, SCHED_LEASED) == 0;
+    return m->n_submitted + m->n_resubmitted > 0 && sched_count(&m->sched, SCHED_QUEUED) == 0 &&
+           sched_count(&m->sched, SCHED_LEASED) == 0;
 }
 
 static void master_stop(master_t *m, const char *why) {
@@ -632,7 +458,9 @@ static int client_of(master_t *m, const wire_msg_t *msg, int w, const char *what
     return w;
 }
 
-/* Checks a JobSpec's fields and that its payload is the kind's spec. Returns NULL or why not. */
+/* Checks the JobSpec fields the master schedules by. The payload (the kind's packed spec) is
+ * opaque here: the master never decodes it; the worker that runs the job does, and rejects the
+ * job with the reason when it is not a valid spec. Returns NULL or why the job is refused. */
 static const char *spec_invalid(const Rlhf__JobSpec *js) {
     if (js->id == 0 || js->id > (uint64_t)INT64_MAX) return "id: 1 .. 2^63-1 required";
     if (js->role != RLHF__ROLE__ROLE_UNSPECIFIED && js->role != RLHF__ROLE__ROLE_ROLLOUT &&
@@ -640,25 +468,10 @@ static const char *spec_invalid(const Rlhf__JobSpec *js) {
         return "role: not a worker role";
     if (js->lease_ms > 7 * 86400000u) return "lease_ms: more than a week";
     if (js->seed > (uint64_t)INT64_MAX) return "seed: 0 .. 2^63-1 required";
-    const ProtobufCBinaryData *p = &js->payload;
     switch (js->kind) {
-    case RLHF__JOB_KIND__JOB_KIND_GENERATE: {
-        Rlhf__GenerateSpec *g = rlhf__generate_spec__unpack(NULL, p->len, p->data);
-        int ok = g && g->model_dir && g->model_dir[0] && (g->n_prompt > 0 || g->n_prompts > 0);
-        if (g) rlhf__generate_spec__free_unpacked(g, NULL);
-        return ok ? NULL : "payload: not a GenerateSpec with a model_dir and prompts";
-    }
-    case RLHF__JOB_KIND__JOB_KIND_TRAIN: {
-        Rlhf__TrainSpec *t = rlhf__train_spec__unpack(NULL, p->len, p->data);
-        int ok = t && (t->kind == RLHF__TRAIN_KIND__TRAIN_KIND_PPO
-                           ? t->ppo != NULL
-                           : t->batch_size > 0 && t->seq_len > 0 && t->n_steps > 0);
-        if (t) rlhf__train_spec__free_unpacked(t, NULL);
-        return ok ? NULL
-                  : "payload: not a TrainSpec with batch_size, seq_len and n_steps (or a PPO "
-                    "spec)";
-    }
-    case RLHF__JOB_KIND__JOB_KIND_SCORE: /* opaque here: the worker checks its spec */
+    case RLHF__JOB_KIND__JOB_KIND_GENERATE:
+    case RLHF__JOB_KIND__JOB_KIND_SCORE:
+    case RLHF__JOB_KIND__JOB_KIND_TRAIN:
     case RLHF__JOB_KIND__JOB_KIND_EVAL:
     case RLHF__JOB_KIND__JOB_KIND_NOOP:
         return NULL;
@@ -1165,11 +978,13 @@ static int write_master_json(master_t *m) {
 
 static const char usage_text[] =
     "usage: rlhf-master [--config FILE] [--set KEY=VALUE]... [--bind EP] [--run-dir DIR]\n"
-    "                   [--jobs FILE] [--http-port N] [--heartbeat-ms N] [--liveness N]\n"
-    "                   [--lease-ms N] [--exit-when-done]\n\n"
-    "Runs the master of one run: the job queue, the worker registry, HTTP status.\n"
+    "                   [--http-port N] [--heartbeat-ms N] [--liveness N] [--lease-ms N]\n"
+    "                   [--exit-when-done]\n\n"
+    "Runs the master of one run: the job queue, the worker registry, HTTP status. Jobs come\n"
+    "from clients (common/net/client.h). --exit-when-done stops it once it has been given\n"
+    "jobs and every one of them is finished.\n"
     "Options other than --config are shorthands for --set of the config keys (master.bind,\n"
-    "run_dir, jobs, master.http_port, ...); they apply in order after the file.\n";
+    "run_dir, master.http_port, ...); they apply in order after the file.\n";
 
 int main(int argc, char **argv) {
     static master_t M;
@@ -1179,7 +994,6 @@ int main(int argc, char **argv) {
                                          {"set", required_argument, 0, 's'},
                                          {"bind", required_argument, 0, 'b'},
                                          {"run-dir", required_argument, 0, 'r'},
-                                         {"jobs", required_argument, 0, 'j'},
                                          {"http-port", required_argument, 0, 'p'},
                                          {"heartbeat-ms", required_argument, 0, 'H'},
                                          {"liveness", required_argument, 0, 'L'},
@@ -1212,9 +1026,6 @@ int main(int argc, char **argv) {
             break;
         case 'r':
             key = "run_dir";
-            break;
-        case 'j':
-            key = "jobs";
             break;
         case 'p':
             key = "master.http_port";
@@ -1278,8 +1089,7 @@ int main(int argc, char **argv) {
     uv_signal_init(m->loop, &m->sigterm);
     uv_signal_init(m->loop, &m->sigint);
     m->sigterm.data = m->sigint.data = m;
-    if ((rc = fs_mkdir_p(m->cfg.run_dir)) < 0 ||
-        (m->cfg.jobs[0] && (rc = jobs_load(m, m->cfg.jobs)) < 0) || (rc = results_open(m)) < 0 ||
+    if ((rc = fs_mkdir_p(m->cfg.run_dir)) < 0 || (rc = results_open(m)) < 0 ||
         (rc = zsetup(m)) < 0 ||
         (m->cfg.http_port >= 0 &&
          (rc = master_http_start(m, m->cfg.http_host, m->cfg.http_port)) < 0) ||

@@ -14,9 +14,10 @@
  *   rlhf-client-tool conflict --master EP --first-id ID
  *       submits NOOP job ID with a seed of its own: exit 0 when the master rejects it.
  *   rlhf-client-tool bad-submit --master EP
- *       invalid SubmitJobs (id 0, an unknown kind, a GENERATE payload that is not a
- *       GenerateSpec, a role that is no worker's), one from an unregistered peer and one cut
- *       short; exit 0 when each was refused as it should be and a valid job still runs.
+ *       invalid SubmitJobs (id 0, an unknown kind, a role that is no worker's), one from an
+ *       unregistered peer and one cut short; exit 0 when each was refused as it should be, a
+ *       GENERATE payload that is not a GenerateSpec was accepted (the master never decodes
+ *       payloads) and then failed by the workers, and a valid job still runs.
  *
  * Job lines in (`jobs`), blank lines skipped; every field but id and kind optional:
  *   {"id": 1.., "kind": "noop"|"generate"|"train", "seed" (0 or absent: the master derives
@@ -475,7 +476,9 @@ static int cmd_bad_submit(void *zctx, const char *ep) {
     raw_send(s, &env);
     in = raw_expect(s, RLHF__ENVELOPE__BODY_SUBMIT_ACK);
     size_t n_rej = in ? in->submit_ack->n_rejected : 0;
-    int all = in && n_rej == 4 && in->submit_ack->n_reasons == 4 && !in->submit_ack->n_accepted;
+    /* three refused by the master; the fourth's payload is opaque to it: accepted */
+    int all = in && n_rej == 3 && in->submit_ack->n_reasons == 3 &&
+              in->submit_ack->n_accepted == 1 && in->submit_ack->accepted[0] == 900002;
     printf("{\"check\":\"invalid specs\",\"rejected\":%zu,\"reasons\":[", n_rej);
     for (size_t i = 0; in && i < in->submit_ack->n_reasons; i++)
         printf("%s\"%s\"", i ? "," : "", in->submit_ack->reasons[i]);
@@ -505,12 +508,21 @@ static int cmd_bad_submit(void *zctx, const char *ep) {
     ok &= pong;
     if (in) rlhf__envelope__free_unpacked(in, NULL);
     zmq_close(s);
-    /* and a valid job from a real client still runs */
+    /* the job whose payload is not a GenerateSpec: failed by the workers, after its attempts */
     client_t *c = client_open(ep, "good-client");
-    tally_t t = {900010, 1, calloc(2, 1), 0, 0, 0};
+    tally_t t = {900002, 1, calloc(2, 1), 0, 0, 0};
+    uint64_t id = 900002;
+    int rc = c ? client_fetch(c, &id, 1) : RL_EIO;
+    if (rc == 0) rc = client_wait(c, &id, 1, 60000, on_result, &t);
+    int failed = rc == 0 && t.delivered == 1 && t.not_done == 1;
+    printf("{\"check\":\"opaque payload\",\"failed_by_worker\":%s}\n", failed ? "true" : "false");
+    ok &= failed;
+    free(t.seen);
+    /* and a valid job from a real client still runs */
+    t = (tally_t){900010, 1, calloc(2, 1), 0, 0, 0};
     client_job_t j = {.id = 900010, .kind = RLHF__JOB_KIND__JOB_KIND_NOOP};
-    uint64_t id = 900010;
-    int rc = c ? client_submit(c, &j, 1) : RL_EIO;
+    id = 900010;
+    rc = c ? client_submit(c, &j, 1) : RL_EIO;
     if (rc == 0) rc = client_wait(c, &id, 1, 30000, on_result, &t);
     ok &= c && finish(c, &t, rc) == 0;
     return ok ? 0 : 1;

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # test_client.sh - jobs submitted to a running master by a client (common/net/client.h, driven by
-# rlhf-client-tool) instead of a jobs file: a master started without --jobs and two rollout
-# workers. Every job is delivered to the client exactly once and recorded exactly once, also
+# rlhf-client-tool), the one way jobs reach a master: a master and two rollout workers. Every job is delivered to the client exactly once and recorded exactly once, also
 # when the same ids are submitted again, when the master is killed (-9) mid-run and restarted
 # on the same endpoint and run directory, and when the driver itself is killed and restarted.
 # A different spec under a known id is rejected; invalid submissions are counted and answered,
-# and the master keeps serving.
+# and the master keeps serving; a payload that is not its kind's spec is not the master's
+# business (it never decodes payloads): the workers fail that job.
 # Usage: test_client.sh BIN_DIR
 BIN=${1:?usage: test_client.sh BIN_DIR}
 source "$(dirname "$0")/runtime_lib.sh"
@@ -64,8 +64,10 @@ check "conflict: nothing recorded" test "$(results "$W/run")" -eq 25
 bad0=$(metric 'rlhf_wire_bad_messages_total{reason="malformed"}')
 "$CT" bad-submit --master "$EP" >"$W/bad.out" 2>>"$W/bad.log"
 check "bad-submit: each refused as it should be, a valid job still runs" test $? -eq 0
-check "bad-submit: four reasons given" \
-    test "$(jq -c 'select(.check == "invalid specs") | .reasons | length' "$W/bad.out")" -eq 4
+check "bad-submit: three reasons given" \
+    test "$(jq -c 'select(.check == "invalid specs") | .reasons | length' "$W/bad.out")" -eq 3
+check "bad-submit: a payload that is no GenerateSpec is failed by the workers" \
+    test "$(jq -c 'select(.check == "opaque payload") | .failed_by_worker' "$W/bad.out")" = true
 check "bad-submit: counted as malformed" \
     metric_ge 'rlhf_wire_bad_messages_total{reason="malformed"}' $((bad0 + 2))
 check "bad-submit: the master still serves" bash -c "curl -sf '$HTTP/healthz' >/dev/null"
@@ -95,7 +97,7 @@ check "crash: the client saw the new master and resubmitted" \
     summary_ok "$W/c3.log" '.master_changes >= 1 and .jobs_resubmitted >= 1'
 check "crash: results.jsonl has no duplicate ids" \
     test "$(results "$W/run")" -eq "$(uniq_results "$W/run")"
-check "crash: 25 + 1 + 30 jobs recorded" test "$(uniq_results "$W/run")" -eq 56
+check "crash: 25 + 2 (bad-submit) + 30 jobs recorded" test "$(uniq_results "$W/run")" -eq 57
 
 # --- a restarted driver asks for jobs finished before the master restart ----------------------
 timeout 60 "$CT" fetch --master "$EP" --first-id 1 --n 25 >"$W/c4.out" 2>>"$W/c4.log"
@@ -120,6 +122,6 @@ timeout 60 "$CT" submit --master "$EP" --first-id 201 --generate 10 --model "$W/
     --delay-ms 300 --name driver2 >"$W/c7.out" 2>>"$W/c7.log"
 check "driver crash: the restarted driver gets all 10" test $? -eq 0 -a "$(ids "$W/c7.out")" -eq 10
 check "driver crash: results.jsonl has no duplicate ids" \
-    test "$(results "$W/run")" -eq "$(uniq_results "$W/run")" -a "$(uniq_results "$W/run")" -eq 66
+    test "$(results "$W/run")" -eq "$(uniq_results "$W/run")" -a "$(uniq_results "$W/run")" -eq 67
 check "workers were never restarted" kill -0 "$WA" "$WB"
 finish

@@ -30,7 +30,6 @@ typedef struct {
 static const cfg_key_t keys[] = {
     STR("run_dir", run_dir),
     NUM("seed", K_U64, seed, 0, 0),
-    STR("jobs", jobs),
     STR("master.bind", bind),
     STR("master.http_host", http_host),
     NUM("master.http_port", K_INT, http_port, -1, 65535),

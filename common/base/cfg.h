@@ -25,7 +25,6 @@
 typedef struct {
     char run_dir[1024];           /* run_dir: where results, journal and outputs live */
     uint64_t seed;                /* seed: the run seed (jobs derive theirs from it) */
-    char jobs[1024];              /* jobs: a JSONL file of jobs to run (tests, benchmarks) */
     char bind[256];               /* master.bind: ZeroMQ endpoint of the ROUTER */
     char http_host[64];           /* master.http_host: loopback unless configured otherwise */
     int http_port;                /* master.http_port: 0 = any free port, -1 = no HTTP */

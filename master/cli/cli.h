@@ -90,15 +90,6 @@ int cmd_score(int argc, char **argv);        /* cmd_rm.c */
 void local_bin_path(char *out, size_t n, const char *name);
 
 /*
- * Runs the jobs file `jobs` in the foreground: a master (exiting when every job is finished)
- * and the given workers on loopback under a supervisor that restarts any that crashes; output
- * in run_dir (results.jsonl, logs). Returns 0 once the supervisor has stopped cleanly - every
- * job finished, or the run was interrupted (the caller checks results.jsonl) - or RL_EIO.
- */
-int local_run_jobs(const char *run_dir, const char *jobs, int n_rollout, int n_reward,
-                   int n_learner);
-
-/*
  * `rlhf up` in dir with rollout and reward workers and, when shards > 0, one learner of that
  * many shards keeping its checkpoints in ldir; *ep (n bytes) gets the master's endpoint. The
  * cluster runs in the background until local_cluster_down(dir). Returns 0 or RL_EIO.

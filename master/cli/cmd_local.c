@@ -1,7 +1,7 @@
 /*
  * cmd_local.c - local mode: `rlhf up`, `rlhf status`, `rlhf down`.
  *
- *   rlhf up [--run-dir DIR] [--config FILE] [--jobs FILE] [--rollout N] [--reward M] [--learner K]
+ *   rlhf up [--run-dir DIR] [--config FILE] [--rollout N] [--reward M] [--learner K]
  *   rlhf status [--run-dir DIR]
  *   rlhf down [--run-dir DIR]
  *
@@ -9,10 +9,12 @@
  * workers, all on loopback, as its children, and restarts any that exits unexpectedly (the
  * master on the same endpoint, so the workers re-register by themselves). It writes
  * RUN_DIR/local.json (pids) and prints {"run_dir","endpoint","http_port","pid"} once the master
- * serves. `status` prints the master's /status JSON. `down` sends the supervisor SIGTERM; it
- * stops the workers (they hand back their jobs and say goodbye), then the master, and exits.
- * A master that exits with status 0 (its run finished) ends the supervisor the same way.
- * rlhf-master and rlhf-worker are taken from the directory of the running `rlhf` binary.
+ * serves; jobs reach that master from clients (common/net/client.h), such as the drivers that
+ * start a cluster of their own (local_session_open). `status` prints the master's /status JSON.
+ * `down` sends the supervisor SIGTERM; it stops the workers (they hand back their jobs and say
+ * goodbye), then the master, and exits. A master that exits with status 0 (its run finished) ends
+ * the supervisor the same way. rlhf-master and rlhf-worker are taken from the directory of the
+ * running `rlhf` binary.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -84,9 +86,8 @@ typedef struct {
 } backoff_t;
 
 typedef struct {
-    char run_dir[1024], config[1024], jobs[1024], endpoint[256];
+    char run_dir[1024], config[1024], endpoint[256];
     char master_bin[PATH_MAX + 32], worker_bin[PATH_MAX + 32];
-    int exit_when_done;     /* the master stops once every job of --jobs is finished */
     pid_t owner;            /* > 0: stop when this process is gone (a driver's own cluster) */
     char learner_dir[1024]; /* learners' --run-dir (checkpoints); default RUN_DIR/learner */
     int learner_shards;     /* S > 1: the learner is shard 0 of S, role "shard" the others */
@@ -108,8 +109,6 @@ static pid_t start_master(sup_t *s) {
     args[n++] = "--run-dir", args[n++] = s->run_dir;
     args[n++] = "--bind", args[n++] = s->endpoint[0] ? s->endpoint : "tcp://127.0.0.1:*";
     if (!s->config[0]) args[n++] = "--http-port", args[n++] = "0";
-    if (s->jobs[0]) args[n++] = "--jobs", args[n++] = s->jobs;
-    if (s->exit_when_done) args[n++] = "--exit-when-done";
     args[n] = NULL;
     return spawn(args, log);
 }
@@ -238,8 +237,8 @@ static void supervise(sup_t *s) {
         if (sup_stop) break;
         /* a crashed child is restarted: the master on the same endpoint, a worker as before */
         if (p == s->master && WIFEXITED(st) && WEXITSTATUS(st) == 0) {
-            /* a clean exit (exit_when_done, or stopped on purpose) ends the run; restarting it
-             * would only loop */
+            /* a clean exit (stopped on purpose, or --exit-when-done in a --config) ends the
+             * run; restarting it would only loop */
             fprintf(stderr, "supervisor: master finished: stopping the workers\n");
             s->master = 0;
             break;
@@ -280,7 +279,7 @@ static void supervise(sup_t *s) {
 }
 
 static const char up_help[] =
-    "usage: rlhf up [--run-dir DIR] [--config FILE] [--jobs FILE] [--rollout N] [--reward M]\n"
+    "usage: rlhf up [--run-dir DIR] [--config FILE] [--rollout N] [--reward M]\n"
     "               [--learner K] [--learner-dir DIR] [--learner-shards S]\n\n"
     "Starts rlhf-master and N rollout, M reward and K learner workers on loopback under a\n"
     "background supervisor that restarts any of them that crashes. Learners keep their\n"
@@ -294,17 +293,12 @@ int cmd_up(int argc, char **argv) {
     sup_t *s = &S;
     snprintf(s->run_dir, sizeof s->run_dir, "runs/local");
     int n_roll = 1, n_rew = 0, n_learn = 0, c;
-    static const struct option opts[] = {{"run-dir", required_argument, 0, 'r'},
-                                         {"config", required_argument, 0, 'c'},
-                                         {"jobs", required_argument, 0, 'j'},
-                                         {"rollout", required_argument, 0, 'o'},
-                                         {"reward", required_argument, 0, 'w'},
-                                         {"learner", required_argument, 0, 'l'},
-                                         {"learner-dir", required_argument, 0, 'L'},
-                                         {"owner", required_argument, 0, 'O'},
-                                         {"learner-shards", required_argument, 0, 'S'},
-                                         {"help", no_argument, 0, 'h'},
-                                         {0, 0, 0, 0}};
+    static const struct option opts[] = {
+        {"run-dir", required_argument, 0, 'r'}, {"config", required_argument, 0, 'c'},
+        {"rollout", required_argument, 0, 'o'}, {"reward", required_argument, 0, 'w'},
+        {"learner", required_argument, 0, 'l'}, {"learner-dir", required_argument, 0, 'L'},
+        {"owner", required_argument, 0, 'O'},   {"learner-shards", required_argument, 0, 'S'},
+        {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
         case 'r':
@@ -312,9 +306,6 @@ int cmd_up(int argc, char **argv) {
             break;
         case 'c':
             snprintf(s->config, sizeof s->config, "%s", optarg);
-            break;
-        case 'j':
-            snprintf(s->jobs, sizeof s->jobs, "%s", optarg);
             break;
         case 'o':
             if (cli_int("up", "rollout", optarg, 0, 32, &n_roll) < 0) return 2;
@@ -401,43 +392,6 @@ int cmd_up(int argc, char **argv) {
     fprintf(stderr, "rlhf up: the master did not start; see %s/local.log and master.log\n",
             s->run_dir);
     return 1;
-}
-
-int local_run_jobs(const char *run_dir, const char *jobs, int n_rollout, int n_reward,
-                   int n_learner) {
-    static sup_t S;
-    sup_t *s = &S;
-    memset(s, 0, sizeof *s);
-    if (n_rollout + n_reward + n_learner > MAX_WORKERS || n_rollout + n_reward + n_learner < 1)
-        return rl_fail(RL_EINVAL, "local run: 1 to %d workers", MAX_WORKERS);
-    snprintf(s->run_dir, sizeof s->run_dir, "%s", run_dir);
-    snprintf(s->jobs, sizeof s->jobs, "%s", jobs);
-    s->exit_when_done = 1;
-    for (int i = 0; i < n_rollout + n_reward + n_learner; i++)
-        s->roles[s->n_workers++] = i < n_rollout              ? "rollout"
-                                   : i < n_rollout + n_reward ? "reward"
-                                                              : "learner";
-    local_bin_path(s->master_bin, sizeof s->master_bin, "rlhf-master");
-    local_bin_path(s->worker_bin, sizeof s->worker_bin, "rlhf-worker");
-    fflush(stdout);
-    fflush(stderr);
-    pid_t sup = fork();
-    if (sup < 0) return rl_fail(RL_EIO, "fork: %s", strerror(errno));
-    if (sup == 0) {
-        /* same process group: an interrupt on the terminal reaches the master and workers too */
-        char log[1100];
-        snprintf(log, sizeof log, "%.1000s/local.log", s->run_dir);
-        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
-        if (fd >= 0) dup2(fd, 1), dup2(fd, 2), close(fd);
-        supervise(s);
-    }
-    int st;
-    while (waitpid(sup, &st, 0) < 0)
-        if (errno != EINTR) return rl_fail(RL_EIO, "waitpid: %s", strerror(errno));
-    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
-        return rl_fail(RL_EIO, "local run in %s failed (see its local.log and master.log)",
-                       run_dir);
-    return 0;
 }
 
 /* Starts `rlhf up` in dir (its supervisor runs in the background) and returns the master's
