@@ -181,7 +181,8 @@ wait "$CP" "$MPID" 2>/dev/null
 cp -r "$W/s1.l" "$W/p.l"
 rm "$W/p.l/ckpt-0000000005/state.bin"
 truncate -s 100 "$W/p.l/ckpt-0000000005/model/model.safetensors"
-start_master "p-m" "$W/p.m" --jobs "$W/job2.jsonl" --exit-when-done
+start_master "p-m" "$W/p.m" --exit-when-done
+submit "p-c" "$W/job2.jsonl"
 start_worker "p-0" --role learner --threads 1 --run-dir "$W/p.l"
 CP=$WPID
 check "partial checkpoint: job 2 done" wait_for 30 done_ge "$W/p.m" 1
@@ -189,6 +190,7 @@ check "partial checkpoint: detected" grep -q "checkpoint ckpt-0000000005 unusabl
 check "partial checkpoint: resumed from step 3" grep -q "ckpt-0000000003 at step 3" "$W/p-0.log"
 check "partial checkpoint: job 2 re-run to the same parameters" \
     same "$W/train-lm" "$(final "$W/p.l")"
+client_done
 kill -TERM "$CP" "$MPID" 2>/dev/null
 wait "$CP" "$MPID" 2>/dev/null
 

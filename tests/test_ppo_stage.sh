@@ -65,6 +65,11 @@ PIDS+=("$DPID")
 iters() { cat K/metrics.jsonl 2>/dev/null | wc -l; }
 two_done() { [ "$(iters)" -ge 2 ]; }
 check "two iterations before the kills" wait_for 60 two_done
+# the kills come first: on a loaded machine the run could otherwise finish while /metrics is
+# being checked, and there would be nothing left to kill
+lpid=$(jq -r '.worker_pids[-1]' K/cluster/local.json)
+rpid=$(jq -r '.worker_pids[0]' K/cluster/local.json)
+kill -KILL "$lpid" "$rpid"
 port=$(jq -r .http_port K/cluster/master.json)
 curl -sf "http://127.0.0.1:$port/metrics" >K.metrics
 check "/metrics has the newest PPO figures" grep -q "^rlhf_ppo_kl_k1 " K.metrics
@@ -72,9 +77,6 @@ check "... and the policy version" grep -q "^rlhf_ppo_policy_version [1-9]" K.me
 if command -v promtool >/dev/null; then
     check "... valid for promtool" bash -c "promtool check metrics <K.metrics"
 fi
-lpid=$(jq -r '.worker_pids[-1]' K/cluster/local.json)
-rpid=$(jq -r '.worker_pids[0]' K/cluster/local.json)
-kill -KILL "$lpid" "$rpid"
 wait "$DPID"
 check "the run completes after the kills" test "$(iters)" -eq 6
 check "the learner was restarted" grep -q "worker 3 exited" K/cluster/local.log
