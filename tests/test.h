@@ -58,6 +58,63 @@ static int test__n_pass, test__n_fail;
                        #tol, test__a, test__b, fabs(test__a - test__b), test__t);                  \
     } while (0)
 
+/*
+ * Error bounds. A tolerance on a floating-point result is derived from the computation, never
+ * picked: for a sum of k products (a dot product) or of k+1 terms computed in fp32 in any order
+ * (any association, with or without FMA), every term passes through at most k roundings, so
+ *     |fl(s) - s| <= gamma_k * sum |terms|,   gamma_k = k u / (1 - k u),   u = 2^-24
+ * (Higham, Accuracy and Stability of Numerical Algorithms, 2nd ed., 3.1 and 3.5). Two fp32
+ * evaluations of the same sum in different orders differ by at most 2 gamma_k sum |terms|; one
+ * accumulated in double and rounded once to fp32 is within (u + 2 gamma64_k) sum |terms| of s.
+ * Accumulating into an existing value c counts c as one more term: k+1 roundings, |c| added.
+ */
+#define TEST_U32 0x1p-24 /* unit roundoff of fp32 (round to nearest) */
+#define TEST_U64 0x1p-53 /* unit roundoff of fp64 */
+
+/* gamma_k for fp32. */
+static inline double test_gamma(int k) {
+    double ku = k * TEST_U32;
+    return ku / (1.0 - ku);
+}
+
+/* gamma_k for fp64: the error of a k-term double accumulation in a reference. */
+static inline double test_gamma64(int k) {
+    double ku = k * TEST_U64;
+    return ku / (1.0 - ku);
+}
+
+/* The bound on |fl32(s_double) - s| for a k-product sum accumulated in double, rounded once. */
+static inline double test_gamma_ref(int k) {
+    return TEST_U32 + 2.0 * test_gamma64(k);
+}
+
+/* Element-wise |a[i] - b[i]| <= bound[i] (and neither is NaN) for i < n; a failure prints the
+ * first few offending indices with both values and the bound. Returns the number of failures. */
+#define CHECK_WITHIN(a, b, bound, n)                                                               \
+    test__within(__FILE__, __LINE__, #a, #b, (a), (b), (bound), (n))
+
+static inline size_t test__within(const char *file, int line, const char *an, const char *bn,
+                                  const float *a, const float *b, const double *bound, size_t n) {
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - (double)b[i]);
+        if (d <= bound[i]) continue;
+        if (bad < 5)
+            fprintf(
+                stderr,
+                "%s:%d: CHECK_WITHIN(%s, %s) failed at [%zu]: %.9g vs %.9g (diff %.3g > %.3g)\n",
+                file, line, an, bn, i, a[i], b[i], d, bound[i]);
+        bad++;
+    }
+    if (bad) {
+        if (bad > 5)
+            fprintf(stderr, "%s:%d: ... %zu elements out of bound in all\n", file, line, bad);
+        test__failed_checks++;
+        test__cur_failed = 1;
+    }
+    return bad;
+}
+
 /* An rl_* call that must succeed: prints the error string and detail when it does not. */
 #define CHECK_OK(expr)                                                                             \
     do {                                                                                           \
