@@ -47,16 +47,9 @@ static const float *T_(const gpt_t *m, const char *name) {
  * exact). A stage that reads a wrong tensor, a wrong position or another sequence's rows is off
  * by O(1). Stages checked this way compose: the whole forward is the chain of them.
  */
-/* glibc's expf, scalar and libmvec's, is documented within 1 ulp on x86-64; allow 2 ulp. */
-#define EXPF_REL 0x1p-22
-
 /* fp32 gamma_k plus the reference's own double rounding of the same sum. */
 static double gam(int k) {
     return test_gamma(k) + test_gamma64(k);
-}
-
-static double lg1(double x) { /* -log(1 - x): bounds |log(1 + d)| for |d| <= x */
-    return -log1p(-x);
 }
 
 /* ref/bound (T,C) for LayerNorm of rows x (T,C). The fp32 kernel's mean of C values is off by
@@ -126,8 +119,9 @@ static void ref_attention(double *aref, double *abound, double *yref, double *yb
             size_t row = ((size_t)h * T + t) * T;
             for (int u = 0; u < T; u++) {
                 double p = u <= t ? exp(sc[u] - mx) / sum : 0;
-                double eta = e[u] + E + 2 * TEST_U32 * X + 2 * lg1(EXPF_REL) + lg1(test_gamma(t)) +
-                             2 * lg1(TEST_U32) + test_gamma64(T + 4);
+                double eta = e[u] + E + 2 * TEST_U32 * X + 2 * test_logerr(TEST_EXPF_REL) +
+                             test_logerr(test_gamma(t)) + 2 * test_logerr(TEST_U32) +
+                             test_gamma64(T + 4);
                 aref[row + u] = p;
                 abound[row + u] = u <= t ? p * expm1(eta) : 0;
             }
@@ -152,7 +146,8 @@ static void ref_attention(double *aref, double *abound, double *yref, double *yb
 static double ref_gelu(float x, double *bound) {
     double u = sqrt(2 / M_PI) * (x + 0.044715 * x * x * x);
     double g = 0.5 * x * (1 + tanh(u)), sig = 1 / (1 + exp(-2 * u)), dz = 2 * fabs(u) * gam(7);
-    double eta = (1 - sig) * dz * exp(dz) + lg1(EXPF_REL) + 3 * lg1(TEST_U32) + test_gamma64(8);
+    double eta = (1 - sig) * dz * exp(dz) + test_logerr(TEST_EXPF_REL) + 3 * test_logerr(TEST_U32) +
+                 test_gamma64(8);
     *bound = fabs(g) * expm1(eta);
     return g;
 }
@@ -667,8 +662,8 @@ static void test_dlogits_protocol(void) {
         double mx = -1e30, lo = 1e30, sum = 0;
         for (int v = 0; v < V; v++) mx = fmax(mx, x[v]), lo = fmin(lo, x[v]);
         for (int v = 0; v < V; v++) sum += exp(x[v] - mx);
-        double eta = 2 * (TEST_U32 * (mx - lo) - log1p(-EXPF_REL)) - log1p(-test_gamma(4)) +
-                     test_gamma64(V + 2);
+        double eta = 2 * (TEST_U32 * (mx - lo) + test_logerr(TEST_EXPF_REL)) +
+                     test_logerr(test_gamma(4)) + test_gamma64(V + 2);
         for (int v = 0; v < V; v++) {
             size_t k = (size_t)i * V + v;
             double p = exp(x[v] - mx) / sum, hot = v == targets[i];

@@ -234,22 +234,13 @@ static void at_fwd(void *c, float *out) {
  * Forward, each side: the score s_tu = scale q_t.k_u is hs products summed and scaled, within
  * e_tu = gamma_{hs+1} scale sum_i |q_ti k_ui| of exact. Softmax of scores each off by <= e_u is
  * off by <= e_u + max_v e_v in log p_u (log-sum-exp is 1-Lipschitz). Its own roundings add, in
- * log p_u: x = s - max rounded (u |x| <= u X, X the row's range of scores), expf (EXPF_REL) on
- * p_u and on the row sum, the row sum itself (t additions: gamma_t) and the division (two
- * roundings: 1/sum then a product). So |log p1 - log p2| <= eta, twice one side's sum, and
+ * log p_u: x = s - max rounded (u |x| <= u X, X the row's range of scores), expf (test.h) on p_u
+ * and on the row sum, the row sum itself (t additions: gamma_t) and the division (two roundings:
+ * 1/sum then a product). So |log p1 - log p2| <= eta, twice one side's sum, and
  * |p1 - p2| <= min(p1, p2) expm1(eta); above the diagonal both are exactly 0. Outputs o = p @ v:
  * T products on each side plus the measured difference of the probabilities each used:
  * |o1 - o2| <= gamma_T sum_u (|p1_tu| + |p2_tu|) |v_u| + sum_u |p1_tu - p2_tu| |v_u|.
  */
-/* glibc documents its expf, scalar and libmvec's vector ones, within 1 ulp on x86-64; allow 2
- * ulp: a relative error of at most 2 * 2^-23. */
-#define EXPF_REL 0x1p-22
-
-/* -log(1 - x), which bounds |log(1 + d)| for |d| <= x. */
-static double lg1(double x) {
-    return -log1p(-x);
-}
-
 /* batt(B,H,T,T) and bout(B,T,C): bounds on two forwards of qkv that gave att1 and att2. */
 static void attention_fwd_bound(double *batt, double *bout, const float *qkv, const float *att1,
                                 const float *att2, int B, int T, int C, int H) {
@@ -277,8 +268,8 @@ static void attention_fwd_bound(double *batt, double *bout, const float *qkv, co
                         batt[row + u] = 0;
                         continue;
                     }
-                    double side = e[u] + E + 2 * TEST_U32 * X + 2 * lg1(EXPF_REL) +
-                                  lg1(test_gamma(t)) + 2 * lg1(TEST_U32);
+                    double side = e[u] + E + 2 * TEST_U32 * X + 2 * test_logerr(TEST_EXPF_REL) +
+                                  test_logerr(test_gamma(t)) + 2 * test_logerr(TEST_U32);
                     double p = fmin(att1[row + u], att2[row + u]);
                     batt[row + u] = p * expm1(2 * side);
                 }
@@ -425,16 +416,29 @@ static void test_layernorm(void) {
     ln_ctx c = {rnd(N * C, 1, 2), rnd(C, 2, 1), rnd(C, 3, 1), zeros(N), zeros(N), N, C};
     float *out = zeros(N * C), *R = rnd(N * C, 4, 1);
     ln_fwd(&c, out);
-    /* with w = 1, b = 0 each row has mean 0 and variance ~1 */
+    /* With w = 1, b = 0 each row has mean 0 and variance v/(v + eps), up to rounding. The
+     * kernel returns its mean m and rstd s; each output is (x - m) s with two roundings. So
+     * sum/C = s (mu - m) + s mean((x - m) theta_2) exactly, mu the row's true mean. Its variance
+     * about m, V = mean((x - m)^2), is computed as V (1 + theta_{C+3}) (a subtraction squared, a
+     * product, C-1 additions, the division); + eps, sqrtf and 1/ put s within es of exact; and
+     * sum(out^2)/C = s^2 V (1 + theta_2)^2: an interval [lo, hi] around 1. */
     float *one = malloc(C * sizeof(float)), *zero = zeros(C);
     for (int i = 0; i < C; i++) one[i] = 1.0f;
     float *norm = zeros(N * C);
     ops_layernorm_forward(norm, c.mean, c.rstd, c.inp, one, zero, N, C, 1e-5f);
+    double g2 = test_gamma(2), gv = test_gamma(C + 3), u = TEST_U32;
+    double es = (1 + u) / ((1 - u) * sqrt(1 - u)) - 1;
     for (int n = 0; n < N; n++) {
-        double s = 0, s2 = 0;
+        const float *x = c.inp + n * C;
+        double s = 0, s2 = 0, mu = 0, dev = 0, V = 0, m = c.mean[n], r = c.rstd[n];
         for (int i = 0; i < C; i++) s += norm[n * C + i], s2 += norm[n * C + i] * norm[n * C + i];
-        CHECK_NEAR(s / C, 0.0, 1e-5);
-        CHECK_NEAR(s2 / C, 1.0, 1e-3);
+        for (int i = 0; i < C; i++) mu += x[i], dev += fabs(x[i] - m), V += (x[i] - m) * (x[i] - m);
+        mu /= C, dev /= C, V /= C;
+        CHECK_NEAR(s / C, 0.0, r * (fabs(mu - m) + g2 * dev) + test_gamma64(2 * C) * (1 + fabs(s)));
+        double eps = 1e-5f;
+        double lo = V * (1 - es) * (1 - es) / (V * (1 + gv) + eps) * (1 - g2) * (1 - g2);
+        double hi = V * (1 + es) * (1 + es) / (V * (1 - gv) + eps) * (1 + g2) * (1 + g2);
+        CHECK_NEAR(s2 / C, (lo + hi) / 2, (hi - lo) / 2 + test_gamma64(2 * C) * hi);
     }
     float *di = zeros(N * C), *dw = zeros(C), *db = zeros(C);
     ln_fwd(&c, out);
@@ -463,10 +467,17 @@ static void test_gelu(void) {
     ge_ctx c = {rnd(n, 1, 2), n};
     float *out = zeros(n), *R = rnd(n, 2, 1), *di = zeros(n);
     ge_fwd(&c, out);
+    /* The kernel's x * sigmoid(2u) against gelu_new in double: u = k (x + 0.044715 x^3) carries
+     * 7 roundings (5 operations, 2 constants), so 2u is off by dz = 2|u| gamma_7, which moves
+     * log sigmoid by at most (1 - sigmoid) dz e^dz; expf, 1 + e, the division and x * s add
+     * theirs: |out - ref| <= |ref| expm1(eta). */
     for (size_t i = 0; i < n; i++) {
-        double x = c.inp[i];
-        double ref = 0.5 * x * (1 + tanh(sqrt(2 / M_PI) * (x + 0.044715 * x * x * x)));
-        CHECK_NEAR(out[i], ref, 1e-6);
+        double x = c.inp[i], u = sqrt(2 / M_PI) * (x + 0.044715 * x * x * x);
+        double ref = 0.5 * x * (1 + tanh(u)), sig = 1 / (1 + exp(-2 * u));
+        double dz = 2 * fabs(u) * test_gamma(7);
+        double eta = (1 - sig) * dz * exp(dz) + test_logerr(TEST_EXPF_REL) +
+                     3 * test_logerr(TEST_U32) + test_gamma64(8);
+        CHECK_NEAR(out[i], ref, fabs(ref) * expm1(eta));
     }
     ops_gelu_backward(di, c.inp, R, n);
     fd_check("gelu", ge_fwd, &c, c.inp, di, n, out, R, n);
@@ -485,49 +496,96 @@ static void test_residual_encoder(void) {
             CHECK_NEAR(out[bt * C + c], wte[inp[bt] * C + c] + wpe[(bt % T) * C + c], 0);
     float *dout = rnd(B * T * C, 3, 1), *dwte = zeros(V * C), *dwpe = zeros(T * C);
     ops_encoder_backward(dwte, dwpe, dout, inp, B, T, C);
-    /* token 1 appears three times: its gradient row is the sum of those three rows */
+    /* token 1 appears three times: its gradient row is the sum of those three rows, added in
+     * position order onto 0 - the same fp32 additions as written here, so the same bits */
     for (int c = 0; c < C; c++) {
-        CHECK_NEAR(dwte[1 * C + c], dout[0 * C + c] + dout[2 * C + c] + dout[5 * C + c], 1e-6);
-        CHECK_NEAR(dwte[3 * C + c], 0, 0);
-        CHECK_NEAR(dwpe[0 * C + c], dout[0 * C + c] + dout[3 * C + c], 1e-6);
+        CHECK(dwte[1 * C + c] == dout[0 * C + c] + dout[2 * C + c] + dout[5 * C + c]);
+        CHECK(dwte[3 * C + c] == 0.0f);
+        CHECK(dwpe[0 * C + c] == dout[0 * C + c] + dout[3 * C + c]);
     }
     free(wte), free(wpe), free(out), free(dout), free(dwte), free(dwpe);
 }
 
 /* ---- cross-entropy -------------------------------------------------------------------- */
 
+/*
+ * Row n's loss in double from the same float logits, ref_n = log S + max - x_t (S the sum of
+ * exp(x - max)), and the bound on the kernel's fp32 loss: each expf is off by its own error and
+ * by its argument's rounding (u |x - max| <= u X, X the row's range), which moves log S by at most
+ * u X + expf's error; the double sums, log and additions add a few 2^-53 (counted twice: the
+ * kernel's and this reference's), and the cast to float one u. Returns the bound on the weighted
+ * mean (the kernel's own double sum of w_n losses_n adds gamma64).
+ */
+static double ce_bound(const float *logits, const int *targets, const float *w, int N, int V,
+                       double *ref, double *bound) {
+    double wsum = 0, wb = 0, wl = 0;
+    for (int n = 0; n < N; n++) {
+        ref[n] = bound[n] = 0;
+        if (targets[n] < 0) continue;
+        const float *x = logits + (size_t)n * V;
+        double mx = -INFINITY, lo = INFINITY, S = 0;
+        for (int v = 0; v < V; v++) mx = fmax(mx, x[v]), lo = fmin(lo, x[v]);
+        for (int v = 0; v < V; v++) S += exp(x[v] - mx);
+        ref[n] = log(S) + mx - x[targets[n]];
+        double pre = TEST_U32 * (mx - lo) + test_logerr(TEST_EXPF_REL) +
+                     2 * test_gamma64(V + 4) * (fabs(log(S)) + fabs(mx) + fabs(x[targets[n]]));
+        bound[n] = pre + test_gamma(1) * (fabs(ref[n]) + pre);
+        wsum += w[n], wb += w[n] * bound[n], wl += w[n] * fabs(ref[n]);
+    }
+    return wb / wsum + test_gamma64(2 * N + 2) * wl / wsum;
+}
+
 static void test_crossentropy(void) {
     int N = 4, V = 7, targets[4] = {3, -1, 0, 6};
     float w[4] = {1.0f, 1.0f, 0.5f, 2.0f};
     float *logits = rnd(N * V, 1, 2), *copy = malloc(N * V * sizeof(float)), losses[4];
+    double ref[4], bound[4];
     memcpy(copy, logits, N * V * sizeof(float));
     double mean = ops_crossentropy(logits, losses, targets, w, N, V, 0);
-    double ref = 0, wsum = 0;
+    double mean_bound = ce_bound(copy, targets, w, N, V, ref, bound), wref = 0, wsum = 0;
     for (int n = 0; n < N; n++) {
         if (targets[n] < 0) continue;
-        double mx = -1e30, s = 0;
-        for (int v = 0; v < V; v++) mx = fmax(mx, copy[n * V + v]);
-        for (int v = 0; v < V; v++) s += exp(copy[n * V + v] - mx);
-        double l = log(s) + mx - copy[n * V + targets[n]];
-        CHECK_NEAR(losses[n], l, 1e-5);
-        ref += w[n] * l, wsum += w[n];
+        CHECK_NEAR(losses[n], ref[n], bound[n]);
+        wref += w[n] * ref[n], wsum += w[n];
     }
     CHECK_NEAR(losses[1], 0, 0);
-    CHECK_NEAR(mean, ref / wsum, 1e-6);
-    /* gradient: central differences of the weighted mean */
+    CHECK_NEAR(mean, wref / wsum, mean_bound);
+    /*
+     * Gradient: central differences of the weighted mean, num = (f(x + h1) - f(x - h2)) /
+     * (h1 + h2) with h1, h2 the steps the floats actually took (1e-2 give or take a rounding).
+     * It is f' + (h1 - h2)/2 f'' + h^2/6 f''' + (e+ - e-)/(h1 + h2): only row n moves, where f''
+     * and f''' are w_n/wsum times p(1-p) <= 1/4 and p(1-p)(1-2p) <= 1/(6 sqrt 3), and e+- are
+     * within ce_bound. The analytic gradient is fp32: (w_n/wsum) p expm1(eta) with eta as in
+     * ce_bound's doubled (p and its row sum) plus 5 roundings, and 2 more at the target.
+     */
     ops_crossentropy(logits, losses, targets, w, N, V, 1);
+    float *tmp = malloc(N * V * sizeof(float));
     for (int i = 0; i < N * V; i++) {
-        float keep = copy[i], *tmp = malloc(N * V * sizeof(float));
-        copy[i] = keep + 1e-2f;
+        int n = i / V;
+        float keep = copy[i], xp = keep + 1e-2f, xm = keep - 1e-2f;
+        double h1 = (double)xp - keep, h2 = (double)keep - xm;
+        copy[i] = xp;
         memcpy(tmp, copy, N * V * sizeof(float));
+        double bp = ce_bound(tmp, targets, w, N, V, ref, bound);
         double lp = ops_crossentropy(tmp, losses, targets, w, N, V, 0);
-        copy[i] = keep - 1e-2f;
+        copy[i] = xm;
         memcpy(tmp, copy, N * V * sizeof(float));
+        double bm = ce_bound(tmp, targets, w, N, V, ref, bound);
         double lm = ops_crossentropy(tmp, losses, targets, w, N, V, 0);
         copy[i] = keep;
-        free(tmp);
-        CHECK_NEAR(logits[i], (lp - lm) / 2e-2, 2e-4);
+        double wn = targets[n] < 0 ? 0 : w[n] / wsum, mx = -INFINITY, lo = INFINITY, S = 0;
+        for (int v = 0; v < V; v++) mx = fmax(mx, copy[n * V + v]), lo = fmin(lo, copy[n * V + v]);
+        for (int v = 0; v < V; v++) S += exp(copy[n * V + v] - mx);
+        double p = exp(keep - mx) / S, hmax = fmax(h1, h2);
+        double eta = 2 * (TEST_U32 * (mx - lo) + test_logerr(TEST_EXPF_REL)) +
+                     test_logerr(test_gamma(5)) + test_gamma64(V + 2);
+        double grad_err = wn * p * expm1(eta);
+        if (i % V == targets[n]) grad_err += test_gamma(2) * wn + TEST_U32 * fabs(logits[i]);
+        double tol = (bp + bm) / (h1 + h2) + fabs(h1 - h2) / 2 * wn / 4 +
+                     hmax * hmax / 6 * wn / (6 * sqrt(3.0)) + grad_err;
+        CHECK_NEAR(logits[i], (lp - lm) / (h1 + h2), tol);
     }
+    free(tmp);
     /* all positions ignored: NaN, not a silent 0 */
     int none[4] = {-1, -1, -1, -1};
     CHECK(isnan(ops_crossentropy(copy, losses, none, NULL, N, V, 0)));
