@@ -98,6 +98,37 @@ static inline double test_logerr(double x) {
     return -log1p(-x);
 }
 
+/* The rounding error of the fp32 difference x - m: 0 where Sterbenz's lemma makes it exact (same
+ * sign, within a factor of 2), else at most u |x - m|. */
+static inline double test_sub_err(float x, float m) {
+    double ax = fabs(x), am = fabs(m);
+    if ((x >= 0) == (m >= 0) && ax <= 2 * am && am <= 2 * ax) return 0;
+    return TEST_U32 * fabs((double)x - m);
+}
+
+/*
+ * log softmax(x)[tok] over V fp32 logits, in double, and in *bound the error bound of an fp32
+ * kernel computing it from the row's max m as (x_tok - m) - log(sum_v expf(x_v - m)) with the
+ * sum and the log in double. Each x_v - m rounds (test_sub_err) and each expf is off by
+ * TEST_EXPF_REL, so the log of the sum moves by at most the largest of those plus expf's error,
+ * and x_tok - m by its own; the double arithmetic adds a few 2^-53, counted for the kernel and
+ * for this reference. A kernel that rounds the result to float adds u |result|: the caller's.
+ */
+static inline double test_logsoftmax(const float *x, int V, int tok, double *bound) {
+    float mx = -INFINITY;
+    for (int v = 0; v < V; v++) mx = x[v] > mx ? x[v] : mx;
+    double s = 0, sub = 0;
+    for (int v = 0; v < V; v++) {
+        s += exp((double)x[v] - mx);
+        double e = test_sub_err(x[v], mx);
+        sub = e > sub ? e : sub;
+    }
+    double lp = (double)x[tok] - mx - log(s);
+    *bound = sub + test_logerr(TEST_EXPF_REL) + test_sub_err(x[tok], mx) +
+             2 * test_gamma64(V + 4) * (fabs(log(s)) + fabs(mx) + fabs(x[tok]) + 1);
+    return lp;
+}
+
 /* Element-wise |a[i] - b[i]| <= bound[i] (and neither is NaN) for i < n; a failure prints the
  * first few offending indices with both values and the bound. Returns the number of failures. */
 #define CHECK_WITHIN(a, b, bound, n)                                                               \

@@ -508,27 +508,18 @@ static void test_residual_encoder(void) {
 
 /* ---- cross-entropy -------------------------------------------------------------------- */
 
-/*
- * Row n's loss in double from the same float logits, ref_n = log S + max - x_t (S the sum of
- * exp(x - max)), and the bound on the kernel's fp32 loss: each expf is off by its own error and
- * by its argument's rounding (u |x - max| <= u X, X the row's range), which moves log S by at most
- * u X + expf's error; the double sums, log and additions add a few 2^-53 (counted twice: the
- * kernel's and this reference's), and the cast to float one u. Returns the bound on the weighted
- * mean (the kernel's own double sum of w_n losses_n adds gamma64).
- */
+/* Row n's loss in double from the same float logits, ref_n = -log softmax(x)[t], and the bound
+ * on the kernel's fp32 loss: test_logsoftmax's (the kernel sums expf in double, takes the log and
+ * adds max - x_t in double) and one rounding to float. Returns the bound on the weighted mean,
+ * whose double sum of w_n losses_n adds gamma64. */
 static double ce_bound(const float *logits, const int *targets, const float *w, int N, int V,
                        double *ref, double *bound) {
     double wsum = 0, wb = 0, wl = 0;
     for (int n = 0; n < N; n++) {
         ref[n] = bound[n] = 0;
         if (targets[n] < 0) continue;
-        const float *x = logits + (size_t)n * V;
-        double mx = -INFINITY, lo = INFINITY, S = 0;
-        for (int v = 0; v < V; v++) mx = fmax(mx, x[v]), lo = fmin(lo, x[v]);
-        for (int v = 0; v < V; v++) S += exp(x[v] - mx);
-        ref[n] = log(S) + mx - x[targets[n]];
-        double pre = TEST_U32 * (mx - lo) + test_logerr(TEST_EXPF_REL) +
-                     2 * test_gamma64(V + 4) * (fabs(log(S)) + fabs(mx) + fabs(x[targets[n]]));
+        double pre;
+        ref[n] = -test_logsoftmax(logits + (size_t)n * V, V, targets[n], &pre);
         bound[n] = pre + test_gamma(1) * (fabs(ref[n]) + pre);
         wsum += w[n], wb += w[n] * bound[n], wl += w[n] * fabs(ref[n]);
     }
