@@ -132,19 +132,23 @@ static inline double test_logsoftmax(const float *x, int V, int tok, double *bou
 /* Element-wise |a[i] - b[i]| <= bound[i] (and neither is NaN) for i < n; a failure prints the
  * first few offending indices with both values and the bound. Returns the number of failures. */
 #define CHECK_WITHIN(a, b, bound, n)                                                               \
-    test__within(__FILE__, __LINE__, #a, #b, (a), (b), (bound), (n))
+    test__within(__FILE__, __LINE__, #a, #b, (a), (b), NULL, (bound), (n))
+/* The same against a double-precision reference ref (n). */
+#define CHECK_WITHIN64(a, ref, bound, n)                                                           \
+    test__within(__FILE__, __LINE__, #a, #ref, (a), NULL, (ref), (bound), (n))
 
 static inline size_t test__within(const char *file, int line, const char *an, const char *bn,
-                                  const float *a, const float *b, const double *bound, size_t n) {
+                                  const float *a, const float *b, const double *b64,
+                                  const double *bound, size_t n) {
     size_t bad = 0;
     for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - (double)b[i]);
+        double bi = b ? (double)b[i] : b64[i], d = fabs((double)a[i] - bi);
         if (d <= bound[i]) continue;
         if (bad < 5)
             fprintf(
                 stderr,
                 "%s:%d: CHECK_WITHIN(%s, %s) failed at [%zu]: %.9g vs %.9g (diff %.3g > %.3g)\n",
-                file, line, an, bn, i, a[i], b[i], d, bound[i]);
+                file, line, an, bn, i, a[i], bi, d, bound[i]);
         bad++;
     }
     if (bad) {
