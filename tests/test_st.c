@@ -393,7 +393,7 @@ static void test_f16(void) {
     CHECK(isinf(o[4]) && o[4] > 0);
     CHECK(isinf(o[5]) && o[5] < 0);
     CHECK(isnan(o[6]));
-    CHECK_NEAR(o[7], 0.1, 1e-4);
+    CHECK_NEAR(o[7], 0.1, 0x1p-15);         /* the nearest half: half its ulp 2^-14 */
     CHECK(o[7] == 0.0999755859375f);        /* exact half value */
     CHECK(o[8] == 1023.0f * 0x1p-24f);      /* largest subnormal */
     CHECK(o[9] == 0x1p-14f);                /* smallest normal */
@@ -413,7 +413,7 @@ static void test_bf16(void) {
     CHECK(isinf(o[4]) && o[4] > 0);
     CHECK(isinf(o[5]) && o[5] < 0);
     CHECK(isnan(o[6]));
-    CHECK_NEAR(o[7], 0.1, 1e-3);
+    CHECK_NEAR(o[7], 0.1, 0x1p-12); /* the nearest bf16: half its ulp 2^-11 */
     CHECK(o[7] == 0.10009765625f);
     CHECK(o[8] == 0x1p-133f); /* a float subnormal */
 }
