@@ -61,18 +61,22 @@ static void test_cached_equals_full_forward(void) {
             int pos = lens[s] + i; /* the token at pos was sampled from the logits at pos - 1 */
             const float *ref = m->acts.logits + (size_t)(pos - 1) * V;
             const float *got = tr.logits + ((size_t)s * P + pos) * V;
-            double mx = -1e30, sum = 0;
-            for (int v = 0; v < V; v++) {
-                worst = fmax(worst, fabs(ref[v] - got[v]));
-                mx = fmax(mx, ref[v]);
-            }
-            for (int v = 0; v < V; v++) sum += exp(ref[v] - mx);
-            double lp = ref[out[s].tokens[i]] - mx - log(sum);
-            CHECK_NEAR(out[s].logprobs_model[i], lp, 1e-4);
-            CHECK_NEAR(out[s].logprobs[i], lp, 1e-4); /* temperature 1, untruncated */
+            for (int v = 0; v < V; v++) worst = fmax(worst, fabs(ref[v] - got[v]));
+            /* the sampled token's log-probabilities, from the logits generation sampled from:
+             * log softmax in double within test_logsoftmax's bound and the cast to float */
+            double e, lp = test_logsoftmax(got, V, out[s].tokens[i], &e);
+            e += test_gamma(1) * (fabs(lp) + e);
+            CHECK_NEAR(out[s].logprobs_model[i], lp, e);
+            CHECK_NEAR(out[s].logprobs[i], lp, e); /* temperature 1, untruncated */
         }
         gen_seq_free(&out[s]);
     }
+    /* Not a derived bound: two implementations of the whole network (packed-weight products and
+     * a KV cache against OpenBLAS on the full sequence) differ by roundings that each stage
+     * bounds (test_gpt, test_pgemm) but that no element-wise bound carries through the network:
+     * worst-case bounds propagated stage by stage come out larger than the logits themselves.
+     * Measured: 1.2e-6 to 1.5e-6 under OpenBLAS's Haswell, SkylakeX, Sandybridge and Zen
+     * kernels. A cache or position error changes logits by O(0.1); 1e-4 separates the two. */
     CHECK_NEAR(worst, 0, 1e-4);
     free(tr.logits);
     gpt_destroy(&m);
