@@ -469,6 +469,9 @@ static void test_sim_noise_agreement(void) {
         fprintf(stderr, "  noise %.2f: pairwise agreement %.4f (model %.4f, %ld comparisons)\n",
                 noise[t], rate, expect, strict);
         if (t == 0) CHECK_NEAR(rate, 1.0, 0);
+        /* statistical: the agreement rate over the printed number of comparisons against the
+         * model's prediction; the comparisons share annotators, so 0.025 is an allowance for
+         * that correlation rather than a multiple of a binomial sd */
         CHECK_NEAR(rate, expect, 0.025);
         CHECK(rate < prev);
         prev = rate;

@@ -29,6 +29,8 @@ static void test_uniform_moments(void) {
         if (u > hi) hi = u;
     }
     double mean = s / n, var = s2 / n - mean * mean;
+    /* statistical: sd of the mean sqrt(1/12 / n) = 6.5e-4, of the variance sqrt(1/180 / n) =
+     * 1.7e-4; the tolerances are about 8 and 12 of those */
     CHECK_NEAR(mean, 0.5, 0.005);
     CHECK_NEAR(var, 1.0 / 12, 0.002);
     CHECK(lo > 0.0 && hi < 1.0);
@@ -42,6 +44,8 @@ static void test_normal_moments(void) {
         s += z, s2 += z * z, s4 += z * z * z * z;
     }
     double mean = s / n, var = s2 / n - mean * mean;
+    /* statistical: sds sqrt(1/n) = 2.2e-3, sqrt(2/n) = 3.2e-3 and sqrt(96/n) = 0.022 for the
+     * mean, variance and fourth moment: the tolerances are 4.5 to 6.5 of those */
     CHECK_NEAR(mean, 0.0, 0.01);
     CHECK_NEAR(var, 1.0, 0.02);
     CHECK_NEAR(s4 / n, 3.0, 0.1); /* kurtosis of a normal */
@@ -59,7 +63,7 @@ static void test_uniform53(void) {
         /* more than 24 bits: most draws are not on the float grid */
         fine += (double)(float)u != u;
     }
-    CHECK_NEAR(s / n, 0.5, 0.005);
+    CHECK_NEAR(s / n, 0.5, 0.005); /* statistical: 8 sds of the mean, as above */
     CHECK(lo > 0.0 && hi < 1.0);
     CHECK(fine > n / 2);
     CHECK(rng_uniform53(5, 6, 7) == rng_uniform53(5, 6, 7));

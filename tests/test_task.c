@@ -25,6 +25,7 @@ static void test_names_and_guidelines(void) {
     CHECK(strlen(task_guideline_version) > 0);
     double w = 0;
     for (int k = 0; k < TASK_NCRIT; k++) w += task_gold_weights[k];
+    /* float weights summing to 1 in decimal: within a few u of 1 */
     CHECK_NEAR(w, 1.0, 1e-6);
     float ones[TASK_NCRIT] = {1, 1, 1, 1}, zeros[TASK_NCRIT] = {0};
     CHECK_NEAR(task_gold(ones), 1.0, 1e-6);
