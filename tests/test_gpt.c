@@ -391,8 +391,9 @@ static double threaded_pass(gpt_t *m, const int *in, const int *tg, const int *i
 static double pass_blas_one_thread(gpt_t *m, int threads, const int *in, const int *tg,
                                    const int *idx, const float *dv, float *g) {
     double obj = NAN;
-    int levels = omp_get_max_active_levels();
+    int levels = omp_get_max_active_levels(), dynamic = omp_get_dynamic();
     omp_set_max_active_levels(2);
+    omp_set_dynamic(0); /* teams of exactly the size asked for */
 #pragma omp parallel num_threads(2)
 #pragma omp single
     {
@@ -408,6 +409,7 @@ static double pass_blas_one_thread(gpt_t *m, int threads, const int *in, const i
         obj = threaded_pass(m, in, tg, idx, dv, g);
     }
     omp_set_max_active_levels(levels);
+    omp_set_dynamic(dynamic);
     return obj;
 }
 
