@@ -260,64 +260,6 @@ float ppo_score_transform(float score, const ppo_moments_t *s, ppo_score_norm_t 
 
 /* ---- configuration and learner ----------------------------------------------------------- */
 
-void ppo_config_default(ppo_config_t *c) {
-    memset(c, 0, sizeof *c);
-    c->gamma = 1.0f;
-    c->lambda = 0.95f;
-    c->clip_eps = 0.2f;
-    c->value_clip = 0.2f;
-    c->kl_coef = 0.03f;
-    c->kl_adaptive = 0;
-    c->kl_target = 6.0f;
-    c->kl_horizon = 10000.0f;
-    c->epochs = 4;
-    c->minibatch = 8;
-    c->microbatch = 0;
-    c->lr_policy = 1e-5f;
-    c->lr_value = 1e-5f;
-    c->weight_decay = 0.0f;
-    c->max_grad_norm = 1.0f;
-    c->ent_coef = 0.0f;
-    c->score_norm = PPO_SCORE_RAW;
-    c->score_clip = 0.0f;
-    c->whiten = 1;
-    c->whiten_keep_mean = 0;
-    c->recompute_logprobs = 0;
-    c->vocab_limit = 0;
-    c->forward_batch = 0;
-    c->seed = 0;
-}
-
-int ppo_config_check(const ppo_config_t *c) {
-#define PPO__REQ(cond, field)                                                                      \
-    if (!(cond)) return rl_fail(RL_EINVAL, "ppo config: bad %s", field)
-    PPO__REQ(c->gamma >= 0 && c->gamma <= 1, "gamma (need 0..1)");
-    PPO__REQ(c->lambda >= 0 && c->lambda <= 1, "lambda (need 0..1)");
-    PPO__REQ(c->clip_eps > 0 && c->clip_eps < 1, "clip_eps (need 0 < eps < 1)");
-    PPO__REQ(isfinite(c->value_clip), "value_clip");
-    PPO__REQ(c->kl_coef >= 0 && isfinite(c->kl_coef), "kl_coef (need >= 0)");
-    PPO__REQ(c->kl_adaptive == 0 || c->kl_adaptive == 1, "kl_adaptive (need 0 or 1)");
-    PPO__REQ(!c->kl_adaptive || (c->kl_target > 0 && isfinite(c->kl_target)),
-             "kl_target (need > 0)");
-    PPO__REQ(!c->kl_adaptive || (c->kl_horizon > 0 && isfinite(c->kl_horizon)),
-             "kl_horizon (need > 0)");
-    PPO__REQ(c->epochs >= 1, "epochs (need >= 1)");
-    PPO__REQ(c->minibatch >= 1, "minibatch (need >= 1)");
-    PPO__REQ(c->microbatch >= 0, "microbatch (need >= 0)");
-    PPO__REQ(c->forward_batch >= 0, "forward_batch (need >= 0)");
-    PPO__REQ(c->lr_policy >= 0 && isfinite(c->lr_policy), "lr_policy (need >= 0)");
-    PPO__REQ(c->lr_value >= 0 && isfinite(c->lr_value), "lr_value (need >= 0)");
-    PPO__REQ(c->weight_decay >= 0 && isfinite(c->weight_decay), "weight_decay (need >= 0)");
-    PPO__REQ(isfinite(c->max_grad_norm), "max_grad_norm");
-    PPO__REQ(isfinite(c->ent_coef), "ent_coef");
-    PPO__REQ(c->score_norm >= PPO_SCORE_RAW && c->score_norm <= PPO_SCORE_NORM,
-             "score_norm (need raw, scale or norm)");
-    PPO__REQ(isfinite(c->score_clip), "score_clip");
-    PPO__REQ(c->vocab_limit >= 0, "vocab_limit (need >= 0)");
-#undef PPO__REQ
-    return 0;
-}
-
 int ppo_learner_init(ppo_learner_t *l, gpt_t *policy, gpt_t *value, const ppo_config_t *cfg) {
     memset(l, 0, sizeof *l);
     int rc = ppo_config_check(cfg);
@@ -780,95 +722,216 @@ done:
     return rc;
 }
 
-/* ---- configuration as JSON / text ------------------------------------------------------- */
+/* ---- the settings table: defaults, checks, JSON and text ---------------------------------- */
 
-typedef enum { PF_FLOAT, PF_INT, PF_BOOL, PF_U64, PF_NORM } pf_kind_t;
-typedef struct {
-    const char *name;
-    pf_kind_t kind;
-    size_t off;
-} pf_t;
-#define PF(n, k)                                                                                   \
-    { #n, k, offsetof(ppo_config_t, n) }
-static const pf_t ppo_fields[] = {
-    PF(gamma, PF_FLOAT),      PF(lambda, PF_FLOAT),          PF(clip_eps, PF_FLOAT),
-    PF(value_clip, PF_FLOAT), PF(kl_coef, PF_FLOAT),         PF(kl_adaptive, PF_BOOL),
-    PF(kl_target, PF_FLOAT),  PF(kl_horizon, PF_FLOAT),      PF(epochs, PF_INT),
-    PF(minibatch, PF_INT),    PF(microbatch, PF_INT),        PF(lr_policy, PF_FLOAT),
-    PF(lr_value, PF_FLOAT),   PF(weight_decay, PF_FLOAT),    PF(max_grad_norm, PF_FLOAT),
-    PF(ent_coef, PF_FLOAT),   PF(score_norm, PF_NORM),       PF(score_clip, PF_FLOAT),
-    PF(whiten, PF_BOOL),      PF(whiten_keep_mean, PF_BOOL), PF(recompute_logprobs, PF_BOOL),
-    PF(vocab_limit, PF_INT),  PF(forward_batch, PF_INT),     PF(seed, PF_U64),
+#define PS(n, t, lo, hi, def, help)                                                                \
+    { #n, PPO_SETTING_##t, lo, hi, def, help, offsetof(ppo_config_t, n), 0 }
+const ppo_setting_t ppo_settings[] = {
+    PS(gamma, FLOAT, 0, 1, "1", "discount"),
+    PS(lambda, FLOAT, 0, 1, "0.95", "GAE lambda"),
+    PS(clip_eps, FLOAT, 0, 1, "0.2", "policy ratio clip range [1-eps, 1+eps] (> 0)"),
+    PS(value_clip, FLOAT, -INFINITY, INFINITY, "0.2",
+       "value clip around the old values, in reward units (<= 0: off)"),
+    PS(kl_coef, FLOAT, 0, INFINITY, "0.03", "KL penalty coefficient beta (initial, if adaptive)"),
+    PS(kl_adaptive, BOOL, 0, 1, "false", "adaptive KL controller (Ziegler et al.)"),
+    PS(kl_target, FLOAT, -INFINITY, INFINITY, "6", "adaptive: target KL per sequence (> 0)"),
+    PS(kl_horizon, FLOAT, -INFINITY, INFINITY, "10000", "adaptive: horizon in sequences (> 0)"),
+    PS(epochs, INT, 1, INT_MAX, "4", "passes over each rollout batch"),
+    PS(minibatch, INT, 1, INT_MAX, "8", "sequences per optimizer step"),
+    PS(microbatch, INT, 0, INT_MAX, "0",
+       "sequences per forward/backward inside a minibatch (0: the whole minibatch)"),
+    PS(lr_policy, FLOAT, 0, INFINITY, "1e-05", "policy learning rate"),
+    PS(lr_value, FLOAT, 0, INFINITY, "1e-05", "value learning rate"),
+    PS(weight_decay, FLOAT, 0, INFINITY, "0", "AdamW weight decay (2-D weights)"),
+    PS(max_grad_norm, FLOAT, -INFINITY, INFINITY, "1", "gradient clipping, per model (<= 0: off)"),
+    PS(ent_coef, FLOAT, -INFINITY, INFINITY, "0", "entropy bonus"),
+    PS(score_norm, NORM, 0, 2, "raw", "raw, scale or norm: the reward-model score's normalisation"),
+    PS(score_clip, FLOAT, -INFINITY, INFINITY, "0", "clip of the normalised score (<= 0: off)"),
+    PS(whiten, BOOL, 0, 1, "true", "whiten advantages over the rollout batch"),
+    PS(whiten_keep_mean, BOOL, 0, 1, "false", "whitening keeps the advantages' mean"),
+    PS(recompute_logprobs, BOOL, 0, 1, "false",
+       "recompute the old logprobs with the policy before the update"),
+    {"vocab_limit", PPO_SETTING_INT, 0, INT_MAX, "0",
+     "distributions over ids below it only (0: all)", offsetof(ppo_config_t, vocab_limit), 1},
+    PS(forward_batch, INT, 0, INT_MAX, "0", "sequences per rollout-side forward (0: minibatch)"),
+    {"seed", PPO_SETTING_U64, 0, 0, "0", "key of the minibatch shuffle",
+     offsetof(ppo_config_t, seed), 1},
 };
-#define N_PPO_FIELDS (int)(sizeof ppo_fields / sizeof ppo_fields[0])
+#undef PS
+const int ppo_n_settings = (int)(sizeof ppo_settings / sizeof ppo_settings[0]);
 static const char *const norm_names[] = {"raw", "scale", "norm"};
+
+const ppo_setting_t *ppo_setting_find(const char *name) {
+    for (int i = 0; i < ppo_n_settings; i++)
+        if (!strcmp(ppo_settings[i].name, name)) return &ppo_settings[i];
+    return NULL;
+}
+
+void ppo_setting_format(const ppo_setting_t *s, const ppo_config_t *c, char *out, size_t n) {
+    const char *p = (const char *)c + s->off;
+    switch (s->type) {
+    case PPO_SETTING_FLOAT:
+        snprintf(out, n, "%g", *(const float *)p);
+        break;
+    case PPO_SETTING_INT:
+        snprintf(out, n, "%d", *(const int *)p);
+        break;
+    case PPO_SETTING_BOOL:
+        snprintf(out, n, "%s", *(const int *)p ? "true" : "false");
+        break;
+    case PPO_SETTING_U64:
+        snprintf(out, n, "%llu", (unsigned long long)*(const uint64_t *)p);
+        break;
+    case PPO_SETTING_NORM: {
+        int k = *(const int *)p;
+        snprintf(out, n, "%s", k >= 0 && k < 3 ? norm_names[k] : "?");
+        break;
+    }
+    }
+}
+
+/* Parses text into setting s of c (c NULL: only checks). Returns 0 or RL_EINVAL saying why,
+ * without naming the setting. */
+static int ps_parse(const ppo_setting_t *s, const char *value, ppo_config_t *c) {
+    char *p = c ? (char *)c + s->off : NULL, *end;
+    errno = 0;
+    switch (s->type) {
+    case PPO_SETTING_FLOAT: {
+        double d = strtod(value, &end);
+        if (end == value || *end || errno || !isfinite(d) || d < s->lo || d > s->hi)
+            return rl_fail(RL_EINVAL, "'%s' is not a number in [%g, %g]", value, s->lo, s->hi);
+        if (p) *(float *)p = (float)d;
+        return 0;
+    }
+    case PPO_SETTING_INT: {
+        long long x = strtoll(value, &end, 10);
+        if (end == value || *end || errno || (double)x < s->lo || (double)x > s->hi)
+            return rl_fail(RL_EINVAL, "'%s' is not an integer in [%.0f, %.0f]", value, s->lo,
+                           s->hi);
+        if (p) *(int *)p = (int)x;
+        return 0;
+    }
+    case PPO_SETTING_U64: {
+        unsigned long long x = strtoull(value, &end, 10);
+        if (end == value || *end || errno || value[0] == '-' || x > INT64_MAX)
+            return rl_fail(RL_EINVAL, "'%s' is not an unsigned integer", value);
+        if (p) *(uint64_t *)p = x;
+        return 0;
+    }
+    case PPO_SETTING_BOOL: {
+        int v = -1;
+        if (!strcmp(value, "true") || !strcmp(value, "1")) v = 1;
+        if (!strcmp(value, "false") || !strcmp(value, "0")) v = 0;
+        if (v < 0) return rl_fail(RL_EINVAL, "'%s' is not true or false", value);
+        if (p) *(int *)p = v;
+        return 0;
+    }
+    case PPO_SETTING_NORM:
+        for (int k = 0; k < 3; k++)
+            if (!strcmp(value, norm_names[k])) {
+                if (p) *(int *)p = k;
+                return 0;
+            }
+        return rl_fail(RL_EINVAL, "'%s' is not raw, scale or norm", value);
+    }
+    return rl_fail(RL_EINVAL, "bad setting type");
+}
+
+void ppo_config_default(ppo_config_t *c) {
+    memset(c, 0, sizeof *c);
+    for (int i = 0; i < ppo_n_settings; i++) {
+        int rc = ps_parse(&ppo_settings[i], ppo_settings[i].def, c);
+        (void)rc; /* a default that does not parse is a bug (test_ppo checks them) */
+    }
+}
+
+int ppo_config_check(const ppo_config_t *c) {
+    for (int i = 0; i < ppo_n_settings; i++) {
+        const ppo_setting_t *s = &ppo_settings[i];
+        const char *p = (const char *)c + s->off;
+        double v = s->type == PPO_SETTING_FLOAT ? *(const float *)p
+                   : s->type == PPO_SETTING_U64 ? 0
+                                                : *(const int *)p;
+        if (!isfinite(v) || v < s->lo || v > s->hi) {
+            char lo[32], hi[32];
+            snprintf(lo, sizeof lo, "%g", s->lo);
+            snprintf(hi, sizeof hi, "%g", s->hi);
+            if (s->type == PPO_SETTING_NORM)
+                return rl_fail(RL_EINVAL, "ppo config: bad %s (need raw, scale or norm)", s->name);
+            if (isinf(s->lo) && isinf(s->hi))
+                return rl_fail(RL_EINVAL, "ppo config: bad %s (need a finite value)", s->name);
+            if (isinf(s->hi) || s->hi >= INT_MAX)
+                return rl_fail(RL_EINVAL, "ppo config: bad %s (need >= %s)", s->name, lo);
+            return rl_fail(RL_EINVAL, "ppo config: bad %s (need %s..%s)", s->name, lo, hi);
+        }
+    }
+    if (!(c->clip_eps > 0 && c->clip_eps < 1))
+        return rl_fail(RL_EINVAL, "ppo config: bad clip_eps (need 0 < eps < 1)");
+    if (c->kl_adaptive && !(c->kl_target > 0))
+        return rl_fail(RL_EINVAL, "ppo config: bad kl_target (need > 0)");
+    if (c->kl_adaptive && !(c->kl_horizon > 0))
+        return rl_fail(RL_EINVAL, "ppo config: bad kl_horizon (need > 0)");
+    return 0;
+}
 
 json_t *ppo_config_to_json(const ppo_config_t *c) {
     json_t *o = json_object();
-    for (int i = 0; o && i < N_PPO_FIELDS; i++) {
-        const char *p = (const char *)c + ppo_fields[i].off;
+    for (int i = 0; o && i < ppo_n_settings; i++) {
+        const ppo_setting_t *s = &ppo_settings[i];
+        const char *p = (const char *)c + s->off;
         json_t *v = NULL;
-        switch (ppo_fields[i].kind) {
-        case PF_FLOAT:
+        switch (s->type) {
+        case PPO_SETTING_FLOAT:
             v = json_real(*(const float *)p);
             break;
-        case PF_INT:
+        case PPO_SETTING_INT:
             v = json_integer(*(const int *)p);
             break;
-        case PF_BOOL:
+        case PPO_SETTING_BOOL:
             v = json_boolean(*(const int *)p);
             break;
-        case PF_U64:
+        case PPO_SETTING_U64:
             v = json_integer((json_int_t) * (const uint64_t *)p);
             break;
-        case PF_NORM: {
+        case PPO_SETTING_NORM: {
             int k = *(const int *)p;
             v = json_string(k >= 0 && k < 3 ? norm_names[k] : "?");
             break;
         }
         }
-        json_object_set_new(o, ppo_fields[i].name, v);
+        json_object_set_new(o, s->name, v);
     }
     return o;
 }
 
-static const pf_t *pf_find(const char *name) {
-    for (int i = 0; i < N_PPO_FIELDS; i++)
-        if (!strcmp(ppo_fields[i].name, name)) return &ppo_fields[i];
-    return NULL;
-}
-
-static int pf_set_json(ppo_config_t *c, const pf_t *f, json_t *v, const char *where) {
-    char *p = (char *)c + f->off;
-    switch (f->kind) {
-    case PF_FLOAT:
+/* Sets setting s of c from a JSON value of its type (ranges: ppo_config_check). */
+static int ps_set_json(ppo_config_t *c, const ppo_setting_t *s, json_t *v, const char *where) {
+    char *p = (char *)c + s->off;
+    switch (s->type) {
+    case PPO_SETTING_FLOAT:
         if (!json_is_number(v)) break;
         *(float *)p = (float)json_number_value(v);
         return 0;
-    case PF_INT:
+    case PPO_SETTING_INT:
         if (!json_is_integer(v) || json_integer_value(v) < INT_MIN ||
             json_integer_value(v) > INT_MAX)
             break;
         *(int *)p = (int)json_integer_value(v);
         return 0;
-    case PF_BOOL:
+    case PPO_SETTING_BOOL:
         if (!json_is_boolean(v)) break;
         *(int *)p = json_is_true(v);
         return 0;
-    case PF_U64:
+    case PPO_SETTING_U64:
         if (!json_is_integer(v) || json_integer_value(v) < 0) break;
         *(uint64_t *)p = (uint64_t)json_integer_value(v);
         return 0;
-    case PF_NORM:
-        for (int k = 0; json_is_string(v) && k < 3; k++)
-            if (!strcmp(json_string_value(v), norm_names[k])) {
-                *(int *)p = k;
-                return 0;
-            }
+    case PPO_SETTING_NORM:
+        if (json_is_string(v) && ps_parse(s, json_string_value(v), c) == 0) return 0;
         break;
     }
-    return rl_fail(RL_EINVAL, "%s%s: a value of the wrong type%s", where, f->name,
-                   f->kind == PF_NORM ? " (raw, scale or norm)" : "");
+    return rl_fail(RL_EINVAL, "%s%s: a value of the wrong type%s", where, s->name,
+                   s->type == PPO_SETTING_NORM ? " (raw, scale or norm)" : "");
 }
 
 int ppo_config_from_json(ppo_config_t *c, json_t *obj, const char *where) {
@@ -876,9 +939,9 @@ int ppo_config_from_json(ppo_config_t *c, json_t *obj, const char *where) {
     json_t *v;
     if (!json_is_object(obj)) return rl_fail(RL_EINVAL, "%sa JSON object is expected", where);
     json_object_foreach(obj, key, v) {
-        const pf_t *f = pf_find(key);
-        if (!f) return rl_fail(RL_EINVAL, "%sunknown PPO setting '%s'", where, key);
-        int rc = pf_set_json(c, f, v, where);
+        const ppo_setting_t *s = ppo_setting_find(key);
+        if (!s) return rl_fail(RL_EINVAL, "%sunknown PPO setting '%s'", where, key);
+        int rc = ps_set_json(c, s, v, where);
         if (rc < 0) return rc;
     }
     int rc = ppo_config_check(c);
@@ -886,35 +949,10 @@ int ppo_config_from_json(ppo_config_t *c, json_t *obj, const char *where) {
 }
 
 int ppo_config_set(ppo_config_t *c, const char *name, const char *value, const char *where) {
-    const pf_t *f = pf_find(name);
-    if (!f) return rl_fail(RL_EINVAL, "%s: unknown PPO setting '%s'", where, name);
-    json_t *v = NULL;
-    char *end;
-    errno = 0;
-    switch (f->kind) {
-    case PF_FLOAT: {
-        double d = strtod(value, &end);
-        if (end != value && !*end && !errno) v = json_real(d);
-        break;
-    }
-    case PF_INT:
-    case PF_U64: {
-        long long x = strtoll(value, &end, 10);
-        if (end != value && !*end && !errno) v = json_integer(x);
-        break;
-    }
-    case PF_BOOL:
-        if (!strcmp(value, "true") || !strcmp(value, "1")) v = json_true();
-        if (!strcmp(value, "false") || !strcmp(value, "0")) v = json_false();
-        break;
-    case PF_NORM:
-        v = json_string(value);
-        break;
-    }
-    char w[512];
-    snprintf(w, sizeof w, "%s: ", where);
-    int rc = v ? pf_set_json(c, f, v, w)
-               : rl_fail(RL_EINVAL, "%s: %s: '%s' is not a valid value", where, name, value);
-    json_decref(v);
-    return rc;
+    const ppo_setting_t *s = ppo_setting_find(name);
+    const char *sep = where && *where ? ": " : "";
+    if (!where) where = "";
+    if (!s) return rl_fail(RL_EINVAL, "%s%sunknown PPO setting '%s'", where, sep, name);
+    int rc = ps_parse(s, value, c);
+    return rc < 0 ? rl_fail_ctx(rc, "%s%s%s", where, sep, name) : 0;
 }

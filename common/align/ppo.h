@@ -206,23 +206,62 @@ typedef struct {
                                0 */
 } ppo_config_t;
 
-/* Fills c with the defaults documented above. */
+/*
+ * The PPO settings, each described once: name (the field's), type, range, default and meaning,
+ * and where it lives in ppo_config_t. The one table drives the defaults, the range checks, the
+ * JSON the driver sends the learner (config_json) and its decoding, `rlhf ppo --set NAME=VALUE`
+ * and `--config`, and the `ppo.*` keys of `rlhf run` with their help.
+ */
+typedef enum {
+    PPO_SETTING_FLOAT, /* float, finite, in [lo, hi] */
+    PPO_SETTING_INT,   /* int in [lo, hi] */
+    PPO_SETTING_BOOL,  /* int 0/1; JSON true/false */
+    PPO_SETTING_U64,   /* uint64_t */
+    PPO_SETTING_NORM,  /* int, a ppo_score_norm_t; JSON "raw" | "scale" | "norm" */
+} ppo_setting_type_t;
+
+typedef struct {
+    const char *name; /* the ppo_config_t field, the --set NAME, the JSON member */
+    ppo_setting_type_t type;
+    double lo, hi;   /* numeric range (+-INFINITY: open); ppo_config_check adds the few checks
+                        a range cannot say (clip_eps > 0, the adaptive controller's figures) */
+    const char *def; /* the default as text */
+    const char *help;
+    size_t off; /* offsetof(ppo_config_t, name) */
+    int driver; /* 1: the driver sets it (vocab_limit from the tokenizer, seed from its own
+                   seed): not one of `rlhf run`'s ppo.* keys */
+} ppo_setting_t;
+
+extern const ppo_setting_t ppo_settings[];
+extern const int ppo_n_settings;
+
+/* The setting called name, or NULL. */
+const ppo_setting_t *ppo_setting_find(const char *name);
+
+/* The value of setting s in c as text ("0.03", "true", "norm") into out. */
+void ppo_setting_format(const ppo_setting_t *s, const ppo_config_t *c, char *out, size_t n);
+
+/* Fills c with the defaults of the table. */
 void ppo_config_default(ppo_config_t *c);
 
-/* Checks ranges (gamma, lambda in [0,1], eps > 0, epochs, minibatch >= 1, lr >= 0, finite
- * values, known score_norm ...). Returns 0 or RL_EINVAL naming the field. */
+/* Checks every setting against its range (finite values, gamma and lambda in [0,1], epochs and
+ * minibatch >= 1, learning rates >= 0, a known score_norm ...) and clip_eps > 0, and the
+ * adaptive controller's target and horizon > 0 when it is on. Returns 0 or RL_EINVAL naming the
+ * field: "ppo config: bad gamma (need 0..1)". */
 int ppo_config_check(const ppo_config_t *c);
 
-/* The configuration as a JSON object with one member per field, named as in the struct
- * (score_norm as "raw" | "scale" | "norm"); new reference. */
+/* The configuration as a JSON object with one member per setting, in table order (score_norm
+ * as "raw" | "scale" | "norm"); new reference. */
 json_t *ppo_config_to_json(const ppo_config_t *c);
 
-/* Sets the fields named in obj (others keep their value) and checks the result. An unknown
+/* Sets the settings named in obj (others keep their value) and checks the result. An unknown
  * name or a value of the wrong type is RL_EINVAL naming it, prefixed by `where`. */
 int ppo_config_from_json(ppo_config_t *c, json_t *obj, const char *where);
 
-/* Sets one field from its text value ("kl_coef", "0.05"), as a config file or --set gives it.
- * Returns 0 or RL_EINVAL. */
+/* Sets one setting from its text value ("kl_coef", "0.05"), as a config file or --set gives it,
+ * checking its type and range (c NULL: only checks). Returns 0 or RL_EINVAL:
+ * "WHERE: NAME: 'VALUE' is not a number in [0, inf]", "WHERE: unknown PPO setting 'NAME'"
+ * (where NULL or "": no "WHERE: "). */
 int ppo_config_set(ppo_config_t *c, const char *name, const char *value, const char *where);
 
 /* One rollout: borrowed arrays. */
