@@ -11,6 +11,8 @@
 
 #include <jansson.h>
 
+#include "align/ppo.h"
+#include "cli_opts.h"
 #include "net/client.h"
 #include "nn/gpt.h"
 
@@ -83,6 +85,27 @@ int cmd_import_pairs(int argc, char **argv); /* cmd_data.c */
 int cmd_train_rm(int argc, char **argv);     /* cmd_rm.c */
 int cmd_eval_rm(int argc, char **argv);      /* cmd_rm.c */
 int cmd_score(int argc, char **argv);        /* cmd_rm.c */
+
+/* The option tables of the commands `rlhf run` drives as stages (cli_opts.h): their parsing,
+ * --help and the stages' configuration keys. */
+extern const cli_opts_t cli_task_opts;            /* cmd_task.c */
+extern const cli_opts_t cli_tokenizer_train_opts; /* cmd_tok.c */
+extern const cli_opts_t cli_init_model_opts;      /* cmd_model.c */
+extern const cli_opts_t cli_sft_opts;             /* cmd_sft.c */
+extern const cli_opts_t cli_generate_opts;        /* cmd_generate.c */
+extern const cli_opts_t cli_annotate_opts;        /* cmd_data.c */
+extern const cli_opts_t cli_aggregate_opts;       /* cmd_data.c */
+extern const cli_opts_t cli_pairs_opts;           /* cmd_data.c */
+extern const cli_opts_t cli_train_rm_opts;        /* cmd_rm.c */
+extern const cli_opts_t cli_eval_rm_opts;         /* cmd_rm.c */
+extern const cli_opts_t cli_eval_policy_opts;     /* cmd_eval.c */
+extern const cli_opts_t cli_report_opts;          /* cmd_report.c */
+extern const cli_opts_t cli_ppo_opts;             /* cmd_ppo.c */
+extern const cli_opts_t cli_run_opts;             /* cmd_run.c */
+
+/* The PPO settings as `rlhf ppo` starts from them: ppo_config_default() with reward-model
+ * scores normalised (score_norm = norm). */
+void ppo_cli_config_default(ppo_config_t *pc);
 
 /* Local-mode helpers (cmd_local.c), shared with `rlhf bench wire`. */
 

@@ -44,29 +44,6 @@ static json_t *num_or_null(double x) {
 
 /* ---- annotate ---------------------------------------------------------------------------- */
 
-static const char annotate_help[] =
-    "usage: rlhf annotate --completions C.jsonl --out A.jsonl --simulate N [--overlap R]\n"
-    "                     [--seed S] [--noise X] [--annotators PANEL.json] [--time T] [--replace]\n"
-    "       rlhf annotate --completions C.jsonl --out A.jsonl --import FILE.jsonl|FILE.csv\n"
-    "                     [--replace]\n\n"
-    "Adds ranking records, one per (prompt, annotator), to the annotation store A.jsonl. An\n"
-    "existing A.jsonl is loaded and merged (unless --replace); a second record for the same\n"
-    "(prompt, annotator) is refused with the file and line of both. The store is written\n"
-    "atomically and only when every new record is valid.\n\n"
-    "  --simulate N         N simulated annotators sim01..simNN, each with its own weighting of\n"
-    "                       the alignment criteria and a noise level spread over [0.5, 1.5] x X;\n"
-    "                       utility = w . criteria scores + noise * N(0,1), ranked best first,\n"
-    "                       equal utilities tie\n"
-    "  --annotators FILE    the panel from FILE instead: [{\"id\", \"weights\": {\"correct\",\n"
-    "                       \"polite\", \"concise\", \"on-topic\"}, \"noise\"}, ...]\n"
-    "  --overlap R          annotators per prompt, distinct, balanced load (default min(3, N))\n"
-    "  --seed S             seed of the noise, display order and assignment (default 1)\n"
-    "  --noise X            mean noise of the default panel; the noise of a panel entry without\n"
-    "                       one (default 0.15)\n"
-    "  --time T             the ISO-8601 UTC time written on simulated records (default now)\n"
-    "  --import FILE        records written by another tool: CSV if FILE ends in .csv, else JSONL\n"
-    "  --replace            start from an empty store instead of merging into --out\n";
-
 /* Simulates rankings into s. */
 static int simulate(annot_store_t *s, const annot_sim_t *panel, int n, int R, uint64_t seed,
                     const char *when, int *added) {
@@ -117,60 +94,62 @@ out:
     return rc;
 }
 
+typedef struct {
+    const char *comp_path, *out, *panel_path, *import, *when;
+    int n_sim, R, replace;
+    long seed;
+    double noise;
+} annotate_args_t;
+
+static const cli_opt_t annotate_opt_table[] = {
+    CLI_OPT_STR(annotate_args_t, comp_path, "completions", NULL, "C.jsonl", "the completions",
+                CLI_OPT_REQUIRED),
+    CLI_OPT_STR(annotate_args_t, out, "out", NULL, "A.jsonl", "the annotation store",
+                CLI_OPT_REQUIRED),
+    CLI_OPT_INT(annotate_args_t, n_sim, "simulate", 1, 100000, NULL, "N",
+                "N simulated annotators sim01..simNN, each with its own weighting of the "
+                "alignment criteria and a noise level spread over [0.5, 1.5] x X; utility = w . "
+                "criteria scores + noise * N(0,1), ranked best first, equal utilities tie"),
+    CLI_OPT_STR(annotate_args_t, panel_path, "annotators", NULL, "FILE",
+                "the panel from FILE instead: [{\"id\", \"weights\": {\"correct\", \"polite\", "
+                "\"concise\", \"on-topic\"}, \"noise\"}, ...]",
+                0),
+    CLI_OPT_INT(annotate_args_t, R, "overlap", 1, 100000, NULL, "R",
+                "annotators per prompt, distinct, balanced load (default min(3, N))"),
+    CLI_OPT_LONG(annotate_args_t, seed, "seed", 0, LONG_MAX, "1", "S",
+                 "seed of the noise, display order and assignment"),
+    CLI_OPT_DOUBLE(annotate_args_t, noise, "noise", 0, 1e6, "0.15", "X",
+                   "mean noise of the default panel; the noise of a panel entry without one"),
+    CLI_OPT_STR(annotate_args_t, when, "time", NULL, "T",
+                "the ISO-8601 UTC time written on simulated records (default now)", 0),
+    CLI_OPT_STR(annotate_args_t, import, "import", NULL, "FILE",
+                "records written by another tool: CSV if FILE ends in .csv, else JSONL", 0),
+    CLI_OPT_FLAG(annotate_args_t, replace, "replace",
+                 "start from an empty store instead of merging into --out"),
+};
+
+const cli_opts_t cli_annotate_opts = CLI_OPTS(
+    "annotate",
+    "rlhf annotate --completions C.jsonl --out A.jsonl --simulate N [--overlap R]\n"
+    "                     [--seed S] [--noise X] [--annotators PANEL.json] [--time T] [--replace]\n"
+    "       rlhf annotate --completions C.jsonl --out A.jsonl --import FILE.jsonl|FILE.csv\n"
+    "                     [--replace]",
+    "Adds ranking records, one per (prompt, annotator), to the annotation store A.jsonl. An\n"
+    "existing A.jsonl is loaded and merged (unless --replace); a second record for the same\n"
+    "(prompt, annotator) is refused with the file and line of both. The store is written\n"
+    "atomically and only when every new record is valid.\n",
+    annotate_opt_table, NULL);
+
 int cmd_annotate(int argc, char **argv) {
-    static const struct option opts[] = {
-        {"completions", 1, 0, 'c'}, {"out", 1, 0, 'o'},     {"simulate", 1, 0, 'S'},
-        {"annotators", 1, 0, 'A'},  {"overlap", 1, 0, 'R'}, {"seed", 1, 0, 's'},
-        {"noise", 1, 0, 'x'},       {"time", 1, 0, 't'},    {"import", 1, 0, 'i'},
-        {"replace", 0, 0, 'r'},     {"help", 0, 0, 'h'},    {0, 0, 0, 0}};
-    const char *cmd = "annotate", *comp_path = NULL, *out = NULL, *panel_path = NULL,
-               *import = NULL, *when = NULL;
-    int n_sim = 0, R = 0, replace = 0, c, bad = 0;
-    long seed = 1;
-    double noise = 0.15;
-    float fnoise;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        switch (c) {
-        case 'c':
-            comp_path = optarg;
-            break;
-        case 'o':
-            out = optarg;
-            break;
-        case 'S':
-            bad = cli_int(cmd, "simulate", optarg, 1, 100000, &n_sim);
-            break;
-        case 'A':
-            panel_path = optarg;
-            break;
-        case 'R':
-            bad = cli_int(cmd, "overlap", optarg, 1, 100000, &R);
-            break;
-        case 's':
-            bad = cli_long(cmd, "seed", optarg, 0, 0x7fffffffffffffffL, &seed);
-            break;
-        case 'x':
-            bad = cli_float(cmd, "noise", optarg, 0, 1e6, &fnoise);
-            noise = strtod(optarg, NULL); /* validated above; kept in double precision */
-            break;
-        case 't':
-            when = optarg;
-            break;
-        case 'i':
-            import = optarg;
-            break;
-        case 'r':
-            replace = 1;
-            break;
-        case 'h':
-            fputs(annotate_help, stdout);
-            return 0;
-        default:
-            return cli_usage_error(cmd);
-        }
-        if (bad) return 2;
-    }
+    const char *cmd = "annotate";
+    annotate_args_t a = {0};
+    int c = cli_opts_parse(&cli_annotate_opts, argc, argv, &a);
+    if (c != CLI_OPTS_GO) return c;
+    const char *comp_path = a.comp_path, *out = a.out, *panel_path = a.panel_path,
+               *import = a.import, *when = a.when;
+    int n_sim = a.n_sim, R = a.R, replace = a.replace;
+    long seed = a.seed;
+    double noise = a.noise;
     if (optind < argc) {
         fprintf(stderr, "rlhf %s: unexpected argument '%s'\n", cmd, argv[optind]);
         return 2;
@@ -270,24 +249,6 @@ out:
 
 /* ---- aggregate --------------------------------------------------------------------------- */
 
-static const char aggregate_help[] =
-    "usage: rlhf aggregate --completions C.jsonl --annotations A.jsonl --out AGG.jsonl\n"
-    "                      [--summary FILE.json] [--min-w W]\n\n"
-    "Consensus ranking per prompt by mean fractional rank (Borda; tied completions share the\n"
-    "mean of their positions; equal means tie in the consensus) and agreement figures: Kendall's\n"
-    "W per prompt (tie-corrected), the pairwise agreement rate (of the comparisons where two\n"
-    "annotators of a prompt both state a strict preference, the fraction that agree),\n"
-    "Krippendorff's alpha (ordinal; units = (prompt, completion), missing where an annotator did\n"
-    "not rank a prompt) and each annotator's agreement with the consensus of the others.\n"
-    "Prints a summary table and writes it as JSON to --summary (default: --out with .jsonl\n"
-    "replaced by .summary.json).\n\n"
-    "  --min-w W   keep only prompts whose Kendall's W is defined (two or more rankings, not all\n"
-    "              tied) and at least W; without it every prompt with a ranking is kept\n\n"
-    "AGG.jsonl, one line per prompt of C.jsonl:\n"
-    "  {\"prompt_id\", \"n_completions\", \"annotators\": [ids], \"rankings\": [tie groups per\n"
-    "   annotator], \"n_skipped\", \"mean_rank\": [per completion], \"consensus\": [tie groups],\n"
-    "   \"kendall_w\", \"pairwise_agreement\", \"kept\"}   (undefined figures are null)\n";
-
 static json_t *summary_json(const annot_agg_t *g) {
     json_t *per = json_array();
     for (int a = 0; per && a < g->n_annot; a++) {
@@ -367,46 +328,49 @@ static json_t *agg_record(const annot_store_t *s, const annot_agg_t *g, int p) {
         "pairwise_agreement", num_or_null(annot_rate(pa->agree, pa->strict)), "kept", pa->kept);
 }
 
+typedef struct {
+    const char *comp_path, *ann_path, *out, *summary;
+    double min_w;
+} aggregate_args_t;
+
+static const cli_opt_t aggregate_opt_table[] = {
+    CLI_OPT_STR(aggregate_args_t, comp_path, "completions", NULL, "C.jsonl", "the completions",
+                CLI_OPT_REQUIRED),
+    CLI_OPT_STR(aggregate_args_t, ann_path, "annotations", NULL, "A.jsonl", "the rankings",
+                CLI_OPT_REQUIRED),
+    CLI_OPT_STR(aggregate_args_t, out, "out", NULL, "AGG.jsonl", "one line per prompt (below)",
+                CLI_OPT_REQUIRED),
+    CLI_OPT_STR(aggregate_args_t, summary, "summary", NULL, "FILE.json",
+                "the summary (default: --out with .jsonl replaced by .summary.json)", 0),
+    CLI_OPT_DOUBLE(aggregate_args_t, min_w, "min-w", 0, 1, NULL, "W",
+                   "keep only prompts whose Kendall's W is defined (two or more rankings, not "
+                   "all tied) and at least W; without it every prompt with a ranking is kept"),
+};
+
+const cli_opts_t cli_aggregate_opts = CLI_OPTS(
+    "aggregate",
+    "rlhf aggregate --completions C.jsonl --annotations A.jsonl --out AGG.jsonl\n"
+    "                      [--summary FILE.json] [--min-w W]",
+    "Consensus ranking per prompt by mean fractional rank (Borda; tied completions share the\n"
+    "mean of their positions; equal means tie in the consensus) and agreement figures: Kendall's\n"
+    "W per prompt (tie-corrected), the pairwise agreement rate (of the comparisons where two\n"
+    "annotators of a prompt both state a strict preference, the fraction that agree),\n"
+    "Krippendorff's alpha (ordinal; units = (prompt, completion), missing where an annotator did\n"
+    "not rank a prompt) and each annotator's agreement with the consensus of the others.\n"
+    "Prints a summary table and writes it as JSON to --summary.\n",
+    aggregate_opt_table,
+    "AGG.jsonl, one line per prompt of C.jsonl:\n"
+    "  {\"prompt_id\", \"n_completions\", \"annotators\": [ids], \"rankings\": [tie groups per\n"
+    "   annotator], \"n_skipped\", \"mean_rank\": [per completion], \"consensus\": [tie groups],\n"
+    "   \"kendall_w\", \"pairwise_agreement\", \"kept\"}   (undefined figures are null)\n");
+
 int cmd_aggregate(int argc, char **argv) {
-    static const struct option opts[] = {{"completions", 1, 0, 'c'},
-                                         {"annotations", 1, 0, 'a'},
-                                         {"out", 1, 0, 'o'},
-                                         {"summary", 1, 0, 's'},
-                                         {"min-w", 1, 0, 'w'},
-                                         {"help", 0, 0, 'h'},
-                                         {0, 0, 0, 0}};
-    const char *cmd = "aggregate", *comp_path = NULL, *ann_path = NULL, *out = NULL,
-               *summary = NULL;
-    double min_w = NAN;
-    int c, bad = 0;
-    float fw;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        switch (c) {
-        case 'c':
-            comp_path = optarg;
-            break;
-        case 'a':
-            ann_path = optarg;
-            break;
-        case 'o':
-            out = optarg;
-            break;
-        case 's':
-            summary = optarg;
-            break;
-        case 'w':
-            bad = cli_float(cmd, "min-w", optarg, 0, 1, &fw);
-            min_w = strtod(optarg, NULL); /* validated above; kept in double precision */
-            break;
-        case 'h':
-            fputs(aggregate_help, stdout);
-            return 0;
-        default:
-            return cli_usage_error(cmd);
-        }
-        if (bad) return 2;
-    }
+    const char *cmd = "aggregate";
+    aggregate_args_t a = {.min_w = NAN};
+    int c = cli_opts_parse(&cli_aggregate_opts, argc, argv, &a);
+    if (c != CLI_OPTS_GO) return c;
+    const char *comp_path = a.comp_path, *ann_path = a.ann_path, *out = a.out, *summary = a.summary;
+    double min_w = a.min_w;
     if (optind < argc) {
         fprintf(stderr, "rlhf %s: unexpected argument '%s'\n", cmd, argv[optind]);
         return 2;
@@ -491,20 +455,6 @@ out:
 }
 
 /* ---- pairs ------------------------------------------------------------------------------- */
-
-static const char pairs_help[] =
-    "usage: rlhf pairs --completions C.jsonl --aggregated AGG.jsonl --out P.jsonl [--hh "
-    "HH.jsonl]\n\n"
-    "Turns each kept prompt of AGG.jsonl into its preference pairs: one per pair of completions\n"
-    "that the consensus (mean rank over the record's \"rankings\") orders strictly, preferred\n"
-    "first; pairs the consensus ties carry no preference and are left out. Pairs of a prompt are\n"
-    "consecutive and share its prompt_id.\n\n"
-    "P.jsonl:  {\"prompt_id\", \"prompt\", \"chosen\", \"rejected\", \"margin\"}  margin = the "
-    "fraction\n"
-    "          of the prompt's annotators whose ranking agrees with the pair's order (a tie\n"
-    "          counts half); usually >= 0.5, but a mean-rank consensus can go against a narrow\n"
-    "          majority, so it may be lower\n"
-    "HH.jsonl: {\"chosen\": \"\\n\\nHuman: PROMPT\\n\\nAssistant: CHOSEN\", \"rejected\": ...}\n";
 
 /* The HH transcript of prompt + response: a prompt already in transcript form (starting with
  * "\n\nHuman:" and ending with "\n\nAssistant:") is used as it is. */
@@ -597,34 +547,40 @@ out:
     return rc;
 }
 
+typedef struct {
+    const char *comp_path, *agg, *out, *hh;
+} pairs_args_t;
+
+static const cli_opt_t pairs_opt_table[] = {
+    CLI_OPT_STR(pairs_args_t, comp_path, "completions", NULL, "C.jsonl", "the completions",
+                CLI_OPT_REQUIRED),
+    CLI_OPT_STR(pairs_args_t, agg, "aggregated", NULL, "AGG.jsonl", "rlhf aggregate's output",
+                CLI_OPT_REQUIRED),
+    CLI_OPT_STR(pairs_args_t, out, "out", NULL, "P.jsonl", "the pairs (below)", CLI_OPT_REQUIRED),
+    CLI_OPT_STR(pairs_args_t, hh, "hh", NULL, "HH.jsonl", "the pairs in the HH form (below)", 0),
+};
+
+const cli_opts_t cli_pairs_opts = CLI_OPTS(
+    "pairs",
+    "rlhf pairs --completions C.jsonl --aggregated AGG.jsonl --out P.jsonl [--hh HH.jsonl]",
+    "Turns each kept prompt of AGG.jsonl into its preference pairs: one per pair of completions\n"
+    "that the consensus (mean rank over the record's \"rankings\") orders strictly, preferred\n"
+    "first; pairs the consensus ties carry no preference and are left out. Pairs of a prompt are\n"
+    "consecutive and share its prompt_id.\n",
+    pairs_opt_table,
+    "P.jsonl:  {\"prompt_id\", \"prompt\", \"chosen\", \"rejected\", \"margin\"}  margin = the "
+    "fraction\n"
+    "          of the prompt's annotators whose ranking agrees with the pair's order (a tie\n"
+    "          counts half); usually >= 0.5, but a mean-rank consensus can go against a narrow\n"
+    "          majority, so it may be lower\n"
+    "HH.jsonl: {\"chosen\": \"\\n\\nHuman: PROMPT\\n\\nAssistant: CHOSEN\", \"rejected\": ...}\n");
+
 int cmd_pairs(int argc, char **argv) {
-    static const struct option opts[] = {{"completions", 1, 0, 'c'}, {"aggregated", 1, 0, 'a'},
-                                         {"out", 1, 0, 'o'},         {"hh", 1, 0, 'H'},
-                                         {"help", 0, 0, 'h'},        {0, 0, 0, 0}};
-    const char *cmd = "pairs", *comp_path = NULL, *agg = NULL, *out = NULL, *hh = NULL;
-    int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        switch (c) {
-        case 'c':
-            comp_path = optarg;
-            break;
-        case 'a':
-            agg = optarg;
-            break;
-        case 'o':
-            out = optarg;
-            break;
-        case 'H':
-            hh = optarg;
-            break;
-        case 'h':
-            fputs(pairs_help, stdout);
-            return 0;
-        default:
-            return cli_usage_error(cmd);
-        }
-    }
+    const char *cmd = "pairs";
+    pairs_args_t a = {0};
+    int c = cli_opts_parse(&cli_pairs_opts, argc, argv, &a);
+    if (c != CLI_OPTS_GO) return c;
+    const char *comp_path = a.comp_path, *agg = a.agg, *out = a.out, *hh = a.hh;
     if (optind < argc) {
         fprintf(stderr, "rlhf %s: unexpected argument '%s'\n", cmd, argv[optind]);
         return 2;

@@ -149,67 +149,46 @@ static void side_free(side_t *s, int n) {
     free(s->seq), free(s->text), free(s->gold), free(s->crit), free(s->rm), free(s->lp_self);
 }
 
-static const char eval_help[] =
-    "usage: rlhf eval-policy --policy DIR --baseline DIR --prompts FILE [--rm DIR]\n"
+typedef struct {
+    const char *policy, *base, *prompts, *rmd;
+    int K, max_new, show, threads;
+    float temp;
+    long seed;
+} evalp_args_t;
+
+static const cli_opt_t evalp_opt_table[] = {
+    CLI_OPT_STR(evalp_args_t, policy, "policy", NULL, "DIR", "the policy", CLI_OPT_REQUIRED),
+    CLI_OPT_STR(evalp_args_t, base, "baseline", NULL, "DIR", "the baseline", CLI_OPT_REQUIRED),
+    CLI_OPT_STR(evalp_args_t, prompts, "prompts", NULL, "FILE", "held-out prompts",
+                CLI_OPT_REQUIRED),
+    CLI_OPT_STR(evalp_args_t, rmd, "rm", NULL, "DIR", "also the reward model's score", 0),
+    CLI_OPT_INT(evalp_args_t, K, "samples", 1, 256, "4", "K", "completions per prompt and policy"),
+    CLI_OPT_INT(evalp_args_t, max_new, "max-new", 1, 4096, "24", "N",
+                "tokens per completion at most"),
+    CLI_OPT_FLOAT(evalp_args_t, temp, "temperature", 0, 100, "1", "T", "sampling temperature"),
+    CLI_OPT_LONG(evalp_args_t, seed, "seed", 0, LONG_MAX, "1", "S", "seed"),
+    CLI_OPT_INT(evalp_args_t, show, "show", 0, 1000, "3", "N", "examples shown"),
+    CLI_OPT_INT(evalp_args_t, threads, "threads", 1, 256, "2", "N", "threads"),
+};
+
+const cli_opts_t cli_eval_policy_opts = CLI_OPTS(
+    "eval-policy",
+    "rlhf eval-policy --policy DIR --baseline DIR --prompts FILE [--rm DIR]\n"
     "                        [--samples K] [--max-new N] [--temperature T] [--seed S]\n"
-    "                        [--show N] [--threads N]\n\n"
+    "                        [--show N] [--threads N]",
     "Compares a policy with a baseline on held-out prompts (JSONL {\"prompt\"}): gold score and\n"
     "gold win rate (the embedded task's criteria without noise; ties count half), reward-model\n"
-    "score with --rm, and KL(policy || baseline) per completion. Defaults: K=4, 24 new tokens,\n"
-    "temperature 1, seed 1, 3 examples shown, 2 threads.\n";
+    "score with --rm, and KL(policy || baseline) per completion.\n",
+    evalp_opt_table, NULL);
 
 int cmd_eval_policy(int argc, char **argv) {
-    static const struct option opts[] = {
-        {"policy", 1, 0, 'p'},      {"baseline", 1, 0, 'b'}, {"prompts", 1, 0, 'P'},
-        {"rm", 1, 0, 'r'},          {"samples", 1, 0, 'k'},  {"max-new", 1, 0, 'm'},
-        {"temperature", 1, 0, 't'}, {"seed", 1, 0, 's'},     {"show", 1, 0, 'S'},
-        {"threads", 1, 0, 'T'},     {"help", 0, 0, 'h'},     {0, 0, 0, 0}};
-    const char *policy = NULL, *base = NULL, *prompts = NULL, *rmd = NULL;
-    int K = 4, max_new = 24, show = 3, threads = 2, c;
-    float temp = 1.0f;
-    long seed = 1;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        int bad = 0;
-        switch (c) {
-        case 'p':
-            policy = optarg;
-            break;
-        case 'b':
-            base = optarg;
-            break;
-        case 'P':
-            prompts = optarg;
-            break;
-        case 'r':
-            rmd = optarg;
-            break;
-        case 'k':
-            bad = cli_int("eval-policy", "samples", optarg, 1, 256, &K);
-            break;
-        case 'm':
-            bad = cli_int("eval-policy", "max-new", optarg, 1, 4096, &max_new);
-            break;
-        case 't':
-            bad = cli_float("eval-policy", "temperature", optarg, 0, 100, &temp);
-            break;
-        case 's':
-            bad = cli_long("eval-policy", "seed", optarg, 0, LONG_MAX, &seed);
-            break;
-        case 'S':
-            bad = cli_int("eval-policy", "show", optarg, 0, 1000, &show);
-            break;
-        case 'T':
-            bad = cli_int("eval-policy", "threads", optarg, 1, 256, &threads);
-            break;
-        case 'h':
-            fputs(eval_help, stdout);
-            return 0;
-        default:
-            return cli_usage_error("eval-policy");
-        }
-        if (bad < 0) return 2;
-    }
+    evalp_args_t args = {0};
+    int c = cli_opts_parse(&cli_eval_policy_opts, argc, argv, &args);
+    if (c != CLI_OPTS_GO) return c;
+    const char *policy = args.policy, *base = args.base, *prompts = args.prompts, *rmd = args.rmd;
+    int K = args.K, max_new = args.max_new, show = args.show, threads = args.threads;
+    float temp = args.temp;
+    long seed = args.seed;
     if (!policy || !base || !prompts) {
         fprintf(stderr, "rlhf eval-policy: --policy, --baseline and --prompts are required\n");
         return cli_usage_error("eval-policy");

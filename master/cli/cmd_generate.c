@@ -264,25 +264,6 @@ static int generate_all(gload_t *g, const char *rdir, const char *model, const g
     return rc;
 }
 
-static const char generate_help[] =
-    "usage: rlhf generate --model DIR --prompts FILE --out FILE [options]\n\n"
-    "K sampled completions per prompt by rollout workers through a local master.\n\n"
-    "  --k N                completions per prompt (default 4)\n"
-    "  --max-new N          tokens per completion at most (default 32)\n"
-    "  --temperature T      sampling temperature (default 1; 0 = greedy)\n"
-    "  --top-k N            keep the N most probable tokens (default 0: all)\n"
-    "  --top-p P            nucleus sampling mass (default 1: all)\n"
-    "  --seed S             run seed; sample i of prompt p uses (S, p's id, i) (default 1)\n"
-    "  --workers N          rollout workers (default 2)\n"
-    "  --run-dir DIR        jobs, results and logs (default OUT.run); keep it to resume\n"
-    "  --template-user T    chat rendering of a user message (default \"\\n\\nHuman: "
-    "{content}\")\n"
-    "  --template-assistant T   of an assistant message (default \"\\n\\nAssistant: "
-    "{content}\")\n"
-    "  --template-system T  of a system message (default \"{content}\")\n"
-    "  --template-end T     appended after the messages (default \"\\n\\nAssistant:\")\n"
-    "  --job-delay-ms N     testing: every job takes at least N ms\n";
-
 /* Turns the C escapes \n and \t of a command-line template into characters, in place. */
 static char *unescape(char *s) {
     char *w = s;
@@ -298,93 +279,61 @@ static char *unescape(char *s) {
     return s;
 }
 
+typedef struct {
+    const char *model, *prompts, *out, *run_dir;
+    const char *t_user, *t_assistant, *t_system, *t_end; /* with C escapes */
+    int K, max_new, top_k, workers, delay_ms;
+    float temp, top_p;
+    long seed;
+} gen_args_t;
+
+#define GI(f, name, lo, hi, def, arg, help) CLI_OPT_INT(gen_args_t, f, name, lo, hi, def, arg, help)
+static const cli_opt_t gen_opt_table[] = {
+    CLI_OPT_STR(gen_args_t, model, "model", NULL, "DIR", "the instruct model", CLI_OPT_REQUIRED),
+    CLI_OPT_STR(gen_args_t, prompts, "prompts", NULL, "FILE",
+                "JSONL {id, prompt} or {id, messages}", CLI_OPT_REQUIRED),
+    CLI_OPT_STR(gen_args_t, out, "out", NULL, "FILE", "the completions (JSONL)", CLI_OPT_REQUIRED),
+    GI(K, "k", 1, 256, "4", "N", "completions per prompt"),
+    GI(max_new, "max-new", 1, 1 << 20, "32", "N", "tokens per completion at most"),
+    CLI_OPT_FLOAT(gen_args_t, temp, "temperature", 0, 100, "1", "T",
+                  "sampling temperature (0: greedy)"),
+    GI(top_k, "top-k", 0, INT_MAX, "0", "N", "keep the N most probable tokens (0: all)"),
+    CLI_OPT_FLOAT(gen_args_t, top_p, "top-p", 1e-6, 1, "1", "P", "nucleus sampling mass (1: all)"),
+    CLI_OPT_LONG(gen_args_t, seed, "seed", 0, LONG_MAX, "1", "S",
+                 "run seed; sample i of prompt p uses (S, p's id, i)"),
+    GI(workers, "workers", 1, 32, "2", "N", "rollout workers"),
+    CLI_OPT_STR(gen_args_t, run_dir, "run-dir", NULL, "DIR",
+                "jobs, results and logs (default OUT.run); keep it to resume", 0),
+    CLI_OPT_STR(gen_args_t, t_user, "template-user", "\\n\\nHuman: {content}", "T",
+                "chat rendering of a user message", 0),
+    CLI_OPT_STR(gen_args_t, t_assistant, "template-assistant", "\\n\\nAssistant: {content}", "T",
+                "of an assistant message", 0),
+    CLI_OPT_STR(gen_args_t, t_system, "template-system", "{content}", "T", "of a system message",
+                0),
+    CLI_OPT_STR(gen_args_t, t_end, "template-end", "\\n\\nAssistant:", "T",
+                "appended after the messages", 0),
+    GI(delay_ms, "job-delay-ms", 0, 600000, "0", "N", "testing: every job takes at least N ms"),
+};
+#undef GI
+
+const cli_opts_t cli_generate_opts =
+    CLI_OPTS("generate", "rlhf generate --model DIR --prompts FILE --out FILE [options]",
+             "K sampled completions per prompt by rollout workers through a local master.\n",
+             gen_opt_table, NULL);
+
 int cmd_generate(int argc, char **argv) {
-    static const struct option opts[] = {{"model", 1, 0, 'm'},
-                                         {"prompts", 1, 0, 'p'},
-                                         {"out", 1, 0, 'o'},
-                                         {"k", 1, 0, 'k'},
-                                         {"max-new", 1, 0, 'n'},
-                                         {"temperature", 1, 0, 't'},
-                                         {"top-k", 1, 0, 'K'},
-                                         {"top-p", 1, 0, 'P'},
-                                         {"seed", 1, 0, 's'},
-                                         {"workers", 1, 0, 'w'},
-                                         {"run-dir", 1, 0, 'r'},
-                                         {"template-user", 1, 0, 'U'},
-                                         {"template-assistant", 1, 0, 'A'},
-                                         {"template-system", 1, 0, 'S'},
-                                         {"template-end", 1, 0, 'E'},
-                                         {"job-delay-ms", 1, 0, 'D'},
-                                         {"help", 0, 0, 'h'},
-                                         {0, 0, 0, 0}};
-    const char *model = NULL, *prompts = NULL, *out = NULL, *run_dir = NULL;
-    int K = 4, max_new = 32, top_k = 0, workers = 2, delay_ms = 0, c;
-    float temp = 1.0f, top_p = 1.0f;
-    long seed = 1;
-    gload_t g = {.t_user = "\n\nHuman: {content}",
-                 .t_assistant = "\n\nAssistant: {content}",
-                 .t_system = "{content}",
-                 .t_end = "\n\nAssistant:"};
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        int bad = 0;
-        switch (c) {
-        case 'm':
-            model = optarg;
-            break;
-        case 'p':
-            prompts = optarg;
-            break;
-        case 'o':
-            out = optarg;
-            break;
-        case 'r':
-            run_dir = optarg;
-            break;
-        case 'k':
-            bad = cli_int("generate", "k", optarg, 1, 256, &K);
-            break;
-        case 'n':
-            bad = cli_int("generate", "max-new", optarg, 1, 1 << 20, &max_new);
-            break;
-        case 't':
-            bad = cli_float("generate", "temperature", optarg, 0, 100, &temp);
-            break;
-        case 'K':
-            bad = cli_int("generate", "top-k", optarg, 0, INT_MAX, &top_k);
-            break;
-        case 'P':
-            bad = cli_float("generate", "top-p", optarg, 1e-6, 1, &top_p);
-            break;
-        case 's':
-            bad = cli_long("generate", "seed", optarg, 0, LONG_MAX, &seed);
-            break;
-        case 'w':
-            bad = cli_int("generate", "workers", optarg, 1, 32, &workers);
-            break;
-        case 'U':
-            g.t_user = unescape(optarg);
-            break;
-        case 'A':
-            g.t_assistant = unescape(optarg);
-            break;
-        case 'S':
-            g.t_system = unescape(optarg);
-            break;
-        case 'E':
-            g.t_end = unescape(optarg);
-            break;
-        case 'D':
-            bad = cli_int("generate", "job-delay-ms", optarg, 0, 600000, &delay_ms);
-            break;
-        case 'h':
-            fputs(generate_help, stdout);
-            return 0;
-        default:
-            return cli_usage_error("generate");
-        }
-        if (bad < 0) return 2;
-    }
+    gen_args_t a = {0};
+    int prc = cli_opts_parse(&cli_generate_opts, argc, argv, &a);
+    if (prc != CLI_OPTS_GO) return prc;
+    const char *model = a.model, *prompts = a.prompts, *out = a.out, *run_dir = a.run_dir;
+    int K = a.K, max_new = a.max_new, top_k = a.top_k, workers = a.workers, delay_ms = a.delay_ms;
+    float temp = a.temp, top_p = a.top_p;
+    long seed = a.seed;
+    /* the templates' escapes become characters (in copies: the defaults are literals) */
+    static char tb[4][4096];
+    const char *tv[4] = {a.t_user, a.t_assistant, a.t_system, a.t_end};
+    for (int i = 0; i < 4; i++) snprintf(tb[i], sizeof tb[i], "%s", tv[i]), unescape(tb[i]);
+    gload_t g = {.t_user = tb[0], .t_assistant = tb[1], .t_system = tb[2], .t_end = tb[3]};
     if (!model || !prompts || !out) {
         fprintf(stderr, "rlhf generate: --model, --prompts and --out are required\n");
         return cli_usage_error("generate");

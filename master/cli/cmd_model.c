@@ -20,15 +20,6 @@
 
 /* ---- init-model ------------------------------------------------------------------------ */
 
-static const char init_help[] =
-    "usage: rlhf init-model --out DIR --layers L --heads H --dim C --vocab V --ctx N\n"
-    "                       [--seed S] [--scalar-head] [--tokenizer TDIR]\n\n"
-    "Writes a freshly initialised GPT-2 model (GPT-2 initialisation) as a Hugging Face\n"
-    "directory: DIR/config.json and DIR/model.safetensors (F32), each written atomically.\n"
-    "  --scalar-head     add a linear n_embd -> 1 head (score.weight, score.bias)\n"
-    "  --tokenizer TDIR  copy TDIR/vocab.json and TDIR/merges.txt into DIR (the tokenizer's\n"
-    "                    vocabulary must fit --vocab)\n";
-
 /* Checks that the tokenizer in `dir` loads and that its ids fit a vocabulary of `vocab`. */
 static int check_tokenizer(const char *dir, int vocab) {
     tok_t *tok = tok_load(dir);
@@ -40,41 +31,42 @@ static int check_tokenizer(const char *dir, int vocab) {
     return 0;
 }
 
+typedef struct {
+    const char *out, *tokdir;
+    gpt_config_t cfg;
+    long seed;
+} init_args_t;
+
+static const cli_opt_t init_opt_table[] = {
+    CLI_OPT_STR(init_args_t, out, "out", NULL, "DIR", "the model directory to write",
+                CLI_OPT_REQUIRED),
+    CLI_OPT_SHAPE(init_args_t, cfg),
+    CLI_OPT_LONG(init_args_t, seed, "seed", 0, LONG_MAX, "0", "S", "initialisation seed"),
+    CLI_OPT_FLAG(init_args_t, cfg.scalar_head, "scalar-head",
+                 "add a linear n_embd -> 1 head (score.weight, score.bias)"),
+    CLI_OPT_STR(init_args_t, tokdir, "tokenizer", NULL, "TDIR",
+                "copy TDIR/vocab.json and TDIR/merges.txt into DIR (the tokenizer's vocabulary "
+                "must fit --vocab)",
+                0),
+};
+
+const cli_opts_t cli_init_model_opts = CLI_OPTS(
+    "init-model",
+    "rlhf init-model --out DIR --layers L --heads H --dim C --vocab V --ctx N\n"
+    "                       [--seed S] [--scalar-head] [--tokenizer TDIR]",
+    "Writes a freshly initialised GPT-2 model (GPT-2 initialisation) as a Hugging Face\n"
+    "directory: DIR/config.json and DIR/model.safetensors (F32), each written atomically.\n"
+    "The shape options --layers, --heads, --dim, --vocab and --ctx are required.\n",
+    init_opt_table, NULL);
+
 int cmd_init_model(int argc, char **argv) {
-    static const struct option opts[] = {{"out", 1, 0, 'o'},  CLI_SHAPE_OPTIONS,
-                                         {"seed", 1, 0, 's'}, {"scalar-head", 0, 0, 'S'},
-                                         {"help", 0, 0, 'h'}, {"tokenizer", 1, 0, 'k'},
-                                         {0, 0, 0, 0}};
-    const char *cmd = "init-model", *out = NULL, *tokdir = NULL;
-    gpt_config_t cfg = {0, 0, 0, 0, 0, 1e-5f, 0};
-    long seed = 0;
-    int c;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        int shape = cli_shape_opt(cmd, c, optarg, &cfg);
-        if (shape < 0) return 2;
-        if (shape > 0) continue;
-        int bad = 0;
-        switch (c) {
-        case 'o':
-            out = optarg;
-            break;
-        case 's':
-            bad = cli_long(cmd, "seed", optarg, 0, 0x7fffffffffffffffL, &seed);
-            break;
-        case 'S':
-            cfg.scalar_head = 1;
-            break;
-        case 'k':
-            tokdir = optarg;
-            break;
-        case 'h':
-            fputs(init_help, stdout);
-            return 0;
-        default:
-            return cli_usage_error(cmd);
-        }
-        if (bad) return 2;
-    }
+    const char *cmd = "init-model";
+    init_args_t a = {.cfg = {0, 0, 0, 0, 0, 1e-5f, 0}};
+    int prc = cli_opts_parse(&cli_init_model_opts, argc, argv, &a);
+    if (prc != CLI_OPTS_GO) return prc;
+    const char *out = a.out, *tokdir = a.tokdir;
+    gpt_config_t cfg = a.cfg;
+    long seed = a.seed;
     if (!out || !cfg.n_layer || !cfg.n_head || !cfg.n_embd || !cfg.vocab_size || !cfg.n_positions) {
         fprintf(stderr,
                 "rlhf %s: --out, --layers, --heads, --dim, --vocab and --ctx are required\n", cmd);

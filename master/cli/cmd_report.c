@@ -134,27 +134,28 @@ static int gnuplot(const char *script) {
     return WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : -1;
 }
 
-static const char report_help[] =
-    "usage: rlhf report --run DIR\n\n"
+typedef struct {
+    const char *dir;
+} report_args_t;
+
+static const cli_opt_t report_opt_table[] = {
+    CLI_OPT_STR(report_args_t, dir, "run", NULL, "DIR", "the run directory", CLI_OPT_REQUIRED),
+};
+
+const cli_opts_t cli_report_opts = CLI_OPTS(
+    "report", "rlhf report --run DIR",
     "Writes DIR/report.md (and prints it) with the run's figures: annotator agreement with each\n"
     "other and with the gold judge, reward-model accuracy against the agreement ceiling, the PPO\n"
     "policy against the SFT policy by the gold judge with the KL between them, reward / gold /\n"
     "KL over the PPO iterations and the over-optimisation picture (plots drawn with gnuplot into\n"
-    "DIR/plots/), and sample completions before and after.\n";
+    "DIR/plots/), and sample completions before and after.\n",
+    report_opt_table, NULL);
 
 int cmd_report(int argc, char **argv) {
-    static const struct option opts[] = {{"run", 1, 0, 'r'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
-    const char *dir = NULL;
-    int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        if (c == 'r')
-            dir = optarg;
-        else if (c == 'h')
-            return fputs(report_help, stdout), 0;
-        else
-            return cli_usage_error("report");
-    }
+    report_args_t a = {0};
+    int c = cli_opts_parse(&cli_report_opts, argc, argv, &a);
+    if (c != CLI_OPTS_GO) return c;
+    const char *dir = a.dir;
     if (!dir) {
         fprintf(stderr, "rlhf report: --run is required\n");
         return cli_usage_error("report");

@@ -177,40 +177,6 @@ static gpt_t *load_rm(const char *dir) {
 
 /* ---- train-rm -------------------------------------------------------------------------- */
 
-static const char train_help[] =
-    "usage: rlhf train-rm --model DIR --pairs FILE --out DIR [--pairwise] [--margin M]\n"
-    "                     [--center C] [--heldout-frac F] [--split-seed S] [--batch N]\n"
-    "                     [--micro M] [--steps N | --epochs E] [--lr X] [--min-lr X]\n"
-    "                     [--schedule constant|warmup|cosine] [--warmup N] [--weight-decay X]\n"
-    "                     [--clip X] [--seed S] [--max-len N] [--log-every N]\n"
-    "                     [--save-every N] [--ceiling X | --ceiling-from FILE] [--bins N]\n"
-    "                     [--threads N] [--learner-shards S [--steps-per-job N] [--run-dir "
-    "DIR]]\n\n"
-    "Trains a reward model: the GPT-2 trunk of DIR (an instruct model or any HF GPT-2\n"
-    "directory; a new scalar head is added unless DIR already has one) scored at the last token\n"
-    "of prompt + completion + <|endoftext|>, on FILE, JSONL lines {\"prompt_id\"?, \"prompt\",\n"
-    "\"chosen\", \"rejected\", \"margin\"?}, grouped by prompt_id (else by prompt text).\n"
-    "Default (InstructGPT): one batch element per prompt, each distinct completion forwarded\n"
-    "once, loss = mean over the prompt's pairs of -log sigma(r_chosen - r_rejected).\n"
-    "  --pairwise       one batch element per pair instead\n"
-    "  --margin M       subtract M * margin inside the sigmoid (margin of the line, 0 if absent)\n"
-    "  --center C       add C * (r_chosen + r_rejected)^2 per pair (reward centering)\n"
-    "Prompts whose hash (with --split-seed) falls below F are held out (never trained on) and\n"
-    "evaluated at the end. Sequences longer than --max-len (default: the model's context) keep\n"
-    "their last tokens. --batch N elements per step (prompts, or pairs with --pairwise),\n"
-    "--micro M sequences per forward pass. Prints one JSON object per logged step, the held-out\n"
-    "evaluation (as eval-rm) and a summary; writes DIR --out (replaced as a whole) with\n"
-    "reward_stats.json: mean and std of the rewards of every completion of FILE, for PPO's\n"
-    "reward normalisation; --save-every N also saves there every N steps.\n"
-    "Defaults: 1 epoch, batch 8, micro 16, lr 3e-4 cosine to 3e-5, warmup 10, weight decay\n"
-    "0.01, clip 1.0, F 0.1, split seed 0, seed 1, 10 bins, 2 threads.\n"
-    "--learner-shards S: the steps run as TRAIN jobs (--steps-per-job N each, default 20) on a\n"
-    "learner of S gradient shards behind a local master (`rlhf up` in --run-dir, default\n"
-    "OUT.run; the learner's checkpoints in RUN_DIR/learner); the same command run again after\n"
-    "an interruption continues from the last finished job. With S = 1 the parameters are those\n"
-    "of the in-process run; the final model is the learner's last checkpoint, evaluated and\n"
-    "saved as in process. --save-every does not apply (the learner checkpoints every job).\n";
-
 typedef struct {
     const char *model, *pairs, *out, *ceiling_from, *run_dir;
     int pairwise, batch, micro, steps, epochs, warmup, max_len, log_every, save_every, bins;
@@ -442,147 +408,90 @@ done:
     return rc < 0 ? cli_fail(cmd, "training", rc) : print_rc;
 }
 
+/* --schedule constant|warmup|cosine */
+static int rm_opt_schedule(void *args, const char *value) {
+    adamw_sched_kind_t k;
+    if (adamw_sched_parse(value, &k) < 0) return RL_EINVAL;
+    if (args) ((train_args_t *)args)->kind = k;
+    return 0;
+}
+
+#define TI(f, name, lo, hi, def, arg, help)                                                        \
+    CLI_OPT_INT(train_args_t, f, name, lo, hi, def, arg, help)
+#define TF(f, name, lo, hi, def, arg, help)                                                        \
+    CLI_OPT_FLOAT(train_args_t, f, name, lo, hi, def, arg, help)
+static const cli_opt_t train_rm_opt_table[] = {
+    CLI_OPT_STR(train_args_t, model, "model", NULL, "DIR", "trunk to start from", CLI_OPT_REQUIRED),
+    CLI_OPT_STR(train_args_t, pairs, "pairs", NULL, "FILE", "preference pairs", CLI_OPT_REQUIRED),
+    CLI_OPT_STR(train_args_t, out, "out", NULL, "DIR", "the reward model (replaced as a whole)",
+                CLI_OPT_REQUIRED),
+    CLI_OPT_FLAG(train_args_t, pairwise, "pairwise",
+                 "one batch element per pair instead (imported pairs)"),
+    TF(margin, "margin", -1e6, 1e6, "0", "M",
+       "subtract M * margin inside the sigmoid (margin of the line, 0 if absent)"),
+    TF(center, "center", 0, 1e6, "0", "C",
+       "add C * (r_chosen + r_rejected)^2 per pair (reward centering)"),
+    TF(frac, "heldout-frac", 0, 1, "0.1", "F", "prompts held out for evaluation"),
+    CLI_OPT_LONG(train_args_t, split_seed, "split-seed", 0, LONG_MAX, "0", "S",
+                 "seed of the held-out split"),
+    TI(batch, "batch", 1, 1 << 20, "8", "N", "prompts per step (pairs with --pairwise)"),
+    TI(micro, "micro", 1, 1 << 20, "16", "M", "sequences per forward pass"),
+    TI(steps, "steps", 1, 100000000, NULL, "N", "optimizer steps (instead of --epochs)"),
+    TI(epochs, "epochs", 1, 1000000, NULL, "E",
+       "passes over the pairs (1 unless --steps or --epochs is given)"),
+    TF(lr, "lr", 0, 10, "0.0003", "X", "peak learning rate"),
+    TF(min_lr, "min-lr", 0, 10, "3e-05", "X", "final learning rate"),
+    CLI_OPT_CALL("schedule", "constant|warmup|cosine", "learning-rate schedule (default cosine)",
+                 rm_opt_schedule, 0),
+    TI(warmup, "warmup", 0, 100000000, "10", "N", "warmup steps"),
+    TF(wd, "weight-decay", 0, 10, "0.01", "X", "AdamW weight decay"),
+    TF(clip, "clip", 0, 1e9, "1", "X", "gradient-norm clip"),
+    CLI_OPT_LONG(train_args_t, seed, "seed", 0, LONG_MAX, "1", "S", "run seed"),
+    TI(max_len, "max-len", 2, 1000000, NULL, "N",
+       "sequences longer keep their last tokens (default: the model's context)"),
+    TI(log_every, "log-every", 1, 100000000, "10", "N", "log interval"),
+    TI(save_every, "save-every", 0, 100000000, "0", "N", "also save every N steps (0: never)"),
+    TF(ceiling, "ceiling", 1e-6, 1, NULL, "X", "the annotators' agreement, for the report"),
+    CLI_OPT_STR(train_args_t, ceiling_from, "ceiling-from", NULL, "FILE",
+                "the ceiling from rlhf aggregate's summary", 0),
+    TI(bins, "bins", 1, 1000, "10", "N", "calibration bins"),
+    TI(threads, "threads", 1, 1024, "2", "N", "threads"),
+    TI(shards, "learner-shards", 1, 16, NULL, "S",
+       "run the steps as TRAIN jobs on a learner of S shards (default: in-process)"),
+    TI(steps_per_job, "steps-per-job", 1, 1 << 24, "20", "N", "steps per TRAIN job"),
+    CLI_OPT_STR(train_args_t, run_dir, "run-dir", NULL, "DIR",
+                "the learner's local cluster (default OUT.run)", 0),
+};
+#undef TI
+#undef TF
+
+const cli_opts_t cli_train_rm_opts = CLI_OPTS(
+    "train-rm", "rlhf train-rm --model DIR --pairs FILE --out DIR [options]",
+    "Trains a reward model: the GPT-2 trunk of DIR (an instruct model or any HF GPT-2\n"
+    "directory; a new scalar head is added unless DIR already has one) scored at the last token\n"
+    "of prompt + completion + <|endoftext|>, on FILE, JSONL lines {\"prompt_id\"?, \"prompt\",\n"
+    "\"chosen\", \"rejected\", \"margin\"?}, grouped by prompt_id (else by prompt text).\n"
+    "Default (InstructGPT): one batch element per prompt, each distinct completion forwarded\n"
+    "once, loss = mean over the prompt's pairs of -log sigma(r_chosen - r_rejected).\n"
+    "Prompts whose hash (with --split-seed) falls below F are held out (never trained on) and\n"
+    "evaluated at the end. Prints one JSON object per logged step, the held-out evaluation (as\n"
+    "eval-rm) and a summary; writes DIR --out with reward_stats.json: mean and std of the\n"
+    "rewards of every completion of FILE, for PPO's reward normalisation.\n",
+    train_rm_opt_table,
+    "--learner-shards S: the steps run as TRAIN jobs (--steps-per-job N each) on a learner of S\n"
+    "gradient shards behind a local master (`rlhf up` in --run-dir, default OUT.run; the\n"
+    "learner's checkpoints in RUN_DIR/learner); the same command run again after an\n"
+    "interruption continues from the last finished job. With S = 1 the parameters are those of\n"
+    "the in-process run; the final model is the learner's last checkpoint, evaluated and saved\n"
+    "as in process. --save-every does not apply (the learner checkpoints every job).\n");
+
 int cmd_train_rm(int argc, char **argv) {
-    static const struct option opts[] = {{"model", 1, 0, 'm'},
-                                         {"pairs", 1, 0, 'p'},
-                                         {"out", 1, 0, 'o'},
-                                         {"pairwise", 0, 0, 'P'},
-                                         {"margin", 1, 0, 'M'},
-                                         {"center", 1, 0, 'C'},
-                                         {"heldout-frac", 1, 0, 'f'},
-                                         {"split-seed", 1, 0, 'F'},
-                                         {"batch", 1, 0, 'B'},
-                                         {"micro", 1, 0, 'u'},
-                                         {"steps", 1, 0, 'n'},
-                                         {"epochs", 1, 0, 'E'},
-                                         {"lr", 1, 0, 'l'},
-                                         {"min-lr", 1, 0, 'L'},
-                                         {"schedule", 1, 0, 'S'},
-                                         {"warmup", 1, 0, 'w'},
-                                         {"weight-decay", 1, 0, 'd'},
-                                         {"clip", 1, 0, 'c'},
-                                         {"seed", 1, 0, 's'},
-                                         {"max-len", 1, 0, 'x'},
-                                         {"log-every", 1, 0, 'e'},
-                                         {"save-every", 1, 0, 'v'},
-                                         {"ceiling", 1, 0, 'g'},
-                                         {"ceiling-from", 1, 0, 'G'},
-                                         {"bins", 1, 0, 'b'},
-                                         {"threads", 1, 0, 'j'},
-                                         {"learner-shards", 1, 0, 'R'},
-                                         {"steps-per-job", 1, 0, 'J'},
-                                         {"run-dir", 1, 0, 'D'},
-                                         {"help", 0, 0, 'h'},
-                                         {0, 0, 0, 0}};
     const char *cmd = "train-rm";
-    train_args_t a = {0};
-    a.batch = 8, a.micro = 16, a.epochs = 1, a.warmup = 10, a.log_every = 10, a.bins = 10;
-    a.threads = 2, a.frac = 0.1f, a.lr = 3e-4f, a.min_lr = 3e-5f, a.wd = 0.01f, a.clip = 1.0f;
-    a.seed = 1, a.kind = ADAMW_SCHED_COSINE, a.steps_per_job = 20;
-    int c, steps_given = 0, epochs_given = 0;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        int bad = 0;
-        switch (c) {
-        case 'm':
-            a.model = optarg;
-            break;
-        case 'p':
-            a.pairs = optarg;
-            break;
-        case 'o':
-            a.out = optarg;
-            break;
-        case 'P':
-            a.pairwise = 1;
-            break;
-        case 'M':
-            bad = cli_float(cmd, "margin", optarg, -1e6, 1e6, &a.margin);
-            break;
-        case 'C':
-            bad = cli_float(cmd, "center", optarg, 0, 1e6, &a.center);
-            break;
-        case 'f':
-            bad = cli_float(cmd, "heldout-frac", optarg, 0, 1, &a.frac);
-            break;
-        case 'F':
-            bad = cli_long(cmd, "split-seed", optarg, 0, 0x7fffffffffffffffL, &a.split_seed);
-            break;
-        case 'B':
-            bad = cli_int(cmd, "batch", optarg, 1, 1 << 20, &a.batch);
-            break;
-        case 'u':
-            bad = cli_int(cmd, "micro", optarg, 1, 1 << 20, &a.micro);
-            break;
-        case 'n':
-            bad = cli_int(cmd, "steps", optarg, 1, 100000000, &a.steps);
-            steps_given = 1;
-            break;
-        case 'E':
-            bad = cli_int(cmd, "epochs", optarg, 1, 1000000, &a.epochs);
-            epochs_given = 1;
-            break;
-        case 'l':
-            bad = cli_float(cmd, "lr", optarg, 0, 10, &a.lr);
-            break;
-        case 'L':
-            bad = cli_float(cmd, "min-lr", optarg, 0, 10, &a.min_lr);
-            break;
-        case 'S':
-            if (adamw_sched_parse(optarg, &a.kind) < 0) {
-                fprintf(stderr, "rlhf %s: --schedule: %s\n", cmd, rl_errmsg());
-                bad = -1;
-            }
-            break;
-        case 'w':
-            bad = cli_int(cmd, "warmup", optarg, 0, 100000000, &a.warmup);
-            break;
-        case 'd':
-            bad = cli_float(cmd, "weight-decay", optarg, 0, 10, &a.wd);
-            break;
-        case 'c':
-            bad = cli_float(cmd, "clip", optarg, 0, 1e9, &a.clip);
-            break;
-        case 's':
-            bad = cli_long(cmd, "seed", optarg, 0, 0x7fffffffffffffffL, &a.seed);
-            break;
-        case 'x':
-            bad = cli_int(cmd, "max-len", optarg, 2, 1000000, &a.max_len);
-            break;
-        case 'e':
-            bad = cli_int(cmd, "log-every", optarg, 1, 100000000, &a.log_every);
-            break;
-        case 'v':
-            bad = cli_int(cmd, "save-every", optarg, 0, 100000000, &a.save_every);
-            break;
-        case 'g':
-            bad = cli_float(cmd, "ceiling", optarg, 1e-6, 1, &a.ceiling);
-            break;
-        case 'G':
-            a.ceiling_from = optarg;
-            break;
-        case 'b':
-            bad = cli_int(cmd, "bins", optarg, 1, 1000, &a.bins);
-            break;
-        case 'j':
-            bad = cli_int(cmd, "threads", optarg, 1, 1024, &a.threads);
-            break;
-        case 'R':
-            bad = cli_int(cmd, "learner-shards", optarg, 1, 16, &a.shards);
-            break;
-        case 'J':
-            bad = cli_int(cmd, "steps-per-job", optarg, 1, 1 << 24, &a.steps_per_job);
-            break;
-        case 'D':
-            a.run_dir = optarg;
-            break;
-        case 'h':
-            fputs(train_help, stdout);
-            return 0;
-        default:
-            return cli_usage_error(cmd);
-        }
-        if (bad) return 2;
-    }
+    train_args_t a = {.kind = ADAMW_SCHED_COSINE};
+    int c = cli_opts_parse(&cli_train_rm_opts, argc, argv, &a);
+    if (c != CLI_OPTS_GO) return c;
+    int steps_given = a.steps > 0, epochs_given = a.epochs > 0;
+    if (!epochs_given) a.epochs = 1;
     if (!a.model || !a.pairs || !a.out) {
         fprintf(stderr, "rlhf %s: --model, --pairs and --out are required\n", cmd);
         return 2;
@@ -601,86 +510,69 @@ int cmd_train_rm(int argc, char **argv) {
 
 /* ---- eval-rm --------------------------------------------------------------------------- */
 
-static const char eval_help[] =
-    "usage: rlhf eval-rm --rm DIR --pairs FILE [--heldout-frac F] [--split-seed S] [--all]\n"
+typedef struct {
+    const char *dir, *pairs, *ceiling_from;
+    int all, bins, micro, max_len, threads, write_stats;
+    float frac, ceiling;
+    long split_seed;
+} eval_rm_args_t;
+
+#define EI(f, name, lo, hi, def, arg, help)                                                        \
+    CLI_OPT_INT(eval_rm_args_t, f, name, lo, hi, def, arg, help)
+static const cli_opt_t eval_rm_opt_table[] = {
+    CLI_OPT_STR(eval_rm_args_t, dir, "rm", NULL, "DIR", "the reward model", CLI_OPT_REQUIRED),
+    CLI_OPT_STR(eval_rm_args_t, pairs, "pairs", NULL, "FILE", "preference pairs (as train-rm)",
+                CLI_OPT_REQUIRED),
+    CLI_OPT_FLOAT(eval_rm_args_t, frac, "heldout-frac", 0, 1, "0.1", "F",
+                  "the held-out share of train-rm's split"),
+    CLI_OPT_LONG(eval_rm_args_t, split_seed, "split-seed", 0, LONG_MAX, "0", "S",
+                 "the seed of train-rm's split"),
+    CLI_OPT_FLAG(eval_rm_args_t, all, "all", "evaluate every pair, not the held-out prompts"),
+    CLI_OPT_FLOAT(eval_rm_args_t, ceiling, "ceiling", 1e-6, 1, NULL, "X",
+                  "the annotators' pairwise agreement"),
+    CLI_OPT_STR(eval_rm_args_t, ceiling_from, "ceiling-from", NULL, "FILE",
+                "the ceiling: \"pairwise_agreement\" of the JSON object in FILE (the aggregate "
+                "summary)",
+                0),
+    EI(bins, "bins", 1, 1000, "10", "N", "calibration bins"),
+    EI(micro, "micro", 1, 1 << 20, "16", "M", "sequences per forward pass"),
+    EI(max_len, "max-len", 2, 1000000, NULL, "N", "sequence length (default: the context)"),
+    CLI_OPT_FLAG(eval_rm_args_t, write_stats, "write-stats",
+                 "store the reward mean and std (and count) in DIR/reward_stats.json"),
+    EI(threads, "threads", 1, 1024, "2", "N", "threads"),
+};
+#undef EI
+
+const cli_opts_t cli_eval_rm_opts = CLI_OPTS(
+    "eval-rm",
+    "rlhf eval-rm --rm DIR --pairs FILE [--heldout-frac F] [--split-seed S] [--all]\n"
     "                    [--ceiling X | --ceiling-from FILE] [--bins N] [--micro M]\n"
-    "                    [--max-len N] [--write-stats] [--threads N]\n\n"
+    "                    [--max-len N] [--write-stats] [--threads N]",
     "Evaluates the reward model DIR on the pairs of FILE (the format of train-rm): by default\n"
-    "on the held-out prompts of the split train-rm makes with the same F and S (defaults 0.1\n"
-    "and 0), with --all on every pair. Prints one JSON object:\n"
+    "on the held-out prompts of the split train-rm makes with the same F and S, with --all on\n"
+    "every pair. Prints one JSON object:\n"
     "  split, prompts, pairs      what was evaluated\n"
     "  accuracy                   fraction of pairs with r_chosen > r_rejected (a tie: half)\n"
-    "  ceiling                    the annotators' pairwise agreement (--ceiling X, or the\n"
-    "                             number \"pairwise_agreement\" of the JSON object in FILE given\n"
-    "                             to --ceiling-from: the aggregate summary); null if none\n"
+    "  ceiling                    the annotators' pairwise agreement; null if none\n"
     "  accuracy_vs_ceiling        accuracy / ceiling\n"
     "  loss                       mean -log sigma(r_chosen - r_rejected)\n"
     "  ece, ece_bins              expected calibration error of sigma(r_a - r_b) as the\n"
     "                             probability that a is preferred (each pair in both orders,\n"
-    "                             N equal-width bins, default 10)\n"
-    "  completions, reward_mean, reward_std   over the distinct completions evaluated\n"
-    "--write-stats stores those mean and std (and count) in DIR/reward_stats.json, the\n"
-    "statistics PPO normalises rewards with.\n";
+    "                             N equal-width bins)\n"
+    "  completions, reward_mean, reward_std   over the distinct completions evaluated\n",
+    eval_rm_opt_table,
+    "The statistics written by --write-stats are those PPO normalises rewards with.\n");
 
 int cmd_eval_rm(int argc, char **argv) {
-    static const struct option opts[] = {{"rm", 1, 0, 'r'},           {"pairs", 1, 0, 'p'},
-                                         {"heldout-frac", 1, 0, 'f'}, {"split-seed", 1, 0, 'F'},
-                                         {"all", 0, 0, 'a'},          {"ceiling", 1, 0, 'g'},
-                                         {"ceiling-from", 1, 0, 'G'}, {"bins", 1, 0, 'b'},
-                                         {"micro", 1, 0, 'u'},        {"max-len", 1, 0, 'x'},
-                                         {"threads", 1, 0, 'j'},      {"write-stats", 0, 0, 'W'},
-                                         {"help", 0, 0, 'h'},         {0, 0, 0, 0}};
-    const char *cmd = "eval-rm", *dir = NULL, *pairs = NULL, *ceiling_from = NULL;
-    int all = 0, bins = 10, micro = 16, max_len = 0, threads = 2, write_stats = 0, c;
-    float frac = 0.1f, ceiling = 0;
-    long split_seed = 0;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        int bad = 0;
-        switch (c) {
-        case 'r':
-            dir = optarg;
-            break;
-        case 'p':
-            pairs = optarg;
-            break;
-        case 'f':
-            bad = cli_float(cmd, "heldout-frac", optarg, 0, 1, &frac);
-            break;
-        case 'F':
-            bad = cli_long(cmd, "split-seed", optarg, 0, 0x7fffffffffffffffL, &split_seed);
-            break;
-        case 'a':
-            all = 1;
-            break;
-        case 'g':
-            bad = cli_float(cmd, "ceiling", optarg, 1e-6, 1, &ceiling);
-            break;
-        case 'G':
-            ceiling_from = optarg;
-            break;
-        case 'b':
-            bad = cli_int(cmd, "bins", optarg, 1, 1000, &bins);
-            break;
-        case 'u':
-            bad = cli_int(cmd, "micro", optarg, 1, 1 << 20, &micro);
-            break;
-        case 'x':
-            bad = cli_int(cmd, "max-len", optarg, 2, 1000000, &max_len);
-            break;
-        case 'j':
-            bad = cli_int(cmd, "threads", optarg, 1, 1024, &threads);
-            break;
-        case 'W':
-            write_stats = 1;
-            break;
-        case 'h':
-            fputs(eval_help, stdout);
-            return 0;
-        default:
-            return cli_usage_error(cmd);
-        }
-        if (bad) return 2;
-    }
+    const char *cmd = "eval-rm";
+    eval_rm_args_t a = {0};
+    int c = cli_opts_parse(&cli_eval_rm_opts, argc, argv, &a);
+    if (c != CLI_OPTS_GO) return c;
+    const char *dir = a.dir, *pairs = a.pairs, *ceiling_from = a.ceiling_from;
+    int all = a.all, bins = a.bins, micro = a.micro, max_len = a.max_len, threads = a.threads;
+    int write_stats = a.write_stats;
+    float frac = a.frac, ceiling = a.ceiling;
+    long split_seed = a.split_seed;
     if (!dir || !pairs) {
         fprintf(stderr, "rlhf %s: --rm and --pairs are required\n", cmd);
         return 2;

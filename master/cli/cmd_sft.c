@@ -38,31 +38,6 @@
 
 /* ---- sft --------------------------------------------------------------------------------- */
 
-static const char sft_help[] =
-    "usage: rlhf sft --model DIR --data FILE.jsonl --out DIR [--steps N] [--batch B] [--seq T]\n"
-    "                [--lr LR] [--min-lr LR] [--warmup N] [--weight-decay WD] [--clip C]\n"
-    "                [--seed S] [--eval-data FILE.jsonl] [--eval-every N] [--log-every N]\n"
-    "                [--gold-prompts FILE.jsonl] [--gold-n K] [--gold-every N] [--threads N]\n"
-    "                [--learner-shards S [--steps-per-job N] [--run-dir DIR]]\n\n"
-    "Supervised fine-tuning of the HF GPT-2 model in DIR with its tokenizer (vocab.json,\n"
-    "merges.txt). Each line of the data is {\"prompt\",\"completion\"} - the completion gets\n"
-    "<|endoftext|> appended and only its tokens are trained on - or {\"text\"}, trained on every\n"
-    "token (<|endoftext|> appended; a text longer than the context is cut into windows).\n"
-    "An example longer than T+1 tokens loses prompt tokens from the left; one whose completion\n"
-    "alone does not fit is an error. Batches are padded to their longest row (padding is not\n"
-    "trained on). Prints one JSON line per logged step; with --eval-data, the held-out loss on\n"
-    "it every --eval-every steps and at the end; with --gold-prompts (JSONL {\"prompt\"}, up to\n"
-    "4 files), K sampled completions per prompt (temperature 1) scored by the embedded task's\n"
-    "gold judge, at the end (and every --gold-every steps; \"seconds\" of training exclude it).\n"
-    "Saves the model and its tokenizer to --out, atomically file by file. Deterministic from\n"
-    "--seed. Defaults: 300 steps, B=16, T=n_positions, lr 1e-3 cosine to 1e-4, warmup 20,\n"
-    "weight decay 0.1, clip 1, seed 1, eval every 100, log every 10, K=1, 2 threads.\n"
-    "--learner-shards S: the steps run as TRAIN jobs (--steps-per-job N each, default 20, the\n"
-    "batches inline) on a learner of S gradient shards behind a local master (`rlhf up` in\n"
-    "--run-dir, default OUT.run; checkpoints in RUN_DIR/learner); the same command run again\n"
-    "after an interruption continues from the last finished job. With S = 1 the parameters are\n"
-    "those of the in-process run. The evaluations then run once, at the end.\n";
-
 /* One training row: ids[0..n), and how many leading ids are prompt (not trained on). */
 typedef struct {
     int *ids;
@@ -470,106 +445,98 @@ static int sft_learner(const sft_learner_t *a, const sft_set_t *set, int pad, gp
     return 0;
 }
 
+typedef struct {
+    const char *model, *data, *out, *eval_data, *run_dir;
+    const char *gold[SFT_MAX_GOLD];
+    int n_gold;
+    int steps, B, T, warmup, threads, eval_every, log_every, gold_n, gold_every, shards,
+        steps_per_job;
+    float lr, min_lr, wd, clip;
+    long seed;
+} sft_args_t;
+
+/* --gold-prompts FILE, up to SFT_MAX_GOLD times. */
+static int sft_opt_gold(void *args, const char *path) {
+    sft_args_t *a = args;
+    if (a && a->n_gold == SFT_MAX_GOLD) return rl_fail(RL_EINVAL, "at most %d files", SFT_MAX_GOLD);
+    if (a) a->gold[a->n_gold++] = path;
+    return 0;
+}
+
+#define SI(f, name, lo, hi, def, arg, help) CLI_OPT_INT(sft_args_t, f, name, lo, hi, def, arg, help)
+#define SF(f, name, lo, hi, def, arg, help)                                                        \
+    CLI_OPT_FLOAT(sft_args_t, f, name, lo, hi, def, arg, help)
+static const cli_opt_t sft_opt_table[] = {
+    CLI_OPT_STR(sft_args_t, model, "model", NULL, "DIR", "model to fine-tune (any HF GPT-2 dir)",
+                CLI_OPT_REQUIRED),
+    CLI_OPT_STR(sft_args_t, data, "data", NULL, "FILE", "JSONL {prompt, completion} or {text}",
+                CLI_OPT_REQUIRED),
+    CLI_OPT_STR(sft_args_t, out, "out", NULL, "DIR", "where to save the model", CLI_OPT_REQUIRED),
+    SI(steps, "steps", 1, 100000000, "300", "N", "optimizer steps"),
+    SI(B, "batch", 1, 4096, "16", "B", "sequences per step"),
+    SI(T, "seq", 1, 1000000, NULL, "T", "sequence length (default: the model's n_positions)"),
+    SF(lr, "lr", 0, 10, "0.001", "LR", "peak learning rate (cosine to --min-lr)"),
+    SF(min_lr, "min-lr", 0, 10, "0.0001", "LR", "final learning rate"),
+    SI(warmup, "warmup", 0, 100000000, "20", "N", "warmup steps"),
+    SF(wd, "weight-decay", 0, 10, "0.1", "WD", "AdamW weight decay"),
+    SF(clip, "clip", 0, 1e9, "1", "C", "gradient-norm clip"),
+    CLI_OPT_LONG(sft_args_t, seed, "seed", 0, LONG_MAX, "1", "S", "run seed"),
+    CLI_OPT_STR(sft_args_t, eval_data, "eval-data", NULL, "FILE",
+                "held-out JSONL: its loss every --eval-every steps and at the end", 0),
+    SI(eval_every, "eval-every", 1, 100000000, "100", "N", "evaluation interval"),
+    SI(log_every, "log-every", 1, 100000000, "10", "N", "log interval"),
+    CLI_OPT_CALL("gold-prompts", "FILE",
+                 "JSONL {prompt} (up to 4 files): K sampled completions per prompt scored by the "
+                 "embedded task's gold judge at the end",
+                 sft_opt_gold, 0),
+    SI(gold_n, "gold-n", 1, 1000, "1", "K", "completions per gold prompt"),
+    SI(gold_every, "gold-every", 1, 100000000, NULL, "N", "also score every N steps"),
+    SI(threads, "threads", 1, 1024, "2", "N", "threads"),
+    SI(shards, "learner-shards", 1, 16, NULL, "S",
+       "run the steps as TRAIN jobs on a learner of S shards (default: in-process)"),
+    SI(steps_per_job, "steps-per-job", 1, 1 << 20, "20", "N", "steps per TRAIN job"),
+    CLI_OPT_STR(sft_args_t, run_dir, "run-dir", NULL, "DIR",
+                "the learner's local cluster (default OUT.run)", 0),
+};
+#undef SI
+#undef SF
+
+const cli_opts_t cli_sft_opts = CLI_OPTS(
+    "sft", "rlhf sft --model DIR --data FILE.jsonl --out DIR [options]",
+    "Supervised fine-tuning of the HF GPT-2 model in DIR with its tokenizer (vocab.json,\n"
+    "merges.txt). Each line of the data is {\"prompt\",\"completion\"} - the completion gets\n"
+    "<|endoftext|> appended and only its tokens are trained on - or {\"text\"}, trained on every\n"
+    "token (<|endoftext|> appended; a text longer than the context is cut into windows).\n"
+    "An example longer than T+1 tokens loses prompt tokens from the left; one whose completion\n"
+    "alone does not fit is an error. Batches are padded to their longest row (padding is not\n"
+    "trained on). Prints one JSON line per logged step; with --eval-data, the held-out loss on\n"
+    "it every --eval-every steps and at the end; with --gold-prompts (JSONL {\"prompt\"}, up to\n"
+    "4 files), K sampled completions per prompt (temperature 1) scored by the embedded task's\n"
+    "gold judge, at the end (and every --gold-every steps; \"seconds\" of training exclude it).\n"
+    "Saves the model and its tokenizer to --out, atomically file by file. Deterministic from\n"
+    "--seed.\n",
+    sft_opt_table,
+    "--learner-shards S: the steps run as TRAIN jobs (--steps-per-job N each, the batches\n"
+    "inline) on a learner of S gradient shards behind a local master (`rlhf up` in --run-dir,\n"
+    "default OUT.run; checkpoints in RUN_DIR/learner); the same command run again after an\n"
+    "interruption continues from the last finished job. With S = 1 the parameters are those of\n"
+    "the in-process run. The evaluations then run once, at the end.\n");
+
 int cmd_sft(int argc, char **argv) {
-    static const struct option opts[] = {
-        {"model", 1, 0, 'm'},        {"data", 1, 0, 'D'},           {"out", 1, 0, 'o'},
-        {"steps", 1, 0, 'n'},        {"batch", 1, 0, 'B'},          {"seq", 1, 0, 'T'},
-        {"lr", 1, 0, 'l'},           {"min-lr", 1, 0, 'L'},         {"warmup", 1, 0, 'w'},
-        {"weight-decay", 1, 0, 'd'}, {"clip", 1, 0, 'c'},           {"seed", 1, 0, 's'},
-        {"eval-data", 1, 0, 'E'},    {"eval-every", 1, 0, 'e'},     {"log-every", 1, 0, 'g'},
-        {"gold-prompts", 1, 0, 'G'}, {"gold-n", 1, 0, 'K'},         {"gold-every", 1, 0, 'Q'},
-        {"threads", 1, 0, 'j'},      {"learner-shards", 1, 0, 'R'}, {"steps-per-job", 1, 0, 'J'},
-        {"run-dir", 1, 0, 'r'},      {"help", 0, 0, 'h'},           {0, 0, 0, 0}};
-    const char *cmd = "sft", *model = NULL, *data = NULL, *out = NULL, *eval_data = NULL;
+    const char *cmd = "sft";
+    sft_args_t a = {0};
+    int prc = cli_opts_parse(&cli_sft_opts, argc, argv, &a);
+    if (prc != CLI_OPTS_GO) return prc;
+    const char *model = a.model, *data = a.data, *out = a.out, *eval_data = a.eval_data;
     sft_prompts_t gp[SFT_MAX_GOLD] = {{0}};
-    int n_gold = 0;
-    int steps = 300, B = 16, T = 0, warmup = 20, threads = 2, eval_every = 100, log_every = 10;
-    int gold_n = 1, gold_every = 0, shards = 0, steps_per_job = 20, c;
-    const char *run_dir = NULL;
-    float lr = 1e-3f, min_lr = 1e-4f, wd = 0.1f, clip = 1.0f;
-    long seed = 1;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        int bad = 0;
-        switch (c) {
-        case 'm':
-            model = optarg;
-            break;
-        case 'D':
-            data = optarg;
-            break;
-        case 'o':
-            out = optarg;
-            break;
-        case 'E':
-            eval_data = optarg;
-            break;
-        case 'G':
-            if (n_gold == SFT_MAX_GOLD) {
-                fprintf(stderr, "rlhf %s: --gold-prompts: at most %d files\n", cmd, SFT_MAX_GOLD);
-                bad = -1;
-            } else {
-                gp[n_gold++].path = optarg;
-            }
-            break;
-        case 'n':
-            bad = cli_int(cmd, "steps", optarg, 1, 100000000, &steps);
-            break;
-        case 'B':
-            bad = cli_int(cmd, "batch", optarg, 1, 4096, &B);
-            break;
-        case 'T':
-            bad = cli_int(cmd, "seq", optarg, 1, 1000000, &T);
-            break;
-        case 'l':
-            bad = cli_float(cmd, "lr", optarg, 0, 10, &lr);
-            break;
-        case 'L':
-            bad = cli_float(cmd, "min-lr", optarg, 0, 10, &min_lr);
-            break;
-        case 'w':
-            bad = cli_int(cmd, "warmup", optarg, 0, 100000000, &warmup);
-            break;
-        case 'd':
-            bad = cli_float(cmd, "weight-decay", optarg, 0, 10, &wd);
-            break;
-        case 'c':
-            bad = cli_float(cmd, "clip", optarg, 0, 1e9, &clip);
-            break;
-        case 's':
-            bad = cli_long(cmd, "seed", optarg, 0, 0x7fffffffffffffffL, &seed);
-            break;
-        case 'e':
-            bad = cli_int(cmd, "eval-every", optarg, 1, 100000000, &eval_every);
-            break;
-        case 'g':
-            bad = cli_int(cmd, "log-every", optarg, 1, 100000000, &log_every);
-            break;
-        case 'K':
-            bad = cli_int(cmd, "gold-n", optarg, 1, 1000, &gold_n);
-            break;
-        case 'Q':
-            bad = cli_int(cmd, "gold-every", optarg, 1, 100000000, &gold_every);
-            break;
-        case 'j':
-            bad = cli_int(cmd, "threads", optarg, 1, 1024, &threads);
-            break;
-        case 'R':
-            bad = cli_int(cmd, "learner-shards", optarg, 1, 16, &shards);
-            break;
-        case 'J':
-            bad = cli_int(cmd, "steps-per-job", optarg, 1, 1 << 20, &steps_per_job);
-            break;
-        case 'r':
-            run_dir = optarg;
-            break;
-        case 'h':
-            fputs(sft_help, stdout);
-            return 0;
-        default:
-            return cli_usage_error(cmd);
-        }
-        if (bad) return 2;
-    }
+    int n_gold = a.n_gold;
+    for (int i = 0; i < n_gold; i++) gp[i].path = a.gold[i];
+    int steps = a.steps, B = a.B, T = a.T, warmup = a.warmup, threads = a.threads;
+    int eval_every = a.eval_every, log_every = a.log_every, gold_n = a.gold_n;
+    int gold_every = a.gold_every, shards = a.shards, steps_per_job = a.steps_per_job;
+    const char *run_dir = a.run_dir;
+    float lr = a.lr, min_lr = a.min_lr, wd = a.wd, clip = a.clip;
+    long seed = a.seed;
     if (!model || !data || !out) {
         fprintf(stderr, "rlhf %s: --model, --data and --out are required\n", cmd);
         return 2;

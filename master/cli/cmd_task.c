@@ -18,23 +18,6 @@
 #include "align/task.h"
 #include "cli.h"
 
-static const char task_help[] =
-    "usage: rlhf task --out DIR [--seed S] [--prompts N] [--heldout M] [--sft N]\n"
-    "                 [--bad-frac F] [--template STR]\n\n"
-    "Writes the embedded default task (arithmetic, naming items of a category, short replies;\n"
-    "judged on correct, polite, concise, on-topic) into DIR, each file atomically:\n"
-    "  prompts.jsonl          N prompts {\"id\",\"prompt\",\"kind\"} from the train split (RLHF)\n"
-    "  prompts_heldout.jsonl  M prompts from the disjoint held-out split (evaluation)\n"
-    "  sft.jsonl              N demonstrations {\"prompt\",\"completion\",\"style\"}: a share F "
-    "of\n"
-    "                         bad ones (wrong, rude, rambling, off-topic in equal parts)\n"
-    "  corpus.txt             text to train a tokenizer on (rlhf tokenizer-train)\n"
-    "  guidelines.md          the written criteria annotators follow\n"
-    "Prompts are rendered in STR, where {prompt} stands for the instruction and \\n, \\t are\n"
-    "newline and tab (default: the Anthropic HH form \"\\n\\nHuman: {prompt}\\n\\nAssistant:\");\n"
-    "completions start with a space.\n"
-    "Defaults: seed 1, N=256 prompts, M=48, 4000 demonstrations, F=0.5.\n";
-
 /* Turns the escapes backslash-n, backslash-t and a doubled backslash of a command-line
  * template into the characters they stand for, in place. */
 static void task_unescape(char *s) {
@@ -124,52 +107,65 @@ static int task_write_sft(const char *dir, uint64_t seed, long n, long n_heldout
     return fs_atomic_commit(&cf);
 }
 
-int cmd_task(int argc, char **argv) {
-    static const struct option opts[] = {
-        {"out", 1, 0, 'o'},      {"seed", 1, 0, 's'}, {"prompts", 1, 0, 'p'},
-        {"heldout", 1, 0, 'H'},  {"sft", 1, 0, 'n'},  {"bad-frac", 1, 0, 'f'},
-        {"template", 1, 0, 't'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
-    const char *cmd = "task", *out = NULL, *tmpl = TASK_TEMPLATE_HH;
-    long seed = 1, n_prompts = 256, n_heldout = 48, n_sft = 4000;
-    float bad = 0.5f;
-    int c;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        int badopt = 0;
-        switch (c) {
-        case 'o':
-            out = optarg;
-            break;
-        case 's':
-            badopt = cli_long(cmd, "seed", optarg, 0, 0x7fffffffffffffffL, &seed);
-            break;
-        case 'p':
-            badopt = cli_long(cmd, "prompts", optarg, 0, 10000000, &n_prompts);
-            break;
-        case 'H':
-            badopt = cli_long(cmd, "heldout", optarg, 0, 10000000, &n_heldout);
-            break;
-        case 'n':
-            badopt = cli_long(cmd, "sft", optarg, 0, 10000000, &n_sft);
-            break;
-        case 'f':
-            badopt = cli_float(cmd, "bad-frac", optarg, 0, 1, &bad);
-            break;
-        case 't':
-            if (!strstr(optarg, "{prompt}")) {
-                fprintf(stderr, "rlhf %s: --template must contain {prompt}\n", cmd);
-                badopt = -1;
-            }
-            task_unescape(optarg);
-            tmpl = optarg;
-            break;
-        case 'h':
-            fputs(task_help, stdout);
-            return 0;
-        default:
-            return cli_usage_error(cmd);
-        }
-        if (badopt) return 2;
+typedef struct {
+    const char *out, *tmpl;
+    long seed, n_prompts, n_heldout, n_sft;
+    float bad;
+    char tmpl_buf[1024]; /* --template with its escapes turned into characters */
+} task_args_t;
+
+/* --template STR: must hold {prompt}; \n, \t stand for newline and tab. */
+static int task_opt_template(void *args, const char *value) {
+    task_args_t *a = args;
+    if (!strstr(value, "{prompt}")) return rl_fail(RL_EINVAL, "must contain {prompt}");
+    if (strlen(value) >= sizeof a->tmpl_buf) return rl_fail(RL_EINVAL, "too long");
+    if (a) {
+        snprintf(a->tmpl_buf, sizeof a->tmpl_buf, "%s", value);
+        task_unescape(a->tmpl_buf);
+        a->tmpl = a->tmpl_buf;
     }
+    return 0;
+}
+
+#define TL(f, name, def, help) CLI_OPT_LONG(task_args_t, f, name, 0, 10000000, def, "N", help)
+static const cli_opt_t task_opt_table[] = {
+    CLI_OPT_STR(task_args_t, out, "out", NULL, "DIR", "where to write the task", CLI_OPT_REQUIRED),
+    CLI_OPT_LONG(task_args_t, seed, "seed", 0, LONG_MAX, "1", "S", "task seed"),
+    TL(n_prompts, "prompts", "256", "training prompts (RLHF and stage 1)"),
+    TL(n_heldout, "heldout", "48", "held-out prompts (evaluation only)"),
+    TL(n_sft, "sft", "4000", "SFT demonstrations"),
+    CLI_OPT_FLOAT(task_args_t, bad, "bad-frac", 0, 1, "0.5", "F",
+                  "share of deliberately bad demonstrations"),
+    CLI_OPT_CALL("template", "STR",
+                 "prompt rendering, {prompt} the instruction (default: the Anthropic HH form "
+                 "\"\\n\\nHuman: {prompt}\\n\\nAssistant:\")",
+                 task_opt_template, 0),
+};
+#undef TL
+
+const cli_opts_t cli_task_opts = CLI_OPTS(
+    "task", "rlhf task --out DIR [options]",
+    "Writes the embedded default task (arithmetic, naming items of a category, short replies;\n"
+    "judged on correct, polite, concise, on-topic) into DIR, each file atomically:\n"
+    "  prompts.jsonl          N prompts {\"id\",\"prompt\",\"kind\"} from the train split (RLHF)\n"
+    "  prompts_heldout.jsonl  M prompts from the disjoint held-out split (evaluation)\n"
+    "  sft.jsonl              N demonstrations {\"prompt\",\"completion\",\"style\"}: a share F "
+    "of\n"
+    "                         bad ones (wrong, rude, rambling, off-topic in equal parts)\n"
+    "  corpus.txt             text to train a tokenizer on (rlhf tokenizer-train)\n"
+    "  guidelines.md          the written criteria annotators follow\n"
+    "Prompts are rendered in --template, where \\n, \\t are newline and tab; completions start\n"
+    "with a space.\n",
+    task_opt_table, NULL);
+
+int cmd_task(int argc, char **argv) {
+    const char *cmd = "task";
+    task_args_t a = {.tmpl = TASK_TEMPLATE_HH};
+    int prc = cli_opts_parse(&cli_task_opts, argc, argv, &a);
+    if (prc != CLI_OPTS_GO) return prc;
+    const char *out = a.out, *tmpl = a.tmpl;
+    long seed = a.seed, n_prompts = a.n_prompts, n_heldout = a.n_heldout, n_sft = a.n_sft;
+    float bad = a.bad;
     if (!out) {
         fprintf(stderr, "rlhf %s: --out is required\n", cmd);
         return 2;

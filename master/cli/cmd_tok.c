@@ -174,42 +174,36 @@ done:
 
 /* ---- tokenizer-train ------------------------------------------------------------------- */
 
-static const char train_help[] =
-    "usage: rlhf tokenizer-train --corpus FILE --vocab-size N --out DIR\n\n"
+typedef struct {
+    const char *corpus, *out;
+    int vocab;
+} toktrain_args_t;
+
+static const cli_opt_t toktrain_opt_table[] = {
+    CLI_OPT_STR(toktrain_args_t, corpus, "corpus", NULL, "FILE", "the text to learn from",
+                CLI_OPT_REQUIRED),
+    CLI_OPT_INT(toktrain_args_t, vocab, "vocab-size", 257, 1 << 24, NULL, "N",
+                "BPE vocabulary size (required)"),
+    CLI_OPT_STR(toktrain_args_t, out, "out", NULL, "DIR", "where to write vocab.json, merges.txt",
+                CLI_OPT_REQUIRED),
+};
+
+const cli_opts_t cli_tokenizer_train_opts = CLI_OPTS(
+    "tokenizer-train", "rlhf tokenizer-train --corpus FILE --vocab-size N --out DIR",
     "Learns a GPT-2 style byte-level BPE vocabulary of N ids from FILE: ids 0-255 are the bytes\n"
     "(in GPT-2's order), then one id per learned merge, then <|endoftext|> as id N-1. Pairs are\n"
     "merged most frequent first, ties broken by byte order, so the result is deterministic.\n"
     "A literal <|endoftext|> in FILE separates documents and is not learned from. Writes\n"
-    "DIR/vocab.json and DIR/merges.txt (atomically) and prints a JSON summary.\n";
+    "DIR/vocab.json and DIR/merges.txt (atomically) and prints a JSON summary.\n",
+    toktrain_opt_table, NULL);
 
 int cmd_tokenizer_train(int argc, char **argv) {
-    static const struct option opts[] = {{"corpus", 1, 0, 'c'},
-                                         {"vocab-size", 1, 0, 'v'},
-                                         {"out", 1, 0, 'o'},
-                                         {"help", 0, 0, 'h'},
-                                         {0, 0, 0, 0}};
-    const char *cmd = "tokenizer-train", *corpus = NULL, *out = NULL;
-    int vocab = 0, c;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        int bad = 0;
-        switch (c) {
-        case 'c':
-            corpus = optarg;
-            break;
-        case 'v':
-            bad = cli_int(cmd, "vocab-size", optarg, 257, 1 << 24, &vocab);
-            break;
-        case 'o':
-            out = optarg;
-            break;
-        case 'h':
-            fputs(train_help, stdout);
-            return 0;
-        default:
-            return cli_usage_error(cmd);
-        }
-        if (bad) return 2;
-    }
+    const char *cmd = "tokenizer-train";
+    toktrain_args_t a = {0};
+    int prc = cli_opts_parse(&cli_tokenizer_train_opts, argc, argv, &a);
+    if (prc != CLI_OPTS_GO) return prc;
+    const char *corpus = a.corpus, *out = a.out;
+    int vocab = a.vocab;
     if (!corpus || !vocab || !out) {
         fprintf(stderr, "rlhf %s: --corpus, --vocab-size and --out are required\n", cmd);
         return 2;
