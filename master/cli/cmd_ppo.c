@@ -299,560 +299,550 @@ static int export_policy(const char *out) {
     return rc;
 }
 
-static const char ppo_help[] =
-    "usage: rlhf ppo --policy DIR --rm DIR --prompts FILE --out DIR [options]\n\n"
-    "PPO through a local master with rollout, reward and learner workers.\n\n"
-    "  --ref DIR             frozen reference for the KL penalty (default: --policy)\n"
-    "  --value DIR           initial value model (default: --rm, as InstructGPT)\n"
-    "  --iterations N        PPO iterations (default 20)\n"
-    "  --batch P             prompts per iteration (default 32)\n"
-    "  --samples K           completions per prompt (default 1)\n"
-    "  --max-new N           tokens per completion at most (default 24)\n"
-    "  --temperature T       rollout sampling temperature (default 1)\n"
-    "  --prompts-per-job J   prompts per GENERATE / SCORE job (default 8)\n"
-    "  --rollout R           rollout workers (default 2)\n"
-    "  --reward M            reward workers (default 1)\n"
-    "  --checkpoint-every N  learner checkpoint every N iterations (default 1)\n"
-    "  --seed S              run seed (default 1)\n"
-    "  --gold                also score the rollouts with the embedded task's gold judge\n"
-    "  --reward-count-token ID   a constructed reward instead of --rm (tests): the number of\n"
-    "                        times token ID occurs in the completion; --rm still gives the\n"
-    "                        value model unless --value is set\n"
-    "  --set NAME=VALUE      a PPO setting (ppo.h; `rlhf ppo --list-settings`)\n"
-    "  --config FILE         YAML: the `ppo:` mapping holds these options (names with _)\n"
-    "                        and PPO settings; command-line options win\n"
-    "  --list-settings       print the PPO settings and their defaults\n";
+/* ---- options ------------------------------------------------------------------------------- */
 
 typedef struct {
     const char *policy, *rm, *ref, *value, *prompts, *out;
     int iterations, batch, samples, max_new, per_job, rollout, reward, ckpt_every, gold;
+    int count_token; /* -1: the reward model scores */
     float temperature;
     long seed;
     ppo_config_t pc;
+    char *strs[16]; /* a --config file's paths (owned) */
+    int n_strs;
 } ppo_opts_t;
 
-/* A `ppo.NAME` key of a --config file: a driver option or a PPO setting. */
-typedef struct {
-    ppo_opts_t *o;
-    char *strs[16];
-    int n_strs;
-} cfgctx_t;
-
-static int ppo_cfg_key(void *ctx, const char *key, const char *value, const char *where) {
-    cfgctx_t *c = ctx;
-    ppo_opts_t *o = c->o;
-    if (strncmp(key, "ppo.", 4)) return 0; /* other stages' keys: not ours */
-    const char *k = key + 4;
-    struct {
-        const char *name;
-        const char **s;
-        int *i;
-        long lo, hi;
-    } opts[] = {{"policy", &o->policy, NULL, 0, 0},
-                {"rm", &o->rm, NULL, 0, 0},
-                {"ref", &o->ref, NULL, 0, 0},
-                {"value", &o->value, NULL, 0, 0},
-                {"prompts", &o->prompts, NULL, 0, 0},
-                {"out", &o->out, NULL, 0, 0},
-                {"iterations", NULL, &o->iterations, 1, 1000000},
-                {"batch", NULL, &o->batch, 1, 100000},
-                {"samples", NULL, &o->samples, 1, 64},
-                {"max_new", NULL, &o->max_new, 1, 100000},
-                {"prompts_per_job", NULL, &o->per_job, 1, 4096},
-                {"rollout", NULL, &o->rollout, 1, 32},
-                {"reward", NULL, &o->reward, 1, 16},
-                {"checkpoint_every", NULL, &o->ckpt_every, 1, 1000000}};
-    for (size_t i = 0; i < sizeof opts / sizeof opts[0]; i++) {
-        if (strcmp(k, opts[i].name)) continue;
-        if (opts[i].s) {
-            if (c->n_strs == 16) return rl_fail(RL_EINVAL, "%s: too many paths", where);
-            *opts[i].s = c->strs[c->n_strs++] = strdup(value);
-            return 0;
-        }
-        char *end;
-        long v = strtol(value, &end, 10);
-        if (end == value || *end || v < opts[i].lo || v > opts[i].hi)
-            return rl_fail(RL_EINVAL, "%s: %s: '%s' is not an integer in [%ld, %ld]", where, key,
-                           value, opts[i].lo, opts[i].hi);
-        *opts[i].i = (int)v;
-        return 0;
-    }
-    if (!strcmp(k, "temperature")) {
-        char *end;
-        double d = strtod(value, &end);
-        if (end == value || *end || !(d >= 0 && d <= 100))
-            return rl_fail(RL_EINVAL, "%s: %s: '%s' is not a temperature", where, key, value);
-        o->temperature = (float)d;
-        return 0;
-    }
-    return ppo_config_set(&o->pc, k, value, where);
+/* --set NAME=VALUE: a PPO setting (args NULL: only checked). */
+static int ppo_opt_set(void *args, const char *kv) {
+    char name[64];
+    const char *eq = strchr(kv, '=');
+    if (!eq || eq == kv || (size_t)(eq - kv) >= sizeof name)
+        return rl_fail(RL_EINVAL, "'%s' is not NAME=VALUE", kv);
+    memcpy(name, kv, (size_t)(eq - kv));
+    name[eq - kv] = 0;
+    ppo_opts_t *o = args;
+    return ppo_config_set(o ? &o->pc : NULL, name, eq + 1, NULL);
 }
 
-int cmd_ppo(int argc, char **argv) {
-    static const struct option opts[] = {{"policy", 1, 0, 'p'},
-                                         {"rm", 1, 0, 'r'},
-                                         {"ref", 1, 0, 'R'},
-                                         {"value", 1, 0, 'V'},
-                                         {"prompts", 1, 0, 'P'},
-                                         {"out", 1, 0, 'o'},
-                                         {"iterations", 1, 0, 'n'},
-                                         {"batch", 1, 0, 'b'},
-                                         {"samples", 1, 0, 'k'},
-                                         {"max-new", 1, 0, 'm'},
-                                         {"temperature", 1, 0, 't'},
-                                         {"prompts-per-job", 1, 0, 'j'},
-                                         {"rollout", 1, 0, 'w'},
-                                         {"reward", 1, 0, 'W'},
-                                         {"checkpoint-every", 1, 0, 'c'},
-                                         {"seed", 1, 0, 's'},
-                                         {"gold", 0, 0, 'g'},
-                                         {"reward-count-token", 1, 0, 'X'},
-                                         {"set", 1, 0, 'S'},
-                                         {"config", 1, 0, 'C'},
-                                         {"list-settings", 0, 0, 'L'},
-                                         {"help", 0, 0, 'h'},
-                                         {0, 0, 0, 0}};
-    ppo_opts_t o = {.iterations = 20,
-                    .batch = 32,
-                    .samples = 1,
-                    .max_new = 24,
-                    .per_job = 8,
-                    .rollout = 2,
-                    .reward = 1,
-                    .ckpt_every = 1,
-                    .temperature = 1.0f,
-                    .seed = 1};
-    ppo_config_default(&o.pc);
-    o.pc.score_norm = PPO_SCORE_NORM; /* reward-model scores to unit scale (ppo.h explains) */
-    cfgctx_t cc = {.o = &o};
-    const char *sets[64];
-    int n_sets = 0, c, ret = 1, rc, count_token = -1;
+/* --list-settings: the PPO settings as they stand, as JSON. */
+static int ppo_opt_list(void *args, const char *unused) {
+    (void)unused;
+    json_t *d = ppo_config_to_json(&((ppo_opts_t *)args)->pc);
+    char *s = json_dumps(d, JSON_INDENT(2) | JSON_REAL_PRECISION(7));
+    printf("%s\n", s ? s : "{}");
+    free(s);
+    json_decref(d);
+    return 1;
+}
+
+/* --config FILE: read before the command line (ppo_read_config). */
+static int ppo_opt_config(void *args, const char *path) {
+    (void)args, (void)path;
+    return 0;
+}
+
+#define PO(f, name, lo, hi, def, arg, help) CLI_OPT_INT(ppo_opts_t, f, name, lo, hi, def, arg, help)
+static const cli_opt_t ppo_opt_table[] = {
+    CLI_OPT_STR(ppo_opts_t, policy, "policy", NULL, "DIR", "initial policy (and KL reference)",
+                CLI_OPT_REQUIRED),
+    CLI_OPT_STR(ppo_opts_t, rm, "rm", NULL, "DIR", "reward model", CLI_OPT_REQUIRED),
+    CLI_OPT_STR(ppo_opts_t, prompts, "prompts", NULL, "FILE", "RLHF prompts (JSONL {prompt})",
+                CLI_OPT_REQUIRED),
+    CLI_OPT_STR(ppo_opts_t, out, "out", NULL, "DIR", "output directory", CLI_OPT_REQUIRED),
+    CLI_OPT_STR(ppo_opts_t, ref, "ref", NULL, "DIR",
+                "frozen reference for the KL penalty (default: --policy)", 0),
+    CLI_OPT_STR(ppo_opts_t, value, "value", NULL, "DIR",
+                "initial value model (default: --rm, as InstructGPT)", 0),
+    PO(iterations, "iterations", 1, 1000000, "20", "N", "PPO iterations"),
+    PO(batch, "batch", 1, 100000, "32", "P", "prompts per iteration"),
+    PO(samples, "samples", 1, 64, "1", "K", "completions per prompt"),
+    PO(max_new, "max-new", 1, 100000, "24", "N", "tokens per completion at most"),
+    CLI_OPT_FLOAT(ppo_opts_t, temperature, "temperature", 0, 100, "1", "T",
+                  "rollout sampling temperature"),
+    PO(per_job, "prompts-per-job", 1, 4096, "8", "J", "prompts per GENERATE / SCORE job"),
+    PO(rollout, "rollout", 1, 32, "2", "R", "rollout workers"),
+    PO(reward, "reward", 1, 16, "1", "M", "reward workers"),
+    PO(ckpt_every, "checkpoint-every", 1, 1000000, "1", "N",
+       "learner checkpoint every N iterations"),
+    CLI_OPT_LONG(ppo_opts_t, seed, "seed", 0, LONG_MAX, "1", "S", "run seed"),
+    CLI_OPT_FLAG(ppo_opts_t, gold, "gold",
+                 "also score the rollouts with the embedded task's gold judge"),
+    PO(count_token, "reward-count-token", 0, INT_MAX, NULL, "ID",
+       "a constructed reward instead of --rm (tests): the number of times token ID occurs in "
+       "the completion; --rm still gives the value model unless --value is set"),
+    CLI_OPT_CALL("set", "NAME=VALUE", "a PPO setting (below; `rlhf ppo --list-settings`)",
+                 ppo_opt_set, CLI_OPT_NOKEY),
+    CLI_OPT_CALL("config", "FILE",
+                 "YAML: the `ppo:` mapping holds these options (names with _) and PPO settings; "
+                 "command-line options win",
+                 ppo_opt_config, CLI_OPT_NOKEY),
+    CLI_OPT_CALL("list-settings", NULL, "print the PPO settings and their defaults", ppo_opt_list,
+                 CLI_OPT_NOKEY),
+};
+#undef PO
+
+void ppo_cli_config_default(ppo_config_t *pc) {
+    ppo_config_default(pc);
+    pc->score_norm = PPO_SCORE_NORM; /* reward-model scores to unit scale (ppo.h explains) */
+}
+
+/* The PPO settings in --help: name, default (as `rlhf ppo` sets it), range, meaning. */
+static void ppo_settings_help(FILE *f) {
+    ppo_config_t pc;
+    ppo_cli_config_default(&pc);
+    fprintf(f, "\nPPO settings (--set NAME=VALUE; `ppo.NAME` keys of rlhf run):\n");
+    for (int i = 0; i < ppo_n_settings; i++) {
+        char def[32];
+        ppo_setting_format(&ppo_settings[i], &pc, def, sizeof def);
+        fprintf(f, "  %-20s%s (default %s)\n", ppo_settings[i].name, ppo_settings[i].help, def);
+    }
+}
+
+const cli_opts_t cli_ppo_opts = {
+    .cmd = "ppo",
+    .usage = "rlhf ppo --policy DIR --rm DIR --prompts FILE --out DIR [options]",
+    .about = "PPO through a local master with rollout, reward and learner workers.\n",
+    .opts = ppo_opt_table,
+    .n_opts = (int)(sizeof ppo_opt_table / sizeof ppo_opt_table[0]),
+    .help_more = ppo_settings_help,
+};
+
+/* A `ppo.NAME` key of a --config file: a driver option or a PPO setting. */
+static int ppo_cfg_key(void *ctx, const char *key, const char *value, const char *where) {
+    ppo_opts_t *o = ctx;
+    if (strncmp(key, "ppo.", 4)) return 0; /* other stages' keys: not ours */
+    const cli_opt_t *opt = cli_opts_find(&cli_ppo_opts, key + 4);
+    if (!opt || (opt->flags & CLI_OPT_NOKEY)) {
+        int rc = ppo_config_set(&o->pc, key + 4, value, NULL);
+        return rc < 0 ? rl_fail_ctx(rc, "%s", where) : 0;
+    }
+    if (opt->type == CLI_OPT_STRING) { /* the file's text is gone after reading it */
+        if (o->n_strs == 16) return rl_fail(RL_EINVAL, "%s: too many paths", where);
+        if (!(value = o->strs[o->n_strs++] = strdup(value)))
+            return rl_fail(RL_ENOMEM, "out of memory");
+    }
+    int rc = cli_opt_value(opt, value, o);
+    return rc < 0 ? rl_fail_ctx(rc, "%s: %s", where, key) : 0;
+}
+
+/* Phase 1: the options - defaults, a --config file, the command line - checked. Returns
+ * CLI_OPTS_GO or the exit status. */
+static int ppo_parse(ppo_opts_t *o, int argc, char **argv) {
+    memset(o, 0, sizeof *o);
+    cli_opts_defaults(&cli_ppo_opts, o);
+    o->count_token = -1;
+    ppo_cli_config_default(&o->pc);
     /* a --config file first, so that the command line wins */
     for (int i = 1; i < argc - 1; i++)
         if (!strcmp(argv[i], "--config")) {
             cfg_run_t cfg;
             cfg_defaults(&cfg);
             cfg.extra_set = ppo_cfg_key;
-            cfg.extra_ctx = &cc;
-            rc = cfg_load_yaml(&cfg, argv[i + 1]);
+            cfg.extra_ctx = o;
+            int rc = cfg_load_yaml(&cfg, argv[i + 1]);
             cfg_free(&cfg);
             if (rc < 0) {
                 fprintf(stderr, "rlhf ppo: %s\n", rl_errmsg());
                 return 2;
             }
         }
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        int bad = 0;
-        switch (c) {
-        case 'p':
-            o.policy = optarg;
-            break;
-        case 'r':
-            o.rm = optarg;
-            break;
-        case 'R':
-            o.ref = optarg;
-            break;
-        case 'V':
-            o.value = optarg;
-            break;
-        case 'P':
-            o.prompts = optarg;
-            break;
-        case 'o':
-            o.out = optarg;
-            break;
-        case 'n':
-            bad = cli_int("ppo", "iterations", optarg, 1, 1000000, &o.iterations);
-            break;
-        case 'b':
-            bad = cli_int("ppo", "batch", optarg, 1, 100000, &o.batch);
-            break;
-        case 'k':
-            bad = cli_int("ppo", "samples", optarg, 1, 64, &o.samples);
-            break;
-        case 'm':
-            bad = cli_int("ppo", "max-new", optarg, 1, 100000, &o.max_new);
-            break;
-        case 't':
-            bad = cli_float("ppo", "temperature", optarg, 0, 100, &o.temperature);
-            break;
-        case 'j':
-            bad = cli_int("ppo", "prompts-per-job", optarg, 1, 4096, &o.per_job);
-            break;
-        case 'w':
-            bad = cli_int("ppo", "rollout", optarg, 1, 32, &o.rollout);
-            break;
-        case 'W':
-            bad = cli_int("ppo", "reward", optarg, 1, 16, &o.reward);
-            break;
-        case 'c':
-            bad = cli_int("ppo", "checkpoint-every", optarg, 1, 1000000, &o.ckpt_every);
-            break;
-        case 's':
-            bad = cli_long("ppo", "seed", optarg, 0, LONG_MAX, &o.seed);
-            break;
-        case 'g':
-            o.gold = 1;
-            break;
-        case 'X':
-            bad = cli_int("ppo", "reward-count-token", optarg, 0, INT_MAX, &count_token);
-            break;
-        case 'S':
-            if (n_sets < 64) sets[n_sets++] = optarg;
-            break;
-        case 'C':
-            break; /* read above */
-        case 'L': {
-            json_t *d = ppo_config_to_json(&o.pc);
-            char *s = json_dumps(d, JSON_INDENT(2) | JSON_REAL_PRECISION(7));
-            printf("%s\n", s ? s : "{}");
-            free(s);
-            json_decref(d);
-            return 0;
-        }
-        case 'h':
-            fputs(ppo_help, stdout);
-            return 0;
-        default:
-            return cli_usage_error("ppo");
-        }
-        if (bad < 0) return 2;
-    }
-    for (int i = 0; i < n_sets; i++) {
-        char name[64];
-        const char *eq = strchr(sets[i], '=');
-        if (!eq || eq == sets[i] || (size_t)(eq - sets[i]) >= sizeof name) {
-            fprintf(stderr, "rlhf ppo: --set: '%s' is not NAME=VALUE\n", sets[i]);
-            return 2;
-        }
-        memcpy(name, sets[i], (size_t)(eq - sets[i]));
-        name[eq - sets[i]] = 0;
-        if (ppo_config_set(&o.pc, name, eq + 1, "--set") < 0) {
-            fprintf(stderr, "rlhf ppo: %s\n", rl_errmsg());
-            return 2;
-        }
-    }
-    if (!o.policy || !o.rm || !o.prompts || !o.out) {
+    int rc = cli_opts_getopt(&cli_ppo_opts, argc, argv, o);
+    if (rc != CLI_OPTS_GO) return rc;
+    if (!o->policy || !o->rm || !o->prompts || !o->out) {
         fprintf(stderr, "rlhf ppo: --policy, --rm, --prompts and --out are required\n");
         return cli_usage_error("ppo");
     }
-    if (ppo_config_check(&o.pc) < 0) {
+    if (ppo_config_check(&o->pc) < 0) {
         fprintf(stderr, "rlhf ppo: %s\n", rl_errmsg());
         return 2;
     }
-    char policy[PATH_MAX], rmdir_[PATH_MAX], ref[PATH_MAX], value[PATH_MAX], out[PATH_MAX];
-    if (!realpath(o.policy, policy) || !realpath(o.rm, rmdir_) ||
-        !realpath(o.ref ? o.ref : o.policy, ref) || !realpath(o.value ? o.value : o.rm, value)) {
-        fprintf(stderr, "rlhf ppo: a model directory does not exist: %s\n", strerror(errno));
-        return 1;
-    }
-    if (fs_mkdir_p(o.out) < 0 || !realpath(o.out, out)) {
-        fprintf(stderr, "rlhf ppo: %s: cannot create it\n", o.out);
-        return 1;
-    }
-    pset_t ps = {0};
-    gpt_config_t mc;
-    if ((rc = hf_config_read(policy, &mc)) < 0) return cli_fail("ppo", "policy", rc);
-    ps.ctx = mc.n_positions;
-    if (!(ps.tok = tok_load(policy))) return cli_fail("ppo", "tokenizer", RL_EINVAL);
-    int eot = tok_eot(ps.tok), vocab = tok_vocab_size(ps.tok);
-    o.pc.vocab_limit = vocab;
-    o.pc.seed = (uint64_t)o.seed;
+    return CLI_OPTS_GO;
+}
+
+static void ppo_opts_free(ppo_opts_t *o) {
+    for (int i = 0; i < o->n_strs; i++) free(o->strs[i]);
+    o->n_strs = 0;
+}
+
+/* ---- the session: models, prompts, the cluster ------------------------------------------ */
+
+typedef struct {
+    ppo_opts_t *o;
+    char policy[PATH_MAX], rmdir[PATH_MAX], ref[PATH_MAX], value[PATH_MAX], out[PATH_MAX];
     char metrics[PATH_MAX + 16];
-    local_session_t ss = {0};
-    client_t *cl = NULL; /* the session's */
-    iter_t it = {0};
-    long n = jsonl_read(o.prompts, load_p, &ps);
-    if (n < 0) {
-        cli_fail("ppo", "prompts", (int)n);
-        goto done;
+    pset_t ps;
+    int eot, vocab;
+    double s_mean, s_std; /* reward-model statistics: seed the score normalisation */
+    long start;           /* the iteration to begin with (resuming) */
+    local_session_t ss;
+    char *cfg_json; /* the PPO settings sent with every TRAIN job */
+    int P, K, J, n_jobs;
+    iter_t it;
+    client_job_t *jobs;
+    uint64_t *ids;
+    uint8_t **bufs;
+} ppo_run_t;
+
+/* Phase 2a: model directories, tokenizer, prompts, reward statistics, the resume point. Returns
+ * 0, 1 (all iterations done earlier) or -1 (message printed). */
+static int ppo_prepare(ppo_run_t *s) {
+    ppo_opts_t *o = s->o;
+    int rc;
+    if (!realpath(o->policy, s->policy) || !realpath(o->rm, s->rmdir) ||
+        !realpath(o->ref ? o->ref : o->policy, s->ref) ||
+        !realpath(o->value ? o->value : o->rm, s->value)) {
+        fprintf(stderr, "rlhf ppo: a model directory does not exist: %s\n", strerror(errno));
+        return -1;
     }
-    if (ps.n == 0) {
-        fprintf(stderr, "rlhf ppo: %s: no prompts\n", o.prompts);
-        goto done;
+    if (fs_mkdir_p(o->out) < 0 || !realpath(o->out, s->out)) {
+        fprintf(stderr, "rlhf ppo: %s: cannot create it\n", o->out);
+        return -1;
     }
-    /* reward-model statistics seed the score normalisation */
-    double s_mean = 0, s_std = 0;
-    {
-        char sp[PATH_MAX + 32];
-        snprintf(sp, sizeof sp, "%s/reward_stats.json", rmdir_);
-        json_t *st = json_load_file(sp, 0, NULL);
-        s_mean = json_number_value(json_object_get(st, "mean"));
-        s_std = json_number_value(json_object_get(st, "std"));
-        json_decref(st);
-        if (count_token >= 0) s_mean = s_std = 0; /* not the reward model's scores */
+    gpt_config_t mc;
+    if ((rc = hf_config_read(s->policy, &mc)) < 0) return -cli_fail("ppo", "policy", rc);
+    s->ps.ctx = mc.n_positions;
+    if (!(s->ps.tok = tok_load(s->policy))) return -cli_fail("ppo", "tokenizer", RL_EINVAL);
+    s->eot = tok_eot(s->ps.tok), s->vocab = tok_vocab_size(s->ps.tok);
+    o->pc.vocab_limit = s->vocab;
+    o->pc.seed = (uint64_t)o->seed;
+    long n = jsonl_read(o->prompts, load_p, &s->ps);
+    if (n < 0) return -cli_fail("ppo", "prompts", (int)n);
+    if (s->ps.n == 0) {
+        fprintf(stderr, "rlhf ppo: %s: no prompts\n", o->prompts);
+        return -1;
     }
-    snprintf(metrics, sizeof metrics, "%s/metrics.jsonl", out);
-    long start = resume_iteration(out);
-    if (start >= o.iterations) {
-        fprintf(stderr, "rlhf ppo: all %d iterations done earlier (%s)\n", o.iterations, out);
-        ret = 0;
-        goto done;
+    char sp[PATH_MAX + 32];
+    snprintf(sp, sizeof sp, "%s/reward_stats.json", s->rmdir);
+    json_t *st = json_load_file(sp, 0, NULL);
+    s->s_mean = json_number_value(json_object_get(st, "mean"));
+    s->s_std = json_number_value(json_object_get(st, "std"));
+    json_decref(st);
+    if (o->count_token >= 0) s->s_mean = s->s_std = 0; /* not the reward model's scores */
+    snprintf(s->metrics, sizeof s->metrics, "%s/metrics.jsonl", s->out);
+    s->start = resume_iteration(s->out);
+    if (s->start >= o->iterations) {
+        fprintf(stderr, "rlhf ppo: all %d iterations done earlier (%s)\n", o->iterations, s->out);
+        return 1;
     }
-    if ((rc = metrics_truncate(metrics, start)) < 0) {
-        cli_fail("ppo", "metrics", rc);
-        goto done;
-    }
-    if (start) fprintf(stderr, "rlhf ppo: resuming at iteration %ld\n", start);
-    if ((rc = local_session_open(&ss, out, o.rollout, o.reward, 1, "ppo-driver")) < 0) {
-        cli_fail("ppo", "cluster", rc);
-        goto done;
-    }
-    cl = ss.client;
-    json_t *cfgj = ppo_config_to_json(&o.pc);
-    char *cfg_json = json_dumps(cfgj, JSON_COMPACT);
+    if ((rc = metrics_truncate(s->metrics, s->start)) < 0) return -cli_fail("ppo", "metrics", rc);
+    if (s->start) fprintf(stderr, "rlhf ppo: resuming at iteration %ld\n", s->start);
+    return 0;
+}
+
+/* Phase 2b: the cluster (master, workers, learner) and the iteration buffers. Returns 0 or -1
+ * (message printed). */
+static int ppo_open(ppo_run_t *s) {
+    ppo_opts_t *o = s->o;
+    int rc = local_session_open(&s->ss, s->out, o->rollout, o->reward, 1, "ppo-driver");
+    if (rc < 0) return -cli_fail("ppo", "cluster", rc);
+    json_t *cfgj = ppo_config_to_json(&o->pc);
+    s->cfg_json = json_dumps(cfgj, JSON_COMPACT);
     json_decref(cfgj);
-    int P = o.batch, K = o.samples, J = o.per_job;
-    int n_jobs = (P + J - 1) / J;
-    it.r = calloc((size_t)P * K, sizeof *it.r);
-    client_job_t *jobs = calloc((size_t)n_jobs, sizeof *jobs);
-    uint64_t *ids = calloc((size_t)n_jobs, sizeof *ids);
-    uint8_t **bufs = calloc((size_t)n_jobs, sizeof *bufs);
-    if (!it.r || !jobs || !ids || !bufs || !cfg_json) {
+    s->P = o->batch, s->K = o->samples, s->J = o->per_job;
+    s->n_jobs = (s->P + s->J - 1) / s->J;
+    s->it.r = calloc((size_t)s->P * s->K, sizeof *s->it.r);
+    s->jobs = calloc((size_t)s->n_jobs, sizeof *s->jobs);
+    s->ids = calloc((size_t)s->n_jobs, sizeof *s->ids);
+    s->bufs = calloc((size_t)s->n_jobs, sizeof *s->bufs);
+    if (!s->it.r || !s->jobs || !s->ids || !s->bufs || !s->cfg_json) {
         fprintf(stderr, "rlhf ppo: out of memory\n");
-        goto loop_done;
+        return -1;
     }
-    for (long i = start; i < o.iterations; i++) {
-        double t_iter = cli_now_ms();
-        for (int k = 0; k < P * K; k++) {
-            free(it.r[k].tokens), free(it.r[k].logprobs), free(it.r[k].ref_logprobs);
-            memset(&it.r[k], 0, sizeof it.r[k]);
-            it.r[k].prompt = (int)(((long)i * P + k / K) % ps.n); /* the prompt cursor */
+    return 0;
+}
+
+static void ppo_close(ppo_run_t *s) {
+    for (int k = 0; s->it.r && k < s->P * s->K; k++)
+        free(s->it.r[k].tokens), free(s->it.r[k].logprobs), free(s->it.r[k].ref_logprobs);
+    free(s->it.r);
+    json_decref(s->it.train_out);
+    json_decref(s->it.gen_by), json_decref(s->it.score_by);
+    free(s->jobs);
+    free(s->ids);
+    free(s->bufs);
+    free(s->cfg_json);
+    local_session_close(&s->ss);
+    for (int i = 0; i < s->ps.n; i++) free(s->ps.p[i].text), free(s->ps.p[i].ids);
+    free(s->ps.p);
+    tok_destroy(&s->ps.tok);
+}
+
+/* ---- one iteration ------------------------------------------------------------------------ */
+
+/* Empties the rollouts and points them at iteration i's prompts (the prompt cursor). */
+static void iter_reset(ppo_run_t *s, long i) {
+    iter_t *it = &s->it;
+    int P = s->P, K = s->K;
+    for (int k = 0; k < P * K; k++) {
+        free(it->r[k].tokens), free(it->r[k].logprobs), free(it->r[k].ref_logprobs);
+        memset(&it->r[k], 0, sizeof it->r[k]);
+        it->r[k].prompt = (int)(((long)i * P + k / K) % s->ps.n);
+    }
+    it->n_per_job = s->J, it->K = K, it->n_jobs = s->n_jobs, it->n = P * K;
+    it->failed = 0;
+    json_decref(it->gen_by), json_decref(it->score_by);
+    it->gen_by = json_object(), it->score_by = json_object();
+    json_decref(it->train_out);
+    it->train_out = NULL;
+    /* ids: iteration i owns [i * 2^20 + 1, (i + 1) * 2^20) */
+    uint64_t base = (uint64_t)i << 20;
+    it->gen_base = base + 1;
+    it->score_base = base + 1 + 0x40000;
+}
+
+/* Submits the prepared jobs[0..n_jobs) and waits for them; frees their payloads. */
+static int submit_wait(ppo_run_t *s, client_result_fn on) {
+    int rc = client_submit(s->ss.client, s->jobs, s->n_jobs);
+    for (int c = 0; c < s->n_jobs; c++) free(s->bufs[c]), s->bufs[c] = NULL;
+    if (rc == 0) rc = client_wait(s->ss.client, s->ids, s->n_jobs, -1, on, &s->it);
+    return rc;
+}
+
+/* 1. GENERATE jobs on the rollout workers with policy version i. */
+static int ppo_generate(ppo_run_t *s, long i) {
+    iter_t *it = &s->it;
+    int P = s->P, K = s->K, J = s->J;
+    for (int c2 = 0; c2 < s->n_jobs; c2++) {
+        Rlhf__GenerateSpec sp = RLHF__GENERATE_SPEC__INIT;
+        int np = c2 == s->n_jobs - 1 ? P - c2 * J : J;
+        Rlhf__PromptIds *pids = calloc((size_t)np, sizeof *pids);
+        Rlhf__PromptIds **pp = calloc((size_t)np, sizeof *pp);
+        int32_t **tmp = calloc((size_t)np, sizeof *tmp);
+        for (int q = 0; pids && pp && tmp && q < np; q++) {
+            const pprompt_t *pr = &s->ps.p[it->r[(c2 * J + q) * K].prompt];
+            rlhf__prompt_ids__init(&pids[q]);
+            tmp[q] = malloc(pr->n * sizeof(int32_t));
+            for (size_t t = 0; tmp[q] && t < pr->n; t++) tmp[q][t] = pr->ids[t];
+            pids[q].ids = tmp[q];
+            pids[q].n_ids = pr->n;
+            pp[q] = &pids[q];
         }
-        it.n_per_job = J, it.K = K, it.n_jobs = n_jobs, it.n = P * K;
-        it.failed = 0;
-        json_decref(it.gen_by), json_decref(it.score_by);
-        it.gen_by = json_object(), it.score_by = json_object();
-        json_decref(it.train_out);
-        it.train_out = NULL;
-        /* ids: iteration i owns [i * 2^20 + 1, (i + 1) * 2^20) */
-        uint64_t base = (uint64_t)i << 20;
-        it.gen_base = base + 1;
-        it.score_base = base + 1 + 0x40000;
-        uint64_t train_id = base + 0xFFFFF;
-        /* 1. GENERATE */
-        double t0 = cli_now_ms();
-        for (int c2 = 0; c2 < n_jobs; c2++) {
-            Rlhf__GenerateSpec sp = RLHF__GENERATE_SPEC__INIT;
-            int np = c2 == n_jobs - 1 ? P - c2 * J : J;
-            Rlhf__PromptIds *pids = calloc((size_t)np, sizeof *pids);
-            Rlhf__PromptIds **pp = calloc((size_t)np, sizeof *pp);
-            int32_t **tmp = calloc((size_t)np, sizeof *tmp);
-            for (int q = 0; pids && pp && tmp && q < np; q++) {
-                const pprompt_t *pr = &ps.p[it.r[(c2 * J + q) * K].prompt];
-                rlhf__prompt_ids__init(&pids[q]);
-                tmp[q] = malloc(pr->n * sizeof(int32_t));
-                for (size_t t = 0; tmp[q] && t < pr->n; t++) tmp[q][t] = pr->ids[t];
-                pids[q].ids = tmp[q];
-                pids[q].n_ids = pr->n;
-                pp[q] = &pids[q];
+        sp.model_dir = s->policy;
+        sp.prompts = pp;
+        sp.n_prompts = (size_t)np;
+        sp.max_new_tokens = (uint32_t)s->o->max_new;
+        sp.n_samples = (uint32_t)K;
+        sp.temperature = s->o->temperature;
+        sp.top_p = 1.0f;
+        sp.eot = s->eot;
+        sp.vocab_limit = (uint32_t)s->vocab;
+        size_t len = rlhf__generate_spec__get_packed_size(&sp);
+        s->bufs[c2] = malloc(len ? len : 1);
+        if (s->bufs[c2]) rlhf__generate_spec__pack(&sp, s->bufs[c2]);
+        for (int q = 0; tmp && q < np; q++) free(tmp[q]);
+        free(tmp), free(pp), free(pids);
+        s->ids[c2] = it->gen_base + (uint64_t)c2;
+        s->jobs[c2] =
+            (client_job_t){.id = s->ids[c2],
+                           .kind = RLHF__JOB_KIND__JOB_KIND_GENERATE,
+                           .seed = mix((uint64_t)s->o->seed ^ mix((uint64_t)i * 4096 + c2)),
+                           .policy_version = (uint64_t)i,
+                           .role = RLHF__ROLE__ROLE_ROLLOUT,
+                           .payload = s->bufs[c2],
+                           .payload_len = len};
+    }
+    return submit_wait(s, on_generated);
+}
+
+/* 2. SCORE jobs on the reward workers: reward-model scores and reference logprobs. */
+static int ppo_score(ppo_run_t *s) {
+    iter_t *it = &s->it;
+    int P = s->P, K = s->K, J = s->J, ct = s->o->count_token;
+    for (int c2 = 0; c2 < s->n_jobs; c2++) {
+        int first = c2 * J * K, cnt = (c2 == s->n_jobs - 1 ? P * K - first : J * K);
+        Rlhf__ScoreItem *items = calloc((size_t)cnt, sizeof *items);
+        Rlhf__ScoreItem **ip = calloc((size_t)cnt, sizeof *ip);
+        for (int q = 0; items && ip && q < cnt; q++) {
+            roll_t *ro = &it->r[first + q];
+            const pprompt_t *pr = &s->ps.p[ro->prompt];
+            rlhf__score_item__init(&items[q]);
+            items[q].prompt = (int32_t *)pr->ids;
+            items[q].n_prompt = pr->n;
+            items[q].completion = (int32_t *)ro->tokens;
+            items[q].n_completion = (size_t)ro->n;
+            ip[q] = &items[q];
+        }
+        Rlhf__ScoreSpec sp = RLHF__SCORE_SPEC__INIT;
+        sp.rm_dir = ct >= 0 ? "" : s->rmdir;
+        sp.count_reward = ct >= 0;
+        sp.count_token = ct;
+        sp.ref_dir = s->ref;
+        sp.items = ip;
+        sp.n_items = (size_t)cnt;
+        sp.eot = s->eot;
+        sp.vocab_limit = (uint32_t)s->vocab;
+        size_t len = rlhf__score_spec__get_packed_size(&sp);
+        s->bufs[c2] = malloc(len ? len : 1);
+        if (s->bufs[c2]) rlhf__score_spec__pack(&sp, s->bufs[c2]);
+        free(items), free(ip);
+        s->ids[c2] = it->score_base + (uint64_t)c2;
+        s->jobs[c2] = (client_job_t){.id = s->ids[c2],
+                                     .kind = RLHF__JOB_KIND__JOB_KIND_SCORE,
+                                     .role = RLHF__ROLE__ROLE_REWARD,
+                                     .payload = s->bufs[c2],
+                                     .payload_len = len};
+    }
+    return submit_wait(s, on_scored);
+}
+
+/* 3. One TRAIN (PPO) job on the learner: the update, then version i + 1 is published. */
+static int ppo_train(ppo_run_t *s, long i) {
+    iter_t *it = &s->it;
+    int n = s->P * s->K;
+    uint64_t train_id = ((uint64_t)i << 20) + 0xFFFFF;
+    Rlhf__PpoRollout *rs = calloc((size_t)n, sizeof *rs);
+    Rlhf__PpoRollout **rp = calloc((size_t)n, sizeof *rp);
+    for (int q = 0; rs && rp && q < n; q++) {
+        roll_t *ro = &it->r[q];
+        const pprompt_t *pr = &s->ps.p[ro->prompt];
+        rlhf__ppo_rollout__init(&rs[q]);
+        rs[q].prompt = (int32_t *)pr->ids;
+        rs[q].n_prompt = pr->n;
+        rs[q].completion = (int32_t *)ro->tokens;
+        rs[q].n_completion = (size_t)ro->n;
+        rs[q].logprobs = ro->logprobs;
+        rs[q].n_logprobs = (size_t)ro->n;
+        rs[q].ref_logprobs = ro->ref_logprobs;
+        rs[q].n_ref_logprobs = (size_t)ro->n;
+        rs[q].score = ro->score;
+        rp[q] = &rs[q];
+    }
+    Rlhf__PpoSpec pp = RLHF__PPO_SPEC__INIT;
+    pp.iteration = (uint64_t)i;
+    pp.policy_dir = s->policy;
+    pp.value_dir = s->value;
+    pp.config_json = s->cfg_json;
+    pp.rollouts = rp;
+    pp.n_rollouts = (size_t)n;
+    pp.seed = (uint64_t)s->o->seed;
+    pp.checkpoint_every = (uint32_t)s->o->ckpt_every;
+    pp.score_mean = s->s_mean;
+    pp.score_std = s->s_std;
+    pp.last = i == s->o->iterations - 1;
+    Rlhf__TrainSpec ts = RLHF__TRAIN_SPEC__INIT;
+    ts.kind = RLHF__TRAIN_KIND__TRAIN_KIND_PPO;
+    ts.ppo = &pp;
+    size_t len = rlhf__train_spec__get_packed_size(&ts);
+    uint8_t *buf = malloc(len ? len : 1);
+    if (buf) rlhf__train_spec__pack(&ts, buf);
+    free(rs), free(rp);
+    client_job_t tj = {.id = train_id,
+                       .kind = RLHF__JOB_KIND__JOB_KIND_TRAIN,
+                       .policy_version = 0,
+                       .role = RLHF__ROLE__ROLE_LEARNER,
+                       .lease_ms = 600000,
+                       .payload = buf,
+                       .payload_len = len};
+    int rc = client_submit(s->ss.client, &tj, 1);
+    free(buf);
+    if (rc == 0) rc = client_wait(s->ss.client, &train_id, 1, -1, on_trained, it);
+    if (rc == 0 && !it->train_out && !it->failed) rc = rl_fail(RL_EIO, "TRAIN: no output");
+    return rc;
+}
+
+/* The iteration's figures: one metrics line (appended) and one progress line on stdout. */
+static int ppo_report(ppo_run_t *s, long i, double t_gen, double t_score, double t_update,
+                      double t_total) {
+    iter_t *it = &s->it;
+    int n = s->P * s->K, gold_on = s->o->gold;
+    long toks = 0, eots = 0;
+    double gold = 0;
+    for (int q = 0; q < n; q++) {
+        roll_t *ro = &it->r[q];
+        toks += ro->n;
+        eots += ro->finish == 1;
+        if (gold_on) {
+            char *text = NULL;
+            size_t tl;
+            int nd = ro->n && ro->finish == 1 ? ro->n - 1 : ro->n;
+            if (tok_decode(s->ps.tok, ro->tokens, (size_t)nd, &text, &tl) == 0) {
+                float sc[TASK_NCRIT];
+                task_score(s->ps.p[ro->prompt].text, text, sc);
+                gold += task_gold(sc);
             }
-            sp.model_dir = policy;
-            sp.prompts = pp;
-            sp.n_prompts = (size_t)np;
-            sp.max_new_tokens = (uint32_t)o.max_new;
-            sp.n_samples = (uint32_t)K;
-            sp.temperature = o.temperature;
-            sp.top_p = 1.0f;
-            sp.eot = eot;
-            sp.vocab_limit = (uint32_t)vocab;
-            size_t len = rlhf__generate_spec__get_packed_size(&sp);
-            bufs[c2] = malloc(len ? len : 1);
-            if (bufs[c2]) rlhf__generate_spec__pack(&sp, bufs[c2]);
-            for (int q = 0; tmp && q < np; q++) free(tmp[q]);
-            free(tmp), free(pp), free(pids);
-            ids[c2] = it.gen_base + (uint64_t)c2;
-            jobs[c2] = (client_job_t){.id = ids[c2],
-                                      .kind = RLHF__JOB_KIND__JOB_KIND_GENERATE,
-                                      .seed = mix((uint64_t)o.seed ^ mix((uint64_t)i * 4096 + c2)),
-                                      .policy_version = (uint64_t)i,
-                                      .role = RLHF__ROLE__ROLE_ROLLOUT,
-                                      .payload = bufs[c2],
-                                      .payload_len = len};
-        }
-        rc = client_submit(cl, jobs, n_jobs);
-        for (int c2 = 0; c2 < n_jobs; c2++) free(bufs[c2]), bufs[c2] = NULL;
-        if (rc == 0) rc = client_wait(cl, ids, n_jobs, -1, on_generated, &it);
-        if (rc < 0 || it.failed) {
-            fprintf(stderr, "rlhf ppo: iteration %ld: %s\n", i, it.failed ? it.why : rl_errmsg());
-            goto loop_done;
-        }
-        double t_gen = cli_now_ms() - t0;
-        /* 2. SCORE */
-        t0 = cli_now_ms();
-        for (int c2 = 0; c2 < n_jobs; c2++) {
-            int first = c2 * J * K, cnt = (c2 == n_jobs - 1 ? P * K - first : J * K);
-            Rlhf__ScoreItem *items = calloc((size_t)cnt, sizeof *items);
-            Rlhf__ScoreItem **ip = calloc((size_t)cnt, sizeof *ip);
-            for (int q = 0; items && ip && q < cnt; q++) {
-                roll_t *ro = &it.r[first + q];
-                const pprompt_t *pr = &ps.p[ro->prompt];
-                rlhf__score_item__init(&items[q]);
-                items[q].prompt = (int32_t *)pr->ids;
-                items[q].n_prompt = pr->n;
-                items[q].completion = (int32_t *)ro->tokens;
-                items[q].n_completion = (size_t)ro->n;
-                ip[q] = &items[q];
-            }
-            Rlhf__ScoreSpec sp = RLHF__SCORE_SPEC__INIT;
-            sp.rm_dir = count_token >= 0 ? "" : rmdir_;
-            sp.count_reward = count_token >= 0;
-            sp.count_token = count_token;
-            sp.ref_dir = ref;
-            sp.items = ip;
-            sp.n_items = (size_t)cnt;
-            sp.eot = eot;
-            sp.vocab_limit = (uint32_t)vocab;
-            size_t len = rlhf__score_spec__get_packed_size(&sp);
-            bufs[c2] = malloc(len ? len : 1);
-            if (bufs[c2]) rlhf__score_spec__pack(&sp, bufs[c2]);
-            free(items), free(ip);
-            ids[c2] = it.score_base + (uint64_t)c2;
-            jobs[c2] = (client_job_t){.id = ids[c2],
-                                      .kind = RLHF__JOB_KIND__JOB_KIND_SCORE,
-                                      .role = RLHF__ROLE__ROLE_REWARD,
-                                      .payload = bufs[c2],
-                                      .payload_len = len};
-        }
-        rc = client_submit(cl, jobs, n_jobs);
-        for (int c2 = 0; c2 < n_jobs; c2++) free(bufs[c2]), bufs[c2] = NULL;
-        if (rc == 0) rc = client_wait(cl, ids, n_jobs, -1, on_scored, &it);
-        if (rc < 0 || it.failed) {
-            fprintf(stderr, "rlhf ppo: iteration %ld: %s\n", i, it.failed ? it.why : rl_errmsg());
-            goto loop_done;
-        }
-        double t_score = cli_now_ms() - t0;
-        /* 3. UPDATE */
-        t0 = cli_now_ms();
-        {
-            Rlhf__PpoRollout *rs = calloc((size_t)P * K, sizeof *rs);
-            Rlhf__PpoRollout **rp = calloc((size_t)P * K, sizeof *rp);
-            for (int q = 0; rs && rp && q < P * K; q++) {
-                roll_t *ro = &it.r[q];
-                const pprompt_t *pr = &ps.p[ro->prompt];
-                rlhf__ppo_rollout__init(&rs[q]);
-                rs[q].prompt = (int32_t *)pr->ids;
-                rs[q].n_prompt = pr->n;
-                rs[q].completion = (int32_t *)ro->tokens;
-                rs[q].n_completion = (size_t)ro->n;
-                rs[q].logprobs = ro->logprobs;
-                rs[q].n_logprobs = (size_t)ro->n;
-                rs[q].ref_logprobs = ro->ref_logprobs;
-                rs[q].n_ref_logprobs = (size_t)ro->n;
-                rs[q].score = ro->score;
-                rp[q] = &rs[q];
-            }
-            Rlhf__PpoSpec pp = RLHF__PPO_SPEC__INIT;
-            pp.iteration = (uint64_t)i;
-            pp.policy_dir = policy;
-            pp.value_dir = value;
-            pp.config_json = cfg_json;
-            pp.rollouts = rp;
-            pp.n_rollouts = (size_t)P * K;
-            pp.seed = (uint64_t)o.seed;
-            pp.checkpoint_every = (uint32_t)o.ckpt_every;
-            pp.score_mean = s_mean;
-            pp.score_std = s_std;
-            pp.last = i == o.iterations - 1;
-            Rlhf__TrainSpec ts = RLHF__TRAIN_SPEC__INIT;
-            ts.kind = RLHF__TRAIN_KIND__TRAIN_KIND_PPO;
-            ts.ppo = &pp;
-            size_t len = rlhf__train_spec__get_packed_size(&ts);
-            uint8_t *buf = malloc(len ? len : 1);
-            if (buf) rlhf__train_spec__pack(&ts, buf);
-            free(rs), free(rp);
-            client_job_t tj = {.id = train_id,
-                               .kind = RLHF__JOB_KIND__JOB_KIND_TRAIN,
-                               .policy_version = 0,
-                               .role = RLHF__ROLE__ROLE_LEARNER,
-                               .lease_ms = 600000,
-                               .payload = buf,
-                               .payload_len = len};
-            rc = client_submit(cl, &tj, 1);
-            free(buf);
-            if (rc == 0) rc = client_wait(cl, &train_id, 1, -1, on_trained, &it);
-        }
-        if (rc < 0 || it.failed || !it.train_out) {
-            fprintf(stderr, "rlhf ppo: iteration %ld: %s\n", i, it.failed ? it.why : rl_errmsg());
-            goto loop_done;
-        }
-        double t_update = cli_now_ms() - t0, t_total = cli_now_ms() - t_iter;
-        /* the iteration's figures */
-        long toks = 0, eots = 0;
-        double gold = 0;
-        for (int q = 0; q < P * K; q++) {
-            roll_t *ro = &it.r[q];
-            toks += ro->n;
-            eots += ro->finish == 1;
-            if (o.gold) {
-                char *text = NULL;
-                size_t tl;
-                int nd = ro->n && ro->finish == 1 ? ro->n - 1 : ro->n;
-                if (tok_decode(ps.tok, ro->tokens, (size_t)nd, &text, &tl) == 0) {
-                    float sc[TASK_NCRIT];
-                    task_score(ps.p[ro->prompt].text, text, sc);
-                    gold += task_gold(sc);
-                }
-                free(text);
-            }
-        }
-        double upd_ms = json_number_value(json_object_get(it.train_out, "update_ms"));
-        double pub_ms = json_number_value(json_object_get(it.train_out, "publish_ms"));
-        /* the framework's own share: everything but model math. The math of a phase is its
-         * critical path: the busiest worker's handler time (the update: the learner's
-         * ppo_update alone, not its checkpoint and publish). */
-        double math_ms = max_worker(it.gen_by) + max_worker(it.score_by) + upd_ms;
-        json_t *m =
-            json_pack("{s:I, s:I, s:O, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:I}",
-                      "iteration", (json_int_t)i, "policy_version",
-                      json_integer_value(json_object_get(it.train_out, "policy_version")), "ppo",
-                      json_object_get(it.train_out, "stats"), "response_length",
-                      (double)toks / (P * K), "eot_rate", (double)eots / (P * K), "ms_generate",
-                      t_gen, "ms_score", t_score, "ms_update", t_update, "ms_update_math", upd_ms,
-                      "ms_weight_publish", pub_ms, "ms_iteration", t_total, "overhead_frac",
-                      t_total > 0 ? fmax(0, 1 - math_ms / t_total) : 0, "tokens_per_s",
-                      toks / (t_gen > 0 ? t_gen / 1000 : 1e-9), "rollouts", (json_int_t)(P * K));
-        if (o.gold) json_object_set_new(m, "gold_mean", json_real(gold / (P * K)));
-        json_object_set_new(m, "ms_generate_math", json_real(max_worker(it.gen_by)));
-        json_object_set_new(m, "ms_score_math", json_real(max_worker(it.score_by)));
-        json_t *stats = json_object_get(m, "ppo");
-        char line[400];
-        snprintf(
-            line, sizeof line, "{\"iter\": %ld, \"iters\": %d, \"score\": %.4f, \"kl\": %.4f%s%s}",
-            i + 1, o.iterations, json_number_value(json_object_get(stats, "score_mean")),
-            json_number_value(json_object_get(stats, "kl_k1")), o.gold ? ", \"gold\": " : "", "");
-        if (o.gold) {
-            size_t l = strlen(line) - 1;
-            snprintf(line + l, sizeof line - l, "%.4f}", gold / (P * K));
-        }
-        printf("%s\n", line);
-        fflush(stdout);
-        if ((rc = metrics_append(metrics, m)) < 0) {
-            cli_fail("ppo", "metrics", rc);
-            goto loop_done;
+            free(text);
         }
     }
-    ret = export_policy(out) < 0 ? cli_fail("ppo", "exporting the policy", RL_EIO) : 0;
-    if (ret == 0)
-        fprintf(stderr, "rlhf ppo: %d iterations done; metrics in %s, the policy in %s/policy\n",
-                o.iterations, metrics, out);
-loop_done:
-    for (int k = 0; it.r && k < P * K; k++)
-        free(it.r[k].tokens), free(it.r[k].logprobs), free(it.r[k].ref_logprobs);
-    free(it.r);
-    json_decref(it.train_out);
-    json_decref(it.gen_by), json_decref(it.score_by);
-    free(jobs);
-    free(ids);
-    free(bufs);
-    free(cfg_json);
-    local_session_close(&ss);
-done:
-    for (int i = 0; i < ps.n; i++) free(ps.p[i].text), free(ps.p[i].ids);
-    free(ps.p);
-    tok_destroy(&ps.tok);
-    for (int i = 0; i < cc.n_strs; i++) free(cc.strs[i]);
+    double upd_ms = json_number_value(json_object_get(it->train_out, "update_ms"));
+    double pub_ms = json_number_value(json_object_get(it->train_out, "publish_ms"));
+    /* the framework's own share: everything but model math. The math of a phase is its
+     * critical path: the busiest worker's handler time (the update: the learner's
+     * ppo_update alone, not its checkpoint and publish). */
+    double math_ms = max_worker(it->gen_by) + max_worker(it->score_by) + upd_ms;
+    json_t *m = json_pack("{s:I, s:I, s:O, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:I}",
+                          "iteration", (json_int_t)i, "policy_version",
+                          json_integer_value(json_object_get(it->train_out, "policy_version")),
+                          "ppo", json_object_get(it->train_out, "stats"), "response_length",
+                          (double)toks / n, "eot_rate", (double)eots / n, "ms_generate", t_gen,
+                          "ms_score", t_score, "ms_update", t_update, "ms_update_math", upd_ms,
+                          "ms_weight_publish", pub_ms, "ms_iteration", t_total, "overhead_frac",
+                          t_total > 0 ? fmax(0, 1 - math_ms / t_total) : 0, "tokens_per_s",
+                          toks / (t_gen > 0 ? t_gen / 1000 : 1e-9), "rollouts", (json_int_t)n);
+    if (gold_on) json_object_set_new(m, "gold_mean", json_real(gold / n));
+    json_object_set_new(m, "ms_generate_math", json_real(max_worker(it->gen_by)));
+    json_object_set_new(m, "ms_score_math", json_real(max_worker(it->score_by)));
+    json_t *stats = json_object_get(m, "ppo");
+    char line[400];
+    snprintf(line, sizeof line, "{\"iter\": %ld, \"iters\": %d, \"score\": %.4f, \"kl\": %.4f%s%s}",
+             i + 1, s->o->iterations, json_number_value(json_object_get(stats, "score_mean")),
+             json_number_value(json_object_get(stats, "kl_k1")), gold_on ? ", \"gold\": " : "", "");
+    if (gold_on) {
+        size_t l = strlen(line) - 1;
+        snprintf(line + l, sizeof line - l, "%.4f}", gold / n);
+    }
+    printf("%s\n", line);
+    fflush(stdout);
+    int rc = metrics_append(s->metrics, m);
+    return rc < 0 ? -cli_fail("ppo", "metrics", rc) : 0;
+}
+
+/* Phase 3: iteration i - generate, score, update, report. Returns 0 or -1 (message printed). */
+static int ppo_iteration(ppo_run_t *s, long i) {
+    iter_t *it = &s->it;
+    double t_iter = cli_now_ms(), t0 = t_iter;
+    iter_reset(s, i);
+    int rc = ppo_generate(s, i);
+    double t_gen = cli_now_ms() - t0;
+    t0 = cli_now_ms();
+    if (rc == 0 && !it->failed) rc = ppo_score(s);
+    double t_score = cli_now_ms() - t0;
+    t0 = cli_now_ms();
+    if (rc == 0 && !it->failed) rc = ppo_train(s, i);
+    if (rc < 0 || it->failed) {
+        fprintf(stderr, "rlhf ppo: iteration %ld: %s\n", i, it->failed ? it->why : rl_errmsg());
+        return -1;
+    }
+    double t_update = cli_now_ms() - t0, t_total = cli_now_ms() - t_iter;
+    return ppo_report(s, i, t_gen, t_score, t_update, t_total);
+}
+
+/* Phase 4: the policy exported, the summary printed. Returns the exit status. */
+static int ppo_finish(ppo_run_t *s) {
+    if (export_policy(s->out) < 0) return cli_fail("ppo", "exporting the policy", RL_EIO);
+    fprintf(stderr, "rlhf ppo: %d iterations done; metrics in %s, the policy in %s/policy\n",
+            s->o->iterations, s->metrics, s->out);
+    return 0;
+}
+
+int cmd_ppo(int argc, char **argv) {
+    ppo_opts_t o;
+    int ret = ppo_parse(&o, argc, argv);
+    if (ret != CLI_OPTS_GO) {
+        ppo_opts_free(&o);
+        return ret;
+    }
+    static ppo_run_t run; /* large (paths); one per process */
+    ppo_run_t *s = &run;
+    memset(s, 0, sizeof *s);
+    s->o = &o;
+    int rc = ppo_prepare(s);
+    ret = rc > 0 ? 0 : 1;
+    if (rc == 0 && ppo_open(s) == 0) {
+        long i = s->start;
+        while (i < o.iterations && ppo_iteration(s, i) == 0) i++;
+        if (i == o.iterations) ret = ppo_finish(s);
+    }
+    ppo_close(s);
+    ppo_opts_free(&o);
     return ret;
 }
