@@ -61,12 +61,86 @@ void cfg_free(cfg_run_t *c) {
     c->n_stages = 0;
 }
 
+/* The i-th key known to c - its table, `stages`, then the extra keys - or NULL. */
+static const char *key_at(const cfg_run_t *c, int i) {
+    if (i < N_KEYS) return keys[i].key;
+    if (i == N_KEYS) return "stages";
+    return c->extra_key ? c->extra_key(c->extra_ctx, i - N_KEYS - 1) : NULL;
+}
+
+/* 2: key is a known key; 1: a prefix of known keys ("master"); 0: neither. */
+static int key_kind(const cfg_run_t *c, const char *key) {
+    size_t n = strlen(key);
+    int kind = 0;
+    const char *k;
+    for (int i = 0; (k = key_at(c, i)); i++) {
+        if (!strcmp(k, key)) return 2;
+        if (!strncmp(k, key, n) && k[n] == '.') kind = 1;
+    }
+    return kind;
+}
+
+/* Levenshtein distance of a and b (their first 63 bytes). */
+static int edit_distance(const char *a, const char *b) {
+    int la = (int)strnlen(a, 63), lb = (int)strnlen(b, 63), row[64];
+    for (int j = 0; j <= lb; j++) row[j] = j;
+    for (int i = 1; i <= la; i++) {
+        int diag = row[0];
+        row[0] = i;
+        for (int j = 1; j <= lb; j++) {
+            int up = row[j], best = diag + (a[i - 1] != b[j - 1]);
+            if (up + 1 < best) best = up + 1;
+            if (row[j - 1] + 1 < best) best = row[j - 1] + 1;
+            diag = up;
+            row[j] = best;
+        }
+    }
+    return row[lb];
+}
+
+/* An unknown key, with the nearest known key or key prefix as a suggestion (at most 2 edits). */
+static int unknown_key(const cfg_run_t *c, const char *key, const char *where) {
+    char best[128] = "", cand[128];
+    int best_d = 3;
+    const char *k;
+    for (int i = 0; (k = key_at(c, i)); i++) {
+        /* the key itself and each of its prefixes: "ppo.kl_coef", "ppo" */
+        for (const char *dot = k;; dot++) {
+            if (*dot && *dot != '.') continue;
+            snprintf(cand, sizeof cand, "%.*s", (int)(dot - k), k);
+            int d = edit_distance(key, cand);
+            if (d < best_d && d < (int)strlen(key))
+                best_d = d, snprintf(best, sizeof best, "%s", cand);
+            if (!*dot) break;
+        }
+    }
+    if (best[0])
+        return rl_fail(RL_EINVAL, "%s: unknown key '%s' (did you mean '%s'?)", where, key, best);
+    return rl_fail(RL_EINVAL, "%s: unknown key '%s'", where, key);
+}
+
+/* A list or a mapping (`got`) where key wants something else. */
+static int wrong_shape(const cfg_run_t *c, const char *key, const char *got, const char *where) {
+    if (!strcmp(key, "stages"))
+        return rl_fail(RL_EINVAL, "%s: stages: expected a list of stage names, got %s", where, got);
+    int kind = key_kind(c, key);
+    if (kind == 0 && (c->extra_key || !c->extra_set)) return unknown_key(c, key, where);
+    if (kind == 1)
+        return rl_fail(RL_EINVAL, "%s: %s: expected a mapping of keys, got %s", where, key, got);
+    return rl_fail(RL_EINVAL, "%s: %s: expected a single value, got %s", where, key, got);
+}
+
 int cfg_set(cfg_run_t *c, const char *key, const char *value, const char *where) {
     const cfg_key_t *k = NULL;
     for (int i = 0; i < N_KEYS && !k; i++)
         if (!strcmp(keys[i].key, key)) k = &keys[i];
-    if (!k && c->extra_set) return c->extra_set(c->extra_ctx, key, value, where);
-    if (!k) return rl_fail(RL_EINVAL, "%s: unknown key '%s'", where, key);
+    if (!k) {
+        int kind = key_kind(c, key);
+        if (!strcmp(key, "stages") || kind == 1) return wrong_shape(c, key, "a scalar", where);
+        if (c->extra_set && (kind == 2 || !c->extra_key))
+            return c->extra_set(c->extra_ctx, key, value, where);
+        return unknown_key(c, key, where);
+    }
     char *p = (char *)c + k->off, *end;
     errno = 0;
     switch (k->kind) {
@@ -118,6 +192,14 @@ int cfg_set_kv(cfg_run_t *c, const char *kv) {
     return cfg_set(c, key, eq + 1, "--set");
 }
 
+/* The dotted path of the first depth keys of stack into out. */
+static void path_of(char *out, size_t n, char stack[][64], int depth) {
+    size_t used = 0;
+    out[0] = 0;
+    for (int i = 0; i < depth && used < n; i++)
+        used += (size_t)snprintf(out + used, n - used, "%s%s", i ? "." : "", stack[i]);
+}
+
 /* Walks the YAML event stream keeping the path of mapping keys. */
 int cfg_load_yaml(cfg_run_t *c, const char *path) {
     FILE *f = fopen(path, "rb");
@@ -131,7 +213,7 @@ int cfg_load_yaml(cfg_run_t *c, const char *path) {
     int depth = 0;     /* mappings open */
     int want_key[9] = {0};
     int in_stages = 0, rc = 0, done = 0;
-    char where[1100], full[600];
+    char where[1100], full[600], key_where[1100] = ""; /* key_where: the line of the last key */
     while (!done && rc == 0) {
         if (!yaml_parser_parse(&ps, &ev)) {
             rc = rl_fail(RL_EINVAL, "%s:%zu: YAML: %s", path, ps.problem_mark.line + 1,
@@ -149,6 +231,15 @@ int cfg_load_yaml(cfg_run_t *c, const char *path) {
                 rc = rl_fail(RL_EINVAL, "%s: stages: entries must be names", where);
                 break;
             }
+            if (depth > 0 && !want_key[depth]) { /* the value of a key: a known key wants one */
+                path_of(full, sizeof full, stack, depth);
+                int kind = key_kind(c, full);
+                if (kind == 2 || !strcmp(full, "stages") ||
+                    (kind == 0 && (c->extra_key || !c->extra_set))) {
+                    rc = wrong_shape(c, full, "a mapping", key_where);
+                    break;
+                }
+            }
             if (depth >= 8) {
                 rc = rl_fail(RL_EINVAL, "%s: mappings nested too deeply", where);
                 break;
@@ -160,19 +251,19 @@ int cfg_load_yaml(cfg_run_t *c, const char *path) {
             depth--;
             if (depth > 0) want_key[depth] = 1;
             break;
-        case YAML_SEQUENCE_START_EVENT: {
-            int n = 0;
-            for (int i = 0; i < depth; i++)
-                n += snprintf(full + n, sizeof full - (size_t)n, "%s%s", i ? "." : "", stack[i]);
+        case YAML_SEQUENCE_START_EVENT:
+            path_of(full, sizeof full, stack, depth);
             if (depth == 1 && !strcmp(stack[0], "stages") && !in_stages) {
                 in_stages = 1;
                 cfg_free(c);
+            } else if (depth == 0 || in_stages) {
+                rc = rl_fail(RL_EINVAL, "%s: %s", where,
+                             depth ? "stages: entries must be names"
+                                   : "the file must be a mapping of keys");
             } else {
-                rc = rl_fail(RL_EINVAL, "%s: %s: a list is not allowed here", where,
-                             depth ? full : "(top level)");
+                rc = wrong_shape(c, full, "a list", key_where);
             }
             break;
-        }
         case YAML_SEQUENCE_END_EVENT:
             in_stages = 0;
             want_key[depth] = 1;
@@ -191,13 +282,11 @@ int cfg_load_yaml(cfg_run_t *c, const char *path) {
                 rc = rl_fail(RL_EINVAL, "%s: the file must be a mapping of keys", where);
             } else if (want_key[depth]) {
                 snprintf(stack[depth - 1], sizeof stack[0], "%s", v);
+                snprintf(key_where, sizeof key_where, "%s", where);
                 want_key[depth] = 0;
             } else {
-                int n = 0;
-                for (int i = 0; i < depth; i++)
-                    n +=
-                        snprintf(full + n, sizeof full - (size_t)n, "%s%s", i ? "." : "", stack[i]);
-                rc = cfg_set(c, full, v, where);
+                path_of(full, sizeof full, stack, depth);
+                rc = cfg_set(c, full, v, key_where);
                 want_key[depth] = 1;
             }
             break;

@@ -39,6 +39,10 @@ typedef struct {
     /* Keys outside the table above go here when set (the pipeline's stage options, checked by
      * `rlhf run`'s own table); without it they are unknown keys. Same contract as cfg_set. */
     int (*extra_set)(void *ctx, const char *key, const char *value, const char *where);
+    /* The i-th of those keys ("ppo.max_new"), NULL past the last: with it, a key of neither
+     * table is refused here, with the nearest key as a suggestion, and a list or a mapping
+     * where a key wants a value is named as such. NULL: every other key goes to extra_set. */
+    const char *(*extra_key)(void *ctx, int i);
     void *extra_ctx;
 } cfg_run_t;
 
@@ -56,8 +60,10 @@ int cfg_set(cfg_run_t *c, const char *key, const char *value, const char *where)
 int cfg_set_kv(cfg_run_t *c, const char *kv);
 
 /* Reads a YAML file of nested mappings whose scalar leaves are keys of the table, plus the
- * `stages` sequence. Returns 0, RL_ENOTFOUND/RL_EIO (file) or RL_EINVAL (syntax, unknown key,
- * bad value) with file:line and the key in the detail. */
+ * `stages` sequence. Returns 0, RL_ENOTFOUND/RL_EIO (file) or RL_EINVAL with file:line and the
+ * key in the detail: a syntax error, an unknown key ("unknown key 'stage' (did you mean
+ * 'stages'?)"), a bad value, or a value of the wrong shape ("stages: expected a list of stage
+ * names, got a scalar", "master.bind: expected a single value, got a list"). */
 int cfg_load_yaml(cfg_run_t *c, const char *path);
 
 /* The resolved configuration as JSON (written to the run directory); new reference. */

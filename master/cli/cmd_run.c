@@ -39,208 +39,61 @@
 #include "base/err.h"
 #include "base/fs.h"
 
-typedef enum { T_STR, T_INT, T_NUM, T_BOOL } vtype_t;
-
-/* One configuration key of a stage: `stage.name`, passed to the stage command as --opt. */
-typedef struct {
-    const char *stage, *name;
-    vtype_t type;
-    const char *def; /* NULL: not passed unless set */
-    const char *opt; /* the command's option; NULL: used by the runner itself */
-    const char *doc;
-} run_key_t;
-
-/* Paths in defaults: {run} = the run directory, {seed} = the run seed, {x.y} = key x.y. */
-static const run_key_t run_keys[] = {
-    /* task: the embedded default task */
-    {"task", "prompts", T_INT, "256", "--prompts", "training prompts (RLHF and stage 1)"},
-    {"task", "heldout", T_INT, "48", "--heldout", "held-out prompts (evaluation only)"},
-    {"task", "sft", T_INT, "4000", "--sft", "SFT demonstrations"},
-    {"task", "bad_frac", T_NUM, "0.5", "--bad-frac", "share of deliberately bad demonstrations"},
-    /* tokenizer and model shape (from scratch; skip these stages to start from a real model) */
-    {"tokenizer", "vocab_size", T_INT, "512", "--vocab-size", "BPE vocabulary size"},
-    {"model", "layers", T_INT, "4", "--layers", "transformer blocks"},
-    {"model", "heads", T_INT, "4", "--heads", "attention heads"},
-    {"model", "dim", T_INT, "128", "--dim", "embedding width"},
-    {"model", "ctx", T_INT, "64", "--ctx", "context length"},
-    /* sft */
-    {"sft", "model", T_STR, "{run}/init", "--model", "model to fine-tune (any HF GPT-2 dir)"},
-    {"sft", "data", T_STR, "{run}/task/sft.jsonl", "--data",
-     "JSONL {prompt, completion} or {text}"},
-    {"sft", "steps", T_INT, "300", "--steps", "optimizer steps"},
-    {"sft", "batch", T_INT, "16", "--batch", "sequences per step"},
-    {"sft", "lr", T_NUM, "0.001", "--lr", "peak learning rate (cosine to a tenth)"},
-    {"sft", "warmup", T_INT, "20", "--warmup", "warmup steps"},
-    {"sft", "learner_shards", T_INT, NULL, "--learner-shards",
-     "run the steps as TRAIN jobs on a learner of S shards (default: in-process)"},
-    /* generate (stage 1) */
-    {"generate", "model", T_STR, "{run}/sft", "--model", "the instruct model"},
-    {"generate", "prompts", T_STR, "{run}/task/prompts.jsonl", "--prompts",
-     "JSONL {id, prompt} or {id, messages}"},
-    {"generate", "k", T_INT, "4", "--k", "completions per prompt"},
-    {"generate", "max_new", T_INT, "24", "--max-new", "tokens per completion at most"},
-    {"generate", "temperature", T_NUM, "1.0", "--temperature", "sampling temperature"},
-    {"generate", "top_k", T_INT, "0", "--top-k", "top-k (0: off)"},
-    {"generate", "top_p", T_NUM, "1.0", "--top-p", "nucleus mass (1: off)"},
-    {"generate", "workers", T_INT, "2", "--workers", "rollout workers"},
-    /* annotate (stage 1) */
-    {"annotate", "simulate", T_INT, "5", "--simulate", "simulated annotators (0: import only)"},
-    {"annotate", "overlap", T_INT, "3", "--overlap", "annotators per prompt"},
-    {"annotate", "noise", T_NUM, "0.15", "--noise", "mean noise of the simulated panel"},
-    {"annotate", "annotators", T_STR, NULL, "--annotators", "panel JSON instead of the default"},
-    {"annotate", "import", T_STR, NULL, "--import",
-     "JSONL/CSV rankings from another tool (instead of --simulate)"},
-    /* aggregate, pairs (stage 1) */
-    {"aggregate", "min_w", T_NUM, NULL, "--min-w", "drop prompts with Kendall's W below this"},
-    /* reward model (stage 2) */
-    {"rm", "model", T_STR, "{run}/sft", "--model", "trunk to start from"},
-    {"rm", "pairs", T_STR, "{run}/pairs.jsonl", "--pairs", "preference pairs"},
-    {"rm", "epochs", T_INT, "2", "--epochs", "passes over the pairs"},
-    {"rm", "batch", T_INT, "8", "--batch", "prompts per step (pairs with pairwise)"},
-    {"rm", "lr", T_NUM, "0.0003", "--lr", "peak learning rate"},
-    {"rm", "heldout_frac", T_NUM, "0.1", "--heldout-frac", "prompts held out for evaluation"},
-    {"rm", "pairwise", T_BOOL, NULL, "--pairwise", "plain pairwise batches (imported pairs)"},
-    {"rm", "margin", T_NUM, NULL, "--margin", "margin term weight"},
-    {"rm", "center", T_NUM, NULL, "--center", "reward-centering term weight"},
-    {"rm", "learner_shards", T_INT, NULL, "--learner-shards",
-     "run the steps as TRAIN jobs on a learner of S shards (default: in-process)"},
-    /* evaluation against the gold judge */
-    {"eval", "prompts", T_STR, "{run}/task/prompts_heldout.jsonl", "--prompts", "held-out prompts"},
-    {"eval", "samples", T_INT, "4", "--samples", "completions per prompt and policy"},
-    {"eval", "max_new", T_INT, "24", "--max-new", "tokens per completion at most"},
-    /* PPO (stage 3) */
-    {"ppo", "policy", T_STR, "{run}/sft", "--policy", "initial policy (and KL reference)"},
-    {"ppo", "rm", T_STR, "{run}/rm", "--rm", "reward model"},
-    {"ppo", "prompts", T_STR, "{run}/task/prompts.jsonl", "--prompts", "RLHF prompts"},
-    {"ppo", "iterations", T_INT, "20", "--iterations", "PPO iterations"},
-    {"ppo", "batch", T_INT, "32", "--batch", "prompts per iteration"},
-    {"ppo", "samples", T_INT, "1", "--samples", "completions per prompt"},
-    {"ppo", "max_new", T_INT, "24", "--max-new", "tokens per completion at most"},
-    {"ppo", "temperature", T_NUM, "1.0", "--temperature", "rollout sampling temperature"},
-    {"ppo", "prompts_per_job", T_INT, "8", "--prompts-per-job", "prompts per GENERATE job"},
-    {"ppo", "rollout", T_INT, "2", "--rollout", "rollout workers"},
-    {"ppo", "reward", T_INT, "1", "--reward", "reward workers"},
-    {"ppo", "checkpoint_every", T_INT, "1", "--checkpoint-every", "learner checkpoint interval"},
-    {"ppo", "gold", T_BOOL, NULL, "--gold", "score rollouts with the embedded task's gold judge"},
-    {"ppo", "kl_coef", T_NUM, NULL, "--set", "KL penalty coefficient beta (default 0.03)"},
-    {"ppo", "kl_adaptive", T_BOOL, NULL, "--set", "adaptive KL controller (default false)"},
-    {"ppo", "kl_target", T_NUM, NULL, "--set", "adaptive: target KL per sequence (6)"},
-    {"ppo", "kl_horizon", T_NUM, NULL, "--set", "adaptive: horizon in sequences (10000)"},
-    {"ppo", "lr_policy", T_NUM, NULL, "--set", "policy learning rate (1e-5)"},
-    {"ppo", "lr_value", T_NUM, NULL, "--set", "value learning rate (1e-5)"},
-    {"ppo", "epochs", T_INT, NULL, "--set", "passes over each rollout batch (4)"},
-    {"ppo", "minibatch", T_INT, NULL, "--set", "sequences per optimizer step (8)"},
-    {"ppo", "clip_eps", T_NUM, NULL, "--set", "policy ratio clip (0.2)"},
-    {"ppo", "value_clip", T_NUM, NULL, "--set", "value clip (0.2)"},
-    {"ppo", "gamma", T_NUM, NULL, "--set", "discount (1)"},
-    {"ppo", "lambda", T_NUM, NULL, "--set", "GAE lambda (0.95)"},
-    {"ppo", "ent_coef", T_NUM, NULL, "--set", "entropy bonus (0)"},
-    {"ppo", "max_grad_norm", T_NUM, NULL, "--set", "gradient clipping (1)"},
-    {"ppo", "score_norm", T_STR, NULL, "--set", "raw, scale or norm (norm)"},
-    {"ppo", "score_clip", T_NUM, NULL, "--set", "clip of the normalised score (off)"},
-    {"ppo", "whiten", T_BOOL, NULL, "--set", "whiten advantages (true)"},
-};
-#define N_RUN_KEYS (int)(sizeof run_keys / sizeof run_keys[0])
-
-typedef struct {
-    json_t *vals; /* "stage.name" -> string value, as set */
-} run_cfg_t;
-
-static const run_key_t *key_find(const char *key) {
-    for (int i = 0; i < N_RUN_KEYS; i++) {
-        size_t sl = strlen(run_keys[i].stage);
-        if (!strncmp(key, run_keys[i].stage, sl) && key[sl] == '.' &&
-            !strcmp(key + sl + 1, run_keys[i].name))
-            return &run_keys[i];
-    }
-    return NULL;
-}
-
-static int check_value(const run_key_t *k, const char *v, const char *key, const char *where) {
-    char *end;
-    errno = 0;
-    switch (k->type) {
-    case T_STR:
-        return 0;
-    case T_INT:
-        (void)strtoll(v, &end, 10);
-        if (end == v || *end || errno)
-            return rl_fail(RL_EINVAL, "%s: %s: '%s' is not an integer", where, key, v);
-        return 0;
-    case T_NUM: {
-        double d = strtod(v, &end);
-        if (end == v || *end || errno || !isfinite(d))
-            return rl_fail(RL_EINVAL, "%s: %s: '%s' is not a number", where, key, v);
-        return 0;
-    }
-    case T_BOOL:
-        if (strcmp(v, "true") && strcmp(v, "false"))
-            return rl_fail(RL_EINVAL, "%s: %s: '%s' is not true or false", where, key, v);
-        return 0;
-    }
-    return 0;
-}
-
-/* cfg_run_t's hook for keys outside the master's table: the stage keys. */
-static int run_extra_set(void *ctx, const char *key, const char *value, const char *where) {
-    run_cfg_t *rc = ctx;
-    const run_key_t *k = key_find(key);
-    if (!k) return rl_fail(RL_EINVAL, "%s: unknown key '%s' (rlhf run --list-keys)", where, key);
-    int r = check_value(k, value, key, where);
-    if (r < 0) return r;
-    json_object_set_new(rc->vals, key, json_string(value));
-    return 0;
-}
-
 /* ---- stages ------------------------------------------------------------------------------- */
 
 typedef struct {
     const char *name, *summary;
-    const char *cmd;       /* rlhf subcommand */
-    const char *fixed;     /* fixed arguments, space-separated, with {run}/{seed}/{key} */
-    const char *prefix;    /* key prefix of the options this stage takes */
-    const char *prefix2;   /* a second one (model shape for init) */
-    const char *stdout_to; /* the stage's stdout is its output file (atomically), or NULL */
-    double weight;         /* expected share of the demo's time, for the ETA */
+    const char *cmd;        /* rlhf subcommand */
+    const cli_opts_t *opts; /* its option table: the stage's keys (NULL: none) */
+    const char *prefix;     /* the keys' prefix ("rm" for rm.epochs) */
+    int ppo_settings;       /* the PPO settings are keys too, passed as --set NAME=VALUE */
+    const char *fixed;      /* fixed arguments, space-separated, with {run}/{seed}/{key}; the
+                               options named here are not keys */
+    const char *stdout_to;  /* the stage's stdout is its output file (atomically), or NULL */
+    double weight;          /* expected share of the demo's time, for the ETA */
 } stage_t;
 
 static const stage_t stages[] = {
-    {"task", "embedded task: prompts, SFT data, guidelines", "task",
-     "--out {run}/task --seed {seed}", "task", NULL, NULL, 1},
+    {"task", "embedded task: prompts, SFT data, guidelines", "task", &cli_task_opts, "task", 0,
+     "--out {run}/task --seed {seed}", NULL, 1},
     {"tokenizer", "byte-level BPE tokenizer from the task corpus", "tokenizer-train",
-     "--corpus {run}/task/corpus.txt --out {run}/tokenizer", "tokenizer", NULL, NULL, 2},
-    {"init", "a fresh GPT with that tokenizer", "init-model",
+     &cli_tokenizer_train_opts, "tokenizer", 0,
+     "--corpus {run}/task/corpus.txt --out {run}/tokenizer", NULL, 2},
+    {"init", "a fresh GPT with that tokenizer", "init-model", &cli_init_model_opts, "model", 0,
      "--tokenizer {run}/tokenizer --out {run}/init --vocab {tokenizer.vocab_size} --seed {seed}",
-     "model", NULL, NULL, 1},
-    {"sft", "supervised fine-tuning: the instruct model", "sft",
-     "--out {run}/sft --seed {seed} --eval-every 100000", "sft", NULL, NULL, 80},
+     NULL, 1},
+    {"sft", "supervised fine-tuning: the instruct model", "sft", &cli_sft_opts, "sft", 0,
+     "--out {run}/sft --seed {seed} --eval-every 100000", NULL, 80},
     {"generate", "stage 1: K completions per prompt (master + rollout workers)", "generate",
-     "--out {run}/completions.jsonl --run-dir {run}/generate --seed {seed}", "generate", NULL, NULL,
-     20},
-    {"annotate", "stage 1: rankings by several annotators", "annotate",
+     &cli_generate_opts, "generate", 0,
+     "--out {run}/completions.jsonl --run-dir {run}/generate --seed {seed}", NULL, 20},
+    {"annotate", "stage 1: rankings by several annotators", "annotate", &cli_annotate_opts,
+     "annotate", 0,
      "--completions {run}/completions.jsonl --out {run}/annotations.jsonl --seed {seed} "
      "--replace",
-     "annotate", NULL, NULL, 2},
-    {"aggregate", "stage 1: consensus and agreement", "aggregate",
+     NULL, 2},
+    {"aggregate", "stage 1: consensus and agreement", "aggregate", &cli_aggregate_opts, "aggregate",
+     0,
      "--completions {run}/completions.jsonl --annotations {run}/annotations.jsonl "
      "--out {run}/aggregated.jsonl --summary {run}/agreement.json",
-     "aggregate", NULL, NULL, 1},
-    {"pairs", "stage 1: C(K,2) preference pairs", "pairs",
+     NULL, 1},
+    {"pairs", "stage 1: C(K,2) preference pairs", "pairs", NULL, NULL, 0,
      "--completions {run}/completions.jsonl --aggregated {run}/aggregated.jsonl "
      "--out {run}/pairs.jsonl --hh {run}/pairs_hh.jsonl",
-     "pairs", NULL, NULL, 1},
-    {"train_rm", "stage 2: reward model (Bradley-Terry)", "train-rm",
-     "--out {run}/rm --seed {seed} --ceiling-from {run}/agreement.json", "rm", NULL, NULL, 60},
-    {"ppo", "stage 3: PPO (master, rollout, reward and learner workers)", "ppo",
-     "--out {run}/ppo --seed {seed}", "ppo", NULL, NULL, 120},
+     NULL, 1},
+    {"train_rm", "stage 2: reward model (Bradley-Terry)", "train-rm", &cli_train_rm_opts, "rm", 0,
+     "--out {run}/rm --seed {seed} --ceiling-from {run}/agreement.json", NULL, 60},
+    {"ppo", "stage 3: PPO (master, rollout, reward and learner workers)", "ppo", &cli_ppo_opts,
+     "ppo", 1, "--out {run}/ppo --seed {seed}", NULL, 120},
     {"evaluate", "gold judge: the PPO policy against the SFT policy on held-out prompts",
-     "eval-policy", "--policy {run}/ppo/policy --baseline {ppo.policy} --rm {ppo.rm} --seed {seed}",
-     "eval", NULL, "{run}/eval.json", 10},
-    {"report", "the report: agreement, reward model, PPO, gold judge, plots", "report",
-     "--run {run}", NULL, NULL, NULL, 1},
-    {"eval_rm", "stage 2: held-out accuracy, calibration, reward statistics", "eval-rm",
-     "--rm {run}/rm --pairs {rm.pairs} --ceiling-from {run}/agreement.json --write-stats", NULL,
-     NULL, "{run}/rm_eval.json", 3},
+     "eval-policy", &cli_eval_policy_opts, "eval", 0,
+     "--policy {run}/ppo/policy --baseline {ppo.policy} --rm {ppo.rm} --seed {seed}",
+     "{run}/eval.json", 10},
+    {"report", "the report: agreement, reward model, PPO, gold judge, plots", "report", NULL, NULL,
+     0, "--run {run}", NULL, 1},
+    {"eval_rm", "stage 2: held-out accuracy, calibration, reward statistics", "eval-rm", NULL, NULL,
+     0, "--rm {run}/rm --pairs {rm.pairs} --ceiling-from {run}/agreement.json --write-stats",
+     "{run}/rm_eval.json", 3},
 };
 #define N_STAGES (int)(sizeof stages / sizeof stages[0])
 
@@ -250,6 +103,119 @@ static const stage_t *stage_find(const char *name) {
     return NULL;
 }
 
+/*
+ * The run's own defaults, where the pipeline starts a stage differently from its command's
+ * default: the paths from stage to stage, the model shape, the tokenizer size. Paths may name
+ * {run} (the run directory), {seed} (the run seed) and {x.y} (the value of key x.y).
+ */
+static const struct {
+    const char *key, *value;
+} run_defaults[] = {
+    {"tokenizer.vocab_size", "512"},
+    {"model.layers", "4"},
+    {"model.heads", "4"},
+    {"model.dim", "128"},
+    {"model.ctx", "64"},
+    {"sft.model", "{run}/init"},
+    {"sft.data", "{run}/task/sft.jsonl"},
+    {"generate.model", "{run}/sft"},
+    {"generate.prompts", "{run}/task/prompts.jsonl"},
+    {"generate.max_new", "24"},
+    {"annotate.simulate", "5"},
+    {"annotate.overlap", "3"},
+    {"rm.model", "{run}/sft"},
+    {"rm.pairs", "{run}/pairs.jsonl"},
+    {"rm.epochs", "2"},
+    {"eval.prompts", "{run}/task/prompts_heldout.jsonl"},
+    {"ppo.policy", "{run}/sft"},
+    {"ppo.rm", "{run}/rm"},
+    {"ppo.prompts", "{run}/task/prompts.jsonl"},
+};
+#define N_RUN_DEFAULTS (int)(sizeof run_defaults / sizeof run_defaults[0])
+
+/* ---- configuration keys: each stage's command options (and the PPO settings) ------------- */
+
+/* One key of a stage: an option of its command, or a PPO setting. */
+typedef struct {
+    char key[64]; /* "ppo.max_new" */
+    const stage_t *stage;
+    const cli_opt_t *opt;         /* the command's option, or NULL */
+    const ppo_setting_t *setting; /* the PPO setting, or NULL */
+    const char *run_def;          /* run_defaults' value, or NULL */
+} run_key_t;
+
+static run_key_t run_keys[512];
+static int n_run_keys;
+
+/* Whether the stage's fixed arguments name option o (then o is not a key of the stage). */
+static int fixed_has(const stage_t *s, const cli_opt_t *o) {
+    char flag[80];
+    size_t n = (size_t)snprintf(flag, sizeof flag, "--%s", o->name);
+    for (const char *p = strstr(s->fixed, flag); p; p = strstr(p + 1, flag))
+        if ((p == s->fixed || p[-1] == ' ') && (p[n] == ' ' || !p[n])) return 1;
+    return 0;
+}
+
+static void key_add(const stage_t *s, const char *name, const cli_opt_t *o,
+                    const ppo_setting_t *ps) {
+    run_key_t *k = &run_keys[n_run_keys++];
+    memset(k, 0, sizeof *k);
+    snprintf(k->key, sizeof k->key, "%.20s.%.40s", s->prefix, name);
+    k->stage = s, k->opt = o, k->setting = ps;
+    for (int i = 0; i < N_RUN_DEFAULTS; i++)
+        if (!strcmp(run_defaults[i].key, k->key)) k->run_def = run_defaults[i].value;
+}
+
+/* Builds run_keys from the stages' tables (once). */
+static void keys_build(void) {
+    if (n_run_keys) return;
+    for (int i = 0; i < N_STAGES; i++) {
+        const stage_t *s = &stages[i];
+        for (int j = 0; s->opts && j < s->opts->n_opts; j++) {
+            const cli_opt_t *o = &s->opts->opts[j];
+            char name[64];
+            cli_opt_key(o, name, sizeof name);
+            if (!(o->flags & CLI_OPT_NOKEY) && !fixed_has(s, o)) key_add(s, name, o, NULL);
+        }
+        for (int j = 0; s->ppo_settings && j < ppo_n_settings; j++)
+            if (!ppo_settings[j].driver) key_add(s, ppo_settings[j].name, NULL, &ppo_settings[j]);
+    }
+}
+
+static const run_key_t *key_find(const char *key) {
+    for (int i = 0; i < n_run_keys; i++)
+        if (!strcmp(run_keys[i].key, key)) return &run_keys[i];
+    return NULL;
+}
+
+/* cfg_run_t's enumeration of the keys outside the master's table. */
+static const char *run_key_at(void *ctx, int i) {
+    (void)ctx;
+    return i < n_run_keys ? run_keys[i].key : NULL;
+}
+
+typedef struct {
+    json_t *vals; /* "stage.name" -> string value, as set */
+} run_cfg_t;
+
+/* cfg_run_t's hook for keys outside the master's table: the stage keys, checked against their
+ * option's (or setting's) type and range now, before any stage runs. */
+static int run_extra_set(void *ctx, const char *key, const char *value, const char *where) {
+    run_cfg_t *rc = ctx;
+    const run_key_t *k = key_find(key);
+    if (!k) return rl_fail(RL_EINVAL, "%s: unknown key '%s' (rlhf run --list-keys)", where, key);
+    int r = k->opt ? cli_opt_value(k->opt, value, NULL)
+                   : ppo_config_set(NULL, k->setting->name, value, NULL);
+    if (r < 0 && k->setting) { /* ppo_config_set's message names the setting: skip it */
+        char why[512];
+        snprintf(why, sizeof why, "%s", rl_errmsg() + strlen(k->setting->name) + 2);
+        return rl_fail(r, "%s: %s: %s", where, key, why);
+    }
+    if (r < 0) return rl_fail_ctx(r, "%s: %s", where, key);
+    json_object_set_new(rc->vals, key, json_string(value));
+    return 0;
+}
+
 typedef struct {
     cfg_run_t cfg;
     run_cfg_t rc;
@@ -257,12 +223,20 @@ typedef struct {
     int tty;
 } run_t;
 
-/* The value of key (set, or its default; NULL if neither). */
+/* The value of key as set, or its run default (NULL if neither: the command's default holds). */
 static const char *key_value(run_t *r, const run_key_t *k) {
-    char full[128];
-    snprintf(full, sizeof full, "%s.%s", k->stage, k->name);
-    json_t *v = json_object_get(r->rc.vals, full);
-    return v ? json_string_value(v) : k->def;
+    json_t *v = json_object_get(r->rc.vals, k->key);
+    return v ? json_string_value(v) : k->run_def;
+}
+
+/* The default of key k as `rlhf run` starts its stage with it, as text, or NULL. */
+static const char *key_default(const run_key_t *k, char *buf, size_t n) {
+    if (k->run_def) return k->run_def;
+    if (k->opt) return k->opt->def;
+    ppo_config_t pc;
+    ppo_cli_config_default(&pc);
+    ppo_setting_format(k->setting, &pc, buf, n);
+    return buf;
 }
 
 /* Expands {run}, {seed} and {stage.key} in `in`. Returns a malloc'ed string or NULL. */
@@ -330,25 +304,25 @@ static char **stage_argv(run_t *r, const stage_t *s, int *argc) {
     for (char *tok = fixed ? strtok(fixed, " ") : NULL; tok && n < cap - 4; tok = strtok(NULL, " "))
         av[n++] = strdup(tok);
     free(fixed);
-    for (int i = 0; i < N_RUN_KEYS && n < cap - 4; i++) {
+    for (int i = 0; i < n_run_keys && n < cap - 4; i++) {
         const run_key_t *k = &run_keys[i];
-        if (!k->opt || !((s->prefix && !strcmp(k->stage, s->prefix)) ||
-                         (s->prefix2 && !strcmp(k->stage, s->prefix2))))
-            continue;
+        if (k->stage != s) continue;
         const char *v = key_value(r, k);
         if (!v) continue;
-        if (!strcmp(k->opt, "--set")) { /* a setting passed through as NAME=VALUE */
+        if (k->setting) { /* a PPO setting passed through as NAME=VALUE */
             char kv[512];
-            snprintf(kv, sizeof kv, "%s=%s", k->name, v);
+            snprintf(kv, sizeof kv, "%s=%s", k->setting->name, v);
             av[n++] = strdup("--set");
             av[n++] = strdup(kv);
             continue;
         }
-        if (k->type == T_BOOL) {
-            if (!strcmp(v, "true")) av[n++] = strdup(k->opt);
+        char opt[80];
+        snprintf(opt, sizeof opt, "--%s", k->opt->name);
+        if (k->opt->type == CLI_OPT_FLAG) {
+            if (!strcmp(v, "true") || !strcmp(v, "yes") || !strcmp(v, "1")) av[n++] = strdup(opt);
             continue;
         }
-        av[n++] = strdup(k->opt);
+        av[n++] = strdup(opt);
         av[n++] = expand(r, v);
     }
     av[n] = NULL;
@@ -510,61 +484,91 @@ static int run_stage(run_t *r, const stage_t *s, int idx, int total, double done
     return rc;
 }
 
-static const char run_help[] =
-    "usage: rlhf run CONFIG [--set KEY=VALUE]... [--run-dir DIR] [--only STAGE] [--list-keys]\n\n"
-    "Runs the pipeline configured in CONFIG (YAML) stage by stage in its run directory;\n"
-    "running it again continues where it stopped. --only runs one stage (done or not),\n"
-    "--list-keys prints every configuration key with its default.\n";
+/* ---- the command ---------------------------------------------------------------------- */
 
+/* --list-keys: every key with its type, default (as the stage starts with it), range, meaning. */
 static void list_keys(void) {
-    printf("%-22s %-6s %-28s %s\n", "key", "type", "default", "meaning");
-    static const char *tn[] = {"string", "int", "number", "bool"};
-    for (int i = 0; i < N_RUN_KEYS; i++) {
-        char full[96];
-        snprintf(full, sizeof full, "%s.%s", run_keys[i].stage, run_keys[i].name);
-        printf("%-22s %-6s %-28s %s\n", full, tn[run_keys[i].type],
-               run_keys[i].def ? run_keys[i].def : "-", run_keys[i].doc);
+    keys_build();
+    printf("%-27s %-6s %-28s %-14s %s\n", "key", "type", "default", "range", "meaning");
+    for (int i = 0; i < n_run_keys; i++) {
+        const run_key_t *k = &run_keys[i];
+        char buf[64], range[64] = "";
+        const char *def = key_default(k, buf, sizeof buf), *type = "string", *help;
+        if (k->opt) {
+            type = cli_opt_type_name(k->opt);
+            cli_opt_range(k->opt, range, sizeof range);
+            help = k->opt->help;
+        } else {
+            const ppo_setting_t *ps = k->setting;
+            type = ps->type == PPO_SETTING_FLOAT  ? "number"
+                   : ps->type == PPO_SETTING_BOOL ? "bool"
+                   : ps->type == PPO_SETTING_NORM ? "string"
+                                                  : "int";
+            cli_opt_t tmp = {.type = ps->type == PPO_SETTING_FLOAT  ? CLI_OPT_FLOAT
+                                     : ps->type == PPO_SETTING_BOOL ? CLI_OPT_BOOL
+                                     : ps->type == PPO_SETTING_NORM ? CLI_OPT_STRING
+                                                                    : CLI_OPT_LONG,
+                             .lo = ps->lo,
+                             .hi = ps->type == PPO_SETTING_U64 ? INFINITY : ps->hi};
+            cli_opt_range(&tmp, range, sizeof range);
+            if (ps->type == PPO_SETTING_NORM) snprintf(range, sizeof range, "raw|scale|norm");
+            help = ps->help;
+        }
+        printf("%-27s %-6s %-28s %-14s %s\n", k->key, type, def ? def : "-", range, help);
     }
 }
 
+typedef struct {
+    const char *sets[64];
+    int n_sets;
+    const char *run_dir, *only;
+} run_args_t;
+
+static int run_opt_set(void *args, const char *kv) {
+    run_args_t *a = args;
+    if (a && a->n_sets == 64) return rl_fail(RL_EINVAL, "at most 64");
+    if (a) a->sets[a->n_sets++] = kv;
+    return 0;
+}
+
+static int run_opt_list_keys(void *args, const char *unused) {
+    (void)args, (void)unused;
+    list_keys();
+    return 1;
+}
+
+static const cli_opt_t run_opt_table[] = {
+    CLI_OPT_CALL("set", "KEY=VALUE", "override a key of CONFIG (repeatable)", run_opt_set,
+                 CLI_OPT_NOKEY),
+    CLI_OPT_STR(run_args_t, run_dir, "run-dir", NULL, "DIR", "the run directory (run_dir)",
+                CLI_OPT_NOKEY),
+    CLI_OPT_STR(run_args_t, only, "only", NULL, "STAGE", "run this stage only (done or not)",
+                CLI_OPT_NOKEY),
+    CLI_OPT_CALL("list-keys", NULL, "print every configuration key with its default",
+                 run_opt_list_keys, CLI_OPT_NOKEY),
+};
+
+const cli_opts_t cli_run_opts = CLI_OPTS(
+    "run", "rlhf run CONFIG [--set KEY=VALUE]... [--run-dir DIR] [--only STAGE] [--list-keys]",
+    "Runs the pipeline configured in CONFIG (YAML) stage by stage in its run directory;\n"
+    "running it again continues where it stopped. Every value is checked when CONFIG\n"
+    "is read, before any stage runs.\n",
+    run_opt_table, NULL);
+
 int cmd_run(int argc, char **argv) {
-    static const struct option opts[] = {{"set", 1, 0, 's'},  {"run-dir", 1, 0, 'r'},
-                                         {"only", 1, 0, 'o'}, {"list-keys", 0, 0, 'l'},
-                                         {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
     static run_t R;
     run_t *r = &R;
+    run_args_t a = {0};
+    keys_build();
+    int c = cli_opts_parse(&cli_run_opts, argc, argv, &a);
+    if (c != CLI_OPTS_GO) return c;
+    const char **sets = a.sets, *run_dir = a.run_dir, *only = a.only;
+    int n_sets = a.n_sets;
     cfg_defaults(&r->cfg);
     r->rc.vals = json_object();
     r->cfg.extra_set = run_extra_set;
+    r->cfg.extra_key = run_key_at;
     r->cfg.extra_ctx = &r->rc;
-    const char *sets[64], *run_dir = NULL, *only = NULL;
-    int n_sets = 0, c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        switch (c) {
-        case 's':
-            if (n_sets == 64) {
-                fprintf(stderr, "rlhf run: at most 64 --set\n");
-                return 2;
-            }
-            sets[n_sets++] = optarg;
-            break;
-        case 'r':
-            run_dir = optarg;
-            break;
-        case 'o':
-            only = optarg;
-            break;
-        case 'l':
-            list_keys();
-            return 0;
-        case 'h':
-            fputs(run_help, stdout);
-            return 0;
-        default:
-            return cli_usage_error("run");
-        }
-    }
     if (optind != argc - 1) {
         fprintf(stderr, "rlhf run: one CONFIG file is required\n");
         return cli_usage_error("run");
@@ -604,11 +608,10 @@ int cmd_run(int argc, char **argv) {
     fs_mkdir_p(sub);
     /* the resolved configuration, for the record and for stages that read it */
     json_t *res = cfg_to_json(&r->cfg);
-    for (int i = 0; i < N_RUN_KEYS; i++) {
-        char full[128];
-        snprintf(full, sizeof full, "%s.%s", run_keys[i].stage, run_keys[i].name);
+    for (int i = 0; i < n_run_keys; i++) {
         const char *v = key_value(r, &run_keys[i]);
-        if (v) json_object_set_new(res, full, json_string(v));
+        if (!v && run_keys[i].opt) v = run_keys[i].opt->def;
+        if (v) json_object_set_new(res, run_keys[i].key, json_string(v));
     }
     char *txt = json_dumps(res, JSON_INDENT(2) | JSON_SORT_KEYS);
     json_decref(res);
