@@ -4,12 +4,16 @@
  *   rlhf run CONFIG [--set KEY=VALUE]... [--run-dir DIR] [--only STAGE] [--list-keys]
  *
  * CONFIG is a YAML file (see deploy/demo.yaml): `run_dir`, `seed`, `stages` (the ordered list
- * of stages to run) and one mapping per stage whose keys are that stage's options. Every key
- * is in the table below with its type, default and meaning (`--list-keys` prints it; the README's
- * configuration reference is generated from the same text); an unknown key or a value of the
- * wrong type is an error naming the file and line. `--set` overrides any key.
+ * of stages to run) and one mapping per stage whose keys are that stage's options. A stage's
+ * keys are its command's option table (cli_opts.h; `max_new` for --max-new) less the options
+ * the stage fixes itself, and for ppo the PPO settings (ppo_settings); run_defaults below holds
+ * the run's own defaults where they differ from the command's. `--list-keys` prints every key
+ * with its type, default, range and meaning (the README's configuration reference is that
+ * output). Every value is checked against its type and range when the file is read, before
+ * any stage runs; an unknown key, a bad value or a misshapen entry is an error naming the file
+ * and line. `--set` overrides any key.
  *
- * Each stage is one `rlhf` subcommand run as a child process with options from the table; its
+ * Each stage is one `rlhf` subcommand run as a child process with options from its keys; its
  * input paths default to the outputs of the stages before it, and can be pointed elsewhere
  * (for example `sft.model` at a Hugging Face GPT-2 directory). A stage whose command succeeded
  * leaves RUN_DIR/stages/NAME.json (written atomically, after the stage's own atomic outputs), so
