@@ -25,6 +25,22 @@ check "top-level help lists commands" bash -c "'$RLHF' --help | grep -q eval-lm"
 check "unknown option exits 2" test $? -eq 2
 "$RLHF" init-model --out "$W/x" --layers 0 --heads 1 --dim 8 --vocab 10 --ctx 8 2>"$W/err"
 check "bad value names the option" grep -q -- "--layers: '0'" "$W/err"
+check "... and its range" grep -qF -- "--layers: '0' is not an integer in [1, 1000]" "$W/err"
+
+# --help is generated from the option tables: each option with its default and range
+"$RLHF" sft --help >"$W/help"
+check "sft --help shows a default and range" grep -qE -- "--steps N +optimizer steps \(default 300; 1\.\.100000000\)" "$W/help"
+check "sft --help marks the required options" grep -qE -- "--model DIR +.*\(required\)" "$W/help"
+"$RLHF" ppo --help >"$W/help"
+check "ppo --help shows the driver's defaults" grep -qE -- "--iterations N +PPO iterations \(default 20; 1\.\.1000000\)" "$W/help"
+check "ppo --help lists the PPO settings" grep -qE "^  kl_coef +.*\(default 0\.03\)" "$W/help"
+"$RLHF" ppo --policy a --rm b --prompts c --out d --batch 0 2>"$W/err"
+check "an out-of-range value exits 2" test $? -eq 2
+check "... naming the option and the range" grep -qF -- "rlhf ppo: --batch: '0' is not an integer in [1, 100000]" "$W/err"
+"$RLHF" ppo --policy a --rm b --prompts c --out d --set clip_eps=2 2>"$W/err"
+check "a PPO setting out of range names the range" grep -qF -- "--set: clip_eps: '2' is not a number in [0, 1]" "$W/err"
+"$RLHF" generate --temperature -1 2>"$W/err"
+check "generate: out of range" grep -qF -- "--temperature: '-1' is not a number in [0, 100]" "$W/err"
 
 # init-model writes an HF directory
 out=$("$RLHF" init-model --out "$W/m0" --layers 2 --heads 2 --dim 32 --vocab 64 --ctx 32 --seed 3)

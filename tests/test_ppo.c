@@ -864,7 +864,45 @@ static void test_config_json(void) {
     json_decref(range);
 }
 
+/* The settings table is the one description of the PPO settings: every entry names a distinct
+ * field of ppo_config_t, its default parses and lies in its range, the defaults are the values
+ * the learner has always used (bit for bit: runs are reproduced from them), and a value is
+ * checked against the range when it is set. */
+static void test_settings_table(void) {
+    CHECK_EQ(ppo_n_settings, 24);
+    for (int i = 0; i < ppo_n_settings; i++) {
+        const ppo_setting_t *s = &ppo_settings[i];
+        CHECK(s->off < sizeof(ppo_config_t));
+        CHECK(ppo_setting_find(s->name) == s);
+        CHECK_OK(ppo_config_set(NULL, s->name, s->def, "table"));
+        for (int j = 0; j < i; j++) CHECK(ppo_settings[j].off != s->off);
+        char txt[64];
+        ppo_config_t c;
+        ppo_config_default(&c);
+        ppo_setting_format(s, &c, txt, sizeof txt); /* the default prints as it reads */
+        ppo_config_t d = c;
+        CHECK_OK(ppo_config_set(&d, s->name, txt, "format"));
+        CHECK(memcmp(&c, &d, sizeof c) == 0);
+    }
+    ppo_config_t c;
+    ppo_config_default(&c);
+    CHECK(c.gamma == 1.0f && c.lambda == 0.95f && c.clip_eps == 0.2f && c.value_clip == 0.2f);
+    CHECK(c.kl_coef == 0.03f && c.kl_target == 6.0f && c.kl_horizon == 10000.0f);
+    CHECK(c.lr_policy == 1e-5f && c.lr_value == 1e-5f && c.max_grad_norm == 1.0f);
+    CHECK(c.epochs == 4 && c.minibatch == 8 && c.microbatch == 0 && c.whiten == 1);
+    CHECK(c.score_norm == PPO_SCORE_RAW && c.seed == 0 && c.vocab_limit == 0);
+    CHECK_EQ(ppo_config_set(&c, "kl_coef", "-0.1", "--set"), RL_EINVAL);
+    CHECK(strstr(rl_errmsg(), "--set: kl_coef: '-0.1' is not a number in [0, inf]") != NULL);
+    CHECK_EQ(ppo_config_set(&c, "epochs", "0", NULL), RL_EINVAL);
+    CHECK(strstr(rl_errmsg(), "epochs: '0' is not an integer in [1, ") == rl_errmsg());
+    CHECK(c.kl_coef == 0.03f && c.epochs == 4); /* a refused value leaves the field alone */
+    CHECK_EQ(ppo_config_set(NULL, "gamma", "2", NULL), RL_EINVAL);
+    CHECK(ppo_setting_find("seed")->driver && ppo_setting_find("vocab_limit")->driver);
+    CHECK(!ppo_setting_find("kl_coef")->driver);
+}
+
 int main(void) {
+    RUN(test_settings_table);
     RUN(test_config_json);
     /* The models here are tiny: a second thread only adds synchronisation, which on busy cores
      * costs more than the work (results are the same with any thread count). */

@@ -2,7 +2,7 @@
 # test_run.sh - `rlhf run`: the whole pipeline from a YAML config on a tiny setting (every stage,
 # through master and workers), its outputs and report; a second run skips every finished stage;
 # a run killed mid-stage continues when started again; --set overrides; bad configs are refused
-# naming file, line and key. Usage: test_run.sh BIN_DIR
+# naming file, line and key, every value checked against the option tables when the file is read. Usage: test_run.sh BIN_DIR
 BIN=$(cd "${1:?usage: test_run.sh BIN_DIR}" && pwd)
 source "$(dirname "$0")/runtime_lib.sh"
 R=$BIN/rlhf
@@ -75,4 +75,27 @@ printf 'run_dir: x\nstages: [task, dance]\n' >bad3.yaml
 check "an unknown stage is named" grep -q "no stage 'dance'" err
 "$R" run tiny.yaml --set ppo.nope=1 2>err >/dev/null
 check "--set of an unknown key" grep -q "unknown key 'ppo.nope'" err
+printf 'run_dir: x\nstages: ppo\n' >bad4.yaml
+"$R" run bad4.yaml 2>err >/dev/null
+check "stages as a scalar is named as such" \
+    grep -qF "bad4.yaml:2: stages: expected a list of stage names, got a scalar" err
+printf 'run_dir: x\nstage: [ppo]\n' >bad5.yaml
+"$R" run bad5.yaml 2>err >/dev/null
+check "a typo of stages is an unknown key, with a suggestion" \
+    grep -qF "bad5.yaml:2: unknown key 'stage' (did you mean 'stages'?)" err
+# values are checked against the option tables when the file is read, before any stage runs
+printf 'run_dir: x\nstages: [task, ppo]\nppo:\n  batch: 8\n  iterations: 0\n' >bad6.yaml
+"$R" run bad6.yaml 2>err >/dev/null
+check "a value out of range exits 2" test $? -eq 2
+check "... named with file, line and range when the file is read" \
+    grep -qF "bad6.yaml:5: ppo.iterations: '0' is not an integer in [1, 1000000]" err
+check "... before any stage runs" test ! -e x
+printf 'run_dir: x\nstages: [ppo]\nppo: {kl_coef: -1}\n' >bad7.yaml
+"$R" run bad7.yaml 2>err >/dev/null
+check "a PPO setting out of range" grep -qF "bad7.yaml:3: ppo.kl_coef: '-1' is not a number in [0, inf]" err
+"$R" run tiny.yaml --set model.layers=0 2>err >/dev/null
+check "--set out of range" grep -qF "model.layers: '0' is not an integer in [1, 1000]" err
+"$R" run --list-keys >keys.txt
+check "--list-keys: a stage's keys are its command's options" grep -q "^ppo.max_new  *int  *24 " keys.txt
+check "--list-keys: and the PPO settings" grep -q "^ppo.kl_coef  *number  *0.03 " keys.txt
 finish
