@@ -87,16 +87,6 @@ int cmd_init_model(int argc, char **argv) {
 
 /* ---- eval-lm --------------------------------------------------------------------------- */
 
-static const char eval_help[] =
-    "usage: rlhf eval-lm --model DIR (--tokens FILE | --text FILE) [--seq T] [--batch B]\n"
-    "                    [--threads N]\n\n"
-    "--tokens FILE holds whitespace-separated token ids; --text FILE holds text, encoded with\n"
-    "the tokenizer in DIR (<|endoftext|> in the text is the special token). The ids are cut\n"
-    "into consecutive windows of at most\n"
-    "T tokens (default: the model's n_positions); every position whose next token is in the\n"
-    "same window is scored. Prints {\"loss\": mean cross-entropy in nats, \"ppl\": exp(loss),\n"
-    "\"tokens\": number of scored positions}.\n";
-
 /* Encodes the text file `path` with the tokenizer of model directory `dir`. */
 static int encode_text_file(const char *dir, const char *path, int vocab, int **ids, size_t *n) {
     tok_t *tok = tok_load(dir);
@@ -113,41 +103,40 @@ static int encode_text_file(const char *dir, const char *path, int vocab, int **
     return rc;
 }
 
+typedef struct {
+    const char *model, *tokens, *text;
+    int T, B, threads;
+} evallm_args_t;
+
+static const cli_opt_t evallm_opt_table[] = {
+    CLI_OPT_STR(evallm_args_t, model, "model", NULL, "DIR", "the model", CLI_OPT_REQUIRED),
+    CLI_OPT_STR(evallm_args_t, tokens, "tokens", NULL, "FILE", "whitespace-separated token ids", 0),
+    CLI_OPT_STR(evallm_args_t, text, "text", NULL, "FILE",
+                "text, encoded with the tokenizer in DIR (<|endoftext|> in the text is the "
+                "special token)",
+                0),
+    CLI_OPT_INT(evallm_args_t, T, "seq", 2, 1000000, NULL, "T",
+                "window length (default: the model's n_positions)"),
+    CLI_OPT_INT(evallm_args_t, B, "batch", 1, 4096, "4", "B", "windows per forward pass"),
+    CLI_OPT_INT(evallm_args_t, threads, "threads", 1, 1024, "2", "N", "threads"),
+};
+
+static const cli_opts_t cli_eval_lm_opts = CLI_OPTS(
+    "eval-lm",
+    "rlhf eval-lm --model DIR (--tokens FILE | --text FILE) [--seq T] [--batch B]\n"
+    "                    [--threads N]",
+    "The ids are cut into consecutive windows of at most T tokens; every position whose next\n"
+    "token is in the same window is scored. Prints {\"loss\": mean cross-entropy in nats,\n"
+    "\"ppl\": exp(loss), \"tokens\": number of scored positions}.\n",
+    evallm_opt_table, NULL);
+
 int cmd_eval_lm(int argc, char **argv) {
-    static const struct option opts[] = {
-        {"model", 1, 0, 'm'},   {"tokens", 1, 0, 't'}, {"seq", 1, 0, 'T'},  {"batch", 1, 0, 'B'},
-        {"threads", 1, 0, 'j'}, {"help", 0, 0, 'h'},   {"text", 1, 0, 'x'}, {0, 0, 0, 0}};
-    const char *cmd = "eval-lm", *model = NULL, *tokens = NULL, *text = NULL;
-    int T = 0, B = 4, threads = 2, c;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        int bad = 0;
-        switch (c) {
-        case 'm':
-            model = optarg;
-            break;
-        case 't':
-            tokens = optarg;
-            break;
-        case 'x':
-            text = optarg;
-            break;
-        case 'T':
-            bad = cli_int(cmd, "seq", optarg, 2, 1000000, &T);
-            break;
-        case 'B':
-            bad = cli_int(cmd, "batch", optarg, 1, 4096, &B);
-            break;
-        case 'j':
-            bad = cli_int(cmd, "threads", optarg, 1, 1024, &threads);
-            break;
-        case 'h':
-            fputs(eval_help, stdout);
-            return 0;
-        default:
-            return cli_usage_error(cmd);
-        }
-        if (bad) return 2;
-    }
+    const char *cmd = "eval-lm";
+    evallm_args_t a = {0};
+    int c = cli_opts_parse(&cli_eval_lm_opts, argc, argv, &a);
+    if (c != CLI_OPTS_GO) return c;
+    const char *model = a.model, *tokens = a.tokens, *text = a.text;
+    int T = a.T, B = a.B, threads = a.threads;
     if (!model || !tokens == !text) {
         fprintf(stderr, "rlhf %s: --model and one of --tokens or --text are required\n", cmd);
         return 2;
@@ -192,100 +181,70 @@ int cmd_eval_lm(int argc, char **argv) {
 
 /* ---- train-lm -------------------------------------------------------------------------- */
 
-static const char train_help[] =
-    "usage: rlhf train-lm --model DIR --tokens FILE --out DIR [--steps N] [--batch B] [--seq T]\n"
-    "                     [--lr X] [--min-lr X] [--schedule constant|warmup|cosine]\n"
-    "                     [--warmup N] [--weight-decay X] [--clip X] [--seed S] [--threads N]\n"
-    "                     [--log-every N]\n\n"
+typedef struct {
+    const char *model, *tokens, *out;
+    int steps, B, T, threads, log_every, warmup;
+    float lr, min_lr, wd, clip;
+    long seed;
+    adamw_sched_kind_t kind;
+} trainlm_args_t;
+
+/* --schedule constant|warmup|cosine */
+static int trainlm_opt_schedule(void *args, const char *value) {
+    adamw_sched_kind_t k;
+    if (adamw_sched_parse(value, &k) < 0) return RL_EINVAL;
+    if (args) ((trainlm_args_t *)args)->kind = k;
+    return 0;
+}
+
+#define LI(f, name, lo, hi, def, arg, help)                                                        \
+    CLI_OPT_INT(trainlm_args_t, f, name, lo, hi, def, arg, help)
+#define LF(f, name, lo, hi, def, arg, help)                                                        \
+    CLI_OPT_FLOAT(trainlm_args_t, f, name, lo, hi, def, arg, help)
+static const cli_opt_t trainlm_opt_table[] = {
+    CLI_OPT_STR(trainlm_args_t, model, "model", NULL, "DIR", "the model to train",
+                CLI_OPT_REQUIRED),
+    CLI_OPT_STR(trainlm_args_t, tokens, "tokens", NULL, "FILE", "whitespace-separated token ids",
+                CLI_OPT_REQUIRED),
+    CLI_OPT_STR(trainlm_args_t, out, "out", NULL, "DIR", "where to write the result",
+                CLI_OPT_REQUIRED),
+    LI(steps, "steps", 1, 100000000, "200", "N", "optimizer steps"),
+    LI(B, "batch", 1, 4096, "8", "B", "windows per step"),
+    LI(T, "seq", 1, 1000000, "64", "T", "window length (at most the model's n_positions)"),
+    LF(lr, "lr", 0, 10, "0.001", "X", "peak learning rate"),
+    LF(min_lr, "min-lr", 0, 10, "0.0001", "X", "final learning rate"),
+    CLI_OPT_CALL("schedule", "constant|warmup|cosine", "learning-rate schedule (default cosine)",
+                 trainlm_opt_schedule, 0),
+    LI(warmup, "warmup", 0, 100000000, "20", "N", "warmup steps"),
+    LF(wd, "weight-decay", 0, 10, "0.1", "X", "AdamW weight decay (2-D weights only)"),
+    LF(clip, "clip", 0, 1e9, "1", "X", "global gradient-norm clip"),
+    CLI_OPT_LONG(trainlm_args_t, seed, "seed", 0, LONG_MAX, "1", "S", "seed of the windows"),
+    LI(threads, "threads", 1, 1024, "2", "N", "threads"),
+    LI(log_every, "log-every", 1, 100000000, "10", "N", "log interval"),
+};
+#undef LI
+#undef LF
+
+static const cli_opts_t cli_train_lm_opts = CLI_OPTS(
+    "train-lm", "rlhf train-lm --model DIR --tokens FILE --out DIR [options]",
     "Trains the model in DIR on windows of T+1 consecutive tokens drawn from FILE (window starts\n"
     "come from a counter-based RNG keyed by --seed and the step, so a run is reproducible),\n"
     "with AdamW (betas 0.9/0.95, decay on 2-D weights only), global-norm clipping and the LR\n"
     "schedule. Prints one JSON object per logged step and writes the result to --out\n"
-    "(atomic writes). Defaults: 200 steps, B=8, T=64, lr 1e-3 cosine to 1e-4, warmup 20,\n"
-    "weight decay 0.1, clip 1.0, seed 1, 2 threads.\n";
+    "(atomic writes).\n",
+    trainlm_opt_table, NULL);
 
 int cmd_train_lm(int argc, char **argv) {
-    static const struct option opts[] = {{"model", 1, 0, 'm'},
-                                         {"tokens", 1, 0, 't'},
-                                         {"out", 1, 0, 'o'},
-                                         {"steps", 1, 0, 'n'},
-                                         {"batch", 1, 0, 'B'},
-                                         {"seq", 1, 0, 'T'},
-                                         {"lr", 1, 0, 'l'},
-                                         {"min-lr", 1, 0, 'L'},
-                                         {"schedule", 1, 0, 'S'},
-                                         {"warmup", 1, 0, 'w'},
-                                         {"weight-decay", 1, 0, 'd'},
-                                         {"clip", 1, 0, 'c'},
-                                         {"seed", 1, 0, 's'},
-                                         {"threads", 1, 0, 'j'},
-                                         {"log-every", 1, 0, 'e'},
-                                         {"help", 0, 0, 'h'},
-                                         {0, 0, 0, 0}};
-    const char *cmd = "train-lm", *model = NULL, *tokens = NULL, *out = NULL;
-    int steps = 200, B = 8, T = 64, threads = 2, log_every = 10, warmup = 20, seq_given = 0, c;
-    float lr = 1e-3f, min_lr = 1e-4f, wd = 0.1f, clip = 1.0f;
-    long seed = 1;
-    adamw_sched_kind_t kind = ADAMW_SCHED_COSINE;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        int bad = 0;
-        switch (c) {
-        case 'm':
-            model = optarg;
-            break;
-        case 't':
-            tokens = optarg;
-            break;
-        case 'o':
-            out = optarg;
-            break;
-        case 'n':
-            bad = cli_int(cmd, "steps", optarg, 1, 100000000, &steps);
-            break;
-        case 'B':
-            bad = cli_int(cmd, "batch", optarg, 1, 4096, &B);
-            break;
-        case 'T':
-            bad = cli_int(cmd, "seq", optarg, 1, 1000000, &T);
-            break;
-        case 'l':
-            bad = cli_float(cmd, "lr", optarg, 0, 10, &lr);
-            break;
-        case 'L':
-            bad = cli_float(cmd, "min-lr", optarg, 0, 10, &min_lr);
-            break;
-        case 'S':
-            if (adamw_sched_parse(optarg, &kind) < 0) {
-                fprintf(stderr, "rlhf %s: --schedule: %s\n", cmd, rl_errmsg());
-                bad = -1;
-            }
-            break;
-        case 'w':
-            bad = cli_int(cmd, "warmup", optarg, 0, 100000000, &warmup);
-            break;
-        case 'd':
-            bad = cli_float(cmd, "weight-decay", optarg, 0, 10, &wd);
-            break;
-        case 'c':
-            bad = cli_float(cmd, "clip", optarg, 0, 1e9, &clip);
-            break;
-        case 's':
-            bad = cli_long(cmd, "seed", optarg, 0, 0x7fffffffffffffffL, &seed);
-            break;
-        case 'j':
-            bad = cli_int(cmd, "threads", optarg, 1, 1024, &threads);
-            break;
-        case 'e':
-            bad = cli_int(cmd, "log-every", optarg, 1, 100000000, &log_every);
-            break;
-        case 'h':
-            fputs(train_help, stdout);
-            return 0;
-        default:
-            return cli_usage_error(cmd);
-        }
-        if (bad) return 2;
-    }
+    const char *cmd = "train-lm";
+    trainlm_args_t a = {.kind = ADAMW_SCHED_COSINE};
+    int c = cli_opts_parse(&cli_train_lm_opts, argc, argv, &a);
+    if (c != CLI_OPTS_GO) return c;
+    const char *model = a.model, *tokens = a.tokens, *out = a.out;
+    int steps = a.steps, B = a.B, T = a.T, threads = a.threads, log_every = a.log_every;
+    int warmup = a.warmup, seq_given = 0; /* as before: a --seq over the context is clamped */
+    float lr = a.lr, min_lr = a.min_lr, wd = a.wd, clip = a.clip;
+    long seed = a.seed;
+    adamw_sched_kind_t kind = a.kind;
     if (!model || !tokens || !out) {
         fprintf(stderr, "rlhf %s: --model, --tokens and --out are required\n", cmd);
         return 2;
