@@ -52,55 +52,49 @@ static int write_stdout(const char *cmd, const void *data, size_t len) {
     return 0;
 }
 
-/* Parses --model DIR [--no-special] for tokenize / detokenize. */
-static int parse_model_opts(const char *cmd, const char *help, int argc, char **argv,
-                            const char **model, int *special, int *done) {
-    static const struct option opts[] = {
-        {"model", 1, 0, 'm'}, {"no-special", 0, 0, 'n'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
-    int c;
-    *done = 0;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        switch (c) {
-        case 'm':
-            *model = optarg;
-            break;
-        case 'n':
-            if (!special) return cli_usage_error(cmd);
-            *special = 0;
-            break;
-        case 'h':
-            fputs(help, stdout);
-            *done = 1;
-            return 0;
-        default:
-            return cli_usage_error(cmd);
-        }
-    }
+typedef struct {
+    const char *model;
+    int no_special;
+} tok_args_t;
+
+static const cli_opt_t tokenize_opt_table[] = {
+    CLI_OPT_STR(tok_args_t, model, "model", NULL, "DIR", "the tokenizer's model directory",
+                CLI_OPT_REQUIRED),
+    CLI_OPT_FLAG(tok_args_t, no_special, "no-special",
+                 "encode a literal <|endoftext|> as ordinary text"),
+};
+
+static const cli_opts_t tokenize_opts = CLI_OPTS(
+    "tokenize", "rlhf tokenize --model DIR [--no-special] < TEXT",
+    "Encodes stdin (any bytes) with the GPT-2 byte-level BPE tokenizer of DIR (vocab.json +\n"
+    "merges.txt) and prints the token ids, space-separated, on one line. The literal text\n"
+    "<|endoftext|> becomes the special token unless --no-special is given.\n",
+    tokenize_opt_table, NULL);
+
+/* The options of tokenize / detokenize: --model DIR, no operands. */
+static int parse_model_opts(const cli_opts_t *t, int argc, char **argv, tok_args_t *a) {
+    int rc = cli_opts_parse(t, argc, argv, a);
+    if (rc != CLI_OPTS_GO) return rc;
     if (optind < argc) {
-        fprintf(stderr, "rlhf %s: unexpected argument '%s'\n", cmd, argv[optind]);
+        fprintf(stderr, "rlhf %s: unexpected argument '%s'\n", t->cmd, argv[optind]);
         return 2;
     }
-    if (!*model) {
-        fprintf(stderr, "rlhf %s: --model is required\n", cmd);
+    if (!a->model) {
+        fprintf(stderr, "rlhf %s: --model is required\n", t->cmd);
         return 2;
     }
-    return 0;
+    return CLI_OPTS_GO;
 }
 
 /* ---- tokenize -------------------------------------------------------------------------- */
 
-static const char tokenize_help[] =
-    "usage: rlhf tokenize --model DIR [--no-special] < TEXT\n\n"
-    "Encodes stdin (any bytes) with the GPT-2 byte-level BPE tokenizer of DIR (vocab.json +\n"
-    "merges.txt) and prints the token ids, space-separated, on one line. The literal text\n"
-    "<|endoftext|> becomes the special token unless --no-special is given, in which case it is\n"
-    "encoded as ordinary text.\n";
-
 int cmd_tokenize(int argc, char **argv) {
-    const char *cmd = "tokenize", *model = NULL;
-    int special = 1, done,
-        rc = parse_model_opts(cmd, tokenize_help, argc, argv, &model, &special, &done);
-    if (rc || done) return rc;
+    const char *cmd = "tokenize";
+    tok_args_t a = {0};
+    int rc = parse_model_opts(&tokenize_opts, argc, argv, &a);
+    if (rc != CLI_OPTS_GO) return rc;
+    const char *model = a.model;
+    int special = !a.no_special;
     tok_t *t = tok_load(model);
     if (!t) return cli_fail(cmd, "loading the tokenizer", RL_EFORMAT);
     char *text = NULL, *out = NULL;
@@ -140,16 +134,24 @@ int cmd_tokenize(int argc, char **argv) {
 
 /* ---- detokenize ------------------------------------------------------------------------ */
 
-static const char detokenize_help[] =
-    "usage: rlhf detokenize --model DIR < IDS\n\n"
+static const cli_opt_t detokenize_opt_table[] = {
+    CLI_OPT_STR(tok_args_t, model, "model", NULL, "DIR", "the tokenizer's model directory",
+                CLI_OPT_REQUIRED),
+};
+
+static const cli_opts_t detokenize_opts = CLI_OPTS(
+    "detokenize", "rlhf detokenize --model DIR < IDS",
     "Reads whitespace-separated token ids from stdin and writes the exact bytes they decode to\n"
     "(no newline is added). An id that is not a number or not in the vocabulary is an error\n"
-    "naming it.\n";
+    "naming it.\n",
+    detokenize_opt_table, NULL);
 
 int cmd_detokenize(int argc, char **argv) {
-    const char *cmd = "detokenize", *model = NULL;
-    int done, rc = parse_model_opts(cmd, detokenize_help, argc, argv, &model, NULL, &done);
-    if (rc || done) return rc;
+    const char *cmd = "detokenize";
+    tok_args_t a = {0};
+    int rc = parse_model_opts(&detokenize_opts, argc, argv, &a);
+    if (rc != CLI_OPTS_GO) return rc;
+    const char *model = a.model;
     tok_t *t = tok_load(model);
     if (!t) return cli_fail(cmd, "loading the tokenizer", RL_EFORMAT);
     char *text = NULL, *out = NULL;
