@@ -622,22 +622,6 @@ int cmd_pairs(int argc, char **argv) {
 
 /* ---- import-pairs ------------------------------------------------------------------------ */
 
-static const char import_pairs_help[] =
-    "usage: rlhf import-pairs --in FILE.jsonl --out P.jsonl\n\n"
-    "Reads an existing pair dataset and writes our pairs JSONL (see `rlhf pairs --help`). Each\n"
-    "line is one of:\n"
-    "  {\"prompt\", \"chosen\", \"rejected\"[, \"margin\"][, \"prompt_id\"]}   (TRL / OpenRLHF)\n"
-    "  {\"chosen\", \"rejected\"}   HH transcripts: the prompt is the common prefix of the two, "
-    "cut\n"
-    "                           after its last \"\\n\\nAssistant:\"; the response is the rest, "
-    "less\n"
-    "                           one leading space. A single-turn prompt \"\\n\\nHuman: "
-    "X\\n\\nAssistant:\"\n"
-    "                           becomes X; a longer dialogue is kept as the transcript.\n"
-    "Other fields are ignored. A missing margin is 1; a given one must be in [0, 1]. A missing\n"
-    "prompt_id is \"imp-N\", shared by every pair with the same prompt text (N counts distinct\n"
-    "prompts from 1), so a prompt's pairs stay together.\n";
-
 typedef struct {
     jsonl_writer_t *out;
     char **key; /* prompt texts seen, open addressing */
@@ -750,27 +734,38 @@ out:
     return rc;
 }
 
+typedef struct {
+    const char *in, *out;
+} import_args_t;
+
+static const cli_opt_t import_opt_table[] = {
+    CLI_OPT_STR(import_args_t, in, "in", NULL, "FILE.jsonl", "the pair dataset", CLI_OPT_REQUIRED),
+    CLI_OPT_STR(import_args_t, out, "out", NULL, "P.jsonl", "our pairs JSONL", CLI_OPT_REQUIRED),
+};
+
+static const cli_opts_t import_pairs_opts = CLI_OPTS(
+    "import-pairs", "rlhf import-pairs --in FILE.jsonl --out P.jsonl",
+    "Reads an existing pair dataset and writes our pairs JSONL (see `rlhf pairs --help`). Each\n"
+    "line is one of:\n"
+    "  {\"prompt\", \"chosen\", \"rejected\"[, \"margin\"][, \"prompt_id\"]}   (TRL / OpenRLHF)\n"
+    "  {\"chosen\", \"rejected\"}   HH transcripts: the prompt is the common prefix of the two, "
+    "cut\n"
+    "                           after its last \"\\n\\nAssistant:\"; the response is the rest, "
+    "less\n"
+    "                           one leading space. A single-turn prompt \"\\n\\nHuman: "
+    "X\\n\\nAssistant:\"\n"
+    "                           becomes X; a longer dialogue is kept as the transcript.\n"
+    "Other fields are ignored. A missing margin is 1; a given one must be in [0, 1]. A missing\n"
+    "prompt_id is \"imp-N\", shared by every pair with the same prompt text (N counts distinct\n"
+    "prompts from 1), so a prompt's pairs stay together.\n",
+    import_opt_table, NULL);
+
 int cmd_import_pairs(int argc, char **argv) {
-    static const struct option opts[] = {
-        {"in", 1, 0, 'i'}, {"out", 1, 0, 'o'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
-    const char *cmd = "import-pairs", *in = NULL, *out = NULL;
-    int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        switch (c) {
-        case 'i':
-            in = optarg;
-            break;
-        case 'o':
-            out = optarg;
-            break;
-        case 'h':
-            fputs(import_pairs_help, stdout);
-            return 0;
-        default:
-            return cli_usage_error(cmd);
-        }
-    }
+    const char *cmd = "import-pairs";
+    import_args_t a = {0};
+    int c = cli_opts_parse(&import_pairs_opts, argc, argv, &a);
+    if (c != CLI_OPTS_GO) return c;
+    const char *in = a.in, *out = a.out;
     if (optind < argc) {
         fprintf(stderr, "rlhf %s: unexpected argument '%s'\n", cmd, argv[optind]);
         return 2;

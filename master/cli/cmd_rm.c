@@ -636,57 +636,50 @@ done:
 
 /* ---- score ----------------------------------------------------------------------------- */
 
-static const char score_help[] =
-    "usage: rlhf score --rm DIR --prompt P --completion C [--completion C2 ...] [--max-len N]\n"
-    "                  [--threads N]\n\n"
+typedef struct {
+    const char *dir, *prompt;
+    const char **comps; /* argc + 1 entries */
+    int nc, max_len, threads;
+} score_args_t;
+
+/* --completion C, repeatable */
+static int score_opt_completion(void *args, const char *value) {
+    score_args_t *a = args;
+    if (a) a->comps[a->nc++] = value;
+    return 0;
+}
+
+static const cli_opt_t score_opt_table[] = {
+    CLI_OPT_STR(score_args_t, dir, "rm", NULL, "DIR", "the reward model", CLI_OPT_REQUIRED),
+    CLI_OPT_STR(score_args_t, prompt, "prompt", NULL, "P", "the prompt", CLI_OPT_REQUIRED),
+    CLI_OPT_CALL("completion", "C", "a completion (one or more)", score_opt_completion,
+                 CLI_OPT_REQUIRED),
+    CLI_OPT_INT(score_args_t, max_len, "max-len", 2, 1000000, NULL, "N",
+                "sequence length (default: the context)"),
+    CLI_OPT_INT(score_args_t, threads, "threads", 1, 1024, "2", "N", "threads"),
+};
+
+static const cli_opts_t score_opts = CLI_OPTS(
+    "score",
+    "rlhf score --rm DIR --prompt P --completion C [--completion C2 ...] [--max-len N]\n"
+    "                  [--threads N]",
     "Prints the reward of prompt + completion + <|endoftext|> under the reward model DIR:\n"
     "{\"reward\": r} for one completion, {\"rewards\": [r1, r2, ...]} for several, and for\n"
     "exactly two also \"p_first_preferred\": sigma(r1 - r2), the probability that the first is\n"
-    "preferred. When DIR has reward_stats.json, \"normalized\" gives (r - mean) / std.\n";
+    "preferred. When DIR has reward_stats.json, \"normalized\" gives (r - mean) / std.\n",
+    score_opt_table, NULL);
 
 int cmd_score(int argc, char **argv) {
-    static const struct option opts[] = {{"rm", 1, 0, 'r'},
-                                         {"prompt", 1, 0, 'p'},
-                                         {"completion", 1, 0, 'c'},
-                                         {"max-len", 1, 0, 'x'},
-                                         {"threads", 1, 0, 'j'},
-                                         {"help", 0, 0, 'h'},
-                                         {0, 0, 0, 0}};
-    const char *cmd = "score", *dir = NULL, *prompt = NULL, **comps = NULL;
-    int nc = 0, max_len = 0, threads = 2, c;
-    comps = calloc((size_t)argc + 1, sizeof *comps);
-    if (!comps) return cli_fail(cmd, "arguments", rl_fail(RL_ENOMEM, "out of memory"));
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        int bad = 0;
-        switch (c) {
-        case 'r':
-            dir = optarg;
-            break;
-        case 'p':
-            prompt = optarg;
-            break;
-        case 'c':
-            comps[nc++] = optarg;
-            break;
-        case 'x':
-            bad = cli_int(cmd, "max-len", optarg, 2, 1000000, &max_len);
-            break;
-        case 'j':
-            bad = cli_int(cmd, "threads", optarg, 1, 1024, &threads);
-            break;
-        case 'h':
-            fputs(score_help, stdout);
-            free(comps);
-            return 0;
-        default:
-            free(comps);
-            return cli_usage_error(cmd);
-        }
-        if (bad) {
-            free(comps);
-            return 2;
-        }
+    const char *cmd = "score";
+    score_args_t a = {.comps = calloc((size_t)argc + 1, sizeof(const char *))};
+    if (!a.comps) return cli_fail(cmd, "arguments", rl_fail(RL_ENOMEM, "out of memory"));
+    int c = cli_opts_parse(&score_opts, argc, argv, &a);
+    if (c != CLI_OPTS_GO) {
+        free(a.comps);
+        return c;
     }
+    const char *dir = a.dir, *prompt = a.prompt, **comps = a.comps;
+    int nc = a.nc, max_len = a.max_len, threads = a.threads;
     if (!dir || !prompt || nc == 0) {
         fprintf(stderr, "rlhf %s: --rm, --prompt and at least one --completion are required\n",
                 cmd);
