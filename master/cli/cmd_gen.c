@@ -21,20 +21,6 @@
 
 /* ---- sample ------------------------------------------------------------------------------ */
 
-static const char sample_help[] =
-    "usage: rlhf sample --model DIR --prompt TEXT [--n N] [--max-new-tokens M]\n"
-    "                   [--temperature T] [--top-k K] [--top-p P] [--seed S] [--stop STR]\n"
-    "                   [--json] [--threads N]\n\n"
-    "Generates N continuations of TEXT with the model and tokenizer in DIR (KV-cached, all N in\n"
-    "one batch). --temperature 0 is greedy. Sample i draws its randomness from (seed, i,\n"
-    "position) only, so it is the same whatever N is. A sample ends at <|endoftext|>, at the stop\n"
-    "string, at M new tokens or when the context is full. The stop string is searched in the\n"
-    "generated text only (not the prompt) after every token, and the sample keeps the token\n"
-    "that completed it. --json prints one object per sample:\n"
-    "text, token ids (prompt excluded), logprobs under the sampling distribution and under the\n"
-    "model (temperature 1, untruncated), and the finish reason. Defaults: N=1, M=64, T=1,\n"
-    "K=0 (off), P=1 (off), seed 0, 2 threads.\n";
-
 typedef struct {
     const tok_t *tok;
     const char *stop;
@@ -56,68 +42,55 @@ static const char *finish_name(gen_finish_t f) {
     return f == GEN_FINISH_EOT ? "eot" : f == GEN_FINISH_STOP ? "stop" : "length";
 }
 
+typedef struct {
+    const char *model, *prompt, *stop;
+    int n, json, threads;
+    long seed;
+    gen_opts_t o;
+} sample_args_t;
+
+static const cli_opt_t sample_opt_table[] = {
+    CLI_OPT_STR(sample_args_t, model, "model", NULL, "DIR", "model and tokenizer",
+                CLI_OPT_REQUIRED),
+    CLI_OPT_STR(sample_args_t, prompt, "prompt", NULL, "TEXT", "the prompt", CLI_OPT_REQUIRED),
+    CLI_OPT_INT(sample_args_t, n, "n", 1, 4096, "1", "N", "continuations"),
+    CLI_OPT_INT(sample_args_t, o.max_new_tokens, "max-new-tokens", 0, 1000000, "64", "M",
+                "new tokens at most"),
+    CLI_OPT_FLOAT(sample_args_t, o.sampling.temperature, "temperature", 0, 1e6, "1", "T",
+                  "sampling temperature (0: greedy)"),
+    CLI_OPT_INT(sample_args_t, o.sampling.top_k, "top-k", 0, 100000000, "0", "K", "top-k (0: off)"),
+    CLI_OPT_FLOAT(sample_args_t, o.sampling.top_p, "top-p", 1e-9, 1, "1", "P",
+                  "nucleus mass (1: off)"),
+    CLI_OPT_LONG(sample_args_t, seed, "seed", 0, LONG_MAX, "0", "S", "seed"),
+    CLI_OPT_STR(sample_args_t, stop, "stop", NULL, "STR", "end a sample at this string", 0),
+    CLI_OPT_FLAG(sample_args_t, json, "json", "one JSON object per sample"),
+    CLI_OPT_INT(sample_args_t, threads, "threads", 1, 1024, "2", "N", "threads"),
+};
+
+static const cli_opts_t sample_opts = CLI_OPTS(
+    "sample",
+    "rlhf sample --model DIR --prompt TEXT [--n N] [--max-new-tokens M]\n"
+    "                   [--temperature T] [--top-k K] [--top-p P] [--seed S] [--stop STR]\n"
+    "                   [--json] [--threads N]",
+    "Generates N continuations of TEXT with the model and tokenizer in DIR (KV-cached, all N in\n"
+    "one batch). --temperature 0 is greedy. Sample i draws its randomness from (seed, i,\n"
+    "position) only, so it is the same whatever N is. A sample ends at <|endoftext|>, at the stop\n"
+    "string, at M new tokens or when the context is full. The stop string is searched in the\n"
+    "generated text only (not the prompt) after every token, and the sample keeps the token\n"
+    "that completed it. --json prints one object per sample:\n"
+    "text, token ids (prompt excluded), logprobs under the sampling distribution and under the\n"
+    "model (temperature 1, untruncated), and the finish reason.\n",
+    sample_opt_table, NULL);
+
 int cmd_sample(int argc, char **argv) {
-    static const struct option opts[] = {{"model", 1, 0, 'm'},
-                                         {"prompt", 1, 0, 'p'},
-                                         {"n", 1, 0, 'n'},
-                                         {"max-new-tokens", 1, 0, 'M'},
-                                         {"temperature", 1, 0, 't'},
-                                         {"top-k", 1, 0, 'k'},
-                                         {"top-p", 1, 0, 'P'},
-                                         {"seed", 1, 0, 's'},
-                                         {"stop", 1, 0, 'x'},
-                                         {"json", 0, 0, 'J'},
-                                         {"threads", 1, 0, 'j'},
-                                         {"help", 0, 0, 'h'},
-                                         {0, 0, 0, 0}};
-    const char *cmd = "sample", *model = NULL, *prompt = NULL, *stop = NULL;
-    int n = 1, json = 0, threads = 2, c;
-    long seed = 0;
-    gen_opts_t o = {.max_new_tokens = 64, .sampling = {1.0f, 0, 1.0f}, .eot = -1};
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        int bad = 0;
-        switch (c) {
-        case 'm':
-            model = optarg;
-            break;
-        case 'p':
-            prompt = optarg;
-            break;
-        case 'n':
-            bad = cli_int(cmd, "n", optarg, 1, 4096, &n);
-            break;
-        case 'M':
-            bad = cli_int(cmd, "max-new-tokens", optarg, 0, 1000000, &o.max_new_tokens);
-            break;
-        case 't':
-            bad = cli_float(cmd, "temperature", optarg, 0, 1e6, &o.sampling.temperature);
-            break;
-        case 'k':
-            bad = cli_int(cmd, "top-k", optarg, 0, 100000000, &o.sampling.top_k);
-            break;
-        case 'P':
-            bad = cli_float(cmd, "top-p", optarg, 1e-9, 1, &o.sampling.top_p);
-            break;
-        case 's':
-            bad = cli_long(cmd, "seed", optarg, 0, 0x7fffffffffffffffL, &seed);
-            break;
-        case 'x':
-            stop = optarg;
-            break;
-        case 'J':
-            json = 1;
-            break;
-        case 'j':
-            bad = cli_int(cmd, "threads", optarg, 1, 1024, &threads);
-            break;
-        case 'h':
-            fputs(sample_help, stdout);
-            return 0;
-        default:
-            return cli_usage_error(cmd);
-        }
-        if (bad) return 2;
-    }
+    const char *cmd = "sample";
+    sample_args_t a = {.o = {.eot = -1}};
+    int c = cli_opts_parse(&sample_opts, argc, argv, &a);
+    if (c != CLI_OPTS_GO) return c;
+    const char *model = a.model, *prompt = a.prompt, *stop = a.stop;
+    int n = a.n, json = a.json, threads = a.threads;
+    long seed = a.seed;
+    gen_opts_t o = a.o;
     if (!model || !prompt) {
         fprintf(stderr, "rlhf %s: --model and --prompt are required\n", cmd);
         return 2;
