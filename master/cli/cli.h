@@ -43,18 +43,6 @@ double cli_now_ms(void);
 int cli_cmp_double(const void *a, const void *b);
 double cli_median(double *v, int n);
 
-/* getopt_long entries of the model-shape options shared by init-model and the benchmarks. */
-#define CLI_SHAPE_OPTIONS                                                                          \
-    {"layers", 1, 0, 'l'}, {"heads", 1, 0, 'H'}, {"dim", 1, 0, 'c'}, {"vocab", 1, 0, 'v'}, {       \
-        "ctx", 1, 0, 'n'                                                                           \
-    }
-
-/*
- * Parses option `c` into cfg if it is one of CLI_SHAPE_OPTIONS: returns 1 when it was (and
- * parsed), 0 when `c` is another option, -1 (message printed) for a bad value.
- */
-int cli_shape_opt(const char *cmd, int c, const char *arg, gpt_config_t *cfg);
-
 /* Unknown option / missing argument: prints usage hint and returns 2. */
 int cli_usage_error(const char *cmd);
 

@@ -18,16 +18,6 @@
 #include "base/rng.h"
 #include "nn/train.h"
 
-static const char bench_help[] =
-    "usage: rlhf bench train --layers L --heads H --dim C --vocab V --batch B --seq T\n"
-    "                        [--steps K] [--threads N] [--ctx N]\n\n"
-    "Times K full training steps (forward, cross-entropy, backward, clipping, AdamW) after one\n"
-    "warm-up step and, interleaved with them (3 after each step), cblas_sgemm at the model's\n"
-    "largest GEMM (the LM head: B*T x V x C), so both are measured under the same conditions.\n"
-    "Prints JSON: ms_per_step (median) and its forward/backward/optimizer parts, tokens_per_s,\n"
-    "model_gflops (matmul FLOPs of the step / median time), sgemm_gflops, and their ratio.\n"
-    "Defaults: K=5, N=2 threads, ctx = max(T, 1024).\n";
-
 /* The reference GEMM: C(M,N) = A(M,K) @ B(N,K)^T, the LM head's shape and layout. */
 typedef struct {
     int M, N, K;
@@ -59,39 +49,38 @@ static void ref_gemm_free(ref_gemm_t *g) {
     free(g->a), free(g->b), free(g->c);
 }
 
+typedef struct {
+    gpt_config_t cfg;
+    int B, T, steps, threads;
+} bench_args_t;
+
+static const cli_opt_t bench_opt_table[] = {
+    CLI_OPT_SHAPE(bench_args_t, cfg),
+    CLI_OPT_INT(bench_args_t, B, "batch", 1, 4096, NULL, "B", "sequences per step"),
+    CLI_OPT_INT(bench_args_t, T, "seq", 1, 1000000, NULL, "T", "sequence length"),
+    CLI_OPT_INT(bench_args_t, steps, "steps", 1, 1000, "5", "K", "timed steps"),
+    CLI_OPT_INT(bench_args_t, threads, "threads", 1, 1024, "2", "N", "threads"),
+};
+
+static const cli_opts_t bench_train_opts = CLI_OPTS(
+    "bench train",
+    "rlhf bench train --layers L --heads H --dim C --vocab V --batch B --seq T\n"
+    "                        [--steps K] [--threads N] [--ctx N]",
+    "Times K full training steps (forward, cross-entropy, backward, clipping, AdamW) after one\n"
+    "warm-up step and, interleaved with them (3 after each step), cblas_sgemm at the model's\n"
+    "largest GEMM (the LM head: B*T x V x C), so both are measured under the same conditions.\n"
+    "Prints JSON: ms_per_step (median) and its forward/backward/optimizer parts, tokens_per_s,\n"
+    "model_gflops (matmul FLOPs of the step / median time), sgemm_gflops, and their ratio.\n"
+    "--ctx defaults to max(T, 1024).\n",
+    bench_opt_table, NULL);
+
 static int bench_train(int argc, char **argv) {
-    static const struct option opts[] = {
-        CLI_SHAPE_OPTIONS,      {"batch", 1, 0, 'B'}, {"seq", 1, 0, 'T'}, {"steps", 1, 0, 'k'},
-        {"threads", 1, 0, 'j'}, {"help", 0, 0, 'h'},  {0, 0, 0, 0}};
     const char *cmd = "bench train";
-    gpt_config_t cfg = {0, 0, 0, 0, 0, 1e-5f, 0};
-    int B = 0, T = 0, steps = 5, threads = 2, c;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        int shape = cli_shape_opt(cmd, c, optarg, &cfg);
-        if (shape < 0) return 2;
-        if (shape > 0) continue;
-        int bad = 0;
-        switch (c) {
-        case 'B':
-            bad = cli_int(cmd, "batch", optarg, 1, 4096, &B);
-            break;
-        case 'T':
-            bad = cli_int(cmd, "seq", optarg, 1, 1000000, &T);
-            break;
-        case 'k':
-            bad = cli_int(cmd, "steps", optarg, 1, 1000, &steps);
-            break;
-        case 'j':
-            bad = cli_int(cmd, "threads", optarg, 1, 1024, &threads);
-            break;
-        case 'h':
-            fputs(bench_help, stdout);
-            return 0;
-        default:
-            return cli_usage_error("bench");
-        }
-        if (bad) return 2;
-    }
+    bench_args_t a = {.cfg = {0, 0, 0, 0, 0, 1e-5f, 0}};
+    int c = cli_opts_parse(&bench_train_opts, argc, argv, &a);
+    if (c != CLI_OPTS_GO) return c;
+    gpt_config_t cfg = a.cfg;
+    int B = a.B, T = a.T, steps = a.steps, threads = a.threads;
     if (!cfg.n_layer || !cfg.n_head || !cfg.n_embd || !cfg.vocab_size || !B || !T) {
         fprintf(stderr, "rlhf %s: --layers, --heads, --dim, --vocab, --batch, --seq required\n",
                 cmd);
@@ -157,7 +146,7 @@ int cmd_bench(int argc, char **argv) {
     if (argc >= 2 && !strcmp(argv[1], "generate")) return cmd_bench_generate(argc - 1, argv + 1);
     if (argc >= 2 && !strcmp(argv[1], "wire")) return cmd_bench_wire(argc - 1, argv + 1);
     if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
-        fputs(bench_help, stdout);
+        cli_opts_help(&bench_train_opts, stdout);
         return 0;
     }
     fprintf(stderr, "rlhf bench: expected a benchmark name: train, generate, wire\n");

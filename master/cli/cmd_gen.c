@@ -182,18 +182,6 @@ done:
 
 /* ---- bench generate ----------------------------------------------------------------------- */
 
-static const char bench_gen_help[] =
-    "usage: rlhf bench generate --layers L --heads H --dim C --vocab V --batch B\n"
-    "                           --prompt-len P --new N [--threads T] [--ctx N]\n\n"
-    "Generates N new tokens (temperature-1 sampling) after random prompts of P tokens with a\n"
-    "randomly initialised model whose weights are packed once (the time is reported): five\n"
-    "single-stream (B=1) runs alternating with five DRAM read-bandwidth passes, then three runs\n"
-    "of the batch B (medians of each). Prints JSON: prefill and decode tokens/s for both, the\n"
-    "batched/single decode speedup, the memory-bandwidth bound of single-stream decoding (the\n"
-    "bytes of weights every token reads, divided by the read bandwidth), and the compute bound\n"
-    "of batched decoding (the machine's FMA rate, measured in the same run, divided by the\n"
-    "floating-point operations of one decoded token).\n";
-
 static double now_mark; /* the time of the first logits callback of a run (end of prefill) */
 
 static void mark_prefill(void *ctx, int seq, int pos, const float *logits, int V) {
@@ -265,40 +253,40 @@ done:
     return rc;
 }
 
+typedef struct {
+    gpt_config_t cfg;
+    int B, P, N, threads;
+} bench_gen_args_t;
+
+static const cli_opt_t bench_gen_opt_table[] = {
+    CLI_OPT_SHAPE(bench_gen_args_t, cfg),
+    CLI_OPT_INT(bench_gen_args_t, B, "batch", 1, 4096, NULL, "B", "batch of the batched runs"),
+    CLI_OPT_INT(bench_gen_args_t, P, "prompt-len", 1, 1000000, NULL, "P", "prompt tokens"),
+    CLI_OPT_INT(bench_gen_args_t, N, "new", 2, 1000000, NULL, "N", "new tokens"),
+    CLI_OPT_INT(bench_gen_args_t, threads, "threads", 1, 1024, "2", "T", "threads"),
+};
+
+static const cli_opts_t bench_gen_opts = CLI_OPTS(
+    "bench generate",
+    "rlhf bench generate --layers L --heads H --dim C --vocab V --batch B\n"
+    "                           --prompt-len P --new N [--threads T] [--ctx N]",
+    "Generates N new tokens (temperature-1 sampling) after random prompts of P tokens with a\n"
+    "randomly initialised model whose weights are packed once (the time is reported): five\n"
+    "single-stream (B=1) runs alternating with five DRAM read-bandwidth passes, then three runs\n"
+    "of the batch B (medians of each). Prints JSON: prefill and decode tokens/s for both, the\n"
+    "batched/single decode speedup, the memory-bandwidth bound of single-stream decoding (the\n"
+    "bytes of weights every token reads, divided by the read bandwidth), and the compute bound\n"
+    "of batched decoding (the machine's FMA rate, measured in the same run, divided by the\n"
+    "floating-point operations of one decoded token).\n",
+    bench_gen_opt_table, NULL);
+
 int cmd_bench_generate(int argc, char **argv) {
-    static const struct option opts[] = {
-        CLI_SHAPE_OPTIONS,  {"batch", 1, 0, 'B'},   {"prompt-len", 1, 0, 'P'},
-        {"new", 1, 0, 'N'}, {"threads", 1, 0, 'j'}, {"help", 0, 0, 'h'},
-        {0, 0, 0, 0}};
     const char *cmd = "bench generate";
-    gpt_config_t cfg = {0, 0, 0, 0, 0, 1e-5f, 0};
-    int B = 0, P = 0, N = 0, threads = 2, c;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        int shape = cli_shape_opt(cmd, c, optarg, &cfg);
-        if (shape < 0) return 2;
-        if (shape > 0) continue;
-        int bad = 0;
-        switch (c) {
-        case 'B':
-            bad = cli_int(cmd, "batch", optarg, 1, 4096, &B);
-            break;
-        case 'P':
-            bad = cli_int(cmd, "prompt-len", optarg, 1, 1000000, &P);
-            break;
-        case 'N':
-            bad = cli_int(cmd, "new", optarg, 2, 1000000, &N);
-            break;
-        case 'j':
-            bad = cli_int(cmd, "threads", optarg, 1, 1024, &threads);
-            break;
-        case 'h':
-            fputs(bench_gen_help, stdout);
-            return 0;
-        default:
-            return cli_usage_error("bench");
-        }
-        if (bad) return 2;
-    }
+    bench_gen_args_t a = {.cfg = {0, 0, 0, 0, 0, 1e-5f, 0}};
+    int c = cli_opts_parse(&bench_gen_opts, argc, argv, &a);
+    if (c != CLI_OPTS_GO) return c;
+    gpt_config_t cfg = a.cfg;
+    int B = a.B, P = a.P, N = a.N, threads = a.threads;
     if (!cfg.n_layer || !cfg.n_head || !cfg.n_embd || !cfg.vocab_size || !B || !P || !N) {
         fprintf(stderr,
                 "rlhf %s: --layers, --heads, --dim, --vocab, --batch, --prompt-len and "

@@ -127,30 +127,6 @@ double cli_median(double *v, int n) {
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-int cli_shape_opt(const char *cmd, int c, const char *arg, gpt_config_t *cfg) {
-    int bad;
-    switch (c) {
-    case 'l':
-        bad = cli_int(cmd, "layers", arg, 1, 1000, &cfg->n_layer);
-        break;
-    case 'H':
-        bad = cli_int(cmd, "heads", arg, 1, 1000, &cfg->n_head);
-        break;
-    case 'c':
-        bad = cli_int(cmd, "dim", arg, 1, 65536, &cfg->n_embd);
-        break;
-    case 'v':
-        bad = cli_int(cmd, "vocab", arg, 1, 10000000, &cfg->vocab_size);
-        break;
-    case 'n':
-        bad = cli_int(cmd, "ctx", arg, 1, 1000000, &cfg->n_positions);
-        break;
-    default:
-        return 0;
-    }
-    return bad ? -1 : 1;
-}
-
 int cli_usage_error(const char *cmd) {
     fprintf(stderr, "rlhf %s: see `rlhf %s --help`\n", cmd, cmd);
     return 2;
