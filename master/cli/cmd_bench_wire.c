@@ -56,18 +56,6 @@
 
 #define BW_MAX_WORKERS 64
 
-static const char bw_help[] =
-    "usage: rlhf bench wire [--jobs N] [--workers K] [--swarm S] [--seconds T] [--sync-mb M]\n"
-    "                       [--fanout N1,N2,...] [--keep]\n\n"
-    "Starts rlhf-master and K rollout workers on loopback, runs N NOOP jobs through them and\n"
-    "reports the dispatch round trip (JobAssign to JobResult, on the master's clock) p50 / p99.\n"
-    "Then starts a fresh master, lets `rlhf-wiretool swarm` register S simulated workers that\n"
-    "heartbeat at 1 Hz, and reports the master's CPU use over T seconds (100 = one core), next\n"
-    "to its idle CPU use. Prints one JSON object. --keep keeps the working directory (logs).\n"
-    "Then weight sync: raw ZeroMQ throughput of an M MiB snapshot against a wsync fetch of the\n"
-    "same bytes (the ratio), and the time for N1, N2, ... fetchers at once (M=0 skips it).\n"
-    "Defaults: N=2000, K=1, S=1000, T=10, M=500, fan-out 1,2,4.\n";
-
 static volatile sig_atomic_t bw_stop;
 static void bw_on_signal(int sig) {
     bw_stop = sig;
@@ -544,53 +532,42 @@ static int bw_run(bw_t *b) {
     return out;
 }
 
+/* --fanout N1,N2,...: the fetcher counts of the fan-out measurement. */
+static int bw_opt_fanout(void *args, const char *value) {
+    if (strspn(value, "0123456789,") != strlen(value) || !value[0] || strlen(value) > 64)
+        return rl_fail(RL_EINVAL, "'%s' is not a list like 1,2,4", value);
+    if (args) ((bw_t *)args)->fanout = value;
+    return 0;
+}
+
+static const cli_opt_t bw_opt_table[] = {
+    CLI_OPT_INT(bw_t, jobs, "jobs", 1, 1000000, "2000", "N", "NOOP jobs of the round trip"),
+    CLI_OPT_INT(bw_t, k, "workers", 1, BW_MAX_WORKERS, "1", "K", "rollout workers"),
+    CLI_OPT_INT(bw_t, swarm, "swarm", 1, 10000, "1000", "S", "simulated workers"),
+    CLI_OPT_INT(bw_t, seconds, "seconds", 1, 600, "10", "T", "seconds of the CPU measurement"),
+    CLI_OPT_INT(bw_t, sync_mb, "sync-mb", 0, 16384, "500", "M",
+                "MiB of the weight-sync snapshot (0: no weight sync)"),
+    CLI_OPT_CALL("fanout", "N1,N2,...", "fetchers at once (default 1,2,4)", bw_opt_fanout, 0),
+    CLI_OPT_FLAG(bw_t, keep, "keep", "keep the working directory (logs)"),
+};
+
+static const cli_opts_t bw_opts = CLI_OPTS(
+    "bench wire",
+    "rlhf bench wire [--jobs N] [--workers K] [--swarm S] [--seconds T] [--sync-mb M]\n"
+    "                       [--fanout N1,N2,...] [--keep]",
+    "Starts rlhf-master and K rollout workers on loopback, runs N NOOP jobs through them and\n"
+    "reports the dispatch round trip (JobAssign to JobResult, on the master's clock) p50 / p99.\n"
+    "Then starts a fresh master, lets `rlhf-wiretool swarm` register S simulated workers that\n"
+    "heartbeat at 1 Hz, and reports the master's CPU use over T seconds (100 = one core), next\n"
+    "to its idle CPU use. Prints one JSON object.\n"
+    "Then weight sync: raw ZeroMQ throughput of an M MiB snapshot against a wsync fetch of the\n"
+    "same bytes (the ratio), and the time for N1, N2, ... fetchers at once.\n",
+    bw_opt_table, NULL);
+
 int cmd_bench_wire(int argc, char **argv) {
-    static const struct option opts[] = {
-        {"jobs", 1, 0, 'j'},    {"workers", 1, 0, 'w'}, {"swarm", 1, 0, 's'},
-        {"seconds", 1, 0, 't'}, {"keep", 0, 0, 'k'},    {"help", 0, 0, 'h'},
-        {"sync-mb", 1, 0, 'm'}, {"fanout", 1, 0, 'f'},  {0, 0, 0, 0}};
-    const char *cmd = "bench wire";
-    bw_t b = {
-        .jobs = 2000, .k = 1, .swarm = 1000, .seconds = 10, .sync_mb = 500, .fanout = "1,2,4"};
-    int c;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        int bad = 0;
-        switch (c) {
-        case 'j':
-            bad = cli_int(cmd, "jobs", optarg, 1, 1000000, &b.jobs);
-            break;
-        case 'w':
-            bad = cli_int(cmd, "workers", optarg, 1, BW_MAX_WORKERS, &b.k);
-            break;
-        case 's':
-            bad = cli_int(cmd, "swarm", optarg, 1, 10000, &b.swarm);
-            break;
-        case 't':
-            bad = cli_int(cmd, "seconds", optarg, 1, 600, &b.seconds);
-            break;
-        case 'k':
-            b.keep = 1;
-            break;
-        case 'm':
-            bad = cli_int(cmd, "sync-mb", optarg, 0, 16384, &b.sync_mb);
-            break;
-        case 'f':
-            if (strspn(optarg, "0123456789,") != strlen(optarg) || !optarg[0] ||
-                strlen(optarg) > 64) {
-                fprintf(stderr, "rlhf bench wire: --fanout: '%s' is not a list like 1,2,4\n",
-                        optarg);
-                bad = 1;
-            }
-            b.fanout = optarg;
-            break;
-        case 'h':
-            fputs(bw_help, stdout);
-            return 0;
-        default:
-            return cli_usage_error("bench");
-        }
-        if (bad) return 2;
-    }
+    bw_t b = {.fanout = "1,2,4"};
+    int c = cli_opts_parse(&bw_opts, argc, argv, &b);
+    if (c != CLI_OPTS_GO) return c;
     if (optind < argc) return cli_usage_error("bench");
     /* 1,000 simulated workers are 1,000 connections on each side, plus libzmq's own fds */
     struct rlimit rl;
