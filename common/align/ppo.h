@@ -170,40 +170,39 @@ float ppo_score_transform(float score, const ppo_moments_t *s, ppo_score_norm_t 
 
 /* ---- the update ------------------------------------------------------------------------ */
 
-/* Every field and its default (ppo_config_default()). */
+/* The PPO settings; their defaults, ranges and meaning are in ppo_settings (below). */
 typedef struct {
-    float gamma;            /* discount; 1 */
-    float lambda;           /* GAE lambda; 0.95 */
-    float clip_eps;         /* policy ratio clip range [1-eps, 1+eps]; 0.2 */
+    float gamma;            /* discount */
+    float lambda;           /* GAE lambda */
+    float clip_eps;         /* policy ratio clip range [1-eps, 1+eps] */
     float value_clip;       /* value clip around the old values, +-value_clip, in reward units
-                               (suits scores of unit scale: see score_norm); <= 0 off; 0.2 */
-    float kl_coef;          /* initial KL coefficient beta; 0.03 */
-    int kl_adaptive;        /* 0: beta fixed; 1: adaptive controller (ppo_klctl_update); 0 */
-    float kl_target;        /* adaptive: target KL per sequence in nats; 6 */
-    float kl_horizon;       /* adaptive: horizon in sequences; 10000 */
-    int epochs;             /* passes over each rollout batch; 4 */
+                               (suits scores of unit scale: see score_norm); <= 0 off */
+    float kl_coef;          /* initial KL coefficient beta */
+    int kl_adaptive;        /* 0: beta fixed; 1: adaptive controller (ppo_klctl_update) */
+    float kl_target;        /* adaptive: target KL per sequence in nats */
+    float kl_horizon;       /* adaptive: horizon in sequences */
+    int epochs;             /* passes over each rollout batch */
     int minibatch;          /* sequences per optimiser step (an epoch's last minibatch takes
-                               the rest); losses are means over its completion tokens; 8 */
+                               the rest); losses are means over its completion tokens */
     int microbatch;         /* sequences per forward/backward inside a minibatch, gradients summed;
-                               0 = the whole minibatch; 0 */
-    float lr_policy;        /* AdamW learning rate of the policy; 1e-5 */
-    float lr_value;         /* AdamW learning rate of the value model; 1e-5 */
-    float weight_decay;     /* AdamW decoupled weight decay (both models, 2-D weights only); 0 */
-    float max_grad_norm;    /* global gradient-norm clip, per model; <= 0 off; 1 */
-    float ent_coef;         /* entropy bonus coefficient (loss -= ent_coef * mean entropy); 0 */
-    int score_norm;         /* ppo_score_norm_t applied to reward-model scores; PPO_SCORE_RAW */
-    float score_clip;       /* clip the (normalised) score to +-score_clip; <= 0 off; 0 */
-    int whiten;             /* whiten advantages over the rollout batch; 1 */
-    int whiten_keep_mean;   /* whitening keeps the advantages' mean (only scales); 0 */
+                               0 = the whole minibatch */
+    float lr_policy;        /* AdamW learning rate of the policy */
+    float lr_value;         /* AdamW learning rate of the value model */
+    float weight_decay;     /* AdamW decoupled weight decay (both models, 2-D weights only) */
+    float max_grad_norm;    /* global gradient-norm clip, per model; <= 0 off */
+    float ent_coef;         /* entropy bonus coefficient (loss -= ent_coef * mean entropy) */
+    int score_norm;         /* ppo_score_norm_t applied to reward-model scores */
+    float score_clip;       /* clip the (normalised) score to +-score_clip; <= 0 off */
+    int whiten;             /* whiten advantages over the rollout batch */
+    int whiten_keep_mean;   /* whitening keeps the advantages' mean (only scales) */
     int recompute_logprobs; /* recompute the old logprobs with the policy before the update
-                               instead of taking the rollout's; 0 */
+                               instead of taking the rollout's */
     int vocab_limit;        /* > 0: distributions over token ids below it only (a tokenizer smaller
-                               than the model's padded vocabulary, as in generation); 0 */
+                               than the model's padded vocabulary, as in generation) */
     int forward_batch;      /* sequences per forward pass of the rollout-side passes (old values,
-                               recomputed logprobs); 0 = minibatch; 0 */
+                               recomputed logprobs); 0 = minibatch */
     uint64_t seed;          /* key of the minibatch shuffle (Fisher-Yates, draw i of epoch e of
-                               n rollouts: rng(seed, stream = iteration, counter = e * n + i));
-                               0 */
+                               n rollouts: rng(seed, stream = iteration, counter = e * n + i)) */
 } ppo_config_t;
 
 /*
