@@ -22,13 +22,6 @@ typedef struct {
     const char *summary;
 } cli_cmd_t;
 
-/* Parses an integer option value in [lo, hi]; prints "rlhf CMD: --opt: ..." and returns -1 on
- * error. */
-int cli_int(const char *cmd, const char *opt, const char *val, long lo, long hi, int *out);
-int cli_long(const char *cmd, const char *opt, const char *val, long lo, long hi, long *out);
-/* Parses a finite float option value in [lo, hi]. */
-int cli_float(const char *cmd, const char *opt, const char *val, double lo, double hi, float *out);
-
 /* Prints "rlhf CMD: MESSAGE: rl_errmsg()" for a failed library call and returns 1. */
 int cli_fail(const char *cmd, const char *what, int rc);
 

@@ -8,15 +8,17 @@
  * Use:
  *   typedef struct { const char *out; int steps; float lr; int gold; } my_args_t;
  *   static const cli_opt_t my_opts[] = {
- *       CLI_OPT_STR(my_args_t, out, "out", "DIR", NULL, "where to write", CLI_OPT_REQUIRED),
- *       CLI_OPT_INT(my_args_t, steps, "steps", 1, 100000, "300", "optimizer steps"),
- *       CLI_OPT_FLOAT(my_args_t, lr, "lr", 0, 10, "0.001", "peak learning rate"),
+ *       CLI_OPT_STR(my_args_t, out, "out", NULL, "DIR", "where to write", CLI_OPT_REQUIRED),
+ *       CLI_OPT_INT(my_args_t, steps, "steps", 1, 100000, "300", "N", "optimizer steps"),
+ *       CLI_OPT_FLOAT(my_args_t, lr, "lr", 0, 10, "0.001", "LR", "peak learning rate"),
  *       CLI_OPT_FLAG(my_args_t, gold, "gold", "also score with the gold judge"),
  *   };
- *   const cli_opts_t cli_my_opts = CLI_OPTS("my", "rlhf my --out DIR [options]", "About.",
- * my_opts); my_args_t a; int rc = cli_opts_parse(&cli_my_opts, argc, argv, &a);   // defaults
- * first, then argv if (rc != CLI_OPTS_GO) return rc;                          // --help (0) or a
- * bad option (2)
+ *   const cli_opts_t cli_my_opts =
+ *       CLI_OPTS("my", "rlhf my --out DIR [options]", "About.\n", my_opts, NULL);
+ *
+ *   my_args_t a;
+ *   int rc = cli_opts_parse(&cli_my_opts, argc, argv, &a); // defaults first, then argv
+ *   if (rc != CLI_OPTS_GO) return rc; // --help (0) or a bad option (2)
  *   ... optind is the first operand ...
  */
 #ifndef RLHF_CLI_OPTS_H

@@ -18,7 +18,6 @@
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <getopt.h>
 #include <libgen.h>
 #include <inttypes.h>
 #include <limits.h>
@@ -37,6 +36,7 @@
 #include <jansson.h>
 
 #include "cli.h"
+#include "cli_opts.h"
 #include "base/err.h"
 #include "base/fs.h"
 #include "rlhf.pb-c.h"
@@ -278,63 +278,45 @@ static void supervise(sup_t *s) {
     _exit(0);
 }
 
-static const char up_help[] =
-    "usage: rlhf up [--run-dir DIR] [--config FILE] [--rollout N] [--reward M]\n"
-    "               [--learner K] [--learner-dir DIR] [--learner-shards S]\n\n"
-    "Starts rlhf-master and N rollout, M reward and K learner workers on loopback under a\n"
-    "background supervisor that restarts any of them that crashes. Learners keep their\n"
-    "checkpoints in --learner-dir (default RUN_DIR/learner). With --owner PID everything stops\n"
-    "when that process is gone. With --learner-shards S > 1 (and\n"
-    "K = 1) the learner computes its gradients on S shards (S - 1 more processes).\n"
-    "Defaults: runs/local, N=1.\n";
+typedef struct {
+    const char *run_dir, *config, *learner_dir;
+    int rollout, reward, learner, owner, learner_shards;
+} up_args_t;
+
+static const cli_opt_t up_opt_table[] = {
+    CLI_OPT_STR(up_args_t, run_dir, "run-dir", "runs/local", "DIR",
+                "the cluster's directory (logs, results, local.json)", 0),
+    CLI_OPT_STR(up_args_t, config, "config", NULL, "FILE", "the master's YAML configuration", 0),
+    CLI_OPT_INT(up_args_t, rollout, "rollout", 0, 32, "1", "N", "rollout workers"),
+    CLI_OPT_INT(up_args_t, reward, "reward", 0, 16, "0", "M", "reward workers"),
+    CLI_OPT_INT(up_args_t, learner, "learner", 0, 16, "0", "K", "learner workers"),
+    CLI_OPT_STR(up_args_t, learner_dir, "learner-dir", NULL, "DIR",
+                "the learners' checkpoints (default RUN_DIR/learner)", 0),
+    CLI_OPT_INT(up_args_t, learner_shards, "learner-shards", 1, 16, "1", "S",
+                "gradient shards of the learner (S > 1 needs --learner 1: S - 1 more processes)"),
+    CLI_OPT_INT(up_args_t, owner, "owner", 0, INT_MAX, "0", "PID",
+                "stop everything when this process is gone (0: never)"),
+};
+
+static const cli_opts_t up_opts =
+    CLI_OPTS("up", "rlhf up [options]",
+             "Starts rlhf-master and N rollout, M reward and K learner workers on loopback under\n"
+             "a background supervisor that restarts any of them that crashes.\n",
+             up_opt_table, NULL);
 
 int cmd_up(int argc, char **argv) {
     static sup_t S;
     sup_t *s = &S;
-    snprintf(s->run_dir, sizeof s->run_dir, "runs/local");
-    int n_roll = 1, n_rew = 0, n_learn = 0, c;
-    static const struct option opts[] = {
-        {"run-dir", required_argument, 0, 'r'}, {"config", required_argument, 0, 'c'},
-        {"rollout", required_argument, 0, 'o'}, {"reward", required_argument, 0, 'w'},
-        {"learner", required_argument, 0, 'l'}, {"learner-dir", required_argument, 0, 'L'},
-        {"owner", required_argument, 0, 'O'},   {"learner-shards", required_argument, 0, 'S'},
-        {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        switch (c) {
-        case 'r':
-            snprintf(s->run_dir, sizeof s->run_dir, "%s", optarg);
-            break;
-        case 'c':
-            snprintf(s->config, sizeof s->config, "%s", optarg);
-            break;
-        case 'o':
-            if (cli_int("up", "rollout", optarg, 0, 32, &n_roll) < 0) return 2;
-            break;
-        case 'w':
-            if (cli_int("up", "reward", optarg, 0, 16, &n_rew) < 0) return 2;
-            break;
-        case 'l':
-            if (cli_int("up", "learner", optarg, 0, 16, &n_learn) < 0) return 2;
-            break;
-        case 'L':
-            snprintf(s->learner_dir, sizeof s->learner_dir, "%s", optarg);
-            break;
-        case 'O': {
-            int op;
-            if (cli_int("up", "owner", optarg, 1, INT_MAX, &op) < 0) return 2;
-            s->owner = (pid_t)op;
-            break;
-        }
-        case 'S':
-            if (cli_int("up", "learner-shards", optarg, 1, 16, &s->learner_shards) < 0) return 2;
-            break;
-        case 'h':
-            fputs(up_help, stdout);
-            return 0;
-        default:
-            return cli_usage_error("up");
-        }
-    }
+    up_args_t ua;
+    int prc = cli_opts_parse(&up_opts, argc, argv, &ua);
+    if (prc != CLI_OPTS_GO) return prc;
+    if (optind < argc) return cli_usage_error("up");
+    snprintf(s->run_dir, sizeof s->run_dir, "%s", ua.run_dir);
+    if (ua.config) snprintf(s->config, sizeof s->config, "%s", ua.config);
+    if (ua.learner_dir) snprintf(s->learner_dir, sizeof s->learner_dir, "%s", ua.learner_dir);
+    s->owner = (pid_t)ua.owner;
+    s->learner_shards = ua.learner_shards;
+    int n_roll = ua.rollout, n_rew = ua.reward, n_learn = ua.learner;
     if (fs_mkdir_p(s->run_dir) < 0) return cli_fail("up", "run directory", RL_EIO);
     if (s->learner_shards > 1 && n_learn != 1) {
         fprintf(stderr, "rlhf up: --learner-shards needs exactly one learner (--learner 1)\n");
@@ -584,21 +566,22 @@ int local_train_job(local_session_t *s, uint64_t id, uint64_t seed, const void *
     return rc < 0 ? rc : client_wait(s->client, &id, 1, -1, train_job_done, &t);
 }
 
-static const char *run_dir_opt(int argc, char **argv, const char *cmd, int *bad) {
-    const char *dir = "runs/local";
-    *bad = 0;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--run-dir") && i + 1 < argc)
-            dir = argv[++i];
-        else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            printf("usage: rlhf %s [--run-dir DIR]\n", cmd);
-            *bad = 1;
-        } else {
-            *bad = 2;
-            cli_usage_error(cmd);
-        }
-    }
-    return dir;
+typedef struct {
+    const char *run_dir;
+} dir_args_t;
+
+static const cli_opt_t dir_opt_table[] = {
+    CLI_OPT_STR(dir_args_t, run_dir, "run-dir", "runs/local", "DIR", "the cluster's directory", 0),
+};
+
+/* The run directory of `rlhf status` / `rlhf down`; NULL after --help (*bad = 1) or a bad
+ * option (*bad = 2). */
+static const char *run_dir_opt(int argc, char **argv, const cli_opts_t *o, int *bad) {
+    dir_args_t a;
+    int rc = cli_opts_parse(o, argc, argv, &a);
+    *bad = rc == CLI_OPTS_GO ? 0 : rc == 0 ? 1 : 2;
+    if (!*bad && optind < argc) *bad = 2, cli_usage_error(o->cmd);
+    return *bad ? NULL : a.run_dir;
 }
 
 int local_http_get(int port, const char *path, char **body) {
@@ -646,7 +629,10 @@ int local_http_get(int port, const char *path, char **body) {
 
 int cmd_status(int argc, char **argv) {
     int bad;
-    const char *dir = run_dir_opt(argc, argv, "status", &bad);
+    static const cli_opts_t opts =
+        CLI_OPTS("status", "rlhf status [--run-dir DIR]",
+                 "Prints the local master's /status JSON.\n", dir_opt_table, NULL);
+    const char *dir = run_dir_opt(argc, argv, &opts, &bad);
     if (bad) return bad == 1 ? 0 : 2;
     json_t *m = read_json(dir, "master.json");
     int port = m ? (int)json_integer_value(json_object_get(m, "http_port")) : 0;
@@ -671,7 +657,10 @@ int cmd_status(int argc, char **argv) {
 
 int cmd_down(int argc, char **argv) {
     int bad;
-    const char *dir = run_dir_opt(argc, argv, "down", &bad);
+    static const cli_opts_t opts =
+        CLI_OPTS("down", "rlhf down [--run-dir DIR]",
+                 "Stops the local master and workers (their supervisor).\n", dir_opt_table, NULL);
+    const char *dir = run_dir_opt(argc, argv, &opts, &bad);
     if (bad) return bad == 1 ? 0 : 2;
     json_t *o = read_json(dir, "local.json");
     pid_t sup = o ? (pid_t)json_integer_value(json_object_get(o, "supervisor_pid")) : 0;

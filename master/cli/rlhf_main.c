@@ -59,38 +59,6 @@ static void usage(FILE *f) {
         fprintf(f, "  %-12s %s\n", commands[i].name, commands[i].summary);
 }
 
-int cli_long(const char *cmd, const char *opt, const char *val, long lo, long hi, long *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(val, &end, 10);
-    if (end == val || *end || errno || v < lo || v > hi) {
-        fprintf(stderr, "rlhf %s: --%s: '%s' is not an integer in [%ld, %ld]\n", cmd, opt, val, lo,
-                hi);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
-int cli_int(const char *cmd, const char *opt, const char *val, long lo, long hi, int *out) {
-    long v;
-    if (cli_long(cmd, opt, val, lo, hi, &v) < 0) return -1;
-    *out = (int)v;
-    return 0;
-}
-
-int cli_float(const char *cmd, const char *opt, const char *val, double lo, double hi, float *out) {
-    char *end;
-    errno = 0;
-    double v = strtod(val, &end);
-    if (end == val || *end || errno || !isfinite(v) || v < lo || v > hi) {
-        fprintf(stderr, "rlhf %s: --%s: '%s' is not a number in [%g, %g]\n", cmd, opt, val, lo, hi);
-        return -1;
-    }
-    *out = (float)v;
-    return 0;
-}
-
 int cli_fail(const char *cmd, const char *what, int rc) {
     const char *detail = rl_errmsg();
     fprintf(stderr, "rlhf %s: %s: %s\n", cmd, what, detail[0] ? detail : rl_strerror(rc));
