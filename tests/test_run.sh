@@ -93,6 +93,11 @@ check "... before any stage runs" test ! -e x
 printf 'run_dir: x\nstages: [ppo]\nppo: {kl_coef: -1}\n' >bad7.yaml
 "$R" run bad7.yaml 2>err >/dev/null
 check "a PPO setting out of range" grep -qF "bad7.yaml:3: ppo.kl_coef: '-1' is not a number in [0, inf]" err
+printf 'run_dir: x\nstages: [task, ppo]\nppo: {clip_eps: 0}\n' >bad8.yaml
+"$R" run bad8.yaml 2>err >/dev/null
+check "PPO settings that do not go together are refused when read" \
+    grep -qF "bad8.yaml: the ppo settings: ppo config: bad clip_eps" err
+check "... before any stage runs" test ! -e x
 "$R" run tiny.yaml --set model.layers=0 2>err >/dev/null
 check "--set out of range" grep -qF "model.layers: '0' is not an integer in [1, 1000]" err
 "$R" run --list-keys >keys.txt

@@ -63,20 +63,31 @@ static uint32_t params_crc(const gpt_t *m) {
 
 /* ---- the run's checkpoints ------------------------------------------------------------------ */
 
+/* Each kind has its own names, so one learner that runs both kinds in one run directory keeps
+ * two series of checkpoints that never overwrite each other. */
+static const char *kind_prefix(ckpt_kind_t kind) {
+    return kind == CKPT_KIND_PPO ? "ppo-ckpt-" : "ckpt-";
+}
+
+static const char *kind_latest(ckpt_kind_t kind) {
+    return kind == CKPT_KIND_PPO ? "ppo-latest" : "latest";
+}
+
 static int name_cmp(const void *a, const void *b) {
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-/* Names of the ckpt-* directories of the run, sorted (the position is zero-padded, so by
- * position). Returns their number (*names malloc'ed, each entry too; 0: none or no memory). */
-static int ckpt_list(const char *run_dir, char ***names) {
+/* Names of the run's checkpoint directories of `kind`, sorted (the position is zero-padded, so
+ * by position). Returns their number (*names malloc'ed, each entry too; 0: none or no memory). */
+static int ckpt_list(const char *run_dir, ckpt_kind_t kind, char ***names) {
     *names = NULL;
     DIR *d = opendir(run_dir);
     if (!d) return 0;
     int n = 0, cap = 0;
     struct dirent *e;
     while ((e = readdir(d))) {
-        if (strncmp(e->d_name, "ckpt-", 5) || strchr(e->d_name, '.')) continue;
+        const char *pre = kind_prefix(kind);
+        if (strncmp(e->d_name, pre, strlen(pre)) || strchr(e->d_name, '.')) continue;
         if (n == cap) {
             cap = cap ? 2 * cap : 16;
             char **nn = realloc(*names, (size_t)cap * sizeof *nn);
@@ -117,7 +128,7 @@ static int kind_of(const char *run_dir, const char *name) {
 /* Removes the checkpoints of `kind` (or partial ones) older than the one before `cur`. */
 static void prune(const char *run_dir, ckpt_kind_t kind, const char *cur, const char *who) {
     char **names, path[CKPT_PATH_LEN + 64];
-    int n = ckpt_list(run_dir, &names), at = -1;
+    int n = ckpt_list(run_dir, kind, &names), at = -1;
     for (int i = 0; i < n; i++)
         if (!strcmp(names[i], cur)) at = i;
     int kept = 0; /* of this kind, before cur: the first one stays as the fallback */
@@ -134,8 +145,8 @@ static void prune(const char *run_dir, ckpt_kind_t kind, const char *cur, const 
     names_free(names, n);
 }
 
-void ckpt_path(char *dir, const char *run_dir, uint64_t pos) {
-    snprintf(dir, CKPT_PATH_LEN, "%s/ckpt-%010" PRIu64, run_dir, pos);
+void ckpt_path(char *dir, const char *run_dir, ckpt_kind_t kind, uint64_t pos) {
+    snprintf(dir, CKPT_PATH_LEN, "%s/%s%010" PRIu64, run_dir, kind_prefix(kind), pos);
 }
 
 int ckpt_save(const char *run_dir, ckpt_kind_t kind, uint64_t pos, const ckpt_model_t *models,
@@ -143,7 +154,7 @@ int ckpt_save(const char *run_dir, ckpt_kind_t kind, uint64_t pos, const ckpt_mo
     char name[32], dir[CKPT_PATH_LEN], path[CKPT_PATH_LEN + 64];
     if (n_models < 0 || n_models > CKPT_MAX_MODELS)
         return rl_fail(RL_EINVAL, "checkpoint: %d models", n_models);
-    ckpt_path(dir, run_dir, pos);
+    ckpt_path(dir, run_dir, kind, pos);
     snprintf(name, sizeof name, "%s", strrchr(dir, '/') + 1);
     if (dir_out) snprintf(dir_out, CKPT_PATH_LEN, "%s", dir);
     /* while its models are rewritten the directory holds no state file: it is not complete */
@@ -187,9 +198,9 @@ int ckpt_save(const char *run_dir, ckpt_kind_t kind, uint64_t pos, const ckpt_mo
     /* the checkpoint is complete: only now does `latest` name it */
     char line[40];
     snprintf(line, sizeof line, "%s\n", name);
-    snprintf(path, sizeof path, "%s/latest", run_dir);
+    snprintf(path, sizeof path, "%s/%s", run_dir, kind_latest(kind));
     if (rc == 0) rc = fs_write_atomic(path, line, strlen(line));
-    if (rc < 0) return rl_fail_ctx(rc, "checkpoint %s: ", dir);
+    if (rc < 0) return rl_fail_ctx(rc, "checkpoint %s", dir);
     prune(run_dir, kind, name, who);
     return 0;
 }
@@ -237,7 +248,7 @@ static int ckpt_read(const char *run_dir, const char *name, ckpt_kind_t kind,
         if (r.bad || strcmp(mname, names[i]))
             return rl_fail(RL_EFORMAT, "%s: model %d is not '%s'", path, i, names[i]);
         snprintf(sub, sizeof sub, "%s/%s", c->dir, names[i]);
-        if (!(c->models[i] = hf_load(sub))) return rl_fail_ctx(RL_EFORMAT, "%s: ", sub);
+        if (!(c->models[i] = hf_load(sub))) return rl_fail_ctx(RL_EFORMAT, "%s", sub);
         if (c->models[i]->num_params != np || params_crc(c->models[i]) != pcrc)
             return rl_fail(RL_EFORMAT,
                            "%s: the model's parameters are not the ones it was saved with", sub);
@@ -272,7 +283,7 @@ int ckpt_load_latest(const char *run_dir, ckpt_kind_t kind, const char *const *n
     char path[CKPT_PATH_LEN + 64], *cur = NULL, first[64] = "";
     size_t len;
     int unusable = 0, rc;
-    snprintf(path, sizeof path, "%s/latest", run_dir);
+    snprintf(path, sizeof path, "%s/%s", run_dir, kind_latest(kind));
     if (fs_read_all(path, &cur, &len) == 0) {
         snprintf(first, sizeof first, "%.*s", (int)strcspn(cur, "\n"), cur);
         free(cur);
@@ -284,7 +295,7 @@ int ckpt_load_latest(const char *run_dir, ckpt_kind_t kind, const char *const *n
         }
     }
     char **list;
-    int n = ckpt_list(run_dir, &list);
+    int n = ckpt_list(run_dir, kind, &list);
     rc = 0;
     for (int i = n - 1; i >= 0 && rc != 1; i--) {
         if (!strcmp(list[i], first)) continue;

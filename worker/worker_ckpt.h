@@ -2,11 +2,13 @@
  * worker_ckpt.h - the learner's checkpoints: one layout and one format for every learner kind.
  *
  *   RUN_DIR/ckpt-NNNNNNNNNN/     one directory per checkpoint, NNNNNNNNNN its position (the
- *                                global step of an LM/RM learner, the iteration of a PPO one)
+ *                                global step of an LM/RM learner; a PPO learner's are named
+ *                                ppo-ckpt-NNNNNNNNNN, NNNNNNNNNN its iteration)
  *       model/ | policy/ value/  the models, each a Hugging Face directory (hf.h) with the
  *                                tokenizer: LM/RM "model", PPO "policy" and "value"
  *       state.bin                the rest of the learner's state (see below), written last
- *   RUN_DIR/latest               the name of the newest complete checkpoint ("ckpt-...\n")
+ *   RUN_DIR/latest               the name of the newest complete checkpoint ("ckpt-...\n");
+ *                                ppo-latest for the PPO learner's
  *
  * state.bin (host byte order): "RLHFCKPT" | u32 version (1) | u32 kind | u64 position |
  * u32 n_models | n_models x {char name[16] | u64 n_params | u32 params_crc32c} | u64 len |
@@ -18,8 +20,9 @@
  * state.bin and then `latest`, each file atomically (temp, fsync, rename: fs.h), so a crash at
  * any point leaves the newest complete checkpoint loadable. The checkpoint before the newest is
  * kept as a fallback; older ones are removed. Loading takes the one `latest` names if it
- * verifies, else the others newest first. One learner kind per run directory; a checkpoint of
- * another kind is never loaded.
+ * verifies, else the others newest first. The two kinds' names differ, so one learner that runs
+ * both kinds in one run directory keeps two series that never touch; a checkpoint of another
+ * kind is never loaded.
  *
  *   ckpt_buf_t b = {0};  ckpt_put(&b, &x, sizeof x); ...
  *   ckpt_model_t ms[] = {{"model", m, tok_dir}};
@@ -70,8 +73,8 @@ typedef struct {
     const char *tok_dir; /* the tokenizer files are copied from this model directory (NULL: none) */
 } ckpt_model_t;
 
-/* The directory of checkpoint `pos` of run_dir into dir (CKPT_PATH_LEN bytes). */
-void ckpt_path(char *dir, const char *run_dir, uint64_t pos);
+/* The directory of checkpoint `pos` of `kind` in run_dir into dir (CKPT_PATH_LEN bytes). */
+void ckpt_path(char *dir, const char *run_dir, ckpt_kind_t kind, uint64_t pos);
 
 /*
  * Writes checkpoint `pos` of `kind` in run_dir with models[0..n_models) and the payload, then
@@ -86,7 +89,7 @@ int ckpt_save(const char *run_dir, ckpt_kind_t kind, uint64_t pos, const ckpt_mo
 /* A checkpoint as loaded by ckpt_load_latest, handed to the learner's accept function. */
 typedef struct {
     char dir[CKPT_PATH_LEN]; /* its directory */
-    const char *name;        /* its name, "ckpt-..." (points into dir) */
+    const char *name;        /* its name, "ckpt-..." or "ppo-ckpt-..." (points into dir) */
     uint64_t pos;
     gpt_t *models[CKPT_MAX_MODELS]; /* in the order of the names asked for: take one by nulling */
     ckpt_reader_t payload;          /* the learner's payload */

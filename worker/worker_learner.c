@@ -488,7 +488,7 @@ static int train_run(learner_t *l, const worker_job_t *job, const Rlhf__TrainSpe
     if (rc == 0) {
         char ck[CKPT_PATH_LEN];
         if (l->n_shards == 1) l->crc = shard_params_crc(m);
-        ckpt_path(ck, l->run_dir, (uint64_t)l->tr.step);
+        ckpt_path(ck, l->run_dir, CKPT_KIND_TRAIN, (uint64_t)l->tr.step);
         Rlhf__TrainOutput o = RLHF__TRAIN_OUTPUT__INIT;
         o.step = (uint64_t)l->tr.step;
         o.loss = losses;

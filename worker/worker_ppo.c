@@ -313,11 +313,17 @@ static int ensure_loaded(ppo_state_t *ps, const Rlhf__PpoSpec *sp, const ppo_con
             return rl_fail(RL_EINVAL, "ppo: policy_dir and value_dir are required");
         ps->policy = hf_load(sp->policy_dir);
         ps->value = ps->policy ? hf_load(sp->value_dir) : NULL;
-        if (!ps->policy || !ps->value) return rl_fail_ctx(RL_EINVAL, "ppo: initial models: ");
-        if (!ps->value->cfg.scalar_head)
-            return rl_fail(RL_EINVAL, "ppo: %s has no scalar head for a value model",
-                           sp->value_dir);
-        if ((rc = ppo_learner_init(&ps->l, ps->policy, ps->value, cfg)) < 0) return rc;
+        if (!ps->policy || !ps->value)
+            rc = rl_fail_ctx(RL_EINVAL, "ppo: initial models");
+        else if (!ps->value->cfg.scalar_head)
+            rc = rl_fail(RL_EINVAL, "ppo: %s has no scalar head for a value model", sp->value_dir);
+        else
+            rc = ppo_learner_init(&ps->l, ps->policy, ps->value, cfg);
+        if (rc < 0) { /* nothing kept: the job's retry loads them again */
+            gpt_destroy(&ps->policy);
+            gpt_destroy(&ps->value);
+            return rc;
+        }
         /* the reward model's statistics seed the score normalisation */
         if (sp->score_std > 0) {
             ps->l.score_stats.n = 1000;
@@ -441,7 +447,8 @@ int worker_ppo(ppo_state_t *ps, const worker_job_t *job, const Rlhf__TrainSpec *
     po.publish_ms = t_pub;
     char ck[CKPT_PATH_LEN] = "";
     uint32_t every = sp->checkpoint_every ? sp->checkpoint_every : 1;
-    if (rc == 0 && (version % every == 0 || sp->last)) ckpt_path(ck, ps->run_dir, version);
+    if (rc == 0 && (version % every == 0 || sp->last))
+        ckpt_path(ck, ps->run_dir, CKPT_KIND_PPO, version);
     po.checkpoint = ck;
     if (rc == 0) rc = pack_output(&po, out, out_len);
     if (rc == 0) {

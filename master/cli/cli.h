@@ -126,12 +126,13 @@ struct Rlhf__TrainOutput;
 int local_train_job(local_session_t *s, uint64_t id, uint64_t seed, const void *spec,
                     struct Rlhf__TrainOutput **out);
 
-/* The learner's newest checkpoint in ldir (named by ldir/latest, ckpt-POSITION: see
- * worker/worker_ckpt.h): path (cap bytes) gets its directory, or with `model` that of its model
- * `model` ("model" of an LM/RM learner, "policy" or "value" of a PPO one), and *pos (when pos is
- * not NULL) its position, the step or iteration it was taken at. Returns 0, fs_read_all's RL_E*,
- * or RL_EFORMAT when `latest` names no checkpoint. */
-int local_learner_latest(const char *ldir, const char *model, char *path, size_t cap, long *pos);
+/* The learner's newest checkpoint in ldir (named by ldir/latest, ckpt-POSITION; with ppo
+ * ldir/ppo-latest, ppo-ckpt-POSITION: see worker/worker_ckpt.h): path (cap bytes) gets its
+ * directory, or with `model` that of its model `model` ("model" of an LM/RM learner, "policy" or
+ * "value" of a PPO one), and *pos (when pos is not NULL) its position, the step or iteration it was
+ * taken at. Returns 0, fs_read_all's RL_E*, or RL_EFORMAT when `latest` names no checkpoint. */
+int local_learner_latest(const char *ldir, int ppo, const char *model, char *path, size_t cap,
+                         long *pos);
 
 /* GET http://127.0.0.1:port/path (HTTP/1.0, 5 s socket timeouts). Returns 0 with *body the
  * response body (malloc'ed, NUL-terminated, the caller frees it), or RL_EIO / RL_EPROTO (not a

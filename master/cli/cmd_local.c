@@ -527,18 +527,20 @@ static int train_job_done(void *ctx, const client_result_t *r) {
     return 0;
 }
 
-int local_learner_latest(const char *ldir, const char *model, char *path, size_t cap, long *pos) {
+int local_learner_latest(const char *ldir, int ppo, const char *model, char *path, size_t cap,
+                         long *pos) {
     char p[PATH_MAX + 64], *name = NULL;
-    size_t nl;
-    snprintf(p, sizeof p, "%s/latest", ldir);
+    const char *pre = ppo ? "ppo-ckpt-" : "ckpt-";
+    size_t nl, pl = strlen(pre);
+    snprintf(p, sizeof p, "%s/%s", ldir, ppo ? "ppo-latest" : "latest");
     int rc = fs_read_all(p, &name, &nl);
     if (rc < 0) return rc;
     int len = (int)strcspn(name, "\n");
-    if (strncmp(name, "ckpt-", 5) || len < 6 || len > 64) {
+    if (strncmp(name, pre, pl) || len <= (int)pl || len > 64) {
         free(name);
         return rl_fail(RL_EFORMAT, "%s: names no checkpoint", p);
     }
-    if (pos) *pos = strtol(name + 5, NULL, 10);
+    if (pos) *pos = strtol(name + pl, NULL, 10);
     snprintf(path, cap, "%s/%.*s%s%s", ldir, len, name, model ? "/" : "", model ? model : "");
     free(name);
     return 0;

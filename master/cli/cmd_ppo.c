@@ -230,7 +230,7 @@ static long resume_iteration(const char *out) {
     char ldir[PATH_MAX + 64], path[PATH_MAX + 128];
     long it = 0;
     snprintf(ldir, sizeof ldir, "%s/learner", out);
-    return local_learner_latest(ldir, NULL, path, sizeof path, &it) == 0 ? it : 0;
+    return local_learner_latest(ldir, 1, NULL, path, sizeof path, &it) == 0 ? it : 0;
 }
 
 /* Keeps the metrics lines of iterations below `keep` (rewrites the file atomically). */
@@ -275,7 +275,7 @@ static int export_policy(const char *out) {
     char path[PATH_MAX + 64], dst[PATH_MAX + 64], dir[PATH_MAX + 128];
     long it = 0;
     snprintf(path, sizeof path, "%s/learner", out);
-    int rc = local_learner_latest(path, NULL, dir, sizeof dir, &it);
+    int rc = local_learner_latest(path, 1, NULL, dir, sizeof dir, &it);
     snprintf(dst, sizeof dst, "%s/policy", out);
     if (rc == 0) rc = fs_mkdir_p(dst);
     static const char *files[] = {"model.safetensors", "config.json", "vocab.json", "merges.txt"};
@@ -336,6 +336,8 @@ static int ppo_opt_list(void *args, const char *unused) {
 }
 
 /* --config FILE: read before the command line (ppo_read_config). */
+/* --config is read by ppo_parse before the other options (so that they win over the file);
+ * here it only has to be accepted. */
 static int ppo_opt_config(void *args, const char *path) {
     (void)args, (void)path;
     return 0;
@@ -433,19 +435,25 @@ static int ppo_parse(ppo_opts_t *o, int argc, char **argv) {
     o->count_token = -1;
     ppo_cli_config_default(&o->pc);
     /* a --config file first, so that the command line wins */
-    for (int i = 1; i < argc - 1; i++)
-        if (!strcmp(argv[i], "--config")) {
+    for (int i = 1; i < argc; i++) {
+        const char *path = NULL;
+        if (!strcmp(argv[i], "--config") && i + 1 < argc)
+            path = argv[i + 1];
+        else if (!strncmp(argv[i], "--config=", 9))
+            path = argv[i] + 9;
+        if (path) {
             cfg_run_t cfg;
             cfg_defaults(&cfg);
             cfg.extra_set = ppo_cfg_key;
             cfg.extra_ctx = o;
-            int rc = cfg_load_yaml(&cfg, argv[i + 1]);
+            int rc = cfg_load_yaml(&cfg, path);
             cfg_free(&cfg);
             if (rc < 0) {
                 fprintf(stderr, "rlhf ppo: %s\n", rl_errmsg());
                 return 2;
             }
         }
+    }
     int rc = cli_opts_getopt(&cli_ppo_opts, argc, argv, o);
     if (rc != CLI_OPTS_GO) return rc;
     if (!o->policy || !o->rm || !o->prompts || !o->out) {

@@ -282,7 +282,7 @@ static int learner_train(const train_args_t *a, long steps, int max_len, gpt_t *
     snprintf(ldir, sizeof ldir, "%s", ss.learner);
     if (rc < 0) return rc;
     char path[PATH_MAX + 64];
-    if ((rc = local_learner_latest(ldir, "model", path, sizeof path, NULL)) < 0) return rc;
+    if ((rc = local_learner_latest(ldir, 0, "model", path, sizeof path, NULL)) < 0) return rc;
     if (!(*out = load_rm(path))) return rl_fail_ctx(RL_EIO, "the learner's last checkpoint: ");
     return 0;
 }

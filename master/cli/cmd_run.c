@@ -220,6 +220,24 @@ static int run_extra_set(void *ctx, const char *key, const char *value, const ch
     return 0;
 }
 
+/* The PPO settings together (a value may be fine alone and not with another: clip_eps > 0, the
+ * adaptive controller's target and horizon), checked as `rlhf ppo` will check them, so that a
+ * bad combination is refused when the config is read, not after the stages before ppo. */
+static int run_check_ppo(const run_cfg_t *rc, const char *config) {
+    ppo_config_t pc;
+    ppo_cli_config_default(&pc);
+    const char *key;
+    json_t *v;
+    json_object_foreach(rc->vals, key, v) {
+        const run_key_t *k = key_find(key);
+        if (!k || !k->setting) continue;
+        int r = ppo_config_set(&pc, k->setting->name, json_string_value(v), NULL);
+        if (r < 0) return rl_fail_ctx(r, "%s: %s", config, key);
+    }
+    int r = ppo_config_check(&pc);
+    return r < 0 ? rl_fail_ctx(r, "%s: the ppo settings", config) : 0;
+}
+
 typedef struct {
     cfg_run_t cfg;
     run_cfg_t rc;
@@ -580,6 +598,7 @@ int cmd_run(int argc, char **argv) {
     const char *config = argv[optind];
     int rc = cfg_load_yaml(&r->cfg, config);
     for (int i = 0; rc == 0 && i < n_sets; i++) rc = cfg_set_kv(&r->cfg, sets[i]);
+    if (rc == 0) rc = run_check_ppo(&r->rc, config);
     if (rc < 0) {
         fprintf(stderr, "rlhf run: %s\n", rl_errmsg());
         return 2;

@@ -440,7 +440,7 @@ static int sft_learner(const sft_learner_t *a, const sft_set_t *set, int pad, gp
     free(in), free(tg), free(mask), free(seq), free(rows), free(order);
     if (rc < 0) return rc;
     char path[PATH_MAX + 64];
-    if ((rc = local_learner_latest(ldir, "model", path, sizeof path, NULL)) < 0) return rc;
+    if ((rc = local_learner_latest(ldir, 0, "model", path, sizeof path, NULL)) < 0) return rc;
     if (!(*out = hf_load(path))) return rl_fail_ctx(RL_EIO, "the learner's last checkpoint: ");
     return 0;
 }
