@@ -36,7 +36,8 @@ static void ckpt_log(const char *who, const char *fmt, ...) {
 void ckpt_put(ckpt_buf_t *b, const void *data, size_t n) {
     if (b->oom || n == 0) return;
     if (b->n + n > b->cap) {
-        size_t nc = (b->n + n) * 2;
+        /* doubling for the small fields; a large piece (the moments) gets just its size */
+        size_t nc = b->cap * 2 > b->n + n ? b->cap * 2 : b->n + n;
         uint8_t *np = realloc(b->p, nc);
         if (!np) {
             b->oom = 1;
@@ -189,11 +190,20 @@ int ckpt_save(const char *run_dir, ckpt_kind_t kind, uint64_t pos, const ckpt_mo
     }
     uint64_t len64 = len;
     ckpt_put(&b, &len64, 8);
-    ckpt_put(&b, payload, len);
-    uint32_t crc = b.oom ? 0 : crc32c(0, b.p, b.n);
-    ckpt_put(&b, &crc, 4);
     if (rc == 0 && b.oom) rc = rl_fail(RL_ENOMEM, "out of memory");
-    if (rc == 0) rc = fs_write_atomic(path, b.p, b.n);
+    /* head, payload and CRC streamed into the file: the payload (the AdamW moments, as large as
+     * the models) is not copied once more */
+    if (rc == 0) {
+        uint32_t crc = crc32c(crc32c(0, b.p, b.n), payload, len);
+        fs_atomic_t w = {.fd = -1};
+        rc = fs_atomic_open(&w, path);
+        if (rc == 0 && (rc = fs_atomic_write(&w, b.p, b.n)) == 0 &&
+            (rc = fs_atomic_write(&w, payload, len)) == 0 &&
+            (rc = fs_atomic_write(&w, &crc, 4)) == 0)
+            rc = fs_atomic_commit(&w);
+        else
+            fs_atomic_abort(&w); /* nothing half-written stays behind */
+    }
     free(b.p);
     /* the checkpoint is complete: only now does `latest` name it */
     char line[40];
