@@ -40,7 +40,7 @@ typedef struct {
     char *id, *text; /* prompt id, rendered prompt */
     int *ids;
     size_t n;
-    json_t *result; /* its completions [{"tokens","logprobs","finish"}], once its job is done */
+    Rlhf__GenerateOutput *result; /* its completions, once its job is done */
 } gprompt_t;
 
 typedef struct {
@@ -171,8 +171,8 @@ static uint64_t prompt_seed(uint64_t seed, const char *id) {
     return h >> 1; /* 63 bits: a non-negative JSON integer */
 }
 
-/* client_wait's callback: job id i + 1 is prompt i; its output becomes the prompt's completions
- * (the values exactly as the master's record would give them: float logprobs widened). */
+/* client_wait's callback: job id i + 1 is prompt i; its decoded output is kept as the prompt's
+ * completions. */
 static int on_generated(void *ctx, const client_result_t *r) {
     gload_t *g = ctx;
     if (r->id < 1 || r->id > (uint64_t)g->n) return 0;
@@ -183,21 +183,9 @@ static int on_generated(void *ctx, const client_result_t *r) {
     Rlhf__GenerateOutput *go = rlhf__generate_output__unpack(NULL, r->output_len, r->output);
     if (!go)
         return rl_fail(RL_EPROTO, "job %" PRIu64 ": its output is not a GenerateOutput", r->id);
-    json_t *cs = json_array();
-    for (size_t c = 0; c < go->n_completions; c++) {
-        const Rlhf__Completion *cp = go->completions[c];
-        json_t *ct = json_array(), *cl = json_array();
-        for (size_t i = 0; i < cp->n_tokens; i++)
-            json_array_append_new(ct, json_integer(cp->tokens[i]));
-        for (size_t i = 0; i < cp->n_logprobs; i++)
-            json_array_append_new(cl, json_real(cp->logprobs[i]));
-        json_array_append_new(cs, json_pack("{s:o, s:o, s:i}", "tokens", ct, "logprobs", cl,
-                                            "finish", (int)cp->finish));
-    }
-    rlhf__generate_output__free_unpacked(go, NULL);
     gprompt_t *p = &g->p[r->id - 1];
-    json_decref(p->result);
-    p->result = cs;
+    if (p->result) rlhf__generate_output__free_unpacked(p->result, NULL);
+    p->result = go;
     return 0;
 }
 
@@ -394,41 +382,49 @@ int cmd_generate(int argc, char **argv) {
     }
     long n_tok = 0, n_eot = 0;
     for (int i = 0; i < g.n && rc == 0; i++) {
-        json_t *cs = g.p[i].result, *comp, *outc = json_array();
-        size_t ci;
-        if (json_array_size(cs) != (size_t)K) {
+        const Rlhf__GenerateOutput *go = g.p[i].result;
+        json_t *outc = json_array();
+        if (go->n_completions != (size_t)K) {
             json_decref(outc);
-            rc = rl_fail(RL_EPROTO, "job %d has %zu completions, not %d", i + 1,
-                         json_array_size(cs), K);
+            rc = rl_fail(RL_EPROTO, "job %d has %zu completions, not %d", i + 1, go->n_completions,
+                         K);
             break;
         }
-        json_array_foreach(cs, ci, comp) {
-            json_t *jt = json_object_get(comp, "tokens"), *jl = json_object_get(comp, "logprobs");
-            size_t nt = json_array_size(jt);
+        for (size_t ci = 0; ci < go->n_completions; ci++) {
+            const Rlhf__Completion *cp = go->completions[ci];
+            size_t nt = cp->n_tokens;
             int *ids = malloc((nt ? nt : 1) * sizeof *ids);
+            json_t *jt = json_array(), *jl = json_array();
             double lp = 0;
             for (size_t k = 0; ids && k < nt; k++) {
-                ids[k] = (int)json_integer_value(json_array_get(jt, k));
-                lp += json_number_value(json_array_get(jl, k));
+                ids[k] = cp->tokens[k];
+                json_array_append_new(jt, json_integer(cp->tokens[k]));
+                if (k < cp->n_logprobs) lp += (double)cp->logprobs[k];
             }
-            int fin = (int)json_integer_value(json_object_get(comp, "finish"));
+            for (size_t k = 0; k < cp->n_logprobs; k++)
+                json_array_append_new(jl, json_real(cp->logprobs[k]));
+            int fin = (int)cp->finish;
             /* the text leaves the end-of-text token out; the tokens keep it */
             size_t nd = nt && fin == 1 ? nt - 1 : nt;
             char *text = NULL, cid[300];
             size_t tl;
             rc = ids ? tok_decode(g.tok, ids, nd, &text, &tl) : rl_fail(RL_ENOMEM, "no memory");
             free(ids);
-            if (rc < 0) break;
+            if (rc < 0) {
+                json_decref(jt), json_decref(jl);
+                break;
+            }
             /* a sample may end inside a multi-byte character: JSON needs valid UTF-8 */
             size_t ul;
             char *utf8 = tok_utf8_lossy(text, tl, &ul);
             free(text);
             if (!(text = utf8)) {
+                json_decref(jt), json_decref(jl);
                 rc = rl_fail(RL_ENOMEM, "out of memory");
                 break;
             }
             snprintf(cid, sizeof cid, "%.256s-%zu", g.p[i].id, ci);
-            json_array_append_new(outc, json_pack("{s:s, s:s, s:O, s:f, s:O, s:s}", "id", cid,
+            json_array_append_new(outc, json_pack("{s:s, s:s, s:o, s:f, s:o, s:s}", "id", cid,
                                                   "text", text, "tokens", jt, "logprob", lp,
                                                   "logprobs", jl, "finish",
                                                   fin == 1   ? "eot"
@@ -460,7 +456,7 @@ done:
         free(g.p[i].id);
         free(g.p[i].text);
         free(g.p[i].ids);
-        json_decref(g.p[i].result);
+        if (g.p[i].result) rlhf__generate_output__free_unpacked(g.p[i].result, NULL);
     }
     free(g.p);
     json_decref(g.seen);
