@@ -100,6 +100,7 @@ int sched_job_add(sched_t *s, uint64_t id, int kind, uint64_t seed, const void *
     j->state = SCHED_QUEUED;
     j->worker = -1;
     j->client = -1;
+    j->run = -1;
     j->record_off = -1;
     if (queue_push(s, s->n_jobs) < 0) {
         free(j->payload);
@@ -229,7 +230,7 @@ int sched_dispatch(sched_t *s, double now, int *job, int *worker) {
             n--;
             continue;
         }
-        int w = -1, ready = jb->policy_version <= s->weights_version;
+        int w = -1, ready = jb->policy_version <= s->weights_version && jb->hold_until_ms <= now;
         for (int i = 0; ready && i < s->n_workers && w < 0; i++) {
             sched_worker_t *wk = &s->workers[i];
             if (wk->alive && wk->job < 0 && !wk->stale_job && (wk->caps >> jb->kind & 1u) &&
@@ -302,6 +303,47 @@ sched_verdict_t sched_reject(sched_t *s, int w, uint64_t job_id, uint32_t attemp
     s->n_rejected++;
     lease_end(s, j, "rejected by the worker");
     return SCHED_ACCEPTED;
+}
+
+sched_verdict_t sched_reject_ex(sched_t *s, int w, uint64_t job_id, uint32_t attempt,
+                                uint64_t lease_id, sched_reject_mode_t mode, double hold_until_ms) {
+    int j = -1;
+    sched_verdict_t v = check_lease(s, w, job_id, attempt, lease_id, &j);
+    if (v != SCHED_ACCEPTED) return v;
+    s->n_rejected++;
+    sched_job_t *jb = &s->jobs[j];
+    if (mode == SCHED_FAIL) {
+        jb->attempt = s->max_attempts > jb->attempt ? s->max_attempts : jb->attempt;
+        lease_end(s, j, "its input is bad");
+        return SCHED_ACCEPTED;
+    }
+    if (mode == SCHED_HOLD) {
+        jb->attempt--; /* the next dispatch counts it again: this one was not the job's fault */
+        jb->hold_until_ms = hold_until_ms;
+    }
+    lease_end(s, j, mode == SCHED_HOLD ? "held back" : "rejected by the worker");
+    return SCHED_ACCEPTED;
+}
+
+int sched_job_retry(sched_t *s, int j, const void *payload, size_t payload_len) {
+    sched_job_t *jb = &s->jobs[j];
+    if (jb->state != SCHED_DONE && jb->state != SCHED_FAILED)
+        return rl_fail(RL_EINVAL, "job %llu is not finished", (unsigned long long)jb->id);
+    uint8_t *p = malloc(payload_len ? payload_len : 1);
+    if (!p) return rl_fail(RL_ENOMEM, "sched: out of memory");
+    if (payload_len) memcpy(p, payload, payload_len);
+    if (queue_push(s, j) < 0) {
+        free(p);
+        return RL_ENOMEM;
+    }
+    free(jb->payload);
+    jb->payload = p;
+    jb->payload_len = payload_len;
+    jb->state = SCHED_QUEUED;
+    jb->attempt = 0;
+    jb->hold_until_ms = 0;
+    jb->worker = -1;
+    return 0;
 }
 
 int sched_tick(sched_t *s, double now, double liveness_ms) {

@@ -44,8 +44,11 @@ typedef struct {
     double dispatched_ms;
     uint64_t policy_version; /* weights it needs: not dispatched before sched_t.weights_version */
     int role;                /* only workers of this role run it; 0: any that has the capability */
+    double hold_until_ms; /* not dispatched before (a job held back after an environment error) */
     /* the master's annotations (the scheduler only initialises them) */
     int client;         /* registry index of the client to tell when it finishes; -1: none */
+    int run;            /* index of the run that created it (master_run.c); -1: a client's */
+    int ns;             /* index of its namespace (master_ns); 0: "" */
     int64_t record_off; /* offset of its line in results.jsonl; -1: not recorded */
     uint64_t spec_hash; /* identity of a job known only from its record; 0: hash the spec */
 } sched_job_t;
@@ -62,6 +65,7 @@ typedef struct {
     int job;            /* index of the job leased to it, -1 when idle */
     uint64_t stale_job; /* a job it reports running that is no longer its lease (busy) */
     uint64_t jobs_done;
+    int ns; /* the master's annotation: a client's namespace index (0: "") */
 } sched_worker_t;
 
 typedef enum {
@@ -144,6 +148,23 @@ sched_verdict_t sched_result(sched_t *s, int w, uint64_t job_id, uint32_t attemp
  * max_attempts. Returns the verdict like sched_result (ACCEPTED when it applied). */
 sched_verdict_t sched_reject(sched_t *s, int w, uint64_t job_id, uint32_t attempt,
                              uint64_t lease_id);
+
+/* How sched_reject_ex ends a rejected lease. */
+typedef enum {
+    SCHED_RETRY = 0, /* back to the queue, or FAILED after max_attempts (sched_reject) */
+    SCHED_FAIL,      /* FAILED at once: the job's input is bad, another attempt would fail too */
+    SCHED_HOLD,      /* back to the queue without spending the attempt, held until hold_until_ms
+                        (the environment, not the job, failed: a directory not writable) */
+} sched_reject_mode_t;
+
+/* sched_reject with the rejection's class. Returns the verdict like sched_result. */
+sched_verdict_t sched_reject_ex(sched_t *s, int w, uint64_t job_id, uint32_t attempt,
+                                uint64_t lease_id, sched_reject_mode_t mode, double hold_until_ms);
+
+/* A finished job (DONE or FAILED) queued again, with attempt 0 and this payload (copied): a
+ * failed job resubmitted after its input was fixed, or a job whose result is no longer wanted.
+ * Returns 0, RL_EINVAL (the job is not finished) or RL_ENOMEM. */
+int sched_job_retry(sched_t *s, int j, const void *payload, size_t payload_len);
 
 /* Periodic duties: workers silent for more than liveness_ms die (their leases requeue), and
  * leases past their deadline requeue. Returns the number of leases requeued or failed. */

@@ -376,6 +376,7 @@ static void on_job_done(client_t *c, const Rlhf__JobDone *d) {
     e->attempt = d->attempt;
     e->elapsed_ms = d->elapsed_ms;
     e->worker = strdup(d->worker ? d->worker : "");
+    if (d->reason && d->reason[0]) e->reason = strdup(d->reason); /* why it failed */
     if (d->payload.len) {
         e->out = malloc(d->payload.len);
         if (!e->out) { /* cannot keep it: ask again later */

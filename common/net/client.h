@@ -63,7 +63,7 @@ typedef struct {
     double elapsed_ms;     /* handler time on the worker */
     const uint8_t *output; /* valid during the callback only */
     size_t output_len;
-    const char *reason; /* CLIENT_REJECTED: why ("" otherwise) */
+    const char *reason; /* CLIENT_REJECTED or CLIENT_FAILED: why ("" when not known) */
 } client_result_t;
 
 /* Called once per finished job by client_wait. A negative return stops client_wait, which
