@@ -48,6 +48,7 @@ struct journal {
     uint64_t older_bytes; /* segments after the snapshot before the current one */
     int dirty;            /* appended since the last sync */
     int broken;           /* a failed append could not be truncated away */
+    int readonly;         /* journal_scan: nothing is written, truncated or removed */
     /* the compaction in progress */
     int compacting;
     fs_atomic_t snap_w;
@@ -321,6 +322,8 @@ static void jmap_close(jmap_t *m) {
 }
 
 /* Opens and maps file `no` of dir (writable fd for a segment, to truncate it). */
+static int scan_only; /* journal_scan in progress: files are opened read-only */
+
 static int jmap_open(jmap_t *m, const char *dir, int is_snap, uint32_t no) {
     struct stat sb;
     m->fd = -1;
@@ -328,7 +331,7 @@ static int jmap_open(jmap_t *m, const char *dir, int is_snap, uint32_t no) {
     m->size = 0;
     m->path = file_path(dir, is_snap ? "snapshot" : "segment", no);
     if (!m->path) return rl_fail(RL_ENOMEM, "%s: out of memory", dir);
-    m->fd = open(m->path, (is_snap ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+    m->fd = open(m->path, (is_snap || scan_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
     if (m->fd < 0 || fstat(m->fd, &sb) < 0) {
         int rc = rl_fail(RL_EIO, "%s: open: %s", m->path, strerror(errno));
         jmap_close(m);
@@ -423,6 +426,7 @@ static int replay_segment(journal_t *j, jmap_t *m, uint32_t no, int is_last, jou
                           void *ctx) {
     uint64_t off = JOURNAL_HDR;
     const char *why = NULL;
+    if (m->size < JOURNAL_HDR && is_last && j->readonly) return 0;
     if (m->size < JOURNAL_HDR && is_last) { /* torn while it was being created */
         if (m->size > 0 && memcmp(m->buf, JOURNAL_MAGIC, m->size < 8 ? m->size : 8) != 0)
             return rl_fail(RL_EFORMAT, "%s: bad file header", m->path);
@@ -455,6 +459,10 @@ static int replay_segment(journal_t *j, jmap_t *m, uint32_t no, int is_last, jou
     rc = replay_frames(j, m, no, off, fn, ctx);
     if (rc < 0) return rc;
     j->st.bytes_replayed += off;
+    if (off < m->size && j->readonly) { /* being written, or torn: not ours to cut */
+        j->st.truncated_bytes += m->size - off;
+        return 0;
+    }
     if (off < m->size) { /* the torn tail */
         if (ftruncate(m->fd, (off_t)off) < 0 || fdatasync(m->fd) < 0)
             return rl_fail(RL_EIO, "%s: truncate to %llu: %s", m->path, (unsigned long long)off,
@@ -528,7 +536,22 @@ static void crash_hook(int fd, const uint8_t *hdr, const void *rec, size_t len, 
 
 /* ---- the API ----------------------------------------------------------------------------- */
 
+static journal_t *open_impl(const char *dir, journal_replay_fn fn, void *ctx, int readonly);
+
 journal_t *journal_open(const char *dir, journal_replay_fn fn, void *ctx) {
+    return open_impl(dir, fn, ctx, 0);
+}
+
+int journal_scan(const char *dir, journal_replay_fn fn, void *ctx) {
+    scan_only = 1;
+    journal_t *j = open_impl(dir, fn, ctx, 1);
+    scan_only = 0;
+    if (!j) return RL_EIO;
+    journal_close(&j);
+    return 0;
+}
+
+static journal_t *open_impl(const char *dir, journal_replay_fn fn, void *ctx, int readonly) {
     journal_file_t *files = NULL;
     size_t n = 0;
     jmap_t m = {.fd = -1};
@@ -550,7 +573,9 @@ journal_t *journal_open(const char *dir, journal_replay_fn fn, void *ctx) {
     j->seg_fd = -1;
     j->snap_fd = -1;
     j->snap_w.fd = -1;
-    if ((rc = fs_mkdir_p(dir)) < 0 || (rc = dir_scan(dir, 1, &files, &n)) < 0) goto fail;
+    j->readonly = readonly;
+    if ((!readonly && (rc = fs_mkdir_p(dir)) < 0) || (rc = dir_scan(dir, !readonly, &files, &n)) < 0)
+        goto fail;
 
     j->snap_no = pick_snapshot(dir, files, n, &m);
     j->next_no = n ? files[n - 1].no + 1 : 1;
@@ -594,6 +619,10 @@ journal_t *journal_open(const char *dir, journal_replay_fn fn, void *ctx) {
             j->older_bytes += m.size;
         }
         jmap_close(&m);
+    }
+    if (readonly) {
+        free(files);
+        return j;
     }
     if (j->seg_fd < 0) { /* no segment after the snapshot: start one */
         if (j->next_no >= (1u << JOURNAL_NO_BITS)) {

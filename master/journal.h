@@ -121,4 +121,9 @@ void journal_stats(const journal_t *j, journal_stats_t *out);
  * Accepts NULL and a NULL *jp. */
 void journal_close(journal_t **jp);
 
+/* Replays the journal in dir through fn as journal_open does, but only reads: nothing is
+ * created, truncated or removed, and a bad tail is passed over (a master may be writing it).
+ * For readers beside a running master (rlhf-master --dump-results). Returns 0 or RL_E*. */
+int journal_scan(const char *dir, journal_replay_fn fn, void *ctx);
+
 #endif

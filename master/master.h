@@ -14,6 +14,7 @@
 #include <uv.h>
 
 #include "base/cfg.h"
+#include "journal.h"
 #include "master_sched.h"
 #include "net/wire.h"
 
@@ -23,6 +24,7 @@
 #define MASTER_BAD_COUNT      (WIRE_BAD_COUNT + 1)
 
 typedef struct master_http master_http_t;
+typedef struct mrun mrun_t;
 
 typedef struct {
     cfg_run_t cfg;
@@ -40,10 +42,16 @@ typedef struct {
     double start_ms;
     double start_unix;
     sched_t sched;
-    FILE *results; /* run_dir/results.jsonl, appended and fsync'ed per record */
-    char results_path[4096];
-    int results_rfd;          /* the same file read-only: records read back for clients */
-    int64_t results_last_off; /* offset of the line results_append wrote last */
+    journal_t *journal; /* RUN_DIR/journal: every state change, replayed at start */
+    char journal_dir[4096];
+    int replaying;      /* journal_open is replaying: nothing is journaled again */
+    char data_dir[4096]; /* where runs live: DATA_DIR/NAME */
+    char **ns;          /* job namespaces: ns[0] = "" (plain clients) */
+    int n_ns, cap_ns;
+    mrun_t *runs;       /* master_run.c */
+    int n_runs, cap_runs;
+    uint64_t n_journal_records, n_journal_errors;
+    journal_loc_t last_loc; /* of the record master_journal appended last */
     /* counters */
     uint64_t n_recv, n_sent, n_send_fail, n_bad[MASTER_BAD_COUNT], n_registrations;
     uint64_t n_results_recorded;
@@ -58,5 +66,47 @@ typedef struct {
     int http_port;
     int stopping;
 } master_t;
+
+/* ---- master_main.c's services to master_run.c ---- */
+
+/* Logs a line to the master's log. */
+void master_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* The index of job namespace ns, added (and journaled with the first job that names it) when
+ * new. Returns the index or RL_ENOMEM. */
+int master_ns_index(master_t *m, const char *ns);
+
+/* The scheduler's id of job `id` of namespace index ns: the id itself in namespace 0, otherwise
+ * 2^63 | ns << 40 | id (ids of a namespace are below 2^40). */
+uint64_t master_job_id(int ns, uint64_t id);
+
+/* Creates a job of run `run` (journaled). Returns its scheduler index, or RL_E*. */
+int master_job_create(master_t *m, int ns, uint64_t id, int kind, uint64_t seed,
+                      uint64_t policy_version, int role, uint32_t lease_ms, const void *payload,
+                      size_t len, int run);
+
+/* A finished job's record (JournalJobEnd: output, worker, elapsed_ms), read back from the
+ * journal; free with rlhf__journal_job_end__free_unpacked... via the record: *rec is the whole
+ * record (free with rlhf__journal_record__free_unpacked). Returns 0, or RL_ENOTFOUND when the
+ * job has no readable record. */
+int master_job_end_read(master_t *m, const sched_job_t *jb, Rlhf__JournalRecord **rec);
+
+/* A finished job whose record is no longer needed: journaled as forgotten; a job created again
+ * under its id runs again. */
+void master_job_forget(master_t *m, sched_job_t *jb);
+
+/* Whether a finished job was forgotten (master_job_forget). */
+int master_job_forgotten(const sched_job_t *jb);
+
+/* Appends one record to the journal (made durable by the loop's group commit, or at once with
+ * sync). Returns 0 or RL_EIO (logged; the master stops: it cannot promise anything more). */
+
+int master_journal(master_t *m, Rlhf__JournalRecord *rec, int sync);
+
+/* Dispatches whatever can be dispatched now. */
+void master_dispatch(master_t *m);
+
+/* Forgets the weights announced so far (a new training's versions start again). */
+void master_weights_reset(master_t *m);
 
 #endif

@@ -38,6 +38,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <math.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -56,7 +57,9 @@
 #include "base/err.h"
 #include "base/fs.h"
 #include "master.h"
+#include "master_dump.h"
 #include "master_http.h"
+#include "master_run.h"
 
 #define DRAIN_BATCH 512
 
@@ -101,83 +104,330 @@ static void send_error(master_t *m, const uint8_t *rid, size_t rid_len, int code
     msend(m, rid, rid_len, &env);
 }
 
-/* ---- results -------------------------------------------------------------------------------- */
+/* ---- the journal --------------------------------------------------------------------------- */
 
-/* Appends one record and fsyncs it before returning: once a result is acknowledged in memory it
- * is on disk, so a restarted master never hands the job out again. */
-static int results_append(master_t *m, json_t *rec) {
-    char *line = json_dumps(rec, JSON_COMPACT);
-    json_decref(rec);
-    if (!line) return rl_fail(RL_ENOMEM, "results: cannot format a record");
-    int rc = 0;
-    /* where the line starts, for reading it back (clients' FetchResults) */
-    off_t off = fflush(m->results) == 0 ? lseek(fileno(m->results), 0, SEEK_END) : -1;
-    if (off < 0 || fprintf(m->results, "%s\n", line) < 0 || fflush(m->results) != 0 ||
-        fdatasync(fileno(m->results)) != 0)
-        rc = rl_fail(RL_EIO, "%s: %s", m->results_path, strerror(errno));
-    m->results_last_off = rc == 0 ? (int64_t)off : -1;
-    free(line);
-    if (rc == 0) m->n_results_recorded++;
-    return rc;
+void master_log(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    wire_logv("master", fmt, ap);
+    va_end(ap);
 }
 
-/* A record's job (submitted to an earlier master of this run): known here only by its record,
- * added without a spec; its identity is the record's spec_hash. */
-static int results_job(master_t *m, json_t *o, uint64_t id) {
-    int j = sched_job_find(&m->sched, id);
-    if (j >= 0) return j;
-    json_t *jk = json_object_get(o, "kind"), *jh = json_object_get(o, "spec_hash");
-    int kind = 0;
-    for (int k = 1; k < 32 && !kind; k++)
-        if (json_is_string(jk) && strcmp(wire_job_kind_name(k), "unknown") &&
-            !strcmp(wire_job_kind_name(k), json_string_value(jk)))
-            kind = k;
-    unsigned long long h = 0;
-    if (!kind || (j = sched_job_add(&m->sched, id, kind, 0, NULL, 0, 0)) < 0) return -1;
-    /* a record from before spec hashes: any spec of the same kind matches it */
-    m->sched.jobs[j].spec_hash =
-        json_is_string(jh) && sscanf(json_string_value(jh), "%16llx", &h) == 1 && h ? h
-                                                                                    : UINT64_MAX;
+static journal_t *snap_j; /* during a compaction, master_journal writes into the snapshot */
+static uint64_t job_spec_hash(const sched_job_t *jb);
+static void master_stop(master_t *m, const char *why);
+
+int master_journal(master_t *m, Rlhf__JournalRecord *rec, int sync) {
+    if (m->replaying) return 0;
+    if (!rec->time_unix) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        rec->time_unix = (double)ts.tv_sec + ts.tv_nsec / 1e9;
+    }
+    size_t len = rlhf__journal_record__get_packed_size(rec);
+    uint8_t stack[4096], *buf = len <= sizeof stack ? stack : malloc(len);
+    if (!buf) return rl_fail(RL_ENOMEM, "journal: out of memory");
+    rlhf__journal_record__pack(rec, buf);
+    journal_loc_t loc = 0;
+    int rc = snap_j ? journal_snapshot_add(snap_j, buf, len, &loc)
+                    : journal_append(m->journal, buf, len, &loc);
+    if (buf != stack) free(buf);
+    if (rc == 0 && sync && !snap_j) rc = journal_sync(m->journal);
+    if (rc < 0) {
+        /* not durable: the master cannot promise exactly-once any more. It stops; its
+         * supervisor restarts it, and it replays the journal up to the last good record. */
+        m->n_journal_errors++;
+        mlog("journal: %s", rl_errmsg());
+        master_stop(m, "the journal cannot be written");
+        return rc;
+    }
+    m->n_journal_records++;
+    m->last_loc = loc;
+    return 0;
+}
+
+int master_ns_index(master_t *m, const char *ns) {
+    for (int i = 0; i < m->n_ns; i++)
+        if (!strcmp(m->ns[i], ns)) return i;
+    if (m->n_ns == m->cap_ns) {
+        int cap = m->cap_ns ? 2 * m->cap_ns : 16;
+        char **n = realloc(m->ns, (size_t)cap * sizeof *n);
+        if (!n) return rl_fail(RL_ENOMEM, "out of memory");
+        m->ns = n;
+        m->cap_ns = cap;
+    }
+    if (!(m->ns[m->n_ns] = strdup(ns))) return rl_fail(RL_ENOMEM, "out of memory");
+    return m->n_ns++;
+}
+
+uint64_t master_job_id(int ns, uint64_t id) {
+    return ns ? (1ULL << 63) | ((uint64_t)ns << 40) | id : id;
+}
+
+/* The id a client of namespace ns knows job jb by. */
+static uint64_t client_job_id(const sched_job_t *jb) {
+    return jb->ns ? jb->id & ((1ULL << 40) - 1) : jb->id;
+}
+
+static void journal_job(master_t *m, const sched_job_t *jb, uint64_t spec_hash) {
+    Rlhf__JournalRecord rec = RLHF__JOURNAL_RECORD__INIT;
+    Rlhf__JournalJob jj = RLHF__JOURNAL_JOB__INIT;
+    Rlhf__JobSpec js = RLHF__JOB_SPEC__INIT;
+    js.id = client_job_id(jb);
+    js.kind = jb->kind;
+    js.seed = jb->seed;
+    js.lease_ms = jb->lease_ms;
+    js.policy_version = jb->policy_version;
+    js.role = jb->role;
+    if (!spec_hash) {
+        js.payload.data = jb->payload;
+        js.payload.len = jb->payload_len;
+    }
+    jj.ns = m->ns[jb->ns];
+    jj.spec = &js;
+    jj.spec_hash = spec_hash;
+    rec.body_case = RLHF__JOURNAL_RECORD__BODY_JOB;
+    rec.job = &jj;
+    master_journal(m, &rec, 0);
+}
+
+/* Adds (or, for a finished job, queues again) job id of namespace ns. Returns its index. */
+static int job_put(master_t *m, int ns, uint64_t id, int kind, uint64_t seed,
+                   uint64_t policy_version, int role, uint32_t lease_ms, const void *payload,
+                   size_t len) {
+    uint64_t sid = master_job_id(ns, id);
+    int j = sched_job_find(&m->sched, sid);
+    if (j >= 0) {
+        if (sched_job_retry(&m->sched, j, payload, len) < 0) return RL_ENOMEM;
+    } else if ((j = sched_job_add(&m->sched, sid, kind, seed, payload, len, lease_ms)) < 0) {
+        return j;
+    }
+    sched_job_t *jb = &m->sched.jobs[j];
+    jb->kind = kind;
+    jb->seed = seed;
+    jb->lease_ms = lease_ms;
+    jb->policy_version = policy_version;
+    jb->role = role;
+    jb->ns = ns;
+    jb->spec_hash = 0;
+    jb->record_off = -1;
     return j;
 }
 
-/* Reads back the results of an earlier master of this run: those jobs are done, and each
- * remembers where its record is (to answer clients). A torn last line (a crash mid-write) is
- * ignored, and a newline is added so the next record starts clean. */
-static int results_open(master_t *m) {
-    snprintf(m->results_path, sizeof m->results_path, "%s/results.jsonl", m->cfg.run_dir);
-    m->results_rfd = -1;
-    FILE *f = fopen(m->results_path, "r");
-    int last_nl = 1, n = 0;
-    int64_t off = 0;
-    if (f) {
-        char *line = NULL;
-        size_t cap = 0;
-        ssize_t len;
-        while ((len = getline(&line, &cap, f)) > 0) {
-            last_nl = line[len - 1] == '\n';
-            json_t *o = json_loads(line, 0, NULL);
-            json_t *id = o ? json_object_get(o, "job_id") : NULL;
-            int j = json_is_integer(id) && json_integer_value(id) > 0
-                        ? results_job(m, o, (uint64_t)json_integer_value(id))
-                        : -1;
-            if (j >= 0 && sched_job_mark_done(&m->sched, m->sched.jobs[j].id) == 0) {
-                m->sched.jobs[j].record_off = off;
-                n++;
-            }
-            json_decref(o);
-            off += len;
-        }
-        free(line);
-        fclose(f);
+int master_job_create(master_t *m, int ns, uint64_t id, int kind, uint64_t seed,
+                      uint64_t policy_version, int role, uint32_t lease_ms, const void *payload,
+                      size_t len, int run) {
+    int j = job_put(m, ns, id, kind, seed, policy_version, role, lease_ms, payload, len);
+    if (j < 0) return j;
+    m->sched.jobs[j].run = run;
+    journal_job(m, &m->sched.jobs[j], 0);
+    return j;
+}
+
+int master_job_end_read(master_t *m, const sched_job_t *jb, Rlhf__JournalRecord **rec) {
+    *rec = NULL;
+    if (jb->record_off < 0) return rl_fail(RL_ENOTFOUND, "job %" PRIu64 ": no record", jb->id);
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    int rc = journal_read(m->journal, (journal_loc_t)jb->record_off, &buf, &len);
+    if (rc < 0) return rc;
+    *rec = rlhf__journal_record__unpack(NULL, len, buf);
+    free(buf);
+    if (!*rec || (*rec)->body_case != RLHF__JOURNAL_RECORD__BODY_JOB_END) {
+        if (*rec) rlhf__journal_record__free_unpacked(*rec, NULL);
+        *rec = NULL;
+        return rl_fail(RL_EFORMAT, "job %" PRIu64 ": its record is not a job's end", jb->id);
     }
-    m->results = fopen(m->results_path, "a");
-    if (!m->results) return rl_fail(RL_EIO, "%s: %s", m->results_path, strerror(errno));
-    m->results_rfd = open(m->results_path, O_RDONLY | O_CLOEXEC);
-    if (m->results_rfd < 0) return rl_fail(RL_EIO, "%s: %s", m->results_path, strerror(errno));
-    if (!last_nl) fputc('\n', m->results);
-    if (n) mlog("%d jobs already done in %s", n, m->results_path);
     return 0;
+}
+
+void master_job_forget(master_t *m, sched_job_t *jb) {
+    if (jb->state != SCHED_DONE && jb->state != SCHED_FAILED) return;
+    Rlhf__JournalRecord rec = RLHF__JOURNAL_RECORD__INIT;
+    Rlhf__JournalJobForget f = RLHF__JOURNAL_JOB_FORGET__INIT;
+    f.ns = m->ns[jb->ns];
+    f.id = client_job_id(jb);
+    rec.body_case = RLHF__JOURNAL_RECORD__BODY_JOB_FORGET;
+    rec.job_forget = &f;
+    master_journal(m, &rec, 0);
+    jb->forgotten = 1;
+    jb->record_off = -1;
+}
+
+int master_job_forgotten(const sched_job_t *jb) {
+    return jb->forgotten;
+}
+
+void master_weights_reset(master_t *m) {
+    m->weights_version = 0;
+    m->weights_endpoint[0] = 0;
+    m->sched.weights_version = 0;
+}
+
+/* Journals the end of a job: done with its output, or failed with why; the job remembers where
+ * the record is (to answer clients and the run that made it), and drops its spec. */
+static int journal_job_end(master_t *m, sched_job_t *jb, int status, const char *worker,
+                           double elapsed_ms, const ProtobufCBinaryData *out, const char *reason,
+                           int deterministic) {
+    Rlhf__JournalRecord rec = RLHF__JOURNAL_RECORD__INIT;
+    Rlhf__JournalJobEnd e = RLHF__JOURNAL_JOB_END__INIT;
+    e.ns = m->ns[jb->ns];
+    e.id = client_job_id(jb);
+    e.status = status;
+    e.attempt = jb->attempt;
+    e.worker = (char *)(worker ? worker : "");
+    e.elapsed_ms = elapsed_ms;
+    if (out) e.output = *out;
+    e.reason = (char *)(reason ? reason : "");
+    e.deterministic = deterministic;
+    rec.body_case = RLHF__JOURNAL_RECORD__BODY_JOB_END;
+    rec.job_end = &e;
+    jb->spec_hash = job_spec_hash(jb);
+    int rc = master_journal(m, &rec, 0);
+    if (rc < 0) return rc;
+    jb->record_off = (int64_t)m->last_loc;
+    free(jb->payload);
+    jb->payload = NULL;
+    jb->payload_len = 0;
+    if (status == RLHF__JOB_STATUS__JOB_STATUS_FAILED) {
+        free(jb->reason);
+        jb->reason = strdup(reason ? reason : "");
+    }
+    m->n_results_recorded++;
+    return 0;
+}
+
+/* One record of the journal at start (snapshot, then the segments after it). */
+static int replay_one(void *ctx, const uint8_t *buf, size_t len, journal_loc_t loc) {
+    master_t *m = ctx;
+    Rlhf__JournalRecord *rec = rlhf__journal_record__unpack(NULL, len, buf);
+    if (!rec) return rl_fail(RL_EFORMAT, "journal: a record does not decode");
+    int rc = 0;
+    switch (rec->body_case) {
+    case RLHF__JOURNAL_RECORD__BODY_JOB: {
+        const Rlhf__JournalJob *jj = rec->job;
+        const Rlhf__JobSpec *js = jj->spec;
+        int ns = master_ns_index(m, jj->ns ? jj->ns : "");
+        if (!js || ns < 0) break;
+        int j = job_put(m, ns, js->id, js->kind, js->seed, js->policy_version, js->role,
+                        js->lease_ms, js->payload.data, js->payload.len);
+        if (j < 0) {
+            rc = j;
+            break;
+        }
+        sched_job_t *jb = &m->sched.jobs[j];
+        jb->spec_hash = jj->spec_hash;
+        if (jj->ns && jj->ns[0] == '@') { /* a run's own job: "@NAME" or "@NAME/ppo" */
+            char name[160];
+            snprintf(name, sizeof name, "%s", jj->ns + 1);
+            name[strcspn(name, "/")] = 0;
+            jb->run = mrun_find(m, name);
+        }
+        break;
+    }
+    case RLHF__JOURNAL_RECORD__BODY_LEASE:
+        break; /* leases end with the master that gave them: the job is queued again */
+    case RLHF__JOURNAL_RECORD__BODY_JOB_END: {
+        int ns = master_ns_index(m, rec->job_end->ns ? rec->job_end->ns : "");
+        int j = ns < 0 ? -1 : sched_job_find(&m->sched, master_job_id(ns, rec->job_end->id));
+        if (j < 0) break;
+        sched_job_t *jb = &m->sched.jobs[j];
+        int done = rec->job_end->status == RLHF__JOB_STATUS__JOB_STATUS_DONE;
+        sched_job_mark_done(&m->sched, jb->id);
+        if (!done) {
+            jb->state = SCHED_FAILED;
+            free(jb->reason);
+            jb->reason = strdup(rec->job_end->reason ? rec->job_end->reason : "");
+        }
+        jb->attempt = rec->job_end->attempt;
+        jb->record_off = (int64_t)loc;
+        if (!jb->spec_hash) jb->spec_hash = job_spec_hash(jb);
+        free(jb->payload);
+        jb->payload = NULL;
+        jb->payload_len = 0;
+        break;
+    }
+    case RLHF__JOURNAL_RECORD__BODY_JOB_FORGET: {
+        int ns = master_ns_index(m, rec->job_forget->ns ? rec->job_forget->ns : "");
+        int j = ns < 0 ? -1 : sched_job_find(&m->sched, master_job_id(ns, rec->job_forget->id));
+        if (j >= 0) {
+            m->sched.jobs[j].forgotten = 1;
+            m->sched.jobs[j].record_off = -1;
+        }
+        break;
+    }
+    case RLHF__JOURNAL_RECORD__BODY_WEIGHTS:
+        m->weights_version = m->sched.weights_version = rec->weights->version;
+        snprintf(m->weights_endpoint, sizeof m->weights_endpoint, "%s",
+                 rec->weights->endpoint ? rec->weights->endpoint : "");
+        break;
+    default:
+        rc = mrun_replay(m, rec);
+        break;
+    }
+    rlhf__journal_record__free_unpacked(rec, NULL);
+    return rc;
+}
+
+/* Compaction's writer: the live state as records - the runs, then every job not forgotten
+ * (its spec, or for a finished one its identity and end record), then the weights. */
+static int snapshot_state(void *ctx, journal_t *j) {
+    master_t *m = ctx;
+    snap_j = j;
+    int rc = mrun_snapshot(m, j);
+    for (int k = 0; rc == 0 && k < m->sched.n_jobs; k++) {
+        sched_job_t *jb = &m->sched.jobs[k];
+        if (jb->forgotten) continue;
+        int fin = jb->state == SCHED_DONE || jb->state == SCHED_FAILED;
+        journal_job(m, jb, fin ? job_spec_hash(jb) : 0);
+        if (fin && jb->record_off >= 0) {
+            Rlhf__JournalRecord *rec = NULL;
+            if (master_job_end_read(m, jb, &rec) == 0) {
+                rc = master_journal(m, rec, 0);
+                jb->record_off = (int64_t)m->last_loc;
+                rlhf__journal_record__free_unpacked(rec, NULL);
+            }
+        }
+    }
+    if (rc == 0 && m->weights_version) {
+        Rlhf__JournalRecord rec = RLHF__JOURNAL_RECORD__INIT;
+        Rlhf__JournalWeights w = RLHF__JOURNAL_WEIGHTS__INIT;
+        w.version = m->weights_version;
+        w.endpoint = m->weights_endpoint;
+        rec.body_case = RLHF__JOURNAL_RECORD__BODY_WEIGHTS;
+        rec.weights = &w;
+        rc = master_journal(m, &rec, 0);
+    }
+    snap_j = NULL;
+    return rc;
+}
+
+/* Opens the journal in RUN_DIR/journal and replays it. */
+static int journal_start(master_t *m) {
+    snprintf(m->journal_dir, sizeof m->journal_dir, "%.4000s/journal", m->cfg.run_dir);
+    m->replaying = 1;
+    double t0 = wire_now_ms();
+    m->journal = journal_open(m->journal_dir, replay_one, m);
+    m->replaying = 0;
+    if (!m->journal) return rl_fail_ctx(RL_EIO, "%s: ", m->journal_dir);
+    journal_stats_t st;
+    journal_stats(m->journal, &st);
+    mlog("journal %s: %" PRIu64 " records replayed in %.0f ms (%" PRIu64
+         " from the snapshot), %" PRIu64 " torn bytes cut",
+         m->journal_dir, st.records_replayed, wire_now_ms() - t0, st.snapshot_records,
+         st.truncated_bytes);
+    mrun_resume(m);
+    return 0;
+}
+
+/* Compacts when the journal's tail has grown past master.journal_compact_mb. */
+static void journal_maybe_compact(master_t *m) {
+    if (journal_tail_bytes(m->journal) < (uint64_t)64 << 20) return;
+    double t0 = wire_now_ms();
+    if (journal_compact(m->journal, snapshot_state, m) < 0)
+        mlog("journal: compaction failed (%s): the journal goes on growing", rl_errmsg());
+    else
+        mlog("journal compacted in %.0f ms", wire_now_ms() - t0);
 }
 
 /* ---- job seeds ------------------------------------------------------------------------------ */
@@ -218,8 +468,21 @@ static void dispatch_all(master_t *m) {
             sched_worker_dead(&m->sched, w, errno == EAGAIN ? "send queue full" : "unreachable");
         } else {
             mlog("job %" PRIu64 " attempt %u -> %s", jb->id, jb->attempt, wk->id);
+            Rlhf__JournalRecord rec = RLHF__JOURNAL_RECORD__INIT;
+            Rlhf__JournalLease l = RLHF__JOURNAL_LEASE__INIT;
+            l.ns = m->ns[jb->ns];
+            l.id = client_job_id(jb);
+            l.attempt = jb->attempt;
+            l.worker = wk->id;
+            rec.body_case = RLHF__JOURNAL_RECORD__BODY_LEASE;
+            rec.lease = &l;
+            master_journal(m, &rec, 0);
         }
     }
+}
+
+void master_dispatch(master_t *m) {
+    dispatch_all(m);
 }
 
 /* exit_when_done's condition: this master has been given jobs (a restarted master knows the
@@ -265,8 +528,19 @@ static void on_hello(master_t *m, const wire_msg_t *msg, const Rlhf__Hello *h) {
         caps = 0; /* diagnostics peers and clients never get jobs */
     const char *id = h->worker_id && h->worker_id[0] ? h->worker_id : "anonymous";
     double now = wire_now_ms();
+    const char *ns = h->role == RLHF__ROLE__ROLE_CLIENT && h->ns ? h->ns : "";
+    int nsi = ns[0] == '@' || strlen(ns) > 200 ? -1 : master_ns_index(m, ns);
+    if (nsi < 0) {
+        count_bad(m, WIRE_BAD_MALFORMED, msg, "Hello with an invalid namespace");
+        send_error(m, msg->rid, msg->rid_len, RLHF__ERROR_CODE__ERROR_CODE_BAD_MESSAGE,
+                   "namespace: at most 200 bytes, not starting with '@'");
+        return;
+    }
+    if (h->role == RLHF__ROLE__ROLE_LEARNER) /* (re)started: what it serves is announced anew */
+        master_weights_reset(m);
     int w = sched_worker_add(&m->sched, msg->rid, msg->rid_len, id, h->role, caps, h->pid, now);
     if (w < 0) return;
+    m->sched.workers[w].ns = nsi;
     /* still busy with a job (of an earlier master, or one whose lease we ended): no work for it
      * until it reports that job finished, or every assignment would come back "busy" and burn
      * an attempt of the job */
@@ -302,6 +576,13 @@ static void on_weights_announce(master_t *m, const Rlhf__WeightsAnnounce *a) {
     snprintf(m->weights_endpoint, sizeof m->weights_endpoint, "%s", ep);
     m->sched.weights_version = a->version;
     mlog("weights version %" PRIu64 " announced at %s", a->version, ep);
+    Rlhf__JournalRecord rec = RLHF__JOURNAL_RECORD__INIT;
+    Rlhf__JournalWeights jw = RLHF__JOURNAL_WEIGHTS__INIT;
+    jw.version = a->version;
+    jw.endpoint = m->weights_endpoint;
+    rec.body_case = RLHF__JOURNAL_RECORD__BODY_WEIGHTS;
+    rec.weights = &jw;
+    master_journal(m, &rec, 0);
     for (int w = 0; w < m->sched.n_workers; w++) {
         sched_worker_t *wk = &m->sched.workers[w];
         if (wk->alive && wk->role != RLHF__ROLE__ROLE_TOOL) send_weights(m, wk->rid, wk->rid_len);
@@ -328,61 +609,13 @@ static uint64_t job_spec_hash(const sched_job_t *jb) {
                : spec_hash(jb->kind, jb->seed, jb->policy_version, jb->payload, jb->payload_len);
 }
 
-/* Adds "spec_hash" and (with an output) "output_b64" to a result record. Returns 0 or RL_ENOMEM
- * (rec is left for the caller either way). */
-static int record_output(json_t *rec, const sched_job_t *jb, const ProtobufCBinaryData *out) {
-    char hex[20];
-    snprintf(hex, sizeof hex, "%016" PRIx64, job_spec_hash(jb));
-    json_object_set_new(rec, "spec_hash", json_string(hex));
-    if (!out) return 0;
-    if (out->len > (size_t)INT32_MAX / 2) return rl_fail(RL_ERANGE, "job output too large");
-    char *b64 = malloc(4 * ((out->len + 2) / 3) + 1);
-    if (!b64) return rl_fail(RL_ENOMEM, "out of memory");
-    EVP_EncodeBlock((unsigned char *)b64, out->data ? out->data : (const uint8_t *)"",
-                    (int)out->len);
-    json_object_set_new(rec, "output_b64", json_string(b64));
-    free(b64);
-    return 0;
-}
-
-/* A job just recorded: where its record is, and its identity; its spec is never needed again
- * (a long run would otherwise keep every spec it ever ran). */
-static void record_kept(master_t *m, sched_job_t *jb) {
-    jb->record_off = m->results_last_off;
-    jb->spec_hash = job_spec_hash(jb);
-    free(jb->payload);
-    jb->payload = NULL;
-    jb->payload_len = 0;
-}
-
-/* The record at byte `off` of results.jsonl, parsed; NULL when it cannot be read. */
-static json_t *record_read(master_t *m, int64_t off) {
-    size_t cap = 1 << 14, len = 0;
-    char *buf = malloc(cap);
-    for (int found = 0; buf && !found;) {
-        if (cap - len < 4097) {
-            char *nb = cap < (256u << 20) ? realloc(buf, 2 * cap) : NULL;
-            if (!nb) break;
-            buf = nb;
-            cap *= 2;
-        }
-        ssize_t n = pread(m->results_rfd, buf + len, 4096, (off_t)(off + (int64_t)len));
-        if (n <= 0) break;
-        char *nl = memchr(buf + len, '\n', (size_t)n);
-        len = nl ? (size_t)(nl - buf) : len + (size_t)n;
-        found = nl != NULL;
-    }
-    json_t *o = buf ? json_loadb(buf, len, 0, NULL) : NULL;
-    free(buf);
-    return o;
-}
-
 static void send_job_done(master_t *m, const uint8_t *rid, size_t rid_len, const sched_job_t *jb,
                           int status, const char *worker, double elapsed_ms,
                           const ProtobufCBinaryData *out) {
     Rlhf__Envelope env = RLHF__ENVELOPE__INIT;
     Rlhf__JobDone d = RLHF__JOB_DONE__INIT;
-    d.job_id = jb->id;
+    d.job_id = client_job_id(jb);
+    d.reason = jb->reason ? jb->reason : "";
     d.status = status;
     d.kind = jb->kind;
     d.attempt = jb->attempt;
@@ -405,40 +638,24 @@ static void client_notify(master_t *m, const sched_job_t *jb, int status, const 
         send_job_done(m, ck->rid, ck->rid_len, jb, status, worker, elapsed_ms, out);
 }
 
-/* A finished job's JobDone, rebuilt from its record (after a restart, or for a client that asks
- * again). An unreadable record is reported as a failure rather than left unanswered. */
+/* A finished job's JobDone, rebuilt from its journal record (after a restart, or for a client
+ * that asks again). An unreadable record is reported as a failure rather than left unanswered. */
 static void send_job_done_recorded(master_t *m, const uint8_t *rid, size_t rid_len,
                                    const sched_job_t *jb) {
-    json_t *o = record_read(m, jb->record_off);
-    json_t *st = json_object_get(o, "status"), *b64 = json_object_get(o, "output_b64");
-    json_t *wk = json_object_get(o, "worker"), *at = json_object_get(o, "attempt");
-    json_t *id = json_object_get(o, "job_id");
-    ProtobufCBinaryData out = {0, NULL};
-    int ok = json_is_integer(id) && (uint64_t)json_integer_value(id) == jb->id &&
-             json_is_string(st) && !strcmp(json_string_value(st), "done");
-    if (ok && json_is_string(b64)) {
-        size_t n = json_string_length(b64);
-        out.data = malloc(n / 4 * 3 + 3);
-        int len =
-            out.data && n % 4 == 0 && n < (size_t)INT32_MAX
-                ? EVP_DecodeBlock(out.data, (const unsigned char *)json_string_value(b64), (int)n)
-                : -1;
-        /* EVP_DecodeBlock counts the padding as zero bytes */
-        for (size_t i = n; len > 0 && i > 0 && json_string_value(b64)[i - 1] == '='; i--) len--;
-        ok = len >= 0;
-        out.len = ok ? (size_t)len : 0;
-    }
-    if (!ok && !(json_is_string(st) && !strcmp(json_string_value(st), "failed")))
-        mlog("job %" PRIu64 ": its record in %s cannot be read back: reported as failed", jb->id,
-             m->results_path);
+    Rlhf__JournalRecord *rec = NULL;
+    int ok = master_job_end_read(m, jb, &rec) == 0;
+    const Rlhf__JournalJobEnd *e = ok ? rec->job_end : NULL;
+    if (!ok && jb->state == SCHED_DONE)
+        mlog("job %" PRIu64 ": its record cannot be read back (%s): reported as failed", jb->id,
+             rl_errmsg());
     sched_job_t copy = *jb;
-    if (json_is_integer(at)) copy.attempt = (uint32_t)json_integer_value(at);
+    if (e) copy.attempt = e->attempt;
+    int done = e && e->status == RLHF__JOB_STATUS__JOB_STATUS_DONE;
     send_job_done(m, rid, rid_len, &copy,
-                  ok ? RLHF__JOB_STATUS__JOB_STATUS_DONE : RLHF__JOB_STATUS__JOB_STATUS_FAILED,
-                  json_is_string(wk) ? json_string_value(wk) : "",
-                  json_number_value(json_object_get(o, "elapsed_ms")), ok ? &out : NULL);
-    free(out.data);
-    json_decref(o);
+                  done ? RLHF__JOB_STATUS__JOB_STATUS_DONE : RLHF__JOB_STATUS__JOB_STATUS_FAILED,
+                  e && e->worker ? e->worker : "", e ? e->elapsed_ms : 0,
+                  done ? &e->output : NULL);
+    if (rec) rlhf__journal_record__free_unpacked(rec, NULL);
 }
 
 /* The client sending a SubmitJobs / FetchResults: its registry index, or -1 after answering
@@ -464,7 +681,8 @@ static int client_of(master_t *m, const wire_msg_t *msg, int w, const char *what
 static const char *spec_invalid(const Rlhf__JobSpec *js) {
     if (js->id == 0 || js->id > (uint64_t)INT64_MAX) return "id: 1 .. 2^63-1 required";
     if (js->role != RLHF__ROLE__ROLE_UNSPECIFIED && js->role != RLHF__ROLE__ROLE_ROLLOUT &&
-        js->role != RLHF__ROLE__ROLE_REWARD && js->role != RLHF__ROLE__ROLE_LEARNER)
+        js->role != RLHF__ROLE__ROLE_REWARD && js->role != RLHF__ROLE__ROLE_LEARNER &&
+        js->role != RLHF__ROLE__ROLE_STAGE)
         return "role: not a worker role";
     if (js->lease_ms > 7 * 86400000u) return "lease_ms: more than a week";
     if (js->seed > (uint64_t)INT64_MAX) return "seed: 0 .. 2^63-1 required";
@@ -474,6 +692,7 @@ static const char *spec_invalid(const Rlhf__JobSpec *js) {
     case RLHF__JOB_KIND__JOB_KIND_TRAIN:
     case RLHF__JOB_KIND__JOB_KIND_EVAL:
     case RLHF__JOB_KIND__JOB_KIND_NOOP:
+    case RLHF__JOB_KIND__JOB_KIND_STAGE:
         return NULL;
     default:
         return "kind: not a job kind";
@@ -491,30 +710,39 @@ static int submit_one(master_t *m, int c, const Rlhf__JobSpec *js, char *why, si
         snprintf(why, why_len, "%s", bad);
         return -1;
     }
+    int ns = m->sched.workers[c].ns;
+    if (ns && js->id >= (1ULL << 40)) {
+        *malformed = 1;
+        snprintf(why, why_len, "id: below 2^40 in a namespace");
+        return -1;
+    }
     uint64_t seed = js->seed ? js->seed : mix64(m->cfg.seed ^ mix64(js->id)) >> 1;
     uint64_t h = spec_hash(js->kind, seed, js->policy_version, js->payload.data, js->payload.len);
-    int j = sched_job_find(&m->sched, js->id);
+    int j = sched_job_find(&m->sched, master_job_id(ns, js->id));
     if (j >= 0) {
         sched_job_t *jb = &m->sched.jobs[j];
         uint64_t have = job_spec_hash(jb);
-        if (have == UINT64_MAX ? jb->kind != (int)js->kind : have != h) {
+        if (!jb->forgotten && (have == UINT64_MAX ? jb->kind != (int)js->kind : have != h)) {
             snprintf(why, why_len, "job %" PRIu64 " exists with another spec", js->id);
             return -1;
         }
         jb->client = c; /* whoever asked last hears about it */
         m->n_resubmitted++;
-        return jb->record_off >= 0 ? 1 : 0;
+        /* a recorded failure never poisons a resubmission: the job runs again (its input may
+         * have been fixed since) */
+        if (jb->state != SCHED_FAILED && !jb->forgotten) return jb->record_off >= 0 ? 1 : 0;
     }
     uint32_t lease = js->lease_ms ? js->lease_ms : (uint32_t)m->cfg.lease_ms;
-    j = sched_job_add(&m->sched, js->id, js->kind, seed, js->payload.data, js->payload.len, lease);
+    j = job_put(m, ns, js->id, js->kind, seed, js->policy_version, js->role, lease,
+                js->payload.data, js->payload.len);
     if (j < 0) {
         snprintf(why, why_len, "master: %s", rl_errmsg());
         return -1;
     }
     sched_job_t *jb = &m->sched.jobs[j];
-    jb->policy_version = js->policy_version;
-    jb->role = js->role;
     jb->client = c;
+    jb->run = -1;
+    journal_job(m, jb, 0);
     m->n_submitted++;
     return 0;
 }
@@ -568,8 +796,10 @@ static void on_submit(master_t *m, const wire_msg_t *msg, int w, const Rlhf__Sub
     env.submit_ack = &ack;
     msend(m, msg->rid, msg->rid_len, &env);
     for (size_t i = 0; i < n_done; i++)
-        send_job_done_recorded(m, msg->rid, msg->rid_len,
-                               &m->sched.jobs[sched_job_find(&m->sched, done[i])]);
+        send_job_done_recorded(
+            m, msg->rid, msg->rid_len,
+            &m->sched.jobs[sched_job_find(&m->sched,
+                                          master_job_id(m->sched.workers[c].ns, done[i]))]);
     if (n_acc + n_done)
         mlog("client %s submitted %zu jobs: %zu accepted, %zu already done, %zu rejected",
              m->sched.workers[c].id, n, n_acc, n_done, n_rej);
@@ -591,7 +821,8 @@ static void on_fetch(master_t *m, const wire_msg_t *msg, int w, const Rlhf__Fetc
         return;
     }
     for (size_t i = 0; i < n; i++) {
-        int j = sched_job_find(&m->sched, f->job_ids[i]);
+        int j = sched_job_find(&m->sched, master_job_id(m->sched.workers[c].ns, f->job_ids[i]));
+        if (j >= 0 && m->sched.jobs[j].forgotten) j = -1;
         if (j < 0) {
             unk[n_unk++] = f->job_ids[i];
         } else if (m->sched.jobs[j].record_off >= 0) {
@@ -614,95 +845,9 @@ static void on_fetch(master_t *m, const wire_msg_t *msg, int w, const Rlhf__Fetc
     free(pend);
 }
 
-static json_t *output_json(int kind, const ProtobufCBinaryData *payload) {
-    json_t *o = json_object();
-    if (kind == RLHF__JOB_KIND__JOB_KIND_GENERATE) {
-        Rlhf__GenerateOutput *g = rlhf__generate_output__unpack(NULL, payload->len, payload->data);
-        if (!g) {
-            json_decref(o);
-            return NULL;
-        }
-        json_t *t = json_array();
-        for (size_t i = 0; i < g->n_tokens; i++)
-            json_array_append_new(t, json_integer(g->tokens[i]));
-        json_object_set_new(o, "tokens", t);
-        if (g->n_completions) {
-            json_t *cs = json_array();
-            for (size_t c = 0; c < g->n_completions; c++) {
-                const Rlhf__Completion *cp = g->completions[c];
-                json_t *ct = json_array(), *cl = json_array();
-                for (size_t i = 0; i < cp->n_tokens; i++)
-                    json_array_append_new(ct, json_integer(cp->tokens[i]));
-                for (size_t i = 0; i < cp->n_logprobs; i++)
-                    json_array_append_new(cl, json_real(cp->logprobs[i]));
-                json_array_append_new(cs, json_pack("{s:o, s:o, s:i}", "tokens", ct, "logprobs", cl,
-                                                    "finish", (int)cp->finish));
-            }
-            json_object_set_new(o, "completions", cs);
-        }
-        rlhf__generate_output__free_unpacked(g, NULL);
-    } else if (kind == RLHF__JOB_KIND__JOB_KIND_SCORE) {
-        Rlhf__ScoreOutput *so = rlhf__score_output__unpack(NULL, payload->len, payload->data);
-        if (!so) {
-            json_decref(o);
-            return NULL;
-        }
-        json_t *sc = json_array(), *rl = json_array();
-        for (size_t i = 0; i < so->n_scores; i++)
-            json_array_append_new(sc, json_real(so->scores[i]));
-        for (size_t i = 0; i < so->n_ref_logprobs; i++) {
-            json_t *row = json_array();
-            for (size_t k = 0; k < so->ref_logprobs[i]->n_logprobs; k++)
-                json_array_append_new(row, json_real(so->ref_logprobs[i]->logprobs[k]));
-            json_array_append_new(rl, row);
-        }
-        json_object_set_new(o, "scores", sc);
-        json_object_set_new(o, "ref_logprobs", rl);
-        rlhf__score_output__free_unpacked(so, NULL);
-    } else if (kind == RLHF__JOB_KIND__JOB_KIND_TRAIN) {
-        Rlhf__TrainOutput *t = rlhf__train_output__unpack(NULL, payload->len, payload->data);
-        if (!t) {
-            json_decref(o);
-            return NULL;
-        }
-        json_t *l = json_array();
-        for (size_t i = 0; i < t->n_loss; i++) json_array_append_new(l, json_real(t->loss[i]));
-        json_object_set_new(o, "loss", l);
-        json_object_set_new(o, "train_step", json_integer((json_int_t)t->step));
-        json_object_set_new(o, "params_crc32c", json_integer(t->params_crc32c));
-        json_object_set_new(o, "shards", json_integer(t->shards));
-        json_object_set_new(o, "shards_in_sync", json_integer(t->shards_in_sync));
-        json_object_set_new(o, "checkpoint", json_string(t->checkpoint ? t->checkpoint : ""));
-        json_object_set_new(o, "replayed", json_boolean(t->replayed));
-        json_object_set_new(o, "step_ms", json_real(t->step_ms));
-        if (t->ppo) {
-            json_object_set_new(o, "policy_version",
-                                json_integer((json_int_t)t->ppo->policy_version));
-            json_t *st = json_loads(t->ppo->stats_json ? t->ppo->stats_json : "", 0, NULL);
-            if (st) json_object_set_new(o, "ppo", st);
-        }
-        rlhf__train_output__free_unpacked(t, NULL);
-    }
-    return o;
-}
-
 static void on_result(master_t *m, const wire_msg_t *msg, int w, const Rlhf__JobResult *r) {
-    int j = sched_job_find(&m->sched, r->job_id);
-    json_t *out = NULL;
-    /* decode before accepting: an undecodable output is the worker's failure, not a result */
-    if (j >= 0 && m->sched.jobs[j].state == SCHED_LEASED && m->sched.jobs[j].worker == w &&
-        m->sched.jobs[j].lease_id == r->lease_id) {
-        out = output_json(m->sched.jobs[j].kind, &r->payload);
-        if (!out) {
-            count_bad(m, WIRE_BAD_MALFORMED, msg, "undecodable job output");
-            sched_reject(&m->sched, w, r->job_id, r->attempt, r->lease_id);
-            dispatch_all(m);
-            return;
-        }
-    }
     sched_verdict_t v = sched_result(&m->sched, w, r->job_id, r->attempt, r->lease_id);
     if (v != SCHED_ACCEPTED) {
-        json_decref(out);
         mlog("dropped result of job %" PRIu64 " attempt %u from %s: %s", r->job_id, r->attempt,
              w >= 0 ? m->sched.workers[w].id : "an unregistered peer",
              v == SCHED_STALE       ? "stale lease"
@@ -715,52 +860,146 @@ static void on_result(master_t *m, const wire_msg_t *msg, int w, const Rlhf__Job
             dispatch_all(m); /* the worker is free now, whatever became of its old job */
         return;
     }
-    sched_job_t *jb = &m->sched.jobs[j];
-    json_object_set_new(out, "job_id", json_integer((json_int_t)jb->id));
-    json_object_set_new(out, "kind", json_string(wire_job_kind_name(jb->kind)));
-    json_object_set_new(out, "status", json_string("done"));
-    json_object_set_new(out, "attempt", json_integer(jb->attempt));
-    json_object_set_new(out, "seed", json_integer((json_int_t)jb->seed));
-    json_object_set_new(out, "worker", json_string(m->sched.workers[w].id));
-    json_object_set_new(out, "latency_ms", json_real(wire_now_ms() - jb->dispatched_ms));
-    json_object_set_new(out, "elapsed_ms", json_real(r->elapsed_ms));
-    if (json_is_object(json_object_get(out, "ppo"))) { /* the newest PPO figures, for /metrics */
-        json_decref(m->ppo_stats);
-        m->ppo_stats = json_deep_copy(json_object_get(out, "ppo"));
-        m->ppo_version = (uint64_t)json_integer_value(json_object_get(out, "policy_version"));
+    sched_job_t *jb = &m->sched.jobs[sched_job_find(&m->sched, r->job_id)];
+    if (jb->kind == RLHF__JOB_KIND__JOB_KIND_TRAIN) { /* the newest PPO figures, for /metrics */
+        Rlhf__TrainOutput *t = rlhf__train_output__unpack(NULL, r->payload.len, r->payload.data);
+        json_t *st = t && t->ppo ? json_loads(t->ppo->stats_json ? t->ppo->stats_json : "", 0, NULL)
+                                 : NULL;
+        if (st) {
+            json_decref(m->ppo_stats);
+            m->ppo_stats = st;
+            m->ppo_version = t->ppo->policy_version;
+        }
+        if (t) rlhf__train_output__free_unpacked(t, NULL);
     }
-    if (record_output(out, jb, &r->payload) < 0 || results_append(m, out) < 0) {
-        /* not durable: we cannot promise exactly-once any more */
-        mlog("cannot record a result: %s", rl_errmsg());
-        master_stop(m, "results file not writable");
-        return;
-    }
-    record_kept(m, jb);
+    if (journal_job_end(m, jb, RLHF__JOB_STATUS__JOB_STATUS_DONE, m->sched.workers[w].id,
+                        r->elapsed_ms, &r->payload, NULL, 0) < 0)
+        return; /* the master is stopping: the job runs again after the restart */
     client_notify(m, jb, RLHF__JOB_STATUS__JOB_STATUS_DONE, m->sched.workers[w].id, r->elapsed_ms,
                   &r->payload);
     mlog("job %" PRIu64 " attempt %u done by %s", jb->id, jb->attempt, m->sched.workers[w].id);
+    if (jb->run >= 0) mrun_job_end(m, jb, 1, NULL, 0, 0);
     dispatch_all(m);
 }
 
+/* Failed jobs that have not been journaled yet (attempts spent): journaled once, their client
+ * told. */
 static void record_failures(master_t *m) {
-    /* failed jobs are recorded too, once: their line says so */
     static uint64_t recorded_failed;
     if (m->sched.n_failed == recorded_failed) return;
     for (int j = 0; j < m->sched.n_jobs; j++) {
         sched_job_t *jb = &m->sched.jobs[j];
-        if (jb->state != SCHED_FAILED || jb->lease_ms == 0) continue;
-        json_t *o =
-            json_pack("{s:I, s:s, s:s, s:i}", "job_id", (json_int_t)jb->id, "kind",
-                      wire_job_kind_name(jb->kind), "status", "failed", "attempt", jb->attempt);
-        if (record_output(o, jb, NULL) < 0 || results_append(m, o) < 0) {
-            mlog("cannot record a failure: %s", rl_errmsg());
-        } else {
-            record_kept(m, jb);
+        if (jb->state != SCHED_FAILED || jb->record_off >= 0 || jb->forgotten) continue;
+        const char *why = jb->reason && jb->reason[0] ? jb->reason : "attempts spent";
+        char *reason = strdup(why);
+        if (journal_job_end(m, jb, RLHF__JOB_STATUS__JOB_STATUS_FAILED, "", 0, NULL,
+                            reason ? reason : "attempts spent", 0) == 0) {
             client_notify(m, jb, RLHF__JOB_STATUS__JOB_STATUS_FAILED, "", 0, NULL);
+            if (jb->run >= 0) mrun_job_end(m, jb, 0, reason, 1, 0);
         }
-        jb->lease_ms = 0; /* marks "failure recorded" */
+        free(reason);
     }
     recorded_failed = m->sched.n_failed;
+}
+
+/* A worker rejects (or hands back) its job. The class decides: a deterministic error fails the
+ * job at once (its input is bad: another attempt fails the same way), an environment error
+ * holds it back without spending an attempt, anything else is retried - a run's own jobs with a
+ * growing pause and never failed for it (a run survives any crash), a client's up to
+ * max_attempts. */
+static void on_reject(master_t *m, int w, const Rlhf__JobReject *r) {
+    int j = sched_job_find(&m->sched, r->job_id);
+    sched_job_t *jb = j >= 0 ? &m->sched.jobs[j] : NULL;
+    const char *reason = r->reason && r->reason[0] ? r->reason : rl_strerror(r->code);
+    double now = wire_now_ms();
+    sched_reject_mode_t mode = SCHED_RETRY;
+    double hold = 0;
+    if (r->code == 0) {
+        mode = SCHED_HOLD; /* handed back: no fault of the job */
+    } else if (r->deterministic) {
+        mode = SCHED_FAIL;
+    } else if (r->environment) {
+        mode = SCHED_HOLD, hold = now + 2000;
+    } else if (jb && jb->run >= 0) {
+        mode = SCHED_HOLD;
+        hold = now + fmin(5000, 250.0 * (1u << (jb->attempt < 5 ? jb->attempt : 5)));
+    }
+    if (jb && r->code) {
+        free(jb->reason);
+        jb->reason = strdup(reason);
+    }
+    sched_verdict_t v = sched_reject_ex(&m->sched, w, r->job_id, r->attempt, r->lease_id, mode, hold);
+    mlog("job %" PRIu64 " attempt %u %s by %s (%d: %s)%s%s", r->job_id, r->attempt,
+         r->code ? "rejected" : "handed back", w >= 0 ? m->sched.workers[w].id : "?", r->code,
+         reason, r->deterministic ? " [deterministic]" : r->environment ? " [environment]" : "",
+         v == SCHED_ACCEPTED ? "" : " - ignored, not its lease");
+    if (v == SCHED_ACCEPTED && jb && jb->run >= 0 && r->code && mode != SCHED_FAIL)
+        mrun_job_end(m, jb, 0, reason, 0, r->environment);
+    record_failures(m);
+    dispatch_all(m);
+}
+
+/* ---- runs ----------------------------------------------------------------------------------- */
+
+static void send_run_reply(master_t *m, const wire_msg_t *msg, uint64_t request_id, int code,
+                           const char *error, json_t *status, const uint8_t *log, size_t log_len,
+                           uint64_t log_off) {
+    Rlhf__Envelope env = RLHF__ENVELOPE__INIT;
+    Rlhf__RunReply rr = RLHF__RUN_REPLY__INIT;
+    char *st = status ? json_dumps(status, JSON_COMPACT) : NULL;
+    rr.request_id = request_id;
+    rr.code = code;
+    rr.error = (char *)(error ? error : "");
+    rr.status_json = st ? st : "";
+    rr.log.data = (uint8_t *)log;
+    rr.log.len = log_len;
+    rr.log_offset = log_off;
+    env.body_case = RLHF__ENVELOPE__BODY_RUN_REPLY;
+    env.run_reply = &rr;
+    msend(m, msg->rid, msg->rid_len, &env);
+    free(st);
+    json_decref(status);
+}
+
+static void on_run_submit(master_t *m, const wire_msg_t *msg, int w, const Rlhf__RunSubmit *rs) {
+    if (client_of(m, msg, w, "RunSubmit from a peer that is not a client") < 0) return;
+    char why[1024];
+    int r = mrun_submit(m, rs->name ? rs->name : "", rs->plan_json, why, sizeof why);
+    if (r < 0) {
+        mlog("run %s refused: %s", rs->name ? rs->name : "", why);
+        send_run_reply(m, msg, rs->request_id, RL_EINVAL, why, NULL, NULL, 0, 0);
+    } else {
+        send_run_reply(m, msg, rs->request_id, 0, "", mrun_status(m, r), NULL, 0, 0);
+    }
+    dispatch_all(m);
+}
+
+static void on_run_query(master_t *m, const wire_msg_t *msg, int w, const Rlhf__RunQuery *q) {
+    if (client_of(m, msg, w, "RunQuery from a peer that is not a client") < 0) return;
+    const char *name = q->name ? q->name : "";
+    int r = name[0] ? mrun_find(m, name) : -1;
+    if (name[0] && r < 0) {
+        char why[300];
+        snprintf(why, sizeof why, "no run named %.200s", name);
+        send_run_reply(m, msg, q->request_id, RL_ENOTFOUND, why, NULL, NULL, 0, 0);
+        return;
+    }
+    uint8_t *log = NULL;
+    size_t len = 0;
+    uint64_t next = q->log_offset;
+    if (q->want_log && r >= 0) mrun_log_read(m, r, q->log_offset, 256 << 10, &log, &len, &next);
+    send_run_reply(m, msg, q->request_id, 0, "", mrun_status(m, r), log, len, next);
+    free(log);
+}
+
+static void on_run_cancel(master_t *m, const wire_msg_t *msg, int w, const Rlhf__RunCancel *c) {
+    if (client_of(m, msg, w, "RunCancel from a peer that is not a client") < 0) return;
+    int r = mrun_find(m, c->name ? c->name : "");
+    char why[1024] = "";
+    if (r < 0) snprintf(why, sizeof why, "no run named %.200s", c->name ? c->name : "");
+    int rc = r < 0 ? -1 : mrun_cancel(m, r, why, sizeof why);
+    send_run_reply(m, msg, c->request_id, rc < 0 ? RL_EINVAL : 0, why,
+                   r >= 0 ? mrun_status(m, r) : NULL, NULL, 0, 0);
 }
 
 static void handle(master_t *m, wire_msg_t *msg) {
@@ -798,16 +1037,18 @@ static void handle(master_t *m, wire_msg_t *msg) {
     case RLHF__ENVELOPE__BODY_FETCH_RESULTS:
         on_fetch(m, msg, w, env->fetch_results);
         break;
-    case RLHF__ENVELOPE__BODY_JOB_REJECT: {
-        const Rlhf__JobReject *r = env->job_reject;
-        sched_verdict_t v = sched_reject(&m->sched, w, r->job_id, r->attempt, r->lease_id);
-        mlog("job %" PRIu64 " attempt %u %s by %s (%d: %s)%s", r->job_id, r->attempt,
-             r->code ? "rejected" : "handed back", w >= 0 ? m->sched.workers[w].id : "?", r->code,
-             r->reason ? r->reason : "", v == SCHED_ACCEPTED ? "" : " - ignored, not its lease");
-        record_failures(m);
-        dispatch_all(m);
+    case RLHF__ENVELOPE__BODY_JOB_REJECT:
+        on_reject(m, w, env->job_reject);
         break;
-    }
+    case RLHF__ENVELOPE__BODY_RUN_SUBMIT:
+        on_run_submit(m, msg, w, env->run_submit);
+        break;
+    case RLHF__ENVELOPE__BODY_RUN_QUERY:
+        on_run_query(m, msg, w, env->run_query);
+        break;
+    case RLHF__ENVELOPE__BODY_RUN_CANCEL:
+        on_run_cancel(m, msg, w, env->run_cancel);
+        break;
     case RLHF__ENVELOPE__BODY_GOODBYE:
         if (w >= 0) sched_worker_dead(&m->sched, w, "said goodbye");
         record_failures(m);
@@ -874,8 +1115,15 @@ static void on_zpoll(uv_poll_t *h, int status, int events) {
     (void)events;
     drain(h->data);
 }
+/* Before the loop blocks: drain what ZMQ_EVENTS still holds, then the group commit - every
+ * record appended in this turn of the loop made durable with one fdatasync. */
 static void on_zprep(uv_prepare_t *h) {
-    drain(h->data);
+    master_t *m = h->data;
+    drain(m);
+    if (m->journal && journal_dirty(m->journal) && journal_sync(m->journal) < 0) {
+        mlog("journal: %s", rl_errmsg());
+        master_stop(m, "the journal cannot be synced");
+    }
 }
 static void on_zidle(uv_idle_t *h) {
     drain(h->data);
@@ -908,7 +1156,9 @@ static void on_cron(uv_timer_t *t) {
     }
     sched_tick(&m->sched, now, (double)m->cfg.heartbeat_ms * m->cfg.liveness);
     record_failures(m);
+    mrun_tick(m);
     dispatch_all(m);
+    journal_maybe_compact(m);
     if (m->cfg.exit_when_done && all_finished(m)) master_stop(m, "all jobs finished");
 }
 
@@ -994,6 +1244,8 @@ int main(int argc, char **argv) {
                                          {"set", required_argument, 0, 's'},
                                          {"bind", required_argument, 0, 'b'},
                                          {"run-dir", required_argument, 0, 'r'},
+                                         {"data-dir", required_argument, 0, 'd'},
+                                         {"dump-results", required_argument, 0, 'D'},
                                          {"http-port", required_argument, 0, 'p'},
                                          {"heartbeat-ms", required_argument, 0, 'H'},
                                          {"liveness", required_argument, 0, 'L'},
@@ -1027,6 +1279,15 @@ int main(int argc, char **argv) {
         case 'r':
             key = "run_dir";
             break;
+        case 'd':
+            snprintf(m->data_dir, sizeof m->data_dir, "%s", optarg);
+            continue;
+        case 'D':
+            if (master_dump_results(optarg, stdout) < 0) {
+                fprintf(stderr, "rlhf-master: %s\n", rl_errmsg());
+                return 1;
+            }
+            return 0;
         case 'p':
             key = "master.http_port";
             break;
@@ -1089,7 +1350,12 @@ int main(int argc, char **argv) {
     uv_signal_init(m->loop, &m->sigterm);
     uv_signal_init(m->loop, &m->sigint);
     m->sigterm.data = m->sigint.data = m;
-    if ((rc = fs_mkdir_p(m->cfg.run_dir)) < 0 || (rc = results_open(m)) < 0 ||
+    if (!m->data_dir[0]) snprintf(m->data_dir, sizeof m->data_dir, "%.4000s", m->cfg.run_dir);
+    char abs_dir[4096];
+    if (fs_mkdir_p(m->data_dir) == 0 && realpath(m->data_dir, abs_dir))
+        snprintf(m->data_dir, sizeof m->data_dir, "%s", abs_dir);
+    master_ns_index(m, ""); /* namespace 0: plain clients */
+    if ((rc = fs_mkdir_p(m->cfg.run_dir)) < 0 || (rc = journal_start(m)) < 0 ||
         (rc = zsetup(m)) < 0 ||
         (m->cfg.http_port >= 0 &&
          (rc = master_http_start(m, m->cfg.http_host, m->cfg.http_port)) < 0) ||
@@ -1124,8 +1390,10 @@ out:
     uv_run(m->loop, UV_RUN_DEFAULT); /* let the handles close */
     if (m->router) zmq_close(m->router);
     if (m->zctx) zmq_ctx_term(m->zctx);
-    if (m->results) fclose(m->results);
-    if (m->results && m->results_rfd >= 0) close(m->results_rfd);
+    journal_close(&m->journal);
+    mrun_free(m);
+    for (int i = 0; i < m->n_ns; i++) free(m->ns[i]);
+    free(m->ns);
     uv_loop_close(m->loop);
     sched_free(&m->sched);
     cfg_free(&m->cfg);

@@ -22,7 +22,7 @@ int sched_init(sched_t *s, uint32_t max_attempts, uint64_t lease_base) {
 }
 
 void sched_free(sched_t *s) {
-    for (int i = 0; i < s->n_jobs; i++) free(s->jobs[i].payload);
+    for (int i = 0; i < s->n_jobs; i++) free(s->jobs[i].payload), free(s->jobs[i].reason);
     free(s->jobs);
     free(s->index);
     free(s->queue);
@@ -342,6 +342,9 @@ int sched_job_retry(sched_t *s, int j, const void *payload, size_t payload_len) 
     jb->state = SCHED_QUEUED;
     jb->attempt = 0;
     jb->hold_until_ms = 0;
+    jb->forgotten = 0;
+    free(jb->reason);
+    jb->reason = NULL;
     jb->worker = -1;
     return 0;
 }

@@ -49,6 +49,8 @@ typedef struct {
     int client;         /* registry index of the client to tell when it finishes; -1: none */
     int run;            /* index of the run that created it (master_run.c); -1: a client's */
     int ns;             /* index of its namespace (master_ns); 0: "" */
+    int forgotten;      /* its record is gone: created again, it runs again */
+    char *reason;       /* why it failed (the worker's reason), owned; NULL */
     int64_t record_off; /* offset of its line in results.jsonl; -1: not recorded */
     uint64_t spec_hash; /* identity of a job known only from its record; 0: hash the spec */
 } sched_job_t;

@@ -80,9 +80,15 @@ metric() { curl -sf "$HTTP/metrics" | awk -v k="$1" '$1 == k { print $2 }'; }
 metric_ge() { local v; v=$(metric "$1"); [ -n "$v" ] && [ "$v" -ge "$2" ]; }
 metric_eq() { local v; v=$(metric "$1"); [ -n "$v" ] && [ "$v" -eq "$2" ]; }
 
-# results RUN_DIR: number of result lines; uniq_results: number of distinct job ids.
-results() { [ -f "$1/results.jsonl" ] && grep -c . "$1/results.jsonl" || echo 0; }
-uniq_results() { [ -f "$1/results.jsonl" ] && jq -r .job_id "$1/results.jsonl" | sort -u | grep -c . || echo 0; }
+# results_of RUN_DIR: a file with the job ends recorded in the journal of the master of RUN_DIR
+# (rlhf-master --dump-results; only reads, so the master may be running); prints its path.
+results_of() {
+    "$BIN/rlhf-master" --dump-results "$1" >"$1.results" 2>/dev/null || true
+    echo "$1.results"
+}
+# results RUN_DIR: number of job ends recorded; uniq_results: number of distinct job ids.
+results() { grep -c . "$(results_of "$1")" || true; }
+uniq_results() { jq -r .job_id "$(results_of "$1")" | sort -u | grep -c . || true; }
 results_ge() { [ "$(results "$1")" -ge "$2" ]; }
 
 # make_model DIR: a tiny GPT-2 directory for GENERATE jobs.

@@ -35,10 +35,10 @@ check "submit: 25 distinct ids" test "$(ids "$W/c1.out")" -eq 25
 check "submit: all done" none_but_done "$W/c1.out"
 gen6=$(jq -c 'select(.kind == "generate") | .tokens | length' "$W/c1.out" | grep -c '^6$')
 check "submit: the 5 GENERATE outputs decode to 6 tokens each" test "$gen6" -eq 5
-check "results.jsonl: 25 records, 25 ids" \
+check "journal: 25 job ends, 25 ids" \
     test "$(results "$W/run")" -eq 25 -a "$(uniq_results "$W/run")" -eq 25
 kept=$(jq -c 'select((.spec_hash | length) == 16 and (.output_b64 | type) == "string")' \
-    "$W/run/results.jsonl" | grep -c .)
+    "$(results_of $W/run)" | grep -c .)
 check "records carry spec_hash and the output (base64)" test "$kept" -eq 25
 check "/status: jobs by kind" \
     status_ok '.jobs_by_kind.noop.done == 20 and .jobs_by_kind.generate.done == 5'
@@ -95,7 +95,7 @@ check "crash: 30 jobs delivered, each once" \
 check "crash: all done" none_but_done "$W/c3.out"
 check "crash: the client saw the new master and resubmitted" \
     summary_ok "$W/c3.log" '.master_changes >= 1 and .jobs_resubmitted >= 1'
-check "crash: results.jsonl has no duplicate ids" \
+check "crash: the journal has no duplicate ids" \
     test "$(results "$W/run")" -eq "$(uniq_results "$W/run")"
 check "crash: 25 + 2 (bad-submit) + 30 jobs recorded" test "$(uniq_results "$W/run")" -eq 57
 
@@ -121,7 +121,7 @@ wait "$CPID" 2>/dev/null
 timeout 60 "$CT" submit --master "$EP" --first-id 201 --generate 10 --model "$W/model" \
     --delay-ms 300 --name driver2 >"$W/c7.out" 2>>"$W/c7.log"
 check "driver crash: the restarted driver gets all 10" test $? -eq 0 -a "$(ids "$W/c7.out")" -eq 10
-check "driver crash: results.jsonl has no duplicate ids" \
+check "driver crash: the journal has no duplicate ids" \
     test "$(results "$W/run")" -eq "$(uniq_results "$W/run")" -a "$(uniq_results "$W/run")" -eq 67
 check "workers were never restarted" kill -0 "$WA" "$WB"
 finish

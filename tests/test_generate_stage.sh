@@ -52,7 +52,7 @@ setsid "$R" generate --model "$W/m" --prompts "$W/many.jsonl" --out "$W/cut.json
     --max-new 40 --workers 2 --job-delay-ms 100 >/dev/null 2>&1 &
 GPID=$!
 PIDS+=("$GPID")
-results_n() { cat "$W/cut.jsonl.run/cluster/results.jsonl" 2>/dev/null | grep -c job_id; }
+results_n() { cat "$(results_of $W/cut.jsonl.run/cluster)" 2>/dev/null | grep -c job_id; }
 some_done() { [ "$(results_n)" -ge 3 ]; }
 check "some prompts finished before the crash" wait_for 60 some_done
 kill -KILL -- -"$GPID" 2>/dev/null
@@ -65,7 +65,7 @@ check "no output written by the killed run" test ! -e "$W/cut.jsonl"
 check "the resumed run completes" test -s "$W/cut.jsonl"
 check "resumed output equals an uninterrupted run" cmp -s "$W/cut.jsonl" "$W/ref.jsonl"
 check "each prompt generated once ($done_before before the crash)" \
-    test "$(jq -r .job_id "$W/cut.jsonl.run/cluster/results.jsonl" | sort | uniq -d | wc -l)" -eq 0
+    test "$(jq -r .job_id "$(results_of $W/cut.jsonl.run/cluster)" | sort | uniq -d | wc -l)" -eq 0
 check "the restarted master skipped finished prompts" grep -q "jobs already done" "$W/cut.jsonl.run/cluster/master.log"
 
 # --- bad input: file:line, nothing written

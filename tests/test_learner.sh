@@ -71,8 +71,7 @@ moved() { # the parameters differ from the initial model's by more than 1e-5 som
 final() { echo "$1/$(cat "$1/latest")/model"; }
 jqe() { jq -se "$@" >/dev/null; } # jqe FILTER FILE: the filter over all lines is true
 done_jobs() {
-    [ -f "$1/results.jsonl" ] &&
-        jq -r 'select(.status == "done") | .job_id' "$1/results.jsonl" | sort -u | grep -c . ||
+    jq -r 'select(.status == "done") | .job_id' "$(results_of "$1")" | sort -u | grep -c . ||
         echo 0
 }
 done_ge() { [ "$(done_jobs "$1")" -ge "$2" ]; }
@@ -224,7 +223,7 @@ check "k2: the silent shard was declared lost" \
 check "k2: unsaved steps dropped" \
     grep -q "job 1 failed at step 1: back to the last checkpoint" "$W/k2-0.log"
 check "k2: job 1 done by a later attempt" \
-    jqe 'map(select(.job_id == 1))[0].attempt >= 2' "$W/k2.m/results.jsonl"
+    jqe 'map(select(.job_id == 1))[0].attempt >= 2' "$(results_of $W/k2.m)"
 check "k2: parameters equal the undisturbed S=2 run" same "$(final "$W/s2.l")" "$(final "$W/k2.l")"
 check "k2: each step applied once" steps_once "$W/k2.l"
 

@@ -55,7 +55,7 @@ check "in-process train-rm" train inproc --threads "$NPROC"
 check "train-rm --learner-shards 1" train s1 --learner-shards 1 --steps-per-job 8
 tail -2 "$W/s1.jsonl" | sed 's/^/  /'
 check "S=1: the jobs ran on the learner (4 jobs of <= 8 steps)" \
-    test "$(jq -r 'select(.status == "done") | .job_id' "$W/s1.run/cluster/results.jsonl" |
+    test "$(jq -r 'select(.status == "done") | .job_id' "$(results_of $W/s1.run/cluster)" |
         sort -u | grep -c .)" -eq 4
 check "S=1: a checkpoint at step 30" test -f "$W/s1.run/learner/ckpt-0000000030/state.bin"
 check "S=1: per-step loss and accuracy logged" \
@@ -100,7 +100,7 @@ check "S=2: summary names the shards and the rate" \
 # another is, then the same command runs to the end. Wherever the signals land, the end must be
 # the model of the uninterrupted run.
 done_jobs() {
-    jq -r 'select(.status == "done") | .job_id' "$W/rs.run/cluster/results.jsonl" 2>/dev/null |
+    jq -r 'select(.status == "done") | .job_id' "$(results_of $W/rs.run/cluster)" 2>/dev/null |
         sort -u | grep -c .
 }
 done_ge() { [ "$(done_jobs)" -ge "$1" ]; }
@@ -124,7 +124,7 @@ check "the interrupted drivers saved nothing" test ! -e "$W/rs/model.safetensors
 check "the same command again finishes" train rs --learner-shards 2 --steps-per-job 3
 check "resumed run = uninterrupted S=2 run, byte for byte" cmp -s "$W/s2/model.safetensors" \
     "$W/rs/model.safetensors"
-check "every job recorded once" test "$(jq -r .job_id "$W/rs.run/cluster/results.jsonl" |
+check "every job recorded once" test "$(jq -r .job_id "$(results_of $W/rs.run/cluster)" |
     sort | uniq -d | grep -c .)" -eq 0
 check "no cluster left running" bash -c "! '$RLHF' down --run-dir '$W/rs.run/cluster' 2>/dev/null"
 

@@ -19,12 +19,12 @@ check "12 results recorded" wait_for 25 results_ge "$W/run" 12
 client_done
 check "the client got the 12 results" test "$(grep -c '"status":"done"' "$W/client.out")" -eq 12
 check "each job recorded exactly once" test "$(results "$W/run")" -eq 12 -a "$(uniq_results "$W/run")" -eq 12
-nw=$(jq -r .worker "$W/run/results.jsonl" | sort -u | wc -l)
+nw=$(jq -r .worker "$(results_of $W/run)" | sort -u | wc -l)
 check "jobs spread over several workers ($nw)" test "$nw" -ge 2
-nt=$(jq -c .tokens "$W/run/results.jsonl" | sort -u | wc -l)
+nt=$(jq -c .tokens "$(results_of $W/run)" | sort -u | wc -l)
 check "same prompt -> same tokens on every worker" test "$nt" -eq 1
-check "6 tokens generated" test "$(head -1 "$W/run/results.jsonl" | jq '.tokens | length')" -eq 6
-check "tokens are vocabulary ids" bash -c "jq -e '.tokens | all(. >= 0 and . < 64)' '$W/run/results.jsonl' >/dev/null"
+check "6 tokens generated" test "$(head -1 "$(results_of $W/run)" | jq '.tokens | length')" -eq 6
+check "tokens are vocabulary ids" bash -c "jq -e '.tokens | all(. >= 0 and . < 64)' '$(results_of $W/run)' >/dev/null"
 
 # --- HTTP
 check "/healthz" bash -c "curl -sf '$HTTP/healthz' | grep -q ok"

@@ -28,7 +28,7 @@ if [ "$h" = ka ]; then victim=$KA survivor=kb; else victim=$KB survivor=ka; fi
 kill -KILL "$victim"
 check "killed worker's job done once" wait_for 15 results_ge "$W/r1" 1
 check "result is attempt 2 by the survivor" \
-    bash -c "jq -e 'select(.job_id == 1) | .attempt == 2 and .worker == \"$survivor\"' '$W/r1/results.jsonl' >/dev/null"
+    bash -c "jq -e 'select(.job_id == 1) | .attempt == 2 and .worker == \"$survivor\"' '$(results_of $W/r1)' >/dev/null"
 check "a worker death was counted" metric_ge rlhf_worker_deaths_total 1
 check "exactly one result" test "$(results "$W/r1")" -eq 1
 client_done
@@ -45,7 +45,7 @@ h=$(holder s 1 1)
 if [ "$h" = sa ]; then victim=$SA; else victim=$SB; fi
 kill -STOP "$victim"
 check "frozen worker's job done elsewhere" wait_for 15 results_ge "$W/r2" 1
-check "done as attempt 2" bash -c "jq -e '.attempt == 2' '$W/r2/results.jsonl' >/dev/null"
+check "done as attempt 2" bash -c "jq -e '.attempt == 2' '$(results_of $W/r2)' >/dev/null"
 kill -CONT "$victim"
 check "late result from the resumed worker dropped" \
     wait_for 10 bash -c "curl -sf '$HTTP/status' | jq -e '.results_dropped.duplicate + .results_dropped.stale >= 1'"
@@ -92,7 +92,7 @@ check "both workers registered with the new master" \
 wait "$MPID"
 check "restarted master finished the run" test $? -eq 0
 check "8 jobs, each recorded exactly once" test "$(results "$W/r4")" -eq 8 -a "$(uniq_results "$W/r4")" -eq 8
-check "all 8 done, none failed" test "$(jq -r .status "$W/r4/results.jsonl" | grep -c '^done$')" -eq 8
+check "all 8 done, none failed" test "$(jq -r .status "$(results_of $W/r4)" | grep -c '^done$')" -eq 8
 check "workers were never restarted" kill -0 "$RA" "$RB"
 wait "$C4"
 check "the client got all 8, each once" \
@@ -114,7 +114,7 @@ wait "$MPID" 2>/dev/null
 start_master m7 "$W/r5" --bind "$EP5" --set master.max_attempts=2 --exit-when-done
 wait "$MPID"
 check "restarted master finished (busy test)" test $? -eq 0
-check "both jobs done, none failed" test "$(jq -r .status "$W/r5/results.jsonl" | grep -c '^done$')" -eq 2
+check "both jobs done, none failed" test "$(jq -r .status "$(results_of $W/r5)" | grep -c '^done$')" -eq 2
 check "no assignment refused as busy" bash -c "! grep -q busy '$W/m7.log'"
 check "the worker was never restarted (busy test)" kill -0 "$BA"
 finish

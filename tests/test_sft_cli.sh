@@ -102,7 +102,7 @@ SFTL=(--model "$W/m0" --data "$T/sft.jsonl" --eval-data "$W/eval.jsonl" --steps 
     2>"$W/err"
 check "sft --learner-shards 1 succeeds" test $? -eq 0
 check "S=1: 3 TRAIN jobs recorded by the master" test "$(jq -r 'select(.status == "done") |
-    .job_id' "$W/l1.run/cluster/results.jsonl" | sort -u | grep -c .)" -eq 3
+    .job_id' "$(results_of $W/l1.run/cluster)" | sort -u | grep -c .)" -eq 3
 check "S=1 on the learner = in process, byte for byte" cmp -s "$W/l0/model.safetensors" \
     "$W/l1/model.safetensors"
 check "S=1: the saved directory has the tokenizer" test -s "$W/l1/vocab.json"

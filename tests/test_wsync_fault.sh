@@ -68,7 +68,7 @@ check "job 1 ran with version 2" grep -q "job 1 attempt 1 runs with weights vers
 # (the line is the job thread's own, written while it holds the weights it runs with)
 check "job 1 never ran with version 1" bash -c "! grep -q 'job 1 attempt [0-9]* runs with weights version 1 ' '$W/wb.log'"
 check "each job recorded exactly once" test "$(uniq_results "$W/r2")" -eq 2 -a "$(results "$W/r2")" -eq 2
-check "both done" test "$(jq -r .status "$W/r2/results.jsonl" | grep -c '^done$')" -eq 2
+check "both done" test "$(jq -r .status "$(results_of $W/r2)" | grep -c '^done$')" -eq 2
 
 # --- a bad policy_version in a job line is refused before anything is submitted
 printf '{"id":1,"kind":"noop","policy_version":-3}\n' >"$W/bad.jsonl"

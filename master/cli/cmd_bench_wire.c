@@ -9,7 +9,7 @@
  * (common/net/client.h), then K rollout workers are started, and the client waits for every
  * job. Each worker holds one lease at a time, so every job is one round trip
  * JobAssign -> handler -> JobResult; the master records its latency (dispatch to result, on the
- * master's clock) as latency_ms in results.jsonl, from which p50 / p99 are taken. Every job must
+ * master's clock) as latency_ms in its journal, from which p50 / p99 are taken. Every job must
  * be delivered and recorded exactly once, or the benchmark fails.
  *
  * Phase 2 (swarm): a fresh master with no jobs and 1 s heartbeats x 3; its CPU use is sampled
@@ -305,10 +305,15 @@ static int dispatch_run(bw_t *b, const char *ep, double *t0) {
     return rc;
 }
 
-/* Reads results.jsonl: every job 1..N exactly once, status done; fills the latency figures. */
-static int read_results(const bw_t *b, const char *path, bw_dispatch_t *d) {
-    FILE *f = fopen(path, "r");
-    if (!f) return rl_fail(RL_EIO, "%s: %s", path, strerror(errno));
+/* Reads the job ends of the master's journal (`rlhf-master --dump-results RUN`): every job
+ * 1..N exactly once, status done; fills the latency figures. */
+static int read_results(const bw_t *b, const char *run, bw_dispatch_t *d) {
+    char cmd[PATH_MAX * 3], master[PATH_MAX + 32];
+    local_bin_path(master, sizeof master, "rlhf-master");
+    snprintf(cmd, sizeof cmd, "'%.4000s' --dump-results '%.4000s'", master, run);
+    const char *path = "the journal";
+    FILE *f = popen(cmd, "r");
+    if (!f) return rl_fail(RL_EIO, "%s: %s", cmd, strerror(errno));
     double *lat = malloc((size_t)b->jobs * sizeof *lat),
            *hand = malloc((size_t)b->jobs * sizeof *hand);
     unsigned char *seen = calloc((size_t)b->jobs + 1, 1);
@@ -331,7 +336,7 @@ static int read_results(const bw_t *b, const char *path, bw_dispatch_t *d) {
         json_decref(o);
     }
     free(line);
-    fclose(f);
+    if (pclose(f) != 0 && rc == 0) rc = rl_fail(RL_EIO, "%s failed", cmd);
     if (rc == 0 && n != b->jobs)
         rc = rl_fail(RL_EFORMAT, "%s: %d results for %d jobs", path, n, b->jobs);
     if (rc == 0) {
@@ -351,9 +356,8 @@ static int read_results(const bw_t *b, const char *path, bw_dispatch_t *d) {
 }
 
 static int phase_dispatch(bw_t *b, bw_dispatch_t *d) {
-    char results[PATH_MAX + 128], run[PATH_MAX + 64], ep[256];
+    char run[PATH_MAX + 64], ep[256];
     snprintf(run, sizeof run, "%s/dispatch", b->dir);
-    snprintf(results, sizeof results, "%s/results.jsonl", run);
     int port, rc = start_master(b, "dispatch", NULL, 0);
     if (rc == 0) rc = wait_master(b, run, ep, sizeof ep, &port);
     double t0 = 0;
@@ -363,7 +367,7 @@ static int phase_dispatch(bw_t *b, bw_dispatch_t *d) {
     for (int i = 0; i < b->n_workers; i++) stop_child(&b->workers[i], SIGTERM, 3000);
     b->n_workers = 0;
     stop_child(&b->master, SIGTERM, 3000); /* every record is on disk (fsync'ed) already */
-    return read_results(b, results, d);
+    return read_results(b, run, d);
 }
 
 /* ---- phase 2: master CPU under a swarm of heartbeating workers ------------------------------ */

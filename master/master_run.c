@@ -1,0 +1,1374 @@
+/*
+ * master_run.c - the runs a master owns: stages as jobs, the PPO loop, journaled (see
+ * master_run.h for the design).
+ */
+#include "master_run.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "base/err.h"
+#include "base/fs.h"
+#include "base/jsonl.h"
+#include "net/wire.h"
+
+enum { R_QUEUED, R_RUNNING, R_PAUSED, R_FAILED, R_CANCELLED, R_SUCCEEDED };
+static const char *const state_names[] = {"queued",    "running",   "paused",
+                                          "failed",    "cancelled", "succeeded"};
+
+/* A PPO stage's prompt: its text and token ids (ppo-prep's OUT/ppo_prompts.jsonl). */
+typedef struct {
+    char *text;
+    int32_t *ids;
+    size_t n;
+} mprompt_t;
+
+/* One rollout of the iteration in flight. */
+typedef struct {
+    int prompt;
+    int32_t *tokens;
+    float *logprobs, *ref_logprobs;
+    int n, finish;
+    float score;
+    double gold;
+} mroll_t;
+
+/* The PPO loop of a run: its plan (OUT/ppo_plan.json) and the iteration in flight. */
+typedef struct {
+    char *policy, *rm, *ref, *value, *out, *cfg_json;
+    int iterations, P, K, J, n_jobs, max_new, ckpt_every, gold, count_token, eot, vocab;
+    float temperature;
+    uint64_t seed;
+    double s_mean, s_std;
+    mprompt_t *p;
+    int n_p;
+    mroll_t *r;        /* P * K */
+    long have_gen;     /* the iteration whose GENERATE outputs r holds (-1: none) */
+    long have_score;   /* ... whose SCORE outputs */
+    int attached;      /* the learner holds this training at the committed iteration */
+    uint64_t attaches; /* attach jobs sent by this master (ids) */
+    json_t *gen_by, *score_by;
+    double t_iter, t_gen0, t_gen, t_score0, t_score, t_train0;
+} mppo_t;
+
+struct mrun {
+    char name[128];
+    json_t *plan;
+    char dir[PATH_MAX];
+    int state, stage, n_stages;
+    char reason[2048];
+    int retry;        /* resubmitted after a failure: failed jobs run again */
+    json_t *metrics;  /* the committed iterations' metrics lines (strings) */
+    mppo_t *ppo;
+    int ns_self, ns_ppo; /* "@NAME", "@NAME/ppo" */
+    double t_stage0;  /* when the current stage started (wall ms; 0: not in this process) */
+    double submitted_unix, updated_unix;
+    double *stage_secs;
+    int logged_stage; /* the stage whose start line is in run.log (-1: none) */
+    int io_paused;    /* the master's own write to the run directory failed */
+};
+
+/* ---- small helpers ------------------------------------------------------------------------ */
+
+static mrun_t *run_at(master_t *m, int r) {
+    return &m->runs[r];
+}
+
+static int terminal(int st) {
+    return st == R_FAILED || st == R_CANCELLED || st == R_SUCCEEDED;
+}
+
+static double now_unix(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static json_t *stage_at(const mrun_t *r, int i) {
+    return json_array_get(json_object_get(r->plan, "stages"), (size_t)i);
+}
+
+static const char *stage_name(const mrun_t *r, int i) {
+    const char *s = json_string_value(json_object_get(stage_at(r, i), "name"));
+    return s ? s : "?";
+}
+
+/* `in` with every "{run}" replaced by the run directory (malloc'ed). */
+static char *subst_run(const mrun_t *r, const char *in) {
+    size_t dl = strlen(r->dir), cap = strlen(in) + 1, n = 0;
+    for (const char *p = strstr(in, "{run}"); p; p = strstr(p + 5, "{run}")) cap += dl;
+    char *out = malloc(cap);
+    if (!out) return NULL;
+    for (const char *p = in; *p;) {
+        if (!strncmp(p, "{run}", 5)) {
+            memcpy(out + n, r->dir, dl);
+            n += dl;
+            p += 5;
+        } else {
+            out[n++] = *p++;
+        }
+    }
+    out[n] = 0;
+    return out;
+}
+
+/* Appends a line to RUN_DIR/run.log (what `rlhf logs` shows). A failure pauses the run. */
+static void run_log(master_t *m, mrun_t *r, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void run_log(master_t *m, mrun_t *r, const char *fmt, ...) {
+    (void)m;
+    char line[4096], path[PATH_MAX + 16];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    master_log("run %s: %s", r->name, line);
+    snprintf(path, sizeof path, "%.4000s/run.log", r->dir);
+    FILE *f = fopen(path, "a");
+    int bad = !f || fprintf(f, "%s\n", line) < 0;
+    if (f && fclose(f) != 0) bad = 1;
+    if (bad) {
+        master_log("run %s: %s: %s", r->name, path, strerror(errno));
+        r->io_paused = 1;
+        snprintf(r->reason, sizeof r->reason, "waiting: %.1900s: %s", path, strerror(errno));
+    }
+}
+
+static void fmt_secs(double s, char *out, size_t n) {
+    if (s < 0 || !isfinite(s))
+        snprintf(out, n, "?");
+    else if (s < 60)
+        snprintf(out, n, "%.0fs", s);
+    else
+        snprintf(out, n, "%dm%02ds", (int)s / 60, (int)s % 60);
+}
+
+/* Journals the run's state (and applies it): state, current stage, reason. */
+static void run_set(master_t *m, mrun_t *r, int state, int stage, const char *reason) {
+    int changed = r->state != state || r->stage != stage ||
+                  strcmp(r->reason, reason ? reason : "");
+    r->state = state;
+    r->stage = stage;
+    snprintf(r->reason, sizeof r->reason, "%s", reason ? reason : "");
+    r->updated_unix = now_unix();
+    if (!changed) return;
+    Rlhf__JournalRecord rec = RLHF__JOURNAL_RECORD__INIT;
+    Rlhf__JournalRunState rs = RLHF__JOURNAL_RUN_STATE__INIT;
+    rs.name = r->name;
+    rs.state = (char *)state_names[state];
+    rs.stage = stage;
+    rs.reason = r->reason;
+    rs.retry = r->retry;
+    rec.body_case = RLHF__JOURNAL_RECORD__BODY_RUN_STATE;
+    rec.run_state = &rs;
+    master_journal(m, &rec, 0);
+}
+
+/* ---- jobs of a run ------------------------------------------------------------------------- */
+
+/* The job (ns, id) of run r, created with this spec if it does not exist, or run again when it
+ * was forgotten, or failed and the run was resubmitted. Returns its scheduler index, or -1. */
+static int job_ensure(master_t *m, int ri, int ns, uint64_t id, int kind, uint64_t seed,
+                      uint64_t version, int role, uint32_t lease_ms, const void *payload,
+                      size_t len) {
+    mrun_t *r = run_at(m, ri);
+    int j = sched_job_find(&m->sched, master_job_id(ns, id));
+    if (j < 0)
+        return master_job_create(m, ns, id, kind, seed, version, role, lease_ms, payload, len, ri);
+    sched_job_t *jb = &m->sched.jobs[j];
+    int again = jb->forgotten || (jb->state == SCHED_FAILED && r->retry);
+    if (again) {
+        /* the same id with a fresh spec: journaled as a new job */
+        if (master_job_create(m, ns, id, kind, seed, version, role, lease_ms, payload, len, ri) <
+            0)
+            return -1;
+    }
+    return j;
+}
+
+/* The packed output of finished job j (its journal record); NULL when unreadable. */
+static Rlhf__JournalRecord *job_end(master_t *m, int j) {
+    Rlhf__JournalRecord *rec = NULL;
+    if (master_job_end_read(m, &m->sched.jobs[j], &rec) < 0 || !rec || !rec->job_end) {
+        if (rec) rlhf__journal_record__free_unpacked(rec, NULL);
+        return NULL;
+    }
+    return rec;
+}
+
+/* Whether job j is finished; a failed one fails the run (returns -1 with the reason set). */
+static int job_state(master_t *m, mrun_t *r, int j, const char *what) {
+    if (j < 0) {
+        snprintf(r->reason, sizeof r->reason, "%s: %s", what, rl_errmsg());
+        return -1;
+    }
+    sched_job_t *jb = &m->sched.jobs[j];
+    if (jb->state == SCHED_DONE && !jb->forgotten) return 1;
+    if (jb->state == SCHED_FAILED) {
+        snprintf(r->reason, sizeof r->reason, "%s failed: %s", what,
+                 jb->reason && jb->reason[0] ? jb->reason : "attempts spent");
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- plain stages: one STAGE job each ----------------------------------------------------- */
+
+/* The STAGE job of stage i running argv (argv[0] replaced by sub when not NULL) with id. */
+static int stage_job(master_t *m, int ri, int i, uint64_t id, const char *sub) {
+    mrun_t *r = run_at(m, ri);
+    json_t *st = stage_at(r, i), *av = json_object_get(st, "argv");
+    size_t n = json_array_size(av);
+    char **argv = calloc(n ? n : 1, sizeof *argv);
+    char log[PATH_MAX + 64], ns[300];
+    const char *so = json_string_value(json_object_get(st, "stdout_to"));
+    char *stdout_to = so ? subst_run(r, so) : NULL;
+    snprintf(log, sizeof log, "%.4000s/logs/%s.log", r->dir, stage_name(r, i));
+    snprintf(ns, sizeof ns, "%s/%s", r->name, stage_name(r, i));
+    int ok = argv != NULL;
+    for (size_t k = 0; ok && k < n; k++) {
+        const char *a = k == 0 && sub ? sub : json_string_value(json_array_get(av, k));
+        ok = a && (argv[k] = subst_run(r, a)) != NULL;
+    }
+    int j = -1;
+    if (ok) {
+        Rlhf__StageSpec sp = RLHF__STAGE_SPEC__INIT;
+        sp.name = (char *)stage_name(r, i);
+        sp.argv = argv;
+        sp.n_argv = n;
+        const char *cwd = json_string_value(json_object_get(r->plan, "cwd"));
+        sp.cwd = (char *)(cwd ? cwd : r->dir);
+        sp.log = log;
+        sp.stdout_to = stdout_to ? stdout_to : "";
+        sp.master = m->endpoint;
+        sp.ns = ns;
+        size_t len = rlhf__stage_spec__get_packed_size(&sp);
+        uint8_t *buf = malloc(len ? len : 1);
+        if (buf) {
+            rlhf__stage_spec__pack(&sp, buf);
+            /* a stage runs for as long as it needs: its worker's heartbeats say it is alive */
+            j = job_ensure(m, ri, r->ns_self, id, RLHF__JOB_KIND__JOB_KIND_STAGE, 1, 0,
+                           RLHF__ROLE__ROLE_STAGE, 7 * 86400000u, buf, len);
+        }
+        free(buf);
+    }
+    for (size_t k = 0; argv && k < n; k++) free(argv[k]);
+    free(argv);
+    free(stdout_to);
+    if (!ok) rl_fail(RL_ENOMEM, "out of memory");
+    return j;
+}
+
+/* ---- the PPO stage --------------------------------------------------------------------------- */
+
+static void ppo_free(mppo_t *p) {
+    if (!p) return;
+    free(p->policy), free(p->rm), free(p->ref), free(p->value), free(p->out), free(p->cfg_json);
+    for (int i = 0; i < p->n_p; i++) free(p->p[i].text), free(p->p[i].ids);
+    free(p->p);
+    for (int k = 0; p->r && k < p->P * p->K; k++)
+        free(p->r[k].tokens), free(p->r[k].logprobs), free(p->r[k].ref_logprobs);
+    free(p->r);
+    json_decref(p->gen_by), json_decref(p->score_by);
+    free(p);
+}
+
+static int load_prompt(void *ctx, json_t *o, const char *where) {
+    mppo_t *p = ctx;
+    json_t *ids = json_object_get(o, "ids");
+    const char *text = json_string_value(json_object_get(o, "text"));
+    if (!text || !json_is_array(ids) || json_array_size(ids) == 0)
+        return rl_fail(RL_EFORMAT, "%s: needs \"text\" and \"ids\"", where);
+    mprompt_t *np = realloc(p->p, (size_t)(p->n_p + 1) * sizeof *np);
+    if (!np) return rl_fail(RL_ENOMEM, "out of memory");
+    p->p = np;
+    mprompt_t *q = &p->p[p->n_p++];
+    q->n = json_array_size(ids);
+    q->text = strdup(text);
+    q->ids = malloc(q->n * sizeof *q->ids);
+    if (!q->text || !q->ids) return rl_fail(RL_ENOMEM, "out of memory");
+    for (size_t k = 0; k < q->n; k++) q->ids[k] = (int32_t)json_integer_value(json_array_get(ids, k));
+    return 0;
+}
+
+static char *jstr(json_t *o, const char *k) {
+    const char *s = json_string_value(json_object_get(o, k));
+    return strdup(s ? s : "");
+}
+
+/* Reads ppo-prep's plan and prompts from OUT (the ppo stage's --out). Returns 0 or RL_E*. */
+static int ppo_load(mrun_t *r, const char *out) {
+    char path[PATH_MAX + 32];
+    snprintf(path, sizeof path, "%.4000s/ppo_plan.json", out);
+    json_error_t e;
+    json_t *o = json_load_file(path, 0, &e);
+    if (!o) return rl_fail(RL_EFORMAT, "%s: %s", path, e.text);
+    mppo_t *p = calloc(1, sizeof *p);
+    if (!p) {
+        json_decref(o);
+        return rl_fail(RL_ENOMEM, "out of memory");
+    }
+    p->policy = jstr(o, "policy"), p->rm = jstr(o, "rm"), p->ref = jstr(o, "ref");
+    p->value = jstr(o, "value"), p->out = jstr(o, "out"), p->cfg_json = jstr(o, "config_json");
+#define GI(f, k) p->f = (int)json_integer_value(json_object_get(o, k))
+    GI(iterations, "iterations");
+    GI(P, "batch");
+    GI(K, "samples");
+    GI(J, "per_job");
+    GI(max_new, "max_new");
+    GI(ckpt_every, "checkpoint_every");
+    GI(count_token, "count_token");
+    GI(eot, "eot");
+    GI(vocab, "vocab");
+#undef GI
+    p->gold = json_is_true(json_object_get(o, "gold"));
+    p->temperature = (float)json_number_value(json_object_get(o, "temperature"));
+    p->seed = (uint64_t)json_integer_value(json_object_get(o, "seed"));
+    p->s_mean = json_number_value(json_object_get(o, "score_mean"));
+    p->s_std = json_number_value(json_object_get(o, "score_std"));
+    char *prompts = jstr(o, "prompts");
+    json_decref(o);
+    int rc = 0;
+    if (p->iterations < 1 || p->P < 1 || p->K < 1 || p->J < 1)
+        rc = rl_fail(RL_EFORMAT, "%s: iterations, batch, samples, per_job must be >= 1", path);
+    long n = rc == 0 ? jsonl_read(prompts, load_prompt, p) : 0;
+    free(prompts);
+    if (rc == 0 && n < 0) rc = (int)n;
+    if (rc == 0 && p->n_p == 0) rc = rl_fail(RL_EFORMAT, "%s: no prompts", path);
+    p->n_jobs = (p->P + p->J - 1) / p->J;
+    if (rc == 0 && !(p->r = calloc((size_t)p->P * p->K, sizeof *p->r)))
+        rc = rl_fail(RL_ENOMEM, "out of memory");
+    if (rc < 0) {
+        ppo_free(p);
+        return rc;
+    }
+    p->have_gen = p->have_score = -1;
+    r->ppo = p;
+    return 0;
+}
+
+static uint64_t mix(uint64_t x) {
+    x += 0x9e3779b97f4a7c15ULL;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return (x ^ (x >> 31)) >> 1;
+}
+
+/* Job ids of iteration i: [i * 2^20 + 1, (i + 1) * 2^20), as `rlhf ppo` always numbered them. */
+static uint64_t gen_id(long i, int c) {
+    return ((uint64_t)i << 20) + 1 + (uint64_t)c;
+}
+static uint64_t score_id(long i, int c) {
+    return ((uint64_t)i << 20) + 1 + 0x40000 + (uint64_t)c;
+}
+static uint64_t train_id(long i) {
+    return ((uint64_t)i << 20) + 0xFFFFF;
+}
+static uint64_t attach_id(long i, uint64_t k) {
+    return ((uint64_t)i << 20) + 0x80000 + (k & 0x7FFFF);
+}
+
+static int pack_train(mrun_t *r, long i, int attach, uint8_t **buf, size_t *len) {
+    mppo_t *p = r->ppo;
+    int n = attach ? 0 : p->P * p->K;
+    Rlhf__PpoRollout *rs = calloc((size_t)(n ? n : 1), sizeof *rs);
+    Rlhf__PpoRollout **rp = calloc((size_t)(n ? n : 1), sizeof *rp);
+    char ckpt[PATH_MAX + 16];
+    snprintf(ckpt, sizeof ckpt, "%.4000s/learner", p->out);
+    int ok = rs && rp;
+    for (int q = 0; ok && q < n; q++) {
+        mroll_t *ro = &p->r[q];
+        const mprompt_t *pr = &p->p[ro->prompt];
+        rlhf__ppo_rollout__init(&rs[q]);
+        rs[q].prompt = pr->ids;
+        rs[q].n_prompt = pr->n;
+        rs[q].completion = ro->tokens;
+        rs[q].n_completion = (size_t)ro->n;
+        rs[q].logprobs = ro->logprobs;
+        rs[q].n_logprobs = (size_t)ro->n;
+        rs[q].ref_logprobs = ro->ref_logprobs;
+        rs[q].n_ref_logprobs = (size_t)ro->n;
+        rs[q].score = ro->score;
+        rp[q] = &rs[q];
+    }
+    Rlhf__PpoSpec pp = RLHF__PPO_SPEC__INIT;
+    pp.iteration = (uint64_t)i;
+    pp.policy_dir = p->policy;
+    pp.value_dir = p->value;
+    pp.config_json = p->cfg_json;
+    pp.rollouts = rp;
+    pp.n_rollouts = (size_t)n;
+    pp.seed = p->seed;
+    pp.checkpoint_every = (uint32_t)p->ckpt_every;
+    pp.score_mean = p->s_mean;
+    pp.score_std = p->s_std;
+    pp.last = i == p->iterations - 1;
+    Rlhf__TrainSpec ts = RLHF__TRAIN_SPEC__INIT;
+    ts.kind = RLHF__TRAIN_KIND__TRAIN_KIND_PPO;
+    ts.ppo = &pp;
+    ts.ckpt_dir = ckpt;
+    *len = rlhf__train_spec__get_packed_size(&ts);
+    *buf = ok ? malloc(*len ? *len : 1) : NULL;
+    if (*buf) rlhf__train_spec__pack(&ts, *buf);
+    free(rs), free(rp);
+    return *buf ? 0 : rl_fail(RL_ENOMEM, "out of memory");
+}
+
+/* GENERATE job c of iteration i (its spec as `rlhf ppo` built it). */
+static int gen_job(master_t *m, int ri, long i, int c) {
+    mrun_t *r = run_at(m, ri);
+    mppo_t *p = r->ppo;
+    int np = c == p->n_jobs - 1 ? p->P - c * p->J : p->J;
+    Rlhf__PromptIds *pids = calloc((size_t)np, sizeof *pids);
+    Rlhf__PromptIds **pp = calloc((size_t)np, sizeof *pp);
+    int j = -1;
+    if (pids && pp) {
+        for (int q = 0; q < np; q++) {
+            const mprompt_t *pr = &p->p[((long)i * p->P + c * p->J + q) % p->n_p];
+            rlhf__prompt_ids__init(&pids[q]);
+            pids[q].ids = pr->ids;
+            pids[q].n_ids = pr->n;
+            pp[q] = &pids[q];
+        }
+        Rlhf__GenerateSpec sp = RLHF__GENERATE_SPEC__INIT;
+        sp.model_dir = p->policy;
+        sp.prompts = pp;
+        sp.n_prompts = (size_t)np;
+        sp.max_new_tokens = (uint32_t)p->max_new;
+        sp.n_samples = (uint32_t)p->K;
+        sp.temperature = p->temperature;
+        sp.top_p = 1.0f;
+        sp.eot = p->eot;
+        sp.vocab_limit = (uint32_t)p->vocab;
+        size_t len = rlhf__generate_spec__get_packed_size(&sp);
+        uint8_t *buf = malloc(len ? len : 1);
+        if (buf) {
+            rlhf__generate_spec__pack(&sp, buf);
+            j = job_ensure(m, ri, r->ns_ppo, gen_id(i, c), RLHF__JOB_KIND__JOB_KIND_GENERATE,
+                           mix(p->seed ^ mix((uint64_t)i * 4096 + (uint64_t)c)), (uint64_t)i,
+                           RLHF__ROLE__ROLE_ROLLOUT, 0, buf, len);
+        }
+        free(buf);
+    }
+    free(pids), free(pp);
+    return j;
+}
+
+static int score_job(master_t *m, int ri, long i, int c) {
+    mrun_t *r = run_at(m, ri);
+    mppo_t *p = r->ppo;
+    int first = c * p->J * p->K, cnt = c == p->n_jobs - 1 ? p->P * p->K - first : p->J * p->K;
+    Rlhf__ScoreItem *items = calloc((size_t)cnt, sizeof *items);
+    Rlhf__ScoreItem **ip = calloc((size_t)cnt, sizeof *ip);
+    char **texts = calloc((size_t)cnt, sizeof *texts);
+    int j = -1;
+    if (items && ip && texts) {
+        for (int q = 0; q < cnt; q++) {
+            mroll_t *ro = &p->r[first + q];
+            const mprompt_t *pr = &p->p[ro->prompt];
+            rlhf__score_item__init(&items[q]);
+            items[q].prompt = pr->ids;
+            items[q].n_prompt = pr->n;
+            items[q].completion = ro->tokens;
+            items[q].n_completion = (size_t)ro->n;
+            ip[q] = &items[q];
+            texts[q] = pr->text;
+        }
+        Rlhf__ScoreSpec sp = RLHF__SCORE_SPEC__INIT;
+        sp.rm_dir = p->count_token >= 0 ? "" : p->rm;
+        sp.count_reward = p->count_token >= 0;
+        sp.count_token = p->count_token;
+        sp.ref_dir = p->ref;
+        sp.items = ip;
+        sp.n_items = (size_t)cnt;
+        sp.eot = p->eot;
+        sp.vocab_limit = (uint32_t)p->vocab;
+        if (p->gold) {
+            sp.gold = 1;
+            sp.prompt_texts = texts;
+            sp.n_prompt_texts = (size_t)cnt;
+        }
+        size_t len = rlhf__score_spec__get_packed_size(&sp);
+        uint8_t *buf = malloc(len ? len : 1);
+        if (buf) {
+            rlhf__score_spec__pack(&sp, buf);
+            j = job_ensure(m, ri, r->ns_ppo, score_id(i, c), RLHF__JOB_KIND__JOB_KIND_SCORE, 0, 0,
+                           RLHF__ROLE__ROLE_REWARD, 0, buf, len);
+        }
+        free(buf);
+    }
+    free(items), free(ip), free(texts);
+    return j;
+}
+
+static void per_worker(json_t *by, const Rlhf__JournalJobEnd *e) {
+    const char *w = e->worker && e->worker[0] ? e->worker : "?";
+    double cur = json_number_value(json_object_get(by, w));
+    json_object_set_new(by, w, json_real(cur + e->elapsed_ms));
+}
+
+static double max_worker(json_t *by) {
+    const char *k;
+    json_t *v;
+    double mx = 0;
+    json_object_foreach(by, k, v) mx = fmax(mx, json_number_value(v));
+    return mx;
+}
+
+/* Fills the rollouts of iteration i from its GENERATE outputs. Returns 0 or -1 (reason set). */
+static int take_generated(master_t *m, mrun_t *r, long i, const int *jobs) {
+    mppo_t *p = r->ppo;
+    for (int k = 0; k < p->P * p->K; k++) {
+        free(p->r[k].tokens), free(p->r[k].logprobs), free(p->r[k].ref_logprobs);
+        memset(&p->r[k], 0, sizeof p->r[k]);
+        p->r[k].prompt = (int)(((long)i * p->P + k / p->K) % p->n_p);
+    }
+    json_decref(p->gen_by);
+    p->gen_by = json_object();
+    for (int c = 0; c < p->n_jobs; c++) {
+        Rlhf__JournalRecord *rec = job_end(m, jobs[c]);
+        Rlhf__GenerateOutput *g =
+            rec ? rlhf__generate_output__unpack(NULL, rec->job_end->output.len,
+                                                rec->job_end->output.data)
+                : NULL;
+        int first = c * p->J * p->K;
+        int want = c == p->n_jobs - 1 ? p->P * p->K - first : p->J * p->K;
+        if (!g || (int)g->n_completions != want) {
+            snprintf(r->reason, sizeof r->reason, "iteration %ld: GENERATE job %d: %s", i, c,
+                     g ? "wrong number of completions" : "output unreadable");
+            if (g) rlhf__generate_output__free_unpacked(g, NULL);
+            if (rec) rlhf__journal_record__free_unpacked(rec, NULL);
+            return -1;
+        }
+        for (int q = 0; q < want; q++) {
+            mroll_t *ro = &p->r[first + q];
+            const Rlhf__Completion *cp = g->completions[q];
+            size_t nt = cp->n_tokens ? cp->n_tokens : 1;
+            ro->n = (int)cp->n_tokens;
+            ro->tokens = malloc(nt * sizeof *ro->tokens);
+            ro->logprobs = malloc(nt * sizeof *ro->logprobs);
+            if (!ro->tokens || !ro->logprobs) break;
+            for (size_t t = 0; t < cp->n_tokens; t++) {
+                ro->tokens[t] = cp->tokens[t];
+                ro->logprobs[t] = t < cp->n_logprobs ? cp->logprobs[t] : 0;
+            }
+            ro->finish = (int)cp->finish;
+        }
+        per_worker(p->gen_by, rec->job_end);
+        rlhf__generate_output__free_unpacked(g, NULL);
+        rlhf__journal_record__free_unpacked(rec, NULL);
+    }
+    p->have_gen = i;
+    p->have_score = -1;
+    return 0;
+}
+
+static int take_scored(master_t *m, mrun_t *r, long i, const int *jobs) {
+    mppo_t *p = r->ppo;
+    json_decref(p->score_by);
+    p->score_by = json_object();
+    for (int c = 0; c < p->n_jobs; c++) {
+        Rlhf__JournalRecord *rec = job_end(m, jobs[c]);
+        Rlhf__ScoreOutput *so = rec ? rlhf__score_output__unpack(NULL, rec->job_end->output.len,
+                                                                 rec->job_end->output.data)
+                                    : NULL;
+        int first = c * p->J * p->K;
+        int want = c == p->n_jobs - 1 ? p->P * p->K - first : p->J * p->K;
+        if (!so || (int)so->n_scores != want || (int)so->n_ref_logprobs != want ||
+            (p->gold && (int)so->n_gold != want)) {
+            snprintf(r->reason, sizeof r->reason, "iteration %ld: SCORE job %d: %s", i, c,
+                     so ? "wrong number of scores" : "output unreadable");
+            if (so) rlhf__score_output__free_unpacked(so, NULL);
+            if (rec) rlhf__journal_record__free_unpacked(rec, NULL);
+            return -1;
+        }
+        for (int q = 0; q < want; q++) {
+            mroll_t *ro = &p->r[first + q];
+            ro->score = so->scores[q];
+            ro->gold = p->gold ? so->gold[q] : 0;
+            const Rlhf__TokenLogprobs *t = so->ref_logprobs[q];
+            free(ro->ref_logprobs);
+            ro->ref_logprobs = malloc((ro->n ? (size_t)ro->n : 1) * sizeof(float));
+            for (int k = 0; ro->ref_logprobs && k < ro->n; k++)
+                ro->ref_logprobs[k] = k < (int)t->n_logprobs ? t->logprobs[k] : 0;
+        }
+        per_worker(p->score_by, rec->job_end);
+        rlhf__score_output__free_unpacked(so, NULL);
+        rlhf__journal_record__free_unpacked(rec, NULL);
+    }
+    p->have_score = i;
+    return 0;
+}
+
+/* OUT/metrics.jsonl from the committed lines (atomically). Returns 0 or RL_E*. */
+static int metrics_write(mrun_t *r) {
+    if (!r->ppo && !r->metrics) return 0;
+    size_t n = json_array_size(r->metrics), len = 0;
+    for (size_t i = 0; i < n; i++) len += strlen(json_string_value(json_array_get(r->metrics, i))) + 1;
+    char *buf = malloc(len + 1), path[PATH_MAX + 32];
+    if (!buf) return rl_fail(RL_ENOMEM, "out of memory");
+    len = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *s = json_string_value(json_array_get(r->metrics, i));
+        size_t l = strlen(s);
+        memcpy(buf + len, s, l);
+        buf[len + l] = '\n';
+        len += l + 1;
+    }
+    snprintf(path, sizeof path, "%.4000s/metrics.jsonl", r->ppo ? r->ppo->out : r->dir);
+    int rc = fs_write_atomic(path, buf, len);
+    free(buf);
+    return rc;
+}
+
+/* Iteration i commits: its metrics line journaled (synced), the file rewritten, its jobs
+ * forgotten. Returns 0 or -1 (paused: the run directory cannot be written). */
+static int ppo_commit(master_t *m, int ri, long i, const Rlhf__PpoOutput *po, double train_ms,
+                      const int *gj, const int *sj, int tj) {
+    mrun_t *r = run_at(m, ri);
+    mppo_t *p = r->ppo;
+    int n = p->P * p->K;
+    long toks = 0, eots = 0;
+    double gold = 0;
+    for (int q = 0; q < n; q++) {
+        toks += p->r[q].n;
+        eots += p->r[q].finish == 1;
+        gold += p->r[q].gold;
+    }
+    double now = wire_now_ms();
+    double t_gen = p->t_gen, t_score = p->t_score, t_update = train_ms;
+    double t_total = p->t_iter > 0 ? now - p->t_iter : t_gen + t_score + t_update;
+    double upd_ms = po->update_ms, pub_ms = po->publish_ms;
+    double math_ms = max_worker(p->gen_by) + max_worker(p->score_by) + upd_ms;
+    json_t *st = json_loads(po->stats_json ? po->stats_json : "", 0, NULL);
+    json_t *mo = json_pack(
+        "{s:I, s:I, s:o, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:I}", "iteration",
+        (json_int_t)i, "policy_version", (json_int_t)po->policy_version, "ppo",
+        st ? st : json_object(), "response_length", (double)toks / n, "eot_rate",
+        (double)eots / n, "ms_generate", t_gen, "ms_score", t_score, "ms_update", t_update,
+        "ms_update_math", upd_ms, "ms_weight_publish", pub_ms, "ms_iteration", t_total,
+        "overhead_frac", t_total > 0 ? fmax(0, 1 - math_ms / t_total) : 0, "tokens_per_s",
+        toks / (t_gen > 0 ? t_gen / 1000 : 1e-9), "rollouts", (json_int_t)n);
+    if (p->gold) json_object_set_new(mo, "gold_mean", json_real(gold / n));
+    json_object_set_new(mo, "ms_generate_math", json_real(max_worker(p->gen_by)));
+    json_object_set_new(mo, "ms_score_math", json_real(max_worker(p->score_by)));
+    char *line = json_dumps(mo, JSON_COMPACT);
+    json_t *stats = json_object_get(mo, "ppo");
+    char prog[400];
+    int pl = snprintf(prog, sizeof prog, "{\"iter\": %ld, \"iters\": %d, \"score\": %.4f, \"kl\": %.4f",
+                      i + 1, p->iterations, json_number_value(json_object_get(stats, "score_mean")),
+                      json_number_value(json_object_get(stats, "kl_k1")));
+    if (p->gold) snprintf(prog + pl, sizeof prog - (size_t)pl, ", \"gold\": %.4f}", gold / n);
+    else snprintf(prog + pl, sizeof prog - (size_t)pl, "}");
+    json_decref(mo);
+    if (!line) return -1;
+    Rlhf__JournalRecord rec = RLHF__JOURNAL_RECORD__INIT;
+    Rlhf__JournalIteration it = RLHF__JOURNAL_ITERATION__INIT;
+    it.run = r->name;
+    it.iteration = (uint64_t)i;
+    it.metrics_line = line;
+    rec.body_case = RLHF__JOURNAL_RECORD__BODY_ITERATION;
+    rec.iteration = &it;
+    if (master_journal(m, &rec, 1) < 0) {
+        free(line);
+        return -1;
+    }
+    while (json_array_size(r->metrics) > (size_t)i) json_array_remove(r->metrics, json_array_size(r->metrics) - 1);
+    json_array_append_new(r->metrics, json_string(line));
+    free(line);
+    for (int c = 0; c < p->n_jobs; c++) {
+        master_job_forget(m, &m->sched.jobs[gj[c]]);
+        master_job_forget(m, &m->sched.jobs[sj[c]]);
+    }
+    master_job_forget(m, &m->sched.jobs[tj]);
+    p->t_iter = now;
+    p->t_gen0 = p->t_score0 = p->t_train0 = 0;
+    run_log(m, r, "%s", prog);
+    if (metrics_write(r) < 0) {
+        r->io_paused = 1;
+        snprintf(r->reason, sizeof r->reason, "waiting: %s", rl_errmsg());
+        return -1;
+    }
+    return 0;
+}
+
+/* The iterations from L on undone: the learner restarted from the checkpoint of iteration L. */
+static void ppo_rollback(master_t *m, mrun_t *r, long L) {
+    Rlhf__JournalRecord rec = RLHF__JOURNAL_RECORD__INIT;
+    Rlhf__JournalIteration it = RLHF__JOURNAL_ITERATION__INIT;
+    it.run = r->name;
+    it.iteration = (uint64_t)L;
+    it.metrics_line = "";
+    rec.body_case = RLHF__JOURNAL_RECORD__BODY_ITERATION;
+    rec.iteration = &it;
+    master_journal(m, &rec, 1);
+    run_log(m, r, "the learner is at iteration %ld: iterations %ld..%zu run again", L, L + 1,
+            json_array_size(r->metrics));
+    while (json_array_size(r->metrics) > (size_t)L)
+        json_array_remove(r->metrics, json_array_size(r->metrics) - 1);
+    metrics_write(r);
+}
+
+/* OUT/policy: the learner's newest policy, and OUT/policy.json naming its iteration. */
+static int ppo_export(mrun_t *r) {
+    mppo_t *p = r->ppo;
+    char path[PATH_MAX + 64], dir[PATH_MAX + 64], *name = NULL;
+    size_t nl;
+    snprintf(path, sizeof path, "%.4000s/learner/ppo-latest", p->out);
+    int rc = fs_read_all(path, &name, &nl);
+    if (rc < 0) return rc;
+    int len = (int)strcspn(name, "\n");
+    long it = strncmp(name, "ppo-ckpt-", 9) ? -1 : strtol(name + 9, NULL, 10);
+    snprintf(dir, sizeof dir, "%.4000s/learner/%.*s", p->out, len < 64 ? len : 64, name);
+    free(name);
+    if (it < 0) return rl_fail(RL_EFORMAT, "%s: names no checkpoint", path);
+    snprintf(path, sizeof path, "%.4000s/policy", p->out);
+    if ((rc = fs_mkdir_p(path)) < 0) return rc;
+    static const char *files[] = {"model.safetensors", "config.json", "vocab.json", "merges.txt"};
+    for (int i = 0; rc == 0 && i < 4; i++) {
+        char *data;
+        size_t dl;
+        snprintf(path, sizeof path, "%.4000s/policy/%s", dir, files[i]);
+        if ((rc = fs_read_all(path, &data, &dl)) < 0) break;
+        snprintf(path, sizeof path, "%.4000s/policy/%s", p->out, files[i]);
+        rc = fs_write_atomic(path, data, dl);
+        free(data);
+    }
+    if (rc == 0) {
+        json_t *o = json_pack("{s:I, s:s}", "iteration", (json_int_t)it, "checkpoint", dir);
+        char *txt = json_dumps(o, JSON_COMPACT);
+        snprintf(path, sizeof path, "%.4000s/policy.json", p->out);
+        rc = txt ? fs_write_atomic(path, txt, strlen(txt)) : RL_ENOMEM;
+        free(txt);
+        json_decref(o);
+    }
+    return rc;
+}
+
+enum { STEP_WAIT = 0, STEP_DONE = 1, STEP_FAIL = -1 };
+
+/* The ppo stage: preparation, then iterations until done. */
+static int ppo_step(master_t *m, int ri) {
+    mrun_t *r = run_at(m, ri);
+    if (!r->ppo) {
+        int j = stage_job(m, ri, r->stage, (uint64_t)r->stage + 1, "ppo-prep");
+        int s = job_state(m, r, j, "ppo preparation");
+        if (s <= 0) return s < 0 ? STEP_FAIL : STEP_WAIT;
+        /* ppo-prep's plan lives in the stage's --out */
+        json_t *av = json_object_get(stage_at(r, r->stage), "argv");
+        char *out = NULL;
+        for (size_t k = 0; k + 1 < json_array_size(av); k++)
+            if (!strcmp(json_string_value(json_array_get(av, k)), "--out"))
+                out = subst_run(r, json_string_value(json_array_get(av, k + 1)));
+        if (!out || ppo_load(r, out) < 0) {
+            snprintf(r->reason, sizeof r->reason, "ppo: %s", out ? rl_errmsg() : "no --out");
+            free(out);
+            return STEP_FAIL;
+        }
+        free(out);
+        master_weights_reset(m); /* this training's versions start again */
+        r->ppo->t_iter = wire_now_ms();
+        run_log(m, r, "ppo: %d iterations of %d prompts x %d samples; %zu done earlier",
+                r->ppo->iterations, r->ppo->P, r->ppo->K, json_array_size(r->metrics));
+    }
+    mppo_t *p = r->ppo;
+    for (int guard = 0; guard < 4; guard++) {
+        long i = (long)json_array_size(r->metrics);
+        if (i >= p->iterations) {
+            int rc = ppo_export(r);
+            if (rc < 0) {
+                snprintf(r->reason, sizeof r->reason, "ppo: exporting the policy: %s", rl_errmsg());
+                if (rc == RL_EIO) {
+                    r->io_paused = 1;
+                    return STEP_WAIT;
+                }
+                return STEP_FAIL;
+            }
+            return STEP_DONE;
+        }
+        if (!p->attached) {
+            uint8_t *buf;
+            size_t len;
+            if (pack_train(r, i, 1, &buf, &len) < 0) return STEP_FAIL;
+            int j = job_ensure(m, ri, r->ns_ppo, attach_id(i, p->attaches), RLHF__JOB_KIND__JOB_KIND_TRAIN,
+                               0, 0, RLHF__ROLE__ROLE_LEARNER, 600000, buf, len);
+            free(buf);
+            int s = job_state(m, r, j, "the learner");
+            if (s <= 0) return s < 0 ? STEP_FAIL : STEP_WAIT;
+            Rlhf__JournalRecord *rec = job_end(m, j);
+            Rlhf__TrainOutput *t = rec ? rlhf__train_output__unpack(NULL, rec->job_end->output.len,
+                                                                    rec->job_end->output.data)
+                                       : NULL;
+            long L = t && t->ppo ? (long)t->ppo->iteration : -1;
+            if (t) rlhf__train_output__free_unpacked(t, NULL);
+            if (rec) rlhf__journal_record__free_unpacked(rec, NULL);
+            master_job_forget(m, &m->sched.jobs[j]);
+            p->attaches++;
+            if (L < 0) {
+                snprintf(r->reason, sizeof r->reason, "ppo: the learner's answer is unreadable");
+                return STEP_FAIL;
+            }
+            if (L < i) ppo_rollback(m, r, L);
+            p->attached = 1;
+            continue;
+        }
+        int gj[4096], sj[4096];
+        if (p->n_jobs > 4096) {
+            snprintf(r->reason, sizeof r->reason, "ppo: more than 4096 jobs per phase");
+            return STEP_FAIL;
+        }
+        if (p->t_gen0 == 0) p->t_gen0 = wire_now_ms();
+        int all = 1;
+        for (int c = 0; c < p->n_jobs; c++) {
+            gj[c] = gen_job(m, ri, i, c);
+            int s = job_state(m, r, gj[c], "GENERATE");
+            if (s < 0) return STEP_FAIL;
+            all &= s;
+        }
+        if (!all) return STEP_WAIT;
+        if (p->have_gen != i) {
+            p->t_gen = wire_now_ms() - p->t_gen0;
+            if (take_generated(m, r, i, gj) < 0) return STEP_FAIL;
+        }
+        if (p->t_score0 == 0) p->t_score0 = wire_now_ms();
+        for (int c = 0; c < p->n_jobs; c++) {
+            sj[c] = score_job(m, ri, i, c);
+            int s = job_state(m, r, sj[c], "SCORE");
+            if (s < 0) return STEP_FAIL;
+            all &= s;
+        }
+        if (!all) return STEP_WAIT;
+        if (p->have_score != i) {
+            p->t_score = wire_now_ms() - p->t_score0;
+            if (take_scored(m, r, i, sj) < 0) return STEP_FAIL;
+        }
+        if (p->t_train0 == 0) p->t_train0 = wire_now_ms();
+        uint8_t *buf;
+        size_t len;
+        if (pack_train(r, i, 0, &buf, &len) < 0) return STEP_FAIL;
+        int tj = job_ensure(m, ri, r->ns_ppo, train_id(i), RLHF__JOB_KIND__JOB_KIND_TRAIN, 0, 0,
+                            RLHF__ROLE__ROLE_LEARNER, 600000, buf, len);
+        free(buf);
+        int s = job_state(m, r, tj, "TRAIN (PPO)");
+        if (s <= 0) return s < 0 ? STEP_FAIL : STEP_WAIT;
+        Rlhf__JournalRecord *rec = job_end(m, tj);
+        Rlhf__TrainOutput *t = rec ? rlhf__train_output__unpack(NULL, rec->job_end->output.len,
+                                                                rec->job_end->output.data)
+                                   : NULL;
+        if (!t || !t->ppo) {
+            if (t) rlhf__train_output__free_unpacked(t, NULL);
+            if (rec) rlhf__journal_record__free_unpacked(rec, NULL);
+            snprintf(r->reason, sizeof r->reason, "iteration %ld: TRAIN: no PPO output", i);
+            return STEP_FAIL;
+        }
+        int rc = ppo_commit(m, ri, i, t->ppo, wire_now_ms() - p->t_train0, gj, sj, tj);
+        rlhf__train_output__free_unpacked(t, NULL);
+        rlhf__journal_record__free_unpacked(rec, NULL);
+        if (rc < 0) return STEP_WAIT; /* paused: the commit is tried again */
+        guard = 0;
+    }
+    return STEP_WAIT;
+}
+
+/* ---- the pipeline ------------------------------------------------------------------------- */
+
+static int marker_path(const mrun_t *r, int i, char *out, size_t n) {
+    return snprintf(out, n, "%.4000s/stages/%s.json", r->dir, stage_name(r, i)) < (int)n;
+}
+
+static int marker_write(mrun_t *r, int i, double secs) {
+    char path[PATH_MAX + 64];
+    marker_path(r, i, path, sizeof path);
+    json_t *o = json_pack("{s:s, s:O, s:f}", "stage", stage_name(r, i), "args",
+                          json_object_get(stage_at(r, i), "argv"), "seconds", secs);
+    char *txt = json_dumps(o, JSON_INDENT(2));
+    json_decref(o);
+    int rc = txt ? fs_write_atomic(path, txt, strlen(txt)) : rl_fail(RL_ENOMEM, "no memory");
+    free(txt);
+    return rc;
+}
+
+static int stage_is_ppo(const mrun_t *r, int i) {
+    json_t *av = json_object_get(stage_at(r, i), "argv");
+    return !strcmp(json_string_value(json_array_get(av, 0)) ?: "", "ppo");
+}
+
+/* Advances run ri as far as it can go now. */
+static void run_step(master_t *m, int ri) {
+    mrun_t *r = run_at(m, ri);
+    if (terminal(r->state)) return;
+    if (r->state == R_QUEUED) run_set(m, r, R_RUNNING, r->stage, "");
+    if (r->io_paused) { /* try the run directory again */
+        char probe[PATH_MAX + 32];
+        snprintf(probe, sizeof probe, "%.4000s/.probe", r->dir);
+        if (fs_write_atomic(probe, "", 0) < 0) {
+            if (r->state != R_PAUSED) run_set(m, r, R_PAUSED, r->stage, r->reason);
+            return;
+        }
+        unlink(probe);
+        r->io_paused = 0;
+        if (r->ppo && metrics_write(r) < 0) return;
+        run_set(m, r, R_RUNNING, r->stage, "");
+        run_log(m, r, "the run directory is writable again: going on");
+    }
+    const char *only = json_string_value(json_object_get(r->plan, "only"));
+    while (r->stage < r->n_stages) {
+        int i = r->stage;
+        const char *nm = stage_name(r, i);
+        char marker[PATH_MAX + 64];
+        marker_path(r, i, marker, sizeof marker);
+        if (only && strcmp(only, nm)) {
+            run_set(m, r, r->state, i + 1, "");
+            continue;
+        }
+        struct stat sb;
+        if (r->logged_stage != i && stat(marker, &sb) == 0) {
+            run_log(m, r, "[%d/%d] %-9s done earlier", i + 1, r->n_stages, nm);
+            r->stage_secs[i] = 0;
+            run_set(m, r, r->state, i + 1, "");
+            continue;
+        }
+        if (r->logged_stage != i) {
+            run_log(m, r, "[%d/%d] %-9s %s", i + 1, r->n_stages, nm,
+                    json_string_value(json_object_get(stage_at(r, i), "summary")) ?: "");
+            r->logged_stage = i;
+            r->t_stage0 = wire_now_ms();
+        }
+        if (r->t_stage0 == 0) r->t_stage0 = wire_now_ms();
+        int s;
+        if (stage_is_ppo(r, i)) {
+            s = ppo_step(m, ri);
+        } else {
+            int j = stage_job(m, ri, i, (uint64_t)i + 1, NULL);
+            s = job_state(m, r, j, nm);
+        }
+        if (s == STEP_WAIT) {
+            if (r->io_paused && r->state != R_PAUSED) run_set(m, r, R_PAUSED, i, r->reason);
+            return;
+        }
+        if (s == STEP_FAIL) {
+            char why[2048];
+            snprintf(why, sizeof why, "%s", r->reason);
+            run_log(m, r, "[%d/%d] %-9s failed: %s", i + 1, r->n_stages, nm, why);
+            run_set(m, r, R_FAILED, i, why);
+            r->retry = 0;
+            return;
+        }
+        double secs = (wire_now_ms() - r->t_stage0) / 1000;
+        if (marker_write(r, i, secs) < 0) {
+            r->io_paused = 1;
+            run_set(m, r, R_PAUSED, i, rl_errmsg());
+            return;
+        }
+        r->stage_secs[i] = secs;
+        char el[16];
+        fmt_secs(secs, el, sizeof el);
+        run_log(m, r, "[%d/%d] %-9s done in %s", i + 1, r->n_stages, nm, el);
+        if (r->ppo) {
+            ppo_free(r->ppo);
+            r->ppo = NULL;
+        }
+        r->t_stage0 = 0;
+        run_set(m, r, r->state == R_PAUSED ? R_RUNNING : r->state, i + 1, "");
+    }
+    run_log(m, r, "all stages done; outputs in %s", r->dir);
+    run_set(m, r, R_SUCCEEDED, r->stage, "");
+}
+
+void mrun_tick(master_t *m) {
+    /* one active run at a time: the oldest that has not finished */
+    for (int ri = 0; ri < m->n_runs; ri++) {
+        if (terminal(m->runs[ri].state)) continue;
+        run_step(m, ri);
+        if (!terminal(m->runs[ri].state)) break;
+    }
+}
+
+/* ---- submission, queries ----------------------------------------------------------------- */
+
+/* Checks a plan's shape. Returns NULL or why it is refused. */
+static const char *plan_invalid(json_t *plan) {
+    json_t *st = json_object_get(plan, "stages");
+    if (!json_is_object(plan)) return "the plan is not a JSON object";
+    if (!json_is_array(st) || json_array_size(st) == 0) return "the plan has no stages";
+    size_t i;
+    json_t *s;
+    json_array_foreach(st, i, s) {
+        json_t *av = json_object_get(s, "argv");
+        const char *nm = json_string_value(json_object_get(s, "name"));
+        if (!nm || !nm[0] || strchr(nm, '/') || strlen(nm) > 64) return "a stage has no valid name";
+        if (!json_is_array(av) || json_array_size(av) == 0) return "a stage has no argv";
+        for (size_t k = 0; k < json_array_size(av); k++)
+            if (!json_is_string(json_array_get(av, k))) return "a stage's argv is not strings";
+    }
+    return NULL;
+}
+
+static int name_invalid(const char *name) {
+    if (!name || !name[0] || strlen(name) > 100 || name[0] == '.' || name[0] == '@') return 1;
+    for (const char *p = name; *p; p++)
+        if (!(('a' <= *p && *p <= 'z') || ('A' <= *p && *p <= 'Z') || ('0' <= *p && *p <= '9') ||
+              *p == '-' || *p == '_' || *p == '.'))
+            return 1;
+    return 0;
+}
+
+int mrun_find(const master_t *m, const char *name) {
+    for (int i = 0; i < m->n_runs; i++)
+        if (!strcmp(m->runs[i].name, name)) return i;
+    return -1;
+}
+
+/* Creates or updates run `name` with plan (owned by the run). Returns its index or -1. */
+static int run_put(master_t *m, const char *name, json_t *plan) {
+    int ri = mrun_find(m, name);
+    if (ri < 0) {
+        if (m->n_runs == m->cap_runs) {
+            int cap = m->cap_runs ? 2 * m->cap_runs : 8;
+            mrun_t *nr = realloc(m->runs, (size_t)cap * sizeof *nr);
+            if (!nr) {
+                json_decref(plan);
+                return -1;
+            }
+            m->runs = nr;
+            m->cap_runs = cap;
+        }
+        ri = m->n_runs++;
+        mrun_t *r = &m->runs[ri];
+        memset(r, 0, sizeof *r);
+        snprintf(r->name, sizeof r->name, "%s", name);
+        snprintf(r->dir, sizeof r->dir, "%.4000s/%s", m->data_dir, name);
+        r->metrics = json_array();
+        r->logged_stage = -1;
+        char ns[160];
+        snprintf(ns, sizeof ns, "@%s", name);
+        r->ns_self = master_ns_index(m, ns);
+        snprintf(ns, sizeof ns, "@%s/ppo", name);
+        r->ns_ppo = master_ns_index(m, ns);
+        r->submitted_unix = now_unix();
+    }
+    mrun_t *r = &m->runs[ri];
+    json_decref(r->plan);
+    r->plan = plan;
+    r->n_stages = (int)json_array_size(json_object_get(plan, "stages"));
+    free(r->stage_secs);
+    r->stage_secs = calloc((size_t)r->n_stages + 1, sizeof *r->stage_secs);
+    r->updated_unix = now_unix();
+    return ri;
+}
+
+int mrun_submit(master_t *m, const char *name, const char *plan_json, char *why, size_t n) {
+    json_error_t e;
+    json_t *plan = json_loads(plan_json ? plan_json : "", 0, &e);
+    const char *bad = plan ? plan_invalid(plan) : e.text;
+    if (!bad && name_invalid(name))
+        bad = "a run name is 1-100 letters, digits, '-', '_' or '.' (not starting with '.')";
+    if (bad) {
+        snprintf(why, n, "%s", bad);
+        json_decref(plan);
+        return -1;
+    }
+    int ri = mrun_find(m, name);
+    if (ri >= 0 && !terminal(m->runs[ri].state) &&
+        !json_equal(json_object_get(m->runs[ri].plan, "stages"), json_object_get(plan, "stages"))) {
+        snprintf(why, n, "run %s is %s with another plan: cancel it first (rlhf cancel %s)", name,
+                 state_names[m->runs[ri].state], name);
+        json_decref(plan);
+        return -1;
+    }
+    Rlhf__JournalRecord rec = RLHF__JOURNAL_RECORD__INIT;
+    Rlhf__JournalRun jr = RLHF__JOURNAL_RUN__INIT;
+    jr.name = (char *)name;
+    jr.plan_json = (char *)plan_json;
+    rec.body_case = RLHF__JOURNAL_RECORD__BODY_RUN;
+    rec.run = &jr;
+    if (master_journal(m, &rec, 1) < 0) {
+        snprintf(why, n, "the master cannot write its journal: %s", rl_errmsg());
+        json_decref(plan);
+        return -1;
+    }
+    int was = ri >= 0 ? m->runs[ri].state : -1;
+    ri = run_put(m, name, plan);
+    if (ri < 0) {
+        snprintf(why, n, "out of memory");
+        return -1;
+    }
+    mrun_t *r = &m->runs[ri];
+    /* the run directory and what it holds from the start */
+    char path[PATH_MAX + 32];
+    int rc = fs_mkdir_p(r->dir);
+    snprintf(path, sizeof path, "%.4000s/stages", r->dir);
+    if (rc == 0) rc = fs_mkdir_p(path);
+    snprintf(path, sizeof path, "%.4000s/logs", r->dir);
+    if (rc == 0) rc = fs_mkdir_p(path);
+    json_t *cj = json_object_get(plan, "config_json");
+    if (rc == 0 && cj) {
+        char *txt = json_dumps(cj, JSON_INDENT(2) | JSON_SORT_KEYS);
+        snprintf(path, sizeof path, "%.4000s/config.json", r->dir);
+        rc = txt ? fs_write_atomic(path, txt, strlen(txt)) : RL_ENOMEM;
+        free(txt);
+    }
+    const char *only = json_string_value(json_object_get(plan, "only"));
+    for (int i = 0; rc == 0 && only && i < r->n_stages; i++)
+        if (!strcmp(stage_name(r, i), only)) {
+            marker_path(r, i, path, sizeof path);
+            unlink(path);
+        }
+    if (rc < 0) {
+        snprintf(why, n, "the run directory: %s", rl_errmsg());
+        r->io_paused = 1;
+    }
+    if (was < 0 || terminal(was)) {
+        r->retry = was == R_FAILED || was == R_CANCELLED || was == R_SUCCEEDED;
+        r->logged_stage = -1;
+        run_set(m, r, R_QUEUED, 0, rc < 0 ? why : "");
+        run_log(m, r, "submitted: %d stages, run directory %s", r->n_stages, r->dir);
+    }
+    mrun_tick(m);
+    return ri;
+}
+
+int mrun_cancel(master_t *m, int ri, char *why, size_t n) {
+    mrun_t *r = run_at(m, ri);
+    if (terminal(r->state)) {
+        snprintf(why, n, "run %s already %s", r->name, state_names[r->state]);
+        return -1;
+    }
+    /* its queued jobs are not dispatched any more; a running stage command finishes or is
+     * stopped with its worker, and its result is then not used */
+    for (int j = 0; j < m->sched.n_jobs; j++) {
+        sched_job_t *jb = &m->sched.jobs[j];
+        if (jb->run == ri && jb->state == SCHED_QUEUED) {
+            jb->state = SCHED_FAILED;
+            free(jb->reason);
+            jb->reason = strdup("cancelled");
+        }
+    }
+    run_log(m, r, "cancelled");
+    run_set(m, r, R_CANCELLED, r->stage, "cancelled");
+    mrun_tick(m);
+    return 0;
+}
+
+/* The last line of a stage log that is a JSON object with a progress figure. */
+static void progress_of(const char *log, char *out, size_t n) {
+    out[0] = 0;
+    FILE *f = fopen(log, "r");
+    if (!f) return;
+    if (fseek(f, -4096, SEEK_END) != 0) rewind(f);
+    char line[4096], last[4096] = "";
+    while (fgets(line, sizeof line, f))
+        if (line[0] == '{') snprintf(last, sizeof last, "%s", line);
+    fclose(f);
+    json_t *o = json_loads(last, 0, NULL);
+    static const char *pairs[][2] = {{"step", "steps"}, {"iter", "iters"}, {"iteration", "iterations"}};
+    for (int i = 0; o && i < 3; i++) {
+        json_t *a = json_object_get(o, pairs[i][0]), *b = json_object_get(o, pairs[i][1]);
+        if (json_is_integer(a)) {
+            if (json_is_integer(b))
+                snprintf(out, n, "%s %lld/%lld", pairs[i][0], (long long)json_integer_value(a),
+                         (long long)json_integer_value(b));
+            else
+                snprintf(out, n, "%s %lld", pairs[i][0], (long long)json_integer_value(a));
+            break;
+        }
+    }
+    json_decref(o);
+}
+
+static json_t *run_status(master_t *m, int ri) {
+    mrun_t *r = run_at(m, ri);
+    char prog[96] = "", log[PATH_MAX + 64];
+    if (r->stage < r->n_stages && r->state != R_QUEUED) {
+        if (r->ppo && stage_is_ppo(r, r->stage))
+            snprintf(prog, sizeof prog, "iteration %zu/%d", json_array_size(r->metrics),
+                     r->ppo->iterations);
+        else {
+            snprintf(log, sizeof log, "%.4000s/logs/%s.log", r->dir, stage_name(r, r->stage));
+            progress_of(log, prog, sizeof prog);
+        }
+    }
+    json_t *stages = json_array();
+    double total_w = 0, done_w = 0, done_s = 0;
+    for (int i = 0; i < r->n_stages; i++) {
+        double w = json_number_value(json_object_get(stage_at(r, i), "weight"));
+        total_w += w > 0 ? w : 1;
+        const char *st = i < r->stage ? "done"
+                         : i > r->stage ? "pending"
+                         : r->state == R_FAILED ? "failed"
+                         : r->state == R_SUCCEEDED ? "done"
+                         : r->state == R_CANCELLED ? "cancelled"
+                         : r->state == R_QUEUED ? "pending"
+                                                : "running";
+        if (i < r->stage) done_w += w > 0 ? w : 1, done_s += r->stage_secs[i];
+        json_array_append_new(stages, json_pack("{s:s, s:s, s:f}", "name", stage_name(r, i),
+                                                "state", st, "seconds", r->stage_secs[i]));
+    }
+    double el = r->t_stage0 > 0 ? (wire_now_ms() - r->t_stage0) / 1000 : 0;
+    double frac = total_w > 0 ? (done_w + (r->stage < r->n_stages ? 0.5 : 0) *
+                                              json_number_value(json_object_get(stage_at(r, r->stage), "weight"))) /
+                                    total_w
+                              : 0;
+    double spent = done_s + el;
+    json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:i, s:i, s:s, s:f, s:f, s:o}", "name",
+                          r->name, "state", state_names[r->state], "reason", r->reason, "run_dir",
+                          r->dir, "stage", r->stage < r->n_stages ? stage_name(r, r->stage) : "",
+                          "stage_index", r->stage, "n_stages", r->n_stages, "progress", prog,
+                          "submitted_unix", r->submitted_unix, "updated_unix", r->updated_unix,
+                          "stages", stages);
+    json_object_set_new(o, "elapsed_s", json_real(el));
+    json_object_set_new(o, "eta_s", r->state == R_RUNNING && done_w > 0 && frac > 0 && frac < 1
+                                        ? json_real(spent / frac * (1 - frac))
+                                        : json_null());
+    if (r->ppo)
+        json_object_set_new(o, "iteration", json_integer((json_int_t)json_array_size(r->metrics)));
+    return o;
+}
+
+json_t *mrun_status(master_t *m, int r) {
+    if (r >= 0) return run_status(m, r);
+    json_t *a = json_array();
+    for (int i = 0; i < m->n_runs; i++) json_array_append_new(a, run_status(m, i));
+    return json_pack("{s:o}", "runs", a);
+}
+
+int mrun_log_read(master_t *m, int ri, uint64_t off, size_t max, uint8_t **buf, size_t *len,
+                  uint64_t *next) {
+    char path[PATH_MAX + 16];
+    snprintf(path, sizeof path, "%.4000s/run.log", run_at(m, ri)->dir);
+    *buf = NULL, *len = 0, *next = off;
+    FILE *f = fopen(path, "r");
+    if (!f) return errno == ENOENT ? 0 : rl_fail(RL_EIO, "%s: %s", path, strerror(errno));
+    uint8_t *b = malloc(max ? max : 1);
+    size_t n = 0;
+    if (b && fseeko(f, (off_t)off, SEEK_SET) == 0) n = fread(b, 1, max, f);
+    fclose(f);
+    if (!b) return rl_fail(RL_ENOMEM, "out of memory");
+    *buf = b, *len = n, *next = off + n;
+    return 0;
+}
+
+void mrun_job_end(master_t *m, sched_job_t *jb, int ok, const char *reason, int deterministic,
+                  int environment) {
+    if (jb->run < 0 || jb->run >= m->n_runs) return;
+    mrun_t *r = run_at(m, jb->run);
+    if (!ok && r->ppo && jb->ns == r->ns_ppo && jb->kind == RLHF__JOB_KIND__JOB_KIND_TRAIN)
+        r->ppo->attached = 0; /* the learner may have lost this training: ask it again */
+    if (!ok && environment && !terminal(r->state)) {
+        snprintf(r->reason, sizeof r->reason, "waiting: %s", reason ? reason : "");
+        run_set(m, r, R_PAUSED, r->stage, r->reason);
+    } else if (!ok && !deterministic && !terminal(r->state)) {
+        master_log("run %s: job %" PRIu64 " will be retried: %s", r->name, jb->id,
+                   reason ? reason : "");
+    } else if (ok && r->state == R_PAUSED && !r->io_paused) {
+        run_set(m, r, R_RUNNING, r->stage, "");
+    }
+    mrun_tick(m);
+}
+
+/* ---- journal ------------------------------------------------------------------------------ */
+
+int mrun_replay(master_t *m, const Rlhf__JournalRecord *rec) {
+    if (rec->body_case == RLHF__JOURNAL_RECORD__BODY_RUN) {
+        json_t *plan = json_loads(rec->run->plan_json ? rec->run->plan_json : "", 0, NULL);
+        if (!plan) return rl_fail(RL_EFORMAT, "journal: run %s: plan unreadable", rec->run->name);
+        if (run_put(m, rec->run->name, plan) < 0) return rl_fail(RL_ENOMEM, "out of memory");
+        m->runs[mrun_find(m, rec->run->name)].submitted_unix = rec->time_unix;
+        return 0;
+    }
+    if (rec->body_case == RLHF__JOURNAL_RECORD__BODY_RUN_STATE) {
+        int ri = mrun_find(m, rec->run_state->name);
+        if (ri < 0) return 0;
+        mrun_t *r = &m->runs[ri];
+        for (int s = 0; s < 6; s++)
+            if (!strcmp(rec->run_state->state, state_names[s])) r->state = s;
+        r->stage = rec->run_state->stage;
+        r->retry = rec->run_state->retry;
+        snprintf(r->reason, sizeof r->reason, "%s", rec->run_state->reason ?: "");
+        r->updated_unix = rec->time_unix;
+        return 0;
+    }
+    if (rec->body_case == RLHF__JOURNAL_RECORD__BODY_ITERATION) {
+        int ri = mrun_find(m, rec->iteration->run);
+        if (ri < 0) return 0;
+        mrun_t *r = &m->runs[ri];
+        size_t i = (size_t)rec->iteration->iteration;
+        while (json_array_size(r->metrics) > i) json_array_remove(r->metrics, json_array_size(r->metrics) - 1);
+        if (rec->iteration->metrics_line && rec->iteration->metrics_line[0]) {
+            if (json_array_size(r->metrics) != i)
+                return rl_fail(RL_EFORMAT, "journal: run %s: iteration %zu after %zu", r->name, i,
+                               json_array_size(r->metrics));
+            json_array_append_new(r->metrics, json_string(rec->iteration->metrics_line));
+        }
+        return 0;
+    }
+    return 0;
+}
+
+void mrun_resume(master_t *m) {
+    for (int ri = 0; ri < m->n_runs; ri++) {
+        mrun_t *r = &m->runs[ri];
+        if (terminal(r->state)) continue;
+        /* a paused run tries again at once; a running stage continues where the journal says */
+        if (r->state == R_PAUSED) r->io_paused = 1;
+        master_log("run %s: %s at stage %d/%d (%zu PPO iterations committed)", r->name,
+                   state_names[r->state], r->stage + 1, r->n_stages, json_array_size(r->metrics));
+    }
+}
+
+int mrun_snapshot(master_t *m, journal_t *j) {
+    (void)j;
+    for (int ri = 0; ri < m->n_runs; ri++) {
+        mrun_t *r = &m->runs[ri];
+        char *plan = json_dumps(r->plan, JSON_COMPACT);
+        Rlhf__JournalRecord rec = RLHF__JOURNAL_RECORD__INIT;
+        Rlhf__JournalRun jr = RLHF__JOURNAL_RUN__INIT;
+        jr.name = r->name;
+        jr.plan_json = plan;
+        rec.time_unix = r->submitted_unix;
+        rec.body_case = RLHF__JOURNAL_RECORD__BODY_RUN;
+        rec.run = &jr;
+        int rc = plan ? master_journal(m, &rec, 0) : RL_ENOMEM;
+        free(plan);
+        if (rc < 0) return rc;
+        Rlhf__JournalRunState rs = RLHF__JOURNAL_RUN_STATE__INIT;
+        rs.name = r->name;
+        rs.state = (char *)state_names[r->state];
+        rs.stage = r->stage;
+        rs.reason = r->reason;
+        rs.retry = r->retry;
+        rec.time_unix = r->updated_unix;
+        rec.body_case = RLHF__JOURNAL_RECORD__BODY_RUN_STATE;
+        rec.run_state = &rs;
+        if ((rc = master_journal(m, &rec, 0)) < 0) return rc;
+        for (size_t i = 0; i < json_array_size(r->metrics); i++) {
+            Rlhf__JournalIteration it = RLHF__JOURNAL_ITERATION__INIT;
+            it.run = r->name;
+            it.iteration = i;
+            it.metrics_line = (char *)json_string_value(json_array_get(r->metrics, i));
+            rec.body_case = RLHF__JOURNAL_RECORD__BODY_ITERATION;
+            rec.iteration = &it;
+            if ((rc = master_journal(m, &rec, 0)) < 0) return rc;
+        }
+    }
+    return 0;
+}
+
+void mrun_free(master_t *m) {
+    for (int ri = 0; ri < m->n_runs; ri++) {
+        json_decref(m->runs[ri].plan);
+        json_decref(m->runs[ri].metrics);
+        ppo_free(m->runs[ri].ppo);
+        free(m->runs[ri].stage_secs);
+    }
+    free(m->runs);
+    m->runs = NULL;
+    m->n_runs = m->cap_runs = 0;
+}
