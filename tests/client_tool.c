@@ -3,7 +3,7 @@
  * runtime tests: submits jobs to a running master and prints one JSON line per finished job.
  *
  *   rlhf-client-tool submit --master EP [--noop N] [--generate N --model DIR] [--first-id ID]
- *                    [--delay-ms MS] [--name NAME] [--timeout-ms MS] [--fetch-ms MS]
+ *                    [--delay-ms MS] [--name NAME] [--ns NS] [--timeout-ms MS] [--fetch-ms MS]
  *       N NOOP jobs with ids ID.., then N GENERATE jobs after them (prompt [1 + id % 7, 2, 3],
  *       6 new tokens, the handler taking at least --delay-ms); waits for all of them.
  *   rlhf-client-tool jobs --master EP --file FILE|- [--name NAME] [--timeout-ms MS]
@@ -531,7 +531,7 @@ static int cmd_bad_submit(void *zctx, const char *ep) {
 static const char usage[] =
     "usage: rlhf-client-tool submit|jobs|fetch|conflict|bad-submit --master EP [--noop N]\n"
     "       [--generate N --model DIR] [--file FILE|-] [--first-id ID] [--n N] [--delay-ms MS]\n"
-    "       [--name NAME] [--timeout-ms MS] [--fetch-ms MS]\n";
+    "       [--name NAME] [--ns NS] [--timeout-ms MS] [--fetch-ms MS]\n";
 
 int main(int argc, char **argv) {
     if (argc < 2) {
@@ -543,12 +543,20 @@ int main(int argc, char **argv) {
     uint64_t first = 1;
     uint32_t delay = 0;
     int timeout = 120000;
-    client_opts_t o = {0, 0, 0, 0};
-    static const struct option opts[] = {
-        {"master", 1, 0, 'm'},   {"noop", 1, 0, 'N'},     {"generate", 1, 0, 'G'},
-        {"model", 1, 0, 'M'},    {"first-id", 1, 0, 'f'}, {"n", 1, 0, 'n'},
-        {"delay-ms", 1, 0, 'd'}, {"name", 1, 0, 'a'},     {"timeout-ms", 1, 0, 't'},
-        {"fetch-ms", 1, 0, 'F'}, {"file", 1, 0, 'J'},     {0, 0, 0, 0}};
+    client_opts_t o = {0, 0, 0, 0, NULL};
+    static const struct option opts[] = {{"master", 1, 0, 'm'},
+                                         {"noop", 1, 0, 'N'},
+                                         {"generate", 1, 0, 'G'},
+                                         {"model", 1, 0, 'M'},
+                                         {"first-id", 1, 0, 'f'},
+                                         {"n", 1, 0, 'n'},
+                                         {"delay-ms", 1, 0, 'd'},
+                                         {"name", 1, 0, 'a'},
+                                         {"timeout-ms", 1, 0, 't'},
+                                         {"fetch-ms", 1, 0, 'F'},
+                                         {"file", 1, 0, 'J'},
+                                         {"ns", 1, 0, 'S'},
+                                         {0, 0, 0, 0}};
     int c;
     optind = 2;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -585,6 +593,9 @@ int main(int argc, char **argv) {
             break;
         case 'J':
             file = optarg;
+            break;
+        case 'S':
+            o.ns = optarg;
             break;
         default:
             fputs(usage, stderr);

@@ -61,7 +61,7 @@ typedef struct {
 } entry_t;
 
 struct client {
-    char endpoint[256], name[64];
+    char endpoint[256], name[64], ns[256];
     void *zctx, *sock;
     client_opts_t o;
     int hb_ms, liveness, backoff_ms;
@@ -173,6 +173,7 @@ static void send_hello(client_t *c) {
     h.worker_id = c->name;
     h.version = "client 0.1";
     h.pid = (int32_t)getpid();
+    h.ns = c->ns;
     env.body_case = RLHF__ENVELOPE__BODY_HELLO;
     env.hello = &h;
     csend(c, &env);
@@ -491,6 +492,11 @@ client_t *client_open_opts(const char *endpoint, const char *name, const client_
         rl_fail(RL_EINVAL, "client: endpoint missing or too long");
         return NULL;
     }
+    if (opts && opts->ns && strlen(opts->ns) >= sizeof((client_t *)0)->ns) {
+        rl_fail(RL_EINVAL, "client: namespace longer than %zu bytes",
+                sizeof((client_t *)0)->ns - 1);
+        return NULL;
+    }
     client_t *c = calloc(1, sizeof *c);
     if (!c) {
         rl_fail(RL_ENOMEM, "client: out of memory");
@@ -504,7 +510,8 @@ client_t *client_open_opts(const char *endpoint, const char *name, const client_
         gethostname(host, sizeof host - 1);
         snprintf(c->name, sizeof c->name, "%.40s-%d", host, (int)getpid());
     }
-    client_opts_t o = {1000, 3, 60000, 2000};
+    client_opts_t o = {1000, 3, 60000, 2000, NULL};
+    if (opts && opts->ns) snprintf(c->ns, sizeof c->ns, "%s", opts->ns);
     if (opts) {
         if (opts->heartbeat_ms > 0) o.heartbeat_ms = opts->heartbeat_ms;
         if (opts->liveness > 0) o.liveness = opts->liveness;

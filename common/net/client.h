@@ -75,14 +75,19 @@ typedef struct {
     int liveness;      /* missed heartbeats before the master is presumed gone (3) */
     int op_timeout_ms; /* client_submit gives up on acknowledgements after this long (60000) */
     int fetch_ms;      /* while waiting, ask for outstanding results this often (2000) */
+    /* the job namespace sent in every Hello: job ids are unique within it and the client sees
+     * only its own jobs (a run's stage commands use "RUN/STAGE"); NULL or "": the namespace of
+     * plain clients. Copied by client_open_opts. */
+    const char *ns;
 } client_opts_t;
 
-/* Connects to the master at endpoint and says Hello as `name` (NULL: host-pid); does not wait
- * for the answer (a master that is not up yet is waited for by the calls that need it).
- * opts may be NULL (the defaults). Returns the client, or NULL with rl_errmsg() set. */
+/* Connects to the master at endpoint and says Hello as `name` (NULL: host-pid), in the namespace
+ * opts->ns; does not wait for the answer (a master that is not up yet is waited for by the calls
+ * that need it). opts may be NULL (the defaults). Returns the client, or NULL with rl_errmsg()
+ * set (RL_EINVAL: endpoint missing or too long, namespace longer than 255 bytes). */
 client_t *client_open_opts(const char *endpoint, const char *name, const client_opts_t *opts);
 
-/* client_open_opts with the defaults. */
+/* client_open_opts with the defaults (the "" namespace). */
 client_t *client_open(const char *endpoint, const char *name);
 
 /*
