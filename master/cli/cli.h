@@ -105,9 +105,15 @@ int local_cluster_up(const char *dir, const char *ldir, int rollout, int reward,
 void local_cluster_down(const char *dir);
 
 /*
- * A driver's own cluster in RUN_DIR/cluster (learner checkpoints in RUN_DIR/learner): started
+ * A stage command's cluster. With RLHF_MASTER set in the environment (a stage run by a stage
+ * worker), a client of that master in the job namespace RLHF_NS; nothing is started and the
+ * signal handlers are left alone. Otherwise the driver's own cluster in RUN_DIR/cluster: started
  * (replacing one a killed driver left behind), stopped by SIGINT/SIGTERM until closed, and a
- * client connected to its master. local_session_close() stops it and restores the handlers.
+ * client connected to its master; rollout, reward and shards say what it runs (with
+ * RLHF_MASTER they are the cluster's business and ignored). In both modes trainings keep their
+ * checkpoints in `learner`, RUN_DIR/learner as an absolute path (local_train_job sends it as the
+ * TrainSpec's ckpt_dir). local_session_close() closes the client, and stops the cluster and
+ * restores the handlers when the session started them.
  */
 typedef struct {
     char cluster[PATH_MAX + 16], learner[PATH_MAX + 16], endpoint[256];

@@ -473,13 +473,30 @@ static void sess_on_stop(int sig) {
     _exit(128 + sig);
 }
 
+/* RLHF_MASTER mode: a client of the run's master, in the namespace RLHF_NS. */
+static int session_join(local_session_t *s, const char *master, const char *who) {
+    const char *ns = getenv("RLHF_NS");
+    snprintf(s->endpoint, sizeof s->endpoint, "%s", master);
+    client_opts_t o = {0};
+    o.ns = ns ? ns : "";
+    if (!(s->client = client_open_opts(s->endpoint, who, &o)))
+        return rl_fail_ctx(RL_EIO, "connecting to the master at %s: ", s->endpoint);
+    return 0;
+}
+
 int local_session_open(local_session_t *s, const char *run_dir, int rollout, int reward, int shards,
                        const char *who) {
     memset(s, 0, sizeof *s);
-    snprintf(s->cluster, sizeof s->cluster, "%.4000s/cluster", run_dir);
-    snprintf(s->learner, sizeof s->learner, "%.4000s/learner", run_dir);
-    int rc = fs_mkdir_p(s->cluster);
+    const char *master = getenv("RLHF_MASTER");
+    /* the learner's directory by absolute path: the learner that gets it may run elsewhere */
+    char abs[PATH_MAX];
+    int rc = fs_mkdir_p(run_dir);
     if (rc < 0) return rc;
+    if (!realpath(run_dir, abs)) return rl_fail(RL_EIO, "%s: %s", run_dir, strerror(errno));
+    snprintf(s->learner, sizeof s->learner, "%.4000s/learner", abs);
+    if (master && master[0]) return session_join(s, master, who);
+    snprintf(s->cluster, sizeof s->cluster, "%.4000s/cluster", run_dir);
+    if ((rc = fs_mkdir_p(s->cluster)) < 0) return rc;
     local_cluster_down(s->cluster); /* one left behind by a driver that was killed */
     if ((rc = local_cluster_up(s->cluster, s->learner, rollout, reward, shards, s->endpoint,
                                sizeof s->endpoint)) < 0)
@@ -511,7 +528,7 @@ void local_session_close(local_session_t *s) {
 
 typedef struct {
     Rlhf__TrainOutput **out;
-    const char *cluster;
+    const char *where; /* where the logs are */
 } train_wait_t;
 
 /* local_train_job's client callback: decodes the job's output, or says why there is none. */
@@ -523,7 +540,7 @@ static int train_job_done(void *ctx, const client_result_t *r) {
         return rl_fail(RL_EIO, "job %" PRIu64 " %s%s (see %s)", r->id,
                        r->status == CLIENT_DONE ? "returned an output that does not decode"
                                                 : "failed",
-                       r->status == CLIENT_REJECTED ? r->reason : "", t->cluster);
+                       r->status == CLIENT_REJECTED ? r->reason : "", t->where);
     return 0;
 }
 
@@ -548,12 +565,14 @@ int local_learner_latest(const char *ldir, int ppo, const char *model, char *pat
 
 int local_train_job(local_session_t *s, uint64_t id, uint64_t seed, const void *spec,
                     Rlhf__TrainOutput **out) {
-    const Rlhf__TrainSpec *sp = spec;
+    /* the checkpoints go to the session's learner directory whichever learner trains */
+    Rlhf__TrainSpec sp = *(const Rlhf__TrainSpec *)spec;
+    sp.ckpt_dir = s->learner;
     *out = NULL;
-    size_t len = rlhf__train_spec__get_packed_size(sp);
+    size_t len = rlhf__train_spec__get_packed_size(&sp);
     uint8_t *buf = malloc(len ? len : 1);
     if (!buf) return rl_fail(RL_ENOMEM, "out of memory");
-    rlhf__train_spec__pack(sp, buf);
+    rlhf__train_spec__pack(&sp, buf);
     /* a long lease: a training job is not re-dispatched while its learner lives */
     client_job_t job = {.id = id,
                         .kind = RLHF__JOB_KIND__JOB_KIND_TRAIN,
@@ -564,12 +583,17 @@ int local_train_job(local_session_t *s, uint64_t id, uint64_t seed, const void *
                         .payload_len = len};
     int rc = client_submit(s->client, &job, 1);
     free(buf);
-    train_wait_t t = {out, s->cluster};
+    char where[PATH_MAX + 300];
+    if (s->cluster[0])
+        snprintf(where, sizeof where, "%s", s->cluster);
+    else
+        snprintf(where, sizeof where, "the logs of the master at %s", s->endpoint);
+    train_wait_t t = {out, where};
     return rc < 0 ? rc : client_wait(s->client, &id, 1, -1, train_job_done, &t);
 }
 
 typedef struct {
-    const char *run_dir;
+    const char *data_dir, *run_dir;
 } dir_args_t;
 
 static const cli_opt_t dir_opt_table[] = {

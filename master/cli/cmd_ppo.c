@@ -730,6 +730,7 @@ static int ppo_train(ppo_run_t *s, long i) {
     Rlhf__TrainSpec ts = RLHF__TRAIN_SPEC__INIT;
     ts.kind = RLHF__TRAIN_KIND__TRAIN_KIND_PPO;
     ts.ppo = &pp;
+    ts.ckpt_dir = s->ss.learner; /* OUT/learner, whichever learner trains */
     size_t len = rlhf__train_spec__get_packed_size(&ts);
     uint8_t *buf = malloc(len ? len : 1);
     if (buf) rlhf__train_spec__pack(&ts, buf);
