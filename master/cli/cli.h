@@ -105,6 +105,20 @@ int local_cluster_up(const char *dir, const char *ldir, int rollout, int reward,
 void local_cluster_down(const char *dir);
 
 /*
+ * The long-lived local cluster serving data_dir (the runs' directories): when one runs (its
+ * supervisor alive in DATA_DIR/.cluster and its master answering, waited for up to 15 s while it
+ * restarts), *ep (n bytes) gets its master's endpoint; otherwise one is started there first (a
+ * master with --data-dir DATA_DIR, 2 rollout, 1 reward, 1 learner and 1 stage worker) that
+ * outlives the caller (`rlhf down --data-dir DATA_DIR` stops it). Concurrent callers, in this or
+ * other processes, serialise on DATA_DIR/.cluster/lock: one cluster per data directory. Returns 0
+ * or RL_EIO with the reason in rl_errmsg().
+ */
+int local_cluster_ensure(const char *data_dir, char *ep, size_t n);
+
+/* `rlhf cluster-ensure --data-dir DIR` (hidden): local_cluster_ensure, printing {"endpoint"}. */
+int cmd_cluster_ensure(int argc, char **argv);
+
+/*
  * A stage command's cluster. With RLHF_MASTER set in the environment (a stage run by a stage
  * worker), a client of that master in the job namespace RLHF_NS; nothing is started and the
  * signal handlers are left alone. Otherwise the driver's own cluster in RUN_DIR/cluster: started

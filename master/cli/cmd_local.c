@@ -1,20 +1,25 @@
 /*
  * cmd_local.c - local mode: `rlhf up`, `rlhf status`, `rlhf down`.
  *
- *   rlhf up [--run-dir DIR] [--config FILE] [--rollout N] [--reward M] [--learner K]
- *   rlhf status [--run-dir DIR]
- *   rlhf down [--run-dir DIR]
+ *   rlhf up [--data-dir DIR | --run-dir DIR] [--config FILE] [--rollout N] [--reward M]
+ *           [--learner K] [--stage S]
+ *   rlhf status [--data-dir DIR | --run-dir DIR]
+ *   rlhf down [--data-dir DIR | --run-dir DIR]
  *
  * `up` starts a supervisor in the background (its own session) that runs rlhf-master and the
  * workers, all on loopback, as its children, and restarts any that exits unexpectedly (the
- * master on the same endpoint, so the workers re-register by themselves). It writes
- * RUN_DIR/local.json (pids) and prints {"run_dir","endpoint","http_port","pid"} once the master
- * serves; jobs reach that master from clients (common/net/client.h), such as the drivers that
- * start a cluster of their own (local_session_open). `status` prints the master's /status JSON.
- * `down` sends the supervisor SIGTERM; it stops the workers (they hand back their jobs and say
- * goodbye), then the master, and exits. A master that exits with status 0 (its run finished) ends
- * the supervisor the same way. rlhf-master and rlhf-worker are taken from the directory of the
- * running `rlhf` binary.
+ * master on the same endpoint, so the workers re-register by themselves). The cluster's own files
+ * live in its directory CDIR: DATA_DIR/.cluster for the long-lived cluster that serves the runs of
+ * a data directory (the master gets --data-dir DATA_DIR), or the --run-dir given (a command's
+ * own cluster). It writes CDIR/local.json (pids) and prints {"run_dir","endpoint","http_port",
+ * "pid"} once the master serves; jobs reach that master from clients (common/net/client.h), such
+ * as the stage commands (local_session_open). `status` prints the master's /status JSON.
+ * `down` sends the supervisor SIGTERM; it stops the workers (SIGTERM: they hand back their jobs
+ * and say goodbye; SIGKILL for any still there after 3 s), then the master the same way, and
+ * exits. A master that exits with status 0 (stopped on purpose) ends the supervisor the same way.
+ * The children die with the supervisor (PR_SET_PDEATHSIG), and an `up` in a directory whose
+ * children outlived their supervisor kills them first. rlhf-master and rlhf-worker are taken
+ * from the directory of the running `rlhf` binary.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -25,6 +30,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
@@ -46,6 +53,8 @@ int cmd_status(int argc, char **argv);
 int cmd_down(int argc, char **argv);
 
 #define MAX_WORKERS 64
+/* how long the workers, then the master, get to stop on SIGTERM before SIGKILL */
+#define STOP_GRACE_MS 3000
 
 static volatile sig_atomic_t sup_stop;
 static void on_term(int sig) {
@@ -65,9 +74,15 @@ void local_bin_path(char *out, size_t n, const char *name) {
     snprintf(out, n, "%.1000s/%s", len > 0 ? dirname(self) : ".", name);
 }
 
+/* Starts args[0] with stdout and stderr appended to log, as a child that dies with us. */
 static pid_t spawn(char *const *args, const char *log) {
+    pid_t parent = getpid();
     pid_t p = fork();
     if (p == 0) {
+        /* SIGKILLed when the supervisor dies, however it dies; if it died before prctl took
+         * effect we already belong to another parent, and must not run on unsupervised */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent) _exit(1);
         int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
         if (fd >= 0) {
             dup2(fd, 1);
@@ -87,6 +102,7 @@ typedef struct {
 
 typedef struct {
     char run_dir[1024], config[1024], endpoint[256];
+    char data_dir[1024]; /* the master's --data-dir (where run directories live); "": none */
     char master_bin[PATH_MAX + 32], worker_bin[PATH_MAX + 32];
     pid_t owner;            /* > 0: stop when this process is gone (a driver's own cluster) */
     char learner_dir[1024]; /* learners' --run-dir (checkpoints); default RUN_DIR/learner */
@@ -107,6 +123,7 @@ static pid_t start_master(sup_t *s) {
     args[n++] = s->master_bin;
     if (s->config[0]) args[n++] = "--config", args[n++] = s->config;
     args[n++] = "--run-dir", args[n++] = s->run_dir;
+    if (s->data_dir[0]) args[n++] = "--data-dir", args[n++] = s->data_dir;
     args[n++] = "--bind", args[n++] = s->endpoint[0] ? s->endpoint : "tcp://127.0.0.1:*";
     if (!s->config[0]) args[n++] = "--http-port", args[n++] = "0";
     args[n] = NULL;
@@ -202,6 +219,33 @@ static int restart_delay(backoff_t *b) {
     return b->delay_ms;
 }
 
+/* Stops the n children in p (0: none): SIGTERM, and SIGCONT so that a stopped one acts on it;
+ * up to grace_ms for all of them together, then SIGKILL for any left. Reaps them all and zeroes
+ * their pids. */
+static void stop_children(pid_t *p, int n, int grace_ms) {
+    for (int i = 0; i < n; i++)
+        if (p[i] > 0) kill(p[i], SIGTERM), kill(p[i], SIGCONT);
+    double deadline = cli_now_ms() + grace_ms;
+    for (;;) {
+        int left = 0;
+        for (int i = 0; i < n; i++)
+            if (p[i] > 0 && waitpid(p[i], NULL, WNOHANG) != 0) /* gone, or not ours */
+                p[i] = 0;
+            else
+                left += p[i] > 0;
+        if (!left || cli_now_ms() >= deadline) break;
+        nap_ms(20);
+    }
+    for (int i = 0; i < n; i++)
+        if (p[i] > 0) kill(p[i], SIGKILL), waitpid(p[i], NULL, 0), p[i] = 0;
+}
+
+/* Stops the workers first (they hand back their jobs and say goodbye), then the master. */
+static void stop_all(sup_t *s) {
+    stop_children(s->workers, s->n_workers, STOP_GRACE_MS);
+    stop_children(&s->master, 1, STOP_GRACE_MS);
+}
+
 static void supervise(sup_t *s) {
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
@@ -214,20 +258,22 @@ static void supervise(sup_t *s) {
     s->master = start_master(s);
     if (wait_master(s) < 0) {
         fprintf(stderr, "supervisor: the master did not start (see master.log)\n");
+        stop_children(&s->master, 1, STOP_GRACE_MS);
         _exit(1);
     }
     for (int i = 0; i < s->n_workers; i++) s->workers[i] = start_worker(s, i);
     for (int i = 0; i <= s->n_workers; i++) s->backoff[i].started_ms = cli_now_ms();
     write_local_json(s);
     while (!sup_stop) {
+        /* polled, so that a SIGTERM between the check and the wait is not slept through */
         int st;
-        pid_t p = waitpid(-1, &st, s->owner ? WNOHANG : 0);
+        pid_t p = waitpid(-1, &st, WNOHANG);
         if (p == 0) { /* --owner: the cluster lives only as long as the process it serves */
-            if (kill(s->owner, 0) < 0 && errno == ESRCH) {
+            if (s->owner && kill(s->owner, 0) < 0 && errno == ESRCH) {
                 fprintf(stderr, "supervisor: owner %d is gone: stopping\n", (int)s->owner);
                 break;
             }
-            nap_ms(200);
+            nap_ms(100);
             continue;
         }
         if (p < 0) {
@@ -238,7 +284,7 @@ static void supervise(sup_t *s) {
         /* a crashed child is restarted: the master on the same endpoint, a worker as before */
         if (p == s->master && WIFEXITED(st) && WEXITSTATUS(st) == 0) {
             /* a clean exit (stopped on purpose, or --exit-when-done in a --config) ends the
-             * run; restarting it would only loop */
+             * cluster; restarting it would only loop */
             fprintf(stderr, "supervisor: master finished: stopping the workers\n");
             s->master = 0;
             break;
@@ -261,37 +307,92 @@ static void supervise(sup_t *s) {
             }
         write_local_json(s);
     }
-    /* stop: workers first (they hand back and say goodbye), then the master */
-    for (int i = 0; i < s->n_workers; i++) kill(s->workers[i], SIGTERM);
-    for (int i = 0; i < s->n_workers; i++) {
-        int waited = 0;
-        while (waitpid(s->workers[i], NULL, WNOHANG) == 0 && waited < 10000) {
-            nap_ms(20);
-            waited += 20;
-        }
-        if (waited >= 10000) kill(s->workers[i], SIGKILL), waitpid(s->workers[i], NULL, 0);
-    }
-    if (s->master > 0) {
-        kill(s->master, SIGTERM);
-        waitpid(s->master, NULL, 0);
-    }
+    stop_all(s);
     _exit(0);
 }
 
+/* Whether process pid runs the program at path (after a rebuild, its old file still counts). */
+static int pid_runs(pid_t pid, const char *path) {
+    char link[64], exe[PATH_MAX];
+    snprintf(link, sizeof link, "/proc/%d/exe", (int)pid);
+    ssize_t n = pid > 0 ? readlink(link, exe, sizeof exe - 1) : -1;
+    if (n <= 0) return 0; /* gone, a zombie, or not ours to look at */
+    exe[n] = 0;
+    size_t k = strlen(path);
+    return !strncmp(exe, path, k) && (!exe[k] || !strcmp(exe + k, " (deleted)"));
+}
+
+/* Whether a supervisor started from dir still runs (its pid in *sup). */
+static int supervisor_alive(const char *dir, pid_t *sup) {
+    json_t *o = read_json(dir, "local.json");
+    *sup = o ? (pid_t)json_integer_value(json_object_get(o, "supervisor_pid")) : 0;
+    json_decref(o);
+    char self[PATH_MAX + 32];
+    local_bin_path(self, sizeof self, "rlhf");
+    return *sup > 0 && *sup != getpid() && pid_runs(*sup, self);
+}
+
+/* Before a supervisor starts in s->run_dir: the master and workers that local.json names and
+ * that still run - children of a supervisor that died without taking them along - are killed,
+ * so that two clusters never share the directory. Only processes running our own rlhf-master /
+ * rlhf-worker are touched (a pid may have been reused). */
+static void kill_leftovers(const sup_t *s) {
+    json_t *o = read_json(s->run_dir, "local.json");
+    if (!o) return;
+    pid_t left[MAX_WORKERS + 1];
+    int n = 0;
+    pid_t m = (pid_t)json_integer_value(json_object_get(o, "master_pid"));
+    if (pid_runs(m, s->master_bin)) left[n++] = m;
+    json_t *w = json_object_get(o, "worker_pids"), *v;
+    size_t i;
+    json_array_foreach(w, i, v) {
+        pid_t p = (pid_t)json_integer_value(v);
+        if (n <= MAX_WORKERS && pid_runs(p, s->worker_bin)) left[n++] = p;
+    }
+    json_decref(o);
+    for (int k = 0; k < n; k++) {
+        fprintf(stderr, "rlhf up: killing %d, left behind by an earlier supervisor in %s\n",
+                (int)left[k], s->run_dir);
+        kill(left[k], SIGKILL);
+    }
+    /* not our children: gone once their /proc entry no longer shows the program (2 s at most) */
+    for (int t = 0; t < 100; t++) {
+        int alive = 0;
+        for (int k = 0; k < n; k++)
+            alive += pid_runs(left[k], k == 0 && left[0] == m ? s->master_bin : s->worker_bin);
+        if (!alive) break;
+        nap_ms(20);
+    }
+}
+
+/* The cluster's directory: run_dir when given, else DATA_DIR/.cluster. */
+static void cluster_dir(char *out, size_t n, const char *run_dir, const char *data_dir) {
+    if (run_dir)
+        snprintf(out, n, "%s", run_dir);
+    else
+        snprintf(out, n, "%.1000s/.cluster", data_dir);
+}
+
 typedef struct {
-    const char *run_dir, *config, *learner_dir;
-    int rollout, reward, learner, owner, learner_shards;
+    const char *data_dir, *run_dir, *config, *learner_dir;
+    int rollout, reward, learner, stage, owner, learner_shards;
 } up_args_t;
 
 static const cli_opt_t up_opt_table[] = {
-    CLI_OPT_STR(up_args_t, run_dir, "run-dir", "runs/local", "DIR",
-                "the cluster's directory (logs, results, local.json)", 0),
+    CLI_OPT_STR(up_args_t, data_dir, "data-dir", "runs", "DIR",
+                "the data directory the cluster serves: run directories in DIR (the master's "
+                "--data-dir), the cluster's own files (logs, local.json) in DIR/.cluster",
+                0),
+    CLI_OPT_STR(up_args_t, run_dir, "run-dir", NULL, "DIR",
+                "a cluster of its own instead: its files in DIR, no data directory", 0),
     CLI_OPT_STR(up_args_t, config, "config", NULL, "FILE", "the master's YAML configuration", 0),
     CLI_OPT_INT(up_args_t, rollout, "rollout", 0, 32, "1", "N", "rollout workers"),
     CLI_OPT_INT(up_args_t, reward, "reward", 0, 16, "0", "M", "reward workers"),
     CLI_OPT_INT(up_args_t, learner, "learner", 0, 16, "0", "K", "learner workers"),
+    CLI_OPT_INT(up_args_t, stage, "stage", 0, 16, "0", "S",
+                "stage workers (they run the stage commands of runs)"),
     CLI_OPT_STR(up_args_t, learner_dir, "learner-dir", NULL, "DIR",
-                "the learners' checkpoints (default RUN_DIR/learner)", 0),
+                "the learners' --run-dir (default CLUSTER_DIR/learner)", 0),
     CLI_OPT_INT(up_args_t, learner_shards, "learner-shards", 1, 16, "1", "S",
                 "gradient shards of the learner (S > 1 needs --learner 1: S - 1 more processes)"),
     CLI_OPT_INT(up_args_t, owner, "owner", 0, INT_MAX, "0", "PID",
@@ -300,32 +401,38 @@ static const cli_opt_t up_opt_table[] = {
 
 static const cli_opts_t up_opts =
     CLI_OPTS("up", "rlhf up [options]",
-             "Starts rlhf-master and N rollout, M reward and K learner workers on loopback under\n"
-             "a background supervisor that restarts any of them that crashes.\n",
+             "Starts rlhf-master and N rollout, M reward, K learner and S stage workers on\n"
+             "loopback under a background supervisor that restarts any of them that crashes.\n",
              up_opt_table, NULL);
 
 int cmd_up(int argc, char **argv) {
     static sup_t S;
     sup_t *s = &S;
-    up_args_t ua;
+    up_args_t ua = {0};
     int prc = cli_opts_parse(&up_opts, argc, argv, &ua);
     if (prc != CLI_OPTS_GO) return prc;
     if (optind < argc) return cli_usage_error("up");
-    snprintf(s->run_dir, sizeof s->run_dir, "%s", ua.run_dir);
+    cluster_dir(s->run_dir, sizeof s->run_dir, ua.run_dir, ua.data_dir);
+    if (!ua.run_dir) snprintf(s->data_dir, sizeof s->data_dir, "%s", ua.data_dir);
     if (ua.config) snprintf(s->config, sizeof s->config, "%s", ua.config);
     if (ua.learner_dir) snprintf(s->learner_dir, sizeof s->learner_dir, "%s", ua.learner_dir);
     s->owner = (pid_t)ua.owner;
     s->learner_shards = ua.learner_shards;
-    int n_roll = ua.rollout, n_rew = ua.reward, n_learn = ua.learner;
+    int n_roll = ua.rollout, n_rew = ua.reward, n_learn = ua.learner, n_stage = ua.stage;
     if (fs_mkdir_p(s->run_dir) < 0) return cli_fail("up", "run directory", RL_EIO);
     if (s->learner_shards > 1 && n_learn != 1) {
         fprintf(stderr, "rlhf up: --learner-shards needs exactly one learner (--learner 1)\n");
         return 2;
     }
-    for (int i = 0; i < n_roll + n_rew + n_learn; i++)
-        s->roles[s->n_workers++] = i < n_roll           ? "rollout"
-                                   : i < n_roll + n_rew ? "reward"
-                                                        : "learner";
+    if (n_roll + n_rew + n_learn + n_stage + s->learner_shards - 1 > MAX_WORKERS) {
+        fprintf(stderr, "rlhf up: at most %d workers\n", MAX_WORKERS);
+        return 2;
+    }
+    for (int i = 0; i < n_roll + n_rew + n_learn + n_stage; i++)
+        s->roles[s->n_workers++] = i < n_roll                     ? "rollout"
+                                   : i < n_roll + n_rew           ? "reward"
+                                   : i < n_roll + n_rew + n_learn ? "learner"
+                                                                  : "stage";
     for (int i = 1; i < s->learner_shards; i++) s->roles[s->n_workers++] = "shard";
     if (s->learner_shards > 1) { /* a free loopback port for the shards, kept across restarts */
         int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -342,6 +449,14 @@ int cmd_up(int argc, char **argv) {
     }
     local_bin_path(s->master_bin, sizeof s->master_bin, "rlhf-master");
     local_bin_path(s->worker_bin, sizeof s->worker_bin, "rlhf-worker");
+    pid_t old;
+    if (supervisor_alive(s->run_dir, &old)) {
+        fprintf(stderr,
+                "rlhf up: a cluster already runs from %s (supervisor %d); rlhf down first\n",
+                s->run_dir, (int)old);
+        return 1;
+    }
+    kill_leftovers(s);
     char lj[1100];
     snprintf(lj, sizeof lj, "%.1000s/local.json", s->run_dir);
     unlink(lj);
@@ -376,6 +491,39 @@ int cmd_up(int argc, char **argv) {
     return 1;
 }
 
+/* Runs `rlhf` args (an `up`) and copies the endpoint it prints into ep; dir names the cluster in
+ * the error. Returns 0 or RL_EIO. */
+static int run_up(char *const *args, const char *dir, char *ep, size_t n) {
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) < 0) return rl_fail(RL_EIO, "pipe: %s", strerror(errno));
+    fflush(stdout);
+    pid_t p = fork();
+    if (p == 0) {
+        dup2(fds[1], 1); /* dup2 clears close-on-exec on 1 */
+        execv(args[0], args);
+        _exit(127);
+    }
+    close(fds[1]);
+    char buf[4096];
+    size_t len = 0;
+    ssize_t k;
+    while (len < sizeof buf - 1 && (k = read(fds[0], buf + len, sizeof buf - 1 - len)) > 0)
+        len += (size_t)k;
+    close(fds[0]);
+    buf[len] = 0;
+    int st = 0;
+    if (p > 0) waitpid(p, &st, 0);
+    json_t *o = json_loads(buf, 0, NULL);
+    const char *e = json_string_value(json_object_get(o, "endpoint"));
+    int rc = 0;
+    if (p < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0 || !e)
+        rc = rl_fail(RL_EIO, "the local cluster did not start (see %s/local.log)", dir);
+    else
+        snprintf(ep, n, "%s", e);
+    json_decref(o);
+    return rc;
+}
+
 /* Starts `rlhf up` in dir (its supervisor runs in the background) and returns the master's
  * endpoint: used by the commands that drive a cluster of their own (ppo, train-rm and sft with
  * --learner-shards). */
@@ -405,35 +553,64 @@ int local_cluster_up(const char *dir, const char *ldir, int rollout, int reward,
                     s,
                     NULL};
     if (!shards) args[12] = NULL; /* no learner: no learner options */
-    int fds[2];
-    if (pipe(fds) < 0) return rl_fail(RL_EIO, "pipe: %s", strerror(errno));
-    fflush(stdout);
-    pid_t p = fork();
-    if (p == 0) {
-        dup2(fds[1], 1);
-        close(fds[0]);
-        close(fds[1]);
-        execv(self, args);
-        _exit(127);
+    return run_up(args, dir, ep, n);
+}
+
+/* The endpoint of the master of the cluster in dir when its supervisor runs and the master
+ * answers on HTTP (waiting up to wait_ms for it: a master being restarted). Returns 0, or
+ * RL_ENOTFOUND when no supervisor runs from dir, RL_EIO when its master does not answer. */
+static int cluster_endpoint(const char *dir, int wait_ms, char *ep, size_t n) {
+    pid_t sup;
+    if (!supervisor_alive(dir, &sup))
+        return rl_fail(RL_ENOTFOUND, "no local cluster runs from %s", dir);
+    double deadline = cli_now_ms() + wait_ms;
+    for (;;) {
+        json_t *l = read_json(dir, "local.json"), *m = read_json(dir, "master.json");
+        json_int_t mpid = json_integer_value(json_object_get(l, "master_pid"));
+        int port = (int)json_integer_value(json_object_get(m, "http_port"));
+        const char *e = json_string_value(json_object_get(m, "endpoint"));
+        char *body = NULL;
+        int up = mpid > 0 && mpid == json_integer_value(json_object_get(m, "pid")) && e &&
+                 port > 0 && local_http_get(port, "/status", &body) == 0;
+        free(body);
+        if (up) snprintf(ep, n, "%s", e);
+        json_decref(l);
+        json_decref(m);
+        if (up) return 0;
+        if (cli_now_ms() >= deadline || !supervisor_alive(dir, &sup))
+            return rl_fail(RL_EIO, "the local master of %s does not answer (see %s/master.log)",
+                           dir, dir);
+        nap_ms(100);
     }
-    close(fds[1]);
-    char buf[4096];
-    size_t len = 0;
-    ssize_t k;
-    while (len < sizeof buf - 1 && (k = read(fds[0], buf + len, sizeof buf - 1 - len)) > 0)
-        len += (size_t)k;
-    close(fds[0]);
-    buf[len] = 0;
-    int st = 0;
-    if (p > 0) waitpid(p, &st, 0);
-    json_t *o = json_loads(buf, 0, NULL);
-    const char *e = json_string_value(json_object_get(o, "endpoint"));
-    int rc = 0;
-    if (p < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0 || !e)
-        rc = rl_fail(RL_EIO, "the local cluster did not start (see %s/local.log)", dir);
-    else
-        snprintf(ep, n, "%s", e);
-    json_decref(o);
+}
+
+int local_cluster_ensure(const char *data_dir, char *ep, size_t n) {
+    char dir[1100], lock[1200];
+    cluster_dir(dir, sizeof dir, NULL, data_dir);
+    snprintf(lock, sizeof lock, "%s/lock", dir);
+    if (fs_mkdir_p(dir) < 0) return rl_fail_ctx(RL_EIO, "the cluster directory: ");
+    /* one caller at a time checks and starts: two would start two clusters */
+    int fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) return rl_fail(RL_EIO, "%s: %s", lock, strerror(errno));
+    int rc;
+    while ((rc = flock(fd, LOCK_EX)) < 0 && errno == EINTR) {
+    }
+    if (rc < 0) {
+        rc = rl_fail(RL_EIO, "%s: %s", lock, strerror(errno));
+        close(fd);
+        return rc;
+    }
+    rc = cluster_endpoint(dir, 15000, ep, n);
+    if (rc == RL_ENOTFOUND) {
+        char self[PATH_MAX];
+        local_bin_path(self, sizeof self, "rlhf");
+        /* no --owner: the cluster outlives the command that needed it */
+        char *args[] = {self,      "up",       "--data-dir", (char *)data_dir, "--rollout",
+                        "2",       "--reward", "1",          "--learner",      "1",
+                        "--stage", "1",        NULL};
+        rc = run_up(args, dir, ep, n);
+    }
+    close(fd); /* releases the lock */
     return rc;
 }
 
@@ -597,17 +774,20 @@ typedef struct {
 } dir_args_t;
 
 static const cli_opt_t dir_opt_table[] = {
-    CLI_OPT_STR(dir_args_t, run_dir, "run-dir", "runs/local", "DIR", "the cluster's directory", 0),
+    CLI_OPT_STR(dir_args_t, data_dir, "data-dir", "runs", "DIR",
+                "the cluster serving this data directory (its files in DIR/.cluster)", 0),
+    CLI_OPT_STR(dir_args_t, run_dir, "run-dir", NULL, "DIR",
+                "the cluster whose files are in DIR (`rlhf up --run-dir`)", 0),
 };
 
-/* The run directory of `rlhf status` / `rlhf down`; NULL after --help (*bad = 1) or a bad
- * option (*bad = 2). */
-static const char *run_dir_opt(int argc, char **argv, const cli_opts_t *o, int *bad) {
-    dir_args_t a;
+/* The cluster directory of `rlhf status` / `rlhf down` into dir; *bad = 1 after --help, 2
+ * after a bad option. */
+static void run_dir_opt(int argc, char **argv, const cli_opts_t *o, char *dir, size_t n, int *bad) {
+    dir_args_t a = {0};
     int rc = cli_opts_parse(o, argc, argv, &a);
     *bad = rc == CLI_OPTS_GO ? 0 : rc == 0 ? 1 : 2;
     if (!*bad && optind < argc) *bad = 2, cli_usage_error(o->cmd);
-    return *bad ? NULL : a.run_dir;
+    if (!*bad) cluster_dir(dir, n, a.run_dir, a.data_dir);
 }
 
 int local_http_get(int port, const char *path, char **body) {
@@ -656,9 +836,10 @@ int local_http_get(int port, const char *path, char **body) {
 int cmd_status(int argc, char **argv) {
     int bad;
     static const cli_opts_t opts =
-        CLI_OPTS("status", "rlhf status [--run-dir DIR]",
+        CLI_OPTS("status", "rlhf status [--data-dir DIR | --run-dir DIR]",
                  "Prints the local master's /status JSON.\n", dir_opt_table, NULL);
-    const char *dir = run_dir_opt(argc, argv, &opts, &bad);
+    char dir[1100];
+    run_dir_opt(argc, argv, &opts, dir, sizeof dir, &bad);
     if (bad) return bad == 1 ? 0 : 2;
     json_t *m = read_json(dir, "master.json");
     int port = m ? (int)json_integer_value(json_object_get(m, "http_port")) : 0;
@@ -684,9 +865,10 @@ int cmd_status(int argc, char **argv) {
 int cmd_down(int argc, char **argv) {
     int bad;
     static const cli_opts_t opts =
-        CLI_OPTS("down", "rlhf down [--run-dir DIR]",
+        CLI_OPTS("down", "rlhf down [--data-dir DIR | --run-dir DIR]",
                  "Stops the local master and workers (their supervisor).\n", dir_opt_table, NULL);
-    const char *dir = run_dir_opt(argc, argv, &opts, &bad);
+    char dir[1100];
+    run_dir_opt(argc, argv, &opts, dir, sizeof dir, &bad);
     if (bad) return bad == 1 ? 0 : 2;
     json_t *o = read_json(dir, "local.json");
     pid_t sup = o ? (pid_t)json_integer_value(json_object_get(o, "supervisor_pid")) : 0;
@@ -704,4 +886,23 @@ int cmd_down(int argc, char **argv) {
     snprintf(path, sizeof path, "%.1000s/local.json", dir);
     unlink(path);
     return cli_print_json(json_pack("{s:s, s:b}", "run_dir", dir, "stopped", 1));
+}
+
+int cmd_cluster_ensure(int argc, char **argv) {
+    static const cli_opt_t table[] = {
+        CLI_OPT_STR(dir_args_t, data_dir, "data-dir", "runs", "DIR",
+                    "the data directory the cluster serves", 0),
+    };
+    static const cli_opts_t opts = CLI_OPTS(
+        "cluster-ensure", "rlhf cluster-ensure [--data-dir DIR]",
+        "Starts the local cluster serving DIR unless one runs; prints its master's endpoint.\n",
+        table, NULL);
+    dir_args_t a = {0};
+    int rc = cli_opts_parse(&opts, argc, argv, &a);
+    if (rc != CLI_OPTS_GO) return rc;
+    if (optind < argc) return cli_usage_error("cluster-ensure");
+    char ep[256];
+    if ((rc = local_cluster_ensure(a.data_dir, ep, sizeof ep)) < 0)
+        return cli_fail("cluster-ensure", "the local cluster", rc);
+    return cli_print_json(json_pack("{s:s}", "endpoint", ep));
 }

@@ -50,13 +50,15 @@ static const cli_cmd_t commands[] = {
     {"status", cmd_status, "print the local master's /status JSON"},
     {"down", cmd_down, "stop the local master and workers"},
     {"bench", cmd_bench, "benchmarks: `rlhf bench train|generate|wire --help`"},
+    {"cluster-ensure", cmd_cluster_ensure, NULL}, /* for tests: local_cluster_ensure */
 };
 #define N_COMMANDS (int)(sizeof commands / sizeof commands[0])
 
 static void usage(FILE *f) {
     fprintf(f, "usage: rlhf COMMAND [OPTIONS]   (rlhf COMMAND --help for its options)\n\n");
     for (int i = 0; i < N_COMMANDS; i++)
-        fprintf(f, "  %-12s %s\n", commands[i].name, commands[i].summary);
+        if (commands[i].summary) /* none: not listed */
+            fprintf(f, "  %-12s %s\n", commands[i].name, commands[i].summary);
 }
 
 int cli_fail(const char *cmd, const char *what, int rc) {
