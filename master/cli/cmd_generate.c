@@ -361,8 +361,13 @@ int cmd_generate(int argc, char **argv) {
                          .temperature = temp,
                          .top_p = top_p,
                          .seed = (uint64_t)seed};
-    fprintf(stderr, "rlhf generate: %d prompts x %d completions, %d rollout workers, run dir %s\n",
-            g.n, K, workers, rdir);
+    const char *master = getenv("RLHF_MASTER"); /* the run's cluster: its workers, not ours */
+    if (master && master[0])
+        fprintf(stderr, "rlhf generate: %d prompts x %d completions, run dir %s\n", g.n, K, rdir);
+    else
+        fprintf(stderr,
+                "rlhf generate: %d prompts x %d completions, %d rollout workers, run dir %s\n", g.n,
+                K, workers, rdir);
     if ((rc = generate_all(&g, rdir, amodel, &gs, workers)) < 0) {
         cli_fail("generate", "local run", rc);
         goto done;
