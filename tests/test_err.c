@@ -1,4 +1,5 @@
 /* test_err.c - error strings and the thread-local detail message. */
+#include <errno.h>
 #include "base/err.h"
 #include "test.h"
 
@@ -26,8 +27,30 @@ static void test_detail_and_context(void) {
     CHECK(strlen(rl_errmsg()) < 1024);
 }
 
+/* The root cause's code and errno survive added context and are reset by the next failure. */
+static void test_root_and_errno(void) {
+    rl_err_clear();
+    CHECK_EQ(rl_errcode(), 0);
+    CHECK_EQ(rl_errno(), 0);
+    CHECK_EQ(rl_fail_errno(RL_EIO, EROFS, "out/x: write: read-only"), RL_EIO);
+    CHECK_EQ(rl_fail_ctx(RL_EINVAL, "checkpoint"), RL_EINVAL);
+    CHECK_EQ(rl_errcode(), RL_EIO);
+    CHECK_EQ(rl_errno(), EROFS);
+    CHECK_STREQ(rl_errmsg(), "checkpoint: out/x: write: read-only");
+    CHECK(rl_errno_environment(rl_errno()));
+    CHECK_EQ(rl_fail(RL_EFORMAT, "model.safetensors: truncated"), RL_EFORMAT);
+    CHECK_EQ(rl_errcode(), RL_EFORMAT);
+    CHECK_EQ(rl_errno(), 0);
+    CHECK(rl_errno_environment(EACCES) && rl_errno_environment(ENOSPC) &&
+          rl_errno_environment(EDQUOT) && rl_errno_environment(EPERM));
+    CHECK(!rl_errno_environment(0) && !rl_errno_environment(EIO) && !rl_errno_environment(ENOENT));
+    rl_err_clear();
+    CHECK_EQ(rl_errcode(), 0);
+}
+
 int main(void) {
     RUN(test_strings);
     RUN(test_detail_and_context);
+    RUN(test_root_and_errno);
     return TEST_REPORT();
 }

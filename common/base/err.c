@@ -3,10 +3,12 @@
  */
 #include "base/err.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 
 static _Thread_local char err_detail[1024];
+static _Thread_local int err_code, err_errno;
 
 const char *rl_strerror(int code) {
     switch (code) {
@@ -24,6 +26,18 @@ int rl_fail(int code, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(err_detail, sizeof err_detail, fmt, ap);
     va_end(ap);
+    err_code = code;
+    err_errno = 0;
+    return code;
+}
+
+int rl_fail_errno(int code, int e, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err_detail, sizeof err_detail, fmt, ap);
+    va_end(ap);
+    err_code = code;
+    err_errno = e;
     return code;
 }
 
@@ -52,6 +66,20 @@ const char *rl_errmsg(void) {
     return err_detail;
 }
 
+int rl_errcode(void) {
+    return err_code;
+}
+
+int rl_errno(void) {
+    return err_errno;
+}
+
+int rl_errno_environment(int e) {
+    return e == EACCES || e == EPERM || e == EROFS || e == ENOSPC || e == EDQUOT;
+}
+
 void rl_err_clear(void) {
     err_detail[0] = '\0';
+    err_code = 0;
+    err_errno = 0;
 }

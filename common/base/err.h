@@ -42,10 +42,28 @@ int rl_fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3))
 /* Like rl_fail() but prefixes the existing detail message with new context ("loading X: ..."). */
 int rl_fail_ctx(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/*
+ * Like rl_fail() for a failed system call: also records its errno `e`, which rl_errno() reports
+ * until the next rl_fail() (rl_fail_ctx() keeps it), so a caller far up can tell a full disk or a
+ * read-only directory from other I/O errors without parsing the message.
+ */
+int rl_fail_errno(int code, int e, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
 /* The calling thread's last detail message; "" if none was recorded. Valid until the next fail. */
 const char *rl_errmsg(void);
 
-/* Clears the calling thread's detail message. */
+/* The code of the calling thread's last rl_fail() / rl_fail_errno() (what rl_fail_ctx() wraps
+ * keeps the code it started with): the root cause of a chain of failures; 0 if none. */
+int rl_errcode(void);
+
+/* The errno recorded by the calling thread's last failure (rl_fail_errno), 0 if it had none. */
+int rl_errno(void);
+
+/* Whether errno `e` is the environment's fault, something waiting or an operator may cure:
+ * permission denied, a read-only file system, a full disk, a quota exceeded. */
+int rl_errno_environment(int e);
+
+/* Clears the calling thread's detail message, code and errno. */
 void rl_err_clear(void);
 
 #endif

@@ -129,14 +129,14 @@ static int fs_sync_dir(const char *dir) {
     do {
         fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     } while (fd < 0 && errno == EINTR);
-    if (fd < 0) return rl_fail(RL_EIO, "%s: open directory: %s", dir, strerror(errno));
+    if (fd < 0) return rl_fail_errno(RL_EIO, errno, "%s: open directory: %s", dir, strerror(errno));
     do {
         r = fsync(fd);
     } while (r < 0 && errno == EINTR);
     if (r < 0 && errno != EINVAL && errno != ENOTSUP) {
         int e = errno;
         close(fd);
-        return rl_fail(RL_EIO, "%s: fsync directory: %s", dir, strerror(e));
+        return rl_fail_errno(RL_EIO, e, "%s: fsync directory: %s", dir, strerror(e));
     }
     close(fd);
     return 0;
@@ -187,8 +187,8 @@ int fs_atomic_open(fs_atomic_t *w, const char *path) {
         if (w->fd >= 0) return 0;
         if (errno != EEXIST) break;
     }
-    rc = rl_fail(fs_errno_code(errno), "%s: cannot create temporary file %s: %s", path, w->tmp,
-                 strerror(errno));
+    rc = rl_fail_errno(fs_errno_code(errno), errno, "%s: cannot create temporary file %s: %s", path,
+                       w->tmp, strerror(errno));
 
 fail:
     fs_atomic_reset(w);
@@ -209,7 +209,7 @@ int fs_atomic_write(fs_atomic_t *w, const void *data, size_t len) {
             close(w->fd);
             w->fd = -1;
             unlink(w->tmp);
-            return rl_fail(RL_EIO, "%s: write: %s", w->path, strerror(e));
+            return rl_fail_errno(RL_EIO, e, "%s: write: %s", w->path, strerror(e));
         }
         p += r;
         len -= (size_t)r;
@@ -230,17 +230,18 @@ int fs_atomic_commit(fs_atomic_t *w) {
         r = fsync(w->fd);
     } while (r < 0 && errno == EINTR);
     if (r < 0) {
-        rc = rl_fail(RL_EIO, "%s: fsync: %s", w->path, strerror(errno));
+        rc = rl_fail_errno(RL_EIO, errno, "%s: fsync: %s", w->path, strerror(errno));
         goto fail;
     }
     r = close(w->fd);
     w->fd = -1;
     if (r < 0 && errno != EINTR) {
-        rc = rl_fail(RL_EIO, "%s: close: %s", w->path, strerror(errno));
+        rc = rl_fail_errno(RL_EIO, errno, "%s: close: %s", w->path, strerror(errno));
         goto fail;
     }
     if (rename(w->tmp, w->path) < 0) {
-        rc = rl_fail(RL_EIO, "%s: rename from %s: %s", w->path, w->tmp, strerror(errno));
+        rc = rl_fail_errno(RL_EIO, errno, "%s: rename from %s: %s", w->path, w->tmp,
+                           strerror(errno));
         goto fail;
     }
     dir = fs_dirname(w->path);
@@ -295,7 +296,8 @@ static int fs_mkdir_one(const char *p, const char *full) {
         return rl_fail(RL_EIO, "%s: cannot create directory: %s exists and is not a directory",
                        full, p);
     }
-    return rl_fail(RL_EIO, "%s: cannot create directory %s: %s", full, p, strerror(errno));
+    return rl_fail_errno(RL_EIO, errno, "%s: cannot create directory %s: %s", full, p,
+                         strerror(errno));
 }
 
 int fs_mkdir_p(const char *path) {

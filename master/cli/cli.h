@@ -22,7 +22,13 @@ typedef struct {
     const char *summary;
 } cli_cmd_t;
 
-/* Prints "rlhf CMD: MESSAGE: rl_errmsg()" for a failed library call and returns 1. */
+/* The exit status of a command that failed on its environment (EX_TEMPFAIL): a write refused by
+ * the system (permission denied, read-only, disk full, quota): waiting or an operator may cure
+ * it, so a run pauses rather than fails. */
+#define CLI_EXIT_ENVIRONMENT 75
+
+/* Prints "rlhf CMD: MESSAGE: rl_errmsg()" for a failed library call and returns its exit status:
+ * CLI_EXIT_ENVIRONMENT when the failure was a write the system refused (rl_errno()), else 1. */
 int cli_fail(const char *cmd, const char *what, int rc);
 
 /* Prints `obj` as one line of JSON on stdout and releases it. Returns 0, or 1 (with a message

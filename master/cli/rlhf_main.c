@@ -64,7 +64,9 @@ static void usage(FILE *f) {
 int cli_fail(const char *cmd, const char *what, int rc) {
     const char *detail = rl_errmsg();
     fprintf(stderr, "rlhf %s: %s: %s\n", cmd, what, detail[0] ? detail : rl_strerror(rc));
-    return 1;
+    /* EX_TEMPFAIL for a write the system refused (not writable, disk full): a stage worker then
+     * holds the run until that is cured, instead of failing it */
+    return rl_errno_environment(rl_errno()) ? CLI_EXIT_ENVIRONMENT : 1;
 }
 
 int cli_print_json(json_t *obj) {
