@@ -13,10 +13,23 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* How a failed job is reported (JobReject): deterministic (the job's input is at fault: running
+ * it again fails the same way), environment (an operator or waiting may cure it: a directory not
+ * writable, a full disk) or transient (anything else: retried). */
+typedef enum {
+    WORKER_VERDICT_AUTO = 0, /* derived from the error (worker_reject_classify) */
+    WORKER_VERDICT_TRANSIENT,
+    WORKER_VERDICT_DETERMINISTIC,
+    WORKER_VERDICT_ENVIRONMENT,
+} worker_verdict_t;
+
 typedef struct {
     uint64_t job_id, seed;
     uint32_t attempt;
     atomic_int *cancel; /* set by the main thread: stop early, the result will be discarded */
+    /* a handler whose failure classifies otherwise than its error code says sets *verdict
+     * (worker_verdict_t; AUTO on entry) */
+    int *verdict;
     /* the live weights snapshot (wsync.h) the job runs with, held for the whole job: version 0
      * means none was fetched and a handler uses its model directory's own weights */
     uint64_t weights_version;
@@ -46,6 +59,15 @@ typedef struct {
 typedef int (*worker_handler_fn)(worker_state_t *st, const worker_job_t *job,
                                  const uint8_t *payload, size_t len, uint8_t **out,
                                  size_t *out_len);
+
+/* The classification of a failed job (worker_reject.c): `code` the handler's return (0: handed
+ * back), `root` and `sys_errno` the root cause's code and errno (rl_errcode(), rl_errno() on the
+ * job's thread), `verdict` what the handler said (worker_verdict_t). Sets *deterministic for
+ * errors of the job's input (RL_EFORMAT, RL_EINVAL, RL_ENOTFOUND, RL_EUNSUPPORTED, RL_ERANGE)
+ * and *environment for a write refused by the system (EACCES, EPERM, EROFS, ENOSPC, EDQUOT);
+ * both 0 (transient) for the rest: out of memory, I/O, lost shards, timeouts, cancellation. */
+void worker_reject_classify(int code, int root, int sys_errno, int verdict, int *deterministic,
+                            int *environment);
 
 /* The handler for `kind` on `role` (Rlhf__Role, Rlhf__JobKind), or NULL. */
 worker_handler_fn worker_handler(int role, int kind);
@@ -123,9 +145,28 @@ ppo_state_t *ppo_state_new(const char *master, const char *run_dir);
 /* Frees the models, states and weights server, stops the announcer; accepts NULL, nulls *pp. */
 void ppo_state_destroy(ppo_state_t **pp);
 
+/* Another training takes the learner (one learner serves several trainings in turn): drops the
+ * PPO state (models, optimizer, last result) and stops serving its weights (nothing is announced
+ * until the next publish, from a new weights endpoint, so a fetcher never gets the old
+ * training's weights under the new one's version numbers); its checkpoints are in run_dir from
+ * now on, loaded by the next PPO job. Returns 0 or RL_E*. */
+int ppo_state_switch(ppo_state_t *ps, const char *run_dir);
+
 /* TRAIN of kind PPO: one iteration's update, the new weights published and announced. */
 struct Rlhf__TrainSpec;
 int worker_ppo(ppo_state_t *ps, const worker_job_t *job, const struct Rlhf__TrainSpec *sp,
                uint8_t **out, size_t *out_len);
+
+/* ---- stage (worker_stage.c) ---- */
+
+/* STAGE: one stage command of a run as a child process `rlhf ARGV...` (StageSpec ->
+ * StageOutput); see the file's comment for the environment, the log and the outcomes. */
+int worker_stage(const worker_job_t *job, const uint8_t *payload, size_t len, uint8_t **out,
+                 size_t *out_len);
+
+/* The error line of a command's log text: the last line starting with "rlhf ", else the last
+ * non-empty one (trailing blanks removed; a "see `rlhf CMD --help`" hint skipped), into out (cap
+ * bytes; "" if none). */
+void worker_stage_error_line(const char *text, char *out, size_t cap);
 
 #endif

@@ -107,7 +107,7 @@ int worker_generate(rollout_state_t *r, const worker_job_t *job, const uint8_t *
     }
     gpt_t *m = model_get(r, sp->model_dir ? sp->model_dir : "", job);
     if (!m) {
-        rc = rl_fail_ctx(RL_EINVAL, "generate: ");
+        rc = rl_fail_ctx(RL_EINVAL, "generate");
         goto out;
     }
     int V = m->cfg.vocab_size, ctx = m->cfg.n_positions;
@@ -170,7 +170,7 @@ int worker_generate(rollout_state_t *r, const worker_job_t *job, const uint8_t *
         o.sampling.top_p = sp->top_p > 0 ? sp->top_p : 1.0f;
         o.seed = job->seed;
         if (smp_params_check(&o.sampling) < 0) {
-            rc = rl_fail_ctx(RL_EINVAL, "generate: ");
+            rc = rl_fail_ctx(RL_EINVAL, "generate");
             goto out;
         }
         if (o.eot >= V || (o.vocab_limit && o.vocab_limit > V)) {

@@ -85,8 +85,10 @@
  * advance and checkpoints keep. */
 struct learner {
     int index, n_shards;
-    char run_dir[PATH_LEN];
-    char who[96]; /* for the log */
+    char base_dir[PATH_LEN]; /* --run-dir: the checkpoints of jobs that name no ckpt_dir */
+    char run_dir[PATH_LEN];  /* the checkpoints of the training it holds (or last held) */
+    int held_kind;           /* that training's TrainKind; 0: none yet (a fresh learner) */
+    char who[96];            /* for the log */
     shard_hub_t hub;
     rmdata_t rmd;
     /* training state */
@@ -199,7 +201,7 @@ static int state_ensure(learner_t *l, const char *model_dir, int rm, uint64_t he
         if (!model_dir || !model_dir[0])
             return rl_fail(RL_EINVAL, "train: no checkpoint in %s and no model_dir", l->run_dir);
         gpt_t *m = rm ? rm_load(model_dir, head_seed) : hf_load(model_dir);
-        if (!m) return rl_fail_ctx(RL_EINVAL, "train: ");
+        if (!m) return rl_fail_ctx(RL_EINVAL, "train");
         adamw_sched_t sched = {ADAMW_SCHED_CONSTANT, 1e-3f, 0, 0, 0};
         if ((rc = train_init(&l->tr, m, &sched, 0, 0)) < 0) {
             train_free(&l->tr);
@@ -277,7 +279,7 @@ static int step_run(learner_t *l, const worker_job_t *job, const Rlhf__TrainSpec
         else
             rc = shard_slice_grad(m, in + (long)b0[0] * T, tg + (long)b0[0] * T, b1[0] - b0[0], T,
                                   scale[0], &so->loss);
-        if (rc < 0) return rl_fail_ctx(rc, "train: step %" PRIu64 ": ", step);
+        if (rc < 0) return rl_fail_ctx(rc, "train: step %" PRIu64, step);
         so->ms_slice = wire_now_ms() - ts;
         ts = wire_now_ms();
         int broken = 0;
@@ -302,11 +304,11 @@ static int step_run(learner_t *l, const worker_job_t *job, const Rlhf__TrainSpec
     /* the update of train_lm_step: clip (fused into the update), learning rate, AdamW */
     float cs;
     rc = adamw_clip_scale(m->grads_mem, m->num_params, l->tr.clip, &so->grad_norm, &cs);
-    if (rc < 0) return rl_fail_ctx(rc, "train: step %" PRIu64 ": gradient: ", step);
+    if (rc < 0) return rl_fail_ctx(rc, "train: step %" PRIu64 ": gradient", step);
     so->lr = adamw_sched_lr(&l->tr.sched, l->tr.step);
     rc = adamw_step_scaled(&l->tr.opt, m->params_mem, m->grads_mem, l->tr.groups, l->tr.n_groups,
                            so->lr, cs);
-    if (rc < 0) return rl_fail_ctx(rc, "train: step %" PRIu64 ": optimizer: ", step);
+    if (rc < 0) return rl_fail_ctx(rc, "train: step %" PRIu64 ": optimizer", step);
     l->tr.step++;
     if (S > 1) /* alone, the checksum is needed only at the end of the job */
         l->crc = shard_hub_params_changed(h, m);
@@ -544,15 +546,48 @@ static int train_run(learner_t *l, const worker_job_t *job, const Rlhf__TrainSpe
     return rc;
 }
 
+/* Makes the learner hold the training of sp: (checkpoint directory, kind). A job of another
+ * training makes it drop everything it holds (the LM/RM state, the PPO state and its published
+ * weights) and stand where a learner freshly started with --run-dir=ckpt_dir would: its state is
+ * then loaded from that directory's newest checkpoint (or the job's initial model) by the job.
+ * A fresh learner adopts the first job's kind in --run-dir without dropping anything (what it
+ * loaded at start is that directory's). Returns 0 or RL_E* (the directory cannot be created). */
+static int training_switch(learner_t *l, ppo_state_t *ps, const Rlhf__TrainSpec *sp) {
+    const char *dir = sp->ckpt_dir && sp->ckpt_dir[0] ? sp->ckpt_dir : l->base_dir;
+    int kind = (int)sp->kind, same_dir = !strcmp(dir, l->run_dir);
+    if (!dir[0]) return rl_fail(RL_EINVAL, "train: no ckpt_dir and this learner has no --run-dir");
+    if (same_dir && (l->held_kind == kind || l->held_kind == 0)) {
+        l->held_kind = kind;
+        return 0;
+    }
+    if (strlen(dir) >= sizeof l->run_dir - 64)
+        return rl_fail(RL_EINVAL, "train: ckpt_dir '%.200s...' is too long", dir);
+    int rc = fs_mkdir_p(dir);
+    if (rc < 0) return rl_fail_ctx(rc, "train: ckpt_dir");
+    llog(l, "training %s (kind %d) replaces %s (kind %d): state dropped", dir, kind,
+         l->run_dir[0] ? l->run_dir : "none", l->held_kind);
+    state_drop(l);
+    l->ckpt_step = -1;
+    l->last_job = 0;
+    l->src_dir[0] = l->ckpt_dir[0] = 0;
+    if ((rc = ppo_state_switch(ps, dir)) < 0) return rc;
+    snprintf(l->run_dir, sizeof l->run_dir, "%s", dir);
+    l->held_kind = kind;
+    return 0;
+}
+
 int worker_train(learner_t *l, ppo_state_t *ps, const worker_job_t *job, const uint8_t *payload,
                  size_t len, uint8_t **out, size_t *out_len) {
     *out = NULL;
     *out_len = 0;
-    if (!l->run_dir[0]) return rl_fail(RL_EINVAL, "train: this learner has no --run-dir");
     if (l->index != 0) return rl_fail(RL_EINVAL, "train: only shard 0 takes TRAIN jobs");
     Rlhf__TrainSpec *sp = rlhf__train_spec__unpack(NULL, len, payload);
     if (!sp) return rl_fail(RL_EFORMAT, "train: malformed TrainSpec");
-    int rc;
+    int rc = training_switch(l, ps, sp);
+    if (rc < 0) {
+        rlhf__train_spec__free_unpacked(sp, NULL);
+        return rc;
+    }
     switch (sp->kind) {
     case RLHF__TRAIN_KIND__TRAIN_KIND_LM:
     case RLHF__TRAIN_KIND__TRAIN_KIND_RM:
@@ -578,7 +613,8 @@ learner_t *learner_new(const worker_learner_opts_t *o) {
     l->index = o->index;
     l->n_shards = o->n_shards > 0 ? o->n_shards : 1;
     l->ckpt_step = -1;
-    snprintf(l->run_dir, sizeof l->run_dir, "%s", o->run_dir ? o->run_dir : "");
+    snprintf(l->base_dir, sizeof l->base_dir, "%s", o->run_dir ? o->run_dir : "");
+    snprintf(l->run_dir, sizeof l->run_dir, "%s", l->base_dir);
     snprintf(l->who, sizeof l->who, "worker %.60s", o->id ? o->id : "learner");
     int rc = l->run_dir[0] ? fs_mkdir_p(l->run_dir) : 0;
     if (rc == 0) rc = shard_hub_open(&l->hub, o, l->run_dir, l->who);

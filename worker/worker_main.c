@@ -1,7 +1,7 @@
 /*
  * worker_main.c - rlhf-worker: one role, connected to one master.
  *
- *   rlhf-worker --role rollout|reward|learner --master tcp://HOST:PORT [--id NAME]
+ *   rlhf-worker --role rollout|reward|learner|stage --master tcp://HOST:PORT [--id NAME]
  *
  * The main thread owns the DEALER socket: it says Hello, heartbeats, receives jobs and sends
  * results. A job runs on its own thread (the worker's heartbeats go on meanwhile) and signals
@@ -49,6 +49,7 @@ typedef struct {
     uint64_t policy_version; /* the weights the job needs: fetched first if we lack them */
     /* set by the job thread before it signals the eventfd */
     int rc;
+    int verdict, root, sys_errno; /* how a failure classifies (worker_reject_classify) */
     char reason[256];
     uint8_t *out;
     size_t out_len;
@@ -238,11 +239,13 @@ static void *job_thread(void *arg) {
      * rejected and the master retries it), and hold the live snapshot so no swap happens
      * while the job runs */
     s->rc = weights_sync(w, s->policy_version, &w->cancel);
+    if (s->rc < 0) s->verdict = WORKER_VERDICT_TRANSIENT; /* weights not there yet: not the job's */
     if (s->rc == 0) {
         const wsync_snapshot_t *live = wsync_replica_acquire(&w->weights);
         if (live->version < s->policy_version) {
             s->rc = rl_fail(RL_ENOTFOUND, "weights version %" PRIu64 " not available",
                             s->policy_version);
+            s->verdict = WORKER_VERDICT_TRANSIENT;
         } else {
             if (s->policy_version)
                 wlog(w,
@@ -257,21 +260,30 @@ static void *job_thread(void *arg) {
         }
         wsync_replica_release(&w->weights);
     }
-    if (s->rc < 0) snprintf(s->reason, sizeof s->reason, "%s", rl_errmsg());
+    if (s->rc < 0) { /* the reason is never empty: the master shows it to the user */
+        snprintf(s->reason, sizeof s->reason, "%s",
+                 rl_errmsg()[0] ? rl_errmsg() : rl_strerror(s->rc));
+        s->root = rl_errcode();
+        s->sys_errno = rl_errno();
+    }
     s->elapsed_ms = wire_now_ms() - t0;
     uint64_t one = 1;
     if (write(w->efd, &one, sizeof one) != sizeof one) abort(); /* eventfd cannot fail here */
     return NULL;
 }
 
-static void reject(worker_t *w, const Rlhf__JobAssign *a, int code, const char *reason) {
+/* Sends a JobReject; deterministic and environment as worker_reject_classify says. */
+static void reject(worker_t *w, const Rlhf__JobAssign *a, int code, const char *reason,
+                   int deterministic, int environment) {
     Rlhf__Envelope env = RLHF__ENVELOPE__INIT;
     Rlhf__JobReject r = RLHF__JOB_REJECT__INIT;
     r.job_id = a->job_id;
     r.attempt = a->attempt;
     r.lease_id = a->lease_id;
     r.code = code;
-    r.reason = (char *)reason;
+    r.reason = (char *)(reason && reason[0] ? reason : rl_strerror(code));
+    r.deterministic = deterministic != 0;
+    r.environment = environment != 0;
     env.body_case = RLHF__ENVELOPE__BODY_JOB_REJECT;
     env.job_reject = &r;
     wsend(w, &env);
@@ -280,18 +292,18 @@ static void reject(worker_t *w, const Rlhf__JobAssign *a, int code, const char *
 static void on_assign(worker_t *w, const Rlhf__JobAssign *a) {
     worker_handler_fn fn = worker_handler(w->role, a->kind);
     if (w->slot.busy) {
-        reject(w, a, RL_ERANGE, "busy");
+        reject(w, a, RL_ERANGE, "busy", 0, 0);
         return;
     }
     if (!fn) {
-        reject(w, a, RL_EUNSUPPORTED, "no handler for this job kind");
+        reject(w, a, RL_EUNSUPPORTED, "no handler for this job kind", 0, 0);
         return;
     }
     job_slot_t *s = &w->slot;
     free(s->payload);
     s->payload = malloc(a->payload.len ? a->payload.len : 1);
     if (!s->payload) {
-        reject(w, a, RL_ENOMEM, "out of memory");
+        reject(w, a, RL_ENOMEM, "out of memory", 0, 0);
         return;
     }
     if (a->payload.len) memcpy(s->payload, a->payload.data, a->payload.len); /* NULL when empty */
@@ -306,9 +318,12 @@ static void on_assign(worker_t *w, const Rlhf__JobAssign *a) {
     s->out = NULL;
     s->out_len = 0;
     s->reason[0] = 0;
+    s->verdict = WORKER_VERDICT_AUTO;
+    s->root = s->sys_errno = 0;
+    s->job.verdict = &s->verdict;
     atomic_store(&w->cancel, 0);
     if (pthread_create(&s->th, NULL, job_thread, w) != 0) {
-        reject(w, a, RL_ENOMEM, "cannot start a thread");
+        reject(w, a, RL_ENOMEM, "cannot start a thread", 0, 0);
         return;
     }
     s->busy = 1;
@@ -341,9 +356,15 @@ static void on_job_done(worker_t *w, int handing_back) {
         a.job_id = s->job.job_id;
         a.attempt = s->job.attempt;
         a.lease_id = s->lease_id;
-        reject(w, &a, handing_back ? 0 : s->rc, handing_back ? "handed back" : s->reason);
-        wlog(w, "%s job %" PRIu64 " attempt %u: %s", handing_back ? "handed back" : "failed",
-             s->job.job_id, s->job.attempt, s->reason);
+        int code = handing_back ? 0 : s->rc, det, envir;
+        worker_reject_classify(code, s->root, s->sys_errno, s->verdict, &det, &envir);
+        reject(w, &a, code, handing_back ? "handed back" : s->reason, det, envir);
+        wlog(w, "%s job %" PRIu64 " attempt %u (%s): %s", handing_back ? "handed back" : "failed",
+             s->job.job_id, s->job.attempt,
+             det     ? "deterministic"
+             : envir ? "environment"
+                     : "transient",
+             s->reason);
     }
     free(s->out);
     s->out = NULL;
@@ -426,11 +447,12 @@ static int parse_role(const char *s) {
     if (!strcmp(s, "rollout")) return RLHF__ROLE__ROLE_ROLLOUT;
     if (!strcmp(s, "reward")) return RLHF__ROLE__ROLE_REWARD;
     if (!strcmp(s, "learner")) return RLHF__ROLE__ROLE_LEARNER;
+    if (!strcmp(s, "stage")) return RLHF__ROLE__ROLE_STAGE;
     return -1;
 }
 
 static const char usage_text[] =
-    "usage: rlhf-worker --role rollout|reward|learner --master tcp://HOST:PORT [--id NAME]\n"
+    "usage: rlhf-worker --role rollout|reward|learner|stage --master tcp://HOST:PORT [--id NAME]\n"
     "                   [--heartbeat-ms N] [--liveness N] [--threads N]\n\n"
     "Connects to the master, registers, heartbeats and runs the jobs of its role. Heartbeat\n"
     "settings apply until the master's Welcome gives its own. SIGTERM: hand back, goodbye, exit.\n"
@@ -438,7 +460,8 @@ static const char usage_text[] =
     "should split its cores between them.\n"
     "Learner: --run-dir DIR (checkpoints) [--shard 0/S --shard-endpoint EP] [--shard-wait-ms N]\n"
     "[--shard-chunk-kib N];\n"
-    "shards 1..S-1: --role learner --shard I/S --shard-endpoint EP (shard 0's; no --master).\n";
+    "shards 1..S-1: --role learner --shard I/S --shard-endpoint EP (shard 0's; no --master).\n"
+    "Stage: runs a run's stage commands (the rlhf binary next to this one); no model needed.\n";
 
 /* Creates the state of w's role (the learner's after worker_learner_start). Returns 0 or RL_E*. */
 static int roles_init(worker_t *w, const worker_learner_opts_t *lo) {
@@ -490,7 +513,8 @@ int main(int argc, char **argv) {
         switch (c) {
         case 'r':
             if ((w->role = parse_role(optarg)) < 0) {
-                fprintf(stderr, "rlhf-worker: --role: '%s' is not rollout, reward or learner\n",
+                fprintf(stderr,
+                        "rlhf-worker: --role: '%s' is not rollout, reward, learner or stage\n",
                         optarg);
                 return 2;
             }

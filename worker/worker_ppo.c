@@ -101,6 +101,21 @@ static void unload(ppo_state_t *ps) {
     ps->loaded = 0;
 }
 
+int ppo_state_switch(ppo_state_t *ps, const char *run_dir) {
+    if (strlen(run_dir) >= sizeof ps->run_dir)
+        return rl_fail(RL_EINVAL, "ppo: checkpoint directory name too long");
+    unload(ps);
+    pthread_mutex_lock(&ps->ann_mu);
+    atomic_store(&ps->published, 0);
+    ps->ws_endpoint[0] = 0;
+    pthread_mutex_unlock(&ps->ann_mu);
+    /* the old training's snapshots go with their server: the next publish starts a new one */
+    wsync_server_destroy(&ps->ws);
+    ps->tok_dir[0] = 0;
+    snprintf(ps->run_dir, sizeof ps->run_dir, "%s", run_dir);
+    return 0;
+}
+
 void ppo_state_destroy(ppo_state_t **psp) {
     ppo_state_t *ps = psp ? *psp : NULL;
     if (!ps) return;
@@ -136,12 +151,17 @@ static void *announcer(void *arg) {
         return NULL;
     }
     while (!atomic_load(&ps->ann_stop)) {
+        /* the version and its endpoint together: a switch of training changes both */
+        char ep[sizeof ps->ws_endpoint];
+        pthread_mutex_lock(&ps->ann_mu);
         uint64_t v = atomic_load(&ps->published);
-        if (v) {
+        memcpy(ep, ps->ws_endpoint, sizeof ep);
+        pthread_mutex_unlock(&ps->ann_mu);
+        if (v && ep[0]) {
             Rlhf__Envelope env = RLHF__ENVELOPE__INIT;
             Rlhf__WeightsAnnounce a = RLHF__WEIGHTS_ANNOUNCE__INIT;
             a.version = v;
-            a.endpoint = ps->ws_endpoint;
+            a.endpoint = ep;
             env.protocol_version = RLHF__PROTOCOL_VERSION__PROTOCOL_VERSION_CURRENT;
             env.body_case = RLHF__ENVELOPE__BODY_WEIGHTS_ANNOUNCE;
             env.weights_announce = &a;
@@ -180,9 +200,10 @@ static int publish(ppo_state_t *ps, uint64_t version) {
     if (version == 0) return 0; /* version 0 is the policy directory's own weights */
     if (!ps->ws) {
         ps->ws = wsync_server_new(NULL, "tcp://127.0.0.1:*", 0);
-        if (!ps->ws || wsync_server_start(ps->ws) < 0)
-            return rl_fail_ctx(RL_EIO, "weights server: ");
+        if (!ps->ws || wsync_server_start(ps->ws) < 0) return rl_fail_ctx(RL_EIO, "weights server");
+        pthread_mutex_lock(&ps->ann_mu);
         snprintf(ps->ws_endpoint, sizeof ps->ws_endpoint, "%s", wsync_server_endpoint(ps->ws));
+        pthread_mutex_unlock(&ps->ann_mu);
     }
     if (version > atomic_load(&ps->published)) {
         int rc = wsync_server_publish(ps->ws, version, ps->policy->params_mem,
@@ -391,6 +412,12 @@ int worker_ppo(ppo_state_t *ps, const worker_job_t *job, const Rlhf__TrainSpec *
         rc = pack_output(to->ppo, out, out_len);
         rlhf__train_output__free_unpacked(to, NULL);
         return rc;
+    }
+    if (at < sp->iteration) {
+        /* restarted from an older checkpoint (checkpoint_every > 1): the driver rolls its loop
+         * back to `at` and regenerates; not the job's fault, so not deterministic */
+        *job->verdict = WORKER_VERDICT_TRANSIENT;
+        return rl_fail(RL_ERANGE, "behind: at iteration %" PRIu64, at);
     }
     if (at != sp->iteration)
         return rl_fail(RL_ERANGE,

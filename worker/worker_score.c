@@ -10,6 +10,14 @@
  * function. Both
  * models are loaded once and kept while their directories stay the same. The output is a pure
  * function of the spec and the weights.
+ *
+ * With ScoreSpec.gold, the embedded task's gold judge (task.h) of each item too: the completion
+ * decoded with rm_dir's tokenizer (ref_dir's without rm_dir), a final end-of-text id dropped, and
+ * judged against prompt_texts[i]. ScoreOutput.gold carries the judge's TASK_NCRIT criterion
+ * scores of each item, item-major (n_items * TASK_NCRIT floats), not task_gold() itself:
+ * task_gold() is a double and the field a float, so the master calls task_gold() on each item's
+ * scores and sums exactly what `rlhf ppo --gold` sums. An item whose completion does not decode
+ * scores 0 on every criterion (task_gold 0, as ppo_report counts it).
  */
 #include <math.h>
 #include <stdio.h>
@@ -20,8 +28,10 @@
 #include "base/err.h"
 #include "nn/gpt.h"
 #include "nn/hf.h"
+#include "nn/tok.h"
 #include "align/ppo.h"
 #include "align/rm.h"
+#include "align/task.h"
 #include "rlhf.pb-c.h"
 #include "worker.h"
 
@@ -34,6 +44,8 @@ typedef struct {
  * directories. */
 struct score_state {
     slot_t slots[2]; /* 0: reward model, 1: reference */
+    tok_t *tok;      /* the gold judge's tokenizer, and the directory it came from */
+    char tok_dir[4096];
 };
 
 score_state_t *score_state_new(void) {
@@ -45,6 +57,7 @@ score_state_t *score_state_new(void) {
 void score_state_destroy(score_state_t **sp) {
     if (!sp || !*sp) return;
     for (int i = 0; i < 2; i++) gpt_destroy(&(*sp)->slots[i].m);
+    tok_destroy(&(*sp)->tok);
     free(*sp);
     *sp = NULL;
 }
@@ -90,7 +103,7 @@ static int run_rm(gpt_t *m, const Rlhf__ScoreSpec *sp, float *scores) {
     for (size_t k = 0; seqs && k < n; k++) free(seqs[k]);
     free(seqs);
     free(lens);
-    return rc < 0 ? rl_fail_ctx(rc, "score: reward model: ") : 0;
+    return rc < 0 ? rl_fail_ctx(rc, "score: reward model") : 0;
 }
 
 /* The reference model's logprob of every completion token (ppo.h computes them as the learner
@@ -128,14 +141,14 @@ static int run_ref(gpt_t *m, const Rlhf__ScoreSpec *sp, Rlhf__TokenLogprobs *lps
     }
     free(lp);
     free(seqs);
-    return rc < 0 ? rl_fail_ctx(rc, "score: reference: ") : 0;
+    return rc < 0 ? rl_fail_ctx(rc, "score: reference") : 0;
 }
 
 static int run_model(score_state_t *st, const worker_job_t *job, const char *dir,
                      const Rlhf__ScoreSpec *sp, int reward, float *scores,
                      Rlhf__TokenLogprobs *lps) {
     gpt_t *m = slot_get(st, reward ? 0 : 1, dir);
-    if (!m) return rl_fail_ctx(RL_EINVAL, "score: %s: ", reward ? "reward model" : "reference");
+    if (!m) return rl_fail_ctx(RL_EINVAL, "score: %s", reward ? "reward model" : "reference");
     if (reward && !m->cfg.scalar_head)
         return rl_fail(RL_EINVAL, "score: %s has no scalar head: not a reward model", dir);
     for (size_t k = 0; k < sp->n_items; k++) {
@@ -144,6 +157,36 @@ static int run_model(score_state_t *st, const worker_job_t *job, const char *dir
     }
     if (atomic_load(job->cancel)) return rl_fail(RL_EIO, "score: cancelled");
     return reward ? run_rm(m, sp, scores) : run_ref(m, sp, lps);
+}
+
+/* The gold judge's criterion scores of every item into gold (n_items * TASK_NCRIT). */
+static int run_gold(score_state_t *st, const Rlhf__ScoreSpec *sp, float *gold) {
+    const char *dir = sp->rm_dir && sp->rm_dir[0] ? sp->rm_dir : sp->ref_dir;
+    if (!dir || !dir[0]) return rl_fail(RL_EINVAL, "score: gold needs rm_dir or ref_dir");
+    if (sp->n_prompt_texts != sp->n_items)
+        return rl_fail(RL_EINVAL, "score: gold: %zu prompt texts for %zu items", sp->n_prompt_texts,
+                       sp->n_items);
+    if (!st->tok || strcmp(st->tok_dir, dir)) {
+        tok_destroy(&st->tok);
+        st->tok_dir[0] = 0;
+        if (strlen(dir) >= sizeof st->tok_dir)
+            return rl_fail(RL_EINVAL, "score: gold: tokenizer directory name too long");
+        if (!(st->tok = tok_load(dir))) return rl_fail_ctx(RL_EINVAL, "score: gold: tokenizer");
+        snprintf(st->tok_dir, sizeof st->tok_dir, "%s", dir);
+    }
+    for (size_t k = 0; k < sp->n_items; k++) {
+        const Rlhf__ScoreItem *it = sp->items[k];
+        size_t n = it->n_completion, tl;
+        if (n && it->completion[n - 1] == sp->eot) n--;
+        char *text = NULL;
+        float *sc = gold + k * TASK_NCRIT;
+        if (tok_decode(st->tok, (const int *)it->completion, n, &text, &tl) == 0)
+            task_score(sp->prompt_texts[k], text, sc);
+        else
+            for (int c = 0; c < TASK_NCRIT; c++) sc[c] = 0;
+        free(text);
+    }
+    return 0;
 }
 
 int worker_score(score_state_t *st, const worker_job_t *job, const uint8_t *payload, size_t len,
@@ -172,10 +215,14 @@ int worker_score(score_state_t *st, const worker_job_t *job, const uint8_t *payl
     for (size_t k = 0; k < n && lps; k++) rlhf__token_logprobs__init(&lps[k]), lpp[k] = &lps[k];
     if (rc == 0 && want_rm) rc = run_model(st, job, sp->rm_dir, sp, 1, scores, lps);
     if (rc == 0 && want_ref) rc = run_model(st, job, sp->ref_dir, sp, 0, scores, lps);
+    float *gold = sp->gold ? calloc(n ? n * TASK_NCRIT : 1, sizeof *gold) : NULL;
+    if (rc == 0 && sp->gold)
+        rc = gold ? run_gold(st, sp, gold) : rl_fail(RL_ENOMEM, "score: out of memory");
     if (rc == 0) {
         Rlhf__ScoreOutput so = RLHF__SCORE_OUTPUT__INIT;
         if (want_rm || sp->count_reward) so.scores = scores, so.n_scores = n;
         if (want_ref) so.ref_logprobs = lpp, so.n_ref_logprobs = n;
+        if (sp->gold) so.gold = gold, so.n_gold = n * TASK_NCRIT;
         *out_len = rlhf__score_output__get_packed_size(&so);
         *out = malloc(*out_len ? *out_len : 1);
         if (!*out)
@@ -187,6 +234,7 @@ int worker_score(score_state_t *st, const worker_job_t *job, const uint8_t *payl
     free(lps);
     free(lpp);
     free(scores);
+    free(gold);
     rlhf__score_spec__free_unpacked(sp, NULL);
     return rc;
 }

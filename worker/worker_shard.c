@@ -547,8 +547,8 @@ static int shard_model_fit(shard_t *s, const Rlhf__ShardStep *st) {
     if (s->model && !memcmp(&s->model->cfg, &c, sizeof c)) return 0;
     gpt_destroy(&s->model);
     s->crc = 0;
-    if (gpt_config_check(&c) < 0) return rl_fail_ctx(RL_EPROTO, "shard step: ");
-    if (!(s->model = gpt_new(&c))) return rl_fail_ctx(RL_ENOMEM, "shard step: ");
+    if (gpt_config_check(&c) < 0) return rl_fail_ctx(RL_EPROTO, "shard step");
+    if (!(s->model = gpt_new(&c))) return rl_fail_ctx(RL_ENOMEM, "shard step");
     if (s->model->num_params != st->n_params) {
         gpt_destroy(&s->model);
         return rl_fail(RL_EPROTO, "shard step: %" PRIu64 " parameters for a model of another size",
