@@ -20,7 +20,7 @@
  *       payloads) and then failed by the workers, and a valid job still runs.
  *
  * Job lines in (`jobs`), blank lines skipped; every field but id and kind optional:
- *   {"id": 1.., "kind": "noop"|"generate"|"train", "seed" (0 or absent: the master derives
+ *   {"id": 1.., "kind": "noop"|"generate"|"train"|"stage", "seed" (0 or absent: the master derives
  *    it from the run seed and the id), "lease_ms", "policy_version", "delay_ms"}, and
  *   generate (GenerateSpec): "model", "prompt": [ids] (required), "max_new_tokens" (required),
  *     "n_samples", "temperature" (1), "top_k", "top_p" (1), "eot" (-1), "vocab_limit",
@@ -28,12 +28,16 @@
  *   train (TrainSpec, an LM step; the defaults of `rlhf train-lm`): "train": "lm", "model",
  *     "tokens": FILE with "batch_size" and "seq", or "batch": [[B rows of T+1 ids]], "step" (0),
  *     "steps" (1), "lr" (1e-3), "min_lr" (1e-4), "schedule": "constant"|"warmup"|"cosine"
- *     (cosine), "warmup" (20), "total_steps" (step + steps), "weight_decay" (0.1), "clip" (1).
+ *     (cosine), "warmup" (20), "total_steps" (step + steps), "weight_decay" (0.1), "clip" (1),
+ *     "ckpt_dir" (the training's checkpoint directory; absent: the learner's --run-dir);
+ *   stage (StageSpec): "argv": [strings] (required), "name", "cwd", "log", "stdout_to", "master",
+ *     "ns".
  * A bad line is refused as FILE:LINE with the field named (exit 2), before anything is sent.
  *
  * Job lines out: {"id","status","kind","attempt","worker","output_bytes","output_crc32c",
- * "tokens"?} (tokens: a GENERATE job's output). A summary goes to stderr. submit, jobs and fetch
- * exit 0 when every job was delivered exactly once and done.
+ * "tokens"?, "step"?, "params_crc32c"?, "exit_code"?, "reason"?} (tokens: a GENERATE job's
+ * output; step and params_crc32c a TRAIN job's; exit_code a STAGE job's). A summary goes to stderr.
+ * submit, jobs and fetch exit 0 when every job was delivered exactly once and done.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -67,6 +71,8 @@ static const char *kind_str(int k) {
         return "score";
     case RLHF__JOB_KIND__JOB_KIND_TRAIN:
         return "train";
+    case RLHF__JOB_KIND__JOB_KIND_STAGE:
+        return "stage";
     default:
         return "other";
     }
@@ -93,7 +99,24 @@ static int on_result(void *ctx, const client_result_t *r) {
         printf("]");
         if (g) rlhf__generate_output__free_unpacked(g, NULL);
     }
-    if (r->reason[0]) printf(",\"reason\":\"%s\"", r->reason);
+    if (r->status == CLIENT_DONE && r->kind == RLHF__JOB_KIND__JOB_KIND_STAGE) {
+        Rlhf__StageOutput *so = rlhf__stage_output__unpack(NULL, r->output_len, r->output);
+        if (so) printf(",\"exit_code\":%d", so->exit_code);
+        if (so) rlhf__stage_output__free_unpacked(so, NULL);
+    }
+    if (r->status == CLIENT_DONE && r->kind == RLHF__JOB_KIND__JOB_KIND_TRAIN) {
+        Rlhf__TrainOutput *to = rlhf__train_output__unpack(NULL, r->output_len, r->output);
+        if (to)
+            printf(",\"step\":%" PRIu64 ",\"params_crc32c\":\"%08x\"", to->step, to->params_crc32c);
+        if (to) rlhf__train_output__free_unpacked(to, NULL);
+    }
+    if (r->reason[0]) {
+        json_t *js = json_string(r->reason); /* quoted: a command's error line may hold quotes */
+        char *q = js ? json_dumps(js, JSON_ENCODE_ANY) : NULL;
+        printf(",\"reason\":%s", q ? q : "\"?\"");
+        free(q);
+        json_decref(js);
+    }
     printf("}\n");
     fflush(stdout);
     return 0;
@@ -279,10 +302,42 @@ static int train_from_json(json_t *o, const char *where, uint8_t **buf, size_t *
     sp.weight_decay = (float)num_or(o, "weight_decay", 0.1);
     sp.clip = (float)num_or(o, "clip", 1.0);
     sp.delay_ms = (uint32_t)num_or(o, "delay_ms", 0);
+    json_t *jc = json_object_get(o, "ckpt_dir");
+    if (json_is_string(jc)) sp.ckpt_dir = (char *)json_string_value(jc);
     *len = rlhf__train_spec__get_packed_size(&sp);
     *buf = malloc(*len ? *len : 1);
     if (*buf) rlhf__train_spec__pack(&sp, *buf);
     free(ids);
+    return *buf ? 0 : rl_fail(RL_ENOMEM, "out of memory");
+}
+
+/* A STAGE line's spec: "argv" (strings), "name", "cwd", "log", "stdout_to", "master", "ns". */
+static int stage_from_json(json_t *o, const char *where, uint8_t **buf, size_t *len) {
+    Rlhf__StageSpec sp = RLHF__STAGE_SPEC__INIT;
+    json_t *ja = json_object_get(o, "argv");
+    if (!json_is_array(ja) || !json_array_size(ja))
+        return rl_fail(RL_EINVAL, "%s: stage needs argv (non-empty)", where);
+    size_t n = json_array_size(ja);
+    char **argv = calloc(n, sizeof *argv);
+    if (!argv) return rl_fail(RL_ENOMEM, "out of memory");
+    for (size_t i = 0; i < n; i++) argv[i] = (char *)json_string_value(json_array_get(ja, i));
+    for (size_t i = 0; i < n; i++)
+        if (!argv[i]) {
+            free(argv);
+            return rl_fail(RL_EINVAL, "%s: argv[%zu]: a string is required", where, i);
+        }
+    sp.argv = argv;
+    sp.n_argv = n;
+    const char *keys[] = {"name", "cwd", "log", "stdout_to", "master", "ns"};
+    char **fields[] = {&sp.name, &sp.cwd, &sp.log, &sp.stdout_to, &sp.master, &sp.ns};
+    for (int i = 0; i < 6; i++) {
+        json_t *v = json_object_get(o, keys[i]);
+        if (json_is_string(v)) *fields[i] = (char *)json_string_value(v);
+    }
+    *len = rlhf__stage_spec__get_packed_size(&sp);
+    *buf = malloc(*len ? *len : 1);
+    if (*buf) rlhf__stage_spec__pack(&sp, *buf);
+    free(argv);
     return *buf ? 0 : rl_fail(RL_ENOMEM, "out of memory");
 }
 
@@ -315,8 +370,11 @@ static int job_from_json(json_t *o, const char *where, client_job_t *j) {
     } else if (!strcmp(ks, "train")) {
         j->kind = RLHF__JOB_KIND__JOB_KIND_TRAIN;
         rc = train_from_json(o, where, &buf, &len);
+    } else if (!strcmp(ks, "stage")) {
+        j->kind = RLHF__JOB_KIND__JOB_KIND_STAGE;
+        rc = stage_from_json(o, where, &buf, &len);
     } else {
-        rc = rl_fail(RL_EINVAL, "%s: kind: '%s' is not generate, train or noop", where, ks);
+        rc = rl_fail(RL_EINVAL, "%s: kind: '%s' is not generate, train, stage or noop", where, ks);
     }
     j->payload = buf;
     j->payload_len = len;

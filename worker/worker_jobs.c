@@ -33,6 +33,13 @@ static int job_train(worker_state_t *st, const worker_job_t *job, const uint8_t 
     return worker_train(st->learner, st->ppo, job, payload, len, out, out_len);
 }
 
+/* A stage worker has no role state: the command is a process of its own. */
+static int job_stage(worker_state_t *st, const worker_job_t *job, const uint8_t *payload,
+                     size_t len, uint8_t **out, size_t *out_len) {
+    (void)st;
+    return worker_stage(job, payload, len, out, out_len);
+}
+
 static const struct {
     int role, kind;
     worker_handler_fn fn;
@@ -43,6 +50,8 @@ static const struct {
     {RLHF__ROLE__ROLE_REWARD, RLHF__JOB_KIND__JOB_KIND_SCORE, job_score},
     {RLHF__ROLE__ROLE_LEARNER, RLHF__JOB_KIND__JOB_KIND_NOOP, job_noop},
     {RLHF__ROLE__ROLE_LEARNER, RLHF__JOB_KIND__JOB_KIND_TRAIN, job_train},
+    {RLHF__ROLE__ROLE_STAGE, RLHF__JOB_KIND__JOB_KIND_NOOP, job_noop},
+    {RLHF__ROLE__ROLE_STAGE, RLHF__JOB_KIND__JOB_KIND_STAGE, job_stage},
 };
 #define N_TABLE (int)(sizeof table / sizeof table[0])
 
