@@ -569,7 +569,10 @@ static void on_hello(master_t *m, const wire_msg_t *msg, const Rlhf__Hello *h) {
  * dispatchable. Announcers repeat themselves, so a restarted master learns the version again. */
 static void on_weights_announce(master_t *m, const Rlhf__WeightsAnnounce *a) {
     const char *ep = a->endpoint ? a->endpoint : "";
-    if (!ep[0] || strlen(ep) >= sizeof m->weights_endpoint || a->version < m->weights_version ||
+    /* a lower version at another endpoint is a learner that restarted from an older checkpoint
+     * or serves another training: the newest announcement is the truth (one learner) */
+    if (!ep[0] || strlen(ep) >= sizeof m->weights_endpoint ||
+        (a->version < m->weights_version && !strcmp(ep, m->weights_endpoint)) ||
         (a->version == m->weights_version && !strcmp(ep, m->weights_endpoint)))
         return;
     m->weights_version = a->version;

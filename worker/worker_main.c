@@ -411,8 +411,17 @@ static void on_message(worker_t *w, wire_msg_t *msg) {
         break;
     case RLHF__ENVELOPE__BODY_WEIGHTS_ANNOUNCE: {
         const Rlhf__WeightsAnnounce *a = env->weights_announce;
+        /* a newer version, or any version at another endpoint: a learner that restarted, or
+         * that serves another training now, whose versions count from 0 again - weights of a
+         * higher version than it announces are another training's: dropped */
+        int other = a->endpoint && strcmp(a->endpoint, w->weights_ep) != 0;
         if (a->endpoint && a->endpoint[0] && strlen(a->endpoint) < sizeof w->weights_ep &&
-            a->version >= w->weights_announced) {
+            (a->version >= w->weights_announced || other)) {
+            if (other && wsync_replica_version(&w->weights) > a->version) {
+                wsync_replica_drop(&w->weights);
+                wlog(w, "weights: version %" PRIu64 " at a new endpoint: dropped ours",
+                     a->version);
+            }
             pthread_mutex_lock(&w->weights_mu);
             snprintf(w->weights_ep, sizeof w->weights_ep, "%s", a->endpoint);
             w->weights_announced = a->version;

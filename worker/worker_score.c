@@ -13,11 +13,9 @@
  *
  * With ScoreSpec.gold, the embedded task's gold judge (task.h) of each item too: the completion
  * decoded with rm_dir's tokenizer (ref_dir's without rm_dir), a final end-of-text id dropped, and
- * judged against prompt_texts[i]. ScoreOutput.gold carries the judge's TASK_NCRIT criterion
- * scores of each item, item-major (n_items * TASK_NCRIT floats), not task_gold() itself:
- * task_gold() is a double and the field a float, so the master calls task_gold() on each item's
- * scores and sums exactly what `rlhf ppo --gold` sums. An item whose completion does not decode
- * scores 0 on every criterion (task_gold 0, as ppo_report counts it).
+ * judged against prompt_texts[i]. ScoreOutput.gold carries task_gold() of each item (a double,
+ * so the master's sum of them is exactly what the PPO metrics always summed). An item whose
+ * completion does not decode scores 0.
  */
 #include <math.h>
 #include <stdio.h>
@@ -159,8 +157,8 @@ static int run_model(score_state_t *st, const worker_job_t *job, const char *dir
     return reward ? run_rm(m, sp, scores) : run_ref(m, sp, lps);
 }
 
-/* The gold judge's criterion scores of every item into gold (n_items * TASK_NCRIT). */
-static int run_gold(score_state_t *st, const Rlhf__ScoreSpec *sp, float *gold) {
+/* The gold judge's score of every item into gold (n_items). */
+static int run_gold(score_state_t *st, const Rlhf__ScoreSpec *sp, double *gold) {
     const char *dir = sp->rm_dir && sp->rm_dir[0] ? sp->rm_dir : sp->ref_dir;
     if (!dir || !dir[0]) return rl_fail(RL_EINVAL, "score: gold needs rm_dir or ref_dir");
     if (sp->n_prompt_texts != sp->n_items)
@@ -179,11 +177,12 @@ static int run_gold(score_state_t *st, const Rlhf__ScoreSpec *sp, float *gold) {
         size_t n = it->n_completion, tl;
         if (n && it->completion[n - 1] == sp->eot) n--;
         char *text = NULL;
-        float *sc = gold + k * TASK_NCRIT;
-        if (tok_decode(st->tok, (const int *)it->completion, n, &text, &tl) == 0)
+        float sc[TASK_NCRIT];
+        gold[k] = 0;
+        if (tok_decode(st->tok, (const int *)it->completion, n, &text, &tl) == 0) {
             task_score(sp->prompt_texts[k], text, sc);
-        else
-            for (int c = 0; c < TASK_NCRIT; c++) sc[c] = 0;
+            gold[k] = task_gold(sc);
+        }
         free(text);
     }
     return 0;
@@ -215,14 +214,14 @@ int worker_score(score_state_t *st, const worker_job_t *job, const uint8_t *payl
     for (size_t k = 0; k < n && lps; k++) rlhf__token_logprobs__init(&lps[k]), lpp[k] = &lps[k];
     if (rc == 0 && want_rm) rc = run_model(st, job, sp->rm_dir, sp, 1, scores, lps);
     if (rc == 0 && want_ref) rc = run_model(st, job, sp->ref_dir, sp, 0, scores, lps);
-    float *gold = sp->gold ? calloc(n ? n * TASK_NCRIT : 1, sizeof *gold) : NULL;
+    double *gold = sp->gold ? calloc(n ? n : 1, sizeof *gold) : NULL;
     if (rc == 0 && sp->gold)
         rc = gold ? run_gold(st, sp, gold) : rl_fail(RL_ENOMEM, "score: out of memory");
     if (rc == 0) {
         Rlhf__ScoreOutput so = RLHF__SCORE_OUTPUT__INIT;
         if (want_rm || sp->count_reward) so.scores = scores, so.n_scores = n;
         if (want_ref) so.ref_logprobs = lpp, so.n_ref_logprobs = n;
-        if (sp->gold) so.gold = gold, so.n_gold = n * TASK_NCRIT;
+        if (sp->gold) so.gold = gold, so.n_gold = n;
         *out_len = rlhf__score_output__get_packed_size(&so);
         *out = malloc(*out_len ? *out_len : 1);
         if (!*out)

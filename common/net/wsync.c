@@ -773,6 +773,15 @@ int wsync_replica_ensure(wsync_replica_t *r, void *zctx, const char *endpoint, u
     return rc;
 }
 
+void wsync_replica_drop(wsync_replica_t *r) {
+    pthread_mutex_lock(&r->fetch_lock);
+    pthread_rwlock_wrlock(&r->use_lock);
+    r->live.version = 0;
+    atomic_store(&r->version, 0);
+    pthread_rwlock_unlock(&r->use_lock);
+    pthread_mutex_unlock(&r->fetch_lock);
+}
+
 const wsync_snapshot_t *wsync_replica_acquire(wsync_replica_t *r) {
     pthread_rwlock_rdlock(&r->use_lock);
     return &r->live;

@@ -219,6 +219,11 @@ uint64_t wsync_replica_version(wsync_replica_t *r);
 int wsync_replica_ensure(wsync_replica_t *r, void *zctx, const char *endpoint, uint64_t min_version,
                          const wsync_opts_t *opts, wsync_stats_t *stats);
 
+/* Forgets the live snapshot's version (it becomes 0, so the next ensure fetches): its weights
+ * belong to another training than the one now announced, whose versions count from 0 again.
+ * Waits for the jobs holding the replica. */
+void wsync_replica_drop(wsync_replica_t *r);
+
 /* Holds the live snapshot for the length of a job (no swap until released). */
 const wsync_snapshot_t *wsync_replica_acquire(wsync_replica_t *r);
 void wsync_replica_release(wsync_replica_t *r);
