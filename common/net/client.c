@@ -76,6 +76,9 @@ struct client {
     int n_outstanding; /* SUBMITTED + ARRIVED */
     uint64_t arrivals; /* bumped whenever an entry becomes ARRIVED */
     client_stats_t st;
+    /* the run request (client_run_*) waiting for its RunReply */
+    uint64_t run_req;
+    Rlhf__RunReply *run_reply;
 };
 
 /* ---- the entry table ------------------------------------------------------------------------ */
@@ -442,6 +445,15 @@ static void on_message(client_t *c, wire_msg_t *msg) {
     case RLHF__ENVELOPE__BODY_FETCH_ACK:
         on_fetch_ack(c, env->fetch_ack);
         break;
+    case RLHF__ENVELOPE__BODY_RUN_REPLY:
+        /* the awaited one is kept (taken out of the envelope); late answers to earlier
+         * requests are dropped */
+        if (c->run_req && env->run_reply->request_id == c->run_req && !c->run_reply) {
+            c->run_reply = env->run_reply;
+            env->run_reply = NULL;
+            env->body_case = RLHF__ENVELOPE__BODY__NOT_SET;
+        }
+        break;
     default: /* weight announcements, pongs: not for us */
         break;
     }
@@ -716,6 +728,83 @@ int client_wait(client_t *c, const uint64_t *ids, int n, int timeout_ms, client_
     return rc;
 }
 
+/* ---- runs ------------------------------------------------------------------------------------ */
+
+/* Sends the run request in env and waits for its reply (see client.h). */
+static int run_request(client_t *c, Rlhf__Envelope *env, uint64_t *req_id_field,
+                       Rlhf__RunReply **out, int timeout_ms) {
+    if (!out) return rl_fail(RL_EINVAL, "client: no place for the run reply");
+    *out = NULL;
+    if (c->run_reply) rlhf__run_reply__free_unpacked(c->run_reply, NULL);
+    c->run_reply = NULL;
+    c->run_req = *req_id_field = ++c->req_seq;
+    if (timeout_ms < 0) timeout_ms = c->o.op_timeout_ms;
+    double deadline = wire_now_ms() + timeout_ms, last_sent = -1e18;
+    uint64_t regs = c->st.registrations;
+    int rc = 0;
+    while (rc == 0 && !c->run_reply) {
+        double now = wire_now_ms();
+        /* registered: sent now, after each new Welcome (a new master, or one that forgot us,
+         * never saw it) and every second (a message lost on a dropped connection) */
+        if (c->registered && (regs != c->st.registrations || now - last_sent >= 1000)) {
+            regs = c->st.registrations;
+            csend(c, env); /* a send that fails is made again by the same rules */
+            last_sent = now;
+        }
+        if (now >= deadline) {
+            rc = rl_fail(RL_ERANGE, "no answer from the master at %s within %d ms", c->endpoint,
+                         timeout_ms);
+            break;
+        }
+        int t = (int)(deadline - now) + 1;
+        rc = pump(c, t > 100 ? 100 : t);
+    }
+    c->run_req = 0;
+    if (rc == 0) {
+        *out = c->run_reply;
+        c->run_reply = NULL;
+    }
+    return rc;
+}
+
+int client_run_submit(client_t *c, const char *name, const char *plan_json, Rlhf__RunReply **out,
+                      int timeout_ms) {
+    if (!c || !name || !name[0] || !plan_json)
+        return rl_fail(RL_EINVAL, "client_run_submit: a name and a plan are required");
+    if (strlen(plan_json) > WIRE_MAX_ENVELOPE - 4096)
+        return rl_fail(RL_ERANGE, "client_run_submit: the plan exceeds the message limit");
+    Rlhf__Envelope env = RLHF__ENVELOPE__INIT;
+    Rlhf__RunSubmit m = RLHF__RUN_SUBMIT__INIT;
+    m.name = (char *)name;
+    m.plan_json = (char *)plan_json;
+    env.body_case = RLHF__ENVELOPE__BODY_RUN_SUBMIT;
+    env.run_submit = &m;
+    return run_request(c, &env, &m.request_id, out, timeout_ms);
+}
+
+int client_run_query(client_t *c, const char *name, int want_log, uint64_t log_offset,
+                     Rlhf__RunReply **out, int timeout_ms) {
+    if (!c) return rl_fail(RL_EINVAL, "client_run_query: no client");
+    Rlhf__Envelope env = RLHF__ENVELOPE__INIT;
+    Rlhf__RunQuery m = RLHF__RUN_QUERY__INIT;
+    m.name = (char *)(name ? name : "");
+    m.want_log = want_log != 0;
+    m.log_offset = log_offset;
+    env.body_case = RLHF__ENVELOPE__BODY_RUN_QUERY;
+    env.run_query = &m;
+    return run_request(c, &env, &m.request_id, out, timeout_ms);
+}
+
+int client_run_cancel(client_t *c, const char *name, Rlhf__RunReply **out, int timeout_ms) {
+    if (!c || !name || !name[0]) return rl_fail(RL_EINVAL, "client_run_cancel: a name is required");
+    Rlhf__Envelope env = RLHF__ENVELOPE__INIT;
+    Rlhf__RunCancel m = RLHF__RUN_CANCEL__INIT;
+    m.name = (char *)name;
+    env.body_case = RLHF__ENVELOPE__BODY_RUN_CANCEL;
+    env.run_cancel = &m;
+    return run_request(c, &env, &m.request_id, out, timeout_ms);
+}
+
 int client_outstanding(const client_t *c) {
     return c->n_outstanding;
 }
@@ -745,6 +834,7 @@ void client_close(client_t **cp) {
         entry_clear_result(&c->e[i]);
         entry_clear_spec(&c->e[i]);
     }
+    if (c->run_reply) rlhf__run_reply__free_unpacked(c->run_reply, NULL);
     free(c->e);
     free(c->index);
     free(c);

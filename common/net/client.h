@@ -132,6 +132,30 @@ typedef struct {
 } client_stats_t;
 void client_stats(const client_t *c, client_stats_t *st);
 
+/*
+ * Runs (proto/rlhf.proto, "runs"): a run submitted to the master, queried and cancelled. Each
+ * call sends one request and waits up to timeout_ms (< 0: op_timeout_ms) for the RunReply with
+ * its request_id, sending the request again after every (re-)registration - a restarted master,
+ * or one that forgot us - and every second meanwhile (all three requests are idempotent on the
+ * master). On success *out gets the reply (free it with rlhf__run_reply__free_unpacked); its
+ * `code` may still be an RL_E* code with `error` saying why (a rejected plan, an unknown run).
+ * Returns 0, RL_ERANGE when no reply came in time (*out NULL), RL_EINVAL, RL_ENOMEM, RL_EIO.
+ */
+struct Rlhf__RunReply;
+
+/* RunSubmit: the run `name` with the plan (JSON; master/master_run.h describes it). */
+int client_run_submit(client_t *c, const char *name, const char *plan_json,
+                      struct Rlhf__RunReply **out, int timeout_ms);
+
+/* RunQuery: the status of the run `name` ("" or NULL: all runs, as {"runs": [...]}); with
+ * want_log, also its run log from byte log_offset (reply's log and log_offset, the offset after
+ * it). */
+int client_run_query(client_t *c, const char *name, int want_log, uint64_t log_offset,
+                     struct Rlhf__RunReply **out, int timeout_ms);
+
+/* RunCancel: cancels the run `name`; the reply holds its new status. */
+int client_run_cancel(client_t *c, const char *name, struct Rlhf__RunReply **out, int timeout_ms);
+
 /* Says Goodbye (jobs still outstanding go on running and are recorded by the master) and frees
  * the client; NULL-safe, nulls *cp. */
 void client_close(client_t **cp);
