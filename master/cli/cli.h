@@ -55,7 +55,8 @@ int cmd_tokenize(int argc, char **argv);
 int cmd_detokenize(int argc, char **argv);
 int cmd_tokenizer_train(int argc, char **argv);
 int cmd_up(int argc, char **argv);
-int cmd_status(int argc, char **argv);
+int cmd_status(int argc, char **argv);       /* cmd_runs.c */
+int cmd_status_local(int argc, char **argv); /* cmd_local.c: rlhf status --run-dir DIR */
 int cmd_down(int argc, char **argv);
 int cmd_bench_wire(int argc, char **argv);
 int cmd_run(int argc, char **argv);
@@ -72,6 +73,21 @@ int cmd_import_pairs(int argc, char **argv); /* cmd_data.c */
 int cmd_train_rm(int argc, char **argv);     /* cmd_rm.c */
 int cmd_eval_rm(int argc, char **argv);      /* cmd_rm.c */
 int cmd_score(int argc, char **argv);        /* cmd_rm.c */
+int cmd_ppo_prep(int argc, char **argv);     /* cmd_ppo.c */
+int cmd_runs(int argc, char **argv);         /* cmd_runs.c */
+int cmd_logs(int argc, char **argv);         /* cmd_runs.c */
+int cmd_cancel(int argc, char **argv);       /* cmd_runs.c */
+int cmd_wait(int argc, char **argv);         /* cmd_runs.c */
+
+/*
+ * Submits the run `name` with plan_json (master/master_run.h) to the master at endpoint and,
+ * unless detach, follows it: the run log copied to stderr as it grows, on a terminal one
+ * progress line (stage, progress, ETA), until the run ends. Messages read "rlhf CMD: ...".
+ * Returns the exit status: 0 succeeded (or submitted, with detach), 1 failed or cancelled or the
+ * master gone for more than 60 s, 2 the master rejected the plan, 130 detached by Ctrl-C.
+ */
+int runs_submit(const char *cmd, const char *endpoint, const char *name, const char *plan_json,
+                int detach);
 
 /* The option tables of the commands `rlhf run` drives as stages (cli_opts.h): their parsing,
  * --help and the stages' configuration keys. */
@@ -106,6 +122,13 @@ void local_bin_path(char *out, size_t n, const char *name);
  */
 int local_cluster_up(const char *dir, const char *ldir, int rollout, int reward, int shards,
                      char *ep, size_t n);
+
+/*
+ * The long-lived local cluster serving data_dir (the runs' directories): when one runs, *ep (n
+ * bytes) gets its master's endpoint; otherwise one is started there (DATA_DIR/.cluster) first,
+ * outliving the caller. Returns 0 or RL_EIO with the reason in rl_errmsg().
+ */
+int local_cluster_ensure(const char *data_dir, char *ep, size_t n);
 
 /* `rlhf down` for dir; nothing running there is fine. */
 void local_cluster_down(const char *dir);

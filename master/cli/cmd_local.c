@@ -49,7 +49,7 @@
 #include "rlhf.pb-c.h"
 
 int cmd_up(int argc, char **argv);
-int cmd_status(int argc, char **argv);
+int cmd_status_local(int argc, char **argv);
 int cmd_down(int argc, char **argv);
 
 #define MAX_WORKERS 64
@@ -833,7 +833,7 @@ int local_http_get(int port, const char *path, char **body) {
     return 0;
 }
 
-int cmd_status(int argc, char **argv) {
+int cmd_status_local(int argc, char **argv) {
     int bad;
     static const cli_opts_t opts =
         CLI_OPTS("status", "rlhf status [--data-dir DIR | --run-dir DIR]",

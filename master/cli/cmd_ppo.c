@@ -1,58 +1,53 @@
 /*
- * cmd_ppo.c - `rlhf ppo`: stage 3, PPO through the master, rollout, reward and learner workers.
+ * cmd_ppo.c - `rlhf ppo`: stage 3, PPO as a run of the local master; and `rlhf ppo-prep`, the
+ * checks and inputs the master's PPO loop starts from.
  *
  *   rlhf ppo --policy DIR --rm DIR --prompts FILE --out DIR [--ref DIR] [--value DIR]
  *            [--iterations N] [--batch P] [--samples K] [--max-new N] [--temperature T]
  *            [--prompts-per-job J] [--rollout R] [--reward M] [--checkpoint-every N]
  *            [--seed S] [--gold] [--set NAME=VALUE]... [--config FILE]
  *
- * The command is the driver of the run; it does no model math. It starts a local master with
- * R rollout workers, M reward workers and one learner (a supervisor restarts any that crashes)
- * and then, for each iteration i (policy version v = i; version 0 is the policy directory's
- * own weights):
- *   1. GENERATE jobs on rollout workers with policy_version v: the iteration's P prompts in jobs
- *      of J, K samples each, with their per-token logprobs (a worker never runs such a job with
- *      older weights: it fetches version v from the learner first);
- *   2. SCORE jobs on reward workers: the reward model's score of each <prompt, completion> and
- *      the frozen reference model's per-token logprobs;
- *   3. one TRAIN job (PPO) on the learner: the update (ppo.h), after which the learner
- *      publishes the weights as version v + 1 and announces them to the master.
- * Jobs go to the master through its client API (client.h): leases, retries on dead workers and
- * exactly-once results are the master's. Each iteration appends one line to OUT/metrics.jsonl
- * (the learner's figures, time per phase, tokens/s, lengths, end-of-text rate and, with --gold,
- * the embedded task's gold score of the rollouts). Seeds are derived from (seed, iteration,
- * job), so an iteration's rollouts do not depend on the number of workers.
+ * The PPO loop is the master's (master/master_run.h): for each iteration i, GENERATE jobs on
+ * rollout workers with policy version i, SCORE jobs on reward workers (reward-model scores and
+ * the frozen reference's logprobs), one TRAIN job on the learner, which publishes version i + 1;
+ * one line per iteration in OUT/metrics.jsonl, the last policy copied to OUT/policy. Resuming
+ * is the master's too: submitting the same run again continues from the learner's newest
+ * checkpoint.
  *
- * Resuming: the learner checkpoints every N iterations (OUT/learner, atomically); run the same
- * command again and the driver continues from the newest checkpoint, dropping metrics of the
- * iterations after it (they are redone, and come out the same).
+ * `rlhf ppo` checks its options, then submits a one-stage run named after OUT (basename(OUT),
+ * in the data directory dirname(OUT), so that the run directory is OUT) to the local cluster
+ * serving that directory, and follows it like `rlhf run` (runs_submit, cmd_runs.c).
+ *
+ * `rlhf ppo-prep` (hidden; the same options) is the first half of that stage, run by a stage
+ * worker: the model directories resolved, the tokenizer loaded, every prompt tokenised and
+ * checked against the context, the reward model's statistics read, the PPO settings checked.
+ * It writes OUT/ppo_prompts.jsonl ({"text", "ids"} per prompt, in file order) and then
+ * OUT/ppo_plan.json (both atomically), which the master's loop reads:
+ *   {"policy", "rm", "ref", "value", "out" (absolute), "iterations", "batch", "samples",
+ *    "max_new", "temperature", "per_job", "checkpoint_every", "seed", "gold", "count_token"
+ *    (-1: the reward model scores), "eot", "vocab", "score_mean", "score_std", "config_json"
+ *    (the PPO settings as every TRAIN job carries them), "prompts" (the JSONL's absolute path),
+ *    "n_prompts"}
  */
 #include <errno.h>
-#include <fcntl.h>
-#include <getopt.h>
-#include <inttypes.h>
 #include <limits.h>
-#include <math.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <jansson.h>
 
+#include "align/ppo.h"
 #include "base/cfg.h"
-#include "cli.h"
-#include "net/client.h"
 #include "base/err.h"
 #include "base/fs.h"
-#include "nn/hf.h"
 #include "base/jsonl.h"
-#include "align/ppo.h"
-#include "rlhf.pb-c.h"
-#include "align/task.h"
+#include "cli.h"
+#include "nn/hf.h"
 #include "nn/tok.h"
+
+/* ---- prompts ------------------------------------------------------------------------------- */
 
 typedef struct {
     char *text;
@@ -88,215 +83,6 @@ static int load_p(void *ctx, json_t *o, const char *where) {
         return rl_fail(RL_EFORMAT, "%s: the prompt is %zu tokens; the context is %d", where, p->n,
                        s->ctx);
     return 0;
-}
-
-/* One rollout of the iteration being run. */
-typedef struct {
-    int prompt; /* index into the prompt set */
-    int *tokens;
-    float *logprobs, *ref_logprobs;
-    int n, finish;
-    float score;
-} roll_t;
-
-typedef struct {
-    roll_t *r;
-    int n_per_job, K, n_jobs, n;
-    uint64_t gen_base, score_base;
-    json_t *gen_by, *score_by; /* handler time per worker: the phase's critical path is the max */
-    json_t *train_out;
-    int failed;
-    char why[512];
-} iter_t;
-
-static uint64_t mix(uint64_t x) {
-    x += 0x9e3779b97f4a7c15ULL;
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-    return (x ^ (x >> 31)) >> 1;
-}
-
-static void per_worker(json_t *by, const client_result_t *r) {
-    const char *w = r->worker && r->worker[0] ? r->worker : "?";
-    double cur = json_number_value(json_object_get(by, w));
-    json_object_set_new(by, w, json_real(cur + r->elapsed_ms));
-}
-
-static double max_worker(json_t *by) {
-    const char *k;
-    json_t *v;
-    double m = 0;
-    json_object_foreach(by, k, v) m = fmax(m, json_number_value(v));
-    return m;
-}
-
-static int on_generated(void *ctx, const client_result_t *r) {
-    iter_t *it = ctx;
-    if (r->status != CLIENT_DONE) {
-        it->failed = 1;
-        snprintf(it->why, sizeof it->why, "GENERATE job %" PRIu64 " failed: %s", r->id,
-                 r->reason ? r->reason : "");
-        return 0;
-    }
-    int c = (int)(r->id - it->gen_base);
-    Rlhf__GenerateOutput *g = rlhf__generate_output__unpack(NULL, r->output_len, r->output);
-    int first = c * it->n_per_job * it->K;
-    int want = (c == it->n_jobs - 1 ? it->n - first : it->n_per_job * it->K);
-    if (!g || (int)g->n_completions != want) {
-        if (g) rlhf__generate_output__free_unpacked(g, NULL);
-        it->failed = 1;
-        snprintf(it->why, sizeof it->why, "GENERATE job %" PRIu64 ": malformed output", r->id);
-        return 0;
-    }
-    for (int i = 0; i < want; i++) {
-        roll_t *ro = &it->r[first + i];
-        const Rlhf__Completion *cp = g->completions[i];
-        ro->n = (int)cp->n_tokens;
-        ro->tokens = malloc((cp->n_tokens ? cp->n_tokens : 1) * sizeof(int));
-        ro->logprobs = malloc((cp->n_tokens ? cp->n_tokens : 1) * sizeof(float));
-        if (!ro->tokens || !ro->logprobs) return rl_fail(RL_ENOMEM, "out of memory");
-        for (size_t k = 0; k < cp->n_tokens; k++) {
-            ro->tokens[k] = cp->tokens[k];
-            ro->logprobs[k] = k < cp->n_logprobs ? cp->logprobs[k] : 0;
-        }
-        ro->finish = (int)cp->finish;
-    }
-    per_worker(it->gen_by, r);
-    rlhf__generate_output__free_unpacked(g, NULL);
-    return 0;
-}
-
-static int on_scored(void *ctx, const client_result_t *r) {
-    iter_t *it = ctx;
-    if (r->status != CLIENT_DONE) {
-        it->failed = 1;
-        snprintf(it->why, sizeof it->why, "SCORE job %" PRIu64 " failed: %s", r->id,
-                 r->reason ? r->reason : "");
-        return 0;
-    }
-    int c = (int)(r->id - it->score_base);
-    int first = c * it->n_per_job * it->K;
-    int want = (c == it->n_jobs - 1 ? it->n - first : it->n_per_job * it->K);
-    Rlhf__ScoreOutput *so = rlhf__score_output__unpack(NULL, r->output_len, r->output);
-    if (!so || (int)so->n_scores != want || (int)so->n_ref_logprobs != want) {
-        if (so) rlhf__score_output__free_unpacked(so, NULL);
-        it->failed = 1;
-        snprintf(it->why, sizeof it->why, "SCORE job %" PRIu64 ": malformed output", r->id);
-        return 0;
-    }
-    for (int i = 0; i < want; i++) {
-        roll_t *ro = &it->r[first + i];
-        ro->score = so->scores[i];
-        const Rlhf__TokenLogprobs *t = so->ref_logprobs[i];
-        ro->ref_logprobs = malloc((ro->n ? (size_t)ro->n : 1) * sizeof(float));
-        if (!ro->ref_logprobs) return rl_fail(RL_ENOMEM, "out of memory");
-        for (int k = 0; k < ro->n; k++)
-            ro->ref_logprobs[k] = k < (int)t->n_logprobs ? t->logprobs[k] : 0;
-    }
-    per_worker(it->score_by, r);
-    rlhf__score_output__free_unpacked(so, NULL);
-    return 0;
-}
-
-static int on_trained(void *ctx, const client_result_t *r) {
-    iter_t *it = ctx;
-    if (r->status != CLIENT_DONE) {
-        it->failed = 1;
-        snprintf(it->why, sizeof it->why, "TRAIN (PPO) job %" PRIu64 " failed: %s", r->id,
-                 r->reason ? r->reason : "");
-        return 0;
-    }
-    Rlhf__TrainOutput *t = rlhf__train_output__unpack(NULL, r->output_len, r->output);
-    if (!t || !t->ppo) {
-        if (t) rlhf__train_output__free_unpacked(t, NULL);
-        it->failed = 1;
-        snprintf(it->why, sizeof it->why, "TRAIN job %" PRIu64 ": no PPO output", r->id);
-        return 0;
-    }
-    json_t *st = json_loads(t->ppo->stats_json ? t->ppo->stats_json : "", 0, NULL);
-    it->train_out = json_pack("{s:I, s:I, s:o, s:f, s:f, s:f, s:b}", "learner_iteration",
-                              (json_int_t)t->ppo->iteration, "policy_version",
-                              (json_int_t)t->ppo->policy_version, "stats", st ? st : json_object(),
-                              "update_ms", t->ppo->update_ms, "publish_ms", t->ppo->publish_ms,
-                              "train_handler_ms", r->elapsed_ms, "replayed", (int)t->ppo->replayed);
-    rlhf__train_output__free_unpacked(t, NULL);
-    return 0;
-}
-
-/* ---- resuming ------------------------------------------------------------------------------ */
-
-/* The iteration to resume at: the learner's newest PPO checkpoint, or 0. */
-static long resume_iteration(const char *out) {
-    char ldir[PATH_MAX + 64], path[PATH_MAX + 128];
-    long it = 0;
-    snprintf(ldir, sizeof ldir, "%s/learner", out);
-    return local_learner_latest(ldir, 1, NULL, path, sizeof path, &it) == 0 ? it : 0;
-}
-
-/* Keeps the metrics lines of iterations below `keep` (rewrites the file atomically). */
-static int metrics_truncate(const char *path, long keep) {
-    char *buf;
-    size_t len;
-    if (fs_read_all(path, &buf, &len) < 0) return 0;
-    size_t w = 0;
-    for (char *line = buf; line < buf + len;) {
-        char *nl = memchr(line, '\n', (size_t)(buf + len - line));
-        size_t ll = nl ? (size_t)(nl - line) + 1 : (size_t)(buf + len - line);
-        json_t *o = json_loadb(line, ll, 0, NULL);
-        json_t *i = json_object_get(o, "iteration");
-        if (json_is_integer(i) && json_integer_value(i) < keep && nl) {
-            memmove(buf + w, line, ll);
-            w += ll;
-        }
-        json_decref(o);
-        line += ll;
-    }
-    int rc = fs_write_atomic(path, buf, w);
-    free(buf);
-    return rc;
-}
-
-static int metrics_append(const char *path, json_t *o) {
-    char *s = json_dumps(o, JSON_COMPACT);
-    json_decref(o);
-    if (!s) return rl_fail(RL_EINVAL, "metrics: cannot serialise");
-    FILE *f = fopen(path, "a");
-    int rc = f && fprintf(f, "%s\n", s) > 0 && fflush(f) == 0 && fdatasync(fileno(f)) == 0
-                 ? 0
-                 : rl_fail(RL_EIO, "%s: %s", path, strerror(errno));
-    if (f) fclose(f);
-    free(s);
-    return rc;
-}
-
-/* Copies the newest checkpoint's policy to OUT/policy (a plain model directory), file by file
- * atomically; OUT/policy.json names the iteration it is from. */
-static int export_policy(const char *out) {
-    char path[PATH_MAX + 64], dst[PATH_MAX + 64], dir[PATH_MAX + 128];
-    long it = 0;
-    snprintf(path, sizeof path, "%s/learner", out);
-    int rc = local_learner_latest(path, 1, NULL, dir, sizeof dir, &it);
-    snprintf(dst, sizeof dst, "%s/policy", out);
-    if (rc == 0) rc = fs_mkdir_p(dst);
-    static const char *files[] = {"model.safetensors", "config.json", "vocab.json", "merges.txt"};
-    for (int i = 0; rc == 0 && i < 4; i++) {
-        char *data;
-        size_t len;
-        snprintf(path, sizeof path, "%.4000s/policy/%s", dir, files[i]);
-        if ((rc = fs_read_all(path, &data, &len)) < 0) break;
-        snprintf(path, sizeof path, "%.4000s/policy/%s", out, files[i]);
-        rc = fs_write_atomic(path, data, len);
-        free(data);
-    }
-    if (rc == 0) {
-        json_t *m = json_pack("{s:I, s:s}", "iteration", (json_int_t)it, "checkpoint", dir);
-        char *txt = json_dumps(m, JSON_COMPACT);
-        snprintf(path, sizeof path, "%.4000s/policy.json", out);
-        rc = txt ? fs_write_atomic(path, txt, strlen(txt)) : RL_ENOMEM;
-        free(txt);
-        json_decref(m);
-    }
-    return rc;
 }
 
 /* ---- options ------------------------------------------------------------------------------- */
@@ -472,28 +258,20 @@ static void ppo_opts_free(ppo_opts_t *o) {
     o->n_strs = 0;
 }
 
-/* ---- the session: models, prompts, the cluster ------------------------------------------ */
+/* ---- ppo-prep: the stage's inputs, checked ---------------------------------------------- */
 
 typedef struct {
     ppo_opts_t *o;
     char policy[PATH_MAX], rmdir[PATH_MAX], ref[PATH_MAX], value[PATH_MAX], out[PATH_MAX];
-    char metrics[PATH_MAX + 16];
     pset_t ps;
     int eot, vocab;
     double s_mean, s_std; /* reward-model statistics: seed the score normalisation */
-    long start;           /* the iteration to begin with (resuming) */
-    local_session_t ss;
-    char *cfg_json; /* the PPO settings sent with every TRAIN job */
-    int P, K, J, n_jobs;
-    iter_t it;
-    client_job_t *jobs;
-    uint64_t *ids;
-    uint8_t **bufs;
-} ppo_run_t;
+    char *cfg_json;       /* the PPO settings every TRAIN job carries */
+} ppo_prep_t;
 
-/* Phase 2a: model directories, tokenizer, prompts, reward statistics, the resume point. Returns
- * 0, 1 (all iterations done earlier) or -1 (message printed). */
-static int ppo_prepare(ppo_run_t *s) {
+/* Model directories, tokenizer, prompts, reward statistics, the settings as sent. Returns 0 or
+ * -1 (message printed). */
+static int ppo_prepare(ppo_prep_t *s) {
     ppo_opts_t *o = s->o;
     int rc;
     if (!realpath(o->policy, s->policy) || !realpath(o->rm, s->rmdir) ||
@@ -526,311 +304,151 @@ static int ppo_prepare(ppo_run_t *s) {
     s->s_std = json_number_value(json_object_get(st, "std"));
     json_decref(st);
     if (o->count_token >= 0) s->s_mean = s->s_std = 0; /* not the reward model's scores */
-    snprintf(s->metrics, sizeof s->metrics, "%s/metrics.jsonl", s->out);
-    s->start = resume_iteration(s->out);
-    if (s->start >= o->iterations) {
-        fprintf(stderr, "rlhf ppo: all %d iterations done earlier (%s)\n", o->iterations, s->out);
-        return 1;
-    }
-    if ((rc = metrics_truncate(s->metrics, s->start)) < 0) return -cli_fail("ppo", "metrics", rc);
-    if (s->start) fprintf(stderr, "rlhf ppo: resuming at iteration %ld\n", s->start);
-    return 0;
-}
-
-/* Phase 2b: the cluster (master, workers, learner) and the iteration buffers. Returns 0 or -1
- * (message printed). */
-static int ppo_open(ppo_run_t *s) {
-    ppo_opts_t *o = s->o;
-    int rc = local_session_open(&s->ss, s->out, o->rollout, o->reward, 1, "ppo-driver");
-    if (rc < 0) return -cli_fail("ppo", "cluster", rc);
     json_t *cfgj = ppo_config_to_json(&o->pc);
     s->cfg_json = json_dumps(cfgj, JSON_COMPACT);
     json_decref(cfgj);
-    s->P = o->batch, s->K = o->samples, s->J = o->per_job;
-    s->n_jobs = (s->P + s->J - 1) / s->J;
-    s->it.r = calloc((size_t)s->P * s->K, sizeof *s->it.r);
-    s->jobs = calloc((size_t)s->n_jobs, sizeof *s->jobs);
-    s->ids = calloc((size_t)s->n_jobs, sizeof *s->ids);
-    s->bufs = calloc((size_t)s->n_jobs, sizeof *s->bufs);
-    if (!s->it.r || !s->jobs || !s->ids || !s->bufs || !s->cfg_json) {
-        fprintf(stderr, "rlhf ppo: out of memory\n");
+    if (!s->cfg_json) {
+        fprintf(stderr, "rlhf ppo: the PPO settings cannot be written as JSON\n");
         return -1;
     }
     return 0;
 }
 
-static void ppo_close(ppo_run_t *s) {
-    for (int k = 0; s->it.r && k < s->P * s->K; k++)
-        free(s->it.r[k].tokens), free(s->it.r[k].logprobs), free(s->it.r[k].ref_logprobs);
-    free(s->it.r);
-    json_decref(s->it.train_out);
-    json_decref(s->it.gen_by), json_decref(s->it.score_by);
-    free(s->jobs);
-    free(s->ids);
-    free(s->bufs);
-    free(s->cfg_json);
-    local_session_close(&s->ss);
+static void ppo_prep_free(ppo_prep_t *s) {
     for (int i = 0; i < s->ps.n; i++) free(s->ps.p[i].text), free(s->ps.p[i].ids);
     free(s->ps.p);
     tok_destroy(&s->ps.tok);
+    free(s->cfg_json);
 }
 
-/* ---- one iteration ------------------------------------------------------------------------ */
-
-/* Empties the rollouts and points them at iteration i's prompts (the prompt cursor). */
-static void iter_reset(ppo_run_t *s, long i) {
-    iter_t *it = &s->it;
-    int P = s->P, K = s->K;
-    for (int k = 0; k < P * K; k++) {
-        free(it->r[k].tokens), free(it->r[k].logprobs), free(it->r[k].ref_logprobs);
-        memset(&it->r[k], 0, sizeof it->r[k]);
-        it->r[k].prompt = (int)(((long)i * P + k / K) % s->ps.n);
-    }
-    it->n_per_job = s->J, it->K = K, it->n_jobs = s->n_jobs, it->n = P * K;
-    it->failed = 0;
-    json_decref(it->gen_by), json_decref(it->score_by);
-    it->gen_by = json_object(), it->score_by = json_object();
-    json_decref(it->train_out);
-    it->train_out = NULL;
-    /* ids: iteration i owns [i * 2^20 + 1, (i + 1) * 2^20) */
-    uint64_t base = (uint64_t)i << 20;
-    it->gen_base = base + 1;
-    it->score_base = base + 1 + 0x40000;
-}
-
-/* Submits the prepared jobs[0..n_jobs) and waits for them; frees their payloads. */
-static int submit_wait(ppo_run_t *s, client_result_fn on) {
-    int rc = client_submit(s->ss.client, s->jobs, s->n_jobs);
-    for (int c = 0; c < s->n_jobs; c++) free(s->bufs[c]), s->bufs[c] = NULL;
-    if (rc == 0) rc = client_wait(s->ss.client, s->ids, s->n_jobs, -1, on, &s->it);
+/* Writes `text` (consumed) to OUT/name atomically; path gets the file's path. */
+static int write_out(const ppo_prep_t *s, const char *name, char *text, size_t len, char *path,
+                     size_t n) {
+    snprintf(path, n, "%.4000s/%s", s->out, name);
+    int rc = text ? fs_write_atomic(path, text, len) : rl_fail(RL_ENOMEM, "out of memory");
+    free(text);
     return rc;
 }
 
-/* 1. GENERATE jobs on the rollout workers with policy version i. */
-static int ppo_generate(ppo_run_t *s, long i) {
-    iter_t *it = &s->it;
-    int P = s->P, K = s->K, J = s->J;
-    for (int c2 = 0; c2 < s->n_jobs; c2++) {
-        Rlhf__GenerateSpec sp = RLHF__GENERATE_SPEC__INIT;
-        int np = c2 == s->n_jobs - 1 ? P - c2 * J : J;
-        Rlhf__PromptIds *pids = calloc((size_t)np, sizeof *pids);
-        Rlhf__PromptIds **pp = calloc((size_t)np, sizeof *pp);
-        int32_t **tmp = calloc((size_t)np, sizeof *tmp);
-        for (int q = 0; pids && pp && tmp && q < np; q++) {
-            const pprompt_t *pr = &s->ps.p[it->r[(c2 * J + q) * K].prompt];
-            rlhf__prompt_ids__init(&pids[q]);
-            tmp[q] = malloc(pr->n * sizeof(int32_t));
-            for (size_t t = 0; tmp[q] && t < pr->n; t++) tmp[q][t] = pr->ids[t];
-            pids[q].ids = tmp[q];
-            pids[q].n_ids = pr->n;
-            pp[q] = &pids[q];
+/* OUT/ppo_prompts.jsonl, then OUT/ppo_plan.json. Returns 0 or RL_E*. */
+static int ppo_prep_write(const ppo_prep_t *s) {
+    const ppo_opts_t *o = s->o;
+    size_t cap = 1 << 16, len = 0;
+    char *buf = malloc(cap);
+    for (int i = 0; buf && i < s->ps.n; i++) {
+        json_t *ids = json_array();
+        for (size_t k = 0; k < s->ps.p[i].n; k++)
+            json_array_append_new(ids, json_integer(s->ps.p[i].ids[k]));
+        json_t *line = json_pack("{s:s, s:o}", "text", s->ps.p[i].text, "ids", ids);
+        char *t = line ? json_dumps(line, JSON_COMPACT) : NULL;
+        json_decref(line);
+        size_t tl = t ? strlen(t) : 0;
+        if (t && len + tl + 2 > cap) {
+            cap = 2 * (len + tl + 2);
+            char *nb = realloc(buf, cap);
+            if (!nb) free(buf);
+            buf = nb;
         }
-        sp.model_dir = s->policy;
-        sp.prompts = pp;
-        sp.n_prompts = (size_t)np;
-        sp.max_new_tokens = (uint32_t)s->o->max_new;
-        sp.n_samples = (uint32_t)K;
-        sp.temperature = s->o->temperature;
-        sp.top_p = 1.0f;
-        sp.eot = s->eot;
-        sp.vocab_limit = (uint32_t)s->vocab;
-        size_t len = rlhf__generate_spec__get_packed_size(&sp);
-        s->bufs[c2] = malloc(len ? len : 1);
-        if (s->bufs[c2]) rlhf__generate_spec__pack(&sp, s->bufs[c2]);
-        for (int q = 0; tmp && q < np; q++) free(tmp[q]);
-        free(tmp), free(pp), free(pids);
-        s->ids[c2] = it->gen_base + (uint64_t)c2;
-        s->jobs[c2] =
-            (client_job_t){.id = s->ids[c2],
-                           .kind = RLHF__JOB_KIND__JOB_KIND_GENERATE,
-                           .seed = mix((uint64_t)s->o->seed ^ mix((uint64_t)i * 4096 + c2)),
-                           .policy_version = (uint64_t)i,
-                           .role = RLHF__ROLE__ROLE_ROLLOUT,
-                           .payload = s->bufs[c2],
-                           .payload_len = len};
-    }
-    return submit_wait(s, on_generated);
-}
-
-/* 2. SCORE jobs on the reward workers: reward-model scores and reference logprobs. */
-static int ppo_score(ppo_run_t *s) {
-    iter_t *it = &s->it;
-    int P = s->P, K = s->K, J = s->J, ct = s->o->count_token;
-    for (int c2 = 0; c2 < s->n_jobs; c2++) {
-        int first = c2 * J * K, cnt = (c2 == s->n_jobs - 1 ? P * K - first : J * K);
-        Rlhf__ScoreItem *items = calloc((size_t)cnt, sizeof *items);
-        Rlhf__ScoreItem **ip = calloc((size_t)cnt, sizeof *ip);
-        for (int q = 0; items && ip && q < cnt; q++) {
-            roll_t *ro = &it->r[first + q];
-            const pprompt_t *pr = &s->ps.p[ro->prompt];
-            rlhf__score_item__init(&items[q]);
-            items[q].prompt = (int32_t *)pr->ids;
-            items[q].n_prompt = pr->n;
-            items[q].completion = (int32_t *)ro->tokens;
-            items[q].n_completion = (size_t)ro->n;
-            ip[q] = &items[q];
+        if (!t || !buf) {
+            free(t);
+            free(buf);
+            return rl_fail(RL_ENOMEM, "out of memory");
         }
-        Rlhf__ScoreSpec sp = RLHF__SCORE_SPEC__INIT;
-        sp.rm_dir = ct >= 0 ? "" : s->rmdir;
-        sp.count_reward = ct >= 0;
-        sp.count_token = ct;
-        sp.ref_dir = s->ref;
-        sp.items = ip;
-        sp.n_items = (size_t)cnt;
-        sp.eot = s->eot;
-        sp.vocab_limit = (uint32_t)s->vocab;
-        size_t len = rlhf__score_spec__get_packed_size(&sp);
-        s->bufs[c2] = malloc(len ? len : 1);
-        if (s->bufs[c2]) rlhf__score_spec__pack(&sp, s->bufs[c2]);
-        free(items), free(ip);
-        s->ids[c2] = it->score_base + (uint64_t)c2;
-        s->jobs[c2] = (client_job_t){.id = s->ids[c2],
-                                     .kind = RLHF__JOB_KIND__JOB_KIND_SCORE,
-                                     .role = RLHF__ROLE__ROLE_REWARD,
-                                     .payload = s->bufs[c2],
-                                     .payload_len = len};
+        memcpy(buf + len, t, tl);
+        len += tl;
+        buf[len++] = '\n';
+        free(t);
     }
-    return submit_wait(s, on_scored);
+    char prompts[PATH_MAX + 64], plan_path[PATH_MAX + 64];
+    int rc = write_out(s, "ppo_prompts.jsonl", buf, len, prompts, sizeof prompts);
+    if (rc < 0) return rc;
+    json_t *plan = json_pack(
+        "{s:s, s:s, s:s, s:s, s:s, s:i, s:i, s:i, s:i, s:f, s:i, s:i, s:I, s:b, s:i, s:i, s:i,"
+        " s:f, s:f, s:s, s:s, s:i}",
+        "policy", s->policy, "rm", s->rmdir, "ref", s->ref, "value", s->value, "out", s->out,
+        "iterations", o->iterations, "batch", o->batch, "samples", o->samples, "max_new",
+        o->max_new, "temperature", (double)o->temperature, "per_job", o->per_job,
+        "checkpoint_every", o->ckpt_every, "seed", (json_int_t)o->seed, "gold", o->gold,
+        "count_token", o->count_token, "eot", s->eot, "vocab", s->vocab, "score_mean", s->s_mean,
+        "score_std", s->s_std, "config_json", s->cfg_json, "prompts", prompts, "n_prompts",
+        s->ps.n);
+    char *txt = plan ? json_dumps(plan, JSON_INDENT(2)) : NULL;
+    json_decref(plan);
+    return write_out(s, "ppo_plan.json", txt, txt ? strlen(txt) : 0, plan_path, sizeof plan_path);
 }
 
-/* 3. One TRAIN (PPO) job on the learner: the update, then version i + 1 is published. */
-static int ppo_train(ppo_run_t *s, long i) {
-    iter_t *it = &s->it;
-    int n = s->P * s->K;
-    uint64_t train_id = ((uint64_t)i << 20) + 0xFFFFF;
-    Rlhf__PpoRollout *rs = calloc((size_t)n, sizeof *rs);
-    Rlhf__PpoRollout **rp = calloc((size_t)n, sizeof *rp);
-    for (int q = 0; rs && rp && q < n; q++) {
-        roll_t *ro = &it->r[q];
-        const pprompt_t *pr = &s->ps.p[ro->prompt];
-        rlhf__ppo_rollout__init(&rs[q]);
-        rs[q].prompt = (int32_t *)pr->ids;
-        rs[q].n_prompt = pr->n;
-        rs[q].completion = (int32_t *)ro->tokens;
-        rs[q].n_completion = (size_t)ro->n;
-        rs[q].logprobs = ro->logprobs;
-        rs[q].n_logprobs = (size_t)ro->n;
-        rs[q].ref_logprobs = ro->ref_logprobs;
-        rs[q].n_ref_logprobs = (size_t)ro->n;
-        rs[q].score = ro->score;
-        rp[q] = &rs[q];
-    }
-    Rlhf__PpoSpec pp = RLHF__PPO_SPEC__INIT;
-    pp.iteration = (uint64_t)i;
-    pp.policy_dir = s->policy;
-    pp.value_dir = s->value;
-    pp.config_json = s->cfg_json;
-    pp.rollouts = rp;
-    pp.n_rollouts = (size_t)n;
-    pp.seed = (uint64_t)s->o->seed;
-    pp.checkpoint_every = (uint32_t)s->o->ckpt_every;
-    pp.score_mean = s->s_mean;
-    pp.score_std = s->s_std;
-    pp.last = i == s->o->iterations - 1;
-    Rlhf__TrainSpec ts = RLHF__TRAIN_SPEC__INIT;
-    ts.kind = RLHF__TRAIN_KIND__TRAIN_KIND_PPO;
-    ts.ppo = &pp;
-    ts.ckpt_dir = s->ss.learner; /* OUT/learner, whichever learner trains */
-    size_t len = rlhf__train_spec__get_packed_size(&ts);
-    uint8_t *buf = malloc(len ? len : 1);
-    if (buf) rlhf__train_spec__pack(&ts, buf);
-    free(rs), free(rp);
-    client_job_t tj = {.id = train_id,
-                       .kind = RLHF__JOB_KIND__JOB_KIND_TRAIN,
-                       .policy_version = 0,
-                       .role = RLHF__ROLE__ROLE_LEARNER,
-                       .lease_ms = 600000,
-                       .payload = buf,
-                       .payload_len = len};
-    int rc = client_submit(s->ss.client, &tj, 1);
-    free(buf);
-    if (rc == 0) rc = client_wait(s->ss.client, &train_id, 1, -1, on_trained, it);
-    if (rc == 0 && !it->train_out && !it->failed) rc = rl_fail(RL_EIO, "TRAIN: no output");
-    return rc;
-}
-
-/* The iteration's figures: one metrics line (appended) and one progress line on stdout. */
-static int ppo_report(ppo_run_t *s, long i, double t_gen, double t_score, double t_update,
-                      double t_total) {
-    iter_t *it = &s->it;
-    int n = s->P * s->K, gold_on = s->o->gold;
-    long toks = 0, eots = 0;
-    double gold = 0;
-    for (int q = 0; q < n; q++) {
-        roll_t *ro = &it->r[q];
-        toks += ro->n;
-        eots += ro->finish == 1;
-        if (gold_on) {
-            char *text = NULL;
-            size_t tl;
-            int nd = ro->n && ro->finish == 1 ? ro->n - 1 : ro->n;
-            if (tok_decode(s->ps.tok, ro->tokens, (size_t)nd, &text, &tl) == 0) {
-                float sc[TASK_NCRIT];
-                task_score(s->ps.p[ro->prompt].text, text, sc);
-                gold += task_gold(sc);
+int cmd_ppo_prep(int argc, char **argv) {
+    ppo_opts_t o;
+    int ret = ppo_parse(&o, argc, argv);
+    if (ret == CLI_OPTS_GO) {
+        static ppo_prep_t prep; /* large (paths); one per process */
+        ppo_prep_t *s = &prep;
+        memset(s, 0, sizeof *s);
+        s->o = &o;
+        ret = 1;
+        if (ppo_prepare(s) == 0) {
+            int rc = ppo_prep_write(s);
+            if (rc < 0)
+                cli_fail("ppo", "writing the plan", rc);
+            else {
+                fprintf(stderr, "rlhf ppo: %d prompts, %s/ppo_plan.json written\n", s->ps.n,
+                        s->out);
+                ret = 0;
             }
-            free(text);
+        }
+        ppo_prep_free(s);
+    }
+    ppo_opts_free(&o);
+    return ret;
+}
+
+/* ---- rlhf ppo: a run of the local master --------------------------------------------------- */
+
+/* path made absolute against cwd (lexically: it need not exist yet), without trailing '/'. */
+static void abs_path(const char *cwd, const char *path, char *out, size_t n) {
+    if (path[0] == '/')
+        snprintf(out, n, "%s", path);
+    else
+        snprintf(out, n, "%s/%s", cwd, path);
+    size_t l = strlen(out);
+    while (l > 1 && out[l - 1] == '/') out[--l] = 0;
+}
+
+/* The options whose values are paths: made absolute in the stage's argv. */
+static int is_path_opt(const char *name, size_t len) {
+    static const char *paths[] = {"policy", "rm", "prompts", "out", "ref", "value", "config"};
+    for (int i = 0; i < 7; i++)
+        if (strlen(paths[i]) == len && !strncmp(name, paths[i], len)) return 1;
+    return 0;
+}
+
+/* The one-stage plan: {"name", "seed", "cwd", "stages": [{"name": "ppo", "argv": ...}]}. */
+static json_t *ppo_plan(const ppo_opts_t *o, const char *cwd, const char *name, int argc,
+                        char **argv) {
+    json_t *av = json_array();
+    json_array_append_new(av, json_string("ppo"));
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *eq = strchr(a, '=');
+        char p[PATH_MAX + 64], opt[PATH_MAX + 128];
+        if (!strncmp(a, "--", 2) && eq && is_path_opt(a + 2, (size_t)(eq - a - 2))) {
+            abs_path(cwd, eq + 1, p, sizeof p);
+            snprintf(opt, sizeof opt, "%.*s=%s", (int)(eq - a), a, p);
+            json_array_append_new(av, json_string(opt));
+        } else if (!strncmp(a, "--", 2) && !eq && is_path_opt(a + 2, strlen(a + 2)) &&
+                   i + 1 < argc) {
+            abs_path(cwd, argv[i + 1], p, sizeof p);
+            json_array_append_new(av, json_string(a));
+            json_array_append_new(av, json_string(p));
+            i++;
+        } else {
+            json_array_append_new(av, json_string(a));
         }
     }
-    double upd_ms = json_number_value(json_object_get(it->train_out, "update_ms"));
-    double pub_ms = json_number_value(json_object_get(it->train_out, "publish_ms"));
-    /* the framework's own share: everything but model math. The math of a phase is its
-     * critical path: the busiest worker's handler time (the update: the learner's
-     * ppo_update alone, not its checkpoint and publish). */
-    double math_ms = max_worker(it->gen_by) + max_worker(it->score_by) + upd_ms;
-    json_t *m = json_pack("{s:I, s:I, s:O, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:I}",
-                          "iteration", (json_int_t)i, "policy_version",
-                          json_integer_value(json_object_get(it->train_out, "policy_version")),
-                          "ppo", json_object_get(it->train_out, "stats"), "response_length",
-                          (double)toks / n, "eot_rate", (double)eots / n, "ms_generate", t_gen,
-                          "ms_score", t_score, "ms_update", t_update, "ms_update_math", upd_ms,
-                          "ms_weight_publish", pub_ms, "ms_iteration", t_total, "overhead_frac",
-                          t_total > 0 ? fmax(0, 1 - math_ms / t_total) : 0, "tokens_per_s",
-                          toks / (t_gen > 0 ? t_gen / 1000 : 1e-9), "rollouts", (json_int_t)n);
-    if (gold_on) json_object_set_new(m, "gold_mean", json_real(gold / n));
-    json_object_set_new(m, "ms_generate_math", json_real(max_worker(it->gen_by)));
-    json_object_set_new(m, "ms_score_math", json_real(max_worker(it->score_by)));
-    json_t *stats = json_object_get(m, "ppo");
-    char line[400];
-    snprintf(line, sizeof line, "{\"iter\": %ld, \"iters\": %d, \"score\": %.4f, \"kl\": %.4f%s%s}",
-             i + 1, s->o->iterations, json_number_value(json_object_get(stats, "score_mean")),
-             json_number_value(json_object_get(stats, "kl_k1")), gold_on ? ", \"gold\": " : "", "");
-    if (gold_on) {
-        size_t l = strlen(line) - 1;
-        snprintf(line + l, sizeof line - l, "%.4f}", gold / n);
-    }
-    printf("%s\n", line);
-    fflush(stdout);
-    int rc = metrics_append(s->metrics, m);
-    return rc < 0 ? -cli_fail("ppo", "metrics", rc) : 0;
-}
-
-/* Phase 3: iteration i - generate, score, update, report. Returns 0 or -1 (message printed). */
-static int ppo_iteration(ppo_run_t *s, long i) {
-    iter_t *it = &s->it;
-    double t_iter = cli_now_ms(), t0 = t_iter;
-    iter_reset(s, i);
-    int rc = ppo_generate(s, i);
-    double t_gen = cli_now_ms() - t0;
-    t0 = cli_now_ms();
-    if (rc == 0 && !it->failed) rc = ppo_score(s);
-    double t_score = cli_now_ms() - t0;
-    t0 = cli_now_ms();
-    if (rc == 0 && !it->failed) rc = ppo_train(s, i);
-    if (rc < 0 || it->failed) {
-        fprintf(stderr, "rlhf ppo: iteration %ld: %s\n", i, it->failed ? it->why : rl_errmsg());
-        return -1;
-    }
-    double t_update = cli_now_ms() - t0, t_total = cli_now_ms() - t_iter;
-    return ppo_report(s, i, t_gen, t_score, t_update, t_total);
-}
-
-/* Phase 4: the policy exported, the summary printed. Returns the exit status. */
-static int ppo_finish(ppo_run_t *s) {
-    if (export_policy(s->out) < 0) return cli_fail("ppo", "exporting the policy", RL_EIO);
-    fprintf(stderr, "rlhf ppo: %d iterations done; metrics in %s, the policy in %s/policy\n",
-            s->o->iterations, s->metrics, s->out);
-    return 0;
+    json_t *stage = json_pack("{s:s, s:s, s:i, s:o}", "name", "ppo", "summary",
+                              "stage 3: PPO (master, rollout, reward and learner workers)",
+                              "weight", 1, "argv", av);
+    return json_pack("{s:s, s:I, s:s, s:[o]}", "name", name, "seed", (json_int_t)o->seed, "cwd",
+                     cwd, "stages", stage);
 }
 
 int cmd_ppo(int argc, char **argv) {
@@ -840,18 +458,25 @@ int cmd_ppo(int argc, char **argv) {
         ppo_opts_free(&o);
         return ret;
     }
-    static ppo_run_t run; /* large (paths); one per process */
-    ppo_run_t *s = &run;
-    memset(s, 0, sizeof *s);
-    s->o = &o;
-    int rc = ppo_prepare(s);
-    ret = rc > 0 ? 0 : 1;
-    if (rc == 0 && ppo_open(s) == 0) {
-        long i = s->start;
-        while (i < o.iterations && ppo_iteration(s, i) == 0) i++;
-        if (i == o.iterations) ret = ppo_finish(s);
+    char cwd[PATH_MAX], out[PATH_MAX + 64], data[PATH_MAX + 64];
+    if (!getcwd(cwd, sizeof cwd)) {
+        ppo_opts_free(&o);
+        return cli_fail("ppo", "the working directory", RL_EIO);
     }
-    ppo_close(s);
+    abs_path(cwd, o.out, out, sizeof out);
+    const char *name = strrchr(out, '/') + 1;
+    snprintf(data, sizeof data, "%.*s", (int)(name - out - 1 > 0 ? name - out - 1 : 1), out);
+    json_t *plan = ppo_plan(&o, cwd, name, argc, argv);
+    char *txt = plan ? json_dumps(plan, JSON_COMPACT) : NULL;
+    json_decref(plan);
+    char ep[256];
+    if (!txt)
+        ret = cli_fail("ppo", "the plan", RL_ENOMEM);
+    else if (local_cluster_ensure(data, ep, sizeof ep) < 0)
+        ret = cli_fail("ppo", "the local cluster", RL_EIO);
+    else
+        ret = runs_submit("ppo", ep, name, txt, 0);
+    free(txt);
     ppo_opts_free(&o);
     return ret;
 }

@@ -1,7 +1,8 @@
 /*
- * cmd_run.c - `rlhf run CONFIG`: the whole pipeline, stage by stage, in one run directory.
+ * cmd_run.c - `rlhf run CONFIG`: the whole pipeline, compiled into a plan that a master runs.
  *
- *   rlhf run CONFIG [--set KEY=VALUE]... [--run-dir DIR] [--only STAGE] [--list-keys]
+ *   rlhf run CONFIG [--master EP] [--name NAME] [--detach] [--set KEY=VALUE]... [--run-dir DIR]
+ *               [--only STAGE] [--list-keys] [--print-plan]
  *
  * CONFIG is a YAML file (see deploy/demo.yaml): `run_dir`, `seed`, `stages` (the ordered list
  * of stages to run) and one mapping per stage whose keys are that stage's options. A stage's
@@ -13,14 +14,16 @@
  * any stage runs; an unknown key, a bad value or a misshapen entry is an error naming the file
  * and line. `--set` overrides any key.
  *
- * Each stage is one `rlhf` subcommand run as a child process with options from its keys; its
- * input paths default to the outputs of the stages before it, and can be pointed elsewhere
- * (for example `sft.model` at a Hugging Face GPT-2 directory). A stage whose command succeeded
- * leaves RUN_DIR/stages/NAME.json (written atomically, after the stage's own atomic outputs), so
- * running the same command again after an interruption skips finished stages, and the stages
- * that resume by themselves (generate, ppo) continue inside. Output of each stage goes to
- * RUN_DIR/logs/NAME.log; on a terminal one progress line shows the stage, its progress and an
- * ETA, otherwise plain log lines are printed.
+ * Nothing runs here: the command compiles the config into a PLAN - each stage as the `rlhf`
+ * subcommand line that runs it, with options from its keys and {run} for the run directory - and
+ * submits it to a master (--master, or the local cluster of the data directory, dirname of
+ * run_dir), which journals it and runs the stages in DATA_DIR/NAME as STAGE jobs on a stage
+ * worker, and the PPO loop itself (master/master_run.h). A stage's input paths default to the
+ * outputs of the stages before it, and can be pointed elsewhere (for example `sft.model` at a
+ * Hugging Face GPT-2 directory). Submitting the same run again continues it: finished stages are
+ * skipped by the master. The command then follows the run (runs_submit, cmd_runs.c): the run log
+ * as it grows and, on a terminal, one progress line with the stage, its progress and an ETA;
+ * Ctrl-C detaches and the run goes on (rlhf status / logs / wait / cancel).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -241,8 +244,7 @@ static int run_check_ppo(const run_cfg_t *rc, const char *config) {
 typedef struct {
     cfg_run_t cfg;
     run_cfg_t rc;
-    char run_dir[PATH_MAX];
-    int tty;
+    char run_dir[PATH_MAX]; /* what {run} expands to: "{run}" itself, for the master */
 } run_t;
 
 /* The value of key as set, or its run default (NULL if neither: the command's default holds). */
@@ -313,14 +315,12 @@ static char *expand(run_t *r, const char *in) {
     return out;
 }
 
-/* The argv of a stage: rlhf CMD fixed... --opt value ... (NULL-terminated, malloc'ed). */
-static char **stage_argv(run_t *r, const stage_t *s, int *argc) {
+/* The argv of a stage: CMD fixed... --opt value ... (the subcommand first, without the
+ * program; NULL-terminated, malloc'ed). */
+static char **stage_argv(run_t *r, const stage_t *s) {
     int cap = 96, n = 0;
     char **av = calloc((size_t)cap, sizeof *av);
     if (!av) return NULL;
-    char self[PATH_MAX];
-    local_bin_path(self, sizeof self, "rlhf");
-    av[n++] = strdup(self);
     av[n++] = strdup(s->cmd);
     char *fixed = expand(r, s->fixed);
     for (char *tok = fixed ? strtok(fixed, " ") : NULL; tok && n < cap - 4; tok = strtok(NULL, " "))
@@ -348,7 +348,6 @@ static char **stage_argv(run_t *r, const stage_t *s, int *argc) {
         av[n++] = expand(r, v);
     }
     av[n] = NULL;
-    *argc = n;
     return av;
 }
 
@@ -357,153 +356,80 @@ static void argv_free(char **av) {
     free(av);
 }
 
-static json_t *argv_json(char **av) {
-    json_t *a = json_array();
-    for (int i = 1; av[i]; i++) json_array_append_new(a, json_string(av[i]));
-    return a;
-}
+/* ---- the plan ------------------------------------------------------------------------------ */
 
-static volatile sig_atomic_t run_interrupted;
-static void on_int(int sig) {
-    (void)sig;
-    run_interrupted = 1;
-}
-
-/* The last line of a log that is a JSON object with a progress figure, as "step 120/300". */
-static void progress_of(const char *log, char *out, size_t n) {
-    out[0] = 0;
-    FILE *f = fopen(log, "r");
-    if (!f) return;
-    if (fseek(f, -4096, SEEK_END) != 0) rewind(f);
-    char line[4096], last[4096] = "";
-    while (fgets(line, sizeof line, f))
-        if (line[0] == '{') snprintf(last, sizeof last, "%s", line);
-    fclose(f);
-    json_t *o = json_loads(last, 0, NULL);
-    static const char *pairs[][2] = {
-        {"step", "steps"}, {"iter", "iters"}, {"iteration", "iterations"}};
-    for (int i = 0; o && i < 3; i++) {
-        json_t *a = json_object_get(o, pairs[i][0]), *b = json_object_get(o, pairs[i][1]);
-        if (json_is_integer(a) && json_is_integer(b)) {
-            snprintf(out, n, "%s %lld/%lld", pairs[i][0], (long long)json_integer_value(a),
-                     (long long)json_integer_value(b));
-            break;
-        }
-        if (json_is_integer(a)) {
-            snprintf(out, n, "%s %lld", pairs[i][0], (long long)json_integer_value(a));
-            break;
-        }
+/* The resolved configuration: the run's own keys, then every stage key as set, as its run
+ * default, or as its command's default (unexpanded: {run} and {key} as written). */
+static json_t *run_resolved(run_t *r) {
+    json_t *res = cfg_to_json(&r->cfg);
+    for (int i = 0; res && i < n_run_keys; i++) {
+        const char *v = key_value(r, &run_keys[i]);
+        if (!v && run_keys[i].opt) v = run_keys[i].opt->def;
+        if (v) json_object_set_new(res, run_keys[i].key, json_string(v));
     }
-    json_decref(o);
+    return res;
 }
 
-static void fmt_secs(double s, char *out, size_t n) {
-    if (s < 0 || !isfinite(s))
-        snprintf(out, n, "?");
-    else if (s < 60)
-        snprintf(out, n, "%.0fs", s);
-    else
-        snprintf(out, n, "%dm%02ds", (int)s / 60, (int)s % 60);
-}
-
-/* Runs one stage as a child process; its stdout and stderr go to the stage log. */
-static int run_stage(run_t *r, const stage_t *s, int idx, int total, double done_w, double total_w,
-                     double t_start) {
-    char marker[PATH_MAX + 64], log[PATH_MAX + 64];
-    snprintf(marker, sizeof marker, "%s/stages/%s.json", r->run_dir, s->name);
-    snprintf(log, sizeof log, "%s/logs/%s.log", r->run_dir, s->name);
-    int argc;
-    char **av = stage_argv(r, s, &argc);
-    if (!av) return rl_fail(RL_ENOMEM, "out of memory");
-    json_t *args = argv_json(av);
-    json_t *prev = json_load_file(marker, 0, NULL);
-    if (prev) {
-        int same = json_equal(json_object_get(prev, "args"), args);
-        json_decref(prev);
-        json_decref(args);
+/*
+ * The plan the master runs (master/master_run.h): the run's name, seed, the directory paths are
+ * relative to, the configuration, and each stage's command line with {run} left for the master
+ * to replace by the run directory. Returns the plan or NULL (out of memory).
+ */
+static json_t *run_plan(run_t *r, const char *config, const char *name, const char *only) {
+    char cwd[PATH_MAX];
+    if (!getcwd(cwd, sizeof cwd)) return NULL;
+    snprintf(r->run_dir, sizeof r->run_dir, "{run}"); /* kept literally by expand() */
+    json_t *plan =
+        json_pack("{s:s, s:I, s:s, s:s, s:o}", "name", name, "seed", (json_int_t)r->cfg.seed, "cwd",
+                  cwd, "config", config, "config_json", run_resolved(r));
+    json_t *list = json_array();
+    if (!plan || !list) {
+        json_decref(plan);
+        json_decref(list);
+        return NULL;
+    }
+    if (only) json_object_set_new(plan, "only", json_string(only));
+    json_object_set_new(plan, "stages", list);
+    for (int i = 0; i < r->cfg.n_stages; i++) {
+        const stage_t *s = stage_find(r->cfg.stages[i]);
+        char **av = stage_argv(r, s);
+        json_t *args = av ? json_array() : NULL;
+        for (int k = 0; args && av[k]; k++) json_array_append_new(args, json_string(av[k]));
         argv_free(av);
-        fprintf(stderr, "[%d/%d] %-9s done earlier%s\n", idx, total, s->name,
-                same ? "" : " (with other options: remove its stages/*.json to redo it)");
-        return 0;
+        json_t *w = s->weight == floor(s->weight) ? json_integer((json_int_t)s->weight)
+                                                  : json_real(s->weight);
+        json_t *st = json_pack("{s:s, s:s, s:o, s:o}", "name", s->name, "summary", s->summary,
+                               "weight", w, "argv", args);
+        if (st && s->stdout_to) {
+            char *to = expand(r, s->stdout_to);
+            json_object_set_new(st, "stdout_to", json_string(to ? to : ""));
+            free(to);
+        }
+        if (!st || json_array_append_new(list, st) < 0) {
+            json_decref(plan);
+            return NULL;
+        }
     }
-    fprintf(stderr, "[%d/%d] %-9s %s\n", idx, total, s->name, s->summary);
-    char out_tmp[PATH_MAX + 96] = "";
-    char *out_path = s->stdout_to ? expand(r, s->stdout_to) : NULL;
-    if (out_path) snprintf(out_tmp, sizeof out_tmp, "%s.stdout", log);
-    double t0 = cli_now_ms();
-    fflush(stderr);
-    pid_t p = fork();
-    if (p == 0) {
-        int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        int fo = out_path ? open(out_tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644) : fd;
-        if (fd >= 0) dup2(fo >= 0 ? fo : fd, 1), dup2(fd, 2);
-        execv(av[0], av);
-        _exit(127);
-    }
-    int st = 0;
-    double last_print = 0;
-    while (p > 0) {
-        pid_t w = waitpid(p, &st, WNOHANG);
-        if (w == p) break;
-        if (w < 0 && errno != EINTR) break;
-        struct timespec ts = {0, 200 * 1000000L};
-        nanosleep(&ts, NULL);
-        double now = cli_now_ms();
-        if (now - last_print < (r->tty ? 500 : 30000)) continue;
-        last_print = now;
-        char prog[64], el[16], eta[16];
-        progress_of(log, prog, sizeof prog);
-        double el_run = (now - t_start) / 1000;
-        /* ETA from the stage weights, scaled by the speed seen so far in this run */
-        double frac = (done_w + s->weight * 0.5) / total_w;
-        fmt_secs((now - t0) / 1000, el, sizeof el);
-        fmt_secs(done_w > 0 ? el_run / frac * (1 - frac) : NAN, eta, sizeof eta);
-        if (r->tty)
-            fprintf(stderr, "\r\033[K[%d/%d] %-9s %s  %s  ETA %s", idx, total, s->name, prog, el,
-                    eta);
+    return plan;
+}
+
+/* The run's name and data directory from run_dir: "runs/demo" -> "demo" in "runs". */
+static void run_dir_split(const char *run_dir, char *name, size_t nn, char *data, size_t dn) {
+    char tmp[PATH_MAX];
+    snprintf(tmp, sizeof tmp, "%s", run_dir);
+    size_t l = strlen(tmp);
+    while (l > 1 && tmp[l - 1] == '/') tmp[--l] = 0;
+    char *slash = strrchr(tmp, '/');
+    if (!slash) {
+        snprintf(name, nn, "%s", tmp);
+        snprintf(data, dn, ".");
+    } else {
+        snprintf(name, nn, "%s", slash + 1);
+        if (slash == tmp)
+            snprintf(data, dn, "/");
         else
-            fprintf(stderr, "[%d/%d] %-9s running %s %s\n", idx, total, s->name, el, prog);
+            snprintf(data, dn, "%.*s", (int)(slash - tmp), tmp);
     }
-    if (r->tty) fprintf(stderr, "\r\033[K");
-    int ok = p > 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0;
-    int rc = 0;
-    if (!ok) {
-        rc = rl_fail(run_interrupted ? RL_EIO : RL_EINVAL, "stage %s %s (log: %s)", s->name,
-                     run_interrupted ? "interrupted" : "failed", log);
-        /* the tail of its log says why */
-        FILE *f = fopen(log, "r");
-        if (f && !run_interrupted) {
-            char line[1024], tail[12][1024];
-            int n = 0;
-            while (fgets(line, sizeof line, f)) snprintf(tail[n++ % 12], 1024, "%s", line);
-            for (int i = n > 12 ? n - 12 : 0; i < n; i++) fprintf(stderr, "    %s", tail[i % 12]);
-        }
-        if (f) fclose(f);
-    }
-    if (ok && out_path) {
-        char *data;
-        size_t len;
-        rc = fs_read_all(out_tmp, &data, &len);
-        if (rc == 0) {
-            rc = fs_write_atomic(out_path, data, len);
-            free(data);
-        }
-    }
-    if (ok && rc == 0) {
-        json_t *m = json_pack("{s:s, s:O, s:f}", "stage", s->name, "args", args, "seconds",
-                              (cli_now_ms() - t0) / 1000);
-        char *txt = json_dumps(m, JSON_INDENT(2));
-        json_decref(m);
-        rc = txt ? fs_write_atomic(marker, txt, strlen(txt)) : rl_fail(RL_ENOMEM, "no memory");
-        free(txt);
-        char el[16];
-        fmt_secs((cli_now_ms() - t0) / 1000, el, sizeof el);
-        fprintf(stderr, "[%d/%d] %-9s done in %s\n", idx, total, s->name, el);
-    }
-    free(out_path);
-    json_decref(args);
-    argv_free(av);
-    return rc;
 }
 
 /* ---- the command ---------------------------------------------------------------------- */
@@ -543,7 +469,8 @@ static void list_keys(void) {
 typedef struct {
     const char *sets[64];
     int n_sets;
-    const char *run_dir, *only;
+    const char *run_dir, *only, *master, *name;
+    int detach, print_plan;
 } run_args_t;
 
 static int run_opt_set(void *args, const char *kv) {
@@ -562,30 +489,42 @@ static int run_opt_list_keys(void *args, const char *unused) {
 static const cli_opt_t run_opt_table[] = {
     CLI_OPT_CALL("set", "KEY=VALUE", "override a key of CONFIG (repeatable)", run_opt_set,
                  CLI_OPT_NOKEY),
-    CLI_OPT_STR(run_args_t, run_dir, "run-dir", NULL, "DIR", "the run directory (run_dir)",
-                CLI_OPT_NOKEY),
+    CLI_OPT_STR(run_args_t, run_dir, "run-dir", NULL, "DIR",
+                "the run directory (run_dir): the run's name and data directory", CLI_OPT_NOKEY),
     CLI_OPT_STR(run_args_t, only, "only", NULL, "STAGE", "run this stage only (done or not)",
                 CLI_OPT_NOKEY),
+    CLI_OPT_STR(run_args_t, master, "master", NULL, "ENDPOINT",
+                "submit to this master (default: the local cluster of the data directory, "
+                "started if none runs)",
+                CLI_OPT_NOKEY),
+    CLI_OPT_STR(run_args_t, name, "name", NULL, "NAME",
+                "the run's name (default: the last part of run_dir)", CLI_OPT_NOKEY),
+    CLI_OPT_FLAG(run_args_t, detach, "detach", "submit and return; the run goes on"),
+    CLI_OPT_FLAG(run_args_t, print_plan, "print-plan",
+                 "print the plan that would be submitted (JSON) and exit"),
     CLI_OPT_CALL("list-keys", NULL, "print every configuration key with its default",
                  run_opt_list_keys, CLI_OPT_NOKEY),
 };
 
-const cli_opts_t cli_run_opts = CLI_OPTS(
-    "run", "rlhf run CONFIG [--set KEY=VALUE]... [--run-dir DIR] [--only STAGE] [--list-keys]",
-    "Runs the pipeline configured in CONFIG (YAML) stage by stage in its run directory;\n"
-    "running it again continues where it stopped. Every value is checked when CONFIG\n"
-    "is read, before any stage runs.\n",
-    run_opt_table, NULL);
+const cli_opts_t cli_run_opts =
+    CLI_OPTS("run",
+             "rlhf run CONFIG [--master ENDPOINT] [--name NAME] [--detach] [--set KEY=VALUE]...\n"
+             "                [--run-dir DIR] [--only STAGE] [--list-keys]",
+             "Compiles the pipeline configured in CONFIG (YAML) into a plan and submits it to a\n"
+             "master, which runs its stages in the run directory DATA_DIR/NAME and keeps running\n"
+             "them if this command stops; then follows the run (its log, progress and ETA) until\n"
+             "it ends. Ctrl-C detaches. Submitting the same run again continues where it stopped.\n"
+             "Every value is checked when CONFIG is read, before anything is submitted.\n",
+             run_opt_table,
+             "Exit status: 0 the run succeeded, 1 it failed or was cancelled (or the master went\n"
+             "away), 2 a bad config or a plan the master rejected, 130 detached by Ctrl-C.\n");
 
-int cmd_run(int argc, char **argv) {
-    static run_t R;
-    run_t *r = &R;
-    run_args_t a = {0};
+/* Phase 1: CONFIG and the options, read and checked as a whole. Returns CLI_OPTS_GO or the exit
+ * status (message printed). */
+static int run_read(run_t *r, run_args_t *a, int argc, char **argv, const char **config) {
     keys_build();
-    int c = cli_opts_parse(&cli_run_opts, argc, argv, &a);
+    int c = cli_opts_parse(&cli_run_opts, argc, argv, a);
     if (c != CLI_OPTS_GO) return c;
-    const char **sets = a.sets, *run_dir = a.run_dir, *only = a.only;
-    int n_sets = a.n_sets;
     cfg_defaults(&r->cfg);
     r->rc.vals = json_object();
     r->cfg.extra_set = run_extra_set;
@@ -595,89 +534,78 @@ int cmd_run(int argc, char **argv) {
         fprintf(stderr, "rlhf run: one CONFIG file is required\n");
         return cli_usage_error("run");
     }
-    const char *config = argv[optind];
-    int rc = cfg_load_yaml(&r->cfg, config);
-    for (int i = 0; rc == 0 && i < n_sets; i++) rc = cfg_set_kv(&r->cfg, sets[i]);
-    if (rc == 0) rc = run_check_ppo(&r->rc, config);
+    *config = argv[optind];
+    int rc = cfg_load_yaml(&r->cfg, *config);
+    for (int i = 0; rc == 0 && i < a->n_sets; i++) rc = cfg_set_kv(&r->cfg, a->sets[i]);
+    if (rc == 0) rc = run_check_ppo(&r->rc, *config);
     if (rc < 0) {
         fprintf(stderr, "rlhf run: %s\n", rl_errmsg());
         return 2;
     }
-    if (run_dir) snprintf(r->cfg.run_dir, sizeof r->cfg.run_dir, "%s", run_dir);
-    if (only && !stage_find(only)) {
-        fprintf(stderr, "rlhf run: --only: no stage '%s'\n", only);
+    if (a->run_dir) snprintf(r->cfg.run_dir, sizeof r->cfg.run_dir, "%s", a->run_dir);
+    if (a->only && !stage_find(a->only)) {
+        fprintf(stderr, "rlhf run: --only: no stage '%s'\n", a->only);
         return 2;
     }
     for (int i = 0; i < r->cfg.n_stages; i++)
         if (!stage_find(r->cfg.stages[i])) {
-            fprintf(stderr, "rlhf run: %s: stages: no stage '%s'; the stages are:", config,
+            fprintf(stderr, "rlhf run: %s: stages: no stage '%s'; the stages are:", *config,
                     r->cfg.stages[i]);
             for (int k = 0; k < N_STAGES; k++) fprintf(stderr, " %s", stages[k].name);
             fputc('\n', stderr);
             return 2;
         }
     if (r->cfg.n_stages == 0) {
-        fprintf(stderr, "rlhf run: %s: no stages listed\n", config);
+        fprintf(stderr, "rlhf run: %s: no stages listed\n", *config);
         return 2;
     }
-    char sub[PATH_MAX + 32];
-    if (fs_mkdir_p(r->cfg.run_dir) < 0 || !realpath(r->cfg.run_dir, r->run_dir)) {
-        fprintf(stderr, "rlhf run: %s: cannot create the run directory\n", r->cfg.run_dir);
+    return CLI_OPTS_GO;
+}
+
+/* Phase 2: the plan compiled and submitted; then followed (runs_submit). */
+static int run_submit(run_t *r, const run_args_t *a, const char *config) {
+    char name[256], data[PATH_MAX];
+    run_dir_split(r->cfg.run_dir, name, sizeof name, data, sizeof data);
+    if (a->name) snprintf(name, sizeof name, "%s", a->name);
+    if (!name[0] || strchr(name, '/') || !strcmp(name, ".") || !strcmp(name, "..")) {
+        fprintf(stderr, "rlhf run: '%s' is not a run name (a name without '/')\n", name);
+        return 2;
+    }
+    json_t *plan = run_plan(r, config, name, a->only);
+    char *txt = plan ? json_dumps(plan, a->print_plan ? JSON_INDENT(2) : JSON_COMPACT) : NULL;
+    json_decref(plan);
+    if (!txt) {
+        fprintf(stderr, "rlhf run: out of memory\n");
         return 1;
     }
-    snprintf(sub, sizeof sub, "%s/stages", r->run_dir);
-    fs_mkdir_p(sub);
-    snprintf(sub, sizeof sub, "%s/logs", r->run_dir);
-    fs_mkdir_p(sub);
-    /* the resolved configuration, for the record and for stages that read it */
-    json_t *res = cfg_to_json(&r->cfg);
-    for (int i = 0; i < n_run_keys; i++) {
-        const char *v = key_value(r, &run_keys[i]);
-        if (!v && run_keys[i].opt) v = run_keys[i].opt->def;
-        if (v) json_object_set_new(res, run_keys[i].key, json_string(v));
-    }
-    char *txt = json_dumps(res, JSON_INDENT(2) | JSON_SORT_KEYS);
-    json_decref(res);
-    snprintf(sub, sizeof sub, "%s/config.json", r->run_dir);
-    if (!txt || fs_write_atomic(sub, txt, strlen(txt)) < 0) {
-        free(txt);
-        fprintf(stderr, "rlhf run: %s\n", rl_errmsg());
-        return 1;
+    int ret;
+    if (a->print_plan) {
+        printf("%s\n", txt);
+        ret = 0;
+    } else {
+        char ep[256];
+        if (a->master) {
+            snprintf(ep, sizeof ep, "%s", a->master);
+        } else if (local_cluster_ensure(data, ep, sizeof ep) < 0) {
+            free(txt);
+            return cli_fail("run", "the local cluster", RL_EIO);
+        }
+        fprintf(stderr, "rlhf run: %s, %d stages, run %s on %s\n", config, r->cfg.n_stages, name,
+                ep);
+        ret = runs_submit("run", ep, name, txt, a->detach);
     }
     free(txt);
-    r->tty = isatty(2);
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_int;
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    double total_w = 0, done_w = 0, t0 = cli_now_ms();
-    for (int i = 0; i < r->cfg.n_stages; i++) total_w += stage_find(r->cfg.stages[i])->weight;
-    fprintf(stderr, "rlhf run: %s, %d stages, run directory %s\n", config, r->cfg.n_stages,
-            r->run_dir);
-    for (int i = 0; i < r->cfg.n_stages && rc == 0 && !run_interrupted; i++) {
-        const stage_t *s = stage_find(r->cfg.stages[i]);
-        if (only && strcmp(only, s->name)) {
-            done_w += s->weight;
-            continue;
-        }
-        if (only) {
-            char marker[PATH_MAX + 64];
-            snprintf(marker, sizeof marker, "%s/stages/%s.json", r->run_dir, s->name);
-            unlink(marker);
-        }
-        rc = run_stage(r, s, i + 1, r->cfg.n_stages, done_w, total_w, t0);
-        done_w += s->weight;
-    }
+    return ret;
+}
+
+int cmd_run(int argc, char **argv) {
+    static run_t R; /* large (paths); one per process */
+    run_t *r = &R;
+    run_args_t a = {0};
+    const char *config = NULL;
+    int ret = run_read(r, &a, argc, argv, &config);
+    if (ret == CLI_OPTS_GO) ret = run_submit(r, &a, config);
     json_decref(r->rc.vals);
     cfg_free(&r->cfg);
-    if (rc < 0 || run_interrupted) {
-        fprintf(stderr, "rlhf run: %s\n", run_interrupted ? "interrupted" : rl_errmsg());
-        fprintf(stderr, "rlhf run: run the same command again to continue\n");
-        return 1;
-    }
-    char el[16];
-    fmt_secs((cli_now_ms() - t0) / 1000, el, sizeof el);
-    fprintf(stderr, "rlhf run: all stages done in %s; outputs in %s\n", el, r->run_dir);
-    return 0;
+    return ret;
 }

@@ -6,11 +6,12 @@
  *   models        init-model, eval-lm, train-lm, sample            cmd_model.c, cmd_gen.c
  *   tokenizer     tokenize, detokenize, tokenizer-train            cmd_tok.c
  *   the pipeline  run (stages from a YAML file), report            cmd_run.c, cmd_report.c
+ *   runs          runs, status, logs, cancel, wait                 cmd_runs.c
  *   data          task, annotate, aggregate, pairs, import-pairs   cmd_task.c, cmd_data.c
  *   training      sft, train-rm, eval-rm, score                    cmd_sft.c, cmd_rm.c
- *   through the master   generate, ppo                             cmd_generate.c, cmd_ppo.c
+ *   through the master   generate, ppo (ppo-prep)                  cmd_generate.c, cmd_ppo.c
  *   evaluation    eval-policy                                      cmd_eval.c
- *   local mode    up, status, down                                 cmd_local.c
+ *   local mode    up, status --run-dir, down                       cmd_local.c
  *   benchmarks    bench train|generate|wire                        cmd_bench.c, cmd_gen.c,
  *                                                                  cmd_bench_wire.c
  */
@@ -32,7 +33,11 @@ static const cli_cmd_t commands[] = {
     {"detokenize", cmd_detokenize, "token ids on stdin -> text on stdout"},
     {"tokenizer-train", cmd_tokenizer_train, "learn a byte-level BPE vocabulary from a corpus"},
     {"sample", cmd_sample, "generate continuations of a prompt"},
-    {"run", cmd_run, "the whole pipeline from a YAML config (resumes where it stopped)"},
+    {"run", cmd_run, "submit the pipeline of a YAML config to a master and follow it"},
+    {"runs", cmd_runs, "the runs a master holds: state, stage, progress"},
+    {"logs", cmd_logs, "a run's log (-f: as it grows)"},
+    {"cancel", cmd_cancel, "cancel a run"},
+    {"wait", cmd_wait, "wait until a run ends (exit 0: it succeeded)"},
     {"sft", cmd_sft, "supervised fine-tuning on prompt/completion or text JSONL"},
     {"task", cmd_task, "write the embedded task's prompts and SFT data"},
     {"generate", cmd_generate, "stage 1: K completions per prompt through the master"},
@@ -43,11 +48,12 @@ static const cli_cmd_t commands[] = {
     {"train-rm", cmd_train_rm, "stage 2: train a reward model on preference pairs"},
     {"eval-rm", cmd_eval_rm, "stage 2: accuracy and calibration of a reward model"},
     {"score", cmd_score, "stage 2: reward of a completion (and preference of two)"},
-    {"ppo", cmd_ppo, "stage 3: PPO through the master, rollout, reward and learner workers"},
+    {"ppo", cmd_ppo, "stage 3: PPO as a run of the local master (rollout, reward, learner)"},
+    {"ppo-prep", cmd_ppo_prep, NULL}, /* the ppo stage's checks and inputs, for the master */
     {"eval-policy", cmd_eval_policy, "a policy against a baseline: gold judge, reward model, KL"},
     {"report", cmd_report, "the run's report: agreement, reward model, PPO, gold judge, plots"},
     {"up", cmd_up, "start a master and workers on loopback (local mode)"},
-    {"status", cmd_status, "print the local master's /status JSON"},
+    {"status", cmd_status, "a run's state (--run-dir DIR: the local master's /status JSON)"},
     {"down", cmd_down, "stop the local master and workers"},
     {"bench", cmd_bench, "benchmarks: `rlhf bench train|generate|wire --help`"},
     {"cluster-ensure", cmd_cluster_ensure, NULL}, /* for tests: local_cluster_ensure */
@@ -57,7 +63,7 @@ static const cli_cmd_t commands[] = {
 static void usage(FILE *f) {
     fprintf(f, "usage: rlhf COMMAND [OPTIONS]   (rlhf COMMAND --help for its options)\n\n");
     for (int i = 0; i < N_COMMANDS; i++)
-        if (commands[i].summary) /* none: not listed */
+        if (commands[i].summary) /* NULL: a command for the master's stages, not listed */
             fprintf(f, "  %-12s %s\n", commands[i].name, commands[i].summary);
 }
 
