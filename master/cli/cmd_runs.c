@@ -379,7 +379,9 @@ int cmd_runs(int argc, char **argv) {
                      (int)json_integer_value(json_object_get(r, "stage_index")) + 1,
                      (int)json_integer_value(json_object_get(r, "n_stages")), jstr(r, "stage"));
         json_t *sub = json_object_get(r, "submitted_unix");
-        fmt_secs(json_is_number(sub) ? (double)now - json_number_value(sub) : NAN, age, sizeof age);
+        /* the stamp may be rounded (a real with 7 digits): never a negative age */
+        fmt_secs(json_is_number(sub) ? fmax(0, (double)now - json_number_value(sub)) : NAN, age,
+                 sizeof age);
         printf("%-20s %-10s %-16s %-18s %s\n", jstr(r, "name"), jstr(r, "state"), stage,
                jstr(r, "progress"), age);
     }
