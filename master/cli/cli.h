@@ -123,13 +123,6 @@ void local_bin_path(char *out, size_t n, const char *name);
 int local_cluster_up(const char *dir, const char *ldir, int rollout, int reward, int shards,
                      char *ep, size_t n);
 
-/*
- * The long-lived local cluster serving data_dir (the runs' directories): when one runs, *ep (n
- * bytes) gets its master's endpoint; otherwise one is started there (DATA_DIR/.cluster) first,
- * outliving the caller. Returns 0 or RL_EIO with the reason in rl_errmsg().
- */
-int local_cluster_ensure(const char *data_dir, char *ep, size_t n);
-
 /* `rlhf down` for dir; nothing running there is fine. */
 void local_cluster_down(const char *dir);
 

@@ -37,15 +37,6 @@
 #define RUNS_GONE_S   60
 #define RUNS_POLL_MS  500
 
-/*
- * TEMPORARY: the local cluster comes from cmd_local.c (local_cluster_ensure, cli.h); until it is
- * there this weak definition stands in and says so, and a strong one replaces it at link time.
- */
-__attribute__((weak)) int local_cluster_ensure(const char *data_dir, char *ep, size_t n) {
-    (void)ep, (void)n;
-    return rl_fail(RL_EUNSUPPORTED, "%s: no local cluster in this build (use --master)", data_dir);
-}
-
 /* ---- pieces ---------------------------------------------------------------------------------- */
 
 static volatile sig_atomic_t runs_interrupted;
