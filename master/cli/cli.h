@@ -156,6 +156,7 @@ typedef struct {
     client_t *client;
     struct sigaction old_int, old_term;
     int handlers;
+    int threads; /* TrainSpec.threads: what a lone learner of these shards had on this machine */
 } local_session_t;
 int local_session_open(local_session_t *s, const char *run_dir, int rollout, int reward, int shards,
                        const char *who);

@@ -671,6 +671,10 @@ int local_session_open(local_session_t *s, const char *run_dir, int rollout, int
     if (rc < 0) return rc;
     if (!realpath(run_dir, abs)) return rl_fail(RL_EIO, "%s: %s", run_dir, strerror(errno));
     snprintf(s->learner, sizeof s->learner, "%.4000s/learner", abs);
+    /* the threads a cluster of its own gives its learner (start_worker's rule): the training's
+     * results depend on them, so they are the same whichever cluster runs it */
+    long cores = sysconf(_SC_NPROCESSORS_ONLN), nw = shards > 1 ? shards : 1;
+    s->threads = cores / nw > 1 ? (int)(cores / nw) : 1;
     if (master && master[0]) return session_join(s, master, who);
     snprintf(s->cluster, sizeof s->cluster, "%.4000s/cluster", run_dir);
     if ((rc = fs_mkdir_p(s->cluster)) < 0) return rc;
@@ -745,6 +749,7 @@ int local_train_job(local_session_t *s, uint64_t id, uint64_t seed, const void *
     /* the checkpoints go to the session's learner directory whichever learner trains */
     Rlhf__TrainSpec sp = *(const Rlhf__TrainSpec *)spec;
     sp.ckpt_dir = s->learner;
+    if (!sp.threads) sp.threads = (uint32_t)s->threads;
     *out = NULL;
     size_t len = rlhf__train_spec__get_packed_size(&sp);
     uint8_t *buf = malloc(len ? len : 1);
