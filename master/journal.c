@@ -574,7 +574,8 @@ static journal_t *open_impl(const char *dir, journal_replay_fn fn, void *ctx, in
     j->snap_fd = -1;
     j->snap_w.fd = -1;
     j->readonly = readonly;
-    if ((!readonly && (rc = fs_mkdir_p(dir)) < 0) || (rc = dir_scan(dir, !readonly, &files, &n)) < 0)
+    if ((!readonly && (rc = fs_mkdir_p(dir)) < 0) ||
+        (rc = dir_scan(dir, !readonly, &files, &n)) < 0)
         goto fail;
 
     j->snap_no = pick_snapshot(dir, files, n, &m);

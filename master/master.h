@@ -44,11 +44,12 @@ typedef struct {
     sched_t sched;
     journal_t *journal; /* RUN_DIR/journal: every state change, replayed at start */
     char journal_dir[4096];
-    int replaying;      /* journal_open is replaying: nothing is journaled again */
+    int replaying;       /* journal_open is replaying: nothing is journaled again */
     char data_dir[4096]; /* where runs live: DATA_DIR/NAME */
-    char **ns;          /* job namespaces: ns[0] = "" (plain clients) */
+    char **ns;           /* job namespaces: ns[0] = "" (plain clients) */
+    uint32_t *ns_code;   /* each one's code in the scheduler's job ids (master_job_id) */
     int n_ns, cap_ns;
-    mrun_t *runs;       /* master_run.c */
+    mrun_t *runs; /* master_run.c */
     int n_runs, cap_runs;
     uint64_t n_journal_records, n_journal_errors;
     journal_loc_t last_loc; /* of the record master_journal appended last */
@@ -77,8 +78,10 @@ void master_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int master_ns_index(master_t *m, const char *ns);
 
 /* The scheduler's id of job `id` of namespace index ns: the id itself in namespace 0, otherwise
- * 2^63 | ns << 40 | id (ids of a namespace are below 2^40). */
-uint64_t master_job_id(int ns, uint64_t id);
+ * 2^63 | code << 40 | id (ids of a namespace are below 2^40), code a 23-bit hash of the
+ * namespace's name - so a job keeps its id across master restarts and masters (workers see it:
+ * a learner recognises a job it applied already by its id). */
+uint64_t master_job_id(const master_t *m, int ns, uint64_t id);
 
 /* Creates a job of run `run` (journaled). Returns its scheduler index, or RL_E*. */
 int master_job_create(master_t *m, int ns, uint64_t id, int kind, uint64_t seed,

@@ -128,7 +128,8 @@ static int dump_one(void *ctx, const uint8_t *buf, size_t len, journal_loc_t loc
         json_object_set_new(o, "kind", json_string(wire_job_kind_name(kind)));
         json_object_set_new(o, "status", json_string(done ? "done" : "failed"));
         json_object_set_new(o, "attempt", json_integer(e->attempt));
-        json_object_set_new(o, "seed", json_integer(j ? json_integer_value(json_object_get(j, "seed")) : 0));
+        json_object_set_new(o, "seed",
+                            json_integer(j ? json_integer_value(json_object_get(j, "seed")) : 0));
         json_object_set_new(o, "worker", json_string(e->worker ? e->worker : ""));
         json_object_set_new(o, "elapsed_ms", json_real(e->elapsed_ms));
         json_object_set_new(o, "latency_ms",

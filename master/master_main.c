@@ -152,16 +152,29 @@ int master_ns_index(master_t *m, const char *ns) {
     if (m->n_ns == m->cap_ns) {
         int cap = m->cap_ns ? 2 * m->cap_ns : 16;
         char **n = realloc(m->ns, (size_t)cap * sizeof *n);
-        if (!n) return rl_fail(RL_ENOMEM, "out of memory");
-        m->ns = n;
+        uint32_t *c = n ? realloc(m->ns_code, (size_t)cap * sizeof *c) : NULL;
+        if (n) m->ns = n;
+        if (!c) return rl_fail(RL_ENOMEM, "out of memory");
+        m->ns_code = c;
         m->cap_ns = cap;
     }
     if (!(m->ns[m->n_ns] = strdup(ns))) return rl_fail(RL_ENOMEM, "out of memory");
+    /* FNV-1a of the name, 23 bits, never 0 (namespace ""); a collision takes the next free code
+     * (then, and only then, the code depends on the order namespaces appeared in) */
+    uint32_t h = 0x811c9dc5u;
+    for (const char *p = ns; *p; p++) h = (h ^ (uint8_t)*p) * 0x01000193u;
+    uint32_t code = (h ^ (h >> 23)) & 0x7FFFFF;
+    for (int again = 1; again;) {
+        again = code == 0;
+        for (int i = 0; i < m->n_ns && !again; i++) again = m->ns_code[i] == code;
+        if (again) code = (code + 1) & 0x7FFFFF;
+    }
+    m->ns_code[m->n_ns] = m->n_ns ? code : 0;
     return m->n_ns++;
 }
 
-uint64_t master_job_id(int ns, uint64_t id) {
-    return ns ? (1ULL << 63) | ((uint64_t)ns << 40) | id : id;
+uint64_t master_job_id(const master_t *m, int ns, uint64_t id) {
+    return ns ? (1ULL << 63) | ((uint64_t)m->ns_code[ns] << 40) | id : id;
 }
 
 /* The id a client of namespace ns knows job jb by. */
@@ -195,7 +208,7 @@ static void journal_job(master_t *m, const sched_job_t *jb, uint64_t spec_hash) 
 static int job_put(master_t *m, int ns, uint64_t id, int kind, uint64_t seed,
                    uint64_t policy_version, int role, uint32_t lease_ms, const void *payload,
                    size_t len) {
-    uint64_t sid = master_job_id(ns, id);
+    uint64_t sid = master_job_id(m, ns, id);
     int j = sched_job_find(&m->sched, sid);
     if (j >= 0) {
         if (sched_job_retry(&m->sched, j, payload, len) < 0) return RL_ENOMEM;
@@ -329,7 +342,7 @@ static int replay_one(void *ctx, const uint8_t *buf, size_t len, journal_loc_t l
         break; /* leases end with the master that gave them: the job is queued again */
     case RLHF__JOURNAL_RECORD__BODY_JOB_END: {
         int ns = master_ns_index(m, rec->job_end->ns ? rec->job_end->ns : "");
-        int j = ns < 0 ? -1 : sched_job_find(&m->sched, master_job_id(ns, rec->job_end->id));
+        int j = ns < 0 ? -1 : sched_job_find(&m->sched, master_job_id(m, ns, rec->job_end->id));
         if (j < 0) break;
         sched_job_t *jb = &m->sched.jobs[j];
         int done = rec->job_end->status == RLHF__JOB_STATUS__JOB_STATUS_DONE;
@@ -349,7 +362,7 @@ static int replay_one(void *ctx, const uint8_t *buf, size_t len, journal_loc_t l
     }
     case RLHF__JOURNAL_RECORD__BODY_JOB_FORGET: {
         int ns = master_ns_index(m, rec->job_forget->ns ? rec->job_forget->ns : "");
-        int j = ns < 0 ? -1 : sched_job_find(&m->sched, master_job_id(ns, rec->job_forget->id));
+        int j = ns < 0 ? -1 : sched_job_find(&m->sched, master_job_id(m, ns, rec->job_forget->id));
         if (j >= 0) {
             m->sched.jobs[j].forgotten = 1;
             m->sched.jobs[j].record_off = -1;
@@ -416,6 +429,8 @@ static int journal_start(master_t *m) {
          " from the snapshot), %" PRIu64 " torn bytes cut",
          m->journal_dir, st.records_replayed, wire_now_ms() - t0, st.snapshot_records,
          st.truncated_bytes);
+    int done = sched_count(&m->sched, SCHED_DONE), queued = sched_count(&m->sched, SCHED_QUEUED);
+    if (done + queued) mlog("%d jobs already done, %d queued again", done, queued);
     mrun_resume(m);
     return 0;
 }
@@ -656,8 +671,7 @@ static void send_job_done_recorded(master_t *m, const uint8_t *rid, size_t rid_l
     int done = e && e->status == RLHF__JOB_STATUS__JOB_STATUS_DONE;
     send_job_done(m, rid, rid_len, &copy,
                   done ? RLHF__JOB_STATUS__JOB_STATUS_DONE : RLHF__JOB_STATUS__JOB_STATUS_FAILED,
-                  e && e->worker ? e->worker : "", e ? e->elapsed_ms : 0,
-                  done ? &e->output : NULL);
+                  e && e->worker ? e->worker : "", e ? e->elapsed_ms : 0, done ? &e->output : NULL);
     if (rec) rlhf__journal_record__free_unpacked(rec, NULL);
 }
 
@@ -721,7 +735,7 @@ static int submit_one(master_t *m, int c, const Rlhf__JobSpec *js, char *why, si
     }
     uint64_t seed = js->seed ? js->seed : mix64(m->cfg.seed ^ mix64(js->id)) >> 1;
     uint64_t h = spec_hash(js->kind, seed, js->policy_version, js->payload.data, js->payload.len);
-    int j = sched_job_find(&m->sched, master_job_id(ns, js->id));
+    int j = sched_job_find(&m->sched, master_job_id(m, ns, js->id));
     if (j >= 0) {
         sched_job_t *jb = &m->sched.jobs[j];
         uint64_t have = job_spec_hash(jb);
@@ -799,10 +813,9 @@ static void on_submit(master_t *m, const wire_msg_t *msg, int w, const Rlhf__Sub
     env.submit_ack = &ack;
     msend(m, msg->rid, msg->rid_len, &env);
     for (size_t i = 0; i < n_done; i++)
-        send_job_done_recorded(
-            m, msg->rid, msg->rid_len,
-            &m->sched.jobs[sched_job_find(&m->sched,
-                                          master_job_id(m->sched.workers[c].ns, done[i]))]);
+        send_job_done_recorded(m, msg->rid, msg->rid_len,
+                               &m->sched.jobs[sched_job_find(
+                                   &m->sched, master_job_id(m, m->sched.workers[c].ns, done[i]))]);
     if (n_acc + n_done)
         mlog("client %s submitted %zu jobs: %zu accepted, %zu already done, %zu rejected",
              m->sched.workers[c].id, n, n_acc, n_done, n_rej);
@@ -824,7 +837,7 @@ static void on_fetch(master_t *m, const wire_msg_t *msg, int w, const Rlhf__Fetc
         return;
     }
     for (size_t i = 0; i < n; i++) {
-        int j = sched_job_find(&m->sched, master_job_id(m->sched.workers[c].ns, f->job_ids[i]));
+        int j = sched_job_find(&m->sched, master_job_id(m, m->sched.workers[c].ns, f->job_ids[i]));
         if (j >= 0 && m->sched.jobs[j].forgotten) j = -1;
         if (j < 0) {
             unk[n_unk++] = f->job_ids[i];
@@ -866,8 +879,8 @@ static void on_result(master_t *m, const wire_msg_t *msg, int w, const Rlhf__Job
     sched_job_t *jb = &m->sched.jobs[sched_job_find(&m->sched, r->job_id)];
     if (jb->kind == RLHF__JOB_KIND__JOB_KIND_TRAIN) { /* the newest PPO figures, for /metrics */
         Rlhf__TrainOutput *t = rlhf__train_output__unpack(NULL, r->payload.len, r->payload.data);
-        json_t *st = t && t->ppo ? json_loads(t->ppo->stats_json ? t->ppo->stats_json : "", 0, NULL)
-                                 : NULL;
+        json_t *st =
+            t && t->ppo ? json_loads(t->ppo->stats_json ? t->ppo->stats_json : "", 0, NULL) : NULL;
         if (st) {
             json_decref(m->ppo_stats);
             m->ppo_stats = st;
@@ -931,10 +944,14 @@ static void on_reject(master_t *m, int w, const Rlhf__JobReject *r) {
         free(jb->reason);
         jb->reason = strdup(reason);
     }
-    sched_verdict_t v = sched_reject_ex(&m->sched, w, r->job_id, r->attempt, r->lease_id, mode, hold);
+    sched_verdict_t v =
+        sched_reject_ex(&m->sched, w, r->job_id, r->attempt, r->lease_id, mode, hold);
     mlog("job %" PRIu64 " attempt %u %s by %s (%d: %s)%s%s", r->job_id, r->attempt,
          r->code ? "rejected" : "handed back", w >= 0 ? m->sched.workers[w].id : "?", r->code,
-         reason, r->deterministic ? " [deterministic]" : r->environment ? " [environment]" : "",
+         reason,
+         r->deterministic ? " [deterministic]"
+         : r->environment ? " [environment]"
+                          : "",
          v == SCHED_ACCEPTED ? "" : " - ignored, not its lease");
     if (v == SCHED_ACCEPTED && jb && jb->run >= 0 && r->code && mode != SCHED_FAIL)
         mrun_job_end(m, jb, 0, reason, 0, r->environment);
@@ -1397,6 +1414,7 @@ out:
     mrun_free(m);
     for (int i = 0; i < m->n_ns; i++) free(m->ns[i]);
     free(m->ns);
+    free(m->ns_code);
     uv_loop_close(m->loop);
     sched_free(&m->sched);
     cfg_free(&m->cfg);

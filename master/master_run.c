@@ -21,8 +21,8 @@
 #include "net/wire.h"
 
 enum { R_QUEUED, R_RUNNING, R_PAUSED, R_FAILED, R_CANCELLED, R_SUCCEEDED };
-static const char *const state_names[] = {"queued",    "running",   "paused",
-                                          "failed",    "cancelled", "succeeded"};
+static const char *const state_names[] = {"queued", "running",   "paused",
+                                          "failed", "cancelled", "succeeded"};
 
 /* A PPO stage's prompt: its text and token ids (ppo-prep's OUT/ppo_prompts.jsonl). */
 typedef struct {
@@ -65,11 +65,11 @@ struct mrun {
     char dir[PATH_MAX];
     int state, stage, n_stages;
     char reason[2048];
-    int retry;        /* resubmitted after a failure: failed jobs run again */
-    json_t *metrics;  /* the committed iterations' metrics lines (strings) */
+    int retry;       /* resubmitted after a failure: failed jobs run again */
+    json_t *metrics; /* the committed iterations' metrics lines (strings) */
     mppo_t *ppo;
     int ns_self, ns_ppo; /* "@NAME", "@NAME/ppo" */
-    double t_stage0;  /* when the current stage started (wall ms; 0: not in this process) */
+    double t_stage0;     /* when the current stage started (wall ms; 0: not in this process) */
     double submitted_unix, updated_unix;
     double *stage_secs;
     int logged_stage; /* the stage whose start line is in run.log (-1: none) */
@@ -121,7 +121,8 @@ static char *subst_run(const mrun_t *r, const char *in) {
 }
 
 /* Appends a line to RUN_DIR/run.log (what `rlhf logs` shows). A failure pauses the run. */
-static void run_log(master_t *m, mrun_t *r, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void run_log(master_t *m, mrun_t *r, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 static void run_log(master_t *m, mrun_t *r, const char *fmt, ...) {
     (void)m;
     char line[4096], path[PATH_MAX + 16];
@@ -152,8 +153,7 @@ static void fmt_secs(double s, char *out, size_t n) {
 
 /* Journals the run's state (and applies it): state, current stage, reason. */
 static void run_set(master_t *m, mrun_t *r, int state, int stage, const char *reason) {
-    int changed = r->state != state || r->stage != stage ||
-                  strcmp(r->reason, reason ? reason : "");
+    int changed = r->state != state || r->stage != stage || strcmp(r->reason, reason ? reason : "");
     r->state = state;
     r->stage = stage;
     snprintf(r->reason, sizeof r->reason, "%s", reason ? reason : "");
@@ -179,15 +179,14 @@ static int job_ensure(master_t *m, int ri, int ns, uint64_t id, int kind, uint64
                       uint64_t version, int role, uint32_t lease_ms, const void *payload,
                       size_t len) {
     mrun_t *r = run_at(m, ri);
-    int j = sched_job_find(&m->sched, master_job_id(ns, id));
+    int j = sched_job_find(&m->sched, master_job_id(m, ns, id));
     if (j < 0)
         return master_job_create(m, ns, id, kind, seed, version, role, lease_ms, payload, len, ri);
     sched_job_t *jb = &m->sched.jobs[j];
     int again = jb->forgotten || (jb->state == SCHED_FAILED && r->retry);
     if (again) {
         /* the same id with a fresh spec: journaled as a new job */
-        if (master_job_create(m, ns, id, kind, seed, version, role, lease_ms, payload, len, ri) <
-            0)
+        if (master_job_create(m, ns, id, kind, seed, version, role, lease_ms, payload, len, ri) < 0)
             return -1;
     }
     return j;
@@ -294,7 +293,8 @@ static int load_prompt(void *ctx, json_t *o, const char *where) {
     q->text = strdup(text);
     q->ids = malloc(q->n * sizeof *q->ids);
     if (!q->text || !q->ids) return rl_fail(RL_ENOMEM, "out of memory");
-    for (size_t k = 0; k < q->n; k++) q->ids[k] = (int32_t)json_integer_value(json_array_get(ids, k));
+    for (size_t k = 0; k < q->n; k++)
+        q->ids[k] = (int32_t)json_integer_value(json_array_get(ids, k));
     return 0;
 }
 
@@ -613,7 +613,8 @@ static int take_scored(master_t *m, mrun_t *r, long i, const int *jobs) {
 static int metrics_write(mrun_t *r) {
     if (!r->ppo && !r->metrics) return 0;
     size_t n = json_array_size(r->metrics), len = 0;
-    for (size_t i = 0; i < n; i++) len += strlen(json_string_value(json_array_get(r->metrics, i))) + 1;
+    for (size_t i = 0; i < n; i++)
+        len += strlen(json_string_value(json_array_get(r->metrics, i))) + 1;
     char *buf = malloc(len + 1), path[PATH_MAX + 32];
     if (!buf) return rl_fail(RL_ENOMEM, "out of memory");
     len = 0;
@@ -653,10 +654,10 @@ static int ppo_commit(master_t *m, int ri, long i, const Rlhf__PpoOutput *po, do
     json_t *mo = json_pack(
         "{s:I, s:I, s:o, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:I}", "iteration",
         (json_int_t)i, "policy_version", (json_int_t)po->policy_version, "ppo",
-        st ? st : json_object(), "response_length", (double)toks / n, "eot_rate",
-        (double)eots / n, "ms_generate", t_gen, "ms_score", t_score, "ms_update", t_update,
-        "ms_update_math", upd_ms, "ms_weight_publish", pub_ms, "ms_iteration", t_total,
-        "overhead_frac", t_total > 0 ? fmax(0, 1 - math_ms / t_total) : 0, "tokens_per_s",
+        st ? st : json_object(), "response_length", (double)toks / n, "eot_rate", (double)eots / n,
+        "ms_generate", t_gen, "ms_score", t_score, "ms_update", t_update, "ms_update_math", upd_ms,
+        "ms_weight_publish", pub_ms, "ms_iteration", t_total, "overhead_frac",
+        t_total > 0 ? fmax(0, 1 - math_ms / t_total) : 0, "tokens_per_s",
         toks / (t_gen > 0 ? t_gen / 1000 : 1e-9), "rollouts", (json_int_t)n);
     if (p->gold) json_object_set_new(mo, "gold_mean", json_real(gold / n));
     json_object_set_new(mo, "ms_generate_math", json_real(max_worker(p->gen_by)));
@@ -664,11 +665,14 @@ static int ppo_commit(master_t *m, int ri, long i, const Rlhf__PpoOutput *po, do
     char *line = json_dumps(mo, JSON_COMPACT);
     json_t *stats = json_object_get(mo, "ppo");
     char prog[400];
-    int pl = snprintf(prog, sizeof prog, "{\"iter\": %ld, \"iters\": %d, \"score\": %.4f, \"kl\": %.4f",
-                      i + 1, p->iterations, json_number_value(json_object_get(stats, "score_mean")),
-                      json_number_value(json_object_get(stats, "kl_k1")));
-    if (p->gold) snprintf(prog + pl, sizeof prog - (size_t)pl, ", \"gold\": %.4f}", gold / n);
-    else snprintf(prog + pl, sizeof prog - (size_t)pl, "}");
+    int pl =
+        snprintf(prog, sizeof prog, "{\"iter\": %ld, \"iters\": %d, \"score\": %.4f, \"kl\": %.4f",
+                 i + 1, p->iterations, json_number_value(json_object_get(stats, "score_mean")),
+                 json_number_value(json_object_get(stats, "kl_k1")));
+    if (p->gold)
+        snprintf(prog + pl, sizeof prog - (size_t)pl, ", \"gold\": %.4f}", gold / n);
+    else
+        snprintf(prog + pl, sizeof prog - (size_t)pl, "}");
     json_decref(mo);
     if (!line) return -1;
     Rlhf__JournalRecord rec = RLHF__JOURNAL_RECORD__INIT;
@@ -682,7 +686,8 @@ static int ppo_commit(master_t *m, int ri, long i, const Rlhf__PpoOutput *po, do
         free(line);
         return -1;
     }
-    while (json_array_size(r->metrics) > (size_t)i) json_array_remove(r->metrics, json_array_size(r->metrics) - 1);
+    while (json_array_size(r->metrics) > (size_t)i)
+        json_array_remove(r->metrics, json_array_size(r->metrics) - 1);
     json_array_append_new(r->metrics, json_string(line));
     free(line);
     for (int c = 0; c < p->n_jobs; c++) {
@@ -716,6 +721,54 @@ static void ppo_rollback(master_t *m, mrun_t *r, long L) {
     while (json_array_size(r->metrics) > (size_t)L)
         json_array_remove(r->metrics, json_array_size(r->metrics) - 1);
     metrics_write(r);
+}
+
+/* The iterations from..L-1 committed from OUT/metrics.jsonl, whose first L lines must be those
+ * iterations in order. Returns 0 or -1 (reason set). */
+static int ppo_adopt(master_t *m, mrun_t *r, long from, long L) {
+    mppo_t *p = r->ppo;
+    char path[PATH_MAX + 32], *buf = NULL;
+    size_t len = 0;
+    snprintf(path, sizeof path, "%.4000s/metrics.jsonl", p->out);
+    int rc = fs_read_all(path, &buf, &len);
+    long k = 0;
+    json_t *lines = json_array();
+    for (char *line = buf; rc == 0 && line && line < buf + len && k < L;) {
+        char *nl = memchr(line, '\n', (size_t)(buf + len - line));
+        if (!nl) break;
+        json_t *o = json_loadb(line, (size_t)(nl - line), 0, NULL);
+        json_t *it = json_object_get(o, "iteration");
+        int ok = json_is_integer(it) && json_integer_value(it) == k;
+        json_decref(o);
+        if (!ok) break;
+        json_array_append_new(lines, json_stringn(line, (size_t)(nl - line)));
+        k++;
+        line = nl + 1;
+    }
+    free(buf);
+    if (k < L) {
+        snprintf(
+            r->reason, sizeof r->reason,
+            "ppo: the learner's checkpoints in %.1800s/learner are at iteration %ld but "
+            "the run has %ld and metrics.jsonl only %ld: remove those checkpoints to start over",
+            p->out, L, from, k);
+        json_decref(lines);
+        return -1;
+    }
+    for (long i = from; i < L; i++) {
+        Rlhf__JournalRecord rec = RLHF__JOURNAL_RECORD__INIT;
+        Rlhf__JournalIteration jit = RLHF__JOURNAL_ITERATION__INIT;
+        jit.run = r->name;
+        jit.iteration = (uint64_t)i;
+        jit.metrics_line = (char *)json_string_value(json_array_get(lines, (size_t)i));
+        rec.body_case = RLHF__JOURNAL_RECORD__BODY_ITERATION;
+        rec.iteration = &jit;
+        master_journal(m, &rec, i == L - 1);
+        json_array_append(r->metrics, json_array_get(lines, (size_t)i));
+    }
+    json_decref(lines);
+    metrics_write(r); /* the file holds these lines already: rewriting them changes nothing */
+    return 0;
 }
 
 /* OUT/policy: the learner's newest policy, and OUT/policy.json naming its iteration. */
@@ -777,30 +830,23 @@ static int ppo_step(master_t *m, int ri) {
         free(out);
         master_weights_reset(m); /* this training's versions start again */
         r->ppo->t_iter = wire_now_ms();
-        run_log(m, r, "ppo: %d iterations of %d prompts x %d samples; %zu done earlier",
-                r->ppo->iterations, r->ppo->P, r->ppo->K, json_array_size(r->metrics));
+        if (json_array_size(r->metrics))
+            run_log(m, r, "ppo: resuming at iteration %zu of %d", json_array_size(r->metrics),
+                    r->ppo->iterations);
+        else
+            run_log(m, r, "ppo: %d iterations of %d prompts x %d samples", r->ppo->iterations,
+                    r->ppo->P, r->ppo->K);
     }
     mppo_t *p = r->ppo;
     for (int guard = 0; guard < 4; guard++) {
         long i = (long)json_array_size(r->metrics);
-        if (i >= p->iterations) {
-            int rc = ppo_export(r);
-            if (rc < 0) {
-                snprintf(r->reason, sizeof r->reason, "ppo: exporting the policy: %s", rl_errmsg());
-                if (rc == RL_EIO) {
-                    r->io_paused = 1;
-                    return STEP_WAIT;
-                }
-                return STEP_FAIL;
-            }
-            return STEP_DONE;
-        }
         if (!p->attached) {
             uint8_t *buf;
             size_t len;
             if (pack_train(r, i, 1, &buf, &len) < 0) return STEP_FAIL;
-            int j = job_ensure(m, ri, r->ns_ppo, attach_id(i, p->attaches), RLHF__JOB_KIND__JOB_KIND_TRAIN,
-                               0, 0, RLHF__ROLE__ROLE_LEARNER, 600000, buf, len);
+            int j = job_ensure(m, ri, r->ns_ppo, attach_id(i, p->attaches),
+                               RLHF__JOB_KIND__JOB_KIND_TRAIN, 0, 0, RLHF__ROLE__ROLE_LEARNER,
+                               600000, buf, len);
             free(buf);
             int s = job_state(m, r, j, "the learner");
             if (s <= 0) return s < 0 ? STEP_FAIL : STEP_WAIT;
@@ -817,9 +863,26 @@ static int ppo_step(master_t *m, int ri) {
                 snprintf(r->reason, sizeof r->reason, "ppo: the learner's answer is unreadable");
                 return STEP_FAIL;
             }
+            /* ahead by more than the update a crash kept from the journal: checkpoints of an
+             * earlier master (or of `rlhf ppo` before runs had a journal) - their iterations are
+             * adopted with their lines of OUT/metrics.jsonl */
+            if (L > i + 1 && ppo_adopt(m, r, i, L) < 0) return STEP_FAIL;
             if (L < i) ppo_rollback(m, r, L);
+            if (L > i + 1 || L < i) run_log(m, r, "ppo: resuming at iteration %ld", L);
             p->attached = 1;
             continue;
+        }
+        if (i >= p->iterations) {
+            int rc = ppo_export(r);
+            if (rc < 0) {
+                snprintf(r->reason, sizeof r->reason, "ppo: exporting the policy: %s", rl_errmsg());
+                if (rc == RL_EIO) {
+                    r->io_paused = 1;
+                    return STEP_WAIT;
+                }
+                return STEP_FAIL;
+            }
+            return STEP_DONE;
         }
         int gj[4096], sj[4096];
         if (p->n_jobs > 4096) {
@@ -970,6 +1033,10 @@ static void run_step(master_t *m, int ri) {
             return;
         }
         r->stage_secs[i] = secs;
+        /* its job's record is not needed any more: the stage is done by its marker, and a rerun
+         * (the marker removed, --only) runs the job afresh */
+        int sj = sched_job_find(&m->sched, master_job_id(m, r->ns_self, (uint64_t)i + 1));
+        if (sj >= 0) master_job_forget(m, &m->sched.jobs[sj]);
         char el[16];
         fmt_secs(secs, el, sizeof el);
         run_log(m, r, "[%d/%d] %-9s done in %s", i + 1, r->n_stages, nm, el);
@@ -1170,7 +1237,8 @@ static void progress_of(const char *log, char *out, size_t n) {
         if (line[0] == '{') snprintf(last, sizeof last, "%s", line);
     fclose(f);
     json_t *o = json_loads(last, 0, NULL);
-    static const char *pairs[][2] = {{"step", "steps"}, {"iter", "iters"}, {"iteration", "iterations"}};
+    static const char *pairs[][2] = {
+        {"step", "steps"}, {"iter", "iters"}, {"iteration", "iterations"}};
     for (int i = 0; o && i < 3; i++) {
         json_t *a = json_object_get(o, pairs[i][0]), *b = json_object_get(o, pairs[i][1]);
         if (json_is_integer(a)) {
@@ -1202,33 +1270,36 @@ static json_t *run_status(master_t *m, int ri) {
     for (int i = 0; i < r->n_stages; i++) {
         double w = json_number_value(json_object_get(stage_at(r, i), "weight"));
         total_w += w > 0 ? w : 1;
-        const char *st = i < r->stage ? "done"
-                         : i > r->stage ? "pending"
-                         : r->state == R_FAILED ? "failed"
+        const char *st = i < r->stage              ? "done"
+                         : i > r->stage            ? "pending"
+                         : r->state == R_FAILED    ? "failed"
                          : r->state == R_SUCCEEDED ? "done"
                          : r->state == R_CANCELLED ? "cancelled"
-                         : r->state == R_QUEUED ? "pending"
-                                                : "running";
+                         : r->state == R_QUEUED    ? "pending"
+                                                   : "running";
         if (i < r->stage) done_w += w > 0 ? w : 1, done_s += r->stage_secs[i];
         json_array_append_new(stages, json_pack("{s:s, s:s, s:f}", "name", stage_name(r, i),
                                                 "state", st, "seconds", r->stage_secs[i]));
     }
     double el = r->t_stage0 > 0 ? (wire_now_ms() - r->t_stage0) / 1000 : 0;
-    double frac = total_w > 0 ? (done_w + (r->stage < r->n_stages ? 0.5 : 0) *
-                                              json_number_value(json_object_get(stage_at(r, r->stage), "weight"))) /
-                                    total_w
-                              : 0;
+    double frac =
+        total_w > 0
+            ? (done_w + (r->stage < r->n_stages ? 0.5 : 0) *
+                            json_number_value(json_object_get(stage_at(r, r->stage), "weight"))) /
+                  total_w
+            : 0;
     double spent = done_s + el;
-    json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:i, s:i, s:s, s:f, s:f, s:o}", "name",
-                          r->name, "state", state_names[r->state], "reason", r->reason, "run_dir",
-                          r->dir, "stage", r->stage < r->n_stages ? stage_name(r, r->stage) : "",
-                          "stage_index", r->stage, "n_stages", r->n_stages, "progress", prog,
-                          "submitted_unix", r->submitted_unix, "updated_unix", r->updated_unix,
-                          "stages", stages);
+    json_t *o =
+        json_pack("{s:s, s:s, s:s, s:s, s:s, s:i, s:i, s:s, s:f, s:f, s:o}", "name", r->name,
+                  "state", state_names[r->state], "reason", r->reason, "run_dir", r->dir, "stage",
+                  r->stage < r->n_stages ? stage_name(r, r->stage) : "", "stage_index", r->stage,
+                  "n_stages", r->n_stages, "progress", prog, "submitted_unix", r->submitted_unix,
+                  "updated_unix", r->updated_unix, "stages", stages);
     json_object_set_new(o, "elapsed_s", json_real(el));
-    json_object_set_new(o, "eta_s", r->state == R_RUNNING && done_w > 0 && frac > 0 && frac < 1
-                                        ? json_real(spent / frac * (1 - frac))
-                                        : json_null());
+    json_object_set_new(o, "eta_s",
+                        r->state == R_RUNNING && done_w > 0 && frac > 0 && frac < 1
+                            ? json_real(spent / frac * (1 - frac))
+                            : json_null());
     if (r->ppo)
         json_object_set_new(o, "iteration", json_integer((json_int_t)json_array_size(r->metrics)));
     return o;
@@ -1302,7 +1373,8 @@ int mrun_replay(master_t *m, const Rlhf__JournalRecord *rec) {
         if (ri < 0) return 0;
         mrun_t *r = &m->runs[ri];
         size_t i = (size_t)rec->iteration->iteration;
-        while (json_array_size(r->metrics) > i) json_array_remove(r->metrics, json_array_size(r->metrics) - 1);
+        while (json_array_size(r->metrics) > i)
+            json_array_remove(r->metrics, json_array_size(r->metrics) - 1);
         if (rec->iteration->metrics_line && rec->iteration->metrics_line[0]) {
             if (json_array_size(r->metrics) != i)
                 return rl_fail(RL_EFORMAT, "journal: run %s: iteration %zu after %zu", r->name, i,

@@ -6,10 +6,16 @@ W=$(mktemp -d "${TMPDIR:-/tmp}/rlhf-rt-XXXXXX")
 PIDS=()
 pass=0 fail=0
 cleanup() {
+    # local clusters that commands started in the test's directories (rlhf run, rlhf ppo)
+    for d in $(find "$W" -maxdepth 3 -name .cluster -type d 2>/dev/null); do
+        [ -n "${BIN:-}" ] && "$BIN/rlhf" down --data-dir "$(dirname "$d")" >/dev/null 2>&1
+    done
     for p in "${PIDS[@]}"; do kill -CONT "$p" 2>/dev/null; kill -KILL "$p" 2>/dev/null; done
     wait 2>/dev/null
     if [ "$fail" -ne 0 ]; then
-        for f in "$W"/*.log; do echo "--- $f"; tail -n 40 "$f"; done
+        for f in "$W"/*.log "$W"/.cluster/*.log; do
+            [ -f "$f" ] && echo "--- $f" && tail -n 40 "$f"
+        done
     fi
     [ -n "${KEEP:-}" ] || rm -rf "$W"
 }

@@ -38,9 +38,11 @@ check "mean reward rises from < 1 to > 8 (of 16)" \
 check "policy versions advance one per iteration" \
     jq -e -s '[.[].policy_version] == [range(1; 21)]' learn/metrics.jsonl
 check "both rollout workers generated" \
-    test "$(grep -l 'runs with weights version' learn/cluster/worker-rollout-*.log | wc -l)" -eq 2
+    test "$(grep -l 'runs with weights version' .cluster/worker-rollout-*.log | wc -l)" -eq 2
 check "rollout workers fetched weights (one sync line per version)" \
-    grep -q "synced:.*GB/s" learn/cluster/worker-rollout-0.log
+    grep -q "synced:.*GB/s" .cluster/worker-rollout-0.log
+check "the run ran in the local cluster of the data directory" \
+    jq -e '.state == "succeeded"' <("$R" status learn --json --data-dir .)
 check "metrics have every figure" jq -e -s 'all(.[]; .ppo.kl_k1 != null and .ppo.kl_k3 != null and
     .ppo.entropy != null and .ppo.clipfrac != null and .ppo.approx_kl != null and
     .ppo.explained_var != null and .ppo.value_loss != null and .ppo.kl_coef != null and
@@ -67,10 +69,10 @@ two_done() { [ "$(iters)" -ge 2 ]; }
 check "two iterations before the kills" wait_for 60 two_done
 # the kills come first: on a loaded machine the run could otherwise finish while /metrics is
 # being checked, and there would be nothing left to kill
-lpid=$(jq -r '.worker_pids[-1]' K/cluster/local.json)
-rpid=$(jq -r '.worker_pids[0]' K/cluster/local.json)
+lpid=$(jq -r '.worker_pids[.worker_roles | index("learner")]' .cluster/local.json)
+rpid=$(jq -r '.worker_pids[.worker_roles | index("rollout")]' .cluster/local.json)
 kill -KILL "$lpid" "$rpid"
-port=$(jq -r .http_port K/cluster/master.json)
+port=$(jq -r .http_port .cluster/master.json)
 curl -sf "http://127.0.0.1:$port/metrics" >K.metrics
 check "/metrics has the newest PPO figures" grep -q "^rlhf_ppo_kl_k1 " K.metrics
 check "... and the policy version" grep -q "^rlhf_ppo_policy_version [1-9]" K.metrics
@@ -79,7 +81,7 @@ if command -v promtool >/dev/null; then
 fi
 wait "$DPID"
 check "the run completes after the kills" test "$(iters)" -eq 6
-check "the learner was restarted" grep -q "worker 3 exited" K/cluster/local.log
+check "the learner was restarted" grep -q "worker 3 exited" .cluster/local.log
 check "killed run = undisturbed run (metrics)" same_run A K
 check "killed run = undisturbed run (weights)" cmp -s A/policy/model.safetensors K/policy/model.safetensors
 
@@ -88,4 +90,8 @@ check "killed run = undisturbed run (weights)" cmp -s A/policy/model.safetensors
 check "a missing prompts file is an error" grep -q "nope.jsonl" err
 "$R" ppo "${COMMON[@]}" --set nonsense=1 --out bad >/dev/null 2>err
 check "an unknown PPO setting is named" grep -q "nonsense" err
+pids=$(jq -r '[.supervisor_pid, .master_pid] + .worker_pids | .[]' .cluster/local.json)
+"$R" down --data-dir . >/dev/null
+gone() { for p in $pids; do ! kill -0 "$p" 2>/dev/null || return 1; done; }
+check "rlhf down stops the local cluster, every process of it" wait_for 10 gone
 finish

@@ -45,23 +45,34 @@ check "the resolved config is recorded" jq -e '."ppo.iterations" == "3" and .see
 "$R" run tiny.yaml >/dev/null 2>run2.err
 check "a second run skips every stage" test "$(grep -c 'done earlier' run2.err)" -eq 13
 
-# killed in the middle of SFT, then started again (2000 steps: several seconds here, so that
-# SFT cannot finish between the check below and the kill on a fast machine)
+# the client killed in the middle of SFT: the run is the master's, it goes on; the same command
+# follows it again to the end (2000 steps: several seconds here, so that SFT cannot finish
+# between the check below and the kill on a fast machine)
 rm -rf run
 setsid "$R" run tiny.yaml --set sft.steps=2000 >/dev/null 2>cut.err &
 RPID=$!
 PIDS+=("$RPID")
-in_sft() { grep -q "sft .*running\|\[4/13\] sft" cut.err; }
+in_sft() { grep -q "\[4/13\] sft" cut.err; }
 check "the run reaches SFT" wait_for 60 in_sft
 sleep 0.5
 kill -KILL -- -"$RPID" 2>/dev/null
 wait "$RPID" 2>/dev/null
-check "no SFT marker after the kill" test ! -e run/stages/sft.json
-check "finished stages kept their markers" test -e run/stages/task.json -a -e run/stages/init.json
-"$R" run tiny.yaml --set sft.steps=2000 --set ppo.iterations=1 >/dev/null 2>resume.err
-check "the rerun skips what was done" grep -q "task .*done earlier" resume.err
-check "... and finishes" grep -q "all stages done" resume.err
-check "--set reached the stage" jq -e '."sft.steps" == "2000" and ."ppo.iterations" == "1"' run/config.json
+check "no SFT marker yet when the client is killed" test ! -e run/stages/sft.json
+check "the run goes on without its client" wait_for 120 test -e run/stages/sft.json
+"$R" run tiny.yaml --set sft.steps=2000 --set ppo.iterations=1 >/dev/null 2>other.err
+check "another plan for a run that is running is refused" grep -q "cancel it first" other.err
+"$R" run tiny.yaml --set sft.steps=2000 >/dev/null 2>resume.err
+check "the same command follows it to the end" grep -q "all stages done" resume.err
+check "... without showing the log again from the start" test "$(grep -c '\[1/13\] task' resume.err)" -eq 0
+check "--set reached the stage" jq -e '."sft.steps" == "2000"' run/config.json
+"$R" run tiny.yaml --set sft.steps=2000 --set ppo.iterations=1 >/dev/null 2>again.err
+check "a finished run with another plan runs again, skipping finished stages" \
+    grep -q "ppo .*done earlier" again.err
+check "--set reached the config" jq -e '."ppo.iterations" == "1"' run/config.json
+"$R" runs --data-dir . >runs.out
+check "rlhf runs lists it" grep -q "^run .*succeeded" runs.out
+"$R" wait run --data-dir . >/dev/null
+check "rlhf wait: 0 for a run that succeeded" test $? -eq 0
 
 # bad configs
 printf 'run_dir: x\nstages: [task]\ntask:\n  prompt: 3\n' >bad1.yaml

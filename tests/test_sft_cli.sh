@@ -7,6 +7,11 @@ set -u
 RLHF=${1:?usage: test_sft_cli.sh PATH/TO/rlhf}
 W=$(mktemp -d "${TMPDIR:-/tmp}/rlhf-sft-XXXXXX")
 trap 'rm -rf "$W"' EXIT
+# results_of RUN_DIR: the job ends in the journal of that master (a file; its path printed)
+results_of() {
+    "$(dirname "$RLHF")/rlhf-master" --dump-results "$1" >"$1.results" 2>/dev/null || true
+    echo "$1.results"
+}
 pass=0 fail=0
 ok() { pass=$((pass + 1)); echo "ok   $1"; }
 bad() { fail=$((fail + 1)); echo "FAIL $1"; }

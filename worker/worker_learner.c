@@ -410,6 +410,10 @@ static int train_run(learner_t *l, const worker_job_t *job, const Rlhf__TrainSpe
              job->job_id, sp->step, at - 1);
         return output_copy(l->result, l->result_len, 1, out, out_len);
     }
+    /* behind the job (an earlier job of the training not applied yet, or lost with a crash):
+     * another attempt, once the job before it ran, succeeds - transient; ahead of it without
+     * its recorded result: the job cannot be applied again - its spec is the problem */
+    if (at < sp->step && job->verdict) *job->verdict = WORKER_VERDICT_TRANSIENT;
     if (at != sp->step)
         return rl_fail(RL_ERANGE,
                        "train: the learner is at step %" PRIu64 ", job %" PRIu64

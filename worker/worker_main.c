@@ -419,8 +419,7 @@ static void on_message(worker_t *w, wire_msg_t *msg) {
             (a->version >= w->weights_announced || other)) {
             if (other && wsync_replica_version(&w->weights) > a->version) {
                 wsync_replica_drop(&w->weights);
-                wlog(w, "weights: version %" PRIu64 " at a new endpoint: dropped ours",
-                     a->version);
+                wlog(w, "weights: version %" PRIu64 " at a new endpoint: dropped ours", a->version);
             }
             pthread_mutex_lock(&w->weights_mu);
             snprintf(w->weights_ep, sizeof w->weights_ep, "%s", a->endpoint);

@@ -47,6 +47,7 @@ struct ppo_state {
     char run_dir[4096], master[256];
     char tok_dir[CKPT_PATH_LEN + 32]; /* the policy's directory: its tokenizer */
     int loaded;
+    char ckpt_seen[64]; /* the checkpoint it loaded or wrote last ("": none) */
     gpt_t *policy, *value;
     ppo_learner_t l;
     uint64_t last_job;
@@ -99,6 +100,7 @@ static void unload(ppo_state_t *ps) {
     ps->last_out_len = 0;
     ps->last_job = 0;
     ps->loaded = 0;
+    ps->ckpt_seen[0] = 0;
 }
 
 int ppo_state_switch(ppo_state_t *ps, const char *run_dir) {
@@ -250,7 +252,28 @@ static int ckpt_write(ppo_state_t *ps, uint64_t iteration, char *dir) {
         b.oom ? rl_fail(RL_ENOMEM, "checkpoint: out of memory")
               : ckpt_save(ps->run_dir, CKPT_KIND_PPO, iteration, ms, 2, b.p, b.n, "learner", dir);
     free(b.p);
+    if (rc == 0) {
+        const char *base = strrchr(dir, '/');
+        snprintf(ps->ckpt_seen, sizeof ps->ckpt_seen, "%.63s", base ? base + 1 : dir);
+    }
     return rc;
+}
+
+/* Whether the checkpoint directory's newest checkpoint (its ppo-latest) is still the one this
+ * learner loaded or wrote last: not when the directory was removed or another learner wrote
+ * there since - the state in memory is then not this training's any more. */
+static int disk_agrees(const ppo_state_t *ps) {
+    char path[CKPT_PATH_LEN + 32], *name = NULL;
+    size_t len = 0;
+    snprintf(path, sizeof path, "%s/ppo-latest", ps->run_dir);
+    if (fs_read_all(path, &name, &len) < 0) {
+        rl_err_clear();
+        return ps->ckpt_seen[0] == 0;
+    }
+    int same = strlen(ps->ckpt_seen) == strcspn(name, "\n") &&
+               !strncmp(name, ps->ckpt_seen, strlen(ps->ckpt_seen));
+    free(name);
+    return same;
 }
 
 /* ckpt_accept_fn: the checkpoint's models and payload become the PPO state (ctx: a
@@ -304,6 +327,8 @@ static int ckpt_take(void *ctx, ckpt_t *c) {
     ps->value = c->models[1];
     c->models[0] = c->models[1] = NULL;
     snprintf(ps->tok_dir, sizeof ps->tok_dir, "%s/%s", c->dir, ckpt_models[0]);
+    const char *base = strrchr(c->dir, '/');
+    snprintf(ps->ckpt_seen, sizeof ps->ckpt_seen, "%.63s", base ? base + 1 : c->dir);
     fprintf(stderr, "learner: resumed from %s at iteration %ld\n", c->dir, l->iteration);
     return 0;
 }
@@ -396,11 +421,25 @@ int worker_ppo(ppo_state_t *ps, const worker_job_t *job, const Rlhf__TrainSpec *
     if (rc < 0) return rc;
     cfg.seed = sp->seed;
     if (sp->policy_dir) snprintf(ps->tok_dir, sizeof ps->tok_dir, "%s", sp->policy_dir);
+    if (sp->n_rollouts == 0 && ps->loaded && !disk_agrees(ps)) {
+        fprintf(stderr, "learner: %s changed under us: loading it again\n", ps->run_dir);
+        unload(ps);
+    }
     if ((rc = ensure_loaded(ps, sp, &cfg)) < 0) {
         unload(ps);
         return rc;
     }
     uint64_t at = (uint64_t)ps->l.iteration;
+    if (sp->n_rollouts == 0) {
+        /* an attach request (the master starting or resuming the loop): where the learner
+         * stands, whatever the iteration asked - it serves those weights (ensure_loaded
+         * published them) */
+        Rlhf__PpoOutput po = RLHF__PPO_OUTPUT__INIT;
+        po.iteration = at;
+        po.policy_version = at;
+        po.stats_json = "{}";
+        return pack_output(&po, out, out_len);
+    }
     if (at == sp->iteration + 1 && ps->last_job == job->job_id && ps->last_out) {
         /* applied before (a retry after a lost result): the recorded result */
         Rlhf__TrainOutput *to = rlhf__train_output__unpack(NULL, ps->last_out_len, ps->last_out);
@@ -424,13 +463,6 @@ int worker_ppo(ppo_state_t *ps, const worker_job_t *job, const Rlhf__TrainSpec *
                        "ppo: the learner stands at iteration %" PRIu64 ", not %" PRIu64
                        " (resume from there)",
                        at, sp->iteration);
-    if (sp->n_rollouts == 0) { /* a "stand and publish" request (a resuming driver) */
-        Rlhf__PpoOutput po = RLHF__PPO_OUTPUT__INIT;
-        po.iteration = at;
-        po.policy_version = at;
-        po.stats_json = "{}";
-        return pack_output(&po, out, out_len);
-    }
     ppo_seq_t *seqs = calloc(sp->n_rollouts, sizeof *seqs);
     if (!seqs) return rl_fail(RL_ENOMEM, "out of memory");
     for (size_t i = 0; rc == 0 && i < sp->n_rollouts; i++) {

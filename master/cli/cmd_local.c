@@ -175,10 +175,14 @@ static pid_t start_worker(sup_t *s, int i) {
 }
 
 static void write_local_json(sup_t *s) {
-    json_t *w = json_array();
-    for (int i = 0; i < s->n_workers; i++) json_array_append_new(w, json_integer(s->workers[i]));
-    json_t *o = json_pack("{s:i, s:i, s:s, s:o}", "supervisor_pid", (int)getpid(), "master_pid",
-                          (int)s->master, "endpoint", s->endpoint, "worker_pids", w);
+    json_t *w = json_array(), *roles = json_array();
+    for (int i = 0; i < s->n_workers; i++) {
+        json_array_append_new(w, json_integer(s->workers[i]));
+        json_array_append_new(roles, json_string(s->roles[i]));
+    }
+    json_t *o =
+        json_pack("{s:i, s:i, s:s, s:o, s:o}", "supervisor_pid", (int)getpid(), "master_pid",
+                  (int)s->master, "endpoint", s->endpoint, "worker_pids", w, "worker_roles", roles);
     char *txt = json_dumps(o, JSON_COMPACT), path[1100];
     json_decref(o);
     snprintf(path, sizeof path, "%.1000s/local.json", s->run_dir);

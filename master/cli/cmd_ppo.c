@@ -380,8 +380,8 @@ static int ppo_prep_write(const ppo_prep_t *s) {
         o->max_new, "temperature", (double)o->temperature, "per_job", o->per_job,
         "checkpoint_every", o->ckpt_every, "seed", (json_int_t)o->seed, "gold", o->gold,
         "count_token", o->count_token, "eot", s->eot, "vocab", s->vocab, "score_mean", s->s_mean,
-        "score_std", s->s_std, "config_json", s->cfg_json, "prompts", prompts, "n_prompts",
-        s->ps.n, "train_threads", ppo_train_threads(o));
+        "score_std", s->s_std, "config_json", s->cfg_json, "prompts", prompts, "n_prompts", s->ps.n,
+        "train_threads", ppo_train_threads(o));
     char *txt = plan ? json_dumps(plan, JSON_INDENT(2)) : NULL;
     json_decref(plan);
     return write_out(s, "ppo_plan.json", txt, txt ? strlen(txt) : 0, plan_path, sizeof plan_path);
@@ -457,8 +457,10 @@ static json_t *ppo_plan(const ppo_opts_t *o, const char *cwd, const char *name, 
     json_t *stage = json_pack("{s:s, s:s, s:i, s:o}", "name", "ppo", "summary",
                               "stage 3: PPO (master, rollout, reward and learner workers)",
                               "weight", 1, "argv", av);
-    return json_pack("{s:s, s:I, s:s, s:[o]}", "name", name, "seed", (json_int_t)o->seed, "cwd",
-                     cwd, "stages", stage);
+    /* "only": a tool run again (more iterations, other settings) runs its stage again - it
+     * continues from the iterations already done - instead of finding it done earlier */
+    return json_pack("{s:s, s:I, s:s, s:s, s:[o]}", "name", name, "seed", (json_int_t)o->seed,
+                     "cwd", cwd, "only", "ppo", "stages", stage);
 }
 
 int cmd_ppo(int argc, char **argv) {
