@@ -16,6 +16,7 @@
 
 #include "base/err.h"
 #include "master_http.h"
+#include "master_run.h"
 
 struct master_http {
     h2o_globalconf_t config;
@@ -102,6 +103,17 @@ json_t *master_status_json(master_t *m) {
         "bad_messages", bad, "messages", "received", (json_int_t)m->n_recv, "sent",
         (json_int_t)m->n_sent);
     json_object_set_new(st, "jobs_by_kind", kinds);
+    journal_stats_t jst = {0};
+    if (m->journal) journal_stats(m->journal, &jst);
+    json_object_set_new(st, "journal",
+                        json_pack("{s:I, s:I, s:I, s:I, s:f}", "records",
+                                  (json_int_t)m->n_journal_records, "fsyncs",
+                                  (json_int_t)jst.fsyncs, "bytes", (json_int_t)jst.bytes_appended,
+                                  "records_replayed", (json_int_t)jst.records_replayed, "replay_ms",
+                                  jst.replay_ms));
+    json_t *rs = mrun_status(m, -1); /* {"runs": [...]}: the runs this master holds */
+    json_object_set(st, "runs", json_object_get(rs, "runs"));
+    json_decref(rs);
     json_object_set_new(st, "clients", cs);
     json_object_set_new(st, "submissions",
                         json_pack("{s:I, s:I, s:I, s:I}", "submitted", (json_int_t)m->n_submitted,
@@ -164,6 +176,8 @@ char *master_metrics_text(master_t *m, size_t *len) {
     for (int st = 0; st < 4; st++)
         sb_printf(&b, "rlhf_jobs{state=\"%s\"} %d\n", states[st],
                   sched_count(s, (sched_state_t)st));
+    journal_stats_t js = {0};
+    if (m->journal) journal_stats(m->journal, &js);
     struct {
         const char *name, *help;
         uint64_t v;
@@ -177,8 +191,13 @@ char *master_metrics_text(master_t *m, size_t *len) {
         {"rlhf_leases_expired_total", "Leases that passed their deadline.", s->n_expired},
         {"rlhf_worker_deaths_total", "Workers declared dead or gone.", s->n_worker_deaths},
         {"rlhf_worker_registrations_total", "Hello messages accepted.", m->n_registrations},
-        {"rlhf_results_recorded_total", "Result records written to results.jsonl.",
+        {"rlhf_results_recorded_total", "Job ends (results and failures) written to the journal.",
          m->n_results_recorded},
+        {"rlhf_journal_records_total", "Records appended to the journal.", m->n_journal_records},
+        {"rlhf_journal_fsyncs_total", "fdatasync calls of the journal (group commits).", js.fsyncs},
+        {"rlhf_journal_bytes_total", "Bytes appended to the journal.", js.bytes_appended},
+        {"rlhf_journal_compactions_total", "Snapshots written (the journal compacted).",
+         js.compactions},
         {"rlhf_wire_messages_received_total", "Messages received on the ROUTER socket.", m->n_recv},
         {"rlhf_wire_messages_sent_total", "Messages sent on the ROUTER socket.", m->n_sent},
         {"rlhf_wire_send_failures_total", "Sends refused (peer gone or its queue full).",
