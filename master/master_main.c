@@ -1248,13 +1248,88 @@ static int write_master_json(master_t *m) {
 
 static const char usage_text[] =
     "usage: rlhf-master [--config FILE] [--set KEY=VALUE]... [--bind EP] [--run-dir DIR]\n"
-    "                   [--http-port N] [--heartbeat-ms N] [--liveness N] [--lease-ms N]\n"
-    "                   [--exit-when-done]\n\n"
-    "Runs the master of one run: the job queue, the worker registry, HTTP status. Jobs come\n"
-    "from clients (common/net/client.h). --exit-when-done stops it once it has been given\n"
-    "jobs and every one of them is finished.\n"
+    "                   [--data-dir DIR] [--http-port N] [--heartbeat-ms N] [--liveness N]\n"
+    "                   [--lease-ms N] [--exit-when-done]\n"
+    "       rlhf-master --dump-results DIR\n"
+    "       rlhf-master --run-dir DIR --bench-journal N\n\n"
+    "Runs a master: the runs it owns (each in DATA_DIR/NAME; --data-dir defaults to the run\n"
+    "directory), the job queue, the worker registry, HTTP status, and its journal in\n"
+    "RUN_DIR/journal, replayed at start. Runs and jobs come from clients (rlhf run;\n"
+    "common/net/client.h). --exit-when-done stops it once it has been given jobs and every one\n"
+    "of them is finished. --dump-results prints the job ends in DIR's journal as JSON lines\n"
+    "(only reading it). --bench-journal writes a journal of N finished jobs in DIR and times\n"
+    "the replay a starting master does of it.\n"
     "Options other than --config are shorthands for --set of the config keys (master.bind,\n"
     "run_dir, master.http_port, ...); they apply in order after the file.\n";
+
+/* --bench-journal N: N client jobs (created, leased, ended with a 64-byte output: the records a
+ * finished GENERATE job leaves) appended to a fresh journal in RUN_DIR/journal with a group
+ * commit every 512 records, then replayed as a starting master replays (the scheduler rebuilt).
+ * Prints {"jobs","records","bytes","write_s","replay_s","jobs_per_s"}. */
+static int bench_journal(master_t *m, long n) {
+    char dir[4200];
+    snprintf(dir, sizeof dir, "%.4000s/journal", m->cfg.run_dir);
+    if (fs_remove_tree(dir) < 0 && errno != ENOENT) return -1;
+    master_ns_index(m, "");
+    m->journal = journal_open(dir, NULL, NULL);
+    if (!m->journal) return -1;
+    uint8_t out[64];
+    for (int i = 0; i < 64; i++) out[i] = (uint8_t)(i * 7);
+    double t0 = wire_now_ms();
+    for (long id = 1; id <= n; id++) {
+        Rlhf__JournalRecord rec = RLHF__JOURNAL_RECORD__INIT;
+        Rlhf__JournalJob jj = RLHF__JOURNAL_JOB__INIT;
+        Rlhf__JobSpec js = RLHF__JOB_SPEC__INIT;
+        js.id = (uint64_t)id;
+        js.kind = RLHF__JOB_KIND__JOB_KIND_GENERATE;
+        js.seed = mix64((uint64_t)id) >> 1;
+        js.lease_ms = 30000;
+        js.payload.data = out;
+        js.payload.len = 48;
+        jj.ns = "";
+        jj.spec = &js;
+        rec.body_case = RLHF__JOURNAL_RECORD__BODY_JOB;
+        rec.job = &jj;
+        master_journal(m, &rec, 0);
+        Rlhf__JournalLease l = RLHF__JOURNAL_LEASE__INIT;
+        l.ns = "";
+        l.id = (uint64_t)id;
+        l.attempt = 1;
+        l.worker = "bench-worker-1";
+        rec.body_case = RLHF__JOURNAL_RECORD__BODY_LEASE;
+        rec.lease = &l;
+        master_journal(m, &rec, 0);
+        Rlhf__JournalJobEnd e = RLHF__JOURNAL_JOB_END__INIT;
+        e.ns = "";
+        e.id = (uint64_t)id;
+        e.status = RLHF__JOB_STATUS__JOB_STATUS_DONE;
+        e.attempt = 1;
+        e.worker = "bench-worker-1";
+        e.elapsed_ms = 12.5;
+        e.output.data = out;
+        e.output.len = sizeof out;
+        rec.body_case = RLHF__JOURNAL_RECORD__BODY_JOB_END;
+        rec.job_end = &e;
+        master_journal(m, &rec, id % 171 == 0);
+        if (m->stopping) return -1;
+    }
+    journal_sync(m->journal);
+    journal_stats_t st;
+    journal_stats(m->journal, &st);
+    double write_s = (wire_now_ms() - t0) / 1e3;
+    journal_close(&m->journal);
+    sched_free(&m->sched);
+    sched_init(&m->sched, 5, 0);
+    t0 = wire_now_ms();
+    if (journal_start(m) < 0) return -1;
+    double replay_s = (wire_now_ms() - t0) / 1e3;
+    int done = sched_count(&m->sched, SCHED_DONE);
+    printf("{\"jobs\":%ld,\"records\":%llu,\"bytes\":%llu,\"write_s\":%.3f,\"replay_s\":%.3f,"
+           "\"jobs_per_s\":%.0f,\"jobs_done_after_replay\":%d}\n",
+           n, (unsigned long long)st.appends, (unsigned long long)st.bytes_appended, write_s,
+           replay_s, n / (replay_s > 0 ? replay_s : 1e-9), done);
+    return done == n ? 0 : rl_fail(RL_EFORMAT, "replayed %d done jobs of %ld", done, n);
+}
 
 int main(int argc, char **argv) {
     static master_t M;
@@ -1266,6 +1341,7 @@ int main(int argc, char **argv) {
                                          {"run-dir", required_argument, 0, 'r'},
                                          {"data-dir", required_argument, 0, 'd'},
                                          {"dump-results", required_argument, 0, 'D'},
+                                         {"bench-journal", required_argument, 0, 'B'},
                                          {"http-port", required_argument, 0, 'p'},
                                          {"heartbeat-ms", required_argument, 0, 'H'},
                                          {"liveness", required_argument, 0, 'L'},
@@ -1284,6 +1360,7 @@ int main(int argc, char **argv) {
         }
     }
     int c, rc = 0;
+    long bench_n = 0;
     char kv[1400];
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         const char *key = NULL;
@@ -1301,6 +1378,9 @@ int main(int argc, char **argv) {
             break;
         case 'd':
             snprintf(m->data_dir, sizeof m->data_dir, "%s", optarg);
+            continue;
+        case 'B':
+            bench_n = strtol(optarg, NULL, 10);
             continue;
         case 'D':
             if (master_dump_results(optarg, stdout) < 0) {
@@ -1370,6 +1450,14 @@ int main(int argc, char **argv) {
     uv_signal_init(m->loop, &m->sigterm);
     uv_signal_init(m->loop, &m->sigint);
     m->sigterm.data = m->sigint.data = m;
+    if (bench_n > 0) {
+        if (bench_journal(m, bench_n) < 0) {
+            fprintf(stderr, "rlhf-master: --bench-journal: %s\n", rl_errmsg());
+            return 1;
+        }
+        journal_close(&m->journal);
+        return 0;
+    }
     if (!m->data_dir[0]) snprintf(m->data_dir, sizeof m->data_dir, "%.4000s", m->cfg.run_dir);
     char abs_dir[4096];
     if (fs_mkdir_p(m->data_dir) == 0 && realpath(m->data_dir, abs_dir))
