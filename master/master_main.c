@@ -435,9 +435,9 @@ static int journal_start(master_t *m) {
     return 0;
 }
 
-/* Compacts when the journal's tail has grown past master.journal_compact_mb. */
+/* Compacts when the journal's tail has grown past master.journal_compact_bytes. */
 static void journal_maybe_compact(master_t *m) {
-    if (journal_tail_bytes(m->journal) < (uint64_t)64 << 20) return;
+    if (journal_tail_bytes(m->journal) < (uint64_t)m->cfg.journal_compact_bytes) return;
     double t0 = wire_now_ms();
     if (journal_compact(m->journal, snapshot_state, m) < 0)
         mlog("journal: compaction failed (%s): the journal goes on growing", rl_errmsg());

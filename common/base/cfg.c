@@ -39,6 +39,7 @@ static const cfg_key_t keys[] = {
     NUM("master.max_attempts", K_INT, max_attempts, 1, 1000),
     NUM("master.max_msg_bytes", K_I64, max_msg_bytes, 1024, 1LL << 40),
     NUM("master.exit_when_done", K_BOOL, exit_when_done, 0, 1),
+    NUM("master.journal_compact_bytes", K_I64, journal_compact_bytes, 4096, 1LL << 40),
 };
 #define N_KEYS (int)(sizeof keys / sizeof keys[0])
 
@@ -54,6 +55,7 @@ void cfg_defaults(cfg_run_t *c) {
     c->lease_ms = 60000;
     c->max_attempts = 5;
     c->max_msg_bytes = 64LL << 20;
+    c->journal_compact_bytes = 64LL << 20;
 }
 
 void cfg_free(cfg_run_t *c) {

@@ -23,18 +23,19 @@
 #define CFG_MAX_STAGES 32
 
 typedef struct {
-    char run_dir[1024];           /* run_dir: where results, journal and outputs live */
-    uint64_t seed;                /* seed: the run seed (jobs derive theirs from it) */
-    char bind[256];               /* master.bind: ZeroMQ endpoint of the ROUTER */
-    char http_host[64];           /* master.http_host: loopback unless configured otherwise */
-    int http_port;                /* master.http_port: 0 = any free port, -1 = no HTTP */
-    int heartbeat_ms;             /* master.heartbeat_ms */
-    int liveness;                 /* master.liveness: missed heartbeats before a worker is dead */
-    int lease_ms;                 /* master.lease_ms: default job lease */
-    int max_attempts;             /* master.max_attempts */
-    int64_t max_msg_bytes;        /* master.max_msg_bytes: ZMQ_MAXMSGSIZE per frame */
-    int exit_when_done;           /* master.exit_when_done: stop when every job is finished */
-    char *stages[CFG_MAX_STAGES]; /* stages: names, in order (owned) */
+    char run_dir[1024];            /* run_dir: where results, journal and outputs live */
+    uint64_t seed;                 /* seed: the run seed (jobs derive theirs from it) */
+    char bind[256];                /* master.bind: ZeroMQ endpoint of the ROUTER */
+    char http_host[64];            /* master.http_host: loopback unless configured otherwise */
+    int http_port;                 /* master.http_port: 0 = any free port, -1 = no HTTP */
+    int heartbeat_ms;              /* master.heartbeat_ms */
+    int liveness;                  /* master.liveness: missed heartbeats before a worker is dead */
+    int lease_ms;                  /* master.lease_ms: default job lease */
+    int max_attempts;              /* master.max_attempts */
+    int64_t max_msg_bytes;         /* master.max_msg_bytes: ZMQ_MAXMSGSIZE per frame */
+    int exit_when_done;            /* master.exit_when_done: stop when every job is finished */
+    int64_t journal_compact_bytes; /* master.journal_compact_bytes: snapshot past this tail */
+    char *stages[CFG_MAX_STAGES];  /* stages: names, in order (owned) */
     int n_stages;
     /* Keys outside the table above go here when set (the pipeline's stage options, checked by
      * `rlhf run`'s own table); without it they are unknown keys. Same contract as cfg_set. */

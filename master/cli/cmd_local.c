@@ -125,7 +125,9 @@ static pid_t start_master(sup_t *s) {
     args[n++] = "--run-dir", args[n++] = s->run_dir;
     if (s->data_dir[0]) args[n++] = "--data-dir", args[n++] = s->data_dir;
     args[n++] = "--bind", args[n++] = s->endpoint[0] ? s->endpoint : "tcp://127.0.0.1:*";
-    if (!s->config[0]) args[n++] = "--http-port", args[n++] = "0";
+    /* an ephemeral HTTP port (master.json names it) whatever the config says: two local
+     * clusters on one machine must not collide */
+    args[n++] = "--http-port", args[n++] = "0";
     args[n] = NULL;
     return spawn(args, log);
 }
@@ -588,6 +590,37 @@ static int cluster_endpoint(const char *dir, int wait_ms, char *ep, size_t n) {
     }
 }
 
+/* Whether a process of the cluster in dir runs another binary than the one next to us now
+ * (rebuilt since: its /proc/PID/exe is the old file). */
+static int cluster_stale(const char *dir) {
+    json_t *o = read_json(dir, "local.json");
+    char master[PATH_MAX + 32], worker[PATH_MAX + 32];
+    local_bin_path(master, sizeof master, "rlhf-master");
+    local_bin_path(worker, sizeof worker, "rlhf-worker");
+    struct stat bm, bw;
+    int stale = 0;
+    if (!o || stat(master, &bm) < 0 || stat(worker, &bw) < 0) {
+        json_decref(o);
+        return 0;
+    }
+    json_t *pids = json_deep_copy(json_object_get(o, "worker_pids"));
+    json_array_insert_new(pids, 0,
+                          json_integer(json_integer_value(json_object_get(o, "master_pid"))));
+    size_t i;
+    json_t *v;
+    json_array_foreach(pids, i, v) {
+        char exe[64];
+        struct stat se;
+        snprintf(exe, sizeof exe, "/proc/%lld/exe", (long long)json_integer_value(v));
+        const struct stat *want = i == 0 ? &bm : &bw;
+        if (stat(exe, &se) == 0 && (se.st_ino != want->st_ino || se.st_dev != want->st_dev))
+            stale = 1;
+    }
+    json_decref(pids);
+    json_decref(o);
+    return stale;
+}
+
 int local_cluster_ensure(const char *data_dir, char *ep, size_t n) {
     char dir[1100], lock[1200];
     cluster_dir(dir, sizeof dir, NULL, data_dir);
@@ -605,13 +638,35 @@ int local_cluster_ensure(const char *data_dir, char *ep, size_t n) {
         return rc;
     }
     rc = cluster_endpoint(dir, 15000, ep, n);
+    if (rc == 0 && cluster_stale(dir)) {
+        /* rebuilt since it started: a cluster of the old binaries would serve the new command
+         * (and it may not speak its protocol); its runs survive the restart (the journal) */
+        fprintf(stderr, "rlhf: the local cluster in %s runs an older build: restarting it\n", dir);
+        local_cluster_down(dir);
+        rc = RL_ENOTFOUND;
+    }
     if (rc == RL_ENOTFOUND) {
-        char self[PATH_MAX];
+        char self[PATH_MAX], conf[1200];
         local_bin_path(self, sizeof self, "rlhf");
+        /* the master's settings for this data directory, when there are any */
+        snprintf(conf, sizeof conf, "%.1000s/master.yaml", data_dir);
+        int has_conf = access(conf, R_OK) == 0;
         /* no --owner: the cluster outlives the command that needed it */
-        char *args[] = {self,      "up",       "--data-dir", (char *)data_dir, "--rollout",
-                        "2",       "--reward", "1",          "--learner",      "1",
-                        "--stage", "1",        NULL};
+        char *args[] = {self,
+                        "up",
+                        "--data-dir",
+                        (char *)data_dir,
+                        "--rollout",
+                        "2",
+                        "--reward",
+                        "1",
+                        "--learner",
+                        "1",
+                        "--stage",
+                        "1",
+                        has_conf ? "--config" : NULL,
+                        conf,
+                        NULL};
         rc = run_up(args, dir, ep, n);
     }
     close(fd); /* releases the lock */
