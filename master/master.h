@@ -98,6 +98,9 @@ int master_job_end_read(master_t *m, const sched_job_t *jb, Rlhf__JournalRecord 
  * under its id runs again. */
 void master_job_forget(master_t *m, sched_job_t *jb);
 
+/* A queued job failed without running (its run was cancelled): journaled, its client told. */
+void master_job_fail(master_t *m, sched_job_t *jb, const char *reason);
+
 /* Whether a finished job was forgotten (master_job_forget). */
 int master_job_forgotten(const sched_job_t *jb);
 

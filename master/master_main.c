@@ -898,6 +898,16 @@ static void on_result(master_t *m, const wire_msg_t *msg, int w, const Rlhf__Job
     dispatch_all(m);
 }
 
+void master_job_fail(master_t *m, sched_job_t *jb, const char *reason) {
+    if (jb->state != SCHED_QUEUED) return;
+    jb->state = SCHED_FAILED; /* its queue entry is skipped when reached */
+    m->sched.n_failed++;
+    free(jb->reason);
+    jb->reason = strdup(reason);
+    if (journal_job_end(m, jb, RLHF__JOB_STATUS__JOB_STATUS_FAILED, "", 0, NULL, reason, 1) == 0)
+        client_notify(m, jb, RLHF__JOB_STATUS__JOB_STATUS_FAILED, "", 0, NULL);
+}
+
 /* Failed jobs that have not been journaled yet (attempts spent): journaled once, their client
  * told. */
 static void record_failures(master_t *m) {

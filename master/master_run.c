@@ -1214,11 +1214,7 @@ int mrun_cancel(master_t *m, int ri, char *why, size_t n) {
      * stopped with its worker, and its result is then not used */
     for (int j = 0; j < m->sched.n_jobs; j++) {
         sched_job_t *jb = &m->sched.jobs[j];
-        if (jb->run == ri && jb->state == SCHED_QUEUED) {
-            jb->state = SCHED_FAILED;
-            free(jb->reason);
-            jb->reason = strdup("cancelled");
-        }
+        if (jb->run == ri && jb->state == SCHED_QUEUED) master_job_fail(m, jb, "cancelled");
     }
     run_log(m, r, "cancelled");
     run_set(m, r, R_CANCELLED, r->stage, "cancelled");
