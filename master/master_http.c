@@ -44,6 +44,8 @@ static const char *role_name(int r) {
         return "tool";
     case RLHF__ROLE__ROLE_CLIENT:
         return "client";
+    case RLHF__ROLE__ROLE_STAGE:
+        return "stage";
     default:
         return "unknown";
     }

@@ -1,8 +1,9 @@
 /*
- * master_main.c - rlhf-master: owns a run, schedules its jobs over ZeroMQ, serves HTTP status.
+ * master_main.c - rlhf-master: owns runs (master_run.c), schedules their jobs and its clients'
+ * over ZeroMQ, journals every state change, serves HTTP status.
  *
  *   rlhf-master [--config run.yaml] [--set key=value]... [--bind EP] [--run-dir DIR]
- *               [--http-port N] [--exit-when-done]
+ *               [--data-dir DIR] [--http-port N] [--exit-when-done]
  *
  * One single-threaded libuv loop drives everything. The ROUTER socket is integrated through
  * ZMQ_FD, which is edge-triggered: it becomes readable when ZMQ_EVENTS *may* have changed, and
@@ -12,27 +13,35 @@
  * drain handles at most DRAIN_BATCH messages, then lets HTTP run; a uv_idle handle, active only
  * while messages are left, keeps the loop from blocking until they are drained.
  *
- * Results are appended to RUN_DIR/results.jsonl (one line per job, fsync'ed before anything
- * else happens); on start the file is read back so a restarted master never runs or records a
- * finished job again. RUN_DIR/master.json gives the bound endpoint and HTTP port and the pid.
+ * The journal (RUN_DIR/journal, journal.h). Every state change is a JournalRecord appended as it
+ * happens: a job created (its spec), leased, ended (its packed output, or why it failed) or
+ * forgotten, a weights version announced, and the runs' records (master_run.c). The same
+ * uv_prepare handle, once the drain is done, makes the turn's records durable with one
+ * fdatasync (group commit); what must be durable before it is acted on (a run submitted, an
+ * iteration committed) syncs at once. Nothing is lost by acting before the group commit: a job
+ * whose end was not yet durable runs again after a crash and gives the same result (a job's
+ * result is a function of its spec). On start the master replays the newest snapshot and the
+ * segments after it (a torn last record cut off): finished jobs answer from their records, jobs
+ * that had not finished are queued again, runs go on where they stood. Past
+ * master.journal_compact_bytes of tail the live state is written as a snapshot, so replay stays
+ * bounded. RUN_DIR/master.json gives the bound endpoint and HTTP port and the pid.
  *
- * Clients. Every job comes from a client: a driver (`rlhf generate`, `rlhf ppo`, `rlhf bench
- * wire`, tests/client_tool.c; common/net/client.h) that connects like a worker, says Hello with
- * ROLE_CLIENT (it is never assigned jobs), heartbeats, and sends SubmitJobs / FetchResults
- * (proto/rlhf.proto). A job is scheduled to a live worker with its kind among its capabilities
- * (and of its role when the spec names one), held back until the weights version it names has
- * been announced, and recorded once in results.jsonl; the client that last submitted or fetched
- * it gets a JobDone with the packed output. The master schedules by the JobSpec fields (id,
+ * Clients. Jobs come from the runs (master_run.c) and from clients: drivers (the stage commands
+ * `rlhf generate`, `rlhf sft`, `rlhf train-rm`, `rlhf bench wire`, tests/client_tool.c;
+ * common/net/client.h) that connect like a worker, say Hello with ROLE_CLIENT and a namespace
+ * (never assigned jobs), heartbeat, and send SubmitJobs / FetchResults (proto/rlhf.proto); runs
+ * come as RunSubmit / RunQuery / RunCancel. A job id is unique within its namespace. A job is
+ * scheduled to a live worker with its kind among its capabilities (and of its role when the
+ * spec names one), held back until the weights version it names has been announced, and its
+ * end journaled once; the client that last submitted or fetched it gets a JobDone with the
+ * packed output (or the reason it failed). The master schedules by the JobSpec fields (id,
  * kind, role, seed, lease, policy_version) and treats the payload - the kind's packed spec - as
- * opaque bytes: the worker decodes it and rejects a job whose spec is not valid, which ends,
- * like any rejection, in a retry and after max_attempts in a "failed" record.
+ * opaque bytes: the worker decodes it and rejects a job whose spec is not valid. A rejection
+ * says whether the job's input is at fault (deterministic: failed at once, the worker's reason
+ * kept), the environment (held back without spending an attempt) or neither (retried).
  * Submission is idempotent by id: the same spec again is accepted (a finished job answers at
- * once from its record); another spec under a known id is rejected. A JobSpec with an invalid
- * field is rejected with its reason and counted as a malformed message.
- * Every record carries "spec_hash" (the job's identity: kind, seed, policy_version, payload)
- * and "output_b64" (the packed output, base64), so that after a restart the master still
- * answers FetchResults and recognises resubmissions of finished jobs. Unfinished submitted jobs
- * are lost with the master: clients submit them again when they see a new master_id.
+ * once from its record, a failed one runs again); another spec under a known id is rejected. A
+ * JobSpec with an invalid field is rejected with its reason and counted as a malformed message.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -448,7 +457,7 @@ static void journal_maybe_compact(master_t *m) {
 /* ---- job seeds ------------------------------------------------------------------------------ */
 
 /* splitmix64's finaliser: a job submitted without a seed gets mix64(run seed ^ mix64(id)) >> 1
- * (63 bits: the seed stays a non-negative integer in results.jsonl). */
+ * (63 bits: the seed stays a non-negative integer in JSON). */
 static uint64_t mix64(uint64_t x) {
     x += 0x9e3779b97f4a7c15ULL;
     x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
@@ -501,7 +510,7 @@ void master_dispatch(master_t *m) {
 }
 
 /* exit_when_done's condition: this master has been given jobs (a restarted master knows the
- * finished ones from results.jsonl before any client resubmits the rest) and none is left. */
+ * finished ones from its journal before any client resubmits the rest) and none is left. */
 static int all_finished(master_t *m) {
     return m->n_submitted + m->n_resubmitted > 0 && sched_count(&m->sched, SCHED_QUEUED) == 0 &&
            sched_count(&m->sched, SCHED_LEASED) == 0;
@@ -1166,7 +1175,7 @@ static void on_zidle(uv_idle_t *h) {
  *   1. send a Heartbeat (with our master id) to every live worker;
  *   2. sched_tick: declare workers silent for heartbeat_ms * liveness dead and requeue their
  *      leases; requeue leases past their deadline (attempt + 1 at the next dispatch);
- *   3. record jobs that ran out of attempts as failed in results.jsonl;
+ *   3. journal jobs that ran out of attempts as failed; advance the runs (mrun_tick);
  *   4. dispatch queued jobs to idle workers;
  *   5. stop the master when exit_when_done is set and every job is finished.
  * ZMQ_EVENTS is re-checked after these sends by the uv_prepare handle before the loop blocks.

@@ -51,7 +51,7 @@ typedef struct {
     int ns;             /* index of its namespace (master_ns); 0: "" */
     int forgotten;      /* its record is gone: created again, it runs again */
     char *reason;       /* why it failed (the worker's reason), owned; NULL */
-    int64_t record_off; /* offset of its line in results.jsonl; -1: not recorded */
+    int64_t record_off; /* journal location of its end record; -1: not recorded */
     uint64_t spec_hash; /* identity of a job known only from its record; 0: hash the spec */
 } sched_job_t;
 

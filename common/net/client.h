@@ -22,7 +22,7 @@
  *   - every submitted job is delivered to client_wait's callback exactly once per submission,
  *     whatever happens in between: duplicate answers are dropped; a restarted master (a new
  *     master_id) gets every job not yet finished submitted again (jobs it had finished it
- *     answers from results.jsonl); lost answers are asked for again (FetchResults) every
+ *     answers from its journal); lost answers are asked for again (FetchResults) every
  *     fetch_ms while waiting.
  * One client_t belongs to one thread. It never prints; errors are RL_E* codes with the detail in
  * rl_errmsg().

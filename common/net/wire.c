@@ -194,6 +194,8 @@ const char *wire_job_kind_name(int k) {
         return "eval";
     case RLHF__JOB_KIND__JOB_KIND_NOOP:
         return "noop";
+    case RLHF__JOB_KIND__JOB_KIND_STAGE:
+        return "stage";
     default:
         return "unknown";
     }

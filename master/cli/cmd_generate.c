@@ -17,7 +17,7 @@
  * Sample i of a prompt is drawn with the seed derived from (--seed, prompt id) and stream i, so
  * the file does not depend on the number of workers or on which worker ran which prompt. An
  * interrupted run continues where it stopped when run again with the same arguments: the
- * master's RUN_DIR/cluster/results.jsonl records every finished prompt, and the restarted master
+ * master's journal records every finished prompt, and the restarted master
  * answers those from its records instead of generating them again. Other settings on the same
  * run directory give other specs under the same ids, which the master refuses.
  */

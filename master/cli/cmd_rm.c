@@ -204,8 +204,8 @@ static int save_model(gpt_t *m, const rm_data_t *d, const train_args_t *a, int p
  * cluster, checkpoints in RUN_DIR/learner); jobs go through the master's client API one after
  * the other. The learner draws each step's items exactly as the loop of train_run does (same
  * split, same epoch orders) and takes the same step (rm_grad on slices + rm_update), so one
- * shard gives the parameters of the in-process run. A job the master has recorded
- * (RUN_DIR/cluster/results.jsonl) is answered from its record, so running the same command
+ * shard gives the parameters of the in-process run. A job the master has recorded (its
+ * journal) is answered from its record, so running the same command
  * again after an interruption continues from the last finished job.
  */
 

@@ -329,8 +329,8 @@ done:
  * the master's client API. Each job carries its steps' batches, built here exactly as the
  * in-process loop builds them (same order, same padding), with the masked positions as target
  * -1: the masked mean loss is then the same number, so one shard gives the parameters of the
- * in-process run. A finished job is answered from the master's record (RUN_DIR/cluster/
- * results.jsonl): running the same command again after an interruption continues.
+ * in-process run. A finished job is answered from the master's record (its journal): running
+ * the same command again after an interruption continues.
  */
 
 typedef struct {
