@@ -103,7 +103,8 @@ void wire_logv(const char *who, const char *fmt, va_list ap);
 double wire_now_ms(void);
 uint64_t wire_now_ns(void);
 
-/* A job kind's name as in rlhf-master --dump-results and /metrics (Rlhf__JobKind; "unknown" otherwise). */
+/* A job kind's name as in rlhf-master --dump-results and /metrics (Rlhf__JobKind; "unknown"
+ * otherwise). */
 const char *wire_job_kind_name(int kind);
 
 #endif
