@@ -72,6 +72,7 @@ typedef struct {
     int backoff_ms;
     double next_reconnect_ms;
     atomic_int cancel;
+    atomic_int fetch_stop; /* the job thread's weights fetch stops: cancel, or a new endpoint */
     job_slot_t slot;
     /* weights (wsync.h): the live snapshot jobs run with, swapped only between jobs; the newest
      * version the master announced and where it is served. A sync thread fetches it as soon as
@@ -83,6 +84,7 @@ typedef struct {
     pthread_t sync_th;
     int sync_started;
     atomic_int syncing, sync_cancel;
+    atomic_int sync_stop; /* the sync thread's fetch stops: sync_cancel, or a new endpoint */
     double next_sync_ms;
     worker_state_t st; /* the role's state between jobs, handed to its handlers */
     char log_id[80];
@@ -195,6 +197,21 @@ static int weights_sync(worker_t *w, uint64_t need, atomic_int *cancel) {
     return rc;
 }
 
+/* weights_sync that follows the learner: the main thread raises *stop when quit is raised, and
+ * when weights are announced at another endpoint (a restarted learner: the old one will never
+ * answer, and a fetch from it would hold the replica for all its retries). A fetch stopped by
+ * the latter starts again from the new endpoint. Job and sync threads. */
+static int weights_sync_follow(worker_t *w, uint64_t need, atomic_int *stop, atomic_int *quit) {
+    for (;;) {
+        int rc = weights_sync(w, need, stop);
+        if (rc >= 0 || atomic_load(quit) || !atomic_load(stop)) return rc;
+        atomic_store(stop, 0);
+        /* quit raised while we cleared stop (the main thread raises quit first) */
+        if (atomic_load(quit)) return rc;
+        wlog(w, "weights: announced at another endpoint: fetching from there");
+    }
+}
+
 static void *sync_thread(void *arg) {
     worker_t *w = arg;
     for (;;) {
@@ -202,7 +219,8 @@ static void *sync_thread(void *arg) {
         uint64_t v = w->weights_announced;
         pthread_mutex_unlock(&w->weights_mu);
         if (atomic_load(&w->sync_cancel) || wsync_replica_version(&w->weights) >= v) break;
-        if (weights_sync(w, v, &w->sync_cancel) < 0) break; /* the main thread tries again */
+        if (weights_sync_follow(w, v, &w->sync_stop, &w->sync_cancel) < 0)
+            break; /* the main thread tries again */
     }
     atomic_store(&w->syncing, 0);
     return NULL;
@@ -221,6 +239,7 @@ static void weights_maybe_sync(worker_t *w) {
         wire_now_ms() < w->next_sync_ms)
         return;
     atomic_store(&w->syncing, 1);
+    atomic_store(&w->sync_stop, atomic_load(&w->sync_cancel));
     if (pthread_create(&w->sync_th, NULL, sync_thread, w) != 0) {
         atomic_store(&w->syncing, 0);
         return;
@@ -238,7 +257,7 @@ static void *job_thread(void *arg) {
     /* never run a job with older weights than it states: fetch first (failing that, the job is
      * rejected and the master retries it), and hold the live snapshot so no swap happens
      * while the job runs */
-    s->rc = weights_sync(w, s->policy_version, &w->cancel);
+    s->rc = weights_sync_follow(w, s->policy_version, &w->fetch_stop, &w->cancel);
     if (s->rc < 0) s->verdict = WORKER_VERDICT_TRANSIENT; /* weights not there yet: not the job's */
     if (s->rc == 0) {
         const wsync_snapshot_t *live = wsync_replica_acquire(&w->weights);
@@ -322,6 +341,7 @@ static void on_assign(worker_t *w, const Rlhf__JobAssign *a) {
     s->root = s->sys_errno = 0;
     s->job.verdict = &s->verdict;
     atomic_store(&w->cancel, 0);
+    atomic_store(&w->fetch_stop, 0);
     if (pthread_create(&s->th, NULL, job_thread, w) != 0) {
         reject(w, a, RL_ENOMEM, "cannot start a thread", 0, 0);
         return;
@@ -421,10 +441,15 @@ static void on_message(worker_t *w, wire_msg_t *msg) {
                 wsync_replica_drop(&w->weights);
                 wlog(w, "weights: version %" PRIu64 " at a new endpoint: dropped ours", a->version);
             }
+            int moved = other && w->weights_ep[0]; /* not the first announcement */
             pthread_mutex_lock(&w->weights_mu);
             snprintf(w->weights_ep, sizeof w->weights_ep, "%s", a->endpoint);
             w->weights_announced = a->version;
             pthread_mutex_unlock(&w->weights_mu);
+            if (moved) { /* fetches from the old endpoint start again from this one */
+                atomic_store(&w->fetch_stop, 1);
+                atomic_store(&w->sync_stop, 1);
+            }
             w->next_sync_ms = 0;
             wlog(w, "weights version %" PRIu64 " announced at %s", a->version, a->endpoint);
         }
@@ -666,12 +691,14 @@ int main(int argc, char **argv) {
     wlog(w, "stopping (signal %d)", (int)stop_signal);
     if (w->slot.busy) { /* cancel and wait: the thread polls the flag between tokens */
         atomic_store(&w->cancel, 1);
+        atomic_store(&w->fetch_stop, 1);
         zmq_pollitem_t it = {NULL, w->efd, ZMQ_POLLIN, 0};
         while (zmq_poll(&it, 1, -1) < 0 && errno == EINTR) {
         }
         on_job_done(w, 1);
     }
     atomic_store(&w->sync_cancel, 1);
+    atomic_store(&w->sync_stop, 1);
     if (w->sync_started) pthread_join(w->sync_th, NULL);
     Rlhf__Envelope env = RLHF__ENVELOPE__INIT;
     Rlhf__Goodbye gb = RLHF__GOODBYE__INIT;
