@@ -83,11 +83,14 @@ int cmd_wait(int argc, char **argv);         /* cmd_runs.c */
  * Submits the run `name` with plan_json (master/master_run.h) to the master at endpoint and,
  * unless detach, follows it: the run log copied to stderr as it grows, on a terminal one
  * progress line (stage, progress, ETA), until the run ends. Messages read "rlhf CMD: ...".
+ * data_dir non-NULL (local mode: endpoint is the local cluster of data_dir): a master silent for
+ * a few seconds has the cluster made sure of again (local_cluster_ensure), so that the run goes
+ * on when the supervisor, and the cluster with it, died; the new master's endpoint is followed.
  * Returns the exit status: 0 succeeded (or submitted, with detach), 1 failed or cancelled or the
  * master gone for more than 60 s, 2 the master rejected the plan, 130 detached by Ctrl-C.
  */
-int runs_submit(const char *cmd, const char *endpoint, const char *name, const char *plan_json,
-                int detach);
+int runs_submit(const char *cmd, const char *endpoint, const char *data_dir, const char *name,
+                const char *plan_json, int detach);
 
 /* The option tables of the commands `rlhf run` drives as stages (cli_opts.h): their parsing,
  * --help and the stages' configuration keys. */

@@ -487,7 +487,7 @@ int cmd_ppo(int argc, char **argv) {
     else if (local_cluster_ensure(data, ep, sizeof ep) < 0)
         ret = cli_fail("ppo", "the local cluster", RL_EIO);
     else
-        ret = runs_submit("ppo", ep, name, txt, 0);
+        ret = runs_submit("ppo", ep, data, name, txt, 0);
     free(txt);
     ppo_opts_free(&o);
     return ret;

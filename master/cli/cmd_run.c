@@ -592,7 +592,7 @@ static int run_submit(run_t *r, const run_args_t *a, const char *config) {
         }
         fprintf(stderr, "rlhf run: %s, %d stages, run %s on %s\n", config, r->cfg.n_stages, name,
                 ep);
-        ret = runs_submit("run", ep, name, txt, a->detach);
+        ret = runs_submit("run", ep, a->master ? NULL : data, name, txt, a->detach);
     }
     free(txt);
     return ret;

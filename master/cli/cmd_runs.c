@@ -12,7 +12,8 @@
  * RunCancel (client.h); the run's status object is described in master/master_run.h.
  *
  * runs_submit() is `rlhf run`'s and `rlhf ppo`'s second half: RunSubmit, then the follow loop
- * (follow() below) that `rlhf logs -f` and `rlhf wait` share.
+ * (follow() below) that `rlhf logs -f` and `rlhf wait` share. Only theirs, in local mode, starts
+ * the local cluster again when it died under the run (its supervisor killed).
  */
 #include <errno.h>
 #include <limits.h>
@@ -36,6 +37,9 @@
 #define RUNS_QUERY_MS 2000
 #define RUNS_GONE_S   60
 #define RUNS_POLL_MS  500
+/* Local mode: a master silent this long may have lost its supervisor (and the whole cluster with
+ * it); the follow loop of `rlhf run` then makes sure a cluster serves the data directory again. */
+#define RUNS_ENSURE_S 3
 
 /* ---- pieces ---------------------------------------------------------------------------------- */
 
@@ -158,11 +162,13 @@ static int runs_ask(const char *cmd, client_t *c, const char *ep, const char *na
 
 typedef struct {
     const char *cmd, *name, *ep;
-    FILE *log_to;     /* the run log goes here as it grows (NULL: not asked for) */
-    uint64_t log_off; /* from this offset */
-    int progress;     /* a progress line on stderr (a terminal) */
-    double timeout_s; /* > 0: give up after this long (124) */
-    json_t *final;    /* the status the run ended with */
+    const char *data_dir; /* non-NULL: local mode, a cluster gone is started again (rlhf run) */
+    char ep_buf[256];     /* the endpoint of that new cluster (f->ep points here then) */
+    FILE *log_to;         /* the run log goes here as it grows (NULL: not asked for) */
+    uint64_t log_off;     /* from this offset */
+    int progress;         /* a progress line on stderr (a terminal) */
+    double timeout_s;     /* > 0: give up after this long (124) */
+    json_t *final;        /* the status the run ended with */
     int progress_shown;
 } follow_t;
 
@@ -171,19 +177,38 @@ static void progress_clear(follow_t *f) {
     f->progress_shown = 0;
 }
 
+/* Local mode, the master silent: local_cluster_ensure finds the cluster serving f->data_dir
+ * (waiting for a master its supervisor restarts) or, when the supervisor is gone, starts a new
+ * one, whose master replays the journal and goes on with the run. A new endpoint replaces *cp. */
+static void follow_ensure(client_t **cp, follow_t *f) {
+    char ep[256];
+    if (local_cluster_ensure(f->data_dir, ep, sizeof ep) < 0 || !strcmp(ep, f->ep)) return;
+    client_t *c = client_open(ep, "rlhf-follow");
+    if (!c) return;
+    progress_clear(f);
+    fprintf(stderr, "rlhf %s: the cluster of %s was restarted; following %s on %s\n", f->cmd,
+            f->data_dir, f->name, ep);
+    client_close(cp);
+    *cp = c;
+    snprintf(f->ep_buf, sizeof f->ep_buf, "%s", ep);
+    f->ep = f->ep_buf;
+}
+
 /*
  * Queries the run every RUNS_POLL_MS until it is in a terminal state (its status in f->final,
  * its log drained), copying the log and showing progress meanwhile. A master that does not
- * answer is asked again (the client reconnects) for RUNS_GONE_S. Returns 0 (ended), 1 (an
- * error or the master gone: message printed), 124 (timeout) or 130 (SIGINT).
+ * answer is asked again (the client reconnects) for RUNS_GONE_S; with f->data_dir, after
+ * RUNS_ENSURE_S of silence, the local cluster is made sure of (follow_ensure), which may replace
+ * *cp. Returns 0 (ended), 1 (an error or the master gone: message printed), 124 (timeout) or
+ * 130 (SIGINT).
  */
-static int follow(client_t *c, follow_t *f) {
+static int follow(client_t **cp, follow_t *f) {
     struct sigaction sa, old;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_int;
     sigaction(SIGINT, &sa, &old);
     runs_interrupted = 0;
-    double t0 = cli_now_ms(), last_ok = t0;
+    double t0 = cli_now_ms(), last_ok = t0, last_ensure = t0;
     int ret = -1;
     while (ret < 0) {
         if (runs_interrupted) {
@@ -191,8 +216,13 @@ static int follow(client_t *c, follow_t *f) {
             break;
         }
         Rlhf__RunReply *rep = NULL;
-        int rc = client_run_query(c, f->name, f->log_to != NULL, f->log_off, &rep, RUNS_QUERY_MS);
+        int rc = client_run_query(*cp, f->name, f->log_to != NULL, f->log_off, &rep, RUNS_QUERY_MS);
         double now = cli_now_ms();
+        if (rc == RL_ERANGE && f->data_dir && now - last_ok > RUNS_ENSURE_S * 1000.0 &&
+            now - last_ensure > RUNS_ENSURE_S * 1000.0) {
+            follow_ensure(cp, f);
+            last_ensure = now = cli_now_ms();
+        }
         if (rc == RL_ERANGE) {
             if (now - last_ok > RUNS_GONE_S * 1000.0) {
                 progress_clear(f);
@@ -266,8 +296,8 @@ static int run_outcome(const char *cmd, const char *name, json_t *st) {
     return 1;
 }
 
-int runs_submit(const char *cmd, const char *endpoint, const char *name, const char *plan_json,
-                int detach) {
+int runs_submit(const char *cmd, const char *endpoint, const char *data_dir, const char *name,
+                const char *plan_json, int detach) {
     client_t *c = runs_open(cmd, endpoint);
     if (!c) return 1;
     /* a run submitted again continues: its log so far was shown then, only what follows is new */
@@ -303,10 +333,11 @@ int runs_submit(const char *cmd, const char *endpoint, const char *name, const c
     follow_t f = {.cmd = cmd,
                   .name = name,
                   .ep = endpoint,
+                  .data_dir = data_dir,
                   .log_to = stderr,
                   .log_off = off,
                   .progress = isatty(2)};
-    int ret = follow(c, &f);
+    int ret = follow(&c, &f);
     client_close(&c);
     if (ret == 130)
         fprintf(stderr,
@@ -492,7 +523,7 @@ int cmd_logs(int argc, char **argv) {
     fflush(stdout);
     if (ret == 0 && a.follow) {
         follow_t f = {.cmd = "logs", .name = name, .ep = ep, .log_to = stdout, .log_off = off};
-        ret = follow(c, &f);
+        ret = follow(&c, &f);
         json_decref(f.final);
     }
     client_close(&c);
@@ -545,7 +576,7 @@ int cmd_wait(int argc, char **argv) {
     client_t *c = runs_open("wait", ep);
     if (!c) return 1;
     follow_t f = {.cmd = "wait", .name = name, .ep = ep, .timeout_s = a.timeout};
-    ret = follow(c, &f);
+    ret = follow(&c, &f);
     client_close(&c);
     if (ret == 124) fprintf(stderr, "rlhf wait: %s not finished after %g s\n", name, a.timeout);
     if (ret == 0 && strcmp(jstr(f.final, "state"), "succeeded")) {
