@@ -471,6 +471,9 @@ int cmd_up(int argc, char **argv) {
     if (sup < 0) return cli_fail("up", "fork", RL_EIO);
     if (sup == 0) {
         setsid();
+        /* a lock the caller of `up` passed on (local_cluster_ensure) is held until the `up`
+         * exits, not for the supervisor's whole life */
+        for (int k = 3; k < 1024; k++) close(k);
         char log[1100];
         snprintf(log, sizeof log, "%.1000s/local.log", s->run_dir);
         int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644), nul = open("/dev/null", O_RDONLY);
@@ -498,14 +501,17 @@ int cmd_up(int argc, char **argv) {
 }
 
 /* Runs `rlhf` args (an `up`) and copies the endpoint it prints into ep; dir names the cluster in
- * the error. Returns 0 or RL_EIO. */
-static int run_up(char *const *args, const char *dir, char *ep, size_t n) {
+ * the error. lock_fd >= 0: a file locked by the caller that the `up` holds too, until it exits
+ * (the cluster serves), so that the lock outlasts a caller killed meanwhile. Returns 0 or RL_EIO.
+ */
+static int run_up(char *const *args, const char *dir, int lock_fd, char *ep, size_t n) {
     int fds[2];
     if (pipe2(fds, O_CLOEXEC) < 0) return rl_fail(RL_EIO, "pipe: %s", strerror(errno));
     fflush(stdout);
     pid_t p = fork();
     if (p == 0) {
         dup2(fds[1], 1); /* dup2 clears close-on-exec on 1 */
+        if (lock_fd >= 0) fcntl(lock_fd, F_SETFD, 0);
         execv(args[0], args);
         _exit(127);
     }
@@ -559,7 +565,7 @@ int local_cluster_up(const char *dir, const char *ldir, int rollout, int reward,
                     s,
                     NULL};
     if (!shards) args[12] = NULL; /* no learner: no learner options */
-    return run_up(args, dir, ep, n);
+    return run_up(args, dir, -1, ep, n);
 }
 
 /* The endpoint of the master of the cluster in dir when its supervisor runs and the master
@@ -626,7 +632,9 @@ int local_cluster_ensure(const char *data_dir, char *ep, size_t n) {
     cluster_dir(dir, sizeof dir, NULL, data_dir);
     snprintf(lock, sizeof lock, "%s/lock", dir);
     if (fs_mkdir_p(dir) < 0) return rl_fail_ctx(RL_EIO, "the cluster directory: ");
-    /* one caller at a time checks and starts: two would start two clusters */
+    /* one caller at a time checks and starts: two would start two clusters (with two masters
+     * on one journal). The `up` holds the lock too, so a caller killed while the cluster starts
+     * does not let the next one find no supervisor and start a second. */
     int fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     if (fd < 0) return rl_fail(RL_EIO, "%s: %s", lock, strerror(errno));
     int rc;
@@ -667,7 +675,7 @@ int local_cluster_ensure(const char *data_dir, char *ep, size_t n) {
                         has_conf ? "--config" : NULL,
                         conf,
                         NULL};
-        rc = run_up(args, dir, ep, n);
+        rc = run_up(args, dir, fd, ep, n);
     }
     close(fd); /* releases the lock */
     return rc;
