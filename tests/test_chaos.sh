@@ -3,10 +3,12 @@
 # constructed reward) survives chaos: while it runs, a seeded schedule SIGKILLs a random process
 # of its local cluster every 1-3 s - the master, the learner, a rollout or reward worker, the
 # supervisor (the whole cluster dies with it) and the `rlhf run` client itself, which the test
-# starts again whenever it is dead. Once the kills stop, the run completes, and it is the
-# undisturbed run's: the same final policy, byte for byte; the same metrics but for timings;
-# every iteration exactly once, in order. Nothing of either cluster is left after `rlhf down`.
-# Prints the schedule, the recovery times after the master kills and both runs' wall times.
+# starts again whenever it is dead. Before that, the supervisor alone: the client, left running,
+# starts a new cluster and follows the run there. Once the kills stop, the run completes, and it
+# is the undisturbed run's: the same final policy, byte for byte; the same metrics but for
+# timings; every iteration exactly once, in order. Nothing of either cluster is left after
+# `rlhf down`. Prints the schedule, the recovery times after the master and supervisor kills and
+# both runs' wall times.
 # Usage: test_chaos.sh BIN_DIR (CHAOS_SEED=N for another schedule, KEEP=1 to keep the files)
 BIN=$(cd "${1:?usage: test_chaos.sh BIN_DIR}" && pwd)
 source "$(dirname "$0")/runtime_lib.sh"
@@ -111,6 +113,15 @@ started() { [ "$(iters)" -ge 2 ]; }
 check "the chaos run starts its iterations" wait_for 60 started
 
 KILLED=() MASTER_KILLS=() SUP_KILLS=()
+# first, the supervisor alone: the client, left alone, finds its master silent, starts a new
+# cluster (rlhf run's follow loop in local mode) and follows the run there
+at=$(ms_of_day) pid=$(pid_of supervisor)
+kill -KILL "$pid"
+KILLED+=(supervisor) SUP_KILLS+=("$at")
+echo "the supervisor killed (pid $pid) at iteration $(iters)"
+followed() { grep -q "was restarted; following run on" cha-1.err; }
+check "the client follows the run to the cluster it starts again" wait_for 30 followed
+check "... the same client" client_alive
 echo "schedule (seed $SEED):"
 for ((i = 0; i < KILLS; i++)); do
     kind=${SCHED[i]}
@@ -196,10 +207,6 @@ echo "recovery (ms, kill -> jobs flow)  n      min  median     max"
 table "master killed" "${mrec[@]}"
 table "supervisor killed" "${srec[@]}"
 check "a recovery time for every master kill" test "${#mrec[@]}" -eq "${#MASTER_KILLS[@]}"
-# a client not killed outlives the cluster it followed: it starts a new one (rlhf run's follow
-# loop in local mode) and follows the run there
-check "a client followed the run to the cluster it started again" \
-    grep -q "was restarted; following run on" cha-*.err
 echo "wall time: undisturbed run ${ref_ms} ms, chaos run ${cha_ms} ms"
 
 # --- nothing left
