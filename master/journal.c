@@ -507,9 +507,37 @@ static uint64_t crash_after;   /* RLHF_JOURNAL_CRASH_AFTER, read at each journal
 static uint64_t crash_counted; /* frame bytes this process appended */
 static pid_t crash_pid;        /* the process they were counted in */
 
+/* N, or LO-HI: a value drawn for this process from its pid and the clock (each restarted master
+ * tears its journal at another point). */
 static void crash_hook_read(void) {
     const char *s = getenv("RLHF_JOURNAL_CRASH_AFTER");
-    crash_after = s && *s ? strtoull(s, NULL, 10) : 0;
+    char *end;
+    crash_after = s && *s ? strtoull(s, &end, 10) : 0;
+    if (crash_after && *end == '-') {
+        uint64_t hi = strtoull(end + 1, NULL, 10);
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        uint64_t x = (uint64_t)getpid() * 0x9E3779B97F4A7C15ull ^ (uint64_t)ts.tv_nsec;
+        x ^= x >> 31, x *= 0xBF58476D1CE4E5B9ull, x ^= x >> 29; /* splitmix64's finaliser */
+        if (hi > crash_after) crash_after += x % (hi - crash_after + 1);
+    }
+}
+
+/* RLHF_JOURNAL_CRASH_BUDGET=FILE: takes one crash from the count in FILE. Returns 1 if there was
+ * one (FILE now holds one less), 0 if FILE is missing or holds 0 (the hook then stays off). */
+static int crash_budget_take(void) {
+    const char *path = getenv("RLHF_JOURNAL_CRASH_BUDGET");
+    if (!path || !*path) return 1;
+    FILE *f = fopen(path, "r+");
+    long left = 0;
+    if (f && fscanf(f, "%ld", &left) == 1 && left > 0) {
+        rewind(f);
+        fprintf(f, "%ld\n", left - 1);
+        fflush(f);
+        (void)fsync(fileno(f));
+    }
+    if (f) fclose(f);
+    return left > 0;
 }
 
 /* Counts a frame of n bytes about to be written at off; at the byte count, writes half of it
@@ -523,6 +551,10 @@ static void crash_hook(int fd, const uint8_t *hdr, const void *rec, size_t len, 
     size_t n = JOURNAL_FRAME + len, half = n / 2;
     if (crash_counted + n < crash_after) {
         crash_counted += n;
+        return;
+    }
+    if (!crash_budget_take()) {
+        crash_after = 0;
         return;
     }
     uint8_t *frame = malloc(n);

@@ -30,6 +30,11 @@
  * (headers and payloads through journal_append, counted since the process started; a forked
  * child starts again from 0) reach N writes only the first half of its frame, then the process
  * kills itself with SIGKILL. The master's torn-journal test uses it to leave a torn tail.
+ * RLHF_JOURNAL_CRASH_AFTER=LO-HI draws N in [LO, HI] for each process anew (from its pid and the
+ * clock), so that a master restarted with the same environment tears its journal elsewhere. With
+ * RLHF_JOURNAL_CRASH_BUDGET=FILE as well, a crash happens only while FILE holds a count above 0,
+ * and takes one from it first (written and fsync'ed before the torn write); a missing FILE or a 0
+ * turns the hook off. A test hook only: neither variable is set outside tests.
  *
  * Single-threaded: one journal_t is used by one thread at a time.
  */
