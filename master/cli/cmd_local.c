@@ -216,11 +216,12 @@ static int wait_master(sup_t *s) {
     return -1;
 }
 
-/* The pause before restarting a child: 200 ms after a run of 2 s or more; doubled (up to 5 s)
- * each time it dies sooner, so that a child that cannot start does not spin. */
-static int restart_delay(backoff_t *b) {
+/* The pause before restarting a child: 200 ms after a run of 2 s or more, or after it came up
+ * (came_up: a master that replayed its journal and wrote master.json); doubled (up to 5 s) each
+ * time it dies sooner, so that a child that cannot start does not spin. */
+static int restart_delay(backoff_t *b, int came_up) {
     double ran = cli_now_ms() - b->started_ms;
-    b->delay_ms = ran >= 2000 || b->delay_ms == 0 ? 200 : b->delay_ms * 2;
+    b->delay_ms = ran >= 2000 || came_up || b->delay_ms == 0 ? 200 : b->delay_ms * 2;
     if (b->delay_ms > 5000) b->delay_ms = 5000;
     return b->delay_ms;
 }
@@ -296,7 +297,10 @@ static void supervise(sup_t *s) {
             break;
         }
         if (p == s->master) {
-            int d = restart_delay(&s->backoff[0]);
+            json_t *o = read_json(s->run_dir, "master.json");
+            int came_up = o && json_integer_value(json_object_get(o, "pid")) == p;
+            json_decref(o);
+            int d = restart_delay(&s->backoff[0], came_up);
             fprintf(stderr, "supervisor: master exited (status %d): restarting in %d ms\n", st, d);
             nap_ms(d);
             s->master = start_master(s);
@@ -304,7 +308,7 @@ static void supervise(sup_t *s) {
         }
         for (int i = 0; i < s->n_workers; i++)
             if (p == s->workers[i]) {
-                int d = restart_delay(&s->backoff[i + 1]);
+                int d = restart_delay(&s->backoff[i + 1], 0);
                 fprintf(stderr, "supervisor: worker %d exited (status %d): restarting in %d ms\n",
                         i, st, d);
                 nap_ms(d);
