@@ -360,6 +360,7 @@ static int replay_one(void *ctx, const uint8_t *buf, size_t len, journal_loc_t l
             jb->state = SCHED_FAILED;
             free(jb->reason);
             jb->reason = strdup(rec->job_end->reason ? rec->job_end->reason : "");
+            jb->deterministic = rec->job_end->deterministic;
         }
         jb->attempt = rec->job_end->attempt;
         jb->record_off = (int64_t)loc;
@@ -928,7 +929,7 @@ static void record_failures(master_t *m) {
         const char *why = jb->reason && jb->reason[0] ? jb->reason : "attempts spent";
         char *reason = strdup(why);
         if (journal_job_end(m, jb, RLHF__JOB_STATUS__JOB_STATUS_FAILED, "", 0, NULL,
-                            reason ? reason : "attempts spent", 0) == 0) {
+                            reason ? reason : "attempts spent", jb->deterministic) == 0) {
             client_notify(m, jb, RLHF__JOB_STATUS__JOB_STATUS_FAILED, "", 0, NULL);
             if (jb->run >= 0) mrun_job_end(m, jb, 0, reason, 1, 0);
         }

@@ -126,16 +126,16 @@ int sched_count(const sched_t *s, sched_state_t st) {
 }
 
 /* Ends the current lease of job j without a result: requeue (attempt + 1 at the next dispatch)
- * or fail once the attempts are spent. */
-static void lease_end(sched_t *s, int j, const char *why) {
+ * or fail once the attempts are spent - or at once, if fail_now. */
+static void lease_end(sched_t *s, int j, const char *why, int fail_now) {
     sched_job_t *job = &s->jobs[j];
     if (job->worker >= 0 && s->workers[job->worker].job == j) s->workers[job->worker].job = -1;
     job->worker = -1;
-    if (job->attempt >= s->max_attempts) {
+    if (fail_now || job->attempt >= s->max_attempts) {
         job->state = SCHED_FAILED;
         s->n_failed++;
-        LOG(s, "job %llu failed after %u attempts (%s)", (unsigned long long)job->id, job->attempt,
-            why);
+        LOG(s, "job %llu failed after %u attempt%s (%s)", (unsigned long long)job->id, job->attempt,
+            job->attempt == 1 ? "" : "s", why);
         return;
     }
     job->state = SCHED_QUEUED;
@@ -161,7 +161,7 @@ void sched_worker_dead(sched_t *s, int w, const char *why) {
     wk->alive = 0;
     s->n_worker_deaths++;
     LOG(s, "worker %s gone: %s", wk->id, why);
-    if (wk->job >= 0) lease_end(s, wk->job, why);
+    if (wk->job >= 0) lease_end(s, wk->job, why, 0);
     wk->job = -1;
     wk->stale_job = 0;
 }
@@ -301,7 +301,7 @@ sched_verdict_t sched_reject(sched_t *s, int w, uint64_t job_id, uint32_t attemp
     sched_verdict_t v = check_lease(s, w, job_id, attempt, lease_id, &j);
     if (v != SCHED_ACCEPTED) return v;
     s->n_rejected++;
-    lease_end(s, j, "rejected by the worker");
+    lease_end(s, j, "rejected by the worker", 0);
     return SCHED_ACCEPTED;
 }
 
@@ -312,16 +312,16 @@ sched_verdict_t sched_reject_ex(sched_t *s, int w, uint64_t job_id, uint32_t att
     if (v != SCHED_ACCEPTED) return v;
     s->n_rejected++;
     sched_job_t *jb = &s->jobs[j];
-    if (mode == SCHED_FAIL) {
-        jb->attempt = s->max_attempts > jb->attempt ? s->max_attempts : jb->attempt;
-        lease_end(s, j, "its input is bad");
+    if (mode == SCHED_FAIL) { /* the attempt count stays true: the record says how many ran */
+        jb->deterministic = 1;
+        lease_end(s, j, "its input is bad", 1);
         return SCHED_ACCEPTED;
     }
     if (mode == SCHED_HOLD) {
         jb->attempt--; /* the next dispatch counts it again: this one was not the job's fault */
         jb->hold_until_ms = hold_until_ms;
     }
-    lease_end(s, j, mode == SCHED_HOLD ? "held back" : "rejected by the worker");
+    lease_end(s, j, mode == SCHED_HOLD ? "held back" : "rejected by the worker", 0);
     return SCHED_ACCEPTED;
 }
 
@@ -341,6 +341,7 @@ int sched_job_retry(sched_t *s, int j, const void *payload, size_t payload_len) 
     jb->payload_len = payload_len;
     jb->state = SCHED_QUEUED;
     jb->attempt = 0;
+    jb->deterministic = 0;
     jb->hold_until_ms = 0;
     jb->forgotten = 0;
     free(jb->reason);
@@ -361,7 +362,7 @@ int sched_tick(sched_t *s, double now, double liveness_ms) {
             /* the holder is alive but still busy with it: keep it off new work until it says
              * it is done (its late result will be refused) */
             if (w >= 0) s->workers[w].stale_job = s->jobs[j].id;
-            lease_end(s, j, "lease expired");
+            lease_end(s, j, "lease expired", 0);
         }
     return (int)(s->n_retried + s->n_failed - before);
 }

@@ -45,6 +45,7 @@ typedef struct {
     uint64_t policy_version; /* weights it needs: not dispatched before sched_t.weights_version */
     int role;                /* only workers of this role run it; 0: any that has the capability */
     double hold_until_ms; /* not dispatched before (a job held back after an environment error) */
+    int deterministic;    /* FAILED at once by SCHED_FAIL (its input is bad), not attempts spent */
     /* the master's annotations (the scheduler only initialises them) */
     int client;         /* registry index of the client to tell when it finishes; -1: none */
     int run;            /* index of the run that created it (master_run.c); -1: a client's */

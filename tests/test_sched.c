@@ -86,6 +86,34 @@ static void test_expiry_reject_and_failure(void) {
     sched_free(&s);
 }
 
+/* A deterministic rejection fails the job at the attempt it ran (not "max_attempts spent"); a
+ * hold keeps the attempt; a retry starts the job afresh. */
+static void test_reject_modes(void) {
+    sched_t s;
+    sched_init(&s, 5, 0);
+    sched_job_add(&s, 1, GEN, 1, NULL, 0, 100);
+    int a = add_worker(&s, "a", 1u << GEN, 0), j, w;
+    CHECK_EQ(sched_dispatch(&s, 0, &j, &w), 1);
+    CHECK_EQ(sched_reject_ex(&s, a, 1, 1, s.jobs[j].lease_id, SCHED_HOLD, 50), SCHED_ACCEPTED);
+    CHECK_EQ(s.jobs[j].state, SCHED_QUEUED);
+    sched_worker_seen(&s, a, 10, 0, 0);
+    CHECK_EQ(sched_dispatch(&s, 10, &j, &w), 0); /* held until 50 */
+    CHECK_EQ(sched_dispatch(&s, 60, &j, &w), 1);
+    CHECK_EQ(s.jobs[j].attempt, 1); /* the hold did not spend it */
+    CHECK_EQ(sched_reject_ex(&s, a, 1, 1, s.jobs[j].lease_id, SCHED_FAIL, 0), SCHED_ACCEPTED);
+    CHECK_EQ(s.jobs[j].state, SCHED_FAILED);
+    CHECK_EQ(s.jobs[j].attempt, 1);
+    CHECK_EQ(s.jobs[j].deterministic, 1);
+    CHECK_EQ(s.n_failed, 1);
+    CHECK_OK(sched_job_retry(&s, j, NULL, 0));
+    CHECK_EQ(s.jobs[j].deterministic, 0);
+    CHECK_EQ(s.jobs[j].attempt, 0);
+    sched_worker_seen(&s, a, 70, 0, 0);
+    CHECK_EQ(sched_dispatch(&s, 70, &j, &w), 1);
+    CHECK_EQ(s.jobs[j].attempt, 1);
+    sched_free(&s);
+}
+
 static void test_mark_done_and_fifo(void) {
     sched_t s;
     sched_init(&s, 2, 0);
@@ -110,6 +138,7 @@ int main(void) {
     RUN(test_dispatch_and_result);
     RUN(test_death_requeues_and_fences);
     RUN(test_expiry_reject_and_failure);
+    RUN(test_reject_modes);
     RUN(test_mark_done_and_fifo);
     return TEST_REPORT();
 }
