@@ -246,8 +246,9 @@ static int hf_check_tied_head(const gpt_t *m, const st_file_t *f) {
     return rc;
 }
 
-/* Finds, checks and converts model tensor `mt` from file `f`. */
-static int hf_load_tensor(gpt_t *m, const st_file_t *f, const gpt_tensor_t *mt) {
+/* Finds, checks and converts model tensor `mt` from file `f`. The shapes it expects come from
+ * DIR/config.json, which a wrong shape names: config and weights disagree. */
+static int hf_load_tensor(gpt_t *m, const st_file_t *f, const gpt_tensor_t *mt, const char *dir) {
     char pref[96], want[64], got[256];
     const st_tensor_t *a, *b, *t;
     int64_t shape[2] = {mt->shape[0], mt->shape[1]};
@@ -262,9 +263,11 @@ static int hf_load_tensor(gpt_t *m, const st_file_t *f, const gpt_tensor_t *mt) 
     if (!t) return rl_fail(RL_EFORMAT, "%s: missing tensor '%s'", f->path, mt->name);
     if (t->ndim != mt->ndim || t->shape[0] != shape[0] ||
         (mt->ndim == 2 && t->shape[1] != shape[1]))
-        return rl_fail(RL_EFORMAT, "%s: tensor '%s' has shape %s, expected %s", f->path, t->name,
-                       hf_fmt_shape(got, sizeof got, t->ndim, t->shape),
-                       hf_fmt_shape(want, sizeof want, mt->ndim, shape));
+        return rl_fail(RL_EFORMAT,
+                       "%s: tensor '%s' has shape %s, expected %s by %s/config.json (config and "
+                       "weights do not match)",
+                       f->path, t->name, hf_fmt_shape(got, sizeof got, t->ndim, t->shape),
+                       hf_fmt_shape(want, sizeof want, mt->ndim, shape), dir);
     return st_tensor_to_f32(f, t, m->params_mem + mt->offset, mt->size);
 }
 
@@ -297,7 +300,7 @@ gpt_t *hf_load(const char *dir) {
         goto fail;
     }
     for (int i = 0; i < m->n_tensors; i++)
-        if (hf_load_tensor(m, &f, &m->tensors[i]) < 0) goto fail;
+        if (hf_load_tensor(m, &f, &m->tensors[i], dir) < 0) goto fail;
     if (hf_check_tied_head(m, &f) < 0) goto fail;
     if (hf_check_saved_config(dir, &cfg, &f) < 0) goto fail;
     st_close(&f);
