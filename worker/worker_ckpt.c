@@ -162,7 +162,7 @@ int ckpt_save(const char *run_dir, ckpt_kind_t kind, uint64_t pos, const ckpt_mo
     snprintf(path, sizeof path, "%s/" STATE_FILE, dir);
     int rc = fs_mkdir_p(dir);
     if (rc == 0 && unlink(path) < 0 && errno != ENOENT)
-        rc = rl_fail(RL_EIO, "%s: %s", path, strerror(errno));
+        rc = rl_fail_errno(RL_EIO, errno, "%s: %s", path, strerror(errno));
     ckpt_buf_t b = {0};
     uint32_t u32[2] = {VERSION, (uint32_t)kind}, nm = (uint32_t)n_models;
     ckpt_put(&b, MAGIC, 8);

@@ -320,13 +320,15 @@ int fs_mkdir_p(const char *path) {
 
 static int remove_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
     (void)sb, (void)flag, (void)ftw;
-    return remove(path) == 0 || errno == ENOENT ? 0
-                                                : rl_fail(RL_EIO, "%s: %s", path, strerror(errno));
+    return remove(path) == 0 || errno == ENOENT
+               ? 0
+               : rl_fail_errno(RL_EIO, errno, "%s: %s", path, strerror(errno));
 }
 
 int fs_remove_tree(const char *path) {
     struct stat st;
     if (lstat(path, &st) < 0 && errno == ENOENT) return 0;
     int rc = nftw(path, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
-    return rc < 0 ? (rc == -1 ? rl_fail(RL_EIO, "%s: %s", path, strerror(errno)) : rc) : 0;
+    return rc < 0 ? (rc == -1 ? rl_fail_errno(RL_EIO, errno, "%s: %s", path, strerror(errno)) : rc)
+                  : 0;
 }
