@@ -156,7 +156,8 @@ static void run_set(master_t *m, mrun_t *r, int state, int stage, const char *re
     int changed = r->state != state || r->stage != stage || strcmp(r->reason, reason ? reason : "");
     r->state = state;
     r->stage = stage;
-    snprintf(r->reason, sizeof r->reason, "%s", reason ? reason : "");
+    if (reason != r->reason) /* callers pass r->reason itself: snprintf onto itself empties it */
+        snprintf(r->reason, sizeof r->reason, "%s", reason ? reason : "");
     r->updated_unix = now_unix();
     if (!changed) return;
     Rlhf__JournalRecord rec = RLHF__JOURNAL_RECORD__INIT;
