@@ -74,6 +74,7 @@ struct mrun {
     double *stage_secs;
     int logged_stage; /* the stage whose start line is in run.log (-1: none) */
     int io_paused;    /* the master's own write to the run directory failed */
+    uint64_t env_job; /* the job whose environment error paused the run (0: none) */
 };
 
 /* ---- small helpers ------------------------------------------------------------------------ */
@@ -1333,11 +1334,16 @@ void mrun_job_end(master_t *m, sched_job_t *jb, int ok, const char *reason, int 
         r->ppo->attached = 0; /* the learner may have lost this training: ask it again */
     if (!ok && environment && !terminal(r->state)) {
         snprintf(r->reason, sizeof r->reason, "waiting: %s", reason ? reason : "");
+        r->env_job = jb->id;
         run_set(m, r, R_PAUSED, r->stage, r->reason);
     } else if (!ok && !deterministic && !terminal(r->state)) {
         master_log("run %s: job %" PRIu64 " will be retried: %s", r->name, jb->id,
                    reason ? reason : "");
-    } else if (ok && r->state == R_PAUSED && !r->io_paused) {
+    } else if (ok && r->state == R_PAUSED && !r->io_paused &&
+               (!r->env_job || r->env_job == jb->id)) {
+        /* only the held job's success ends the pause: another job (the learner's ATTACH while
+         * its TRAIN cannot write its checkpoint) says nothing about the directory */
+        r->env_job = 0;
         run_set(m, r, R_RUNNING, r->stage, "");
     }
     mrun_tick(m);
