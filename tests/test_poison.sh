@@ -50,9 +50,9 @@ poisoned() {
     check "$d: ... printing the reason: $file, $what" \
         bash -c "grep 'run failed' $d/run1.err | grep -F '$file' | grep -qF '$what'"
     "$R" status run --json --data-dir "$d" >"$d/status.json"
-    check "$d: rlhf status: failed" jq -e '.state == "failed"' "$d/status.json"
-    check "$d: ... with the reason" jq -e --arg f "$file" --arg w "$what" \
-        '(.reason | contains($f)) and (.reason | contains($w))' "$d/status.json"
+    check "$d: rlhf status: failed" jq -e -s '.[0].state == "failed"' "$d/status.json"
+    check "$d: ... with the reason" jq -e -s --arg f "$file" --arg w "$what" \
+        '.[0] | (.reason | contains($f)) and (.reason | contains($w))' "$d/status.json"
     timeout 20 "$R" wait run --data-dir "$d" >"$d/wait.out" 2>&1
     check "$d: rlhf wait exits 1" test $? -eq 1
     check "$d: ... printing the reason" bash -c "grep -F '$file' $d/wait.out | grep -qF '$what'"
@@ -68,7 +68,7 @@ poisoned() {
     cp "pol/$file" "$d/pol/$file"
     (cd "$d" && timeout 120 "$R" run ppo.yaml >run2.out 2>run2.err)
     check "$d: fixed, the same rlhf run runs to the end" test $? -eq 0
-    check "$d: ... succeeded" jq -e '.state == "succeeded"' <("$R" status run --json --data-dir "$d")
+    check "$d: ... succeeded" jq -e -s '.[0].state == "succeeded"' <("$R" status run --json --data-dir "$d")
     check "$d: ... identical to the run that never failed" same_as_calm "$d"
 }
 

@@ -55,7 +55,7 @@ cut=$(grep "records replayed" $C/master.log | grep -vc ", 0 torn bytes cut")
 check "every restart cut a torn tail ($cut of $CRASHES)" test "$cut" -eq "$CRASHES"
 check "never a corrupt journal" bash -c "! grep -Eq 'not the last segment|bad file header|is missing|bad end marker|journal.*(corrupt|failed)' $C/master.log"
 check "the run never failed" bash -c "! grep -qi 'failed' torn/run/run.log"
-check "the run succeeded" jq -e '.state == "succeeded"' <("$R" status run --json --data-dir torn)
+check "the run succeeded" jq -e -s '.[0].state == "succeeded"' <("$R" status run --json --data-dir torn)
 
 # --- same outputs
 check "60 iterations, each once" jq -e -s '[.[].iteration] == [range(0; 60)]' torn/run/ppo/metrics.jsonl
