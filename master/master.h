@@ -51,6 +51,7 @@ typedef struct {
     int n_ns, cap_ns;
     mrun_t *runs; /* master_run.c */
     int n_runs, cap_runs;
+    uint64_t run_seq; /* submissions so far (the runs' order) */
     uint64_t n_journal_records, n_journal_errors;
     journal_loc_t last_loc; /* of the record master_journal appended last */
     /* counters */
@@ -100,6 +101,11 @@ void master_job_forget(master_t *m, sched_job_t *jb);
 
 /* A queued job failed without running (its run was cancelled): journaled, its client told. */
 void master_job_fail(master_t *m, sched_job_t *jb, const char *reason);
+
+/* Whether finished job jb was created with this spec (its identity: kind, seed, version,
+ * payload). */
+int master_job_same_spec(const sched_job_t *jb, int kind, uint64_t seed, uint64_t version,
+                         const void *payload, size_t len);
 
 /* Whether a finished job was forgotten (master_job_forget). */
 int master_job_forgotten(const sched_job_t *jb);

@@ -123,6 +123,7 @@ void master_log(const char *fmt, ...) {
 }
 
 static journal_t *snap_j; /* during a compaction, master_journal writes into the snapshot */
+static void record_failures(master_t *m);
 static uint64_t job_spec_hash(const sched_job_t *jb);
 static void master_stop(master_t *m, const char *why);
 
@@ -142,6 +143,7 @@ int master_journal(master_t *m, Rlhf__JournalRecord *rec, int sync) {
                     : journal_append(m->journal, buf, len, &loc);
     if (buf != stack) free(buf);
     if (rc == 0 && sync && !snap_j) rc = journal_sync(m->journal);
+    if (rc < 0 && snap_j) return rc; /* a failed compaction: the journal goes on as it was */
     if (rc < 0) {
         /* not durable: the master cannot promise exactly-once any more. It stops; its
          * supervisor restarts it, and it replays the journal up to the last good record. */
@@ -219,8 +221,22 @@ static int job_put(master_t *m, int ns, uint64_t id, int kind, uint64_t seed,
                    size_t len) {
     uint64_t sid = master_job_id(m, ns, id);
     int j = sched_job_find(&m->sched, sid);
-    if (j >= 0) {
-        if (sched_job_retry(&m->sched, j, payload, len) < 0) return RL_ENOMEM;
+    if (j >= 0 && m->sched.jobs[j].state == SCHED_FAILED && m->sched.jobs[j].record_off < 0 &&
+        !m->sched.jobs[j].forgotten)
+        record_failures(m); /* its failure journaled first: replay sees end, then the new job */
+    if (j >= 0 && m->sched.jobs[j].state == SCHED_QUEUED) {
+        /* queued still (replay: a job created again after its end record was lost with a
+         * crash): the newer spec replaces the old one */
+        sched_job_t *q = &m->sched.jobs[j];
+        uint8_t *p = malloc(len ? len : 1);
+        if (!p) return rl_fail(RL_ENOMEM, "out of memory");
+        if (len) memcpy(p, payload, len);
+        free(q->payload);
+        q->payload = p;
+        q->payload_len = len;
+    } else if (j >= 0) {
+        int rc = sched_job_retry(&m->sched, j, payload, len);
+        if (rc < 0) return rc;
     } else if ((j = sched_job_add(&m->sched, sid, kind, seed, payload, len, lease_ms)) < 0) {
         return j;
     }
@@ -239,9 +255,14 @@ static int job_put(master_t *m, int ns, uint64_t id, int kind, uint64_t seed,
 int master_job_create(master_t *m, int ns, uint64_t id, int kind, uint64_t seed,
                       uint64_t policy_version, int role, uint32_t lease_ms, const void *payload,
                       size_t len, int run) {
-    int j = job_put(m, ns, id, kind, seed, policy_version, role, lease_ms, payload, len);
+    int j = job_put(m, ns, id, kind, seed, policy_version, role,
+                    lease_ms ? lease_ms : (uint32_t)m->cfg.lease_ms, payload, len);
     if (j < 0) return j;
     m->sched.jobs[j].run = run;
+    /* a run's job is never given up for crashes and timeouts (only a deterministic failure
+     * fails it), and a worker still at it keeps its lease: a run survives any crash */
+    m->sched.jobs[j].max_attempts = UINT32_MAX;
+    m->sched.jobs[j].renew = 1;
     journal_job(m, &m->sched.jobs[j], 0);
     return j;
 }
@@ -394,22 +415,26 @@ static int replay_one(void *ctx, const uint8_t *buf, size_t len, journal_loc_t l
 
 /* Compaction's writer: the live state as records - the runs, then every job not forgotten
  * (its spec, or for a finished one its identity and end record), then the weights. */
+static int64_t *snap_locs; /* the jobs' end records' locations in the snapshot being written */
+
 static int snapshot_state(void *ctx, journal_t *j) {
     master_t *m = ctx;
     snap_j = j;
     int rc = mrun_snapshot(m, j);
     for (int k = 0; rc == 0 && k < m->sched.n_jobs; k++) {
         sched_job_t *jb = &m->sched.jobs[k];
+        snap_locs[k] = jb->record_off;
         if (jb->forgotten) continue;
         int fin = jb->state == SCHED_DONE || jb->state == SCHED_FAILED;
         journal_job(m, jb, fin ? job_spec_hash(jb) : 0);
         if (fin && jb->record_off >= 0) {
             Rlhf__JournalRecord *rec = NULL;
-            if (master_job_end_read(m, jb, &rec) == 0) {
-                rc = master_journal(m, rec, 0);
-                jb->record_off = (int64_t)m->last_loc;
-                rlhf__journal_record__free_unpacked(rec, NULL);
-            }
+            /* an end that cannot be read back would come back as a queued job without a spec:
+             * no snapshot rather than that one */
+            if ((rc = master_job_end_read(m, jb, &rec)) < 0) break;
+            rc = master_journal(m, rec, 0);
+            snap_locs[k] = (int64_t)m->last_loc;
+            rlhf__journal_record__free_unpacked(rec, NULL);
         }
     }
     if (rc == 0 && m->weights_version) {
@@ -449,10 +474,18 @@ static int journal_start(master_t *m) {
 static void journal_maybe_compact(master_t *m) {
     if (journal_tail_bytes(m->journal) < (uint64_t)m->cfg.journal_compact_bytes) return;
     double t0 = wire_now_ms();
-    if (journal_compact(m->journal, snapshot_state, m) < 0)
+    /* the new locations count only once the snapshot is complete: until then the old ones
+     * are the valid ones (a failed compaction keeps them) */
+    if (!(snap_locs = malloc((size_t)(m->sched.n_jobs ? m->sched.n_jobs : 1) * sizeof *snap_locs)))
+        return;
+    if (journal_compact(m->journal, snapshot_state, m) < 0) {
         mlog("journal: compaction failed (%s): the journal goes on growing", rl_errmsg());
-    else
+    } else {
+        for (int k = 0; k < m->sched.n_jobs; k++) m->sched.jobs[k].record_off = snap_locs[k];
         mlog("journal compacted in %.0f ms", wire_now_ms() - t0);
+    }
+    free(snap_locs);
+    snap_locs = NULL;
 }
 
 /* ---- job seeds ------------------------------------------------------------------------------ */
@@ -561,8 +594,10 @@ static void on_hello(master_t *m, const wire_msg_t *msg, const Rlhf__Hello *h) {
                    "namespace: at most 200 bytes, not starting with '@'");
         return;
     }
-    if (h->role == RLHF__ROLE__ROLE_LEARNER) /* (re)started: what it serves is announced anew */
+    if (h->role == RLHF__ROLE__ROLE_LEARNER) { /* (re)started: what it serves is announced anew */
         master_weights_reset(m);
+        mrun_learner_hello(m); /* and the PPO loop asks it where it stands */
+    }
     int w = sched_worker_add(&m->sched, msg->rid, msg->rid_len, id, h->role, caps, h->pid, now);
     if (w < 0) return;
     m->sched.workers[w].ns = nsi;
@@ -635,6 +670,11 @@ static uint64_t job_spec_hash(const sched_job_t *jb) {
     return jb->spec_hash
                ? jb->spec_hash
                : spec_hash(jb->kind, jb->seed, jb->policy_version, jb->payload, jb->payload_len);
+}
+
+int master_job_same_spec(const sched_job_t *jb, int kind, uint64_t seed, uint64_t version,
+                         const void *payload, size_t len) {
+    return job_spec_hash(jb) == spec_hash(kind, seed, version, payload, len);
 }
 
 static void send_job_done(master_t *m, const uint8_t *rid, size_t rid_len, const sched_job_t *jb,
@@ -957,8 +997,8 @@ static void on_reject(master_t *m, int w, const Rlhf__JobReject *r) {
     } else if (r->environment) {
         mode = SCHED_HOLD, hold = now + 2000;
     } else if (jb && jb->run >= 0) {
-        mode = SCHED_HOLD;
-        hold = now + fmin(5000, 250.0 * (1u << (jb->attempt < 5 ? jb->attempt : 5)));
+        mode = SCHED_HOLD; /* 250 ms, doubling with each such rejection, up to 8 s */
+        hold = now + fmin(8000, 250.0 * (1u << (jb->holds < 5 ? jb->holds : 5)));
     }
     if (jb && r->code) {
         free(jb->reason);
@@ -1478,7 +1518,8 @@ int main(int argc, char **argv) {
         journal_close(&m->journal);
         return 0;
     }
-    if (!m->data_dir[0]) snprintf(m->data_dir, sizeof m->data_dir, "%.4000s", m->cfg.run_dir);
+    /* runs live in DATA_DIR/NAME: by default beside the master's own files, in RUN_DIR/runs */
+    if (!m->data_dir[0]) snprintf(m->data_dir, sizeof m->data_dir, "%.4000s/runs", m->cfg.run_dir);
     char abs_dir[4096];
     if (fs_mkdir_p(m->data_dir) == 0 && realpath(m->data_dir, abs_dir))
         snprintf(m->data_dir, sizeof m->data_dir, "%s", abs_dir);

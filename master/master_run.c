@@ -73,6 +73,7 @@ struct mrun {
     double submitted_unix, updated_unix;
     double *stage_secs;
     int logged_stage; /* the stage whose start line is in run.log (-1: none) */
+    uint64_t seq;     /* submission order: the oldest queued run becomes active first */
     int io_paused;    /* the master's own write to the run directory failed */
     uint64_t env_job; /* the job whose environment error paused the run (0: none) */
 };
@@ -185,7 +186,12 @@ static int job_ensure(master_t *m, int ri, int ns, uint64_t id, int kind, uint64
     if (j < 0)
         return master_job_create(m, ns, id, kind, seed, version, role, lease_ms, payload, len, ri);
     sched_job_t *jb = &m->sched.jobs[j];
-    int again = jb->forgotten || (jb->state == SCHED_FAILED && r->retry);
+    (void)r;
+    /* forgotten (its record no longer needed, or a failure the run was resubmitted after), or
+     * finished with another spec than this one (a cancelled run's stage, settings changed
+     * since): it runs again */
+    int again = jb->forgotten || (jb->state == SCHED_DONE &&
+                                  !master_job_same_spec(jb, kind, seed, version, payload, len));
     if (again) {
         /* the same id with a fresh spec: journaled as a new job */
         if (master_job_create(m, ns, id, kind, seed, version, role, lease_ms, payload, len, ri) < 0)
@@ -248,7 +254,7 @@ static int stage_job(master_t *m, int ri, int i, uint64_t id, const char *sub) {
         sp.cwd = (char *)(cwd ? cwd : r->dir);
         sp.log = log;
         sp.stdout_to = stdout_to ? stdout_to : "";
-        sp.master = m->endpoint;
+        sp.master = ""; /* the stage worker's own master: this one, at whatever endpoint */
         sp.ns = ns;
         size_t len = rlhf__stage_spec__get_packed_size(&sp);
         uint8_t *buf = malloc(len ? len : 1);
@@ -870,6 +876,13 @@ static int ppo_step(master_t *m, int ri) {
              * adopted with their lines of OUT/metrics.jsonl */
             if (L > i + 1 && ppo_adopt(m, r, i, L) < 0) return STEP_FAIL;
             if (L < i) ppo_rollback(m, r, L);
+            /* updates the learner does not hold (it restarted from an older checkpoint): a
+             * recorded result of one is not the learner's state, it is run again */
+            for (long k = L; k <= i && L <= i; k++) {
+                int tj = sched_job_find(&m->sched, master_job_id(m, r->ns_ppo, train_id(k)));
+                if (tj >= 0 && m->sched.jobs[tj].state == SCHED_DONE)
+                    master_job_forget(m, &m->sched.jobs[tj]);
+            }
             if (L > i + 1 || L < i) run_log(m, r, "ppo: resuming at iteration %ld", L);
             p->attached = 1;
             continue;
@@ -1053,13 +1066,34 @@ static void run_step(master_t *m, int ri) {
     run_set(m, r, R_SUCCEEDED, r->stage, "");
 }
 
-void mrun_tick(master_t *m) {
-    /* one active run at a time: the oldest that has not finished */
+/* The active run: the one running or paused, else the queued run submitted first; -1. */
+static int active_run(const master_t *m) {
+    int best = -1;
     for (int ri = 0; ri < m->n_runs; ri++) {
-        if (terminal(m->runs[ri].state)) continue;
-        run_step(m, ri);
-        if (!terminal(m->runs[ri].state)) break;
+        const mrun_t *r = &m->runs[ri];
+        if (r->state == R_RUNNING || r->state == R_PAUSED) return ri;
+        if (r->state == R_QUEUED && (best < 0 || r->seq < m->runs[best].seq)) best = ri;
     }
+    return best;
+}
+
+void mrun_tick(master_t *m) {
+    /* one active run at a time (the learner holds one training at a time): the one under way
+     * goes on; when it ends, the queued run submitted first starts */
+    for (int guard = 0; guard < m->n_runs + 1; guard++) {
+        int ri = active_run(m);
+        if (ri < 0) return;
+        run_step(m, ri);
+        mrun_t *r = &m->runs[ri];
+        if (!terminal(r->state)) return;
+        ppo_free(r->ppo); /* ended: its loop's state goes; read again if it is resubmitted */
+        r->ppo = NULL;
+    }
+}
+
+void mrun_learner_hello(master_t *m) {
+    int ri = active_run(m);
+    if (ri >= 0 && m->runs[ri].ppo) m->runs[ri].ppo->attached = 0;
 }
 
 /* ---- submission, queries ----------------------------------------------------------------- */
@@ -1124,6 +1158,12 @@ static int run_put(master_t *m, const char *name, json_t *plan) {
         snprintf(ns, sizeof ns, "@%s/ppo", name);
         r->ns_ppo = master_ns_index(m, ns);
         r->submitted_unix = now_unix();
+        r->seq = ++m->run_seq;
+        if (r->ns_self < 0 || r->ns_ppo < 0) {
+            m->n_runs--;
+            json_decref(plan);
+            return -1;
+        }
     }
     mrun_t *r = &m->runs[ri];
     json_decref(r->plan);
@@ -1197,7 +1237,15 @@ int mrun_submit(master_t *m, const char *name, const char *plan_json, char *why,
         r->io_paused = 1;
     }
     if (was < 0 || terminal(was)) {
-        r->retry = was == R_FAILED || was == R_CANCELLED || was == R_SUCCEEDED;
+        /* submitted again: its failed jobs run again, once each (forgotten now, so a job that
+         * fails again fails the run again), and its PPO plan is read again */
+        for (int j = 0; j < m->sched.n_jobs; j++)
+            if (m->sched.jobs[j].run == ri && m->sched.jobs[j].state == SCHED_FAILED)
+                master_job_forget(m, &m->sched.jobs[j]);
+        ppo_free(r->ppo);
+        r->ppo = NULL;
+        r->retry = 0;
+        r->seq = ++m->run_seq;
         r->logged_stage = -1;
         run_set(m, r, R_QUEUED, 0, rc < 0 ? why : "");
         run_log(m, r, "submitted: %d stages, run directory %s", r->n_stages, r->dir);

@@ -73,6 +73,9 @@ int mrun_log_read(master_t *m, int r, uint64_t off, size_t max, uint8_t **buf, s
 void mrun_job_end(master_t *m, sched_job_t *jb, int ok, const char *reason, int deterministic,
                   int environment);
 
+/* A learner (re)registered: the active PPO loop asks it where it stands before going on. */
+void mrun_learner_hello(master_t *m);
+
 /* Advances every run as far as it can go now. */
 void mrun_tick(master_t *m);
 

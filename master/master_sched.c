@@ -131,7 +131,7 @@ static void lease_end(sched_t *s, int j, const char *why, int fail_now) {
     sched_job_t *job = &s->jobs[j];
     if (job->worker >= 0 && s->workers[job->worker].job == j) s->workers[job->worker].job = -1;
     job->worker = -1;
-    if (fail_now || job->attempt >= s->max_attempts) {
+    if (fail_now || job->attempt >= (job->max_attempts ? job->max_attempts : s->max_attempts)) {
         job->state = SCHED_FAILED;
         s->n_failed++;
         LOG(s, "job %llu failed after %u attempt%s (%s)", (unsigned long long)job->id, job->attempt,
@@ -210,6 +210,9 @@ int sched_worker_add(sched_t *s, const void *rid, size_t rid_len, const char *id
 void sched_worker_seen(sched_t *s, int w, double now, uint64_t job_id, uint32_t attempt) {
     sched_worker_t *wk = &s->workers[w];
     wk->last_seen_ms = now;
+    if (job_id && wk->job >= 0 && s->jobs[wk->job].id == job_id &&
+        s->jobs[wk->job].attempt == attempt && s->jobs[wk->job].renew)
+        s->jobs[wk->job].deadline_ms = now + s->jobs[wk->job].lease_ms; /* still at it */
     if (job_id == 0) {
         wk->stale_job = 0;
     } else if (wk->job < 0 || s->jobs[wk->job].id != job_id ||
@@ -320,6 +323,7 @@ sched_verdict_t sched_reject_ex(sched_t *s, int w, uint64_t job_id, uint32_t att
     if (mode == SCHED_HOLD) {
         jb->attempt--; /* the next dispatch counts it again: this one was not the job's fault */
         jb->hold_until_ms = hold_until_ms;
+        jb->holds++;
     }
     lease_end(s, j, mode == SCHED_HOLD ? "held back" : "rejected by the worker", 0);
     return SCHED_ACCEPTED;
@@ -344,6 +348,8 @@ int sched_job_retry(sched_t *s, int j, const void *payload, size_t payload_len) 
     jb->deterministic = 0;
     jb->hold_until_ms = 0;
     jb->forgotten = 0;
+    jb->deterministic = 0;
+    jb->holds = 0;
     free(jb->reason);
     jb->reason = NULL;
     jb->worker = -1;

@@ -44,8 +44,12 @@ typedef struct {
     double dispatched_ms;
     uint64_t policy_version; /* weights it needs: not dispatched before sched_t.weights_version */
     int role;                /* only workers of this role run it; 0: any that has the capability */
-    double hold_until_ms; /* not dispatched before (a job held back after an environment error) */
-    int deterministic;    /* FAILED at once by SCHED_FAIL (its input is bad), not attempts spent */
+    double hold_until_ms;  /* not dispatched before (a job held back after an environment error) */
+    int deterministic;     /* FAILED at once by SCHED_FAIL (its input is bad), not attempts spent */
+    uint32_t max_attempts; /* leases before it fails (0: the scheduler's max_attempts) */
+    int renew;             /* its lease is renewed by each heartbeat of its holder naming it: the
+                              lease then bounds silence about the job, not the job's length */
+    uint32_t holds;        /* SCHED_HOLD rejections so far (the caller's backoff) */
     /* the master's annotations (the scheduler only initialises them) */
     int client;         /* registry index of the client to tell when it finishes; -1: none */
     int run;            /* index of the run that created it (master_run.c); -1: a client's */
@@ -130,7 +134,8 @@ int sched_worker_add(sched_t *s, const void *rid, size_t rid_len, const char *id
 /* Index of the live worker with this routing id, or -1. */
 int sched_worker_find(const sched_t *s, const void *rid, size_t rid_len);
 
-/* Records a sign of life; job_id/attempt are what the worker says it runs (0 = idle). */
+/* Records a sign of life; job_id/attempt are what the worker says it runs (0 = idle). The
+ * lease of that job, when it is this worker's and renewable, runs lease_ms from now. */
 void sched_worker_seen(sched_t *s, int w, double now, uint64_t job_id, uint32_t attempt);
 
 /* Declares worker w dead (or gone): its lease is requeued. */

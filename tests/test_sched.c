@@ -134,8 +134,36 @@ static void test_mark_done_and_fifo(void) {
     sched_free(&s);
 }
 
+/* A run's job: its holder's heartbeats naming it renew the lease, and no number of lost
+ * leases fails it (only SCHED_FAIL does). */
+static void test_renew_and_unlimited(void) {
+    sched_t s;
+    sched_init(&s, 2, 0);
+    int j0 = sched_job_add(&s, 1, GEN, 1, NULL, 0, 100), j, w;
+    s.jobs[j0].renew = 1;
+    s.jobs[j0].max_attempts = UINT32_MAX;
+    int a = add_worker(&s, "a", 1u << GEN, 0);
+    CHECK_EQ(sched_dispatch(&s, 0, &j, &w), 1);
+    sched_worker_seen(&s, a, 90, 1, 1); /* still at it at 90 ms: the lease runs to 190 */
+    CHECK_EQ(sched_tick(&s, 150, 1000), 0);
+    CHECK_EQ(s.jobs[j].state, SCHED_LEASED);
+    sched_worker_seen(&s, a, 180, 1, 7); /* another attempt named: no renewal */
+    CHECK_EQ(sched_tick(&s, 200, 1000), 1);
+    CHECK_EQ(s.jobs[j].state, SCHED_QUEUED);
+    for (uint32_t k = 2; k <= 6; k++) { /* far past max_attempts (2): requeued each time */
+        sched_worker_seen(&s, a, 300.0 * k, 0, 0);
+        CHECK_EQ(sched_dispatch(&s, 300.0 * k, &j, &w), 1);
+        CHECK_EQ(s.jobs[j].attempt, k);
+        CHECK_EQ(sched_reject(&s, a, 1, k, s.jobs[j].lease_id), SCHED_ACCEPTED);
+        CHECK_EQ(s.jobs[j].state, SCHED_QUEUED);
+    }
+    CHECK_EQ(s.n_failed, 0);
+    sched_free(&s);
+}
+
 int main(void) {
     RUN(test_dispatch_and_result);
+    RUN(test_renew_and_unlimited);
     RUN(test_death_requeues_and_fences);
     RUN(test_expiry_reject_and_failure);
     RUN(test_reject_modes);

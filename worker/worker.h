@@ -35,6 +35,7 @@ typedef struct {
     uint64_t weights_version;
     const void *weights;
     size_t weights_bytes;
+    const char *master; /* the endpoint of the master this worker serves */
 } worker_job_t;
 
 /* Each role's state between jobs, owned by the worker's main state (worker_main.c) and passed

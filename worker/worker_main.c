@@ -330,6 +330,7 @@ static void on_assign(worker_t *w, const Rlhf__JobAssign *a) {
     s->job.job_id = a->job_id;
     s->job.attempt = a->attempt;
     s->job.seed = a->seed;
+    s->job.master = w->master;
     s->job.cancel = &w->cancel;
     s->lease_id = a->lease_id;
     s->policy_version = a->policy_version;

@@ -199,6 +199,16 @@ static int announce(ppo_state_t *ps) {
 
 /* Publishes the policy as `version` (once per version) and announces it. */
 static int publish(ppo_state_t *ps, uint64_t version) {
+    if (version < atomic_load(&ps->published)) {
+        /* back to an older version (reloaded from a checkpoint after a failed update, or the
+         * directory changed): the server's newer snapshots are not this state's - a new
+         * server, at a new endpoint, serves from here (workers drop what they fetched) */
+        pthread_mutex_lock(&ps->ann_mu);
+        atomic_store(&ps->published, 0);
+        ps->ws_endpoint[0] = 0;
+        pthread_mutex_unlock(&ps->ann_mu);
+        wsync_server_destroy(&ps->ws);
+    }
     if (version == 0) return 0; /* version 0 is the policy directory's own weights */
     if (!ps->ws) {
         ps->ws = wsync_server_new(NULL, "tcp://127.0.0.1:*", 0);

@@ -231,7 +231,10 @@ static int stage_run(const worker_job_t *job, const Rlhf__StageSpec *sp, Rlhf__S
         }
     }
     char **argv = calloc(sp->n_argv + 2, sizeof *argv), *own[2] = {NULL, NULL};
-    char **env = child_env(sp->master ? sp->master : "", sp->ns ? sp->ns : "", own, 2);
+    /* the command's jobs go to the master this worker serves (the one that gave it the job),
+     * or to the spec's when it names one */
+    const char *master = sp->master && sp->master[0] ? sp->master : job->master ? job->master : "";
+    char **env = child_env(master, sp->ns ? sp->ns : "", own, 2);
     int nfd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     pid_t parent = getpid(), pid = -1;
     if (argv && env && nfd >= 0) {
