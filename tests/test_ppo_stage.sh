@@ -42,7 +42,7 @@ check "both rollout workers generated" \
 check "rollout workers fetched weights (one sync line per version)" \
     grep -q "synced:.*GB/s" .cluster/worker-rollout-0.log
 check "the run ran in the local cluster of the data directory" \
-    jq -e '.state == "succeeded"' <("$R" status learn --json --data-dir .)
+    jq -e -s '.[0].state == "succeeded"' <("$R" status learn --json --data-dir .)
 check "metrics have every figure" jq -e -s 'all(.[]; .ppo.kl_k1 != null and .ppo.kl_k3 != null and
     .ppo.entropy != null and .ppo.clipfrac != null and .ppo.approx_kl != null and
     .ppo.explained_var != null and .ppo.value_loss != null and .ppo.kl_coef != null and
