@@ -5,7 +5,8 @@
 #   annotators, aggregation with agreement statistics, C(K,2) pairs) -> stage 2 (reward model)
 #   -> stage 3 (PPO through the master, rollout, reward and learner workers) -> evaluation by
 #   the gold judge -> runs/demo/report.md with plots.
-# Interrupted, it continues where it stopped when run again. Extra arguments go to `rlhf run`
+# The run belongs to the local cluster of runs/ (started if none runs); interrupted, it goes
+# on, and the same command follows it again. Extra arguments go to `rlhf run`
 # (for example --set ppo.iterations=40). Usage: deploy/demo.sh [BUILD_DIR] [ARGS...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,3 +16,6 @@ shift || true
 "$BIN/rlhf" run deploy/demo.yaml "$@"
 echo
 cat runs/demo/report.md
+echo
+echo "(the local cluster that ran it stays up for the next run: $BIN/rlhf runs --data-dir runs;"
+echo " $BIN/rlhf down --data-dir runs stops it)"

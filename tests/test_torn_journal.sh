@@ -34,8 +34,10 @@ cp ppo.yaml calm/ && cp ppo.yaml torn/
 check "the undisturbed run succeeds" grep -q "all stages done" calm/run.err
 "$R" down --data-dir calm >/dev/null 2>&1
 
-# --- the same run, its master torn 50 times
+# --- the same run, its master torn 50 times, and its journal compacted along the way (a
+# snapshot past 64 KiB of tail: replay starts from snapshots as well as from a torn tail)
 echo "$CRASHES" >torn/budget
+printf 'master:\n  journal_compact_bytes: 65536\n' >torn/master.yaml
 t0=$(date +%s)
 (cd torn && RLHF_JOURNAL_CRASH_AFTER=1-8000 RLHF_JOURNAL_CRASH_BUDGET="$PWD/budget" \
     timeout 200 "$R" run ppo.yaml >run.out 2>run.err)
@@ -67,4 +69,7 @@ check "metrics identical to the undisturbed run's (timings aside)" \
 check "policy bit-identical to the undisturbed run's" \
     cmp -s calm/run/ppo/policy/model.safetensors torn/run/ppo/policy/model.safetensors
 check "the journal opens clean afterwards" "$BIN/rlhf-master" --dump-results $C
+check "the journal was compacted along the way" grep -q "journal compacted" $C/master.log
+check "... and masters started from a snapshot" \
+    bash -c "grep 'records replayed' $C/master.log | grep -vq '(0 from the snapshot)'"
 finish
