@@ -120,9 +120,10 @@ static int runs_endpoint(const char *cmd, const runs_args_t *a, char *ep, size_t
     snprintf(path, sizeof path, "%s/.cluster/master.json", a->data_dir);
     json_t *m = json_load_file(path, 0, NULL);
     const char *e = json_string_value(json_object_get(m, "endpoint"));
-    if (e && e[0]) snprintf(ep, n, "%s", e);
-    json_decref(m);
-    if (e && e[0]) return 0;
+    int found = e && e[0];
+    if (found) snprintf(ep, n, "%s", e);
+    json_decref(m); /* e goes with it */
+    if (found) return 0;
     fprintf(stderr, "rlhf %s: no cluster serves %s/ (start one with rlhf run or rlhf up)\n", cmd,
             a->data_dir);
     return 1;
