@@ -62,6 +62,13 @@ typedef struct {
     /* newest weights announced (WeightsAnnounce from the learner): forwarded to every worker */
     uint64_t weights_version;
     char weights_endpoint[256];
+    double weights_first_ms; /* when its announcer was first heard (0: unknown, or reset) */
+    struct {
+        uint8_t rid[SCHED_MAX_RID];
+        size_t rid_len;
+        double first_ms;
+    } announcers[32]; /* the weights announcers heard lately, by routing id */
+    int n_announcers;
     json_t *ppo_stats;    /* the newest PPO update's figures (TrainOutput.ppo), or NULL */
     uint64_t ppo_version; /* the policy version that update published */
     master_http_t *http;

@@ -302,6 +302,7 @@ int master_job_forgotten(const sched_job_t *jb) {
 }
 
 void master_weights_reset(master_t *m) {
+    m->weights_first_ms = 0;
     m->weights_version = 0;
     m->weights_endpoint[0] = 0;
     m->sched.weights_version = 0;
@@ -627,14 +628,35 @@ static void on_hello(master_t *m, const wire_msg_t *msg, const Rlhf__Hello *h) {
 /* The learner (or a tool) announces weights: a newer version, or the same one served at a new
  * endpoint (a restarted learner), is forwarded to every worker, and jobs waiting for it become
  * dispatchable. Announcers repeat themselves, so a restarted master learns the version again. */
-static void on_weights_announce(master_t *m, const Rlhf__WeightsAnnounce *a) {
+/* When the announcer with this routing id was first heard (remembered for the last 32). */
+static double announcer_first_ms(master_t *m, const wire_msg_t *msg) {
+    for (int i = 0; i < m->n_announcers; i++)
+        if (m->announcers[i].rid_len == msg->rid_len &&
+            !memcmp(m->announcers[i].rid, msg->rid, msg->rid_len))
+            return m->announcers[i].first_ms;
+    int i = m->n_announcers < 32 ? m->n_announcers++ : 0;
+    if (i == 0 && m->n_announcers == 32) /* full: the oldest goes */
+        for (int k = 1; k < 32; k++)
+            if (m->announcers[k].first_ms < m->announcers[i].first_ms) i = k;
+    memcpy(m->announcers[i].rid, msg->rid, msg->rid_len);
+    m->announcers[i].rid_len = msg->rid_len;
+    m->announcers[i].first_ms = wire_now_ms();
+    return m->announcers[i].first_ms;
+}
+
+static void on_weights_announce(master_t *m, const wire_msg_t *msg,
+                                const Rlhf__WeightsAnnounce *a) {
     const char *ep = a->endpoint ? a->endpoint : "";
-    /* a lower version at another endpoint is a learner that restarted from an older checkpoint
-     * or serves another training: the newest announcement is the truth (one learner) */
-    if (!ep[0] || strlen(ep) >= sizeof m->weights_endpoint ||
-        (a->version < m->weights_version && !strcmp(ep, m->weights_endpoint)) ||
-        (a->version == m->weights_version && !strcmp(ep, m->weights_endpoint)))
-        return;
+    if (!ep[0] || strlen(ep) >= sizeof m->weights_endpoint || a->version == 0) return;
+    int same_ep = !strcmp(ep, m->weights_endpoint);
+    double first = announcer_first_ms(m, msg);
+    /* a newer version is believed. A lower one at another endpoint only from the announcer of
+     * the current one (its learner switched to another training, or went back to an older
+     * checkpoint and serves from a new server) or from one first heard after it (a restarted
+     * learner): an older announcer repeating itself never takes the version back */
+    if (a->version < m->weights_version && (same_ep || first < m->weights_first_ms)) return;
+    if (a->version == m->weights_version && same_ep) return;
+    m->weights_first_ms = first;
     m->weights_version = a->version;
     snprintf(m->weights_endpoint, sizeof m->weights_endpoint, "%s", ep);
     m->sched.weights_version = a->version;
@@ -646,8 +668,8 @@ static void on_weights_announce(master_t *m, const Rlhf__WeightsAnnounce *a) {
     rec.body_case = RLHF__JOURNAL_RECORD__BODY_WEIGHTS;
     rec.weights = &jw;
     master_journal(m, &rec, 0);
-    for (int w = 0; w < m->sched.n_workers; w++) {
-        sched_worker_t *wk = &m->sched.workers[w];
+    for (int k = 0; k < m->sched.n_workers; k++) {
+        sched_worker_t *wk = &m->sched.workers[k];
         if (wk->alive && wk->role != RLHF__ROLE__ROLE_TOOL) send_weights(m, wk->rid, wk->rid_len);
     }
     dispatch_all(m);
@@ -1145,7 +1167,7 @@ static void handle(master_t *m, wire_msg_t *msg) {
         break;
     }
     case RLHF__ENVELOPE__BODY_WEIGHTS_ANNOUNCE:
-        on_weights_announce(m, env->weights_announce);
+        on_weights_announce(m, msg, env->weights_announce);
         break;
     case RLHF__ENVELOPE__BODY_ERROR:
         mlog("error from %s: %d %s", w >= 0 ? m->sched.workers[w].id : "a peer", env->error->code,
