@@ -111,3 +111,16 @@ gen_jobs() {
             "$i" "$3" "$2"
     done
 }
+
+# tiny_ppo_setup LAYERS DIM CTX: in the current directory, what the PPO tests run on - a byte-level
+# BPE tokenizer of 260 ids (tok/), a policy (pol/) and a value model with a scalar head (val/) of
+# that shape, and 40 prompts (prompts.jsonl). Needs R=path/to/rlhf.
+tiny_ppo_setup() {
+    for i in $(seq 1 200); do echo "hello world what is two plus three name a fruit apple please thanks $i"; done >corpus.txt
+    "$R" tokenizer-train --corpus corpus.txt --vocab-size 260 --out tok >/dev/null
+    "$R" init-model --tokenizer tok --layers "$1" --heads 2 --dim "$2" --vocab 260 --ctx "$3" \
+        --out pol >/dev/null
+    "$R" init-model --tokenizer tok --layers "$1" --heads 2 --dim "$2" --vocab 260 --ctx "$3" \
+        --scalar-head --seed 2 --out val >/dev/null
+    for i in $(seq 1 40); do echo "{\"prompt\":\"what is $i plus\"}"; done >prompts.jsonl
+}

@@ -21,12 +21,7 @@ KILLS=24
 KINDS=(master learner rollout reward supervisor client)
 echo "chaos seed $SEED ($KILLS kills, $ITERS iterations; CHAOS_SEED=$SEED to repeat)"
 
-for i in $(seq 1 200); do echo "hello world what is two plus three name a fruit apple please thanks $i"; done >corpus.txt
-"$R" tokenizer-train --corpus corpus.txt --vocab-size 260 --out tok >/dev/null
-"$R" init-model --tokenizer tok --layers 2 --heads 2 --dim 32 --vocab 260 --ctx 48 --out pol >/dev/null
-"$R" init-model --tokenizer tok --layers 2 --heads 2 --dim 32 --vocab 260 --ctx 48 --scalar-head \
-    --seed 2 --out val >/dev/null
-for i in $(seq 1 40); do echo "{\"prompt\":\"what is $i plus\"}"; done >prompts.jsonl
+tiny_ppo_setup 2 32 48
 cat >chaos.yaml <<Y
 seed: 7
 stages: [ppo]

@@ -9,12 +9,7 @@ source "$(dirname "$0")/runtime_lib.sh"
 R=$BIN/rlhf
 cd "$W" || exit 1
 
-for i in $(seq 1 200); do echo "hello world what is two plus three name a fruit apple please thanks $i"; done >corpus.txt
-"$R" tokenizer-train --corpus corpus.txt --vocab-size 260 --out tok >/dev/null
-"$R" init-model --tokenizer tok --layers 2 --heads 2 --dim 32 --vocab 260 --ctx 48 --out pol >/dev/null
-"$R" init-model --tokenizer tok --layers 2 --heads 2 --dim 32 --vocab 260 --ctx 48 --scalar-head \
-    --seed 2 --out val >/dev/null
-for i in $(seq 1 40); do echo "{\"prompt\":\"what is $i plus\"}"; done >prompts.jsonl
+tiny_ppo_setup 2 32 48
 check "tiny policy and value model" test -f pol/model.safetensors -a -f val/model.safetensors
 
 # same_run A B: both runs have 6 iterations of metrics and their PPO figures are identical

@@ -36,12 +36,7 @@ readonly_dir() {
 }
 writable_dir() { umount "$1"; }
 
-for i in $(seq 1 200); do echo "hello world what is two plus three name a fruit apple please thanks $i"; done >corpus.txt
-"$R" tokenizer-train --corpus corpus.txt --vocab-size 260 --out tok >/dev/null
-"$R" init-model --tokenizer tok --layers 1 --heads 2 --dim 16 --vocab 260 --ctx 32 --out pol >/dev/null
-"$R" init-model --tokenizer tok --layers 1 --heads 2 --dim 16 --vocab 260 --ctx 32 --scalar-head \
-    --seed 2 --out val >/dev/null
-for i in $(seq 1 40); do echo "{\"prompt\":\"what is $i plus\"}"; done >prompts.jsonl
+tiny_ppo_setup 1 16 32
 # ppo_yaml CHECKPOINT_EVERY
 ppo_yaml() {
     cat <<Y
