@@ -16,7 +16,7 @@ mode=${1:-demo}
 PACKAGES=(
     build-essential cmake pkg-config clang-format jq python3
     libopenblas-openmp-dev libzmq3-dev libprotobuf-c-dev protobuf-c-compiler
-    libuv1-dev libjansson-dev librandom123-dev libpcre2-dev
+    libuv1-dev libjansson-dev librandom123-dev libpcre2-dev libsodium-dev
     libh2o-dev libyaml-dev libssl-dev prometheus curl gnuplot-nox
 )
 # The tokenizer test compares against GPT-2's reference encoder from the npm registry. A
