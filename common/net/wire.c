@@ -34,11 +34,28 @@ void wire_msg_free(wire_msg_t *m) {
 }
 
 const void *wire_frame_data(const wire_msg_t *m, int i) {
-    return i < m->n_frames ? zmq_msg_data(m->frames[i]) : NULL;
+    return i < m->n_frames && m->frames[i] ? zmq_msg_data(m->frames[i]) : NULL;
 }
 
 size_t wire_frame_size(const wire_msg_t *m, int i) {
-    return i < m->n_frames ? zmq_msg_size(m->frames[i]) : 0;
+    return i < m->n_frames && m->frames[i] ? zmq_msg_size(m->frames[i]) : 0;
+}
+
+void *wire_frame_take(wire_msg_t *m, int i) {
+    if (i < 0 || i >= m->n_frames) return NULL;
+    void *f = m->frames[i];
+    m->frames[i] = NULL; /* wire_msg_free skips it */
+    return f;
+}
+
+const void *wire_frame_bytes(const void *frame) {
+    return frame ? zmq_msg_data((zmq_msg_t *)frame) : NULL;
+}
+
+void wire_frame_release(void *frame) {
+    if (!frame) return;
+    zmq_msg_close(frame);
+    free(frame);
 }
 
 int wire_recv(void *sock, int with_rid, wire_msg_t *m, int flags) {

@@ -74,6 +74,13 @@ void wire_msg_free(wire_msg_t *m);
 const void *wire_frame_data(const wire_msg_t *m, int i);
 size_t wire_frame_size(const wire_msg_t *m, int i);
 
+/* Takes frame i out of m, to keep its bytes (no copy) after wire_msg_free(m): returns the
+ * frame (NULL when there is none), whose bytes wire_frame_bytes() gives, and which the caller
+ * releases with wire_frame_release(). Frame i of m is then empty (size 0, data NULL). */
+void *wire_frame_take(wire_msg_t *m, int i);
+const void *wire_frame_bytes(const void *frame);
+void wire_frame_release(void *frame);
+
 /*
  * Decodes and validates the envelope of `m` (see the classes above). On WIRE_OK *env is a new
  * envelope the caller frees with rlhf__envelope__free_unpacked(env, NULL); on any other result
