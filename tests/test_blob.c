@@ -23,6 +23,7 @@
 #include "base/fs.h"
 #include "net/blob.h"
 #include "net/wire.h"
+#include "net/wsync.h"
 
 static void *ctx;
 static char root[512]; /* this run's scratch directory */
@@ -162,6 +163,17 @@ static void copy_tree(const char *from, const char *to) {
         snprintf(y, sizeof y, "%s/%s", to, model_files[i]);
         copy_file_to(x, y);
     }
+}
+
+/* Overwrites a few bytes of blobs/<hex> in a store (blobs are read-only). */
+static void damage_blob(const char *store, const char *hex, uint64_t at) {
+    const char *p = P("stores/%s/blobs/%s", store, hex);
+    CHECK(chmod(p, 0644) == 0);
+    int fd = open(p, O_WRONLY);
+    CHECK(fd >= 0);
+    CHECK(pwrite(fd, "XXXX", 4, (off_t)at) == 4);
+    close(fd);
+    chmod(p, 0444);
 }
 
 /* ---- the store, without a network -------------------------------------------------------------
@@ -396,17 +408,6 @@ static void test_push(void) {
     missing[71] = '\0';
     CHECK_ERR(blob_client_push(c, cli_store, missing), RL_ENOTFOUND);
     blob_client_free(&c);
-}
-
-/* Overwrites a few bytes of blobs/<hex> in a store (blobs are read-only). */
-static void damage_blob(const char *store, const char *hex, uint64_t at) {
-    const char *p = P("stores/%s/blobs/%s", store, hex);
-    CHECK(chmod(p, 0644) == 0);
-    int fd = open(p, O_WRONLY);
-    CHECK(fd >= 0);
-    CHECK(pwrite(fd, "XXXX", 4, (off_t)at) == 4);
-    close(fd);
-    chmod(p, 0444);
 }
 
 static void test_damaged_server_blob(void) {
@@ -810,6 +811,7 @@ int main(int argc, char **argv) {
     snprintf(root, sizeof root, "%s", test_tmpdir());
     if (sodium_init() < 0) return 1;
     if (argc > 1 && !strcmp(argv[1], "--bench")) {
+        wsync_malloc_tune(); /* as rlhf-worker does: received pieces reuse heap blocks */
         RUN(bench);
     } else {
         RUN(test_refs);

@@ -9,9 +9,10 @@
  * refused and keep the first (and in one store they do not race at all: resolves of a ref take
  * the flock of locks/<hex>).
  *
- * SHA-256 is libsodium's, streamed over 1 MiB blocks as the bytes go by: a put hashes what it
- * copies, a fetch hashes each piece as it arrives in order (catching up from the file when a
- * piece arrives early), an upload is hashed by the server as it is written.
+ * SHA-256 is libsodium's, streamed as the bytes go by: a put hashes what it copies, a fetch
+ * each piece as it arrives (in order; a piece that arrives before its turn is read back from the
+ * file when its turn comes), both on a hashing thread beside the one doing the I/O (see "hashing
+ * beside the I/O"); the server hashes an upload as it writes it.
  */
 #include "net/blob.h"
 
@@ -149,6 +150,154 @@ static void sync_some(int fd, uint64_t upto, uint64_t *synced) {
 static void nap_ms(int ms) {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
     nanosleep(&ts, NULL);
+}
+
+/* ---- hashing beside the I/O -------------------------------------------------------------------
+ * libsodium's SHA-256 runs at about 400 MB/s on one core: as slow as all the rest a fetch or a
+ * put does to a byte (receive, CRC, write, read) together. So the hashing has a thread of its
+ * own: the I/O thread queues each block, in order, as soon as it has it and goes on with the
+ * next, and the hasher runs the queue in order. The queue is bounded (HQ_SLOTS tasks, HQ_BYTES
+ * of queued blocks): an I/O thread faster than the hasher waits in hq_push. After a failure the
+ * remaining tasks only release what they hold.
+ */
+
+#define HQ_SLOTS 64
+#define HQ_BYTES (32u << 20)
+
+typedef struct {
+    crypto_hash_sha256_state *sha; /* hash len bytes into it: */
+    const void *data;              /*   these, or (NULL) those at off in fd */
+    size_t len;
+    int fd;
+    uint64_t off;
+    void (*release)(void *); /* then release(frame) (may be NULL) */
+    void *frame;
+    int (*call)(void *, void *); /* or (sha NULL) call(a, b): its failure stops the queue */
+    void *a, *b;
+} hq_task_t;
+
+typedef struct {
+    pthread_t th;
+    pthread_mutex_t mu;
+    pthread_cond_t wake, progress;
+    hq_task_t ring[HQ_SLOTS];
+    size_t head, count, bytes;
+    uint64_t pushed, done; /* tasks queued and run so far */
+    int stop, started;
+    int rc; /* the first failure, and its detail (rl_errmsg is the thread's own) */
+    char msg[1024];
+    atomic_int failed;
+    uint8_t *scratch; /* blocks read back from files */
+    size_t scratch_cap;
+} hq_t;
+
+static int hq_run(hq_t *q, const hq_task_t *t) {
+    if (t->call) return t->call(t->a, t->b);
+    if (t->len == 0) return 0;
+    const void *p = t->data;
+    if (!p) {
+        if (t->len > q->scratch_cap) {
+            free(q->scratch);
+            q->scratch_cap = 0;
+            if (!(q->scratch = malloc(t->len))) return rl_fail(RL_ENOMEM, "out of memory");
+            q->scratch_cap = t->len;
+        }
+        if (pread_full(t->fd, q->scratch, t->len, t->off) != (ssize_t)t->len)
+            return rl_fail(RL_EIO, "reading %zu bytes at %llu back: %s", t->len,
+                           (unsigned long long)t->off, strerror(errno ? errno : EIO));
+        p = q->scratch;
+    }
+    crypto_hash_sha256_update(t->sha, p, t->len);
+    return 0;
+}
+
+static void *hq_main(void *arg) {
+    hq_t *q = arg;
+    pthread_mutex_lock(&q->mu);
+    for (;;) {
+        while (!q->count && !q->stop) pthread_cond_wait(&q->wake, &q->mu);
+        if (!q->count) break;
+        hq_task_t t = q->ring[q->head];
+        pthread_mutex_unlock(&q->mu);
+        int rc = atomic_load(&q->failed) ? 0 : hq_run(q, &t);
+        if (t.release) t.release(t.frame);
+        pthread_mutex_lock(&q->mu);
+        if (rc < 0 && !q->rc) {
+            q->rc = rc;
+            snprintf(q->msg, sizeof q->msg, "%s", rl_errmsg());
+            atomic_store(&q->failed, 1);
+        }
+        q->head = (q->head + 1) % HQ_SLOTS;
+        q->count--;
+        q->bytes -= t.data ? t.len : 0;
+        q->done++;
+        pthread_cond_broadcast(&q->progress);
+    }
+    pthread_mutex_unlock(&q->mu);
+    return NULL;
+}
+
+static int hq_start(hq_t *q) {
+    memset(q, 0, sizeof *q);
+    pthread_mutex_init(&q->mu, NULL);
+    pthread_cond_init(&q->wake, NULL);
+    pthread_cond_init(&q->progress, NULL);
+    if (pthread_create(&q->th, NULL, hq_main, q) != 0) {
+        pthread_cond_destroy(&q->progress);
+        pthread_cond_destroy(&q->wake);
+        pthread_mutex_destroy(&q->mu);
+        return rl_fail(RL_ENOMEM, "cannot start a hashing thread");
+    }
+    q->started = 1;
+    return 0;
+}
+
+/* Queues t (waiting while the queue is full). Returns the task's number (1, 2, ...). */
+static uint64_t hq_push(hq_t *q, const hq_task_t *t) {
+    size_t held = t->sha && t->data ? t->len : 0;
+    pthread_mutex_lock(&q->mu);
+    while (q->count == HQ_SLOTS || (q->count > 0 && q->bytes + held > HQ_BYTES))
+        pthread_cond_wait(&q->progress, &q->mu);
+    q->ring[(q->head + q->count) % HQ_SLOTS] = *t;
+    q->count++;
+    q->bytes += held;
+    uint64_t n = ++q->pushed;
+    pthread_cond_signal(&q->wake);
+    pthread_mutex_unlock(&q->mu);
+    return n;
+}
+
+/* Waits until task number n has run (0: at once). */
+static void hq_wait(hq_t *q, uint64_t n) {
+    if (!q->started || n == 0) return;
+    pthread_mutex_lock(&q->mu);
+    while (q->done < n) pthread_cond_wait(&q->progress, &q->mu);
+    pthread_mutex_unlock(&q->mu);
+}
+
+/* Waits until every queued task has run. Returns 0 or the first failure (with its detail). */
+static int hq_drain(hq_t *q) {
+    pthread_mutex_lock(&q->mu);
+    while (q->count) pthread_cond_wait(&q->progress, &q->mu);
+    int rc = q->rc;
+    if (rc < 0) rl_fail(rc, "%s", q->msg);
+    pthread_mutex_unlock(&q->mu);
+    return rc;
+}
+
+/* Runs what is queued, then ends the thread. Safe on a queue that failed to start. */
+static void hq_stop(hq_t *q) {
+    if (!q->started) return;
+    pthread_mutex_lock(&q->mu);
+    q->stop = 1;
+    pthread_cond_signal(&q->wake);
+    pthread_mutex_unlock(&q->mu);
+    pthread_join(q->th, NULL);
+    pthread_cond_destroy(&q->progress);
+    pthread_cond_destroy(&q->wake);
+    pthread_mutex_destroy(&q->mu);
+    free(q->scratch);
+    q->started = 0;
 }
 
 /* ---- store ------------------------------------------------------------------------------------
@@ -292,20 +441,40 @@ static int st_put_bytes(blob_store_t *st, const void *data, size_t len,
     return st_commit(st, fd, tmp, hex, 1);
 }
 
-/* Hashes fd from its current offset to the end, writing the bytes to out too (out >= 0). */
-static int hash_stream(int fd, const char *src, int out, const char *dst, uint8_t *buf,
+/* What a put works with: the hashing thread and the blocks it reads into (each reused once
+ * the hasher is done with it). */
+#define PUT_BUFS 4
+
+typedef struct {
+    hq_t hq;
+    uint8_t *buf[PUT_BUFS];
+    uint64_t task[PUT_BUFS]; /* the hashing task that holds each block (0: none) */
+} io_t;
+
+/* Reads fd from its current offset to the end (into sha, and into out when out >= 0); *size
+ * gets the byte count. The hasher hashes one block while the next is read and written. */
+static int hash_stream(io_t *io, int fd, const char *src, int out, const char *dst,
                        crypto_hash_sha256_state *sha, uint64_t *size) {
     *size = 0;
     posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
-    for (;;) {
-        ssize_t r = read(fd, buf, IO_BYTES);
-        if (r < 0 && errno == EINTR) continue;
-        if (r < 0) return fail_errno(errno, "read", src);
-        if (r == 0) return 0;
-        crypto_hash_sha256_update(sha, buf, (unsigned long long)r);
-        if (out >= 0 && write_full(out, buf, (size_t)r) < 0) return fail_errno(errno, "write", dst);
+    int rc = 0;
+    for (unsigned k = 0;; k = (k + 1) % PUT_BUFS) {
+        hq_wait(&io->hq, io->task[k]);
+        ssize_t r;
+        do r = read(fd, io->buf[k], IO_BYTES);
+        while (r < 0 && errno == EINTR);
+        if (r < 0) rc = fail_errno(errno, "read", src);
+        if (r <= 0) break;
+        if (out >= 0 && write_full(out, io->buf[k], (size_t)r) < 0) {
+            rc = fail_errno(errno, "write", dst);
+            break;
+        }
+        hq_task_t t = {.sha = sha, .data = io->buf[k], .len = (size_t)r};
+        io->task[k] = hq_push(&io->hq, &t);
         *size += (uint64_t)r;
     }
+    int hrc = hq_drain(&io->hq); /* in any case: the queued tasks use sha and the blocks */
+    return rc < 0 ? rc : hrc;
 }
 
 /*
@@ -314,7 +483,7 @@ static int hash_stream(int fd, const char *src, int out, const char *dst, uint8_
  * costs nothing); any other file is cloned (copy-on-write filesystems) or copied, so a later
  * write to it cannot reach the blob. The digest is always computed over the stored inode.
  */
-static int st_put_file(blob_store_t *st, const char *src, uint8_t *buf, char hex[BLOB_HEX_LEN + 1],
+static int st_put_file(blob_store_t *st, io_t *io, const char *src, char hex[BLOB_HEX_LEN + 1],
                        uint64_t *size, int *exec) {
     int fd = open(src, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return fail_errno(errno, "open", src);
@@ -342,17 +511,17 @@ static int st_put_file(blob_store_t *st, const char *src, uint8_t *buf, char hex
         own = 0;
         out = open(tmp, O_RDONLY | O_CLOEXEC);
         rc = out < 0 ? fail_errno(errno, "open", tmp)
-                     : hash_stream(out, tmp, -1, NULL, buf, &sha, size);
+                     : hash_stream(io, out, tmp, -1, NULL, &sha, size);
     } else {
         out = open(tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0444);
         if (out < 0) {
             rc = fail_errno(errno, "create", tmp);
 #if defined(FICLONE)
         } else if (ioctl(out, FICLONE, fd) == 0) {
-            rc = hash_stream(out, tmp, -1, NULL, buf, &sha, size);
+            rc = hash_stream(io, out, tmp, -1, NULL, &sha, size);
 #endif
         } else {
-            rc = hash_stream(fd, src, out, tmp, buf, &sha, size);
+            rc = hash_stream(io, fd, src, out, tmp, &sha, size);
         }
     }
     close(fd);
@@ -533,7 +702,7 @@ static int manifest_blobs(const manifest_t *m, const mfile_t ***out, size_t *n) 
 
 typedef struct {
     blob_store_t *st;
-    uint8_t *buf;
+    io_t io;
     manifest_t m;
     char abs[PATH_MAX], rel[PATH_MAX];
 } put_t;
@@ -542,7 +711,7 @@ static int put_file(put_t *p) {
     char hex[BLOB_HEX_LEN + 1];
     uint64_t size;
     int exec;
-    int rc = st_put_file(p->st, p->abs, p->buf, hex, &size, &exec);
+    int rc = st_put_file(p->st, &p->io, p->abs, hex, &size, &exec);
     return rc < 0 ? rc : manifest_add(&p->m, p->rel, hex, size, exec);
 }
 
@@ -599,16 +768,13 @@ int blob_put_path(blob_store_t *st, const char *path, char ref[BLOB_REF_LEN]) {
     struct stat sb;
     if (stat(path, &sb) < 0) return fail_errno(errno, "stat", path);
     put_t *p = calloc(1, sizeof *p);
-    uint8_t *buf = malloc(IO_BYTES);
-    if (!p || !buf) {
-        free(p);
-        free(buf);
-        return rl_fail(RL_ENOMEM, "%s: out of memory", path);
-    }
+    if (!p) return rl_fail(RL_ENOMEM, "%s: out of memory", path);
     p->st = st;
-    p->buf = buf;
-    int rc = 0;
-    if (strlen(path) >= sizeof p->abs) rc = rl_fail(RL_EINVAL, "%s: path too long", path);
+    int rc = hq_start(&p->io.hq);
+    for (int k = 0; rc == 0 && k < PUT_BUFS; k++)
+        if (!(p->io.buf[k] = malloc(IO_BYTES))) rc = rl_fail(RL_ENOMEM, "%s: out of memory", path);
+    if (rc == 0 && strlen(path) >= sizeof p->abs)
+        rc = rl_fail(RL_EINVAL, "%s: path too long", path);
     if (rc == 0) {
         snprintf(p->abs, sizeof p->abs, "%s", path);
         size_t n = strlen(p->abs);
@@ -634,7 +800,8 @@ int blob_put_path(blob_store_t *st, const char *path, char ref[BLOB_REF_LEN]) {
     if (rc == 0) snprintf(ref, BLOB_REF_LEN, "sha256:%s", hex);
     free(json);
     manifest_free(&p->m);
-    free(buf);
+    hq_stop(&p->io.hq);
+    for (int k = 0; k < PUT_BUFS; k++) free(p->io.buf[k]);
     free(p);
     return rc;
 }
@@ -976,22 +1143,23 @@ typedef struct {
     uint64_t max_size; /* for an unknown size */
     int fd;            /* the tmp file, open from the first request on; else -1 */
     char *tmp;
-    crypto_hash_sha256_state sha;
-    uint64_t hashed, synced; /* bytes hashed (in order from 0), written back */
+    crypto_hash_sha256_state sha; /* the hasher's */
+    uint64_t synced;              /* written back */
     uint32_t n_pieces, next, done;
+    uint32_t hash_next; /* the next piece to queue for hashing */
     uint8_t *state, *tries;
-    int asked0; /* the first piece of a blob of unknown size is asked */
-    int finished;
+    int asked0;   /* the first piece of a blob of unknown size is asked */
+    int received; /* every piece is in and queued: from then on, the hasher's */
 } fjob_t;
 
 typedef struct {
     blob_client_t *c;
     blob_store_t *st;
     fjob_t *jobs;
-    size_t n, lo, cursor; /* jobs below lo are finished; from cursor on, none asked */
+    size_t n, lo, cursor; /* jobs below lo are received; from cursor on, none asked */
     uint32_t outstanding;
     uint64_t piece;
-    uint8_t *scratch;
+    hq_t hq;
 } fetch_t;
 
 static size_t fj_len(const fetch_t *f, const fjob_t *b, uint32_t i) {
@@ -1035,7 +1203,7 @@ static int fj_start(fetch_t *f, fjob_t *b) {
     b->fd = open(tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0444);
     if (b->fd < 0) return fail_errno(errno, "create", tmp);
     crypto_hash_sha256_init(&b->sha);
-    b->hashed = b->synced = 0;
+    b->synced = 0;
     return 0;
 }
 
@@ -1061,7 +1229,7 @@ static int fx_fill(fetch_t *f) {
     uint32_t credit = (uint32_t)f->c->o.credit;
     while (f->outstanding < credit && f->cursor < f->n) {
         fjob_t *b = &f->jobs[f->cursor];
-        if (b->finished) {
+        if (b->received) {
             f->cursor++;
             continue;
         }
@@ -1103,54 +1271,58 @@ static void fx_reset(fetch_t *f) {
 static fjob_t *fx_find(fetch_t *f, const char *hex) {
     if (!hex) return NULL;
     for (size_t j = f->lo; j < f->n && j <= f->cursor; j++)
-        if (!f->jobs[j].finished && !strcmp(f->jobs[j].hex, hex)) return &f->jobs[j];
+        if (!f->jobs[j].received && !strcmp(f->jobs[j].hex, hex)) return &f->jobs[j];
     return NULL;
 }
 
-/* Every piece is in: the digest decides whether the blob enters the store. */
-static int fj_finish(fetch_t *f, fjob_t *b) {
+/* On the hasher, once every piece is hashed: the digest decides whether the blob enters the
+ * store (the tmp file is the hasher's now; nothing of a bad blob is kept). */
+static int fj_finish(void *fp, void *bp) {
+    fetch_t *f = fp;
+    fjob_t *b = bp;
     char got[BLOB_HEX_LEN + 1];
-    if (b->hashed != (uint64_t)b->size)
-        return rl_fail(RL_EIO, "blob %s: %llu of %lld bytes hashed", b->hex,
-                       (unsigned long long)b->hashed, (long long)b->size);
     sha_final_hex(&b->sha, got);
-    if (strcmp(got, b->hex) != 0)
+    if (strcmp(got, b->hex) != 0) {
+        close(b->fd);
+        unlink(b->tmp);
+        b->fd = -1;
         return rl_fail(RL_EPROTO, "blob %s from %s: its %lld bytes hash to %s (discarded)", b->hex,
                        f->c->endpoint, (long long)b->size, got);
+    }
     int rc = st_commit(f->st, b->fd, b->tmp, b->hex, 1);
     b->fd = -1;
     if (rc < 0) return rc;
-    b->finished = 1;
     f->c->stats.blobs_fetched++;
     f->c->stats.bytes_received += (uint64_t)b->size;
-    fj_drop(b);
-    while (f->lo < f->n && f->jobs[f->lo].finished) f->lo++;
     return 0;
 }
 
-/* Hashes what is contiguous from b->hashed on: piece i from the frame in hand, the pieces that
- * arrived before their turn from the file. */
-static int fj_hash(fetch_t *f, fjob_t *b, uint32_t i, const void *data) {
-    while (b->hashed < (uint64_t)b->size) {
-        uint32_t k = (uint32_t)(b->hashed / f->piece);
-        if (k >= b->n_pieces || b->state[k] != P_DONE) break;
-        size_t len = fj_len(f, b, k);
-        const void *p = data;
-        if (k != i) {
-            if (!f->scratch && !(f->scratch = malloc(f->piece)))
-                return rl_fail(RL_ENOMEM, "out of memory");
-            if (pread_full(b->fd, f->scratch, len, b->hashed) != (ssize_t)len)
-                return fail_errno(errno ? errno : EIO, "read", b->tmp);
-            p = f->scratch;
+/* Queues for hashing what is contiguous from b->hash_next on: piece i with its frame (taken
+ * from the message), the pieces that arrived before their turn read back from the file; then,
+ * once all are queued, the check and the rename. */
+static int fj_queue(fetch_t *f, fjob_t *b, uint32_t i, void *frame) {
+    while (b->hash_next < b->n_pieces && b->state[b->hash_next] == P_DONE) {
+        uint32_t k = b->hash_next++;
+        hq_task_t t = {
+            .sha = &b->sha, .len = fj_len(f, b, k), .fd = b->fd, .off = (uint64_t)k * f->piece};
+        if (k == i && frame) {
+            t.data = wire_frame_bytes(frame);
+            t.release = wire_frame_release;
+            t.frame = frame;
+            frame = NULL;
         }
-        crypto_hash_sha256_update(&b->sha, p, len);
-        b->hashed += len;
+        hq_push(&f->hq, &t);
     }
-    sync_some(b->fd, b->hashed, &b->synced);
+    wire_frame_release(frame); /* an early piece: read back from the file in its turn */
+    if (b->hash_next < b->n_pieces) return 0;
+    hq_task_t fin = {.call = fj_finish, .a = f, .b = b};
+    b->received = 1;
+    hq_push(&f->hq, &fin);
+    while (f->lo < f->n && f->jobs[f->lo].received) f->lo++;
     return 0;
 }
 
-static int fx_data(fetch_t *f, const wire_msg_t *m, const Rlhf__Envelope *e) {
+static int fx_data(fetch_t *f, wire_msg_t *m, const Rlhf__Envelope *e) {
     const Rlhf__BlobData *d = e->blob_data;
     fjob_t *b = fx_find(f, d->digest);
     if (!b) return 0; /* not one we wait for (an answer to an earlier try) */
@@ -1190,11 +1362,11 @@ static int fx_data(fetch_t *f, const wire_msg_t *m, const Rlhf__Envelope *e) {
     }
     if (len && pwrite_full(b->fd, data, len, d->offset) < 0)
         return fail_errno(errno, "write", b->tmp);
+    sync_some(b->fd, d->offset + len, &b->synced);
     b->state[i] = P_DONE;
     b->done++;
     f->outstanding--;
-    if ((rc = fj_hash(f, b, (uint32_t)i, data)) < 0) return rc;
-    return b->done == b->n_pieces ? fj_finish(f, b) : 0;
+    return fj_queue(f, b, (uint32_t)i, wire_frame_take(m, 1));
 }
 
 /* Fetches the blobs of jobs[0..n) into the store (a job of unknown size only alone). The
@@ -1204,8 +1376,13 @@ static int cl_fetch(blob_client_t *c, blob_store_t *st, fjob_t *jobs, size_t n) 
     for (size_t j = 0; j < n; j++) jobs[j].fd = -1;
     c->op++;
     c->silences = 0;
-    int rc = cl_open(c);
+    int rc = hq_start(&f.hq);
+    if (rc == 0) rc = cl_open(c);
     while (rc == 0 && f.lo < n) {
+        if (atomic_load(&f.hq.failed)) { /* a blob did not match: no use fetching the rest */
+            rc = hq_drain(&f.hq);
+            break;
+        }
         if ((rc = fx_fill(&f)) < 0) break;
         wire_msg_t m;
         rc = cl_wait(c, &m);
@@ -1225,9 +1402,10 @@ static int cl_fetch(blob_client_t *c, blob_store_t *st, fjob_t *jobs, size_t n) 
         wire_msg_free(&m);
         c->silences = 0;
     }
+    if (rc == 0) rc = hq_drain(&f.hq);
+    hq_stop(&f.hq);
     if (rc == 0) rc = st_sync_blobs(st);
     for (size_t j = 0; j < n; j++) fj_drop(&jobs[j]); /* unfinished ones leave nothing */
-    free(f.scratch);
     if (rc < 0) cl_close(c); /* answers still in flight must not reach the next operation */
     return rc;
 }
@@ -1587,7 +1765,8 @@ typedef struct partial {
     int fd;
     char *tmp;
     uint64_t total, received, synced;
-    crypto_hash_sha256_state sha;
+    crypto_hash_sha256_state sha; /* the hasher's, until task has run */
+    uint64_t task;                /* the last hashing task queued for it */
     double last_ms;
 } partial_t;
 
@@ -1602,6 +1781,7 @@ struct blob_server {
     atomic_int partial_timeout_ms;
     partial_t *partials; /* the server thread's own */
     int n_partials;
+    hq_t hq; /* hashes uploads while the server thread writes and answers */
     _Atomic uint64_t n_requests, n_sent, n_received, n_blobs, n_bad, n_dropped, n_expired;
 };
 
@@ -1739,6 +1919,7 @@ static void sv_get(blob_server_t *s, const wire_msg_t *req, const Rlhf__BlobGet 
 static void sv_partial_free(blob_server_t *s, partial_t **pp, int remove) {
     partial_t *p = *pp;
     *pp = p->next;
+    hq_wait(&s->hq, p->task); /* its queued pieces hash into p */
     if (p->fd >= 0) close(p->fd);
     if (remove && p->tmp) unlink(p->tmp);
     free(p->tmp);
@@ -1809,6 +1990,7 @@ static void sv_put_finish(blob_server_t *s, const wire_msg_t *req, const Rlhf__B
                           partial_t **pp) {
     partial_t *p = *pp;
     char got[BLOB_HEX_LEN + 1], why[200];
+    hq_wait(&s->hq, p->task);
     sha_final_hex(&p->sha, got);
     if (strcmp(got, p->hex) != 0) {
         snprintf(why, sizeof why, "upload of %s: its %llu bytes hash to %s (discarded)", p->hex,
@@ -1830,7 +2012,7 @@ static void sv_put_finish(blob_server_t *s, const wire_msg_t *req, const Rlhf__B
     sv_ack(s, req, u, 0, NULL);
 }
 
-static void sv_put(blob_server_t *s, const wire_msg_t *req, const Rlhf__Envelope *e) {
+static void sv_put(blob_server_t *s, wire_msg_t *req, const Rlhf__Envelope *e) {
     const Rlhf__BlobPut *u = e->blob_put;
     if (!hex_valid(u->digest)) {
         sv_bad(s, req, "BlobPut: the digest is not 64 lowercase hex characters");
@@ -1877,7 +2059,9 @@ static void sv_put(blob_server_t *s, const wire_msg_t *req, const Rlhf__Envelope
         sv_ack(s, req, u, RL_EIO, why);
         return;
     }
-    crypto_hash_sha256_update(&p->sha, data, len);
+    hq_task_t t = {.sha = &p->sha, .data = data, .len = len, .release = wire_frame_release};
+    t.frame = wire_frame_take(req, 1); /* the bytes stay until hashed */
+    p->task = hq_push(&s->hq, &t);
     p->received += len;
     p->last_ms = wire_now_ms();
     sync_some(p->fd, p->received, &p->synced);
@@ -2010,7 +2194,7 @@ blob_server_t *blob_server_start(void *zctx, blob_store_t *st, const char *bind,
     size_t sz = sizeof s->bound;
     zmq_getsockopt(s->sock, ZMQ_LAST_ENDPOINT, s->bound, &sz);
     sv_unmap(s->bound);
-    if (sv_advertise(s, advertise) < 0) goto fail;
+    if (sv_advertise(s, advertise) < 0 || hq_start(&s->hq) < 0) goto fail;
     if (pthread_create(&s->th, NULL, sv_thread, s) != 0) {
         rl_fail(RL_ENOMEM, "blob server: cannot start its thread");
         goto fail;
@@ -2048,6 +2232,7 @@ void blob_server_stop(blob_server_t **sp) {
         pthread_join(s->th, NULL);
     }
     while (s->partials) sv_partial_free(s, &s->partials, 1);
+    hq_stop(&s->hq);
     if (s->sock) zmq_close(s->sock);
     if (s->own_ctx && s->zctx) zmq_ctx_term(s->zctx);
     free(s);

@@ -147,13 +147,14 @@ blob_client_t *blob_client_new(void *zctx, const char *endpoint);
 void blob_client_set_opts(blob_client_t *c, const blob_client_opts_t *o);
 
 /* A flag polled (every 100 ms at most) by the client's operations, which give up with RL_EIO
- * "cancelled" once it is non-zero. NULL: none. The flag must outlive its use. */
+ * "cancelled" once it is non-zero. NULL: none. Set it between operations; the flag must outlive
+ * its use. */
 void blob_client_set_cancel(blob_client_t *c, const _Atomic int *cancel);
 
 /* The endpoint it talks to. */
 const char *blob_client_endpoint(const blob_client_t *c);
 
-/* Counters since the client was made. */
+/* Counters since the client was made (waits for an operation in progress to end). */
 void blob_client_stats(const blob_client_t *c, blob_client_stats_t *out);
 
 /* Closes the socket (and the context if its own). Accepts NULL; nulls *cp. */
