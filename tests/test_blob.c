@@ -351,6 +351,22 @@ static void test_fetch(void) {
     CHECK_OK(blob_resolve(cli_store, c, ref, out, sizeof out));
     blob_server_stats(srv, &ss);
     CHECK_EQ(ss.requests, before);
+    /* a blob damaged in the client's store: found by verify, removed with the tree, fetched
+     * again by the next resolve */
+    CHECK_OK(blob_store_verify(cli_store, ref));
+    char *data = NULL, hex[BLOB_HEX_LEN + 1];
+    size_t n = 0;
+    CHECK_OK(fs_read_all(P("src/m2/model.safetensors"), &data, &n));
+    hex_of(data, n, hex);
+    free(data);
+    damage_blob("client", hex, 100);
+    CHECK_ERR(blob_store_verify(cli_store, ref), RL_EPROTO);
+    CHECK(strstr(rl_errmsg(), hex) != NULL);
+    CHECK_EQ(blob_store_has(cli_store, hex), 0);
+    CHECK_EQ(count_entries(P("stores/client/trees")), 0);
+    CHECK_OK(blob_resolve(cli_store, c, ref, out, sizeof out));
+    CHECK(same_tree(P("src/m2"), out));
+    CHECK_OK(blob_store_verify(cli_store, ref));
     /* a file ref */
     CHECK_OK(blob_resolve(cli_store, c, fref, out, sizeof out));
     CHECK_STREQ(out, P("stores/client/trees/%s/data.jsonl", fref + 7));

@@ -1754,6 +1754,61 @@ int blob_resolve(blob_store_t *st, blob_client_t *c, const char *ref, char *out,
     return rc < 0 ? rc : 0;
 }
 
+/* Hashes blobs/<hex> again: 0 when it matches, RL_EPROTO (after removing it) when not. */
+static int st_verify_blob(blob_store_t *st, const char *hex, uint8_t *buf) {
+    char p[PATH_MAX], got[BLOB_HEX_LEN + 1];
+    int rc = st_path(st, p, sizeof p, "blobs", hex);
+    int fd = rc < 0 ? -1 : open(p, O_RDONLY | O_CLOEXEC);
+    if (rc == 0 && fd < 0) rc = fail_errno(errno, "open", p);
+    if (rc < 0) return rc;
+    crypto_hash_sha256_state sha;
+    crypto_hash_sha256_init(&sha);
+    for (;;) {
+        ssize_t r = read(fd, buf, IO_BYTES);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) rc = fail_errno(errno, "read", p);
+        if (r <= 0) break;
+        crypto_hash_sha256_update(&sha, buf, (unsigned long long)r);
+    }
+    close(fd);
+    if (rc < 0) return rc;
+    sha_final_hex(&sha, got);
+    if (!strcmp(got, hex)) return 0;
+    unlink(p);
+    return rl_fail(RL_EPROTO, "blob %s in %s: its bytes hash to %s (removed)", hex, st->dir, got);
+}
+
+int blob_store_verify(blob_store_t *st, const char *ref) {
+    if (!blob_is_ref(ref)) return rl_fail(RL_EINVAL, "not a blob ref: \"%.80s\"", ref ? ref : "");
+    const char *hex = ref + 7;
+    uint8_t *buf = malloc(IO_BYTES);
+    if (!buf) return rl_fail(RL_ENOMEM, "out of memory");
+    int lock, rc = st_lock(st, hex, NULL, &lock);
+    manifest_t m = {0};
+    if (rc == 0) {
+        rc = st_verify_blob(st, hex, buf); /* the list of files is only as good as this */
+        if (rc == 0) rc = st_read_manifest(st, hex, &m);
+        int first = 0;
+        for (size_t i = 0; rc == 0 && i < m.n; i++) {
+            int r = st_verify_blob(st, m.files[i].hex, buf);
+            if (r < 0 && !first) first = r;
+            if (r < 0 && r != RL_EPROTO && r != RL_ENOTFOUND) rc = r;
+        }
+        if (rc == 0) rc = first;
+        if (rc < 0) rl_fail_ctx(rc, "verifying %s", ref);
+        char tree[PATH_MAX];
+        if (rc < 0 && st_path(st, tree, sizeof tree, "trees", hex) == 0) {
+            int keep = rc;
+            fs_remove_tree(tree); /* hard links to what was damaged, or incomplete */
+            rc = keep;
+        }
+        close(lock);
+    }
+    manifest_free(&m);
+    free(buf);
+    return rc;
+}
+
 /* ---- server -----------------------------------------------------------------------------------
  */
 

@@ -114,6 +114,16 @@ int blob_store_has(const blob_store_t *st, const char *hex);
  */
 int blob_put_path(blob_store_t *st, const char *path, char ref[BLOB_REF_LEN]);
 
+/*
+ * Hashes every blob of ref in the store again (the manifest and each file). A blob whose bytes
+ * no longer match its name (a failing disk, a write through a hard link in a tree) is removed,
+ * and so is ref's tree, so that the next blob_resolve fetches and builds them again (other trees
+ * linking a removed blob are not touched). Takes the ref's lock; not while its tree is in use.
+ * Returns 0 when everything is intact; RL_EPROTO naming the first damaged digest; RL_ENOTFOUND
+ * when the manifest or a blob is missing; RL_EINVAL (not a ref); RL_EFORMAT; RL_EIO.
+ */
+int blob_store_verify(blob_store_t *st, const char *ref);
+
 /* ---- client ---------------------------------------------------------------------------------- */
 
 typedef struct blob_client blob_client_t;
