@@ -668,6 +668,68 @@ static void test_large(void) {
     unlink(P("src/large.bin"));
 }
 
+/* A slow server: the client times out, drops its socket and asks again on a fresh one, for
+ * fetches and pushes alike, until the server answers in time; a piece damaged on the way is
+ * asked for again. */
+static void *undelay_thread(void *arg) {
+    nap(700);
+    blob_server_set_delay(arg, 0);
+    return NULL;
+}
+
+static void test_retries(void) {
+    if (!srv) return;
+    make_model(P("src/m5"), 5);
+    make_model(P("src/m6"), 6);
+    char ref[BLOB_REF_LEN], ref6[BLOB_REF_LEN], out[1024];
+    CHECK_OK(blob_put_path(srv_store, P("src/m5"), ref));
+    blob_store_t *st = blob_store_open(P("stores/retries"));
+    blob_client_t *c = blob_client_new(ctx, blob_server_endpoint(srv));
+    blob_client_opts_t o = {
+        .chunk_bytes = 256u << 10, .credit = 4, .timeout_ms = 100, .max_retries = 100};
+    blob_client_set_opts(c, &o);
+    blob_server_set_partial_timeout(srv, 300);
+    blob_server_set_delay(srv, 150);
+    pthread_t th;
+    CHECK(pthread_create(&th, NULL, undelay_thread, srv) == 0);
+    CHECK_OK(blob_resolve(st, c, ref, out, sizeof out));
+    pthread_join(th, NULL);
+    CHECK(same_tree(P("src/m5"), out));
+    blob_client_stats_t cs;
+    blob_client_stats(c, &cs);
+    CHECK(cs.timeouts >= 1);
+    fprintf(stderr, "  fetch: %llu silences before the server kept up\n",
+            (unsigned long long)cs.timeouts);
+    uint64_t before = cs.timeouts;
+    CHECK_OK(blob_put_path(st, P("src/m6"), ref6));
+    blob_server_set_delay(srv, 150);
+    CHECK(pthread_create(&th, NULL, undelay_thread, srv) == 0);
+    CHECK_OK(blob_client_push(c, st, ref6));
+    pthread_join(th, NULL);
+    blob_client_stats(c, &cs);
+    CHECK(cs.timeouts > before);
+    fprintf(stderr, "  push: %llu silences\n", (unsigned long long)(cs.timeouts - before));
+    CHECK_OK(blob_resolve(srv_store, NULL, ref6, out, sizeof out));
+    CHECK(same_tree(P("src/m6"), out));
+    /* what the abandoned sockets left unfinished goes */
+    for (int i = 0; i < 100 && count_entries(P("stores/server/tmp")) > 0; i++) nap(20);
+    CHECK_EQ(count_entries(P("stores/server/tmp")), 0);
+    blob_server_set_partial_timeout(srv, BLOB_PARTIAL_TIMEOUT_MS);
+
+    /* a piece with a bad CRC is asked for again */
+    blob_store_t *st2 = blob_store_open(P("stores/crc"));
+    blob_client_t *c2 = blob_client_new(ctx, blob_server_endpoint(srv));
+    blob_server_corrupt_once(srv);
+    CHECK_OK(blob_resolve(st2, c2, ref, out, sizeof out));
+    CHECK(same_tree(P("src/m5"), out));
+    blob_client_stats(c2, &cs);
+    CHECK_EQ(cs.crc_errors, 1);
+    blob_client_free(&c2);
+    blob_store_close(&st2);
+    blob_client_free(&c);
+    blob_store_close(&st);
+}
+
 typedef struct {
     const char *ref;
     blob_store_t *st;
@@ -838,6 +900,7 @@ int main(int argc, char **argv) {
         RUN(test_forged_upload);
         RUN(test_malformed);
         RUN(test_large);
+        RUN(test_retries);
         RUN(test_concurrent);
         RUN(test_ipv6);
         RUN(test_advertise);

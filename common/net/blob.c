@@ -1834,7 +1834,8 @@ struct blob_server {
     int started;
     atomic_int stop;
     atomic_int partial_timeout_ms;
-    partial_t *partials; /* the server thread's own */
+    atomic_int delay_ms, corrupt_once; /* test hooks */
+    partial_t *partials;               /* the server thread's own */
     int n_partials;
     hq_t hq; /* hashes uploads while the server thread writes and answers */
     _Atomic uint64_t n_requests, n_sent, n_received, n_blobs, n_bad, n_dropped, n_expired;
@@ -1956,6 +1957,8 @@ static void sv_get(blob_server_t *s, const wire_msg_t *req, const Rlhf__BlobGet 
     int64_t shape[1] = {(int64_t)len};
     wire_tensor_describe(&th, "blob", RLHF__DTYPE__DTYPE_UNSPECIFIED, shape, 1,
                          zmq_msg_data(&frame), len);
+    if (len && atomic_exchange(&s->corrupt_once, 0)) /* one bit, after the CRC: a bad piece */
+        ((uint8_t *)zmq_msg_data(&frame))[len / 2] ^= 0x10;
     d.request_id = g->request_id;
     d.digest = g->digest;
     d.offset = g->offset;
@@ -2140,6 +2143,8 @@ static void sv_expire(blob_server_t *s) {
 }
 
 static void sv_handle(blob_server_t *s, wire_msg_t *m) {
+    int delay = atomic_load(&s->delay_ms);
+    if (delay > 0) nap_ms(delay);
     Rlhf__Envelope *e = NULL;
     wire_bad_t bad = wire_decode(m, &e);
     if (bad != WIRE_OK) {
@@ -2277,6 +2282,14 @@ void blob_server_stats(blob_server_t *s, blob_server_stats_t *o) {
 
 void blob_server_set_partial_timeout(blob_server_t *s, int ms) {
     atomic_store(&s->partial_timeout_ms, ms);
+}
+
+void blob_server_set_delay(blob_server_t *s, int ms) {
+    atomic_store(&s->delay_ms, ms);
+}
+
+void blob_server_corrupt_once(blob_server_t *s) {
+    atomic_store(&s->corrupt_once, 1);
 }
 
 void blob_server_stop(blob_server_t **sp) {

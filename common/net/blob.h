@@ -239,6 +239,11 @@ void blob_server_stats(blob_server_t *s, blob_server_stats_t *out);
  * BLOB_PARTIAL_TIMEOUT_MS). Any thread. */
 void blob_server_set_partial_timeout(blob_server_t *s, int ms);
 
+/* Test hooks: every request waits delay_ms before it is handled (a slow server, for clients to
+ * time out on); the next piece sent has one bit flipped after its CRC was computed. */
+void blob_server_set_delay(blob_server_t *s, int ms);
+void blob_server_corrupt_once(blob_server_t *s);
+
 /* Stops the thread, closes the socket (the context if its own) and deletes unfinished uploads.
  * Accepts NULL; nulls *sp. */
 void blob_server_stop(blob_server_t **sp);
