@@ -274,6 +274,8 @@ static void test_put_local(void) {
     CHECK_OK(blob_resolve(st, NULL, fref, out, sizeof out));
     CHECK_STREQ(out, P("stores/local/trees/%s/pairs.jsonl", fref + 7));
     CHECK(same_file(out, P("src/pairs.jsonl")));
+    CHECK_OK(blob_resolve(st, NULL, fref, out2, sizeof out2)); /* from the tree at once */
+    CHECK_STREQ(out2, out);
     /* a symbolic link to a file is followed: the same content, the same ref */
     char lref[BLOB_REF_LEN], cref[BLOB_REF_LEN];
     CHECK_OK(fs_mkdir_p(P("src/linked")));
@@ -843,9 +845,11 @@ static void test_silence(void) {
     blob_store_close(&st);
 }
 
-/* --bench: 256 MiB put, fetched and pushed over loopback. */
+/* --bench [MiB]: a blob (256 MiB) put, fetched and pushed over loopback. */
+static size_t bench_bytes = 256u << 20;
+
 static void bench(void) {
-    size_t n = 256u << 20;
+    size_t n = bench_bytes;
     write_seeded(P("bench/big.bin"), 51, n, 0644);
     blob_store_t *a = blob_store_open(P("bench/a")), *b = blob_store_open(P("bench/b"));
     blob_store_t *c3 = blob_store_open(P("bench/c"));
@@ -890,6 +894,7 @@ int main(int argc, char **argv) {
     if (sodium_init() < 0) return 1;
     if (argc > 1 && !strcmp(argv[1], "--bench")) {
         wsync_malloc_tune(); /* as rlhf-worker does: received pieces reuse heap blocks */
+        if (argc > 2) bench_bytes = (size_t)atol(argv[2]) << 20;
         RUN(bench);
     } else {
         RUN(test_refs);

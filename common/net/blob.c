@@ -819,13 +819,53 @@ static int st_tree_out(const blob_store_t *st, const char *hex, const manifest_t
     return 0;
 }
 
-/* 1 with out filled when trees/<hex> is there (and its manifest readable), else 0. */
+/* The kind of a manifest that was checked once (its tree exists) from the end of its canonical
+ * JSON alone: 1 "file", 0 "dir", -1 when it does not end as ours do. No parse of a long list. */
+static int st_manifest_kind(const blob_store_t *st, const char *hex) {
+    static const char dir[] = "],\"kind\":\"dir\"}", file[] = "],\"kind\":\"file\"}";
+    char p[PATH_MAX], tail[sizeof file];
+    if (st_path(st, p, sizeof p, "blobs", hex) < 0) return -1;
+    int fd = open(p, O_RDONLY | O_CLOEXEC);
+    struct stat sb;
+    ssize_t n = -1;
+    if (fd >= 0 && fstat(fd, &sb) == 0 && sb.st_size >= (off_t)sizeof file)
+        n = pread_full(fd, tail, sizeof file - 1, (uint64_t)sb.st_size - (sizeof file - 1));
+    if (fd >= 0) close(fd);
+    if (n != (ssize_t)sizeof file - 1) return -1;
+    tail[sizeof file - 1] = '\0';
+    if (!strcmp(tail, file)) return 1;
+    return !strcmp(tail + 1, dir) ? 0 : -1;
+}
+
+/* The one file in the tree of a "file" manifest: out gets its path. */
+static int st_tree_file(const char *tree, char *out, size_t cap) {
+    DIR *d = opendir(tree);
+    if (!d) return -1;
+    struct dirent *e;
+    int n = -1;
+    while ((e = readdir(d)))
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
+            n = snprintf(out, cap, "%s/%s", tree, e->d_name);
+            break;
+        }
+    closedir(d);
+    return n >= 0 && (size_t)n < cap ? 0 : -1;
+}
+
+/* 1 with out filled when trees/<hex> is there (and its manifest readable), else 0. Cheap: a
+ * stat and the end of the manifest (and for a file, the tree's one entry). */
 static int st_tree_ready(const blob_store_t *st, const char *hex, char *out, size_t cap) {
     char p[PATH_MAX];
     struct stat sb;
     if (st_path(st, p, sizeof p, "trees", hex) < 0 || stat(p, &sb) < 0 || !S_ISDIR(sb.st_mode))
         return 0;
-    manifest_t m;
+    int kind = st_manifest_kind(st, hex);
+    if (kind == 0 && strlen(p) < cap) {
+        memcpy(out, p, strlen(p) + 1);
+        return 1;
+    }
+    if (kind == 1 && st_tree_file(p, out, cap) == 0) return 1;
+    manifest_t m; /* another form, or a path too long: the whole manifest says */
     if (st_read_manifest(st, hex, &m) < 0) {
         rl_err_clear();
         return 0;

@@ -40,14 +40,17 @@
  * buffers; silence for timeout_ms makes it drop its socket and ask again on a fresh one, up to
  * max_retries silences in a row (as weight sync does). Every piece carries a CRC-32C (in the
  * envelope's TensorHeader); every blob is checked against its SHA-256 before it is renamed into
- * blobs/, on whichever side receives it, and bad bytes are discarded.
+ * blobs/, on whichever side receives it, and bad bytes are discarded. SHA-256 is libsodium's
+ * (about 400 MB/s on one core): a put, a fetch and the server each hash on a thread of their
+ * own beside the one doing the I/O.
  *
  * The server keeps serving whatever it is sent: a malformed request (not an Envelope, another
  * body, a digest that is not 64 lowercase hex - never used as a path otherwise - a length above
  * BLOB_MAX_REQUEST, a range past the end, pieces out of order) is counted and answered with an
- * Error. Uploads: at most BLOB_MAX_PARTIAL unfinished blobs per peer, each written to tmp/,
- * hashed as it arrives, stored only when its SHA-256 matches (then acknowledged), and deleted
- * when abandoned for BLOB_PARTIAL_TIMEOUT_MS.
+ * Error (a frame larger than a piece never arrives: libzmq drops the connection that sends it).
+ * Uploads: at most BLOB_MAX_PARTIAL unfinished blobs per peer, each written to tmp/, hashed as
+ * it arrives, stored only when its SHA-256 matches (then acknowledged; otherwise refused with
+ * BlobAck code RL_EPROTO and counted), and deleted when abandoned for BLOB_PARTIAL_TIMEOUT_MS.
  *
  * Nothing here prints; errors are RL_E* codes with a detail (naming the path, ref, digest or
  * endpoint) in rl_errmsg().
