@@ -193,10 +193,10 @@ int blob_publish(blob_client_t *c, blob_store_t *local, const char *path, char r
  * to the blobs, read-only: never write into them; a file with mode 0755 is a copy, mode 0555),
  * built in tmp/ and renamed into place, so a complete tree is the only thing ever visible. out
  * (cap bytes) receives the tree's path for a "dir" manifest, or the path of the single file in
- * it for a "file" manifest. An already materialised tree is returned at once (a stat and a read
- * of the small manifest; nothing is hashed again). Missing blobs are fetched with c, pipelined
- * across files; every fetched byte is verified against its SHA-256 before it is renamed into
- * blobs/. c may be NULL: then a missing blob is RL_ENOTFOUND naming the ref. Threads and
+ * it for a "file" manifest. An already materialised tree is returned at once (a stat and the
+ * last bytes of the manifest; nothing is hashed or parsed again). Missing blobs are fetched with c,
+ * pipelined across files; every fetched byte is verified against its SHA-256 before it is renamed
+ * into blobs/. c may be NULL: then a missing blob is RL_ENOTFOUND naming the ref. Threads and
  * processes resolving the same ref in one store wait for each other and share one tree.
  * Returns 0; RL_EINVAL (not a ref, cap too small); RL_ENOTFOUND (a blob neither here nor on the
  * server); RL_EFORMAT (the ref is not a manifest, or its files do not match it); RL_EPROTO (a
