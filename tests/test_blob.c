@@ -299,6 +299,8 @@ static void test_put_local(void) {
     CHECK(symlink(P("src/pairs.jsonl"), P("src/bad/filelink")) == 0);
     CHECK_OK(blob_put_path(st, P("src/bad"), again));
     CHECK_ERR(blob_put_path(st, P("src/nothing-here"), again), RL_ENOTFOUND);
+    CHECK_ERR(blob_put_path(st, P("stores"), again), RL_EINVAL); /* holds the store */
+    CHECK(strstr(rl_errmsg(), "blob store") != NULL);
     char missing[BLOB_REF_LEN] = "sha256:";
     memset(missing + 7, 'e', 64);
     missing[71] = '\0';

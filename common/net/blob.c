@@ -44,11 +44,12 @@
 #include "base/fs.h"
 #include "net/wire.h"
 
-#define IO_BYTES       (1u << 20)   /* read/write block of puts and copies */
-#define SYNC_BYTES     (32u << 20)  /* received bytes after which writeback is started */
-#define TMP_STALE_S    (24 * 3600)  /* tmp/ litter older than this is removed at open */
-#define MAX_PARTIAL    256          /* unfinished uploads a server accepts from all peers */
-#define MAX_BLOB_BYTES (1ull << 42) /* 4 TiB: larger sizes are refused as nonsense */
+#define IO_BYTES       (1u << 20)     /* read/write block of puts and copies */
+#define SYNC_BYTES     (32u << 20)    /* received bytes after which writeback is started */
+#define TMP_STALE_S    (24 * 3600)    /* tmp/ litter older than this is removed at open */
+#define MAX_PARTIAL    256            /* unfinished uploads a server accepts from all peers */
+#define MAX_BLOB_BYTES (1ull << 42)   /* 4 TiB: larger sizes are refused as nonsense */
+#define MAX_REL_PATH   (PATH_MAX / 2) /* a path in a manifest: the tree's own path goes first */
 
 /* ---- helpers ----------------------------------------------------------------------------------
  */
@@ -580,7 +581,7 @@ static int mfile_cmp(const void *a, const void *b) {
 /* A relative path of len bytes with no empty, "." or ".." component (nothing that could leave
  * the tree it is materialised in). */
 static int path_valid(const char *p, size_t len) {
-    if (len == 0 || len >= PATH_MAX / 2 || strlen(p) != len || p[0] == '/') return 0;
+    if (len == 0 || len >= MAX_REL_PATH || strlen(p) != len || p[0] == '/') return 0;
     for (const char *c = p; *c;) {
         const char *e = strchr(c, '/');
         size_t n = e ? (size_t)(e - c) : strlen(c);
@@ -739,6 +740,10 @@ static int put_entry(put_t *p) {
 }
 
 static int put_dir(put_t *p) {
+    struct stat sb, store;
+    if (stat(p->abs, &sb) == 0 && stat(p->st->dir, &store) == 0 && sb.st_dev == store.st_dev &&
+        sb.st_ino == store.st_ino) /* it would put what it writes */
+        return rl_fail(RL_EINVAL, "%s: is the blob store itself", p->abs);
     DIR *d = opendir(p->abs);
     if (!d) return fail_errno(errno, "open directory", p->abs);
     size_t alen = strlen(p->abs), rlen = strlen(p->rel);
@@ -747,7 +752,7 @@ static int put_dir(put_t *p) {
     while (rc == 0 && (errno = 0, e = readdir(d))) {
         if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
         size_t n = strlen(e->d_name);
-        if (alen + 1 + n >= sizeof p->abs || rlen + 1 + n >= sizeof p->rel) {
+        if (alen + 1 + n >= sizeof p->abs || rlen + 1 + n >= MAX_REL_PATH) {
             rc = rl_fail(RL_EINVAL, "%s/%s: path too long", p->abs, e->d_name);
             break;
         }
