@@ -39,6 +39,11 @@ typedef struct {
     int zhandles; /* zpoll, zprep, zidle initialised */
     char master_id[40];
     char endpoint[256];
+    /* the artifact server (net/blob.h): DATA_DIR/.blobs, the models and datasets runs name by
+     * content and the results learners push; its advertised endpoint goes in every Welcome */
+    struct blob_store *blobs;
+    struct blob_server *blob_srv;
+    char blob_endpoint[320];
     double start_ms;
     double start_unix;
     sched_t sched;

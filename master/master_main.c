@@ -66,6 +66,8 @@
 #include "base/err.h"
 #include "base/fs.h"
 #include "master.h"
+#include "net/addr.h"
+#include "net/blob.h"
 #include "master_dump.h"
 #include "master_http.h"
 #include "master_run.h"
@@ -616,6 +618,7 @@ static void on_hello(master_t *m, const wire_msg_t *msg, const Rlhf__Hello *h) {
     wl.master_id = m->master_id;
     wl.heartbeat_ms = (uint32_t)m->cfg.heartbeat_ms;
     wl.liveness = (uint32_t)m->cfg.liveness;
+    wl.blob_endpoint = m->blob_endpoint;
     env.body_case = RLHF__ENVELOPE__BODY_WELCOME;
     env.welcome = &wl;
     if (msend(m, msg->rid, msg->rid_len, &env) < 0)
@@ -1270,9 +1273,35 @@ static void on_signal(uv_signal_t *s, int sig) {
 
 /* ---- setup ---------------------------------------------------------------------------------- */
 
+/* The artifact server: on the ROUTER's bind host (master.blob_port, 0: any free port), serving
+ * DATA_DIR/.blobs, advertised at master.advertise's host (the bound address when none). A master
+ * bound to a wildcard without master.advertise is refused here: its peers could not dial it. */
+static int blob_setup(master_t *m) {
+    char host[256], adv[256] = "", bind[ADDR_EP_LEN], dir[4200], port[16];
+    int p, rc = addr_split(m->endpoint, host, sizeof host, &p);
+    if (rc < 0) return rc;
+    if (m->cfg.advertise[0] && (rc = addr_split(m->cfg.advertise, adv, sizeof adv, &p)) < 0)
+        return rl_fail_ctx(rc, "master.advertise: ");
+    if (!adv[0] && addr_is_wildcard(host))
+        return rl_fail(RL_EINVAL,
+                       "master.bind %s listens on every interface: give the address workers "
+                       "reach this host at (--advertise HOST)",
+                       m->endpoint);
+    snprintf(port, sizeof port, "%d", m->cfg.blob_port);
+    if ((rc = addr_bind_ep(host, bind, sizeof bind)) < 0) return rc;
+    if (m->cfg.blob_port) snprintf(strrchr(bind, ':') + 1, 16, "%s", port);
+    snprintf(dir, sizeof dir, "%.4000s/.blobs", m->data_dir[0] ? m->data_dir : m->cfg.run_dir);
+    if (!(m->blobs = blob_store_open(dir))) return rl_fail_ctx(RL_EIO, "artifact store: ");
+    if (!(m->blob_srv = blob_server_start(m->zctx, m->blobs, bind, adv[0] ? adv : NULL)))
+        return rl_fail_ctx(RL_EIO, "artifact server: ");
+    snprintf(m->blob_endpoint, sizeof m->blob_endpoint, "%s", blob_server_endpoint(m->blob_srv));
+    return 0;
+}
+
 static int zsetup(master_t *m) {
     m->zctx = zmq_ctx_new();
     m->router = m->zctx ? zmq_socket(m->zctx, ZMQ_ROUTER) : NULL;
+    if (m->router) addr_zmq_opts(m->router);
     if (!m->router) return rl_fail(RL_EIO, "zmq_socket: %s", zmq_strerror(errno));
     int one = 1, linger = 1000, hwm = 20000;
     int64_t maxmsg = m->cfg.max_msg_bytes;
@@ -1293,6 +1322,9 @@ static int zsetup(master_t *m) {
         return rl_fail(RL_EIO, "bind %s: %s", m->cfg.bind, zmq_strerror(errno));
     size_t sz = sizeof m->endpoint;
     zmq_getsockopt(m->router, ZMQ_LAST_ENDPOINT, m->endpoint, &sz);
+    addr_normalize(m->endpoint, sizeof m->endpoint);
+    int rc = blob_setup(m);
+    if (rc < 0) return rc;
     int fd;
     sz = sizeof fd;
     zmq_getsockopt(m->router, ZMQ_FD, &fd, &sz);
@@ -1311,9 +1343,9 @@ static int zsetup(master_t *m) {
 static int write_master_json(master_t *m) {
     char path[4200];
     snprintf(path, sizeof path, "%s/master.json", m->cfg.run_dir);
-    json_t *o = json_pack("{s:i, s:s, s:s, s:i, s:s}", "pid", (int)getpid(), "endpoint",
-                          m->endpoint, "http_host", m->cfg.http_host, "http_port", m->http_port,
-                          "master_id", m->master_id);
+    json_t *o = json_pack("{s:i, s:s, s:s, s:s, s:i, s:s}", "pid", (int)getpid(), "endpoint",
+                          m->endpoint, "blob_endpoint", m->blob_endpoint, "http_host",
+                          m->cfg.http_host, "http_port", m->http_port, "master_id", m->master_id);
     char *s = json_dumps(o, JSON_COMPACT);
     json_decref(o);
     int rc = s ? fs_write_atomic(path, s, strlen(s)) : RL_ENOMEM;
@@ -1329,9 +1361,9 @@ static int write_master_json(master_t *m) {
 }
 
 static const char usage_text[] =
-    "usage: rlhf-master [--config FILE] [--set KEY=VALUE]... [--bind EP] [--run-dir DIR]\n"
-    "                   [--data-dir DIR] [--http-port N] [--heartbeat-ms N] [--liveness N]\n"
-    "                   [--lease-ms N] [--exit-when-done]\n"
+    "usage: rlhf-master [--config FILE] [--set KEY=VALUE]... [--bind EP] [--advertise HOST]\n"
+    "                   [--run-dir DIR] [--data-dir DIR] [--http-port N] [--heartbeat-ms N]\n"
+    "                   [--liveness N] [--lease-ms N] [--exit-when-done]\n"
     "       rlhf-master --dump-results DIR\n"
     "       rlhf-master --run-dir DIR --bench-journal N\n\n"
     "Runs a master: the runs it owns (each in DATA_DIR/NAME; --data-dir defaults to the run\n"
@@ -1341,6 +1373,10 @@ static const char usage_text[] =
     "of them is finished. --dump-results prints the job ends in DIR's journal as JSON lines\n"
     "(only reading it). --bench-journal writes a journal of N finished jobs in DIR and times\n"
     "the replay a starting master does of it.\n"
+    "--bind takes any ZeroMQ TCP endpoint, IPv4 or IPv6 (tcp://0.0.0.0:5555, tcp://[::]:5555);\n"
+    "the default is the loopback. Bound to a wildcard, the master needs --advertise: the host\n"
+    "(or tcp://HOST:PORT) workers on other machines reach it at, given to them for the\n"
+    "master's artifact server (master.blob_port, same bind host).\n"
     "Options other than --config are shorthands for --set of the config keys (master.bind,\n"
     "run_dir, master.http_port, ...); they apply in order after the file.\n";
 
@@ -1420,6 +1456,7 @@ int main(int argc, char **argv) {
     static const struct option opts[] = {{"config", required_argument, 0, 'c'},
                                          {"set", required_argument, 0, 's'},
                                          {"bind", required_argument, 0, 'b'},
+                                         {"advertise", required_argument, 0, 'a'},
                                          {"run-dir", required_argument, 0, 'r'},
                                          {"data-dir", required_argument, 0, 'd'},
                                          {"dump-results", required_argument, 0, 'D'},
@@ -1454,6 +1491,9 @@ int main(int argc, char **argv) {
             break;
         case 'b':
             key = "master.bind";
+            break;
+        case 'a':
+            key = "master.advertise";
             break;
         case 'r':
             key = "run_dir";
@@ -1555,9 +1595,9 @@ int main(int argc, char **argv) {
         rc = 1;
         goto out;
     }
-    mlog("%s listening on %s, http %s:%d, run %s, %d jobs (%d queued), id %s", argv[0], m->endpoint,
-         m->cfg.http_host, m->http_port, m->cfg.run_dir, m->sched.n_jobs,
-         sched_count(&m->sched, SCHED_QUEUED), m->master_id);
+    mlog("%s listening on %s, artifacts %s, http %s:%d, run %s, %d jobs (%d queued), id %s",
+         argv[0], m->endpoint, m->blob_endpoint, m->cfg.http_host, m->http_port, m->cfg.run_dir,
+         m->sched.n_jobs, sched_count(&m->sched, SCHED_QUEUED), m->master_id);
     uv_timer_start(&m->cron, on_cron, (uint64_t)m->cfg.heartbeat_ms, (uint64_t)m->cfg.heartbeat_ms);
     uv_signal_start(&m->sigterm, on_signal, SIGTERM);
     uv_signal_start(&m->sigint, on_signal, SIGINT);
@@ -1580,6 +1620,8 @@ out:
     uv_close((uv_handle_t *)&m->sigint, NULL);
     uv_run(m->loop, UV_RUN_DEFAULT); /* let the handles close */
     if (m->router) zmq_close(m->router);
+    blob_server_stop(&m->blob_srv);
+    blob_store_close(&m->blobs);
     if (m->zctx) zmq_ctx_term(m->zctx);
     journal_close(&m->journal);
     mrun_free(m);

@@ -18,6 +18,7 @@
 #include "base/err.h"
 #include "base/fs.h"
 #include "base/jsonl.h"
+#include "net/blob.h"
 #include "net/wire.h"
 
 enum { R_QUEUED, R_RUNNING, R_PAUSED, R_FAILED, R_CANCELLED, R_SUCCEEDED };
@@ -65,8 +66,9 @@ struct mrun {
     char dir[PATH_MAX];
     int state, stage, n_stages;
     char reason[2048];
-    int retry;       /* resubmitted after a failure: failed jobs run again */
-    json_t *metrics; /* the committed iterations' metrics lines (strings) */
+    int retry;                      /* resubmitted after a failure: failed jobs run again */
+    json_t *metrics;                /* the committed iterations' metrics lines (strings) */
+    char policy_ref[PATH_MAX + 80]; /* the last iteration's exported policy (blob_name_parse) */
     mppo_t *ppo;
     int ns_self, ns_ppo; /* "@NAME", "@NAME/ppo" */
     double t_stage0;     /* when the current stage started (wall ms; 0: not in this process) */
@@ -251,7 +253,8 @@ static int stage_job(master_t *m, int ri, int i, uint64_t id, const char *sub) {
         sp.argv = argv;
         sp.n_argv = n;
         const char *cwd = json_string_value(json_object_get(r->plan, "cwd"));
-        sp.cwd = (char *)(cwd ? cwd : r->dir);
+        /* a plan from another machine names paths on this one, relative to the data directory */
+        sp.cwd = (char *)(cwd ? cwd : m->data_dir);
         sp.log = log;
         sp.stdout_to = stdout_to ? stdout_to : "";
         sp.master = ""; /* the stage worker's own master: this one, at whatever endpoint */
@@ -325,6 +328,13 @@ static int ppo_load(mrun_t *r, const char *out) {
     }
     p->policy = jstr(o, "policy"), p->rm = jstr(o, "rm"), p->ref = jstr(o, "ref");
     p->value = jstr(o, "value"), p->out = jstr(o, "out"), p->cfg_json = jstr(o, "config_json");
+    /* the models by content when ppo-prep published them: workers on other hosts fetch them */
+    char **models[] = {&p->policy, &p->rm, &p->ref, &p->value};
+    const char *keys[] = {"policy_ref", "rm_ref", "ref_ref", "value_ref"};
+    for (int k = 0; k < 4; k++) {
+        const char *ref = json_string_value(json_object_get(o, keys[k]));
+        if (ref && ref[0] && *models[k]) free(*models[k]), *models[k] = strdup(ref);
+    }
 #define GI(f, k) p->f = (int)json_integer_value(json_object_get(o, k))
     GI(iterations, "iterations");
     GI(P, "batch");
@@ -423,6 +433,7 @@ static int pack_train(mrun_t *r, long i, int attach, uint8_t **buf, size_t *len)
     ts.kind = RLHF__TRAIN_KIND__TRAIN_KIND_PPO;
     ts.ppo = &pp;
     ts.ckpt_dir = ckpt;
+    ts.export_model = pp.last; /* the final policy reaches this host over the wire */
     ts.threads = (uint32_t)(p->threads > 0 ? p->threads : 0);
     *len = rlhf__train_spec__get_packed_size(&ts);
     *buf = ok ? malloc(*len ? *len : 1) : NULL;
@@ -641,8 +652,9 @@ static int metrics_write(mrun_t *r) {
 
 /* Iteration i commits: its metrics line journaled (synced), the file rewritten, its jobs
  * forgotten. Returns 0 or -1 (paused: the run directory cannot be written). */
-static int ppo_commit(master_t *m, int ri, long i, const Rlhf__PpoOutput *po, double train_ms,
-                      const int *gj, const int *sj, int tj) {
+static int ppo_commit(master_t *m, int ri, long i, const Rlhf__PpoOutput *po,
+                      const char *policy_ref, double train_ms, const int *gj, const int *sj,
+                      int tj) {
     mrun_t *r = run_at(m, ri);
     mppo_t *p = r->ppo;
     int n = p->P * p->K;
@@ -688,12 +700,14 @@ static int ppo_commit(master_t *m, int ri, long i, const Rlhf__PpoOutput *po, do
     it.run = r->name;
     it.iteration = (uint64_t)i;
     it.metrics_line = line;
+    it.policy_ref = (char *)(policy_ref ? policy_ref : "");
     rec.body_case = RLHF__JOURNAL_RECORD__BODY_ITERATION;
     rec.iteration = &it;
     if (master_journal(m, &rec, 1) < 0) {
         free(line);
         return -1;
     }
+    snprintf(r->policy_ref, sizeof r->policy_ref, "%s", it.policy_ref);
     while (json_array_size(r->metrics) > (size_t)i)
         json_array_remove(r->metrics, json_array_size(r->metrics) - 1);
     json_array_append_new(r->metrics, json_string(line));
@@ -779,11 +793,23 @@ static int ppo_adopt(master_t *m, mrun_t *r, long from, long L) {
     return 0;
 }
 
-/* OUT/policy: the learner's newest policy, and OUT/policy.json naming its iteration. */
-static int ppo_export(mrun_t *r) {
+static int policy_copy(mppo_t *p, const char *src, const char *sub, long it, const char *ref);
+
+/* OUT/policy: the policy the learner exported after the last iteration (r->policy_ref, in this
+ * host's artifact store), or else its newest checkpoint on this disk (a learner that exported
+ * nothing: one of an older version); OUT/policy.json names its iteration and source. */
+static int ppo_export(master_t *m, mrun_t *r) {
     mppo_t *p = r->ppo;
     char path[PATH_MAX + 64], dir[PATH_MAX + 64], *name = NULL;
     size_t nl;
+    if (r->policy_ref[0]) {
+        char src[PATH_MAX], ref[BLOB_REF_LEN];
+        int rc = blob_name_parse(r->policy_ref, ref, NULL)
+                     ? blob_resolve(m->blobs, NULL, ref, src, sizeof src)
+                     : rl_fail(RL_EFORMAT, "'%.200s' names no artifact", r->policy_ref);
+        if (rc < 0) return rl_fail_ctx(rc, "the exported policy %s: ", r->policy_ref);
+        return policy_copy(p, src, "", (long)json_array_size(r->metrics) - 1, r->policy_ref);
+    }
     snprintf(path, sizeof path, "%.4000s/learner/ppo-latest", p->out);
     int rc = fs_read_all(path, &name, &nl);
     if (rc < 0) return rc;
@@ -792,20 +818,28 @@ static int ppo_export(mrun_t *r) {
     snprintf(dir, sizeof dir, "%.4000s/learner/%.*s", p->out, len < 64 ? len : 64, name);
     free(name);
     if (it < 0) return rl_fail(RL_EFORMAT, "%s: names no checkpoint", path);
+    return policy_copy(p, dir, "/policy", it, NULL);
+}
+
+/* OUT/policy/ from the model files in SRC+sub, and OUT/policy.json. */
+static int policy_copy(mppo_t *p, const char *src, const char *sub, long it, const char *ref) {
+    char path[PATH_MAX + 64];
     snprintf(path, sizeof path, "%.4000s/policy", p->out);
-    if ((rc = fs_mkdir_p(path)) < 0) return rc;
+    int rc = fs_mkdir_p(path);
+    if (rc < 0) return rc;
     static const char *files[] = {"model.safetensors", "config.json", "vocab.json", "merges.txt"};
     for (int i = 0; rc == 0 && i < 4; i++) {
         char *data;
         size_t dl;
-        snprintf(path, sizeof path, "%.4000s/policy/%s", dir, files[i]);
+        snprintf(path, sizeof path, "%.4000s%s/%s", src, sub, files[i]);
         if ((rc = fs_read_all(path, &data, &dl)) < 0) break;
         snprintf(path, sizeof path, "%.4000s/policy/%s", p->out, files[i]);
         rc = fs_write_atomic(path, data, dl);
         free(data);
     }
     if (rc == 0) {
-        json_t *o = json_pack("{s:I, s:s}", "iteration", (json_int_t)it, "checkpoint", dir);
+        json_t *o = ref ? json_pack("{s:I, s:s}", "iteration", (json_int_t)it, "policy_ref", ref)
+                        : json_pack("{s:I, s:s}", "iteration", (json_int_t)it, "checkpoint", src);
         char *txt = json_dumps(o, JSON_COMPACT);
         snprintf(path, sizeof path, "%.4000s/policy.json", p->out);
         rc = txt ? fs_write_atomic(path, txt, strlen(txt)) : RL_ENOMEM;
@@ -888,7 +922,7 @@ static int ppo_step(master_t *m, int ri) {
             continue;
         }
         if (i >= p->iterations) {
-            int rc = ppo_export(r);
+            int rc = ppo_export(m, r);
             if (rc < 0) {
                 snprintf(r->reason, sizeof r->reason, "ppo: exporting the policy: %s", rl_errmsg());
                 if (rc == RL_EIO) {
@@ -948,7 +982,8 @@ static int ppo_step(master_t *m, int ri) {
             snprintf(r->reason, sizeof r->reason, "iteration %ld: TRAIN: no PPO output", i);
             return STEP_FAIL;
         }
-        int rc = ppo_commit(m, ri, i, t->ppo, wire_now_ms() - p->t_train0, gj, sj, tj);
+        int rc =
+            ppo_commit(m, ri, i, t->ppo, t->model_ref, wire_now_ms() - p->t_train0, gj, sj, tj);
         rlhf__train_output__free_unpacked(t, NULL);
         rlhf__journal_record__free_unpacked(rec, NULL);
         if (rc < 0) return STEP_WAIT; /* paused: the commit is tried again */
@@ -1175,6 +1210,19 @@ static int run_put(master_t *m, const char *name, json_t *plan) {
     return ri;
 }
 
+/* A run's plan replaced by another: the jobs its stage commands finished under the old plan
+ * (namespaces NAME/STAGE) may be of other inputs - a retrained model, other settings - under
+ * the same ids. Forgotten, so that the new plan's commands run theirs (finished stages are
+ * skipped by their markers, not by these jobs). */
+static void run_forget_stage_jobs(master_t *m, const char *name) {
+    size_t nl = strlen(name);
+    for (int j = 0; j < m->sched.n_jobs; j++) {
+        sched_job_t *jb = &m->sched.jobs[j];
+        const char *ns = m->ns[jb->ns];
+        if (!jb->forgotten && !strncmp(ns, name, nl) && ns[nl] == '/') master_job_forget(m, jb);
+    }
+}
+
 int mrun_submit(master_t *m, const char *name, const char *plan_json, char *why, size_t n) {
     json_error_t e;
     json_t *plan = json_loads(plan_json ? plan_json : "", 0, &e);
@@ -1206,6 +1254,7 @@ int mrun_submit(master_t *m, const char *name, const char *plan_json, char *why,
         return -1;
     }
     int was = ri >= 0 ? m->runs[ri].state : -1;
+    if (ri >= 0 && !json_equal(m->runs[ri].plan, plan)) run_forget_stage_jobs(m, name);
     ri = run_put(m, name, plan);
     if (ri < 0) {
         snprintf(why, n, "out of memory");
@@ -1242,6 +1291,14 @@ int mrun_submit(master_t *m, const char *name, const char *plan_json, char *why,
         for (int j = 0; j < m->sched.n_jobs; j++)
             if (m->sched.jobs[j].run == ri && m->sched.jobs[j].state == SCHED_FAILED)
                 master_job_forget(m, &m->sched.jobs[j]);
+        /* ppo-prep too: it names the models by content, and a model fixed since must be
+         * published again (a job naming the old content would fail the same way) */
+        for (int i = 0; (was == R_FAILED || was == R_CANCELLED) && i < r->n_stages; i++) {
+            int j = stage_is_ppo(r, i)
+                        ? sched_job_find(&m->sched, master_job_id(m, r->ns_self, (uint64_t)i + 1))
+                        : -1;
+            if (j >= 0) master_job_forget(m, &m->sched.jobs[j]);
+        }
         ppo_free(r->ppo);
         r->ppo = NULL;
         r->retry = 0;
@@ -1432,6 +1489,8 @@ int mrun_replay(master_t *m, const Rlhf__JournalRecord *rec) {
                                json_array_size(r->metrics));
             json_array_append_new(r->metrics, json_string(rec->iteration->metrics_line));
         }
+        snprintf(r->policy_ref, sizeof r->policy_ref, "%s",
+                 rec->iteration->policy_ref ? rec->iteration->policy_ref : "");
         return 0;
     }
     return 0;
@@ -1478,6 +1537,7 @@ int mrun_snapshot(master_t *m, journal_t *j) {
             it.run = r->name;
             it.iteration = i;
             it.metrics_line = (char *)json_string_value(json_array_get(r->metrics, i));
+            if (i + 1 == json_array_size(r->metrics)) it.policy_ref = r->policy_ref;
             rec.body_case = RLHF__JOURNAL_RECORD__BODY_ITERATION;
             rec.iteration = &it;
             if ((rc = master_journal(m, &rec, 0)) < 0) return rc;

@@ -3,6 +3,8 @@
 # Usage: BIN=DIR_WITH_BINARIES; source runtime_lib.sh
 set -u
 W=$(mktemp -d "${TMPDIR:-/tmp}/rlhf-rt-XXXXXX")
+# workers started without --cache-dir keep their copies of models here, not in ~/.cache
+export XDG_CACHE_HOME="$W/xdg-cache"
 PIDS=()
 pass=0 fail=0
 cleanup() {

@@ -35,8 +35,49 @@ typedef struct {
     uint64_t weights_version;
     const void *weights;
     size_t weights_bytes;
-    const char *master; /* the endpoint of the master this worker serves */
+    const char *master;    /* the endpoint of the master this worker serves */
+    const char *blob_ep;   /* its artifact server (Welcome.blob_endpoint; "" before the Welcome) */
+    const char *cache_dir; /* this worker's --cache-dir */
 } worker_job_t;
+
+/* The copies a job's spec was made to name (worker_localize), and the publisher's path of each:
+ * an error about a copy is shown with the file the user knows. */
+#define WORKER_MAX_NAMES 8
+typedef struct {
+    char local[WORKER_MAX_NAMES][1024], origin[WORKER_MAX_NAMES][1024];
+    int n;
+} worker_names_t;
+
+/* msg (cap bytes) with every local copy's path replaced by its publisher's path. */
+void worker_names_rewrite(const worker_names_t *nm, char *msg, size_t cap);
+
+/* Where a job's artifacts come from and go (worker_fetch.c): the worker's cache (a blob store in
+ * --cache-dir; NULL: references cannot be resolved), the master's artifact server, the
+ * learner's --ckpt-root (NULL: checkpoints where the spec names them). */
+struct blob_store;
+typedef struct {
+    struct blob_store *cache;
+    const char *blob_ep;
+    const char *ckpt_root;
+    void *zctx;
+    const atomic_int *cancel;
+    uint64_t *fetched;     /* += the bytes fetched over the wire (may be NULL) */
+    worker_names_t *names; /* gets the copies and their publisher's paths (may be NULL) */
+} worker_artifacts_t;
+
+/* A job's payload made local (worker_fetch.c): every content reference in the spec of `kind`
+ * replaced by the path of its verified copy in the cache (fetched when missing), a TRAIN job's
+ * ckpt_dir moved under ckpt_root. *out: the new payload (malloc'ed), or NULL when the spec is
+ * unchanged (or does not decode: the handler says so). Returns 0 or RL_E* (RL_ENOTFOUND: the
+ * master's host does not have it; RL_EIO / RL_EPROTO: the transfer failed). */
+int worker_localize(const worker_artifacts_t *a, int kind, const uint8_t *payload, size_t len,
+                    uint8_t **out, size_t *out_len);
+
+/* After a TRAIN job whose spec asks export_model: the model of the checkpoint named in the
+ * output (model/, or policy/ for PPO) pushed to the master's artifact server and its reference
+ * set in the output's model_ref (*out replaced). 0 for any other job. Returns 0 or RL_E*. */
+int worker_export(const worker_artifacts_t *a, int kind, const uint8_t *spec, size_t spec_len,
+                  uint8_t **out, size_t *out_len);
 
 /* Each role's state between jobs, owned by the worker's main state (worker_main.c) and passed
  * to the handlers that may touch it; nothing of a role lives in file-level globals. */
@@ -139,9 +180,12 @@ int worker_train(learner_t *l, ppo_state_t *ps, const worker_job_t *job, const u
 /* ---- PPO (worker_ppo.c) ---- */
 
 /* The PPO learner's state: where to announce new weights (the master) and keep checkpoints
- * (run_dir). A restarted learner loads its newest checkpoint here and publishes its policy at
- * once. Call on the learner's main thread before any job. NULL (RL_ENOMEM) on failure. */
-ppo_state_t *ppo_state_new(const char *master, const char *run_dir);
+ * (run_dir); its weights server binds bind_host (NULL or "": the loopback) and is announced at
+ * `advertise` (net/addr.h). A restarted learner loads its newest checkpoint here and publishes
+ * its policy at once. Call on the learner's main thread before any job. NULL (RL_ENOMEM) on
+ * failure. */
+ppo_state_t *ppo_state_new(const char *master, const char *run_dir, const char *bind_host,
+                           const char *advertise);
 
 /* Frees the models, states and weights server, stops the announcer; accepts NULL, nulls *pp. */
 void ppo_state_destroy(ppo_state_t **pp);

@@ -18,6 +18,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -33,6 +34,8 @@
 
 #include "base/err.h"
 #include "nn/ops.h"
+#include "net/addr.h"
+#include "net/blob.h"
 #include "net/wire.h"
 #include "worker.h"
 #include "net/wsync.h"
@@ -46,11 +49,13 @@ typedef struct {
     uint64_t lease_id;
     uint8_t *payload;
     size_t payload_len;
-    uint64_t policy_version; /* the weights the job needs: fetched first if we lack them */
+    uint64_t policy_version;   /* the weights the job needs: fetched first if we lack them */
+    int kind;                  /* Rlhf__JobKind */
+    char blob_ep[ADDR_EP_LEN]; /* the master's artifact server when the job was assigned */
     /* set by the job thread before it signals the eventfd */
     int rc;
     int verdict, root, sys_errno; /* how a failure classifies (worker_reject_classify) */
-    char reason[256];
+    char reason[1024];
     uint8_t *out;
     size_t out_len;
     double elapsed_ms;
@@ -62,6 +67,15 @@ typedef struct {
     int role;
     char id[64];
     const char *master;
+    /* --bind-host, --advertise: where the worker's own listening sockets (the learner's weights
+     * server) bind, and the host its peers dial (net/addr.h); loopback by default */
+    const char *bind_host, *advertise;
+    /* --cache-dir: the verified copies of the models and datasets jobs name by content
+     * (worker_fetch.c); --ckpt-root: where a learner keeps its checkpoints */
+    blob_store_t *cache;
+    const char *cache_dir, *ckpt_root;
+    char cache_path[4096]; /* the cache's directory (the default's when --cache-dir is not given) */
+    char blob_ep[ADDR_EP_LEN]; /* Welcome.blob_endpoint */
     void *zctx, *sock;
     int efd;
     char master_id[40];
@@ -151,6 +165,7 @@ static void send_heartbeat(worker_t *w) {
 
 static int sock_open(worker_t *w) {
     w->sock = zmq_socket(w->zctx, ZMQ_DEALER);
+    if (w->sock) addr_zmq_opts(w->sock);
     if (!w->sock) return rl_fail(RL_EIO, "zmq_socket: %s", zmq_strerror(errno));
     /* LINGER: queued messages get 1 s at exit (the goodbye), none when we drop a dead master's
      * connection (sock_close sets 0 first). MAXMSGSIZE: the master sends no big frames to us
@@ -254,6 +269,28 @@ static void *job_thread(void *arg) {
     rl_err_clear();
     /* OpenMP's thread count is per thread: set it on the thread that computes */
     ops_set_threads(w->threads);
+    /* the spec's models and datasets on this host's disk (fetched first when they are not) */
+    uint64_t fetched = 0;
+    worker_names_t names = {.n = 0};
+    worker_artifacts_t art = {.cache = w->cache,
+                              .fetched = &fetched,
+                              .names = &names,
+                              .blob_ep = s->blob_ep,
+                              .ckpt_root = w->ckpt_root,
+                              .zctx = w->zctx,
+                              .cancel = &w->cancel};
+    uint8_t *local = NULL;
+    size_t local_len = 0;
+    double tf = wire_now_ms();
+    s->rc = worker_localize(&art, s->kind, s->payload, s->payload_len, &local, &local_len);
+    if (fetched)
+        wlog(w, "job %" PRIu64 ": fetched %.1f MB of models and data in %.0f ms", s->job.job_id,
+             fetched / 1e6, wire_now_ms() - tf);
+    if (local) {
+        free(s->payload);
+        s->payload = local, s->payload_len = local_len;
+    }
+    if (s->rc < 0) goto done;
     /* never run a job with older weights than it states: fetch first (failing that, the job is
      * rejected and the master retries it), and hold the live snapshot so no swap happens
      * while the job runs */
@@ -279,9 +316,13 @@ static void *job_thread(void *arg) {
         }
         wsync_replica_release(&w->weights);
     }
+    if (s->rc == 0)
+        s->rc = worker_export(&art, s->kind, s->payload, s->payload_len, &s->out, &s->out_len);
+done:
     if (s->rc < 0) { /* the reason is never empty: the master shows it to the user */
         snprintf(s->reason, sizeof s->reason, "%s",
                  rl_errmsg()[0] ? rl_errmsg() : rl_strerror(s->rc));
+        worker_names_rewrite(&names, s->reason, sizeof s->reason);
         s->root = rl_errcode();
         s->sys_errno = rl_errno();
     }
@@ -334,6 +375,10 @@ static void on_assign(worker_t *w, const Rlhf__JobAssign *a) {
     s->job.cancel = &w->cancel;
     s->lease_id = a->lease_id;
     s->policy_version = a->policy_version;
+    s->kind = a->kind;
+    memcpy(s->blob_ep, w->blob_ep, sizeof s->blob_ep);
+    s->job.blob_ep = s->blob_ep;
+    s->job.cache_dir = w->cache_path;
     s->fn = fn;
     s->out = NULL;
     s->out_len = 0;
@@ -405,6 +450,8 @@ static void on_message(worker_t *w, wire_msg_t *msg) {
         snprintf(w->master_id, sizeof w->master_id, "%s", env->welcome->master_id);
         if (env->welcome->heartbeat_ms) w->hb_ms = (int)env->welcome->heartbeat_ms;
         if (env->welcome->liveness) w->liveness = (int)env->welcome->liveness;
+        snprintf(w->blob_ep, sizeof w->blob_ep, "%s",
+                 env->welcome->blob_endpoint ? env->welcome->blob_endpoint : "");
         if (!w->registered) wlog(w, "registered with master %s", w->master_id);
         w->registered = 1;
         break;
@@ -487,11 +534,19 @@ static int parse_role(const char *s) {
 
 static const char usage_text[] =
     "usage: rlhf-worker --role rollout|reward|learner|stage --master tcp://HOST:PORT [--id NAME]\n"
-    "                   [--heartbeat-ms N] [--liveness N] [--threads N]\n\n"
+    "                   [--heartbeat-ms N] [--liveness N] [--threads N]\n"
+    "                   [--bind-host HOST] [--advertise HOST] [--cache-dir DIR]\n"
+    "                   [--ckpt-root DIR]\n\n"
     "Connects to the master, registers, heartbeats and runs the jobs of its role. Heartbeat\n"
     "settings apply until the master's Welcome gives its own. SIGTERM: hand back, goodbye, exit.\n"
     "--threads: compute threads per job (default: all online cores); workers sharing a machine\n"
     "should split its cores between them.\n"
+    "--bind-host: the address this worker's listening sockets bind (default 127.0.0.1; 0.0.0.0\n"
+    "or :: for every interface); --advertise: the address other hosts reach it at (required\n"
+    "with a wildcard bind host). IPv4 and IPv6 both work (tcp://[fd77::1]:5555).\n"
+    "--cache-dir DIR: the models and datasets jobs name by content, fetched from the master's\n"
+    "host and verified (default $XDG_CACHE_HOME/rlhf or ~/.cache/rlhf); a learner's\n"
+    "--ckpt-root DIR keeps its checkpoints under DIR on this host instead of where jobs name.\n"
     "Learner: --run-dir DIR (checkpoints) [--shard 0/S --shard-endpoint EP] [--shard-wait-ms N]\n"
     "[--shard-chunk-kib N];\n"
     "shards 1..S-1: --role learner --shard I/S --shard-endpoint EP (shard 0's; no --master).\n"
@@ -507,7 +562,9 @@ static int roles_init(worker_t *w, const worker_learner_opts_t *lo) {
         return (st->score = score_state_new()) ? 0 : RL_ENOMEM;
     case RLHF__ROLE__ROLE_LEARNER:
         if (!(st->learner = learner_new(lo))) return RL_EIO;
-        return (st->ppo = ppo_state_new(w->master, lo->run_dir)) ? 0 : RL_ENOMEM;
+        return (st->ppo = ppo_state_new(w->master, lo->run_dir, w->bind_host, w->advertise))
+                   ? 0
+                   : RL_ENOMEM;
     }
     return 0;
 }
@@ -540,6 +597,10 @@ int main(int argc, char **argv) {
                                          {"run-dir", required_argument, 0, 0x102},
                                          {"shard-wait-ms", required_argument, 0, 0x103},
                                          {"shard-chunk-kib", required_argument, 0, 0x104},
+                                         {"bind-host", required_argument, 0, 0x105},
+                                         {"advertise", required_argument, 0, 0x106},
+                                         {"cache-dir", required_argument, 0, 0x107},
+                                         {"ckpt-root", required_argument, 0, 0x108},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     int c;
@@ -598,6 +659,18 @@ int main(int argc, char **argv) {
             }
             lo.chunk_kib = atoi(optarg);
             break;
+        case 0x105:
+            w->bind_host = optarg;
+            break;
+        case 0x106:
+            w->advertise = optarg;
+            break;
+        case 0x107:
+            w->cache_dir = optarg;
+            break;
+        case 0x108:
+            w->ckpt_root = optarg;
+            break;
         case 'h':
             fputs(usage_text, stdout);
             return 0;
@@ -609,6 +682,11 @@ int main(int argc, char **argv) {
     if (w->role < 0 || (!w->master && lo.index == 0) || optind < argc ||
         (w->role != RLHF__ROLE__ROLE_LEARNER && lo.n_shards > 1)) {
         fputs(usage_text, stderr);
+        return 2;
+    }
+    /* a listener others cannot dial is an error now, not at the first publish */
+    if (addr_check(w->bind_host, w->advertise) < 0) {
+        fprintf(stderr, "rlhf-worker: --bind-host/--advertise: %s\n", rl_errmsg());
         return 2;
     }
     if (!w->id[0]) {
@@ -635,6 +713,21 @@ int main(int argc, char **argv) {
             return status;
         }
     }
+    char *cache_dir = w->cache_path;
+    size_t cache_cap = sizeof w->cache_path;
+    if (w->cache_dir)
+        snprintf(cache_dir, cache_cap, "%s", w->cache_dir);
+    else if (getenv("XDG_CACHE_HOME") && getenv("XDG_CACHE_HOME")[0])
+        snprintf(cache_dir, cache_cap, "%s/rlhf", getenv("XDG_CACHE_HOME"));
+    else
+        snprintf(cache_dir, cache_cap, "%s/.cache/rlhf",
+                 getenv("HOME") && getenv("HOME")[0] ? getenv("HOME") : ".");
+    if (!(w->cache = blob_store_open(cache_dir))) {
+        fprintf(stderr, "rlhf-worker: --cache-dir: %s\n", rl_errmsg());
+        return 1;
+    }
+    char abs_cache[PATH_MAX]; /* absolute: stage commands run in other directories */
+    if (realpath(cache_dir, abs_cache)) snprintf(w->cache_path, cache_cap, "%s", abs_cache);
     if (roles_init(w, &lo) < 0) {
         fprintf(stderr, "rlhf-worker: %s\n", rl_errmsg());
         return 1;
@@ -712,6 +805,7 @@ int main(int argc, char **argv) {
     close(w->efd);
     free(w->slot.payload);
     roles_free(w);
+    blob_store_close(&w->cache);
     wsync_replica_free(&w->weights);
     wlog(w, "exit");
     free(w);

@@ -37,6 +37,7 @@
 #include "nn/hf.h"
 #include "align/ppo.h"
 #include "rlhf.pb-c.h"
+#include "net/addr.h"
 #include "net/wire.h"
 #include "worker.h"
 #include "worker_ckpt.h"
@@ -54,8 +55,9 @@ struct ppo_state {
     uint8_t *last_out;
     size_t last_out_len;
     wsync_server_t *ws;
-    char ws_endpoint[256];
-    void *zctx; /* the announcer's */
+    char ws_endpoint[ADDR_EP_LEN];       /* the weights server's advertised endpoint */
+    char bind_host[256], advertise[256]; /* --bind-host, --advertise */
+    void *zctx;                          /* the announcer's */
     pthread_t ann_th;
     int ann_started;
     atomic_int ann_stop;
@@ -67,7 +69,8 @@ struct ppo_state {
 static int load_latest(ppo_state_t *ps, const ppo_config_t *cfg);
 static int publish(ppo_state_t *ps, uint64_t version);
 
-ppo_state_t *ppo_state_new(const char *master, const char *run_dir) {
+ppo_state_t *ppo_state_new(const char *master, const char *run_dir, const char *bind_host,
+                           const char *advertise) {
     ppo_state_t *ps = calloc(1, sizeof *ps);
     if (!ps) {
         rl_fail(RL_ENOMEM, "ppo state: out of memory");
@@ -77,6 +80,8 @@ ppo_state_t *ppo_state_new(const char *master, const char *run_dir) {
     pthread_cond_init(&ps->ann_cv, NULL);
     snprintf(ps->master, sizeof ps->master, "%s", master ? master : "");
     snprintf(ps->run_dir, sizeof ps->run_dir, "%s", run_dir ? run_dir : "");
+    snprintf(ps->bind_host, sizeof ps->bind_host, "%s", bind_host ? bind_host : "");
+    snprintf(ps->advertise, sizeof ps->advertise, "%s", advertise ? advertise : "");
     /* a restarted learner stands at its newest checkpoint and serves those weights at once:
      * rollout jobs of the current iteration need them before any update job comes */
     ppo_config_t cfg;
@@ -145,6 +150,7 @@ void ppo_state_destroy(ppo_state_t **psp) {
 static void *announcer(void *arg) {
     ppo_state_t *ps = arg;
     void *sock = zmq_socket(ps->zctx, ZMQ_DEALER);
+    if (sock) addr_zmq_opts(sock);
     int linger = 0;
     if (!sock || zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger) < 0 ||
         zmq_connect(sock, ps->master) < 0) {
@@ -211,10 +217,16 @@ static int publish(ppo_state_t *ps, uint64_t version) {
     }
     if (version == 0) return 0; /* version 0 is the policy directory's own weights */
     if (!ps->ws) {
-        ps->ws = wsync_server_new(NULL, "tcp://127.0.0.1:*", 0);
+        char bind[ADDR_EP_LEN], adv[ADDR_EP_LEN];
+        int rc = addr_bind_ep(ps->bind_host, bind, sizeof bind);
+        if (rc < 0) return rc;
+        ps->ws = wsync_server_new(NULL, bind, 0);
         if (!ps->ws || wsync_server_start(ps->ws) < 0) return rl_fail_ctx(RL_EIO, "weights server");
+        if ((rc = addr_advertise(wsync_server_endpoint(ps->ws), ps->advertise, adv, sizeof adv)) <
+            0)
+            return rc;
         pthread_mutex_lock(&ps->ann_mu);
-        snprintf(ps->ws_endpoint, sizeof ps->ws_endpoint, "%s", wsync_server_endpoint(ps->ws));
+        snprintf(ps->ws_endpoint, sizeof ps->ws_endpoint, "%s", adv);
         pthread_mutex_unlock(&ps->ann_mu);
     }
     if (version > atomic_load(&ps->published)) {

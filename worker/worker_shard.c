@@ -25,6 +25,7 @@
 #include "base/crc32c.h"
 #include "base/err.h"
 #include "base/fs.h"
+#include "net/addr.h"
 #include "nn/ops.h"
 #include "worker_rmdata.h"
 #include "worker_shard.h"
@@ -181,6 +182,7 @@ int shard_hub_open(shard_hub_t *h, const worker_learner_opts_t *o, const char *r
     if (!o->endpoint) return rl_fail(RL_EINVAL, "--shard 0/%d needs --shard-endpoint", h->n_shards);
     h->zctx = zmq_ctx_new();
     h->sock = h->zctx ? zmq_socket(h->zctx, ZMQ_ROUTER) : NULL;
+    if (h->sock) addr_zmq_opts(h->sock);
     if (!h->sock) return rl_fail(RL_EIO, "zmq_socket: %s", zmq_strerror(errno));
     int one = 1, linger = 1000, hwm = 1000;
     int64_t maxmsg = MAX_MSG_BYTES;
@@ -195,6 +197,7 @@ int shard_hub_open(shard_hub_t *h, const worker_learner_opts_t *o, const char *r
     char ep[512];
     size_t sz = sizeof ep;
     zmq_getsockopt(h->sock, ZMQ_LAST_ENDPOINT, ep, &sz);
+    addr_normalize(ep, sizeof ep);
     hlog(h, "learner shard 0/%d: shards connect to %s", h->n_shards, ep);
     if (run_dir[0]) {
         char path[PATH_LEN + 20], js[700];
@@ -778,6 +781,7 @@ int worker_learner_shard_main(const worker_learner_opts_t *o, volatile sig_atomi
     void *zctx = zmq_ctx_new();
     s->efd = eventfd(0, EFD_CLOEXEC);
     s->sock = zctx ? zmq_socket(zctx, ZMQ_DEALER) : NULL;
+    if (s->sock) addr_zmq_opts(s->sock);
     if (!s->sock || s->efd < 0) {
         fprintf(stderr, "rlhf-worker: cannot create a socket: %s\n", zmq_strerror(errno));
         return 1;

@@ -70,28 +70,37 @@ static int parent_mkdir(const char *path) {
     return rc;
 }
 
-/* The environment of the child: ours, with RLHF_MASTER and RLHF_NS replaced. NULL: no memory. */
-static char **child_env(const char *master, const char *ns, char **own, size_t own_n) {
+/* The child's own variables: where its jobs go (RLHF_MASTER, RLHF_NS), where it publishes and
+ * fetches artifacts (RLHF_BLOB: the master's artifact server; RLHF_CACHE_DIR: the worker's
+ * cache, whose copies it may share). */
+enum { N_OWN_ENV = 4 };
+static const char *const own_env_names[N_OWN_ENV] = {"RLHF_MASTER", "RLHF_NS", "RLHF_BLOB",
+                                                     "RLHF_CACHE_DIR"};
+
+/* The environment of the child: ours, with the own variables replaced by `vals` (own[] gets the
+ * strings to free). NULL: no memory. */
+static char **child_env(const char *const vals[N_OWN_ENV], char *own[N_OWN_ENV]) {
     size_t n = 0;
     while (environ[n]) n++;
-    char **env = calloc(n + 3, sizeof *env);
+    char **env = calloc(n + N_OWN_ENV + 1, sizeof *env);
     if (!env) return NULL;
     size_t k = 0;
-    for (size_t i = 0; i < n; i++)
-        if (strncmp(environ[i], "RLHF_MASTER=", 12) && strncmp(environ[i], "RLHF_NS=", 8))
-            env[k++] = environ[i];
-    if (own_n < 2 || asprintf(&own[0], "RLHF_MASTER=%s", master) < 0) {
-        own[0] = NULL;
-        free(env);
-        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        int ours = 0;
+        for (int j = 0; j < N_OWN_ENV; j++) {
+            size_t l = strlen(own_env_names[j]);
+            ours |= !strncmp(environ[i], own_env_names[j], l) && environ[i][l] == '=';
+        }
+        if (!ours) env[k++] = environ[i];
     }
-    if (asprintf(&own[1], "RLHF_NS=%s", ns) < 0) {
-        own[1] = NULL;
-        free(env);
-        return NULL;
+    for (int j = 0; j < N_OWN_ENV; j++) {
+        if (asprintf(&own[j], "%s=%s", own_env_names[j], vals[j] ? vals[j] : "") < 0) {
+            own[j] = NULL;
+            free(env);
+            return NULL;
+        }
+        env[k++] = own[j];
     }
-    env[k++] = own[0];
-    env[k++] = own[1];
     env[k] = NULL;
     return env;
 }
@@ -230,11 +239,12 @@ static int stage_run(const worker_job_t *job, const Rlhf__StageSpec *sp, Rlhf__S
             return rc;
         }
     }
-    char **argv = calloc(sp->n_argv + 2, sizeof *argv), *own[2] = {NULL, NULL};
+    char **argv = calloc(sp->n_argv + 2, sizeof *argv), *own[N_OWN_ENV] = {NULL};
     /* the command's jobs go to the master this worker serves (the one that gave it the job),
      * or to the spec's when it names one */
     const char *master = sp->master && sp->master[0] ? sp->master : job->master ? job->master : "";
-    char **env = child_env(master, sp->ns ? sp->ns : "", own, 2);
+    const char *vals[N_OWN_ENV] = {master, sp->ns ? sp->ns : "", job->blob_ep, job->cache_dir};
+    char **env = child_env(vals, own);
     int nfd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     pid_t parent = getpid(), pid = -1;
     if (argv && env && nfd >= 0) {
@@ -265,8 +275,7 @@ static int stage_run(const worker_job_t *job, const Rlhf__StageSpec *sp, Rlhf__S
     if (nfd >= 0) close(nfd);
     free(argv);
     free(env);
-    free(own[0]);
-    free(own[1]);
+    for (int j = 0; j < N_OWN_ENV; j++) free(own[j]);
     o->seconds = (now_ms() - t0) / 1e3;
     char *text = log_since(sp->log, from);
     char line[512] = "";

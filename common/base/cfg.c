@@ -31,6 +31,8 @@ static const cfg_key_t keys[] = {
     STR("run_dir", run_dir),
     NUM("seed", K_U64, seed, 0, 0),
     STR("master.bind", bind),
+    STR("master.advertise", advertise),
+    NUM("master.blob_port", K_INT, blob_port, 0, 65535),
     STR("master.http_host", http_host),
     NUM("master.http_port", K_INT, http_port, -1, 65535),
     NUM("master.heartbeat_ms", K_INT, heartbeat_ms, 10, 600000),

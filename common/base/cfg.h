@@ -26,6 +26,8 @@ typedef struct {
     char run_dir[1024];            /* run_dir: where results, journal and outputs live */
     uint64_t seed;                 /* seed: the run seed (jobs derive theirs from it) */
     char bind[256];                /* master.bind: ZeroMQ endpoint of the ROUTER */
+    char advertise[256];           /* master.advertise: the host (or endpoint) others dial */
+    int blob_port;                 /* master.blob_port: the artifact server's port (0: any) */
     char http_host[64];            /* master.http_host: loopback unless configured otherwise */
     int http_port;                 /* master.http_port: 0 = any free port, -1 = no HTTP */
     int heartbeat_ms;              /* master.heartbeat_ms */

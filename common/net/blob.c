@@ -2351,3 +2351,21 @@ void blob_server_stop(blob_server_t **sp) {
     free(s);
     *sp = NULL;
 }
+
+int blob_name_parse(const char *name, char ref[BLOB_REF_LEN], const char **origin) {
+    size_t n = 7 + BLOB_HEX_LEN;
+    if (!name || strncmp(name, "sha256:", 7) || strlen(name) < n || (name[n] && name[n] != '@'))
+        return 0;
+    memcpy(ref, name, n);
+    ref[n] = 0;
+    if (!blob_is_ref(ref)) return 0;
+    if (origin) *origin = name[n] ? name + n + 1 : "";
+    return 1;
+}
+
+int blob_name_format(const char *ref, const char *path, char *out, size_t cap) {
+    int k =
+        path && path[0] ? snprintf(out, cap, "%s@%s", ref, path) : snprintf(out, cap, "%s", ref);
+    return k < 0 || (size_t)k >= cap ? rl_fail(RL_EINVAL, "artifact name too long: %.200s", path)
+                                     : 0;
+}

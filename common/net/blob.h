@@ -251,4 +251,16 @@ void blob_server_corrupt_once(blob_server_t *s);
  * Accepts NULL; nulls *sp. */
 void blob_server_stop(blob_server_t **sp);
 
+/*
+ * An artifact's name in a job spec: a reference, optionally followed by "@" and where the
+ * publisher had it ("sha256:ab12...@/srv/runs/demo/sft"). The path is for messages only - an
+ * error about the worker's copy names the publisher's file - and is never read. ref gets the
+ * reference; *origin the path ("" when none). Returns 1 for such a name, 0 for anything else
+ * (a plain path).
+ */
+int blob_name_parse(const char *name, char ref[BLOB_REF_LEN], const char **origin);
+
+/* "REF@PATH" (or REF alone when path is NULL or "") into out. Returns 0 or RL_EINVAL (cap). */
+int blob_name_format(const char *ref, const char *path, char *out, size_t cap);
+
 #endif

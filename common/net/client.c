@@ -28,6 +28,7 @@
 #include <zmq.h>
 
 #include "base/err.h"
+#include "net/addr.h"
 #include "net/wire.h"
 
 /* SubmitJobs are cut to this size, well under WIRE_MAX_ENVELOPE */
@@ -66,6 +67,7 @@ struct client {
     client_opts_t o;
     int hb_ms, liveness, backoff_ms;
     char master_id[40];
+    char blob_ep[320]; /* Welcome.blob_endpoint */
     int registered;
     double last_heard_ms, last_hb_ms, last_hello_ms, last_fetch_ms, next_reconnect_ms;
     uint64_t req_seq;
@@ -294,6 +296,7 @@ static int pick_specless(const entry_t *e) {
 
 static int sock_open(client_t *c) {
     c->sock = zmq_socket(c->zctx, ZMQ_DEALER);
+    if (c->sock) addr_zmq_opts(c->sock);
     if (!c->sock) return rl_fail(RL_EIO, "zmq_socket: %s", zmq_strerror(errno));
     /* HWMs: a burst of JobDone (a restarted master answering a big resubmission) must fit;
      * MAXMSGSIZE bounds what a bad peer can make us allocate */
@@ -327,6 +330,7 @@ static void on_welcome(client_t *c, const Rlhf__Welcome *w) {
     snprintf(c->master_id, sizeof c->master_id, "%s", id);
     if (w->heartbeat_ms) c->hb_ms = (int)w->heartbeat_ms;
     if (w->liveness) c->liveness = (int)w->liveness;
+    snprintf(c->blob_ep, sizeof c->blob_ep, "%s", w->blob_endpoint ? w->blob_endpoint : "");
     c->registered = 1;
     c->st.registrations++;
     if (changed) { /* a restarted master knows only the jobs it had finished: submit them all */
@@ -803,6 +807,21 @@ int client_run_cancel(client_t *c, const char *name, Rlhf__RunReply **out, int t
     env.body_case = RLHF__ENVELOPE__BODY_RUN_CANCEL;
     env.run_cancel = &m;
     return run_request(c, &env, &m.request_id, out, timeout_ms);
+}
+
+const char *client_blob_endpoint(client_t *c, int timeout_ms) {
+    double end = wire_now_ms() + timeout_ms;
+    while (!c->registered && wire_now_ms() < end)
+        if (pump(c, (int)(end - wire_now_ms()) > 100 ? 100 : (int)(end - wire_now_ms())) < 0) break;
+    if (!c->registered) {
+        rl_fail(RL_EIO, "master %s: no answer in %d ms", c->endpoint, timeout_ms);
+        return NULL;
+    }
+    if (!c->blob_ep[0]) {
+        rl_fail(RL_EUNSUPPORTED, "master %s serves no artifacts", c->endpoint);
+        return NULL;
+    }
+    return c->blob_ep;
 }
 
 int client_outstanding(const client_t *c) {

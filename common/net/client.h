@@ -90,6 +90,10 @@ client_t *client_open_opts(const char *endpoint, const char *name, const client_
 /* client_open_opts with the defaults (the "" namespace). */
 client_t *client_open(const char *endpoint, const char *name);
 
+/* The master's artifact server (Welcome.blob_endpoint, net/blob.h), waiting up to timeout_ms
+ * for the master's Welcome. NULL with the reason in rl_errmsg() (no answer, or none served). */
+const char *client_blob_endpoint(client_t *c, int timeout_ms);
+
 /*
  * Submits n jobs (sent in as many SubmitJobs as the envelope limit needs) and waits until the
  * master has acknowledged each. Results that arrive meanwhile are kept for client_wait.

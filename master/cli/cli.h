@@ -154,9 +154,12 @@ int cmd_cluster_ensure(int argc, char **argv);
  * TrainSpec's ckpt_dir). local_session_close() closes the client, and stops the cluster and
  * restores the handlers when the session started them.
  */
+struct blob_store;
 typedef struct {
     char cluster[PATH_MAX + 16], learner[PATH_MAX + 16], endpoint[256];
     client_t *client;
+    struct blob_store *cache; /* local_publish / local_fetch: opened on first use */
+    char blob_ep[320];
     struct sigaction old_int, old_term;
     int handlers;
     int threads; /* TrainSpec.threads: what a lone learner of these shards had on this machine */
@@ -164,6 +167,24 @@ typedef struct {
 int local_session_open(local_session_t *s, const char *run_dir, int rollout, int reward, int shards,
                        const char *who);
 void local_session_close(local_session_t *s);
+
+/*
+ * A stage command's artifacts (net/blob.h) go to the master's host and come back over the wire,
+ * never through a shared disk. local_publish puts `path` (a model directory or a dataset file)
+ * in the command's cache and pushes it to the master's artifact server; name gets its content
+ * reference with the path for messages ("sha256:...@PATH", blob_name_parse), which specs name
+ * instead of the path. local_fetch materialises a reference (a
+ * training's exported model) from the artifact server into the cache; path gets its copy. The
+ * cache is RLHF_CACHE_DIR (set by the stage worker) or RUN_DIR/cluster/cache; the artifact
+ * server is RLHF_BLOB (set by the stage worker) or the master's Welcome. Return 0 or RL_E*.
+ */
+int local_publish(local_session_t *s, const char *path, char *name, size_t cap);
+int local_fetch(local_session_t *s, const char *ref, char *path, size_t cap);
+
+/* local_publish for a command without a session (`rlhf ppo-prep`, run by a stage worker): with
+ * RLHF_BLOB and RLHF_CACHE_DIR set, publishes and sets name; without them, name = "" and nothing is
+ * done (the master reads paths on its own disk). Returns 0 or RL_E*. */
+int local_publish_env(const char *path, char *name, size_t cap);
 
 /* Submits one TRAIN job (spec: a Rlhf__TrainSpec) to the session's learner and waits for it;
  * *out gets its decoded output (free with rlhf__train_output__free_unpacked). Returns 0, or

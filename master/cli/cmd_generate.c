@@ -228,13 +228,16 @@ static int generate_all(gload_t *g, const char *rdir, const char *model, const g
     client_job_t *jobs = calloc((size_t)g->n, sizeof *jobs);
     uint64_t *ids = calloc((size_t)g->n, sizeof *ids);
     int rc = jobs && ids ? 0 : rl_fail(RL_ENOMEM, "out of memory");
-    for (int i = 0; i < g->n && rc == 0; i++) {
-        rc = prompt_job(&g->p[i], i, model, gs, &jobs[i]);
-        ids[i] = (uint64_t)i + 1;
-    }
     local_session_t ss = {0};
+    char ref[PATH_MAX + 80];
     if (rc == 0 && (rc = local_session_open(&ss, rdir, workers, 0, 0, "generate")) == 0) {
-        rc = client_submit(ss.client, jobs, g->n);
+        /* the workers get the model by its content from the master's host */
+        rc = local_publish(&ss, model, ref, sizeof ref);
+        for (int i = 0; i < g->n && rc == 0; i++) {
+            rc = prompt_job(&g->p[i], i, ref, gs, &jobs[i]);
+            ids[i] = (uint64_t)i + 1;
+        }
+        if (rc == 0) rc = client_submit(ss.client, jobs, g->n);
         if (rc == RL_EINVAL) { /* the master knows these ids with other specs */
             char why[512];
             snprintf(why, sizeof why, "%s", rl_errmsg());

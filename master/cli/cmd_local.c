@@ -46,6 +46,7 @@
 #include "cli_opts.h"
 #include "base/err.h"
 #include "base/fs.h"
+#include "net/blob.h"
 #include "rlhf.pb-c.h"
 
 int cmd_up(int argc, char **argv);
@@ -140,7 +141,10 @@ static pid_t start_worker(sup_t *s, int i) {
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     char threads[24];
     snprintf(threads, sizeof threads, "%ld", cores / s->n_workers > 1 ? cores / s->n_workers : 1);
-    char ldir[1100];
+    char ldir[1100], cache[1100];
+    /* one cache for the cluster's workers: a model is fetched from the master's artifact
+     * server once per machine */
+    snprintf(cache, sizeof cache, "%.1000s/cache", s->run_dir);
     snprintf(ldir, sizeof ldir, "%.1000s", s->learner_dir);
     if (!ldir[0]) snprintf(ldir, sizeof ldir, "%.1000s/learner", s->run_dir);
     char *args[] = {s->worker_bin,
@@ -152,6 +156,8 @@ static pid_t start_worker(sup_t *s, int i) {
                     id,
                     "--threads",
                     threads,
+                    "--cache-dir",
+                    cache,
                     NULL,
                     NULL,
                     NULL,
@@ -165,13 +171,13 @@ static pid_t start_worker(sup_t *s, int i) {
     snprintf(shard, sizeof shard, "%d/%d", k + 1, s->learner_shards);
     if (!strcmp(s->roles[i], "shard")) { /* talks to shard 0 only, never to the master */
         args[2] = "learner", args[3] = "--shard", args[4] = shard;
-        args[9] = "--shard-endpoint", args[10] = s->shard_ep;
+        args[11] = "--shard-endpoint", args[12] = s->shard_ep;
     } else if (!strcmp(s->roles[i], "learner")) {
-        args[9] = "--run-dir", args[10] = ldir;
+        args[11] = "--run-dir", args[12] = ldir;
         snprintf(shard, sizeof shard, "0/%d", s->learner_shards);
         if (s->learner_shards > 1)
-            args[11] = "--shard", args[12] = shard, args[13] = "--shard-endpoint",
-            args[14] = s->shard_ep;
+            args[13] = "--shard", args[14] = shard, args[15] = "--shard-endpoint",
+            args[16] = s->shard_ep;
     }
     return spawn(args, log);
 }
@@ -768,7 +774,63 @@ int local_session_open(local_session_t *s, const char *run_dir, int rollout, int
     return 0;
 }
 
+/* The session's cache and artifact server (local_publish's rules). */
+static int session_artifacts(local_session_t *s) {
+    if (s->cache && s->blob_ep[0]) return 0;
+    const char *env = getenv("RLHF_CACHE_DIR"), *blob = getenv("RLHF_BLOB");
+    char dir[PATH_MAX + 32];
+    if (env && env[0])
+        snprintf(dir, sizeof dir, "%s", env);
+    else
+        snprintf(dir, sizeof dir, "%.4000s/cache", s->cluster[0] ? s->cluster : ".");
+    if (!s->cache && !(s->cache = blob_store_open(dir))) return rl_fail_ctx(RL_EIO, "cache: ");
+    if (blob && blob[0]) {
+        snprintf(s->blob_ep, sizeof s->blob_ep, "%s", blob);
+        return 0;
+    }
+    const char *ep = s->client ? client_blob_endpoint(s->client, 15000) : NULL;
+    if (!ep) return rl_fail_ctx(RL_EIO, "the master's artifact server: ");
+    snprintf(s->blob_ep, sizeof s->blob_ep, "%s", ep);
+    return 0;
+}
+
+int local_publish(local_session_t *s, const char *path, char *name, size_t cap) {
+    int rc = session_artifacts(s);
+    if (rc < 0) return rc;
+    blob_client_t *c = blob_client_new(NULL, s->blob_ep);
+    if (!c) return rl_fail_ctx(RL_EIO, "artifact server %s: ", s->blob_ep);
+    char ref[BLOB_REF_LEN], abs[PATH_MAX];
+    rc = blob_publish(c, s->cache, path, ref);
+    blob_client_free(&c);
+    if (rc < 0) return rl_fail_ctx(rc, "publishing %s: ", path);
+    return blob_name_format(ref, realpath(path, abs) ? abs : path, name, cap);
+}
+
+int local_fetch(local_session_t *s, const char *ref, char *path, size_t cap) {
+    int rc = session_artifacts(s);
+    if (rc < 0) return rc;
+    blob_client_t *c = blob_client_new(NULL, s->blob_ep);
+    if (!c) return rl_fail_ctx(RL_EIO, "artifact server %s: ", s->blob_ep);
+    char r[BLOB_REF_LEN];
+    rc = blob_name_parse(ref, r, NULL) ? blob_resolve(s->cache, c, r, path, cap)
+                                       : rl_fail(RL_EINVAL, "'%.200s' names no artifact", ref);
+    blob_client_free(&c);
+    return rc;
+}
+
+int local_publish_env(const char *path, char *name, size_t cap) {
+    const char *blob = getenv("RLHF_BLOB"), *cache = getenv("RLHF_CACHE_DIR");
+    name[0] = 0;
+    if (!blob || !blob[0] || !cache || !cache[0]) return 0;
+    local_session_t s;
+    memset(&s, 0, sizeof s);
+    int rc = local_publish(&s, path, name, cap);
+    blob_store_close(&s.cache);
+    return rc;
+}
+
 void local_session_close(local_session_t *s) {
+    blob_store_close(&s->cache);
     client_close(&s->client);
     if (s->cluster[0]) local_cluster_down(s->cluster);
     if (s->handlers) {

@@ -382,6 +382,19 @@ static int ppo_prep_write(const ppo_prep_t *s) {
         "count_token", o->count_token, "eot", s->eot, "vocab", s->vocab, "score_mean", s->s_mean,
         "score_std", s->s_std, "config_json", s->cfg_json, "prompts", prompts, "n_prompts", s->ps.n,
         "train_threads", ppo_train_threads(o));
+    /* the models by content too, for workers that do not share this disk: the master names
+     * them so in its jobs (run by a stage worker; alone, paths are all there is) */
+    const char *models[][2] = {
+        {"policy", s->policy}, {"rm", s->rmdir}, {"ref", s->ref}, {"value", s->value}};
+    for (int i = 0; plan && i < 4; i++) {
+        char ref[PATH_MAX + 80], key[16];
+        if ((rc = local_publish_env(models[i][1], ref, sizeof ref)) < 0) {
+            json_decref(plan);
+            return rc;
+        }
+        snprintf(key, sizeof key, "%s_ref", models[i][0]);
+        if (ref[0]) json_object_set_new(plan, key, json_string(ref));
+    }
     char *txt = plan ? json_dumps(plan, JSON_INDENT(2)) : NULL;
     json_decref(plan);
     return write_out(s, "ppo_plan.json", txt, txt ? strlen(txt) : 0, plan_path, sizeof plan_path);

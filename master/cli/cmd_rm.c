@@ -235,7 +235,7 @@ static void rm_job_done(rm_jobs_t *c, uint64_t id, const Rlhf__TrainOutput *o) {
 /* The steps on the learner; *out = the model of its last checkpoint. */
 static int learner_train(const train_args_t *a, long steps, int max_len, gpt_t **out,
                          rm_jobs_t *c) {
-    char rdir[PATH_MAX], ldir[PATH_MAX + 16];
+    char rdir[PATH_MAX];
     char amodel[PATH_MAX], apairs[PATH_MAX];
     if (!realpath(a->model, amodel) || !realpath(a->pairs, apairs))
         return rl_fail(RL_EIO, "%s: %s", realpath(a->model, amodel) ? a->pairs : a->model,
@@ -245,6 +245,10 @@ static int learner_train(const train_args_t *a, long steps, int max_len, gpt_t *
     local_session_t ss;
     int rc = local_session_open(&ss, rdir, 0, 0, a->shards, "train-rm");
     if (rc < 0) return rc;
+    /* the learner gets the model and the pairs by content, from the master's host */
+    char mref[PATH_MAX + 80], pref[PATH_MAX + 80], final_ref[PATH_MAX + 80] = "";
+    if ((rc = local_publish(&ss, amodel, mref, sizeof mref)) == 0)
+        rc = local_publish(&ss, apairs, pref, sizeof pref);
     adamw_sched_kind_t kinds[] = {ADAMW_SCHED_CONSTANT, ADAMW_SCHED_WARMUP, ADAMW_SCHED_COSINE};
     int sched = 0;
     for (int i = 0; i < 3; i++)
@@ -253,8 +257,8 @@ static int learner_train(const train_args_t *a, long steps, int max_len, gpt_t *
     for (long j = 0; rc == 0 && j * J < steps; j++) {
         Rlhf__TrainSpec sp = RLHF__TRAIN_SPEC__INIT;
         sp.kind = RLHF__TRAIN_KIND__TRAIN_KIND_RM;
-        sp.model_dir = amodel;
-        sp.pairs_file = apairs;
+        sp.model_dir = mref;
+        sp.pairs_file = pref;
         sp.batch_size = (uint32_t)a->batch;
         sp.seq_len = (uint32_t)max_len;
         sp.step = (uint64_t)(j * J);
@@ -273,16 +277,19 @@ static int learner_train(const train_args_t *a, long steps, int max_len, gpt_t *
         sp.split_seed = (uint64_t)a->split_seed;
         sp.rm_seed = (uint64_t)a->seed;
         sp.micro = (uint32_t)a->micro;
+        sp.export_model = (j + 1) * J >= steps; /* the result comes back over the wire */
         Rlhf__TrainOutput *o;
         rc = local_train_job(&ss, (uint64_t)j + 1, (uint64_t)a->seed + 1, &sp, &o);
         if (rc == 0) rm_job_done(c, (uint64_t)j + 1, o);
+        if (rc == 0 && sp.export_model) snprintf(final_ref, sizeof final_ref, "%s", o->model_ref);
         if (o) rlhf__train_output__free_unpacked(o, NULL);
     }
-    local_session_close(&ss);
-    snprintf(ldir, sizeof ldir, "%s", ss.learner);
-    if (rc < 0) return rc;
     char path[PATH_MAX + 64];
-    if ((rc = local_learner_latest(ldir, 0, "model", path, sizeof path, NULL)) < 0) return rc;
+    if (rc == 0 && !final_ref[0])
+        rc = rl_fail(RL_EPROTO, "the learner exported no model after the last job");
+    if (rc == 0) rc = local_fetch(&ss, final_ref, path, sizeof path);
+    local_session_close(&ss);
+    if (rc < 0) return rc;
     if (!(*out = load_rm(path))) return rl_fail_ctx(RL_EIO, "the learner's last checkpoint: ");
     return 0;
 }

@@ -375,13 +375,16 @@ static json_t *run_resolved(run_t *r) {
  * relative to, the configuration, and each stage's command line with {run} left for the master
  * to replace by the run directory. Returns the plan or NULL (out of memory).
  */
-static json_t *run_plan(run_t *r, const char *config, const char *name, const char *only) {
+static json_t *run_plan(run_t *r, const char *config, const char *name, const char *only,
+                        int remote) {
     char cwd[PATH_MAX];
     if (!getcwd(cwd, sizeof cwd)) return NULL;
     snprintf(r->run_dir, sizeof r->run_dir, "{run}"); /* kept literally by expand() */
-    json_t *plan =
-        json_pack("{s:s, s:I, s:s, s:s, s:o}", "name", name, "seed", (json_int_t)r->cfg.seed, "cwd",
-                  cwd, "config", config, "config_json", run_resolved(r));
+    json_t *plan = json_pack("{s:s, s:I, s:s, s:o}", "name", name, "seed", (json_int_t)r->cfg.seed,
+                             "config", config, "config_json", run_resolved(r));
+    /* a master on another machine does not share our directories: without "cwd" it reads the
+     * plan's relative paths in its own data directory */
+    if (plan && !remote) json_object_set_new(plan, "cwd", json_string(cwd));
     json_t *list = json_array();
     if (!plan || !list) {
         json_decref(plan);
@@ -514,7 +517,10 @@ const cli_opts_t cli_run_opts =
              "master, which runs its stages in the run directory DATA_DIR/NAME and keeps running\n"
              "them if this command stops; then follows the run (its log, progress and ETA) until\n"
              "it ends. Ctrl-C detaches. Submitting the same run again continues where it stopped.\n"
-             "Every value is checked when CONFIG is read, before anything is submitted.\n",
+             "Every value is checked when CONFIG is read, before anything is submitted.\n"
+             "With --master, the run's files live on the master's host: relative paths in CONFIG\n"
+             "name files in the master's data directory, and its workers get every model and\n"
+             "dataset over the wire.\n",
              run_opt_table,
              "Exit status: 0 the run succeeded, 1 it failed or was cancelled (or the master went\n"
              "away), 2 a bad config or a plan the master rejected, 130 detached by Ctrl-C.\n");
@@ -571,7 +577,7 @@ static int run_submit(run_t *r, const run_args_t *a, const char *config) {
         fprintf(stderr, "rlhf run: '%s' is not a run name (a name without '/')\n", name);
         return 2;
     }
-    json_t *plan = run_plan(r, config, name, a->only);
+    json_t *plan = run_plan(r, config, name, a->only, a->master != NULL);
     char *txt = plan ? json_dumps(plan, a->print_plan ? JSON_INDENT(2) : JSON_COMPACT) : NULL;
     json_decref(plan);
     if (!txt) {

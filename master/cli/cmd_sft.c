@@ -384,7 +384,7 @@ static void sft_rows(const sft_set_t *set, long seed, int s, int B, int *order, 
 /* The steps on the learner; *out = the model of its last checkpoint. */
 static int sft_learner(const sft_learner_t *a, const sft_set_t *set, int pad, gpt_t **out,
                        sft_jobs_t *c) {
-    char rdir[PATH_MAX], ldir[PATH_MAX + 16], amodel[PATH_MAX];
+    char rdir[PATH_MAX], amodel[PATH_MAX];
     if (!realpath(a->model, amodel)) return rl_fail(RL_EIO, "%s: %s", a->model, strerror(errno));
     snprintf(rdir, sizeof rdir, "%.4000s", a->run_dir ? a->run_dir : a->out);
     if (!a->run_dir) snprintf(rdir, sizeof rdir, "%.4000s.run", a->out);
@@ -397,7 +397,10 @@ static int sft_learner(const sft_learner_t *a, const sft_set_t *set, int pad, gp
     int *rows = malloc((size_t)B * sizeof(int)), *order = malloc((size_t)set->n * sizeof(int));
     if (!in || !tg || !mask || !seq || !rows || !order) rc = rl_fail(RL_ENOMEM, "batches");
     local_session_t ss = {0};
+    char mref[PATH_MAX + 80], final_ref[PATH_MAX + 80] = "";
     if (rc == 0) rc = local_session_open(&ss, rdir, 0, 0, a->shards, "sft");
+    if (rc == 0)
+        rc = local_publish(&ss, amodel, mref, sizeof mref); /* the learner gets it by content */
     long epoch = -1;
     for (int j = 0; rc == 0 && j * J < a->steps; j++) {
         int n = a->steps - j * J < J ? a->steps - j * J : J;
@@ -412,7 +415,8 @@ static int sft_learner(const sft_learner_t *a, const sft_set_t *set, int pad, gp
         }
         Rlhf__TrainSpec sp = RLHF__TRAIN_SPEC__INIT;
         sp.kind = RLHF__TRAIN_KIND__TRAIN_KIND_LM;
-        sp.model_dir = amodel;
+        sp.model_dir = mref;
+        sp.export_model = j * J + n >= a->steps; /* the result comes back over the wire */
         sp.batch_size = (uint32_t)B;
         sp.seq_len = (uint32_t)T;
         sp.step = (uint64_t)j * (uint64_t)J;
@@ -433,14 +437,16 @@ static int sft_learner(const sft_learner_t *a, const sft_set_t *set, int pad, gp
         Rlhf__TrainOutput *o;
         rc = local_train_job(&ss, (uint64_t)j + 1, (uint64_t)a->seed + 1, &sp, &o);
         if (rc == 0) sft_job_done(c, (uint64_t)j + 1, o);
+        if (rc == 0 && sp.export_model) snprintf(final_ref, sizeof final_ref, "%s", o->model_ref);
         if (o) rlhf__train_output__free_unpacked(o, NULL);
     }
+    char path[PATH_MAX + 64];
+    if (rc == 0 && !final_ref[0])
+        rc = rl_fail(RL_EPROTO, "the learner exported no model after the last job");
+    if (rc == 0) rc = local_fetch(&ss, final_ref, path, sizeof path);
     local_session_close(&ss);
-    snprintf(ldir, sizeof ldir, "%s/learner", rdir);
     free(in), free(tg), free(mask), free(seq), free(rows), free(order);
     if (rc < 0) return rc;
-    char path[PATH_MAX + 64];
-    if ((rc = local_learner_latest(ldir, 0, "model", path, sizeof path, NULL)) < 0) return rc;
     if (!(*out = hf_load(path))) return rl_fail_ctx(RL_EIO, "the learner's last checkpoint: ");
     return 0;
 }
