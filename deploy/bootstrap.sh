@@ -18,6 +18,7 @@ PACKAGES=(
     libopenblas-openmp-dev libzmq3-dev libprotobuf-c-dev protobuf-c-compiler
     libuv1-dev libjansson-dev librandom123-dev libpcre2-dev libsodium-dev
     libh2o-dev libyaml-dev libssl-dev prometheus curl gnuplot-nox
+    iproute2 util-linux mount   # the cluster test's hosts: ip, tc, ss, unshare, nsenter
 )
 # The tokenizer test compares against GPT-2's reference encoder from the npm registry. A
 # machine may already have Node.js from elsewhere (with npm bundled): then keep it.
