@@ -27,6 +27,14 @@ R=$BIN/rlhf
 cd "$W" || exit 1
 
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
+# bg_wait CMD...: CMD in the background, waited for - so that a signal to the test is handled at
+# once, not when CMD ends; its exit status
+bg_wait() {
+    "$@" &
+    local p=$!
+    PIDS+=("$p")
+    wait "$p"
+}
 HOSTS=(master learner rollout1 rollout2 reward client)
 # the workers split the cores as the local cluster's do (rlhf up: cores / 5 workers)
 THREADS=$(($(nproc) / 5))
@@ -126,7 +134,7 @@ cp -r inputs ref/
 # speed, so the iterations are those of about 30 s, timed on a short run on one machine first
 # (from its 8th iteration: the first completions are longer, until the policy learns to stop)
 config 20 >ref/calib.yaml
-(cd ref && "$R" run calib.yaml --name calib >../calib.log 2>&1) &
+(cd ref && exec "$R" run calib.yaml --name calib >../calib.log 2>&1) &
 CAL=$!
 PIDS+=("$CAL")
 lines() { cat ref/calib/ppo/metrics.jsonl 2>/dev/null | wc -l; }
@@ -143,7 +151,7 @@ ITERS=$((30000 / (iter_ms > 0 ? iter_ms : 1)))
 config "$ITERS" >cluster.yaml
 cp cluster.yaml ref/
 t0=$(now_ms)
-(cd ref && "$R" run cluster.yaml >../ref-run.log 2>&1)
+bg_wait sh -c 'cd ref && exec "$0" run cluster.yaml >../ref-run.log 2>&1' "$R"
 check "the run on one machine (local cluster, $ITERS iterations) succeeds" test $? -eq 0
 ref_ms=$(($(now_ms) - t0))
 # a run on the hosts that takes much longer than on one machine has failed
@@ -182,8 +190,8 @@ check "the five workers register from their hosts" wait_for 30 registered
 
 # --- a. the run from the client's host
 t0=$(now_ms)
-ns_exec client timeout "$LIMIT" "$R" run cluster.yaml --master "$MEP" --name plain \
-    >>"$(ns_dir client)/logs/run-plain.log" 2>&1
+ns_spawn client logs/run-plain.log timeout "$LIMIT" "$R" run cluster.yaml --master "$MEP" --name plain
+wait "$NS_PID"
 rc=$?
 check "a. the run submitted from the client's host succeeds (exit $rc)" test $rc -eq 0
 plain_ms=$(($(now_ms) - t0))
