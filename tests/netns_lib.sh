@@ -169,12 +169,41 @@ ns_setup() {
     ip -n "$NS_SW" link set br0 up
     # the switch is layer 2 only: no addresses, no router solicitations of its own
     _ns_sysctl "$NS_SW" ipv6/conf/all/disable_ipv6=1 ipv6/conf/default/disable_ipv6=1 2>/dev/null
-    touch "$NS_DIR/ns/.probe"
-    unshare --mount="$NS_DIR/ns/.probe" --propagation private true 2>/dev/null ||
-        _ns_skip "cannot make a persistent mount namespace (unshare --mount=FILE)"
+    _ns_mntns "$NS_DIR/ns/.probe" true 2>/dev/null ||
+        _ns_skip "cannot make a persistent mount namespace (unshare -m, mount --bind)"
     umount "$NS_DIR/ns/.probe"
     rm -f "$NS_DIR/ns/.probe"
 }
+
+# _ns_mntns FILE SCRIPT: a new mount namespace (every mount in it private), set up by SCRIPT (sh)
+# run in it, and kept by binding it on FILE. Where the caller is itself in a mount namespace of
+# its own (a container, `unshare -m`), the kernel refuses the bind now and then (EINVAL: it takes
+# the new namespace for an older one), and `unshare --mount=FILE` fails with it: a new namespace
+# is tried then, 20 times at most.
+_ns_mntns() {
+    local file=$1 script=$2 ready=$1.ready hp try
+    touch "$file"
+    for try in $(seq 1 20); do
+        # "ready" on its stdout (a file opened outside: SCRIPT may hide any path) once set up
+        unshare -m --propagation private /bin/sh -c "$script && echo ready && exec sleep 60" \
+            >"$ready" &
+        hp=$!
+        _ns_wait 10 _ns_ready "$ready" "$hp"
+        if [ -s "$ready" ] && mount --bind "/proc/$hp/ns/mnt" "$file" 2>/dev/null; then
+            try=0
+        elif [ ! -s "$ready" ]; then
+            try=99 # the script failed: no use trying again
+        fi
+        kill -KILL "$hp" 2>/dev/null
+        wait "$hp" 2>/dev/null
+        rm -f "$ready"
+        [ "$try" -eq 0 ] && return 0
+        [ "$try" -eq 99 ] && return 1
+    done
+    echo "netns_lib: cannot bind a mount namespace on $file" >&2
+    return 1
+}
+_ns_ready() { [ -s "$1" ] || ! kill -0 "$2" 2>/dev/null; }
 
 # _ns_sysctl NETNS KEY=VALUE...: net sysctls (paths under /proc/sys/net) in that namespace (the
 # files under /proc/sys/net are those of the writer's network namespace)
@@ -221,14 +250,12 @@ ns_host_add() {
     # the mount namespace: the host's own directory at $NSROOT; the other hosts' directories,
     # and NS_HIDE, covered by an empty read-only tmpfs
     mkdir -p "$NS_DIR/hosts/$name"
-    touch "$NS_DIR/ns/$name"
     local script="mount --bind '$NS_DIR/hosts/$name' '$NSROOT' &&
         mount -t tmpfs -o ro,size=4k,mode=0755 hidden '$NS_DIR/hosts'"
     for h in ${NS_HIDE[@]+"${NS_HIDE[@]}"}; do
         script="$script && mount -t tmpfs -o ro,size=4k,mode=0755 hidden '$h'"
     done
-    unshare --mount="$NS_DIR/ns/$name" --propagation private sh -c "$script" ||
-        _ns_die "$name: cannot make its mount namespace"
+    _ns_mntns "$NS_DIR/ns/$name" "$script" || _ns_die "$name: cannot make its mount namespace"
     _ns_wait 10 _ns_port_forwarding "$name" || _ns_die "$name: the bridge does not forward"
 }
 
