@@ -1,7 +1,8 @@
 # netns_lib.sh - hosts on one machine for the multi-host tests (sourced): each host is a network
 # namespace joined to a Linux bridge by a veth link, with its own mount namespace in which a
-# private directory appears at the same path on every host. Needs root, ip (iproute2), tc,
-# nsenter and unshare (util-linux); python3 for ns_throughput. Usage:
+# private directory appears at the same path on every host; everything else (the build tree, the
+# system) is the machine's, seen by every host as installed software. Needs root, ip, tc and ss
+# (iproute2), nsenter, unshare and mountpoint (util-linux); python3 for ns_throughput. Usage:
 #
 #   source netns_lib.sh
 #   NS_HIDE=("$W")                     # optional: paths hidden (an empty read-only tmpfs) on
@@ -26,9 +27,10 @@
 #                           (veth to the bridge, port v-NAME there), lo up, IP, optionally IP6
 #                           (no duplicate address detection, kept across ns_link_down); its mount
 #                           namespace where $NSROOT is the host's own directory, empty at first
-#   ns_exec NAME CMD...     CMD in NAME's network and mount namespaces, in $NSROOT (the host's
-#                           directory); in the foreground (ns_exec ... & works, but $! is then a
-#                           shell waiting for CMD: use ns_spawn for a pid to signal)
+#   ns_exec NAME CMD...     program CMD (not a shell function) in NAME's network and mount
+#                           namespaces, in $NSROOT (the host's directory); in the foreground
+#                           (ns_exec ... & works, but $! is then a shell waiting for CMD: use
+#                           ns_spawn for a pid to signal)
 #   ns_spawn NAME LOG CMD...
 #                           CMD in the background with stdout and stderr appended to LOG (a
 #                           path on the host, relative to $NSROOT; its directory is made);
@@ -52,6 +54,10 @@
 #                           with them the links), unmounts and removes the directories; only
 #                           the shell that called ns_setup cleans up. NS_KEEP=DIR copies each
 #                           host's directory to DIR/NAME first. The trap calls it.
+#
+# Variables: NSROOT, the path of every host's own directory (outside the hosts an empty
+# directory); NS_HIDE (set before ns_host_add; paths outside $NS_BASE); NS_PFX, NS_DIR (below);
+# NS_PIDS, NS_PID (ns_spawn); NS_KEEP (ns_cleanup); NS_BASE (default /run/rlhf-netns).
 #
 # Every name carries this run's prefix, NS_PFX (rlhfns + 4 hex digits, taken with mkdir in
 # $NS_BASE, so that concurrent runs never collide), and the run's files live in NS_DIR
@@ -101,7 +107,7 @@ _ns_remove() {
         sleep 0.05
     done
     [ -z "$pids" ] || echo "netns_lib: processes left in namespaces of rlhfns$id: $pids" >&2
-    for f in "$dir"/ns/*; do [ -e "$f" ] && umount "$f" 2>/dev/null; done
+    for f in "$dir"/ns/* "$dir/ns/.probe"; do [ -e "$f" ] && umount "$f" 2>/dev/null; done
     for n in $(_ns_names "$id"); do ip netns delete "$n" 2>/dev/null; done
     if mountpoint -q "$dir" 2>/dev/null; then
         umount "$dir" 2>/dev/null || umount -l "$dir"

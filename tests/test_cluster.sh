@@ -6,7 +6,8 @@
 # The inputs (policy, value model, prompts) are uploaded to the master's host only; the workers
 # fetch the models over the wire into their caches, the learner keeps its checkpoints on its own
 # disk, the run's artifacts are on the master's host. The reward worker talks to the master over
-# IPv6. Checks:
+# IPv6. The run is fitted to the machine: as many iterations as take about 30 s on one machine
+# (timed on a short run first), so that the 15 s cut falls in its middle. Checks:
 #   the harness: each host sees its own files only, the links are limited to 1 Gbit/s (measured),
 #     a link that is cut carries nothing and carries again when restored;
 #   a. the run succeeds, and its final policy and metrics (but for timings) are those of the same
