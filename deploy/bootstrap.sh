@@ -83,7 +83,7 @@ test)
     echo "unit tests again on the OpenBLAS $core kernels (this machine's: ${OPENBLAS_CORETYPE:-its own})"
     (cd build && OPENBLAS_CORETYPE=$core ctest --output-on-failure -j2 -L unit)
     build build-asan -DRLHF_SANITIZE=address,undefined
-    (cd build-asan && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j2 -LE 'lint|chaos')
+    (cd build-asan && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j2 -LE 'lint|chaos|cluster')
     ;;
 *)
     echo "usage: deploy/bootstrap.sh demo|test|build" >&2
