@@ -96,7 +96,7 @@ blob_store_t *blob_store_open(const char *dir);
 /* Frees the handle (the directory stays). Accepts NULL; nulls *sp. */
 void blob_store_close(blob_store_t **sp);
 
-/* The store's directory, as given to blob_store_open. */
+/* The store's directory, as given to blob_store_open (without trailing slashes). */
 const char *blob_store_dir(const blob_store_t *st);
 
 /* 1 when blobs/<hex> exists in the store, 0 when not or hex is not a digest. */
