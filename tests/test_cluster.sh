@@ -16,7 +16,10 @@
 #      rollout1 generates again once its link is back, and the result is again byte-identical;
 #   c. both rollout hosts generated; each worker's cache holds the models it needed; no host's
 #      directory holds another host's files (each holds only what its role writes);
-#   d. the reward worker's connection to the master is IPv6 (tcp://[fd77::1]:5555).
+#   d. the reward worker's connection to the master is IPv6 (tcp://[fd77::1]:5555);
+#   e. a third run, in which the learner is killed and its host's disk wiped (checkpoints and
+#      cache) before it starts again: the master rolls the run back to iteration 0 and it
+#      still ends byte-identical. During run b, rollout3 joins on an empty disk and generates.
 # Every process logs to its host's logs/; on failure the tails are printed. Needs root (exit 77
 # otherwise), and a build with the multi-host options (rlhf-master --advertise, rlhf-worker
 # --cache-dir): without them only the harness checks run, and the test is skipped.
@@ -36,7 +39,7 @@ bg_wait() {
     PIDS+=("$p")
     wait "$p"
 }
-HOSTS=(master learner rollout1 rollout2 reward client)
+HOSTS=(master learner rollout1 rollout2 reward rollout3 client)
 # the workers split the cores as the local cluster's do (rlhf up: cores / 5 workers)
 THREADS=$(($(nproc) / 5))
 [ "$THREADS" -ge 1 ] || THREADS=1
@@ -52,6 +55,7 @@ ns_host_add learner 10.77.0.2 fd77::2
 ns_host_add rollout1 10.77.0.3 fd77::3
 ns_host_add rollout2 10.77.0.4 fd77::4
 ns_host_add reward 10.77.0.5 fd77::5
+ns_host_add rollout3 10.77.0.6 fd77::6 # joins the second run, on an empty disk
 ns_host_add client 10.77.0.9 fd77::9
 echo "hosts: ${HOSTS[*]} (prefix $NS_PFX) in $(($(now_ms) - t0)) ms"
 
@@ -179,7 +183,11 @@ worker() {
         --bind-host "$bind" --advertise "$adv" --cache-dir "$NSROOT/cache" --threads "$THREADS" "$@"
 }
 worker master stage "$MEP" 0.0.0.0 10.77.0.1
-worker learner learner "$MEP" 0.0.0.0 10.77.0.2 --run-dir "$NSROOT/learner" --ckpt-root "$NSROOT/ckpt"
+learner() {
+    worker learner learner "$MEP" 0.0.0.0 10.77.0.2 --run-dir "$NSROOT/learner" --ckpt-root "$NSROOT/ckpt"
+    LPID=$NS_PID
+}
+learner
 worker rollout1 rollout "$MEP" 0.0.0.0 10.77.0.3
 worker rollout2 rollout "$MEP" 0.0.0.0 10.77.0.4
 worker reward reward 'tcp://[fd77::1]:5555' 0.0.0.0 10.77.0.5 # the master over IPv6
@@ -242,6 +250,8 @@ requeued() { grep -c 'requeued' "$MD/logs/master.log"; }
 rq=$(requeued)
 ns_link_down rollout1
 cut_ms=$(now_ms)
+# meanwhile another rollout worker joins, on a host with nothing on its disk
+worker rollout3 rollout "$MEP" 0.0.0.0 10.77.0.6
 client_gone() { ! kill -0 "$CUT" 2>/dev/null; }
 wait_for 15 client_gone # the cut lasts 15 s (less only if the run ends, a failure below)
 restore_iter=$(iters)
@@ -260,6 +270,29 @@ rc=$?
 check "b. the run with the cut succeeds (exit $rc)" test $rc -eq 0
 cut_run_ms=$(($(now_ms) - t0))
 check "... and is still the one-machine run, byte for byte" same_run "$MD/data/cut/ppo"
+r3=$(gen_lines rollout3)
+check "... rollout3, started on an empty disk mid-run, joined it ($r3 GENERATE jobs)" test "$r3" -gt 0
+
+# --- e. the learner's host loses its disk: the learner killed mid-run, its checkpoints and
+# cache wiped, started again - it stands at iteration 0, the master rolls the run back and runs
+# the lost iterations again, and the run still ends as on one machine
+iters() { cat "$MD/data/wipe/ppo/metrics.jsonl" 2>/dev/null | wc -l; }
+t0=$(now_ms)
+ns_spawn client logs/run-wipe.log timeout "$LIMIT" "$R" run cluster.yaml --master "$MEP" --name wipe
+WIPE=$NS_PID
+check "e. the third run gets to iteration 10" wait_for 120 iters_ge 10
+{ kill -KILL "$LPID" && wait "$LPID"; } 2>/dev/null
+wiped_at=$(iters)
+rm -rf "$(ns_dir learner)"/{ckpt,cache,learner}
+learner
+rolled() { grep -q 'wipe: ppo: resuming at iteration 0' "$MD/logs/master.log"; }
+check "... the learner killed at iteration $wiped_at and its disk wiped: the run resumes at iteration 0" \
+    wait_for 60 rolled
+wait "$WIPE"
+rc=$?
+check "e. the run after the wiped learner succeeds (exit $rc)" test $rc -eq 0
+wipe_ms=$(($(now_ms) - t0))
+check "... and is still the one-machine run, byte for byte" same_run "$MD/data/wipe/ppo"
 
 # --- c. where the files are
 sha() { sha256sum "$1" | cut -d' ' -f1; }
@@ -274,6 +307,7 @@ cached() { # cached HOST SHA...: the host's cache holds files with these content
 }
 check "c. rollout1's cache holds the policy" cached rollout1 "$POL"
 check "... rollout2's the policy" cached rollout2 "$POL"
+check "... rollout3's (it started with none) the policy" cached rollout3 "$POL"
 check "... the reward worker's the reference policy and the reward model" cached reward "$POL" "$VAL"
 check "... the learner's the policy and the value model" cached learner "$POL" "$VAL"
 has_files() { [ -n "$(find "$1" -type f 2>/dev/null | head -n 1)" ]; }
@@ -291,11 +325,11 @@ only() { # only HOST NAME...: the host's directory has these top-level entries a
 }
 check "... the master's host: its journal, data, stage cache, logs" only master run data cache logs
 check "... the learner's: its run directory, checkpoints, cache, logs" only learner learner ckpt cache logs
-for h in rollout1 rollout2 reward; do check "... $h's: its cache and logs" only "$h" cache logs; done
+for h in rollout1 rollout2 reward rollout3; do check "... $h's: its cache and logs" only "$h" cache logs; done
 check "... the client's: the config and logs" only client cluster.yaml logs
 
 echo "wall time: setup above; run on one machine $ref_ms ms, on the hosts $plain_ms ms," \
-    "with the cut $cut_run_ms ms"
+    "with the cut $cut_run_ms ms, with the wiped learner $wipe_ms ms"
 
 the_end
 finish
