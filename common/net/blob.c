@@ -15,6 +15,7 @@
  * beside the I/O"); the server hashes an upload as it writes it.
  */
 #include "net/blob.h"
+#include "net/addr.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -1078,9 +1079,9 @@ static int cl_open(blob_client_t *c) {
     if (c->sock) return 0;
     c->sock = zmq_socket(c->zctx, ZMQ_DEALER);
     if (!c->sock) return rl_fail(RL_EIO, "blob client: zmq_socket: %s", zmq_strerror(errno));
-    int one = 1, linger = 0, hwm = 4 * BLOB_MAX_CREDIT;
+    int linger = 0, hwm = 4 * BLOB_MAX_CREDIT;
     int64_t maxmsg = (int64_t)BLOB_MAX_REQUEST + WIRE_MAX_ENVELOPE;
-    zmq_setsockopt(c->sock, ZMQ_IPV6, &one, sizeof one);
+    addr_zmq_opts(c->sock);
     zmq_setsockopt(c->sock, ZMQ_LINGER, &linger, sizeof linger);
     zmq_setsockopt(c->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
     zmq_setsockopt(c->sock, ZMQ_SNDHWM, &hwm, sizeof hwm);
@@ -2232,36 +2233,6 @@ static void *sv_thread(void *arg) {
     return NULL;
 }
 
-/* An IPv6 socket reports an IPv4 address it is bound to as "tcp://[::ffff:1.2.3.4]:P": the
- * plain "tcp://1.2.3.4:P" is the same endpoint for every peer, and the one people read. */
-static void sv_unmap(char *ep) {
-    const char *pre = "tcp://[::ffff:";
-    size_t n = strlen(pre);
-    char *end = strncmp(ep, pre, n) == 0 ? strchr(ep + n, ']') : NULL;
-    if (!end || strspn(ep + n, "0123456789.") != (size_t)(end - ep - n)) return;
-    memmove(ep + 6, ep + n, (size_t)(end - ep - n));
-    memmove(ep + 6 + (end - ep - n), end + 1, strlen(end + 1) + 1);
-}
-
-/* tcp://HOST:PORT from advertise and the bound endpoint's port (see blob_server_start). */
-static int sv_advertise(blob_server_t *s, const char *advertise) {
-    int n;
-    if (!advertise || !*advertise) {
-        n = snprintf(s->endpoint, sizeof s->endpoint, "%s", s->bound);
-    } else if (strstr(advertise, "://")) {
-        n = snprintf(s->endpoint, sizeof s->endpoint, "%s", advertise);
-    } else {
-        const char *port = strrchr(s->bound, ':');
-        int v6 = strchr(advertise, ':') && advertise[0] != '[';
-        if (!port) return rl_fail(RL_EINVAL, "blob server: no port in %s", s->bound);
-        n = snprintf(s->endpoint, sizeof s->endpoint, "tcp://%s%s%s%s", v6 ? "[" : "", advertise,
-                     v6 ? "]" : "", port);
-    }
-    if (n < 0 || (size_t)n >= sizeof s->endpoint)
-        return rl_fail(RL_EINVAL, "blob server: advertised endpoint too long");
-    return 0;
-}
-
 blob_server_t *blob_server_start(void *zctx, blob_store_t *st, const char *bind,
                                  const char *advertise) {
     blob_server_t *s = calloc(1, sizeof *s);
@@ -2287,7 +2258,7 @@ blob_server_t *blob_server_start(void *zctx, blob_store_t *st, const char *bind,
     int one = 1, linger = 0, hwm = 2 * BLOB_MAX_CREDIT;
     int64_t maxmsg = (int64_t)BLOB_MAX_REQUEST + WIRE_MAX_ENVELOPE;
     zmq_setsockopt(s->sock, ZMQ_ROUTER_MANDATORY, &one, sizeof one);
-    zmq_setsockopt(s->sock, ZMQ_IPV6, &one, sizeof one);
+    addr_zmq_opts(s->sock);
     zmq_setsockopt(s->sock, ZMQ_LINGER, &linger, sizeof linger);
     zmq_setsockopt(s->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
     zmq_setsockopt(s->sock, ZMQ_SNDHWM, &hwm, sizeof hwm);
@@ -2298,8 +2269,11 @@ blob_server_t *blob_server_start(void *zctx, blob_store_t *st, const char *bind,
     }
     size_t sz = sizeof s->bound;
     zmq_getsockopt(s->sock, ZMQ_LAST_ENDPOINT, s->bound, &sz);
-    sv_unmap(s->bound);
-    if (sv_advertise(s, advertise) < 0 || hq_start(&s->hq) < 0) goto fail;
+    /* the endpoint others dial: net/addr.h's rules, as every listener of the project */
+    if (addr_normalize(s->bound, sizeof s->bound) < 0 ||
+        addr_advertise(s->bound, advertise, s->endpoint, sizeof s->endpoint) < 0 ||
+        hq_start(&s->hq) < 0)
+        goto fail;
     if (pthread_create(&s->th, NULL, sv_thread, s) != 0) {
         rl_fail(RL_ENOMEM, "blob server: cannot start its thread");
         goto fail;
