@@ -1,7 +1,10 @@
 /*
  * test_wsync.c - weight sync (common/net/wsync.h): a server thread and fetchers over loopback TCP
  * in one process: bit-exact round trips, a corrupted chunk detected and fetched again, version
- * semantics, the credit bound, bad requests.
+ * semantics, the credit bound, bad requests; relays: requests for chunks not yet delivered held
+ * then served, a chain of three relays (byte-identical copies, the origin sending the snapshot
+ * once), an upstream frozen or killed mid-transfer (the rest from the origin, the chunks in
+ * kept), an upstream serving another snapshot of the same version (never believed).
  */
 #include <errno.h>
 #include <pthread.h>
@@ -352,6 +355,290 @@ static void test_silence(void) {
     free(data);
 }
 
+/* ---- relays ---------------------------------------------------------------------------------- */
+
+/* The description of `data` in chunks of chunk_bytes, as a fetch would pass it on (chunk_crc is
+ * malloc'ed: the caller frees it). */
+static wsync_desc_t describe_bytes(uint64_t version, const uint8_t *data, size_t bytes,
+                                   uint32_t chunk_bytes) {
+    wsync_desc_t d = {.version = version, .bytes = bytes, .chunk_bytes = chunk_bytes};
+    d.n_chunks = (uint32_t)((bytes + chunk_bytes - 1) / chunk_bytes);
+    uint32_t *crc = malloc(d.n_chunks * sizeof *crc);
+    for (uint32_t i = 0; i < d.n_chunks; i++) {
+        size_t off = (size_t)i * chunk_bytes;
+        crc[i] = crc32c(0, data + off, bytes - off < chunk_bytes ? bytes - off : chunk_bytes);
+    }
+    d.chunk_crc = crc;
+    d.crc = crc32c(0, data, bytes);
+    return d;
+}
+
+/* The index of the chunk message m, or -1 when it is not one. */
+static int raw_chunk_index(void *sock, int ms) {
+    wire_msg_t m;
+    if (raw_recv(sock, &m, ms) <= 0) return -1;
+    Rlhf__Envelope *e =
+        rlhf__envelope__unpack(NULL, wire_frame_size(&m, 0), wire_frame_data(&m, 0));
+    int i =
+        e && e->body_case == RLHF__ENVELOPE__BODY_WEIGHTS_CHUNK ? (int)e->weights_chunk->index : -1;
+    if (e) rlhf__envelope__free_unpacked(e, NULL);
+    wire_msg_free(&m);
+    return i;
+}
+
+/* A fed server: descriptions at once; chunk requests held (not refused) until each chunk is
+ * delivered, then answered; bad deliveries refused; a given-up snapshot answers its holds. */
+static void test_relay_hold(void) {
+    size_t bytes = 6u << 16; /* 6 chunks of 64 KiB */
+    uint8_t *data = make_snapshot(7, bytes);
+    wsync_server_t *s = wsync_server_new(NULL, "tcp://127.0.0.1:*", 0);
+    CHECK(s != NULL);
+    if (!s) return;
+    CHECK_OK(wsync_server_start(s));
+    wsync_desc_t d = describe_bytes(3, data, bytes, 64u << 10);
+    uint32_t good = d.crc;
+    d.crc ^= 1;
+    CHECK_ERR(wsync_server_begin(s, &d), RL_EPROTO); /* chunk CRCs that do not make the whole */
+    d.crc = good;
+    CHECK_OK(wsync_server_begin(s, &d));
+    CHECK_EQ(wsync_server_version(s), 3);
+    void *sock = zmq_socket(ctx, ZMQ_DEALER);
+    int linger = 0;
+    zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger);
+    CHECK(zmq_connect(sock, wsync_server_endpoint(s)) == 0);
+    raw_fetch(sock, 3, 0, 0);
+    CHECK(raw_expect(sock, RLHF__ENVELOPE__BODY_WEIGHTS_INFO)); /* described before any chunk */
+    raw_fetch(sock, 3, 1, 4);                                   /* chunks 1..4: none there yet */
+    wire_msg_t m;
+    CHECK_EQ(raw_recv(sock, &m, 300), 0); /* held, not refused */
+    CHECK_OK(wsync_server_chunk_put(s, 3, 3, data + 3 * (64u << 10), 64u << 10));
+    CHECK_EQ(raw_chunk_index(sock, 2000), 3); /* served the moment it arrived */
+    CHECK_EQ(raw_recv(sock, &m, 100), 0);
+    uint8_t *bad = malloc(64u << 10);
+    memcpy(bad, data + (64u << 10), 64u << 10);
+    bad[5] ^= 1;
+    CHECK_ERR(wsync_server_chunk_put(s, 3, 1, bad, 64u << 10), RL_EPROTO); /* not servable */
+    CHECK_ERR(wsync_server_chunk_put(s, 2, 1, data, 64u << 10), RL_ENOTFOUND);
+    CHECK_ERR(wsync_server_chunk_put(s, 3, 6, data, 64u << 10), RL_EINVAL);
+    CHECK_ERR(wsync_server_chunk_put(s, 3, 1, data, 100), RL_EINVAL);
+    CHECK_EQ(raw_recv(sock, &m, 100), 0);
+    for (uint32_t i = 0; i < 6; i++)
+        CHECK_OK(wsync_server_chunk_put(s, 3, i, data + (size_t)i * (64u << 10), 64u << 10));
+    int got[6] = {0};
+    for (int k = 0; k < 3; k++) { /* 1, 2 and 4, each once */
+        int i = raw_chunk_index(sock, 2000);
+        if (i >= 0 && i < 6) got[i]++;
+    }
+    CHECK(got[1] == 1 && got[2] == 1 && got[4] == 1 && got[0] == 0);
+    CHECK_EQ(raw_recv(sock, &m, 100), 0);
+    wsync_server_stats_t ss;
+    wsync_server_stats(s, &ss);
+    CHECK_EQ(ss.held, 4);
+    CHECK_EQ(ss.chunks_sent, 4);
+    /* complete: a plain fetch gets it; abort no longer touches it */
+    wsync_server_abort(s, 3);
+    wsync_snapshot_t snap = {0};
+    CHECK_OK(wsync_fetch(ctx, wsync_server_endpoint(s), 3, NULL, &snap, NULL));
+    CHECK(snap.data && memcmp(snap.data, data, bytes) == 0);
+    /* a newer snapshot begun then given up: its held requests are told, 3 is the latest again */
+    wsync_desc_t d4 = describe_bytes(4, data, bytes, 64u << 10);
+    CHECK_OK(wsync_server_begin(s, &d4));
+    raw_fetch(sock, 4, 0, 2);
+    CHECK_EQ(raw_recv(sock, &m, 200), 0);
+    wsync_server_abort(s, 4);
+    CHECK(raw_expect(sock, RLHF__ENVELOPE__BODY_WEIGHTS_INFO));
+    CHECK_EQ(raw_recv(sock, &m, 200), 0); /* one answer for both */
+    CHECK_EQ(wsync_server_version(s), 3);
+    /* another training's version 2 (not newer): both old snapshots dropped, no mixing */
+    wsync_desc_t d2 = describe_bytes(2, data, bytes / 2, 64u << 10);
+    CHECK_OK(wsync_server_begin(s, &d2));
+    raw_fetch(sock, 3, 0, 0);
+    CHECK(raw_expect(sock, RLHF__ENVELOPE__BODY_WEIGHTS_INFO)); /* "version 3 is not available" */
+    CHECK_EQ(wsync_server_version(s), 2);
+    zmq_close(sock);
+    free((void *)d.chunk_crc), free((void *)d4.chunk_crc), free((void *)d2.chunk_crc);
+    free(bad);
+    wsync_snapshot_free(&snap);
+    wsync_server_destroy(&s);
+    free(data);
+}
+
+typedef struct {
+    const char *origin, *upstream;
+    wsync_server_t *relay; /* its own, fed */
+    int upstream_timeout_ms;
+    atomic_int cancel;
+    wsync_snapshot_t snap;
+    wsync_stats_t st;
+    int rc;
+} relay_arg_t;
+
+static void *relay_thread(void *arg) {
+    relay_arg_t *a = arg;
+    wsync_opts_t o = {.upstream = a->upstream,
+                      .relay = a->relay,
+                      .upstream_timeout_ms = a->upstream_timeout_ms,
+                      .cancel = &a->cancel};
+    a->rc = wsync_fetch(ctx, a->origin, 1, &o, &a->snap, &a->st);
+    return NULL;
+}
+
+/* Relays 0..n-1 in a chain below `origin`: relay i fetches from relay i-1 (the first from the
+ * origin) and serves through its own server, all started at once. */
+static void chain_start(relay_arg_t *r, pthread_t *th, int n, const char *origin, int timeout_ms) {
+    for (int i = 0; i < n; i++) {
+        memset(&r[i], 0, sizeof r[i]);
+        r[i].origin = origin;
+        /* the middle one on IPv6 loopback, where the machine has it */
+        r[i].relay = i == 1 ? wsync_server_new(ctx, "tcp://[::1]:*", 0) : NULL;
+        if (!r[i].relay) r[i].relay = wsync_server_new(ctx, "tcp://127.0.0.1:*", 0);
+        if (r[i].relay) wsync_server_start(r[i].relay);
+        r[i].upstream = i && r[i - 1].relay ? wsync_server_endpoint(r[i - 1].relay) : NULL;
+        r[i].upstream_timeout_ms = timeout_ms;
+        r[i].rc = 1;
+    }
+    for (int i = 0; i < n; i++) pthread_create(&th[i], NULL, relay_thread, &r[i]);
+}
+
+static void test_relay_chain(void) {
+    size_t bytes = (24u << 20) + 4 * 77;
+    uint8_t *data = make_snapshot(8, bytes);
+    wsync_server_t *o = wsync_server_new(NULL, "tcp://127.0.0.1:*", 1u << 20);
+    CHECK(o != NULL);
+    if (!o) return;
+    CHECK_OK(wsync_server_publish(o, 1, data, bytes, "params", "{\"relay\":1}"));
+    wsync_server_set_delay(o, 3); /* an origin slower than the relays: the chain waits on it */
+    CHECK_OK(wsync_server_start(o));
+    enum { N = 3 };
+    relay_arg_t r[N];
+    pthread_t th[N];
+    chain_start(r, th, N, wsync_server_endpoint(o), 5000);
+    for (int i = 0; i < N; i++) pthread_join(th[i], NULL);
+    uint64_t held = 0;
+    for (int i = 0; i < N; i++) {
+        CHECK_OK(r[i].rc);
+        CHECK(r[i].snap.data && r[i].snap.bytes == bytes &&
+              memcmp(r[i].snap.data, data, bytes) == 0);
+        CHECK_STREQ(r[i].snap.meta, "{\"relay\":1}");
+        CHECK_EQ(r[i].st.fallbacks, 0);
+        CHECK_EQ(r[i].st.upstream_bytes, i ? bytes : 0);
+        wsync_server_stats_t rs;
+        wsync_server_stats(r[i].relay, &rs);
+        held += rs.held;
+        CHECK_EQ(rs.bytes_sent, i < N - 1 ? bytes : 0); /* each relay serves the next, once */
+        fprintf(stderr, "  relay %d at %s: %.3f s, %llu chunks held for the next\n", i,
+                wsync_server_endpoint(r[i].relay), r[i].st.seconds, (unsigned long long)rs.held);
+    }
+    wsync_server_stats_t os;
+    wsync_server_stats(o, &os);
+    CHECK_EQ(os.bytes_sent, bytes); /* the origin sent the snapshot once, not 3 times */
+    CHECK(held > 0);                /* the chain ran pipelined: requests waited in relays */
+    /* afterwards the last relay serves its complete copy like any server */
+    wsync_snapshot_t snap = {0};
+    CHECK_OK(wsync_fetch(ctx, wsync_server_endpoint(r[N - 1].relay), 1, NULL, &snap, NULL));
+    CHECK(snap.data && memcmp(snap.data, data, bytes) == 0);
+    wsync_snapshot_free(&snap);
+    for (int i = 0; i < N; i++) {
+        wsync_server_destroy(&r[i].relay);
+        wsync_snapshot_free(&r[i].snap);
+    }
+    wsync_server_destroy(&o);
+    free(data);
+}
+
+/* The middle relay of three frozen (its server stops answering) or killed (its fetch cancelled,
+ * its server gone) mid-transfer: the last one fetches the chunks it lacks from the origin and
+ * keeps those it had; the origin sends exactly those. */
+static void relay_fallback(int kill) {
+    size_t bytes = 32u << 20;
+    uint8_t *data = make_snapshot(9, bytes);
+    wsync_server_t *o = wsync_server_new(NULL, "tcp://127.0.0.1:*", 256u << 10);
+    CHECK(o != NULL);
+    if (!o) return;
+    CHECK_OK(wsync_server_publish(o, 1, data, bytes, NULL, NULL));
+    wsync_server_set_delay(o, 4); /* 128 chunks: the transfer takes a while */
+    CHECK_OK(wsync_server_start(o));
+    enum { N = 3 };
+    relay_arg_t r[N];
+    pthread_t th[N];
+    chain_start(r, th, N, wsync_server_endpoint(o), 300);
+    wsync_server_stats_t ms = {0};
+    for (int i = 0; i < 2000 && ms.chunks_sent < 24; i++) {
+        wsync_server_stats(r[1].relay, &ms);
+        nap(5);
+    }
+    CHECK(ms.chunks_sent >= 24 && ms.chunks_sent < 128); /* mid-transfer */
+    if (kill) {
+        atomic_store(&r[1].cancel, 1);
+        pthread_join(th[1], NULL);
+        wsync_server_destroy(&r[1].relay);
+        CHECK_ERR(r[1].rc, RL_EIO);
+    } else {
+        wsync_server_stop(r[1].relay);
+    }
+    pthread_join(th[0], NULL);
+    pthread_join(th[2], NULL);
+    if (!kill) pthread_join(th[1], NULL); /* frozen server, but its own fetch went on */
+    CHECK_OK(r[0].rc);
+    CHECK_OK(r[2].rc);
+    CHECK_EQ(r[2].snap.crc, crc32c(0, data, bytes));
+    CHECK(r[2].snap.data && memcmp(r[2].snap.data, data, bytes) == 0);
+    CHECK_EQ(r[2].st.fallbacks, 1);
+    CHECK(r[2].st.upstream_bytes > 0 && r[2].st.upstream_bytes < bytes);
+    wsync_server_stats_t os;
+    wsync_server_stats(o, &os);
+    /* relay 0 once, relay 2 what it lacked - nothing it had fetched again */
+    CHECK_EQ(os.bytes_sent, bytes + (bytes - r[2].st.upstream_bytes));
+    fprintf(stderr, "  %s: %llu of %zu bytes from the relay, then the origin (%s)\n",
+            kill ? "killed" : "frozen", (unsigned long long)r[2].st.upstream_bytes, bytes,
+            r[2].st.fallback_why);
+    for (int i = 0; i < N; i++) {
+        wsync_server_destroy(&r[i].relay);
+        wsync_snapshot_free(&r[i].snap);
+    }
+    wsync_server_destroy(&o);
+    free(data);
+}
+
+static void test_relay_frozen(void) {
+    relay_fallback(0);
+}
+
+static void test_relay_killed(void) {
+    relay_fallback(1);
+}
+
+/* An upstream that serves another snapshot under the same version number (a relay left from
+ * another training) is never believed: the description comes from the origin, and the fetch
+ * waits for the upstream to serve that one, then gives it up for the origin. */
+static void test_relay_other_training(void) {
+    size_t bytes = 2u << 20;
+    uint8_t *mine = make_snapshot(10, bytes), *other = make_snapshot(11, bytes);
+    wsync_server_t *o = wsync_server_new(NULL, "tcp://127.0.0.1:*", 256u << 10);
+    wsync_server_t *up = wsync_server_new(NULL, "tcp://127.0.0.1:*", 256u << 10);
+    CHECK(o && up);
+    if (!o || !up) return;
+    CHECK_OK(wsync_server_publish(o, 1, mine, bytes, NULL, NULL));
+    CHECK_OK(wsync_server_publish(up, 1, other, bytes, NULL, NULL));
+    CHECK_OK(wsync_server_start(o));
+    CHECK_OK(wsync_server_start(up));
+    wsync_snapshot_t snap = {0};
+    wsync_stats_t st;
+    wsync_opts_t opt = {.upstream = wsync_server_endpoint(up), .upstream_timeout_ms = 100};
+    CHECK_OK(wsync_fetch(ctx, wsync_server_endpoint(o), 1, &opt, &snap, &st));
+    CHECK(snap.data && memcmp(snap.data, mine, bytes) == 0);
+    CHECK_EQ(st.fallbacks, 1);
+    CHECK_EQ(st.upstream_bytes, 0);
+    fprintf(stderr, "  %s\n", st.fallback_why);
+    wsync_server_stats_t us;
+    wsync_server_stats(up, &us);
+    CHECK_EQ(us.chunks_sent, 0);
+    wsync_snapshot_free(&snap);
+    wsync_server_destroy(&o);
+    wsync_server_destroy(&up);
+    free(mine), free(other);
+}
+
 int main(void) {
     ctx = zmq_ctx_new();
     RUN(test_round_trip);
@@ -360,6 +647,11 @@ int main(void) {
     RUN(test_publish_during_fetch);
     RUN(test_bad_requests);
     RUN(test_silence);
+    RUN(test_relay_hold);
+    RUN(test_relay_chain);
+    RUN(test_relay_frozen);
+    RUN(test_relay_killed);
+    RUN(test_relay_other_training);
     zmq_ctx_term(ctx);
     return TEST_REPORT();
 }

@@ -1,6 +1,8 @@
 /*
  * wsync.h - versioned weight snapshots over ZeroMQ: the learner serves, rollout and reward
- * workers fetch in chunks with credit-based flow control, verify, and swap between jobs.
+ * workers fetch in chunks with credit-based flow control, verify, and swap between jobs; each
+ * worker also relays what it fetches to the next one, so that a new version costs the learner
+ * about one copy whatever the number of workers.
  *
  * Server (the learner, a test, the benchmark):
  *   wsync_server_t *s = wsync_server_new(NULL, "tcp://127.0.0.1:*", 0);
@@ -16,6 +18,13 @@
  *   wsync_replica_ensure(&rep, zctx, endpoint, v, NULL, &st);   fetch v or newer, then swap
  *   const wsync_snapshot_t *w = wsync_replica_acquire(&rep);    no swap until released
  *   ... run the job with w->data ...;  wsync_replica_release(&rep);
+ *
+ * Relay (a worker; the chain of them is the master's, see below):
+ *   wsync_server_t *relay = wsync_server_new(zctx, "tcp://HOST:*", 0); wsync_server_start(relay);
+ *   wsync_opts_t o = {.upstream = previous_workers_relay, .relay = relay};
+ *   wsync_replica_ensure(&rep, zctx, origin, v, &o, &st);
+ * fetches from the upstream relay (falling back to the origin) and serves what it fetches
+ * through its own server while it fetches.
  *
  * Protocol (messages in proto/rlhf.proto): the server binds a ROUTER; a fetcher's DEALER asks
  * WeightsFetch{version, n_chunks = 0} and gets WeightsInfo: version, tensor name, dtype, shape,
@@ -41,14 +50,46 @@
  * previous version finish); older versions are answered with WeightsInfo.error and the latest's
  * description. A snapshot's bytes stay alive while any chunk of it is queued in libzmq.
  *
+ * Relaying. A server can also be fed by a fetch instead of publish: wsync_server_begin installs
+ * a snapshot whose description (every chunk CRC, the whole CRC) is known but whose bytes are
+ * still arriving, as the latest version; wsync_server_chunk_put delivers one chunk, which is
+ * servable from that moment. A request for a chunk not delivered yet is held, not refused, and
+ * answered when the chunk arrives (the requester's credit bounds what is held for it, as it
+ * bounds what is in flight); a begun snapshot that is given up (wsync_server_abort, or replaced
+ * by another begin) answers what it held with WeightsInfo.error, as a dropped version does.
+ * Once complete it is served like a published one: the latest and the one before it.
+ *   A fetch with opts.relay feeds that server as it goes: it begins the snapshot as soon as it
+ * has the origin's description and puts every chunk the moment it is verified. A fetch with
+ * opts.upstream (another worker's relay) always takes the description from the origin (the
+ * `endpoint` argument) - a relay serving another training's snapshot of the same version number
+ * is thereby never believed - then asks the upstream for that snapshot (exact version and CRC)
+ * and takes the chunks from it. Since every worker of a chain begins serving right after its own
+ * description round trip, requests travel down the chain at once and wait in each relay for
+ * their chunk: a version reaches N workers in about size / bandwidth + N x (one chunk's
+ * latency), and the origin sends it about once.
+ *   Fallback: the upstream is given up - and the fetch goes on from the origin for the chunks it
+ * still lacks, keeping those it has - when it answers nothing for upstream_timeout_ms (killed,
+ * frozen, link down; it is asked for a description after half that silence, so an upstream that
+ * is alive but itself waiting is not given up), when it has not delivered a chunk for 4 x
+ * upstream_timeout_ms though alive (it never began the snapshot, or is stuck), when it answers
+ * with another snapshot or an error, or when a chunk from it stays corrupt. The whole-snapshot
+ * CRC is checked as always. A worker below a dead one thus waits upstream_timeout_ms, then
+ * fetches the rest from the origin and serves it on; the workers further down keep their
+ * upstream (it still answers) and see the chunks resume. A fetch never returns to the upstream.
+ *
  * In the runtime: the learner publishes version v and sends WeightsAnnounce{v, endpoint} to the
  * master, repeating it (so a restarted master learns it again). The master keeps the newest,
  * forwards it to every worker and to each worker that registers later (joined late or
- * reconnected), and holds back jobs whose policy_version is newer. A worker (worker_main.c) keeps
- * a replica: it fetches an announced version at once on a thread of its own; a job that needs a
+ * reconnected), and holds back jobs whose policy_version is newer. A rollout or reward worker
+ * serves a relay (worker_main.c; --bind-host, --advertise, --no-relay) and names it in its Hello;
+ * the master chains those workers in registry order and gives each, in its WeightsAnnounce, the
+ * relay of the one before it as relay_from (the first gets "": the origin), recomputing the
+ * chain at every send, so a dead worker leaves it with the next announcement. A worker keeps a
+ * replica: it fetches an announced version at once on a thread of its own; a job that needs a
  * version the worker lacks fetches it first (failing that, the job is rejected and retried), and
- * runs holding the live snapshot. Each sync is logged with its bytes, seconds and GB/s. A
- * fetching process should call wsync_malloc_tune() once at start (see there).
+ * runs holding the live snapshot. Each sync is logged with its bytes, seconds and GB/s, and how
+ * many bytes came from the relay. A fetching process should call wsync_malloc_tune() once at
+ * start (see there).
  */
 #ifndef RLHF_WSYNC_H
 #define RLHF_WSYNC_H
@@ -87,12 +128,14 @@ typedef struct {
     uint64_t bytes_sent;   /* their payload bytes */
     uint64_t send_dropped; /* chunk sends refused by libzmq (peer gone or pipe full) */
     uint64_t bad_requests; /* malformed or unexpected messages (answered with an Error) */
+    uint64_t held;         /* chunks asked for before they arrived (relay), sent once they did */
 } wsync_server_stats_t;
 
 /*
  * A server with a ROUTER bound to `endpoint` ("tcp://127.0.0.1:*" picks a free port). zctx is
  * the ZeroMQ context to use, or NULL for a context of its own. chunk_bytes 0 means
- * WSYNC_CHUNK_BYTES; otherwise a multiple of 4 up to WSYNC_MAX_CHUNK_BYTES. Returns NULL with
+ * WSYNC_CHUNK_BYTES; otherwise a multiple of 4 up to WSYNC_MAX_CHUNK_BYTES (for publish; a
+ * begun snapshot keeps its own). An IPv6 literal binds ("tcp://[::1]:*"). Returns NULL with
  * rl_errmsg() set on failure.
  */
 wsync_server_t *wsync_server_new(void *zctx, const char *endpoint, size_t chunk_bytes);
@@ -120,12 +163,14 @@ uint64_t wsync_server_version(wsync_server_t *s);
 
 /*
  * Serves the requests waiting on the socket, waiting up to timeout_ms (0: none, -1: forever)
- * for the first one. Use it from one thread only, and not together with wsync_server_start.
- * Returns the number of messages handled (>= 0) or RL_EIO when the socket failed.
+ * for the first one, and answers the held requests whose chunks were delivered meanwhile. Use it
+ * from one thread only, and not together with wsync_server_start. Returns the number of
+ * messages handled (>= 0) or RL_EIO when the socket failed.
  */
 int wsync_server_poll(wsync_server_t *s, int timeout_ms);
 
-/* The ROUTER socket, for an event loop that polls it (then call wsync_server_poll(s, 0)). */
+/* The ROUTER socket, for an event loop that polls it (then call wsync_server_poll(s, 0)); a
+ * fed server's held requests are answered at the next poll after their chunk was delivered. */
 void *wsync_server_socket(wsync_server_t *s);
 
 /* Serves on a thread of its own until wsync_server_stop or destroy. Returns 0 or RL_ENOMEM. */
@@ -134,6 +179,44 @@ void wsync_server_stop(wsync_server_t *s);
 
 /* Counters (any thread; a consistent-enough snapshot). */
 void wsync_server_stats(wsync_server_t *s, wsync_server_stats_t *out);
+
+/* ---- relay: a server fed by a fetch ---------------------------------------------------------- */
+
+/* The description of a snapshot whose bytes are still to come (the fields of WeightsInfo). */
+typedef struct {
+    uint64_t version;
+    size_t bytes;              /* a positive multiple of 4 */
+    uint32_t chunk_bytes;      /* a multiple of 4 up to WSYNC_MAX_CHUNK_BYTES */
+    const uint32_t *chunk_crc; /* n_chunks CRC-32Cs, copied */
+    uint32_t n_chunks;         /* ceil(bytes / chunk_bytes) */
+    uint32_t crc;              /* of the whole snapshot: must combine from chunk_crc */
+    int dtype;                 /* Rlhf__DType */
+    const char *name, *meta;   /* NULL: "params", "" */
+} wsync_desc_t;
+
+/*
+ * Installs a snapshot with no chunk yet as the latest: descriptions are answered at once, chunk
+ * requests held until wsync_server_chunk_put delivers the chunk. The latest, if complete,
+ * becomes the previous one; an incomplete latest (a fetch given up) is dropped. The same
+ * snapshot again (version, sizes and CRC) keeps what was delivered; another one with a version
+ * not newer than the latest drops both snapshots held (another training, or an origin that
+ * restarted with other bytes). Any thread, one feeder at a time. Returns 0, RL_EINVAL (sizes),
+ * RL_EPROTO (the chunk CRCs do not make the whole CRC) or RL_ENOMEM.
+ */
+int wsync_server_begin(wsync_server_t *s, const wsync_desc_t *d);
+
+/*
+ * Delivers chunk `index` (len bytes, copied) of the begun snapshot `version`, checked against
+ * its CRC; held requests for it are answered. Any thread. Returns 0 (also for a chunk delivered
+ * before), RL_ENOTFOUND (that version is not the one being fed), RL_EINVAL (index or length)
+ * or RL_EPROTO (the bytes do not match the chunk's CRC: not servable).
+ */
+int wsync_server_chunk_put(wsync_server_t *s, uint64_t version, uint32_t index, const void *data,
+                           size_t len);
+
+/* Gives up the begun snapshot `version` if it is incomplete: the previous one becomes the
+ * latest again, and held requests are told the version is gone. Any thread. */
+void wsync_server_abort(wsync_server_t *s, uint64_t version);
 
 /* Test hooks: the next time chunk `index` is sent, one bit of a copy of it is flipped (the
  * header keeps the true CRC); and every request waits delay_ms before it is served (a slow
@@ -162,6 +245,10 @@ typedef struct {
     int timeout_ms;     /* silence before a retry on a fresh socket; 0: 5000 */
     int max_retries;    /* per chunk (bad CRC) and timeouts in a row; 0: 5 */
     atomic_int *cancel; /* optional: set to give up (RL_EIO "cancelled") within ~100 ms */
+    /* relaying (see the header comment): */
+    const char *upstream;    /* another worker's relay to take the chunks from (NULL, "": none) */
+    int upstream_timeout_ms; /* silence before the upstream is given up; 0: 2000 */
+    wsync_server_t *relay;   /* serve the snapshot through this server while fetching it */
 } wsync_opts_t;
 
 typedef struct {
@@ -175,6 +262,9 @@ typedef struct {
     uint32_t max_outstanding; /* most chunks requested and not yet received at any time */
     double seconds;           /* from the first request to the verified end */
     double gbps;              /* bytes / seconds / 1e9 */
+    uint64_t upstream_bytes;  /* of them, received from the upstream relay */
+    uint32_t fallbacks;       /* 1 when the upstream was given up for the origin */
+    char fallback_why[128];   /* why ("": it was not) */
 } wsync_stats_t;
 
 /*
@@ -182,7 +272,10 @@ typedef struct {
  * min_version (0: any, but something must be published). dst's buffer is reused when large
  * enough; on failure dst's previous content may be partly overwritten (fetch into a staging
  * snapshot, never into live weights). zctx: the caller's ZeroMQ context (a DEALER is opened and
- * closed here). opts and stats may be NULL. Returns 0; RL_ENOTFOUND when the server's latest is
+ * closed here). opts and stats may be NULL. With opts->upstream the chunks come from that relay
+ * while it serves (the description always from `endpoint`, the origin); with opts->relay the
+ * snapshot is served through that server as it arrives (given up there when the fetch fails).
+ * Returns 0; RL_ENOTFOUND when the server's latest is
  * older than min_version; RL_EPROTO when a chunk stayed corrupt after max_retries or the
  * whole-snapshot CRC does not match; RL_EIO on a timeout after max_retries, a cancel or a socket
  * failure; RL_ENOMEM.
