@@ -571,14 +571,30 @@ static void count_bad(master_t *m, int cls, const wire_msg_t *msg, const char *d
              wire_frame_size(msg, 0), msg->n_frames, detail);
 }
 
-static void send_weights(master_t *m, const uint8_t *rid, size_t rid_len) {
+/* The weights relay chain (wsync.h): the alive rollout and reward workers that serve a relay
+ * (Hello.relay_endpoint), in registry order - the order they first registered, which a worker
+ * keeps when it reconnects. Each gets the newest version from the relay of the one before it,
+ * the first from the origin, so the learner sends a version about once whatever the number of
+ * workers. Worker w's upstream, "" for the origin (also for a worker outside the chain).
+ * Computed at every send: a dead worker is out of the chain from the next announcement. */
+static const char *weights_relay_from(const master_t *m, int w) {
+    if (!m->sched.workers[w].relay_ep[0]) return "";
+    for (int k = w - 1; k >= 0; k--) {
+        const sched_worker_t *up = &m->sched.workers[k];
+        if (up->alive && up->relay_ep[0]) return up->relay_ep;
+    }
+    return "";
+}
+
+static void send_weights(master_t *m, int w) {
     Rlhf__Envelope env = RLHF__ENVELOPE__INIT;
     Rlhf__WeightsAnnounce a = RLHF__WEIGHTS_ANNOUNCE__INIT;
     a.version = m->weights_version;
     a.endpoint = m->weights_endpoint;
+    a.relay_from = (char *)weights_relay_from(m, w);
     env.body_case = RLHF__ENVELOPE__BODY_WEIGHTS_ANNOUNCE;
     env.weights_announce = &a;
-    msend(m, rid, rid_len, &env);
+    msend(m, m->sched.workers[w].rid, m->sched.workers[w].rid_len, &env);
 }
 
 static void on_hello(master_t *m, const wire_msg_t *msg, const Rlhf__Hello *h) {
@@ -604,6 +620,12 @@ static void on_hello(master_t *m, const wire_msg_t *msg, const Rlhf__Hello *h) {
     int w = sched_worker_add(&m->sched, msg->rid, msg->rid_len, id, h->role, caps, h->pid, now);
     if (w < 0) return;
     m->sched.workers[w].ns = nsi;
+    /* a rollout or reward worker serving a weights relay is a link of the chain */
+    const char *relay = h->relay_endpoint ? h->relay_endpoint : "";
+    if ((h->role != RLHF__ROLE__ROLE_ROLLOUT && h->role != RLHF__ROLE__ROLE_REWARD) ||
+        strlen(relay) >= sizeof m->sched.workers[w].relay_ep)
+        relay = "";
+    snprintf(m->sched.workers[w].relay_ep, sizeof m->sched.workers[w].relay_ep, "%s", relay);
     /* still busy with a job (of an earlier master, or one whose lease we ended): no work for it
      * until it reports that job finished, or every assignment would come back "busy" and burn
      * an attempt of the job */
@@ -624,7 +646,7 @@ static void on_hello(master_t *m, const wire_msg_t *msg, const Rlhf__Hello *h) {
     if (msend(m, msg->rid, msg->rid_len, &env) < 0)
         sched_worker_dead(&m->sched, w, "unreachable");
     else if (m->weights_version && h->role != RLHF__ROLE__ROLE_TOOL)
-        send_weights(m, msg->rid, msg->rid_len); /* joined late or reconnected: fetch the latest */
+        send_weights(m, w); /* joined late or reconnected: fetch the latest */
     dispatch_all(m);
 }
 
@@ -673,7 +695,7 @@ static void on_weights_announce(master_t *m, const wire_msg_t *msg,
     master_journal(m, &rec, 0);
     for (int k = 0; k < m->sched.n_workers; k++) {
         sched_worker_t *wk = &m->sched.workers[k];
-        if (wk->alive && wk->role != RLHF__ROLE__ROLE_TOOL) send_weights(m, wk->rid, wk->rid_len);
+        if (wk->alive && wk->role != RLHF__ROLE__ROLE_TOOL) send_weights(m, k);
     }
     dispatch_all(m);
 }

@@ -72,7 +72,8 @@ typedef struct {
     int job;            /* index of the job leased to it, -1 when idle */
     uint64_t stale_job; /* a job it reports running that is no longer its lease (busy) */
     uint64_t jobs_done;
-    int ns; /* the master's annotation: a client's namespace index (0: "") */
+    int ns;             /* the master's annotation: a client's namespace index (0: "") */
+    char relay_ep[256]; /* the master's annotation: a worker's weights relay ("": none) */
 } sched_worker_t;
 
 typedef enum {
