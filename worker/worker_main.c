@@ -14,6 +14,13 @@
  *
  * SIGTERM / SIGINT (or a Shutdown message): the running job is cancelled and handed back (or
  * its result sent, if it finished first), then Goodbye, and exit 0.
+ *
+ * Weights relay (wsync.h): a rollout or reward worker serves the weights versions it fetches,
+ * while it fetches them, at tcp://BIND_HOST:PORT (--bind-host, default 127.0.0.1; the port is the
+ * kernel's choice), named in its Hello as tcp://ADVERTISE:PORT (--advertise, default the bind
+ * host; required when that is 0.0.0.0 or ::). The master then gives it, with each announced
+ * version, the relay of the worker before it in its chain to fetch from, the learner's server
+ * staying the fallback. --no-relay: no relay; every version straight from the learner.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -100,6 +107,12 @@ typedef struct {
     atomic_int syncing, sync_cancel;
     atomic_int sync_stop; /* the sync thread's fetch stops: sync_cancel, or a new endpoint */
     double next_sync_ms;
+    /* the weights relay: serves what this worker fetches to the next worker of the master's
+     * chain (NULL: none - --no-relay, or a role that fetches no weights between jobs) */
+    wsync_server_t *relay;
+    char relay_ep[ADDR_EP_LEN]; /* advertised in Hello */
+    char relay_from[256]; /* the upstream given with the announcement (weights_mu; "": none) */
+    int no_relay;
     worker_state_t st; /* the role's state between jobs, handed to its handlers */
     char log_id[80];
 } worker_t;
@@ -144,6 +157,7 @@ static void send_hello(worker_t *w) {
         h.job_id = w->slot.job.job_id;
         h.job_attempt = w->slot.job.attempt;
     }
+    if (w->relay) h.relay_endpoint = w->relay_ep;
     env.body_case = RLHF__ENVELOPE__BODY_HELLO;
     env.hello = &h;
     wsend(w, &env);
@@ -191,24 +205,31 @@ static void sock_close(worker_t *w, int linger) {
  * not (one line logged per sync: bytes, seconds, GB/s). Job and sync threads. */
 static int weights_sync(worker_t *w, uint64_t need, atomic_int *cancel) {
     if (wsync_replica_version(&w->weights) >= need) return 0;
-    char ep[sizeof w->weights_ep];
+    char ep[sizeof w->weights_ep], from[sizeof w->relay_from];
     pthread_mutex_lock(&w->weights_mu);
     memcpy(ep, w->weights_ep, sizeof ep);
+    memcpy(from, w->relay_from, sizeof from);
     pthread_mutex_unlock(&w->weights_mu);
     if (!ep[0])
         return rl_fail(RL_ENOTFOUND, "weights version %" PRIu64 " needed, none announced", need);
-    wlog(w, "weights: fetching version >= %" PRIu64 " from %s", need, ep);
-    wsync_opts_t o = {.cancel = cancel};
+    if (!w->relay) from[0] = 0; /* --no-relay: the origin only */
+    wlog(w, "weights: fetching version >= %" PRIu64 " from %s%s%s", need, ep,
+         from[0] ? " via relay " : "", from);
+    wsync_opts_t o = {.cancel = cancel, .upstream = from, .relay = w->relay};
     wsync_stats_t st;
     int rc = wsync_replica_ensure(&w->weights, w->zctx, ep, need, &o, &st);
+    char via[512] = "";
+    if (from[0])
+        snprintf(via, sizeof via, ", %" PRIu64 " bytes from relay %s%s%s", st.upstream_bytes, from,
+                 st.fallbacks ? ", the rest from the origin: " : "", st.fallback_why);
     if (rc < 0)
         wlog(w, "weights: fetching version %" PRIu64 " failed: %s", need, rl_errmsg());
     else if (st.bytes)
         wlog(w,
              "weights: version %" PRIu64 " synced: %" PRIu64 " bytes in %.3f s (%.2f GB/s), "
-             "%u chunks, crc32c %08x, %u bad chunks fetched again, %u timeouts",
+             "%u chunks, crc32c %08x, %u bad chunks fetched again, %u timeouts%s",
              st.version, st.bytes, st.seconds, st.gbps, st.chunks, st.crc, st.crc_errors,
-             st.timeouts);
+             st.timeouts, via);
     return rc;
 }
 
@@ -490,8 +511,11 @@ static void on_message(worker_t *w, wire_msg_t *msg) {
                 wlog(w, "weights: version %" PRIu64 " at a new endpoint: dropped ours", a->version);
             }
             int moved = other && w->weights_ep[0]; /* not the first announcement */
+            const char *from = a->relay_from ? a->relay_from : "";
             pthread_mutex_lock(&w->weights_mu);
             snprintf(w->weights_ep, sizeof w->weights_ep, "%s", a->endpoint);
+            snprintf(w->relay_from, sizeof w->relay_from, "%s",
+                     strlen(from) < sizeof w->relay_from ? from : "");
             w->weights_announced = a->version;
             pthread_mutex_unlock(&w->weights_mu);
             if (moved) { /* fetches from the old endpoint start again from this one */
@@ -499,7 +523,8 @@ static void on_message(worker_t *w, wire_msg_t *msg) {
                 atomic_store(&w->sync_stop, 1);
             }
             w->next_sync_ms = 0;
-            wlog(w, "weights version %" PRIu64 " announced at %s", a->version, a->endpoint);
+            wlog(w, "weights version %" PRIu64 " announced at %s%s%s", a->version, a->endpoint,
+                 from[0] && w->relay ? ", relay from " : "", w->relay ? from : "");
         }
         break;
     }
@@ -536,7 +561,7 @@ static const char usage_text[] =
     "usage: rlhf-worker --role rollout|reward|learner|stage --master tcp://HOST:PORT [--id NAME]\n"
     "                   [--heartbeat-ms N] [--liveness N] [--threads N]\n"
     "                   [--bind-host HOST] [--advertise HOST] [--cache-dir DIR]\n"
-    "                   [--ckpt-root DIR]\n\n"
+    "                   [--ckpt-root DIR] [--no-relay]\n\n"
     "Connects to the master, registers, heartbeats and runs the jobs of its role. Heartbeat\n"
     "settings apply until the master's Welcome gives its own. SIGTERM: hand back, goodbye, exit.\n"
     "--threads: compute threads per job (default: all online cores); workers sharing a machine\n"
@@ -550,7 +575,27 @@ static const char usage_text[] =
     "Learner: --run-dir DIR (checkpoints) [--shard 0/S --shard-endpoint EP] [--shard-wait-ms N]\n"
     "[--shard-chunk-kib N];\n"
     "shards 1..S-1: --role learner --shard I/S --shard-endpoint EP (shard 0's; no --master).\n"
-    "Stage: runs a run's stage commands (the rlhf binary next to this one); no model needed.\n";
+    "Stage: runs a run's stage commands (the rlhf binary next to this one); no model needed.\n"
+    "Rollout and reward: the weights relay (weights fetched are served on to the next worker)\n"
+    "binds the --bind-host and is named to the master with the --advertise host; --no-relay:\n"
+    "every version straight from the learner.\n";
+
+/* Starts the weights relay of a rollout or reward worker (none with --no-relay): its server on
+ * the bind host, its endpoint as others reach it (net/addr.h; addr_check has refused a wildcard
+ * bind host without --advertise). Returns 0 or RL_EIO (cannot bind). */
+static int relay_open(worker_t *w) {
+    if (w->no_relay || (w->role != RLHF__ROLE__ROLE_ROLLOUT && w->role != RLHF__ROLE__ROLE_REWARD))
+        return 0;
+    char bind[ADDR_EP_LEN];
+    int rc = addr_bind_ep(w->bind_host, bind, sizeof bind);
+    if (rc < 0) return rc;
+    if (!(w->relay = wsync_server_new(w->zctx, bind, 0)) || wsync_server_start(w->relay) < 0)
+        return rl_fail_ctx(RL_EIO, "weights relay");
+    const char *bound = wsync_server_endpoint(w->relay);
+    if ((rc = addr_advertise(bound, w->advertise, w->relay_ep, sizeof w->relay_ep)) < 0) return rc;
+    wlog(w, "weights relay: serving at %s (bound %s)", w->relay_ep, bound);
+    return 0;
+}
 
 /* Creates the state of w's role (the learner's after worker_learner_start). Returns 0 or RL_E*. */
 static int roles_init(worker_t *w, const worker_learner_opts_t *lo) {
@@ -601,6 +646,7 @@ int main(int argc, char **argv) {
                                          {"advertise", required_argument, 0, 0x106},
                                          {"cache-dir", required_argument, 0, 0x107},
                                          {"ckpt-root", required_argument, 0, 0x108},
+                                         {"no-relay", no_argument, 0, 0x112},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     int c;
@@ -671,6 +717,9 @@ int main(int argc, char **argv) {
         case 0x108:
             w->ckpt_root = optarg;
             break;
+        case 0x112:
+            w->no_relay = 1;
+            break;
         case 'h':
             fputs(usage_text, stdout);
             return 0;
@@ -740,6 +789,11 @@ int main(int argc, char **argv) {
         fprintf(stderr, "rlhf-worker: %s\n", rl_errmsg()[0] ? rl_errmsg() : strerror(errno));
         return 1;
     }
+    int rrc = relay_open(w);
+    if (rrc < 0) {
+        fprintf(stderr, "rlhf-worker: %s\n", rl_errmsg());
+        return rrc == RL_EINVAL ? 2 : 1;
+    }
     send_hello(w);
     w->last_heard_ms = wire_now_ms();
     while (!stop_signal) {
@@ -801,6 +855,7 @@ int main(int argc, char **argv) {
     env.goodbye = &gb;
     wsend(w, &env);
     sock_close(w, 1000);
+    wsync_server_destroy(&w->relay); /* no fetch feeds it any more */
     zmq_ctx_term(w->zctx);
     close(w->efd);
     free(w->slot.payload);
