@@ -263,8 +263,11 @@ static void *sync_thread(void *arg) {
 }
 
 /* Main thread: starts a sync when a newer version is announced than we have (and none runs);
- * after a failed one, not before a second has passed. */
+ * after a failed one, not before a second has passed. Rollout and reward workers only: a
+ * learner or stage worker runs no job that needs the policy (one that states a version still
+ * fetches it first), and each of them fetching every version would cost the learner a copy. */
 static void weights_maybe_sync(worker_t *w) {
+    if (w->role != RLHF__ROLE__ROLE_ROLLOUT && w->role != RLHF__ROLE__ROLE_REWARD) return;
     if (atomic_load(&w->syncing)) return;
     if (w->sync_started) {
         pthread_join(w->sync_th, NULL);
