@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# test_bench_wire.sh - `rlhf bench wire` at a small size: it runs real rlhf-master / rlhf-worker /
-# rlhf-wiretool processes on loopback and prints one JSON object whose figures must be sane; it
-# leaves no process and no working directory behind, also when stopped with SIGTERM midway.
+# test_bench_wire.sh - `rlhf bench wire` at a small size, with the relay broadcast: it runs real
+# rlhf-master / rlhf-worker / rlhf-wiretool processes on loopback and prints one JSON object whose
+# figures must be sane; it leaves no process and no working directory behind, also when stopped
+# with SIGTERM midway.
 # Usage: test_bench_wire.sh BIN_DIR
 BIN=${1:?usage: test_bench_wire.sh BIN_DIR}
 source "$(dirname "$0")/runtime_lib.sh"
@@ -12,7 +13,7 @@ no_procs() { ! pgrep -f "$W/rlhf-bench-wire-" >/dev/null; }
 no_dirs() { ! ls -d "$W"/rlhf-bench-wire-* >/dev/null 2>&1; }
 
 out=$(timeout 100 "$BIN/rlhf" bench wire --jobs 200 --workers 2 --swarm 100 --seconds 2 \
-    --sync-mb 64 --fanout 1,2)
+    --sync-mb 64 --fanout 1,2 --relay)
 rc=$?
 echo "  $out"
 check "bench wire exits 0" test "$rc" -eq 0
@@ -32,6 +33,10 @@ check "sync: the snapshot size" j '.sync.bytes == 67108864 and .sync.chunk_bytes
 check "sync: raw and wsync figures positive" j '.sync.raw_zmq.gbps > 0 and .sync.wsync.gbps > 0 and .sync.wsync.cold_gbps > 0 and .sync.ratio > 0'
 check "sync: no chunk corrupt, credit respected" j '.sync.wsync.crc_errors == 0 and .sync.wsync.max_outstanding >= 1 and .sync.wsync.max_outstanding <= .sync.credit'
 check "sync: fan-out to 1 and 2 fetchers" j '[.sync.fanout[].n] == [1, 2] and all(.sync.fanout[]; .seconds > 0)'
+# broadcast to fetcher processes: direct costs the origin a copy per fetcher, a relay chain one
+check "broadcast: direct and relay rounds of 1 and 2" j '[.broadcast.rounds[] | [.mode, .n]] == [["direct",1],["relay",1],["direct",2],["relay",2]] and all(.broadcast.rounds[]; .seconds > 0)'
+check "broadcast: direct, the origin sends a copy per fetcher" j 'all(.broadcast.rounds[] | select(.mode == "direct"); .origin_bytes == .n * 67108864)'
+check "broadcast: relay, the origin sends one copy" j 'all(.broadcast.rounds[] | select(.mode == "relay"); .origin_bytes >= 67108864 and .origin_copies < 1.25)'
 check "no process left behind" no_procs
 check "working directory removed" no_dirs
 

@@ -25,16 +25,36 @@
  * wsync-bench: raw ZeroMQ throughput of N MiB in chunks against a wsync fetch of the same bytes
  *        (same run, same machine), and the time for 1, 2, 4... fetchers at once; one JSON object
  *        on stdout (and in --out FILE). Used by `rlhf bench wire`.
+ *
+ *   rlhf-wiretool wsync-broadcast --mb N [--fanout 1,2,4] [--chunk-kb K] [--credit C]
+ *                                 [--bind-host HOST] [--wrap CMD] [--out FILE]
+ *   rlhf-wiretool wsync-fetcher --control EP --index I --bytes B [--relay] [--credit C]
+ * wsync-broadcast: publishes N MiB (the origin, bound on HOST, default 127.0.0.1) and, for each
+ *        fan-out n, starts n `wsync-fetcher` processes twice: direct (each fetches from the
+ *        origin) and relay (fetcher i from fetcher i-1's relay, the first from the origin, as the
+ *        master chains workers). Reports per round the wall time from the go to the last
+ *        verified copy and the origin's egress (wsync_server_stats bytes_sent); one JSON object
+ *        {"bytes","chunk_bytes","credit","rounds":[{"mode","n","seconds","origin_bytes",...}]}.
+ *        --wrap CMD runs fetcher I as `CMD I rlhf-wiretool wsync-fetcher ...` (CMD places it,
+ *        e.g. `exec ip netns exec ns$1 "${@:2}"`). Used by `rlhf bench wire --relay`.
+ * wsync-fetcher: one fetcher process, driven by wsync-broadcast over its control socket: says
+ *        ready (with its relay's endpoint, bound on the address it reaches the control host
+ *        from), fetches on "go", reports, serves its relay until "quit".
  */
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <netdb.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <jansson.h>
 #include <zmq.h>
@@ -559,18 +579,381 @@ static int wsync_bench(double mb, const char *fanout, size_t chunk, int credit, 
     return rc < 0 ? 1 : 0;
 }
 
+/* ---- wsync-broadcast / wsync-fetcher: one origin, N fetcher processes, direct or chained ---- */
+
+#define WT_MAX_FETCHERS 64
+
+/* tcp://HOST:PORT with an IPv6 literal in brackets. */
+static void wt_endpoint(char *out, size_t cap, const char *host, const char *port) {
+    int v6 = strchr(host, ':') != NULL;
+    snprintf(out, cap, "tcp://%s%s%s:%s", v6 ? "[" : "", host, v6 ? "]" : "", port);
+}
+
+/* A socket of `type` connected (or bound) to ep, IPv6 on for an IPv6 literal, linger 0. */
+static void *wt_socket(void *ctx, int type, const char *ep, int bind) {
+    void *s = zmq_socket(ctx, type);
+    int zero = 0, v6 = strchr(ep, '[') != NULL;
+    if (!s) return NULL;
+    zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero);
+    zmq_setsockopt(s, ZMQ_IPV6, &v6, sizeof v6);
+    if ((bind ? zmq_bind(s, ep) : zmq_connect(s, ep)) < 0) {
+        fprintf(stderr, "rlhf-wiretool: %s %s: %s\n", bind ? "bind" : "connect", ep,
+                zmq_strerror(errno));
+        zmq_close(s);
+        return NULL;
+    }
+    return s;
+}
+
+/* The address this host reaches the host of `endpoint` from (a UDP socket connected there
+ * picks the route and sends nothing): where a peer on that network reaches us. */
+static int wt_local_addr(const char *endpoint, char *out, size_t cap) {
+    char host[256];
+    const char *p = strstr(endpoint, "://"), *end;
+    p = p ? p + 3 : endpoint;
+    if (*p == '[')
+        end = strchr(++p, ']');
+    else
+        end = strrchr(p, ':');
+    if (!end || (size_t)(end - p) >= sizeof host) return -1;
+    memcpy(host, p, (size_t)(end - p));
+    host[end - p] = 0;
+    struct addrinfo hints = {.ai_socktype = SOCK_DGRAM, .ai_flags = AI_NUMERICHOST}, *ai = NULL;
+    if (getaddrinfo(host, "9", &hints, &ai) != 0) return -1;
+    int fd = socket(ai->ai_family, SOCK_DGRAM, 0), rc = -1;
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    if (fd >= 0 && connect(fd, ai->ai_addr, ai->ai_addrlen) == 0 &&
+        getsockname(fd, (struct sockaddr *)&ss, &sl) == 0 &&
+        getnameinfo((struct sockaddr *)&ss, sl, out, (socklen_t)cap, NULL, 0, NI_NUMERICHOST) == 0)
+        rc = 0;
+    if (fd >= 0) close(fd);
+    freeaddrinfo(ai);
+    return rc;
+}
+
+/* Sends one JSON object (consumed) as a message, after a routing id when rid is not NULL. */
+static int wt_send_json(void *sock, const void *rid, size_t rid_len, json_t *o) {
+    char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    if (!text) return -1;
+    int rc = (!rid || zmq_send(sock, rid, rid_len, ZMQ_SNDMORE) >= 0) &&
+                     zmq_send(sock, text, strlen(text), 0) >= 0
+                 ? 0
+                 : -1;
+    free(text);
+    return rc;
+}
+
+/* Receives one JSON object (after a routing id, copied into rid, when rid is not NULL) within
+ * ms; NULL on silence or garbage. */
+static json_t *wt_recv_json(void *sock, uint8_t *rid, size_t *rid_len, int ms) {
+    zmq_pollitem_t it = {sock, 0, ZMQ_POLLIN, 0};
+    if (zmq_poll(&it, 1, ms) <= 0) return NULL;
+    zmq_msg_t m;
+    zmq_msg_init(&m);
+    if (rid) {
+        if (zmq_msg_recv(&m, sock, 0) < 0) return NULL;
+        *rid_len = zmq_msg_size(&m) < 256 ? zmq_msg_size(&m) : 255;
+        memcpy(rid, zmq_msg_data(&m), *rid_len);
+    }
+    json_t *o = NULL;
+    if (zmq_msg_recv(&m, sock, 0) >= 0) o = json_loadb(zmq_msg_data(&m), zmq_msg_size(&m), 0, NULL);
+    zmq_msg_close(&m);
+    return o;
+}
+
+static int wsync_fetcher(const char *control, int index, size_t bytes, int relay, int credit) {
+    void *ctx = zmq_ctx_new(), *c = wt_socket(ctx, ZMQ_DEALER, control, 0);
+    wsync_server_t *rs = NULL;
+    int rc = c ? 0 : -1;
+    if (rc == 0 && relay) { /* bound on the address the control host is reached from */
+        char addr[128], ep[200];
+        if (wt_local_addr(control, addr, sizeof addr) < 0) {
+            fprintf(stderr, "wsync-fetcher %d: no route to %s\n", index, control);
+            rc = -1;
+        } else {
+            wt_endpoint(ep, sizeof ep, addr, "*");
+            if (!(rs = wsync_server_new(ctx, ep, 0)) || wsync_server_start(rs) < 0) {
+                fprintf(stderr, "wsync-fetcher %d: %s\n", index, rl_errmsg());
+                rc = -1;
+            }
+        }
+    }
+    /* a staging buffer as a worker has it from its previous version: faulted in */
+    wsync_snapshot_t snap = {.data = malloc(bytes), .cap = bytes};
+    if (!snap.data) rc = -1;
+    if (rc == 0) {
+        memset(snap.data, 0, bytes);
+        rc = wt_send_json(
+            c, NULL, 0,
+            json_pack("{s:i, s:s}", "index", index, "relay", rs ? wsync_server_endpoint(rs) : ""));
+    }
+    json_t *go = rc == 0 ? wt_recv_json(c, NULL, NULL, 600000) : NULL;
+    const char *origin = json_string_value(json_object_get(go, "origin"));
+    const char *up = json_string_value(json_object_get(go, "upstream"));
+    if (rc == 0 && origin) {
+        wsync_opts_t o = {.credit = credit, .upstream = up, .relay = rs};
+        wsync_stats_t st;
+        int frc = wsync_fetch(ctx, origin, 1, &o, &snap, &st);
+        char crc[16];
+        snprintf(crc, sizeof crc, "%08x", frc == 0 ? snap.crc : 0);
+        wt_send_json(c, NULL, 0,
+                     json_pack("{s:i, s:i, s:s, s:s, s:f, s:I, s:i, s:s}", "index", index, "rc",
+                               frc, "error", frc < 0 ? rl_errmsg() : "", "crc32c", crc, "seconds",
+                               frc == 0 ? st.seconds : 0.0, "upstream_bytes",
+                               (json_int_t)st.upstream_bytes, "fallbacks", (int)st.fallbacks,
+                               "fallback_why", st.fallback_why));
+        json_decref(wt_recv_json(c, NULL, NULL, 600000)); /* quit: serve the relay until then */
+    } else {
+        rc = -1;
+    }
+    json_decref(go);
+    wsync_snapshot_free(&snap);
+    wsync_server_destroy(&rs);
+    if (c) zmq_close(c);
+    zmq_ctx_term(ctx);
+    return rc < 0 ? 1 : 0;
+}
+
+typedef struct {
+    pid_t pid[WT_MAX_FETCHERS];
+    uint8_t rid[WT_MAX_FETCHERS][256];
+    size_t rid_len[WT_MAX_FETCHERS];
+    char relay[WT_MAX_FETCHERS][256];
+    int n;
+} wt_fleet_t;
+
+/* Starts fetcher i: [wrap i] tool wsync-fetcher ..., dying with us, its stdout on our stderr
+ * (our stdout is the JSON). */
+static pid_t wt_spawn_fetcher(const char *wrap, const char *tool, const char *control, int i,
+                              size_t bytes, int relay, int credit) {
+    char idx[16], nb[32], cr[16];
+    snprintf(idx, sizeof idx, "%d", i);
+    snprintf(nb, sizeof nb, "%zu", bytes);
+    snprintf(cr, sizeof cr, "%d", credit);
+    char *args[16];
+    int n = 0;
+    if (wrap && wrap[0]) args[n++] = (char *)wrap, args[n++] = idx;
+    char *rest[] = {(char *)tool, "wsync-fetcher", "--control", (char *)control, "--index",
+                    idx,          "--bytes",       nb,          "--credit",      cr};
+    for (size_t k = 0; k < sizeof rest / sizeof rest[0]; k++) args[n++] = rest[k];
+    if (relay) args[n++] = "--relay";
+    args[n] = NULL;
+    pid_t parent = getpid(), p = fork();
+    if (p == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent) _exit(127);
+        dup2(2, 1);
+        execvp(args[0], args);
+        _exit(127);
+    }
+    return p;
+}
+
+/* Stops the fleet: quit to each (they exit), then SIGKILL whatever is left after 5 s. */
+static void wt_fleet_stop(wt_fleet_t *f, void *ctl) {
+    for (int i = 0; i < f->n; i++)
+        if (f->rid_len[i])
+            wt_send_json(ctl, f->rid[i], f->rid_len[i], json_pack("{s:b}", "quit", 1));
+    double end = wire_now_ms() + 5000;
+    for (int i = 0; i < f->n; i++) {
+        while (f->pid[i] > 0 && waitpid(f->pid[i], NULL, WNOHANG) == 0 && wire_now_ms() < end) {
+            struct timespec ts = {0, 10 * 1000000L};
+            nanosleep(&ts, NULL);
+        }
+        if (f->pid[i] > 0 && waitpid(f->pid[i], NULL, WNOHANG) == 0) {
+            kill(f->pid[i], SIGKILL);
+            waitpid(f->pid[i], NULL, 0);
+        }
+        f->pid[i] = 0;
+    }
+    f->n = 0;
+}
+
+/* A fetcher of the fleet that exited (before it should have): its index, or -1. */
+static int wt_fleet_died(wt_fleet_t *f) {
+    for (int i = 0; i < f->n; i++)
+        if (f->pid[i] > 0 && waitpid(f->pid[i], NULL, WNOHANG) == f->pid[i]) {
+            f->pid[i] = 0;
+            return i;
+        }
+    return -1;
+}
+
+/* One round: n fetcher processes, direct or chained, from the go to the last verified copy.
+ * Returns the round's JSON, or NULL (the reason on stderr). */
+static json_t *wt_round(void *ctl, const char *ctl_ep, wsync_server_t *origin, const char *wrap,
+                        const char *tool, int n, int relay, size_t bytes, int credit,
+                        uint32_t crc) {
+    wt_fleet_t f = {.n = n};
+    json_t *res = NULL;
+    int ready = 0, done = 0, fallbacks = 0;
+    double fetch_max = 0, deadline = wire_now_ms() + 60e3;
+    for (int i = 0; i < n; i++)
+        if ((f.pid[i] = wt_spawn_fetcher(wrap, tool, ctl_ep, i, bytes, relay, credit)) < 0) {
+            fprintf(stderr, "wsync-broadcast: fork: %s\n", strerror(errno));
+            goto out;
+        }
+    while (ready < n) { /* each says ready, with its relay */
+        uint8_t rid[256];
+        size_t rl = 0;
+        json_t *o = wt_recv_json(ctl, rid, &rl, 100);
+        int i = (int)json_integer_value(json_object_get(o, "index"));
+        if (o && i >= 0 && i < n && !f.rid_len[i]) {
+            memcpy(f.rid[i], rid, rl);
+            f.rid_len[i] = rl;
+            snprintf(f.relay[i], sizeof f.relay[i], "%s",
+                     json_string_value(json_object_get(o, "relay")));
+            ready++;
+        }
+        json_decref(o);
+        int dead = wt_fleet_died(&f);
+        if (dead >= 0 || wire_now_ms() > deadline || wt_stop) {
+            fprintf(stderr, "wsync-broadcast: fetcher %d %s\n", dead,
+                    dead >= 0 ? "exited at start" : "not ready in 60 s");
+            goto out;
+        }
+    }
+    wsync_server_stats_t s0, s1;
+    wsync_server_stats(origin, &s0);
+    double t0 = wire_now_ms(), end = t0;
+    deadline = t0 + 60e3 + (double)n * bytes / 10e6 * 1e3; /* 10 MB/s at the least */
+    for (int i = 0; i < n; i++)
+        wt_send_json(ctl, f.rid[i], f.rid_len[i],
+                     json_pack("{s:s, s:s}", "origin", wsync_server_endpoint(origin), "upstream",
+                               relay && i > 0 ? f.relay[i - 1] : ""));
+    while (done < n) {
+        uint8_t rid[256];
+        size_t rl = 0;
+        json_t *d = wt_recv_json(ctl, rid, &rl, 100);
+        if (d) {
+            const char *c = json_string_value(json_object_get(d, "crc32c"));
+            char want[16];
+            snprintf(want, sizeof want, "%08x", crc);
+            if (json_integer_value(json_object_get(d, "rc")) != 0 || !c || strcmp(c, want)) {
+                fprintf(stderr, "wsync-broadcast: fetcher %lld: %s (crc32c %s, expected %s)\n",
+                        json_integer_value(json_object_get(d, "index")),
+                        json_string_value(json_object_get(d, "error")), c ? c : "-", want);
+                json_decref(d);
+                goto out;
+            }
+            end = wire_now_ms();
+            double s = json_number_value(json_object_get(d, "seconds"));
+            fetch_max = s > fetch_max ? s : fetch_max;
+            fallbacks += (int)json_integer_value(json_object_get(d, "fallbacks"));
+            done++;
+            json_decref(d);
+        }
+        int dead = wt_fleet_died(&f);
+        if (dead >= 0 || wire_now_ms() > deadline || wt_stop) {
+            fprintf(stderr, "wsync-broadcast: fetcher %d %s\n", dead,
+                    dead >= 0 ? "died" : "round past its deadline");
+            goto out;
+        }
+    }
+    wsync_server_stats(origin, &s1);
+    double secs = (end - t0) / 1e3;
+    uint64_t egress = s1.bytes_sent - s0.bytes_sent;
+    res = json_pack("{s:s, s:i, s:f, s:I, s:f, s:f, s:f, s:i}", "mode", relay ? "relay" : "direct",
+                    "n", n, "seconds", secs, "origin_bytes", (json_int_t)egress, "origin_copies",
+                    (double)egress / bytes, "total_gbps", n * (double)bytes / secs / 1e9,
+                    "fetch_max_s", fetch_max, "fallbacks", fallbacks);
+out:
+    wt_fleet_stop(&f, ctl);
+    return res;
+}
+
+static int wsync_broadcast(double mb, const char *fanout, size_t chunk, int credit,
+                           const char *host, const char *wrap, const char *out) {
+    size_t bytes = (size_t)(mb * 1048576.0) & ~(size_t)3;
+    char tool[4096], ep[300], ctl_ep[300];
+    ssize_t tl = readlink("/proc/self/exe", tool, sizeof tool - 1);
+    if (bytes < 4 || tl <= 0) {
+        fprintf(stderr, "rlhf-wiretool wsync-broadcast: --mb > 0 required\n");
+        return 2;
+    }
+    tool[tl] = 0;
+    uint8_t *data = wt_snapshot(1, bytes);
+    wt_endpoint(ep, sizeof ep, host, "*");
+    wsync_server_t *origin = data ? wsync_server_new(NULL, ep, chunk) : NULL;
+    if (!origin || wsync_server_publish(origin, 1, data, bytes, "params", "{}") < 0 ||
+        wsync_server_start(origin) < 0) {
+        fprintf(stderr, "rlhf-wiretool wsync-broadcast: origin: %s\n", rl_errmsg());
+        free(data);
+        wsync_server_destroy(&origin);
+        return 1;
+    }
+    uint32_t crc = crc32c(0, data, bytes);
+    free(data);
+    void *ctx = zmq_ctx_new(), *ctl = wt_socket(ctx, ZMQ_ROUTER, ep, 1);
+    size_t sz = sizeof ctl_ep;
+    if (ctl) zmq_getsockopt(ctl, ZMQ_LAST_ENDPOINT, ctl_ep, &sz);
+    signal(SIGTERM, wt_on_signal);
+    signal(SIGINT, wt_on_signal);
+    json_t *rounds = json_array();
+    int rc = ctl ? 0 : 1;
+    char list[256];
+    snprintf(list, sizeof list, "%s", fanout ? fanout : "1,2,4");
+    for (char *tok = strtok(list, ","); tok && rc == 0; tok = strtok(NULL, ",")) {
+        int n = atoi(tok);
+        if (n < 1 || n > WT_MAX_FETCHERS) continue;
+        for (int relay = 0; relay < 2 && rc == 0; relay++) {
+            json_t *r = wt_round(ctl, ctl_ep, origin, wrap, tool, n, relay, bytes, credit, crc);
+            if (!r) {
+                fprintf(stderr, "rlhf-wiretool wsync-broadcast: %s round of %d failed\n",
+                        relay ? "relay" : "direct", n);
+                rc = 1;
+                break;
+            }
+            char *line = json_dumps(r, JSON_COMPACT);
+            fprintf(stderr, "wsync-broadcast: %s\n", line ? line : "");
+            free(line);
+            json_array_append_new(rounds, r);
+        }
+    }
+    if (ctl) zmq_close(ctl);
+    zmq_ctx_term(ctx);
+    wsync_server_destroy(&origin);
+    if (rc != 0) {
+        json_decref(rounds);
+        return rc;
+    }
+    json_t *res = json_pack("{s:I, s:I, s:i, s:s, s:o}", "bytes", (json_int_t)bytes, "chunk_bytes",
+                            (json_int_t)chunk, "credit", credit, "origin", ep, "rounds", rounds);
+    char *text = json_dumps(res, JSON_COMPACT);
+    printf("%s\n", text);
+    free(text);
+    if (out && wt_write_json(out, json_incref(res)) < 0) rc = 1;
+    json_decref(res);
+    return rc;
+}
+
 static int wsync_tool_main(int argc, char **argv) {
     const char *cmd = argv[1], *bind = "tcp://127.0.0.1:*", *master = NULL, *ready = NULL;
-    const char *fanout = "1,2,4", *out = NULL;
+    const char *fanout = "1,2,4", *out = NULL, *host = "127.0.0.1", *wrap = NULL, *control = NULL;
     double mb = 0, seconds = 0;
-    long version = 1, chunk_kb = WSYNC_CHUNK_BYTES / 1024;
-    int delay = 0, credit = WSYNC_CREDIT, repeat = 5, c;
-    static const struct option opts[] = {
-        {"bind", 1, 0, 'b'},   {"master", 1, 0, 'm'},   {"version", 1, 0, 'v'},
-        {"mb", 1, 0, 'M'},     {"chunk-kb", 1, 0, 'c'}, {"delay-ms", 1, 0, 'd'},
-        {"ready", 1, 0, 'r'},  {"seconds", 1, 0, 's'},  {"fanout", 1, 0, 'f'},
-        {"credit", 1, 0, 'C'}, {"repeat", 1, 0, 'R'},   {"out", 1, 0, 'o'},
-        {0, 0, 0, 0}};
+    long version = 1, chunk_kb = WSYNC_CHUNK_BYTES / 1024, fbytes = 0;
+    int delay = 0, credit = WSYNC_CREDIT, repeat = 5, index = 0, relay = 0, c;
+    static const struct option opts[] = {{"bind", 1, 0, 'b'},
+                                         {"master", 1, 0, 'm'},
+                                         {"version", 1, 0, 'v'},
+                                         {"mb", 1, 0, 'M'},
+                                         {"chunk-kb", 1, 0, 'c'},
+                                         {"delay-ms", 1, 0, 'd'},
+                                         {"ready", 1, 0, 'r'},
+                                         {"seconds", 1, 0, 's'},
+                                         {"fanout", 1, 0, 'f'},
+                                         {"credit", 1, 0, 'C'},
+                                         {"repeat", 1, 0, 'R'},
+                                         {"out", 1, 0, 'o'},
+                                         {"bind-host", 1, 0, 'H'},
+                                         {"wrap", 1, 0, 'w'},
+                                         {"control", 1, 0, 'k'},
+                                         {"index", 1, 0, 'i'},
+                                         {"bytes", 1, 0, 'B'},
+                                         {"relay", 0, 0, 'L'},
+                                         {0, 0, 0, 0}};
     optind = 2;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
@@ -610,12 +993,37 @@ static int wsync_tool_main(int argc, char **argv) {
         case 'o':
             out = optarg;
             break;
+        case 'H':
+            host = optarg;
+            break;
+        case 'w':
+            wrap = optarg;
+            break;
+        case 'k':
+            control = optarg;
+            break;
+        case 'i':
+            index = atoi(optarg);
+            break;
+        case 'B':
+            fbytes = atol(optarg);
+            break;
+        case 'L':
+            relay = 1;
+            break;
         default:
             return 2;
         }
     }
+    wsync_malloc_tune(); /* as rlhf-worker does */
+    if (!strcmp(cmd, "wsync-fetcher")) {
+        if (!control || fbytes <= 0 || credit < 1 || credit > WSYNC_MAX_CREDIT) {
+            fprintf(stderr, "rlhf-wiretool wsync-fetcher: --control EP and --bytes B required\n");
+            return 2;
+        }
+        return wsync_fetcher(control, index, (size_t)fbytes, relay, credit);
+    }
     size_t chunk = (size_t)chunk_kb * 1024;
-    wsync_malloc_tune(); /* as rlhf-worker does: the raw stream runs with it too */
     if (version < 1 || mb <= 0 || chunk_kb < 1 || chunk > WSYNC_MAX_CHUNK_BYTES || credit < 1 ||
         credit > WSYNC_MAX_CREDIT) {
         fprintf(stderr,
@@ -628,6 +1036,8 @@ static int wsync_tool_main(int argc, char **argv) {
         return wsync_serve(bind, master, (uint64_t)version, (size_t)(mb * 1048576.0) & ~(size_t)3,
                            chunk, delay, ready, seconds);
     if (!strcmp(cmd, "wsync-bench")) return wsync_bench(mb, fanout, chunk, credit, repeat, out);
+    if (!strcmp(cmd, "wsync-broadcast"))
+        return wsync_broadcast(mb, fanout, chunk, credit, host, wrap, out);
     fprintf(stderr, "rlhf-wiretool: unknown command %s\n", cmd);
     return 2;
 }

@@ -3,7 +3,7 @@
  * loopback, nothing simulated on the master's side.
  *
  *   rlhf bench wire [--jobs N] [--workers K] [--swarm S] [--seconds T] [--sync-mb M]
- *                   [--fanout N1,N2,...] [--keep]
+ *                   [--fanout N1,N2,...] [--relay [--bind-host HOST] [--fetcher-wrap CMD]] [--keep]
  *
  * Phase 1 (dispatch): rlhf-master is started, N NOOP jobs are submitted to it as a client
  * (common/net/client.h), then K rollout workers are started, and the client waits for every
@@ -26,6 +26,14 @@
  * cold (fresh buffer) and warm (buffer reused, as between versions), the ratio warm / raw, and
  * the wall time until each of N concurrent fetchers holds a verified copy (fan-out). Each side
  * has a ZeroMQ context of its own, as separate processes would.
+ *
+ * Phase 4 (broadcast, with --relay): `rlhf-wiretool wsync-broadcast` publishes the M MiB snapshot
+ * on an origin server bound on --bind-host and, for each fan-out N, starts N fetcher processes
+ * twice: direct (each fetches from the origin) and relay (each from the previous one's relay, the
+ * first from the origin: the chain the master builds, wsync.h). Per round: the wall time from the
+ * go to the last verified copy, and the origin's egress (bytes_sent of its wsync server) - about
+ * N copies direct, one with relays. --fetcher-wrap CMD starts fetcher I as `CMD I FETCHER...`,
+ * so that a script can place each in a network namespace of its own (tests/bench_broadcast.sh).
  *
  * rlhf-master, rlhf-worker and rlhf-wiretool are taken from the directory of the `rlhf` binary.
  * Every child gets PR_SET_PDEATHSIG, and every exit path (failure, SIGINT, SIGTERM, time limit)
@@ -69,6 +77,8 @@ typedef struct {
     int k, jobs, swarm, seconds, keep; /* options */
     int sync_mb;
     const char *fanout;
+    int relay;                    /* phase 4 */
+    const char *bind_host, *wrap; /* its origin's host, the fetchers' wrapper */
 } bw_t;
 
 static void nap_ms(int ms) {
@@ -477,6 +487,42 @@ static int phase_sync(bw_t *b, json_t **out) {
     return *out ? 0 : rl_fail(RL_EFORMAT, "%s: %s", file, je.text);
 }
 
+/* ---- phase 4: broadcast to fetcher processes, direct and through relays -------------------- */
+
+/* Runs `rlhf-wiretool wsync-broadcast` and takes its JSON. */
+static int phase_broadcast(bw_t *b, json_t **out) {
+    char mb[32], file[PATH_MAX + 64], log[PATH_MAX + 64];
+    snprintf(mb, sizeof mb, "%d", b->sync_mb);
+    snprintf(file, sizeof file, "%s/broadcast.json", b->dir);
+    snprintf(log, sizeof log, "%s/broadcast.log", b->dir);
+    char *args[16] = {b->tool_bin,   "wsync-broadcast",   "--mb",  mb,
+                      "--fanout",    (char *)b->fanout,   "--out", file,
+                      "--bind-host", (char *)b->bind_host};
+    int n = 10;
+    if (b->wrap && b->wrap[0]) args[n++] = "--wrap", args[n++] = (char *)b->wrap;
+    args[n] = NULL;
+    if ((b->helper = spawn(args, log)) < 0) return RL_EIO;
+    /* bounded: each round gets 60 s plus what its copies need at 10 MB/s */
+    int sum = 0;
+    for (const char *p = b->fanout; *p; p = strchr(p, ',') ? strchr(p, ',') + 1 : "")
+        sum += atoi(p);
+    double t0 = cli_now_ms(), deadline = t0 + 1e3 * (120 + 2 * 0.105 * sum * b->sync_mb);
+    int st = 0, rc;
+    while (waitpid(b->helper, &st, WNOHANG) == 0) {
+        if ((rc = interrupted()) < 0) return rc;
+        if (cli_now_ms() > deadline)
+            return rl_fail(RL_EIO, "the broadcast phase took more than %.0f s",
+                           (deadline - t0) / 1e3);
+        nap_ms(20);
+    }
+    b->helper = 0;
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+        return rl_fail(RL_EIO, "rlhf-wiretool wsync-broadcast exited with status %d", st);
+    json_error_t je;
+    *out = json_load_file(file, 0, &je);
+    return *out ? 0 : rl_fail(RL_EFORMAT, "%s: %s", file, je.text);
+}
+
 /* ---- command -------------------------------------------------------------------------------- */
 
 static int bw_run(bw_t *b) {
@@ -499,8 +545,9 @@ static int bw_run(bw_t *b) {
     const char *phase = "setup";
     if (rc == 0) phase = "dispatch", rc = phase_dispatch(b, &d);
     if (rc == 0) phase = "swarm", rc = phase_swarm(b, &s);
-    json_t *sync = NULL;
+    json_t *sync = NULL, *bcast = NULL;
     if (rc == 0 && b->sync_mb > 0) phase = "sync", rc = phase_sync(b, &sync);
+    if (rc == 0 && b->sync_mb > 0 && b->relay) phase = "broadcast", rc = phase_broadcast(b, &bcast);
     stop_all(b);
     int out = 1;
     if (rc < 0) {
@@ -509,6 +556,7 @@ static int bw_run(bw_t *b) {
         if (!strcmp(phase, "swarm")) show_log_tail(b->dir, "swarm-helper.log");
         if (!strcmp(phase, "dispatch")) show_log_tail(b->dir, "worker-0.log");
         if (!strcmp(phase, "sync")) show_log_tail(b->dir, "sync.log");
+        if (!strcmp(phase, "broadcast")) show_log_tail(b->dir, "broadcast.log");
         json_decref(sync);
     } else {
         json_t *disp = json_pack("{s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f}", "p50_ms", d.p50,
@@ -527,6 +575,10 @@ static int bw_run(bw_t *b) {
             json_object_set_new(o, "sync", sync);
         else
             json_decref(sync);
+        if (o && bcast)
+            json_object_set_new(o, "broadcast", bcast);
+        else
+            json_decref(bcast);
         out = cli_print_json(o);
     }
     if (b->keep)
@@ -552,20 +604,30 @@ static const cli_opt_t bw_opt_table[] = {
     CLI_OPT_INT(bw_t, sync_mb, "sync-mb", 0, 16384, "500", "M",
                 "MiB of the weight-sync snapshot (0: no weight sync)"),
     CLI_OPT_CALL("fanout", "N1,N2,...", "fetchers at once (default 1,2,4)", bw_opt_fanout, 0),
+    CLI_OPT_FLAG(bw_t, relay, "relay", "also broadcast to N fetcher processes, direct and relayed"),
+    CLI_OPT_STR(bw_t, bind_host, "bind-host", "127.0.0.1", "HOST",
+                "the broadcast's origin binds and is reached here", 0),
+    CLI_OPT_STR(bw_t, wrap, "fetcher-wrap", NULL, "CMD",
+                "start broadcast fetcher I as CMD I FETCHER-COMMAND... (CMD places it)", 0),
     CLI_OPT_FLAG(bw_t, keep, "keep", "keep the working directory (logs)"),
 };
 
 static const cli_opts_t bw_opts = CLI_OPTS(
     "bench wire",
     "rlhf bench wire [--jobs N] [--workers K] [--swarm S] [--seconds T] [--sync-mb M]\n"
-    "                       [--fanout N1,N2,...] [--keep]",
+    "                       [--fanout N1,N2,...] [--relay [--bind-host HOST] [--fetcher-wrap "
+    "CMD]]\n"
+    "                       [--keep]",
     "Starts rlhf-master and K rollout workers on loopback, runs N NOOP jobs through them and\n"
     "reports the dispatch round trip (JobAssign to JobResult, on the master's clock) p50 / p99.\n"
     "Then starts a fresh master, lets `rlhf-wiretool swarm` register S simulated workers that\n"
     "heartbeat at 1 Hz, and reports the master's CPU use over T seconds (100 = one core), next\n"
     "to its idle CPU use. Prints one JSON object.\n"
     "Then weight sync: raw ZeroMQ throughput of an M MiB snapshot against a wsync fetch of the\n"
-    "same bytes (the ratio), and the time for N1, N2, ... fetchers at once.\n",
+    "same bytes (the ratio), and the time for N1, N2, ... fetchers at once.\n"
+    "With --relay, the broadcast: the snapshot to N1, N2, ... fetcher processes, each fetching\n"
+    "from the origin (direct) and each from the previous one's relay (relay): the wall time\n"
+    "until all hold a verified copy and the bytes the origin sent, per mode and N.\n",
     bw_opt_table, NULL);
 
 int cmd_bench_wire(int argc, char **argv) {
