@@ -68,15 +68,21 @@ typedef struct {
     int dtype;
     char name[64];
     char *meta;
-    /* a snapshot fed by a fetch (wsync_server_begin): chunk i is servable once ready[i] is set
-     * (after its bytes are in); NULL for a published one, complete from the start */
+    /* a snapshot fed by a fetch (wsync_server_begin) has no `data`: chunk i is the message
+     * msgs[i] - the very one the fetch received, shared by reference count, or a copy made by
+     * wsync_server_chunk_put - servable once ready[i] is set (after msgs[i] is). NULL for a
+     * published snapshot, complete from the start. */
+    zmq_msg_t *msgs;
     atomic_uchar *ready;
     atomic_uint n_ready;
 } snap_t;
 
 static void snap_unref(snap_t *p) {
     if (!p || atomic_fetch_sub(&p->refs, 1) != 1) return;
+    for (uint32_t i = 0; p->ready && p->msgs && i < p->n_chunks; i++)
+        if (atomic_load(&p->ready[i])) zmq_msg_close(&p->msgs[i]); /* copies in flight live on */
     free(p->data);
+    free(p->msgs);
     free(p->chunk_crc);
     free(p->meta);
     free(p->ready);
@@ -96,8 +102,8 @@ static size_t snap_chunk_len(const snap_t *p, uint32_t i) {
     return p->bytes - off < p->chunk_bytes ? p->bytes - off : p->chunk_bytes;
 }
 
-/* A snapshot with its buffers allocated (data uninitialised), one reference; NULL when out of
- * memory. */
+/* A snapshot with its buffers allocated (data uninitialised; a fed one has none, its chunks
+ * come as messages), one reference; NULL when out of memory. */
 static snap_t *snap_new(uint64_t version, size_t bytes, uint32_t chunk_bytes, uint32_t n_chunks,
                         const char *name, const char *meta, int fed) {
     snap_t *p = calloc(1, sizeof *p);
@@ -110,11 +116,12 @@ static snap_t *snap_new(uint64_t version, size_t bytes, uint32_t chunk_bytes, ui
     p->n_chunks = n_chunks;
     p->dtype = RLHF__DTYPE__DTYPE_F32;
     snprintf(p->name, sizeof p->name, "%s", name ? name : "params");
-    p->data = malloc(bytes);
+    p->data = fed ? NULL : malloc(bytes);
+    p->msgs = fed ? calloc(n_chunks, sizeof *p->msgs) : NULL;
     p->chunk_crc = malloc(n_chunks * sizeof *p->chunk_crc);
     p->meta = strdup(meta ? meta : "");
     p->ready = fed ? calloc(n_chunks, sizeof *p->ready) : NULL;
-    if (!p->data || !p->chunk_crc || !p->meta || (fed && !p->ready)) {
+    if (!p->chunk_crc || !p->meta || (fed ? !p->ready || !p->msgs : !p->data)) {
         snap_unref(p);
         return NULL;
     }
@@ -357,10 +364,10 @@ static snap_t *srv_fed_ref(wsync_server_t *s, uint64_t version) {
     return p;
 }
 
-/* chunk_put, with the check of the bytes against the chunk's CRC or without (the caller - a
- * fetch - has just checked these very bytes). */
+/* Delivers chunk i of the fed snapshot `version`: the message `msg` itself (shared: a fetch
+ * has just checked these very bytes), or else a copy of data, checked against the chunk's CRC. */
 static int srv_chunk_store(wsync_server_t *s, uint64_t version, uint32_t i, const void *data,
-                           size_t len, int check) {
+                           size_t len, zmq_msg_t *msg) {
     snap_t *p = srv_fed_ref(s, version);
     if (!p)
         return rl_fail(RL_ENOTFOUND, "wsync: version %llu is not being fed",
@@ -370,12 +377,20 @@ static int srv_chunk_store(wsync_server_t *s, uint64_t version, uint32_t i, cons
         rc = rl_fail(RL_EINVAL, "wsync: chunk %u of %zu bytes does not fit version %llu", i, len,
                      (unsigned long long)version);
     } else if (!atomic_load(&p->ready[i])) {
-        uint8_t *dst = p->data + (size_t)i * p->chunk_bytes;
-        if (check && crc32c_copy(0, dst, data, len) != p->chunk_crc[i])
+        zmq_msg_t *dst = &p->msgs[i];
+        if (msg) {
+            /* made shared here, by this thread: the serving thread's copies only add a
+             * reference, atomically */
+            zmq_msg_init(dst);
+            if (zmq_msg_copy(dst, msg) < 0)
+                rc = rl_fail(RL_EIO, "wsync: zmq_msg_copy: %s", zmq_strerror(errno));
+        } else if (zmq_msg_init_size(dst, len) < 0) {
+            rc = rl_fail(RL_ENOMEM, "wsync: out of memory for a chunk");
+        } else if (crc32c_copy(0, zmq_msg_data(dst), data, len) != p->chunk_crc[i]) {
+            zmq_msg_close(dst);
             rc = rl_fail(RL_EPROTO, "wsync: chunk %u of version %llu does not match its CRC", i,
                          (unsigned long long)version);
-        else if (!check)
-            memcpy(dst, data, len);
+        }
         if (rc == 0) {
             atomic_store_explicit(&p->ready[i], 1, memory_order_release);
             atomic_fetch_add(&p->n_ready, 1);
@@ -388,7 +403,7 @@ static int srv_chunk_store(wsync_server_t *s, uint64_t version, uint32_t i, cons
 
 int wsync_server_chunk_put(wsync_server_t *s, uint64_t version, uint32_t index, const void *data,
                            size_t len) {
-    return srv_chunk_store(s, version, index, data, len, 1);
+    return srv_chunk_store(s, version, index, data, len, NULL);
 }
 
 void wsync_server_abort(wsync_server_t *s, uint64_t version) {
@@ -512,12 +527,16 @@ static int srv_send_chunk(wsync_server_t *s, const uint8_t *rid, size_t rid_len,
     env.weights_chunk = &ch;
     zmq_msg_t frame;
     long want = (long)i;
+    const uint8_t *bytes = p->msgs ? zmq_msg_data(&p->msgs[i]) : p->data + off;
     if (atomic_compare_exchange_strong(&s->corrupt_index, &want, -1)) {
         uint8_t *copy = malloc(len);
         if (!copy) return -1;
-        memcpy(copy, p->data + off, len);
+        memcpy(copy, bytes, len);
         copy[len / 2] ^= 0x10; /* one bit, the true CRC stays in the header */
         zmq_msg_init_data(&frame, copy, len, copy_free, NULL);
+    } else if (p->msgs) { /* the message received, passed on: one more reference to it */
+        zmq_msg_init(&frame);
+        zmq_msg_copy(&frame, &p->msgs[i]);
     } else {
         atomic_fetch_add(&p->refs, 1); /* libzmq holds the bytes until chunk_free */
         zmq_msg_init_data(&frame, p->data + off, len, chunk_free, p);
@@ -920,8 +939,8 @@ static int fc_chunk(fetch_t *f, const wire_msg_t *m, const Rlhf__Envelope *e) {
             f->up_progress_ms = wire_now_ms();
             f->st->upstream_bytes += len;
         }
-        /* servable downstream the moment it is verified (the bytes just checked) */
-        if (f->fed) srv_chunk_store(f->o.relay, f->fed, i, f->dst + off, len, 0);
+        /* servable downstream the moment it is verified: the message itself, not a copy */
+        if (f->fed) srv_chunk_store(f->o.relay, f->fed, i, NULL, len, (zmq_msg_t *)m->frames[1]);
         return 0;
     }
     f->st->crc_errors++;

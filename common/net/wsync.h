@@ -59,7 +59,9 @@
  * by another begin) answers what it held with WeightsInfo.error, as a dropped version does.
  * Once complete it is served like a published one: the latest and the one before it.
  *   A fetch with opts.relay feeds that server as it goes: it begins the snapshot as soon as it
- * has the origin's description and puts every chunk the moment it is verified. A fetch with
+ * has the origin's description and delivers every chunk the moment it is verified - the message
+ * it received itself, passed on by reference count (no copy, no buffer of the relay's own: the
+ * received chunks are its snapshot). A fetch with
  * opts.upstream (another worker's relay) always takes the description from the origin (the
  * `endpoint` argument) - a relay serving another training's snapshot of the same version number
  * is thereby never believed - then asks the upstream for that snapshot (exact version and CRC)
