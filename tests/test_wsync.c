@@ -4,7 +4,8 @@
  * semantics, the credit bound, bad requests; relays: requests for chunks not yet delivered held
  * then served, a chain of three relays (byte-identical copies, the origin sending the snapshot
  * once), an upstream frozen or killed mid-transfer (the rest from the origin, the chunks in
- * kept), an upstream serving another snapshot of the same version (never believed).
+ * kept), an upstream serving another snapshot of the same version (never believed), a replica
+ * lending its buffers to its relay (never rewritten while a peer is sent chunks from them).
  */
 #include <errno.h>
 #include <pthread.h>
@@ -639,6 +640,80 @@ static void test_relay_other_training(void) {
     free(mine), free(other);
 }
 
+/* A worker's replica feeding its relay: the relay serves from the replica's two buffers (the
+ * latest and the previous version), and the fetch of the next version takes the older buffer
+ * back - but never while a peer is still being sent chunks from it: a slow peer reading the
+ * previous version's chunks late gets them intact. */
+static void test_relay_replica(void) {
+    size_t bytes = 16u << 20, cb = 1u << 20;
+    uint8_t *d[4] = {NULL, make_snapshot(21, bytes), make_snapshot(22, bytes),
+                     make_snapshot(23, bytes)};
+    wsync_server_t *o = wsync_server_new(NULL, "tcp://127.0.0.1:*", cb);
+    wsync_server_t *relay = wsync_server_new(ctx, "tcp://127.0.0.1:*", 0);
+    CHECK(o && relay);
+    if (!o || !relay) return;
+    CHECK_OK(wsync_server_start(o));
+    CHECK_OK(wsync_server_start(relay));
+    wsync_replica_t r;
+    CHECK_OK(wsync_replica_init(&r));
+    wsync_opts_t opt = {.relay = relay};
+    for (uint64_t v = 1; v <= 2; v++) {
+        CHECK_OK(wsync_server_publish(o, v, d[v], bytes, NULL, NULL));
+        CHECK_OK(wsync_replica_ensure(&r, ctx, wsync_server_endpoint(o), v, &opt, NULL));
+    }
+    /* a slow peer: asks for 16 chunks of version 1 (the relay's previous) and reads none yet */
+    void *slow = zmq_socket(ctx, ZMQ_DEALER);
+    int linger = 0, hwm = 1, small = 64 << 10;
+    zmq_setsockopt(slow, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(slow, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(slow, ZMQ_RCVBUF, &small, sizeof small);
+    CHECK(zmq_connect(slow, wsync_server_endpoint(relay)) == 0);
+    raw_fetch(slow, 1, 0, 16);
+    nap(200);
+    /* version 3 goes into the buffer that holds version 1 - or, still in use, a new one */
+    CHECK_OK(wsync_server_publish(o, 3, d[3], bytes, NULL, NULL));
+    CHECK_OK(wsync_replica_ensure(&r, ctx, wsync_server_endpoint(o), 3, &opt, NULL));
+    const wsync_snapshot_t *live = wsync_replica_acquire(&r);
+    CHECK(live->version == 3 && memcmp(live->data, d[3], bytes) == 0);
+    wsync_replica_release(&r);
+    int intact = 0;
+    for (int k = 0; k < 16; k++) {
+        wire_msg_t m;
+        if (raw_recv(slow, &m, 5000) <= 0) break;
+        Rlhf__Envelope *e =
+            rlhf__envelope__unpack(NULL, wire_frame_size(&m, 0), wire_frame_data(&m, 0));
+        if (e && e->body_case == RLHF__ENVELOPE__BODY_WEIGHTS_CHUNK && m.n_frames == 2 &&
+            wire_frame_size(&m, 1) == cb &&
+            !memcmp(wire_frame_data(&m, 1), d[1] + (size_t)e->weights_chunk->index * cb, cb))
+            intact++;
+        if (e) rlhf__envelope__free_unpacked(e, NULL);
+        wire_msg_free(&m);
+    }
+    CHECK_EQ(intact, 16); /* version 1's bytes, though version 3 was fetched meanwhile */
+    zmq_close(slow);
+    /* the relay serves versions 3 and 2 exactly, and no longer 1 */
+    wsync_snapshot_t snap = {0};
+    wsync_stats_t st;
+    CHECK_OK(wsync_fetch(ctx, wsync_server_endpoint(relay), 3, NULL, &snap, &st));
+    CHECK(snap.version == 3 && memcmp(snap.data, d[3], bytes) == 0);
+    void *sock = zmq_socket(ctx, ZMQ_DEALER);
+    zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger);
+    CHECK(zmq_connect(sock, wsync_server_endpoint(relay)) == 0);
+    raw_fetch(sock, 2, 5, 1);
+    CHECK_EQ(raw_chunk_index(sock, 5000), 5);
+    raw_fetch(sock, 1, 0, 1);
+    CHECK(raw_expect(sock, RLHF__ENVELOPE__BODY_WEIGHTS_INFO)); /* gone */
+    zmq_close(sock);
+    wsync_snapshot_free(&snap);
+    wsync_replica_free(&r); /* the relay still holds its buffers: freed with it */
+    CHECK_OK(wsync_fetch(ctx, wsync_server_endpoint(relay), 3, NULL, &snap, NULL));
+    CHECK(snap.version == 3 && memcmp(snap.data, d[3], bytes) == 0);
+    wsync_snapshot_free(&snap);
+    wsync_server_destroy(&relay);
+    wsync_server_destroy(&o);
+    for (int v = 1; v <= 3; v++) free(d[v]);
+}
+
 int main(void) {
     ctx = zmq_ctx_new();
     RUN(test_round_trip);
@@ -652,6 +727,7 @@ int main(void) {
     RUN(test_relay_frozen);
     RUN(test_relay_killed);
     RUN(test_relay_other_training);
+    RUN(test_relay_replica);
     zmq_ctx_term(ctx);
     return TEST_REPORT();
 }

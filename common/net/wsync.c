@@ -57,6 +57,30 @@ void wsync_malloc_tune(void) {
 /* ---- server -----------------------------------------------------------------------------------
  */
 
+/* A snapshot buffer a fetch lends to its relay: the fetched snapshot (wsync_snapshot_t.block)
+ * and the relay's server both hold it; freed with the last reference. A fetch never writes into
+ * a block someone else holds. */
+typedef struct {
+    atomic_int refs;
+    uint8_t *data; /* malloc'ed */
+    size_t cap;
+} blk_t;
+
+static blk_t *blk_wrap(void *data, size_t cap) {
+    blk_t *b = malloc(sizeof *b);
+    if (!b) return NULL;
+    atomic_init(&b->refs, 1);
+    b->data = data;
+    b->cap = cap;
+    return b;
+}
+
+static void blk_unref(blk_t *b) {
+    if (!b || atomic_fetch_sub(&b->refs, 1) != 1) return;
+    free(b->data);
+    free(b);
+}
+
 typedef struct {
     atomic_int refs; /* the server's own reference + one per chunk message libzmq holds */
     uint64_t version;
@@ -68,21 +92,20 @@ typedef struct {
     int dtype;
     char name[64];
     char *meta;
-    /* a snapshot fed by a fetch (wsync_server_begin) has no `data`: chunk i is the message
-     * msgs[i] - the very one the fetch received, shared by reference count, or a copy made by
-     * wsync_server_chunk_put - servable once ready[i] is set (after msgs[i] is). NULL for a
-     * published snapshot, complete from the start. */
-    zmq_msg_t *msgs;
+    /* a snapshot fed by a fetch (wsync_server_begin): chunk i is servable once ready[i] is set,
+     * after its bytes are in; NULL for a published one, complete from the start. `data` is its
+     * own, or the fetch's destination buffer lent by it (block). */
+    blk_t *block;
     atomic_uchar *ready;
     atomic_uint n_ready;
 } snap_t;
 
 static void snap_unref(snap_t *p) {
     if (!p || atomic_fetch_sub(&p->refs, 1) != 1) return;
-    for (uint32_t i = 0; p->ready && p->msgs && i < p->n_chunks; i++)
-        if (atomic_load(&p->ready[i])) zmq_msg_close(&p->msgs[i]); /* copies in flight live on */
-    free(p->data);
-    free(p->msgs);
+    if (p->block)
+        blk_unref(p->block); /* lent: back to the fetch (or freed, if it let go) */
+    else
+        free(p->data);
     free(p->chunk_crc);
     free(p->meta);
     free(p->ready);
@@ -102,10 +125,10 @@ static size_t snap_chunk_len(const snap_t *p, uint32_t i) {
     return p->bytes - off < p->chunk_bytes ? p->bytes - off : p->chunk_bytes;
 }
 
-/* A snapshot with its buffers allocated (data uninitialised; a fed one has none, its chunks
- * come as messages), one reference; NULL when out of memory. */
+/* A snapshot with its buffers allocated (data uninitialised, or lent: a fed snapshot in the
+ * fetch's own buffer), one reference; NULL when out of memory. */
 static snap_t *snap_new(uint64_t version, size_t bytes, uint32_t chunk_bytes, uint32_t n_chunks,
-                        const char *name, const char *meta, int fed) {
+                        const char *name, const char *meta, int fed, blk_t *lent) {
     snap_t *p = calloc(1, sizeof *p);
     if (!p) return NULL;
     atomic_init(&p->refs, 1);
@@ -116,12 +139,17 @@ static snap_t *snap_new(uint64_t version, size_t bytes, uint32_t chunk_bytes, ui
     p->n_chunks = n_chunks;
     p->dtype = RLHF__DTYPE__DTYPE_F32;
     snprintf(p->name, sizeof p->name, "%s", name ? name : "params");
-    p->data = fed ? NULL : malloc(bytes);
-    p->msgs = fed ? calloc(n_chunks, sizeof *p->msgs) : NULL;
+    if (lent) {
+        atomic_fetch_add(&lent->refs, 1);
+        p->block = lent;
+        p->data = lent->data;
+    } else {
+        p->data = malloc(bytes);
+    }
     p->chunk_crc = malloc(n_chunks * sizeof *p->chunk_crc);
     p->meta = strdup(meta ? meta : "");
     p->ready = fed ? calloc(n_chunks, sizeof *p->ready) : NULL;
-    if (!p->chunk_crc || !p->meta || (fed ? !p->ready || !p->msgs : !p->data)) {
+    if (!p->data || !p->chunk_crc || !p->meta || (fed && !p->ready)) {
         snap_unref(p);
         return NULL;
     }
@@ -284,7 +312,8 @@ int wsync_server_publish(wsync_server_t *s, uint64_t version, const void *data, 
                        (unsigned long long)version, (unsigned long long)cur);
     size_t n = (bytes + s->chunk_bytes - 1) / s->chunk_bytes;
     if (n > UINT32_MAX) return rl_fail(RL_EINVAL, "wsync: too many chunks");
-    snap_t *p = snap_new(version, bytes, (uint32_t)s->chunk_bytes, (uint32_t)n, name, meta, 0);
+    snap_t *p =
+        snap_new(version, bytes, (uint32_t)s->chunk_bytes, (uint32_t)n, name, meta, 0, NULL);
     if (!p) return rl_fail(RL_ENOMEM, "wsync: out of memory for a %zu-byte snapshot", bytes);
     /* the copy and the chunk CRCs in one pass; the whole CRC in a second, independent one */
     for (size_t i = 0; i < n; i++) {
@@ -327,7 +356,8 @@ static int desc_valid(const wsync_desc_t *d) {
     return 0;
 }
 
-int wsync_server_begin(wsync_server_t *s, const wsync_desc_t *d) {
+/* wsync_server_begin, in the server's own buffer (lent NULL) or in a fetch's (lent). */
+static int srv_begin(wsync_server_t *s, const wsync_desc_t *d, blk_t *lent) {
     int rc = desc_valid(d);
     if (rc < 0) return rc;
     pthread_mutex_lock(&s->lock);
@@ -335,8 +365,9 @@ int wsync_server_begin(wsync_server_t *s, const wsync_desc_t *d) {
     int same = l && l->version == d->version && l->crc == d->crc && l->bytes == d->bytes &&
                l->chunk_bytes == d->chunk_bytes;
     pthread_mutex_unlock(&s->lock);
-    if (same) return 0; /* what was delivered stays */
-    snap_t *p = snap_new(d->version, d->bytes, d->chunk_bytes, d->n_chunks, d->name, d->meta, 1);
+    if (same && !lent) return 0; /* what was delivered stays */
+    snap_t *p =
+        snap_new(d->version, d->bytes, d->chunk_bytes, d->n_chunks, d->name, d->meta, 1, lent);
     if (!p) return rl_fail(RL_ENOMEM, "wsync: out of memory for a %zu-byte snapshot", d->bytes);
     memcpy(p->chunk_crc, d->chunk_crc, d->n_chunks * sizeof *p->chunk_crc);
     p->crc = d->crc;
@@ -355,6 +386,24 @@ int wsync_server_begin(wsync_server_t *s, const wsync_desc_t *d) {
     return 0;
 }
 
+int wsync_server_begin(wsync_server_t *s, const wsync_desc_t *d) {
+    return srv_begin(s, d, NULL);
+}
+
+/* Forgets the snapshots served from block b (a fetch is about to write into it): the latest or
+ * the previous one. Held requests for them are answered as for any version gone. */
+static void srv_forget_block(wsync_server_t *s, const blk_t *b) {
+    snap_t *drop[2] = {NULL, NULL};
+    pthread_mutex_lock(&s->lock);
+    if (s->prev && s->prev->block == b) drop[0] = s->prev, s->prev = NULL;
+    if (s->latest && s->latest->block == b)
+        drop[1] = s->latest, s->latest = s->prev, s->prev = NULL;
+    pthread_mutex_unlock(&s->lock);
+    snap_unref(drop[0]);
+    snap_unref(drop[1]);
+    if (drop[0] || drop[1]) srv_wake(s);
+}
+
 /* The begun (incomplete) latest snapshot of this version, referenced; NULL if there is none. */
 static snap_t *srv_fed_ref(wsync_server_t *s, uint64_t version) {
     pthread_mutex_lock(&s->lock);
@@ -364,10 +413,10 @@ static snap_t *srv_fed_ref(wsync_server_t *s, uint64_t version) {
     return p;
 }
 
-/* Delivers chunk i of the fed snapshot `version`: the message `msg` itself (shared: a fetch
- * has just checked these very bytes), or else a copy of data, checked against the chunk's CRC. */
+/* Delivers chunk i of the fed snapshot `version`: a copy of data, checked against the chunk's
+ * CRC, or - data NULL - the bytes a fetch has just checked in the buffer it lent. */
 static int srv_chunk_store(wsync_server_t *s, uint64_t version, uint32_t i, const void *data,
-                           size_t len, zmq_msg_t *msg) {
+                           size_t len) {
     snap_t *p = srv_fed_ref(s, version);
     if (!p)
         return rl_fail(RL_ENOTFOUND, "wsync: version %llu is not being fed",
@@ -377,20 +426,10 @@ static int srv_chunk_store(wsync_server_t *s, uint64_t version, uint32_t i, cons
         rc = rl_fail(RL_EINVAL, "wsync: chunk %u of %zu bytes does not fit version %llu", i, len,
                      (unsigned long long)version);
     } else if (!atomic_load(&p->ready[i])) {
-        zmq_msg_t *dst = &p->msgs[i];
-        if (msg) {
-            /* made shared here, by this thread: the serving thread's copies only add a
-             * reference, atomically */
-            zmq_msg_init(dst);
-            if (zmq_msg_copy(dst, msg) < 0)
-                rc = rl_fail(RL_EIO, "wsync: zmq_msg_copy: %s", zmq_strerror(errno));
-        } else if (zmq_msg_init_size(dst, len) < 0) {
-            rc = rl_fail(RL_ENOMEM, "wsync: out of memory for a chunk");
-        } else if (crc32c_copy(0, zmq_msg_data(dst), data, len) != p->chunk_crc[i]) {
-            zmq_msg_close(dst);
+        if (data &&
+            crc32c_copy(0, p->data + (size_t)i * p->chunk_bytes, data, len) != p->chunk_crc[i])
             rc = rl_fail(RL_EPROTO, "wsync: chunk %u of version %llu does not match its CRC", i,
                          (unsigned long long)version);
-        }
         if (rc == 0) {
             atomic_store_explicit(&p->ready[i], 1, memory_order_release);
             atomic_fetch_add(&p->n_ready, 1);
@@ -403,7 +442,8 @@ static int srv_chunk_store(wsync_server_t *s, uint64_t version, uint32_t i, cons
 
 int wsync_server_chunk_put(wsync_server_t *s, uint64_t version, uint32_t index, const void *data,
                            size_t len) {
-    return srv_chunk_store(s, version, index, data, len, NULL);
+    if (!data) return rl_fail(RL_EINVAL, "wsync: chunk %u: no bytes", index);
+    return srv_chunk_store(s, version, index, data, len);
 }
 
 void wsync_server_abort(wsync_server_t *s, uint64_t version) {
@@ -527,16 +567,12 @@ static int srv_send_chunk(wsync_server_t *s, const uint8_t *rid, size_t rid_len,
     env.weights_chunk = &ch;
     zmq_msg_t frame;
     long want = (long)i;
-    const uint8_t *bytes = p->msgs ? zmq_msg_data(&p->msgs[i]) : p->data + off;
     if (atomic_compare_exchange_strong(&s->corrupt_index, &want, -1)) {
         uint8_t *copy = malloc(len);
         if (!copy) return -1;
-        memcpy(copy, bytes, len);
+        memcpy(copy, p->data + off, len);
         copy[len / 2] ^= 0x10; /* one bit, the true CRC stays in the header */
         zmq_msg_init_data(&frame, copy, len, copy_free, NULL);
-    } else if (p->msgs) { /* the message received, passed on: one more reference to it */
-        zmq_msg_init(&frame);
-        zmq_msg_copy(&frame, &p->msgs[i]);
     } else {
         atomic_fetch_add(&p->refs, 1); /* libzmq holds the bytes until chunk_free */
         zmq_msg_init_data(&frame, p->data + off, len, chunk_free, p);
@@ -702,7 +738,10 @@ int wsync_server_start(wsync_server_t *s) {
  */
 
 void wsync_snapshot_free(wsync_snapshot_t *s) {
-    free(s->data);
+    if (s->block)
+        blk_unref(s->block); /* a relay may still serve from it: freed with its last holder */
+    else
+        free(s->data);
     free(s->meta);
     memset(s, 0, sizeof *s);
 }
@@ -939,8 +978,8 @@ static int fc_chunk(fetch_t *f, const wire_msg_t *m, const Rlhf__Envelope *e) {
             f->up_progress_ms = wire_now_ms();
             f->st->upstream_bytes += len;
         }
-        /* servable downstream the moment it is verified: the message itself, not a copy */
-        if (f->fed) srv_chunk_store(f->o.relay, f->fed, i, NULL, len, (zmq_msg_t *)m->frames[1]);
+        /* servable downstream the moment it is verified, from where it lies */
+        if (f->fed) srv_chunk_store(f->o.relay, f->fed, i, NULL, len);
         return 0;
     }
     f->st->crc_errors++;
@@ -1036,9 +1075,36 @@ static int fc_info_valid(const Rlhf__WeightsInfo *in) {
     return in->n_chunk_crc32c == (in->nbytes + in->chunk_bytes - 1) / in->chunk_bytes;
 }
 
-/* Begins the described snapshot in o.relay; a relay that cannot take it (out of memory) is
- * simply not fed: the fetch goes on, and the workers below fall back to the origin. */
-static void fc_feed_begin(fetch_t *f) {
+/* Makes dst's buffer one this fetch may write into: nbytes at least, and held by no one else -
+ * never a block a relay still serves from. With a relay, a block it can lend: the relay first
+ * forgets the snapshots it served from it (normally the version before the previous one), and a
+ * block libzmq still sends from after 100 ms (a slow peer's queue) is left to the relay to
+ * free, the fetch taking a new buffer. Returns 0 or RL_ENOMEM. */
+static int fc_dst_ready(fetch_t *f, wsync_snapshot_t *dst, size_t nbytes) {
+    blk_t *b = dst->block;
+    if (b && f->o.relay) {
+        srv_forget_block(f->o.relay, b);
+        for (int i = 0; i < 100 && atomic_load(&b->refs) > 1; i++) nap_ms(1);
+    }
+    if ((b && atomic_load(&b->refs) > 1) || dst->cap < nbytes) {
+        if (b)
+            blk_unref(b);
+        else
+            free(dst->data);
+        dst->block = NULL;
+        dst->cap = 0;
+        if (!(dst->data = malloc(nbytes)))
+            return rl_fail(RL_ENOMEM, "wsync: out of memory for %zu bytes", nbytes);
+        dst->cap = nbytes;
+    }
+    if (f->o.relay && !dst->block) dst->block = blk_wrap(dst->data, dst->cap); /* NULL: no relay */
+    return 0;
+}
+
+/* Begins the described snapshot in o.relay, served from dst's buffer as the chunks land; a
+ * relay that cannot take it (out of memory) is simply not fed: the fetch goes on, and the
+ * workers below fall back to the origin. */
+static void fc_feed_begin(fetch_t *f, wsync_snapshot_t *dst) {
     const Rlhf__WeightsInfo *in = f->info;
     wsync_desc_t d = {.version = in->version,
                       .bytes = in->nbytes,
@@ -1049,7 +1115,7 @@ static void fc_feed_begin(fetch_t *f) {
                       .dtype = in->dtype,
                       .name = in->name,
                       .meta = in->meta};
-    f->fed = wsync_server_begin(f->o.relay, &d) == 0 ? in->version : 0;
+    f->fed = dst->block && srv_begin(f->o.relay, &d, dst->block) == 0 ? in->version : 0;
 }
 
 int wsync_fetch(void *zctx, const char *endpoint, uint64_t min_version, const wsync_opts_t *opts,
@@ -1083,20 +1149,10 @@ int wsync_fetch(void *zctx, const char *endpoint, uint64_t min_version, const ws
             rc = rl_fail(RL_EPROTO, "wsync: %s describes an impossible snapshot", endpoint);
             break;
         }
-        if (dst->cap < in->nbytes) {
-            free(dst->data);
-            dst->cap = 0;
-            dst->data = malloc(in->nbytes);
-            if (!dst->data) {
-                rc = rl_fail(RL_ENOMEM, "wsync: out of memory for %llu bytes",
-                             (unsigned long long)in->nbytes);
-                break;
-            }
-            dst->cap = in->nbytes;
-        }
+        if ((rc = fc_dst_ready(&f, dst, in->nbytes)) < 0) break;
         f.dst = dst->data;
         if ((rc = fc_prepare(&f)) < 0) break;
-        if (f.o.relay) fc_feed_begin(&f);
+        if (f.o.relay) fc_feed_begin(&f, dst);
         /* from the upstream while it serves; once given up, the origin only */
         if (upstream && !f.st->fallbacks) rc = fc_attach(&f);
         if (rc == 0) rc = fc_transfer(&f);

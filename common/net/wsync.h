@@ -59,9 +59,12 @@
  * by another begin) answers what it held with WeightsInfo.error, as a dropped version does.
  * Once complete it is served like a published one: the latest and the one before it.
  *   A fetch with opts.relay feeds that server as it goes: it begins the snapshot as soon as it
- * has the origin's description and delivers every chunk the moment it is verified - the message
- * it received itself, passed on by reference count (no copy, no buffer of the relay's own: the
- * received chunks are its snapshot). A fetch with
+ * has the origin's description and marks every chunk servable the moment it is verified. The
+ * relay serves from the fetch's own destination buffer, lent to it (no copy, no memory of its
+ * own): a worker's two replica buffers are the relay's latest and previous versions, and the
+ * fetch of the next version first takes the older one back (a buffer still referenced by
+ * chunks queued in libzmq is left to the relay to free, and the fetch allocates another). A
+ * fetch with
  * opts.upstream (another worker's relay) always takes the description from the origin (the
  * `endpoint` argument) - a relay serving another training's snapshot of the same version number
  * is thereby never believed - then asks the upstream for that snapshot (exact version and CRC)
@@ -228,10 +231,12 @@ void wsync_server_set_delay(wsync_server_t *s, int delay_ms);
 
 /* ---- client ---------------------------------------------------------------------------------- */
 
-/* A fetched snapshot; owns data and meta. Zero it before first use. */
+/* A fetched snapshot; owns data and meta. Zero it before first use (or set data and cap to a
+ * malloc'ed buffer of your own: it is taken over). */
 typedef struct {
     uint64_t version;
-    void *data; /* malloc'ed, `cap` bytes of which `bytes` are the snapshot */
+    void *data;  /* malloc'ed, `cap` bytes of which `bytes` are the snapshot */
+    void *block; /* internal: data shared with a relay that serves from it (NULL: not shared) */
     size_t bytes, cap;
     uint32_t crc; /* CRC-32C of the whole snapshot (verified) */
     int dtype;    /* Rlhf__DType */
