@@ -33,7 +33,8 @@
  *        fan-out n, starts n `wsync-fetcher` processes twice: direct (each fetches from the
  *        origin) and relay (fetcher i from fetcher i-1's relay, the first from the origin, as the
  *        master chains workers). Reports per round the wall time from the go to the last
- *        verified copy and the origin's egress (wsync_server_stats bytes_sent); one JSON object
+ *        verified copy (and when each fetcher had its copy: done_s), the origin's egress
+ *        (wsync_server_stats bytes_sent) and the fetchers' CPU time; one JSON object
  *        {"bytes","chunk_bytes","credit","rounds":[{"mode","n","seconds","origin_bytes",...}]}.
  *        --wrap CMD runs fetcher I as `CMD I rlhf-wiretool wsync-fetcher ...` (CMD places it,
  *        e.g. `exec ip netns exec ns$1 "${@:2}"`). Used by `rlhf bench wire --relay`.
@@ -51,6 +52,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -781,13 +783,22 @@ static int wt_fleet_died(wt_fleet_t *f) {
     return -1;
 }
 
+/* CPU seconds (user + system) of the children reaped so far. */
+static double wt_children_cpu_s(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_CHILDREN, &ru);
+    return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec +
+           ru.ru_stime.tv_usec / 1e6;
+}
+
 /* One round: n fetcher processes, direct or chained, from the go to the last verified copy.
  * Returns the round's JSON, or NULL (the reason on stderr). */
 static json_t *wt_round(void *ctl, const char *ctl_ep, wsync_server_t *origin, const char *wrap,
                         const char *tool, int n, int relay, size_t bytes, int credit,
                         uint32_t crc) {
     wt_fleet_t f = {.n = n};
-    json_t *res = NULL;
+    json_t *res = NULL, *done_s = json_array();
+    double cpu0 = wt_children_cpu_s();
     int ready = 0, done = 0, fallbacks = 0;
     double fetch_max = 0, deadline = wire_now_ms() + 60e3;
     for (int i = 0; i < n; i++)
@@ -839,6 +850,7 @@ static json_t *wt_round(void *ctl, const char *ctl_ep, wsync_server_t *origin, c
                 goto out;
             }
             end = wire_now_ms();
+            json_array_append_new(done_s, json_real((end - t0) / 1e3));
             double s = json_number_value(json_object_get(d, "seconds"));
             fetch_max = s > fetch_max ? s : fetch_max;
             fallbacks += (int)json_integer_value(json_object_get(d, "fallbacks"));
@@ -855,12 +867,16 @@ static json_t *wt_round(void *ctl, const char *ctl_ep, wsync_server_t *origin, c
     wsync_server_stats(origin, &s1);
     double secs = (end - t0) / 1e3;
     uint64_t egress = s1.bytes_sent - s0.bytes_sent;
-    res = json_pack("{s:s, s:i, s:f, s:I, s:f, s:f, s:f, s:i}", "mode", relay ? "relay" : "direct",
-                    "n", n, "seconds", secs, "origin_bytes", (json_int_t)egress, "origin_copies",
-                    (double)egress / bytes, "total_gbps", n * (double)bytes / secs / 1e9,
-                    "fetch_max_s", fetch_max, "fallbacks", fallbacks);
+    res = json_pack("{s:s, s:i, s:f, s:I, s:f, s:f, s:f, s:i, s:O}", "mode",
+                    relay ? "relay" : "direct", "n", n, "seconds", secs, "origin_bytes",
+                    (json_int_t)egress, "origin_copies", (double)egress / bytes, "total_gbps",
+                    n * (double)bytes / secs / 1e9, "fetch_max_s", fetch_max, "fallbacks",
+                    fallbacks, "done_s", done_s);
 out:
+    json_decref(done_s);
     wt_fleet_stop(&f, ctl);
+    /* the fetchers' CPU time, start-up and buffer included (they are reaped by now) */
+    if (res) json_object_set_new(res, "fetchers_cpu_s", json_real(wt_children_cpu_s() - cpu0));
     return res;
 }
 
