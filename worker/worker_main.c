@@ -739,6 +739,7 @@ int main(int argc, char **argv) {
     /* a listener others cannot dial is an error now, not at the first publish */
     if (addr_check(w->bind_host, w->advertise) < 0) {
         fprintf(stderr, "rlhf-worker: --bind-host/--advertise: %s\n", rl_errmsg());
+        free(w);
         return 2;
     }
     if (!w->id[0]) {
@@ -776,6 +777,7 @@ int main(int argc, char **argv) {
                  getenv("HOME") && getenv("HOME")[0] ? getenv("HOME") : ".");
     if (!(w->cache = blob_store_open(cache_dir))) {
         fprintf(stderr, "rlhf-worker: --cache-dir: %s\n", rl_errmsg());
+        free(w);
         return 1;
     }
     char abs_cache[PATH_MAX]; /* absolute: stage commands run in other directories */
@@ -792,10 +794,16 @@ int main(int argc, char **argv) {
         fprintf(stderr, "rlhf-worker: %s\n", rl_errmsg()[0] ? rl_errmsg() : strerror(errno));
         return 1;
     }
-    int rrc = relay_open(w);
-    if (rrc < 0) {
+    if (relay_open(w) < 0) {
         fprintf(stderr, "rlhf-worker: %s\n", rl_errmsg());
-        return rrc == RL_EINVAL ? 2 : 1;
+        wsync_server_destroy(&w->relay);
+        sock_close(w, 0);
+        zmq_ctx_term(w->zctx);
+        close(w->efd);
+        roles_free(w);
+        wsync_replica_free(&w->weights);
+        free(w);
+        return 1;
     }
     send_hello(w);
     w->last_heard_ms = wire_now_ms();
