@@ -466,6 +466,7 @@ static void test_relay_hold(void) {
 
 typedef struct {
     const char *origin, *upstream;
+    char upstream_ep[256]; /* a copy: the upstream's server may be destroyed during the fetch */
     wsync_server_t *relay; /* its own, fed */
     int upstream_timeout_ms;
     atomic_int cancel;
@@ -494,7 +495,11 @@ static void chain_start(relay_arg_t *r, pthread_t *th, int n, const char *origin
         r[i].relay = i == 1 ? wsync_server_new(ctx, "tcp://[::1]:*", 0) : NULL;
         if (!r[i].relay) r[i].relay = wsync_server_new(ctx, "tcp://127.0.0.1:*", 0);
         if (r[i].relay) wsync_server_start(r[i].relay);
-        r[i].upstream = i && r[i - 1].relay ? wsync_server_endpoint(r[i - 1].relay) : NULL;
+        if (i && r[i - 1].relay) {
+            snprintf(r[i].upstream_ep, sizeof r[i].upstream_ep, "%s",
+                     wsync_server_endpoint(r[i - 1].relay));
+            r[i].upstream = r[i].upstream_ep;
+        }
         r[i].upstream_timeout_ms = timeout_ms;
         r[i].rc = 1;
     }
