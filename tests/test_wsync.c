@@ -567,7 +567,7 @@ static void relay_fallback(int kill) {
     enum { N = 3 };
     relay_arg_t r[N];
     pthread_t th[N];
-    chain_start(r, th, N, wsync_server_endpoint(o), 300);
+    chain_start(r, th, N, wsync_server_endpoint(o), 1000);
     wsync_server_stats_t ms = {0};
     for (int i = 0; i < 2000 && ms.chunks_sent < 24; i++) {
         wsync_server_stats(r[1].relay, &ms);

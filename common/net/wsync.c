@@ -771,7 +771,7 @@ typedef struct {
 static int fc_open(fetch_t *f) {
     f->sock = zmq_socket(f->zctx, ZMQ_DEALER);
     if (!f->sock) return rl_fail(RL_EIO, "wsync: zmq_socket: %s", zmq_strerror(errno));
-    int linger = 0, hwm = 4 * WSYNC_MAX_CREDIT, v6 = ep_is_ipv6(f->endpoint);
+    int linger = 0, hwm = 4 * WSYNC_MAX_CREDIT, v6 = 1; /* any address family to connect to */
     int64_t maxmsg = (int64_t)WSYNC_MAX_CHUNK_BYTES + WIRE_MAX_ENVELOPE;
     zmq_setsockopt(f->sock, ZMQ_LINGER, &linger, sizeof linger);
     zmq_setsockopt(f->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
