@@ -9,7 +9,8 @@
 #   3. version 3, served slowly, b SIGKILLed in the middle of it: c gives b up, fetches the
 #      chunks it lacks from the origin and ends with the right CRC;
 #   4. version 4, once the master has declared b gone: the chain is a <- c, still one copy;
-#   5. a worker that cannot serve a relay where it was told to refuses to start.
+#   5. a worker serving its relay on IPv6 loopback ([::1]) and the next one fetching from it;
+#   6. a worker that cannot serve a relay where it was told to refuses to start.
 # Usage: test_wsync_relay.sh BIN_DIR
 BIN=${1:?usage: test_wsync_relay.sh BIN_DIR}
 source "$(dirname "$0")/runtime_lib.sh"
@@ -97,7 +98,26 @@ check "v4: c fetched from a relay" from_relay c 4
 B4=$(served s4)
 check "v4: the learner's server sent the snapshot once" once "$B4"
 
-# --- 5. bad relay settings refuse to start, with the reason
+# --- 5. IPv6: d serves its relay on [::1], e (after it in the chain) fetches from there
+if ip -6 addr show dev lo 2>/dev/null | grep -q "::1/128"; then
+    start_worker d --role rollout --bind-host ::1
+    check "d registered" wait_for 10 grep -q "worker d registered" "$W/m.log"
+    start_worker e --role rollout
+    check "e registered" wait_for 10 grep -q "worker e registered" "$W/m.log"
+    RD=$(relay_of d)
+    check "d serves at an IPv6 literal" grep -q "serving at tcp://\[::1\]:" "$W/d.log"
+    serve s5 5
+    check "v5: e was chained to d's relay on [::1]" \
+        wait_for 10 grep -q "weights version 5 announced at $SEP, relay from tcp://\[::1\]:" "$W/e.log"
+    check "v5: e synced through it, bit-exact" wait_for 60 synced e 5 "$SCRC"
+    check "v5: e fetched from the IPv6 relay" from_relay e 5
+    B5=$(served s5)
+    check "v5: the learner's server sent the snapshot once for a, c, d, e" once "$B5"
+else
+    echo "  (no IPv6 loopback: part 5 skipped)"
+fi
+
+# --- 6. bad relay settings refuse to start, with the reason
 "$BIN/rlhf-worker" --role rollout --master "$EP" --bind-host 0.0.0.0 >"$W/bad1.log" 2>&1
 check "--bind-host 0.0.0.0 without --advertise: exit 2" test $? -eq 2
 check "  naming --advertise" grep -q "advertise" "$W/bad1.log"
