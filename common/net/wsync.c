@@ -425,6 +425,9 @@ static int srv_chunk_store(wsync_server_t *s, uint64_t version, uint32_t i, cons
     if (i >= p->n_chunks || len != snap_chunk_len(p, i)) {
         rc = rl_fail(RL_EINVAL, "wsync: chunk %u of %zu bytes does not fit version %llu", i, len,
                      (unsigned long long)version);
+    } else if (data && p->block) { /* the fetch's own buffer: only the fetch writes into it */
+        rc = rl_fail(RL_EINVAL, "wsync: version %llu is fed by a fetch",
+                     (unsigned long long)version);
     } else if (!atomic_load(&p->ready[i])) {
         if (data &&
             crc32c_copy(0, p->data + (size_t)i * p->chunk_bytes, data, len) != p->chunk_crc[i])
