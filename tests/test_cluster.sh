@@ -224,6 +224,17 @@ gen_lines() { # gen_lines HOST: the GENERATE jobs in the log of the worker on HO
 r1=$(gen_lines rollout1) r2=$(gen_lines rollout2)
 check "c. both rollout hosts generated (GENERATE jobs: rollout1 $r1, rollout2 $r2)" \
     test "$r1" -gt 0 -a "$r2" -gt 0
+# the weights relay: each version fetched by a rollout or reward worker named its upstream (the
+# worker before it in the master's chain, on another host); the bytes that came from it
+relayed() {
+    cat "$(ns_dir rollout1)/logs/rollout1.log" "$(ns_dir rollout2)/logs/rollout2.log" \
+        "$(ns_dir reward)/logs/reward.log" 2>/dev/null |
+        sed -n 's/.* \([0-9][0-9]*\) bytes from relay tcp:\/\/\(10\.77\|\[fd77\).*/\1/p' |
+        awk '{ s += $1 } END { printf "%d\n", s }'
+}
+rb=$(relayed)
+check "c. weights versions moved host to host along the relay chain ($rb bytes from another worker)" \
+    test "$rb" -gt 0
 # d. while the workers are connected: the reward worker's connection to the master
 v6conn() { ns_exec reward ss -Htn state established | grep -qF '[fd77::1]:5555'; }
 check "d. the reward worker is connected to the master over IPv6 ([fd77::1]:5555)" v6conn
