@@ -22,6 +22,9 @@
 #include <string.h>
 #include <time.h>
 
+#include <protobuf-c/protobuf-c.h>
+#include <zmq.h>
+
 #include "cli.h"
 #include "base/err.h"
 
@@ -61,7 +64,8 @@ static const cli_cmd_t commands[] = {
 #define N_COMMANDS (int)(sizeof commands / sizeof commands[0])
 
 static void usage(FILE *f) {
-    fprintf(f, "usage: rlhf COMMAND [OPTIONS]   (rlhf COMMAND --help for its options)\n\n");
+    fprintf(f, "usage: rlhf COMMAND [OPTIONS]   (rlhf COMMAND --help for its options;\n"
+               "       rlhf --version)\n\n");
     for (int i = 0; i < N_COMMANDS; i++)
         if (commands[i].summary) /* NULL: a command for the master's stages, not listed */
             fprintf(f, "  %-12s %s\n", commands[i].name, commands[i].summary);
@@ -117,6 +121,13 @@ int main(int argc, char **argv) {
     }
     if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         usage(stdout);
+        return 0;
+    }
+    if (!strcmp(argv[1], "--version")) {
+        int ma, mi, pa;
+        zmq_version(&ma, &mi, &pa);
+        printf("rlhf %s (libzmq %d.%d.%d%s, protobuf-c %s)\n", RLHF_VERSION, ma, mi, pa,
+               zmq_has("curve") ? " with CURVE" : "", protobuf_c_version());
         return 0;
     }
     for (int i = 0; i < N_COMMANDS; i++)
