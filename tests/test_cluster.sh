@@ -150,8 +150,9 @@ wait_for 60 lines_ge 20
 iter_ms=$((($(now_ms) - t1) / 12))
 wait "$CAL"
 check "a short run on one machine: $iter_ms ms an iteration" test "$(lines)" -eq 20
-ITERS=$((30000 / (iter_ms > 0 ? iter_ms : 1)))
-[ "$ITERS" -ge 60 ] || ITERS=60
+# about 40 s a run: the 15 s cut starts at iteration 4 and must end well before the run does
+ITERS=$((40000 / (iter_ms > 0 ? iter_ms : 1)))
+[ "$ITERS" -ge 80 ] || ITERS=80
 [ "$ITERS" -le 3000 ] || ITERS=3000
 config "$ITERS" >cluster.yaml
 cp cluster.yaml ref/
