@@ -16,12 +16,14 @@
 #include "base/cfg.h"
 #include "journal.h"
 #include "master_sched.h"
+#include "net/sec.h"
 #include "net/wire.h"
 
 /* Bad-input classes counted by the master: wire_bad_t, plus messages that decode fine but make
  * no sense from this peer (a worker sending JobAssign, a result from nobody). */
 #define MASTER_BAD_UNEXPECTED WIRE_BAD_COUNT
-#define MASTER_BAD_COUNT      (WIRE_BAD_COUNT + 1)
+#define MASTER_BAD_FORBIDDEN  (WIRE_BAD_COUNT + 1) /* the key's roles do not allow it */
+#define MASTER_BAD_COUNT      (WIRE_BAD_COUNT + 2)
 
 typedef struct master_http master_http_t;
 typedef struct mrun mrun_t;
@@ -67,6 +69,10 @@ typedef struct {
     /* newest weights announced (WeightsAnnounce from the learner): forwarded to every worker */
     uint64_t weights_version;
     char weights_endpoint[256];
+    char weights_key[48];
+    /* the keys of authorized_keys (secure clusters), handed to workers in Welcome */
+    sec_peer_t *peers;
+    int n_peers;             /* its server's CURVE public key (secure clusters; "" otherwise) */
     double weights_first_ms; /* when its announcer was first heard (0: unknown, or reset) */
     struct {
         uint8_t rid[SCHED_MAX_RID];

@@ -15,6 +15,7 @@
 #include <h2o.h>
 
 #include "base/err.h"
+#include "net/sec.h"
 #include "master_http.h"
 #include "master_run.h"
 
@@ -52,7 +53,9 @@ static const char *role_name(int r) {
 }
 
 static const char *bad_label(int i) {
-    return i == MASTER_BAD_UNEXPECTED ? "unexpected" : wire_bad_name((wire_bad_t)i);
+    return i == MASTER_BAD_UNEXPECTED  ? "unexpected"
+           : i == MASTER_BAD_FORBIDDEN ? "forbidden"
+                                       : wire_bad_name((wire_bad_t)i);
 }
 
 json_t *master_status_json(master_t *m) {
@@ -230,6 +233,14 @@ char *master_metrics_text(master_t *m, size_t *len) {
     for (int i = 1; i < MASTER_BAD_COUNT; i++)
         sb_printf(&b, "rlhf_wire_bad_messages_total{reason=\"%s\"} %llu\n", bad_label(i),
                   (unsigned long long)m->n_bad[i]);
+    metric_head(&b, "rlhf_auth_connections_total", "counter",
+                "CURVE connections to the master's sockets (its ROUTER, its artifact server), "
+                "by the ZAP handler's decision: refused ones are keys not listed or without a "
+                "role the socket takes.");
+    sb_printf(&b, "rlhf_auth_connections_total{result=\"admitted\"} %llu\n",
+              (unsigned long long)sec_admitted_total());
+    sb_printf(&b, "rlhf_auth_connections_total{result=\"refused\"} %llu\n",
+              (unsigned long long)sec_refused_total());
     if (m->ppo_stats) { /* the newest PPO iteration, one gauge per figure */
         metric_head(&b, "rlhf_ppo_policy_version", "gauge",
                     "Policy version published by the newest PPO update.");

@@ -68,6 +68,7 @@
 #include "master.h"
 #include "net/addr.h"
 #include "net/blob.h"
+#include "net/sec.h"
 #include "master_dump.h"
 #include "master_http.h"
 #include "master_run.h"
@@ -307,6 +308,7 @@ void master_weights_reset(master_t *m) {
     m->weights_first_ms = 0;
     m->weights_version = 0;
     m->weights_endpoint[0] = 0;
+    m->weights_key[0] = 0;
     m->sched.weights_version = 0;
 }
 
@@ -407,6 +409,8 @@ static int replay_one(void *ctx, const uint8_t *buf, size_t len, journal_loc_t l
         m->weights_version = m->sched.weights_version = rec->weights->version;
         snprintf(m->weights_endpoint, sizeof m->weights_endpoint, "%s",
                  rec->weights->endpoint ? rec->weights->endpoint : "");
+        snprintf(m->weights_key, sizeof m->weights_key, "%s",
+                 rec->weights->endpoint_key ? rec->weights->endpoint_key : "");
         break;
     default:
         rc = mrun_replay(m, rec);
@@ -445,6 +449,7 @@ static int snapshot_state(void *ctx, journal_t *j) {
         Rlhf__JournalWeights w = RLHF__JOURNAL_WEIGHTS__INIT;
         w.version = m->weights_version;
         w.endpoint = m->weights_endpoint;
+        w.endpoint_key = m->weights_key;
         rec.body_case = RLHF__JOURNAL_RECORD__BODY_WEIGHTS;
         rec.weights = &w;
         rc = master_journal(m, &rec, 0);
@@ -586,12 +591,26 @@ static const char *weights_relay_from(const master_t *m, int w) {
     return "";
 }
 
+/* The public key of the worker serving the relay at ep (secure clusters), "" when unknown. */
+static void relay_key(const master_t *m, const char *ep, char *out, size_t cap) {
+    out[0] = 0;
+    sec_peer_t p;
+    for (int k = 0; ep[0] && k < m->sched.n_workers; k++)
+        if (m->sched.workers[k].alive && !strcmp(m->sched.workers[k].relay_ep, ep) &&
+            sec_peer_find(m->sched.workers[k].user, &p) == 0)
+            snprintf(out, cap, "%s", p.pub);
+}
+
 static void send_weights(master_t *m, int w) {
     Rlhf__Envelope env = RLHF__ENVELOPE__INIT;
     Rlhf__WeightsAnnounce a = RLHF__WEIGHTS_ANNOUNCE__INIT;
+    char rkey[SEC_Z85_LEN + 1];
     a.version = m->weights_version;
     a.endpoint = m->weights_endpoint;
     a.relay_from = (char *)weights_relay_from(m, w);
+    relay_key(m, a.relay_from, rkey, sizeof rkey);
+    a.endpoint_key = m->weights_key;
+    a.relay_from_key = rkey;
     env.body_case = RLHF__ENVELOPE__BODY_WEIGHTS_ANNOUNCE;
     env.weights_announce = &a;
     msend(m, m->sched.workers[w].rid, m->sched.workers[w].rid_len, &env);
@@ -613,6 +632,18 @@ static void on_hello(master_t *m, const wire_msg_t *msg, const Rlhf__Hello *h) {
                    "namespace: at most 200 bytes, not starting with '@'");
         return;
     }
+    if (sec_enabled()) { /* a worker id belongs to the key that first registered it */
+        for (int k = 0; k < m->sched.n_workers; k++) {
+            const sched_worker_t *o = &m->sched.workers[k];
+            if (!strncmp(o->id, id, sizeof o->id - 1) && strcmp(o->user, msg->user)) {
+                char why[200];
+                snprintf(why, sizeof why, "worker id %.64s is registered with another key", id);
+                count_bad(m, MASTER_BAD_FORBIDDEN, msg, why);
+                send_error(m, msg->rid, msg->rid_len, RLHF__ERROR_CODE__ERROR_CODE_FORBIDDEN, why);
+                return;
+            }
+        }
+    }
     if (h->role == RLHF__ROLE__ROLE_LEARNER) { /* (re)started: what it serves is announced anew */
         master_weights_reset(m);
         mrun_learner_hello(m); /* and the PPO loop asks it where it stands */
@@ -620,6 +651,7 @@ static void on_hello(master_t *m, const wire_msg_t *msg, const Rlhf__Hello *h) {
     int w = sched_worker_add(&m->sched, msg->rid, msg->rid_len, id, h->role, caps, h->pid, now);
     if (w < 0) return;
     m->sched.workers[w].ns = nsi;
+    snprintf(m->sched.workers[w].user, sizeof m->sched.workers[w].user, "%s", msg->user);
     /* a rollout or reward worker serving a weights relay is a link of the chain */
     const char *relay = h->relay_endpoint ? h->relay_endpoint : "";
     if ((h->role != RLHF__ROLE__ROLE_ROLLOUT && h->role != RLHF__ROLE__ROLE_REWARD) ||
@@ -643,7 +675,27 @@ static void on_hello(master_t *m, const wire_msg_t *msg, const Rlhf__Hello *h) {
     wl.blob_endpoint = m->blob_endpoint;
     env.body_case = RLHF__ENVELOPE__BODY_WELCOME;
     env.welcome = &wl;
-    if (msend(m, msg->rid, msg->rid_len, &env) < 0)
+    /* a worker in a secure cluster: the keys its own servers may admit */
+    Rlhf__PeerKey *pk = NULL, **pkp = NULL;
+    int n_pk = 0;
+    if (sec_enabled() && h->role != RLHF__ROLE__ROLE_CLIENT && h->role != RLHF__ROLE__ROLE_TOOL &&
+        m->n_peers > 0 && (pk = calloc((size_t)m->n_peers, sizeof *pk)) &&
+        (pkp = calloc((size_t)m->n_peers, sizeof *pkp))) {
+        for (int k = 0; k < m->n_peers; k++) {
+            rlhf__peer_key__init(&pk[k]);
+            pk[k].name = m->peers[k].name;
+            pk[k].roles = m->peers[k].roles;
+            pk[k].public_key = m->peers[k].pub;
+            pkp[k] = &pk[k];
+        }
+        n_pk = m->n_peers;
+    }
+    wl.n_peers = (size_t)n_pk;
+    wl.peers = pkp;
+    int sent = msend(m, msg->rid, msg->rid_len, &env);
+    free(pk);
+    free(pkp);
+    if (sent < 0)
         sched_worker_dead(&m->sched, w, "unreachable");
     else if (m->weights_version && h->role != RLHF__ROLE__ROLE_TOOL)
         send_weights(m, w); /* joined late or reconnected: fetch the latest */
@@ -684,12 +736,16 @@ static void on_weights_announce(master_t *m, const wire_msg_t *msg,
     m->weights_first_ms = first;
     m->weights_version = a->version;
     snprintf(m->weights_endpoint, sizeof m->weights_endpoint, "%s", ep);
+    sec_peer_t p; /* its server's key: the announcing learner's own */
+    snprintf(m->weights_key, sizeof m->weights_key, "%s",
+             sec_enabled() && sec_peer_find(msg->user, &p) == 0 ? p.pub : "");
     m->sched.weights_version = a->version;
     mlog("weights version %" PRIu64 " announced at %s", a->version, ep);
     Rlhf__JournalRecord rec = RLHF__JOURNAL_RECORD__INIT;
     Rlhf__JournalWeights jw = RLHF__JOURNAL_WEIGHTS__INIT;
     jw.version = a->version;
     jw.endpoint = m->weights_endpoint;
+    jw.endpoint_key = m->weights_key;
     rec.body_case = RLHF__JOURNAL_RECORD__BODY_WEIGHTS;
     rec.weights = &jw;
     master_journal(m, &rec, 0);
@@ -1129,6 +1185,52 @@ static void on_run_cancel(master_t *m, const wire_msg_t *msg, int w, const Rlhf_
                    r >= 0 ? mrun_status(m, r) : NULL, NULL, 0, 0);
 }
 
+/* The SEC_ROLE_* bit of a worker role of the wire. */
+static unsigned role_bit(int role) {
+    switch (role) {
+    case RLHF__ROLE__ROLE_ROLLOUT:
+        return SEC_ROLE_ROLLOUT;
+    case RLHF__ROLE__ROLE_REWARD:
+        return SEC_ROLE_REWARD;
+    case RLHF__ROLE__ROLE_LEARNER:
+        return SEC_ROLE_LEARNER;
+    case RLHF__ROLE__ROLE_STAGE:
+        return SEC_ROLE_STAGE;
+    default: /* clients and diagnostics tools: a client key, or a stage's for its commands */
+        return SEC_ROLE_CLIENT | SEC_ROLE_STAGE;
+    }
+}
+
+/* Why the sender's key may not send this message (NULL: it may). Plaintext: every message is
+ * allowed. Secure: a Hello needs the key's role for the role it registers as; a registered
+ * worker's messages must come with the key it registered with (so nobody speaks for it); only
+ * a learner announces weights; only a client submits or cancels runs; jobs and results are
+ * asked for by clients and stages (whose commands are clients). */
+static const char *forbidden(const master_t *m, const wire_msg_t *msg, int w,
+                             const Rlhf__Envelope *env) {
+    if (!sec_enabled()) return NULL;
+    unsigned roles = sec_peer_roles(msg->user);
+    if (w >= 0 && strcmp(m->sched.workers[w].user, msg->user) &&
+        env->body_case != RLHF__ENVELOPE__BODY_HELLO)
+        return "this connection's worker registered with another key";
+    switch (env->body_case) {
+    case RLHF__ENVELOPE__BODY_HELLO:
+        return roles & role_bit(env->hello->role) ? NULL : "the key has no role to register so";
+    case RLHF__ENVELOPE__BODY_WEIGHTS_ANNOUNCE:
+        return roles & SEC_ROLE_LEARNER ? NULL : "only a learner's key announces weights";
+    case RLHF__ENVELOPE__BODY_RUN_SUBMIT:
+    case RLHF__ENVELOPE__BODY_RUN_CANCEL:
+        return roles & SEC_ROLE_CLIENT ? NULL : "only a client's key submits or cancels runs";
+    case RLHF__ENVELOPE__BODY_SUBMIT_JOBS:
+    case RLHF__ENVELOPE__BODY_FETCH_RESULTS:
+    case RLHF__ENVELOPE__BODY_RUN_QUERY:
+        return roles & (SEC_ROLE_CLIENT | SEC_ROLE_STAGE) ? NULL
+                                                          : "only a client's or stage's key may";
+    default: /* heartbeats, results, rejects, goodbyes: a registered worker's, checked above */
+        return NULL;
+    }
+}
+
 static void handle(master_t *m, wire_msg_t *msg) {
     Rlhf__Envelope *env = NULL;
     wire_bad_t bad = wire_decode(msg, &env);
@@ -1142,6 +1244,13 @@ static void handle(master_t *m, wire_msg_t *msg) {
     }
     double now = wire_now_ms();
     int w = sched_worker_find(&m->sched, msg->rid, msg->rid_len);
+    const char *why = forbidden(m, msg, w, env);
+    if (why) {
+        count_bad(m, MASTER_BAD_FORBIDDEN, msg, why);
+        send_error(m, msg->rid, msg->rid_len, RLHF__ERROR_CODE__ERROR_CODE_FORBIDDEN, why);
+        rlhf__envelope__free_unpacked(env, NULL);
+        return;
+    }
     switch (env->body_case) {
     case RLHF__ENVELOPE__BODY_HELLO:
         on_hello(m, msg, env->hello);
@@ -1325,6 +1434,8 @@ static int zsetup(master_t *m) {
     m->router = m->zctx ? zmq_socket(m->zctx, ZMQ_ROUTER) : NULL;
     if (m->router) addr_zmq_opts(m->router);
     if (!m->router) return rl_fail(RL_EIO, "zmq_socket: %s", zmq_strerror(errno));
+    int rc = sec_server(m->zctx, m->router, "master");
+    if (rc < 0) return rc;
     int one = 1, linger = 1000, hwm = 20000;
     int64_t maxmsg = m->cfg.max_msg_bytes;
     /* ROUTER_MANDATORY: a send to a peer that is not connected fails with EHOSTUNREACH (and a
@@ -1345,7 +1456,7 @@ static int zsetup(master_t *m) {
     size_t sz = sizeof m->endpoint;
     zmq_getsockopt(m->router, ZMQ_LAST_ENDPOINT, m->endpoint, &sz);
     addr_normalize(m->endpoint, sizeof m->endpoint);
-    int rc = blob_setup(m);
+    rc = blob_setup(m);
     if (rc < 0) return rc;
     int fd;
     sz = sizeof fd;
@@ -1386,6 +1497,7 @@ static const char usage_text[] =
     "usage: rlhf-master [--config FILE] [--set KEY=VALUE]... [--bind EP] [--advertise HOST]\n"
     "                   [--run-dir DIR] [--data-dir DIR] [--http-port N] [--heartbeat-ms N]\n"
     "                   [--liveness N] [--lease-ms N] [--exit-when-done]\n"
+    "                   (--keys DIR | --insecure)\n"
     "       rlhf-master --dump-results DIR\n"
     "       rlhf-master --run-dir DIR --bench-journal N\n\n"
     "Runs a master: the runs it owns (each in DATA_DIR/NAME; --data-dir defaults to the run\n"
@@ -1399,6 +1511,9 @@ static const char usage_text[] =
     "the default is the loopback. Bound to a wildcard, the master needs --advertise: the host\n"
     "(or tcp://HOST:PORT) workers on other machines reach it at, given to them for the\n"
     "master's artifact server (master.blob_port, same bind host).\n"
+    "--keys DIR: the cluster's keys (`rlhf keygen --dir DIR`; or $RLHF_KEYS): CURVE on every\n"
+    "socket with DIR/master.key, admitting only the keys of DIR/authorized_keys, each to what\n"
+    "its roles allow. --insecure: plaintext, anyone who reaches the ports is admitted.\n"
     "Options other than --config are shorthands for --set of the config keys (master.bind,\n"
     "run_dir, master.http_port, ...); they apply in order after the file.\n";
 
@@ -1488,6 +1603,8 @@ int main(int argc, char **argv) {
                                          {"liveness", required_argument, 0, 'L'},
                                          {"lease-ms", required_argument, 0, 'l'},
                                          {"exit-when-done", no_argument, 0, 'x'},
+                                         {"keys", required_argument, 0, 'K'},
+                                         {"insecure", no_argument, 0, 'I'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     /* the config file first, whatever its position, so that every other option overrides it */
@@ -1547,6 +1664,12 @@ int main(int argc, char **argv) {
         case 'x':
             rc = cfg_set(&m->cfg, "master.exit_when_done", "true", "--exit-when-done");
             break;
+        case 'K':
+            key = "master.keys";
+            break;
+        case 'I':
+            rc = cfg_set(&m->cfg, "master.insecure", "true", "--insecure");
+            break;
         case 'h':
             fputs(usage_text, stdout);
             return 0;
@@ -1566,6 +1689,15 @@ int main(int argc, char **argv) {
     if (optind < argc) {
         fputs(usage_text, stderr);
         return 2;
+    }
+    /* secure unless told otherwise: CURVE on every socket, the keys of authorized_keys only */
+    if (!bench_n && sec_init(SEC_ROLE_MASTER, NULL, m->cfg.keys, m->cfg.insecure) < 0) {
+        fprintf(stderr, "rlhf-master: %s\n", rl_errmsg());
+        return 2;
+    }
+    if (sec_enabled() && (m->n_peers = sec_peers_copy(&m->peers)) < 0) {
+        fprintf(stderr, "rlhf-master: out of memory\n");
+        return 1;
     }
     uint8_t rnd[8] = {0};
     if (getrandom(rnd, sizeof rnd, 0) != sizeof rnd) { /* fall back: time and pid differ */
@@ -1654,5 +1786,6 @@ out:
     sched_free(&m->sched);
     cfg_free(&m->cfg);
     json_decref(m->ppo_stats);
+    free(m->peers);
     return rc;
 }

@@ -74,6 +74,7 @@ typedef struct {
     uint64_t jobs_done;
     int ns;             /* the master's annotation: a client's namespace index (0: "") */
     char relay_ep[256]; /* the master's annotation: a worker's weights relay ("": none) */
+    char user[64];      /* the master's annotation: the key it registered with (net/sec.h) */
 } sched_worker_t;
 
 typedef enum {

@@ -42,6 +42,7 @@
 #include "base/err.h"
 #include "nn/ops.h"
 #include "net/addr.h"
+#include "net/sec.h"
 #include "net/blob.h"
 #include "net/wire.h"
 #include "worker.h"
@@ -112,6 +113,12 @@ typedef struct {
     wsync_server_t *relay;
     char relay_ep[ADDR_EP_LEN]; /* advertised in Hello */
     char relay_from[256]; /* the upstream given with the announcement (weights_mu; "": none) */
+    /* the CURVE public keys of the weights server and of relay_from (weights_mu; net/sec.h) */
+    char weights_key[SEC_Z85_LEN + 1], relay_key[SEC_Z85_LEN + 1];
+    /* --key, --keys, --insecure (net/sec.h's sec_init); key_path: the key file in use */
+    const char *key_file, *keys_dir;
+    int insecure;
+    char key_path[4096];
     int no_relay;
     worker_state_t st; /* the role's state between jobs, handed to its handlers */
     char log_id[80];
@@ -181,6 +188,8 @@ static int sock_open(worker_t *w) {
     w->sock = zmq_socket(w->zctx, ZMQ_DEALER);
     if (w->sock) addr_zmq_opts(w->sock);
     if (!w->sock) return rl_fail(RL_EIO, "zmq_socket: %s", zmq_strerror(errno));
+    int src = sec_client(w->sock, sec_master_pub());
+    if (src < 0) return src;
     /* LINGER: queued messages get 1 s at exit (the goodbye), none when we drop a dead master's
      * connection (sock_close sets 0 first). MAXMSGSIZE: the master sends no big frames to us
      * yet; 64 MiB bounds what a bad peer can make us allocate. */
@@ -209,13 +218,21 @@ static int weights_sync(worker_t *w, uint64_t need, atomic_int *cancel) {
     pthread_mutex_lock(&w->weights_mu);
     memcpy(ep, w->weights_ep, sizeof ep);
     memcpy(from, w->relay_from, sizeof from);
+    char okey[sizeof w->weights_key], ukey[sizeof w->relay_key];
+    memcpy(okey, w->weights_key, sizeof okey);
+    memcpy(ukey, w->relay_key, sizeof ukey);
     pthread_mutex_unlock(&w->weights_mu);
     if (!ep[0])
         return rl_fail(RL_ENOTFOUND, "weights version %" PRIu64 " needed, none announced", need);
-    if (!w->relay) from[0] = 0; /* --no-relay: the origin only */
+    if (!w->relay) from[0] = 0;                 /* --no-relay: the origin only */
+    if (sec_enabled() && !ukey[0]) from[0] = 0; /* an upstream we cannot authenticate */
     wlog(w, "weights: fetching version >= %" PRIu64 " from %s%s%s", need, ep,
          from[0] ? " via relay " : "", from);
-    wsync_opts_t o = {.cancel = cancel, .upstream = from, .relay = w->relay};
+    wsync_opts_t o = {.cancel = cancel,
+                      .upstream = from,
+                      .relay = w->relay,
+                      .origin_key = okey,
+                      .upstream_key = ukey};
     wsync_stats_t st;
     int rc = wsync_replica_ensure(&w->weights, w->zctx, ep, need, &o, &st);
     char via[512] = "";
@@ -460,6 +477,24 @@ static void on_job_done(worker_t *w, int handing_back) {
     s->out = NULL;
 }
 
+/* A secure cluster's keys, from the master's Welcome: who the servers of this worker (its
+ * relay, a learner's weights server) admit. */
+static void welcome_peers(worker_t *w, const Rlhf__Welcome *wl) {
+    sec_peer_t *v = wl->n_peers ? calloc(wl->n_peers, sizeof *v) : NULL;
+    int n = 0;
+    for (size_t i = 0; v && i < wl->n_peers; i++) {
+        const Rlhf__PeerKey *p = wl->peers[i];
+        if (!p->name || !p->public_key || strlen(p->name) >= sizeof v[n].name ||
+            strlen(p->public_key) != SEC_Z85_LEN)
+            continue;
+        snprintf(v[n].name, sizeof v[n].name, "%s", p->name);
+        memcpy(v[n].pub, p->public_key, SEC_Z85_LEN + 1);
+        v[n++].roles = p->roles;
+    }
+    if (sec_set_peers(v, n) < 0) wlog(w, "keys from the master: %s", rl_errmsg());
+    free(v);
+}
+
 static void on_message(worker_t *w, wire_msg_t *msg) {
     Rlhf__Envelope *env = NULL;
     wire_bad_t bad = wire_decode(msg, &env);
@@ -476,6 +511,7 @@ static void on_message(worker_t *w, wire_msg_t *msg) {
         if (env->welcome->liveness) w->liveness = (int)env->welcome->liveness;
         snprintf(w->blob_ep, sizeof w->blob_ep, "%s",
                  env->welcome->blob_endpoint ? env->welcome->blob_endpoint : "");
+        if (sec_enabled()) welcome_peers(w, env->welcome);
         if (!w->registered) wlog(w, "registered with master %s", w->master_id);
         w->registered = 1;
         break;
@@ -519,6 +555,10 @@ static void on_message(worker_t *w, wire_msg_t *msg) {
             snprintf(w->weights_ep, sizeof w->weights_ep, "%s", a->endpoint);
             snprintf(w->relay_from, sizeof w->relay_from, "%s",
                      strlen(from) < sizeof w->relay_from ? from : "");
+            snprintf(w->weights_key, sizeof w->weights_key, "%s",
+                     a->endpoint_key ? a->endpoint_key : "");
+            snprintf(w->relay_key, sizeof w->relay_key, "%s",
+                     a->relay_from_key ? a->relay_from_key : "");
             w->weights_announced = a->version;
             pthread_mutex_unlock(&w->weights_mu);
             if (moved) { /* fetches from the old endpoint start again from this one */
@@ -564,7 +604,7 @@ static const char usage_text[] =
     "usage: rlhf-worker --role rollout|reward|learner|stage --master tcp://HOST:PORT [--id NAME]\n"
     "                   [--heartbeat-ms N] [--liveness N] [--threads N]\n"
     "                   [--bind-host HOST] [--advertise HOST] [--cache-dir DIR]\n"
-    "                   [--ckpt-root DIR] [--no-relay]\n\n"
+    "                   [--ckpt-root DIR] [--no-relay] (--key FILE | --keys DIR | --insecure)\n\n"
     "Connects to the master, registers, heartbeats and runs the jobs of its role. Heartbeat\n"
     "settings apply until the master's Welcome gives its own. SIGTERM: hand back, goodbye, exit.\n"
     "--threads: compute threads per job (default: all online cores); workers sharing a machine\n"
@@ -572,6 +612,9 @@ static const char usage_text[] =
     "--bind-host: the address this worker's listening sockets bind (default 127.0.0.1; 0.0.0.0\n"
     "or :: for every interface); --advertise: the address other hosts reach it at (required\n"
     "with a wildcard bind host). IPv4 and IPv6 both work (tcp://[fd77::1]:5555).\n"
+    "--key FILE: this worker's key (`rlhf keygen`; or $RLHF_KEY), holding its role and the\n"
+    "master's public key; --keys DIR: a key set, of which DIR/ROLE.key is used (or $RLHF_KEYS);\n"
+    "--insecure: plaintext. Every socket is CURVE-encrypted with the key.\n"
     "--cache-dir DIR: the models and datasets jobs name by content, fetched from the master's\n"
     "host and verified (default $XDG_CACHE_HOME/rlhf or ~/.cache/rlhf); a learner's\n"
     "--ckpt-root DIR keeps its checkpoints under DIR on this host instead of where jobs name.\n"
@@ -650,6 +693,9 @@ int main(int argc, char **argv) {
                                          {"cache-dir", required_argument, 0, 0x107},
                                          {"ckpt-root", required_argument, 0, 0x108},
                                          {"no-relay", no_argument, 0, 0x112},
+                                         {"key", required_argument, 0, 0x113},
+                                         {"keys", required_argument, 0, 0x114},
+                                         {"insecure", no_argument, 0, 0x115},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     int c;
@@ -723,6 +769,15 @@ int main(int argc, char **argv) {
         case 0x112:
             w->no_relay = 1;
             break;
+        case 0x113:
+            w->key_file = optarg;
+            break;
+        case 0x114:
+            w->keys_dir = optarg;
+            break;
+        case 0x115:
+            w->insecure = 1;
+            break;
         case 'h':
             fputs(usage_text, stdout);
             return 0;
@@ -742,6 +797,18 @@ int main(int argc, char **argv) {
         free(w);
         return 2;
     }
+    unsigned role_bit = w->role == RLHF__ROLE__ROLE_ROLLOUT   ? SEC_ROLE_ROLLOUT
+                        : w->role == RLHF__ROLE__ROLE_REWARD  ? SEC_ROLE_REWARD
+                        : w->role == RLHF__ROLE__ROLE_LEARNER ? SEC_ROLE_LEARNER
+                                                              : SEC_ROLE_STAGE;
+    if (sec_init(role_bit, w->key_file, w->keys_dir, w->insecure) < 0) {
+        fprintf(stderr, "rlhf-worker: %s\n", rl_errmsg());
+        free(w);
+        return 2;
+    }
+    /* the commands a stage worker runs are clients of the master with its key */
+    if (sec_key_path()) setenv("RLHF_KEY", sec_key_path(), 1);
+    if (!sec_enabled()) setenv("RLHF_INSECURE", "1", 1);
     if (!w->id[0]) {
         char host[64] = "host";
         gethostname(host, sizeof host - 1);

@@ -38,6 +38,7 @@
 #include "align/ppo.h"
 #include "rlhf.pb-c.h"
 #include "net/addr.h"
+#include "net/sec.h"
 #include "net/wire.h"
 #include "worker.h"
 #include "worker_ckpt.h"
@@ -152,7 +153,8 @@ static void *announcer(void *arg) {
     void *sock = zmq_socket(ps->zctx, ZMQ_DEALER);
     if (sock) addr_zmq_opts(sock);
     int linger = 0;
-    if (!sock || zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger) < 0 ||
+    if (!sock || sec_client(sock, sec_master_pub()) < 0 ||
+        zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger) < 0 ||
         zmq_connect(sock, ps->master) < 0) {
         fprintf(stderr, "learner: announce socket: %s\n", zmq_strerror(errno));
         if (sock) zmq_close(sock);

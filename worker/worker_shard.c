@@ -26,6 +26,7 @@
 #include "base/err.h"
 #include "base/fs.h"
 #include "net/addr.h"
+#include "net/sec.h"
 #include "nn/ops.h"
 #include "worker_rmdata.h"
 #include "worker_shard.h"
@@ -184,6 +185,8 @@ int shard_hub_open(shard_hub_t *h, const worker_learner_opts_t *o, const char *r
     h->sock = h->zctx ? zmq_socket(h->zctx, ZMQ_ROUTER) : NULL;
     if (h->sock) addr_zmq_opts(h->sock);
     if (!h->sock) return rl_fail(RL_EIO, "zmq_socket: %s", zmq_strerror(errno));
+    int src = sec_server(h->zctx, h->sock, "shard"); /* the shards share the learner's key */
+    if (src < 0) return src;
     int one = 1, linger = 1000, hwm = 1000;
     int64_t maxmsg = MAX_MSG_BYTES;
     /* a send to a shard that is gone fails at once (EHOSTUNREACH) instead of vanishing */
@@ -782,6 +785,10 @@ int worker_learner_shard_main(const worker_learner_opts_t *o, volatile sig_atomi
     s->efd = eventfd(0, EFD_CLOEXEC);
     s->sock = zctx ? zmq_socket(zctx, ZMQ_DEALER) : NULL;
     if (s->sock) addr_zmq_opts(s->sock);
+    if (s->sock && sec_client(s->sock, sec_own() ? sec_own()->pub : NULL) < 0) {
+        fprintf(stderr, "rlhf-worker: %s\n", rl_errmsg());
+        return 1;
+    }
     if (!s->sock || s->efd < 0) {
         fprintf(stderr, "rlhf-worker: cannot create a socket: %s\n", zmq_strerror(errno));
         return 1;

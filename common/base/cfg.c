@@ -42,6 +42,8 @@ static const cfg_key_t keys[] = {
     NUM("master.max_msg_bytes", K_I64, max_msg_bytes, 1024, 1LL << 40),
     NUM("master.exit_when_done", K_BOOL, exit_when_done, 0, 1),
     NUM("master.journal_compact_bytes", K_I64, journal_compact_bytes, 4096, 1LL << 40),
+    STR("master.keys", keys),
+    NUM("master.insecure", K_BOOL, insecure, 0, 1),
 };
 #define N_KEYS (int)(sizeof keys / sizeof keys[0])
 

@@ -37,6 +37,8 @@ typedef struct {
     int64_t max_msg_bytes;         /* master.max_msg_bytes: ZMQ_MAXMSGSIZE per frame */
     int exit_when_done;            /* master.exit_when_done: stop when every job is finished */
     int64_t journal_compact_bytes; /* master.journal_compact_bytes: snapshot past this tail */
+    char keys[1024];               /* master.keys: the cluster's key set (net/sec.h) */
+    int insecure;                  /* master.insecure: plaintext, no keys (explicitly) */
     char *stages[CFG_MAX_STAGES];  /* stages: names, in order (owned) */
     int n_stages;
     /* Keys outside the table above go here when set (the pipeline's stage options, checked by

@@ -15,6 +15,7 @@
  * beside the I/O"); the server hashes an upload as it writes it.
  */
 #include "net/blob.h"
+#include "net/sec.h"
 #include "net/addr.h"
 
 #include <dirent.h>
@@ -1082,6 +1083,11 @@ static int cl_open(blob_client_t *c) {
     int linger = 0, hwm = 4 * BLOB_MAX_CREDIT;
     int64_t maxmsg = (int64_t)BLOB_MAX_REQUEST + WIRE_MAX_ENVELOPE;
     addr_zmq_opts(c->sock);
+    int src = sec_client(c->sock, sec_master_pub()); /* the artifact server is the master's */
+    if (src < 0) {
+        cl_close(c);
+        return src;
+    }
     zmq_setsockopt(c->sock, ZMQ_LINGER, &linger, sizeof linger);
     zmq_setsockopt(c->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
     zmq_setsockopt(c->sock, ZMQ_SNDHWM, &hwm, sizeof hwm);
@@ -1158,8 +1164,8 @@ static int cl_wait(blob_client_t *c, wire_msg_t *m) {
 static int cl_silence(blob_client_t *c, const char *what) {
     c->stats.timeouts++;
     if (++c->silences > (uint32_t)c->o.max_retries)
-        return rl_fail(RL_EIO, "blob %s: no answer from %s in %d ms, %d times", what, c->endpoint,
-                       c->o.timeout_ms, c->o.max_retries + 1);
+        return rl_fail(RL_EIO, "blob %s: no answer from %s in %d ms, %d times%s", what, c->endpoint,
+                       c->o.timeout_ms, c->o.max_retries + 1, sec_silence_hint());
     cl_close(c);
     return cl_open(c);
 }
@@ -2259,6 +2265,7 @@ blob_server_t *blob_server_start(void *zctx, blob_store_t *st, const char *bind,
     int64_t maxmsg = (int64_t)BLOB_MAX_REQUEST + WIRE_MAX_ENVELOPE;
     zmq_setsockopt(s->sock, ZMQ_ROUTER_MANDATORY, &one, sizeof one);
     addr_zmq_opts(s->sock);
+    if (sec_server(s->zctx, s->sock, "blob") < 0) goto fail;
     zmq_setsockopt(s->sock, ZMQ_LINGER, &linger, sizeof linger);
     zmq_setsockopt(s->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
     zmq_setsockopt(s->sock, ZMQ_SNDHWM, &hwm, sizeof hwm);

@@ -17,6 +17,7 @@
  * All of it is idempotent on the master, and the DELIVERED state makes it so here.
  */
 #include "net/client.h"
+#include "net/sec.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -298,6 +299,8 @@ static int sock_open(client_t *c) {
     c->sock = zmq_socket(c->zctx, ZMQ_DEALER);
     if (c->sock) addr_zmq_opts(c->sock);
     if (!c->sock) return rl_fail(RL_EIO, "zmq_socket: %s", zmq_strerror(errno));
+    int src = sec_client(c->sock, sec_master_pub());
+    if (src < 0) return src;
     /* HWMs: a burst of JobDone (a restarted master answering a big resubmission) must fit;
      * MAXMSGSIZE bounds what a bad peer can make us allocate */
     int linger = 0, hwm = 100000;

@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <sodium.h>
 #include <zmq.h>
 
 #include "base/err.h"
@@ -46,6 +47,12 @@ void sec_role_names(unsigned roles, char *out, size_t cap) {
     for (int i = 0; i < N_ROLES; i++)
         if (roles & (1u << i) && o < cap)
             o += (size_t)snprintf(out + o, cap - o, "%s%s", o ? "," : "", role_names[i]);
+}
+
+const char *sec_role_name(unsigned role) {
+    for (int i = 0; i < N_ROLES; i++)
+        if (role == 1u << i) return role_names[i];
+    return "?";
 }
 
 /* A key's name: letters, digits, '-', '_', '.', '@'; 1..63 characters. */
@@ -256,6 +263,7 @@ static struct {
     pthread_mutex_t mu; /* peers */
     sec_peer_t *peers;
     int n_peers;
+    char path[4096]; /* the key file sec_init loaded */
 } g = {.mu = PTHREAD_MUTEX_INITIALIZER};
 static atomic_uint_fast64_t n_refused, n_admitted;
 
@@ -267,12 +275,26 @@ int sec_setup(const sec_key_t *own, const sec_peer_t *peers, int n_peers) {
     return sec_set_peers(peers, n_peers);
 }
 
+static int paused;
+
+void sec_pause(int p) {
+    paused = p;
+}
+
 int sec_enabled(void) {
-    return g.on;
+    return g.on && !paused;
 }
 
 const sec_key_t *sec_own(void) {
     return g.on ? &g.own : NULL;
+}
+
+const char *sec_key_path(void) {
+    return g.on && g.path[0] ? g.path : NULL;
+}
+
+const char *sec_master_pub(void) {
+    return !g.on ? NULL : g.own.master[0] ? g.own.master : g.own.pub;
 }
 
 int sec_set_peers(const sec_peer_t *peers, int n) {
@@ -287,6 +309,16 @@ int sec_set_peers(const sec_peer_t *peers, int n) {
     g.n_peers = n > 0 ? n : 0;
     pthread_mutex_unlock(&g.mu);
     return 0;
+}
+
+int sec_peers_copy(sec_peer_t **out) {
+    *out = NULL;
+    pthread_mutex_lock(&g.mu);
+    int n = g.n_peers;
+    if (n > 0 && (*out = malloc((size_t)n * sizeof **out)))
+        memcpy(*out, g.peers, (size_t)n * sizeof **out);
+    pthread_mutex_unlock(&g.mu);
+    return n > 0 && !*out ? RL_ENOMEM : n;
 }
 
 int sec_peer_find(const char *name, sec_peer_t *p) {
@@ -312,6 +344,11 @@ unsigned sec_peer_roles(const char *user_id) {
     if (!g.on) return SEC_ROLE_ALL;
     sec_peer_t p;
     return user_id && user_id[0] && sec_peer_find(user_id, &p) == 0 ? p.roles : 0;
+}
+
+const char *sec_silence_hint(void) {
+    return sec_enabled() ? " - or the server refused this key (its log says)"
+                         : " - plaintext here: a secure server ignores it (a key: --key?)";
 }
 
 uint64_t sec_refused_total(void) {
@@ -502,7 +539,7 @@ static int zap_ensure(void *zctx) {
 }
 
 int sec_server(void *zctx, void *sock, const char *domain) {
-    if (!g.on) return 0;
+    if (!sec_enabled()) return 0;
     if (!domain_roles(domain)) return rl_fail(RL_EINVAL, "ZAP: unknown domain '%s'", domain);
     /* the handler is bound before the socket and lives as long as its context: libzmq admits
      * every CURVE client where no handler answers (ZMQ_ZAP_ENFORCE_DOMAIN is a draft option) */
@@ -516,7 +553,7 @@ int sec_server(void *zctx, void *sock, const char *domain) {
 }
 
 int sec_client(void *sock, const char *server_pub) {
-    if (!g.on) return 0;
+    if (!sec_enabled()) return 0;
     if (!server_pub || !z85_key_ok(server_pub))
         return rl_fail(RL_EINVAL, "no public key for the server: refusing a plaintext connection");
     if (zmq_setsockopt(sock, ZMQ_CURVE_SERVERKEY, server_pub, SEC_Z85_LEN) < 0 ||
@@ -524,4 +561,152 @@ int sec_client(void *sock, const char *server_pub) {
         zmq_setsockopt(sock, ZMQ_CURVE_SECRETKEY, g.own.secret, SEC_Z85_LEN) < 0)
         return rl_fail(RL_EIO, "CURVE client options: %s", zmq_strerror(errno));
     return 0;
+}
+
+/* ---- a process's options -------------------------------------------------------------------- */
+
+int sec_init(unsigned role, const char *key_file, const char *keys_dir, int insecure) {
+    const char *env_key = getenv("RLHF_KEY"), *env_dir = getenv("RLHF_KEYS");
+    if (key_file && !key_file[0]) key_file = NULL;
+    if (keys_dir && !keys_dir[0]) keys_dir = NULL;
+    if (insecure) {
+        if (key_file || keys_dir) return rl_fail(RL_EINVAL, "--insecure and a key: choose one");
+        return 0;
+    }
+    const char *env_ins = getenv("RLHF_INSECURE");
+    if (!key_file && !keys_dir && env_ins && !strcmp(env_ins, "1")) return 0; /* a parent's */
+    if (!key_file && !keys_dir) {
+        if (env_key && env_key[0] && role != SEC_ROLE_MASTER)
+            key_file = env_key;
+        else if (env_dir && env_dir[0])
+            keys_dir = env_dir;
+    }
+    if (!key_file && !keys_dir)
+        return rl_fail(RL_EINVAL,
+                       "no key: --keys DIR (a cluster's keys, made by `rlhf keygen --dir DIR`), "
+                       "%s$RLHF_KEYS; or --insecure for plaintext",
+                       role == SEC_ROLE_MASTER ? "" : "--key FILE, $RLHF_KEY or ");
+    char path[4096];
+    sec_key_t k;
+    if (key_file)
+        snprintf(path, sizeof path, "%s", key_file);
+    else
+        snprintf(path, sizeof path, "%s/%s.key", keys_dir, sec_role_name(role));
+    int rc = sec_key_load(path, &k);
+    if (rc < 0) return rc;
+    /* a stage's commands are clients of the master with the stage's key */
+    unsigned accept = role | (role == SEC_ROLE_CLIENT ? SEC_ROLE_STAGE : 0);
+    if (!(k.roles & accept)) {
+        char names[128];
+        sec_role_names(k.roles, names, sizeof names);
+        return rl_fail(RL_EINVAL, "%s: key '%s' has roles %s, not %s", path, k.name, names,
+                       sec_role_name(role));
+    }
+    snprintf(g.path, sizeof g.path, "%s", path);
+    if (role != SEC_ROLE_MASTER) {
+        if (!k.master[0])
+            return rl_fail(RL_EINVAL, "%s: no master key in it (made by rlhf keygen?)", path);
+        return sec_setup(&k, NULL, 0);
+    }
+    sec_peer_t *peers;
+    int n;
+    snprintf(path, sizeof path, "%s/authorized_keys", keys_dir);
+    if ((rc = sec_authz_load(path, &peers, &n)) < 0) return rc;
+    rc = sec_setup(&k, peers, n);
+    free(peers);
+    return rc;
+}
+
+/* ---- key sets ------------------------------------------------------------------------------- */
+
+/* Writes text to dir/name with mode, atomically (a temporary file renamed over). */
+static int write_file_atomic(const char *dir, const char *name, const char *text, int mode) {
+    char path[4200], tmp[4300];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+    if (fd < 0) return rl_fail(RL_EIO, "%s: %s", tmp, strerror(errno));
+    size_t n = strlen(text);
+    int bad = write(fd, text, n) != (ssize_t)n || fsync(fd) != 0;
+    bad |= close(fd) != 0;
+    if (bad || rename(tmp, path) != 0) {
+        int e = errno;
+        unlink(tmp);
+        return rl_fail(RL_EIO, "%s: %s", path, strerror(e));
+    }
+    return 0;
+}
+
+static int add_key(const char *dir, const char *name, unsigned roles, const char *master_pub,
+                   sec_key_t *k) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/%s.key", dir, name);
+    int rc = sec_key_new(k, name, roles, master_pub);
+    return rc < 0 ? rc : sec_key_save(path, k);
+}
+
+int sec_keyset_create(const char *dir) {
+    char path[4200];
+    if (mkdir(dir, 0700) < 0 && errno != EEXIST)
+        return rl_fail(RL_EIO, "%s: %s", dir, strerror(errno));
+    snprintf(path, sizeof path, "%s/master.key", dir);
+    if (access(path, F_OK) == 0)
+        return rl_fail(RL_EINVAL, "%s holds a key set already (master.key): not replaced", dir);
+    if (sodium_init() < 0) return rl_fail(RL_EIO, "libsodium cannot start");
+    sec_key_t m, k;
+    int rc = add_key(dir, "master", SEC_ROLE_MASTER, NULL, &m);
+    if (rc < 0) return rc;
+    char authz[4096] = "# the keys this cluster's master admits: ROLES PUBLIC-KEY NAME\n";
+    for (unsigned r = SEC_ROLE_LEARNER; r <= SEC_ROLE_CLIENT; r <<= 1) {
+        if ((rc = add_key(dir, sec_role_name(r), r, m.pub, &k)) < 0) return rc;
+        sec_peer_t p = {.roles = r};
+        snprintf(p.name, sizeof p.name, "%s", k.name);
+        memcpy(p.pub, k.pub, sizeof p.pub);
+        sec_authz_line(&p, authz + strlen(authz), sizeof authz - strlen(authz));
+    }
+    if ((rc = write_file_atomic(dir, "authorized_keys", authz, 0644)) < 0) return rc;
+    uint8_t raw[32];
+    char token[2 * sizeof raw + 2];
+    randombytes_buf(raw, sizeof raw);
+    sodium_bin2hex(token, sizeof token, raw, sizeof raw);
+    strcat(token, "\n");
+    return write_file_atomic(dir, "http.token", token, 0600);
+}
+
+int sec_keyset_add(const char *dir, const char *name, unsigned roles) {
+    char path[4200];
+    sec_key_t m, k;
+    snprintf(path, sizeof path, "%s/master.key", dir);
+    int rc = sec_key_load(path, &m);
+    if (rc < 0) return rc;
+    sec_peer_t *v;
+    int n;
+    snprintf(path, sizeof path, "%s/authorized_keys", dir);
+    if ((rc = sec_authz_load(path, &v, &n)) < 0) return rc;
+    for (int i = 0; i < n; i++)
+        if (!strcmp(v[i].name, name)) {
+            free(v);
+            return rl_fail(RL_EINVAL, "%s: '%s' is listed already", path, name);
+        }
+    free(v);
+    if ((rc = add_key(dir, name, roles, m.pub, &k)) < 0) return rc;
+    /* the list as it is, plus one line */
+    FILE *f = fopen(path, "re");
+    if (!f) return rl_fail(RL_EIO, "%s: %s", path, strerror(errno));
+    char *text = NULL;
+    size_t cap = 0;
+    FILE *mem = open_memstream(&text, &cap);
+    char line[1024];
+    while (mem && fgets(line, sizeof line, f)) fputs(line, mem);
+    fclose(f);
+    if (!mem) return rl_fail(RL_ENOMEM, "out of memory");
+    sec_peer_t p = {.roles = roles};
+    snprintf(p.name, sizeof p.name, "%s", k.name);
+    memcpy(p.pub, k.pub, sizeof p.pub);
+    sec_authz_line(&p, line, sizeof line);
+    fputs(line, mem);
+    fclose(mem);
+    rc = write_file_atomic(dir, "authorized_keys", text, 0644);
+    free(text);
+    return rc;
 }

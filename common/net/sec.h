@@ -85,16 +85,46 @@ int sec_authz_load(const char *path, sec_peer_t **out, int *n);
 /* One line of authorized_keys for p, with its newline. */
 void sec_authz_line(const sec_peer_t *p, char *out, size_t cap);
 
+/* A cluster's key set in dir (made mode 0700 when missing; refused when it holds master.key):
+ * master.key, one key per role (learner, rollout, reward, stage, client: each named after its
+ * role), authorized_keys listing them, and http.token (64 hex digits from libsodium). Returns 0
+ * or RL_E*. */
+int sec_keyset_create(const char *dir);
+/* One more key in dir's set: DIR/NAME.key with `roles`, appended to authorized_keys (rewritten
+ * atomically). Returns 0 or RL_E* (a name or file that exists is refused). */
+int sec_keyset_add(const char *dir, const char *name, unsigned roles);
+
 /* The process's security: its key and, in the master, the listed keys (NULL, 0: a worker's
  * list comes later through sec_set_peers). After it every sec_server/sec_client applies CURVE.
  * Call once, before any socket. Returns 0 or RL_E*. */
 int sec_setup(const sec_key_t *own, const sec_peer_t *peers, int n_peers);
+/* A process's security from its options, then sec_setup: the key of `role` (one SEC_ROLE_* bit)
+ * is key_file (--key), else KEYS_DIR/ROLE.key with keys_dir (--keys), else $RLHF_KEY, else
+ * $RLHF_KEYS/ROLE.key; the master (SEC_ROLE_MASTER) takes KEYS_DIR/master.key and
+ * KEYS_DIR/authorized_keys. The key must hold the role (a client's may be a stage's: a stage
+ * worker's commands are clients with its key). insecure (--insecure): plaintext, and no
+ * key may be given with it; $RLHF_INSECURE=1 is --insecure where no key option is given (what
+ * an insecure stage worker hands its commands). Returns 0, or RL_E* with a message that says how to
+ * get keys. */
+int sec_init(unsigned role, const char *key_file, const char *keys_dir, int insecure);
+/* The key file sec_init loaded (NULL: none) - what a process hands its children ($RLHF_KEY). */
+const char *sec_key_path(void);
+/* The role's name ("learner", ...) of one SEC_ROLE_* bit. */
+const char *sec_role_name(unsigned role);
+/* Pauses the process's security (paused: sec_server and sec_client are no-ops, for sockets
+ * opened meanwhile; sec_enabled() is 0) or resumes it - for a benchmark that measures both. */
+void sec_pause(int paused);
 /* Whether sec_setup was called (else plaintext). */
 int sec_enabled(void);
 /* The process's key (NULL when plaintext). */
 const sec_key_t *sec_own(void);
+/* The master's public key: what a connection to the master or its artifact server needs (the
+ * process's own in the master; NULL when plaintext). */
+const char *sec_master_pub(void);
 /* Replaces the listed keys (a worker, from the master's Welcome). Thread-safe. */
 int sec_set_peers(const sec_peer_t *peers, int n);
+/* A copy of the listed keys (malloc'd; *out NULL when none). Returns their count or RL_ENOMEM. */
+int sec_peers_copy(sec_peer_t **out);
 /* The listed key named `name` into *p. Returns 0 or RL_ENOTFOUND. Thread-safe. */
 int sec_peer_find(const char *name, sec_peer_t *p);
 /* The roles of the key a message came from (its "User-Id"); SEC_ROLE_ALL when plaintext. */
@@ -107,6 +137,10 @@ int sec_server(void *zctx, void *sock, const char *domain);
  * plaintext; RL_EINVAL when secure and server_pub is NULL or empty (never a plaintext
  * connection by mistake). Call before connect. */
 int sec_client(void *sock, const char *server_pub);
+
+/* What a silent server may mean, for an error message: " - plaintext here: a secure server
+ * ignores it (--key?)", or " - or the server refused this key (its log says)". */
+const char *sec_silence_hint(void);
 
 /* Clients refused by this process's ZAP handlers, and admitted, since start. */
 uint64_t sec_refused_total(void);

@@ -74,6 +74,10 @@ int wire_recv(void *sock, int with_rid, wire_msg_t *m, int flags) {
             wire_msg_free(m);
             return rl_fail(RL_EIO, "zmq_msg_recv: %s", zmq_strerror(e));
         }
+        if (!m->user[0]) { /* the connection's metadata (not on a ROUTER's routing id frame) */
+            const char *u = zmq_msg_gets(f, "User-Id");
+            if (u) snprintf(m->user, sizeof m->user, "%s", u);
+        }
         first = 0;
         more = zmq_msg_more(f);
         if (need_rid) {

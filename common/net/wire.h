@@ -57,6 +57,7 @@ typedef struct {
     void *frames[WIRE_MAX_FRAMES]; /* zmq_msg_t* each (opaque here) */
     int n_frames;                  /* envelope + tensor frames (routing id excluded) */
     int too_many;                  /* the message had more frames than WIRE_MAX_FRAMES (dropped) */
+    char user[64]; /* the sender's key name (its ZAP "User-Id", net/sec.h); "" in plaintext */
 } wire_msg_t;
 
 /*

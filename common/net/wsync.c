@@ -3,6 +3,7 @@
  * snapshot server, the chunked credit-window fetch, and the live/staging replica.
  */
 #include "net/wsync.h"
+#include "net/sec.h"
 
 #include <errno.h>
 #if defined(__GLIBC__)
@@ -240,6 +241,7 @@ wsync_server_t *wsync_server_new(void *zctx, const char *endpoint, size_t chunk_
     zmq_setsockopt(s->sock, ZMQ_SNDHWM, &hwm, sizeof hwm);
     zmq_setsockopt(s->sock, ZMQ_RCVHWM, &hwm, sizeof hwm);
     zmq_setsockopt(s->sock, ZMQ_IPV6, &v6, sizeof v6);
+    if (sec_server(s->zctx, s->sock, "weights") < 0) goto fail;
     if (zmq_bind(s->sock, endpoint) < 0) {
         rl_fail(RL_EIO, "wsync: bind %s: %s", endpoint, zmq_strerror(errno));
         goto fail;
@@ -781,6 +783,8 @@ static int fc_open(fetch_t *f) {
     zmq_setsockopt(f->sock, ZMQ_SNDHWM, &hwm, sizeof hwm);
     zmq_setsockopt(f->sock, ZMQ_RCVHWM, &hwm, sizeof hwm);
     zmq_setsockopt(f->sock, ZMQ_IPV6, &v6, sizeof v6);
+    int src = sec_client(f->sock, f->on_upstream ? f->o.upstream_key : f->o.origin_key);
+    if (src < 0) return src;
     if (zmq_connect(f->sock, f->endpoint) < 0)
         return rl_fail(RL_EIO, "wsync: connect %s: %s", f->endpoint, zmq_strerror(errno));
     return 0;
@@ -837,8 +841,8 @@ static int fc_switch(fetch_t *f, const char *endpoint, int upstream) {
 static int fc_timeout(fetch_t *f, const char *what) {
     f->st->timeouts++;
     if (++f->silences > (uint32_t)f->o.max_retries)
-        return rl_fail(RL_EIO, "wsync: %s: no answer from %s in %d ms, %d times", what, f->endpoint,
-                       f->o.timeout_ms, f->o.max_retries + 1);
+        return rl_fail(RL_EIO, "wsync: %s: no answer from %s in %d ms, %d times%s", what,
+                       f->endpoint, f->o.timeout_ms, f->o.max_retries + 1, sec_silence_hint());
     return fc_switch(f, f->endpoint, f->on_upstream);
 }
 

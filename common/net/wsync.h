@@ -256,6 +256,9 @@ typedef struct {
     const char *upstream;    /* another worker's relay to take the chunks from (NULL, "": none) */
     int upstream_timeout_ms; /* silence before the upstream is given up; 0: 2000 */
     wsync_server_t *relay;   /* serve the snapshot through this server while fetching it */
+    /* the CURVE public keys (net/sec.h) of the origin's and the upstream's servers; needed when
+     * the process is secure, else ignored */
+    const char *origin_key, *upstream_key;
 } wsync_opts_t;
 
 typedef struct {
