@@ -58,6 +58,12 @@ int cmd_up(int argc, char **argv);
 int cmd_status(int argc, char **argv);       /* cmd_runs.c */
 int cmd_status_local(int argc, char **argv); /* cmd_local.c: rlhf status --run-dir DIR */
 int cmd_down(int argc, char **argv);
+int cmd_keygen(int argc, char **argv);
+/* The key this command's connections use (net/sec.h), set up once: a local cluster's own
+ * (CLUSTER_DIR/keys/client.key; plaintext when the cluster has no keys) when cluster_dir is
+ * given, else --key/$RLHF_KEY, $RLHF_KEYS/client.key, or plaintext with $RLHF_INSECURE=1.
+ * Returns 0 or RL_E* (no key: the message says how to get one). cmd_keygen.c. */
+int cli_security(const char *cluster_dir);
 int cmd_bench_wire(int argc, char **argv);
 int cmd_run(int argc, char **argv);
 int cmd_ppo(int argc, char **argv);

@@ -60,6 +60,7 @@
 
 #include "cli.h"
 #include "base/err.h"
+#include "net/sec.h"
 #include "rlhf.pb-c.h"
 
 #define BW_MAX_WORKERS 64
@@ -71,6 +72,8 @@ static void bw_on_signal(int sig) {
 
 typedef struct {
     char dir[PATH_MAX];
+    char keys[PATH_MAX + 16]; /* the bench cluster's key set (DIR/keys) */
+    int plain;                /* the phase runs --insecure (CURVE's cost: both are measured) */
     char master_bin[PATH_MAX + 32], worker_bin[PATH_MAX + 32], tool_bin[PATH_MAX + 32];
     pid_t master, helper, workers[BW_MAX_WORKERS];
     int n_workers;                     /* started, to stop */
@@ -184,6 +187,10 @@ static int start_master(bw_t *b, const char *name, char **extra, int n_extra) {
     char *args[32] = {b->master_bin, "--bind", "tcp://127.0.0.1:*", "--run-dir", run,
                       "--http-port", "0"};
     int n = 7;
+    if (b->plain)
+        args[n++] = "--insecure";
+    else
+        args[n++] = "--keys", args[n++] = b->keys;
     for (int i = 0; i < n_extra && n < 31; i++) args[n++] = extra[i];
     args[n] = NULL;
     b->master = spawn(args, log);
@@ -268,7 +275,9 @@ static int bw_on_done(void *ctx, const client_result_t *r) {
 /* Submits NOOP jobs 1..N as a client, then waits for all of them while watching for signals,
  * dead workers and the time limit. Sets *t0 to when the workers were started. */
 static int dispatch_run(bw_t *b, const char *ep, double *t0) {
+    sec_pause(b->plain); /* this client's socket: plaintext in the --insecure phase */
     client_t *c = client_open(ep, "bench-wire");
+    sec_pause(0);
     client_job_t *jobs = calloc((size_t)b->jobs, sizeof *jobs);
     uint64_t *ids = calloc((size_t)b->jobs, sizeof *ids);
     bw_wait_t w = {b->jobs, calloc((size_t)b->jobs + 1, 1), 0};
@@ -281,8 +290,16 @@ static int dispatch_run(bw_t *b, const char *ep, double *t0) {
         char log[PATH_MAX + 64], id[32];
         snprintf(log, sizeof log, "%s/worker-%d.log", b->dir, i);
         snprintf(id, sizeof id, "bench-%d", i);
-        char *args[] = {b->worker_bin, "--role", "rollout", "--master",
-                        (char *)ep,    "--id",   id,        NULL};
+        char *args[] = {b->worker_bin,
+                        "--role",
+                        "rollout",
+                        "--master",
+                        (char *)ep,
+                        "--id",
+                        id,
+                        b->plain ? "--insecure" : "--keys",
+                        b->plain ? NULL : b->keys,
+                        NULL};
         if ((b->workers[i] = spawn(args, log)) < 0) rc = RL_EIO;
         b->n_workers = i + 1;
     }
@@ -367,8 +384,9 @@ static int read_results(const bw_t *b, const char *run, bw_dispatch_t *d) {
 
 static int phase_dispatch(bw_t *b, bw_dispatch_t *d) {
     char run[PATH_MAX + 64], ep[256];
-    snprintf(run, sizeof run, "%s/dispatch", b->dir);
-    int port, rc = start_master(b, "dispatch", NULL, 0);
+    const char *name = b->plain ? "dispatch-insecure" : "dispatch";
+    snprintf(run, sizeof run, "%s/%s", b->dir, name);
+    int port, rc = start_master(b, name, NULL, 0);
     if (rc == 0) rc = wait_master(b, run, ep, sizeof ep, &port);
     double t0 = 0;
     if (rc == 0) rc = dispatch_run(b, ep, &t0);
@@ -464,11 +482,19 @@ static int phase_swarm(bw_t *b, bw_swarm_t *s) {
 static int phase_sync(bw_t *b, json_t **out) {
     char mb[32], file[PATH_MAX + 64], log[PATH_MAX + 64];
     snprintf(mb, sizeof mb, "%d", b->sync_mb);
-    snprintf(file, sizeof file, "%s/sync.json", b->dir);
-    snprintf(log, sizeof log, "%s/sync.log", b->dir);
+    snprintf(file, sizeof file, "%s/sync%s.json", b->dir, b->plain ? "" : "-curve");
+    snprintf(log, sizeof log, "%s/sync%s.log", b->dir, b->plain ? "" : "-curve");
     char *args[] = {b->tool_bin,       "wsync-bench", "--mb", mb,  "--fanout",
                     (char *)b->fanout, "--out",       file,   NULL};
-    if ((b->helper = spawn(args, log)) < 0) return RL_EIO;
+    /* the tool's CURVE keys: $RLHF_KEYS for the encrypted run, none for the plaintext one */
+    if (b->plain)
+        unsetenv("RLHF_KEYS");
+    else
+        setenv("RLHF_KEYS", b->keys, 1);
+    unsetenv("RLHF_KEY");
+    b->helper = spawn(args, log);
+    setenv("RLHF_KEYS", b->keys, 1);
+    if (b->helper < 0) return RL_EIO;
     /* bounded: 60 s plus 1 s a MiB, far above what loopback needs */
     double t0 = cli_now_ms(), deadline = t0 + 60e3 + 1e3 * b->sync_mb;
     int st = 0, rc;
@@ -540,13 +566,25 @@ static int bw_run(bw_t *b) {
     for (int i = 0; i < 3 && rc == 0; i++)
         if (access(bins[i], X_OK) != 0)
             rc = rl_fail(RL_ENOTFOUND, "%s: %s", bins[i], strerror(errno));
-    bw_dispatch_t d = {0};
+    /* the bench cluster's own keys: its master, workers and tools and this client use them
+     * (the swarm's simulated workers through $RLHF_KEYS), but in the --insecure phases */
+    snprintf(b->keys, sizeof b->keys, "%s/keys", b->dir);
+    if (rc == 0 && (rc = sec_keyset_create(b->keys)) == 0 &&
+        (rc = sec_init(SEC_ROLE_CLIENT, NULL, b->keys, 0)) == 0) {
+        setenv("RLHF_KEYS", b->keys, 1);
+        unsetenv("RLHF_KEY");
+    }
+    bw_dispatch_t d = {0}, dp = {0};
     bw_swarm_t s = {0};
     const char *phase = "setup";
     if (rc == 0) phase = "dispatch", rc = phase_dispatch(b, &d);
+    if (rc == 0) phase = "dispatch-insecure", b->plain = 1, rc = phase_dispatch(b, &dp);
+    b->plain = 0;
     if (rc == 0) phase = "swarm", rc = phase_swarm(b, &s);
-    json_t *sync = NULL, *bcast = NULL;
-    if (rc == 0 && b->sync_mb > 0) phase = "sync", rc = phase_sync(b, &sync);
+    json_t *sync = NULL, *sync_curve = NULL, *bcast = NULL;
+    if (rc == 0 && b->sync_mb > 0) phase = "sync", b->plain = 1, rc = phase_sync(b, &sync);
+    b->plain = 0;
+    if (rc == 0 && b->sync_mb > 0) phase = "sync-curve", rc = phase_sync(b, &sync_curve);
     if (rc == 0 && b->sync_mb > 0 && b->relay) phase = "broadcast", rc = phase_broadcast(b, &bcast);
     stop_all(b);
     int out = 1;
@@ -556,8 +594,10 @@ static int bw_run(bw_t *b) {
         if (!strcmp(phase, "swarm")) show_log_tail(b->dir, "swarm-helper.log");
         if (!strcmp(phase, "dispatch")) show_log_tail(b->dir, "worker-0.log");
         if (!strcmp(phase, "sync")) show_log_tail(b->dir, "sync.log");
+        if (!strcmp(phase, "sync-curve")) show_log_tail(b->dir, "sync-curve.log");
         if (!strcmp(phase, "broadcast")) show_log_tail(b->dir, "broadcast.log");
         json_decref(sync);
+        json_decref(sync_curve);
     } else {
         json_t *disp = json_pack("{s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f}", "p50_ms", d.p50,
                                  "p90_ms", d.p90, "p99_ms", d.p99, "mean_ms", d.mean, "max_ms",
@@ -569,8 +609,32 @@ static int bw_run(bw_t *b) {
             "register_s", s.register_s, "master_cpu_pct", s.cpu_pct, "master_cpu_idle_pct",
             s.cpu_idle_pct, "helper_cpu_pct", s.helper_cpu_pct, "master_recv_per_s", s.recv_per_s,
             "master_sent_per_s", s.sent_per_s, "worker_deaths", (json_int_t)s.deaths);
-        json_t *o = json_pack("{s:s, s:i, s:i, s:o, s:o}", "bench", "wire", "jobs", b->jobs,
-                              "workers", b->k, "dispatch", disp, "swarm", sw);
+        json_t *dispp = json_pack("{s:f, s:f, s:f, s:f, s:f}", "p50_ms", dp.p50, "p90_ms", dp.p90,
+                                  "p99_ms", dp.p99, "mean_ms", dp.mean, "jobs_per_s",
+                                  dp.wall_s > 0 ? b->jobs / dp.wall_s : 0.0);
+        json_t *o =
+            json_pack("{s:s, s:i, s:i, s:o, s:o, s:o}", "bench", "wire", "jobs", b->jobs, "workers",
+                      b->k, "dispatch", disp, "dispatch_insecure", dispp, "swarm", sw);
+        /* CURVE's cost, both measured in this run: the round trip and the weight sync, each
+         * encrypted over plaintext */
+        json_t *cost =
+            json_pack("{s:f, s:f}", "dispatch_p50_ratio", dp.p50 > 0 ? d.p50 / dp.p50 : 0.0,
+                      "dispatch_p99_ratio", dp.p99 > 0 ? d.p99 / dp.p99 : 0.0);
+        if (sync && sync_curve) {
+            double ps = json_real_value(json_object_get(json_object_get(sync, "wsync"), "seconds")),
+                   cs = json_real_value(
+                       json_object_get(json_object_get(sync_curve, "wsync"), "seconds"));
+            json_object_set_new(cost, "sync_gbps_plain",
+                                json_real(ps > 0 ? b->sync_mb * 1048576.0 / ps / 1e9 : 0));
+            json_object_set_new(cost, "sync_gbps_curve",
+                                json_real(cs > 0 ? b->sync_mb * 1048576.0 / cs / 1e9 : 0));
+            json_object_set_new(cost, "sync_throughput_ratio", json_real(cs > 0 ? ps / cs : 0));
+        }
+        if (o) json_object_set_new(o, "curve_cost", cost);
+        if (o && sync_curve)
+            json_object_set_new(o, "sync_curve", sync_curve);
+        else
+            json_decref(sync_curve);
         if (o && sync)
             json_object_set_new(o, "sync", sync);
         else

@@ -46,6 +46,7 @@
 #include "cli_opts.h"
 #include "base/err.h"
 #include "base/fs.h"
+#include "net/sec.h"
 #include "net/blob.h"
 #include "rlhf.pb-c.h"
 
@@ -109,6 +110,7 @@ typedef struct {
     char learner_dir[1024]; /* learners' --run-dir (checkpoints); default RUN_DIR/learner */
     int learner_shards;     /* S > 1: the learner is shard 0 of S, role "shard" the others */
     char shard_ep[64];      /* where shard 0 binds and the other shards connect */
+    char keys[1100]; /* the cluster's key set (CLUSTER_DIR/keys); "": plaintext (--insecure) */
     pid_t master;
     pid_t workers[MAX_WORKERS];
     const char *roles[MAX_WORKERS];
@@ -129,6 +131,10 @@ static pid_t start_master(sup_t *s) {
     /* an ephemeral HTTP port (master.json names it) whatever the config says: two local
      * clusters on one machine must not collide */
     args[n++] = "--http-port", args[n++] = "0";
+    if (s->keys[0])
+        args[n++] = "--keys", args[n++] = s->keys;
+    else
+        args[n++] = "--insecure";
     args[n] = NULL;
     return spawn(args, log);
 }
@@ -147,38 +153,35 @@ static pid_t start_worker(sup_t *s, int i) {
     snprintf(cache, sizeof cache, "%.1000s/cache", s->run_dir);
     snprintf(ldir, sizeof ldir, "%.1000s", s->learner_dir);
     if (!ldir[0]) snprintf(ldir, sizeof ldir, "%.1000s/learner", s->run_dir);
-    char *args[] = {s->worker_bin,
-                    "--role",
-                    (char *)s->roles[i],
-                    "--master",
-                    s->endpoint,
-                    "--id",
-                    id,
-                    "--threads",
-                    threads,
-                    "--cache-dir",
-                    cache,
-                    NULL,
-                    NULL,
-                    NULL,
-                    NULL,
-                    NULL,
-                    NULL,
-                    NULL}; /* room for 6 more arguments and the terminating NULL */
-    char shard[32];
+    char shard[32], *args[24];
+    int n = 0;
     int k = 0; /* the learner shard this worker is: 0, or 1.. for role "shard" */
     for (int j = 0; j < i; j++) k += !strcmp(s->roles[j], "shard");
-    snprintf(shard, sizeof shard, "%d/%d", k + 1, s->learner_shards);
-    if (!strcmp(s->roles[i], "shard")) { /* talks to shard 0 only, never to the master */
-        args[2] = "learner", args[3] = "--shard", args[4] = shard;
-        args[11] = "--shard-endpoint", args[12] = s->shard_ep;
+    args[n++] = s->worker_bin;
+    /* a shard talks to shard 0 only, never to the master */
+    args[n++] = "--role",
+    args[n++] = !strcmp(s->roles[i], "shard") ? "learner" : (char *)s->roles[i];
+    if (strcmp(s->roles[i], "shard")) args[n++] = "--master", args[n++] = s->endpoint;
+    args[n++] = "--id", args[n++] = id;
+    args[n++] = "--threads", args[n++] = threads;
+    args[n++] = "--cache-dir", args[n++] = cache;
+    if (s->keys[0])
+        args[n++] = "--keys", args[n++] = s->keys;
+    else
+        args[n++] = "--insecure";
+    if (!strcmp(s->roles[i], "shard")) {
+        snprintf(shard, sizeof shard, "%d/%d", k + 1, s->learner_shards);
+        args[n++] = "--shard", args[n++] = shard;
+        args[n++] = "--shard-endpoint", args[n++] = s->shard_ep;
     } else if (!strcmp(s->roles[i], "learner")) {
-        args[11] = "--run-dir", args[12] = ldir;
+        args[n++] = "--run-dir", args[n++] = ldir;
         snprintf(shard, sizeof shard, "0/%d", s->learner_shards);
-        if (s->learner_shards > 1)
-            args[13] = "--shard", args[14] = shard, args[15] = "--shard-endpoint",
-            args[16] = s->shard_ep;
+        if (s->learner_shards > 1) {
+            args[n++] = "--shard", args[n++] = shard;
+            args[n++] = "--shard-endpoint", args[n++] = s->shard_ep;
+        }
     }
+    args[n] = NULL;
     return spawn(args, log);
 }
 
@@ -391,7 +394,7 @@ static void cluster_dir(char *out, size_t n, const char *run_dir, const char *da
 
 typedef struct {
     const char *data_dir, *run_dir, *config, *learner_dir;
-    int rollout, reward, learner, stage, owner, learner_shards;
+    int rollout, reward, learner, stage, owner, learner_shards, insecure;
 } up_args_t;
 
 static const cli_opt_t up_opt_table[] = {
@@ -413,6 +416,8 @@ static const cli_opt_t up_opt_table[] = {
                 "gradient shards of the learner (S > 1 needs --learner 1: S - 1 more processes)"),
     CLI_OPT_INT(up_args_t, owner, "owner", 0, INT_MAX, "0", "PID",
                 "stop everything when this process is gone (0: never)"),
+    CLI_OPT_FLAG(up_args_t, insecure, "insecure",
+                 "plaintext: no keys (by default the cluster's own, made in CLUSTER_DIR/keys)"),
 };
 
 static const cli_opts_t up_opts =
@@ -436,6 +441,13 @@ int cmd_up(int argc, char **argv) {
     s->learner_shards = ua.learner_shards;
     int n_roll = ua.rollout, n_rew = ua.reward, n_learn = ua.learner, n_stage = ua.stage;
     if (fs_mkdir_p(s->run_dir) < 0) return cli_fail("up", "run directory", RL_EIO);
+    if (!ua.insecure) { /* the cluster's own keys, made once, kept across restarts */
+        char mk[1200];
+        snprintf(s->keys, sizeof s->keys, "%.1000s/keys", s->run_dir);
+        snprintf(mk, sizeof mk, "%.1000s/master.key", s->keys);
+        int krc = access(mk, F_OK) == 0 ? 0 : sec_keyset_create(s->keys);
+        if (krc < 0) return cli_fail("up", "keys", krc);
+    }
     if (s->learner_shards > 1 && n_learn != 1) {
         fprintf(stderr, "rlhf up: --learner-shards needs exactly one learner (--learner 1)\n");
         return 2;
@@ -733,6 +745,8 @@ static int session_join(local_session_t *s, const char *master, const char *who)
     snprintf(s->endpoint, sizeof s->endpoint, "%s", master);
     client_opts_t o = {0};
     o.ns = ns ? ns : "";
+    int rc = cli_security(NULL); /* the stage worker's key ($RLHF_KEY) */
+    if (rc < 0) return rc;
     if (!(s->client = client_open_opts(s->endpoint, who, &o)))
         return rl_fail_ctx(RL_EIO, "connecting to the master at %s: ", s->endpoint);
     return 0;
@@ -767,6 +781,10 @@ int local_session_open(local_session_t *s, const char *run_dir, int rollout, int
     sigaction(SIGINT, &sa, &s->old_int);
     sigaction(SIGTERM, &sa, &s->old_term);
     s->handlers = 1;
+    if ((rc = cli_security(s->cluster)) < 0) {
+        local_session_close(s);
+        return rc;
+    }
     if (!(s->client = client_open(s->endpoint, who))) {
         local_session_close(s);
         return rl_fail_ctx(RL_EIO, "connecting to the local master: ");
@@ -822,9 +840,11 @@ int local_publish_env(const char *path, char *name, size_t cap) {
     const char *blob = getenv("RLHF_BLOB"), *cache = getenv("RLHF_CACHE_DIR");
     name[0] = 0;
     if (!blob || !blob[0] || !cache || !cache[0]) return 0;
+    int rc = cli_security(NULL); /* the stage worker's key ($RLHF_KEY) */
+    if (rc < 0) return rc;
     local_session_t s;
     memset(&s, 0, sizeof s);
-    int rc = local_publish(&s, path, name, cap);
+    rc = local_publish(&s, path, name, cap);
     blob_store_close(&s.cache);
     return rc;
 }

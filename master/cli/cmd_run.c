@@ -472,7 +472,7 @@ static void list_keys(void) {
 typedef struct {
     const char *sets[64];
     int n_sets;
-    const char *run_dir, *only, *master, *name;
+    const char *run_dir, *only, *master, *name, *key;
     int detach, print_plan;
 } run_args_t;
 
@@ -499,6 +499,10 @@ static const cli_opt_t run_opt_table[] = {
     CLI_OPT_STR(run_args_t, master, "master", NULL, "ENDPOINT",
                 "submit to this master (default: the local cluster of the data directory, "
                 "started if none runs)",
+                CLI_OPT_NOKEY),
+    CLI_OPT_STR(run_args_t, key, "key", NULL, "FILE",
+                "with --master: the client key (rlhf keygen; default $RLHF_KEY, "
+                "$RLHF_KEYS/client.key)",
                 CLI_OPT_NOKEY),
     CLI_OPT_STR(run_args_t, name, "name", NULL, "NAME",
                 "the run's name (default: the last part of run_dir)", CLI_OPT_NOKEY),
@@ -590,6 +594,7 @@ static int run_submit(run_t *r, const run_args_t *a, const char *config) {
         ret = 0;
     } else {
         char ep[256];
+        if (a->key) setenv("RLHF_KEY", a->key, 1);
         if (a->master) {
             snprintf(ep, sizeof ep, "%s", a->master);
         } else if (local_cluster_ensure(data, ep, sizeof ep) < 0) {

@@ -98,7 +98,7 @@ static void progress_line(json_t *st, char *out, size_t n) {
 /* ---- finding the master ---------------------------------------------------------------------- */
 
 typedef struct {
-    const char *master, *data_dir;
+    const char *master, *data_dir, *key;
     int json, follow;
     double timeout;
 } runs_args_t;
@@ -107,11 +107,14 @@ typedef struct {
     CLI_OPT_STR(runs_args_t, master, "master", NULL, "ENDPOINT", "the master (tcp://HOST:PORT)",   \
                 0),                                                                                \
         CLI_OPT_STR(runs_args_t, data_dir, "data-dir", "runs", "DIR",                              \
-                    "without --master: the local cluster serving DIR", 0)
+                    "without --master: the local cluster serving DIR", 0),                         \
+        CLI_OPT_STR(runs_args_t, key, "key", NULL, "FILE",                                         \
+                    "with --master: the client key (rlhf keygen; default $RLHF_KEY)", 0)
 
 /* The master's endpoint: --master, or the local cluster's (DATA_DIR/.cluster/master.json).
  * Returns 0, or 1 with a message. */
 static int runs_endpoint(const char *cmd, const runs_args_t *a, char *ep, size_t n) {
+    if (a->key) setenv("RLHF_KEY", a->key, 1);
     if (a->master) {
         snprintf(ep, n, "%s", a->master);
         return 0;
@@ -129,8 +132,16 @@ static int runs_endpoint(const char *cmd, const runs_args_t *a, char *ep, size_t
     return 1;
 }
 
-static client_t *runs_open(const char *cmd, const char *ep) {
-    char who[64];
+/* A client of the master at ep; data_dir: the local cluster's data directory (its keys), NULL
+ * for a master given by --master ($RLHF_KEY and the like). */
+static client_t *runs_open(const char *cmd, const char *ep, const char *data_dir) {
+    char who[64], cdir[PATH_MAX + 32];
+    if (data_dir) snprintf(cdir, sizeof cdir, "%.4000s/.cluster", data_dir);
+    int rc = cli_security(data_dir ? cdir : NULL);
+    if (rc < 0) {
+        cli_fail(cmd, "security", rc);
+        return NULL;
+    }
     snprintf(who, sizeof who, "rlhf-%s-%d", cmd, (int)getpid());
     client_t *c = client_open(ep, who);
     if (!c) cli_fail(cmd, ep, RL_EIO);
@@ -299,7 +310,7 @@ static int run_outcome(const char *cmd, const char *name, json_t *st) {
 
 int runs_submit(const char *cmd, const char *endpoint, const char *data_dir, const char *name,
                 const char *plan_json, int detach) {
-    client_t *c = runs_open(cmd, endpoint);
+    client_t *c = runs_open(cmd, endpoint, data_dir);
     if (!c) return 1;
     /* a run submitted again continues: its log so far was shown then, only what follows is new */
     uint64_t off = 0;
@@ -384,7 +395,7 @@ int cmd_runs(int argc, char **argv) {
     }
     char ep[256];
     if (runs_endpoint("runs", &a, ep, sizeof ep)) return 1;
-    client_t *c = runs_open("runs", ep);
+    client_t *c = runs_open("runs", ep, a.master ? NULL : a.data_dir);
     Rlhf__RunReply *rep = NULL;
     json_t *st = NULL;
     ret = c ? runs_ask("runs", c, ep, "", 0, 0, 0, &rep, &st) : 1;
@@ -461,7 +472,7 @@ int cmd_status(int argc, char **argv) {
     if (ret != CLI_OPTS_GO) return ret;
     char ep[256];
     if (runs_endpoint("status", &a, ep, sizeof ep)) return 1;
-    client_t *c = runs_open("status", ep);
+    client_t *c = runs_open("status", ep, a.master ? NULL : a.data_dir);
     Rlhf__RunReply *rep = NULL;
     json_t *st = NULL;
     ret = c ? runs_ask("status", c, ep, name ? name : "", 0, 0, 0, &rep, &st) : 1;
@@ -507,7 +518,7 @@ int cmd_logs(int argc, char **argv) {
     if (ret != CLI_OPTS_GO) return ret;
     char ep[256];
     if (runs_endpoint("logs", &a, ep, sizeof ep)) return 1;
-    client_t *c = runs_open("logs", ep);
+    client_t *c = runs_open("logs", ep, a.master ? NULL : a.data_dir);
     if (!c) return 1;
     uint64_t off = 0;
     for (;;) { /* what there is */
@@ -544,7 +555,7 @@ int cmd_cancel(int argc, char **argv) {
     if (ret != CLI_OPTS_GO) return ret;
     char ep[256];
     if (runs_endpoint("cancel", &a, ep, sizeof ep)) return 1;
-    client_t *c = runs_open("cancel", ep);
+    client_t *c = runs_open("cancel", ep, a.master ? NULL : a.data_dir);
     Rlhf__RunReply *rep = NULL;
     json_t *st = NULL;
     ret = c ? runs_ask("cancel", c, ep, name, 1, 0, 0, &rep, &st) : 1;
@@ -574,7 +585,7 @@ int cmd_wait(int argc, char **argv) {
     if (ret != CLI_OPTS_GO) return ret;
     char ep[256];
     if (runs_endpoint("wait", &a, ep, sizeof ep)) return 1;
-    client_t *c = runs_open("wait", ep);
+    client_t *c = runs_open("wait", ep, a.master ? NULL : a.data_dir);
     if (!c) return 1;
     follow_t f = {.cmd = "wait", .name = name, .ep = ep, .timeout_s = a.timeout};
     ret = follow(&c, &f);

@@ -58,6 +58,7 @@ static const cli_cmd_t commands[] = {
     {"up", cmd_up, "start a master and workers on loopback (local mode)"},
     {"status", cmd_status, "a run's state (--run-dir DIR: the local master's /status JSON)"},
     {"down", cmd_down, "stop the local master and workers"},
+    {"keygen", cmd_keygen, "a cluster's keys: CURVE key pairs bound to roles, HTTP token"},
     {"bench", cmd_bench, "benchmarks: `rlhf bench train|generate|wire --help`"},
     {"cluster-ensure", cmd_cluster_ensure, NULL}, /* for tests: local_cluster_ensure */
 };
