@@ -50,6 +50,7 @@
 #include <zmq.h>
 
 #include "base/crc32c.h"
+#include "net/sec.h"
 #include "net/client.h"
 #include "base/err.h"
 #include "net/wire.h"
@@ -594,6 +595,13 @@ static const char usage[] =
 int main(int argc, char **argv) {
     if (argc < 2) {
         fputs(usage, stderr);
+        return 2;
+    }
+    /* a client of the cluster under test: its key from $RLHF_KEY / $RLHF_KEYS, plaintext
+     * without */
+    const char *kd = getenv("RLHF_KEYS"), *kf = getenv("RLHF_KEY");
+    if (((kd && kd[0]) || (kf && kf[0])) && sec_init(SEC_ROLE_CLIENT, NULL, NULL, 0) < 0) {
+        fprintf(stderr, "rlhf-client-tool: %s\n", rl_errmsg());
         return 2;
     }
     const char *cmd = argv[1], *ep = NULL, *model = NULL, *name = NULL, *file = NULL;

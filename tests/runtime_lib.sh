@@ -5,6 +5,11 @@ set -u
 W=$(mktemp -d "${TMPDIR:-/tmp}/rlhf-rt-XXXXXX")
 # workers started without --cache-dir keep their copies of models here, not in ~/.cache
 export XDG_CACHE_HOME="$W/xdg-cache"
+# the cluster's keys: every master, worker, client and tool of the test talks CURVE with them
+# (net/sec.h; local clusters that commands start make keys of their own)
+if [ -x "${BIN:-}/rlhf" ] && "$BIN/rlhf" keygen --dir "$W/keys" >/dev/null; then
+    export RLHF_KEYS="$W/keys"
+fi
 PIDS=()
 pass=0 fail=0
 cleanup() {

@@ -165,6 +165,24 @@ LIMIT=$((ref_ms * 5 / 1000 + 60))
 "$R" down --data-dir ref >/dev/null 2>&1
 REF=$W/ref/cl/ppo
 
+# --- the keys (rlhf keygen, made by runtime_lib.sh in $W/keys): each host gets only those of its
+# roles, the master its own and the list of the keys it admits; no host sees $W/keys
+unset RLHF_KEYS
+give_keys() { # give_keys HOST FILE...
+    local h=$1 d
+    shift
+    d=$(ns_dir "$h")/keys
+    mkdir -p "$d" && chmod 700 "$d"
+    for f in "$@"; do cp -p "$W/keys/$f" "$d/"; done
+}
+give_keys master master.key authorized_keys stage.key
+give_keys learner learner.key
+give_keys rollout1 rollout.key
+give_keys rollout2 rollout.key
+give_keys reward reward.key
+give_keys client client.key
+K=$NSROOT/keys
+
 MD=$(ns_dir master)
 mkdir -p "$MD/data"
 cp -r inputs "$MD/data/"      # the upload: on the master's host only
@@ -172,7 +190,7 @@ cp cluster.yaml "$(ns_dir client)/"
 
 # --- the cluster
 ns_spawn master logs/master.log "$BIN/rlhf-master" --bind 'tcp://*:5555' --advertise 10.77.0.1 \
-    --run-dir "$NSROOT/run" --data-dir "$NSROOT/data" --http-port 8080
+    --run-dir "$NSROOT/run" --data-dir "$NSROOT/data" --http-port 8080 --keys "$K"
 check "the master listens on its host" ns_wait_listen master 5555 20
 # worker HOST ROLE MASTER_ENDPOINT BIND_HOST ADVERTISE [ARGS...]: a worker on HOST, id HOST
 # (the stage worker: "stage", on the master's host)
@@ -181,7 +199,8 @@ worker() {
     shift 5
     [ "$role" = stage ] && id=stage
     ns_spawn "$host" "logs/$id.log" "$BIN/rlhf-worker" --role "$role" --id "$id" --master "$ep" \
-        --bind-host "$bind" --advertise "$adv" --cache-dir "$NSROOT/cache" --threads "$THREADS" "$@"
+        --bind-host "$bind" --advertise "$adv" --cache-dir "$NSROOT/cache" --threads "$THREADS" \
+        --key "$K/$role.key" "$@"
 }
 worker master stage "$MEP" 0.0.0.0 10.77.0.1
 learner() {
@@ -197,10 +216,28 @@ registered() {
     master_status | jq -e '[.workers[].id] | sort == ["learner", "reward", "rollout1", "rollout2", "stage"]'
 }
 check "the five workers register from their hosts" wait_for 30 registered
+# a worker whose key the master does not list (it knows the master's public key, no secret):
+# made after the master started, on the client's host
+cp -rp "$W/keys" "$W/other-keys"
+"$R" keygen --dir "$W/other-keys" --name intruder --role rollout >/dev/null
+give_keys client
+cp -p "$W/other-keys/intruder.key" "$(ns_dir client)/keys/other.key"
+ns_spawn client logs/intruder.log "$BIN/rlhf-worker" --role rollout --id intruder --master "$MEP" \
+    --key "$K/other.key" --cache-dir "$NSROOT/logs/intruder-cache"
+IPID=$NS_PID
+refused() {
+    [ "$(ns_exec master curl -sf --max-time 2 http://127.0.0.1:8080/metrics |
+        awk '$1 == "rlhf_auth_connections_total{result=\"refused\"}" { print $2 }')" -ge 1 ]
+}
+check "a worker with a key the master does not list is refused, and counted" wait_for 20 refused
+intruder_out() { master_status >/dev/null && ! master_status | jq -e '.workers[] | select(.id == "intruder")' >/dev/null; }
+check "... and never registers" intruder_out
+kill -TERM "$IPID" 2>/dev/null
+rm -f "$(ns_dir client)/keys/other.key"
 
 # --- a. the run from the client's host
 t0=$(now_ms)
-ns_spawn client logs/run-plain.log timeout "$LIMIT" "$R" run cluster.yaml --master "$MEP" --name plain
+ns_spawn client logs/run-plain.log timeout "$LIMIT" "$R" run cluster.yaml --master "$MEP" --name plain --key "$K/client.key"
 wait "$NS_PID"
 rc=$?
 check "a. the run submitted from the client's host succeeds (exit $rc)" test $rc -eq 0
@@ -250,7 +287,7 @@ fi
 iters() { cat "$MD/data/cut/ppo/metrics.jsonl" 2>/dev/null | wc -l; }
 iters_ge() { [ "$(iters)" -ge "$1" ]; }
 t0=$(now_ms)
-ns_spawn client logs/run-cut.log timeout "$LIMIT" "$R" run cluster.yaml --master "$MEP" --name cut
+ns_spawn client logs/run-cut.log timeout "$LIMIT" "$R" run cluster.yaml --master "$MEP" --name cut --key "$K/client.key"
 CUT=$NS_PID
 check "b. the second run starts its iterations" wait_for 60 iters_ge 3
 # at the start of one of rollout1's jobs: the cut takes a job with it
@@ -263,6 +300,7 @@ rq=$(requeued)
 ns_link_down rollout1
 cut_ms=$(now_ms)
 # meanwhile another rollout worker joins, on a host with nothing on its disk
+give_keys rollout3 rollout.key # its key: the only thing it brings
 worker rollout3 rollout "$MEP" 0.0.0.0 10.77.0.6
 client_gone() { ! kill -0 "$CUT" 2>/dev/null; }
 wait_for 15 client_gone # the cut lasts 15 s (less only if the run ends, a failure below)
@@ -290,7 +328,7 @@ check "... rollout3, started on an empty disk mid-run, joined it ($r3 GENERATE j
 # the lost iterations again, and the run still ends as on one machine
 iters() { cat "$MD/data/wipe/ppo/metrics.jsonl" 2>/dev/null | wc -l; }
 t0=$(now_ms)
-ns_spawn client logs/run-wipe.log timeout "$LIMIT" "$R" run cluster.yaml --master "$MEP" --name wipe
+ns_spawn client logs/run-wipe.log timeout "$LIMIT" "$R" run cluster.yaml --master "$MEP" --name wipe --key "$K/client.key"
 WIPE=$NS_PID
 check "e. the third run gets to iteration 10" wait_for 120 iters_ge 10
 { kill -KILL "$LPID" && wait "$LPID"; } 2>/dev/null
@@ -335,10 +373,10 @@ only() { # only HOST NAME...: the host's directory has these top-level entries a
     [ -z "$extra" ] || echo "$h has files of others:$extra" >&2
     [ -z "$extra" ]
 }
-check "... the master's host: its journal, data, stage cache, logs" only master run data cache logs
-check "... the learner's: its run directory, checkpoints, cache, logs" only learner learner ckpt cache logs
-for h in rollout1 rollout2 reward rollout3; do check "... $h's: its cache and logs" only "$h" cache logs; done
-check "... the client's: the config and logs" only client cluster.yaml logs
+check "... the master's host: its journal, data, stage cache, keys, logs" only master run data cache keys logs
+check "... the learner's: its run directory, checkpoints, cache, key, logs" only learner learner ckpt cache keys logs
+for h in rollout1 rollout2 reward rollout3; do check "... $h's: its cache, key and logs" only "$h" cache keys logs; done
+check "... the client's: the config, key and logs" only client cluster.yaml keys logs
 
 echo "wall time: setup above; run on one machine $ref_ms ms, on the hosts $plain_ms ms," \
     "with the cut $cut_run_ms ms, with the wiped learner $wipe_ms ms"

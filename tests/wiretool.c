@@ -64,11 +64,42 @@
 
 #include "base/crc32c.h"
 #include "base/err.h"
+#include "net/sec.h"
 #include "net/wire.h"
 #include "net/wsync.h"
 
+/* With $RLHF_KEYS (a key set of the cluster under test), the tool talks CURVE with the key of
+ * `role` from it, and its own servers admit the set's authorized_keys (what a worker is given
+ * in Welcome); without, plaintext. */
+static void wt_security(unsigned role) {
+    const char *dir = getenv("RLHF_KEYS"), *file = getenv("RLHF_KEY");
+    if (file && file[0]) { /* any key, whatever its roles: the tool plays any peer */
+        sec_key_t k;
+        if (sec_key_load(file, &k) < 0 || sec_setup(&k, NULL, 0) < 0) {
+            fprintf(stderr, "rlhf-wiretool: %s\n", rl_errmsg());
+            exit(2);
+        }
+        return;
+    }
+    if (!dir || !dir[0]) return;
+    char path[4200];
+    sec_peer_t *v = NULL;
+    int n = 0;
+    snprintf(path, sizeof path, "%s/authorized_keys", dir);
+    if (sec_init(role, NULL, dir, 0) < 0 || sec_authz_load(path, &v, &n) < 0 ||
+        sec_set_peers(v, n) < 0) {
+        fprintf(stderr, "rlhf-wiretool: %s\n", rl_errmsg());
+        exit(2);
+    }
+    free(v);
+}
+
 static void *dealer(void *ctx, const char *ep) {
     void *s = zmq_socket(ctx, ZMQ_DEALER);
+    if (sec_client(s, sec_master_pub()) < 0) {
+        fprintf(stderr, "rlhf-wiretool: %s\n", rl_errmsg());
+        exit(2);
+    }
     int linger = 2000, hwm = 100000;
     zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
     zmq_setsockopt(s, ZMQ_SNDHWM, &hwm, sizeof hwm);
@@ -116,6 +147,82 @@ static int wait_pong(void *s, uint64_t nonce, double deadline_ms) {
             if (hit) return 1;
         }
     }
+    return 0;
+}
+
+/* ask: sends one message a key's roles may forbid, then reports the master's answer within 2 s
+ * as JSON {"what","answer","code","message"}: "forbidden" (Error FORBIDDEN), "welcome", "error"
+ * (another Error), or "none" (no answer: a message the master takes silently). what:
+ * hello-ROLE[:ID] (a Hello as worker ROLE - rollout, reward, learner, stage - or client, id
+ * ID), announce (a WeightsAnnounce), run-submit (an empty RunSubmit), heartbeat. */
+static int cmd_ask(void *ctx, const char *ep, const char *what) {
+    void *s = dealer(ctx, ep);
+    Rlhf__Envelope env = RLHF__ENVELOPE__INIT;
+    Rlhf__Hello h = RLHF__HELLO__INIT;
+    Rlhf__WeightsAnnounce a = RLHF__WEIGHTS_ANNOUNCE__INIT;
+    Rlhf__RunSubmit rs = RLHF__RUN_SUBMIT__INIT;
+    Rlhf__Heartbeat hb = RLHF__HEARTBEAT__INIT;
+    char id[64] = "wiretool-ask";
+    if (!strncmp(what, "hello-", 6)) {
+        const char *role = what + 6, *colon = strchr(role, ':');
+        size_t rl = colon ? (size_t)(colon - role) : strlen(role);
+        if (colon) snprintf(id, sizeof id, "%s", colon + 1);
+        h.role = !strncmp(role, "rollout", rl)   ? RLHF__ROLE__ROLE_ROLLOUT
+                 : !strncmp(role, "reward", rl)  ? RLHF__ROLE__ROLE_REWARD
+                 : !strncmp(role, "learner", rl) ? RLHF__ROLE__ROLE_LEARNER
+                 : !strncmp(role, "stage", rl)   ? RLHF__ROLE__ROLE_STAGE
+                                                 : RLHF__ROLE__ROLE_CLIENT;
+        h.worker_id = id;
+        h.version = "wiretool";
+        env.body_case = RLHF__ENVELOPE__BODY_HELLO;
+        env.hello = &h;
+    } else if (!strcmp(what, "announce")) {
+        a.version = 999;
+        a.endpoint = "tcp://127.0.0.1:1";
+        env.body_case = RLHF__ENVELOPE__BODY_WEIGHTS_ANNOUNCE;
+        env.weights_announce = &a;
+    } else if (!strcmp(what, "run-submit")) {
+        rs.name = "wiretool-ask";
+        rs.plan_json = "{}";
+        env.body_case = RLHF__ENVELOPE__BODY_RUN_SUBMIT;
+        env.run_submit = &rs;
+    } else if (!strcmp(what, "heartbeat")) {
+        env.body_case = RLHF__ENVELOPE__BODY_HEARTBEAT;
+        env.heartbeat = &hb;
+    } else {
+        fprintf(stderr, "rlhf-wiretool: unknown --what %s\n", what);
+        return 2;
+    }
+    wire_send(s, NULL, 0, &env, NULL, NULL, 0, 0);
+    const char *answer = "none";
+    int code = 0;
+    char msg[256] = "";
+    double end = wire_now_ms() + 2000;
+    while (!strcmp(answer, "none") && wire_now_ms() < end) {
+        zmq_pollitem_t it = {s, 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(&it, 1, 50) <= 0) continue;
+        wire_msg_t m;
+        Rlhf__Envelope *in;
+        if (wire_recv(s, 0, &m, ZMQ_DONTWAIT) <= 0) continue;
+        if (wire_decode(&m, &in) == WIRE_OK) {
+            if (in->body_case == RLHF__ENVELOPE__BODY_WELCOME) {
+                answer = "welcome";
+            } else if (in->body_case == RLHF__ENVELOPE__BODY_ERROR) {
+                code = in->error->code;
+                answer = code == RLHF__ERROR_CODE__ERROR_CODE_FORBIDDEN ? "forbidden" : "error";
+                snprintf(msg, sizeof msg, "%s", in->error->message ? in->error->message : "");
+            }
+        }
+        if (in) rlhf__envelope__free_unpacked(in, NULL);
+        wire_msg_free(&m);
+    }
+    json_t *o = json_pack("{s:s, s:s, s:i, s:s}", "what", what, "answer", answer, "code", code,
+                          "message", msg);
+    char *txt = json_dumps(o, JSON_COMPACT);
+    printf("%s\n", txt);
+    free(txt);
+    json_decref(o);
+    zmq_close(s);
     return 0;
 }
 
@@ -405,7 +512,7 @@ typedef struct {
 static void *wt_fetch_thread(void *arg) {
     wt_fetcher_t *f = arg;
     void *ctx = zmq_ctx_new();
-    wsync_opts_t o = {.credit = f->credit};
+    wsync_opts_t o = {.credit = f->credit, .origin_key = sec_own() ? sec_own()->pub : NULL};
     pthread_barrier_wait(f->go);
     f->rc = wsync_fetch(ctx, f->ep, 1, &o, &f->snap, &f->st);
     f->end_ms = wire_now_ms();
@@ -510,7 +617,8 @@ static int wsync_bench(double mb, const char *fanout, size_t chunk, int credit, 
     double raw_s[50], raw_cpu[50], sync_s[50], sync_cpu[50], cold_s = 0;
     wsync_snapshot_t snap = {0};
     wsync_stats_t st = {0};
-    wsync_opts_t o = {.credit = credit};
+    /* with $RLHF_KEYS: CURVE, the server being this process (its own key is admitted) */
+    wsync_opts_t o = {.credit = credit, .origin_key = sec_own() ? sec_own()->pub : NULL};
     uint32_t crc_errors = 0, max_out = 0;
     /* warm-up of the raw path (connection, allocator); the first fetch is the cold one: a
      * fresh staging buffer whose pages are faulted in as the chunks land */
@@ -1079,7 +1187,12 @@ static int wsync_tool_main(int argc, char **argv) {
 }
 
 int main(int argc, char **argv) {
+    /* wsync-serve is a learner; wsync-bench measures CURVE with $RLHF_KEYS; the broadcast's
+     * origin and fetchers are plaintext */
+    if (argc >= 2 && (!strcmp(argv[1], "wsync-serve") || !strcmp(argv[1], "wsync-bench")))
+        wt_security(SEC_ROLE_LEARNER);
     if (argc >= 2 && !strncmp(argv[1], "wsync-", 6)) return wsync_tool_main(argc, argv);
+    wt_security(SEC_ROLE_CLIENT);
     if (argc < 2) {
         fprintf(stderr, "usage: rlhf-wiretool send|burst|swarm --master EP [...]\n");
         return 2;
@@ -1131,6 +1244,8 @@ int main(int argc, char **argv) {
     int rc;
     if (!strcmp(cmd, "send"))
         rc = cmd_send(ctx, ep, what);
+    else if (!strcmp(cmd, "ask"))
+        rc = cmd_ask(ctx, ep, what);
     else if (!strcmp(cmd, "burst"))
         rc = cmd_burst(ctx, ep, n, timeout);
     else if (!strcmp(cmd, "swarm"))
