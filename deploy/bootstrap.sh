@@ -19,11 +19,17 @@ PACKAGES=(
     libuv1-dev libjansson-dev librandom123-dev libpcre2-dev libsodium-dev
     libh2o-dev libyaml-dev libssl-dev prometheus curl gnuplot-nox
     iproute2 util-linux mount   # the cluster test's hosts: ip, tc, ss, unshare, nsenter
+    systemd python3-yaml        # the deploy tests: systemd-analyze; the manifests read as YAML
 )
 # The tokenizer test compares against GPT-2's reference encoder from the npm registry. A
 # machine may already have Node.js from elsewhere (with npm bundled): then keep it.
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     PACKAGES+=(nodejs npm)
+fi
+# The Kubernetes manifests' test renders them with `kubectl kustomize`; a kubectl from elsewhere
+# (a newer one, from the cluster's vendor) is kept: Debian's would replace it.
+if ! command -v kubectl >/dev/null 2>&1; then
+    PACKAGES+=(kubernetes-client)
 fi
 
 install_missing() {
