@@ -19,7 +19,7 @@ PACKAGES=(
     libuv1-dev libjansson-dev librandom123-dev libpcre2-dev libsodium-dev
     libh2o-dev libyaml-dev libssl-dev prometheus curl gnuplot-nox
     iproute2 util-linux mount   # the cluster test's hosts: ip, tc, ss, unshare, nsenter
-    systemd python3-yaml        # the deploy tests: systemd-analyze; the manifests read as YAML
+    systemd python3-yaml python3-kubernetes  # deploy tests: systemd-analyze; manifests, API types
 )
 # The tokenizer test compares against GPT-2's reference encoder from the npm registry. A
 # machine may already have Node.js from elsewhere (with npm bundled): then keep it.
