@@ -118,11 +118,11 @@ fi
 # --- the dev rendering, run here -------------------------------------------------------------
 port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 ZP=$(port) BP=$(port) HP=$(port)
-mkdir -p "$W/secret"
 if [ -n "$SECURE" ]; then
     check "rlhf keygen --dir keys (the Secret's files)" "$BIN/rlhf" keygen --dir "$W/secret"
     without=()
 else # empty stand-ins for the init containers to copy; the options themselves left out
+    mkdir -p "$W/secret"
     for f in master.key authorized_keys http.token stage.key rollout.key reward.key learner.key \
         client.key; do install -m 0400 /dev/null "$W/secret/$f"; done
     without=(--without --keys --without --key)
