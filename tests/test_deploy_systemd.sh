@@ -57,7 +57,10 @@ for u in "${UNIT_NAMES[@]}"; do
 done
 
 # --- systemd-analyze security --offline: exposure <= 2.0 -------------------------------------
+offline=$(systemd-analyze security --help 2>&1 | grep -c -- --offline)
+[ "$offline" -gt 0 ] || echo "note: this systemd-analyze has no security --offline (systemd < 250): exposure not rated"
 for u in "${UNIT_NAMES[@]}"; do
+    [ "$offline" -gt 0 ] || break
     out=$(cd "$UNITS" && systemd-analyze security --offline=yes --threshold=20 "./$u" 2>&1)
     rc=$?
     level=$(grep -o 'Overall exposure level for [^:]*: [0-9.]*' <<<"$out" | awk '{print $NF}')
