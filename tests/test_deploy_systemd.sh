@@ -108,7 +108,7 @@ port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); 
 ZP=$(port) BP=$(port) HP=$(port)
 mkdir -p "$W/etc"
 # the example file, with this machine's loopback and free ports in place of the cluster's addresses
-sed -e "s|^RLHF_MASTER=.*|RLHF_MASTER=tcp://127.0.0.1:$ZP|" \
+sed -e "s|^RLHF_MASTER_ENDPOINT=.*|RLHF_MASTER_ENDPOINT=tcp://127.0.0.1:$ZP|" \
     -e "s|^RLHF_MASTER_BIND=.*|RLHF_MASTER_BIND=tcp://127.0.0.1:$ZP|" \
     -e "s|^RLHF_BIND_HOST=.*|RLHF_BIND_HOST=127.0.0.1|" \
     -e "s|^RLHF_ADVERTISE=.*|RLHF_ADVERTISE=127.0.0.1|" \
