@@ -457,7 +457,7 @@ static void *raw_dealer(void *ctx, const char *ep) {
     void *s = zmq_socket(ctx, ZMQ_DEALER);
     int linger = 0;
     zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
-    if (zmq_connect(s, ep) < 0) {
+    if (sec_client(s, sec_master_pub()) < 0 || zmq_connect(s, ep) < 0) {
         zmq_close(s);
         return NULL;
     }
