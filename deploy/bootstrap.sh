@@ -9,6 +9,8 @@
 # unit tests once more on another family of OpenBLAS kernels than this machine's (so both the
 # AVX-512 and the AVX2 paths, or AVX2 and AVX, run on every machine), and build-asan/
 # (AddressSanitizer + UndefinedBehaviorSanitizer) runs them all again.
+# Packages are only installed: no service of theirs is enabled or started here (the Slurm test
+# starts its own munged, slurmctld and slurmd).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-demo}
@@ -20,6 +22,7 @@ PACKAGES=(
     libh2o-dev libyaml-dev libssl-dev prometheus curl gnuplot-nox
     iproute2 util-linux mount   # the cluster test's hosts: ip, tc, ss, unshare, nsenter
     systemd python3-yaml python3-kubernetes  # deploy tests: systemd-analyze; manifests, API types
+    slurmctld slurmd slurm-client munge # deploy/slurm: the test starts its own daemons
 )
 # The tokenizer test compares against GPT-2's reference encoder from the npm registry. A
 # machine may already have Node.js from elsewhere (with npm bundled): then keep it.
