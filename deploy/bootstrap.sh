@@ -8,7 +8,7 @@
 # The test mode builds twice: build/ (optimised, warnings are errors) runs every test, then the
 # unit tests once more on another family of OpenBLAS kernels than this machine's (so both the
 # AVX-512 and the AVX2 paths, or AVX2 and AVX, run on every machine), and build-asan/
-# (AddressSanitizer + UndefinedBehaviorSanitizer) runs them all again.
+# (AddressSanitizer + UndefinedBehaviorSanitizer) runs them all again but the deployment ones.
 # Packages are only installed: no service of theirs is enabled or started here (the Slurm test
 # starts its own munged, slurmctld and slurmd).
 set -euo pipefail
@@ -23,6 +23,7 @@ PACKAGES=(
     iproute2 util-linux mount   # the cluster test's hosts: ip, tc, ss, unshare, nsenter
     systemd python3-yaml python3-kubernetes  # deploy tests: systemd-analyze; manifests, API types
     slurmctld slurmd slurm-client munge # deploy/slurm: the test starts its own daemons
+    podman buildah              # deploy/image: the image, built FROM scratch offline
 )
 # The tokenizer test compares against GPT-2's reference encoder from the npm registry. A
 # machine may already have Node.js from elsewhere (with npm bundled): then keep it.
@@ -92,7 +93,7 @@ test)
     echo "unit tests again on the OpenBLAS $core kernels (this machine's: ${OPENBLAS_CORETYPE:-its own})"
     (cd build && OPENBLAS_CORETYPE=$core ctest --output-on-failure -j2 -L unit)
     build build-asan -DRLHF_SANITIZE=address,undefined
-    (cd build-asan && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j2 -LE 'lint|chaos|cluster')
+    (cd build-asan && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j2 -LE 'lint|chaos|cluster|deploy')
     ;;
 *)
     echo "usage: deploy/bootstrap.sh demo|test|build" >&2
