@@ -227,7 +227,8 @@ ppo: {policy: inputs/pol, rm: inputs/val, prompts: inputs/prompts.jsonl, iterati
 Y
 MPORT=$(free_port)
 submit() { # submit LOG: the job, waited for; its exit status
-    (cd job && exec timeout 150 sbatch --wait --output="$W/job/$1" \
+    # (the keys of the job's own making: none from the test's environment)
+    (cd job && exec env -u RLHF_KEYS timeout 150 sbatch --wait --output="$W/job/$1" \
         --export="ALL,RLHF_BIN=$BIN,RLHF_PORT=$MPORT,RLHF_SCRATCH=$W/scratch,RLHF_STOP_S=10" \
         "$SRC/deploy/slurm/rlhf.sbatch" tiny.yaml) >>sbatch.out 2>&1 &
     local p=$!
@@ -254,8 +255,9 @@ check "b. both rollout workers generated ($(gen rollout-1), $(gen rollout-2) job
 check "b. the job's output has the run's log and the exit" \
     eval 'grep -q "rlhf run exited with 0" job/job1.out'
 if [ $HAVE_KEYS = 1 ]; then
-    check "b. the keys were made (rlhf keygen) in the submit directory, mode 0600" \
-        eval '[ "$(stat -c %a job/rlhf-keys/master.key)" = 600 ]'
+    check "b. the keys were made (rlhf keygen) in the job's directory, mode 0600, and used" \
+        eval '[ "$(stat -c %a job/rlhf-keys/master.key)" = 600 ] &&
+            grep -q -- "--keys $W/job/rlhf-keys" job/job1.out'
 fi
 
 # --- c. nothing left
@@ -343,7 +345,7 @@ multi_node() {
     cp job/tiny.yaml shared/
     local t0 rc
     t0=$(now_ms)
-    ns_exec n1 env SLURM_CONF="$conf" timeout 150 sbatch --wait --nodes=3 --chdir="$W/shared" \
+    ns_exec n1 env -u RLHF_KEYS SLURM_CONF="$conf" timeout 150 sbatch --wait --nodes=3 --chdir="$W/shared" \
         --output="$W/shared/job.out" --export="ALL,SLURM_CONF=$conf,RLHF_BIN=$BIN,RLHF_SCRATCH=$NSROOT/scratch,RLHF_KEEP_SCRATCH=1,RLHF_STOP_S=10" \
         "$SRC/deploy/slurm/rlhf.sbatch" tiny.yaml >mn/sbatch.out 2>&1
     rc=$?
@@ -358,6 +360,11 @@ multi_node() {
     check "e. the workers registered from their nodes (learner@n2, rollout-1@n3)" eval \
         'grep -q "worker learner@n2 registered" "$ML/master.log" &&
             grep -q "worker rollout-1@n3 registered" "$ML/master.log"'
+    if [ $HAVE_KEYS = 1 ]; then
+        check "e. keys made in the shared job directory, each node's workers read theirs there" \
+            eval 'grep "step learner on n2" shared/job.out |
+                grep -q -- "--key $W/shared/rlhf-keys/learner.key"'
+    fi
     check "e. rollout-1 on n3 serves weights at n3's address, and generated" eval \
         'grep -q "weights relay: serving at tcp://10.79.0.3:" "$ML/rollout-1.log" &&
             grep -q "runs with weights version" "$ML/rollout-1.log"'
