@@ -78,22 +78,29 @@ check "a. nothing else in it${stray:+: $stray}" test -z "$stray"
 check "a. /var/lib/rlhf and /var/cache/rlhf belong to 10001, /tmp is 1777" eval \
     '[ "$(stat -c %u:%a root/var/lib/rlhf root/var/cache/rlhf root/tmp | tr "\n" " ")" = "10001:755 10001:755 0:1777 " ]'
 
-# --- b. chrooted: the image's files only
-ver=$(chroot root /usr/bin/rlhf --version 2>&1)
+# --- b. chrooted: the image's files only, and the image's environment only (its ENV)
+CHROOT=$(command -v chroot)
+IMAGE_ENV=(env -i PATH=/usr/bin HOME=/home/rlhf XDG_CACHE_HOME=/var/cache/rlhf)
+in_image() { # in_image USER:GROUP CMD...: CMD run in the image's root file system
+    local u=$1
+    shift
+    "${IMAGE_ENV[@]}" "$CHROOT" --userspec="$u" "$W/root" "$@"
+}
+ver=$(in_image 0:0 /usr/bin/rlhf --version 2>&1)
 check "b. chroot: rlhf --version ($ver)" test "$ver" = "$("$R" --version)"
-check "b. chroot: rlhf-master --help" eval 'chroot root /usr/bin/rlhf-master --help | grep -q "^usage: rlhf-master"'
-check "b. chroot: rlhf-worker --help" eval 'chroot root /usr/bin/rlhf-worker --help | grep -q "^usage: rlhf-worker"'
+check "b. chroot: rlhf-master --help" eval 'in_image 0:0 rlhf-master --help | grep -q "^usage: rlhf-master"'
+check "b. chroot: rlhf-worker --help" eval 'in_image 0:0 rlhf-worker --help | grep -q "^usage: rlhf-worker"'
 check "b. chroot as user rlhf (10001): rlhf-worker --help" \
-    eval 'chroot --userspec=10001:10001 root /usr/bin/rlhf-worker --help | grep -q "^usage: rlhf-worker"'
+    eval 'in_image 10001:10001 rlhf-worker --help | grep -q "^usage: rlhf-worker"'
 LD=$(readlink /lib64/ld-linux-x86-64.so.2 >/dev/null && echo /lib64/ld-linux-x86-64.so.2)
 [ -n "$LD" ] || LD=$(ldd "$R" | awk '$1 ~ /^\/.*ld-linux/ { print $1 }')
-chroot root "$LD" --list /usr/bin/rlhf-worker >ldlist.txt 2>&1
+in_image 0:0 "$LD" --list /usr/bin/rlhf-worker >ldlist.txt 2>&1
 check "b. the loader finds every library of rlhf-worker inside the image ($(grep -c '=>' ldlist.txt))" \
     eval '! grep -q "not found" ldlist.txt && grep -q "libopenblas" ldlist.txt'
 
 # --- c. BLAS and OpenMP without /proc and /sys
 check "c. chroot, no /proc or /sys: rlhf bench train (OpenBLAS, OpenMP, 2 threads)" eval \
-    'chroot --userspec=10001:10001 root /usr/bin/rlhf bench train --layers 1 --heads 2 --dim 64 \
+    'in_image 10001:10001 rlhf bench train --layers 1 --heads 2 --dim 64 \
         --vocab 128 --batch 2 --seq 16 --steps 2 --threads 2 | jq -e ".ms_per_step > 0"'
 
 # --- d. a master and a rollout worker from the image: rlhf generate, against the host's binaries
@@ -116,9 +123,10 @@ check "d. rlhf generate with the host's binaries" test -s host/completions.jsonl
 # their children; no pid namespace, whose pid 1 (the command itself, as in a container without
 # --init) would not reap the orphaned local supervisor
 t0=$(now_ms)
-timeout 120 unshare --mount --propagation private /bin/sh -c \
-    'mount -t proc proc "$0/proc" && exec chroot --userspec=10001:10001 "$0" "$@"' "$W/root" \
-    /usr/bin/rlhf generate --model /var/lib/rlhf/model --prompts /var/lib/rlhf/prompts.jsonl \
+timeout 120 "${IMAGE_ENV[@]}" "$(command -v unshare)" --mount --propagation private /bin/sh -c \
+    'c=$1 && shift && mount -t proc proc "$0/proc" && exec "$c" --userspec=10001:10001 "$0" "$@"' \
+    "$W/root" "$CHROOT" \
+    rlhf generate --model /var/lib/rlhf/model --prompts /var/lib/rlhf/prompts.jsonl \
     "${gen_args[@]}" --out /var/lib/rlhf/completions.jsonl >gen-image.log 2>&1
 rc=$?
 check "d. in the image (with /proc): rlhf generate, master and worker from /usr/bin (exit $rc, $(($(now_ms) - t0)) ms)" \
