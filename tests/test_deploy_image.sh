@@ -4,11 +4,12 @@
 # taken out of the image (podman save: the layers, unpacked; no container is run, which needs
 # cgroups), holds everything the binaries need. Checks:
 #   a. the image is tagged localhost/rlhf:VERSION (VERSION of `rlhf --version`), runs as user
-#      rlhf (10001) in /var/lib/rlhf, and holds only /usr/bin's three binaries, the libraries,
-#      /etc's four files and empty directories (no shell, no other program);
+#      rlhf (10001) in /var/lib/rlhf, and holds only /usr/bin's three binaries and install, the
+#      libraries, /etc's four files and empty directories (no shell, no other program);
 #   b. chrooted into it (no host library reachable) `rlhf --version`, `rlhf-master --help` and
-#      `rlhf-worker --help` run, as root and as user rlhf; the loader resolves every library inside
-#      the image (ld.so --list), none is missing;
+#      `rlhf-worker --help` run, as root and as user rlhf; install copies a key file at mode 0600
+#      as deploy/k8s's init containers do; the loader resolves every library inside the image
+#      (ld.so --list), none is missing;
 #   c. without /proc or /sys, OpenBLAS and OpenMP work in it (`rlhf bench train`, 2 threads);
 #   d. with /proc (mounted in a private mount namespace), `rlhf generate` - a master and a rollout
 #      worker started from the image's binaries, over loopback - writes the completions the host's
@@ -73,7 +74,7 @@ done
 check "a. the image's layers unpacked ($n_layers)" test "$n_layers" -ge 1 -a -x root/usr/bin/rlhf
 # every path is one of the image's: the binaries, libraries, /etc files, the user's directories
 stray=$(cd root && find . -mindepth 1 \( -type f -o -type l \) | grep -vE \
-    '^\./(usr/bin/rlhf(-master|-worker)?|usr/lib(64)?/.*\.so[.0-9]*|lib|lib64|etc/(passwd|group|nsswitch\.conf|hosts))$')
+    '^\./(usr/bin/(rlhf(-master|-worker)?|install)|usr/lib(64)?/.*\.so[.0-9]*|lib|lib64|etc/(passwd|group|nsswitch\.conf|hosts))$')
 check "a. nothing else in it${stray:+: $stray}" test -z "$stray"
 check "a. /var/lib/rlhf and /var/cache/rlhf belong to 10001, /tmp is 1777" eval \
     '[ "$(stat -c %u:%a root/var/lib/rlhf root/var/cache/rlhf root/tmp | tr "\n" " ")" = "10001:755 10001:755 0:1777 " ]'
@@ -92,6 +93,13 @@ check "b. chroot: rlhf-master --help" eval 'in_image 0:0 rlhf-master --help | gr
 check "b. chroot: rlhf-worker --help" eval 'in_image 0:0 rlhf-worker --help | grep -q "^usage: rlhf-worker"'
 check "b. chroot as user rlhf (10001): rlhf-worker --help" \
     eval 'in_image 10001:10001 rlhf-worker --help | grep -q "^usage: rlhf-worker"'
+# deploy/k8s's init containers: `install -m 0600 SECRET_FILE DIR/` as the pod's user
+mkdir -p root/run/keys root/run/secret && echo secret >root/run/secret/k.key
+chown 10001:10001 root/run/keys
+in_image 10001:10001 install -m 0600 /run/secret/k.key /run/keys/ 2>/dev/null
+check "b. chroot as rlhf: install -m 0600 copies a key (deploy/k8s's init containers)" \
+    eval '[ "$(stat -c %a:%u root/run/keys/k.key 2>&1)" = 600:10001 ]'
+rm -rf root/run
 LD=$(readlink /lib64/ld-linux-x86-64.so.2 >/dev/null && echo /lib64/ld-linux-x86-64.so.2)
 [ -n "$LD" ] || LD=$(ldd "$R" | awk '$1 ~ /^\/.*ld-linux/ { print $1 }')
 in_image 0:0 "$LD" --list /usr/bin/rlhf-worker >ldlist.txt 2>&1

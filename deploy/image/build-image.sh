@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # build-image.sh - the rlhf.c container image, from a build directory, offline: a root file
-# system of rlhf, rlhf-master and rlhf-worker plus every shared library they load (from ldd,
-# the real files behind symlinks such as OpenBLAS's alternatives link, and the dynamic loader at
-# the path the binaries name), a minimal /etc for user rlhf (uid 10001) and /tmp; then
-# `podman build` (or `buildah build`) of deploy/image/Containerfile FROM scratch. Nothing is
-# pulled; nothing of the host is needed at run time.
+# system of rlhf, rlhf-master and rlhf-worker (and coreutils' install, with which deploy/k8s's
+# init containers copy the keys) plus every shared library they load (from ldd, the real files
+# behind symlinks such as OpenBLAS's alternatives link, and the dynamic loader at the path the
+# binaries name), a minimal /etc for user rlhf (uid 10001) and /tmp; then `podman build` (or
+# `buildah build`) of deploy/image/Containerfile FROM scratch. Nothing is pulled; nothing of the
+# host is needed at run time. No shell.
 #
 #   deploy/image/build-image.sh BUILD_DIR [TAG]     (TAG default localhost/rlhf:VERSION, VERSION
 #                                                    from `BUILD_DIR/rlhf --version`)
@@ -12,6 +13,8 @@
 #   RLHF_BUILDER       podman or buildah (default: podman if installed, else buildah)
 #   RLHF_BUILDER_ARGS  global options for it, e.g. "--root DIR --runroot DIR --storage-driver vfs"
 #                      (a private image store; the test uses one)
+#   RLHF_IMAGE_TOOLS   programs of this machine to add to /usr/bin with their libraries (default
+#                      "install": deploy/k8s's init containers copy the keys with it; "" none)
 #   RLHF_ROOTFS        also leave the assembled root file system in this directory (must not exist)
 #   SOURCE_DATE_EPOCH  the time stamped on files and image (default: the rlhf binary's mtime), so
 #                      that the same binaries give the same layers
@@ -99,10 +102,22 @@ libs_of() {
     awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' <<<"$out"
 }
 
+# the programs: the three binaries, and the tools (RLHF_IMAGE_TOOLS) from this machine
+PROGS=()
+for b in "${BINS[@]}"; do PROGS+=("$BUILD/$b"); done
+read -r -a TOOLS <<<"${RLHF_IMAGE_TOOLS-install}"
+for t in ${TOOLS[@]+"${TOOLS[@]}"}; do
+    p=$(command -v "$t") || {
+        echo "build-image.sh: no program $t on this machine (RLHF_IMAGE_TOOLS)" >&2
+        exit 2
+    }
+    PROGS+=("$(readlink -f "$p")")
+done
 LIBS=()
-for b in "${BINS[@]}"; do
-    cp --preserve=mode "$BUILD/$b" "$ROOT/usr/bin/$b"
-    mapfile -t -O "${#LIBS[@]}" LIBS < <(libs_of "$BUILD/$b")
+for p in "${PROGS[@]}"; do
+    cp --preserve=mode "$p" "$ROOT/usr/bin/"
+    libs=$(libs_of "$p")
+    [ -n "$libs" ] && mapfile -t -O "${#LIBS[@]}" LIBS <<<"$libs"
 done
 mapfile -t LIBS < <(printf '%s\n' "${LIBS[@]}" | sort -u)
 for l in "${LIBS[@]}"; do add_file "$l"; done
