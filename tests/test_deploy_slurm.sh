@@ -15,7 +15,10 @@
 #      directory removed; the master's journal and state stay in RLHF_DATA_DIR/.slurm-master;
 #   d. the same job submitted again finds the run finished (the master replays its journal)
 #      and exits 0 at once, running no iteration again;
-#   e. a cluster of three nodes - network namespaces n1, n2, n3 on a bridge (tests/netns_lib.sh),
+#   e. a longer run: a rollout worker killed mid-run is started again by the script, then the job
+#      is cancelled (scancel): every step stops, nothing is left; submitted again, the run goes
+#      on from the master's journal to its last iteration;
+#   f. a cluster of three nodes - network namespaces n1, n2, n3 on a bridge (tests/netns_lib.sh),
 #      each with its own address, munged, slurmd and private local disk, slurmctld on n1, the
 #      job's directory shared: `sbatch --nodes=3` places the steps across them (the learner on
 #      n2, a rollout worker on n3, whose relay serves at n3's address), the run succeeds with
@@ -287,14 +290,14 @@ check "d. no iteration ran again" eval "test \$(wc -l <$RUN/ppo/metrics.jsonl) -
 wait_for 10 no_left
 check "d. again nothing left ($(left))" no_left
 
-# --- e. three nodes: network namespaces as hosts n1, n2, n3 (tests/netns_lib.sh), each with its
+# --- f. three nodes: network namespaces as hosts n1, n2, n3 (tests/netns_lib.sh), each with its
 # own address, munged and slurmd (slurmctld on n1) and a private directory as its local disk;
 # the job's directory is shared, as a cluster's shared file system is
 multi_node() {
     local h c conf=$W/mn/slurm.conf
     for c in ip tc nsenter unshare mountpoint setsid; do
         command -v "$c" >/dev/null || {
-            echo "e. left out: no $c (apt-get install iproute2 util-linux)"
+            echo "f. left out: no $c (apt-get install iproute2 util-linux)"
             return 0
         }
     done
@@ -336,11 +339,11 @@ multi_node() {
     for h in n1 n2 n3; do ns_spawn "$h" slurmd.out slurmd -D -N "$h" -f "$conf"; done
     all_idle() { [ "$(ns_exec n1 env SLURM_CONF="$conf" sinfo -h -o '%D %t')" = "3 idle" ]; }
     if ! wait_for 30 all_idle; then
-        bad "e. n1, n2, n3 idle in sinfo: $(ns_exec n1 env SLURM_CONF="$conf" sinfo -h 2>&1)"
+        bad "f. n1, n2, n3 idle in sinfo: $(ns_exec n1 env SLURM_CONF="$conf" sinfo -h 2>&1)"
         ns_tails 20
         return 1
     fi
-    ok "e. three nodes n1, n2, n3 (10.79.0.1-3) idle"
+    ok "f. three nodes n1, n2, n3 (10.79.0.1-3) idle"
     cp -r job/runs/inputs shared/runs/
     cp job/tiny.yaml shared/
     local t0 rc
@@ -349,28 +352,28 @@ multi_node() {
         --output="$W/shared/job.out" --export="ALL,SLURM_CONF=$conf,RLHF_BIN=$BIN,RLHF_SCRATCH=$NSROOT/scratch,RLHF_KEEP_SCRATCH=1,RLHF_STOP_S=10" \
         "$SRC/deploy/slurm/rlhf.sbatch" tiny.yaml >mn/sbatch.out 2>&1
     rc=$?
-    check "e. sbatch --nodes=3 --wait rlhf.sbatch tiny.yaml: exit 0 (got $rc, $(($(now_ms) - t0)) ms)" \
+    check "f. sbatch --nodes=3 --wait rlhf.sbatch tiny.yaml: exit 0 (got $rc, $(($(now_ms) - t0)) ms)" \
         test $rc -eq 0
     on() { grep -q "^rlhf.sbatch: step $1 on $2: " shared/job.out; }
-    check "e. master, stage, reward-1, rollout-2 on n1; learner on n2; rollout-1 on n3" eval \
+    check "f. master, stage, reward-1, rollout-2 on n1; learner on n2; rollout-1 on n3" eval \
         'on master n1 && on stage n1 && on reward-1 n1 && on rollout-2 n1 && on learner n2 &&
             on rollout-1 n3'
     ML=$(ls shared/runs/.slurm-master/job-*/master.log 2>/dev/null | head -n 1)
     ML=${ML%/master.log}
-    check "e. the workers registered from their nodes (learner@n2, rollout-1@n3)" eval \
+    check "f. the workers registered from their nodes (learner@n2, rollout-1@n3)" eval \
         'grep -q "worker learner@n2 registered" "$ML/master.log" &&
             grep -q "worker rollout-1@n3 registered" "$ML/master.log"'
     if [ $HAVE_KEYS = 1 ]; then
-        check "e. keys made in the shared job directory, each node's workers read theirs there" \
+        check "f. keys made in the shared job directory, each node's workers read theirs there" \
             eval 'grep "step learner on n2" shared/job.out |
                 grep -q -- "--key $W/shared/rlhf-keys/learner.key"'
     fi
-    check "e. rollout-1 on n3 serves weights at n3's address, and generated" eval \
+    check "f. rollout-1 on n3 serves weights at n3's address, and generated" eval \
         'grep -q "weights relay: serving at tcp://10.79.0.3:" "$ML/rollout-1.log" &&
             grep -q "runs with weights version" "$ML/rollout-1.log"'
-    check "e. the run's policy is the one-node run's, byte for byte" \
+    check "f. the run's policy is the one-node run's, byte for byte" \
         cmp "$RUN/ppo/policy/model.safetensors" shared/runs/tiny/ppo/policy/model.safetensors
-    check "e. n2's own disk holds the learner's checkpoints, n3's the models it fetched" eval \
+    check "f. n2's own disk holds the learner's checkpoints, n3's the models it fetched" eval \
         'ls -d "$(ns_dir n2)"/scratch/ckpt/* >/dev/null 2>&1 &&
             [ -n "$(ls -A "$(ns_dir n3)/scratch/cache" 2>/dev/null)" ] &&
             [ ! -e "$(ns_dir n3)/scratch/ckpt" ]'
@@ -381,11 +384,54 @@ multi_node() {
         ns_tails 20
     fi
 }
+# --- e. a worker killed, the job cancelled, the job submitted again
+# as many iterations as take about 15 s here (from the first run's), so that the kill and the
+# cancel fall inside the run on a machine of any speed
+ms=$(jq -s 'map(.ms_iteration) | add / length | floor' "$RUN/ppo/metrics.jsonl" 2>/dev/null)
+LONG=$((15000 / (${ms:-100} > 0 ? ${ms:-100} : 1)))
+[ "$LONG" -ge 60 ] || LONG=60
+[ "$LONG" -le 3000 ] || LONG=3000
+sed -e "s/run_dir: runs\/tiny/run_dir: runs\/long/" -e "s/iterations: $ITERS/iterations: $LONG/" \
+    job/tiny.yaml >job/long.yaml
+lines() { wc -l 2>/dev/null <job/runs/long/ppo/metrics.jsonl || echo 0; }
+lines_ge() { [ "$(lines)" -ge "$1" ]; }
+JOB=$(cd job && env -u RLHF_KEYS sbatch --parsable --output="$W/job/job3.out" \
+    --export="ALL,RLHF_BIN=$BIN,RLHF_PORT=$MPORT,RLHF_SCRATCH=$W/scratch,RLHF_STOP_S=10" \
+    "$SRC/deploy/slurm/rlhf.sbatch" long.yaml 2>>sbatch.out)
+check "e. a run of $LONG iterations submitted (job ${JOB:-none}) reaches iteration 3" wait_for 90 lines_ge 3
+victim=$(pgrep -f -- "^$BIN/rlhf-worker --role rollout --id rollout-1@$NODE --master tcp://127.0.0.1:$MPORT")
+[ -n "$victim" ] && kill -KILL "$victim"
+restarted() {
+    grep -q "step rollout-1 ended .* started again" job/job3.out &&
+        [ "$(grep -c "worker rollout-1@$NODE registered" job/runs/.slurm-master/job-"$JOB"/master.log)" -ge 2 ]
+}
+check "e. rollout-1 killed (pid ${victim:-none}): the script starts its step again, it registers again" \
+    wait_for 30 restarted
+at=$(lines)
+check "e. the run goes on ($at iterations)" wait_for 60 lines_ge $((at + 2))
+t0=$(now_ms)
+scancel "$JOB"
+gone() { [ -z "$(squeue -h -j "$JOB" -o %i 2>/dev/null)" ] && no_left; }
+wait_for 30 gone
+check "e. scancel: the job and every process of it gone in $(($(now_ms) - t0)) ms ($(left))" gone
+check "e. ... the batch script stopped the cluster on the signal" \
+    grep -q "signal: stopping the cluster" job/job3.out
+before=$(lines)
+t0=$(now_ms)
+(cd job && exec env -u RLHF_KEYS timeout 150 sbatch --wait --output="$W/job/job4.out" \
+    --export="ALL,RLHF_BIN=$BIN,RLHF_PORT=$MPORT,RLHF_SCRATCH=$W/scratch,RLHF_STOP_S=10" \
+    "$SRC/deploy/slurm/rlhf.sbatch" long.yaml) >>sbatch.out 2>&1
+rc=$?
+check "e. submitted again: exit 0 ($(($(now_ms) - t0)) ms), from iteration $before to $LONG" \
+    test $rc -eq 0 -a "$(lines)" -eq "$LONG" -a "$before" -lt "$LONG"
+wait_for 10 no_left
+check "e. again nothing left ($(left))" no_left
+
 teardown "$W" # the one-node cluster: done with
 multi_node
 
 if [ "$fail" -ne 0 ]; then
-    for f in sbatch.out job/job1.out job/job2.out slurmctld.log slurmd.log "$LOGS"/*.log; do
+    for f in sbatch.out job/job1.out job/job2.out job/job3.out job/job4.out slurmctld.log slurmd.log "$LOGS"/*.log; do
         [ -f "$f" ] && echo "--- $f" && tail -n 30 "$f"
     done
 fi
