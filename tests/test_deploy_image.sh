@@ -143,10 +143,7 @@ check "d. ... the same completions as the host's binaries, byte for byte" \
     cmp host/completions.jsonl root/var/lib/rlhf/completions.jsonl
 # processes whose root is the image's: none may be left
 in_root() {
-    local pid
-    for pid in $(ls /proc | grep -E '^[0-9]+$'); do
-        [ "$(readlink "/proc/$pid/root" 2>/dev/null)" = "$W/root" ] && echo "$pid"
-    done
+    find /proc -mindepth 2 -maxdepth 2 -name root -lname "$W/root" 2>/dev/null | cut -d/ -f3
 }
 wait_for 10 eval '[ -z "$(in_root)" ]'
 left=$(in_root)
