@@ -331,6 +331,21 @@ static void supervise(sup_t *s) {
 }
 
 /* Whether process pid runs the program at path (after a rebuild, its old file still counts). */
+/* Whether pid exists and is not a zombie (a supervisor orphaned where PID 1 reaps nothing - a
+ * container without an init - stays one after it exited: kill(pid, 0) alone would wait for it). */
+static int pid_live(pid_t pid) {
+    char path[64], buf[512];
+    if (pid <= 0 || kill(pid, 0) != 0) return 0;
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "re");
+    if (!f) return 1;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    const char *p = strrchr(buf, ')'); /* the state follows the command's name */
+    return !(p && p[1] == ' ' && p[2] == 'Z');
+}
+
 static int pid_runs(pid_t pid, const char *path) {
     char link[64], exe[PATH_MAX];
     snprintf(link, sizeof link, "/proc/%d/exe", (int)pid);
@@ -1035,8 +1050,8 @@ int cmd_down(int argc, char **argv) {
         fprintf(stderr, "rlhf down: nothing running from %s\n", dir);
         return 1;
     }
-    for (int i = 0; i < 400 && kill(sup, 0) == 0; i++) nap_ms(50); /* 20 s */
-    if (kill(sup, 0) == 0) {
+    for (int i = 0; i < 400 && pid_live(sup); i++) nap_ms(50); /* 20 s */
+    if (pid_live(sup)) {
         fprintf(stderr, "rlhf down: supervisor %d still running\n", (int)sup);
         return 1;
     }
