@@ -59,6 +59,21 @@ start_master() {
     HTTP="http://127.0.0.1:$(jq -r .http_port "$run/master.json")"
 }
 
+# start_server NAME VERSION MIB [ARGS...]: rlhf-wiretool wsync-serve publishes VERSION (MIB MiB)
+# and announces it to the master at $EP, as a learner would; sets SPID, SEP (its endpoint) and
+# SCRC (the CRC-32C the workers log)
+start_server() {
+    local name=$1 v=$2 mb=$3; shift 3
+    rm -f "$W/$name.ready"
+    "$BIN/rlhf-wiretool" wsync-serve --master "$EP" --version "$v" --mb "$mb" \
+        --ready "$W/$name.ready" "$@" >>"$W/$name.log" 2>&1 &
+    SPID=$!
+    PIDS+=("$SPID")
+    wait_for 30 test -s "$W/$name.ready" || { echo "wsync-serve $name did not start"; return 1; }
+    SEP=$(jq -r .endpoint "$W/$name.ready")
+    SCRC=$(jq -r .crc32c "$W/$name.ready")
+}
+
 # start_worker NAME [ARGS...]: sets WPID.
 start_worker() {
     local name=$1; shift

@@ -11,17 +11,6 @@ source "$(dirname "$0")/runtime_lib.sh"
 
 # start_server NAME VERSION MIB [ARGS...]: serves a snapshot, announced to the master at $EP;
 # sets SPID, SEP (endpoint) and SCRC (its CRC-32C, as the workers log it).
-start_server() {
-    local name=$1 v=$2 mb=$3; shift 3
-    rm -f "$W/$name.ready"
-    "$BIN/rlhf-wiretool" wsync-serve --master "$EP" --version "$v" --mb "$mb" \
-        --ready "$W/$name.ready" "$@" >>"$W/$name.log" 2>&1 &
-    SPID=$!
-    PIDS+=("$SPID")
-    wait_for 30 test -s "$W/$name.ready" || { echo "wsync-serve $name did not start"; return 1; }
-    SEP=$(jq -r .endpoint "$W/$name.ready")
-    SCRC=$(jq -r .crc32c "$W/$name.ready")
-}
 # synced LOG VERSION CRC: the worker's log has the sync line of that version with that checksum
 synced() { grep -q "weights: version $2 synced: .* crc32c $3," "$W/$1.log"; }
 

@@ -17,18 +17,11 @@ source "$(dirname "$0")/runtime_lib.sh"
 
 MIB=24
 BYTES=$((MIB * 1048576))
-# serve NAME VERSION [ARGS...]: version VERSION (MIB MiB) announced to the master at $EP; sets
-# SPID, SEP (its endpoint) and SCRC (the CRC-32C the workers log)
+# serve NAME VERSION [ARGS...]: runtime_lib.sh's start_server with MIB MiB
 serve() {
-    local name=$1 v=$2; shift 2
-    rm -f "$W/$name.ready"
-    "$BIN/rlhf-wiretool" wsync-serve --master "$EP" --version "$v" --mb "$MIB" \
-        --ready "$W/$name.ready" "$@" >>"$W/$name.log" 2>&1 &
-    SPID=$!
-    PIDS+=("$SPID")
-    wait_for 30 test -s "$W/$name.ready" || { echo "wsync-serve $name did not start"; return 1; }
-    SEP=$(jq -r .endpoint "$W/$name.ready")
-    SCRC=$(jq -r .crc32c "$W/$name.ready")
+    local name=$1 v=$2
+    shift 2
+    start_server "$name" "$v" "$MIB" "$@"
 }
 # served NAME: the bytes the server sent (it logs them when stopped); stops it
 served() {
