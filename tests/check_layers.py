@@ -6,7 +6,7 @@ only from the rooms listed for it below, so every dependency points down:
 
     common/base   errors, files, JSONL, CRC-32C, RNG, YAML config    (nothing of ours)
     common/nn     kernels, model, tokenizer, generation, training     base
-    common/net    framing, weight sync, blobs, client                 base + the wire schema
+    common/net    framing, weight sync, blobs, client, secrets        base + the wire schema
     common/align  task, annotations, ranking, reward model, PPO       base, nn
     master/       the rlhf-master daemon: schedules, never does math  base, net
     master/cli/   the rlhf command                                    all of common/
