@@ -207,9 +207,4 @@ int local_train_job(local_session_t *s, uint64_t id, uint64_t seed, const void *
 int local_learner_latest(const char *ldir, int ppo, const char *model, char *path, size_t cap,
                          long *pos);
 
-/* GET http://127.0.0.1:port/path (HTTP/1.0, 5 s socket timeouts). Returns 0 with *body the
- * response body (malloc'ed, NUL-terminated, the caller frees it), or RL_EIO / RL_EPROTO (not a
- * 200 answer) / RL_ENOMEM with the detail in rl_errmsg() and *body NULL. */
-int local_http_get(int port, const char *path, char **body);
-
 #endif

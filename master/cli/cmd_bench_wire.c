@@ -59,6 +59,7 @@
 #include <jansson.h>
 
 #include "cli.h"
+#include "cli_http.h"
 #include "base/err.h"
 #include "net/sec.h"
 #include "rlhf.pb-c.h"
@@ -228,9 +229,10 @@ typedef struct {
     double received, sent, registrations, deaths;
 } bw_metrics_t;
 
-static int read_metrics(int port, bw_metrics_t *mt) {
+/* /metrics of the master whose files are in run (its master.json, its token). */
+static int read_metrics(const char *run, bw_metrics_t *mt) {
     char *text = NULL;
-    int rc = local_http_get(port, "/metrics", &text);
+    int rc = cli_http_get(run, NULL, "/metrics", &text);
     if (rc < 0) return rc;
     mt->received = metric_value(text, "rlhf_wire_messages_received_total");
     mt->sent = metric_value(text, "rlhf_wire_messages_sent_total");
@@ -447,7 +449,7 @@ static int phase_swarm(bw_t *b, bw_swarm_t *s) {
     bw_metrics_t m0, m1;
     for (;;) { /* every simulated worker registered, within 30 s */
         if ((rc = watch(b, 100)) < 0) return rc;
-        if ((rc = read_metrics(port, &m0)) < 0) return rc;
+        if ((rc = read_metrics(run, &m0)) < 0) return rc;
         if (m0.registrations >= b->swarm) break;
         if (cli_now_ms() - t_reg > 30e3)
             return rl_fail(RL_EIO, "only %.0f of %d simulated workers registered in 30 s",
@@ -455,14 +457,14 @@ static int phase_swarm(bw_t *b, bw_swarm_t *s) {
     }
     s->register_s = (cli_now_ms() - t_reg) / 1e3;
     /* one heartbeat interval to settle into the steady 1 Hz pattern, then measure */
-    if ((rc = watch(b, 1000)) < 0 || (rc = read_metrics(port, &m0)) < 0) return rc;
+    if ((rc = watch(b, 1000)) < 0 || (rc = read_metrics(run, &m0)) < 0) return rc;
     c0 = cpu_seconds(b->master);
     double h0 = cpu_seconds(b->helper);
     t0 = cli_now_ms();
     if ((rc = watch(b, b->seconds * 1000)) < 0) return rc;
     double c1 = cpu_seconds(b->master), h1 = cpu_seconds(b->helper);
     double dt = (cli_now_ms() - t0) / 1e3;
-    if ((rc = read_metrics(port, &m1)) < 0) return rc;
+    if ((rc = read_metrics(run, &m1)) < 0) return rc;
     if (c0 < 0 || c1 < 0 || h0 < 0 || h1 < 0)
         return rl_fail(RL_EIO, "cannot read /proc/PID/stat of the master or the helper");
     s->cpu_pct = 100.0 * (c1 - c0) / dt;

@@ -43,6 +43,7 @@
 #include <jansson.h>
 
 #include "cli.h"
+#include "cli_http.h"
 #include "cli_opts.h"
 #include "base/err.h"
 #include "base/fs.h"
@@ -620,7 +621,7 @@ static int cluster_endpoint(const char *dir, int wait_ms, char *ep, size_t n) {
         const char *e = json_string_value(json_object_get(m, "endpoint"));
         char *body = NULL;
         int up = mpid > 0 && mpid == json_integer_value(json_object_get(m, "pid")) && e &&
-                 port > 0 && local_http_get(port, "/status", &body) == 0;
+                 port > 0 && cli_http_get(dir, NULL, "/status", &body) == 0;
         free(body);
         if (up) snprintf(ep, n, "%s", e);
         json_decref(l);
@@ -943,87 +944,45 @@ int local_train_job(local_session_t *s, uint64_t id, uint64_t seed, const void *
 }
 
 typedef struct {
-    const char *data_dir, *run_dir;
+    const char *data_dir, *run_dir, *token_file;
 } dir_args_t;
 
+/* where the cluster is, for `rlhf status --run-dir` (all of them: it reads HTTP) and `rlhf
+ * down` (all but the token) */
 static const cli_opt_t dir_opt_table[] = {
     CLI_OPT_STR(dir_args_t, data_dir, "data-dir", "runs", "DIR",
                 "the cluster serving this data directory (its files in DIR/.cluster)", 0),
     CLI_OPT_STR(dir_args_t, run_dir, "run-dir", NULL, "DIR",
                 "the cluster whose files are in DIR (`rlhf up --run-dir`)", 0),
+    CLI_OPT_STR(dir_args_t, token_file, "http-token-file", NULL, "FILE",
+                "the master's HTTP bearer token (default: $" CLI_HTTP_TOKEN_ENV
+                ", else the file the master's master.json names, DIR/http.token)",
+                0),
 };
+#define DIR_OPTS_N (int)(sizeof dir_opt_table / sizeof dir_opt_table[0])
 
-/* The cluster directory of `rlhf status` / `rlhf down` into dir; *bad = 1 after --help, 2
- * after a bad option. */
-static void run_dir_opt(int argc, char **argv, const cli_opts_t *o, char *dir, size_t n, int *bad) {
-    dir_args_t a = {0};
-    int rc = cli_opts_parse(o, argc, argv, &a);
+/* The cluster directory of `rlhf status` / `rlhf down` into dir, the options into *a; *bad = 1
+ * after --help, 2 after a bad option. */
+static void run_dir_opt(int argc, char **argv, const cli_opts_t *o, dir_args_t *a, char *dir,
+                        size_t n, int *bad) {
+    int rc = cli_opts_parse(o, argc, argv, a);
     *bad = rc == CLI_OPTS_GO ? 0 : rc == 0 ? 1 : 2;
     if (!*bad && optind < argc) *bad = 2, cli_usage_error(o->cmd);
-    if (!*bad) cluster_dir(dir, n, a.run_dir, a.data_dir);
-}
-
-int local_http_get(int port, const char *path, char **body) {
-    *body = NULL;
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) return rl_fail(RL_EIO, "socket: %s", strerror(errno));
-    /* the master answers at once or not at all: never wait on it for long */
-    struct timeval tv = {5, 0};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    char req[512];
-    int rn = snprintf(req, sizeof req, "GET %.400s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", path);
-    if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0 || write(fd, req, (size_t)rn) != rn) {
-        int rc = rl_fail(RL_EIO, "127.0.0.1:%d: %s", port, strerror(errno));
-        close(fd);
-        return rc;
-    }
-    size_t cap = 1 << 16, len = 0;
-    char *buf = malloc(cap);
-    ssize_t n = 0;
-    while (buf && (n = read(fd, buf + len, cap - len - 1)) > 0) {
-        len += (size_t)n;
-        if (len + 1 == cap) {
-            char *nb = realloc(buf, cap *= 2);
-            if (!nb) free(buf);
-            buf = nb;
-        }
-    }
-    close(fd);
-    if (!buf) return rl_fail(RL_ENOMEM, "http: out of memory");
-    buf[len] = 0;
-    char *sep = strstr(buf, "\r\n\r\n");
-    if (n < 0 || strncmp(buf, "HTTP/1.", 7) || !sep || atoi(buf + 9) != 200) {
-        free(buf);
-        return rl_fail(RL_EPROTO, "127.0.0.1:%d%s: %s", port, path,
-                       n < 0 ? strerror(errno) : "no 200 answer");
-    }
-    size_t body_len = len - (size_t)(sep + 4 - buf);
-    memmove(buf, sep + 4, body_len + 1);
-    *body = buf;
-    return 0;
+    if (!*bad) cluster_dir(dir, n, a->run_dir, a->data_dir);
 }
 
 int cmd_status_local(int argc, char **argv) {
     int bad;
     static const cli_opts_t opts =
-        CLI_OPTS("status", "rlhf status [--data-dir DIR | --run-dir DIR]",
+        CLI_OPTS("status", "rlhf status [--data-dir DIR | --run-dir DIR] [--http-token-file FILE]",
                  "Prints the local master's /status JSON.\n", dir_opt_table, NULL);
     char dir[1100];
-    run_dir_opt(argc, argv, &opts, dir, sizeof dir, &bad);
+    dir_args_t a = {0};
+    run_dir_opt(argc, argv, &opts, &a, dir, sizeof dir, &bad);
     if (bad) return bad == 1 ? 0 : 2;
-    json_t *m = read_json(dir, "master.json");
-    int port = m ? (int)json_integer_value(json_object_get(m, "http_port")) : 0;
-    json_decref(m);
-    if (port <= 0) {
-        fprintf(stderr, "rlhf status: no master with HTTP in %s\n", dir);
-        return 1;
-    }
     char *body = NULL;
-    if (local_http_get(port, "/status", &body) < 0) {
-        fprintf(stderr, "rlhf status: cannot reach the master on port %d: %s\n", port, rl_errmsg());
+    if (cli_http_get(dir, a.token_file, "/status", &body) < 0) {
+        fprintf(stderr, "rlhf status: cannot read the master's /status: %s\n", rl_errmsg());
         return 1;
     }
     json_t *o = json_loads(body, 0, NULL);
@@ -1037,11 +996,16 @@ int cmd_status_local(int argc, char **argv) {
 
 int cmd_down(int argc, char **argv) {
     int bad;
-    static const cli_opts_t opts =
-        CLI_OPTS("down", "rlhf down [--data-dir DIR | --run-dir DIR]",
-                 "Stops the local master and workers (their supervisor).\n", dir_opt_table, NULL);
+    static const cli_opts_t opts = {"down",
+                                    "rlhf down [--data-dir DIR | --run-dir DIR]",
+                                    "Stops the local master and workers (their supervisor).\n",
+                                    dir_opt_table,
+                                    DIR_OPTS_N - 1,
+                                    NULL,
+                                    NULL};
     char dir[1100];
-    run_dir_opt(argc, argv, &opts, dir, sizeof dir, &bad);
+    dir_args_t a = {0};
+    run_dir_opt(argc, argv, &opts, &a, dir, sizeof dir, &bad);
     if (bad) return bad == 1 ? 0 : 2;
     json_t *o = read_json(dir, "local.json");
     pid_t sup = o ? (pid_t)json_integer_value(json_object_get(o, "supervisor_pid")) : 0;

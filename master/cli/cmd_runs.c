@@ -454,6 +454,10 @@ static const cli_opt_t status_table[] = {
     CLI_OPT_FLAG(runs_args_t, json, "json", "print the master's status JSON"),
     CLI_OPT_CALL("run-dir", "DIR", "(the old form) the /status JSON of the master in DIR",
                  status_opt_run_dir, CLI_OPT_NOKEY),
+    CLI_OPT_CALL("http-token-file", "FILE",
+                 "with --run-dir: the master's HTTP bearer token (default: $RLHF_HTTP_TOKEN_FILE, "
+                 "else DIR/http.token or the file the master's master.json names)",
+                 status_opt_run_dir, CLI_OPT_NOKEY),
 };
 static const cli_opts_t status_opts =
     CLI_OPTS("status", "rlhf status [RUN] [--json] [--master ENDPOINT | --data-dir DIR]",
