@@ -13,10 +13,10 @@ tiny_ppo_setup 2 32 48
 
 "$R" cluster-ensure --data-dir . >/dev/null || { echo "no cluster"; exit 1; }
 mpid=$(jq -r .master_pid .cluster/local.json)
-port=$(jq -r .http_port .cluster/master.json)
+use_master .cluster
 tck=$(getconf CLK_TCK)
 cpu() { awk '{print $14 + $15}' "/proc/$mpid/stat"; }
-journal() { curl -sf "http://127.0.0.1:$port/status" | jq -c .journal; }
+journal() { mcurl -sf "$HTTP/status" | jq -c .journal; }
 j0=$(journal) c0=$(cpu) t0=$(date +%s%N)
 "$R" ppo --policy pol --rm val --prompts prompts.jsonl --out run --iterations "$N" --batch 16 \
     --samples 2 --max-new 16 --reward-count-token 97 >/dev/null 2>run.err || { cat run.err; exit 1; }

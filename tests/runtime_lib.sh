@@ -56,8 +56,25 @@ start_master() {
     PIDS+=("$MPID")
     wait_for 10 test -s "$run/master.json" || { echo "master did not start"; return 1; }
     EP=$(jq -r .endpoint "$run/master.json")
-    HTTP="http://127.0.0.1:$(jq -r .http_port "$run/master.json")"
+    use_master "$run"
 }
+
+# use_master DIR: the master whose files are in DIR (its master.json) is the one $HTTP, mcurl
+# and metric talk to; start_master calls it, a test of a local cluster calls it on DIR/.cluster.
+use_master() {
+    export MDIR=$1
+    HTTP="$(jq -r '.http_scheme // "http"' "$1/master.json")://127.0.0.1:$(jq -r .http_port "$1/master.json")"
+}
+
+# mcurl ARGS...: curl with the bearer token of the master of $MDIR, read at every call from the
+# file its master.json names (a restarted master writes a new one; an --insecure one names
+# none). Exported, for `bash -c "..."`.
+mcurl() {
+    local f
+    f=$(jq -r '.http_token_file // empty' "$MDIR/master.json" 2>/dev/null)
+    curl ${f:+-H "Authorization: Bearer $(cat "$f")"} "$@"
+}
+export -f mcurl
 
 # start_server NAME VERSION MIB [ARGS...]: rlhf-wiretool wsync-serve publishes VERSION (MIB MiB)
 # and announces it to the master at $EP, as a learner would; sets SPID, SEP (its endpoint) and
@@ -104,7 +121,7 @@ client_done() {
 }
 
 # metric NAME_WITH_LABELS: the value from /metrics (empty if absent).
-metric() { curl -sf "$HTTP/metrics" | awk -v k="$1" '$1 == k { print $2 }'; }
+metric() { mcurl -sf "$HTTP/metrics" | awk -v k="$1" '$1 == k { print $2 }'; }
 metric_ge() { local v; v=$(metric "$1"); [ -n "$v" ] && [ "$v" -ge "$2" ]; }
 metric_eq() { local v; v=$(metric "$1"); [ -n "$v" ] && [ "$v" -eq "$2" ]; }
 

@@ -17,7 +17,7 @@ ids() { jq -r .id "$1" | sort -u | grep -c .; }
 none_but_done() { ! jq -r .status "$1" | grep -qv '^done$'; }
 # outputs of a client run, comparable across runs
 outputs() { jq -c '{id, status, kind, output_crc32c, tokens}' "$1" | sort; }
-status_ok() { curl -sf "$HTTP/status" | jq -e "$1" >/dev/null; }
+status_ok() { mcurl -sf "$HTTP/status" | jq -e "$1" >/dev/null; }
 # summary_ok LOG FILTER: the client's summary line (its last line on stderr) passes FILTER
 summary_ok() { tail -1 "$1" | jq -e "$2" >/dev/null; }
 

@@ -211,7 +211,11 @@ learner
 worker rollout1 rollout "$MEP" 0.0.0.0 10.77.0.3
 worker rollout2 rollout "$MEP" 0.0.0.0 10.77.0.4
 worker reward reward 'tcp://[fd77::1]:5555' 0.0.0.0 10.77.0.5 # the master over IPv6
-master_status() { ns_exec master curl -sf --max-time 2 http://127.0.0.1:8080/status; }
+# /status with the master's bearer token (read from its host's run directory at every call)
+master_status() {
+    ns_exec master curl -sf --max-time 2 -H "Authorization: Bearer $(cat "$MD/run/http.token")" \
+        http://127.0.0.1:8080/status
+}
 registered() {
     master_status | jq -e '[.workers[].id] | sort == ["learner", "reward", "rollout1", "rollout2", "stage"]'
 }

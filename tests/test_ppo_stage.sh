@@ -67,8 +67,8 @@ check "two iterations before the kills" wait_for 60 two_done
 lpid=$(jq -r '.worker_pids[.worker_roles | index("learner")]' .cluster/local.json)
 rpid=$(jq -r '.worker_pids[.worker_roles | index("rollout")]' .cluster/local.json)
 kill -KILL "$lpid" "$rpid"
-port=$(jq -r .http_port .cluster/master.json)
-curl -sf "http://127.0.0.1:$port/metrics" >K.metrics
+use_master .cluster
+mcurl -sf "$HTTP/metrics" >K.metrics
 check "/metrics has the newest PPO figures" grep -q "^rlhf_ppo_kl_k1 " K.metrics
 check "... and the policy version" grep -q "^rlhf_ppo_policy_version [1-9]" K.metrics
 if command -v promtool >/dev/null; then

@@ -28,13 +28,13 @@ check "tokens are vocabulary ids" bash -c "jq -e '.tokens | all(. >= 0 and . < 6
 
 # --- HTTP
 check "/healthz" bash -c "curl -sf '$HTTP/healthz' | grep -q ok"
-curl -sf "$HTTP/status" >"$W/status.json"
+mcurl -sf "$HTTP/status" >"$W/status.json"
 check "/status lists 3 live rollout workers" \
     test "$(jq '[.workers[] | select(.state == "alive" and .role == "rollout")] | length' "$W/status.json")" -eq 3
 check "/status counts 12 done" test "$(jq .jobs.done "$W/status.json")" -eq 12
 check "/metrics done counter" metric_eq rlhf_jobs_done_total 12
 if command -v promtool >/dev/null; then
-    check "promtool check metrics" bash -c "curl -sf '$HTTP/metrics' | promtool check metrics"
+    check "promtool check metrics" bash -c "mcurl -sf '$HTTP/metrics' | promtool check metrics"
 else
     bad "promtool not installed (Debian package prometheus)"
 fi

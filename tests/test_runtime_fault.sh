@@ -14,7 +14,7 @@ holder() {
     grep -l "start job $2 attempt $3\$" "$W"/$1*.log 2>/dev/null | head -1 | xargs -r basename | sed 's/\.log$//'
 }
 has_holder() { [ -n "$(holder "$@")" ]; }
-pid_of() { jq -r --arg id "$1" '.workers[] | select(.id == $id and .state == "alive") | .pid' <(curl -sf "$HTTP/status"); }
+pid_of() { jq -r --arg id "$1" '.workers[] | select(.id == $id and .state == "alive") | .pid' <(mcurl -sf "$HTTP/status"); }
 
 # --- SIGKILL mid-job: the job completes elsewhere, exactly one result
 gen_jobs 1 1500 "$W/model" >"$W/jobs1.jsonl"
@@ -48,9 +48,9 @@ check "frozen worker's job done elsewhere" wait_for 15 results_ge "$W/r2" 1
 check "done as attempt 2" bash -c "jq -e '.attempt == 2' '$(results_of $W/r2)' >/dev/null"
 kill -CONT "$victim"
 check "late result from the resumed worker dropped" \
-    wait_for 10 bash -c "curl -sf '$HTTP/status' | jq -e '.results_dropped.duplicate + .results_dropped.stale >= 1'"
+    wait_for 10 bash -c "mcurl -sf '$HTTP/status' | jq -e '.results_dropped.duplicate + .results_dropped.stale >= 1'"
 check "still exactly one result" test "$(results "$W/r2")" -eq 1
-check "resumed worker registers again" wait_for 10 bash -c "curl -sf '$HTTP/status' | jq -e '[.workers[] | select(.state == \"alive\")] | length == 2'"
+check "resumed worker registers again" wait_for 10 bash -c "mcurl -sf '$HTTP/status' | jq -e '[.workers[] | select(.state == \"alive\")] | length == 2'"
 
 # --- SIGTERM mid-job: handed back, goodbye, exit 0; the job is done by the other worker
 printf '{"id":2,"kind":"generate","model":"%s","prompt":[5,6],"max_new_tokens":4,"delay_ms":5000}\n' "$W/model" >"$W/jobs2.jsonl"
@@ -59,7 +59,7 @@ kill -TERM "$MPID"; wait "$MPID"
 start_master m3 "$W/r3" --bind "$EP"
 submit c3 "$W/jobs2.jsonl"
 check "both workers re-register with the new master" \
-    wait_for 10 bash -c "curl -sf '$HTTP/status' | jq -e '[.workers[] | select(.state == \"alive\")] | length == 2'"
+    wait_for 10 bash -c "mcurl -sf '$HTTP/status' | jq -e '[.workers[] | select(.state == \"alive\")] | length == 2'"
 check "job 2 started" wait_for 10 has_holder s 2 1
 h=$(holder s 2 1)
 if [ "$h" = sa ]; then victim=$SA; else victim=$SB; fi
