@@ -1,23 +1,33 @@
 /*
  * master_http.c - the master's HTTP endpoints, served by H2O on the master's own libuv loop:
- *   GET /healthz  "ok"
+ *   GET /healthz  "ok" - open to anyone (liveness probes)
  *   GET /status   JSON: workers (role, state, last seen, current job), queue depths, jobs
  *                 done / retried / failed, dropped results, bad messages, current stage
  *   GET /metrics  Prometheus text exposition format 0.0.4
- * Binds to the configured host (loopback by default). Handlers read the master's state and
- * never touch the ZeroMQ socket.
+ * Every path but /healthz wants `Authorization: Bearer TOKEN` (the token of
+ * master.http_token_file, or one made at start and written to RUN_DIR/http.token); any other
+ * request to it is answered 401 and counted (rlhf_http_unauthorized_total) unless
+ * master.insecure. With master.tls_cert and master.tls_key the listener speaks TLS only (H2O's
+ * OpenSSL integration: the accept context's SSL_CTX). Binds to the configured host (loopback by
+ * default). Handlers read the master's state and never touch the ZeroMQ socket.
  */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include <errno.h>
+#include <limits.h>
+
 #include <h2o.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 
 #include "base/err.h"
 #include "net/sec.h"
 #include "master_http.h"
 #include "master_run.h"
+#include "net/secret.h"
 
 struct master_http {
     h2o_globalconf_t config;
@@ -25,12 +35,20 @@ struct master_http {
     h2o_accept_ctx_t accept_ctx;
     uv_tcp_t listener;
     master_t *m;
+    SSL_CTX *ssl;                 /* TLS: the listener's context (accept_ctx.ssl_ctx), or NULL */
+    int auth;                     /* requests but /healthz need the token */
+    char token[SECRET_TOKEN_CAP]; /* the bearer token */
+    char token_path[PATH_MAX];    /* the file that holds it, absolute */
+    char cert_path[PATH_MAX];     /* with TLS: the certificate, absolute */
+    uint64_t n_unauthorized;      /* requests refused for want of the token */
 };
 
-/* H2O passes our handler struct; the master hangs off a larger one. */
+/* H2O passes our handler struct; the server hangs off a larger one. */
 typedef struct {
     h2o_handler_t super;
-    master_t *m;
+    master_http_t *h;
+    int open; /* served without the token */
+    int (*serve)(master_t *m, h2o_req_t *req);
 } handler_t;
 
 static const char *role_name(int r) {
@@ -215,6 +233,9 @@ char *master_metrics_text(master_t *m, size_t *len) {
          "under a known id).",
          m->n_submit_rejected},
         {"rlhf_client_fetches_total", "FetchResults requests answered.", m->n_fetches},
+        {"rlhf_http_unauthorized_total",
+         "HTTP requests refused for a missing or wrong bearer token.",
+         m->http ? m->http->n_unauthorized : 0},
     };
     for (size_t i = 0; i < sizeof counters / sizeof counters[0]; i++) {
         metric_head(&b, counters[i].name, "counter", counters[i].help);
@@ -272,15 +293,58 @@ static int reply(h2o_req_t *req, const char *type, const char *body, size_t len)
     return 0;
 }
 
-static int on_healthz(h2o_handler_t *self, h2o_req_t *req) {
-    (void)self;
+/* 0: the request carries no bearer token; 1: the right one; -1: another one. */
+static int bearer_check(const master_http_t *h, h2o_req_t *req) {
+    ssize_t i = h2o_find_header(&req->headers, H2O_TOKEN_AUTHORIZATION, -1);
+    if (i < 0) return 0;
+    const char *v = req->headers.entries[i].value.base;
+    size_t n = req->headers.entries[i].value.len;
+    /* "Bearer TOKEN", the scheme in any case (RFC 7235) */
+    if (n < 7 || !h2o_lcstris(v, 6, H2O_STRLIT("bearer")) || (v[6] != ' ' && v[6] != '\t'))
+        return -1;
+    size_t a = 7;
+    while (a < n && (v[a] == ' ' || v[a] == '\t')) a++;
+    while (n > a && (v[n - 1] == ' ' || v[n - 1] == '\t')) n--;
+    return secret_token_equal(v + a, n - a, h->token) ? 1 : -1;
+}
+
+/* 401 with the challenge of RFC 6750 (invalid_token when a token came and was wrong). */
+static int unauthorized(master_http_t *h, h2o_req_t *req, int had_token) {
+    h->n_unauthorized++;
+    req->res.status = 401;
+    req->res.reason = "Unauthorized";
+    static const char plain[] = "Bearer realm=\"rlhf-master\"",
+                      wrong[] = "Bearer realm=\"rlhf-master\", error=\"invalid_token\"";
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_WWW_AUTHENTICATE, NULL,
+                   had_token ? wrong : plain, had_token ? sizeof wrong - 1 : sizeof plain - 1);
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL,
+                   H2O_STRLIT("text/plain"));
+    static const char body[] =
+        "401 unauthorized: send Authorization: Bearer TOKEN (the master's RUN_DIR/http.token or "
+        "its --http-token-file)\n";
+    h2o_send_inline(req, body, sizeof body - 1);
+    return 0;
+}
+
+/* Every request: the token where the path wants it, then the path's own handler. */
+static int on_request(h2o_handler_t *self, h2o_req_t *req) {
+    handler_t *hd = (handler_t *)self;
+    if (!hd->open && hd->h->auth) {
+        int ok = bearer_check(hd->h, req);
+        if (ok <= 0) return unauthorized(hd->h, req, ok < 0);
+    }
+    return hd->serve(hd->h->m, req);
+}
+
+static int on_healthz(master_t *m, h2o_req_t *req) {
+    (void)m;
     if (!is_get(req)) return -1;
     return reply(req, "text/plain", "ok\n", 3);
 }
 
-static int on_status(h2o_handler_t *self, h2o_req_t *req) {
+static int on_status(master_t *m, h2o_req_t *req) {
     if (!is_get(req)) return -1;
-    json_t *o = master_status_json(((handler_t *)self)->m);
+    json_t *o = master_status_json(m);
     char *s = o ? json_dumps(o, JSON_INDENT(1)) : NULL;
     json_decref(o);
     if (!s) {
@@ -292,10 +356,10 @@ static int on_status(h2o_handler_t *self, h2o_req_t *req) {
     return 0;
 }
 
-static int on_metrics(h2o_handler_t *self, h2o_req_t *req) {
+static int on_metrics(master_t *m, h2o_req_t *req) {
     if (!is_get(req)) return -1;
     size_t len = 0;
-    char *s = master_metrics_text(((handler_t *)self)->m, &len);
+    char *s = master_metrics_text(m, &len);
     if (!s) {
         h2o_send_error_generic(req, 500, "Internal Server Error", "metrics unavailable", 0);
         return 0;
@@ -305,12 +369,16 @@ static int on_metrics(h2o_handler_t *self, h2o_req_t *req) {
     return 0;
 }
 
-static void add_path(master_http_t *h, h2o_hostconf_t *host, const char *path,
-                     int (*fn)(h2o_handler_t *, h2o_req_t *)) {
+/* Registers path; open: served without the token (only /healthz - anything that shows data or
+ * changes state is not). */
+static void add_path(master_http_t *h, h2o_hostconf_t *host, const char *path, int open,
+                     int (*serve)(master_t *, h2o_req_t *)) {
     h2o_pathconf_t *pc = h2o_config_register_path(host, path, 0);
     handler_t *hd = (handler_t *)h2o_create_handler(pc, sizeof *hd);
-    hd->super.on_req = fn;
-    hd->m = h->m;
+    hd->super.on_req = on_request;
+    hd->h = h;
+    hd->open = open;
+    hd->serve = serve;
 }
 
 static void on_conn_close(uv_handle_t *hd) {
@@ -331,24 +399,82 @@ static void on_accept(uv_stream_t *listener, int status) {
     h2o_accept(&h->accept_ctx, sock);
 }
 
+/* OpenSSL's reason for the last failure, for a detail message. */
+static const char *ssl_reason(void) {
+    static char buf[256];
+    unsigned long e = ERR_peek_last_error();
+    if (!e) return "no reason given";
+    ERR_error_string_n(e, buf, sizeof buf);
+    ERR_clear_error();
+    return buf;
+}
+
+/* The TLS context of the listener from the PEM certificate chain and private key. */
+static int tls_setup(master_http_t *h, const char *cert, const char *key) {
+    if (!cert[0] || !key[0])
+        return rl_fail(RL_EINVAL, "http: TLS wants both master.tls_cert and master.tls_key "
+                                  "(--tls-cert and --tls-key), or neither");
+    int rc = secret_file_check(key);
+    if (rc < 0) return rl_fail_ctx(rc, "master.tls_key (--tls-key)");
+    if (!realpath(cert, h->cert_path))
+        return rl_fail(RL_ENOTFOUND, "http: TLS certificate %s: %s", cert, strerror(errno));
+    h->ssl = SSL_CTX_new(TLS_server_method());
+    if (!h->ssl) return rl_fail(RL_ENOMEM, "http: TLS: %s", ssl_reason());
+    SSL_CTX_set_min_proto_version(h->ssl, TLS1_2_VERSION);
+    if (SSL_CTX_use_certificate_chain_file(h->ssl, cert) != 1)
+        return rl_fail(RL_EFORMAT, "http: TLS certificate %s: %s", cert, ssl_reason());
+    if (SSL_CTX_use_PrivateKey_file(h->ssl, key, SSL_FILETYPE_PEM) != 1)
+        return rl_fail(RL_EFORMAT, "http: TLS key %s: %s", key, ssl_reason());
+    if (SSL_CTX_check_private_key(h->ssl) != 1)
+        return rl_fail(RL_EINVAL, "http: TLS key %s does not match the certificate %s: %s", key,
+                       cert, ssl_reason());
+    h2o_ssl_register_alpn_protocols(h->ssl, h2o_alpn_protocols); /* h2, http/1.1 */
+    h->accept_ctx.ssl_ctx = h->ssl;
+    return 0;
+}
+
+/* The token: read from master.http_token_file, or made (written once the listener is bound). */
+static int token_setup(master_http_t *h, const cfg_run_t *c) {
+    if (c->insecure) return 0;
+    h->auth = 1;
+    if (c->http_token_file[0]) {
+        int rc = secret_token_read(c->http_token_file, h->token, sizeof h->token);
+        if (rc < 0) return rl_fail_ctx(rc, "master.http_token_file (--http-token-file)");
+        if (!realpath(c->http_token_file, h->token_path))
+            return rl_fail(RL_EIO, "http: token file %s: %s", c->http_token_file, strerror(errno));
+        return 0;
+    }
+    char dir[PATH_MAX];
+    if (!realpath(c->run_dir, dir))
+        return rl_fail(RL_EIO, "http: run directory %s: %s", c->run_dir, strerror(errno));
+    if (strlen(dir) + sizeof "/http.token" > sizeof h->token_path)
+        return rl_fail(RL_EINVAL, "http: run directory %s: path too long", dir);
+    snprintf(h->token_path, sizeof h->token_path, "%s/http.token", dir);
+    return 0;
+}
+
 int master_http_start(master_t *m, const char *host, int port) {
     master_http_t *h = calloc(1, sizeof *h);
     if (!h) return rl_fail(RL_ENOMEM, "http: out of memory");
     h->m = m;
+    m->http = h;
     h2o_config_init(&h->config);
     h2o_hostconf_t *hc =
         h2o_config_register_host(&h->config, h2o_iovec_init(H2O_STRLIT("default")), 65535);
-    add_path(h, hc, "/healthz", on_healthz);
-    add_path(h, hc, "/status", on_status);
-    add_path(h, hc, "/metrics", on_metrics);
+    add_path(h, hc, "/healthz", 1, on_healthz);
+    add_path(h, hc, "/status", 0, on_status);
+    add_path(h, hc, "/metrics", 0, on_metrics);
     h2o_context_init(&h->ctx, m->loop, &h->config);
     h->accept_ctx.ctx = &h->ctx;
     h->accept_ctx.hosts = h->config.hosts;
-    struct sockaddr_in addr;
-    int rc = uv_ip4_addr(host, port, &addr);
     uv_tcp_init(m->loop, &h->listener);
     h->listener.data = h;
-    m->http = h;
+    int rc = token_setup(h, &m->cfg);
+    if (rc == 0 && (m->cfg.tls_cert[0] || m->cfg.tls_key[0]))
+        rc = tls_setup(h, m->cfg.tls_cert, m->cfg.tls_key);
+    if (rc < 0) return rc;
+    struct sockaddr_in addr;
+    rc = uv_ip4_addr(host, port, &addr);
     if (rc == 0) rc = uv_tcp_bind(&h->listener, (struct sockaddr *)&addr, 0);
     if (rc == 0) rc = uv_listen((uv_stream_t *)&h->listener, 128, on_accept);
     if (rc != 0) return rl_fail(RL_EIO, "http %s:%d: %s", host, port, uv_strerror(rc));
@@ -356,7 +482,20 @@ int master_http_start(master_t *m, const char *host, int port) {
     int salen = sizeof sa;
     uv_tcp_getsockname(&h->listener, (struct sockaddr *)&sa, &salen);
     m->http_port = ntohs(((struct sockaddr_in *)&sa)->sin_port);
+    /* a new token only now that this master serves: one that failed to start leaves the
+     * running master's token in place */
+    if (h->auth && !m->cfg.http_token_file[0] &&
+        (rc = secret_token_create(h->token_path, h->token, sizeof h->token)) < 0)
+        return rl_fail_ctx(rc, "http token");
     return 0;
+}
+
+const char *master_http_token_path(const master_t *m) {
+    return m->http && m->http->auth ? m->http->token_path : NULL;
+}
+
+const char *master_http_cert_path(const master_t *m) {
+    return m->http && m->http->ssl ? m->http->cert_path : NULL;
 }
 
 void master_http_stop(master_t *m) {
@@ -366,6 +505,8 @@ void master_http_stop(master_t *m) {
     uv_run(m->loop, UV_RUN_NOWAIT);
     h2o_context_dispose(&h->ctx);
     h2o_config_dispose(&h->config);
+    if (h->ssl) SSL_CTX_free(h->ssl);
+    OPENSSL_cleanse(h->token, sizeof h->token);
     free(h);
     m->http = NULL;
 }

@@ -18,8 +18,20 @@ json_t *master_status_json(master_t *m);
 char *master_metrics_text(master_t *m, size_t *len);
 
 /* Starts the HTTP server on host:port (port 0: any free port; m->http_port gets the bound
- * one). Returns 0 or a negative RL_E* code. */
+ * one), with the token and TLS of m->cfg: the token of master.http_token_file (refused unless
+ * mode 0600 and one token of 32+ characters), or, without it, a new one written to
+ * RUN_DIR/http.token once the port is bound; none with master.insecure. HTTPS with
+ * master.tls_cert and master.tls_key (both or neither; the key mode 0600). Returns 0 or a
+ * negative RL_E* code whose detail names the file or key at fault; master_http_stop() frees
+ * what was set up either way. */
 int master_http_start(master_t *m, const char *host, int port);
+
+/* The file holding the bearer token the HTTP server wants (absolute), or NULL when it wants
+ * none (master.insecure, or no HTTP). */
+const char *master_http_token_path(const master_t *m);
+
+/* The certificate (absolute path) of an HTTPS server, or NULL for plain HTTP. */
+const char *master_http_cert_path(const master_t *m);
 
 /* Stops listening and frees the HTTP server; safe to call when it never started. */
 void master_http_stop(master_t *m);

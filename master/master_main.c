@@ -1479,6 +1479,12 @@ static int write_master_json(master_t *m) {
     json_t *o = json_pack("{s:i, s:s, s:s, s:s, s:i, s:s}", "pid", (int)getpid(), "endpoint",
                           m->endpoint, "blob_endpoint", m->blob_endpoint, "http_host",
                           m->cfg.http_host, "http_port", m->http_port, "master_id", m->master_id);
+    /* what an HTTP client of this master needs, never the token itself: the scheme, the file
+     * with the token (none: insecure), the certificate to trust */
+    const char *tok = master_http_token_path(m), *cert = master_http_cert_path(m);
+    json_object_set_new(o, "http_scheme", json_string(cert ? "https" : "http"));
+    if (tok) json_object_set_new(o, "http_token_file", json_string(tok));
+    if (cert) json_object_set_new(o, "tls_cert", json_string(cert));
     char *s = json_dumps(o, JSON_COMPACT);
     json_decref(o);
     int rc = s ? fs_write_atomic(path, s, strlen(s)) : RL_ENOMEM;
@@ -1497,7 +1503,8 @@ static const char usage_text[] =
     "usage: rlhf-master [--config FILE] [--set KEY=VALUE]... [--bind EP] [--advertise HOST]\n"
     "                   [--run-dir DIR] [--data-dir DIR] [--http-port N] [--heartbeat-ms N]\n"
     "                   [--liveness N] [--lease-ms N] [--exit-when-done]\n"
-    "                   (--keys DIR | --insecure)\n"
+    "                   (--keys DIR | --insecure) [--http-token-file FILE]\n"
+    "                   [--tls-cert FILE --tls-key FILE]\n"
     "       rlhf-master --dump-results DIR\n"
     "       rlhf-master --run-dir DIR --bench-journal N\n\n"
     "Runs a master: the runs it owns (each in DATA_DIR/NAME; --data-dir defaults to the run\n"
@@ -1514,6 +1521,10 @@ static const char usage_text[] =
     "--keys DIR: the cluster's keys (`rlhf keygen --dir DIR`; or $RLHF_KEYS): CURVE on every\n"
     "socket with DIR/master.key, admitting only the keys of DIR/authorized_keys, each to what\n"
     "its roles allow. --insecure: plaintext, anyone who reaches the ports is admitted.\n"
+    "HTTP: /healthz is open; /status and /metrics want `Authorization: Bearer TOKEN`, the token\n"
+    "in --http-token-file (mode 0600, one token of 32+ characters) or, without it, a new random\n"
+    "one the master writes to RUN_DIR/http.token (0600) at every start. --tls-cert and --tls-key\n"
+    "(PEM, the key mode 0600) serve HTTPS instead of HTTP. --insecure wants no token either.\n"
     "Options other than --config are shorthands for --set of the config keys (master.bind,\n"
     "run_dir, master.http_port, ...); they apply in order after the file.\n";
 
@@ -1604,6 +1615,9 @@ int main(int argc, char **argv) {
                                          {"lease-ms", required_argument, 0, 'l'},
                                          {"exit-when-done", no_argument, 0, 'x'},
                                          {"keys", required_argument, 0, 'K'},
+                                         {"http-token-file", required_argument, 0, 'T'},
+                                         {"tls-cert", required_argument, 0, 'C'},
+                                         {"tls-key", required_argument, 0, 'k'},
                                          {"insecure", no_argument, 0, 'I'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
@@ -1666,6 +1680,15 @@ int main(int argc, char **argv) {
             break;
         case 'K':
             key = "master.keys";
+            break;
+        case 'T':
+            key = "master.http_token_file";
+            break;
+        case 'C':
+            key = "master.tls_cert";
+            break;
+        case 'k':
+            key = "master.tls_key";
             break;
         case 'I':
             rc = cfg_set(&m->cfg, "master.insecure", "true", "--insecure");
@@ -1752,6 +1775,10 @@ int main(int argc, char **argv) {
     mlog("%s listening on %s, artifacts %s, http %s:%d, run %s, %d jobs (%d queued), id %s",
          argv[0], m->endpoint, m->blob_endpoint, m->cfg.http_host, m->http_port, m->cfg.run_dir,
          m->sched.n_jobs, sched_count(&m->sched, SCHED_QUEUED), m->master_id);
+    if (m->http)
+        mlog("http: %s, %s%s", master_http_cert_path(m) ? "TLS" : "plain (no TLS)",
+             master_http_token_path(m) ? "bearer token in " : "no authentication (insecure)",
+             master_http_token_path(m) ? master_http_token_path(m) : "");
     uv_timer_start(&m->cron, on_cron, (uint64_t)m->cfg.heartbeat_ms, (uint64_t)m->cfg.heartbeat_ms);
     uv_signal_start(&m->sigterm, on_signal, SIGTERM);
     uv_signal_start(&m->sigint, on_signal, SIGINT);

@@ -43,6 +43,9 @@ static const cfg_key_t keys[] = {
     NUM("master.exit_when_done", K_BOOL, exit_when_done, 0, 1),
     NUM("master.journal_compact_bytes", K_I64, journal_compact_bytes, 4096, 1LL << 40),
     STR("master.keys", keys),
+    STR("master.http_token_file", http_token_file),
+    STR("master.tls_cert", tls_cert),
+    STR("master.tls_key", tls_key),
     NUM("master.insecure", K_BOOL, insecure, 0, 1),
 };
 #define N_KEYS (int)(sizeof keys / sizeof keys[0])

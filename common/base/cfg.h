@@ -38,7 +38,10 @@ typedef struct {
     int exit_when_done;            /* master.exit_when_done: stop when every job is finished */
     int64_t journal_compact_bytes; /* master.journal_compact_bytes: snapshot past this tail */
     char keys[1024];               /* master.keys: the cluster's key set (net/sec.h) */
-    int insecure;                  /* master.insecure: plaintext, no keys (explicitly) */
+    int insecure;                  /* master.insecure: plaintext, no keys, no HTTP token */
+    char http_token_file[1024];    /* master.http_token_file: "" = a new token in RUN_DIR */
+    char tls_cert[1024];           /* master.tls_cert: PEM chain; with tls_key, HTTPS */
+    char tls_key[1024];            /* master.tls_key: PEM private key (mode 0600) */
     char *stages[CFG_MAX_STAGES];  /* stages: names, in order (owned) */
     int n_stages;
     /* Keys outside the table above go here when set (the pipeline's stage options, checked by
