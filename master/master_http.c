@@ -453,7 +453,8 @@ static int token_setup(master_http_t *h, const cfg_run_t *c) {
     return 0;
 }
 
-int master_http_start(master_t *m, const char *host, int port) {
+int master_http_prepare(master_t *m) {
+    if (m->http) return 0;
     master_http_t *h = calloc(1, sizeof *h);
     if (!h) return rl_fail(RL_ENOMEM, "http: out of memory");
     h->m = m;
@@ -472,7 +473,13 @@ int master_http_start(master_t *m, const char *host, int port) {
     int rc = token_setup(h, &m->cfg);
     if (rc == 0 && (m->cfg.tls_cert[0] || m->cfg.tls_key[0]))
         rc = tls_setup(h, m->cfg.tls_cert, m->cfg.tls_key);
+    return rc;
+}
+
+int master_http_start(master_t *m, const char *host, int port) {
+    int rc = master_http_prepare(m);
     if (rc < 0) return rc;
+    master_http_t *h = m->http;
     struct sockaddr_in addr;
     rc = uv_ip4_addr(host, port, &addr);
     if (rc == 0) rc = uv_tcp_bind(&h->listener, (struct sockaddr *)&addr, 0);

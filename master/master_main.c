@@ -1763,8 +1763,9 @@ int main(int argc, char **argv) {
     if (fs_mkdir_p(m->data_dir) == 0 && realpath(m->data_dir, abs_dir))
         snprintf(m->data_dir, sizeof m->data_dir, "%s", abs_dir);
     master_ns_index(m, ""); /* namespace 0: plain clients */
-    if ((rc = fs_mkdir_p(m->cfg.run_dir)) < 0 || (rc = journal_start(m)) < 0 ||
-        (rc = zsetup(m)) < 0 ||
+    if ((rc = fs_mkdir_p(m->cfg.run_dir)) < 0 ||
+        (m->cfg.http_port >= 0 && (rc = master_http_prepare(m)) < 0) ||
+        (rc = journal_start(m)) < 0 || (rc = zsetup(m)) < 0 ||
         (m->cfg.http_port >= 0 &&
          (rc = master_http_start(m, m->cfg.http_host, m->cfg.http_port)) < 0) ||
         (rc = write_master_json(m)) < 0) {
