@@ -5,11 +5,12 @@
  *                 done / retried / failed, dropped results, bad messages, current stage
  *   GET /metrics  Prometheus text exposition format 0.0.4
  * Every path but /healthz wants `Authorization: Bearer TOKEN` (the token of
- * master.http_token_file, or one made at start and written to RUN_DIR/http.token); any other
- * request to it is answered 401 and counted (rlhf_http_unauthorized_total) unless
- * master.insecure. With master.tls_cert and master.tls_key the listener speaks TLS only (H2O's
- * OpenSSL integration: the accept context's SSL_CTX). Binds to the configured host (loopback by
- * default). Handlers read the master's state and never touch the ZeroMQ socket.
+ * master.http_token_file, else the key set's http.token, else one made at start and written to
+ * RUN_DIR/http.token); any other request to it is answered 401 and counted
+ * (rlhf_http_unauthorized_total) unless master.insecure. With master.tls_cert and
+ * master.tls_key the listener speaks TLS only (H2O's OpenSSL integration: the accept context's
+ * SSL_CTX). Binds to the configured host (loopback by default). Handlers read the master's state
+ * and never touch the ZeroMQ socket.
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -18,15 +19,16 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <unistd.h>
 
 #include <h2o.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
 #include "base/err.h"
-#include "net/sec.h"
 #include "master_http.h"
 #include "master_run.h"
+#include "net/sec.h"
 #include "net/secret.h"
 
 struct master_http {
@@ -433,15 +435,27 @@ static int tls_setup(master_http_t *h, const char *cert, const char *key) {
     return 0;
 }
 
-/* The token: read from master.http_token_file, or made (written once the listener is bound). */
+/* The token: read from master.http_token_file, else from the key set's http.token (what `rlhf
+ * keygen` writes beside master.key; sec_key_path() is KEYS/master.key), else made (written once
+ * the listener is bound). */
 static int token_setup(master_http_t *h, const cfg_run_t *c) {
     if (c->insecure) return 0;
     h->auth = 1;
-    if (c->http_token_file[0]) {
-        int rc = secret_token_read(c->http_token_file, h->token, sizeof h->token);
-        if (rc < 0) return rl_fail_ctx(rc, "master.http_token_file (--http-token-file)");
-        if (!realpath(c->http_token_file, h->token_path))
-            return rl_fail(RL_EIO, "http: token file %s: %s", c->http_token_file, strerror(errno));
+    char keyset[PATH_MAX] = "";
+    const char *mk = sec_key_path(), *slash = mk ? strrchr(mk, '/') : NULL;
+    if (mk && !c->http_token_file[0])
+        snprintf(keyset, sizeof keyset, "%.*s%shttp.token", slash ? (int)(slash - mk) : 0,
+                 slash ? mk : "", slash ? "/" : "");
+    const char *file = c->http_token_file[0]                ? c->http_token_file
+                       : keyset[0] && !access(keyset, F_OK) ? keyset
+                                                            : NULL;
+    if (file) {
+        int rc = secret_token_read(file, h->token, sizeof h->token);
+        if (rc < 0)
+            return rl_fail_ctx(rc, file == keyset ? "the key set's HTTP token"
+                                                  : "master.http_token_file (--http-token-file)");
+        if (!realpath(file, h->token_path))
+            return rl_fail(RL_EIO, "http: token file %s: %s", file, strerror(errno));
         return 0;
     }
     char dir[PATH_MAX];
@@ -491,7 +505,7 @@ int master_http_start(master_t *m, const char *host, int port) {
     m->http_port = ntohs(((struct sockaddr_in *)&sa)->sin_port);
     /* a new token only now that this master serves: one that failed to start leaves the
      * running master's token in place */
-    if (h->auth && !m->cfg.http_token_file[0] &&
+    if (h->auth && !h->token[0] &&
         (rc = secret_token_create(h->token_path, h->token, sizeof h->token)) < 0)
         return rl_fail_ctx(rc, "http token");
     return 0;

@@ -17,16 +17,17 @@ json_t *master_status_json(master_t *m);
 /* Prometheus text exposition of the master's metrics; malloc'ed, *len set. */
 char *master_metrics_text(master_t *m, size_t *len);
 
-/* What master_http_start does before it binds: the token read (master.http_token_file) or its
- * file named (RUN_DIR/http.token, which must exist as a directory), the TLS context loaded, so
- * that a bad file stops the master before it touches its journal. Returns 0 (also when called
- * again) or a negative RL_E* code naming the file or key at fault. */
+/* What master_http_start does before it binds (after sec_init): the token read or its file
+ * named (RUN_DIR/http.token: RUN_DIR must exist), the TLS context loaded, so that a bad file
+ * stops the master before it touches its journal. Returns 0 (also when called again) or a
+ * negative RL_E* code naming the file or key at fault. */
 int master_http_prepare(master_t *m);
 
 /* Starts the HTTP server on host:port (port 0: any free port; m->http_port gets the bound
  * one), with the token and TLS of m->cfg: the token of master.http_token_file (refused unless
- * mode 0600 and one token of 32+ characters), or, without it, a new one written to
- * RUN_DIR/http.token once the port is bound; none with master.insecure. HTTPS with
+ * mode 0600 and one token of 32+ characters), else that of the key set's http.token (beside the
+ * master.key sec_init loaded), else a new one written to RUN_DIR/http.token once the port is
+ * bound; none with master.insecure. HTTPS with
  * master.tls_cert and master.tls_key (both or neither; the key mode 0600). Calls
  * master_http_prepare() unless it was called. Returns 0 or a negative RL_E* code whose detail
  * names the file or key at fault; master_http_stop() frees what was set up either way. */

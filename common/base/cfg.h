@@ -39,7 +39,7 @@ typedef struct {
     int64_t journal_compact_bytes; /* master.journal_compact_bytes: snapshot past this tail */
     char keys[1024];               /* master.keys: the cluster's key set (net/sec.h) */
     int insecure;                  /* master.insecure: plaintext, no keys, no HTTP token */
-    char http_token_file[1024];    /* master.http_token_file: "" = a new token in RUN_DIR */
+    char http_token_file[1024];    /* master.http_token_file: "" = KEYS/http.token or a new one */
     char tls_cert[1024];           /* master.tls_cert: PEM chain; with tls_key, HTTPS */
     char tls_key[1024];            /* master.tls_key: PEM private key (mode 0600) */
     char *stages[CFG_MAX_STAGES];  /* stages: names, in order (owned) */
