@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # test_http_auth.sh - the master's HTTP endpoints behind a bearer token, and over TLS: /healthz
 # open; /status and /metrics 401 (WWW-Authenticate: Bearer) without a token and with a wrong
-# one, 200 with the master's own (RUN_DIR/http.token, mode 0600, new at each start), every
-# refusal counted in rlhf_http_unauthorized_total; a token file of the operator's
-# (--http-token-file) used, and refused at start when others may read it or it is too short;
+# one, 200 with the master's own, every refusal counted in rlhf_http_unauthorized_total. The
+# token is the key set's http.token (refused at start when others may read it), or for a set
+# without one a token made at each start (RUN_DIR/http.token, mode 0600); a token file of the
+# operator's (--http-token-file) is used instead, and refused at start when others may read it
+# or it is too short;
 # --insecure serves without a token; with a self-signed certificate made here, HTTPS answers
 # (curl --cacert, and rlhf status, which pins the certificate) and plain HTTP on that port does
 # not; a TLS key others may read, or a certificate without its key, refused at start.
@@ -25,8 +27,26 @@ refused() {
     [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ]
 }
 
-# --- a master with the token it makes itself
-start_master m1 "$W/run"
+# --- a master with the cluster's key set: its http.token
+KT=$RLHF_KEYS/http.token
+start_master m0 "$W/run0"
+check "with keys: master.json names the key set's http.token" \
+    test "$(jq -r .http_token_file "$W/run0/master.json")" = "$KT"
+check "... no RUN_DIR/http.token" test ! -e "$W/run0/http.token"
+check "... /status: 200 with it" test "$(code "$HTTP/status" -H "Authorization: Bearer $(cat "$KT")")" = 200
+check "... /status: 401 without it" test "$(code "$HTTP/status")" = 401
+kill "$MPID"
+wait "$MPID" 2>/dev/null
+chmod 644 "$KT"
+check "the key set's http.token of mode 0644: the master refuses to start" \
+    refused open_kt --run-dir "$W/run0"
+check "... naming the file" grep -q "$KT: mode 0644" "$W/open_kt.err"
+chmod 600 "$KT"
+
+# --- a key set without http.token: the master makes a token at each start
+"$R" keygen --dir "$W/keys2" >/dev/null
+rm "$W/keys2/http.token"
+start_master m1 "$W/run" --keys "$W/keys2"
 TOK=$W/run/http.token
 check "the token is written to RUN_DIR/http.token" test -s "$TOK"
 check "... mode 0600" test "$(stat -c %a "$TOK")" = 600
@@ -65,7 +85,7 @@ check "... saying 401 and naming the token file" grep -q "401.*wrong.token" "$W/
 old=$(cat "$TOK")
 kill "$MPID"
 wait "$MPID" 2>/dev/null
-start_master m1b "$W/run"
+start_master m1b "$W/run" --keys "$W/keys2"
 check "a restarted master makes a new token" test "$(cat "$TOK")" != "$old"
 check "... the old one refused" test "$(code "$HTTP/status" -H "Authorization: Bearer $old")" = 401
 check "... the new one taken" test "$(mcode "$HTTP/status")" = 200
