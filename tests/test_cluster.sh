@@ -175,7 +175,7 @@ give_keys() { # give_keys HOST FILE...
     mkdir -p "$d" && chmod 700 "$d"
     for f in "$@"; do cp -p "$W/keys/$f" "$d/"; done
 }
-give_keys master master.key authorized_keys stage.key
+give_keys master master.key authorized_keys http.token stage.key
 give_keys learner learner.key
 give_keys rollout1 rollout.key
 give_keys rollout2 rollout.key
@@ -211,11 +211,13 @@ learner
 worker rollout1 rollout "$MEP" 0.0.0.0 10.77.0.3
 worker rollout2 rollout "$MEP" 0.0.0.0 10.77.0.4
 worker reward reward 'tcp://[fd77::1]:5555' 0.0.0.0 10.77.0.5 # the master over IPv6
-# /status with the master's bearer token (read from its host's run directory at every call)
-master_status() {
-    ns_exec master curl -sf --max-time 2 -H "Authorization: Bearer $(cat "$MD/run/http.token")" \
-        http://127.0.0.1:8080/status
+# master_get PATH: the master's HTTP PATH with its bearer token (the key set's http.token, which
+# its host was given)
+master_get() {
+    ns_exec master curl -sf --max-time 2 -H "Authorization: Bearer $(cat "$W/keys/http.token")" \
+        "http://127.0.0.1:8080$1"
 }
+master_status() { master_get /status; }
 registered() {
     master_status | jq -e '[.workers[].id] | sort == ["learner", "reward", "rollout1", "rollout2", "stage"]'
 }
@@ -230,7 +232,7 @@ ns_spawn client logs/intruder.log "$BIN/rlhf-worker" --role rollout --id intrude
     --key "$K/other.key" --cache-dir "$NSROOT/logs/intruder-cache"
 IPID=$NS_PID
 refused() {
-    [ "$(ns_exec master curl -sf --max-time 2 http://127.0.0.1:8080/metrics |
+    [ "$(master_get /metrics |
         awk '$1 == "rlhf_auth_connections_total{result=\"refused\"}" { print $2 }')" -ge 1 ]
 }
 check "a worker with a key the master does not list is refused, and counted" wait_for 20 refused

@@ -148,8 +148,10 @@ keymode=$(stat -c %a "$W/pods/StatefulSet-rlhf-master/master-keys/master.key" 2>
 check "dev: the init container copied master.key mode 0600 (${keymode:-none})" test "$keymode" = 600
 pod StatefulSet/rlhf-master stage
 for r in rollout reward learner; do pod "Deployment/rlhf-$r" worker --init; done
+# /status wants the master's bearer token: the Secret's http.token
+AUTH="Authorization: Bearer $(cat "$W/secret/http.token")"
 check "dev: stage, rollout, reward and learner workers registered" wait_for 20 \
-    bash -c "[ \"\$(curl -sf '$HTTP/status' | jq -c '[.workers[] | select(.state == \"alive\") | .role] | sort')\" = '[\"learner\",\"reward\",\"rollout\",\"stage\"]' ]"
+    bash -c "[ \"\$(curl -sf -H '$AUTH' '$HTTP/status' | jq -c '[.workers[] | select(.state == \"alive\") | .role] | sort')\" = '[\"learner\",\"reward\",\"rollout\",\"stage\"]' ]"
 # the Job's rlhf run, only its first stage: the stage worker runs it on the master's volume
 pod Job/rlhf-submit submit --init --append --only --append task
 JOB=$PPID_

@@ -146,9 +146,11 @@ for r in "${ROLES[@]}"; do
     unit_exec "rlhf-worker@$r.service"
     WP+=("$UPID")
 done
-roles() { curl -sf "$HTTP/status" | jq -c '[.workers[] | select(.state == "alive") | .role] | sort'; }
+# /status wants the master's bearer token: the key set's http.token, loaded as a credential
+AUTH="Authorization: Bearer $(cat "$W/etc/keys/http.token")"
+roles() { curl -sf -H "$AUTH" "$HTTP/status" | jq -c '[.workers[] | select(.state == "alive") | .role] | sort'; }
 check "rlhf-worker@{learner,reward,rollout,stage}.service registered" wait_for 15 \
-    bash -c "[ \"\$(curl -sf '$HTTP/status' | jq -c '[.workers[] | select(.state == \"alive\") | .role] | sort')\" = '[\"learner\",\"reward\",\"rollout\",\"stage\"]' ]"
+    bash -c "[ \"\$(curl -sf -H '$AUTH' '$HTTP/status' | jq -c '[.workers[] | select(.state == \"alive\") | .role] | sort')\" = '[\"learner\",\"reward\",\"rollout\",\"stage\"]' ]"
 for r in "${ROLES[@]}"; do
     check "rlhf-worker@$r.service: its CacheDirectory" test -d "$W/var/cache/rlhf/$r"
 done

@@ -33,7 +33,7 @@ check "... saying how to get keys or go plaintext" grep -q 'rlhf keygen.*--insec
 make_model "$W/model"
 gen_jobs 4 100 "$W/model" >"$W/jobs.jsonl"
 start_master master "$W/run"
-metric_v() { curl -sf "$HTTP/metrics" | awk -v k="$1" '$1 == k { print $2 }'; }
+metric_v() { mcurl -sf "$HTTP/metrics" | awk -v k="$1" '$1 == k { print $2 }'; }
 refused() { metric_v 'rlhf_auth_connections_total{result="refused"}'; }
 forbidden() { metric_v 'rlhf_wire_bad_messages_total{reason="forbidden"}'; }
 
@@ -55,7 +55,7 @@ refused_gt() { local v; v=$(refused); [ -n "$v" ] && [ "$v" -gt "$1" ]; }
 check "a worker with an unlisted key: refused and counted (refused was ${r0:-?})" \
     wait_for 10 refused_gt "${r0:-0}"
 sleep 1
-not_in() { curl -sf "$HTTP/status" >"$W/st.json" && ! jq -e '.workers[] | select(.id == "intruder")' "$W/st.json" >/dev/null; }
+not_in() { mcurl -sf "$HTTP/status" >"$W/st.json" && ! jq -e '.workers[] | select(.id == "intruder")' "$W/st.json" >/dev/null; }
 check "... and never registers" not_in
 kill -TERM "$INTRUDER" 2>/dev/null
 
