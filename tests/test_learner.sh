@@ -81,7 +81,10 @@ done_ge() { [ "$(done_jobs "$1")" -ge "$2" ]; }
 # ARGS; sets MPID, CPID, S0, SEP, SP[i]
 learner() {
     local name=$1 s=$2 jobsf=$3; shift 3
-    start_master "$name-m" "$W/$name.m" --exit-when-done
+    # 2 s of silence before a peer is dead, not 0.3 s: on a loaded machine (the suite runs two
+    # tests at once) the master stalled 2.5 s once, requeued the lease of a learner still
+    # training, and dropped that attempt's result - the job then failed as already applied
+    start_master "$name-m" "$W/$name.m" --exit-when-done --liveness 20
     submit "$name-c" "$jobsf"
     start_worker "$name-0" --role learner --threads 1 --run-dir "$W/$name.l" --shard "0/$s" \
         --shard-endpoint 'tcp://127.0.0.1:*' "$@"
