@@ -83,15 +83,15 @@ same_ppo() {
         cmp -s "$1/run/ppo/policy/model.safetensors" "$2/run/ppo/policy/model.safetensors"
 }
 
-# unwritable_ppo D CALM FILE: D's PPO run, its run directory read-only after 5 iterations, pauses
-# naming FILE; writable again, it ends like CALM's.
+# unwritable_ppo D CALM FILE [DIR]: D's PPO run, DIR (default its run directory, "run") read-only
+# after 5 iterations, pauses naming FILE; writable again, it ends like CALM's.
 unwritable_ppo() {
-    local d=$1 calm=$2 file=$3
+    local d=$1 calm=$2 file=$3 ro=${4:-run}
     (cd "$d" && exec timeout 200 "$R" run run.yaml >run.out 2>run.err) &
     local rp=$!
     PIDS+=("$rp")
     check "$d: the run reaches iteration 5" wait_for 60 iters_ge "$d" 5
-    check "$d: the run directory becomes read-only" readonly_dir "$W/$d/run"
+    check "$d: $ro becomes read-only" readonly_dir "$W/$d/$ro"
     local pids
     pids=$(cluster_pids "$d")
     check "$d: the run pauses, naming $file and the errno" wait_for 20 paused_for "$d" "$file"
@@ -105,7 +105,7 @@ unwritable_ppo() {
     check "$d: ... the same processes (nothing restarted)" test "$(cluster_pids "$d")" = "$pids"
     check "$d: ... no crash in the supervisor's log" bash -c "! grep -q exited $d/.cluster/local.log"
     check "$d: rlhf run still follows it" kill -0 "$rp"
-    writable_dir "$W/$d/run"
+    writable_dir "$W/$d/$ro"
     wait "$rp"
     check "$d: writable again, the run completes" test $? -eq 0
     check "$d: ... succeeded" jq -e -s '.[0].state == "succeeded"' <(status "$d")
@@ -113,8 +113,9 @@ unwritable_ppo() {
     check "$d: ... identical to the undisturbed run (metrics, policy)" same_ppo "$calm" "$d"
 }
 
-# --- A: the learner's checkpoint
-unwritable_ppo A calmA "run/ppo/learner/ppo-ckpt-"
+# --- A: the learner's checkpoint; its directory only (with the whole run directory read-only,
+# the master's metrics write came first now and then, and A tested B's case)
+unwritable_ppo A calmA "run/ppo/learner/ppo-ckpt-" run/ppo/learner
 check "A: the learner's rejection was an environment error" \
     grep -q "rejected by local-learner.*Read-only file system) \[environment\]" A/.cluster/master.log
 
