@@ -18,6 +18,8 @@
 #include <zmq.h>
 
 #include "base/err.h"
+#include "base/fs.h"
+#include "net/secret.h"
 #include "net/wire.h"
 
 static const char *const role_names[] = {"master", "learner", "rollout",
@@ -619,24 +621,6 @@ int sec_init(unsigned role, const char *key_file, const char *keys_dir, int inse
 
 /* ---- key sets ------------------------------------------------------------------------------- */
 
-/* Writes text to dir/name with mode, atomically (a temporary file renamed over). */
-static int write_file_atomic(const char *dir, const char *name, const char *text, int mode) {
-    char path[4200], tmp[4300];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
-    if (fd < 0) return rl_fail(RL_EIO, "%s: %s", tmp, strerror(errno));
-    size_t n = strlen(text);
-    int bad = write(fd, text, n) != (ssize_t)n || fsync(fd) != 0;
-    bad |= close(fd) != 0;
-    if (bad || rename(tmp, path) != 0) {
-        int e = errno;
-        unlink(tmp);
-        return rl_fail(RL_EIO, "%s: %s", path, strerror(e));
-    }
-    return 0;
-}
-
 static int add_key(const char *dir, const char *name, unsigned roles, const char *master_pub,
                    sec_key_t *k) {
     char path[4200];
@@ -652,7 +636,6 @@ int sec_keyset_create(const char *dir) {
     snprintf(path, sizeof path, "%s/master.key", dir);
     if (access(path, F_OK) == 0)
         return rl_fail(RL_EINVAL, "%s holds a key set already (master.key): not replaced", dir);
-    if (sodium_init() < 0) return rl_fail(RL_EIO, "libsodium cannot start");
     sec_key_t m, k;
     int rc = add_key(dir, "master", SEC_ROLE_MASTER, NULL, &m);
     if (rc < 0) return rc;
@@ -664,13 +647,13 @@ int sec_keyset_create(const char *dir) {
         memcpy(p.pub, k.pub, sizeof p.pub);
         sec_authz_line(&p, authz + strlen(authz), sizeof authz - strlen(authz));
     }
-    if ((rc = write_file_atomic(dir, "authorized_keys", authz, 0644)) < 0) return rc;
-    uint8_t raw[32];
-    char token[2 * sizeof raw + 2];
-    randombytes_buf(raw, sizeof raw);
-    sodium_bin2hex(token, sizeof token, raw, sizeof raw);
-    strcat(token, "\n");
-    return write_file_atomic(dir, "http.token", token, 0600);
+    snprintf(path, sizeof path, "%s/authorized_keys", dir);
+    if ((rc = fs_write_atomic(path, authz, strlen(authz))) < 0) return rc;
+    char token[SECRET_TOKEN_CAP];
+    snprintf(path, sizeof path, "%s/http.token", dir);
+    rc = secret_token_create(path, token, sizeof token);
+    sodium_memzero(token, sizeof token);
+    return rc;
 }
 
 int sec_keyset_add(const char *dir, const char *name, unsigned roles) {
@@ -706,7 +689,7 @@ int sec_keyset_add(const char *dir, const char *name, unsigned roles) {
     sec_authz_line(&p, line, sizeof line);
     fputs(line, mem);
     fclose(mem);
-    rc = write_file_atomic(dir, "authorized_keys", text, 0644);
+    rc = fs_write_atomic(path, text, strlen(text));
     free(text);
     return rc;
 }
