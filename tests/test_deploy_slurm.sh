@@ -102,14 +102,19 @@ fi
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 T0=$(now_ms)
 
-# free_port: a TCP port nothing listens on (and that no earlier call gave)
+# free_port: a TCP port no socket uses, in any state, and that no earlier call gave. Below the
+# kernel's ephemeral range: every other test binds ports of the kernel's choosing and every
+# outgoing connection takes one from that range, so a port there that is free now may be taken
+# before the daemon binds it (CI once saw slurmd's "Address already in use" that way)
+EPH_LO=$(awk '{ print $1 }' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null)
+[ "${EPH_LO:-0}" -gt 12000 ] || EPH_LO=32768
 USED=" "
 free_port() {
     local p
     while :; do
-        p=$((20000 + RANDOM % 30000))
+        p=$((10000 + RANDOM % (EPH_LO - 10000)))
         case $USED in *" $p "*) continue ;; esac
-        [ -z "$(ss -Hltn "sport = :$p" 2>/dev/null)" ] && break
+        [ -z "$(ss -Htan "sport = :$p" 2>/dev/null)" ] && break
     done
     USED="$USED$p "
     echo "$p"
