@@ -9,6 +9,7 @@
 #include "nn/pgemm.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -47,8 +48,31 @@ static int cpu_has(kernel_t k) {
 #endif
 }
 
+/* The kernel RLHF_SIMD names (read once): how a test or a user forces the AVX2 or the portable
+ * path on a machine that has AVX-512. An unknown name, or one this CPU cannot run, is reported
+ * once and ignored. */
+static kernel_t env_kernel(void) {
+    static int done;
+    static kernel_t k = KERNEL_AUTO;
+    if (done) return k;
+    const char *e = getenv("RLHF_SIMD");
+    if (e && *e) {
+        for (int i = KERNEL_C; i < KERNEL_AUTO; i++)
+            if (!strcmp(e, kernel_names[i])) k = (kernel_t)i;
+        if (k == KERNEL_AUTO || !cpu_has(k)) {
+            fprintf(stderr, "rlhf: RLHF_SIMD=%s: %s; using the best this CPU runs\n", e,
+                    k == KERNEL_AUTO ? "not one of avx512f, avx2, c" : "this CPU cannot run it");
+            k = KERNEL_AUTO;
+        }
+    }
+    done = 1;
+    return k;
+}
+
 static kernel_t kernel(void) {
     if (forced != KERNEL_AUTO) return forced;
+    kernel_t e = env_kernel();
+    if (e != KERNEL_AUTO) return e;
     return cpu_has(KERNEL_AVX512) ? KERNEL_AVX512 : cpu_has(KERNEL_AVX2) ? KERNEL_AVX2 : KERNEL_C;
 }
 

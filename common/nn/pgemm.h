@@ -46,7 +46,8 @@ void pgemm_free(pgemm_mat_t *pm);
 void pgemm(float *Y, const float *X, int M, const pgemm_mat_t *W, const float *bias);
 
 /* The kernel pgemm uses: "avx512f", "avx2" (with FMA) or "c", the best this CPU runs unless
- * pgemm_set_kernel chose one (NULL: back to the best). All give the same bits; tests compare
+ * pgemm_set_kernel chose one (NULL: back to the default) or the environment's RLHF_SIMD names
+ * one. Every exact kernel of the project (xgemm, the layer kernels of ops) follows this choice. All give the same bits; tests compare
  * them. Returns 0, or RL_EINVAL for an unknown name or one the CPU cannot run. */
 const char *pgemm_kernel(void);
 int pgemm_set_kernel(const char *name);
