@@ -10,10 +10,15 @@
 #include "nn/ops.h"
 
 #include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <cblas.h>
 #include <omp.h>
+
+#include "base/err.h"
+#include "nn/xgemm.h"
 
 /* Lets the compiler call glibc's vector expf (libmvec) from `omp simd` loops. glibc's own
  * <math.h> makes this declaration only under -ffast-math, which we do not use (it would remove
@@ -27,6 +32,44 @@ float expf(float);
 #define OPS_PAR_MIN 32768
 
 static int ops_threads = 1;
+
+/* ------------------------------------------------------------------------------------------ */
+
+typedef enum { GEMM_DEFAULT = -1, GEMM_EXACT = 0, GEMM_OPENBLAS = 1 } gemm_backend_t;
+static const char *const gemm_names[] = {"exact", "openblas"};
+static gemm_backend_t gemm_forced = GEMM_DEFAULT;
+
+static gemm_backend_t gemm_backend(void) {
+    static int env_done;
+    static gemm_backend_t env = GEMM_EXACT;
+    if (gemm_forced != GEMM_DEFAULT) return gemm_forced;
+    if (!env_done) {
+        const char *e = getenv("RLHF_GEMM");
+        if (e && !strcmp(e, "openblas"))
+            env = GEMM_OPENBLAS;
+        else if (e && *e && strcmp(e, "exact"))
+            fprintf(stderr, "rlhf: RLHF_GEMM=%s is neither exact nor openblas; using exact\n", e);
+        env_done = 1;
+    }
+    return env;
+}
+
+int ops_set_gemm(const char *name) {
+    if (!name) {
+        gemm_forced = GEMM_DEFAULT;
+        return 0;
+    }
+    for (int i = 0; i < 2; i++)
+        if (!strcmp(name, gemm_names[i])) {
+            gemm_forced = (gemm_backend_t)i;
+            return 0;
+        }
+    return rl_fail(RL_EINVAL, "no matrix-product backend named '%s' (exact, openblas)", name);
+}
+
+const char *ops_gemm(void) {
+    return gemm_names[gemm_backend()];
+}
 
 void ops_set_threads(int n) {
     if (n < 1) n = 1;

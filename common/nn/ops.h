@@ -13,6 +13,13 @@
 
 #include <stddef.h>
 
+/* The backend of the matrix products: "exact" (xgemm: the same bits on every machine, the
+ * default) or "openblas" (cblas_sgemm: rounding that depends on the CPU and OPENBLAS_CORETYPE).
+ * The environment's RLHF_GEMM sets it before the first call; ops_set_gemm(NULL) goes back to
+ * that default. Returns 0 or RL_EINVAL for another name. */
+int ops_set_gemm(const char *name);
+const char *ops_gemm(void);
+
 /* Sets the threads used by OpenBLAS and by the OpenMP kernels (n >= 1). */
 void ops_set_threads(int n);
 /* The current thread count. */
