@@ -7,7 +7,9 @@
  * that reads g, m, v, p and writes m, v, p). Every pass is memory-bound, so the loops are plain
  * element-wise float arithmetic that the compiler vectorises, split statically over the OpenMP
  * team. Each element's update depends only on that element, and the norm is summed over a fixed
- * set of chunks in a fixed order, so results are bit-identical for any thread count.
+ * set of chunks in a fixed order, each in 16 fixed lanes, so results are bit-identical for any
+ * thread count and instruction set. The cosine schedule's cos is glibc's, which picks its code
+ * per CPU: the same on every CPU with FMA (x86-64 since 2013), the machines this targets.
  */
 #include "nn/adamw.h"
 
@@ -17,6 +19,7 @@
 #include <string.h>
 
 #include "base/err.h"
+#include "nn/exact.h"
 
 /* Below this many elements a pass runs on the calling thread: waking the team costs more. */
 #define ADAMW_PAR_MIN ((size_t)1 << 15)
@@ -115,6 +118,17 @@ static int any_nonfinite(const float *g, size_t n) {
     return bad != 0;
 }
 
+/* b^t by squaring in double: the same bits on every machine (libm's pow is not correctly
+ * rounded, and glibc picks its implementation per CPU). */
+static double pow_exact(float b, long t) {
+    double r = 1.0, x = b;
+    for (; t > 0; t >>= 1) {
+        if (t & 1) r *= x;
+        x *= x;
+    }
+    return r;
+}
+
 /* The per-step constants of the update, bias corrections folded in. */
 typedef struct {
     float b1, b2, omb1, omb2; /* beta1, beta2, 1-beta1, 1-beta2 */
@@ -178,8 +192,8 @@ int adamw_step_scaled(adamw_t *o, float *params, const float *grads, const adamw
 
     long t = o->t + 1;
     /* Bias corrections in double (beta^t underflows gracefully towards 0). */
-    const double bc1 = 1.0 - pow((double)o->beta1, (double)t);
-    const double bc2 = 1.0 - pow((double)o->beta2, (double)t);
+    const double bc1 = 1.0 - pow_exact(o->beta1, t);
+    const double bc2 = 1.0 - pow_exact(o->beta2, t);
     const step_coef_t c = {
         .b1 = o->beta1,
         .b2 = o->beta2,
@@ -224,10 +238,13 @@ double adamw_grad_norm(const float *g, size_t n) {
 #pragma omp parallel for schedule(static) if (parallel : n >= ADAMW_PAR_MIN)
     for (int c = 0; c < ADAMW_NORM_CHUNKS; c++) {
         const size_t lo = chunk_start(n, c), hi = chunk_start(n, c + 1);
-        double s = 0.0;
-#pragma omp simd reduction(+ : s)
-        for (size_t i = lo; i < hi; i++) s += (double)g[i] * (double)g[i];
-        partial[c] = s;
+        /* 16 fixed lanes, then one fixed tree (exact.h): the same bits at any vector width */
+        double acc[EX_LANES] = {0};
+        size_t i = lo;
+        for (; i + EX_LANES <= hi; i += EX_LANES)
+            for (int j = 0; j < EX_LANES; j++) acc[j] += (double)g[i + j] * (double)g[i + j];
+        for (int j = 0; i + j < hi; j++) acc[j] += (double)g[i + j] * (double)g[i + j];
+        partial[c] = ex_lanes_sum64(acc);
     }
     /* A NaN or Inf element makes its partial sum, and so the total, NaN or Inf. */
     double sum = 0.0;

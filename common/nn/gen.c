@@ -5,20 +5,23 @@
  * contiguous and in position order: the whole prompt at prefill, one row per live sequence when
  * decoding. Per layer: LayerNorm and the QKV projection over all R rows (one GEMM), keys and
  * values written into the cache at their (sequence, position), attention per (sequence, head)
- * block against that sequence's cache (two GEMMs: scores and weighted values), then the rest of
+ * block against that sequence's cache (attend_rows: each row on its own), then the rest of
  * the block over all rows again. Only each sequence's last row goes through the final LayerNorm
  * and the LM head. The cache is laid out [layer][sequence][head][position][head_size] so a
  * sequence's keys for one head are one contiguous (len, hs) matrix. The linear layers and the LM
  * head run on packed weights (pgemm.h): one stream reads them at memory bandwidth, a batch reuses
  * each loaded weight for up to six rows, and a row's result never depends on the other rows.
+ * Everything else is exact as well (exact.h), so a sequence's tokens are the same bits on every
+ * machine.
  */
 #include "nn/gen.h"
+
+#include "nn/exact.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include <cblas.h>
 #include <omp.h>
 
 #include "base/err.h"
@@ -192,37 +195,37 @@ static float *cache_at(const gen_state_t *g, float *base, int l, int s, int h) {
 }
 
 /*
- * Attention of one new row (a decode step) for one head: out(hs) = softmax(scale q K^T) V over
- * the ctx cached positions; sc(ctx) is scratch. Written out because a BLAS call per (sequence,
- * head) costs more than its few thousand FMAs, and cloned per instruction set because the
- * build targets the x86-64 baseline (the same clone runs for every sequence, so a sequence's
- * result does not depend on its batch).
+ * Attention of n new rows of one sequence for one head: row i (query q + i*ldq) attends to the
+ * cached positions 0..pos[i] and writes out + i*ldo (hs floats); sc is scratch (pos[i] + 1
+ * floats). Each score is ex_dot (16 fixed lanes), the softmax sums in position order and the
+ * output adds p_u * V[u] in position order, so a row's result depends on nothing but its own
+ * inputs: the same bits in a decode step, in a prompt's prefill, in any batch and on any machine
+ * (exact.h). Written out because a BLAS call per (sequence, head) costs more than its few
+ * thousand FMAs, and BLAS would round differently per CPU.
  */
-#if defined(__x86_64__)
-__attribute__((target_clones("avx512f", "arch=x86-64-v3", "default")))
-#endif
-static void
-attend_one(float *out, float *sc, const float *q, const float *K, const float *Vc, int ctx, int hs,
-           float scale) {
-    float mx = -INFINITY, sum = 0.0f;
-    for (int u = 0; u < ctx; u++) {
-        const float *kr = K + (size_t)u * hs;
-        float d = 0.0f;
-#pragma omp simd reduction(+ : d)
-        for (int i = 0; i < hs; i++) d += q[i] * kr[i];
-        sc[u] = d * scale;
-        mx = sc[u] > mx ? sc[u] : mx;
-    }
-    for (int u = 0; u < ctx; u++) sum += (sc[u] = expf(sc[u] - mx));
-    float inv = 1.0f / sum;
-    for (int i = 0; i < hs; i++) out[i] = 0.0f;
-    for (int u = 0; u < ctx; u++) {
-        const float *vr = Vc + (size_t)u * hs;
-        float pu = sc[u] * inv;
-#pragma omp simd
-        for (int i = 0; i < hs; i++) out[i] += pu * vr[i];
+static inline void attend_rows_body(float *out, int ldo, float *sc, const float *q, int ldq,
+                                    const float *K, const float *Vc, int n, const int *pos, int hs,
+                                    float scale) {
+    for (int r = 0; r < n; r++) {
+        const float *qr = q + (size_t)r * ldq;
+        float *o = out + (size_t)r * ldo;
+        int ctx = pos[r] + 1;
+        for (int u = 0; u < ctx; u++) sc[u] = ex_dot(qr, K + (size_t)u * hs, hs) * scale;
+        float mx = ex_max(sc, ctx), sum = 0.0f;
+        for (int u = 0; u < ctx; u++) sum += (sc[u] = ex_expf(sc[u] - mx));
+        float inv = 1.0f / sum;
+        for (int i = 0; i < hs; i++) o[i] = 0.0f;
+        for (int u = 0; u < ctx; u++) {
+            const float *vr = Vc + (size_t)u * hs;
+            float pu = sc[u] * inv;
+            for (int i = 0; i < hs; i++) o[i] += pu * vr[i];
+        }
     }
 }
+EX_VARIANTS(attend_rows,
+            (float *out, int ldo, float *sc, const float *q, int ldq, const float *K,
+             const float *Vc, int n, const int *pos, int hs, float scale),
+            attend_rows_body, (out, ldo, sc, q, ldq, K, Vc, n, pos, hs, scale))
 
 /*
  * One forward step over R rows forming G groups (one per sequence present). Leaves the logits
@@ -268,7 +271,7 @@ static int forward_rows(gen_state_t *g, int R, int G) {
 #pragma omp parallel for schedule(dynamic) if (work >= 32768)
         for (int gh = 0; gh < G * H; gh++) {
             int k = gh / H, h = gh % H, r0 = g->grp_start[k], n = g->grp_n[k];
-            int s = g->row_seq[r0], ctx = g->row_pos[r0 + n - 1] + 1;
+            int s = g->row_seq[r0];
             float *sc = g->scores + per * (size_t)omp_get_thread_num();
             float *K = cache_at(g, g->kc, l, s, h), *Vc = cache_at(g, g->vc, l, s, h);
             const float *q = g->qkv + (size_t)r0 * 3 * C + h * hs;
@@ -279,23 +282,7 @@ static int forward_rows(gen_state_t *g, int R, int G) {
                 memcpy(K + off, src + C, (size_t)hs * sizeof(float));
                 memcpy(Vc + off, src + 2 * C, (size_t)hs * sizeof(float));
             }
-            if (n == 1) {
-                attend_one(o, sc, q, K, Vc, ctx, hs, scale);
-                continue;
-            }
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, ctx, hs, scale, q, 3 * C, K, hs,
-                        0.0f, sc, ctx);
-            for (int i = 0; i < n; i++) {
-                float *row = sc + (size_t)i * ctx, mx = -INFINITY, sum = 0.0f;
-                int upto = g->row_pos[r0 + i]; /* causal: attends to positions 0..upto */
-                for (int u = 0; u <= upto; u++) mx = row[u] > mx ? row[u] : mx;
-                for (int u = 0; u <= upto; u++) sum += (row[u] = expf(row[u] - mx));
-                float inv = 1.0f / sum;
-                for (int u = 0; u <= upto; u++) row[u] *= inv;
-                for (int u = upto + 1; u < ctx; u++) row[u] = 0.0f;
-            }
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, hs, ctx, 1.0f, sc, ctx, Vc,
-                        hs, 0.0f, o, C);
+            attend_rows(o, C, sc, q, 3 * C, K, Vc, n, g->row_pos + r0, hs, scale);
         }
         pgemm(g->tmp, g->atty, R, &pk->attproj[l], p->attprojb + (size_t)l * C);
         ops_residual_forward(g->x, g->x, g->tmp, (size_t)R * C);

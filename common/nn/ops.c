@@ -1,11 +1,15 @@
 /*
  * ops.c - layer kernels of the transformer (see ops.h for conventions).
  *
- * Matrix products go to cblas_sgemm. Loops that are not matrix products are parallelised with
- * OpenMP; OpenBLAS is the OpenMP build, so both share one thread team and a BLAS call made inside
- * a parallel region (attention, per head) runs single-threaded instead of oversubscribing.
- * Reductions that produce parameter gradients (LayerNorm weights, biases) are split by column,
- * never by row, so every sum is taken in the same order whatever the thread count.
+ * Matrix products go to xgemm (exact: one fmaf chain per output in a fixed order) or, with the
+ * "openblas" backend, to cblas_sgemm. Everything else is written so that its bits do not depend
+ * on the thread count or the instruction set either (common/nn/exact.h): sums over a row run in
+ * 16 fixed lanes and one fixed tree, exp is ex_expf, and the loops that vectorise are compiled in
+ * three variants (AVX-512, AVX2 + FMA, baseline) chosen by the kernel pgemm_kernel() names, all
+ * computing the same thing. Reductions that produce parameter gradients (LayerNorm weights,
+ * biases) are split by column, never by row, so every sum is taken in the same order whatever
+ * the thread count. OpenBLAS is the OpenMP build, so both share one thread team and a product
+ * made inside a parallel region (attention, per head) runs on the calling thread.
  */
 #include "nn/ops.h"
 
@@ -18,13 +22,8 @@
 #include <omp.h>
 
 #include "base/err.h"
+#include "nn/exact.h"
 #include "nn/xgemm.h"
-
-/* Lets the compiler call glibc's vector expf (libmvec) from `omp simd` loops. glibc's own
- * <math.h> makes this declaration only under -ffast-math, which we do not use (it would remove
- * NaN checks); libmvec's expf is accurate to a few ulp and keeps IEEE special values. */
-#pragma omp declare simd notinbranch
-float expf(float);
 
 /* Below this many elements of work a loop runs on the calling thread: waking the team costs
  * more than it saves, and far more when processes share cores (oversubscribed OpenMP teams
@@ -110,38 +109,33 @@ void ops_encoder_backward(float *dwte, float *dwpe, const float *dout, const int
 
 /* ------------------------------------------------------------------------------------------ */
 
-/* Element-wise and per-row kernels of the forward pass are cloned per instruction set: the build
- * targets the x86-64 baseline, where glibc's vector expf is the 4-wide SSE one and sums run 4
- * wide; the AVX-512 clone uses 16 lanes. Each clone sums in one fixed order, so results do not
- * depend on the thread count. */
-#if defined(__x86_64__)
-#define OPS_CLONES __attribute__((target_clones("avx512f", "arch=x86-64-v3", "default")))
-#else
-#define OPS_CLONES
-#endif
-
-OPS_CLONES static void layernorm_row(float *o, float *mean, float *rstd, const float *x,
-                                     const float *w, const float *b, int C, float eps) {
-    float m = 0.0f;
-#pragma omp simd reduction(+ : m)
-    for (int c = 0; c < C; c++) m += x[c];
-    m /= C;
-    float v = 0.0f;
-#pragma omp simd reduction(+ : v)
-    for (int c = 0; c < C; c++) v += (x[c] - m) * (x[c] - m);
-    v /= C;
-    float s = 1.0f / sqrtf(v + eps);
-#pragma omp simd
-    for (int c = 0; c < C; c++) o[c] = (x[c] - m) * s * w[c] + b[c];
-    *mean = m;
-    *rstd = s;
+/* Rows [lo, hi) of the LayerNorm forward. */
+static inline void layernorm_rows_body(float *out, float *mean, float *rstd, const float *inp,
+                                       const float *w, const float *b, int lo, int hi, int C,
+                                       float eps) {
+    for (int n = lo; n < hi; n++) {
+        const float *x = inp + (size_t)n * C;
+        float *o = out + (size_t)n * C;
+        float m = ex_sum(x, C) / C;
+        float v = ex_sumsq_dev(x, m, C) / C;
+        float s = 1.0f / sqrtf(v + eps);
+        for (int c = 0; c < C; c++) o[c] = (x[c] - m) * s * w[c] + b[c];
+        mean[n] = m;
+        rstd[n] = s;
+    }
 }
+EX_VARIANTS(layernorm_rows,
+            (float *out, float *mean, float *rstd, const float *inp, const float *w, const float *b,
+             int lo, int hi, int C, float eps),
+            layernorm_rows_body, (out, mean, rstd, inp, w, b, lo, hi, C, eps))
 
 void ops_layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
                            const float *b, int N, int C, float eps) {
-#pragma omp parallel for schedule(static) if ((long)N * C >= OPS_PAR_MIN)
-    for (int n = 0; n < N; n++)
-        layernorm_row(out + (size_t)n * C, &mean[n], &rstd[n], inp + (size_t)n * C, w, b, C, eps);
+    int nt = (long)N * C >= OPS_PAR_MIN ? ops_threads : 1;
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int t = 0; t < nt; t++)
+        layernorm_rows(out, mean, rstd, inp, w, b, (int)((long)N * t / nt),
+                       (int)((long)N * (t + 1) / nt), C, eps);
 }
 
 void ops_layernorm_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
@@ -186,13 +180,18 @@ void ops_layernorm_backward(float *dinp, float *dw, float *db, const float *dout
 
 void ops_matmul_forward(float *out, const float *inp, const float *w, const float *bias, int N,
                         int IC, int OC) {
-    float beta = 0.0f;
+    int blas = gemm_backend() == GEMM_OPENBLAS;
     if (bias) {
-        /* seed the output with the bias and let sgemm accumulate onto it: one pass fewer */
+        /* seed the output with the bias and accumulate the product onto it: one pass fewer
+         * (bias + acc: the exact contract's sum, addition being commutative) */
 #pragma omp parallel for schedule(static) if ((long)N * OC >= OPS_PAR_MIN)
         for (int n = 0; n < N; n++) memcpy(out + (size_t)n * OC, bias, sizeof(float) * OC);
-        beta = 1.0f;
     }
+    if (!blas) {
+        xgemm(XGEMM_N, XGEMM_N, N, OC, IC, inp, IC, w, OC, out, OC, bias != NULL);
+        return;
+    }
+    float beta = bias ? 1.0f : 0.0f;
     if (N == 1) {
         /* One row (single-stream decoding) is a matrix-vector product: OpenBLAS's sgemm packs
          * the whole weight matrix for it and runs at a fraction of the memory bandwidth that
@@ -219,11 +218,16 @@ static void bias_backward(float *dbias, const float *dout, int N, int OC) {
 
 void ops_matmul_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
                          const float *w, int N, int IC, int OC) {
-    if (dinp)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, IC, OC, 1.0f, dout, OC, w, OC, 1.0f,
-                    dinp, IC);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, IC, OC, N, 1.0f, inp, IC, dout, OC, 1.0f,
-                dw, OC);
+    if (gemm_backend() == GEMM_EXACT) {
+        if (dinp) xgemm(XGEMM_N, XGEMM_T, N, IC, OC, dout, OC, w, OC, dinp, IC, 1);
+        xgemm(XGEMM_T, XGEMM_N, IC, OC, N, inp, IC, dout, OC, dw, OC, 1);
+    } else {
+        if (dinp)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, IC, OC, 1.0f, dout, OC, w, OC,
+                        1.0f, dinp, IC);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, IC, OC, N, 1.0f, inp, IC, dout, OC,
+                    1.0f, dw, OC);
+    }
     if (dbias) bias_backward(dbias, dout, N, OC);
 }
 
@@ -254,6 +258,10 @@ void ops_matmul_backward_ref(float *dinp, float *dw, float *dbias, const float *
 /* ------------------------------------------------------------------------------------------ */
 
 void ops_lmhead_forward(float *logits, const float *inp, const float *wte, int N, int C, int V) {
+    if (gemm_backend() == GEMM_EXACT) {
+        xgemm(XGEMM_N, XGEMM_T, N, V, C, inp, C, wte, C, logits, V, 0);
+        return;
+    }
     if (N == 1) { /* matrix-vector, see ops_matmul_forward */
         cblas_sgemv(CblasRowMajor, CblasNoTrans, V, C, 1.0f, wte, C, inp, 1, 0.0f, logits, 1);
         return;
@@ -264,6 +272,11 @@ void ops_lmhead_forward(float *logits, const float *inp, const float *wte, int N
 
 void ops_lmhead_backward(float *dinp, float *dwte, const float *dlogits, const float *inp,
                          const float *wte, int N, int C, int V) {
+    if (gemm_backend() == GEMM_EXACT) {
+        xgemm(XGEMM_N, XGEMM_N, N, C, V, dlogits, V, wte, C, dinp, C, 1);
+        xgemm(XGEMM_T, XGEMM_N, V, C, N, dlogits, V, inp, C, dwte, C, 1);
+        return;
+    }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, C, V, 1.0f, dlogits, V, wte, C, 1.0f,
                 dinp, C);
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, V, C, N, 1.0f, dlogits, V, inp, C, 1.0f,
@@ -295,15 +308,16 @@ void ops_lmhead_backward_ref(float *dinp, float *dwte, const float *dlogits, con
 
 /* ------------------------------------------------------------------------------------------ */
 
-/* Row-wise causal softmax of scores (T,T) in place: row t keeps columns 0..t, zeros the rest. */
-static void causal_softmax(float *att, int T) {
+/* Row-wise causal softmax of scale * scores (T,T) in place: row t keeps columns 0..t, zeros the
+ * rest. Sequential sums: the same order on every machine. */
+static inline void causal_softmax_body(float *att, int T, float scale) {
     for (int t = 0; t < T; t++) {
         float *row = att + (size_t)t * T;
-        float mx = -INFINITY;
-        for (int u = 0; u <= t; u++) mx = row[u] > mx ? row[u] : mx;
+        for (int u = 0; u <= t; u++) row[u] *= scale;
+        float mx = ex_max(row, t + 1);
         float sum = 0.0f;
         for (int u = 0; u <= t; u++) {
-            row[u] = expf(row[u] - mx);
+            row[u] = ex_expf(row[u] - mx);
             sum += row[u];
         }
         float inv = 1.0f / sum;
@@ -311,6 +325,7 @@ static void causal_softmax(float *att, int T) {
         for (int u = t + 1; u < T; u++) row[u] = 0.0f;
     }
 }
+EX_VARIANTS(causal_softmax, (float *att, int T, float scale), causal_softmax_body, (att, T, scale))
 
 /* In place: datt(T,T) <- d(scores) = att * (datt - rowsum(att * datt)) * scale, causal. */
 static void causal_softmax_backward(float *datt, const float *att, int T, float scale) {
@@ -324,6 +339,18 @@ static void causal_softmax_backward(float *datt, const float *att, int T, float 
     }
 }
 
+/* C(M,N) [+]= op(A) op(B) through the current backend, on the calling thread's share. */
+static void prod(xgemm_trans_t ta, xgemm_trans_t tb, int M, int N, int K, const float *A, int lda,
+                 const float *B, int ldb, float *C, int ldc, int accumulate) {
+    if (gemm_backend() == GEMM_EXACT) {
+        xgemm(ta, tb, M, N, K, A, lda, B, ldb, C, ldc, accumulate);
+        return;
+    }
+    cblas_sgemm(CblasRowMajor, ta == XGEMM_T ? CblasTrans : CblasNoTrans,
+                tb == XGEMM_T ? CblasTrans : CblasNoTrans, M, N, K, 1.0f, A, lda, B, ldb,
+                accumulate ? 1.0f : 0.0f, C, ldc);
+}
+
 void ops_attention_forward(float *out, float *att, const float *qkv, int B, int T, int C, int H) {
     int hs = C / H, C3 = 3 * C;
     float scale = 1.0f / sqrtf((float)hs);
@@ -334,11 +361,9 @@ void ops_attention_forward(float *out, float *att, const float *qkv, int B, int 
         float *a = att + (size_t)bh * T * T;
         float *o = out + (size_t)b * T * C + h * hs;
         /* the full T x T product; the upper triangle is discarded by the causal softmax */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hs, scale, q, C3, k, C3, 0.0f, a,
-                    T);
-        causal_softmax(a, T);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hs, T, 1.0f, a, T, v, C3, 0.0f, o,
-                    C);
+        prod(XGEMM_N, XGEMM_T, T, T, hs, q, C3, k, C3, a, T, 0);
+        causal_softmax(a, T, scale);
+        prod(XGEMM_N, XGEMM_N, T, hs, T, a, T, v, C3, o, C, 0);
     }
 }
 
@@ -354,16 +379,12 @@ void ops_attention_backward(float *dqkv, float *datt, const float *dout, const f
         const float *a = att + (size_t)bh * T * T, *d = dout + (size_t)b * T * C + h * hs;
         float *da = datt + (size_t)bh * T * T;
         /* out = att @ v */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hs, 1.0f, d, C, v, C3, 0.0f, da,
-                    T);
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hs, T, 1.0f, a, T, d, C, 1.0f, dv,
-                    C3);
+        prod(XGEMM_N, XGEMM_T, T, T, hs, d, C, v, C3, da, T, 0);
+        prod(XGEMM_T, XGEMM_N, T, hs, T, a, T, d, C, dv, C3, 1);
         causal_softmax_backward(da, a, T, scale);
         /* scores = scale * q @ k^T (scale folded into da above) */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hs, T, 1.0f, da, T, k, C3, 1.0f,
-                    dq, C3);
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hs, T, 1.0f, da, T, q, C3, 1.0f, dk,
-                    C3);
+        prod(XGEMM_N, XGEMM_N, T, hs, T, da, T, k, C3, dq, C3, 1);
+        prod(XGEMM_T, XGEMM_N, T, hs, T, da, T, q, C3, dk, C3, 1);
     }
 }
 
@@ -439,20 +460,33 @@ void ops_attention_backward_ref(float *dqkv, float *datt, const float *dout, con
 #define GELU_K 0.7978845608028654f /* sqrt(2/pi) */
 
 /* gelu(x) = 0.5 x (1 + tanh(u)) with u = k (x + 0.044715 x^3), computed as x * sigmoid(2u):
- * the same function, one expf instead of a tanhf (five times cheaper, and vectorised below),
- * and no cancellation in 1 + tanh(u) for very negative x. */
-static inline float gelu_sigmoid(float x) {
+ * the same function, one exp instead of a tanh (and vectorised), and no cancellation in
+ * 1 + tanh(u) for very negative x. */
+static inline __attribute__((always_inline)) float gelu_sigmoid(float x) {
     float u = GELU_K * (x + 0.044715f * x * x * x);
-    return 1.0f / (1.0f + expf(-2.0f * u));
+    return 1.0f / (1.0f + ex_expf(-2.0f * u));
 }
 
-/* GELU runs in chunks, each through the cloned kernel (see OPS_CLONES). */
+/* GELU runs in chunks, each through a kernel variant (exact.h). */
 #define OPS_CHUNK 4096
 
-OPS_CLONES static void gelu_forward_chunk(float *out, const float *inp, size_t n) {
+static inline void gelu_forward_body(float *out, const float *inp, size_t n) {
 #pragma omp simd
     for (size_t i = 0; i < n; i++) out[i] = inp[i] * gelu_sigmoid(inp[i]);
 }
+EX_VARIANTS(gelu_forward_chunk, (float *out, const float *inp, size_t n), gelu_forward_body,
+            (out, inp, n))
+
+static inline void gelu_backward_body(float *dinp, const float *inp, const float *dout, size_t n) {
+#pragma omp simd
+    for (size_t i = 0; i < n; i++) {
+        float x = inp[i], s = gelu_sigmoid(x);
+        float du = GELU_K * (1.0f + 3.0f * 0.044715f * x * x);
+        dinp[i] += (s + x * s * (1.0f - s) * 2.0f * du) * dout[i];
+    }
+}
+EX_VARIANTS(gelu_backward_chunk, (float *dinp, const float *inp, const float *dout, size_t n),
+            gelu_backward_body, (dinp, inp, dout, n))
 
 void ops_gelu_forward(float *out, const float *inp, size_t N) {
     size_t chunks = (N + OPS_CHUNK - 1) / OPS_CHUNK;
@@ -464,11 +498,11 @@ void ops_gelu_forward(float *out, const float *inp, size_t N) {
 }
 
 void ops_gelu_backward(float *dinp, const float *inp, const float *dout, size_t N) {
-#pragma omp parallel for simd schedule(static) if (N >= OPS_PAR_MIN)
-    for (size_t i = 0; i < N; i++) {
-        float x = inp[i], s = gelu_sigmoid(x);
-        float du = GELU_K * (1.0f + 3.0f * 0.044715f * x * x);
-        dinp[i] += (s + x * s * (1.0f - s) * 2.0f * du) * dout[i];
+    size_t chunks = (N + OPS_CHUNK - 1) / OPS_CHUNK;
+#pragma omp parallel for schedule(static) if (N >= OPS_PAR_MIN)
+    for (size_t c = 0; c < chunks; c++) {
+        size_t lo = c * OPS_CHUNK, n = N - lo < OPS_CHUNK ? N - lo : OPS_CHUNK;
+        gelu_backward_chunk(dinp + lo, inp + lo, dout + lo, n);
     }
 }
 
@@ -478,6 +512,35 @@ void ops_residual_forward(float *out, const float *a, const float *b, size_t N) 
 }
 
 /* ------------------------------------------------------------------------------------------ */
+
+/* One row of the cross-entropy: the loss, and with want_grad the row's gradient in place. The
+ * normaliser sum(exp) runs in 16 fixed lanes of doubles. */
+static inline void ce_row_body(float *x, float *loss, int target, float w, float inv_w, int V,
+                               int want_grad) {
+    /* a NaN logit may be skipped by the max, but it still turns the sum below into NaN */
+    float mx = ex_max(x, V);
+    float xt = x[target];
+    double acc[EX_LANES] = {0};
+    int v = 0;
+    if (want_grad) {
+        for (; v + EX_LANES <= V; v += EX_LANES)
+            for (int j = 0; j < EX_LANES; j++) acc[j] += (x[v + j] = ex_expf(x[v + j] - mx));
+        for (int j = 0; v + j < V; j++) acc[j] += (x[v + j] = ex_expf(x[v + j] - mx));
+    } else {
+        for (; v + EX_LANES <= V; v += EX_LANES)
+            for (int j = 0; j < EX_LANES; j++) acc[j] += ex_expf(x[v + j] - mx);
+        for (int j = 0; v + j < V; j++) acc[j] += ex_expf(x[v + j] - mx);
+    }
+    double sum = ex_lanes_sum64(acc);
+    if (want_grad) {
+        float sc = (float)(1.0 / sum) * w * inv_w;
+        for (int u = 0; u < V; u++) x[u] *= sc;
+        x[target] -= w * inv_w;
+    }
+    *loss = (float)(log(sum) + mx - xt);
+}
+EX_VARIANTS(ce_row, (float *x, float *loss, int target, float w, float inv_w, int V, int want_grad),
+            ce_row_body, (x, loss, target, w, inv_w, V, want_grad))
 
 double ops_crossentropy(float *logits, float *losses, const int *targets, const float *weights,
                         int N, int V, int want_grad) {
@@ -494,26 +557,7 @@ double ops_crossentropy(float *logits, float *losses, const int *targets, const 
             if (want_grad) memset(x, 0, sizeof(float) * V);
             continue;
         }
-        float mx = -INFINITY;
-        /* a NaN logit may be skipped by the max, but it still turns the sum below into NaN */
-#pragma omp simd reduction(max : mx)
-        for (int v = 0; v < V; v++) mx = x[v] > mx ? x[v] : mx;
-        float xt = x[targets[n]];
-        double sum = 0.0;
-        if (want_grad) {
-#pragma omp simd reduction(+ : sum)
-            for (int v = 0; v < V; v++) {
-                x[v] = expf(x[v] - mx);
-                sum += x[v];
-            }
-            float sc = (float)(1.0 / sum) * w * inv_w;
-            for (int v = 0; v < V; v++) x[v] *= sc;
-            x[targets[n]] -= w * inv_w;
-        } else {
-#pragma omp simd reduction(+ : sum)
-            for (int v = 0; v < V; v++) sum += expf(x[v] - mx);
-        }
-        losses[n] = (float)(log(sum) + mx - xt);
+        ce_row(x, &losses[n], targets[n], w, inv_w, V, want_grad);
     }
     double total = 0.0;
     for (int n = 0; n < N; n++)

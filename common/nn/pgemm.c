@@ -80,6 +80,10 @@ const char *pgemm_kernel(void) {
     return kernel_names[kernel()];
 }
 
+int pgemm_kernel_id(void) {
+    return (int)kernel();
+}
+
 int pgemm_set_kernel(const char *name) {
     if (!name) {
         forced = KERNEL_AUTO;

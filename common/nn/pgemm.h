@@ -47,9 +47,12 @@ void pgemm(float *Y, const float *X, int M, const pgemm_mat_t *W, const float *b
 
 /* The kernel pgemm uses: "avx512f", "avx2" (with FMA) or "c", the best this CPU runs unless
  * pgemm_set_kernel chose one (NULL: back to the default) or the environment's RLHF_SIMD names
- * one. Every exact kernel of the project (xgemm, the layer kernels of ops) follows this choice. All give the same bits; tests compare
- * them. Returns 0, or RL_EINVAL for an unknown name or one the CPU cannot run. */
+ * one. Every exact kernel of the project (xgemm, the layer kernels of ops) follows this choice. All
+ * give the same bits; tests compare them. Returns 0, or RL_EINVAL for an unknown name or one the
+ * CPU cannot run. */
 const char *pgemm_kernel(void);
+/* The same as a number: 0 = "c", 1 = "avx2", 2 = "avx512f". */
+int pgemm_kernel_id(void);
 int pgemm_set_kernel(const char *name);
 
 /* The machine's fp32 FMA rate in GFLOP/s on the OpenMP team, measured now with register-only

@@ -4,8 +4,9 @@
  * A pick runs a few linear passes over the V logits and never sorts them:
  *
  *   1. one pass checks for NaN / +Inf and finds the largest logit m;
- *   2. one pass of vectorised expf (libmvec) writes w[i] = exp((logit[i] - m) / t), unnormalised,
- *      summed in double per block of SMP_BLOCK tokens;
+ *   2. one vectorised pass of ex_expf writes w[i] = exp((logit[i] - m) / t), unnormalised,
+ *      summed in double per block of SMP_BLOCK tokens (in 16 fixed lanes: exact.h, so a pick is
+ *      the same on every machine);
  *   3. top-k and top-p each keep a prefix of the tokens in order of decreasing logit (ties: lower
  *      id first) without sorting (select_prefix()): a histogram of the logits' distance below m
  *      finds the bin holding the boundary, only the few tokens in that bin are narrowed down to
@@ -30,12 +31,7 @@
 
 #include "base/err.h"
 #include "base/rng.h"
-
-/* Lets the compiler call glibc's vector expf (libmvec) from `omp simd` loops. glibc's own
- * <math.h> makes this declaration only under -ffast-math, which we do not use (it would remove
- * NaN checks); libmvec's expf is accurate to a few ulp and keeps IEEE special values. */
-#pragma omp declare simd notinbranch
-float expf(float);
+#include "nn/exact.h"
 
 /* Masses are summed in double per block of this many tokens; the draw finds its block from the
  * block sums and walks only inside that block. */
@@ -166,29 +162,54 @@ static int scan_max(const float *l, int V, const char *who, float *mx_out) {
 }
 
 /* sum_i exp(l[i] - mx): the normaliser of the model's own distribution. */
+static inline void sum_exp_body(const float *l, int V, float mx, double *out) {
+    double acc[EX_LANES] = {0};
+    int i = 0;
+    for (; i + EX_LANES <= V; i += EX_LANES)
+        for (int j = 0; j < EX_LANES; j++) acc[j] += ex_expf(l[i + j] - mx);
+    for (int j = 0; i + j < V; j++) acc[j] += ex_expf(l[i + j] - mx);
+    *out = ex_lanes_sum64(acc);
+}
+EX_VARIANTS(sum_exp_v, (const float *l, int V, float mx, double *out), sum_exp_body,
+            (l, V, mx, out))
+
 static double sum_exp(const float *l, int V, float mx) {
-    double s = 0.0;
-#pragma omp simd reduction(+ : s)
-    for (int i = 0; i < V; i++) s += expf(l[i] - mx);
+    double s;
+    sum_exp_v(l, V, mx, &s);
     return s;
 }
 
-/* w[i] = exp((l[i] - mx) / t) with block sums into bs; returns their sum. Dividing by t (not
- * multiplying by 1/t) keeps l == mx at exactly 1 however small t is. */
-static double exp_pass(const float *l, int V, float mx, float t, float *w, double *bs) {
-    double total = 0.0;
+/* The sum of a[lo..hi) in double, 16 fixed lanes. */
+static inline __attribute__((always_inline)) double lanes_mass(const float *a, int lo, int hi) {
+    double acc[EX_LANES] = {0};
+    int i = lo;
+    for (; i + EX_LANES <= hi; i += EX_LANES)
+        for (int j = 0; j < EX_LANES; j++) acc[j] += a[i + j];
+    for (int j = 0; i + j < hi; j++) acc[j] += a[i + j];
+    return ex_lanes_sum64(acc);
+}
+
+/* w[i] = exp((l[i] - mx) / t) with block sums into bs; their sum into *total. Dividing by t
+ * (not multiplying by 1/t) keeps l == mx at exactly 1 however small t is. */
+static inline void exp_pass_body(const float *l, int V, float mx, float t, float *w, double *bs,
+                                 double *total) {
+    double sum = 0.0;
     for (int b = 0, lo = 0; lo < V; b++, lo += SMP_BLOCK) {
         const int hi = V - lo < SMP_BLOCK ? V : lo + SMP_BLOCK;
-        double s = 0.0;
-#pragma omp simd reduction(+ : s)
-        for (int i = lo; i < hi; i++) {
-            const float e = expf((l[i] - mx) / t);
-            w[i] = e;
-            s += e;
-        }
-        bs[b] = s;
-        total += s;
+#pragma omp simd
+        for (int i = lo; i < hi; i++) w[i] = ex_expf((l[i] - mx) / t);
+        bs[b] = lanes_mass(w, lo, hi);
+        sum += bs[b];
     }
+    *total = sum;
+}
+EX_VARIANTS(exp_pass_v,
+            (const float *l, int V, float mx, float t, float *w, double *bs, double *total),
+            exp_pass_body, (l, V, mx, t, w, bs, total))
+
+static double exp_pass(const float *l, int V, float mx, float t, float *w, double *bs) {
+    double total;
+    exp_pass_v(l, V, mx, t, w, bs, &total);
     return total;
 }
 
@@ -197,14 +218,20 @@ static double block_mass(const float *a, int n, double *bs) {
     double total = 0.0;
     for (int b = 0, lo = 0; lo < n; b++, lo += SMP_BLOCK) {
         const int hi = n - lo < SMP_BLOCK ? n : lo + SMP_BLOCK;
-        double s = 0.0;
-#pragma omp simd reduction(+ : s)
-        for (int i = lo; i < hi; i++) s += a[i];
-        bs[b] = s;
-        total += s;
+        bs[b] = lanes_mass(a, lo, hi);
+        total += bs[b];
     }
     return total;
 }
+
+/* w[j] = exp((l[ids[j]] - mx) / t) for the n kept tokens. */
+static inline void kept_exp_body(const float *l, const int *ids, int n, float mx, float t,
+                                 float *w) {
+#pragma omp simd
+    for (int j = 0; j < n; j++) w[j] = ex_expf((l[ids[j]] - mx) / t);
+}
+EX_VARIANTS(kept_exp, (const float *l, const int *ids, int n, float mx, float t, float *w),
+            kept_exp_body, (l, ids, n, mx, t, w))
 
 /*
  * The position j whose interval [cum(j-1), cum(j)) of the cumulative mass of a[0..n) holds
@@ -476,8 +503,7 @@ static int set_build(const float *l, int V, const smp_params_t *p, void *scratch
     if (p->top_k > 0 && p->top_k < V) {
         const int n = select_prefix(l, NULL, NULL, V, (double)p->top_k, mx, SMP_BINS_PER_UNIT, &s,
                                     s.ids, NULL);
-#pragma omp simd
-        for (int j = 0; j < n; j++) s.w[j] = expf((l[s.ids[j]] - mx) / t);
+        kept_exp(l, s.ids, n, mx, t, s.w);
         set->ids = s.ids;
         set->n = n;
         set->mass = block_mass(s.w, n, s.bs);
