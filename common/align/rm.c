@@ -17,6 +17,7 @@
 
 #include <jansson.h>
 
+#include "align/task.h"
 #include "nn/adamw.h"
 #include "base/err.h"
 #include "base/fs.h"
@@ -193,7 +194,7 @@ static int rm_add(rm_data_t *d, const char *key, const char *prompt, const char 
     if (rm_grow((void **)&d->pairs, &d->cap_pairs, d->n_pairs + 1, sizeof *d->pairs) < 0 ||
         rm_grow((void **)&bg->pair, &bg->cap_pair, bg->n_pair + 1, sizeof(int)) < 0)
         return RL_ENOMEM;
-    d->pairs[d->n_pairs] = (rm_pair_t){sw, sl, margin, g};
+    d->pairs[d->n_pairs] = (rm_pair_t){sw, sl, margin, g, NAN};
     bg->pair[bg->n_pair++] = d->n_pairs++;
     return 0;
 }
@@ -234,7 +235,7 @@ int rm_data_finish(rm_data_t *d) {
         }
         for (int i = 0; i < bg->n_pair; i++) {
             rm_pair_t p = d->pairs[bg->pair[i]];
-            pairs[np++] = (rm_pair_t){newidx[p.w], newidx[p.l], p.margin, ng};
+            pairs[np++] = (rm_pair_t){newidx[p.w], newidx[p.l], p.margin, ng, p.gold};
         }
         ng++;
     }
@@ -338,7 +339,11 @@ static int rm_load_line(void *vctx, json_t *obj, const char *where) {
     int *a = NULL, *b = NULL, na, nb, ta = 0, tb = 0;
     rc = rm_encode(x->tok, prompt, chosen, x->max_len, &a, &na, &ta);
     if (rc == 0) rc = rm_encode(x->tok, prompt, rejected, x->max_len, &b, &nb, &tb);
+    int before = x->d->n_pairs;
     if (rc == 0) rc = rm_add(x->d, key, check, where, a, na, b, nb, (float)margin);
+    if (rc == 0 && x->d->n_pairs > before) /* not skipped: its gold preference */
+        x->d->pairs[before].gold =
+            (float)(task_gold_text(prompt, chosen) - task_gold_text(prompt, rejected));
     if (rc < 0 && rc != RL_EFORMAT) rc = rl_fail_ctx(rc, "%s", where);
     x->d->n_truncated += ta + tb;
     free(a);

@@ -41,6 +41,9 @@ typedef struct {
     int w, l;
     float margin; /* the "margin" field of the line, 0 when absent */
     int group;
+    /* the gold judge's score of w minus l's (task_gold_text: meaningful for the embedded task's
+     * prompts only); NaN for pairs added without their texts (rm_data_add) */
+    float gold;
 } rm_pair_t;
 
 /* The pairs of one prompt: sequences [seq0, seq0 + n_seq), pairs [pair0, pair0 + n_pair). */

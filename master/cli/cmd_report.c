@@ -38,8 +38,10 @@ static double num(json_t *o, const char *k) {
     return json_is_number(v) ? json_number_value(v) : NAN;
 }
 
-/* Each annotator's (and the consensus') pairwise agreement with the gold judge's ranking. */
-static void gold_agreement(const char *dir, FILE *md) {
+/* Each annotator's (and the consensus') pairwise agreement with the gold judge's ranking; the
+ * consensus' figure into *consensus (NaN when there is none). */
+static void gold_agreement(const char *dir, FILE *md, double *consensus) {
+    *consensus = NAN;
     char cp[PATH_MAX + 64], ap[PATH_MAX + 64];
     snprintf(cp, sizeof cp, "%s/completions.jsonl", dir);
     snprintf(ap, sizeof ap, "%s/annotations.jsonl", dir);
@@ -115,6 +117,7 @@ static void gold_agreement(const char *dir, FILE *md) {
         fprintf(md, "| %s | %.3f | %ld |\n", a[j].id,
                 a[j].strict ? (double)a[j].agree / a[j].strict : NAN, a[j].strict);
     fprintf(md, "| consensus (mean rank) | %.3f | %ld |\n\n", cs ? (double)ca / cs : NAN, cs);
+    if (cs) *consensus = (double)ca / cs;
     free(a);
     for (int p = 0; gold && p < c.n; p++) free(gold[p]);
     free(gold);
@@ -172,6 +175,7 @@ int cmd_report(int argc, char **argv) {
     /* ---- stage 1 */
     json_t *ag = load(dir, "agreement.json");
     fprintf(md, "## Stage 1: annotators\n\n");
+    double consensus_gold = NAN;
     if (ag) {
         fprintf(md,
                 "%d prompts, %d annotators, %.1f rankings per prompt.\n\n"
@@ -183,7 +187,7 @@ int cmd_report(int argc, char **argv) {
                 num(ag, "mean_kendall_w"));
         fprintf(md, "Each annotator against the gold judge (the criteria without noise, used only "
                     "for evaluation):\n\n");
-        gold_agreement(dir, md);
+        gold_agreement(dir, md, &consensus_gold);
     } else {
         fprintf(md, "_(no agreement.json)_\n\n");
     }
@@ -193,17 +197,27 @@ int cmd_report(int argc, char **argv) {
     fprintf(md, "## Stage 2: reward model\n\n");
     if (rm) {
         double acc = num(rm, "accuracy"), ceil = num(rm, "ceiling");
+        double acc_gold = num(rm, "accuracy_gold");
         fprintf(md,
                 "| figure | value |\n| --- | --- |\n| held-out pairwise accuracy | %.3f |\n"
-                "| annotator agreement ceiling | %.3f |\n| accuracy - ceiling | %+.1f points |\n"
+                "| annotator agreement ceiling | %.3f |\n| accuracy - ceiling | %+.1f points |\n",
+                acc, ceil, 100 * (acc - ceil));
+        if (!isnan(acc_gold))
+            fprintf(md,
+                    "| held-out accuracy against the gold judge | %.3f of %d pairs |\n"
+                    "| the consensus' agreement with the gold judge | %.3f |\n",
+                    acc_gold, (int)num(rm, "gold_pairs"), consensus_gold);
+        fprintf(md,
                 "| expected calibration error | %.3f |\n| held-out prompts / pairs | %d / %d |\n"
                 "| reward mean / std | %.3f / %.3f |\n\n"
                 "The held-out pairs carry the annotators' consensus; the ceiling is how often one "
                 "annotator agrees with another. With several rankings per prompt the consensus is "
                 "less noisy than any one annotator, and a reward model trained on it can pass "
-                "that figure.\n\n",
-                acc, ceil, 100 * (acc - ceil), num(rm, "ece"), (int)num(rm, "prompts"),
-                (int)num(rm, "pairs"), num(rm, "reward_mean"), num(rm, "reward_std"));
+                "that figure. Against the gold judge (the criteria without noise, which PPO is "
+                "judged by) the reward model is the proxy PPO optimises: its accuracy there is "
+                "bounded by what its training labels, the consensus, get right.\n\n",
+                num(rm, "ece"), (int)num(rm, "prompts"), (int)num(rm, "pairs"),
+                num(rm, "reward_mean"), num(rm, "reward_std"));
         /* training accuracy per step from the stage log */
         snprintf(path, sizeof path, "%s/logs/train_rm.log", dir);
         FILE *f = fopen(path, "r");

@@ -96,6 +96,10 @@ typedef struct {
     int prompts;
     rm_metrics_t mt;
     rm_stats_t st; /* over the distinct completions of those groups */
+    /* against the gold judge: the pairs it does not score equal, and the share of them whose
+     * rewards order the two sides as the judge does (equal rewards: half) */
+    long gold_pairs;
+    double gold_accuracy;
 } rm_eval_t;
 
 static int eval_groups(gpt_t *m, const rm_data_t *d, const unsigned char *sel, int micro, int pad,
@@ -123,8 +127,16 @@ static int eval_groups(gpt_t *m, const rm_data_t *d, const unsigned char *sel, i
         for (int p = 0; p < d->n_pairs; p++) {
             if (sel && !sel[d->pairs[p].group]) continue;
             rc[np] = r[pos[d->pairs[p].w]];
-            rr[np++] = r[pos[d->pairs[p].l]];
+            rr[np] = r[pos[d->pairs[p].l]];
+            float gd = d->pairs[p].gold;
+            if (isfinite(gd) && gd != 0.0f) {
+                float dr = gd > 0 ? rc[np] - rr[np] : rr[np] - rc[np];
+                ev->gold_pairs++;
+                ev->gold_accuracy += dr > 0 ? 1.0 : dr == 0 ? 0.5 : 0.0;
+            }
+            np++;
         }
+        if (ev->gold_pairs) ev->gold_accuracy /= (double)ev->gold_pairs;
         rm_metrics(rc, rr, np, bins, &ev->mt);
         rm_stats_compute(r, ns, &ev->st);
     }
@@ -137,7 +149,7 @@ static int eval_groups(gpt_t *m, const rm_data_t *d, const unsigned char *sel, i
 }
 
 /* The evaluation summary object. ceiling <= 0: none given. */
-static json_t *eval_json(const char *split, const rm_eval_t *ev, float ceiling) {
+static json_t *eval_json(const char *split, const rm_eval_t *ev, float ceiling, int gold) {
     json_t *o = json_object();
     if (!o) return NULL;
     json_object_set_new(o, "split", json_string(split));
@@ -153,6 +165,11 @@ static json_t *eval_json(const char *split, const rm_eval_t *ev, float ceiling) 
     json_object_set_new(o, "completions", json_integer(ev->st.count));
     json_object_set_new(o, "reward_mean", num_or_null(ev->st.mean));
     json_object_set_new(o, "reward_std", num_or_null(ev->st.std));
+    if (gold) {
+        json_object_set_new(o, "gold_pairs", json_integer(ev->gold_pairs));
+        json_object_set_new(o, "accuracy_gold",
+                            ev->gold_pairs ? num_or_null(ev->gold_accuracy) : json_null());
+    }
     return o;
 }
 
@@ -396,7 +413,7 @@ static int train_run(const train_args_t *a) {
     if (rc < 0) goto done;
     rm_eval_t ev;
     if ((rc = eval_groups(m, &d, held, a->micro, pad, a->bins, &ev)) < 0) goto done;
-    print_rc |= cli_print_json(eval_json("heldout", &ev, ceiling));
+    print_rc |= cli_print_json(eval_json("heldout", &ev, ceiling, 0));
     if ((rc = save_model(m, &d, a, pad, &st)) < 0) goto done;
     print_rc |= cli_print_json(json_pack(
         "{s:s,s:I,s:I,s:f,s:f,s:f,s:f,s:I,s:i}", "saved", a->out, "steps", (json_int_t)steps,
@@ -519,7 +536,7 @@ int cmd_train_rm(int argc, char **argv) {
 
 typedef struct {
     const char *dir, *pairs, *ceiling_from;
-    int all, bins, micro, max_len, threads, write_stats;
+    int all, bins, micro, max_len, threads, write_stats, gold;
     float frac, ceiling;
     long split_seed;
 } eval_rm_args_t;
@@ -544,6 +561,8 @@ static const cli_opt_t eval_rm_opt_table[] = {
     EI(bins, "bins", 1, 1000, "10", "N", "calibration bins"),
     EI(micro, "micro", 1, 1 << 20, "16", "M", "sequences per forward pass"),
     EI(max_len, "max-len", 2, 1000000, NULL, "N", "sequence length (default: the context)"),
+    CLI_OPT_FLAG(eval_rm_args_t, gold, "gold",
+                 "also the accuracy against the embedded task's gold judge"),
     CLI_OPT_FLAG(eval_rm_args_t, write_stats, "write-stats",
                  "store the reward mean and std (and count) in DIR/reward_stats.json"),
     EI(threads, "threads", 1, 1024, "2", "N", "threads"),
@@ -554,7 +573,7 @@ const cli_opts_t cli_eval_rm_opts = CLI_OPTS(
     "eval-rm",
     "rlhf eval-rm --rm DIR --pairs FILE [--heldout-frac F] [--split-seed S] [--all]\n"
     "                    [--ceiling X | --ceiling-from FILE] [--bins N] [--micro M]\n"
-    "                    [--max-len N] [--write-stats] [--threads N]",
+    "                    [--max-len N] [--gold] [--write-stats] [--threads N]",
     "Evaluates the reward model DIR on the pairs of FILE (the format of train-rm): by default\n"
     "on the held-out prompts of the split train-rm makes with the same F and S, with --all on\n"
     "every pair. Prints one JSON object:\n"
@@ -566,7 +585,10 @@ const cli_opts_t cli_eval_rm_opts = CLI_OPTS(
     "  ece, ece_bins              expected calibration error of sigma(r_a - r_b) as the\n"
     "                             probability that a is preferred (each pair in both orders,\n"
     "                             N equal-width bins)\n"
-    "  completions, reward_mean, reward_std   over the distinct completions evaluated\n",
+    "  completions, reward_mean, reward_std   over the distinct completions evaluated\n"
+    "  gold_pairs, accuracy_gold  (--gold) the pairs the embedded task's gold judge scores\n"
+    "                             apart, and the share the rewards order as the judge does (the\n"
+    "                             proxy's quality itself, not against the annotators' labels)\n",
     eval_rm_opt_table,
     "The statistics written by --write-stats are those PPO normalises rewards with.\n");
 
@@ -632,7 +654,7 @@ int cmd_eval_rm(int argc, char **argv) {
         free(text);
         if (rc < 0) goto done;
     }
-    print_rc = cli_print_json(eval_json(all ? "all" : "heldout", &ev, ceiling));
+    print_rc = cli_print_json(eval_json(all ? "all" : "heldout", &ev, ceiling, a.gold));
 done:
     rm_data_free(&d);
     tok_destroy(&tok);

@@ -99,7 +99,7 @@ static const stage_t stages[] = {
     {"report", "the report: agreement, reward model, PPO, gold judge, plots", "report", NULL, NULL,
      0, "--run {run}", NULL, 1},
     {"eval_rm", "stage 2: held-out accuracy, calibration, reward statistics", "eval-rm", NULL, NULL,
-     0, "--rm {run}/rm --pairs {rm.pairs} --ceiling-from {run}/agreement.json --write-stats",
+     0, "--rm {run}/rm --pairs {rm.pairs} --ceiling-from {run}/agreement.json --gold --write-stats",
      "{run}/rm_eval.json", 3},
 };
 #define N_STAGES (int)(sizeof stages / sizeof stages[0])

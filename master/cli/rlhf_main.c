@@ -26,6 +26,7 @@
 #include <zmq.h>
 
 #include "cli.h"
+#include "nn/pgemm.h"
 #include "base/err.h"
 
 static const cli_cmd_t commands[] = {
@@ -65,8 +66,14 @@ static const cli_cmd_t commands[] = {
 #define N_COMMANDS (int)(sizeof commands / sizeof commands[0])
 
 static void usage(FILE *f) {
-    fprintf(f, "usage: rlhf COMMAND [OPTIONS]   (rlhf COMMAND --help for its options;\n"
-               "       rlhf --version)\n\n");
+    fprintf(f, "usage: rlhf [--gemm exact|openblas] [--simd avx512f|avx2|c] COMMAND [OPTIONS]\n"
+               "       (rlhf COMMAND --help for its options; rlhf --version)\n\n"
+               "  --gemm B     the matrix products: exact (the default: the same bits on every\n"
+               "               machine) or openblas (OpenBLAS's rounding, which differs per CPU)\n"
+               "  --simd K     the exact kernels' instruction set (default: the best this CPU\n"
+               "               runs; every one gives the same bits)\n"
+               "  Both are also the environment's RLHF_GEMM and RLHF_SIMD, which the workers a\n"
+               "  command starts inherit.\n\n");
     for (int i = 0; i < N_COMMANDS; i++)
         if (commands[i].summary) /* NULL: a command for the master's stages, not listed */
             fprintf(f, "  %-12s %s\n", commands[i].name, commands[i].summary);
@@ -130,6 +137,28 @@ int main(int argc, char **argv) {
         printf("rlhf %s (libzmq %d.%d.%d%s, protobuf-c %s)\n", RLHF_VERSION, ma, mi, pa,
                zmq_has("curve") ? " with CURVE" : "", protobuf_c_version());
         return 0;
+    }
+    /* the global options: set in the environment, so that the workers and stage commands a
+     * command starts run the same arithmetic */
+    while (argc >= 3 && (!strcmp(argv[1], "--gemm") || !strcmp(argv[1], "--simd"))) {
+        int gemm = !strcmp(argv[1], "--gemm");
+        const char *v = argv[2];
+        if (gemm ? strcmp(v, "exact") && strcmp(v, "openblas")
+                 : strcmp(v, "avx512f") && strcmp(v, "avx2") && strcmp(v, "c")) {
+            fprintf(stderr, "rlhf: %s %s: expected %s\n", argv[1], v,
+                    gemm ? "exact or openblas" : "avx512f, avx2 or c");
+            return 2;
+        }
+        if (!gemm && pgemm_set_kernel(v) < 0) {
+            fprintf(stderr, "rlhf: --simd %s: %s\n", v, rl_errmsg());
+            return 2;
+        }
+        setenv(gemm ? "RLHF_GEMM" : "RLHF_SIMD", v, 1);
+        argc -= 2, argv += 2;
+    }
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
     }
     for (int i = 0; i < N_COMMANDS; i++)
         if (!strcmp(argv[1], commands[i].name)) return commands[i].run(argc - 1, argv + 1);
