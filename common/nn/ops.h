@@ -1,12 +1,15 @@
 /*
- * ops.h - the transformer's layer kernels (forward and backward), on OpenBLAS and OpenMP.
+ * ops.h - the transformer's layer kernels (forward and backward), exact (xgemm.h, exact.h) or,
+ * with the "openblas" backend, on OpenBLAS; OpenMP either way.
  *
  * Conventions (llm.c): `ops_layer_forward(out..., in..., weights..., sizes)` and
  * `ops_layer_backward(dinp..., dweights..., dout, saved inputs..., sizes)`; backward kernels
  * ACCUMULATE into every d* buffer (+=), so the caller zeroes what must start at zero. Tensors
  * are row-major; weight matrices are [in, out] (Hugging Face Conv1D). N is the number of
- * positions (B*T). Every matrix product goes through cblas_sgemm; element-wise loops run on the
- * OpenMP team. Each BLAS-backed kernel has a plain-loop twin (`*_ref`) used as the test oracle.
+ * positions (B*T). Every matrix product goes through xgemm (or cblas_sgemm); element-wise loops
+ * run on the OpenMP team. Each product-backed kernel has a plain-loop twin (`*_ref`) used as the
+ * test oracle. With the exact backend every result is the same bits on any thread count,
+ * instruction set and machine.
  */
 #ifndef RLHF_OPS_H
 #define RLHF_OPS_H
