@@ -325,8 +325,8 @@ static void ppo_prep_free(ppo_prep_t *s) {
 /* Writes `text` (consumed) to OUT/name atomically; path gets the file's path. */
 /* The threads of the PPO update's math (TrainSpec.threads): what the learner of `rlhf ppo`'s own
  * cluster of R rollout, M reward workers and one learner had on this machine (the cluster split
- * the cores between its workers). The update's results depend on them until training is exact
- * whatever the thread count. */
+ * the cores between its workers). Only the speed depends on them: the update is exact whatever
+ * the thread count (nn/exact.h). */
 static int ppo_train_threads(const ppo_opts_t *o) {
     long cores = sysconf(_SC_NPROCESSORS_ONLN), nw = o->rollout + o->reward + 1;
     return cores / nw > 1 ? (int)(cores / nw) : 1;
