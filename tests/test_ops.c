@@ -19,6 +19,7 @@
  * (K <= 17, sums O(5)), ~1e-6, so s has |e| ~ 1e-6 * sum|R_j| ~ 1e-5 and |e+ - e-| / 2h ~ 1e-3:
  * the 2e-3 absolute part. A wrong index or a missing term is off by O(|s'|), 100 times more.
  */
+#include "nn/exact.h"
 #include "nn/ops.h"
 #include "base/rng.h"
 #include "test.h"
@@ -585,6 +586,35 @@ static void test_crossentropy(void) {
 
 /* Sizes above the parallel threshold: the threaded paths agree with the plain loops and give
  * bit-identical results for 1 and 2 threads (reductions are split by column, never by row). */
+/* ex_expf against exp in double: within its 2-ulp contract (relative 2 * 2^-23) wherever the
+ * result is normal, within one subnormal step below, and IEEE special values. A sample of every
+ * 97th float bit pattern of the range: about 20 million values. */
+static void test_ex_expf(void) {
+    double worst = 0;
+    long n = 0;
+    for (uint32_t b = 0; b < 0xFFFFFF00u; b += 97) {
+        float x;
+        memcpy(&x, &b, sizeof x);
+        if (!(x > -104.0f && x < 88.72f)) continue;
+        double e = exp((double)x), g = ex_expf(x);
+        double err = fabs(g - e);
+        if (e >= 0x1p-126) {
+            err /= e;
+            worst = err > worst ? err : worst;
+            if (err > 2 * 0x1p-23) TEST__FAIL("ex_expf(%a) = %a, exp = %a", x, g, e);
+        } else if (err > 0x1p-149) {
+            TEST__FAIL("ex_expf(%a) = %a (subnormal), exp = %a", x, g, e);
+        }
+        n++;
+    }
+    fprintf(stderr, "     ex_expf: %ld values, worst %.2f ulp\n", n, worst / 0x1p-23);
+    CHECK(n > 10000000);
+    CHECK(ex_expf(0.0f) == 1.0f && ex_expf(-0.0f) == 1.0f);
+    CHECK(ex_expf(-INFINITY) == 0.0f && ex_expf(-150.0f) == 0.0f);
+    CHECK(isinf(ex_expf(INFINITY)) && isinf(ex_expf(88.73f)) && isinf(ex_expf(1e30f)));
+    CHECK(isnan(ex_expf(NAN)));
+}
+
 static void test_threads_do_not_change_results(void) {
     /* N*C = 32768 and N*OC = 65536: every kernel here takes its threaded path with 2 threads */
     int B = 2, T = 64, C = 256, H = 4, N = B * T, V = 1000, OC = 512;
@@ -695,6 +725,7 @@ int main(void) {
     RUN(test_gelu);
     RUN(test_residual_encoder);
     RUN(test_crossentropy);
+    RUN(test_ex_expf);
     RUN(test_threads_do_not_change_results);
     return TEST_REPORT();
 }
