@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# demo_seeds.sh - the demo on several seeds, and the table of what each ended with: the gold
+# win rate of PPO over SFT, every gold criterion of PPO against SFT, KL, and the reward model's
+# held-out accuracy against the consensus and against the gold judge. Each seed runs as
+# runs/seed-N (the local cluster of runs/, as the demo; a finished seed is not run again), so
+# the figures are those the README states: the same on every x86-64 machine.
+#   deploy/demo_seeds.sh [BUILD_DIR] [FIRST LAST]     (default: build 1 8)
+# Exit status 0 when every seed meets the demo's bar (win rate >= 75 %, no criterion lower
+# under PPO than under SFT), 1 otherwise.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${1:-build}
+FIRST=${2:-1}
+LAST=${3:-8}
+for s in $(seq "$FIRST" "$LAST"); do
+    [ -s "runs/seed-$s/eval.json" ] && [ -s "runs/seed-$s/rm_eval.json" ] && continue
+    echo "== seed $s" >&2
+    "$BIN/rlhf" run deploy/demo.yaml --set seed="$s" --run-dir "runs/seed-$s" >&2
+done
+echo "| seed | gold win rate | correct | polite | concise | on-topic | KL (nats) | RM acc. (consensus / gold) |"
+echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
+ok=0
+for s in $(seq "$FIRST" "$LAST"); do
+    jq -r -n --arg s "$s" --slurpfile e "runs/seed-$s/eval.json" --slurpfile r "runs/seed-$s/rm_eval.json" '
+        $e[0] as $e | $r[0] as $r |
+        def crit($k): "\($e.criteria_baseline[$k] * 1000 | round / 1000) → \($e.criteria_policy[$k] * 1000 | round / 1000)";
+        "| \($s) | \($e.win_rate * 1000 | round / 10) % | \(crit("correct")) | \(crit("polite")) | \(crit("concise")) | \(crit("on-topic")) | \($e.kl * 100 | round / 100) | \($r.accuracy * 1000 | round / 1000) / \(($r.accuracy_gold // 0) * 1000 | round / 1000) |"'
+    jq -e -n --slurpfile e "runs/seed-$s/eval.json" '$e[0] as $e | $e.win_rate >= 0.75 and
+        ([$e.criteria_policy | keys[] as $k | $e.criteria_policy[$k] >= $e.criteria_baseline[$k]] | all)' \
+        >/dev/null || ok=1
+done
+exit $ok
