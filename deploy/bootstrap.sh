@@ -90,8 +90,11 @@ test)
     build build
     (cd build && ctest --output-on-failure -j2)
     core=$(other_blas_core)
-    echo "unit tests again on the OpenBLAS $core kernels (this machine's: ${OPENBLAS_CORETYPE:-its own})"
-    (cd build && OPENBLAS_CORETYPE=$core ctest --output-on-failure -j2 -L unit)
+    # and the exact kernels' other instruction set: AVX2 where AVX-512 is the default
+    simd=avx2
+    grep -qw avx512f /proc/cpuinfo || simd=c
+    echo "unit tests again on the $simd kernels and the OpenBLAS $core kernels (this machine's: ${OPENBLAS_CORETYPE:-its own})"
+    (cd build && RLHF_SIMD=$simd OPENBLAS_CORETYPE=$core ctest --output-on-failure -j2 -L unit)
     build build-asan -DRLHF_SANITIZE=address,undefined
     (cd build-asan && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j2 -LE 'lint|chaos|cluster|deploy')
     ;;
