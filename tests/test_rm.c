@@ -380,6 +380,72 @@ static void test_learns_preference(void) {
     rm_data_free(&d);
 }
 
+static int load_arena(void *ctx, float *dst, size_t n, int add) {
+    const float *src = ctx;
+    for (size_t i = 0; i < n; i++) dst[i] = add ? dst[i] + src[i] : src[i];
+    return 0;
+}
+
+/* A step of 9 K-wise items in 4 blocks (2, 2, 2, 3 items; micro-batches of 4 sequences inside a
+ * block): the blocks shared out as the nodes of any cut of the tree, each node computed on its own
+ * copy of the model from its items only, combine to the bits and figures of rm_step. */
+static void test_blocks_any_cut(void) {
+    enum { B = 9, NB = 4 };
+    rm_data_t d;
+    build_preference(&d, 40, 9);
+    gpt_t *m = tiny_model(16, 1, 12), *c = tiny_model(16, 1, 12);
+    size_t np = m->num_params;
+    int items[B];
+    for (int i = 0; i < B; i++) items[i] = (i * 7 + 2) % d.n_groups;
+    rm_opts_t o = {RM_ITEMS_GROUPS, 0.3f, 0.01f, 4, EOT};
+    train_t t;
+    adamw_sched_t s = {ADAMW_SCHED_CONSTANT, 1e-3f, 0, 0, 0};
+    CHECK_OK(train_init(&t, m, &s, 0.0f, 0.0f));
+    t.grad_blocks = NB;
+    rm_grad_stats_t want = {0};
+    /* the step's gradient, before rm_update touches anything but the parameters */
+    gtree_t g = {0};
+    double st[GTREE_NSTAT], nst[NB][GTREE_NSTAT];
+    int empty, a, b, lo[NB], hi[NB], nemp[NB];
+    CHECK_OK(gpt_grads_alloc(c));
+    gtree_reset(&g, NB, c->grads_mem, np);
+    CHECK_OK(rm_grad_leaves(&g, c, &d, items, B, NB, 0, NB, &o));
+    CHECK_OK(gtree_take(&g, st, &empty, &a, &b));
+    float *full = malloc(np * sizeof(float)), *node[NB];
+    memcpy(full, c->grads_mem, np * sizeof(float));
+    CHECK_OK(rm_step(&t, &d, items, B, &o, &want, NULL));
+    CHECK_EQ(memcmp(full, m->grads_mem, np * sizeof(float)), 0);
+    CHECK_EQ(want.loss, st[RM_STAT_LOSS]);
+    CHECK_EQ(want.pairs, 9 * 3); /* three pairs per prompt */
+    for (int k = 2; k <= NB; k++) {
+        int n = gtree_cut(NB, k, lo, hi);
+        for (int i = 0; i < n; i++) { /* every node alone, from its own items */
+            int i0, i1;
+            gtree_block(B, NB, lo[i], &i0, &i1);
+            gtree_reset(&g, NB, c->grads_mem, np);
+            CHECK_OK(rm_grad_leaves(&g, c, &d, items + i0, B, NB, lo[i], hi[i], &o));
+            CHECK_OK(gtree_take(&g, nst[i], &nemp[i], &a, &b));
+            node[i] = malloc(np * sizeof(float));
+            memcpy(node[i], c->grads_mem, np * sizeof(float));
+        }
+        gtree_reset(&g, NB, c->grads_mem, np);
+        for (int i = 0; i < n; i++) {
+            CHECK_OK(gtree_push(&g, lo[i], hi[i], nst[i], nemp[i], load_arena, node[i]));
+            free(node[i]);
+        }
+        double got[GTREE_NSTAT];
+        CHECK_OK(gtree_take(&g, got, &empty, &a, &b));
+        CHECK_EQ(memcmp(full, c->grads_mem, np * sizeof(float)), 0);
+        CHECK_EQ(memcmp(got, st, sizeof got), 0);
+    }
+    free(full);
+    gtree_free(&g);
+    train_free(&t);
+    gpt_destroy(&m);
+    gpt_destroy(&c);
+    rm_data_free(&d);
+}
+
 /* Accuracy, loss, ECE and reward statistics on hand-made scores. */
 static void test_metrics(void) {
     rm_metrics_t mt;
@@ -593,5 +659,6 @@ int main(void) {
     RUN(test_load_file);
     RUN(test_save_load);
     RUN(test_learns_preference);
+    RUN(test_blocks_any_cut);
     return TEST_REPORT();
 }

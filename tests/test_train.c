@@ -100,9 +100,98 @@ static void test_eval_windows(void) {
     gpt_destroy(&m);
 }
 
+/* gtree_load_fn of a plain arena. */
+static int load_arena(void *ctx, float *dst, size_t n, int add) {
+    const float *src = ctx;
+    for (size_t i = 0; i < n; i++) dst[i] = add ? dst[i] + src[i] : src[i];
+    return 0;
+}
+
+/* A step's gradient in blocks: one block is exactly the unblocked computation (gpt_lm_loss and
+ * backward), and the blocks of a step shared out as the nodes of any cut of the tree, each node
+ * computed on its own copy of the model from only its rows, combine to the bits of one process.
+ * Rows 2 and 3 have no target: a block of them is empty. */
+static void test_blocks_any_cut(void) {
+    enum { B = 7, T = 8, NB = 5 };
+    gpt_t *m = gpt_new(&cfg), *c = gpt_new(&cfg);
+    gpt_init_weights(m, 3);
+    memcpy(c->params_mem, m->params_mem, m->num_params * sizeof(float));
+    CHECK_OK(gpt_grads_alloc(m));
+    CHECK_OK(gpt_grads_alloc(c));
+    size_t np = m->num_params;
+    int in[B * T], tg[B * T];
+    for (int i = 0; i < B * T; i++)
+        in[i] = (i * 7 + 3) % 13, tg[i] = i / T == 2 || i / T == 3 ? -1 : (i * 5 + 1) % 13;
+    double norm;
+    CHECK_OK(train_lm_weight(tg, NULL, B * T, &norm));
+    CHECK_EQ((long)norm, (B - 2) * T);
+    float *want = malloc(np * sizeof(float)), *node[NB];
+    double stat[GTREE_NSTAT], want_stat[GTREE_NSTAT], nst[NB][GTREE_NSTAT];
+    int empty, lo[NB], hi[NB], a, b, nemp[NB];
+    /* one block = the plain computation */
+    float loss;
+    CHECK_OK(gpt_forward(m, in, B, T, GPT_FWD_LOGITS));
+    CHECK_OK(gpt_lm_loss(m, tg, NULL, &loss, 1));
+    gpt_zero_grad(m);
+    CHECK_OK(gpt_backward(m, 1, NULL));
+    memcpy(want, m->grads_mem, np * sizeof(float));
+    gtree_t g = {0};
+    train_lm_blocks_t bl = {m, in, tg, NULL, B, T, 1, 0, norm, 0, 0};
+    gtree_reset(&g, 1, m->grads_mem, np);
+    CHECK_OK(train_lm_leaves(&g, &bl, 0, 1));
+    CHECK_OK(gtree_take(&g, stat, &empty, &a, &b));
+    CHECK_EQ(memcmp(want, m->grads_mem, np * sizeof(float)), 0);
+    CHECK_EQ((float)(stat[0] / norm), loss);
+    /* NB blocks in one process, then shared out */
+    bl.nb = NB;
+    gtree_reset(&g, NB, m->grads_mem, np);
+    CHECK_OK(train_lm_leaves(&g, &bl, 0, NB));
+    CHECK_OK(gtree_take(&g, want_stat, &empty, &a, &b));
+    memcpy(want, m->grads_mem, np * sizeof(float));
+    CHECK_NEAR(want_stat[0] / norm, loss, 1e-5 * loss);
+    CHECK_EQ((long)want_stat[1], (long)norm);
+    for (int k = 2; k <= NB; k++) {
+        int n = gtree_cut(NB, k, lo, hi);
+        for (int i = 1; i < n; i++) { /* a shard: its node's rows only, its own model copy */
+            int r0, r1;
+            gtree_block(B, NB, lo[i], &r0, &r1);
+            train_lm_blocks_t sb = {c, in + r0 * T, tg + r0 * T, NULL, B, T, NB, r0, norm, 0, 0};
+            gtree_reset(&g, NB, c->grads_mem, np);
+            CHECK_OK(train_lm_leaves(&g, &sb, lo[i], hi[i]));
+            CHECK_OK(gtree_take(&g, nst[i], &nemp[i], &a, &b));
+            node[i] = malloc(np * sizeof(float));
+            memcpy(node[i], c->grads_mem, np * sizeof(float));
+        }
+        gtree_reset(&g, NB, m->grads_mem, np);
+        CHECK_OK(train_lm_leaves(&g, &bl, lo[0], hi[0]));
+        for (int i = 1; i < n; i++) {
+            CHECK_OK(gtree_push(&g, lo[i], hi[i], nst[i], nemp[i], load_arena, node[i]));
+            free(node[i]);
+        }
+        CHECK_OK(gtree_take(&g, stat, &empty, &a, &b));
+        CHECK_EQ(memcmp(want, m->grads_mem, np * sizeof(float)), 0);
+        CHECK_EQ(memcmp(want_stat, stat, sizeof stat), 0);
+    }
+    /* train_lm_step with grad_blocks NB takes the same gradient */
+    train_t t;
+    adamw_sched_t s = {ADAMW_SCHED_CONSTANT, 1e-3f, 0, 0, 0};
+    CHECK_OK(train_init(&t, c, &s, 0.0f, 0.0f));
+    t.grad_blocks = NB;
+    train_stats_t st;
+    CHECK_OK(train_lm_step(&t, in, tg, NULL, B, T, &st));
+    CHECK_EQ(memcmp(want, c->grads_mem, np * sizeof(float)), 0);
+    CHECK_EQ(st.loss, (float)(want_stat[0] / norm));
+    train_free(&t);
+    gtree_free(&g);
+    free(want);
+    gpt_destroy(&m);
+    gpt_destroy(&c);
+}
+
 int main(void) {
     ops_set_threads(2);
     RUN(test_step_learns);
+    RUN(test_blocks_any_cut);
     RUN(test_nonfinite_applies_nothing);
     RUN(test_eval_windows);
     return TEST_REPORT();

@@ -538,14 +538,68 @@ int rm_update(train_t *t, rm_update_stats_t *st) {
     return 0;
 }
 
+/* The blocks of one step, for rm_leaf. */
+typedef struct {
+    gpt_t *m;
+    const rm_data_t *d;
+    const int *items; /* from the first item of block j0 */
+    int B, nb, first;
+    const rm_opts_t *opt;
+} rm_blocks_t;
+
+/* gtree_leaf_fn: block j of an RM step. */
+static int rm_leaf(void *ctx, int j, double *stats, int *empty) {
+    const rm_blocks_t *b = ctx;
+    int i0, i1;
+    gtree_block(b->B, b->nb, j, &i0, &i1);
+    if (i1 == i0) { /* more blocks than items: nothing here */
+        *empty = 1;
+        return 0;
+    }
+    rm_grad_stats_t gs = {0};
+    gpt_zero_grad(b->m);
+    int rc =
+        rm_grad(b->m, b->d, b->items + (i0 - b->first), i1 - i0, b->opt, 1.0f / (float)b->B, &gs);
+    if (rc < 0) return rc;
+    stats[RM_STAT_LOSS] = gs.loss;
+    stats[RM_STAT_CORRECT] = gs.correct;
+    stats[RM_STAT_PAIRS] = (double)gs.pairs;
+    stats[RM_STAT_SEQS] = (double)gs.seqs;
+    stats[RM_STAT_TOKENS] = (double)gs.tokens;
+    return 0;
+}
+
+int rm_grad_leaves(gtree_t *g, gpt_t *m, const rm_data_t *d, const int *items, int B, int nb,
+                   int j0, int j1, const rm_opts_t *opt) {
+    if (B < 1 || nb < 1) return rl_fail(RL_EINVAL, "reward model: a step needs at least one item");
+    int first, end;
+    gtree_block(B, nb, j0, &first, &end);
+    rm_blocks_t b = {m, d, items, B, nb, first, opt};
+    int rc = gpt_grads_alloc(m);
+    return rc < 0 ? rc : gtree_leaves(g, j0, j1, rm_leaf, &b);
+}
+
+void rm_grad_stats_add(rm_grad_stats_t *st, const double *stats) {
+    st->loss += stats[RM_STAT_LOSS];
+    st->correct += stats[RM_STAT_CORRECT];
+    st->pairs += (long)stats[RM_STAT_PAIRS];
+    st->seqs += (long)stats[RM_STAT_SEQS];
+    st->tokens += (long)stats[RM_STAT_TOKENS];
+}
+
 int rm_step(train_t *t, const rm_data_t *d, const int *items, int n, const rm_opts_t *opt,
             rm_grad_stats_t *gs, rm_update_stats_t *us) {
     if (n < 1) return rl_fail(RL_EINVAL, "reward model: a step needs at least one item");
-    int rc = gpt_grads_alloc(t->model);
-    if (rc < 0) return rc;
-    gpt_zero_grad(t->model);
-    rc = rm_grad(t->model, d, items, n, opt, 1.0f / (float)n, gs);
+    gpt_t *m = t->model;
+    int nb = gtree_blocks(t->grad_blocks, n), rc = gpt_grads_alloc(m), empty, lo, hi;
+    double stats[GTREE_NSTAT];
+    if (rc == 0) {
+        gtree_reset(&t->tree, nb, m->grads_mem, m->num_params);
+        rc = rm_grad_leaves(&t->tree, m, d, items, n, nb, 0, nb, opt);
+    }
+    if (rc == 0) rc = gtree_take(&t->tree, stats, &empty, &lo, &hi);
     if (rc < 0) return rl_fail_ctx(rc, "step %ld", t->step);
+    if (gs) rm_grad_stats_add(gs, stats);
     return rm_update(t, us);
 }
 

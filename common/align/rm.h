@@ -13,11 +13,15 @@
  *     -log sigma(r_w - r_l - margin_coef * margin) + center_coef * (r_w + r_l)^2
  * and a step's loss is the mean of its items' losses.
  *
- * A step is split in two so that a sharded learner can sum the gradients of slices:
- *     gpt_zero_grad(m);
- *     rm_grad(m, d, items + lo, n, &opt, 1.0f / n_items_in_step, &gs);   // per slice, any order
- *     ...sum the gradient arenas of the slices in a fixed order...
- *     rm_update(&train, &us);                                           // clip + AdamW
+ * A step's gradient is the canonical reduction of nn/gtree.h: its items are cut into blocks
+ * (both sequences of a pair, every completion of a group, always in one block), each block's
+ * gradient is computed on its own with the loss divided by the step's item count, and the blocks
+ * are combined by the fixed tree. A sharded learner computes the blocks of one node of the tree
+ * per shard and combines the nodes in the same tree, which gives the same bits:
+ *     gtree_reset(&g, nb, m->grads_mem, m->num_params);
+ *     rm_grad_leaves(&g, m, d, items + first item of j0, B, nb, j0, j1, &opt); // a node's blocks
+ *     ...gtree_push the other shards' nodes, gtree_take...
+ *     rm_update(&train, &us);                                                  // clip + AdamW
  * rm_step() does all of it in one process.
  */
 #ifndef RLHF_RM_H
@@ -27,6 +31,7 @@
 #include <stdint.h>
 
 #include "nn/gpt.h"
+#include "nn/gtree.h"
 #include "nn/tok.h"
 #include "nn/train.h"
 
@@ -148,6 +153,21 @@ typedef struct {
 int rm_grad(gpt_t *m, const rm_data_t *d, const int *items, int n, const rm_opts_t *opt,
             float scale, rm_grad_stats_t *st);
 
+/* The scalars a block's value carries (gtree: [RM_STAT_*]), combined in the tree. */
+enum { RM_STAT_LOSS, RM_STAT_CORRECT, RM_STAT_PAIRS, RM_STAT_SEQS, RM_STAT_TOKENS };
+
+/*
+ * Blocks [j0, j1) of a step of B items in nb blocks (gtree_block; items points at the first item
+ * of block j0), each computed from a zeroed gradient arena by rm_grad with scale 1/B and pushed
+ * into g (gtree_leaves; g reset by the caller on m's gradient arena). Each block's scalars are
+ * its rm_grad_stats_t as [RM_STAT_*]. Returns 0 or RL_E* (rm_grad's).
+ */
+int rm_grad_leaves(gtree_t *g, gpt_t *m, const rm_data_t *d, const int *items, int B, int nb,
+                   int j0, int j1, const rm_opts_t *opt);
+
+/* Adds the scalars of a reduction ([RM_STAT_*]) to *st. */
+void rm_grad_stats_add(rm_grad_stats_t *st, const double *stats);
+
 /* The optimiser half of a step. */
 typedef struct {
     float lr;
@@ -160,7 +180,9 @@ typedef struct {
  */
 int rm_update(train_t *t, rm_update_stats_t *st);
 
-/* zero_grad + rm_grad(scale 1/n) + rm_update: one whole step in one process. */
+/* One whole step in one process: the gradient of the mean loss of items[0..n) in
+ * gtree_blocks(t->grad_blocks, n) blocks (rm_grad_leaves over every block, then gtree_take), then
+ * rm_update. The figures are added to *gs (may be NULL). */
 int rm_step(train_t *t, const rm_data_t *d, const int *items, int n, const rm_opts_t *opt,
             rm_grad_stats_t *gs, rm_update_stats_t *us);
 

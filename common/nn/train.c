@@ -9,6 +9,10 @@
 #include <time.h>
 
 #include "base/err.h"
+#include "nn/exact.h"
+
+/* Rows x vocabulary below this stay on one thread (as in ops.c). */
+#define TRAIN_PAR_MIN 32768
 
 static double now_ms(void) {
     struct timespec ts;
@@ -32,20 +36,125 @@ int train_init(train_t *t, gpt_t *model, const adamw_sched_t *sched, float weigh
 
 void train_free(train_t *t) {
     adamw_free(&t->opt);
+    gtree_free(&t->tree);
+}
+
+int train_lm_weight(const int *targets, const float *mask, size_t n, double *w) {
+    double s = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        if (mask && (mask[i] < 0.0f || !isfinite(mask[i])))
+            return rl_fail(RL_EINVAL, "loss: mask[%zu] = %g is not a non-negative weight", i,
+                           (double)mask[i]);
+        if (targets[i] >= 0) s += mask ? mask[i] : 1.0f;
+    }
+    *w = s;
+    return 0;
+}
+
+/* One row of lm_xent: the row of ops_crossentropy (ops.c) with its gradient, in the exact
+ * primitives (16 fixed lanes, ex_expf), so that a row has the same bits here and there, on any
+ * machine. */
+static inline void xent_row_body(float *x, float *loss, int target, float w, float inv_w, int V) {
+    /* a NaN logit may be skipped by the max, but it still turns the sum below into NaN */
+    float mx = ex_max(x, V);
+    float xt = x[target];
+    double acc[EX_LANES] = {0};
+    int v = 0;
+    for (; v + EX_LANES <= V; v += EX_LANES)
+        for (int j = 0; j < EX_LANES; j++) acc[j] += (x[v + j] = ex_expf(x[v + j] - mx));
+    for (int j = 0; v + j < V; j++) acc[j] += (x[v + j] = ex_expf(x[v + j] - mx));
+    double sum = ex_lanes_sum64(acc);
+    float sc = (float)(1.0 / sum) * w * inv_w;
+    for (int u = 0; u < V; u++) x[u] *= sc;
+    x[target] -= w * inv_w;
+    *loss = (float)(log(sum) + mx - xt);
+}
+EX_VARIANTS(xent_row, (float *x, float *loss, int target, float w, float inv_w, int V),
+            xent_row_body, (x, loss, target, w, inv_w, V))
+
+/*
+ * ops_crossentropy with its gradient and the normaliser given: logits (N,V) against targets, row
+ * i weighted by w_i (mask, 1 without one; 0 for a target < 0), losses[i] = -log p where w_i > 0,
+ * the logits replaced by (p - onehot) * w_i / norm. Returns sum(w_i * loss_i) in row order, in
+ * double. With norm = the rows' own weight this is ops_crossentropy, bit for bit.
+ */
+static double lm_xent(float *logits, float *losses, const int *targets, const float *weights, int N,
+                      int V, double norm) {
+    float inv_w = (float)(1.0 / norm);
+#pragma omp parallel for schedule(static) if ((long)N * V >= TRAIN_PAR_MIN)
+    for (int n = 0; n < N; n++) {
+        float *x = logits + (size_t)n * V;
+        float w = targets[n] >= 0 ? (weights ? weights[n] : 1.0f) : 0.0f;
+        if (w == 0.0f) {
+            losses[n] = 0.0f;
+            memset(x, 0, sizeof(float) * V);
+            continue;
+        }
+        xent_row(x, &losses[n], targets[n], w, inv_w, V);
+    }
+    double total = 0.0;
+    for (int n = 0; n < N; n++)
+        if (targets[n] >= 0) total += (double)(weights ? weights[n] : 1.0f) * losses[n];
+    return total;
+}
+
+/* gtree_leaf_fn: block j of an LM step. */
+static int lm_leaf(void *ctx, int j, double *stats, int *empty) {
+    train_lm_blocks_t *b = ctx;
+    gpt_t *m = b->model;
+    int r0, r1, V = m->cfg.vocab_size;
+    gtree_block(b->B, b->nb, j, &r0, &r1);
+    size_t off = (size_t)(r0 - b->row0) * (size_t)b->T, n = (size_t)(r1 - r0) * (size_t)b->T;
+    const int *tg = b->tg + off;
+    const float *mask = b->mask ? b->mask + off : NULL;
+    for (size_t i = 0; i < n; i++)
+        if (tg[i] >= V)
+            return rl_fail(RL_EINVAL, "loss: target id %d at position %zu outside [0,%d)", tg[i],
+                           (size_t)r0 * (size_t)b->T + i, V);
+    double w = 0;
+    int rc = train_lm_weight(tg, mask, n, &w);
+    if (rc < 0) return rc;
+    if (w == 0.0) { /* nothing to score in this block */
+        *empty = 1;
+        return 0;
+    }
+    double t0 = now_ms();
+    gpt_zero_grad(m);
+    if ((rc = gpt_forward(m, b->in + off, r1 - r0, b->T, GPT_FWD_LOGITS)) < 0) return rc;
+    double sum = lm_xent(m->acts.logits, m->acts.losses, tg, mask, (int)n, V, b->norm);
+    if (!isfinite(sum)) return rl_fail(RL_ENONFINITE, "loss is %g", sum / b->norm);
+    if ((rc = gpt_dlogits_set(m)) < 0) return rc;
+    double t1 = now_ms();
+    if ((rc = gpt_backward(m, 1, NULL)) < 0) return rc;
+    b->ms_fwd += t1 - t0;
+    b->ms_bwd += now_ms() - t1;
+    stats[0] = sum;
+    stats[1] = w;
+    return 0;
+}
+
+int train_lm_leaves(gtree_t *g, train_lm_blocks_t *b, int j0, int j1) {
+    if (!(b->norm > 0))
+        return rl_fail(RL_EINVAL, "loss: no position has a target and a non-zero mask");
+    return gtree_leaves(g, j0, j1, lm_leaf, b);
 }
 
 int train_lm_step(train_t *t, const int *inputs, const int *targets, const float *mask, int B,
                   int T, train_stats_t *st) {
     gpt_t *m = t->model;
     train_stats_t s = {0};
-    double t0 = now_ms();
-    int rc = gpt_forward(m, inputs, B, T, GPT_FWD_LOGITS);
-    if (rc == 0) rc = gpt_lm_loss(m, targets, mask, &s.loss, 1);
-    if (rc < 0) return rl_fail_ctx(rc, "step %ld: forward", t->step);
-    double t1 = now_ms();
-    gpt_zero_grad(m);
-    rc = gpt_backward(m, 1, NULL);
-    if (rc < 0) return rl_fail_ctx(rc, "step %ld: backward", t->step);
+    int nb = gtree_blocks(t->grad_blocks, B), empty, lo, hi;
+    train_lm_blocks_t b = {m, inputs, targets, mask, B, T, nb, 0, 0, 0, 0};
+    double stat[GTREE_NSTAT];
+    int rc = train_lm_weight(targets, mask, (size_t)B * (size_t)T, &b.norm);
+    if (rc == 0) rc = gpt_grads_alloc(m);
+    if (rc == 0) {
+        gtree_reset(&t->tree, nb, m->grads_mem, m->num_params);
+        rc = train_lm_leaves(&t->tree, &b, 0, nb);
+    }
+    if (rc == 0) rc = gtree_take(&t->tree, stat, &empty, &lo, &hi);
+    if (rc < 0) return rl_fail_ctx(rc, "step %ld: forward/backward", t->step);
+    s.loss = (float)(stat[0] / b.norm);
     double t2 = now_ms();
     float scale;
     rc = adamw_clip_scale(m->grads_mem, m->num_params, t->clip, &s.grad_norm, &scale);
@@ -57,8 +166,8 @@ int train_lm_step(train_t *t, const int *inputs, const int *targets, const float
     if (rc < 0) return rl_fail_ctx(rc, "step %ld: optimizer", t->step);
     double t3 = now_ms();
     t->step++;
-    s.ms_forward = t1 - t0;
-    s.ms_backward = t2 - t1;
+    s.ms_forward = b.ms_fwd;
+    s.ms_backward = b.ms_bwd;
     s.ms_optimizer = t3 - t2;
     if (st) *st = s;
     return 0;
