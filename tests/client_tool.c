@@ -29,7 +29,8 @@
  *     "tokens": FILE with "batch_size" and "seq", or "batch": [[B rows of T+1 ids]], "step" (0),
  *     "steps" (1), "lr" (1e-3), "min_lr" (1e-4), "schedule": "constant"|"warmup"|"cosine"
  *     (cosine), "warmup" (20), "total_steps" (step + steps), "weight_decay" (0.1), "clip" (1),
- *     "ckpt_dir" (the training's checkpoint directory; absent: the learner's --run-dir);
+ *     "grad_blocks" (0: the learner's default, 8), "ckpt_dir" (the training's checkpoint
+ *     directory; absent: the learner's --run-dir);
  *   stage (StageSpec): "argv": [strings] (required), "name", "cwd", "log", "stdout_to", "master",
  *     "ns".
  * A bad line is refused as FILE:LINE with the field named (exit 2), before anything is sent.
@@ -303,6 +304,7 @@ static int train_from_json(json_t *o, const char *where, uint8_t **buf, size_t *
     sp.weight_decay = (float)num_or(o, "weight_decay", 0.1);
     sp.clip = (float)num_or(o, "clip", 1.0);
     sp.delay_ms = (uint32_t)num_or(o, "delay_ms", 0);
+    sp.grad_blocks = (uint32_t)num_or(o, "grad_blocks", 0);
     json_t *jc = json_object_get(o, "ckpt_dir");
     if (json_is_string(jc)) sp.ckpt_dir = (char *)json_string_value(jc);
     *len = rlhf__train_spec__get_packed_size(&sp);

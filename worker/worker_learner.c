@@ -12,16 +12,28 @@
  * ROUTER that shard 0 binds on --shard-endpoint (its bound address is written to
  * RUN_DIR/learner.json) and beat every heartbeat interval. The master never sees them.
  *
- * One optimizer step (train step `k` of job `j`; each try at it is a new round id):
+ * One optimizer step (train step `k` of job `j`; each try at it is a new round id). Its reduction
+ * is fixed by the step and the job's grad_blocks setting, never by S (common/nn/gtree.h): the B
+ * rows are cut into nb = min(grad_blocks, B) blocks, block j = rows [B*j/nb, B*(j+1)/nb); each
+ * block's gradient is computed alone, from a zeroed arena, with its loss divided by the whole
+ * step's scored tokens (RM: items); the blocks are combined by one canonical tree T(nb) (T(n) =
+ * T(h) over the first h blocks + T(n-h) over the rest, h the largest power of two below n), which
+ * is cut top-down into S nodes (the node with the most blocks split first, ties to the left):
  *   1. shard 0 waits until every shard is present (heard within the liveness window);
- *   2. it sends each shard k its contiguous slice of the B rows (ShardStep, with the tokens, and
- *      the parameter arena when the shard does not hold the parameters the step is taken at);
- *   3. every shard, shard 0 included, computes the gradient of its slice's mean loss scaled by
- *      (scored tokens of the slice) / (scored tokens of the batch), so that the sum over shards
- *      is the gradient of the full batch's mean loss; shards 1..S-1 return it (ShardGrad);
- *   4. shard 0 adds the gradients in shard order 0, 1, .., S-1 (a fixed order: the result does
- *      not depend on who answered first), clips, steps AdamW and sends the new parameters to
- *      every shard (ShardUpdate; acknowledged with their checksum after the job's last step).
+ *   2. it sends each shard k the rows of the k-th node (ShardStep: the node's blocks, the step's
+ *      row count and scored tokens, the tokens, and the parameter arena when the shard does not
+ *      hold the parameters the step is taken at);
+ *   3. every shard, shard 0 included, computes its node's value - its blocks one by one, combined
+ *      as the tree does (at most ceil(log2 blocks) + 1 arenas) - and shards 1..S-1 return it,
+ *      one gradient each, with the node's figures (summed losses, scored tokens, RM pairs and
+ *      pairs ordered correctly) combined the same way (ShardGrad);
+ *   4. shard 0 combines its own node with the others in the tree (whoever answered first), clips,
+ *      steps AdamW and sends the new parameters to every shard (ShardUpdate; acknowledged with
+ *      their checksum after the job's last step).
+ * So a step's parameters, loss, RM accuracy, clipping and AdamW are the same bits for any S, and
+ * S = 1 is the in-process `rlhf sft` / `train-rm` / `train-lm` (train_lm_step and rm_step reduce
+ * the same blocks in the same tree). With more shards than blocks the last shards idle (logged
+ * once per job): raise grad_blocks to use them - that changes the result, S never does.
  * Nothing is applied before every gradient of the round is in. A shard that dies or stays silent
  * past the liveness window mid-round (or comes back as a new process) abandons the round: its
  * partial sums are dropped, shard 0 waits up to --shard-wait-ms for the shard to be back and
@@ -31,16 +43,15 @@
  *
  * Kinds. LM: B windows of T+1 tokens per step, drawn from a token file, one inline batch used
  * every step, or one masked batch per step (step_inputs/step_targets, target -1 untrained: what
- * `rlhf sft --learner-shards` sends); a shard's slice is rows of the batch. RM: the reward model
- * on a pairs file (common/align/rm.h): every shard loads the same file with the same tokenizer
- * (deterministic, so a global item index means the same thing everywhere), shard 0 draws the
- * step's items from the training split's epoch orders (rm_split, rm_epoch_order: those of
- * `rlhf train-rm`) and sends each shard a contiguous slice of them as its "inputs" rows (T = 1)
- * with a frame "rm" (the job's RM settings, a packed TrainSpec); every shard computes rm_grad
- * with scale 1/(items in the step) and returns its gradient after a frame "stats" {pairs ordered
- * correctly, pairs}. The sum, clipping and AdamW are those of LM (= rm_update), so one shard
- * gives exactly the parameters of the in-process command at the same thread count. Without a
- * checkpoint an RM learner starts from rm_load(model_dir): a new scalar head if it has none.
+ * `rlhf sft --learner-shards` sends); a block is rows of the batch (train_lm_leaves). RM: the
+ * reward model on a pairs file (common/align/rm.h): every shard loads the same file with the same
+ * tokenizer (deterministic, so a global item index means the same thing everywhere), shard 0 draws
+ * the step's items from the training split's epoch orders (rm_split, rm_epoch_order: those of
+ * `rlhf train-rm`) and sends each shard its node's items as its "inputs" rows (T = 1) with a frame
+ * "rm" (the job's RM settings, a packed TrainSpec); a block is items (rm_grad_leaves: rm_grad with
+ * scale 1/(items in the step), micro-batches inside the block, an item never split). Clipping and
+ * AdamW are those of LM (= rm_update). Without a checkpoint an RM learner starts from
+ * rm_load(model_dir): a new scalar head if it has none.
  *
  * Jobs are idempotent at step granularity: a job starting at global step k runs only if the
  * learner is at step k; a job the learner has already applied (it is at k + n_steps and the
@@ -54,7 +65,7 @@
  * state): the hub to the other shards, the RM data and the training state.
  * Threads: shard 0's ROUTER is created by the main thread before any job and then used only by
  * the job thread (one job at a time, started and joined by the main thread). A shard k > 0 has
- * a main thread (socket, beats) and a compute thread per slice.
+ * a main thread (socket, beats) and a compute thread per node.
  */
 #include <inttypes.h>
 #include <stdatomic.h>
@@ -226,40 +237,44 @@ static int state_ensure(learner_t *l, const char *model_dir, int rm, uint64_t he
 typedef struct {
     float loss, lr;
     double grad_norm, ms;
-    double ms_slice;  /* shard 0's own slice (last round) */
+    double ms_slice;  /* shard 0's own node (last round) */
     double ms_wait;   /* then waiting for the other shards' gradients */
     double ms_update; /* sum, clip, AdamW, checksum and sending the new parameters */
     int reruns, in_sync;
-    double correct; /* RM: pairs ordered correctly, and pairs, over every slice */
+    double correct; /* RM: pairs ordered correctly, and pairs, over every node */
     long pairs;
 } step_out_t;
 
 /* One optimizer step at l->tr.step on the batch in/tg (B rows of T; an RM step's items travel as
- * the rows, T = 1, with rm set): the slices on every shard, their gradients summed in shard
- * order, clipped, AdamW; `last` (the job's last step) asks the shards to acknowledge the new
+ * the rows, T = 1, with rm set): the step's gradient tree (gtree.h, grad_blocks blocks) cut into
+ * one node per shard, each shard's node computed there, the nodes combined in the tree on shard
+ * 0, clipped, AdamW; `last` (the job's last step) asks the shards to acknowledge the new
  * parameters. Returns 0 or RL_E* (the step is then not applied). */
 static int step_run(learner_t *l, const worker_job_t *job, const Rlhf__TrainSpec *sp, const int *in,
                     const int *tg, int B, int T, int last, const rmdata_job_t *rm,
                     const shard_frames_t *rm_frame, step_out_t *so) {
     shard_hub_t *h = &l->hub;
     gpt_t *m = l->model;
+    gtree_t *g = &l->tr.tree;
     int S = l->n_shards, rc;
     uint64_t step = (uint64_t)l->tr.step;
     double t0 = wire_now_ms();
-    long valid[WORKER_LEARNER_MAX_SHARDS], total = 0;
-    int b0[WORKER_LEARNER_MAX_SHARDS], b1[WORKER_LEARNER_MAX_SHARDS];
-    float scale[WORKER_LEARNER_MAX_SHARDS];
-    for (int i = 0; i < S; i++) {
-        shard_slice_of(B, S, i, &b0[i], &b1[i]);
-        valid[i] = 0;
-        for (long k = (long)b0[i] * T; k < (long)b1[i] * T; k++) valid[i] += tg[k] >= 0;
-        total += valid[i];
-    }
-    if (total == 0) return rl_fail(RL_EINVAL, "train: step %" PRIu64 ": no target to score", step);
+    /* the reduction: fixed by the step and the setting, never by S (more shards than blocks:
+     * the last ones idle) */
+    int nb = gtree_blocks((int)sp->grad_blocks, B), lo[WORKER_LEARNER_MAX_SHARDS],
+        hi[WORKER_LEARNER_MAX_SHARDS];
+    int k = gtree_cut(nb, S, lo, hi), empty, a, b;
+    double norm = B, stat[GTREE_NSTAT];
+    if (!rm && (rc = train_lm_weight(tg, NULL, (size_t)B * (size_t)T, &norm)) < 0) return rc;
+    if (norm == 0) return rl_fail(RL_EINVAL, "train: step %" PRIu64 ": no target to score", step);
+    if ((rc = gpt_grads_alloc(m)) < 0) return rc;
+    if (k < S && step == sp->step)
+        llog(l, "job %" PRIu64 ": %d blocks per step for %d shards: shards %d..%d idle",
+             job->job_id, nb, S, k, S - 1);
+    shard_node_t nd[WORKER_LEARNER_MAX_SHARDS];
     for (int i = 0; i < S; i++)
-        scale[i] = rm ? 1.0f / (float)B : (float)((double)valid[i] / (double)total);
+        nd[i] = (shard_node_t){nb, i < k ? lo[i] : 0, i < k ? hi[i] : 0, B, norm};
     memset(so, 0, sizeof *so);
-    float stats[2] = {0, 0};
     for (int tries = 1;; tries++) {
         if (tries > MAX_ROUNDS)
             return rl_fail(RL_EIO, "train: step %" PRIu64 ": %d rounds failed", step, MAX_ROUNDS);
@@ -267,19 +282,15 @@ static int step_run(learner_t *l, const worker_job_t *job, const Rlhf__TrainSpec
         if (S > 1 && (rc = shard_hub_wait(h, job)) < 0) return rc;
         h->round++;
         for (int i = 1; i < S; i++) {
-            rc = shard_hub_send_step(h, i, m, l->crc, job->job_id, step, in + (long)b0[i] * T,
-                                     tg + (long)b0[i] * T, T, b1[i] - b0[i], scale[i], sp->delay_ms,
-                                     rm_frame);
+            rc = shard_hub_send_step(h, i, m, l->crc, job->job_id, step, in, tg, T, &nd[i],
+                                     sp->delay_ms, rm_frame);
             if (rc < 0) return rc;
         }
-        /* our own slice while theirs compute */
+        /* our own node while theirs compute */
         double ts = wire_now_ms();
-        if (rm)
-            rc = rmdata_slice_grad(&l->rmd, m, &rm->opt, in + b0[0], b1[0] - b0[0], scale[0],
-                                   &so->loss, stats);
-        else
-            rc = shard_slice_grad(m, in + (long)b0[0] * T, tg + (long)b0[0] * T, b1[0] - b0[0], T,
-                                  scale[0], &so->loss);
+        gtree_reset(g, nb, m->grads_mem, m->num_params);
+        rc =
+            shard_node_leaves(g, m, &nd[0], in, tg, T, rm ? &l->rmd.d : NULL, rm ? &rm->opt : NULL);
         if (rc < 0) return rl_fail_ctx(rc, "train: step %" PRIu64, step);
         so->ms_slice = wire_now_ms() - ts;
         ts = wire_now_ms();
@@ -294,14 +305,18 @@ static int step_run(learner_t *l, const worker_job_t *job, const Rlhf__TrainSpec
              "parameters): re-running",
              step, h->round);
     }
-    /* the sum, in shard order */
+    /* the other nodes, combined with ours in the tree */
     double tu = wire_now_ms();
-    so->correct = stats[0];
-    so->pairs = (long)stats[1];
-    int has_rows[WORKER_LEARNER_MAX_SHARDS];
-    for (int i = 0; i < S; i++) has_rows[i] = b1[i] > b0[i];
-    if ((rc = shard_hub_sum(h, m, rm != NULL, has_rows, &so->loss, &so->correct, &so->pairs)) < 0)
-        return rc;
+    if ((rc = shard_hub_combine(h, g, k, lo, hi)) < 0 ||
+        (rc = gtree_take(g, stat, &empty, &a, &b)) < 0)
+        return rl_fail_ctx(rc, "train: step %" PRIu64, step);
+    if (rm) {
+        so->loss = (float)stat[RM_STAT_LOSS];
+        so->correct = stat[RM_STAT_CORRECT];
+        so->pairs = (long)stat[RM_STAT_PAIRS];
+    } else {
+        so->loss = (float)(stat[0] / norm);
+    }
     /* the update of train_lm_step: clip (fused into the update), learning rate, AdamW */
     float cs;
     rc = adamw_clip_scale(m->grads_mem, m->num_params, l->tr.clip, &so->grad_norm, &cs);

@@ -1,6 +1,6 @@
 /*
- * worker_rmdata.c - the reward-model data of the learner's RM jobs: the pairs file, one slice's
- * gradient, and the items of each step (see worker_rmdata.h).
+ * worker_rmdata.c - the reward-model data of the learner's RM jobs: the pairs file, its loss
+ * settings, and the items of each step (see worker_rmdata.h).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -43,19 +43,6 @@ rm_opts_t rmdata_opts(const rmdata_t *r, const Rlhf__TrainSpec *sp) {
     rm_opts_t o = {sp->rm_pairwise ? RM_ITEMS_PAIRS : RM_ITEMS_GROUPS, sp->rm_margin, sp->rm_center,
                    sp->micro > 0 ? (int)sp->micro : 16, r->pad};
     return o;
-}
-
-int rmdata_slice_grad(const rmdata_t *r, gpt_t *m, const rm_opts_t *o, const int *items, int n,
-                      float scale, float *loss, float *stats) {
-    int rc = gpt_grads_alloc(m);
-    if (rc < 0) return rc;
-    gpt_zero_grad(m);
-    rm_grad_stats_t gs = {0};
-    if (n > 0 && (rc = rm_grad(m, &r->d, items, n, o, scale, &gs)) < 0) return rc;
-    *loss = (float)gs.loss;
-    stats[0] = (float)gs.correct;
-    stats[1] = (float)gs.pairs;
-    return 0;
 }
 
 void rmdata_job_free(rmdata_job_t *j) {

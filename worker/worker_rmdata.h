@@ -1,12 +1,12 @@
 /*
  * worker_rmdata.h - the reward-model side of the learner's TRAIN jobs of kind RM: the pairs
- * file (loaded and tokenised once per process, kept while jobs name the same file), one slice's
- * Bradley-Terry gradient, and the training split's items drawn step by step in the epoch orders
- * of `rlhf train-rm`.
+ * file (loaded and tokenised once per process, kept while jobs name the same file), its loss
+ * settings, and the training split's items drawn step by step in the epoch orders of
+ * `rlhf train-rm`. The gradient itself is rm_grad_leaves (common/align/rm.h), block by block.
  *
  * Every shard loads the same file with the same tokenizer and max_len, so a global item index
  * means the same thing in each (rm_data_load is deterministic): shard 0 draws a step's items
- * (rmdata_job_batch) and sends each shard a contiguous slice of their indices.
+ * (rmdata_job_batch) and sends each shard the indices of its node's blocks.
  */
 #ifndef RLHF_WORKER_RMDATA_H
 #define RLHF_WORKER_RMDATA_H
@@ -31,13 +31,6 @@ int rmdata_get(rmdata_t *r, const Rlhf__TrainSpec *sp, int vocab);
 
 /* The loss settings of an RM spec, padding with r's end-of-text id. */
 rm_opts_t rmdata_opts(const rmdata_t *r, const Rlhf__TrainSpec *sp);
-
-/* The gradient of `scale` times the summed losses of items[0..n) into the model's gradient
- * arena (zeroed first): with scale = 1/(items in the step) the shards' sum is the gradient of the
- * step's mean loss, and with one shard exactly what rm_step computes. stats = {pairs ordered
- * correctly, pairs}; *loss the scaled loss. Returns 0 or RL_E*. */
-int rmdata_slice_grad(const rmdata_t *r, gpt_t *m, const rm_opts_t *o, const int *items, int n,
-                      float scale, float *loss, float *stats);
 
 /* The RM side of one job on shard 0: the training split's items, the epoch order they are drawn
  * in, and the settings the other shards need (a packed TrainSpec, sent as a frame "rm"). */

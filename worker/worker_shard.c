@@ -1,12 +1,13 @@
 /*
  * worker_shard.c - the learner's shard protocol (see worker_shard.h): tensor frames, the math of
- * one slice, shard 0's hub, and the main loop of shards 1..S-1.
+ * one node of a step's gradient tree, shard 0's hub, and the main loop of shards 1..S-1.
  *
  * A shard k >= 1 holds a copy of the parameters and nothing else: it connects a DEALER to the
  * ROUTER that shard 0 binds on --shard-endpoint, beats every heartbeat interval (ShardBeat:
- * index, pid, parameter checksum, last round, busy), computes each slice it is sent on a compute
- * thread (its main thread keeps beating) and returns the gradient (ShardGrad); a ShardUpdate
- * brings the new parameters after each step. The master never sees it.
+ * index, pid, parameter checksum, last round, busy), computes each node it is sent on a compute
+ * thread (its main thread keeps beating) - the node's blocks one by one, combined as the tree
+ * does - and returns the node's value (ShardGrad); a ShardUpdate brings the new parameters after
+ * each step. The master never sees it.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -28,6 +29,7 @@
 #include "net/addr.h"
 #include "net/sec.h"
 #include "nn/ops.h"
+#include "nn/train.h"
 #include "worker_rmdata.h"
 #include "worker_shard.h"
 
@@ -136,27 +138,24 @@ static uint32_t frames_crc(const Rlhf__Envelope *env, size_t first) {
 
 /* ---- the math of one shard ------------------------------------------------------------------ */
 
-void shard_slice_of(int B, int S, int i, int *b0, int *b1) {
-    *b0 = (int)((long)B * i / S);
-    *b1 = (int)((long)B * (i + 1) / S);
+void shard_node_rows(const shard_node_t *nd, int *r0, int *r1) {
+    int x;
+    if (nd->j1 <= nd->j0) {
+        *r0 = *r1 = 0;
+        return;
+    }
+    gtree_block(nd->B, nd->nb, nd->j0, r0, &x);
+    gtree_block(nd->B, nd->nb, nd->j1 - 1, &x, r1);
 }
 
-int shard_slice_grad(gpt_t *m, const int *in, const int *tg, int rows, int T, float scale,
-                     float *loss) {
+int shard_node_leaves(gtree_t *g, gpt_t *m, const shard_node_t *nd, const int *in, const int *tg,
+                      int T, const rm_data_t *rmd, const rm_opts_t *ro) {
+    if (rmd) return rm_grad_leaves(g, m, rmd, in, nd->B, nd->nb, nd->j0, nd->j1, ro);
+    int r0, r1;
+    shard_node_rows(nd, &r0, &r1);
+    train_lm_blocks_t b = {m, in, tg, NULL, nd->B, T, nd->nb, r0, nd->norm, 0, 0};
     int rc = gpt_grads_alloc(m);
-    if (rc < 0) return rc;
-    gpt_zero_grad(m);
-    *loss = 0;
-    if (rows == 0 || scale == 0) return 0;
-    float l;
-    rc = gpt_forward(m, in, rows, T, GPT_FWD_LOGITS);
-    if (rc == 0) rc = gpt_lm_loss(m, tg, NULL, &l, 1);
-    if (rc == 0) rc = gpt_backward(m, 1, NULL);
-    if (rc < 0) return rc;
-    if (scale != 1.0f)
-        for (size_t i = 0; i < m->num_params; i++) m->grads_mem[i] *= scale;
-    *loss = l * scale;
-    return 0;
+    return rc < 0 ? rc : train_lm_leaves(g, &b, nd->j0, nd->j1);
 }
 
 /* ---- shard 0: the hub ----------------------------------------------------------------------- */
@@ -260,7 +259,7 @@ static void on_shard_message(shard_hub_t *h, wire_msg_t *m) {
         if (!peer_is(p, m) || p->pid != b->pid) {
             if (p->known) {
                 hlog(h, "shard %u is a new process (pid %d, was %d)", b->index, b->pid, p->pid);
-                if (p->waiting && !p->env) p->lost = 1; /* its slice died with the old one */
+                if (p->waiting && !p->env) p->lost = 1; /* its node died with the old one */
             } else {
                 hlog(h, "shard %u joined (pid %d)", b->index, b->pid);
             }
@@ -380,10 +379,15 @@ uint32_t shard_hub_params_changed(shard_hub_t *h, const gpt_t *m) {
 }
 
 int shard_hub_send_step(shard_hub_t *h, int i, const gpt_t *m, uint32_t crc, uint64_t job_id,
-                        uint64_t step, const int *in, const int *tg, int T, int rows, float scale,
+                        uint64_t step, const int *in, const int *tg, int T, const shard_node_t *nd,
                         uint32_t delay_ms, const shard_frames_t *extra) {
     shard_peer_t *p = &h->peers[i];
     const gpt_config_t *c = &m->cfg;
+    int r0, r1;
+    shard_node_rows(nd, &r0, &r1);
+    int rows = r1 - r0;
+    in += (size_t)r0 * (size_t)T;
+    tg += (size_t)r0 * (size_t)T;
     Rlhf__ShardStep st = RLHF__SHARD_STEP__INIT;
     st.job_id = job_id;
     st.step = step;
@@ -391,7 +395,11 @@ int shard_hub_send_step(shard_hub_t *h, int i, const gpt_t *m, uint32_t crc, uin
     st.index = (uint32_t)i;
     st.rows = (uint32_t)rows;
     st.seq_len = (uint32_t)T;
-    st.grad_scale = scale;
+    st.norm = nd->norm;
+    st.grad_blocks = (uint32_t)nd->nb;
+    st.block0 = (uint32_t)nd->j0;
+    st.n_blocks = (uint32_t)(nd->j1 - nd->j0);
+    st.batch_rows = (uint32_t)nd->B;
     st.params_crc32c = crc;
     st.n_params = m->num_params;
     st.n_layer = (uint32_t)c->n_layer;
@@ -451,30 +459,26 @@ int shard_hub_gather(shard_hub_t *h, const worker_job_t *job, uint64_t step, int
     }
 }
 
-int shard_hub_sum(shard_hub_t *h, gpt_t *m, int rm, const int *has_rows, float *loss,
-                  double *correct, long *pairs) {
-    int rc;
-    for (int i = 1; i < h->n_shards; i++) {
+/* gtree_load_fn: a shard's node value from the "grad" frames of its ShardGrad. */
+static int peer_load(void *ctx, float *dst, size_t n, int add) {
+    const shard_peer_t *p = ctx;
+    return shard_arena_read(&p->msg, p->env, 0, "grad", dst, n, add);
+}
+
+int shard_hub_combine(shard_hub_t *h, gtree_t *g, int k, const int *lo, const int *hi) {
+    int rc = 0;
+    for (int i = 1; rc == 0 && i < k; i++) {
         shard_peer_t *p = &h->peers[i];
-        /* an RM slice's gradient comes after a frame "stats" F32 {correct, pairs} */
-        size_t first = rm ? 1 : 0;
-        if (has_rows[i] && rm) {
-            float stats[2];
-            const Rlhf__TensorHeader *th = p->env->n_frames ? p->env->frames[0] : NULL;
-            if (!th || !th->name || strcmp(th->name, "stats") ||
-                wire_frame_size(&p->msg, 1) != sizeof stats)
-                return rl_fail(RL_EPROTO, "train: shard %d's RM gradient has no stats", i);
-            memcpy(stats, wire_frame_data(&p->msg, 1), sizeof stats);
-            *correct += stats[0];
-            *pairs += (long)stats[1];
-        }
-        if (has_rows[i] && (rc = shard_arena_read(&p->msg, p->env, first, "grad", m->grads_mem,
-                                                  m->num_params, 1)) < 0)
-            return rl_fail_ctx(rc, "train: shard %d's gradient: ", i);
-        *loss += p->env->shard_grad->loss;
+        const Rlhf__ShardGrad *sg = p->env->shard_grad;
+        if (sg->n_stats != GTREE_NSTAT)
+            rc = rl_fail(RL_EPROTO, "train: shard %d sent %zu figures with its node, not %d", i,
+                         sg->n_stats, GTREE_NSTAT);
+        else if ((rc = gtree_push(g, lo[i], hi[i], sg->stats, sg->empty, peer_load, p)) < 0)
+            rc = rl_fail_ctx(RL_EPROTO, "train: shard %d's node (blocks %d..%d)", i, lo[i],
+                             hi[i] - 1);
     }
     shard_hub_round_clear(h);
-    return 0;
+    return rc;
 }
 
 int shard_hub_send_update(shard_hub_t *h, const gpt_t *m, uint32_t crc, uint64_t job_id,
@@ -496,7 +500,7 @@ int shard_hub_send_update(shard_hub_t *h, const gpt_t *m, uint32_t crc, uint64_t
     for (int i = 1; i < h->n_shards; i++) {
         shard_peer_t *p = &h->peers[i];
         p->acked = 0;
-        /* assumed applied: a shard that did not gets them again with its next slice, since its
+        /* assumed applied: a shard that did not gets them again with its next node, since its
          * ShardGrad then reports the checksum it really holds */
         p->crc =
             frames_send(h->sock, p->rid, p->rid_len, &env, &h->pf, ZMQ_DONTWAIT) == 0 ? crc : 0;
@@ -520,18 +524,18 @@ int shard_hub_send_update(shard_hub_t *h, const gpt_t *m, uint32_t crc, uint64_t
 
 /* ---- shards 1..S-1 -------------------------------------------------------------------------- */
 
-/* A shard k >= 1: its socket, parameters, the slice in progress and the RM data. */
+/* A shard k >= 1: its socket, parameters, the node in progress and the RM data. */
 typedef struct {
     int index, n_shards, hb_ms, threads;
     size_t chunk_floats;
     char who[96];
-    rmdata_t rmd; /* the pairs file of RM slices */
+    rmdata_t rmd; /* the pairs file of RM nodes */
     void *sock;
     int efd;
     gpt_t *model;
     uint32_t crc;   /* of the parameters held; 0: none */
     uint64_t round; /* of the last ShardStep read */
-    /* the slice in progress (compute thread) */
+    /* the node in progress (compute thread) */
     pthread_t th;
     int busy, threaded;
     atomic_int cancel;
@@ -539,9 +543,9 @@ typedef struct {
     Rlhf__Envelope *env;
     int rc;
     char err[256];
-    float loss;
-    int rm;         /* the slice was an RM one: its gradient goes with "stats" */
-    float stats[2]; /* RM: pairs ordered correctly, pairs */
+    double stat[GTREE_NSTAT]; /* the node's figures (worker_shard.h) */
+    int empty;                /* the node had nothing to score (or there was none) */
+    gtree_t tree;             /* the node's reduction */
 } shard_t;
 
 #define slog(s, ...) shard_log((s)->who, __VA_ARGS__)
@@ -563,33 +567,59 @@ static int shard_model_fit(shard_t *s, const Rlhf__ShardStep *st) {
     return 0;
 }
 
-/* An RM slice: the items of the "inputs" frame, on the pairs file the spec names. */
-static int rm_slice_run(shard_t *s, const Rlhf__TrainSpec *rs, int rows, size_t bytes) {
-    const Rlhf__ShardStep *st = s->env->shard_step;
-    if (!s->model || s->crc != st->params_crc32c)
-        return rl_fail(RL_EPROTO, "shard %d holds parameters %08x, the step is at %08x", s->index,
-                       s->crc, st->params_crc32c);
-    int rc = rmdata_get(&s->rmd, rs, s->model->cfg.vocab_size);
+/* The node a ShardStep asks for, checked against its rows. */
+static int node_of(const Rlhf__ShardStep *st, shard_node_t *nd) {
+    *nd = (shard_node_t){0, 0, 0, 0, st->norm};
+    if (st->n_blocks == 0 && st->rows == 0) return 0; /* no node */
+    if (st->n_blocks >= 1 && st->grad_blocks <= GTREE_MAX_BLOCKS &&
+        st->batch_rows >= st->grad_blocks && st->batch_rows <= 1u << 20 &&
+        st->n_blocks <= st->grad_blocks && st->block0 <= st->grad_blocks - st->n_blocks) {
+        *nd = (shard_node_t){(int)st->grad_blocks, (int)st->block0,
+                             (int)(st->block0 + st->n_blocks), (int)st->batch_rows, st->norm};
+        int r0, r1;
+        shard_node_rows(nd, &r0, &r1);
+        if (gtree_is_node(nd->nb, nd->j0, nd->j1) && (uint32_t)(r1 - r0) == st->rows) return 0;
+    }
+    return rl_fail(RL_EINVAL,
+                   "shard step: %u rows for blocks %u..+%u of %u over %u rows: not a node of the "
+                   "step's tree",
+                   st->rows, st->block0, st->n_blocks, st->grad_blocks, st->batch_rows);
+}
+
+/* The node's blocks (rows = items of an RM step, with rs) into s->tree, then its value; the
+ * shard holds the step's parameters. */
+static int node_run(shard_t *s, const shard_node_t *nd, const Rlhf__TrainSpec *rs, int T,
+                    size_t bytes) {
+    int rc = rs ? rmdata_get(&s->rmd, rs, s->model->cfg.vocab_size) : 0;
     if (rc < 0) return rc;
-    int *items = malloc(bytes);
-    if (!items) return rl_fail(RL_ENOMEM, "shard step: out of memory");
-    memcpy(items, wire_frame_data(&s->msg, 1), bytes);
-    rm_opts_t o = rmdata_opts(&s->rmd, rs);
-    rc = rmdata_slice_grad(&s->rmd, s->model, &o, items, rows, st->grad_scale, &s->loss, s->stats);
-    free(items);
+    rm_opts_t o = rs ? rmdata_opts(&s->rmd, rs) : (rm_opts_t){0};
+    /* frames received without copying may be unaligned */
+    int *in = malloc(bytes ? bytes : 1), *tg = malloc(bytes ? bytes : 1), lo, hi;
+    rc = in && tg ? gpt_grads_alloc(s->model) : rl_fail(RL_ENOMEM, "shard step: out of memory");
+    if (rc == 0) {
+        memcpy(in, wire_frame_data(&s->msg, 1), bytes);
+        memcpy(tg, wire_frame_data(&s->msg, 2), bytes);
+        gtree_reset(&s->tree, nd->nb, s->model->grads_mem, s->model->num_params);
+        rc = shard_node_leaves(&s->tree, s->model, nd, in, tg, T, rs ? &s->rmd.d : NULL, &o);
+    }
+    if (rc == 0) rc = gtree_take(&s->tree, s->stat, &s->empty, &lo, &hi);
+    free(in);
+    free(tg);
     return rc;
 }
 
-/* The slice of one ShardStep: parameters (when attached), then its gradient. */
+/* The node of one ShardStep: parameters (when attached), then its value. */
 static int shard_slice(shard_t *s) {
     const Rlhf__Envelope *env = s->env;
     const Rlhf__ShardStep *st = env->shard_step;
     int rows = (int)st->rows, T = (int)st->seq_len, rc;
     size_t bytes = (size_t)rows * (size_t)T * sizeof(int);
-    s->loss = 0;
+    memset(s->stat, 0, sizeof s->stat);
+    s->empty = 1;
     if (st->index != (uint32_t)s->index)
         return rl_fail(RL_EINVAL, "shard step for shard %u sent to shard %d", st->index, s->index);
-    s->rm = 0;
+    shard_node_t nd;
+    if ((rc = node_of(st, &nd)) < 0) return rc;
     if (env->n_frames < 2 || wire_frame_size(&s->msg, 1) != bytes ||
         wire_frame_size(&s->msg, 2) != bytes)
         return rl_fail(RL_EPROTO, "shard step: inputs and targets of %d x %d ids expected", rows,
@@ -601,7 +631,6 @@ static int shard_slice(shard_t *s) {
         rs = rlhf__train_spec__unpack(NULL, wire_frame_size(&s->msg, 3),
                                       wire_frame_data(&s->msg, 3));
         if (!rs) return rl_fail(RL_EPROTO, "shard step: a malformed RM spec");
-        s->rm = 1;
         pfirst = 3;
     }
     if (env->n_frames > pfirst) {
@@ -615,29 +644,20 @@ static int shard_slice(shard_t *s) {
             return rc;
         }
     }
-    if (rs) {
-        rc = rows == 0 ? 0 : rm_slice_run(s, rs, rows, bytes);
-        rlhf__train_spec__free_unpacked(rs, NULL);
-        return rc;
+    int run = nd.j1 > nd.j0; /* no node this step: nothing to compute */
+    if (run && (!s->model || s->crc != st->params_crc32c)) {
+        rc = rl_fail(RL_EPROTO, "shard %d holds parameters %08x, the step is at %08x", s->index,
+                     s->crc, st->params_crc32c);
+        run = 0;
     }
-    if (rows == 0) return 0;
-    if (!s->model || s->crc != st->params_crc32c)
-        return rl_fail(RL_EPROTO, "shard %d holds parameters %08x, the step is at %08x", s->index,
-                       s->crc, st->params_crc32c);
-    /* test hook: a slice that takes at least delay_ms */
-    for (uint32_t waited = 0; waited < st->delay_ms && !atomic_load(&s->cancel); waited += 10) {
+    /* test hook: an LM node that takes at least delay_ms */
+    for (uint32_t waited = 0; run && !rs && waited < st->delay_ms && !atomic_load(&s->cancel);
+         waited += 10) {
         struct timespec ts = {0, 10 * 1000000L};
         nanosleep(&ts, NULL);
     }
-    int *in = malloc(bytes), *tg = malloc(bytes);
-    rc = in && tg ? 0 : rl_fail(RL_ENOMEM, "shard step: out of memory");
-    if (rc == 0) {
-        memcpy(in, wire_frame_data(&s->msg, 1), bytes);
-        memcpy(tg, wire_frame_data(&s->msg, 2), bytes);
-        rc = shard_slice_grad(s->model, in, tg, rows, T, st->grad_scale, &s->loss);
-    }
-    free(in);
-    free(tg);
+    if (run) rc = node_run(s, &nd, rs, T, bytes);
+    if (rs) rlhf__train_spec__free_unpacked(rs, NULL);
     return rc;
 }
 
@@ -666,7 +686,7 @@ static void shard_beat(shard_t *s) {
     wire_send(s->sock, NULL, 0, &env, NULL, NULL, 0, ZMQ_DONTWAIT); /* a beat may be dropped */
 }
 
-/* The compute thread finished: send the slice's gradient (or why there is none). */
+/* The compute thread finished: send the node's value (or why there is none). */
 static void shard_slice_done(shard_t *s) {
     uint64_t v;
     if (read(s->efd, &v, sizeof v) != sizeof v) return;
@@ -679,15 +699,15 @@ static void shard_slice_done(shard_t *s) {
     g.round = st->round;
     g.index = (uint32_t)s->index;
     g.params_crc32c = s->crc;
-    g.loss = s->loss;
     g.code = s->rc;
     g.error = s->rc < 0 ? s->err : "";
+    g.stats = s->stat;
+    g.n_stats = s->rc == 0 ? GTREE_NSTAT : 0;
+    g.empty = s->rc == 0 && s->empty;
     shard_frames_t *f = malloc(sizeof *f);
     int rc = f ? 0 : RL_ENOMEM;
     if (f) f->n = 0;
-    if (rc == 0 && s->rc == 0 && st->rows && s->rm)
-        rc = shard_frames_add(f, "stats", RLHF__DTYPE__DTYPE_F32, s->stats, sizeof s->stats, 2, -1);
-    if (rc == 0 && s->rc == 0 && st->rows)
+    if (rc == 0 && s->rc == 0 && !s->empty)
         rc = shard_frames_add_arena(f, "grad", s->model->grads_mem, s->model->num_params,
                                     s->chunk_floats);
     Rlhf__Envelope env = RLHF__ENVELOPE__INIT;
@@ -700,8 +720,8 @@ static void shard_slice_done(shard_t *s) {
     else if (s->rc < 0)
         slog(s, "step %" PRIu64 " round %" PRIu64 ": %s", st->step, st->round, s->err);
     else
-        slog(s, "sent the gradient of step %" PRIu64 " round %" PRIu64 " (%u rows)", st->step,
-             st->round, st->rows);
+        slog(s, "sent the gradient of step %" PRIu64 " round %" PRIu64 " (%u rows, blocks %u..+%u)",
+             st->step, st->round, st->rows, st->block0, st->n_blocks);
     free(f);
     rlhf__envelope__free_unpacked(s->env, NULL);
     s->env = NULL;
@@ -819,7 +839,7 @@ int worker_learner_shard_main(const worker_learner_opts_t *o, volatile sig_atomi
         }
         if (rc > 0 && (it[1].revents & ZMQ_POLLIN)) shard_slice_done(s);
         wire_msg_t m;
-        /* one slice at a time: what arrives meanwhile waits in the socket */
+        /* one node at a time: what arrives meanwhile waits in the socket */
         while (!*stop && !s->busy && wire_recv(s->sock, 0, &m, ZMQ_DONTWAIT) > 0) {
             shard_on_message(s, &m);
             wire_msg_free(&m);
@@ -838,6 +858,7 @@ int worker_learner_shard_main(const worker_learner_opts_t *o, volatile sig_atomi
     zmq_ctx_term(zctx);
     close(s->efd);
     gpt_destroy(&s->model);
+    gtree_free(&s->tree);
     rmdata_free(&s->rmd);
     slog(s, "exit");
     free(s);

@@ -3,10 +3,17 @@
  * of one optimizer step (see worker_learner.c for the step, worker/README.md for the picture).
  *
  *   shard_frames_*   tensors as raw ZeroMQ frames after the envelope (an arena in chunks)
- *   shard_slice_*    the math of one shard: its rows of the batch and their gradient
+ *   shard_node_*     the math of one shard: its node of the step's gradient tree (gtree.h) -
+ *                    the blocks under it, each computed alone, combined as the tree does
  *   shard_hub_*      shard 0's side: the ROUTER the shards connect to, their liveness, one round
- *                    of ShardStep -> ShardGrad, the sum in shard order, ShardUpdate -> ShardAck
+ *                    of ShardStep -> ShardGrad, the nodes combined in the tree, ShardUpdate ->
+ *                    ShardAck
  *   worker_learner_shard_main (worker.h)   shards 1..S-1: a DEALER that beats and computes
+ *
+ * The reduction does not depend on S: a step's rows are cut into grad_blocks fixed blocks, the
+ * blocks are combined by one canonical tree, the tree is cut top-down into S nodes, shard i
+ * computes the i-th node's value and shard 0 combines the S values in the same tree. Any S gives
+ * the bits of one process computing every block (`rlhf sft`, `rlhf train-rm` in process).
  *
  * Each try at a step is a round with a fresh id; nothing is applied before every gradient of
  * the round is in, and a late gradient of an old round is dropped. The hub is created on the
@@ -18,8 +25,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "align/rm.h"
 #include "net/wire.h"
 #include "nn/gpt.h"
+#include "nn/gtree.h"
 #include "rlhf.pb-c.h"
 #include "worker.h"
 
@@ -61,15 +70,23 @@ uint32_t shard_params_crc(const gpt_t *m);
 
 /* ---- the math of one shard ---- */
 
-/* Rows [*b0, *b1) of a batch of B rows that shard i of S computes: contiguous, balanced. */
-void shard_slice_of(int B, int S, int i, int *b0, int *b1);
+/* A shard's node of a step's gradient tree: blocks [j0, j1) of nb over the step's B rows (B
+ * items of an RM step); LM losses are divided by norm, the step's scored weight. j0 == j1: no
+ * node (more shards than blocks: the shard idles this step). */
+typedef struct {
+    int nb, j0, j1, B;
+    double norm;
+} shard_node_t;
 
-/* The gradient of `scale` times the mean next-token loss of inputs/targets (rows,T) into the
- * model's gradient arena (zeroed first); *loss gets the scaled loss. rows = 0 or scale = 0 (a
- * slice with nothing to score) leaves a zero gradient. With scale 1 this is exactly the
- * forward/backward of train_lm_step, so one shard computes what `rlhf train-lm` computes. */
-int shard_slice_grad(gpt_t *m, const int *in, const int *tg, int rows, int T, float scale,
-                     float *loss);
+/* The rows of the step a node covers: [*r0, *r1). */
+void shard_node_rows(const shard_node_t *nd, int *r0, int *r1);
+
+/* Computes the blocks of node nd into g (gtree_leaves; g reset by the caller over nd->nb blocks
+ * on m's gradient arena): an LM step's rows in/tg (rows, T) from the node's first row, or, with
+ * rmd, an RM step's items `in` from the node's first item (loss settings ro). Returns 0 or RL_E*
+ * (the model's, rm_grad's, a target outside the vocabulary). */
+int shard_node_leaves(gtree_t *g, gpt_t *m, const shard_node_t *nd, const int *in, const int *tg,
+                      int T, const rm_data_t *rmd, const rm_opts_t *ro);
 
 /* ---- shard 0: the hub ---- */
 
@@ -85,7 +102,7 @@ typedef struct {
     int waiting; /* we sent it a ShardStep */
     int lost;    /* it died, went silent or restarted: the round is void */
     int stale;   /* it lacks the parameters: the round is re-run with them attached */
-    int fail;    /* it failed the slice with this RL_E* code: the job fails */
+    int fail;    /* it failed its node with this RL_E* code: the job fails */
     char err[256];
     int acked;
     wire_msg_t msg; /* its ShardGrad, kept until the sum */
@@ -121,23 +138,23 @@ void shard_hub_round_clear(shard_hub_t *h);
  * when the job is cancelled. */
 int shard_hub_wait(shard_hub_t *h, const worker_job_t *job);
 
-/* Sends shard i its slice of step `step` in round h->round: rows x T inputs and targets, the
- * gradient scale, the test delay, `extra` frames (RM: the "rm" spec) and, when the shard does not
- * hold them, the parameters of m (checksum crc). A shard found unreachable is marked lost. */
+/* Sends shard i its node nd of step `step` in round h->round: the node's rows x T inputs and
+ * targets (from its first row), the test delay, `extra` frames (RM: the "rm" spec) and, when the
+ * shard does not hold them, the parameters of m (checksum crc). A shard found unreachable is
+ * marked lost. */
 int shard_hub_send_step(shard_hub_t *h, int i, const gpt_t *m, uint32_t crc, uint64_t job_id,
-                        uint64_t step, const int *in, const int *tg, int T, int rows, float scale,
+                        uint64_t step, const int *in, const int *tg, int T, const shard_node_t *nd,
                         uint32_t delay_ms, const shard_frames_t *extra);
 
 /* Waits for the gradients of the round from shards 1..S-1: 0 with
  * *broken = 0 when all are in, *broken = 1 when a shard was lost or lacked the parameters (the
- * round must be re-run), RL_E* when a shard failed its slice or the job was cancelled. */
+ * round must be re-run), RL_E* when a shard failed its node or the job was cancelled. */
 int shard_hub_gather(shard_hub_t *h, const worker_job_t *job, uint64_t step, int *broken);
 
-/* Adds the gradients of shards 1..S-1 (in that order) into m's gradient arena, their losses
- * into *loss and (rm) their {correct, pairs} stats into *correct / *pairs; has_rows[i]: shard i
- * had rows. Clears the round. Returns 0 or RL_EPROTO. */
-int shard_hub_sum(shard_hub_t *h, gpt_t *m, int rm, const int *has_rows, float *loss,
-                  double *correct, long *pairs);
+/* Pushes the node values of shards 1..k-1 (node i is blocks [lo[i], hi[i])) into g, in that
+ * order, after shard 0's own node: g then holds the step's value (gtree_take). Shards k..S-1 had
+ * no node. Clears the round. Returns 0 or RL_EPROTO (a value that is not what was asked for). */
+int shard_hub_combine(shard_hub_t *h, gtree_t *g, int k, const int *lo, const int *hi);
 
 /* After an update: describes m's new arena as frames and returns its checksum (one pass). */
 uint32_t shard_hub_params_changed(shard_hub_t *h, const gpt_t *m);
