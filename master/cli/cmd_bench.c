@@ -51,7 +51,7 @@ static void ref_gemm_free(ref_gemm_t *g) {
 
 typedef struct {
     gpt_config_t cfg;
-    int B, T, steps, threads;
+    int B, T, steps, threads, grad_blocks;
 } bench_args_t;
 
 static const cli_opt_t bench_opt_table[] = {
@@ -60,12 +60,14 @@ static const cli_opt_t bench_opt_table[] = {
     CLI_OPT_INT(bench_args_t, T, "seq", 1, 1000000, NULL, "T", "sequence length"),
     CLI_OPT_INT(bench_args_t, steps, "steps", 1, 1000, "5", "K", "timed steps"),
     CLI_OPT_INT(bench_args_t, threads, "threads", 1, 1024, "2", "N", "threads"),
+    CLI_OPT_INT(bench_args_t, grad_blocks, "grad-blocks", 1, GTREE_MAX_BLOCKS, "8", "N",
+                "gradient blocks per step, capped at the batch (as rlhf sft)"),
 };
 
 static const cli_opts_t bench_train_opts = CLI_OPTS(
     "bench train",
     "rlhf bench train --layers L --heads H --dim C --vocab V --batch B --seq T\n"
-    "                        [--steps K] [--threads N] [--ctx N]",
+    "                        [--steps K] [--threads N] [--ctx N] [--grad-blocks N]",
     "Times K full training steps (forward, cross-entropy, backward, clipping, AdamW) after one\n"
     "warm-up step and, interleaved with them (3 after each step), cblas_sgemm at the model's\n"
     "largest GEMM (the LM head: B*T x V x C), so both are measured under the same conditions.\n"
@@ -108,6 +110,7 @@ static int bench_train(int argc, char **argv) {
     }
     adamw_sched_t sched = {ADAMW_SCHED_CONSTANT, 1e-4f, 0, 0, 0};
     if (rc == 0) rc = train_init(&tr, m, &sched, 0.1f, 1.0f);
+    tr.grad_blocks = a.grad_blocks;
     train_stats_t st;
     if (rc == 0) rc = train_lm_step(&tr, in, tg, NULL, B, T, &st); /* warm-up: allocations */
     if (rc == 0) ref_gemm_ms(&ref);
@@ -125,14 +128,14 @@ static int bench_train(int argc, char **argv) {
         json_t *shape =
             json_pack("{s:i,s:i,s:i}", "M", B * T, "N", cfg.vocab_size, "K", cfg.n_embd);
         print_rc = cli_print_json(json_pack(
-            "{s:s,s:i,s:i,s:i,s:i,s:i,s:i,s:I,s:i,s:i,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:o,s:f}",
+            "{s:s,s:i,s:i,s:i,s:i,s:i,s:i,s:I,s:i,s:i,s:i,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:o,s:f}",
             "bench", "train", "layers", cfg.n_layer, "heads", cfg.n_head, "dim", cfg.n_embd,
             "vocab", cfg.vocab_size, "batch", B, "seq", T, "params", (json_int_t)m->num_params,
-            "threads", threads, "steps", steps, "ms_per_step", step_ms, "ms_forward",
-            cli_median(fw, steps), "ms_backward", cli_median(bw, steps), "ms_optimizer",
-            cli_median(op, steps), "tokens_per_s", B * T / (step_ms / 1e3), "gflop_per_step",
-            flops / 1e9, "model_gflops", model, "sgemm_gflops", blas, "sgemm_shape", shape, "ratio",
-            blas > 0 ? model / blas : 0.0));
+            "threads", threads, "grad_blocks", gtree_blocks(a.grad_blocks, B), "steps", steps,
+            "ms_per_step", step_ms, "ms_forward", cli_median(fw, steps), "ms_backward",
+            cli_median(bw, steps), "ms_optimizer", cli_median(op, steps), "tokens_per_s",
+            B * T / (step_ms / 1e3), "gflop_per_step", flops / 1e9, "model_gflops", model,
+            "sgemm_gflops", blas, "sgemm_shape", shape, "ratio", blas > 0 ? model / blas : 0.0));
     }
     train_free(&tr);
     ref_gemm_free(&ref);

@@ -183,7 +183,7 @@ int cmd_eval_lm(int argc, char **argv) {
 
 typedef struct {
     const char *model, *tokens, *out;
-    int steps, B, T, threads, log_every, warmup;
+    int steps, B, T, threads, log_every, warmup, grad_blocks;
     float lr, min_lr, wd, clip;
     long seed;
     adamw_sched_kind_t kind;
@@ -221,6 +221,9 @@ static const cli_opt_t trainlm_opt_table[] = {
     CLI_OPT_LONG(trainlm_args_t, seed, "seed", 0, LONG_MAX, "1", "S", "seed of the windows"),
     LI(threads, "threads", 1, 1024, "2", "N", "threads"),
     LI(log_every, "log-every", 1, 100000000, "10", "N", "log interval"),
+    LI(grad_blocks, "grad-blocks", 1, GTREE_MAX_BLOCKS, "8", "N",
+       "gradient blocks per step (capped at the batch): the fixed order the step's gradient is "
+       "summed in, the same on any number of learner shards"),
 };
 #undef LI
 #undef LF
@@ -272,6 +275,7 @@ int cmd_train_lm(int argc, char **argv) {
     adamw_sched_t sched = {kind, lr, min_lr, warmup, steps};
     if (!in || !tg) rc = rl_fail(RL_ENOMEM, "batch buffers");
     if (rc == 0) rc = train_init(&tr, m, &sched, wd, clip);
+    tr.grad_blocks = a.grad_blocks;
     double t_start = cli_now_ms();
     for (int s = 0; rc == 0 && s < steps; s++) {
         size_t span = n - (size_t)T; /* window starts in [0, span) */

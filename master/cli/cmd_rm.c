@@ -197,7 +197,7 @@ static gpt_t *load_rm(const char *dir) {
 typedef struct {
     const char *model, *pairs, *out, *ceiling_from, *run_dir;
     int pairwise, batch, micro, steps, epochs, warmup, max_len, log_every, save_every, bins;
-    int threads, shards, steps_per_job; /* shards 0: in process */
+    int threads, shards, steps_per_job, grad_blocks; /* shards 0: in process */
     float margin, center, frac, lr, min_lr, wd, clip, ceiling;
     long seed, split_seed;
     adamw_sched_kind_t kind;
@@ -220,10 +220,10 @@ static int save_model(gpt_t *m, const rm_data_t *d, const train_args_t *a, int p
  * steps) on a learner of S gradient shards behind a local master (`rlhf up` under RUN_DIR/
  * cluster, checkpoints in RUN_DIR/learner); jobs go through the master's client API one after
  * the other. The learner draws each step's items exactly as the loop of train_run does (same
- * split, same epoch orders) and takes the same step (rm_grad on slices + rm_update), so one
- * shard gives the parameters of the in-process run. A job the master has recorded (its
- * journal) is answered from its record, so running the same command
- * again after an interruption continues from the last finished job.
+ * split, same epoch orders) and takes the same step (the same blocks combined in the same tree,
+ * then rm_update), so any number of shards gives the parameters of the in-process run. A job the
+ * master has recorded (its journal) is answered from its record, so running the same command again
+ * after an interruption continues from the last finished job.
  */
 
 typedef struct {
@@ -294,6 +294,7 @@ static int learner_train(const train_args_t *a, long steps, int max_len, gpt_t *
         sp.split_seed = (uint64_t)a->split_seed;
         sp.rm_seed = (uint64_t)a->seed;
         sp.micro = (uint32_t)a->micro;
+        sp.grad_blocks = (uint32_t)a->grad_blocks;
         sp.export_model = (j + 1) * J >= steps; /* the result comes back over the wire */
         Rlhf__TrainOutput *o;
         rc = local_train_job(&ss, (uint64_t)j + 1, (uint64_t)a->seed + 1, &sp, &o);
@@ -361,6 +362,7 @@ static int train_run(const train_args_t *a) {
     long steps = a->steps ? a->steps : ((long)a->epochs * n_items + bsz - 1) / bsz;
     adamw_sched_t sched = {a->kind, a->lr, a->min_lr, a->warmup, steps};
     if (!a->shards && (rc = train_init(&tr, m, &sched, a->wd, a->clip)) < 0) goto done;
+    tr.grad_blocks = a->grad_blocks;
     perm = malloc((size_t)n_items * sizeof(int));
     if (!perm) {
         rc = rl_fail(RL_ENOMEM, "training state");
@@ -485,6 +487,9 @@ static const cli_opt_t train_rm_opt_table[] = {
     TI(steps_per_job, "steps-per-job", 1, 1 << 24, "20", "N", "steps per TRAIN job"),
     CLI_OPT_STR(train_args_t, run_dir, "run-dir", NULL, "DIR",
                 "the learner's local cluster (default OUT.run)", 0),
+    TI(grad_blocks, "grad-blocks", 1, GTREE_MAX_BLOCKS, "8", "N",
+       "gradient blocks per step (capped at the items of a step; an item is never split): the "
+       "fixed order the step's gradient is summed in, the same on any number of learner shards"),
 };
 #undef TI
 #undef TF
@@ -505,9 +510,11 @@ const cli_opts_t cli_train_rm_opts = CLI_OPTS(
     "--learner-shards S: the steps run as TRAIN jobs (--steps-per-job N each) on a learner of S\n"
     "gradient shards behind a local master (`rlhf up` in --run-dir, default OUT.run; the\n"
     "learner's checkpoints in RUN_DIR/learner); the same command run again after an\n"
-    "interruption continues from the last finished job. With S = 1 the parameters are those of\n"
-    "the in-process run; the final model is the learner's last checkpoint, evaluated and saved\n"
-    "as in process. --save-every does not apply (the learner checkpoints every job).\n");
+    "interruption continues from the last finished job. Whatever S, the parameters are those of\n"
+    "the in-process run (each step's gradient is --grad-blocks blocks of items summed in one\n"
+    "fixed tree, the shards computing parts of it); the final model is the learner's last\n"
+    "checkpoint, evaluated and saved as in process. --save-every does not apply (the learner\n"
+    "checkpoints every job).\n");
 
 int cmd_train_rm(int argc, char **argv) {
     const char *cmd = "train-rm";

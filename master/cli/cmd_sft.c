@@ -328,8 +328,9 @@ done:
  * RUN_DIR/learner), one job per --steps-per-job steps, submitted one after the other through
  * the master's client API. Each job carries its steps' batches, built here exactly as the
  * in-process loop builds them (same order, same padding), with the masked positions as target
- * -1: the masked mean loss is then the same number, so one shard gives the parameters of the
- * in-process run. A finished job is answered from the master's record (its journal): running
+ * -1: the masked mean loss is then the same number, and the gradient the same blocks combined in
+ * the same tree (--grad-blocks), so any number of shards gives the parameters of the in-process
+ * run. A finished job is answered from the master's record (its journal): running
  * the same command again after an interruption continues.
  */
 
@@ -354,7 +355,7 @@ static void sft_job_done(sft_jobs_t *c, uint64_t id, const Rlhf__TrainOutput *o)
 
 typedef struct {
     const char *model, *out, *run_dir;
-    int shards, steps_per_job, steps, B, T, warmup, log_every;
+    int shards, steps_per_job, steps, B, T, warmup, log_every, grad_blocks;
     float lr, min_lr, wd, clip;
     long seed;
 } sft_learner_t;
@@ -428,6 +429,7 @@ static int sft_learner(const sft_learner_t *a, const sft_set_t *set, int pad, gp
         sp.total_steps = (uint64_t)a->steps;
         sp.weight_decay = a->wd;
         sp.clip = a->clip;
+        sp.grad_blocks = (uint32_t)a->grad_blocks;
         sp.step_inputs = in;
         sp.n_step_inputs = off;
         sp.step_targets = tg;
@@ -456,7 +458,7 @@ typedef struct {
     const char *gold[SFT_MAX_GOLD];
     int n_gold;
     int steps, B, T, warmup, threads, eval_every, log_every, gold_n, gold_every, shards,
-        steps_per_job;
+        steps_per_job, grad_blocks;
     float lr, min_lr, wd, clip;
     long seed;
 } sft_args_t;
@@ -503,6 +505,9 @@ static const cli_opt_t sft_opt_table[] = {
     SI(steps_per_job, "steps-per-job", 1, 1 << 20, "20", "N", "steps per TRAIN job"),
     CLI_OPT_STR(sft_args_t, run_dir, "run-dir", NULL, "DIR",
                 "the learner's local cluster (default OUT.run)", 0),
+    SI(grad_blocks, "grad-blocks", 1, GTREE_MAX_BLOCKS, "8", "N",
+       "gradient blocks per step (capped at the batch): the fixed order the step's gradient is "
+       "summed in, the same on any number of learner shards"),
 };
 #undef SI
 #undef SF
@@ -525,8 +530,10 @@ const cli_opts_t cli_sft_opts = CLI_OPTS(
     "--learner-shards S: the steps run as TRAIN jobs (--steps-per-job N each, the batches\n"
     "inline) on a learner of S gradient shards behind a local master (`rlhf up` in --run-dir,\n"
     "default OUT.run; checkpoints in RUN_DIR/learner); the same command run again after an\n"
-    "interruption continues from the last finished job. With S = 1 the parameters are those of\n"
-    "the in-process run. The evaluations then run once, at the end.\n");
+    "interruption continues from the last finished job. Whatever S, the parameters are those of\n"
+    "the in-process run: each step's gradient is --grad-blocks blocks summed in one fixed tree,\n"
+    "the shards computing parts of the tree (S above the blocks leaves shards idle). The\n"
+    "evaluations then run once, at the end.\n");
 
 int cmd_sft(int argc, char **argv) {
     const char *cmd = "sft";
@@ -595,12 +602,14 @@ int cmd_sft(int argc, char **argv) {
         "eval_examples", eset.n, "seq", T, "params", (json_int_t)m->num_params));
     adamw_sched_t sched = {ADAMW_SCHED_COSINE, lr, min_lr, warmup, steps};
     if (!shards && (rc = train_init(&tr, m, &sched, wd, clip)) < 0) goto done;
+    tr.grad_blocks = a.grad_blocks;
     double t_start = cli_now_ms(), side_ms = 0; /* side_ms: evaluation, not training */
     long epoch = -1;
     sft_jobs_t lj = {.steps = steps, .log_every = log_every};
     if (shards) { /* the steps on the learner, then the evaluations of the last step below */
-        sft_learner_t la = {model,     out, run_dir, shards, steps_per_job, steps, B, T, warmup,
-                            log_every, lr,  min_lr,  wd,     clip,          seed};
+        sft_learner_t la = {model,  out, run_dir, shards,    steps_per_job, steps,
+                            B,      T,   warmup,  log_every, a.grad_blocks, lr,
+                            min_lr, wd,  clip,    seed};
         gpt_t *fm = NULL;
         rc = sft_learner(&la, &set, pad, &fm, &lj);
         print_rc |= lj.print_rc;
