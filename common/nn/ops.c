@@ -542,12 +542,9 @@ static inline void ce_row_body(float *x, float *loss, int target, float w, float
 EX_VARIANTS(ce_row, (float *x, float *loss, int target, float w, float inv_w, int V, int want_grad),
             ce_row_body, (x, loss, target, w, inv_w, V, want_grad))
 
-double ops_crossentropy(float *logits, float *losses, const int *targets, const float *weights,
-                        int N, int V, int want_grad) {
-    double wsum = 0.0;
-    for (int n = 0; n < N; n++)
-        if (targets[n] >= 0) wsum += weights ? weights[n] : 1.0f;
-    float inv_w = wsum > 0 ? (float)(1.0 / wsum) : 0.0f;
+double ops_crossentropy_sum(float *logits, float *losses, const int *targets, const float *weights,
+                            int N, int V, int want_grad, double norm) {
+    float inv_w = norm > 0 ? (float)(1.0 / norm) : 0.0f;
 #pragma omp parallel for schedule(static) if ((long)N * V >= OPS_PAR_MIN)
     for (int n = 0; n < N; n++) {
         float *x = logits + (size_t)n * V;
@@ -562,5 +559,14 @@ double ops_crossentropy(float *logits, float *losses, const int *targets, const 
     double total = 0.0;
     for (int n = 0; n < N; n++)
         if (targets[n] >= 0) total += (double)(weights ? weights[n] : 1.0f) * losses[n];
+    return total;
+}
+
+double ops_crossentropy(float *logits, float *losses, const int *targets, const float *weights,
+                        int N, int V, int want_grad) {
+    double wsum = 0.0;
+    for (int n = 0; n < N; n++)
+        if (targets[n] >= 0) wsum += weights ? weights[n] : 1.0f;
+    double total = ops_crossentropy_sum(logits, losses, targets, weights, N, V, want_grad, wsum);
     return wsum > 0 ? total / wsum : NAN;
 }

@@ -95,4 +95,10 @@ void ops_residual_forward(float *out, const float *a, const float *b, size_t N);
 double ops_crossentropy(float *logits, float *losses, const int *targets, const float *weights,
                         int N, int V, int want_grad);
 
+/* The same rows with the normaliser given (a block of a step normalised by the whole step's
+ * weight, nn/gtree.h): the gradient is (p - onehot) * w_i / norm; returns sum(w_i * loss_i) in
+ * row order, not divided. ops_crossentropy is this with norm = the rows' own weight. */
+double ops_crossentropy_sum(float *logits, float *losses, const int *targets, const float *weights,
+                            int N, int V, int want_grad, double norm);
+
 #endif

@@ -9,10 +9,7 @@
 #include <time.h>
 
 #include "base/err.h"
-#include "nn/exact.h"
-
-/* Rows x vocabulary below this stay on one thread (as in ops.c). */
-#define TRAIN_PAR_MIN 32768
+#include "nn/ops.h"
 
 static double now_ms(void) {
     struct timespec ts;
@@ -51,53 +48,6 @@ int train_lm_weight(const int *targets, const float *mask, size_t n, double *w) 
     return 0;
 }
 
-/* One row of lm_xent: the row of ops_crossentropy (ops.c) with its gradient, in the exact
- * primitives (16 fixed lanes, ex_expf), so that a row has the same bits here and there, on any
- * machine. */
-static inline void xent_row_body(float *x, float *loss, int target, float w, float inv_w, int V) {
-    /* a NaN logit may be skipped by the max, but it still turns the sum below into NaN */
-    float mx = ex_max(x, V);
-    float xt = x[target];
-    double acc[EX_LANES] = {0};
-    int v = 0;
-    for (; v + EX_LANES <= V; v += EX_LANES)
-        for (int j = 0; j < EX_LANES; j++) acc[j] += (x[v + j] = ex_expf(x[v + j] - mx));
-    for (int j = 0; v + j < V; j++) acc[j] += (x[v + j] = ex_expf(x[v + j] - mx));
-    double sum = ex_lanes_sum64(acc);
-    float sc = (float)(1.0 / sum) * w * inv_w;
-    for (int u = 0; u < V; u++) x[u] *= sc;
-    x[target] -= w * inv_w;
-    *loss = (float)(log(sum) + mx - xt);
-}
-EX_VARIANTS(xent_row, (float *x, float *loss, int target, float w, float inv_w, int V),
-            xent_row_body, (x, loss, target, w, inv_w, V))
-
-/*
- * ops_crossentropy with its gradient and the normaliser given: logits (N,V) against targets, row
- * i weighted by w_i (mask, 1 without one; 0 for a target < 0), losses[i] = -log p where w_i > 0,
- * the logits replaced by (p - onehot) * w_i / norm. Returns sum(w_i * loss_i) in row order, in
- * double. With norm = the rows' own weight this is ops_crossentropy, bit for bit.
- */
-static double lm_xent(float *logits, float *losses, const int *targets, const float *weights, int N,
-                      int V, double norm) {
-    float inv_w = (float)(1.0 / norm);
-#pragma omp parallel for schedule(static) if ((long)N * V >= TRAIN_PAR_MIN)
-    for (int n = 0; n < N; n++) {
-        float *x = logits + (size_t)n * V;
-        float w = targets[n] >= 0 ? (weights ? weights[n] : 1.0f) : 0.0f;
-        if (w == 0.0f) {
-            losses[n] = 0.0f;
-            memset(x, 0, sizeof(float) * V);
-            continue;
-        }
-        xent_row(x, &losses[n], targets[n], w, inv_w, V);
-    }
-    double total = 0.0;
-    for (int n = 0; n < N; n++)
-        if (targets[n] >= 0) total += (double)(weights ? weights[n] : 1.0f) * losses[n];
-    return total;
-}
-
 /* gtree_leaf_fn: block j of an LM step. */
 static int lm_leaf(void *ctx, int j, double *stats, int *empty) {
     train_lm_blocks_t *b = ctx;
@@ -121,7 +71,8 @@ static int lm_leaf(void *ctx, int j, double *stats, int *empty) {
     double t0 = now_ms();
     gpt_zero_grad(m);
     if ((rc = gpt_forward(m, b->in + off, r1 - r0, b->T, GPT_FWD_LOGITS)) < 0) return rc;
-    double sum = lm_xent(m->acts.logits, m->acts.losses, tg, mask, (int)n, V, b->norm);
+    double sum =
+        ops_crossentropy_sum(m->acts.logits, m->acts.losses, tg, mask, (int)n, V, 1, b->norm);
     if (!isfinite(sum)) return rl_fail(RL_ENONFINITE, "loss is %g", sum / b->norm);
     if ((rc = gpt_dlogits_set(m)) < 0) return rc;
     double t1 = now_ms();
