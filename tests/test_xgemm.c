@@ -1,7 +1,8 @@
 /*
  * test_xgemm.c - exact products: every kernel this CPU runs, on 1 and 2 threads, gives the bits
  * of the contract's loop (xgemm_ref) for all four transpose cases, strided operands, both
- * accumulate modes and ragged shapes; a row of the output is that row computed alone.
+ * accumulate modes, ragged shapes and every blocking edge (K, M and N past their blocks), and
+ * inside a parallel region.
  */
 #include "nn/ops.h"
 #include "nn/pgemm.h"
@@ -15,48 +16,78 @@ static float *randn(size_t n, uint64_t stream) {
     return a;
 }
 
-/* One case: the operands stored with padding (leading dimensions larger than needed). */
+/* One case: the operands stored with padding (leading dimensions larger than needed), the
+ * contract's loop computed once, then every kernel this CPU runs on 1 and 2 threads. */
 static void check_case(int ta, int tb, int M, int N, int K, int acc) {
+    static const char *const kernels[] = {"c", "avx2", "avx512f"};
     int pad = 3;
     int lda = (ta ? M : K) + pad, ldb = (tb ? K : N) + pad, ldc = N + pad;
-    size_t arows = ta ? K : M, brows = tb ? N : K;
-    float *A = randn(arows * lda, 1), *B = randn(brows * ldb, 2);
-    float *C = randn((size_t)M * ldc, 3), *R = malloc(((size_t)M * ldc + 1) * sizeof(float));
-    memcpy(R, C, (size_t)M * ldc * sizeof(float));
-    xgemm((xgemm_trans_t)ta, (xgemm_trans_t)tb, M, N, K, A, lda, B, ldb, C, ldc, acc);
+    size_t arows = ta ? K : M, brows = tb ? N : K, csz = (size_t)M * ldc;
+    float *A = randn(arows * lda, 1), *B = randn(brows * ldb, 2), *C0 = randn(csz, 3);
+    float *C = malloc((csz + 1) * sizeof(float)), *R = malloc((csz + 1) * sizeof(float));
+    memcpy(R, C0, csz * sizeof(float));
     xgemm_ref((xgemm_trans_t)ta, (xgemm_trans_t)tb, M, N, K, A, lda, B, ldb, R, ldc, acc);
-    if (memcmp(C, R, (size_t)M * ldc * sizeof(float)))
-        TEST__FAIL("%s kernel, %d threads: ta=%d tb=%d M=%d N=%d K=%d acc=%d differs from the "
-                   "contract",
-                   pgemm_kernel(), ops_get_threads(), ta, tb, M, N, K, acc);
-    free(A), free(B), free(C), free(R);
+    for (int k = 0; k < 3; k++) {
+        if (pgemm_set_kernel(kernels[k]) < 0) continue;
+        for (int th = 1; th <= 2; th++) {
+            ops_set_threads(th);
+            memcpy(C, C0, csz * sizeof(float));
+            xgemm((xgemm_trans_t)ta, (xgemm_trans_t)tb, M, N, K, A, lda, B, ldb, C, ldc, acc);
+            if (memcmp(C, R, csz * sizeof(float)))
+                TEST__FAIL("%s kernel, %d threads: ta=%d tb=%d M=%d N=%d K=%d acc=%d differs from "
+                           "the contract",
+                           kernels[k], th, ta, tb, M, N, K, acc);
+        }
+    }
+    CHECK_OK(pgemm_set_kernel(NULL));
+    ops_set_threads(2);
+    free(A), free(B), free(C0), free(C), free(R);
 }
 
-static const int shapes[][3] = {{1, 1, 1},     {1, 5, 3},      {2, 64, 7},    {7, 70, 33},
-                                {6, 128, 17},  {13, 129, 64},  {32, 200, 96}, {5, 65, 300},
-                                {64, 192, 64}, {100, 96, 257}, {3, 4, 0}};
+/* Ragged shapes (M not a multiple of the 6-row micro-blocks, N not of the 64-column panels or
+ * of the 16-column transposes, K not of 16), then the blockings: K past the 768 of one block of
+ * k (accumulators stored and reloaded, the last block ragged), N past the 1024 of a column
+ * block, M past the 144 rows of a row block and the 256 kept while K is blocked - large enough
+ * to run on both threads, split by rows or by columns. */
+static const int shapes[][3] = {
+    {1, 1, 1},     {1, 5, 3},      {2, 64, 7},      {7, 70, 33},     {6, 128, 17},  {13, 129, 64},
+    {32, 200, 96}, {5, 65, 300},   {64, 192, 64},   {100, 96, 257},  {3, 4, 0},     {1, 17, 1601},
+    {7, 1100, 40}, {11, 90, 1601}, {300, 70, 1600}, {150, 1090, 20}, {2, 3000, 770}};
 
 static void test_contract(void) {
     const char *kernels[] = {"c", "avx2", "avx512f"};
     int ran = 0;
     for (int k = 0; k < 3; k++) {
-        if (pgemm_set_kernel(kernels[k]) < 0) {
+        if (pgemm_set_kernel(kernels[k]) < 0)
             fprintf(stderr, "     this CPU cannot run the %s kernel: not tested here\n",
                     kernels[k]);
-            continue;
-        }
-        ran++;
-        for (int th = 1; th <= 2; th++) {
-            ops_set_threads(th);
-            for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
-                for (int c = 0; c < 8; c++)
-                    check_case(c & 1, (c >> 1) & 1, shapes[s][0], shapes[s][1], shapes[s][2],
-                               (c >> 2) & 1);
-        }
+        else
+            ran++;
     }
     CHECK(ran >= 1);
     CHECK_OK(pgemm_set_kernel(NULL));
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+        for (int c = 0; c < 8; c++)
+            check_case(c & 1, (c >> 1) & 1, shapes[s][0], shapes[s][1], shapes[s][2], (c >> 2) & 1);
+}
+
+/* Inside a parallel region (attention calls it per head) each call runs on its own thread and
+ * gives the bits it gives alone. */
+static void test_inside_parallel(void) {
+    enum { H = 4, T = 64, D = 48 };
+    float *q = randn((size_t)H * T * D, 6), *k = randn((size_t)H * T * D, 7);
+    float *a = malloc((size_t)H * T * T * sizeof(float)),
+          *r = malloc((size_t)H * T * T * sizeof(float));
+    for (int h = 0; h < H; h++)
+        xgemm_ref(XGEMM_N, XGEMM_T, T, T, D, q + (size_t)h * T * D, D, k + (size_t)h * T * D, D,
+                  r + (size_t)h * T * T, T, 0);
     ops_set_threads(2);
+#pragma omp parallel for schedule(static)
+    for (int h = 0; h < H; h++)
+        xgemm(XGEMM_N, XGEMM_T, T, T, D, q + (size_t)h * T * D, D, k + (size_t)h * T * D, D,
+              a + (size_t)h * T * T, T, 0);
+    CHECK(!memcmp(a, r, (size_t)H * T * T * sizeof(float)));
+    free(q), free(k), free(a), free(r);
 }
 
 /* The contract itself is a product: within fp32 rounding of a double-precision one. */
@@ -82,6 +113,7 @@ static void test_accuracy(void) {
 int main(void) {
     ops_set_threads(2);
     RUN(test_contract);
+    RUN(test_inside_parallel);
     RUN(test_accuracy);
     return TEST_REPORT();
 }
