@@ -84,11 +84,17 @@ check "error names the safetensors file" grep -q "model.safetensors" "$W/err"
 "$RLHF" eval-lm --model "$W/nope" --tokens "$W/tok.txt" 2>"$W/err" >/dev/null
 check "missing model dir fails clearly" grep -q "nope" "$W/err"
 
-# bench train prints its figures and a ratio measured in the same run
+# bench train times both matrix-product backends and the FMA peak in the same run
 b=$("$RLHF" bench train --layers 2 --heads 2 --dim 64 --vocab 512 --batch 2 --seq 32 --steps 3)
 echo "  bench: $b"
-check "bench reports ms_per_step" awk_true "$(num .ms_per_step "$b") > 0"
-check "bench ratio = model/sgemm" awk_true "$(num '.ratio - .model_gflops / .sgemm_gflops | fabs' "$b") < 1e-3"
+check "bench reports the exact step" awk_true "$(num .gemm.exact.ms_per_step "$b") > 0"
+check "bench reports the OpenBLAS step" awk_true "$(num .gemm.openblas.ms_per_step "$b") > 0"
+check "bench ratio = exact/openblas" awk_true "$(num '.exact_vs_openblas - .gemm.exact.ms_per_step / .gemm.openblas.ms_per_step | fabs' "$b") < 1e-3"
+check "bench fraction = model/peak" awk_true "$(num '.gemm.exact.vs_fma_peak - .gemm.exact.model_gflops / .fma_peak_gflops | fabs' "$b") < 1e-3"
+b=$("$RLHF" bench train --layers 2 --heads 2 --dim 64 --vocab 512 --batch 2 --seq 32 --steps 1 --gemm exact)
+check "bench --gemm exact times exact alone" test "$(num '.gemm | keys | join(",")' "$b")" = exact
+"$RLHF" bench train --layers 2 --heads 2 --dim 64 --vocab 512 --batch 2 --seq 32 --gemm x 2>"$W/err"
+check "bench --gemm refuses another name" test $? -eq 2
 
 echo "$pass passed, $fail failed"
 test "$fail" -eq 0
