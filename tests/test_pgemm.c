@@ -56,8 +56,11 @@ static void check_shape(int M, int K, int N, pgemm_layout_t layout, int with_bia
     free(w), free(X), free(bias), free(Y), free(R), free(one);
 }
 
-static const int shapes[][3] = {{1, 1, 1},    {1, 5, 3},     {2, 7, 64},    {7, 33, 70},
-                                {6, 17, 128}, {13, 64, 129}, {32, 96, 200}, {5, 300, 65}};
+/* {M, K, N}; the last ones take K in several chunks (a batch of more than 6 rows, K past 96),
+ * the last chunk ragged */
+static const int shapes[][3] = {{1, 1, 1},     {1, 5, 3},      {2, 7, 64},    {7, 33, 70},
+                                {6, 17, 128},  {13, 64, 129},  {32, 96, 200}, {5, 300, 65},
+                                {20, 300, 70}, {7, 1000, 130}, {33, 193, 64}};
 
 static void test_kernels_equal_contract(void) {
     const char *kernels[] = {"c", "avx2", "avx512f"};
