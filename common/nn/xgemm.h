@@ -26,7 +26,8 @@ typedef enum { XGEMM_N = 0, XGEMM_T = 1 } xgemm_trans_t;
 
 /* Runs on the OpenMP team when the product is large enough and no parallel region is active
  * (inside one it runs on the calling thread: attention calls it per head). M, N, K >= 0; K = 0
- * gives acc = +0. */
+ * gives acc = +0. Each thread keeps its packing buffers (up to about 4 MiB) for its next call;
+ * a thread that cannot get them computes its share with the reference loops (the same bits). */
 void xgemm(xgemm_trans_t ta, xgemm_trans_t tb, int M, int N, int K, const float *A, int lda,
            const float *B, int ldb, float *C, int ldc, int accumulate);
 
