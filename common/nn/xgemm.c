@@ -166,25 +166,21 @@ __attribute__((target("avx512f"))) static void kern_avx512(int mr, int kc, const
 }
 
 /* AVX2 has 16 registers: mr rows x 16 columns at a time (12 accumulators), four times across the
- * panel. Partial columns go through a small buffer (AVX2's masked moves are for 32-bit lanes
- * too, but the buffer keeps this simple and the last panel rare). */
+ * panel; partial columns through masked moves, as in the AVX-512 kernel. */
+__attribute__((target("avx2"))) static inline __m256i mask8(int left) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(left), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
 __attribute__((target("avx2,fma"), always_inline)) static inline void
 kern_avx2_mr(const int mr, int kc, const float *a, size_t rs, size_t ks, const float *bp,
              const float *ci, int ldi, float *co, int ldo, int add, int nv) {
     for (int j0 = 0; j0 < nv; j0 += 16) {
-        int w = nv - j0 < 16 ? nv - j0 : 16;
+        __m256i m0 = mask8(nv - j0), m1 = mask8(nv - j0 - 8);
         __m256 c[MR][2];
         for (int r = 0; r < mr; r++) {
-            if (ci && w == 16) {
-                c[r][0] = _mm256_loadu_ps(ci + (size_t)r * ldi + j0);
-                c[r][1] = _mm256_loadu_ps(ci + (size_t)r * ldi + j0 + 8);
-            } else if (ci) {
-                float t[16] = {0};
-                memcpy(t, ci + (size_t)r * ldi + j0, (size_t)w * sizeof(float));
-                c[r][0] = _mm256_loadu_ps(t), c[r][1] = _mm256_loadu_ps(t + 8);
-            } else {
-                c[r][0] = _mm256_setzero_ps(), c[r][1] = _mm256_setzero_ps();
-            }
+            c[r][0] = ci ? _mm256_maskload_ps(ci + (size_t)r * ldi + j0, m0) : _mm256_setzero_ps();
+            c[r][1] =
+                ci ? _mm256_maskload_ps(ci + (size_t)r * ldi + j0 + 8, m1) : _mm256_setzero_ps();
         }
 #pragma GCC unroll 4
         for (int k = 0; k < kc; k++) {
@@ -198,18 +194,12 @@ kern_avx2_mr(const int mr, int kc, const float *a, size_t rs, size_t ks, const f
         }
         for (int r = 0; r < mr; r++) {
             float *o = co + (size_t)r * ldo + j0;
-            if (w == 16) {
-                __m256 v0 = c[r][0], v1 = c[r][1];
-                if (add) {
-                    v0 = _mm256_add_ps(_mm256_loadu_ps(o), v0);
-                    v1 = _mm256_add_ps(_mm256_loadu_ps(o + 8), v1);
-                }
-                _mm256_storeu_ps(o, v0), _mm256_storeu_ps(o + 8, v1);
-            } else {
-                float t[16];
-                _mm256_storeu_ps(t, c[r][0]), _mm256_storeu_ps(t + 8, c[r][1]);
-                for (int j = 0; j < w; j++) o[j] = add ? o[j] + t[j] : t[j];
+            __m256 v0 = c[r][0], v1 = c[r][1];
+            if (add) {
+                v0 = _mm256_add_ps(_mm256_maskload_ps(o, m0), v0);
+                v1 = _mm256_add_ps(_mm256_maskload_ps(o + 8, m1), v1);
             }
+            _mm256_maskstore_ps(o, m0, v0), _mm256_maskstore_ps(o + 8, m1, v1);
         }
     }
 }
