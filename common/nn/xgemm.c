@@ -59,9 +59,10 @@
 
 typedef enum { KERN_C, KERN_AVX2, KERN_AVX512 } kern_t;
 
+/* pgemm_kernel_id's numbering */
 static kern_t kern_current(void) {
-    const char *k = pgemm_kernel();
-    return !strcmp(k, "avx512f") ? KERN_AVX512 : !strcmp(k, "avx2") ? KERN_AVX2 : KERN_C;
+    int id = pgemm_kernel_id();
+    return id == 2 ? KERN_AVX512 : id == 1 ? KERN_AVX2 : KERN_C;
 }
 
 static inline float opa(xgemm_trans_t t, const float *A, int lda, int m, int k) {
