@@ -45,7 +45,7 @@ typedef struct {
 /* The PPO loop of a run: its plan (OUT/ppo_plan.json) and the iteration in flight. */
 typedef struct {
     char *policy, *rm, *ref, *value, *out, *cfg_json;
-    int iterations, P, K, J, n_jobs, max_new, ckpt_every, gold, count_token, eot, vocab, threads;
+    int iterations, P, K, J, n_jobs, max_new, ckpt_every, gold, count_token, eot, vocab;
     float temperature;
     uint64_t seed;
     double s_mean, s_std;
@@ -345,7 +345,6 @@ static int ppo_load(mrun_t *r, const char *out) {
     GI(count_token, "count_token");
     GI(eot, "eot");
     GI(vocab, "vocab");
-    GI(threads, "train_threads");
 #undef GI
     p->gold = json_is_true(json_object_get(o, "gold"));
     p->temperature = (float)json_number_value(json_object_get(o, "temperature"));
@@ -434,7 +433,6 @@ static int pack_train(mrun_t *r, long i, int attach, uint8_t **buf, size_t *len)
     ts.ppo = &pp;
     ts.ckpt_dir = ckpt;
     ts.export_model = pp.last; /* the final policy reaches this host over the wire */
-    ts.threads = (uint32_t)(p->threads > 0 ? p->threads : 0);
     *len = rlhf__train_spec__get_packed_size(&ts);
     *buf = ok ? malloc(*len ? *len : 1) : NULL;
     if (*buf) rlhf__train_spec__pack(&ts, *buf);

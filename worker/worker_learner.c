@@ -603,7 +603,6 @@ int worker_train(learner_t *l, ppo_state_t *ps, const worker_job_t *job, const u
     if (l->index != 0) return rl_fail(RL_EINVAL, "train: only shard 0 takes TRAIN jobs");
     Rlhf__TrainSpec *sp = rlhf__train_spec__unpack(NULL, len, payload);
     if (!sp) return rl_fail(RL_EFORMAT, "train: malformed TrainSpec");
-    if (sp->threads) ops_set_threads((int)sp->threads); /* this job's (the next job sets its own) */
     int rc = training_switch(l, ps, sp);
     if (rc < 0) {
         rlhf__train_spec__free_unpacked(sp, NULL);

@@ -25,8 +25,7 @@
  * OUT/ppo_plan.json (both atomically), which the master's loop reads:
  *   {"policy", "rm", "ref", "value", "out" (absolute), "iterations", "batch", "samples",
  *    "max_new", "temperature", "per_job", "checkpoint_every", "seed", "gold", "count_token"
- *    (-1: the reward model scores), "eot", "vocab", "score_mean", "score_std", "train_threads"
- *    (TrainSpec.threads of the updates), "config_json"
+ *    (-1: the reward model scores), "eot", "vocab", "score_mean", "score_std", "config_json"
  *    (the PPO settings as every TRAIN job carries them), "prompts" (the JSONL's absolute path),
  *    "n_prompts"}
  */
@@ -323,15 +322,6 @@ static void ppo_prep_free(ppo_prep_t *s) {
 }
 
 /* Writes `text` (consumed) to OUT/name atomically; path gets the file's path. */
-/* The threads of the PPO update's math (TrainSpec.threads): what the learner of `rlhf ppo`'s own
- * cluster of R rollout, M reward workers and one learner had on this machine (the cluster split
- * the cores between its workers). Only the speed depends on them: the update is exact whatever
- * the thread count (nn/exact.h). */
-static int ppo_train_threads(const ppo_opts_t *o) {
-    long cores = sysconf(_SC_NPROCESSORS_ONLN), nw = o->rollout + o->reward + 1;
-    return cores / nw > 1 ? (int)(cores / nw) : 1;
-}
-
 static int write_out(const ppo_prep_t *s, const char *name, char *text, size_t len, char *path,
                      size_t n) {
     snprintf(path, n, "%.4000s/%s", s->out, name);
@@ -374,14 +364,14 @@ static int ppo_prep_write(const ppo_prep_t *s) {
     if (rc < 0) return rc;
     json_t *plan = json_pack(
         "{s:s, s:s, s:s, s:s, s:s, s:i, s:i, s:i, s:i, s:f, s:i, s:i, s:I, s:b, s:i, s:i, s:i,"
-        " s:f, s:f, s:s, s:s, s:i, s:i}",
+        " s:f, s:f, s:s, s:s, s:i}",
         "policy", s->policy, "rm", s->rmdir, "ref", s->ref, "value", s->value, "out", s->out,
         "iterations", o->iterations, "batch", o->batch, "samples", o->samples, "max_new",
         o->max_new, "temperature", (double)o->temperature, "per_job", o->per_job,
         "checkpoint_every", o->ckpt_every, "seed", (json_int_t)o->seed, "gold", o->gold,
         "count_token", o->count_token, "eot", s->eot, "vocab", s->vocab, "score_mean", s->s_mean,
-        "score_std", s->s_std, "config_json", s->cfg_json, "prompts", prompts, "n_prompts", s->ps.n,
-        "train_threads", ppo_train_threads(o));
+        "score_std", s->s_std, "config_json", s->cfg_json, "prompts", prompts, "n_prompts",
+        s->ps.n);
     /* the models by content too, for workers that do not share this disk: the master names
      * them so in its jobs (run by a stage worker; alone, paths are all there is) */
     const char *models[][2] = {
