@@ -23,8 +23,10 @@ ok=0
 for s in $(seq "$FIRST" "$LAST"); do
     jq -r -n --arg s "$s" --slurpfile e "runs/seed-$s/eval.json" --slurpfile r "runs/seed-$s/rm_eval.json" '
         $e[0] as $e | $r[0] as $r |
-        def crit($k): "\($e.criteria_baseline[$k] * 1000 | round / 1000) → \($e.criteria_policy[$k] * 1000 | round / 1000)";
-        "| \($s) | \($e.win_rate * 1000 | round / 10) % | \(crit("correct")) | \(crit("polite")) | \(crit("concise")) | \(crit("on-topic")) | \($e.kl * 100 | round / 100) | \($r.accuracy * 1000 | round / 1000) / \(($r.accuracy_gold // 0) * 1000 | round / 1000) |"'
+        def fix($d): (. * pow(10; $d) | round) as $n | ($n | tostring | ("0" * ($d + 1)) + .) as $z
+            | "\($n / pow(10; $d) | floor).\($z[($z | length) - $d:])";
+        def crit($k): "\($e.criteria_baseline[$k] | fix(3)) → \($e.criteria_policy[$k] | fix(3))";
+        "| \($s) | \($e.win_rate * 100 | fix(1)) % | \(crit("correct")) | \(crit("polite")) | \(crit("concise")) | \(crit("on-topic")) | \($e.kl | fix(2)) | \($r.accuracy | fix(3)) / \(($r.accuracy_gold // 0) | fix(3)) |"'
     jq -e -n --slurpfile e "runs/seed-$s/eval.json" '$e[0] as $e | $e.win_rate >= 0.75 and
         ([$e.criteria_policy | keys[] as $k | $e.criteria_policy[$k] >= $e.criteria_baseline[$k]] | all)' \
         >/dev/null || ok=1
