@@ -31,6 +31,7 @@
 #include "nn/xgemm.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -326,16 +327,36 @@ typedef struct {
     kern_t kern;
 } prob_t;
 
-/* A thread's packing buffers, kept for its next call. */
+/* A thread's packing buffers, kept for its next call and freed when the thread ends (a worker
+ * computes each job on a thread of its own: a buffer left behind would leak once per job). */
 static _Thread_local float *ws_buf;
 static _Thread_local size_t ws_cap;
+static pthread_key_t ws_key;
+static pthread_once_t ws_once = PTHREAD_ONCE_INIT;
+static int ws_key_ok;
+
+static void ws_free(void *p) {
+    free(p);
+}
+
+static void ws_key_make(void) {
+    ws_key_ok = pthread_key_create(&ws_key, ws_free) == 0;
+}
 
 static float *ws_get(size_t floats) {
     if (floats <= ws_cap) return ws_buf;
+    pthread_once(&ws_once, ws_key_make);
     free(ws_buf);
     ws_buf = NULL, ws_cap = 0;
+    if (ws_key_ok) pthread_setspecific(ws_key, NULL);
     void *mem = NULL;
     if (posix_memalign(&mem, 64, floats * sizeof(float))) return NULL;
+    /* without a key to free it at the thread's end it would leak: none (the caller falls back
+     * to the reference loop for its share) */
+    if (!ws_key_ok || pthread_setspecific(ws_key, mem) != 0) {
+        free(mem);
+        return NULL;
+    }
     ws_buf = mem, ws_cap = floats;
     return ws_buf;
 }
