@@ -4,6 +4,9 @@
  * accumulate modes, ragged shapes and every blocking edge (K, M and N past their blocks), and
  * inside a parallel region.
  */
+#include <malloc.h>
+#include <pthread.h>
+
 #include "nn/ops.h"
 #include "nn/pgemm.h"
 #include "nn/xgemm.h"
@@ -110,8 +113,34 @@ static void test_accuracy(void) {
     free(A), free(B), free(C);
 }
 
+/* A product on a thread of its own, as a worker computes each job. */
+static void *product_thread(void *arg) {
+    float *buf = arg;
+    xgemm(XGEMM_N, XGEMM_N, 64, 256, 256, buf, 256, buf + 64 * 256, 256, buf + 2 * 64 * 256 + 65536,
+          256, 0);
+    return NULL;
+}
+
+/* The packing buffers of threads that ended are freed: 40 threads, one after another, leave
+ * the heap as one did (each would otherwise keep its buffer, hundreds of KB). */
+static void test_buffers_freed_with_thread(void) {
+    ops_set_threads(1);
+    float *buf = randn(2 * 64 * 256 + 65536 + 64 * 256, 7);
+    pthread_t t;
+    CHECK(pthread_create(&t, NULL, product_thread, buf) == 0 && pthread_join(t, NULL) == 0);
+    size_t before = mallinfo2().uordblks;
+    for (int i = 0; i < 40; i++)
+        CHECK(pthread_create(&t, NULL, product_thread, buf) == 0 && pthread_join(t, NULL) == 0);
+    size_t after = mallinfo2().uordblks;
+    fprintf(stderr, "     heap in use: %zu bytes before 40 threads, %zu after\n", before, after);
+    CHECK(after <= before + 65536);
+    free(buf);
+    ops_set_threads(2);
+}
+
 int main(void) {
     ops_set_threads(2);
+    RUN(test_buffers_freed_with_thread);
     RUN(test_contract);
     RUN(test_inside_parallel);
     RUN(test_accuracy);
