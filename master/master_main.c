@@ -1034,10 +1034,14 @@ static void on_result(master_t *m, const wire_msg_t *msg, int w, const Rlhf__Job
         Rlhf__TrainOutput *t = rlhf__train_output__unpack(NULL, r->payload.len, r->payload.data);
         json_t *st =
             t && t->ppo ? json_loads(t->ppo->stats_json ? t->ppo->stats_json : "", 0, NULL) : NULL;
-        if (st) {
+        if (st && json_object_size(st) > 0) {
             json_decref(m->ppo_stats);
             m->ppo_stats = st;
             m->ppo_version = t->ppo->policy_version;
+        } else {
+            /* an attach (a restarted learner saying where it stands) carries no figures: the
+             * newest update's stay what /metrics shows */
+            json_decref(st);
         }
         if (t) rlhf__train_output__free_unpacked(t, NULL);
     }

@@ -10,7 +10,8 @@
 #      `rlhf-worker --help` run, as root and as user rlhf; install copies a key file at mode 0600
 #      as deploy/k8s's init containers do; the loader resolves every library inside the image
 #      (ld.so --list), none is missing;
-#   c. without /proc or /sys, OpenBLAS and OpenMP work in it (`rlhf bench train`, 2 threads);
+#   c. without /proc or /sys, the exact products, OpenBLAS and OpenMP work in it (`rlhf bench
+#      train`, both backends, 2 threads);
 #   d. with /proc (mounted in a private mount namespace), `rlhf generate` - a master and a rollout
 #      worker started from the image's binaries, over loopback - writes the completions the host's
 #      binaries write, byte for byte;
@@ -107,9 +108,10 @@ check "b. the loader finds every library of rlhf-worker inside the image ($(grep
     eval '! grep -q "not found" ldlist.txt && grep -q "libopenblas" ldlist.txt'
 
 # --- c. BLAS and OpenMP without /proc and /sys
-check "c. chroot, no /proc or /sys: rlhf bench train (OpenBLAS, OpenMP, 2 threads)" eval \
+check "c. chroot, no /proc or /sys: rlhf bench train (exact and OpenBLAS, OpenMP, 2 threads)" eval \
     'in_image 10001:10001 rlhf bench train --layers 1 --heads 2 --dim 64 \
-        --vocab 128 --batch 2 --seq 16 --steps 2 --threads 2 | jq -e ".ms_per_step > 0"'
+        --vocab 128 --batch 2 --seq 16 --steps 2 --threads 2 |
+        jq -e ".gemm.exact.ms_per_step > 0 and .gemm.openblas.ms_per_step > 0"'
 
 # --- d. a master and a rollout worker from the image: rlhf generate, against the host's binaries
 mkdir -p host
