@@ -147,24 +147,34 @@ kern_avx512_mr(const int mr, int kc, const float *a, size_t rs, size_t ks, const
         }
 }
 
+/* One inlined copy of a kernel per row count, so that each keeps its accumulators in registers:
+ * the body of kern_avx512 and kern_avx2. */
+#define KERN_PER_MR(fn)                                                                            \
+    switch (mr) {                                                                                  \
+    case 1:                                                                                        \
+        fn(1, kc, a, rs, ks, bp, ci, ldi, co, ldo, add, nv);                                       \
+        break;                                                                                     \
+    case 2:                                                                                        \
+        fn(2, kc, a, rs, ks, bp, ci, ldi, co, ldo, add, nv);                                       \
+        break;                                                                                     \
+    case 3:                                                                                        \
+        fn(3, kc, a, rs, ks, bp, ci, ldi, co, ldo, add, nv);                                       \
+        break;                                                                                     \
+    case 4:                                                                                        \
+        fn(4, kc, a, rs, ks, bp, ci, ldi, co, ldo, add, nv);                                       \
+        break;                                                                                     \
+    case 5:                                                                                        \
+        fn(5, kc, a, rs, ks, bp, ci, ldi, co, ldo, add, nv);                                       \
+        break;                                                                                     \
+    default:                                                                                       \
+        fn(MR, kc, a, rs, ks, bp, ci, ldi, co, ldo, add, nv);                                      \
+    }
+
 __attribute__((target("avx512f"))) static void kern_avx512(int mr, int kc, const float *a,
                                                            size_t rs, size_t ks, const float *bp,
                                                            const float *ci, int ldi, float *co,
                                                            int ldo, int add, int nv) {
-#define KCASE(n)                                                                                   \
-    case n:                                                                                        \
-        kern_avx512_mr(n, kc, a, rs, ks, bp, ci, ldi, co, ldo, add, nv);                           \
-        break
-    switch (mr) {
-        KCASE(1);
-        KCASE(2);
-        KCASE(3);
-        KCASE(4);
-        KCASE(5);
-    default:
-        kern_avx512_mr(MR, kc, a, rs, ks, bp, ci, ldi, co, ldo, add, nv);
-    }
-#undef KCASE
+    KERN_PER_MR(kern_avx512_mr)
 }
 
 /* AVX2 has 16 registers: mr rows x 16 columns at a time (12 accumulators), four times across the
@@ -210,20 +220,7 @@ __attribute__((target("avx2,fma"))) static void kern_avx2(int mr, int kc, const 
                                                           size_t ks, const float *bp,
                                                           const float *ci, int ldi, float *co,
                                                           int ldo, int add, int nv) {
-#define KCASE(n)                                                                                   \
-    case n:                                                                                        \
-        kern_avx2_mr(n, kc, a, rs, ks, bp, ci, ldi, co, ldo, add, nv);                             \
-        break
-    switch (mr) {
-        KCASE(1);
-        KCASE(2);
-        KCASE(3);
-        KCASE(4);
-        KCASE(5);
-    default:
-        kern_avx2_mr(MR, kc, a, rs, ks, bp, ci, ldi, co, ldo, add, nv);
-    }
-#undef KCASE
+    KERN_PER_MR(kern_avx2_mr)
 }
 #endif
 
