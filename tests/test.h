@@ -210,4 +210,13 @@ static inline const char *test_tmpdir(void) {
     return dir;
 }
 
+/* test_tmpdir()/name; the four most recent results stay valid (a call may name two files). */
+static inline char *test_path(const char *name) {
+    static char buf[4][512];
+    static int i;
+    i = (i + 1) % 4;
+    snprintf(buf[i], sizeof buf[i], "%s/%s", test_tmpdir(), name);
+    return buf[i];
+}
+
 #endif

@@ -11,14 +11,6 @@
 #include "base/fs.h"
 #include "test.h"
 
-static char *tpath(const char *name) {
-    static char buf[4][512];
-    static int i;
-    i = (i + 1) % 4;
-    snprintf(buf[i], sizeof buf[i], "%s/%s", test_tmpdir(), name);
-    return buf[i];
-}
-
 /* Number of entries in `dir` whose name contains ".tmp." (leftover temporary files). */
 static int count_tmp_files(const char *dir) {
     DIR *d = opendir(dir);
@@ -34,7 +26,7 @@ static int count_tmp_files(const char *dir) {
 static void test_read_missing(void) {
     char *data = (char *)1;
     size_t len = 99;
-    const char *p = tpath("does-not-exist");
+    const char *p = test_path("does-not-exist");
     CHECK_ERR(fs_read_all(p, &data, &len), RL_ENOTFOUND);
     CHECK(strstr(rl_errmsg(), p) != NULL);
     CHECK(data == NULL);
@@ -54,7 +46,7 @@ static void test_read_limits(void) {
     size_t len = 0;
     CHECK_ERR(fs_read_all("/dev/zero", &data, &len), RL_EIO);
     CHECK(strstr(rl_errmsg(), "/dev/zero: not a regular file") != NULL);
-    const char *p = tpath("big.txt");
+    const char *p = test_path("big.txt");
     CHECK_OK(fs_write_atomic(p, "0123456789", 10));
     CHECK_ERR(fs_read_file(p, 9, &data, &len), RL_EFORMAT);
     CHECK(strstr(rl_errmsg(), "10 bytes, more than the 9 allowed") != NULL);
@@ -66,7 +58,7 @@ static void test_read_limits(void) {
 }
 
 static void test_write_read_roundtrip(void) {
-    const char *p = tpath("hello.txt");
+    const char *p = test_path("hello.txt");
     const char msg[] = "hello, world";
     char *data = NULL;
     size_t len = 0;
@@ -87,7 +79,7 @@ static void test_write_read_roundtrip(void) {
 }
 
 static void test_empty_file(void) {
-    const char *p = tpath("empty");
+    const char *p = test_path("empty");
     char *data = NULL;
     size_t len = 7;
     CHECK_OK(fs_write_atomic(p, NULL, 0));
@@ -99,7 +91,7 @@ static void test_empty_file(void) {
 }
 
 static void test_overwrite_and_stream(void) {
-    const char *p = tpath("big.bin");
+    const char *p = test_path("big.bin");
     size_t n = 3 * 1024 * 1024 + 17, i, len = 0;
     unsigned char *buf = malloc(n);
     char *data = NULL;
@@ -130,7 +122,7 @@ static void test_overwrite_and_stream(void) {
 }
 
 static void test_abort_keeps_old(void) {
-    const char *p = tpath("keep.txt");
+    const char *p = test_path("keep.txt");
     char *data = NULL;
     size_t len = 0;
     fs_atomic_t w;
@@ -161,7 +153,7 @@ static void test_abort_zeroed_struct(void) {
 
 static void test_write_failure_poisons(void) {
     /* Swap the temporary's fd for /dev/full: write fails with ENOSPC. */
-    const char *p = tpath("full.bin");
+    const char *p = test_path("full.bin");
     char *data = NULL;
     size_t len = 0;
     fs_atomic_t w;
@@ -190,30 +182,30 @@ static void test_write_failure_poisons(void) {
 }
 
 static void test_write_into_missing_dir(void) {
-    const char *p = tpath("no/such/dir/file");
+    const char *p = test_path("no/such/dir/file");
     CHECK(fs_write_atomic(p, "x", 1) < 0);
     CHECK(strstr(rl_errmsg(), p) != NULL);
     CHECK_ERR(fs_write_atomic("", "x", 1), RL_EINVAL);
-    CHECK_ERR(fs_write_atomic(tpath("dir/"), "x", 1), RL_EINVAL);
+    CHECK_ERR(fs_write_atomic(test_path("dir/"), "x", 1), RL_EINVAL);
 }
 
 static void test_mkdir_p(void) {
-    const char *d = tpath("a/b//c/");
-    const char *f = tpath("a/b/c/file");
+    const char *d = test_path("a/b//c/");
+    const char *f = test_path("a/b/c/file");
     struct stat sb;
     CHECK_OK(fs_mkdir_p(d));
-    CHECK(stat(tpath("a/b/c"), &sb) == 0 && S_ISDIR(sb.st_mode));
+    CHECK(stat(test_path("a/b/c"), &sb) == 0 && S_ISDIR(sb.st_mode));
     CHECK_OK(fs_mkdir_p(d)); /* existing is fine */
-    CHECK_OK(fs_mkdir_p(tpath("a")));
+    CHECK_OK(fs_mkdir_p(test_path("a")));
     /* A file in the way is an error naming the path. */
     CHECK_OK(fs_write_atomic(f, "x", 1));
-    CHECK_ERR(fs_mkdir_p(tpath("a/b/c/file/d")), RL_EIO);
+    CHECK_ERR(fs_mkdir_p(test_path("a/b/c/file/d")), RL_EIO);
     CHECK(strstr(rl_errmsg(), "not a directory") != NULL);
     CHECK_ERR(fs_mkdir_p(""), RL_EINVAL);
     unlink(f);
-    rmdir(tpath("a/b/c"));
-    rmdir(tpath("a/b"));
-    rmdir(tpath("a"));
+    rmdir(test_path("a/b/c"));
+    rmdir(test_path("a/b"));
+    rmdir(test_path("a"));
 }
 
 static void test_relative_path(void) {

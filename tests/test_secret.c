@@ -11,14 +11,6 @@
 #include "net/secret.h"
 #include "test.h"
 
-static char *tpath(const char *name) {
-    static char buf[4][512];
-    static int i;
-    i = (i + 1) % 4;
-    snprintf(buf[i], sizeof buf[i], "%s/%s", test_tmpdir(), name);
-    return buf[i];
-}
-
 static void put(const char *path, const char *text, mode_t mode) {
     unlink(path);
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
@@ -32,7 +24,7 @@ static void put(const char *path, const char *text, mode_t mode) {
 static const char *TOK40 = "abcdefghijklmnopqrstuvwxyz0123456789ABCD";
 
 static void test_modes(void) {
-    const char *p = tpath("mode");
+    const char *p = test_path("mode");
     put(p, TOK40, 0600);
     CHECK_OK(secret_file_check(p));
     CHECK_EQ(chmod(p, 0400), 0);
@@ -48,14 +40,14 @@ static void test_modes(void) {
     CHECK_ERR(secret_token_read(p, tok, sizeof tok), RL_EINVAL);
     CHECK_STREQ(tok, "");
     CHECK(strstr(rl_errmsg(), "0610") != NULL);
-    CHECK_ERR(secret_file_check(tpath("missing")), RL_ENOTFOUND);
+    CHECK_ERR(secret_file_check(test_path("missing")), RL_ENOTFOUND);
     CHECK(strstr(rl_errmsg(), "missing") != NULL);
     CHECK_ERR(secret_file_check(test_tmpdir()), RL_EINVAL); /* a directory */
 }
 
 static void test_read(void) {
     char tok[SECRET_TOKEN_CAP], text[200];
-    const char *p = tpath("tok");
+    const char *p = test_path("tok");
     snprintf(text, sizeof text, "  \n%s \r\n\n", TOK40);
     put(p, text, 0600);
     CHECK_OK(secret_token_read(p, tok, sizeof tok));
@@ -86,7 +78,7 @@ static void test_read(void) {
 
 static void test_create(void) {
     char a[SECRET_TOKEN_CAP], b[SECRET_TOKEN_CAP], back[SECRET_TOKEN_CAP];
-    const char *p = tpath("created");
+    const char *p = test_path("created");
     put(p, "old", 0644); /* replaced, and private afterwards */
     CHECK_OK(secret_token_create(p, a, sizeof a));
     CHECK_EQ(strlen(a), 64);
@@ -99,7 +91,7 @@ static void test_create(void) {
     CHECK_OK(secret_token_create(p, b, sizeof b));
     CHECK(strcmp(a, b) != 0);
     CHECK_ERR(secret_token_create(p, b, 64), RL_EINVAL);
-    CHECK_ERR(secret_token_create(tpath("no-such-dir/tok"), b, sizeof b), RL_ENOTFOUND);
+    CHECK_ERR(secret_token_create(test_path("no-such-dir/tok"), b, sizeof b), RL_ENOTFOUND);
 }
 
 static void test_equal(void) {
