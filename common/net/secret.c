@@ -113,6 +113,24 @@ int secret_token_create(const char *path, char *tok, size_t cap) {
     return rc;
 }
 
+int secret_token_new(char *tok, size_t cap) {
+    unsigned char raw[32];
+    if (cap < 2 * sizeof raw + 1)
+        return rl_fail(RL_EINVAL, "token buffer of %zu bytes is too small", cap);
+    if (sodium_init() < 0) return rl_fail(RL_EIO, "libsodium failed to initialise");
+    randombytes_buf(raw, sizeof raw);
+    sodium_bin2hex(tok, cap, raw, sizeof raw);
+    sodium_memzero(raw, sizeof raw);
+    return 0;
+}
+
+void secret_token_hash(const char *tok, size_t len, unsigned char out[SECRET_HASH_LEN]) {
+    if (sodium_init() < 0) { /* (a no-op after the first call; hashing needs no entropy) */
+    }
+    crypto_generichash(out, SECRET_HASH_LEN, (const unsigned char *)(tok ? tok : ""), tok ? len : 0,
+                       NULL, 0);
+}
+
 int secret_token_equal(const char *a, size_t len, const char *b) {
     if (sodium_init() < 0) return 0; /* (a no-op after the first call) */
     unsigned char ha[crypto_generichash_BYTES], hb[crypto_generichash_BYTES];

@@ -2,6 +2,9 @@
  * secret.h - files that hold secrets (the master's HTTP bearer token, a TLS private key) and the
  * comparison of a presented token with the expected one.
  *
+ * Tokens handed to people (an annotator's personal link) are made with secret_token_new and
+ * kept only as their secret_token_hash digest.
+ *
  * A secret file must be a regular file that only its owner can read or write (mode 0600 or
  * stricter): a looser one is refused with its name and mode, as ssh refuses a key others can
  * read. A token file holds one token - printable ASCII without spaces, at least
@@ -35,6 +38,17 @@ int secret_token_read(const char *path, char *tok, size_t cap);
  * written to path atomically with mode 0600 (an existing file is replaced). Returns 0 or
  * RL_EINVAL (cap too small) / RL_EIO with the detail naming the file. */
 int secret_token_create(const char *path, char *tok, size_t cap);
+
+/* The size of secret_token_hash's digest. */
+#define SECRET_HASH_LEN 32
+
+/* A new random token, kept by nobody but its holder: 32 bytes of randombytes_buf (256 bits) as
+ * 64 hex digits into tok (cap >= 65). Returns 0 or RL_EINVAL (cap too small) / RL_EIO. */
+int secret_token_new(char *tok, size_t cap);
+
+/* The digest by which a token is stored and looked up (BLAKE2b-256 of its len bytes), so that
+ * a store of digests gives away no token. */
+void secret_token_hash(const char *tok, size_t len, unsigned char out[SECRET_HASH_LEN]);
 
 /* 1 when the len bytes at a are the NUL-terminated token b, else 0. Both are hashed (BLAKE2b)
  * and the digests compared with sodium_memcmp, so the time taken tells nothing of where they
