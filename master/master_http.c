@@ -26,8 +26,10 @@
 #include <openssl/ssl.h>
 
 #include "base/err.h"
+#include "master_annot.h"
 #include "master_http.h"
 #include "master_run.h"
+#include "master_ui.h"
 #include "net/sec.h"
 #include "net/secret.h"
 
@@ -43,13 +45,15 @@ struct master_http {
     char token_path[PATH_MAX];    /* the file that holds it, absolute */
     char cert_path[PATH_MAX];     /* with TLS: the certificate, absolute */
     uint64_t n_unauthorized;      /* requests refused for want of the token */
+    uint64_t n_csrf;              /* POSTs refused as cross-site (Origin, Sec-Fetch-Site, type) */
+    uint64_t n_bad_requests;      /* API requests answered 4xx (but 401) */
 };
 
 /* H2O passes our handler struct; the server hangs off a larger one. */
 typedef struct {
     h2o_handler_t super;
     master_http_t *h;
-    int open; /* served without the token */
+    int open; /* served without the master's token (the annotation API checks its own) */
     int (*serve)(master_t *m, h2o_req_t *req);
 } handler_t;
 
@@ -238,6 +242,11 @@ char *master_metrics_text(master_t *m, size_t *len) {
         {"rlhf_http_unauthorized_total",
          "HTTP requests refused for a missing or wrong bearer token.",
          m->http ? m->http->n_unauthorized : 0},
+        {"rlhf_http_csrf_refused_total",
+         "POSTs refused as cross-site (Origin, Sec-Fetch-Site, or not application/json).",
+         m->http ? m->http->n_csrf : 0},
+        {"rlhf_http_bad_requests_total", "API requests refused as malformed or not allowed (4xx).",
+         m->http ? m->http->n_bad_requests : 0},
     };
     for (size_t i = 0; i < sizeof counters / sizeof counters[0]; i++) {
         metric_head(&b, counters[i].name, "counter", counters[i].help);
@@ -278,6 +287,9 @@ char *master_metrics_text(master_t *m, size_t *len) {
             sb_printf(&b, "%s %.9g\n", name, json_number_value(v));
         }
     }
+    char *ann = mann_metrics_text(m);
+    if (ann) sb_printf(&b, "%s", ann);
+    free(ann);
     *len = b.len;
     return b.buf;
 }
@@ -295,8 +307,9 @@ static int reply(h2o_req_t *req, const char *type, const char *body, size_t len)
     return 0;
 }
 
-/* 0: the request carries no bearer token; 1: the right one; -1: another one. */
-static int bearer_check(const master_http_t *h, h2o_req_t *req) {
+/* The bearer token of the request into *tok / *n: 1, or 0 when it has no Authorization header,
+ * -1 when the header is of another scheme. */
+static int bearer_of(h2o_req_t *req, const char **tok, size_t *len) {
     ssize_t i = h2o_find_header(&req->headers, H2O_TOKEN_AUTHORIZATION, -1);
     if (i < 0) return 0;
     const char *v = req->headers.entries[i].value.base;
@@ -307,11 +320,22 @@ static int bearer_check(const master_http_t *h, h2o_req_t *req) {
     size_t a = 7;
     while (a < n && (v[a] == ' ' || v[a] == '\t')) a++;
     while (n > a && (v[n - 1] == ' ' || v[n - 1] == '\t')) n--;
-    return secret_token_equal(v + a, n - a, h->token) ? 1 : -1;
+    *tok = v + a;
+    *len = n - a;
+    return 1;
+}
+
+/* 0: the request carries no bearer token; 1: the right one; -1: another one. */
+static int bearer_check(const master_http_t *h, h2o_req_t *req) {
+    const char *tok;
+    size_t n;
+    int b = bearer_of(req, &tok, &n);
+    if (b <= 0) return b;
+    return secret_token_equal(tok, n, h->token) ? 1 : -1;
 }
 
 /* 401 with the challenge of RFC 6750 (invalid_token when a token came and was wrong). */
-static int unauthorized(master_http_t *h, h2o_req_t *req, int had_token) {
+static int unauthorized(master_http_t *h, h2o_req_t *req, int had_token, const char *body) {
     h->n_unauthorized++;
     req->res.status = 401;
     req->res.reason = "Unauthorized";
@@ -321,19 +345,20 @@ static int unauthorized(master_http_t *h, h2o_req_t *req, int had_token) {
                    had_token ? wrong : plain, had_token ? sizeof wrong - 1 : sizeof plain - 1);
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL,
                    H2O_STRLIT("text/plain"));
-    static const char body[] =
-        "401 unauthorized: send Authorization: Bearer TOKEN (the master's RUN_DIR/http.token or "
-        "its --http-token-file)\n";
-    h2o_send_inline(req, body, sizeof body - 1);
+    h2o_send_inline(req, body, strlen(body));
     return 0;
 }
+
+static const char master_401[] =
+    "401 unauthorized: send Authorization: Bearer TOKEN (the master's RUN_DIR/http.token or "
+    "its --http-token-file)\n";
 
 /* Every request: the token where the path wants it, then the path's own handler. */
 static int on_request(h2o_handler_t *self, h2o_req_t *req) {
     handler_t *hd = (handler_t *)self;
     if (!hd->open && hd->h->auth) {
         int ok = bearer_check(hd->h, req);
-        if (ok <= 0) return unauthorized(hd->h, req, ok < 0);
+        if (ok <= 0) return unauthorized(hd->h, req, ok < 0, master_401);
     }
     return hd->serve(hd->h->m, req);
 }
@@ -369,6 +394,218 @@ static int on_metrics(master_t *m, h2o_req_t *req) {
     reply(req, "text/plain; version=0.0.4", s, len);
     free(s);
     return 0;
+}
+
+/* ---- the pages and the JSON APIs ------------------------------------------------------------- */
+
+/* Headers of everything the pages load: nothing from elsewhere, no inline script, no framing,
+ * no referrer (an annotator's link carries the token in its fragment, which Referer never
+ * holds, but the pages need send nothing either way). */
+static void page_headers(h2o_req_t *req) {
+    static const char csp[] = "default-src 'none'; script-src 'self'; style-src 'self'; "
+                              "img-src 'self' data:; connect-src 'self'; base-uri 'none'; "
+                              "form-action 'none'; frame-ancestors 'none'";
+    h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("content-security-policy"), 0,
+                          NULL, csp, sizeof csp - 1);
+    h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-content-type-options"), 0,
+                          NULL, H2O_STRLIT("nosniff"));
+    h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("referrer-policy"), 0, NULL,
+                          H2O_STRLIT("no-referrer"));
+    h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-frame-options"), 0, NULL,
+                          H2O_STRLIT("DENY"));
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL,
+                   H2O_STRLIT("no-store"));
+}
+
+static int serve_asset(h2o_req_t *req, const char *name) {
+    const mui_asset_t *a = mui_asset_find(name);
+    if (!a) {
+        h2o_send_error_404(req, "Not Found", "no such file", 0);
+        return 0;
+    }
+    page_headers(req);
+    return reply(req, a->type, (const char *)a->data, a->len);
+}
+
+static int on_annotate_page(master_t *m, h2o_req_t *req) {
+    (void)m;
+    if (!is_get(req)) return -1;
+    return serve_asset(req, "annotate.html");
+}
+
+static int on_dashboard_page(master_t *m, h2o_req_t *req) {
+    (void)m;
+    if (!is_get(req)) return -1;
+    return serve_asset(req, "dashboard.html");
+}
+
+/* /ui/NAME: the pages' scripts and style sheet */
+static int on_ui(master_t *m, h2o_req_t *req) {
+    (void)m;
+    if (!is_get(req)) return -1;
+    const char *p = req->path_normalized.base;
+    size_t n = req->path_normalized.len;
+    char name[64];
+    if (n < 5 || n - 4 >= sizeof name || memchr(p + 4, '/', n - 4)) {
+        h2o_send_error_404(req, "Not Found", "no such file", 0);
+        return 0;
+    }
+    memcpy(name, p + 4, n - 4);
+    name[n - 4] = 0;
+    return serve_asset(req, name);
+}
+
+/* A JSON answer with status; o is consumed. */
+static int reply_json(master_t *m, h2o_req_t *req, int status, json_t *o) {
+    char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    if (status >= 400 && status != 401 && m->http) m->http->n_bad_requests++;
+    req->res.status = status;
+    req->res.reason = status == 200   ? "OK"
+                      : status == 400 ? "Bad Request"
+                      : status == 403 ? "Forbidden"
+                      : status == 404 ? "Not Found"
+                      : status == 405 ? "Method Not Allowed"
+                      : status == 409 ? "Conflict"
+                      : status == 413 ? "Payload Too Large"
+                      : status == 415 ? "Unsupported Media Type"
+                                      : "Service Unavailable";
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL,
+                   H2O_STRLIT("application/json"));
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL,
+                   H2O_STRLIT("no-store"));
+    h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-content-type-options"), 0,
+                          NULL, H2O_STRLIT("nosniff"));
+    if (!s) {
+        h2o_send_inline(req, H2O_STRLIT("{\"error\":\"out of memory\"}"));
+        return 0;
+    }
+    h2o_send_inline(req, s, strlen(s));
+    free(s);
+    return 0;
+}
+
+static int reply_error(master_t *m, h2o_req_t *req, int status, const char *why) {
+    return reply_json(m, req, status, json_pack("{s:s}", "error", why));
+}
+
+/* Why a POST is refused as possibly cross-site, or NULL. Credentials travel only in the
+ * Authorization header (no cookie is ever set), which a page of another site cannot make a
+ * browser send; besides, the body must be declared application/json (a form cannot, and a
+ * script of another origin would need a preflight nobody answers), and a browser's Origin or
+ * Sec-Fetch-Site must say the request comes from this server's own pages. */
+static const char *csrf_refusal(h2o_req_t *req) {
+    ssize_t i = h2o_find_header(&req->headers, H2O_TOKEN_CONTENT_TYPE, -1);
+    if (i < 0 || req->headers.entries[i].value.len < 16 ||
+        !h2o_lcstris(req->headers.entries[i].value.base, 16, H2O_STRLIT("application/json")))
+        return "a POST must carry Content-Type: application/json";
+    i = h2o_find_header_by_str(&req->headers, H2O_STRLIT("sec-fetch-site"), -1);
+    if (i >= 0) {
+        h2o_iovec_t v = req->headers.entries[i].value;
+        if (!h2o_memis(v.base, v.len, H2O_STRLIT("same-origin")) &&
+            !h2o_memis(v.base, v.len, H2O_STRLIT("none")))
+            return "a cross-site POST (Sec-Fetch-Site) is refused";
+    }
+    i = h2o_find_header_by_str(&req->headers, H2O_STRLIT("origin"), -1);
+    if (i >= 0) {
+        h2o_iovec_t v = req->headers.entries[i].value;
+        char want[512];
+        int n = snprintf(want, sizeof want, "%.*s://%.*s", (int)req->scheme->name.len,
+                         req->scheme->name.base, (int)req->authority.len, req->authority.base);
+        if (n <= 0 || (size_t)n >= sizeof want || !h2o_memis(v.base, v.len, want, (size_t)n))
+            return "a POST from another origin is refused";
+    }
+    return NULL;
+}
+
+static int is_post(h2o_req_t *req) {
+    return h2o_memis(req->method.base, req->method.len, H2O_STRLIT("POST"));
+}
+
+/* /api/annotate/...: an annotator's own token */
+static int on_annot_api(master_t *m, h2o_req_t *req) {
+    master_http_t *h = m->http;
+    const char *tok = NULL;
+    size_t tlen = 0;
+    bearer_of(req, &tok, &tlen);
+    if (is_post(req)) {
+        const char *why = csrf_refusal(req);
+        if (why) {
+            h->n_csrf++;
+            master_log("http: %.*s %.*s refused: %s", (int)req->method.len, req->method.base,
+                       (int)req->path.len, req->path.base, why);
+            return reply_error(m, req, 403, why);
+        }
+    }
+    char method[8], path[64];
+    snprintf(method, sizeof method, "%.*s", (int)(req->method.len < 7 ? req->method.len : 7),
+             req->method.base);
+    size_t pre = sizeof "/api/annotate" - 1, n = req->path_normalized.len;
+    snprintf(path, sizeof path, "%.*s", n > pre ? (int)(n - pre < 63 ? n - pre : 63) : 0,
+             req->path_normalized.base + pre);
+    json_t *out = NULL;
+    int st = mann_api(m, tok, tlen, method, path, req->entity.base, req->entity.len, &out);
+    if (st == 401) {
+        json_decref(out);
+        return unauthorized(h, req, tok != NULL,
+                            "401 unauthorized: send Authorization: Bearer TOKEN, the token of "
+                            "your personal link\n");
+    }
+    if (st >= 400 && out)
+        master_log("http: %s %s: %d %s", method, path, st,
+                   json_string_value(json_object_get(out, "error")) ?: "");
+    return reply_json(m, req, st, out);
+}
+
+/* /api/runs[/NAME[/annotators|/close]]: the master's token */
+static int on_runs_api(master_t *m, h2o_req_t *req) {
+    const char *p = req->path_normalized.base + (sizeof "/api/runs" - 1);
+    size_t n = req->path_normalized.len - (sizeof "/api/runs" - 1);
+    char name[128] = "", rest[64] = "";
+    if (n > 0 && p[0] == '/') p++, n--;
+    const char *sl = memchr(p, '/', n);
+    size_t nl = sl ? (size_t)(sl - p) : n;
+    if (nl >= sizeof name || (sl && n - nl >= sizeof rest))
+        return reply_error(m, req, 404, "no such path");
+    memcpy(name, p, nl);
+    if (sl) memcpy(rest, sl, n - nl);
+    if (is_post(req)) {
+        const char *why = csrf_refusal(req);
+        if (why) {
+            m->http->n_csrf++;
+            return reply_error(m, req, 403, why);
+        }
+    } else if (!is_get(req)) {
+        return reply_error(m, req, 405, "GET or POST");
+    }
+    if (!name[0]) {
+        if (!is_get(req)) return reply_error(m, req, 405, "GET /api/runs");
+        return reply_json(m, req, 200, mrun_status(m, -1));
+    }
+    int ri = mrun_find(m, name);
+    if (ri < 0) return reply_error(m, req, 404, "no such run");
+    json_t *out = NULL;
+    if (!rest[0] && is_get(req)) {
+        out = mrun_status(m, ri);
+        json_object_set_new(out, "metrics", mrun_metrics(m, ri));
+        json_t *ann = mann_admin_json(m, name);
+        json_object_set_new(out, "annotation", ann ? ann : json_null());
+        return reply_json(m, req, 200, out);
+    }
+    if (!strcmp(rest, "/annotators") && is_post(req)) {
+        json_t *body =
+            json_loadb(req->entity.base ? req->entity.base : "", req->entity.len, 0, NULL);
+        const char *an = json_string_value(json_object_get(body, "name"));
+        int st = an ? mann_annotator_add(m, name, an, &out)
+                    : (out = json_pack("{s:s}", "error", "the body wants {\"name\": NAME}"), 400);
+        json_decref(body);
+        return reply_json(m, req, st, out);
+    }
+    if (!strcmp(rest, "/close") && is_post(req)) {
+        int st = mann_close(m, name, &out);
+        return reply_json(m, req, st, out);
+    }
+    return reply_error(m, req, 404, "no such path");
 }
 
 /* Registers path; open: served without the token (only /healthz - anything that shows data or
@@ -479,6 +716,14 @@ int master_http_prepare(master_t *m) {
     add_path(h, hc, "/healthz", 1, on_healthz);
     add_path(h, hc, "/status", 0, on_status);
     add_path(h, hc, "/metrics", 0, on_metrics);
+    add_path(h, hc, "/api/runs", 0, on_runs_api);
+    /* open: the pages and their files hold no data; the annotation API wants an annotator's
+     * token, checked by master_annot.c */
+    add_path(h, hc, "/annotate", 1, on_annotate_page);
+    add_path(h, hc, "/dashboard", 1, on_dashboard_page);
+    add_path(h, hc, "/ui", 1, on_ui);
+    add_path(h, hc, "/api/annotate", 1, on_annot_api);
+    h->config.max_request_entity_size = 1 << 20;
     h2o_context_init(&h->ctx, m->loop, &h->config);
     h->accept_ctx.ctx = &h->ctx;
     h->accept_ctx.hosts = h->config.hosts;

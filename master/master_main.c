@@ -69,6 +69,7 @@
 #include "net/addr.h"
 #include "net/blob.h"
 #include "net/sec.h"
+#include "master_annot.h"
 #include "master_dump.h"
 #include "master_http.h"
 #include "master_run.h"
@@ -413,7 +414,8 @@ static int replay_one(void *ctx, const uint8_t *buf, size_t len, journal_loc_t l
                  rec->weights->endpoint_key ? rec->weights->endpoint_key : "");
         break;
     default:
-        rc = mrun_replay(m, rec);
+        rc = mann_replay(m, rec);
+        rc = rc == 0 ? mrun_replay(m, rec) : rc > 0 ? 0 : rc;
         break;
     }
     rlhf__journal_record__free_unpacked(rec, NULL);
@@ -428,6 +430,7 @@ static int snapshot_state(void *ctx, journal_t *j) {
     master_t *m = ctx;
     snap_j = j;
     int rc = mrun_snapshot(m, j);
+    if (rc == 0) rc = mann_snapshot(m);
     for (int k = 0; rc == 0 && k < m->sched.n_jobs; k++) {
         sched_job_t *jb = &m->sched.jobs[k];
         snap_locs[k] = jb->record_off;
@@ -1811,6 +1814,7 @@ out:
     if (m->zctx) zmq_ctx_term(m->zctx);
     journal_close(&m->journal);
     mrun_free(m);
+    mann_free(m);
     for (int i = 0; i < m->n_ns; i++) free(m->ns[i]);
     free(m->ns);
     free(m->ns_code);

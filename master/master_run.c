@@ -18,6 +18,7 @@
 #include "base/err.h"
 #include "base/fs.h"
 #include "base/jsonl.h"
+#include "master_annot.h"
 #include "net/blob.h"
 #include "net/wire.h"
 
@@ -1013,6 +1014,33 @@ static int stage_is_ppo(const mrun_t *r, int i) {
     return !strcmp(json_string_value(json_array_get(av, 0)) ?: "", "ppo");
 }
 
+/* A human annotate stage (master_annot.h): runs in the master, as the PPO loop does. */
+static int human_step(master_t *m, int ri, int i) {
+    mrun_t *r = run_at(m, ri);
+    json_t *av = json_object_get(stage_at(r, i), "argv"), *argv = json_array();
+    for (size_t k = 0; argv && k < json_array_size(av); k++) {
+        char *a = subst_run(r, json_string_value(json_array_get(av, k)) ?: "");
+        if (!a || json_array_append_new(argv, json_string(a)) < 0) {
+            free(a);
+            json_decref(argv);
+            argv = NULL;
+            break;
+        }
+        free(a);
+    }
+    if (!argv) {
+        snprintf(r->reason, sizeof r->reason, "annotate: out of memory");
+        return STEP_FAIL;
+    }
+    char log[PATH_MAX + 64];
+    snprintf(log, sizeof log, "%.4000s/logs/%s.log", r->dir, stage_name(r, i));
+    const char *cwd = json_string_value(json_object_get(r->plan, "cwd"));
+    int s = mann_stage_step(m, r->name, cwd ? cwd : m->data_dir, log, argv, r->reason,
+                            sizeof r->reason);
+    json_decref(argv);
+    return s > 0 ? STEP_DONE : s < 0 ? STEP_FAIL : STEP_WAIT;
+}
+
 /* Advances run ri as far as it can go now. */
 static void run_step(master_t *m, int ri) {
     mrun_t *r = run_at(m, ri);
@@ -1058,6 +1086,8 @@ static void run_step(master_t *m, int ri) {
         int s;
         if (stage_is_ppo(r, i)) {
             s = ppo_step(m, ri);
+        } else if (mann_is_human(json_object_get(stage_at(r, i), "argv"))) {
+            s = human_step(m, ri, i);
         } else {
             int j = stage_job(m, ri, i, (uint64_t)i + 1, NULL);
             s = job_state(m, r, j, nm);
@@ -1411,6 +1441,16 @@ json_t *mrun_status(master_t *m, int r) {
     json_t *a = json_array();
     for (int i = 0; i < m->n_runs; i++) json_array_append_new(a, run_status(m, i));
     return json_pack("{s:o}", "runs", a);
+}
+
+json_t *mrun_metrics(master_t *m, int ri) {
+    json_t *a = json_array();
+    json_t *lines = run_at(m, ri)->metrics;
+    for (size_t i = 0; a && i < json_array_size(lines); i++) {
+        json_t *o = json_loads(json_string_value(json_array_get(lines, i)) ?: "", 0, NULL);
+        json_array_append_new(a, o ? o : json_null());
+    }
+    return a;
 }
 
 int mrun_log_read(master_t *m, int ri, uint64_t off, size_t max, uint8_t **buf, size_t *len,

@@ -62,6 +62,10 @@ int mrun_cancel(master_t *m, int r, char *why, size_t n);
 /* The status object of run r (rlhf status --json), or {"runs": [...]} with r < 0. */
 json_t *mrun_status(master_t *m, int r);
 
+/* The committed PPO iterations' metrics lines of run r (what OUT/metrics.jsonl holds), parsed:
+ * a new JSON array, for the dashboard's curves. */
+json_t *mrun_metrics(master_t *m, int r);
+
 /* Up to max bytes of run r's log from offset off: *buf (malloc'ed), *len, *next = off + len.
  * Returns 0 or RL_E*. */
 int mrun_log_read(master_t *m, int r, uint64_t off, size_t max, uint8_t **buf, size_t *len,

@@ -68,22 +68,24 @@ int cmd_bench_wire(int argc, char **argv);
 int cmd_run(int argc, char **argv);
 int cmd_ppo(int argc, char **argv);
 int cmd_eval_policy(int argc, char **argv);
-int cmd_report(int argc, char **argv);       /* cmd_report.c */
-int cmd_sft(int argc, char **argv);          /* cmd_sft.c */
-int cmd_task(int argc, char **argv);         /* cmd_task.c */
-int cmd_generate(int argc, char **argv);     /* cmd_generate.c */
-int cmd_annotate(int argc, char **argv);     /* cmd_data.c */
-int cmd_aggregate(int argc, char **argv);    /* cmd_data.c */
-int cmd_pairs(int argc, char **argv);        /* cmd_data.c */
-int cmd_import_pairs(int argc, char **argv); /* cmd_data.c */
-int cmd_train_rm(int argc, char **argv);     /* cmd_rm.c */
-int cmd_eval_rm(int argc, char **argv);      /* cmd_rm.c */
-int cmd_score(int argc, char **argv);        /* cmd_rm.c */
-int cmd_ppo_prep(int argc, char **argv);     /* cmd_ppo.c */
-int cmd_runs(int argc, char **argv);         /* cmd_runs.c */
-int cmd_logs(int argc, char **argv);         /* cmd_runs.c */
-int cmd_cancel(int argc, char **argv);       /* cmd_runs.c */
-int cmd_wait(int argc, char **argv);         /* cmd_runs.c */
+int cmd_report(int argc, char **argv);         /* cmd_report.c */
+int cmd_sft(int argc, char **argv);            /* cmd_sft.c */
+int cmd_task(int argc, char **argv);           /* cmd_task.c */
+int cmd_generate(int argc, char **argv);       /* cmd_generate.c */
+int cmd_annotate(int argc, char **argv);       /* cmd_data.c */
+int cmd_annotators(int argc, char **argv);     /* cmd_annotators.c */
+int cmd_annotate_close(int argc, char **argv); /* cmd_annotators.c: rlhf annotate close */
+int cmd_aggregate(int argc, char **argv);      /* cmd_data.c */
+int cmd_pairs(int argc, char **argv);          /* cmd_data.c */
+int cmd_import_pairs(int argc, char **argv);   /* cmd_data.c */
+int cmd_train_rm(int argc, char **argv);       /* cmd_rm.c */
+int cmd_eval_rm(int argc, char **argv);        /* cmd_rm.c */
+int cmd_score(int argc, char **argv);          /* cmd_rm.c */
+int cmd_ppo_prep(int argc, char **argv);       /* cmd_ppo.c */
+int cmd_runs(int argc, char **argv);           /* cmd_runs.c */
+int cmd_logs(int argc, char **argv);           /* cmd_runs.c */
+int cmd_cancel(int argc, char **argv);         /* cmd_runs.c */
+int cmd_wait(int argc, char **argv);           /* cmd_runs.c */
 
 /*
  * Submits the run `name` with plan_json (master/master_run.h) to the master at endpoint and,

@@ -116,6 +116,11 @@ static int exchange(BIO *bio, const char *req, size_t req_len, char **out, size_
 }
 
 int cli_http_get(const char *dir, const char *token_file, const char *path, char **body) {
+    return cli_http_request(dir, token_file, "GET", path, NULL, body);
+}
+
+int cli_http_request(const char *dir, const char *token_file, const char *method, const char *path,
+                     const char *json_body, char **body) {
     *body = NULL;
     char mpath[PATH_MAX];
     snprintf(mpath, sizeof mpath, "%.4000s/master.json", dir);
@@ -145,11 +150,18 @@ int cli_http_get(const char *dir, const char *token_file, const char *path, char
     if (tls && !cert_file[0])
         return rl_fail(RL_EFORMAT, "%s: an https master without tls_cert", mpath);
 
-    char tok[SECRET_TOKEN_CAP] = "", req[1024];
+    char tok[SECRET_TOKEN_CAP] = "", req[4096];
     int rc = tfile[0] ? secret_token_read(tfile, tok, sizeof tok) : 0;
     if (rc < 0) return rl_fail_ctx(rc, "the master's HTTP token");
-    int rn = snprintf(req, sizeof req, "GET %.400s HTTP/1.0\r\nHost: %s\r\n%s%s%s\r\n", path, host,
-                      tok[0] ? "Authorization: Bearer " : "", tok, tok[0] ? "\r\n" : "");
+    size_t bl = json_body ? strlen(json_body) : 0;
+    if (bl > 2048) return rl_fail(RL_EINVAL, "%s: request body too long", where);
+    char clen[96] = "";
+    if (json_body)
+        snprintf(clen, sizeof clen, "Content-Type: application/json\r\nContent-Length: %zu\r\n",
+                 bl);
+    int rn = snprintf(req, sizeof req, "%s %.400s HTTP/1.0\r\nHost: %s\r\n%s%s%s%s\r\n%s", method,
+                      path, host, tok[0] ? "Authorization: Bearer " : "", tok, tok[0] ? "\r\n" : "",
+                      clen, json_body ? json_body : "");
     OPENSSL_cleanse(tok, sizeof tok);
     int fd = -1;
     BIO *bio = NULL;
@@ -170,13 +182,21 @@ int cli_http_get(const char *dir, const char *token_file, const char *path, char
     char *sep = strstr(buf, "\r\n\r\n");
     int status = !strncmp(buf, "HTTP/1.", 7) && len > 12 ? atoi(buf + 9) : 0;
     if (!sep || status != 200) {
+        /* the JSON APIs say why */
+        json_t *e = status && sep ? json_loads(sep + 4, 0, NULL) : NULL;
+        const char *why = json_string_value(json_object_get(e, "error"));
         free(buf);
         if (status == 401)
-            return rl_fail(RL_EPROTO, "%s: 401 unauthorized (%s%s)", where,
-                           tfile[0] ? "refused the token in "
-                                    : "no token was sent: name its file in ",
-                           tfile[0] ? tfile : CLI_HTTP_TOKEN_ENV);
-        return rl_fail(RL_EPROTO, "%s: %s", where, status ? "no 200 answer" : "no HTTP answer");
+            rc =
+                rl_fail(RL_EPROTO, "%s: 401 unauthorized (%s%s)", where,
+                        tfile[0] ? "refused the token in " : "no token was sent: name its file in ",
+                        tfile[0] ? tfile : CLI_HTTP_TOKEN_ENV);
+        else if (why)
+            rc = rl_fail(RL_EPROTO, "%s: %d: %s", where, status, why);
+        else
+            rc = rl_fail(RL_EPROTO, "%s: %s", where, status ? "no 200 answer" : "no HTTP answer");
+        json_decref(e);
+        return rc;
     }
     size_t body_len = len - (size_t)(sep + 4 - buf);
     memmove(buf, sep + 4, body_len + 1);

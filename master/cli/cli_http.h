@@ -29,4 +29,9 @@
  * the detail in rl_errmsg() and *body NULL. */
 int cli_http_get(const char *dir, const char *token_file, const char *path, char **body);
 
+/* The same with another method and, when json_body is not NULL, a JSON body (at most 2 KiB);
+ * a refusal's message is the JSON answer's "error" ("URL: 409: why"). */
+int cli_http_request(const char *dir, const char *token_file, const char *method, const char *path,
+                     const char *json_body, char **body);
+
 #endif

@@ -95,10 +95,10 @@ out:
 }
 
 typedef struct {
-    const char *comp_path, *out, *panel_path, *import, *when;
+    const char *comp_path, *out, *panel_path, *import, *when, *source, *guidelines;
     int n_sim, R, replace;
     long seed;
-    double noise;
+    double noise, deadline, lease;
 } annotate_args_t;
 
 static const cli_opt_t annotate_opt_table[] = {
@@ -126,6 +126,17 @@ static const cli_opt_t annotate_opt_table[] = {
                 "records written by another tool: CSV if FILE ends in .csv, else JSONL", 0),
     CLI_OPT_FLAG(annotate_args_t, replace, "replace",
                  "start from an empty store instead of merging into --out"),
+    CLI_OPT_STR(annotate_args_t, source, "source", "simulate", "SOURCE",
+                "simulate (or --import), or human: people rank in the browser, served by the "
+                "run's master (rlhf annotators add; in a run only)",
+                0),
+    CLI_OPT_STR(annotate_args_t, guidelines, "guidelines", NULL, "FILE",
+                "human: the guidelines the page shows (default: the task's guidelines.md)", 0),
+    CLI_OPT_DOUBLE(annotate_args_t, deadline, "deadline", 0, 1e9, "0", "SECONDS",
+                   "human: close the stage this long after it opened, target met or not (0: "
+                   "no deadline; rlhf annotate close RUN closes it at any time)"),
+    CLI_OPT_DOUBLE(annotate_args_t, lease, "lease", 1, 1e7, "900", "SECONDS",
+                   "human: an assignment not submitted within this returns to the pool"),
 };
 
 const cli_opts_t cli_annotate_opts = CLI_OPTS(
@@ -133,7 +144,9 @@ const cli_opts_t cli_annotate_opts = CLI_OPTS(
     "rlhf annotate --completions C.jsonl --out A.jsonl --simulate N [--overlap R]\n"
     "                     [--seed S] [--noise X] [--annotators PANEL.json] [--time T] [--replace]\n"
     "       rlhf annotate --completions C.jsonl --out A.jsonl --import FILE.jsonl|FILE.csv\n"
-    "                     [--replace]",
+    "                     [--replace]\n"
+    "       rlhf annotate close RUN      (a run's human annotate stage: rlhf annotate close "
+    "--help)",
     "Adds ranking records, one per (prompt, annotator), to the annotation store A.jsonl. An\n"
     "existing A.jsonl is loaded and merged (unless --replace); a second record for the same\n"
     "(prompt, annotator) is refused with the file and line of both. The store is written\n"
@@ -142,6 +155,7 @@ const cli_opts_t cli_annotate_opts = CLI_OPTS(
 
 int cmd_annotate(int argc, char **argv) {
     const char *cmd = "annotate";
+    if (argc >= 2 && !strcmp(argv[1], "close")) return cmd_annotate_close(argc - 1, argv + 1);
     annotate_args_t a = {0};
     int c = cli_opts_parse(&cli_annotate_opts, argc, argv, &a);
     if (c != CLI_OPTS_GO) return c;
@@ -150,6 +164,17 @@ int cmd_annotate(int argc, char **argv) {
     int n_sim = a.n_sim, R = a.R, replace = a.replace;
     long seed = a.seed;
     double noise = a.noise;
+    if (a.source && !strcmp(a.source, "human")) {
+        fprintf(stderr,
+                "rlhf %s: --source human runs in a run's master (rlhf run with annotate.source: "
+                "human); the annotators rank in the browser (rlhf annotators add)\n",
+                cmd);
+        return 2;
+    }
+    if (a.source && strcmp(a.source, "simulate")) {
+        fprintf(stderr, "rlhf %s: --source: '%s' is neither simulate nor human\n", cmd, a.source);
+        return 2;
+    }
     if (optind < argc) {
         fprintf(stderr, "rlhf %s: unexpected argument '%s'\n", cmd, argv[optind]);
         return 2;

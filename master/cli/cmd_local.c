@@ -105,6 +105,7 @@ typedef struct {
 
 typedef struct {
     char run_dir[1024], config[1024], endpoint[256];
+    char http_port[16];  /* the HTTP port the master took first, taken again on a restart */
     char data_dir[1024]; /* the master's --data-dir (where run directories live); "": none */
     char master_bin[PATH_MAX + 32], worker_bin[PATH_MAX + 32];
     pid_t owner;            /* > 0: stop when this process is gone (a driver's own cluster) */
@@ -130,8 +131,9 @@ static pid_t start_master(sup_t *s) {
     if (s->data_dir[0]) args[n++] = "--data-dir", args[n++] = s->data_dir;
     args[n++] = "--bind", args[n++] = s->endpoint[0] ? s->endpoint : "tcp://127.0.0.1:*";
     /* an ephemeral HTTP port (master.json names it) whatever the config says: two local
-     * clusters on one machine must not collide */
-    args[n++] = "--http-port", args[n++] = "0";
+     * clusters on one machine must not collide; a restarted master takes the same one again,
+     * so that the links handed to annotators and open pages keep working */
+    args[n++] = "--http-port", args[n++] = s->http_port[0] ? s->http_port : "0";
     if (s->keys[0])
         args[n++] = "--keys", args[n++] = s->keys;
     else
@@ -216,6 +218,9 @@ static int wait_master(sup_t *s) {
         if (pid && json_integer_value(pid) == s->master) {
             snprintf(s->endpoint, sizeof s->endpoint, "%s",
                      json_string_value(json_object_get(o, "endpoint")));
+            if (json_integer_value(json_object_get(o, "http_port")) > 0)
+                snprintf(s->http_port, sizeof s->http_port, "%lld",
+                         (long long)json_integer_value(json_object_get(o, "http_port")));
             json_decref(o);
             return 0;
         }

@@ -46,6 +46,7 @@ static const cli_cmd_t commands[] = {
     {"task", cmd_task, "write the embedded task's prompts and SFT data"},
     {"generate", cmd_generate, "stage 1: K completions per prompt through the master"},
     {"annotate", cmd_annotate, "stage 1: rankings from simulated annotators or an import"},
+    {"annotators", cmd_annotators, "stage 1: add a human annotator to a run (a personal link)"},
     {"aggregate", cmd_aggregate, "stage 1: consensus rankings and agreement statistics"},
     {"pairs", cmd_pairs, "stage 1: preference pairs from aggregated rankings"},
     {"import-pairs", cmd_import_pairs, "stage 1: existing pair datasets (JSONL, HH) in"},
