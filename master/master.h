@@ -137,6 +137,9 @@ int master_journal(master_t *m, Rlhf__JournalRecord *rec, int sync);
 /* Dispatches whatever can be dispatched now. */
 void master_dispatch(master_t *m);
 
+/* Advances the runs now (mrun_tick), for master_annot.c: a submission may end a stage. */
+void master_runs_tick(master_t *m);
+
 /* Forgets the weights announced so far (a new training's versions start again). */
 void master_weights_reset(master_t *m);
 

@@ -23,8 +23,6 @@
 #include "annot_pool.h"
 #include "base/err.h"
 #include "base/fs.h"
-#include "master_http.h"
-#include "master_run.h"
 #include "net/secret.h"
 #include "net/wire.h"
 
@@ -333,18 +331,8 @@ static int err_out(json_t **out, int status, const char *fmt, ...) {
     return status;
 }
 
-/* The personal link of a token: the master's HTTP address, the token in the fragment. */
-static void link_of(master_t *m, const char *tok, char *out, size_t n) {
-    char host[256];
-    snprintf(host, sizeof host, "%s", m->cfg.http_host[0] ? m->cfg.http_host : "127.0.0.1");
-    if (!strcmp(host, "0.0.0.0") && gethostname(host, sizeof host) != 0)
-        snprintf(host, sizeof host, "127.0.0.1");
-    snprintf(out, n, "%s://%s:%d/annotate#token=%s", master_http_cert_path(m) ? "https" : "http",
-             host, m->http_port, tok);
-}
-
-int mann_annotator_add(master_t *m, const char *run, const char *name, json_t **out) {
-    if (mrun_find(m, run) < 0) return err_out(out, 404, "no run '%s'", run);
+int mann_annotator_add(master_t *m, const char *run, const char *name, const char *base_url,
+                       json_t **out) {
     if (!name || !name_ok(name))
         return err_out(out, 400, "an annotator's name is 1-64 letters, digits, '-', '_' or '.'");
     mann_run_t *r = run_get(m, run, 1);
@@ -369,7 +357,7 @@ int mann_annotator_add(master_t *m, const char *run, const char *name, json_t **
         sodium_memzero(tok, sizeof tok);
         return err_out(out, 503, "the journal: %s", rl_errmsg());
     }
-    link_of(m, tok, link, sizeof link);
+    snprintf(link, sizeof link, "%.900s/annotate#token=%s", base_url, tok);
     *out = json_pack("{s:s, s:s, s:s, s:s}", "run", run, "annotator", name, "token", tok, "link",
                      link);
     sodium_memzero(tok, sizeof tok);
@@ -379,7 +367,6 @@ int mann_annotator_add(master_t *m, const char *run, const char *name, json_t **
 }
 
 int mann_close(master_t *m, const char *run, json_t **out) {
-    if (mrun_find(m, run) < 0) return err_out(out, 404, "no run '%s'", run);
     mann_run_t *r = run_get(m, run, 0);
     if (!r || !r->opened_unix)
         return err_out(out, 409, "run %s is not at a human annotate stage", run);
@@ -388,7 +375,7 @@ int mann_close(master_t *m, const char *run, json_t **out) {
     snprintf(r->closed, sizeof r->closed, "closed by its operator (rlhf annotate close)");
     if (state_journal(m, r) < 0) return err_out(out, 503, "the journal: %s", rl_errmsg());
     master_log("run %s: annotate: %s", run, r->closed);
-    mrun_tick(m);
+    master_runs_tick(m);
     *out = json_pack("{s:s, s:s, s:i}", "run", run, "closed", r->closed, "records", r->store.n);
     return 200;
 }
@@ -515,7 +502,7 @@ static int api_submit(master_t *m, mann_run_t *r, int a, const char *body, size_
         r->n_accepted++;
     if (secs >= 0 && !skip) r->an[a].secs += secs, r->an[a].n_timed++;
     progress_log(r);
-    mrun_tick(m); /* the target may be met now */
+    master_runs_tick(m); /* the target may be met now */
     *out = json_pack("{s:b, s:o, s:s}", "ok", 1, "progress", progress_json(r, a), "state",
                      stage_state(r));
     return 200;
@@ -529,6 +516,8 @@ int mann_api(master_t *m, const char *tok, size_t tlen, const char *method, cons
         if (m->ann) m->ann->n_unknown_token++;
         return 401;
     }
+    /* a restarted master loads the open stage at its first tick: not later than this request */
+    if (!r->loaded && r->opened_unix && !r->written) master_runs_tick(m);
     int get = !strcmp(method, "GET"), post = !strcmp(method, "POST");
     if (get && (!strcmp(path, "/me") || !path[0])) {
         *out = json_pack("{s:s, s:s, s:s, s:s, s:s, s:i, s:o}", "annotator", r->an[a].name, "run",

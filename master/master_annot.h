@@ -44,15 +44,16 @@ int mann_stage_step(master_t *m, const char *run, const char *cwd, const char *l
 /* Whether argv (a stage's argv, JSON strings) is a human annotate stage. */
 int mann_is_human(json_t *argv);
 
-/* A new annotator NAME (1-64 letters, digits, '-', '_', '.') of run `run` (which must exist):
- * journaled with its token's digest. *out gets {"run","annotator","token","link"}. Returns the
- * HTTP status (200; 400 a bad name; 404 no such run; 409 the name is taken; 503 the journal)
- * with *out {"error": why} when not 200. */
-int mann_annotator_add(master_t *m, const char *run, const char *name, json_t **out);
+/* A new annotator NAME (1-64 letters, digits, '-', '_', '.') of run `run` (the caller checked
+ * that it exists): journaled with its token's digest. *out gets {"run","annotator","token",
+ * "link"}, the link BASE_URL/annotate#token=TOKEN. Returns the HTTP status (200; 400 a bad
+ * name; 409 the name is taken; 503 the journal) with *out {"error": why} when not 200. */
+int mann_annotator_add(master_t *m, const char *run, const char *name, const char *base_url,
+                       json_t **out);
 
 /* Closes run `run`'s annotate stage now (rlhf annotate close): journaled; the stage ends at the
- * next tick. Returns the HTTP status (200, 404, 409 not at its annotate stage or closed) and
- * *out as above. */
+ * next tick. Returns the HTTP status (200, 409 not at its annotate stage or closed) and *out
+ * as above. */
 int mann_close(master_t *m, const char *run, json_t **out);
 
 /* The annotation API (path below /api/annotate: "/me", "/next", "/submit", "/skip",

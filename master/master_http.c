@@ -596,7 +596,11 @@ static int on_runs_api(master_t *m, h2o_req_t *req) {
         json_t *body =
             json_loadb(req->entity.base ? req->entity.base : "", req->entity.len, 0, NULL);
         const char *an = json_string_value(json_object_get(body, "name"));
-        int st = an ? mann_annotator_add(m, name, an, &out)
+        /* the personal link: this server as its clients reach it (the host they asked for) */
+        char base[600];
+        snprintf(base, sizeof base, "%s://%.*s", m->http->ssl ? "https" : "http",
+                 (int)(req->authority.len < 500 ? req->authority.len : 500), req->authority.base);
+        int st = an ? mann_annotator_add(m, name, an, base, &out)
                     : (out = json_pack("{s:s}", "error", "the body wants {\"name\": NAME}"), 400);
         json_decref(body);
         return reply_json(m, req, st, out);

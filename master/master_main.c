@@ -161,6 +161,10 @@ int master_journal(master_t *m, Rlhf__JournalRecord *rec, int sync) {
     return 0;
 }
 
+void master_runs_tick(master_t *m) {
+    mrun_tick(m);
+}
+
 int master_ns_index(master_t *m, const char *ns) {
     for (int i = 0; i < m->n_ns; i++)
         if (!strcmp(m->ns[i], ns)) return i;

@@ -159,9 +159,9 @@ int cli_http_request(const char *dir, const char *token_file, const char *method
     if (json_body)
         snprintf(clen, sizeof clen, "Content-Type: application/json\r\nContent-Length: %zu\r\n",
                  bl);
-    int rn = snprintf(req, sizeof req, "%s %.400s HTTP/1.0\r\nHost: %s\r\n%s%s%s%s\r\n%s", method,
-                      path, host, tok[0] ? "Authorization: Bearer " : "", tok, tok[0] ? "\r\n" : "",
-                      clen, json_body ? json_body : "");
+    int rn = snprintf(req, sizeof req, "%s %.400s HTTP/1.0\r\nHost: %s:%d\r\n%s%s%s%s\r\n%s",
+                      method, path, host, port, tok[0] ? "Authorization: Bearer " : "", tok,
+                      tok[0] ? "\r\n" : "", clen, json_body ? json_body : "");
     OPENSSL_cleanse(tok, sizeof tok);
     int fd = -1;
     BIO *bio = NULL;
