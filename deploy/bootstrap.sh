@@ -24,6 +24,7 @@ PACKAGES=(
     systemd python3-yaml python3-kubernetes  # deploy tests: systemd-analyze; manifests, API types
     slurmctld slurmd slurm-client munge # deploy/slurm: the test starts its own daemons
     podman buildah              # deploy/image: the image, built FROM scratch offline
+    chromium chromium-driver python3-selenium # the browser tests of the annotation page
 )
 # The tokenizer test compares against GPT-2's reference encoder from the npm registry. A
 # machine may already have Node.js from elsewhere (with npm bundled): then keep it.
