@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include <errno.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <unistd.h>
 
@@ -99,8 +100,11 @@ json_t *master_status_json(master_t *m) {
             json_pack("{s:s, s:s, s:s, s:i, s:f, s:I}", "id", wk->id, "role", role_name(wk->role),
                       "state", wk->alive ? "alive" : "dead", "pid", wk->pid, "last_seen_s_ago",
                       (now - wk->last_seen_ms) / 1e3, "jobs_done", (json_int_t)wk->jobs_done);
-        json_object_set_new(
-            o, "job", wk->job >= 0 ? json_integer((json_int_t)s->jobs[wk->job].id) : json_null());
+        /* a job id is a uint64 (as the logs print it): a string, which JSON readers that hold
+         * numbers as doubles (the dashboard's) take whole */
+        char jid[24];
+        if (wk->job >= 0) snprintf(jid, sizeof jid, "%" PRIu64, s->jobs[wk->job].id);
+        json_object_set_new(o, "job", wk->job >= 0 ? json_string(jid) : json_null());
         json_array_append_new(ws, o);
     }
     json_t *bad = json_object();

@@ -1396,6 +1396,7 @@ static json_t *run_status(master_t *m, int ri) {
             progress_of(log, prog, sizeof prog);
         }
     }
+    double el = r->t_stage0 > 0 ? (wire_now_ms() - r->t_stage0) / 1000 : 0;
     json_t *stages = json_array();
     double total_w = 0, done_w = 0, done_s = 0;
     for (int i = 0; i < r->n_stages; i++) {
@@ -1409,10 +1410,11 @@ static json_t *run_status(master_t *m, int ri) {
                          : r->state == R_QUEUED    ? "pending"
                                                    : "running";
         if (i < r->stage) done_w += w > 0 ? w : 1, done_s += r->stage_secs[i];
+        /* the running stage: its time so far */
+        double secs = !strcmp(st, "running") ? el : r->stage_secs[i];
         json_array_append_new(stages, json_pack("{s:s, s:s, s:f}", "name", stage_name(r, i),
-                                                "state", st, "seconds", r->stage_secs[i]));
+                                                "state", st, "seconds", secs));
     }
-    double el = r->t_stage0 > 0 ? (wire_now_ms() - r->t_stage0) / 1000 : 0;
     double frac =
         total_w > 0
             ? (done_w + (r->stage < r->n_stages ? 0.5 : 0) *

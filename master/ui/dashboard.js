@@ -28,7 +28,8 @@
     const box = el("div", { class: "curve" }, el("h3", {}, title));
     const W = 320, H = 150, L = 40, B = 18;
     const s = svg("svg", { class: "chart", viewBox: "0 0 " + W + " " + H, role: "img", "aria-label": title,
-                           "data-points": String(pts.length) });
+                           "data-points": String(pts.length),
+                           "data-values": JSON.stringify(pts.map((p) => (Number.isFinite(p[1]) ? p[1] : null))) });
     const ys = pts.map((p) => p[1]).filter((y) => Number.isFinite(y));
     if (ys.length) {
       let lo = Math.min(...ys), hi = Math.max(...ys);
@@ -83,7 +84,7 @@
       $("master").textContent = "master " + st.master_id + " · up " + fmt(st.uptime_s, 0) + " s";
       table($("workers"), ["worker", "role", "state", "job", "done"], st.workers.map((w) =>
         el("tr", {}, el("td", {}, w.id), el("td", {}, w.role), el("td", { class: "state-" + w.state }, w.state),
-           el("td", {}, w.job === null ? "idle" : String(w.job)), el("td", {}, String(w.jobs_done)))));
+           el("td", { class: "id" }, w.job === null ? "idle" : String(w.job)), el("td", {}, String(w.jobs_done)))));
       if (!selected && runs.runs.length) selected = (runs.runs.find((r) => r.state === "running") || runs.runs[runs.runs.length - 1]).name;
       table($("runs"), ["run", "state", "stage", "progress"], runs.runs.map((r) => {
         const a = el("a", { href: "?run=" + encodeURIComponent(r.name) }, r.name);
