@@ -8,7 +8,7 @@
 # rankings. A wrong token gets 401 (API and page); a completion holding <script> shows as text;
 # cross-site POSTs are refused. Exit 77 (skipped) without Chromium, chromedriver or Selenium.
 # Usage: test_annot_ui.sh BIN_DIR [SCREENSHOT_DIR]
-BIN=${1:?usage: test_annot_ui.sh BIN_DIR [SCREENSHOT_DIR]}
+BIN=$(cd "${1:?usage: test_annot_ui.sh BIN_DIR [SCREENSHOT_DIR]}" && pwd)
 SHOTS=${2:-}
 # Debian's python3-selenium is in the system's Python, which may not be the first python3
 PY=python3
@@ -18,7 +18,8 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null ||
     echo "skipped: chromium, chromium-driver and python3-selenium are wanted (deploy/bootstrap.sh)"
     exit 77
 fi
-source "$(dirname "$0")/runtime_lib.sh"
+HERE=$(cd "$(dirname "$0")" && pwd)
+source "$HERE/runtime_lib.sh"
 R=$BIN/rlhf
 cd "$W"
 mkdir -p data/h1
@@ -70,7 +71,7 @@ check "an invalid ranking: 400 naming the fault" bash -c "curl -s -H 'Authorizat
     '$HTTP/api/annotate/submit' | grep -q 'ranking'"
 
 KILL="kill -9 \$(jq .pid '$W/data/.cluster/master.json'); sleep 0.5; for i in \$(seq 100); do curl -sf $HTTP/healthz >/dev/null && break; sleep 0.1; done"
-"$PY" "$(dirname "${BASH_SOURCE[0]}")/annot_ui.py" "$HTTP" "$(tok "$AL")" "$(tok "$BO")" \
+"$PY" "$HERE/annot_ui.py" "$HTTP" "$(tok "$AL")" "$(tok "$BO")" \
     "$(cat data/.cluster/keys/http.token)" "$KILL" "$SHOTS" >ui.out 2>ui.err
 rc=$?
 grep -E '^(ok|FAIL) ' ui.out | while read -r line; do echo "$line"; done
@@ -87,6 +88,8 @@ check "carol's ranking through the API: 200" test "$(api -H "Authorization: Bear
     "$HTTP/api/annotate/submit")" = 200
 check "the run goes past annotate by itself and succeeds" wait_for 60 test -e data/h1/stages/pairs.json
 check "... annotate closed: the target met" grep -q "target is met" data/.cluster/master.log
+check "a run that has ended takes no annotator: 409 with the reason" \
+    bash -c "! '$R' annotators add dave --run h1 --data-dir data 2>err && grep -q '409.*has ended (succeeded)' err"
 S=data/h1/annotations.jsonl
 check "the store holds 7 records" test "$(wc -l <$S)" -eq 7
 # exactly what was submitted: each of alice's and bob's records, rankings as sets of tie groups

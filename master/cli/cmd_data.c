@@ -131,7 +131,9 @@ static const cli_opt_t annotate_opt_table[] = {
                 "run's master (rlhf annotators add; in a run only)",
                 0),
     CLI_OPT_STR(annotate_args_t, guidelines, "guidelines", NULL, "FILE",
-                "human: the guidelines the page shows (default: the task's guidelines.md)", 0),
+                "human: the guidelines the page shows (default: the run's task/guidelines.md where "
+                "the task stage wrote it, else a one-line instruction)",
+                0),
     CLI_OPT_DOUBLE(annotate_args_t, deadline, "deadline", 0, 1e9, "0", "SECONDS",
                    "human: close the stage this long after it opened, target met or not (0: "
                    "no deadline; rlhf annotate close RUN closes it at any time)"),

@@ -130,7 +130,6 @@ static const struct {
     {"generate.max_new", "24"},
     {"annotate.simulate", "5"},
     {"annotate.overlap", "3"},
-    {"annotate.guidelines", "{run}/task/guidelines.md"},
     {"rm.model", "{run}/sft"},
     {"rm.pairs", "{run}/pairs.jsonl"},
     {"rm.epochs", "2"},

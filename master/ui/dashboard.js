@@ -70,7 +70,8 @@
       $("annstate").textContent = a.state + (a.closed ? " - " + a.closed : "");
       $("annsummary").textContent = a.prompts_complete + " of " + a.prompts + " prompts complete (overlap " + a.overlap +
         "), " + a.records + " records; pairwise agreement " + fmt(a.pairwise_agreement) +
-        ", mean Kendall's W " + fmt(a.mean_kendall_w) + ", Krippendorff's alpha " + fmt(a.krippendorff_alpha_ordinal);
+        ", mean Kendall's W " + fmt(a.mean_kendall_w) + ", Krippendorff's alpha " + fmt(a.krippendorff_alpha_ordinal) +
+        (a.consensus_age_s > 1 ? " (consensus figures of " + a.consensus_records + " records, " + fmt(a.consensus_age_s, 0) + " s ago)" : "");
       table($("annotators"), ["annotator", "done / assigned", "skipped", "s per ranking", "agreement with others", "with consensus (leave-one-out)", "working on"],
         a.annotators.map((x) => el("tr", {}, el("td", {}, x.annotator), el("td", {}, fmt(x.done, 0) + " / " + fmt(x.assigned, 0)),
           el("td", {}, fmt(x.skipped, 0)), el("td", {}, fmt(x.seconds_per_ranking, 1)), el("td", {}, fmt(x.agreement_with_others)),
