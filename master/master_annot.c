@@ -208,8 +208,8 @@ static void path_in(const char *cwd, const char *p, char *out, size_t n) {
         snprintf(out, n, "%s/%s", cwd, p);
 }
 
-/* Journals the stage's state (opened, closed). */
-static int state_journal(master_t *m, mann_run_t *r) {
+/* Journals the stage's state (opened, closed); sync: the record on disk before returning. */
+static int state_journal(master_t *m, mann_run_t *r, int sync) {
     Rlhf__JournalRecord rec = RLHF__JOURNAL_RECORD__INIT;
     Rlhf__JournalAnnotate ja = RLHF__JOURNAL_ANNOTATE__INIT;
     ja.run = r->run;
@@ -217,7 +217,7 @@ static int state_journal(master_t *m, mann_run_t *r) {
     ja.closed = r->closed;
     rec.body_case = RLHF__JOURNAL_RECORD__BODY_ANNOTATE;
     rec.annotate = &ja;
-    return master_journal(m, &rec, 1);
+    return master_journal(m, &rec, sync);
 }
 
 /* The stage's first step in this process: its files read, the records replayed applied. */
@@ -271,7 +271,7 @@ static int stage_load(master_t *m, mann_run_t *r, const char *cwd, const char *l
     }
     if (!r->opened_unix) {
         r->opened_unix = now_unix();
-        if ((rc = state_journal(m, r)) < 0) return rc;
+        if ((rc = state_journal(m, r, 1)) < 0) return rc;
     }
     master_log("run %s: annotate: open for %d annotators, %d prompts x overlap %d, %zu records",
                r->run, r->n_an, r->comp.n, r->overlap, json_array_size(r->recs));
@@ -319,7 +319,7 @@ int mann_stage_step(master_t *m, const char *run, const char *cwd, const char *l
             snprintf(r->closed, sizeof r->closed, "the deadline passed (%.0f s)", r->deadline_s);
         if (r->closed[0]) {
             master_log("run %s: annotate: closed: %s", r->run, r->closed);
-            state_journal(m, r);
+            state_journal(m, r, 1);
         }
     }
     if (!r->closed[0]) return 0;
@@ -390,7 +390,7 @@ int mann_close(master_t *m, const char *run, json_t **out) {
     if (r->closed[0])
         return err_out(out, 409, "run %s: annotation closed already: %s", run, r->closed);
     snprintf(r->closed, sizeof r->closed, "closed by its operator (rlhf annotate close)");
-    if (state_journal(m, r) < 0) return err_out(out, 503, "the journal: %s", rl_errmsg());
+    if (state_journal(m, r, 1) < 0) return err_out(out, 503, "the journal: %s", rl_errmsg());
     master_log("run %s: annotate: %s", run, r->closed);
     master_runs_tick(m);
     *out = json_pack("{s:s, s:s, s:i}", "run", run, "closed", r->closed, "records", r->store.n);
@@ -807,16 +807,7 @@ int mann_snapshot(master_t *m) {
             rec.annotation = &ja;
             if ((rc = master_journal(m, &rec, 0)) < 0) return rc;
         }
-        if (r->opened_unix) {
-            Rlhf__JournalRecord rec = RLHF__JOURNAL_RECORD__INIT;
-            Rlhf__JournalAnnotate ja = RLHF__JOURNAL_ANNOTATE__INIT;
-            ja.run = r->run;
-            ja.opened_unix = r->opened_unix;
-            ja.closed = r->closed;
-            rec.body_case = RLHF__JOURNAL_RECORD__BODY_ANNOTATE;
-            rec.annotate = &ja;
-            if ((rc = master_journal(m, &rec, 0)) < 0) return rc;
-        }
+        if (r->opened_unix && (rc = state_journal(m, r, 0)) < 0) return rc;
     }
     return 0;
 }

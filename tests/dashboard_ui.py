@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """dashboard_ui.py - the run dashboard in headless Chromium (Selenium) while a PPO run trains,
 driven by test_dashboard_ui.sh: the page, opened once and never reloaded, shows the run with
-its stage running and the workers, and its reward and KL curves gain points as iterations
-commit; every point drawn is the run's committed metrics line for that iteration. Prints
-`ok`/`FAIL` lines; exits 1 on a failure.
+its stage running and the workers, and its curves gain points as iterations commit; every
+point drawn (reward, KL, the gold judge's score) is the run's committed metrics line for that
+iteration. Prints `ok`/`FAIL` lines; exits 1 on a failure.
 
 Usage: dashboard_ui.py BASE_URL MASTER_TOKEN METRICS_JSONL [SCREENSHOT]
 """
@@ -30,7 +30,7 @@ def check(name, cond):
 
 o = webdriver.ChromeOptions()
 for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-          "--window-size=1280,1000"):
+          "--window-size=1280,1250"):
     o.add_argument(a)
 o.binary_location = "/usr/bin/chromium"
 d = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=o)
@@ -70,6 +70,7 @@ try:
     wait(lambda: len(chart("reward (mean)") or []) >= len(first) + 2, 120)
     grown = chart("reward (mean)")
     kl = chart("KL to the reference (k1)")
+    gold = chart("gold score (mean)") or []
     check("the curve gained points without a reload (%d -> %d)" % (len(first), len(grown)),
           len(grown) >= len(first) + 2)
     lines = committed()
@@ -77,6 +78,9 @@ try:
     check("... its reward and KL are that iteration's metrics",
           all(grown[i] == lines[i]["ppo"]["reward_mean"] and kl[i] == lines[i]["ppo"]["kl_k1"]
               for i in range(len(grown))))
+    check("... and its gold score (the run scores with the gold judge)",
+          len(gold) >= len(grown) and
+          all(gold[i] == lines[i]["gold_mean"] for i in range(len(grown))))
     if shot:
         d.save_screenshot(shot)
 finally:

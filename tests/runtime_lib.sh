@@ -35,6 +35,19 @@ check() { # check NAME COMMAND...
 }
 finish() { echo "$pass passed, $fail failed"; [ "$fail" -eq 0 ]; }
 
+# need_browser: the browser tests' headless Chromium, chromedriver and Selenium, or exit 77
+# (skipped); sets PY to a Python that has Selenium (Debian's package is in the system's Python,
+# which may not be the first python3).
+need_browser() {
+    PY=python3
+    python3 -c 'import selenium' 2>/dev/null || PY=/usr/bin/python3
+    if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null ||
+        ! "$PY" -c 'import selenium' 2>/dev/null; then
+        echo "skipped: chromium, chromium-driver and python3-selenium are wanted (deploy/bootstrap.sh)"
+        exit 77
+    fi
+}
+
 # wait_for SECONDS COMMAND...: polls COMMAND every 50 ms until it succeeds or time runs out.
 wait_for() {
     local deadline=$(($(date +%s%N) + ${1%.*} * 1000000000)); shift

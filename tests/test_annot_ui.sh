@@ -9,17 +9,10 @@
 # cross-site POSTs are refused. Exit 77 (skipped) without Chromium, chromedriver or Selenium.
 # Usage: test_annot_ui.sh BIN_DIR [SCREENSHOT_DIR]
 BIN=$(cd "${1:?usage: test_annot_ui.sh BIN_DIR [SCREENSHOT_DIR]}" && pwd)
-SHOTS=${2:-}
-# Debian's python3-selenium is in the system's Python, which may not be the first python3
-PY=python3
-python3 -c 'import selenium' 2>/dev/null || PY=/usr/bin/python3
-if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null ||
-    ! "$PY" -c 'import selenium' 2>/dev/null; then
-    echo "skipped: chromium, chromium-driver and python3-selenium are wanted (deploy/bootstrap.sh)"
-    exit 77
-fi
+SHOTS=${2:+$(realpath -m "$2")} # the browser runs in the test's directory
 HERE=$(cd "$(dirname "$0")" && pwd)
 source "$HERE/runtime_lib.sh"
+need_browser
 R=$BIN/rlhf
 cd "$W"
 mkdir -p data/h1

@@ -1,27 +1,21 @@
 #!/usr/bin/env bash
 # test_dashboard_ui.sh - the run dashboard in headless Chromium (tests/dashboard_ui.py) while a
 # PPO run trains on a local cluster: the page shows the run at its ppo stage and the workers, and
-# its curves gain points as iterations commit, each point the committed metrics of its
-# iteration. Exit 77 (skipped) without Chromium, chromedriver or Selenium.
+# its curves (reward, KL, the gold judge's score) gain points as iterations commit, each point
+# the committed metrics of its iteration. Exit 77 (skipped) without Chromium, chromedriver or Selenium.
 # Usage: test_dashboard_ui.sh BIN_DIR [SCREENSHOT]
 BIN=$(cd "${1:?usage: test_dashboard_ui.sh BIN_DIR [SCREENSHOT]}" && pwd)
-SHOT=${2:-}
-PY=python3
-python3 -c 'import selenium' 2>/dev/null || PY=/usr/bin/python3
-if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null ||
-    ! "$PY" -c 'import selenium' 2>/dev/null; then
-    echo "skipped: chromium, chromium-driver and python3-selenium are wanted (deploy/bootstrap.sh)"
-    exit 77
-fi
+SHOT=${2:+$(realpath -m "$2")} # the browser runs in the test's directory
 HERE=$(cd "$(dirname "$0")" && pwd)
 source "$HERE/runtime_lib.sh"
+need_browser
 R=$BIN/rlhf
 cd "$W" || exit 1
 tiny_ppo_setup 2 32 48
 # more iterations than the page waits for (a tiny iteration takes a tenth of a second or more);
 # the run is cancelled at the end
 "$R" ppo --policy pol --rm val --prompts prompts.jsonl --batch 16 --samples 2 --max-new 16 \
-    --reward-count-token 97 --rollout 2 --set lr_policy=1e-2 --set lr_value=1e-3 \
+    --reward-count-token 97 --rollout 2 --set lr_policy=1e-2 --set lr_value=1e-3 --gold \
     --out D --iterations 100000 >ppo.out 2>ppo.err &
 DPID=$!
 check "the local cluster comes up" wait_for 60 test -s .cluster/master.json
