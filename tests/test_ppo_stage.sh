@@ -66,9 +66,13 @@ for est in grpo rloo; do
     declare -n E="EST_$est"
     "$R" ppo "${COMMON[@]}" --set kl_coef=0.01 "${E[@]}" --out "A$est" --iterations 4 >/dev/null 2>&1
     "$R" ppo "${COMMON[@]}" --set kl_coef=0.01 "${E[@]}" --out "B$est" --iterations 2 >/dev/null 2>&1
+    # the cluster stopped in between: a new learner resumes from the checkpoint on disk
+    "$R" down --data-dir . >/dev/null
     "$R" ppo "${COMMON[@]}" --set kl_coef=0.01 "${E[@]}" --out "B$est" --iterations 4 >/dev/null 2>"B$est.err"
     unset -n E
     check "$est: the second run resumes at iteration 2" grep -q "resuming at iteration 2" "B$est.err"
+    check "$est: ... in a new learner, from the checkpoint (the policy alone)" \
+        grep -q "resumed from .*B$est/learner/ppo-ckpt-0*2 at iteration 2" .cluster/worker-learner-*.log
     check "$est: resumed metrics equal the uninterrupted run's" same_run "A$est" "B$est" 4
     check "$est: resumed weights are bit-identical" \
         cmp -s "A$est/policy/model.safetensors" "B$est/policy/model.safetensors"
