@@ -5,9 +5,12 @@
  * that a test can check it against numbers worked out by hand: log-probabilities and entropy of
  * a logits row, the KL estimators, per-token rewards, GAE, whitening, the clipped policy and
  * value losses with their gradients, the gradient of a per-token loss with respect to a logits
- * row, the KL-coefficient controllers, explained variance and running moments. On top of them,
- * ppo_update() runs one PPO iteration on a rollout batch with a policy model, a separate value
- * model (a GPT with a scalar head) and an AdamW state for each (ppo_learner_t).
+ * row, the KL-coefficient controllers, explained variance and running moments, and the
+ * critic-free advantages (GRPO, RLOO, REINFORCE++ returns). On top of them, ppo_update() runs
+ * one PPO iteration on a rollout batch with a policy model, a separate value model (a GPT with a
+ * scalar head; none for a critic-free adv_estimator) and an AdamW state for each
+ * (ppo_learner_t). Every logprob is taken under logits / cfg.temperature, the distribution the
+ * rollouts were sampled from.
  *
  * Positions. A sequence is a prompt p[0..P) followed by a completion c[0..n). Action t is the
  * choice of c[t]; its state is everything before it, so both the log-probability of c[t] (the
