@@ -819,8 +819,11 @@ int ppo_update(ppo_learner_t *l, const ppo_seq_t *seqs, int n, ppo_stats_t *st) 
     ppo_moments_t mom = l->score_stats;
     for (int i = 0; i < n; i++) ppo_moments_push(&mom, seqs[i].score);
     s.beta = l->kl.beta;
-    /* the KL penalty in the rewards, or (kl_in = loss) none there: the score alone */
-    float beta_r = c->kl_in == PPO_KL_IN_REWARD ? l->kl.beta : 0.0f;
+    /* the KL penalty in the rewards, or (kl_in = loss) none there: the score alone (k1 times 0,
+     * finite where k3 of a far-off token might not be) */
+    int in_reward = c->kl_in == PPO_KL_IN_REWARD;
+    float beta_r = in_reward ? l->kl.beta : 0.0f;
+    ppo_kl_est_t est_r = in_reward ? (ppo_kl_est_t)c->kl_estimator : PPO_KL_K1;
     double k1 = 0, k3 = 0;
     for (int i = 0; i < n; i++) {
         const ppo_seq_t *q = &seqs[i];
@@ -829,8 +832,8 @@ int ppo_update(ppo_learner_t *l, const ppo_seq_t *seqs, int n, ppo_stats_t *st) 
         if (q->truncated && c->missing_eos_penalty != 0)
             raw = (float)((double)raw - c->missing_eos_penalty);
         float sc = ppo_score_transform(raw, &mom, c->score_norm, c->score_clip);
-        k1 += ppo_rewards_est(u.lp_old + o, q->ref_logprobs, q->completion_len, sc, beta_r,
-                              c->kl_estimator, u.rew + o);
+        k1 += ppo_rewards_est(u.lp_old + o, q->ref_logprobs, q->completion_len, sc, beta_r, est_r,
+                              u.rew + o);
         double tot = 0;
         for (int t = 0; t < q->completion_len; t++) {
             k3 += ppo_kl_k3(u.lp_old[o + t], q->ref_logprobs[t]);
