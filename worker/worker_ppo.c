@@ -386,8 +386,27 @@ static int load_latest(ppo_state_t *ps, const ppo_config_t *cfg) {
 
 /* Makes the learner stand somewhere: the newest checkpoint that verifies (then the one before),
  * else the initial models of the spec. */
+/* ckpt_accept_fn of a probe: the checkpoint verifies; nothing is taken. */
+static int ckpt_probe(void *ctx, ckpt_t *c) {
+    (void)ctx, (void)c;
+    return 0;
+}
+
+/* The error of a training whose estimator needs a value model where its state has none, or the
+ * other way round: switching between GAE and a critic-free estimator is not a resume. */
+static int kind_error(const ppo_state_t *ps, const ppo_config_t *cfg) {
+    char name[32];
+    ppo_setting_format(ppo_setting_find("adv_estimator"), cfg, name, sizeof name);
+    return rl_fail(RL_EINVAL,
+                   "ppo: %s was trained %s a value model: adv_estimator=%s cannot resume it "
+                   "(start a new --out)",
+                   ps->run_dir, ppo_adv_critic_free(cfg->adv_estimator) ? "with" : "without", name);
+}
+
 static int ensure_loaded(ppo_state_t *ps, const Rlhf__PpoSpec *sp, const ppo_config_t *cfg) {
     if (ps->loaded) {
+        if (!ppo_adv_critic_free(cfg->adv_estimator) != (ps->value != NULL))
+            return kind_error(ps, cfg);
         ps->l.cfg = *cfg; /* settings may change between iterations; the state stays */
         ps->l.opt_policy.weight_decay = ps->l.opt_value.weight_decay = cfg->weight_decay;
         ps->l.kl.adaptive = cfg->kl_adaptive;
@@ -396,6 +415,13 @@ static int ensure_loaded(ppo_state_t *ps, const Rlhf__PpoSpec *sp, const ppo_con
         return 0;
     }
     int rc = load_latest(ps, cfg);
+    if (rc == RL_EFORMAT) { /* checkpoints, none usable: of the other kind? */
+        int other = ppo_adv_critic_free(cfg->adv_estimator) ? 2 : 1;
+        if (ckpt_load_latest(ps->run_dir, CKPT_KIND_PPO, ckpt_models, other, ckpt_probe, NULL,
+                             "learner") == 1)
+            return kind_error(ps, cfg);
+        rl_err_clear();
+    }
     if (rc < 0) {
         /* a critic-free estimator (grpo, rloo, reinforce_pp) neither loads nor trains one */
         int critic = !ppo_adv_critic_free(cfg->adv_estimator);
