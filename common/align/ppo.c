@@ -974,7 +974,7 @@ const ppo_setting_t ppo_settings[] = {
     PS(missing_eos_penalty, FLOAT, 0, INFINITY, "0",
        "subtracted from the raw score of a completion cut without end-of-text (0: off)"),
     {"temperature", PPO_SETTING_FLOAT, 0, 100, "1",
-     "the rollouts' sampling temperature: logprobs under logits / T (> 0)",
+     "the rollouts' sampling temperature, set from --temperature: logprobs under logits / T",
      offsetof(ppo_config_t, temperature), 1, NULL},
 };
 #undef PS
