@@ -1076,8 +1076,9 @@ static void test_update_estimators(void) {
             CHECK(isnan(st.value_loss) && isnan(st.grad_norm_value) && isnan(st.explained_var));
         }
     CHECK(params_equal(v, v0));
-    /* missing EOS: sequence 0 cut at the length limit loses 1 from its raw score; RLOO on
-     * scores that are otherwise all 0: A = (-1, 1) for prompt 0, 0 elsewhere */
+    /* missing EOS: sequence 0 cut at the length limit loses 1 from its score (score_norm raw;
+     * with equal raw scores a penalty before the normalisation would be divided by 1e-8); RLOO
+     * on scores that are otherwise all 0: A = (-1, 1) for prompt 0, 0 elsewhere */
     for (int i = 0; i < N; i++) r.seqs[i].score = 0;
     r.seqs[0].truncated = 1;
     ppo_config_t c;
@@ -1097,7 +1098,12 @@ static void test_update_estimators(void) {
     double ntok = 0;
     for (int i = 0; i < N; i++) ntok += r.seqs[i].completion_len;
     CHECK_NEAR(st.policy_loss, -(r.seqs[1].completion_len - r.seqs[0].completion_len) / ntok, 1e-6);
-    CHECK(st.score_mean == 0.0); /* the figure stays the reward model's */
+    CHECK(st.score_mean == 0.0);   /* the figure stays the reward model's */
+    c.score_norm = PPO_SCORE_NORM; /* all raw scores equal: (0 - 0) / (0 + 1e-8), then - 1 */
+    CHECK_OK(ppo_learner_init(&l, p, NULL, &c));
+    CHECK_OK(ppo_update(&l, r.seqs, N, &st));
+    ppo_learner_free(&l);
+    CHECK_NEAR(st.policy_loss, -(r.seqs[1].completion_len - r.seqs[0].completion_len) / ntok, 1e-6);
     r.seqs[0].truncated = 0;
     /* the KL in the loss: with equal scores GRPO's advantages are all 0 and only the KL term
      * (k3 against another reference) moves the policy; without it nothing does */

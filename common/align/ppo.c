@@ -828,10 +828,12 @@ int ppo_update(ppo_learner_t *l, const ppo_seq_t *seqs, int n, ppo_stats_t *st) 
     for (int i = 0; i < n; i++) {
         const ppo_seq_t *q = &seqs[i];
         size_t o = u.off[i];
-        float raw = q->score; /* TRL's missing_eos_penalty: on the raw score */
+        float sc = ppo_score_transform(q->score, &mom, c->score_norm, c->score_clip);
+        /* TRL's missing_eos_penalty, on the score as it enters the rewards: before the
+         * normalisation it would be divided by the running std, which the batch's raw scores
+         * alone may make tiny (all equal) */
         if (q->truncated && c->missing_eos_penalty != 0)
-            raw = (float)((double)raw - c->missing_eos_penalty);
-        float sc = ppo_score_transform(raw, &mom, c->score_norm, c->score_clip);
+            sc = (float)((double)sc - c->missing_eos_penalty);
         k1 += ppo_rewards_est(u.lp_old + o, q->ref_logprobs, q->completion_len, sc, beta_r, est_r,
                               u.rew + o);
         double tot = 0;
@@ -972,7 +974,7 @@ const ppo_setting_t ppo_settings[] = {
     PE(loss_agg, agg_names, 2, "token",
        "token or sequence: losses averaged over a minibatch's tokens, or per sequence first"),
     PS(missing_eos_penalty, FLOAT, 0, INFINITY, "0",
-       "subtracted from the raw score of a completion cut without end-of-text (0: off)"),
+       "subtracted from the (normalised) score of a completion cut without end-of-text (0: off)"),
     {"temperature", PPO_SETTING_FLOAT, 0, 100, "1",
      "the rollouts' sampling temperature, set from --temperature: logprobs under logits / T",
      offsetof(ppo_config_t, temperature), 1, NULL},

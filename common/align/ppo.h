@@ -288,7 +288,8 @@ typedef struct {
     int kl_in;              /* ppo_kl_in_t */
     int kl_estimator;       /* ppo_kl_est_t of the penalty (reward or loss) */
     int loss_agg;           /* ppo_loss_agg_t */
-    float missing_eos_penalty; /* subtracted from the raw score of a truncated completion */
+    float missing_eos_penalty; /* subtracted from the score (after score_norm and score_clip) of
+                                  a truncated completion */
     float temperature;         /* the rollouts' sampling temperature (> 0): every logprob is taken
                                   under logits / temperature */
 } ppo_config_t;
@@ -439,7 +440,8 @@ int ppo_seq_values(gpt_t *m, const ppo_seq_t *seqs, int n, int batch, float *out
 /*
  * One PPO iteration on n rollouts: old values (and old logprobs with recompute_logprobs),
  * score normalisation (the running moments are updated with this batch's raw scores first;
- * missing_eos_penalty is then subtracted from a truncated rollout's raw score), per-token
+ * missing_eos_penalty is then subtracted from a truncated rollout's normalised, clipped score),
+ * per-token
  * rewards with the current beta (the KL term only with kl_in = reward), advantages by
  * adv_estimator (GAE and optional whitening; GRPO or RLOO per prompt group, the sequence's
  * advantage on each of its tokens; REINFORCE++ returns whitened over the batch), then
