@@ -79,6 +79,10 @@ for est in grpo rloo; do
         cmp -s "A$est/policy/model.safetensors" "B$est/policy/model.safetensors"
     check "$est: no value model: checkpoints hold the policy alone" \
         bash -c "ls -d B$est/learner/ppo-ckpt-*/policy >/dev/null && ! ls -d B$est/learner/ppo-ckpt-*/value 2>/dev/null"
+    # the policy is the reference at first: old (rollout) and reference logprobs agree when both
+    # are taken under the sampling temperature (0.8 for rloo), as the learner's are
+    check "$est: no KL at the first iteration (one temperature for every logprob)" \
+        jq -e -s '.[0].ppo.kl_k1 | fabs < 1e-4' "A$est/metrics.jsonl"
     check "$est: value figures null, the others there" jq -e -s 'all(.[]; .ppo.value_loss == null and
         .ppo.explained_var == null and .ppo.grad_norm_value == null and .ppo.policy_loss != null and
         .ppo.kl_k1 != null)' "B$est/metrics.jsonl"
