@@ -415,6 +415,8 @@ static int pack_train(mrun_t *r, long i, int attach, uint8_t **buf, size_t *len)
         rs[q].ref_logprobs = ro->ref_logprobs;
         rs[q].n_ref_logprobs = (size_t)ro->n;
         rs[q].score = ro->score;
+        rs[q].group = (uint32_t)(q / p->K); /* rollouts come prompt-major: K per prompt */
+        rs[q].truncated = ro->finish != 1;  /* no end-of-text (gen.h's GEN_FINISH_EOT) */
         rp[q] = &rs[q];
     }
     Rlhf__PpoSpec pp = RLHF__PPO_SPEC__INIT;
@@ -467,6 +469,7 @@ static int gen_job(master_t *m, int ri, long i, int c) {
         sp.top_p = 1.0f;
         sp.eot = p->eot;
         sp.vocab_limit = (uint32_t)p->vocab;
+        sp.logprobs_at_temperature = 1; /* the old logprobs of the distribution sampled */
         size_t len = rlhf__generate_spec__get_packed_size(&sp);
         uint8_t *buf = malloc(len ? len : 1);
         if (buf) {
@@ -510,6 +513,7 @@ static int score_job(master_t *m, int ri, long i, int c) {
         sp.n_items = (size_t)cnt;
         sp.eot = p->eot;
         sp.vocab_limit = (uint32_t)p->vocab;
+        sp.temperature = p->temperature; /* reference logprobs under the rollouts' T */
         if (p->gold) {
             sp.gold = 1;
             sp.prompt_texts = texts;
@@ -657,11 +661,12 @@ static int ppo_commit(master_t *m, int ri, long i, const Rlhf__PpoOutput *po,
     mrun_t *r = run_at(m, ri);
     mppo_t *p = r->ppo;
     int n = p->P * p->K;
-    long toks = 0, eots = 0;
+    long toks = 0, eots = 0, cut = 0;
     double gold = 0;
     for (int q = 0; q < n; q++) {
         toks += p->r[q].n;
         eots += p->r[q].finish == 1;
+        cut += p->r[q].finish != 1; /* cut at the length limit: no end-of-text */
         gold += p->r[q].gold;
     }
     double now = wire_now_ms();
@@ -679,6 +684,7 @@ static int ppo_commit(master_t *m, int ri, long i, const Rlhf__PpoOutput *po,
         t_total > 0 ? fmax(0, 1 - math_ms / t_total) : 0, "tokens_per_s",
         toks / (t_gen > 0 ? t_gen / 1000 : 1e-9), "rollouts", (json_int_t)n);
     if (p->gold) json_object_set_new(mo, "gold_mean", json_real(gold / n));
+    json_object_set_new(mo, "truncated_rate", json_real((double)cut / n));
     json_object_set_new(mo, "ms_generate_math", json_real(max_worker(p->gen_by)));
     json_object_set_new(mo, "ms_score_math", json_real(max_worker(p->score_by)));
     char *line = json_dumps(mo, JSON_COMPACT);

@@ -8,7 +8,8 @@
 #     products do not go through OpenBLAS, so its kernel choice changes nothing. This test sets
 #     the variable on purpose, to exercise both of OpenBLAS's kernels;
 #   - and PPO (rlhf ppo: rollout and reward workers, the learner) under the kernels and the
-#     OpenBLAS core types.
+#     OpenBLAS core types, and its critic-free GRPO path at another temperature under the
+#     portable kernel.
 # The control: the "openblas" backend (RLHF_GEMM=openblas) is not held to this, and the test
 # shows that with it the same training run differs between OpenBLAS's kernels where the CPU has
 # both (the reason for the exact backend). Usage: test_exact.sh BIN_DIR
@@ -103,4 +104,14 @@ ppo p-avx2 RLHF_SIMD=avx2
 check "PPO: the avx2 kernel = the default kernel" ppo_same p-avx2
 ppo p-ob -u OPENBLAS_CORETYPE
 check "PPO: OPENBLAS_CORETYPE unset = the environment's setting" ppo_same p-ob
+# the critic-free path: GRPO with the KL in the loss (k3), sequence-mean losses, temperature 0.7
+PPO+=(--set adv_estimator=grpo --set kl_in=loss --set kl_estimator=k3 --set loss_agg=sequence
+    --temperature 0.7)
+ppo g-base
+check "GRPO runs (2 iterations)" test -s g-base/run/policy/model.safetensors
+ppo g-c RLHF_SIMD=c
+check "GRPO: the portable kernel = the default kernel (policy and metrics)" \
+    eval 'cmp -s g-base/run/policy/model.safetensors g-c/run/policy/model.safetensors &&
+        cmp -s <(jq -c "[.iteration, .ppo]" g-base/run/metrics.jsonl) \
+            <(jq -c "[.iteration, .ppo]" g-c/run/metrics.jsonl)'
 finish

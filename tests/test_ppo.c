@@ -372,6 +372,171 @@ static void test_config(void) {
     CHECK_ERR(ppo_config_check(&b), RL_EINVAL);
 }
 
+/* ---- estimators, KL placement, loss aggregation, temperature ------------------------------ */
+
+static void test_kl_k2_and_gradients(void) {
+    /* logp -1, ref -1.5: d = 0.5, k2 = 0.125 (exact); dk1 = 1, dk2 = d = 0.5,
+     * dk3 = 1 - exp(-0.5) = 1 - 0.606530660 = 0.393469340 */
+    CHECK(ppo_kl_k2(-1.0, -1.5) == 0.125);
+    CHECK(ppo_kl(PPO_KL_K2, -1.0, -1.5) == 0.125);
+    CHECK(ppo_kl(PPO_KL_K1, -1.0, -1.5) == 0.5);
+    CHECK(ppo_kl(PPO_KL_K3, -1.0, -1.5) == ppo_kl_k3(-1.0, -1.5));
+    CHECK(ppo_kl_dlogp(PPO_KL_K1, -1.0, -1.5) == 1.0);
+    CHECK(ppo_kl_dlogp(PPO_KL_K2, -1.0, -1.5) == 0.5);
+    CHECK_NEAR(ppo_kl_dlogp(PPO_KL_K3, -1.0, -1.5), 0.393469340, 1e-9);
+    /* logp -2, ref -1: d = -1, k2 = 0.5, dk2 = -1, dk3 = 1 - e = -1.718281828 */
+    CHECK(ppo_kl_k2(-2.0, -1.0) == 0.5);
+    CHECK(ppo_kl_dlogp(PPO_KL_K2, -2.0, -1.0) == -1.0);
+    CHECK_NEAR(ppo_kl_dlogp(PPO_KL_K3, -2.0, -1.0), -1.718281828, 1e-9);
+    /* every derivative against a central difference of the estimate itself */
+    const double lp[3] = {-1.0, -2.0, -0.3}, rf[3] = {-1.5, -1.0, -0.31};
+    for (int e = 0; e < 3; e++)
+        for (int i = 0; i < 3; i++) {
+            double h = 1e-5,
+                   fd = (ppo_kl(e, lp[i] + h, rf[i]) - ppo_kl(e, lp[i] - h, rf[i])) / (2 * h);
+            CHECK_NEAR(ppo_kl_dlogp(e, lp[i], rf[i]), fd, 1e-8);
+        }
+    /* the KL loss over tokens (-1, -2) against refs (-1.5, -1), beta 0.1, k3:
+     * mean k3 = (0.106530660 + 0.718281828) / 2 = 0.412406244; dlogp gets 0.1 * dk3 / 2 added:
+     * 1 + 0.0196734670, 2 - 0.0859140914 */
+    const float l2[2] = {-1, -2}, r2[2] = {-1.5f, -1};
+    float d[2] = {1, 2};
+    CHECK_NEAR(ppo_kl_loss(l2, r2, NULL, 2, PPO_KL_K3, 0.1f, 0, d), 0.412406244, 1e-9);
+    CHECK_NEAR(d[0], 1.0196734670, 1e-6);
+    CHECK_NEAR(d[1], 1.9140859086, 1e-6);
+    /* k2 with weights (0.5, 0.25) over 2 sequences: (0.5 * 0.125 + 0.25 * 0.5) / 2 = 0.09375 */
+    const float w[2] = {0.5f, 0.25f};
+    CHECK(ppo_kl_loss(l2, r2, w, 2, PPO_KL_K2, 0.1f, 2, NULL) == 0.09375);
+}
+
+static void test_rewards_kl_estimators(void) {
+    const float lp[3] = {-1, -2, -0.5f}, ref[3] = {-1.5f, -1, -0.5f};
+    float a[3], b[3];
+    /* k1: the same bits as ppo_rewards */
+    CHECK(ppo_rewards_est(lp, ref, 3, 2.0f, 0.1f, PPO_KL_K1, a) ==
+          ppo_rewards(lp, ref, 3, 2.0f, 0.1f, b));
+    CHECK(memcmp(a, b, sizeof a) == 0);
+    /* k3 = (0.106530660, 0.718281828, 0): rewards -0.1 k3, the score on the last token; the
+     * summed k1 (-0.5) is returned whatever the estimator */
+    CHECK_NEAR(ppo_rewards_est(lp, ref, 3, 2.0f, 0.1f, PPO_KL_K3, a), -0.5, 1e-12);
+    CHECK_NEAR(a[0], -0.0106530660, 1e-7);
+    CHECK_NEAR(a[1], -0.0718281828, 1e-7);
+    CHECK_NEAR(a[2], 2.0, 1e-7);
+    /* k2 = (0.125, 0.5, 0) */
+    ppo_rewards_est(lp, ref, 3, 2.0f, 0.1f, PPO_KL_K2, a);
+    CHECK_NEAR(a[0], -0.0125, 1e-7);
+    CHECK_NEAR(a[1], -0.05, 1e-7);
+}
+
+static void test_returns(void) {
+    /* rewards (0.1, -0.2, 1): gamma 1 -> (0.9, 0.8, 1); gamma 0.9 -> 1, -0.2 + 0.9 = 0.7,
+     * 0.1 + 0.63 = 0.73 */
+    const float r[3] = {0.1f, -0.2f, 1.0f};
+    float g[3];
+    ppo_returns(r, 3, 1.0f, g);
+    CHECK_NEAR(g[0], 0.9, 1e-7);
+    CHECK_NEAR(g[1], 0.8, 1e-7);
+    CHECK(g[2] == 1.0f);
+    ppo_returns(r, 3, 0.9f, g);
+    CHECK_NEAR(g[0], 0.73, 1e-6);
+    CHECK_NEAR(g[1], 0.7, 1e-6);
+}
+
+static void test_adv_grpo(void) {
+    /* three prompts: (1, 2, 3): mean 2, Bessel variance (1 + 0 + 1) / 2 = 1, adv (-1, 0, 1);
+     * (5, 5): std 0, adv 0; (0, 4): mean 2, variance 8 / 1, std 2.828427125, adv -+0.707106781
+     * (the population std, 2, would give -+1: TRL and OpenRLHF use torch.std, unbiased) */
+    const double R[7] = {1, 2, 3, 5, 5, 0, 4};
+    const int g[7] = {0, 0, 0, 1, 1, 2, 2};
+    double a[7];
+    CHECK_OK(ppo_adv_grpo(R, g, 7, 0.0, a));
+    CHECK(a[0] == -1.0 && a[1] == 0.0 && a[2] == 1.0);
+    CHECK_NEAR(a[5], -0.707106781, 1e-9);
+    CHECK_NEAR(a[6], 0.707106781, 1e-9);
+    CHECK_OK(ppo_adv_grpo(R, g, 7, 1e-4, a));
+    CHECK_NEAR(a[0], -1.0 / 1.0001, 1e-15);
+    CHECK(a[3] == 0.0 && a[4] == 0.0);
+    const int g1[3] = {0, 0, 1}; /* a prompt with one sample has no group statistics */
+    CHECK_ERR(ppo_adv_grpo(R, g1, 3, 1e-4, a), RL_EINVAL);
+}
+
+static void test_adv_rloo(void) {
+    /* (1, 2, 3): baselines (2+3)/2, (1+3)/2, (1+2)/2 -> adv (-1.5, 0, 1.5), which is
+     * K/(K-1) (R - mean); (0, 4): -4, 4. Exact in double. */
+    const double R[5] = {1, 2, 3, 0, 4};
+    const int g[5] = {7, 7, 7, 9, 9};
+    double a[5];
+    CHECK_OK(ppo_adv_rloo(R, g, 5, a));
+    CHECK(a[0] == -1.5 && a[1] == 0.0 && a[2] == 1.5 && a[3] == -4.0 && a[4] == 4.0);
+    const int g1[2] = {0, 1};
+    CHECK_ERR(ppo_adv_rloo(R, g1, 2, a), RL_EINVAL);
+}
+
+static void test_loss_aggregation(void) {
+    /* ratio 1 (logp = old), 2 sequences of 2 and 4 tokens with A (1, 3) and (2, 2, 2, 6):
+     * token mean: -(1 + 3 + 2 + 2 + 2 + 6) / 6; sequence mean: (-(1 + 3) / 2 - 12 / 4) / 2 =
+     * -2.5, the weights 1/2 and 1/4 over 2 sequences (exact in binary) */
+    const float lp[6] = {-1, -1, -2, -2, -2, -2}, adv[6] = {1, 3, 2, 2, 2, 6};
+    const float w[6] = {0.5f, 0.5f, 0.25f, 0.25f, 0.25f, 0.25f};
+    float d[6];
+    ppo_pg_stats_t st;
+    CHECK_OK(ppo_policy_loss(lp, lp, adv, NULL, 6, 0.2f, 6, d, &st));
+    CHECK(st.loss == -16.0 / 6.0);
+    CHECK(d[5] == (float)(-6.0 / 6.0));
+    CHECK_OK(ppo_policy_loss(lp, lp, adv, w, 6, 0.2f, 2, d, &st));
+    CHECK(st.loss == -2.5);
+    CHECK(d[0] == -0.25f && d[1] == -0.75f && d[2] == -0.25f && d[5] == -0.75f);
+}
+
+/* log_softmax(x / T) and its entropy, plainly in double: the reference. */
+static double ref_logsoftmax_t(const double *x, int V, int tok, double T, double *H) {
+    double mx = x[0], s = 0;
+    for (int i = 1; i < V; i++) mx = fmax(mx, x[i]);
+    for (int i = 0; i < V; i++) s += exp(x[i] / T - mx / T);
+    double lse = mx / T + log(s), h = 0;
+    for (int i = 0; i < V; i++) {
+        double l = x[i] / T - lse;
+        h -= exp(l) * l;
+    }
+    *H = h;
+    return x[tok] / T - lse;
+}
+
+static void test_temperature(void) {
+    enum { V = 6 };
+    const float x[V] = {0.3f, -1.2f, 2.5f, 0.0f, 1.1f, -0.4f};
+    double xd[V];
+    for (int i = 0; i < V; i++) xd[i] = x[i];
+    const float Ts[4] = {0.5f, 0.7f, 1.0f, 2.0f};
+    for (int k = 0; k < 4; k++)
+        for (int tok = 0; tok < V; tok++) {
+            double H, Hr, lp = ppo_logprob_temp(x, V, tok, Ts[k], &H);
+            CHECK_NEAR(lp, ref_logsoftmax_t(xd, V, tok, Ts[k], &Hr), 1e-12);
+            CHECK_NEAR(H, Hr, 1e-12);
+        }
+    /* at T = 1 the same bits as without a temperature */
+    double H1, H2;
+    CHECK(ppo_logprob_temp(x, V, 2, 1.0f, &H1) == ppo_logprob(x, V, 2, &H2) && H1 == H2);
+    /* the logits gradient through x / T against central differences of the reference:
+     * f = dlogp * logp_T(tok) + dent * H_T */
+    const float dlogp = 0.7f, dent = -0.3f, T = 0.6f;
+    float g[V], g1[V], g2[V];
+    ppo_dlogits_row_temp(x, V, 4, T, dlogp, dent, g);
+    for (int j = 0; j < V; j++) {
+        double h = 1e-5, xp[V], xm[V], Hp, Hm;
+        memcpy(xp, xd, sizeof xp);
+        memcpy(xm, xd, sizeof xm);
+        xp[j] += h, xm[j] -= h;
+        double fp = dlogp * ref_logsoftmax_t(xp, V, 4, T, &Hp),
+               fm = dlogp * ref_logsoftmax_t(xm, V, 4, T, &Hm);
+        fp += dent * Hp, fm += dent * Hm;
+        CHECK_NEAR(g[j], (fp - fm) / (2 * h), 1e-6);
+    }
+    ppo_dlogits_row_temp(x, V, 4, 1.0f, dlogp, dent, g1);
+    ppo_dlogits_row(x, V, 4, dlogp, dent, g2);
+    CHECK(memcmp(g1, g2, sizeof g1) == 0);
+}
+
 /* ---- models ------------------------------------------------------------------------------ */
 
 enum { VOCAB = 16, NPOS = 32 };
@@ -397,9 +562,9 @@ static void rollouts_free(rollouts_t *r) {
     memset(r, 0, sizeof *r);
 }
 
-/* n prompts of 1..3 tokens, completions of `len` tokens sampled at temperature 1. */
-static int rollouts_make(rollouts_t *r, gpt_t *policy, gpt_t *ref, int n, int len, uint64_t seed,
-                         int reward_tok, int vocab_limit) {
+/* n prompts of 1..3 tokens, completions of `len` tokens sampled at `temperature`. */
+static int rollouts_make_temp(rollouts_t *r, gpt_t *policy, gpt_t *ref, int n, int len,
+                              uint64_t seed, int reward_tok, int vocab_limit, float temperature) {
     memset(r, 0, sizeof *r);
     r->n = n;
     for (int i = 0; i < n; i++) {
@@ -410,7 +575,7 @@ static int rollouts_make(rollouts_t *r, gpt_t *policy, gpt_t *ref, int n, int le
     }
     gen_opts_t o = {0};
     o.max_new_tokens = len;
-    o.sampling.temperature = 1.0f;
+    o.sampling.temperature = temperature;
     o.sampling.top_p = 1.0f;
     o.seed = seed;
     o.eot = -1;
@@ -436,6 +601,12 @@ static int rollouts_make(rollouts_t *r, gpt_t *policy, gpt_t *ref, int n, int le
     for (int i = 0, off = 0; i < n; off += r->seqs[i].completion_len, i++)
         r->seqs[i].ref_logprobs = r->ref + off;
     return 0;
+}
+
+/* ... at temperature 1 */
+static int rollouts_make(rollouts_t *r, gpt_t *policy, gpt_t *ref, int n, int len, uint64_t seed,
+                         int reward_tok, int vocab_limit) {
+    return rollouts_make_temp(r, policy, ref, n, len, seed, reward_tok, vocab_limit, 1.0f);
 }
 
 static double mean_score(const rollouts_t *r) {
@@ -831,6 +1002,221 @@ static void test_update_learns(void) {
     gpt_destroy(&p), gpt_destroy(&v), gpt_destroy(&ref);
 }
 
+/* Advantages of K = 2 samples per prompt worked out in closed form: GRPO (a - b) / 2 over the
+ * Bessel std |a - b| / sqrt(2) (+ eps), RLOO a - b; REINFORCE++ (gamma 1, no KL) the score on
+ * every token, whitened over the batch's tokens. */
+static void expected_adv(int est, const ppo_seq_t *s, int n, double *A) {
+    if (est == PPO_ADV_REINFORCE_PP) {
+        double cnt = 0, sum = 0, ss = 0;
+        for (int i = 0; i < n; i++)
+            cnt += s[i].completion_len, sum += s[i].completion_len * (double)s[i].score;
+        double mu = sum / cnt;
+        for (int i = 0; i < n; i++)
+            ss += s[i].completion_len * (s[i].score - mu) * (s[i].score - mu);
+        for (int i = 0; i < n; i++) A[i] = (s[i].score - mu) / sqrt(ss / cnt + 1e-8);
+        return;
+    }
+    for (int i = 0; i < n; i++) {
+        double a = s[i].score, b = s[i ^ 1].score;
+        A[i] = est == PPO_ADV_RLOO ? a - b : (a - b) / 2 / (fabs(a - b) / sqrt(2.0) + 1e-4);
+    }
+}
+
+/*
+ * The critic-free estimators in the update, each with token and sequence averaging: at ratio 1
+ * (learning rate 0, one epoch of one minibatch, the old logprobs recomputed) the policy loss is
+ * minus the mean advantage - over tokens, or per sequence and then over sequences - computed
+ * here independently from the scores. The value model is neither needed nor touched. Then the
+ * missing-EOS penalty, the KL in the loss, and a value model that GAE cannot do without.
+ */
+static void test_update_estimators(void) {
+    enum { N = 8 };
+    gpt_t *p = gpt_new(&pcfg), *v = gpt_new(&vcfg), *v0 = gpt_new(&vcfg), *ref = gpt_new(&pcfg);
+    gpt_init_weights(p, 71);
+    gpt_init_weights(v, 72);
+    gpt_init_weights(ref, 73);
+    memcpy(v0->params_mem, v->params_mem, v->num_params * sizeof(float));
+    rollouts_t r;
+    CHECK_OK(rollouts_make(&r, p, p, N, 6, 5, 3, 0));
+    const float score[N] = {1, 3, 0, 0, 2, 5, -1, 4};
+    for (int i = 0; i < N; i++) {
+        r.seqs[i].completion_len = 1 + (i * 5) % 6; /* 1..6 tokens: the averages differ */
+        r.seqs[i].score = score[i];
+        r.seqs[i].group = i / 2;
+    }
+    const int ests[3] = {PPO_ADV_GRPO, PPO_ADV_RLOO, PPO_ADV_REINFORCE_PP};
+    for (int e = 0; e < 3; e++)
+        for (int agg = 0; agg < 2; agg++) {
+            ppo_config_t c;
+            ppo_config_default(&c);
+            c.adv_estimator = ests[e];
+            c.loss_agg = agg;
+            c.kl_coef = 0;
+            c.lr_policy = 0;
+            c.epochs = 1;
+            c.minibatch = N;
+            c.recompute_logprobs = 1;
+            ppo_learner_t l;
+            CHECK_OK(ppo_learner_init(&l, p, v, &c));
+            CHECK(l.value == NULL);
+            ppo_stats_t st;
+            CHECK_OK(ppo_update(&l, r.seqs, N, &st));
+            ppo_learner_free(&l);
+            double A[N], num = 0, den = 0;
+            expected_adv(ests[e], r.seqs, N, A);
+            for (int i = 0; i < N; i++) {
+                double w = agg == PPO_AGG_TOKEN ? r.seqs[i].completion_len : 1;
+                num += w * A[i], den += w;
+            }
+            /* the ratio is 1 up to the learner's forwards in two batch orders (~1e-7, see
+             * test_update_first_step); |A| <= 2.5 */
+            fprintf(stderr, "  estimator %d agg %d: loss %.9f, expected %.9f\n", ests[e], agg,
+                    st.policy_loss, -num / den);
+            CHECK_NEAR(st.policy_loss, -num / den, 1e-6);
+            CHECK(isnan(st.value_loss) && isnan(st.grad_norm_value) && isnan(st.explained_var));
+        }
+    CHECK(params_equal(v, v0));
+    /* missing EOS: sequence 0 cut at the length limit loses 1 from its score (score_norm raw;
+     * with equal raw scores a penalty before the normalisation would be divided by 1e-8); RLOO
+     * on scores that are otherwise all 0: A = (-1, 1) for prompt 0, 0 elsewhere */
+    for (int i = 0; i < N; i++) r.seqs[i].score = 0;
+    r.seqs[0].truncated = 1;
+    ppo_config_t c;
+    ppo_config_default(&c);
+    c.adv_estimator = PPO_ADV_RLOO;
+    c.missing_eos_penalty = 1;
+    c.kl_coef = 0;
+    c.lr_policy = 0;
+    c.epochs = 1;
+    c.minibatch = N;
+    c.recompute_logprobs = 1;
+    ppo_learner_t l;
+    ppo_stats_t st;
+    CHECK_OK(ppo_learner_init(&l, p, NULL, &c));
+    CHECK_OK(ppo_update(&l, r.seqs, N, &st));
+    ppo_learner_free(&l);
+    double ntok = 0;
+    for (int i = 0; i < N; i++) ntok += r.seqs[i].completion_len;
+    CHECK_NEAR(st.policy_loss, -(r.seqs[1].completion_len - r.seqs[0].completion_len) / ntok, 1e-6);
+    CHECK(st.score_mean == 0.0);   /* the figure stays the reward model's */
+    c.score_norm = PPO_SCORE_NORM; /* all raw scores equal: (0 - 0) / (0 + 1e-8), then - 1 */
+    CHECK_OK(ppo_learner_init(&l, p, NULL, &c));
+    CHECK_OK(ppo_update(&l, r.seqs, N, &st));
+    ppo_learner_free(&l);
+    CHECK_NEAR(st.policy_loss, -(r.seqs[1].completion_len - r.seqs[0].completion_len) / ntok, 1e-6);
+    r.seqs[0].truncated = 0;
+    /* the KL in the loss: with equal scores GRPO's advantages are all 0 and only the KL term
+     * (k3 against another reference) moves the policy; without it nothing does */
+    for (int k = 0; k < 2; k++) {
+        ppo_config_default(&c);
+        c.adv_estimator = PPO_ADV_GRPO;
+        c.kl_in = PPO_KL_IN_LOSS;
+        c.kl_estimator = PPO_KL_K3;
+        c.kl_coef = k ? 0.1f : 0;
+        c.epochs = 1;
+        c.minibatch = N;
+        rollouts_t q;
+        CHECK_OK(rollouts_make(&q, p, ref, N, 4, 6, 3, 0));
+        for (int i = 0; i < N; i++) q.seqs[i].score = 1, q.seqs[i].group = i / 2;
+        CHECK_OK(ppo_learner_init(&l, p, NULL, &c));
+        CHECK_OK(ppo_update(&l, q.seqs, N, &st));
+        ppo_learner_free(&l);
+        CHECK(st.adv_std == 0.0);
+        CHECK(k ? st.grad_norm_policy > 1e-4 : st.grad_norm_policy == 0.0);
+        CHECK(st.kl_k3 > 0.01); /* the reference is another model */
+        rollouts_free(&q);
+    }
+    /* GAE has a critic: no value model is an error */
+    ppo_config_default(&c);
+    CHECK_ERR(ppo_learner_init(&l, p, NULL, &c), RL_EINVAL);
+    rollouts_free(&r);
+    gpt_destroy(&p), gpt_destroy(&v), gpt_destroy(&v0), gpt_destroy(&ref);
+}
+
+/*
+ * Rollouts sampled at temperature 0.5 with their sampling logprobs (log_softmax(logits / 0.5),
+ * what the rollout workers send for PPO): the learner at temperature 0.5 sees ratio 1 at its
+ * first step, the learner at temperature 1 does not; ppo_seq_logprobs_temp agrees with the
+ * generator's logprobs under the temperature.
+ */
+static void test_update_temperature(void) {
+    enum { N = 8 };
+    gpt_t *p = gpt_new(&pcfg), *v = gpt_new(&vcfg);
+    gpt_init_weights(p, 81);
+    gpt_init_weights(v, 82);
+    for (size_t i = 0; i < p->num_params; i++) p->params_mem[i] *= 3.0f; /* peaked rows */
+    rollouts_t r;
+    CHECK_OK(rollouts_make_temp(&r, p, p, N, 6, 13, 3, 0, 0.5f));
+    size_t ntok = 0;
+    for (int i = 0; i < N; i++) {
+        r.seqs[i].logprobs = r.gen[i].logprobs;
+        ntok += (size_t)r.seqs[i].completion_len;
+    }
+    float *lp = malloc(ntok * sizeof(float));
+    CHECK_OK(ppo_seq_logprobs_temp(p, r.seqs, N, 3, 0, 0.5f, lp));
+    double worst = 0;
+    for (int i = 0, k = 0; i < N; i++)
+        for (int t = 0; t < r.seqs[i].completion_len; t++, k++)
+            worst = fmax(worst, fabs(lp[k] - r.seqs[i].logprobs[t]));
+    fprintf(stderr, "  worst |learner - generation| logprob at T 0.5 = %.3g\n", worst);
+    CHECK(worst < 1e-4); /* two implementations of the network: see test_seq_positions */
+    CHECK_ERR(ppo_seq_logprobs_temp(p, r.seqs, N, 3, 0, 0.0f, lp), RL_EINVAL);
+    free(lp);
+    ppo_stats_t st[2];
+    for (int k = 0; k < 2; k++) {
+        ppo_config_t c;
+        ppo_config_default(&c);
+        c.temperature = k ? 1.0f : 0.5f;
+        c.lr_policy = c.lr_value = 0;
+        c.epochs = 1;
+        c.minibatch = N;
+        ppo_learner_t l;
+        CHECK_OK(ppo_learner_init(&l, p, v, &c));
+        CHECK_OK(ppo_update(&l, r.seqs, N, &st[k]));
+        ppo_learner_free(&l);
+    }
+    fprintf(stderr, "  approx_kl at the rollout temperature %.3g, at 1 %.3g\n", st[0].approx_kl,
+            st[1].approx_kl);
+    CHECK(st[0].approx_kl < 1e-9);
+    CHECK(st[1].approx_kl > 1e-3);
+    rollouts_free(&r);
+    gpt_destroy(&p), gpt_destroy(&v);
+}
+
+/* The estimator settings: names in, names out, and the checks. */
+static void test_settings_estimators(void) {
+    ppo_config_t c;
+    ppo_config_default(&c);
+    CHECK(c.adv_estimator == PPO_ADV_GAE && c.kl_in == PPO_KL_IN_REWARD);
+    CHECK(c.kl_estimator == PPO_KL_K1 && c.loss_agg == PPO_AGG_TOKEN);
+    CHECK(c.missing_eos_penalty == 0.0f && c.temperature == 1.0f);
+    CHECK_OK(ppo_config_set(&c, "adv_estimator", "grpo", "--set"));
+    CHECK_EQ(c.adv_estimator, PPO_ADV_GRPO);
+    CHECK_OK(ppo_config_set(&c, "adv_estimator", "reinforce_pp", "--set"));
+    CHECK_EQ(c.adv_estimator, PPO_ADV_REINFORCE_PP);
+    CHECK_OK(ppo_config_set(&c, "kl_in", "loss", NULL));
+    CHECK_OK(ppo_config_set(&c, "kl_estimator", "k3", NULL));
+    CHECK_OK(ppo_config_set(&c, "loss_agg", "sequence", NULL));
+    CHECK(c.kl_in == PPO_KL_IN_LOSS && c.kl_estimator == PPO_KL_K3 &&
+          c.loss_agg == PPO_AGG_SEQUENCE);
+    CHECK_EQ(ppo_config_set(&c, "adv_estimator", "ppo2", "--set"), RL_EINVAL);
+    CHECK(strstr(rl_errmsg(), "'ppo2' is not one of gae|grpo|rloo|reinforce_pp") != NULL);
+    CHECK_EQ(ppo_config_set(&c, "missing_eos_penalty", "-1", NULL), RL_EINVAL);
+    json_t *j = ppo_config_to_json(&c);
+    CHECK(!strcmp(json_string_value(json_object_get(j, "adv_estimator")), "reinforce_pp"));
+    CHECK(!strcmp(json_string_value(json_object_get(j, "kl_estimator")), "k3"));
+    ppo_config_t d;
+    ppo_config_default(&d);
+    CHECK_OK(ppo_config_from_json(&d, j, ""));
+    CHECK(memcmp(&c, &d, sizeof c) == 0);
+    json_decref(j);
+    CHECK(ppo_setting_find("temperature")->driver);
+    c.temperature = 0; /* greedy rollouts have no distribution to take logprobs under */
+    CHECK_ERR(ppo_config_check(&c), RL_EINVAL);
+    CHECK(strstr(rl_errmsg(), "temperature") != NULL);
+    CHECK(ppo_adv_critic_free(PPO_ADV_GRPO) && !ppo_adv_critic_free(PPO_ADV_GAE));
+}
+
 /* The configuration travels as JSON from the driver to the learner: every field survives. */
 static void test_config_json(void) {
     ppo_config_t a, b;
@@ -869,7 +1255,7 @@ static void test_config_json(void) {
  * the learner has always used (bit for bit: runs are reproduced from them), and a value is
  * checked against the range when it is set. */
 static void test_settings_table(void) {
-    CHECK_EQ(ppo_n_settings, 24);
+    CHECK_EQ(ppo_n_settings, 30);
     for (int i = 0; i < ppo_n_settings; i++) {
         const ppo_setting_t *s = &ppo_settings[i];
         CHECK(s->off < sizeof(ppo_config_t));
@@ -904,12 +1290,20 @@ static void test_settings_table(void) {
 int main(void) {
     RUN(test_settings_table);
     RUN(test_config_json);
+    RUN(test_settings_estimators);
     /* The models here are tiny: a second thread only adds synchronisation, which on busy cores
      * costs more than the work (results are the same with any thread count). */
     ops_set_threads(1);
     RUN(test_logprob_entropy);
     RUN(test_kl_estimators);
     RUN(test_rewards);
+    RUN(test_kl_k2_and_gradients);
+    RUN(test_rewards_kl_estimators);
+    RUN(test_returns);
+    RUN(test_adv_grpo);
+    RUN(test_adv_rloo);
+    RUN(test_loss_aggregation);
+    RUN(test_temperature);
     RUN(test_gae);
     RUN(test_whiten);
     RUN(test_policy_loss);
@@ -925,6 +1319,8 @@ int main(void) {
     RUN(test_update_deterministic);
     RUN(test_update_first_step);
     RUN(test_update_vocab_limit);
+    RUN(test_update_estimators);
+    RUN(test_update_temperature);
     RUN(test_update_learns);
     return TEST_REPORT();
 }

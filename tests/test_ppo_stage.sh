@@ -2,8 +2,9 @@
 # test_ppo_stage.sh - `rlhf ppo`, stage 3 through the master with two rollout workers, a reward
 # worker and the learner, on a tiny model with a constructed reward (the count of one token in
 # the completion): the mean reward clearly rises; a run stopped and resumed from its checkpoint
-# ends with the same metrics and bit-identical weights as one that never stopped; a learner and a
-# rollout worker killed mid-run change nothing either. Usage: test_ppo_stage.sh BIN_DIR
+# ends with the same metrics and bit-identical weights as one that never stopped (with GAE, and
+# with the critic-free GRPO and RLOO); a learner and a rollout worker killed mid-run change
+# nothing either. Usage: test_ppo_stage.sh BIN_DIR
 BIN=$(cd "${1:?usage: test_ppo_stage.sh BIN_DIR}" && pwd)
 source "$(dirname "$0")/runtime_lib.sh"
 R=$BIN/rlhf
@@ -12,9 +13,10 @@ cd "$W" || exit 1
 tiny_ppo_setup 2 32 48
 check "tiny policy and value model" test -f pol/model.safetensors -a -f val/model.safetensors
 
-# same_run A B: both runs have 6 iterations of metrics and their PPO figures are identical
+# same_run A B [N]: both runs have N (6) iterations of metrics and their PPO figures are identical
 same_run() {
-    [ "$(wc -l <"$1/metrics.jsonl")" -eq 6 ] && [ "$(wc -l <"$2/metrics.jsonl")" -eq 6 ] &&
+    local n=${3:-6}
+    [ "$(wc -l <"$1/metrics.jsonl")" -eq "$n" ] && [ "$(wc -l <"$2/metrics.jsonl")" -eq "$n" ] &&
         cmp -s <(jq -c '[.iteration, .ppo]' "$1/metrics.jsonl") <(jq -c '[.iteration, .ppo]' "$2/metrics.jsonl")
 }
 
@@ -41,7 +43,8 @@ check "the run ran in the local cluster of the data directory" \
 check "metrics have every figure" jq -e -s 'all(.[]; .ppo.kl_k1 != null and .ppo.kl_k3 != null and
     .ppo.entropy != null and .ppo.clipfrac != null and .ppo.approx_kl != null and
     .ppo.explained_var != null and .ppo.value_loss != null and .ppo.kl_coef != null and
-    .response_length > 0 and .eot_rate != null and .tokens_per_s > 0 and .ms_generate > 0 and
+    .response_length > 0 and .eot_rate != null and .truncated_rate == 1 - .eot_rate and
+    .tokens_per_s > 0 and .ms_generate > 0 and
     .ms_score > 0 and .ms_update > 0)' learn/metrics.jsonl
 check "the final policy is exported" test -f learn/policy/model.safetensors -a -f learn/policy/vocab.json
 "$R" sample --model learn/policy --prompt "what is 3 plus" --max-new-tokens 4 --temperature 0 >/dev/null
@@ -63,6 +66,36 @@ check "a run resumed with one iteration left succeeds" test $? -eq 0 -a "$(wc -l
 check "the second run resumes at iteration 3" grep -q "resuming at iteration 3" B.err
 check "resumed metrics equal the uninterrupted run's" same_run A B
 check "resumed weights are bit-identical" cmp -s A/policy/model.safetensors B/policy/model.safetensors
+
+# --- the same for the critic-free estimators (3 iterations, stopped after 2: the last one runs
+# after the resume): GRPO as its paper has it (the KL in the loss, k3), RLOO sampled at
+# temperature 0.8 with sequence-mean losses
+EST_grpo=(--set adv_estimator=grpo --set kl_in=loss --set kl_estimator=k3)
+EST_rloo=(--set adv_estimator=rloo --set loss_agg=sequence --temperature 0.8)
+for est in grpo rloo; do
+    declare -n E="EST_$est"
+    "$R" ppo "${COMMON[@]}" --set kl_coef=0.01 "${E[@]}" --out "A$est" --iterations 3 >/dev/null 2>&1
+    "$R" ppo "${COMMON[@]}" --set kl_coef=0.01 "${E[@]}" --out "B$est" --iterations 2 >/dev/null 2>&1
+    # the cluster stopped in between: a new learner resumes from the checkpoint on disk
+    "$R" down --data-dir . >/dev/null
+    "$R" ppo "${COMMON[@]}" --set kl_coef=0.01 "${E[@]}" --out "B$est" --iterations 3 >/dev/null 2>"B$est.err"
+    unset -n E
+    check "$est: the second run resumes at iteration 2" grep -q "resuming at iteration 2" "B$est.err"
+    check "$est: ... in a new learner, from the checkpoint (the policy alone)" \
+        grep -q "resumed from .*B$est/learner/ppo-ckpt-0*2 at iteration 2" .cluster/worker-learner-*.log
+    check "$est: resumed metrics equal the uninterrupted run's" same_run "A$est" "B$est" 3
+    check "$est: resumed weights are bit-identical" \
+        cmp -s "A$est/policy/model.safetensors" "B$est/policy/model.safetensors"
+    check "$est: no value model: checkpoints hold the policy alone" \
+        bash -c "ls -d B$est/learner/ppo-ckpt-*/policy >/dev/null && ! ls -d B$est/learner/ppo-ckpt-*/value 2>/dev/null"
+    # the policy is the reference at first: old (rollout) and reference logprobs agree when both
+    # are taken under the sampling temperature (0.8 for rloo), as the learner's are
+    check "$est: no KL at the first iteration (one temperature for every logprob)" \
+        jq -e -s '.[0].ppo.kl_k1 | fabs < 1e-4' "A$est/metrics.jsonl"
+    check "$est: value figures null, the others there" jq -e -s 'all(.[]; .ppo.value_loss == null and
+        .ppo.explained_var == null and .ppo.grad_norm_value == null and .ppo.policy_loss != null and
+        .ppo.kl_k1 != null)' "B$est/metrics.jsonl"
+done
 
 # --- the learner and a rollout worker killed mid-run
 "$R" ppo "${COMMON[@]}" --set kl_coef=0.01 --out K --iterations 6 >/dev/null 2>K.err &
@@ -90,6 +123,10 @@ check "killed run = undisturbed run (metrics)" same_run A K
 check "killed run = undisturbed run (weights)" cmp -s A/policy/model.safetensors K/policy/model.safetensors
 
 # --- bad input
+"$R" ppo "${COMMON[@]}" --temperature 0 --out bad >/dev/null 2>err
+check "PPO refuses greedy rollouts (temperature 0)" grep -q "temperature 0: PPO needs" err
+"$R" ppo "${COMMON[@]}" --samples 1 --set adv_estimator=rloo --out bad >/dev/null 2>err
+check "rloo with one sample per prompt is refused" grep -q "needs --samples >= 2" err
 "$R" ppo --policy pol --rm val --prompts nope.jsonl --out bad >/dev/null 2>err
 check "a missing prompts file is an error" grep -q "nope.jsonl" err
 "$R" ppo "${COMMON[@]}" --set nonsense=1 --out bad >/dev/null 2>err

@@ -1,8 +1,10 @@
 /*
  * worker_generate.c - the GENERATE handler of rollout workers: KV-cached generation (gen.h) of
  * K completions of each prompt, sampled with the job's temperature / top-k / top-p (greedy at
- * temperature 0), with their per-token logprobs. Every draw is keyed by (job seed, sample index),
- * so the output is a pure function of the weights and the spec, whichever worker runs it.
+ * temperature 0), with their per-token logprobs (at temperature 1, or at the sampling
+ * temperature with logprobs_at_temperature: PPO's old logprobs). Every draw is keyed by (job seed,
+ * sample index), so the output is a pure function of the weights and the spec, whichever worker
+ * runs it.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -173,6 +175,12 @@ int worker_generate(rollout_state_t *r, const worker_job_t *job, const uint8_t *
             rc = rl_fail_ctx(RL_EINVAL, "generate");
             goto out;
         }
+        if (sp->logprobs_at_temperature &&
+            (o.sampling.top_k != 0 || o.sampling.top_p < 1.0f || !(o.sampling.temperature > 0))) {
+            rc = rl_fail(RL_EINVAL, "generate: logprobs at the temperature need temperature > 0, "
+                                    "top_k 0 and top_p 1");
+            goto out;
+        }
         if (o.eot >= V || (o.vocab_limit && o.vocab_limit > V)) {
             rc = rl_fail(RL_EINVAL, "generate: eot %d / vocab_limit %d outside the vocabulary %d",
                          o.eot, o.vocab_limit, V);
@@ -200,7 +208,9 @@ int worker_generate(rollout_state_t *r, const worker_job_t *job, const uint8_t *
             rlhf__completion__init(&comps[i]);
             comps[i].tokens = seqs[i].tokens;
             comps[i].n_tokens = (size_t)seqs[i].n;
-            comps[i].logprobs = seqs[i].logprobs_model;
+            /* without top-k / top-p the sampling distribution is softmax(logits / T) */
+            comps[i].logprobs =
+                sp->logprobs_at_temperature ? seqs[i].logprobs : seqs[i].logprobs_model;
             comps[i].n_logprobs = (size_t)seqs[i].n;
             comps[i].finish = (uint32_t)seqs[i].finish;
             compp[i] = &comps[i];

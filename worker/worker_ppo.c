@@ -87,7 +87,13 @@ ppo_state_t *ppo_state_new(const char *master, const char *run_dir, const char *
      * rollout jobs of the current iteration need them before any update job comes */
     ppo_config_t cfg;
     ppo_config_default(&cfg);
-    if (ps->run_dir[0] && load_latest(ps, &cfg) == 0) {
+    int rc = ps->run_dir[0] ? load_latest(ps, &cfg) : RL_ENOTFOUND;
+    if (rc < 0 && ps->run_dir[0]) { /* a critic-free training's checkpoint: the policy alone */
+        rl_err_clear();
+        cfg.adv_estimator = PPO_ADV_GRPO; /* any critic-free one; the first job sets its own */
+        rc = load_latest(ps, &cfg);
+    }
+    if (rc == 0) {
         ps->loaded = 1;
         if (publish(ps, (uint64_t)ps->l.iteration) < 0)
             fprintf(stderr, "learner: publishing iteration %ld: %s\n", ps->l.iteration,
@@ -253,6 +259,12 @@ static int publish(ppo_state_t *ps, uint64_t version) {
  */
 static const char *const ckpt_models[] = {"policy", "value"};
 
+/* The models a checkpoint of this learner holds: the policy, and the value model when its
+ * estimator has a critic. */
+static int n_models(const ppo_state_t *ps) {
+    return ps->value && !ppo_adv_critic_free(ps->l.cfg.adv_estimator) ? 2 : 1;
+}
+
 static int ckpt_write(ppo_state_t *ps, uint64_t iteration, char *dir) {
     ckpt_buf_t b = {0};
     ppo_learner_t *l = &ps->l;
@@ -261,6 +273,7 @@ static int ckpt_write(ppo_state_t *ps, uint64_t iteration, char *dir) {
     ckpt_put(&b, &ps->last_job, 8);
     ckpt_put(&b, &l->kl.beta, sizeof l->kl.beta);
     ckpt_put(&b, &l->score_stats, sizeof l->score_stats);
+    if (n_models(ps) == 1) n_v = 0, t_v = 0; /* no value model: no value moments either */
     ckpt_put(&b, &t_p, 8);
     ckpt_put(&b, &t_v, 8);
     ckpt_put(&b, &n_p, 8);
@@ -269,12 +282,13 @@ static int ckpt_write(ppo_state_t *ps, uint64_t iteration, char *dir) {
     ckpt_put(&b, l->opt_value.moments, 2 * n_v * sizeof(float));
     ckpt_put(&b, &ol, 8);
     ckpt_put(&b, ps->last_out, ol);
-    /* the tokenizer travels with the policy, so the checkpoint's policy is a usable model */
+    /* the tokenizer travels with the policy, so the checkpoint's policy is a usable model; a
+     * critic-free learner has no value model (n_value 0) */
     ckpt_model_t ms[2] = {{ckpt_models[0], ps->policy, ps->tok_dir},
                           {ckpt_models[1], ps->value, NULL}};
-    int rc =
-        b.oom ? rl_fail(RL_ENOMEM, "checkpoint: out of memory")
-              : ckpt_save(ps->run_dir, CKPT_KIND_PPO, iteration, ms, 2, b.p, b.n, "learner", dir);
+    int rc = b.oom ? rl_fail(RL_ENOMEM, "checkpoint: out of memory")
+                   : ckpt_save(ps->run_dir, CKPT_KIND_PPO, iteration, ms, n_models(ps), b.p, b.n,
+                               "learner", dir);
     free(b.p);
     if (rc == 0) {
         const char *base = strrchr(dir, '/');
@@ -311,7 +325,8 @@ static int ckpt_take(void *ctx, ckpt_t *c) {
     ppo_take_t *pt = ctx;
     ppo_state_t *ps = pt->ps;
     ppo_learner_t *l = &ps->l;
-    int rc = ppo_learner_init(l, c->models[0], c->models[1], pt->cfg);
+    int critic = !ppo_adv_critic_free(pt->cfg->adv_estimator);
+    int rc = ppo_learner_init(l, c->models[0], critic ? c->models[1] : NULL, pt->cfg);
     if (rc < 0) {
         ppo_learner_free(l);
         memset(l, 0, sizeof *l);
@@ -348,8 +363,9 @@ static int ckpt_take(void *ctx, ckpt_t *c) {
     ps->last_out = out;
     ps->last_out_len = (size_t)ol;
     ps->policy = c->models[0];
-    ps->value = c->models[1];
-    c->models[0] = c->models[1] = NULL;
+    ps->value = critic ? c->models[1] : NULL;
+    c->models[0] = NULL;
+    if (critic) c->models[1] = NULL;
     snprintf(ps->tok_dir, sizeof ps->tok_dir, "%s/%s", c->dir, ckpt_models[0]);
     const char *base = strrchr(c->dir, '/');
     snprintf(ps->ckpt_seen, sizeof ps->ckpt_seen, "%.63s", base ? base + 1 : c->dir);
@@ -357,19 +373,40 @@ static int ckpt_take(void *ctx, ckpt_t *c) {
     return 0;
 }
 
-/* Loads the newest checkpoint that verifies, else the one before. 0, RL_ENOTFOUND (none) or
- * RL_E*. */
+/* Loads the newest checkpoint that verifies, else the one before: policy and value, or the
+ * policy alone with a critic-free estimator (a training keeps its estimator's kind: a checkpoint
+ * of the other kind does not verify). 0, RL_ENOTFOUND (none) or RL_E*. */
 static int load_latest(ppo_state_t *ps, const ppo_config_t *cfg) {
     ppo_take_t pt = {ps, cfg};
+    int nm = ppo_adv_critic_free(cfg->adv_estimator) ? 1 : 2;
     int rc =
-        ckpt_load_latest(ps->run_dir, CKPT_KIND_PPO, ckpt_models, 2, ckpt_take, &pt, "learner");
+        ckpt_load_latest(ps->run_dir, CKPT_KIND_PPO, ckpt_models, nm, ckpt_take, &pt, "learner");
     return rc == 1 ? 0 : rc == 0 ? RL_ENOTFOUND : rc;
 }
 
 /* Makes the learner stand somewhere: the newest checkpoint that verifies (then the one before),
  * else the initial models of the spec. */
+/* ckpt_accept_fn of a probe: the checkpoint verifies; nothing is taken. */
+static int ckpt_probe(void *ctx, ckpt_t *c) {
+    (void)ctx, (void)c;
+    return 0;
+}
+
+/* The error of a training whose estimator needs a value model where its state has none, or the
+ * other way round: switching between GAE and a critic-free estimator is not a resume. */
+static int kind_error(const ppo_state_t *ps, const ppo_config_t *cfg) {
+    char name[32];
+    ppo_setting_format(ppo_setting_find("adv_estimator"), cfg, name, sizeof name);
+    return rl_fail(RL_EINVAL,
+                   "ppo: %s was trained %s a value model: adv_estimator=%s cannot resume it "
+                   "(start a new --out)",
+                   ps->run_dir, ppo_adv_critic_free(cfg->adv_estimator) ? "with" : "without", name);
+}
+
 static int ensure_loaded(ppo_state_t *ps, const Rlhf__PpoSpec *sp, const ppo_config_t *cfg) {
     if (ps->loaded) {
+        if (!ppo_adv_critic_free(cfg->adv_estimator) != (ps->value != NULL))
+            return kind_error(ps, cfg);
         ps->l.cfg = *cfg; /* settings may change between iterations; the state stays */
         ps->l.opt_policy.weight_decay = ps->l.opt_value.weight_decay = cfg->weight_decay;
         ps->l.kl.adaptive = cfg->kl_adaptive;
@@ -378,14 +415,24 @@ static int ensure_loaded(ppo_state_t *ps, const Rlhf__PpoSpec *sp, const ppo_con
         return 0;
     }
     int rc = load_latest(ps, cfg);
+    if (rc == RL_EFORMAT) { /* checkpoints, none usable: of the other kind? */
+        int other = ppo_adv_critic_free(cfg->adv_estimator) ? 2 : 1;
+        if (ckpt_load_latest(ps->run_dir, CKPT_KIND_PPO, ckpt_models, other, ckpt_probe, NULL,
+                             "learner") == 1)
+            return kind_error(ps, cfg);
+        rl_err_clear();
+    }
     if (rc < 0) {
-        if (!sp->policy_dir || !sp->value_dir || !sp->policy_dir[0] || !sp->value_dir[0])
+        /* a critic-free estimator (grpo, rloo, reinforce_pp) neither loads nor trains one */
+        int critic = !ppo_adv_critic_free(cfg->adv_estimator);
+        if (!sp->policy_dir || !sp->policy_dir[0] ||
+            (critic && (!sp->value_dir || !sp->value_dir[0])))
             return rl_fail(RL_EINVAL, "ppo: policy_dir and value_dir are required");
         ps->policy = hf_load(sp->policy_dir);
-        ps->value = ps->policy ? hf_load(sp->value_dir) : NULL;
-        if (!ps->policy || !ps->value)
+        ps->value = ps->policy && critic ? hf_load(sp->value_dir) : NULL;
+        if (!ps->policy || (critic && !ps->value))
             rc = rl_fail_ctx(RL_EINVAL, "ppo: initial models");
-        else if (!ps->value->cfg.scalar_head)
+        else if (critic && !ps->value->cfg.scalar_head)
             rc = rl_fail(RL_EINVAL, "ppo: %s has no scalar head for a value model", sp->value_dir);
         else
             rc = ppo_learner_init(&ps->l, ps->policy, ps->value, cfg);
@@ -416,18 +463,27 @@ static int pack_output(const Rlhf__PpoOutput *po, uint8_t **out, size_t *out_len
     return 0;
 }
 
+/* The stats as JSON; figures of a model that is not there (NaN: the value model of a critic-free
+ * estimator) are null, so that a metrics line keeps its shape. */
 static json_t *stats_json(const ppo_stats_t *s) {
-    return json_pack("{s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, "
-                     "s:f, s:f, s:f, s:f, s:I, s:I, s:I}",
-                     "policy_loss", s->policy_loss, "value_loss", s->value_loss, "entropy",
-                     s->entropy, "clipfrac", s->clipfrac, "value_clipfrac", s->value_clipfrac,
-                     "approx_kl", s->approx_kl, "kl_k1", s->kl_k1, "kl_k3", s->kl_k3,
-                     "explained_var", isfinite(s->explained_var) ? s->explained_var : 0.0,
-                     "reward_mean", s->reward_mean, "reward_std", s->reward_std, "score_mean",
-                     s->score_mean, "score_std", s->score_std, "adv_mean", s->adv_mean, "adv_std",
-                     s->adv_std, "kl_coef", s->beta, "grad_norm_policy", s->grad_norm_policy,
-                     "grad_norm_value", s->grad_norm_value, "n_seqs", (json_int_t)s->n_seqs,
-                     "n_tokens", (json_int_t)s->n_tokens, "n_steps", (json_int_t)s->n_steps);
+    int critic = !isnan(s->value_loss);
+    json_t *o = json_pack(
+        "{s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, "
+        "s:f, s:f, s:f, s:f, s:I, s:I, s:I}",
+        "policy_loss", s->policy_loss, "value_loss", critic ? s->value_loss : 0.0, "entropy",
+        s->entropy, "clipfrac", s->clipfrac, "value_clipfrac", critic ? s->value_clipfrac : 0.0,
+        "approx_kl", s->approx_kl, "kl_k1", s->kl_k1, "kl_k3", s->kl_k3, "explained_var",
+        isfinite(s->explained_var) ? s->explained_var : 0.0, "reward_mean", s->reward_mean,
+        "reward_std", s->reward_std, "score_mean", s->score_mean, "score_std", s->score_std,
+        "adv_mean", s->adv_mean, "adv_std", s->adv_std, "kl_coef", s->beta, "grad_norm_policy",
+        s->grad_norm_policy, "grad_norm_value", critic ? s->grad_norm_value : 0.0, "n_seqs",
+        (json_int_t)s->n_seqs, "n_tokens", (json_int_t)s->n_tokens, "n_steps",
+        (json_int_t)s->n_steps);
+    if (o && !critic) { /* jansson has no NaN: packed as 0, then null */
+        const char *none[] = {"value_loss", "value_clipfrac", "explained_var", "grad_norm_value"};
+        for (int i = 0; i < 4; i++) json_object_set_new(o, none[i], json_null());
+    }
+    return o;
 }
 
 int worker_ppo(ppo_state_t *ps, const worker_job_t *job, const Rlhf__TrainSpec *ts, uint8_t **out,
@@ -504,6 +560,8 @@ int worker_ppo(ppo_state_t *ps, const worker_job_t *job, const Rlhf__TrainSpec *
         seqs[i].logprobs = r->logprobs;
         seqs[i].ref_logprobs = r->ref_logprobs;
         seqs[i].score = r->score;
+        seqs[i].group = (int)r->group;
+        seqs[i].truncated = r->truncated;
     }
     ppo_stats_t st;
     double t0 = wire_now_ms();

@@ -4,10 +4,13 @@
  * completion token (the KL penalty's other half).
  *
  * The reward model sees prompt + completion with the end-of-text id appended when the completion
- * does not already end with it (how the reward model was trained; rm_join), a sequence longer
- * than its context losing its first tokens, and is read through rm_rewards(), as train-rm and
- * eval-rm read it. The reference logprobs come from ppo_seq_logprobs(), the learner's own
- * function. Both
+ * does not already end with it (how the reward model was trained; rm_join). A sequence longer
+ * than its context is cut from the LEFT on purpose: the last n_ctx tokens are kept, the
+ * end-of-text id and the completion's end included, since the score is read at the last token
+ * and a reward model trained on whole answers has never scored one without its end; the
+ * prompt's beginning is what is lost. It is read through rm_rewards(), as train-rm and eval-rm
+ * read it. The reference logprobs come from ppo_seq_logprobs_temp(), the learner's own
+ * function, under logits / ScoreSpec.temperature (the rollouts' sampling temperature). Both
  * models are loaded once and kept while their directories stay the same. The output is a pure
  * function of the spec and the weights.
  *
@@ -124,7 +127,9 @@ static int run_ref(gpt_t *m, const Rlhf__ScoreSpec *sp, Rlhf__TokenLogprobs *lps
     float *lp = malloc((total ? total : 1) * sizeof *lp);
     int V = m->cfg.vocab_size;
     int vl = sp->vocab_limit > 0 && (int)sp->vocab_limit < V ? (int)sp->vocab_limit : 0;
-    rc = lp ? ppo_seq_logprobs(m, seqs, k, 16, vl, lp) : rl_fail(RL_ENOMEM, "out of memory");
+    float T = sp->temperature > 0 ? sp->temperature : 1.0f; /* the rollouts' distribution */
+    rc =
+        lp ? ppo_seq_logprobs_temp(m, seqs, k, 16, vl, T, lp) : rl_fail(RL_ENOMEM, "out of memory");
     size_t off = 0;
     for (size_t i = 0; rc == 0 && i < n; i++) {
         size_t c = sp->items[i]->n_completion;

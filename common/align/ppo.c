@@ -24,37 +24,49 @@
 /* ---- per-token pieces ------------------------------------------------------------------ */
 
 /*
- * log(sum_i exp(x_i)) of a row, computed around its maximum in double; if H is not NULL, also
- * the entropy H = lse - sum_i p_i x_i (terms with p_i = 0 contribute nothing, so -inf entries
- * are masked tokens). A NaN anywhere makes both NaN.
+ * log(sum_i exp(x_i / T)) of a row, computed around its maximum in double; if H is not NULL,
+ * also the entropy H = lse - sum_i p_i x_i / T (terms with p_i = 0 contribute nothing, so -inf
+ * entries are masked tokens). A NaN anywhere makes both NaN. Returns the lse as mx / T + ls with
+ * *ls_out = log(sum exp((x_i - mx) / T)), so that at T = 1 every operation is the same as
+ * without a temperature (x / 1 is x).
  */
-static double row_lse(const float *x, int V, double *H) {
+static double row_lse(const float *x, int V, double T, double *H) {
     double mx = -INFINITY;
     for (int i = 0; i < V; i++)
         if (x[i] > mx || isnan(x[i])) mx = x[i];
     double s = 0, acc = 0;
     for (int i = 0; i < V; i++) {
-        double d = (double)x[i] - mx, e = exp(d);
+        double d = ((double)x[i] - mx) / T, e = exp(d);
         s += e;
         if (e > 0 || isnan(e)) acc += e * d;
     }
     double ls = log(s);
     if (H) *H = ls - acc / s;
-    return mx + ls;
+    return mx / T + ls;
 }
 
 double ppo_logprob(const float *logits, int V, int tok, double *entropy) {
-    return (double)logits[tok] - row_lse(logits, V, entropy);
+    return ppo_logprob_temp(logits, V, tok, 1.0f, entropy);
+}
+
+double ppo_logprob_temp(const float *logits, int V, int tok, float temperature, double *entropy) {
+    double T = temperature;
+    return (double)logits[tok] / T - row_lse(logits, V, T, entropy);
 }
 
 void ppo_dlogits_row(const float *logits, int V, int tok, float dlogp, float dent, float *out) {
-    double H, lse = row_lse(logits, V, &H);
+    ppo_dlogits_row_temp(logits, V, tok, 1.0f, dlogp, dent, out);
+}
+
+void ppo_dlogits_row_temp(const float *logits, int V, int tok, float temperature, float dlogp,
+                          float dent, float *out) {
+    double T = temperature, H, lse = row_lse(logits, V, T, &H);
     for (int j = 0; j < V; j++) {
-        double lp = (double)logits[j] - lse, p = exp(lp);
+        double lp = (double)logits[j] / T - lse, p = exp(lp);
         double g = -(double)dlogp * p;
         if (p > 0 || isnan(p)) g -= (double)dent * p * (lp + H);
         if (j == tok) g += dlogp;
-        out[j] = (float)g; /* element j is read before it is written: in place is fine */
+        out[j] = (float)(g / T); /* element j is read before it is written: in place is fine */
     }
 }
 
@@ -67,16 +79,85 @@ double ppo_kl_k3(double logp, double logp_ref) {
     return expm1(d) - d;
 }
 
+double ppo_kl_k2(double logp, double logp_ref) {
+    double d = logp - logp_ref;
+    return 0.5 * d * d;
+}
+
+double ppo_kl(ppo_kl_est_t est, double logp, double logp_ref) {
+    return est == PPO_KL_K2   ? ppo_kl_k2(logp, logp_ref)
+           : est == PPO_KL_K3 ? ppo_kl_k3(logp, logp_ref)
+                              : ppo_kl_k1(logp, logp_ref);
+}
+
+double ppo_kl_dlogp(ppo_kl_est_t est, double logp, double logp_ref) {
+    return est == PPO_KL_K2   ? logp - logp_ref
+           : est == PPO_KL_K3 ? -expm1(logp_ref - logp) /* 1 - r, accurate near r = 1 */
+                              : 1.0;
+}
+
 double ppo_rewards(const float *logp, const float *logp_ref, int n, float score, float beta,
                    float *rewards) {
+    return ppo_rewards_est(logp, logp_ref, n, score, beta, PPO_KL_K1, rewards);
+}
+
+double ppo_rewards_est(const float *logp, const float *logp_ref, int n, float score, float beta,
+                       ppo_kl_est_t est, float *rewards) {
     double kl = 0;
     for (int t = 0; t < n; t++) {
         double k = ppo_kl_k1(logp[t], logp_ref[t]);
         kl += k;
+        if (est != PPO_KL_K1) k = ppo_kl(est, logp[t], logp_ref[t]);
         rewards[t] = (float)(-(double)beta * k);
     }
     if (n > 0) rewards[n - 1] = (float)((double)rewards[n - 1] + score);
     return kl;
+}
+
+void ppo_returns(const float *rewards, int n, float gamma, float *ret) {
+    double g = 0;
+    for (int t = n - 1; t >= 0; t--) {
+        g = (double)rewards[t] + (double)gamma * g;
+        ret[t] = (float)g;
+    }
+}
+
+/* The end (exclusive) of the group that starts at i: a run of equal ids. */
+static int group_end(const int *group, int n, int i) {
+    int j = i + 1;
+    while (j < n && group[j] == group[i]) j++;
+    return j;
+}
+
+int ppo_adv_grpo(const double *R, const int *group, int n, double eps, double *adv) {
+    for (int i = 0; i < n;) {
+        int j = group_end(group, n, i), k = j - i;
+        if (k < 2)
+            return rl_fail(RL_EINVAL, "grpo: prompt group %d has one sample (need --samples >= 2)",
+                           group[i]);
+        double sum = 0, ss = 0;
+        for (int q = i; q < j; q++) sum += R[q];
+        double mean = sum / k;
+        for (int q = i; q < j; q++) ss += (R[q] - mean) * (R[q] - mean);
+        double sd = sqrt(ss / (k - 1)); /* Bessel: torch.std, as TRL and OpenRLHF */
+        for (int q = i; q < j; q++) adv[q] = (R[q] - mean) / (sd + eps);
+        i = j;
+    }
+    return 0;
+}
+
+int ppo_adv_rloo(const double *R, const int *group, int n, double *adv) {
+    for (int i = 0; i < n;) {
+        int j = group_end(group, n, i), k = j - i;
+        if (k < 2)
+            return rl_fail(RL_EINVAL, "rloo: prompt group %d has one sample (need --samples >= 2)",
+                           group[i]);
+        double sum = 0;
+        for (int q = i; q < j; q++) sum += R[q];
+        for (int q = i; q < j; q++) adv[q] = R[q] - (sum - R[q]) / (k - 1);
+        i = j;
+    }
+    return 0;
 }
 
 void ppo_gae(const float *rewards, const float *values, int n, float gamma, float lambda,
@@ -198,6 +279,22 @@ double ppo_entropy_bonus(const float *ent, const float *mask, size_t n, float co
     return s / D;
 }
 
+double ppo_kl_loss(const float *logp, const float *logp_ref, const float *mask, size_t n,
+                   ppo_kl_est_t est, float beta, double denom, float *dlogp) {
+    double D = resolve_denom(mask, n, denom);
+    if (!(D > 0)) return NAN;
+    double s = 0;
+    for (size_t i = 0; i < n; i++) {
+        double w = mask ? mask[i] : 1.0;
+        if (w == 0) continue;
+        s += w * ppo_kl(est, logp[i], logp_ref[i]);
+        if (dlogp)
+            dlogp[i] = (float)((double)dlogp[i] +
+                               (double)beta * w * ppo_kl_dlogp(est, logp[i], logp_ref[i]) / D);
+    }
+    return s / D;
+}
+
 double ppo_explained_variance(const float *pred, const float *target, const float *mask, size_t n) {
     double cnt = 0, sy = 0, sd = 0;
     for (size_t i = 0; i < n; i++)
@@ -264,9 +361,12 @@ int ppo_learner_init(ppo_learner_t *l, gpt_t *policy, gpt_t *value, const ppo_co
     memset(l, 0, sizeof *l);
     int rc = ppo_config_check(cfg);
     if (rc < 0) return rc;
-    if (!policy || !value) return rl_fail(RL_EINVAL, "ppo: missing policy or value model");
-    if (!value->cfg.scalar_head) return rl_fail(RL_EINVAL, "ppo: the value model has no head");
-    if (value->cfg.vocab_size != policy->cfg.vocab_size)
+    if (ppo_adv_critic_free(cfg->adv_estimator)) value = NULL; /* no critic: not trained */
+    if (!policy || (!value && !ppo_adv_critic_free(cfg->adv_estimator)))
+        return rl_fail(RL_EINVAL, "ppo: missing policy or value model");
+    if (value && !value->cfg.scalar_head)
+        return rl_fail(RL_EINVAL, "ppo: the value model has no head");
+    if (value && value->cfg.vocab_size != policy->cfg.vocab_size)
         return rl_fail(RL_EINVAL, "ppo: vocabularies differ (policy %d, value %d)",
                        policy->cfg.vocab_size, value->cfg.vocab_size);
     if (cfg->vocab_limit > policy->cfg.vocab_size)
@@ -275,13 +375,16 @@ int ppo_learner_init(ppo_learner_t *l, gpt_t *policy, gpt_t *value, const ppo_co
     l->cfg = *cfg;
     l->policy = policy;
     l->value = value;
-    if ((rc = gpt_grads_alloc(policy)) < 0 || (rc = gpt_grads_alloc(value)) < 0) goto fail;
+    if ((rc = gpt_grads_alloc(policy)) < 0 || (value && (rc = gpt_grads_alloc(value)) < 0))
+        goto fail;
     rc = adamw_init(&l->opt_policy, policy->num_params, 0.9f, 0.95f, 1e-8f, cfg->weight_decay);
     if (rc < 0) goto fail;
-    rc = adamw_init(&l->opt_value, value->num_params, 0.9f, 0.95f, 1e-8f, cfg->weight_decay);
-    if (rc < 0) goto fail;
+    if (value) {
+        rc = adamw_init(&l->opt_value, value->num_params, 0.9f, 0.95f, 1e-8f, cfg->weight_decay);
+        if (rc < 0) goto fail;
+        l->n_groups_value = gpt_adamw_groups(value, l->groups_value);
+    }
     l->n_groups_policy = gpt_adamw_groups(policy, l->groups_policy);
-    l->n_groups_value = gpt_adamw_groups(value, l->groups_value);
     l->kl.beta = cfg->kl_coef;
     l->kl.adaptive = cfg->kl_adaptive;
     l->kl.target = cfg->kl_target;
@@ -382,20 +485,20 @@ static int pass_buf_init(pass_buf_t *b, const ppo_seq_t *seqs, int n, int cap, i
 }
 
 /* logprobs (and entropies if ent) of the nk actions of the last forward */
-static void read_logprobs(const gpt_t *m, const int *pos, const int *tok, int nk, int Vl, float *lp,
-                          double *ent) {
+static void read_logprobs(const gpt_t *m, const int *pos, const int *tok, int nk, int Vl, float T,
+                          float *lp, double *ent) {
     int V = m->cfg.vocab_size;
 #pragma omp parallel for schedule(static) if ((long)nk * Vl >= PPO_PAR_MIN)
     for (int k = 0; k < nk; k++) {
         double h;
-        lp[k] =
-            (float)ppo_logprob(m->acts.logits + (size_t)pos[k] * V, Vl, tok[k], ent ? &h : NULL);
+        lp[k] = (float)ppo_logprob_temp(m->acts.logits + (size_t)pos[k] * V, Vl, tok[k], T,
+                                        ent ? &h : NULL);
         if (ent) ent[k] = h;
     }
 }
 
 static int seq_pass(gpt_t *m, const ppo_seq_t *seqs, int n, int batch, int vocab_limit, int logits,
-                    float *out) {
+                    float temp, float *out) {
     int rc = seqs_check(seqs, n, m, vocab_limit);
     if (rc < 0) return rc;
     if (batch < 1) batch = n;
@@ -410,7 +513,7 @@ static int seq_pass(gpt_t *m, const ppo_seq_t *seqs, int n, int batch, int vocab
         rc = gpt_forward(m, b.inputs, cnt, T, logits ? GPT_FWD_LOGITS : 0);
         if (rc < 0) break;
         if (logits) {
-            read_logprobs(m, b.pos, b.tok, nk, Vl, out + off, NULL);
+            read_logprobs(m, b.pos, b.tok, nk, Vl, temp, out + off, NULL);
             for (int k = 0; k < nk; k++)
                 if (!isfinite(out[off + k])) {
                     rc = rl_fail(RL_ENONFINITE, "ppo: logprob of rollout token %zu is %g", off + k,
@@ -428,15 +531,22 @@ static int seq_pass(gpt_t *m, const ppo_seq_t *seqs, int n, int batch, int vocab
 
 int ppo_seq_logprobs(gpt_t *m, const ppo_seq_t *seqs, int n, int batch, int vocab_limit,
                      float *out) {
+    return ppo_seq_logprobs_temp(m, seqs, n, batch, vocab_limit, 1.0f, out);
+}
+
+int ppo_seq_logprobs_temp(gpt_t *m, const ppo_seq_t *seqs, int n, int batch, int vocab_limit,
+                          float temperature, float *out) {
     if (vocab_limit > m->cfg.vocab_size)
         return rl_fail(RL_EINVAL, "ppo: vocab_limit %d above the vocabulary (%d)", vocab_limit,
                        m->cfg.vocab_size);
-    return seq_pass(m, seqs, n, batch, vocab_limit, 1, out);
+    if (!(temperature > 0) || !isfinite(temperature))
+        return rl_fail(RL_EINVAL, "ppo: temperature %g (logprobs need one > 0)", temperature);
+    return seq_pass(m, seqs, n, batch, vocab_limit, 1, temperature, out);
 }
 
 int ppo_seq_values(gpt_t *m, const ppo_seq_t *seqs, int n, int batch, float *out) {
     if (!m->cfg.scalar_head) return rl_fail(RL_EINVAL, "ppo: values need a scalar head");
-    return seq_pass(m, seqs, n, batch, 0, 0, out);
+    return seq_pass(m, seqs, n, batch, 0, 0, 1.0f, out);
 }
 
 /* ---- the update ------------------------------------------------------------------------ */
@@ -446,8 +556,10 @@ typedef struct {
     const ppo_seq_t *seqs;
     size_t *off;                             /* (n+1) offset of each sequence's first token */
     float *lp_old, *v_old, *adv, *ret, *rew; /* (ntok) */
+    float *ref, *w; /* (ntok) reference logprobs; per-token weights (1 / length: loss_agg
+                       sequence; unused with token) */
     /* gathered for one minibatch: (ntok) each */
-    float *g_lp_old, *g_adv, *g_v_old, *g_ret, *lp, *ent, *dlp, *dent, *v, *dv;
+    float *g_lp_old, *g_adv, *g_v_old, *g_ret, *lp, *ent, *dlp, *dent, *v, *dv, *g_ref, *g_w;
     pass_buf_t pb;
 } upd_t;
 
@@ -455,6 +567,7 @@ static void upd_free(upd_t *u) {
     free(u->off), free(u->lp_old), free(u->v_old), free(u->adv), free(u->ret), free(u->rew);
     free(u->g_lp_old), free(u->g_adv), free(u->g_v_old), free(u->g_ret), free(u->lp);
     free(u->ent), free(u->dlp), free(u->dent), free(u->v), free(u->dv);
+    free(u->ref), free(u->w), free(u->g_ref), free(u->g_w);
     pass_buf_free(&u->pb);
 }
 
@@ -467,6 +580,8 @@ static void gather(upd_t *u, const int *idx, int cnt) {
         memcpy(u->g_adv + k, u->adv + o, len * sizeof(float));
         memcpy(u->g_v_old + k, u->v_old + o, len * sizeof(float));
         memcpy(u->g_ret + k, u->ret + o, len * sizeof(float));
+        memcpy(u->g_ref + k, u->ref + o, len * sizeof(float));
+        memcpy(u->g_w + k, u->w + o, len * sizeof(float));
         k += len;
     }
 }
@@ -474,6 +589,13 @@ static void gather(upd_t *u, const int *idx, int cnt) {
 typedef struct {
     double pg_loss, clipfrac, approx_kl, entropy, v_loss, v_clipfrac, gn_policy, gn_value;
 } mb_stats_t;
+
+/* The per-token weights of the minibatch's losses (g_w from k0) and their denominator: NULL and
+ * the token count with loss_agg token (every token weighs 1 / tokens, as always), 1 / length
+ * and the sequence count with sequence. */
+static const float *agg_mask(const ppo_learner_t *l, const upd_t *u, size_t k0) {
+    return l->cfg.loss_agg == PPO_AGG_SEQUENCE ? u->g_w + k0 : NULL;
+}
 
 /* One policy step on the minibatch seqs[idx[0..cnt)]; its tokens start at g_* + 0. */
 /* Clips m's gradient to max_norm (its norm is added to *gn) and takes one AdamW step. */
@@ -500,14 +622,20 @@ static int policy_step(ppo_learner_t *l, upd_t *u, const int *idx, int cnt, doub
         int T = pack(u->seqs, idx + j0, jc, u->pb.inputs, u->pb.pos, u->pb.tok, &nk);
         if ((rc = gpt_forward(m, u->pb.inputs, jc, T, GPT_FWD_LOGITS)) < 0) return rc;
         float *lp = u->lp + k0, *dlp = u->dlp + k0, *dent = u->dent + k0, *ent = u->ent + k0;
-        read_logprobs(m, u->pb.pos, u->pb.tok, nk, Vl, lp, u->pb.ent);
+        read_logprobs(m, u->pb.pos, u->pb.tok, nk, Vl, c->temperature, lp, u->pb.ent);
         for (int k = 0; k < nk; k++) ent[k] = (float)u->pb.ent[k];
         ppo_pg_stats_t ps = {0};
-        rc = ppo_policy_loss(lp, u->g_lp_old + k0, u->g_adv + k0, NULL, (size_t)nk, c->clip_eps,
+        const float *mask = agg_mask(l, u, k0);
+        rc = ppo_policy_loss(lp, u->g_lp_old + k0, u->g_adv + k0, mask, (size_t)nk, c->clip_eps,
                              denom, dlp, &ps);
         if (rc < 0) return rc;
-        double me = ppo_entropy_bonus(ent, NULL, (size_t)nk, c->ent_coef, denom, dent);
+        double me = ppo_entropy_bonus(ent, mask, (size_t)nk, c->ent_coef, denom, dent);
         if (!isfinite(me)) return rl_fail(RL_ENONFINITE, "policy: entropy %g", me);
+        if (c->kl_in == PPO_KL_IN_LOSS) {
+            double kl = ppo_kl_loss(lp, u->g_ref + k0, mask, (size_t)nk, c->kl_estimator,
+                                    l->kl.beta, denom, dlp);
+            if (!isfinite(kl)) return rl_fail(RL_ENONFINITE, "policy: KL loss %g", kl);
+        }
         ms->pg_loss += ps.loss;
         ms->clipfrac += ps.clipfrac;
         ms->approx_kl += ps.approx_kl;
@@ -524,7 +652,7 @@ static int policy_step(ppo_learner_t *l, upd_t *u, const int *idx, int cnt, doub
 #pragma omp parallel for schedule(static) if ((long)nk * Vl >= PPO_PAR_MIN)
         for (int k = 0; k < nk; k++) {
             float *row = logits + (size_t)u->pb.pos[k] * V;
-            ppo_dlogits_row(row, Vl, u->pb.tok[k], dlp[k], dent[k], row);
+            ppo_dlogits_row_temp(row, Vl, u->pb.tok[k], c->temperature, dlp[k], dent[k], row);
             for (int j = Vl; j < V; j++) row[j] = 0;
         }
         if ((rc = gpt_dlogits_set(m)) < 0 || (rc = gpt_backward(m, 1, NULL)) < 0) return rc;
@@ -548,8 +676,8 @@ static int value_step(ppo_learner_t *l, upd_t *u, const int *idx, int cnt, doubl
         float *v = u->v + k0, *dv = u->dv + k0;
         if ((rc = gpt_head_forward(m, u->pb.pos, nk, v)) < 0) return rc;
         double loss = 0, cf = 0;
-        rc = ppo_value_loss(v, u->g_v_old + k0, u->g_ret + k0, NULL, (size_t)nk, c->value_clip,
-                            denom, dv, &loss, &cf);
+        rc = ppo_value_loss(v, u->g_v_old + k0, u->g_ret + k0, agg_mask(l, u, k0), (size_t)nk,
+                            c->value_clip, denom, dv, &loss, &cf);
         if (rc < 0) return rc;
         ms->v_loss += loss;
         ms->v_clipfrac += cf;
@@ -576,11 +704,57 @@ static int check_finite(const float *x, size_t n, const char *what) {
     return 0;
 }
 
+/* GRPO's epsilon in (R - mean) / (std + eps): TRL's GRPOTrainer's 1e-4. */
+#define PPO_GRPO_EPS 1e-4
+
+int ppo_adv_critic_free(int adv_estimator) {
+    return adv_estimator != PPO_ADV_GAE;
+}
+
+/* The advantages (u->adv; with GAE also the value targets u->ret) of the batch from the
+ * per-token rewards u->rew, R[i] the total reward of rollout i. */
+static int advantages(const ppo_learner_t *l, upd_t *u, int n, const double *R) {
+    const ppo_config_t *c = &l->cfg;
+    const ppo_seq_t *seqs = u->seqs;
+    size_t ntok = u->off[n];
+    if (c->adv_estimator == PPO_ADV_GAE) {
+        for (int i = 0; i < n; i++) {
+            size_t o = u->off[i];
+            ppo_gae(u->rew + o, u->v_old + o, seqs[i].completion_len, c->gamma, c->lambda,
+                    u->adv + o, u->ret + o);
+        }
+        return 0;
+    }
+    if (c->adv_estimator == PPO_ADV_REINFORCE_PP) {
+        for (int i = 0; i < n; i++) {
+            size_t o = u->off[i];
+            ppo_returns(u->rew + o, seqs[i].completion_len, c->gamma, u->adv + o);
+        }
+        memcpy(u->ret, u->adv, ntok * sizeof(float));
+        return 0;
+    }
+    int *group = malloc((size_t)n * sizeof(int));
+    double *A = malloc((size_t)n * sizeof(double));
+    int rc = group && A ? 0 : rl_fail(RL_ENOMEM, "ppo: group buffers");
+    for (int i = 0; rc == 0 && i < n; i++) group[i] = seqs[i].group;
+    if (rc == 0)
+        rc = c->adv_estimator == PPO_ADV_GRPO ? ppo_adv_grpo(R, group, n, PPO_GRPO_EPS, A)
+                                              : ppo_adv_rloo(R, group, n, A);
+    for (int i = 0; rc == 0 && i < n; i++)
+        for (size_t k = u->off[i]; k < u->off[i + 1]; k++) u->adv[k] = u->ret[k] = (float)A[i];
+    free(group);
+    free(A);
+    return rc;
+}
+
 int ppo_update(ppo_learner_t *l, const ppo_seq_t *seqs, int n, ppo_stats_t *st) {
     const ppo_config_t *c = &l->cfg;
+    int critic = !ppo_adv_critic_free(c->adv_estimator);
     int rc = seqs_check(seqs, n, l->policy, c->vocab_limit);
     if (rc < 0) return rc;
-    if (seqs_check(seqs, n, l->value, 0) < 0) return rl_fail_ctx(RL_EINVAL, "value model");
+    if (critic && !l->value) return rl_fail(RL_EINVAL, "ppo: gae needs a value model");
+    if (critic && seqs_check(seqs, n, l->value, 0) < 0)
+        return rl_fail_ctx(RL_EINVAL, "value model");
     for (int i = 0; i < n; i++) {
         if (!seqs[i].ref_logprobs || (!seqs[i].logprobs && !c->recompute_logprobs))
             return rl_fail(RL_EINVAL, "ppo: rollout %d: missing %s logprobs", i,
@@ -599,9 +773,9 @@ int ppo_update(ppo_learner_t *l, const ppo_seq_t *seqs, int n, ppo_stats_t *st) 
     size_t ntok = u.off[n], fb = ntok * sizeof(float);
     int mb = c->minibatch < n ? c->minibatch : n;
     int fwd = c->forward_batch > 0 ? c->forward_batch : mb;
-    float **bufs[] = {&u.lp_old,   &u.v_old, &u.adv,     &u.ret,   &u.rew,
-                      &u.g_lp_old, &u.g_adv, &u.g_v_old, &u.g_ret, &u.lp,
-                      &u.ent,      &u.dlp,   &u.dent,    &u.v,     &u.dv};
+    float **bufs[] = {&u.lp_old,  &u.v_old, &u.adv, &u.ret,   &u.rew, &u.g_lp_old, &u.g_adv,
+                      &u.g_v_old, &u.g_ret, &u.lp,  &u.ent,   &u.dlp, &u.dent,     &u.v,
+                      &u.dv,      &u.ref,   &u.w,   &u.g_ref, &u.g_w};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (!(*bufs[i] = malloc(fb))) {
             rc = rl_fail(RL_ENOMEM, "ppo: %zu token buffers", ntok);
@@ -617,7 +791,8 @@ int ppo_update(ppo_learner_t *l, const ppo_seq_t *seqs, int n, ppo_stats_t *st) 
 
     /* old logprobs and values */
     if (c->recompute_logprobs) {
-        rc = ppo_seq_logprobs(l->policy, seqs, n, fwd, c->vocab_limit, u.lp_old);
+        rc = ppo_seq_logprobs_temp(l->policy, seqs, n, fwd, c->vocab_limit, c->temperature,
+                                   u.lp_old);
         if (rc < 0) goto done;
     } else {
         for (int i = 0; i < n; i++)
@@ -625,23 +800,42 @@ int ppo_update(ppo_learner_t *l, const ppo_seq_t *seqs, int n, ppo_stats_t *st) 
                    (size_t)seqs[i].completion_len * sizeof(float));
     }
     if ((rc = check_finite(u.lp_old, ntok, "old logprob")) < 0) goto done;
-    for (int i = 0; i < n; i++)
+    for (int i = 0; i < n; i++) {
         if ((rc = check_finite(seqs[i].ref_logprobs, (size_t)seqs[i].completion_len,
                                "reference logprob")) < 0)
             goto done;
-    if ((rc = ppo_seq_values(l->value, seqs, n, fwd, u.v_old)) < 0) goto done;
+        memcpy(u.ref + u.off[i], seqs[i].ref_logprobs,
+               (size_t)seqs[i].completion_len * sizeof(float));
+        for (size_t k = u.off[i]; k < u.off[i + 1]; k++)
+            u.w[k] = (float)(1.0 / seqs[i].completion_len);
+    }
+    if (critic) {
+        if ((rc = ppo_seq_values(l->value, seqs, n, fwd, u.v_old)) < 0) goto done;
+    } else {
+        memset(u.v_old, 0, fb);
+    }
 
     /* scores, rewards, advantages */
     ppo_moments_t mom = l->score_stats;
     for (int i = 0; i < n; i++) ppo_moments_push(&mom, seqs[i].score);
     s.beta = l->kl.beta;
+    /* the KL penalty in the rewards, or (kl_in = loss) none there: the score alone (k1 times 0,
+     * finite where k3 of a far-off token might not be) */
+    int in_reward = c->kl_in == PPO_KL_IN_REWARD;
+    float beta_r = in_reward ? l->kl.beta : 0.0f;
+    ppo_kl_est_t est_r = in_reward ? (ppo_kl_est_t)c->kl_estimator : PPO_KL_K1;
     double k1 = 0, k3 = 0;
     for (int i = 0; i < n; i++) {
         const ppo_seq_t *q = &seqs[i];
         size_t o = u.off[i];
         float sc = ppo_score_transform(q->score, &mom, c->score_norm, c->score_clip);
-        k1 += ppo_rewards(u.lp_old + o, q->ref_logprobs, q->completion_len, sc, l->kl.beta,
-                          u.rew + o);
+        /* TRL's missing_eos_penalty, on the score as it enters the rewards: before the
+         * normalisation it would be divided by the running std, which the batch's raw scores
+         * alone may make tiny (all equal) */
+        if (q->truncated && c->missing_eos_penalty != 0)
+            sc = (float)((double)sc - c->missing_eos_penalty);
+        k1 += ppo_rewards_est(u.lp_old + o, q->ref_logprobs, q->completion_len, sc, beta_r, est_r,
+                              u.rew + o);
         double tot = 0;
         for (int t = 0; t < q->completion_len; t++) {
             k3 += ppo_kl_k3(u.lp_old[o + t], q->ref_logprobs[t]);
@@ -649,16 +843,15 @@ int ppo_update(ppo_learner_t *l, const ppo_seq_t *seqs, int n, ppo_stats_t *st) 
         }
         seq_tmp[i] = tot;
         seq_tmp2[i] = q->score;
-        ppo_gae(u.rew + o, u.v_old + o, q->completion_len, c->gamma, c->lambda, u.adv + o,
-                u.ret + o);
     }
+    if ((rc = advantages(l, &u, n, seq_tmp)) < 0) goto done;
     if ((rc = check_finite(u.rew, ntok, "reward")) < 0) goto done;
     if ((rc = check_finite(u.adv, ntok, "advantage")) < 0) goto done;
     s.kl_k1 = k1 / n;
     s.kl_k3 = k3 / n;
     mean_std(seq_tmp, (size_t)n, &s.reward_mean, &s.reward_std);
     mean_std(seq_tmp2, (size_t)n, &s.score_mean, &s.score_std);
-    s.explained_var = ppo_explained_variance(u.v_old, u.ret, NULL, ntok);
+    s.explained_var = critic ? ppo_explained_variance(u.v_old, u.ret, NULL, ntok) : NAN;
     {
         double sum = 0, ss = 0;
         for (size_t k = 0; k < ntok; k++) sum += u.adv[k];
@@ -666,7 +859,12 @@ int ppo_update(ppo_learner_t *l, const ppo_seq_t *seqs, int n, ppo_stats_t *st) 
         for (size_t k = 0; k < ntok; k++) ss += (u.adv[k] - s.adv_mean) * (u.adv[k] - s.adv_mean);
         s.adv_std = sqrt(ss / (double)ntok);
     }
-    if (c->whiten && (rc = ppo_whiten(u.adv, NULL, ntok, c->whiten_keep_mean)) < 0) goto done;
+    /* GAE: whitening as set; REINFORCE++: always, over the whole batch (its baseline); GRPO and
+     * RLOO: their advantages are already centred per prompt */
+    int whiten =
+        c->adv_estimator == PPO_ADV_GAE ? c->whiten : c->adv_estimator == PPO_ADV_REINFORCE_PP;
+    int keep = c->adv_estimator == PPO_ADV_GAE && c->whiten_keep_mean;
+    if (whiten && (rc = ppo_whiten(u.adv, NULL, ntok, keep)) < 0) goto done;
 
     /* epochs x shuffled minibatches */
     mb_stats_t ms = {0};
@@ -686,12 +884,15 @@ int ppo_update(ppo_learner_t *l, const ppo_seq_t *seqs, int n, ppo_stats_t *st) 
             int cnt = n - i0 < mb ? n - i0 : mb;
             gather(&u, idx + i0, cnt);
             double denom = 0;
-            for (int b = 0; b < cnt; b++) denom += seqs[idx[i0 + b]].completion_len;
+            if (c->loss_agg == PPO_AGG_SEQUENCE)
+                denom = cnt;
+            else
+                for (int b = 0; b < cnt; b++) denom += seqs[idx[i0 + b]].completion_len;
             if ((rc = policy_step(l, &u, idx + i0, cnt, denom, &ms)) < 0) {
                 rl_fail_ctx(rc, "ppo iteration %ld epoch %d: policy step", l->iteration, e);
                 goto done;
             }
-            if ((rc = value_step(l, &u, idx + i0, cnt, denom, &ms)) < 0) {
+            if (critic && (rc = value_step(l, &u, idx + i0, cnt, denom, &ms)) < 0) {
                 rl_fail_ctx(rc, "ppo iteration %ld epoch %d: value step", l->iteration, e);
                 goto done;
             }
@@ -703,10 +904,10 @@ int ppo_update(ppo_learner_t *l, const ppo_seq_t *seqs, int n, ppo_stats_t *st) 
     s.clipfrac = ms.clipfrac / ns;
     s.approx_kl = ms.approx_kl / ns;
     s.entropy = ms.entropy / ns;
-    s.value_loss = ms.v_loss / ns;
-    s.value_clipfrac = ms.v_clipfrac / ns;
+    s.value_loss = critic ? ms.v_loss / ns : NAN;
+    s.value_clipfrac = critic ? ms.v_clipfrac / ns : NAN;
     s.grad_norm_policy = ms.gn_policy / ns;
-    s.grad_norm_value = ms.gn_value / ns;
+    s.grad_norm_value = critic ? ms.gn_value / ns : NAN;
     s.n_seqs = n;
     s.n_tokens = (long)ntok;
 
@@ -724,8 +925,17 @@ done:
 
 /* ---- the settings table: defaults, checks, JSON and text ---------------------------------- */
 
+static const char *const norm_names[] = {"raw", "scale", "norm", NULL};
+static const char *const adv_names[] = {"gae", "grpo", "rloo", "reinforce_pp", NULL};
+static const char *const kl_in_names[] = {"reward", "loss", NULL};
+static const char *const kl_est_names[] = {"k1", "k2", "k3", NULL};
+static const char *const agg_names[] = {"token", "sequence", NULL};
+
 #define PS(n, t, lo, hi, def, help)                                                                \
-    { #n, PPO_SETTING_##t, lo, hi, def, help, offsetof(ppo_config_t, n), 0 }
+    { #n, PPO_SETTING_##t, lo, hi, def, help, offsetof(ppo_config_t, n), 0, NULL }
+/* an enum setting: names, NULL-terminated, of the values 0..count-1 */
+#define PE(n, names, count, def, help)                                                             \
+    { #n, PPO_SETTING_ENUM, 0, (count)-1, def, help, offsetof(ppo_config_t, n), 0, names }
 const ppo_setting_t ppo_settings[] = {
     PS(gamma, FLOAT, 0, 1, "1", "discount"),
     PS(lambda, FLOAT, 0, 1, "0.95", "GAE lambda"),
@@ -745,21 +955,47 @@ const ppo_setting_t ppo_settings[] = {
     PS(weight_decay, FLOAT, 0, INFINITY, "0", "AdamW weight decay (2-D weights)"),
     PS(max_grad_norm, FLOAT, -INFINITY, INFINITY, "1", "gradient clipping, per model (<= 0: off)"),
     PS(ent_coef, FLOAT, -INFINITY, INFINITY, "0", "entropy bonus"),
-    PS(score_norm, NORM, 0, 2, "raw", "raw, scale or norm: the reward-model score's normalisation"),
+    PE(score_norm, norm_names, 3, "raw",
+       "raw, scale or norm: the reward-model score's normalisation"),
     PS(score_clip, FLOAT, -INFINITY, INFINITY, "0", "clip of the normalised score (<= 0: off)"),
     PS(whiten, BOOL, 0, 1, "true", "whiten advantages over the rollout batch"),
     PS(whiten_keep_mean, BOOL, 0, 1, "false", "whitening keeps the advantages' mean"),
     PS(recompute_logprobs, BOOL, 0, 1, "false",
        "recompute the old logprobs with the policy before the update"),
     {"vocab_limit", PPO_SETTING_INT, 0, INT_MAX, "0",
-     "distributions over ids below it only (0: all)", offsetof(ppo_config_t, vocab_limit), 1},
+     "distributions over ids below it only (0: all)", offsetof(ppo_config_t, vocab_limit), 1, NULL},
     PS(forward_batch, INT, 0, INT_MAX, "0", "sequences per rollout-side forward (0: minibatch)"),
     {"seed", PPO_SETTING_U64, 0, 0, "0", "key of the minibatch shuffle",
-     offsetof(ppo_config_t, seed), 1},
+     offsetof(ppo_config_t, seed), 1, NULL},
+    PE(adv_estimator, adv_names, 4, "gae",
+       "gae (value model), grpo, rloo or reinforce_pp (no value model): the advantages"),
+    PE(kl_in, kl_in_names, 2, "reward", "reward or loss: where the KL penalty goes"),
+    PE(kl_estimator, kl_est_names, 3, "k1", "k1, k2 or k3: the KL penalty's per-token estimate"),
+    PE(loss_agg, agg_names, 2, "token",
+       "token or sequence: losses averaged over a minibatch's tokens, or per sequence first"),
+    PS(missing_eos_penalty, FLOAT, 0, INFINITY, "0",
+       "subtracted from the (normalised) score of a completion cut without end-of-text (0: off)"),
+    {"temperature", PPO_SETTING_FLOAT, 0, 100, "1",
+     "the rollouts' sampling temperature, set from --temperature: logprobs under logits / T",
+     offsetof(ppo_config_t, temperature), 1, NULL},
 };
 #undef PS
+#undef PE
 const int ppo_n_settings = (int)(sizeof ppo_settings / sizeof ppo_settings[0]);
-static const char *const norm_names[] = {"raw", "scale", "norm"};
+
+/* the number of names of an enum setting */
+static int enum_count(const ppo_setting_t *s) {
+    int k = 0;
+    while (s->names[k]) k++;
+    return k;
+}
+
+void ppo_setting_choices(const ppo_setting_t *s, char *out, size_t n) {
+    size_t len = 0;
+    if (n) out[0] = 0;
+    for (int k = 0; s->type == PPO_SETTING_ENUM && s->names[k] && len < n; k++)
+        len += (size_t)snprintf(out + len, n - len, "%s%s", k ? "|" : "", s->names[k]);
+}
 
 const ppo_setting_t *ppo_setting_find(const char *name) {
     for (int i = 0; i < ppo_n_settings; i++)
@@ -782,9 +1018,9 @@ void ppo_setting_format(const ppo_setting_t *s, const ppo_config_t *c, char *out
     case PPO_SETTING_U64:
         snprintf(out, n, "%llu", (unsigned long long)*(const uint64_t *)p);
         break;
-    case PPO_SETTING_NORM: {
+    case PPO_SETTING_ENUM: {
         int k = *(const int *)p;
-        snprintf(out, n, "%s", k >= 0 && k < 3 ? norm_names[k] : "?");
+        snprintf(out, n, "%s", k >= 0 && k < enum_count(s) ? s->names[k] : "?");
         break;
     }
     }
@@ -826,13 +1062,16 @@ static int ps_parse(const ppo_setting_t *s, const char *value, ppo_config_t *c) 
         if (p) *(int *)p = v;
         return 0;
     }
-    case PPO_SETTING_NORM:
-        for (int k = 0; k < 3; k++)
-            if (!strcmp(value, norm_names[k])) {
+    case PPO_SETTING_ENUM: {
+        for (int k = 0; s->names[k]; k++)
+            if (!strcmp(value, s->names[k])) {
                 if (p) *(int *)p = k;
                 return 0;
             }
-        return rl_fail(RL_EINVAL, "'%s' is not raw, scale or norm", value);
+        char ch[128];
+        ppo_setting_choices(s, ch, sizeof ch);
+        return rl_fail(RL_EINVAL, "'%s' is not one of %s", value, ch);
+    }
     }
     return rl_fail(RL_EINVAL, "bad setting type");
 }
@@ -856,8 +1095,11 @@ int ppo_config_check(const ppo_config_t *c) {
             char lo[32], hi[32];
             snprintf(lo, sizeof lo, "%g", s->lo);
             snprintf(hi, sizeof hi, "%g", s->hi);
-            if (s->type == PPO_SETTING_NORM)
-                return rl_fail(RL_EINVAL, "ppo config: bad %s (need raw, scale or norm)", s->name);
+            if (s->type == PPO_SETTING_ENUM) {
+                char ch[128];
+                ppo_setting_choices(s, ch, sizeof ch);
+                return rl_fail(RL_EINVAL, "ppo config: bad %s (need %s)", s->name, ch);
+            }
             if (isinf(s->lo) && isinf(s->hi))
                 return rl_fail(RL_EINVAL, "ppo config: bad %s (need a finite value)", s->name);
             if (isinf(s->hi) || s->hi >= INT_MAX)
@@ -871,6 +1113,9 @@ int ppo_config_check(const ppo_config_t *c) {
         return rl_fail(RL_EINVAL, "ppo config: bad kl_target (need > 0)");
     if (c->kl_adaptive && !(c->kl_horizon > 0))
         return rl_fail(RL_EINVAL, "ppo config: bad kl_horizon (need > 0)");
+    if (!(c->temperature > 0))
+        return rl_fail(RL_EINVAL, "ppo config: bad temperature (need > 0: logprobs are taken "
+                                  "under logits / T, and greedy rollouts have none)");
     return 0;
 }
 
@@ -893,9 +1138,9 @@ json_t *ppo_config_to_json(const ppo_config_t *c) {
         case PPO_SETTING_U64:
             v = json_integer((json_int_t) * (const uint64_t *)p);
             break;
-        case PPO_SETTING_NORM: {
+        case PPO_SETTING_ENUM: {
             int k = *(const int *)p;
-            v = json_string(k >= 0 && k < 3 ? norm_names[k] : "?");
+            v = json_string(k >= 0 && k < enum_count(s) ? s->names[k] : "?");
             break;
         }
         }
@@ -926,12 +1171,14 @@ static int ps_set_json(ppo_config_t *c, const ppo_setting_t *s, json_t *v, const
         if (!json_is_integer(v) || json_integer_value(v) < 0) break;
         *(uint64_t *)p = (uint64_t)json_integer_value(v);
         return 0;
-    case PPO_SETTING_NORM:
+    case PPO_SETTING_ENUM:
         if (json_is_string(v) && ps_parse(s, json_string_value(v), c) == 0) return 0;
         break;
     }
-    return rl_fail(RL_EINVAL, "%s%s: a value of the wrong type%s", where, s->name,
-                   s->type == PPO_SETTING_NORM ? " (raw, scale or norm)" : "");
+    char ch[128] = "";
+    if (s->type == PPO_SETTING_ENUM) ppo_setting_choices(s, ch, sizeof ch);
+    return rl_fail(RL_EINVAL, "%s%s: a value of the wrong type%s%s%s", where, s->name,
+                   ch[0] ? " (" : "", ch, ch[0] ? ")" : "");
 }
 
 int ppo_config_from_json(ppo_config_t *c, json_t *obj, const char *where) {

@@ -5,9 +5,12 @@
  * that a test can check it against numbers worked out by hand: log-probabilities and entropy of
  * a logits row, the KL estimators, per-token rewards, GAE, whitening, the clipped policy and
  * value losses with their gradients, the gradient of a per-token loss with respect to a logits
- * row, the KL-coefficient controllers, explained variance and running moments. On top of them,
- * ppo_update() runs one PPO iteration on a rollout batch with a policy model, a separate value
- * model (a GPT with a scalar head) and an AdamW state for each (ppo_learner_t).
+ * row, the KL-coefficient controllers, explained variance and running moments, and the
+ * critic-free advantages (GRPO, RLOO, REINFORCE++ returns). On top of them, ppo_update() runs
+ * one PPO iteration on a rollout batch with a policy model, a separate value model (a GPT with a
+ * scalar head; none for a critic-free adv_estimator) and an AdamW state for each
+ * (ppo_learner_t). Every logprob is taken under logits / cfg.temperature, the distribution the
+ * rollouts were sampled from.
  *
  * Positions. A sequence is a prompt p[0..P) followed by a completion c[0..n). Action t is the
  * choice of c[t]; its state is everything before it, so both the log-probability of c[t] (the
@@ -44,6 +47,10 @@
  */
 double ppo_logprob(const float *logits, int V, int tok, double *entropy);
 
+/* ppo_logprob() of the distribution softmax(logits / temperature) (temperature > 0), the one
+ * rollouts sampled from; entropy likewise. At temperature 1 it is ppo_logprob() bit for bit. */
+double ppo_logprob_temp(const float *logits, int V, int tok, float temperature, double *entropy);
+
 /*
  * Gradient of a per-token loss with respect to one logits row: given dlogp = dloss/dlogp(tok)
  * and dent = dloss/dH (H the row's entropy), writes
@@ -52,11 +59,32 @@ double ppo_logprob(const float *logits, int V, int tok, double *entropy);
  */
 void ppo_dlogits_row(const float *logits, int V, int tok, float dlogp, float dent, float *out);
 
+/* ppo_dlogits_row() through logits / temperature: p and H those of softmax(logits / T), every
+ * entry divided by T. At temperature 1 it is ppo_dlogits_row() bit for bit. */
+void ppo_dlogits_row_temp(const float *logits, int V, int tok, float temperature, float dlogp,
+                          float dent, float *out);
+
 /* KL estimator k1 = logp - logp_ref (unbiased for KL(policy || ref), may be negative). */
 double ppo_kl_k1(double logp, double logp_ref);
 
 /* KL estimator k3 = (r - 1) - log r with r = exp(logp_ref - logp): unbiased and >= 0. */
 double ppo_kl_k3(double logp, double logp_ref);
+
+/* KL estimator k2 = (logp - logp_ref)^2 / 2: biased, >= 0, low variance (Schulman 2020). */
+double ppo_kl_k2(double logp, double logp_ref);
+
+/* Which of Schulman's approximations of KL(policy || ref) ("Approximating KL Divergence",
+ * 2020) a KL penalty uses, per token. */
+typedef enum {
+    PPO_KL_K1 = 0, /* logp - logp_ref */
+    PPO_KL_K2,     /* (logp - logp_ref)^2 / 2 */
+    PPO_KL_K3,     /* exp(logp_ref - logp) - (logp_ref - logp) - 1, as GRPO's loss */
+} ppo_kl_est_t;
+
+/* The estimate `est` of one token, and its derivative with respect to logp: k1 1, k2
+ * logp - logp_ref, k3 1 - exp(logp_ref - logp). */
+double ppo_kl(ppo_kl_est_t est, double logp, double logp_ref);
+double ppo_kl_dlogp(ppo_kl_est_t est, double logp, double logp_ref);
 
 /*
  * Per-token rewards of one completion of n >= 1 tokens: rewards[t] = -beta * (logp[t] -
@@ -65,6 +93,36 @@ double ppo_kl_k3(double logp, double logp_ref);
  */
 double ppo_rewards(const float *logp, const float *logp_ref, int n, float score, float beta,
                    float *rewards);
+
+/* ppo_rewards() with the penalty's estimator chosen: rewards[t] = -beta * ppo_kl(est, ...), the
+ * score on the last token. Returns the summed k1 (whatever est). With PPO_KL_K1 it is
+ * ppo_rewards() bit for bit. */
+double ppo_rewards_est(const float *logp, const float *logp_ref, int n, float score, float beta,
+                       ppo_kl_est_t est, float *rewards);
+
+/* The discounted return of every token of one completion: ret[t] = sum_{s >= t} gamma^(s-t)
+ * rewards[s] (REINFORCE, no critic). Accumulated backwards in double. */
+void ppo_returns(const float *rewards, int n, float gamma, float *ret);
+
+/*
+ * Critic-free advantages of n sequences from their total rewards R[0..n) (score plus the KL
+ * penalty when it is in the reward). group[i] names sequence i's prompt: a group is a run of
+ * consecutive equal ids (the K samples of one prompt, as the rollouts come), of at least 2.
+ *   GRPO (Shao et al. 2024): adv[i] = (R[i] - mean_g) / (std_g + eps), std_g with Bessel's
+ *     correction (torch.std, as TRL's GRPOTrainer and OpenRLHF's group_norm);
+ *   RLOO (Ahmadian et al. 2024): adv[i] = R[i] - (sum_g - R[i]) / (K_g - 1), the mean of the
+ *     other samples of the prompt.
+ * Sums are in double, in index order. Returns 0 or RL_EINVAL naming a group of one.
+ */
+int ppo_adv_grpo(const double *R, const int *group, int n, double eps, double *adv);
+int ppo_adv_rloo(const double *R, const int *group, int n, double *adv);
+
+/* The KL penalty in the loss over n tokens: sum_t mask_t beta ppo_kl(est, logp_t, ref_t) /
+ * denom (denom <= 0: sum(mask)); dlogp (may be NULL) gets beta mask_t dk/dlogp / denom ADDED.
+ * Returns the mean estimate sum mask k / denom (the loss is beta times it), NaN when the
+ * denominator is 0. */
+double ppo_kl_loss(const float *logp, const float *logp_ref, const float *mask, size_t n,
+                   ppo_kl_est_t est, float beta, double denom, float *dlogp);
 
 /*
  * Generalised advantage estimation over one completion of n tokens: values[t] is V(s_t) (the
@@ -170,6 +228,29 @@ float ppo_score_transform(float score, const ppo_moments_t *s, ppo_score_norm_t 
 
 /* ---- the update ------------------------------------------------------------------------ */
 
+/* How advantages are estimated (adv_estimator). */
+typedef enum {
+    PPO_ADV_GAE = 0,      /* GAE with the value model (Schulman et al. 2016; InstructGPT) */
+    PPO_ADV_GRPO,         /* group-normalised sequence reward (Shao et al. 2024), no critic */
+    PPO_ADV_RLOO,         /* leave-one-out baseline (Ahmadian et al. 2024), no critic */
+    PPO_ADV_REINFORCE_PP, /* REINFORCE++ (Hu 2025): returns normalised over the batch, no critic */
+} ppo_adv_estimator_t;
+
+/* Where the KL penalty goes (kl_in). */
+typedef enum {
+    PPO_KL_IN_REWARD = 0, /* -beta k(old, ref) per token in the rewards (Ziegler et al.) */
+    PPO_KL_IN_LOSS,       /* + beta k(new, ref) per token in the loss, differentiated (GRPO) */
+} ppo_kl_in_t;
+
+/* How the per-token losses of a minibatch are averaged (loss_agg). */
+typedef enum {
+    PPO_AGG_TOKEN = 0, /* over all its completion tokens: long completions weigh more */
+    PPO_AGG_SEQUENCE,  /* over each sequence's tokens, then over its sequences (GRPO paper) */
+} ppo_loss_agg_t;
+
+/* Whether an estimator learns without a value model. */
+int ppo_adv_critic_free(int adv_estimator);
+
 /* The PPO settings; their defaults, ranges and meaning are in ppo_settings (below). */
 typedef struct {
     float gamma;            /* discount */
@@ -203,6 +284,14 @@ typedef struct {
                                recomputed logprobs); 0 = minibatch */
     uint64_t seed;          /* key of the minibatch shuffle (Fisher-Yates, draw i of epoch e of
                                n rollouts: rng(seed, stream = iteration, counter = e * n + i)) */
+    int adv_estimator;      /* ppo_adv_estimator_t */
+    int kl_in;              /* ppo_kl_in_t */
+    int kl_estimator;       /* ppo_kl_est_t of the penalty (reward or loss) */
+    int loss_agg;           /* ppo_loss_agg_t */
+    float missing_eos_penalty; /* subtracted from the score (after score_norm and score_clip) of
+                                  a truncated completion */
+    float temperature;         /* the rollouts' sampling temperature (> 0): every logprob is taken
+                                  under logits / temperature */
 } ppo_config_t;
 
 /*
@@ -216,7 +305,7 @@ typedef enum {
     PPO_SETTING_INT,   /* int in [lo, hi] */
     PPO_SETTING_BOOL,  /* int 0/1; JSON true/false */
     PPO_SETTING_U64,   /* uint64_t */
-    PPO_SETTING_NORM,  /* int, a ppo_score_norm_t; JSON "raw" | "scale" | "norm" */
+    PPO_SETTING_ENUM,  /* int, an index into names; JSON and text: the name */
 } ppo_setting_type_t;
 
 typedef struct {
@@ -228,7 +317,8 @@ typedef struct {
     const char *help;
     size_t off; /* offsetof(ppo_config_t, name) */
     int driver; /* 1: the driver sets it (vocab_limit from the tokenizer, seed from its own
-                   seed): not one of `rlhf run`'s ppo.* keys */
+                   seed, temperature from --temperature): not one of `rlhf run`'s ppo.* keys */
+    const char *const *names; /* PPO_SETTING_ENUM: the names of 0..hi, NULL-terminated */
 } ppo_setting_t;
 
 extern const ppo_setting_t ppo_settings[];
@@ -236,6 +326,9 @@ extern const int ppo_n_settings;
 
 /* The setting called name, or NULL. */
 const ppo_setting_t *ppo_setting_find(const char *name);
+
+/* The names of an enum setting joined with '|' ("raw|scale|norm") into out. */
+void ppo_setting_choices(const ppo_setting_t *s, char *out, size_t n);
 
 /* The value of setting s in c as text ("0.03", "true", "norm") into out. */
 void ppo_setting_format(const ppo_setting_t *s, const ppo_config_t *c, char *out, size_t n);
@@ -274,13 +367,16 @@ typedef struct {
                                   NULL with recompute_logprobs */
     const float *ref_logprobs; /* (completion_len) reference-model logprobs */
     float score;               /* reward-model score of <prompt, completion> */
+    int group;     /* the prompt it answers: the K samples of a prompt are consecutive and share
+                      it (GRPO, RLOO) */
+    int truncated; /* cut at the length limit, no end-of-text: missing_eos_penalty applies */
 } ppo_seq_t;
 
 /* The learner: borrowed models, owned optimiser states, persistent PPO state. */
 typedef struct {
     ppo_config_t cfg;
     gpt_t *policy; /* LM head used; borrowed */
-    gpt_t *value;  /* cfg.scalar_head = 1; borrowed */
+    gpt_t *value;  /* cfg.scalar_head = 1; borrowed; NULL with a critic-free estimator */
     adamw_t opt_policy, opt_value;
     adamw_group_t groups_policy[GPT_NKINDS], groups_value[GPT_NKINDS];
     int n_groups_policy, n_groups_value;
@@ -296,14 +392,17 @@ typedef struct {
  * config or models) or RL_ENOMEM; on failure nothing is left allocated.
  */
 int ppo_learner_init(ppo_learner_t *l, gpt_t *policy, gpt_t *value, const ppo_config_t *cfg);
+/* With a critic-free cfg.adv_estimator, value may be NULL and is ignored (neither used nor
+ * trained; l->value is NULL and opt_value empty). */
 
 /* Frees the optimiser states; safe on a zeroed struct. Does not free the models. */
 void ppo_learner_free(ppo_learner_t *l);
 
 /* Figures of one ppo_update(). Loss-side figures are means over the optimiser steps. */
 typedef struct {
-    double policy_loss;    /* clipped surrogate loss (entropy bonus not included) */
-    double value_loss;     /* clipped value loss */
+    double policy_loss;    /* clipped surrogate loss (entropy bonus, KL loss not included) */
+    double value_loss;     /* clipped value loss; NaN without a critic (so are value_clipfrac,
+                              explained_var, grad_norm_value) */
     double entropy;        /* mean per-token entropy of the policy during the update */
     double clipfrac;       /* policy ratio clip fraction */
     double value_clipfrac; /* value clip fraction */
@@ -330,16 +429,26 @@ typedef struct {
 int ppo_seq_logprobs(gpt_t *m, const ppo_seq_t *seqs, int n, int batch, int vocab_limit,
                      float *out);
 
+/* ppo_seq_logprobs() under logits / temperature (temperature > 0; 1: the same bits). */
+int ppo_seq_logprobs_temp(gpt_t *m, const ppo_seq_t *seqs, int n, int batch, int vocab_limit,
+                          float temperature, float *out);
+
 /* The value V(s_t) of every action state of seqs[0..n) under value model m (scalar head),
  * laid out as ppo_seq_logprobs(). Returns 0 or RL_E*. */
 int ppo_seq_values(gpt_t *m, const ppo_seq_t *seqs, int n, int batch, float *out);
 
 /*
  * One PPO iteration on n rollouts: old values (and old logprobs with recompute_logprobs),
- * score normalisation (the running moments are updated with this batch's raw scores first),
- * per-token rewards with the current beta, GAE, whitening, then cfg.epochs passes of shuffled
- * minibatches, each one clipped-surrogate AdamW step of the policy and one clipped-value-loss
- * step of the value model, each with its own gradient clipping and learning rate. Afterwards the
+ * score normalisation (the running moments are updated with this batch's raw scores first;
+ * missing_eos_penalty is then subtracted from a truncated rollout's normalised, clipped score),
+ * per-token
+ * rewards with the current beta (the KL term only with kl_in = reward), advantages by
+ * adv_estimator (GAE and optional whitening; GRPO or RLOO per prompt group, the sequence's
+ * advantage on each of its tokens; REINFORCE++ returns whitened over the batch), then
+ * cfg.epochs passes of shuffled minibatches, each one clipped-surrogate AdamW step of the policy
+ * (plus the KL loss with kl_in = loss; token or sequence averaging by loss_agg) and, with GAE,
+ * one clipped-value-loss step of the value model, each with its own gradient clipping and
+ * learning rate. Every logprob is read under logits / temperature. Afterwards the
  * KL controller is updated with the batch's mean k1 KL and `iteration` advances. `st` may be
  * NULL. Returns 0 or RL_EINVAL (bad rollout: ids out of range, too long for the context,
  * missing logprobs), RL_ENONFINITE (NaN/Inf in a logprob, score, loss or gradient), RL_ENOMEM.

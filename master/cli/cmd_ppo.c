@@ -140,13 +140,15 @@ static const cli_opt_t ppo_opt_table[] = {
     CLI_OPT_STR(ppo_opts_t, ref, "ref", NULL, "DIR",
                 "frozen reference for the KL penalty (default: --policy)", 0),
     CLI_OPT_STR(ppo_opts_t, value, "value", NULL, "DIR",
-                "initial value model (default: --rm, as InstructGPT)", 0),
+                "initial value model (default: --rm, as InstructGPT; not loaded by the "
+                "critic-free adv_estimator grpo, rloo, reinforce_pp)",
+                0),
     PO(iterations, "iterations", 1, 1000000, "20", "N", "PPO iterations"),
     PO(batch, "batch", 1, 100000, "32", "P", "prompts per iteration"),
     PO(samples, "samples", 1, 64, "1", "K", "completions per prompt"),
     PO(max_new, "max-new", 1, 100000, "24", "N", "tokens per completion at most"),
     CLI_OPT_FLOAT(ppo_opts_t, temperature, "temperature", 0, 100, "1", "T",
-                  "rollout sampling temperature"),
+                  "rollout sampling temperature (> 0); every logprob is taken under logits / T"),
     PO(per_job, "prompts-per-job", 1, 4096, "8", "J", "prompts per GENERATE / SCORE job"),
     PO(rollout, "rollout", 1, 32, "2", "R", "rollout workers"),
     PO(reward, "reward", 1, 16, "1", "M", "reward workers"),
@@ -246,8 +248,23 @@ static int ppo_parse(ppo_opts_t *o, int argc, char **argv) {
         fprintf(stderr, "rlhf ppo: --policy, --rm, --prompts and --out are required\n");
         return cli_usage_error("ppo");
     }
+    if (!(o->temperature > 0)) {
+        /* every logprob is taken under logits / T; greedy rollouts have no distribution */
+        fprintf(stderr, "rlhf ppo: --temperature %g: PPO needs a sampling temperature > 0\n",
+                (double)o->temperature);
+        return 2;
+    }
+    o->pc.temperature = o->temperature;
     if (ppo_config_check(&o->pc) < 0) {
         fprintf(stderr, "rlhf ppo: %s\n", rl_errmsg());
+        return 2;
+    }
+    if ((o->pc.adv_estimator == PPO_ADV_GRPO || o->pc.adv_estimator == PPO_ADV_RLOO) &&
+        o->samples < 2) {
+        fprintf(stderr,
+                "rlhf ppo: adv_estimator=%s compares the samples of a prompt: it needs "
+                "--samples >= 2\n",
+                o->pc.adv_estimator == PPO_ADV_GRPO ? "grpo" : "rloo");
         return 2;
     }
     return CLI_OPTS_GO;

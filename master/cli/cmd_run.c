@@ -453,16 +453,16 @@ static void list_keys(void) {
             const ppo_setting_t *ps = k->setting;
             type = ps->type == PPO_SETTING_FLOAT  ? "number"
                    : ps->type == PPO_SETTING_BOOL ? "bool"
-                   : ps->type == PPO_SETTING_NORM ? "string"
+                   : ps->type == PPO_SETTING_ENUM ? "string"
                                                   : "int";
             cli_opt_t tmp = {.type = ps->type == PPO_SETTING_FLOAT  ? CLI_OPT_FLOAT
                                      : ps->type == PPO_SETTING_BOOL ? CLI_OPT_BOOL
-                                     : ps->type == PPO_SETTING_NORM ? CLI_OPT_STRING
+                                     : ps->type == PPO_SETTING_ENUM ? CLI_OPT_STRING
                                                                     : CLI_OPT_LONG,
                              .lo = ps->lo,
                              .hi = ps->type == PPO_SETTING_U64 ? INFINITY : ps->hi};
             cli_opt_range(&tmp, range, sizeof range);
-            if (ps->type == PPO_SETTING_NORM) snprintf(range, sizeof range, "raw|scale|norm");
+            if (ps->type == PPO_SETTING_ENUM) ppo_setting_choices(ps, range, sizeof range);
             help = ps->help;
         }
         printf("%-27s %-6s %-28s %-14s %s\n", k->key, type, def ? def : "-", range, help);
