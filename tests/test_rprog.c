@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "align/rprog.h"
+#include "align/task.h"
 #include "test.h"
 
 static char tmp[4096], cwd[1024]; /* our directory; the test's own (not under /tmp) */
@@ -199,6 +200,39 @@ static void test_request(void) {
     free(c);
 }
 
+/* `rlhf gold-judge` (RLHF_BIN, set by CMake) through the runner scores every demonstration of
+ * every style exactly as the in-process gold judge does: the same doubles, and not one value. */
+static void test_gold_judge(void) {
+    const char *bin = getenv("RLHF_BIN");
+    if (!bin || access(bin, X_OK) != 0) {
+        fprintf(stderr, "test_gold_judge: RLHF_BIN not set: skipped\n");
+        return;
+    }
+    char cmd[4200], why[512], prompt[512], completion[512];
+    snprintf(cmd, sizeof cmd, "%s gold-judge", bin);
+    rprog_t *p = runner(cmd, 10000, 0);
+    task_mix_t mix;
+    task_mix_even(&mix, 0.8f);
+    int same = 0, n = 300;
+    double lo = 1, hi = 0;
+    for (int i = 0; i < n; i++) {
+        CHECK_EQ(task_sft_at(&mix, 11, n, i, NULL, prompt, sizeof prompt, completion,
+                             sizeof completion, NULL),
+                 0);
+        double want = task_gold_text(prompt, completion), got;
+        char *req = rprog_request(prompt, completion, strlen(completion), NULL);
+        CHECK_EQ(rprog_score(p, req, &got, why, sizeof why), RPROG_OK);
+        free(req);
+        same += got == want;
+        if (got != want) fprintf(stderr, "item %d: %.17g != %.17g\n", i, got, want);
+        lo = want < lo ? want : lo, hi = want > hi ? want : hi;
+    }
+    CHECK_EQ(same, n);
+    CHECK(hi - lo > 0.5); /* the demonstrations' styles score far apart */
+    CHECK_EQ(rprog_starts(p), 1);
+    rprog_destroy(&p);
+}
+
 int main(void) {
     signal(SIGPIPE, SIG_IGN);
     const char *t = getenv("TMPDIR");
@@ -210,6 +244,7 @@ int main(void) {
     RUN(test_crashes);
     RUN(test_malformed);
     RUN(test_sandbox);
+    RUN(test_gold_judge);
     rmdir(tmp);
     return TEST_REPORT();
 }

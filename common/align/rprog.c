@@ -147,48 +147,21 @@ static int prog_start(rprog_t *p) {
     }
     char home[4300], tmpd[4300];
     snprintf(home, sizeof home, "HOME=%s", work);
-    snprintf(tmpd, sizeof tmpd, "TMPDIR=%s", p->bwrap ? "/tmp" : work);
+    snprintf(tmpd, sizeof tmpd, "TMPDIR=%s", work);
     char *envp[] = {"PATH=/usr/local/bin:/usr/bin:/bin", home, tmpd, "LANG=C.UTF-8", NULL};
     char *argv[40];
     int n = 0;
     if (p->bwrap) {
         /* --unshare-all: user (where possible), ipc, pid, net, uts, cgroup namespaces; the file
-         * system read-only but for the program's directory; capabilities are dropped */
-        char *const a[] = {(char *)p->bwrap,
-                           "--unshare-all",
-                           "--die-with-parent",
-                           "--ro-bind",
-                           "/",
-                           "/",
-                           "--dev",
-                           "/dev",
-                           "--proc",
-                           "/proc",
-                           "--tmpfs",
-                           "/tmp",
-                           "--bind",
-                           work,
-                           work,
-                           "--chdir",
-                           work,
-                           "--clearenv",
-                           "--setenv",
-                           "PATH",
-                           "/usr/local/bin:/usr/bin:/bin",
-                           "--setenv",
-                           "HOME",
-                           work,
-                           "--setenv",
-                           "TMPDIR",
-                           "/tmp",
-                           "--setenv",
-                           "LANG",
-                           "C.UTF-8",
-                           "--",
-                           "/bin/sh",
-                           "-c",
-                           p->cmd,
-                           NULL};
+         * system read-only but for the program's directory (its TMPDIR too: /tmp stays the
+         * host's, read-only, so that a script kept there can run); capabilities dropped */
+        // clang-format off
+        char *const a[] = {(char *)p->bwrap, "--unshare-all",
+            "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--bind", work, work,
+            "--chdir", work, "--clearenv", "--setenv", "PATH", "/usr/local/bin:/usr/bin:/bin",
+            "--setenv", "HOME", work, "--setenv", "TMPDIR", work, "--setenv", "LANG", "C.UTF-8",
+            "--", "/bin/sh", "-c", p->cmd, NULL};
+        // clang-format on
         for (; a[n]; n++) argv[n] = a[n];
         argv[n] = NULL;
     } else {
@@ -199,7 +172,9 @@ static int prog_start(rprog_t *p) {
     pid_t pid = fork();
     if (pid == 0) { /* the child: async-signal-safe calls only */
         setpgid(0, 0);
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        /* no PR_SET_PDEATHSIG (nor bwrap's --die-with-parent, the same thing): it fires when
+         * the forking *thread* ends, and a worker runs each job on a thread of its own. A
+         * runner that dies closes the pipes: the program reads EOF on its stdin */
         dup2(in[0], 0), dup2(out[1], 1), dup2(fe, 2);
         for (int fd = 3; fd < maxfd; fd++) close(fd);
         sigset_t none;

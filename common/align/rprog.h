@@ -17,12 +17,12 @@
  * environment (PATH, HOME, TMPDIR, LANG only), its own process group, no-new-privs, and resource
  * limits (CPU seconds, address space, file size, open files, processes). Where bubblewrap
  * (`bwrap`) is installed it runs inside it: every namespace unshared (no network), the whole
- * file system read-only except its directory, a private /tmp, /proc and /dev, all capabilities
- * dropped. bubblewrap rather than hand-written namespace and mount code: it is small, audited,
- * the sandbox of Flatpak, and packaged by Debian; getting read-only remounts and pid namespaces
- * right by hand is where sandboxes go wrong. Without it: the same limits, and a network
- * namespace of its own when the runner may create one (root), but no file system isolation
- * (rprog_sandbox() says which).
+ * file system read-only except its directory (it reads what the worker's user may read), its
+ * own /proc and /dev, all capabilities dropped. bubblewrap rather than hand-written namespace and
+ * mount code: it is small, audited, the sandbox of Flatpak, and packaged by Debian; getting
+ * read-only remounts and pid namespaces right by hand is where sandboxes go wrong. Without it: the
+ * same limits, and a network namespace of its own when the runner may create one (root), but no
+ * file system isolation (rprog_sandbox() says which).
  *
  * Not thread-safe: one rprog_t per thread. SIGPIPE must be ignored by the process (a program
  * that closed its stdin is an item error, not a dead worker).

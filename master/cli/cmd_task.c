@@ -212,3 +212,51 @@ int cmd_task(int argc, char **argv) {
                                         task_prompt_count(TASK_SPLIT_HELDOUT, TASK_REPLY),
                                     "guideline_version", task_guideline_version));
 }
+
+/* ---- rlhf gold-judge: the gold judge as a reward program ------------------------------------ */
+
+/*
+ * `rlhf gold-judge`: the embedded task's gold judge speaking the reward-program protocol
+ * (align/rprog.h): for each line {"prompt": TEXT, "completion": TEXT, ...} on stdin, one line
+ * {"score": task_gold_text(prompt, completion), "details": {criterion: score...}} on stdout,
+ * flushed; the score printed with 17 significant digits, so that it reads back as the very
+ * double the in-process judge computes. A line it cannot read gets {"error": ...} and the next
+ * line is read. Exit 0 at the end of its input.
+ */
+int cmd_gold_judge(int argc, char **argv) {
+    if (argc > 1) {
+        int help = !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h");
+        fprintf(help ? stdout : stderr,
+                "usage: rlhf gold-judge  (JSON lines {prompt, completion} on stdin, {score, "
+                "details} on stdout: the embedded task's gold judge as a reward program)\n");
+        return help ? 0 : 2;
+    }
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    while ((n = getline(&line, &cap, stdin)) >= 0) {
+        json_error_t e;
+        json_t *o = json_loadb(line, (size_t)n, 0, &e);
+        const char *p = json_string_value(json_object_get(o, "prompt"));
+        const char *c = json_string_value(json_object_get(o, "completion"));
+        if (!p || !c) {
+            json_t *err = json_pack("{s:s}", "error",
+                                    o ? "needs string \"prompt\" and \"completion\"" : e.text);
+            char *t = json_dumps(err, JSON_COMPACT);
+            printf("%s\n", t ? t : "{\"error\":\"unreadable line\"}");
+            free(t);
+            json_decref(err);
+        } else {
+            float sc[TASK_NCRIT];
+            task_score(p, c, sc);
+            printf("{\"score\":%.17g,\"details\":{", task_gold(sc));
+            for (int k = 0; k < TASK_NCRIT; k++)
+                printf("%s\"%s\":%.9g", k ? "," : "", task_criteria_names[k], (double)sc[k]);
+            printf("}}\n");
+        }
+        json_decref(o);
+        if (fflush(stdout) != 0) break; /* the runner is gone */
+    }
+    free(line);
+    return 0;
+}
