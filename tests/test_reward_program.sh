@@ -83,7 +83,8 @@ check "/metrics counts them" metric_ge rlhf_reward_program_timeouts_total 12
 check "... all of them" metric_ge rlhf_reward_program_errors_total 20
 
 # --- rlhf gold-judge as the program = the in-process gold judge, to the last digit
-"$R" ppo "${COMMON[@]}" --gold --reward-program "$R gold-judge" --rm-weight 0 --out gold \
+# (`rlhf ...` is the rlhf next to the worker: a build directory is on no PATH)
+"$R" ppo "${COMMON[@]}" --gold --reward-program "rlhf gold-judge" --rm-weight 0 --out gold \
     --iterations 2 >gold.out 2>gold.err
 check "2 iterations with the gold judge as the program" test "$(wc -l <gold/metrics.jsonl)" -eq 2
 jq -c '[.gold_mean]' gold/metrics.jsonl >gold.in

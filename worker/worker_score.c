@@ -26,11 +26,13 @@
  * a job is never failed by its program. ScoreOutput.scores is then the weighted sum of the
  * model's part and the program's part, both also returned as they are.
  */
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "base/err.h"
 #include "nn/gpt.h"
@@ -251,12 +253,27 @@ static int run_program(score_state_t *st, const worker_job_t *job, const Rlhf__S
         return rl_fail(RL_EINVAL, "score: program: %zu references for %zu items", sp->n_references,
                        sp->n_items);
     int tmo = sp->program_timeout_ms ? (int)sp->program_timeout_ms : 10000;
-    if (!rprog_same(st->prog, sp->program, tmo)) {
+    /* `rlhf ...` (rlhf gold-judge) is the rlhf binary next to this worker's: the program's
+     * PATH is clean, and a build directory is on no PATH */
+    char cmd[PATH_MAX + 4096];
+    const char *prog = sp->program;
+    if (!strncmp(prog, "rlhf", 4) && (prog[4] == ' ' || !prog[4])) {
+        char self[PATH_MAX];
+        ssize_t sl = readlink("/proc/self/exe", self, sizeof self - 1);
+        self[sl > 0 ? sl : 0] = 0;
+        char *slash = strrchr(self, '/');
+        if (slash && !strchr(self, '\'') && strlen(prog) < 4000) {
+            *slash = 0;
+            snprintf(cmd, sizeof cmd, "'%s/rlhf'%s", self, prog + 4);
+            prog = cmd;
+        }
+    }
+    if (!rprog_same(st->prog, prog, tmo)) {
         rprog_destroy(&st->prog);
-        rprog_opts_t o = {.cmd = sp->program, .timeout_ms = tmo};
+        rprog_opts_t o = {.cmd = prog, .timeout_ms = tmo};
         if (!(st->prog = rprog_new(&o))) return rl_fail_ctx(RL_EINVAL, "score: program");
-        fprintf(stderr, "rlhf-worker: reward program `%s` (sandbox: %s, %d ms per item)\n",
-                sp->program, rprog_sandbox(st->prog), tmo);
+        fprintf(stderr, "rlhf-worker: reward program `%s` (sandbox: %s, %d ms per item)\n", prog,
+                rprog_sandbox(st->prog), tmo);
     }
     errs->msgs = calloc(sp->n_items ? sp->n_items : 1, sizeof *errs->msgs);
     if (!errs->msgs) return rl_fail(RL_ENOMEM, "score: out of memory");
