@@ -51,6 +51,14 @@ static void test_scores(void) {
     CHECK_NEAR(s, base + 7.5, 0);
     CHECK_EQ(rprog_starts(p), 1); /* one long-lived process for both */
     CHECK(rprog_same(p, cmd, 5000));
+    rprog_t *one = runner("read -r l; echo '{\"score\": 2}'", 5000, 0); /* one-shot */
+    for (int i = 0; i < 3; i++) {
+        CHECK_EQ(item(one, "x", &s, why), RPROG_OK);
+        CHECK_NEAR(s, 2, 0);
+        usleep(100000); /* it has exited before the next item: no error, a new process */
+    }
+    CHECK_EQ(rprog_starts(one), 3);
+    rprog_destroy(&one);
     CHECK(!rprog_same(p, cmd, 4000));
     rprog_destroy(&p);
     CHECK(p == NULL);

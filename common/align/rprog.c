@@ -312,6 +312,16 @@ int rprog_score(rprog_t *p, const char *request, double *score, char *why, size_
     why[0] = 0;
     *score = NAN;
     int rc;
+    /* a program that ended after its last answer (a one-shot program: one line in, one out,
+     * exit) is started again without charging this item */
+    int st;
+    if (p->pid && p->len == 0 && waitpid(p->pid, &st, WNOHANG) == p->pid) {
+        /* reaped: what is left of its group goes (a group's id is not reused while it has
+         * members), then prog_stop must not wait for it again */
+        kill(-p->pid, SIGKILL);
+        p->pid = 0;
+        prog_stop(p, NULL);
+    }
     if (!p->pid && (rc = prog_start(p)) < 0) return rc;
     double t0 = now_ms(), deadline = t0 + p->o.timeout_ms;
     rc = send_all(p, request, strlen(request), deadline);

@@ -9,8 +9,9 @@
  * and reads one response line
  *     {"score": NUMBER, "details": ANY}      ("details" optional; ignored here)
  * or {"error": TEXT} (the program's own per-item error). One line in, one line out, in order;
- * the program must flush after each line. An item whose response does not come within the time
- * limit, a program that exits or dies, a line that is not such a JSON object are per-item
+ * the program must flush after each line. A program that exits after answering (one item per
+ * process) is started again for the next item. An item whose response does not come within the
+ * time limit, a program that exits or dies, a line that is not such a JSON object are per-item
  * errors: the program is killed (its whole process group) and started afresh for the next item.
  *
  * Sandbox: each start gets a fresh private directory (its working directory and $HOME), a clean
