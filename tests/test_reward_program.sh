@@ -50,6 +50,14 @@ check "score = 1.0 * model + 0.5 * program" near .ppo.score_mean \
 check "the model part is the reward model's (not constant, not the program's)" jq -e -s \
     'all(.[]; .reward_model_mean != .reward_program_mean) and
      ([.[].reward_model_mean] | unique | length) == 3' both/metrics.jsonl
+# ... against the separate scores: iteration 0's rollouts are the same in every run (policy
+# version 0, the same seed), so its parts are the program-only run's score and a reward-model-
+# only run's score
+"$R" ppo "${COMMON[@]}" --out rmonly --iterations 2 >rmonly.out 2>rmonly.err
+check "the program part = the program-only run's (iteration 0)" jq -n -e \
+    "$(jq -s '.[0].reward_program_mean' both/metrics.jsonl) == $(jq -s '.[0].reward_program_mean' prog/metrics.jsonl)"
+check "the model part = the reward-model-only run's score (iteration 0)" jq -n -e \
+    "($(jq -s '.[0].reward_model_mean' both/metrics.jsonl) - $(jq -s '.[0].ppo.score_mean' rmonly/metrics.jsonl) | fabs) <= 1e-6"
 
 # --- a program that fails on some items: those of the prompts whose record has n a multiple of
 # 5 sleep past the limit, of 7 kill the program; the run goes on, the items get the fallback,
