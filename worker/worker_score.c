@@ -270,7 +270,10 @@ static int run_program(score_state_t *st, const worker_job_t *job, const Rlhf__S
     }
     if (!rprog_same(st->prog, prog, tmo)) {
         rprog_destroy(&st->prog);
-        rprog_opts_t o = {.cmd = prog, .timeout_ms = tmo};
+        /* RLHF_REWARD_SANDBOX=rlimits: where bwrap is installed but cannot make namespaces (an
+         * unprivileged container), the fallback sandbox instead of every item failing */
+        const char *sb = getenv("RLHF_REWARD_SANDBOX");
+        rprog_opts_t o = {.cmd = prog, .timeout_ms = tmo, .no_bwrap = sb && !strcmp(sb, "rlimits")};
         if (!(st->prog = rprog_new(&o))) return rl_fail_ctx(RL_EINVAL, "score: program");
         fprintf(stderr, "rlhf-worker: reward program `%s` (sandbox: %s, %d ms per item)\n", prog,
                 rprog_sandbox(st->prog), tmo);
