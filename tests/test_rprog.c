@@ -105,6 +105,12 @@ static void test_crashes(void) {
     CHECK_EQ(item(p, "ok", &s, why), RPROG_OK);
     CHECK_EQ(rprog_starts(p), 3);
     rprog_destroy(&p);
+    /* one that closes its stdout and stays: killed, and said so (in the fallback sandbox: under
+     * bubblewrap, bwrap itself holds the pipe open, and the item is a timeout) */
+    p = runner("read -r l; exec >&-; sleep 30", 5000, 1);
+    CHECK_EQ(item(p, "ok", &s, why), RPROG_CRASH);
+    CHECK(strstr(why, "closed its stdin or stdout"));
+    rprog_destroy(&p);
     /* a program that does not start at all: every item says so, nothing hangs */
     p = runner("/nonexistent/program", 5000, 0);
     CHECK_EQ(item(p, "ok", &s, why), RPROG_CRASH);

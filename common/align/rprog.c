@@ -250,10 +250,25 @@ static void stderr_tail(const rprog_t *p, char *out, size_t n) {
 /* A dead program's reason: its exit status or signal, and its stderr's end. */
 static void crash_reason(rprog_t *p, char *why, size_t n) {
     char tail[300];
-    int st;
+    int st = 0;
+    /* its end of the pipes closes as it exits: give it a moment to become a zombie */
+    pid_t pid = p->pid, done = 0;
+    for (int i = 0; i < 50 && !done; i++) {
+        done = waitpid(pid, &st, WNOHANG);
+        if (!done) usleep(2000);
+    }
     stderr_tail(p, tail, sizeof tail); /* before prog_stop removes the file */
-    prog_stop(p, &st);
-    if (WIFSIGNALED(st))
+    if (done == pid) {
+        kill(-pid, SIGKILL); /* what is left of its group */
+        p->pid = 0;
+        prog_stop(p, NULL);
+    } else {
+        prog_stop(p, &st);
+    }
+    if (!done)
+        snprintf(why, n, "the program closed its stdin or stdout and kept running; it was killed%s",
+                 tail);
+    else if (WIFSIGNALED(st))
         snprintf(why, n, "the program was killed by signal %d (%s)%s", WTERMSIG(st),
                  strsignal(WTERMSIG(st)), tail);
     else if (WEXITSTATUS(st) > 128 && WEXITSTATUS(st) < 128 + 65) /* bwrap, a shell: 128 + N */
