@@ -33,7 +33,8 @@ static void task_unescape(char *s) {
     *o = 0;
 }
 
-/* Writes the prompts i = 0..n-1 of `split` as {"id": PREFIX i+1, "prompt", "kind"}. */
+/* Writes the prompts i = 0..n-1 of `split` as {"id": PREFIX i+1, "prompt", "kind"}, and
+ * "reference" (task_prompt_reference) for those that have one. */
 static int task_write_prompts(const char *path, uint64_t seed, int split, long n, const char *tmpl,
                               const char *prefix) {
     jsonl_writer_t w;
@@ -48,6 +49,9 @@ static int task_write_prompts(const char *path, uint64_t seed, int split, long n
         snprintf(id, sizeof(id), "%s%ld", prefix, i + 1);
         json_t *o =
             json_pack("{s:s,s:s,s:s}", "id", id, "prompt", text, "kind", task_kind_names[p.kind]);
+        char ref[32]; /* arithmetic's answer: what a reward program can check (README) */
+        if (o && task_prompt_reference(&p, ref, sizeof ref) >= 0)
+            json_object_set_new(o, "reference", json_string(ref));
         rc = o ? jsonl_write(&w, o) : rl_fail(RL_ENOMEM, "out of memory");
     }
     if (rc < 0) {
