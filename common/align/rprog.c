@@ -134,7 +134,8 @@ static int prog_start(rprog_t *p) {
     snprintf(work, sizeof work, "%s/work", root);
     snprintf(errf, sizeof errf, "%s/stderr", root);
     int fe = -1, in[2] = {-1, -1}, out[2] = {-1, -1};
-    if (mkdir(work, 0700) < 0 || (fe = open(errf, O_WRONLY | O_CREAT | O_TRUNC, 0600)) < 0 ||
+    if (mkdir(work, 0700) < 0 ||
+        (fe = open(errf, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600)) < 0 ||
         pipe2(in, O_CLOEXEC) < 0 || pipe2(out, O_CLOEXEC) < 0) {
         int e = errno;
         if (fe >= 0) close(fe);
@@ -176,7 +177,8 @@ static int prog_start(rprog_t *p) {
          * the forking *thread* ends, and a worker runs each job on a thread of its own. A
          * runner that dies closes the pipes: the program reads EOF on its stdin */
         dup2(in[0], 0), dup2(out[1], 1), dup2(fe, 2);
-        for (int fd = 3; fd < maxfd; fd++) close(fd);
+        if (close_range(3, ~0U, 0) < 0) /* Linux >= 5.9; else one by one */
+            for (int fd = 3; fd < maxfd; fd++) close(fd);
         sigset_t none;
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
