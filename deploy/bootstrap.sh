@@ -25,6 +25,7 @@ PACKAGES=(
     slurmctld slurmd slurm-client munge # deploy/slurm: the test starts its own daemons
     podman buildah              # deploy/image: the image, built FROM scratch offline
     chromium chromium-driver python3-selenium # the browser tests of the annotation page
+    bubblewrap                  # reward programs run in its sandbox (align/rprog.h)
 )
 # The tokenizer test compares against GPT-2's reference encoder from the npm registry. A
 # machine may already have Node.js from elsewhere (with npm bundled): then keep it.

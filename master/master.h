@@ -82,7 +82,9 @@ typedef struct {
     int n_announcers;
     json_t *ppo_stats;    /* the newest PPO update's figures (TrainOutput.ppo), or NULL */
     uint64_t ppo_version; /* the policy version that update published */
-    struct mann *ann;     /* human annotators and their rankings (master_annot.c) */
+    /* reward programs' per-item errors and timeouts in SCORE outputs taken (for /metrics) */
+    uint64_t program_errors, program_timeouts;
+    struct mann *ann; /* human annotators and their rankings (master_annot.c) */
     master_http_t *http;
     int http_port;
     int stopping;

@@ -277,6 +277,14 @@ char *master_metrics_text(master_t *m, size_t *len) {
               (unsigned long long)sec_admitted_total());
     sb_printf(&b, "rlhf_auth_connections_total{result=\"refused\"} %llu\n",
               (unsigned long long)sec_refused_total());
+    metric_head(&b, "rlhf_reward_program_errors_total", "counter",
+                "Items a reward program failed on (timeouts, crashes, malformed lines): each got "
+                "the fallback score.");
+    sb_printf(&b, "rlhf_reward_program_errors_total %llu\n", (unsigned long long)m->program_errors);
+    metric_head(&b, "rlhf_reward_program_timeouts_total", "counter",
+                "Items a reward program did not answer within its time limit.");
+    sb_printf(&b, "rlhf_reward_program_timeouts_total %llu\n",
+              (unsigned long long)m->program_timeouts);
     if (m->ppo_stats) { /* the newest PPO iteration, one gauge per figure */
         metric_head(&b, "rlhf_ppo_policy_version", "gauge",
                     "Policy version published by the newest PPO update.");

@@ -26,11 +26,13 @@ enum { R_QUEUED, R_RUNNING, R_PAUSED, R_FAILED, R_CANCELLED, R_SUCCEEDED };
 static const char *const state_names[] = {"queued", "running",   "paused",
                                           "failed", "cancelled", "succeeded"};
 
-/* A PPO stage's prompt: its text and token ids (ppo-prep's OUT/ppo_prompts.jsonl). */
+/* A PPO stage's prompt: its text and token ids (ppo-prep's OUT/ppo_prompts.jsonl), and what a
+ * reward program gets of its record: {"reference": ..., "record": {...}} (NULL: no record). */
 typedef struct {
     char *text;
     int32_t *ids;
     size_t n;
+    char *refs;
 } mprompt_t;
 
 /* One rollout of the iteration in flight. */
@@ -40,7 +42,7 @@ typedef struct {
     float *logprobs, *ref_logprobs;
     int n, finish;
     float score;
-    double gold;
+    double gold, model_score, prog_score; /* the parts of score, with a reward program */
 } mroll_t;
 
 /* The PPO loop of a run: its plan (OUT/ppo_plan.json) and the iteration in flight. */
@@ -50,6 +52,10 @@ typedef struct {
     float temperature;
     uint64_t seed;
     double s_mean, s_std;
+    char *program; /* the reward program's command ("": none), its weights and limits */
+    double program_weight, model_weight, program_fallback;
+    int program_timeout_ms;
+    long prog_errors, prog_timeouts; /* the iteration in flight's */
     mprompt_t *p;
     int n_p;
     mroll_t *r;        /* P * K */
@@ -282,7 +288,8 @@ static int stage_job(master_t *m, int ri, int i, uint64_t id, const char *sub) {
 static void ppo_free(mppo_t *p) {
     if (!p) return;
     free(p->policy), free(p->rm), free(p->ref), free(p->value), free(p->out), free(p->cfg_json);
-    for (int i = 0; i < p->n_p; i++) free(p->p[i].text), free(p->p[i].ids);
+    for (int i = 0; i < p->n_p; i++) free(p->p[i].text), free(p->p[i].ids), free(p->p[i].refs);
+    free(p->program);
     free(p->p);
     for (int k = 0; p->r && k < p->P * p->K; k++)
         free(p->r[k].tokens), free(p->r[k].logprobs), free(p->r[k].ref_logprobs);
@@ -307,6 +314,17 @@ static int load_prompt(void *ctx, json_t *o, const char *where) {
     if (!q->text || !q->ids) return rl_fail(RL_ENOMEM, "out of memory");
     for (size_t k = 0; k < q->n; k++)
         q->ids[k] = (int32_t)json_integer_value(json_array_get(ids, k));
+    /* the prompt record's reference answer: "reference", else "answer", else null */
+    json_t *rec = json_object_get(o, "record");
+    q->refs = NULL;
+    if (json_is_object(rec)) {
+        json_t *ref = json_object_get(rec, "reference");
+        if (!ref) ref = json_object_get(rec, "answer");
+        json_t *x = json_pack("{s:O, s:O}", "reference", ref ? ref : json_null(), "record", rec);
+        q->refs = x ? json_dumps(x, JSON_COMPACT) : NULL;
+        json_decref(x);
+        if (!q->refs) return rl_fail(RL_ENOMEM, "out of memory");
+    }
     return 0;
 }
 
@@ -352,6 +370,12 @@ static int ppo_load(mrun_t *r, const char *out) {
     p->seed = (uint64_t)json_integer_value(json_object_get(o, "seed"));
     p->s_mean = json_number_value(json_object_get(o, "score_mean"));
     p->s_std = json_number_value(json_object_get(o, "score_std"));
+    p->program = jstr(o, "reward_program");
+    p->program_weight = json_number_value(json_object_get(o, "reward_program_weight"));
+    p->model_weight = json_number_value(json_object_get(o, "rm_weight"));
+    p->program_fallback = json_number_value(json_object_get(o, "reward_program_fallback"));
+    p->program_timeout_ms =
+        (int)json_integer_value(json_object_get(o, "reward_program_timeout_ms"));
     char *prompts = jstr(o, "prompts");
     json_decref(o);
     int rc = 0;
@@ -490,9 +514,9 @@ static int score_job(master_t *m, int ri, long i, int c) {
     int first = c * p->J * p->K, cnt = c == p->n_jobs - 1 ? p->P * p->K - first : p->J * p->K;
     Rlhf__ScoreItem *items = calloc((size_t)cnt, sizeof *items);
     Rlhf__ScoreItem **ip = calloc((size_t)cnt, sizeof *ip);
-    char **texts = calloc((size_t)cnt, sizeof *texts);
+    char **texts = calloc((size_t)cnt, sizeof *texts), **refs = calloc((size_t)cnt, sizeof *refs);
     int j = -1;
-    if (items && ip && texts) {
+    if (items && ip && texts && refs) {
         for (int q = 0; q < cnt; q++) {
             mroll_t *ro = &p->r[first + q];
             const mprompt_t *pr = &p->p[ro->prompt];
@@ -503,10 +527,13 @@ static int score_job(master_t *m, int ri, long i, int c) {
             items[q].n_completion = (size_t)ro->n;
             ip[q] = &items[q];
             texts[q] = pr->text;
+            refs[q] = pr->refs ? pr->refs : "";
         }
         Rlhf__ScoreSpec sp = RLHF__SCORE_SPEC__INIT;
-        sp.rm_dir = p->count_token >= 0 ? "" : p->rm;
-        sp.count_reward = p->count_token >= 0;
+        /* with a program of weight rm_weight 0, no model part at all */
+        int model = !p->program[0] || p->model_weight != 0;
+        sp.rm_dir = p->count_token >= 0 || !model ? "" : p->rm;
+        sp.count_reward = p->count_token >= 0 && model;
         sp.count_token = p->count_token;
         sp.ref_dir = p->ref;
         sp.items = ip;
@@ -514,10 +541,19 @@ static int score_job(master_t *m, int ri, long i, int c) {
         sp.eot = p->eot;
         sp.vocab_limit = (uint32_t)p->vocab;
         sp.temperature = p->temperature; /* reference logprobs under the rollouts' T */
-        if (p->gold) {
-            sp.gold = 1;
+        if (p->gold) sp.gold = 1;
+        if (p->gold || p->program[0]) {
             sp.prompt_texts = texts;
             sp.n_prompt_texts = (size_t)cnt;
+        }
+        if (p->program[0]) {
+            sp.program = p->program;
+            sp.program_timeout_ms = (uint32_t)p->program_timeout_ms;
+            sp.program_weight = p->program_weight;
+            sp.model_weight = p->model_weight;
+            sp.program_fallback = p->program_fallback;
+            sp.references = refs;
+            sp.n_references = (size_t)cnt;
         }
         size_t len = rlhf__score_spec__get_packed_size(&sp);
         uint8_t *buf = malloc(len ? len : 1);
@@ -528,7 +564,7 @@ static int score_job(master_t *m, int ri, long i, int c) {
         }
         free(buf);
     }
-    free(items), free(ip), free(texts);
+    free(items), free(ip), free(texts), free(refs);
     return j;
 }
 
@@ -598,6 +634,8 @@ static int take_scored(master_t *m, mrun_t *r, long i, const int *jobs) {
     mppo_t *p = r->ppo;
     json_decref(p->score_by);
     p->score_by = json_object();
+    p->prog_errors = p->prog_timeouts = 0;
+    int prog = p->program[0] != 0, model = !prog || p->model_weight != 0;
     for (int c = 0; c < p->n_jobs; c++) {
         Rlhf__JournalRecord *rec = job_end(m, jobs[c]);
         Rlhf__ScoreOutput *so = rec ? rlhf__score_output__unpack(NULL, rec->job_end->output.len,
@@ -606,7 +644,9 @@ static int take_scored(master_t *m, mrun_t *r, long i, const int *jobs) {
         int first = c * p->J * p->K;
         int want = c == p->n_jobs - 1 ? p->P * p->K - first : p->J * p->K;
         if (!so || (int)so->n_scores != want || (int)so->n_ref_logprobs != want ||
-            (p->gold && (int)so->n_gold != want)) {
+            (p->gold && (int)so->n_gold != want) ||
+            (prog && ((int)so->n_program_scores != want ||
+                      (int)so->n_model_scores != (model ? want : 0)))) {
             snprintf(r->reason, sizeof r->reason, "iteration %ld: SCORE job %d: %s", i, c,
                      so ? "wrong number of scores" : "output unreadable");
             if (so) rlhf__score_output__free_unpacked(so, NULL);
@@ -617,12 +657,23 @@ static int take_scored(master_t *m, mrun_t *r, long i, const int *jobs) {
             mroll_t *ro = &p->r[first + q];
             ro->score = so->scores[q];
             ro->gold = p->gold ? so->gold[q] : 0;
+            ro->prog_score = prog ? so->program_scores[q] : 0;
+            ro->model_score = prog && model ? so->model_scores[q] : 0;
             const Rlhf__TokenLogprobs *t = so->ref_logprobs[q];
             free(ro->ref_logprobs);
             ro->ref_logprobs = malloc((ro->n ? (size_t)ro->n : 1) * sizeof(float));
             for (int k = 0; ro->ref_logprobs && k < ro->n; k++)
                 ro->ref_logprobs[k] = k < (int)t->n_logprobs ? t->logprobs[k] : 0;
         }
+        /* the program's per-item errors: counted, the first few of each job in the run's log */
+        p->prog_errors += (long)so->n_program_errors;
+        p->prog_timeouts += so->program_timeouts;
+        m->program_errors += so->n_program_errors;
+        m->program_timeouts += so->program_timeouts;
+        for (size_t e = 0; e < so->n_program_errors && e < 3; e++)
+            run_log(m, r, "iteration %ld: SCORE job %d: reward program: %s%s", i, c,
+                    so->program_errors[e],
+                    e == 2 && so->n_program_errors > 3 ? " (and more: program_errors counts)" : "");
         per_worker(p->score_by, rec->job_end);
         rlhf__score_output__free_unpacked(so, NULL);
         rlhf__journal_record__free_unpacked(rec, NULL);
@@ -662,12 +713,14 @@ static int ppo_commit(master_t *m, int ri, long i, const Rlhf__PpoOutput *po,
     mppo_t *p = r->ppo;
     int n = p->P * p->K;
     long toks = 0, eots = 0, cut = 0;
-    double gold = 0;
+    double gold = 0, psum = 0, msum = 0;
     for (int q = 0; q < n; q++) {
         toks += p->r[q].n;
         eots += p->r[q].finish == 1;
         cut += p->r[q].finish != 1; /* cut at the length limit: no end-of-text */
         gold += p->r[q].gold;
+        psum += p->r[q].prog_score;
+        msum += p->r[q].model_score;
     }
     double now = wire_now_ms();
     double t_gen = p->t_gen, t_score = p->t_score, t_update = train_ms;
@@ -685,6 +738,12 @@ static int ppo_commit(master_t *m, int ri, long i, const Rlhf__PpoOutput *po,
         toks / (t_gen > 0 ? t_gen / 1000 : 1e-9), "rollouts", (json_int_t)n);
     if (p->gold) json_object_set_new(mo, "gold_mean", json_real(gold / n));
     json_object_set_new(mo, "truncated_rate", json_real((double)cut / n));
+    if (p->program[0]) { /* the reward's parts: score = rm_weight * model + weight * program */
+        json_object_set_new(mo, "reward_program_mean", json_real(psum / n));
+        if (p->model_weight != 0) json_object_set_new(mo, "reward_model_mean", json_real(msum / n));
+        json_object_set_new(mo, "program_errors", json_integer(p->prog_errors));
+        json_object_set_new(mo, "program_timeouts", json_integer(p->prog_timeouts));
+    }
     json_object_set_new(mo, "ms_generate_math", json_real(max_worker(p->gen_by)));
     json_object_set_new(mo, "ms_score_math", json_real(max_worker(p->score_by)));
     char *line = json_dumps(mo, JSON_COMPACT);

@@ -42,6 +42,9 @@ check "12 held-out prompts" test "$(wc -l <"$T/prompts_heldout.jsonl")" -eq 12
 check "600 demonstrations" test "$(wc -l <"$T/sft.jsonl")" -eq 600
 check "prompts have id and rendered prompt" \
     bash -c "jq -e 'has(\"id\") and (.prompt | startswith(\"\n\nHuman: \") and endswith(\"\n\nAssistant:\"))' '$T/prompts.jsonl' | grep -qv false"
+check "arithmetic prompts carry their answer as \"reference\", the others none" jq -e -s \
+    'all(.[]; if .kind == "arith" then (.reference | test("^[0-9]+$")) else (has("reference") | not) end)
+     and any(.[]; .kind == "arith")' "$T/prompts.jsonl"
 check "completions start with a space" \
     bash -c "jq -r '.completion[0:1]' '$T/sft.jsonl' | sort -u | tr -d '\n' | grep -qx ' '"
 check "the configured mix: 360 good" test "$(jq -c 'select(.style == "good")' "$T/sft.jsonl" | wc -l)" -eq 360

@@ -5,6 +5,7 @@
  */
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "base/rng.h"
@@ -282,6 +283,39 @@ static void test_sft_mix(void) {
     CHECK_EQ(task_sft_at(&m, 8, 200, 0, NULL, small, sizeof(small), c, sizeof(c), NULL), RL_ERANGE);
 }
 
+/* Arithmetic prompts have a reference answer - the one the gold judge counts as correct -
+ * the others none. */
+static void test_reference(void) {
+    char ref[32], bare[128], good[256];
+    int arith = 0;
+    for (long i = 0; i < 60; i++) {
+        task_prompt_t p;
+        task_prompt_at(5, TASK_SPLIT_TRAIN, i, &p);
+        int n = task_prompt_reference(&p, ref, sizeof ref);
+        if (p.kind != TASK_ARITH) {
+            CHECK_EQ(n, RL_ENOTFOUND);
+            continue;
+        }
+        arith++;
+        CHECK(n > 0);
+        task_prompt_text(&p, bare, sizeof bare);
+        CHECK(task_response(&p, TASK_GOOD, 1, (uint64_t)i, good, sizeof good) > 0);
+        CHECK(strstr(good, ref)); /* the good response states it */
+        char ans[64];
+        snprintf(ans, sizeof ans, " %s.", ref);
+        CHECK_NEAR(sc(bare, ans, TASK_CORRECT), 1.0, 0);
+        snprintf(ans, sizeof ans, " %ld.", atol(ref) + 1);
+        CHECK_NEAR(sc(bare, ans, TASK_CORRECT), 0.0, 0);
+    }
+    CHECK_EQ(arith, 20);
+    task_prompt_t p;
+    task_prompt_at(5, TASK_SPLIT_TRAIN, 0, &p);
+    p.kind = TASK_ARITH, p.a = 7, p.b = 5, p.op = 0;
+    CHECK_EQ(task_prompt_reference(&p, ref, sizeof ref), 2);
+    CHECK_STREQ(ref, "12");
+    CHECK_EQ(task_prompt_reference(&p, ref, 2), RL_ERANGE);
+}
+
 int main(void) {
     RUN(test_names_and_guidelines);
     RUN(test_render);
@@ -292,5 +326,6 @@ int main(void) {
     RUN(test_prompts);
     RUN(test_styles_hit_their_criterion);
     RUN(test_sft_mix);
+    RUN(test_reference);
     return TEST_REPORT();
 }

@@ -139,7 +139,8 @@ score_state_t *score_state_new(void);
 void score_state_destroy(score_state_t **sp);
 
 /* SCORE: reward-model scores and reference logprobs of <prompt, completion> items
- * (ScoreSpec -> ScoreOutput); both models are loaded once into s and kept. */
+ * (ScoreSpec -> ScoreOutput); both models are loaded once into s and kept, and so is a reward
+ * program's process (align/rprog.h), whose per-item failures are in the output, not errors. */
 int worker_score(score_state_t *s, const worker_job_t *job, const uint8_t *payload, size_t len,
                  uint8_t **out, size_t *out_len);
 

@@ -19,12 +19,23 @@
  * judged against prompt_texts[i]. ScoreOutput.gold carries task_gold() of each item (a double,
  * so the master's sum of them is exactly what the PPO metrics always summed). An item whose
  * completion does not decode scores 0.
+ *
+ * With ScoreSpec.program, a reward program (align/rprog.h) scores each item too: the request
+ * carries prompt_texts[i], the completion decoded as for the gold judge (invalid UTF-8 replaced)
+ * and the members of references[i] (the prompt record's reference fields). The program is
+ * started with the first such job and kept while jobs name the same command and time limit. An
+ * item it fails on (timeout, crash, malformed line) gets program_fallback, its error in
+ * ScoreOutput.program_errors (and this worker's log), and the next item runs a fresh program:
+ * a job is never failed by its program. ScoreOutput.scores is then the weighted sum of the
+ * model's part and the program's part, both also returned as they are.
  */
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "base/err.h"
 #include "nn/gpt.h"
@@ -32,6 +43,7 @@
 #include "nn/tok.h"
 #include "align/ppo.h"
 #include "align/rm.h"
+#include "align/rprog.h"
 #include "align/task.h"
 #include "rlhf.pb-c.h"
 #include "worker.h"
@@ -47,6 +59,7 @@ struct score_state {
     slot_t slots[2]; /* 0: reward model, 1: reference */
     tok_t *tok;      /* the gold judge's tokenizer, and the directory it came from */
     char tok_dir[4096];
+    rprog_t *prog; /* the reward program, while jobs name the same */
 };
 
 score_state_t *score_state_new(void) {
@@ -59,6 +72,7 @@ void score_state_destroy(score_state_t **sp) {
     if (!sp || !*sp) return;
     for (int i = 0; i < 2; i++) gpt_destroy(&(*sp)->slots[i].m);
     tok_destroy(&(*sp)->tok);
+    rprog_destroy(&(*sp)->prog);
     free(*sp);
     *sp = NULL;
 }
@@ -162,33 +176,133 @@ static int run_model(score_state_t *st, const worker_job_t *job, const char *dir
     return reward ? run_rm(m, sp, scores) : run_ref(m, sp, lps);
 }
 
-/* The gold judge's score of every item into gold (n_items). */
-static int run_gold(score_state_t *st, const Rlhf__ScoreSpec *sp, double *gold) {
+/* The tokenizer that decodes completions for the gold judge and the program: rm_dir's, else
+ * ref_dir's, kept while jobs name the same directory. NULL on failure (reason set). */
+static tok_t *score_tok(score_state_t *st, const Rlhf__ScoreSpec *sp, const char *what) {
     const char *dir = sp->rm_dir && sp->rm_dir[0] ? sp->rm_dir : sp->ref_dir;
-    if (!dir || !dir[0]) return rl_fail(RL_EINVAL, "score: gold needs rm_dir or ref_dir");
-    if (sp->n_prompt_texts != sp->n_items)
-        return rl_fail(RL_EINVAL, "score: gold: %zu prompt texts for %zu items", sp->n_prompt_texts,
-                       sp->n_items);
+    if (!dir || !dir[0]) {
+        rl_fail(RL_EINVAL, "score: %s needs rm_dir or ref_dir", what);
+        return NULL;
+    }
+    if (sp->n_prompt_texts != sp->n_items) {
+        rl_fail(RL_EINVAL, "score: %s: %zu prompt texts for %zu items", what, sp->n_prompt_texts,
+                sp->n_items);
+        return NULL;
+    }
     if (!st->tok || strcmp(st->tok_dir, dir)) {
         tok_destroy(&st->tok);
         st->tok_dir[0] = 0;
-        if (strlen(dir) >= sizeof st->tok_dir)
-            return rl_fail(RL_EINVAL, "score: gold: tokenizer directory name too long");
-        if (!(st->tok = tok_load(dir))) return rl_fail_ctx(RL_EINVAL, "score: gold: tokenizer");
+        if (strlen(dir) >= sizeof st->tok_dir) {
+            rl_fail(RL_EINVAL, "score: %s: tokenizer directory name too long", what);
+            return NULL;
+        }
+        if (!(st->tok = tok_load(dir))) {
+            rl_fail_ctx(RL_EINVAL, "score: %s: tokenizer", what);
+            return NULL;
+        }
         snprintf(st->tok_dir, sizeof st->tok_dir, "%s", dir);
     }
+    return st->tok;
+}
+
+/* An item's completion as text (malloc'ed, *len bytes), a final end-of-text id dropped; NULL
+ * when it does not decode. */
+static char *completion_text(tok_t *tok, const Rlhf__ScoreItem *it, int eot, size_t *len) {
+    size_t n = it->n_completion;
+    if (n && it->completion[n - 1] == eot) n--;
+    char *text = NULL;
+    if (tok_decode(tok, (const int *)it->completion, n, &text, len) < 0) {
+        free(text);
+        return NULL;
+    }
+    return text;
+}
+
+/* The gold judge's score of every item into gold (n_items). */
+static int run_gold(score_state_t *st, const Rlhf__ScoreSpec *sp, double *gold) {
+    tok_t *tok = score_tok(st, sp, "gold");
+    if (!tok) return rl_errcode();
     for (size_t k = 0; k < sp->n_items; k++) {
-        const Rlhf__ScoreItem *it = sp->items[k];
-        size_t n = it->n_completion, tl;
-        if (n && it->completion[n - 1] == sp->eot) n--;
-        char *text = NULL;
+        size_t tl;
+        char *text = completion_text(tok, sp->items[k], sp->eot, &tl);
         float sc[TASK_NCRIT];
         gold[k] = 0;
-        if (tok_decode(st->tok, (const int *)it->completion, n, &text, &tl) == 0) {
+        if (text) {
             task_score(sp->prompt_texts[k], text, sc);
             gold[k] = task_gold(sc);
         }
         free(text);
+    }
+    return 0;
+}
+
+/* The per-item errors of a job's program, for ScoreOutput. */
+typedef struct {
+    char **msgs;
+    size_t n;
+    uint32_t timeouts;
+} prog_errs_t;
+
+static void prog_errs_free(prog_errs_t *e) {
+    for (size_t i = 0; i < e->n; i++) free(e->msgs[i]);
+    free(e->msgs);
+}
+
+/* The program's score of every item into ps (n_items); an item it fails on gets the fallback
+ * and an error in errs. Returns 0, or RL_E* when the runner itself cannot run. */
+static int run_program(score_state_t *st, const worker_job_t *job, const Rlhf__ScoreSpec *sp,
+                       double *ps, prog_errs_t *errs) {
+    tok_t *tok = score_tok(st, sp, "program");
+    if (!tok) return rl_errcode();
+    if (sp->n_references && sp->n_references != sp->n_items)
+        return rl_fail(RL_EINVAL, "score: program: %zu references for %zu items", sp->n_references,
+                       sp->n_items);
+    int tmo = sp->program_timeout_ms ? (int)sp->program_timeout_ms : 10000;
+    /* `rlhf ...` (rlhf gold-judge) is the rlhf binary next to this worker's: the program's
+     * PATH is clean, and a build directory is on no PATH */
+    char cmd[PATH_MAX + 4096];
+    const char *prog = sp->program;
+    if (!strncmp(prog, "rlhf", 4) && (prog[4] == ' ' || !prog[4])) {
+        char self[PATH_MAX];
+        ssize_t sl = readlink("/proc/self/exe", self, sizeof self - 1);
+        self[sl > 0 ? sl : 0] = 0;
+        char *slash = strrchr(self, '/');
+        if (slash && !strchr(self, '\'') && strlen(prog) < 4000) {
+            *slash = 0;
+            snprintf(cmd, sizeof cmd, "'%s/rlhf'%s", self, prog + 4);
+            prog = cmd;
+        }
+    }
+    if (!rprog_same(st->prog, prog, tmo)) {
+        rprog_destroy(&st->prog);
+        /* RLHF_REWARD_SANDBOX=rlimits: where bwrap is installed but cannot make namespaces (an
+         * unprivileged container), the fallback sandbox instead of every item failing */
+        const char *sb = getenv("RLHF_REWARD_SANDBOX");
+        rprog_opts_t o = {.cmd = prog, .timeout_ms = tmo, .no_bwrap = sb && !strcmp(sb, "rlimits")};
+        if (!(st->prog = rprog_new(&o))) return rl_fail_ctx(RL_EINVAL, "score: program");
+        fprintf(stderr, "rlhf-worker: reward program `%s` (sandbox: %s, %d ms per item)\n", prog,
+                rprog_sandbox(st->prog), tmo);
+    }
+    errs->msgs = calloc(sp->n_items ? sp->n_items : 1, sizeof *errs->msgs);
+    if (!errs->msgs) return rl_fail(RL_ENOMEM, "score: out of memory");
+    for (size_t k = 0; k < sp->n_items; k++) {
+        if (atomic_load(job->cancel)) return rl_fail(RL_EIO, "score: cancelled");
+        size_t tl;
+        char *text = completion_text(tok, sp->items[k], sp->eot, &tl), why[1024];
+        char *req = rprog_request(sp->prompt_texts[k], text ? text : "", text ? tl : 0,
+                                  sp->n_references ? sp->references[k] : NULL);
+        free(text);
+        if (!req) return rl_fail_ctx(rl_errcode(), "score: item %zu", k);
+        int rc = rprog_score(st->prog, req, &ps[k], why, sizeof why);
+        free(req);
+        if (rc < 0) return rl_fail_ctx(rc, "score: item %zu", k);
+        if (rc == RPROG_OK) continue;
+        ps[k] = sp->program_fallback;
+        errs->timeouts += rc == RPROG_TIMEOUT;
+        char msg[1200];
+        snprintf(msg, sizeof msg, "item %zu: %s: %s", k, rprog_status_names[rc], why);
+        fprintf(stderr, "rlhf-worker: reward program: %s\n", msg);
+        if (!(errs->msgs[errs->n++] = strdup(msg))) return rl_fail(RL_ENOMEM, "out of memory");
     }
     return 0;
 }
@@ -203,11 +317,14 @@ int worker_score(score_state_t *st, const worker_job_t *job, const uint8_t *payl
     }
     size_t n = sp->n_items;
     int rc = 0, want_rm = sp->rm_dir && sp->rm_dir[0], want_ref = sp->ref_dir && sp->ref_dir[0];
+    int want_prog = sp->program && sp->program[0];
     float *scores = calloc(n ? n : 1, sizeof *scores);
+    double *model = calloc(n ? n : 1, sizeof *model), *prog = calloc(n ? n : 1, sizeof *prog);
     Rlhf__TokenLogprobs *lps = calloc(n ? n : 1, sizeof *lps);
     Rlhf__TokenLogprobs **lpp = calloc(n ? n : 1, sizeof *lpp);
-    if (!scores || !lps || !lpp) rc = rl_fail(RL_ENOMEM, "score: out of memory");
-    if (rc == 0 && !want_rm && !want_ref && !sp->count_reward)
+    prog_errs_t errs = {0};
+    if (!scores || !lps || !lpp || !model || !prog) rc = rl_fail(RL_ENOMEM, "score: out of memory");
+    if (rc == 0 && !want_rm && !want_ref && !sp->count_reward && !want_prog)
         rc = rl_fail(RL_EINVAL, "score: neither rm_dir nor ref_dir is set");
     if (rc == 0 && want_rm && sp->count_reward)
         rc = rl_fail(RL_EINVAL, "score: rm_dir and count_reward both set");
@@ -222,11 +339,24 @@ int worker_score(score_state_t *st, const worker_job_t *job, const uint8_t *payl
     double *gold = sp->gold ? calloc(n ? n : 1, sizeof *gold) : NULL;
     if (rc == 0 && sp->gold)
         rc = gold ? run_gold(st, sp, gold) : rl_fail(RL_ENOMEM, "score: out of memory");
+    if (rc == 0 && want_prog) rc = run_program(st, job, sp, prog, &errs);
+    int has_model = want_rm || sp->count_reward;
+    if (rc == 0 && want_prog) /* the weighted sum; each part is returned too */
+        for (size_t k = 0; k < n; k++) {
+            model[k] = has_model ? scores[k] : 0;
+            scores[k] = (float)(sp->model_weight * model[k] + sp->program_weight * prog[k]);
+        }
     if (rc == 0) {
         Rlhf__ScoreOutput so = RLHF__SCORE_OUTPUT__INIT;
-        if (want_rm || sp->count_reward) so.scores = scores, so.n_scores = n;
+        if (has_model || want_prog) so.scores = scores, so.n_scores = n;
         if (want_ref) so.ref_logprobs = lpp, so.n_ref_logprobs = n;
         if (sp->gold) so.gold = gold, so.n_gold = n;
+        if (want_prog) {
+            if (has_model) so.model_scores = model, so.n_model_scores = n;
+            so.program_scores = prog, so.n_program_scores = n;
+            so.program_errors = errs.msgs, so.n_program_errors = errs.n;
+            so.program_timeouts = errs.timeouts;
+        }
         *out_len = rlhf__score_output__get_packed_size(&so);
         *out = malloc(*out_len ? *out_len : 1);
         if (!*out)
@@ -238,7 +368,10 @@ int worker_score(score_state_t *st, const worker_job_t *job, const uint8_t *payl
     free(lps);
     free(lpp);
     free(scores);
+    free(model);
+    free(prog);
     free(gold);
+    prog_errs_free(&errs);
     rlhf__score_spec__free_unpacked(sp, NULL);
     return rc;
 }

@@ -639,6 +639,11 @@ static long arith_answer(const task_prompt_t *p) {
     return p->op == 0 ? (long)p->a + p->b : p->op == 1 ? (long)p->a - p->b : (long)p->a * p->b;
 }
 
+int task_prompt_reference(const task_prompt_t *p, char *buf, size_t n) {
+    if (p->kind != TASK_ARITH) return RL_ENOTFOUND;
+    return fmt(buf, n, "%ld", arith_answer(p));
+}
+
 int task_response(const task_prompt_t *p, int style, uint64_t seed, uint64_t idx, char *buf,
                   size_t n) {
     uint32_t w[4];

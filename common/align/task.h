@@ -86,6 +86,12 @@ int task_prompt_count(int split, int kind);
  * when it does not fit in n bytes (NUL included). */
 int task_prompt_text(const task_prompt_t *p, char *buf, size_t n);
 
+/* Writes the reference answer of an instruction that has one - arithmetic: the result ("12") -
+ * into buf (what a reward program can check a completion against; the gold judge parses the
+ * prompt instead). Returns its length, RL_ENOTFOUND (no message) for an instruction without one
+ * (naming, replies), or RL_ERANGE when it does not fit in n bytes. */
+int task_prompt_reference(const task_prompt_t *p, char *buf, size_t n);
+
 /*
  * Renders `prompt` into `tmpl`, replacing each "{prompt}" (NULL tmpl = TASK_TEMPLATE_HH).
  * Returns the length written into buf, or RL_ERANGE if it does not fit in n bytes.

@@ -71,6 +71,7 @@ int cmd_eval_policy(int argc, char **argv);
 int cmd_report(int argc, char **argv);         /* cmd_report.c */
 int cmd_sft(int argc, char **argv);            /* cmd_sft.c */
 int cmd_task(int argc, char **argv);           /* cmd_task.c */
+int cmd_gold_judge(int argc, char **argv);     /* cmd_task.c */
 int cmd_generate(int argc, char **argv);       /* cmd_generate.c */
 int cmd_annotate(int argc, char **argv);       /* cmd_data.c */
 int cmd_annotators(int argc, char **argv);     /* cmd_annotators.c */

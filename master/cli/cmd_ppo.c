@@ -5,7 +5,9 @@
  *   rlhf ppo --policy DIR --rm DIR --prompts FILE --out DIR [--ref DIR] [--value DIR]
  *            [--iterations N] [--batch P] [--samples K] [--max-new N] [--temperature T]
  *            [--prompts-per-job J] [--rollout R] [--reward M] [--checkpoint-every N]
- *            [--seed S] [--gold] [--set NAME=VALUE]... [--config FILE]
+ *            [--seed S] [--gold] [--reward-program CMD [--reward-program-weight W]
+ *            [--rm-weight W] [--reward-program-timeout-ms MS] [--reward-program-fallback X]]
+ *            [--set NAME=VALUE]... [--config FILE]
  *
  * The PPO loop is the master's (master/master_run.h): for each iteration i, GENERATE jobs on
  * rollout workers with policy version i, SCORE jobs on reward workers (reward-model scores and
@@ -27,7 +29,10 @@
  *    "max_new", "temperature", "per_job", "checkpoint_every", "seed", "gold", "count_token"
  *    (-1: the reward model scores), "eot", "vocab", "score_mean", "score_std", "config_json"
  *    (the PPO settings as every TRAIN job carries them), "prompts" (the JSONL's absolute path),
- *    "n_prompts"}
+ *    "n_prompts"; with --reward-program: "reward_program", "reward_program_weight",
+ *    "rm_weight", "reward_program_fallback", "reward_program_timeout_ms"}
+ * Each line of ppo_prompts.jsonl carries the prompts file's record too ("record"), for reward
+ * programs (the reference answer travels in the SCORE jobs: workers need no file of ours).
  */
 #include <errno.h>
 #include <limits.h>
@@ -53,6 +58,7 @@ typedef struct {
     char *text;
     int *ids;
     size_t n;
+    json_t *record; /* the prompts file's record, all of it (a reward program gets it) */
 } pprompt_t;
 
 typedef struct {
@@ -76,6 +82,7 @@ static int load_p(void *ctx, json_t *o, const char *where) {
     pprompt_t *p = &s->p[s->n];
     memset(p, 0, sizeof *p);
     if (!(p->text = strdup(text))) return rl_fail(RL_ENOMEM, "out of memory");
+    p->record = json_incref(o);
     s->n++;
     if ((rc = tok_encode(s->tok, text, strlen(text), 0, &p->ids, &p->n)) < 0)
         return rl_fail_ctx(rc, "%s: ", where);
@@ -90,7 +97,10 @@ static int load_p(void *ctx, json_t *o, const char *where) {
 typedef struct {
     const char *policy, *rm, *ref, *value, *prompts, *out;
     int iterations, batch, samples, max_new, per_job, rollout, reward, ckpt_every, gold;
-    int count_token; /* -1: the reward model scores */
+    int count_token;     /* -1: the reward model scores */
+    const char *program; /* a reward program's command line (NULL: none) */
+    float program_weight, rm_weight, program_fallback;
+    int program_timeout_ms;
     float temperature;
     long seed;
     ppo_config_t pc;
@@ -160,6 +170,21 @@ static const cli_opt_t ppo_opt_table[] = {
     PO(count_token, "reward-count-token", 0, INT_MAX, NULL, "ID",
        "a constructed reward instead of --rm (tests): the number of times token ID occurs in "
        "the completion; --rm still gives the value model unless --value is set"),
+    CLI_OPT_STR(ppo_opts_t, program, "reward-program", NULL, "CMD",
+                "a reward program (run by /bin/sh -c on each reward worker's host, sandboxed; "
+                "README \"Reward programs\"): JSON lines {prompt, completion, reference, record} "
+                "in, {score} out; the score is rm-weight * the model's + this weight * the "
+                "program's",
+                0),
+    CLI_OPT_FLOAT(ppo_opts_t, program_weight, "reward-program-weight", -1000, 1000, "1", "W",
+                  "the reward program's weight"),
+    CLI_OPT_FLOAT(ppo_opts_t, rm_weight, "rm-weight", -1000, 1000, "1", "W",
+                  "the reward model's (or --reward-count-token's) weight with a reward program; "
+                  "0: the program alone (--rm then only gives the value model)"),
+    PO(program_timeout_ms, "reward-program-timeout-ms", 1, 3600000, "10000", "MS",
+       "the reward program's time limit per item: past it the program is killed and restarted"),
+    CLI_OPT_FLOAT(ppo_opts_t, program_fallback, "reward-program-fallback", -1e6, 1e6, "0", "X",
+                  "the program's score of an item it failed on (timeout, crash, bad line)"),
     CLI_OPT_CALL("set", "NAME=VALUE", "a PPO setting (below; `rlhf ppo --list-settings`)",
                  ppo_opt_set, CLI_OPT_NOKEY),
     CLI_OPT_CALL("config", "FILE",
@@ -320,7 +345,8 @@ static int ppo_prepare(ppo_prep_t *s) {
     s->s_mean = json_number_value(json_object_get(st, "mean"));
     s->s_std = json_number_value(json_object_get(st, "std"));
     json_decref(st);
-    if (o->count_token >= 0) s->s_mean = s->s_std = 0; /* not the reward model's scores */
+    /* not the reward model's scores alone: no statistics seed the normalisation */
+    if (o->count_token >= 0 || (o->program && o->program[0])) s->s_mean = s->s_std = 0;
     json_t *cfgj = ppo_config_to_json(&o->pc);
     s->cfg_json = json_dumps(cfgj, JSON_COMPACT);
     json_decref(cfgj);
@@ -332,7 +358,8 @@ static int ppo_prepare(ppo_prep_t *s) {
 }
 
 static void ppo_prep_free(ppo_prep_t *s) {
-    for (int i = 0; i < s->ps.n; i++) free(s->ps.p[i].text), free(s->ps.p[i].ids);
+    for (int i = 0; i < s->ps.n; i++)
+        free(s->ps.p[i].text), free(s->ps.p[i].ids), json_decref(s->ps.p[i].record);
     free(s->ps.p);
     tok_destroy(&s->ps.tok);
     free(s->cfg_json);
@@ -356,7 +383,8 @@ static int ppo_prep_write(const ppo_prep_t *s) {
         json_t *ids = json_array();
         for (size_t k = 0; k < s->ps.p[i].n; k++)
             json_array_append_new(ids, json_integer(s->ps.p[i].ids[k]));
-        json_t *line = json_pack("{s:s, s:o}", "text", s->ps.p[i].text, "ids", ids);
+        json_t *line = json_pack("{s:s, s:o, s:O}", "text", s->ps.p[i].text, "ids", ids, "record",
+                                 s->ps.p[i].record);
         char *t = line ? json_dumps(line, JSON_COMPACT) : NULL;
         json_decref(line);
         size_t tl = t ? strlen(t) : 0;
@@ -389,6 +417,14 @@ static int ppo_prep_write(const ppo_prep_t *s) {
         "count_token", o->count_token, "eot", s->eot, "vocab", s->vocab, "score_mean", s->s_mean,
         "score_std", s->s_std, "config_json", s->cfg_json, "prompts", prompts, "n_prompts",
         s->ps.n);
+    if (plan && o->program && o->program[0]) {
+        json_t *rp = json_pack(
+            "{s:s, s:f, s:f, s:f, s:i}", "reward_program", o->program, "reward_program_weight",
+            (double)o->program_weight, "rm_weight", (double)o->rm_weight, "reward_program_fallback",
+            (double)o->program_fallback, "reward_program_timeout_ms", o->program_timeout_ms);
+        json_object_update(plan, rp);
+        json_decref(rp);
+    }
     /* the models by content too, for workers that do not share this disk: the master names
      * them so in its jobs (run by a stage worker; alone, paths are all there is) */
     const char *models[][2] = {

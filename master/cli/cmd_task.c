@@ -33,7 +33,8 @@ static void task_unescape(char *s) {
     *o = 0;
 }
 
-/* Writes the prompts i = 0..n-1 of `split` as {"id": PREFIX i+1, "prompt", "kind"}. */
+/* Writes the prompts i = 0..n-1 of `split` as {"id": PREFIX i+1, "prompt", "kind"}, and
+ * "reference" (task_prompt_reference) for those that have one. */
 static int task_write_prompts(const char *path, uint64_t seed, int split, long n, const char *tmpl,
                               const char *prefix) {
     jsonl_writer_t w;
@@ -48,6 +49,9 @@ static int task_write_prompts(const char *path, uint64_t seed, int split, long n
         snprintf(id, sizeof(id), "%s%ld", prefix, i + 1);
         json_t *o =
             json_pack("{s:s,s:s,s:s}", "id", id, "prompt", text, "kind", task_kind_names[p.kind]);
+        char ref[32]; /* arithmetic's answer: what a reward program can check (README) */
+        if (o && task_prompt_reference(&p, ref, sizeof ref) >= 0)
+            json_object_set_new(o, "reference", json_string(ref));
         rc = o ? jsonl_write(&w, o) : rl_fail(RL_ENOMEM, "out of memory");
     }
     if (rc < 0) {
@@ -211,4 +215,52 @@ int cmd_task(int argc, char **argv) {
                                         task_prompt_count(TASK_SPLIT_HELDOUT, TASK_NAME) +
                                         task_prompt_count(TASK_SPLIT_HELDOUT, TASK_REPLY),
                                     "guideline_version", task_guideline_version));
+}
+
+/* ---- rlhf gold-judge: the gold judge as a reward program ------------------------------------ */
+
+/*
+ * `rlhf gold-judge`: the embedded task's gold judge speaking the reward-program protocol
+ * (align/rprog.h): for each line {"prompt": TEXT, "completion": TEXT, ...} on stdin, one line
+ * {"score": task_gold_text(prompt, completion), "details": {criterion: score...}} on stdout,
+ * flushed; the score printed with 17 significant digits, so that it reads back as the very
+ * double the in-process judge computes. A line it cannot read gets {"error": ...} and the next
+ * line is read. Exit 0 at the end of its input.
+ */
+int cmd_gold_judge(int argc, char **argv) {
+    if (argc > 1) {
+        int help = !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h");
+        fprintf(help ? stdout : stderr,
+                "usage: rlhf gold-judge  (JSON lines {prompt, completion} on stdin, {score, "
+                "details} on stdout: the embedded task's gold judge as a reward program)\n");
+        return help ? 0 : 2;
+    }
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    while ((n = getline(&line, &cap, stdin)) >= 0) {
+        json_error_t e;
+        json_t *o = json_loadb(line, (size_t)n, 0, &e);
+        const char *p = json_string_value(json_object_get(o, "prompt"));
+        const char *c = json_string_value(json_object_get(o, "completion"));
+        if (!p || !c) {
+            json_t *err = json_pack("{s:s}", "error",
+                                    o ? "needs string \"prompt\" and \"completion\"" : e.text);
+            char *t = json_dumps(err, JSON_COMPACT);
+            printf("%s\n", t ? t : "{\"error\":\"unreadable line\"}");
+            free(t);
+            json_decref(err);
+        } else {
+            float sc[TASK_NCRIT];
+            task_score(p, c, sc);
+            printf("{\"score\":%.17g,\"details\":{", task_gold(sc));
+            for (int k = 0; k < TASK_NCRIT; k++)
+                printf("%s\"%s\":%.9g", k ? "," : "", task_criteria_names[k], (double)sc[k]);
+            printf("}}\n");
+        }
+        json_decref(o);
+        if (fflush(stdout) != 0) break; /* the runner is gone */
+    }
+    free(line);
+    return 0;
 }

@@ -44,6 +44,7 @@ static const cli_cmd_t commands[] = {
     {"wait", cmd_wait, "wait until a run ends (exit 0: it succeeded)"},
     {"sft", cmd_sft, "supervised fine-tuning on prompt/completion or text JSONL"},
     {"task", cmd_task, "write the embedded task's prompts and SFT data"},
+    {"gold-judge", cmd_gold_judge, "the task's gold judge as a reward program (JSON lines)"},
     {"generate", cmd_generate, "stage 1: K completions per prompt through the master"},
     {"annotate", cmd_annotate, "stage 1: rankings from simulated annotators or an import"},
     {"annotators", cmd_annotators, "stage 1: add a human annotator to a run (a personal link)"},
