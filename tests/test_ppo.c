@@ -370,6 +370,24 @@ static void test_config(void) {
     b = c;
     b.lr_policy = NAN;
     CHECK_ERR(ppo_config_check(&b), RL_EINVAL);
+    /* overlap: off by default; one_step_off by name; refused with recompute_logprobs (the old
+     * logprobs must be the behaviour policy's), and the reason says so */
+    CHECK_EQ(c.overlap, PPO_OVERLAP_OFF);
+    b = c;
+    CHECK_OK(ppo_config_set(&b, "overlap", "one_step_off", ""));
+    CHECK_EQ(b.overlap, PPO_OVERLAP_ONE_STEP_OFF);
+    CHECK_OK(ppo_config_check(&b));
+    CHECK_ERR(ppo_config_set(&b, "overlap", "two_steps_off", ""), RL_EINVAL);
+    CHECK(strstr(rl_errmsg(), "off|one_step_off") != NULL);
+    b.recompute_logprobs = 1;
+    CHECK_ERR(ppo_config_check(&b), RL_EINVAL);
+    CHECK(strstr(rl_errmsg(), "recompute_logprobs") != NULL);
+    /* which version generates iteration i: i, or one update stale (0 for the first two) */
+    long want_off[] = {0, 1, 2, 3}, want_one[] = {0, 0, 1, 2};
+    for (long i = 0; i < 4; i++) {
+        CHECK_EQ(ppo_rollout_version(PPO_OVERLAP_OFF, i), want_off[i]);
+        CHECK_EQ(ppo_rollout_version(PPO_OVERLAP_ONE_STEP_OFF, i), want_one[i]);
+    }
 }
 
 /* ---- estimators, KL placement, loss aggregation, temperature ------------------------------ */
@@ -1255,7 +1273,7 @@ static void test_config_json(void) {
  * the learner has always used (bit for bit: runs are reproduced from them), and a value is
  * checked against the range when it is set. */
 static void test_settings_table(void) {
-    CHECK_EQ(ppo_n_settings, 30);
+    CHECK_EQ(ppo_n_settings, 31);
     for (int i = 0; i < ppo_n_settings; i++) {
         const ppo_setting_t *s = &ppo_settings[i];
         CHECK(s->off < sizeof(ppo_config_t));

@@ -707,6 +707,10 @@ static int check_finite(const float *x, size_t n, const char *what) {
 /* GRPO's epsilon in (R - mean) / (std + eps): TRL's GRPOTrainer's 1e-4. */
 #define PPO_GRPO_EPS 1e-4
 
+long ppo_rollout_version(int overlap, long i) {
+    return overlap == PPO_OVERLAP_ONE_STEP_OFF ? (i > 0 ? i - 1 : 0) : i;
+}
+
 int ppo_adv_critic_free(int adv_estimator) {
     return adv_estimator != PPO_ADV_GAE;
 }
@@ -930,6 +934,7 @@ static const char *const adv_names[] = {"gae", "grpo", "rloo", "reinforce_pp", N
 static const char *const kl_in_names[] = {"reward", "loss", NULL};
 static const char *const kl_est_names[] = {"k1", "k2", "k3", NULL};
 static const char *const agg_names[] = {"token", "sequence", NULL};
+static const char *const overlap_names[] = {"off", "one_step_off", NULL};
 
 #define PS(n, t, lo, hi, def, help)                                                                \
     { #n, PPO_SETTING_##t, lo, hi, def, help, offsetof(ppo_config_t, n), 0, NULL }
@@ -978,6 +983,9 @@ const ppo_setting_t ppo_settings[] = {
     {"temperature", PPO_SETTING_FLOAT, 0, 100, "1",
      "the rollouts' sampling temperature, set from --temperature: logprobs under logits / T",
      offsetof(ppo_config_t, temperature), 1, NULL},
+    PE(overlap, overlap_names, 2, "off",
+       "off or one_step_off: iteration i+1's rollouts are generated with the weights of "
+       "iteration i while the learner runs update i (one update stale; README \"Overlap\")"),
 };
 #undef PS
 #undef PE
@@ -1113,6 +1121,11 @@ int ppo_config_check(const ppo_config_t *c) {
         return rl_fail(RL_EINVAL, "ppo config: bad kl_target (need > 0)");
     if (c->kl_adaptive && !(c->kl_horizon > 0))
         return rl_fail(RL_EINVAL, "ppo config: bad kl_horizon (need > 0)");
+    if (c->overlap != PPO_OVERLAP_OFF && c->recompute_logprobs)
+        return rl_fail(RL_EINVAL,
+                       "ppo config: overlap=one_step_off cannot be combined with "
+                       "recompute_logprobs: the old logprobs must be those of the (one update "
+                       "older) policy that sampled the rollouts, not the learner's current one");
     if (!(c->temperature > 0))
         return rl_fail(RL_EINVAL, "ppo config: bad temperature (need > 0: logprobs are taken "
                                   "under logits / T, and greedy rollouts have none)");

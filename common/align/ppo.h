@@ -248,6 +248,19 @@ typedef enum {
     PPO_AGG_SEQUENCE,  /* over each sequence's tokens, then over its sequences (GRPO paper) */
 } ppo_loss_agg_t;
 
+/* Which policy version generates an iteration's rollouts (overlap). off: iteration i's rollouts
+ * come from version i (the policy after i updates), so generation waits for update i - 1.
+ * one_step_off: from version max(i - 1, 0), one update stale, so that iteration i + 1's rollouts
+ * are generated and scored while update i runs; the old logprobs stay those of the version that
+ * sampled them (the behaviour policy), which the ratio, its clipping and the KL penalty use. */
+typedef enum {
+    PPO_OVERLAP_OFF = 0,
+    PPO_OVERLAP_ONE_STEP_OFF,
+} ppo_overlap_t;
+
+/* The policy version that generates the rollouts of iteration i under overlap mode `overlap`. */
+long ppo_rollout_version(int overlap, long i);
+
 /* Whether an estimator learns without a value model. */
 int ppo_adv_critic_free(int adv_estimator);
 
@@ -292,6 +305,7 @@ typedef struct {
                                   a truncated completion */
     float temperature;         /* the rollouts' sampling temperature (> 0): every logprob is taken
                                   under logits / temperature */
+    int overlap;               /* ppo_overlap_t: the version that generates iteration i */
 } ppo_config_t;
 
 /*
