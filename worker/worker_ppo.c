@@ -12,6 +12,15 @@
  * not verify. A learner that starts (or restarts) loads the newest checkpoint that verifies,
  * publishes its policy as the version it stands at, and announces it.
  *
+ * Overlap (ppo.h, ppo_overlap_t). With overlap=one_step_off the rollouts of iteration i come
+ * from version i - 1, so the learner publishes version i when update i STARTS (the rollouts of
+ * iteration i + 1 are generated with it while it updates), not when it ends, and keeps the
+ * weights before its last update (`prev`, version i - 1 when it stands at i): between updates
+ * it serves version i - 1, the one iteration i's rollouts - if not generated yet - need. So the
+ * newest version it serves is always the one every rollout job still to run asks for, and a
+ * worker never holds a newer one. A checkpoint of such a training also holds `prev`, so that a
+ * restarted learner serves the same version as the one that wrote it.
+ *
  * Idempotence: an update job for iteration i runs only when the learner stands at iteration i;
  * the job that brought the learner to i + 1 (same job id) gets the recorded result back without
  * running again; any other iteration is refused, naming where the learner stands, so that the
@@ -65,10 +74,13 @@ struct ppo_state {
     pthread_mutex_t ann_mu; /* with ann_cv: wakes the announcer when a version is published */
     pthread_cond_t ann_cv;
     _Atomic uint64_t published; /* the newest version served (0: none) */
+    int overlap;                /* ppo_overlap_t of this training (fixed for its life) */
+    float *prev;                /* overlap: the policy before the last update (NULL at 0) */
 };
 
 static int load_latest(ppo_state_t *ps, const ppo_config_t *cfg);
-static int publish(ppo_state_t *ps, uint64_t version);
+static int publish(ppo_state_t *ps, uint64_t version, const float *params);
+static int serve(ppo_state_t *ps);
 
 ppo_state_t *ppo_state_new(const char *master, const char *run_dir, const char *bind_host,
                            const char *advertise) {
@@ -95,7 +107,7 @@ ppo_state_t *ppo_state_new(const char *master, const char *run_dir, const char *
     }
     if (rc == 0) {
         ps->loaded = 1;
-        if (publish(ps, (uint64_t)ps->l.iteration) < 0)
+        if (serve(ps) < 0)
             fprintf(stderr, "learner: publishing iteration %ld: %s\n", ps->l.iteration,
                     rl_errmsg());
     }
@@ -111,6 +123,9 @@ static void unload(ppo_state_t *ps) {
     ps->last_out = NULL;
     ps->last_out_len = 0;
     ps->last_job = 0;
+    free(ps->prev);
+    ps->prev = NULL;
+    ps->overlap = 0;
     ps->loaded = 0;
     ps->ckpt_seen[0] = 0;
 }
@@ -211,8 +226,9 @@ static int announce(ppo_state_t *ps) {
     return 0;
 }
 
-/* Publishes the policy as `version` (once per version) and announces it. */
-static int publish(ppo_state_t *ps, uint64_t version) {
+/* Publishes params (the policy's arena, or `prev`) as `version` (once per version) and
+ * announces it. */
+static int publish(ppo_state_t *ps, uint64_t version, const float *params) {
     if (version < atomic_load(&ps->published)) {
         /* back to an older version (reloaded from a checkpoint after a failed update, or the
          * directory changed): the server's newer snapshots are not this state's - a new
@@ -238,7 +254,7 @@ static int publish(ppo_state_t *ps, uint64_t version) {
         pthread_mutex_unlock(&ps->ann_mu);
     }
     if (version > atomic_load(&ps->published)) {
-        int rc = wsync_server_publish(ps->ws, version, ps->policy->params_mem,
+        int rc = wsync_server_publish(ps->ws, version, params,
                                       ps->policy->num_params * sizeof(float), "params", NULL);
         if (rc < 0) return rc;
         pthread_mutex_lock(&ps->ann_mu);
@@ -249,6 +265,17 @@ static int publish(ppo_state_t *ps, uint64_t version) {
     return announce(ps);
 }
 
+/* The version a learner standing at iteration L serves between updates: L, or with overlap
+ * L - 1 (from prev), the version that generates iteration L's rollouts. */
+static int serve(ppo_state_t *ps) {
+    uint64_t at = (uint64_t)ps->l.iteration;
+    if (!ps->overlap || at == 0) return publish(ps, at, ps->policy->params_mem);
+    if (!ps->prev)
+        return rl_fail(RL_EFORMAT, "ppo: overlap: the weights of version %" PRIu64 " are missing",
+                       at - 1);
+    return publish(ps, at - 1, ps->prev);
+}
+
 /* ---- checkpoints (worker_ckpt.h: the layout, the format, atomic writes, the fallback) ----- */
 
 /*
@@ -256,6 +283,8 @@ static int publish(ppo_state_t *ps, uint64_t version) {
  *   u64 last_job | f64 kl.beta | score_stats (ppo_moments_t as in memory) | u64 t_policy |
  *   u64 t_value | u64 n_policy | u64 n_value | policy moments (2 n_policy f32) | value moments
  *   (2 n_value f32) | u64 result_len | result (the last update's packed TrainOutput)
+ * and with overlap (absent in a training without: old checkpoints read as overlap=off):
+ *   u64 overlap | u64 n_prev | prev (n_prev f32: the policy one update before the checkpoint's)
  */
 static const char *const ckpt_models[] = {"policy", "value"};
 
@@ -282,6 +311,12 @@ static int ckpt_write(ppo_state_t *ps, uint64_t iteration, char *dir) {
     ckpt_put(&b, l->opt_value.moments, 2 * n_v * sizeof(float));
     ckpt_put(&b, &ol, 8);
     ckpt_put(&b, ps->last_out, ol);
+    if (ps->overlap) {
+        uint64_t ov = (uint64_t)ps->overlap, n_prev = ps->prev ? n_p : 0;
+        ckpt_put(&b, &ov, 8);
+        ckpt_put(&b, &n_prev, 8);
+        ckpt_put(&b, ps->prev, n_prev * sizeof(float));
+    }
     /* the tokenizer travels with the policy, so the checkpoint's policy is a usable model; a
      * critic-free learner has no value model (n_value 0) */
     ckpt_model_t ms[2] = {{ckpt_models[0], ps->policy, ps->tok_dir},
@@ -348,10 +383,23 @@ static int ckpt_take(void *ctx, ckpt_t *c) {
     } else {
         r->bad = 1;
     }
-    uint8_t *out = !r->bad && ol && ol == (uint64_t)(r->end - r->p) ? malloc(ol) : NULL;
+    uint8_t *out = !r->bad && ol && ol <= (uint64_t)(r->end - r->p) ? malloc(ol) : NULL;
     if (out) ckpt_get(r, out, ol);
-    if (r->bad || r->p != r->end || (ol && !out)) {
+    uint64_t ov = 0, n_prev = 0;
+    float *prev = NULL;
+    if (!r->bad && r->p != r->end) { /* a training with overlap: its mode and prev */
+        ckpt_get(r, &ov, 8);
+        ckpt_get(r, &n_prev, 8);
+        if (!r->bad && ov == PPO_OVERLAP_ONE_STEP_OFF && n_prev == n_p &&
+            n_prev * sizeof(float) == (uint64_t)(r->end - r->p) &&
+            (prev = malloc(n_prev * sizeof(float))))
+            ckpt_get(r, prev, n_prev * sizeof(float));
+        else if (!(ov == PPO_OVERLAP_ONE_STEP_OFF && n_prev == 0))
+            r->bad = 1;
+    }
+    if (r->bad || r->p != r->end || (ol && !out) || (ov && c->pos > 0 && !prev)) {
         free(out);
+        free(prev);
         ppo_learner_free(l);
         memset(l, 0, sizeof *l);
         return rl_fail(RL_EFORMAT, "%s: corrupt or incomplete", c->dir);
@@ -362,6 +410,8 @@ static int ckpt_take(void *ctx, ckpt_t *c) {
     ps->last_job = job;
     ps->last_out = out;
     ps->last_out_len = (size_t)ol;
+    ps->overlap = (int)ov;
+    ps->prev = prev;
     ps->policy = c->models[0];
     ps->value = critic ? c->models[1] : NULL;
     c->models[0] = NULL;
@@ -369,7 +419,8 @@ static int ckpt_take(void *ctx, ckpt_t *c) {
     snprintf(ps->tok_dir, sizeof ps->tok_dir, "%s/%s", c->dir, ckpt_models[0]);
     const char *base = strrchr(c->dir, '/');
     snprintf(ps->ckpt_seen, sizeof ps->ckpt_seen, "%.63s", base ? base + 1 : c->dir);
-    fprintf(stderr, "learner: resumed from %s at iteration %ld\n", c->dir, l->iteration);
+    fprintf(stderr, "learner: resumed from %s at iteration %ld%s\n", c->dir, l->iteration,
+            ov ? " (overlap: serving the version before)" : "");
     return 0;
 }
 
@@ -403,10 +454,26 @@ static int kind_error(const ppo_state_t *ps, const ppo_config_t *cfg) {
                    ps->run_dir, ppo_adv_critic_free(cfg->adv_estimator) ? "with" : "without", name);
 }
 
+/* The error of a training resumed with another overlap mode: which version generated which
+ * iteration is part of the training (and a checkpoint without `prev` cannot serve it). */
+static int overlap_error(const ppo_state_t *ps, const ppo_config_t *cfg) {
+    char was[32], now[32];
+    ppo_config_t c = *cfg;
+    c.overlap = ps->overlap;
+    ppo_setting_format(ppo_setting_find("overlap"), &c, was, sizeof was);
+    ppo_setting_format(ppo_setting_find("overlap"), cfg, now, sizeof now);
+    return rl_fail(RL_EINVAL,
+                   "ppo: %s was trained with overlap=%s: overlap=%s cannot resume it (start a "
+                   "new --out)",
+                   ps->run_dir, was, now);
+}
+
 static int ensure_loaded(ppo_state_t *ps, const Rlhf__PpoSpec *sp, const ppo_config_t *cfg) {
     if (ps->loaded) {
         if (!ppo_adv_critic_free(cfg->adv_estimator) != (ps->value != NULL))
             return kind_error(ps, cfg);
+        if (ps->l.iteration > 0 && ps->overlap != cfg->overlap) return overlap_error(ps, cfg);
+        ps->overlap = cfg->overlap;
         ps->l.cfg = *cfg; /* settings may change between iterations; the state stays */
         ps->l.opt_policy.weight_decay = ps->l.opt_value.weight_decay = cfg->weight_decay;
         ps->l.kl.adaptive = cfg->kl_adaptive;
@@ -448,8 +515,10 @@ static int ensure_loaded(ppo_state_t *ps, const Rlhf__PpoSpec *sp, const ppo_con
             ps->l.score_stats.m2 = sp->score_std * sp->score_std * 999;
         }
     }
+    if (ps->l.iteration > 0 && ps->overlap != cfg->overlap) return overlap_error(ps, cfg);
+    ps->overlap = cfg->overlap;
     ps->loaded = 1;
-    return publish(ps, (uint64_t)ps->l.iteration);
+    return serve(ps);
 }
 
 static int pack_output(const Rlhf__PpoOutput *po, uint8_t **out, size_t *out_len) {
@@ -563,8 +632,19 @@ int worker_ppo(ppo_state_t *ps, const worker_job_t *job, const Rlhf__TrainSpec *
         seqs[i].group = (int)r->group;
         seqs[i].truncated = r->truncated;
     }
+    double t0 = wire_now_ms(), t_pub = 0;
+    if (rc == 0 && ps->overlap) {
+        /* the version this update starts from generates the next iteration's rollouts while it
+         * runs; it becomes prev, the version served from the update's end until the next starts */
+        size_t bytes = ps->policy->num_params * sizeof(float);
+        if (!ps->prev && !(ps->prev = malloc(bytes ? bytes : 1)))
+            rc = rl_fail(RL_ENOMEM, "out of memory");
+        if (rc == 0) rc = publish(ps, at, ps->policy->params_mem);
+        if (rc == 0) memcpy(ps->prev, ps->policy->params_mem, bytes);
+        t_pub = wire_now_ms() - t0;
+    }
     ppo_stats_t st;
-    double t0 = wire_now_ms();
+    t0 = wire_now_ms();
     if (rc == 0) rc = ppo_update(&ps->l, seqs, (int)sp->n_rollouts, &st);
     double t_upd = wire_now_ms() - t0;
     free(seqs);
@@ -575,8 +655,10 @@ int worker_ppo(ppo_state_t *ps, const worker_job_t *job, const Rlhf__TrainSpec *
     }
     t0 = wire_now_ms();
     uint64_t version = (uint64_t)ps->l.iteration;
-    rc = publish(ps, version);
-    double t_pub = wire_now_ms() - t0;
+    if (!ps->overlap) { /* without overlap the new version generates the next iteration */
+        rc = publish(ps, version, ps->policy->params_mem);
+        t_pub = wire_now_ms() - t0;
+    }
     json_t *sj = stats_json(&st);
     char *stxt = sj ? json_dumps(sj, JSON_COMPACT) : NULL;
     json_decref(sj);
