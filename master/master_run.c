@@ -17,6 +17,7 @@
 
 #include "base/err.h"
 #include "base/fs.h"
+#include "align/ppo.h"
 #include "base/jsonl.h"
 #include "master_annot.h"
 #include "net/blob.h"
@@ -45,7 +46,19 @@ typedef struct {
     double gold, model_score, prog_score; /* the parts of score, with a reward program */
 } mroll_t;
 
-/* The PPO loop of a run: its plan (OUT/ppo_plan.json) and the iteration in flight. */
+/* The rollouts of one iteration, from its GENERATE then its SCORE outputs. */
+typedef struct {
+    mroll_t *r;                      /* P * K */
+    long have_gen;                   /* the iteration whose GENERATE outputs r holds (-1: none) */
+    long have_score;                 /* ... whose SCORE outputs */
+    long prog_errors, prog_timeouts; /* the reward program's, in its SCORE jobs */
+    json_t *gen_by, *score_by;       /* milliseconds of math per worker */
+    double t_gen0, t_gen, t_score0, t_score;
+} mbatch_t;
+
+/* The PPO loop of a run: its plan (OUT/ppo_plan.json) and the iterations in flight: the one
+ * being updated and, with overlap, the next one, whose rollouts are generated meanwhile - each
+ * in the batch of its parity (batch()). */
 typedef struct {
     char *policy, *rm, *ref, *value, *out, *cfg_json;
     int iterations, P, K, J, n_jobs, max_new, ckpt_every, gold, count_token, eot, vocab;
@@ -55,16 +68,13 @@ typedef struct {
     char *program; /* the reward program's command ("": none), its weights and limits */
     double program_weight, model_weight, program_fallback;
     int program_timeout_ms;
-    long prog_errors, prog_timeouts; /* the iteration in flight's */
+    int overlap; /* ppo_overlap_t (config_json's "overlap") */
     mprompt_t *p;
     int n_p;
-    mroll_t *r;        /* P * K */
-    long have_gen;     /* the iteration whose GENERATE outputs r holds (-1: none) */
-    long have_score;   /* ... whose SCORE outputs */
+    mbatch_t b[2];
     int attached;      /* the learner holds this training at the committed iteration */
     uint64_t attaches; /* attach jobs sent by this master (ids) */
-    json_t *gen_by, *score_by;
-    double t_iter, t_gen0, t_gen, t_score0, t_score, t_train0;
+    double t_iter, t_train0;
 } mppo_t;
 
 struct mrun {
@@ -291,11 +301,19 @@ static void ppo_free(mppo_t *p) {
     for (int i = 0; i < p->n_p; i++) free(p->p[i].text), free(p->p[i].ids), free(p->p[i].refs);
     free(p->program);
     free(p->p);
-    for (int k = 0; p->r && k < p->P * p->K; k++)
-        free(p->r[k].tokens), free(p->r[k].logprobs), free(p->r[k].ref_logprobs);
-    free(p->r);
-    json_decref(p->gen_by), json_decref(p->score_by);
+    for (int h = 0; h < 2; h++) {
+        mbatch_t *b = &p->b[h];
+        for (int k = 0; b->r && k < p->P * p->K; k++)
+            free(b->r[k].tokens), free(b->r[k].logprobs), free(b->r[k].ref_logprobs);
+        free(b->r);
+        json_decref(b->gen_by), json_decref(b->score_by);
+    }
     free(p);
+}
+
+/* The batch of iteration i. */
+static mbatch_t *batch(mppo_t *p, long i) {
+    return &p->b[i & 1];
 }
 
 static int load_prompt(void *ctx, json_t *o, const char *where) {
@@ -377,22 +395,30 @@ static int ppo_load(mrun_t *r, const char *out) {
     p->program_timeout_ms =
         (int)json_integer_value(json_object_get(o, "reward_program_timeout_ms"));
     char *prompts = jstr(o, "prompts");
+    /* the overlap mode from the settings the learner gets, so that both follow one schedule */
+    json_t *cj = json_loads(p->cfg_json, 0, NULL);
+    ppo_config_t cfg;
+    ppo_config_default(&cfg);
+    int bad_cfg = p->cfg_json[0] && (!cj || ppo_config_from_json(&cfg, cj, "config_json: ") < 0);
+    json_decref(cj);
+    p->overlap = cfg.overlap;
     json_decref(o);
-    int rc = 0;
-    if (p->iterations < 1 || p->P < 1 || p->K < 1 || p->J < 1)
+    int rc = bad_cfg ? rl_fail_ctx(RL_EFORMAT, "%s: ", path) : 0;
+    if (rc == 0 && (p->iterations < 1 || p->P < 1 || p->K < 1 || p->J < 1))
         rc = rl_fail(RL_EFORMAT, "%s: iterations, batch, samples, per_job must be >= 1", path);
     long n = rc == 0 ? jsonl_read(prompts, load_prompt, p) : 0;
     free(prompts);
     if (rc == 0 && n < 0) rc = (int)n;
     if (rc == 0 && p->n_p == 0) rc = rl_fail(RL_EFORMAT, "%s: no prompts", path);
     p->n_jobs = (p->P + p->J - 1) / p->J;
-    if (rc == 0 && !(p->r = calloc((size_t)p->P * p->K, sizeof *p->r)))
-        rc = rl_fail(RL_ENOMEM, "out of memory");
+    for (int h = 0; h < 2 && rc == 0; h++)
+        if (!(p->b[h].r = calloc((size_t)p->P * p->K, sizeof *p->b[h].r)))
+            rc = rl_fail(RL_ENOMEM, "out of memory");
     if (rc < 0) {
         ppo_free(p);
         return rc;
     }
-    p->have_gen = p->have_score = -1;
+    for (int h = 0; h < 2; h++) p->b[h].have_gen = p->b[h].have_score = -1;
     r->ppo = p;
     return 0;
 }
@@ -427,7 +453,7 @@ static int pack_train(mrun_t *r, long i, int attach, uint8_t **buf, size_t *len)
     snprintf(ckpt, sizeof ckpt, "%.4000s/learner", p->out);
     int ok = rs && rp;
     for (int q = 0; ok && q < n; q++) {
-        mroll_t *ro = &p->r[q];
+        mroll_t *ro = &batch(p, i)->r[q];
         const mprompt_t *pr = &p->p[ro->prompt];
         rlhf__ppo_rollout__init(&rs[q]);
         rs[q].prompt = pr->ids;
@@ -467,7 +493,8 @@ static int pack_train(mrun_t *r, long i, int attach, uint8_t **buf, size_t *len)
     return *buf ? 0 : rl_fail(RL_ENOMEM, "out of memory");
 }
 
-/* GENERATE job c of iteration i (its spec as `rlhf ppo` built it). */
+/* GENERATE job c of iteration i (its spec as `rlhf ppo` built it), with the policy version the
+ * overlap mode gives iteration i (ppo_rollout_version). */
 static int gen_job(master_t *m, int ri, long i, int c) {
     mrun_t *r = run_at(m, ri);
     mppo_t *p = r->ppo;
@@ -499,8 +526,9 @@ static int gen_job(master_t *m, int ri, long i, int c) {
         if (buf) {
             rlhf__generate_spec__pack(&sp, buf);
             j = job_ensure(m, ri, r->ns_ppo, gen_id(i, c), RLHF__JOB_KIND__JOB_KIND_GENERATE,
-                           mix(p->seed ^ mix((uint64_t)i * 4096 + (uint64_t)c)), (uint64_t)i,
-                           RLHF__ROLE__ROLE_ROLLOUT, 0, buf, len);
+                           mix(p->seed ^ mix((uint64_t)i * 4096 + (uint64_t)c)),
+                           (uint64_t)ppo_rollout_version(p->overlap, i), RLHF__ROLE__ROLE_ROLLOUT,
+                           0, buf, len);
         }
         free(buf);
     }
@@ -518,7 +546,7 @@ static int score_job(master_t *m, int ri, long i, int c) {
     int j = -1;
     if (items && ip && texts && refs) {
         for (int q = 0; q < cnt; q++) {
-            mroll_t *ro = &p->r[first + q];
+            mroll_t *ro = &batch(p, i)->r[first + q];
             const mprompt_t *pr = &p->p[ro->prompt];
             rlhf__score_item__init(&items[q]);
             items[q].prompt = pr->ids;
@@ -585,13 +613,14 @@ static double max_worker(json_t *by) {
 /* Fills the rollouts of iteration i from its GENERATE outputs. Returns 0 or -1 (reason set). */
 static int take_generated(master_t *m, mrun_t *r, long i, const int *jobs) {
     mppo_t *p = r->ppo;
+    mbatch_t *b = batch(p, i);
     for (int k = 0; k < p->P * p->K; k++) {
-        free(p->r[k].tokens), free(p->r[k].logprobs), free(p->r[k].ref_logprobs);
-        memset(&p->r[k], 0, sizeof p->r[k]);
-        p->r[k].prompt = (int)(((long)i * p->P + k / p->K) % p->n_p);
+        free(b->r[k].tokens), free(b->r[k].logprobs), free(b->r[k].ref_logprobs);
+        memset(&b->r[k], 0, sizeof b->r[k]);
+        b->r[k].prompt = (int)(((long)i * p->P + k / p->K) % p->n_p);
     }
-    json_decref(p->gen_by);
-    p->gen_by = json_object();
+    json_decref(b->gen_by);
+    b->gen_by = json_object();
     for (int c = 0; c < p->n_jobs; c++) {
         Rlhf__JournalRecord *rec = job_end(m, jobs[c]);
         Rlhf__GenerateOutput *g =
@@ -608,7 +637,7 @@ static int take_generated(master_t *m, mrun_t *r, long i, const int *jobs) {
             return -1;
         }
         for (int q = 0; q < want; q++) {
-            mroll_t *ro = &p->r[first + q];
+            mroll_t *ro = &b->r[first + q];
             const Rlhf__Completion *cp = g->completions[q];
             size_t nt = cp->n_tokens ? cp->n_tokens : 1;
             ro->n = (int)cp->n_tokens;
@@ -621,20 +650,21 @@ static int take_generated(master_t *m, mrun_t *r, long i, const int *jobs) {
             }
             ro->finish = (int)cp->finish;
         }
-        per_worker(p->gen_by, rec->job_end);
+        per_worker(b->gen_by, rec->job_end);
         rlhf__generate_output__free_unpacked(g, NULL);
         rlhf__journal_record__free_unpacked(rec, NULL);
     }
-    p->have_gen = i;
-    p->have_score = -1;
+    b->have_gen = i;
+    b->have_score = -1;
     return 0;
 }
 
 static int take_scored(master_t *m, mrun_t *r, long i, const int *jobs) {
     mppo_t *p = r->ppo;
-    json_decref(p->score_by);
-    p->score_by = json_object();
-    p->prog_errors = p->prog_timeouts = 0;
+    mbatch_t *b = batch(p, i);
+    json_decref(b->score_by);
+    b->score_by = json_object();
+    b->prog_errors = b->prog_timeouts = 0;
     int prog = p->program[0] != 0, model = !prog || p->model_weight != 0;
     for (int c = 0; c < p->n_jobs; c++) {
         Rlhf__JournalRecord *rec = job_end(m, jobs[c]);
@@ -654,7 +684,7 @@ static int take_scored(master_t *m, mrun_t *r, long i, const int *jobs) {
             return -1;
         }
         for (int q = 0; q < want; q++) {
-            mroll_t *ro = &p->r[first + q];
+            mroll_t *ro = &b->r[first + q];
             ro->score = so->scores[q];
             ro->gold = p->gold ? so->gold[q] : 0;
             ro->prog_score = prog ? so->program_scores[q] : 0;
@@ -666,19 +696,19 @@ static int take_scored(master_t *m, mrun_t *r, long i, const int *jobs) {
                 ro->ref_logprobs[k] = k < (int)t->n_logprobs ? t->logprobs[k] : 0;
         }
         /* the program's per-item errors: counted, the first few of each job in the run's log */
-        p->prog_errors += (long)so->n_program_errors;
-        p->prog_timeouts += so->program_timeouts;
+        b->prog_errors += (long)so->n_program_errors;
+        b->prog_timeouts += so->program_timeouts;
         m->program_errors += so->n_program_errors;
         m->program_timeouts += so->program_timeouts;
         for (size_t e = 0; e < so->n_program_errors && e < 3; e++)
             run_log(m, r, "iteration %ld: SCORE job %d: reward program: %s%s", i, c,
                     so->program_errors[e],
                     e == 2 && so->n_program_errors > 3 ? " (and more: program_errors counts)" : "");
-        per_worker(p->score_by, rec->job_end);
+        per_worker(b->score_by, rec->job_end);
         rlhf__score_output__free_unpacked(so, NULL);
         rlhf__journal_record__free_unpacked(rec, NULL);
     }
-    p->have_score = i;
+    b->have_score = i;
     return 0;
 }
 
@@ -711,22 +741,24 @@ static int ppo_commit(master_t *m, int ri, long i, const Rlhf__PpoOutput *po,
                       int tj) {
     mrun_t *r = run_at(m, ri);
     mppo_t *p = r->ppo;
+    mbatch_t *b = batch(p, i);
+    const mroll_t *ro = b->r;
     int n = p->P * p->K;
     long toks = 0, eots = 0, cut = 0;
     double gold = 0, psum = 0, msum = 0;
     for (int q = 0; q < n; q++) {
-        toks += p->r[q].n;
-        eots += p->r[q].finish == 1;
-        cut += p->r[q].finish != 1; /* cut at the length limit: no end-of-text */
-        gold += p->r[q].gold;
-        psum += p->r[q].prog_score;
-        msum += p->r[q].model_score;
+        toks += ro[q].n;
+        eots += ro[q].finish == 1;
+        cut += ro[q].finish != 1; /* cut at the length limit: no end-of-text */
+        gold += ro[q].gold;
+        psum += ro[q].prog_score;
+        msum += ro[q].model_score;
     }
     double now = wire_now_ms();
-    double t_gen = p->t_gen, t_score = p->t_score, t_update = train_ms;
+    double t_gen = b->t_gen, t_score = b->t_score, t_update = train_ms;
     double t_total = p->t_iter > 0 ? now - p->t_iter : t_gen + t_score + t_update;
     double upd_ms = po->update_ms, pub_ms = po->publish_ms;
-    double math_ms = max_worker(p->gen_by) + max_worker(p->score_by) + upd_ms;
+    double math_ms = max_worker(b->gen_by) + max_worker(b->score_by) + upd_ms;
     json_t *st = json_loads(po->stats_json ? po->stats_json : "", 0, NULL);
     json_t *mo = json_pack(
         "{s:I, s:I, s:o, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:I}", "iteration",
@@ -741,11 +773,13 @@ static int ppo_commit(master_t *m, int ri, long i, const Rlhf__PpoOutput *po,
     if (p->program[0]) { /* the reward's parts: score = rm_weight * model + weight * program */
         json_object_set_new(mo, "reward_program_mean", json_real(psum / n));
         if (p->model_weight != 0) json_object_set_new(mo, "reward_model_mean", json_real(msum / n));
-        json_object_set_new(mo, "program_errors", json_integer(p->prog_errors));
-        json_object_set_new(mo, "program_timeouts", json_integer(p->prog_timeouts));
+        json_object_set_new(mo, "program_errors", json_integer(b->prog_errors));
+        json_object_set_new(mo, "program_timeouts", json_integer(b->prog_timeouts));
     }
-    json_object_set_new(mo, "ms_generate_math", json_real(max_worker(p->gen_by)));
-    json_object_set_new(mo, "ms_score_math", json_real(max_worker(p->score_by)));
+    json_object_set_new(mo, "ms_generate_math", json_real(max_worker(b->gen_by)));
+    json_object_set_new(mo, "ms_score_math", json_real(max_worker(b->score_by)));
+    /* the policy version that generated the iteration's rollouts (the behaviour policy) */
+    json_object_set_new(mo, "rollout_version", json_integer(ppo_rollout_version(p->overlap, i)));
     char *line = json_dumps(mo, JSON_COMPACT);
     json_t *stats = json_object_get(mo, "ppo");
     char prog[400];
@@ -782,7 +816,7 @@ static int ppo_commit(master_t *m, int ri, long i, const Rlhf__PpoOutput *po,
     }
     master_job_forget(m, &m->sched.jobs[tj]);
     p->t_iter = now;
-    p->t_gen0 = p->t_score0 = p->t_train0 = 0;
+    b->t_gen0 = b->t_score0 = p->t_train0 = 0;
     run_log(m, r, "%s", prog);
     if (metrics_write(r) < 0) {
         r->io_paused = 1;
@@ -807,6 +841,8 @@ static void ppo_rollback(master_t *m, mrun_t *r, long L) {
     while (json_array_size(r->metrics) > (size_t)L)
         json_array_remove(r->metrics, json_array_size(r->metrics) - 1);
     metrics_write(r);
+    if (r->ppo) /* their rollouts are taken again from their jobs (run again if forgotten) */
+        for (int h = 0; h < 2; h++) r->ppo->b[h].have_gen = r->ppo->b[h].have_score = -1;
 }
 
 /* The iterations from..L-1 committed from OUT/metrics.jsonl, whose first L lines must be those
@@ -915,6 +951,50 @@ static int policy_copy(mppo_t *p, const char *src, const char *sub, long it, con
 
 enum { STEP_WAIT = 0, STEP_DONE = 1, STEP_FAIL = -1 };
 
+/* The rollouts of iteration i: its GENERATE jobs, then, once they are all done, its SCORE jobs
+ * (their specs hold the completions), their outputs taken into its batch; gj and sj get the
+ * jobs' scheduler indices. With overlap, the GENERATE jobs are made only once the learner has
+ * announced the version they need (or it is 0, the policy directory's own): the learner
+ * publishes version v as update v starts, and a version the master still believes from before
+ * a learner restart must not let a job run with newer weights than its own. Returns 1 when both
+ * are done, 0 to wait, -1 failed (reason set). */
+static int rollouts_step(master_t *m, int ri, long i, int *gj, int *sj) {
+    mrun_t *r = run_at(m, ri);
+    mppo_t *p = r->ppo;
+    mbatch_t *b = batch(p, i);
+    long v = ppo_rollout_version(p->overlap, i);
+    if (b->have_gen != i && p->overlap && v > 0 && m->weights_version != (uint64_t)v) {
+        int j0 = sched_job_find(&m->sched, master_job_id(m, r->ns_ppo, gen_id(i, 0)));
+        if (j0 < 0 || m->sched.jobs[j0].forgotten) return 0;
+    }
+    if (b->t_gen0 == 0) b->t_gen0 = wire_now_ms();
+    int all = 1;
+    for (int c = 0; c < p->n_jobs; c++) {
+        gj[c] = gen_job(m, ri, i, c);
+        int s = job_state(m, r, gj[c], "GENERATE");
+        if (s < 0) return -1;
+        all &= s;
+    }
+    if (!all) return 0;
+    if (b->have_gen != i) {
+        b->t_gen = wire_now_ms() - b->t_gen0;
+        if (take_generated(m, r, i, gj) < 0) return -1;
+    }
+    if (b->t_score0 == 0) b->t_score0 = wire_now_ms();
+    for (int c = 0; c < p->n_jobs; c++) {
+        sj[c] = score_job(m, ri, i, c);
+        int s = job_state(m, r, sj[c], "SCORE");
+        if (s < 0) return -1;
+        all &= s;
+    }
+    if (!all) return 0;
+    if (b->have_score != i) {
+        b->t_score = wire_now_ms() - b->t_score0;
+        if (take_scored(m, r, i, sj) < 0) return -1;
+    }
+    return 1;
+}
+
 /* The ppo stage: preparation, then iterations until done. */
 static int ppo_step(master_t *m, int ri) {
     mrun_t *r = run_at(m, ri);
@@ -1002,31 +1082,8 @@ static int ppo_step(master_t *m, int ri) {
             snprintf(r->reason, sizeof r->reason, "ppo: more than 4096 jobs per phase");
             return STEP_FAIL;
         }
-        if (p->t_gen0 == 0) p->t_gen0 = wire_now_ms();
-        int all = 1;
-        for (int c = 0; c < p->n_jobs; c++) {
-            gj[c] = gen_job(m, ri, i, c);
-            int s = job_state(m, r, gj[c], "GENERATE");
-            if (s < 0) return STEP_FAIL;
-            all &= s;
-        }
-        if (!all) return STEP_WAIT;
-        if (p->have_gen != i) {
-            p->t_gen = wire_now_ms() - p->t_gen0;
-            if (take_generated(m, r, i, gj) < 0) return STEP_FAIL;
-        }
-        if (p->t_score0 == 0) p->t_score0 = wire_now_ms();
-        for (int c = 0; c < p->n_jobs; c++) {
-            sj[c] = score_job(m, ri, i, c);
-            int s = job_state(m, r, sj[c], "SCORE");
-            if (s < 0) return STEP_FAIL;
-            all &= s;
-        }
-        if (!all) return STEP_WAIT;
-        if (p->have_score != i) {
-            p->t_score = wire_now_ms() - p->t_score0;
-            if (take_scored(m, r, i, sj) < 0) return STEP_FAIL;
-        }
+        int s = rollouts_step(m, ri, i, gj, sj);
+        if (s <= 0) return s < 0 ? STEP_FAIL : STEP_WAIT;
         if (p->t_train0 == 0) p->t_train0 = wire_now_ms();
         uint8_t *buf;
         size_t len;
@@ -1034,7 +1091,13 @@ static int ppo_step(master_t *m, int ri) {
         int tj = job_ensure(m, ri, r->ns_ppo, train_id(i), RLHF__JOB_KIND__JOB_KIND_TRAIN, 0, 0,
                             RLHF__ROLE__ROLE_LEARNER, 600000, buf, len);
         free(buf);
-        int s = job_state(m, r, tj, "TRAIN (PPO)");
+        /* overlap: iteration i + 1's rollouts (version i, which the learner publishes as update
+         * i starts) are generated and scored while update i runs */
+        if (p->overlap && i + 1 < p->iterations) {
+            int gn[4096], sn[4096];
+            if (rollouts_step(m, ri, i + 1, gn, sn) < 0) return STEP_FAIL;
+        }
+        s = job_state(m, r, tj, "TRAIN (PPO)");
         if (s <= 0) return s < 0 ? STEP_FAIL : STEP_WAIT;
         Rlhf__JournalRecord *rec = job_end(m, tj);
         Rlhf__TrainOutput *t = rec ? rlhf__train_output__unpack(NULL, rec->job_end->output.len,
