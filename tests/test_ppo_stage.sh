@@ -3,8 +3,8 @@
 # worker and the learner, on a tiny model with a constructed reward (the count of one token in
 # the completion): the mean reward clearly rises; a run stopped and resumed from its checkpoint
 # ends with the same metrics and bit-identical weights as one that never stopped (with GAE, and
-# with the critic-free GRPO and RLOO); a learner and a rollout worker killed mid-run change
-# nothing either. Usage: test_ppo_stage.sh BIN_DIR
+# with the critic-free GRPO and RLOO, and with overlap=one_step_off); a learner and a rollout
+# worker killed mid-run change nothing either. Usage: test_ppo_stage.sh BIN_DIR
 BIN=$(cd "${1:?usage: test_ppo_stage.sh BIN_DIR}" && pwd)
 source "$(dirname "$0")/runtime_lib.sh"
 R=$BIN/rlhf
@@ -122,7 +122,65 @@ check "the learner was restarted" grep -q "worker 3 exited" .cluster/local.log
 check "killed run = undisturbed run (metrics)" same_run A K
 check "killed run = undisturbed run (weights)" cmp -s A/policy/model.safetensors K/policy/model.safetensors
 
+# --- overlap=one_step_off: iteration i+1's rollouts come from version i (the first two from
+# version 0), generated while update i runs. The first iteration is the sequential run's (same
+# rollouts, same update); the second is not (its rollouts come from version 0, not 1). Stopped
+# and resumed - in the same learner, then in a new one from the checkpoint, which also holds the
+# version before its own - and with the learner and a rollout worker killed mid-run, it ends as
+# the uninterrupted run does, bit for bit.
+OV=(--set kl_coef=0.01 --set overlap=one_step_off)
+"$R" ppo "${COMMON[@]}" "${OV[@]}" --out Aov --iterations 6 >/dev/null 2>Aov.err
+check "overlap: 6 iterations run" test "$(wc -l <Aov/metrics.jsonl)" -eq 6
+check "overlap: rollouts of iteration i from version max(i-1, 0)" \
+    jq -e -s '[.[].rollout_version] == [0, 0, 1, 2, 3, 4]' Aov/metrics.jsonl
+check "overlap: the update still makes one version per iteration" \
+    jq -e -s '[.[].policy_version] == [range(1; 7)]' Aov/metrics.jsonl
+check "without overlap: rollouts of iteration i from version i" \
+    jq -e -s '[.[].rollout_version] == [range(0; 6)]' A/metrics.jsonl
+check "overlap: the first iteration is the sequential one's" \
+    cmp -s <(jq -c 'select(.iteration == 0) | .ppo' A/metrics.jsonl) \
+    <(jq -c 'select(.iteration == 0) | .ppo' Aov/metrics.jsonl)
+check "overlap: the second is not (stale rollouts)" \
+    bash -c "! cmp -s <(jq -c 'select(.iteration == 1) | .ppo' A/metrics.jsonl) \
+        <(jq -c 'select(.iteration == 1) | .ppo' Aov/metrics.jsonl)"
+# every rollout job ran with exactly the version it needs, never a newer one: "job J attempt A
+# runs with weights version V (needs N)"
+grep -ho 'runs with weights version [0-9]* (needs [0-9]*)' .cluster/worker-rollout-*.log >versions.txt
+check "overlap: rollout jobs ran with exactly the version they need" \
+    awk '{ n++; if ($5 != $7 + 0) bad = 1 } END { exit bad || n < 4 }' versions.txt
+"$R" ppo "${COMMON[@]}" "${OV[@]}" --out Bov --iterations 2 >/dev/null 2>&1
+"$R" ppo "${COMMON[@]}" "${OV[@]}" --out Bov --iterations 3 >/dev/null 2>&1
+"$R" down --data-dir . >/dev/null
+"$R" ppo "${COMMON[@]}" "${OV[@]}" --out Bov --iterations 6 >/dev/null 2>Bov.err
+check "overlap: the third run resumes at iteration 3" grep -q "resuming at iteration 3" Bov.err
+check "overlap: ... in a new learner, serving version 2 from the checkpoint" \
+    grep -q "resumed from .*Bov/learner/ppo-ckpt-0*3 at iteration 3 (overlap: serving the version before)" \
+    .cluster/worker-learner-*.log
+check "overlap: resumed metrics equal the uninterrupted run's" same_run Aov Bov
+check "overlap: resumed weights are bit-identical" \
+    cmp -s Aov/policy/model.safetensors Bov/policy/model.safetensors
+"$R" ppo "${COMMON[@]}" "${OV[@]}" --out Kov --iterations 6 >/dev/null 2>Kov.err &
+DPID=$!
+PIDS+=("$DPID")
+ov_two_done() { [ "$(cat Kov/metrics.jsonl 2>/dev/null | wc -l)" -ge 2 ]; }
+check "overlap: two iterations before the kills" wait_for 60 ov_two_done
+lpid=$(jq -r '.worker_pids[.worker_roles | index("learner")]' .cluster/local.json)
+rpid=$(jq -r '.worker_pids[.worker_roles | index("rollout")]' .cluster/local.json)
+kill -KILL "$lpid" "$rpid"
+wait "$DPID"
+check "overlap: the run completes after the kills" test "$(wc -l <Kov/metrics.jsonl)" -eq 6
+check "overlap: killed run = undisturbed run (metrics)" same_run Aov Kov
+check "overlap: killed run = undisturbed run (weights)" \
+    cmp -s Aov/policy/model.safetensors Kov/policy/model.safetensors
+
 # --- bad input
+"$R" ppo "${COMMON[@]}" "${OV[@]}" --set recompute_logprobs=true --out bad >/dev/null 2>err
+check "overlap with recompute_logprobs is refused, with the reason" \
+    grep -q "overlap=one_step_off cannot be combined with recompute_logprobs" err
+"$R" ppo "${COMMON[@]}" "${OV[@]}" --out A --iterations 7 >/dev/null 2>err
+check "a run trained without overlap is not resumed with it" \
+    grep -q "trained with overlap=off: overlap=one_step_off cannot resume it" err
+check "... and keeps its iterations" test "$(wc -l <A/metrics.jsonl)" -eq 6
 "$R" ppo "${COMMON[@]}" --temperature 0 --out bad >/dev/null 2>err
 check "PPO refuses greedy rollouts (temperature 0)" grep -q "temperature 0: PPO needs" err
 "$R" ppo "${COMMON[@]}" --samples 1 --set adv_estimator=rloo --out bad >/dev/null 2>err
