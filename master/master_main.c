@@ -760,6 +760,7 @@ static void on_weights_announce(master_t *m, const wire_msg_t *msg,
         sched_worker_t *wk = &m->sched.workers[k];
         if (wk->alive && wk->role != RLHF__ROLE__ROLE_TOOL) send_weights(m, k);
     }
+    mrun_tick(m); /* a PPO loop with overlap makes the jobs of the version now there */
     dispatch_all(m);
 }
 
