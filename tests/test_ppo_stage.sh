@@ -13,6 +13,21 @@ cd "$W" || exit 1
 tiny_ppo_setup 2 32 48
 check "tiny policy and value model" test -f pol/model.safetensors -a -f val/model.safetensors
 
+# log_mark / log_since MARK: the master's log lines written after log_mark (all of it when the
+# cluster started a new log since)
+log_mark() { cat .cluster/master.log 2>/dev/null | wc -l; }
+log_since() {
+    local n
+    n=$(log_mark)
+    if [ "$n" -ge "$1" ]; then tail -n +"$(($1 + 1))" .cluster/master.log; else cat .cluster/master.log; fi
+}
+# rollouts_during_updates: of the master's log on stdin, the rollout jobs dispatched while the
+# learner held a job (between "-> local-learner-N" and "done by local-learner-N")
+rollouts_during_updates() {
+    awk '/ -> local-learner-/ { busy = 1 } / done by local-learner-/ { busy = 0 }
+        / -> local-rollout-/ && busy { n++ } END { print n + 0 }'
+}
+
 # same_run A B [N]: both runs have N (6) iterations of metrics and their PPO figures are identical
 same_run() {
     local n=${3:-6}
@@ -60,7 +75,11 @@ check "... its policy exported" test -f one/policy/model.safetensors -a "$(wc -l
 check "a run resumed with one iteration left succeeds" test $? -eq 0 -a "$(wc -l <one/metrics.jsonl)" -eq 2
 
 # --- stopped and resumed = never stopped
+mark=$(log_mark)
 "$R" ppo "${COMMON[@]}" --set kl_coef=0.01 --out A --iterations 6 >/dev/null 2>&1
+log_since "$mark" >A.master.log
+check "without overlap: no rollout job runs while the learner updates" \
+    test "$(rollouts_during_updates <A.master.log)" -eq 0
 "$R" ppo "${COMMON[@]}" --set kl_coef=0.01 --out B --iterations 3 >/dev/null 2>&1
 "$R" ppo "${COMMON[@]}" --set kl_coef=0.01 --out B --iterations 6 >/dev/null 2>B.err
 check "the second run resumes at iteration 3" grep -q "resuming at iteration 3" B.err
@@ -129,7 +148,16 @@ check "killed run = undisturbed run (weights)" cmp -s A/policy/model.safetensors
 # version before its own - and with the learner and a rollout worker killed mid-run, it ends as
 # the uninterrupted run does, bit for bit.
 OV=(--set kl_coef=0.01 --set overlap=one_step_off)
+mark=$(log_mark)
 "$R" ppo "${COMMON[@]}" "${OV[@]}" --out Aov --iterations 6 >/dev/null 2>Aov.err
+log_since "$mark" >Aov.master.log
+n_during=$(rollouts_during_updates <Aov.master.log)
+echo "overlap: $n_during rollout jobs dispatched while the learner updated"
+# 2 GENERATE jobs per iteration, 5 updates with a next iteration: 10 at most. Those of iteration
+# 1 (version 0) need no announcement; more than them means the later ones (made once version i
+# is announced, as update i starts) overlapped too
+check "overlap: rollout jobs of the next iteration run while the learner updates" \
+    test "$n_during" -ge 4
 check "overlap: 6 iterations run" test "$(wc -l <Aov/metrics.jsonl)" -eq 6
 check "overlap: rollouts of iteration i from version max(i-1, 0)" \
     jq -e -s '[.[].rollout_version] == [0, 0, 1, 2, 3, 4]' Aov/metrics.jsonl
