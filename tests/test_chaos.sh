@@ -9,17 +9,19 @@
 # timings; every iteration exactly once, in order. Nothing of either cluster is left after
 # `rlhf down`. Prints the schedule, the recovery times after the master and supervisor kills and
 # both runs' wall times.
-# Usage: test_chaos.sh BIN_DIR (CHAOS_SEED=N for another schedule, KEEP=1 to keep the files)
+# Usage: test_chaos.sh BIN_DIR (CHAOS_SEED=N for another schedule, KEEP=1 to keep the files,
+# CHAOS_OVERLAP=one_step_off for the PPO loop with overlap)
 BIN=$(cd "${1:?usage: test_chaos.sh BIN_DIR}" && pwd)
 source "$(dirname "$0")/runtime_lib.sh"
 R=$BIN/rlhf
 cd "$W" || exit 1
 
 SEED=${CHAOS_SEED:-20261202}
+OVERLAP=${CHAOS_OVERLAP:-off}
 ITERS=120
 KILLS=24
 KINDS=(master learner rollout reward supervisor client)
-echo "chaos seed $SEED ($KILLS kills, $ITERS iterations; CHAOS_SEED=$SEED to repeat)"
+echo "chaos seed $SEED ($KILLS kills, $ITERS iterations, overlap=$OVERLAP; CHAOS_SEED=$SEED to repeat)"
 
 tiny_ppo_setup 2 32 48
 cat >chaos.yaml <<Y
@@ -27,7 +29,7 @@ seed: 7
 stages: [ppo]
 ppo: {policy: $W/pol, rm: $W/val, prompts: $W/prompts.jsonl, reward_count_token: 97,
       iterations: $ITERS, batch: 64, samples: 2, max_new: 24, prompts_per_job: 4,
-      lr_policy: 0.01, lr_value: 0.001, kl_coef: 0.01}
+      lr_policy: 0.01, lr_value: 0.001, kl_coef: 0.01, overlap: $OVERLAP}
 Y
 check "tiny policy and value model" test -f pol/model.safetensors -a -f val/model.safetensors
 
@@ -168,6 +170,11 @@ check "every iteration once, in order" \
     jq -e -s "[.[].iteration] == [range(0; $ITERS)]" "$CM/metrics.jsonl"
 check "... as in the undisturbed run" \
     jq -e -s "[.[].iteration] == [range(0; $ITERS)]" "$RM/metrics.jsonl"
+# the schedule asked for: iteration i's rollouts from version i, or i - 1 (0 for the first two)
+[ "$OVERLAP" = off ] && first=0 || first=-1
+check "rollouts of iteration i from version i$([ "$OVERLAP" = off ] || echo ' - 1')" \
+    jq -e -s "[.[].rollout_version] == [range(0; $ITERS) | . + $first | if . < 0 then 0 else . end]" \
+        "$CM/metrics.jsonl"
 # timings differ from run to run; every other figure must not
 untimed() {
     jq -c -S 'walk(if type == "object" then with_entries(select(.key |
