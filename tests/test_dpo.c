@@ -54,7 +54,7 @@ static void build(rm_data_t *d, const pair_src_t *src, int n) {
     for (int i = 0; i < n; i++) {
         add_seq(d, src[i].prompt, src[i].np, src[i].c, src[i].nc);
         add_seq(d, src[i].prompt, src[i].np, src[i].r, src[i].nr);
-        d->pairs[i] = (rm_pair_t){2 * i, 2 * i + 1, 0, i, NAN};
+        d->pairs[i] = (rm_pair_t){2 * i, 2 * i + 1, 0, i, NAN, i};
         char key[16];
         snprintf(key, sizeof key, "p%d", i);
         d->groups[i] = (rm_group_t){strdup(key), 2 * i, 2, i, 1};

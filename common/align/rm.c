@@ -208,7 +208,7 @@ static int rm_add(rm_data_t *d, const char *key, const char *prompt, const char 
     if (rm_grow((void **)&d->pairs, &d->cap_pairs, d->n_pairs + 1, sizeof *d->pairs) < 0 ||
         rm_grow((void **)&bg->pair, &bg->cap_pair, bg->n_pair + 1, sizeof(int)) < 0)
         return RL_ENOMEM;
-    d->pairs[d->n_pairs] = (rm_pair_t){sw, sl, margin, g, NAN};
+    d->pairs[d->n_pairs] = (rm_pair_t){sw, sl, margin, g, NAN, d->n_lines - 1};
     bg->pair[bg->n_pair++] = d->n_pairs++;
     return 0;
 }
@@ -249,7 +249,7 @@ int rm_data_finish(rm_data_t *d) {
         }
         for (int i = 0; i < bg->n_pair; i++) {
             rm_pair_t p = d->pairs[bg->pair[i]];
-            pairs[np++] = (rm_pair_t){newidx[p.w], newidx[p.l], p.margin, ng, p.gold};
+            pairs[np++] = (rm_pair_t){newidx[p.w], newidx[p.l], p.margin, ng, p.gold, p.src};
         }
         ng++;
     }

@@ -55,6 +55,7 @@ typedef struct {
     /* the gold judge's score of w minus l's (task_gold_text: meaningful for the embedded task's
      * prompts only); NaN for pairs added without their texts (rm_data_add) */
     float gold;
+    long src; /* its line among the file's pairs (the rm_data_add call, from 0) */
 } rm_pair_t;
 
 /* The pairs of one prompt: sequences [seq0, seq0 + n_seq), pairs [pair0, pair0 + n_pair). */
