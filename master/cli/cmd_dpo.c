@@ -42,6 +42,9 @@ typedef struct {
     adamw_sched_kind_t kind;
 } dpo_args_t;
 
+/* The figures of a DPO run, in its output directory (read by `rlhf report`). */
+#define DPO_STATS_FILE "dpo_stats.json"
+
 /* SCORE jobs and TRAIN jobs share the session's id space: TRAIN ids start here */
 #define DPO_TRAIN_ID0 (1ULL << 32)
 
@@ -432,11 +435,28 @@ static int dpo_run(const dpo_args_t *a) {
     /* phase 4: evaluation and the policy */
     json_t *eh = eval_json(m, &d, held, 1, &c, &rc);
     if (rc < 0) goto done;
-    print_rc |= cli_print_json(eh);
     json_t *et = eval_json(m, &d, held, 0, &c, &rc);
-    if (rc < 0) goto done;
-    print_rc |= cli_print_json(et);
+    if (rc < 0) {
+        json_decref(eh);
+        goto done;
+    }
+    print_rc |= cli_print_json(json_incref(eh));
+    print_rc |= cli_print_json(json_incref(et));
     if ((rc = hf_save(m, a->out)) == 0) rc = hf_copy_tokenizer(a->policy, a->out);
+    /* the figures beside the model, for the report */
+    json_t *sum = json_pack("{s:s,s:f,s:f,s:I,s:i,s:i,s:f,s:f,s:f,s:f,s:i,s:s,s:o,s:o}", "loss",
+                            dpo_loss_name(c.loss), "beta", (double)a->beta, "label_smoothing",
+                            (double)a->smoothing, "steps", (json_int_t)steps, "batch", bsz, "pairs",
+                            d.n_pairs, "lr", (double)a->lr, "seconds", (cli_now_ms() - t0) / 1e3,
+                            "seconds_reference", ms_ref / 1e3, "seconds_train", ms_train / 1e3,
+                            "learner_shards", a->in_process ? 0 : a->shards, "reference_by", how,
+                            "heldout", eh, "train", et);
+    char *text = sum ? json_dumps(sum, JSON_INDENT(1) | JSON_PRESERVE_ORDER) : NULL;
+    char spath[PATH_MAX + 32];
+    snprintf(spath, sizeof spath, "%.4000s/" DPO_STATS_FILE, a->out);
+    if (rc == 0) rc = text ? fs_write_atomic(spath, text, strlen(text)) : RL_ENOMEM;
+    free(text);
+    json_decref(sum);
     if (rc < 0) goto done;
     print_rc |= cli_print_json(json_pack(
         "{s:s,s:I,s:f,s:f,s:f,s:i}", "saved", a->out, "steps", (json_int_t)steps, "seconds",
