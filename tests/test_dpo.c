@@ -15,6 +15,7 @@
 #include "align/ppo.h"
 #include "base/fs.h"
 #include "nn/ops.h"
+#include "nn/tok.h"
 #include "test.h"
 
 enum { V = 13, EOT = 12 };
@@ -336,11 +337,78 @@ static void test_step(void) {
     gpt_destroy(&m);
 }
 
+/* ---- data ---------------------------------------------------------------------------------- */
+
+/* Prompt and completion encoded on their own and joined; truncation takes the prompt's start
+ * first (one prompt token always stays), then the completion's end; the reference fields of a
+ * pairs file, and their errors naming FILE:LINE. */
+static void test_load_split(void) {
+    char dir[512], path[600];
+    snprintf(dir, sizeof dir, "%s/split", test_tmpdir());
+    CHECK_OK(fs_mkdir_p(dir));
+    const char corpus[] = "the cat sat on the mat. please be kind. the dog ran.";
+    CHECK_OK(tok_train(corpus, sizeof corpus - 1, 270, dir));
+    tok_t *tok = tok_load(dir);
+    CHECK(tok != NULL);
+    if (!tok) return;
+    int *p, *c, *ids, n, np, cut;
+    size_t lp, lc;
+    CHECK_OK(tok_encode(tok, "the cat", 7, 0, &p, &lp));
+    CHECK_OK(tok_encode(tok, " sat on", 7, 0, &c, &lc));
+    CHECK_OK(rm_encode_split(tok, "the cat", " sat on", 64, &ids, &n, &np, &cut));
+    CHECK(!cut && np == (int)lp && n == (int)(lp + lc + 1) && ids[n - 1] == tok_eot(tok));
+    CHECK(!memcmp(ids, p, lp * sizeof(int)) && !memcmp(ids + lp, c, lc * sizeof(int)));
+    free(ids);
+    /* one token too many: the prompt's first goes */
+    CHECK_OK(rm_encode_split(tok, "the cat", " sat on", (int)(lp + lc), &ids, &n, &np, &cut));
+    CHECK(cut && np == (int)lp - 1 && n == (int)(lp + lc) && ids[0] == p[1]);
+    free(ids);
+    /* far too long: one prompt token, then the completion's start (no end-of-text) */
+    CHECK_OK(rm_encode_split(tok, "the cat", " sat on", 2, &ids, &n, &np, &cut));
+    CHECK(cut && np == 1 && n == 2 && ids[0] == p[lp - 1] && ids[1] == c[0]);
+    free(ids);
+    CHECK_ERR(rm_encode_split(tok, "", " sat", 64, &ids, &n, &np, &cut), RL_EINVAL);
+    free(p);
+    free(c);
+
+    snprintf(path, sizeof path, "%s/pairs.jsonl", dir);
+    const char good[] =
+        "{\"prompt\": \"the cat\", \"chosen\": \" sat\", \"rejected\": \" ran\", "
+        "\"ref_chosen_logps\": -3.5, \"ref_rejected_logps\": -4.25}\n"
+        "{\"prompt\": \"the cat\", \"chosen\": \" sat\", \"rejected\": \" be kind\"}\n";
+    CHECK_OK(fs_write_atomic(path, good, sizeof good - 1));
+    rm_data_t d;
+    CHECK_OK(rm_data_load_split(path, tok, 64, &d));
+    CHECK_EQ(d.n_pairs, 2);
+    CHECK_EQ(d.n_seqs, 3); /* " sat" once */
+    CHECK_EQ(d.n_ref, 2);
+    CHECK(d.split && d.seqs[d.pairs[0].w].ref_logp == -3.5 &&
+          d.seqs[d.pairs[0].l].ref_logp == -4.25 && isnan(d.seqs[d.pairs[1].l].ref_logp));
+    CHECK(d.pairs[0].src == 0 && d.pairs[1].src == 1);
+    rm_data_free(&d);
+    const char *bad[] = {
+        "{\"prompt\": \"a\", \"chosen\": \" b\", \"rejected\": \" c\", \"ref_chosen_logps\": -1}\n",
+        "{\"prompt\": \"a\", \"chosen\": \" b\", \"rejected\": \" c\", \"ref_chosen_logps\": -1, "
+        "\"ref_rejected_logps\": \"x\"}\n",
+        "{\"prompt\": \"a\", \"chosen\": \" b\", \"rejected\": \" c\", \"ref_chosen_logps\": -1, "
+        "\"ref_rejected_logps\": -2}\n{\"prompt\": \"a\", \"chosen\": \" b\", \"rejected\": \" "
+        "d\", \"ref_chosen_logps\": -1.5, \"ref_rejected_logps\": -2}\n"};
+    const char *why[] = {":1: ref_chosen_logps and ref_rejected_logps go together",
+                         ":1: ref_rejected_logps", ":2: the reference logprob -1.5"};
+    for (int i = 0; i < 3; i++) {
+        CHECK_OK(fs_write_atomic(path, bad[i], strlen(bad[i])));
+        CHECK_ERR(rm_data_load_split(path, tok, 64, &d), RL_EFORMAT);
+        if (!strstr(rl_errmsg(), why[i])) TEST__FAIL("error '%s' lacks '%s'", rl_errmsg(), why[i]);
+    }
+    tok_destroy(&tok);
+}
+
 int main(void) {
     ops_set_threads(1);
     RUN(test_pair_loss);
     RUN(test_seq_logps);
     RUN(test_grad);
     RUN(test_step);
+    RUN(test_load_split);
     return TEST_REPORT();
 }
