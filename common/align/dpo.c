@@ -146,10 +146,10 @@ int dpo_seq_logps(gpt_t *m, const rm_data_t *d, const int *seqs, int n, const dp
 
 /*
  * Pairs pairs[0..n), c->micro per pass: their losses and rewards into *st (loss times scale),
- * and with `backward` scale * the gradient of their summed loss into m's arena.
+ * and scale * the gradient of their summed loss into m's arena.
  */
-static int dpo_pairs(gpt_t *m, const rm_data_t *d, const int *pairs, int n, const dpo_config_t *c,
-                     float scale, int backward, dpo_stats_t *st) {
+int dpo_grad(gpt_t *m, const rm_data_t *d, const int *pairs, int n, const dpo_config_t *c,
+             float scale, dpo_stats_t *st) {
     int rc = dpo_config_check(c);
     if (rc < 0) return rc;
     int per = c->micro, V = m->cfg.vocab_size, T;
@@ -198,7 +198,7 @@ static int dpo_pairs(gpt_t *m, const rm_data_t *d, const int *pairs, int n, cons
                 st->tokens += cnt[2 * i] + cnt[2 * i + 1];
             }
         }
-        if (rc < 0 || !backward) continue;
+        if (rc < 0) continue;
         /* dlogits: d(loss)/d(logp of the completion) on each of its rows, zero elsewhere */
         size_t N = (size_t)B * T;
         if (N > used_cap) {
@@ -234,14 +234,53 @@ static int dpo_pairs(gpt_t *m, const rm_data_t *d, const int *pairs, int n, cons
     return rc;
 }
 
-int dpo_grad(gpt_t *m, const rm_data_t *d, const int *pairs, int n, const dpo_config_t *c,
-             float scale, dpo_stats_t *st) {
-    return dpo_pairs(m, d, pairs, n, c, scale, 1, st);
-}
-
 int dpo_eval(gpt_t *m, const rm_data_t *d, const int *pairs, int n, const dpo_config_t *c,
              dpo_stats_t *st) {
-    return dpo_pairs(m, d, pairs, n, c, 1.0f, 0, st);
+    /* each distinct sequence forwarded once (pairs share completions), then the pairs */
+    int rc = dpo_config_check(c), ns = 0;
+    if (rc < 0) return rc;
+    int *slot = malloc((size_t)(d->n_seqs ? d->n_seqs : 1) * sizeof(int));
+    int *seqs = malloc((size_t)(d->n_seqs ? d->n_seqs : 1) * sizeof(int));
+    double *lp = malloc((size_t)(d->n_seqs ? d->n_seqs : 1) * sizeof(double));
+    if (!slot || !seqs || !lp) rc = rl_fail(RL_ENOMEM, "DPO: evaluation");
+    for (int i = 0; rc == 0 && i < d->n_seqs; i++) slot[i] = -1;
+    for (int i = 0; rc == 0 && i < n; i++) {
+        if (pairs[i] < 0 || pairs[i] >= d->n_pairs) {
+            rc = rl_fail(RL_EINVAL, "DPO: pair %d outside [0,%d)", pairs[i], d->n_pairs);
+            break;
+        }
+        int sq[2] = {d->pairs[pairs[i]].w, d->pairs[pairs[i]].l};
+        for (int k = 0; k < 2; k++) {
+            if (isnan(d->seqs[sq[k]].ref_logp))
+                rc = rl_fail(RL_EINVAL, "DPO: pair %d has no reference logprobs", pairs[i]);
+            if (slot[sq[k]] < 0) slot[sq[k]] = ns, seqs[ns++] = sq[k];
+        }
+    }
+    if (rc == 0) rc = dpo_seq_logps(m, d, seqs, ns, c, lp, NULL);
+    for (int i = 0; rc == 0 && i < n; i++) {
+        const rm_pair_t *p = &d->pairs[pairs[i]];
+        const rm_seq_t *sc = &d->seqs[p->w], *sr = &d->seqs[p->l];
+        int cc = sc->len - sc->n_prompt, cr = sr->len - sr->n_prompt;
+        double nc = c->loss == DPO_LOSS_IPO ? cc : 1.0, nr = c->loss == DPO_LOSS_IPO ? cr : 1.0;
+        double pc = lp[slot[p->w]] / nc, pr = lp[slot[p->l]] / nr;
+        double rc_ = sc->ref_logp / nc, rr = sr->ref_logp / nr;
+        double loss = dpo_pair_loss(c, pc, pr, rc_, rr, NULL, NULL);
+        if (!isfinite(loss)) {
+            rc = rl_fail(RL_ENONFINITE, "DPO: loss of pair %d is %g", pairs[i], loss);
+            break;
+        }
+        double wc = c->beta * (pc - rc_), wr = c->beta * (pr - rr);
+        st->loss += loss;
+        st->correct += wc > wr ? 1.0 : wc == wr ? 0.5 : 0.0;
+        st->reward_chosen += wc;
+        st->reward_rejected += wr;
+        st->pairs++;
+        st->tokens += cc + cr;
+    }
+    free(slot);
+    free(seqs);
+    free(lp);
+    return rc;
 }
 
 /* The blocks of one step, for dpo_leaf. */

@@ -116,7 +116,8 @@ int dpo_grad_leaves(gtree_t *g, gpt_t *m, const rm_data_t *d, const int *pairs, 
 int dpo_step(train_t *t, const rm_data_t *d, const int *pairs, int n, const dpo_config_t *c,
              dpo_stats_t *gs, rm_update_stats_t *us);
 
-/* Loss, rewards and accuracy of pairs[0..n) under m, forward only (stats summed, not scaled). */
+/* Loss, rewards and accuracy of pairs[0..n) under m, forward only (stats summed, not scaled):
+ * each distinct sequence of the pairs forwarded once (dpo_seq_logps). */
 int dpo_eval(gpt_t *m, const rm_data_t *d, const int *pairs, int n, const dpo_config_t *c,
              dpo_stats_t *st);
 

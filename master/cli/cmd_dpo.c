@@ -355,7 +355,7 @@ static int dpo_run(const dpo_args_t *a) {
     int *items = NULL;
     local_session_t ss;
     int have_ss = 0;
-    double t0 = cli_now_ms(), ms_ref = 0, ms_train = 0;
+    double t0 = cli_now_ms(), ms_ref = 0, ms_train = 0, ms_load = 0, ms_eval = 0;
     char rdir[PATH_MAX], pref_path[PATH_MAX + 32];
     if (rc == 0 && !m) rc = rl_fail_ctx(RL_EIO, "the policy: ");
     if (rc < 0) goto done;
@@ -379,6 +379,7 @@ static int dpo_run(const dpo_args_t *a) {
         rc = rl_fail(RL_ENOMEM, "out of memory");
         goto done;
     }
+    ms_load = cli_now_ms() - t0;
     int n_held = rm_split(&d, a->frac, (uint64_t)a->split_seed, held);
     for (int p = 0; p < d.n_pairs; p++)
         if (!held[d.pairs[p].group]) items[n_items++] = p;
@@ -433,6 +434,7 @@ static int dpo_run(const dpo_args_t *a) {
     if (rc < 0) goto done;
     ms_train = cli_now_ms() - t;
     /* phase 4: evaluation and the policy */
+    t = cli_now_ms();
     json_t *eh = eval_json(m, &d, held, 1, &c, &rc);
     if (rc < 0) goto done;
     json_t *et = eval_json(m, &d, held, 0, &c, &rc);
@@ -440,6 +442,7 @@ static int dpo_run(const dpo_args_t *a) {
         json_decref(eh);
         goto done;
     }
+    ms_eval = cli_now_ms() - t;
     print_rc |= cli_print_json(json_incref(eh));
     print_rc |= cli_print_json(json_incref(et));
     if ((rc = hf_save(m, a->out)) == 0) rc = hf_copy_tokenizer(a->policy, a->out);
@@ -458,10 +461,11 @@ static int dpo_run(const dpo_args_t *a) {
     free(text);
     json_decref(sum);
     if (rc < 0) goto done;
-    print_rc |= cli_print_json(json_pack(
-        "{s:s,s:I,s:f,s:f,s:f,s:i}", "saved", a->out, "steps", (json_int_t)steps, "seconds",
-        (cli_now_ms() - t0) / 1e3, "seconds_reference", ms_ref / 1e3, "seconds_train",
-        ms_train / 1e3, "learner_shards", a->in_process ? 0 : a->shards));
+    print_rc |= cli_print_json(
+        json_pack("{s:s,s:I,s:f,s:f,s:f,s:f,s:f,s:i}", "saved", a->out, "steps", (json_int_t)steps,
+                  "seconds", (cli_now_ms() - t0) / 1e3, "seconds_load", ms_load / 1e3,
+                  "seconds_reference", ms_ref / 1e3, "seconds_train", ms_train / 1e3,
+                  "seconds_eval", ms_eval / 1e3, "learner_shards", a->in_process ? 0 : a->shards));
 done:
     if (have_ss) local_session_close(&ss);
     rm_data_free(&d);

@@ -97,7 +97,7 @@ static const stage_t stages[] = {
     {"evaluate_dpo", "gold judge: the DPO policy against the SFT policy on held-out prompts",
      "eval-policy", NULL, NULL, 0,
      "--policy {run}/dpo --baseline {dpo.policy} --prompts {eval.prompts} --samples "
-     "{eval.samples} --seed {seed}",
+     "{eval.samples} --max-new {eval.max_new} --temperature {eval.temperature} --seed {seed}",
      "{run}/eval_dpo.json", 10},
     {"evaluate", "gold judge: the PPO policy against the SFT policy on held-out prompts",
      "eval-policy", &cli_eval_policy_opts, "eval", 0,
@@ -141,7 +141,9 @@ static const struct {
     {"rm.pairs", "{run}/pairs.jsonl"},
     {"rm.epochs", "2"},
     {"eval.prompts", "{run}/task/prompts_heldout.jsonl"},
-    {"eval.samples", "4"},
+    {"eval.samples", "4"}, /* the command's defaults, named: evaluate_dpo passes them on */
+    {"eval.max_new", "24"},
+    {"eval.temperature", "1"},
     {"dpo.policy", "{run}/sft"},
     {"dpo.pairs", "{run}/pairs.jsonl"},
     {"ppo.policy", "{run}/sft"},
