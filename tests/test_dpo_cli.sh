@@ -108,4 +108,24 @@ check "one reference logprob without the other: exit 1, naming the line" \
     grep -q "halfref.jsonl:5: ref_chosen_logps and ref_rejected_logps go together" "$W/half.log"
 dpo badloss --in-process --loss hinge
 check "--loss hinge exits 2" test $? -eq 2
+
+# the report: DPO's figures, and its gold win rate and KL next to PPO's
+mkdir -p "$W/run/dpo"
+cp "$W/inproc/dpo_stats.json" "$W/run/dpo/"
+ev() { jq -n --argjson w "$1" --argjson k "$2" '{prompts: 96, win_rate: $w, win_rate_samples: 0.6,
+    kl: $k, kl_per_token: 0.05, gold_policy: 0.8, gold_baseline: 0.7, length_policy: 11,
+    length_baseline: 13, criteria_policy: {correct: 0.6}, criteria_baseline: {correct: 0.5}}'; }
+ev 0.958 1.708 >"$W/run/eval.json"
+ev 0.969 0.541 >"$W/run/eval_dpo.json"
+check "rlhf report with a dpo stage" "$RLHF" report --run "$W/run"
+check "report: DPO's held-out reward accuracy" grep -q '^| held-out | 108 | .* | 100.0% |' \
+    "$W/run/report.md"
+check "report: PPO's and DPO's gold win rates side by side" \
+    grep -q '^| gold win rate over SFT | 95.8% | 96.9% |' "$W/run/report.md"
+check "report: and their KL to SFT" \
+    grep -q '^| KL to SFT (nats per completion) | 1.708 | 0.541 | 0 |' "$W/run/report.md"
+rm "$W/run/eval.json"
+check "report: DPO without PPO" "$RLHF" report --run "$W/run"
+check "report: PPO's column empty" grep -q '^| gold win rate over SFT | - | 96.9% |' \
+    "$W/run/report.md"
 finish
