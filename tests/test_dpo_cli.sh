@@ -9,6 +9,7 @@
 #   - through the cluster: the reference logprobs of the reward worker's SCORE jobs are the same
 #     bytes as the in-process ones, and S = 1 and S = 2 learner shards give the in-process model
 #     byte for byte (the same steps, the same gradient tree);
+#   - the driver stopped after its first TRAIN job and started again ends with the same model;
 #   - a pairs file that already carries the reference logprobs is used as it is (same model);
 #   - IPO's first loss is 1/(4 beta^2), label smoothing runs;
 #   - bad input: a malformed reference logprob names FILE:LINE (exit 1); a bad --loss exits 2.
@@ -81,6 +82,28 @@ check "S=1: the same logged steps" test "$(steps_of inproc)" = "$(steps_of s1)"
 check "dpo --learner-shards 2" dpo s2 --learner-shards 2 --steps-per-job 10
 check "S=2 = S=1, byte for byte" cmp -s "$W/s1/model.safetensors" "$W/s2/model.safetensors"
 check "S=2: the same logged steps" test "$(steps_of s1)" = "$(steps_of s2)"
+
+# interrupted: the driver is stopped (SIGTERM: it stops its cluster) once a TRAIN job is recorded
+# (after the 8 SCORE jobs), then the same command runs to the end: the model of the
+# uninterrupted runs, every job recorded once
+done_jobs() {
+    jq -r 'select(.status == "done") | .job_id' "$(results_of $W/rs.run/cluster)" 2>/dev/null |
+        sort -u | grep -c .
+}
+done_ge() { [ "$(done_jobs)" -ge "$1" ]; }
+"$RLHF" dpo "${ARGS[@]}" --out "$W/rs" --learner-shards 2 --steps-per-job 4 >"$W/rs1.jsonl" \
+    2>"$W/rs1.log" &
+DRV=$!
+PIDS+=("$DRV")
+wait_for 120 done_ge 9
+kill -TERM "$DRV" 2>/dev/null
+wait "$DRV" 2>/dev/null
+check "the interrupted driver saved nothing" test ! -e "$W/rs/model.safetensors"
+check "the same command again finishes" dpo rs --learner-shards 2 --steps-per-job 4
+check "resumed run = uninterrupted runs, byte for byte" cmp -s "$W/s1/model.safetensors" \
+    "$W/rs/model.safetensors"
+check "every job recorded once" test "$(jq -r .job_id "$(results_of $W/rs.run/cluster)" |
+    sort | uniq -d | grep -c .)" -eq 0
 
 ARGS[3]=$W/inproc.run/pairs_ref.jsonl
 check "a pairs file with the reference logprobs" dpo pre --in-process --threads "$NPROC"
