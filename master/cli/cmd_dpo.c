@@ -92,18 +92,22 @@ static int ref_job(const rm_data_t *d, const char *ref, int s0, int n, uint64_t 
     Rlhf__ScoreSpec sp = RLHF__SCORE_SPEC__INIT;
     Rlhf__ScoreItem *items = calloc((size_t)n, sizeof *items);
     Rlhf__ScoreItem **pi = calloc((size_t)n, sizeof *pi);
-    int32_t *ids = malloc((d->n_ids ? d->n_ids : 1) * sizeof *ids);
+    size_t total = 0, at = 0;
+    for (int i = 0; i < n; i++) total += (size_t)d->seqs[s0 + i].len;
+    int32_t *ids = malloc((total ? total : 1) * sizeof *ids); /* the job's sequences */
     if (!items || !pi || !ids) {
         free(items), free(pi), free(ids);
         return rl_fail(RL_ENOMEM, "out of memory");
     }
-    for (size_t k = 0; k < d->n_ids; k++) ids[k] = d->ids[k];
     for (int i = 0; i < n; i++) {
         const rm_seq_t *s = &d->seqs[s0 + i];
+        int32_t *q = ids + at;
+        for (int k = 0; k < s->len; k++) q[k] = d->ids[s->off + (size_t)k];
+        at += (size_t)s->len;
         rlhf__score_item__init(&items[i]);
-        items[i].prompt = ids + s->off;
+        items[i].prompt = q;
         items[i].n_prompt = (size_t)s->n_prompt;
-        items[i].completion = ids + s->off + s->n_prompt;
+        items[i].completion = q + s->n_prompt;
         items[i].n_completion = (size_t)(s->len - s->n_prompt);
         pi[i] = &items[i];
     }
