@@ -243,6 +243,7 @@ typedef struct {
     int reruns, in_sync;
     double correct; /* RM: pairs ordered correctly, and pairs, over every node */
     long pairs;
+    double chosen, rejected; /* DPO: summed implicit rewards */
 } step_out_t;
 
 /* One optimizer step at l->tr.step on the batch in/tg (B rows of T; an RM step's items travel as
@@ -289,8 +290,7 @@ static int step_run(learner_t *l, const worker_job_t *job, const Rlhf__TrainSpec
         /* our own node while theirs compute */
         double ts = wire_now_ms();
         gtree_reset(g, nb, m->grads_mem, m->num_params);
-        rc =
-            shard_node_leaves(g, m, &nd[0], in, tg, T, rm ? &l->rmd.d : NULL, rm ? &rm->opt : NULL);
+        rc = shard_node_leaves(g, m, &nd[0], in, tg, T, rm ? &l->rmd : NULL, rm ? &rm->opt : NULL);
         if (rc < 0) return rl_fail_ctx(rc, "train: step %" PRIu64, step);
         so->ms_slice = wire_now_ms() - ts;
         ts = wire_now_ms();
@@ -310,7 +310,13 @@ static int step_run(learner_t *l, const worker_job_t *job, const Rlhf__TrainSpec
     if ((rc = shard_hub_combine(h, g, k, lo, hi)) < 0 ||
         (rc = gtree_take(g, stat, &empty, &a, &b)) < 0)
         return rl_fail_ctx(rc, "train: step %" PRIu64, step);
-    if (rm) {
+    if (rm && l->rmd.is_dpo) {
+        so->loss = (float)stat[DPO_STAT_LOSS];
+        so->correct = stat[DPO_STAT_CORRECT];
+        so->pairs = (long)stat[DPO_STAT_PAIRS];
+        so->chosen = stat[DPO_STAT_CHOSEN];
+        so->rejected = stat[DPO_STAT_REJECTED];
+    } else if (rm) {
         so->loss = (float)stat[RM_STAT_LOSS];
         so->correct = stat[RM_STAT_CORRECT];
         so->pairs = (long)stat[RM_STAT_PAIRS];
@@ -355,10 +361,14 @@ static void metrics_append(const learner_t *l, uint64_t job_id, uint64_t first,
     FILE *f = fopen(path, "a");
     if (!f) return;
     for (int k = 0; k < n; k++) {
-        char rm[96] = ""; /* RM steps: their pairs and accuracy */
+        char rm[192] = ""; /* RM and DPO steps: their pairs and accuracy (DPO: rewards) */
         if (so[k].pairs)
             snprintf(rm, sizeof rm, ",\"pairs\":%ld,\"accuracy\":%.9g", so[k].pairs,
                      so[k].correct / (double)so[k].pairs);
+        if (so[k].pairs && (so[k].chosen != 0 || so[k].rejected != 0))
+            snprintf(rm + strlen(rm), sizeof rm - strlen(rm),
+                     ",\"rewards_chosen\":%.9g,\"rewards_rejected\":%.9g",
+                     so[k].chosen / (double)so[k].pairs, so[k].rejected / (double)so[k].pairs);
         fprintf(f,
                 "{\"job_id\":%" PRIu64 ",\"step\":%" PRIu64 ",\"loss\":%.9g,\"grad_norm\":%.9g,"
                 "\"lr\":%.9g,\"ms\":%.3f,\"ms_slice\":%.3f,\"ms_wait\":%.3f,\"ms_update\":%.3f,"
@@ -382,11 +392,13 @@ static int output_copy(const uint8_t *src, size_t len, int replayed, uint8_t **o
     return *out ? 0 : rl_fail(RL_ENOMEM, "out of memory");
 }
 
-/* TRAIN of kind LM (token windows, one inline batch, or one masked batch per step) or RM. */
+/* TRAIN of kind LM (token windows, one inline batch, or one masked batch per step), RM or DPO
+ * (pairs: the RM path with DPO's loss). */
 static int train_run(learner_t *l, const worker_job_t *job, const Rlhf__TrainSpec *sp,
                      uint8_t **out, size_t *out_len) {
     int B = (int)sp->batch_size, T = (int)sp->seq_len, n = (int)sp->n_steps, rc;
-    int is_rm = sp->kind == RLHF__TRAIN_KIND__TRAIN_KIND_RM;
+    int is_dpo = sp->kind == RLHF__TRAIN_KIND__TRAIN_KIND_DPO;
+    int is_rm = sp->kind == RLHF__TRAIN_KIND__TRAIN_KIND_RM || is_dpo;
     int per_step = !is_rm && sp->n_step_seq > 0; /* one masked batch per step (SFT) */
     if (B < 1 || B > 1 << 20 || T < 1 || n < 1 || sp->n_steps > 1u << 24)
         return rl_fail(RL_EINVAL, "train: batch_size %u, seq_len %u, n_steps %u", sp->batch_size,
@@ -411,7 +423,7 @@ static int train_run(learner_t *l, const worker_job_t *job, const Rlhf__TrainSpe
                        "%d rows of %d",
                        sp->n_batch, B, T + 1);
     }
-    if ((rc = state_ensure(l, sp->model_dir, is_rm, sp->rm_seed)) < 0) return rc;
+    if ((rc = state_ensure(l, sp->model_dir, is_rm && !is_dpo, sp->rm_seed)) < 0) return rc;
     gpt_t *m = l->model;
     if (T > m->cfg.n_positions)
         return rl_fail(RL_EINVAL, "train: seq_len %d exceeds the model's n_positions %d", T,
@@ -456,9 +468,12 @@ static int train_run(learner_t *l, const worker_job_t *job, const Rlhf__TrainSpe
     step_out_t *so = calloc((size_t)n, sizeof *so);
     float *losses = malloc((size_t)n * sizeof *losses);
     double *norms = malloc((size_t)n * sizeof *norms), *accs = malloc((size_t)n * sizeof *accs);
+    double *rch = calloc((size_t)n, sizeof *rch), *rrj = calloc((size_t)n, sizeof *rrj);
     in = malloc((size_t)B * T * sizeof *in);
     tg = malloc((size_t)B * T * sizeof *tg);
-    rc = so && losses && norms && accs && in && tg ? 0 : rl_fail(RL_ENOMEM, "train: out of memory");
+    rc = so && losses && norms && accs && rch && rrj && in && tg
+             ? 0
+             : rl_fail(RL_ENOMEM, "train: out of memory");
     if (rc == 0 && !is_rm && !per_step && sp->tokens_file[0]) {
         rc = data_read_tokens(sp->tokens_file, m->cfg.vocab_size, &ids, &n_ids);
         if (rc == 0 && n_ids < (size_t)T + 1)
@@ -499,6 +514,8 @@ static int train_run(learner_t *l, const worker_job_t *job, const Rlhf__TrainSpe
         losses[k] = so[k].loss;
         norms[k] = so[k].grad_norm;
         accs[k] = so[k].pairs ? so[k].correct / (double)so[k].pairs : 0;
+        rch[k] = so[k].pairs ? so[k].chosen / (double)so[k].pairs : 0;
+        rrj[k] = so[k].pairs ? so[k].rejected / (double)so[k].pairs : 0;
         ms += so[k].ms;
         pairs += so[k].pairs;
         reruns += so[k].reruns;
@@ -528,6 +545,12 @@ static int train_run(learner_t *l, const worker_job_t *job, const Rlhf__TrainSpe
             o.n_accuracy = (size_t)n;
             o.pairs = (uint64_t)pairs;
             o.pairs_per_s = ms > 0 ? pairs / (ms / 1e3) : 0;
+        }
+        if (is_dpo) {
+            o.reward_chosen = rch;
+            o.n_reward_chosen = (size_t)n;
+            o.reward_rejected = rrj;
+            o.n_reward_rejected = (size_t)n;
         }
         free(l->result);
         l->result_len = rlhf__train_output__get_packed_size(&o);
@@ -563,6 +586,8 @@ static int train_run(learner_t *l, const worker_job_t *job, const Rlhf__TrainSpe
     free(losses);
     free(norms);
     free(accs);
+    free(rch);
+    free(rrj);
     return rc;
 }
 
@@ -611,6 +636,7 @@ int worker_train(learner_t *l, ppo_state_t *ps, const worker_job_t *job, const u
     switch (sp->kind) {
     case RLHF__TRAIN_KIND__TRAIN_KIND_LM:
     case RLHF__TRAIN_KIND__TRAIN_KIND_RM:
+    case RLHF__TRAIN_KIND__TRAIN_KIND_DPO:
         rc = train_run(l, job, sp, out, out_len);
         break;
     case RLHF__TRAIN_KIND__TRAIN_KIND_PPO:

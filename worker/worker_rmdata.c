@@ -20,8 +20,11 @@ void rmdata_free(rmdata_t *r) {
 
 int rmdata_get(rmdata_t *r, const Rlhf__TrainSpec *sp, int vocab) {
     char key[3 * PATH_LEN];
-    snprintf(key, sizeof key, "%s\n%s\n%u", sp->pairs_file, sp->model_dir, sp->seq_len);
-    if (r->key && !strcmp(r->key, key)) return 0;
+    int is_dpo = sp->kind == RLHF__TRAIN_KIND__TRAIN_KIND_DPO;
+    snprintf(key, sizeof key, "%s\n%s\n%u\n%d", sp->pairs_file, sp->model_dir, sp->seq_len, is_dpo);
+    r->dpo = (dpo_config_t){(dpo_loss_t)sp->dpo_loss, sp->dpo_beta, sp->dpo_label_smoothing,
+                            sp->micro > 0 ? (int)sp->micro : 8, r->pad};
+    if (r->key && !strcmp(r->key, key)) return is_dpo ? dpo_config_check(&r->dpo) : 0;
     rmdata_free(r);
     tok_t *tok = tok_load(sp->model_dir);
     if (!tok) return rl_fail_ctx(RL_EINVAL, "rm: %s: tokenizer: ", sp->model_dir);
@@ -31,8 +34,17 @@ int rmdata_get(rmdata_t *r, const Rlhf__TrainSpec *sp, int vocab) {
                      sp->model_dir, tok_vocab_size(tok), vocab);
     else if (tok_eot(tok) < 0)
         rc = rl_fail(RL_EINVAL, "rm: %s: the tokenizer has no <|endoftext|>", sp->model_dir);
-    if (rc == 0) rc = rm_data_load(sp->pairs_file, tok, (int)sp->seq_len, &r->d);
+    if (rc == 0 && is_dpo) rc = rm_data_load_split(sp->pairs_file, tok, (int)sp->seq_len, &r->d);
+    if (rc == 0 && !is_dpo) rc = rm_data_load(sp->pairs_file, tok, (int)sp->seq_len, &r->d);
+    if (rc == 0 && is_dpo && r->d.n_ref < r->d.n_seqs)
+        rc = rl_fail(RL_EINVAL,
+                     "dpo: %s: %ld of %d completions have no reference logprobs "
+                     "(ref_chosen_logps, ref_rejected_logps)",
+                     sp->pairs_file, (long)r->d.n_seqs - r->d.n_ref, r->d.n_seqs);
     r->pad = tok_eot(tok);
+    r->is_dpo = is_dpo;
+    r->dpo.pad_id = r->pad;
+    if (rc == 0 && is_dpo) rc = dpo_config_check(&r->dpo);
     tok_destroy(&tok);
     if (rc == 0 && !(r->key = strdup(key))) rc = rl_fail(RL_ENOMEM, "rm: out of memory");
     if (rc < 0) rmdata_free(r);
@@ -55,7 +67,8 @@ void rmdata_job_free(rmdata_job_t *j) {
 
 int rmdata_job_init(rmdata_job_t *j, rmdata_t *r, const gpt_t *m, const Rlhf__TrainSpec *sp,
                     int B) {
-    if (!m->cfg.scalar_head)
+    int is_dpo = sp->kind == RLHF__TRAIN_KIND__TRAIN_KIND_DPO, pairwise = sp->rm_pairwise || is_dpo;
+    if (!m->cfg.scalar_head && !is_dpo)
         return rl_fail(RL_EINVAL, "train: rm: the learner's model has no scalar head");
     int rc = rmdata_get(r, sp, m->cfg.vocab_size);
     if (rc < 0) return rc;
@@ -70,7 +83,7 @@ int rmdata_job_init(rmdata_job_t *j, rmdata_t *r, const gpt_t *m, const Rlhf__Tr
         return rl_fail(RL_ENOMEM, "train: rm: out of memory");
     }
     rm_split(d, sp->heldout_frac, sp->split_seed, held);
-    if (sp->rm_pairwise) {
+    if (pairwise) {
         for (int p = 0; p < d->n_pairs; p++)
             if (!held[d->pairs[p].group]) j->items[j->n_items++] = p;
     } else {
@@ -85,7 +98,7 @@ int rmdata_job_init(rmdata_job_t *j, rmdata_t *r, const gpt_t *m, const Rlhf__Tr
     j->opt = rmdata_opts(r, sp);
     /* what a shard needs to compute a slice: the data, its tokenizer and the loss */
     Rlhf__TrainSpec s = RLHF__TRAIN_SPEC__INIT;
-    s.kind = RLHF__TRAIN_KIND__TRAIN_KIND_RM;
+    s.kind = sp->kind;
     s.model_dir = sp->model_dir;
     s.pairs_file = sp->pairs_file;
     s.seq_len = sp->seq_len;
@@ -93,6 +106,9 @@ int rmdata_job_init(rmdata_job_t *j, rmdata_t *r, const gpt_t *m, const Rlhf__Tr
     s.rm_margin = sp->rm_margin;
     s.rm_center = sp->rm_center;
     s.micro = sp->micro;
+    s.dpo_beta = sp->dpo_beta;
+    s.dpo_loss = sp->dpo_loss;
+    s.dpo_label_smoothing = sp->dpo_label_smoothing;
     size_t len = rlhf__train_spec__get_packed_size(&s);
     if (!(j->spec = malloc(len ? len : 1))) return rl_fail(RL_ENOMEM, "train: rm: out of memory");
     rlhf__train_spec__pack(&s, j->spec);

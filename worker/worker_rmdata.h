@@ -11,6 +11,7 @@
 #ifndef RLHF_WORKER_RMDATA_H
 #define RLHF_WORKER_RMDATA_H
 
+#include "align/dpo.h"
 #include "align/rm.h"
 #include "nn/gpt.h"
 #include "rlhf.pb-c.h"
@@ -19,14 +20,18 @@
 typedef struct {
     char *key; /* pairs file, tokenizer directory and max_len it was loaded with */
     rm_data_t d;
-    int pad; /* the tokenizer's end-of-text id: micro-batch padding */
+    int pad;          /* the tokenizer's end-of-text id: micro-batch padding */
+    int is_dpo;       /* a DPO spec: loaded by rm_data_load_split, trained with dpo */
+    dpo_config_t dpo; /* its loss settings */
 } rmdata_t;
 
 /* Frees the data; safe on a zeroed struct, and again. */
 void rmdata_free(rmdata_t *r);
 
-/* Makes r hold the data of an RM spec (pairs_file, tokenizer of model_dir, seq_len) for a model
- * of `vocab` ids: nothing to do when it already does. Returns 0 or RL_E* (bad file: its line). */
+/* Makes r hold the data of an RM or DPO spec (DPO: every sequence must have its reference
+ * logprob, and the spec's loss settings go to r->dpo) (pairs_file, tokenizer of model_dir, seq_len)
+ * for a model of `vocab` ids: nothing to do when it already does. Returns 0 or RL_E* (bad file: its
+ * line). */
 int rmdata_get(rmdata_t *r, const Rlhf__TrainSpec *sp, int vocab);
 
 /* The loss settings of an RM spec, padding with r's end-of-text id. */

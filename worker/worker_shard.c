@@ -149,8 +149,10 @@ void shard_node_rows(const shard_node_t *nd, int *r0, int *r1) {
 }
 
 int shard_node_leaves(gtree_t *g, gpt_t *m, const shard_node_t *nd, const int *in, const int *tg,
-                      int T, const rm_data_t *rmd, const rm_opts_t *ro) {
-    if (rmd) return rm_grad_leaves(g, m, rmd, in, nd->B, nd->nb, nd->j0, nd->j1, ro);
+                      int T, const rmdata_t *rmd, const rm_opts_t *ro) {
+    if (rmd && rmd->is_dpo)
+        return dpo_grad_leaves(g, m, &rmd->d, in, nd->B, nd->nb, nd->j0, nd->j1, &rmd->dpo);
+    if (rmd) return rm_grad_leaves(g, m, &rmd->d, in, nd->B, nd->nb, nd->j0, nd->j1, ro);
     int r0, r1;
     shard_node_rows(nd, &r0, &r1);
     train_lm_blocks_t b = {m, in, tg, NULL, nd->B, T, nd->nb, r0, nd->norm, 0, 0};
@@ -600,7 +602,7 @@ static int node_run(shard_t *s, const shard_node_t *nd, const Rlhf__TrainSpec *r
         memcpy(in, wire_frame_data(&s->msg, 1), bytes);
         memcpy(tg, wire_frame_data(&s->msg, 2), bytes);
         gtree_reset(&s->tree, nd->nb, s->model->grads_mem, s->model->num_params);
-        rc = shard_node_leaves(&s->tree, s->model, nd, in, tg, T, rs ? &s->rmd.d : NULL, &o);
+        rc = shard_node_leaves(&s->tree, s->model, nd, in, tg, T, rs ? &s->rmd : NULL, &o);
     }
     if (rc == 0) rc = gtree_take(&s->tree, s->stat, &s->empty, &lo, &hi);
     free(in);

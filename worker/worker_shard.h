@@ -31,6 +31,7 @@
 #include "nn/gtree.h"
 #include "rlhf.pb-c.h"
 #include "worker.h"
+#include "worker_rmdata.h"
 
 /* Arenas travel in frames of at most 16 MiB (--shard-chunk-kib: less). */
 #define SHARD_CHUNK_FLOATS ((size_t)4 << 20)
@@ -83,10 +84,11 @@ void shard_node_rows(const shard_node_t *nd, int *r0, int *r1);
 
 /* Computes the blocks of node nd into g (gtree_leaves; g reset by the caller over nd->nb blocks
  * on m's gradient arena): an LM step's rows in/tg (rows, T) from the node's first row, or, with
- * rmd, an RM step's items `in` from the node's first item (loss settings ro). Returns 0 or RL_E*
- * (the model's, rm_grad's, a target outside the vocabulary). */
+ * rmd, an RM or DPO step's items `in` from the node's first item (RM loss settings ro; DPO's
+ * are rmd->dpo). Returns 0 or RL_E* (the model's, rm_grad's or dpo_grad's, a target outside the
+ * vocabulary). */
 int shard_node_leaves(gtree_t *g, gpt_t *m, const shard_node_t *nd, const int *in, const int *tg,
-                      int T, const rm_data_t *rmd, const rm_opts_t *ro);
+                      int T, const rmdata_t *rmd, const rm_opts_t *ro);
 
 /* ---- shard 0: the hub ---- */
 

@@ -135,10 +135,21 @@ static int rm_group_get(rm_data_t *d, const char *key, int *out) {
 }
 
 /* The index of the sequence ids[0..n) in group bg, adding it if new. */
-static int rm_seq_get(rm_data_t *d, rm_bgroup_t *bg, const int *ids, int n, int *out) {
+static int rm_seq_get(rm_data_t *d, rm_bgroup_t *bg, const int *ids, int n, int n_prompt,
+                      double ref, const char *where, int *out) {
     for (int i = 0; i < bg->n_seq; i++) {
-        const rm_seq_t *s = &d->seqs[bg->seq[i]];
-        if (s->len == n && memcmp(d->ids + s->off, ids, (size_t)n * sizeof(int)) == 0) {
+        rm_seq_t *s = &d->seqs[bg->seq[i]];
+        if (s->len == n && s->n_prompt == n_prompt &&
+            memcmp(d->ids + s->off, ids, (size_t)n * sizeof(int)) == 0) {
+            if (isnan(s->ref_logp) && !isnan(ref)) {
+                s->ref_logp = ref;
+                d->n_ref++;
+            } else if (!isnan(ref) && s->ref_logp != ref) {
+                return rl_fail(RL_EFORMAT,
+                               "%s: the reference logprob %.17g of a completion seen before "
+                               "with %.17g",
+                               where ? where : "reward data", ref, s->ref_logp);
+            }
             *out = bg->seq[i];
             return 0;
         }
@@ -155,7 +166,8 @@ static int rm_seq_get(rm_data_t *d, rm_bgroup_t *bg, const int *ids, int n, int 
         rm_grow((void **)&bg->seq, &bg->cap_seq, bg->n_seq + 1, sizeof(int)) < 0)
         return RL_ENOMEM;
     memcpy(d->ids + d->n_ids, ids, (size_t)n * sizeof(int));
-    d->seqs[d->n_seqs] = (rm_seq_t){d->n_ids, n};
+    d->seqs[d->n_seqs] = (rm_seq_t){d->n_ids, n, n_prompt, ref};
+    d->n_ref += !isnan(ref);
     d->n_ids += (size_t)n;
     bg->seq[bg->n_seq++] = d->n_seqs;
     *out = d->n_seqs++;
@@ -167,7 +179,8 @@ static int rm_seq_get(rm_data_t *d, rm_bgroup_t *bg, const int *ids, int n, int 
  * seen before must have had the same prompt text; `where` names the line in that error.
  */
 static int rm_add(rm_data_t *d, const char *key, const char *prompt, const char *where,
-                  const int *c, int nc, const int *r, int nr, float margin) {
+                  const int *c, int nc, const int *r, int nr, float margin, int npc, int npr,
+                  double refc, double refr) {
     if (nc < 1 || nr < 1 || !c || !r || !key)
         return rl_fail(RL_EINVAL, "reward data: empty sequence in a pair");
     if (d->groups && !d->build)
@@ -185,23 +198,24 @@ static int rm_add(rm_data_t *d, const char *key, const char *prompt, const char 
                            where, key);
         }
     }
-    if (nc == nr && memcmp(c, r, (size_t)nc * sizeof(int)) == 0) {
+    if (nc == nr && npc == npr && memcmp(c, r, (size_t)nc * sizeof(int)) == 0) {
         d->n_skipped++;
         return 0;
     }
-    if ((rc = rm_seq_get(d, bg, c, nc, &sw)) < 0 || (rc = rm_seq_get(d, bg, r, nr, &sl)) < 0)
+    if ((rc = rm_seq_get(d, bg, c, nc, npc, refc, where, &sw)) < 0 ||
+        (rc = rm_seq_get(d, bg, r, nr, npr, refr, where, &sl)) < 0)
         return rc;
     if (rm_grow((void **)&d->pairs, &d->cap_pairs, d->n_pairs + 1, sizeof *d->pairs) < 0 ||
         rm_grow((void **)&bg->pair, &bg->cap_pair, bg->n_pair + 1, sizeof(int)) < 0)
         return RL_ENOMEM;
-    d->pairs[d->n_pairs] = (rm_pair_t){sw, sl, margin, g, NAN};
+    d->pairs[d->n_pairs] = (rm_pair_t){sw, sl, margin, g, NAN, d->n_lines - 1};
     bg->pair[bg->n_pair++] = d->n_pairs++;
     return 0;
 }
 
 int rm_data_add(rm_data_t *d, const char *key, const int *chosen, int nc, const int *rejected,
                 int nr, float margin) {
-    return rm_add(d, key, NULL, NULL, chosen, nc, rejected, nr, margin);
+    return rm_add(d, key, NULL, NULL, chosen, nc, rejected, nr, margin, 0, 0, NAN, NAN);
 }
 
 int rm_data_finish(rm_data_t *d) {
@@ -235,7 +249,7 @@ int rm_data_finish(rm_data_t *d) {
         }
         for (int i = 0; i < bg->n_pair; i++) {
             rm_pair_t p = d->pairs[bg->pair[i]];
-            pairs[np++] = (rm_pair_t){newidx[p.w], newidx[p.l], p.margin, ng, p.gold};
+            pairs[np++] = (rm_pair_t){newidx[p.w], newidx[p.l], p.margin, ng, p.gold, p.src};
         }
         ng++;
     }
@@ -246,6 +260,8 @@ int rm_data_finish(rm_data_t *d) {
     d->pairs = pairs;
     d->cap_seqs = d->n_seqs = ns;
     d->cap_pairs = d->n_pairs = np;
+    d->n_ref = 0; /* of the sequences kept */
+    for (int i = 0; i < ns; i++) d->n_ref += !isnan(seqs[i].ref_logp);
     rm_build_free(d); /* walks the build state of all d->n_groups groups made */
     d->n_groups = ng;
     return 0;
@@ -304,11 +320,56 @@ int rm_encode(tok_t *tok, const char *prompt, const char *completion, int max_le
     return 0;
 }
 
+int rm_encode_split(tok_t *tok, const char *prompt, const char *completion, int max_len, int **ids,
+                    int *n, int *n_prompt, int *truncated) {
+    *ids = NULL;
+    *n = *n_prompt = 0;
+    int eot = tok_eot(tok);
+    if (eot < 0) return rl_fail(RL_EINVAL, "the tokenizer has no <|endoftext|> token");
+    if (max_len < 2) return rl_fail(RL_EINVAL, "rm_encode_split: max_len %d", max_len);
+    int *p = NULL, *c = NULL;
+    size_t np = 0, nc = 0;
+    int rc = tok_encode(tok, prompt, strlen(prompt), 0, &p, &np);
+    if (rc == 0) rc = tok_encode(tok, completion, strlen(completion), 0, &c, &nc);
+    if (rc == 0 && np == 0) rc = rl_fail(RL_EINVAL, "an empty prompt");
+    size_t m = np + nc + 1, keep_p = np, keep_c = nc + 1;
+    if (rc == 0 && m > (size_t)max_len) { /* the prompt's start goes first, then the end */
+        keep_p = np - (m - (size_t)max_len < np - 1 ? m - (size_t)max_len : np - 1);
+        if (keep_p + keep_c > (size_t)max_len) keep_c = (size_t)max_len - keep_p;
+    }
+    int *w = rc == 0 ? malloc((keep_p + keep_c) * sizeof(int)) : NULL;
+    if (rc == 0 && !w) rc = rl_fail(RL_ENOMEM, "encoding");
+    if (rc == 0) {
+        memcpy(w, p + (np - keep_p), keep_p * sizeof(int));
+        size_t k = keep_c < nc ? keep_c : nc;
+        memcpy(w + keep_p, c, k * sizeof(int));
+        if (keep_c == nc + 1) w[keep_p + nc] = eot;
+        *ids = w;
+        *n = (int)(keep_p + keep_c);
+        *n_prompt = (int)keep_p;
+        if (truncated) *truncated = m > (size_t)max_len;
+    }
+    free(p);
+    free(c);
+    return rc;
+}
+
 typedef struct {
     rm_data_t *d;
     tok_t *tok;
     int max_len;
 } rm_load_ctx_t;
+
+/* The optional number `name` of a line into *out (NaN when absent or null). */
+static int rm_opt_num(json_t *obj, const char *name, const char *where, double *out) {
+    *out = NAN;
+    json_t *j = json_object_get(obj, name);
+    if (!j || json_is_null(j)) return 0;
+    int rc = jsonl_get_num(obj, name, where, out);
+    if (rc == 0 && !isfinite(*out))
+        rc = rl_fail(RL_EFORMAT, "%s: %s: not a finite number", where, name);
+    return rc;
+}
 
 static int rm_load_line(void *vctx, json_t *obj, const char *where) {
     rm_load_ctx_t *x = vctx;
@@ -336,11 +397,24 @@ static int rm_load_line(void *vctx, json_t *obj, const char *where) {
             return rl_fail(RL_EFORMAT, "%s: prompt_id: expected a string or an integer", where);
         check = prompt;
     }
-    int *a = NULL, *b = NULL, na, nb, ta = 0, tb = 0;
-    rc = rm_encode(x->tok, prompt, chosen, x->max_len, &a, &na, &ta);
-    if (rc == 0) rc = rm_encode(x->tok, prompt, rejected, x->max_len, &b, &nb, &tb);
+    int *a = NULL, *b = NULL, na, nb, ta = 0, tb = 0, npa = 0, npb = 0;
+    double refc = NAN, refr = NAN;
+    if (x->d->split) {
+        if ((rc = rm_opt_num(obj, "ref_chosen_logps", where, &refc)) < 0 ||
+            (rc = rm_opt_num(obj, "ref_rejected_logps", where, &refr)) < 0)
+            return rc;
+        if (isnan(refc) != isnan(refr))
+            return rl_fail(RL_EFORMAT, "%s: ref_chosen_logps and ref_rejected_logps go together",
+                           where);
+        rc = rm_encode_split(x->tok, prompt, chosen, x->max_len, &a, &na, &npa, &ta);
+        if (rc == 0) rc = rm_encode_split(x->tok, prompt, rejected, x->max_len, &b, &nb, &npb, &tb);
+    } else {
+        rc = rm_encode(x->tok, prompt, chosen, x->max_len, &a, &na, &ta);
+        if (rc == 0) rc = rm_encode(x->tok, prompt, rejected, x->max_len, &b, &nb, &tb);
+    }
     int before = x->d->n_pairs;
-    if (rc == 0) rc = rm_add(x->d, key, check, where, a, na, b, nb, (float)margin);
+    if (rc == 0)
+        rc = rm_add(x->d, key, check, where, a, na, b, nb, (float)margin, npa, npb, refc, refr);
     if (rc == 0 && x->d->n_pairs > before) /* not skipped: its gold preference */
         x->d->pairs[before].gold =
             (float)(task_gold_text(prompt, chosen) - task_gold_text(prompt, rejected));
@@ -351,8 +425,9 @@ static int rm_load_line(void *vctx, json_t *obj, const char *where) {
     return rc;
 }
 
-int rm_data_load(const char *path, tok_t *tok, int max_len, rm_data_t *d) {
+static int rm_data_read(const char *path, tok_t *tok, int max_len, int split, rm_data_t *d) {
     memset(d, 0, sizeof *d);
+    d->split = split;
     rm_load_ctx_t x = {d, tok, max_len};
     long n = jsonl_read(path, rm_load_line, &x);
     int rc = n < 0 ? (int)n : rm_data_finish(d);
@@ -361,6 +436,14 @@ int rm_data_load(const char *path, tok_t *tok, int max_len, rm_data_t *d) {
                      path, d->n_lines, d->n_skipped);
     if (rc < 0) rm_data_free(d);
     return rc;
+}
+
+int rm_data_load(const char *path, tok_t *tok, int max_len, rm_data_t *d) {
+    return rm_data_read(path, tok, max_len, 0, d);
+}
+
+int rm_data_load_split(const char *path, tok_t *tok, int max_len, rm_data_t *d) {
+    return rm_data_read(path, tok, max_len, 1, d);
 }
 
 int rm_split(const rm_data_t *d, double frac, uint64_t seed, unsigned char *held) {

@@ -39,6 +39,12 @@
 typedef struct {
     size_t off;
     int len;
+    /* rm_data_load_split: the ids before the completion (>= 1); 0 in other loads */
+    int n_prompt;
+    /* rm_data_load_split: the reference model's log-probability of the completion (the sum of
+     * its tokens' logprobs, each rounded to float), from the line's "ref_chosen_logps" /
+     * "ref_rejected_logps"; NaN when the line has none */
+    double ref_logp;
 } rm_seq_t;
 
 /* A preference: sequence w preferred to sequence l (global sequence indices, same group). */
@@ -49,6 +55,7 @@ typedef struct {
     /* the gold judge's score of w minus l's (task_gold_text: meaningful for the embedded task's
      * prompts only); NaN for pairs added without their texts (rm_data_add) */
     float gold;
+    long src; /* its line among the file's pairs (the rm_data_add call, from 0) */
 } rm_pair_t;
 
 /* The pairs of one prompt: sequences [seq0, seq0 + n_seq), pairs [pair0, pair0 + n_pair). */
@@ -69,6 +76,8 @@ typedef struct {
     long n_lines;     /* pairs read (lines, or rm_data_add calls) */
     long n_skipped;   /* pairs whose two sequences were identical: no preference to learn */
     long n_truncated; /* sequences longer than max_len, cut from the left */
+    int split;        /* loaded by rm_data_load_split: n_prompt and ref_logp are set */
+    long n_ref;       /* rm_data_load_split: sequences with a reference logprob */
     void *build;      /* construction state until rm_data_finish() */
 } rm_data_t;
 
@@ -116,6 +125,25 @@ int rm_join(const int *prompt, int n_prompt, const int *completion, int n_comple
  * prompt. An empty file (no pairs left) is RL_EFORMAT too. On failure *d is freed.
  */
 int rm_data_load(const char *path, tok_t *tok, int max_len, rm_data_t *d);
+
+/*
+ * The ids of prompt + completion + <|endoftext|> for a policy loss (DPO): prompt and completion
+ * are encoded on their own (so the completion's tokens are known) and joined. A sequence longer
+ * than max_len first loses prompt tokens from the left (one is always kept), then completion
+ * tokens from the right. *ids malloc'ed, *n its length, *n_prompt the ids before the
+ * completion, *truncated 1 if cut (may be NULL). Returns 0, RL_EINVAL (no <|endoftext|>,
+ * max_len < 2, an empty prompt) or RL_E* from the tokenizer.
+ */
+int rm_encode_split(tok_t *tok, const char *prompt, const char *completion, int max_len, int **ids,
+                    int *n, int *n_prompt, int *truncated);
+
+/*
+ * rm_data_load() for a policy loss (DPO): sequences by rm_encode_split (n_prompt set), and the
+ * optional per-line numbers "ref_chosen_logps" and "ref_rejected_logps" (TRL's column names:
+ * the reference model's summed completion logprobs; both or neither) into ref_logp. Two lines
+ * that give one sequence different reference logprobs are an error naming the second line.
+ */
+int rm_data_load_split(const char *path, tok_t *tok, int max_len, rm_data_t *d);
 
 /*
  * The held-out split, by prompt: a group is held out when a uniform draw keyed by a hash of

@@ -80,6 +80,7 @@ int cmd_aggregate(int argc, char **argv);      /* cmd_data.c */
 int cmd_pairs(int argc, char **argv);          /* cmd_data.c */
 int cmd_import_pairs(int argc, char **argv);   /* cmd_data.c */
 int cmd_train_rm(int argc, char **argv);       /* cmd_rm.c */
+int cmd_dpo(int argc, char **argv);            /* cmd_dpo.c */
 int cmd_eval_rm(int argc, char **argv);        /* cmd_rm.c */
 int cmd_score(int argc, char **argv);          /* cmd_rm.c */
 int cmd_ppo_prep(int argc, char **argv);       /* cmd_ppo.c */
@@ -112,6 +113,7 @@ extern const cli_opts_t cli_annotate_opts;        /* cmd_data.c */
 extern const cli_opts_t cli_aggregate_opts;       /* cmd_data.c */
 extern const cli_opts_t cli_pairs_opts;           /* cmd_data.c */
 extern const cli_opts_t cli_train_rm_opts;        /* cmd_rm.c */
+extern const cli_opts_t cli_dpo_opts;             /* cmd_dpo.c */
 extern const cli_opts_t cli_eval_rm_opts;         /* cmd_rm.c */
 extern const cli_opts_t cli_eval_policy_opts;     /* cmd_eval.c */
 extern const cli_opts_t cli_report_opts;          /* cmd_report.c */

@@ -126,6 +126,79 @@ static void gold_agreement(const char *dir, FILE *md, double *consensus) {
 }
 
 /* Runs gnuplot on `script`; 0 on success. */
+/* A table cell: scale * the number `key` of o with fmt, or "-" without o. */
+static void fmt_cell(char *out, json_t *o, const char *key, double scale, const char *fmt) {
+    if (o)
+        snprintf(out, 32, fmt, scale * num(o, key));
+    else
+        snprintf(out, 32, "-");
+}
+
+/* The DPO section (dpo/dpo_stats.json, eval_dpo.json), PPO's figures (ev, may be NULL) next to
+ * DPO's; nothing when the run has no DPO stage. */
+static void report_dpo(FILE *md, const char *dir, json_t *ev) {
+    json_t *st = load(dir, "dpo/dpo_stats.json"), *ed = load(dir, "eval_dpo.json");
+    if (!st && !ed) return;
+    fprintf(md, "## DPO\n\n");
+    if (st) {
+        json_t *h = json_object_get(st, "heldout"), *t = json_object_get(st, "train");
+        const char *loss = json_string_value(json_object_get(st, "loss"));
+        const char *by = json_string_value(json_object_get(st, "reference_by"));
+        fprintf(md,
+                "Loss %s, beta %g, label smoothing %g; %d steps of %d pairs (lr %g); the reference "
+                "logprobs by %s (%.1f s), the steps on %d learner shard(s) (%.1f s; 0 shards: in "
+                "process).\n\n",
+                loss ? loss : "?", num(st, "beta"), num(st, "label_smoothing"),
+                (int)num(st, "steps"), (int)num(st, "batch"), num(st, "lr"), by ? by : "?",
+                num(st, "seconds_reference"), (int)num(st, "learner_shards"),
+                num(st, "seconds_train"));
+        fprintf(md,
+                "| pairs | count | loss | reward accuracy | rewards/chosen | rewards/rejected | "
+                "margin |\n| --- | --- | --- | --- | --- | --- | --- |\n");
+        json_t *sp[2] = {h, t};
+        for (int i = 0; i < 2; i++)
+            fprintf(md, "| %s | %d | %.4f | %.1f%% | %.3f | %.3f | %.3f |\n",
+                    i ? "training" : "held-out", (int)num(sp[i], "pairs"), num(sp[i], "loss"),
+                    100 * num(sp[i], "rewards/accuracies"), num(sp[i], "rewards/chosen"),
+                    num(sp[i], "rewards/rejected"), num(sp[i], "rewards/margins"));
+        fprintf(md,
+                "\n(DPO's implicit rewards: beta (log pi - log ref) of a completion; the "
+                "accuracy counts the pairs whose chosen completion has the higher reward.)\n\n");
+    }
+    if (ed) {
+        fprintf(md, "### PPO and DPO against the SFT policy (held-out prompts, gold judge)\n\n"
+                    "| figure | PPO | DPO | SFT |\n| --- | --- | --- | --- |\n");
+        char c[5][32];
+        fmt_cell(c[0], ev, "win_rate", 100, "%.1f%%");
+        fmt_cell(c[1], ev, "kl", 1, "%.3f");
+        fmt_cell(c[2], ev, "gold_policy", 1, "%.3f");
+        fmt_cell(c[3], ev, "length_policy", 1, "%.1f");
+        fprintf(md, "| gold win rate over SFT | %s | %.1f%% | |\n", c[0],
+                100 * num(ed, "win_rate"));
+        fprintf(md, "| KL to SFT (nats per completion) | %s | %.3f | 0 |\n", c[1], num(ed, "kl"));
+        fprintf(md, "| gold score | %s | %.3f | %.3f |\n", c[2], num(ed, "gold_policy"),
+                num(ed, "gold_baseline"));
+        json_t *cp = ev ? json_object_get(ev, "criteria_policy") : NULL,
+               *cd = json_object_get(ed, "criteria_policy"),
+               *cb = json_object_get(ed, "criteria_baseline");
+        for (int k = 0; k < TASK_NCRIT; k++) {
+            fmt_cell(c[4], cp, task_criteria_names[k], 1, "%.3f");
+            fprintf(md, "| %s | %s | %.3f | %.3f |\n", task_criteria_names[k], c[4],
+                    num(cd, task_criteria_names[k]), num(cb, task_criteria_names[k]));
+        }
+        fprintf(md, "| length (tokens) | %s | %.1f | %.1f |\n", c[3], num(ed, "length_policy"),
+                num(ed, "length_baseline"));
+        fprintf(md,
+                "\n**Gold win rate of DPO over SFT: %.1f%%** of %d held-out prompts (ties count "
+                "half; %.1f%% of single samples). KL(DPO || SFT) = %.3f nats per completion "
+                "(%.4f per token).\n\n",
+                100 * num(ed, "win_rate"), (int)num(ed, "prompts"),
+                100 * num(ed, "win_rate_samples"), num(ed, "kl"), num(ed, "kl_per_token"));
+    }
+    json_decref(st);
+    json_decref(ed);
+}
+
 static int gnuplot(const char *script) {
     pid_t p = fork();
     if (p == 0) {
@@ -363,6 +436,7 @@ int cmd_report(int argc, char **argv) {
     } else {
         fprintf(md, "_(no eval.json)_\n\n");
     }
+    report_dpo(md, dir, ev);
     json_decref(ag);
     json_decref(rm);
     json_decref(ev);

@@ -52,6 +52,7 @@ static const cli_cmd_t commands[] = {
     {"pairs", cmd_pairs, "stage 1: preference pairs from aggregated rankings"},
     {"import-pairs", cmd_import_pairs, "stage 1: existing pair datasets (JSONL, HH) in"},
     {"train-rm", cmd_train_rm, "stage 2: train a reward model on preference pairs"},
+    {"dpo", cmd_dpo, "direct preference optimisation of a policy on preference pairs"},
     {"eval-rm", cmd_eval_rm, "stage 2: accuracy and calibration of a reward model"},
     {"score", cmd_score, "stage 2: reward of a completion (and preference of two)"},
     {"ppo", cmd_ppo, "stage 3: PPO as a run of the local master (rollout, reward, learner)"},
