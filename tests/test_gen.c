@@ -8,7 +8,13 @@
 #include "base/rng.h"
 #include "test.h"
 
-static const gpt_config_t cfg = {2, 4, 32, 40, 24, 1e-5f, 0};
+static const gpt_config_t cfg = {.n_layer = 2,
+                                 .n_head = 4,
+                                 .n_embd = 32,
+                                 .vocab_size = 40,
+                                 .n_positions = 24,
+                                 .layer_norm_epsilon = 1e-5f,
+                                 .scalar_head = 0};
 
 static gpt_t *model(void) {
     gpt_t *m = gpt_new(&cfg);
@@ -264,7 +270,13 @@ static void test_bad_input(void) {
  * order; attention runs per sequence and head). A model large enough that the products and the
  * attention loop run on the thread team. */
 static void test_thread_count(void) {
-    const gpt_config_t big = {2, 4, 128, 512, 64, 1e-5f, 0};
+    const gpt_config_t big = {.n_layer = 2,
+                              .n_head = 4,
+                              .n_embd = 128,
+                              .vocab_size = 512,
+                              .n_positions = 64,
+                              .layer_norm_epsilon = 1e-5f,
+                              .scalar_head = 0};
     gpt_t *m = gpt_new(&big);
     gpt_init_weights(m, 8);
     for (size_t i = 0; i < m->num_params; i++) m->params_mem[i] += 0.05f * rng_normal(6, 1, i);

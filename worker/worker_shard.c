@@ -551,9 +551,13 @@ typedef struct {
 #define slog(s, ...) shard_log((s)->who, __VA_ARGS__)
 
 static int shard_model_fit(shard_t *s, const Rlhf__ShardStep *st) {
-    gpt_config_t c = {(int)st->n_layer,       (int)st->n_head,      (int)st->n_embd,
-                      (int)st->vocab_size,    (int)st->n_positions, st->layer_norm_epsilon,
-                      st->scalar_head ? 1 : 0};
+    gpt_config_t c = {.n_layer = (int)st->n_layer,
+                      .n_head = (int)st->n_head,
+                      .n_embd = (int)st->n_embd,
+                      .vocab_size = (int)st->vocab_size,
+                      .n_positions = (int)st->n_positions,
+                      .layer_norm_epsilon = st->layer_norm_epsilon,
+                      .scalar_head = st->scalar_head ? 1 : 0};
     if (s->model && !memcmp(&s->model->cfg, &c, sizeof c)) return 0;
     gpt_destroy(&s->model);
     s->crc = 0;

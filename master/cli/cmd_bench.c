@@ -83,7 +83,7 @@ static json_t *bench_backend_json(bench_backend_t *b, int steps, int tokens, dou
 
 static int bench_train(int argc, char **argv) {
     const char *cmd = "bench train";
-    bench_args_t a = {.cfg = {0, 0, 0, 0, 0, 1e-5f, 0}};
+    bench_args_t a = {.cfg = {.layer_norm_epsilon = 1e-5f}};
     int c = cli_opts_parse(&bench_train_opts, argc, argv, &a);
     if (c != CLI_OPTS_GO) return c;
     gpt_config_t cfg = a.cfg;

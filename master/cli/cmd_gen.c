@@ -282,7 +282,7 @@ static const cli_opts_t bench_gen_opts = CLI_OPTS(
 
 int cmd_bench_generate(int argc, char **argv) {
     const char *cmd = "bench generate";
-    bench_gen_args_t a = {.cfg = {0, 0, 0, 0, 0, 1e-5f, 0}};
+    bench_gen_args_t a = {.cfg = {.layer_norm_epsilon = 1e-5f}};
     int c = cli_opts_parse(&bench_gen_opts, argc, argv, &a);
     if (c != CLI_OPTS_GO) return c;
     gpt_config_t cfg = a.cfg;

@@ -61,7 +61,7 @@ const cli_opts_t cli_init_model_opts = CLI_OPTS(
 
 int cmd_init_model(int argc, char **argv) {
     const char *cmd = "init-model";
-    init_args_t a = {.cfg = {0, 0, 0, 0, 0, 1e-5f, 0}};
+    init_args_t a = {.cfg = {.layer_norm_epsilon = 1e-5f}};
     int prc = cli_opts_parse(&cli_init_model_opts, argc, argv, &a);
     if (prc != CLI_OPTS_GO) return prc;
     const char *out = a.out, *tokdir = a.tokdir;
