@@ -1,5 +1,8 @@
 /*
- * gpt.h - the GPT-2 transformer in fp32: parameters, forward, backward, scalar head.
+ * gpt.h - the decoder-only transformer in fp32: parameters, forward, backward, scalar head.
+ * Two families behind one handle: GPT-2 (cfg.arch = GPT_ARCH_GPT2, the default), and the Llama
+ * family (Llama, Qwen2, Qwen3: RMSNorm, rotary positions, SwiGLU, grouped-query attention),
+ * whose kernels are in llama.c (llama.h); gpt.c dispatches on cfg.arch.
  *
  * One model = four arenas (the llm.c pattern): parameters, gradients, activations (forward
  * activations plus backward scratch, sized for the largest B*T seen), and - owned by the
@@ -24,14 +27,50 @@
 
 #include "nn/adamw.h"
 
+typedef enum {
+    GPT_ARCH_GPT2 = 0, /* GPT2LMHeadModel */
+    GPT_ARCH_LLAMA,    /* LlamaForCausalLM */
+    GPT_ARCH_QWEN2,    /* Qwen2ForCausalLM: Llama with q/k/v biases */
+    GPT_ARCH_QWEN3,    /* Qwen3ForCausalLM: Llama with per-head q/k RMSNorm */
+} gpt_arch_t;
+
+/* Field order matters: configs are written positionally ({L, H, C, V, P, eps, head}) and the
+ * Llama fields after them default to 0 (GPT-2). Only int and float fields: no padding, so two
+ * configs compare with memcmp. */
 typedef struct {
     int n_layer, n_head, n_embd, vocab_size, n_positions;
-    float layer_norm_epsilon;
+    float layer_norm_epsilon; /* LayerNorm's eps; RMSNorm's (rms_norm_eps) in the Llama family */
     int scalar_head; /* 1: linear n_embd -> 1 head, tensors "score.weight" [1,C], "score.bias" [1]
                       */
+    /* The Llama family (arch != GPT_ARCH_GPT2); all 0 for GPT-2. n_positions is then
+     * max_position_embeddings: the longest sequence, and the rotary table's length. */
+    int arch;                /* gpt_arch_t */
+    int n_kv_head;           /* key/value heads (grouped-query attention); divides n_head */
+    int head_dim;            /* per head; 0: n_embd / n_head */
+    int n_inner;             /* the MLP's width (intermediate_size) */
+    int tie_word_embeddings; /* the LM head is embed_tokens (no lm_head.weight) */
+    int attn_bias;           /* q/k/v projections have biases (always for qwen2) */
+    int qk_norm;             /* RMSNorm per head on q and k before RoPE (qwen3) */
+    float rope_theta;        /* RoPE base */
+    int rope_llama3;         /* rope_scaling {"rope_type": "llama3", ...}: */
+    float rope_factor, rope_low_freq_factor, rope_high_freq_factor;
+    int rope_original_max_pos;      /* original_max_position_embeddings */
+    int bos_token_id, eos_token_id; /* config.json's, kept for saving; -1: none */
 } gpt_config_t;
 
-/* Parameter kinds, in arena order. */
+/*
+ * Parameter kinds, in arena order. The Llama family reuses the GPT-2 kinds it has, in Hugging
+ * Face Linear orientation [out, in] (each tensor is a contiguous block of its kind, so a model
+ * directory still maps onto the arena with no transposes):
+ *   GPT_WTE embed_tokens (V,C); GPT_LN1W input_layernorm; GPT_LN2W post_attention_layernorm;
+ *   GPT_LNFW norm;
+ *   GPT_QKVW (L, Dq+2Dkv, C): q_proj, k_proj, v_proj stacked by rows (Dq = n_head * head_dim,
+ *   Dkv = n_kv_head * head_dim), so one product gives q | k | v; GPT_QKVB their biases;
+ *   GPT_ATTPROJW o_proj (L, C, Dq); GPT_FCW (L, 2I, C): gate_proj, up_proj stacked;
+ *   GPT_FCPROJW down_proj (L, C, I); GPT_QNORMW, GPT_KNORMW (L, head_dim) q_norm, k_norm;
+ *   GPT_LMHEADW lm_head (V, C) when untied.
+ * Kinds a model does not have are empty.
+ */
 enum {
     GPT_WTE,      /* (V, C) */
     GPT_WPE,      /* (P, C) */
@@ -51,13 +90,16 @@ enum {
     GPT_LNFB,     /* (C) */
     GPT_HEADW,    /* (C) - "score.weight" [1, C]; size 0 without a scalar head */
     GPT_HEADB,    /* (1) - "score.bias" [1]; size 0 without a scalar head */
+    GPT_QNORMW,   /* (L, head_dim) - Llama family with qk_norm */
+    GPT_KNORMW,   /* (L, head_dim) - Llama family with qk_norm */
+    GPT_LMHEADW,  /* (V, C) - Llama family, untied */
     GPT_NKINDS
 };
 
 /* Pointers into an arena, one per kind (same order as the enum). */
 typedef struct {
     float *wte, *wpe, *ln1w, *ln1b, *qkvw, *qkvb, *attprojw, *attprojb, *ln2w, *ln2b, *fcw, *fcb,
-        *fcprojw, *fcprojb, *lnfw, *lnfb, *headw, *headb;
+        *fcprojw, *fcprojb, *lnfw, *lnfb, *headw, *headb, *qnormw, *knormw, *lmheadw;
 } gpt_params_t;
 
 /* One tensor in Hugging Face naming ("h.3.attn.c_attn.weight"), viewing the arenas. */
@@ -70,7 +112,10 @@ typedef struct {
     int decay;     /* 1 for 2-D weight matrices: AdamW weight decay applies */
 } gpt_tensor_t;
 
-/* Forward activations and backward scratch, all views into one arena. */
+/* Forward activations and backward scratch, all views into one arena. In the Llama family, ln*
+ * hold RMSNorm outputs (the *_mean are empty), qkv is (L,N,D3) with D3 = Dq + 2 Dkv, atty
+ * (L,N,Dq), att (L,B,H,T,T), fch (L,N,2I) gate | up, fch_gelu (L,N,I) silu(gate) * up, and the
+ * backward scratch dbuf, dbuf2 is max(C, Dq) wide, dqkv D3, dfch 2I, dfch_gelu I. */
 typedef struct {
     float *encoded;                   /* (B,T,C) */
     float *ln1, *ln1_mean, *ln1_rstd; /* (L,B,T,C), (L,B,T), (L,B,T) */
@@ -93,6 +138,10 @@ typedef struct {
     float *datt;                /* (B,H,T,T) */
     float *dfch_gelu;           /* (B,T,4C) gradient after GELU */
     float *dfch;                /* (B,T,4C) gradient before GELU */
+    /* Llama family only */
+    float *qkr;     /* (L,B,T,D3) q and k after the q/k norms and RoPE, then v: attention's input */
+    float *qk_rstd; /* (L,B,T,H+Hkv) the q/k norms' 1/rms per head */
+    float *dqkr;    /* (B,T,D3) */
 } gpt_acts_t;
 
 typedef struct {
@@ -116,9 +165,14 @@ typedef struct {
     size_t inputs_cap; /* ints allocated at `inputs` */
     int *head_idx;     /* positions of the last gpt_head_forward */
     int head_n;
+    float *rope_cos, *rope_sin; /* Llama family: (n_positions, head_dim/2), llama.h */
 } gpt_t;
 
-/* Checks a config (positive sizes, n_embd divisible by n_head, ...). Returns 0 or RL_EINVAL. */
+/* The width of one attention head: cfg->head_dim, or n_embd / n_head when that is 0. */
+int gpt_head_dim(const gpt_config_t *cfg);
+
+/* Checks a config (positive sizes, n_embd divisible by n_head, ...; for the Llama family also
+ * the kv heads, the MLP width and the rotary parameters). Returns 0 or RL_EINVAL. */
 int gpt_config_check(const gpt_config_t *cfg);
 
 /* Allocates a model with zeroed parameters (no gradients, no activations yet); NULL on failure
@@ -131,7 +185,8 @@ void gpt_destroy(gpt_t **mp);
 /*
  * GPT-2 initialisation from `seed` (counter-based, so independent of thread count): weights
  * N(0, 0.02), residual projections (attn.c_proj, mlp.c_proj) N(0, 0.02/sqrt(2L)), biases 0,
- * LayerNorm weights 1.
+ * LayerNorm weights 1. The Llama family as Hugging Face initialises it: every weight matrix
+ * N(0, 0.02) (initializer_range), biases 0, RMSNorm weights 1.
  */
 void gpt_init_weights(gpt_t *m, uint64_t seed);
 
@@ -148,7 +203,7 @@ const gpt_tensor_t *gpt_tensor_find(const gpt_t *m, const char *name);
  * 2-D weight matrices only. Returns the number of groups. */
 int gpt_adamw_groups(const gpt_t *m, adamw_group_t *out);
 
-#define GPT_FWD_LOGITS 1 /* also compute logits (B,T,V) through the tied LM head */
+#define GPT_FWD_LOGITS 1 /* also compute logits (B,T,V) through the LM head (tied: wte) */
 
 /*
  * Forward pass on inputs (B,T) token ids: the trunk always, the LM logits if flags has
