@@ -640,6 +640,16 @@ static void test_tensor_table_and_init(void) {
                     if (p[j] != (strstr(t->name, "norm") ? 1.0f : 0.0f))
                         TEST__FAIL("%s[%zu] = %g after init", t->name, j, p[j]);
         }
+        /* with a scalar head, the same arena with the head's tensors after it */
+        gpt_config_t nh = *c;
+        nh.scalar_head = 0;
+        gpt_t *plain = gpt_new(&nh);
+        for (int i = 0; i < plain->n_tensors; i++) {
+            const gpt_tensor_t *t = gpt_tensor_find(m, plain->tensors[i].name);
+            CHECK(t && t->offset == plain->tensors[i].offset && t->size == plain->tensors[i].size);
+        }
+        CHECK(gpt_tensor_find(m, "score.weight")->offset >= plain->num_params);
+        gpt_destroy(&plain);
         adamw_group_t g[GPT_NKINDS];
         int n = gpt_adamw_groups(m, g);
         size_t covered = 0;

@@ -69,7 +69,8 @@ typedef struct {
  *   GPT_ATTPROJW o_proj (L, C, Dq); GPT_FCW (L, 2I, C): gate_proj, up_proj stacked;
  *   GPT_FCPROJW down_proj (L, C, I); GPT_QNORMW, GPT_KNORMW (L, head_dim) q_norm, k_norm;
  *   GPT_LMHEADW lm_head (V, C) when untied.
- * Kinds a model does not have are empty.
+ * Kinds a model does not have are empty. The scalar head's kinds come last: a model with a head
+ * has the arena of the same model without one as its prefix (rm_load relies on it).
  */
 enum {
     GPT_WTE,      /* (V, C) */
@@ -88,18 +89,18 @@ enum {
     GPT_FCPROJB,  /* (L, C) */
     GPT_LNFW,     /* (C) */
     GPT_LNFB,     /* (C) */
-    GPT_HEADW,    /* (C) - "score.weight" [1, C]; size 0 without a scalar head */
-    GPT_HEADB,    /* (1) - "score.bias" [1]; size 0 without a scalar head */
     GPT_QNORMW,   /* (L, head_dim) - Llama family with qk_norm */
     GPT_KNORMW,   /* (L, head_dim) - Llama family with qk_norm */
     GPT_LMHEADW,  /* (V, C) - Llama family, untied */
+    GPT_HEADW,    /* (C) - "score.weight" [1, C]; size 0 without a scalar head */
+    GPT_HEADB,    /* (1) - "score.bias" [1]; size 0 without a scalar head */
     GPT_NKINDS
 };
 
 /* Pointers into an arena, one per kind (same order as the enum). */
 typedef struct {
     float *wte, *wpe, *ln1w, *ln1b, *qkvw, *qkvb, *attprojw, *attprojb, *ln2w, *ln2b, *fcw, *fcb,
-        *fcprojw, *fcprojb, *lnfw, *lnfb, *headw, *headb, *qnormw, *knormw, *lmheadw;
+        *fcprojw, *fcprojb, *lnfw, *lnfb, *qnormw, *knormw, *lmheadw, *headw, *headb;
 } gpt_params_t;
 
 /* One tensor in Hugging Face naming ("h.3.attn.c_attn.weight"), viewing the arenas. */
