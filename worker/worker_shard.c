@@ -384,6 +384,10 @@ int shard_hub_send_step(shard_hub_t *h, int i, const gpt_t *m, uint32_t crc, uin
     shard_peer_t *p = &h->peers[i];
     const gpt_config_t *c = &m->cfg;
     int r0, r1;
+    /* ShardStep carries GPT-2's config fields only: a shard would build another model */
+    if (c->arch != GPT_ARCH_GPT2)
+        return rl_fail(RL_EUNSUPPORTED, "learner shards: only GPT-2 models can be sharded (this "
+                                        "model is of the Llama family)");
     shard_node_rows(nd, &r0, &r1);
     int rows = r1 - r0;
     in += (size_t)r0 * (size_t)T;
