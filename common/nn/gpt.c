@@ -14,10 +14,6 @@
 #include "nn/llama.h"
 #include "nn/ops.h"
 
-int gpt_head_dim(const gpt_config_t *c) {
-    return c->head_dim > 0 ? c->head_dim : c->n_head > 0 ? c->n_embd / c->n_head : 0;
-}
-
 int gpt_config_check(const gpt_config_t *c) {
     if (c->arch != GPT_ARCH_GPT2) return llama__config_check(c);
     if (c->n_layer < 1 || c->n_head < 1 || c->n_embd < 1 || c->vocab_size < 1 || c->n_positions < 1)
@@ -358,7 +354,7 @@ int gpt_forward(gpt_t *m, const int *inputs, int B, int T, int flags) {
     m->T = T;
     memcpy(m->inputs, inputs, (size_t)B * T * sizeof(int));
     if (cfg->arch != GPT_ARCH_GPT2) {
-        llama__forward(m, flags);
+        llama__forward(m, (flags & GPT_FWD_LOGITS) != 0);
         m->have_logits = (flags & GPT_FWD_LOGITS) != 0;
         return 0;
     }

@@ -358,7 +358,7 @@ static void qk_rope_backward(const gpt_t *m, int l, float *dqkv, float *gq, floa
 
 /* ---- forward and backward --------------------------------------------------------------- */
 
-void llama__forward(gpt_t *m, int flags) {
+void llama__forward(gpt_t *m, int want_logits) {
     const gpt_config_t *cfg = &m->cfg;
     dims_t d = dims_of(cfg);
     int B = m->B, T = m->T, C = (int)d.C, I = (int)d.I, D3 = (int)d.D3, Dq = (int)d.Dq;
@@ -393,7 +393,7 @@ void llama__forward(gpt_t *m, int flags) {
         residual = res3;
     }
     ops_rmsnorm_forward(a->lnf, a->lnf_rstd, residual, p->lnfw, (int)N, C, eps);
-    if (flags & GPT_FWD_LOGITS)
+    if (want_logits)
         ops_lmhead_forward(a->logits, a->lnf, cfg->tie_word_embeddings ? p->wte : p->lmheadw,
                            (int)N, C, V);
 }

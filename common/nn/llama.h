@@ -17,7 +17,7 @@
 
 #include <stddef.h>
 
-#include "nn/gpt.h"
+#include "nn/gpt_types.h"
 
 /* gpt_config_check for the family. Returns 0 or RL_EINVAL. */
 int llama__config_check(const gpt_config_t *c);
@@ -35,8 +35,9 @@ int llama__rope_init(gpt_t *m);
 /* Floats of activations for (B,T), as a double (no overflow); with mem, points a's views there. */
 double llama__acts_floats(const gpt_config_t *c, size_t B, size_t T, gpt_acts_t *a, float *mem);
 
-/* The forward of gpt_forward after its checks: m->inputs, m->B, m->T and the arena are set. */
-void llama__forward(gpt_t *m, int flags);
+/* The forward of gpt_forward after its checks: m->inputs, m->B, m->T and the arena are set; the
+ * logits too when want_logits. */
+void llama__forward(gpt_t *m, int want_logits);
 
 /* The backward of the trunk from d(loss)/d(final norm output) in acts.dbuf (B*T, C). */
 void llama__backward(gpt_t *m);
