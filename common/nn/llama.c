@@ -157,7 +157,6 @@ int llama__tensor_table(gpt_t *m, const size_t *ko) {
     if (!cfg->tie_word_embeddings) add(m, 2, d.V, d.C, ko[GPT_LMHEADW], "lm_head.weight", 0);
     if (cfg->scalar_head) {
         add(m, 2, 1, d.C, ko[GPT_HEADW], "score.weight", 0);
-        m->tensors[m->n_tensors - 1].decay = 1;
         add(m, 1, 1, 0, ko[GPT_HEADB], "score.bias", 0);
     }
     return 0;
