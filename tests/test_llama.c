@@ -597,6 +597,7 @@ static void test_threads_same_bits(void) {
     size_t no = (size_t)TB * TT * c.vocab_size + 3;
     float *o[2], *g[2];
     int keep = ops_get_threads();
+    CHECK_OK(ops_set_gemm("exact")); /* the promise is the exact products' (not OpenBLAS's) */
     for (int r = 0; r < 2; r++) {
         o[r] = malloc(no * sizeof(float)), g[r] = malloc(m->num_params * sizeof(float));
         ops_set_threads(r + 1);
@@ -610,6 +611,7 @@ static void test_threads_same_bits(void) {
     CHECK_EQ(memcmp(m->acts.logits, o[0] + (size_t)TT * c.vocab_size,
                     (size_t)TT * c.vocab_size * sizeof(float)),
              0);
+    ops_set_gemm(NULL);
     for (int r = 0; r < 2; r++) free(o[r]), free(g[r]);
     free(in), free(tg);
     gpt_destroy(&m);
