@@ -384,6 +384,10 @@ int shard_hub_send_step(shard_hub_t *h, int i, const gpt_t *m, uint32_t crc, uin
     shard_peer_t *p = &h->peers[i];
     const gpt_config_t *c = &m->cfg;
     int r0, r1;
+    /* ShardStep carries GPT-2's config fields only: a shard would build another model */
+    if (c->arch != GPT_ARCH_GPT2)
+        return rl_fail(RL_EUNSUPPORTED, "learner shards: only GPT-2 models can be sharded (this "
+                                        "model is of the Llama family)");
     shard_node_rows(nd, &r0, &r1);
     int rows = r1 - r0;
     in += (size_t)r0 * (size_t)T;
@@ -551,9 +555,13 @@ typedef struct {
 #define slog(s, ...) shard_log((s)->who, __VA_ARGS__)
 
 static int shard_model_fit(shard_t *s, const Rlhf__ShardStep *st) {
-    gpt_config_t c = {(int)st->n_layer,       (int)st->n_head,      (int)st->n_embd,
-                      (int)st->vocab_size,    (int)st->n_positions, st->layer_norm_epsilon,
-                      st->scalar_head ? 1 : 0};
+    gpt_config_t c = {.n_layer = (int)st->n_layer,
+                      .n_head = (int)st->n_head,
+                      .n_embd = (int)st->n_embd,
+                      .vocab_size = (int)st->vocab_size,
+                      .n_positions = (int)st->n_positions,
+                      .layer_norm_epsilon = st->layer_norm_epsilon,
+                      .scalar_head = st->scalar_head ? 1 : 0};
     if (s->model && !memcmp(&s->model->cfg, &c, sizeof c)) return 0;
     gpt_destroy(&s->model);
     s->crc = 0;
