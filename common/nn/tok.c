@@ -880,7 +880,7 @@ static int step_compile(pstep_t *st, const char *pattern, int literal, const cha
                         const char *where) {
     int err;
     PCRE2_SIZE at;
-    uint32_t opt = PCRE2_UTF | PCRE2_UCP | (literal ? PCRE2_LITERAL : 0);
+    uint32_t opt = PCRE2_UTF | (literal ? PCRE2_LITERAL : PCRE2_UCP); /* LITERAL refuses UCP */
     st->re = pcre2_compile((PCRE2_SPTR)pattern, PCRE2_ZERO_TERMINATED, opt, &err, &at, NULL);
     if (!st->re) {
         PCRE2_UCHAR msg[256];
@@ -1478,20 +1478,11 @@ static int seg_push(segvec_t *v, size_t off, size_t len, int match) {
 static int split_behave(int behavior, seg_t *m, size_t n, segvec_t *out) {
     size_t k = 0; /* pieces kept, rewritten in place */
     int prev = 0, rc;
-    if (behavior == SPLIT_NEXT) { /* a match joins the piece after it: walk backwards */
-        for (size_t i = n; i-- > 0;) {
-            if (m[i].match && !prev && k) {
-                m[k - 1].len += m[k - 1].off - m[i].off;
-                m[k - 1].off = m[i].off;
-            } else {
-                m[k++] = m[i];
-            }
-            prev = m[i].match;
-        }
-        for (size_t i = 0; i < k / 2; i++) {
-            seg_t x = m[i];
-            m[i] = m[k - 1 - i];
-            m[k - 1 - i] = x;
+    if (behavior == SPLIT_NEXT) { /* a match joins the gap after it */
+        for (size_t i = 0; i < n; i++) {
+            m[k] = m[i];
+            if (m[i].match && i + 1 < n && !m[i + 1].match) m[k].len += m[++i].len;
+            k++;
         }
     } else {
         for (size_t i = 0; i < n; i++) {
