@@ -161,13 +161,13 @@ static int lex_string(const char *s, size_t n, size_t *i, int line, jtoks_t *tv)
 static int lex_tag(const char *s, size_t n, size_t *i, int *line, char close, jtoks_t *tv,
                    int *minus) {
     static const char *const ops2[] = {"==", "!=", "<=", ">=", "//", "**"};
-    int rc;
+    int rc, depth = 0; /* open brackets: "}}" inside {'a': {'b': 1}} does not close the tag */
     for (;;) {
         while (*i < n && is_ws(s[*i])) *line += s[(*i)++] == '\n';
         if (*i >= n) return rl_fail(RL_EFORMAT, "chat template line %d: unclosed tag", *line);
         char c = s[*i];
         *minus = c == '-' && *i + 2 < n && s[*i + 1] == close && s[*i + 2] == '}';
-        if (*minus || (c == close && *i + 1 < n && s[*i + 1] == '}')) {
+        if (depth == 0 && (*minus || (c == close && *i + 1 < n && s[*i + 1] == '}'))) {
             *i += *minus ? 3 : 2;
             return tok_push(tv, close == '}' ? T_VEND : T_BEND, *line, NULL, 0);
         }
@@ -185,6 +185,11 @@ static int lex_tag(const char *s, size_t n, size_t *i, int *line, char close, jt
             int real = *i + 1 < n && s[*i] == '.' && is_digit(s[*i + 1]);
             if (real)
                 for ((*i)++; *i < n && is_digit(s[*i]);) (*i)++;
+            size_t e = *i + 1 + (*i + 1 < n && (s[*i + 1] == '+' || s[*i + 1] == '-'));
+            if (*i < n && (s[*i] == 'e' || s[*i] == 'E') && e < n && is_digit(s[e])) { /* 1e-3 */
+                real = 1;
+                for (*i = e; *i < n && is_digit(s[*i]);) (*i)++;
+            }
             rc = tok_push(tv, real ? T_FLOAT : T_INT, *line, s + a, *i - a);
             if (rc == 0) {
                 tv->p[tv->n - 1].i = strtoll(tv->p[tv->n - 1].s, NULL, 10);
@@ -199,6 +204,8 @@ static int lex_tag(const char *s, size_t n, size_t *i, int *line, char close, jt
             if (k == 1 && !strchr("+-*/%~|.,:()[]{}<>=", c))
                 return rl_fail(RL_EFORMAT, "chat template line %d: unexpected character '%c'",
                                *line, c);
+            if (k == 1 && strchr("([{", c)) depth++;
+            if (k == 1 && strchr(")]}", c) && depth > 0) depth--;
             rc = tok_push(tv, T_OP, *line, s + *i, k);
             *i += k;
         }
@@ -1156,10 +1163,8 @@ static json_t *py_split(const json_t *v, const json_t *sep, long long maxsplit) 
         while (i < n && py_space((const unsigned char *)s + i, n - i, &k)) i += k;
         if (i >= n) break;
         size_t a = i;
-        if (maxsplit >= 0 && done >= maxsplit) { /* the rest, right-stripped */
-            json_t *tmp = json_stringn(s + a, n - a), *st = tmp ? py_strip(tmp, NULL, 0, 1) : NULL;
-            json_decref(tmp);
-            json_array_append_new(r, st);
+        if (maxsplit >= 0 && done >= maxsplit) { /* the rest, as it is */
+            json_array_append_new(r, json_stringn(s + a, n - a));
             return r;
         }
         while (i < n && !py_space((const unsigned char *)s + i, n - i, &k)) i++;
