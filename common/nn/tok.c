@@ -1,5 +1,5 @@
 /*
- * tok.c - GPT-2 byte-level BPE: loading, encoding, decoding and training (see tok.h).
+ * tok.c - byte-level BPE: loading, encoding, decoding and training (see tok.h).
  *
  * Tokens are held as raw byte strings. GPT-2's files spell every byte as one printable code
  * point (the byte<->unicode map below), so vocab.json keys and merges.txt lines are converted
@@ -25,6 +25,15 @@
  *      batch in position order, and the pairs the batch creates enter the heap only after it,
  *      which reproduces the reference pass by pass in O(n log n) instead of O(n^2). Pair ->
  *      (rank, merged id) is one hash lookup. Results for short pre-tokens are cached.
+ *
+ * A tokenizer.json directory (tok_load picks it when present) has the same token store and BPE,
+ * and a pipeline in Hugging Face's order instead of stages 1 and 2: its added tokens are cut out
+ * of the raw text (leftmost-longest, with lstrip/rstrip/single_word; the special ones only with
+ * allow_special), then each stretch between them is normalised (NFC or nothing), then split by
+ * its pre-tokenizer steps (Split, ByteLevel, Digits: patterns on PCRE2, one piece list rewritten
+ * per step, invalid UTF-8 isolated as above), then BPE'd piece by piece, a piece that is a whole
+ * vocabulary token taken as is where the model says ignore_merges. Added tokens' contents join
+ * the token store so that they decode to themselves.
  *
  * Training (tok_train) counts the pre-tokens of the corpus, then repeatedly merges the most
  * frequent adjacent pair (ties: the pair whose (left, right) byte strings sort first), updating

@@ -1,10 +1,13 @@
 /*
- * tok.h - GPT-2 byte-level BPE: the tokenizer of every model directory (vocab.json +
- * merges.txt in the Hugging Face layout), and a trainer that learns such a vocabulary.
+ * tok.h - byte-level BPE: the tokenizer of every model directory (GPT-2's vocab.json +
+ * merges.txt, or a Hugging Face tokenizer.json as Llama 3, Qwen2.5/3 and SmolLM2 ship it), its
+ * chat template, and a trainer that learns a GPT-2 style vocabulary.
  *
  * Encoding follows GPT-2 exactly: the text is split by GPT-2's pre-tokenisation pattern (PCRE2
  * with Unicode properties), each piece's bytes are mapped through GPT-2's byte<->unicode table,
- * and merges are applied by rank. Decoding returns the exact original bytes.
+ * and merges are applied by rank. A tokenizer.json directory runs its own pipeline instead
+ * (added tokens, normalizer, pre-tokenizer steps, then the same BPE), as Hugging Face's
+ * tokenizers do. Decoding returns the exact original bytes (after normalisation).
  */
 #ifndef RLHF_TOK_H
 #define RLHF_TOK_H
