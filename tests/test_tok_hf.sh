@@ -395,71 +395,78 @@ cat >"$T/subset.jinja" <<'EOF'
 {%- if add_generation_prompt %} GEN{% endif %}
 EOF
 
-# Renders a conversation with ours and with both references: @huggingface/jinja and Python's
-# Jinja2 as transformers runs it.
-render_check() { # render_check NAME MODEL_DIR CONFIG CONVERSATION GEN
-    local name=$1 m=$2 cfg=$3 conv=$4 gen=$5 gp=() which
-    [ "$gen" = 1 ] && gp=(--generation-prompt)
-    if ! node "$REF" render "$NM" "$cfg" "$conv" "$gen" "$WORK/ref.js.txt" 2>"$WORK/referr" ||
-        ! python3 "$HERE/chat_template_ref.py" "$cfg" "$conv" "$gen" "$WORK/ref.py.txt" 2>>"$WORK/referr"; then
-        bad "$name: the references render ($(tail -c 300 "$WORK/referr"))"
-        return
-    fi
-    if ! "$RLHF" tokenize --model "$m" --chat "$conv" "${gp[@]}" --render >"$WORK/ours.txt" 2>"$WORK/err"; then
-        bad "$name: rlhf tokenize --chat --render: $(cat "$WORK/err")"
-        return
-    fi
-    for which in js py; do
-        if ! cmp -s "$WORK/ref.$which.txt" "$WORK/ours.txt"; then
-            bad "$name: rendering differs from the $which reference"
-            diff <(od -c "$WORK/ref.$which.txt") <(od -c "$WORK/ours.txt") | head -20
-            return
-        fi
-    done
-    ok "$name: rendering identical to both references"
-}
-
-for fam in qwen3 llama3; do
-    M=$WORK/$fam
+# Every (template, conversation, generation prompt) is a job: a model directory (with the
+# template), the conversation, the flag and the name of its outputs. Both references render all
+# jobs in one process each (@huggingface/jinja, and Python's Jinja2 as transformers runs it), then
+# ours renders each and must match both byte for byte.
+R=$WORK/render
+mkdir -p "$R"
+: >"$R/jobs.tsv"
+: >"$R/dirs.tsv"
+add_jobs() { # add_jobs LABEL MODEL_DIR: every conversation, with and without the prompt
+    local label=$1 m=$2 conv c gen
     for conv in "$CV"/*.json; do
         c=$(basename "$conv" .json)
         for gen in 0 1; do
-            render_check "$fam own template, conversation $c, generation prompt $gen" \
-                "$M-small" "$M/tokenizer_config.json" "$conv" "$gen"
+            printf '%s\t%s\t%s\t%s\n' "$m/tokenizer_config.json" "$conv" "$gen" \
+                "$R/$label.$c.$gen" >>"$R/jobs.tsv"
+            printf '%s\t%s\t%s\t%s\n' "$label" "$m" "$conv" "$gen" >>"$R/dirs.tsv"
         done
-        # the ids of a rendered conversation: the rendered text encoded with special tokens
-        node "$REF" render "$NM" "$M/tokenizer_config.json" "$conv" 1 "$WORK/ref.txt"
-        "$RLHF" tokenize --model "$M" --chat "$conv" --generation-prompt >"$WORK/chat.ids"
-        check "$fam conversation $c: ids of the rendering identical" \
-            node "$REF" encode "$NM" "$fam" "$WORK/ref.txt" "$WORK/chat.ids"
     done
-done
-
-# the other templates, through a copy of the Llama 3 directory with the template swapped in
-M2=$WORK/swapped
-mkdir -p "$M2"
-cp "$WORK/llama3-small/tokenizer.json" "$M2/"
+}
+for fam in qwen3 llama3; do add_jobs "$fam" "$WORK/$fam-small"; done
+# the other templates, each in a copy of the small Llama 3 directory with the template swapped in
 for t in llama32 qwen25 smollm2 subset; do
+    mkdir -p "$WORK/tmpl-$t"
+    cp "$WORK/llama3-small/tokenizer.json" "$WORK/tmpl-$t/"
     node -e 'const fs = require("fs"); const c = JSON.parse(fs.readFileSync(process.argv[1]));
         c.chat_template = fs.readFileSync(process.argv[2], "utf8");
         fs.writeFileSync(process.argv[3], JSON.stringify(c, null, 2));' \
-        "$WORK/llama3/tokenizer_config.json" "$T/$t.jinja" "$M2/tokenizer_config.json"
+        "$WORK/llama3/tokenizer_config.json" "$T/$t.jinja" "$WORK/tmpl-$t/tokenizer_config.json"
+    add_jobs "$t" "$WORK/tmpl-$t"
+done
+sed 's/\t[^\t]*$/&.js/' "$R/jobs.tsv" >"$R/jobs.js.tsv"
+sed 's/\t[^\t]*$/&.py/' "$R/jobs.tsv" >"$R/jobs.py.tsv"
+node "$REF" render "$NM" "$R/jobs.js.tsv" || bad "@huggingface/jinja runs"
+python3 "$HERE/chat_template_ref.py" "$R/jobs.py.tsv" || bad "Python's Jinja2 runs"
+while IFS=$'\t' read -r label m conv gen; do
+    c=$(basename "$conv" .json)
+    out=$R/$label.$c.$gen
+    name="$label template, conversation $c, generation prompt $gen"
+    gp=()
+    [ "$gen" = 1 ] && gp=(--generation-prompt)
+    if ! "$RLHF" tokenize --model "$m" --chat "$conv" "${gp[@]}" --render >"$out.ours" 2>"$WORK/err"; then
+        bad "$name: rlhf tokenize --chat --render: $(cat "$WORK/err")"
+        continue
+    fi
+    same=1
+    for which in js py; do
+        if ! cmp -s "$out.$which" "$out.ours"; then
+            bad "$name: rendering differs from the $which reference"
+            diff <(od -c "$out.$which") <(od -c "$out.ours") | head -20
+            same=0
+            break
+        fi
+    done
+    [ "$same" = 1 ] && ok "$name: rendering identical to both references"
+done <"$R/dirs.tsv"
+
+# the ids of a rendered conversation: the reference's rendering encoded by transformers.js, and
+# ours from --chat (with the full vocabulary)
+for fam in qwen3 llama3; do
+    pairs=()
     for conv in "$CV"/*.json; do
         c=$(basename "$conv" .json)
-        for gen in 0 1; do
-            render_check "$t template, conversation $c, generation prompt $gen" "$M2" \
-                "$M2/tokenizer_config.json" "$conv" "$gen"
-        done
+        "$RLHF" tokenize --model "$WORK/$fam" --chat "$conv" --generation-prompt >"$R/$fam.$c.ids"
+        pairs+=("$R/$fam.$c.1.js" "$R/$fam.$c.ids")
     done
+    check "$fam: ids of the rendered conversations identical" \
+        node "$REF" encode "$NM" "$fam" "${pairs[@]}"
 done
 
 # a template's raise_exception reaches the user with its message
 printf '[{"role": "user", "content": "x"}, {"role": "assistant", "content": "", "tool_calls": [1, 2]}]' >"$WORK/two_calls.json"
-node -e 'const fs = require("fs"); const c = JSON.parse(fs.readFileSync(process.argv[1]));
-    c.chat_template = fs.readFileSync(process.argv[2], "utf8");
-    fs.writeFileSync(process.argv[3], JSON.stringify(c));' \
-    "$WORK/llama3/tokenizer_config.json" "$T/llama32.jinja" "$M2/tokenizer_config.json"
-if ! "$RLHF" tokenize --model "$M2" --chat "$WORK/two_calls.json" >/dev/null 2>"$WORK/err" &&
+if ! "$RLHF" tokenize --model "$WORK/tmpl-llama32" --chat "$WORK/two_calls.json" >/dev/null 2>"$WORK/err" &&
     grep -q "single tool-calls" "$WORK/err"; then
     ok "raise_exception is reported: $(cat "$WORK/err")"
 else
