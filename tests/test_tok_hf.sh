@@ -11,8 +11,9 @@
 # checks, against tests/hf_tok_ref.js:
 #   - a mixed corpus (scripts from Latin to CJK, Arabic, Devanagari, Cyrillic, Greek; code;
 #     emoji with ZWJ sequences; runs of spaces, tabs and newlines; numbers; contractions in any
-#     case; the families' special tokens written in the text; text to NFC-normalise) encodes
-#     to the ids of encode(text, {add_special_tokens: false});
+#     case; the families' special tokens written in the text; text to NFC-normalise; then
+#     random text drawn from atoms of all those kinds) encodes to the ids of
+#     encode(text, {add_special_tokens: false});
 #   - detokenize gives the bytes back (after NFC where the family normalises);
 #   - --no-special, --bos, and invalid UTF-8 (the JS tokenizer takes strings only, so invalid
 #     bytes are checked by the round trip alone);
@@ -148,6 +149,24 @@ for i in $(seq 1 40); do
         "$i" $((i % 7)) $((i * 13 % 100)) $((i * 250)) >>"$C"
     printf '这是第%d段。 Emoji %s ok.<|im_end|>\n' "$i" "🙂" >>"$C"
 done
+# random text from atoms of every kind above (a fixed seed: the same text every run), so that
+# the pre-tokenizers' patterns meet every neighbour of every class: letters of several scripts,
+# digits in runs, spaces, tabs, newlines and CR, apostrophes, punctuation, combining marks,
+# emoji and ZWJ, special tokens, NFC-sensitive sequences
+awk 'BEGIN {
+    n = split("a|b|Z|é|ß|ж|Щ|λ|Ω|ع|ب|न|म|ि|्|我|们|の|カ|한|국|1|2|3|9|0|٣|१| | | |  |\t|\n|\n|\r\n|" \
+              "\n\n\n|'"'"'|'"'"'s|'"'"'LL|'"'"'Re|'"'"'ve|'"'"'d|.|,|!|?|-|_|(|)|{|}|<|>|/|\\|\"|" \
+              ":|;|#|@|$|%|^|&|*|+|=|~|`|…|“|”|—|e\xcc\x81|\xcc\x88|😀|👍🏽|👨‍👩‍👧|‍|❤️|🇯🇵|" \
+              "<|im_start|>|<|im_end|>|<|endoftext|>|<|eot_id|>|<|begin_of_text|>|<think>|" \
+              "</think>|<|im_start|<|\xc2\xa0|\xe3\x80\x80|x|y|the|of|and|  |\t\t", a, "|")
+    srand(11)
+    for (line = 0; line < 400; line++) {
+        out = ""
+        for (k = int(rand() * 60) + 1; k > 0; k--) out = out a[int(rand() * n) + 1]
+        printf "%s", out
+        if (rand() < 0.8) printf "\n"
+    }
+}' >>"$C"
 printf '   trailing whitespace at the very end   \n\n  ' >>"$C"
 echo "  corpus: $(wc -c <"$C") bytes"
 
