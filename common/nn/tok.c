@@ -469,7 +469,7 @@ struct tok {
     size_t cap_pool_id;
     size_t n_model;   /* pool indices below this are the model's vocabulary */
     int32_t *id_pool; /* id -> pool index, -1 for unused ids */
-    int n_ids, eot, bos;
+    int n_ids, eot, bos, post_bos;
     int byte_id[256];
     pairmap_t pairs; /* (left id, right id) -> (rank, id of the merged token) */
     int32_t *lines;  /* rank -> line in merges.txt (index in tokenizer.json), for duplicates */
@@ -1150,6 +1150,40 @@ static int id_of_text(const tok_t *t, const char *s) {
     return k >= 0 && (size_t)k < t->n_model ? t->pool_id[k] : -1;
 }
 
+/*
+ * The token a post_processor puts before a single sequence (Llama 3's TemplateProcessing, alone
+ * or in a Sequence of processors) into t->post_bos; -1 if none. Encoding never applies the
+ * post-processor (add_special_tokens=False); this only tells tok_bos what BOS is.
+ */
+static int post_bos(tok_t *t, const json_t *pp, const char *path, const char *where) {
+    const char *type = json_str(pp, "type");
+    char sub[512];
+    if (!pp || json_is_null(pp) || !type) return 0;
+    if (!strcmp(type, "Sequence")) {
+        json_t *list = json_object_get(pp, "processors"), *v;
+        size_t i;
+        json_array_foreach(list, i, v) {
+            snprintf(sub, sizeof sub, "%s.processors[%zu]", where, i);
+            int rc = post_bos(t, v, path, sub);
+            if (rc < 0) return rc;
+        }
+        return 0;
+    }
+    if (strcmp(type, "TemplateProcessing")) return 0; /* ByteLevel, RobertaProcessing...: no BOS */
+    json_t *first =
+        json_object_get(json_array_get(json_object_get(pp, "single"), 0), "SpecialToken");
+    const char *name = json_str(first, "id");
+    if (!name) return 0;
+    json_t *ids =
+        json_object_get(json_object_get(json_object_get(pp, "special_tokens"), name), "ids");
+    json_t *id0 = json_array_get(ids, 0);
+    t->post_bos = json_is_integer(id0) ? (int)json_integer_value(id0) : id_of_text(t, name);
+    if (t->post_bos < 0 || t->post_bos >= t->n_ids || t->id_pool[t->post_bos] < 0)
+        return rl_fail(RL_EFORMAT, "%s: \"%s.single\": special token \"%.60s\" is not a token",
+                       path, where, name);
+    return 0;
+}
+
 static int load_tokjson(tok_t *t, const bytemap_t *m, const char *path) {
     char *text = NULL;
     size_t len = 0;
@@ -1183,6 +1217,8 @@ static int load_tokjson(tok_t *t, const bytemap_t *m, const char *path) {
                (rc = check_decoder(json_object_get(root, "decoder"), path, "decoder")) == 0) {
         json_t *pt = json_object_get(root, "pre_tokenizer");
         rc = pt && !json_is_null(pt) ? parse_pretok(t, pt, path, "pre_tokenizer") : 0;
+        if (rc == 0)
+            rc = post_bos(t, json_object_get(root, "post_processor"), path, "post_processor");
         if (t->eot < 0) t->eot = id_of_text(t, TOK_EOT);
     }
     json_decref(root);
@@ -1229,9 +1265,9 @@ static int load_tokconfig(tok_t *t, const char *path) {
                (rc = config_token(t, cfg, "eos_token", path, &t->eos_text, &eos)) == 0 &&
                (rc = add = json_flag(cfg, "add_bos_token", 2, path, "tokenizer_config")) >= 0) {
         rc = 0;
-        /* add_bos_token decides when given; Llama 3 leaves it out and adds BOS in its
-         * post-processor whenever bos_token is set */
-        t->bos = add == 0 ? -1 : bos;
+        /* add_bos_token decides when given (true: bos_token); without it, BOS is what the
+         * post-processor puts first, as Llama 3's does */
+        if (add != 2) t->bos = add ? bos : -1;
         if (eos >= 0) t->eot = eos;
         json_t *tmpl = json_object_get(cfg, "chat_template"), *v;
         size_t i;
@@ -1262,11 +1298,12 @@ tok_t *tok_load(const char *dir) {
         rl_fail(RL_ENOMEM, "tokenizer: out of memory");
         return NULL;
     }
-    t->bos = -1;
+    t->bos = t->post_bos = -1;
     snprintf(path, sizeof path, "%s/tokenizer.json", dir);
     if (access(path, F_OK) == 0) {
         t->kind = TOK_JSON;
         if (load_tokjson(t, &m, path) < 0) goto fail;
+        t->bos = t->post_bos;
         snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
         if (load_tokconfig(t, path) < 0) goto fail;
     } else {

@@ -23,8 +23,9 @@ typedef struct tok tok_t;
  *
  * tokenizer.json: a byte-level BPE model (vocab; merges as "a b" or [a, b]; ignore_merges),
  * normalizer null or NFC, pre_tokenizer Split / ByteLevel / Digits or a Sequence of them,
- * decoder ByteLevel, added_tokens (lstrip, rstrip, single_word, special). The post_processor is
- * not applied (encoding is Hugging Face's add_special_tokens=False; see tok_bos).
+ * decoder ByteLevel, added_tokens (lstrip, rstrip, single_word, special; all matched in the
+ * raw text, "normalized" ones too). The post_processor is not applied (encoding is Hugging
+ * Face's add_special_tokens=False); only the BOS it adds is read, for tok_bos.
  */
 tok_t *tok_load(const char *dir);
 
@@ -39,8 +40,10 @@ int tok_vocab_size(const tok_t *t);
 int tok_eot(const tok_t *t);
 
 /* The id to put before a sequence, or -1: tokenizer_config.json's bos_token when its
- * add_bos_token is true, or absent (Llama 3 adds BOS in its post-processor); -1 for GPT-2
- * directories (vocab.json + merges.txt), which add none. */
+ * add_bos_token is true, none when false; without add_bos_token, the token tokenizer.json's
+ * post-processor puts first (Llama 3's TemplateProcessing), so that BOS + encode is Hugging
+ * Face's encode(text, add_special_tokens=True) for these families. -1 for GPT-2 directories
+ * (vocab.json + merges.txt), which add none. */
 int tok_bos(const tok_t *t);
 
 /* tokenizer_config.json's chat_template (its "default" one if it lists several), or NULL. */
