@@ -100,6 +100,8 @@ static void test_strings_and_filters(void) {
     RENDERS("{{ {'a': [1, 'x', none, true], 'b': {'c': 'é'}} | tojson }}|{{ [1] | tojson(indent=2) "
             "}}",
             "{}", "{\"a\": [1, \"x\", null, true], \"b\": {\"c\": \"é\"}}|[\n  1\n]");
+    RENDERS("{{ s | tojson }}", "{\"s\": \"x\\u0001\\u001f\\u2028\\\"\\\\u\"}",
+            "\"x\\u0001\\u001f\xe2\x80\xa8\\\"\\\\u\"");
     RENDERS(
         "{{ [1, 2, 3, 4, 5][::-2] | join(',') }} {{ 'abcdef'[-3:] }} {{ [1, 2, 3][5:] | length }} "
         "{{ [1, 2, 3][1:] }} {{ 'abc'[::-1] }} {{ [1, 2, 3][-1] }} {{ [1, 2, 3].0 }}",

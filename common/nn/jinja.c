@@ -1355,6 +1355,11 @@ static json_t *tojson(const json_t *v, const json_t *indent) {
     size_t flags = JSON_ENCODE_ANY;
     if (indent && json_is_integer(indent)) flags |= JSON_INDENT(json_integer_value(indent) & 31);
     char *s = json_dumps(v ? v : json_null(), flags);
+    /* Python writes the \uXXXX of control characters in lower case, jansson in upper case */
+    for (char *p = s; p && *p; p++)
+        if (*p == '\\' && *++p == 'u')
+            for (int k = 1; k <= 4 && p[k]; k++)
+                if (p[k] >= 'A' && p[k] <= 'F') p[k] = (char)(p[k] + 32);
     json_t *r = s ? json_string(s) : NULL;
     free(s);
     return r;
