@@ -106,6 +106,14 @@ static void test_strings_and_filters(void) {
         "{{ [1, 2, 3, 4, 5][::-2] | join(',') }} {{ 'abcdef'[-3:] }} {{ [1, 2, 3][5:] | length }} "
         "{{ [1, 2, 3][1:] }} {{ 'abc'[::-1] }} {{ [1, 2, 3][-1] }} {{ [1, 2, 3].0 }}",
         "{}", "5,3,1 def 0 [2, 3] cba 3 1");
+    RENDERS("{{ ['a', 'code', 'b'] | reject('equalto', 'code') | join(', ') }}|"
+            "{{ [1, 2, 3, 4] | select('odd') | list }}|{{ [0, 1, '', 'x'] | select | list }}|"
+            "{{ m | map(attribute='role') | join(',') }}|{{ ['a', 'B'] | map('upper') | list }}|"
+            "{{ m | selectattr('role', 'equalto', 'user') | list | length }}|"
+            "{{ m | rejectattr('tool') | map(attribute='role') | list }}",
+            "{\"m\": [{\"role\": \"user\"}, {\"role\": \"tool\", \"tool\": 1}, {\"role\": "
+            "\"user\"}]}",
+            "a, b|[1, 3]|[1, 'x']|user,tool,user|['A', 'B']|2|['user', 'user']");
     RENDERS("{% for k, v in {'a': 1, 'b': 2}.items() %}{{ k }}{{ v }}{% endfor %}"
             "{{ {'a': 1}.get('b', 'd') }}{{ {'a': 1}.get('a') }}{{ {'a': 1}.keys() | list }}",
             "{}", "a1b2d1['a']");

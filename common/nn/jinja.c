@@ -1531,6 +1531,63 @@ static json_t *as_list(const json_t *v) {
     return r;
 }
 
+static int apply_test(const char *name, const json_t *v, const args_t *a, int line, int *res);
+static int apply_filter(const char *name, json_t *v, const args_t *a, int line, json_t **out);
+
+/*
+ * map(attribute=name) / map(filter), select / reject(test[, arg]) and selectattr / rejectattr(
+ * attr[, test[, arg]]) over the items of a sequence: a new list in *out.
+ */
+static int filter_items(const char *name, json_t *v, const args_t *a, int line, json_t **out) {
+    json_t *l = as_list(v), *r = json_array();
+    int rc = 0, attr = !strcmp(name, "selectattr") || !strcmp(name, "rejectattr");
+    int keep_if = name[0] == 's'; /* select, selectattr */
+    if (!l || !r) {
+        json_decref(l);
+        json_decref(r);
+        return l ? rl_fail(RL_ENOMEM, "chat template: out of memory")
+                 : run_fail(line, "%s expects a sequence, not %s", name, type_name(v));
+    }
+    json_t *key = attr                   ? arg(a, 0, NULL)
+                  : !strcmp(name, "map") ? (a->kw ? json_object_get(a->kw, "attribute") : NULL)
+                                         : NULL;
+    json_t *test = arg(a, attr ? 1 : 0, NULL);
+    if ((attr || (!strcmp(name, "map") && key)) && !json_is_string(key))
+        rc = run_fail(line, "%s: the attribute must be a string", name);
+    if (rc == 0 && test && !json_is_string(test))
+        rc = run_fail(line, "%s: the test or filter must be a name", name);
+    args_t rest = {0};
+    for (size_t i = attr ? 2 : 1; rc == 0 && i < a->n && rest.n < 7; i++)
+        rest.pos[rest.n++] = a->pos[i];
+    for (size_t i = 0; rc == 0 && i < json_array_size(l); i++) {
+        json_t *e = json_array_get(l, i), *x = key ? json_object_get(e, json_string_value(key)) : e;
+        if (!strcmp(name, "map")) {
+            json_t *m = NULL;
+            if (key)
+                m = x ? json_incref(x) : json_null();
+            else if (test)
+                rc = apply_filter(json_string_value(test), x, &rest, line, &m);
+            else
+                rc = run_fail(line, "map needs a filter or attribute=");
+            if (rc == 0) json_array_append_new(r, m ? m : json_null());
+            continue;
+        }
+        int res = 0;
+        if (test)
+            rc = apply_test(json_string_value(test), x, &rest, line, &res);
+        else
+            res = truthy(x);
+        if (rc == 0 && res == keep_if) json_array_append(r, e);
+    }
+    json_decref(l);
+    if (rc < 0) {
+        json_decref(r);
+        return rc;
+    }
+    *out = r;
+    return 0;
+}
+
 static int apply_filter(const char *name, json_t *v, const args_t *a, int line, json_t **out) {
     json_t *r = NULL, *a0 = arg(a, 0, NULL);
     if (!strcmp(name, "trim")) {
@@ -1604,6 +1661,9 @@ static int apply_filter(const char *name, json_t *v, const args_t *a, int line, 
             free(b.p);
         }
         json_decref(l);
+    } else if (!strcmp(name, "map") || !strcmp(name, "select") || !strcmp(name, "reject") ||
+               !strcmp(name, "selectattr") || !strcmp(name, "rejectattr")) {
+        return filter_items(name, v, a, line, out);
     } else if (!strcmp(name, "default") || !strcmp(name, "d")) {
         json_t *b1 = arg(a, 1, "boolean");
         int use = !v || (truthy(b1) && !truthy(v));

@@ -15,14 +15,15 @@
  * == != < > <= >=, + - * / // % ~, unary -, "a if c else b". Functions: namespace(), range(),
  * raise_exception(msg), strftime_now(fmt) (local time, as transformers does). Methods: on
  * strings strip/lstrip/rstrip/split/startswith/endswith/upper/lower/replace/title/capitalize/
- * count/find/join/format-less; on dicts get/items/keys/values. Filters: trim, length/count,
- * tojson (indent), upper, lower, title, capitalize, string, int, float, first, last, join,
- * default/d, list, reverse, replace, safe, items, abs, unique is not. Tests: defined,
- * undefined, none, string, number, integer, float, boolean, true, false, mapping, sequence,
- * iterable, odd, even, equalto/eq/==, in.
+ * count/find/join; on dicts get/items/keys/values. Filters: trim, length/count, tojson
+ * (indent), upper, lower, title, capitalize, string, int, float, abs, first, last, join,
+ * default/d, list, reverse, replace, safe, items, map (attribute= or a filter), select, reject,
+ * selectattr, rejectattr. Tests: defined, undefined, none, string, number, integer, float,
+ * boolean, true, false, mapping, sequence, iterable, odd, even, equalto/eq/sameas, in.
  *
- * Not supported (an error naming it): macros, call blocks, includes, extends, filters and tests
- * outside the list above.
+ * Not supported (an error naming it): macros, call blocks, includes, extends, the % operator on
+ * strings, filters and tests outside the lists above (an error only when the template reaches
+ * them: a template parses whatever its untaken branches use).
  */
 #ifndef RLHF_JINJA_H
 #define RLHF_JINJA_H
