@@ -9,6 +9,16 @@
 #include "nn/jinja.h"
 #include "test.h"
 
+#include <stdint.h>
+
+static uint64_t rng_state = 0x9E3779B97F4A7C15ULL;
+static uint32_t rnd(uint32_t n) {
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (uint32_t)(rng_state % n);
+}
+
 /* Renders tmpl with vars (JSON text) and compares with want. */
 static void renders(const char *tmpl, const char *vars, const char *want, int line) {
     json_error_t je;
@@ -184,11 +194,73 @@ static void test_errors(void) {
     json_decref(v);
 }
 
+/* Random edits of a template that uses most of the subset: every result must be a rendering or
+ * an error with a message, never a crash (the sanitizer build runs this too). */
+static void test_mutations_fail_cleanly(void) {
+    static const char base[] =
+        "{%- set ns = namespace(n=0, last=messages|length - 1) %}\n"
+        "{%- for m in messages[::-1] if m.role != 'tool' %}{% set ns.n = ns.n + loop.index0 %}"
+        "{%- if m.content is string and m.content.startswith('<think>') %}"
+        "{{ m.content.split('</think>')[-1].lstrip('\\n') }}{% elif m.role == 'user' %}"
+        "{{- '<|im_start|>' ~ m.role ~ '\\n' + m.content | trim + '<|im_end|>' -}}"
+        "{% else %}{{ m | tojson(indent=2) }}{% endif %}{% endfor %}\n"
+        "{# comment #}{{ ns.n if ns.n > 2 else {'a': [1, 2.5, none]}['a'][1:] }}"
+        "{% if add_generation_prompt %}{{ raise_exception('x') if false }}{% endif %}";
+    static const char *const bits[] = {
+        "{%", "%}", "{{", "}}", "{#",   "#}",     "-",       "(",     ")",    "[",        "]",
+        "{",  "}",  "'",  "\"", " if ", " else ", " endif ", " for ", " in ", " endfor ", ".",
+        "|",  ",",  ":",  "~",  "not ", " is ",   "=",       "\\",    "\n",   "loop",     "ns"};
+    json_error_t je;
+    json_t *v = json_loads("{\"add_generation_prompt\": true, \"messages\": [{\"role\": "
+                           "\"user\", \"content\": \" hi \"}, {\"role\": \"assistant\", "
+                           "\"content\": \"<think>\\nr\\n</think>\\n\\nok\"}, {\"role\": "
+                           "\"tool\", \"content\": {\"k\": 1}}]}",
+                           0, &je);
+    CHECK(v != NULL);
+    char *out = NULL;
+    size_t len = 0;
+    CHECK_OK(jinja_render(base, v, &out, &len));
+    free(out);
+    int ok = 0, failed = 0;
+    for (int iter = 0; iter < 3000 && v; iter++) {
+        char t[sizeof base + 256];
+        strcpy(t, base);
+        for (int e = (int)rnd(4) + 1; e > 0; e--) {
+            size_t n = strlen(t), at = rnd((uint32_t)n + 1);
+            if (rnd(2)) { /* delete a few characters */
+                size_t k = rnd(6) + 1;
+                if (at + k > n) k = n - at;
+                memmove(t + at, t + at + k, n - at - k + 1);
+            } else if (n + 16 < sizeof t) { /* insert a piece of syntax */
+                const char *b = bits[rnd(sizeof bits / sizeof *bits)];
+                size_t k = strlen(b);
+                memmove(t + at + k, t + at, n - at + 1);
+                memcpy(t + at, b, k);
+            }
+        }
+        out = NULL;
+        rl_err_clear();
+        int rc = jinja_render(t, v, &out, &len);
+        if (rc == 0) {
+            ok++;
+            if (!out || strlen(out) != len) TEST__FAIL("rendered without a proper text: %s", t);
+        } else {
+            failed++;
+            if (out || !*rl_errmsg()) TEST__FAIL("failed (%d) without a message: %s", rc, t);
+        }
+        free(out);
+    }
+    printf("  %d mutated templates rendered, %d refused\n", ok, failed);
+    CHECK(ok > 0 && failed > 0);
+    json_decref(v);
+}
+
 int main(void) {
     RUN(test_text_and_whitespace);
     RUN(test_python_values);
     RUN(test_strings_and_filters);
     RUN(test_tests_and_statements);
     RUN(test_errors);
+    RUN(test_mutations_fail_cleanly);
     return TEST_REPORT();
 }

@@ -1043,6 +1043,71 @@ static void test_tokjson_added_tokens_and_config(void) {
     tok_destroy(&t);
 }
 
+/* Random bytes (valid and invalid UTF-8, added tokens, whitespace runs, digits) round-trip
+ * through a tokenizer.json pipeline of Llama 3's shape: Split by its pattern, ByteLevel, Digits,
+ * added tokens, some merges. */
+static void test_tokjson_random_round_trip(void) {
+    static const char *const atoms[] = {"a",
+                                        "b",
+                                        "ab",
+                                        " ",
+                                        "  ",
+                                        "\t",
+                                        "\n",
+                                        "\r\n",
+                                        "'s",
+                                        "'LL",
+                                        "1",
+                                        "23",
+                                        "4567",
+                                        ".",
+                                        "!",
+                                        "\xc3\xa9",
+                                        "\xe4\xb8\xad",
+                                        "\xf0\x9f\x98\x80",
+                                        "\xe2\x80\x8d",
+                                        "e\xcc\x81",
+                                        "<x>",
+                                        "<x",
+                                        "x>",
+                                        "<y>",
+                                        "\xff",
+                                        "\xc3",
+                                        "\xe2\x82",
+                                        "\x80",
+                                        "\x00"};
+    const char *extra[] = {"ab", " a", "  ", "12"};
+    write_tokjson(
+        extra, 4,
+        "\"pre_tokenizer\": {\"type\": \"Sequence\", \"pretokenizers\": [{\"type\": \"Split\", "
+        "\"pattern\": {\"Regex\": \"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\\\r\\\\n\\\\p{L}\\\\p{N}]?"
+        "\\\\p{L}+|\\\\p{N}{1,3}| ?[^\\\\s\\\\p{L}\\\\p{N}]+[\\\\r\\\\n]*|\\\\s*[\\\\r"
+        "\\\\n]+|\\\\s+(?!\\\\S)|\\\\s+\"}, \"behavior\": \"Isolated\", \"invert\": false}, "
+        "{\"type\": \"ByteLevel\", \"add_prefix_space\": false, \"use_regex\": false}, "
+        "{\"type\": \"Digits\", \"individual_digits\": false}]}, \"added_tokens\": [{\"id\": 400, "
+        "\"content\": \"<x>\", \"special\": true}, {\"id\": 401, \"content\": \"<y>\", "
+        "\"special\": false}]");
+    tok_t *t = load_tj();
+    if (!t) return;
+    char text[2048];
+    for (int iter = 0; iter < 2000; iter++) {
+        size_t n = 0;
+        for (int k = (int)rnd(40); k > 0; k--) {
+            const char *a = atoms[rnd(sizeof atoms / sizeof *atoms)];
+            size_t al = a[0] ? strlen(a) : 1; /* "\x00" is one NUL byte */
+            memcpy(text + n, a, al);
+            n += al;
+        }
+        for (int special = 0; special < 2; special++)
+            if (!round_trips(t, text, n, special)) {
+                TEST__FAIL("round trip failed (special %d) on %zu bytes", special, n);
+                iter = 2000;
+                break;
+            }
+    }
+    tok_destroy(&t);
+}
+
 /* tok_load must fail on tjdir with code and a message containing want. */
 static void tj_fails(int code, const char *want, int line) {
     tok_t *t = tok_load(tjdir);
@@ -1166,6 +1231,7 @@ int main(void) {
     RUN(test_tokjson_split_behaviors);
     RUN(test_tokjson_pretokenizers_and_nfc);
     RUN(test_tokjson_added_tokens_and_config);
+    RUN(test_tokjson_random_round_trip);
     RUN(test_tokjson_malformed);
     int rc = TEST_REPORT();
     char cmd[700];
