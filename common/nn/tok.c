@@ -483,9 +483,9 @@ struct tok {
     size_t n_added;
     unsigned char added_first[256]; /* bytes that start some added token */
     char *bos_text, *eos_text, *chat_template;
-    buf_t norm, work;    /* the normalised segment; the working buffer of the steps */
-    segvec_t segs, next; /* pieces before and after a step */
-    ivec_t *out;         /* the encode in progress */
+    buf_t norm, work;           /* the normalised segment; the working buffer of the steps */
+    segvec_t segs, next, marks; /* pieces before and after a step; a split's matches */
+    ivec_t *out;                /* the encode in progress */
     /* cache of pre-token -> ids */
     cache_slot_t *cache;
     size_t cache_used;
@@ -521,6 +521,7 @@ void tok_destroy(tok_t **tp) {
     free(t->work.p);
     free(t->segs.p);
     free(t->next.p);
+    free(t->marks.p);
     free(t->cache);
     free(t->cache_keys.p);
     free(t->cache_ids.p);
@@ -1654,7 +1655,6 @@ static int encode_piece(void *ctx, const unsigned char *s, size_t n);
 /* Text between added tokens: normaliser, pre-tokeniser steps, then BPE of every piece. */
 static int encode_segment(tok_t *t, const unsigned char *s, size_t len) {
     int rc;
-    segvec_t scratch = {0};
     if (t->nfc) {
         if ((rc = normalize_nfc(t, s, len)) < 0) return rc;
     } else {
@@ -1663,8 +1663,7 @@ static int encode_segment(tok_t *t, const unsigned char *s, size_t len) {
     }
     t->segs.n = 0;
     if (t->work.n && (rc = seg_push(&t->segs, 0, t->work.n, 0)) < 0) return rc;
-    for (size_t i = 0; i < t->n_steps && rc == 0; i++) rc = run_step(t, &t->steps[i], &scratch);
-    free(scratch.p);
+    for (size_t i = 0; i < t->n_steps && rc == 0; i++) rc = run_step(t, &t->steps[i], &t->marks);
     for (size_t i = 0; i < t->segs.n && rc == 0; i++)
         rc = encode_piece(t, (const unsigned char *)t->work.p + t->segs.p[i].off, t->segs.p[i].len);
     return rc;
