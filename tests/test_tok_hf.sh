@@ -44,7 +44,10 @@ if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
     echo "FAIL node and npm are required (Debian packages nodejs, npm)"
     exit 1
 fi
-if ! python3 -c 'import jinja2' 2>/dev/null; then
+# Debian's python3-jinja2 is in the system's Python, which may not be the first python3
+PY=python3
+python3 -c 'import jinja2' 2>/dev/null || PY=/usr/bin/python3
+if ! "$PY" -c 'import jinja2' 2>/dev/null; then
     echo "FAIL Python's Jinja2 is required (Debian package python3-jinja2)"
     exit 1
 fi
@@ -454,7 +457,7 @@ done
 sed 's/\t[^\t]*$/&.js/' "$R/jobs.tsv" >"$R/jobs.js.tsv"
 sed 's/\t[^\t]*$/&.py/' "$R/jobs.tsv" >"$R/jobs.py.tsv"
 node "$REF" render "$NM" "$R/jobs.js.tsv" || bad "@huggingface/jinja runs"
-python3 "$HERE/chat_template_ref.py" "$R/jobs.py.tsv" || bad "Python's Jinja2 runs"
+"$PY" "$HERE/chat_template_ref.py" "$R/jobs.py.tsv" || bad "Python's Jinja2 runs"
 while IFS=$'\t' read -r label m conv gen; do
     c=$(basename "$conv" .json)
     out=$R/$label.$c.$gen
