@@ -428,7 +428,7 @@ static int pack_train(mrun_t *r, long i, int attach, uint8_t **buf, size_t *len)
     pp.checkpoint_every = (uint32_t)p->ckpt_every;
     pp.score_mean = p->s_mean;
     pp.score_std = p->s_std;
-    pp.last = i == p->iterations - 1;
+    pp.last = !attach && i == p->iterations - 1; /* an attach updates nothing, exports nothing */
     Rlhf__TrainSpec ts = RLHF__TRAIN_SPEC__INIT;
     ts.kind = RLHF__TRAIN_KIND__TRAIN_KIND_PPO;
     ts.ppo = &pp;

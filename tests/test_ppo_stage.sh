@@ -47,6 +47,15 @@ check "the final policy is exported" test -f learn/policy/model.safetensors -a -
 "$R" sample --model learn/policy --prompt "what is 3 plus" --max-new-tokens 4 --temperature 0 >/dev/null
 check "... and loads as a model" test $? -eq 0
 
+# --- one iteration: the loop's first job asks the learner where it stands (an attach), which
+# must not be taken for the last update (it exports nothing)
+"$R" ppo "${COMMON[@]}" --out one --iterations 1 >/dev/null 2>one.err
+check "a run of one iteration succeeds" test $? -eq 0
+check "... its policy exported" test -f one/policy/model.safetensors -a "$(wc -l <one/metrics.jsonl)" -eq 1
+# ... and a run resumed with one iteration left
+"$R" ppo "${COMMON[@]}" --out one --iterations 2 >/dev/null 2>one2.err
+check "a run resumed with one iteration left succeeds" test $? -eq 0 -a "$(wc -l <one/metrics.jsonl)" -eq 2
+
 # --- stopped and resumed = never stopped
 "$R" ppo "${COMMON[@]}" --set kl_coef=0.01 --out A --iterations 6 >/dev/null 2>&1
 "$R" ppo "${COMMON[@]}" --set kl_coef=0.01 --out B --iterations 3 >/dev/null 2>&1
