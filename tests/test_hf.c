@@ -609,6 +609,14 @@ static void test_copy_tokenizer(void) {
     CHECK_OK(fs_read_all(tfile(b, "merges.txt"), &data, &len));
     CHECK(len == 14 && memcmp(data, "#version: 0.2\n", 14) == 0);
     free(data);
+    /* tokenizer.json and its config go along (the Llama family's tokenizer) */
+    CHECK_OK(fs_write_atomic(tfile(a, "tokenizer.json"), "{\"model\": {}}", 13));
+    CHECK_OK(fs_write_atomic(tfile(a, "tokenizer_config.json"), "{}", 2));
+    CHECK_OK(hf_copy_tokenizer(a, b));
+    CHECK_OK(fs_read_all(tfile(b, "tokenizer.json"), &data, &len));
+    CHECK(len == 13 && memcmp(data, "{\"model\": {}}", 13) == 0);
+    free(data);
+    CHECK(access(tfile(b, "tokenizer_config.json"), F_OK) == 0);
     rm_model_dir(a);
     rm_model_dir(b);
 }

@@ -857,18 +857,22 @@ fail:
 }
 
 int hf_copy_tokenizer(const char *from, const char *to) {
-    static const char *const files[] = {"vocab.json", "merges.txt"};
+    /* GPT-2's pair first (both or neither), then the tokenizers library's file and its config */
+    static const char *const files[] = {"vocab.json", "merges.txt", "tokenizer.json",
+                                        "tokenizer_config.json"};
+    enum { N_FILES = sizeof files / sizeof files[0] };
     char src[HF_PATH_MAX], dst[HF_PATH_MAX];
-    int present = 0, rc;
-    for (int i = 0; i < 2; i++) {
+    int present[N_FILES], n = 0, rc;
+    for (int i = 0; i < N_FILES; i++) {
         if ((rc = hf_path(src, sizeof src, from, files[i])) < 0) return rc;
-        present += access(src, F_OK) == 0;
+        n += present[i] = access(src, F_OK) == 0;
     }
-    if (present == 0) return 0;
-    if (present == 1)
+    if (present[0] != present[1])
         return rl_fail(RL_EFORMAT, "%s: has only one of vocab.json and merges.txt", from);
+    if (n == 0) return 0;
     if ((rc = fs_mkdir_p(to)) < 0) return rc;
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < N_FILES; i++) {
+        if (!present[i]) continue;
         char *data = NULL;
         size_t len = 0;
         if ((rc = hf_path(src, sizeof src, from, files[i])) < 0 ||

@@ -80,10 +80,11 @@ typedef struct {
 int hf_save_opts(const gpt_t *m, const char *dir, const hf_save_opts_t *o);
 
 /*
- * Copies the tokenizer files (vocab.json, merges.txt) of model directory `from` into `to`
- * (created if needed), atomically each, so a model derived from another keeps its tokenizer.
- * A directory with neither file has no tokenizer: nothing is copied and 0 returned; one with
- * only one of the two is RL_EFORMAT. Returns 0 or RL_E*.
+ * Copies the tokenizer files of model directory `from` (GPT-2's vocab.json + merges.txt, and
+ * tokenizer.json + tokenizer_config.json, whichever it has) into `to` (created if needed),
+ * atomically each, so a model derived from another keeps its tokenizer. A directory with none of
+ * them has no tokenizer: nothing is copied and 0 returned; one with only one of vocab.json and
+ * merges.txt is RL_EFORMAT. Returns 0 or RL_E*.
  */
 int hf_copy_tokenizer(const char *from, const char *to);
 
