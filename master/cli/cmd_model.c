@@ -20,11 +20,13 @@
 
 /* ---- init-model ------------------------------------------------------------------------ */
 
-/* Checks that the tokenizer in `dir` loads and that its ids fit a vocabulary of `vocab`. */
-static int check_tokenizer(const char *dir, int vocab) {
+/* Checks that the tokenizer in `dir` loads and that its ids fit a vocabulary of `vocab`; *bos
+ * and *eos get its BOS and end-of-text ids (-1: none), for the config of the Llama family. */
+static int check_tokenizer(const char *dir, int vocab, int *bos, int *eos) {
     tok_t *tok = tok_load(dir);
     if (!tok) return rl_fail_ctx(RL_EIO, "tokenizer");
     int n = tok_vocab_size(tok);
+    *bos = tok_bos(tok), *eos = tok_eot(tok);
     tok_destroy(&tok);
     if (n > vocab)
         return rl_fail(RL_EINVAL, "%s: the tokenizer has %d ids but --vocab is %d", dir, n, vocab);
@@ -131,11 +133,16 @@ int cmd_init_model(int argc, char **argv) {
     } else {
         cfg.rope_theta = 0; /* GPT-2 has none */
     }
+    /* the tokenizer is checked before anything is written (its BOS and end-of-text ids go
+     * into a Llama-family config, as the hub's configs name them), and copied after the
+     * weights */
+    int bos = -1, eos = -1;
+    int rc = tokdir ? check_tokenizer(tokdir, cfg.vocab_size, &bos, &eos) : 0;
+    if (rc < 0) return cli_fail(cmd, "saving", rc);
+    if (arch != GPT_ARCH_GPT2) cfg.bos_token_id = bos, cfg.eos_token_id = eos;
     gpt_t *m = gpt_new(&cfg);
     if (!m) return cli_fail(cmd, "model", RL_EINVAL);
     gpt_init_weights(m, (uint64_t)seed);
-    /* the tokenizer is checked before anything is written, and copied after the weights */
-    int rc = tokdir ? check_tokenizer(tokdir, cfg.vocab_size) : 0;
     hf_save_opts_t so = {.dtype = (hf_dtype_t)dtype, .max_shard_bytes = (size_t)a.shard_bytes};
     if (rc == 0) rc = hf_save_opts(m, out, &so);
     if (rc == 0 && tokdir) rc = hf_copy_tokenizer(tokdir, out);
