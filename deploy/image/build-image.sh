@@ -164,7 +164,9 @@ if [ -n "${RLHF_ROOTFS:-}" ]; then
 fi
 
 # the image: FROM scratch, nothing pulled, no container run
+# (the id as the build itself wrote it: a lookup of the tag afterwards once came back empty)
 "$BUILDER" ${BARGS[@]+"${BARGS[@]}"} build --pull=never --layers=false --timestamp "$EPOCH" \
-    --build-arg VERSION="$VERSION" -f "$CTX/Containerfile" -t "$TAG" "$CTX" >&2
-ID=$("$BUILDER" ${BARGS[@]+"${BARGS[@]}"} images --no-trunc --format '{{.ID}}' "$TAG" | head -n 1)
+    --build-arg VERSION="$VERSION" --iidfile "$CTX/image-id" -f "$CTX/Containerfile" \
+    -t "$TAG" "$CTX" >&2
+ID=$(cat "$CTX/image-id")
 echo "$TAG $ID"
