@@ -572,9 +572,9 @@ static json_t *num_or_null(double x) {
 /*
  * Pairwise agreement so far: per annotator, with every other annotator's ranking of the prompts
  * it ranked (an_agree, an_strict: n_an each, may be NULL), and over all pairs of rankings of a
- * prompt. The rankings are bucketed by prompt first, so the cost is the records times the
- * overlap: comparing every record with every other was quadratic, 0.7 s on the master's loop
- * for 22,000 records. Returns 0 or RL_ENOMEM.
+ * prompt (agree, strict: may be NULL). The rankings are bucketed by prompt first, so the cost is
+ * the records times the overlap: comparing every record with every other was quadratic, 0.7 s on
+ * the master's loop for 22,000 records. Returns 0 or RL_ENOMEM.
  */
 static int agreement(const mann_run_t *r, long *an_agree, long *an_strict, long *agree,
                      long *strict) {
@@ -607,7 +607,7 @@ static int agreement(const mann_run_t *r, long *an_agree, long *an_strict, long 
                 int a = who[idx[x]];
                 if (an_agree && a >= 0)
                     rank_pair_agreement(ra, rb, u->k, &an_agree[a], &an_strict[a], &tied);
-                if (y > x) rank_pair_agreement(ra, rb, u->k, agree, strict, &tied);
+                if (agree && y > x) rank_pair_agreement(ra, rb, u->k, agree, strict, &tied);
             }
         }
     free(start), free(idx), free(who);
@@ -640,8 +640,8 @@ json_t *mann_admin_json(master_t *m, const char *run) {
     json_t *as = json_array();
     const annot_agg_t *g = r->loaded ? agg_current(r) : NULL;
     long *an_ag = calloc((size_t)(r->n_an ? r->n_an : 1), sizeof *an_ag),
-         *an_st = calloc((size_t)(r->n_an ? r->n_an : 1), sizeof *an_st), all_ag = 0, all_st = 0;
-    int have_ag = an_ag && an_st && r->loaded && agreement(r, an_ag, an_st, &all_ag, &all_st) == 0;
+         *an_st = calloc((size_t)(r->n_an ? r->n_an : 1), sizeof *an_st);
+    int have_ag = an_ag && an_st && r->loaded && agreement(r, an_ag, an_st, NULL, NULL) == 0;
     for (int a = 0; a < r->n_an; a++) {
         json_t *o = json_pack("{s:s}", "annotator", r->an[a].name);
         if (r->loaded) {

@@ -605,21 +605,18 @@ static int on_runs_api(master_t *m, h2o_req_t *req) {
         snprintf(base, sizeof base, "%s://%.*s", m->http->ssl ? "https" : "http",
                  (int)(req->authority.len < 500 ? req->authority.len : 500), req->authority.base);
         /* a run that has ended takes no one: a link to it would show nothing to do */
-        json_t *rs = mrun_status(m, ri);
-        const char *state = json_string_value(json_object_get(rs, "state"));
+        const char *ended = mrun_ended(m, ri);
         int st;
         char why[512];
         if (!an) {
             st = 400, out = json_pack("{s:s}", "error", "the body wants {\"name\": NAME}");
-        } else if (state && (!strcmp(state, "succeeded") || !strcmp(state, "failed") ||
-                             !strcmp(state, "cancelled"))) {
+        } else if (ended) {
             snprintf(why, sizeof why, "run %s has ended (%s): no annotator can join it", name,
-                     state);
+                     ended);
             st = 409, out = json_pack("{s:s}", "error", why);
         } else {
             st = mann_annotator_add(m, name, an, base, &out);
         }
-        json_decref(rs);
         json_decref(body);
         return reply_json(m, req, st, out);
     }

@@ -1453,6 +1453,11 @@ json_t *mrun_status(master_t *m, int r) {
     return json_pack("{s:o}", "runs", a);
 }
 
+const char *mrun_ended(const master_t *m, int ri) {
+    int st = m->runs[ri].state;
+    return terminal(st) ? state_names[st] : NULL;
+}
+
 json_t *mrun_metrics(master_t *m, int ri) {
     json_t *a = json_array();
     json_t *lines = run_at(m, ri)->metrics;

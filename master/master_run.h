@@ -59,6 +59,9 @@ int mrun_find(const master_t *m, const char *name);
 /* Cancels a run that has not finished. Returns 0, or -1 with why. */
 int mrun_cancel(master_t *m, int r, char *why, size_t n);
 
+/* The state run r ended in ("succeeded", "failed", "cancelled"), or NULL while it has not. */
+const char *mrun_ended(const master_t *m, int r);
+
 /* The status object of run r (rlhf status --json), or {"runs": [...]} with r < 0. */
 json_t *mrun_status(master_t *m, int r);
 
