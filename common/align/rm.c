@@ -284,7 +284,7 @@ int rm_encode(tok_t *tok, const char *prompt, const char *completion, int max_le
     memcpy(text, prompt, lp);
     memcpy(text + lp, completion, lc + 1);
     int *v = NULL;
-    int rc = tok_encode(tok, text, lp + lc, 0, &v, &m);
+    int rc = tok_encode(tok, text, lp + lc, tok_text_special(tok), &v, &m);
     free(text);
     if (rc < 0) return rc;
     int *w = realloc(v, (m + 1) * sizeof(int));

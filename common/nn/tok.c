@@ -546,6 +546,10 @@ int tok_bos(const tok_t *t) {
     return t->bos;
 }
 
+int tok_text_special(const tok_t *t) {
+    return t->kind == TOK_JSON;
+}
+
 const char *tok_chat_template(const tok_t *t) {
     return t->chat_template;
 }

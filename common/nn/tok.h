@@ -46,6 +46,15 @@ int tok_eot(const tok_t *t);
  * (vocab.json + merges.txt), which add none. */
 int tok_bos(const tok_t *t);
 
+/*
+ * Whether the pipeline's texts (prompts, completions, pairs) are encoded with special tokens
+ * matched (tok_encode's allow_special): 1 for a tokenizer.json directory, as Hugging Face's
+ * encode does and as a chat template's rendering needs (its <|im_start|> must be one id, in
+ * every stage that encodes the text again); 0 for GPT-2 directories, where "<|endoftext|>"
+ * written in a prompt stays text (GPT-2's own data has none).
+ */
+int tok_text_special(const tok_t *t);
+
 /* tokenizer_config.json's chat_template (its "default" one if it lists several), or NULL. */
 const char *tok_chat_template(const tok_t *t);
 
