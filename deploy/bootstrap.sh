@@ -100,7 +100,7 @@ test)
     echo "unit tests again on the $simd kernels and the OpenBLAS $core kernels (this machine's: ${OPENBLAS_CORETYPE:-its own})"
     (cd build && RLHF_SIMD=$simd OPENBLAS_CORETYPE=$core ctest --output-on-failure -j2 -L unit)
     build build-asan -DRLHF_SANITIZE=address,undefined
-    (cd build-asan && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j2 -LE 'lint|chaos|cluster|deploy')
+    (cd build-asan && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j2 -LE 'lint|chaos|cluster|deploy|demo')
     ;;
 *)
     echo "usage: deploy/bootstrap.sh demo|test|build" >&2

@@ -16,7 +16,7 @@ cd "$W"
 PY=python3
 python3 -c 'import jinja2' 2>/dev/null || PY=/usr/bin/python3
 
-"$R" task --out task --prompts 96 --heldout 8 --seed 3 >/dev/null
+"$R" task --out task --prompts 48 --heldout 8 --seed 3 >/dev/null
 "$R" tokenizer-train --corpus task/corpus.txt --vocab-size 400 --out bpe >/dev/null
 check "a 400-id vocabulary with <|endoftext|> last" \
     test "$(jq -r '.["<|endoftext|>"]' bpe/vocab.json)" -eq 399
@@ -60,7 +60,7 @@ for f in prompts prompts_heldout; do
 done
 check "conversations: the framing is gone" bash -c "! grep -q 'Human:' sft_chat.jsonl prompts_chat.jsonl"
 
-"$R" sft --model init --data sft_chat.jsonl --out sft --steps 150 --batch 16 --lr 4e-3 --seed 3 \
+"$R" sft --model init --data sft_chat.jsonl --out sft --steps 100 --batch 16 --lr 4e-3 --seed 3 \
     >sft.jsonl 2>err.txt
 check "sft on conversations" test -s sft/model.safetensors
 first=$(grep '"step":0,' sft.jsonl | jq .loss)
@@ -70,7 +70,7 @@ check "sft: the tokenizer.json travels with the model" test -s sft/tokenizer.jso
 
 "$R" generate --model sft --prompts prompts_chat.jsonl --out completions.jsonl --k 3 \
     --max-new 24 --workers 1 --seed 3 --run-dir gen >/dev/null 2>err.txt
-check "generate on messages" test "$(wc -l <completions.jsonl)" -eq 96
+check "generate on messages" test "$(wc -l <completions.jsonl)" -eq 48
 # the reference rendering: Python's Jinja2 as transformers runs the template
 head -3 prompts_chat.jsonl | while read -r rec; do
     id=$(jq -r .id <<<"$rec")
