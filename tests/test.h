@@ -129,6 +129,27 @@ static inline double test_logsoftmax(const float *x, int V, int tok, double *bou
     return lp;
 }
 
+/*
+ * Rounding x to nearest even on the grid of a format with p significand bits (implicit one
+ * included), normal exponents from emin up to emax, checked by its properties rather than by
+ * another rounding routine: v is on the grid, within half the grid's spacing at x, at an exact
+ * tie its last significand bit is 0; Inf exactly when |x| reaches the largest finite value plus
+ * half a spacing (a tie there goes to Inf: the largest finite value is odd); NaN stays NaN.
+ */
+static inline int test_rounded_ok(float x, float v, int p, int emin, int emax) {
+    if (isnan(x)) return isnan(v);
+    double ax = fabs((double)x), av = fabs((double)v);
+    double top = ldexp(2.0 - ldexp(1.0, -(p - 1)), emax), over = top + ldexp(1.0, emax - p);
+    if ((signbit(x) != 0) != (signbit(v) != 0)) return 0;
+    if (isinf(v)) return ax >= over;
+    if (ax >= over) return 0;
+    int e;
+    frexp(ax > 0 ? ax : 1, &e); /* ax in [2^(e-1), 2^e) */
+    int ex = e - 1 < emin ? emin : e - 1;
+    double spacing = ldexp(1.0, ex - (p - 1)), q = av / spacing, d = fabs(ax - av);
+    return q == floor(q) && d <= spacing / 2 && !(d == spacing / 2 && fmod(q, 2) != 0);
+}
+
 /* Element-wise |a[i] - b[i]| <= bound[i] (and neither is NaN) for i < n; a failure prints the
  * first few offending indices with both values and the bound. Returns the number of failures. */
 #define CHECK_WITHIN(a, b, bound, n)                                                               \

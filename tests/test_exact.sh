@@ -2,7 +2,8 @@
 # test_exact.sh - training and generation give the same bits on every machine: the same steps
 # run under each setting that changes how the arithmetic is executed, and every result file is
 # compared with cmp against the first run's:
-#   - 1 and 2 threads (rlhf train-lm, rlhf train-rm, rlhf sft, rlhf sample);
+#   - 1 and 2 threads (rlhf train-lm, rlhf train-rm, rlhf sft, rlhf sample; train-lm and sample
+#     for a Llama-family model too);
 #   - the AVX-512, AVX2 + FMA and portable C kernels (RLHF_SIMD; those this CPU runs);
 #   - OPENBLAS_CORETYPE unset, Haswell and SkylakeX (where the CPU has AVX-512): the project's
 #     products do not go through OpenBLAS, so its kernel choice changes nothing. This test sets
@@ -82,6 +83,31 @@ if simd_ok avx512f; then
     check "control: with RLHF_GEMM=openblas, Haswell and SkylakeX differ" \
         eval '! cmp -s blas-haswell/lm/model.safetensors blas-skx/lm/model.safetensors'
 fi
+
+# the Llama family (a Qwen3-style model: grouped-query attention, q/k norms, rotary positions,
+# SwiGLU, an untied head) through train-lm and sample, on a width where its kernels thread
+"$R" init-model --tokenizer tok --arch qwen3 --layers 2 --heads 4 --kv-heads 2 --head-dim 34 \
+    --dim 136 --inner 200 --vocab 260 --ctx 64 --out q3 >/dev/null
+llama() { # llama OUT [ENV...]
+    local out=$1
+    shift
+    mkdir -p "$out"
+    env "$@" "$R" train-lm --model q3 --tokens tokens.txt --out "$out/lm" --steps 4 --batch 8 \
+        --seq 48 --log-every 1 --threads "${TH:-2}" >"$out/lm.log" 2>&1 &&
+        env "$@" "$R" sample --model "$out/lm" --prompt "what is 3 plus" --max-new-tokens 12 \
+            --n 4 --temperature 1 --seed 5 --threads "${TH:-2}" >"$out/sample.txt" 2>"$out/sample.err"
+}
+llama_same() {
+    cmp -s "$1/lm/model.safetensors" "$2/lm/model.safetensors" && cmp -s "$1/sample.txt" "$2/sample.txt"
+}
+TH=2 llama q-base
+check "qwen3: train-lm and sample run" test -s q-base/lm/model.safetensors -a -s q-base/sample.txt
+TH=1 llama q-t1
+check "qwen3: 1 thread = 2 threads" llama_same q-base q-t1
+for k in avx2 c; do
+    TH=2 llama "q-$k" RLHF_SIMD=$k
+    check "qwen3: the $k kernel = the default kernel" llama_same q-base "q-$k"
+done
 
 # PPO through the local master: rollouts, scoring and the learner's update
 PPO=(--policy ../pol --rm ../val --prompts ../prompts.jsonl --batch 8 --samples 2 --max-new 8

@@ -1,14 +1,20 @@
 /*
  * test_gen.c - KV-cached batched generation against the full forward pass: cached logits equal
  * full-forward logits at every step, batches equal sequences alone, draws keyed by
- * (seed, sequence id, position), stop conditions, bad input.
+ * (seed, sequence id, position), stop conditions, bad input; the same for the Llama family.
  */
 #include "nn/gen.h"
 #include "nn/ops.h"
 #include "base/rng.h"
 #include "test.h"
 
-static const gpt_config_t cfg = {2, 4, 32, 40, 24, 1e-5f, 0};
+static const gpt_config_t cfg = {.n_layer = 2,
+                                 .n_head = 4,
+                                 .n_embd = 32,
+                                 .vocab_size = 40,
+                                 .n_positions = 24,
+                                 .layer_norm_epsilon = 1e-5f,
+                                 .scalar_head = 0};
 
 static gpt_t *model(void) {
     gpt_t *m = gpt_new(&cfg);
@@ -264,7 +270,13 @@ static void test_bad_input(void) {
  * order; attention runs per sequence and head). A model large enough that the products and the
  * attention loop run on the thread team. */
 static void test_thread_count(void) {
-    const gpt_config_t big = {2, 4, 128, 512, 64, 1e-5f, 0};
+    const gpt_config_t big = {.n_layer = 2,
+                              .n_head = 4,
+                              .n_embd = 128,
+                              .vocab_size = 512,
+                              .n_positions = 64,
+                              .layer_norm_epsilon = 1e-5f,
+                              .scalar_head = 0};
     gpt_t *m = gpt_new(&big);
     gpt_init_weights(m, 8);
     for (size_t i = 0; i < m->num_params; i++) m->params_mem[i] += 0.05f * rng_normal(6, 1, i);
@@ -329,6 +341,129 @@ static void test_packed_weights(void) {
     gpt_destroy(&m);
 }
 
+/* ---- the Llama family ------------------------------------------------------------------- */
+
+/* grouped-query, untied head, Llama 3 rope scaling; and q/k norms, q/k/v biases, a head_dim that
+ * is not hidden / heads, tied embeddings */
+static const gpt_config_t fam_cfg[2] = {
+    {.n_layer = 2,
+     .n_head = 4,
+     .n_embd = 32,
+     .vocab_size = 40,
+     .n_positions = 24,
+     .layer_norm_epsilon = 1e-5f,
+     .arch = GPT_ARCH_LLAMA,
+     .n_kv_head = 2,
+     .n_inner = 48,
+     .rope_theta = 500000.0f,
+     .rope_llama3 = 1,
+     .rope_factor = 8.0f,
+     .rope_low_freq_factor = 1.0f,
+     .rope_high_freq_factor = 4.0f,
+     .rope_original_max_pos = 8},
+    {.n_layer = 2,
+     .n_head = 4,
+     .n_embd = 32,
+     .vocab_size = 40,
+     .n_positions = 24,
+     .layer_norm_epsilon = 1e-6f,
+     .arch = GPT_ARCH_QWEN3,
+     .n_kv_head = 1,
+     .head_dim = 12,
+     .n_inner = 40,
+     .tie_word_embeddings = 1,
+     .attn_bias = 1,
+     .qk_norm = 1,
+     .rope_theta = 10000.0f},
+};
+
+static gpt_t *fam_model(int k) {
+    gpt_t *m = gpt_new(&fam_cfg[k]);
+    gpt_init_weights(m, 5 + k);
+    /* larger weights than the init: peaked, position-dependent predictions */
+    for (size_t i = 0; i < m->num_params; i++) m->params_mem[i] += 0.15f * rng_normal(6, 0, i);
+    return m;
+}
+
+/* Cached generation's logits at every step against the full forward of the whole sequence, as
+ * test_cached_equals_full_forward does for GPT-2 (and with its tolerance, for its reasons: the
+ * two compute attention's sums in different orders). A wrong rotary position, cache slot or
+ * key/value head changes logits by O(0.1). */
+static void test_llama_cached_equals_full_forward(void) {
+    for (int k = 0; k < 2; k++) {
+        gpt_t *m = fam_model(k);
+        int V = fam_cfg[k].vocab_size, P = fam_cfg[k].n_positions;
+        trace_t tr = {calloc((size_t)4 * P * V, sizeof(float)), 0};
+        gen_opts_t o = {.max_new_tokens = 10,
+                        .sampling = {1.0f, 0, 1.0f},
+                        .seed = 42,
+                        .eot = -1,
+                        .on_logits = on_logits,
+                        .on_logits_ctx = &tr};
+        gen_seq_t out[4];
+        CHECK_OK(gen_generate(m, prompts, lens, 4, NULL, &o, out));
+        CHECK_EQ(tr.seen, 40);
+        double worst = 0;
+        for (int s = 0; s < 4; s++) {
+            int full[64], n = lens[s] + out[s].n;
+            memcpy(full, prompts[s], lens[s] * sizeof(int));
+            memcpy(full + lens[s], out[s].tokens, out[s].n * sizeof(int));
+            CHECK_OK(gpt_forward(m, full, 1, n, GPT_FWD_LOGITS));
+            for (int i = 0; i < out[s].n; i++) {
+                int pos = lens[s] + i;
+                const float *ref = m->acts.logits + (size_t)(pos - 1) * V;
+                const float *got = tr.logits + ((size_t)s * P + pos) * V;
+                for (int v = 0; v < V; v++) worst = fmax(worst, fabs(ref[v] - got[v]));
+            }
+            gen_seq_free(&out[s]);
+        }
+        CHECK_NEAR(worst, 0, 1e-4);
+        free(tr.logits);
+        gpt_destroy(&m);
+    }
+}
+
+/* Bits: a sequence alone equals itself in a batch; one thread equals two. */
+static void test_llama_batch_and_threads(void) {
+    for (int k = 0; k < 2; k++) {
+        gpt_t *m = fam_model(k);
+        gen_opts_t o = {.max_new_tokens = 12, .sampling = {0.9f, 8, 0.95f}, .seed = 7, .eot = -1};
+        uint64_t ids[4] = {100, 101, 102, 103};
+        gen_seq_t batch[4], alone, one[4];
+        CHECK_OK(gen_generate(m, prompts, lens, 4, ids, &o, batch));
+        ops_set_threads(1);
+        CHECK_OK(gen_generate(m, prompts, lens, 4, ids, &o, one));
+        ops_set_threads(2);
+        for (int s = 0; s < 4; s++) {
+            CHECK_OK(gen_generate(m, &prompts[s], &lens[s], 1, &ids[s], &o, &alone));
+            if (!same_seq(&batch[s], &alone))
+                TEST__FAIL("model %d: sequence %d differs alone and in batch", k, s);
+            if (!same_seq(&batch[s], &one[s]))
+                TEST__FAIL("model %d: sequence %d differs on 1 and 2 threads", k, s);
+            gen_seq_free(&alone), gen_seq_free(&one[s]), gen_seq_free(&batch[s]);
+        }
+        gpt_destroy(&m);
+    }
+    /* large enough that the products and the attention loops run on the thread team */
+    gpt_config_t big = fam_cfg[1];
+    big.n_embd = 128, big.head_dim = 48, big.n_kv_head = 2, big.n_inner = 256;
+    big.vocab_size = 512, big.n_positions = 64;
+    gpt_t *m = gpt_new(&big);
+    gpt_init_weights(m, 8);
+    for (size_t i = 0; i < m->num_params; i++) m->params_mem[i] += 0.05f * rng_normal(6, 1, i);
+    gen_opts_t o = {.max_new_tokens = 10, .sampling = {1.0f, 0, 1.0f}, .seed = 5, .eot = -1};
+    gen_seq_t one[4], two[4];
+    ops_set_threads(1);
+    CHECK_OK(gen_generate(m, prompts, lens, 4, NULL, &o, one));
+    ops_set_threads(2);
+    CHECK_OK(gen_generate(m, prompts, lens, 4, NULL, &o, two));
+    for (int s = 0; s < 4; s++) {
+        if (!same_seq(&one[s], &two[s])) TEST__FAIL("sequence %d differs on 1 and 2 threads", s);
+        gen_seq_free(&one[s]), gen_seq_free(&two[s]);
+    }
+    gpt_destroy(&m);
+}
+
 int main(void) {
     ops_set_threads(2);
     RUN(test_cached_equals_full_forward);
@@ -340,5 +475,7 @@ int main(void) {
     RUN(test_bad_input);
     RUN(test_packed_weights);
     RUN(test_thread_count);
+    RUN(test_llama_cached_equals_full_forward);
+    RUN(test_llama_batch_and_threads);
     return TEST_REPORT();
 }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # test_gen_cli.sh - tokenizer and generation commands as a user runs them: tokenizer-train,
-# init-model --tokenizer, tokenize/detokenize, eval-lm --text, sample (plain and --json, stop
+# init-model --tokenizer (GPT-2 and Qwen3), tokenize/detokenize, eval-lm --text, sample (plain and --json, stop
 # strings, determinism, independence of --n), bench generate. Usage: test_gen_cli.sh PATH/TO/rlhf
 set -u
 RLHF=${1:?usage: test_gen_cli.sh PATH/TO/rlhf}
@@ -82,6 +82,23 @@ check "padded vocabulary: every id below the tokenizer's 400" \
 check "bad --top-p names the option" grep -q -- "--top-p" "$W/err"
 "$RLHF" sample --model "$W/nope" --prompt "x" 2>"$W/err" >/dev/null
 check "missing model fails clearly" grep -q "nope" "$W/err"
+
+# the Llama family through the same commands: a Qwen3-style model (GQA, q/k norms, q/k/v biases,
+# tied embeddings) saved in BF16 shards, trained, sampled
+"$RLHF" init-model --out "$W/q3" --arch qwen3 --layers 2 --heads 4 --kv-heads 2 --head-dim 12 \
+    --dim 32 --inner 64 --tie --vocab 400 --ctx 64 --seed 2 --tokenizer "$W/tok" --dtype bf16 \
+    --shard-bytes 40000 >/dev/null
+check "init-model --arch qwen3 writes shards and an index" test -s "$W/q3/model.safetensors.index.json" -a "$(jq '[.weight_map[]] | unique | length' "$W/q3/model.safetensors.index.json")" -ge 2
+check "its config.json is Qwen3's" jq -e '.model_type == "qwen3" and .architectures[0] == "Qwen3ForCausalLM" and .num_key_value_heads == 2 and .head_dim == 12 and .tie_word_embeddings == true and .torch_dtype == "bfloat16"' "$W/q3/config.json"
+"$RLHF" train-lm --model "$W/q3" --tokens "$W/ids1.txt" --out "$W/q3t" --steps 30 --batch 8 \
+    --seq 64 --lr 3e-3 --log-every 1 >"$W/q3.log"
+check "train-lm lowers a qwen3 model's loss" jq -se '.[-2].loss < .[0].loss - 0.3' "$W/q3.log"
+q1=$("$RLHF" sample --model "$W/q3t" --prompt "The model" --temperature 0 --max-new-tokens 12 --json)
+q2=$("$RLHF" sample --model "$W/q3t" --prompt "The model" --temperature 0 --max-new-tokens 12 --json)
+check "greedy sampling of a qwen3 model is deterministic" test -n "$q1" -a "$q1" = "$q2"
+"$RLHF" init-model --out "$W/bad" --layers 1 --heads 3 --kv-heads 2 --dim 12 --vocab 400 \
+    --ctx 8 --arch llama 2>"$W/err" >/dev/null
+check "kv heads that do not divide the heads are refused" grep -q "num_key_value_heads" "$W/err"
 
 b=$("$RLHF" bench generate --layers 2 --heads 2 --dim 64 --vocab 400 --batch 4 --prompt-len 8 --new 8)
 echo "  bench: $b"

@@ -422,7 +422,13 @@ static double pass_blas_one_thread(gpt_t *m, int threads, const int *in, const i
  * bound. Finite differences confirm a sample of the gradients.
  */
 static void test_threaded_sizes(void) {
-    gpt_config_t c = {1, 4, 128, 64, 128, 1e-5f, 1};
+    gpt_config_t c = {.n_layer = 1,
+                      .n_head = 4,
+                      .n_embd = 128,
+                      .vocab_size = 64,
+                      .n_positions = 128,
+                      .layer_norm_epsilon = 1e-5f,
+                      .scalar_head = 1};
     gpt_t *m = gpt_new(&c);
     gpt_init_weights(m, 3);
     for (size_t i = 0; i < m->num_params; i++) m->params_mem[i] += 0.05f * rng_normal(4, 1, i);
@@ -701,10 +707,22 @@ static void test_dlogits_protocol(void) {
 }
 
 static void test_config_limits(void) {
-    gpt_config_t c = {4, 1, 1 << 30, 1, 1, 1e-5f, 0};
+    gpt_config_t c = {.n_layer = 4,
+                      .n_head = 1,
+                      .n_embd = 1 << 30,
+                      .vocab_size = 1,
+                      .n_positions = 1,
+                      .layer_norm_epsilon = 1e-5f,
+                      .scalar_head = 0};
     CHECK(gpt_new(&c) == NULL);
     CHECK(strstr(rl_errmsg(), "too large") != NULL);
-    c = (gpt_config_t){1000, 1, 65536, 16, 8, 1e-5f, 0};
+    c = (gpt_config_t){.n_layer = 1000,
+                       .n_head = 1,
+                       .n_embd = 65536,
+                       .vocab_size = 16,
+                       .n_positions = 8,
+                       .layer_norm_epsilon = 1e-5f,
+                       .scalar_head = 0};
     CHECK(gpt_new(&c) == NULL); /* 5e13 parameters */
     CHECK(strstr(rl_errmsg(), "parameters") != NULL);
     gpt_t *m = gpt_new(&tiny);
@@ -746,7 +764,13 @@ static void test_tensor_table_and_init(void) {
 }
 
 static void test_flops(void) {
-    gpt_config_t c = {12, 12, 768, 50257, 1024, 1e-5f, 0};
+    gpt_config_t c = {.n_layer = 12,
+                      .n_head = 12,
+                      .n_embd = 768,
+                      .vocab_size = 50257,
+                      .n_positions = 1024,
+                      .layer_norm_epsilon = 1e-5f,
+                      .scalar_head = 0};
     double f = gpt_train_flops(&c, 4, 64);
     /* ~6 * params * tokens for GPT-2 small (124M params, 256 tokens), within a few percent */
     CHECK(f > 0.95 * 6 * 124e6 * 256 && f < 1.05 * 6 * 124e6 * 256);

@@ -1,7 +1,9 @@
 /*
  * test_hf.c - Hugging Face model directories: save/load round trips, a transformers-style file
  * (prefixed names, mask buffers, tied lm_head), F16/BF16 checkpoints, and the errors for a
- * missing, misshapen or unknown tensor and for bad config.json keys.
+ * missing, misshapen or unknown tensor and for bad config.json keys; the same for the Llama
+ * family (Llama, Qwen2, Qwen3), with BF16/F16 saving and sharded checkpoints (index and shards
+ * that disagree, a missing shard, a tensor in two shards).
  */
 #include <dirent.h>
 #include <jansson.h>
@@ -607,8 +609,487 @@ static void test_copy_tokenizer(void) {
     CHECK_OK(fs_read_all(tfile(b, "merges.txt"), &data, &len));
     CHECK(len == 14 && memcmp(data, "#version: 0.2\n", 14) == 0);
     free(data);
+    /* tokenizer.json and its config go along (the Llama family's tokenizer) */
+    CHECK_OK(fs_write_atomic(tfile(a, "tokenizer.json"), "{\"model\": {}}", 13));
+    CHECK_OK(fs_write_atomic(tfile(a, "tokenizer_config.json"), "{}", 2));
+    CHECK_OK(hf_copy_tokenizer(a, b));
+    CHECK_OK(fs_read_all(tfile(b, "tokenizer.json"), &data, &len));
+    CHECK(len == 13 && memcmp(data, "{\"model\": {}}", 13) == 0);
+    free(data);
+    CHECK(access(tfile(b, "tokenizer_config.json"), F_OK) == 0);
     rm_model_dir(a);
     rm_model_dir(b);
+}
+
+/* ---- the Llama family --------------------------------------------------------------------- */
+
+/* grouped-query, untied, Llama 3 rope scaling; q/k/v biases and tied embeddings (Qwen2); q/k
+ * norms and a head_dim that is not hidden / heads (Qwen3), with a scalar head */
+static const gpt_config_t fam_cfgs[3] = {
+    {.n_layer = 2,
+     .n_head = 4,
+     .n_embd = 8,
+     .vocab_size = 11,
+     .n_positions = 16,
+     .layer_norm_epsilon = 1e-5f,
+     .arch = GPT_ARCH_LLAMA,
+     .n_kv_head = 2,
+     .n_inner = 12,
+     .rope_theta = 500000.0f,
+     .rope_llama3 = 1,
+     .rope_factor = 8.0f,
+     .rope_low_freq_factor = 1.0f,
+     .rope_high_freq_factor = 4.0f,
+     .rope_original_max_pos = 8,
+     .bos_token_id = 1,
+     .eos_token_id = 2},
+    {.n_layer = 2,
+     .n_head = 2,
+     .n_embd = 8,
+     .vocab_size = 11,
+     .n_positions = 16,
+     .layer_norm_epsilon = 1e-6f,
+     .arch = GPT_ARCH_QWEN2,
+     .n_kv_head = 1,
+     .n_inner = 12,
+     .tie_word_embeddings = 1,
+     .attn_bias = 1,
+     .rope_theta = 1000000.0f,
+     .bos_token_id = -1,
+     .eos_token_id = 3},
+    {.n_layer = 2,
+     .n_head = 4,
+     .n_embd = 8,
+     .vocab_size = 11,
+     .n_positions = 16,
+     .layer_norm_epsilon = 1e-6f,
+     .scalar_head = 1,
+     .arch = GPT_ARCH_QWEN3,
+     .n_kv_head = 2,
+     .head_dim = 6,
+     .n_inner = 12,
+     .qk_norm = 1,
+     .rope_theta = 1000000.0f,
+     .bos_token_id = -1,
+     .eos_token_id = -1},
+};
+static const char *const fam_arch[3] = {"LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"};
+static const char *const fam_type[3] = {"llama", "qwen2", "qwen3"};
+
+/* A family model with every parameter distinct. */
+static gpt_t *make_fam_model(int k) {
+    gpt_t *m = gpt_new(&fam_cfgs[k]);
+    if (!m) {
+        fprintf(stderr, "gpt_new: %s\n", rl_errmsg());
+        abort();
+    }
+    for (size_t i = 0; i < m->num_params; i++)
+        m->params_mem[i] = (float)((double)((i * 2654435761u) % 2001) / 1000.0 - 1.0) * 0.37f;
+    return m;
+}
+
+static void check_same_fam_model(const gpt_t *a, const gpt_t *b) {
+    CHECK_EQ(memcmp(&a->cfg, &b->cfg, sizeof a->cfg), 0);
+    CHECK_EQ(a->num_params, b->num_params);
+    CHECK_EQ(a->n_tensors, b->n_tensors);
+    if (a->num_params == b->num_params)
+        CHECK_EQ(memcmp(a->params_mem, b->params_mem, a->num_params * sizeof(float)), 0);
+}
+
+static void test_llama_roundtrip(void) {
+    for (int k = 0; k < 3; k++) {
+        const char *dir = tdir(fam_type[k]);
+        gpt_t *m = make_fam_model(k), *m2;
+        CHECK_OK(hf_save(m, dir));
+        m2 = hf_load(dir);
+        CHECK(m2 != NULL);
+        if (!m2) fprintf(stderr, "  hf_load: %s\n", rl_errmsg());
+        if (m2) check_same_fam_model(m, m2);
+        gpt_destroy(&m2);
+        /* config.json in Hugging Face form */
+        json_error_t jerr;
+        json_t *j = json_load_file(tfile(dir, "config.json"), 0, &jerr);
+        CHECK(j != NULL);
+        if (j) {
+            const gpt_config_t *c = &fam_cfgs[k];
+            CHECK_STREQ(json_string_value(json_array_get(json_object_get(j, "architectures"), 0)),
+                        fam_arch[k]);
+            CHECK_STREQ(json_string_value(json_object_get(j, "model_type")), fam_type[k]);
+            CHECK_EQ(json_integer_value(json_object_get(j, "hidden_size")), c->n_embd);
+            CHECK_EQ(json_integer_value(json_object_get(j, "num_key_value_heads")), c->n_kv_head);
+            CHECK_EQ(json_integer_value(json_object_get(j, "head_dim")), gpt_head_dim(c));
+            CHECK_EQ(json_integer_value(json_object_get(j, "intermediate_size")), c->n_inner);
+            CHECK_EQ(json_is_true(json_object_get(j, "tie_word_embeddings")),
+                     c->tie_word_embeddings);
+            CHECK_STREQ(json_string_value(json_object_get(j, "hidden_act")), "silu");
+            CHECK_STREQ(json_string_value(json_object_get(j, "torch_dtype")), "float32");
+            const json_t *rs = json_object_get(j, "rope_scaling");
+            CHECK_EQ(json_is_object(rs), c->rope_llama3);
+            if (c->rope_llama3)
+                CHECK_STREQ(json_string_value(json_object_get(rs, "rope_type")), "llama3");
+            CHECK_EQ(json_is_null(json_object_get(j, "bos_token_id")), c->bos_token_id < 0);
+            json_decref(j);
+        }
+        /* the weights: F32, the table's order, Hugging Face names */
+        st_file_t f;
+        CHECK_OK(st_open(&f, tfile(dir, "model.safetensors")));
+        CHECK_EQ(f.n_tensors, m->n_tensors);
+        CHECK(st_find(&f, "model.embed_tokens.weight") != NULL);
+        CHECK_EQ(st_find(&f, "lm_head.weight") != NULL, !fam_cfgs[k].tie_word_embeddings);
+        CHECK_EQ(st_find(&f, "model.layers.1.self_attn.k_proj.bias") != NULL,
+                 fam_cfgs[k].attn_bias);
+        CHECK_EQ(st_find(&f, "model.layers.1.self_attn.q_norm.weight") != NULL,
+                 fam_cfgs[k].qk_norm);
+        for (int i = 0; i < f.n_tensors && i < m->n_tensors; i++) {
+            CHECK_STREQ(f.tensors[i].name, m->tensors[i].name);
+            CHECK_EQ(f.tensors[i].dtype, ST_F32);
+        }
+        st_close(&f);
+        gpt_destroy(&m);
+        rm_model_dir(dir);
+    }
+}
+
+static void half_save(int k, hf_dtype_t dt) {
+    const char *dir = tdir(dt == HF_BF16 ? "fam-bf16" : "fam-f16");
+    gpt_t *m = make_fam_model(k), *m2;
+    hf_save_opts_t o = {.dtype = dt};
+    CHECK_OK(hf_save_opts(m, dir, &o));
+    st_file_t f;
+    CHECK_OK(st_open(&f, tfile(dir, "model.safetensors")));
+    for (int i = 0; i < f.n_tensors; i++)
+        CHECK_EQ(f.tensors[i].dtype, dt == HF_BF16 ? ST_BF16 : ST_F16);
+    st_close(&f);
+    m2 = hf_load(dir);
+    CHECK(m2 != NULL);
+    if (!m2) fprintf(stderr, "  hf_load: %s\n", rl_errmsg());
+    if (m2 && m2->num_params == m->num_params) {
+        size_t bad = 0, exact = 0;
+        for (size_t i = 0; i < m->num_params; i++) {
+            float x = m->params_mem[i], v = m2->params_mem[i];
+            int ok = dt == HF_BF16 ? test_rounded_ok(x, v, 8, -126, 127)
+                                   : test_rounded_ok(x, v, 11, -14, 15);
+            if (!ok && bad++ < 5) TEST__FAIL("param %zu: %.9g stored as %.9g", i, x, v);
+            exact += x == v;
+        }
+        CHECK(exact < m->num_params / 2); /* the values really went through 16 bits */
+        /* saving the rounded values again changes nothing */
+        const char *dir2 = tdir("fam-half-again");
+        CHECK_OK(hf_save_opts(m2, dir2, &o));
+        gpt_t *m3 = hf_load(dir2);
+        CHECK(m3 && !memcmp(m3->params_mem, m2->params_mem, m2->num_params * sizeof(float)));
+        gpt_destroy(&m3);
+        rm_model_dir(dir2);
+    }
+    json_error_t jerr;
+    json_t *j = json_load_file(tfile(dir, "config.json"), 0, &jerr);
+    CHECK_STREQ(json_string_value(json_object_get(j, "torch_dtype")),
+                dt == HF_BF16 ? "bfloat16" : "float16");
+    json_decref(j);
+    gpt_destroy(&m2);
+    gpt_destroy(&m);
+    rm_model_dir(dir);
+}
+
+static void test_llama_bf16_f16_save(void) {
+    half_save(0, HF_BF16);
+    half_save(2, HF_F16);
+}
+
+/* hf_save_opts with a shard size: several shards and an index, loading to the same model; a
+ * later one-file save removes the index. */
+static void test_sharded_save(void) {
+    const char *dir = tdir("sharded");
+    gpt_t *m = make_fam_model(2), *m2;
+    hf_save_opts_t o = {.dtype = HF_F32, .max_shard_bytes = m->num_params * 4 / 3 + 1};
+    CHECK_OK(hf_save_opts(m, dir, &o));
+    CHECK(access(tfile(dir, "model.safetensors"), F_OK) != 0);
+    CHECK(access(tfile(dir, "model.safetensors.index.json"), F_OK) == 0);
+    json_error_t jerr;
+    json_t *j = json_load_file(tfile(dir, "model.safetensors.index.json"), 0, &jerr);
+    const json_t *map = json_object_get(j, "weight_map");
+    CHECK_EQ(json_object_size(map), m->n_tensors);
+    const char *last = json_string_value(json_object_get(map, m->tensors[m->n_tensors - 1].name));
+    CHECK(last && strstr(last, "-of-0000") != NULL);
+    int shards = last ? atoi(strstr(last, "-of-") + 4) : 0;
+    CHECK(shards >= 3 && shards <= 5);
+    for (int s = 1; s <= shards; s++) {
+        char name[64];
+        struct stat sb;
+        snprintf(name, sizeof name, "model-%05d-of-%05d.safetensors", s, shards);
+        CHECK(stat(tfile(dir, name), &sb) == 0);
+    }
+    json_decref(j);
+    m2 = hf_load(dir);
+    CHECK(m2 != NULL);
+    if (!m2) fprintf(stderr, "  hf_load: %s\n", rl_errmsg());
+    if (m2) check_same_fam_model(m, m2);
+    gpt_destroy(&m2);
+    CHECK_OK(hf_save(m, dir));
+    CHECK(access(tfile(dir, "model.safetensors.index.json"), F_OK) != 0);
+    m2 = hf_load(dir);
+    CHECK(m2 != NULL);
+    gpt_destroy(&m2);
+    gpt_destroy(&m);
+    rm_model_dir(dir);
+}
+
+enum {
+    SH_GOOD,
+    SH_MISSING_SHARD,
+    SH_TWO_SHARDS,
+    SH_MISSING_TENSOR,
+    SH_WRONG_SHAPE,
+    SH_WRONG_MAP,
+    SH_MAP_EXTRA,
+    SH_NO_MAP,
+    SH_BAD_NAME,
+};
+
+/*
+ * A sharded directory written by hand, as transformers lays one out: the model's tensors cut
+ * into three shards and an index, with one fault. Returns the loaded model (NULL on failure).
+ */
+static gpt_t *load_sharded(const gpt_t *m, const char *dir, int fault) {
+    char names[3][64];
+    int n = m->n_tensors, cut[4] = {0, n / 3, 2 * n / 3, n};
+    st_wtensor_t *wt = calloc((size_t)n + 1, sizeof *wt);
+    json_t *index = json_object(), *map = json_object();
+    int victim = n / 3 + 1; /* a weight matrix in shard 2 */
+    while (m->tensors[victim].ndim != 2) victim++;
+    CHECK_OK(hf_save(m, dir)); /* config.json */
+    unlink(tfile(dir, "model.safetensors"));
+    for (int s = 0; s < 3; s++) {
+        snprintf(names[s], sizeof names[s], "model-%05d-of-00003.safetensors", s + 1);
+        int k = 0;
+        for (int i = cut[s]; i < cut[s + 1]; i++) {
+            const gpt_tensor_t *t = &m->tensors[i];
+            if (fault == SH_MISSING_TENSOR && i == victim) continue;
+            wt[k] =
+                (st_wtensor_t){.name = t->name, .ndim = t->ndim, .data = m->params_mem + t->offset};
+            for (int d = 0; d < t->ndim; d++) wt[k].shape[d] = t->shape[d];
+            if (fault == SH_WRONG_SHAPE && i == victim)
+                wt[k].shape[0] = t->shape[1], wt[k].shape[1] = t->shape[0];
+            k++;
+            json_object_set_new(
+                map, t->name,
+                json_string(fault == SH_WRONG_MAP && i == victim ? names[0] : names[s]));
+        }
+        if (fault == SH_TWO_SHARDS && s == 2) { /* the victim again, in shard 3 */
+            const gpt_tensor_t *t = &m->tensors[victim];
+            wt[k] = (st_wtensor_t){.name = t->name,
+                                   .ndim = 2,
+                                   .shape = {t->shape[0], t->shape[1]},
+                                   .data = m->params_mem + t->offset};
+            k++;
+        }
+        if (!(fault == SH_MISSING_SHARD && s == 1))
+            CHECK_OK(st_write_f32(tfile(dir, names[s]), wt, k, NULL, NULL, 0));
+    }
+    if (fault == SH_MISSING_TENSOR) json_object_del(map, m->tensors[victim].name);
+    if (fault == SH_MAP_EXTRA)
+        json_object_set_new(map, "model.layers.7.mlp.up_proj.weight", json_string(names[2]));
+    if (fault == SH_BAD_NAME)
+        json_object_set_new(map, m->tensors[0].name, json_string("../elsewhere.safetensors"));
+    json_object_set_new(index, "metadata", json_pack("{s:I}", "total_size", (json_int_t)0));
+    json_object_set_new(index, fault == SH_NO_MAP ? "weightmap" : "weight_map", map);
+    CHECK_EQ(json_dump_file(index, tfile(dir, "model.safetensors.index.json"), 0), 0);
+    json_decref(index);
+    free(wt);
+    rl_err_clear();
+    return hf_load(dir);
+}
+
+static void test_sharded_load_and_faults(void) {
+    static const struct {
+        int fault;
+        const char *want1, *want2;
+    } cases[] = {
+        {SH_MISSING_SHARD, "model-00002-of-00003.safetensors", "index.json"},
+        {SH_TWO_SHARDS, "in two shards", "model-00003-of-00003.safetensors"},
+        {SH_MISSING_TENSOR, "missing tensor", NULL},
+        {SH_WRONG_SHAPE, "has shape", "config.json"},
+        {SH_WRONG_MAP, "weight_map maps it to 'model-00001-of-00003.safetensors'", NULL},
+        {SH_MAP_EXTRA, "model.layers.7.mlp.up_proj.weight", "does not have it"},
+        {SH_NO_MAP, "weight_map", "index.json"},
+        {SH_BAD_NAME, "weight_map['model.embed_tokens.weight']", NULL},
+    };
+    gpt_t *m = make_fam_model(0), *m2;
+    const char *dir = tdir("shards-good");
+    m2 = load_sharded(m, dir, SH_GOOD);
+    CHECK(m2 != NULL);
+    if (!m2) fprintf(stderr, "  hf_load: %s\n", rl_errmsg());
+    if (m2) check_same_fam_model(m, m2);
+    gpt_destroy(&m2);
+    rm_model_dir(dir);
+    char victim[96];
+    int v = m->n_tensors / 3 + 1;
+    while (m->tensors[v].ndim != 2) v++;
+    snprintf(victim, sizeof victim, "'%s'", m->tensors[v].name);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "shards-%zu", i);
+        dir = tdir(name);
+        m2 = load_sharded(m, dir, cases[i].fault);
+        CHECK(m2 == NULL);
+        const char *msg = rl_errmsg();
+        if (!strstr(msg, cases[i].want1) || (cases[i].want2 && !strstr(msg, cases[i].want2)))
+            TEST__FAIL("case %zu: message \"%s\" lacks \"%s\" / \"%s\"", i, msg, cases[i].want1,
+                       cases[i].want2 ? cases[i].want2 : "");
+        /* the message names the tensor where one is at fault */
+        int names_victim = cases[i].fault == SH_TWO_SHARDS || cases[i].fault == SH_MISSING_TENSOR ||
+                           cases[i].fault == SH_WRONG_SHAPE || cases[i].fault == SH_WRONG_MAP;
+        if (names_victim && !strstr(msg, victim))
+            TEST__FAIL("case %zu: message \"%s\" does not name %s", i, msg, victim);
+        gpt_destroy(&m2);
+        rm_model_dir(dir);
+    }
+    gpt_destroy(&m);
+}
+
+/* A tied model's checkpoint may repeat the embedding as lm_head.weight; one that differs is
+ * refused. */
+static void test_tied_lm_head(void) {
+    const char *dir = tdir("tied");
+    gpt_t *m = make_fam_model(1), *m2;
+    char(*names)[96] = calloc((size_t)m->n_tensors + 1, 96);
+    st_wtensor_t *wt = model_wtensors(m, "", names),
+                 *all = calloc((size_t)m->n_tensors + 1, sizeof *all);
+    const gpt_tensor_t *emb = gpt_tensor_find(m, "model.embed_tokens.weight");
+    float *head = malloc(emb->size * sizeof(float));
+    memcpy(head, m->params_mem + emb->offset, emb->size * sizeof(float));
+    memcpy(all, wt, (size_t)m->n_tensors * sizeof *wt);
+    all[m->n_tensors] = (st_wtensor_t){
+        .name = "lm_head.weight", .ndim = 2, .shape = {emb->shape[0], emb->shape[1]}, .data = head};
+    CHECK_OK(hf_save(m, dir));
+    CHECK_OK(st_write_f32(tfile(dir, "model.safetensors"), all, m->n_tensors + 1, NULL, NULL, 0));
+    m2 = hf_load(dir);
+    CHECK(m2 != NULL);
+    gpt_destroy(&m2);
+    head[5] += 0.25f;
+    CHECK_OK(st_write_f32(tfile(dir, "model.safetensors"), all, m->n_tensors + 1, NULL, NULL, 0));
+    m2 = hf_load(dir);
+    CHECK(m2 == NULL);
+    CHECK(strstr(rl_errmsg(), "lm_head.weight differs from model.embed_tokens.weight") != NULL);
+    /* and an untied model without its lm_head is missing a tensor */
+    gpt_destroy(&m);
+    m = make_fam_model(0);
+    free(wt);
+    wt = model_wtensors(m, "", names);
+    int n = 0;
+    for (int i = 0; i < m->n_tensors; i++)
+        if (strcmp(wt[i].name, "lm_head.weight") != 0) all[n++] = wt[i];
+    CHECK_OK(hf_save(m, dir));
+    CHECK_OK(st_write_f32(tfile(dir, "model.safetensors"), all, n, NULL, NULL, 0));
+    m2 = hf_load(dir);
+    CHECK(m2 == NULL);
+    CHECK(strstr(rl_errmsg(), "missing tensor 'lm_head.weight'") != NULL);
+    gpt_destroy(&m);
+    free(head), free(all), free(wt), free(names);
+    rm_model_dir(dir);
+}
+
+static void test_real_llama_configs(void) {
+    /* SmolLM2-135M's config.json on the Hugging Face hub */
+    const char *smol =
+        "{\"architectures\": [\"LlamaForCausalLM\"], \"attention_bias\": false,"
+        " \"attention_dropout\": 0.0, \"bos_token_id\": 0, \"eos_token_id\": 0,"
+        " \"hidden_act\": \"silu\", \"hidden_size\": 576, \"initializer_range\": "
+        "0.041666666666666664,"
+        " \"intermediate_size\": 1536, \"is_llama_config\": true, \"max_position_embeddings\": "
+        "8192,"
+        " \"model_type\": \"llama\", \"num_attention_heads\": 9, \"num_hidden_layers\": 30,"
+        " \"num_key_value_heads\": 3, \"pretraining_tp\": 1, \"rms_norm_eps\": 1e-05,"
+        " \"rope_interleaved\": false, \"rope_scaling\": null, \"rope_theta\": 100000,"
+        " \"tie_word_embeddings\": true, \"torch_dtype\": \"bfloat16\","
+        " \"transformers_version\": \"4.42.3\", \"use_cache\": true, \"vocab_size\": 49152}";
+    gpt_config_t c;
+    CHECK_OK(read_config_text(smol, &c));
+    CHECK_EQ(c.arch, GPT_ARCH_LLAMA);
+    CHECK_EQ(c.n_layer, 30);
+    CHECK_EQ(c.n_embd, 576);
+    CHECK_EQ(c.n_head, 9);
+    CHECK_EQ(c.n_kv_head, 3);
+    CHECK_EQ(gpt_head_dim(&c), 64);
+    CHECK_EQ(c.n_inner, 1536);
+    CHECK_EQ(c.vocab_size, 49152);
+    CHECK_EQ(c.n_positions, 8192);
+    CHECK_EQ(c.tie_word_embeddings, 1);
+    CHECK(c.rope_theta == 100000.0f && !c.rope_llama3 && c.layer_norm_epsilon == 1e-5f);
+    CHECK_EQ(c.bos_token_id, 0);
+    /* Llama 3.2 1B's: rope scaling, an eos list */
+    const char *l32 =
+        "{\"architectures\": [\"LlamaForCausalLM\"], \"attention_bias\": false, \"bos_token_id\":"
+        " 128000, \"eos_token_id\": [128001, 128008, 128009], \"head_dim\": 64, \"hidden_act\":"
+        " \"silu\", \"hidden_size\": 2048, \"intermediate_size\": 8192,"
+        " \"max_position_embeddings\": 131072, \"mlp_bias\": false, \"model_type\": \"llama\","
+        " \"num_attention_heads\": 32, \"num_hidden_layers\": 16, \"num_key_value_heads\": 8,"
+        " \"rms_norm_eps\": 1e-05, \"rope_scaling\": {\"factor\": 32.0, \"high_freq_factor\":"
+        " 4.0, \"low_freq_factor\": 1.0, \"original_max_position_embeddings\": 8192,"
+        " \"rope_type\": \"llama3\"}, \"rope_theta\": 500000.0, \"tie_word_embeddings\": true,"
+        " \"torch_dtype\": \"bfloat16\", \"vocab_size\": 128256}";
+    CHECK_OK(read_config_text(l32, &c));
+    CHECK(c.rope_llama3 && c.rope_factor == 32.0f && c.rope_original_max_pos == 8192);
+    CHECK_EQ(c.head_dim, 0); /* 64 = 2048 / 32: the default */
+    CHECK_EQ(c.eos_token_id, 128001);
+    /* Qwen3-0.6B's shape: head_dim 128 on 16 heads of a 1024 width */
+    const char *q3 =
+        "{\"architectures\": [\"Qwen3ForCausalLM\"], \"attention_bias\": false, \"head_dim\": 128,"
+        " \"hidden_act\": \"silu\", \"hidden_size\": 1024, \"intermediate_size\": 3072,"
+        " \"max_position_embeddings\": 40960, \"model_type\": \"qwen3\", \"num_attention_heads\":"
+        " 16, \"num_hidden_layers\": 28, \"num_key_value_heads\": 8, \"rms_norm_eps\": 1e-06,"
+        " \"rope_scaling\": null, \"rope_theta\": 1000000, \"sliding_window\": null,"
+        " \"tie_word_embeddings\": true, \"use_sliding_window\": false, \"vocab_size\": 151936}";
+    CHECK_OK(read_config_text(q3, &c));
+    CHECK(c.arch == GPT_ARCH_QWEN3 && c.qk_norm && !c.attn_bias && c.head_dim == 128);
+    const char *q2 =
+        "{\"architectures\": [\"Qwen2ForCausalLM\"], \"hidden_act\": \"silu\", \"hidden_size\":"
+        " 896, \"intermediate_size\": 4864, \"max_position_embeddings\": 32768, \"model_type\":"
+        " \"qwen2\", \"num_attention_heads\": 14, \"num_hidden_layers\": 24,"
+        " \"num_key_value_heads\": 2, \"rms_norm_eps\": 1e-06, \"rope_theta\": 1000000.0,"
+        " \"sliding_window\": 32768, \"tie_word_embeddings\": true, \"use_sliding_window\":"
+        " false, \"vocab_size\": 151936}";
+    CHECK_OK(read_config_text(q2, &c));
+    CHECK(c.arch == GPT_ARCH_QWEN2 && c.attn_bias && !c.qk_norm && gpt_head_dim(&c) == 64);
+}
+
+static void test_bad_llama_config(void) {
+#define LL                                                                                         \
+    "{\"model_type\":\"llama\",\"hidden_size\":8,\"intermediate_size\":12,"                        \
+    "\"num_hidden_layers\":1,\"num_attention_heads\":2,\"vocab_size\":5,"                          \
+    "\"max_position_embeddings\":16"
+    static const struct {
+        const char *text;
+        int code;
+        const char *want;
+    } cases[] = {
+        {"{\"model_type\":\"llama\",\"hidden_size\":8}", RL_EFORMAT,
+         "missing required key 'intermediate_size'"},
+        {LL ",\"hidden_act\":\"gelu\"}", RL_EUNSUPPORTED, "hidden_act gelu"},
+        {LL ",\"attention_bias\":true}", RL_EUNSUPPORTED, "attention_bias"},
+        {LL ",\"mlp_bias\":true}", RL_EUNSUPPORTED, "mlp_bias"},
+        {LL ",\"rope_scaling\":{\"rope_type\":\"yarn\",\"factor\":4.0}}", RL_EUNSUPPORTED,
+         "rope_type 'yarn'"},
+        {LL ",\"rope_scaling\":{\"rope_type\":\"llama3\",\"factor\":8.0}}", RL_EFORMAT,
+         "rope_scaling.low_freq_factor"},
+        {LL ",\"num_key_value_heads\":3}", RL_EINVAL, "num_key_value_heads=3"},
+        {LL ",\"head_dim\":3}", RL_EINVAL, "even"},
+        {LL ",\"tie_word_embeddings\":1}", RL_EFORMAT, "'tie_word_embeddings' must be a boolean"},
+        {LL ",\"rope_theta\":\"big\"}", RL_EFORMAT, "'rope_theta' must be a number"},
+        {LL ",\"model_type\":\"mistral\"}", RL_EFORMAT, "duplicate"},
+        {"{\"model_type\":\"mistral\"}", RL_EUNSUPPORTED, "model_type 'mistral'"},
+    };
+#undef LL
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        gpt_config_t cfg;
+        int rc = read_config_text(cases[i].text, &cfg);
+        if (rc != cases[i].code)
+            TEST__FAIL("case %zu: got %d (%s), want %d: %s", i, rc, rl_strerror(rc), cases[i].code,
+                       rl_errmsg());
+        if (!strstr(rl_errmsg(), cases[i].want) || !strstr(rl_errmsg(), "config.json"))
+            TEST__FAIL("case %zu: message \"%s\" lacks \"%s\" or the file name", i, rl_errmsg(),
+                       cases[i].want);
+    }
 }
 
 int main(void) {
@@ -627,6 +1108,13 @@ int main(void) {
     RUN(test_bad_config);
     RUN(test_mixed_saves_refused);
     RUN(test_copy_tokenizer);
+    RUN(test_llama_roundtrip);
+    RUN(test_llama_bf16_f16_save);
+    RUN(test_sharded_save);
+    RUN(test_sharded_load_and_faults);
+    RUN(test_tied_lm_head);
+    RUN(test_real_llama_configs);
+    RUN(test_bad_llama_config);
     rmdir(test_tmpdir());
     return TEST_REPORT();
 }

@@ -715,6 +715,150 @@ static void test_threads_do_not_change_results(void) {
     free(oref), free(aref), free(dqref), free(daref);
 }
 
+/* ---- the Llama family's kernels ------------------------------------------------------------ */
+
+/* w (R, C) transposed into (C, R). */
+static float *transposed(const float *w, int R, int C) {
+    float *t = malloc((size_t)R * C * sizeof(float));
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) t[(size_t)c * R + r] = w[(size_t)r * C + c];
+    return t;
+}
+
+/* The [out, in] linear layer is the [in, out] one on the transposed weight: with the exact
+ * products both are one fused chain per output in k order, so the same bits, forward and
+ * backward (dinp, dbias, and dw transposed). */
+static void test_linear_is_matmul_transposed(void) {
+    if (strcmp(ops_gemm(), "exact") != 0) return; /* a promise of the exact products */
+    int N = 7, IC = 19, OC = 13;
+    float *inp = rnd(N * IC, 1, 1), *w = rnd(OC * IC, 2, 1), *b = rnd(OC, 3, 1);
+    float *wt = transposed(w, OC, IC), *o1 = zeros(N * OC), *o2 = zeros(N * OC);
+    ops_linear_forward(o1, inp, w, b, N, IC, OC);
+    ops_matmul_forward(o2, inp, wt, b, N, IC, OC);
+    CHECK_EQ(memcmp(o1, o2, sizeof(float) * N * OC), 0);
+    ops_linear_forward(o1, inp, w, NULL, N, IC, OC);
+    ops_matmul_forward(o2, inp, wt, NULL, N, IC, OC);
+    CHECK_EQ(memcmp(o1, o2, sizeof(float) * N * OC), 0);
+    float *R = rnd(N * OC, 4, 1), *di1 = rnd(N * IC, 5, 1), *di2 = rnd(N * IC, 5, 1);
+    float *dw1 = rnd(OC * IC, 6, 1), *dw2 = transposed(dw1, OC, IC), *db1 = rnd(OC, 7, 1);
+    float *db2 = malloc(sizeof(float) * OC);
+    memcpy(db2, db1, sizeof(float) * OC);
+    ops_linear_backward(di1, dw1, db1, R, inp, w, N, IC, OC);
+    ops_matmul_backward(di2, dw2, db2, R, inp, wt, N, IC, OC);
+    float *dw2t = transposed(dw2, IC, OC);
+    CHECK_EQ(memcmp(di1, di2, sizeof(float) * N * IC), 0);
+    CHECK_EQ(memcmp(dw1, dw2t, sizeof(float) * OC * IC), 0);
+    CHECK_EQ(memcmp(db1, db2, sizeof(float) * OC), 0);
+    free(inp), free(w), free(b), free(wt), free(o1), free(o2), free(R), free(di1), free(di2);
+    free(dw1), free(dw2), free(dw2t), free(db1), free(db2);
+}
+
+/*
+ * Grouped-query attention against GPT-2's multi-head kernel on the same heads: with one
+ * query head per key/value head (and the same layout) it is that kernel, bit for bit; with
+ * groups of G it is that kernel on q | k | v with each shared key/value head repeated G times,
+ * and the shared heads' gradients are the repeats' gradients summed in head order.
+ */
+static void test_gqa_attention(void) {
+    if (strcmp(ops_gemm(), "exact") != 0) return;
+    int B = 2, T = 9, H = 4, hd = 6;
+    for (int Hkv = H; Hkv >= 1; Hkv /= 2) {
+        int G = H / Hkv, Dq = H * hd, D3 = (H + 2 * Hkv) * hd, C = Dq, C3 = 3 * C;
+        float *qkv = rnd(B * T * D3, 10 + Hkv, 1), *full = zeros(B * T * C3);
+        for (int bt = 0; bt < B * T; bt++)
+            for (int h = 0; h < H; h++)
+                for (int i = 0; i < hd; i++) {
+                    const float *r = qkv + (size_t)bt * D3;
+                    float *f = full + (size_t)bt * C3;
+                    f[h * hd + i] = r[h * hd + i];
+                    f[C + h * hd + i] = r[Dq + (h / G) * hd + i];
+                    f[2 * C + h * hd + i] = r[Dq + Hkv * hd + (h / G) * hd + i];
+                }
+        float *o1 = zeros(B * T * Dq), *o2 = zeros(B * T * C), *a1 = zeros(B * H * T * T);
+        float *a2 = zeros(B * H * T * T), *s1 = zeros(B * H * T * T), *s2 = zeros(B * H * T * T);
+        ops_gqa_attention_forward(o1, a1, qkv, B, T, H, Hkv, hd);
+        ops_attention_forward(o2, a2, full, B, T, C, H);
+        CHECK_EQ(memcmp(o1, o2, sizeof(float) * B * T * C), 0);
+        CHECK_EQ(memcmp(a1, a2, sizeof(float) * B * H * T * T), 0);
+        float *R = rnd(B * T * C, 20, 1), *d1 = zeros(B * T * D3), *d2 = zeros(B * T * C3);
+        ops_gqa_attention_backward(d1, s1, R, qkv, a1, B, T, H, Hkv, hd);
+        ops_attention_backward(d2, s2, R, full, a2, B, T, C, H);
+        /* fold the repeats back: q as is, k and v summed over each group in head order */
+        float *fold = zeros(B * T * D3);
+        for (int bt = 0; bt < B * T; bt++)
+            for (int h = 0; h < H; h++)
+                for (int i = 0; i < hd; i++) {
+                    float *r = fold + (size_t)bt * D3;
+                    const float *f = d2 + (size_t)bt * C3;
+                    r[h * hd + i] = f[h * hd + i];
+                    r[Dq + (h / G) * hd + i] += f[C + h * hd + i];
+                    r[Dq + Hkv * hd + (h / G) * hd + i] += f[2 * C + h * hd + i];
+                }
+        if (memcmp(d1, fold, sizeof(float) * B * T * D3) != 0)
+            TEST__FAIL("Hkv=%d: gradients differ from the repeated heads' summed", Hkv);
+        free(qkv), free(full), free(o1), free(o2), free(a1), free(a2), free(s1), free(s2);
+        free(R), free(d1), free(d2), free(fold);
+    }
+}
+
+typedef struct {
+    float *inp, *w, *rstd;
+    int N, C;
+} rms_ctx;
+
+static void rms_fwd(void *c, float *out) {
+    rms_ctx *r = c;
+    ops_rmsnorm_forward(out, r->rstd, r->inp, r->w, r->N, r->C, 1e-5f);
+}
+
+typedef struct {
+    float *inp;
+    int N, F;
+} sw_ctx;
+
+static void sw_fwd(void *c, float *out) {
+    sw_ctx *s = c;
+    ops_swiglu_forward(out, s->inp, s->N, s->F);
+}
+
+/* RMSNorm and SwiGLU: each against its formula in double within its rounding bound (the
+ * model's test derives the same bounds), and their backward against finite differences. */
+static void test_rmsnorm_swiglu(void) {
+    int N = 5, C = 12, F = 7;
+    rms_ctx r = {rnd(N * C, 30, 2), rnd(C, 31, 1), zeros(N), N, C};
+    float *out = zeros(N * C), *R = rnd(N * C, 32, 1);
+    rms_fwd(&r, out);
+    for (int n = 0; n < N; n++) {
+        double ss = 0;
+        for (int c = 0; c < C; c++) ss += (double)r.inp[n * C + c] * r.inp[n * C + c];
+        double s = 1 / sqrt(ss / C + 1e-5f);
+        CHECK_NEAR(r.rstd[n], s, (test_gamma(C + 4) + test_gamma64(C + 4)) * s);
+        for (int c = 0; c < C; c++) {
+            double want = r.inp[n * C + c] * s * r.w[c];
+            CHECK_NEAR(out[n * C + c], want,
+                       (test_gamma(C + 6) + test_gamma64(C + 6)) * fabs(want));
+        }
+    }
+    float *di = zeros(N * C), *dw = zeros(C);
+    ops_rmsnorm_backward(di, dw, R, r.inp, r.w, r.rstd, N, C);
+    fd_check("rmsnorm inp", rms_fwd, &r, r.inp, di, N * C, out, R, N * C);
+    fd_check("rmsnorm w", rms_fwd, &r, r.w, dw, C, out, R, N * C);
+    sw_ctx s = {rnd(N * 2 * F, 33, 2), N, F};
+    float *so = zeros(N * F), *SR = rnd(N * F, 34, 1), *sd = zeros(N * 2 * F);
+    sw_fwd(&s, so);
+    for (int n = 0; n < N; n++)
+        for (int i = 0; i < F; i++) {
+            double g = s.inp[n * 2 * F + i], u = s.inp[n * 2 * F + F + i];
+            double want = g / (1 + exp(-g)) * u;
+            double eta = test_logerr(TEST_EXPF_REL) + 4 * test_logerr(TEST_U32) + test_gamma64(8);
+            CHECK_NEAR(so[n * F + i], want, fabs(want) * expm1(eta));
+        }
+    ops_swiglu_backward(sd, s.inp, SR, N, F);
+    fd_check("swiglu", sw_fwd, &s, s.inp, sd, N * 2 * F, so, SR, N * F);
+    free(r.inp), free(r.w), free(r.rstd), free(out), free(R), free(di), free(dw);
+    free(s.inp), free(so), free(SR), free(sd);
+}
+
 int main(void) {
     ops_set_threads(2);
     RUN(test_matmul_vs_ref);
@@ -727,5 +871,8 @@ int main(void) {
     RUN(test_crossentropy);
     RUN(test_ex_expf);
     RUN(test_threads_do_not_change_results);
+    RUN(test_linear_is_matmul_transposed);
+    RUN(test_gqa_attention);
+    RUN(test_rmsnorm_swiglu);
     return TEST_REPORT();
 }

@@ -558,8 +558,20 @@ static void test_temperature(void) {
 /* ---- models ------------------------------------------------------------------------------ */
 
 enum { VOCAB = 16, NPOS = 32 };
-static const gpt_config_t pcfg = {2, 2, 32, VOCAB, NPOS, 1e-5f, 0};
-static const gpt_config_t vcfg = {2, 2, 32, VOCAB, NPOS, 1e-5f, 1};
+static const gpt_config_t pcfg = {.n_layer = 2,
+                                  .n_head = 2,
+                                  .n_embd = 32,
+                                  .vocab_size = VOCAB,
+                                  .n_positions = NPOS,
+                                  .layer_norm_epsilon = 1e-5f,
+                                  .scalar_head = 0};
+static const gpt_config_t vcfg = {.n_layer = 2,
+                                  .n_head = 2,
+                                  .n_embd = 32,
+                                  .vocab_size = VOCAB,
+                                  .n_positions = NPOS,
+                                  .layer_norm_epsilon = 1e-5f,
+                                  .scalar_head = 1};
 
 /* Rollouts: generated completions with their model logprobs (owned), reference logprobs. */
 typedef struct {

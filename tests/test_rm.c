@@ -14,7 +14,13 @@
 enum { V = 16, EOT = 15 };
 
 static gpt_t *tiny_model(int dim, int layers, uint64_t seed) {
-    gpt_config_t cfg = {layers, 2, dim, V, 24, 1e-5f, 1};
+    gpt_config_t cfg = {.n_layer = layers,
+                        .n_head = 2,
+                        .n_embd = dim,
+                        .vocab_size = V,
+                        .n_positions = 24,
+                        .layer_norm_epsilon = 1e-5f,
+                        .scalar_head = 1};
     gpt_t *m = gpt_new(&cfg);
     gpt_init_weights(m, seed);
     return m;
@@ -582,7 +588,13 @@ static void test_save_load(void) {
     snprintf(lm, sizeof lm, "%s/lm", dir);
     snprintf(out, sizeof out, "%s/rm", dir);
     snprintf(other, sizeof other, "%s/other", dir);
-    gpt_config_t cfg = {1, 2, 16, V, 24, 1e-5f, 0};
+    gpt_config_t cfg = {.n_layer = 1,
+                        .n_head = 2,
+                        .n_embd = 16,
+                        .vocab_size = V,
+                        .n_positions = 24,
+                        .layer_norm_epsilon = 1e-5f,
+                        .scalar_head = 0};
     gpt_t *base = gpt_new(&cfg);
     gpt_init_weights(base, 3);
     CHECK_OK(hf_save(base, lm));

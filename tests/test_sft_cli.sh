@@ -125,6 +125,23 @@ check "S=2: the same losses, step by step" test "$(grep '"loss"' "$W/l1.jsonl" |
 check "S=2: the same held-out loss" test "$(grep eval_loss "$W/l1.jsonl" | jq .eval_loss)" = \
     "$(grep eval_loss "$W/l2.jsonl" | jq .eval_loss)"
 check "S=2: two shards reported" test "$(grep '"step":0,' "$W/l2.jsonl" | jq .shards)" -eq 2
+# the Llama family on shards: ShardStep carries its whole shape (GQA, SwiGLU width, q/k/v biases,
+# untied head, RoPE base), so shard 1 builds the model shard 0 has
+"$RLHF" init-model --out "$W/q0" --arch qwen2 --layers 2 --heads 4 --kv-heads 2 --dim 32 \
+    --inner 88 --vocab 400 --ctx 64 --rope-theta 50000 --seed 2 --tokenizer "$W/tok" \
+    >/dev/null 2>"$W/err"
+check "init-model --arch qwen2" test $? -eq 0
+QL=(--model "$W/q0" --data "$T/sft.jsonl" --steps 6 --batch 8 --lr 3e-3 --log-every 1 --seed 5
+    --steps-per-job 3)
+"$RLHF" sft "${QL[@]}" --out "$W/q1" --learner-shards 1 >"$W/q1.jsonl" 2>"$W/err"
+check "qwen2: sft --learner-shards 1 succeeds" test $? -eq 0
+"$RLHF" sft "${QL[@]}" --out "$W/q2" --learner-shards 2 >"$W/q2.jsonl" 2>"$W/err"
+check "qwen2: sft --learner-shards 2 succeeds" test $? -eq 0
+check "qwen2: S=2 = S=1, byte for byte" cmp -s "$W/q1/model.safetensors" "$W/q2/model.safetensors"
+check "qwen2: S=2 trained (the weights moved)" bash -c "! cmp -s '$W/q0/model.safetensors' \
+    '$W/q2/model.safetensors'"
+check "qwen2: S=2: two shards reported" \
+    test "$(grep '"step":0,' "$W/q2.jsonl" | jq .shards)" -eq 2
 
 # {"text"} data: every token is trained on; long texts are cut into windows
 jq -c '{text: (.prompt + .completion)}' "$T/sft.jsonl" >"$W/text.jsonl"

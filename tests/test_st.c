@@ -1,6 +1,7 @@
 /*
  * test_st.c - safetensors: writer/reader round trip, every malformed-header case rejected with
- * its own message, half-precision conversion, and file-level errors.
+ * its own message, half-precision conversion both ways (writing: rounding to nearest even),
+ * and file-level errors.
  */
 #include <stdint.h>
 #include <sys/stat.h>
@@ -464,6 +465,78 @@ static void test_open_errors(void) {
     unlink(p);
 }
 
+/* The writer's conversions on every exponent and leading significand, with the dropped bits at
+ * the cases that matter: zero, one, just below, at and just above half, all ones. */
+static void test_f32_to_half_rounding(void) {
+    static const uint32_t bf_low[] = {0, 1, 0x7fff, 0x8000, 0x8001, 0xffff};
+    static const uint32_t h_low[] = {0, 1, 0xfff, 0x1000, 0x1001, 0x1fff};
+    size_t bad = 0;
+    for (uint32_t hi = 0; hi < 0x10000; hi++)
+        for (size_t k = 0; k < sizeof bf_low / sizeof bf_low[0]; k++) {
+            uint32_t u = hi << 16 | bf_low[k], w;
+            float x, v;
+            memcpy(&x, &u, 4);
+            w = (uint32_t)st_f32_to_bf16(x) << 16;
+            memcpy(&v, &w, 4);
+            if (!test_rounded_ok(x, v, 8, -126, 127) && bad++ < 5)
+                TEST__FAIL("bf16: %a (0x%08x) -> %a", x, u, v);
+        }
+    for (uint32_t hi = 0; hi < 0x80000; hi++)
+        for (size_t k = 0; k < sizeof h_low / sizeof h_low[0]; k++) {
+            uint32_t u = hi << 13 | h_low[k];
+            float x;
+            memcpy(&x, &u, 4);
+            uint16_t h = st_f32_to_f16(x);
+            /* back through the reader's own conversion, checked by test_f16 */
+            float v;
+            st_file_t f = {0};
+            st_tensor_t t = {.name = "h",
+                             .dtype = ST_F16,
+                             .ndim = 1,
+                             .numel = 1,
+                             .nbytes = 2,
+                             .data = (const uint8_t *)&h};
+            if (st_tensor_to_f32(&f, &t, &v, 1) < 0 ||
+                (!test_rounded_ok(x, v, 11, -14, 15) && bad++ < 5))
+                TEST__FAIL("f16: %a (0x%08x) -> %a (0x%04x)", x, u, v, h);
+        }
+    CHECK_EQ(bad, 0);
+    /* a few by name */
+    CHECK_EQ(st_f32_to_f16(65504.0f), 0x7bff);
+    CHECK_EQ(st_f32_to_f16(65519.99f), 0x7bff);
+    CHECK_EQ(st_f32_to_f16(65520.0f), 0x7c00);
+    CHECK_EQ(st_f32_to_f16(0x1p-25f), 0x0000);        /* a tie between 0 and the least: even */
+    CHECK_EQ(st_f32_to_f16(0x1.8p-24f), 0x0002);      /* a tie between 1 and 2 ulp: even */
+    CHECK_EQ(st_f32_to_f16(-0x1p-14f), 0x8400);       /* the least normal */
+    CHECK_EQ(st_f32_to_bf16(1.0f + 0x1p-8f), 0x3f80); /* tie: even */
+    CHECK_EQ(st_f32_to_bf16(1.0f + 0x3p-8f), 0x3f82); /* tie: even, upward */
+    CHECK_EQ(st_f32_to_bf16(-INFINITY), 0xff80);
+    CHECK_EQ(st_f32_to_bf16(NAN) & 0x7fc0, 0x7fc0);
+}
+
+/* st_write in BF16 / F16: the reader gets the rounded values, the dtype in the header. */
+static void test_write_half(void) {
+    float x[5] = {1.0f, 1.0f + 0x1p-8f, -3.14159f, 1e-6f, 70000.0f};
+    st_wtensor_t t = {.name = "x", .ndim = 1, .shape = {5}, .data = x};
+    const char *path = test_path("half.safetensors");
+    for (int k = 0; k < 2; k++) {
+        st_dtype_t dt = k ? ST_F16 : ST_BF16;
+        st_file_t f;
+        float back[5];
+        CHECK_OK(st_write(path, &t, 1, dt, NULL, NULL, 0));
+        CHECK_OK(st_open(&f, path));
+        CHECK_EQ(f.tensors[0].dtype, dt);
+        CHECK_EQ(f.tensors[0].nbytes, 10);
+        CHECK_OK(st_tensor_to_f32(&f, &f.tensors[0], back, 5));
+        for (int i = 0; i < 5; i++)
+            CHECK(k ? test_rounded_ok(x[i], back[i], 11, -14, 15)
+                    : test_rounded_ok(x[i], back[i], 8, -126, 127));
+        st_close(&f);
+    }
+    CHECK_ERR(st_write(path, &t, 1, ST_I32, NULL, NULL, 0), RL_EINVAL);
+    unlink(path);
+}
+
 int main(void) {
     RUN(test_dtype_table);
     RUN(test_roundtrip);
@@ -476,6 +549,8 @@ int main(void) {
     RUN(test_bf16);
     RUN(test_f64);
     RUN(test_open_errors);
+    RUN(test_f32_to_half_rounding);
+    RUN(test_write_half);
     rmdir(test_tmpdir());
     return TEST_REPORT();
 }

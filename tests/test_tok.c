@@ -822,6 +822,396 @@ static void test_utf8_lossy(void) {
     free(o);
 }
 
+/* ---- tokenizer.json ------------------------------------------------------------------------ */
+
+static char tjdir[600];
+
+static void write_tj(const char *name, const char *text) {
+    char path[700];
+    snprintf(path, sizeof path, "%s/%s", tjdir, name);
+    FILE *f = fopen(path, "w");
+    fputs(text, f);
+    fclose(f);
+}
+
+static void remove_tj(const char *name) {
+    char path[700];
+    snprintf(path, sizeof path, "%s/%s", tjdir, name);
+    remove(path);
+}
+
+/*
+ * Writes tjdir/tokenizer.json: byte b has id b and extra[i] id 256 + i (GPT-2 spelling) in
+ * model.vocab, no merges, ignore_merges (so a piece that is a token comes out as that one id,
+ * which shows where the pre-tokeniser cut), and the top-level members in `rest` (JSON without
+ * the braces: pre_tokenizer, normalizer, added_tokens...).
+ */
+static void write_tokjson(const char *const *extra, int n_extra, const char *rest) {
+    size_t cap = 64 * (size_t)(256 + n_extra) + strlen(rest) + 512;
+    char *v = malloc(cap);
+    strcpy(v, "{\"version\": \"1.0\", \"model\": {\"type\": \"BPE\", \"ignore_merges\": true, "
+              "\"merges\": [], \"vocab\": {");
+    for (int i = 0; i < 256 + n_extra; i++) {
+        char b = (char)i;
+        strcat(v, i ? ", \"" : "\"");
+        if (i < 256)
+            spell(&b, 1, 1, v);
+        else
+            spell(extra[i - 256], strlen(extra[i - 256]), 1, v);
+        sprintf(v + strlen(v), "\": %d", i);
+    }
+    strcat(v, "}}, \"decoder\": {\"type\": \"ByteLevel\"}");
+    if (*rest) strcat(strcat(v, ", "), rest);
+    strcat(v, "}\n");
+    write_tj("tokenizer.json", v);
+    free(v);
+}
+
+/* Loads tjdir (NULL after a failed check). */
+static tok_t *load_tj(void) {
+    tok_t *t = tok_load(tjdir);
+    if (!t) TEST__FAIL("tok_load(%s): %s", tjdir, rl_errmsg());
+    return t;
+}
+
+#define ENCODES(t, text, special, ...)                                                             \
+    CHECK(encodes_to(t, text, strlen(text), special, (int[]){__VA_ARGS__},                         \
+                     sizeof((int[]){__VA_ARGS__}) / sizeof(int)))
+
+static void test_tokjson_split_behaviors(void) {
+    const char *extra[] = {"a ", "b ", " b", " c", "  "}; /* 256.. */
+    static const char *const split =
+        "\"pre_tokenizer\": {\"type\": \"Split\", \"pattern\": {\"String\": \" \"}, "
+        "\"behavior\": \"%s\", \"invert\": %s}";
+    char rest[512];
+    struct {
+        const char *behavior, *invert, *text;
+        int want[6], n;
+    } cases[] = {
+        {"Isolated", "false", "a b c", {97, 32, 98, 32, 99}, 5},
+        {"Removed", "false", "a b c", {97, 98, 99}, 3},
+        {"MergedWithPrevious", "false", "a b c", {256, 257, 99}, 3},
+        {"MergedWithNext", "false", "a b c", {97, 258, 259}, 3},
+        {"Contiguous", "false", "a  b", {97, 260, 98}, 3},
+        {"Isolated", "false", "a  b", {97, 32, 32, 98}, 4},
+        {"Removed", "true", "a b c", {32, 32}, 2}, /* invert: the letters are the delimiters */
+        {"Isolated", "false", "", {0}, 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        snprintf(rest, sizeof rest, split, cases[i].behavior, cases[i].invert);
+        write_tokjson(extra, 5, rest);
+        tok_t *t = load_tj();
+        if (!t) continue;
+        if (!encodes_to(t, cases[i].text, strlen(cases[i].text), 1, cases[i].want,
+                        (size_t)cases[i].n))
+            TEST__FAIL("behavior %s, invert %s", cases[i].behavior, cases[i].invert);
+        tok_destroy(&t);
+    }
+    /* a regex, with invalid UTF-8 around: the invalid bytes are pieces of their own and the
+     * round trip is exact */
+    write_tokjson(extra, 5,
+                  "\"pre_tokenizer\": {\"type\": \"Sequence\", \"pretokenizers\": [{\"type\": "
+                  "\"Split\", \"pattern\": {\"Regex\": \"\\\\p{L}+| ?\\\\p{N}+|\\\\s+\"}, "
+                  "\"behavior\": \"Isolated\", \"invert\": false}, {\"type\": \"ByteLevel\", "
+                  "\"add_prefix_space\": false, \"use_regex\": false}]}");
+    tok_t *t = load_tj();
+    if (t) {
+        ENCODES(t, "a \xff b", 1, 97, 32, 255, 32, 98);
+        const char bin[] = "x\xc3 \xe2\x82\xac\xf0\x9f\x98 12 \x80\x80";
+        CHECK(round_trips(t, bin, sizeof bin - 1, 1));
+    }
+    tok_destroy(&t);
+}
+
+static void test_tokjson_pretokenizers_and_nfc(void) {
+    const char *extra[] = {" hi", "12", "\xc3\xa9", "hi"}; /* 256.. */
+    /* ByteLevel: a prefix space, then GPT-2's pattern */
+    write_tokjson(extra, 4,
+                  "\"pre_tokenizer\": {\"type\": \"ByteLevel\", \"add_prefix_space\": true}");
+    tok_t *t = load_tj();
+    if (t) {
+        ENCODES(t, "hi", 1, 256);
+        ENCODES(t, " hi", 1, 256);
+        ENCODES(t, "hi12", 1, 256, 257); /* GPT-2's pattern cuts before the digits */
+    }
+    tok_destroy(&t);
+    /* Digits, one by one and in runs */
+    write_tokjson(extra, 4,
+                  "\"pre_tokenizer\": {\"type\": \"Digits\", \"individual_digits\": true}");
+    if ((t = load_tj())) ENCODES(t, "hi12", 1, 259, 49, 50);
+    tok_destroy(&t);
+    write_tokjson(extra, 4,
+                  "\"pre_tokenizer\": {\"type\": \"Digits\", \"individual_digits\": false}");
+    if ((t = load_tj())) ENCODES(t, "hi12", 1, 259, 257);
+    tok_destroy(&t);
+    /* NFC: e + combining acute becomes one character (one token here); without, three bytes */
+    write_tokjson(extra, 4, "\"normalizer\": {\"type\": \"NFC\"}");
+    if ((t = load_tj())) {
+        ENCODES(t, "e\xcc\x81", 1, 258);
+        ENCODES(t, "\xc3\xa9", 1, 258);
+        const char bin[] = "\xff\xc3\xa9\xfe"; /* invalid bytes around: still lossless */
+        CHECK(round_trips(t, bin, sizeof bin - 1, 1));
+    }
+    tok_destroy(&t);
+    write_tokjson(extra, 4, "\"normalizer\": null");
+    if ((t = load_tj())) ENCODES(t, "e\xcc\x81", 1, 101, 0xcc, 0x81);
+    tok_destroy(&t);
+}
+
+static void test_tokjson_added_tokens_and_config(void) {
+    const char *added =
+        "\"added_tokens\": ["
+        "{\"id\": 300, \"content\": \"<x>\", \"special\": true},"
+        "{\"id\": 301, \"content\": \"<y>\", \"special\": false, \"lstrip\": true},"
+        "{\"id\": 302, \"content\": \"<w>\", \"special\": false, \"single_word\": true, "
+        "\"rstrip\": true},"
+        "{\"id\": 303, \"content\": \"<x>>\", \"special\": true}]";
+    write_tokjson(NULL, 0, added);
+    remove_tj("tokenizer_config.json");
+    tok_t *t = load_tj();
+    if (!t) return;
+    CHECK_EQ(tok_vocab_size(t), 304);
+    CHECK_EQ(tok_bos(t), -1);
+    CHECK_EQ(tok_eot(t), -1);
+    ENCODES(t, "a<x>b", 1, 97, 300, 98);
+    ENCODES(t, "a<x>b", 0, 97, '<', 'x', '>', 98); /* special: text without allow_special */
+    ENCODES(t, "<x>>", 1, 303);                    /* leftmost-longest */
+    ENCODES(t, "a <y>b", 0, 97, 301, 98);          /* lstrip takes the space; not special */
+    ENCODES(t, "a<w>", 1, 97, '<', 'w', '>');      /* single_word: not inside a word */
+    ENCODES(t, "a <w>  b", 1, 97, 32, 302, 98);    /* rstrip takes the spaces */
+    char *text = NULL, *out = NULL;
+    size_t len = 0;
+    CHECK_OK(tok_decode(t, (int[]){97, 300, 303}, 3, &text, &len));
+    if (text) CHECK_STREQ(text, "a<x><x>>");
+    free(text);
+    CHECK_ERR(tok_chat_render(t, "[]", 2, 0, &out, &len), RL_ENOTFOUND);
+    tok_destroy(&t);
+
+    /* tokenizer_config.json: EOS, the template; no add_bos_token and no post-processor: no BOS */
+    write_tj(
+        "tokenizer_config.json",
+        "{\"bos_token\": \"<x>\", \"eos_token\": {\"content\": \"<y>\"}, \"model_max_length\": "
+        "1000000000000000019884624838656, \"chat_template\": \"{{ bos_token }}{% for m in "
+        "messages %}[{{ m.role }}:{{ m.content }}]{% endfor %}{% if add_generation_prompt "
+        "%}>{{ eos_token }}{% endif %}\"}");
+    if (!(t = load_tj())) return;
+    CHECK_EQ(tok_bos(t), -1);
+    CHECK_EQ(tok_eot(t), 301);
+    const char *msgs = "[{\"role\": \"user\", \"content\": \"hi\"}, {\"role\": \"assistant\", "
+                       "\"content\": \"yo\"}]";
+    CHECK_OK(tok_chat_render(t, msgs, strlen(msgs), 1, &out, &len));
+    if (out) CHECK_STREQ(out, "<x>[user:hi][assistant:yo]><y>");
+    free(out);
+    out = NULL;
+    const char *obj = "{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}]}";
+    CHECK_OK(tok_chat_render(t, obj, strlen(obj), 0, &out, &len));
+    if (out) CHECK_STREQ(out, "<x>[user:q]");
+    free(out);
+    CHECK_ERR(tok_chat_render(t, "{\"messages\": 3}", 15, 0, &out, &len), RL_EFORMAT);
+    CHECK_ERR(tok_chat_render(t, "[{\"content\": \"x\"}]", 18, 0, &out, &len), RL_EFORMAT);
+    CHECK(strstr(rl_errmsg(), "messages[0]") != NULL);
+    CHECK_ERR(tok_chat_render(t, "[", 1, 0, &out, &len), RL_EFORMAT);
+    tok_destroy(&t);
+    write_tj("tokenizer_config.json",
+             "{\"bos_token\": \"<x>\", \"add_bos_token\": false, \"eos_token\": null}");
+    if ((t = load_tj())) {
+        CHECK_EQ(tok_bos(t), -1);
+        CHECK_EQ(tok_eot(t), -1);
+    }
+    tok_destroy(&t);
+    write_tj("tokenizer_config.json", "{\"bos_token\": \"<x>\", \"add_bos_token\": true}");
+    if ((t = load_tj())) CHECK_EQ(tok_bos(t), 300);
+    tok_destroy(&t);
+    /* BOS from the post-processor (Llama 3's: a TemplateProcessing in a Sequence), unless
+     * add_bos_token says otherwise */
+    char rest[1024];
+    snprintf(rest, sizeof rest,
+             "%s, \"post_processor\": {\"type\": \"Sequence\", \"processors\": [{\"type\": "
+             "\"ByteLevel\"}, {\"type\": \"TemplateProcessing\", \"single\": [{\"SpecialToken\": "
+             "{\"id\": \"<x>>\", \"type_id\": 0}}, {\"Sequence\": {\"id\": \"A\", \"type_id\": "
+             "0}}], \"special_tokens\": {\"<x>>\": {\"id\": \"<x>>\", \"ids\": [303]}}}]}",
+             added);
+    write_tokjson(NULL, 0, rest);
+    write_tj("tokenizer_config.json", "{\"bos_token\": \"<x>\"}");
+    if ((t = load_tj())) CHECK_EQ(tok_bos(t), 303);
+    tok_destroy(&t);
+    write_tj("tokenizer_config.json", "{\"bos_token\": \"<x>\", \"add_bos_token\": false}");
+    if ((t = load_tj())) CHECK_EQ(tok_bos(t), -1);
+    tok_destroy(&t);
+    remove_tj("tokenizer_config.json");
+    if ((t = load_tj())) CHECK_EQ(tok_bos(t), 303);
+    tok_destroy(&t);
+}
+
+/* Random bytes (valid and invalid UTF-8, added tokens, whitespace runs, digits) round-trip
+ * through a tokenizer.json pipeline of Llama 3's shape: Split by its pattern, ByteLevel, Digits,
+ * added tokens, some merges. */
+static void test_tokjson_random_round_trip(void) {
+    static const char *const atoms[] = {"a",
+                                        "b",
+                                        "ab",
+                                        " ",
+                                        "  ",
+                                        "\t",
+                                        "\n",
+                                        "\r\n",
+                                        "'s",
+                                        "'LL",
+                                        "1",
+                                        "23",
+                                        "4567",
+                                        ".",
+                                        "!",
+                                        "\xc3\xa9",
+                                        "\xe4\xb8\xad",
+                                        "\xf0\x9f\x98\x80",
+                                        "\xe2\x80\x8d",
+                                        "e\xcc\x81",
+                                        "<x>",
+                                        "<x",
+                                        "x>",
+                                        "<y>",
+                                        "\xff",
+                                        "\xc3",
+                                        "\xe2\x82",
+                                        "\x80",
+                                        "\x00"};
+    const char *extra[] = {"ab", " a", "  ", "12"};
+    write_tokjson(
+        extra, 4,
+        "\"pre_tokenizer\": {\"type\": \"Sequence\", \"pretokenizers\": [{\"type\": \"Split\", "
+        "\"pattern\": {\"Regex\": \"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\\\r\\\\n\\\\p{L}\\\\p{N}]?"
+        "\\\\p{L}+|\\\\p{N}{1,3}| ?[^\\\\s\\\\p{L}\\\\p{N}]+[\\\\r\\\\n]*|\\\\s*[\\\\r"
+        "\\\\n]+|\\\\s+(?!\\\\S)|\\\\s+\"}, \"behavior\": \"Isolated\", \"invert\": false}, "
+        "{\"type\": \"ByteLevel\", \"add_prefix_space\": false, \"use_regex\": false}, "
+        "{\"type\": \"Digits\", \"individual_digits\": false}]}, \"added_tokens\": [{\"id\": 400, "
+        "\"content\": \"<x>\", \"special\": true}, {\"id\": 401, \"content\": \"<y>\", "
+        "\"special\": false}]");
+    tok_t *t = load_tj();
+    if (!t) return;
+    char text[2048];
+    for (int iter = 0; iter < 2000; iter++) {
+        size_t n = 0;
+        for (int k = (int)rnd(40); k > 0; k--) {
+            const char *a = atoms[rnd(sizeof atoms / sizeof *atoms)];
+            size_t al = a[0] ? strlen(a) : 1; /* "\x00" is one NUL byte */
+            memcpy(text + n, a, al);
+            n += al;
+        }
+        for (int special = 0; special < 2; special++)
+            if (!round_trips(t, text, n, special)) {
+                TEST__FAIL("round trip failed (special %d) on %zu bytes", special, n);
+                iter = 2000;
+                break;
+            }
+    }
+    tok_destroy(&t);
+}
+
+/* tok_load must fail on tjdir with code and a message containing want. */
+static void tj_fails(int code, const char *want, int line) {
+    tok_t *t = tok_load(tjdir);
+    if (t || rl_errcode() != code || !strstr(rl_errmsg(), want))
+        TEST__FAIL("(line %d) tok_load: want failure %d with \"%s\", got %s %d \"%s\"", line, code,
+                   want, t ? "success" : "failure", rl_errcode(), rl_errmsg());
+    tok_destroy(&t);
+}
+#define TJ_FAILS(code, want) tj_fails(code, want, __LINE__)
+
+static void test_tokjson_malformed(void) {
+    const char *extra[] = {"ab"};
+    write_tj("tokenizer.json", "{\"model\": ");
+    TJ_FAILS(RL_EFORMAT, "tokenizer.json:1:");
+    write_tj("tokenizer.json", "{\"version\": \"1.0\"}");
+    TJ_FAILS(RL_EFORMAT, "tokenizer.json: \"model\": missing");
+    write_tj("tokenizer.json", "{\"model\": {\"type\": \"WordPiece\", \"vocab\": {}}}");
+    TJ_FAILS(RL_EUNSUPPORTED, "tokenizer.json: \"model.type\": \"WordPiece\"");
+    write_tj("tokenizer.json", "{\"model\": {\"type\": \"BPE\", \"merges\": []}}");
+    TJ_FAILS(RL_EFORMAT, "\"model.vocab\": missing");
+    write_tj("tokenizer.json",
+             "{\"model\": {\"type\": \"BPE\", \"byte_fallback\": true, \"vocab\": {}}}");
+    TJ_FAILS(RL_EUNSUPPORTED, "model.byte_fallback");
+    write_tj("tokenizer.json", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}}}");
+    TJ_FAILS(RL_EFORMAT, "tokenizer.json: model.vocab: no token for byte 0x00");
+    write_tokjson(extra, 1, "\"normalizer\": {\"type\": \"NFKC\"}");
+    TJ_FAILS(RL_EUNSUPPORTED, "\"normalizer.type\": normalizer \"NFKC\"");
+    write_tokjson(extra, 1, "\"decoder\": {\"type\": \"WordPiece\"}");
+    /* a duplicate "decoder" member: jansson keeps the last, which is the bad one */
+    TJ_FAILS(RL_EUNSUPPORTED, "\"decoder.type\": decoder \"WordPiece\"");
+    write_tokjson(extra, 1,
+                  "\"pre_tokenizer\": {\"type\": \"Sequence\", \"pretokenizers\": [{\"type\": "
+                  "\"ByteLevel\"}, {\"type\": \"Metaspace\"}]}");
+    TJ_FAILS(RL_EUNSUPPORTED,
+             "\"pre_tokenizer.pretokenizers[1].type\": pre-tokenizer \"Metaspace\"");
+    write_tokjson(extra, 1,
+                  "\"pre_tokenizer\": {\"type\": \"Split\", \"pattern\": {\"Regex\": \"(a\"}, "
+                  "\"behavior\": \"Isolated\"}");
+    TJ_FAILS(RL_EUNSUPPORTED, "\"pre_tokenizer.pattern\": PCRE2 rejects the pattern");
+    write_tokjson(extra, 1,
+                  "\"pre_tokenizer\": {\"type\": \"Split\", \"pattern\": {\"Regex\": \"a\"}, "
+                  "\"behavior\": \"Sideways\"}");
+    TJ_FAILS(RL_EFORMAT, "\"pre_tokenizer.behavior\": \"Sideways\"");
+    write_tokjson(extra, 1, "\"pre_tokenizer\": {\"type\": \"Split\", \"behavior\": \"Isolated\"}");
+    TJ_FAILS(RL_EFORMAT, "\"pre_tokenizer.pattern\"");
+    write_tokjson(extra, 1, "\"added_tokens\": [{\"id\": 5}]");
+    TJ_FAILS(RL_EFORMAT, "\"added_tokens[0].content\"");
+    write_tokjson(extra, 1, "\"added_tokens\": [{\"id\": -1, \"content\": \"<s>\"}]");
+    TJ_FAILS(RL_EFORMAT, "\"added_tokens[0].id\" (token \"<s>\")");
+    write_tokjson(extra, 1,
+                  "\"added_tokens\": [{\"id\": 9, \"content\": \"<s>\", \"special\": \"yes\"}]");
+    TJ_FAILS(RL_EFORMAT, "\"added_tokens[0].special\": expected true or false");
+    /* merges: bad forms, unknown tokens, duplicates */
+    static const struct {
+        const char *merges, *want;
+    } bad[] = {
+        {"[\"a b\", 7]", "tokenizer.json: model.merges[1]: expected \"left right\""},
+        {"[\"a b c\"]", "model.merges[0]: expected"},
+        {"[[\"a\"]]", "model.merges[0]: expected"},
+        {"[[\"a\", \"b\"], [\"ab\", \"ab\"]]",
+         "model.merges[1]: the merged token \"abab\" is not in model.vocab"},
+        {"[\"a b\", [\"a\", \"b\"]]",
+         "model.merges[1]: duplicate merge \"a b\" (first at index 0)"},
+        {"[\"abc b\"]", "model.merges[0]: token \"abc\" is not in model.vocab"},
+        {"{}", "\"model.merges\": missing or not an array"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        char text[64 * 300];
+        strcpy(text, "{\"model\": {\"type\": \"BPE\", \"merges\": ");
+        strcat(text, bad[i].merges);
+        strcat(text, ", \"vocab\": {");
+        for (int b = 0; b < 257; b++) {
+            char c = (char)b;
+            strcat(text, b ? ", \"" : "\"");
+            if (b < 256)
+                spell(&c, 1, 1, text);
+            else
+                strcat(text, "ab");
+            sprintf(text + strlen(text), "\": %d", b);
+        }
+        strcat(text, "}}}");
+        write_tj("tokenizer.json", text);
+        TJ_FAILS(RL_EFORMAT, bad[i].want);
+    }
+    write_tokjson(extra, 1,
+                  "\"post_processor\": {\"type\": \"TemplateProcessing\", \"single\": "
+                  "[{\"SpecialToken\": {\"id\": \"<s>\", \"type_id\": 0}}]}");
+    TJ_FAILS(RL_EFORMAT, "\"post_processor.single\": special token \"<s>\" is not a token");
+    /* tokenizer_config.json */
+    write_tokjson(extra, 1, "\"added_tokens\": []");
+    write_tj("tokenizer_config.json", "{\"bos_token\": \"<nope>\"}");
+    TJ_FAILS(RL_EFORMAT, "tokenizer_config.json: \"bos_token\": \"<nope>\" is not a token");
+    write_tj("tokenizer_config.json", "{\"eos_token\": 5}");
+    TJ_FAILS(RL_EFORMAT, "tokenizer_config.json: \"eos_token\": expected a string");
+    write_tj("tokenizer_config.json", "{\"add_bos_token\": \"no\"}");
+    TJ_FAILS(RL_EFORMAT, "tokenizer_config.json: \"tokenizer_config.add_bos_token\"");
+    write_tj("tokenizer_config.json", "{\"chat_template\": 7}");
+    TJ_FAILS(RL_EFORMAT, "tokenizer_config.json: \"chat_template\"");
+    write_tj("tokenizer_config.json", "{\"bos_token\": ");
+    TJ_FAILS(RL_EFORMAT, "tokenizer_config.json:1:");
+    remove_tj("tokenizer_config.json");
+    remove_tj("tokenizer.json");
+}
+
 int main(void) {
     snprintf(dir, sizeof dir, "%s", test_tmpdir());
     RUN(test_byte_map_round_trip);
@@ -836,6 +1226,13 @@ int main(void) {
     RUN(test_train_matches_naive_trainer);
     RUN(test_train_ties_and_limits);
     RUN(test_utf8_lossy);
+    snprintf(tjdir, sizeof tjdir, "%s/tj", dir);
+    mkdir(tjdir, 0755);
+    RUN(test_tokjson_split_behaviors);
+    RUN(test_tokjson_pretokenizers_and_nfc);
+    RUN(test_tokjson_added_tokens_and_config);
+    RUN(test_tokjson_random_round_trip);
+    RUN(test_tokjson_malformed);
     int rc = TEST_REPORT();
     char cmd[700];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);

@@ -6,7 +6,8 @@
 # nothing is committed - and builds a model-style directory from it. A mixed corpus (English,
 # contractions, numbers, punctuation, code, whitespace runs, newlines, non-ASCII Latin, other
 # scripts, CJK, emoji, text repeated at scale) must encode to identical ids with
-# `rlhf tokenize --no-special` and with the reference, and decode back to the same bytes.
+# `rlhf tokenize --no-special` and with the reference, and decode back to the same bytes; the
+# same vocabulary written as a tokenizer.json must give the same ids.
 # Then prints the encode throughput of `rlhf tokenize` on ~5 MB.
 #
 # Usage: test_tok_gpt2.sh PATH/TO/rlhf. Needs node and npm and the npm registry; a failed
@@ -121,6 +122,30 @@ if node "$HERE/gpt2_ref_encode.js" "$WORK/node_modules" "$C" "$WORK/ours.txt"; t
     ok "ids identical to the reference encoder"
 else
     bad "ids identical to the reference encoder"
+fi
+
+# the same vocabulary as Hugging Face writes it into tokenizer.json (a GPT-2 directory saved by
+# transformers has both): the tokenizer.json pipeline (ByteLevel with GPT-2's pattern, the
+# added <|endoftext|>) must give the same ids, with and without --no-special
+MJ=$WORK/model-json
+mkdir -p "$MJ"
+node -e 'const fs = require("fs");
+    const vocab = JSON.parse(fs.readFileSync(process.argv[1], "utf8"));
+    const merges = fs.readFileSync(process.argv[2], "utf8").split("\n")
+        .filter(l => l && !l.startsWith("#version"));
+    const bl = { type: "ByteLevel", add_prefix_space: false, trim_offsets: true, use_regex: true };
+    fs.writeFileSync(process.argv[3], JSON.stringify({
+        version: "1.0", normalizer: null, pre_tokenizer: bl, post_processor: bl, decoder: bl,
+        added_tokens: [{ id: 50256, content: "<|endoftext|>", single_word: false, lstrip: false,
+                         rstrip: false, normalized: true, special: true }],
+        model: { type: "BPE", vocab, merges } }));' \
+    "$MODEL/vocab.json" "$MODEL/merges.txt" "$MJ/tokenizer.json"
+"$RLHF" tokenize --model "$MJ" --no-special <"$C" >"$WORK/json.txt"
+printf 'a<|endoftext|>b' | "$RLHF" tokenize --model "$MJ" >"$WORK/json_special.txt"
+if cmp -s "$WORK/ours.txt" "$WORK/json.txt" && [ "$(cat "$WORK/json_special.txt")" = "64 50256 65" ]; then
+    ok "tokenizer.json of the same vocabulary: identical ids"
+else
+    bad "tokenizer.json of the same vocabulary: identical ids"
 fi
 
 # ---- decode round trip ----------------------------------------------------------------------

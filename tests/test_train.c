@@ -3,7 +3,13 @@
 #include "nn/train.h"
 #include "test.h"
 
-static const gpt_config_t cfg = {2, 2, 16, 13, 16, 1e-5f, 0};
+static const gpt_config_t cfg = {.n_layer = 2,
+                                 .n_head = 2,
+                                 .n_embd = 16,
+                                 .vocab_size = 13,
+                                 .n_positions = 16,
+                                 .layer_norm_epsilon = 1e-5f,
+                                 .scalar_head = 0};
 
 static void test_step_learns(void) {
     gpt_t *m = gpt_new(&cfg);

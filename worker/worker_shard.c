@@ -411,6 +411,21 @@ int shard_hub_send_step(shard_hub_t *h, int i, const gpt_t *m, uint32_t crc, uin
     st.n_positions = (uint32_t)c->n_positions;
     st.layer_norm_epsilon = c->layer_norm_epsilon;
     st.scalar_head = c->scalar_head != 0;
+    st.arch = (uint32_t)c->arch;
+    st.n_kv_head = (uint32_t)c->n_kv_head;
+    st.head_dim = (uint32_t)c->head_dim;
+    st.n_inner = (uint32_t)c->n_inner;
+    st.tie_word_embeddings = c->tie_word_embeddings != 0;
+    st.attn_bias = c->attn_bias != 0;
+    st.qk_norm = c->qk_norm != 0;
+    st.rope_theta = c->rope_theta;
+    st.rope_llama3 = c->rope_llama3 != 0;
+    st.rope_factor = c->rope_factor;
+    st.rope_low_freq_factor = c->rope_low_freq_factor;
+    st.rope_high_freq_factor = c->rope_high_freq_factor;
+    st.rope_original_max_pos = (uint32_t)c->rope_original_max_pos;
+    st.bos_token_id = c->bos_token_id;
+    st.eos_token_id = c->eos_token_id;
     st.delay_ms = delay_ms;
     shard_frames_t *f = &h->fr;
     f->n = 0;
@@ -553,9 +568,28 @@ typedef struct {
 #define slog(s, ...) shard_log((s)->who, __VA_ARGS__)
 
 static int shard_model_fit(shard_t *s, const Rlhf__ShardStep *st) {
-    gpt_config_t c = {(int)st->n_layer,       (int)st->n_head,      (int)st->n_embd,
-                      (int)st->vocab_size,    (int)st->n_positions, st->layer_norm_epsilon,
-                      st->scalar_head ? 1 : 0};
+    gpt_config_t c = {.n_layer = (int)st->n_layer,
+                      .n_head = (int)st->n_head,
+                      .n_embd = (int)st->n_embd,
+                      .vocab_size = (int)st->vocab_size,
+                      .n_positions = (int)st->n_positions,
+                      .layer_norm_epsilon = st->layer_norm_epsilon,
+                      .scalar_head = st->scalar_head ? 1 : 0,
+                      .arch = (int)st->arch,
+                      .n_kv_head = (int)st->n_kv_head,
+                      .head_dim = (int)st->head_dim,
+                      .n_inner = (int)st->n_inner,
+                      .tie_word_embeddings = st->tie_word_embeddings ? 1 : 0,
+                      .attn_bias = st->attn_bias ? 1 : 0,
+                      .qk_norm = st->qk_norm ? 1 : 0,
+                      .rope_theta = st->rope_theta,
+                      .rope_llama3 = st->rope_llama3 ? 1 : 0,
+                      .rope_factor = st->rope_factor,
+                      .rope_low_freq_factor = st->rope_low_freq_factor,
+                      .rope_high_freq_factor = st->rope_high_freq_factor,
+                      .rope_original_max_pos = (int)st->rope_original_max_pos,
+                      .bos_token_id = st->bos_token_id,
+                      .eos_token_id = st->eos_token_id};
     if (s->model && !memcmp(&s->model->cfg, &c, sizeof c)) return 0;
     gpt_destroy(&s->model);
     s->crc = 0;

@@ -300,7 +300,7 @@ int rm_encode(tok_t *tok, const char *prompt, const char *completion, int max_le
     memcpy(text, prompt, lp);
     memcpy(text + lp, completion, lc + 1);
     int *v = NULL;
-    int rc = tok_encode(tok, text, lp + lc, 0, &v, &m);
+    int rc = tok_encode(tok, text, lp + lc, tok_text_special(tok), &v, &m);
     free(text);
     if (rc < 0) return rc;
     int *w = realloc(v, (m + 1) * sizeof(int));
@@ -329,8 +329,9 @@ int rm_encode_split(tok_t *tok, const char *prompt, const char *completion, int 
     if (max_len < 2) return rl_fail(RL_EINVAL, "rm_encode_split: max_len %d", max_len);
     int *p = NULL, *c = NULL;
     size_t np = 0, nc = 0;
-    int rc = tok_encode(tok, prompt, strlen(prompt), 0, &p, &np);
-    if (rc == 0) rc = tok_encode(tok, completion, strlen(completion), 0, &c, &nc);
+    int rc = tok_encode(tok, prompt, strlen(prompt), tok_text_special(tok), &p, &np);
+    if (rc == 0)
+        rc = tok_encode(tok, completion, strlen(completion), tok_text_special(tok), &c, &nc);
     if (rc == 0 && np == 0) rc = rl_fail(RL_EINVAL, "an empty prompt");
     size_t m = np + nc + 1, keep_p = np, keep_c = nc + 1;
     if (rc == 0 && m > (size_t)max_len) { /* the prompt's start goes first, then the end */

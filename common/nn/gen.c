@@ -13,6 +13,12 @@
  * each loaded weight for up to six rows, and a row's result never depends on the other rows.
  * Everything else is exact as well (exact.h), so a sequence's tokens are the same bits on every
  * machine.
+ *
+ * The Llama family (llama.h) runs the same steps with its own layers: RMSNorm, the q | k | v
+ * product, the q/k norms and RoPE at each row's position (llama__qk_rope), a cache of the
+ * key/value heads only ([layer][sequence][kv head][position][head_dim]: grouped-query attention
+ * reads one kv head for several query heads), SwiGLU, and weights packed from Hugging Face's
+ * [out, in] layout (PGEMM_NK).
  */
 #include "nn/gen.h"
 
@@ -25,6 +31,7 @@
 #include <omp.h>
 
 #include "base/err.h"
+#include "nn/llama.h"
 #include "nn/ops.h"
 #include "nn/pgemm.h"
 
@@ -59,6 +66,27 @@ void gen_pack_free(gen_packed_t **pkp) {
     *pkp = NULL;
 }
 
+/* The Llama family's matrices, all [out, in]. */
+static int pack_llama(const gpt_t *m, gen_packed_t *pk) {
+    const gpt_config_t *c = &m->cfg;
+    const gpt_params_t *p = &m->params;
+    size_t C = (size_t)c->n_embd, hd = (size_t)gpt_head_dim(c), I = (size_t)c->n_inner;
+    size_t Dq = (size_t)c->n_head * hd, D3 = Dq + 2 * (size_t)c->n_kv_head * hd;
+    int rc = 0;
+    for (size_t l = 0; rc == 0 && l < (size_t)c->n_layer; l++)
+        if ((rc = pgemm_pack(&pk->qkv[l], p->qkvw + l * D3 * C, (int)C, (int)D3, PGEMM_NK)) < 0 ||
+            (rc = pgemm_pack(&pk->attproj[l], p->attprojw + l * C * Dq, (int)Dq, (int)C,
+                             PGEMM_NK)) < 0 ||
+            (rc = pgemm_pack(&pk->fc[l], p->fcw + l * 2 * I * C, (int)C, (int)(2 * I), PGEMM_NK)) <
+                0 ||
+            (rc = pgemm_pack(&pk->fcproj[l], p->fcprojw + l * C * I, (int)I, (int)C, PGEMM_NK)) < 0)
+            break;
+    if (rc == 0)
+        rc = pgemm_pack(&pk->lmhead, c->tie_word_embeddings ? p->wte : p->lmheadw, (int)C,
+                        c->vocab_size, PGEMM_NK);
+    return rc;
+}
+
 int gen_pack(const gpt_t *m, gen_packed_t **out) {
     const gpt_config_t *c = &m->cfg;
     const gpt_params_t *p = &m->params;
@@ -77,7 +105,8 @@ int gen_pack(const gpt_t *m, gen_packed_t **out) {
     int rc = pk->qkv && pk->attproj && pk->fc && pk->fcproj
                  ? 0
                  : rl_fail(RL_ENOMEM, "generate: packed weights");
-    for (size_t l = 0; rc == 0 && l < Ls; l++) {
+    if (rc == 0 && c->arch != GPT_ARCH_GPT2) rc = pack_llama(m, pk);
+    for (size_t l = 0; rc == 0 && c->arch == GPT_ARCH_GPT2 && l < Ls; l++) {
         size_t CC = (size_t)C * C;
         if ((rc = pgemm_pack(&pk->qkv[l], p->qkvw + l * 3 * CC, C, 3 * C, PGEMM_KN)) < 0 ||
             (rc = pgemm_pack(&pk->attproj[l], p->attprojw + l * CC, C, C, PGEMM_KN)) < 0 ||
@@ -85,7 +114,8 @@ int gen_pack(const gpt_t *m, gen_packed_t **out) {
             (rc = pgemm_pack(&pk->fcproj[l], p->fcprojw + l * 4 * CC, 4 * C, C, PGEMM_KN)) < 0)
             break;
     }
-    if (rc == 0) rc = pgemm_pack(&pk->lmhead, p->wte, C, c->vocab_size, PGEMM_NK);
+    if (rc == 0 && c->arch == GPT_ARCH_GPT2)
+        rc = pgemm_pack(&pk->lmhead, p->wte, C, c->vocab_size, PGEMM_NK);
     if (rc < 0) {
         gen_pack_free(&pk);
         return rc;
@@ -135,10 +165,11 @@ typedef struct {
     /* per-step row buffers, sized for max_rows */
     int max_rows;
     float *x, *ln, *qkv, *atty, *tmp, *fch, *fchg, *mean, *rstd;
-    float *scores;     /* attention scratch */
-    size_t scores_cap; /* floats */
-    float *last;       /* (S, C) final hidden state of each group's last row */
-    float *logits;     /* (S, V) */
+    float *qkr, *qk_rstd; /* Llama family: attention's input, the q/k norms' 1/rms */
+    float *scores;        /* attention scratch */
+    size_t scores_cap;    /* floats */
+    float *last;          /* (S, C) final hidden state of each group's last row */
+    float *logits;        /* (S, V) */
     int *row_seq, *row_pos, *row_tok;
     int *grp_start,
         *grp_n; /* rows of group g: grp_start[g] .. + grp_n[g]; group g is seq grp_seq[g] */
@@ -149,24 +180,38 @@ static void state_free(gen_state_t *g) {
     free(g->kc), free(g->vc), free(g->x), free(g->ln), free(g->qkv), free(g->atty), free(g->tmp);
     free(g->fch), free(g->fchg), free(g->mean), free(g->rstd), free(g->scores), free(g->last);
     free(g->logits), free(g->row_seq), free(g->row_pos), free(g->row_tok), free(g->grp_start);
-    free(g->grp_n), free(g->grp_seq);
+    free(g->grp_n), free(g->grp_seq), free(g->qkr), free(g->qk_rstd);
 }
 
 static int state_init(gen_state_t *g, gpt_t *m, int S, int cap, int max_rows) {
     const gpt_config_t *c = &m->cfg;
     size_t C = c->n_embd, L = c->n_layer, R = (size_t)max_rows;
+    int llama = c->arch != GPT_ARCH_GPT2;
+    /* widths: GPT-2's 3C, C, 4C, 4C; the Llama family's D3, Dq, 2I, I */
+    size_t hd = (size_t)gpt_head_dim(c), Hkv = llama ? (size_t)c->n_kv_head : (size_t)c->n_head;
+    size_t Dq = (size_t)c->n_head * hd, D3 = Dq + 2 * Hkv * hd, I = (size_t)c->n_inner;
+    size_t w_qkv = llama ? D3 : 3 * C, w_att = llama ? Dq : C;
+    size_t w_fc = llama ? 2 * I : 4 * C, w_fcg = llama ? I : 4 * C;
     memset(g, 0, sizeof *g);
     g->m = m, g->S = S, g->cap = cap, g->max_rows = max_rows;
-    size_t cache = L * (size_t)S * (size_t)cap * C; /* H * hs = C */
+    size_t cache = L * (size_t)S * (size_t)cap * Hkv * hd; /* GPT-2: H * hs = C */
     g->kc = malloc(cache * sizeof(float));
     g->vc = malloc(cache * sizeof(float));
     g->x = malloc(R * C * sizeof(float));
     g->ln = malloc(R * C * sizeof(float));
-    g->qkv = malloc(R * 3 * C * sizeof(float));
-    g->atty = malloc(R * C * sizeof(float));
+    g->qkv = malloc(R * w_qkv * sizeof(float));
+    g->atty = malloc(R * w_att * sizeof(float));
     g->tmp = malloc(R * C * sizeof(float));
-    g->fch = malloc(R * 4 * C * sizeof(float));
-    g->fchg = malloc(R * 4 * C * sizeof(float));
+    g->fch = malloc(R * w_fc * sizeof(float));
+    g->fchg = malloc(R * w_fcg * sizeof(float));
+    if (llama) {
+        g->qkr = malloc(R * D3 * sizeof(float));
+        g->qk_rstd = malloc(R * ((size_t)c->n_head + Hkv) * sizeof(float));
+        if (!g->qkr || !g->qk_rstd) {
+            state_free(g);
+            return rl_fail(RL_ENOMEM, "generate: cannot allocate state for %d rows", max_rows);
+        }
+    }
     g->mean = malloc(R * sizeof(float));
     g->rstd = malloc(R * sizeof(float));
     g->last = malloc((size_t)S * C * sizeof(float));
@@ -187,11 +232,12 @@ static int state_init(gen_state_t *g, gpt_t *m, int S, int cap, int max_rows) {
     return 0;
 }
 
-/* Key (or value) cache row of (layer l, sequence s, head h, position 0). */
+/* Key (or value) cache row of (layer l, sequence s, key/value head h, position 0). */
 static float *cache_at(const gen_state_t *g, float *base, int l, int s, int h) {
     const gpt_config_t *c = &g->m->cfg;
-    size_t hs = (size_t)(c->n_embd / c->n_head);
-    return base + (((size_t)l * g->S + s) * c->n_head + h) * (size_t)g->cap * hs;
+    size_t hs = (size_t)gpt_head_dim(c);
+    size_t nkv = (size_t)(c->arch == GPT_ARCH_GPT2 ? c->n_head : c->n_kv_head);
+    return base + (((size_t)l * g->S + s) * nkv + h) * (size_t)g->cap * hs;
 }
 
 /*
@@ -227,11 +273,92 @@ EX_VARIANTS(attend_rows,
              const float *Vc, int n, const int *pos, int hs, float scale),
             attend_rows_body, (out, ldo, sc, q, ldq, K, Vc, n, pos, hs, scale))
 
+/* The attention scratch for a step: one (n_g, ctx_g) score matrix per thread at a time; *per
+ * gets the largest, *total the sum over groups times heads. */
+static int scores_fit(gen_state_t *g, int G, int H, size_t *per, size_t *total) {
+    *per = 0, *total = 0;
+    for (int k = 0; k < G; k++) {
+        size_t n_ctx =
+            (size_t)g->grp_n[k] * (size_t)(g->row_pos[g->grp_start[k] + g->grp_n[k] - 1] + 1);
+        if (n_ctx > *per) *per = n_ctx;
+        *total += n_ctx * H;
+    }
+    size_t need = *per * (size_t)omp_get_max_threads();
+    if (need > g->scores_cap) {
+        float *s = realloc(g->scores, need * sizeof(float));
+        if (!s) return rl_fail(RL_ENOMEM, "generate: attention scratch");
+        g->scores = s;
+        g->scores_cap = need;
+    }
+    return 0;
+}
+
+/* forward_rows for the Llama family. */
+static int forward_rows_llama(gen_state_t *g, int R, int G) {
+    gpt_t *m = g->m;
+    const gpt_config_t *c = &m->cfg;
+    const gpt_params_t *p = &m->params;
+    const gen_packed_t *pk = g->pk;
+    int C = c->n_embd, L = c->n_layer, H = c->n_head, Hkv = c->n_kv_head, hd = gpt_head_dim(c);
+    int Dq = H * hd, D3 = (H + 2 * Hkv) * hd, I = c->n_inner, grp = H / Hkv;
+    float scale = 1.0f / sqrtf((float)hd), eps = c->layer_norm_epsilon;
+    size_t per, total_scores;
+    int rc = scores_fit(g, G, H, &per, &total_scores);
+    if (rc < 0) return rc;
+    for (int r = 0; r < R; r++)
+        memcpy(g->x + (size_t)r * C, p->wte + (size_t)g->row_tok[r] * C, (size_t)C * sizeof(float));
+    for (int l = 0; l < L; l++) {
+        ops_rmsnorm_forward(g->ln, g->rstd, g->x, p->ln1w + (size_t)l * C, R, C, eps);
+        pgemm(g->qkv, g->ln, R, &pk->qkv[l], c->attn_bias ? p->qkvb + (size_t)l * D3 : NULL);
+        llama__qk_rope(m, l, g->qkr, g->qk_rstd, g->qkv, R, g->row_pos, 0);
+        long work = (long)total_scores * hd;
+        /* the group's new keys and values into its cache, one task per (group, kv head) */
+#pragma omp parallel for schedule(static) if (work >= 32768)
+        for (int gk = 0; gk < G * Hkv; gk++) {
+            int k = gk / Hkv, h = gk % Hkv, r0 = g->grp_start[k], n = g->grp_n[k];
+            int s = g->row_seq[r0];
+            float *K = cache_at(g, g->kc, l, s, h), *Vc = cache_at(g, g->vc, l, s, h);
+            for (int r = r0; r < r0 + n; r++) {
+                const float *src = g->qkr + (size_t)r * D3 + Dq + (size_t)h * hd;
+                size_t off = (size_t)g->row_pos[r] * hd;
+                memcpy(K + off, src, (size_t)hd * sizeof(float));
+                memcpy(Vc + off, src + (size_t)Hkv * hd, (size_t)hd * sizeof(float));
+            }
+        }
+        /* then attention per (group, query head) against its kv head's cache */
+#pragma omp parallel for schedule(dynamic) if (work >= 32768)
+        for (int gh = 0; gh < G * H; gh++) {
+            int k = gh / H, h = gh % H, r0 = g->grp_start[k], n = g->grp_n[k];
+            int s = g->row_seq[r0];
+            float *sc = g->scores + per * (size_t)omp_get_thread_num();
+            const float *K = cache_at(g, g->kc, l, s, h / grp),
+                        *Vc = cache_at(g, g->vc, l, s, h / grp);
+            attend_rows(g->atty + (size_t)r0 * Dq + (size_t)h * hd, Dq, sc,
+                        g->qkr + (size_t)r0 * D3 + (size_t)h * hd, D3, K, Vc, n, g->row_pos + r0,
+                        hd, scale);
+        }
+        pgemm(g->tmp, g->atty, R, &pk->attproj[l], NULL);
+        ops_residual_forward(g->x, g->x, g->tmp, (size_t)R * C);
+        ops_rmsnorm_forward(g->ln, g->rstd, g->x, p->ln2w + (size_t)l * C, R, C, eps);
+        pgemm(g->fch, g->ln, R, &pk->fc[l], NULL);
+        ops_swiglu_forward(g->fchg, g->fch, R, I);
+        pgemm(g->tmp, g->fchg, R, &pk->fcproj[l], NULL);
+        ops_residual_forward(g->x, g->x, g->tmp, (size_t)R * C);
+    }
+    for (int k = 0; k < G; k++)
+        memcpy(g->tmp + (size_t)k * C, g->x + (size_t)(g->grp_start[k] + g->grp_n[k] - 1) * C,
+               (size_t)C * sizeof(float));
+    ops_rmsnorm_forward(g->last, g->rstd, g->tmp, p->lnfw, G, C, eps);
+    pgemm(g->logits, g->last, G, &pk->lmhead, NULL);
+    return 0;
+}
+
 /*
  * One forward step over R rows forming G groups (one per sequence present). Leaves the logits
  * of each group's last row in g->logits (G, V), in group order.
  */
 static int forward_rows(gen_state_t *g, int R, int G) {
+    if (g->m->cfg.arch != GPT_ARCH_GPT2) return forward_rows_llama(g, R, G);
     gpt_t *m = g->m;
     const gpt_config_t *c = &m->cfg;
     const gpt_params_t *p = &m->params;

@@ -1,5 +1,6 @@
 /*
- * gpt.c - the GPT-2 model: arenas, forward, backward, scalar head (see gpt.h).
+ * gpt.c - the model handle: arenas, forward, backward, scalar head (see gpt.h). GPT-2's layers
+ * are here; the Llama family's are in llama.c, called where cfg.arch says so.
  */
 #include "nn/gpt.h"
 
@@ -9,10 +10,12 @@
 #include <string.h>
 
 #include "base/err.h"
-#include "nn/ops.h"
 #include "base/rng.h"
+#include "nn/llama.h"
+#include "nn/ops.h"
 
 int gpt_config_check(const gpt_config_t *c) {
+    if (c->arch != GPT_ARCH_GPT2) return llama__config_check(c);
     if (c->n_layer < 1 || c->n_head < 1 || c->n_embd < 1 || c->vocab_size < 1 || c->n_positions < 1)
         return rl_fail(RL_EINVAL,
                        "model config: sizes must be positive (n_layer=%d n_head=%d n_embd=%d "
@@ -37,6 +40,10 @@ int gpt_config_check(const gpt_config_t *c) {
 }
 
 static void param_sizes(const gpt_config_t *cfg, size_t *s) {
+    if (cfg->arch != GPT_ARCH_GPT2) {
+        llama__param_sizes(cfg, s);
+        return;
+    }
     size_t L = cfg->n_layer, C = cfg->n_embd, V = cfg->vocab_size, P = cfg->n_positions;
     s[GPT_WTE] = V * C;
     s[GPT_WPE] = P * C;
@@ -56,6 +63,7 @@ static void param_sizes(const gpt_config_t *cfg, size_t *s) {
     s[GPT_LNFB] = C;
     s[GPT_HEADW] = cfg->scalar_head ? C : 0;
     s[GPT_HEADB] = cfg->scalar_head ? 1 : 0;
+    s[GPT_QNORMW] = s[GPT_KNORMW] = s[GPT_LMHEADW] = 0;
 }
 
 /* Points the kind pointers of `p` into `mem` (kinds laid out back to back). */
@@ -102,13 +110,14 @@ static void add_tensor(gpt_t *m, const char *name, int ndim, int r, int c, size_
 static int build_tensor_table(gpt_t *m) {
     const gpt_config_t *cfg = &m->cfg;
     int C = cfg->n_embd, L = cfg->n_layer;
-    m->tensors = calloc((size_t)(4 + L * N_LAYER_TENSORS + 2), sizeof *m->tensors);
-    if (!m->tensors) return rl_fail(RL_ENOMEM, "model: tensor table");
     size_t kind_off[GPT_NKINDS], off = 0;
     for (int i = 0; i < GPT_NKINDS; i++) {
         kind_off[i] = off;
         off += m->param_sizes[i];
     }
+    if (cfg->arch != GPT_ARCH_GPT2) return llama__tensor_table(m, kind_off);
+    m->tensors = calloc((size_t)(4 + L * N_LAYER_TENSORS + 2), sizeof *m->tensors);
+    if (!m->tensors) return rl_fail(RL_ENOMEM, "model: tensor table");
     add_tensor(m, "wte.weight", 2, cfg->vocab_size, C, kind_off[GPT_WTE], 1);
     add_tensor(m, "wpe.weight", 2, cfg->n_positions, C, kind_off[GPT_WPE], 1);
     for (int l = 0; l < L; l++)
@@ -140,6 +149,7 @@ gpt_t *gpt_new(const gpt_config_t *cfg) {
     if (!m->params_mem) goto fail;
     point_params(&m->params, m->params_mem, m->param_sizes);
     if (build_tensor_table(m) < 0) goto fail;
+    if (cfg->arch != GPT_ARCH_GPT2 && llama__rope_init(m) < 0) goto fail;
     return m;
 fail:;
     size_t n = m ? m->num_params : 0;
@@ -158,6 +168,8 @@ void gpt_destroy(gpt_t **mp) {
     free(m->tensors);
     free(m->inputs);
     free(m->head_idx);
+    free(m->rope_cos);
+    free(m->rope_sin);
     free(m);
     *mp = NULL;
 }
@@ -168,13 +180,15 @@ void gpt_init_weights(gpt_t *m, uint64_t seed) {
     for (int i = 0; i < m->n_tensors; i++) {
         const gpt_tensor_t *t = &m->tensors[i];
         float *p = m->params_mem + t->offset;
-        int is_ln = strstr(t->name, "ln_") != NULL;
+        /* GPT-2's LayerNorms are ln_*; the Llama family's RMSNorms all have "norm" in the name */
+        int is_ln = strstr(t->name, cfg->arch == GPT_ARCH_GPT2 ? "ln_" : "norm") != NULL;
         if (t->ndim == 1) {
             float v = is_ln && strstr(t->name, ".weight") ? 1.0f : 0.0f;
             for (size_t j = 0; j < t->size; j++) p[j] = v;
             continue;
         }
-        float std = strstr(t->name, "c_proj.weight") ? resid_std : 0.02f;
+        float std =
+            cfg->arch == GPT_ARCH_GPT2 && strstr(t->name, "c_proj.weight") ? resid_std : 0.02f;
         /* stream = tensor index: each tensor's values are fixed by (seed, name order) alone */
 #pragma omp parallel for schedule(static) if (t->size >= 65536)
         for (size_t j = 0; j < t->size; j++) p[j] = std * rng_normal(seed, (uint64_t)i, j);
@@ -212,8 +226,8 @@ const gpt_tensor_t *gpt_tensor_find(const gpt_t *m, const char *name) {
 
 int gpt_adamw_groups(const gpt_t *m, adamw_group_t *out) {
     static const int decay_kind[GPT_NKINDS] = {
-        [GPT_WTE] = 1, [GPT_WPE] = 1,     [GPT_QKVW] = 1, [GPT_ATTPROJW] = 1,
-        [GPT_FCW] = 1, [GPT_FCPROJW] = 1, [GPT_HEADW] = 1};
+        [GPT_WTE] = 1, [GPT_WPE] = 1,     [GPT_QKVW] = 1,  [GPT_ATTPROJW] = 1,
+        [GPT_FCW] = 1, [GPT_FCPROJW] = 1, [GPT_HEADW] = 1, [GPT_LMHEADW] = 1};
     int n = 0;
     size_t off = 0;
     for (int k = 0; k < GPT_NKINDS; k++) {
@@ -283,7 +297,10 @@ static size_t acts_floats(const gpt_config_t *cfg, size_t B, size_t T, gpt_acts_
 static int acts_fit(gpt_t *m, int B, int T) {
     /* the size in double first: (L,B,H,T,T) at a large T must fail cleanly, not wrap */
     double need_d = 0;
-    {
+    int llama = m->cfg.arch != GPT_ARCH_GPT2;
+    if (llama) {
+        need_d = llama__acts_floats(&m->cfg, (size_t)B, (size_t)T, &m->acts, NULL);
+    } else {
         const gpt_config_t *c = &m->cfg;
         double N = (double)B * T, L = c->n_layer, C = c->n_embd, H = c->n_head;
         need_d = N * C * (18.0 * L + 16.0) + N * c->vocab_size + 2.0 * L * B * H * T * T +
@@ -292,7 +309,7 @@ static int acts_fit(gpt_t *m, int B, int T) {
     if (need_d * sizeof(float) > 1e13)
         return rl_fail(RL_ENOMEM, "model: activations for B=%d T=%d would take %.3g GB", B, T,
                        need_d * sizeof(float) / 1e9);
-    size_t need = acts_floats(&m->cfg, B, T, &m->acts, NULL);
+    size_t need = llama ? (size_t)need_d : acts_floats(&m->cfg, B, T, &m->acts, NULL);
     if (need > m->acts_cap) {
         free(m->acts_mem);
         m->acts_mem = malloc(need * sizeof(float));
@@ -309,7 +326,10 @@ static int acts_fit(gpt_t *m, int B, int T) {
         m->inputs = in;
         m->inputs_cap = (size_t)B * T;
     }
-    acts_floats(&m->cfg, B, T, &m->acts, m->acts_mem);
+    if (llama)
+        llama__acts_floats(&m->cfg, (size_t)B, (size_t)T, &m->acts, m->acts_mem);
+    else
+        acts_floats(&m->cfg, B, T, &m->acts, m->acts_mem);
     return 0;
 }
 
@@ -333,6 +353,11 @@ int gpt_forward(gpt_t *m, const int *inputs, int B, int T, int flags) {
     m->B = B;
     m->T = T;
     memcpy(m->inputs, inputs, (size_t)B * T * sizeof(int));
+    if (cfg->arch != GPT_ARCH_GPT2) {
+        llama__forward(m, (flags & GPT_FWD_LOGITS) != 0);
+        m->have_logits = (flags & GPT_FWD_LOGITS) != 0;
+        return 0;
+    }
 
     gpt_params_t *p = &m->params;
     gpt_acts_t *a = &m->acts;
@@ -452,7 +477,11 @@ int gpt_backward(gpt_t *m, int use_dlogits, const float *dvalues) {
     /* gradient with respect to the final LayerNorm's output, from both heads */
     float *dlnf = a->dbuf;
     memset(dlnf, 0, N * C * sizeof(float));
-    if (use_dlogits) ops_lmhead_backward(dlnf, g->wte, a->logits, a->lnf, p->wte, (int)N, C, V);
+    /* the LM head: wte (tied), or the Llama family's own lm_head */
+    int own_head = cfg->arch != GPT_ARCH_GPT2 && !cfg->tie_word_embeddings;
+    if (use_dlogits)
+        ops_lmhead_backward(dlnf, own_head ? g->lmheadw : g->wte, a->logits, a->lnf,
+                            own_head ? p->lmheadw : p->wte, (int)N, C, V);
     if (dvalues)
         for (int i0 = 0; i0 < m->head_n; i0 += (int)N) {
             int k = m->head_n - i0 < (int)N ? m->head_n - i0 : (int)N;
@@ -465,6 +494,10 @@ int gpt_backward(gpt_t *m, int use_dlogits, const float *dvalues) {
                 for (int c = 0; c < C; c++)
                     dlnf[(size_t)idx[j] * C + c] += a->dres[(size_t)j * C + c];
         }
+    if (cfg->arch != GPT_ARCH_GPT2) {
+        llama__backward(m); /* from dlnf = a->dbuf */
+        return 0;
+    }
     memset(a->dres, 0, N * C * sizeof(float));
     const float *last = L > 0 ? a->residual3 + (L - 1) * N * C : a->encoded;
     ops_layernorm_backward(a->dres, g->lnfw, g->lnfb, dlnf, last, p->lnfw, a->lnf_mean, a->lnf_rstd,
@@ -507,6 +540,7 @@ int gpt_backward(gpt_t *m, int use_dlogits, const float *dvalues) {
 }
 
 double gpt_train_flops(const gpt_config_t *cfg, int B, int T) {
+    if (cfg->arch != GPT_ARCH_GPT2) return llama__train_flops(cfg, B, T);
     double N = (double)B * T, C = cfg->n_embd, L = cfg->n_layer, V = cfg->vocab_size;
     double per_layer = 2.0 * N * 12.0 * C * C         /* c_attn, attn.c_proj, c_fc, mlp.c_proj */
                        + 4.0 * B * (double)T * T * C; /* q@k^T and att@v, all heads */

@@ -1,5 +1,8 @@
 /*
- * gpt.h - the GPT-2 transformer in fp32: parameters, forward, backward, scalar head.
+ * gpt.h - the decoder-only transformer in fp32: parameters, forward, backward, scalar head.
+ * Two families behind one handle: GPT-2 (cfg.arch = GPT_ARCH_GPT2, the default), and the Llama
+ * family (Llama, Qwen2, Qwen3: RMSNorm, rotary positions, SwiGLU, grouped-query attention),
+ * whose kernels are in llama.c (llama.h); gpt.c dispatches on cfg.arch.
  *
  * One model = four arenas (the llm.c pattern): parameters, gradients, activations (forward
  * activations plus backward scratch, sized for the largest B*T seen), and - owned by the
@@ -23,102 +26,10 @@
 #include <stdint.h>
 
 #include "nn/adamw.h"
+#include "nn/gpt_types.h" /* gpt_config_t, gpt_t, the kinds and views */
 
-typedef struct {
-    int n_layer, n_head, n_embd, vocab_size, n_positions;
-    float layer_norm_epsilon;
-    int scalar_head; /* 1: linear n_embd -> 1 head, tensors "score.weight" [1,C], "score.bias" [1]
-                      */
-} gpt_config_t;
-
-/* Parameter kinds, in arena order. */
-enum {
-    GPT_WTE,      /* (V, C) */
-    GPT_WPE,      /* (P, C) */
-    GPT_LN1W,     /* (L, C) */
-    GPT_LN1B,     /* (L, C) */
-    GPT_QKVW,     /* (L, C, 3C) */
-    GPT_QKVB,     /* (L, 3C) */
-    GPT_ATTPROJW, /* (L, C, C) */
-    GPT_ATTPROJB, /* (L, C) */
-    GPT_LN2W,     /* (L, C) */
-    GPT_LN2B,     /* (L, C) */
-    GPT_FCW,      /* (L, C, 4C) */
-    GPT_FCB,      /* (L, 4C) */
-    GPT_FCPROJW,  /* (L, 4C, C) */
-    GPT_FCPROJB,  /* (L, C) */
-    GPT_LNFW,     /* (C) */
-    GPT_LNFB,     /* (C) */
-    GPT_HEADW,    /* (C) - "score.weight" [1, C]; size 0 without a scalar head */
-    GPT_HEADB,    /* (1) - "score.bias" [1]; size 0 without a scalar head */
-    GPT_NKINDS
-};
-
-/* Pointers into an arena, one per kind (same order as the enum). */
-typedef struct {
-    float *wte, *wpe, *ln1w, *ln1b, *qkvw, *qkvb, *attprojw, *attprojb, *ln2w, *ln2b, *fcw, *fcb,
-        *fcprojw, *fcprojb, *lnfw, *lnfb, *headw, *headb;
-} gpt_params_t;
-
-/* One tensor in Hugging Face naming ("h.3.attn.c_attn.weight"), viewing the arenas. */
-typedef struct {
-    char name[64];
-    int ndim;
-    int shape[2];
-    size_t size;   /* elements */
-    size_t offset; /* into the parameter (and gradient) arena */
-    int decay;     /* 1 for 2-D weight matrices: AdamW weight decay applies */
-} gpt_tensor_t;
-
-/* Forward activations and backward scratch, all views into one arena. */
-typedef struct {
-    float *encoded;                   /* (B,T,C) */
-    float *ln1, *ln1_mean, *ln1_rstd; /* (L,B,T,C), (L,B,T), (L,B,T) */
-    float *qkv;                       /* (L,B,T,3C) */
-    float *atty;                      /* (L,B,T,C) */
-    float *att;                       /* (L,B,H,T,T) softmax probabilities */
-    float *attproj;                   /* (L,B,T,C) */
-    float *residual2;                 /* (L,B,T,C) */
-    float *ln2, *ln2_mean, *ln2_rstd; /* (L,B,T,C), (L,B,T), (L,B,T) */
-    float *fch;                       /* (L,B,T,4C) pre-GELU */
-    float *fch_gelu;                  /* (L,B,T,4C) */
-    float *fcproj;                    /* (L,B,T,C) */
-    float *residual3;                 /* (L,B,T,C) */
-    float *lnf, *lnf_mean, *lnf_rstd; /* (B,T,C), (B,T), (B,T) */
-    float *logits;                    /* (B,T,V); dlogits in place after gpt_lm_loss(grad=1) */
-    float *losses;                    /* (B,T) per-position cross-entropy (0 where masked) */
-    /* backward scratch */
-    float *dres, *dbuf, *dbuf2; /* (B,T,C) each */
-    float *dqkv;                /* (B,T,3C) */
-    float *datt;                /* (B,H,T,T) */
-    float *dfch_gelu;           /* (B,T,4C) gradient after GELU */
-    float *dfch;                /* (B,T,4C) gradient before GELU */
-} gpt_acts_t;
-
-typedef struct {
-    gpt_config_t cfg;
-    size_t param_sizes[GPT_NKINDS];
-    size_t num_params;
-    float *params_mem; /* parameter arena */
-    gpt_params_t params;
-    float *grads_mem; /* gradient arena (NULL until gpt_grads_alloc) */
-    gpt_params_t grads;
-    gpt_tensor_t *tensors; /* Hugging Face view of the arena */
-    int n_tensors;
-    /* activations, sized for acts_BT = B*T positions */
-    float *acts_mem;
-    size_t acts_cap; /* floats allocated */
-    gpt_acts_t acts;
-    int B, T;          /* shape of the last forward */
-    int have_logits;   /* the last forward computed logits */
-    int dlogits_ready; /* acts.logits holds dlogits */
-    int *inputs;       /* (B,T) copy of the last inputs */
-    size_t inputs_cap; /* ints allocated at `inputs` */
-    int *head_idx;     /* positions of the last gpt_head_forward */
-    int head_n;
-} gpt_t;
-
-/* Checks a config (positive sizes, n_embd divisible by n_head, ...). Returns 0 or RL_EINVAL. */
+/* Checks a config (positive sizes, n_embd divisible by n_head, ...; for the Llama family also
+ * the kv heads, the MLP width and the rotary parameters). Returns 0 or RL_EINVAL. */
 int gpt_config_check(const gpt_config_t *cfg);
 
 /* Allocates a model with zeroed parameters (no gradients, no activations yet); NULL on failure
@@ -131,7 +42,8 @@ void gpt_destroy(gpt_t **mp);
 /*
  * GPT-2 initialisation from `seed` (counter-based, so independent of thread count): weights
  * N(0, 0.02), residual projections (attn.c_proj, mlp.c_proj) N(0, 0.02/sqrt(2L)), biases 0,
- * LayerNorm weights 1.
+ * LayerNorm weights 1. The Llama family as Hugging Face initialises it: every weight matrix
+ * N(0, 0.02) (initializer_range), biases 0, RMSNorm weights 1.
  */
 void gpt_init_weights(gpt_t *m, uint64_t seed);
 
@@ -148,7 +60,7 @@ const gpt_tensor_t *gpt_tensor_find(const gpt_t *m, const char *name);
  * 2-D weight matrices only. Returns the number of groups. */
 int gpt_adamw_groups(const gpt_t *m, adamw_group_t *out);
 
-#define GPT_FWD_LOGITS 1 /* also compute logits (B,T,V) through the tied LM head */
+#define GPT_FWD_LOGITS 1 /* also compute logits (B,T,V) through the LM head (tied: wte) */
 
 /*
  * Forward pass on inputs (B,T) token ids: the trunk always, the LM logits if flags has

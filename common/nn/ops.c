@@ -456,6 +456,177 @@ void ops_attention_backward_ref(float *dqkv, float *datt, const float *dout, con
 }
 
 /* ------------------------------------------------------------------------------------------ */
+/* The Llama family */
+
+/* Rows [lo, hi) of the RMSNorm forward. */
+static inline void rmsnorm_rows_body(float *out, float *rstd, const float *inp, const float *w,
+                                     int lo, int hi, int C, float eps) {
+    for (int n = lo; n < hi; n++) {
+        const float *x = inp + (size_t)n * C;
+        float *o = out + (size_t)n * C;
+        float ms = ex_sumsq_dev(x, 0.0f, C) / C;
+        float s = 1.0f / sqrtf(ms + eps);
+        for (int c = 0; c < C; c++) o[c] = x[c] * s * w[c];
+        rstd[n] = s;
+    }
+}
+EX_VARIANTS(rmsnorm_rows,
+            (float *out, float *rstd, const float *inp, const float *w, int lo, int hi, int C,
+             float eps),
+            rmsnorm_rows_body, (out, rstd, inp, w, lo, hi, C, eps))
+
+void ops_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, int N, int C,
+                         float eps) {
+    int nt = (long)N * C >= OPS_PAR_MIN ? ops_threads : 1;
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int t = 0; t < nt; t++)
+        rmsnorm_rows(out, rstd, inp, w, (int)((long)N * t / nt), (int)((long)N * (t + 1) / nt), C,
+                     eps);
+}
+
+void ops_rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *inp,
+                          const float *w, const float *rstd, int N, int C) {
+#pragma omp parallel if ((long)N * C >= OPS_PAR_MIN)
+    {
+#pragma omp for schedule(static)
+        for (int n = 0; n < N; n++) {
+            const float *d = dout + (size_t)n * C, *x = inp + (size_t)n * C;
+            float *di = dinp + (size_t)n * C;
+            float s = rstd[n], dnorm_norm_mean = 0.0f;
+            for (int c = 0; c < C; c++) dnorm_norm_mean += w[c] * d[c] * (x[c] * s);
+            dnorm_norm_mean /= C;
+            for (int c = 0; c < C; c++) di[c] += (w[c] * d[c] - x[c] * s * dnorm_norm_mean) * s;
+        }
+        /* the weight's gradient: each thread owns a column range, rows summed in order */
+        int nt = omp_get_num_threads(), id = omp_get_thread_num();
+        int c0 = (int)((long)C * id / nt), c1 = (int)((long)C * (id + 1) / nt);
+        for (int n = 0; n < N; n++) {
+            const float *d = dout + (size_t)n * C, *x = inp + (size_t)n * C;
+            float s = rstd[n];
+            for (int c = c0; c < c1; c++) dw[c] += x[c] * s * d[c];
+        }
+    }
+}
+
+void ops_linear_forward(float *out, const float *inp, const float *w, const float *bias, int N,
+                        int IC, int OC) {
+    if (bias) {
+#pragma omp parallel for schedule(static) if ((long)N * OC >= OPS_PAR_MIN)
+        for (int n = 0; n < N; n++) memcpy(out + (size_t)n * OC, bias, sizeof(float) * OC);
+    }
+    if (gemm_backend() == GEMM_EXACT) {
+        xgemm(XGEMM_N, XGEMM_T, N, OC, IC, inp, IC, w, IC, out, OC, bias != NULL);
+        return;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, OC, IC, 1.0f, inp, IC, w, IC,
+                bias ? 1.0f : 0.0f, out, OC);
+}
+
+void ops_linear_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
+                         const float *w, int N, int IC, int OC) {
+    if (gemm_backend() == GEMM_EXACT) {
+        if (dinp) xgemm(XGEMM_N, XGEMM_N, N, IC, OC, dout, OC, w, IC, dinp, IC, 1);
+        xgemm(XGEMM_T, XGEMM_N, OC, IC, N, dout, OC, inp, IC, dw, IC, 1);
+    } else {
+        if (dinp)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, IC, OC, 1.0f, dout, OC, w, IC,
+                        1.0f, dinp, IC);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, IC, N, 1.0f, dout, OC, inp, IC,
+                    1.0f, dw, IC);
+    }
+    if (dbias) bias_backward(dbias, dout, N, OC);
+}
+
+void ops_gqa_attention_forward(float *out, float *att, const float *qkv, int B, int T, int H,
+                               int Hkv, int hd) {
+    int Dq = H * hd, D3 = (H + 2 * Hkv) * hd, group = H / Hkv;
+    float scale = 1.0f / sqrtf((float)hd);
+#pragma omp parallel for schedule(static) if ((long)B * T * T * Dq >= OPS_PAR_MIN)
+    for (int bh = 0; bh < B * H; bh++) {
+        int b = bh / H, h = bh % H, kvh = h / group;
+        const float *q = qkv + (size_t)b * T * D3 + h * hd;
+        const float *k = qkv + (size_t)b * T * D3 + Dq + kvh * hd, *v = k + Hkv * hd;
+        float *a = att + (size_t)bh * T * T;
+        float *o = out + (size_t)b * T * Dq + h * hd;
+        prod(XGEMM_N, XGEMM_T, T, T, hd, q, D3, k, D3, a, T, 0);
+        causal_softmax(a, T, scale);
+        prod(XGEMM_N, XGEMM_N, T, hd, T, a, T, v, D3, o, Dq, 0);
+    }
+}
+
+void ops_gqa_attention_backward(float *dqkv, float *datt, const float *dout, const float *qkv,
+                                const float *att, int B, int T, int H, int Hkv, int hd) {
+    int Dq = H * hd, D3 = (H + 2 * Hkv) * hd, group = H / Hkv;
+    float scale = 1.0f / sqrtf((float)hd);
+    /* one task per key/value head: its query heads add into dk, dv one after another */
+#pragma omp parallel for schedule(static) if ((long)B * T * T * Dq >= OPS_PAR_MIN)
+    for (int bk = 0; bk < B * Hkv; bk++) {
+        int b = bk / Hkv, kvh = bk % Hkv;
+        const float *k = qkv + (size_t)b * T * D3 + Dq + kvh * hd, *v = k + Hkv * hd;
+        float *dk = dqkv + (size_t)b * T * D3 + Dq + kvh * hd, *dv = dk + Hkv * hd;
+        for (int h = kvh * group; h < (kvh + 1) * group; h++) {
+            const float *q = qkv + (size_t)b * T * D3 + h * hd;
+            float *dq = dqkv + (size_t)b * T * D3 + h * hd;
+            const float *a = att + ((size_t)b * H + h) * T * T;
+            const float *d = dout + (size_t)b * T * Dq + h * hd;
+            float *da = datt + ((size_t)b * H + h) * T * T;
+            prod(XGEMM_N, XGEMM_T, T, T, hd, d, Dq, v, D3, da, T, 0);
+            prod(XGEMM_T, XGEMM_N, T, hd, T, a, T, d, Dq, dv, D3, 1);
+            causal_softmax_backward(da, a, T, scale);
+            prod(XGEMM_N, XGEMM_N, T, hd, T, da, T, k, D3, dq, D3, 1);
+            prod(XGEMM_T, XGEMM_N, T, hd, T, da, T, q, D3, dk, D3, 1);
+        }
+    }
+}
+
+static inline __attribute__((always_inline)) float silu_sigmoid(float g) {
+    return 1.0f / (1.0f + ex_expf(-g));
+}
+
+static inline void swiglu_rows_body(float *out, const float *inp, int lo, int hi, int F) {
+    for (int n = lo; n < hi; n++) {
+        const float *g = inp + (size_t)n * 2 * F, *u = g + F;
+        float *o = out + (size_t)n * F;
+#pragma omp simd
+        for (int i = 0; i < F; i++) o[i] = g[i] * silu_sigmoid(g[i]) * u[i];
+    }
+}
+EX_VARIANTS(swiglu_rows, (float *out, const float *inp, int lo, int hi, int F), swiglu_rows_body,
+            (out, inp, lo, hi, F))
+
+static inline void swiglu_back_rows_body(float *dinp, const float *inp, const float *dout, int lo,
+                                         int hi, int F) {
+    for (int n = lo; n < hi; n++) {
+        const float *g = inp + (size_t)n * 2 * F, *u = g + F, *d = dout + (size_t)n * F;
+        float *dg = dinp + (size_t)n * 2 * F, *du = dg + F;
+#pragma omp simd
+        for (int i = 0; i < F; i++) {
+            float s = silu_sigmoid(g[i]), silu = g[i] * s;
+            dg[i] += d[i] * u[i] * (s * (1.0f + g[i] * (1.0f - s)));
+            du[i] += d[i] * silu;
+        }
+    }
+}
+EX_VARIANTS(swiglu_back_rows,
+            (float *dinp, const float *inp, const float *dout, int lo, int hi, int F),
+            swiglu_back_rows_body, (dinp, inp, dout, lo, hi, F))
+
+void ops_swiglu_forward(float *out, const float *inp, int N, int F) {
+    int nt = (long)N * F >= OPS_PAR_MIN ? ops_threads : 1;
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int t = 0; t < nt; t++)
+        swiglu_rows(out, inp, (int)((long)N * t / nt), (int)((long)N * (t + 1) / nt), F);
+}
+
+void ops_swiglu_backward(float *dinp, const float *inp, const float *dout, int N, int F) {
+    int nt = (long)N * F >= OPS_PAR_MIN ? ops_threads : 1;
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int t = 0; t < nt; t++)
+        swiglu_back_rows(dinp, inp, dout, (int)((long)N * t / nt), (int)((long)N * (t + 1) / nt),
+                         F);
+}
+
+/* ------------------------------------------------------------------------------------------ */
 
 #define GELU_K 0.7978845608028654f /* sqrt(2/pi) */
 

@@ -77,6 +77,43 @@ void ops_attention_forward_ref(float *out, float *att, const float *qkv, int B, 
 void ops_attention_backward_ref(float *dqkv, float *datt, const float *dout, const float *qkv,
                                 const float *att, int B, int T, int C, int H);
 
+/* The Llama family's kernels. Linear weights there are Hugging Face's [out, in]. */
+
+/* out(N,C) = inp * rstd * w per row, rstd = 1 / sqrt(mean(inp^2) + eps) saved in rstd(N). */
+void ops_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, int N, int C,
+                         float eps);
+/* dinp(N,C), dw(C) += RMSNorm backward of dout(N,C). */
+void ops_rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *inp,
+                          const float *w, const float *rstd, int N, int C);
+
+/* out(N,OC) = inp(N,IC) @ w(OC,IC)^T + bias(OC) (bias may be NULL). */
+void ops_linear_forward(float *out, const float *inp, const float *w, const float *bias, int N,
+                        int IC, int OC);
+/* dinp(N,IC) += dout @ w (skipped if dinp NULL); dw(OC,IC) += dout^T @ inp;
+ * dbias(OC) += column sums of dout (skipped if NULL). */
+void ops_linear_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
+                         const float *w, int N, int IC, int OC);
+
+/*
+ * Causal grouped-query attention: qkv(B,T,D3) rows hold H query heads, then Hkv key heads, then
+ * Hkv value heads, hd wide each (D3 = (H + 2 Hkv) hd); query head h reads key/value head
+ * h / (H / Hkv). out(B,T,H*hd); att(B,H,T,T) receives the softmax probabilities (zero above the
+ * diagonal). Scores are scaled by 1/sqrt(hd). With Hkv = H and hd = C/H this is
+ * ops_attention_forward.
+ */
+void ops_gqa_attention_forward(float *out, float *att, const float *qkv, int B, int T, int H,
+                               int Hkv, int hd);
+/* dqkv(B,T,D3) += backward of dout(B,T,H*hd); datt(B,H,T,T) is scratch. The key/value gradients
+ * of a shared head are summed over its query heads in head order. */
+void ops_gqa_attention_backward(float *dqkv, float *datt, const float *dout, const float *qkv,
+                                const float *att, int B, int T, int H, int Hkv, int hd);
+
+/* SwiGLU: out(N,F) = silu(inp[:, :F]) * inp[:, F:] for inp(N,2I) = gate | up;
+ * silu(g) = g / (1 + exp(-g)). */
+void ops_swiglu_forward(float *out, const float *inp, int N, int F);
+/* dinp(N,2I) += SwiGLU backward of dout(N,F). */
+void ops_swiglu_backward(float *dinp, const float *inp, const float *dout, int N, int F);
+
 /* GELU, tanh approximation (GPT-2's "gelu_new"): out(N) = gelu(inp). */
 void ops_gelu_forward(float *out, const float *inp, size_t N);
 /* dinp(N) += gelu'(inp) * dout. */

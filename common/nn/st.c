@@ -469,7 +469,7 @@ int st_tensor_to_f32(const st_file_t *f, const st_tensor_t *t, float *out, size_
  * Builds the header JSON into *out (malloc'ed); numel_out[i] gets tensor i's element count.
  * Returns 0, RL_EINVAL (bad tensor or metadata) or RL_ENOMEM.
  */
-static int st_build_header(const char *path, const st_wtensor_t *t, int n,
+static int st_build_header(const char *path, const st_wtensor_t *t, int n, st_dtype_t dtype,
                            const char *const *meta_keys, const char *const *meta_vals, int n_meta,
                            size_t *numel_out, char **out) {
     json_t *root = json_object(), *meta = NULL;
@@ -521,7 +521,8 @@ static int st_build_header(const char *path, const st_wtensor_t *t, int n,
             rc = rl_fail(RL_EINVAL, "%s: tensor name '%s' is not valid UTF-8", path, t[i].name);
             goto fail;
         }
-        if (!(shape = json_array()) || json_object_set_new(e, "dtype", json_string("F32")) ||
+        if (!(shape = json_array()) ||
+            json_object_set_new(e, "dtype", json_string(st_dtype_name(dtype))) ||
             json_object_set_new(e, "shape", shape))
             goto nomem;
         for (int d = 0; d < t[i].ndim; d++) {
@@ -535,7 +536,7 @@ static int st_build_header(const char *path, const st_wtensor_t *t, int n,
         }
         for (int d = 0; d < t[i].ndim; d++)
             if (t[i].shape[d] == 0) numel = 0, ov = 0;
-        ov |= __builtin_mul_overflow(numel, (uint64_t)4, &nbytes);
+        ov |= __builtin_mul_overflow(numel, (uint64_t)st_dtype_size(dtype), &nbytes);
         ov |= __builtin_add_overflow(off, nbytes, &off);
         if (ov || off > (uint64_t)INT64_MAX || numel > SIZE_MAX) {
             rc = rl_fail(RL_EINVAL, "%s: tensor '%s' is too large", path, t[i].name);
@@ -564,8 +565,61 @@ fail:
     return rc;
 }
 
+uint16_t st_f32_to_bf16(float x) {
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* quiet NaN */
+    /* add just under half a bf16 ulp, plus one when the kept part is odd: a tie goes to even */
+    u += 0x7fffu + ((u >> 16) & 1);
+    return (uint16_t)(u >> 16);
+}
+
+uint16_t st_f32_to_f16(float x) {
+    uint32_t u, sign;
+    memcpy(&u, &x, 4);
+    sign = (u >> 16) & 0x8000u;
+    u &= 0x7fffffffu;
+    if (u >= 0x47800000u) /* 65536 and up (Inf), or NaN */
+        return (uint16_t)(sign | (u > 0x7f800000u ? 0x7e00u : 0x7c00u));
+    if (u < 0x38800000u) {
+        /* below 2^-14: a half subnormal (or 0). In [0.5, 1) a float's ulp is 2^-24, the
+         * subnormals' step, so adding 0.5 rounds to it (to nearest even, as IEEE adds) */
+        float f;
+        uint32_t v;
+        memcpy(&f, &u, 4);
+        f += 0.5f;
+        memcpy(&v, &f, 4);
+        return (uint16_t)(sign | (v - 0x3f000000u));
+    }
+    /* rebias the exponent and round the 13 dropped bits to nearest even; a carry into the
+     * exponent is right, up to Inf from 65520 */
+    u += ((uint32_t)(15 - 127) << 23) + 0xfffu + ((u >> 13) & 1);
+    return (uint16_t)(sign | (u >> 13));
+}
+
+/* Writes n floats as `dtype` (F32, F16, BF16), converting in chunks. */
+static int st_write_data(fs_atomic_t *w, const float *x, size_t n, st_dtype_t dtype) {
+    if (dtype == ST_F32) return fs_atomic_write(w, x, n * sizeof(float));
+    uint16_t buf[4096];
+    for (size_t i = 0; i < n;) {
+        size_t k = n - i < 4096 ? n - i : 4096;
+        for (size_t j = 0; j < k; j++)
+            buf[j] = dtype == ST_BF16 ? st_f32_to_bf16(x[i + j]) : st_f32_to_f16(x[i + j]);
+        /* little-endian on disk: the host is (x86-64, aarch64) */
+        int rc = fs_atomic_write(w, buf, k * 2);
+        if (rc < 0) return rc;
+        i += k;
+    }
+    return 0;
+}
+
 int st_write_f32(const char *path, const st_wtensor_t *t, int n, const char *const *meta_keys,
                  const char *const *meta_vals, int n_meta) {
+    return st_write(path, t, n, ST_F32, meta_keys, meta_vals, n_meta);
+}
+
+int st_write(const char *path, const st_wtensor_t *t, int n, st_dtype_t dtype,
+             const char *const *meta_keys, const char *const *meta_vals, int n_meta) {
     fs_atomic_t w = {.fd = -1};
     size_t *numel = NULL, hlen, padded;
     char *hdr = NULL;
@@ -574,10 +628,13 @@ int st_write_f32(const char *path, const st_wtensor_t *t, int n, const char *con
     int rc;
 
     if (!path || n < 0 || (n > 0 && !t) || n_meta < 0 || (n_meta > 0 && (!meta_keys || !meta_vals)))
-        return rl_fail(RL_EINVAL, "st_write_f32: bad arguments");
+        return rl_fail(RL_EINVAL, "st_write: bad arguments");
+    if (dtype != ST_F32 && dtype != ST_F16 && dtype != ST_BF16)
+        return rl_fail(RL_EINVAL, "%s: cannot write dtype %s (F32, F16 or BF16)", path,
+                       st_dtype_name(dtype));
     numel = calloc((size_t)(n ? n : 1), sizeof *numel);
     if (!numel) return rl_fail(RL_ENOMEM, "%s: out of memory", path);
-    rc = st_build_header(path, t, n, meta_keys, meta_vals, n_meta, numel, &hdr);
+    rc = st_build_header(path, t, n, dtype, meta_keys, meta_vals, n_meta, numel, &hdr);
     if (rc < 0) {
         free(numel);
         return rc;
@@ -593,7 +650,7 @@ int st_write_f32(const char *path, const st_wtensor_t *t, int n, const char *con
         (rc = fs_atomic_write(&w, spaces, padded - hlen)) < 0)
         goto fail;
     for (int i = 0; i < n; i++)
-        if ((rc = fs_atomic_write(&w, t[i].data, numel[i] * sizeof(float))) < 0) goto fail;
+        if ((rc = st_write_data(&w, t[i].data, numel[i], dtype)) < 0) goto fail;
     rc = fs_atomic_commit(&w);
     free(hdr);
     free(numel);

@@ -98,4 +98,14 @@ typedef struct {
 int st_write_f32(const char *path, const st_wtensor_t *t, int n, const char *const *meta_keys,
                  const char *const *meta_vals, int n_meta);
 
+/* The same with the data stored as `dtype`: ST_F32, or ST_F16 / ST_BF16 with every value
+ * rounded to nearest even (st_f32_to_f16, st_f32_to_bf16). RL_EINVAL for another dtype. */
+int st_write(const char *path, const st_wtensor_t *t, int n, st_dtype_t dtype,
+             const char *const *meta_keys, const char *const *meta_vals, int n_meta);
+
+/* One float to IEEE binary16 / bfloat16, rounded to nearest even: subnormals exact, a value past
+ * the largest finite one rounds to Inf as IEEE says, NaN stays a (quiet) NaN. */
+uint16_t st_f32_to_f16(float x);
+uint16_t st_f32_to_bf16(float x);
+
 #endif

@@ -1,5 +1,5 @@
 /*
- * tok.c - GPT-2 byte-level BPE: loading, encoding, decoding and training (see tok.h).
+ * tok.c - byte-level BPE: loading, encoding, decoding and training (see tok.h).
  *
  * Tokens are held as raw byte strings. GPT-2's files spell every byte as one printable code
  * point (the byte<->unicode map below), so vocab.json keys and merges.txt lines are converted
@@ -26,6 +26,15 @@
  *      which reproduces the reference pass by pass in O(n log n) instead of O(n^2). Pair ->
  *      (rank, merged id) is one hash lookup. Results for short pre-tokens are cached.
  *
+ * A tokenizer.json directory (tok_load picks it when present) has the same token store and BPE,
+ * and a pipeline in Hugging Face's order instead of stages 1 and 2: its added tokens are cut out
+ * of the raw text (leftmost-longest, with lstrip/rstrip/single_word; the special ones only with
+ * allow_special), then each stretch between them is normalised (NFC or nothing), then split by
+ * its pre-tokenizer steps (Split, ByteLevel, Digits: patterns on PCRE2, one piece list rewritten
+ * per step, invalid UTF-8 isolated as above), then BPE'd piece by piece, a piece that is a whole
+ * vocabulary token taken as is where the model says ignore_merges. Added tokens' contents join
+ * the token store so that they decode to themselves.
+ *
  * Training (tok_train) counts the pre-tokens of the corpus, then repeatedly merges the most
  * frequent adjacent pair (ties: the pair whose (left, right) byte strings sort first), updating
  * the pair counts only in the words that contain the merged pair. A lazy max-heap holds the
@@ -47,9 +56,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+#include <uninorm.h>
 
 #include "base/err.h"
 #include "base/fs.h"
+#include "nn/jinja.h"
 
 #define TOK_EOT       "<|endoftext|>"
 #define TOK_EOT_LEN   (sizeof TOK_EOT - 1)
@@ -419,17 +431,61 @@ typedef struct {
     int32_t rank, pos;
 } cand_t;
 
+enum { TOK_GPT2, TOK_JSON }; /* vocab.json + merges.txt, or tokenizer.json */
+
+/* How a Split step keeps what its pattern matches (Hugging Face's SplitDelimiterBehavior). */
+enum { SPLIT_REMOVED, SPLIT_ISOLATED, SPLIT_PREV, SPLIT_NEXT, SPLIT_CONTIG };
+
+/* One pre-tokeniser step of tokenizer.json: a pattern split, or a prefix space. */
+typedef struct {
+    pcre2_code *re; /* NULL: the step only adds the prefix space */
+    pcre2_match_data *md;
+    int behavior, invert, prefix_space;
+} pstep_t;
+
+/* An added token of tokenizer.json, matched in the raw text before anything else runs. */
+typedef struct {
+    char *text;
+    size_t len;
+    int id, special, lstrip, rstrip, single_word;
+} added_t;
+
+/* A piece of text being pre-tokenised: bytes [off, off + len) of the working buffer; match
+ * marks a pattern match while a split step runs. */
+typedef struct {
+    size_t off, len;
+    int match;
+} seg_t;
+
+typedef struct {
+    seg_t *p;
+    size_t n, cap;
+} segvec_t;
+
 struct tok {
-    strpool_t toks;   /* token bytes, in vocab.json order */
+    int kind;
+    strpool_t toks;   /* token bytes: the vocabulary in file order, then added tokens' contents */
     int32_t *pool_id; /* pool index -> id */
+    size_t cap_pool_id;
+    size_t n_model;   /* pool indices below this are the model's vocabulary */
     int32_t *id_pool; /* id -> pool index, -1 for unused ids */
-    int n_ids, eot;
+    int n_ids, eot, bos, post_bos;
     int byte_id[256];
     pairmap_t pairs; /* (left id, right id) -> (rank, id of the merged token) */
-    int32_t *lines;  /* rank -> line in merges.txt, for duplicate reports */
+    int32_t *lines;  /* rank -> line in merges.txt (index in tokenizer.json), for duplicates */
     size_t n_merges, cap_merges;
-    pretok_t pt;
-    ivec_t *out; /* the encode in progress */
+    pretok_t pt; /* GPT-2 */
+    /* tokenizer.json */
+    int ignore_merges, nfc;
+    pstep_t *steps;
+    size_t n_steps, cap_steps;
+    added_t *added;
+    size_t n_added;
+    unsigned char added_first[256]; /* bytes that start some added token */
+    char *bos_text, *eos_text, *chat_template;
+    buf_t norm, work;           /* the normalised segment; the working buffer of the steps */
+    segvec_t segs, next, marks; /* pieces before and after a step; a split's matches */
+    ivec_t *out;                /* the encode in progress */
     /* cache of pre-token -> ids */
     cache_slot_t *cache;
     size_t cache_used;
@@ -451,6 +507,21 @@ void tok_destroy(tok_t **tp) {
     pairmap_free(&t->pairs);
     free(t->lines);
     pretok_free(&t->pt);
+    for (size_t i = 0; i < t->n_steps; i++) {
+        pcre2_match_data_free(t->steps[i].md);
+        pcre2_code_free(t->steps[i].re);
+    }
+    free(t->steps);
+    for (size_t i = 0; i < t->n_added; i++) free(t->added[i].text);
+    free(t->added);
+    free(t->bos_text);
+    free(t->eos_text);
+    free(t->chat_template);
+    free(t->norm.p);
+    free(t->work.p);
+    free(t->segs.p);
+    free(t->next.p);
+    free(t->marks.p);
     free(t->cache);
     free(t->cache_keys.p);
     free(t->cache_ids.p);
@@ -469,6 +540,61 @@ int tok_vocab_size(const tok_t *t) {
 
 int tok_eot(const tok_t *t) {
     return t->eot;
+}
+
+int tok_bos(const tok_t *t) {
+    return t->bos;
+}
+
+int tok_text_special(const tok_t *t) {
+    return t->kind == TOK_JSON;
+}
+
+const char *tok_chat_template(const tok_t *t) {
+    return t->chat_template;
+}
+
+int tok_chat_render(const tok_t *t, const char *messages_json, size_t len,
+                    int add_generation_prompt, char **out, size_t *out_len) {
+    if (!t || !messages_json || !out || !out_len)
+        return rl_fail(RL_EINVAL, "tok_chat_render: NULL argument");
+    if (!t->chat_template)
+        return rl_fail(RL_ENOTFOUND, "the tokenizer has no chat template (tokenizer_config.json "
+                                     "\"chat_template\")");
+    json_error_t je;
+    json_t *in = json_loadb(messages_json, len, 0, &je), *vars = NULL;
+    int rc = 0;
+    if (!in) return rl_fail(RL_EFORMAT, "messages: line %d: %s", je.line, je.text);
+    if (json_is_array(in)) {
+        vars = json_pack("{sO}", "messages", in);
+    } else if (json_is_object(in) && json_is_array(json_object_get(in, "messages"))) {
+        vars = json_copy(in);
+    } else {
+        rc = rl_fail(RL_EFORMAT, "messages: expected an array of {\"role\", \"content\"} objects "
+                                 "or an object with \"messages\"");
+    }
+    json_decref(in);
+    if (rc < 0) return rc;
+    size_t i;
+    json_t *msg;
+    json_array_foreach(json_object_get(vars, "messages"), i, msg) {
+        if (!json_is_object(msg) || !json_is_string(json_object_get(msg, "role"))) {
+            json_decref(vars);
+            return rl_fail(RL_EFORMAT, "messages[%zu]: expected an object with a string \"role\"",
+                           i);
+        }
+    }
+    if (!vars ||
+        json_object_set_new(vars, "add_generation_prompt", json_boolean(add_generation_prompt)) <
+            0 ||
+        (t->bos_text && json_object_set_new(vars, "bos_token", json_string(t->bos_text)) < 0) ||
+        (t->eos_text && json_object_set_new(vars, "eos_token", json_string(t->eos_text)) < 0)) {
+        json_decref(vars);
+        return rl_fail(RL_ENOMEM, "tokenizer: out of memory");
+    }
+    rc = jinja_render(t->chat_template, vars, out, out_len);
+    json_decref(vars);
+    return rc;
 }
 
 /*
@@ -532,44 +658,48 @@ static int json_key_line(const char *s, size_t n, size_t index) {
     return line;
 }
 
-static int bad_char(const char *path, int line, const char *what, const char *tok, unsigned cp) {
-    if (cp >= 0x110000)
-        return rl_fail(RL_EFORMAT, "%s:%d: %s \"%.60s\" is not valid UTF-8", path, line, what, tok);
-    return rl_fail(RL_EFORMAT,
-                   "%s:%d: %s \"%.60s\" has U+%04X, which is not in GPT-2's byte alphabet", path,
-                   line, what, tok, cp);
+/* Where a vocabulary entry is: "FILE:LINE" in vocab.json, "FILE: model.vocab" in tokenizer.json
+ * (text NULL: the vocabulary is one key among many, so a line number would not help). */
+static const char *vocab_loc(char *buf, size_t cap, const char *path, const char *text, size_t len,
+                             size_t index) {
+    if (text)
+        snprintf(buf, cap, "%s:%d", path, json_key_line(text, len, index));
+    else
+        snprintf(buf, cap, "%s: model.vocab", path);
+    return buf;
 }
 
-static int load_vocab(tok_t *t, const bytemap_t *m, const char *path) {
-    char *text = NULL;
-    size_t len = 0;
-    json_t *root = NULL;
+static int bad_char(const char *loc, const char *what, const char *tok, unsigned cp) {
+    if (cp >= 0x110000)
+        return rl_fail(RL_EFORMAT, "%s: %s \"%.60s\" is not valid UTF-8", loc, what, tok);
+    return rl_fail(RL_EFORMAT, "%s: %s \"%.60s\" has U+%04X, which is not in GPT-2's byte alphabet",
+                   loc, what, tok, cp);
+}
+
+/* Makes room for n pool indices in t->pool_id. */
+static int pool_id_reserve(tok_t *t, size_t n) {
+    return grow(&t->pool_id, &t->cap_pool_id, n, sizeof *t->pool_id);
+}
+
+/*
+ * Fills the vocabulary from root, an object of GPT-2-spelled token -> id. text/len: the file's
+ * text, for line numbers (vocab.json); NULL for the "model.vocab" of tokenizer.json.
+ */
+static int vocab_from_json(tok_t *t, const bytemap_t *m, json_t *root, const char *path,
+                           const char *text, size_t len) {
     buf_t b = {0};
-    int rc = fs_read_file(path, TOK_MAX_FILE, &text, &len);
-    if (rc < 0) return rc;
-    json_error_t je;
-    root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
-    if (!root) {
-        rc = rl_fail(RL_EFORMAT, "%s:%d: %s", path, je.line, je.text);
-        goto fail;
-    }
-    if (!json_is_object(root)) {
-        rc = rl_fail(RL_EFORMAT, "%s:1: expected an object of token -> id", path);
-        goto fail;
-    }
+    char loc[4200];
+    int rc;
     size_t count = json_object_size(root), index = 0;
-    if (!(t->pool_id = malloc((count + 1) * sizeof *t->pool_id))) {
-        rc = rl_fail(RL_ENOMEM, "%s: out of memory", path);
-        goto fail;
-    }
+    if ((rc = pool_id_reserve(t, count + 1)) < 0) goto fail;
     const char *key;
     json_t *val;
     int max_id = -1;
     json_object_foreach(root, key, val) {
         json_int_t id = json_is_integer(val) ? json_integer_value(val) : -1;
         if (id < 0 || id >= TOK_MAX_ID) {
-            rc = rl_fail(RL_EFORMAT, "%s:%d: token \"%.60s\": id must be an integer in [0, %d)",
-                         path, json_key_line(text, len, index), key, TOK_MAX_ID);
+            rc = rl_fail(RL_EFORMAT, "%s: token \"%.60s\": id must be an integer in [0, %d)",
+                         vocab_loc(loc, sizeof loc, path, text, len, index), key, TOK_MAX_ID);
             goto fail;
         }
         unsigned bad = 0;
@@ -579,9 +709,9 @@ static int load_vocab(tok_t *t, const bytemap_t *m, const char *path) {
             goto fail;
         }
         if (u < 0 || b.n == 0) {
-            rc = u < 0 ? bad_char(path, json_key_line(text, len, index), "token", key, bad)
-                       : rl_fail(RL_EFORMAT, "%s:%d: empty token", path,
-                                 json_key_line(text, len, index));
+            vocab_loc(loc, sizeof loc, path, text, len, index);
+            rc = u < 0 ? bad_char(loc, "token", key, bad)
+                       : rl_fail(RL_EFORMAT, "%s: empty token", loc);
             goto fail;
         }
         /* distinct keys spell distinct byte strings: the map is a bijection */
@@ -593,6 +723,7 @@ static int load_vocab(tok_t *t, const bytemap_t *m, const char *path) {
         t->pool_id[index++] = (int32_t)id;
         if (id > max_id) max_id = (int)id;
     }
+    t->n_model = count;
     t->n_ids = max_id + 1;
     if (!(t->id_pool = malloc(((size_t)t->n_ids + 1) * sizeof *t->id_pool))) {
         rc = rl_fail(RL_ENOMEM, "%s: out of memory", path);
@@ -609,9 +740,10 @@ static int load_vocab(tok_t *t, const bytemap_t *m, const char *path) {
                                 t->toks.len[j]) == 0 &&
                 buf_add_spelled(&s2, m, (const unsigned char *)pool_str(&t->toks, i),
                                 t->toks.len[i]) == 0)
-                rc = rl_fail(RL_EFORMAT, "%s:%d: id %d is used by both \"%.*s\" and \"%.*s\"", path,
-                             json_key_line(text, len, i), id, (int)(s1.n < 60 ? s1.n : 60), s1.p,
-                             (int)(s2.n < 60 ? s2.n : 60), s2.p);
+                rc =
+                    rl_fail(RL_EFORMAT, "%s: id %d is used by both \"%.*s\" and \"%.*s\"",
+                            vocab_loc(loc, sizeof loc, path, text, len, i), id,
+                            (int)(s1.n < 60 ? s1.n : 60), s1.p, (int)(s2.n < 60 ? s2.n : 60), s2.p);
             free(s1.p);
             free(s2.p);
             goto fail;
@@ -622,8 +754,8 @@ static int load_vocab(tok_t *t, const bytemap_t *m, const char *path) {
         unsigned char ch = (unsigned char)c;
         int k = pool_find(&t->toks, &ch, 1);
         if (k < 0) {
-            rc = rl_fail(RL_EFORMAT, "%s: no token for byte 0x%02x (\"\\u%04x\")", path, c,
-                         m->cp[c]);
+            rc = rl_fail(RL_EFORMAT, "%s: no token for byte 0x%02x (\"\\u%04x\")",
+                         text ? path : vocab_loc(loc, sizeof loc, path, text, len, 0), c, m->cp[c]);
             goto fail;
         }
         t->byte_id[c] = t->pool_id[k];
@@ -633,15 +765,80 @@ static int load_vocab(tok_t *t, const bytemap_t *m, const char *path) {
     rc = 0;
 fail:
     free(b.p);
+    return rc;
+}
+
+static int load_vocab(tok_t *t, const bytemap_t *m, const char *path) {
+    char *text = NULL;
+    size_t len = 0;
+    json_t *root = NULL;
+    int rc = fs_read_file(path, TOK_MAX_FILE, &text, &len);
+    if (rc < 0) return rc;
+    json_error_t je;
+    root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
+    if (!root)
+        rc = rl_fail(RL_EFORMAT, "%s:%d: %s", path, je.line, je.text);
+    else if (!json_is_object(root))
+        rc = rl_fail(RL_EFORMAT, "%s:1: expected an object of token -> id", path);
+    else
+        rc = vocab_from_json(t, m, root, path, text, len);
     json_decref(root);
     free(text);
     return rc;
 }
 
+typedef struct {
+    buf_t left, right, both;
+} merge_scratch_t;
+
+/*
+ * Adds the merge of the GPT-2-spelled tokens a and b (NUL-terminated) with the next rank. loc
+ * names it in messages; at is its line (merges.txt) or index (tokenizer.json), kept to name the
+ * first of two duplicates.
+ */
+static int add_merge(tok_t *t, const bytemap_t *m, const char *loc, int at, const char *a,
+                     const char *b, merge_scratch_t *sc) {
+    unsigned bad = 0;
+    const char *which = a;
+    int rc, u = unspell(m, a, strlen(a), &sc->left, &bad);
+    if (u == 0) u = unspell(m, which = b, strlen(b), &sc->right, &bad);
+    if (u == -2) return RL_ENOMEM;
+    if (u < 0) return bad_char(loc, "token", which, bad);
+    const char *vocab = t->kind == TOK_JSON ? "model.vocab" : "vocab.json";
+    int ka = pool_find(&t->toks, sc->left.p, sc->left.n);
+    int kb = pool_find(&t->toks, sc->right.p, sc->right.n);
+    if (ka < 0 || kb < 0)
+        return rl_fail(RL_EFORMAT, "%s: token \"%.60s\" is not in %s", loc, ka < 0 ? a : b, vocab);
+    sc->both.n = 0;
+    if ((rc = buf_add(&sc->both, sc->left.p, sc->left.n)) < 0 ||
+        (rc = buf_add(&sc->both, sc->right.p, sc->right.n)) < 0)
+        return rc;
+    int kc = pool_find(&t->toks, sc->both.p, sc->both.n);
+    if (kc < 0)
+        return rl_fail(RL_EFORMAT, "%s: the merged token \"%s%s\" is not in %s", loc, a, b, vocab);
+    uint64_t key = pair_key(t->pool_id[ka], t->pool_id[kb]);
+    pairslot_t *have = pairmap_find(&t->pairs, key);
+    if (have)
+        return rl_fail(RL_EFORMAT, "%s: duplicate merge \"%s %s\" (first %s %d)", loc, a, b,
+                       t->kind == TOK_JSON ? "at index" : "on line", t->lines[have->v0]);
+    if ((rc = grow(&t->lines, &t->cap_merges, t->n_merges + 1, sizeof *t->lines)) < 0) return rc;
+    t->lines[t->n_merges] = at;
+    if ((rc = pairmap_put(&t->pairs, key, (int32_t)t->n_merges, t->pool_id[kc])) < 0) return rc;
+    t->n_merges++;
+    return 0;
+}
+
+static void merge_scratch_free(merge_scratch_t *sc) {
+    free(sc->left.p);
+    free(sc->right.p);
+    free(sc->both.p);
+}
+
 static int load_merges(tok_t *t, const bytemap_t *m, const char *path) {
     char *text = NULL;
     size_t len = 0;
-    buf_t left = {0}, right = {0}, both = {0};
+    merge_scratch_t sc = {0};
+    char loc[4200];
     int rc = fs_read_file(path, TOK_MAX_FILE, &text, &len);
     if (rc < 0) return rc;
     int line = 0;
@@ -663,54 +860,437 @@ static int load_merges(tok_t *t, const bytemap_t *m, const char *path) {
         }
         *sp = '\0';
         p[n] = '\0'; /* the buffer has a spare byte after its end, and '\n'/'\r' are ours */
-        unsigned bad = 0;
-        const char *which = p;
-        int u = unspell(m, p, (size_t)(sp - p), &left, &bad);
-        if (u == 0) u = unspell(m, which = sp + 1, strlen(sp + 1), &right, &bad);
-        if (u == -2) {
-            rc = RL_ENOMEM;
-            goto fail;
-        }
-        if (u < 0) {
-            rc = bad_char(path, line, "token", which, bad);
-            goto fail;
-        }
-        int ka = pool_find(&t->toks, left.p, left.n), kb = pool_find(&t->toks, right.p, right.n);
-        if (ka < 0 || kb < 0) {
-            rc = rl_fail(RL_EFORMAT, "%s:%d: token \"%.60s\" is not in vocab.json", path, line,
-                         ka < 0 ? p : sp + 1);
-            goto fail;
-        }
-        both.n = 0;
-        if ((rc = buf_add(&both, left.p, left.n)) < 0 ||
-            (rc = buf_add(&both, right.p, right.n)) < 0)
-            goto fail;
-        int kc = pool_find(&t->toks, both.p, both.n);
-        if (kc < 0) {
-            rc = rl_fail(RL_EFORMAT, "%s:%d: the merged token \"%s%s\" is not in vocab.json", path,
-                         line, p, sp + 1);
-            goto fail;
-        }
-        uint64_t key = pair_key(t->pool_id[ka], t->pool_id[kb]);
-        pairslot_t *have = pairmap_find(&t->pairs, key);
-        if (have) {
-            rc = rl_fail(RL_EFORMAT, "%s:%d: duplicate merge \"%s %s\" (first on line %d)", path,
-                         line, p, sp + 1, t->lines[have->v0]);
-            goto fail;
-        }
-        if ((rc = grow(&t->lines, &t->cap_merges, t->n_merges + 1, sizeof *t->lines)) < 0)
-            goto fail;
-        t->lines[t->n_merges] = line;
-        if ((rc = pairmap_put(&t->pairs, key, (int32_t)t->n_merges, t->pool_id[kc])) < 0) goto fail;
-        t->n_merges++;
+        snprintf(loc, sizeof loc, "%s:%d", path, line);
+        if ((rc = add_merge(t, m, loc, line, p, sp + 1, &sc)) < 0) goto fail;
         p = next;
     }
     rc = 0;
 fail:
-    free(left.p);
-    free(right.p);
-    free(both.p);
+    merge_scratch_free(&sc);
     free(text);
+    return rc;
+}
+
+/* ---- tokenizer.json ------------------------------------------------------------------------ */
+
+/* The string at key of object o, or NULL. */
+static const char *json_str(const json_t *o, const char *key) {
+    return json_string_value(json_object_get(o, key));
+}
+
+/* A boolean at key of object o, def if absent or null; -1 (after a message) if another type. */
+static int json_flag(const json_t *o, const char *key, int def, const char *path,
+                     const char *where) {
+    json_t *v = json_object_get(o, key);
+    if (!v || json_is_null(v)) return def;
+    if (!json_is_boolean(v))
+        return rl_fail(RL_EFORMAT, "%s: \"%s.%s\": expected true or false", path, where, key);
+    return json_is_true(v);
+}
+
+/* Compiles a pre-tokeniser pattern (PCRE2, UTF + UCP as in tok.c's GPT-2 pattern; literal for
+ * a {"String": ...} pattern) into step st. */
+static int step_compile(pstep_t *st, const char *pattern, int literal, const char *path,
+                        const char *where) {
+    int err;
+    PCRE2_SIZE at;
+    uint32_t opt = PCRE2_UTF | (literal ? PCRE2_LITERAL : PCRE2_UCP); /* LITERAL refuses UCP */
+    st->re = pcre2_compile((PCRE2_SPTR)pattern, PCRE2_ZERO_TERMINATED, opt, &err, &at, NULL);
+    if (!st->re) {
+        PCRE2_UCHAR msg[256];
+        pcre2_get_error_message(err, msg, sizeof msg);
+        return rl_fail(RL_EUNSUPPORTED, "%s: \"%s\": PCRE2 rejects the pattern at %zu: %s", path,
+                       where, (size_t)at, (const char *)msg);
+    }
+    (void)pcre2_jit_compile(st->re, PCRE2_JIT_COMPLETE);
+    if (!(st->md = pcre2_match_data_create_from_pattern(st->re, NULL)))
+        return rl_fail(RL_ENOMEM, "tokenizer: out of memory");
+    return 0;
+}
+
+static int add_step(tok_t *t, pstep_t **st) {
+    int rc = grow(&t->steps, &t->cap_steps, t->n_steps + 1, sizeof *t->steps);
+    if (rc < 0) return rc;
+    *st = &t->steps[t->n_steps++];
+    memset(*st, 0, sizeof **st);
+    return 0;
+}
+
+/* One pre-tokeniser of tokenizer.json (where: its key path, for messages). */
+static int parse_pretok(tok_t *t, const json_t *pt, const char *path, const char *where) {
+    static const char *const behaviors[] = {"Removed", "Isolated", "MergedWithPrevious",
+                                            "MergedWithNext", "Contiguous"};
+    const char *type = json_str(pt, "type");
+    pstep_t *st;
+    int rc;
+    if (!json_is_object(pt) || !type)
+        return rl_fail(RL_EFORMAT, "%s: \"%s\": expected an object with a \"type\"", path, where);
+    if (!strcmp(type, "Sequence")) {
+        json_t *list = json_object_get(pt, "pretokenizers"), *v;
+        size_t i;
+        if (!json_is_array(list))
+            return rl_fail(RL_EFORMAT, "%s: \"%s.pretokenizers\": expected an array", path, where);
+        json_array_foreach(list, i, v) {
+            char sub[512];
+            snprintf(sub, sizeof sub, "%s.pretokenizers[%zu]", where, i);
+            if ((rc = parse_pretok(t, v, path, sub)) < 0) return rc;
+        }
+        return 0;
+    }
+    if (!strcmp(type, "Split")) {
+        json_t *pat = json_object_get(pt, "pattern");
+        const char *re = json_str(pat, "Regex"), *lit = json_str(pat, "String");
+        const char *beh = json_str(pt, "behavior");
+        char sub[512];
+        if (!re && !lit)
+            return rl_fail(RL_EFORMAT,
+                           "%s: \"%s.pattern\": expected {\"Regex\": ...} or "
+                           "{\"String\": ...}",
+                           path, where);
+        int b = -1;
+        for (int i = 0; beh && i < 5; i++)
+            if (!strcmp(beh, behaviors[i])) b = i;
+        if (b < 0)
+            return rl_fail(RL_EFORMAT,
+                           "%s: \"%s.behavior\": \"%s\" is not one of Removed, "
+                           "Isolated, MergedWithPrevious, MergedWithNext, Contiguous",
+                           path, where, beh ? beh : "(missing)");
+        int inv = json_flag(pt, "invert", 0, path, where);
+        if (inv < 0) return inv;
+        if ((rc = add_step(t, &st)) < 0) return rc;
+        st->behavior = b;
+        st->invert = inv;
+        snprintf(sub, sizeof sub, "%s.pattern", where);
+        return step_compile(st, re ? re : lit, !re, path, sub);
+    }
+    if (!strcmp(type, "ByteLevel")) {
+        /* the defaults are those of Hugging Face's ByteLevel: a prefix space, GPT-2's pattern */
+        int prefix = json_flag(pt, "add_prefix_space", 1, path, where);
+        int use_regex = json_flag(pt, "use_regex", 1, path, where);
+        if (prefix < 0 || use_regex < 0) return prefix < 0 ? prefix : use_regex;
+        if (prefix) {
+            if ((rc = add_step(t, &st)) < 0) return rc;
+            st->prefix_space = 1;
+        }
+        if (!use_regex) return 0;
+        if ((rc = add_step(t, &st)) < 0) return rc;
+        st->behavior = SPLIT_ISOLATED;
+        return step_compile(st, gpt2_pattern, 0, path, where);
+    }
+    if (!strcmp(type, "Digits")) { /* Rust's char::is_numeric is \p{N} */
+        int single = json_flag(pt, "individual_digits", 0, path, where);
+        if (single < 0) return single;
+        if ((rc = add_step(t, &st)) < 0) return rc;
+        st->behavior = single ? SPLIT_ISOLATED : SPLIT_CONTIG;
+        return step_compile(st, "\\p{N}", 0, path, where);
+    }
+    return rl_fail(RL_EUNSUPPORTED,
+                   "%s: \"%s.type\": pre-tokenizer \"%s\" is not supported (Sequence, Split, "
+                   "ByteLevel and Digits are)",
+                   path, where, type);
+}
+
+/* normalizer: null, NFC, or a Sequence of those. */
+static int parse_normalizer(tok_t *t, const json_t *nm, const char *path, const char *where) {
+    const char *type = json_str(nm, "type");
+    if (!nm || json_is_null(nm)) return 0;
+    if (!type)
+        return rl_fail(RL_EFORMAT, "%s: \"%s\": expected null or an object with a \"type\"", path,
+                       where);
+    if (!strcmp(type, "NFC")) {
+        t->nfc = 1;
+        return 0;
+    }
+    if (!strcmp(type, "Sequence")) {
+        json_t *list = json_object_get(nm, "normalizers"), *v;
+        size_t i;
+        if (!json_is_array(list))
+            return rl_fail(RL_EFORMAT, "%s: \"%s.normalizers\": expected an array", path, where);
+        json_array_foreach(list, i, v) {
+            char sub[512];
+            snprintf(sub, sizeof sub, "%s.normalizers[%zu]", where, i);
+            int rc = parse_normalizer(t, v, path, sub);
+            if (rc < 0) return rc;
+        }
+        return 0;
+    }
+    return rl_fail(
+        RL_EUNSUPPORTED,
+        "%s: \"%s.type\": normalizer \"%s\" is not supported (null, NFC and Sequence are)", path,
+        where, type);
+}
+
+/* decoder: ByteLevel (or a Sequence holding only ByteLevel), or null. */
+static int check_decoder(const json_t *d, const char *path, const char *where) {
+    const char *type = json_str(d, "type");
+    if (!d || json_is_null(d)) return 0;
+    if (type && !strcmp(type, "ByteLevel")) return 0;
+    if (type && !strcmp(type, "Sequence")) {
+        json_t *list = json_object_get(d, "decoders"), *v;
+        size_t i;
+        if (!json_is_array(list))
+            return rl_fail(RL_EFORMAT, "%s: \"%s.decoders\": expected an array", path, where);
+        json_array_foreach(list, i, v) {
+            char sub[512];
+            snprintf(sub, sizeof sub, "%s.decoders[%zu]", where, i);
+            int rc = check_decoder(v, path, sub);
+            if (rc < 0) return rc;
+        }
+        return 0;
+    }
+    return rl_fail(RL_EUNSUPPORTED,
+                   "%s: \"%s.type\": decoder \"%s\" is not supported (a byte-level BPE decodes "
+                   "with ByteLevel)",
+                   path, where, type ? type : "(missing)");
+}
+
+/* model.merges: "a b" strings or [a, b] pairs. */
+static int merges_from_json(tok_t *t, const bytemap_t *m, const json_t *list, const char *path) {
+    merge_scratch_t sc = {0};
+    char loc[4200], *copy = NULL;
+    size_t i;
+    json_t *v;
+    int rc = 0;
+    if (!json_is_array(list))
+        return rl_fail(RL_EFORMAT, "%s: \"model.merges\": missing or not an array", path);
+    json_array_foreach(list, i, v) {
+        const char *a = NULL, *b = NULL;
+        snprintf(loc, sizeof loc, "%s: model.merges[%zu]", path, i);
+        if (json_is_string(v)) {
+            free(copy);
+            if (!(copy = strdup(json_string_value(v)))) {
+                rc = rl_fail(RL_ENOMEM, "tokenizer: out of memory");
+                break;
+            }
+            char *sp = strchr(copy, ' ');
+            if (sp && sp > copy && sp[1] && !strchr(sp + 1, ' ')) {
+                *sp = '\0';
+                a = copy;
+                b = sp + 1;
+            }
+        } else if (json_is_array(v) && json_array_size(v) == 2) {
+            a = json_string_value(json_array_get(v, 0));
+            b = json_string_value(json_array_get(v, 1));
+            if (a && b && (!*a || !*b)) a = NULL;
+        }
+        if (!a || !b) {
+            rc = rl_fail(RL_EFORMAT, "%s: expected \"left right\" or [\"left\", \"right\"]", loc);
+            break;
+        }
+        if ((rc = add_merge(t, m, loc, (int)i, a, b, &sc)) < 0) break;
+    }
+    free(copy);
+    merge_scratch_free(&sc);
+    return rc;
+}
+
+/*
+ * The pool index of token bytes s (an added token's content), added to the pool (with id) if no
+ * vocabulary token has them: decoding goes through the pool, and several ids may share bytes.
+ */
+static int pool_index_for(tok_t *t, const char *s, size_t n, int id) {
+    int k = pool_find(&t->toks, s, n);
+    if (k >= 0) return k;
+    int rc = pool_id_reserve(t, t->toks.n + 1);
+    if (rc < 0) return rc;
+    if ((k = pool_add(&t->toks, s, n)) < 0) return k;
+    t->pool_id[k] = id;
+    return k;
+}
+
+static int added_from_json(tok_t *t, const json_t *list, const char *path) {
+    size_t i;
+    json_t *v;
+    if (!list || json_is_null(list)) return 0;
+    if (!json_is_array(list))
+        return rl_fail(RL_EFORMAT, "%s: \"added_tokens\": expected an array", path);
+    if (!(t->added = calloc(json_array_size(list) + 1, sizeof *t->added)))
+        return rl_fail(RL_ENOMEM, "tokenizer: out of memory");
+    json_array_foreach(list, i, v) {
+        char where[64];
+        snprintf(where, sizeof where, "added_tokens[%zu]", i);
+        json_t *jid = json_object_get(v, "id");
+        const char *content = json_str(v, "content");
+        json_int_t id = json_is_integer(jid) ? json_integer_value(jid) : -1;
+        if (!content || !*content)
+            return rl_fail(RL_EFORMAT, "%s: \"%s.content\": expected a non-empty string", path,
+                           where);
+        if (id < 0 || id >= TOK_MAX_ID)
+            return rl_fail(RL_EFORMAT,
+                           "%s: \"%s.id\" (token \"%.60s\"): expected an integer in "
+                           "[0, %d)",
+                           path, where, content, TOK_MAX_ID);
+        added_t *a = &t->added[t->n_added];
+        a->id = (int)id;
+        a->len = strlen(content);
+        int f[4];
+        static const char *const flags[4] = {"special", "lstrip", "rstrip", "single_word"};
+        for (int j = 0; j < 4; j++)
+            if ((f[j] = json_flag(v, flags[j], 0, path, where)) < 0) return f[j];
+        a->special = f[0], a->lstrip = f[1], a->rstrip = f[2], a->single_word = f[3];
+        if (!(a->text = strdup(content))) return rl_fail(RL_ENOMEM, "tokenizer: out of memory");
+        t->n_added++;
+        t->added_first[(unsigned char)content[0]] = 1;
+        if (id >= t->n_ids) {
+            int32_t *ip = realloc(t->id_pool, ((size_t)id + 2) * sizeof *ip);
+            if (!ip) return rl_fail(RL_ENOMEM, "tokenizer: out of memory");
+            for (int j = t->n_ids; j <= (int)id; j++) ip[j] = -1;
+            t->id_pool = ip;
+            t->n_ids = (int)id + 1;
+        }
+        int k = pool_index_for(t, content, a->len, (int)id);
+        if (k < 0) return k;
+        t->id_pool[id] = k; /* decodes to its content, as in Hugging Face's decoder */
+    }
+    return 0;
+}
+
+/* The id of a token named by its text: an added token's content, else a vocabulary token's
+ * bytes; -1 if neither. */
+static int id_of_text(const tok_t *t, const char *s) {
+    size_t n = strlen(s);
+    for (size_t i = 0; i < t->n_added; i++)
+        if (t->added[i].len == n && !memcmp(t->added[i].text, s, n)) return t->added[i].id;
+    int k = pool_find(&t->toks, s, n);
+    return k >= 0 && (size_t)k < t->n_model ? t->pool_id[k] : -1;
+}
+
+/*
+ * The token a post_processor puts before a single sequence (Llama 3's TemplateProcessing, alone
+ * or in a Sequence of processors) into t->post_bos; -1 if none. Encoding never applies the
+ * post-processor (add_special_tokens=False); this only tells tok_bos what BOS is.
+ */
+static int post_bos(tok_t *t, const json_t *pp, const char *path, const char *where) {
+    const char *type = json_str(pp, "type");
+    char sub[512];
+    if (!pp || json_is_null(pp) || !type) return 0;
+    if (!strcmp(type, "Sequence")) {
+        json_t *list = json_object_get(pp, "processors"), *v;
+        size_t i;
+        json_array_foreach(list, i, v) {
+            snprintf(sub, sizeof sub, "%s.processors[%zu]", where, i);
+            int rc = post_bos(t, v, path, sub);
+            if (rc < 0) return rc;
+        }
+        return 0;
+    }
+    if (strcmp(type, "TemplateProcessing")) return 0; /* ByteLevel, RobertaProcessing...: no BOS */
+    json_t *first =
+        json_object_get(json_array_get(json_object_get(pp, "single"), 0), "SpecialToken");
+    const char *name = json_str(first, "id");
+    if (!name) return 0;
+    json_t *ids =
+        json_object_get(json_object_get(json_object_get(pp, "special_tokens"), name), "ids");
+    json_t *id0 = json_array_get(ids, 0);
+    t->post_bos = json_is_integer(id0) ? (int)json_integer_value(id0) : id_of_text(t, name);
+    if (t->post_bos < 0 || t->post_bos >= t->n_ids || t->id_pool[t->post_bos] < 0)
+        return rl_fail(RL_EFORMAT, "%s: \"%s.single\": special token \"%.60s\" is not a token",
+                       path, where, name);
+    return 0;
+}
+
+static int load_tokjson(tok_t *t, const bytemap_t *m, const char *path) {
+    char *text = NULL;
+    size_t len = 0;
+    json_t *root = NULL;
+    int rc = fs_read_file(path, TOK_MAX_FILE, &text, &len);
+    if (rc < 0) return rc;
+    json_error_t je;
+    root = json_loadb(text, len, 0, &je);
+    free(text);
+    if (!root) return rl_fail(RL_EFORMAT, "%s:%d: %s", path, je.line, je.text);
+    json_t *model = json_object_get(root, "model");
+    const char *type = json_str(model, "type");
+    json_t *vocab = json_object_get(model, "vocab");
+    if (!json_is_object(root)) {
+        rc = rl_fail(RL_EFORMAT, "%s:1: expected an object", path);
+    } else if (!json_is_object(model)) {
+        rc = rl_fail(RL_EFORMAT, "%s: \"model\": missing or not an object", path);
+    } else if (type && strcmp(type, "BPE")) {
+        rc = rl_fail(RL_EUNSUPPORTED, "%s: \"model.type\": \"%s\" is not supported (BPE is)", path,
+                     type);
+    } else if (json_is_true(json_object_get(model, "byte_fallback"))) {
+        rc = rl_fail(RL_EUNSUPPORTED, "%s: \"model.byte_fallback\": true is not supported", path);
+    } else if (!json_is_object(vocab)) {
+        rc = rl_fail(RL_EFORMAT, "%s: \"model.vocab\": missing or not an object", path);
+    } else if ((rc = t->ignore_merges = json_flag(model, "ignore_merges", 0, path, "model")) >= 0 &&
+               (rc = vocab_from_json(t, m, vocab, path, NULL, 0)) == 0 &&
+               (rc = merges_from_json(t, m, json_object_get(model, "merges"), path)) == 0 &&
+               (rc = added_from_json(t, json_object_get(root, "added_tokens"), path)) == 0 &&
+               (rc = parse_normalizer(t, json_object_get(root, "normalizer"), path,
+                                      "normalizer")) == 0 &&
+               (rc = check_decoder(json_object_get(root, "decoder"), path, "decoder")) == 0) {
+        json_t *pt = json_object_get(root, "pre_tokenizer");
+        rc = pt && !json_is_null(pt) ? parse_pretok(t, pt, path, "pre_tokenizer") : 0;
+        if (rc == 0)
+            rc = post_bos(t, json_object_get(root, "post_processor"), path, "post_processor");
+        if (t->eot < 0) t->eot = id_of_text(t, TOK_EOT);
+    }
+    json_decref(root);
+    return rc;
+}
+
+/* A token named in tokenizer_config.json: a string, an object with "content", or null. */
+static int config_token(tok_t *t, const json_t *cfg, const char *key, const char *path, char **text,
+                        int *id) {
+    json_t *v = json_object_get(cfg, key);
+    const char *s = json_is_object(v) ? json_str(v, "content") : json_string_value(v);
+    *id = -1;
+    if (!v || json_is_null(v)) return 0;
+    if (!s)
+        return rl_fail(RL_EFORMAT, "%s: \"%s\": expected a string, {\"content\": ...} or null",
+                       path, key);
+    if ((*id = id_of_text(t, s)) < 0)
+        return rl_fail(RL_EFORMAT, "%s: \"%s\": \"%.60s\" is not a token of tokenizer.json", path,
+                       key, s);
+    if (!(*text = strdup(s))) return rl_fail(RL_ENOMEM, "tokenizer: out of memory");
+    return 0;
+}
+
+/*
+ * DIR/tokenizer_config.json, if there is one: the BOS and EOS tokens, whether BOS is added, the
+ * chat template. Without the file there is no BOS, EOS is <|endoftext|> if the vocabulary has it,
+ * and there is no template.
+ */
+static int load_tokconfig(tok_t *t, const char *path) {
+    char *text = NULL;
+    size_t len = 0;
+    if (access(path, F_OK) != 0) return 0;
+    int rc = fs_read_file(path, TOK_MAX_FILE, &text, &len);
+    if (rc < 0) return rc;
+    json_error_t je;
+    /* integers as reals: model_max_length is often 1e30, beyond jansson's integers */
+    json_t *cfg = json_loadb(text, len, JSON_DECODE_INT_AS_REAL, &je);
+    free(text);
+    if (!cfg) return rl_fail(RL_EFORMAT, "%s:%d: %s", path, je.line, je.text);
+    int bos = -1, eos = -1, add;
+    if (!json_is_object(cfg)) {
+        rc = rl_fail(RL_EFORMAT, "%s:1: expected an object", path);
+    } else if ((rc = config_token(t, cfg, "bos_token", path, &t->bos_text, &bos)) == 0 &&
+               (rc = config_token(t, cfg, "eos_token", path, &t->eos_text, &eos)) == 0 &&
+               (rc = add = json_flag(cfg, "add_bos_token", 2, path, "tokenizer_config")) >= 0) {
+        rc = 0;
+        /* add_bos_token decides when given (true: bos_token); without it, BOS is what the
+         * post-processor puts first, as Llama 3's does */
+        if (add != 2) t->bos = add ? bos : -1;
+        if (eos >= 0) t->eot = eos;
+        json_t *tmpl = json_object_get(cfg, "chat_template"), *v;
+        size_t i;
+        if (json_is_array(tmpl)) { /* a list of named templates: the "default" one */
+            json_array_foreach(tmpl, i, v) {
+                const char *name = json_str(v, "name");
+                if (name && !strcmp(name, "default")) tmpl = json_object_get(v, "template");
+            }
+        }
+        if (json_is_string(tmpl) && !(t->chat_template = strdup(json_string_value(tmpl))))
+            rc = rl_fail(RL_ENOMEM, "tokenizer: out of memory");
+        else if (tmpl && !json_is_null(tmpl) && !json_is_string(tmpl))
+            rc = rl_fail(RL_EFORMAT,
+                         "%s: \"chat_template\": expected a string or a list with a "
+                         "\"default\" template",
+                         path);
+    }
+    json_decref(cfg);
     return rc;
 }
 
@@ -723,11 +1303,21 @@ tok_t *tok_load(const char *dir) {
         rl_fail(RL_ENOMEM, "tokenizer: out of memory");
         return NULL;
     }
-    snprintf(path, sizeof path, "%s/vocab.json", dir);
-    if (load_vocab(t, &m, path) < 0) goto fail;
-    snprintf(path, sizeof path, "%s/merges.txt", dir);
-    if (load_merges(t, &m, path) < 0) goto fail;
-    if (pretok_init(&t->pt) < 0) goto fail;
+    t->bos = t->post_bos = -1;
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    if (access(path, F_OK) == 0) {
+        t->kind = TOK_JSON;
+        if (load_tokjson(t, &m, path) < 0) goto fail;
+        t->bos = t->post_bos;
+        snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+        if (load_tokconfig(t, path) < 0) goto fail;
+    } else {
+        snprintf(path, sizeof path, "%s/vocab.json", dir);
+        if (load_vocab(t, &m, path) < 0) goto fail;
+        snprintf(path, sizeof path, "%s/merges.txt", dir);
+        if (load_merges(t, &m, path) < 0) goto fail;
+        if (pretok_init(&t->pt) < 0) goto fail;
+    }
     if (!(t->cache = calloc(CACHE_SLOTS, sizeof *t->cache))) {
         rl_fail(RL_ENOMEM, "tokenizer: out of memory");
         goto fail;
@@ -881,6 +1471,10 @@ static int bpe(tok_t *t, const unsigned char *s, size_t n) {
 static int encode_piece(void *ctx, const unsigned char *s, size_t n) {
     tok_t *t = ctx;
     if (n == 1) return ivec_push(t->out, t->byte_id[s[0]]);
+    if (t->ignore_merges) { /* a piece that is a token of the vocabulary is taken whole */
+        int k = pool_find(&t->toks, s, n);
+        if (k >= 0 && (size_t)k < t->n_model) return ivec_push(t->out, t->pool_id[k]);
+    }
     if (n > CACHE_MAX_LEN) return bpe(t, s, n);
     uint64_t h = hash_bytes(s, n) | 1;
     size_t i = h & (CACHE_SLOTS - 1);
@@ -918,12 +1512,236 @@ static int encode_piece(void *ctx, const unsigned char *s, size_t n) {
     return 0;
 }
 
+/* ---- encoding with tokenizer.json ------------------------------------------------------------ */
+
+static int seg_push(segvec_t *v, size_t off, size_t len, int match) {
+    int rc = grow(&v->p, &v->cap, v->n + 1, sizeof *v->p);
+    if (rc < 0) return rc;
+    v->p[v->n++] = (seg_t){off, len, match};
+    return 0;
+}
+
+/*
+ * Applies a split's behavior to the run's matches and gaps m[0..n) (in order, covering the run)
+ * and appends the non-empty pieces to out. This is Hugging Face's
+ * NormalizedString::split, case by case.
+ */
+static int split_behave(int behavior, seg_t *m, size_t n, segvec_t *out) {
+    size_t k = 0; /* pieces kept, rewritten in place */
+    int prev = 0, rc;
+    if (behavior == SPLIT_NEXT) { /* a match joins the gap after it */
+        for (size_t i = 0; i < n; i++) {
+            m[k] = m[i];
+            if (m[i].match && i + 1 < n && !m[i + 1].match) m[k].len += m[++i].len;
+            k++;
+        }
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            if (behavior == SPLIT_REMOVED && m[i].match) continue;
+            int join = (behavior == SPLIT_PREV && m[i].match && !prev) ||
+                       (behavior == SPLIT_CONTIG && m[i].match == prev);
+            if (join && k)
+                m[k - 1].len = m[i].off + m[i].len - m[k - 1].off;
+            else
+                m[k++] = m[i];
+            prev = m[i].match;
+        }
+    }
+    for (size_t i = 0; i < k; i++)
+        if (m[i].len && (rc = seg_push(out, m[i].off, m[i].len, 0)) < 0) return rc;
+    return 0;
+}
+
+/* Splits the valid UTF-8 run [off, off + n) of the working buffer by step st into out. */
+static int split_run(tok_t *t, const pstep_t *st, size_t off, size_t n, segvec_t *out,
+                     segvec_t *m) {
+    const unsigned char *s = (const unsigned char *)t->work.p + off;
+    size_t at = 0, prev = 0;
+    int rc;
+    m->n = 0;
+    while (at <= n) {
+        int r = pcre2_match(st->re, s, n, at, PCRE2_NO_UTF_CHECK, st->md, NULL);
+        if (r == PCRE2_ERROR_NOMATCH) break;
+        if (r < 0) {
+            PCRE2_UCHAR msg[256];
+            pcre2_get_error_message(r, msg, sizeof msg);
+            return rl_fail(RL_EUNSUPPORTED, "tokenizer: pattern match failed: %s",
+                           (const char *)msg);
+        }
+        PCRE2_SIZE *ov = pcre2_get_ovector_pointer(st->md);
+        if (ov[0] > prev && (rc = seg_push(m, off + prev, ov[0] - prev, st->invert)) < 0) return rc;
+        if ((rc = seg_push(m, off + ov[0], ov[1] - ov[0], !st->invert)) < 0) return rc;
+        prev = ov[1];
+        /* an empty match moves on by one character (as a regex iterator does) */
+        at = ov[1] > ov[0] ? ov[1] : ov[1] + (ov[1] < n ? utf8_char_len(s + ov[1], n - ov[1]) : 1);
+    }
+    if (prev < n && (rc = seg_push(m, off + prev, n - prev, st->invert)) < 0) return rc;
+    return split_behave(st->behavior, m->p, m->n, out);
+}
+
+/* One pre-tokeniser step over every piece in t->segs, into t->next (then swapped). Invalid
+ * UTF-8 never reaches a pattern: each invalid byte is a piece of its own, as in the GPT-2 path. */
+static int run_step(tok_t *t, const pstep_t *st, segvec_t *scratch) {
+    int rc = 0;
+    t->next.n = 0;
+    if (st->prefix_space) { /* a space before every piece that does not start with one */
+        buf_t nb = {0};
+        for (size_t i = 0; i < t->segs.n; i++) {
+            seg_t g = t->segs.p[i];
+            size_t start = nb.n;
+            if (t->work.p[g.off] != ' ' && (rc = buf_add(&nb, " ", 1)) < 0) break;
+            if ((rc = buf_add(&nb, t->work.p + g.off, g.len)) < 0) break;
+            if ((rc = seg_push(&t->next, start, nb.n - start, 0)) < 0) break;
+        }
+        if (rc < 0) {
+            free(nb.p);
+            return rc;
+        }
+        free(t->work.p);
+        t->work = nb;
+    } else {
+        for (size_t i = 0; i < t->segs.n; i++) {
+            seg_t g = t->segs.p[i];
+            const unsigned char *s = (const unsigned char *)t->work.p + g.off;
+            size_t a = 0;
+            while (a < g.len) {
+                size_t b = a, k;
+                while (b < g.len && (k = utf8_char_len(s + b, g.len - b)) > 0) b += k;
+                if (b > a && (rc = split_run(t, st, g.off + a, b - a, &t->next, scratch)) < 0)
+                    return rc;
+                if (b < g.len && (rc = seg_push(&t->next, g.off + b, 1, 0)) < 0) return rc;
+                a = b < g.len ? b + 1 : g.len;
+            }
+        }
+    }
+    segvec_t x = t->segs;
+    t->segs = t->next;
+    t->next = x;
+    return 0;
+}
+
+/*
+ * NFC of len bytes into t->work: each maximal run of valid UTF-8 is normalised (libunistring's
+ * u8_normalize, the Unicode algorithm as a Debian library rather than tables of our own), invalid
+ * bytes are copied as they are. An all-ASCII run is already NFC.
+ */
+static int normalize_nfc(tok_t *t, const unsigned char *s, size_t len) {
+    int rc;
+    t->work.n = 0;
+    for (size_t a = 0; a < len;) {
+        size_t b = a, k;
+        int ascii = 1;
+        while (b < len && (k = utf8_char_len(s + b, len - b)) > 0) {
+            ascii &= s[b] < 0x80;
+            b += k;
+        }
+        if (ascii || b == a) {
+            if ((rc = buf_add(&t->work, s + a, b - a)) < 0) return rc;
+        } else {
+            size_t n = t->norm.cap;
+            uint8_t *r = u8_normalize(UNINORM_NFC, s + a, b - a, (uint8_t *)t->norm.p, &n);
+            if (!r) return rl_fail(RL_ENOMEM, "tokenizer: NFC normalisation failed");
+            if (r != (uint8_t *)t->norm.p) { /* it allocated: keep the larger buffer */
+                free(t->norm.p);
+                t->norm.p = (char *)r;
+                t->norm.cap = n;
+            }
+            if ((rc = buf_add(&t->work, r, n)) < 0) return rc;
+        }
+        if (b < len && (rc = buf_add(&t->work, s + b, 1)) < 0) return rc;
+        a = b < len ? b + 1 : len;
+    }
+    return 0;
+}
+
+static int encode_piece(void *ctx, const unsigned char *s, size_t n);
+
+/* Text between added tokens: normaliser, pre-tokeniser steps, then BPE of every piece. */
+static int encode_segment(tok_t *t, const unsigned char *s, size_t len) {
+    int rc;
+    if (t->nfc) {
+        if ((rc = normalize_nfc(t, s, len)) < 0) return rc;
+    } else {
+        t->work.n = 0;
+        if ((rc = buf_add(&t->work, s, len)) < 0) return rc;
+    }
+    t->segs.n = 0;
+    if (t->work.n && (rc = seg_push(&t->segs, 0, t->work.n, 0)) < 0) return rc;
+    for (size_t i = 0; i < t->n_steps && rc == 0; i++) rc = run_step(t, &t->steps[i], &t->marks);
+    for (size_t i = 0; i < t->segs.n && rc == 0; i++)
+        rc = encode_piece(t, (const unsigned char *)t->work.p + t->segs.p[i].off, t->segs.p[i].len);
+    return rc;
+}
+
+static int is_word_byte(unsigned char c) {
+    return c >= 0x80 || c == '_' || (c >= '0' && c <= '9') ||
+           ((c | 0x20) >= 'a' && (c | 0x20) <= 'z');
+}
+
+static int is_space_byte(unsigned char c) {
+    return c == ' ' || (c >= '\t' && c <= '\r');
+}
+
+/*
+ * The leftmost-longest added token in s[from..n) (special ones only with allow_special), as
+ * Hugging Face matches them (an Aho-Corasick automaton, leftmost-longest): *a..*b is the text it
+ * takes, whitespace that lstrip/rstrip absorb included. Returns its index or -1.
+ * single_word tokens must not touch a word character on either side (ASCII alphanumerics, '_'
+ * and any non-ASCII byte count as word characters; lstrip/rstrip take ASCII whitespace).
+ */
+static int find_added(const tok_t *t, const unsigned char *s, size_t from, size_t n,
+                      int allow_special, size_t *a, size_t *b) {
+    for (size_t i = from; i < n; i++) {
+        if (!t->added_first[s[i]]) continue;
+        int best = -1;
+        for (size_t j = 0; j < t->n_added; j++) {
+            const added_t *d = &t->added[j];
+            if ((d->special && !allow_special) || d->len > n - i ||
+                (best >= 0 && d->len <= t->added[best].len) || memcmp(s + i, d->text, d->len))
+                continue;
+            if (d->single_word && ((i > 0 && is_word_byte(s[i - 1])) ||
+                                   (i + d->len < n && is_word_byte(s[i + d->len]))))
+                continue;
+            best = (int)j;
+        }
+        if (best < 0) continue;
+        const added_t *d = &t->added[best];
+        *a = i;
+        *b = i + d->len;
+        if (d->lstrip)
+            while (*a > from && is_space_byte(s[*a - 1])) (*a)--;
+        if (d->rstrip)
+            while (*b < n && is_space_byte(s[*b])) (*b)++;
+        return best;
+    }
+    return -1;
+}
+
+/* tokenizer.json: added tokens are cut out of the raw text first; the text between them is
+ * normalised and pre-tokenised segment by segment (Hugging Face's AddedVocabulary order). */
+static int encode_json(tok_t *t, const unsigned char *s, size_t len, int allow_special) {
+    size_t at = 0;
+    while (at < len) {
+        size_t a = len, b = len;
+        int k = t->n_added ? find_added(t, s, at, len, allow_special, &a, &b) : -1;
+        int rc = a > at ? encode_segment(t, s + at, a - at) : 0;
+        if (rc == 0 && k >= 0) rc = ivec_push(t->out, t->added[k].id);
+        if (rc < 0) return rc;
+        at = k >= 0 ? b : len;
+    }
+    return 0;
+}
+
 int tok_encode(tok_t *t, const char *text, size_t len, int allow_special, int **ids, size_t *n) {
     if (!t || (!text && len) || !ids || !n) return rl_fail(RL_EINVAL, "tok_encode: NULL argument");
     ivec_t out = {0};
     int rc = 0;
     t->out = &out;
     const unsigned char *s = (const unsigned char *)text, *end = s + len;
+    if (t->kind == TOK_JSON) {
+        rc = encode_json(t, s, len, allow_special);
+        s = end;
+    }
     while (s < end && rc == 0) {
         const unsigned char *cut = NULL;
         if (allow_special && t->eot >= 0) cut = memmem(s, (size_t)(end - s), TOK_EOT, TOK_EOT_LEN);

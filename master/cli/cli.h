@@ -15,6 +15,7 @@
 #include "cli_opts.h"
 #include "net/client.h"
 #include "nn/gpt.h"
+#include "nn/tok.h"
 
 typedef struct {
     const char *name;
@@ -44,6 +45,16 @@ double cli_median(double *v, int n);
 
 /* Unknown option / missing argument: prints usage hint and returns 2. */
 int cli_usage_error(const char *cmd);
+
+/*
+ * A prompt record's text: its "prompt" string as written, or its "messages" ([{"role",
+ * "content"}, ...]) rendered through the model's chat template with the generation prompt
+ * (tokenizer_config.json's chat_template; nn/tok.h tok_chat_render), as Hugging Face's
+ * apply_chat_template(messages, add_generation_prompt=True) gives it. *text: malloc'ed (caller
+ * frees), to be encoded with tok_text_special. Errors name `where`: neither key, a malformed
+ * message, or messages for a model without a chat template.
+ */
+int cli_prompt_text(const tok_t *t, json_t *rec, const char *where, char **text, size_t *len);
 
 int cmd_init_model(int argc, char **argv);
 int cmd_eval_lm(int argc, char **argv);

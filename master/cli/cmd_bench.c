@@ -13,6 +13,7 @@
 #include "cli.h"
 #include "base/err.h"
 #include "nn/gpt.h"
+#include "nn/hf.h"
 #include "nn/ops.h"
 #include "nn/pgemm.h"
 #include "base/rng.h"
@@ -21,7 +22,7 @@
 typedef struct {
     gpt_config_t cfg;
     int B, T, steps, threads, grad_blocks;
-    const char *gemm;
+    const char *gemm, *model;
 } bench_args_t;
 
 static const cli_opt_t bench_opt_table[] = {
@@ -34,13 +35,18 @@ static const cli_opt_t bench_opt_table[] = {
                 "gradient blocks per step, capped at the batch (as rlhf sft)"),
     CLI_OPT_STR(bench_args_t, gemm, "gemm", "both", "G",
                 "matrix products: exact, openblas or both (alternating)", 0),
+    CLI_OPT_STR(bench_args_t, model, "model", NULL, "DIR",
+                "the shape of DIR/config.json (GPT-2, Llama, Qwen2, Qwen3) in place of --layers, "
+                "--heads, --dim, --vocab, --ctx; its weights are not read",
+                0),
 };
 
 static const cli_opts_t bench_train_opts = CLI_OPTS(
     "bench train",
     "rlhf bench train --layers L --heads H --dim C --vocab V --batch B --seq T\n"
     "                        [--steps K] [--threads N] [--gemm exact|openblas|both] [--ctx N]\n"
-    "                        [--grad-blocks N]",
+    "                        [--grad-blocks N]\n"
+    "       rlhf bench train --model DIR --batch B --seq T [options]",
     "Times K full training steps (forward, cross-entropy, backward, clipping, AdamW) per\n"
     "matrix-product backend after one warm-up step each; with --gemm both the exact products\n"
     "and OpenBLAS alternate step by step on the same model, so both are measured under the same\n"
@@ -83,11 +89,16 @@ static json_t *bench_backend_json(bench_backend_t *b, int steps, int tokens, dou
 
 static int bench_train(int argc, char **argv) {
     const char *cmd = "bench train";
-    bench_args_t a = {.cfg = {0, 0, 0, 0, 0, 1e-5f, 0}};
+    bench_args_t a = {.cfg = {.layer_norm_epsilon = 1e-5f}};
     int c = cli_opts_parse(&bench_train_opts, argc, argv, &a);
     if (c != CLI_OPTS_GO) return c;
     gpt_config_t cfg = a.cfg;
     int B = a.B, T = a.T, steps = a.steps, threads = a.threads;
+    if (a.model) {
+        int rc = hf_config_read(a.model, &cfg);
+        if (rc < 0) return cli_fail(cmd, "model config", rc);
+        cfg.scalar_head = 0;
+    }
     if (!cfg.n_layer || !cfg.n_head || !cfg.n_embd || !cfg.vocab_size || !B || !T) {
         fprintf(stderr, "rlhf %s: --layers, --heads, --dim, --vocab, --batch, --seq required\n",
                 cmd);
@@ -155,6 +166,10 @@ static int bench_train(int argc, char **argv) {
             "batch", B, "seq", T, "params", (json_int_t)m->num_params, "threads", threads,
             "grad_blocks", gtree_blocks(a.grad_blocks, B), "steps", steps, "kernel", pgemm_kernel(),
             "gflop_per_step", flops / 1e9, "fma_peak_gflops", peak, "gemm", gemm);
+        if (cfg.arch != GPT_ARCH_GPT2)
+            json_object_set_new(out, "kv_heads", json_integer(cfg.n_kv_head)),
+                json_object_set_new(out, "inner", json_integer(cfg.n_inner)),
+                json_object_set_new(out, "head_dim", json_integer(gpt_head_dim(&cfg)));
         if (nb == 2)
             json_object_set_new(out, "exact_vs_openblas", json_real(be[0].step_ms / be[1].step_ms));
         print_rc = cli_print_json(out);

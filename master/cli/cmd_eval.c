@@ -37,21 +37,25 @@
 typedef struct {
     char **text;
     int n, cap;
+    const tok_t *tok; /* the policy's: renders "messages" */
 } plist_t;
 
 static int add_prompt(void *ctx, json_t *o, const char *where) {
     plist_t *l = ctx;
-    const char *t;
-    int rc = jsonl_get_str(o, "prompt", where, &t);
+    char *t;
+    size_t len;
+    int rc = cli_prompt_text(l->tok, o, where, &t, &len);
     if (rc < 0) return rc;
     if (l->n == l->cap) {
         int nc = l->cap ? 2 * l->cap : 64;
         char **nt = realloc(l->text, (size_t)nc * sizeof *nt);
-        if (!nt) return rl_fail(RL_ENOMEM, "out of memory");
+        if (!nt) {
+            free(t);
+            return rl_fail(RL_ENOMEM, "out of memory");
+        }
         l->text = nt, l->cap = nc;
     }
-    if (!(l->text[l->n] = strdup(t))) return rl_fail(RL_ENOMEM, "out of memory");
-    l->n++;
+    l->text[l->n++] = t;
     return 0;
 }
 
@@ -200,16 +204,17 @@ int cmd_eval_policy(int argc, char **argv) {
     tok_t *tok = NULL;
     int **ids = NULL, *lens = NULL;
     side_t sp = {0}, sb = {0};
+    if (!(mp = hf_load(policy)) || !(mb = hf_load(base)) || !(tok = tok_load(policy))) {
+        cli_fail("eval-policy", "models", RL_EINVAL);
+        goto done;
+    }
+    pl.tok = tok;
     long n = jsonl_read(prompts, add_prompt, &pl);
     if (n < 0) {
         cli_fail("eval-policy", "prompts", (int)n);
         goto done;
     }
     np = pl.n;
-    if (!(mp = hf_load(policy)) || !(mb = hf_load(base)) || !(tok = tok_load(policy))) {
-        cli_fail("eval-policy", "models", RL_EINVAL);
-        goto done;
-    }
     if (rmd && !(mr = hf_load(rmd))) {
         cli_fail("eval-policy", "reward model", RL_EINVAL);
         goto done;
@@ -218,7 +223,8 @@ int cmd_eval_policy(int argc, char **argv) {
     lens = calloc((size_t)np, sizeof *lens);
     for (int i = 0; ids && lens && i < np; i++) {
         size_t len;
-        if ((rc = tok_encode(tok, pl.text[i], strlen(pl.text[i]), 0, &ids[i], &len)) < 0) {
+        if ((rc = tok_encode(tok, pl.text[i], strlen(pl.text[i]), tok_text_special(tok), &ids[i],
+                             &len)) < 0) {
             cli_fail("eval-policy", "tokenizing a prompt", rc);
             goto done;
         }

@@ -256,6 +256,7 @@ done:
 typedef struct {
     gpt_config_t cfg;
     int B, P, N, threads;
+    const char *model;
 } bench_gen_args_t;
 
 static const cli_opt_t bench_gen_opt_table[] = {
@@ -264,12 +265,17 @@ static const cli_opt_t bench_gen_opt_table[] = {
     CLI_OPT_INT(bench_gen_args_t, P, "prompt-len", 1, 1000000, NULL, "P", "prompt tokens"),
     CLI_OPT_INT(bench_gen_args_t, N, "new", 2, 1000000, NULL, "N", "new tokens"),
     CLI_OPT_INT(bench_gen_args_t, threads, "threads", 1, 1024, "2", "T", "threads"),
+    CLI_OPT_STR(bench_gen_args_t, model, "model", NULL, "DIR",
+                "the shape of DIR/config.json (GPT-2, Llama, Qwen2, Qwen3) in place of --layers, "
+                "--heads, --dim, --vocab, --ctx; its weights are not read",
+                0),
 };
 
 static const cli_opts_t bench_gen_opts = CLI_OPTS(
     "bench generate",
     "rlhf bench generate --layers L --heads H --dim C --vocab V --batch B\n"
-    "                           --prompt-len P --new N [--threads T] [--ctx N]",
+    "                           --prompt-len P --new N [--threads T] [--ctx N]\n"
+    "       rlhf bench generate --model DIR --batch B --prompt-len P --new N [--threads T]",
     "Generates N new tokens (temperature-1 sampling) after random prompts of P tokens with a\n"
     "randomly initialised model whose weights are packed once (the time is reported): five\n"
     "single-stream (B=1) runs alternating with five DRAM read-bandwidth passes, then three runs\n"
@@ -282,11 +288,16 @@ static const cli_opts_t bench_gen_opts = CLI_OPTS(
 
 int cmd_bench_generate(int argc, char **argv) {
     const char *cmd = "bench generate";
-    bench_gen_args_t a = {.cfg = {0, 0, 0, 0, 0, 1e-5f, 0}};
+    bench_gen_args_t a = {.cfg = {.layer_norm_epsilon = 1e-5f}};
     int c = cli_opts_parse(&bench_gen_opts, argc, argv, &a);
     if (c != CLI_OPTS_GO) return c;
     gpt_config_t cfg = a.cfg;
     int B = a.B, P = a.P, N = a.N, threads = a.threads;
+    if (a.model) {
+        int rc = hf_config_read(a.model, &cfg);
+        if (rc < 0) return cli_fail(cmd, "model config", rc);
+        cfg.scalar_head = 0;
+    }
     if (!cfg.n_layer || !cfg.n_head || !cfg.n_embd || !cfg.vocab_size || !B || !P || !N) {
         fprintf(stderr,
                 "rlhf %s: --layers, --heads, --dim, --vocab, --batch, --prompt-len and "
@@ -299,13 +310,22 @@ int cmd_bench_generate(int argc, char **argv) {
     gpt_t *m = gpt_new(&cfg);
     if (!m) return cli_fail(cmd, "model", RL_EINVAL);
     gpt_init_weights(m, 1);
-    /* every decoded token reads every weight once, except the position table (one row) */
-    double weight_bytes = (double)(m->num_params - m->param_sizes[GPT_WPE]) * sizeof(float);
+    /* every decoded token reads every weight once, except the position table (one row) and,
+     * with an untied LM head, the embedding table (one row) */
+    int untied = cfg.arch != GPT_ARCH_GPT2 && !cfg.tie_word_embeddings;
+    double weight_bytes =
+        (double)(m->num_params - m->param_sizes[GPT_WPE] - (untied ? m->param_sizes[GPT_WTE] : 0)) *
+        sizeof(float);
     /* and does two operations per weight of the linear layers and the LM head, plus attention
-     * over its context (P + N/2 positions on average): q.k and p.v, 2C each per layer */
-    double C = cfg.n_embd, L = cfg.n_layer;
+     * over its context (P + N/2 positions on average): q.k and p.v, 2 * (query width) each per
+     * layer */
+    double C = cfg.n_embd, L = cfg.n_layer, Dq = (double)cfg.n_head * gpt_head_dim(&cfg);
+    double per_layer = 12.0 * C * C;
+    if (cfg.arch != GPT_ARCH_GPT2)
+        per_layer =
+            C * (Dq + 2.0 * cfg.n_kv_head * gpt_head_dim(&cfg)) + Dq * C + 3.0 * cfg.n_inner * C;
     double flop_token =
-        2.0 * (L * 12.0 * C * C + (double)cfg.vocab_size * C) + 4.0 * L * C * (P + N / 2.0);
+        2.0 * (L * per_layer + (double)cfg.vocab_size * C) + 4.0 * L * Dq * (P + N / 2.0);
     gen_packed_t *pk = NULL;
     double pack_t0 = cli_now_ms();
     if (gen_pack(m, &pk) < 0) {

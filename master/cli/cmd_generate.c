@@ -85,8 +85,8 @@ static int load_prompt(void *ctx, json_t *o, const char *where) {
     size_t len = 0;
     int rc = 0;
     json_t *jp = json_object_get(o, "prompt"), *jm = json_object_get(o, "messages");
-    if (json_is_string(jp)) {
-        rc = render(&text, &len, "{content}", json_string_value(jp));
+    if (json_is_string(jp) || (json_is_array(jm) && tok_chat_template(g->tok))) {
+        rc = cli_prompt_text(g->tok, o, where, &text, &len); /* the model's own chat template */
     } else if (json_is_array(jm) && json_array_size(jm) > 0) {
         size_t i;
         json_t *msg;
@@ -150,7 +150,7 @@ static int load_prompt(void *ctx, json_t *o, const char *where) {
     if (json_object_get(g->seen, p->id))
         return rl_fail(RL_EFORMAT, "%s: id '%s' repeats an earlier prompt's", where, p->id);
     json_object_set_new(g->seen, p->id, json_true());
-    if ((rc = tok_encode(g->tok, text, len, 0, &p->ids, &p->n)) < 0)
+    if ((rc = tok_encode(g->tok, text, len, tok_text_special(g->tok), &p->ids, &p->n)) < 0)
         return rl_fail_ctx(rc, "%s: ", where);
     if (p->n < 1 || (int)p->n >= g->ctx)
         return rl_fail(RL_EFORMAT,

@@ -20,11 +20,13 @@
 
 /* ---- init-model ------------------------------------------------------------------------ */
 
-/* Checks that the tokenizer in `dir` loads and that its ids fit a vocabulary of `vocab`. */
-static int check_tokenizer(const char *dir, int vocab) {
+/* Checks that the tokenizer in `dir` loads and that its ids fit a vocabulary of `vocab`; *bos
+ * and *eos get its BOS and end-of-text ids (-1: none), for the config of the Llama family. */
+static int check_tokenizer(const char *dir, int vocab, int *bos, int *eos) {
     tok_t *tok = tok_load(dir);
     if (!tok) return rl_fail_ctx(RL_EIO, "tokenizer");
     int n = tok_vocab_size(tok);
+    *bos = tok_bos(tok), *eos = tok_eot(tok);
     tok_destroy(&tok);
     if (n > vocab)
         return rl_fail(RL_EINVAL, "%s: the tokenizer has %d ids but --vocab is %d", dir, n, vocab);
@@ -32,9 +34,9 @@ static int check_tokenizer(const char *dir, int vocab) {
 }
 
 typedef struct {
-    const char *out, *tokdir;
+    const char *out, *tokdir, *arch, *dtype;
     gpt_config_t cfg;
-    long seed;
+    long seed, shard_bytes;
 } init_args_t;
 
 static const cli_opt_t init_opt_table[] = {
@@ -48,20 +50,55 @@ static const cli_opt_t init_opt_table[] = {
                 "copy TDIR/vocab.json and TDIR/merges.txt into DIR (the tokenizer's vocabulary "
                 "must fit --vocab)",
                 0),
+    CLI_OPT_STR(init_args_t, arch, "arch", "gpt2", "A",
+                "architecture: gpt2, llama, qwen2 (q/k/v biases) or qwen3 (q/k norms)", 0),
+    CLI_OPT_INT(init_args_t, cfg.n_kv_head, "kv-heads", 1, 1000, NULL, "K",
+                "llama family: key/value heads, dividing --heads (default: --heads)"),
+    CLI_OPT_INT(init_args_t, cfg.head_dim, "head-dim", 2, 65536, NULL, "D",
+                "llama family: width of a head (default: dim / heads)"),
+    CLI_OPT_INT(init_args_t, cfg.n_inner, "inner", 1, 1 << 24, NULL, "I",
+                "llama family: MLP width, intermediate_size (default: 4 * dim)"),
+    CLI_OPT_FLAG(init_args_t, cfg.tie_word_embeddings, "tie",
+                 "llama family: tie the LM head to the embedding (tie_word_embeddings)"),
+    CLI_OPT_FLOAT(init_args_t, cfg.rope_theta, "rope-theta", 1, 1e12, "10000", "X",
+                  "llama family: RoPE base"),
+    CLI_OPT_STR(init_args_t, dtype, "dtype", "f32", "T",
+                "stored dtype: f32, bf16 or f16 (rounded to nearest even)", 0),
+    CLI_OPT_LONG(init_args_t, shard_bytes, "shard-bytes", 0, LONG_MAX, "0", "B",
+                 "write shards of at most B bytes and an index (0: one file)"),
 };
+
+/* --arch and --dtype by name; -1 for an unknown one. */
+static int arch_by_name(const char *s) {
+    static const char *const names[] = {"gpt2", "llama", "qwen2", "qwen3"};
+    for (int i = 0; i < 4; i++)
+        if (!strcmp(s, names[i])) return i;
+    return -1;
+}
+
+static int dtype_by_name(const char *s) {
+    static const char *const names[] = {"f32", "bf16", "f16"};
+    for (int i = 0; i < 3; i++)
+        if (!strcmp(s, names[i])) return i;
+    return -1;
+}
 
 const cli_opts_t cli_init_model_opts = CLI_OPTS(
     "init-model",
     "rlhf init-model --out DIR --layers L --heads H --dim C --vocab V --ctx N\n"
-    "                       [--seed S] [--scalar-head] [--tokenizer TDIR]",
-    "Writes a freshly initialised GPT-2 model (GPT-2 initialisation) as a Hugging Face\n"
-    "directory: DIR/config.json and DIR/model.safetensors (F32), each written atomically.\n"
+    "                       [--seed S] [--scalar-head] [--tokenizer TDIR]\n"
+    "                       [--arch gpt2|llama|qwen2|qwen3 [--kv-heads K] [--head-dim D]\n"
+    "                        [--inner I] [--tie] [--rope-theta X]] [--dtype T] [--shard-bytes B]",
+    "Writes a freshly initialised model as a Hugging Face directory: DIR/config.json and\n"
+    "DIR/model.safetensors (or shards and model.safetensors.index.json), each written\n"
+    "atomically. GPT-2 gets GPT-2's initialisation; the Llama family (--arch llama, qwen2,\n"
+    "qwen3) Hugging Face's: weight matrices N(0, 0.02), RMSNorm weights 1, biases 0.\n"
     "The shape options --layers, --heads, --dim, --vocab and --ctx are required.\n",
     init_opt_table, NULL);
 
 int cmd_init_model(int argc, char **argv) {
     const char *cmd = "init-model";
-    init_args_t a = {.cfg = {0, 0, 0, 0, 0, 1e-5f, 0}};
+    init_args_t a = {.cfg = {.layer_norm_epsilon = 1e-5f}};
     int prc = cli_opts_parse(&cli_init_model_opts, argc, argv, &a);
     if (prc != CLI_OPTS_GO) return prc;
     const char *out = a.out, *tokdir = a.tokdir;
@@ -72,12 +109,42 @@ int cmd_init_model(int argc, char **argv) {
                 "rlhf %s: --out, --layers, --heads, --dim, --vocab and --ctx are required\n", cmd);
         return 2;
     }
+    int arch = arch_by_name(a.arch), dtype = dtype_by_name(a.dtype);
+    if (arch < 0 || dtype < 0) {
+        fprintf(stderr, "rlhf %s: %s\n", cmd,
+                arch < 0 ? "--arch: gpt2, llama, qwen2 or qwen3" : "--dtype: f32, bf16 or f16");
+        return 2;
+    }
+    int family_only = cfg.n_kv_head || cfg.head_dim || cfg.n_inner || cfg.tie_word_embeddings;
+    if (arch == GPT_ARCH_GPT2 && family_only) {
+        fprintf(stderr,
+                "rlhf %s: --kv-heads, --head-dim, --inner and --tie need --arch llama, qwen2 or "
+                "qwen3\n",
+                cmd);
+        return 2;
+    }
+    if (arch != GPT_ARCH_GPT2) {
+        cfg.arch = arch;
+        if (!cfg.n_kv_head) cfg.n_kv_head = cfg.n_head;
+        if (!cfg.n_inner) cfg.n_inner = 4 * cfg.n_embd;
+        cfg.attn_bias = arch == GPT_ARCH_QWEN2;
+        cfg.qk_norm = arch == GPT_ARCH_QWEN3;
+        cfg.bos_token_id = cfg.eos_token_id = -1;
+    } else {
+        cfg.rope_theta = 0; /* GPT-2 has none */
+    }
+    /* the tokenizer is checked before anything is written (its BOS and end-of-text ids go
+     * into a Llama-family config, as the hub's configs name them), and copied after the
+     * weights */
+    int bos = -1, eos = -1;
+    int rc = tokdir ? check_tokenizer(tokdir, cfg.vocab_size, &bos, &eos) : 0;
+    if (rc < 0) return cli_fail(cmd, "saving", rc);
+    if (arch != GPT_ARCH_GPT2) cfg.bos_token_id = bos, cfg.eos_token_id = eos;
     gpt_t *m = gpt_new(&cfg);
     if (!m) return cli_fail(cmd, "model", RL_EINVAL);
     gpt_init_weights(m, (uint64_t)seed);
-    /* the tokenizer is checked before anything is written, and copied after the weights */
-    int rc = tokdir ? check_tokenizer(tokdir, cfg.vocab_size) : 0;
-    if (rc == 0) rc = hf_save(m, out);
+    hf_save_opts_t so = {.dtype = (hf_dtype_t)dtype, .max_shard_bytes = (size_t)a.shard_bytes};
+    if (rc == 0) rc = hf_save_opts(m, out, &so);
     if (rc == 0 && tokdir) rc = hf_copy_tokenizer(tokdir, out);
     size_t n = m->num_params;
     gpt_destroy(&m);

@@ -70,21 +70,25 @@ typedef struct {
 
 static int load_p(void *ctx, json_t *o, const char *where) {
     pset_t *s = ctx;
-    const char *text;
-    int rc = jsonl_get_str(o, "prompt", where, &text);
+    char *text;
+    size_t len;
+    int rc = cli_prompt_text(s->tok, o, where, &text, &len);
     if (rc < 0) return rc;
     if (s->n == s->cap) {
         int nc = s->cap ? 2 * s->cap : 64;
         pprompt_t *np = realloc(s->p, (size_t)nc * sizeof *np);
-        if (!np) return rl_fail(RL_ENOMEM, "out of memory");
+        if (!np) {
+            free(text);
+            return rl_fail(RL_ENOMEM, "out of memory");
+        }
         s->p = np, s->cap = nc;
     }
     pprompt_t *p = &s->p[s->n];
     memset(p, 0, sizeof *p);
-    if (!(p->text = strdup(text))) return rl_fail(RL_ENOMEM, "out of memory");
+    p->text = text;
     p->record = json_incref(o);
     s->n++;
-    if ((rc = tok_encode(s->tok, text, strlen(text), 0, &p->ids, &p->n)) < 0)
+    if ((rc = tok_encode(s->tok, text, len, tok_text_special(s->tok), &p->ids, &p->n)) < 0)
         return rl_fail_ctx(rc, "%s: ", where);
     if (p->n < 1 || (int)p->n >= s->ctx)
         return rl_fail(RL_EFORMAT, "%s: the prompt is %zu tokens; the context is %d", where, p->n,

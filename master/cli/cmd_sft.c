@@ -90,6 +90,7 @@ static int sft_load_line(void *vctx, json_t *o, const char *where) {
     json_t *jt = json_object_get(o, "text");
     int rc = 0, *a = NULL, *b = NULL, *row = NULL;
     size_t na = 0, nb = 0;
+    char *rendered = NULL; /* a conversation's prompt, rendered by the chat template */
     if (jt && !json_object_get(o, "prompt")) {
         const char *text;
         if ((rc = jsonl_get_str(o, "text", where, &text)) < 0) return rc;
@@ -114,14 +115,38 @@ static int sft_load_line(void *vctx, json_t *o, const char *where) {
         goto done;
     }
     const char *prompt, *comp;
-    if ((rc = jsonl_get_str(o, "prompt", where, &prompt)) < 0 ||
-        (rc = jsonl_get_str(o, "completion", where, &comp)) < 0)
+    json_t *jm = json_object_get(o, "messages");
+    if (json_is_array(jm) && !json_object_get(o, "prompt")) {
+        /* {"messages": [..., {"role": "assistant", "content": C}]}: the conversation before the
+         * last message, rendered with the generation prompt, is the prompt; C the completion */
+        size_t nm = json_array_size(jm), len;
+        json_t *last = nm ? json_array_get(jm, nm - 1) : NULL;
+        const char *role = json_string_value(json_object_get(last, "role"));
+        if (nm < 2 || !role || strcmp(role, "assistant") != 0 ||
+            !json_is_string(json_object_get(last, "content")))
+            return rl_fail(RL_EFORMAT,
+                           "%s: messages: a conversation that ends with an assistant message "
+                           "{\"role\": \"assistant\", \"content\": \"...\"} (the completion) is "
+                           "expected",
+                           where);
+        json_t *head = json_pack("{s:o}", "messages", json_array());
+        for (size_t i = 0; head && i + 1 < nm; i++)
+            json_array_append(json_object_get(head, "messages"), json_array_get(jm, i));
+        rc = head ? cli_prompt_text(c->tok, head, where, &rendered, &len)
+                  : rl_fail(RL_ENOMEM, "out of memory");
+        json_decref(head);
+        if (rc < 0) return rc;
+        prompt = rendered;
+        comp = json_string_value(json_object_get(last, "content"));
+    } else if ((rc = jsonl_get_str(o, "prompt", where, &prompt)) < 0 ||
+               (rc = jsonl_get_str(o, "completion", where, &comp)) < 0) {
         return rc;
-    if ((rc = tok_encode(c->tok, prompt, strlen(prompt), 0, &a, &na)) < 0) {
+    }
+    if ((rc = tok_encode(c->tok, prompt, strlen(prompt), tok_text_special(c->tok), &a, &na)) < 0) {
         rl_fail_ctx(rc, "%s: prompt", where);
         goto done;
     }
-    if ((rc = tok_encode(c->tok, comp, strip_eot(comp), 0, &b, &nb)) < 0) {
+    if ((rc = tok_encode(c->tok, comp, strip_eot(comp), tok_text_special(c->tok), &b, &nb)) < 0) {
         rl_fail_ctx(rc, "%s: completion", where);
         goto done;
     }
@@ -154,6 +179,7 @@ done:
     free(a);
     free(b);
     free(row);
+    free(rendered);
     return rc;
 }
 
@@ -251,7 +277,7 @@ static int sft_gold(gpt_t *m, tok_t *tok, const sft_prompts_t *gp, int K, uint64
     for (int i = 0; i < n && rc == 0; i++) {
         const char *p = gp->prompts[i / K];
         size_t len;
-        rc = tok_encode(tok, p, strlen(p), 0, &ids[i], &len);
+        rc = tok_encode(tok, p, strlen(p), tok_text_special(tok), &ids[i], &len);
         if (rc == 0 && (len == 0 || (int)len >= m->cfg.n_positions))
             rc = rl_fail(RL_EINVAL, "gold prompt %d: %zu tokens (context %d)", i / K + 1, len,
                          m->cfg.n_positions);

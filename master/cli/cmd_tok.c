@@ -53,22 +53,41 @@ static int write_stdout(const char *cmd, const void *data, size_t len) {
 }
 
 typedef struct {
-    const char *model;
-    int no_special;
+    const char *model, *chat;
+    int no_special, bos, gen_prompt, render;
 } tok_args_t;
 
 static const cli_opt_t tokenize_opt_table[] = {
     CLI_OPT_STR(tok_args_t, model, "model", NULL, "DIR", "the tokenizer's model directory",
                 CLI_OPT_REQUIRED),
     CLI_OPT_FLAG(tok_args_t, no_special, "no-special",
-                 "encode a literal <|endoftext|> as ordinary text"),
+                 "encode special tokens written in the text (<|endoftext|>, <|im_start|>...) as "
+                 "ordinary text"),
+    CLI_OPT_FLAG(tok_args_t, bos, "bos",
+                 "start with the BOS token where tokenizer_config.json adds one"),
+    CLI_OPT_STR(tok_args_t, chat, "chat", NULL, "FILE",
+                "render the conversation in FILE (JSON messages; - for stdin) through the chat "
+                "template, then encode it",
+                0),
+    CLI_OPT_FLAG(tok_args_t, gen_prompt, "generation-prompt",
+                 "with --chat: end with the prompt of the assistant's turn"),
+    CLI_OPT_FLAG(tok_args_t, render, "render",
+                 "with --chat: print the rendered text instead of ids"),
 };
 
 static const cli_opts_t tokenize_opts = CLI_OPTS(
-    "tokenize", "rlhf tokenize --model DIR [--no-special] < TEXT",
-    "Encodes stdin (any bytes) with the GPT-2 byte-level BPE tokenizer of DIR (vocab.json +\n"
-    "merges.txt) and prints the token ids, space-separated, on one line. The literal text\n"
-    "<|endoftext|> becomes the special token unless --no-special is given.\n",
+    "tokenize",
+    "rlhf tokenize --model DIR [--no-special] [--bos] < TEXT\n"
+    "       rlhf tokenize --model DIR --chat FILE [--generation-prompt] [--render]",
+    "Encodes stdin (any bytes) with the tokenizer of DIR and prints the token ids,\n"
+    "space-separated, on one line. DIR holds tokenizer.json (+ tokenizer_config.json), as\n"
+    "Llama 3, Qwen2.5/3 and SmolLM2 ship it, or GPT-2's vocab.json + merges.txt. The ids are\n"
+    "Hugging Face's encode(text, add_special_tokens=False): special tokens written in the text\n"
+    "(<|endoftext|>, <|im_start|>, <|eot_id|>...) become their ids unless --no-special, and no\n"
+    "BOS is added unless --bos. With --chat, FILE holds a conversation, a JSON array of\n"
+    "{\"role\": \"system\"|\"user\"|\"assistant\", \"content\": ...} (or an object with\n"
+    "\"messages\" and other template variables), rendered by the model's own chat template\n"
+    "(tokenizer_config.json \"chat_template\") as transformers' apply_chat_template does.\n",
     tokenize_opt_table, NULL);
 
 /* The options of tokenize / detokenize: --model DIR, no operands. */
@@ -88,11 +107,27 @@ static int parse_model_opts(const cli_opts_t *t, int argc, char **argv, tok_args
 
 /* ---- tokenize -------------------------------------------------------------------------- */
 
+/* The text to encode: stdin, or with --chat the rendered conversation. */
+static int tokenize_input(const tok_t *t, const tok_args_t *a, char **text, size_t *len) {
+    if (!a->chat) return read_stdin(text, len);
+    char *msgs = NULL;
+    size_t mlen = 0;
+    int rc = strcmp(a->chat, "-") ? fs_read_all(a->chat, &msgs, &mlen) : read_stdin(&msgs, &mlen);
+    if (rc < 0) return rc;
+    rc = tok_chat_render(t, msgs, mlen, a->gen_prompt, text, len);
+    free(msgs);
+    return rc < 0 ? rl_fail_ctx(rc, "%s", a->chat) : rc;
+}
+
 int cmd_tokenize(int argc, char **argv) {
     const char *cmd = "tokenize";
     tok_args_t a = {0};
     int rc = parse_model_opts(&tokenize_opts, argc, argv, &a);
     if (rc != CLI_OPTS_GO) return rc;
+    if ((a.gen_prompt || a.render) && !a.chat) {
+        fprintf(stderr, "rlhf %s: --generation-prompt and --render need --chat\n", cmd);
+        return 2;
+    }
     const char *model = a.model;
     int special = !a.no_special;
     tok_t *t = tok_load(model);
@@ -100,24 +135,31 @@ int cmd_tokenize(int argc, char **argv) {
     char *text = NULL, *out = NULL;
     size_t len = 0, n = 0;
     int *ids = NULL;
-    if ((rc = read_stdin(&text, &len)) < 0) {
+    if ((rc = tokenize_input(t, &a, &text, &len)) < 0) {
         tok_destroy(&t);
-        return cli_fail(cmd, "reading", rc);
+        return cli_fail(cmd, a.chat ? "rendering the conversation" : "reading", rc);
+    }
+    if (a.render) {
+        tok_destroy(&t);
+        rc = write_stdout(cmd, text, len);
+        free(text);
+        return rc;
     }
     rc = tok_encode(t, text, len, special, &ids, &n);
+    int bos = a.bos ? tok_bos(t) : -1;
     free(text);
     tok_destroy(&t);
     if (rc < 0) return cli_fail(cmd, "encoding", rc);
-    /* at most 11 characters per id plus the newline */
-    if (!(out = malloc(n * 12 + 2))) {
+    /* at most 11 characters per id plus the newline, and the BOS */
+    if (!(out = malloc(n * 12 + 14))) {
         free(ids);
         return cli_fail(cmd, "formatting", rl_fail(RL_ENOMEM, "out of memory"));
     }
     size_t at = 0;
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < n + (bos >= 0); i++) {
         char digits[12];
         int k = 0;
-        unsigned v = (unsigned)ids[i];
+        unsigned v = (unsigned)(bos >= 0 ? (i ? ids[i - 1] : bos) : ids[i]);
         do {
             digits[k++] = (char)('0' + v % 10);
             v /= 10;

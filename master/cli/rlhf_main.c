@@ -125,6 +125,34 @@ int cli_usage_error(const char *cmd) {
     return 2;
 }
 
+int cli_prompt_text(const tok_t *t, json_t *rec, const char *where, char **text, size_t *len) {
+    json_t *jp = json_object_get(rec, "prompt"), *jm = json_object_get(rec, "messages");
+    *text = NULL;
+    *len = 0;
+    if (json_is_string(jp)) {
+        *len = json_string_length(jp);
+        if (!(*text = malloc(*len + 1))) return rl_fail(RL_ENOMEM, "out of memory");
+        memcpy(*text, json_string_value(jp), *len + 1);
+        return 0;
+    }
+    if (!json_is_array(jm) || json_array_size(jm) == 0)
+        return rl_fail(RL_EFORMAT,
+                       "%s: a \"prompt\" string or a non-empty \"messages\" array is "
+                       "required",
+                       where);
+    if (!tok_chat_template(t))
+        return rl_fail(RL_EFORMAT,
+                       "%s: \"messages\" are rendered by the model's chat template "
+                       "(tokenizer_config.json's \"chat_template\"), and this model "
+                       "has none: give the prompt's text as \"prompt\"",
+                       where);
+    char *js = json_dumps(jm, JSON_COMPACT);
+    if (!js) return rl_fail(RL_ENOMEM, "out of memory");
+    int rc = tok_chat_render(t, js, strlen(js), 1, text, len);
+    free(js);
+    return rc < 0 ? rl_fail_ctx(rc, "%s: messages: ", where) : 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         usage(stderr);
