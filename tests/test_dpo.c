@@ -21,7 +21,12 @@
 enum { V = 13, EOT = 12 };
 
 static gpt_t *tiny_model(uint64_t seed) {
-    gpt_config_t cfg = {2, 2, 16, V, 24, 1e-5f, 0};
+    gpt_config_t cfg = {.n_layer = 2,
+                        .n_head = 2,
+                        .n_embd = 16,
+                        .vocab_size = V,
+                        .n_positions = 24,
+                        .layer_norm_epsilon = 1e-5f};
     gpt_t *m = gpt_new(&cfg);
     gpt_init_weights(m, seed);
     /* larger weights than GPT-2's init, so that the logprobs (and the gradient) are not flat */
