@@ -17,7 +17,6 @@
 
 #include "base/err.h"
 #include "base/fs.h"
-#include "align/ppo.h"
 #include "base/jsonl.h"
 #include "master_annot.h"
 #include "net/blob.h"
@@ -68,7 +67,7 @@ typedef struct {
     char *program; /* the reward program's command ("": none), its weights and limits */
     double program_weight, model_weight, program_fallback;
     int program_timeout_ms;
-    int overlap; /* ppo_overlap_t (config_json's "overlap") */
+    int overlap; /* config_json's "overlap" is one_step_off */
     mprompt_t *p;
     int n_p;
     mbatch_t b[2];
@@ -395,15 +394,20 @@ static int ppo_load(mrun_t *r, const char *out) {
     p->program_timeout_ms =
         (int)json_integer_value(json_object_get(o, "reward_program_timeout_ms"));
     char *prompts = jstr(o, "prompts");
-    /* the overlap mode from the settings the learner gets, so that both follow one schedule */
-    json_t *cj = json_loads(p->cfg_json, 0, NULL);
-    ppo_config_t cfg;
-    ppo_config_default(&cfg);
-    int bad_cfg = p->cfg_json[0] && (!cj || ppo_config_from_json(&cfg, cj, "config_json: ") < 0);
+    /* the overlap mode from the settings the learner gets (align/ppo.h's "overlap", which
+     * `rlhf ppo-prep` checked), so that both follow one schedule; the master reads that one key
+     * itself: model math and its settings are not the master's layer */
+    json_t *cj = p->cfg_json[0] ? json_loads(p->cfg_json, 0, NULL) : NULL;
+    const char *ov = json_string_value(json_object_get(cj, "overlap"));
+    p->overlap = ov && !strcmp(ov, "one_step_off");
+    int bad_cfg = (p->cfg_json[0] && !cj) || (ov && !p->overlap && strcmp(ov, "off") != 0);
     json_decref(cj);
-    p->overlap = cfg.overlap;
     json_decref(o);
-    int rc = bad_cfg ? rl_fail_ctx(RL_EFORMAT, "%s: ", path) : 0;
+    int rc = bad_cfg ? rl_fail(RL_EFORMAT,
+                               "%s: config_json: not JSON, or an overlap other than "
+                               "off and one_step_off",
+                               path)
+                     : 0;
     if (rc == 0 && (p->iterations < 1 || p->P < 1 || p->K < 1 || p->J < 1))
         rc = rl_fail(RL_EFORMAT, "%s: iterations, batch, samples, per_job must be >= 1", path);
     long n = rc == 0 ? jsonl_read(prompts, load_prompt, p) : 0;
@@ -493,8 +497,15 @@ static int pack_train(mrun_t *r, long i, int attach, uint8_t **buf, size_t *len)
     return *buf ? 0 : rl_fail(RL_ENOMEM, "out of memory");
 }
 
+/* The policy version that generates iteration i: i, or with overlap one_step_off the version
+ * before (i - 1; version 0 for iterations 0 and 1). align/ppo.h's ppo_rollout_version is the
+ * learner's side of the same rule (test_ppo_stage checks every rollout's version end to end). */
+static long rollout_version(int overlap, long i) {
+    return overlap ? (i > 0 ? i - 1 : 0) : i;
+}
+
 /* GENERATE job c of iteration i (its spec as `rlhf ppo` built it), with the policy version the
- * overlap mode gives iteration i (ppo_rollout_version). */
+ * overlap mode gives iteration i (rollout_version). */
 static int gen_job(master_t *m, int ri, long i, int c) {
     mrun_t *r = run_at(m, ri);
     mppo_t *p = r->ppo;
@@ -527,8 +538,8 @@ static int gen_job(master_t *m, int ri, long i, int c) {
             rlhf__generate_spec__pack(&sp, buf);
             j = job_ensure(m, ri, r->ns_ppo, gen_id(i, c), RLHF__JOB_KIND__JOB_KIND_GENERATE,
                            mix(p->seed ^ mix((uint64_t)i * 4096 + (uint64_t)c)),
-                           (uint64_t)ppo_rollout_version(p->overlap, i), RLHF__ROLE__ROLE_ROLLOUT,
-                           0, buf, len);
+                           (uint64_t)rollout_version(p->overlap, i), RLHF__ROLE__ROLE_ROLLOUT, 0,
+                           buf, len);
         }
         free(buf);
     }
@@ -779,7 +790,7 @@ static int ppo_commit(master_t *m, int ri, long i, const Rlhf__PpoOutput *po,
     json_object_set_new(mo, "ms_generate_math", json_real(max_worker(b->gen_by)));
     json_object_set_new(mo, "ms_score_math", json_real(max_worker(b->score_by)));
     /* the policy version that generated the iteration's rollouts (the behaviour policy) */
-    json_object_set_new(mo, "rollout_version", json_integer(ppo_rollout_version(p->overlap, i)));
+    json_object_set_new(mo, "rollout_version", json_integer(rollout_version(p->overlap, i)));
     char *line = json_dumps(mo, JSON_COMPACT);
     json_t *stats = json_object_get(mo, "ppo");
     char prog[400];
@@ -970,7 +981,7 @@ static int rollouts_step(master_t *m, int ri, long i, int *gj, int *sj) {
     mrun_t *r = run_at(m, ri);
     mppo_t *p = r->ppo;
     mbatch_t *b = batch(p, i);
-    long v = ppo_rollout_version(p->overlap, i);
+    long v = rollout_version(p->overlap, i);
     if (b->have_gen != i && p->overlap && v > 0 && m->weights_version != (uint64_t)v) {
         int j0 = sched_job_find(&m->sched, master_job_id(m, r->ns_ppo, gen_id(i, 0)));
         if (j0 < 0 || m->sched.jobs[j0].forgotten) return 0;
