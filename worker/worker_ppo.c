@@ -75,6 +75,8 @@ struct ppo_state {
     char *cfg_json; /* the settings as the shards read them */
     uint64_t steps; /* minibatch steps sent (ShardStep.step: for the log) */
     int reruns;     /* rounds re-run in this update */
+    double ms[4];   /* this update's time: sending the steps, shard 0's own nodes, waiting for the
+                       other shards, combining the nodes */
 };
 
 static int load_latest(ppo_state_t *ps, const ppo_config_t *cfg);
@@ -581,6 +583,7 @@ static int shard_grad(void *ctx, gpt_t *m, int value, const ppo_config_t *c, con
         shard_hub_round_clear(h);
         if ((rc = shard_hub_wait(h, ps->job)) < 0) break;
         h->round++;
+        double t0 = wire_now_ms();
         for (int i = 1; rc == 0 && i < S; i++) {
             /* the parameters go with every node: each step leaves the other model's or older
              * ones on the shards (a shard keeps one model of each kind, worker_shard.c) */
@@ -589,18 +592,27 @@ static int shard_grad(void *ctx, gpt_t *m, int value, const ppo_config_t *c, con
                                      ex);
         }
         if (rc < 0) break;
-        gtree_reset(&ps->l.tree, nb, m->grads_mem, m->num_params);
-        if ((rc = ppo_grad_leaves(&ps->l.tree, m, value, c, r, nb, lo[0], hi[0])) < 0) break;
+        double t1 = wire_now_ms();
+        ps->ms[0] += t1 - t0;
+        gtree_reset(&ps->l.tree[value != 0], nb, m->grads_mem, m->num_params);
+        if ((rc = ppo_grad_leaves(&ps->l.tree[value != 0], m, value, c, r, nb, lo[0], hi[0])) < 0)
+            break;
+        double t2 = wire_now_ms();
+        ps->ms[1] += t2 - t1;
         int broken = 0;
-        if ((rc = shard_hub_gather(h, ps->job, step, &broken)) < 0 || !broken) break;
+        rc = shard_hub_gather(h, ps->job, step, &broken);
+        ps->ms[2] += wire_now_ms() - t2;
+        if (rc < 0 || !broken) break;
         ps->reruns++;
         fprintf(stderr,
                 "learner: ppo minibatch step %" PRIu64 " round %" PRIu64 " abandoned (a shard "
                 "was lost or lacked the parameters): re-running\n",
                 step, h->round);
     }
-    if (rc == 0 && (rc = shard_hub_combine(h, &ps->l.tree, k, lo, hi)) == 0)
-        rc = gtree_take(&ps->l.tree, stats, &empty, &a, &b);
+    double t3 = wire_now_ms();
+    if (rc == 0 && (rc = shard_hub_combine(h, &ps->l.tree[value != 0], k, lo, hi)) == 0)
+        rc = gtree_take(&ps->l.tree[value != 0], stats, &empty, &a, &b);
+    ps->ms[3] += wire_now_ms() - t3;
     shard_hub_round_clear(h);
     free(buf), free(ex), free(rows);
     return rc;
@@ -688,6 +700,7 @@ int worker_ppo(ppo_state_t *ps, shard_hub_t *hub, const worker_job_t *job,
     ps->hub = hub;
     ps->job = job;
     ps->reruns = 0;
+    memset(ps->ms, 0, sizeof ps->ms);
     if (hub && hub->n_shards > 1) { /* the minibatch gradients on the shards */
         ps->l.grad_fn = shard_grad;
         ps->l.grad_ctx = ps;
@@ -702,8 +715,11 @@ int worker_ppo(ppo_state_t *ps, shard_hub_t *hub, const worker_job_t *job,
     ps->job = NULL;
     double t_upd = wire_now_ms() - t0;
     if (hub && hub->n_shards > 1)
-        fprintf(stderr, "learner: iteration %" PRIu64 " updated on %d shards in %.1f ms%s\n",
-                sp->iteration, hub->n_shards, t_upd, ps->reruns ? " (rounds re-run)" : "");
+        fprintf(stderr,
+                "learner: iteration %" PRIu64 " updated on %d shards in %.1f ms (sending %.1f, "
+                "own nodes %.1f, waiting %.1f, combining %.1f)%s\n",
+                sp->iteration, hub->n_shards, t_upd, ps->ms[0], ps->ms[1], ps->ms[2], ps->ms[3],
+                ps->reruns ? " (rounds re-run)" : "");
     free(seqs);
     if (rc < 0) {
         /* the update may have been partly applied: drop the state, the checkpoint has it */

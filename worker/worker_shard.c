@@ -537,8 +537,10 @@ typedef struct {
     gpt_t *model;
     uint32_t crc; /* of the parameters held; 0: none */
     gpt_t *other; /* the model of the other kind (with / without a scalar head: PPO's value
-                     model and policy), kept for the next step that needs it */
+                     model and policy), kept for the next step that needs it, with its
+                     checksum and its reduction (arenas of its size) */
     uint32_t other_crc;
+    gtree_t other_tree;
     uint64_t round; /* of the last ShardStep read */
     /* the node in progress (compute thread) */
     pthread_t th;
@@ -582,6 +584,9 @@ static void shard_model_pick(shard_t *s, int scalar_head) {
     s->crc = s->other_crc;
     s->other = m;
     s->other_crc = crc;
+    gtree_t t = s->tree;
+    s->tree = s->other_tree;
+    s->other_tree = t;
 }
 
 /* The node a ShardStep asks for, checked against its rows. */
@@ -941,6 +946,7 @@ int worker_learner_shard_main(const worker_learner_opts_t *o, volatile sig_atomi
     gpt_destroy(&s->model);
     gpt_destroy(&s->other);
     gtree_free(&s->tree);
+    gtree_free(&s->other_tree);
     rmdata_free(&s->rmd);
     slog(s, "exit");
     free(s);

@@ -398,7 +398,8 @@ fail:
 void ppo_learner_free(ppo_learner_t *l) {
     adamw_free(&l->opt_policy);
     adamw_free(&l->opt_value);
-    gtree_free(&l->tree);
+    gtree_free(&l->tree[0]);
+    gtree_free(&l->tree[1]);
 }
 
 /* ---- passes over rollouts ---------------------------------------------------------------- */
@@ -748,9 +749,10 @@ done:
 /* The minibatch's gradient in this process: every block, reduced in the tree. */
 static int grad_local(ppo_learner_t *l, gpt_t *m, int value, const ppo_rows_t *r, double *stats) {
     int nb = gtree_blocks(l->cfg.grad_blocks > 0 ? l->cfg.grad_blocks : 1, r->n), empty, a, b;
-    gtree_reset(&l->tree, nb, m->grads_mem, m->num_params);
-    int rc = ppo_grad_leaves(&l->tree, m, value, &l->cfg, r, nb, 0, nb);
-    return rc < 0 ? rc : gtree_take(&l->tree, stats, &empty, &a, &b);
+    gtree_t *g = &l->tree[value != 0];
+    gtree_reset(g, nb, m->grads_mem, m->num_params);
+    int rc = ppo_grad_leaves(g, m, value, &l->cfg, r, nb, 0, nb);
+    return rc < 0 ? rc : gtree_take(g, stats, &empty, &a, &b);
 }
 
 /* One step of the policy (value = 0) or the value model on the minibatch seqs[idx[0..cnt)],

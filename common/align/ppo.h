@@ -435,7 +435,8 @@ typedef struct {
     long iteration;            /* successful ppo_update() calls; keys the minibatch shuffle */
     ppo_grad_fn grad_fn;       /* NULL: minibatch gradients in this process (ppo_grad_fn) */
     void *grad_ctx;
-    gtree_t tree; /* the in-process reduction */
+    gtree_t tree[2]; /* the in-process reductions: the policy's, the value model's (each keeps
+                        arenas of its model's size) */
 } ppo_learner_t;
 
 /*
