@@ -83,5 +83,11 @@ check "killed shard = undisturbed run (models)" same_models ref1 K 8
 check "S above the step's blocks is refused" grep -q "set grad_blocks to 2 or more" err
 "$R" ppo "${COMMON[@]}" --set minibatch=2 --learner-shards 3 --out bad >/dev/null 2>err
 check "... the minibatch caps the blocks" grep -q "2 block(s) (grad_blocks 4, minibatch 2)" err
+printf 'ppo:\n  learner_shards: 2\n' >shards.yaml
+"$R" ppo --config shards.yaml "${COMMON[@]}" --set grad_blocks=1 --out bad >/dev/null 2>err
+check "... ppo.learner_shards of a --config file too" grep -q "^rlhf ppo: --learner-shards 2: " err
+printf 'run_dir: %s/r\nstages: [ppo]\nppo:\n  learner_shards: 3\n  grad_blocks: 2\n' "$W" >run.yaml
+"$R" run run.yaml >/dev/null 2>err
+check "... and rlhf run, before any stage" grep -q "ppo.learner_shards 3: .* set ppo.grad_blocks to 3 or more" err
 "$R" down --data-dir . >/dev/null
 finish
