@@ -12,6 +12,11 @@
  * not verify. A learner that starts (or restarts) loads the newest checkpoint that verifies,
  * publishes its policy as the version it stands at, and announces it.
  *
+ * Learner shards (S > 1, worker_shard.h): each minibatch step's gradient - the policy's and, with
+ * GAE, the value model's - is computed as nodes of the step's fixed gradient tree, one per shard
+ * (shard_grad below), so the update is the same bits for any S; everything that depends on the
+ * whole rollout batch is computed here once and sent with each step.
+ *
  * Idempotence: an update job for iteration i runs only when the learner stands at iteration i;
  * the job that brought the learner to i + 1 (same job id) gets the recorded result back without
  * running again; any other iteration is refused, naming where the learner stands, so that the
