@@ -578,7 +578,8 @@ static int shard_grad(void *ctx, gpt_t *m, int value, const ppo_config_t *c, con
     shard_node_t nd[WORKER_LEARNER_MAX_SHARDS];
     for (int i = 0; i < S; i++)
         nd[i] = (shard_node_t){nb, i < k ? lo[i] : 0, i < k ? hi[i] : 0, r->n, r->denom};
-    uint32_t crc = rc == 0 ? shard_params_crc(m) : 0;
+    /* the arena described as frames and its checksum, in one pass */
+    uint32_t crc = rc == 0 ? shard_hub_params_changed(h, m) : 0;
     for (int tries = 1; rc == 0; tries++) {
         if (tries > MAX_ROUNDS) {
             rc = rl_fail(RL_EIO, "ppo: minibatch step %" PRIu64 ": %d rounds failed", step,
