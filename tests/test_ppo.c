@@ -1307,6 +1307,7 @@ static void test_settings_table(void) {
     CHECK(c.lr_policy == 1e-5f && c.lr_value == 1e-5f && c.max_grad_norm == 1.0f);
     CHECK(c.epochs == 4 && c.minibatch == 8 && c.microbatch == 0 && c.whiten == 1);
     CHECK(c.score_norm == PPO_SCORE_RAW && c.seed == 0 && c.vocab_limit == 0);
+    CHECK_EQ(c.grad_blocks, 1); /* one block: the minibatch step as it always was */
     CHECK_EQ(ppo_config_set(&c, "kl_coef", "-0.1", "--set"), RL_EINVAL);
     CHECK(strstr(rl_errmsg(), "--set: kl_coef: '-0.1' is not a number in [0, inf]") != NULL);
     CHECK_EQ(ppo_config_set(&c, "epochs", "0", NULL), RL_EINVAL);
@@ -1315,6 +1316,117 @@ static void test_settings_table(void) {
     CHECK_EQ(ppo_config_set(NULL, "gamma", "2", NULL), RL_EINVAL);
     CHECK(ppo_setting_find("seed")->driver && ppo_setting_find("vocab_limit")->driver);
     CHECK(!ppo_setting_find("kl_coef")->driver);
+}
+
+/* A sharded learner, simulated: the minibatch's tree cut into S nodes, nodes 1..S-1 computed
+ * first each on its own (as shards do, the model's arena reused), then node 0 and the others
+ * pushed in order into the root's reduction (as shard 0 does). */
+typedef struct {
+    int S;
+    gtree_t node, root;
+} sim_shards_t;
+
+static int sim_load(void *ctx, float *dst, size_t n, int add) {
+    const float *src = ctx;
+    for (size_t i = 0; i < n; i++) dst[i] = add ? dst[i] + src[i] : src[i];
+    return 0;
+}
+
+static int sim_grad(void *ctx, gpt_t *m, int value, const ppo_config_t *c, const ppo_rows_t *r,
+                    double *stats) {
+    sim_shards_t *s = ctx;
+    int nb = gtree_blocks(c->grad_blocks, r->n), lo[16], hi[16], a, b, empty[16], rc = 0;
+    int k = gtree_cut(nb, s->S, lo, hi);
+    float *val[16] = {0};
+    double st[16][GTREE_NSTAT];
+    for (int i = 1; rc == 0 && i < k; i++) {
+        memset(st[i], 0, sizeof st[i]);
+        gtree_reset(&s->node, nb, m->grads_mem, m->num_params);
+        rc = ppo_grad_leaves(&s->node, m, value, c, r, nb, lo[i], hi[i]);
+        if (rc == 0) rc = gtree_take(&s->node, st[i], &empty[i], &a, &b);
+        val[i] = malloc(m->num_params * sizeof(float));
+        if (val[i]) memcpy(val[i], m->grads_mem, m->num_params * sizeof(float));
+    }
+    if (rc == 0) {
+        gtree_reset(&s->root, nb, m->grads_mem, m->num_params);
+        rc = ppo_grad_leaves(&s->root, m, value, c, r, nb, lo[0], hi[0]);
+    }
+    for (int i = 1; rc == 0 && i < k; i++)
+        rc = gtree_push(&s->root, lo[i], hi[i], st[i], empty[i], sim_load, val[i]);
+    if (rc == 0) rc = gtree_take(&s->root, stats, &empty[0], &a, &b);
+    for (int i = 1; i < k; i++) free(val[i]);
+    return rc;
+}
+
+/* grad_blocks: the update computed in-process equals, bit for bit - models and every figure -
+ * the same update with the minibatch's tree cut into 2, 3 or 5 nodes combined in the tree (the
+ * learner's shards), for GAE (value model too) and for GRPO with the KL in the loss and
+ * sequence-mean losses; another grad_blocks is another result. */
+static void test_update_shard_cuts(void) {
+    enum { N = 10, K = 5 };
+    for (int est = 0; est < 2; est++) {
+        gpt_t *m[K][2];
+        rollouts_t r;
+        ppo_learner_t l[K];
+        ppo_stats_t st[K];
+        sim_shards_t sim[K];
+        const int S[K] = {1, 2, 3, 5, 1};
+        memset(sim, 0, sizeof sim);
+        for (int k = 0; k < K; k++) {
+            m[k][0] = gpt_new(&pcfg);
+            m[k][1] = gpt_new(&vcfg);
+            gpt_init_weights(m[k][0], 81);
+            gpt_init_weights(m[k][1], 82);
+        }
+        CHECK_OK(rollouts_make(&r, m[0][0], m[0][0], N, 6, 9, 3, 0));
+        for (int i = 0; i < N; i++) {
+            r.seqs[i].completion_len = 1 + (i * 5) % 6;
+            r.seqs[i].score = (float)((i * 7) % 5) - 2;
+            r.seqs[i].group = i / 2;
+        }
+        ppo_config_t c;
+        ppo_config_default(&c);
+        c.lr_policy = c.lr_value = 1e-3f;
+        c.minibatch = 7; /* 7 + 3 rollouts per epoch: the last minibatch has fewer blocks */
+        c.microbatch = 2;
+        c.epochs = 2;
+        c.ent_coef = 0.01f;
+        if (est) {
+            c.adv_estimator = PPO_ADV_GRPO;
+            c.kl_in = PPO_KL_IN_LOSS;
+            c.kl_estimator = PPO_KL_K3;
+            c.loss_agg = PPO_AGG_SEQUENCE;
+        }
+        for (int k = 0; k < K; k++) {
+            c.grad_blocks = k == K - 1 ? 2 : 4;
+            CHECK_OK(ppo_learner_init(&l[k], m[k][0], m[k][1], &c));
+            sim[k].S = S[k];
+            if (k > 0 && k < K - 1) {
+                l[k].grad_fn = sim_grad;
+                l[k].grad_ctx = &sim[k];
+            }
+            CHECK_OK(ppo_update(&l[k], r.seqs, N, &st[k]));
+        }
+        for (int k = 1; k < K - 1; k++) {
+            CHECK(params_equal(m[0][0], m[k][0]));
+            CHECK(!est ? params_equal(m[0][1], m[k][1]) : 1);
+            CHECK(memcmp(&st[0], &st[k], sizeof st[0]) == 0 ||
+                  (isnan(st[0].value_loss) && st[0].policy_loss == st[k].policy_loss &&
+                   st[0].clipfrac == st[k].clipfrac && st[0].approx_kl == st[k].approx_kl &&
+                   st[0].entropy == st[k].entropy &&
+                   st[0].grad_norm_policy == st[k].grad_norm_policy));
+        }
+        CHECK(!params_equal(m[0][0], m[K - 1][0])); /* grad_blocks 2: another sum order */
+        CHECK(st[0].clipfrac > 0 || st[0].approx_kl > 0);
+        for (int k = 0; k < K; k++) {
+            ppo_learner_free(&l[k]);
+            gtree_free(&sim[k].node);
+            gtree_free(&sim[k].root);
+            gpt_destroy(&m[k][0]);
+            gpt_destroy(&m[k][1]);
+        }
+        rollouts_free(&r);
+    }
 }
 
 int main(void) {
@@ -1352,5 +1464,6 @@ int main(void) {
     RUN(test_update_estimators);
     RUN(test_update_temperature);
     RUN(test_update_learns);
+    RUN(test_update_shard_cuts);
     return TEST_REPORT();
 }

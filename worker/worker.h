@@ -198,10 +198,13 @@ void ppo_state_destroy(ppo_state_t **pp);
  * now on, loaded by the next PPO job. Returns 0 or RL_E*. */
 int ppo_state_switch(ppo_state_t *ps, const char *run_dir);
 
-/* TRAIN of kind PPO: one iteration's update, the new weights published and announced. */
+/* TRAIN of kind PPO: one iteration's update, the new weights published and announced; with
+ * S > 1 learner shards (hub: shard 0's, worker_shard.h) each minibatch step's gradient is
+ * computed by the shards, one node of its tree each. */
 struct Rlhf__TrainSpec;
-int worker_ppo(ppo_state_t *ps, const worker_job_t *job, const struct Rlhf__TrainSpec *sp,
-               uint8_t **out, size_t *out_len);
+struct shard_hub;
+int worker_ppo(ppo_state_t *ps, struct shard_hub *hub, const worker_job_t *job,
+               const struct Rlhf__TrainSpec *sp, uint8_t **out, size_t *out_len);
 
 /* ---- stage (worker_stage.c) ---- */
 

@@ -640,7 +640,7 @@ int worker_train(learner_t *l, ppo_state_t *ps, const worker_job_t *job, const u
         rc = train_run(l, job, sp, out, out_len);
         break;
     case RLHF__TRAIN_KIND__TRAIN_KIND_PPO:
-        rc = worker_ppo(ps, job, sp, out, out_len);
+        rc = worker_ppo(ps, &l->hub, job, sp, out, out_len);
         break;
     default:
         rc = rl_fail(RL_EUNSUPPORTED, "train: kind %d is not supported by this learner", sp->kind);

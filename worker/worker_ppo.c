@@ -21,6 +21,11 @@
  * worker never holds a newer one. A checkpoint of such a training also holds `prev`, so that a
  * restarted learner serves the same version as the one that wrote it.
  *
+ * Learner shards (S > 1, worker_shard.h): each minibatch step's gradient - the policy's and, with
+ * GAE, the value model's - is computed as nodes of the step's fixed gradient tree, one per shard
+ * (shard_grad below), so the update is the same bits for any S; everything that depends on the
+ * whole rollout batch is computed here once and sent with each step.
+ *
  * Idempotence: an update job for iteration i runs only when the learner stands at iteration i;
  * the job that brought the learner to i + 1 (same job id) gets the recorded result back without
  * running again; any other iteration is refused, naming where the learner stands, so that the
@@ -51,7 +56,11 @@
 #include "net/wire.h"
 #include "worker.h"
 #include "worker_ckpt.h"
+#include "worker_shard.h"
 #include "net/wsync.h"
+
+/* Rounds tried for one minibatch step before the update fails (as LM / RM steps). */
+#define MAX_ROUNDS 8
 
 /* The PPO learner's state between jobs (owned by the worker's main state, see worker.h). */
 struct ppo_state {
@@ -76,6 +85,14 @@ struct ppo_state {
     _Atomic uint64_t published; /* the newest version served (0: none) */
     int overlap;                /* ppo_overlap_t of this training (fixed for its life) */
     float *prev;                /* overlap: the policy before the last update (NULL at 0) */
+    /* the update in progress on the learner's shards (S > 1; shard_grad) */
+    shard_hub_t *hub;
+    const worker_job_t *job;
+    char *cfg_json; /* the settings as the shards read them */
+    uint64_t steps; /* minibatch steps sent (ShardStep.step: for the log) */
+    int reruns;     /* rounds re-run in this update */
+    double ms[4];   /* this update's time: sending the steps, shard 0's own nodes, waiting for the
+                       other shards, combining the nodes */
 };
 
 static int load_latest(ppo_state_t *ps, const ppo_config_t *cfg);
@@ -158,6 +175,7 @@ void ppo_state_destroy(ppo_state_t **psp) {
         ps->ann_started = 0;
     }
     wsync_server_destroy(&ps->ws);
+    free(ps->cfg_json);
     if (ps->zctx) zmq_ctx_term(ps->zctx);
     pthread_mutex_destroy(&ps->ann_mu);
     pthread_cond_destroy(&ps->ann_cv);
@@ -555,8 +573,128 @@ static json_t *stats_json(const ppo_stats_t *s) {
     return o;
 }
 
-int worker_ppo(ppo_state_t *ps, const worker_job_t *job, const Rlhf__TrainSpec *ts, uint8_t **out,
-               size_t *out_len) {
+/* ---- the update on S learner shards ------------------------------------------------------ */
+
+/* The minibatch r as a PpoStep (what every shard needs to compute any of its blocks), packed into
+ * a new buffer. Returns 0 or RL_ENOMEM. */
+static int step_pack(const ppo_state_t *ps, int value, const ppo_rows_t *r, uint8_t **buf,
+                     size_t *len) {
+    Rlhf__PpoStep st = RLHF__PPO_STEP__INIT;
+    Rlhf__PpoStepRow *rows = calloc((size_t)r->n, sizeof *rows);
+    Rlhf__PpoStepRow **pr = calloc((size_t)r->n, sizeof *pr);
+    if (!rows || !pr) {
+        free(rows), free(pr);
+        return rl_fail(RL_ENOMEM, "ppo: out of memory");
+    }
+    st.value = value != 0;
+    st.config_json = ps->cfg_json;
+    st.denom = r->denom;
+    st.beta = r->beta;
+    st.n_rows = (size_t)r->n;
+    st.rows = pr;
+    size_t k = 0;
+    for (int i = 0; i < r->n; i++) {
+        const ppo_seq_t *q = &r->seqs[i];
+        size_t n = (size_t)q->completion_len;
+        Rlhf__PpoStepRow *w = &rows[i];
+        rlhf__ppo_step_row__init(w);
+        /* protobuf-c's repeated int32 is int32_t: the same as int on every target we build */
+        w->n_prompt = (size_t)q->prompt_len;
+        w->prompt = (int32_t *)q->prompt;
+        w->n_completion = n;
+        w->completion = (int32_t *)q->completion;
+        w->n_lp_old = w->n_adv = w->n_v_old = w->n_ret = w->n_ref = w->n_w = n;
+        w->lp_old = (float *)r->lp_old + k;
+        w->adv = (float *)r->adv + k;
+        w->v_old = (float *)r->v_old + k;
+        w->ret = (float *)r->ret + k;
+        w->ref = (float *)r->ref + k;
+        w->w = (float *)r->w + k;
+        pr[i] = w;
+        k += n;
+    }
+    *len = rlhf__ppo_step__get_packed_size(&st);
+    *buf = malloc(*len ? *len : 1);
+    if (*buf) rlhf__ppo_step__pack(&st, *buf);
+    free(rows), free(pr);
+    return *buf ? 0 : rl_fail(RL_ENOMEM, "ppo: out of memory");
+}
+
+/* ppo_grad_fn on the learner's shards: the minibatch's tree (gtree_blocks(grad_blocks, rows)
+ * blocks) cut top-down into S nodes; shard i computes node i (ShardStep with the minibatch in
+ * frame "ppo" and the model's parameters attached), shard 0 its own, then combines the nodes in
+ * the tree - the bits of one process computing every block. A round a shard was lost in is run
+ * again, as LM / RM steps are (worker_learner.c). */
+static int shard_grad(void *ctx, gpt_t *m, int value, const ppo_config_t *c, const ppo_rows_t *r,
+                      double *stats) {
+    ppo_state_t *ps = ctx;
+    shard_hub_t *h = ps->hub;
+    int S = h->n_shards, nb = gtree_blocks(c->grad_blocks > 0 ? c->grad_blocks : 1, r->n);
+    int lo[WORKER_LEARNER_MAX_SHARDS], hi[WORKER_LEARNER_MAX_SHARDS], empty, a, b;
+    int k = gtree_cut(nb, S, lo, hi);
+    uint64_t step = ++ps->steps;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    shard_frames_t *ex = malloc(sizeof *ex);
+    int *rows = malloc((size_t)r->n * sizeof *rows);
+    int rc = ex && rows ? step_pack(ps, value, r, &buf, &len) : rl_fail(RL_ENOMEM, "ppo: memory");
+    if (rc == 0) {
+        ex->n = 0;
+        rc =
+            shard_frames_add(ex, "ppo", RLHF__DTYPE__DTYPE_UNSPECIFIED, buf, len, (int64_t)len, -1);
+    }
+    for (int i = 0; rows && i < r->n; i++) rows[i] = i; /* the rows travel as their indices */
+    shard_node_t nd[WORKER_LEARNER_MAX_SHARDS];
+    for (int i = 0; i < S; i++)
+        nd[i] = (shard_node_t){nb, i < k ? lo[i] : 0, i < k ? hi[i] : 0, r->n, r->denom};
+    /* the arena described as frames and its checksum, in one pass */
+    uint32_t crc = rc == 0 ? shard_hub_params_changed(h, m) : 0;
+    for (int tries = 1; rc == 0; tries++) {
+        if (tries > MAX_ROUNDS) {
+            rc = rl_fail(RL_EIO, "ppo: minibatch step %" PRIu64 ": %d rounds failed", step,
+                         MAX_ROUNDS);
+            break;
+        }
+        shard_hub_round_clear(h);
+        if ((rc = shard_hub_wait(h, ps->job)) < 0) break;
+        h->round++;
+        double t0 = wire_now_ms();
+        for (int i = 1; rc == 0 && i < S; i++) {
+            /* the parameters go with every node: each step leaves the other model's or older
+             * ones on the shards (a shard keeps one model of each kind, worker_shard.c) */
+            h->peers[i].crc = 0;
+            rc = shard_hub_send_step(h, i, m, crc, ps->job->job_id, step, rows, rows, 1, &nd[i], 0,
+                                     ex);
+        }
+        if (rc < 0) break;
+        double t1 = wire_now_ms();
+        ps->ms[0] += t1 - t0;
+        gtree_reset(&ps->l.tree[value != 0], nb, m->grads_mem, m->num_params);
+        if ((rc = ppo_grad_leaves(&ps->l.tree[value != 0], m, value, c, r, nb, lo[0], hi[0])) < 0)
+            break;
+        double t2 = wire_now_ms();
+        ps->ms[1] += t2 - t1;
+        int broken = 0;
+        rc = shard_hub_gather(h, ps->job, step, &broken);
+        ps->ms[2] += wire_now_ms() - t2;
+        if (rc < 0 || !broken) break;
+        ps->reruns++;
+        fprintf(stderr,
+                "learner: ppo minibatch step %" PRIu64 " round %" PRIu64 " abandoned (a shard "
+                "was lost or lacked the parameters): re-running\n",
+                step, h->round);
+    }
+    double t3 = wire_now_ms();
+    if (rc == 0 && (rc = shard_hub_combine(h, &ps->l.tree[value != 0], k, lo, hi)) == 0)
+        rc = gtree_take(&ps->l.tree[value != 0], stats, &empty, &a, &b);
+    ps->ms[3] += wire_now_ms() - t3;
+    shard_hub_round_clear(h);
+    free(buf), free(ex), free(rows);
+    return rc;
+}
+
+int worker_ppo(ppo_state_t *ps, shard_hub_t *hub, const worker_job_t *job,
+               const Rlhf__TrainSpec *ts, uint8_t **out, size_t *out_len) {
     const Rlhf__PpoSpec *sp = ts->ppo;
     if (!sp) return rl_fail(RL_EINVAL, "ppo: TrainSpec.ppo is missing");
     if (!ps->run_dir[0]) return rl_fail(RL_EINVAL, "ppo: this learner has no --run-dir");
@@ -645,8 +783,29 @@ int worker_ppo(ppo_state_t *ps, const worker_job_t *job, const Rlhf__TrainSpec *
     }
     ppo_stats_t st;
     t0 = wire_now_ms();
+    ps->hub = hub;
+    ps->job = job;
+    ps->reruns = 0;
+    memset(ps->ms, 0, sizeof ps->ms);
+    if (hub && hub->n_shards > 1) { /* the minibatch gradients on the shards */
+        ps->l.grad_fn = shard_grad;
+        ps->l.grad_ctx = ps;
+        free(ps->cfg_json);
+        json_t *cj2 = ppo_config_to_json(&ps->l.cfg);
+        ps->cfg_json = cj2 ? json_dumps(cj2, JSON_COMPACT) : NULL;
+        json_decref(cj2);
+        if (!ps->cfg_json) rc = rl_fail(RL_ENOMEM, "ppo: the settings as JSON");
+    }
     if (rc == 0) rc = ppo_update(&ps->l, seqs, (int)sp->n_rollouts, &st);
+    ps->l.grad_fn = NULL;
+    ps->job = NULL;
     double t_upd = wire_now_ms() - t0;
+    if (hub && hub->n_shards > 1)
+        fprintf(stderr,
+                "learner: iteration %" PRIu64 " updated on %d shards in %.1f ms (sending %.1f, "
+                "own nodes %.1f, waiting %.1f, combining %.1f)%s\n",
+                sp->iteration, hub->n_shards, t_upd, ps->ms[0], ps->ms[1], ps->ms[2], ps->ms[3],
+                ps->reruns ? " (rounds re-run)" : "");
     free(seqs);
     if (rc < 0) {
         /* the update may have been partly applied: drop the state, the checkpoint has it */

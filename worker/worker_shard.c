@@ -21,8 +21,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <jansson.h>
 #include <zmq.h>
 
+#include "align/ppo.h"
 #include "base/crc32c.h"
 #include "base/err.h"
 #include "base/fs.h"
@@ -550,7 +552,12 @@ typedef struct {
     void *sock;
     int efd;
     gpt_t *model;
-    uint32_t crc;   /* of the parameters held; 0: none */
+    uint32_t crc; /* of the parameters held; 0: none */
+    gpt_t *other; /* the model of the other kind (with / without a scalar head: PPO's value
+                     model and policy), kept for the next step that needs it, with its
+                     checksum and its reduction (arenas of its size) */
+    uint32_t other_crc;
+    gtree_t other_tree;
     uint64_t round; /* of the last ShardStep read */
     /* the node in progress (compute thread) */
     pthread_t th;
@@ -603,6 +610,21 @@ static int shard_model_fit(shard_t *s, const Rlhf__ShardStep *st) {
     return 0;
 }
 
+/* Makes the model of the step's kind (scalar head or not) the current one: PPO alternates
+ * policy and value steps, and each keeps its model instead of rebuilding it. */
+static void shard_model_pick(shard_t *s, int scalar_head) {
+    if (s->model && (s->model->cfg.scalar_head != 0) == (scalar_head != 0)) return;
+    gpt_t *m = s->model;
+    uint32_t crc = s->crc;
+    s->model = s->other;
+    s->crc = s->other_crc;
+    s->other = m;
+    s->other_crc = crc;
+    gtree_t t = s->tree;
+    s->tree = s->other_tree;
+    s->other_tree = t;
+}
+
 /* The node a ShardStep asks for, checked against its rows. */
 static int node_of(const Rlhf__ShardStep *st, shard_node_t *nd) {
     *nd = (shard_node_t){0, 0, 0, 0, st->norm};
@@ -644,6 +666,61 @@ static int node_run(shard_t *s, const shard_node_t *nd, const Rlhf__TrainSpec *r
     return rc;
 }
 
+/* A PPO step's node (frame "ppo": the minibatch, PpoStep): its blocks of the policy's or the
+ * value model's gradient (ppo_grad_leaves) into s->tree, then its value. */
+static int node_run_ppo(shard_t *s, const shard_node_t *nd, const Rlhf__PpoStep *ps) {
+    ppo_config_t c;
+    ppo_config_default(&c);
+    json_t *cj = json_loads(ps->config_json ? ps->config_json : "{}", 0, NULL);
+    int rc = cj ? ppo_config_from_json(&c, cj, "shard step: ppo config: ")
+                : rl_fail(RL_EPROTO, "shard step: the PPO settings are not JSON");
+    json_decref(cj);
+    if (rc < 0) return rc;
+    if (ps->n_rows != (size_t)nd->B || (ps->value != 0) != (s->model->cfg.scalar_head != 0))
+        return rl_fail(RL_EPROTO, "shard step: %zu PPO rows (%s) for a minibatch of %d (%s)",
+                       ps->n_rows, ps->value ? "value" : "policy", nd->B,
+                       s->model->cfg.scalar_head ? "a model with a head" : "a policy");
+    size_t ntok = 0;
+    for (size_t i = 0; i < ps->n_rows; i++) {
+        const Rlhf__PpoStepRow *w = ps->rows[i];
+        size_t n = w->n_completion;
+        if (!w->n_prompt || !n || w->n_lp_old != n || w->n_adv != n || w->n_v_old != n ||
+            w->n_ret != n || w->n_ref != n || w->n_w != n)
+            return rl_fail(RL_EPROTO, "shard step: PPO row %zu is not one rollout's", i);
+        ntok += n;
+    }
+    ppo_seq_t *seqs = calloc(ps->n_rows, sizeof *seqs);
+    float *buf = malloc(6 * (ntok ? ntok : 1) * sizeof(float));
+    if (!seqs || !buf) {
+        free(seqs), free(buf);
+        return rl_fail(RL_ENOMEM, "shard step: out of memory");
+    }
+    float *a[6];
+    for (int j = 0; j < 6; j++) a[j] = buf + (size_t)j * ntok;
+    size_t k = 0;
+    for (size_t i = 0; i < ps->n_rows; i++) {
+        const Rlhf__PpoStepRow *w = ps->rows[i];
+        size_t n = w->n_completion;
+        const float *src[6] = {w->lp_old, w->adv, w->v_old, w->ret, w->ref, w->w};
+        for (int j = 0; j < 6; j++) memcpy(a[j] + k, src[j], n * sizeof(float));
+        seqs[i].prompt = (const int *)w->prompt;
+        seqs[i].prompt_len = (int)w->n_prompt;
+        seqs[i].completion = (const int *)w->completion;
+        seqs[i].completion_len = (int)n;
+        k += n;
+    }
+    ppo_rows_t r = {seqs, (int)ps->n_rows, a[0], a[1], a[2], a[3], a[4], a[5], ps->denom, ps->beta};
+    int lo, hi;
+    rc = gpt_grads_alloc(s->model);
+    if (rc == 0) {
+        gtree_reset(&s->tree, nd->nb, s->model->grads_mem, s->model->num_params);
+        rc = ppo_grad_leaves(&s->tree, s->model, ps->value, &c, &r, nd->nb, nd->j0, nd->j1);
+    }
+    if (rc == 0) rc = gtree_take(&s->tree, s->stat, &s->empty, &lo, &hi);
+    free(seqs), free(buf);
+    return rc;
+}
+
 /* The node of one ShardStep: parameters (when attached), then its value. */
 static int shard_slice(shard_t *s) {
     const Rlhf__Envelope *env = s->env;
@@ -656,6 +733,7 @@ static int shard_slice(shard_t *s) {
         return rl_fail(RL_EINVAL, "shard step for shard %u sent to shard %d", st->index, s->index);
     shard_node_t nd;
     if ((rc = node_of(st, &nd)) < 0) return rc;
+    shard_model_pick(s, st->scalar_head);
     if (env->n_frames < 2 || wire_frame_size(&s->msg, 1) != bytes ||
         wire_frame_size(&s->msg, 2) != bytes)
         return rl_fail(RL_EPROTO, "shard step: inputs and targets of %d x %d ids expected", rows,
@@ -663,10 +741,16 @@ static int shard_slice(shard_t *s) {
     /* an RM step: frame "rm" (the job's RM settings) after the targets; the rows are items */
     size_t pfirst = 2;
     Rlhf__TrainSpec *rs = NULL;
+    Rlhf__PpoStep *pst = NULL; /* a PPO step: frame "ppo" (the minibatch) after the targets */
     if (env->n_frames > 2 && env->frames[2]->name && !strcmp(env->frames[2]->name, "rm")) {
         rs = rlhf__train_spec__unpack(NULL, wire_frame_size(&s->msg, 3),
                                       wire_frame_data(&s->msg, 3));
         if (!rs) return rl_fail(RL_EPROTO, "shard step: a malformed RM spec");
+        pfirst = 3;
+    } else if (env->n_frames > 2 && env->frames[2]->name && !strcmp(env->frames[2]->name, "ppo")) {
+        pst =
+            rlhf__ppo_step__unpack(NULL, wire_frame_size(&s->msg, 3), wire_frame_data(&s->msg, 3));
+        if (!pst) return rl_fail(RL_EPROTO, "shard step: a malformed PPO minibatch");
         pfirst = 3;
     }
     if (env->n_frames > pfirst) {
@@ -677,6 +761,7 @@ static int shard_slice(shard_t *s) {
         s->crc = rc == 0 ? frames_crc(env, pfirst) : 0; /* wire_decode checked every frame's CRC */
         if (rc < 0) {
             if (rs) rlhf__train_spec__free_unpacked(rs, NULL);
+            if (pst) rlhf__ppo_step__free_unpacked(pst, NULL);
             return rc;
         }
     }
@@ -692,8 +777,9 @@ static int shard_slice(shard_t *s) {
         struct timespec ts = {0, 10 * 1000000L};
         nanosleep(&ts, NULL);
     }
-    if (run) rc = node_run(s, &nd, rs, T, bytes);
+    if (run) rc = pst ? node_run_ppo(s, &nd, pst) : node_run(s, &nd, rs, T, bytes);
     if (rs) rlhf__train_spec__free_unpacked(rs, NULL);
+    if (pst) rlhf__ppo_step__free_unpacked(pst, NULL);
     return rc;
 }
 
@@ -894,7 +980,9 @@ int worker_learner_shard_main(const worker_learner_opts_t *o, volatile sig_atomi
     zmq_ctx_term(zctx);
     close(s->efd);
     gpt_destroy(&s->model);
+    gpt_destroy(&s->other);
     gtree_free(&s->tree);
+    gtree_free(&s->other_tree);
     rmdata_free(&s->rmd);
     slog(s, "exit");
     free(s);

@@ -111,7 +111,7 @@ typedef struct {
     Rlhf__Envelope *env;
 } shard_peer_t;
 
-typedef struct {
+typedef struct shard_hub {
     int n_shards, hb_ms, liveness, wait_ms;
     size_t chunk_floats;
     const char *who; /* for the log: the learner's */

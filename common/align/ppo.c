@@ -398,6 +398,8 @@ fail:
 void ppo_learner_free(ppo_learner_t *l) {
     adamw_free(&l->opt_policy);
     adamw_free(&l->opt_value);
+    gtree_free(&l->tree[0]);
+    gtree_free(&l->tree[1]);
 }
 
 /* ---- passes over rollouts ---------------------------------------------------------------- */
@@ -559,15 +561,15 @@ typedef struct {
     float *ref, *w; /* (ntok) reference logprobs; per-token weights (1 / length: loss_agg
                        sequence; unused with token) */
     /* gathered for one minibatch: (ntok) each */
-    float *g_lp_old, *g_adv, *g_v_old, *g_ret, *lp, *ent, *dlp, *dent, *v, *dv, *g_ref, *g_w;
+    float *g_lp_old, *g_adv, *g_v_old, *g_ret, *g_ref, *g_w;
+    ppo_seq_t *g_seqs; /* (n) the minibatch's rollouts, in its order */
     pass_buf_t pb;
 } upd_t;
 
 static void upd_free(upd_t *u) {
     free(u->off), free(u->lp_old), free(u->v_old), free(u->adv), free(u->ret), free(u->rew);
-    free(u->g_lp_old), free(u->g_adv), free(u->g_v_old), free(u->g_ret), free(u->lp);
-    free(u->ent), free(u->dlp), free(u->dent), free(u->v), free(u->dv);
-    free(u->ref), free(u->w), free(u->g_ref), free(u->g_w);
+    free(u->g_lp_old), free(u->g_adv), free(u->g_v_old), free(u->g_ret);
+    free(u->ref), free(u->w), free(u->g_ref), free(u->g_w), free(u->g_seqs);
     pass_buf_free(&u->pb);
 }
 
@@ -582,6 +584,7 @@ static void gather(upd_t *u, const int *idx, int cnt) {
         memcpy(u->g_ret + k, u->ret + o, len * sizeof(float));
         memcpy(u->g_ref + k, u->ref + o, len * sizeof(float));
         memcpy(u->g_w + k, u->w + o, len * sizeof(float));
+        u->g_seqs[b] = u->seqs[idx[b]];
         k += len;
     }
 }
@@ -590,14 +593,6 @@ typedef struct {
     double pg_loss, clipfrac, approx_kl, entropy, v_loss, v_clipfrac, gn_policy, gn_value;
 } mb_stats_t;
 
-/* The per-token weights of the minibatch's losses (g_w from k0) and their denominator: NULL and
- * the token count with loss_agg token (every token weighs 1 / tokens, as always), 1 / length
- * and the sequence count with sequence. */
-static const float *agg_mask(const ppo_learner_t *l, const upd_t *u, size_t k0) {
-    return l->cfg.loss_agg == PPO_AGG_SEQUENCE ? u->g_w + k0 : NULL;
-}
-
-/* One policy step on the minibatch seqs[idx[0..cnt)]; its tokens start at g_* + 0. */
 /* Clips m's gradient to max_norm (its norm is added to *gn) and takes one AdamW step. */
 static int clip_and_step(gpt_t *m, adamw_t *opt, const adamw_group_t *groups, int n_groups,
                          float lr, float max_norm, const char *what, double *gn) {
@@ -609,83 +604,182 @@ static int clip_and_step(gpt_t *m, adamw_t *opt, const adamw_group_t *groups, in
     return adamw_step_scaled(opt, m->params_mem, m->grads_mem, groups, n_groups, lr, scale);
 }
 
-static int policy_step(ppo_learner_t *l, upd_t *u, const int *idx, int cnt, double denom,
-                       mb_stats_t *ms) {
-    gpt_t *m = l->policy;
-    const ppo_config_t *c = &l->cfg;
+/* The leaves of one ppo_grad_leaves call: the rows, their token offsets, scratch. */
+typedef struct {
+    gpt_t *m;
+    int value, nb;
+    const ppo_config_t *c;
+    const ppo_rows_t *r;
+    size_t *off; /* (n+1) each row's first token */
+    int *idx;    /* (n) 0..n-1 */
+    pass_buf_t pb;
+    float *lp, *ent, *dlp, *dent, *v, *dv; /* (tokens) */
+} leaves_t;
+
+/* The per-token weights of rows' losses from token k0: NULL with loss_agg token (every token
+ * weighs 1 / denom), 1 / length with sequence. */
+static const float *agg_mask(const leaves_t *x, size_t k0) {
+    return x->c->loss_agg == PPO_AGG_SEQUENCE ? x->r->w + k0 : NULL;
+}
+
+/* The policy's gradient of rows [r0, r1) (microbatches of them) added to m's arena. */
+static int policy_rows(leaves_t *x, int r0, int r1, double *stats) {
+    gpt_t *m = x->m;
+    const ppo_config_t *c = x->c;
+    const ppo_rows_t *r = x->r;
     int V = m->cfg.vocab_size, Vl = c->vocab_limit > 0 ? c->vocab_limit : V;
-    int micro = c->microbatch > 0 ? c->microbatch : cnt, rc = 0;
-    size_t k0 = 0;
-    gpt_zero_grad(m);
+    int cnt = r1 - r0, micro = c->microbatch > 0 ? c->microbatch : cnt, rc = 0;
+    size_t k0 = x->off[r0];
     for (int j0 = 0; j0 < cnt; j0 += micro) {
         int jc = cnt - j0 < micro ? cnt - j0 : micro, nk;
-        int T = pack(u->seqs, idx + j0, jc, u->pb.inputs, u->pb.pos, u->pb.tok, &nk);
-        if ((rc = gpt_forward(m, u->pb.inputs, jc, T, GPT_FWD_LOGITS)) < 0) return rc;
-        float *lp = u->lp + k0, *dlp = u->dlp + k0, *dent = u->dent + k0, *ent = u->ent + k0;
-        read_logprobs(m, u->pb.pos, u->pb.tok, nk, Vl, c->temperature, lp, u->pb.ent);
-        for (int k = 0; k < nk; k++) ent[k] = (float)u->pb.ent[k];
+        int T = pack(r->seqs, x->idx + r0 + j0, jc, x->pb.inputs, x->pb.pos, x->pb.tok, &nk);
+        if ((rc = gpt_forward(m, x->pb.inputs, jc, T, GPT_FWD_LOGITS)) < 0) return rc;
+        float *lp = x->lp + k0, *dlp = x->dlp + k0, *dent = x->dent + k0, *ent = x->ent + k0;
+        read_logprobs(m, x->pb.pos, x->pb.tok, nk, Vl, c->temperature, lp, x->pb.ent);
+        for (int k = 0; k < nk; k++) ent[k] = (float)x->pb.ent[k];
         ppo_pg_stats_t ps = {0};
-        const float *mask = agg_mask(l, u, k0);
-        rc = ppo_policy_loss(lp, u->g_lp_old + k0, u->g_adv + k0, mask, (size_t)nk, c->clip_eps,
-                             denom, dlp, &ps);
+        const float *mask = agg_mask(x, k0);
+        rc = ppo_policy_loss(lp, r->lp_old + k0, r->adv + k0, mask, (size_t)nk, c->clip_eps,
+                             r->denom, dlp, &ps);
         if (rc < 0) return rc;
-        double me = ppo_entropy_bonus(ent, mask, (size_t)nk, c->ent_coef, denom, dent);
+        double me = ppo_entropy_bonus(ent, mask, (size_t)nk, c->ent_coef, r->denom, dent);
         if (!isfinite(me)) return rl_fail(RL_ENONFINITE, "policy: entropy %g", me);
         if (c->kl_in == PPO_KL_IN_LOSS) {
-            double kl = ppo_kl_loss(lp, u->g_ref + k0, mask, (size_t)nk, c->kl_estimator,
-                                    l->kl.beta, denom, dlp);
+            double kl = ppo_kl_loss(lp, r->ref + k0, mask, (size_t)nk, c->kl_estimator, r->beta,
+                                    r->denom, dlp);
             if (!isfinite(kl)) return rl_fail(RL_ENONFINITE, "policy: KL loss %g", kl);
         }
-        ms->pg_loss += ps.loss;
-        ms->clipfrac += ps.clipfrac;
-        ms->approx_kl += ps.approx_kl;
-        ms->entropy += me;
+        stats[PPO_STAT_PG_LOSS] += ps.loss;
+        stats[PPO_STAT_CLIPFRAC] += ps.clipfrac;
+        stats[PPO_STAT_APPROX_KL] += ps.approx_kl;
+        stats[PPO_STAT_ENTROPY] += me;
         /* dlogits: zero on every row, then the action rows (disjoint) in parallel */
         float *logits = m->acts.logits;
         int N = jc * T;
         unsigned char *used = calloc((size_t)N, 1);
         if (!used) return rl_fail(RL_ENOMEM, "policy: rows");
-        for (int k = 0; k < nk; k++) used[u->pb.pos[k]] = 1;
-        for (int r = 0; r < N; r++)
-            if (!used[r]) memset(logits + (size_t)r * V, 0, (size_t)V * sizeof(float));
+        for (int k = 0; k < nk; k++) used[x->pb.pos[k]] = 1;
+        for (int q = 0; q < N; q++)
+            if (!used[q]) memset(logits + (size_t)q * V, 0, (size_t)V * sizeof(float));
         free(used);
 #pragma omp parallel for schedule(static) if ((long)nk * Vl >= PPO_PAR_MIN)
         for (int k = 0; k < nk; k++) {
-            float *row = logits + (size_t)u->pb.pos[k] * V;
-            ppo_dlogits_row_temp(row, Vl, u->pb.tok[k], c->temperature, dlp[k], dent[k], row);
+            float *row = logits + (size_t)x->pb.pos[k] * V;
+            ppo_dlogits_row_temp(row, Vl, x->pb.tok[k], c->temperature, dlp[k], dent[k], row);
             for (int j = Vl; j < V; j++) row[j] = 0;
         }
         if ((rc = gpt_dlogits_set(m)) < 0 || (rc = gpt_backward(m, 1, NULL)) < 0) return rc;
         k0 += (size_t)nk;
     }
-    return clip_and_step(m, &l->opt_policy, l->groups_policy, l->n_groups_policy, c->lr_policy,
-                         c->max_grad_norm, "policy gradient", &ms->gn_policy);
+    return 0;
 }
 
-static int value_step(ppo_learner_t *l, upd_t *u, const int *idx, int cnt, double denom,
-                      mb_stats_t *ms) {
-    gpt_t *m = l->value;
-    const ppo_config_t *c = &l->cfg;
-    int micro = c->microbatch > 0 ? c->microbatch : cnt, rc = 0;
-    size_t k0 = 0;
-    gpt_zero_grad(m);
+/* The value model's gradient of rows [r0, r1) (microbatches of them) added to m's arena. */
+static int value_rows(leaves_t *x, int r0, int r1, double *stats) {
+    gpt_t *m = x->m;
+    const ppo_config_t *c = x->c;
+    const ppo_rows_t *r = x->r;
+    int cnt = r1 - r0, micro = c->microbatch > 0 ? c->microbatch : cnt, rc = 0;
+    size_t k0 = x->off[r0];
     for (int j0 = 0; j0 < cnt; j0 += micro) {
         int jc = cnt - j0 < micro ? cnt - j0 : micro, nk;
-        int T = pack(u->seqs, idx + j0, jc, u->pb.inputs, u->pb.pos, u->pb.tok, &nk);
-        if ((rc = gpt_forward(m, u->pb.inputs, jc, T, 0)) < 0) return rc;
-        float *v = u->v + k0, *dv = u->dv + k0;
-        if ((rc = gpt_head_forward(m, u->pb.pos, nk, v)) < 0) return rc;
+        int T = pack(r->seqs, x->idx + r0 + j0, jc, x->pb.inputs, x->pb.pos, x->pb.tok, &nk);
+        if ((rc = gpt_forward(m, x->pb.inputs, jc, T, 0)) < 0) return rc;
+        float *v = x->v + k0, *dv = x->dv + k0;
+        if ((rc = gpt_head_forward(m, x->pb.pos, nk, v)) < 0) return rc;
         double loss = 0, cf = 0;
-        rc = ppo_value_loss(v, u->g_v_old + k0, u->g_ret + k0, agg_mask(l, u, k0), (size_t)nk,
-                            c->value_clip, denom, dv, &loss, &cf);
+        rc = ppo_value_loss(v, r->v_old + k0, r->ret + k0, agg_mask(x, k0), (size_t)nk,
+                            c->value_clip, r->denom, dv, &loss, &cf);
         if (rc < 0) return rc;
-        ms->v_loss += loss;
-        ms->v_clipfrac += cf;
+        stats[PPO_STAT_V_LOSS] += loss;
+        stats[PPO_STAT_V_CLIPFRAC] += cf;
         if ((rc = gpt_backward(m, 0, dv)) < 0) return rc;
         k0 += (size_t)nk;
     }
-    return clip_and_step(m, &l->opt_value, l->groups_value, l->n_groups_value, c->lr_value,
-                         c->max_grad_norm, "value gradient", &ms->gn_value);
+    return 0;
+}
+
+/* gtree_leaf_fn: block j from a zeroed arena. */
+static int ppo_leaf(void *ctx, int j, double *stats, int *empty) {
+    leaves_t *x = ctx;
+    int r0, r1;
+    gtree_block(x->r->n, x->nb, j, &r0, &r1);
+    *empty = 0; /* every rollout has a completion token */
+    gpt_zero_grad(x->m);
+    return x->value ? value_rows(x, r0, r1, stats) : policy_rows(x, r0, r1, stats);
+}
+
+int ppo_grad_leaves(gtree_t *g, gpt_t *m, int value, const ppo_config_t *c, const ppo_rows_t *r,
+                    int nb, int j0, int j1) {
+    if (r->n < 1 || nb < 1 || nb > r->n || j0 < 0 || j1 > nb || j0 > j1)
+        return rl_fail(RL_EINVAL, "ppo: blocks %d..%d of %d over %d rows", j0, j1, nb, r->n);
+    if (j0 == j1) return 0;
+    leaves_t x = {m, value, nb, c, r, NULL, NULL, {0}, NULL, NULL, NULL, NULL, NULL, NULL};
+    int rc = seqs_check(r->seqs, r->n, m, value ? 0 : c->vocab_limit);
+    if (rc < 0) return rc;
+    if ((rc = gpt_grads_alloc(m)) < 0) return rc;
+    x.off = malloc((size_t)(r->n + 1) * sizeof(size_t));
+    x.idx = malloc((size_t)r->n * sizeof(int));
+    if (!x.off || !x.idx) {
+        rc = rl_fail(RL_ENOMEM, "ppo: row buffers");
+        goto done;
+    }
+    x.off[0] = 0;
+    for (int i = 0; i < r->n; i++) {
+        x.off[i + 1] = x.off[i] + (size_t)r->seqs[i].completion_len;
+        x.idx[i] = i;
+    }
+    size_t fb = x.off[r->n] * sizeof(float);
+    float **bufs[] = {&x.lp, &x.ent, &x.dlp, &x.dent, &x.v, &x.dv};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        if (!(*bufs[i] = malloc(fb))) {
+            rc = rl_fail(RL_ENOMEM, "ppo: token buffers");
+            goto done;
+        }
+    int cap = c->microbatch > 0 && c->microbatch < r->n ? c->microbatch : r->n;
+    if ((rc = pass_buf_init(&x.pb, r->seqs, r->n, cap, m->cfg.n_positions)) < 0) goto done;
+    rc = gtree_leaves(g, j0, j1, ppo_leaf, &x);
+done:
+    pass_buf_free(&x.pb);
+    free(x.off), free(x.idx), free(x.lp), free(x.ent), free(x.dlp), free(x.dent), free(x.v);
+    free(x.dv);
+    return rc;
+}
+
+/* The minibatch's gradient in this process: every block, reduced in the tree. */
+static int grad_local(ppo_learner_t *l, gpt_t *m, int value, const ppo_rows_t *r, double *stats) {
+    int nb = gtree_blocks(l->cfg.grad_blocks > 0 ? l->cfg.grad_blocks : 1, r->n), empty, a, b;
+    gtree_t *g = &l->tree[value != 0];
+    gtree_reset(g, nb, m->grads_mem, m->num_params);
+    int rc = ppo_grad_leaves(g, m, value, &l->cfg, r, nb, 0, nb);
+    return rc < 0 ? rc : gtree_take(g, stats, &empty, &a, &b);
+}
+
+/* One step of the policy (value = 0) or the value model on the minibatch seqs[idx[0..cnt)],
+ * gathered (gather) into the g_* arrays: its gradient (here, or where grad_fn computes it),
+ * clipped, AdamW. */
+static int model_step(ppo_learner_t *l, upd_t *u, int value, int cnt, double denom,
+                      mb_stats_t *ms) {
+    gpt_t *m = value ? l->value : l->policy;
+    const ppo_config_t *c = &l->cfg;
+    ppo_rows_t r = {u->g_seqs, cnt,      u->g_lp_old, u->g_adv, u->g_v_old,
+                    u->g_ret,  u->g_ref, u->g_w,      denom,    l->kl.beta};
+    double st[GTREE_NSTAT] = {0};
+    int rc =
+        l->grad_fn ? l->grad_fn(l->grad_ctx, m, value, c, &r, st) : grad_local(l, m, value, &r, st);
+    if (rc < 0) return rc;
+    if (value) {
+        ms->v_loss += st[PPO_STAT_V_LOSS];
+        ms->v_clipfrac += st[PPO_STAT_V_CLIPFRAC];
+        return clip_and_step(m, &l->opt_value, l->groups_value, l->n_groups_value, c->lr_value,
+                             c->max_grad_norm, "value gradient", &ms->gn_value);
+    }
+    ms->pg_loss += st[PPO_STAT_PG_LOSS];
+    ms->clipfrac += st[PPO_STAT_CLIPFRAC];
+    ms->approx_kl += st[PPO_STAT_APPROX_KL];
+    ms->entropy += st[PPO_STAT_ENTROPY];
+    return clip_and_step(m, &l->opt_policy, l->groups_policy, l->n_groups_policy, c->lr_policy,
+                         c->max_grad_norm, "policy gradient", &ms->gn_policy);
 }
 
 /* mean and population std of x[0..n) */
@@ -777,14 +871,17 @@ int ppo_update(ppo_learner_t *l, const ppo_seq_t *seqs, int n, ppo_stats_t *st) 
     size_t ntok = u.off[n], fb = ntok * sizeof(float);
     int mb = c->minibatch < n ? c->minibatch : n;
     int fwd = c->forward_batch > 0 ? c->forward_batch : mb;
-    float **bufs[] = {&u.lp_old,  &u.v_old, &u.adv, &u.ret,   &u.rew, &u.g_lp_old, &u.g_adv,
-                      &u.g_v_old, &u.g_ret, &u.lp,  &u.ent,   &u.dlp, &u.dent,     &u.v,
-                      &u.dv,      &u.ref,   &u.w,   &u.g_ref, &u.g_w};
+    float **bufs[] = {&u.lp_old,  &u.v_old, &u.adv, &u.ret, &u.rew,   &u.g_lp_old, &u.g_adv,
+                      &u.g_v_old, &u.g_ret, &u.ref, &u.w,   &u.g_ref, &u.g_w};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (!(*bufs[i] = malloc(fb))) {
             rc = rl_fail(RL_ENOMEM, "ppo: %zu token buffers", ntok);
             goto done;
         }
+    if (!(u.g_seqs = malloc((size_t)n * sizeof *u.g_seqs))) {
+        rc = rl_fail(RL_ENOMEM, "ppo: %d rollouts", n);
+        goto done;
+    }
     seq_tmp = malloc((size_t)n * sizeof(double));
     seq_tmp2 = malloc((size_t)n * sizeof(double));
     if (!seq_tmp || !seq_tmp2) {
@@ -892,11 +989,11 @@ int ppo_update(ppo_learner_t *l, const ppo_seq_t *seqs, int n, ppo_stats_t *st) 
                 denom = cnt;
             else
                 for (int b = 0; b < cnt; b++) denom += seqs[idx[i0 + b]].completion_len;
-            if ((rc = policy_step(l, &u, idx + i0, cnt, denom, &ms)) < 0) {
+            if ((rc = model_step(l, &u, 0, cnt, denom, &ms)) < 0) {
                 rl_fail_ctx(rc, "ppo iteration %ld epoch %d: policy step", l->iteration, e);
                 goto done;
             }
-            if (critic && (rc = value_step(l, &u, idx + i0, cnt, denom, &ms)) < 0) {
+            if (critic && (rc = model_step(l, &u, 1, cnt, denom, &ms)) < 0) {
                 rl_fail_ctx(rc, "ppo iteration %ld epoch %d: value step", l->iteration, e);
                 goto done;
             }
@@ -986,6 +1083,9 @@ const ppo_setting_t ppo_settings[] = {
     PE(overlap, overlap_names, 2, "off",
        "off or one_step_off: iteration i+1's rollouts are generated with the weights of "
        "iteration i while the learner runs update i (one update stale; README \"Overlap\")"),
+    PS(grad_blocks, INT, 0, GTREE_MAX_BLOCKS, "1",
+       "blocks a minibatch step's gradient is summed over in a fixed tree (capped at its "
+       "rollouts): learner shards share the blocks, the same bits on any number of them"),
 };
 #undef PS
 #undef PE

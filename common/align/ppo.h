@@ -37,6 +37,7 @@
 
 #include "nn/adamw.h"
 #include "nn/gpt.h"
+#include "nn/gtree.h"
 
 /* ---- per-token pieces ------------------------------------------------------------------ */
 
@@ -306,6 +307,9 @@ typedef struct {
     float temperature;         /* the rollouts' sampling temperature (> 0): every logprob is taken
                                   under logits / temperature */
     int overlap;               /* ppo_overlap_t: the version that generates iteration i */
+    int grad_blocks;           /* blocks a minibatch step's gradient is computed in and summed
+                                  over by the fixed tree of nn/gtree.h (capped at the minibatch's
+                                  rows; 0 and 1: one block, the whole minibatch) */
 } ppo_config_t;
 
 /*
@@ -386,6 +390,52 @@ typedef struct {
     int truncated; /* cut at the length limit, no end-of-text: missing_eos_penalty applies */
 } ppo_seq_t;
 
+/*
+ * One minibatch step's rows, everything a gradient of them needs: n rollouts in minibatch order
+ * (prompt and completion read) and their per-token quantities, computed once over the whole
+ * rollout batch (old logprobs, advantages after whitening, old values, value targets, reference
+ * logprobs, loss_agg weights), laid out sequence after sequence; the loss denominator of the
+ * minibatch (its tokens, or its sequences with loss_agg sequence) and the KL coefficient.
+ */
+typedef struct {
+    const ppo_seq_t *seqs;
+    int n;
+    const float *lp_old, *adv, *v_old, *ret, *ref, *w; /* (sum of completion_len) each */
+    double denom;
+    float beta;
+} ppo_rows_t;
+
+/* The figures carried with a minibatch gradient (GTREE_NSTAT doubles, summed in the tree like
+ * the gradient). Policy: */
+#define PPO_STAT_PG_LOSS   0 /* clipped surrogate */
+#define PPO_STAT_CLIPFRAC  1
+#define PPO_STAT_APPROX_KL 2
+#define PPO_STAT_ENTROPY   3
+/* Value model: */
+#define PPO_STAT_V_LOSS     0
+#define PPO_STAT_V_CLIPFRAC 1
+
+/*
+ * Computes blocks [j0, j1) of the minibatch r (r->n rows in nb blocks, gtree_block) into g
+ * (gtree_leaves; g reset by the caller over nb blocks on m's gradient arena): the gradient of
+ * the policy's loss (value = 0: clipped surrogate, entropy bonus, KL loss with kl_in = loss) or
+ * of the value model's clipped value loss (value = 1), each block from a zeroed arena (the
+ * microbatch setting splits a block's rows), with its figures [PPO_STAT_*]. A block's value
+ * depends on its rows alone, so any cut of the tree combined in it gives the same bits: the
+ * learner's shards each compute one node. Returns 0 or RL_E* (the model's, RL_ENONFINITE).
+ */
+int ppo_grad_leaves(gtree_t *g, gpt_t *m, int value, const ppo_config_t *c, const ppo_rows_t *r,
+                    int nb, int j0, int j1);
+
+/*
+ * Where a minibatch step's gradient is computed: leaves m's gradient of the rows r (value: the
+ * value model's) in m's gradient arena and its figures in stats (GTREE_NSTAT, zeroed by the
+ * caller), exactly as one process reducing gtree_blocks(c->grad_blocks, r->n) blocks with
+ * ppo_grad_leaves would. NULL (ppo_learner_t.grad_fn): in this process. Returns 0 or RL_E*.
+ */
+typedef int (*ppo_grad_fn)(void *ctx, gpt_t *m, int value, const ppo_config_t *c,
+                           const ppo_rows_t *r, double *stats);
+
 /* The learner: borrowed models, owned optimiser states, persistent PPO state. */
 typedef struct {
     ppo_config_t cfg;
@@ -397,6 +447,10 @@ typedef struct {
     ppo_klctl_t kl;            /* beta for the next batch's rewards */
     ppo_moments_t score_stats; /* running moments of the raw scores seen so far */
     long iteration;            /* successful ppo_update() calls; keys the minibatch shuffle */
+    ppo_grad_fn grad_fn;       /* NULL: minibatch gradients in this process (ppo_grad_fn) */
+    void *grad_ctx;
+    gtree_t tree[2]; /* the in-process reductions: the policy's, the value model's (each keeps
+                        arenas of its model's size) */
 } ppo_learner_t;
 
 /*

@@ -162,6 +162,10 @@ void local_cluster_down(const char *dir);
  */
 int local_cluster_ensure(const char *data_dir, char *ep, size_t n);
 
+/* local_cluster_ensure with a learner of `shards` learner shards (0: whatever the cluster has,
+ * 1 when it starts one): a running cluster with another count is restarted with this one. */
+int local_cluster_ensure_shards(const char *data_dir, int shards, char *ep, size_t n);
+
 /* `rlhf cluster-ensure --data-dir DIR` (hidden): local_cluster_ensure, printing {"endpoint"}. */
 int cmd_cluster_ensure(int argc, char **argv);
 

@@ -670,7 +670,23 @@ static int cluster_stale(const char *dir) {
     return stale;
 }
 
+/* The learner shards of the cluster in dir, from its local.json (1 + its "shard" workers); 0
+ * when it cannot be read. */
+static int cluster_shards(const char *dir) {
+    json_t *o = read_json(dir, "local.json"), *roles = json_object_get(o, "worker_roles"), *v;
+    size_t i;
+    int n = o && json_is_array(roles) ? 1 : 0;
+    json_array_foreach(roles, i, v) n +=
+        json_is_string(v) && !strcmp(json_string_value(v), "shard");
+    json_decref(o);
+    return n;
+}
+
 int local_cluster_ensure(const char *data_dir, char *ep, size_t n) {
+    return local_cluster_ensure_shards(data_dir, 0, ep, n);
+}
+
+int local_cluster_ensure_shards(const char *data_dir, int shards, char *ep, size_t n) {
     char dir[1100], lock[1200];
     cluster_dir(dir, sizeof dir, NULL, data_dir);
     snprintf(lock, sizeof lock, "%s/lock", dir);
@@ -696,6 +712,17 @@ int local_cluster_ensure(const char *data_dir, char *ep, size_t n) {
         local_cluster_down(dir);
         rc = RL_ENOTFOUND;
     }
+    int have = rc == 0 && shards > 0 ? cluster_shards(dir) : 0;
+    if (have > 0 && have != shards) {
+        /* the learner's shard count is a setting of the cluster; results do not depend on it
+         * (README "Exact arithmetic"), its runs survive the restart (the journal) */
+        fprintf(stderr,
+                "rlhf: the local cluster in %s has %d learner shard(s), %d asked for: "
+                "restarting it\n",
+                dir, have, shards);
+        local_cluster_down(dir);
+        rc = RL_ENOTFOUND;
+    }
     if (rc == RL_ENOTFOUND) {
         char self[PATH_MAX], conf[1200];
         local_bin_path(self, sizeof self, "rlhf");
@@ -703,21 +730,15 @@ int local_cluster_ensure(const char *data_dir, char *ep, size_t n) {
         snprintf(conf, sizeof conf, "%.1000s/master.yaml", data_dir);
         int has_conf = access(conf, R_OK) == 0;
         /* no --owner: the cluster outlives the command that needed it */
-        char *args[] = {self,
-                        "up",
-                        "--data-dir",
-                        (char *)data_dir,
-                        "--rollout",
-                        "2",
-                        "--reward",
-                        "1",
-                        "--learner",
-                        "1",
-                        "--stage",
-                        "1",
-                        has_conf ? "--config" : NULL,
-                        conf,
-                        NULL};
+        char *args[] = {
+            self, "up",        "--data-dir", (char *)data_dir, "--rollout", "2",  "--reward",
+            "1",  "--learner", "1",          "--stage",        "1",         NULL, NULL,
+            NULL, NULL,        NULL};
+        char sh[16];
+        int k = 12;
+        snprintf(sh, sizeof sh, "%d", shards);
+        if (shards > 1) args[k++] = "--learner-shards", args[k++] = sh;
+        if (has_conf) args[k++] = "--config", args[k++] = conf;
         rc = run_up(args, dir, fd, ep, n);
     }
     close(fd); /* releases the lock */

@@ -101,6 +101,7 @@ static int load_p(void *ctx, json_t *o, const char *where) {
 typedef struct {
     const char *policy, *rm, *ref, *value, *prompts, *out;
     int iterations, batch, samples, max_new, per_job, rollout, reward, ckpt_every, gold;
+    int shards;          /* learner shards (0: whatever the local cluster has) */
     int count_token;     /* -1: the reward model scores */
     const char *program; /* a reward program's command line (NULL: none) */
     float program_weight, rm_weight, program_fallback;
@@ -166,6 +167,9 @@ static const cli_opt_t ppo_opt_table[] = {
     PO(per_job, "prompts-per-job", 1, 4096, "8", "J", "prompts per GENERATE / SCORE job"),
     PO(rollout, "rollout", 1, 32, "2", "R", "rollout workers"),
     PO(reward, "reward", 1, 16, "1", "M", "reward workers"),
+    PO(shards, "learner-shards", 1, 16, NULL, "S",
+       "the local cluster's learner in S gradient shards, each minibatch step's blocks "
+       "(grad_blocks >= S) shared among them: the same bits for any S"),
     PO(ckpt_every, "checkpoint-every", 1, 1000000, "1", "N",
        "learner checkpoint every N iterations"),
     CLI_OPT_LONG(ppo_opts_t, seed, "seed", 0, LONG_MAX, "1", "S", "run seed"),
@@ -286,6 +290,19 @@ static int ppo_parse(ppo_opts_t *o, int argc, char **argv) {
     o->pc.temperature = o->temperature;
     if (ppo_config_check(&o->pc) < 0) {
         fprintf(stderr, "rlhf ppo: %s\n", rl_errmsg());
+        return 2;
+    }
+    int blocks = o->pc.grad_blocks > 1 ? o->pc.grad_blocks : 1;
+    if (blocks > o->pc.minibatch) blocks = o->pc.minibatch;
+    if (o->shards > blocks) {
+        /* the result depends on the blocks, never on S: the setting is the user's to choose */
+        fprintf(stderr,
+                "rlhf ppo: --learner-shards %d: a minibatch step's gradient has %d block(s) "
+                "(grad_blocks %d, minibatch %d), so %d shard(s) would have nothing to compute: "
+                "set grad_blocks to %d or more (--set grad_blocks=N; it changes the result, the "
+                "number of shards never does)\n",
+                o->shards, blocks, o->pc.grad_blocks, o->pc.minibatch, o->shards - blocks,
+                o->shards);
         return 2;
     }
     if ((o->pc.adv_estimator == PPO_ADV_GRPO || o->pc.adv_estimator == PPO_ADV_RLOO) &&
@@ -544,7 +561,7 @@ int cmd_ppo(int argc, char **argv) {
     char ep[256];
     if (!txt)
         ret = cli_fail("ppo", "the plan", RL_ENOMEM);
-    else if (local_cluster_ensure(data, ep, sizeof ep) < 0)
+    else if (local_cluster_ensure_shards(data, o.shards, ep, sizeof ep) < 0)
         ret = cli_fail("ppo", "the local cluster", RL_EIO);
     else
         ret = runs_submit("ppo", ep, data, name, txt, 0);

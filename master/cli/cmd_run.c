@@ -250,7 +250,18 @@ static int run_check_ppo(const run_cfg_t *rc, const char *config) {
         if (r < 0) return rl_fail_ctx(r, "%s: %s", config, key);
     }
     int r = ppo_config_check(&pc);
-    return r < 0 ? rl_fail_ctx(r, "%s: the ppo settings", config) : 0;
+    if (r < 0) return rl_fail_ctx(r, "%s: the ppo settings", config);
+    /* learner shards beyond a minibatch step's blocks would idle (`rlhf ppo` refuses them) */
+    json_t *sv = json_object_get(rc->vals, "ppo.learner_shards");
+    int shards = sv ? atoi(json_string_value(sv)) : 0;
+    int blocks = pc.grad_blocks > 1 ? pc.grad_blocks : 1;
+    if (blocks > pc.minibatch) blocks = pc.minibatch;
+    if (shards > blocks)
+        return rl_fail(RL_EINVAL,
+                       "%s: ppo.learner_shards %d: a minibatch step's gradient has %d block(s) "
+                       "(ppo.grad_blocks %d, ppo.minibatch %d): set ppo.grad_blocks to %d or more",
+                       config, shards, blocks, pc.grad_blocks, pc.minibatch, shards);
+    return 0;
 }
 
 typedef struct {
@@ -584,6 +595,12 @@ static int run_read(run_t *r, run_args_t *a, int argc, char **argv, const char *
     return CLI_OPTS_GO;
 }
 
+/* ppo.learner_shards: the local cluster's learner shards for the run's PPO (0: not set). */
+static int run_learner_shards(run_t *r) {
+    json_t *v = json_object_get(r->rc.vals, "ppo.learner_shards");
+    return v ? atoi(json_string_value(v)) : 0;
+}
+
 /* Phase 2: the plan compiled and submitted; then followed (runs_submit). */
 static int run_submit(run_t *r, const run_args_t *a, const char *config) {
     char name[256], data[PATH_MAX];
@@ -609,7 +626,7 @@ static int run_submit(run_t *r, const run_args_t *a, const char *config) {
         if (a->key) setenv("RLHF_KEY", a->key, 1);
         if (a->master) {
             snprintf(ep, sizeof ep, "%s", a->master);
-        } else if (local_cluster_ensure(data, ep, sizeof ep) < 0) {
+        } else if (local_cluster_ensure_shards(data, run_learner_shards(r), ep, sizeof ep) < 0) {
             free(txt);
             return cli_fail("run", "the local cluster", RL_EIO);
         }
