@@ -1285,7 +1285,7 @@ static void test_config_json(void) {
  * the learner has always used (bit for bit: runs are reproduced from them), and a value is
  * checked against the range when it is set. */
 static void test_settings_table(void) {
-    CHECK_EQ(ppo_n_settings, 31);
+    CHECK_EQ(ppo_n_settings, 32);
     for (int i = 0; i < ppo_n_settings; i++) {
         const ppo_setting_t *s = &ppo_settings[i];
         CHECK(s->off < sizeof(ppo_config_t));
@@ -1308,6 +1308,7 @@ static void test_settings_table(void) {
     CHECK(c.epochs == 4 && c.minibatch == 8 && c.microbatch == 0 && c.whiten == 1);
     CHECK(c.score_norm == PPO_SCORE_RAW && c.seed == 0 && c.vocab_limit == 0);
     CHECK_EQ(c.grad_blocks, 1); /* one block: the minibatch step as it always was */
+    CHECK_EQ(c.overlap, PPO_OVERLAP_OFF);
     CHECK_EQ(ppo_config_set(&c, "kl_coef", "-0.1", "--set"), RL_EINVAL);
     CHECK(strstr(rl_errmsg(), "--set: kl_coef: '-0.1' is not a number in [0, inf]") != NULL);
     CHECK_EQ(ppo_config_set(&c, "epochs", "0", NULL), RL_EINVAL);
