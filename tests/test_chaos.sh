@@ -10,7 +10,8 @@
 # `rlhf down`. Prints the schedule, the recovery times after the master and supervisor kills and
 # both runs' wall times.
 # Usage: test_chaos.sh BIN_DIR (CHAOS_SEED=N for another schedule, KEEP=1 to keep the files,
-# CHAOS_OVERLAP=one_step_off for the PPO loop with overlap)
+# CHAOS_OVERLAP=one_step_off for the PPO loop with overlap, CHAOS_ITERS and CHAOS_KILLS for a
+# shorter or longer run: 120 iterations and 24 kills by default)
 BIN=$(cd "${1:?usage: test_chaos.sh BIN_DIR}" && pwd)
 source "$(dirname "$0")/runtime_lib.sh"
 R=$BIN/rlhf
@@ -18,8 +19,8 @@ cd "$W" || exit 1
 
 SEED=${CHAOS_SEED:-20261202}
 OVERLAP=${CHAOS_OVERLAP:-off}
-ITERS=120
-KILLS=24
+ITERS=${CHAOS_ITERS:-120}
+KILLS=${CHAOS_KILLS:-24}
 KINDS=(master learner rollout reward supervisor client)
 echo "chaos seed $SEED ($KILLS kills, $ITERS iterations, overlap=$OVERLAP; CHAOS_SEED=$SEED to repeat)"
 
@@ -158,7 +159,8 @@ cha_ms=$(($(now_ms) - t0))
 "$R" wait run --data-dir "$CHA" --timeout 30 >/dev/null 2>wait.err
 check "rlhf wait: the run succeeded" test $? -eq 0
 
-check "at least 20 kills" test "${#KILLED[@]}" -ge 20
+# nearly every scheduled kill finds its process (20 of 24: one may fall between its restarts)
+check "at least $((KILLS * 5 / 6)) kills" test "${#KILLED[@]}" -ge $((KILLS * 5 / 6))
 for k in "${KINDS[@]}"; do
     n=0
     for x in "${KILLED[@]}"; do [ "$x" = "$k" ] && n=$((n + 1)); done
