@@ -80,6 +80,34 @@ check "a bad --set is refused" grep -q "sft.steps" err
 printf 'run_dir: x\nstages: [task, ppo]\nppo: {clip_eps: 0}\n' >bad3.yaml
 "$R" run bad3.yaml --print-plan 2>err >/dev/null
 check "PPO settings checked together" grep -qF "bad3.yaml: the ppo settings" err
+printf 'run_dir: x\nstages: [task, ppo, grpo]\ngrpo: {clip_eps: 0}\n' >bad4.yaml
+"$R" run bad4.yaml --print-plan 2>err >/dev/null
+check "grpo's settings checked on their own, named as grpo's" grep -qF "bad4.yaml: the grpo settings" err
+
+# --- two PPO-kind stages: ppo and grpo, each with its own section of keys
+cat >two.yaml <<'Y'
+run_dir: out/two
+stages: [ppo, grpo]
+ppo: {iterations: 2, kl_coef: 0.1}
+grpo: {iterations: 5, kl_coef: 0.02, lr_policy: 0.001}
+Y
+"$R" run two.yaml --print-plan >two.json
+grpo_arg() { jq -r --arg o "$1" '.stages[1].argv | index($o) as $i | .[$i + 1]' two.json; }
+grpo_has() { jq -e --arg s "$1" '.stages[1].argv | index($s) != null' two.json >/dev/null; }
+check "grpo is the ppo command, out in {run}/grpo" jq -e '.stages[1].argv[0:3] ==
+    ["ppo", "--out", "{run}/grpo"] and .stages[1].name == "grpo"' two.json
+check "grpo's keys reach grpo only" test "$(grpo_arg --iterations) $(jq -r '.stages[0].argv |
+    index("--iterations") as $i | .[$i + 1]' two.json)" = "5 2"
+check "... its PPO settings too" bash -c "$(declare -f grpo_has); grpo_has kl_coef=0.02 &&
+    grpo_has lr_policy=0.001 && ! grpo_has kl_coef=0.1"
+check "grpo's defaults: SFT policy, 4 samples, the gold judge alone as reward" test \
+    "$(grpo_arg --policy) $(grpo_arg --samples) $(grpo_arg --reward-program) $(grpo_arg --rm-weight)" \
+    = "{run}/sft 4 rlhf gold-judge 0"
+check "... GRPO advantages, the KL in the loss (k3), sequences weighed alike" bash -c \
+    "$(declare -f grpo_has); grpo_has adv_estimator=grpo && grpo_has kl_in=loss &&
+    grpo_has kl_estimator=k3 && grpo_has loss_agg=sequence"
+check "ppo keeps PPO's defaults" jq -e '.stages[0].argv | index("adv_estimator=grpo") == null and
+    index("--samples") == null' two.json
 
 # --- ppo-prep on a tiny model
 for i in $(seq 1 100); do echo "hello world what is two plus three name a fruit apple please $i"; done >corpus.txt
