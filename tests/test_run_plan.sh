@@ -17,14 +17,14 @@ check "named after run_dir, with seed, cwd and config" jq -e --arg cwd "$PWD" --
     '.name == "demo" and .seed == 1 and .cwd == $cwd and .config == $cfg and (has("only") | not)' demo.json
 check "every stage of the demo, in order" jq -e '[.stages[].name] == ["task", "tokenizer", "init",
     "sft", "generate", "annotate", "aggregate", "pairs", "train_rm", "eval_rm", "ppo", "evaluate",
-    "dpo", "evaluate_dpo", "report"]' demo.json
+    "dpo", "evaluate_dpo", "grpo", "evaluate_grpo", "report"]' demo.json
 check "argv starts with the subcommand, {run} left literal" jq -e '.stages[0].argv[0:5] ==
     ["task", "--out", "{run}/task", "--seed", "1"]' demo.json
 check "keys of other keys expand to {run} paths" jq -e '.stages[] | select(.name == "evaluate") |
     .argv | index("--baseline") as $i | .[$i + 1] == "{run}/sft"' demo.json
 check "stdout_to for the evaluations and eval_rm only" jq -e '[.stages[] | select(has("stdout_to")) |
     [.name, .stdout_to]] == [["eval_rm", "{run}/rm_eval.json"], ["evaluate", "{run}/eval.json"],
-    ["evaluate_dpo", "{run}/eval_dpo.json"]]' demo.json
+    ["evaluate_dpo", "{run}/eval_dpo.json"], ["evaluate_grpo", "{run}/eval_grpo.json"]]' demo.json
 arg_of() { jq -r --arg s "$1" --arg o "$2" '.stages[] | select(.name == $s) | .argv |
     index($o) as $i | .[$i + 1]' demo.json; }
 check "dpo: the demo's settings, against the SFT policy, on the stage-1 pairs" test \
@@ -32,7 +32,12 @@ check "dpo: the demo's settings, against the SFT policy, on the stage-1 pairs" t
     "0.5 0.0001 {run}/sft {run}/pairs.jsonl"
 for o in --samples --max-new --temperature --prompts --baseline; do
     check "evaluate_dpo: $o as evaluate's" test "$(arg_of evaluate_dpo $o)" = "$(arg_of evaluate $o)"
+    check "evaluate_grpo: $o as evaluate's" test "$(arg_of evaluate_grpo $o)" = "$(arg_of evaluate $o)"
 done
+check "evaluate_grpo: the GRPO policy" test "$(arg_of evaluate_grpo --policy)" = "{run}/grpo/policy"
+check "grpo: the demo's stage, on verifiable rewards (the gold judge alone)" test \
+    "$(arg_of grpo --out) $(arg_of grpo --samples) $(arg_of grpo --reward-program) $(arg_of grpo --rm-weight)" \
+    = "{run}/grpo 4 rlhf gold-judge 0"
 check "the ppo stage is a ppo command line with its settings" jq -e '.stages[] | select(.name == "ppo") |
     .argv[0] == "ppo" and (.argv | index("--set")) != null and .weight == 120' demo.json
 check "no absolute run directory anywhere in argv" \
