@@ -82,11 +82,14 @@ struct mrun {
     char dir[PATH_MAX];
     int state, stage, n_stages;
     char reason[2048];
-    int retry;                      /* resubmitted after a failure: failed jobs run again */
-    json_t *metrics;                /* the committed iterations' metrics lines (strings) */
+    int retry;          /* resubmitted after a failure: failed jobs run again */
+    json_t *metrics_by; /* PPO-kind stage name -> its committed iterations' metrics lines */
+    json_t *metrics;    /* metrics_by's array of metrics_stage (borrowed; never NULL) */
+    char metrics_stage[72];
     char policy_ref[PATH_MAX + 80]; /* the last iteration's exported policy (blob_name_parse) */
+    char policy_stage[72];          /* the stage whose iteration exported policy_ref */
     mppo_t *ppo;
-    int ns_self, ns_ppo; /* "@NAME", "@NAME/ppo" */
+    int ns_self, ns_ppo; /* "@NAME", the PPO loop's: "@NAME/ppo" or "@NAME/STAGE" (ppo_ns) */
     double t_stage0;     /* when the current stage started (wall ms; 0: not in this process) */
     double submitted_unix, updated_unix;
     double *stage_secs;
@@ -119,6 +122,42 @@ static json_t *stage_at(const mrun_t *r, int i) {
 static const char *stage_name(const mrun_t *r, int i) {
     const char *s = json_string_value(json_object_get(stage_at(r, i), "name"));
     return s ? s : "?";
+}
+
+static int stage_is_ppo(const mrun_t *r, int i) {
+    json_t *av = json_object_get(stage_at(r, i), "argv");
+    return !strcmp(json_string_value(json_array_get(av, 0)) ?: "", "ppo");
+}
+
+/* The plan's first PPO-kind stage (the one journals from before a run could hold several
+ * name with an empty stage), or "ppo". */
+static const char *first_ppo_stage(const mrun_t *r) {
+    for (int i = 0; i < r->n_stages; i++)
+        if (stage_is_ppo(r, i)) return stage_name(r, i);
+    return "ppo";
+}
+
+/* Makes r->metrics the committed lines of PPO-kind stage st (an empty array at first).
+ * Returns 0 or RL_ENOMEM. */
+static int metrics_select(mrun_t *r, const char *st) {
+    if (!st[0]) st = first_ppo_stage(r);
+    json_t *a = json_object_get(r->metrics_by, st);
+    if (!a) {
+        a = json_array();
+        if (!a || json_object_set_new(r->metrics_by, st, a) < 0) return RL_ENOMEM;
+    }
+    r->metrics = a;
+    snprintf(r->metrics_stage, sizeof r->metrics_stage, "%s", st);
+    return 0;
+}
+
+/* The job namespace of PPO-kind stage i's loop: "@NAME/ppo" for the plan's first (as runs with
+ * one always had it), "@NAME/STAGE" for the others (plan_invalid keeps them apart). */
+static void ppo_ns(const mrun_t *r, int i, char *out, size_t n) {
+    if (!strcmp(stage_name(r, i), first_ppo_stage(r)))
+        snprintf(out, n, "@%s/ppo", r->name);
+    else
+        snprintf(out, n, "@%s/%s", r->name, stage_name(r, i));
 }
 
 /* `in` with every "{run}" replaced by the run directory (malloc'ed). */
@@ -807,6 +846,7 @@ static int ppo_commit(master_t *m, int ri, long i, const Rlhf__PpoOutput *po,
     Rlhf__JournalRecord rec = RLHF__JOURNAL_RECORD__INIT;
     Rlhf__JournalIteration it = RLHF__JOURNAL_ITERATION__INIT;
     it.run = r->name;
+    it.stage = r->metrics_stage;
     it.iteration = (uint64_t)i;
     it.metrics_line = line;
     it.policy_ref = (char *)(policy_ref ? policy_ref : "");
@@ -817,6 +857,7 @@ static int ppo_commit(master_t *m, int ri, long i, const Rlhf__PpoOutput *po,
         return -1;
     }
     snprintf(r->policy_ref, sizeof r->policy_ref, "%s", it.policy_ref);
+    snprintf(r->policy_stage, sizeof r->policy_stage, "%s", r->metrics_stage);
     while (json_array_size(r->metrics) > (size_t)i)
         json_array_remove(r->metrics, json_array_size(r->metrics) - 1);
     json_array_append_new(r->metrics, json_string(line));
@@ -842,6 +883,7 @@ static void ppo_rollback(master_t *m, mrun_t *r, long L) {
     Rlhf__JournalRecord rec = RLHF__JOURNAL_RECORD__INIT;
     Rlhf__JournalIteration it = RLHF__JOURNAL_ITERATION__INIT;
     it.run = r->name;
+    it.stage = r->metrics_stage;
     it.iteration = (uint64_t)L;
     it.metrics_line = "";
     rec.body_case = RLHF__JOURNAL_RECORD__BODY_ITERATION;
@@ -892,6 +934,7 @@ static int ppo_adopt(master_t *m, mrun_t *r, long from, long L) {
         Rlhf__JournalRecord rec = RLHF__JOURNAL_RECORD__INIT;
         Rlhf__JournalIteration jit = RLHF__JOURNAL_ITERATION__INIT;
         jit.run = r->name;
+        jit.stage = r->metrics_stage;
         jit.iteration = (uint64_t)i;
         jit.metrics_line = (char *)json_string_value(json_array_get(lines, (size_t)i));
         rec.body_case = RLHF__JOURNAL_RECORD__BODY_ITERATION;
@@ -913,7 +956,7 @@ static int ppo_export(master_t *m, mrun_t *r) {
     mppo_t *p = r->ppo;
     char path[PATH_MAX + 64], dir[PATH_MAX + 64], *name = NULL;
     size_t nl;
-    if (r->policy_ref[0]) {
+    if (r->policy_ref[0] && !strcmp(r->policy_stage, r->metrics_stage)) {
         char src[PATH_MAX], ref[BLOB_REF_LEN];
         int rc = blob_name_parse(r->policy_ref, ref, NULL)
                      ? blob_resolve(m->blobs, NULL, ref, src, sizeof src)
@@ -1021,6 +1064,15 @@ static int ppo_step(master_t *m, int ri) {
         int j = stage_job(m, ri, r->stage, (uint64_t)r->stage + 1, "ppo-prep");
         int s = job_state(m, r, j, "ppo preparation");
         if (s <= 0) return s < 0 ? STEP_FAIL : STEP_WAIT;
+        /* this stage's loop: its own jobs and committed iterations */
+        char ns[256];
+        ppo_ns(r, r->stage, ns, sizeof ns);
+        int nsi = master_ns_index(m, ns);
+        if (nsi < 0 || metrics_select(r, stage_name(r, r->stage)) < 0) {
+            snprintf(r->reason, sizeof r->reason, "%s: out of memory", stage_name(r, r->stage));
+            return STEP_FAIL;
+        }
+        r->ns_ppo = nsi;
         /* ppo-prep's plan lives in the stage's --out */
         json_t *av = json_object_get(stage_at(r, r->stage), "argv");
         char *out = NULL;
@@ -1154,11 +1206,6 @@ static int marker_write(mrun_t *r, int i, double secs) {
     int rc = txt ? fs_write_atomic(path, txt, strlen(txt)) : rl_fail(RL_ENOMEM, "no memory");
     free(txt);
     return rc;
-}
-
-static int stage_is_ppo(const mrun_t *r, int i) {
-    json_t *av = json_object_get(stage_at(r, i), "argv");
-    return !strcmp(json_string_value(json_array_get(av, 0)) ?: "", "ppo");
 }
 
 /* A human annotate stage (master_annot.h): runs in the master, as the PPO loop does. */
@@ -1315,6 +1362,7 @@ static const char *plan_invalid(json_t *plan) {
     if (!json_is_array(st) || json_array_size(st) == 0) return "the plan has no stages";
     size_t i;
     json_t *s;
+    int n_ppo = 0;
     json_array_foreach(st, i, s) {
         json_t *av = json_object_get(s, "argv");
         const char *nm = json_string_value(json_object_get(s, "name"));
@@ -1322,6 +1370,13 @@ static const char *plan_invalid(json_t *plan) {
         if (!json_is_array(av) || json_array_size(av) == 0) return "a stage has no argv";
         for (size_t k = 0; k < json_array_size(av); k++)
             if (!json_is_string(json_array_get(av, k))) return "a stage's argv is not strings";
+        if (!strcmp(json_string_value(json_array_get(av, 0)), "ppo") && n_ppo++ &&
+            !strcmp(nm, "ppo"))
+            return "a PPO stage named 'ppo' must be the plan's first PPO stage (its jobs are "
+                   "@NAME/ppo, the first's)";
+        for (size_t k = 0; k < i; k++)
+            if (!strcmp(nm, json_string_value(json_object_get(json_array_get(st, k), "name"))))
+                return "two stages have the same name";
     }
     return NULL;
 }
@@ -1360,7 +1415,7 @@ static int run_put(master_t *m, const char *name, json_t *plan) {
         memset(r, 0, sizeof *r);
         snprintf(r->name, sizeof r->name, "%s", name);
         snprintf(r->dir, sizeof r->dir, "%.4000s/%s", m->data_dir, name);
-        r->metrics = json_array();
+        r->metrics_by = json_object();
         r->logged_stage = -1;
         char ns[160];
         snprintf(ns, sizeof ns, "@%s", name);
@@ -1369,7 +1424,8 @@ static int run_put(master_t *m, const char *name, json_t *plan) {
         r->ns_ppo = master_ns_index(m, ns);
         r->submitted_unix = now_unix();
         r->seq = ++m->run_seq;
-        if (r->ns_self < 0 || r->ns_ppo < 0) {
+        if (r->ns_self < 0 || r->ns_ppo < 0 || !r->metrics_by) {
+            json_decref(r->metrics_by);
             m->n_runs--;
             json_decref(plan);
             return -1;
@@ -1382,6 +1438,9 @@ static int run_put(master_t *m, const char *name, json_t *plan) {
     free(r->stage_secs);
     r->stage_secs = calloc((size_t)r->n_stages + 1, sizeof *r->stage_secs);
     r->updated_unix = now_unix();
+    /* until a PPO-kind stage loads: the lines of the first (or of the stage they were) */
+    if (metrics_select(r, r->metrics_stage[0] ? r->metrics_stage : first_ppo_stage(r)) < 0)
+        return -1;
     return ri;
 }
 
@@ -1672,17 +1731,20 @@ int mrun_replay(master_t *m, const Rlhf__JournalRecord *rec) {
         int ri = mrun_find(m, rec->iteration->run);
         if (ri < 0) return 0;
         mrun_t *r = &m->runs[ri];
+        if (metrics_select(r, rec->iteration->stage ? rec->iteration->stage : "") < 0)
+            return rl_fail(RL_ENOMEM, "out of memory");
         size_t i = (size_t)rec->iteration->iteration;
         while (json_array_size(r->metrics) > i)
             json_array_remove(r->metrics, json_array_size(r->metrics) - 1);
         if (rec->iteration->metrics_line && rec->iteration->metrics_line[0]) {
             if (json_array_size(r->metrics) != i)
-                return rl_fail(RL_EFORMAT, "journal: run %s: iteration %zu after %zu", r->name, i,
-                               json_array_size(r->metrics));
+                return rl_fail(RL_EFORMAT, "journal: run %s: stage %s: iteration %zu after %zu",
+                               r->name, r->metrics_stage, i, json_array_size(r->metrics));
             json_array_append_new(r->metrics, json_string(rec->iteration->metrics_line));
         }
         snprintf(r->policy_ref, sizeof r->policy_ref, "%s",
                  rec->iteration->policy_ref ? rec->iteration->policy_ref : "");
+        snprintf(r->policy_stage, sizeof r->policy_stage, "%s", r->metrics_stage);
         return 0;
     }
     return 0;
@@ -1694,8 +1756,9 @@ void mrun_resume(master_t *m) {
         if (terminal(r->state)) continue;
         /* a paused run tries again at once; a running stage continues where the journal says */
         if (r->state == R_PAUSED) r->io_paused = 1;
-        master_log("run %s: %s at stage %d/%d (%zu PPO iterations committed)", r->name,
-                   state_names[r->state], r->stage + 1, r->n_stages, json_array_size(r->metrics));
+        master_log("run %s: %s at stage %d/%d (%zu iterations of %s committed)", r->name,
+                   state_names[r->state], r->stage + 1, r->n_stages, json_array_size(r->metrics),
+                   r->metrics_stage);
     }
 }
 
@@ -1724,16 +1787,24 @@ int mrun_snapshot(master_t *m, journal_t *j) {
         rec.body_case = RLHF__JOURNAL_RECORD__BODY_RUN_STATE;
         rec.run_state = &rs;
         if ((rc = master_journal(m, &rec, 0)) < 0) return rc;
-        for (size_t i = 0; i < json_array_size(r->metrics); i++) {
-            Rlhf__JournalIteration it = RLHF__JOURNAL_ITERATION__INIT;
-            it.run = r->name;
-            it.iteration = i;
-            it.metrics_line = (char *)json_string_value(json_array_get(r->metrics, i));
-            if (i + 1 == json_array_size(r->metrics)) it.policy_ref = r->policy_ref;
-            rec.body_case = RLHF__JOURNAL_RECORD__BODY_ITERATION;
-            rec.iteration = &it;
-            if ((rc = master_journal(m, &rec, 0)) < 0) return rc;
-        }
+        /* each PPO-kind stage's lines, the current stage's last (replay ends on it) */
+        const char *st;
+        json_t *lines;
+        for (int cur = 0; cur < 2; cur++) json_object_foreach(r->metrics_by, st, lines) {
+                if (cur != !strcmp(st, r->metrics_stage)) continue;
+                for (size_t i = 0; i < json_array_size(lines); i++) {
+                    Rlhf__JournalIteration it = RLHF__JOURNAL_ITERATION__INIT;
+                    it.run = r->name;
+                    it.stage = (char *)st;
+                    it.iteration = i;
+                    it.metrics_line = (char *)json_string_value(json_array_get(lines, i));
+                    if (i + 1 == json_array_size(lines) && !strcmp(st, r->policy_stage))
+                        it.policy_ref = r->policy_ref;
+                    rec.body_case = RLHF__JOURNAL_RECORD__BODY_ITERATION;
+                    rec.iteration = &it;
+                    if ((rc = master_journal(m, &rec, 0)) < 0) return rc;
+                }
+            }
     }
     return 0;
 }
@@ -1741,7 +1812,7 @@ int mrun_snapshot(master_t *m, journal_t *j) {
 void mrun_free(master_t *m) {
     for (int ri = 0; ri < m->n_runs; ri++) {
         json_decref(m->runs[ri].plan);
-        json_decref(m->runs[ri].metrics);
+        json_decref(m->runs[ri].metrics_by);
         ppo_free(m->runs[ri].ppo);
         free(m->runs[ri].stage_secs);
     }

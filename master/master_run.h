@@ -14,11 +14,14 @@
  *
  * Stages. One at a time, in order. A stage is a STAGE job ("@NAME", id = stage index + 1) that
  * a stage worker runs as `rlhf ARGV...` in the plan's cwd, with its own jobs (sft's TRAIN jobs,
- * generate's GENERATE jobs) submitted to this master under the namespace "NAME/STAGE". The ppo
- * stage is different: a STAGE job runs `rlhf ppo-prep` (models checked, prompts tokenised:
- * OUT/ppo_plan.json and OUT/ppo_prompts.jsonl), then the master runs the iterations itself, as
- * jobs in "@NAME/ppo" with the ids, seeds and specs `rlhf ppo` always used, and at the end
- * copies the learner's last policy to OUT/policy.
+ * generate's GENERATE jobs) submitted to this master under the namespace "NAME/STAGE". A
+ * PPO-kind stage (argv[0] "ppo": the ppo stage, grpo) is different: a STAGE job runs `rlhf
+ * ppo-prep` (models checked, prompts tokenised: OUT/ppo_plan.json and OUT/ppo_prompts.jsonl),
+ * then the master runs the iterations itself, as jobs with the ids, seeds and specs `rlhf ppo`
+ * always used, and at the end copies the learner's last policy to OUT/policy. A run may hold
+ * several, each with its own loop: its jobs in "@NAME/ppo" for the plan's first PPO-kind stage
+ * (as runs with one always had them) and "@NAME/STAGE" for the others, its own committed
+ * iterations and journal records (JournalIteration.stage).
  *
  * Iterations. Iteration i: an ATTACH job when the learner may not hold this training at i (a
  * PPO TRAIN job without rollouts: the learner loads the training's newest checkpoint, publishes
@@ -66,7 +69,8 @@ const char *mrun_ended(const master_t *m, int r);
 json_t *mrun_status(master_t *m, int r);
 
 /* The committed PPO iterations' metrics lines of run r (what OUT/metrics.jsonl holds), parsed:
- * a new JSON array, for the dashboard's curves. */
+ * a new JSON array, for the dashboard's curves. Those of its running PPO-kind stage, else of the
+ * one that ran last (or of the plan's first). */
 json_t *mrun_metrics(master_t *m, int r);
 
 /* Up to max bytes of run r's log from offset off: *buf (malloc'ed), *len, *next = off + len.

@@ -151,4 +151,20 @@ rm "$W/run/eval.json"
 check "report: DPO without PPO" "$RLHF" report --run "$W/run"
 check "report: PPO's column empty" grep -q '^| gold win rate over SFT | - | 96.9% |' \
     "$W/run/report.md"
+# with a grpo stage: its training and GRPO's column between PPO's and DPO's
+ev 0.958 1.708 >"$W/run/eval.json"
+ev 0.953 0.891 >"$W/run/eval_grpo.json"
+mkdir -p "$W/run/grpo"
+for i in 0 1 2; do
+    echo "{\"iteration\": $i, \"rollouts\": 64, \"reward_program_mean\": 0.7$i, \"ppo\": {\"kl_k1\": 0.$i}}"
+done >"$W/run/grpo/metrics.jsonl"
+check "rlhf report with grpo and dpo stages" "$RLHF" report --run "$W/run"
+check "report: the GRPO section from grpo/metrics.jsonl" grep -q '^3 iterations of 64 rollouts .*0.700 at the first iteration, 0.720 at the last' \
+    "$W/run/report.md"
+check "report: PPO's, GRPO's and DPO's gold win rates side by side" \
+    grep -q '^| gold win rate over SFT | 95.8% | 95.3% | 96.9% | |' "$W/run/report.md"
+check "report: and their KL to SFT" \
+    grep -q '^| KL to SFT (nats per completion) | 1.708 | 0.891 | 0.541 | 0 |' "$W/run/report.md"
+check "report: GRPO's gold win rate and KL stated" \
+    grep -q '^\*\*Gold win rate of GRPO over SFT: 95.3%\*\* .* KL(GRPO || SFT) = 0.891' "$W/run/report.md"
 finish

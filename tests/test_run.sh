@@ -115,4 +115,5 @@ check "--set out of range" grep -qF "model.layers: '0' is not an integer in [1, 
 "$R" run --list-keys >keys.txt
 check "--list-keys: a stage's keys are its command's options" grep -q "^ppo.max_new  *int  *24 " keys.txt
 check "--list-keys: and the PPO settings" grep -q "^ppo.kl_coef  *number  *0.03 " keys.txt
+check "--list-keys: grpo's keys, with GRPO's defaults" grep -q "^grpo.adv_estimator  *string  *grpo " keys.txt
 finish

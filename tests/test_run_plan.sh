@@ -17,14 +17,14 @@ check "named after run_dir, with seed, cwd and config" jq -e --arg cwd "$PWD" --
     '.name == "demo" and .seed == 1 and .cwd == $cwd and .config == $cfg and (has("only") | not)' demo.json
 check "every stage of the demo, in order" jq -e '[.stages[].name] == ["task", "tokenizer", "init",
     "sft", "generate", "annotate", "aggregate", "pairs", "train_rm", "eval_rm", "ppo", "evaluate",
-    "dpo", "evaluate_dpo", "report"]' demo.json
+    "dpo", "evaluate_dpo", "grpo", "evaluate_grpo", "report"]' demo.json
 check "argv starts with the subcommand, {run} left literal" jq -e '.stages[0].argv[0:5] ==
     ["task", "--out", "{run}/task", "--seed", "1"]' demo.json
 check "keys of other keys expand to {run} paths" jq -e '.stages[] | select(.name == "evaluate") |
     .argv | index("--baseline") as $i | .[$i + 1] == "{run}/sft"' demo.json
 check "stdout_to for the evaluations and eval_rm only" jq -e '[.stages[] | select(has("stdout_to")) |
     [.name, .stdout_to]] == [["eval_rm", "{run}/rm_eval.json"], ["evaluate", "{run}/eval.json"],
-    ["evaluate_dpo", "{run}/eval_dpo.json"]]' demo.json
+    ["evaluate_dpo", "{run}/eval_dpo.json"], ["evaluate_grpo", "{run}/eval_grpo.json"]]' demo.json
 arg_of() { jq -r --arg s "$1" --arg o "$2" '.stages[] | select(.name == $s) | .argv |
     index($o) as $i | .[$i + 1]' demo.json; }
 check "dpo: the demo's settings, against the SFT policy, on the stage-1 pairs" test \
@@ -32,7 +32,12 @@ check "dpo: the demo's settings, against the SFT policy, on the stage-1 pairs" t
     "0.5 0.0001 {run}/sft {run}/pairs.jsonl"
 for o in --samples --max-new --temperature --prompts --baseline; do
     check "evaluate_dpo: $o as evaluate's" test "$(arg_of evaluate_dpo $o)" = "$(arg_of evaluate $o)"
+    check "evaluate_grpo: $o as evaluate's" test "$(arg_of evaluate_grpo $o)" = "$(arg_of evaluate $o)"
 done
+check "evaluate_grpo: the GRPO policy" test "$(arg_of evaluate_grpo --policy)" = "{run}/grpo/policy"
+check "grpo: the demo's stage, on verifiable rewards (the gold judge alone)" test \
+    "$(arg_of grpo --out) $(arg_of grpo --samples) $(arg_of grpo --reward-program) $(arg_of grpo --rm-weight)" \
+    = "{run}/grpo 4 rlhf gold-judge 0"
 check "the ppo stage is a ppo command line with its settings" jq -e '.stages[] | select(.name == "ppo") |
     .argv[0] == "ppo" and (.argv | index("--set")) != null and .weight == 120' demo.json
 check "no absolute run directory anywhere in argv" \
@@ -80,6 +85,34 @@ check "a bad --set is refused" grep -q "sft.steps" err
 printf 'run_dir: x\nstages: [task, ppo]\nppo: {clip_eps: 0}\n' >bad3.yaml
 "$R" run bad3.yaml --print-plan 2>err >/dev/null
 check "PPO settings checked together" grep -qF "bad3.yaml: the ppo settings" err
+printf 'run_dir: x\nstages: [task, ppo, grpo]\ngrpo: {clip_eps: 0}\n' >bad4.yaml
+"$R" run bad4.yaml --print-plan 2>err >/dev/null
+check "grpo's settings checked on their own, named as grpo's" grep -qF "bad4.yaml: the grpo settings" err
+
+# --- two PPO-kind stages: ppo and grpo, each with its own section of keys
+cat >two.yaml <<'Y'
+run_dir: out/two
+stages: [ppo, grpo]
+ppo: {iterations: 2, kl_coef: 0.1}
+grpo: {iterations: 5, kl_coef: 0.02, lr_policy: 0.001}
+Y
+"$R" run two.yaml --print-plan >two.json
+grpo_arg() { jq -r --arg o "$1" '.stages[1].argv | index($o) as $i | .[$i + 1]' two.json; }
+grpo_has() { jq -e --arg s "$1" '.stages[1].argv | index($s) != null' two.json >/dev/null; }
+check "grpo is the ppo command, out in {run}/grpo" jq -e '.stages[1].argv[0:3] ==
+    ["ppo", "--out", "{run}/grpo"] and .stages[1].name == "grpo"' two.json
+check "grpo's keys reach grpo only" test "$(grpo_arg --iterations) $(jq -r '.stages[0].argv |
+    index("--iterations") as $i | .[$i + 1]' two.json)" = "5 2"
+check "... its PPO settings too" bash -c "$(declare -f grpo_has); grpo_has kl_coef=0.02 &&
+    grpo_has lr_policy=0.001 && ! grpo_has kl_coef=0.1"
+check "grpo's defaults: SFT policy, 4 samples, the gold judge alone as reward" test \
+    "$(grpo_arg --policy) $(grpo_arg --samples) $(grpo_arg --reward-program) $(grpo_arg --rm-weight)" \
+    = "{run}/sft 4 rlhf gold-judge 0"
+check "... GRPO advantages, the KL in the loss (k3), sequences weighed alike" bash -c \
+    "$(declare -f grpo_has); grpo_has adv_estimator=grpo && grpo_has kl_in=loss &&
+    grpo_has kl_estimator=k3 && grpo_has loss_agg=sequence"
+check "ppo keeps PPO's defaults" jq -e '.stages[0].argv | index("adv_estimator=grpo") == null and
+    index("--samples") == null' two.json
 
 # --- ppo-prep on a tiny model
 for i in $(seq 1 100); do echo "hello world what is two plus three name a fruit apple please $i"; done >corpus.txt

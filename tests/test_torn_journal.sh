@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# test_torn_journal.sh - the master killed 50 times in the middle of a journal write: a PPO run
-# of 60 iterations on a tiny model, its local cluster started with RLHF_JOURNAL_CRASH_AFTER=LO-HI
+# test_torn_journal.sh - the master killed 50 times in the middle of a journal write: a run of
+# two PPO-kind stages on a tiny model, ppo (12 iterations) then grpo (40; each stage with its
+# own jobs, metrics and journal records, and the crashes falling in both), its local cluster started with RLHF_JOURNAL_CRASH_AFTER=LO-HI
 # (each master process tears the frame that reaches its own random byte count, then SIGKILLs
 # itself; journal.h) and RLHF_JOURNAL_CRASH_BUDGET (50 crashes, then the hook is off). The
 # supervisor restarts the master each time; every start must replay the journal, cutting the
@@ -17,9 +18,12 @@ tiny_ppo_setup 1 16 32
 cat >ppo.yaml <<'Y'
 run_dir: run
 seed: 3
-stages: [ppo]
+stages: [ppo, grpo]
 ppo: {policy: ../pol, rm: ../val, prompts: ../prompts.jsonl, reward_count_token: 104,
-      iterations: 60, batch: 8, max_new: 8, prompts_per_job: 4, epochs: 1, lr_policy: 0.01}
+      iterations: 12, batch: 8, max_new: 8, prompts_per_job: 4, epochs: 1, lr_policy: 0.01}
+grpo: {policy: ../pol, rm: ../val, prompts: ../prompts.jsonl, reward_count_token: 104,
+       reward_program: "", iterations: 40, batch: 4, max_new: 8, prompts_per_job: 4,
+       epochs: 1, lr_policy: 0.01}
 Y
 mkdir calm torn
 cp ppo.yaml calm/ && cp ppo.yaml torn/
@@ -54,15 +58,27 @@ check "never a corrupt journal" bash -c "! grep -Eq 'not the last segment|bad fi
 check "the run never failed" bash -c "! grep -qi 'failed' torn/run/run.log"
 check "the run succeeded" jq -e -s '.[0].state == "succeeded"' <("$R" status run --json --data-dir torn)
 
-# --- same outputs
-check "60 iterations, each once" jq -e -s '[.[].iteration] == [range(0; 60)]' torn/run/ppo/metrics.jsonl
-check "the reward moved (the comparison means something)" \
-    jq -e -s '[.[].ppo.score_mean] | max > min' calm/run/ppo/metrics.jsonl
-check "metrics identical to the undisturbed run's (timings aside)" \
-    cmp -s <(jq -c '[.iteration, .policy_version, .ppo]' calm/run/ppo/metrics.jsonl) \
-    <(jq -c '[.iteration, .policy_version, .ppo]' torn/run/ppo/metrics.jsonl)
-check "policy bit-identical to the undisturbed run's" \
-    cmp -s calm/run/ppo/policy/model.safetensors torn/run/ppo/policy/model.safetensors
+# --- same outputs, stage by stage
+for st in ppo:12 grpo:40; do
+    n=${st#*:} st=${st%:*}
+    check "$st: $n iterations, each once" \
+        jq -e -s "[.[].iteration] == [range(0; $n)]" torn/run/$st/metrics.jsonl
+    check "$st: the reward moved (the comparison means something)" \
+        jq -e -s '[.[].ppo.score_mean] | max > min' calm/run/$st/metrics.jsonl
+    check "$st: metrics identical to the undisturbed run's (timings aside)" \
+        cmp -s <(jq -c '[.iteration, .policy_version, .ppo]' calm/run/$st/metrics.jsonl) \
+        <(jq -c '[.iteration, .policy_version, .ppo]' torn/run/$st/metrics.jsonl)
+    check "$st: policy bit-identical to the undisturbed run's" \
+        cmp -s calm/run/$st/policy/model.safetensors torn/run/$st/policy/model.safetensors
+done
+check "grpo ran as GRPO: 4 samples of each of 4 prompts" \
+    jq -e -s 'all(.[]; .rollouts == 16)' torn/run/grpo/metrics.jsonl
+check "grpo is a config of its own (settings for GRPO by default)" \
+    jq -e '."grpo.adv_estimator" == "grpo" and ."grpo.samples" == "4"' torn/run/config.json
+# the master killed while grpo ran, and resumed it where its journal records said
+mid=$(grep -Eo "at stage 2/2 \([0-9]+ iterations of grpo committed" $C/master.log |
+    sed -E 's/.*\(([0-9]+) .*/\1/' | awk '$1 > 0 && $1 < 40' | wc -l)
+check "masters restarted in the middle of the grpo stage ($mid)" test "$mid" -ge 1
 check "the journal opens clean afterwards" "$BIN/rlhf-master" --dump-results $C
 check "the journal was compacted along the way" grep -q "journal compacted" $C/master.log
 check "... and masters started from a snapshot" \

@@ -3,7 +3,9 @@
  *
  * Reads what the stages left in the run directory - agreement.json (aggregate), completions and
  * annotations (for each annotator's agreement with the gold judge), rm_eval.json (eval-rm), the
- * reward model's training log, ppo/metrics.jsonl (ppo --gold) and eval.json (eval-policy) - and
+ * reward model's training log, ppo/metrics.jsonl (ppo --gold) and eval.json (eval-policy), and
+ * where the run has them grpo/metrics.jsonl, dpo/dpo_stats.json and their evaluations
+ * (eval_grpo.json, eval_dpo.json: PPO's, GRPO's and DPO's figures side by side) - and
  * writes DIR/report.md, linking SVG plots that gnuplot draws from data files written next to
  * them (DIR/plots/). Missing inputs leave their section out with a note; a missing gnuplot leaves
  * the plots out, said in the report. The Markdown is also printed.
@@ -134,13 +136,13 @@ static void fmt_cell(char *out, json_t *o, const char *key, double scale, const 
         snprintf(out, 32, "-");
 }
 
-/* The DPO section (dpo/dpo_stats.json, eval_dpo.json), PPO's figures (ev, may be NULL) next to
- * DPO's; nothing when the run has no DPO stage. */
-static void report_dpo(FILE *md, const char *dir, json_t *ev) {
-    json_t *st = load(dir, "dpo/dpo_stats.json"), *ed = load(dir, "eval_dpo.json");
-    if (!st && !ed) return;
+/* The DPO section (dpo/dpo_stats.json): its training figures; nothing when the run has no DPO
+ * stage (its evaluation is in report_compare's table). */
+static void report_dpo(FILE *md, const char *dir) {
+    json_t *st = load(dir, "dpo/dpo_stats.json");
+    if (!st) return;
     fprintf(md, "## DPO\n\n");
-    if (st) {
+    {
         json_t *h = json_object_get(st, "heldout"), *t = json_object_get(st, "train");
         const char *loss = json_string_value(json_object_get(st, "loss"));
         const char *by = json_string_value(json_object_get(st, "reference_by"));
@@ -165,38 +167,126 @@ static void report_dpo(FILE *md, const char *dir, json_t *ev) {
                 "\n(DPO's implicit rewards: beta (log pi - log ref) of a completion; the "
                 "accuracy counts the pairs whose chosen completion has the higher reward.)\n\n");
     }
-    if (ed) {
-        fprintf(md, "### PPO and DPO against the SFT policy (held-out prompts, gold judge)\n\n"
-                    "| figure | PPO | DPO | SFT |\n| --- | --- | --- | --- |\n");
-        char c[5][32];
-        fmt_cell(c[0], ev, "win_rate", 100, "%.1f%%");
-        fmt_cell(c[1], ev, "kl", 1, "%.3f");
-        fmt_cell(c[2], ev, "gold_policy", 1, "%.3f");
-        fmt_cell(c[3], ev, "length_policy", 1, "%.1f");
-        fprintf(md, "| gold win rate over SFT | %s | %.1f%% | |\n", c[0],
-                100 * num(ed, "win_rate"));
-        fprintf(md, "| KL to SFT (nats per completion) | %s | %.3f | 0 |\n", c[1], num(ed, "kl"));
-        fprintf(md, "| gold score | %s | %.3f | %.3f |\n", c[2], num(ed, "gold_policy"),
-                num(ed, "gold_baseline"));
-        json_t *cp = ev ? json_object_get(ev, "criteria_policy") : NULL,
-               *cd = json_object_get(ed, "criteria_policy"),
-               *cb = json_object_get(ed, "criteria_baseline");
-        for (int k = 0; k < TASK_NCRIT; k++) {
-            fmt_cell(c[4], cp, task_criteria_names[k], 1, "%.3f");
-            fprintf(md, "| %s | %s | %.3f | %.3f |\n", task_criteria_names[k], c[4],
-                    num(cd, task_criteria_names[k]), num(cb, task_criteria_names[k]));
-        }
-        fprintf(md, "| length (tokens) | %s | %.1f | %.1f |\n", c[3], num(ed, "length_policy"),
-                num(ed, "length_baseline"));
-        fprintf(md,
-                "\n**Gold win rate of DPO over SFT: %.1f%%** of %d held-out prompts (ties count "
-                "half; %.1f%% of single samples). KL(DPO || SFT) = %.3f nats per completion "
-                "(%.4f per token).\n\n",
-                100 * num(ed, "win_rate"), (int)num(ed, "prompts"),
-                100 * num(ed, "win_rate_samples"), num(ed, "kl"), num(ed, "kl_per_token"));
-    }
     json_decref(st);
-    json_decref(ed);
+}
+
+/* The GRPO section (grpo/metrics.jsonl): the training, from its first iteration to its last;
+ * nothing when the run has no grpo stage. */
+static void report_grpo(FILE *md, const char *dir) {
+    char path[PATH_MAX + 32];
+    snprintf(path, sizeof path, "%.4000s/grpo/metrics.jsonl", dir);
+    FILE *f = fopen(path, "r");
+    if (!f) return;
+    char line[65536];
+    json_t *first = NULL, *last = NULL;
+    int n = 0;
+    while (fgets(line, sizeof line, f)) {
+        json_t *o = json_loads(line, 0, NULL);
+        if (!o) continue;
+        n++;
+        if (!first) {
+            first = o;
+        } else {
+            json_decref(last);
+            last = o;
+        }
+    }
+    fclose(f);
+    if (!last) last = json_incref(first);
+    fprintf(md, "## GRPO\n\n");
+    if (!first) {
+        fprintf(md, "_(grpo/metrics.jsonl has no iteration)_\n\n");
+        return;
+    }
+    /* the training signal: the reward program's mean when there is one (the gold judge), else
+     * the score (reward model) */
+    const char *sig = json_object_get(first, "reward_program_mean") ? "the reward program's"
+                                                                    : "the reward model's";
+    double s0 = json_object_get(first, "reward_program_mean")
+                    ? num(first, "reward_program_mean")
+                    : num(json_object_get(first, "ppo"), "score_mean");
+    double s1 = json_object_get(last, "reward_program_mean")
+                    ? num(last, "reward_program_mean")
+                    : num(json_object_get(last, "ppo"), "score_mean");
+    fprintf(md,
+            "%d iterations of %d rollouts (a group of samples per prompt, advantages within "
+            "the group, no value model). The mean reward (%s) %.3f at the first iteration, "
+            "%.3f at the last; KL (k1) to SFT on the last rollouts %.3f nats per completion.\n\n",
+            n, (int)num(last, "rollouts"), sig, s0, s1, num(json_object_get(last, "ppo"), "kl_k1"));
+    json_decref(first);
+    json_decref(last);
+}
+
+/* The aligned policies against the SFT policy, side by side: PPO's (eval.json; its column kept,
+ * "-", when missing), GRPO's (eval_grpo.json) and DPO's (eval_dpo.json) where the run has
+ * them, and each one's gold win rate and KL; nothing when the run has neither GRPO nor DPO. */
+static void report_compare(FILE *md, const char *dir, json_t *ev) {
+    const char *names[3] = {"PPO", "GRPO", "DPO"};
+    json_t *e[3] = {ev, load(dir, "eval_grpo.json"), load(dir, "eval_dpo.json")};
+    if (!e[1] && !e[2]) return;
+    json_t *base = e[1] ? e[1] : e[2]; /* the SFT column: the same policy in each evaluation */
+    fprintf(md, "## %s against the SFT policy (held-out prompts, gold judge)\n\n",
+            e[1] && e[2] ? "PPO, GRPO and DPO"
+            : e[1]       ? "PPO and GRPO"
+                         : "PPO and DPO");
+    fprintf(md, "| figure |");
+    for (int i = 0; i < 3; i++)
+        if (i == 0 || e[i]) fprintf(md, " %s |", names[i]);
+    fprintf(md, " SFT |\n| --- |");
+    for (int i = 0; i < 3; i++)
+        if (i == 0 || e[i]) fprintf(md, " --- |");
+    fprintf(md, " --- |\n");
+    static const struct {
+        const char *label, *key, *fmt, *sft_key;
+        double scale;
+    } rows[] = {
+        {"gold win rate over SFT", "win_rate", "%.1f%%", NULL, 100},
+        {"KL to SFT (nats per completion)", "kl", "%.3f", "", 1},
+        {"gold score", "gold_policy", "%.3f", "gold_baseline", 1},
+    };
+    char c[32];
+    for (int r = 0; r < 3 + TASK_NCRIT + 1; r++) {
+        int crit = r >= 3 && r < 3 + TASK_NCRIT, len = r == 3 + TASK_NCRIT;
+        const char *label = crit  ? task_criteria_names[r - 3]
+                            : len ? "length (tokens)"
+                                  : rows[r].label;
+        fprintf(md, "| %s |", label);
+        for (int i = 0; i < 3; i++) {
+            if (i && !e[i]) continue;
+            json_t *o = crit ? (e[i] ? json_object_get(e[i], "criteria_policy") : NULL) : e[i];
+            const char *key = crit  ? task_criteria_names[r - 3]
+                              : len ? "length_policy"
+                                    : rows[r].key;
+            fmt_cell(c, o, key, crit || len ? 1 : rows[r].scale,
+                     len    ? "%.1f"
+                     : crit ? "%.3f"
+                            : rows[r].fmt);
+            fprintf(md, " %s |", c);
+        }
+        if (crit)
+            fprintf(md, " %.3f |\n",
+                    num(json_object_get(base, "criteria_baseline"), task_criteria_names[r - 3]));
+        else if (len)
+            fprintf(md, " %.1f |\n", num(base, "length_baseline"));
+        else if (!rows[r].sft_key)
+            fprintf(md, " |\n");
+        else if (!rows[r].sft_key[0])
+            fprintf(md, " 0 |\n");
+        else
+            fprintf(md, " %.3f |\n", num(base, rows[r].sft_key));
+    }
+    fprintf(md, "\n");
+    for (int i = 1; i < 3; i++)
+        if (e[i])
+            fprintf(md,
+                    "**Gold win rate of %s over SFT: %.1f%%** of %d held-out prompts (ties "
+                    "count half; %.1f%% of single samples). KL(%s || SFT) = %.3f nats per "
+                    "completion (%.4f per token).\n\n",
+                    names[i], 100 * num(e[i], "win_rate"), (int)num(e[i], "prompts"),
+                    100 * num(e[i], "win_rate_samples"), names[i], num(e[i], "kl"),
+                    num(e[i], "kl_per_token"));
+    json_decref(e[1]);
+    json_decref(e[2]);
 }
 
 static int gnuplot(const char *script) {
@@ -436,7 +526,9 @@ int cmd_report(int argc, char **argv) {
     } else {
         fprintf(md, "_(no eval.json)_\n\n");
     }
-    report_dpo(md, dir, ev);
+    report_grpo(md, dir);
+    report_dpo(md, dir);
+    report_compare(md, dir, ev);
     json_decref(ag);
     json_decref(rm);
     json_decref(ev);

@@ -7,7 +7,8 @@
  * CONFIG is a YAML file (see deploy/demo.yaml): `run_dir`, `seed`, `stages` (the ordered list
  * of stages to run) and one mapping per stage whose keys are that stage's options. A stage's
  * keys are its command's option table (cli_opts.h; `max_new` for --max-new) less the options
- * the stage fixes itself, and for ppo the PPO settings (ppo_settings); run_defaults below holds
+ * the stage fixes itself, and for ppo and grpo (the same command: a PPO-kind stage, each with
+ * its own section of keys) the PPO settings (ppo_settings); run_defaults below holds
  * the run's own defaults where they differ from the command's. `--list-keys` prints every key
  * with its type, default, range and meaning (the README's configuration reference is that
  * output). Every value is checked against its type and range when the file is read, before
@@ -92,6 +93,13 @@ static const stage_t stages[] = {
      "--out {run}/rm --seed {seed} --ceiling-from {run}/agreement.json", NULL, 60},
     {"ppo", "stage 3: PPO (master, rollout, reward and learner workers)", "ppo", &cli_ppo_opts,
      "ppo", 1, "--out {run}/ppo --seed {seed}", NULL, 120},
+    {"grpo", "GRPO (K samples per prompt, critic-free) on verifiable rewards: the gold judge",
+     "ppo", &cli_ppo_opts, "grpo", 1, "--out {run}/grpo --seed {seed}", NULL, 60},
+    {"evaluate_grpo", "gold judge: the GRPO policy against the SFT policy on held-out prompts",
+     "eval-policy", NULL, NULL, 0,
+     "--policy {run}/grpo/policy --baseline {grpo.policy} --prompts {eval.prompts} --samples "
+     "{eval.samples} --max-new {eval.max_new} --temperature {eval.temperature} --seed {seed}",
+     "{run}/eval_grpo.json", 10},
     {"dpo", "DPO on the stage-1 pairs against the SFT policy (reward and learner workers)", "dpo",
      &cli_dpo_opts, "dpo", 0, "--out {run}/dpo --seed {seed}", NULL, 30},
     {"evaluate_dpo", "gold judge: the DPO policy against the SFT policy on held-out prompts",
@@ -149,6 +157,20 @@ static const struct {
     {"ppo.policy", "{run}/sft"},
     {"ppo.rm", "{run}/rm"},
     {"ppo.prompts", "{run}/task/prompts.jsonl"},
+    /* GRPO as DeepSeekMath ran it: K samples per prompt, advantages within the group (no value
+     * model), the KL to SFT in the loss (k3) and each sequence weighed alike; its reward the
+     * task's gold judge as a program (verifiable rewards: the reward model's weight 0, so --rm
+     * only satisfies ppo's required option and is never scored with) */
+    {"grpo.policy", "{run}/sft"},
+    {"grpo.rm", "{run}/rm"},
+    {"grpo.prompts", "{run}/task/prompts.jsonl"},
+    {"grpo.samples", "4"},
+    {"grpo.reward_program", "rlhf gold-judge"},
+    {"grpo.rm_weight", "0"},
+    {"grpo.adv_estimator", "grpo"},
+    {"grpo.kl_in", "loss"},
+    {"grpo.kl_estimator", "k3"},
+    {"grpo.loss_agg", "sequence"},
 };
 #define N_RUN_DEFAULTS (int)(sizeof run_defaults / sizeof run_defaults[0])
 
@@ -235,35 +257,6 @@ static int run_extra_set(void *ctx, const char *key, const char *value, const ch
     return 0;
 }
 
-/* The PPO settings together (a value may be fine alone and not with another: clip_eps > 0, the
- * adaptive controller's target and horizon), checked as `rlhf ppo` will check them, so that a
- * bad combination is refused when the config is read, not after the stages before ppo. */
-static int run_check_ppo(const run_cfg_t *rc, const char *config) {
-    ppo_config_t pc;
-    ppo_cli_config_default(&pc);
-    const char *key;
-    json_t *v;
-    json_object_foreach(rc->vals, key, v) {
-        const run_key_t *k = key_find(key);
-        if (!k || !k->setting) continue;
-        int r = ppo_config_set(&pc, k->setting->name, json_string_value(v), NULL);
-        if (r < 0) return rl_fail_ctx(r, "%s: %s", config, key);
-    }
-    int r = ppo_config_check(&pc);
-    if (r < 0) return rl_fail_ctx(r, "%s: the ppo settings", config);
-    /* learner shards beyond a minibatch step's blocks would idle (`rlhf ppo` refuses them) */
-    json_t *sv = json_object_get(rc->vals, "ppo.learner_shards");
-    int shards = sv ? atoi(json_string_value(sv)) : 0;
-    int blocks = pc.grad_blocks > 1 ? pc.grad_blocks : 1;
-    if (blocks > pc.minibatch) blocks = pc.minibatch;
-    if (shards > blocks)
-        return rl_fail(RL_EINVAL,
-                       "%s: ppo.learner_shards %d: a minibatch step's gradient has %d block(s) "
-                       "(ppo.grad_blocks %d, ppo.minibatch %d): set ppo.grad_blocks to %d or more",
-                       config, shards, blocks, pc.grad_blocks, pc.minibatch, shards);
-    return 0;
-}
-
 typedef struct {
     cfg_run_t cfg;
     run_cfg_t rc;
@@ -274,6 +267,49 @@ typedef struct {
 static const char *key_value(run_t *r, const run_key_t *k) {
     json_t *v = json_object_get(r->rc.vals, k->key);
     return v ? json_string_value(v) : k->run_def;
+}
+
+/* The PPO settings of each PPO-kind stage (ppo, grpo) together, as set or as the run's default
+ * (a value may be fine alone and not with another: clip_eps > 0, the adaptive controller's
+ * target and horizon), checked as `rlhf ppo` will check them, so that a bad combination is
+ * refused when the config is read, not after the stages before it. */
+static int run_check_ppo(run_t *r, const char *config) {
+    for (int i = 0; i < N_STAGES; i++) {
+        const stage_t *s = &stages[i];
+        if (!s->ppo_settings) continue;
+        ppo_config_t pc;
+        ppo_cli_config_default(&pc);
+        for (int j = 0; j < n_run_keys; j++) {
+            const run_key_t *k = &run_keys[j];
+            const char *v = k->stage == s && k->setting ? key_value(r, k) : NULL;
+            int rc = v ? ppo_config_set(&pc, k->setting->name, v, NULL) : 0;
+            if (rc < 0) return rl_fail_ctx(rc, "%s: %s", config, k->key);
+        }
+        int rc = ppo_config_check(&pc);
+        if (rc < 0) return rl_fail_ctx(rc, "%s: the %s settings", config, s->prefix);
+        /* the run's learner has ppo.learner_shards shards, for every PPO-kind stage; shards
+         * beyond a minibatch step's blocks would idle (`rlhf ppo` refuses them) */
+        char key[64];
+        snprintf(key, sizeof key, "%s.learner_shards", s->prefix);
+        json_t *own = json_object_get(r->rc.vals, key), *sv;
+        sv = json_object_get(r->rc.vals, "ppo.learner_shards");
+        int shards = sv ? atoi(json_string_value(sv)) : 0;
+        if (own && atoi(json_string_value(own)) != shards)
+            return rl_fail(RL_EINVAL,
+                           "%s: %s %s: the run's learner has ppo.learner_shards shards (%d) for "
+                           "every PPO stage",
+                           config, key, json_string_value(own), shards);
+        int blocks = pc.grad_blocks > 1 ? pc.grad_blocks : 1;
+        if (blocks > pc.minibatch) blocks = pc.minibatch;
+        if (shards > blocks)
+            return rl_fail(RL_EINVAL,
+                           "%s: ppo.learner_shards %d: a %s minibatch step's gradient has %d "
+                           "block(s) (%s.grad_blocks %d, %s.minibatch %d): set %s.grad_blocks to "
+                           "%d or more",
+                           config, shards, s->prefix, blocks, s->prefix, pc.grad_blocks, s->prefix,
+                           pc.minibatch, s->prefix, shards);
+    }
+    return 0;
 }
 
 /* The default of key k as `rlhf run` starts its stage with it, as text, or NULL. */
@@ -570,7 +606,7 @@ static int run_read(run_t *r, run_args_t *a, int argc, char **argv, const char *
     *config = argv[optind];
     int rc = cfg_load_yaml(&r->cfg, *config);
     for (int i = 0; rc == 0 && i < a->n_sets; i++) rc = cfg_set_kv(&r->cfg, a->sets[i]);
-    if (rc == 0) rc = run_check_ppo(&r->rc, *config);
+    if (rc == 0) rc = run_check_ppo(r, *config);
     if (rc < 0) {
         fprintf(stderr, "rlhf run: %s\n", rl_errmsg());
         return 2;
