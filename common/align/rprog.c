@@ -345,7 +345,9 @@ int rprog_score(rprog_t *p, const char *request, double *score, char *why, size_
     if (rc == RPROG_OK) rc = send_all(p, "\n", 1, deadline);
     size_t scanned = 0;
     char *nl = NULL;
-    while (rc == RPROG_OK && !(nl = memchr(p->buf + scanned, '\n', p->len - scanned))) {
+    /* (memchr is not given the empty buffer before the first read: it may be NULL) */
+    while (rc == RPROG_OK &&
+           !(nl = p->len > scanned ? memchr(p->buf + scanned, '\n', p->len - scanned) : NULL)) {
         scanned = p->len;
         if (p->len >= LINE_MAX_BYTES) {
             snprintf(why, why_len, "response line longer than %d bytes", LINE_MAX_BYTES);
