@@ -113,6 +113,11 @@ check "... GRPO advantages, the KL in the loss (k3), sequences weighed alike" ba
     grpo_has kl_estimator=k3 && grpo_has loss_agg=sequence"
 check "ppo keeps PPO's defaults" jq -e '.stages[0].argv | index("adv_estimator=grpo") == null and
     index("--samples") == null' two.json
+printf 'stages: [ppo, grpo]\ngrpo:\n  learner_shards: 2\n' >shards.yaml
+"$R" run shards.yaml --print-plan >/dev/null 2>shards.err
+check "grpo.learner_shards apart from the run's learner: refused (exit 2)" test $? -eq 2
+check "... saying that ppo.learner_shards sets the one learner" \
+    grep -q "grpo.learner_shards 2: one learner serves every PPO stage.*ppo.learner_shards" shards.err
 
 # --- ppo-prep on a tiny model
 for i in $(seq 1 100); do echo "hello world what is two plus three name a fruit apple please $i"; done >corpus.txt

@@ -296,8 +296,8 @@ static int run_check_ppo(run_t *r, const char *config) {
         int shards = sv ? atoi(json_string_value(sv)) : 0;
         if (own && atoi(json_string_value(own)) != shards)
             return rl_fail(RL_EINVAL,
-                           "%s: %s %s: the run's learner has ppo.learner_shards shards (%d) for "
-                           "every PPO stage",
+                           "%s: %s %s: one learner serves every PPO stage of a run, with the "
+                           "shards ppo.learner_shards gives it (%d): set that key instead",
                            config, key, json_string_value(own), shards);
         int blocks = pc.grad_blocks > 1 ? pc.grad_blocks : 1;
         if (blocks > pc.minibatch) blocks = pc.minibatch;
