@@ -163,6 +163,35 @@ gen_jobs() {
             "$i" "$3" "$2"
     done
 }
+# tiny_pairs_setup: $W/pairs.jsonl (160 prompts x 3 preference pairs, "please" preferred),
+# $W/tok (a 320-id tokenizer of them) and $W/base (a 2-layer GPT with it): the reward-model and
+# DPO learner tests' data and model.
+tiny_pairs_setup() {
+    awk 'BEGIN {
+        split("cat dog bird fish tree lamp road cake ship moon rain book", w, " ")
+        split("tell me about|describe|say something on|write a line about", v, "|")
+        fmt = "{\"prompt_id\": \"q%d\", \"prompt\": \"%s\", \"chosen\": \"%s\", \"rejected\": \"%s\"}\n"
+        for (i = 0; i < 160; i++) {
+            p = "\\n\\nHuman: " v[i % 4 + 1] " the " w[(i * 7) % 12 + 1] " and the "
+            p = p w[(i * 5 + 3) % 12 + 1] "\\n\\nAssistant:"
+            for (k = 0; k < 3; k++) {
+                n = 3 + (i + k) % 3; s = ""
+                for (j = 0; j < n; j++) s = s " " w[(i * 3 + k * 5 + j * 7) % 12 + 1]
+                if (k >= 1) s = " please" s
+                if (k == 2) s = s " please"
+                c[k] = s
+            }
+            printf fmt, i, p, c[2], c[1]
+            printf fmt, i, p, c[2], c[0]
+            printf fmt, i, p, c[1], c[0]
+        }
+    }' >"$W/pairs.jsonl"
+    jq -r '.prompt + .chosen + "\n" + .prompt + .rejected' "$W/pairs.jsonl" >"$W/corpus.txt"
+    "$BIN/rlhf" tokenizer-train --corpus "$W/corpus.txt" --vocab-size 320 --out "$W/tok" >/dev/null
+    "$BIN/rlhf" init-model --out "$W/base" --tokenizer "$W/tok" --layers 2 --heads 2 --dim 32 \
+        --vocab 320 --ctx 64 --seed 3 >/dev/null
+}
+
 
 # tiny_ppo_setup LAYERS DIM CTX: in the current directory, what the PPO tests run on - a byte-level
 # BPE tokenizer of 260 ids (tok/), a policy (pol/) and a value model with a scalar head (val/) of

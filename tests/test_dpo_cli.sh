@@ -19,29 +19,7 @@ source "$(dirname "$0")/runtime_lib.sh"
 RLHF=$BIN/rlhf
 jq_true() { jq -e "$1" <<<"$2" >/dev/null; } # jq_true FILTER JSON: the filter yields true
 
-awk 'BEGIN {
-    split("cat dog bird fish tree lamp road cake ship moon rain book", w, " ")
-    split("tell me about|describe|say something on|write a line about", v, "|")
-    fmt = "{\"prompt_id\": \"q%d\", \"prompt\": \"%s\", \"chosen\": \"%s\", \"rejected\": \"%s\"}\n"
-    for (i = 0; i < 160; i++) {
-        p = "\\n\\nHuman: " v[i % 4 + 1] " the " w[(i * 7) % 12 + 1] " and the "
-        p = p w[(i * 5 + 3) % 12 + 1] "\\n\\nAssistant:"
-        for (k = 0; k < 3; k++) {
-            n = 3 + (i + k) % 3; s = ""
-            for (j = 0; j < n; j++) s = s " " w[(i * 3 + k * 5 + j * 7) % 12 + 1]
-            if (k >= 1) s = " please" s
-            if (k == 2) s = s " please"
-            c[k] = s
-        }
-        printf fmt, i, p, c[2], c[1]
-        printf fmt, i, p, c[2], c[0]
-        printf fmt, i, p, c[1], c[0]
-    }
-}' >"$W/pairs.jsonl"
-jq -r '.prompt + .chosen + "\n" + .prompt + .rejected' "$W/pairs.jsonl" >"$W/corpus.txt"
-"$RLHF" tokenizer-train --corpus "$W/corpus.txt" --vocab-size 320 --out "$W/tok" >/dev/null
-"$RLHF" init-model --out "$W/base" --tokenizer "$W/tok" --layers 2 --heads 2 --dim 32 \
-    --vocab 320 --ctx 64 --seed 3 >/dev/null
+tiny_pairs_setup
 
 NPROC=$(nproc)
 ARGS=(--policy "$W/base" --pairs "$W/pairs.jsonl" --heldout-frac 0.25 --steps 24 --batch 8
