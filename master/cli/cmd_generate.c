@@ -85,9 +85,8 @@ static int load_prompt(void *ctx, json_t *o, const char *where) {
     size_t len = 0;
     int rc = 0;
     json_t *jp = json_object_get(o, "prompt"), *jm = json_object_get(o, "messages");
-    if (json_is_string(jp) || (json_is_array(jm) && tok_chat_template(g->tok))) {
-        rc = cli_prompt_text(g->tok, o, where, &text, &len); /* the model's own chat template */
-    } else if (json_is_array(jm) && json_array_size(jm) > 0) {
+    if (!json_is_string(jp) && json_array_size(jm) > 0 && !tok_chat_template(g->tok)) {
+        /* messages for a model without a chat template: the --template-* framing */
         size_t i;
         json_t *msg;
         json_array_foreach(jm, i, msg) {
@@ -109,11 +108,8 @@ static int load_prompt(void *ctx, json_t *o, const char *where) {
             if ((rc = render(&text, &len, tm, content)) < 0) break;
         }
         if (rc == 0) rc = render(&text, &len, g->t_end, "");
-    } else {
-        rc = rl_fail(RL_EFORMAT,
-                     "%s: a \"prompt\" string or a non-empty \"messages\" array is "
-                     "required",
-                     where);
+    } else { /* a prompt's text, messages through the model's own chat template, or the error */
+        rc = cli_prompt_text(g->tok, o, where, &text, &len);
     }
     if (rc < 0) {
         free(text);
